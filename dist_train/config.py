@@ -1,0 +1,296 @@
+"""Job configuration: pydantic models validated once, at the edge.
+
+A job config is a YAML file (see ``launch/configs/``). ``load_config`` reads it, applies
+``--set key.path=value`` overrides, and returns a validated :class:`JobConfig` or raises
+:class:`ConfigError` naming the file, the dotted key at fault, and why.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "launch" / "configs" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A job config that cannot be used; the message names the file and key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticDataConfig(_Strict):
+    """The Criteo-shaped generator used when no data paths are given."""
+
+    num_train_rows: int = Field(200_000, gt=0, description="Rows in the training split.")
+    num_test_rows: int = Field(50_000, gt=0, description="Rows in the test split.")
+    num_dense: int = Field(13, ge=0, description="Dense columns I1..In.")
+    num_categorical: int = Field(26, gt=0, description="Categorical columns C1..Cn.")
+    min_cardinality: int = Field(10, gt=0, description="Smallest categorical vocabulary.")
+    max_cardinality: int = Field(100_000, gt=0, description="Largest categorical vocabulary.")
+    cardinalities: list[int] | None = Field(
+        None, description="Explicit per-column vocabulary sizes (overrides min/max)."
+    )
+    zipf_exponent: float = Field(1.1, ge=0.0, description="Skew of id frequencies (0 = uniform).")
+    multi_hot_columns: list[str] = Field(
+        default_factory=lambda: ["C24", "C25", "C26"],
+        description="Categorical columns written as lists of ids.",
+    )
+    mean_multi_hot_length: float = Field(3.0, gt=0, description="Mean list length (Poisson + 1).")
+    string_columns: list[str] = Field(
+        default_factory=lambda: ["C1", "C2"],
+        description="Categorical columns written as hex strings (as Criteo ships them).",
+    )
+    null_fraction: float = Field(0.02, ge=0.0, lt=1.0, description="Share of null cells.")
+    signal_scale: float = Field(
+        1.0, gt=0.0, description="Std of the planted per-id logit contributions."
+    )
+    num_train_files: int = Field(4, gt=0, description="Parquet files for the training split.")
+    rows_per_group: int = Field(16_384, gt=0, description="Parquet row-group size.")
+    seed: int = Field(1234, description="Generator seed (independent of the training seed).")
+
+    @model_validator(mode="after")
+    def _check(self) -> SyntheticDataConfig:
+        if self.min_cardinality > self.max_cardinality:
+            raise ValueError("min_cardinality must be <= max_cardinality")
+        if self.cardinalities is not None and len(self.cardinalities) != self.num_categorical:
+            raise ValueError(
+                f"cardinalities has {len(self.cardinalities)} entries, "
+                f"num_categorical is {self.num_categorical}"
+            )
+        names = {f"C{i + 1}" for i in range(self.num_categorical)}
+        for key in ("multi_hot_columns", "string_columns"):
+            unknown = sorted(set(getattr(self, key)) - names)
+            if unknown:
+                raise ValueError(f"{key} names unknown columns {unknown}")
+        return self
+
+    def column_cardinalities(self) -> list[int]:
+        """Vocabulary size of C1..Cn (log-spaced between min and max unless given)."""
+        if self.cardinalities is not None:
+            return list(self.cardinalities)
+        n = self.num_categorical
+        if n == 1:
+            return [self.max_cardinality]
+        lo, hi = self.min_cardinality, self.max_cardinality
+        return [round(lo * (hi / lo) ** (i / (n - 1))) for i in range(n)]
+
+
+class DataConfig(_Strict):
+    """Where the data is and which columns mean what."""
+
+    train_path: str | None = Field(
+        None, description="Parquet file, directory or glob; None = generate synthetic data."
+    )
+    test_path: str | None = Field(None, description="Held-out Parquet data for final metrics.")
+    label_column: str = Field("label", description="0/1 click label.")
+    dense_columns: list[str] | None = Field(
+        None, description="Dense float columns; None = I1..I<num_dense> of the generator."
+    )
+    dense_transform: Literal["log1p", "none"] = Field(
+        "log1p", description="log(1 + max(x, 0)) tames Criteo's count features."
+    )
+    synthetic: SyntheticDataConfig = Field(default_factory=SyntheticDataConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if (self.train_path is None) != (self.test_path is None):
+            raise ValueError("give both train_path and test_path, or neither (synthetic data)")
+        return self
+
+    def resolved_dense_columns(self) -> list[str]:
+        if self.dense_columns is not None:
+            return list(self.dense_columns)
+        return [f"I{i + 1}" for i in range(self.synthetic.num_dense)]
+
+
+class FeatureConfig(_Strict):
+    """One categorical feature: a column and how many chunks of the table it gets."""
+
+    name: str = Field(description="Feature name; also the salt, so renaming remaps rows.")
+    column: str | None = Field(None, description="Parquet column (default: the name).")
+    chunks: int = Field(1, gt=0, le=64, description="Chunks (probes) k_f into the table.")
+    cardinality: int | None = Field(
+        None, gt=0, description="Vocabulary size; required by the collisionless baseline."
+    )
+
+    @property
+    def source_column(self) -> str:
+        return self.column or self.name
+
+
+class EmbeddingOptimizerConfig(_Strict):
+    """The FBGEMM fused optimizer applied inside the embedding backward pass."""
+
+    type: Literal["rowwise_adagrad", "adam", "sgd"] = Field(
+        "rowwise_adagrad", description="Fused optimizer of the embedding tables."
+    )
+    learning_rate: float = Field(0.05, gt=0.0, description="Embedding learning rate.")
+    eps: float = Field(1e-8, gt=0.0, description="Adagrad/Adam epsilon.")
+    weight_decay: float = Field(0.0, ge=0.0, description="L2 weight decay.")
+
+
+class EmbeddingConfig(_Strict):
+    """The shared table (Unified Embedding) or one of the baselines."""
+
+    kind: Literal["unified", "collisionless", "hashing_trick"] = Field(
+        "unified",
+        description=(
+            "unified: one shared hashed table; collisionless: one exact table per feature; "
+            "hashing_trick: one hashed table per feature, same parameter budget as unified."
+        ),
+    )
+    num_rows: int = Field(
+        1_000_000, gt=0, description="Rows M of the shared table (unified, hashing_trick)."
+    )
+    dim: int = Field(16, gt=0, description="Columns d of each chunk vector.")
+    num_tables: int = Field(
+        1, gt=0, description="Split the unified table round-robin into this many sub-tables."
+    )
+    pooling: Literal["sum", "mean"] = Field("sum", description="Pooling of multi-hot values.")
+    optimizer: EmbeddingOptimizerConfig = Field(default_factory=EmbeddingOptimizerConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> EmbeddingConfig:
+        if self.num_tables > self.num_rows:
+            raise ValueError("num_tables must not exceed num_rows")
+        return self
+
+
+class ModelConfig(_Strict):
+    """DLRM-style network over dense features and embedding chunks."""
+
+    bottom_mlp: list[int] = Field(
+        default_factory=lambda: [64], description="Hidden sizes of the dense tower (+ dim)."
+    )
+    top_mlp: list[int] = Field(
+        default_factory=lambda: [128, 64], description="Hidden sizes above the interaction."
+    )
+    interaction: Literal["dot", "concat"] = Field(
+        "dot", description="Pairwise dot products of all d-vectors, or plain concatenation."
+    )
+
+
+class TrainConfig(_Strict):
+    """The training loop."""
+
+    batch_size: int = Field(2048, gt=0, description="Examples per rank per step.")
+    eval_batch_size: int = Field(8192, gt=0, description="Examples per rank per eval step.")
+    epochs: int = Field(1, gt=0, description="Passes over the training data.")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many steps.")
+    dense_optimizer: Literal["adagrad", "adam", "sgd"] = Field(
+        "adagrad", description="Optimizer of the MLPs."
+    )
+    dense_learning_rate: float = Field(0.05, gt=0.0, description="MLP learning rate.")
+    log_every: int = Field(20, gt=0, description="Print progress every this many steps.")
+    prefetch_batches: int = Field(2, ge=0, description="Batches built ahead by a thread.")
+
+
+class ShardingConfig(_Strict):
+    """How embedding tables are placed on ranks (an explicit plan until the planner lands)."""
+
+    type: Literal["row_wise", "column_wise", "table_wise", "data_parallel"] = Field(
+        "row_wise", description="Sharding type applied to every embedding table."
+    )
+
+
+class RayConfig(_Strict):
+    """The Ray cluster the job runs on."""
+
+    address: str | None = Field(
+        None, description="Existing cluster ('auto' or ray://...); None = embedded local Ray."
+    )
+    num_workers: int = Field(2, gt=0, description="Training workers (ranks).")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per worker = torch threads.")
+
+
+class JobConfig(_Strict):
+    """A whole training job."""
+
+    name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name.")
+    seed: int = Field(0, description="Seed of weights, hashing salts and data order.")
+    output_dir: str = Field("outputs", description="Parent directory of run outputs.")
+    launcher: Literal["ray", "processes"] = Field(
+        "ray", description="ray: Ray Train workers; processes: plain torch.multiprocessing."
+    )
+    data: DataConfig = Field(default_factory=DataConfig)
+    features: list[FeatureConfig] = Field(min_length=1, description="Categorical features.")
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    sharding: ShardingConfig = Field(default_factory=ShardingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> JobConfig:
+        names = [f.name for f in self.features]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate feature names {dupes}")
+        if self.embedding.kind == "collisionless":
+            missing = [f.name for f in self.features if f.cardinality is None]
+            if missing:
+                raise ValueError(f"collisionless embedding needs a cardinality for {missing}")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid job config ({err.error_count()} problem(s))"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see launch/configs/default.yaml)"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``a.b.c=value`` overrides applied (values parsed as YAML)."""
+    out: dict[str, Any] = yaml.safe_load(yaml.safe_dump(raw)) or {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY.PATH=VALUE")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def parse_config(raw: Any, source: str = "<config>") -> JobConfig:
+    """Validate an already-parsed config mapping."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a job config must be a mapping, got {type(raw).__name__}")
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(source, err)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:
+    """Read, override and validate a YAML job config (the default one if ``path`` is None)."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if overrides:
+        raw = apply_overrides(raw if isinstance(raw, dict) else {}, overrides)
+    return parse_config(raw, str(path))

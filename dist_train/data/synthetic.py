@@ -1,0 +1,183 @@
+"""A Criteo-shaped synthetic dataset with a planted model, written as Parquet.
+
+Columns: ``label`` (0/1), dense ``I1..In`` (non-negative, count-like, some nulls), categorical
+``C1..Cm`` (Zipf-distributed ids; some as hex strings, some as multi-hot lists, some nulls), and
+``oracle_p``, the true click probability (never a model input: it gives the best achievable
+AUC, against which learned AUCs are judged).
+
+The planted logit is ``bias + sum_i w_i * log1p(I_i) + sum_c s_c(id)`` where ``s_c(id)`` is a
+per-(column, id) Gaussian drawn from a hash, so it needs no stored tables; list columns
+contribute the mean over their ids. Everything is a function of the seed alone.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dist_train.config import SyntheticDataConfig
+from dist_train.embedding.hashing import make_salt, salted_hash
+
+SPEC_FILE = "dataset.json"
+_BIAS = -1.0
+_CHUNK_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class GeneratedData:
+    """Where a generated dataset lies."""
+
+    train_dir: Path
+    test_dir: Path
+
+
+def _gaussian_from_hash(ids: np.ndarray, salt: int) -> np.ndarray:
+    """A fixed N(0, 1) draw per id (Box-Muller over two salted 64-bit hashes)."""
+    fp = ids.astype(np.int64).view(np.uint64)
+    u1 = (salted_hash(fp, salt) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    u2 = (salted_hash(fp, salt ^ 0x5555) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
+
+
+class _Column:
+    """Zipf sampler over a permuted vocabulary of one categorical column."""
+
+    def __init__(self, name: str, cardinality: int, exponent: float, rng: np.random.Generator):
+        self.name = name
+        weights = 1.0 / np.arange(1, cardinality + 1, dtype=np.float64) ** exponent
+        self.cdf = np.cumsum(weights / weights.sum())
+        self.perm = rng.permutation(cardinality)
+        self.salt = make_salt(name, 0, seed=0x5EED)
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        ranks = np.searchsorted(self.cdf, rng.random(n), side="right")
+        return self.perm[np.minimum(ranks, len(self.perm) - 1)].astype(np.int64)
+
+    def score(self, ids: np.ndarray) -> np.ndarray:
+        return _gaussian_from_hash(ids, self.salt)
+
+
+def _schema(cfg: SyntheticDataConfig) -> pa.Schema:
+    fields = [pa.field("label", pa.int8(), nullable=False)]
+    fields += [pa.field(f"I{i + 1}", pa.float32()) for i in range(cfg.num_dense)]
+    for i in range(cfg.num_categorical):
+        name = f"C{i + 1}"
+        base = pa.string() if name in cfg.string_columns else pa.int64()
+        fields.append(pa.field(name, pa.list_(base) if name in cfg.multi_hot_columns else base))
+    fields.append(pa.field("oracle_p", pa.float32()))
+    return pa.schema(fields)
+
+
+def _chunk(
+    cfg: SyntheticDataConfig,
+    columns: list[_Column],
+    dense_w: np.ndarray,
+    n: int,
+    rng: np.random.Generator,
+    schema: pa.Schema,
+) -> pa.Table:
+    arrays: dict[str, pa.Array] = {}
+    # sqrt(#terms) keeps the logit's spread comparable whatever the column counts.
+    cat_scale = cfg.signal_scale / np.sqrt(max(1, len(columns)) / 4.0)
+    logit = np.full(n, _BIAS)
+    for i in range(cfg.num_dense):
+        x = np.floor(np.exp(rng.normal(1.0, 1.2, n))).astype(np.float32)
+        logit += dense_w[i] * (np.log1p(x) - 1.3)
+        null = rng.random(n) < cfg.null_fraction
+        arrays[f"I{i + 1}"] = pa.array(x, mask=null)
+    for col in columns:
+        as_str = col.name in cfg.string_columns
+        null = rng.random(n) < cfg.null_fraction
+        if col.name in cfg.multi_hot_columns:
+            lengths = rng.poisson(cfg.mean_multi_hot_length - 1.0, n) + 1
+            lengths[null] = 0
+            ids = col.sample(int(lengths.sum()), rng)
+            parent = np.repeat(np.arange(n), lengths)
+            contrib = np.bincount(parent, col.score(ids), minlength=n) / np.maximum(lengths, 1)
+            logit += cat_scale * contrib
+            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+            values = pa.array(np.char.mod("%08x", ids) if as_str else ids)
+            arrays[col.name] = pa.ListArray.from_arrays(
+                pa.array(offsets), values, mask=pa.array(null)
+            )
+        else:
+            ids = col.sample(n, rng)
+            logit += cat_scale * np.where(null, 0.0, col.score(ids))
+            values = np.char.mod("%08x", ids) if as_str else ids
+            arrays[col.name] = pa.array(values, mask=null)
+    p = 1.0 / (1.0 + np.exp(-logit))
+    arrays["label"] = pa.array((rng.random(n) < p).astype(np.int8))
+    arrays["oracle_p"] = pa.array(p.astype(np.float32))
+    return pa.table({f.name: arrays[f.name] for f in schema}, schema=schema)
+
+
+def _write_split(
+    path: Path,
+    num_rows: int,
+    cfg: SyntheticDataConfig,
+    columns: list[_Column],
+    dense_w: np.ndarray,
+    rng: np.random.Generator,
+    progress: bool,
+) -> None:
+    schema = _schema(cfg)
+    written = 0
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+        while written < num_rows:
+            n = min(_CHUNK_ROWS, num_rows - written)
+            writer.write_table(
+                _chunk(cfg, columns, dense_w, n, rng, schema), row_group_size=cfg.rows_per_group
+            )
+            written += n
+    if progress:
+        print(f"  wrote {path} ({num_rows:,} rows)", file=sys.stderr, flush=True)
+
+
+def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = True) -> GeneratedData:
+    """Write ``train/part-*.parquet`` and ``test/part-0.parquet`` under ``out_dir``.
+
+    Reuses an existing dataset when its recorded spec equals ``cfg``.
+    """
+    out = Path(out_dir)
+    spec = cfg.model_dump(mode="json")
+    result = GeneratedData(out / "train", out / "test")
+    spec_path = out / SPEC_FILE
+    if spec_path.is_file() and json.loads(spec_path.read_text()) == spec:
+        if progress:
+            print(f"reusing synthetic data in {out}", file=sys.stderr, flush=True)
+        return result
+    start = time.perf_counter()
+    if progress:
+        total = cfg.num_train_rows + cfg.num_test_rows
+        print(f"generating {total:,} synthetic rows into {out}", file=sys.stderr, flush=True)
+    spec_path.unlink(missing_ok=True)
+    rng = np.random.default_rng(cfg.seed)
+    columns = [
+        _Column(f"C{i + 1}", c, cfg.zipf_exponent, rng)
+        for i, c in enumerate(cfg.column_cardinalities())
+    ]
+    dense_w = rng.normal(0.0, 0.3, cfg.num_dense)
+    for split in (result.train_dir, result.test_dir):
+        split.mkdir(parents=True, exist_ok=True)
+        for old in split.glob("*.parquet"):
+            old.unlink()
+    per_file = -(-cfg.num_train_rows // cfg.num_train_files)
+    for i in range(cfg.num_train_files):
+        n = min(per_file, cfg.num_train_rows - i * per_file)
+        if n > 0:
+            path = result.train_dir / f"part-{i}.parquet"
+            _write_split(path, n, cfg, columns, dense_w, rng, progress)
+    _write_split(
+        result.test_dir / "part-0.parquet", cfg.num_test_rows, cfg, columns, dense_w, rng, progress
+    )
+    spec_path.write_text(json.dumps(spec, indent=2))
+    if progress:
+        print(f"generated in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
+    return result

@@ -1,0 +1,66 @@
+"""Plan-independent initialization of (sharded) embedding tables.
+
+Rows are drawn in fixed blocks from a generator seeded by (seed, table, block), so a row gets
+the same initial values whichever rank holds it, under any sharding plan or world size: a
+1-rank and an N-rank run start from identical tables.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from dist_train.embedding.hashing import name_fingerprint
+
+_BLOCK_ROWS = 8192
+
+
+def init_rows(
+    table: str, num_rows: int, dim: int, seed: int, row_start: int, row_end: int
+) -> torch.Tensor:
+    """Initial values of rows ``[row_start, row_end)`` of ``table``: U(-1/sqrt(M), 1/sqrt(M))."""
+    bound = math.sqrt(1.0 / num_rows)
+    out = torch.empty(row_end - row_start, dim)
+    table_key = name_fingerprint(table) & 0x7FFFFFFF
+    first, last = row_start // _BLOCK_ROWS, (row_end - 1) // _BLOCK_ROWS if row_end > row_start else -1
+    for block in range(first, last + 1):
+        b0 = block * _BLOCK_ROWS
+        b1 = min(b0 + _BLOCK_ROWS, num_rows)
+        gen = torch.Generator().manual_seed((seed * 1_000_003 + table_key) * 65_537 + block)
+        values = torch.empty(b1 - b0, dim).uniform_(-bound, bound, generator=gen)
+        lo, hi = max(b0, row_start), min(b1, row_end)
+        out[lo - row_start : hi - row_start] = values[lo - b0 : hi - b0]
+    return out
+
+
+def init_embedding_tables(
+    model: nn.Module, tables: dict[str, tuple[int, int]], seed: int
+) -> None:
+    """Overwrite every local shard of the embedding tables in ``model`` in place.
+
+    ``tables`` maps table name -> (num_rows, dim). Works for TorchRec ShardedTensors (any
+    row/column split) and plain tensors (data-parallel tables).
+    """
+    state = model.state_dict()
+    done = set()
+    for key, value in state.items():
+        parts = key.split(".")
+        if len(parts) < 2 or parts[-1] != "weight" or parts[-2] not in tables:
+            continue
+        name = parts[-2]
+        num_rows, dim = tables[name]
+        with torch.no_grad():
+            if hasattr(value, "local_shards"):
+                for shard in value.local_shards():
+                    r0, c0 = shard.metadata.shard_offsets
+                    nr, nc = shard.metadata.shard_sizes
+                    rows = init_rows(name, num_rows, dim, seed, r0, r0 + nr)
+                    shard.tensor.copy_(rows[:, c0 : c0 + nc])
+            else:
+                value.copy_(init_rows(name, num_rows, dim, seed, 0, num_rows))
+        done.add(name)
+    missing = sorted(set(tables) - done)
+    if missing:
+        raise RuntimeError(f"embedding tables {missing} not found in the model's state dict")

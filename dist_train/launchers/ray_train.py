@@ -1,0 +1,80 @@
+"""Launch the worker function as Ray Train ``TorchTrainer`` workers (gloo on CPU)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from dist_train.config import JobConfig, parse_config
+from dist_train.train.loop import WorkerInputs, run_worker
+
+
+class LaunchError(RuntimeError):
+    """The Ray job could not start or did not finish."""
+
+
+def _ray_worker(payload: dict[str, Any]) -> None:
+    import ray.train
+
+    cfg = parse_config(payload["config"], "<driver>")
+    inputs = WorkerInputs.from_dict(payload["inputs"])
+    run_worker(cfg, inputs, report=lambda metrics: ray.train.report(metrics))
+
+
+def _init_ray(cfg: JobConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address, log_to_driver=True)
+        return
+    needed = cfg.ray.num_workers * cfg.ray.cpus_per_worker
+    num_cpus = os.cpu_count() or 1
+    if needed > num_cpus:
+        print(
+            f"[dist-train] {cfg.ray.num_workers} workers x {cfg.ray.cpus_per_worker} CPU exceed "
+            f"this machine's {num_cpus} cores; oversubscribing the embedded Ray instance",
+            file=sys.stderr,
+            flush=True,
+        )
+        num_cpus = int(needed + 0.999)
+    # Embedded instance: loopback only, no dashboard, no job server.
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=True,
+        configure_logging=True,
+        logging_level="WARNING",
+    )
+
+
+def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
+    """Run the job on Ray Train workers; the rank-0 summary."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    _init_ray(cfg)
+    trainer = TorchTrainer(
+        train_loop_per_worker=_ray_worker,
+        train_loop_config={"config": cfg.model_dump(mode="json"), "inputs": inputs.to_dict()},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.ray.num_workers,
+            use_gpu=False,
+            resources_per_worker={"CPU": cfg.ray.cpus_per_worker},
+        ),
+        torch_config=TorchConfig(backend="gloo"),
+        run_config=RunConfig(
+            name=cfg.name, storage_path=str((Path(inputs.run_dir) / "ray").resolve())
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as err:  # Ray wraps worker errors; surface the root cause
+        raise LaunchError(f"training failed: {err}") from err
+    if result.error is not None:
+        raise LaunchError(f"training failed: {result.error}")
+    return dict(result.metrics or {})

@@ -1,0 +1,180 @@
+"""The per-worker training function: Ray-free, so any launcher can run it.
+
+    build trainer; for each epoch: stream this rank's row groups -> train_step; evaluate.
+
+Rank 0 prints progress and appends it to ``<run_dir>/metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import torch
+import torch.distributed as dist
+
+from dist_train.config import JobConfig
+from dist_train.data.reader import (
+    RowGroup,
+    assign_row_groups,
+    batches,
+    eval_steps,
+    padded_tables,
+    prefetch,
+    steps_per_epoch,
+)
+from dist_train.train.trainer import Trainer
+
+Report = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class WorkerInputs:
+    """What the driver hands every worker: the listed row groups and where to write."""
+
+    train_groups: list[RowGroup]
+    test_groups: list[RowGroup]
+    run_dir: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "train_groups": [g.__dict__ for g in self.train_groups],
+            "test_groups": [g.__dict__ for g in self.test_groups],
+            "run_dir": self.run_dir,
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WorkerInputs:
+        return cls(
+            [RowGroup(**g) for g in d["train_groups"]],
+            [RowGroup(**g) for g in d["test_groups"]],
+            d["run_dir"],
+            d.get("extra", {}),
+        )
+
+
+class _Progress:
+    """Rank-0 progress lines on stdout and in metrics.jsonl."""
+
+    def __init__(self, run_dir: str, enabled: bool) -> None:
+        self.enabled = enabled
+        self.path = Path(run_dir) / "metrics.jsonl"
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("")
+
+    def log(self, record: dict[str, Any], line: str) -> None:
+        if not self.enabled:
+            return
+        print(line, flush=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _mean_across_ranks(value: float) -> float:
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()
+
+
+def run_worker(
+    cfg: JobConfig, inputs: WorkerInputs, report: Report | None = None
+) -> dict[str, Any]:
+    """Train and evaluate on this rank; returns (and reports) the run summary."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    trainer = Trainer.build(cfg, local_world_size=local_world)
+    builder = trainer.batch_builder()
+    progress = _Progress(inputs.run_dir, rank == 0)
+    tc = cfg.train
+    progress.log(
+        {"event": "start", "world_size": world, "tables": [t.__dict__ for t in trainer.layout.tables]},
+        f"[dist-train] {world} rank(s), {trainer.layout.kind} embedding: "
+        + ", ".join(f"{t.name} {t.num_rows:,}x{t.dim}" for t in trainer.layout.tables[:4])
+        + (" ..." if len(trainer.layout.tables) > 4 else "")
+        + f", {cfg.sharding.type} sharding, batch {tc.batch_size}/rank",
+    )
+
+    step, examples, window_loss, window_steps = 0, 0, 0.0, 0
+    train_seconds = 0.0
+    last_loss = float("nan")
+    for epoch in range(tc.epochs):
+        assignment = assign_row_groups(inputs.train_groups, world, cfg.seed, epoch)
+        num_steps = steps_per_epoch(assignment, tc.batch_size)
+        if tc.max_steps is not None:
+            num_steps = min(num_steps, tc.max_steps - step)
+        if num_steps <= 0:
+            break
+        start = time.perf_counter()
+        window_start = start
+        for batch in batches(
+            assignment[rank], builder.columns, tc.batch_size, num_steps, builder.build,
+            tc.prefetch_batches,
+        ):
+            window_loss += trainer.train_step(batch)
+            window_steps += 1
+            step += 1
+            examples += tc.batch_size * world
+            if step % tc.log_every == 0:
+                loss = _mean_across_ranks(window_loss / window_steps)
+                now = time.perf_counter()
+                rate = window_steps * tc.batch_size * world / (now - window_start)
+                progress.log(
+                    {"event": "train", "epoch": epoch, "step": step, "loss": loss,
+                     "examples_per_second": rate},
+                    f"[dist-train] epoch {epoch} step {step}/{num_steps * tc.epochs} "
+                    f"loss {loss:.4f} {rate:,.0f} examples/s",
+                )
+                last_loss, window_loss, window_steps, window_start = loss, 0.0, 0, now
+        train_seconds += time.perf_counter() - start
+    if window_steps:
+        last_loss = _mean_across_ranks(window_loss / window_steps)
+
+    eval_start = time.perf_counter()
+    test_assignment = assign_row_groups(inputs.test_groups, world, cfg.seed, 0, shuffle=False)
+    first = inputs.test_groups[0]
+    filler = pq.ParquetFile(first.path).read_row_group(first.index, columns=builder.columns)
+    n_eval = eval_steps(test_assignment, tc.eval_batch_size)
+    eval_batches = prefetch(
+        (
+            (builder.build(table, source), valid)
+            for table, source, valid in padded_tables(
+                test_assignment[rank], builder.columns, tc.eval_batch_size, n_eval, filler
+            )
+        ),
+        tc.prefetch_batches,
+    )
+    metrics = trainer.evaluate(eval_batches)
+    summary = {
+        "steps": step,
+        "train_examples": examples,
+        "train_seconds": train_seconds,
+        "examples_per_second": examples / train_seconds if train_seconds > 0 else 0.0,
+        "final_train_loss": last_loss,
+        "test_auc": metrics.auc,
+        "test_log_loss": metrics.log_loss,
+        "test_ne": metrics.ne,
+        "test_examples": metrics.num_examples,
+        "eval_seconds": time.perf_counter() - eval_start,
+        "world_size": world,
+        "embedding_kind": trainer.layout.kind,
+        "embedding_parameters": trainer.layout.num_parameters,
+    }
+    progress.log(
+        {"event": "eval", **summary},
+        f"[dist-train] test AUC {metrics.auc:.4f} log loss {metrics.log_loss:.4f} "
+        f"NE {metrics.ne:.4f} on {metrics.num_examples:,} examples",
+    )
+    if report is not None:
+        report(summary)
+    sys.stdout.flush()
+    return summary

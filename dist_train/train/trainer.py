@@ -1,0 +1,135 @@
+"""The sharded model, its optimizers, one training step, and evaluation.
+
+Runs inside an initialized ``torch.distributed`` process group (gloo on CPU, nccl on GPU);
+it does not know who created it (Ray Train, torch.multiprocessing or torchrun).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torchrec.distributed import DistributedModelParallel
+from torchrec.distributed.types import ShardingEnv, ShardingPlan
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+from dist_train.config import JobConfig
+from dist_train.data.batch import Batch, BatchBuilder
+from dist_train.embedding.init import init_embedding_tables
+from dist_train.embedding.layout import EmbeddingLayout, build_layout
+from dist_train.models.dlrm import DLRM
+from dist_train.train.metrics import EvalMetrics
+from planners.explicit import explicit_plan
+from planners.sharders import AnyDeviceEmbeddingBagCollectionSharder, fused_params
+
+_DENSE_OPTIMIZERS = {
+    "adagrad": torch.optim.Adagrad,
+    "adam": torch.optim.Adam,
+    "sgd": torch.optim.SGD,
+}
+
+
+def make_batch_builder(cfg: JobConfig, layout: EmbeddingLayout) -> BatchBuilder:
+    """The batch builder of a job (its columns, layout and dense transform)."""
+    return BatchBuilder(
+        layout,
+        cfg.features,
+        cfg.data.resolved_dense_columns(),
+        cfg.data.label_column,
+        cfg.data.dense_transform,
+    )
+
+
+@dataclass
+class Trainer:
+    """A DistributedModelParallel DLRM with fused embedding + dense optimizers."""
+
+    cfg: JobConfig
+    layout: EmbeddingLayout
+    model: DistributedModelParallel
+    optimizer: CombinedOptimizer
+    plan: ShardingPlan
+    device: torch.device
+
+    @classmethod
+    def build(
+        cls, cfg: JobConfig, device: torch.device | None = None, local_world_size: int | None = None
+    ) -> Trainer:
+        """Build, shard and initialize the model on the current process group."""
+        device = device or torch.device("cpu")
+        world_size = dist.get_world_size()
+        layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
+        torch.manual_seed(cfg.seed)  # identical dense weights on every rank and world size
+        model = DLRM(layout, len(cfg.data.resolved_dense_columns()), cfg.model, "meta")
+        opt = cfg.embedding.optimizer
+        sharder = AnyDeviceEmbeddingBagCollectionSharder(
+            fused_params=fused_params(opt.type, opt.learning_rate, opt.eps, opt.weight_decay)
+        )
+        plan = explicit_plan(
+            "sparse_arch",
+            model.sparse_arch,
+            [t.name for t in layout.tables],
+            cfg.sharding.type,
+            sharder,
+            world_size=world_size,
+            local_world_size=local_world_size or world_size,
+            device_type=device.type,
+        )
+        dmp = DistributedModelParallel(
+            model,
+            env=ShardingEnv.from_process_group(dist.group.WORLD),
+            device=device,
+            plan=plan,
+            sharders=[sharder],  # type: ignore[list-item]
+        )
+        init_embedding_tables(dmp, {t.name: (t.num_rows, t.dim) for t in layout.tables}, cfg.seed)
+        dense_cls = _DENSE_OPTIMIZERS[cfg.train.dense_optimizer]
+        lr = cfg.train.dense_learning_rate
+        dense = KeyedOptimizerWrapper(
+            dict(in_backward_optimizer_filter(dmp.named_parameters())),
+            lambda params: dense_cls(params, lr=lr),
+        )
+        optimizer = CombinedOptimizer([dmp.fused_optimizer, dense])
+        return cls(cfg, layout, dmp, optimizer, plan, device)
+
+    def batch_builder(self) -> BatchBuilder:
+        return make_batch_builder(self.cfg, self.layout)
+
+    def train_step(self, batch: Batch) -> float:
+        """Forward, backward (embedding rows update inside it), dense step; the local loss."""
+        self.model.train()
+        batch = batch.to(self.device)
+        logits = self.model(batch.dense, batch.sparse)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> np.ndarray:
+        """Click probabilities of ``batch``."""
+        self.model.eval()
+        batch = batch.to(self.device)
+        return torch.sigmoid(self.model(batch.dense, batch.sparse)).float().cpu().numpy()
+
+    def evaluate(self, batches: Iterable[tuple[Batch, int]]) -> EvalMetrics:
+        """Metrics over all ranks' ``(batch, num_valid_rows)``; the padding rows are dropped."""
+        probs, labels = [], []
+        for batch, valid in batches:
+            p = self.predict(batch)
+            probs.append(p[:valid])
+            labels.append(batch.labels.numpy()[:valid])
+        local = (np.concatenate(probs), np.concatenate(labels)) if probs else (
+            np.zeros(0, np.float32),
+            np.zeros(0, np.float32),
+        )
+        gathered: list[tuple[np.ndarray, np.ndarray] | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, local)
+        all_probs = np.concatenate([g[0] for g in gathered if g is not None])
+        all_labels = np.concatenate([g[1] for g in gathered if g is not None])
+        return EvalMetrics.of(all_labels, all_probs)

@@ -1,0 +1,53 @@
+"""An explicit plan: one sharding type applied to every table (until the cost-model planner)."""
+
+from __future__ import annotations
+
+from torch import nn
+from torchrec.distributed.sharding_plan import (
+    column_wise,
+    construct_module_sharding_plan,
+    data_parallel,
+    row_wise,
+    table_wise,
+)
+from torchrec.distributed.types import ModuleSharder, ShardingPlan
+
+_KERNEL = "fused"  # FBGEMM TBE with the optimizer fused into backward
+
+
+def explicit_plan(
+    module_path: str,
+    module: nn.Module,
+    table_names: list[str],
+    sharding_type: str,
+    sharder: ModuleSharder[nn.Module],
+    world_size: int,
+    local_world_size: int,
+    device_type: str,
+) -> ShardingPlan:
+    """A ``ShardingPlan`` placing every table of ``module`` (at ``module_path``) by one type.
+
+    table_wise places table i on rank i mod world_size; column_wise splits every table over all
+    ranks; row_wise splits rows evenly over all ranks; data_parallel replicates.
+    """
+    per_table = {}
+    for i, name in enumerate(table_names):
+        if sharding_type == "row_wise":
+            per_table[name] = row_wise(compute_kernel=_KERNEL)
+        elif sharding_type == "table_wise":
+            per_table[name] = table_wise(rank=i % world_size, compute_kernel=_KERNEL)
+        elif sharding_type == "column_wise":
+            per_table[name] = column_wise(ranks=list(range(world_size)), compute_kernel=_KERNEL)
+        elif sharding_type == "data_parallel":
+            per_table[name] = data_parallel()
+        else:
+            raise ValueError(f"unsupported sharding type {sharding_type!r}")
+    module_plan = construct_module_sharding_plan(
+        module,
+        per_table,
+        sharder=sharder,
+        local_size=local_world_size,
+        world_size=world_size,
+        device_type=device_type,
+    )
+    return ShardingPlan({module_path: module_plan})
