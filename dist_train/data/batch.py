@@ -53,6 +53,11 @@ def _is_str(t: pa.DataType) -> bool:
     )
 
 
+def _value_type(t: pa.DataType) -> pa.DataType:
+    """The element type of list columns, the type itself otherwise."""
+    return t.value_type if (pa.types.is_list(t) or pa.types.is_large_list(t)) else t
+
+
 def _fingerprints(values: pa.Array, column: str) -> np.ndarray:
     """uint64 fingerprints of a null-free arrow array of ints or strings."""
     if _is_int(values.type):
@@ -146,8 +151,14 @@ class BatchBuilder:
         values: list[np.ndarray] = []
         for f in self.features:
             col = self._column(batch, f.source_column, source)
+            keys = self.layout.keys_of(f.name)
+            if keys[0].salt is None and not _is_int(_value_type(col.type)):
+                raise BadInputError(
+                    f"{source}: column {f.source_column!r} holds {col.type}; the collisionless "
+                    "embedding needs integer ids in [0, cardinality)"
+                )
             lens, fps = categorical_ids(col, f.source_column)
-            for key in self.layout.keys_of(f.name):
+            for key in keys:
                 try:
                     values.append(self.layout.rows_for(key, fps))
                 except InvalidIdError as err:

@@ -7,13 +7,18 @@ gloo process group on a free loopback port.
 from __future__ import annotations
 
 import os
+import pickle
 import socket
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from dist_train.logs import quiet_worker_logs
 
 WorkerFn = Callable[..., Any]
 
@@ -27,17 +32,20 @@ def free_port() -> int:
 
 def _entry(
     rank: int, world_size: int, port: int, threads: int, fn: WorkerFn, args: tuple[Any, ...],
-    results: Any,
+    result_dir: str,
 ) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
         WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size),
     )
     torch.set_num_threads(threads)
+    quiet_worker_logs()
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         out = fn(*args)
-        results.put((rank, out))
+        # A file, not a queue: a large result in a pipe deadlocks against join().
+        with open(Path(result_dir) / f"rank{rank}.pkl", "wb") as f:
+            pickle.dump(out, f)
     finally:
         dist.destroy_process_group()
 
@@ -49,17 +57,16 @@ def run_processes(
 
     ``fn`` must be importable (a module-level function); it runs inside the process group.
     """
-    ctx = mp.get_context("spawn")
-    results = ctx.SimpleQueue()
-    mp.start_processes(
-        _entry,
-        args=(world_size, free_port(), threads_per_rank, fn, args, results),
-        nprocs=world_size,
-        join=True,
-        start_method="spawn",
-    )
-    by_rank: dict[int, Any] = {}
-    while not results.empty():
-        rank, out = results.get()
-        by_rank[rank] = out
-    return [by_rank[r] for r in range(world_size)]
+    with tempfile.TemporaryDirectory(prefix="dist-train-results-") as result_dir:
+        mp.start_processes(
+            _entry,
+            args=(world_size, free_port(), threads_per_rank, fn, args, result_dir),
+            nprocs=world_size,
+            join=True,
+            start_method="spawn",
+        )
+        out = []
+        for r in range(world_size):
+            with open(Path(result_dir) / f"rank{r}.pkl", "rb") as f:
+                out.append(pickle.load(f))  # written by our own child processes
+        return out

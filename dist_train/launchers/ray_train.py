@@ -2,25 +2,47 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dist_train.config import JobConfig, parse_config
-from dist_train.train.loop import WorkerInputs, run_worker
+from dist_train.logs import quiet_worker_logs
+
+if TYPE_CHECKING:
+    from dist_train.train.loop import WorkerInputs
 
 
 class LaunchError(RuntimeError):
     """The Ray job could not start or did not finish."""
 
 
-def _ray_worker(payload: dict[str, Any]) -> None:
+SUMMARY_FILE = "summary.json"
+
+
+def _report(metrics: dict[str, Any]) -> None:
+    """Report the summary; rank 0 attaches it as a (tiny) checkpoint so ``Result`` carries it."""
     import ray.train
+
+    if ray.train.get_context().get_world_rank() != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / SUMMARY_FILE).write_text(json.dumps(metrics))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _ray_worker(payload: dict[str, Any]) -> None:
+    quiet_worker_logs()
+    # Imported here, after quieting, so FBGEMM's import-time INFO lines stay out of the output.
+    from dist_train.train.loop import WorkerInputs, run_worker
 
     cfg = parse_config(payload["config"], "<driver>")
     inputs = WorkerInputs.from_dict(payload["inputs"])
-    run_worker(cfg, inputs, report=lambda metrics: ray.train.report(metrics))
+    run_worker(cfg, inputs, report=_report)
 
 
 def _init_ray(cfg: JobConfig) -> None:
@@ -41,10 +63,11 @@ def _init_ray(cfg: JobConfig) -> None:
             flush=True,
         )
         num_cpus = int(needed + 0.999)
-    # Embedded instance: loopback only, no dashboard, no job server.
+    # Embedded instance: everything, the dashboard included, on loopback only.
     ray.init(
         num_cpus=num_cpus,
-        include_dashboard=False,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
         _node_ip_address="127.0.0.1",
         log_to_driver=True,
         configure_logging=True,
@@ -54,7 +77,7 @@ def _init_ray(cfg: JobConfig) -> None:
 
 def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
     """Run the job on Ray Train workers; the rank-0 summary."""
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     _init_ray(cfg)
@@ -68,7 +91,10 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
         ),
         torch_config=TorchConfig(backend="gloo"),
         run_config=RunConfig(
-            name=cfg.name, storage_path=str((Path(inputs.run_dir) / "ray").resolve())
+            name=cfg.name,
+            storage_path=str((Path(inputs.run_dir) / "ray").resolve()),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
     try:
@@ -77,4 +103,7 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
         raise LaunchError(f"training failed: {err}") from err
     if result.error is not None:
         raise LaunchError(f"training failed: {result.error}")
-    return dict(result.metrics or {})
+    if result.checkpoint is None:
+        raise LaunchError("training finished without reporting a summary")
+    with result.checkpoint.as_directory() as path:
+        return dict(json.loads((Path(path) / SUMMARY_FILE).read_text()))

@@ -75,7 +75,9 @@ class _Progress:
     def log(self, record: dict[str, Any], line: str) -> None:
         if not self.enabled:
             return
-        print(line, flush=True)
+        # Not print(): Ray Train patches print() into its logger, which duplicates lines.
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 

@@ -1,0 +1,45 @@
+# Set-up and the two README commands. Everything installs into ./.venv (idempotent).
+#   make train   -> set up, then run the default job (synthetic data, local Ray, 2 workers)
+#   make test    -> set up, then run the whole test suite (what .ci/run calls)
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+STAMP  := $(VENV)/.installed
+# Pins of the CPU recipe (DESIGN.md). torchrec's metadata asks for the CUDA fbgemm-gpu, so it
+# goes in with --no-deps and its real needs are listed in pyproject.toml.
+TORCH_VERSION  ?= 2.13.0
+FBGEMM_PACKAGE ?= fbgemm-gpu-cpu==1.8.0
+TORCHREC       ?= torchrec==1.8.0
+PYTEST_ARGS    ?=
+
+.PHONY: setup train test lint format clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "torch==$(TORCH_VERSION)" "$(FBGEMM_PACKAGE)"
+	$(PIP) install -q --no-deps "$(TORCHREC)"
+	$(PIP) install -q -e ".[dev]"
+	$(PY) -c "import torch, torchrec, fbgemm_gpu, ray, pyarrow; print('dist-train set up: torch', torch.__version__, '| torchrec', torchrec.__version__, '| ray', ray.__version__, '| pyarrow', pyarrow.__version__)"
+	touch $(STAMP)
+
+train: setup
+	$(VENV)/bin/dist-train train $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

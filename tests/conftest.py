@@ -1,0 +1,60 @@
+"""Shared fixtures: small configs and generated data (never downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from dist_train.config import DEFAULT_CONFIG, JobConfig, apply_overrides, parse_config
+from dist_train.data.synthetic import GeneratedData, generate
+
+import yaml
+
+
+def small_config(tmp_path: Path | str, overrides: list[str] | None = None) -> JobConfig:
+    """The default job shrunk to test size (8 features, small table, little data)."""
+    raw: dict[str, Any] = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    raw["output_dir"] = str(tmp_path)
+    raw["features"] = [
+        {"name": "C1", "chunks": 1, "cardinality": 10},
+        {"name": "C2", "chunks": 2, "cardinality": 100},
+        {"name": "C3", "chunks": 1, "cardinality": 1000},
+        {"name": "C4", "chunks": 2, "cardinality": 5000},
+    ]
+    raw["data"]["synthetic"] = {
+        "num_train_rows": 8192,
+        "num_test_rows": 4096,
+        "num_dense": 4,
+        "num_categorical": 4,
+        "cardinalities": [10, 100, 1000, 5000],
+        "multi_hot_columns": ["C4"],
+        "string_columns": ["C1"],
+        "num_train_files": 2,
+        "rows_per_group": 1024,
+    }
+    raw["embedding"]["num_rows"] = 4000
+    raw["embedding"]["dim"] = 8
+    raw["train"].update(batch_size=256, eval_batch_size=1024, log_every=5)
+    return parse_config(apply_overrides(raw, overrides or []), "small_config")
+
+
+@pytest.fixture
+def small_cfg(tmp_path: Path) -> JobConfig:
+    return small_config(tmp_path)
+
+
+@pytest.fixture
+def small_data(tmp_path: Path, small_cfg: JobConfig) -> GeneratedData:
+    return generate(small_cfg.data.synthetic, tmp_path / "data", progress=False)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

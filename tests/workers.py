@@ -1,0 +1,60 @@
+"""Worker bodies run in spawned gloo processes by the multi-process tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.distributed as dist
+
+from dist_train.config import parse_config
+from dist_train.train.trainer import Trainer
+
+
+def train_fixed_batches(
+    cfg_raw: dict[str, Any], data_path: str, num_steps: int, global_batch: int
+) -> dict[str, Any]:
+    """Train ``num_steps`` on fixed global batches, each rank taking its contiguous slice.
+
+    Returns the global mean loss of every step and this rank's embedding shards.
+    """
+    cfg = parse_config(cfg_raw)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    trainer = Trainer.build(cfg)
+    builder = trainer.batch_builder()
+    table = pq.read_table(data_path, columns=builder.columns)
+    local = global_batch // world
+    losses = []
+    for step in range(num_steps):
+        rows = table.slice(step * global_batch + rank * local, local)
+        loss = torch.tensor([trainer.train_step(builder.build(rows))], dtype=torch.float64)
+        dist.all_reduce(loss)
+        losses.append(float(loss.item()) / world)
+    shards = []
+    for key, value in trainer.model.state_dict().items():
+        if hasattr(value, "local_shards"):
+            for shard in value.local_shards():
+                shards.append(
+                    (key, list(shard.metadata.shard_offsets), shard.tensor.detach().numpy().copy())
+                )
+    return {"losses": losses, "shards": shards}
+
+
+def assemble_tables(results: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Full tables from every rank's shards."""
+    pieces: dict[str, list[tuple[list[int], np.ndarray]]] = {}
+    for r in results:
+        for key, offsets, arr in r["shards"]:
+            pieces.setdefault(key, []).append((offsets, arr))
+    tables = {}
+    for key, parts in pieces.items():
+        rows = max(o[0] + a.shape[0] for o, a in parts)
+        cols = max(o[1] + a.shape[1] for o, a in parts)
+        full = np.full((rows, cols), np.nan, dtype=np.float32)
+        for (r0, c0), arr in parts:
+            full[r0 : r0 + arr.shape[0], c0 : c0 + arr.shape[1]] = arr
+        assert not np.isnan(full).any(), f"{key}: shards do not cover the table"
+        tables[key] = full
+    return tables
