@@ -1,8 +1,8 @@
 """``dist-train``: the command line.
 
-    dist-train train [--config C] [--set KEY=VALUE ...]   train + evaluate (default config)
-    dist-train gen-data [--config C] --out DIR [--set ...] write the synthetic dataset
-    dist-train show-config [--config C] [--set ...]       print the validated config
+dist-train train [--config C] [--set KEY=VALUE ...]   train + evaluate (default config)
+dist-train gen-data [--config C] --out DIR [--set ...] write the synthetic dataset
+dist-train show-config [--config C] [--set ...]       print the validated config
 """
 
 from __future__ import annotations
@@ -71,8 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", help="job config YAML (default: launch/configs/default.yaml)")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key, e.g. --set train.epochs=2 (repeatable)")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. --set train.epochs=2 (repeatable)",
+        )
 
     p = sub.add_parser("train", help="train and evaluate a model (default config if no flags)")
     common(p)

@@ -130,7 +130,7 @@ class EmbeddingOptimizerConfig(_Strict):
     type: Literal["rowwise_adagrad", "adam", "sgd"] = Field(
         "rowwise_adagrad", description="Fused optimizer of the embedding tables."
     )
-    learning_rate: float = Field(0.05, gt=0.0, description="Embedding learning rate.")
+    learning_rate: float = Field(0.01, gt=0.0, description="Embedding learning rate.")
     eps: float = Field(1e-8, gt=0.0, description="Adagrad/Adam epsilon.")
     weight_decay: float = Field(0.0, ge=0.0, description="L2 weight decay.")
 

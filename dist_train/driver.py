@@ -13,10 +13,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dist_train.config import JobConfig, load_config
+import pyarrow.parquet as pq
+
+from dist_train.config import JobConfig
 from dist_train.data.reader import list_row_groups
 from dist_train.data.synthetic import generate
+from dist_train.embedding.layout import build_layout
 from dist_train.train.loop import WorkerInputs, run_worker
+from dist_train.train.trainer import make_batch_builder
 
 
 def prepare_inputs(cfg: JobConfig) -> WorkerInputs:
@@ -28,7 +32,16 @@ def prepare_inputs(cfg: JobConfig) -> WorkerInputs:
         train_path, test_path = str(data.train_dir), str(data.test_dir)
     else:
         train_path, test_path = cfg.data.train_path, cfg.data.test_path
-    return WorkerInputs(list_row_groups(train_path), list_row_groups(test_path), str(run_dir))
+    inputs = WorkerInputs(list_row_groups(train_path), list_row_groups(test_path), str(run_dir))
+    check_schemas(cfg, inputs)
+    return inputs
+
+
+def check_schemas(cfg: JobConfig, inputs: WorkerInputs) -> None:
+    """Check every input file's columns and types from its footer, before any worker starts."""
+    builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
+    for path in sorted({g.path for g in inputs.train_groups + inputs.test_groups}):
+        builder.check_schema(pq.read_schema(path), path)
 
 
 def _process_worker(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
@@ -78,8 +91,13 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dist_train.driver", description=__doc__)
     parser.add_argument("--config", help="job config YAML (default: launch/configs/default.yaml)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set train.epochs=2")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.epochs=2",
+    )
     args = parser.parse_args(argv)
     from dist_train.cli import run_train
 

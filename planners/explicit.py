@@ -12,8 +12,6 @@ from torchrec.distributed.sharding_plan import (
 )
 from torchrec.distributed.types import ModuleSharder, ShardingPlan
 
-_KERNEL = "fused"  # FBGEMM TBE with the optimizer fused into backward
-
 
 def explicit_plan(
     module_path: str,
@@ -24,20 +22,24 @@ def explicit_plan(
     world_size: int,
     local_world_size: int,
     device_type: str,
+    compute_kernel: str = "fused",
 ) -> ShardingPlan:
     """A ``ShardingPlan`` placing every table of ``module`` (at ``module_path``) by one type.
 
     table_wise places table i on rank i mod world_size; column_wise splits every table over all
     ranks; row_wise splits rows evenly over all ranks; data_parallel replicates.
+    ``compute_kernel`` is ``fused`` (FBGEMM TBE, optimizer in backward) or ``dense``.
     """
     per_table = {}
     for i, name in enumerate(table_names):
         if sharding_type == "row_wise":
-            per_table[name] = row_wise(compute_kernel=_KERNEL)
+            per_table[name] = row_wise(compute_kernel=compute_kernel)
         elif sharding_type == "table_wise":
-            per_table[name] = table_wise(rank=i % world_size, compute_kernel=_KERNEL)
+            per_table[name] = table_wise(rank=i % world_size, compute_kernel=compute_kernel)
         elif sharding_type == "column_wise":
-            per_table[name] = column_wise(ranks=list(range(world_size)), compute_kernel=_KERNEL)
+            per_table[name] = column_wise(
+                ranks=list(range(world_size)), compute_kernel=compute_kernel
+            )
         elif sharding_type == "data_parallel":
             per_table[name] = data_parallel()
         else:

@@ -31,12 +31,26 @@ _OPTIMIZERS = {
 }
 
 
-def fused_params(optimizer: str, learning_rate: float, eps: float, weight_decay: float) -> dict[
-    str, Any
-]:
+# FBGEMM's CPU TBE implements these fused optimizers only (Adam is CUDA-only).
+_CPU_FUSED = {"rowwise_adagrad", "sgd"}
+
+
+def embedding_kernel(optimizer: str, device_type: str) -> str:
+    """``fused`` (TBE with the optimizer in backward) where FBGEMM supports the optimizer on
+    this device, else ``dense`` (plain sharded weights stepped by a torch optimizer)."""
+    if device_type == "cpu" and optimizer not in _CPU_FUSED:
+        return "dense"
+    return "fused"
+
+
+def fused_params(
+    optimizer: str, learning_rate: float, eps: float, weight_decay: float
+) -> dict[str, Any]:
     """FBGEMM TBE fused-optimizer parameters for an optimizer name of the job config."""
     if optimizer not in _OPTIMIZERS:
-        raise ValueError(f"unknown embedding optimizer {optimizer!r}; use one of {list(_OPTIMIZERS)}")
+        raise ValueError(
+            f"unknown embedding optimizer {optimizer!r}; use one of {list(_OPTIMIZERS)}"
+        )
     params: dict[str, Any] = {
         "optimizer": _OPTIMIZERS[optimizer],
         "learning_rate": learning_rate,

@@ -7,11 +7,10 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 
 from dist_train.config import DEFAULT_CONFIG, JobConfig, apply_overrides, parse_config
 from dist_train.data.synthetic import GeneratedData, generate
-
-import yaml
 
 
 def small_config(tmp_path: Path | str, overrides: list[str] | None = None) -> JobConfig:

@@ -19,7 +19,8 @@ from dist_train.embedding.hashing import (
 
 _CHILD = """
 import sys, numpy as np, pyarrow as pa
-from dist_train.embedding.hashing import fingerprint_ints, fingerprint_strings, make_salt, salted_rows
+from dist_train.embedding.hashing import (
+    fingerprint_ints, fingerprint_strings, make_salt, salted_rows)
 ints = salted_rows(fingerprint_ints(np.arange(-50, 1000)), make_salt("C7", 1, seed=3), 9973)
 strs = salted_rows(fingerprint_strings(pa.array([f"{i:08x}" for i in range(1000)])),
                    make_salt("C1", 0, seed=3), 9973)
@@ -42,7 +43,10 @@ def test_same_ids_same_rows_in_separate_processes() -> None:
     for hash_seed in ("0", "12345"):  # PYTHONHASHSEED must not matter
         proc = subprocess.run(
             [sys.executable, "-c", _CHILD],
-            capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": hash_seed},
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": hash_seed},
         )
         outs.append(np.array(proc.stdout.split(","), dtype=np.int64))
     np.testing.assert_array_equal(outs[0], outs[1])
@@ -94,7 +98,9 @@ def test_strings_hash_once_per_distinct_value_and_match_scalar_path() -> None:
     fps = fingerprint_strings(values)
     assert fps[0] == fps[2] == fps[5] and fps[1] == fps[4]
     assert len(set(fps.tolist())) == 3
-    np.testing.assert_array_equal(fps, fingerprint_strings(pa.array(["x"] * 1 + ["y", "x", "z", "y", "x"])))
+    np.testing.assert_array_equal(
+        fps, fingerprint_strings(pa.array(["x"] * 1 + ["y", "x", "z", "y", "x"]))
+    )
 
 
 def test_ints_and_their_strings_differ() -> None:

@@ -77,7 +77,9 @@ def test_output_dims_are_chunks_times_dim(kind: str) -> None:
     table = _table().set_column(4, "city", pa.array([3, 4, None], pa.int64()))
     ebc = EmbeddingBagCollection(tables=layout.embedding_bag_configs())
     pooled = ebc(b.sparse(table)).to_dict()
-    per_feature = {f.name: sum(pooled[k.key].shape[1] for k in layout.keys_of(f.name)) for f in FEATURES}
+    per_feature = {
+        f.name: sum(pooled[k.key].shape[1] for k in layout.keys_of(f.name)) for f in FEATURES
+    }
     assert per_feature == {"user": 2 * 4, "tags": 3 * 4, "city": 1 * 4}
     assert layout.num_vectors == 6
     model = DLRM(layout, 1, ModelConfig(), embedding_device="cpu")
@@ -111,13 +113,13 @@ def test_baseline_parameter_budgets() -> None:
 def test_collisionless_out_of_range_id_names_column() -> None:
     table = _table().set_column(2, "user", pa.array([7, None, 50], pa.int64()))
     table = table.set_column(4, "city", pa.array([3, 4, None], pa.int64()))
-    with pytest.raises(BadInputError, match="'user'.*id 50 outside"):
+    with pytest.raises(BadInputError, match=r"'user'.*id 50 outside"):
         _builder("collisionless").build(table, "file.parquet (row group 0)")
 
 
 def test_float_categorical_column_is_rejected_with_its_name() -> None:
     table = _table().set_column(2, "user", pa.array([7.0, None, 4.0], pa.float64()))
-    with pytest.raises(BadInputError, match="'user'.*integers or strings"):
+    with pytest.raises(BadInputError, match=r"'user'.*integers or strings"):
         _builder().build(table)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dist_train.data.synthetic import generate
+from dist_train.embedding.init import init_rows
 from dist_train.launchers.processes import run_processes
 from tests.conftest import small_config
 from tests.workers import assemble_tables, train_fixed_batches
@@ -16,8 +17,21 @@ NUM_STEPS = 24
 GLOBAL_BATCH = 256
 
 
-@pytest.mark.parametrize("optimizer", ["rowwise_adagrad", "adam"])
-def test_two_rank_row_wise_matches_one_rank(tmp_path: Path, optimizer: str) -> None:
+@pytest.mark.parametrize(
+    ("optimizer", "table_atol"),
+    [
+        ("rowwise_adagrad", 1e-5),  # FBGEMM fused TBE
+        ("sgd", 1e-5),  # FBGEMM fused TBE
+        # Adam runs on the dense kernel on CPU (FBGEMM's CPU TBE lacks it). Adam divides each
+        # element's step by its own gradient history, so float-rounding noise in near-zero
+        # gradient elements (summed in a different order over 2 ranks) becomes steps of up to
+        # ~lr * 1e-3: measured up to 4e-5 after 24 steps on a handful of rows.
+        ("adam", 1e-4),
+    ],
+)
+def test_two_rank_row_wise_matches_one_rank(
+    tmp_path: Path, optimizer: str, table_atol: float
+) -> None:
     cfg = small_config(
         tmp_path,
         [
@@ -43,6 +57,9 @@ def test_two_rank_row_wise_matches_one_rank(tmp_path: Path, optimizer: str) -> N
     tables_1, tables_2 = assemble_tables(one), assemble_tables(two)
     assert tables_1.keys() == tables_2.keys() and len(tables_1) == 2
     for key in tables_1:
-        np.testing.assert_allclose(tables_2[key], tables_1[key], rtol=0, atol=1e-5)
-        # The rows touched by training moved away from their initial values.
-        assert np.abs(tables_1[key]).max() > 2.0 / np.sqrt(tables_1[key].shape[0] * 2)
+        np.testing.assert_allclose(tables_2[key], tables_1[key], rtol=0, atol=table_atol)
+        # Training moved rows away from their (plan-independent) initial values.
+        rows, dim = tables_1[key].shape
+        initial = init_rows(key.split(".")[-2], rows, dim, cfg.seed, 0, rows).numpy()
+        moved = np.abs(tables_1[key] - initial).max(axis=1) > 1e-4
+        assert moved.sum() > 50

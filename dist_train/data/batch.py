@@ -48,8 +48,11 @@ def _is_int(t: pa.DataType) -> bool:
 
 
 def _is_str(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or (
-        pa.types.is_large_binary(t)
+    return (
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_binary(t)
+        or (pa.types.is_large_binary(t))
     )
 
 
@@ -112,6 +115,30 @@ class BatchBuilder:
     def columns(self) -> list[str]:
         """The columns this builder reads (for projection)."""
         return [self.label_column, *self.dense_columns, *(f.source_column for f in self.features)]
+
+    def check_schema(self, schema: pa.Schema, source: str) -> None:
+        """Fail fast, before training, on a missing column or one of an unusable type."""
+        for name in self.columns:
+            if schema.get_field_index(name) < 0:
+                raise BadInputError(f"{source}: missing column {name!r}")
+        label = schema.field(self.label_column).type
+        if not (
+            pa.types.is_integer(label)
+            or pa.types.is_floating(label)
+            or (pa.types.is_boolean(label))
+        ):
+            raise BadInputError(f"{source}: label column {self.label_column!r} has type {label}")
+        for name in self.dense_columns:
+            t = schema.field(name).type
+            if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
+                raise BadInputError(f"{source}: dense column {name!r} has type {t}")
+        for f in self.features:
+            t = _value_type(schema.field(f.source_column).type)
+            if not (_is_int(t) or _is_str(t)):
+                raise BadInputError(
+                    f"{source}: column {f.source_column!r}: categorical values must be "
+                    f"integers or strings (or lists of them), got {t}"
+                )
 
     def _column(self, batch: pa.RecordBatch | pa.Table, name: str, source: str) -> pa.Array:
         idx = batch.schema.get_field_index(name)

@@ -128,7 +128,10 @@ def eval_steps(assignment: list[list[RowGroup]], batch_size: int) -> int:
 
 
 def padded_tables(
-    groups: list[RowGroup], columns: list[str], batch_size: int, num_steps: int,
+    groups: list[RowGroup],
+    columns: list[str],
+    batch_size: int,
+    num_steps: int,
     filler: pa.Table,
 ) -> Iterator[tuple[pa.Table, str, int]]:
     """Exactly ``num_steps`` tables of ``batch_size`` rows covering all of ``groups``.

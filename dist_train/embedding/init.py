@@ -24,7 +24,10 @@ def init_rows(
     bound = math.sqrt(1.0 / num_rows)
     out = torch.empty(row_end - row_start, dim)
     table_key = name_fingerprint(table) & 0x7FFFFFFF
-    first, last = row_start // _BLOCK_ROWS, (row_end - 1) // _BLOCK_ROWS if row_end > row_start else -1
+    first, last = (
+        row_start // _BLOCK_ROWS,
+        (row_end - 1) // _BLOCK_ROWS if row_end > row_start else -1,
+    )
     for block in range(first, last + 1):
         b0 = block * _BLOCK_ROWS
         b1 = min(b0 + _BLOCK_ROWS, num_rows)
@@ -35,9 +38,7 @@ def init_rows(
     return out
 
 
-def init_embedding_tables(
-    model: nn.Module, tables: dict[str, tuple[int, int]], seed: int
-) -> None:
+def init_embedding_tables(model: nn.Module, tables: dict[str, tuple[int, int]], seed: int) -> None:
     """Overwrite every local shard of the embedding tables in ``model`` in place.
 
     ``tables`` maps table name -> (num_rows, dim). Works for TorchRec ShardedTensors (any

@@ -122,8 +122,15 @@ def build_layout(
                 t = slot % t_count
                 slot += 1
                 keys.append(
-                    KeySpec(f"{f.name}__{j}", f.name, j, names[t], rows[t], d,
-                            make_salt(f.name, j, seed))
+                    KeySpec(
+                        f"{f.name}__{j}",
+                        f.name,
+                        j,
+                        names[t],
+                        rows[t],
+                        d,
+                        make_salt(f.name, j, seed),
+                    )
                 )
         for t, name in enumerate(names):
             table_keys = tuple(k.key for k in keys if k.table == name)

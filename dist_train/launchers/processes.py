@@ -31,12 +31,21 @@ def free_port() -> int:
 
 
 def _entry(
-    rank: int, world_size: int, port: int, threads: int, fn: WorkerFn, args: tuple[Any, ...],
+    rank: int,
+    world_size: int,
+    port: int,
+    threads: int,
+    fn: WorkerFn,
+    args: tuple[Any, ...],
     result_dir: str,
 ) -> None:
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-        WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world_size),
     )
     torch.set_num_threads(threads)
     quiet_worker_logs()

@@ -99,7 +99,11 @@ def run_worker(
     progress = _Progress(inputs.run_dir, rank == 0)
     tc = cfg.train
     progress.log(
-        {"event": "start", "world_size": world, "tables": [t.__dict__ for t in trainer.layout.tables]},
+        {
+            "event": "start",
+            "world_size": world,
+            "tables": [t.__dict__ for t in trainer.layout.tables],
+        },
         f"[dist-train] {world} rank(s), {trainer.layout.kind} embedding: "
         + ", ".join(f"{t.name} {t.num_rows:,}x{t.dim}" for t in trainer.layout.tables[:4])
         + (" ..." if len(trainer.layout.tables) > 4 else "")
@@ -119,7 +123,11 @@ def run_worker(
         start = time.perf_counter()
         window_start = start
         for batch in batches(
-            assignment[rank], builder.columns, tc.batch_size, num_steps, builder.build,
+            assignment[rank],
+            builder.columns,
+            tc.batch_size,
+            num_steps,
+            builder.build,
             tc.prefetch_batches,
         ):
             window_loss += trainer.train_step(batch)
@@ -131,8 +139,13 @@ def run_worker(
                 now = time.perf_counter()
                 rate = window_steps * tc.batch_size * world / (now - window_start)
                 progress.log(
-                    {"event": "train", "epoch": epoch, "step": step, "loss": loss,
-                     "examples_per_second": rate},
+                    {
+                        "event": "train",
+                        "epoch": epoch,
+                        "step": step,
+                        "loss": loss,
+                        "examples_per_second": rate,
+                    },
                     f"[dist-train] epoch {epoch} step {step}/{num_steps * tc.epochs} "
                     f"loss {loss:.4f} {rate:,.0f} examples/s",
                 )

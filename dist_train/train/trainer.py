@@ -24,7 +24,11 @@ from dist_train.embedding.layout import EmbeddingLayout, build_layout
 from dist_train.models.dlrm import DLRM
 from dist_train.train.metrics import EvalMetrics
 from planners.explicit import explicit_plan
-from planners.sharders import AnyDeviceEmbeddingBagCollectionSharder, fused_params
+from planners.sharders import (
+    AnyDeviceEmbeddingBagCollectionSharder,
+    embedding_kernel,
+    fused_params,
+)
 
 _DENSE_OPTIMIZERS = {
     "adagrad": torch.optim.Adagrad,
@@ -42,6 +46,29 @@ def make_batch_builder(cfg: JobConfig, layout: EmbeddingLayout) -> BatchBuilder:
         cfg.data.label_column,
         cfg.data.dense_transform,
     )
+
+
+def _torch_optimizers(
+    cfg: JobConfig, params: dict[str, torch.nn.Parameter]
+) -> list[KeyedOptimizerWrapper]:
+    """torch optimizers for the parameters not stepped inside backward.
+
+    The MLPs get the dense optimizer; embedding tables on the ``dense`` kernel (an optimizer
+    FBGEMM lacks on this device, e.g. Adam on CPU) get the embedding optimizer.
+    """
+    emb = {k: p for k, p in params.items() if k.startswith("sparse_arch.")}
+    mlp = {k: p for k, p in params.items() if k not in emb}
+    dense_cls = _DENSE_OPTIMIZERS[cfg.train.dense_optimizer]
+    dense_lr = cfg.train.dense_learning_rate
+    out = [KeyedOptimizerWrapper(mlp, lambda ps: dense_cls(ps, lr=dense_lr))]
+    if emb:
+        o = cfg.embedding.optimizer
+        emb_cls = _DENSE_OPTIMIZERS["adagrad" if o.type == "rowwise_adagrad" else o.type]
+        kwargs = {"lr": o.learning_rate, "weight_decay": o.weight_decay}
+        if o.type != "sgd":
+            kwargs["eps"] = o.eps
+        out.append(KeyedOptimizerWrapper(emb, lambda ps: emb_cls(ps, **kwargs)))
+    return out
 
 
 @dataclass
@@ -66,8 +93,11 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical dense weights on every rank and world size
         model = DLRM(layout, len(cfg.data.resolved_dense_columns()), cfg.model, "meta")
         opt = cfg.embedding.optimizer
+        kernel = embedding_kernel(opt.type, device.type)
         sharder = AnyDeviceEmbeddingBagCollectionSharder(
             fused_params=fused_params(opt.type, opt.learning_rate, opt.eps, opt.weight_decay)
+            if kernel == "fused"
+            else None
         )
         plan = explicit_plan(
             "sparse_arch",
@@ -78,6 +108,7 @@ class Trainer:
             world_size=world_size,
             local_world_size=local_world_size or world_size,
             device_type=device.type,
+            compute_kernel=kernel,
         )
         dmp = DistributedModelParallel(
             model,
@@ -87,13 +118,12 @@ class Trainer:
             sharders=[sharder],  # type: ignore[list-item]
         )
         init_embedding_tables(dmp, {t.name: (t.num_rows, t.dim) for t in layout.tables}, cfg.seed)
-        dense_cls = _DENSE_OPTIMIZERS[cfg.train.dense_optimizer]
-        lr = cfg.train.dense_learning_rate
-        dense = KeyedOptimizerWrapper(
-            dict(in_backward_optimizer_filter(dmp.named_parameters())),
-            lambda params: dense_cls(params, lr=lr),
+        optimizer = CombinedOptimizer(
+            [
+                dmp.fused_optimizer,
+                *_torch_optimizers(cfg, dict(in_backward_optimizer_filter(dmp.named_parameters()))),
+            ]
         )
-        optimizer = CombinedOptimizer([dmp.fused_optimizer, dense])
         return cls(cfg, layout, dmp, optimizer, plan, device)
 
     def batch_builder(self) -> BatchBuilder:
@@ -124,9 +154,13 @@ class Trainer:
             p = self.predict(batch)
             probs.append(p[:valid])
             labels.append(batch.labels.numpy()[:valid])
-        local = (np.concatenate(probs), np.concatenate(labels)) if probs else (
-            np.zeros(0, np.float32),
-            np.zeros(0, np.float32),
+        local = (
+            (np.concatenate(probs), np.concatenate(labels))
+            if probs
+            else (
+                np.zeros(0, np.float32),
+                np.zeros(0, np.float32),
+            )
         )
         gathered: list[tuple[np.ndarray, np.ndarray] | None] = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, local)

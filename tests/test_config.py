@@ -1,0 +1,92 @@
+"""Configuration: the default loads; bad keys and values are named before anything starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dist_train.config import DEFAULT_CONFIG, ConfigError, load_config
+
+
+def test_default_config_is_valid_and_documented_defaults_hold() -> None:
+    cfg = load_config()
+    assert cfg.embedding.kind == "unified"
+    assert cfg.ray.num_workers == 2 and cfg.sharding.type == "row_wise"
+    assert len(cfg.features) == 26 and cfg.data.resolved_dense_columns()[0] == "I1"
+    assert cfg.data.train_path is None  # synthetic by default
+
+
+def test_every_shipped_config_is_valid() -> None:
+    for path in sorted(DEFAULT_CONFIG.parent.glob("*.yaml")):
+        load_config(path)
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "job.yaml"
+    p.write_text(DEFAULT_CONFIG.read_text() + text)
+    return p
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(DEFAULT_CONFIG.read_text().replace("dim: 16", "dimension: 16"))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value)
+    assert "embedding.dimension: unknown key" in str(err.value)
+
+
+def test_bad_value_is_named_with_reason(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"train\.batch_size: Input should be greater than 0"):
+        load_config(overrides=["train.batch_size=0"])
+    with pytest.raises(ConfigError, match=r"embedding\.kind: Input should be 'unified'"):
+        load_config(overrides=["embedding.kind=mixed"])
+
+
+def test_cross_field_checks() -> None:
+    with pytest.raises(ConfigError, match="collisionless embedding needs a cardinality"):
+        load_config(overrides=["embedding.kind=collisionless", "features=[{name: C1}]"])
+    with pytest.raises(ConfigError, match="duplicate feature names"):
+        load_config(overrides=["features=[{name: C1}, {name: C1}]"])
+    with pytest.raises(ConfigError, match="give both train_path and test_path"):
+        load_config(overrides=["data.train_path=/data/train"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_overrides_parse_yaml_values() -> None:
+    cfg = load_config(overrides=["train.epochs=3", "embedding.optimizer.learning_rate=0.1"])
+    assert cfg.train.epochs == 3 and cfg.embedding.optimizer.learning_rate == 0.1
+    with pytest.raises(ConfigError, match=r"expected KEY\.PATH=VALUE"):
+        load_config(overrides=["train.epochs"])
+
+
+def test_cli_bad_config_exits_2_before_starting_anything(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dist_train.cli",
+            "train",
+            "--set",
+            "ray.num_workers=-1",
+            "--set",
+            f"output_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "ray.num_workers: Input should be greater than 0" in proc.stderr
+    assert not any(tmp_path.iterdir())  # nothing was generated or started
