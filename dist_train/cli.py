@@ -62,6 +62,17 @@ def _show_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    cfg = _load(args.config, args.set)
+    if cfg is None:
+        return 2
+    from dist_train.bench.embeddings import run_embedding_bench
+
+    lrs = [float(x) for x in args.lrs.split(",")]
+    run_embedding_bench(cfg, lrs, args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dist-train",
@@ -86,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (train/ and test/ inside)")
     p = sub.add_parser("show-config", help="print the validated job config as JSON")
     common(p)
+    p = sub.add_parser("bench", help="benchmarks that print ratios measured in one run")
+    bench = p.add_subparsers(dest="bench", required=True)
+    p = bench.add_parser("embeddings", help="unified vs hashing_trick vs collisionless")
+    common(p)
+    p.add_argument("--lrs", default="0.01,0.05", help="embedding learning rates to try")
+    p.add_argument("--json", help="also write the rows as JSON to this file")
     return parser
 
 
@@ -95,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_train(args.config, args.set)
     if args.command == "gen-data":
         return _gen_data(args)
+    if args.command == "bench":
+        return _bench(args)
     return _show_config(args)
 
 

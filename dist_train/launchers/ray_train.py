@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -71,7 +72,7 @@ def _init_ray(cfg: JobConfig) -> None:
         _node_ip_address="127.0.0.1",
         log_to_driver=True,
         configure_logging=True,
-        logging_level="WARNING",
+        logging_level=logging.WARNING,
     )
 
 
@@ -94,7 +95,8 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
             name=cfg.name,
             storage_path=str((Path(inputs.run_dir) / "ray").resolve()),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
-            logging_config=LoggingConfig(log_level="WARNING"),
+            # Ray Train v2's RunConfig (the default in Ray 2.60); the stubs show v1's.
+            logging_config=LoggingConfig(log_level="WARNING"),  # type: ignore[call-arg]
         ),
     )
     try:

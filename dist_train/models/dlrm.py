@@ -29,14 +29,14 @@ def mlp(sizes: list[int], final_activation: bool) -> nn.Sequential:
 class DotInteraction(nn.Module):
     """Upper-triangle pairwise dot products of ``[B, n, d]`` vectors, plus the dense vector."""
 
+    rows: torch.Tensor
+    cols: torch.Tensor
+
     def __init__(self, num_vectors: int) -> None:
         super().__init__()
         rows, cols = torch.triu_indices(num_vectors, num_vectors, offset=1)
         self.register_buffer("rows", rows, persistent=False)
         self.register_buffer("cols", cols, persistent=False)
-
-    def output_dim(self, dim: int) -> int:
-        return dim + int(self.rows.numel())
 
     def forward(self, dense: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         stacked = torch.cat([dense.unsqueeze(1), vectors], dim=1)

@@ -1,0 +1,76 @@
+"""``dist-train bench embeddings``: the paper's comparison on one dataset, in one run.
+
+Trains the same job with each embedding kind (unified, hashing_trick, collisionless) at each
+given embedding learning rate, on the same generated data, and prints parameters, test AUC,
+log loss and examples/s side by side. Runs with the plain-process launcher so start-up costs
+do not blur throughput.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from dist_train.config import JobConfig, apply_overrides, parse_config
+from dist_train.driver import run_job
+from dist_train.embedding.layout import build_layout
+
+KINDS = ("unified", "hashing_trick", "collisionless")
+
+
+def _variant(cfg: JobConfig, kind: str, lr: float) -> JobConfig:
+    raw = cfg.model_dump(mode="json")
+    raw = apply_overrides(
+        raw,
+        [
+            f"name={cfg.name}-{kind}-lr{lr:g}",
+            f"embedding.kind={kind}",
+            f"embedding.optimizer.learning_rate={lr}",
+            "launcher=processes",
+        ],
+    )
+    # One dataset for every variant: generate it once under the base run's name.
+    raw["data"]["train_path"] = raw["data"]["train_path"] or str(cfg.run_dir / "data" / "train")
+    raw["data"]["test_path"] = raw["data"]["test_path"] or str(cfg.run_dir / "data" / "test")
+    return parse_config(raw, f"bench variant {kind} lr={lr}")
+
+
+def run_embedding_bench(
+    cfg: JobConfig, learning_rates: list[float], json_out: str | None = None
+) -> list[dict[str, Any]]:
+    """Run every (kind, learning rate) variant; print and return one row each."""
+    if cfg.data.train_path is None:
+        from dist_train.data.synthetic import generate
+
+        generate(cfg.data.synthetic, cfg.run_dir / "data")
+    rows = []
+    for kind in KINDS:
+        for lr in learning_rates:
+            variant = _variant(cfg, kind, lr)
+            params = build_layout(variant.embedding, variant.features, variant.seed).num_parameters
+            print(f"[bench] {kind} lr={lr:g} ({params:,} embedding parameters)", flush=True)
+            summary = run_job(variant)
+            rows.append(
+                {
+                    "kind": kind,
+                    "learning_rate": lr,
+                    "embedding_parameters": params,
+                    "test_auc": summary["test_auc"],
+                    "test_log_loss": summary["test_log_loss"],
+                    "examples_per_second": summary["examples_per_second"],
+                }
+            )
+    base = next(r["embedding_parameters"] for r in rows if r["kind"] == "collisionless")
+    print("\nkind           lr      params      params/collisionless  test AUC  log loss  ex/s")
+    for r in rows:
+        print(
+            f"{r['kind']:<14} {r['learning_rate']:<7g} {r['embedding_parameters']:>11,} "
+            f"{r['embedding_parameters'] / base:>20.2f}  {r['test_auc']:.4f}    "
+            f"{r['test_log_loss']:.4f}    {r['examples_per_second']:,.0f}"
+        )
+    sys.stdout.flush()
+    if json_out:
+        Path(json_out).write_text(json.dumps(rows, indent=2))
+    return rows
