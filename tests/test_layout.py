@@ -126,3 +126,16 @@ def test_float_categorical_column_is_rejected_with_its_name() -> None:
 def test_missing_column_is_named() -> None:
     with pytest.raises(BadInputError, match="missing column 'city'"):
         _builder().build(_table().drop_columns(["city"]), "part-0.parquet (row group 3)")
+
+
+@pytest.mark.parametrize("interaction", ["dot", "concat"])
+def test_dlrm_interactions_shapes_and_gradients(interaction: str) -> None:
+    b = _builder("unified", 2)
+    table = _table()
+    model = DLRM(b.layout, 1, ModelConfig(interaction=interaction), embedding_device="cpu")
+    batch = b.build(table)
+    logits = model(batch.dense, batch.sparse)
+    assert logits.shape == (3,)
+    logits.sum().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
