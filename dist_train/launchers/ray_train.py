@@ -64,6 +64,8 @@ def _init_ray(cfg: JobConfig) -> None:
             flush=True,
         )
         num_cpus = int(needed + 0.999)
+    # A local instance cannot be preempted; its watcher actor only adds start-up noise.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     # Embedded instance: everything, the dashboard included, on loopback only.
     ray.init(
         num_cpus=num_cpus,
