@@ -73,22 +73,25 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """The ``--config`` and ``--set`` options every job command takes."""
+    p.add_argument("--config", help="job config YAML (default: launch/configs/default.yaml)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.epochs=2 (repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dist-train",
         description="Distributed training of Unified-Embedding recommender models.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", help="job config YAML (default: launch/configs/default.yaml)")
-        p.add_argument(
-            "--set",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override a config key, e.g. --set train.epochs=2 (repeatable)",
-        )
+    common = add_config_args
 
     p = sub.add_parser("train", help="train and evaluate a model (default config if no flags)")
     common(p)

@@ -89,18 +89,11 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dist_train.driver", description=__doc__)
-    parser.add_argument("--config", help="job config YAML (default: launch/configs/default.yaml)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.epochs=2",
-    )
-    args = parser.parse_args(argv)
-    from dist_train.cli import run_train
+    from dist_train.cli import add_config_args, run_train
 
+    parser = argparse.ArgumentParser(prog="python -m dist_train.driver", description=__doc__)
+    add_config_args(parser)
+    args = parser.parse_args(argv)
     return run_train(args.config, args.set)
 
 
