@@ -73,6 +73,33 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from dist_train.validate import validate_files
+
+    report = validate_files(args.files)
+    for line in report.ok:
+        print(f"ok       {line}")
+    for line in report.problems:
+        print(f"PROBLEM  {line}", file=sys.stderr)
+    return 1 if report.problems else 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from dist_train.launchers.submit import REPO_ROOT, submit
+
+    config = args.config or "launch/configs/default.yaml"
+    working_dir = None if args.no_working_dir else str(REPO_ROOT)
+    return submit(
+        config,
+        args.set,
+        args.address,
+        working_dir,
+        not args.no_wait,
+        args.dry_run,
+        args.submission_id,
+    )
+
+
 def add_config_args(p: argparse.ArgumentParser) -> None:
     """The ``--config`` and ``--set`` options every job command takes."""
     p.add_argument("--config", help="job config YAML (default: launch/configs/default.yaml)")
@@ -100,6 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (train/ and test/ inside)")
     p = sub.add_parser("show-config", help="print the validated job config as JSON")
     common(p)
+    p = sub.add_parser("submit", help="submit a job to a Ray cluster with `ray job submit`")
+    add_config_args(p)
+    p.add_argument("--address", help="job server (default: $RAY_ADDRESS, else 127.0.0.1:8265)")
+    p.add_argument(
+        "--no-working-dir",
+        action="store_true",
+        help="do not upload this checkout (the cluster's image has dist_train)",
+    )
+    p.add_argument("--no-wait", action="store_true", help="return after submitting")
+    p.add_argument("--submission-id", help="job id to use (default: Ray picks one)")
+    p.add_argument("--dry-run", action="store_true", help="print the command only")
+    p = sub.add_parser("validate", help="check job configs and cluster files before a run")
+    p.add_argument("files", nargs="+", help="job config YAMLs, Ray cluster YAMLs, RayJob YAMLs")
     p = sub.add_parser("bench", help="benchmarks that print ratios measured in one run")
     bench = p.add_subparsers(dest="bench", required=True)
     p = bench.add_parser("embeddings", help="unified vs hashing_trick vs collisionless")
@@ -117,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         return _gen_data(args)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "validate":
+        return _validate(args)
+    if args.command == "submit":
+        return _submit(args)
     return _show_config(args)
 
 

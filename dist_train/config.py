@@ -194,19 +194,63 @@ class TrainConfig(_Strict):
 class ShardingConfig(_Strict):
     """How embedding tables are placed on ranks (an explicit plan until the planner lands)."""
 
-    type: Literal["row_wise", "column_wise", "table_wise", "data_parallel"] = Field(
-        "row_wise", description="Sharding type applied to every embedding table."
+    type: Literal["row_wise", "column_wise", "table_wise", "data_parallel", "table_row_wise"] = (
+        Field(
+            "row_wise",
+            description=(
+                "Sharding type applied to every embedding table. table_row_wise puts table i "
+                "row-wise on the ranks of node i mod num_nodes."
+            ),
+        )
     )
 
 
 class RayConfig(_Strict):
-    """The Ray cluster the job runs on."""
+    """The Ray cluster the job runs on and how workers are placed."""
 
     address: str | None = Field(
-        None, description="Existing cluster ('auto' or ray://...); None = embedded local Ray."
+        None,
+        description=(
+            "Existing cluster ('auto' or host:port); None = RAY_ADDRESS if set, else an "
+            "embedded local Ray instance on 127.0.0.1."
+        ),
     )
     num_workers: int = Field(2, gt=0, description="Training workers (ranks).")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per worker = torch threads.")
+    num_nodes: int | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Nodes the workers must span, num_workers / num_nodes ranks each (checked at "
+            "start-up); None = wherever Ray packs them."
+        ),
+    )
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="Ray placement-group strategy of the worker bundles."
+    )
+    max_failures: int = Field(
+        0, ge=-1, description="Worker-group restarts Ray Train attempts (-1 = unlimited)."
+    )
+    storage_path: str | None = Field(
+        None,
+        description=(
+            "Ray Train storage (shared path or URL on multi-node clusters); "
+            "None = <output_dir>/<name>/ray."
+        ),
+    )
+    autoscaling: bool = Field(
+        False,
+        description="The cluster grows on demand: skip the check that workers fit right now.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> RayConfig:
+        if self.num_nodes is not None and self.num_workers % self.num_nodes:
+            raise ValueError(
+                f"num_workers ({self.num_workers}) must be a multiple of num_nodes "
+                f"({self.num_nodes})"
+            )
+        return self
 
 
 class JobConfig(_Strict):

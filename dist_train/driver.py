@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,7 +46,10 @@ def check_schemas(cfg: JobConfig, inputs: WorkerInputs) -> None:
 
 
 def _process_worker(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
-    return run_worker(cfg, inputs)
+    # Plain processes share this machine; ray.num_nodes splits them into simulated nodes.
+    rank = int(os.environ["RANK"])
+    per_node = cfg.ray.num_workers // (cfg.ray.num_nodes or 1)
+    return run_worker(cfg, inputs, f"local-node-{rank // per_node}")
 
 
 def run_job(cfg: JobConfig) -> dict[str, Any]:

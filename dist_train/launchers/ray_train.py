@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dist_train.config import JobConfig, parse_config
+from dist_train.launchers.cluster import check_fits, describe, live_nodes
 from dist_train.logs import quiet_worker_logs
 
 if TYPE_CHECKING:
@@ -43,30 +45,39 @@ def _ray_worker(payload: dict[str, Any]) -> None:
 
     cfg = parse_config(payload["config"], "<driver>")
     inputs = WorkerInputs.from_dict(payload["inputs"])
-    run_worker(cfg, inputs, report=_report)
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    run_worker(cfg, inputs, node_id, report=_report)
 
 
-def _init_ray(cfg: JobConfig) -> None:
+def _init_ray(cfg: JobConfig) -> bool:
+    """Connect to the configured cluster, or start an embedded one; True if embedded."""
     import ray
 
     if ray.is_initialized():
-        return
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, log_to_driver=True)
-        return
+        return False
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        print(f"[dist-train] joining Ray cluster at {address}", flush=True)
+        ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
+        return False
     needed = cfg.ray.num_workers * cfg.ray.cpus_per_worker
     num_cpus = os.cpu_count() or 1
     if needed > num_cpus:
         print(
-            f"[dist-train] {cfg.ray.num_workers} workers x {cfg.ray.cpus_per_worker} CPU exceed "
-            f"this machine's {num_cpus} cores; oversubscribing the embedded Ray instance",
+            f"[dist-train] {cfg.ray.num_workers} workers x {cfg.ray.cpus_per_worker:g} CPU "
+            f"exceed this machine's {num_cpus} cores; oversubscribing the embedded Ray instance",
             file=sys.stderr,
             flush=True,
         )
-        num_cpus = int(needed + 0.999)
+        num_cpus = math.ceil(needed)
     # A local instance cannot be preempted; its watcher actor only adds start-up noise.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    # Embedded instance: everything, the dashboard included, on loopback only.
+    print(
+        f"[dist-train] starting an embedded Ray instance on 127.0.0.1 ({num_cpus} CPUs)", flush=True
+    )
+    # Everything, the dashboard included, listens on loopback only.
     ray.init(
         num_cpus=num_cpus,
         include_dashboard=True,
@@ -76,38 +87,64 @@ def _init_ray(cfg: JobConfig) -> None:
         configure_logging=True,
         logging_level=logging.WARNING,
     )
+    return True
+
+
+def check_cluster(cfg: JobConfig) -> None:
+    """Fail fast if the connected cluster cannot host the worker group (unless autoscaling)."""
+    import ray
+
+    nodes = live_nodes(ray.nodes())
+    print(f"[dist-train] Ray cluster: {describe(nodes)}", flush=True)
+    if not cfg.ray.autoscaling:
+        check_fits(nodes, cfg.ray.num_workers, cfg.ray.cpus_per_worker, 0.0, cfg.ray.num_nodes)
 
 
 def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
     """Run the job on Ray Train workers; the rank-0 summary."""
-    from ray.train import CheckpointConfig, LoggingConfig, RunConfig, ScalingConfig
+    import ray
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+        ScalingConfig,
+    )
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    _init_ray(cfg)
-    trainer = TorchTrainer(
-        train_loop_per_worker=_ray_worker,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "inputs": inputs.to_dict()},
-        scaling_config=ScalingConfig(
-            num_workers=cfg.ray.num_workers,
-            use_gpu=False,
-            resources_per_worker={"CPU": cfg.ray.cpus_per_worker},
-        ),
-        torch_config=TorchConfig(backend="gloo"),
-        run_config=RunConfig(
-            name=cfg.name,
-            storage_path=str((Path(inputs.run_dir) / "ray").resolve()),
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
-            # Ray Train v2's RunConfig (the default in Ray 2.60); the stubs show v1's.
-            logging_config=LoggingConfig(log_level="WARNING"),  # type: ignore[call-arg]
-        ),
-    )
+    embedded = _init_ray(cfg)
     try:
-        result = trainer.fit()
-    except Exception as err:  # Ray wraps worker errors; surface the root cause
-        raise LaunchError(f"training failed: {err}") from err
-    if result.error is not None:
-        raise LaunchError(f"training failed: {result.error}")
-    if result.checkpoint is None:
-        raise LaunchError("training finished without reporting a summary")
-    with result.checkpoint.as_directory() as path:
-        return dict(json.loads((Path(path) / SUMMARY_FILE).read_text()))
+        check_cluster(cfg)
+        storage = cfg.ray.storage_path or str((Path(inputs.run_dir) / "ray").resolve())
+        trainer = TorchTrainer(
+            train_loop_per_worker=_ray_worker,
+            train_loop_config={"config": cfg.model_dump(mode="json"), "inputs": inputs.to_dict()},
+            scaling_config=ScalingConfig(
+                num_workers=cfg.ray.num_workers,
+                use_gpu=False,
+                resources_per_worker={"CPU": cfg.ray.cpus_per_worker},
+                placement_strategy=cfg.ray.placement_strategy,
+            ),
+            torch_config=TorchConfig(backend="gloo"),
+            run_config=RunConfig(
+                name=cfg.name,
+                storage_path=storage,
+                checkpoint_config=CheckpointConfig(num_to_keep=1),
+                failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+                # Ray Train v2's RunConfig (the default in Ray 2.60); the stubs show v1's.
+                logging_config=LoggingConfig(log_level="WARNING"),  # type: ignore[call-arg]
+            ),
+        )
+        try:
+            result = trainer.fit()
+        except Exception as err:  # Ray wraps worker errors; surface the root cause
+            raise LaunchError(f"training failed: {err}") from err
+        if result.error is not None:
+            raise LaunchError(f"training failed: {result.error}")
+        if result.checkpoint is None:
+            raise LaunchError("training finished without reporting a summary")
+        with result.checkpoint.as_directory() as path:
+            return dict(json.loads((Path(path) / SUMMARY_FILE).read_text()))
+    finally:
+        if embedded:
+            ray.shutdown()

@@ -8,7 +8,6 @@ Rank 0 prints progress and appends it to ``<run_dir>/metrics.jsonl``.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from dist_train.data.reader import (
     prefetch,
     steps_per_epoch,
 )
+from dist_train.train.topology import TopologyError, discover_topology
 from dist_train.train.trainer import Trainer
 
 Report = Callable[[dict[str, Any]], None]
@@ -89,12 +89,22 @@ def _mean_across_ranks(value: float) -> float:
 
 
 def run_worker(
-    cfg: JobConfig, inputs: WorkerInputs, report: Report | None = None
+    cfg: JobConfig, inputs: WorkerInputs, node_id: str, report: Report | None = None
 ) -> dict[str, Any]:
-    """Train and evaluate on this rank; returns (and reports) the run summary."""
+    """Train and evaluate on this rank; returns (and reports) the run summary.
+
+    ``node_id`` names the machine (or simulated node) this rank runs on; ranks sharing it
+    form one host for hierarchical sharding.
+    """
     rank, world = dist.get_rank(), dist.get_world_size()
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    trainer = Trainer.build(cfg, local_world_size=local_world)
+    topo = discover_topology(node_id)
+    if cfg.ray.num_nodes is not None and topo.num_nodes != cfg.ray.num_nodes:
+        raise TopologyError(
+            f"the job asks for {cfg.ray.num_nodes} nodes but its {world} workers landed on "
+            f"{topo.num_nodes} ({topo.local_world_size} ranks each); check ray.num_nodes, "
+            "cpus_per_worker and the nodes' CPU counts"
+        )
+    trainer = Trainer.build(cfg, local_world_size=topo.local_world_size)
     builder = trainer.batch_builder()
     progress = _Progress(inputs.run_dir, rank == 0)
     tc = cfg.train
@@ -102,9 +112,18 @@ def run_worker(
         {
             "event": "start",
             "world_size": world,
+            "num_nodes": topo.num_nodes,
+            "ranks_per_node": topo.local_world_size,
+            "node_ids": list(topo.node_ids),
+            "sharding": {
+                table: {"type": ps.sharding_type, "ranks": ps.ranks}
+                for module_plan in trainer.plan.plan.values()
+                for table, ps in module_plan.items()  # type: ignore[attr-defined]
+            },
             "tables": [t.__dict__ for t in trainer.layout.tables],
         },
-        f"[dist-train] {world} rank(s), {trainer.layout.kind} embedding: "
+        f"[dist-train] {world} rank(s) on {topo.num_nodes} node(s), "
+        f"{trainer.layout.kind} embedding: "
         + ", ".join(f"{t.name} {t.num_rows:,}x{t.dim}" for t in trainer.layout.tables[:4])
         + (" ..." if len(trainer.layout.tables) > 4 else "")
         + f", {cfg.sharding.type} sharding, batch {tc.batch_size}/rank",
@@ -112,6 +131,8 @@ def run_worker(
 
     step, examples, window_loss, window_steps = 0, 0, 0.0, 0
     train_seconds = 0.0
+    first_step_unix: float | None = None
+    first_step_clock = 0.0
     last_loss = float("nan")
     for epoch in range(tc.epochs):
         assignment = assign_row_groups(inputs.train_groups, world, cfg.seed, epoch)
@@ -133,6 +154,8 @@ def run_worker(
             window_loss += trainer.train_step(batch)
             window_steps += 1
             step += 1
+            if first_step_unix is None:
+                first_step_unix, first_step_clock = time.time(), time.perf_counter()
             examples += tc.batch_size * world
             if step % tc.log_every == 0:
                 loss = _mean_across_ranks(window_loss / window_steps)
@@ -151,6 +174,7 @@ def run_worker(
                 )
                 last_loss, window_loss, window_steps, window_start = loss, 0.0, 0, now
         train_seconds += time.perf_counter() - start
+    steady_seconds = time.perf_counter() - first_step_clock if first_step_unix else 0.0
     if window_steps:
         last_loss = _mean_across_ranks(window_loss / window_steps)
 
@@ -174,6 +198,11 @@ def run_worker(
         "train_examples": examples,
         "train_seconds": train_seconds,
         "examples_per_second": examples / train_seconds if train_seconds > 0 else 0.0,
+        # After the first step: excludes one-time costs (first batch read, kernel warm-up).
+        "steady_examples_per_second": (
+            (step - 1) * tc.batch_size * world / steady_seconds if steady_seconds > 0 else 0.0
+        ),
+        "first_step_unix": first_step_unix,
         "final_train_loss": last_loss,
         "test_auc": metrics.auc,
         "test_log_loss": metrics.log_loss,
@@ -181,6 +210,14 @@ def run_worker(
         "test_examples": metrics.num_examples,
         "eval_seconds": time.perf_counter() - eval_start,
         "world_size": world,
+        "num_nodes": topo.num_nodes,
+        "ranks_per_node": topo.local_world_size,
+        "node_ids": list(topo.node_ids),
+        "sharding": {
+            table: {"type": ps.sharding_type, "ranks": ps.ranks}
+            for module_plan in trainer.plan.plan.values()
+            for table, ps in module_plan.items()  # type: ignore[attr-defined]
+        },
         "embedding_kind": trainer.layout.kind,
         "embedding_parameters": trainer.layout.num_parameters,
     }

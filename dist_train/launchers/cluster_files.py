@@ -1,0 +1,159 @@
+"""Ray cluster-launcher YAML and KubeRay RayJob manifests: their capacity, checked.
+
+Only the fields dist_train relies on are modelled (everything else passes through), and each
+file's maximum size is turned into :class:`NodeResources` for ``check_fits``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dist_train.launchers.cluster import NodeResources
+
+
+class ClusterFileError(ValueError):
+    """A cluster file that cannot be used; the message names the file and the field."""
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class NodeType(_Open):
+    resources: dict[str, float] = Field(description="Logical resources: CPU, GPU, memory.")
+    min_workers: int = Field(0, ge=0)
+    max_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> NodeType:
+        if self.min_workers > self.max_workers:
+            raise ValueError(f"min_workers {self.min_workers} > max_workers {self.max_workers}")
+        if "CPU" not in self.resources:
+            raise ValueError("resources must declare CPU")
+        return self
+
+
+class ClusterLauncherConfig(_Open):
+    """The parts of ``ray up`` cluster YAML that size the cluster."""
+
+    cluster_name: str
+    max_workers: int = Field(ge=0)
+    provider: dict[str, Any]
+    head_node_type: str
+    available_node_types: dict[str, NodeType]
+
+    @model_validator(mode="after")
+    def _check(self) -> ClusterLauncherConfig:
+        if self.head_node_type not in self.available_node_types:
+            raise ValueError(
+                f"head_node_type {self.head_node_type!r} is not one of available_node_types "
+                f"{sorted(self.available_node_types)}"
+            )
+        if "type" not in self.provider:
+            raise ValueError("provider.type is required")
+        return self
+
+    def nodes(self) -> list[NodeResources]:
+        """The cluster at its maximum size (head + up to max_workers workers)."""
+        out = []
+        budget = self.max_workers
+        for name, nt in self.available_node_types.items():
+            count = min(nt.max_workers, budget) + (1 if name == self.head_node_type else 0)
+            budget -= min(nt.max_workers, budget)
+            if count:
+                out.append(_node(name, nt.resources, count))
+        return out
+
+
+def _node(name: str, resources: dict[str, float], count: int) -> NodeResources:
+    return NodeResources(
+        name=name,
+        cpus=float(resources.get("CPU", 0)),
+        gpus=float(resources.get("GPU", 0)),
+        memory_bytes=int(resources.get("memory", 0)),
+        count=count,
+    )
+
+
+_QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
+_SCALE = {
+    None: 1,
+    "m": 1e-3,
+    "k": 1e3,
+    "Ki": 2**10,
+    "M": 1e6,
+    "Mi": 2**20,
+    "G": 1e9,
+    "Gi": 2**30,
+    "T": 1e12,
+    "Ti": 2**40,
+}
+
+
+def k8s_quantity(value: str | int | float, where: str) -> float:
+    """A Kubernetes quantity ('4', '500m', '16Gi') as a number."""
+    m = _QUANTITY.match(str(value))
+    if not m:
+        raise ClusterFileError(f"{where}: {value!r} is not a Kubernetes quantity")
+    return float(m.group(1)) * _SCALE[m.group(2)]
+
+
+def _group_resources(group: dict[str, Any], where: str) -> dict[str, float]:
+    """Ray resources of a KubeRay group: rayStartParams override container limits."""
+    params = group.get("rayStartParams", {}) or {}
+    containers = group.get("template", {}).get("spec", {}).get("containers", [])
+    if not containers:
+        raise ClusterFileError(f"{where}: template.spec.containers is empty")
+    limits = containers[0].get("resources", {}).get("limits", {}) or {}
+    cpu = params.get("num-cpus", limits.get("cpu"))
+    if cpu is None:
+        raise ClusterFileError(f"{where}: set resources.limits.cpu or rayStartParams.num-cpus")
+    gpu = params.get("num-gpus", limits.get("nvidia.com/gpu", 0))
+    memory = limits.get("memory", 0)
+    return {
+        "CPU": k8s_quantity(cpu, f"{where}.cpu"),
+        "GPU": k8s_quantity(gpu, f"{where}.gpu"),
+        "memory": k8s_quantity(memory, f"{where}.memory"),
+    }
+
+
+def rayjob_nodes(doc: dict[str, Any], source: str) -> tuple[list[NodeResources], str]:
+    """Nodes (at max replicas) and entrypoint of a KubeRay RayJob manifest."""
+    spec = doc.get("spec")
+    if not isinstance(spec, dict):
+        raise ClusterFileError(f"{source}: RayJob has no spec")
+    entrypoint = spec.get("entrypoint")
+    if not isinstance(entrypoint, str) or "dist_train.driver" not in entrypoint:
+        raise ClusterFileError(
+            f"{source}: spec.entrypoint must run 'python -m dist_train.driver --config ...', "
+            f"got {entrypoint!r}"
+        )
+    cluster = spec.get("rayClusterSpec")
+    if not isinstance(cluster, dict) or "headGroupSpec" not in cluster:
+        raise ClusterFileError(f"{source}: spec.rayClusterSpec.headGroupSpec is required")
+    nodes = [
+        _node("head", _group_resources(cluster["headGroupSpec"], f"{source}: headGroupSpec"), 1)
+    ]
+    for i, group in enumerate(cluster.get("workerGroupSpecs", []) or []):
+        where = f"{source}: workerGroupSpecs[{i}]"
+        count = int(group.get("maxReplicas", group.get("replicas", 0)))
+        if count:
+            nodes.append(
+                _node(group.get("groupName", f"group{i}"), _group_resources(group, where), count)
+            )
+    return nodes, entrypoint
+
+
+def launcher_nodes(doc: dict[str, Any], source: str) -> list[NodeResources]:
+    """Nodes of a cluster-launcher YAML at its maximum size."""
+    try:
+        return ClusterLauncherConfig.model_validate(doc).nodes()
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<top level>'}: {e['msg']}"
+            for e in err.errors()
+        )
+        raise ClusterFileError(f"{source}: invalid Ray cluster config: {problems}") from None

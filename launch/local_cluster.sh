@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# A single-node Ray cluster on this machine, everything on 127.0.0.1, for `ray job submit`.
+#   launch/local_cluster.sh start        # head on 127.0.0.1:6379, job server on :8265
+#   RAY_ADDRESS=http://127.0.0.1:8265 dist-train submit --config launch/configs/tiny.yaml
+#   launch/local_cluster.sh stop
+# Several nodes on one machine (for trying hierarchical plans) need ray.cluster_utils; see
+# tests/test_ray_launch.py.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# Jobs run `python` from the head's PATH: make it this checkout's virtualenv.
+export PATH="$PWD/.venv/bin:$PATH"
+RAY=".venv/bin/ray"
+case "${1:-}" in
+  start)
+    "$RAY" start --head --node-ip-address=127.0.0.1 --port="${RAY_PORT:-6379}" \
+      --dashboard-host=127.0.0.1 --dashboard-port="${DASHBOARD_PORT:-8265}" \
+      --num-cpus="${NUM_CPUS:-$(nproc)}" --disable-usage-stats
+    echo "export RAY_ADDRESS=http://127.0.0.1:${DASHBOARD_PORT:-8265}"
+    ;;
+  stop)
+    "$RAY" stop
+    ;;
+  *)
+    echo "usage: $0 start|stop" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,192 @@
+"""Ray launch against real Ray clusters started by the tests (no mocks).
+
+- `ray start --head` on 127.0.0.1, a tiny job through `ray job submit`, SUCCEEDED, outputs.
+- A 2-node cluster on one machine (ray.cluster_utils.Cluster): 4 workers spread 2 + 2 and a
+  table_row_wise plan that keeps each table inside one node.
+- Fail fast: a cluster too small for the workers, a bad config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dist_train.config import load_config
+from dist_train.driver import run_job
+from dist_train.launchers.cluster import ClusterTooSmallError
+from dist_train.launchers.processes import free_port
+from dist_train.launchers.submit import submit_command
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "launch" / "configs" / "tiny.yaml"
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.ray
+
+
+def _ray(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "ray"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_ray_job_submit_runs_the_driver(tmp_path: Path) -> None:
+    # Token authentication on, with this test's own token: the job server refuses anyone else.
+    token = tmp_path / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+    }
+    env.pop("RAY_ADDRESS", None)
+    dash = free_port()
+    started = _ray(
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={free_port()}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        "--num-cpus=2",
+        "--disable-usage-stats",
+        env=env,
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        address = f"http://127.0.0.1:{dash}"
+        cmd = submit_command(
+            str(TINY),
+            [f"output_dir={tmp_path}"],
+            address,
+            working_dir=None,
+            wait=False,
+            submission_id="dist-train-test-job",
+        )
+        assert cmd[:3] == [str(BIN / "ray"), "job", "submit"]
+        sub = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+        assert sub.returncode == 0, sub.stdout + sub.stderr
+        deadline, status = time.monotonic() + 400, ""
+        while time.monotonic() < deadline:
+            status = _ray(
+                "job", "status", "--address", address, "dist-train-test-job", env=env
+            ).stdout
+            if any(s in status.lower() for s in ("succeeded", "failed", "stopped")):
+                break
+            time.sleep(3)
+        logs = _ray("job", "logs", "--address", address, "dist-train-test-job", env=env).stdout
+        # Without the token the job server answers nobody.
+        anonymous = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+        denied = _ray("job", "list", "--address", address, env=anonymous)
+        assert denied.returncode != 0 and "token" in (denied.stdout + denied.stderr).lower()
+        assert "succeeded" in status.lower(), status + logs[-4000:]
+        assert "joining Ray cluster" in logs and "== dist-train summary ==" in logs
+        summary = json.loads((tmp_path / "tiny" / "summary.json").read_text())
+        assert summary["world_size"] == 2 and summary["steps"] > 0
+        assert summary["test_examples"] == 4096
+        lines = (tmp_path / "tiny" / "metrics.jsonl").read_text().splitlines()
+        assert json.loads(lines[-1])["event"] == "eval"
+    finally:
+        _ray("stop", env=env)
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster() -> Iterator[str]:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1"},
+    )
+    cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="WARNING")
+    try:
+        yield cluster.address
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_two_nodes_spread_workers_and_keep_tables_inside_nodes(
+    two_node_cluster: str, tmp_path: Path
+) -> None:
+    import ray
+
+    cfg = load_config(
+        TINY,
+        [
+            f"output_dir={tmp_path}",
+            f"ray.address={two_node_cluster}",
+            "ray.num_workers=4",
+            "ray.num_nodes=2",
+            "sharding.type=table_row_wise",
+        ],
+    )
+    summary = run_job(cfg)
+    nodes = summary["node_ids"]
+    cluster_nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert len(cluster_nodes) == 2 and set(nodes) == cluster_nodes
+    assert nodes[0] == nodes[1] != nodes[2] == nodes[3]  # ranks 0,1 | 2,3
+    assert summary["num_nodes"] == 2 and summary["ranks_per_node"] == 2
+    assert summary["sharding"] == {
+        "unified_0": {"type": "table_row_wise", "ranks": [0, 1]},
+        "unified_1": {"type": "table_row_wise", "ranks": [2, 3]},
+    }
+    assert summary["test_examples"] == 4096 and summary["test_auc"] > 0.5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["ray.num_workers=6"], "the cluster is too small: 6 workers x 1 CPU"),
+        (["ray.num_workers=3", "ray.num_nodes=3"], "the job needs 3 nodes"),
+    ],
+)
+def test_cluster_too_small_fails_fast(
+    two_node_cluster: str, tmp_path: Path, overrides: list[str], message: str
+) -> None:
+    cfg = load_config(
+        TINY, [f"output_dir={tmp_path}", f"ray.address={two_node_cluster}", *overrides]
+    )
+    start = time.monotonic()
+    with pytest.raises(ClusterTooSmallError, match=message):
+        run_job(cfg)
+    assert time.monotonic() - start < 30
+
+
+def test_driver_bad_config_fails_fast_with_the_key(tmp_path: Path) -> None:
+    start = time.monotonic()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dist_train.driver",
+            "--config",
+            str(TINY),
+            "--set",
+            "ray.num_nodes=3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "ray: Value error, num_workers (2) must be a multiple of num_nodes (3)" in proc.stderr
+    assert time.monotonic() - start < 30
