@@ -62,6 +62,7 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
         f"row groups, {cfg.ray.num_workers} workers via {cfg.launcher}",
         flush=True,
     )
+    launch_unix = time.time()
     if cfg.launcher == "ray":
         from dist_train.launchers.ray_train import launch_ray
 
@@ -72,6 +73,9 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
         threads = max(1, int(cfg.ray.cpus_per_worker))
         summary = run_processes(_process_worker, (cfg, inputs), cfg.ray.num_workers, threads)[0]
     summary["wall_seconds"] = time.perf_counter() - start
+    if summary.get("first_step_unix"):
+        # Launch (workers requested) to the first finished training step.
+        summary["startup_seconds"] = summary["first_step_unix"] - launch_unix
     out = Path(inputs.run_dir)
     (out / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -1,0 +1,128 @@
+"""Cluster fit, node topology, cluster files and `dist-train validate` (pure logic, no Ray)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dist_train.cli import main
+from dist_train.launchers.cluster import ClusterTooSmallError, NodeResources, check_fits
+from dist_train.launchers.submit import submit_command
+from dist_train.train.topology import TopologyError, layout_from_node_ids
+from dist_train.validate import validate_files
+
+REPO = Path(__file__).resolve().parent.parent
+LAUNCH = REPO / "launch"
+
+
+def test_check_fits_counts_whole_workers_per_node() -> None:
+    nodes = [NodeResources("a", cpus=3), NodeResources("b", cpus=3)]
+    check_fits(nodes, 6, 1.0)
+    check_fits(nodes, 2, 1.5, num_nodes=2)
+    with pytest.raises(ClusterTooSmallError, match="room for 2 worker"):
+        check_fits(nodes, 3, 2.0)  # 3 CPUs per node host one 2-CPU worker each
+    with pytest.raises(ClusterTooSmallError, match="needs 2 nodes with room for 3"):
+        check_fits([NodeResources("a", cpus=8), NodeResources("b", cpus=2)], 6, 1.0, num_nodes=2)
+    gpus = [NodeResources("g", cpus=96, gpus=8, count=2)]
+    check_fits(gpus, 16, 4.0, gpus_per_worker=1.0, num_nodes=2)
+    with pytest.raises(ClusterTooSmallError):
+        check_fits(gpus, 17, 4.0, gpus_per_worker=1.0)
+
+
+def test_topology_from_node_ids() -> None:
+    topo = layout_from_node_ids(["n1", "n1", "n2", "n2"], rank=3)
+    assert (topo.num_nodes, topo.local_world_size, topo.node_rank, topo.local_rank) == (2, 2, 1, 1)
+    with pytest.raises(TopologyError, match="not contiguous"):
+        layout_from_node_ids(["n1", "n2", "n1", "n2"], rank=0)
+    with pytest.raises(TopologyError, match="different numbers of ranks"):
+        layout_from_node_ids(["n1", "n1", "n1", "n2"], rank=0)
+
+
+def test_shipped_launch_files_validate() -> None:
+    files = [
+        *sorted((LAUNCH / "configs").glob("*.yaml")),
+        LAUNCH / "clusters" / "aws-gpu.yaml",
+        LAUNCH / "kuberay" / "rayjob.yaml",
+    ]
+    report = validate_files([str(f) for f in files])
+    assert report.problems == []
+    assert any(
+        "aws-gpu.yaml: Ray cluster config, at most 5 node(s), 384 CPUs, 32 GPUs" in line
+        for line in report.ok
+    )
+    assert any("two_nodes.yaml fits" in line and "rayjob.yaml" in line for line in report.ok)
+
+
+def _edit(src: Path, dst: Path, change: dict) -> Path:  # type: ignore[type-arg]
+    doc = yaml.safe_load(src.read_text())
+    for dotted, value in change.items():
+        node = doc
+        *parents, last = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    dst.write_text(yaml.safe_dump(doc))
+    return dst
+
+
+def test_validate_names_problems(tmp_path: Path) -> None:
+    aws = LAUNCH / "clusters" / "aws-gpu.yaml"
+    bad_head = _edit(aws, tmp_path / "bad_head.yaml", {"head_node_type": "nope"})
+    small = _edit(aws, tmp_path / "small.yaml", {"max_workers": 0})
+    job = _edit(
+        LAUNCH / "configs" / "tiny.yaml",
+        tmp_path / "job.yaml",
+        {"data.train_path": str(tmp_path / "missing"), "data.test_path": str(tmp_path / "missing")},
+    )
+    report = validate_files([str(bad_head), str(small), str(job)])
+    text = "\n".join(report.problems)
+    assert "bad_head.yaml: invalid Ray cluster config" in text
+    assert "head_node_type 'nope' is not one of available_node_types" in text
+    assert "job.yaml: data.train_path:" in text and "no Parquet files found" in text
+    assert f"{job} on {small}: the cluster is too small" in text
+
+
+def test_validate_rayjob_entrypoint_and_capacity(tmp_path: Path) -> None:
+    rayjob = LAUNCH / "kuberay" / "rayjob.yaml"
+    wrong = _edit(rayjob, tmp_path / "wrong.yaml", {"spec.entrypoint": "python train.py"})
+    report = validate_files([str(wrong)])
+    assert "spec.entrypoint must run 'python -m dist_train.driver" in report.problems[0]
+    doc = yaml.safe_load(rayjob.read_text())
+    doc["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["maxReplicas"] = 1
+    doc["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] = 1
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump(doc))
+    report = validate_files([str(tmp_path / "one.yaml")])
+    # Its own two_nodes.yaml (4 workers on 2 nodes) cannot fit one 2-CPU worker pod.
+    assert any(
+        "its entrypoint's config 'two_nodes'" in p and "too small" in p for p in report.problems
+    ), report.problems
+
+
+def test_validate_cli_exit_codes(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["validate", str(LAUNCH / "configs" / "tiny.yaml")]) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nfeatures: [{name: C1}]\ntrain: {batch_size: -1}\n")
+    assert main(["validate", str(bad)]) == 1
+    assert "train.batch_size: Input should be greater than 0" in capsys.readouterr().err
+
+
+def test_submit_command_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cmd = submit_command("launch/configs/tiny.yaml", ["train.epochs=2"], None, "/repo", True)
+    assert cmd[1:5] == ["job", "submit", "--address", "http://127.0.0.1:8265"]
+    assert cmd[cmd.index("--working-dir") + 1] == "/repo"
+    assert '".venv"' in cmd[cmd.index("--runtime-env-json") + 1]
+    tail = cmd[cmd.index("--") + 1 :]
+    assert tail == [
+        "python",
+        "-m",
+        "dist_train.driver",
+        "--config",
+        "launch/configs/tiny.yaml",
+        "--set",
+        "train.epochs=2",
+    ]
+    monkeypatch.setenv("RAY_ADDRESS", "http://head:8265")
+    assert "http://head:8265" in submit_command("c.yaml", [], None, None, False)
