@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -21,6 +22,7 @@ from dist_train.data.reader import list_row_groups
 from dist_train.data.synthetic import generate
 from dist_train.embedding.layout import build_layout
 from dist_train.train.loop import WorkerInputs, run_worker
+from dist_train.train.sharding import JobPlan, plan_job
 from dist_train.train.trainer import make_batch_builder
 
 
@@ -36,6 +38,15 @@ def prepare_inputs(cfg: JobConfig) -> WorkerInputs:
     inputs = WorkerInputs(list_row_groups(train_path), list_row_groups(test_path), str(run_dir))
     check_schemas(cfg, inputs)
     return inputs
+
+
+def plan_on_driver(cfg: JobConfig) -> JobPlan:
+    """The job's sharding plan for ``num_workers`` ranks, ``num_workers / num_nodes`` a node."""
+    world = cfg.ray.num_workers
+    job_plan = plan_job(cfg, world, world // (cfg.ray.num_nodes or 1))
+    for table, p in job_plan.placements().items():
+        print(f"[dist-train] plan: {table} {p['type']} on ranks {p['ranks']}", flush=True)
+    return job_plan
 
 
 def check_schemas(cfg: JobConfig, inputs: WorkerInputs) -> None:
@@ -55,7 +66,7 @@ def _process_worker(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
 def run_job(cfg: JobConfig) -> dict[str, Any]:
     """Run a whole job with its configured launcher; returns the summary (also on disk)."""
     start = time.perf_counter()
-    inputs = prepare_inputs(cfg)
+    inputs = dataclasses.replace(prepare_inputs(cfg), plan=plan_on_driver(cfg))
     rows = sum(g.num_rows for g in inputs.train_groups)
     print(
         f"[dist-train] job {cfg.name!r}: {rows:,} training rows in {len(inputs.train_groups)} "

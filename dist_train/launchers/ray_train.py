@@ -41,10 +41,10 @@ def _report(metrics: dict[str, Any]) -> None:
 def _ray_worker(payload: dict[str, Any]) -> None:
     quiet_worker_logs()
     # Imported here, after quieting, so FBGEMM's import-time INFO lines stay out of the output.
-    from dist_train.train.loop import WorkerInputs, run_worker
+    from dist_train.train.loop import run_worker
 
     cfg = parse_config(payload["config"], "<driver>")
-    inputs = WorkerInputs.from_dict(payload["inputs"])
+    inputs = payload["inputs"]  # a WorkerInputs, plan included (Ray pickles the config)
     import ray
 
     node_id = ray.get_runtime_context().get_node_id()
@@ -118,7 +118,7 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
         storage = cfg.ray.storage_path or str((Path(inputs.run_dir) / "ray").resolve())
         trainer = TorchTrainer(
             train_loop_per_worker=_ray_worker,
-            train_loop_config={"config": cfg.model_dump(mode="json"), "inputs": inputs.to_dict()},
+            train_loop_config={"config": cfg.model_dump(mode="json"), "inputs": inputs},
             scaling_config=ScalingConfig(
                 num_workers=cfg.ray.num_workers,
                 use_gpu=False,

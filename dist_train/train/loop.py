@@ -11,7 +11,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from dist_train.data.reader import (
     prefetch,
     steps_per_epoch,
 )
+from dist_train.train.sharding import JobPlan
 from dist_train.train.topology import TopologyError, discover_topology
 from dist_train.train.trainer import Trainer
 
@@ -42,24 +43,7 @@ class WorkerInputs:
     train_groups: list[RowGroup]
     test_groups: list[RowGroup]
     run_dir: str
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "train_groups": [g.__dict__ for g in self.train_groups],
-            "test_groups": [g.__dict__ for g in self.test_groups],
-            "run_dir": self.run_dir,
-            "extra": self.extra,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> WorkerInputs:
-        return cls(
-            [RowGroup(**g) for g in d["train_groups"]],
-            [RowGroup(**g) for g in d["test_groups"]],
-            d["run_dir"],
-            d.get("extra", {}),
-        )
+    plan: JobPlan | None = None  # made on the driver; None = each rank plans for itself
 
 
 class _Progress:
@@ -104,7 +88,14 @@ def run_worker(
             f"{topo.num_nodes} ({topo.local_world_size} ranks each); check ray.num_nodes, "
             "cpus_per_worker and the nodes' CPU counts"
         )
-    trainer = Trainer.build(cfg, local_world_size=topo.local_world_size)
+    plan = inputs.plan
+    if plan is not None and plan.hierarchical and plan.local_world_size != topo.local_world_size:
+        raise TopologyError(
+            f"the plan puts {plan.local_world_size} ranks on a node but the workers landed "
+            f"{topo.local_world_size} per node on {topo.num_nodes} node(s); set ray.num_nodes "
+            "to match the cluster"
+        )
+    trainer = Trainer.build(cfg, plan, local_world_size=topo.local_world_size)
     builder = trainer.batch_builder()
     progress = _Progress(inputs.run_dir, rank == 0)
     tc = cfg.train
@@ -213,11 +204,7 @@ def run_worker(
         "num_nodes": topo.num_nodes,
         "ranks_per_node": topo.local_world_size,
         "node_ids": list(topo.node_ids),
-        "sharding": {
-            table: {"type": ps.sharding_type, "ranks": ps.ranks}
-            for module_plan in trainer.plan.plan.values()
-            for table, ps in module_plan.items()  # type: ignore[attr-defined]
-        },
+        "sharding": JobPlan(trainer.plan, world, topo.local_world_size, "cpu").placements(),
         "embedding_kind": trainer.layout.kind,
         "embedding_parameters": trainer.layout.num_parameters,
     }

@@ -21,14 +21,8 @@ from dist_train.config import JobConfig
 from dist_train.data.batch import Batch, BatchBuilder
 from dist_train.embedding.init import init_embedding_tables
 from dist_train.embedding.layout import EmbeddingLayout, build_layout
-from dist_train.models.dlrm import DLRM
 from dist_train.train.metrics import EvalMetrics
-from planners.explicit import explicit_plan
-from planners.sharders import (
-    AnyDeviceEmbeddingBagCollectionSharder,
-    embedding_kernel,
-    fused_params,
-)
+from dist_train.train.sharding import JobPlan, build_model, make_sharder, plan_job
 
 _DENSE_OPTIMIZERS = {
     "adagrad": torch.optim.Adagrad,
@@ -84,32 +78,26 @@ class Trainer:
 
     @classmethod
     def build(
-        cls, cfg: JobConfig, device: torch.device | None = None, local_world_size: int | None = None
+        cls,
+        cfg: JobConfig,
+        job_plan: JobPlan | None = None,
+        device: torch.device | None = None,
+        local_world_size: int | None = None,
     ) -> Trainer:
-        """Build, shard and initialize the model on the current process group."""
+        """Build, shard (by ``job_plan``, else a plan made here) and initialize the model."""
         device = device or torch.device("cpu")
         world_size = dist.get_world_size()
+        if job_plan is None:
+            job_plan = plan_job(cfg, world_size, local_world_size or world_size, device.type)
+        if job_plan.world_size != world_size:
+            raise ValueError(
+                f"the plan is for {job_plan.world_size} ranks, the process group has {world_size}"
+            )
+        plan = job_plan.plan
         layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
         torch.manual_seed(cfg.seed)  # identical dense weights on every rank and world size
-        model = DLRM(layout, len(cfg.data.resolved_dense_columns()), cfg.model, "meta")
-        opt = cfg.embedding.optimizer
-        kernel = embedding_kernel(opt.type, device.type)
-        sharder = AnyDeviceEmbeddingBagCollectionSharder(
-            fused_params=fused_params(opt.type, opt.learning_rate, opt.eps, opt.weight_decay)
-            if kernel == "fused"
-            else None
-        )
-        plan = explicit_plan(
-            "sparse_arch",
-            model.sparse_arch,
-            [t.name for t in layout.tables],
-            cfg.sharding.type,
-            sharder,
-            world_size=world_size,
-            local_world_size=local_world_size or world_size,
-            device_type=device.type,
-            compute_kernel=kernel,
-        )
+        model = build_model(cfg, layout)
+        sharder = make_sharder(cfg, device.type)
         dmp = DistributedModelParallel(
             model,
             env=ShardingEnv.from_process_group(dist.group.WORLD),
