@@ -27,8 +27,8 @@ def run_train(config: str | None, overrides: list[str]) -> int:
     cfg = _load(config, overrides)
     if cfg is None:
         return 2
-    from dist_train.data.batch import BadInputError
     from dist_train.data.reader import DataSourceError
+    from dist_train.data.validation import BadInputError
     from dist_train.driver import print_summary, run_job
 
     try:

@@ -95,6 +95,13 @@ class DataConfig(_Strict):
     dense_transform: Literal["log1p", "none"] = Field(
         "log1p", description="log(1 + max(x, 0)) tames Criteo's count features."
     )
+    on_bad_input: Literal["error", "skip"] = Field(
+        "error",
+        description=(
+            "error: stop at the first bad file or row, naming file, row group and column; "
+            "skip: drop bad files, row groups and rows and report counts in the summary."
+        ),
+    )
     synthetic: SyntheticDataConfig = Field(default_factory=SyntheticDataConfig)
 
     @model_validator(mode="after")

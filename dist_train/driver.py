@@ -15,11 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dist_train.config import JobConfig
-from dist_train.data.reader import list_row_groups
+from dist_train.data.batch import BatchBuilder
+from dist_train.data.reader import DataSourceError, RowGroup, list_row_groups
 from dist_train.data.synthetic import generate
+from dist_train.data.validation import BadInputError, BadInputPolicy
 from dist_train.embedding.layout import build_layout
 from dist_train.train.loop import WorkerInputs, run_worker
 from dist_train.train.sharding import JobPlan, plan_job
@@ -27,7 +30,12 @@ from dist_train.train.trainer import make_batch_builder
 
 
 def prepare_inputs(cfg: JobConfig) -> WorkerInputs:
-    """Generate synthetic data if no paths are given, then list the row groups of both splits."""
+    """Generate synthetic data if no paths are given, then list and check both splits' files.
+
+    Files that are unreadable, empty, missing a column, of a wrong type, or whose schema
+    differs from the first file's are errors, or skipped and counted under
+    ``on_bad_input: skip``.
+    """
     run_dir = cfg.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.data.train_path is None or cfg.data.test_path is None:
@@ -35,9 +43,42 @@ def prepare_inputs(cfg: JobConfig) -> WorkerInputs:
         train_path, test_path = str(data.train_dir), str(data.test_dir)
     else:
         train_path, test_path = cfg.data.train_path, cfg.data.test_path
-    inputs = WorkerInputs(list_row_groups(train_path), list_row_groups(test_path), str(run_dir))
-    check_schemas(cfg, inputs)
-    return inputs
+    policy = BadInputPolicy.for_job(cfg)
+    builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
+    splits = []
+    for path in (train_path, test_path):
+        groups = list_row_groups(path, policy)
+        good = check_schemas(builder, groups, policy)
+        if not good:
+            raise DataSourceError(f"{path}: no usable Parquet files (all were bad input)")
+        splits.append(good)
+    return WorkerInputs(splits[0], splits[1], str(run_dir), file_counts=policy.counts)
+
+
+def check_schemas(
+    builder: BatchBuilder, groups: list[RowGroup], policy: BadInputPolicy
+) -> list[RowGroup]:
+    """The row groups of files whose columns and types (from the footer) are usable."""
+    reference: pa.Schema | None = None
+    bad_files: set[str] = set()
+    for path in dict.fromkeys(g.path for g in groups):
+        schema = pq.read_schema(path)
+        try:
+            builder.check_schema(schema, path)
+            if reference is None:
+                reference = schema
+            else:
+                for name in builder.columns:
+                    have, want = schema.field(name).type, reference.field(name).type
+                    if have != want:
+                        raise BadInputError(
+                            f"{path}: schema mismatch: column {name!r} is {have} here but "
+                            f"{want} in the first file"
+                        )
+        except BadInputError as err:
+            policy.file_problem(str(err))
+            bad_files.add(path)
+    return [g for g in groups if g.path not in bad_files]
 
 
 def plan_on_driver(cfg: JobConfig) -> JobPlan:
@@ -47,13 +88,6 @@ def plan_on_driver(cfg: JobConfig) -> JobPlan:
     for table, p in job_plan.placements().items():
         print(f"[dist-train] plan: {table} {p['type']} on ranks {p['ranks']}", flush=True)
     return job_plan
-
-
-def check_schemas(cfg: JobConfig, inputs: WorkerInputs) -> None:
-    """Check every input file's columns and types from its footer, before any worker starts."""
-    builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
-    for path in sorted({g.path for g in inputs.train_groups + inputs.test_groups}):
-        builder.check_schema(pq.read_schema(path), path)
 
 
 def _process_worker(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
@@ -93,6 +127,15 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
     return summary
 
 
+def _skipped(summary: dict[str, Any]) -> str:
+    b = summary.get("bad_input") or {}
+    return (
+        f"{b.get('rows_skipped_total', 0):,} rows, {b.get('files_skipped', 0)} files, "
+        f"{b.get('row_groups_skipped', 0)} row groups"
+        + (f" ({b['rows_skipped']})" if b.get("rows_skipped") else "")
+    )
+
+
 def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
     print(
         "\n== dist-train summary ==\n"
@@ -102,6 +145,7 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
         f"examples/s        {summary['examples_per_second']:,.0f} "
         f"({summary['world_size']} ranks, {summary['steps']} steps)\n"
         f"wall time         {summary['wall_seconds']:.1f} s\n"
+        f"bad input skipped {_skipped(summary)}\n"
         f"outputs           {run_dir.resolve()}  (summary.json, metrics.jsonl, config.json)",
         flush=True,
     )

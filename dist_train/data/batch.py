@@ -16,12 +16,9 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 from dist_train.config import FeatureConfig
+from dist_train.data.validation import BadInputError
 from dist_train.embedding.hashing import fingerprint_ints, fingerprint_strings
 from dist_train.embedding.layout import EmbeddingLayout, InvalidIdError
-
-
-class BadInputError(ValueError):
-    """Input data that cannot be trained on; the message names the column (and source)."""
 
 
 @dataclass
@@ -138,6 +135,11 @@ class BatchBuilder:
                 raise BadInputError(
                     f"{source}: column {f.source_column!r}: categorical values must be "
                     f"integers or strings (or lists of them), got {t}"
+                )
+            if self.layout.keys_of(f.name)[0].salt is None and not _is_int(t):
+                raise BadInputError(
+                    f"{source}: column {f.source_column!r} holds {t}; the collisionless "
+                    "embedding needs integer ids in [0, cardinality)"
                 )
 
     def _column(self, batch: pa.RecordBatch | pa.Table, name: str, source: str) -> pa.Array:

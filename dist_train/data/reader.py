@@ -20,6 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dist_train.data.validation import BadInputPolicy
+
 T = TypeVar("T")
 
 
@@ -54,22 +56,36 @@ def resolve_files(path: str) -> list[str]:
     return files
 
 
-def list_row_groups(path: str) -> list[RowGroup]:
-    """All non-empty row groups under ``path``, in file order."""
+def list_row_groups(path: str, policy: BadInputPolicy | None = None) -> list[RowGroup]:
+    """All non-empty row groups under ``path``, in file order.
+
+    An unreadable (e.g. truncated) or empty file is bad input: an error, or with a ``skip``
+    policy a counted, skipped file.
+    """
     groups: list[RowGroup] = []
     for f in resolve_files(path):
         try:
             meta = pq.ParquetFile(f).metadata
         except (pa.ArrowInvalid, OSError) as err:
-            raise DataSourceError(f"{f}: not a readable Parquet file ({err})") from None
+            _file_problem(policy, f"{f}: not a readable Parquet file ({err})")
+            continue
+        if meta.num_rows == 0:
+            _file_problem(policy, f"{f}: empty file (no rows)")
+            continue
         groups += [
             RowGroup(f, i, meta.row_group(i).num_rows)
             for i in range(meta.num_row_groups)
             if meta.row_group(i).num_rows > 0
         ]
     if not groups:
-        raise DataSourceError(f"{path}: the Parquet files hold no rows")
+        raise DataSourceError(f"{path}: the Parquet files hold no usable rows")
     return groups
+
+
+def _file_problem(policy: BadInputPolicy | None, message: str) -> None:
+    if policy is None:
+        raise DataSourceError(message)
+    policy.file_problem(message)
 
 
 def assign_row_groups(
@@ -95,10 +111,15 @@ def steps_per_epoch(assignment: list[list[RowGroup]], batch_size: int) -> int:
 
 
 def iter_tables(
-    groups: list[RowGroup], columns: list[str], batch_size: int, drop_last: bool = True
+    groups: list[RowGroup],
+    columns: list[str],
+    batch_size: int,
+    drop_last: bool = True,
+    policy: BadInputPolicy | None = None,
 ) -> Iterator[tuple[pa.Table, str]]:
     """Stream ``groups`` as tables of ``batch_size`` rows; the shorter tail only if not
     ``drop_last``. Yields each table with a description of its source for error messages.
+    With a ``policy``, each row group is checked (and cleaned, under ``skip``) first.
     """
     pending: list[pa.Table] = []
     pending_rows = 0
@@ -107,10 +128,14 @@ def iter_tables(
         try:
             pf = files.get(g.path) or files.setdefault(g.path, pq.ParquetFile(g.path))
             table = pf.read_row_group(g.index, columns=columns)
-        except (pa.ArrowInvalid, OSError) as err:
-            raise DataSourceError(f"{g.source}: cannot read ({err})") from None
-        except KeyError as err:
-            raise DataSourceError(f"{g.source}: missing column {err}") from None
+        except (pa.ArrowInvalid, OSError, KeyError) as err:
+            message = f"{g.source}: cannot read ({err})"
+            if policy is None:
+                raise DataSourceError(message) from None
+            policy.row_group_problem(message)
+            continue
+        if policy is not None:
+            table = policy.clean(table, g.source)
         pending.append(table)
         pending_rows += table.num_rows
         while pending_rows >= batch_size:
@@ -133,6 +158,7 @@ def padded_tables(
     batch_size: int,
     num_steps: int,
     filler: pa.Table,
+    policy: BadInputPolicy | None = None,
 ) -> Iterator[tuple[pa.Table, str, int]]:
     """Exactly ``num_steps`` tables of ``batch_size`` rows covering all of ``groups``.
 
@@ -141,13 +167,19 @@ def padded_tables(
     rows); only the first ``valid`` rows are real.
     """
     produced = 0
-    for table, source in iter_tables(groups, columns, batch_size, drop_last=False):
+    for table, source in iter_tables(groups, columns, batch_size, False, policy):
         valid = table.num_rows
         if valid < batch_size:
             table = table.take(np.arange(batch_size) % valid)
         yield table, source, valid
         produced += 1
-    pad = filler.select(columns).take(np.arange(batch_size) % filler.num_rows)
+    if produced < num_steps:
+        filler = filler.select(columns)
+        if policy is not None:
+            filler = policy.clean(filler, "padding rows", count=False)
+        if filler.num_rows == 0:
+            raise DataSourceError("no valid rows to pad evaluation batches with")
+    pad = filler.take(np.arange(batch_size) % max(filler.num_rows, 1))
     for _ in range(produced, num_steps):
         yield pad, "padding", 0
 
@@ -191,11 +223,14 @@ def batches(
     num_batches: int,
     build: Callable[[pa.Table, str], T],
     prefetch_depth: int = 2,
+    policy: BadInputPolicy | None = None,
 ) -> Iterator[T]:
-    """Exactly ``num_batches`` built batches from ``groups`` (prefetched in a thread)."""
+    """At most ``num_batches`` built batches from ``groups`` (prefetched in a thread); fewer
+    if a ``skip`` policy dropped rows."""
 
     def produce() -> Iterator[T]:
-        for n, (table, source) in enumerate(iter_tables(groups, columns, batch_size)):
+        tables = iter_tables(groups, columns, batch_size, True, policy)
+        for n, (table, source) in enumerate(tables):
             if n >= num_batches:
                 return
             yield build(table, source)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow.parquet as pq
 import torch
@@ -29,11 +29,13 @@ from dist_train.data.reader import (
     prefetch,
     steps_per_epoch,
 )
+from dist_train.data.validation import BadInputCounts, BadInputPolicy
 from dist_train.train.sharding import JobPlan
 from dist_train.train.topology import TopologyError, discover_topology
 from dist_train.train.trainer import Trainer
 
 Report = Callable[[dict[str, Any]], None]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class WorkerInputs:
     test_groups: list[RowGroup]
     run_dir: str
     plan: JobPlan | None = None  # made on the driver; None = each rank plans for itself
+    file_counts: BadInputCounts | None = None  # bad files the driver skipped
 
 
 class _Progress:
@@ -72,6 +75,29 @@ def _mean_across_ranks(value: float) -> float:
     return float(t.item()) / dist.get_world_size()
 
 
+def _while_all_ranks_have(items: Iterator[T]) -> Iterator[T]:
+    """Yield while every rank still has an item: skipped bad rows can leave a rank short, and
+    the sharded embedding's collectives need all ranks to step together."""
+    it = iter(items)
+    while True:
+        item = next(it, None)
+        flag = torch.tensor([0 if item is None else 1])
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        if int(flag.item()) == 0:
+            return
+        yield item  # type: ignore[misc]
+
+
+def _total_counts(local: BadInputCounts, driver: BadInputCounts | None) -> BadInputCounts:
+    gathered: list[BadInputCounts | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, local)
+    total = driver or BadInputCounts()
+    for counts in gathered:
+        if counts is not None:
+            total = total.merge(counts)
+    return total
+
+
 def run_worker(
     cfg: JobConfig, inputs: WorkerInputs, node_id: str, report: Report | None = None
 ) -> dict[str, Any]:
@@ -97,6 +123,7 @@ def run_worker(
         )
     trainer = Trainer.build(cfg, plan, local_world_size=topo.local_world_size)
     builder = trainer.batch_builder()
+    policy = BadInputPolicy.for_job(cfg)
     progress = _Progress(inputs.run_dir, rank == 0)
     tc = cfg.train
     progress.log(
@@ -134,14 +161,16 @@ def run_worker(
             break
         start = time.perf_counter()
         window_start = start
-        for batch in batches(
+        stream = batches(
             assignment[rank],
             builder.columns,
             tc.batch_size,
             num_steps,
             builder.build,
             tc.prefetch_batches,
-        ):
+            policy,
+        )
+        for batch in _while_all_ranks_have(stream):
             window_loss += trainer.train_step(batch)
             window_steps += 1
             step += 1
@@ -178,12 +207,18 @@ def run_worker(
         (
             (builder.build(table, source), valid)
             for table, source, valid in padded_tables(
-                test_assignment[rank], builder.columns, tc.eval_batch_size, n_eval, filler
+                test_assignment[rank],
+                builder.columns,
+                tc.eval_batch_size,
+                n_eval,
+                filler,
+                policy,
             )
         ),
         tc.prefetch_batches,
     )
     metrics = trainer.evaluate(eval_batches)
+    bad_input = _total_counts(policy.counts, inputs.file_counts).as_dict()
     summary = {
         "steps": step,
         "train_examples": examples,
@@ -200,6 +235,7 @@ def run_worker(
         "test_ne": metrics.ne,
         "test_examples": metrics.num_examples,
         "eval_seconds": time.perf_counter() - eval_start,
+        "bad_input": bad_input,
         "world_size": world,
         "num_nodes": topo.num_nodes,
         "ranks_per_node": topo.local_world_size,

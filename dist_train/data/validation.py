@@ -1,0 +1,197 @@
+"""Bad input: find it (vectorized), then fail or skip it by policy, and count what was skipped.
+
+Row problems (per row group, before batching):
+- ``label_null``: a null label;  ``label_out_of_range``: a label other than 0 or 1;
+- ``dense_not_finite``: NaN or +-inf in a dense column (nulls are missing values, filled with 0);
+- ``id_out_of_range``: an integer id outside ``[0, cardinality)`` of a feature that declares
+  its cardinality (negative ids included), scalar or inside a list.
+
+File problems (before training, from footers): unreadable or truncated file, empty file,
+schema differing from the first file, missing column, wrong type.
+
+``on_bad_input: error`` raises :class:`BadInputError` naming file, row group, column and the
+first bad row; ``skip`` drops the rows (or files) and counts them by reason.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dist_train.config import FeatureConfig, JobConfig
+
+
+class BadInputError(ValueError):
+    """Input data that cannot be trained on; the message names the file and column."""
+
+
+@dataclass
+class BadInputCounts:
+    """What a ``skip`` policy dropped, by reason."""
+
+    files: int = 0
+    row_groups: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
+
+    def add_rows(self, reason: str, n: int) -> None:
+        self.rows[reason] = self.rows.get(reason, 0) + n
+
+    def merge(self, other: BadInputCounts) -> BadInputCounts:
+        out = BadInputCounts(self.files + other.files, self.row_groups + other.row_groups)
+        for counts in (self.rows, other.rows):
+            for reason, n in counts.items():
+                out.add_rows(reason, n)
+        return out
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "files_skipped": self.files,
+            "row_groups_skipped": self.row_groups,
+            "rows_skipped": dict(sorted(self.rows.items())),
+            "rows_skipped_total": sum(self.rows.values()),
+        }
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    reason: str
+    column: str
+    mask: np.ndarray  # True = bad row
+    detail: str
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def _as_array(col: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def row_problems(
+    table: pa.Table,
+    label_column: str,
+    dense_columns: list[str],
+    features: list[FeatureConfig],
+) -> list[RowProblem]:
+    """Every row-level problem in ``table`` (an empty list for clean data)."""
+    n = table.num_rows
+    found: list[RowProblem] = []
+    label = _as_array(table.column(label_column))
+    null = ~label.is_valid().to_numpy(zero_copy_only=False)
+    if null.any():
+        found.append(RowProblem("label_null", label_column, null, "null label"))
+    y = label.fill_null(0).to_numpy(zero_copy_only=False).astype(np.float64)
+    bad = ~np.isin(y, (0.0, 1.0)) & ~null
+    if bad.any():
+        found.append(
+            RowProblem(
+                "label_out_of_range",
+                label_column,
+                bad,
+                f"label {y[_first(bad)]:g}, expected 0 or 1",
+            )
+        )
+    for name in dense_columns:
+        col = _as_array(table.column(name))
+        if pa.types.is_floating(col.type):
+            x = col.to_numpy(zero_copy_only=False)  # nulls -> NaN; masked out below
+            bad = ~np.isfinite(x) & col.is_valid().to_numpy(zero_copy_only=False)
+            if bad.any():
+                found.append(RowProblem("dense_not_finite", name, bad, f"value {x[_first(bad)]}"))
+    for f in features:
+        if f.cardinality is None:
+            continue
+        col = _as_array(table.column(f.source_column))
+        t = col.type
+        is_list = pa.types.is_list(t) or pa.types.is_large_list(t)
+        values = pc.list_flatten(col) if is_list else col
+        if not pa.types.is_integer(values.type):
+            continue
+        ids = values.fill_null(0).to_numpy(zero_copy_only=False)
+        bad_values = (ids < 0) | (ids >= f.cardinality)
+        if not bad_values.any():
+            continue
+        if is_list:
+            parents = pc.list_parent_indices(col).to_numpy(zero_copy_only=False)
+            bad = np.zeros(n, dtype=bool)
+            bad[parents[bad_values]] = True
+        else:
+            bad = bad_values
+        found.append(
+            RowProblem(
+                "id_out_of_range",
+                f.source_column,
+                bad,
+                f"id {ids[_first(bad_values)]} outside [0, {f.cardinality})",
+            )
+        )
+    return found
+
+
+class BadInputPolicy:
+    """Applies ``on_bad_input`` to files and row groups and keeps the counts."""
+
+    def __init__(
+        self,
+        mode: str,
+        label_column: str,
+        dense_columns: list[str],
+        features: list[FeatureConfig],
+    ) -> None:
+        if mode not in ("error", "skip"):
+            raise ValueError(f"on_bad_input must be 'error' or 'skip', got {mode!r}")
+        self.mode = mode
+        self.label_column = label_column
+        self.dense_columns = list(dense_columns)
+        self.features = list(features)
+        self.counts = BadInputCounts()
+
+    @classmethod
+    def for_job(cls, cfg: JobConfig) -> BadInputPolicy:
+        """The policy and checked columns of a job config."""
+        return cls(
+            cfg.data.on_bad_input,
+            cfg.data.label_column,
+            cfg.data.resolved_dense_columns(),
+            cfg.features,
+        )
+
+    def file_problem(self, message: str) -> None:
+        """A whole file is unusable: raise, or count it and warn once."""
+        if self.mode == "error":
+            raise BadInputError(message)
+        self.counts.files += 1
+        print(f"[dist-train] skipping bad input: {message}", file=sys.stderr, flush=True)
+
+    def row_group_problem(self, message: str) -> None:
+        """A row group cannot be read: raise, or count it and warn."""
+        if self.mode == "error":
+            raise BadInputError(message)
+        self.counts.row_groups += 1
+        print(f"[dist-train] skipping bad input: {message}", file=sys.stderr, flush=True)
+
+    def clean(self, table: pa.Table, source: str, count: bool = True) -> pa.Table:
+        """``table`` without its bad rows (skip), or the table itself (error: raises if bad).
+
+        ``count=False`` for rows read again (padding), so nothing is counted twice.
+        """
+        problems = row_problems(table, self.label_column, self.dense_columns, self.features)
+        if not problems:
+            return table
+        if self.mode == "error":
+            p = problems[0]
+            raise BadInputError(
+                f"{source}: column {p.column!r}: {p.detail} (row {_first(p.mask)} of the row "
+                f"group; set data.on_bad_input: skip to drop such rows)"
+            )
+        bad = np.zeros(table.num_rows, dtype=bool)
+        for p in problems:
+            if count:
+                self.counts.add_rows(p.reason, int((p.mask & ~bad).sum()))
+            bad |= p.mask
+        return table.filter(pa.array(~bad))

@@ -1,0 +1,223 @@
+"""One test per bad input, under both policies: `error` names file (+ row group) and column;
+`skip` drops exactly the bad files/rows and counts them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from dist_train.config import JobConfig, apply_overrides, parse_config
+from dist_train.data.reader import iter_tables, list_row_groups
+from dist_train.data.synthetic import GeneratedData
+from dist_train.data.validation import BadInputError, BadInputPolicy
+from dist_train.driver import prepare_inputs, run_job
+
+ROWS_PER_FILE = 4096  # small_config: 2 train files of 4 row groups x 1024 rows
+
+
+def _with(cfg: JobConfig, data_dir: Path, test_dir: Path, policy: str) -> JobConfig:
+    raw = apply_overrides(
+        cfg.model_dump(mode="json"),
+        [
+            f"data.train_path={data_dir}",
+            f"data.test_path={test_dir}",
+            f"data.on_bad_input={policy}",
+        ],
+    )
+    return parse_config(raw)
+
+
+def _copy_train(data: GeneratedData, tmp_path: Path) -> Path:
+    out = tmp_path / "train_copy"
+    shutil.copytree(data.train_dir, out)
+    return out
+
+
+def _rewrite(path: Path, table: pa.Table) -> None:
+    pq.write_table(table, path, row_group_size=1024)
+
+
+# ---------------------------------------------------------------- file-level problems
+
+
+def _truncated(path: Path) -> str:
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    return "not a readable Parquet file"
+
+
+def _empty(path: Path) -> str:
+    _rewrite(path, pq.read_table(path).slice(0, 0))
+    return "empty file (no rows)"
+
+
+def _schema_mismatch(path: Path) -> str:
+    t = pq.read_table(path)
+    i = t.schema.get_field_index("C2")
+    _rewrite(path, t.set_column(i, "C2", pc.cast(t["C2"], pa.string())))
+    return "schema mismatch: column 'C2' is string here but int64 in the first file"
+
+
+def _missing_column(path: Path) -> str:
+    _rewrite(path, pq.read_table(path).drop_columns(["C3"]))
+    return "missing column 'C3'"
+
+
+def _wrong_type(path: Path) -> str:
+    t = pq.read_table(path)
+    i = t.schema.get_field_index("I1")
+    _rewrite(path, t.set_column(i, "I1", pc.cast(t["I1"], pa.string())))
+    return "dense column 'I1' has type string"
+
+
+FILE_PROBLEMS = [_truncated, _empty, _schema_mismatch, _missing_column, _wrong_type]
+
+
+@pytest.mark.parametrize("damage", FILE_PROBLEMS, ids=lambda f: f.__name__.strip("_"))
+def test_file_problem_error_names_the_file(
+    damage,
+    small_cfg: JobConfig,
+    small_data: GeneratedData,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    train = _copy_train(small_data, tmp_path)
+    bad = train / "part-1.parquet"
+    expected = damage(bad)
+    with pytest.raises(BadInputError) as err:
+        prepare_inputs(_with(small_cfg, train, small_data.test_dir, "error"))
+    assert str(bad) in str(err.value) and expected in str(err.value)
+
+
+@pytest.mark.parametrize("damage", FILE_PROBLEMS, ids=lambda f: f.__name__.strip("_"))
+def test_file_problem_skip_drops_and_counts_the_file(
+    damage,
+    small_cfg: JobConfig,
+    small_data: GeneratedData,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    train = _copy_train(small_data, tmp_path)
+    damage(train / "part-1.parquet")
+    inputs = prepare_inputs(_with(small_cfg, train, small_data.test_dir, "skip"))
+    assert {g.path for g in inputs.train_groups} == {str(train / "part-0.parquet")}
+    assert sum(g.num_rows for g in inputs.train_groups) == ROWS_PER_FILE
+    assert inputs.file_counts is not None and inputs.file_counts.files == 1
+
+
+def test_every_file_bad_is_an_error_even_when_skipping(
+    small_cfg: JobConfig, small_data: GeneratedData, tmp_path: Path
+) -> None:
+    train = _copy_train(small_data, tmp_path)
+    for f in train.glob("*.parquet"):
+        _missing_column(f)
+    with pytest.raises(ValueError, match="no usable Parquet files"):
+        prepare_inputs(_with(small_cfg, train, small_data.test_dir, "skip"))
+
+
+# ---------------------------------------------------------------- row-level problems
+
+
+def _set(t: pa.Table, name: str, rows: list[int], value: object) -> pa.Table:
+    col = t[name].to_pylist()
+    for r in rows:
+        col[r] = value
+    i = t.schema.get_field_index(name)
+    return t.set_column(i, name, pa.array(col, type=t.schema.field(name).type))
+
+
+ROW_PROBLEMS = {
+    # name: (column, bad rows, replacement, reason, message fragment)
+    "label_null": ("label", [3, 1500], None, "label_null", "null label"),
+    "label_outside_0_1": ("label", [5], 2, "label_out_of_range", "label 2, expected 0 or 1"),
+    "dense_nan": ("I2", [7, 8], float("nan"), "dense_not_finite", "value nan"),
+    "dense_inf": ("I3", [9], float("inf"), "dense_not_finite", "value inf"),
+    "negative_id": ("C3", [11], -5, "id_out_of_range", "id -5 outside [0, 1000)"),
+    "id_too_large": ("C2", [12, 2049], 100, "id_out_of_range", "id 100 outside [0, 100)"),
+    "list_id_out_of_range": ("C4", [13], [1, 5000], "id_out_of_range", "id 5000 outside [0, 5000)"),
+}
+
+
+def _damaged_rows(small_data: GeneratedData, tmp_path: Path, name: str) -> Path:
+    column, rows, value, _, _ = ROW_PROBLEMS[name]
+    path = tmp_path / "rows.parquet"
+    t = pq.read_table(small_data.train_dir / "part-0.parquet")
+    if column == "label":  # labels are non-nullable int8 in the generated schema
+        t = t.set_column(0, "label", pc.cast(t["label"], pa.int64()))
+        t = pa.table(t.columns, schema=t.schema.set(0, pa.field("label", pa.int64())))
+    _rewrite(path, _set(t, column, rows, value))
+    return path
+
+
+def _stream(cfg: JobConfig, path: Path, policy: BadInputPolicy) -> int:
+    cols = [
+        cfg.data.label_column,
+        *cfg.data.resolved_dense_columns(),
+        *(f.source_column for f in cfg.features),
+    ]
+    groups = list_row_groups(str(path))
+    return sum(t.num_rows for t, _ in iter_tables(groups, cols, 256, False, policy))
+
+
+@pytest.mark.parametrize("name", list(ROW_PROBLEMS))
+def test_row_problem_error_names_file_row_group_and_column(
+    name: str, small_cfg: JobConfig, small_data: GeneratedData, tmp_path: Path
+) -> None:
+    column, rows, _, _, fragment = ROW_PROBLEMS[name]
+    path = _damaged_rows(small_data, tmp_path, name)
+    with pytest.raises(BadInputError) as err:
+        _stream(small_cfg, path, BadInputPolicy.for_job(small_cfg))
+    msg = str(err.value)
+    assert f"{path} (row group 0): column {column!r}: {fragment}" in msg, msg
+    assert f"(row {rows[0]} of the row group" in msg
+
+
+@pytest.mark.parametrize("name", list(ROW_PROBLEMS))
+def test_row_problem_skip_drops_exactly_the_bad_rows(
+    name: str, small_cfg: JobConfig, small_data: GeneratedData, tmp_path: Path
+) -> None:
+    _, rows, _, reason, _ = ROW_PROBLEMS[name]
+    path = _damaged_rows(small_data, tmp_path, name)
+    policy = BadInputPolicy(
+        "skip", "label", small_cfg.data.resolved_dense_columns(), small_cfg.features
+    )
+    assert _stream(small_cfg, path, policy) == ROWS_PER_FILE - len(rows)
+    assert policy.counts.rows == {reason: len(rows)}
+
+
+def test_clean_data_has_no_problems(small_cfg: JobConfig, small_data: GeneratedData) -> None:
+    policy = BadInputPolicy.for_job(small_cfg)
+    assert _stream(small_cfg, small_data.train_dir / "part-0.parquet", policy) == ROWS_PER_FILE
+    assert policy.counts.as_dict()["rows_skipped_total"] == 0
+
+
+def test_training_with_skip_reports_counts(
+    small_cfg: JobConfig, small_data: GeneratedData, tmp_path: Path
+) -> None:
+    """End to end on 2 ranks: a truncated file and bad rows are skipped and counted."""
+    train = _copy_train(small_data, tmp_path)
+    _truncated(train / "part-1.parquet")
+    t = pq.read_table(train / "part-0.parquet")
+    t = _set(t, "C3", [0, 1, 2], 10**9)  # outside C3's declared cardinality
+    t = _set(t, "I1", [3], float("nan"))
+    _rewrite(train / "part-0.parquet", t)
+    raw = apply_overrides(
+        _with(small_cfg, train, small_data.test_dir, "skip").model_dump(mode="json"),
+        ["launcher=processes"],
+    )
+    summary = run_job(parse_config(raw))
+    assert summary["bad_input"] == {
+        "files_skipped": 1,
+        "row_groups_skipped": 0,
+        "rows_skipped": {"dense_not_finite": 1, "id_out_of_range": 3},
+        "rows_skipped_total": 4,
+    }
+    assert summary["steps"] == (ROWS_PER_FILE - 4) // (2 * 256)
+    saved = json.loads((Path(raw["output_dir"]) / "default" / "summary.json").read_text())
+    assert saved["bad_input"]["files_skipped"] == 1
+    assert np.isfinite(summary["test_auc"])
