@@ -78,6 +78,23 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from dist_train.data.criteo import convert_criteo
+    from dist_train.data.validation import BadInputError
+
+    try:
+        result = convert_criteo(
+            args.inputs, args.out, args.rows_per_group, args.rows_per_file, args.on_bad_input
+        )
+    except BadInputError as err:
+        print(f"error: bad input: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {result.rows:,} rows to {len(result.files)} file(s) in {args.out}")
+    if result.bad_lines:
+        print(f"skipped bad lines: {result.bad_lines}")
+    return 0
+
+
 def _validate(args: argparse.Namespace) -> int:
     from dist_train.validate import validate_files
 
@@ -132,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (train/ and test/ inside)")
     p = sub.add_parser("show-config", help="print the validated job config as JSON")
     common(p)
+    p = sub.add_parser("convert", help="convert public datasets to Parquet")
+    fmt = p.add_subparsers(dest="format", required=True)
+    p = fmt.add_parser("criteo", help="Criteo TSV (label, I1..I13, C1..C26) to Parquet")
+    p.add_argument("inputs", nargs="+", help="TSV files (.gz/.bz2/.zst are decompressed)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--rows-per-group", type=int, default=65_536)
+    p.add_argument("--rows-per-file", type=int, default=4_194_304)
+    p.add_argument("--on-bad-input", choices=["error", "skip"], default="error")
     p = sub.add_parser("submit", help="submit a job to a Ray cluster with `ray job submit`")
     add_config_args(p)
     p.add_argument("--address", help="job server (default: $RAY_ADDRESS, else 127.0.0.1:8265)")
@@ -169,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         return _validate(args)
     if args.command == "submit":
         return _submit(args)
+    if args.command == "convert":
+        return _convert(args)
     return _show_config(args)
 
 

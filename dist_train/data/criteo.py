@@ -1,0 +1,180 @@
+"""``dist-train convert criteo``: the public Criteo TSV layout to Parquet.
+
+Each line: ``label \\t I1..I13 \\t C1..C26`` (integer counts, 8-hex-digit categorical values;
+any field may be blank = null). Plain or compressed (.gz, .bz2, .zst) files are streamed in
+blocks; the output is ``part-NNNNN.parquet`` files of ``rows_per_file`` rows in row groups of
+``rows_per_group`` rows, with ``label`` int8, ``I*`` int64, ``C*`` string.
+
+Bad lines (wrong field count, a non-integer count, a label other than 0/1) are an error naming
+file, line and column, or with ``on_bad_input="skip"`` dropped and counted.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from dist_train.data.validation import BadInputError
+
+NUM_DENSE, NUM_CATEGORICAL = 13, 26
+DENSE = [f"I{i + 1}" for i in range(NUM_DENSE)]
+CATEGORICAL = [f"C{i + 1}" for i in range(NUM_CATEGORICAL)]
+COLUMNS = ["label", *DENSE, *CATEGORICAL]
+SCHEMA = pa.schema(
+    [pa.field("label", pa.int8(), nullable=False)]
+    + [pa.field(c, pa.int64()) for c in DENSE]
+    + [pa.field(c, pa.string()) for c in CATEGORICAL]
+)
+_INT = r"^-?[0-9]+$"
+
+
+@dataclass
+class ConvertResult:
+    files: list[str] = field(default_factory=list)
+    rows: int = 0
+    bad_lines: dict[str, int] = field(default_factory=dict)
+
+    def count(self, reason: str, n: int = 1) -> None:
+        self.bad_lines[reason] = self.bad_lines.get(reason, 0) + n
+
+
+def _blocks(path: str, policy: str, result: ConvertResult) -> Iterator[tuple[pa.RecordBatch, int]]:
+    """(all-string record batch, line number of its first row) for one TSV file."""
+
+    first_error: list[str] = []
+
+    def on_invalid_row(row: pcsv.InvalidRow) -> str:
+        if policy == "error":
+            where = f"line {row.number}" if row.number is not None else "a line"
+            first_error.append(
+                f"{path}: {where}: {row.actual_columns} fields, expected {row.expected_columns}: "
+                f"{row.text[:100]!r}"
+            )
+            return "error"  # pyarrow then raises; the message above replaces its own
+        result.count("wrong_field_count")
+        return "skip"
+
+    try:
+        reader = pcsv.open_csv(
+            pa.input_stream(path, compression="detect"),
+            read_options=pcsv.ReadOptions(column_names=COLUMNS, block_size=16 << 20),
+            parse_options=pcsv.ParseOptions(
+                delimiter="\t", quote_char=False, invalid_row_handler=on_invalid_row
+            ),
+            convert_options=pcsv.ConvertOptions(
+                column_types={c: pa.string() for c in COLUMNS},
+                null_values=[""],
+                strings_can_be_null=True,
+            ),
+        )
+        line = 1
+        for batch in reader:
+            yield batch, line
+            line += batch.num_rows  # skipped lines shift this; errors name lines exactly
+    except (pa.ArrowInvalid, OSError) as err:
+        raise BadInputError(first_error[0] if first_error else f"{path}: {err}") from None
+
+
+def _typed(
+    batch: pa.RecordBatch, path: str, first_line: int, policy: str, result: ConvertResult
+) -> pa.Table:
+    """Cast one all-string block to the Criteo schema, dropping or rejecting bad rows."""
+    n = batch.num_rows
+    bad = np.zeros(n, dtype=bool)
+    checks: list[tuple[str, str, np.ndarray]] = []
+    label = batch.column(0)
+    label_ok = pc.is_in(label, pa.array(["0", "1"])).fill_null(False)
+    checks.append(("label", "label_not_0_or_1", ~label_ok.to_numpy(zero_copy_only=False)))
+    for i, name in enumerate(DENSE, start=1):
+        col = batch.column(i)
+        ok = pc.match_substring_regex(col, _INT).fill_null(True)
+        checks.append((name, "dense_not_integer", ~ok.to_numpy(zero_copy_only=False)))
+    for name, reason, mask in checks:
+        if not mask.any():
+            continue
+        row = int(np.flatnonzero(mask)[0])
+        if policy == "error":
+            value = batch.column(COLUMNS.index(name))[row].as_py()
+            raise BadInputError(
+                f"{path}: line ~{first_line + row}: column {name!r}: {value!r} is not "
+                + ("0 or 1" if name == "label" else "an integer")
+            )
+        result.count(reason, int((mask & ~bad).sum()))
+        bad |= mask
+    table = pa.Table.from_batches([batch])
+    if bad.any():
+        table = table.filter(pa.array(~bad))
+    arrays = [pc.cast(table.column(0), pa.int8())]
+    arrays += [pc.cast(table.column(c), pa.int64()) for c in DENSE]
+    arrays += [table.column(c) for c in CATEGORICAL]
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def convert_criteo(
+    inputs: list[str],
+    out_dir: str | Path,
+    rows_per_group: int = 65_536,
+    rows_per_file: int = 4_194_304,
+    on_bad_input: str = "error",
+    progress: bool = True,
+) -> ConvertResult:
+    """Convert Criteo TSV files to Parquet under ``out_dir``; returns files, rows, bad lines."""
+    if on_bad_input not in ("error", "skip"):
+        raise ValueError(f"on_bad_input must be 'error' or 'skip', got {on_bad_input!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = ConvertResult()
+    writer: pq.ParquetWriter | None = None
+    in_file = 0
+    start = time.perf_counter()
+
+    def next_writer() -> pq.ParquetWriter:
+        path = out / f"part-{len(result.files):05d}.parquet"
+        result.files.append(str(path))
+        return pq.ParquetWriter(path, SCHEMA, compression="zstd")
+
+    try:
+        for path in inputs:
+            if not Path(path).is_file():
+                raise BadInputError(f"{path}: no such file")
+            for batch, first_line in _blocks(path, on_bad_input, result):
+                table = _typed(batch, path, first_line, on_bad_input, result)
+                while table.num_rows:
+                    if writer is None or in_file >= rows_per_file:
+                        if writer is not None:
+                            writer.close()
+                        writer, in_file = next_writer(), 0
+                    take = table.slice(0, rows_per_file - in_file)
+                    writer.write_table(take, row_group_size=rows_per_group)
+                    in_file += take.num_rows
+                    result.rows += take.num_rows
+                    table = table.slice(take.num_rows)
+                if progress:
+                    rate = result.rows / max(time.perf_counter() - start, 1e-9)
+                    print(
+                        f"[convert] {result.rows:,} rows ({rate:,.0f} rows/s)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    except BaseException:
+        # Never leave half a dataset behind that could be mistaken for a whole one; files that
+        # were in out_dir before are not touched.
+        if writer is not None:
+            writer.close()
+            writer = None
+        for f in result.files:
+            Path(f).unlink(missing_ok=True)
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
+    return result
