@@ -95,6 +95,14 @@ class DataConfig(_Strict):
     dense_transform: Literal["log1p", "none"] = Field(
         "log1p", description="log(1 + max(x, 0)) tames Criteo's count features."
     )
+    shuffle_buffer_rows: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Shuffle rows within windows of this many rows (after the per-epoch shuffle of "
+            "row-group order); 0 = keep row order inside row groups. Memory: one window."
+        ),
+    )
     on_bad_input: Literal["error", "skip"] = Field(
         "error",
         description=(

@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from dist_train.config import JobConfig
 from dist_train.data.batch import BatchBuilder
-from dist_train.data.reader import DataSourceError, RowGroup, list_row_groups
+from dist_train.data.reader import DataSourceError, RowGroup, list_row_groups, open_parquet
 from dist_train.data.synthetic import generate
 from dist_train.data.validation import BadInputError, BadInputPolicy
 from dist_train.embedding.layout import build_layout
@@ -62,7 +61,7 @@ def check_schemas(
     reference: pa.Schema | None = None
     bad_files: set[str] = set()
     for path in dict.fromkeys(g.path for g in groups):
-        schema = pq.read_schema(path)
+        schema = open_parquet(path).schema_arrow
         try:
             builder.check_schema(schema, path)
             if reference is None:

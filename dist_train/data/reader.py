@@ -9,15 +9,17 @@ talking to the others. Every rank runs the same number of steps (collectives nee
 from __future__ import annotations
 
 import glob
+import itertools
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from dist_train.data.validation import BadInputPolicy
@@ -43,7 +45,13 @@ class RowGroup:
 
 
 def resolve_files(path: str) -> list[str]:
-    """Parquet files of a file, a directory (``*.parquet`` inside, recursively) or a glob."""
+    """Parquet files of a file, a directory (``*.parquet`` inside, recursively), a glob, or a
+    URL of any of those (``s3://``, ``gs://``, ``file://``, fsspec protocols)."""
+    if "://" in path:
+        urls = _resolve_url(path)
+        if not urls:
+            raise DataSourceError(f"{path}: no Parquet files found")
+        return urls
     p = Path(path)
     if p.is_dir():
         files = sorted(str(f) for f in p.rglob("*.parquet"))
@@ -65,7 +73,7 @@ def list_row_groups(path: str, policy: BadInputPolicy | None = None) -> list[Row
     groups: list[RowGroup] = []
     for f in resolve_files(path):
         try:
-            meta = pq.ParquetFile(f).metadata
+            meta = open_parquet(f).metadata
         except (pa.ArrowInvalid, OSError) as err:
             _file_problem(policy, f"{f}: not a readable Parquet file ({err})")
             continue
@@ -110,23 +118,52 @@ def steps_per_epoch(assignment: list[list[RowGroup]], batch_size: int) -> int:
     return min(sum(g.num_rows for g in groups) for groups in assignment) // batch_size
 
 
-def iter_tables(
-    groups: list[RowGroup],
-    columns: list[str],
-    batch_size: int,
-    drop_last: bool = True,
-    policy: BadInputPolicy | None = None,
+def open_parquet(path: str) -> pq.ParquetFile:
+    """A Parquet file by local path or URL (``file://``, ``s3://``, ``gs://``, ``hdfs://``, or
+    any fsspec protocol such as ``memory://``)."""
+    if "://" not in path:
+        return pq.ParquetFile(path)
+    fs, inner = _filesystem(path)
+    return pq.ParquetFile(fs.open_input_file(inner))
+
+
+def _filesystem(url: str) -> tuple[pafs.FileSystem, str]:
+    try:
+        return pafs.FileSystem.from_uri(url)
+    except (pa.ArrowInvalid, ValueError):
+        import fsspec
+
+        fs, inner = fsspec.core.url_to_fs(url)
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), inner
+
+
+def _resolve_url(url: str) -> list[str]:
+    scheme = url.split("://", 1)[0]
+    fs, inner = _filesystem(url)
+    info = fs.get_file_info(inner)
+    if info.type == pafs.FileType.Directory:
+        infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+        inner_files = sorted(i.path for i in infos if i.path.endswith(".parquet"))
+    elif info.type == pafs.FileType.File:
+        inner_files = [inner]
+    else:
+        import fsspec
+
+        ffs, pattern = fsspec.core.url_to_fs(url)
+        inner_files = sorted(ffs.glob(pattern))
+    return [
+        f"{scheme}://{f.lstrip('/')}" if scheme != "file" else f"file://{f}" for f in inner_files
+    ]
+
+
+def row_group_tables(
+    groups: list[RowGroup], columns: list[str], policy: BadInputPolicy | None = None
 ) -> Iterator[tuple[pa.Table, str]]:
-    """Stream ``groups`` as tables of ``batch_size`` rows; the shorter tail only if not
-    ``drop_last``. Yields each table with a description of its source for error messages.
-    With a ``policy``, each row group is checked (and cleaned, under ``skip``) first.
-    """
-    pending: list[pa.Table] = []
-    pending_rows = 0
+    """Each row group, projected to ``columns`` (and checked/cleaned by ``policy``)."""
     files: dict[str, pq.ParquetFile] = {}
     for g in groups:
         try:
-            pf = files.get(g.path) or files.setdefault(g.path, pq.ParquetFile(g.path))
+            pf = files.get(g.path) or files.setdefault(g.path, open_parquet(g.path))
             table = pf.read_row_group(g.index, columns=columns)
         except (pa.ArrowInvalid, OSError, KeyError) as err:
             message = f"{g.source}: cannot read ({err})"
@@ -136,15 +173,78 @@ def iter_tables(
             continue
         if policy is not None:
             table = policy.clean(table, g.source)
+        yield table, g.source
+
+
+def shuffle_windows(
+    tables: Iterator[tuple[pa.Table, str]], window_rows: int, seed: Sequence[int]
+) -> Iterator[tuple[pa.Table, str]]:
+    """Rows shuffled within consecutive windows of about ``window_rows`` rows.
+
+    Memory is bounded by one window; the permutation is a pure function of ``seed`` (pass
+    (seed, epoch, rank)), so a stream replays identically.
+    """
+    rng = np.random.default_rng(list(seed))
+    window: list[pa.Table] = []
+    rows, source = 0, ""
+    for table, source in tables:
+        window.append(table)
+        rows += table.num_rows
+        if rows >= window_rows:
+            merged = pa.concat_tables(window)
+            yield merged.take(rng.permutation(merged.num_rows)), source
+            window, rows = [], 0
+    if rows:
+        merged = pa.concat_tables(window)
+        yield merged.take(rng.permutation(merged.num_rows)), source
+
+
+def rebatch(
+    tables: Iterator[tuple[pa.Table, str]], batch_size: int, drop_last: bool = True
+) -> Iterator[tuple[pa.Table, str]]:
+    """Tables of exactly ``batch_size`` rows (and the shorter tail unless ``drop_last``)."""
+    pending: list[pa.Table] = []
+    pending_rows, source = 0, ""
+    for table, source in tables:
         pending.append(table)
         pending_rows += table.num_rows
         while pending_rows >= batch_size:
             merged = pa.concat_tables(pending)
-            yield merged.slice(0, batch_size), g.source
+            yield merged.slice(0, batch_size), source
             rest = merged.slice(batch_size)
             pending, pending_rows = [rest], rest.num_rows
     if pending_rows and not drop_last:
-        yield pa.concat_tables(pending), groups[-1].source
+        yield pa.concat_tables(pending), source
+
+
+def iter_tables(
+    groups: list[RowGroup],
+    columns: list[str],
+    batch_size: int,
+    drop_last: bool = True,
+    policy: BadInputPolicy | None = None,
+    shuffle_rows: int = 0,
+    shuffle_seed: Sequence[int] = (),
+    start_batch: int = 0,
+) -> Iterator[tuple[pa.Table, str]]:
+    """Stream ``groups`` as tables of ``batch_size`` rows, each with its source for errors.
+
+    ``policy`` checks/cleans each row group; ``shuffle_rows`` > 0 shuffles rows within windows
+    of that many rows (seeded by ``shuffle_seed``); ``start_batch`` resumes a stream exactly
+    where a saved :class:`ReaderPosition` left it (earlier batches are re-read, not returned).
+    """
+    tables = row_group_tables(groups, columns, policy)
+    if shuffle_rows > 0:
+        tables = shuffle_windows(tables, shuffle_rows, shuffle_seed)
+    return itertools.islice(rebatch(tables, batch_size, drop_last), start_batch, None)
+
+
+@dataclass(frozen=True)
+class ReaderPosition:
+    """Where a rank's stream is: ``batches`` consumed in ``epoch`` (saved with checkpoints)."""
+
+    epoch: int
+    batches: int
 
 
 def eval_steps(assignment: list[list[RowGroup]], batch_size: int) -> int:
@@ -217,22 +317,16 @@ def prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
 
 
 def batches(
-    groups: list[RowGroup],
-    columns: list[str],
-    batch_size: int,
+    tables: Iterator[tuple[pa.Table, str]],
     num_batches: int,
     build: Callable[[pa.Table, str], T],
     prefetch_depth: int = 2,
-    policy: BadInputPolicy | None = None,
 ) -> Iterator[T]:
-    """At most ``num_batches`` built batches from ``groups`` (prefetched in a thread); fewer
-    if a ``skip`` policy dropped rows."""
+    """At most ``num_batches`` built batches of ``tables`` (read and built in a background
+    thread, ``prefetch_depth`` ahead); fewer if a ``skip`` policy dropped rows."""
 
     def produce() -> Iterator[T]:
-        tables = iter_tables(groups, columns, batch_size, True, policy)
-        for n, (table, source) in enumerate(tables):
-            if n >= num_batches:
-                return
+        for table, source in itertools.islice(tables, num_batches):
             yield build(table, source)
 
     yield from prefetch(produce(), prefetch_depth)

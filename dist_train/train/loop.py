@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
@@ -25,6 +24,8 @@ from dist_train.data.reader import (
     assign_row_groups,
     batches,
     eval_steps,
+    iter_tables,
+    open_parquet,
     padded_tables,
     prefetch,
     steps_per_epoch,
@@ -161,15 +162,15 @@ def run_worker(
             break
         start = time.perf_counter()
         window_start = start
-        stream = batches(
+        tables = iter_tables(
             assignment[rank],
             builder.columns,
             tc.batch_size,
-            num_steps,
-            builder.build,
-            tc.prefetch_batches,
-            policy,
+            policy=policy,
+            shuffle_rows=cfg.data.shuffle_buffer_rows,
+            shuffle_seed=(cfg.seed, epoch, rank),
         )
+        stream = batches(tables, num_steps, builder.build, tc.prefetch_batches)
         for batch in _while_all_ranks_have(stream):
             window_loss += trainer.train_step(batch)
             window_steps += 1
@@ -201,7 +202,7 @@ def run_worker(
     eval_start = time.perf_counter()
     test_assignment = assign_row_groups(inputs.test_groups, world, cfg.seed, 0, shuffle=False)
     first = inputs.test_groups[0]
-    filler = pq.ParquetFile(first.path).read_row_group(first.index, columns=builder.columns)
+    filler = open_parquet(first.path).read_row_group(first.index, columns=builder.columns)
     n_eval = eval_steps(test_assignment, tc.eval_batch_size)
     eval_batches = prefetch(
         (
