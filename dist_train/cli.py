@@ -66,6 +66,11 @@ def _bench(args: argparse.Namespace) -> int:
     cfg = _load(args.config, args.set)
     if cfg is None:
         return 2
+    if args.bench == "ingest":
+        from dist_train.bench.ingest import run_ingest_bench
+
+        run_ingest_bench(cfg, args.json)
+        return 0
     if args.bench == "launch":
         from dist_train.bench.launch import run_launch_bench
 
@@ -176,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--lrs", default="0.01,0.05", help="embedding learning rates to try")
     p.add_argument("--json", help="also write the rows as JSON to this file")
+    p = bench.add_parser("ingest", help="Parquet to ready batches per core, vs Ray Data")
+    common(p)
+    p.add_argument("--json", help="also write the figures as JSON to this file")
     p = bench.add_parser("launch", help="Ray vs plain processes: start-up and steady examples/s")
     common(p)
     p.add_argument("--json", help="also write the figures as JSON to this file")
