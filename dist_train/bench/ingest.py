@@ -15,6 +15,7 @@ Three figures on the same files:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
