@@ -58,10 +58,14 @@ def _empty(path: Path) -> str:
     return "empty file (no rows)"
 
 
-def _schema_mismatch(path: Path) -> str:
+def _cast_to_string(path: Path, column: str) -> None:
     t = pq.read_table(path)
-    i = t.schema.get_field_index("C2")
-    _rewrite(path, t.set_column(i, "C2", pc.cast(t["C2"], pa.string())))
+    i = t.schema.get_field_index(column)
+    _rewrite(path, t.set_column(i, column, pc.cast(t[column], pa.string())))
+
+
+def _schema_mismatch(path: Path) -> str:
+    _cast_to_string(path, "C2")
     return "schema mismatch: column 'C2' is string here but int64 in the first file"
 
 
@@ -71,9 +75,7 @@ def _missing_column(path: Path) -> str:
 
 
 def _wrong_type(path: Path) -> str:
-    t = pq.read_table(path)
-    i = t.schema.get_field_index("I1")
-    _rewrite(path, t.set_column(i, "I1", pc.cast(t["I1"], pa.string())))
+    _cast_to_string(path, "I1")
     return "dense column 'I1' has type string"
 
 

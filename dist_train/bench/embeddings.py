@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dist_train.config import JobConfig, apply_overrides, parse_config
+from dist_train.bench import variant
+from dist_train.config import JobConfig
 from dist_train.driver import run_job
 from dist_train.embedding.layout import build_layout
 
@@ -21,20 +22,13 @@ KINDS = ("unified", "hashing_trick", "collisionless")
 
 
 def _variant(cfg: JobConfig, kind: str, lr: float) -> JobConfig:
-    raw = cfg.model_dump(mode="json")
-    raw = apply_overrides(
-        raw,
-        [
-            f"name={cfg.name}-{kind}-lr{lr:g}",
-            f"embedding.kind={kind}",
-            f"embedding.optimizer.learning_rate={lr}",
-            "launcher=processes",
-        ],
-    )
-    # One dataset for every variant: generate it once under the base run's name.
-    raw["data"]["train_path"] = raw["data"]["train_path"] or str(cfg.run_dir / "data" / "train")
-    raw["data"]["test_path"] = raw["data"]["test_path"] or str(cfg.run_dir / "data" / "test")
-    return parse_config(raw, f"bench variant {kind} lr={lr}")
+    overrides = [
+        f"name={cfg.name}-{kind}-lr{lr:g}",
+        f"embedding.kind={kind}",
+        f"embedding.optimizer.learning_rate={lr}",
+        "launcher=processes",
+    ]
+    return variant(cfg, overrides, f"bench variant {kind} lr={lr}")
 
 
 def run_embedding_bench(

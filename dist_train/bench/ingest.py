@@ -24,7 +24,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from dist_train.config import JobConfig, apply_overrides, parse_config
+from dist_train.bench import variant
+from dist_train.config import JobConfig
 from dist_train.data.reader import iter_tables
 from dist_train.data.validation import BadInputPolicy
 from dist_train.driver import prepare_inputs, run_job
@@ -55,7 +56,7 @@ def run_ingest_bench(
     """Measure ours, Ray Data and training on the job's training files; print and return."""
     inputs = prepare_inputs(cfg)
     groups = inputs.train_groups
-    train_dir = str(Path(groups[0].path).parent)
+    train_dir = cfg.data.train_path or str(cfg.run_dir / "data" / "train")
     builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
     batch_size = cfg.train.batch_size
 
@@ -121,17 +122,12 @@ def run_ingest_bench(
     pa.set_cpu_count(os.cpu_count() or 1)
 
     print("[bench] training consumption (short run)", flush=True)
-    raw = apply_overrides(
-        cfg.model_dump(mode="json"),
-        [
-            f"name={cfg.name}-ingest-train",
-            "launcher=processes",
-            "train.max_steps=30",
-            f"data.train_path={train_dir}",
-            f"data.test_path={Path(inputs.test_groups[0].path).parent}",
-        ],
+    job = variant(
+        cfg,
+        [f"name={cfg.name}-ingest-train", "launcher=processes", "train.max_steps=30"],
+        "bench ingest training run",
     )
-    summary = run_job(parse_config(raw, "bench ingest training run"))
+    summary = run_job(job)
     result["train_rows_per_second"] = summary["steady_examples_per_second"]
     result["ours_over_ray_data"] = (
         result["rows_per_second_per_core"] / result["ray_data_rows_per_second_per_core"]

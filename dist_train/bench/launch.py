@@ -12,23 +12,21 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dist_train.config import JobConfig, apply_overrides, parse_config
+from dist_train.bench import variant
+from dist_train.config import JobConfig
 from dist_train.driver import prepare_inputs, run_job
 
 
 def run_launch_bench(cfg: JobConfig, json_out: str | None = None) -> dict[str, Any]:
     """Run both launchers; print and return the figures and ratios."""
-    inputs = prepare_inputs(cfg)  # generate once; both runs read these files
+    prepare_inputs(cfg)  # generate once; both runs read these files
     rows: dict[str, dict[str, Any]] = {}
     for launcher in ("processes", "ray"):
-        raw = apply_overrides(
-            cfg.model_dump(mode="json"),
-            [f"launcher={launcher}", f"name={cfg.name}-{launcher}"],
+        job = variant(
+            cfg, [f"launcher={launcher}", f"name={cfg.name}-{launcher}"], f"bench {launcher}"
         )
-        raw["data"]["train_path"] = str(Path(inputs.train_groups[0].path).parent)
-        raw["data"]["test_path"] = str(Path(inputs.test_groups[0].path).parent)
         print(f"[bench] launcher={launcher}", flush=True)
-        summary = run_job(parse_config(raw, f"bench launcher={launcher}"))
+        summary = run_job(job)
         rows[launcher] = {
             "startup_seconds": summary["startup_seconds"],
             "steady_examples_per_second": summary["steady_examples_per_second"],
