@@ -27,6 +27,7 @@ def run_train(config: str | None, overrides: list[str]) -> int:
     cfg = _load(config, overrides)
     if cfg is None:
         return 2
+    from dist_train.checkpoint import CheckpointError
     from dist_train.data.reader import DataSourceError
     from dist_train.data.validation import BadInputError
     from dist_train.driver import print_summary, run_job
@@ -35,6 +36,9 @@ def run_train(config: str | None, overrides: list[str]) -> int:
         summary = run_job(cfg)
     except (BadInputError, DataSourceError) as err:
         print(f"error: bad input: {err}", file=sys.stderr)
+        return 1
+    except CheckpointError as err:
+        print(f"error: checkpoint: {err}", file=sys.stderr)
         return 1
     except Exception as err:  # noqa: BLE001 - the CLI reports any failure and exits non-zero
         print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
@@ -149,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train and evaluate a model (default config if no flags)")
     common(p)
+    p.add_argument(
+        "--resume",
+        metavar="PATH|latest",
+        help="continue from a checkpoint (latest = newest under the run's dir)",
+    )
     p = sub.add_parser("gen-data", help="write the synthetic Criteo-shaped dataset as Parquet")
     common(p)
     p.add_argument("--out", required=True, help="output directory (train/ and test/ inside)")
@@ -193,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train":
-        return run_train(args.config, args.set)
+        resume = [f"checkpoint.resume={args.resume}"] if args.resume else []
+        return run_train(args.config, [*args.set, *resume])
     if args.command == "gen-data":
         return _gen_data(args)
     if args.command == "bench":

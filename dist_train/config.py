@@ -268,6 +268,20 @@ class RayConfig(_Strict):
         return self
 
 
+class CheckpointConfig(_Strict):
+    """Sharded checkpoints (see dist_train/checkpoint.py)."""
+
+    every_steps: int | None = Field(
+        None, gt=0, description="Save every this many steps (and always at the end)."
+    )
+    num_to_keep: int = Field(2, gt=0, description="Committed checkpoints kept (oldest go).")
+    dir: str | None = Field(None, description="Where; None = <output_dir>/<name>/checkpoints.")
+    resume: str | None = Field(
+        None, description="'latest' (if any exists) or a checkpoint path to continue from."
+    )
+    save_at_end: bool = Field(True, description="Save when training ends.")
+
+
 class JobConfig(_Strict):
     """A whole training job."""
 
@@ -284,6 +298,7 @@ class JobConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     sharding: ShardingConfig = Field(default_factory=ShardingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 
     @model_validator(mode="after")
     def _check(self) -> JobConfig:

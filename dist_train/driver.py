@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from dist_train import checkpoint
 from dist_train.config import JobConfig
 from dist_train.data.batch import BatchBuilder
 from dist_train.data.reader import DataSourceError, RowGroup, list_row_groups, open_parquet
@@ -89,6 +90,22 @@ def plan_on_driver(cfg: JobConfig) -> JobPlan:
     return job_plan
 
 
+def resume_path(cfg: JobConfig) -> str | None:
+    """Clean up half-written checkpoints, then resolve ``checkpoint.resume`` to a path."""
+    root = checkpoint.checkpoint_root(cfg)
+    for p in checkpoint.remove_partials(root):
+        print(f"[dist-train] removed partial checkpoint {p} (a save was interrupted)", flush=True)
+    if cfg.checkpoint.resume is None:
+        return None
+    path = checkpoint.resolve(cfg, cfg.checkpoint.resume)
+    if path is None:
+        print(f"[dist-train] no checkpoint in {root} yet: starting from scratch", flush=True)
+        return None
+    checkpoint.read_meta(path)  # fail here, before workers start, if it is unreadable
+    print(f"[dist-train] resuming from {path}", flush=True)
+    return str(path)
+
+
 def _process_worker(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
     # Plain processes share this machine; ray.num_nodes splits them into simulated nodes.
     rank = int(os.environ["RANK"])
@@ -99,7 +116,9 @@ def _process_worker(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
 def run_job(cfg: JobConfig) -> dict[str, Any]:
     """Run a whole job with its configured launcher; returns the summary (also on disk)."""
     start = time.perf_counter()
-    inputs = dataclasses.replace(prepare_inputs(cfg), plan=plan_on_driver(cfg))
+    inputs = dataclasses.replace(
+        prepare_inputs(cfg), plan=plan_on_driver(cfg), resume=resume_path(cfg)
+    )
     rows = sum(g.num_rows for g in inputs.train_groups)
     print(
         f"[dist-train] job {cfg.name!r}: {rows:,} training rows in {len(inputs.train_groups)} "

@@ -11,13 +11,14 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
+from dist_train import checkpoint
 from dist_train.config import JobConfig
 from dist_train.data.reader import (
     RowGroup,
@@ -48,6 +49,7 @@ class WorkerInputs:
     run_dir: str
     plan: JobPlan | None = None  # made on the driver; None = each rank plans for itself
     file_counts: BadInputCounts | None = None  # bad files the driver skipped
+    resume: str | None = None  # a committed checkpoint to continue from
 
 
 class _Progress:
@@ -134,11 +136,7 @@ def run_worker(
             "num_nodes": topo.num_nodes,
             "ranks_per_node": topo.local_world_size,
             "node_ids": list(topo.node_ids),
-            "sharding": {
-                table: {"type": ps.sharding_type, "ranks": ps.ranks}
-                for module_plan in trainer.plan.plan.values()
-                for table, ps in module_plan.items()  # type: ignore[attr-defined]
-            },
+            "sharding": JobPlan(trainer.plan, world, topo.local_world_size, "cpu").placements(),
             "tables": [t.__dict__ for t in trainer.layout.tables],
         },
         f"[dist-train] {world} rank(s) on {topo.num_nodes} node(s), "
@@ -148,14 +146,51 @@ def run_worker(
         + f", {cfg.sharding.type} sharding, batch {tc.batch_size}/rank",
     )
 
-    step, examples, window_loss, window_steps = 0, 0, 0.0, 0
+    position = checkpoint.TrainPosition()
+    if inputs.resume:
+        position = checkpoint.load(trainer, Path(inputs.resume))
+        policy.counts.rows = dict(position.bad_input_rows)
+        policy.counts.row_groups = position.bad_input_row_groups
+        progress.log(
+            {"event": "resume", "checkpoint": inputs.resume, **asdict(position)},
+            f"[dist-train] resumed from {inputs.resume}: step {position.step}, epoch "
+            f"{position.epoch}, {position.batches} batches into it",
+        )
+    ckpt_root = checkpoint.checkpoint_root(cfg)
+    saved_step = -1
+
+    def save(epoch: int, batches_done: int) -> None:
+        nonlocal saved_step
+        pos = checkpoint.TrainPosition(
+            step, epoch, batches_done, dict(policy.counts.rows), policy.counts.row_groups
+        )
+        path = checkpoint.save(
+            trainer,
+            ckpt_root,
+            pos,
+            cfg.checkpoint.num_to_keep,
+            {
+                "config": cfg.model_dump(mode="json"),
+                "sharding": JobPlan(trainer.plan, world, topo.local_world_size, "cpu").placements(),
+            },
+        )
+        saved_step = step
+        progress.log(
+            {"event": "checkpoint", "path": str(path), **asdict(pos)},
+            f"[dist-train] checkpoint step {step} -> {path}",
+        )
+
+    step, examples, window_loss, window_steps = position.step, 0, 0.0, 0
     train_seconds = 0.0
     first_step_unix: float | None = None
     first_step_clock = 0.0
     last_loss = float("nan")
-    for epoch in range(tc.epochs):
+    end_epoch, end_batches = position.epoch, position.batches
+    for epoch in range(position.epoch, tc.epochs):
         assignment = assign_row_groups(inputs.train_groups, world, cfg.seed, epoch)
-        num_steps = steps_per_epoch(assignment, tc.batch_size)
+        skip = position.batches if epoch == position.epoch else 0
+        epoch_steps = steps_per_epoch(assignment, tc.batch_size)
+        num_steps = epoch_steps - skip
         if tc.max_steps is not None:
             num_steps = min(num_steps, tc.max_steps - step)
         if num_steps <= 0:
@@ -169,12 +204,15 @@ def run_worker(
             policy=policy,
             shuffle_rows=cfg.data.shuffle_buffer_rows,
             shuffle_seed=(cfg.seed, epoch, rank),
+            start_batch=skip,
         )
         stream = batches(tables, num_steps, builder.build, tc.prefetch_batches)
+        done = skip
         for batch in _while_all_ranks_have(stream):
             window_loss += trainer.train_step(batch)
             window_steps += 1
             step += 1
+            done += 1
             if first_step_unix is None:
                 first_step_unix, first_step_clock = time.time(), time.perf_counter()
             examples += tc.batch_size * world
@@ -190,11 +228,20 @@ def run_worker(
                         "loss": loss,
                         "examples_per_second": rate,
                     },
-                    f"[dist-train] epoch {epoch} step {step}/{num_steps * tc.epochs} "
+                    f"[dist-train] epoch {epoch} step {step}/{epoch_steps * tc.epochs} "
                     f"loss {loss:.4f} {rate:,.0f} examples/s",
                 )
                 last_loss, window_loss, window_steps, window_start = loss, 0.0, 0, now
+            every = cfg.checkpoint.every_steps
+            if every and step % every == 0:
+                save(*((epoch + 1, 0) if done >= epoch_steps else (epoch, done)))
         train_seconds += time.perf_counter() - start
+        stopped_early = tc.max_steps is not None and step >= tc.max_steps and done < epoch_steps
+        end_epoch, end_batches = (epoch, done) if stopped_early else (epoch + 1, 0)
+        if stopped_early:
+            break
+    if cfg.checkpoint.save_at_end and step != saved_step:
+        save(end_epoch, end_batches)
     steady_seconds = time.perf_counter() - first_step_clock if first_step_unix else 0.0
     if window_steps:
         last_loss = _mean_across_ranks(window_loss / window_steps)

@@ -1,0 +1,93 @@
+"""Checkpoints: an interrupted run resumed from its checkpoint ends bitwise equal to an
+uninterrupted one; partial checkpoints are never used; corrupt ones fail naming the file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+from dist_train.checkpoint import CheckpointError, committed
+from dist_train.cli import main
+from dist_train.config import load_config
+from dist_train.driver import run_job
+
+TINY = Path(__file__).resolve().parent.parent / "launch" / "configs" / "tiny.yaml"
+BASE = ["launcher=processes", "train.epochs=2", "data.shuffle_buffer_rows=3000"]
+
+
+def _tensors(ckpt: Path, tmp: Path) -> dict[str, torch.Tensor]:
+    out = tmp / f"{ckpt.parent.parent.name}-{ckpt.name}.pt"
+    dcp_to_torch_save(str(ckpt), str(out))
+    flat: dict[str, torch.Tensor] = {}
+
+    def walk(prefix: str, node: object) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(node, torch.Tensor):
+            flat[prefix] = node
+
+    walk("", torch.load(out, weights_only=True))
+    return flat
+
+
+def test_resume_mid_epoch_matches_uninterrupted_run_bitwise(tmp_path: Path) -> None:
+    full = run_job(load_config(TINY, [*BASE, f"output_dir={tmp_path / 'a'}"]))
+    part = [*BASE, f"output_dir={tmp_path / 'b'}", "checkpoint.every_steps=4"]
+    first = run_job(load_config(TINY, [*part, "train.max_steps=11"]))  # "fails" at step 11
+    assert first["steps"] == 11
+    rest = run_job(load_config(TINY, [*part, "checkpoint.resume=latest"]))
+    assert rest["steps"] == full["steps"] == 32
+    assert rest["test_auc"] == full["test_auc"] and rest["test_log_loss"] == full["test_log_loss"]
+    a = committed(tmp_path / "a" / "tiny" / "checkpoints")[-1]
+    b = committed(tmp_path / "b" / "tiny" / "checkpoints")[-1]
+    assert a.name == b.name == "step-00000032"
+    ta, tb = _tensors(a, tmp_path), _tensors(b, tmp_path)
+    assert ta.keys() == tb.keys()
+    assert any("embedding_bags" in k for k in ta) and any(
+        "momentum" in k or "state" in k for k in ta
+    )
+    for key in ta:
+        assert torch.equal(ta[key], tb[key]), key
+    # Retention: num_to_keep=2 committed checkpoints remain.
+    assert [p.name for p in committed(b.parent)] == ["step-00000028", "step-00000032"]
+    meta = json.loads((b / "meta.json").read_text())
+    assert meta["position"] == {
+        "step": 32,
+        "epoch": 2,
+        "batches": 0,
+        "bad_input_rows": {},
+        "bad_input_row_groups": 0,
+    }
+
+
+def test_partial_checkpoint_is_ignored_and_removed(tmp_path: Path) -> None:
+    over = [*BASE, f"output_dir={tmp_path}", "train.max_steps=4"]
+    run_job(load_config(TINY, over))
+    root = tmp_path / "tiny" / "checkpoints"
+    good = committed(root)[-1]
+    partial = root / ".partial-step-00000009"  # a save killed before its commit
+    shutil.copytree(good, partial)
+    (partial / "meta.json").unlink()
+    summary = run_job(load_config(TINY, [*over, "train.max_steps=6", "checkpoint.resume=latest"]))
+    assert summary["steps"] == 6  # resumed from step 4, not from the partial one
+    assert not partial.exists()
+
+
+def test_corrupt_checkpoint_fails_naming_the_file(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    over = [f"output_dir={tmp_path}", "launcher=processes", "train.max_steps=2"]
+    run_job(load_config(TINY, over))
+    ckpt = committed(tmp_path / "tiny" / "checkpoints")[-1]
+    (ckpt / "meta.json").write_text("{not json")
+    args = ["train", "--config", str(TINY), "--resume", str(ckpt)]
+    for item in over:
+        args += ["--set", item]
+    assert main(args) == 1
+    assert f"{ckpt / 'meta.json'}: unreadable checkpoint metadata" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="not a committed dist_train checkpoint"):
+        run_job(load_config(TINY, [*over, f"checkpoint.resume={tmp_path}"]))
