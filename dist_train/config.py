@@ -306,6 +306,13 @@ class JobConfig(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"duplicate feature names {dupes}")
+        wants_checkpoints = self.checkpoint.every_steps or self.checkpoint.resume
+        if self.sharding.type == "table_row_wise" and wants_checkpoints:
+            raise ValueError(
+                "checkpoints of table_row_wise plans are not supported yet (DCP cannot save "
+                "tables that live on a subset of ranks); use row_wise or drop "
+                "checkpoint.every_steps / checkpoint.resume"
+            )
         if self.embedding.kind == "collisionless":
             missing = [f.name for f in self.features if f.cardinality is None]
             if missing:
