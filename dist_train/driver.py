@@ -164,7 +164,8 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
         f"({summary['world_size']} ranks, {summary['steps']} steps)\n"
         f"wall time         {summary['wall_seconds']:.1f} s\n"
         f"bad input skipped {_skipped(summary)}\n"
-        f"outputs           {run_dir.resolve()}  (summary.json, metrics.jsonl, config.json)",
+        f"outputs           {run_dir.resolve()}  "
+        "(summary.json, metrics.jsonl, config.json, checkpoints/)",
         flush=True,
     )
 
