@@ -91,6 +91,28 @@ def read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
+def check_compatible(meta: dict[str, Any], path: Path, world: int) -> TrainPosition:
+    """The saved position, if a job of ``world`` ranks can resume it; else CheckpointError."""
+    position = TrainPosition(**meta["position"])
+    saved_world = meta.get("world_size")
+    if saved_world == world:
+        return position
+    if position.batches:
+        # Rows are dealt to ranks per (world size, epoch): mid-epoch, another world size would
+        # re-read or skip rows. At an epoch boundary DCP reshards the tables and state.
+        raise CheckpointError(
+            f"{path}: saved mid-epoch by {saved_world} ranks; resume it with {saved_world} "
+            f"ranks (this job has {world}), or from a checkpoint at an epoch boundary"
+        )
+    saved_types = {p["type"] for p in (meta.get("sharding") or {}).values()}
+    if saved_types - {"row_wise"}:
+        raise CheckpointError(
+            f"{path}: resharding {sorted(saved_types)} plans to another world size is not "
+            "supported yet (row_wise is)"
+        )
+    return position
+
+
 def _state(trainer: Trainer) -> dict[str, Any]:
     return {"model": trainer.model.state_dict(), "optim": trainer.optimizer.state_dict()}
 
@@ -127,11 +149,7 @@ def save(
 def load(trainer: Trainer, path: Path) -> TrainPosition:
     """Restore model and optimizer state from ``path`` into ``trainer``; the saved position."""
     meta = read_meta(path)
-    if meta.get("world_size") != dist.get_world_size():
-        raise CheckpointError(
-            f"{path}: saved by {meta.get('world_size')} ranks, this job has "
-            f"{dist.get_world_size()}; resharding to another world size is not supported yet"
-        )
+    position = check_compatible(meta, path, dist.get_world_size())
     state = _state(trainer)
     try:
         dcp.load(state, storage_reader=dcp.FileSystemReader(str(path)))
@@ -139,4 +157,4 @@ def load(trainer: Trainer, path: Path) -> TrainPosition:
         raise CheckpointError(f"{path}: cannot load checkpoint shards ({err})") from None
     trainer.model.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optim"])
-    return TrainPosition(**meta["position"])
+    return position

@@ -101,7 +101,8 @@ def resume_path(cfg: JobConfig) -> str | None:
     if path is None:
         print(f"[dist-train] no checkpoint in {root} yet: starting from scratch", flush=True)
         return None
-    checkpoint.read_meta(path)  # fail here, before workers start, if it is unreadable
+    # Fail here, before workers start, if it is unreadable or cannot resume on this many ranks.
+    checkpoint.check_compatible(checkpoint.read_meta(path), path, cfg.ray.num_workers)
     print(f"[dist-train] resuming from {path}", flush=True)
     return str(path)
 

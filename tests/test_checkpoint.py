@@ -91,3 +91,33 @@ def test_corrupt_checkpoint_fails_naming_the_file(tmp_path: Path, capsys) -> Non
     assert f"{ckpt / 'meta.json'}: unreadable checkpoint metadata" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match="not a committed dist_train checkpoint"):
         run_job(load_config(TINY, [*over, f"checkpoint.resume={tmp_path}"]))
+
+
+def test_epoch_boundary_checkpoint_reshards_to_another_world_size(tmp_path: Path) -> None:
+    """2 ranks save row_wise tables + fused and dense optimizer state; 1 rank loads them and
+    (training no further) writes back exactly the same values."""
+    over = [*BASE, f"output_dir={tmp_path}", "train.epochs=1"]
+    run_job(load_config(TINY, over))
+    saved = committed(tmp_path / "tiny" / "checkpoints")[-1]
+    assert json.loads((saved / "meta.json").read_text())["world_size"] == 2
+    before = _tensors(saved, tmp_path)
+    summary = run_job(
+        load_config(
+            TINY, [*over, "ray.num_workers=1", "train.max_steps=16", "checkpoint.resume=latest"]
+        )
+    )
+    assert summary["world_size"] == 1 and summary["steps"] == 16
+    rewritten = committed(tmp_path / "tiny" / "checkpoints")[-1]
+    assert json.loads((rewritten / "meta.json").read_text())["world_size"] == 1
+    after = _tensors(rewritten, tmp_path)
+    assert before.keys() == after.keys()
+    assert any("momentum1" in k for k in before)
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+
+
+def test_mid_epoch_checkpoint_refuses_another_world_size(tmp_path: Path) -> None:
+    over = [*BASE, f"output_dir={tmp_path}", "train.max_steps=5"]
+    run_job(load_config(TINY, over))
+    with pytest.raises(CheckpointError, match="saved mid-epoch by 2 ranks"):
+        run_job(load_config(TINY, [*over, "ray.num_workers=1", "checkpoint.resume=latest"]))
