@@ -25,7 +25,7 @@ from dist_train.data.synthetic import generate
 from dist_train.data.validation import BadInputError, BadInputPolicy
 from dist_train.embedding.layout import build_layout
 from dist_train.train.loop import WorkerInputs, run_worker
-from dist_train.train.sharding import JobPlan, plan_job
+from dist_train.train.sharding import JobPlan, plan_for_config
 from dist_train.train.trainer import make_batch_builder
 
 
@@ -83,8 +83,7 @@ def check_schemas(
 
 def plan_on_driver(cfg: JobConfig) -> JobPlan:
     """The job's sharding plan for ``num_workers`` ranks, ``num_workers / num_nodes`` a node."""
-    world = cfg.ray.num_workers
-    job_plan = plan_job(cfg, world, world // (cfg.ray.num_nodes or 1))
+    job_plan = plan_for_config(cfg)
     for table, p in job_plan.placements().items():
         print(f"[dist-train] plan: {table} {p['type']} on ranks {p['ranks']}", flush=True)
     return job_plan

@@ -20,32 +20,29 @@ from dist_train.data.reader import DataSourceError, resolve_files
 from dist_train.embedding.layout import build_layout
 from dist_train.launchers.cluster import ClusterTooSmallError, NodeResources, check_fits, describe
 from dist_train.launchers.cluster_files import ClusterFileError, launcher_nodes, rayjob_nodes
+from dist_train.train.sharding import plan_for_config
 
-_STATE_BYTES_PER_ROW = {
-    "rowwise_adagrad": lambda dim: 4,
-    "sgd": lambda dim: 0,
-    "adam": lambda dim: 8 * dim,
-}
+
+def _state_bytes(optimizer: str, rows: int, cols: int) -> int:
+    """Optimizer state of one shard: row-wise Adagrad one float per row, Adam two per value."""
+    if optimizer == "rowwise_adagrad":
+        return 4 * rows
+    if optimizer == "adam":
+        return 8 * rows * cols
+    return 0  # sgd
 
 
 def embedding_bytes_per_rank(cfg: JobConfig) -> int:
-    """Largest per-rank bytes of embedding weights + optimizer state under the job's plan."""
+    """Largest per-rank bytes of embedding weights + optimizer state, read off the very plan
+    the driver would ship (shard sizes and ranks), so no placement rule is repeated here."""
     layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
-    state = _STATE_BYTES_PER_ROW[cfg.embedding.optimizer.type]
-    sizes = [t.num_rows * (4 * t.dim + state(t.dim)) for t in layout.tables]
-    world = cfg.ray.num_workers
-    kind = cfg.sharding.type
-    if kind in ("row_wise", "column_wise"):
-        return -(-sum(sizes) // world)
-    if kind == "table_row_wise":
-        per_node = world // (cfg.ray.num_nodes or 1)
-        return -(-max(sizes) // per_node) * -(-len(sizes) // (cfg.ray.num_nodes or 1))
-    if kind == "table_wise":
-        loads = [0] * world
-        for i, s in enumerate(sizes):
-            loads[i % world] += s
-        return max(loads)
-    return sum(sizes)  # data_parallel
+    shapes = {t.name: (t.num_rows, t.dim) for t in layout.tables}
+    optimizer = cfg.embedding.optimizer.type
+    per_rank = plan_for_config(cfg).shards_per_rank(shapes)
+    return max(
+        sum(rows * cols * 4 + _state_bytes(optimizer, rows, cols) for rows, cols in shards)
+        for shards in per_rank.values()
+    )
 
 
 @dataclass

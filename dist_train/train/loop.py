@@ -125,6 +125,7 @@ def run_worker(
             "to match the cluster"
         )
     trainer = Trainer.build(cfg, plan, local_world_size=topo.local_world_size)
+    placements = trainer.plan.placements()
     builder = trainer.batch_builder()
     policy = BadInputPolicy.for_job(cfg)
     progress = _Progress(inputs.run_dir, rank == 0)
@@ -136,7 +137,7 @@ def run_worker(
             "num_nodes": topo.num_nodes,
             "ranks_per_node": topo.local_world_size,
             "node_ids": list(topo.node_ids),
-            "sharding": JobPlan(trainer.plan, world, topo.local_world_size, "cpu").placements(),
+            "sharding": placements,
             "tables": [t.__dict__ for t in trainer.layout.tables],
         },
         f"[dist-train] {world} rank(s) on {topo.num_nodes} node(s), "
@@ -171,7 +172,7 @@ def run_worker(
             cfg.checkpoint.num_to_keep,
             {
                 "config": cfg.model_dump(mode="json"),
-                "sharding": JobPlan(trainer.plan, world, topo.local_world_size, "cpu").placements(),
+                "sharding": placements,
             },
         )
         saved_step = step
@@ -241,7 +242,7 @@ def run_worker(
         if stopped_early:
             break
     if cfg.checkpoint.save_at_end and step != saved_step:
-        if cfg.sharding.type == "table_row_wise":  # refused by the config if asked for
+        if trainer.plan.hierarchical:  # DCP cannot save them; the config refuses asking to
             progress.log(
                 {"event": "checkpoint_skipped", "reason": "table_row_wise"},
                 "[dist-train] no final checkpoint: table_row_wise plans cannot be saved yet",
@@ -294,7 +295,7 @@ def run_worker(
         "num_nodes": topo.num_nodes,
         "ranks_per_node": topo.local_world_size,
         "node_ids": list(topo.node_ids),
-        "sharding": JobPlan(trainer.plan, world, topo.local_world_size, "cpu").placements(),
+        "sharding": placements,
         "embedding_kind": trainer.layout.kind,
         "embedding_parameters": trainer.layout.num_parameters,
     }

@@ -7,10 +7,11 @@ checking that their real node layout matches it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from torch import nn
-from torchrec.distributed.types import ShardingPlan
+from torchrec.distributed.types import ParameterSharding, ShardingPlan
 
 from dist_train.config import JobConfig
 from dist_train.embedding.layout import EmbeddingLayout, build_layout
@@ -35,13 +36,32 @@ class JobPlan:
     local_world_size: int
     device_type: str
 
+    def _tables(self) -> Iterator[tuple[str, ParameterSharding]]:
+        for module_plan in self.plan.plan.values():
+            yield from module_plan.items()  # type: ignore[attr-defined]
+
     def placements(self) -> dict[str, dict[str, object]]:
         """table -> sharding type and ranks (for logs and summaries)."""
         return {
             table: {"type": ps.sharding_type, "ranks": list(ps.ranks or [])}
-            for module_plan in self.plan.plan.values()
-            for table, ps in module_plan.items()  # type: ignore[attr-defined]
+            for table, ps in self._tables()
         }
+
+    def shards_per_rank(
+        self, table_shapes: dict[str, tuple[int, int]]
+    ) -> dict[int, list[tuple[int, int]]]:
+        """(rows, cols) of every shard each rank holds; a replicated (data_parallel) table
+        counts in full on each of its ranks. ``table_shapes``: table -> (rows, cols)."""
+        out: dict[int, list[tuple[int, int]]] = {r: [] for r in range(self.world_size)}
+        for table, ps in self._tables():
+            if ps.sharding_spec is None:
+                for r in ps.ranks or []:
+                    out[r].append(table_shapes[table])
+                continue
+            for shard in ps.sharding_spec.shards:  # type: ignore[attr-defined]
+                rows, cols = shard.shard_sizes
+                out[shard.placement.rank()].append((rows, cols))
+        return out
 
     @property
     def hierarchical(self) -> bool:
@@ -81,3 +101,10 @@ def plan_job(
         compute_kernel=embedding_kernel(cfg.embedding.optimizer.type, device_type),
     )
     return JobPlan(plan, world_size, local_world_size, device_type)
+
+
+def plan_for_config(cfg: JobConfig, device_type: str = "cpu") -> JobPlan:
+    """The plan of a job as configured: ``num_workers`` ranks, ``num_workers / num_nodes`` per
+    node (what the driver ships to workers, and what ``validate`` sizes)."""
+    world = cfg.ray.num_workers
+    return plan_job(cfg, world, world // (cfg.ray.num_nodes or 1), device_type)

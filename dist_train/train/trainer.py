@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torchrec.distributed import DistributedModelParallel
-from torchrec.distributed.types import ShardingEnv, ShardingPlan
+from torchrec.distributed.types import ShardingEnv
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
@@ -73,7 +73,7 @@ class Trainer:
     layout: EmbeddingLayout
     model: DistributedModelParallel
     optimizer: CombinedOptimizer
-    plan: ShardingPlan
+    plan: JobPlan
     device: torch.device
 
     @classmethod
@@ -93,7 +93,6 @@ class Trainer:
             raise ValueError(
                 f"the plan is for {job_plan.world_size} ranks, the process group has {world_size}"
             )
-        plan = job_plan.plan
         layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
         torch.manual_seed(cfg.seed)  # identical dense weights on every rank and world size
         model = build_model(cfg, layout)
@@ -102,7 +101,7 @@ class Trainer:
             model,
             env=ShardingEnv.from_process_group(dist.group.WORLD),
             device=device,
-            plan=plan,
+            plan=job_plan.plan,
             sharders=[sharder],  # type: ignore[list-item]
         )
         init_embedding_tables(dmp, {t.name: (t.num_rows, t.dim) for t in layout.tables}, cfg.seed)
@@ -112,7 +111,7 @@ class Trainer:
                 *_torch_optimizers(cfg, dict(in_backward_optimizer_filter(dmp.named_parameters()))),
             ]
         )
-        return cls(cfg, layout, dmp, optimizer, plan, device)
+        return cls(cfg, layout, dmp, optimizer, job_plan, device)
 
     def batch_builder(self) -> BatchBuilder:
         return make_batch_builder(self.cfg, self.layout)
