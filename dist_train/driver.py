@@ -20,7 +20,7 @@ import pyarrow as pa
 from dist_train import checkpoint
 from dist_train.config import JobConfig
 from dist_train.data.batch import BatchBuilder
-from dist_train.data.reader import DataSourceError, RowGroup, list_row_groups, open_parquet
+from dist_train.data.reader import list_row_groups
 from dist_train.data.synthetic import generate
 from dist_train.data.validation import BadInputError, BadInputPolicy
 from dist_train.embedding.layout import build_layout
@@ -45,40 +45,31 @@ def prepare_inputs(cfg: JobConfig) -> WorkerInputs:
         train_path, test_path = cfg.data.train_path, cfg.data.test_path
     policy = BadInputPolicy.for_job(cfg)
     builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
-    splits = []
-    for path in (train_path, test_path):
-        groups = list_row_groups(path, policy)
-        good = check_schemas(builder, groups, policy)
-        if not good:
-            raise DataSourceError(f"{path}: no usable Parquet files (all were bad input)")
-        splits.append(good)
-    return WorkerInputs(splits[0], splits[1], str(run_dir), file_counts=policy.counts)
+    train, test = (
+        list_row_groups(p, policy, SchemaCheck(builder)) for p in (train_path, test_path)
+    )
+    return WorkerInputs(train, test, str(run_dir), file_counts=policy.counts)
 
 
-def check_schemas(
-    builder: BatchBuilder, groups: list[RowGroup], policy: BadInputPolicy
-) -> list[RowGroup]:
-    """The row groups of files whose columns and types (from the footer) are usable."""
-    reference: pa.Schema | None = None
-    bad_files: set[str] = set()
-    for path in dict.fromkeys(g.path for g in groups):
-        schema = open_parquet(path).schema_arrow
-        try:
-            builder.check_schema(schema, path)
-            if reference is None:
-                reference = schema
-            else:
-                for name in builder.columns:
-                    have, want = schema.field(name).type, reference.field(name).type
-                    if have != want:
-                        raise BadInputError(
-                            f"{path}: schema mismatch: column {name!r} is {have} here but "
-                            f"{want} in the first file"
-                        )
-        except BadInputError as err:
-            policy.file_problem(str(err))
-            bad_files.add(path)
-    return [g for g in groups if g.path not in bad_files]
+class SchemaCheck:
+    """A file's columns and types are usable, and equal to the first file's (one split)."""
+
+    def __init__(self, builder: BatchBuilder) -> None:
+        self.builder = builder
+        self.reference: pa.Schema | None = None
+
+    def __call__(self, path: str, schema: pa.Schema) -> None:
+        self.builder.check_schema(schema, path)
+        if self.reference is None:
+            self.reference = schema
+            return
+        for name in self.builder.columns:
+            have, want = schema.field(name).type, self.reference.field(name).type
+            if have != want:
+                raise BadInputError(
+                    f"{path}: schema mismatch: column {name!r} is {have} here but "
+                    f"{want} in the first file"
+                )
 
 
 def plan_on_driver(cfg: JobConfig) -> JobPlan:

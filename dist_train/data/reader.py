@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from dist_train.data.validation import BadInputPolicy
+from dist_train.data.validation import BadInputError, BadInputPolicy
 
 T = TypeVar("T")
 
@@ -47,13 +47,10 @@ class RowGroup:
 def resolve_files(path: str) -> list[str]:
     """Parquet files of a file, a directory (``*.parquet`` inside, recursively), a glob, or a
     URL of any of those (``s3://``, ``gs://``, ``file://``, fsspec protocols)."""
-    if "://" in path:
-        urls = _resolve_url(path)
-        if not urls:
-            raise DataSourceError(f"{path}: no Parquet files found")
-        return urls
     p = Path(path)
-    if p.is_dir():
+    if "://" in path:
+        files = _resolve_url(path)
+    elif p.is_dir():
         files = sorted(str(f) for f in p.rglob("*.parquet"))
     elif p.is_file():
         files = [str(p)]
@@ -64,11 +61,16 @@ def resolve_files(path: str) -> list[str]:
     return files
 
 
-def list_row_groups(path: str, policy: BadInputPolicy | None = None) -> list[RowGroup]:
+def list_row_groups(
+    path: str,
+    policy: BadInputPolicy | None = None,
+    check_schema: Callable[[str, pa.Schema], None] | None = None,
+) -> list[RowGroup]:
     """All non-empty row groups under ``path``, in file order.
 
-    An unreadable (e.g. truncated) or empty file is bad input: an error, or with a ``skip``
-    policy a counted, skipped file.
+    An unreadable (e.g. truncated) or empty file, or one whose schema ``check_schema`` rejects
+    (with :class:`BadInputError`), is bad input: an error, or with a ``skip`` policy a counted,
+    skipped file. Each footer is read once.
     """
     groups: list[RowGroup] = []
     for f in resolve_files(path):
@@ -80,13 +82,23 @@ def list_row_groups(path: str, policy: BadInputPolicy | None = None) -> list[Row
         if meta.num_rows == 0:
             _file_problem(policy, f"{f}: empty file (no rows)")
             continue
+        if check_schema is not None:
+            try:
+                check_schema(f, meta.schema.to_arrow_schema())
+            except BadInputError as err:
+                if policy is None:
+                    raise
+                policy.file_problem(str(err))
+                continue
         groups += [
             RowGroup(f, i, meta.row_group(i).num_rows)
             for i in range(meta.num_row_groups)
             if meta.row_group(i).num_rows > 0
         ]
     if not groups:
-        raise DataSourceError(f"{path}: the Parquet files hold no usable rows")
+        raise DataSourceError(
+            f"{path}: no usable Parquet files (every file was empty or bad input)"
+        )
     return groups
 
 
