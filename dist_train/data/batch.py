@@ -130,17 +130,21 @@ class BatchBuilder:
             if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
                 raise BadInputError(f"{source}: dense column {name!r} has type {t}")
         for f in self.features:
-            t = _value_type(schema.field(f.source_column).type)
-            if not (_is_int(t) or _is_str(t)):
-                raise BadInputError(
-                    f"{source}: column {f.source_column!r}: categorical values must be "
-                    f"integers or strings (or lists of them), got {t}"
-                )
-            if self.layout.keys_of(f.name)[0].salt is None and not _is_int(t):
-                raise BadInputError(
-                    f"{source}: column {f.source_column!r} holds {t}; the collisionless "
-                    "embedding needs integer ids in [0, cardinality)"
-                )
+            self._check_categorical_type(f, schema.field(f.source_column).type, source)
+
+    def _check_categorical_type(self, f: FeatureConfig, t: pa.DataType, source: str) -> None:
+        """Ids of ``f`` are integers or strings (or lists); integers for exact tables."""
+        value = _value_type(t)
+        if not (_is_int(value) or _is_str(value)):
+            raise BadInputError(
+                f"{source}: column {f.source_column!r}: categorical values must be "
+                f"integers or strings (or lists of them), got {value}"
+            )
+        if self.layout.keys_of(f.name)[0].salt is None and not _is_int(value):
+            raise BadInputError(
+                f"{source}: column {f.source_column!r} holds {t}; the collisionless "
+                "embedding needs integer ids in [0, cardinality)"
+            )
 
     def _column(self, batch: pa.RecordBatch | pa.Table, name: str, source: str) -> pa.Array:
         idx = batch.schema.get_field_index(name)
@@ -180,14 +184,9 @@ class BatchBuilder:
         values: list[np.ndarray] = []
         for f in self.features:
             col = self._column(batch, f.source_column, source)
-            keys = self.layout.keys_of(f.name)
-            if keys[0].salt is None and not _is_int(_value_type(col.type)):
-                raise BadInputError(
-                    f"{source}: column {f.source_column!r} holds {col.type}; the collisionless "
-                    "embedding needs integer ids in [0, cardinality)"
-                )
+            self._check_categorical_type(f, col.type, source)
             lens, fps = categorical_ids(col, f.source_column)
-            for key in keys:
+            for key in self.layout.keys_of(f.name):
                 try:
                     values.append(self.layout.rows_for(key, fps))
                 except InvalidIdError as err:
