@@ -281,7 +281,7 @@ def run_worker(
         "examples_per_second": examples / train_seconds if train_seconds > 0 else 0.0,
         # After the first step: excludes one-time costs (first batch read, kernel warm-up).
         "steady_examples_per_second": (
-            (step - 1) * tc.batch_size * world / steady_seconds if steady_seconds > 0 else 0.0
+            (examples - tc.batch_size * world) / steady_seconds if steady_seconds > 0 else 0.0
         ),
         "first_step_unix": first_step_unix,
         "final_train_loss": last_loss,
