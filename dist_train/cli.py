@@ -3,6 +3,10 @@
 dist-train train [--config C] [--set KEY=VALUE ...]   train + evaluate (default config)
 dist-train gen-data [--config C] --out DIR [--set ...] write the synthetic dataset
 dist-train show-config [--config C] [--set ...]       print the validated config
+dist-train plan [--config C] [--nodes N --ranks-per-node G ...] [--json OUT]
+                                                      dry-run the sharding planner
+dist-train calibrate --out topology.json              measure this machine for the planner
+(and convert, submit, validate, bench: see --help)
 """
 
 from __future__ import annotations
@@ -87,6 +91,59 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    overrides = list(args.set)
+    if args.memory_per_rank:
+        overrides.append(f"sharding.memory_per_rank={args.memory_per_rank}")
+    if args.topology:
+        overrides.append(f"sharding.topology={args.topology}")
+    if args.batch_size:
+        overrides.append(f"train.batch_size={args.batch_size}")
+    cfg = _load(args.config, overrides)
+    if cfg is None:
+        return 2
+    from dist_train.dry_run import dry_run, write_report
+    from planners.search import PlanningError
+    from planners.topology import TopologyError
+
+    try:
+        report = dry_run(
+            cfg, args.nodes, args.ranks_per_node, args.device, with_torchrec=not args.no_torchrec
+        )
+    except (PlanningError, TopologyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(write_report(report, args.json))
+    if args.json:
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from planners.calibrate import calibrate
+    from planners.topology import TopologyError, parse_bytes, save_topology
+
+    try:
+        memory = parse_bytes(args.memory_per_rank) if args.memory_per_rank else None
+    except TopologyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"calibrating: {args.ranks} gloo rank(s) x {args.threads} thread(s) ...", flush=True)
+    spec = calibrate(args.ranks, args.threads, memory)
+    save_topology(spec, args.out)
+    print(
+        f"copy {spec.memory_bytes_per_second / 1e9:.2f} GB/s, matmul "
+        f"{spec.dense_flops_per_second / 1e9:.1f} GFLOP/s, TBE "
+        f"{spec.lookup_rows_per_second / 1e6:.2f} M rows/s + "
+        f"{spec.lookup_bytes_per_second / 1e9:.2f} GB/s, all-to-all "
+        f"{spec.intra_node.all_to_all_bytes_per_second / 1e9:.2f} GB/s, reduce-scatter "
+        f"{spec.intra_node.reduce_scatter_bytes_per_second / 1e9:.2f} GB/s, latency "
+        f"{spec.intra_node.latency_seconds * 1e6:.0f} us"
+    )
+    print(f"wrote {args.out} (use it with --set sharding.topology={args.out})")
+    return 0
+
+
 def _convert(args: argparse.Namespace) -> int:
     from dist_train.data.criteo import convert_criteo
     from dist_train.data.validation import BadInputError
@@ -163,6 +220,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (train/ and test/ inside)")
     p = sub.add_parser("show-config", help="print the validated job config as JSON")
     common(p)
+    p = sub.add_parser("plan", help="dry-run the sharding planner for any cluster shape")
+    common(p)
+    p.add_argument("--nodes", type=int, help="nodes (default: the job's ray.num_nodes or 1)")
+    p.add_argument("--ranks-per-node", type=int, help="ranks per node (default: the job's)")
+    p.add_argument("--memory-per-rank", help="memory each rank may use, e.g. 80GiB")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="rank device type")
+    p.add_argument("--topology", help="topology file from `dist-train calibrate`")
+    p.add_argument("--batch-size", type=int, help="examples per rank per step")
+    p.add_argument("--json", help="also write the report as JSON to this file")
+    p.add_argument("--no-torchrec", action="store_true", help="skip TorchRec's planner")
+    p = sub.add_parser("calibrate", help="measure this machine and backend for the planner")
+    p.add_argument("--out", required=True, help="topology file to write (JSON)")
+    p.add_argument("--ranks", type=int, default=2, help="gloo processes for the collectives")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
+    p.add_argument("--memory-per-rank", help="memory per rank (default: RAM / ranks)")
     p = sub.add_parser("convert", help="convert public datasets to Parquet")
     fmt = p.add_subparsers(dest="format", required=True)
     p = fmt.add_parser("criteo", help="Criteo TSV (label, I1..I13, C1..C26) to Parquet")
@@ -214,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
         return _submit(args)
     if args.command == "convert":
         return _convert(args)
+    if args.command == "plan":
+        return _plan(args)
+    if args.command == "calibrate":
+        return _calibrate(args)
     return _show_config(args)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "launch" / "configs" / "default.yaml"
 
@@ -207,17 +207,46 @@ class TrainConfig(_Strict):
 
 
 class ShardingConfig(_Strict):
-    """How embedding tables are placed on ranks (an explicit plan until the planner lands)."""
+    """How embedding tables are placed on ranks: the cost-model planner (docs/planner.md)."""
 
-    type: Literal["row_wise", "column_wise", "table_wise", "data_parallel", "table_row_wise"] = (
-        Field(
-            "row_wise",
-            description=(
-                "Sharding type applied to every embedding table. table_row_wise puts table i "
-                "row-wise on the ranks of node i mod num_nodes."
-            ),
-        )
+    type: Literal[
+        "auto",
+        "row_wise",
+        "column_wise",
+        "table_wise",
+        "data_parallel",
+        "table_row_wise",
+        "grid_shard",
+    ] = Field(
+        "auto",
+        description=(
+            "auto: the planner picks each table's sharding type by estimated step time. "
+            "Any other value restricts every table to that type (the planner still picks "
+            "ranks, nodes and splits)."
+        ),
     )
+    topology: str | None = Field(
+        None,
+        description=(
+            "Topology file from `dist-train calibrate` (speeds of this machine and backend); "
+            "None = the built-in preset for the device."
+        ),
+    )
+    memory_per_rank: str | None = Field(
+        None, description="Memory each rank may use, e.g. 16GiB (None: the topology's)."
+    )
+    pooling_factors: dict[str, float] = Field(
+        default_factory=dict,
+        description="Mean ids per example of multi-hot features (default 1.0 each).",
+    )
+
+    @field_validator("pooling_factors")
+    @classmethod
+    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: x for k, x in v.items() if x <= 0}
+        if bad:
+            raise ValueError(f"pooling factors must be > 0: {bad}")
+        return v
 
 
 class RayConfig(_Strict):
@@ -307,12 +336,15 @@ class JobConfig(_Strict):
         if dupes:
             raise ValueError(f"duplicate feature names {dupes}")
         wants_checkpoints = self.checkpoint.every_steps or self.checkpoint.resume
-        if self.sharding.type == "table_row_wise" and wants_checkpoints:
+        if self.sharding.type in ("table_row_wise", "grid_shard") and wants_checkpoints:
             raise ValueError(
-                "checkpoints of table_row_wise plans are not supported yet (DCP cannot save "
-                "tables that live on a subset of ranks); use row_wise or drop "
+                f"checkpoints of {self.sharding.type} plans are not supported yet (DCP cannot "
+                "save tables that live on a subset of ranks); use row_wise or auto, or drop "
                 "checkpoint.every_steps / checkpoint.resume"
             )
+        unknown = sorted(set(self.sharding.pooling_factors) - set(names))
+        if unknown:
+            raise ValueError(f"sharding.pooling_factors names unknown features {unknown}")
         if self.embedding.kind == "collisionless":
             missing = [f.name for f in self.features if f.cardinality is None]
             if missing:

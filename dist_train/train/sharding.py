@@ -16,15 +16,18 @@ from torchrec.distributed.types import ParameterSharding, ShardingPlan
 from dist_train.config import JobConfig
 from dist_train.embedding.layout import EmbeddingLayout, build_layout
 from dist_train.models.dlrm import DLRM
-from planners.explicit import explicit_plan
+from planners.placement import HIERARCHICAL, SHARDING_TYPES
+from planners.planner import CostModelPlanner
+from planners.search import SearchResult
 from planners.sharders import (
     AnyDeviceEmbeddingBagCollectionSharder,
     embedding_kernel,
     fused_params,
 )
+from planners.topology import Topology, load_topology, parse_bytes, preset, resize
+from planners.workload import OptimizerState, TableLoad, Workload
 
-MODULE_PATH = "sparse_arch"
-HIERARCHICAL = {"table_row_wise", "grid_shard"}
+_DENSE_OPTIMIZER_SLOTS = {"adagrad": 1, "adam": 2, "sgd": 0}
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class JobPlan:
     world_size: int
     local_world_size: int
     device_type: str
+    estimated_step_seconds: float = 0.0
 
     def _tables(self) -> Iterator[tuple[str, ParameterSharding]]:
         for module_plan in self.plan.plan.values():
@@ -83,24 +87,83 @@ def build_model(cfg: JobConfig, layout: EmbeddingLayout) -> DLRM:
     return DLRM(layout, len(cfg.data.resolved_dense_columns()), cfg.model, "meta")
 
 
+def workload_for_config(
+    cfg: JobConfig, layout: EmbeddingLayout, model: nn.Module, device_type: str
+) -> Workload:
+    """The planner's view of a job: tables, lookups per sample, batch and dense model size."""
+    pooling = cfg.sharding.pooling_factors
+    keys = {k.key: k for k in layout.keys}
+    tables = tuple(
+        TableLoad(
+            name=t.name,
+            rows=t.num_rows,
+            dim=t.dim,
+            bags_per_sample=len(t.keys),
+            ids_per_sample=sum(pooling.get(keys[k].feature, 1.0) for k in t.keys),
+        )
+        for t in layout.tables
+    )
+    dense = sum(
+        p.numel() for name, p in model.named_parameters() if not name.startswith("sparse_arch.")
+    )
+    return Workload(
+        tables=tables,
+        batch_size_per_rank=cfg.train.batch_size,
+        optimizer=OptimizerState.of(cfg.embedding.optimizer.type, device_type),
+        dense_parameters=dense,
+        dense_optimizer_slots=_DENSE_OPTIMIZER_SLOTS[cfg.train.dense_optimizer],
+    )
+
+
+def topology_for_config(
+    cfg: JobConfig, world_size: int, local_world_size: int, device_type: str
+) -> Topology:
+    """The job's topology file (or the device preset) shaped to ``world_size`` ranks."""
+    if world_size % local_world_size:
+        raise ValueError(f"world size {world_size} is not a multiple of {local_world_size}")
+    base = load_topology(cfg.sharding.topology) if cfg.sharding.topology else preset(device_type)
+    memory = cfg.sharding.memory_per_rank
+    return resize(
+        base,
+        num_nodes=world_size // local_world_size,
+        ranks_per_node=local_world_size,
+        memory_per_rank_bytes=parse_bytes(memory) if memory else None,
+    )
+
+
+def allowed_types(cfg: JobConfig) -> tuple[str, ...]:
+    """The sharding types the planner may use for this job."""
+    if cfg.sharding.type != "auto":
+        return (cfg.sharding.type,)
+    if cfg.checkpoint.every_steps or cfg.checkpoint.resume:
+        # DCP cannot save tables held by a subset of ranks in a hierarchical plan (yet).
+        return tuple(t for t in SHARDING_TYPES if t not in HIERARCHICAL)
+    return SHARDING_TYPES
+
+
+def planner_for_config(
+    cfg: JobConfig, world_size: int, local_world_size: int, device_type: str = "cpu"
+) -> tuple[CostModelPlanner, nn.Module]:
+    """The cost-model planner of a job and the (meta-device) model it plans."""
+    layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
+    model: nn.Module = build_model(cfg, layout)
+    planner = CostModelPlanner(
+        topology_for_config(cfg, world_size, local_world_size, device_type),
+        workload_for_config(cfg, layout, model, device_type),
+        allowed_types(cfg),
+        compute_kernel=embedding_kernel(cfg.embedding.optimizer.type, device_type),
+    )
+    return planner, model
+
+
 def plan_job(
     cfg: JobConfig, world_size: int, local_world_size: int, device_type: str = "cpu"
 ) -> JobPlan:
     """Plan the job's embedding tables for ``world_size`` ranks, ``local_world_size`` a node."""
-    layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
-    model: nn.Module = build_model(cfg, layout)
-    plan = explicit_plan(
-        MODULE_PATH,
-        model.sparse_arch,  # type: ignore[arg-type]
-        [t.name for t in layout.tables],
-        cfg.sharding.type,
-        make_sharder(cfg, device_type),
-        world_size=world_size,
-        local_world_size=local_world_size,
-        device_type=device_type,
-        compute_kernel=embedding_kernel(cfg.embedding.optimizer.type, device_type),
-    )
-    return JobPlan(plan, world_size, local_world_size, device_type)
+    planner, model = planner_for_config(cfg, world_size, local_world_size, device_type)
+    plan = planner.plan(model, [make_sharder(cfg, device_type)])  # type: ignore[list-item]
+    result: SearchResult = planner.search()
+    return JobPlan(plan, world_size, local_world_size, device_type, result.best.step_seconds)
 
 
 def plan_for_config(cfg: JobConfig, device_type: str = "cpu") -> JobPlan:

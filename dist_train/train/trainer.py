@@ -23,6 +23,7 @@ from dist_train.embedding.init import init_embedding_tables
 from dist_train.embedding.layout import EmbeddingLayout, build_layout
 from dist_train.train.metrics import EvalMetrics
 from dist_train.train.sharding import JobPlan, build_model, make_sharder, plan_job
+from planners.uneven import enable_uneven_row_wise
 
 _DENSE_OPTIMIZERS = {
     "adagrad": torch.optim.Adagrad,
@@ -104,6 +105,7 @@ class Trainer:
             plan=job_plan.plan,
             sharders=[sharder],  # type: ignore[list-item]
         )
+        enable_uneven_row_wise(dmp)
         init_embedding_tables(dmp, {t.name: (t.num_rows, t.dim) for t in layout.tables}, cfg.seed)
         optimizer = CombinedOptimizer(
             [

@@ -1,0 +1,65 @@
+"""``dist-train plan``: plan a job for any cluster shape without hardware, with a report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from dist_train.config import JobConfig
+from dist_train.train.sharding import make_sharder, planner_for_config
+from planners.report import build_report, estimate_json, format_report
+from planners.sharders import embedding_kernel, fused_params
+from planners.torchrec_baseline import estimate, placements_of, torchrec_plan
+
+
+def _torchrec_side(cfg: JobConfig, model: Any, planner: Any, device_type: str) -> dict[str, Any]:
+    opt = cfg.embedding.optimizer
+    params = (
+        fused_params(opt.type, opt.learning_rate, opt.eps, opt.weight_decay)
+        if embedding_kernel(opt.type, device_type) == "fused"
+        else None
+    )
+    try:
+        plan, figures = torchrec_plan(model, planner.workload, planner.topology, params)
+    except Exception as err:  # noqa: BLE001 - any failure of TorchRec's planner is reported
+        return {"error": f"{type(err).__name__}: {err}".strip()[:2000]}
+    ours = estimate(placements_of(plan, planner.topology), planner.workload, planner.topology)
+    side = estimate_json(ours, planner.workload)
+    return {
+        "placements": side["placements"],
+        "per_rank_memory_bytes": figures["per_rank_memory_bytes"],
+        "estimated_step_seconds": figures["estimated_step_seconds"],
+        "plan_seconds": figures["plan_seconds"],
+        "ours": {  # our cost model applied to TorchRec's plan, for a like-for-like comparison
+            "estimated_step_seconds": side["estimated_step_seconds"],
+            "max_memory_bytes": side["max_memory_bytes"],
+            "per_rank_memory_bytes": side["per_rank_memory_bytes"],
+            "fits": ours.fits,
+        },
+    }
+
+
+def dry_run(
+    cfg: JobConfig,
+    num_nodes: int | None = None,
+    ranks_per_node: int | None = None,
+    device_type: str = "cpu",
+    with_torchrec: bool = True,
+) -> dict[str, Any]:
+    """Plan ``cfg`` for ``num_nodes`` x ``ranks_per_node`` ranks (default: the job's own)."""
+    nodes = num_nodes or cfg.ray.num_nodes or 1
+    per_node = ranks_per_node or max(1, cfg.ray.num_workers // nodes)
+    planner, model = planner_for_config(cfg, nodes * per_node, per_node, device_type)
+    planner.plan(model, [make_sharder(cfg, device_type)])  # type: ignore[list-item]
+    result = planner.search()
+    side = _torchrec_side(cfg, model, planner, device_type) if with_torchrec else None
+    return build_report(result, planner.workload, planner.topology, side)
+
+
+def write_report(report: dict[str, Any], json_path: str | None) -> str:
+    """The readable report; also the JSON at ``json_path`` if given."""
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(report, indent=1) + "\n")
+    return format_report(report)

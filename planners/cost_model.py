@@ -1,0 +1,223 @@
+"""Per-rank memory and step time of a placement (the planner's cost model; docs/planner.md).
+
+Every sharding type is built from one primitive, a *block*: a column range of a table whose
+rows are split over a set of holder ranks.
+
+- row_wise: one block, all ranks hold rows.       - table_wise: one block, one holder.
+- column_wise: k blocks, one holder each.           - table_row_wise: one block on a node.
+- grid_shard: k blocks, each on one node's ranks.   - data_parallel: a replica per rank.
+
+A step of a block moves and computes, per rank (B = batch per rank, R ranks, H holders,
+q_j = holder j's share of the rows, L ids and F bags per sample, w block columns, 4-byte floats):
+
+- input all-to-all: each rank sends its B samples' ids to the holders of their rows;
+  holder j receives (R-1) B ids_bytes q_j;
+- lookups (forward, backward and the fused update): holder j reads R B L q_j rows of w columns;
+- output: the holders' partial pooled sums (R B F w each) are reduce-scattered among the H
+  holders, then each holder sends the other ranks their samples' bags (all-to-all);
+  the backward pass moves the same bytes the other way.
+
+Bytes cross the intra-node link or the inter-node link in proportion to where the peers are.
+Time = bytes / bandwidth of the collective on that link + a latency per collective, and
+lookups = rows / lookup_rows_per_second + bytes / lookup_bytes_per_second. The dense part
+(6 flops per parameter per sample, DDP all-reduce of its gradients) is the same for every plan.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from planners.placement import TablePlacement
+from planners.topology import Topology
+from planners.workload import INDEX_BYTES, LENGTH_BYTES, WEIGHT_BYTES, TableLoad, Workload
+
+# Collective calls a sharding type adds to a step: ids and lengths all-to-all, output
+# reduce-scatter/all-to-all forward, and its mirror in backward. TorchRec fuses the tables
+# of one sharding type into one set of calls, so latency is paid per type, not per table.
+CALLS_PER_TYPE = {"data_parallel": 1}
+CALLS_DEFAULT = 4
+DDP_BUCKET_BYTES = 25 * 2**20
+
+
+@dataclass
+class RankCosts:
+    """Per-rank arrays (length = world size)."""
+
+    memory: np.ndarray  # bytes
+    lookup: np.ndarray  # seconds
+    dense: np.ndarray  # seconds of dense-model compute
+    comm: np.ndarray  # seconds, bandwidth part
+    latency: np.ndarray  # seconds
+    comm_bytes: np.ndarray  # bytes sent + received
+
+    @classmethod
+    def zeros(cls, world: int) -> RankCosts:
+        return cls(*(np.zeros(world) for _ in range(6)))
+
+    def __add__(self, other: RankCosts) -> RankCosts:
+        return RankCosts(
+            self.memory + other.memory,
+            self.lookup + other.lookup,
+            self.dense + other.dense,
+            self.comm + other.comm,
+            self.latency + other.latency,
+            self.comm_bytes + other.comm_bytes,
+        )
+
+    @property
+    def step_seconds(self) -> np.ndarray:
+        return self.lookup + self.dense + self.comm + self.latency
+
+
+def _link_seconds(
+    nbytes: np.ndarray, inter_fraction: np.ndarray, topo: Topology, collective: str
+) -> np.ndarray:
+    attr = f"{collective}_bytes_per_second"
+    intra = getattr(topo.intra_node, attr)
+    inter = getattr(topo.inter_node, attr)
+    return nbytes * ((1.0 - inter_fraction) / intra + inter_fraction / inter)
+
+
+def _lookup_seconds(rows: np.ndarray, cols: int, topo: Topology) -> np.ndarray:
+    return rows / topo.lookup_rows_per_second + rows * cols * WEIGHT_BYTES / (
+        topo.lookup_bytes_per_second
+    )
+
+
+def block_costs(
+    table: TableLoad,
+    workload: Workload,
+    topo: Topology,
+    holders: list[int],
+    row_sizes: list[int],
+    cols: int,
+) -> RankCosts:
+    """Bandwidth, lookup and memory costs of one block (latency is added per plan)."""
+    world, per_node = topo.world_size, topo.ranks_per_node
+    batch = workload.batch_size_per_rank
+    ids_bytes = batch * (table.ids_per_sample * INDEX_BYTES + table.bags_per_sample * LENGTH_BYTES)
+    bags_bytes = batch * table.bags_per_sample * cols * WEIGHT_BYTES  # one rank's pooled output
+    h = np.asarray(holders)
+    q_h = np.asarray(row_sizes, dtype=float) / table.rows
+    node = np.arange(world) // per_node
+    q = np.zeros(world)
+    q[h] = q_h
+    is_holder = np.zeros(world, dtype=bool)
+    is_holder[h] = True
+    holders_on_node = np.bincount(node[h], minlength=topo.num_nodes)[node]
+    share_on_node = np.bincount(node[h], weights=q_h, minlength=topo.num_nodes)[node]
+    c = RankCosts.zeros(world)
+
+    # Input all-to-all: send the off-rank share of this rank's ids; holders receive theirs.
+    sent = ids_bytes * (1.0 - q)
+    sent_inter = np.divide(1.0 - share_on_node, 1.0 - q, out=np.zeros(world), where=q < 1)
+    recv = (world - 1) * ids_bytes * q
+    recv_inter = (world - per_node) / max(world - 1, 1)
+    c.comm += np.maximum(
+        _link_seconds(sent, sent_inter, topo, "all_to_all"),
+        _link_seconds(recv, np.full(world, recv_inter), topo, "all_to_all"),
+    )
+    c.comm_bytes += sent + recv
+
+    # Lookups (forward + backward + fused update) on the holders.
+    rows_read = world * batch * table.ids_per_sample * q
+    c.lookup += _lookup_seconds(rows_read, cols, topo)
+
+    # Output, forward and (mirrored) backward.
+    partials = world * bags_bytes  # the holders' pooled partial sums, all samples
+    n_h = len(holders)
+    if n_h > 1:  # reduce-scatter among the holders
+        rs = np.where(is_holder, partials * (n_h - 1) / n_h, 0.0)
+        rs_inter = np.where(is_holder, (n_h - holders_on_node) / (n_h - 1), 0.0)
+        c.comm += 2 * _link_seconds(rs, rs_inter, topo, "reduce_scatter")
+        c.comm_bytes += 4 * rs
+    if n_h < world:  # all-to-all: holders hand the other ranks their samples' bags
+        out = np.where(is_holder, bags_bytes * (world - n_h) / n_h, bags_bytes)
+        non_holders_on_node = per_node - holders_on_node
+        out_inter = np.where(
+            is_holder,
+            1.0 - non_holders_on_node / max(world - n_h, 1),
+            1.0 - holders_on_node / n_h,
+        )
+        c.comm += 2 * _link_seconds(out, out_inter, topo, "all_to_all")
+        c.comm_bytes += 2 * out
+
+    # Memory: rows and optimizer state on holders; buffers for partial sums, received ids and
+    # gradients of the outputs.
+    rows_held = np.zeros(world)
+    rows_held[h] = row_sizes
+    weights = rows_held * cols * WEIGHT_BYTES
+    state = workload.optimizer.bytes_for(rows_held, cols)
+    workspace = np.where(is_holder, 2 * partials + recv, 2 * bags_bytes)
+    c.memory += weights + state + workspace
+    return c
+
+
+def data_parallel_costs(table: TableLoad, workload: Workload, topo: Topology) -> RankCosts:
+    """A replica per rank: local lookups, DDP all-reduce of the whole table's gradient."""
+    world = topo.world_size
+    batch = workload.batch_size_per_rank
+    c = RankCosts.zeros(world)
+    c.lookup += _lookup_seconds(np.full(world, batch * table.ids_per_sample), table.dim, topo)
+    grad = table.weight_bytes
+    allreduce = np.full(world, 2.0 * grad * (world - 1) / world)
+    inter = (world - topo.ranks_per_node) / max(world - 1, 1)
+    c.comm += _link_seconds(allreduce, np.full(world, inter), topo, "reduce_scatter")
+    c.comm_bytes += 2 * allreduce
+    # Weights, a dense gradient, optimizer state (dense kernel), output buffers.
+    state = workload.optimizer.bytes_for(table.rows, table.dim)
+    dense_grad = 0 if not workload.optimizer.fused else grad  # bytes_for counts it otherwise
+    out = 2 * batch * table.bags_per_sample * table.dim * WEIGHT_BYTES
+    c.memory += grad + dense_grad + state + out
+    return c
+
+
+def table_costs(
+    placement: TablePlacement, table: TableLoad, workload: Workload, topo: Topology
+) -> RankCosts:
+    """Costs of one table's placement, without the per-type collective latency."""
+    if placement.sharding_type == "data_parallel":
+        return data_parallel_costs(table, workload, topo)
+    blocks: dict[int, list[tuple[int, int]]] = {}
+    widths: dict[int, int] = {}
+    for s in placement.shards:
+        blocks.setdefault(s.col_offset, []).append((s.rank, s.rows))
+        widths[s.col_offset] = s.cols
+    total = RankCosts.zeros(topo.world_size)
+    for col, members in blocks.items():
+        ranks = [r for r, _ in members]
+        sizes = [n for _, n in members]
+        total = total + block_costs(table, workload, topo, ranks, sizes, widths[col])
+    return total
+
+
+def latency_costs(sharding_types: set[str], topo: Topology) -> RankCosts:
+    """The fixed cost of each sharding type's collectives (every rank takes part)."""
+    link = topo.inter_node if topo.num_nodes > 1 else topo.intra_node
+    calls = sum(CALLS_PER_TYPE.get(t, CALLS_DEFAULT) for t in sharding_types)
+    c = RankCosts.zeros(topo.world_size)
+    c.latency += calls * link.latency_seconds
+    return c
+
+
+def dense_costs(workload: Workload, topo: Topology) -> RankCosts:
+    """The dense MLPs: matmuls, a DDP gradient all-reduce, parameters and optimizer state."""
+    world = topo.world_size
+    c = RankCosts.zeros(world)
+    params = workload.dense_parameters
+    c.dense += 6.0 * params * workload.batch_size_per_rank / topo.dense_flops_per_second
+    if world > 1:
+        grad = params * WEIGHT_BYTES
+        allreduce = 2.0 * grad * (world - 1) / world
+        inter = (world - topo.ranks_per_node) / max(world - 1, 1)
+        c.comm += _link_seconds(
+            np.full(world, allreduce), np.full(world, inter), topo, "reduce_scatter"
+        )
+        link = topo.inter_node if topo.num_nodes > 1 else topo.intra_node
+        c.latency += math.ceil(grad / DDP_BUCKET_BYTES) * link.latency_seconds
+        c.comm_bytes += 2 * allreduce
+    c.memory += params * WEIGHT_BYTES * (2 + workload.dense_optimizer_slots)
+    return c

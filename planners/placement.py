@@ -1,0 +1,203 @@
+"""Placements of one table on ranks, and the candidates the search considers for it.
+
+Shard layouts follow what TorchRec's runtime expects of each sharding type: row-wise shards in
+rank order over every rank (rows may be uneven: see :mod:`planners.uneven`), table-row-wise
+and grid row shards of ``ceil(rows / ranks_per_node)`` over one node's ranks in order, column
+blocks of equal width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from planners.topology import Topology
+from planners.workload import TableLoad
+
+SHARDING_TYPES = (
+    "row_wise",
+    "column_wise",
+    "table_row_wise",
+    "grid_shard",
+    "table_wise",
+    "data_parallel",
+)
+HIERARCHICAL = frozenset({"table_row_wise", "grid_shard"})
+MIN_COLUMN_BLOCK = 4  # FBGEMM TBE on CUDA needs row widths that are multiples of 4
+
+
+@dataclass(frozen=True)
+class Shard:
+    rank: int
+    row_offset: int
+    col_offset: int
+    rows: int
+    cols: int
+
+
+@dataclass(frozen=True)
+class TablePlacement:
+    """One table's sharding type and shards (data_parallel: one full replica per rank)."""
+
+    table: str
+    sharding_type: str
+    shards: tuple[Shard, ...]
+    label: str  # e.g. "row_wise (uneven)", "column_wise x4", "grid_shard 2 nodes x 4"
+
+    @property
+    def ranks(self) -> list[int]:
+        return [s.rank for s in self.shards]
+
+
+def even_row_sizes(rows: int, parts: int) -> list[int]:
+    """TorchRec's row split: ``ceil(rows / parts)`` each, the remainder (maybe 0) last."""
+    block = -(-rows // parts)
+    sizes = []
+    left = rows
+    for _ in range(parts):
+        sizes.append(min(block, left))
+        left -= sizes[-1]
+    return sizes
+
+
+def _row_shards(
+    table: TableLoad, ranks: list[int], sizes: list[int], col_offset: int, cols: int
+) -> list[Shard]:
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
+    return [
+        Shard(r, int(o), col_offset, int(n), cols)
+        for r, o, n in zip(ranks, offsets, sizes, strict=True)
+    ]
+
+
+def row_wise(table: TableLoad, topo: Topology, sizes: list[int] | None = None) -> TablePlacement:
+    """Rows over every rank in rank order; ``sizes`` gives an uneven split."""
+    world = topo.world_size
+    even = even_row_sizes(table.rows, world)
+    sizes = sizes or even
+    label = "row_wise" if sizes == even else "row_wise (uneven)"
+    shards = _row_shards(table, list(range(world)), sizes, 0, table.dim)
+    return TablePlacement(table.name, "row_wise", tuple(shards), label)
+
+
+def uneven_row_sizes(
+    table: TableLoad, busy_seconds: np.ndarray, seconds_per_row: np.ndarray, cap_rows: np.ndarray
+) -> list[int] | None:
+    """A row split that evens out the ranks' step times (water-filling).
+
+    Hashing spreads lookups uniformly over rows, so a rank's share of the table's work is its
+    share of the rows. ``busy_seconds``: time each rank already spends on other tables;
+    ``seconds_per_row``: this table's time per row held; ``cap_rows``: rows each rank has memory
+    for. Returns None when the even split is as good (no rank is busier than another).
+    """
+    if np.ptp(busy_seconds) <= 1e-12 * max(1.0, float(busy_seconds.max())):
+        return None
+    lo, hi = (
+        float(busy_seconds.min()),
+        float(busy_seconds.max() + seconds_per_row.max() * table.rows),
+    )
+    for _ in range(60):  # bisection on the common finishing time
+        level = (lo + hi) / 2
+        rows = np.minimum(np.maximum(0.0, (level - busy_seconds) / seconds_per_row), cap_rows)
+        if rows.sum() >= table.rows:
+            hi = level
+        else:
+            lo = level
+    rows = np.minimum(np.maximum(0.0, (hi - busy_seconds) / seconds_per_row), cap_rows)
+    sizes = np.floor(rows).astype(np.int64)
+    sizes = np.maximum(sizes, 1)  # every row-wise rank keeps a shard (the runtime routes to all)
+    deficit = table.rows - int(sizes.sum())
+    order = np.argsort(busy_seconds + sizes * seconds_per_row)
+    i = 0
+    while deficit != 0:  # hand out (or take back) the rounding rows one at a time
+        r = order[i % len(order)] if deficit > 0 else order[::-1][i % len(order)]
+        step = 1 if deficit > 0 else -1
+        if sizes[r] + step >= 1:
+            sizes[r] += step
+            deficit -= step
+        i += 1
+    return [int(s) for s in sizes]
+
+
+def column_blocks(dim: int, max_blocks: int) -> list[int]:
+    """Numbers of equal column blocks (>= 2) of at least MIN_COLUMN_BLOCK columns."""
+    return [
+        k
+        for k in range(2, max_blocks + 1)
+        if dim % k == 0 and (dim // k) % MIN_COLUMN_BLOCK == 0 and (k & (k - 1)) == 0
+    ]
+
+
+def column_wise(table: TableLoad, ranks: list[int]) -> TablePlacement:
+    """Equal column blocks, block i on ``ranks[i]``."""
+    width = table.dim // len(ranks)
+    shards = tuple(Shard(r, 0, i * width, table.rows, width) for i, r in enumerate(ranks))
+    return TablePlacement(table.name, "column_wise", shards, f"column_wise x{len(ranks)}")
+
+
+def table_wise(table: TableLoad, rank: int) -> TablePlacement:
+    shard = Shard(rank, 0, 0, table.rows, table.dim)
+    return TablePlacement(table.name, "table_wise", (shard,), f"table_wise on rank {rank}")
+
+
+def data_parallel(table: TableLoad, topo: Topology) -> TablePlacement:
+    shards = tuple(Shard(r, 0, 0, table.rows, table.dim) for r in range(topo.world_size))
+    return TablePlacement(table.name, "data_parallel", shards, "data_parallel")
+
+
+def _node_ranks(topo: Topology, node: int) -> list[int]:
+    g = topo.ranks_per_node
+    return list(range(node * g, (node + 1) * g))
+
+
+def table_row_wise(table: TableLoad, topo: Topology, node: int) -> TablePlacement:
+    """Rows over the ranks of one node."""
+    ranks = _node_ranks(topo, node)
+    sizes = even_row_sizes(table.rows, len(ranks))
+    shards = _row_shards(table, ranks, sizes, 0, table.dim)
+    return TablePlacement(
+        table.name, "table_row_wise", tuple(shards), f"table_row_wise on node {node}"
+    )
+
+
+def grid(table: TableLoad, topo: Topology, nodes: list[int]) -> TablePlacement:
+    """Column block i on node ``nodes[i]``, its rows over that node's ranks."""
+    width = table.dim // len(nodes)
+    sizes = even_row_sizes(table.rows, topo.ranks_per_node)
+    shards: list[Shard] = []
+    for i, node in enumerate(nodes):
+        shards += _row_shards(table, _node_ranks(topo, node), sizes, i * width, width)
+    label = f"grid_shard {len(nodes)} nodes x {topo.ranks_per_node}"
+    return TablePlacement(table.name, "grid_shard", tuple(shards), label)
+
+
+def check_covers(placement: TablePlacement, table: TableLoad) -> None:
+    """Every (row, column) of the table is in exactly one shard (one per replica for DP)."""
+    if placement.sharding_type == "data_parallel":
+        bad = [s for s in placement.shards if (s.rows, s.cols) != (table.rows, table.dim)]
+        if bad:
+            raise AssertionError(f"{table.name}: partial data_parallel replicas {bad}")
+        return
+    area = sum(s.rows * s.cols for s in placement.shards)
+    if area != table.rows * table.dim:
+        raise AssertionError(f"{table.name}: shards cover {area} cells of {table.rows * table.dim}")
+    # Column blocks: each is a set of row ranges that tile [0, rows) without overlap.
+    blocks: dict[tuple[int, int], list[Shard]] = {}
+    for s in placement.shards:
+        blocks.setdefault((s.col_offset, s.cols), []).append(s)
+    col_edges = sorted(blocks)
+    pos = 0
+    for c0, w in col_edges:
+        if c0 != pos:
+            raise AssertionError(f"{table.name}: column gap or overlap at column {pos}")
+        pos = c0 + w
+        row = 0
+        for s in sorted(blocks[(c0, w)], key=lambda s: s.row_offset):
+            if s.row_offset != row:
+                raise AssertionError(f"{table.name}: row gap or overlap at row {row}")
+            row += s.rows
+        if row != table.rows:
+            raise AssertionError(f"{table.name}: column block {c0} covers {row} rows")
+    if pos != table.dim:
+        raise AssertionError(f"{table.name}: columns covered up to {pos} of {table.dim}")

@@ -1,0 +1,189 @@
+"""The plan report: a JSON-ready dict (``dist-train plan --json``) and its readable text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from planners.placement import TablePlacement
+from planners.search import PlanEstimate, SearchResult
+from planners.topology import Topology
+from planners.workload import Workload
+
+_PARTS = ("lookup", "dense", "comm", "latency")
+
+
+def _placement_json(p: TablePlacement, workload: Workload) -> dict[str, Any]:
+    t = workload.table(p.table)
+    return {
+        "table": p.table,
+        "sharding_type": p.sharding_type,
+        "label": p.label,
+        "num_rows": t.rows,
+        "num_cols": t.dim,
+        "ranks": p.ranks,
+        "shard_offsets": [[s.row_offset, s.col_offset] for s in p.shards],
+        "shard_sizes": [[s.rows, s.cols] for s in p.shards],
+    }
+
+
+def _breakdown(est: PlanEstimate) -> dict[str, float]:
+    """Each part of the step on the slowest rank, in seconds."""
+    r = int(np.argmax(est.costs.step_seconds))
+    return {part: float(getattr(est.costs, part)[r]) for part in _PARTS}
+
+
+def estimate_json(est: PlanEstimate, workload: Workload) -> dict[str, Any]:
+    return {
+        "label": est.label,
+        "placements": [_placement_json(p, workload) for p in est.placements],
+        "per_rank_memory_bytes": [int(m) for m in est.costs.memory],
+        "max_memory_bytes": est.max_memory_bytes,
+        "estimated_step_seconds": est.step_seconds,
+        "step_breakdown_seconds": _breakdown(est),
+        "comm_bytes_per_step": {
+            "max_rank": float(est.costs.comm_bytes.max()),
+            "total": float(est.costs.comm_bytes.sum()),
+        },
+    }
+
+
+def _why(best: PlanEstimate, alternatives: dict[str, PlanEstimate | str]) -> str:
+    others = [a for a in alternatives.values() if isinstance(a, PlanEstimate)]
+    others = [a for a in others if a.label != best.label]
+    if not others:
+        return "it is the only placement that fits"
+    runner = min(others, key=lambda a: a.score())
+    mine, theirs = _breakdown(best), _breakdown(runner)
+    part = max(_PARTS, key=lambda k: theirs[k] - mine[k])
+    slower = runner.step_seconds / best.step_seconds
+    return (
+        f"the runner-up, {runner.label}, is estimated {slower:.2f}x slower, mostly in {part} "
+        f"({theirs[part] * 1e3:.2f} ms vs {mine[part] * 1e3:.2f} ms on the slowest rank)"
+    )
+
+
+def build_report(
+    result: SearchResult,
+    workload: Workload,
+    topo: Topology,
+    torchrec: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything ``dist-train plan --json`` writes (see docs/planner.md for the fields)."""
+    best = result.best
+    report: dict[str, Any] = {
+        **estimate_json(best, workload),
+        "plan_seconds": result.seconds,
+        "why": _why(best, result.alternatives),
+        "tables": {t.name: {"num_rows": t.rows, "num_cols": t.dim} for t in workload.tables},
+        "topology": {
+            "num_nodes": topo.num_nodes,
+            "ranks_per_node": topo.ranks_per_node,
+            "world_size": topo.world_size,
+            "device_type": topo.device_type,
+            "memory_per_rank_bytes": topo.memory_per_rank_bytes,
+            "usable_bytes_per_rank": topo.usable_bytes_per_rank,
+            "source": topo.source,
+        },
+        "workload": {
+            "batch_size_per_rank": workload.batch_size_per_rank,
+            "optimizer": workload.optimizer.name,
+            "dense_parameters": workload.dense_parameters,
+            "ids_per_sample": {t.name: t.ids_per_sample for t in workload.tables},
+        },
+        "alternatives": [
+            {"sharding_type": k, "reason": v}
+            if isinstance(v, str)
+            else {
+                "sharding_type": k,
+                "label": v.label,
+                "estimated_step_seconds": v.step_seconds,
+                "max_memory_bytes": v.max_memory_bytes,
+            }
+            for k, v in result.alternatives.items()
+        ],
+    }
+    if torchrec is not None:
+        report["torchrec"] = torchrec
+    return report
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _memory_line(per_rank: list[int]) -> str:
+    m = np.asarray(per_rank)
+    if len(m) <= 8:
+        return ", ".join(f"r{r}: {_size(x)}" for r, x in enumerate(m))
+    return (
+        f"min {_size(m.min())}, median {_size(float(np.median(m)))}, max {_size(m.max())} "
+        f"(rank {int(m.argmax())})"
+    )
+
+
+def _placement_line(p: dict[str, Any]) -> str:
+    ranks = p["ranks"]
+    shown = ranks if len(ranks) <= 8 else f"{ranks[:4]}..{ranks[-1]} ({len(ranks)} ranks)"
+    sizes = {tuple(s) for s in p["shard_sizes"]}
+    shapes = (
+        f"shards {p['shard_sizes'][0][0]:,} x {p['shard_sizes'][0][1]}"
+        if len(sizes) == 1
+        else f"{len(sizes)} shard shapes, rows {min(s[0] for s in sizes):,}.."
+        f"{max(s[0] for s in sizes):,}"
+    )
+    return (
+        f"  {p['table']} ({p['num_rows']:,} x {p['num_cols']}): {p['label']} on ranks {shown}, "
+        f"{shapes}"
+    )
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The readable form of :func:`build_report`'s dict."""
+    topo = report["topology"]
+    bd = report["step_breakdown_seconds"]
+    lines = [
+        f"plan for {topo['num_nodes']} node(s) x {topo['ranks_per_node']} {topo['device_type']} "
+        f"rank(s), {_size(topo['memory_per_rank_bytes'])} each "
+        f"({_size(topo['usable_bytes_per_rank'])} usable); speeds: {topo['source']}",
+        f"chosen: {report['label']}  (searched in {report['plan_seconds']:.2f} s)",
+        *(_placement_line(p) for p in report["placements"]),
+        f"why: {report['why']}",
+        f"estimated step: {report['estimated_step_seconds'] * 1e3:.2f} ms on the slowest rank = "
+        + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in bd.items())
+        + " ms",
+        f"communication: {_size(report['comm_bytes_per_step']['max_rank'])} per step on the "
+        f"busiest rank, {_size(report['comm_bytes_per_step']['total'])} in all",
+        f"memory per rank: {_memory_line(report['per_rank_memory_bytes'])}",
+        "options (every table with one type):",
+    ]
+    for alt in sorted(
+        report["alternatives"], key=lambda a: a.get("estimated_step_seconds", float("inf"))
+    ):
+        if "reason" in alt:
+            lines.append(f"  {alt['sharding_type']:<15} {alt['reason']}")
+        else:
+            lines.append(
+                f"  {alt['sharding_type']:<15} {alt['estimated_step_seconds'] * 1e3:9.2f} ms  "
+                f"max {_size(alt['max_memory_bytes']):>10}  {alt['label']}"
+            )
+    tr = report.get("torchrec")
+    if tr is not None:
+        if "error" in tr:
+            lines.append(f"TorchRec's planner: cannot plan: {tr['error']}")
+        else:
+            types = sorted({p["label"] for p in tr["placements"]})
+            lines.append(
+                f"TorchRec's planner: {', '.join(types)}; its estimate "
+                f"{tr['estimated_step_seconds'] * 1e3:.2f} ms, max "
+                f"{_size(max(tr['per_rank_memory_bytes']))} per rank; ours for its plan "
+                f"{tr['ours']['estimated_step_seconds'] * 1e3:.2f} ms, max "
+                f"{_size(tr['ours']['max_memory_bytes'])}"
+                + ("" if tr["ours"]["fits"] else " (does not fit by our memory model)")
+                + f" (planned in {tr['plan_seconds']:.2f} s)"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,235 @@
+"""The search: place tables largest first, keeping the best few partial plans (a beam).
+
+Objective: the smallest estimated step time of the slowest rank (training is synchronous, so
+the slowest rank sets the pace), among plans whose every rank fits in its usable memory; ties
+go to the smaller peak memory. Candidates for each table depend on what earlier tables left:
+table-wise and column blocks go to the least busy ranks, table-row-wise and grid blocks to the
+least busy nodes, and an uneven row split evens out ranks that other tables made busier.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from planners import placement as pl
+from planners.cost_model import RankCosts, dense_costs, latency_costs, table_costs
+from planners.topology import Topology
+from planners.workload import TableLoad, Workload
+
+BEAM_WIDTH = 8
+
+
+class PlanningError(ValueError):
+    """No plan satisfies the tables, the topology and the constraints."""
+
+
+@dataclass
+class PlanEstimate:
+    """A whole plan and its estimated per-rank costs (dense model and latency included)."""
+
+    placements: tuple[pl.TablePlacement, ...]
+    costs: RankCosts
+    usable_bytes: int
+
+    @property
+    def fits(self) -> bool:
+        return bool(self.costs.memory.max() <= self.usable_bytes)
+
+    @property
+    def step_seconds(self) -> float:
+        return float(self.costs.step_seconds.max())
+
+    @property
+    def max_memory_bytes(self) -> int:
+        return int(self.costs.memory.max())
+
+    @property
+    def label(self) -> str:
+        labels = {p.label for p in self.placements}
+        if len(labels) == 1:
+            return labels.pop()
+        return ", ".join(f"{p.table}: {p.label}" for p in self.placements)
+
+    def score(self) -> tuple[bool, float, int]:
+        return (not self.fits, self.step_seconds, self.max_memory_bytes)
+
+
+@dataclass
+class SearchResult:
+    best: PlanEstimate
+    # One entry per sharding type: the best plan using only it, or why there is none.
+    alternatives: dict[str, PlanEstimate | str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class _Partial:
+    placements: tuple[pl.TablePlacement, ...]
+    costs: RankCosts  # tables only
+    types: frozenset[str]
+
+
+def _least_busy(values: np.ndarray, k: int) -> list[int]:
+    return sorted(int(i) for i in np.argsort(values, kind="stable")[:k])
+
+
+def candidates(
+    table: TableLoad,
+    workload: Workload,
+    topo: Topology,
+    busy: RankCosts,
+    allowed: frozenset[str],
+) -> list[pl.TablePlacement]:
+    """The placements considered for ``table`` given the load ``busy`` of earlier tables."""
+    out: list[pl.TablePlacement] = []
+    world, seconds = topo.world_size, busy.step_seconds
+    if "row_wise" in allowed:
+        out.append(pl.row_wise(table, topo))
+        # Per-row time of this table on a rank (all rows' lookups spread evenly over rows).
+        even = table_costs(out[-1], table, workload, topo)
+        rows = np.maximum(np.array([s.rows for s in out[-1].shards], dtype=float), 1.0)
+        per_row = np.maximum(even.step_seconds / rows, 1e-15)
+        bytes_per_row = table.dim * 4 + workload.optimizer.bytes_for(1, table.dim)
+        free = topo.usable_bytes_per_rank - busy.memory - (even.memory - rows * bytes_per_row)
+        sizes = pl.uneven_row_sizes(table, seconds, per_row, np.maximum(free, 0) / bytes_per_row)
+        if sizes is not None:
+            out.append(pl.row_wise(table, topo, sizes))
+    if "table_wise" in allowed:
+        memory_order = busy.memory + 1e-9 * np.arange(world)
+        out.append(pl.table_wise(table, int(np.lexsort((memory_order, seconds))[0])))
+    if "column_wise" in allowed:
+        for k in pl.column_blocks(table.dim, world):
+            out.append(pl.column_wise(table, _least_busy(seconds, k)))
+    if "data_parallel" in allowed:
+        out.append(pl.data_parallel(table, topo))
+    node_seconds = seconds.reshape(topo.num_nodes, topo.ranks_per_node).max(axis=1)
+    if "table_row_wise" in allowed:
+        out.append(pl.table_row_wise(table, topo, int(np.argmin(node_seconds))))
+    if "grid_shard" in allowed and topo.num_nodes > 1:
+        for k in pl.column_blocks(table.dim, topo.num_nodes):
+            out.append(pl.grid(table, topo, _least_busy(node_seconds, k)))
+    return out
+
+
+def _finish(p: _Partial, base: RankCosts, topo: Topology) -> PlanEstimate:
+    costs = p.costs + base + latency_costs(set(p.types), topo)
+    return PlanEstimate(p.placements, costs, topo.usable_bytes_per_rank)
+
+
+def _beam(
+    workload: Workload, topo: Topology, allowed: frozenset[str], width: int
+) -> list[PlanEstimate]:
+    base = dense_costs(workload, topo)
+    beam = [_Partial((), RankCosts.zeros(topo.world_size), frozenset())]
+    for table in sorted(workload.tables, key=lambda t: (-t.weight_bytes, t.name)):
+        grown = []
+        for state in beam:
+            for cand in candidates(table, workload, topo, state.costs + base, allowed):
+                costs = state.costs + table_costs(cand, table, workload, topo)
+                grown.append(
+                    _Partial((*state.placements, cand), costs, state.types | {cand.sharding_type})
+                )
+        grown.sort(key=lambda s: _finish(s, base, topo).score())
+        beam = grown[:width]
+    order = {t.name: i for i, t in enumerate(workload.tables)}
+    plans = []
+    for state in beam:
+        placements = tuple(sorted(state.placements, key=lambda p: order[p.table]))
+        plans.append(_finish(_Partial(placements, state.costs, state.types), base, topo))
+    return plans
+
+
+def _check_constraints(workload: Workload, topo: Topology, allowed: frozenset[str]) -> None:
+    unknown = allowed - set(pl.SHARDING_TYPES)
+    if unknown:
+        raise PlanningError(
+            f"unknown sharding type(s) {sorted(unknown)}; use {list(pl.SHARDING_TYPES)}"
+        )
+    if allowed == {"grid_shard"}:
+        if topo.num_nodes < 2:
+            raise PlanningError("grid_shard needs at least 2 nodes; the topology has 1")
+        for t in workload.tables:
+            if not pl.column_blocks(t.dim, topo.num_nodes):
+                raise PlanningError(
+                    f"grid_shard cannot split table {t.name}: dim {t.dim} has no split into "
+                    f"2..{topo.num_nodes} equal blocks of >= {pl.MIN_COLUMN_BLOCK} columns"
+                )
+    if allowed == {"column_wise"}:
+        for t in workload.tables:
+            if not pl.column_blocks(t.dim, topo.world_size):
+                raise PlanningError(
+                    f"column_wise cannot split table {t.name}: dim {t.dim} has no split into "
+                    f"2..{topo.world_size} equal blocks of >= {pl.MIN_COLUMN_BLOCK} columns"
+                )
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def _explain_no_fit(
+    workload: Workload, topo: Topology, allowed: frozenset[str], short: bool = False
+) -> str:
+    base = dense_costs(workload, topo)
+    usable = topo.usable_bytes_per_rank
+    for table in sorted(workload.tables, key=lambda t: -t.weight_bytes):
+        options = candidates(table, workload, topo, base, allowed)
+        needs = [
+            (float((table_costs(c, table, workload, topo) + base).memory.max()), c.label)
+            for c in options
+        ]
+        need, label = min(needs)
+        if need <= usable:
+            continue
+        if short:
+            return f"does not fit: {label} needs {_gib(need)} on a rank, {_gib(usable)} usable"
+        state = workload.optimizer.bytes_for(table.rows, table.dim)
+        return (
+            f"table {table.name} ({table.rows:,} rows x {table.dim} columns: "
+            f"{_gib(table.weight_bytes)} of weights + {_gib(state)} of optimizer state) "
+            f"fits nowhere: its leanest placement ({label}) needs {_gib(need)} on its fullest "
+            f"rank, but each of the {topo.world_size} ranks has {_gib(usable)} usable "
+            f"({_gib(topo.memory_per_rank_bytes)} less a {topo.reserve_fraction:.0%} reserve)"
+        )
+    return (
+        f"the tables together need more than the {topo.world_size} ranks' "
+        f"{_gib(usable)} usable each; add ranks or memory"
+    )
+
+
+def search(
+    workload: Workload,
+    topo: Topology,
+    allowed: tuple[str, ...] | None = None,
+    beam_width: int = BEAM_WIDTH,
+) -> SearchResult:
+    """The best plan over ``allowed`` sharding types, and the best plan of each type alone."""
+    start = time.perf_counter()
+    types = frozenset(allowed or pl.SHARDING_TYPES)
+    if topo.num_nodes < 2 and len(types) > 1:
+        # On one node table_row_wise is row_wise, and grid needs two nodes.
+        types = types - {"grid_shard", "table_row_wise"}
+    _check_constraints(workload, topo, types)
+    plans = _beam(workload, topo, types, beam_width)
+    best = plans[0]
+    if not best.fits:
+        raise PlanningError(_explain_no_fit(workload, topo, types))
+    result = SearchResult(best)
+    for t in pl.SHARDING_TYPES:
+        if t in ("grid_shard", "table_row_wise") and topo.num_nodes < 2:
+            result.alternatives[t] = "needs at least 2 nodes (on one node, row_wise is it)"
+            continue
+        try:
+            _check_constraints(workload, topo, frozenset({t}))
+        except PlanningError as e:
+            result.alternatives[t] = str(e)
+            continue
+        alt = _beam(workload, topo, frozenset({t}), 1)[0]
+        result.alternatives[t] = (
+            alt if alt.fits else _explain_no_fit(workload, topo, frozenset({t}), short=True)
+        )
+    result.seconds = time.perf_counter() - start
+    return result

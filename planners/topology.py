@@ -1,0 +1,230 @@
+"""The hardware a plan is made for: nodes, ranks, memory and the speeds of each resource.
+
+A topology is read from a file written by ``dist-train calibrate`` (measured on the machine and
+backend that will train) or starts from a built-in preset; command-line or config overrides
+(nodes, ranks per node, memory per rank) are applied last. The file is validated once here
+(pydantic); the planner only sees the plain, frozen :class:`Topology`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class TopologyError(ValueError):
+    """An unreadable or inconsistent topology."""
+
+
+@dataclass(frozen=True)
+class Link:
+    """One kind of link between ranks: per-rank bandwidth of each collective and a latency."""
+
+    all_to_all_bytes_per_second: float
+    reduce_scatter_bytes_per_second: float
+    latency_seconds: float  # fixed cost of one collective call across this link
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A cluster of ``num_nodes`` x ``ranks_per_node`` identical ranks and its measured speeds."""
+
+    num_nodes: int
+    ranks_per_node: int
+    device_type: str  # cpu | cuda
+    memory_per_rank_bytes: int
+    memory_bytes_per_second: float  # copy bandwidth of one rank (read + write)
+    lookup_rows_per_second: float  # TBE forward+backward+update, fixed cost per looked-up row
+    lookup_bytes_per_second: float  # TBE forward+backward+update, cost per byte of those rows
+    dense_flops_per_second: float  # the dense MLPs' matmuls
+    intra_node: Link
+    inter_node: Link
+    reserve_fraction: float = 0.1  # of each rank's memory kept free (allocator, fragmentation)
+    source: str = "preset"  # where the speeds came from (a calibration file or a preset)
+
+    @property
+    def world_size(self) -> int:
+        return self.num_nodes * self.ranks_per_node
+
+    @property
+    def usable_bytes_per_rank(self) -> int:
+        return int(self.memory_per_rank_bytes * (1.0 - self.reserve_fraction))
+
+    def node_of(self, rank: int) -> int:
+        return rank // self.ranks_per_node
+
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+_UNITS.update({"ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40})
+
+
+def parse_bytes(text: str | int | float) -> int:
+    """``80GiB``, ``16GB``, ``512MiB``, ``1e9`` or a number of bytes -> bytes."""
+    if isinstance(text, int | float):
+        return int(text)
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([kmgtKMGT]i?)?[bB]?\s*", text)
+    if not m:
+        raise TopologyError(f"cannot read {text!r} as a size (examples: 80GiB, 16GB, 512MiB)")
+    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LinkSpec(_Strict):
+    all_to_all_bytes_per_second: float = Field(gt=0)
+    reduce_scatter_bytes_per_second: float = Field(gt=0)
+    latency_seconds: float = Field(ge=0)
+
+
+class TopologySpec(_Strict):
+    """The on-disk topology file (JSON), as ``dist-train calibrate`` writes it."""
+
+    num_nodes: int = Field(1, gt=0)
+    ranks_per_node: int = Field(gt=0)
+    device_type: Literal["cpu", "cuda"]
+    memory_per_rank_bytes: int = Field(gt=0)
+    memory_bytes_per_second: float = Field(gt=0)
+    lookup_rows_per_second: float = Field(gt=0)
+    lookup_bytes_per_second: float = Field(gt=0)
+    dense_flops_per_second: float = Field(gt=0)
+    intra_node: LinkSpec
+    inter_node: LinkSpec
+    reserve_fraction: float = Field(0.1, ge=0, lt=1)
+    source: str = "file"
+    measured: dict[str, object] = Field(
+        default_factory=dict, description="Raw calibration measurements, for the record."
+    )
+
+
+# Measured on this project's 2-core CPU machines with `dist-train calibrate --ranks 2` (gloo, 1
+# thread per rank; docs/planner.md), rounded. Inter-node speeds cannot be measured on one machine:
+# they assume a 25 Gb/s NIC shared by a node's 2 ranks, 500 us latency, and gloo's
+# reduce-scatter no faster than measured on one machine.
+CPU_PRESET = TopologySpec(
+    num_nodes=1,
+    ranks_per_node=2,
+    device_type="cpu",
+    memory_per_rank_bytes=8 * 2**30,
+    memory_bytes_per_second=2.5e10,
+    lookup_rows_per_second=1.5e7,
+    lookup_bytes_per_second=7.8e8,
+    dense_flops_per_second=8.0e10,
+    intra_node=LinkSpec(
+        all_to_all_bytes_per_second=1.5e9,
+        reduce_scatter_bytes_per_second=4.9e8,
+        latency_seconds=3.5e-4,
+    ),
+    inter_node=LinkSpec(
+        all_to_all_bytes_per_second=1.5e9,
+        reduce_scatter_bytes_per_second=4.9e8,
+        latency_seconds=5e-4,
+    ),
+    source="preset:cpu (calibrated on the project's 2-core machines)",
+)
+
+# Datasheet figures for an H100 SXM node (not measured here): 80 GB HBM3 at 3.35 TB/s, NVLink 4
+# at 450 GB/s per direction, one 400 Gb/s NIC per GPU. TBE speeds assume half the HBM bandwidth.
+# Run `dist-train calibrate` on the GPU machines to replace every one of them.
+CUDA_PRESET = TopologySpec(
+    num_nodes=1,
+    ranks_per_node=8,
+    device_type="cuda",
+    memory_per_rank_bytes=80 * 10**9,
+    memory_bytes_per_second=3.35e12,
+    lookup_rows_per_second=2.0e9,
+    lookup_bytes_per_second=1.6e12,
+    dense_flops_per_second=4.0e14,
+    intra_node=LinkSpec(
+        all_to_all_bytes_per_second=3.0e11,
+        reduce_scatter_bytes_per_second=3.0e11,
+        latency_seconds=2e-5,
+    ),
+    inter_node=LinkSpec(
+        all_to_all_bytes_per_second=4.0e10,
+        reduce_scatter_bytes_per_second=4.0e10,
+        latency_seconds=3e-5,
+    ),
+    source="preset:cuda (H100 datasheet figures, not measured)",
+)
+
+
+def _from_spec(spec: TopologySpec) -> Topology:
+    values = spec.model_dump(exclude={"measured"})
+    values["intra_node"] = Link(**values["intra_node"])
+    values["inter_node"] = Link(**values["inter_node"])
+    return Topology(**values)
+
+
+def load_topology(path: str | Path) -> Topology:
+    """A topology file (JSON from ``dist-train calibrate``); errors name the file and key."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise TopologyError(f"{path}: no such topology file") from None
+    except json.JSONDecodeError as e:
+        raise TopologyError(f"{path}: not valid JSON ({e})") from None
+    try:
+        spec = TopologySpec.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+        )
+        raise TopologyError(f"{path}: {problems}") from None
+    return _from_spec(spec)
+
+
+def save_topology(spec: TopologySpec, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
+
+
+def preset(device_type: str) -> Topology:
+    """The built-in topology for ``cpu`` or ``cuda``."""
+    if device_type not in ("cpu", "cuda"):
+        raise TopologyError(f"unknown device type {device_type!r}; use cpu or cuda")
+    return _from_spec(CPU_PRESET if device_type == "cpu" else CUDA_PRESET)
+
+
+def resize(
+    topo: Topology,
+    num_nodes: int | None = None,
+    ranks_per_node: int | None = None,
+    memory_per_rank_bytes: int | None = None,
+) -> Topology:
+    """``topo`` with another shape or memory size (its measured speeds kept)."""
+    out = replace(
+        topo,
+        num_nodes=num_nodes or topo.num_nodes,
+        ranks_per_node=ranks_per_node or topo.ranks_per_node,
+        memory_per_rank_bytes=memory_per_rank_bytes or topo.memory_per_rank_bytes,
+    )
+    check_topology(out)
+    return out
+
+
+def check_topology(topo: Topology) -> None:
+    """Refuse shapes and speeds no cluster has."""
+    problems = []
+    if topo.num_nodes < 1 or topo.ranks_per_node < 1:
+        problems.append(f"{topo.num_nodes} nodes x {topo.ranks_per_node} ranks per node")
+    if topo.memory_per_rank_bytes <= 0:
+        problems.append(f"memory per rank {topo.memory_per_rank_bytes} bytes")
+    if not 0 <= topo.reserve_fraction < 1:
+        problems.append(f"reserve_fraction {topo.reserve_fraction} (use 0 <= r < 1)")
+    for name, value in asdict(topo).items():
+        if isinstance(value, float) and value <= 0 and name != "reserve_fraction":
+            problems.append(f"{name} = {value} (must be > 0)")
+    for link_name in ("intra_node", "inter_node"):
+        link: Link = getattr(topo, link_name)
+        if min(link.all_to_all_bytes_per_second, link.reduce_scatter_bytes_per_second) <= 0:
+            problems.append(f"{link_name} bandwidth must be > 0")
+        if link.latency_seconds < 0:
+            problems.append(f"{link_name} latency must be >= 0")
+    if problems:
+        raise TopologyError("inconsistent topology: " + "; ".join(problems))

@@ -1,0 +1,128 @@
+"""TorchRec's own ``EmbeddingShardingPlanner`` on the same inputs, for side-by-side reports.
+
+It gets what a TorchRec user would give it: the world size, ranks per node, device, memory per
+rank, batch size, pooling factors and TorchRec's stock sharder (which on CPU offers only
+table_wise, column_wise, table_column_wise and data_parallel). Its bandwidths are its built-in
+defaults: that is the "default plan" we compare with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+from torch import nn
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints
+from torchrec.distributed.planner import Topology as TorchRecTopology
+from torchrec.distributed.types import ShardingPlan
+
+from planners.cost_model import dense_costs, latency_costs, table_costs
+from planners.placement import Shard, TablePlacement
+from planners.search import PlanEstimate
+from planners.topology import Topology
+from planners.workload import Workload
+
+TIMEOUT_SECONDS = 120
+
+
+def placements_of(plan: ShardingPlan, topo: Topology) -> list[TablePlacement]:
+    """Our description of the tables of a TorchRec plan."""
+    out = []
+    for module_plan in plan.plan.values():
+        for table, ps in module_plan.items():  # type: ignore[attr-defined]
+            if ps.sharding_spec is None:  # data_parallel: a replica on each rank
+                shards = []
+            else:
+                shards = [
+                    Shard(s.placement.rank(), *s.shard_offsets, *s.shard_sizes)
+                    for s in ps.sharding_spec.shards
+                ]
+            out.append(TablePlacement(table, ps.sharding_type, tuple(shards), ps.sharding_type))
+    return out
+
+
+def estimate(placements: list[TablePlacement], workload: Workload, topo: Topology) -> PlanEstimate:
+    """Our cost model's estimate of any plan (TorchRec's included)."""
+    costs = dense_costs(workload, topo)
+    full = []
+    for p in placements:
+        table = workload.table(p.table)
+        if p.sharding_type == "data_parallel" and not p.shards:
+            p = TablePlacement(
+                p.table,
+                p.sharding_type,
+                tuple(Shard(r, 0, 0, table.rows, table.dim) for r in range(topo.world_size)),
+                p.label,
+            )
+        full.append(p)
+        costs = costs + table_costs(p, table, workload, topo)
+    costs = costs + latency_costs({p.sharding_type for p in full}, topo)
+    return PlanEstimate(tuple(full), costs, topo.usable_bytes_per_rank)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Mute TorchRec's planner warnings (about its own dry-run memory estimate) for one call."""
+    log = logging.getLogger("torchrec.distributed.planner")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        log.setLevel(level)
+
+
+def _torchrec_topology(topo: Topology) -> TorchRecTopology:
+    return TorchRecTopology(
+        world_size=topo.world_size,
+        compute_device=topo.device_type,
+        local_world_size=topo.ranks_per_node,
+        hbm_cap=topo.memory_per_rank_bytes if topo.device_type == "cuda" else None,
+        ddr_cap=topo.memory_per_rank_bytes,
+    )
+
+
+def torchrec_plan(
+    module: nn.Module, workload: Workload, topo: Topology, fused_params: dict[str, Any] | None
+) -> tuple[ShardingPlan, dict[str, Any]]:
+    """TorchRec's plan and its own figures: max per-rank memory and step estimate."""
+    constraints = {
+        t.name: ParameterConstraints(
+            pooling_factors=[t.ids_per_sample / t.bags_per_sample] * t.bags_per_sample
+        )
+        for t in workload.tables
+    }
+    start = time.perf_counter()
+    with _quiet():
+        planner = EmbeddingShardingPlanner(
+            topology=_torchrec_topology(topo),
+            batch_size=workload.batch_size_per_rank,
+            constraints=constraints,
+            timeout_seconds=TIMEOUT_SECONDS,
+        )
+        sharder = EmbeddingBagCollectionSharder(fused_params=fused_params)
+        plan = planner.plan(module, [sharder])  # type: ignore[list-item]
+    seconds = time.perf_counter() - start
+    perf = [0.0] * topo.world_size
+    memory = [0] * topo.world_size
+    storage = "hbm" if topo.device_type == "cuda" else "ddr"
+    for option in planner._best_plan or []:
+        for shard in option.shards:
+            if shard.rank is None:
+                continue
+            if shard.perf is not None:
+                perf[shard.rank] += shard.perf.total / 1000.0  # TorchRec's perf is in ms
+            if shard.storage is not None:
+                memory[shard.rank] += getattr(shard.storage, storage)
+    return plan, {
+        "estimated_step_seconds": max(perf),
+        "per_rank_memory_bytes": memory,
+        "plan_seconds": seconds,
+    }
