@@ -62,6 +62,37 @@ def _embedding_modules(module: nn.Module) -> Iterator[tuple[str, EmbeddingBagCol
             yield path, sub
 
 
+def plan_from_placements(
+    module: nn.Module,
+    placements: tuple[TablePlacement, ...] | list[TablePlacement],
+    workload: Workload,
+    topology: Topology,
+    compute_kernel: str,
+) -> ShardingPlan:
+    """The TorchRec plan placing every table of ``module``'s EmbeddingBagCollections."""
+    chosen = {p.table: p for p in placements}
+    plan: dict[str, EmbeddingModuleShardingPlan] = {}
+    for path, ebc in _embedding_modules(module):
+        module_plan = EmbeddingModuleShardingPlan()
+        for cfg in ebc.embedding_bag_configs():
+            if cfg.name not in chosen:
+                raise PlanningError(
+                    f"table {cfg.name!r} of module {path or '<root>'} is not in the "
+                    f"workload (tables: {sorted(chosen)})"
+                )
+            table = workload.table(cfg.name)
+            if (cfg.num_embeddings, cfg.embedding_dim) != (table.rows, table.dim):
+                raise PlanningError(
+                    f"table {cfg.name!r}: the module has {cfg.num_embeddings} x "
+                    f"{cfg.embedding_dim}, the workload {table.rows} x {table.dim}"
+                )
+            module_plan[cfg.name] = parameter_sharding(chosen[cfg.name], topology, compute_kernel)
+        plan[path] = module_plan
+    if not plan:
+        raise PlanningError("the module has no EmbeddingBagCollection to plan")
+    return ShardingPlan(plan)  # type: ignore[arg-type]
+
+
 class CostModelPlanner(ShardingPlanner):
     """Plans every EmbeddingBagCollection of a module with the cost-model search.
 
@@ -89,29 +120,13 @@ class CostModelPlanner(ShardingPlanner):
         return self.result
 
     def plan(self, module: nn.Module, sharders: list[ModuleSharder[nn.Module]]) -> ShardingPlan:
-        chosen = {p.table: p for p in self.search().best.placements}
-        plan: dict[str, EmbeddingModuleShardingPlan] = {}
-        for path, ebc in _embedding_modules(module):
-            module_plan = EmbeddingModuleShardingPlan()
-            for cfg in ebc.embedding_bag_configs():
-                if cfg.name not in chosen:
-                    raise PlanningError(
-                        f"table {cfg.name!r} of module {path or '<root>'} is not in the "
-                        f"workload (tables: {sorted(chosen)})"
-                    )
-                table = self.workload.table(cfg.name)
-                if (cfg.num_embeddings, cfg.embedding_dim) != (table.rows, table.dim):
-                    raise PlanningError(
-                        f"table {cfg.name!r}: the module has {cfg.num_embeddings} x "
-                        f"{cfg.embedding_dim}, the workload {table.rows} x {table.dim}"
-                    )
-                module_plan[cfg.name] = parameter_sharding(
-                    chosen[cfg.name], self.topology, self.compute_kernel
-                )
-            plan[path] = module_plan
-        if not plan:
-            raise PlanningError("the module has no EmbeddingBagCollection to plan")
-        return ShardingPlan(plan)  # type: ignore[arg-type]
+        return plan_from_placements(
+            module,
+            self.search().best.placements,
+            self.workload,
+            self.topology,
+            self.compute_kernel,
+        )
 
     def collective_plan(
         self,

@@ -9,20 +9,45 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
-from dist_train.config import parse_config
+from dist_train.config import JobConfig, parse_config
+from dist_train.train.sharding import JobPlan, planner_for_config
+from dist_train.train.topology import discover_topology
 from dist_train.train.trainer import Trainer
+from planners import placement as pl
+from planners.planner import plan_from_placements
+
+
+def uneven_row_wise_plan(cfg: JobConfig, sizes: list[int]) -> JobPlan:
+    """Every table row-wise over all ranks with the rows split as ``sizes``."""
+    world = dist.get_world_size()
+    planner, model = planner_for_config(cfg, world, world)
+    placements = [pl.row_wise(t, planner.topology, sizes) for t in planner.workload.tables]
+    plan = plan_from_placements(
+        model, placements, planner.workload, planner.topology, planner.compute_kernel
+    )
+    return JobPlan(plan, world, world, "cpu")
 
 
 def train_fixed_batches(
-    cfg_raw: dict[str, Any], data_path: str, num_steps: int, global_batch: int
+    cfg_raw: dict[str, Any],
+    data_path: str,
+    num_steps: int,
+    global_batch: int,
+    local_world_size: int | None = None,
+    row_sizes: list[int] | None = None,
 ) -> dict[str, Any]:
     """Train ``num_steps`` on fixed global batches, each rank taking its contiguous slice.
 
-    Returns the global mean loss of every step and this rank's embedding shards.
+    The plan is the job's (made for ``local_world_size`` ranks a node), or with ``row_sizes``
+    an uneven row-wise split. Returns the global mean loss of every step, this rank's embedding
+    shards and the plan's placements.
     """
     cfg = parse_config(cfg_raw)
     rank, world = dist.get_rank(), dist.get_world_size()
-    trainer = Trainer.build(cfg)
+    if local_world_size:  # simulated nodes: TorchRec's hierarchical shardings read the env
+        discover_topology(f"node-{rank // local_world_size}")
+    job_plan = uneven_row_wise_plan(cfg, row_sizes) if row_sizes else None
+    trainer = Trainer.build(cfg, job_plan, local_world_size=local_world_size)
     builder = trainer.batch_builder()
     table = pq.read_table(data_path, columns=builder.columns)
     local = global_batch // world
@@ -39,7 +64,9 @@ def train_fixed_batches(
                 shards.append(
                     (key, list(shard.metadata.shard_offsets), shard.tensor.detach().numpy().copy())
                 )
-    return {"losses": losses, "shards": shards}
+        elif ".embedding_bags." in key:  # a data_parallel replica (a plain tensor)
+            shards.append((key, [0, 0], value.detach().numpy().copy()))
+    return {"losses": losses, "shards": shards, "placements": trainer.plan.placements()}
 
 
 def assemble_tables(results: list[dict[str, Any]]) -> dict[str, np.ndarray]:

@@ -135,10 +135,15 @@ def allowed_types(cfg: JobConfig) -> tuple[str, ...]:
     """The sharding types the planner may use for this job."""
     if cfg.sharding.type != "auto":
         return (cfg.sharding.type,)
+    types = SHARDING_TYPES
     if cfg.checkpoint.every_steps or cfg.checkpoint.resume:
         # DCP cannot save tables held by a subset of ranks in a hierarchical plan (yet).
-        return tuple(t for t in SHARDING_TYPES if t not in HIERARCHICAL)
-    return SHARDING_TYPES
+        types = tuple(t for t in types if t not in HIERARCHICAL)
+    if cfg.embedding.optimizer.type == "rowwise_adagrad":
+        # data_parallel tables train on the dense kernel with torch's element-wise Adagrad:
+        # a placement choice must not silently change the optimizer.
+        types = tuple(t for t in types if t != "data_parallel")
+    return types
 
 
 def planner_for_config(
