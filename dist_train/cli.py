@@ -79,6 +79,11 @@ def _bench(args: argparse.Namespace) -> int:
 
         run_ingest_bench(cfg, args.json)
         return 0
+    if args.bench == "planner":
+        from dist_train.bench.planner import run_planner_bench
+
+        run_planner_bench(cfg, args.json)
+        return 0
     if args.bench == "launch":
         from dist_train.bench.launch import run_launch_bench
 
@@ -263,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lrs", default="0.01,0.05", help="embedding learning rates to try")
     p.add_argument("--json", help="also write the rows as JSON to this file")
     p = bench.add_parser("ingest", help="Parquet to ready batches per core, vs Ray Data")
+    common(p)
+    p.add_argument("--json", help="also write the figures as JSON to this file")
+    p = bench.add_parser("planner", help="our plans vs TorchRec's; estimated vs measured steps")
     common(p)
     p.add_argument("--json", help="also write the figures as JSON to this file")
     p = bench.add_parser("launch", help="Ray vs plain processes: start-up and steady examples/s")

@@ -77,6 +77,11 @@ def plan_on_driver(cfg: JobConfig) -> JobPlan:
     job_plan = plan_for_config(cfg)
     for table, p in job_plan.placements().items():
         print(f"[dist-train] plan: {table} {p['type']} on ranks {p['ranks']}", flush=True)
+    print(
+        f"[dist-train] plan: estimated {job_plan.estimated_step_seconds * 1e3:.1f} ms/step "
+        f"(sharding.type={cfg.sharding.type}; `dist-train plan` explains the choice)",
+        flush=True,
+    )
     return job_plan
 
 

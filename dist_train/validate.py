@@ -20,27 +20,19 @@ from dist_train.data.reader import DataSourceError, resolve_files
 from dist_train.embedding.layout import build_layout
 from dist_train.launchers.cluster import ClusterTooSmallError, NodeResources, check_fits, describe
 from dist_train.launchers.cluster_files import ClusterFileError, launcher_nodes, rayjob_nodes
-from dist_train.train.sharding import plan_for_config
+from dist_train.train.sharding import JobPlan, plan_for_config
+from planners.workload import WEIGHT_BYTES, OptimizerState
 
 
-def _state_bytes(optimizer: str, rows: int, cols: int) -> int:
-    """Optimizer state of one shard: row-wise Adagrad one float per row, Adam two per value."""
-    if optimizer == "rowwise_adagrad":
-        return 4 * rows
-    if optimizer == "adam":
-        return 8 * rows * cols
-    return 0  # sgd
-
-
-def embedding_bytes_per_rank(cfg: JobConfig) -> int:
+def embedding_bytes_per_rank(cfg: JobConfig, job_plan: JobPlan | None = None) -> int:
     """Largest per-rank bytes of embedding weights + optimizer state, read off the very plan
     the driver would ship (shard sizes and ranks), so no placement rule is repeated here."""
     layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
     shapes = {t.name: (t.num_rows, t.dim) for t in layout.tables}
-    optimizer = cfg.embedding.optimizer.type
-    per_rank = plan_for_config(cfg).shards_per_rank(shapes)
+    state = OptimizerState.of(cfg.embedding.optimizer.type, "cpu")
+    per_rank = (job_plan or plan_for_config(cfg)).shards_per_rank(shapes)
     return max(
-        sum(rows * cols * 4 + _state_bytes(optimizer, rows, cols) for rows, cols in shards)
+        sum(rows * cols * WEIGHT_BYTES + state.bytes_for(rows, cols) for rows, cols in shards)
         for shards in per_rank.values()
     )
 
@@ -68,10 +60,11 @@ def _check_job(cfg: JobConfig, source: str, report: Report) -> None:
                 resolve_files(value)
             except DataSourceError as err:
                 report.problems.append(f"{source}: data.{key}: {err}")
-    mb = embedding_bytes_per_rank(cfg) / 2**20
+    plan = plan_for_config(cfg)
+    mb = embedding_bytes_per_rank(cfg, plan) / 2**20
     report.ok.append(
         f"{source}: job {cfg.name!r}: {cfg.ray.num_workers} workers x "
-        f"{cfg.ray.cpus_per_worker:g} CPU, {cfg.sharding.type}, embedding "
+        f"{cfg.ray.cpus_per_worker:g} CPU, {plan.label} sharding, embedding "
         f"{mb:,.1f} MiB per rank (weights + optimizer state)"
     )
 

@@ -76,6 +76,52 @@ def _least_busy(values: np.ndarray, k: int) -> list[int]:
     return sorted(int(i) for i in np.argsort(values, kind="stable")[:k])
 
 
+def _uneven_row_wise(
+    table: TableLoad, workload: Workload, topo: Topology, busy: RankCosts
+) -> pl.TablePlacement | None:
+    """Row-wise with the rows split so that ranks made busy by ``busy`` get fewer."""
+    even = pl.row_wise(table, topo)
+    costs = table_costs(even, table, workload, topo)
+    rows = np.maximum(np.array([s.rows for s in even.shards], dtype=float), 1.0)
+    # Time per row held: a rank's lookups scale with its share of the rows (hashing spreads
+    # ids evenly); the output traffic does not, so it is left out of the slope.
+    per_row = np.maximum(costs.lookup / rows, 1e-15)
+    bytes_per_row = table.dim * 4 + workload.optimizer.bytes_for(1, table.dim)
+    free = topo.usable_bytes_per_rank - busy.memory - (costs.memory - rows * bytes_per_row)
+    sizes = pl.uneven_row_sizes(
+        table, busy.step_seconds, per_row, np.maximum(free, 0) / bytes_per_row
+    )
+    return None if sizes is None else pl.row_wise(table, topo, sizes)
+
+
+def _rebalance(
+    plan: PlanEstimate, workload: Workload, topo: Topology, allowed: frozenset[str]
+) -> PlanEstimate:
+    """Re-split each row-wise table unevenly against the load of the tables placed after it
+    (the beam places large tables first, before the small ones that unbalance the ranks)."""
+    if "row_wise" not in allowed:
+        return plan
+    for i, p in enumerate(plan.placements):
+        if p.sharding_type != "row_wise":
+            continue
+        table = workload.table(p.table)
+        mine = table_costs(p, table, workload, topo)
+        others = RankCosts(
+            *(getattr(plan.costs, f) - getattr(mine, f) for f in RankCosts.__dataclass_fields__)
+        )
+        uneven = _uneven_row_wise(table, workload, topo, others)
+        if uneven is None:
+            continue
+        trial = PlanEstimate(
+            (*plan.placements[:i], uneven, *plan.placements[i + 1 :]),
+            others + table_costs(uneven, table, workload, topo),
+            plan.usable_bytes,
+        )
+        if trial.score() < plan.score():
+            plan = trial
+    return plan
+
+
 def candidates(
     table: TableLoad,
     workload: Workload,
@@ -88,15 +134,9 @@ def candidates(
     world, seconds = topo.world_size, busy.step_seconds
     if "row_wise" in allowed:
         out.append(pl.row_wise(table, topo))
-        # Per-row time of this table on a rank (all rows' lookups spread evenly over rows).
-        even = table_costs(out[-1], table, workload, topo)
-        rows = np.maximum(np.array([s.rows for s in out[-1].shards], dtype=float), 1.0)
-        per_row = np.maximum(even.step_seconds / rows, 1e-15)
-        bytes_per_row = table.dim * 4 + workload.optimizer.bytes_for(1, table.dim)
-        free = topo.usable_bytes_per_rank - busy.memory - (even.memory - rows * bytes_per_row)
-        sizes = pl.uneven_row_sizes(table, seconds, per_row, np.maximum(free, 0) / bytes_per_row)
-        if sizes is not None:
-            out.append(pl.row_wise(table, topo, sizes))
+        uneven = _uneven_row_wise(table, workload, topo, busy)
+        if uneven is not None:
+            out.append(uneven)
     if "table_wise" in allowed:
         memory_order = busy.memory + 1e-9 * np.arange(world)
         out.append(pl.table_wise(table, int(np.lexsort((memory_order, seconds))[0])))
@@ -138,7 +178,9 @@ def _beam(
     plans = []
     for state in beam:
         placements = tuple(sorted(state.placements, key=lambda p: order[p.table]))
-        plans.append(_finish(_Partial(placements, state.costs, state.types), base, topo))
+        plan = _finish(_Partial(placements, state.costs, state.types), base, topo)
+        plans.append(_rebalance(plan, workload, topo, allowed))
+    plans.sort(key=lambda p: p.score())
     return plans
 
 

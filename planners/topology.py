@@ -200,9 +200,11 @@ def resize(
     """``topo`` with another shape or memory size (its measured speeds kept)."""
     out = replace(
         topo,
-        num_nodes=num_nodes or topo.num_nodes,
-        ranks_per_node=ranks_per_node or topo.ranks_per_node,
-        memory_per_rank_bytes=memory_per_rank_bytes or topo.memory_per_rank_bytes,
+        num_nodes=topo.num_nodes if num_nodes is None else num_nodes,
+        ranks_per_node=topo.ranks_per_node if ranks_per_node is None else ranks_per_node,
+        memory_per_rank_bytes=(
+            topo.memory_per_rank_bytes if memory_per_rank_bytes is None else memory_per_rank_bytes
+        ),
     )
     check_topology(out)
     return out

@@ -14,7 +14,7 @@ from dist_train.config import DEFAULT_CONFIG, ConfigError, load_config
 def test_default_config_is_valid_and_documented_defaults_hold() -> None:
     cfg = load_config()
     assert cfg.embedding.kind == "unified"
-    assert cfg.ray.num_workers == 2 and cfg.sharding.type == "row_wise"
+    assert cfg.ray.num_workers == 2 and cfg.sharding.type == "auto"
     assert len(cfg.features) == 26 and cfg.data.resolved_dense_columns()[0] == "I1"
     assert cfg.data.train_path is None  # synthetic by default
 

@@ -144,7 +144,7 @@ def run_worker(
         f"{trainer.layout.kind} embedding: "
         + ", ".join(f"{t.name} {t.num_rows:,}x{t.dim}" for t in trainer.layout.tables[:4])
         + (" ..." if len(trainer.layout.tables) > 4 else "")
-        + f", {cfg.sharding.type} sharding, batch {tc.batch_size}/rank",
+        + f", {trainer.plan.label} sharding, batch {tc.batch_size}/rank",
     )
 
     position = checkpoint.TrainPosition()

@@ -68,6 +68,11 @@ class JobPlan:
         return out
 
     @property
+    def label(self) -> str:
+        """The sharding types in use, e.g. ``row_wise``."""
+        return ", ".join(sorted({str(p["type"]) for p in self.placements().values()}))
+
+    @property
     def hierarchical(self) -> bool:
         return any(p["type"] in HIERARCHICAL for p in self.placements().values())
 
@@ -135,7 +140,7 @@ def allowed_types(cfg: JobConfig) -> tuple[str, ...]:
     """The sharding types the planner may use for this job."""
     if cfg.sharding.type != "auto":
         return (cfg.sharding.type,)
-    types = SHARDING_TYPES
+    types: tuple[str, ...] = SHARDING_TYPES
     if cfg.checkpoint.every_steps or cfg.checkpoint.resume:
         # DCP cannot save tables held by a subset of ranks in a hierarchical plan (yet).
         types = tuple(t for t in types if t not in HIERARCHICAL)

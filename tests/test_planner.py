@@ -1,0 +1,226 @@
+"""The planner on its own: coverage, memory fit, search choices, errors, dry run, calibration."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dist_train.cli import main
+from dist_train.train.sharding import plan_job
+from planners import placement as pl
+from planners.calibrate import calibrate
+from planners.cost_model import table_costs
+from planners.search import PlanningError, search
+from planners.topology import (
+    CPU_PRESET,
+    TopologyError,
+    load_topology,
+    parse_bytes,
+    preset,
+    resize,
+    save_topology,
+)
+from planners.workload import OptimizerState, TableLoad, Workload
+from tests.conftest import small_config
+
+
+def _workload(tables: list[tuple[int, int]], batch: int = 512, optimizer: str = "rowwise_adagrad"):
+    loads = tuple(
+        TableLoad(f"t{i}", rows, dim, bags_per_sample=20, ids_per_sample=30.0)
+        for i, (rows, dim) in enumerate(tables)
+    )
+    return Workload(loads, batch, OptimizerState.of(optimizer, "cpu"), 50_000, 1)
+
+
+SHAPES = [(1, 1), (1, 2), (1, 4), (2, 2), (4, 2), (2, 8)]
+TABLE_SETS = [[(100_000, 16)], [(3_000_000, 64)], [(200_000, 32), (50_000, 32), (999, 8)]]
+
+
+@pytest.mark.parametrize(("shape", "tables"), itertools.product(SHAPES, TABLE_SETS))
+def test_every_plan_covers_each_table_once_and_fits(
+    shape: tuple[int, int], tables: list[tuple[int, int]]
+) -> None:
+    topo = resize(preset("cpu"), num_nodes=shape[0], ranks_per_node=shape[1])
+    workload = _workload(tables)
+    result = search(workload, topo)
+    plans = [result.best, *(a for a in result.alternatives.values() if not isinstance(a, str))]
+    assert len(plans) >= 3
+    for plan in plans:
+        assert {p.table for p in plan.placements} == {t.name for t in workload.tables}
+        for p in plan.placements:
+            pl.check_covers(p, workload.table(p.table))
+            assert all(0 <= r < topo.world_size for r in p.ranks)
+        assert plan.costs.memory.max() <= topo.usable_bytes_per_rank
+    assert result.best.step_seconds <= min(
+        a.step_seconds for a in result.alternatives.values() if not isinstance(a, str)
+    )
+
+
+def test_check_covers_catches_gaps_and_overlaps() -> None:
+    table = TableLoad("t", 10, 8, 1, 1.0)
+    good = pl.TablePlacement(
+        "t", "row_wise", (pl.Shard(0, 0, 0, 5, 8), pl.Shard(1, 5, 0, 5, 8)), ""
+    )
+    pl.check_covers(good, table)
+    overlap = pl.TablePlacement(
+        "t", "row_wise", (pl.Shard(0, 0, 0, 6, 8), pl.Shard(1, 5, 0, 4, 8)), ""
+    )
+    with pytest.raises(AssertionError, match="gap or overlap"):
+        pl.check_covers(overlap, table)
+
+
+def test_uneven_split_gives_the_busier_rank_fewer_rows() -> None:
+    table = TableLoad("t", 10_000, 16, 1, 1.0)
+    busy = np.array([1.0, 0.0, 0.0, 0.0])
+    sizes = pl.uneven_row_sizes(table, busy, np.full(4, 1e-4), np.full(4, 1e9))
+    assert sizes is not None and sum(sizes) == table.rows
+    assert sizes[0] < min(sizes[1:]) and max(sizes[1:]) - min(sizes[1:]) <= 1
+    assert pl.uneven_row_sizes(table, np.zeros(4), np.full(4, 1e-4), np.full(4, 1e9)) is None
+
+
+def test_uneven_row_wise_balances_a_rank_made_busy_by_another_table() -> None:
+    # The big table is too big for one rank, the small one goes table-wise: the big row-wise
+    # table should then move rows off the rank the small table occupies.
+    topo = resize(preset("cpu"), num_nodes=1, ranks_per_node=4, memory_per_rank_bytes=200 * 2**20)
+    workload = Workload(
+        (
+            TableLoad("big", 2_000_000, 32, 20, 20.0),
+            TableLoad("small", 200_000, 32, 20, 20.0),
+        ),
+        512,
+        OptimizerState.of("sgd", "cpu"),
+        10_000,
+        0,
+    )
+    result = search(workload, topo, ("row_wise", "table_wise"))
+    by_table = {p.table: p for p in result.best.placements}
+    assert by_table["small"].sharding_type == "table_wise"
+    big = by_table["big"]
+    assert big.label == "row_wise (uneven)"
+    rows = {s.rank: s.rows for s in big.shards}
+    assert rows[by_table["small"].ranks[0]] < min(
+        n for r, n in rows.items() if r != by_table["small"].ranks[0]
+    )
+    even = result.alternatives["row_wise"]
+    assert not isinstance(even, str) and result.best.step_seconds < even.step_seconds
+
+
+def test_one_big_table_on_many_cpu_ranks_is_not_table_wise() -> None:
+    # TorchRec's CPU sharder offers table_wise/column_wise only; a row split spreads lookups.
+    topo = resize(preset("cpu"), num_nodes=1, ranks_per_node=4)
+    result = search(_workload([(3_000_000, 64)], batch=2048), topo)
+    assert result.best.placements[0].sharding_type in ("row_wise", "column_wise")
+    tw = result.alternatives["table_wise"]
+    assert not isinstance(tw, str) and tw.step_seconds > result.best.step_seconds
+    # Table-wise puts all lookups on one rank.
+    costs = table_costs(
+        tw.placements[0], _workload([(3_000_000, 64)]).tables[0], _workload([(3_000_000, 64)]), topo
+    )
+    assert (costs.lookup > 0).sum() == 1
+
+
+def test_huge_table_on_4096_ranks_plans() -> None:
+    topo = resize(preset("cuda"), num_nodes=512, ranks_per_node=8)
+    result = search(_workload([(10**10, 128)]), topo)
+    best = result.best
+    assert best.fits
+    pl.check_covers(best.placements[0], _workload([(10**10, 128)]).tables[0])
+    assert best.placements[0].sharding_type in pl.SHARDING_TYPES
+
+
+def test_a_table_that_fits_nowhere_says_its_sizes() -> None:
+    topo = resize(preset("cpu"), num_nodes=1, ranks_per_node=2, memory_per_rank_bytes=2**30)
+    with pytest.raises(PlanningError) as err:
+        search(_workload([(100_000_000, 64)]), topo)
+    msg = str(err.value)
+    assert "t0" in msg and "100,000,000 rows x 64 columns" in msg and "fits nowhere" in msg
+    assert "23.84 GiB of weights" in msg and "0.90 GiB usable" in msg
+
+
+def test_impossible_constraints_are_named() -> None:
+    one_node = resize(preset("cpu"), num_nodes=1, ranks_per_node=4)
+    with pytest.raises(PlanningError, match="grid_shard needs at least 2 nodes"):
+        search(_workload([(1000, 16)]), one_node, ("grid_shard",))
+    with pytest.raises(PlanningError, match="column_wise cannot split table t0: dim 4"):
+        search(_workload([(1000, 4)]), one_node, ("column_wise",))
+    with pytest.raises(PlanningError, match="unknown sharding type"):
+        search(_workload([(1000, 16)]), one_node, ("diagonal",))
+
+
+def test_inconsistent_topology_files_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "topo.json"
+    raw = CPU_PRESET.model_dump(mode="json")
+    raw["intra_node"]["all_to_all_bytes_per_second"] = -1
+    path.write_text(json.dumps(raw))
+    with pytest.raises(TopologyError, match=r"topo.json: intra_node.all_to_all_bytes_per_second"):
+        load_topology(path)
+    del raw["intra_node"]
+    path.write_text(json.dumps(raw))
+    with pytest.raises(TopologyError, match="intra_node: Field required"):
+        load_topology(path)
+    path.write_text("{not json")
+    with pytest.raises(TopologyError, match="not valid JSON"):
+        load_topology(path)
+    with pytest.raises(TopologyError, match="0 nodes x 4"):
+        resize(preset("cpu"), num_nodes=0, ranks_per_node=4)
+    with pytest.raises(TopologyError, match="cannot read '12 parsecs'"):
+        parse_bytes("12 parsecs")
+    assert parse_bytes("80GiB") == 80 * 2**30 and parse_bytes("16GB") == 16 * 10**9
+
+
+def test_explicit_type_restricts_the_planner(tmp_path: Path) -> None:
+    for t in ("row_wise", "column_wise", "table_wise"):
+        plan = plan_job(small_config(tmp_path, [f"sharding.type={t}"]), 2, 2)
+        assert {p["type"] for p in plan.placements().values()} == {t}
+    auto = plan_job(small_config(tmp_path, ["sharding.type=auto"]), 2, 2)
+    # The default optimizer (row-wise Adagrad) keeps data_parallel out of auto plans.
+    assert "data_parallel" not in {p["type"] for p in auto.placements().values()}
+
+
+def test_dry_run_cli_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "plan.json"
+    code = main(
+        [
+            "plan",
+            "--nodes", "2",
+            "--ranks-per-node", "2",
+            "--memory-per-rank", "2GiB",
+            "--set", "embedding.num_rows=2000000",
+            "--json", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "chosen:" in text and "why:" in text and "TorchRec's planner:" in text
+    report = json.loads(out.read_text())
+    for key in ("placements", "per_rank_memory_bytes", "estimated_step_seconds", "plan_seconds"):
+        assert key in report
+    assert len(report["per_rank_memory_bytes"]) == 4
+    for p in report["placements"]:
+        assert {"table", "sharding_type", "ranks", "shard_offsets", "shard_sizes"} <= set(p)
+        assert p["num_rows"] == 2_000_000 and p["num_cols"] == 16
+    torchrec = report["torchrec"]
+    assert "error" in torchrec or {
+        "placements",
+        "per_rank_memory_bytes",
+        "estimated_step_seconds",
+        "plan_seconds",
+    } <= set(torchrec)
+    assert main(["plan", "--memory-per-rank", "1MiB", "--no-torchrec"]) == 1
+    assert "fits nowhere" in capsys.readouterr().err
+
+
+def test_calibrate_writes_a_topology_the_planner_uses(tmp_path: Path) -> None:
+    spec = calibrate(ranks=2, threads=1, repeats=3)
+    assert spec.lookup_rows_per_second > 0 and spec.intra_node.latency_seconds > 0
+    assert spec.measured["collective_seconds"]["all_to_all"]
+    path = tmp_path / "topo.json"
+    save_topology(spec, path)
+    topo = load_topology(path)
+    assert topo.source.startswith("calibrated")
+    cfg = small_config(tmp_path, [f"sharding.topology={path}"])
+    assert plan_job(cfg, 2, 2).estimated_step_seconds > 0
