@@ -136,14 +136,15 @@ def _calibrate(args: argparse.Namespace) -> int:
     print(f"calibrating: {args.ranks} gloo rank(s) x {args.threads} thread(s) ...", flush=True)
     spec = calibrate(args.ranks, args.threads, memory)
     save_topology(spec, args.out)
+    link = spec.intra_node
+    rows = ", ".join(f"{w}: {t * 1e9:.0f} ns" for w, t in spec.lookup_seconds_per_row.items())
     print(
         f"copy {spec.memory_bytes_per_second / 1e9:.2f} GB/s, matmul "
-        f"{spec.dense_flops_per_second / 1e9:.1f} GFLOP/s, TBE "
-        f"{spec.lookup_rows_per_second / 1e6:.2f} M rows/s + "
-        f"{spec.lookup_bytes_per_second / 1e9:.2f} GB/s, all-to-all "
-        f"{spec.intra_node.all_to_all_bytes_per_second / 1e9:.2f} GB/s, reduce-scatter "
-        f"{spec.intra_node.reduce_scatter_bytes_per_second / 1e9:.2f} GB/s, latency "
-        f"{spec.intra_node.latency_seconds * 1e6:.0f} us"
+        f"{spec.dense_flops_per_second / 1e9:.1f} GFLOP/s, TBE per row by width {{{rows}}}, "
+        f"all-to-all {link.all_to_all_bytes_per_second / 1e9:.2f} GB/s, reduce-scatter "
+        f"{link.reduce_scatter_bytes_per_second / 1e9:.2f} GB/s, all-reduce "
+        f"{link.all_reduce_bytes_per_second / 1e9:.2f} GB/s, latency "
+        f"{link.latency_seconds * 1e6:.0f} us"
     )
     print(f"wrote {args.out} (use it with --set sharding.topology={args.out})")
     return 0

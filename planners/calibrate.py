@@ -3,14 +3,18 @@
 Measured (CPU, gloo; each rank with the job's thread count):
 
 - copy bandwidth: ``Tensor.copy_`` of 256 MiB (bytes read + written per second);
-- dense matmul flop/s at MLP-like shapes;
-- FBGEMM TBE forward + backward with the fused row-wise Adagrad update, at two row widths, fit
-  as ``seconds per row = 1 / lookup_rows_per_second + row_bytes / lookup_bytes_per_second``;
-- all-to-all and reduce-scatter between real processes at two message sizes, fit as
-  ``latency + bytes / bandwidth`` (bytes one rank sends).
+- dense matmul flop/s at MLP-like shapes, the dot interaction (batched ``x x^T`` and its
+  upper-triangle gather, forward and backward) per sample x n^2 x d, and a torch Adagrad step
+  per parameter;
+- FBGEMM TBE forward + backward with the fused row-wise Adagrad update, seconds per looked-up
+  row at row widths 4 to 128. Each of 32 features draws ids Zipf(1.1) over 10M values, hashed
+  into a 1M-row table with its own salt, like Unified Embedding over CTR data (repeated ids
+  are cheaper than uniform ones; distinct salts spread the hot ids over many rows);
+- all-to-all, reduce-scatter and all-reduce between real processes at two message sizes, fit
+  as ``latency + bytes / bandwidth`` (bytes one rank sends).
 
-Inter-node links cannot be measured on one machine; they keep the base topology's figures and
-the file says so under ``measured``.
+Inter-node links cannot be measured on one machine; they keep the preset's NIC figures, capped
+by the measured intra-node link, and the file says so under ``measured``.
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ import torch.distributed as dist
 from planners.topology import CPU_PRESET, LinkSpec, TopologySpec
 
 TBE_ROWS = 1_000_000
+TBE_VALUES = 10_000_000
 TBE_BATCH = 2048
 TBE_BAGS = 32
-TBE_DIMS = (16, 128)
+TBE_DIMS = (4, 8, 16, 32, 64, 128)
+COLLECTIVES = ("all_to_all", "reduce_scatter", "all_reduce")
 COLLECTIVE_BYTES = (64 * 2**10, 8 * 2**20)
 
 
@@ -59,7 +65,40 @@ def dense_flops_per_second() -> float:
     return 2 * 2048 * 512 * 512 / seconds
 
 
-def tbe_seconds_per_row(dim: int) -> float:
+def dense_update_elements_per_second() -> float:
+    param = torch.nn.Parameter(torch.randn(4 * 2**20))
+    param.grad = torch.randn_like(param)
+    opt = torch.optim.Adagrad([param], lr=0.01)
+    return param.numel() / _best_seconds(opt.step, repeats=5)
+
+
+def interaction_elements_per_second(batch: int = 2048, vectors: int = 40, dim: int = 16) -> float:
+    """The dot interaction (as in dist_train/models/dlrm.py), per sample x n^2 x d."""
+    x = torch.randn(batch, vectors, dim, requires_grad=True)
+    rows, cols = torch.triu_indices(vectors, vectors, offset=1)
+
+    def step() -> None:
+        pairs = torch.bmm(x, x.transpose(1, 2))[:, rows, cols]
+        pairs.sum().backward()
+
+    return batch * vectors * vectors * dim / _best_seconds(step, repeats=5)
+
+
+def zipf_rows(batch: int, bags: int, seed: int = 0) -> torch.Tensor:
+    """Ids of ``batch`` samples x ``bags`` features, each drawn Zipf(1.1) over TBE_VALUES
+    values and hashed into TBE_ROWS rows with a salt per feature, as Unified Embedding does
+    (bag-major, the order TBE takes)."""
+    rng = np.random.default_rng(seed)
+    ranks = np.arange(1, TBE_VALUES + 1, dtype=np.float64)
+    cdf = np.cumsum(ranks**-1.1)
+    values = np.searchsorted(cdf / cdf[-1], rng.random((bags, batch))).astype(np.uint64)
+    salts = (np.arange(bags, dtype=np.uint64) * np.uint64(0xD6E8FEB86659FD93))[:, None]
+    mixed = (values ^ salts) * np.uint64(0x9E3779B97F4A7C15)
+    rows = (mixed >> np.uint64(17)) % np.uint64(TBE_ROWS)
+    return torch.from_numpy(rows.reshape(-1).astype(np.int64))
+
+
+def tbe_seconds_per_row(dim: int, indices: torch.Tensor) -> float:
     """Forward + backward (fused row-wise Adagrad) time per looked-up row of width ``dim``."""
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
     from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation
@@ -74,9 +113,7 @@ def tbe_seconds_per_row(dim: int) -> float:
         optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD,
         learning_rate=0.01,
     )
-    gen = torch.Generator().manual_seed(0)
-    n = TBE_BATCH * TBE_BAGS
-    indices = torch.randint(0, TBE_ROWS, (n,), generator=gen)
+    n = indices.numel()
     offsets = torch.arange(n + 1)
     grad = torch.ones(TBE_BATCH, TBE_BAGS * dim)
 
@@ -84,7 +121,7 @@ def tbe_seconds_per_row(dim: int) -> float:
         out = tbe(indices, offsets)
         out.backward(grad)
 
-    return _best_seconds(step, repeats=5) / n
+    return _best_seconds(step, repeats=12, warmup=3) / n
 
 
 def _fit(xs: tuple[float, float], ys: tuple[float, float]) -> tuple[float, float]:
@@ -95,23 +132,21 @@ def _fit(xs: tuple[float, float], ys: tuple[float, float]) -> tuple[float, float
 
 
 def collective_timings(repeats: int) -> dict[str, list[float]]:
-    """Run on every rank of a gloo group: seconds of each collective at each message size."""
+    """Run on every rank of a gloo group: seconds of each collective at each message size
+    (the slowest rank's best of ``repeats``)."""
     world = dist.get_world_size()
-    out: dict[str, list[float]] = {"all_to_all": [], "reduce_scatter": []}
+    out: dict[str, list[float]] = {name: [] for name in COLLECTIVES}
     for nbytes in COLLECTIVE_BYTES:
         n = nbytes // 4 // world * world
-        send = torch.ones(n)
-        recv = torch.empty(n)
-        small = torch.empty(n // world)
-
-        calls: tuple[tuple[str, Callable[[], object]], ...] = (
-            ("all_to_all", functools.partial(dist.all_to_all_single, recv, send)),
-            ("reduce_scatter", functools.partial(dist.reduce_scatter_tensor, small, send)),
-        )
-        for name, fn in calls:
+        send, recv, small = torch.ones(n), torch.empty(n), torch.empty(n // world)
+        calls: dict[str, Callable[[], object]] = {
+            "all_to_all": functools.partial(dist.all_to_all_single, recv, send),
+            "reduce_scatter": functools.partial(dist.reduce_scatter_tensor, small, send),
+            "all_reduce": functools.partial(dist.all_reduce, recv),
+        }
+        for name in COLLECTIVES:
             dist.barrier()
-            seconds = _best_seconds(fn, repeats)
-            worst = torch.tensor([seconds])
+            worst = torch.tensor([_best_seconds(calls[name], repeats)])
             dist.all_reduce(worst, op=dist.ReduceOp.MAX)
             out[name].append(float(worst.item()))
     return out
@@ -121,12 +156,12 @@ def _inter_node(intra: LinkSpec) -> LinkSpec:
     """The preset's NIC figures, but never faster than the measured intra-node link."""
     nic = CPU_PRESET.inter_node
     return LinkSpec(
-        all_to_all_bytes_per_second=min(
-            nic.all_to_all_bytes_per_second, intra.all_to_all_bytes_per_second
-        ),
-        reduce_scatter_bytes_per_second=min(
-            nic.reduce_scatter_bytes_per_second, intra.reduce_scatter_bytes_per_second
-        ),
+        **{
+            f"{name}_bytes_per_second": min(
+                getattr(nic, f"{name}_bytes_per_second"), getattr(intra, f"{name}_bytes_per_second")
+            )
+            for name in COLLECTIVES
+        },
         latency_seconds=max(nic.latency_seconds, intra.latency_seconds),
     )
 
@@ -138,38 +173,31 @@ def calibrate(
     from dist_train.launchers.processes import run_processes
 
     torch.set_num_threads(threads)
-    measured: dict[str, Any] = {"ranks": ranks, "threads_per_rank": threads, "backend": "gloo"}
-    copy_bw = copy_bytes_per_second()
-    flops = dense_flops_per_second()
-    per_row = [tbe_seconds_per_row(d) for d in TBE_DIMS]
-    row_s, byte_s = _fit((TBE_DIMS[0] * 4.0, TBE_DIMS[1] * 4.0), (per_row[0], per_row[1]))
-    measured.update(
-        copy_bytes_per_second=copy_bw,
-        dense_flops_per_second=flops,
-        tbe_seconds_per_row={str(d): s for d, s in zip(TBE_DIMS, per_row, strict=True)},
-    )
-    links: dict[str, tuple[float, float]] = {}
+    indices = zipf_rows(TBE_BATCH, TBE_BAGS)
+    lookups = {d: tbe_seconds_per_row(d, indices) for d in TBE_DIMS}
+    measured: dict[str, Any] = {
+        "ranks": ranks,
+        "threads_per_rank": threads,
+        "backend": "gloo",
+        "tbe_ids": f"{TBE_BAGS} features x Zipf(1.1) over {TBE_VALUES:,} values, salted "
+        f"hash into {TBE_ROWS:,} rows",
+    }
     if ranks > 1:
         timings = run_processes(collective_timings, (repeats,), ranks, threads)[0]
-        sent = tuple(float(b) * (ranks - 1) / ranks for b in COLLECTIVE_BYTES)
-        for name, seconds in timings.items():
-            latency, per_byte = _fit((sent[0], sent[1]), (seconds[0], seconds[1]))
-            links[name] = (latency, 1.0 / per_byte)
+        sent = [float(b) * (ranks - 1) / ranks for b in COLLECTIVE_BYTES]
+        fits = {name: _fit((sent[0], sent[1]), (t[0], t[1])) for name, t in timings.items()}
         measured["collective_seconds"] = {
-            name: dict(zip((str(b) for b in COLLECTIVE_BYTES), s, strict=True))
-            for name, s in timings.items()
+            name: dict(zip((str(b) for b in COLLECTIVE_BYTES), t, strict=True))
+            for name, t in timings.items()
         }
         intra = LinkSpec(
-            all_to_all_bytes_per_second=links["all_to_all"][1],
-            reduce_scatter_bytes_per_second=links["reduce_scatter"][1],
-            latency_seconds=float(np.mean([links[k][0] for k in links])),
+            **{f"{name}_bytes_per_second": 1.0 / fits[name][1] for name in COLLECTIVES},
+            latency_seconds=float(np.mean([fits[name][0] for name in COLLECTIVES])),
         )
     else:
         intra = CPU_PRESET.intra_node
-        measured["collective_seconds"] = "not measured (1 rank)"
-    measured["inter_node"] = (
-        "not measured (one machine): the CPU preset's NIC, capped by the intra-node link"
-    )
+        measured["collective_seconds"] = "not measured (1 rank): the CPU preset's"
+    measured["inter_node"] = "not measured (one machine): the preset's NIC, capped by intra_node"
     if memory_per_rank_bytes is None:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         memory_per_rank_bytes = total // ranks
@@ -178,13 +206,16 @@ def calibrate(
         ranks_per_node=ranks,
         device_type="cpu",
         memory_per_rank_bytes=memory_per_rank_bytes,
-        memory_bytes_per_second=copy_bw,
-        lookup_rows_per_second=1.0 / row_s,
-        lookup_bytes_per_second=1.0 / byte_s,
-        dense_flops_per_second=flops,
+        memory_bytes_per_second=copy_bytes_per_second(),
+        lookup_seconds_per_row=lookups,
+        dense_flops_per_second=dense_flops_per_second(),
+        interaction_elements_per_second=interaction_elements_per_second(),
+        dense_update_elements_per_second=dense_update_elements_per_second(),
         intra_node=intra,
         inter_node=_inter_node(intra),
         reserve_fraction=CPU_PRESET.reserve_fraction,
+        cores_per_node=os.cpu_count(),
+        threads_per_rank=threads,
         source=f"calibrated: {ranks} gloo ranks x {threads} thread(s) on {os.uname().nodename}",
         measured=measured,
     )

@@ -19,8 +19,10 @@ q_j = holder j's share of the rows, L ids and F bags per sample, w block columns
 
 Bytes cross the intra-node link or the inter-node link in proportion to where the peers are.
 Time = bytes / bandwidth of the collective on that link + a latency per collective, and
-lookups = rows / lookup_rows_per_second + bytes / lookup_bytes_per_second. The dense part
-(6 flops per parameter per sample, DDP all-reduce of its gradients) is the same for every plan.
+lookups = rows x the measured TBE time per row at that row width. The dense part (6 flops per
+parameter per sample, the dot interaction, the optimizer step, DDP all-reduce of its
+gradients) is the same for every plan. On CPUs, ranks of a node share its cores: a plan's step
+is at least the node's total work divided by its cores (see ``PlanEstimate``).
 """
 
 from __future__ import annotations
@@ -81,10 +83,19 @@ def _link_seconds(
     return nbytes * ((1.0 - inter_fraction) / intra + inter_fraction / inter)
 
 
+def seconds_per_row(cols: int, topo: Topology) -> float:
+    """TBE time per looked-up row of ``cols`` columns: interpolated between the measured row
+    widths, extrapolated along the last segment beyond the widest."""
+    widths = np.array([w for w, _ in topo.lookup_seconds_per_row], dtype=float)
+    secs = np.array([s for _, s in topo.lookup_seconds_per_row])
+    if cols <= widths[-1] or len(widths) == 1:
+        return float(np.interp(cols, widths, secs))
+    slope = (secs[-1] - secs[-2]) / (widths[-1] - widths[-2])
+    return float(secs[-1] + slope * (cols - widths[-1]))
+
+
 def _lookup_seconds(rows: np.ndarray, cols: int, topo: Topology) -> np.ndarray:
-    return rows / topo.lookup_rows_per_second + rows * cols * WEIGHT_BYTES / (
-        topo.lookup_bytes_per_second
-    )
+    return rows * seconds_per_row(cols, topo)
 
 
 def block_costs(
@@ -162,10 +173,12 @@ def data_parallel_costs(table: TableLoad, workload: Workload, topo: Topology) ->
     batch = workload.batch_size_per_rank
     c = RankCosts.zeros(world)
     c.lookup += _lookup_seconds(np.full(world, batch * table.ids_per_sample), table.dim, topo)
+    # The dense kernel's optimizer steps every element of the replica, every step.
+    c.lookup += table.rows * table.dim / topo.dense_update_elements_per_second
     grad = table.weight_bytes
     allreduce = np.full(world, 2.0 * grad * (world - 1) / world)
     inter = (world - topo.ranks_per_node) / max(world - 1, 1)
-    c.comm += _link_seconds(allreduce, np.full(world, inter), topo, "reduce_scatter")
+    c.comm += _link_seconds(allreduce, np.full(world, inter), topo, "all_reduce")
     c.comm_bytes += 2 * allreduce
     # Weights, a dense gradient, optimizer state (dense kernel), output buffers.
     state = workload.optimizer.bytes_for(table.rows, table.dim)
@@ -207,14 +220,18 @@ def dense_costs(workload: Workload, topo: Topology) -> RankCosts:
     """The dense MLPs: matmuls, a DDP gradient all-reduce, parameters and optimizer state."""
     world = topo.world_size
     c = RankCosts.zeros(world)
-    params = workload.dense_parameters
-    c.dense += 6.0 * params * workload.batch_size_per_rank / topo.dense_flops_per_second
+    params, batch = workload.dense_parameters, workload.batch_size_per_rank
+    c.dense += 6.0 * params * batch / topo.dense_flops_per_second
+    c.dense += (
+        batch * workload.interaction_elements_per_sample / (topo.interaction_elements_per_second)
+    )
+    c.dense += params / topo.dense_update_elements_per_second
     if world > 1:
         grad = params * WEIGHT_BYTES
         allreduce = 2.0 * grad * (world - 1) / world
         inter = (world - topo.ranks_per_node) / max(world - 1, 1)
         c.comm += _link_seconds(
-            np.full(world, allreduce), np.full(world, inter), topo, "reduce_scatter"
+            np.full(world, allreduce), np.full(world, inter), topo, "all_reduce"
         )
         link = topo.inter_node if topo.num_nodes > 1 else topo.intra_node
         c.latency += math.ceil(grad / DDP_BUCKET_BYTES) * link.latency_seconds

@@ -33,6 +33,18 @@ class PlanEstimate:
     placements: tuple[pl.TablePlacement, ...]
     costs: RankCosts
     usable_bytes: int
+    ranks_per_node: int
+    # threads per rank / cores per node where ranks share a node's CPU cores, else 0
+    core_share: float = 0.0
+
+    @classmethod
+    def of(
+        cls, placements: tuple[pl.TablePlacement, ...], costs: RankCosts, topo: Topology
+    ) -> PlanEstimate:
+        share = 0.0
+        if topo.device_type == "cpu" and topo.cores_per_node:
+            share = topo.threads_per_rank / topo.cores_per_node
+        return cls(placements, costs, topo.usable_bytes_per_rank, topo.ranks_per_node, share)
 
     @property
     def fits(self) -> bool:
@@ -40,7 +52,13 @@ class PlanEstimate:
 
     @property
     def step_seconds(self) -> float:
-        return float(self.costs.step_seconds.max())
+        """The slowest rank's step; on shared CPU cores at least a node's work / its cores."""
+        per_rank = self.costs.step_seconds
+        slowest = float(per_rank.max())
+        if self.core_share <= 0:
+            return slowest
+        node_work = per_rank.reshape(-1, self.ranks_per_node).sum(axis=1) * self.core_share
+        return max(slowest, float(node_work.max()))
 
     @property
     def max_memory_bytes(self) -> int:
@@ -112,10 +130,10 @@ def _rebalance(
         uneven = _uneven_row_wise(table, workload, topo, others)
         if uneven is None:
             continue
-        trial = PlanEstimate(
+        trial = PlanEstimate.of(
             (*plan.placements[:i], uneven, *plan.placements[i + 1 :]),
             others + table_costs(uneven, table, workload, topo),
-            plan.usable_bytes,
+            topo,
         )
         if trial.score() < plan.score():
             plan = trial
@@ -156,7 +174,7 @@ def candidates(
 
 def _finish(p: _Partial, base: RankCosts, topo: Topology) -> PlanEstimate:
     costs = p.costs + base + latency_costs(set(p.types), topo)
-    return PlanEstimate(p.placements, costs, topo.usable_bytes_per_rank)
+    return PlanEstimate.of(p.placements, costs, topo)
 
 
 def _beam(

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class TopologyError(ValueError):
@@ -23,10 +23,14 @@ class TopologyError(ValueError):
 
 @dataclass(frozen=True)
 class Link:
-    """One kind of link between ranks: per-rank bandwidth of each collective and a latency."""
+    """One kind of link between ranks: per-rank bandwidth of each collective and a latency.
+
+    Bandwidths are bytes one rank sends per second (gloo implements the collectives very
+    differently, so each is measured on its own)."""
 
     all_to_all_bytes_per_second: float
     reduce_scatter_bytes_per_second: float
+    all_reduce_bytes_per_second: float
     latency_seconds: float  # fixed cost of one collective call across this link
 
 
@@ -39,12 +43,16 @@ class Topology:
     device_type: str  # cpu | cuda
     memory_per_rank_bytes: int
     memory_bytes_per_second: float  # copy bandwidth of one rank (read + write)
-    lookup_rows_per_second: float  # TBE forward+backward+update, fixed cost per looked-up row
-    lookup_bytes_per_second: float  # TBE forward+backward+update, cost per byte of those rows
+    # TBE forward + backward + fused update, seconds per looked-up row, by row width (columns)
+    lookup_seconds_per_row: tuple[tuple[int, float], ...]
     dense_flops_per_second: float  # the dense MLPs' matmuls
+    interaction_elements_per_second: float  # dot interaction fwd+bwd, per sample x n^2 x d
+    dense_update_elements_per_second: float  # a torch optimizer step, per parameter
     intra_node: Link
     inter_node: Link
     reserve_fraction: float = 0.1  # of each rank's memory kept free (allocator, fragmentation)
+    cores_per_node: int | None = None  # CPU: ranks of a node share these cores
+    threads_per_rank: int = 1
     source: str = "preset"  # where the speeds came from (a calibration file or a preset)
 
     @property
@@ -80,6 +88,7 @@ class _Strict(BaseModel):
 class LinkSpec(_Strict):
     all_to_all_bytes_per_second: float = Field(gt=0)
     reduce_scatter_bytes_per_second: float = Field(gt=0)
+    all_reduce_bytes_per_second: float = Field(gt=0)
     latency_seconds: float = Field(ge=0)
 
 
@@ -91,64 +100,85 @@ class TopologySpec(_Strict):
     device_type: Literal["cpu", "cuda"]
     memory_per_rank_bytes: int = Field(gt=0)
     memory_bytes_per_second: float = Field(gt=0)
-    lookup_rows_per_second: float = Field(gt=0)
-    lookup_bytes_per_second: float = Field(gt=0)
+    lookup_seconds_per_row: dict[int, float] = Field(
+        min_length=1, description="Row width (columns) -> TBE seconds per looked-up row."
+    )
     dense_flops_per_second: float = Field(gt=0)
+    interaction_elements_per_second: float = Field(gt=0)
+    dense_update_elements_per_second: float = Field(gt=0)
     intra_node: LinkSpec
     inter_node: LinkSpec
     reserve_fraction: float = Field(0.1, ge=0, lt=1)
+    cores_per_node: int | None = Field(None, gt=0)
+    threads_per_rank: int = Field(1, gt=0)
     source: str = "file"
     measured: dict[str, object] = Field(
         default_factory=dict, description="Raw calibration measurements, for the record."
     )
 
+    @field_validator("lookup_seconds_per_row")
+    @classmethod
+    def _positive_lookups(cls, v: dict[int, float]) -> dict[int, float]:
+        bad = {k: x for k, x in v.items() if k <= 0 or x <= 0}
+        if bad:
+            raise ValueError(f"row widths and seconds must be > 0: {bad}")
+        return v
+
 
 # Measured on this project's 2-core CPU machines with `dist-train calibrate --ranks 2` (gloo, 1
 # thread per rank; docs/planner.md), rounded. Inter-node speeds cannot be measured on one machine:
-# they assume a 25 Gb/s NIC shared by a node's 2 ranks, 500 us latency, and gloo's
-# reduce-scatter no faster than measured on one machine.
+# they assume a 25 Gb/s NIC shared by a node's 2 ranks and a 500 us latency, and gloo's
+# collectives no faster than measured on one machine.
 CPU_PRESET = TopologySpec(
     num_nodes=1,
     ranks_per_node=2,
     device_type="cpu",
     memory_per_rank_bytes=8 * 2**30,
-    memory_bytes_per_second=2.5e10,
-    lookup_rows_per_second=1.5e7,
-    lookup_bytes_per_second=7.8e8,
-    dense_flops_per_second=8.0e10,
+    memory_bytes_per_second=2.2e10,
+    lookup_seconds_per_row={4: 3.9e-8, 8: 4.4e-8, 16: 5.6e-8, 32: 1.0e-7, 64: 1.9e-7, 128: 3.0e-7},
+    dense_flops_per_second=1.0e11,
+    interaction_elements_per_second=2.4e9,
+    dense_update_elements_per_second=7.7e8,
     intra_node=LinkSpec(
-        all_to_all_bytes_per_second=1.5e9,
-        reduce_scatter_bytes_per_second=4.9e8,
-        latency_seconds=3.5e-4,
+        all_to_all_bytes_per_second=1.7e9,
+        reduce_scatter_bytes_per_second=4.5e8,
+        all_reduce_bytes_per_second=7.7e8,
+        latency_seconds=1.9e-4,
     ),
     inter_node=LinkSpec(
         all_to_all_bytes_per_second=1.5e9,
-        reduce_scatter_bytes_per_second=4.9e8,
+        reduce_scatter_bytes_per_second=4.5e8,
+        all_reduce_bytes_per_second=7.7e8,
         latency_seconds=5e-4,
     ),
+    cores_per_node=2,
+    threads_per_rank=1,
     source="preset:cpu (calibrated on the project's 2-core machines)",
 )
 
 # Datasheet figures for an H100 SXM node (not measured here): 80 GB HBM3 at 3.35 TB/s, NVLink 4
-# at 450 GB/s per direction, one 400 Gb/s NIC per GPU. TBE speeds assume half the HBM bandwidth.
-# Run `dist-train calibrate` on the GPU machines to replace every one of them.
+# at 450 GB/s per direction, one 400 Gb/s NIC per GPU, ~400 dense TFLOP/s. TBE rows assume half
+# the HBM bandwidth plus 0.5 ns per row. Run `dist-train calibrate` on the GPU machines instead.
 CUDA_PRESET = TopologySpec(
     num_nodes=1,
     ranks_per_node=8,
     device_type="cuda",
     memory_per_rank_bytes=80 * 10**9,
     memory_bytes_per_second=3.35e12,
-    lookup_rows_per_second=2.0e9,
-    lookup_bytes_per_second=1.6e12,
+    lookup_seconds_per_row={d: 5e-10 + 3 * 4 * d / 1.6e12 for d in (4, 16, 64, 128, 256, 512)},
     dense_flops_per_second=4.0e14,
+    interaction_elements_per_second=1.0e12,
+    dense_update_elements_per_second=1.0e11,
     intra_node=LinkSpec(
         all_to_all_bytes_per_second=3.0e11,
         reduce_scatter_bytes_per_second=3.0e11,
+        all_reduce_bytes_per_second=3.0e11,
         latency_seconds=2e-5,
     ),
     inter_node=LinkSpec(
         all_to_all_bytes_per_second=4.0e10,
         reduce_scatter_bytes_per_second=4.0e10,
+        all_reduce_bytes_per_second=4.0e10,
         latency_seconds=3e-5,
     ),
     source="preset:cuda (H100 datasheet figures, not measured)",
@@ -159,6 +189,7 @@ def _from_spec(spec: TopologySpec) -> Topology:
     values = spec.model_dump(exclude={"measured"})
     values["intra_node"] = Link(**values["intra_node"])
     values["inter_node"] = Link(**values["inter_node"])
+    values["lookup_seconds_per_row"] = tuple(sorted(spec.lookup_seconds_per_row.items()))
     return Topology(**values)
 
 
@@ -196,10 +227,12 @@ def resize(
     num_nodes: int | None = None,
     ranks_per_node: int | None = None,
     memory_per_rank_bytes: int | None = None,
+    cores_per_node: int | None = None,
 ) -> Topology:
     """``topo`` with another shape or memory size (its measured speeds kept)."""
     out = replace(
         topo,
+        cores_per_node=topo.cores_per_node if cores_per_node is None else cores_per_node,
         num_nodes=topo.num_nodes if num_nodes is None else num_nodes,
         ranks_per_node=topo.ranks_per_node if ranks_per_node is None else ranks_per_node,
         memory_per_rank_bytes=(
@@ -224,9 +257,19 @@ def check_topology(topo: Topology) -> None:
             problems.append(f"{name} = {value} (must be > 0)")
     for link_name in ("intra_node", "inter_node"):
         link: Link = getattr(topo, link_name)
-        if min(link.all_to_all_bytes_per_second, link.reduce_scatter_bytes_per_second) <= 0:
+        speeds = (
+            link.all_to_all_bytes_per_second,
+            link.reduce_scatter_bytes_per_second,
+            link.all_reduce_bytes_per_second,
+        )
+        if min(speeds) <= 0:
             problems.append(f"{link_name} bandwidth must be > 0")
         if link.latency_seconds < 0:
             problems.append(f"{link_name} latency must be >= 0")
+    if topo.device_type == "cpu" and topo.cores_per_node is not None:
+        if topo.threads_per_rank < 1 or topo.cores_per_node < 1:
+            problems.append(
+                f"{topo.cores_per_node} cores per node, {topo.threads_per_rank} threads per rank"
+            )
     if problems:
         raise TopologyError("inconsistent topology: " + "; ".join(problems))

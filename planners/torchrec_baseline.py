@@ -62,7 +62,7 @@ def estimate(placements: list[TablePlacement], workload: Workload, topo: Topolog
         full.append(p)
         costs = costs + table_costs(p, table, workload, topo)
     costs = costs + latency_costs({p.sharding_type for p in full}, topo)
-    return PlanEstimate(tuple(full), costs, topo.usable_bytes_per_rank)
+    return PlanEstimate.of(tuple(full), costs, topo)
 
 
 @contextlib.contextmanager

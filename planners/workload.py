@@ -63,6 +63,7 @@ class Workload:
     optimizer: OptimizerState
     dense_parameters: int
     dense_optimizer_slots: int  # extra fp32 copies of the dense parameters (Adam: 2)
+    interaction_elements_per_sample: int = 0  # dot interaction: n^2 x d (n vectors of d)
 
     def table(self, name: str) -> TableLoad:
         for t in self.tables:

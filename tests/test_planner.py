@@ -85,7 +85,13 @@ def test_uneven_split_gives_the_busier_rank_fewer_rows() -> None:
 def test_uneven_row_wise_balances_a_rank_made_busy_by_another_table() -> None:
     # The big table is too big for one rank, the small one goes table-wise: the big row-wise
     # table should then move rows off the rank the small table occupies.
-    topo = resize(preset("cpu"), num_nodes=1, ranks_per_node=4, memory_per_rank_bytes=200 * 2**20)
+    topo = resize(
+        preset("cpu"),
+        num_nodes=1,
+        ranks_per_node=4,
+        memory_per_rank_bytes=200 * 2**20,
+        cores_per_node=4,  # a core per rank: the slowest rank, not the CPU, sets the pace
+    )
     workload = Workload(
         (
             TableLoad("big", 2_000_000, 32, 20, 20.0),
@@ -109,9 +115,16 @@ def test_uneven_row_wise_balances_a_rank_made_busy_by_another_table() -> None:
     assert not isinstance(even, str) and result.best.step_seconds < even.step_seconds
 
 
+def test_ranks_sharing_cores_pay_for_the_node_total() -> None:
+    topo = resize(preset("cpu"), num_nodes=1, ranks_per_node=4, cores_per_node=2)
+    result = search(_workload([(100_000, 16)]), topo)
+    per_rank = result.best.costs.step_seconds
+    assert result.best.step_seconds == pytest.approx(max(per_rank.max(), per_rank.sum() / 2))
+
+
 def test_one_big_table_on_many_cpu_ranks_is_not_table_wise() -> None:
     # TorchRec's CPU sharder offers table_wise/column_wise only; a row split spreads lookups.
-    topo = resize(preset("cpu"), num_nodes=1, ranks_per_node=4)
+    topo = resize(preset("cpu"), num_nodes=1, ranks_per_node=4, cores_per_node=4)
     result = search(_workload([(3_000_000, 64)], batch=2048), topo)
     assert result.best.placements[0].sharding_type in ("row_wise", "column_wise")
     tw = result.alternatives["table_wise"]
@@ -216,7 +229,7 @@ def test_dry_run_cli_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_calibrate_writes_a_topology_the_planner_uses(tmp_path: Path) -> None:
     spec = calibrate(ranks=2, threads=1, repeats=3)
-    assert spec.lookup_rows_per_second > 0 and spec.intra_node.latency_seconds > 0
+    assert min(spec.lookup_seconds_per_row.values()) > 0 and spec.intra_node.latency_seconds > 0
     assert spec.measured["collective_seconds"]["all_to_all"]
     path = tmp_path / "topo.json"
     save_topology(spec, path)

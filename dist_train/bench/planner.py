@@ -1,5 +1,8 @@
 """``dist-train bench planner``: our plans vs TorchRec's, and the cost model vs the clock.
 
+The job's topology file is used if it has one; otherwise the bench calibrates this machine
+first (``dist-train calibrate``), so estimates and measurements share the run's conditions.
+
 1. Ours vs TorchRec: for 2 and 4 CPU ranks, the job's plan (our planner) and TorchRec's
    ``EmbeddingShardingPlanner`` plan (stock sharder, default constants) each train the same
    fixed batches in real gloo processes. Printed: median step time (slowest rank) and max
@@ -28,7 +31,9 @@ from dist_train.launchers.processes import run_processes
 from dist_train.train.sharding import JobPlan, plan_job, planner_for_config
 from dist_train.train.topology import discover_topology
 from dist_train.train.trainer import Trainer
+from planners.calibrate import calibrate
 from planners.sharders import embedding_kernel, fused_params
+from planners.topology import save_topology
 from planners.torchrec_baseline import estimate, placements_of, torchrec_plan
 
 WARMUP_STEPS = 3
@@ -117,6 +122,14 @@ def run_planner_bench(cfg: JobConfig, json_out: str | None = None) -> dict[str, 
     )
     data = str(generate(synth, cfg.run_dir / "bench-planner-data", progress=False).train_dir)
     result: dict[str, Any] = {"versus_torchrec": [], "fidelity": []}
+    if cfg.sharding.topology is None:  # measure this machine now, under this run's conditions
+        topo_file = cfg.run_dir / "bench-planner-topology.json"
+        print(f"[bench] calibrating this machine -> {topo_file}", flush=True)
+        save_topology(calibrate(ranks=2, threads=int(cfg.ray.cpus_per_worker)), topo_file)
+        cfg = parse_config(
+            apply_overrides(cfg.model_dump(mode="json"), [f"sharding.topology={topo_file}"]),
+            "bench planner",
+        )
 
     print("[bench] ours vs TorchRec's default plan (same model, same batches)", flush=True)
     for world in (2, 4):

@@ -111,12 +111,15 @@ def workload_for_config(
     dense = sum(
         p.numel() for name, p in model.named_parameters() if not name.startswith("sparse_arch.")
     )
+    vectors = layout.num_vectors + 1  # the dot interaction's inputs: every chunk + dense
+    interaction = vectors * vectors * layout.dim if cfg.model.interaction == "dot" else 0
     return Workload(
         tables=tables,
         batch_size_per_rank=cfg.train.batch_size,
         optimizer=OptimizerState.of(cfg.embedding.optimizer.type, device_type),
         dense_parameters=dense,
         dense_optimizer_slots=_DENSE_OPTIMIZER_SLOTS[cfg.train.dense_optimizer],
+        interaction_elements_per_sample=interaction,
     )
 
 
