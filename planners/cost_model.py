@@ -143,7 +143,9 @@ def block_costs(
     if n_h > 1:  # reduce-scatter among the holders
         rs = np.where(is_holder, partials * (n_h - 1) / n_h, 0.0)
         rs_inter = np.where(is_holder, (n_h - holders_on_node) / (n_h - 1), 0.0)
-        c.comm += 2 * _link_seconds(rs, rs_inter, topo, "reduce_scatter")
+        # forward reduce-scatter, backward all-gather of the same bytes
+        c.comm += _link_seconds(rs, rs_inter, topo, "reduce_scatter")
+        c.comm += _link_seconds(rs, rs_inter, topo, "all_gather")
         c.comm_bytes += 4 * rs
     if n_h < world:  # all-to-all: holders hand the other ranks their samples' bags
         out = np.where(is_holder, bags_bytes * (world - n_h) / n_h, bags_bytes)

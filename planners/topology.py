@@ -30,6 +30,7 @@ class Link:
 
     all_to_all_bytes_per_second: float
     reduce_scatter_bytes_per_second: float
+    all_gather_bytes_per_second: float
     all_reduce_bytes_per_second: float
     latency_seconds: float  # fixed cost of one collective call across this link
 
@@ -88,6 +89,7 @@ class _Strict(BaseModel):
 class LinkSpec(_Strict):
     all_to_all_bytes_per_second: float = Field(gt=0)
     reduce_scatter_bytes_per_second: float = Field(gt=0)
+    all_gather_bytes_per_second: float = Field(gt=0)
     all_reduce_bytes_per_second: float = Field(gt=0)
     latency_seconds: float = Field(ge=0)
 
@@ -142,12 +144,14 @@ CPU_PRESET = TopologySpec(
     intra_node=LinkSpec(
         all_to_all_bytes_per_second=1.7e9,
         reduce_scatter_bytes_per_second=4.5e8,
+        all_gather_bytes_per_second=4.5e8,
         all_reduce_bytes_per_second=7.7e8,
         latency_seconds=1.9e-4,
     ),
     inter_node=LinkSpec(
         all_to_all_bytes_per_second=1.5e9,
         reduce_scatter_bytes_per_second=4.5e8,
+        all_gather_bytes_per_second=4.5e8,
         all_reduce_bytes_per_second=7.7e8,
         latency_seconds=5e-4,
     ),
@@ -172,12 +176,14 @@ CUDA_PRESET = TopologySpec(
     intra_node=LinkSpec(
         all_to_all_bytes_per_second=3.0e11,
         reduce_scatter_bytes_per_second=3.0e11,
+        all_gather_bytes_per_second=3.0e11,
         all_reduce_bytes_per_second=3.0e11,
         latency_seconds=2e-5,
     ),
     inter_node=LinkSpec(
         all_to_all_bytes_per_second=4.0e10,
         reduce_scatter_bytes_per_second=4.0e10,
+        all_gather_bytes_per_second=4.0e10,
         all_reduce_bytes_per_second=4.0e10,
         latency_seconds=3e-5,
     ),
@@ -260,6 +266,7 @@ def check_topology(topo: Topology) -> None:
         speeds = (
             link.all_to_all_bytes_per_second,
             link.reduce_scatter_bytes_per_second,
+            link.all_gather_bytes_per_second,
             link.all_reduce_bytes_per_second,
         )
         if min(speeds) <= 0:

@@ -87,6 +87,7 @@ def test_two_nodes_get_a_hierarchical_plan_that_runs(setup: dict[str, Any]) -> N
                 update={
                     "all_to_all_bytes_per_second": 7.5e7,
                     "reduce_scatter_bytes_per_second": 2.5e7,
+                    "all_gather_bytes_per_second": 2.5e7,
                     "all_reduce_bytes_per_second": 4e7,
                 }
             )
