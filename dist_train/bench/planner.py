@@ -2,15 +2,17 @@
 
 The job's topology file is used if it has one; otherwise the bench calibrates this machine
 first (``dist-train calibrate``), so estimates and measurements share the run's conditions.
+For each shape (2 ranks on one node; 4 ranks as 2 simulated nodes x 2) every plan below is
+built in the same gloo processes and timed in interleaved rounds on the same fixed batches, so
+a shared machine's slow spells hit all plans alike; each plan's figure is its median step
+(slowest rank).
 
-1. Ours vs TorchRec: for 2 and 4 CPU ranks, the job's plan (our planner) and TorchRec's
-   ``EmbeddingShardingPlanner`` plan (stock sharder, default constants) each train the same
-   fixed batches in real gloo processes. Printed: median step time (slowest rank) and max
-   per-rank memory held by embedding weights + optimizer state, as TorchRec/ours ratios.
-2. Fidelity: every sharding type the planner can emit (2 ranks; table_row_wise and grid_shard
-   on 2 simulated nodes x 2 ranks) is run the same way and its estimated step time is set
-   against the measured one; the planner's ranking of the types is compared with the measured
-   ranking (Kendall's tau and whether both pick the same fastest type).
+1. Ours vs TorchRec: the job's plan (our planner) and TorchRec's ``EmbeddingShardingPlanner``
+   plan (stock sharder, default constants): step time and max per-rank memory held by
+   embedding weights + optimizer state, as TorchRec/ours ratios.
+2. Fidelity: every sharding type the planner can emit at that shape, its estimated step time
+   against the measured one; the planner's ranking of the types against the measured ranking
+   (Kendall's tau, and whether both pick the same fastest type).
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ from planners.sharders import embedding_kernel, fused_params
 from planners.topology import save_topology
 from planners.torchrec_baseline import estimate, placements_of, torchrec_plan
 
-WARMUP_STEPS = 3
-TIMED_STEPS = 12
+WARMUP_STEPS = 2
+ROUNDS = 6
+STEPS_PER_ROUND = 3
+SHAPES = ((2, 2), (4, 2))  # (ranks, ranks per node)
 
 
 def _state_bytes(trainer: Trainer) -> int:
@@ -59,42 +63,53 @@ def _state_bytes(trainer: Trainer) -> int:
     return total
 
 
-def time_plan(
-    cfg_raw: dict[str, Any], job_plan: JobPlan, data_path: str, steps: int
-) -> dict[str, Any]:
-    """Worker: train on fixed batches with ``job_plan``; step times (slowest rank) and bytes."""
+def time_plans(cfg_raw: dict[str, Any], plans: list[JobPlan], data_path: str) -> dict[str, Any]:
+    """Worker: build a trainer per plan, then time them round-robin on the same batches."""
     cfg = parse_config(cfg_raw)
     rank, world = dist.get_rank(), dist.get_world_size()
-    discover_topology(f"node-{rank // job_plan.local_world_size}")
-    trainer = Trainer.build(cfg, job_plan, local_world_size=job_plan.local_world_size)
-    builder = trainer.batch_builder()
+    discover_topology(f"node-{rank // plans[0].local_world_size}")
+    trainers = [Trainer.build(cfg, p, local_world_size=p.local_world_size) for p in plans]
+    builder = trainers[0].batch_builder()
     table = pq.read_table(data_path, columns=builder.columns)
     batch = cfg.train.batch_size
+    steps = WARMUP_STEPS + ROUNDS * STEPS_PER_ROUND
     batches = [
         builder.build(table.slice(((s * world + rank) * batch) % (table.num_rows - batch), batch))
         for s in range(steps)
     ]
-    times = []
-    for b in batches:
-        dist.barrier()
-        start = time.perf_counter()
-        trainer.train_step(b)
-        dist.barrier()  # the step ends when the slowest rank is done
-        times.append(time.perf_counter() - start)
-    return {"step_seconds": times, "state_bytes": _state_bytes(trainer)}
-
-
-def _measure(cfg: JobConfig, job_plan: JobPlan, data: str) -> dict[str, float]:
-    args = (cfg.model_dump(mode="json"), job_plan, data, WARMUP_STEPS + TIMED_STEPS)
-    out = run_processes(time_plan, args, world_size=job_plan.world_size)
+    times: list[list[float]] = [[] for _ in plans]
+    for trainer in trainers:
+        for b in batches[:WARMUP_STEPS]:
+            trainer.train_step(b)
+    for r in range(ROUNDS):
+        for i, trainer in enumerate(trainers):
+            for s in range(STEPS_PER_ROUND):
+                b = batches[WARMUP_STEPS + r * STEPS_PER_ROUND + s]
+                dist.barrier()
+                start = time.perf_counter()
+                trainer.train_step(b)
+                dist.barrier()  # the step ends when the slowest rank is done
+                times[i].append(time.perf_counter() - start)
     return {
-        "step_seconds": statistics.median(out[0]["step_seconds"][WARMUP_STEPS:]),
-        "max_state_bytes": max(r["state_bytes"] for r in out),
+        "step_seconds": [statistics.median(t) for t in times],
+        "state_bytes": [_state_bytes(t) for t in trainers],
     }
 
 
-def _torchrec_job_plan(cfg: JobConfig, world: int) -> tuple[JobPlan, float]:
-    planner, model = planner_for_config(cfg, world, world)
+def _measure(cfg: JobConfig, plans: list[JobPlan], data: str) -> list[dict[str, float]]:
+    args = (cfg.model_dump(mode="json"), plans, data)
+    out = run_processes(time_plans, args, world_size=plans[0].world_size)
+    return [
+        {
+            "step_seconds": out[0]["step_seconds"][i],
+            "max_state_bytes": max(r["state_bytes"][i] for r in out),
+        }
+        for i in range(len(plans))
+    ]
+
+
+def _torchrec_job_plan(cfg: JobConfig, world: int, per_node: int) -> tuple[JobPlan, float]:
+    planner, model = planner_for_config(cfg, world, per_node)
     opt = cfg.embedding.optimizer
     params = (
         fused_params(opt.type, opt.learning_rate, opt.eps, opt.weight_decay)
@@ -103,7 +118,7 @@ def _torchrec_job_plan(cfg: JobConfig, world: int) -> tuple[JobPlan, float]:
     )
     plan, _ = torchrec_plan(model, planner.workload, planner.topology, params)
     ours = estimate(placements_of(plan, planner.topology), planner.workload, planner.topology)
-    return JobPlan(plan, world, world, "cpu", ours.step_seconds), ours.step_seconds
+    return JobPlan(plan, world, per_node, "cpu", ours.step_seconds), ours.step_seconds
 
 
 def _kendall_tau(a: list[float], b: list[float]) -> float:
@@ -116,7 +131,7 @@ def _kendall_tau(a: list[float], b: list[float]) -> float:
 
 def run_planner_bench(cfg: JobConfig, json_out: str | None = None) -> dict[str, Any]:
     """Run both parts; print and return the figures."""
-    rows_needed = (WARMUP_STEPS + TIMED_STEPS) * 4 * cfg.train.batch_size + cfg.train.batch_size
+    rows_needed = (WARMUP_STEPS + ROUNDS * STEPS_PER_ROUND + 1) * 4 * cfg.train.batch_size
     synth = cfg.data.synthetic.model_copy(
         update={"num_train_rows": rows_needed, "num_test_rows": 1024}
     )
@@ -131,67 +146,75 @@ def run_planner_bench(cfg: JobConfig, json_out: str | None = None) -> dict[str, 
             "bench planner",
         )
 
-    print("[bench] ours vs TorchRec's default plan (same model, same batches)", flush=True)
-    for world in (2, 4):
-        ours_plan = plan_job(cfg, world, world)
-        tr_plan, tr_estimate = _torchrec_job_plan(cfg, world)
-        ours, theirs = _measure(cfg, ours_plan, data), _measure(cfg, tr_plan, data)
+    for world, per_node in SHAPES:
+        types = ["row_wise", "column_wise", "table_wise", "data_parallel"]
+        if world > per_node:
+            types += ["table_row_wise", "grid_shard"]
+        typed = [
+            parse_config(
+                apply_overrides(cfg.model_dump(mode="json"), [f"sharding.type={t}"]), f"bench {t}"
+            )
+            for t in types
+        ]
+        ours = plan_job(cfg, world, per_node)
+        theirs, theirs_estimate = _torchrec_job_plan(cfg, world, per_node)
+        plans = [ours, theirs, *(plan_job(c, world, per_node) for c in typed)]
+        print(
+            f"[bench] {world} ranks ({per_node} per node): timing {len(plans)} plans "
+            f"interleaved, {ROUNDS} rounds x {STEPS_PER_ROUND} steps",
+            flush=True,
+        )
+        measured = _measure(cfg, plans, data)
+        m_ours, m_theirs = measured[0], measured[1]
         row = {
             "ranks": world,
-            "ours": ours_plan.label,
-            "torchrec": tr_plan.label,
-            "ours_step_seconds": ours["step_seconds"],
-            "torchrec_step_seconds": theirs["step_seconds"],
-            "ours_estimated_step_seconds": ours_plan.estimated_step_seconds,
-            "torchrec_estimated_step_seconds_by_our_model": tr_estimate,
-            "step_time_ratio_torchrec_over_ours": theirs["step_seconds"] / ours["step_seconds"],
-            "ours_max_memory_bytes": ours["max_state_bytes"],
-            "torchrec_max_memory_bytes": theirs["max_state_bytes"],
-            "memory_ratio_torchrec_over_ours": theirs["max_state_bytes"] / ours["max_state_bytes"],
+            "ranks_per_node": per_node,
+            "ours": ours.label,
+            "torchrec": theirs.label,
+            "ours_step_seconds": m_ours["step_seconds"],
+            "torchrec_step_seconds": m_theirs["step_seconds"],
+            "ours_estimated_step_seconds": ours.estimated_step_seconds,
+            "torchrec_estimated_step_seconds_by_our_model": theirs_estimate,
+            "step_time_ratio_torchrec_over_ours": m_theirs["step_seconds"] / m_ours["step_seconds"],
+            "ours_max_memory_bytes": m_ours["max_state_bytes"],
+            "torchrec_max_memory_bytes": m_theirs["max_state_bytes"],
+            "memory_ratio_torchrec_over_ours": m_theirs["max_state_bytes"]
+            / m_ours["max_state_bytes"],
         }
         result["versus_torchrec"].append(row)
         print(
-            f"  {world} ranks: ours {row['ours']} {ours['step_seconds'] * 1e3:.1f} ms, "
-            f"{ours['max_state_bytes'] / 2**20:.1f} MiB | TorchRec {row['torchrec']} "
-            f"{theirs['step_seconds'] * 1e3:.1f} ms, {theirs['max_state_bytes'] / 2**20:.1f} MiB"
-            f" | TorchRec/ours: step x{row['step_time_ratio_torchrec_over_ours']:.2f}, "
-            f"memory x{row['memory_ratio_torchrec_over_ours']:.2f}",
+            f"  ours {row['ours']} {m_ours['step_seconds'] * 1e3:.1f} ms, "
+            f"{m_ours['max_state_bytes'] / 2**20:.1f} MiB | TorchRec {row['torchrec']} "
+            f"{m_theirs['step_seconds'] * 1e3:.1f} ms, "
+            f"{m_theirs['max_state_bytes'] / 2**20:.1f} MiB | TorchRec/ours: step "
+            f"x{row['step_time_ratio_torchrec_over_ours']:.2f}, memory "
+            f"x{row['memory_ratio_torchrec_over_ours']:.2f}",
             flush=True,
         )
-
-    print("[bench] fidelity: estimated vs measured step time per sharding type", flush=True)
-    cases = [(t, 2, 2) for t in ("row_wise", "column_wise", "table_wise", "data_parallel")]
-    cases += [(t, 4, 2) for t in ("row_wise", "column_wise", "table_row_wise", "grid_shard")]
-    for sharding_type, world, per_node in cases:
-        typed = parse_config(
-            apply_overrides(cfg.model_dump(mode="json"), [f"sharding.type={sharding_type}"]),
-            f"bench {sharding_type}",
-        )
-        plan = plan_job(typed, world, per_node)
-        measured = _measure(typed, plan, data)
-        row = {
-            "sharding_type": sharding_type,
-            "ranks": world,
-            "ranks_per_node": per_node,
-            "estimated_step_seconds": plan.estimated_step_seconds,
-            "measured_step_seconds": measured["step_seconds"],
-        }
-        result["fidelity"].append(row)
-        print(
-            f"  {sharding_type:<15} {world} ranks ({per_node}/node): estimated "
-            f"{plan.estimated_step_seconds * 1e3:7.1f} ms, measured "
-            f"{measured['step_seconds'] * 1e3:7.1f} ms",
-            flush=True,
-        )
-    for world in (2, 4):
-        rows = [r for r in result["fidelity"] if r["ranks"] == world]
-        est = [r["estimated_step_seconds"] for r in rows]
-        meas = [r["measured_step_seconds"] for r in rows]
+        rows: list[dict[str, Any]] = []
+        for t, plan, m in zip(types, plans[2:], measured[2:], strict=True):
+            rows.append(
+                {
+                    "sharding_type": t,
+                    "ranks": world,
+                    "ranks_per_node": per_node,
+                    "estimated_step_seconds": plan.estimated_step_seconds,
+                    "measured_step_seconds": m["step_seconds"],
+                }
+            )
+            print(
+                f"  {t:<15} estimated {plan.estimated_step_seconds * 1e3:7.1f} ms, "
+                f"measured {m['step_seconds'] * 1e3:7.1f} ms",
+                flush=True,
+            )
+        result["fidelity"] += rows
+        est = [float(r["estimated_step_seconds"]) for r in rows]
+        meas = [float(r["measured_step_seconds"]) for r in rows]
         tau = _kendall_tau(est, meas)
         same_best = est.index(min(est)) == meas.index(min(meas))
         result[f"ranking_kendall_tau_{world}_ranks"] = tau
         result[f"same_fastest_type_{world}_ranks"] = same_best
-        print(f"  {world} ranks: Kendall tau {tau:+.2f}, same fastest type: {same_best}")
+        print(f"  ranking: Kendall tau {tau:+.2f}, same fastest type: {same_best}", flush=True)
     if json_out:
         Path(json_out).write_text(json.dumps(result, indent=2))
     return result
