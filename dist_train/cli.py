@@ -144,7 +144,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         f"all-to-all {link.all_to_all_bytes_per_second / 1e9:.2f} GB/s, reduce-scatter "
         f"{link.reduce_scatter_bytes_per_second / 1e9:.2f} GB/s, all-reduce "
         f"{link.all_reduce_bytes_per_second / 1e9:.2f} GB/s, latency "
-        f"{link.latency_seconds * 1e6:.0f} us"
+        f"{link.latency_seconds * 1e6:.0f} us, TorchRec per bag "
+        + ", ".join(f"{t} {v * 1e9:.0f} ns" for t, v in spec.bag_seconds.items())
     )
     print(f"wrote {args.out} (use it with --set sharding.topology={args.out})")
     return 0

@@ -12,7 +12,10 @@ Measured (CPU, gloo; each rank with the job's thread count):
   are cheaper than uniform ones; distinct salts spread the hot ids over many rows);
 - all-to-all, reduce-scatter, all-gather and all-reduce between real processes at two message
   sizes, fit as ``latency + bytes / bandwidth`` (bytes one rank moves; twice that for a ring
-  all-reduce).
+  all-reduce);
+- TorchRec's own per-bag work by sharding type: a real sharded EmbeddingBagCollection runs
+  forward + backward with each flat type between the ranks; what the model's lookups and traffic
+  do not explain, over the bags the busiest rank handles, is that type's ``bag_seconds``.
 
 Inter-node links cannot be measured on one machine; they keep the preset's NIC figures, capped
 by the measured intra-node link, and the file says so under ``measured``.
@@ -31,6 +34,7 @@ import torch
 import torch.distributed as dist
 
 from planners.topology import CPU_PRESET, LinkSpec, TopologySpec
+from planners.workload import OptimizerState, TableLoad, Workload
 
 TBE_ROWS = 1_000_000
 TBE_VALUES = 10_000_000
@@ -155,6 +159,109 @@ def collective_timings(repeats: int) -> dict[str, list[float]]:
     return out
 
 
+FRAMEWORK_TYPES = ("row_wise", "column_wise", "table_wise", "data_parallel")
+FRAMEWORK_ROWS = 200_000
+FRAMEWORK_DIM = 16
+FRAMEWORK_BAGS = 32
+FRAMEWORK_BATCH = 1024
+FRAMEWORK_ROUNDS = 5
+
+
+def _framework_workload() -> Workload:
+    table = TableLoad("t", FRAMEWORK_ROWS, FRAMEWORK_DIM, FRAMEWORK_BAGS, float(FRAMEWORK_BAGS))
+    return Workload((table,), FRAMEWORK_BATCH, OptimizerState.of("rowwise_adagrad", "cpu"), 0, 0)
+
+
+def sharded_step_timings(spec: TopologySpec) -> list[float]:
+    """Run on every rank: median forward + backward seconds of a real TorchRec sharded
+    EmbeddingBagCollection (one table, FRAMEWORK_BAGS features, fused row-wise Adagrad) for
+    each of FRAMEWORK_TYPES, timed in interleaved rounds."""
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.distributed.types import ShardingEnv
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    from planners.planner import plan_from_placements
+    from planners.search import search
+    from planners.sharders import AnyDeviceEmbeddingBagCollectionSharder, fused_params
+    from planners.topology import resize, topology_of
+
+    world, rank = dist.get_world_size(), dist.get_rank()
+    topo = resize(topology_of(spec), num_nodes=1, ranks_per_node=world)
+    workload = _framework_workload()
+    features = [f"f{i}" for i in range(FRAMEWORK_BAGS)]
+    sharder = AnyDeviceEmbeddingBagCollectionSharder(
+        fused_params=fused_params("rowwise_adagrad", 0.01, 1e-8, 0.0)
+    )
+    models = []
+    for t in FRAMEWORK_TYPES:
+        ebc = EmbeddingBagCollection(
+            tables=[
+                EmbeddingBagConfig(
+                    name="t",
+                    embedding_dim=FRAMEWORK_DIM,
+                    num_embeddings=FRAMEWORK_ROWS,
+                    feature_names=features,
+                )
+            ],
+            device=torch.device("meta"),
+        )
+        placements = search(workload, topo, (t,)).best.placements
+        kernel = "dense" if t == "data_parallel" else "fused"
+        plan = plan_from_placements(ebc, placements, workload, topo, kernel)
+        models.append(
+            DistributedModelParallel(
+                ebc,
+                env=ShardingEnv.from_process_group(dist.group.WORLD),
+                device=torch.device("cpu"),
+                plan=plan,
+                sharders=[sharder],  # type: ignore[list-item]
+            )
+        )
+    ids = zipf_rows(FRAMEWORK_BATCH, FRAMEWORK_BAGS, seed=rank) % FRAMEWORK_ROWS
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=features, values=ids, lengths=torch.ones(ids.numel(), dtype=torch.int32)
+    )
+
+    def step(model: Any) -> None:
+        out = model(kjt)
+        out.values().sum().backward()
+
+    times: list[list[float]] = [[] for _ in models]
+    for model in models:
+        step(model)
+    for _ in range(FRAMEWORK_ROUNDS):
+        for i, model in enumerate(models):
+            for _ in range(3):
+                dist.barrier()
+                start = time.perf_counter()
+                step(model)
+                dist.barrier()
+                times[i].append(time.perf_counter() - start)
+    return [float(np.median(t)) for t in times]
+
+
+def _bag_seconds(spec: TopologySpec, ranks: int, seconds: list[float]) -> dict[str, float]:
+    """Per-bag TorchRec work by type: the measured step less the model's lookups and traffic,
+    over the bags the busiest rank handles."""
+    from planners.cost_model import bags_handled, latency_costs, table_costs
+    from planners.search import search
+    from planners.topology import resize, topology_of
+
+    topo = resize(topology_of(spec), num_nodes=1, ranks_per_node=ranks)
+    workload = _framework_workload()
+    table = workload.tables[0]
+    out = {}
+    for t, measured in zip(FRAMEWORK_TYPES, seconds, strict=True):
+        placement = search(workload, topo, (t,)).best.placements[0]
+        costs = table_costs(placement, table, workload, topo) + latency_costs({t}, topo)
+        handled = bags_handled(placement, table, workload, topo)
+        r = int(np.argmax(handled))
+        out[t] = max(measured - float(costs.step_seconds[r]), 0.0) / float(handled[r])
+    return out
+
+
 def _inter_node(intra: LinkSpec) -> LinkSpec:
     """The preset's NIC figures, but never faster than the measured intra-node link."""
     nic = CPU_PRESET.inter_node
@@ -211,7 +318,7 @@ def calibrate(
     if memory_per_rank_bytes is None:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         memory_per_rank_bytes = total // ranks
-    return TopologySpec(
+    spec = TopologySpec(
         num_nodes=1,
         ranks_per_node=ranks,
         device_type="cpu",
@@ -228,4 +335,15 @@ def calibrate(
         threads_per_rank=threads,
         source=f"calibrated: {ranks} gloo ranks x {threads} thread(s) on {os.uname().nodename}",
         measured=measured,
+    )
+    if ranks < 2:
+        return spec
+    seconds = run_processes(sharded_step_timings, (spec,), ranks, threads)[0]
+    measured["torchrec_step_seconds"] = dict(zip(FRAMEWORK_TYPES, seconds, strict=True))
+    measured["torchrec_reference"] = (
+        f"{FRAMEWORK_ROWS:,} x {FRAMEWORK_DIM} table, {FRAMEWORK_BAGS} bags, batch "
+        f"{FRAMEWORK_BATCH} per rank"
+    )
+    return spec.model_copy(
+        update={"bag_seconds": _bag_seconds(spec, ranks, seconds), "measured": measured}
     )

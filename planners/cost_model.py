@@ -50,6 +50,7 @@ class RankCosts:
 
     memory: np.ndarray  # bytes
     lookup: np.ndarray  # seconds
+    framework: np.ndarray  # seconds of TorchRec's per-bag work
     dense: np.ndarray  # seconds of dense-model compute
     comm: np.ndarray  # seconds, bandwidth part
     latency: np.ndarray  # seconds
@@ -57,12 +58,13 @@ class RankCosts:
 
     @classmethod
     def zeros(cls, world: int) -> RankCosts:
-        return cls(*(np.zeros(world) for _ in range(6)))
+        return cls(*(np.zeros(world) for _ in range(7)))
 
     def __add__(self, other: RankCosts) -> RankCosts:
         return RankCosts(
             self.memory + other.memory,
             self.lookup + other.lookup,
+            self.framework + other.framework,
             self.dense + other.dense,
             self.comm + other.comm,
             self.latency + other.latency,
@@ -71,7 +73,7 @@ class RankCosts:
 
     @property
     def step_seconds(self) -> np.ndarray:
-        return self.lookup + self.dense + self.comm + self.latency
+        return self.lookup + self.framework + self.dense + self.comm + self.latency
 
 
 def _link_seconds(
@@ -190,18 +192,48 @@ def data_parallel_costs(table: TableLoad, workload: Workload, topo: Topology) ->
     return c
 
 
+# Hierarchical types run the same TorchRec code paths inside a node as their flat forms.
+_FRAMEWORK_AS = {"table_row_wise": "row_wise", "grid_shard": "column_wise"}
+
+
+def bags_handled(
+    placement: TablePlacement, table: TableLoad, workload: Workload, topo: Topology
+) -> np.ndarray:
+    """Pooled bags each rank handles for a table: a holder every sample's bags of its block,
+    any other rank its own samples' bags (data_parallel: its own, on every rank)."""
+    world, bags = topo.world_size, workload.batch_size_per_rank * table.bags_per_sample
+    if placement.sharding_type == "data_parallel":
+        return np.full(world, float(bags))
+    blocks: dict[int, list[int]] = {}
+    for s in placement.shards:
+        blocks.setdefault(s.col_offset, []).append(s.rank)
+    handled = np.zeros(world)
+    for holders in blocks.values():
+        held = np.zeros(world, dtype=bool)
+        held[holders] = True
+        handled += np.where(held, world * bags, bags)
+    return handled
+
+
+def framework_kind(sharding_type: str) -> str:
+    """The sharding type whose measured per-bag cost applies to ``sharding_type``."""
+    return _FRAMEWORK_AS.get(sharding_type, sharding_type)
+
+
 def table_costs(
     placement: TablePlacement, table: TableLoad, workload: Workload, topo: Topology
 ) -> RankCosts:
     """Costs of one table's placement, without the per-type collective latency."""
+    total = RankCosts.zeros(topo.world_size)
+    per_bag = dict(topo.bag_seconds).get(framework_kind(placement.sharding_type), 0.0)
+    total.framework += per_bag * bags_handled(placement, table, workload, topo)
     if placement.sharding_type == "data_parallel":
-        return data_parallel_costs(table, workload, topo)
+        return total + data_parallel_costs(table, workload, topo)
     blocks: dict[int, list[tuple[int, int]]] = {}
     widths: dict[int, int] = {}
     for s in placement.shards:
         blocks.setdefault(s.col_offset, []).append((s.rank, s.rows))
         widths[s.col_offset] = s.cols
-    total = RankCosts.zeros(topo.world_size)
     for col, members in blocks.items():
         ranks = [r for r, _ in members]
         sizes = [n for _, n in members]

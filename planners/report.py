@@ -11,7 +11,7 @@ from planners.search import PlanEstimate, SearchResult
 from planners.topology import Topology
 from planners.workload import Workload
 
-_PARTS = ("lookup", "dense", "comm", "latency")
+_PARTS = ("lookup", "framework", "dense", "comm", "latency")
 
 
 def _placement_json(p: TablePlacement, workload: Workload) -> dict[str, Any]:

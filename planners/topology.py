@@ -51,6 +51,9 @@ class Topology:
     dense_update_elements_per_second: float  # a torch optimizer step, per parameter
     intra_node: Link
     inter_node: Link
+    # TorchRec's own work per pooled bag a rank handles (KJT permutes, bucketizing, output
+    # assembly), by sharding type; measured by `dist-train calibrate`
+    bag_seconds: tuple[tuple[str, float], ...] = ()
     reserve_fraction: float = 0.1  # of each rank's memory kept free (allocator, fragmentation)
     cores_per_node: int | None = None  # CPU: ranks of a node share these cores
     threads_per_rank: int = 1
@@ -110,6 +113,10 @@ class TopologySpec(_Strict):
     dense_update_elements_per_second: float = Field(gt=0)
     intra_node: LinkSpec
     inter_node: LinkSpec
+    bag_seconds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Sharding type -> TorchRec's seconds per pooled bag a rank handles.",
+    )
     reserve_fraction: float = Field(0.1, ge=0, lt=1)
     cores_per_node: int | None = Field(None, gt=0)
     threads_per_rank: int = Field(1, gt=0)
@@ -136,25 +143,31 @@ CPU_PRESET = TopologySpec(
     ranks_per_node=2,
     device_type="cpu",
     memory_per_rank_bytes=8 * 2**30,
-    memory_bytes_per_second=2.2e10,
-    lookup_seconds_per_row={4: 3.9e-8, 8: 4.4e-8, 16: 5.6e-8, 32: 1.0e-7, 64: 1.9e-7, 128: 3.0e-7},
-    dense_flops_per_second=1.0e11,
-    interaction_elements_per_second=2.4e9,
+    memory_bytes_per_second=2.4e10,
+    lookup_seconds_per_row={4: 4.9e-8, 8: 5.3e-8, 16: 7.2e-8, 32: 1.15e-7, 64: 2.3e-7, 128: 5.9e-7},
+    dense_flops_per_second=9.6e10,
+    interaction_elements_per_second=2.5e9,
     dense_update_elements_per_second=7.7e8,
     intra_node=LinkSpec(
-        all_to_all_bytes_per_second=1.7e9,
-        reduce_scatter_bytes_per_second=4.5e8,
-        all_gather_bytes_per_second=4.5e8,
-        all_reduce_bytes_per_second=7.7e8,
-        latency_seconds=1.9e-4,
+        all_to_all_bytes_per_second=1.5e9,
+        reduce_scatter_bytes_per_second=6.6e8,
+        all_gather_bytes_per_second=1.4e9,
+        all_reduce_bytes_per_second=2.2e9,
+        latency_seconds=3.0e-4,
     ),
     inter_node=LinkSpec(
         all_to_all_bytes_per_second=1.5e9,
-        reduce_scatter_bytes_per_second=4.5e8,
-        all_gather_bytes_per_second=4.5e8,
-        all_reduce_bytes_per_second=7.7e8,
+        reduce_scatter_bytes_per_second=6.6e8,
+        all_gather_bytes_per_second=1.4e9,
+        all_reduce_bytes_per_second=1.5e9,
         latency_seconds=5e-4,
     ),
+    bag_seconds={
+        "row_wise": 2.0e-7,
+        "column_wise": 1.0e-7,
+        "table_wise": 8.0e-8,
+        "data_parallel": 1.9e-7,
+    },
     cores_per_node=2,
     threads_per_rank=1,
     source="preset:cpu (calibrated on the project's 2-core machines)",
@@ -191,11 +204,12 @@ CUDA_PRESET = TopologySpec(
 )
 
 
-def _from_spec(spec: TopologySpec) -> Topology:
+def topology_of(spec: TopologySpec) -> Topology:
     values = spec.model_dump(exclude={"measured"})
     values["intra_node"] = Link(**values["intra_node"])
     values["inter_node"] = Link(**values["inter_node"])
     values["lookup_seconds_per_row"] = tuple(sorted(spec.lookup_seconds_per_row.items()))
+    values["bag_seconds"] = tuple(sorted(spec.bag_seconds.items()))
     return Topology(**values)
 
 
@@ -214,7 +228,7 @@ def load_topology(path: str | Path) -> Topology:
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
         )
         raise TopologyError(f"{path}: {problems}") from None
-    return _from_spec(spec)
+    return topology_of(spec)
 
 
 def save_topology(spec: TopologySpec, path: str | Path) -> None:
@@ -225,7 +239,7 @@ def preset(device_type: str) -> Topology:
     """The built-in topology for ``cpu`` or ``cuda``."""
     if device_type not in ("cpu", "cuda"):
         raise TopologyError(f"unknown device type {device_type!r}; use cpu or cuda")
-    return _from_spec(CPU_PRESET if device_type == "cpu" else CUDA_PRESET)
+    return topology_of(CPU_PRESET if device_type == "cpu" else CUDA_PRESET)
 
 
 def resize(

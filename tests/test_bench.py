@@ -55,3 +55,18 @@ def test_bench_ingest_reports_the_promised_keys(tmp_path: Path) -> None:
         "train_rows_per_second",
     ):
         assert result[key] > 0, key
+
+
+def test_bench_planner_reports_ratios_and_fidelity(tmp_path: Path) -> None:
+    out = tmp_path / "planner.json"
+    args = ["bench", "planner", "--config", TINY, "--set", f"output_dir={tmp_path}"]
+    assert main([*args, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["ranks"] for r in result["versus_torchrec"]] == [2, 4]
+    for row in result["versus_torchrec"]:
+        assert row["step_time_ratio_torchrec_over_ours"] > 0
+        assert row["memory_ratio_torchrec_over_ours"] > 0
+    types = [(r["ranks"], r["sharding_type"]) for r in result["fidelity"]]
+    assert (4, "grid_shard") in types and (2, "data_parallel") in types
+    assert all(r["measured_step_seconds"] > 0 for r in result["fidelity"])
+    assert -1.0 <= result["ranking_kendall_tau_2_ranks"] <= 1.0

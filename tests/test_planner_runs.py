@@ -15,7 +15,7 @@ from dist_train.launchers.processes import run_processes
 from dist_train.train.sharding import plan_job
 from planners.topology import CPU_PRESET, save_topology
 from tests.conftest import small_config
-from tests.workers import assemble_tables, train_fixed_batches
+from tests.workers import assemble_tables, collective_plan_placements, train_fixed_batches
 
 NUM_STEPS = 12
 GLOBAL_BATCH = 256
@@ -104,3 +104,10 @@ def test_two_nodes_get_a_hierarchical_plan_that_runs(setup: dict[str, Any]) -> N
     run = run_processes(train_fixed_batches, args, world_size=4)
     assert run[0]["placements"] == plan.placements()
     _assert_same(setup["reference"], run)
+
+
+def test_collective_plan_is_made_on_rank_0_and_shared(setup: dict[str, Any]) -> None:
+    cfg = small_config(setup["tmp"], OVERRIDES)
+    out = run_processes(collective_plan_placements, (cfg.model_dump(mode="json"),), world_size=2)
+    assert out[0]["placements"] == out[1]["placements"]
+    assert [o["searched_here"] for o in out] == [True, False]

@@ -85,3 +85,14 @@ def assemble_tables(results: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         assert not np.isnan(full).any(), f"{key}: shards do not cover the table"
         tables[key] = full
     return tables
+
+
+def collective_plan_placements(cfg_raw: dict[str, Any]) -> dict[str, Any]:
+    """TorchRec's planner interface: rank 0 plans and broadcasts; each rank's placements."""
+    cfg = parse_config(cfg_raw)
+    world = dist.get_world_size()
+    planner, model = planner_for_config(cfg, world, world)
+    plan = planner.collective_plan(model, [])
+    searched_here = planner.result is not None  # only rank 0 ran the search
+    job_plan = JobPlan(plan, world, world, "cpu")
+    return {"placements": job_plan.placements(), "searched_here": searched_here}
