@@ -113,7 +113,12 @@ def _plan(args: argparse.Namespace) -> int:
 
     try:
         report = dry_run(
-            cfg, args.nodes, args.ranks_per_node, args.device, with_torchrec=not args.no_torchrec
+            cfg,
+            args.nodes,
+            args.ranks_per_node,
+            args.device,
+            with_torchrec=not args.no_torchrec,
+            cores_per_node=args.cores_per_node,
         )
     except (PlanningError, TopologyError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -233,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranks-per-node", type=int, help="ranks per node (default: the job's)")
     p.add_argument("--memory-per-rank", help="memory each rank may use, e.g. 80GiB")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="rank device type")
+    p.add_argument("--cores-per-node", type=int, help="CPU cores a node's ranks share")
     p.add_argument("--topology", help="topology file from `dist-train calibrate`")
     p.add_argument("--batch-size", type=int, help="examples per rank per step")
     p.add_argument("--json", help="also write the report as JSON to this file")

@@ -46,11 +46,14 @@ def dry_run(
     ranks_per_node: int | None = None,
     device_type: str = "cpu",
     with_torchrec: bool = True,
+    cores_per_node: int | None = None,
 ) -> dict[str, Any]:
     """Plan ``cfg`` for ``num_nodes`` x ``ranks_per_node`` ranks (default: the job's own)."""
     nodes = num_nodes or cfg.ray.num_nodes or 1
     per_node = ranks_per_node or max(1, cfg.ray.num_workers // nodes)
-    planner, model = planner_for_config(cfg, nodes * per_node, per_node, device_type)
+    planner, model = planner_for_config(
+        cfg, nodes * per_node, per_node, device_type, cores_per_node
+    )
     planner.plan(model, [make_sharder(cfg, device_type)])  # type: ignore[list-item]
     result = planner.search()
     side = _torchrec_side(cfg, model, planner, device_type) if with_torchrec else None

@@ -84,6 +84,7 @@ def build_report(
             "device_type": topo.device_type,
             "memory_per_rank_bytes": topo.memory_per_rank_bytes,
             "usable_bytes_per_rank": topo.usable_bytes_per_rank,
+            "cores_per_node": topo.cores_per_node,
             "source": topo.source,
         },
         "workload": {

@@ -124,7 +124,11 @@ def workload_for_config(
 
 
 def topology_for_config(
-    cfg: JobConfig, world_size: int, local_world_size: int, device_type: str
+    cfg: JobConfig,
+    world_size: int,
+    local_world_size: int,
+    device_type: str,
+    cores_per_node: int | None = None,
 ) -> Topology:
     """The job's topology file (or the device preset) shaped to ``world_size`` ranks."""
     if world_size % local_world_size:
@@ -136,6 +140,7 @@ def topology_for_config(
         num_nodes=world_size // local_world_size,
         ranks_per_node=local_world_size,
         memory_per_rank_bytes=parse_bytes(memory) if memory else None,
+        cores_per_node=cores_per_node,
     )
 
 
@@ -155,13 +160,17 @@ def allowed_types(cfg: JobConfig) -> tuple[str, ...]:
 
 
 def planner_for_config(
-    cfg: JobConfig, world_size: int, local_world_size: int, device_type: str = "cpu"
+    cfg: JobConfig,
+    world_size: int,
+    local_world_size: int,
+    device_type: str = "cpu",
+    cores_per_node: int | None = None,
 ) -> tuple[CostModelPlanner, nn.Module]:
     """The cost-model planner of a job and the (meta-device) model it plans."""
     layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
     model: nn.Module = build_model(cfg, layout)
     planner = CostModelPlanner(
-        topology_for_config(cfg, world_size, local_world_size, device_type),
+        topology_for_config(cfg, world_size, local_world_size, device_type, cores_per_node),
         workload_for_config(cfg, layout, model, device_type),
         allowed_types(cfg),
         compute_kernel=embedding_kernel(cfg.embedding.optimizer.type, device_type),
