@@ -35,6 +35,8 @@ def run_train(config: str | None, overrides: list[str]) -> int:
     from dist_train.data.reader import DataSourceError
     from dist_train.data.validation import BadInputError
     from dist_train.driver import print_summary, run_job
+    from planners.search import PlanningError
+    from planners.topology import TopologyError
 
     try:
         summary = run_job(cfg)
@@ -43,6 +45,9 @@ def run_train(config: str | None, overrides: list[str]) -> int:
         return 1
     except CheckpointError as err:
         print(f"error: checkpoint: {err}", file=sys.stderr)
+        return 1
+    except (PlanningError, TopologyError) as err:
+        print(f"error: sharding plan: {err}", file=sys.stderr)
         return 1
     except Exception as err:  # noqa: BLE001 - the CLI reports any failure and exits non-zero
         print(f"error: {type(err).__name__}: {err}", file=sys.stderr)

@@ -25,7 +25,7 @@ from dist_train.data.synthetic import generate
 from dist_train.data.validation import BadInputError, BadInputPolicy
 from dist_train.embedding.layout import build_layout
 from dist_train.train.loop import WorkerInputs, run_worker
-from dist_train.train.sharding import JobPlan, plan_for_config
+from dist_train.train.sharding import JobPlan, optimizer_notes, plan_for_config
 from dist_train.train.trainer import make_batch_builder
 
 
@@ -77,6 +77,9 @@ def plan_on_driver(cfg: JobConfig) -> JobPlan:
     job_plan = plan_for_config(cfg)
     for table, p in job_plan.placements().items():
         print(f"[dist-train] plan: {table} {p['type']} on ranks {p['ranks']}", flush=True)
+    types = {str(p["type"]) for p in job_plan.placements().values()}
+    for note in optimizer_notes(cfg, types):
+        print(f"[dist-train] plan: note: {note}", flush=True)
     print(
         f"[dist-train] plan: estimated {job_plan.estimated_step_seconds * 1e3:.1f} ms/step "
         f"(sharding.type={cfg.sharding.type}; `dist-train plan` explains the choice)",

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dist_train.config import JobConfig
-from dist_train.train.sharding import make_sharder, planner_for_config
+from dist_train.train.sharding import make_sharder, optimizer_notes, planner_for_config
 from planners.report import build_report, estimate_json, format_report
 from planners.sharders import embedding_kernel, fused_params
 from planners.torchrec_baseline import estimate, placements_of, torchrec_plan
@@ -57,7 +57,9 @@ def dry_run(
     planner.plan(model, [make_sharder(cfg, device_type)])  # type: ignore[list-item]
     result = planner.search()
     side = _torchrec_side(cfg, model, planner, device_type) if with_torchrec else None
-    return build_report(result, planner.workload, planner.topology, side)
+    report = build_report(result, planner.workload, planner.topology, side)
+    report["notes"] = optimizer_notes(cfg, {p.sharding_type for p in result.best.placements})
+    return report
 
 
 def write_report(report: dict[str, Any], json_path: str | None) -> str:

@@ -154,6 +154,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"chosen: {report['label']}  (searched in {report['plan_seconds']:.2f} s)",
         *(_placement_line(p) for p in report["placements"]),
         f"why: {report['why']}",
+        *(f"note: {n}" for n in report.get("notes", [])),
         f"estimated step: {report['estimated_step_seconds'] * 1e3:.2f} ms on the slowest rank = "
         + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in bd.items())
         + " ms",

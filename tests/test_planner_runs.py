@@ -79,8 +79,8 @@ def test_uneven_row_wise_matches_one_process(setup: dict[str, Any]) -> None:
 
 
 def test_two_nodes_get_a_hierarchical_plan_that_runs(setup: dict[str, Any]) -> None:
-    # A slow network between the two nodes (20x slower than inside one) and a big enough table
-    # that shipping it (data_parallel) or its ids to every rank is dear.
+    # A slow network between the two nodes: 20x slower than inside one, and all-reduce (what
+    # data_parallel needs, allowed with SGD) slower still.
     slow = CPU_PRESET.model_copy(
         update={
             "inter_node": CPU_PRESET.inter_node.model_copy(
@@ -88,7 +88,7 @@ def test_two_nodes_get_a_hierarchical_plan_that_runs(setup: dict[str, Any]) -> N
                     "all_to_all_bytes_per_second": 7.5e7,
                     "reduce_scatter_bytes_per_second": 2.5e7,
                     "all_gather_bytes_per_second": 2.5e7,
-                    "all_reduce_bytes_per_second": 4e7,
+                    "all_reduce_bytes_per_second": 1e6,
                 }
             )
         }

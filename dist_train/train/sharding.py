@@ -188,6 +188,20 @@ def plan_job(
     return JobPlan(plan, world_size, local_world_size, device_type, result.best.step_seconds)
 
 
+COLUMN_SPLITTING = frozenset({"column_wise", "grid_shard"})
+
+
+def optimizer_notes(cfg: JobConfig, sharding_types: set[str]) -> list[str]:
+    """What a plan changes about the embedding optimizer's arithmetic, for the logs."""
+    if cfg.embedding.optimizer.type == "rowwise_adagrad" and sharding_types & COLUMN_SPLITTING:
+        return [
+            "column blocks keep their own row-wise Adagrad accumulator (TorchRec's column-wise "
+            "semantics: each block averages its own columns' squared gradients); "
+            "sharding.type=row_wise keeps one accumulator per row"
+        ]
+    return []
+
+
 def plan_for_config(cfg: JobConfig, device_type: str = "cpu") -> JobPlan:
     """The plan of a job as configured: ``num_workers`` ranks, ``num_workers / num_nodes`` per
     node (what the driver ships to workers, and what ``validate`` sizes)."""
