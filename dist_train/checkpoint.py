@@ -91,11 +91,24 @@ def read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def check_compatible(meta: dict[str, Any], path: Path, world: int) -> TrainPosition:
+def check_compatible(
+    meta: dict[str, Any],
+    path: Path,
+    world: int,
+    placements: dict[str, dict[str, object]] | None = None,
+) -> TrainPosition:
     """The saved position, if a job of ``world`` ranks can resume it; else CheckpointError."""
     position = TrainPosition(**meta["position"])
     saved_world = meta.get("world_size")
+    saved_plan = meta.get("sharding") or {}
     if saved_world == world:
+        if placements is not None and saved_plan and saved_plan != placements:
+            # Loading across plans breaks on optimizer-state keys (TorchRec issue 2394).
+            raise CheckpointError(
+                f"{path}: saved with the plan {saved_plan}, but this job plans {placements}; "
+                "resume with the saved plan (set sharding.type to its type, and the same "
+                "sharding.topology and memory_per_rank)"
+            )
         return position
     if position.batches:
         # Rows are dealt to ranks per (world size, epoch): mid-epoch, another world size would
@@ -104,7 +117,7 @@ def check_compatible(meta: dict[str, Any], path: Path, world: int) -> TrainPosit
             f"{path}: saved mid-epoch by {saved_world} ranks; resume it with {saved_world} "
             f"ranks (this job has {world}), or from a checkpoint at an epoch boundary"
         )
-    saved_types = {p["type"] for p in (meta.get("sharding") or {}).values()}
+    saved_types = {p["type"] for p in saved_plan.values()}
     if saved_types - {"row_wise"}:
         raise CheckpointError(
             f"{path}: resharding {sorted(saved_types)} plans to another world size is not "
@@ -149,7 +162,7 @@ def save(
 def load(trainer: Trainer, path: Path) -> TrainPosition:
     """Restore model and optimizer state from ``path`` into ``trainer``; the saved position."""
     meta = read_meta(path)
-    position = check_compatible(meta, path, dist.get_world_size())
+    position = check_compatible(meta, path, dist.get_world_size(), trainer.plan.placements())
     state = _state(trainer)
     try:
         dcp.load(state, storage_reader=dcp.FileSystemReader(str(path)))

@@ -88,7 +88,7 @@ def plan_on_driver(cfg: JobConfig) -> JobPlan:
     return job_plan
 
 
-def resume_path(cfg: JobConfig) -> str | None:
+def resume_path(cfg: JobConfig, job_plan: JobPlan | None = None) -> str | None:
     """Clean up half-written checkpoints, then resolve ``checkpoint.resume`` to a path."""
     root = checkpoint.checkpoint_root(cfg)
     for p in checkpoint.remove_partials(root):
@@ -100,7 +100,12 @@ def resume_path(cfg: JobConfig) -> str | None:
         print(f"[dist-train] no checkpoint in {root} yet: starting from scratch", flush=True)
         return None
     # Fail here, before workers start, if it is unreadable or cannot resume on this many ranks.
-    checkpoint.check_compatible(checkpoint.read_meta(path), path, cfg.ray.num_workers)
+    checkpoint.check_compatible(
+        checkpoint.read_meta(path),
+        path,
+        cfg.ray.num_workers,
+        job_plan.placements() if job_plan is not None else None,
+    )
     print(f"[dist-train] resuming from {path}", flush=True)
     return str(path)
 
@@ -115,8 +120,9 @@ def _process_worker(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
 def run_job(cfg: JobConfig) -> dict[str, Any]:
     """Run a whole job with its configured launcher; returns the summary (also on disk)."""
     start = time.perf_counter()
+    job_plan = plan_on_driver(cfg)
     inputs = dataclasses.replace(
-        prepare_inputs(cfg), plan=plan_on_driver(cfg), resume=resume_path(cfg)
+        prepare_inputs(cfg), plan=job_plan, resume=resume_path(cfg, job_plan)
     )
     rows = sum(g.num_rows for g in inputs.train_groups)
     print(

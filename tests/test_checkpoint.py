@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from dist_train.checkpoint import CheckpointError, committed
+from dist_train.checkpoint import CheckpointError, check_compatible, committed
 from dist_train.cli import main
 from dist_train.config import load_config
 from dist_train.driver import run_job
@@ -121,3 +121,19 @@ def test_mid_epoch_checkpoint_refuses_another_world_size(tmp_path: Path) -> None
     run_job(load_config(TINY, over))
     with pytest.raises(CheckpointError, match="saved mid-epoch by 2 ranks"):
         run_job(load_config(TINY, [*over, "ray.num_workers=1", "checkpoint.resume=latest"]))
+
+
+def test_resuming_under_another_plan_is_refused_naming_both(tmp_path: Path) -> None:
+    meta = {
+        "position": {"epoch": 1, "batches": 0, "step": 10},
+        "world_size": 2,
+        "sharding": {"unified_0": {"type": "table_wise", "ranks": [0]}},
+    }
+    path = tmp_path / "step-00000010"
+    same = {"unified_0": {"type": "table_wise", "ranks": [0]}}
+    assert check_compatible(meta, path, 2, same).step == 10
+    other = {"unified_0": {"type": "row_wise", "ranks": [0, 1]}}
+    with pytest.raises(
+        CheckpointError, match=r"saved with the plan .*table_wise.* this job plans .*row_wise"
+    ):
+        check_compatible(meta, path, 2, other)
