@@ -30,7 +30,12 @@ import torch.distributed as dist
 from dist_train.config import JobConfig, apply_overrides, parse_config
 from dist_train.data.synthetic import generate
 from dist_train.launchers.processes import run_processes
-from dist_train.train.sharding import JobPlan, plan_job, planner_for_config
+from dist_train.train.sharding import (
+    JobPlan,
+    plan_job,
+    planner_for_config,
+    simulated_node_cores,
+)
 from dist_train.train.topology import discover_topology
 from dist_train.train.trainer import Trainer
 from planners.calibrate import calibrate
@@ -108,8 +113,10 @@ def _measure(cfg: JobConfig, plans: list[JobPlan], data: str) -> list[dict[str, 
     ]
 
 
-def _torchrec_job_plan(cfg: JobConfig, world: int, per_node: int) -> tuple[JobPlan, float]:
-    planner, model = planner_for_config(cfg, world, per_node)
+def _torchrec_job_plan(
+    cfg: JobConfig, world: int, per_node: int, cores: int
+) -> tuple[JobPlan, float]:
+    planner, model = planner_for_config(cfg, world, per_node, cores_per_node=cores)
     opt = cfg.embedding.optimizer
     params = (
         fused_params(opt.type, opt.learning_rate, opt.eps, opt.weight_decay)
@@ -156,9 +163,11 @@ def run_planner_bench(cfg: JobConfig, json_out: str | None = None) -> dict[str, 
             )
             for t in types
         ]
-        ours = plan_job(cfg, world, per_node)
-        theirs, theirs_estimate = _torchrec_job_plan(cfg, world, per_node)
-        plans = [ours, theirs, *(plan_job(c, world, per_node) for c in typed)]
+        # The simulated nodes share this machine's cores.
+        cores = simulated_node_cores(world // per_node)
+        ours = plan_job(cfg, world, per_node, cores_per_node=cores)
+        theirs, theirs_estimate = _torchrec_job_plan(cfg, world, per_node, cores)
+        plans = [ours, theirs, *(plan_job(c, world, per_node, cores_per_node=cores) for c in typed)]
         print(
             f"[bench] {world} ranks ({per_node} per node): timing {len(plans)} plans "
             f"interleaved, {ROUNDS} rounds x {STEPS_PER_ROUND} steps",

@@ -7,6 +7,7 @@ checking that their real node layout matches it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -179,10 +180,17 @@ def planner_for_config(
 
 
 def plan_job(
-    cfg: JobConfig, world_size: int, local_world_size: int, device_type: str = "cpu"
+    cfg: JobConfig,
+    world_size: int,
+    local_world_size: int,
+    device_type: str = "cpu",
+    cores_per_node: int | None = None,
 ) -> JobPlan:
-    """Plan the job's embedding tables for ``world_size`` ranks, ``local_world_size`` a node."""
-    planner, model = planner_for_config(cfg, world_size, local_world_size, device_type)
+    """Plan the job's embedding tables for ``world_size`` ranks, ``local_world_size`` a node
+    (``cores_per_node``: CPU cores a node's ranks share, if not the topology's)."""
+    planner, model = planner_for_config(
+        cfg, world_size, local_world_size, device_type, cores_per_node
+    )
     plan = planner.plan(model, [make_sharder(cfg, device_type)])  # type: ignore[list-item]
     result: SearchResult = planner.search()
     return JobPlan(plan, world_size, local_world_size, device_type, result.best.step_seconds)
@@ -205,5 +213,13 @@ def optimizer_notes(cfg: JobConfig, sharding_types: set[str]) -> list[str]:
 def plan_for_config(cfg: JobConfig, device_type: str = "cpu") -> JobPlan:
     """The plan of a job as configured: ``num_workers`` ranks, ``num_workers / num_nodes`` per
     node (what the driver ships to workers, and what ``validate`` sizes)."""
-    world = cfg.ray.num_workers
-    return plan_job(cfg, world, world // (cfg.ray.num_nodes or 1), device_type)
+    world, nodes = cfg.ray.num_workers, cfg.ray.num_nodes or 1
+    cores = None
+    if cfg.launcher == "processes" and device_type == "cpu":
+        cores = simulated_node_cores(nodes)
+    return plan_job(cfg, world, world // nodes, device_type, cores)
+
+
+def simulated_node_cores(num_nodes: int) -> int:
+    """Cores of one simulated node when ``num_nodes`` of them share this machine."""
+    return max(1, (os.cpu_count() or 1) // num_nodes)
