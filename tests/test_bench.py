@@ -70,3 +70,4 @@ def test_bench_planner_reports_ratios_and_fidelity(tmp_path: Path) -> None:
     assert (4, "grid_shard") in types and (2, "data_parallel") in types
     assert all(r["measured_step_seconds"] > 0 for r in result["fidelity"])
     assert -1.0 <= result["ranking_kendall_tau_2_ranks"] <= 1.0
+    assert isinstance(result["pick_is_measured_fastest_allowed_4_ranks"], bool)

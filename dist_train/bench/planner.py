@@ -12,7 +12,8 @@ a shared machine's slow spells hit all plans alike; each plan's figure is its me
    embedding weights + optimizer state, as TorchRec/ours ratios.
 2. Fidelity: every sharding type the planner can emit at that shape, its estimated step time
    against the measured one; the planner's ranking of the types against the measured ranking
-   (Kendall's tau, and whether both pick the same fastest type).
+   (Kendall's tau, and whether both pick the same fastest type), and whether the job's plan is
+   the measured fastest among the types ``sharding.type: auto`` may use for this job.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dist_train.data.synthetic import generate
 from dist_train.launchers.processes import run_processes
 from dist_train.train.sharding import (
     JobPlan,
+    allowed_types,
     plan_job,
     planner_for_config,
     simulated_node_cores,
@@ -221,9 +223,18 @@ def run_planner_bench(cfg: JobConfig, json_out: str | None = None) -> dict[str, 
         meas = [float(r["measured_step_seconds"]) for r in rows]
         tau = _kendall_tau(est, meas)
         same_best = est.index(min(est)) == meas.index(min(meas))
+        # Among the types the job lets the planner use, is its pick the measured fastest?
+        allowed = [r for r in rows if r["sharding_type"] in allowed_types(cfg)]
+        fastest = min(allowed, key=lambda r: float(r["measured_step_seconds"]))["sharding_type"]
+        pick_ok = ours.label == fastest
         result[f"ranking_kendall_tau_{world}_ranks"] = tau
         result[f"same_fastest_type_{world}_ranks"] = same_best
-        print(f"  ranking: Kendall tau {tau:+.2f}, same fastest type: {same_best}", flush=True)
+        result[f"pick_is_measured_fastest_allowed_{world}_ranks"] = pick_ok
+        print(
+            f"  ranking: Kendall tau {tau:+.2f}, same fastest type: {same_best}; among the "
+            f"types auto may use here, measured fastest {fastest}, picked {ours.label}",
+            flush=True,
+        )
     if json_out:
         Path(json_out).write_text(json.dumps(result, indent=2))
     return result
