@@ -24,6 +24,7 @@ from typing import Any
 
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 
 from dist_train.config import JobConfig
 from dist_train.train.trainer import Trainer
@@ -46,6 +47,12 @@ class TrainPosition:
     batches: int = 0
     bad_input_rows: dict[str, int] = field(default_factory=dict)
     bad_input_row_groups: int = 0
+
+
+def reason(err: BaseException) -> str:
+    """The last line of a DCP error: a CheckpointException carries every rank's traceback."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
 
 
 def checkpoint_root(cfg: JobConfig) -> Path:
@@ -166,8 +173,9 @@ def load(trainer: Trainer, path: Path) -> TrainPosition:
     state = _state(trainer)
     try:
         dcp.load(state, storage_reader=dcp.FileSystemReader(str(path)))
-    except Exception as err:  # noqa: BLE001 - DCP raises many types for bad shard files
-        raise CheckpointError(f"{path}: cannot load checkpoint shards ({err})") from None
+    except (Exception, CheckpointException) as err:  # noqa: BLE001 - DCP raises many types
+        # (CheckpointException, which wraps a rank's failure, is a BaseException)
+        raise CheckpointError(f"{path}: cannot load checkpoint shards ({reason(err)})") from None
     trainer.model.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optim"])
     return position

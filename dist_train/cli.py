@@ -6,6 +6,7 @@ dist-train show-config [--config C] [--set ...]       print the validated config
 dist-train plan [--config C] [--nodes N --ranks-per-node G ...] [--json OUT]
                                                       dry-run the sharding planner
 dist-train calibrate --out topology.json              measure this machine for the planner
+dist-train export CHECKPOINT --out DIR                unsharded safetensors of a checkpoint
 (and convert, submit, validate, bench: see --help)
 """
 
@@ -161,6 +162,23 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dist_train.checkpoint import CheckpointError
+    from dist_train.export import export
+
+    try:
+        summary = export(Path(args.checkpoint), Path(args.out), args.optimizer)
+    except CheckpointError as err:
+        print(f"error: checkpoint: {err}", file=sys.stderr)
+        return 1
+    for table, shape in summary["tables"].items():
+        print(f"{table}: {shape[0]:,} x {shape[1]}")
+    print(f"wrote {', '.join(summary['files'])} ({summary['tensors']} model tensors)")
+    return 0
+
+
 def _convert(args: argparse.Namespace) -> int:
     from dist_train.data.criteo import convert_criteo
     from dist_train.data.validation import BadInputError
@@ -253,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranks", type=int, default=2, help="gloo processes for the collectives")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     p.add_argument("--memory-per-rank", help="memory per rank (default: RAM / ranks)")
+    p = sub.add_parser("export", help="a checkpoint as one unsharded safetensors file")
+    p.add_argument("checkpoint", help="a committed checkpoint directory (step-NNNNNNNN)")
+    p.add_argument("--out", required=True, help="directory for model.safetensors + meta.json")
+    p.add_argument("--optimizer", action="store_true", help="also optimizer.safetensors")
     p = sub.add_parser("convert", help="convert public datasets to Parquet")
     fmt = p.add_subparsers(dest="format", required=True)
     p = fmt.add_parser("criteo", help="Criteo TSV (label, I1..I13, C1..C26) to Parquet")
@@ -309,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         return _convert(args)
     if args.command == "plan":
         return _plan(args)
+    if args.command == "export":
+        return _export(args)
     if args.command == "calibrate":
         return _calibrate(args)
     return _show_config(args)

@@ -1,0 +1,75 @@
+"""``dist-train export``: a sharded checkpoint as one unsharded safetensors file.
+
+For inspection and serving: every table is written whole (its shards stitched by DCP from
+their global offsets), with the dense layers, under their model keys
+(``sparse_arch.embedding_bags.unified_0.weight``, ...). ``--optimizer`` adds the optimizer state
+in a second file. The checkpoint's ``meta.json`` (step, config, plan) is copied beside them.
+Everything is loaded into this machine's memory: export tables that fit in it. safetensors holds
+raw tensors only, so reading an export never runs code.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+from dist_train.checkpoint import META, CheckpointError, read_meta, reason
+
+
+def _flatten(prefix: str, node: Any, out: dict[str, torch.Tensor]) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    elif isinstance(node, torch.Tensor):
+        out[prefix] = node.detach().contiguous()
+
+
+def load_unsharded(path: Path) -> dict[str, Any]:
+    """The whole checkpoint as plain tensors, in this process (no process group needed)."""
+    state: dict[str, Any] = {}
+    try:
+        _load_state_dict(
+            state,
+            storage_reader=FileSystemReader(str(path)),
+            planner=_EmptyStateDictLoadPlanner(),
+            no_dist=True,
+        )
+    except (Exception, CheckpointException) as err:  # noqa: BLE001 - DCP raises many types
+        # (CheckpointException, which wraps a rank's failure, is a BaseException)
+        raise CheckpointError(f"{path}: cannot read checkpoint shards ({reason(err)})") from None
+    return state
+
+
+def export(path: Path, out_dir: Path, with_optimizer: bool = False) -> dict[str, Any]:
+    """Write ``model.safetensors`` (and ``optimizer.safetensors``) and ``meta.json`` to
+    ``out_dir``; returns a summary (files, tensors, tables with their shapes)."""
+    meta = read_meta(path)  # a clear error naming the file if the checkpoint is unusable
+    state = load_unsharded(path)
+    model: dict[str, torch.Tensor] = {}
+    _flatten("", state.get("model", {}), model)
+    if not model:
+        raise CheckpointError(f"{path}: the checkpoint holds no model tensors")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = [out_dir / "model.safetensors"]
+    save_file(model, str(files[0]), metadata={"step": str(meta["position"]["step"])})
+    if with_optimizer:
+        optim: dict[str, torch.Tensor] = {}
+        _flatten("", state.get("optim", {}), optim)
+        files.append(out_dir / "optimizer.safetensors")
+        save_file(optim, str(files[-1]))
+    shutil.copyfile(path / META, out_dir / META)
+    tables = {
+        k: list(v.shape) for k, v in model.items() if ".embedding_bags." in k and v.dim() == 2
+    }
+    summary = {"files": [str(f) for f in files], "tensors": len(model), "tables": tables}
+    (out_dir / "export.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
