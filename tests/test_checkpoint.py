@@ -162,3 +162,16 @@ def test_export_writes_whole_tables_as_safetensors(tmp_path: Path, capsys) -> No
     next(ckpt.glob("*.distcp")).unlink()
     assert main(["export", str(ckpt), "--out", str(tmp_path / "again")]) == 1
     assert f"{ckpt}: cannot read checkpoint shards" in capsys.readouterr().err
+
+
+def test_missing_shard_file_fails_resume_naming_the_checkpoint(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    over = [f"output_dir={tmp_path}", "launcher=processes", "train.max_steps=2"]
+    run_job(load_config(TINY, over))
+    ckpt = committed(tmp_path / "tiny" / "checkpoints")[-1]
+    next(ckpt.glob("*.distcp")).unlink()  # a truncated copy of the checkpoint
+    args = ["train", "--config", str(TINY), "--resume", str(ckpt)]
+    for item in [*over[:-1], "train.max_steps=4"]:
+        args += ["--set", item]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"{ckpt}: cannot load checkpoint shards" in err and "No such file" in err
