@@ -57,8 +57,12 @@ class PlanEstimate:
         slowest = float(per_rank.max())
         if self.core_share <= 0:
             return slowest
-        node_work = per_rank.reshape(-1, self.ranks_per_node).sum(axis=1) * self.core_share
-        return max(slowest, float(node_work.max()))
+        # CPU work of a node's ranks queues on its cores; waiting in collectives does not.
+        c = self.costs
+        cpu = (c.lookup + c.framework + c.dense).reshape(-1, self.ranks_per_node)
+        wait = (c.comm + c.latency).reshape(-1, self.ranks_per_node)
+        node = cpu.sum(axis=1) * self.core_share + wait.max(axis=1)
+        return max(slowest, float(node.max()))
 
     @property
     def max_memory_bytes(self) -> int:
