@@ -192,8 +192,9 @@ def data_parallel_costs(table: TableLoad, workload: Workload, topo: Topology) ->
     return c
 
 
-# Hierarchical types run the same TorchRec code paths inside a node as their flat forms.
-_FRAMEWORK_AS = {"table_row_wise": "row_wise", "grid_shard": "column_wise"}
+# TorchRec runs table_row_wise, and grid_shard per column block, with its row-wise machinery
+# inside a node (bucketizing ids, reduce-scattering partial sums).
+_FRAMEWORK_AS = {"table_row_wise": "row_wise", "grid_shard": "row_wise"}
 
 
 def bags_handled(
