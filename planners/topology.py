@@ -67,9 +67,6 @@ class Topology:
     def usable_bytes_per_rank(self) -> int:
         return int(self.memory_per_rank_bytes * (1.0 - self.reserve_fraction))
 
-    def node_of(self, rank: int) -> int:
-        return rank // self.ranks_per_node
-
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 _UNITS.update({"ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40})
