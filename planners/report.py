@@ -49,10 +49,14 @@ def estimate_json(est: PlanEstimate, workload: Workload) -> dict[str, Any]:
     }
 
 
-def _why(best: PlanEstimate, alternatives: dict[str, PlanEstimate | str]) -> str:
-    others = [a for a in alternatives.values() if isinstance(a, PlanEstimate)]
+def _why(
+    best: PlanEstimate, alternatives: dict[str, PlanEstimate | str], allowed: frozenset[str]
+) -> str:
+    others = [a for t, a in alternatives.items() if isinstance(a, PlanEstimate) and t in allowed]
     others = [a for a in others if a.label != best.label]
     if not others:
+        if len(allowed) == 1:
+            return "the job's sharding.type allows only this type"
         return "it is the only placement that fits"
     runner = min(others, key=lambda a: a.score())
     mine, theirs = _breakdown(best), _breakdown(runner)
@@ -75,7 +79,7 @@ def build_report(
     report: dict[str, Any] = {
         **estimate_json(best, workload),
         "plan_seconds": result.seconds,
-        "why": _why(best, result.alternatives),
+        "why": _why(best, result.alternatives, result.allowed),
         "tables": {t.name: {"num_rows": t.rows, "num_cols": t.dim} for t in workload.tables},
         "topology": {
             "num_nodes": topo.num_nodes,
@@ -101,6 +105,7 @@ def build_report(
                 "label": v.label,
                 "estimated_step_seconds": v.step_seconds,
                 "max_memory_bytes": v.max_memory_bytes,
+                "allowed": k in result.allowed,
             }
             for k, v in result.alternatives.items()
         ],
@@ -172,6 +177,7 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(
                 f"  {alt['sharding_type']:<15} {alt['estimated_step_seconds'] * 1e3:9.2f} ms  "
                 f"max {_size(alt['max_memory_bytes']):>10}  {alt['label']}"
+                + ("" if alt.get("allowed", True) else "  (left out for this job)")
             )
     tr = report.get("torchrec")
     if tr is not None:

@@ -85,6 +85,7 @@ class SearchResult:
     # One entry per sharding type: the best plan using only it, or why there is none.
     alternatives: dict[str, PlanEstimate | str] = field(default_factory=dict)
     seconds: float = 0.0
+    allowed: frozenset[str] = frozenset(pl.SHARDING_TYPES)  # the types the job let it use
 
 
 @dataclass
@@ -281,7 +282,7 @@ def search(
     best = plans[0]
     if not best.fits:
         raise PlanningError(_explain_no_fit(workload, topo, types))
-    result = SearchResult(best)
+    result = SearchResult(best, allowed=types)
     for t in pl.SHARDING_TYPES:
         if t in ("grid_shard", "table_row_wise") and topo.num_nodes < 2:
             result.alternatives[t] = "needs at least 2 nodes (on one node, row_wise is it)"
