@@ -7,19 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from dist_train.config import JobConfig
-from dist_train.train.sharding import make_sharder, optimizer_notes, planner_for_config
+from dist_train.train.sharding import job_fused_params, optimizer_notes, planner_for_config
 from planners.report import build_report, estimate_json, format_report
-from planners.sharders import embedding_kernel, fused_params
 from planners.torchrec_baseline import estimate, placements_of, torchrec_plan
 
 
 def _torchrec_side(cfg: JobConfig, model: Any, planner: Any, device_type: str) -> dict[str, Any]:
-    opt = cfg.embedding.optimizer
-    params = (
-        fused_params(opt.type, opt.learning_rate, opt.eps, opt.weight_decay)
-        if embedding_kernel(opt.type, device_type) == "fused"
-        else None
-    )
+    params = job_fused_params(cfg, device_type)
     try:
         plan, figures = torchrec_plan(model, planner.workload, planner.topology, params)
     except Exception as err:  # noqa: BLE001 - any failure of TorchRec's planner is reported
@@ -54,7 +48,6 @@ def dry_run(
     planner, model = planner_for_config(
         cfg, nodes * per_node, per_node, device_type, cores_per_node
     )
-    planner.plan(model, [make_sharder(cfg, device_type)])  # type: ignore[list-item]
     result = planner.search()
     side = _torchrec_side(cfg, model, planner, device_type) if with_torchrec else None
     report = build_report(result, planner.workload, planner.topology, side)

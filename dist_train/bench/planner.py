@@ -34,6 +34,7 @@ from dist_train.launchers.processes import run_processes
 from dist_train.train.sharding import (
     JobPlan,
     allowed_types,
+    job_fused_params,
     plan_job,
     planner_for_config,
     simulated_node_cores,
@@ -41,7 +42,6 @@ from dist_train.train.sharding import (
 from dist_train.train.topology import discover_topology
 from dist_train.train.trainer import Trainer
 from planners.calibrate import calibrate
-from planners.sharders import embedding_kernel, fused_params
 from planners.topology import save_topology
 from planners.torchrec_baseline import estimate, placements_of, torchrec_plan
 
@@ -119,12 +119,7 @@ def _torchrec_job_plan(
     cfg: JobConfig, world: int, per_node: int, cores: int
 ) -> tuple[JobPlan, float]:
     planner, model = planner_for_config(cfg, world, per_node, cores_per_node=cores)
-    opt = cfg.embedding.optimizer
-    params = (
-        fused_params(opt.type, opt.learning_rate, opt.eps, opt.weight_decay)
-        if embedding_kernel(opt.type, "cpu") == "fused"
-        else None
-    )
+    params = job_fused_params(cfg, "cpu")
     plan, _ = torchrec_plan(model, planner.workload, planner.topology, params)
     ours = estimate(placements_of(plan, planner.topology), planner.workload, planner.topology)
     return JobPlan(plan, world, per_node, "cpu", ours.step_seconds), ours.step_seconds

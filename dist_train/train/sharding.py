@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 from torchrec.distributed.types import ParameterSharding, ShardingPlan
@@ -78,14 +79,17 @@ class JobPlan:
         return any(p["type"] in HIERARCHICAL for p in self.placements().values())
 
 
+def job_fused_params(cfg: JobConfig, device_type: str) -> dict[str, Any] | None:
+    """The job's FBGEMM fused-optimizer parameters; None where it runs on the dense kernel."""
+    opt = cfg.embedding.optimizer
+    if embedding_kernel(opt.type, device_type) != "fused":
+        return None
+    return fused_params(opt.type, opt.learning_rate, opt.eps, opt.weight_decay)
+
+
 def make_sharder(cfg: JobConfig, device_type: str) -> AnyDeviceEmbeddingBagCollectionSharder:
     """The EBC sharder with the job's fused optimizer (None on the dense kernel)."""
-    opt = cfg.embedding.optimizer
-    kernel = embedding_kernel(opt.type, device_type)
-    params = fused_params(opt.type, opt.learning_rate, opt.eps, opt.weight_decay)
-    return AnyDeviceEmbeddingBagCollectionSharder(
-        fused_params=params if kernel == "fused" else None
-    )
+    return AnyDeviceEmbeddingBagCollectionSharder(fused_params=job_fused_params(cfg, device_type))
 
 
 def build_model(cfg: JobConfig, layout: EmbeddingLayout) -> DLRM:
