@@ -205,13 +205,10 @@ def bags_handled(
     world, bags = topo.world_size, workload.batch_size_per_rank * table.bags_per_sample
     if placement.sharding_type == "data_parallel":
         return np.full(world, float(bags))
-    blocks: dict[int, list[int]] = {}
-    for s in placement.shards:
-        blocks.setdefault(s.col_offset, []).append(s.rank)
     handled = np.zeros(world)
-    for holders in blocks.values():
+    for block in placement.blocks().values():
         held = np.zeros(world, dtype=bool)
-        held[holders] = True
+        held[[s.rank for s in block]] = True
         handled += np.where(held, world * bags, bags)
     return handled
 
@@ -230,15 +227,9 @@ def table_costs(
     total.framework += per_bag * bags_handled(placement, table, workload, topo)
     if placement.sharding_type == "data_parallel":
         return total + data_parallel_costs(table, workload, topo)
-    blocks: dict[int, list[tuple[int, int]]] = {}
-    widths: dict[int, int] = {}
-    for s in placement.shards:
-        blocks.setdefault(s.col_offset, []).append((s.rank, s.rows))
-        widths[s.col_offset] = s.cols
-    for col, members in blocks.items():
-        ranks = [r for r, _ in members]
-        sizes = [n for _, n in members]
-        total = total + block_costs(table, workload, topo, ranks, sizes, widths[col])
+    for block in placement.blocks().values():
+        ranks, sizes = [s.rank for s in block], [s.rows for s in block]
+        total = total + block_costs(table, workload, topo, ranks, sizes, block[-1].cols)
     return total
 
 

@@ -49,6 +49,13 @@ class TablePlacement:
     def ranks(self) -> list[int]:
         return [s.rank for s in self.shards]
 
+    def blocks(self) -> dict[int, list[Shard]]:
+        """Shards by column block (first column -> its row shards, in shard order)."""
+        out: dict[int, list[Shard]] = {}
+        for s in self.shards:
+            out.setdefault(s.col_offset, []).append(s)
+        return out
+
 
 def even_row_sizes(rows: int, parts: int) -> list[int]:
     """TorchRec's row split: ``ceil(rows / parts)`` each, the remainder (maybe 0) last."""
