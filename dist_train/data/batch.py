@@ -1,24 +1,29 @@
-"""Arrow record batches -> training batches (dense, KeyedJaggedTensor, labels).
+"""Arrow tables -> decoded :class:`Rows` -> training batches (dense, KeyedJaggedTensor, labels).
 
-Vectorized throughout (numpy / pyarrow kernels, no per-row Python). Categorical columns may be
-integers or strings, scalar or lists (multi-hot); null scalars and null lists give an empty bag
-for that example, null list elements are dropped.
+Two stages: :meth:`BatchBuilder.prepare` decodes a table (a row group) once into numpy
+(labels, transformed dense, categorical fingerprints); :meth:`BatchBuilder.batch` hashes a
+batch of those rows into every key's table rows and wraps them as tensors. No per-row Python.
+Categorical columns may be integers or strings, scalar or lists (multi-hot); null scalars and
+null lists give an empty bag for that example, null list elements are dropped.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 from torchrec import KeyedJaggedTensor
 
 from dist_train.config import FeatureConfig
-from dist_train.data.validation import BadInputError
-from dist_train.embedding.hashing import fingerprint_ints, fingerprint_strings
-from dist_train.embedding.layout import EmbeddingLayout, InvalidIdError
+from dist_train.data.arrow_numpy import list_parts, raw_values, valid_mask
+from dist_train.data.reader import RowGroup, row_group_tables, stream_batches
+from dist_train.data.rows import Rows, key_values
+from dist_train.data.validation import BadInputError, BadInputPolicy
+from dist_train.embedding.hashing import fingerprint_ints, fingerprint_strings, key_params
+from dist_train.embedding.layout import EmbeddingLayout
 
 
 @dataclass
@@ -54,15 +59,17 @@ def _is_str(t: pa.DataType) -> bool:
 
 
 def _value_type(t: pa.DataType) -> pa.DataType:
-    """The element type of list columns, the type itself otherwise."""
-    return t.value_type if (pa.types.is_list(t) or pa.types.is_large_list(t)) else t
+    """The element type of list columns, the type itself otherwise (dictionaries unwrapped)."""
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        t = t.value_type
+    return t.value_type if pa.types.is_dictionary(t) else t
 
 
 def _fingerprints(values: pa.Array, column: str) -> np.ndarray:
     """uint64 fingerprints of a null-free arrow array of ints or strings."""
     if _is_int(values.type):
         return fingerprint_ints(values.to_numpy(zero_copy_only=False))
-    if _is_str(values.type):
+    if _is_str(_value_type(values.type)):
         return fingerprint_strings(values)
     raise BadInputError(
         f"column {column!r}: categorical values must be integers or strings, got {values.type}"
@@ -76,18 +83,18 @@ def categorical_ids(column: pa.Array, name: str) -> tuple[np.ndarray, np.ndarray
     n = len(column)
     t = column.type
     if pa.types.is_list(t) or pa.types.is_large_list(t):
-        flat = pc.list_flatten(column)  # skips null lists
-        parents = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)
-        if flat.null_count:
-            valid = flat.is_valid()
-            parents = parents[valid.to_numpy(zero_copy_only=False)]
-            flat = flat.filter(valid)
-        lengths = np.bincount(parents, minlength=n).astype(np.int64)
+        lengths, flat = list_parts(column)
+        if flat.null_count:  # drop null elements from their bags
+            keep = valid_mask(flat)
+            parents = np.repeat(np.arange(n), lengths)[keep]
+            lengths = np.bincount(parents, minlength=n).astype(np.int64)
+            flat = flat.filter(pa.array(keep))
         return lengths, _fingerprints(flat, name)
     if column.null_count:
-        valid = column.is_valid()
-        lengths = valid.to_numpy(zero_copy_only=False).astype(np.int64)
-        return lengths, _fingerprints(column.filter(valid), name)
+        valid = valid_mask(column)
+        if _is_int(t):
+            return valid.astype(np.int64), fingerprint_ints(raw_values(column)[valid])
+        return valid.astype(np.int64), _fingerprints(column.filter(pa.array(valid)), name)
     return np.ones(n, dtype=np.int64), _fingerprints(column, name)
 
 
@@ -107,6 +114,17 @@ class BatchBuilder:
         self.dense_columns = list(dense_columns)
         self.label_column = label_column
         self.dense_transform = dense_transform
+        names = [f.name for f in self.features]
+        keys = layout.keys
+        self._key_feature = np.array([names.index(k.feature) for k in keys], dtype=np.int64)
+        self._key_exact = np.array([k.salt is None for k in keys], dtype=np.bool_)
+        self._key_params = np.stack(
+            [key_params(k.salt or 0, k.num_rows) for k in keys] or [np.zeros(4, dtype=np.uint64)]
+        )[: len(keys)]
+        # Exact (collisionless) features and their row counts: ids are rows, so they are
+        # range-checked here, before anything reaches the embedding kernels.
+        self._exact_rows = {k.feature: k.num_rows for k in keys if k.salt is None}
+        self._hashed = {f.name: layout.keys_of(f.name)[0].salt is not None for f in features}
 
     @property
     def columns(self) -> list[str]:
@@ -140,7 +158,7 @@ class BatchBuilder:
                 f"{source}: column {f.source_column!r}: categorical values must be "
                 f"integers or strings (or lists of them), got {value}"
             )
-        if self.layout.keys_of(f.name)[0].salt is None and not _is_int(value):
+        if not self._hashed[f.name] and not _is_int(value):
             raise BadInputError(
                 f"{source}: column {f.source_column!r} holds {t}; the collisionless "
                 "embedding needs integer ids in [0, cardinality)"
@@ -151,7 +169,9 @@ class BatchBuilder:
         if idx < 0:
             raise BadInputError(f"{source}: missing column {name!r}")
         col = batch.column(idx)
-        return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        if isinstance(col, pa.ChunkedArray):
+            return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+        return col
 
     def labels(self, batch: pa.RecordBatch | pa.Table, source: str = "batch") -> np.ndarray:
         col = self._column(batch, self.label_column, source)
@@ -166,42 +186,80 @@ class BatchBuilder:
         return y
 
     def dense(self, batch: pa.RecordBatch | pa.Table, source: str = "batch") -> np.ndarray:
+        """Dense features, float32 [n, num_dense]: nulls and non-finite values as 0, then the
+        transform (``log1p`` of the non-negative part, or none)."""
         n = batch.num_rows
-        out = np.zeros((n, len(self.dense_columns)), dtype=np.float32)
+        columns = np.empty((len(self.dense_columns), n), dtype=np.float32)
         for i, name in enumerate(self.dense_columns):
             col = self._column(batch, name, source)
             if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
                 raise BadInputError(f"{source}: dense column {name!r} has type {col.type}")
-            x = col.to_numpy(zero_copy_only=False).astype(np.float32)  # nulls -> NaN
-            x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-            if self.dense_transform == "log1p":
-                x = np.log1p(np.maximum(x, 0.0))
-            out[:, i] = x
-        return out
+            columns[i] = raw_values(col)
+            if col.null_count:
+                columns[i][~valid_mask(col)] = 0.0
+        np.nan_to_num(columns, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        if self.dense_transform == "log1p":
+            np.maximum(columns, 0.0, out=columns)
+            np.log1p(columns, out=columns)
+        return np.ascontiguousarray(columns.T)
 
-    def sparse(self, batch: pa.RecordBatch | pa.Table, source: str = "batch") -> KeyedJaggedTensor:
-        lengths: list[np.ndarray] = []
-        values: list[np.ndarray] = []
+    def prepare(self, batch: pa.RecordBatch | pa.Table, source: str = "batch") -> Rows:
+        """Decode ``batch`` into :class:`Rows`; ``source`` names the file/row group in errors."""
+        per_feature: list[tuple[np.ndarray, np.ndarray]] = []
         for f in self.features:
             col = self._column(batch, f.source_column, source)
             self._check_categorical_type(f, col.type, source)
             lens, fps = categorical_ids(col, f.source_column)
-            for key in self.layout.keys_of(f.name):
-                try:
-                    values.append(self.layout.rows_for(key, fps))
-                except InvalidIdError as err:
-                    raise BadInputError(f"{source}: column {f.source_column!r}: {err}") from None
-                lengths.append(lens)
-        return KeyedJaggedTensor(
-            keys=self.layout.key_names,
-            values=torch.from_numpy(np.concatenate(values)),
-            lengths=torch.from_numpy(np.concatenate(lengths)),
+            if f.name in self._exact_rows:
+                self._check_exact_ids(fps, self._exact_rows[f.name], f, source)
+            per_feature.append((lens, fps))
+        return Rows.of(self.labels(batch, source), self.dense(batch, source), per_feature)
+
+    @staticmethod
+    def _check_exact_ids(fps: np.ndarray, num_rows: int, f: FeatureConfig, source: str) -> None:
+        ids = fps.view(np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= num_rows):
+            bad = ids[(ids < 0) | (ids >= num_rows)][0]
+            raise BadInputError(
+                f"{source}: column {f.source_column!r}: feature {f.name!r}: id {bad} outside "
+                f"[0, {num_rows}) of its collisionless table (raise its cardinality)"
+            )
+
+    def batch(self, rows: Rows) -> Batch:
+        """The training batch of ``rows``: categorical fingerprints hashed into table rows."""
+        values, lengths = key_values(rows, self._key_feature, self._key_params, self._key_exact)
+        return Batch(
+            dense=torch.from_numpy(rows.dense),
+            sparse=KeyedJaggedTensor(
+                keys=self.layout.key_names,
+                values=torch.from_numpy(values),
+                lengths=torch.from_numpy(lengths),
+            ),
+            labels=torch.from_numpy(rows.labels),
         )
+
+    def stream(
+        self,
+        groups: list[RowGroup],
+        batch_size: int,
+        policy: BadInputPolicy | None = None,
+        shuffle_rows: int = 0,
+        shuffle_seed: Sequence[int] = (),
+        start_batch: int = 0,
+    ) -> Iterator[tuple[Rows, str]]:
+        """A rank's batches of ``groups``: the rows and order of
+        :func:`~dist_train.data.reader.iter_tables`, each row group decoded once."""
+        strings = [f.source_column for f in self.features if self._hashed[f.name]]
+        decoded = (
+            (self.prepare(table, source), source)
+            for table, source in row_group_tables(groups, self.columns, policy, strings)
+        )
+        return stream_batches(decoded, batch_size, True, shuffle_rows, shuffle_seed, start_batch)
+
+    def sparse(self, batch: pa.RecordBatch | pa.Table, source: str = "batch") -> KeyedJaggedTensor:
+        """The KJT of an arrow table (``prepare`` then ``batch``; for tests and tools)."""
+        return self.build(batch, source).sparse
 
     def build(self, batch: pa.RecordBatch | pa.Table, source: str = "batch") -> Batch:
         """A :class:`Batch` of ``batch``; ``source`` names the file/row group in errors."""
-        return Batch(
-            dense=torch.from_numpy(self.dense(batch, source)),
-            sparse=self.sparse(batch, source),
-            labels=torch.from_numpy(self.labels(batch, source)),
-        )
+        return self.batch(self.prepare(batch, source))

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +25,29 @@ import pyarrow.parquet as pq
 from dist_train.data.validation import BadInputError, BadInputPolicy
 
 T = TypeVar("T")
+
+
+class RowBlock(Protocol):
+    """What shuffling and rebatching need of a block of rows (``pa.Table`` or ``Rows``)."""
+
+    @property
+    def num_rows(self) -> int: ...
+
+    def slice(self, offset: int = 0, length: int | None = None) -> RowBlock: ...
+
+    def take(self, indices: np.ndarray) -> RowBlock: ...
+
+
+B = TypeVar("B", bound=RowBlock)
+
+
+def concat_blocks(blocks: list[B]) -> B:
+    """One block of ``blocks`` (arrow tables or :class:`Rows`), in order."""
+    if len(blocks) == 1:
+        return blocks[0]
+    if isinstance(blocks[0], pa.Table):
+        return pa.concat_tables(blocks)  # type: ignore[arg-type,return-value]
+    return type(blocks[0]).concat(blocks)  # type: ignore[attr-defined,no-any-return]
 
 
 class DataSourceError(ValueError):
@@ -130,13 +153,30 @@ def steps_per_epoch(assignment: list[list[RowGroup]], batch_size: int) -> int:
     return min(sum(g.num_rows for g in groups) for groups in assignment) // batch_size
 
 
-def open_parquet(path: str) -> pq.ParquetFile:
+def open_parquet(path: str, read_dictionary: Sequence[str] = ()) -> pq.ParquetFile:
     """A Parquet file by local path or URL (``file://``, ``s3://``, ``gs://``, ``hdfs://``, or
-    any fsspec protocol such as ``memory://``)."""
-    if "://" not in path:
-        return pq.ParquetFile(path)
-    fs, inner = _filesystem(path)
-    return pq.ParquetFile(fs.open_input_file(inner))
+    any fsspec protocol such as ``memory://``). The string columns among ``read_dictionary``
+    are read dictionary-encoded, as Parquet stores them (no per-value string decoding)."""
+
+    def source() -> str | pa.NativeFile:
+        if "://" not in path:
+            return path
+        fs, inner = _filesystem(path)
+        return fs.open_input_file(inner)
+
+    pf = pq.ParquetFile(source())
+    schema = pf.schema_arrow
+    strings = [
+        name
+        for name in read_dictionary
+        if schema.get_field_index(name) >= 0
+        and (
+            pa.types.is_string(schema.field(name).type)
+            or pa.types.is_binary(schema.field(name).type)
+            or pa.types.is_large_string(schema.field(name).type)
+        )
+    ]
+    return pq.ParquetFile(source(), read_dictionary=strings) if strings else pf
 
 
 def _filesystem(url: str) -> tuple[pafs.FileSystem, str]:
@@ -169,13 +209,18 @@ def _resolve_url(url: str) -> list[str]:
 
 
 def row_group_tables(
-    groups: list[RowGroup], columns: list[str], policy: BadInputPolicy | None = None
+    groups: list[RowGroup],
+    columns: list[str],
+    policy: BadInputPolicy | None = None,
+    read_dictionary: Sequence[str] = (),
 ) -> Iterator[tuple[pa.Table, str]]:
     """Each row group, projected to ``columns`` (and checked/cleaned by ``policy``)."""
     files: dict[str, pq.ParquetFile] = {}
     for g in groups:
         try:
-            pf = files.get(g.path) or files.setdefault(g.path, open_parquet(g.path))
+            pf = files.get(g.path) or files.setdefault(
+                g.path, open_parquet(g.path, read_dictionary)
+            )
             table = pf.read_row_group(g.index, columns=columns)
         except (pa.ArrowInvalid, OSError, KeyError) as err:
             message = f"{g.source}: cannot read ({err})"
@@ -189,44 +234,56 @@ def row_group_tables(
 
 
 def shuffle_windows(
-    tables: Iterator[tuple[pa.Table, str]], window_rows: int, seed: Sequence[int]
-) -> Iterator[tuple[pa.Table, str]]:
+    tables: Iterator[tuple[B, str]], window_rows: int, seed: Sequence[int]
+) -> Iterator[tuple[B, str]]:
     """Rows shuffled within consecutive windows of about ``window_rows`` rows.
 
     Memory is bounded by one window; the permutation is a pure function of ``seed`` (pass
     (seed, epoch, rank)), so a stream replays identically.
     """
     rng = np.random.default_rng(list(seed))
-    window: list[pa.Table] = []
+    window: list[B] = []
     rows, source = 0, ""
     for table, source in tables:
         window.append(table)
         rows += table.num_rows
         if rows >= window_rows:
-            merged = pa.concat_tables(window)
-            yield merged.take(rng.permutation(merged.num_rows)), source
+            merged = concat_blocks(window)
+            yield merged.take(rng.permutation(merged.num_rows)), source  # type: ignore[misc]
             window, rows = [], 0
     if rows:
-        merged = pa.concat_tables(window)
-        yield merged.take(rng.permutation(merged.num_rows)), source
+        merged = concat_blocks(window)
+        yield merged.take(rng.permutation(merged.num_rows)), source  # type: ignore[misc]
 
 
 def rebatch(
-    tables: Iterator[tuple[pa.Table, str]], batch_size: int, drop_last: bool = True
-) -> Iterator[tuple[pa.Table, str]]:
-    """Tables of exactly ``batch_size`` rows (and the shorter tail unless ``drop_last``)."""
-    pending: list[pa.Table] = []
+    tables: Iterator[tuple[B, str]], batch_size: int, drop_last: bool = True
+) -> Iterator[tuple[B, str]]:
+    """Blocks of exactly ``batch_size`` rows (and the shorter tail unless ``drop_last``).
+
+    Batches inside a block are slices of it; only a batch that spans two blocks is
+    concatenated (from the first block's tail and the next block's head).
+    """
+    pending: list[B] = []
     pending_rows, source = 0, ""
-    for table, source in tables:
-        pending.append(table)
-        pending_rows += table.num_rows
-        while pending_rows >= batch_size:
-            merged = pa.concat_tables(pending)
-            yield merged.slice(0, batch_size), source
-            rest = merged.slice(batch_size)
-            pending, pending_rows = [rest], rest.num_rows
+    for block, source in tables:
+        offset = 0
+        if pending_rows:
+            head = block.slice(0, batch_size - pending_rows)
+            pending.append(head)  # type: ignore[arg-type]
+            pending_rows += head.num_rows
+            offset = head.num_rows
+            if pending_rows < batch_size:
+                continue
+            yield concat_blocks(pending), source
+            pending, pending_rows = [], 0
+        while block.num_rows - offset >= batch_size:
+            yield block.slice(offset, batch_size), source  # type: ignore[misc]
+            offset += batch_size
+        if offset < block.num_rows:
+            pending, pending_rows = [block.slice(offset)], block.num_rows - offset  # type: ignore[list-item]
     if pending_rows and not drop_last:
-        yield pa.concat_tables(pending), source
+        yield concat_blocks(pending), source
 
 
 def iter_tables(
@@ -245,10 +302,29 @@ def iter_tables(
     of that many rows (seeded by ``shuffle_seed``); ``start_batch`` resumes a stream exactly
     where a saved :class:`ReaderPosition` left it (earlier batches are re-read, not returned).
     """
-    tables = row_group_tables(groups, columns, policy)
+    return stream_batches(
+        row_group_tables(groups, columns, policy),
+        batch_size,
+        drop_last,
+        shuffle_rows,
+        shuffle_seed,
+        start_batch,
+    )
+
+
+def stream_batches(
+    blocks: Iterator[tuple[B, str]],
+    batch_size: int,
+    drop_last: bool = True,
+    shuffle_rows: int = 0,
+    shuffle_seed: Sequence[int] = (),
+    start_batch: int = 0,
+) -> Iterator[tuple[B, str]]:
+    """Row-group ``blocks`` (arrow tables, or :class:`Rows` decoded from them) shuffled and
+    cut into batches exactly as :func:`iter_tables` does: the same rows in the same order."""
     if shuffle_rows > 0:
-        tables = shuffle_windows(tables, shuffle_rows, shuffle_seed)
-    return itertools.islice(rebatch(tables, batch_size, drop_last), start_batch, None)
+        blocks = shuffle_windows(blocks, shuffle_rows, shuffle_seed)
+    return itertools.islice(rebatch(blocks, batch_size, drop_last), start_batch, None)
 
 
 @dataclass(frozen=True)
@@ -329,16 +405,16 @@ def prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
 
 
 def batches(
-    tables: Iterator[tuple[pa.Table, str]],
+    blocks: Iterator[tuple[B, str]],
     num_batches: int,
-    build: Callable[[pa.Table, str], T],
+    build: Callable[[B], T],
     prefetch_depth: int = 2,
 ) -> Iterator[T]:
-    """At most ``num_batches`` built batches of ``tables`` (read and built in a background
+    """At most ``num_batches`` built batches of ``blocks`` (read and built in a background
     thread, ``prefetch_depth`` ahead); fewer if a ``skip`` policy dropped rows."""
 
     def produce() -> Iterator[T]:
-        for table, source in itertools.islice(tables, num_batches):
-            yield build(table, source)
+        for block, _ in itertools.islice(blocks, num_batches):
+            yield build(block)
 
     yield from prefetch(produce(), prefetch_depth)

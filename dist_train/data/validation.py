@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from dist_train.config import FeatureConfig, JobConfig
+from dist_train.data.arrow_numpy import ints_within, list_parts, raw_values, valid_mask
 
 
 class BadInputError(ValueError):
@@ -69,7 +69,9 @@ def _first(mask: np.ndarray) -> int:
 
 
 def _as_array(col: pa.Array | pa.ChunkedArray) -> pa.Array:
-    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if isinstance(col, pa.ChunkedArray):
+        return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    return col
 
 
 def row_problems(
@@ -79,47 +81,52 @@ def row_problems(
     features: list[FeatureConfig],
 ) -> list[RowProblem]:
     """Every row-level problem in ``table`` (an empty list for clean data)."""
+    # Each check first asks a cheap whole-column question (null count, min/max, all finite)
+    # and builds per-row masks only for a column that fails it: clean data costs one pass.
     n = table.num_rows
     found: list[RowProblem] = []
     label = _as_array(table.column(label_column))
-    null = ~label.is_valid().to_numpy(zero_copy_only=False)
-    if null.any():
+    null = np.zeros(n, dtype=bool)
+    if label.null_count:
+        null = ~valid_mask(label)
         found.append(RowProblem("label_null", label_column, null, "null label"))
-    y = label.fill_null(0).to_numpy(zero_copy_only=False).astype(np.float64)
-    bad = ~np.isin(y, (0.0, 1.0)) & ~null
+    y = raw_values(label) if not pa.types.is_boolean(label.type) else label.to_numpy(False)
+    bad = ~((y == 0) | (y == 1)) & ~null
     if bad.any():
         found.append(
             RowProblem(
                 "label_out_of_range",
                 label_column,
                 bad,
-                f"label {y[_first(bad)]:g}, expected 0 or 1",
+                f"label {float(y[_first(bad)]):g}, expected 0 or 1",
             )
         )
     for name in dense_columns:
         col = _as_array(table.column(name))
-        if pa.types.is_floating(col.type):
-            x = col.to_numpy(zero_copy_only=False)  # nulls -> NaN; masked out below
-            bad = ~np.isfinite(x) & col.is_valid().to_numpy(zero_copy_only=False)
-            if bad.any():
-                found.append(RowProblem("dense_not_finite", name, bad, f"value {x[_first(bad)]}"))
+        if not pa.types.is_floating(col.type):
+            continue
+        x = raw_values(col)
+        finite = np.isfinite(x)
+        if finite.all():
+            continue
+        bad = ~finite & valid_mask(col)
+        if bad.any():
+            found.append(RowProblem("dense_not_finite", name, bad, f"value {x[_first(bad)]}"))
     for f in features:
         if f.cardinality is None:
             continue
         col = _as_array(table.column(f.source_column))
-        t = col.type
-        is_list = pa.types.is_list(t) or pa.types.is_large_list(t)
-        values = pc.list_flatten(col) if is_list else col
+        is_list = pa.types.is_list(col.type) or pa.types.is_large_list(col.type)
+        lengths, values = list_parts(col) if is_list else (None, col)
         if not pa.types.is_integer(values.type):
             continue
-        ids = values.fill_null(0).to_numpy(zero_copy_only=False)
-        bad_values = (ids < 0) | (ids >= f.cardinality)
-        if not bad_values.any():
+        if ints_within(values, 0, f.cardinality):
             continue
-        if is_list:
-            parents = pc.list_parent_indices(col).to_numpy(zero_copy_only=False)
+        ids = raw_values(values)
+        bad_values = ((ids < 0) | (ids >= f.cardinality)) & valid_mask(values)
+        if lengths is not None:
             bad = np.zeros(n, dtype=bool)
-            bad[parents[bad_values]] = True
+            bad[np.repeat(np.arange(n), lengths)[bad_values]] = True
         else:
             bad = bad_values
         found.append(

@@ -18,18 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-_U64 = np.uint64
+from dist_train.embedding import kernels
+
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
-
-
-def _fmix64(x: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finalizer: a bijection with full avalanche, applied elementwise."""
-    x = x ^ (x >> _U64(33))
-    x = x * _U64(0xFF51AFD7ED558CCD)
-    x = x ^ (x >> _U64(33))
-    x = x * _U64(0xC4CEB93FE53E4A53)
-    return x ^ (x >> _U64(33))
 
 
 def _fmix64_int(x: int) -> int:
@@ -64,11 +56,12 @@ def fingerprint_ints(values: np.ndarray) -> np.ndarray:
 def fingerprint_strings(values: pa.Array) -> np.ndarray:
     """xxHash3-64 of each UTF-8/binary value; each distinct value is hashed once.
 
-    ``values`` must hold no nulls (the batch builder drops them first).
+    ``values`` (plain or dictionary-encoded) must hold no nulls (the batch builder drops
+    them first).
     """
     if len(values) == 0:
         return np.zeros(0, dtype=np.uint64)
-    encoded = pc.dictionary_encode(values)
+    encoded = values if pa.types.is_dictionary(values.type) else pc.dictionary_encode(values)
     if isinstance(encoded, pa.ChunkedArray):
         encoded = encoded.combine_chunks()
     uniques = encoded.dictionary.to_pylist()
@@ -82,16 +75,30 @@ def fingerprint_strings(values: pa.Array) -> np.ndarray:
     return table[codes]
 
 
+def key_params(salt: int, num_rows: int) -> np.ndarray:
+    """The kernel constants of one (salt, table rows), uint64: salt, rotated salt, rows,
+    floor((2**64 - 1) / rows)."""
+    if num_rows <= 0:
+        raise ValueError(f"num_rows must be positive, got {num_rows}")
+    salt &= _MASK64
+    rot = ((salt << 31) | (salt >> 33)) & _MASK64
+    return np.array([salt, rot, num_rows, _MASK64 // num_rows], dtype=np.uint64)
+
+
 def salted_hash(fingerprints: np.ndarray, salt: int) -> np.ndarray:
     """64-bit salted hash of uint64 fingerprints (two rounds of fmix64 keyed by the salt)."""
-    salt_u = _U64(salt & _MASK64)
-    salt_rot = _U64(((salt << 31) | (salt >> 33)) & _MASK64)
-    with np.errstate(over="ignore"):
-        return _fmix64(_fmix64(fingerprints ^ salt_u) + salt_rot)
+    s, rot, _, _ = key_params(salt, 1)
+    out = np.empty(fingerprints.shape[0], dtype=np.uint64)
+    kernels.salted_hash_into(np.ascontiguousarray(fingerprints, np.uint64), s, rot, out)
+    return out
 
 
 def salted_rows(fingerprints: np.ndarray, salt: int, num_rows: int) -> np.ndarray:
-    """Row ids in ``[0, num_rows)`` for ``fingerprints`` under ``salt``, as int64."""
-    if num_rows <= 0:
-        raise ValueError(f"num_rows must be positive, got {num_rows}")
-    return (salted_hash(fingerprints, salt) % _U64(num_rows)).astype(np.int64)
+    """Row ids in ``[0, num_rows)`` for ``fingerprints`` under ``salt``, as int64.
+
+    Exactly ``salted_hash(fingerprints, salt) % num_rows``, computed without a division.
+    """
+    s, rot, n, recip = key_params(salt, num_rows)
+    out = np.empty(fingerprints.shape[0], dtype=np.int64)
+    kernels.salted_rows_into(np.ascontiguousarray(fingerprints, np.uint64), s, rot, n, recip, out)
+    return out

@@ -18,15 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 from torchrec import EmbeddingBagConfig, PoolingType
 
 from dist_train.config import EmbeddingConfig, FeatureConfig
-from dist_train.embedding.hashing import make_salt, salted_rows
-
-
-class InvalidIdError(ValueError):
-    """A categorical id that cannot be mapped to a row (e.g. out of a collisionless range)."""
+from dist_train.embedding.hashing import make_salt
 
 
 @dataclass(frozen=True)
@@ -89,19 +84,6 @@ class EmbeddingLayout:
             )
             for t in self.tables
         ]
-
-    def rows_for(self, key: KeySpec, fingerprints: np.ndarray) -> np.ndarray:
-        """Row ids (int64) of ``fingerprints`` (uint64) under ``key``."""
-        if key.salt is not None:
-            return salted_rows(fingerprints, key.salt, key.num_rows)
-        ids = fingerprints.view(np.int64)
-        if ids.size and (ids.min() < 0 or ids.max() >= key.num_rows):
-            bad = ids[(ids < 0) | (ids >= key.num_rows)][0]
-            raise InvalidIdError(
-                f"feature {key.feature!r}: id {bad} outside [0, {key.num_rows}) "
-                "of its collisionless table (raise its cardinality)"
-            )
-        return ids.astype(np.int64, copy=False)
 
 
 def build_layout(

@@ -20,12 +20,12 @@ import torch.distributed as dist
 
 from dist_train import checkpoint
 from dist_train.config import JobConfig
+from dist_train.data.memory import reuse_freed_memory
 from dist_train.data.reader import (
     RowGroup,
     assign_row_groups,
     batches,
     eval_steps,
-    iter_tables,
     open_parquet,
     padded_tables,
     prefetch,
@@ -110,6 +110,7 @@ def run_worker(
     form one host for hierarchical sharding.
     """
     rank, world = dist.get_rank(), dist.get_world_size()
+    reuse_freed_memory()  # row groups decode into MBs of short-lived arrays
     topo = discover_topology(node_id)
     if cfg.ray.num_nodes is not None and topo.num_nodes != cfg.ray.num_nodes:
         raise TopologyError(
@@ -198,16 +199,15 @@ def run_worker(
             break
         start = time.perf_counter()
         window_start = start
-        tables = iter_tables(
+        rows = builder.stream(
             assignment[rank],
-            builder.columns,
             tc.batch_size,
             policy=policy,
             shuffle_rows=cfg.data.shuffle_buffer_rows,
             shuffle_seed=(cfg.seed, epoch, rank),
             start_batch=skip,
         )
-        stream = batches(tables, num_steps, builder.build, tc.prefetch_batches)
+        stream = batches(rows, num_steps, builder.batch, tc.prefetch_batches)
         done = skip
         for batch in _while_all_ranks_have(stream):
             window_loss += trainer.train_step(batch)

@@ -1,0 +1,54 @@
+"""Zero-copy numpy views of Arrow arrays that hold nulls.
+
+Arrow's own ``to_numpy`` converts such arrays through a slow generic path (and turns integer
+columns into floats); reading the validity bitmap and the data buffer directly is about 20x
+faster. The data buffer's entries at null slots are unspecified, so callers mask them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def valid_mask(arr: pa.Array) -> np.ndarray:
+    """Which entries of ``arr`` are not null (bool [len(arr)])."""
+    if arr.null_count == 0:
+        return np.ones(len(arr), dtype=np.bool_)
+    bits = np.unpackbits(np.frombuffer(arr.buffers()[0], dtype=np.uint8), bitorder="little")
+    return bits[arr.offset : arr.offset + len(arr)].view(np.bool_)
+
+
+def raw_values(arr: pa.Array) -> np.ndarray:
+    """The data of a fixed-width numeric ``arr`` as a view; entries at null slots are
+    unspecified."""
+    if arr.null_count == 0:
+        return arr.to_numpy()
+    data = np.frombuffer(arr.buffers()[1], dtype=arr.type.to_pandas_dtype())
+    return data[arr.offset : arr.offset + len(arr)]
+
+
+def list_parts(column: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Per-row lengths (int64, 0 for a null list) and the flat values, null elements kept, of
+    a list array, consistent with each other."""
+    offsets = column.offsets.to_numpy()
+    lengths = np.diff(offsets).astype(np.int64)
+    if column.null_count:
+        lengths[~valid_mask(column)] = 0
+        if lengths.sum() != offsets[-1] - offsets[0]:  # a null list owns values (allowed)
+            return lengths, pc.list_flatten(column)
+    return lengths, column.values.slice(offsets[0], offsets[-1] - offsets[0])
+
+
+def ints_within(arr: pa.Array, low: int, high: int) -> bool:
+    """Whether every non-null entry of an integer array lies in ``[low, high)``."""
+    values = raw_values(arr)
+    if not len(values):
+        return True
+    if low <= values.min() and values.max() < high:
+        return True  # null slots included: their unspecified entries happened to pass too
+    if arr.null_count == 0:
+        return False
+    values = values[valid_mask(arr)]
+    return not len(values) or (low <= values.min() and values.max() < high)
