@@ -110,6 +110,14 @@ class DataConfig(_Strict):
             "skip: drop bad files, row groups and rows and report counts in the summary."
         ),
     )
+    row_id_column: str | None = Field(
+        None,
+        description=(
+            "A column of unique integer row ids (generated data has `row_id`). When set, every "
+            "rank appends the ids it trains on, step by step, to <run dir>/ledger/rank-<r>.jsonl "
+            "(`dist_train.train.ledger` replays it across failures to audit exactly-once input)."
+        ),
+    )
     synthetic: SyntheticDataConfig = Field(default_factory=SyntheticDataConfig)
 
     @model_validator(mode="after")

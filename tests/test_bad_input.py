@@ -150,8 +150,9 @@ def _damaged_rows(small_data: GeneratedData, tmp_path: Path, name: str) -> Path:
     path = tmp_path / "rows.parquet"
     t = pq.read_table(small_data.train_dir / "part-0.parquet")
     if column == "label":  # labels are non-nullable int8 in the generated schema
-        t = t.set_column(0, "label", pc.cast(t["label"], pa.int64()))
-        t = pa.table(t.columns, schema=t.schema.set(0, pa.field("label", pa.int64())))
+        i = t.schema.get_field_index("label")
+        t = t.set_column(i, "label", pc.cast(t["label"], pa.int64()))
+        t = pa.table(t.columns, schema=t.schema.set(i, pa.field("label", pa.int64())))
     _rewrite(path, _set(t, column, rows, value))
     return path
 

@@ -28,7 +28,10 @@ def test_generator_schema_and_planted_signal(
     train = pq.read_table(small_data.train_dir)
     test = pq.read_table(small_data.test_dir)
     assert train.num_rows == 8192 and test.num_rows == 4096
+    ids = np.concatenate([train["row_id"].to_numpy(), test["row_id"].to_numpy()])
+    assert np.array_equal(np.sort(ids), np.arange(8192 + 4096))  # unique across both splits
     assert train.column_names == [
+        "row_id",
         "label",
         "I1",
         "I2",

@@ -33,6 +33,7 @@ class Batch:
     dense: torch.Tensor  # [B, num_dense] float32
     sparse: KeyedJaggedTensor  # one key per (feature, chunk), already-hashed row ids
     labels: torch.Tensor  # [B] float32
+    row_ids: np.ndarray | None = None  # int64 [B], when the job audits its input
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -42,6 +43,7 @@ class Batch:
             self.dense.to(device, non_blocking=non_blocking),
             self.sparse.to(device, non_blocking=non_blocking),
             self.labels.to(device, non_blocking=non_blocking),
+            self.row_ids,
         )
 
 
@@ -108,8 +110,10 @@ class BatchBuilder:
         dense_columns: list[str],
         label_column: str,
         dense_transform: str = "log1p",
+        row_id_column: str | None = None,
     ) -> None:
         self.layout = layout
+        self.row_id_column = row_id_column
         self.features = list(features)
         self.dense_columns = list(dense_columns)
         self.label_column = label_column
@@ -129,7 +133,13 @@ class BatchBuilder:
     @property
     def columns(self) -> list[str]:
         """The columns this builder reads (for projection)."""
-        return [self.label_column, *self.dense_columns, *(f.source_column for f in self.features)]
+        ids = [self.row_id_column] if self.row_id_column else []
+        return [
+            self.label_column,
+            *self.dense_columns,
+            *(f.source_column for f in self.features),
+            *ids,
+        ]
 
     def check_schema(self, schema: pa.Schema, source: str) -> None:
         """Fail fast, before training, on a missing column or one of an unusable type."""
@@ -213,7 +223,23 @@ class BatchBuilder:
             if f.name in self._exact_rows:
                 self._check_exact_ids(fps, self._exact_rows[f.name], f, source)
             per_feature.append((lens, fps))
-        return Rows.of(self.labels(batch, source), self.dense(batch, source), per_feature)
+        return Rows.of(
+            self.labels(batch, source),
+            self.dense(batch, source),
+            per_feature,
+            self._ids(batch, source),
+        )
+
+    def _ids(self, batch: pa.RecordBatch | pa.Table, source: str) -> np.ndarray | None:
+        if not self.row_id_column:
+            return None
+        col = self._column(batch, self.row_id_column, source)
+        if not _is_int(col.type) or col.null_count:
+            raise BadInputError(
+                f"{source}: row id column {self.row_id_column!r} must hold integers without "
+                f"nulls (it has type {col.type}, {col.null_count} nulls)"
+            )
+        return col.to_numpy().astype(np.int64, copy=False)
 
     @staticmethod
     def _check_exact_ids(fps: np.ndarray, num_rows: int, f: FeatureConfig, source: str) -> None:
@@ -236,6 +262,7 @@ class BatchBuilder:
                 lengths=torch.from_numpy(lengths),
             ),
             labels=torch.from_numpy(rows.labels),
+            row_ids=rows.ids,
         )
 
     def stream(

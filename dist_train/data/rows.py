@@ -33,10 +33,14 @@ class Rows:
     lengths: np.ndarray  # int64 [num_features, n]: bag length of each example's feature
     offsets: np.ndarray  # int64 [num_features, n + 1]
     fingerprints: np.ndarray  # uint64
+    ids: np.ndarray | None = None  # int64 [n]: row ids, when the job audits its input
 
     @staticmethod
     def of(
-        labels: np.ndarray, dense: np.ndarray, per_feature: Sequence[tuple[np.ndarray, np.ndarray]]
+        labels: np.ndarray,
+        dense: np.ndarray,
+        per_feature: Sequence[tuple[np.ndarray, np.ndarray]],
+        ids: np.ndarray | None = None,
     ) -> Rows:
         """Rows of per-feature (bag lengths [n], fingerprints in example order)."""
         n = len(labels)
@@ -45,7 +49,7 @@ class Rows:
             lengths[f] = lens
         flat = [fps for _, fps in per_feature]
         fingerprints = np.concatenate(flat) if flat else np.zeros(0, dtype=np.uint64)
-        return Rows(labels, dense, lengths, _packed_offsets(lengths), fingerprints)
+        return Rows(labels, dense, lengths, _packed_offsets(lengths), fingerprints, ids)
 
     @property
     def num_rows(self) -> int:
@@ -60,6 +64,7 @@ class Rows:
             self.lengths[:, offset:stop],
             self.offsets[:, offset : stop + 1],
             self.fingerprints,
+            None if self.ids is None else self.ids[offset:stop],
         )
 
     def take(self, indices: np.ndarray) -> Rows:
@@ -69,7 +74,8 @@ class Rows:
         offsets = _packed_offsets(lengths)
         out = np.empty(int(offsets[-1, -1]) if offsets.size else 0, dtype=np.uint64)
         _gather(self.fingerprints, np.ascontiguousarray(self.offsets), indices, offsets, out)
-        return Rows(self.labels[indices], self.dense[indices], lengths, offsets, out)
+        ids = None if self.ids is None else self.ids[indices]
+        return Rows(self.labels[indices], self.dense[indices], lengths, offsets, out, ids)
 
     @staticmethod
     def concat(parts: Sequence[Rows]) -> Rows:
@@ -91,6 +97,7 @@ class Rows:
             lengths,
             offsets,
             out,
+            None if parts[0].ids is None else np.concatenate([p.ids for p in parts]),  # type: ignore[misc]
         )
 
 

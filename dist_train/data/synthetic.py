@@ -1,9 +1,10 @@
 """A Criteo-shaped synthetic dataset with a planted model, written as Parquet.
 
-Columns: ``label`` (0/1), dense ``I1..In`` (non-negative, count-like, some nulls), categorical
-``C1..Cm`` (Zipf-distributed ids; some as hex strings, some as multi-hot lists, some nulls), and
-``oracle_p``, the true click probability (never a model input: it gives the best achievable
-AUC, against which learned AUCs are judged).
+Columns: ``row_id`` (unique across both splits), ``label`` (0/1), dense ``I1..In``
+(non-negative, count-like, some nulls), categorical ``C1..Cm`` (Zipf-distributed ids; some as
+hex strings, some as multi-hot lists, some nulls), and ``oracle_p``, the true click
+probability (never a model input: it gives the best achievable AUC, against which learned AUCs
+are judged).
 
 The planted logit is ``bias + sum_i w_i * log1p(I_i) + sum_c s_c(id)`` where ``s_c(id)`` is a
 per-(column, id) Gaussian drawn from a hash, so it needs no stored tables; list columns
@@ -26,6 +27,7 @@ from dist_train.config import SyntheticDataConfig
 from dist_train.embedding.hashing import make_salt, salted_hash
 
 SPEC_FILE = "dataset.json"
+_FORMAT = 2  # bumped when the files' layout changes, so older generated data is rewritten
 _BIAS = -1.0
 _CHUNK_ROWS = 65_536
 
@@ -65,7 +67,8 @@ class _Column:
 
 
 def _schema(cfg: SyntheticDataConfig) -> pa.Schema:
-    fields = [pa.field("label", pa.int8(), nullable=False)]
+    fields = [pa.field("row_id", pa.int64(), nullable=False)]
+    fields.append(pa.field("label", pa.int8(), nullable=False))
     fields += [pa.field(f"I{i + 1}", pa.float32()) for i in range(cfg.num_dense)]
     for i in range(cfg.num_categorical):
         name = f"C{i + 1}"
@@ -82,8 +85,9 @@ def _chunk(
     n: int,
     rng: np.random.Generator,
     schema: pa.Schema,
+    first_id: int,
 ) -> pa.Table:
-    arrays: dict[str, pa.Array] = {}
+    arrays: dict[str, pa.Array] = {"row_id": pa.array(np.arange(first_id, first_id + n))}
     # sqrt(#terms) keeps the logit's spread comparable whatever the column counts.
     cat_scale = cfg.signal_scale / np.sqrt(max(1, len(columns)) / 4.0)
     logit = np.full(n, _BIAS)
@@ -126,15 +130,15 @@ def _write_split(
     dense_w: np.ndarray,
     rng: np.random.Generator,
     progress: bool,
+    first_id: int,
 ) -> None:
     schema = _schema(cfg)
     written = 0
     with pq.ParquetWriter(path, schema, compression="zstd") as writer:
         while written < num_rows:
             n = min(_CHUNK_ROWS, num_rows - written)
-            writer.write_table(
-                _chunk(cfg, columns, dense_w, n, rng, schema), row_group_size=cfg.rows_per_group
-            )
+            table = _chunk(cfg, columns, dense_w, n, rng, schema, first_id + written)
+            writer.write_table(table, row_group_size=cfg.rows_per_group)
             written += n
     if progress:
         print(f"  wrote {path} ({num_rows:,} rows)", file=sys.stderr, flush=True)
@@ -146,7 +150,7 @@ def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = Tru
     Reuses an existing dataset when its recorded spec equals ``cfg``.
     """
     out = Path(out_dir)
-    spec = cfg.model_dump(mode="json")
+    spec = {**cfg.model_dump(mode="json"), "format": _FORMAT}
     result = GeneratedData(out / "train", out / "test")
     spec_path = out / SPEC_FILE
     if spec_path.is_file() and json.loads(spec_path.read_text()) == spec:
@@ -173,9 +177,10 @@ def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = Tru
         n = min(per_file, cfg.num_train_rows - i * per_file)
         if n > 0:
             path = result.train_dir / f"part-{i}.parquet"
-            _write_split(path, n, cfg, columns, dense_w, rng, progress)
+            _write_split(path, n, cfg, columns, dense_w, rng, progress, i * per_file)
+    test_path = result.test_dir / "part-0.parquet"
     _write_split(
-        result.test_dir / "part-0.parquet", cfg.num_test_rows, cfg, columns, dense_w, rng, progress
+        test_path, cfg.num_test_rows, cfg, columns, dense_w, rng, progress, cfg.num_train_rows
     )
     spec_path.write_text(json.dumps(spec, indent=2))
     if progress:

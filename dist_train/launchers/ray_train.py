@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -24,6 +25,36 @@ class LaunchError(RuntimeError):
 
 
 SUMMARY_FILE = "summary.json"
+POINTER_FILE = "dist_train_checkpoint.json"
+
+
+def _report_checkpoint(path: Path, step: int) -> None:
+    """Tell Ray Train about a committed checkpoint: rank 0 attaches a pointer to it (the DCP
+    shards stay where every rank wrote them), so a restarted worker group finds it with
+    ``ray.train.get_checkpoint()``. Every rank reports, as Ray Train requires."""
+    import ray.train
+
+    metrics = {"step": step, "checkpoint": str(path)}
+    if ray.train.get_context().get_world_rank() != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / POINTER_FILE).write_text(json.dumps(metrics))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _restart_point() -> str | None:
+    """The checkpoint a restarted worker group resumes from (None on a first start)."""
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as path:
+        pointer = Path(path) / POINTER_FILE
+        if not pointer.is_file():
+            return None  # the run's summary, reported at its very end
+        return str(json.loads(pointer.read_text())["checkpoint"])
 
 
 def _report(metrics: dict[str, Any]) -> None:
@@ -47,8 +78,12 @@ def _ray_worker(payload: dict[str, Any]) -> None:
     inputs = payload["inputs"]  # a WorkerInputs, plan included (Ray pickles the config)
     import ray
 
+    restart = _restart_point()
+    if restart is not None:  # Ray Train restarted the group after a worker failed
+        print(f"[dist-train] worker group restarted; resuming from {restart}", flush=True)
+        inputs = dataclasses.replace(inputs, resume=restart)
     node_id = ray.get_runtime_context().get_node_id()
-    run_worker(cfg, inputs, node_id, report=_report)
+    run_worker(cfg, inputs, node_id, report=_report, checkpointed=_report_checkpoint)
 
 
 def _init_ray(cfg: JobConfig) -> bool:

@@ -32,6 +32,8 @@ from dist_train.data.reader import (
     steps_per_epoch,
 )
 from dist_train.data.validation import BadInputCounts, BadInputPolicy
+from dist_train.train.faults import maybe_kill
+from dist_train.train.ledger import Ledger
 from dist_train.train.sharding import JobPlan
 from dist_train.train.topology import TopologyError, discover_topology
 from dist_train.train.trainer import Trainer
@@ -55,12 +57,13 @@ class WorkerInputs:
 class _Progress:
     """Rank-0 progress lines on stdout and in metrics.jsonl."""
 
-    def __init__(self, run_dir: str, enabled: bool) -> None:
+    def __init__(self, run_dir: str, enabled: bool, append: bool = False) -> None:
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("")
+            if not append:  # a resumed run continues its predecessor's log
+                self.path.write_text("")
 
     def log(self, record: dict[str, Any], line: str) -> None:
         if not self.enabled:
@@ -102,12 +105,17 @@ def _total_counts(local: BadInputCounts, driver: BadInputCounts | None) -> BadIn
 
 
 def run_worker(
-    cfg: JobConfig, inputs: WorkerInputs, node_id: str, report: Report | None = None
+    cfg: JobConfig,
+    inputs: WorkerInputs,
+    node_id: str,
+    report: Report | None = None,
+    checkpointed: Callable[[Path, int], None] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate on this rank; returns (and reports) the run summary.
 
     ``node_id`` names the machine (or simulated node) this rank runs on; ranks sharing it
-    form one host for hierarchical sharding.
+    form one host for hierarchical sharding. ``checkpointed(path, step)`` runs on every rank
+    after each committed checkpoint (Ray Train records it for restarts after a failure).
     """
     rank, world = dist.get_rank(), dist.get_world_size()
     reuse_freed_memory()  # row groups decode into MBs of short-lived arrays
@@ -129,7 +137,7 @@ def run_worker(
     placements = trainer.plan.placements()
     builder = trainer.batch_builder()
     policy = BadInputPolicy.for_job(cfg)
-    progress = _Progress(inputs.run_dir, rank == 0)
+    progress = _Progress(inputs.run_dir, rank == 0, append=inputs.resume is not None)
     tc = cfg.train
     progress.log(
         {
@@ -160,6 +168,7 @@ def run_worker(
         )
     ckpt_root = checkpoint.checkpoint_root(cfg)
     saved_step = -1
+    ledger = Ledger(inputs.run_dir, rank, position.step) if cfg.data.row_id_column else None
 
     def save(epoch: int, batches_done: int) -> None:
         nonlocal saved_step
@@ -177,6 +186,8 @@ def run_worker(
             },
         )
         saved_step = step
+        if checkpointed is not None:
+            checkpointed(path, step)
         progress.log(
             {"event": "checkpoint", "path": str(path), **asdict(pos)},
             f"[dist-train] checkpoint step {step} -> {path}",
@@ -214,6 +225,9 @@ def run_worker(
             window_steps += 1
             step += 1
             done += 1
+            if ledger is not None:
+                ledger.record(step, epoch, batch.row_ids)
+            maybe_kill(inputs.run_dir, rank, step)
             if first_step_unix is None:
                 first_step_unix, first_step_clock = time.time(), time.perf_counter()
             examples += tc.batch_size * world
@@ -304,6 +318,8 @@ def run_worker(
         f"[dist-train] test AUC {metrics.auc:.4f} log loss {metrics.log_loss:.4f} "
         f"NE {metrics.ne:.4f} on {metrics.num_examples:,} examples",
     )
+    if ledger is not None:
+        ledger.close()
     if report is not None:
         report(summary)
     sys.stdout.flush()

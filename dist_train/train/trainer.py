@@ -40,6 +40,7 @@ def make_batch_builder(cfg: JobConfig, layout: EmbeddingLayout) -> BatchBuilder:
         cfg.data.resolved_dense_columns(),
         cfg.data.label_column,
         cfg.data.dense_transform,
+        cfg.data.row_id_column,
     )
 
 
