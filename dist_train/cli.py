@@ -95,6 +95,11 @@ def _bench(args: argparse.Namespace) -> int:
 
         run_launch_bench(cfg, args.json)
         return 0
+    if args.bench == "checkpoint":
+        from dist_train.bench.checkpoint import run_checkpoint_bench
+
+        run_checkpoint_bench(cfg, args.rows, args.json, recovery=not args.no_recovery)
+        return 0
     from dist_train.bench.embeddings import run_embedding_bench
 
     lrs = [float(x) for x in args.lrs.split(",")]
@@ -310,6 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the figures as JSON to this file")
     p = bench.add_parser("launch", help="Ray vs plain processes: start-up and steady examples/s")
     common(p)
+    p.add_argument("--json", help="also write the figures as JSON to this file")
+    p = bench.add_parser(
+        "checkpoint", help="save/load MB/s vs this disk's; kill -9 -> first resumed step"
+    )
+    common(p)
+    p.add_argument("--rows", type=int, default=4_000_000, help="embedding rows of the saved table")
+    p.add_argument("--no-recovery", action="store_true", help="skip the Ray kill -9 run")
     p.add_argument("--json", help="also write the figures as JSON to this file")
     return parser
 

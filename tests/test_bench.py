@@ -71,3 +71,13 @@ def test_bench_planner_reports_ratios_and_fidelity(tmp_path: Path) -> None:
     assert all(r["measured_step_seconds"] > 0 for r in result["fidelity"])
     assert -1.0 <= result["ranking_kendall_tau_2_ranks"] <= 1.0
     assert isinstance(result["pick_is_measured_fastest_allowed_4_ranks"], bool)
+
+
+def test_bench_checkpoint_reports_throughput_against_the_disk(tmp_path: Path) -> None:
+    out = tmp_path / "ckpt.json"
+    args = ["bench", "checkpoint", "--config", TINY, "--set", f"output_dir={tmp_path}"]
+    assert main([*args, "--rows", "50000", "--no-recovery", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["checkpoint_bytes"] >= 50000 * 8 * 4  # the table alone (tiny: dim 8)
+    for key in ("save_over_disk_write", "load_over_disk_read", "disk_read_bytes_per_second"):
+        assert result[key] > 0, key
