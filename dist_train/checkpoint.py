@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
@@ -98,37 +99,19 @@ def read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def check_compatible(
-    meta: dict[str, Any],
-    path: Path,
-    world: int,
-    placements: dict[str, dict[str, object]] | None = None,
-) -> TrainPosition:
-    """The saved position, if a job of ``world`` ranks can resume it; else CheckpointError."""
+def check_compatible(meta: dict[str, Any], path: Path, world: int) -> TrainPosition:
+    """The saved position, if a job of ``world`` ranks can resume it; else CheckpointError.
+
+    Any plan and world size can load a checkpoint (:func:`load` reshards it), except that a
+    checkpoint taken mid-epoch needs the world size it was saved with: rows are dealt to
+    ranks per (world size, epoch), so another world size would re-read or skip rows.
+    """
     position = TrainPosition(**meta["position"])
     saved_world = meta.get("world_size")
-    saved_plan = meta.get("sharding") or {}
-    if saved_world == world:
-        if placements is not None and saved_plan and saved_plan != placements:
-            # Loading across plans breaks on optimizer-state keys (TorchRec issue 2394).
-            raise CheckpointError(
-                f"{path}: saved with the plan {saved_plan}, but this job plans {placements}; "
-                "resume with the saved plan (set sharding.type to its type, and the same "
-                "sharding.topology and memory_per_rank)"
-            )
-        return position
-    if position.batches:
-        # Rows are dealt to ranks per (world size, epoch): mid-epoch, another world size would
-        # re-read or skip rows. At an epoch boundary DCP reshards the tables and state.
+    if saved_world != world and position.batches:
         raise CheckpointError(
             f"{path}: saved mid-epoch by {saved_world} ranks; resume it with {saved_world} "
             f"ranks (this job has {world}), or from a checkpoint at an epoch boundary"
-        )
-    saved_types = {p["type"] for p in saved_plan.values()}
-    if saved_types - {"row_wise"}:
-        raise CheckpointError(
-            f"{path}: resharding {sorted(saved_types)} plans to another world size is not "
-            "supported yet (row_wise is)"
         )
     return position
 
@@ -167,15 +150,91 @@ def save(
 
 
 def load(trainer: Trainer, path: Path) -> TrainPosition:
-    """Restore model and optimizer state from ``path`` into ``trainer``; the saved position."""
+    """Restore model and optimizer state from ``path`` into ``trainer``; the saved position.
+
+    The checkpoint may come from another plan or world size. DCP maps every tensor by its
+    global offsets. Row-wise Adagrad's accumulators are the exception: TorchRec keeps one per
+    row per column block (a ``[rows * blocks]`` tensor under column-wise sharding, ``[rows]``
+    otherwise), so :func:`_reshard_row_states` converts them between block layouts.
+    """
     meta = read_meta(path)
-    position = check_compatible(meta, path, dist.get_world_size(), trainer.plan.placements())
+    position = check_compatible(meta, path, dist.get_world_size())
     state = _state(trainer)
     try:
-        dcp.load(state, storage_reader=dcp.FileSystemReader(str(path)))
+        reader = dcp.FileSystemReader(str(path))
+        saved = reader.read_metadata().state_dict_metadata
+        converted = _reshard_row_states(state, saved, path)
+        dcp.load(state, storage_reader=reader)
+        for (param, key), tensor in converted.items():
+            state["optim"]["state"].setdefault(param, {})[key] = tensor
+    except CheckpointError:
+        raise
     except (Exception, CheckpointException) as err:  # noqa: BLE001 - DCP raises many types
         # (CheckpointException, which wraps a rank's failure, is a BaseException)
         raise CheckpointError(f"{path}: cannot load checkpoint shards ({reason(err)})") from None
     trainer.model.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optim"])
     return position
+
+
+def _column_blocks(chunks: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> list[int]:
+    """Widths of a table's column blocks, left to right, from its shards' (offsets, sizes)."""
+    return [width for _, width in sorted({(o[1], s[1]) for o, s in chunks})]
+
+
+def _reshard_row_states(
+    state: dict[str, Any], saved: dict[str, Any], path: Path
+) -> dict[tuple[str, str], Any]:
+    """Load the per-row optimizer states whose block layout differs from the saved one.
+
+    Such entries are removed from ``state`` (DCP cannot map them) and returned, filled:
+    the saved blocks are averaged, weighted by width, into one value per row (exactly the
+    row-wise Adagrad accumulator of the whole row), then copied into every target block.
+    """
+    out: dict[tuple[str, str], Any] = {}
+    for param, entries in list(state["optim"]["state"].items()):
+        weight = state["model"].get(param)
+        if weight is None or not hasattr(weight, "metadata") or weight.dim() != 2:
+            continue
+        rows = weight.shape[0]
+        target_blocks = _column_blocks(
+            [
+                (tuple(m.shard_offsets), tuple(m.shard_sizes))
+                for m in weight.metadata().shards_metadata
+            ]
+        )
+        saved_weight = saved.get(f"model.{param}")
+        if saved_weight is None:
+            continue  # DCP names the missing key when it loads
+        saved_blocks = _column_blocks(
+            [(tuple(c.offsets), tuple(c.sizes)) for c in saved_weight.chunks]
+        )
+        for key, tensor in list(entries.items()):
+            fqn = f"optim.state.{param}.{key}"
+            md = saved.get(fqn)
+            if md is None or not hasattr(tensor, "local_shards") or tensor.dim() != 1:
+                continue
+            if tuple(md.size) == tuple(tensor.shape) and saved_blocks == target_blocks:
+                continue  # same layout: DCP reshards it by offsets
+            if md.size[0] != rows * len(saved_blocks) or tensor.shape[0] != rows * len(
+                target_blocks
+            ):
+                raise CheckpointError(
+                    f"{path}: {fqn} has {md.size[0]} values; expected one per row per column "
+                    f"block ({rows} rows x {len(saved_blocks)} blocks)"
+                )
+            whole = torch.empty(tuple(md.size), dtype=tensor.dtype)
+            dcp.load({fqn: whole}, storage_reader=dcp.FileSystemReader(str(path)))
+            widths = torch.tensor(saved_blocks, dtype=torch.float64)
+            per_row = (whole.view(len(saved_blocks), rows).double() * widths[:, None]).sum(0)
+            per_row = (per_row / widths.sum()).to(tensor.dtype)
+            for shard in tensor.local_shards():
+                (offset,), (size,) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+                row = offset % rows  # a shard never spans two blocks
+                shard.tensor.copy_(per_row[row : row + size])
+            del entries[key]
+            out[(param, key)] = tensor
+    for param, _ in out:  # an emptied entry would look like a missing key to DCP
+        if not state["optim"]["state"].get(param, True):
+            del state["optim"]["state"][param]
+    return out

@@ -100,13 +100,19 @@ def resume_path(cfg: JobConfig, job_plan: JobPlan | None = None) -> str | None:
         print(f"[dist-train] no checkpoint in {root} yet: starting from scratch", flush=True)
         return None
     # Fail here, before workers start, if it is unreadable or cannot resume on this many ranks.
-    checkpoint.check_compatible(
-        checkpoint.read_meta(path),
-        path,
-        cfg.ray.num_workers,
-        job_plan.placements() if job_plan is not None else None,
-    )
+    meta = checkpoint.read_meta(path)
+    checkpoint.check_compatible(meta, path, cfg.ray.num_workers)
     print(f"[dist-train] resuming from {path}", flush=True)
+    plan = job_plan.placements() if job_plan is not None else None
+    if meta.get("world_size") != cfg.ray.num_workers or (plan and meta.get("sharding") != plan):
+        saved = sorted({str(t["type"]) for t in (meta.get("sharding") or {}).values()})
+        now = sorted({str(t["type"]) for t in (plan or {}).values()})
+        print(
+            f"[dist-train] resharding it: saved by {meta.get('world_size')} ranks as "
+            f"{'/'.join(saved) or '?'}, loading on {cfg.ray.num_workers} as "
+            f"{'/'.join(now) or 'the workers plan'}",
+            flush=True,
+        )
     return str(path)
 
 
