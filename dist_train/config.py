@@ -343,13 +343,6 @@ class JobConfig(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"duplicate feature names {dupes}")
-        wants_checkpoints = self.checkpoint.every_steps or self.checkpoint.resume
-        if self.sharding.type in ("table_row_wise", "grid_shard") and wants_checkpoints:
-            raise ValueError(
-                f"checkpoints of {self.sharding.type} plans are not supported yet (DCP cannot "
-                "save tables that live on a subset of ranks); use row_wise or auto, or drop "
-                "checkpoint.every_steps / checkpoint.resume"
-            )
         unknown = sorted(set(self.sharding.pooling_factors) - set(names))
         if unknown:
             raise ValueError(f"sharding.pooling_factors names unknown features {unknown}")

@@ -165,17 +165,24 @@ def _momenta(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in t.items() if k.endswith("momentum1")}
 
 
-def test_resharding_matrix_row_column_table_2_4_1_ranks(tmp_path: Path) -> None:
-    """row_wise on 2 ranks -> column_wise on 4 -> table_wise on 1 -> row_wise on 2, each
-    loading the previous one's epoch-boundary checkpoint (training no further): same model
-    outputs, and weights and optimizer state carried over exactly."""
+def test_resharding_matrix_row_column_grid_2_4_1_ranks(tmp_path: Path) -> None:
+    """row_wise on 2 ranks -> column_wise on 4 -> grid_shard on 4 (2 nodes) ->
+    table_row_wise on 4 (2 nodes) -> table_wise on 1 -> row_wise on 2, each loading the
+    previous one's epoch-boundary checkpoint (training no further): same model outputs, and
+    weights and optimizer state carried over exactly."""
     base = [*BASE, f"output_dir={tmp_path}", "train.epochs=1"]
     root = tmp_path / "tiny" / "checkpoints"
     first = run_job(load_config(TINY, [*base, "sharding.type=row_wise"]))
     saved = committed(root)[-1]
     before = _tensors(saved, tmp_path)
-    shapes = {"column_wise": 4, "table_wise": 1, "row_wise": 2}
-    for hop, (kind, world) in enumerate(shapes.items()):
+    hops = [
+        ("column_wise", 4, 1),
+        ("grid_shard", 4, 2),
+        ("table_row_wise", 4, 2),
+        ("table_wise", 1, 1),
+        ("row_wise", 2, 1),
+    ]
+    for hop, (kind, world, nodes) in enumerate(hops):
         summary = run_job(
             load_config(
                 TINY,
@@ -183,6 +190,7 @@ def test_resharding_matrix_row_column_table_2_4_1_ranks(tmp_path: Path) -> None:
                     *base,
                     f"sharding.type={kind}",
                     f"ray.num_workers={world}",
+                    f"ray.num_nodes={nodes}",
                     "train.max_steps=16",
                     f"checkpoint.resume={saved}",
                     f"checkpoint.dir={tmp_path / f'hop{hop}'}",
@@ -197,7 +205,8 @@ def test_resharding_matrix_row_column_table_2_4_1_ranks(tmp_path: Path) -> None:
         after = _tensors(saved, tmp_path)
         assert after.keys() == before.keys()
         for key, value in before.items():
-            if kind == "column_wise" and key.endswith("momentum1"):  # one per row per block
+            if kind in ("column_wise", "grid_shard") and key.endswith("momentum1"):
+                # one accumulator per row per column block
                 assert torch.equal(after[key], value.repeat(2)), key
             else:
                 assert torch.equal(after[key], value), key

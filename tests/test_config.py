@@ -51,8 +51,6 @@ def test_cross_field_checks() -> None:
         load_config(overrides=["embedding.kind=collisionless", "features=[{name: C1}]"])
     with pytest.raises(ConfigError, match="duplicate feature names"):
         load_config(overrides=["features=[{name: C1}, {name: C1}]"])
-    with pytest.raises(ConfigError, match="checkpoints of table_row_wise plans"):
-        load_config(overrides=["sharding.type=table_row_wise", "checkpoint.every_steps=10"])
     with pytest.raises(ConfigError, match="give both train_path and test_path"):
         load_config(overrides=["data.train_path=/data/train"])
 

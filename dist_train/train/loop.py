@@ -256,13 +256,7 @@ def run_worker(
         if stopped_early:
             break
     if cfg.checkpoint.save_at_end and step != saved_step:
-        if trainer.plan.hierarchical:  # DCP cannot save them; the config refuses asking to
-            progress.log(
-                {"event": "checkpoint_skipped", "reason": "table_row_wise"},
-                "[dist-train] no final checkpoint: table_row_wise plans cannot be saved yet",
-            )
-        else:
-            save(end_epoch, end_batches)
+        save(end_epoch, end_batches)
     steady_seconds = time.perf_counter() - first_step_clock if first_step_unix else 0.0
     if window_steps:
         last_loss = _mean_across_ranks(window_loss / window_steps)

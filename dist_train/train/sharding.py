@@ -154,9 +154,6 @@ def allowed_types(cfg: JobConfig) -> tuple[str, ...]:
     if cfg.sharding.type != "auto":
         return (cfg.sharding.type,)
     types: tuple[str, ...] = SHARDING_TYPES
-    if cfg.checkpoint.every_steps or cfg.checkpoint.resume:
-        # DCP cannot save tables held by a subset of ranks in a hierarchical plan (yet).
-        types = tuple(t for t in types if t not in HIERARCHICAL)
     if cfg.embedding.optimizer.type == "rowwise_adagrad":
         # data_parallel tables train on the dense kernel with torch's element-wise Adagrad:
         # a placement choice must not silently change the optimizer.
