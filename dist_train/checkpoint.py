@@ -163,7 +163,14 @@ def load(trainer: Trainer, path: Path) -> TrainPosition:
     try:
         reader = dcp.FileSystemReader(str(path))
         saved = reader.read_metadata().state_dict_metadata
-        converted = _reshard_row_states(state, saved, path)
+        # Ranks convert different tables (each holds its own optimizer state), so the
+        # conversion runs without collectives; they agree on its outcome before DCP's load.
+        problem: CheckpointError | None = None
+        try:
+            converted = _reshard_row_states(state, saved, path)
+        except CheckpointError as err:
+            problem, converted = err, {}
+        _raise_if_any_rank_failed(problem, path)
         dcp.load(state, storage_reader=reader)
         for (param, key), tensor in converted.items():
             state["optim"]["state"].setdefault(param, {})[key] = tensor
@@ -175,6 +182,16 @@ def load(trainer: Trainer, path: Path) -> TrainPosition:
     trainer.model.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optim"])
     return position
+
+
+def _raise_if_any_rank_failed(problem: CheckpointError | None, path: Path) -> None:
+    """Raise on every rank if ``problem`` occurred on any (so none waits in a collective)."""
+    failed = torch.tensor([problem is not None], dtype=torch.int32)
+    dist.all_reduce(failed)
+    if problem is not None:
+        raise problem
+    if failed.item():
+        raise CheckpointError(f"{path}: another rank could not convert its optimizer state")
 
 
 def _column_blocks(chunks: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> list[int]:
@@ -224,7 +241,7 @@ def _reshard_row_states(
                     f"block ({rows} rows x {len(saved_blocks)} blocks)"
                 )
             whole = torch.empty(tuple(md.size), dtype=tensor.dtype)
-            dcp.load({fqn: whole}, storage_reader=dcp.FileSystemReader(str(path)))
+            dcp.load({fqn: whole}, storage_reader=dcp.FileSystemReader(str(path)), no_dist=True)
             widths = torch.tensor(saved_blocks, dtype=torch.float64)
             per_row = (whole.view(len(saved_blocks), rows).double() * widths[:, None]).sum(0)
             per_row = (per_row / widths.sum()).to(tensor.dtype)

@@ -237,3 +237,24 @@ def test_column_wise_row_states_average_into_row_wise(tmp_path: Path) -> None:
         halves = value.view(2, -1)
         assert not torch.equal(halves[0], halves[1])  # the blocks did differ
         assert torch.equal(rows[key], halves.double().mean(0).float()), key
+
+
+def test_resharding_with_unevenly_placed_blocks(tmp_path: Path) -> None:
+    """3 tables x 2 column blocks on 4 ranks: ranks convert different numbers of optimizer
+    states (2, 2, 1, 1), which must not desynchronize the ranks' collectives."""
+    base = [*BASE, f"output_dir={tmp_path}", "train.epochs=1", "embedding.num_tables=3"]
+    first = run_job(load_config(TINY, [*base, "sharding.type=row_wise"]))
+    summary = run_job(
+        load_config(
+            TINY,
+            [
+                *base,
+                "sharding.type=column_wise",
+                "ray.num_workers=4",
+                "train.max_steps=16",
+                "checkpoint.resume=latest",
+            ],
+        )
+    )
+    assert summary["world_size"] == 4 and len(summary["sharding"]) == 3
+    assert summary["test_log_loss"] == pytest.approx(first["test_log_loss"], rel=1e-6)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,7 @@ def save_and_load(cfg_raw: dict[str, Any], plan: JobPlan, root: str) -> dict[str
 
 def recovery_seconds(out_dir: Path) -> dict[str, float]:
     """Kill rank 1 of a tiny Ray run after step 11; time the recovery from its records."""
+    shutil.rmtree(out_dir, ignore_errors=True)  # a fresh run: its own kill and ledger
     os.environ[ENV] = "1:11"
     try:
         run_job(

@@ -122,9 +122,9 @@ class BatchBuilder:
         keys = layout.keys
         self._key_feature = np.array([names.index(k.feature) for k in keys], dtype=np.int64)
         self._key_exact = np.array([k.salt is None for k in keys], dtype=np.bool_)
-        self._key_params = np.stack(
-            [key_params(k.salt or 0, k.num_rows) for k in keys] or [np.zeros(4, dtype=np.uint64)]
-        )[: len(keys)]
+        self._key_params = np.array(
+            [key_params(k.salt or 0, k.num_rows) for k in keys], dtype=np.uint64
+        ).reshape(len(keys), 4)
         # Exact (collisionless) features and their row counts: ids are rows, so they are
         # range-checked here, before anything reaches the embedding kernels.
         self._exact_rows = {k.feature: k.num_rows for k in keys if k.salt is None}

@@ -176,7 +176,11 @@ def open_parquet(path: str, read_dictionary: Sequence[str] = ()) -> pq.ParquetFi
             or pa.types.is_large_string(schema.field(name).type)
         )
     ]
-    return pq.ParquetFile(source(), read_dictionary=strings) if strings else pf
+    if not strings:
+        return pf
+    # read_dictionary is fixed when a reader opens: reopen with the string columns named.
+    pf.close(force=True)
+    return pq.ParquetFile(source(), read_dictionary=strings)
 
 
 def _filesystem(url: str) -> tuple[pafs.FileSystem, str]:

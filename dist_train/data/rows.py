@@ -17,10 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
-from dist_train.embedding.kernels import reduce, salted
+from dist_train.kernels import fill_offsets, gather_rows, key_values_into
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,7 @@ class Rows:
         lengths = self.lengths[:, indices]
         offsets = _packed_offsets(lengths)
         out = np.empty(int(offsets[-1, -1]) if offsets.size else 0, dtype=np.uint64)
-        _gather(self.fingerprints, np.ascontiguousarray(self.offsets), indices, offsets, out)
+        gather_rows(self.fingerprints, np.ascontiguousarray(self.offsets), indices, offsets, out)
         ids = None if self.ids is None else self.ids[indices]
         return Rows(self.labels[indices], self.dense[indices], lengths, offsets, out, ids)
 
@@ -104,7 +103,7 @@ class Rows:
 def _packed_offsets(lengths: np.ndarray) -> np.ndarray:
     """Offsets [F, n + 1] of ``lengths`` [F, n] with features packed one after another."""
     offsets = np.empty((lengths.shape[0], lengths.shape[1] + 1), dtype=np.int64)
-    _fill_offsets(lengths, offsets)
+    fill_offsets(lengths, offsets)
     return offsets
 
 
@@ -120,45 +119,5 @@ def key_values(
     starts = rows.offsets[key_feature, 0]
     ends = rows.offsets[key_feature, -1]
     values = np.empty(int((ends - starts).sum()), dtype=np.int64)
-    _key_values(rows.fingerprints, starts, ends, key_params, key_exact, values)
+    key_values_into(rows.fingerprints, starts, ends, key_params, key_exact, values)
     return values, rows.lengths[key_feature].reshape(-1)
-
-
-_jit = numba.njit(cache=True, nogil=True)
-
-
-@_jit
-def _fill_offsets(lengths, offsets):  # type: ignore[no-untyped-def]
-    total = 0
-    for f in range(lengths.shape[0]):
-        offsets[f, 0] = total
-        for i in range(lengths.shape[1]):
-            total += lengths[f, i]
-            offsets[f, i + 1] = total
-
-
-@_jit
-def _gather(fps, offsets, indices, new_offsets, out):  # type: ignore[no-untyped-def]
-    for f in range(offsets.shape[0]):
-        for r in range(indices.shape[0]):
-            i = indices[r]
-            src, dst = offsets[f, i], new_offsets[f, r]
-            for j in range(offsets[f, i + 1] - src):
-                out[dst + j] = fps[src + j]
-
-
-@_jit
-def _key_values(fps, starts, ends, key_params, key_exact, out):  # type: ignore[no-untyped-def]
-    p = 0
-    for k in range(starts.shape[0]):
-        src = fps[starts[k] : ends[k]]
-        dst = out[p : p + src.shape[0]]
-        if key_exact[k]:
-            for j in range(src.shape[0]):
-                dst[j] = np.int64(src[j])
-        else:
-            salt, rot = key_params[k, 0], key_params[k, 1]
-            m, q = key_params[k, 2], key_params[k, 3]
-            for j in range(src.shape[0]):
-                dst[j] = reduce(salted(src[j], salt, rot), m, q)
-        p += src.shape[0]

@@ -9,6 +9,7 @@ import math
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,45 +29,66 @@ SUMMARY_FILE = "summary.json"
 POINTER_FILE = "dist_train_checkpoint.json"
 
 
-def _report_checkpoint(path: Path, step: int) -> None:
-    """Tell Ray Train about a committed checkpoint: rank 0 attaches a pointer to it (the DCP
-    shards stay where every rank wrote them), so a restarted worker group finds it with
-    ``ray.train.get_checkpoint()``. Every rank reports, as Ray Train requires."""
-    import ray.train
-
-    metrics = {"step": step, "checkpoint": str(path)}
-    if ray.train.get_context().get_world_rank() != 0:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / POINTER_FILE).write_text(json.dumps(metrics))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
-def _restart_point() -> str | None:
-    """The checkpoint a restarted worker group resumes from (None on a first start)."""
-    import ray.train
-
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
-        return None
-    with ckpt.as_directory() as path:
-        pointer = Path(path) / POINTER_FILE
-        if not pointer.is_file():
-            return None  # the run's summary, reported at its very end
-        return str(json.loads(pointer.read_text())["checkpoint"])
-
-
-def _report(metrics: dict[str, Any]) -> None:
-    """Report the summary; rank 0 attaches it as a (tiny) checkpoint so ``Result`` carries it."""
+def _report(metrics: dict[str, Any], attach: str = SUMMARY_FILE) -> None:
+    """Report ``metrics`` from every rank (Ray Train requires all to report); rank 0 attaches
+    them as a tiny checkpoint file named ``attach``, which ``Result`` and
+    ``get_checkpoint()`` then carry."""
     import ray.train
 
     if ray.train.get_context().get_world_rank() != 0:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / SUMMARY_FILE).write_text(json.dumps(metrics))
+        (Path(tmp) / attach).write_text(json.dumps(metrics))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _checkpoint_reporter(run_id: str) -> Callable[[Path, int], None]:
+    """Tell Ray Train about each committed checkpoint with a pointer to it (the DCP shards
+    stay where every rank wrote them), so a restarted worker group finds it."""
+
+    def report(path: Path, step: int) -> None:
+        _report({"step": step, "checkpoint": str(path), "run_id": run_id}, attach=POINTER_FILE)
+
+    return report
+
+
+def _restart_point(cfg: JobConfig, inputs: WorkerInputs) -> str | None:
+    """The checkpoint a restarted worker group resumes from; None on a first start.
+
+    Only checkpoints of this launch count (its ``run_id``): Ray Train also restores its
+    records from an earlier launch that used the same storage path. Ray's record
+    (``get_checkpoint()``) lags, because it registers a report when its controller next polls
+    the workers, so the newest checkpoint this launch committed is considered too. Rank 0
+    decides and tells the others: on a shared filesystem another node may not see the newest
+    directory yet.
+    """
+    import ray.train
+    import torch.distributed as dist
+
+    from dist_train import checkpoint  # here: it imports torchrec (see _ray_worker)
+
+    choice: list[str | None] = [None]
+    if dist.get_rank() == 0:
+        candidates: list[tuple[int, str]] = []
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is not None:
+            with ckpt.as_directory() as path:
+                pointer = Path(path) / POINTER_FILE
+                record = json.loads(pointer.read_text()) if pointer.is_file() else {}
+            if record.get("run_id") == inputs.run_id:
+                candidates.append((int(record["step"]), str(record["checkpoint"])))
+        for path in reversed(checkpoint.committed(checkpoint.checkpoint_root(cfg))):
+            try:
+                meta = checkpoint.read_meta(path)
+            except checkpoint.CheckpointError:
+                continue
+            if meta.get("run_id") == inputs.run_id:
+                candidates.append((int(meta["position"]["step"]), str(path)))
+                break
+        choice[0] = max(candidates)[1] if candidates else None
+    dist.broadcast_object_list(choice, src=0)
+    return choice[0]
 
 
 def _ray_worker(payload: dict[str, Any]) -> None:
@@ -78,12 +100,14 @@ def _ray_worker(payload: dict[str, Any]) -> None:
     inputs = payload["inputs"]  # a WorkerInputs, plan included (Ray pickles the config)
     import ray
 
-    restart = _restart_point()
+    restart = _restart_point(cfg, inputs)
     if restart is not None:  # Ray Train restarted the group after a worker failed
         print(f"[dist-train] worker group restarted; resuming from {restart}", flush=True)
         inputs = dataclasses.replace(inputs, resume=restart)
     node_id = ray.get_runtime_context().get_node_id()
-    run_worker(cfg, inputs, node_id, report=_report, checkpointed=_report_checkpoint)
+    run_worker(
+        cfg, inputs, node_id, report=_report, checkpointed=_checkpoint_reporter(inputs.run_id)
+    )
 
 
 def _init_ray(cfg: JobConfig) -> bool:

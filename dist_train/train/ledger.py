@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
@@ -28,26 +28,29 @@ def ledger_path(run_dir: str | Path, rank: int) -> Path:
 
 
 class Ledger:
-    """One rank's append-only ledger (flushed every step, so a killed worker leaves its
-    steps up to the kill)."""
+    """One rank's append-only ledger. Each record is appended and flushed on its own (the file
+    is not held open), so a killed worker leaves every step up to the kill."""
 
     def __init__(self, run_dir: str | Path, rank: int, resume_step: int) -> None:
-        path = ledger_path(run_dir, rank)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] = path.open("a")
-        self._write({"attempt": {"pid": os.getpid(), "resume_step": resume_step}})
+        self.path = ledger_path(run_dir, rank)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        torn = False
+        if self.path.is_file() and self.path.stat().st_size:
+            with self.path.open("rb") as f:
+                f.seek(-1, os.SEEK_END)
+                torn = f.read(1) != b"\n"
+        # A worker killed mid-write leaves a torn last line: end it, so it stays unreadable
+        # on its own instead of swallowing this attempt's first record.
+        self._append({"attempt": {"pid": os.getpid(), "resume_step": resume_step}}, torn)
 
-    def _write(self, record: dict[str, Any]) -> None:
+    def _append(self, record: dict[str, Any], newline_first: bool = False) -> None:
         record["unix"] = time.time()
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        with self.path.open("a") as f:
+            f.write(("\n" if newline_first else "") + json.dumps(record) + "\n")
 
     def record(self, step: int, epoch: int, ids: np.ndarray | None) -> None:
         """The rows of global step ``step``."""
-        self._write({"step": step, "epoch": epoch, "ids": [] if ids is None else ids.tolist()})
-
-    def close(self) -> None:
-        self._file.close()
+        self._append({"step": step, "epoch": epoch, "ids": [] if ids is None else ids.tolist()})
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,6 +53,7 @@ class WorkerInputs:
     plan: JobPlan | None = None  # made on the driver; None = each rank plans for itself
     file_counts: BadInputCounts | None = None  # bad files the driver skipped
     resume: str | None = None  # a committed checkpoint to continue from
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # this launch's checkpoints
 
 
 class _Progress:
@@ -183,6 +185,7 @@ def run_worker(
             {
                 "config": cfg.model_dump(mode="json"),
                 "sharding": placements,
+                "run_id": inputs.run_id,
             },
         )
         saved_step = step
@@ -312,8 +315,6 @@ def run_worker(
         f"[dist-train] test AUC {metrics.auc:.4f} log loss {metrics.log_loss:.4f} "
         f"NE {metrics.ne:.4f} on {metrics.num_examples:,} examples",
     )
-    if ledger is not None:
-        ledger.close()
     if report is not None:
         report(summary)
     sys.stdout.flush()

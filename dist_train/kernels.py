@@ -1,5 +1,9 @@
 """Compiled (numba) loops behind hashing and batch building: one pass, no temporaries.
 
+All of them live in this one module on purpose: numba's on-disk cache (``cache=True``) does
+not notice edits to *other* modules a kernel inlines, so kernels that share helpers must
+share a file.
+
 The same arithmetic in numpy took about 25 array passes per value (two fmix64 rounds and a
 64-bit modulo); here each value is hashed and reduced in registers, about 1 ns a value on
 one core. Results are bit-identical to the definitions in :mod:`dist_train.embedding.hashing`
@@ -68,3 +72,43 @@ def salted_rows_into(fps, salt, rot, n, recip, out):  # type: ignore[no-untyped-
     s, t, m, q = np.uint64(salt), np.uint64(rot), np.uint64(n), np.uint64(recip)
     for i in range(fps.shape[0]):
         out[i] = reduce(salted(fps[i], s, t), m, q)
+
+
+# Decoded rows (dist_train.data.rows): offsets, shuffles, per-key hashing.
+
+
+@_jit
+def fill_offsets(lengths, offsets):  # type: ignore[no-untyped-def]
+    total = 0
+    for f in range(lengths.shape[0]):
+        offsets[f, 0] = total
+        for i in range(lengths.shape[1]):
+            total += lengths[f, i]
+            offsets[f, i + 1] = total
+
+
+@_jit
+def gather_rows(fps, offsets, indices, new_offsets, out):  # type: ignore[no-untyped-def]
+    for f in range(offsets.shape[0]):
+        for r in range(indices.shape[0]):
+            i = indices[r]
+            src, dst = offsets[f, i], new_offsets[f, r]
+            for j in range(offsets[f, i + 1] - src):
+                out[dst + j] = fps[src + j]
+
+
+@_jit
+def key_values_into(fps, starts, ends, key_params, key_exact, out):  # type: ignore[no-untyped-def]
+    p = 0
+    for k in range(starts.shape[0]):
+        src = fps[starts[k] : ends[k]]
+        dst = out[p : p + src.shape[0]]
+        if key_exact[k]:
+            for j in range(src.shape[0]):
+                dst[j] = np.int64(src[j])
+        else:
+            salt, rot = key_params[k, 0], key_params[k, 1]
+            m, q = key_params[k, 2], key_params[k, 3]
+            for j in range(src.shape[0]):
+                dst[j] = reduce(salted(src[j], salt, rot), m, q)
+        p += src.shape[0]
