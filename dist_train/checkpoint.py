@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,8 +127,11 @@ def save(
     position: TrainPosition,
     num_to_keep: int,
     extra: dict[str, Any] | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> Path:
-    """Write a checkpoint from every rank and commit it; returns its final path."""
+    """Write a checkpoint from every rank and commit it; returns its final path.
+
+    ``before_commit`` runs on every rank once its shards are written (fault drills)."""
     rank = dist.get_rank()
     final = root / f"{PREFIX}{position.step:08d}"
     partial = root / f"{PARTIAL_PREFIX}{position.step:08d}"
@@ -136,6 +140,8 @@ def save(
         partial.mkdir(parents=True)
     dist.barrier()
     dcp.save(_state(trainer), storage_writer=dcp.FileSystemWriter(str(partial)))
+    if before_commit is not None:
+        before_commit()
     dist.barrier()  # every rank's shards are on disk
     if rank == 0:
         meta = {"position": asdict(position), "world_size": dist.get_world_size(), **(extra or {})}

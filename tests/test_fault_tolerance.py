@@ -1,7 +1,10 @@
-"""Fault tolerance in a real Ray run (no mocks): ``kill -9`` one worker mid-epoch.
+"""Fault tolerance in a real Ray run (no mocks): ``kill -9`` one worker mid-epoch, after a
+training step or in the middle of saving a checkpoint.
 
-Ray Train restarts the worker group, which resumes from the checkpoint Ray recorded
-(``ray.train.get_checkpoint()``). The run then ends exactly as an uninterrupted one does:
+Ray Train restarts the worker group, which resumes from the newest committed checkpoint of
+the launch (``ray.train.get_checkpoint()``, or a newer commit Ray had not registered yet); a
+checkpoint whose save was killed is never used. The run then ends exactly as an
+uninterrupted one does:
 - the row-id ledger, replayed across the failure, shows every training row once per epoch,
   step for step the rows of the uninterrupted run;
 - the final weights and optimizer state are bitwise equal.
@@ -29,10 +32,17 @@ COMMON = [
 ]
 
 
+@pytest.mark.parametrize(
+    ("kill_at", "marker", "resume_step"),
+    [
+        ("1:11", "killed-rank1-step11-step", 8),  # after step 11 of 32: back to step 8
+        ("1:8:save", "killed-rank1-step8-save", 4),  # saving step 8: back to step 4
+    ],
+)
 def test_kill_9_worker_mid_epoch_resumes_exactly_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kill_at: str, marker: str, resume_step: int
 ) -> None:
-    monkeypatch.setenv(ENV, "1:11")  # rank 1 SIGKILLs itself after step 11 of 32
+    monkeypatch.setenv(ENV, kill_at)
     killed = run_job(
         load_config(TINY, [*COMMON, "ray.max_failures=1", f"output_dir={tmp_path / 'killed'}"])
     )
@@ -41,7 +51,7 @@ def test_kill_9_worker_mid_epoch_resumes_exactly_once(
         load_config(TINY, [*COMMON, "launcher=processes", f"output_dir={tmp_path / 'clean'}"])
     )
     run_k, run_c = tmp_path / "killed" / "tiny", tmp_path / "clean" / "tiny"
-    assert (run_k / "faults" / "killed-rank1-step11").is_file()
+    assert (run_k / "faults" / marker).is_file()
     assert killed["steps"] == clean["steps"] == 32
 
     epochs: dict[int, list[int]] = {0: [], 1: []}
@@ -49,7 +59,7 @@ def test_kill_9_worker_mid_epoch_resumes_exactly_once(
         attempts, steps = read(ledger_path(run_k, rank))
         _, clean_steps = read(ledger_path(run_c, rank))
         assert len(attempts) == 2 and attempts[0].pid != attempts[1].pid  # a new process
-        assert attempts[1].resume_step == 8  # the newest checkpoint committed before the kill
+        assert attempts[1].resume_step == resume_step  # the newest commit before the kill
         assert sorted(steps) == list(range(1, 33))
         for k, entry in steps.items():
             assert (entry.epoch, entry.ids) == (clean_steps[k].epoch, clean_steps[k].ids), k
@@ -58,6 +68,7 @@ def test_kill_9_worker_mid_epoch_resumes_exactly_once(
         assert sorted(ids) == list(range(16384))
 
     assert killed["test_auc"] == clean["test_auc"]
+    assert not list((run_k / "checkpoints").glob(".partial-*"))  # a killed save is cleaned up
     final_k = run_k / "checkpoints" / "step-00000032"
     final_c = run_c / "checkpoints" / "step-00000032"
     tk, tc = _tensors(final_k, tmp_path), _tensors(final_c, tmp_path)

@@ -112,7 +112,7 @@ def recovery_seconds(out_dir: Path) -> dict[str, float]:
     finally:
         del os.environ[ENV]
     run_dir = out_dir / "tiny"
-    killed_at = float((run_dir / "faults" / "killed-rank1-step11").read_text())
+    killed_at = float((run_dir / "faults" / "killed-rank1-step11-step").read_text())
     attempts, steps = read(ledger_path(run_dir, 0))
     restart = attempts[-1]
     first = min(k for k in steps if k > restart.resume_step)

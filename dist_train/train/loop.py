@@ -187,6 +187,7 @@ def run_worker(
                 "sharding": placements,
                 "run_id": inputs.run_id,
             },
+            before_commit=lambda: maybe_kill(inputs.run_dir, rank, step, "save"),
         )
         saved_step = step
         if checkpointed is not None:
