@@ -1,26 +1,24 @@
 """Sharded checkpoints with torch.distributed.checkpoint (DCP), committed atomically.
 
-Layout under ``<checkpoint dir>``:
+Layout under ``<checkpoint dir>`` (a local or shared path, or an fsspec URL):
 
     step-00000040/           a committed checkpoint: DCP shards + .metadata + meta.json
     .partial-step-00000060/  being written (or left by a crash): never loaded, removed
 
 Every rank writes its shards of the model (sharded tables, dense layers) and of the optimizer
-state (fused TBE state included) into the partial directory; after a barrier rank 0 writes
-``meta.json`` (step, epoch, reader position, bad-input counts, config, plan) and renames the
-directory, an atomic step on one filesystem. A crash before the rename leaves the previous
-checkpoint as the latest. DCP reads tensors with ``weights_only`` semantics; ``meta.json`` is
-JSON: loading never runs pickled code from a checkpoint.
+state (fused TBE state included) into the partial directory. After a barrier rank 0 renames
+it to ``step-N`` and then writes ``meta.json`` (step, epoch, reader position, bad-input
+counts, config, plan) into it: a checkpoint counts as committed only once its ``meta.json``
+exists, so a crash at any point leaves the previous checkpoint as the latest (on object
+stores, where a rename is a copy, too). DCP reads tensors with ``weights_only`` semantics;
+``meta.json`` is JSON: loading never runs pickled code from a checkpoint.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +26,9 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
+from dist_train import storage
 from dist_train.config import JobConfig
+from dist_train.storage import Location, location
 from dist_train.train.trainer import Trainer
 
 PREFIX = "step-"
@@ -57,39 +57,44 @@ def reason(err: BaseException) -> str:
     return lines[-1] if lines else type(err).__name__
 
 
-def checkpoint_root(cfg: JobConfig) -> Path:
-    return Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else cfg.run_dir / "checkpoints"
+def checkpoint_root(cfg: JobConfig) -> Location:
+    return location(cfg.checkpoint.dir) if cfg.checkpoint.dir else cfg.run_dir / "checkpoints"
 
 
-def committed(root: Path) -> list[Path]:
-    """Committed checkpoints under ``root``, oldest first."""
+def committed(root: Location) -> list[Location]:
+    """Committed checkpoints under ``root`` (with their ``meta.json``), oldest first."""
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+    return sorted(p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / META).is_file())
 
 
-def remove_partials(root: Path) -> list[Path]:
+def remove_partials(root: Location) -> list[Location]:
     """Delete checkpoints a crash left half-written; returns what was removed."""
     if not root.is_dir():
         return []
-    partial = [p for p in root.iterdir() if p.name.startswith(PARTIAL_PREFIX)]
+    partial = [
+        p
+        for p in root.iterdir()
+        if p.name.startswith(PARTIAL_PREFIX)
+        or (p.name.startswith(PREFIX) and not (p / META).is_file())
+    ]
     for p in partial:
-        shutil.rmtree(p, ignore_errors=True)
+        storage.rmtree(p)
     return partial
 
 
-def resolve(cfg: JobConfig, resume: str) -> Path | None:
+def resolve(cfg: JobConfig, resume: str) -> Location | None:
     """``latest`` -> the newest committed checkpoint (None if there is none); a path -> it."""
     if resume == "latest":
         found = committed(checkpoint_root(cfg))
         return found[-1] if found else None
-    path = Path(resume)
+    path = location(resume)
     if not (path / META).is_file():
         raise CheckpointError(f"{path / META}: not a committed dist_train checkpoint")
     return path
 
 
-def read_meta(path: Path) -> dict[str, Any]:
+def read_meta(path: Location) -> dict[str, Any]:
     meta_path = path / META
     try:
         meta = json.loads(meta_path.read_text())
@@ -100,7 +105,7 @@ def read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def check_compatible(meta: dict[str, Any], path: Path, world: int) -> TrainPosition:
+def check_compatible(meta: dict[str, Any], path: Location, world: int) -> TrainPosition:
     """The saved position, if a job of ``world`` ranks can resume it; else CheckpointError.
 
     Any plan and world size can load a checkpoint (:func:`load` reshards it), except that a
@@ -123,12 +128,12 @@ def _state(trainer: Trainer) -> dict[str, Any]:
 
 def save(
     trainer: Trainer,
-    root: Path,
+    root: Location,
     position: TrainPosition,
     num_to_keep: int,
     extra: dict[str, Any] | None = None,
     before_commit: Callable[[], None] | None = None,
-) -> Path:
+) -> Location:
     """Write a checkpoint from every rank and commit it; returns its final path.
 
     ``before_commit`` runs on every rank once its shards are written (fault drills)."""
@@ -136,26 +141,25 @@ def save(
     final = root / f"{PREFIX}{position.step:08d}"
     partial = root / f"{PARTIAL_PREFIX}{position.step:08d}"
     if rank == 0:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+        storage.rmtree(partial)
+        partial.mkdir(parents=True, exist_ok=True)
     dist.barrier()
-    dcp.save(_state(trainer), storage_writer=dcp.FileSystemWriter(str(partial)))
+    dcp.save(_state(trainer), storage_writer=storage.writer(partial))
     if before_commit is not None:
         before_commit()
     dist.barrier()  # every rank's shards are on disk
     if rank == 0:
         meta = {"position": asdict(position), "world_size": dist.get_world_size(), **(extra or {})}
-        (partial / META).write_text(json.dumps(meta, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)
+        storage.rmtree(final)
+        storage.move(partial, final)
+        storage.write_atomically(final / META, json.dumps(meta, indent=2))  # the commit
         for old in committed(root)[:-num_to_keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            storage.rmtree(old)
     dist.barrier()
     return final
 
 
-def load(trainer: Trainer, path: Path) -> TrainPosition:
+def load(trainer: Trainer, path: Location) -> TrainPosition:
     """Restore model and optimizer state from ``path`` into ``trainer``; the saved position.
 
     The checkpoint may come from another plan or world size. DCP maps every tensor by its
@@ -167,7 +171,7 @@ def load(trainer: Trainer, path: Path) -> TrainPosition:
     position = check_compatible(meta, path, dist.get_world_size())
     state = _state(trainer)
     try:
-        reader = dcp.FileSystemReader(str(path))
+        reader = storage.reader(path)
         saved = reader.read_metadata().state_dict_metadata
         # Ranks convert different tables (each holds its own optimizer state), so the
         # conversion runs without collectives; they agree on its outcome before DCP's load.
@@ -190,7 +194,7 @@ def load(trainer: Trainer, path: Path) -> TrainPosition:
     return position
 
 
-def _raise_if_any_rank_failed(problem: CheckpointError | None, path: Path) -> None:
+def _raise_if_any_rank_failed(problem: CheckpointError | None, path: Location) -> None:
     """Raise on every rank if ``problem`` occurred on any (so none waits in a collective)."""
     failed = torch.tensor([problem is not None], dtype=torch.int32)
     dist.all_reduce(failed)
@@ -206,7 +210,7 @@ def _column_blocks(chunks: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> lis
 
 
 def _reshard_row_states(
-    state: dict[str, Any], saved: dict[str, Any], path: Path
+    state: dict[str, Any], saved: dict[str, Any], path: Location
 ) -> dict[tuple[str, str], Any]:
     """Load the per-row optimizer states whose block layout differs from the saved one.
 
@@ -247,7 +251,7 @@ def _reshard_row_states(
                     f"block ({rows} rows x {len(saved_blocks)} blocks)"
                 )
             whole = torch.empty(tuple(md.size), dtype=tensor.dtype)
-            dcp.load({fqn: whole}, storage_reader=dcp.FileSystemReader(str(path)), no_dist=True)
+            dcp.load({fqn: whole}, storage_reader=storage.reader(path), no_dist=True)
             widths = torch.tensor(saved_blocks, dtype=torch.float64)
             per_row = (whole.view(len(saved_blocks), rows).double() * widths[:, None]).sum(0)
             per_row = (per_row / widths.sum()).to(tensor.dtype)

@@ -172,9 +172,10 @@ def _export(args: argparse.Namespace) -> int:
 
     from dist_train.checkpoint import CheckpointError
     from dist_train.export import export
+    from dist_train.storage import location
 
     try:
-        summary = export(Path(args.checkpoint), Path(args.out), args.optimizer)
+        summary = export(location(args.checkpoint), Path(args.out), args.optimizer)
     except CheckpointError as err:
         print(f"error: checkpoint: {err}", file=sys.stderr)
         return 1

@@ -11,18 +11,18 @@ raw tensors only, so reading an export never runs code.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
-from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
+from dist_train import storage
 from dist_train.checkpoint import META, CheckpointError, read_meta, reason
+from dist_train.storage import Location
 
 
 def _flatten(prefix: str, node: Any, out: dict[str, torch.Tensor]) -> None:
@@ -33,13 +33,13 @@ def _flatten(prefix: str, node: Any, out: dict[str, torch.Tensor]) -> None:
         out[prefix] = node.detach().contiguous()
 
 
-def load_unsharded(path: Path) -> dict[str, Any]:
+def load_unsharded(path: Location) -> dict[str, Any]:
     """The whole checkpoint as plain tensors, in this process (no process group needed)."""
     state: dict[str, Any] = {}
     try:
         _load_state_dict(
             state,
-            storage_reader=FileSystemReader(str(path)),
+            storage_reader=storage.reader(path),
             planner=_EmptyStateDictLoadPlanner(),
             no_dist=True,
         )
@@ -49,7 +49,7 @@ def load_unsharded(path: Path) -> dict[str, Any]:
     return state
 
 
-def export(path: Path, out_dir: Path, with_optimizer: bool = False) -> dict[str, Any]:
+def export(path: Location, out_dir: Path, with_optimizer: bool = False) -> dict[str, Any]:
     """Write ``model.safetensors`` (and ``optimizer.safetensors``) and ``meta.json`` to
     ``out_dir``; returns a summary (files, tensors, tables with their shapes)."""
     meta = read_meta(path)  # a clear error naming the file if the checkpoint is unusable
@@ -66,7 +66,7 @@ def export(path: Path, out_dir: Path, with_optimizer: bool = False) -> dict[str,
         _flatten("", state.get("optim", {}), optim)
         files.append(out_dir / "optimizer.safetensors")
         save_file(optim, str(files[-1]))
-    shutil.copyfile(path / META, out_dir / META)
+    (out_dir / META).write_text((path / META).read_text())
     tables = {
         k: list(v.shape) for k, v in model.items() if ".embedding_bags." in k and v.dim() == 2
     }

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from dist_train.checkpoint import CheckpointError, committed
+from dist_train.checkpoint import CheckpointError, committed, remove_partials
 from dist_train.cli import main
 from dist_train.config import load_config
 from dist_train.driver import run_job
@@ -258,3 +258,43 @@ def test_resharding_with_unevenly_placed_blocks(tmp_path: Path) -> None:
     )
     assert summary["world_size"] == 4 and len(summary["sharding"]) == 3
     assert summary["test_log_loss"] == pytest.approx(first["test_log_loss"], rel=1e-6)
+
+
+def test_commit_rule_and_cleanup_at_a_url() -> None:
+    """At an fsspec URL (here memory://) a checkpoint counts once its meta.json exists; a
+    step directory without it, or a partial one, is removed at the next start."""
+    from dist_train.storage import location, rmtree
+
+    root = location("memory://dist-train-test/checkpoints")
+    rmtree(root)
+    for name, meta in (
+        ("step-00000004", True),
+        ("step-00000008", False),
+        (".partial-step-9", False),
+    ):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        (root / name / "__0_0.distcp").write_text("shard")
+        if meta:
+            (root / name / "meta.json").write_text("{}")
+    assert [p.name for p in committed(root)] == ["step-00000004"]
+    removed = sorted(p.name for p in remove_partials(root))
+    assert removed == [".partial-step-9", "step-00000008"]
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000004"]
+
+
+def test_checkpoints_at_an_fsspec_url_resume_and_export(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """checkpoint.dir as a URL (file://, through fsspec and DCP's fsspec backend): saves,
+    commits, resumes and exports like a local path."""
+    url = f"file://{tmp_path}/remote-checkpoints"
+    over = [*BASE, f"output_dir={tmp_path}", f"checkpoint.dir={url}", "checkpoint.every_steps=2"]
+    run_job(load_config(TINY, [*over, "train.max_steps=5"]))
+    root = tmp_path / "remote-checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000004", "step-00000005"]
+    (root / "step-00000009").mkdir()  # a rename that never got its meta.json: not committed
+    summary = run_job(load_config(TINY, [*over, "train.max_steps=7", "checkpoint.resume=latest"]))
+    assert summary["steps"] == 7
+    assert not (root / "step-00000009").exists()
+    out = tmp_path / "exported"
+    assert main(["export", f"{url}/step-00000007", "--out", str(out)]) == 0
+    tables = load_file(str(out / "model.safetensors"))
+    assert tables["sparse_arch.embedding_bags.unified_0.weight"].shape == (2048, 8)

@@ -82,6 +82,7 @@ def save_and_load(cfg_raw: dict[str, Any], plan: JobPlan, root: str) -> dict[str
         trainer, Path(root), checkpoint.TrainPosition(step=1), 1, {"sharding": plan.placements()}
     )
     save_seconds = time.perf_counter() - start
+    assert isinstance(path, Path)  # a local root
     if dist.get_rank() == 0:
         _drop_cache(path)
     dist.barrier()

@@ -43,12 +43,12 @@ def _report(metrics: dict[str, Any], attach: str = SUMMARY_FILE) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def _checkpoint_reporter(run_id: str) -> Callable[[Path, int], None]:
+def _checkpoint_reporter(run_id: str) -> Callable[[str, int], None]:
     """Tell Ray Train about each committed checkpoint with a pointer to it (the DCP shards
     stay where every rank wrote them), so a restarted worker group finds it."""
 
-    def report(path: Path, step: int) -> None:
-        _report({"step": step, "checkpoint": str(path), "run_id": run_id}, attach=POINTER_FILE)
+    def report(path: str, step: int) -> None:
+        _report({"step": step, "checkpoint": path, "run_id": run_id}, attach=POINTER_FILE)
 
     return report
 

@@ -33,6 +33,7 @@ from dist_train.data.reader import (
     steps_per_epoch,
 )
 from dist_train.data.validation import BadInputCounts, BadInputPolicy
+from dist_train.storage import location
 from dist_train.train.faults import maybe_kill
 from dist_train.train.ledger import Ledger
 from dist_train.train.sharding import JobPlan
@@ -111,7 +112,7 @@ def run_worker(
     inputs: WorkerInputs,
     node_id: str,
     report: Report | None = None,
-    checkpointed: Callable[[Path, int], None] | None = None,
+    checkpointed: Callable[[str, int], None] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate on this rank; returns (and reports) the run summary.
 
@@ -160,7 +161,7 @@ def run_worker(
 
     position = checkpoint.TrainPosition()
     if inputs.resume:
-        position = checkpoint.load(trainer, Path(inputs.resume))
+        position = checkpoint.load(trainer, location(inputs.resume))
         policy.counts.rows = dict(position.bad_input_rows)
         policy.counts.row_groups = position.bad_input_row_groups
         progress.log(
@@ -191,7 +192,7 @@ def run_worker(
         )
         saved_step = step
         if checkpointed is not None:
-            checkpointed(path, step)
+            checkpointed(str(path), step)
         progress.log(
             {"event": "checkpoint", "path": str(path), **asdict(pos)},
             f"[dist-train] checkpoint step {step} -> {path}",

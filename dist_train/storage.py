@@ -1,0 +1,140 @@
+"""Where checkpoints live: a local (or shared) path, or an fsspec URL (``s3://``, ``gs://``,
+``abfs://``, ``file://``, ...).
+
+Local paths stay :class:`pathlib.Path`. URLs become :class:`UrlPath`, which offers the same
+small part of the ``Path`` interface the checkpoint code uses, over an fsspec filesystem.
+The few operations ``Path`` lacks (remove a tree, move a directory, DCP's storage reader and
+writer) are functions here that take either.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
+
+
+class UrlPath:
+    """A file or directory at an fsspec URL."""
+
+    def __init__(self, url: str, fs: Any = None, path: str | None = None) -> None:
+        if fs is None:
+            import fsspec
+
+            fs, path = fsspec.url_to_fs(url)
+        self.url = url.rstrip("/")
+        self.fs = fs
+        self.path = str(path).rstrip("/")  # the filesystem's own name for it
+
+    def __truediv__(self, name: str) -> UrlPath:
+        return UrlPath(f"{self.url}/{name}", self.fs, f"{self.path}/{name}")
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __repr__(self) -> str:
+        return f"UrlPath({self.url!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UrlPath) and other.url == self.url
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+    def __lt__(self, other: UrlPath) -> bool:
+        return self.url < other.url
+
+    @property
+    def name(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def parent(self) -> UrlPath:
+        return UrlPath(self.url.rsplit("/", 1)[0], self.fs, self.path.rsplit("/", 1)[0])
+
+    def exists(self) -> bool:
+        return bool(self.fs.exists(self.path))
+
+    def is_dir(self) -> bool:
+        return bool(self.fs.isdir(self.path))
+
+    def is_file(self) -> bool:
+        return bool(self.fs.isfile(self.path))
+
+    def iterdir(self) -> Iterator[UrlPath]:
+        for entry in self.fs.ls(self.path, detail=False):
+            yield self / str(entry).rstrip("/").rsplit("/", 1)[-1]
+
+    def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
+        self.fs.makedirs(self.path, exist_ok=exist_ok)
+
+    def read_text(self) -> str:
+        with self.fs.open(self.path, "r") as f:
+            return str(f.read())
+
+    def write_text(self, text: str) -> None:
+        with self.fs.open(self.path, "w") as f:
+            f.write(text)
+
+
+Location = Path | UrlPath
+
+
+def location(where: str | Path | UrlPath) -> Location:
+    """A ``Path`` for a local path, a :class:`UrlPath` for a URL."""
+    if isinstance(where, Path | UrlPath):
+        return where
+    return UrlPath(where) if "://" in where else Path(where)
+
+
+def rmtree(loc: Location) -> None:
+    """Remove ``loc`` and everything below it, if it exists."""
+    if isinstance(loc, Path):
+        shutil.rmtree(loc, ignore_errors=True)
+    elif loc.exists():
+        loc.fs.rm(loc.path, recursive=True)
+
+
+def move(src: Location, dst: Location) -> None:
+    """Rename directory ``src`` to ``dst``: atomic on a local filesystem; a copy then a delete
+    on object stores (callers commit with a marker written afterwards)."""
+    if isinstance(src, Path) and isinstance(dst, Path):
+        os.replace(src, dst)
+    elif isinstance(src, UrlPath) and isinstance(dst, UrlPath):
+        src.fs.mv(src.path, dst.path, recursive=True)
+    else:
+        raise ValueError(f"cannot move {src} to {dst}: different filesystems")
+
+
+def write_atomically(loc: Location, text: str) -> None:
+    """Write a small file so readers see all of it or none (a single PUT on object stores)."""
+    if isinstance(loc, Path):
+        tmp = loc.with_name(loc.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, loc)
+    else:
+        loc.write_text(text)
+
+
+def writer(loc: Location) -> StorageWriter:
+    """DCP's storage writer for ``loc``."""
+    if isinstance(loc, Path):
+        return FileSystemWriter(str(loc))
+    # torch exposes the fsspec backend only under this module path.
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
+
+    return FsspecWriter(loc.url)
+
+
+def reader(loc: Location) -> StorageReader:
+    """DCP's storage reader for ``loc``."""
+    if isinstance(loc, Path):
+        return FileSystemReader(str(loc))
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
+
+    return FsspecReader(loc.url)
