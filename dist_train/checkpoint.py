@@ -42,13 +42,16 @@ class CheckpointError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainPosition:
-    """Where training is: global ``step``, and ``batches`` consumed in ``epoch``."""
+    """Where training is: global ``step``, and ``batches`` each rank consumed in ``epoch``
+    under ``plan`` (an :class:`~dist_train.data.epoch_plan.EpochPlan` as JSON; None at an
+    epoch boundary, and in checkpoints written before plans were saved)."""
 
     step: int = 0
     epoch: int = 0
     batches: int = 0
     bad_input_rows: dict[str, int] = field(default_factory=dict)
     bad_input_row_groups: int = 0
+    plan: dict[str, Any] | None = None
 
 
 def reason(err: BaseException) -> str:
@@ -108,16 +111,17 @@ def read_meta(path: Location) -> dict[str, Any]:
 def check_compatible(meta: dict[str, Any], path: Location, world: int) -> TrainPosition:
     """The saved position, if a job of ``world`` ranks can resume it; else CheckpointError.
 
-    Any plan and world size can load a checkpoint (:func:`load` reshards it), except that a
-    checkpoint taken mid-epoch needs the world size it was saved with: rows are dealt to
-    ranks per (world size, epoch), so another world size would re-read or skip rows.
+    Any plan and world size can load a checkpoint (:func:`load` reshards it). Mid-epoch, the
+    saved epoch plan re-deals the batches not yet trained to the new ranks; a checkpoint
+    from before plans were saved needs the world size it was saved with.
     """
     position = TrainPosition(**meta["position"])
     saved_world = meta.get("world_size")
-    if saved_world != world and position.batches:
+    if saved_world != world and position.batches and position.plan is None:
         raise CheckpointError(
-            f"{path}: saved mid-epoch by {saved_world} ranks; resume it with {saved_world} "
-            f"ranks (this job has {world}), or from a checkpoint at an epoch boundary"
+            f"{path}: saved mid-epoch by {saved_world} ranks without an epoch plan; resume "
+            f"it with {saved_world} ranks (this job has {world}), or from a checkpoint at an "
+            "epoch boundary"
         )
     return position
 

@@ -12,10 +12,11 @@ import torch
 from safetensors.torch import load_file
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from dist_train.checkpoint import CheckpointError, committed, remove_partials
+from dist_train.checkpoint import CheckpointError, check_compatible, committed, remove_partials
 from dist_train.cli import main
 from dist_train.config import load_config
 from dist_train.driver import run_job
+from dist_train.train.ledger import ledger_path, read
 
 TINY = Path(__file__).resolve().parent.parent / "launch" / "configs" / "tiny.yaml"
 BASE = ["launcher=processes", "train.epochs=2", "data.shuffle_buffer_rows=3000"]
@@ -117,11 +118,36 @@ def test_epoch_boundary_checkpoint_reshards_to_another_world_size(tmp_path: Path
         assert torch.equal(after[key], value), key
 
 
-def test_mid_epoch_checkpoint_refuses_another_world_size(tmp_path: Path) -> None:
-    over = [*BASE, f"output_dir={tmp_path}", "train.max_steps=5"]
-    run_job(load_config(TINY, over))
-    with pytest.raises(CheckpointError, match="saved mid-epoch by 2 ranks"):
-        run_job(load_config(TINY, [*over, "ray.num_workers=1", "checkpoint.resume=latest"]))
+def test_mid_epoch_world_size_changes_train_every_row_once(tmp_path: Path) -> None:
+    """2 ranks stop mid-epoch, 1 rank continues and stops mid-epoch again, 3 ranks finish
+    the epoch: the untrained batches are re-dealt each time (the row ledger shows every row
+    of the epoch trained exactly once), and the model comes through the resharding."""
+    over = [*BASE, f"output_dir={tmp_path}", "train.epochs=1", "data.row_id_column=row_id"]
+    run_job(load_config(TINY, [*over, "train.max_steps=5"]))  # 2 x 5 batches of 16 x 2
+    one = run_job(
+        load_config(
+            TINY, [*over, "ray.num_workers=1", "train.max_steps=15", "checkpoint.resume=latest"]
+        )
+    )
+    assert one["steps"] == 15  # 10 of the 22 batches left, on 1 rank
+    three = run_job(load_config(TINY, [*over, "ray.num_workers=3", "checkpoint.resume=latest"]))
+    assert three["steps"] == 19  # the other 12, 4 per rank
+    run = tmp_path / "tiny"
+    ids: list[int] = []
+    for rank in range(3):
+        _, steps = read(ledger_path(run, rank))
+        ids += [i for entry in steps.values() for i in entry.ids]
+    assert sorted(ids) == list(range(16384))
+    assert 0.5 < three["test_auc"] < 1.0
+    meta = json.loads((committed(run / "checkpoints")[-1] / "meta.json").read_text())
+    assert meta["position"]["epoch"] == 1 and meta["position"]["plan"] is None
+
+
+def test_mid_epoch_checkpoint_without_a_plan_keeps_its_world_size(tmp_path: Path) -> None:
+    meta = {"position": {"step": 5, "epoch": 0, "batches": 5}, "world_size": 2}
+    assert check_compatible(meta, tmp_path, 2).batches == 5
+    with pytest.raises(CheckpointError, match="saved mid-epoch by 2 ranks without an epoch plan"):
+        check_compatible(meta, tmp_path, 1)
 
 
 def test_export_writes_whole_tables_as_safetensors(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

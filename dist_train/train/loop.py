@@ -7,6 +7,7 @@ Rank 0 prints progress and appends it to ``<run_dir>/metrics.jsonl``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import time
@@ -21,6 +22,8 @@ import torch.distributed as dist
 
 from dist_train import checkpoint
 from dist_train.config import JobConfig
+from dist_train.data.batch import BatchBuilder
+from dist_train.data.epoch_plan import EpochPlan
 from dist_train.data.memory import reuse_freed_memory
 from dist_train.data.reader import (
     RowGroup,
@@ -32,6 +35,7 @@ from dist_train.data.reader import (
     prefetch,
     steps_per_epoch,
 )
+from dist_train.data.rows import Rows
 from dist_train.data.validation import BadInputCounts, BadInputPolicy
 from dist_train.storage import location
 from dist_train.train.faults import maybe_kill
@@ -107,6 +111,57 @@ def _total_counts(local: BadInputCounts, driver: BadInputCounts | None) -> BadIn
     return total
 
 
+def _epoch_plan(
+    groups: list[RowGroup],
+    world: int,
+    cfg: JobConfig,
+    epoch: int,
+    position: checkpoint.TrainPosition,
+) -> tuple[EpochPlan, int]:
+    """This epoch's plan for ``world`` ranks, and the batches each rank already trained.
+
+    Resuming mid-epoch under another world size re-deals the saved plan's untrained batches.
+    """
+    if epoch == position.epoch and position.batches:
+        if position.plan is not None:
+            plan = EpochPlan.from_json(position.plan)
+        else:  # a checkpoint from before plans were saved (same world size: checked)
+            assignment = assign_row_groups(groups, world, cfg.seed, epoch)
+            plan = EpochPlan.fresh(world, steps_per_epoch(assignment, cfg.train.batch_size))
+        if plan.world != world:
+            return plan.replan(position.batches, world), 0
+        return plan, position.batches
+    assignment = assign_row_groups(groups, world, cfg.seed, epoch)
+    return EpochPlan.fresh(world, steps_per_epoch(assignment, cfg.train.batch_size)), 0
+
+
+def _rank_rows(
+    builder: BatchBuilder,
+    groups: list[RowGroup],
+    cfg: JobConfig,
+    epoch: int,
+    plan: EpochPlan,
+    rank: int,
+    skip: int,
+    policy: BadInputPolicy,
+) -> Iterator[tuple[Rows, str]]:
+    """``rank``'s batches of the epoch: its plan segments after ``skip`` batches, each a
+    replay of one stream (see :mod:`dist_train.data.epoch_plan`)."""
+    assignment = assign_row_groups(groups, plan.stream_world, cfg.seed, epoch)
+    for stream, first, end in plan.remaining(rank, skip):
+        yield from itertools.islice(
+            builder.stream(
+                assignment[stream],
+                cfg.train.batch_size,
+                policy=policy,
+                shuffle_rows=cfg.data.shuffle_buffer_rows,
+                shuffle_seed=(cfg.seed, epoch, stream),
+                start_batch=first,
+            ),
+            end - first,
+        )
+
+
 def run_worker(
     cfg: JobConfig,
     inputs: WorkerInputs,
@@ -173,10 +228,15 @@ def run_worker(
     saved_step = -1
     ledger = Ledger(inputs.run_dir, rank, position.step) if cfg.data.row_id_column else None
 
-    def save(epoch: int, batches_done: int) -> None:
+    def save(epoch: int, batches_done: int, plan: EpochPlan | None) -> None:
         nonlocal saved_step
         pos = checkpoint.TrainPosition(
-            step, epoch, batches_done, dict(policy.counts.rows), policy.counts.row_groups
+            step,
+            epoch,
+            batches_done,
+            dict(policy.counts.rows),
+            policy.counts.row_groups,
+            plan.as_json() if plan is not None and batches_done else None,
         )
         path = checkpoint.save(
             trainer,
@@ -204,10 +264,10 @@ def run_worker(
     first_step_clock = 0.0
     last_loss = float("nan")
     end_epoch, end_batches = position.epoch, position.batches
+    end_plan: EpochPlan | None = None
     for epoch in range(position.epoch, tc.epochs):
-        assignment = assign_row_groups(inputs.train_groups, world, cfg.seed, epoch)
-        skip = position.batches if epoch == position.epoch else 0
-        epoch_steps = steps_per_epoch(assignment, tc.batch_size)
+        epoch_plan, skip = _epoch_plan(inputs.train_groups, world, cfg, epoch, position)
+        epoch_steps = epoch_plan.steps
         num_steps = epoch_steps - skip
         if tc.max_steps is not None:
             num_steps = min(num_steps, tc.max_steps - step)
@@ -215,14 +275,7 @@ def run_worker(
             break
         start = time.perf_counter()
         window_start = start
-        rows = builder.stream(
-            assignment[rank],
-            tc.batch_size,
-            policy=policy,
-            shuffle_rows=cfg.data.shuffle_buffer_rows,
-            shuffle_seed=(cfg.seed, epoch, rank),
-            start_batch=skip,
-        )
+        rows = _rank_rows(builder, inputs.train_groups, cfg, epoch, epoch_plan, rank, skip, policy)
         stream = batches(rows, num_steps, builder.batch, tc.prefetch_batches)
         done = skip
         for batch in _while_all_ranks_have(stream):
@@ -254,14 +307,15 @@ def run_worker(
                 last_loss, window_loss, window_steps, window_start = loss, 0.0, 0, now
             every = cfg.checkpoint.every_steps
             if every and step % every == 0:
-                save(*((epoch + 1, 0) if done >= epoch_steps else (epoch, done)))
+                save(*((epoch + 1, 0, None) if done >= epoch_steps else (epoch, done, epoch_plan)))
         train_seconds += time.perf_counter() - start
         stopped_early = tc.max_steps is not None and step >= tc.max_steps and done < epoch_steps
         end_epoch, end_batches = (epoch, done) if stopped_early else (epoch + 1, 0)
+        end_plan = epoch_plan if stopped_early else None
         if stopped_early:
             break
     if cfg.checkpoint.save_at_end and step != saved_step:
-        save(end_epoch, end_batches)
+        save(end_epoch, end_batches, end_plan)
     steady_seconds = time.perf_counter() - first_step_clock if first_step_unix else 0.0
     if window_steps:
         last_loss = _mean_across_ranks(window_loss / window_steps)
