@@ -294,9 +294,25 @@ class RayConfig(_Strict):
         False,
         description="The cluster grows on demand: skip the check that workers fit right now.",
     )
+    min_workers: int | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Elastic: run with anywhere from min_workers to num_workers workers, as many as the "
+            "cluster holds (Ray Train's ScalingConfig(num_workers=(min, max))). When the count "
+            "changes after a failure, the workers re-plan the tables and resume from the last "
+            "checkpoint, resharded, with the epoch's untrained batches re-dealt."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check(self) -> RayConfig:
+        if self.min_workers is not None and self.min_workers > self.num_workers:
+            raise ValueError(
+                f"min_workers ({self.min_workers}) must not exceed num_workers ({self.num_workers})"
+            )
+        if self.min_workers is not None and self.num_nodes is not None:
+            raise ValueError("min_workers (elastic) cannot be combined with a fixed num_nodes")
         if self.num_nodes is not None and self.num_workers % self.num_nodes:
             raise ValueError(
                 f"num_workers ({self.num_workers}) must be a multiple of num_nodes "

@@ -12,14 +12,17 @@ uninterrupted one does:
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dist_train.config import load_config
 from dist_train.driver import run_job
 from dist_train.train.faults import ENV
-from dist_train.train.ledger import ledger_path, read
+from dist_train.train.ledger import ledger_path, read, read_run
 from tests.test_checkpoint import TINY, _tensors
 
 pytestmark = pytest.mark.ray
@@ -75,3 +78,54 @@ def test_kill_9_worker_mid_epoch_resumes_exactly_once(
     assert tk.keys() == tc.keys() and any("momentum" in k or "state" in k for k in tk)
     for key in tk:
         assert tk[key].equal(tc[key]), key
+
+
+def test_elastic_run_loses_a_node_and_finishes_on_fewer_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ray.min_workers=1, num_workers=2 on a real 2-node cluster; the second node is removed
+    mid-epoch. Ray Train restarts the group with the 1 worker that fits; it re-plans, loads
+    the last checkpoint resharded, and trains the epoch's untrained batches: every row of the
+    epoch exactly once (row ledger, replayed across both ranks' attempts)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    # Ray Train's controller polls workers (and registers reports) at this interval (2 s by
+    # default); the cluster's processes inherit it. Faster polling, shorter test.
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    second = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="WARNING")
+    cfg = load_config(
+        TINY,
+        [
+            *COMMON,
+            "train.epochs=1",
+            "checkpoint.every_steps=4",
+            "ray.min_workers=1",
+            "ray.max_failures=2",
+            f"ray.address={cluster.address}",
+            f"output_dir={tmp_path}",
+        ],
+    )
+    run_dir = tmp_path / "tiny"
+    result: dict[str, Any] = {}
+    job = threading.Thread(target=lambda: result.update(run_job(cfg)))
+    try:
+        job.start()
+        deadline = time.monotonic() + 300
+        rank1 = ledger_path(run_dir, 1)
+        while time.monotonic() < deadline and not (rank1.is_file() and len(read(rank1)[1]) >= 4):
+            time.sleep(0.05)
+        cluster.remove_node(second)  # rank 1's node goes away mid-epoch
+        job.join(timeout=300)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert not job.is_alive() and result, "the elastic run did not finish"
+    assert result["world_size"] == 1
+    steps = read_run(run_dir)
+    ids = [i for per_rank in steps.values() for entry in per_rank.values() for i in entry.ids]
+    assert sorted(ids) == list(range(16384))  # 2 x 16 batches of 512 rows, each once
+    assert max(steps[1]) < max(steps[0])  # rank 1 stopped; rank 0 trained the rest alone

@@ -99,11 +99,21 @@ def _ray_worker(payload: dict[str, Any]) -> None:
     cfg = parse_config(payload["config"], "<driver>")
     inputs = payload["inputs"]  # a WorkerInputs, plan included (Ray pickles the config)
     import ray
+    import ray.train
 
     restart = _restart_point(cfg, inputs)
     if restart is not None:  # Ray Train restarted the group after a worker failed
         print(f"[dist-train] worker group restarted; resuming from {restart}", flush=True)
         inputs = dataclasses.replace(inputs, resume=restart)
+    world = ray.train.get_context().get_world_size()
+    if inputs.plan is not None and inputs.plan.world_size != world:
+        # An elastic group of another size: the workers plan for themselves (rank 0 plans
+        # and broadcasts), and the resume reshards into that plan.
+        print(
+            f"[dist-train] {world} workers instead of {inputs.plan.world_size}: re-planning",
+            flush=True,
+        )
+        inputs = dataclasses.replace(inputs, plan=None)
     node_id = ray.get_runtime_context().get_node_id()
     run_worker(
         cfg, inputs, node_id, report=_report, checkpointed=_checkpoint_reporter(inputs.run_id)
@@ -156,7 +166,8 @@ def check_cluster(cfg: JobConfig) -> None:
     nodes = live_nodes(ray.nodes())
     print(f"[dist-train] Ray cluster: {describe(nodes)}", flush=True)
     if not cfg.ray.autoscaling:
-        check_fits(nodes, cfg.ray.num_workers, cfg.ray.cpus_per_worker, 0.0, cfg.ray.num_nodes)
+        needed = cfg.ray.min_workers or cfg.ray.num_workers  # elastic: at least the minimum
+        check_fits(nodes, needed, cfg.ray.cpus_per_worker, 0.0, cfg.ray.num_nodes)
 
 
 def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
@@ -175,11 +186,14 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
     try:
         check_cluster(cfg)
         storage = cfg.ray.storage_path or str((Path(inputs.run_dir) / "ray").resolve())
+        workers: Any = cfg.ray.num_workers
+        if cfg.ray.min_workers is not None:  # Ray Train v2's elastic (min, max); the stubs
+            workers = (cfg.ray.min_workers, cfg.ray.num_workers)  # show v1's int only
         trainer = TorchTrainer(
             train_loop_per_worker=_ray_worker,
             train_loop_config={"config": cfg.model_dump(mode="json"), "inputs": inputs},
             scaling_config=ScalingConfig(
-                num_workers=cfg.ray.num_workers,
+                num_workers=workers,
                 use_gpu=False,
                 resources_per_worker={"CPU": cfg.ray.cpus_per_worker},
                 placement_strategy=cfg.ray.placement_strategy,

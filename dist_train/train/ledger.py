@@ -6,9 +6,11 @@ With ``data.row_id_column`` set, every rank appends to ``<run dir>/ledger/rank-<
 - ``{"step": k, "epoch": e, "unix": t, "ids": [...]}`` after each training step.
 
 A restarted worker resumes from a checkpoint at step ``s``: the steps after ``s`` that the
-failed attempt trained were rolled back with its model state. :func:`replay` applies exactly
-that and returns the rows behind the model the run ended with, so a test (or a user auditing
-a run) can check that every row was trained on exactly once per epoch.
+failed attempt trained were rolled back with its model state. :func:`read` and
+:func:`read_run` apply exactly that and return the rows behind the model the run ended with,
+so a test (or a user auditing a run) can check that every row was trained on exactly once
+per epoch. After an elastic restart with fewer workers some ranks never start again; only
+:func:`read_run`, which looks at every rank's attempts, rolls their steps back.
 """
 
 from __future__ import annotations
@@ -89,3 +91,20 @@ def read(path: Path) -> tuple[list[Attempt], dict[int, LedgerStep]]:
         else:
             raise ValueError(f"{path}:{number}: not a ledger record")
     return attempts, steps
+
+
+def read_run(run_dir: str | Path) -> dict[int, dict[int, LedgerStep]]:
+    """Every rank's steps the run ended with: a step record counts unless some attempt, on
+    any rank, started after it from an earlier step."""
+    per_rank: dict[int, tuple[list[Attempt], dict[int, LedgerStep]]] = {}
+    for path in sorted((Path(run_dir) / "ledger").glob("rank-*.jsonl")):
+        per_rank[int(path.stem.split("-")[1])] = read(path)
+    attempts = [a for found, _ in per_rank.values() for a in found]
+    return {
+        rank: {
+            k: entry
+            for k, entry in steps.items()
+            if all(a.resume_step >= k for a in attempts if a.unix > entry.unix)
+        }
+        for rank, (_, steps) in sorted(per_rank.items())
+    }

@@ -301,7 +301,7 @@ def run_worker(
                         "loss": loss,
                         "examples_per_second": rate,
                     },
-                    f"[dist-train] epoch {epoch} step {step}/{epoch_steps * tc.epochs} "
+                    f"[dist-train] epoch {epoch} step {step}/{step - done + epoch_steps} "
                     f"loss {loss:.4f} {rate:,.0f} examples/s",
                 )
                 last_loss, window_loss, window_steps, window_start = loss, 0.0, 0, now
