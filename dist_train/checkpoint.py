@@ -16,6 +16,7 @@ stores, where a rename is a copy, too). DCP reads tensors with ``weights_only`` 
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -152,8 +153,15 @@ def save(
     if before_commit is not None:
         before_commit()
     dist.barrier()  # every rank's shards are on disk
+    rng: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(rng, base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode())
     if rank == 0:
-        meta = {"position": asdict(position), "world_size": dist.get_world_size(), **(extra or {})}
+        meta = {
+            "position": asdict(position),
+            "world_size": dist.get_world_size(),
+            "torch_rng_states": rng,  # per rank (shuffles are seeded; this is for the rest)
+            **(extra or {}),
+        }
         storage.rmtree(final)
         storage.move(partial, final)
         storage.write_atomically(final / META, json.dumps(meta, indent=2))  # the commit
@@ -195,6 +203,10 @@ def load(trainer: Trainer, path: Location) -> TrainPosition:
         raise CheckpointError(f"{path}: cannot load checkpoint shards ({reason(err)})") from None
     trainer.model.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optim"])
+    rng = meta.get("torch_rng_states")
+    if rng and len(rng) == dist.get_world_size():  # another world size: ranks start afresh
+        state_bytes = bytearray(base64.b64decode(rng[dist.get_rank()]))
+        torch.set_rng_state(torch.frombuffer(state_bytes, dtype=torch.uint8))
     return position
 
 
