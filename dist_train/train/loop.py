@@ -40,8 +40,9 @@ from dist_train.data.validation import BadInputCounts, BadInputPolicy
 from dist_train.storage import location
 from dist_train.train.faults import maybe_kill
 from dist_train.train.ledger import Ledger
+from dist_train.train.metrics import EvalMetrics
 from dist_train.train.sharding import JobPlan
-from dist_train.train.topology import TopologyError, discover_topology
+from dist_train.train.topology import Topology, TopologyError, discover_topology
 from dist_train.train.trainer import Trainer
 
 Report = Callable[[dict[str, Any]], None]
@@ -162,6 +163,52 @@ def _rank_rows(
         )
 
 
+def _check_landing(cfg: JobConfig, plan: JobPlan | None, topo: Topology, world: int) -> None:
+    """Fail, saying how the workers landed, if that does not match the config or the plan."""
+    if cfg.ray.num_nodes is not None and topo.num_nodes != cfg.ray.num_nodes:
+        raise TopologyError(
+            f"the job asks for {cfg.ray.num_nodes} nodes but its {world} workers landed on "
+            f"{topo.num_nodes} ({topo.local_world_size} ranks each); check ray.num_nodes, "
+            "cpus_per_worker and the nodes' CPU counts"
+        )
+    if plan is not None and plan.hierarchical and plan.local_world_size != topo.local_world_size:
+        raise TopologyError(
+            f"the plan puts {plan.local_world_size} ranks on a node but the workers landed "
+            f"{topo.local_world_size} per node on {topo.num_nodes} node(s); set ray.num_nodes "
+            "to match the cluster"
+        )
+
+
+def _evaluate(
+    cfg: JobConfig,
+    groups: list[RowGroup],
+    trainer: Trainer,
+    policy: BadInputPolicy,
+    rank: int,
+    world: int,
+) -> EvalMetrics:
+    """Metrics over every test row: ranks read their row groups in order, padded to equal
+    step counts (collectives need them) with rows that do not count."""
+    builder = trainer.batch_builder()
+    batch_size = cfg.train.eval_batch_size
+    assignment = assign_row_groups(groups, world, cfg.seed, 0, shuffle=False)
+    first = groups[0]
+    filler = open_parquet(first.path).read_row_group(first.index, columns=builder.columns)
+    padded = padded_tables(
+        assignment[rank],
+        builder.columns,
+        batch_size,
+        eval_steps(assignment, batch_size),
+        filler,
+        policy,
+    )
+    eval_batches = prefetch(
+        ((builder.build(table, source), valid) for table, source, valid in padded),
+        cfg.train.prefetch_batches,
+    )
+    return trainer.evaluate(eval_batches)
+
+
 def run_worker(
     cfg: JobConfig,
     inputs: WorkerInputs,
@@ -178,20 +225,8 @@ def run_worker(
     rank, world = dist.get_rank(), dist.get_world_size()
     reuse_freed_memory()  # row groups decode into MBs of short-lived arrays
     topo = discover_topology(node_id)
-    if cfg.ray.num_nodes is not None and topo.num_nodes != cfg.ray.num_nodes:
-        raise TopologyError(
-            f"the job asks for {cfg.ray.num_nodes} nodes but its {world} workers landed on "
-            f"{topo.num_nodes} ({topo.local_world_size} ranks each); check ray.num_nodes, "
-            "cpus_per_worker and the nodes' CPU counts"
-        )
-    plan = inputs.plan
-    if plan is not None and plan.hierarchical and plan.local_world_size != topo.local_world_size:
-        raise TopologyError(
-            f"the plan puts {plan.local_world_size} ranks on a node but the workers landed "
-            f"{topo.local_world_size} per node on {topo.num_nodes} node(s); set ray.num_nodes "
-            "to match the cluster"
-        )
-    trainer = Trainer.build(cfg, plan, local_world_size=topo.local_world_size)
+    _check_landing(cfg, inputs.plan, topo, world)
+    trainer = Trainer.build(cfg, inputs.plan, local_world_size=topo.local_world_size)
     placements = trainer.plan.placements()
     builder = trainer.batch_builder()
     policy = BadInputPolicy.for_job(cfg)
@@ -321,25 +356,7 @@ def run_worker(
         last_loss = _mean_across_ranks(window_loss / window_steps)
 
     eval_start = time.perf_counter()
-    test_assignment = assign_row_groups(inputs.test_groups, world, cfg.seed, 0, shuffle=False)
-    first = inputs.test_groups[0]
-    filler = open_parquet(first.path).read_row_group(first.index, columns=builder.columns)
-    n_eval = eval_steps(test_assignment, tc.eval_batch_size)
-    eval_batches = prefetch(
-        (
-            (builder.build(table, source), valid)
-            for table, source, valid in padded_tables(
-                test_assignment[rank],
-                builder.columns,
-                tc.eval_batch_size,
-                n_eval,
-                filler,
-                policy,
-            )
-        ),
-        tc.prefetch_batches,
-    )
-    metrics = trainer.evaluate(eval_batches)
+    metrics = _evaluate(cfg, inputs.test_groups, trainer, policy, rank, world)
     bad_input = _total_counts(policy.counts, inputs.file_counts).as_dict()
     summary = {
         "steps": step,
