@@ -1,4 +1,5 @@
-"""Zero-copy numpy views of Arrow arrays that hold nulls.
+"""Zero-copy numpy views of Arrow arrays that hold nulls, and the Arrow type tests the
+input path shares.
 
 Arrow's own ``to_numpy`` converts such arrays through a slow generic path (and turns integer
 columns into floats); reading the validity bitmap and the data buffer directly is about 20x
@@ -10,6 +11,27 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+
+def as_array(col: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One contiguous array of a column (no copy when it has a single chunk)."""
+    if isinstance(col, pa.ChunkedArray):
+        return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    return col
+
+
+def is_list_type(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t)
+
+
+def is_string_type(t: pa.DataType) -> bool:
+    """UTF-8 or binary, plain or large."""
+    return (
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+    )
 
 
 def valid_mask(arr: pa.Array) -> np.ndarray:

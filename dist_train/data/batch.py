@@ -18,7 +18,14 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 from dist_train.config import FeatureConfig
-from dist_train.data.arrow_numpy import list_parts, raw_values, valid_mask
+from dist_train.data.arrow_numpy import (
+    as_array,
+    is_list_type,
+    is_string_type,
+    list_parts,
+    raw_values,
+    valid_mask,
+)
 from dist_train.data.reader import RowGroup, row_group_tables, stream_batches
 from dist_train.data.rows import Rows, key_values
 from dist_train.data.validation import BadInputError, BadInputPolicy
@@ -51,18 +58,9 @@ def _is_int(t: pa.DataType) -> bool:
     return pa.types.is_integer(t)
 
 
-def _is_str(t: pa.DataType) -> bool:
-    return (
-        pa.types.is_string(t)
-        or pa.types.is_large_string(t)
-        or pa.types.is_binary(t)
-        or (pa.types.is_large_binary(t))
-    )
-
-
 def _value_type(t: pa.DataType) -> pa.DataType:
     """The element type of list columns, the type itself otherwise (dictionaries unwrapped)."""
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
+    if is_list_type(t):
         t = t.value_type
     return t.value_type if pa.types.is_dictionary(t) else t
 
@@ -71,7 +69,7 @@ def _fingerprints(values: pa.Array, column: str) -> np.ndarray:
     """uint64 fingerprints of a null-free arrow array of ints or strings."""
     if _is_int(values.type):
         return fingerprint_ints(values.to_numpy(zero_copy_only=False))
-    if _is_str(_value_type(values.type)):
+    if is_string_type(_value_type(values.type)):
         return fingerprint_strings(values)
     raise BadInputError(
         f"column {column!r}: categorical values must be integers or strings, got {values.type}"
@@ -80,11 +78,10 @@ def _fingerprints(values: pa.Array, column: str) -> np.ndarray:
 
 def categorical_ids(column: pa.Array, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-example bag lengths (int64 [B]) and flat fingerprints (uint64 [nnz]) of a column."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
+    column = as_array(column)
     n = len(column)
     t = column.type
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
+    if is_list_type(t):
         lengths, flat = list_parts(column)
         if flat.null_count:  # drop null elements from their bags
             keep = valid_mask(flat)
@@ -163,7 +160,7 @@ class BatchBuilder:
     def _check_categorical_type(self, f: FeatureConfig, t: pa.DataType, source: str) -> None:
         """Ids of ``f`` are integers or strings (or lists); integers for exact tables."""
         value = _value_type(t)
-        if not (_is_int(value) or _is_str(value)):
+        if not (_is_int(value) or is_string_type(value)):
             raise BadInputError(
                 f"{source}: column {f.source_column!r}: categorical values must be "
                 f"integers or strings (or lists of them), got {value}"
@@ -178,10 +175,7 @@ class BatchBuilder:
         idx = batch.schema.get_field_index(name)
         if idx < 0:
             raise BadInputError(f"{source}: missing column {name!r}")
-        col = batch.column(idx)
-        if isinstance(col, pa.ChunkedArray):
-            return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
-        return col
+        return as_array(batch.column(idx))
 
     def labels(self, batch: pa.RecordBatch | pa.Table, source: str = "batch") -> np.ndarray:
         col = self._column(batch, self.label_column, source)

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from dist_train.data.arrow_numpy import is_string_type
 from dist_train.data.validation import BadInputError, BadInputPolicy
 
 T = TypeVar("T")
@@ -169,12 +170,7 @@ def open_parquet(path: str, read_dictionary: Sequence[str] = ()) -> pq.ParquetFi
     strings = [
         name
         for name in read_dictionary
-        if schema.get_field_index(name) >= 0
-        and (
-            pa.types.is_string(schema.field(name).type)
-            or pa.types.is_binary(schema.field(name).type)
-            or pa.types.is_large_string(schema.field(name).type)
-        )
+        if schema.get_field_index(name) >= 0 and is_string_type(schema.field(name).type)
     ]
     if not strings:
         return pf

@@ -22,7 +22,14 @@ import numpy as np
 import pyarrow as pa
 
 from dist_train.config import FeatureConfig, JobConfig
-from dist_train.data.arrow_numpy import ints_within, list_parts, raw_values, valid_mask
+from dist_train.data.arrow_numpy import (
+    as_array,
+    ints_within,
+    is_list_type,
+    list_parts,
+    raw_values,
+    valid_mask,
+)
 
 
 class BadInputError(ValueError):
@@ -68,12 +75,6 @@ def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
-def _as_array(col: pa.Array | pa.ChunkedArray) -> pa.Array:
-    if isinstance(col, pa.ChunkedArray):
-        return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
-    return col
-
-
 def row_problems(
     table: pa.Table,
     label_column: str,
@@ -85,7 +86,7 @@ def row_problems(
     # and builds per-row masks only for a column that fails it: clean data costs one pass.
     n = table.num_rows
     found: list[RowProblem] = []
-    label = _as_array(table.column(label_column))
+    label = as_array(table.column(label_column))
     null = np.zeros(n, dtype=bool)
     if label.null_count:
         null = ~valid_mask(label)
@@ -102,7 +103,7 @@ def row_problems(
             )
         )
     for name in dense_columns:
-        col = _as_array(table.column(name))
+        col = as_array(table.column(name))
         if not pa.types.is_floating(col.type):
             continue
         x = raw_values(col)
@@ -115,9 +116,8 @@ def row_problems(
     for f in features:
         if f.cardinality is None:
             continue
-        col = _as_array(table.column(f.source_column))
-        is_list = pa.types.is_list(col.type) or pa.types.is_large_list(col.type)
-        lengths, values = list_parts(col) if is_list else (None, col)
+        col = as_array(table.column(f.source_column))
+        lengths, values = list_parts(col) if is_list_type(col.type) else (None, col)
         if not pa.types.is_integer(values.type):
             continue
         if ints_within(values, 0, f.cardinality):
