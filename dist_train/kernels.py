@@ -67,13 +67,6 @@ def salted_hash_into(fps, salt, rot, out):  # type: ignore[no-untyped-def]
         out[i] = salted(fps[i], s, t)
 
 
-@_jit
-def salted_rows_into(fps, salt, rot, n, recip, out):  # type: ignore[no-untyped-def]
-    s, t, m, q = np.uint64(salt), np.uint64(rot), np.uint64(n), np.uint64(recip)
-    for i in range(fps.shape[0]):
-        out[i] = reduce(salted(fps[i], s, t), m, q)
-
-
 # Decoded rows (dist_train.data.rows): offsets, shuffles, per-key hashing.
 
 

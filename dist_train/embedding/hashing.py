@@ -98,7 +98,15 @@ def salted_rows(fingerprints: np.ndarray, salt: int, num_rows: int) -> np.ndarra
 
     Exactly ``salted_hash(fingerprints, salt) % num_rows``, computed without a division.
     """
-    s, rot, n, recip = key_params(salt, num_rows)
-    out = np.empty(fingerprints.shape[0], dtype=np.int64)
-    kernels.salted_rows_into(np.ascontiguousarray(fingerprints, np.uint64), s, rot, n, recip, out)
+    fps = np.ascontiguousarray(fingerprints, np.uint64)
+    out = np.empty(fps.shape[0], dtype=np.int64)
+    # The batch path's loop, with one key spanning all of ``fps``.
+    kernels.key_values_into(
+        fps,
+        np.zeros(1, np.int64),
+        np.full(1, fps.shape[0], np.int64),
+        key_params(salt, num_rows)[None],
+        np.zeros(1, np.bool_),
+        out,
+    )
     return out
