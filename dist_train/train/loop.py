@@ -123,17 +123,15 @@ def _epoch_plan(
 
     Resuming mid-epoch under another world size re-deals the saved plan's untrained batches.
     """
-    if epoch == position.epoch and position.batches:
-        if position.plan is not None:
-            plan = EpochPlan.from_json(position.plan)
-        else:  # a checkpoint from before plans were saved (same world size: checked)
-            assignment = assign_row_groups(groups, world, cfg.seed, epoch)
-            plan = EpochPlan.fresh(world, steps_per_epoch(assignment, cfg.train.batch_size))
+    done = position.batches if epoch == position.epoch else 0
+    if done and position.plan is not None:
+        plan = EpochPlan.from_json(position.plan)
         if plan.world != world:
-            return plan.replan(position.batches, world), 0
-        return plan, position.batches
+            return plan.replan(done, world), 0
+        return plan, done
+    # A new epoch, or a checkpoint from before plans were saved (same world size: checked).
     assignment = assign_row_groups(groups, world, cfg.seed, epoch)
-    return EpochPlan.fresh(world, steps_per_epoch(assignment, cfg.train.batch_size)), 0
+    return EpochPlan.fresh(world, steps_per_epoch(assignment, cfg.train.batch_size)), done
 
 
 def _rank_rows(
