@@ -8,7 +8,11 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 # Pins of the CPU recipe (DESIGN.md). torchrec's metadata asks for the CUDA fbgemm-gpu, so it
-# goes in with --no-deps and its real needs are listed in pyproject.toml.
+# goes in with --no-deps and its real needs are listed in pyproject.toml. It goes in LAST: pip
+# runs its dependency-conflict check after every install except a --no-deps one, and with
+# torchrec present that check would print an "ERROR: ... torchrec requires fbgemm-gpu" line
+# (fbgemm-gpu-cpu provides the same module) that reads like a failed set-up. The PYTHONWARNINGS
+# filter drops setuptools' informational "Editable installation." box, which pip >= 26 shows.
 TORCH_VERSION  ?= 2.13.0
 FBGEMM_PACKAGE ?= fbgemm-gpu-cpu==1.8.0
 TORCHREC       ?= torchrec==1.8.0
@@ -22,8 +26,8 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==$(TORCH_VERSION)" "$(FBGEMM_PACKAGE)"
+	PYTHONWARNINGS="ignore:Editable installation" $(PIP) install -q -e ".[dev]"
 	$(PIP) install -q --no-deps "$(TORCHREC)"
-	$(PIP) install -q -e ".[dev]"
 	$(PY) -c "import torch, torchrec, fbgemm_gpu, ray, pyarrow; print('dist-train set up: torch', torch.__version__, '| torchrec', torchrec.__version__, '| ray', ray.__version__, '| pyarrow', pyarrow.__version__)"
 	touch $(STAMP)
 
