@@ -3,21 +3,29 @@
 Layout under ``<checkpoint dir>`` (a local or shared path, or an fsspec URL):
 
     step-00000040/           a committed checkpoint: DCP shards + .metadata + meta.json
-    .partial-step-00000060/  being written (or left by a crash): never loaded, removed
+    .partial-step-00000060/  being written (or left by a crash or a failed save): never
+                             loaded, removed
 
 Every rank writes its shards of the model (sharded tables, dense layers) and of the optimizer
-state (fused TBE state included) into the partial directory. After a barrier rank 0 renames
-it to ``step-N`` and then writes ``meta.json`` (step, epoch, reader position, bad-input
-counts, config, plan) into it: a checkpoint counts as committed only once its ``meta.json``
-exists, so a crash at any point leaves the previous checkpoint as the latest (on object
-stores, where a rename is a copy, too). DCP reads tensors with ``weights_only`` semantics;
-``meta.json`` is JSON: loading never runs pickled code from a checkpoint.
+state (fused TBE state included) into the partial directory, hashing each file as it writes
+it. Then rank 0 renames the directory to ``step-N`` and writes ``meta.json`` into it (step,
+epoch, reader position, bad-input counts, config, plan, and the size and xxh3-128 digest of
+every file): a checkpoint counts as committed only once its ``meta.json`` exists, so a crash
+or a failed write at any point leaves the previous checkpoint as the latest (on object
+stores, where a rename is a copy, too).
+
+:class:`CheckpointSaver` stages the state in memory and writes it in a background thread on a
+process group of its own, so training goes on during the write; one save is in flight at most.
+
+Loading verifies every file it reads against ``meta.json`` and never runs code from the
+checkpoint (:mod:`dist_train.checkpoint_files`).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -25,20 +33,22 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed._state_dict_utils import _copy_state_dict, _create_cpu_state_dict
 from torch.distributed.checkpoint.api import CheckpointException
 
-from dist_train import storage
+from dist_train import checkpoint_files, storage
+from dist_train.checkpoint_files import CheckpointError, FileDigests, SafeLoadPlanner, digest_of
 from dist_train.config import JobConfig
 from dist_train.storage import Location, location
+from dist_train.train.faults import faulty_writer
 from dist_train.train.trainer import Trainer
 
 PREFIX = "step-"
 PARTIAL_PREFIX = ".partial-step-"
 META = "meta.json"
+META_DIGEST = "meta_xxh3_128"  # of meta.json's other keys, as canonical JSON
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message names the file."""
+__all__ = ["CheckpointError"]
 
 
 @dataclass(frozen=True)
@@ -99,14 +109,44 @@ def resolve(cfg: JobConfig, resume: str) -> Location | None:
 
 
 def read_meta(path: Location) -> dict[str, Any]:
+    """``meta.json`` of a committed checkpoint, checked against its own digest."""
     meta_path = path / META
     try:
         meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{meta_path}: unreadable checkpoint metadata ({err})") from None
-    if not isinstance(meta, dict) or "position" not in meta:
+    if not isinstance(meta, dict) or not isinstance(meta.get("position"), dict):
         raise CheckpointError(f"{meta_path}: not dist_train checkpoint metadata")
+    if META_DIGEST in meta:
+        want = meta.pop(META_DIGEST)
+        if want != _meta_digest(meta):
+            raise CheckpointError(
+                f"{meta_path}: its contents differ from the digest it was committed with: "
+                "the file is corrupt or was edited"
+            )
+    files = meta.get("files")
+    if files is not None and not (
+        isinstance(files, dict) and all(isinstance(v, dict) for v in files.values())
+    ):
+        raise CheckpointError(f"{meta_path}: 'files' is not a map of file digests")
     return meta
+
+
+def _meta_digest(meta: dict[str, Any]) -> str:
+    return digest_of(json.dumps(meta, sort_keys=True).encode())
+
+
+def file_digests(meta: dict[str, Any], path: Location) -> FileDigests | None:
+    """The digests ``meta.json`` records (None, with a warning, for a checkpoint saved before
+    dist_train recorded them: its files load unverified, still without running code)."""
+    files = meta.get("files")
+    if files is None:
+        print(
+            f"[dist-train] warning: {path / META} lists no file digests (an older "
+            "dist_train saved it): its shards load unverified",
+            flush=True,
+        )
+    return files
 
 
 def check_compatible(meta: dict[str, Any], path: Location, world: int) -> TrainPosition:
@@ -131,69 +171,191 @@ def _state(trainer: Trainer) -> dict[str, Any]:
     return {"model": trainer.model.state_dict(), "optim": trainer.optimizer.state_dict()}
 
 
-def save(
-    trainer: Trainer,
-    root: Location,
-    position: TrainPosition,
-    num_to_keep: int,
-    extra: dict[str, Any] | None = None,
-    before_commit: Callable[[], None] | None = None,
-) -> Location:
-    """Write a checkpoint from every rank and commit it; returns its final path.
+def _rng_state() -> str:
+    return base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
 
-    ``before_commit`` runs on every rank once its shards are written (fault drills)."""
-    rank = dist.get_rank()
-    final = root / f"{PREFIX}{position.step:08d}"
-    partial = root / f"{PARTIAL_PREFIX}{position.step:08d}"
-    if rank == 0:
-        storage.rmtree(partial)
-        partial.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
-    dcp.save(_state(trainer), storage_writer=storage.writer(partial))
-    if before_commit is not None:
-        before_commit()
-    dist.barrier()  # every rank's shards are on disk
-    rng: list[str | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(rng, base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode())
-    if rank == 0:
-        meta = {
-            "position": asdict(position),
-            "world_size": dist.get_world_size(),
-            "torch_rng_states": rng,  # per rank (shuffles are seeded; this is for the rest)
-            **(extra or {}),
-        }
-        storage.rmtree(final)
-        storage.move(partial, final)
-        storage.write_atomically(final / META, json.dumps(meta, indent=2))  # the commit
-        for old in committed(root)[:-num_to_keep]:
-            storage.rmtree(old)
-    dist.barrier()
-    return final
+
+def agree(problem: str | None, group: dist.ProcessGroup | None = None) -> None:
+    """Raise CheckpointError on every rank if any rank has a ``problem`` (so no rank waits in
+    a collective the others left)."""
+    problems: list[str | None] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(problems, problem, group=group)
+    found = list(dict.fromkeys(p for p in problems if p is not None))
+    if found:
+        raise CheckpointError("; ".join(found))
+
+
+def _attempt(action: Callable[[], None]) -> str | None:
+    try:
+        action()
+    except Exception as err:  # noqa: BLE001 - storage backends raise many types
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+@dataclass
+class _Save:
+    """One save: what it writes, and (once done) where it landed or why it failed."""
+
+    state: dict[str, Any]
+    position: TrainPosition
+    rng: str
+    path: Location | None = None
+    error: CheckpointError | None = None
+    thread: threading.Thread | None = None
+
+
+class CheckpointSaver:
+    """Writes checkpoints from every rank and commits them.
+
+    ``save`` stages the state (a copy in memory; the only time training waits) and returns;
+    the write, the digests, the commit and ``on_commit(path, position)`` run in a background
+    thread on a gloo process group of their own. A later ``save`` or :meth:`wait` waits for
+    the one in flight and raises its error. ``background=False`` does all of it inline.
+    ``before_commit`` runs on every rank once its shards are written (fault drills).
+    """
+
+    def __init__(
+        self,
+        trainer: Trainer,
+        root: Location,
+        num_to_keep: int,
+        extra: dict[str, Any] | None = None,
+        on_commit: Callable[[Location, TrainPosition], None] | None = None,
+        before_commit: Callable[[int], None] | None = None,
+        background: bool = True,
+    ) -> None:
+        self.trainer, self.root, self.num_to_keep = trainer, root, num_to_keep
+        self.extra = extra or {}
+        self.on_commit, self.before_commit = on_commit, before_commit
+        # Saves in the background run collectives while training runs its own: separate
+        # groups keep the two sequences apart.
+        self.group = dist.new_group(backend="gloo") if background else None
+        self.background = background
+        self._staging: dict[str, Any] | None = None
+        self._pending: _Save | None = None
+        self.last_step = -1  # the step of the newest save started
+
+    def save(self, position: TrainPosition) -> None:
+        """Checkpoint ``position`` (the state as it is now)."""
+        self.wait()
+        state = _state(self.trainer)
+        if self.background:
+            if self._staging is None:  # reused: the layout is the same at every save
+                self._staging = _create_cpu_state_dict(state)
+            state = _copy_state_dict(state, self._staging)
+        job = _Save(state, position, _rng_state())
+        self.last_step = position.step
+        if not self.background:
+            self._run(job)
+            self._raise(job)
+            return
+        job.thread = threading.Thread(
+            target=self._run, args=(job,), name=f"checkpoint-{position.step}", daemon=True
+        )
+        self._pending = job
+        job.thread.start()
+
+    def wait(self) -> Location | None:
+        """Wait for the save in flight; its committed path (None if none was in flight)."""
+        job, self._pending = self._pending, None
+        if job is None:
+            return None
+        assert job.thread is not None
+        job.thread.join()
+        return self._raise(job)
+
+    @staticmethod
+    def _raise(job: _Save) -> Location | None:
+        if job.error is not None:
+            raise job.error
+        return job.path
+
+    def _run(self, job: _Save) -> None:
+        step = job.position.step
+        try:
+            job.path = self._write(job)
+        except CheckpointError as err:
+            job.error = CheckpointError(
+                f"checkpoint step {step} was not saved ({err}); the checkpoints already "
+                f"committed under {self.root} are intact"
+            )
+        except BaseException as err:  # noqa: BLE001 - DCP's CheckpointException included
+            job.error = CheckpointError(
+                f"checkpoint step {step} was not saved ({reason(err)}); the checkpoints "
+                f"already committed under {self.root} are intact"
+            )
+        if job.error is not None and dist.get_rank(self.group) == 0:
+            storage.rmtree(self.root / f"{PARTIAL_PREFIX}{step:08d}")  # best effort
+        if job.error is None and self.on_commit is not None and job.path is not None:
+            self.on_commit(job.path, job.position)
+
+    def _write(self, job: _Save) -> Location:
+        group, step = self.group, job.position.step
+        rank = dist.get_rank(group)
+        final = self.root / f"{PREFIX}{step:08d}"
+        partial = self.root / f"{PARTIAL_PREFIX}{step:08d}"
+
+        def prepare() -> None:
+            storage.rmtree(partial)
+            partial.mkdir(parents=True, exist_ok=True)
+
+        agree(_attempt(prepare) if rank == 0 else None, group)
+        writer, digests = checkpoint_files.writer(partial)
+        writer = faulty_writer(writer, dist.get_rank(), step, partial)  # drills only
+        dcp.save(job.state, storage_writer=writer, process_group=group)
+        if self.before_commit is not None:
+            self.before_commit(step)
+        gathered: list[Any] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(gathered, (digests, job.rng), group=group)
+
+        def commit() -> None:
+            files: FileDigests = {}
+            for rank_digests, _ in gathered:
+                files.update(rank_digests)
+            meta = {
+                "position": asdict(job.position),
+                "world_size": len(gathered),
+                "torch_rng_states": [rng for _, rng in gathered],  # per rank
+                **self.extra,
+                "files": dict(sorted(files.items())),
+            }
+            meta[META_DIGEST] = _meta_digest(meta)
+            storage.rmtree(final)
+            storage.move(partial, final)
+            storage.write_atomically(final / META, json.dumps(meta, indent=2))  # the commit
+            for old in committed(self.root)[: -self.num_to_keep]:
+                storage.rmtree(old)
+
+        agree(_attempt(commit) if rank == 0 else None, group)
+        return final
 
 
 def load(trainer: Trainer, path: Location) -> TrainPosition:
     """Restore model and optimizer state from ``path`` into ``trainer``; the saved position.
 
-    The checkpoint may come from another plan or world size. DCP maps every tensor by its
-    global offsets. Row-wise Adagrad's accumulators are the exception: TorchRec keeps one per
-    row per column block (a ``[rows * blocks]`` tensor under column-wise sharding, ``[rows]``
-    otherwise), so :func:`_reshard_row_states` converts them between block layouts.
+    Every file read is checked against ``meta.json``'s digests. The checkpoint may come from
+    another plan or world size. DCP maps every tensor by its global offsets. Row-wise
+    Adagrad's accumulators are the exception: TorchRec keeps one per row per column block (a
+    ``[rows * blocks]`` tensor under column-wise sharding, ``[rows]`` otherwise), so
+    :func:`_reshard_row_states` converts them between block layouts.
     """
     meta = read_meta(path)
     position = check_compatible(meta, path, dist.get_world_size())
+    digests = file_digests(meta, path) if dist.get_rank() == 0 else meta.get("files")
     state = _state(trainer)
     try:
-        reader = storage.reader(path)
+        reader = checkpoint_files.reader(path, digests)
         saved = reader.read_metadata().state_dict_metadata
         # Ranks convert different tables (each holds its own optimizer state), so the
         # conversion runs without collectives; they agree on its outcome before DCP's load.
-        problem: CheckpointError | None = None
+        problem: str | None = None
         try:
-            converted = _reshard_row_states(state, saved, path)
+            converted = _reshard_row_states(state, saved, path, digests)
         except CheckpointError as err:
-            problem, converted = err, {}
-        _raise_if_any_rank_failed(problem, path)
-        dcp.load(state, storage_reader=reader)
+            problem, converted = str(err), {}
+        agree(problem)
+        dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner())
         for (param, key), tensor in converted.items():
             state["optim"]["state"].setdefault(param, {})[key] = tensor
     except CheckpointError:
@@ -210,23 +372,13 @@ def load(trainer: Trainer, path: Location) -> TrainPosition:
     return position
 
 
-def _raise_if_any_rank_failed(problem: CheckpointError | None, path: Location) -> None:
-    """Raise on every rank if ``problem`` occurred on any (so none waits in a collective)."""
-    failed = torch.tensor([problem is not None], dtype=torch.int32)
-    dist.all_reduce(failed)
-    if problem is not None:
-        raise problem
-    if failed.item():
-        raise CheckpointError(f"{path}: another rank could not convert its optimizer state")
-
-
 def _column_blocks(chunks: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> list[int]:
     """Widths of a table's column blocks, left to right, from its shards' (offsets, sizes)."""
     return [width for _, width in sorted({(o[1], s[1]) for o, s in chunks})]
 
 
 def _reshard_row_states(
-    state: dict[str, Any], saved: dict[str, Any], path: Location
+    state: dict[str, Any], saved: dict[str, Any], path: Location, digests: FileDigests | None
 ) -> dict[tuple[str, str], Any]:
     """Load the per-row optimizer states whose block layout differs from the saved one.
 
@@ -267,7 +419,12 @@ def _reshard_row_states(
                     f"block ({rows} rows x {len(saved_blocks)} blocks)"
                 )
             whole = torch.empty(tuple(md.size), dtype=tensor.dtype)
-            dcp.load({fqn: whole}, storage_reader=storage.reader(path), no_dist=True)
+            dcp.load(
+                {fqn: whole},
+                storage_reader=checkpoint_files.reader(path, digests),
+                planner=SafeLoadPlanner(),
+                no_dist=True,
+            )
             widths = torch.tensor(saved_blocks, dtype=torch.float64)
             per_row = (whole.view(len(saved_blocks), rows).double() * widths[:, None]).sum(0)
             per_row = (per_row / widths.sum()).to(tensor.dtype)

@@ -263,8 +263,11 @@ class RayConfig(_Strict):
     address: str | None = Field(
         None,
         description=(
-            "Existing cluster ('auto' or host:port); None = RAY_ADDRESS if set, else an "
-            "embedded local Ray instance on 127.0.0.1."
+            "The cluster to join: host:port (or ray://...), or 'auto' (RAY_ADDRESS, else the "
+            "cluster `ray start` made on this machine). None = a private embedded Ray "
+            "instance on 127.0.0.1, whatever runs beside it (a `ray start` cluster, an "
+            "exported RAY_ADDRESS), except in a `ray job submit` entrypoint, which joins the "
+            "cluster it was submitted to."
         ),
     )
     num_workers: int = Field(2, gt=0, description="Training workers (ranks).")
@@ -333,6 +336,13 @@ class CheckpointConfig(_Strict):
         None, description="'latest' (if any exists) or a checkpoint path to continue from."
     )
     save_at_end: bool = Field(True, description="Save when training ends.")
+    background: bool = Field(
+        True,
+        description=(
+            "Write checkpoints in a background thread: training waits only while the state "
+            "is copied in memory (one extra copy of each rank's state); false = write inline."
+        ),
+    )
 
 
 class JobConfig(_Strict):

@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-from dist_train import storage
-from dist_train.checkpoint import META, CheckpointError, read_meta, reason
+from dist_train import checkpoint_files
+from dist_train.checkpoint import META, CheckpointError, file_digests, read_meta, reason
+from dist_train.checkpoint_files import SafeExportPlanner
 from dist_train.storage import Location
 
 
@@ -33,16 +33,19 @@ def _flatten(prefix: str, node: Any, out: dict[str, torch.Tensor]) -> None:
         out[prefix] = node.detach().contiguous()
 
 
-def load_unsharded(path: Location) -> dict[str, Any]:
-    """The whole checkpoint as plain tensors, in this process (no process group needed)."""
+def load_unsharded(path: Location, meta: dict[str, Any]) -> dict[str, Any]:
+    """The whole checkpoint as plain tensors, in this process (no process group needed),
+    every file checked against the digests in ``meta`` (its ``meta.json``)."""
     state: dict[str, Any] = {}
     try:
         _load_state_dict(
             state,
-            storage_reader=storage.reader(path),
-            planner=_EmptyStateDictLoadPlanner(),
+            storage_reader=checkpoint_files.reader(path, file_digests(meta, path)),
+            planner=SafeExportPlanner(),
             no_dist=True,
         )
+    except CheckpointError:
+        raise
     except (Exception, CheckpointException) as err:  # noqa: BLE001 - DCP raises many types
         # (CheckpointException, which wraps a rank's failure, is a BaseException)
         raise CheckpointError(f"{path}: cannot read checkpoint shards ({reason(err)})") from None
@@ -53,7 +56,7 @@ def export(path: Location, out_dir: Path, with_optimizer: bool = False) -> dict[
     """Write ``model.safetensors`` (and ``optimizer.safetensors``) and ``meta.json`` to
     ``out_dir``; returns a summary (files, tensors, tables with their shapes)."""
     meta = read_meta(path)  # a clear error naming the file if the checkpoint is unusable
-    state = load_unsharded(path)
+    state = load_unsharded(path, meta)
     model: dict[str, torch.Tensor] = {}
     _flatten("", state.get("model", {}), model)
     if not model:

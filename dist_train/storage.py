@@ -3,8 +3,8 @@
 
 Local paths stay :class:`pathlib.Path`. URLs become :class:`UrlPath`, which offers the same
 small part of the ``Path`` interface the checkpoint code uses, over an fsspec filesystem.
-The few operations ``Path`` lacks (remove a tree, move a directory, DCP's storage reader and
-writer) are functions here that take either.
+The few operations ``Path`` lacks (remove a tree, move a directory) are functions here that
+take either.
 """
 
 from __future__ import annotations
@@ -14,9 +14,6 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
-from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
 
 
 class UrlPath:
@@ -119,22 +116,3 @@ def write_atomically(loc: Location, text: str) -> None:
         os.replace(tmp, loc)
     else:
         loc.write_text(text)
-
-
-def writer(loc: Location) -> StorageWriter:
-    """DCP's storage writer for ``loc``."""
-    if isinstance(loc, Path):
-        return FileSystemWriter(str(loc))
-    # torch exposes the fsspec backend only under this module path.
-    from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
-
-    return FsspecWriter(loc.url)
-
-
-def reader(loc: Location) -> StorageReader:
-    """DCP's storage reader for ``loc``."""
-    if isinstance(loc, Path):
-        return FileSystemReader(str(loc))
-    from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
-
-    return FsspecReader(loc.url)

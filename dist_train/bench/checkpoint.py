@@ -78,9 +78,11 @@ def save_and_load(cfg_raw: dict[str, Any], plan: JobPlan, root: str) -> dict[str
     trainer = Trainer.build(cfg, plan, local_world_size=plan.local_world_size)
     dist.barrier()
     start = time.perf_counter()
-    path = checkpoint.save(
-        trainer, Path(root), checkpoint.TrainPosition(step=1), 1, {"sharding": plan.placements()}
+    saver = checkpoint.CheckpointSaver(
+        trainer, Path(root), 1, {"sharding": plan.placements()}, background=False
     )
+    saver.save(checkpoint.TrainPosition(step=1))
+    path = checkpoint.committed(Path(root))[-1]
     save_seconds = time.perf_counter() - start
     assert isinstance(path, Path)  # a local root
     if dist.get_rank() == 0:

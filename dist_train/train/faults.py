@@ -5,17 +5,35 @@ global step ``<step>``; ``<rank>:<step>:save`` does it in the middle of saving t
 checkpoint, after the rank wrote its shards and before the commit. Either is what a lost
 node or an OOM kill does to a worker: no exception, no cleanup. It fires once per run
 directory (a marker file records it), so the restarted worker group trains on.
+
+``DIST_TRAIN_SAVE_FAULT=<rank>:<step>:<kind>`` makes that rank's write of step ``<step>``'s
+checkpoint fail the way storage fails: ``enospc`` (the disk fills after 64 KiB of its
+shards), ``error`` (opening its shard file raises) or ``vanish`` (rank 0 only: the checkpoint
+directory disappears after every shard is written, before the commit: a dropped mount or a
+deleted bucket prefix). The save must fail with a clear error and leave earlier checkpoints as they
+were.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from torch.distributed.checkpoint.storage import StorageWriter
+
+from dist_train import storage
 
 ENV = "DIST_TRAIN_KILL_AT"
 PHASES = ("step", "save")
+SAVE_FAULT_ENV = "DIST_TRAIN_SAVE_FAULT"
+SAVE_FAULTS = ("enospc", "error", "vanish")
+FULL_AFTER_BYTES = 64 << 10
 
 
 def kill_point() -> tuple[int, int, str] | None:
@@ -36,13 +54,91 @@ def kill_point() -> tuple[int, int, str] | None:
     return rank, step, phase
 
 
-def maybe_kill(run_dir: str | Path, rank: int, step: int, phase: str = "step") -> None:
-    """SIGKILL this process if ``DIST_TRAIN_KILL_AT`` names this rank, step and phase (once)."""
+def maybe_kill(
+    run_dir: str | Path,
+    rank: int,
+    step: int,
+    phase: str = "step",
+    settle: Callable[[], Any] | None = None,
+) -> None:
+    """SIGKILL this process if ``DIST_TRAIN_KILL_AT`` names this rank, step and phase (once).
+
+    ``settle`` runs first (the loop waits for a checkpoint still being written, so a drill
+    "after step N" finds every earlier save committed, as without background saves)."""
     if kill_point() != (rank, step, phase):
         return
+    if settle is not None:
+        settle()
     marker = Path(run_dir) / "faults" / f"killed-rank{rank}-step{step}-{phase}"
     if marker.exists():
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(f"{time.time()}\n")
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def save_fault(rank: int, step: int) -> str | None:
+    """The kind of ``DIST_TRAIN_SAVE_FAULT`` if it names this rank and step, else None."""
+    spec = os.environ.get(SAVE_FAULT_ENV, "").strip()
+    if not spec:
+        return None
+    parts = spec.split(":")
+    try:
+        want_rank, want_step, kind = int(parts[0]), int(parts[1]), parts[2]
+        if len(parts) != 3 or kind not in SAVE_FAULTS:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise ValueError(
+            f"{SAVE_FAULT_ENV}={spec!r}: expected <rank>:<step>:<kind>, kind one of "
+            f"{', '.join(SAVE_FAULTS)}"
+        ) from None
+    return kind if (want_rank, want_step) == (rank, step) else None
+
+
+class _FullDisk:
+    """A DCP filesystem whose writes fail with ENOSPC after ``FULL_AFTER_BYTES``."""
+
+    def __init__(self, fs: Any, kind: str) -> None:
+        self.fs, self.kind, self.written = fs, kind, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fs, name)
+
+    @contextmanager
+    def create_stream(self, path: Any, mode: str) -> Iterator[Any]:
+        if "w" in mode and self.kind == "error":
+            raise OSError(errno.EIO, "injected shard write failure", os.fspath(path))
+        with self.fs.create_stream(path, mode) as raw:
+            yield _Filling(raw, self) if "w" in mode else raw
+
+
+class _Filling:
+    def __init__(self, raw: Any, disk: _FullDisk) -> None:
+        self.raw, self.disk = raw, disk
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+    def write(self, b: Any) -> int:
+        self.disk.written += len(memoryview(b).cast("B"))
+        if self.disk.written > FULL_AFTER_BYTES:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return int(self.raw.write(b))
+
+
+def faulty_writer(
+    writer: StorageWriter, rank: int, step: int, where: storage.Location
+) -> StorageWriter:
+    """``writer``, failing as ``DIST_TRAIN_SAVE_FAULT`` asks for this rank and step."""
+    kind = save_fault(rank, step)
+    if kind in ("enospc", "error"):
+        writer.fs = _FullDisk(writer.fs, kind)  # type: ignore[attr-defined]
+    elif kind == "vanish":
+        finish = writer.finish
+
+        def finish_then_vanish(*args: Any, **kwargs: Any) -> None:
+            finish(*args, **kwargs)
+            storage.rmtree(where)
+
+        writer.finish = finish_then_vanish  # type: ignore[method-assign]
+    return writer

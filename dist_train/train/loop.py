@@ -37,7 +37,7 @@ from dist_train.data.reader import (
 )
 from dist_train.data.rows import Rows
 from dist_train.data.validation import BadInputCounts, BadInputPolicy
-from dist_train.storage import location
+from dist_train.storage import Location, location
 from dist_train.train.faults import maybe_kill
 from dist_train.train.ledger import Ledger
 from dist_train.train.metrics import EvalMetrics
@@ -257,38 +257,36 @@ def run_worker(
             f"[dist-train] resumed from {inputs.resume}: step {position.step}, epoch "
             f"{position.epoch}, {position.batches} batches into it",
         )
-    ckpt_root = checkpoint.checkpoint_root(cfg)
-    saved_step = -1
     ledger = Ledger(inputs.run_dir, rank, position.step) if cfg.data.row_id_column else None
 
-    def save(epoch: int, batches_done: int, plan: EpochPlan | None) -> None:
-        nonlocal saved_step
-        pos = checkpoint.TrainPosition(
-            step,
-            epoch,
-            batches_done,
-            dict(policy.counts.rows),
-            policy.counts.row_groups,
-            plan.as_json() if plan is not None and batches_done else None,
-        )
-        path = checkpoint.save(
-            trainer,
-            ckpt_root,
-            pos,
-            cfg.checkpoint.num_to_keep,
-            {
-                "config": cfg.model_dump(mode="json"),
-                "sharding": placements,
-                "run_id": inputs.run_id,
-            },
-            before_commit=lambda: maybe_kill(inputs.run_dir, rank, step, "save"),
-        )
-        saved_step = step
+    def committed(path: Location, pos: checkpoint.TrainPosition) -> None:
         if checkpointed is not None:
-            checkpointed(str(path), step)
+            checkpointed(str(path), pos.step)
         progress.log(
             {"event": "checkpoint", "path": str(path), **asdict(pos)},
-            f"[dist-train] checkpoint step {step} -> {path}",
+            f"[dist-train] checkpoint step {pos.step} -> {path}",
+        )
+
+    saver = checkpoint.CheckpointSaver(
+        trainer,
+        checkpoint.checkpoint_root(cfg),
+        cfg.checkpoint.num_to_keep,
+        {"config": cfg.model_dump(mode="json"), "sharding": placements, "run_id": inputs.run_id},
+        on_commit=committed,
+        before_commit=lambda step: maybe_kill(inputs.run_dir, rank, step, "save"),
+        background=cfg.checkpoint.background,
+    )
+
+    def save(epoch: int, batches_done: int, plan: EpochPlan | None) -> None:
+        saver.save(
+            checkpoint.TrainPosition(
+                step,
+                epoch,
+                batches_done,
+                dict(policy.counts.rows),
+                policy.counts.row_groups,
+                plan.as_json() if plan is not None and batches_done else None,
+            )
         )
 
     step, examples, window_loss, window_steps = position.step, 0, 0.0, 0
@@ -318,7 +316,7 @@ def run_worker(
             done += 1
             if ledger is not None:
                 ledger.record(step, epoch, batch.row_ids)
-            maybe_kill(inputs.run_dir, rank, step)
+            maybe_kill(inputs.run_dir, rank, step, settle=saver.wait)
             if first_step_unix is None:
                 first_step_unix, first_step_clock = time.time(), time.perf_counter()
             examples += tc.batch_size * world
@@ -347,8 +345,9 @@ def run_worker(
         end_plan = epoch_plan if stopped_early else None
         if stopped_early:
             break
-    if cfg.checkpoint.save_at_end and step != saved_step:
+    if cfg.checkpoint.save_at_end and step != saver.last_step:
         save(end_epoch, end_batches, end_plan)
+    saver.wait()
     steady_seconds = time.perf_counter() - first_step_clock if first_step_unix else 0.0
     if window_steps:
         last_loss = _mean_across_ranks(window_loss / window_steps)

@@ -1,0 +1,372 @@
+"""The files of a DCP checkpoint, written with digests and read without trusting them.
+
+DCP trusts its files: its reader unpickles ``.metadata``, its load planners
+``torch.load(..., weights_only=False)`` non-tensor items, and nothing is checksummed. Here:
+
+- **digests.** The writer hashes every file (xxh3-128) and counts its bytes as it writes it,
+  so saving reads nothing back. ``meta.json`` records them at the commit.
+- **verification folded into the read.** The reader reads each file once, front to back,
+  hashing everything it passes (the gaps between the items it needs too), and fails naming
+  the file whose size or digest differs from ``meta.json``'s. The digest is known only at a
+  file's end, so a load that fails this way has already written some values into its target:
+  the error stops the job (or the export) before anything uses them.
+- **no code from the files.** ``.metadata`` is unpickled by :class:`MetadataUnpickler`, which
+  admits only the classes DCP metadata is made of; tensors and non-tensor items load with
+  torch's ``weights_only`` unpickler.
+
+Digests guard against corruption, not against a forger: whoever can rewrite the shards can
+rewrite ``meta.json`` too. What such a forger cannot do is run code in the loading process.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+import torch
+import xxhash
+from torch.distributed._shard._utils import narrow_tensor_by_index
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
+from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.default_planner import (
+    DefaultLoadPlanner,
+    _EmptyStateDictLoadPlanner,
+)
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
+from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
+from torch.futures import Future
+
+from dist_train.storage import Location
+
+METADATA = ".metadata"
+_BLOCK = 8 << 20
+
+FileDigests = dict[str, dict[str, Any]]  # file name -> {"bytes": n, "xxh3_128": hex}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file."""
+
+
+def digest_of(data: bytes | bytearray | memoryview) -> str:
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def file_digest(loc: Location) -> dict[str, Any]:
+    """Size and digest of one file, read in blocks (for ``dist-train validate``)."""
+    hasher, size = xxhash.xxh3_128(), 0
+    with _open(loc) as f:
+        while block := f.read(_BLOCK):
+            hasher.update(block)
+            size += len(block)
+    return {"bytes": size, "xxh3_128": hasher.hexdigest()}
+
+
+@contextmanager
+def _open(loc: Location) -> Iterator[IO[bytes]]:
+    if isinstance(loc, os.PathLike):
+        with open(loc, "rb") as f:
+            yield f
+    else:
+        with loc.fs.open(loc.path, "rb") as f:
+            yield f
+
+
+# -- .metadata without code ------------------------------------------------------------------
+
+_DCP_METADATA = "torch.distributed.checkpoint.metadata"
+_ALLOWED: frozenset[tuple[str, str]] = frozenset(
+    {
+        (_DCP_METADATA, "Metadata"),
+        (_DCP_METADATA, "MetadataIndex"),
+        (_DCP_METADATA, "StorageMeta"),
+        (_DCP_METADATA, "TensorProperties"),
+        (_DCP_METADATA, "TensorStorageMetadata"),
+        (_DCP_METADATA, "ChunkStorageMetadata"),
+        (_DCP_METADATA, "BytesStorageMetadata"),
+        (_DCP_METADATA, "_MEM_FORMAT_ENCODING"),
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+        ("torch", "Size"),
+        ("torch.serialization", "_get_layout"),  # maps a layout's name to the layout
+        ("pathlib", "PosixPath"),  # StorageMeta.checkpoint_id
+        ("pathlib", "PurePosixPath"),
+        ("collections", "OrderedDict"),
+    }
+)
+
+
+class MetadataUnpickler(pickle.Unpickler):
+    """Unpickles DCP's ``Metadata`` and refuses every other global (functions above all)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"refused global {module}.{name}: not part of DCP metadata")
+
+
+def read_metadata_bytes(data: bytes, where: str) -> Metadata:
+    """DCP ``Metadata`` from the bytes of a ``.metadata`` file, or CheckpointError."""
+    try:
+        metadata = MetadataUnpickler(io.BytesIO(data)).load()
+    except Exception as err:  # noqa: BLE001 - a crafted or corrupt file raises anything
+        raise CheckpointError(f"{where}: not DCP checkpoint metadata ({err})") from None
+    if not isinstance(metadata, Metadata) or not isinstance(metadata.state_dict_metadata, dict):
+        raise CheckpointError(f"{where}: not DCP checkpoint metadata (a {type(metadata)})")
+    return metadata
+
+
+# -- non-tensor items without code -------------------------------------------------------------
+
+
+def _load_bytes_safely(planner: DefaultLoadPlanner, read_item: ReadItem, value: io.BytesIO) -> None:
+    """``DefaultLoadPlanner.load_bytes`` with the ``weights_only`` unpickler."""
+    obj = torch.load(value, map_location="cpu", weights_only=True)
+    fqn = read_item.dest_index.fqn
+    if planner.flatten_state_dict:
+        set_element(planner.original_state_dict, planner.mappings[fqn], obj)
+    else:
+        planner.state_dict[fqn] = obj
+
+
+class SafeLoadPlanner(DefaultLoadPlanner):
+    """DCP's load planner, loading non-tensor items with the ``weights_only`` unpickler."""
+
+    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+        _load_bytes_safely(self, read_item, value)
+
+
+class SafeExportPlanner(_EmptyStateDictLoadPlanner):
+    """DCP's load-everything planner (exports), with non-tensor items loaded safely."""
+
+    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+        _load_bytes_safely(self, read_item, value)
+
+
+# -- the reader --------------------------------------------------------------------------------
+
+
+class _VerifyingRead:
+    """What the verified readers add to DCP's: digests, a safe ``.metadata``, safe items."""
+
+    fs: Any
+    path: Any
+    storage_data: dict[Any, Any]
+    load_id: str
+    digests: FileDigests | None
+    where: str
+
+    def _check(self, name: str, size: int, digest: str) -> None:
+        if self.digests is None:
+            return  # a checkpoint from before digests were recorded
+        want = self.digests.get(name)
+        if want is None:
+            raise CheckpointError(f"{self.where}/{name}: not among the files meta.json lists")
+        if (want.get("bytes"), want.get("xxh3_128")) != (size, digest):
+            raise CheckpointError(
+                f"{self.where}/{name}: {size} bytes with xxh3-128 {digest}, but meta.json "
+                f"recorded {want.get('bytes')} bytes with {want.get('xxh3_128')}: the file is "
+                "corrupt or was changed after the checkpoint was committed"
+            )
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        with self.fs.create_stream(self.fs.concat_path(self.path, METADATA), "rb") as f:
+            data = f.read()
+        self._check(METADATA, len(data), digest_of(data))
+        metadata = read_metadata_bytes(data, f"{self.where}/{METADATA}")
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id  # type: ignore[union-attr]
+        return metadata
+
+    def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
+        if not isinstance(planner, SafeLoadPlanner | SafeExportPlanner):
+            raise TypeError("verified checkpoint reads need a SafeLoadPlanner")
+        per_file: dict[str, list[ReadItem]] = {}
+        for item in plan.items:
+            per_file.setdefault(self.storage_data[item.storage_index].relative_path, []).append(
+                item
+            )
+        for name, items in per_file.items():
+            self._read_file(name, items, planner)
+        done: Future[None] = Future()
+        done.set_result(None)
+        return done
+
+    def _read_file(self, name: str, items: list[ReadItem], planner: LoadPlanner) -> None:
+        """Read ``name`` once, front to back: hash every byte, hand each item to the planner,
+        then check the whole file's size and digest."""
+        where = f"{self.where}/{name}"
+        by_item: dict[Any, list[ReadItem]] = {}
+        for item in items:
+            by_item.setdefault(item.storage_index, []).append(item)
+        order = sorted(by_item, key=lambda index: self.storage_data[index].offset)
+        hasher, pos = xxhash.xxh3_128(), 0
+        problem: str | None = None
+        with self.fs.create_stream(self.fs.concat_path(self.path, name), "rb") as f:
+            for index in order:
+                info = self.storage_data[index]
+                if info.transform_descriptors:
+                    raise CheckpointError(f"{where}: stream transforms are not supported")
+                if info.offset < pos:
+                    problem = problem or "items overlap"
+                    break
+                pos += _hash_through(f, info.offset - pos, hasher)
+                data = f.read(info.length)
+                hasher.update(data)
+                pos += len(data)
+                if len(data) != info.length:
+                    problem = problem or "the file ends inside an item"
+                    break
+                if problem is None:
+                    problem = _deliver(by_item[index], data, planner)
+            pos += _hash_through(f, None, hasher)
+        self._check(name, pos, hasher.hexdigest())  # a corrupt file is named as such first
+        if problem is not None:
+            raise CheckpointError(f"{where}: unreadable checkpoint data ({problem})")
+
+
+def _hash_through(f: IO[bytes], count: int | None, hasher: Any) -> int:
+    """Read and hash ``count`` bytes (None: to the end of the file); the bytes read."""
+    done = 0
+    while count is None or done < count:
+        block = f.read(_BLOCK if count is None else min(_BLOCK, count - done))
+        if not block:
+            break
+        hasher.update(block)
+        done += len(block)
+    return done
+
+
+def _deliver(reqs: list[ReadItem], data: bytes, planner: LoadPlanner) -> str | None:
+    """Hand one stored item to its read requests; a description of what failed, or None."""
+    try:
+        if reqs[0].type == LoadItemType.BYTE_IO:
+            for req in reqs:
+                planner.load_bytes(req, io.BytesIO(data))
+            return None
+        stored = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        if not isinstance(stored, torch.Tensor):
+            return f"a {type(stored).__name__} where a tensor was stored"
+        for req in reqs:
+            tensor = narrow_tensor_by_index(stored, req.storage_offsets, req.lengths)
+            target = planner.resolve_tensor(req).detach()
+            if target.size() != tensor.size():
+                return f"{req.dest_index.fqn}: stored {tuple(tensor.size())}, want {target.size()}"
+            target.copy_(tensor)
+            planner.commit_tensor(req, target)
+    except Exception as err:  # noqa: BLE001 - unpicklers and corrupt zips raise anything
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return None
+
+
+class _VerifiedFileSystemReader(_VerifyingRead, FileSystemReader):  # type: ignore[misc]
+    pass
+
+
+class _VerifiedFsspecReader(_VerifyingRead, FsspecReader):  # type: ignore[misc]
+    pass
+
+
+def reader(loc: Location, digests: FileDigests | None) -> StorageReader:
+    """DCP's storage reader for ``loc`` that checks ``digests`` (None: a checkpoint saved
+    before digests were recorded) and never unpickles code."""
+    out: _VerifyingRead
+    if isinstance(loc, os.PathLike):
+        out = _VerifiedFileSystemReader(str(loc))
+    else:
+        out = _VerifiedFsspecReader(loc.url)
+    out.digests, out.where = digests, str(loc)
+    return out  # type: ignore[return-value]
+
+
+# -- the writer --------------------------------------------------------------------------------
+
+
+class _HashingStream(io.RawIOBase):
+    """A write stream that hashes and counts what passes through it."""
+
+    def __init__(self, raw: Any, done: Callable[[int, str | None], None]) -> None:
+        self.raw, self.done = raw, done
+        self.hasher, self.size, self.sequential = xxhash.xxh3_128(), 0, True
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        self.hasher.update(view)
+        self.size += len(view)
+        return int(self.raw.write(view))
+
+    def tell(self) -> int:
+        return int(self.raw.tell())
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.sequential = False  # the digest would miss overwritten bytes: recompute
+        return int(self.raw.seek(offset, whence))
+
+    def fileno(self) -> int:
+        return int(self.raw.fileno())
+
+    def flush(self) -> None:
+        if not self.raw.closed:
+            self.raw.flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.raw.close()
+            self.done(self.size, self.hasher.hexdigest() if self.sequential else None)
+        super().close()
+
+
+class _DigestingFs:
+    """DCP's filesystem object, recording each written file's size and digest."""
+
+    def __init__(self, fs: Any) -> None:
+        self.fs = fs
+        self.digests: FileDigests = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fs, name)
+
+    @contextmanager
+    def create_stream(self, path: Any, mode: str) -> Iterator[Any]:
+        with self.fs.create_stream(path, mode) as raw:
+            if "w" not in mode:
+                yield raw
+                return
+            name = os.path.basename(os.fspath(path))
+
+            def done(size: int, digest: str | None) -> None:
+                if digest is None:  # written out of order: read it back
+                    with self.fs.create_stream(path, "rb") as f:
+                        digest = digest_of(f.read())
+                self.digests[name] = {"bytes": size, "xxh3_128": digest}
+
+            stream = _HashingStream(raw, done)
+            yield stream
+            stream.close()
+
+    def rename(self, path: Any, new_path: Any) -> None:
+        self.fs.rename(path, new_path)
+        old = os.path.basename(os.fspath(path))
+        if old in self.digests:
+            self.digests[os.path.basename(os.fspath(new_path))] = self.digests.pop(old)
+
+
+def writer(loc: Location) -> tuple[StorageWriter, FileDigests]:
+    """DCP's storage writer for ``loc``, and the digests it fills in as it writes."""
+    out: FileSystemWriter = (
+        FileSystemWriter(str(loc)) if isinstance(loc, os.PathLike) else FsspecWriter(loc.url)
+    )
+    fs = _DigestingFs(out.fs)
+    out.fs = fs  # type: ignore[assignment]
+    return out, fs.digests
