@@ -235,6 +235,7 @@ class CheckpointSaver:
         self._staging: dict[str, Any] | None = None
         self._pending: _Save | None = None
         self.last_step = -1  # the step of the newest save started
+        self.last_path: Location | None = None  # the newest save committed
 
     def save(self, position: TrainPosition) -> None:
         """Checkpoint ``position`` (the state as it is now)."""
@@ -287,8 +288,10 @@ class CheckpointSaver:
             )
         if job.error is not None and dist.get_rank(self.group) == 0:
             storage.rmtree(self.root / f"{PARTIAL_PREFIX}{step:08d}")  # best effort
-        if job.error is None and self.on_commit is not None and job.path is not None:
-            self.on_commit(job.path, job.position)
+        if job.error is None and job.path is not None:
+            self.last_path = job.path
+            if self.on_commit is not None:
+                self.on_commit(job.path, job.position)
 
     def _write(self, job: _Save) -> Location:
         group, step = self.group, job.position.step

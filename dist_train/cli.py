@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from dist_train.config import ConfigError, JobConfig, load_config
 
@@ -53,7 +54,7 @@ def run_train(config: str | None, overrides: list[str]) -> int:
     except Exception as err:  # noqa: BLE001 - the CLI reports any failure and exits non-zero
         print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
-    print_summary(summary, cfg.run_dir)
+    print_summary(summary, Path(summary["run_dir"]))
     return 0
 
 
@@ -168,7 +169,6 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from dist_train.checkpoint import CheckpointError
     from dist_train.export import export

@@ -434,3 +434,44 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if overrides:
         raw = apply_overrides(raw if isinstance(raw, dict) else {}, overrides)
     return parse_config(raw, str(path))
+
+
+def _absolute(path: str, base: Path) -> str:
+    """``path`` against ``base``; URLs stay URLs, ``~`` is expanded."""
+    if "://" in path:
+        return path
+    expanded = Path(path).expanduser()
+    return str(expanded if expanded.is_absolute() else base / expanded)
+
+
+def resolve_paths(cfg: JobConfig, base: Path | None = None) -> JobConfig:
+    """``cfg`` with every path made absolute against ``base`` (default: the working directory).
+
+    The driver calls this before anything starts: workers run elsewhere (Ray Train runs them
+    in its session directory), where a relative path means another place.
+    """
+    base = base or Path.cwd()
+
+    def opt(path: str | None) -> str | None:
+        return None if path is None else _absolute(path, base)
+
+    resume = cfg.checkpoint.resume
+    return cfg.model_copy(
+        update={
+            "output_dir": _absolute(cfg.output_dir, base),
+            "data": cfg.data.model_copy(
+                update={
+                    "train_path": opt(cfg.data.train_path),
+                    "test_path": opt(cfg.data.test_path),
+                }
+            ),
+            "checkpoint": cfg.checkpoint.model_copy(
+                update={
+                    "dir": opt(cfg.checkpoint.dir),
+                    "resume": resume if resume in (None, "latest") else opt(resume),
+                }
+            ),
+            "ray": cfg.ray.model_copy(update={"storage_path": opt(cfg.ray.storage_path)}),
+            "sharding": cfg.sharding.model_copy(update={"topology": opt(cfg.sharding.topology)}),
+        }
+    )

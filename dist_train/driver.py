@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from dist_train import checkpoint
-from dist_train.config import JobConfig
+from dist_train.config import JobConfig, resolve_paths
 from dist_train.data.batch import BatchBuilder
 from dist_train.data.reader import list_row_groups
 from dist_train.data.synthetic import generate
@@ -97,7 +97,12 @@ def resume_path(cfg: JobConfig, job_plan: JobPlan | None = None) -> str | None:
         return None
     path = checkpoint.resolve(cfg, cfg.checkpoint.resume)
     if path is None:
-        print(f"[dist-train] no checkpoint in {root} yet: starting from scratch", flush=True)
+        print(
+            f"[dist-train] WARNING: resume=latest found no committed checkpoint under {root}: "
+            "training starts from scratch",
+            file=sys.stderr,
+            flush=True,
+        )
         return None
     # Fail here, before workers start, if it is unreadable or cannot resume on this many ranks.
     meta = checkpoint.read_meta(path)
@@ -124,8 +129,12 @@ def _process_worker(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
 
 
 def run_job(cfg: JobConfig) -> dict[str, Any]:
-    """Run a whole job with its configured launcher; returns the summary (also on disk)."""
+    """Run a whole job with its configured launcher; returns the summary (also on disk).
+
+    Relative paths in ``cfg`` mean the directory this process runs in (see
+    :func:`~dist_train.config.resolve_paths`)."""
     start = time.perf_counter()
+    cfg = resolve_paths(cfg)
     job_plan = plan_on_driver(cfg)
     inputs = dataclasses.replace(
         prepare_inputs(cfg), plan=job_plan, resume=resume_path(cfg, job_plan)
@@ -147,6 +156,7 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
         threads = max(1, int(cfg.ray.cpus_per_worker))
         summary = run_processes(_process_worker, (cfg, inputs), cfg.ray.num_workers, threads)[0]
     summary["wall_seconds"] = time.perf_counter() - start
+    summary["run_dir"] = inputs.run_dir
     if summary.get("first_step_unix"):
         # Launch (workers requested) to the first finished training step.
         summary["startup_seconds"] = summary["first_step_unix"] - launch_unix
@@ -175,7 +185,8 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
         f"({summary['world_size']} ranks, {summary['steps']} steps)\n"
         f"wall time         {summary['wall_seconds']:.1f} s\n"
         f"bad input skipped {_skipped(summary)}\n"
-        f"outputs           {run_dir.resolve()}  "
+        + (f"checkpoint        {summary['checkpoint']}\n" if summary.get("checkpoint") else "")
+        + f"outputs           {run_dir.resolve()}  "
         "(summary.json, metrics.jsonl, config.json, checkpoints/)",
         flush=True,
     )

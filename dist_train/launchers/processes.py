@@ -1,13 +1,14 @@
 """Launch the worker function in plain ``torch.multiprocessing`` processes (no Ray).
 
 Used by tests, benchmarks and anyone without Ray: N spawned processes on this machine form a
-gloo process group on a free loopback port.
+gloo process group on a free loopback port. Each rank's result comes back as JSON with its
+tensors in a safetensors file: reading it runs no code.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import pickle
 import socket
 import sys
 import tempfile
@@ -15,9 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
 
 from dist_train.logs import quiet_worker_logs
 
@@ -54,8 +57,10 @@ def _entry(
     try:
         out = fn(*args)
         # A file, not a queue: a large result in a pipe deadlocks against join().
-        with open(Path(result_dir) / f"rank{rank}.pkl", "wb") as f:
-            pickle.dump(out, f)
+        tensors: dict[str, torch.Tensor] = {}
+        encoded = json.dumps(_encode(out, tensors))
+        save_file(tensors, str(Path(result_dir) / f"rank{rank}.safetensors"))
+        (Path(result_dir) / f"rank{rank}.json").write_text(encoded)
     finally:
         dist.destroy_process_group()
     # The result is safe on disk. Skip interpreter teardown: a native library's static
@@ -83,6 +88,48 @@ def run_processes(
         )
         out = []
         for r in range(world_size):
-            with open(Path(result_dir) / f"rank{r}.pkl", "rb") as f:
-                out.append(pickle.load(f))  # written by our own child processes
+            tensors = load_file(str(Path(result_dir) / f"rank{r}.safetensors"))
+            out.append(
+                _decode(json.loads((Path(result_dir) / f"rank{r}.json").read_text()), tensors)
+            )
         return out
+
+
+_TENSOR, _ARRAY, _TUPLE = "__tensor__", "__ndarray__", "__tuple__"
+
+
+def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """``obj`` as JSON-able data, its tensors moved into ``tensors`` (by placeholder key)."""
+    if isinstance(obj, torch.Tensor):
+        key = str(len(tensors))
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {_TENSOR: key}
+    if isinstance(obj, np.ndarray):
+        return {_ARRAY: _encode(torch.from_numpy(np.ascontiguousarray(obj)), tensors)[_TENSOR]}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, tuple):
+        return {_TUPLE: [_encode(v, tensors) for v in obj]}
+    if isinstance(obj, list):
+        return [_encode(v, tensors) for v in obj]
+    if isinstance(obj, dict):
+        if not all(isinstance(k, str) for k in obj):
+            raise TypeError(f"worker results need str dict keys, not {list(obj)[:3]}")
+        return {k: _encode(v, tensors) for k, v in obj.items()}
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    raise TypeError(f"a worker result cannot hold a {type(obj).__name__}: return plain data")
+
+
+def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    if isinstance(obj, dict):
+        if set(obj) == {_TENSOR}:
+            return tensors[obj[_TENSOR]]
+        if set(obj) == {_ARRAY}:
+            return tensors[obj[_ARRAY]].numpy()
+        if set(obj) == {_TUPLE}:
+            return tuple(_decode(v, tensors) for v in obj[_TUPLE])
+        return {k: _decode(v, tensors) for k, v in obj.items()}
+    return obj

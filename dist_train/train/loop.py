@@ -379,6 +379,7 @@ def run_worker(
         "sharding": placements,
         "embedding_kind": trainer.layout.kind,
         "embedding_parameters": trainer.layout.num_parameters,
+        "checkpoint": None if saver.last_path is None else str(saver.last_path),
     }
     progress.log(
         {"event": "eval", **summary},
