@@ -35,12 +35,20 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed._state_dict_utils import _copy_state_dict, _create_cpu_state_dict
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from dist_train import checkpoint_files, storage
-from dist_train.checkpoint_files import CheckpointError, FileDigests, SafeLoadPlanner, digest_of
+from dist_train.checkpoint_files import (
+    CheckpointError,
+    FileDigests,
+    SafeExportPlanner,
+    SafeLoadPlanner,
+    digest_of,
+)
 from dist_train.config import JobConfig
 from dist_train.storage import Location, location
-from dist_train.train.faults import faulty_writer
+from dist_train.train.faults import faulty_storage
 from dist_train.train.trainer import Trainer
 
 PREFIX = "step-"
@@ -165,6 +173,50 @@ def check_compatible(meta: dict[str, Any], path: Location, world: int) -> TrainP
             "epoch boundary"
         )
     return position
+
+
+def verify(path: Location) -> str:
+    """Check a committed checkpoint without loading it into a model: every file's size and
+    digest, no file missing or unlisted, the metadata and every non-tensor item readable
+    without running code. A one-line description; CheckpointError naming the file if not."""
+    meta = read_meta(path)
+    digests = meta.get("files")
+    if digests is None:
+        raise CheckpointError(
+            f"{path / META}: lists no file digests (an older dist_train saved it): nothing to "
+            "verify against"
+        )
+    present = {p.name for p in path.iterdir()} - {META}
+    for name in sorted(set(digests) | present):
+        if name not in digests:
+            raise CheckpointError(f"{path / name}: not among the files meta.json lists")
+        if name not in present:
+            raise CheckpointError(f"{path / name}: missing (meta.json lists it)")
+        got = checkpoint_files.file_digest(path / name)
+        want = digests[name]
+        if (got["bytes"], got["xxh3_128"]) != (want.get("bytes"), want.get("xxh3_128")):
+            raise CheckpointError(
+                f"{path / name}: {got['bytes']} bytes with xxh3-128 {got['xxh3_128']}, but "
+                f"meta.json recorded {want.get('bytes')} bytes with {want.get('xxh3_128')}"
+            )
+    reader = checkpoint_files.reader(path, digests)
+    metadata = reader.read_metadata()
+    entries = metadata.state_dict_metadata
+    items = [k for k, m in entries.items() if isinstance(m, BytesStorageMetadata)]
+    if items:  # non-tensor values: decoded with the weights_only unpickler
+        try:
+            _load_state_dict(
+                {}, storage_reader=reader, planner=SafeExportPlanner(keys=items), no_dist=True
+            )
+        except CheckpointError:
+            raise
+        except (Exception, CheckpointException) as err:  # noqa: BLE001
+            raise CheckpointError(f"{path}: unreadable checkpoint items ({reason(err)})") from None
+    size = sum(int(d.get("bytes", 0)) for d in digests.values())
+    return (
+        f"checkpoint step {meta['position'].get('step')}: {len(digests)} files, "
+        f"{size / 1e6:,.1f} MB, digests match, {len(entries)} entries"
+    )
 
 
 def _state(trainer: Trainer) -> dict[str, Any]:
@@ -304,13 +356,19 @@ class CheckpointSaver:
             partial.mkdir(parents=True, exist_ok=True)
 
         agree(_attempt(prepare) if rank == 0 else None, group)
-        writer, digests = checkpoint_files.writer(partial)
-        writer = faulty_writer(writer, dist.get_rank(), step, partial)  # drills only
-        dcp.save(job.state, storage_writer=writer, process_group=group)
+        drill = faulty_storage(dist.get_rank(), step, partial)
+        writer, log = checkpoint_files.writer(partial, drill)
+        problem: str | None = None
+        try:
+            dcp.save(job.state, storage_writer=writer, process_group=group)
+        except (Exception, CheckpointException) as err:  # noqa: BLE001 - DCP raises many types
+            # DCP raises on every rank; the rank whose storage failed knows the OS error.
+            problem = f"rank {rank}: {log.error}" if log.error else reason(err)
+        agree(problem, group)
         if self.before_commit is not None:
             self.before_commit(step)
         gathered: list[Any] = [None] * dist.get_world_size(group)
-        dist.all_gather_object(gathered, (digests, job.rng), group=group)
+        dist.all_gather_object(gathered, (log.digests, job.rng), group=group)
 
         def commit() -> None:
             files: FileDigests = {}

@@ -293,8 +293,13 @@ def reader(loc: Location, digests: FileDigests | None) -> StorageReader:
 class _HashingStream(io.RawIOBase):
     """A write stream that hashes and counts what passes through it."""
 
-    def __init__(self, raw: Any, done: Callable[[int, str | None], None]) -> None:
-        self.raw, self.done = raw, done
+    def __init__(
+        self,
+        raw: Any,
+        done: Callable[[int, str | None], None],
+        failed: Callable[[OSError], None],
+    ) -> None:
+        self.raw, self.done, self.failed = raw, done, failed
         self.hasher, self.size, self.sequential = xxhash.xxh3_128(), 0, True
 
     def writable(self) -> bool:
@@ -304,7 +309,11 @@ class _HashingStream(io.RawIOBase):
         view = memoryview(b).cast("B")
         self.hasher.update(view)
         self.size += len(view)
-        return int(self.raw.write(view))
+        try:
+            return int(self.raw.write(view))
+        except OSError as err:  # torch.save's writer replaces it with "unexpected pos"
+            self.failed(err)
+            raise
 
     def tell(self) -> int:
         return int(self.raw.tell())
@@ -327,12 +336,23 @@ class _HashingStream(io.RawIOBase):
         super().close()
 
 
+class WriteLog:
+    """What a writer saw: each written file's size and digest, and the first storage error."""
+
+    def __init__(self) -> None:
+        self.digests: FileDigests = {}
+        self.error: str | None = None
+
+    def failed(self, err: OSError) -> None:
+        self.error = self.error or f"{type(err).__name__}: {err}"
+
+
 class _DigestingFs:
     """DCP's filesystem object, recording each written file's size and digest."""
 
-    def __init__(self, fs: Any) -> None:
-        self.fs = fs
-        self.digests: FileDigests = {}
+    def __init__(self, fs: Any, log: WriteLog) -> None:
+        self.fs, self.log = fs, log
+        self.digests = log.digests
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.fs, name)
@@ -351,7 +371,7 @@ class _DigestingFs:
                         digest = digest_of(f.read())
                 self.digests[name] = {"bytes": size, "xxh3_128": digest}
 
-            stream = _HashingStream(raw, done)
+            stream = _HashingStream(raw, done, self.log.failed)
             yield stream
             stream.close()
 
@@ -362,11 +382,15 @@ class _DigestingFs:
             self.digests[os.path.basename(os.fspath(new_path))] = self.digests.pop(old)
 
 
-def writer(loc: Location) -> tuple[StorageWriter, FileDigests]:
-    """DCP's storage writer for ``loc``, and the digests it fills in as it writes."""
+def writer(
+    loc: Location, wrap_fs: Callable[[Any], Any] | None = None
+) -> tuple[StorageWriter, WriteLog]:
+    """DCP's storage writer for ``loc``, and the log it fills in as it writes.
+
+    ``wrap_fs`` wraps DCP's filesystem object beneath the hashing (fault drills)."""
     out: FileSystemWriter = (
         FileSystemWriter(str(loc)) if isinstance(loc, os.PathLike) else FsspecWriter(loc.url)
     )
-    fs = _DigestingFs(out.fs)
-    out.fs = fs  # type: ignore[assignment]
-    return out, fs.digests
+    log = WriteLog()
+    out.fs = _DigestingFs(wrap_fs(out.fs) if wrap_fs else out.fs, log)  # type: ignore[assignment]
+    return out, log

@@ -300,8 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true", help="return after submitting")
     p.add_argument("--submission-id", help="job id to use (default: Ray picks one)")
     p.add_argument("--dry-run", action="store_true", help="print the command only")
-    p = sub.add_parser("validate", help="check job configs and cluster files before a run")
-    p.add_argument("files", nargs="+", help="job config YAMLs, Ray cluster YAMLs, RayJob YAMLs")
+    p = sub.add_parser(
+        "validate", help="check job configs, cluster files and checkpoints before a run"
+    )
+    p.add_argument(
+        "files",
+        nargs="+",
+        help="job config YAMLs, Ray cluster YAMLs, RayJob YAMLs, checkpoint dirs",
+    )
     p = sub.add_parser("bench", help="benchmarks that print ratios measured in one run")
     bench = p.add_subparsers(dest="bench", required=True)
     p = bench.add_parser("embeddings", help="unified vs hashing_trick vs collisionless")

@@ -1,4 +1,8 @@
-"""``dist-train validate FILE...``: check job configs and cluster files before anything starts.
+"""``dist-train validate FILE...``: check job configs, cluster files and checkpoints before
+anything starts.
+
+A checkpoint directory (or URL) is verified file by file against its ``meta.json``
+(:func:`dist_train.checkpoint.verify`).
 
 Job configs are validated (schema, cross-field rules), their data paths resolved and their
 embedding memory per rank estimated. Cluster-launcher YAMLs and KubeRay RayJob manifests are
@@ -15,11 +19,13 @@ from typing import Any
 
 import yaml
 
+from dist_train.checkpoint import META, CheckpointError, verify
 from dist_train.config import ConfigError, JobConfig, parse_config
 from dist_train.data.reader import DataSourceError, resolve_files
 from dist_train.embedding.layout import build_layout
 from dist_train.launchers.cluster import ClusterTooSmallError, NodeResources, check_fits, describe
 from dist_train.launchers.cluster_files import ClusterFileError, launcher_nodes, rayjob_nodes
+from dist_train.storage import location
 from dist_train.train.sharding import JobPlan, plan_for_config
 from planners.workload import WEIGHT_BYTES, OptimizerState
 
@@ -102,6 +108,12 @@ def validate_files(paths: list[str]) -> Report:
     clusters: list[tuple[list[NodeResources], str, JobConfig | None]] = []
     for p in paths:
         path = Path(p)
+        if "://" in p or (path / META).is_file():
+            try:
+                report.ok.append(f"{p}: {verify(location(p))}")
+            except CheckpointError as err:
+                report.problems.append(str(err))
+            continue
         try:
             doc = _load_yaml(path)
             if isinstance(doc, dict) and doc.get("kind") == "RayJob":

@@ -25,8 +25,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from torch.distributed.checkpoint.storage import StorageWriter
-
 from dist_train import storage
 
 ENV = "DIST_TRAIN_KILL_AT"
@@ -95,11 +93,11 @@ def save_fault(rank: int, step: int) -> str | None:
     return kind if (want_rank, want_step) == (rank, step) else None
 
 
-class _FullDisk:
-    """A DCP filesystem whose writes fail with ENOSPC after ``FULL_AFTER_BYTES``."""
+class _FaultyStorage:
+    """A DCP filesystem object that fails as ``kind`` says (see the module docstring)."""
 
-    def __init__(self, fs: Any, kind: str) -> None:
-        self.fs, self.kind, self.written = fs, kind, 0
+    def __init__(self, fs: Any, kind: str, where: storage.Location) -> None:
+        self.fs, self.kind, self.where, self.written = fs, kind, where, 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.fs, name)
@@ -109,11 +107,18 @@ class _FullDisk:
         if "w" in mode and self.kind == "error":
             raise OSError(errno.EIO, "injected shard write failure", os.fspath(path))
         with self.fs.create_stream(path, mode) as raw:
-            yield _Filling(raw, self) if "w" in mode else raw
+            yield _Filling(raw, self) if "w" in mode and self.kind == "enospc" else raw
+
+    def rename(self, path: Any, new_path: Any) -> None:
+        self.fs.rename(path, new_path)  # DCP's last step: .metadata.tmp -> .metadata
+        if self.kind == "vanish":
+            storage.rmtree(self.where)
 
 
 class _Filling:
-    def __init__(self, raw: Any, disk: _FullDisk) -> None:
+    """A write stream on a disk that is full after ``FULL_AFTER_BYTES``."""
+
+    def __init__(self, raw: Any, disk: _FaultyStorage) -> None:
         self.raw, self.disk = raw, disk
 
     def __getattr__(self, name: str) -> Any:
@@ -126,19 +131,10 @@ class _Filling:
         return int(self.raw.write(b))
 
 
-def faulty_writer(
-    writer: StorageWriter, rank: int, step: int, where: storage.Location
-) -> StorageWriter:
-    """``writer``, failing as ``DIST_TRAIN_SAVE_FAULT`` asks for this rank and step."""
+def faulty_storage(rank: int, step: int, where: storage.Location) -> Callable[[Any], Any] | None:
+    """A wrapper of DCP's filesystem object failing as ``DIST_TRAIN_SAVE_FAULT`` asks for this
+    rank and step (None: no fault here)."""
     kind = save_fault(rank, step)
-    if kind in ("enospc", "error"):
-        writer.fs = _FullDisk(writer.fs, kind)  # type: ignore[attr-defined]
-    elif kind == "vanish":
-        finish = writer.finish
-
-        def finish_then_vanish(*args: Any, **kwargs: Any) -> None:
-            finish(*args, **kwargs)
-            storage.rmtree(where)
-
-        writer.finish = finish_then_vanish  # type: ignore[method-assign]
-    return writer
+    if kind is None:
+        return None
+    return lambda fs: _FaultyStorage(fs, kind, where)

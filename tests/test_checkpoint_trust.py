@@ -1,0 +1,183 @@
+"""Checkpoints a user can trust: a file that runs code on load is refused (and the code does
+not run), a changed byte is named, a save that fails leaves the previous checkpoint as the
+latest, and fuzzed checkpoint files never load as different weights."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import random
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from torch.distributed.checkpoint.filesystem import _StorageInfo
+from torch.distributed.checkpoint.metadata import BytesStorageMetadata, MetadataIndex
+
+from dist_train.checkpoint import META, META_DIGEST, CheckpointError, committed, verify
+from dist_train.checkpoint_files import file_digest
+from dist_train.config import load_config
+from dist_train.driver import run_job
+from dist_train.export import export
+from dist_train.train.faults import SAVE_FAULT_ENV
+
+TINY = Path(__file__).resolve().parent.parent / "launch" / "configs" / "tiny.yaml"
+BASE = ["launcher=processes", "checkpoint.every_steps=4"]
+
+
+class _RunsCode:
+    """Unpickling this runs ``touch <marker>``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A committed checkpoint of the tiny job after 8 steps (2 ranks)."""
+    out = tmp_path_factory.mktemp("trust")
+    run_job(load_config(TINY, [*BASE, f"output_dir={out}", "train.max_steps=8"]))
+    return committed(out / "tiny" / "checkpoints")[-1]
+
+
+def _copy(saved: Path, tmp_path: Path) -> Path:
+    ckpt = tmp_path / saved.parent.name / saved.name
+    shutil.copytree(saved, ckpt)
+    return ckpt
+
+
+def _redigest(ckpt: Path) -> None:
+    """Record the files' current digests in meta.json, as a forger would."""
+    meta = json.loads((ckpt / META).read_text())
+    meta.pop(META_DIGEST)
+    meta["files"] = {p.name: file_digest(p) for p in sorted(ckpt.iterdir()) if p.name != META}
+    from dist_train.checkpoint import _meta_digest
+
+    meta[META_DIGEST] = _meta_digest(meta)
+    (ckpt / META).write_text(json.dumps(meta))
+
+
+def _refused_everywhere(ckpt: Path, tmp_path: Path, file: str, marker: Path) -> None:
+    """export, validate and resume all stop naming ``file``; the planted code never ran."""
+    with pytest.raises(CheckpointError, match=file):
+        export(ckpt, tmp_path / "export")
+    with pytest.raises(CheckpointError, match=file):
+        verify(ckpt)
+    over = [*BASE, f"output_dir={tmp_path / 'resume'}", f"checkpoint.resume={ckpt}"]
+    with pytest.raises(Exception, match=file):  # the worker's CheckpointError, via spawn
+        run_job(load_config(TINY, over))
+    assert not marker.exists(), "code from the checkpoint ran"
+    assert not (tmp_path / "export" / "model.safetensors").exists()
+
+
+def test_code_running_metadata_is_refused(saved: Path, tmp_path: Path) -> None:
+    ckpt = _copy(saved, tmp_path)
+    marker = tmp_path / "pwned-metadata"
+    (ckpt / ".metadata").write_bytes(pickle.dumps(_RunsCode(marker)))
+    _redigest(ckpt)  # the digests match: only the unpickler stands in the way
+    _refused_everywhere(ckpt, tmp_path, r"\.metadata", marker)
+
+
+def test_code_running_item_is_refused(saved: Path, tmp_path: Path) -> None:
+    ckpt = _copy(saved, tmp_path)
+    marker = tmp_path / "pwned-item"
+    shard = ckpt / "__0_0.distcp"
+    payload = io.BytesIO()
+    torch.save(_RunsCode(marker), payload)
+    offset = shard.stat().st_size
+    with shard.open("ab") as f:
+        f.write(payload.getvalue())
+    metadata = pickle.loads((ckpt / ".metadata").read_bytes())  # our own file: trusted here
+    key = "model.dense_arch.0.bias"  # a key the model loads: DCP reads the item at resume
+    metadata.state_dict_metadata[key] = BytesStorageMetadata()
+    metadata.storage_data = {
+        **{k: v for k, v in metadata.storage_data.items() if k.fqn != key},
+        MetadataIndex(key): _StorageInfo("__0_0.distcp", offset, len(payload.getvalue())),
+    }
+    (ckpt / ".metadata").write_bytes(pickle.dumps(metadata))
+    _redigest(ckpt)
+    _refused_everywhere(ckpt, tmp_path, "__0_0.distcp", marker)
+
+
+def test_a_flipped_byte_is_named(saved: Path, tmp_path: Path) -> None:
+    ckpt = _copy(saved, tmp_path)
+    shard = ckpt / "__1_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    _refused_everywhere(ckpt, tmp_path, "__1_0.distcp", tmp_path / "none")
+
+
+@pytest.mark.parametrize("kind", ["enospc", "error", "vanish"])
+def test_a_failed_save_leaves_the_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    # Rank 1's disk fills / its write raises; for "vanish", rank 0's directory disappears.
+    monkeypatch.setenv(SAVE_FAULT_ENV, f"{0 if kind == 'vanish' else 1}:8:{kind}")
+    over = [*BASE, f"output_dir={tmp_path}", "train.max_steps=12"]
+    message = {
+        "enospc": "No space left on device",
+        "error": "injected shard write failure",
+        "vanish": "FileNotFoundError",
+    }[kind]
+    with pytest.raises(Exception, match=rf"checkpoint step 8 was not saved \(.*{message}"):
+        run_job(load_config(TINY, over))
+    root = tmp_path / "tiny" / "checkpoints"
+    assert [p.name for p in root.iterdir()] == ["step-00000004"]  # no partial left
+    verify(root / "step-00000004")
+    if kind == "enospc":  # the run resumes from the checkpoint before the failed save
+        monkeypatch.delenv(SAVE_FAULT_ENV)
+        rest = run_job(load_config(TINY, [*over, "checkpoint.resume=latest"]))
+        assert rest["steps"] == 12
+        events = [json.loads(line) for line in (root.parent / "metrics.jsonl").open()]
+        assert [e["step"] for e in events if e["event"] == "resume"] == [4]
+
+
+def _flat(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_fuzzed_checkpoint_files_never_load_as_other_weights(saved: Path, tmp_path: Path) -> None:
+    """Random byte flips, truncations and appended garbage in every file of a checkpoint:
+    each export either stops with an error naming the file, or writes the same weights."""
+    export(saved, tmp_path / "reference")
+    reference = _flat(tmp_path / "reference")
+    rng = random.Random(0)
+    files = sorted(p.name for p in saved.iterdir())
+    counts: Counter[tuple[str, str]] = Counter()
+    for case in range(90):
+        ckpt = tmp_path / f"case-{case}" / saved.name
+        shutil.copytree(saved, ckpt)
+        name = files[case % len(files)]
+        data = bytearray((ckpt / name).read_bytes())
+        kind = ("flip", "truncate", "append")[case // len(files) % 3]
+        if kind == "flip":
+            for _ in range(rng.randint(1, 3)):
+                data[rng.randrange(len(data))] ^= rng.randint(1, 255)
+        elif kind == "truncate":
+            del data[rng.randrange(len(data)) :]
+        else:
+            data += rng.randbytes(rng.randint(1, 64))
+        (ckpt / name).write_bytes(bytes(data))
+        try:
+            export(ckpt, ckpt.parent / "export")
+        except CheckpointError as err:
+            assert name in str(err), (case, name, kind, err)
+            counts[(kind, "named error")] += 1
+        else:
+            got = _flat(ckpt.parent / "export")
+            assert got.keys() == reference.keys(), (case, name, kind)
+            assert all(torch.equal(got[k], reference[k]) for k in got), (case, name, kind)
+            counts[(kind, "same weights")] += 1
+        shutil.rmtree(ckpt.parent)
+    print("\ncheckpoint fuzz (90 cases):", dict(sorted(counts.items())))
+    assert sum(n for (_, outcome), n in counts.items() if outcome == "named error") >= 80
