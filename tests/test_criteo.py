@@ -13,6 +13,7 @@ from dist_train.cli import main
 from dist_train.config import EmbeddingConfig, FeatureConfig
 from dist_train.data.batch import BatchBuilder
 from dist_train.data.criteo import CATEGORICAL, DENSE, convert_criteo
+from dist_train.data.reader import DataSourceError, list_row_groups, row_group_tables
 from dist_train.data.validation import BadInputError
 from dist_train.embedding.layout import build_layout
 
@@ -60,6 +61,20 @@ def test_converts_plain_and_gzip_with_blanks(good_files: list[Path], tmp_path: P
     layout = build_layout(EmbeddingConfig(num_rows=1000, dim=4), features, seed=0)
     batch = BatchBuilder(layout, features, DENSE, "label").build(t.slice(0, 64))
     assert batch.dense.shape == (64, 13) and len(batch.sparse.keys()) == 26
+
+
+def test_pages_carry_checksums(good_files: list[Path], tmp_path: Path) -> None:
+    """A byte flipped in a converted file's page data fails its page checksum, naming the
+    file and row group (without checksums this file reads without an error)."""
+    path = Path(convert_criteo([str(good_files[0])], tmp_path / "o", progress=False).files[0])
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(0)  # label
+    raw = bytearray(path.read_bytes())
+    start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+    raw[start + chunk.total_compressed_size - 1] ^= 0x01  # in the last page's data
+    path.write_bytes(bytes(raw))
+    groups = list_row_groups(str(path))
+    with pytest.raises(DataSourceError, match=rf"{path} \(row group 0\): cannot read .*CRC"):
+        list(row_group_tables(groups, ["label"]))
 
 
 BAD_LINES = {

@@ -140,7 +140,8 @@ def convert_criteo(
     def next_writer() -> pq.ParquetWriter:
         path = out / f"part-{len(result.files):05d}.parquet"
         result.files.append(str(path))
-        return pq.ParquetWriter(path, SCHEMA, compression="zstd")
+        # Page checksums let readers detect corrupted pages (see docs/data.md).
+        return pq.ParquetWriter(path, SCHEMA, compression="zstd", write_page_checksum=True)
 
     try:
         for path in inputs:

@@ -55,6 +55,13 @@ class DataSourceError(ValueError):
     """A data path that cannot be read; the message names the file."""
 
 
+# What reading a corrupt or unreadable Parquet file raises: any pyarrow error (a bad footer,
+# a page whose checksum fails, a corrupt page header or encoding, a decoded row group that
+# fails validation), an I/O error, a column missing from a damaged footer (KeyError) or a
+# column name in it that is not UTF-8.
+READ_ERRORS = (pa.ArrowException, OSError, KeyError, UnicodeDecodeError)
+
+
 @dataclass(frozen=True)
 class RowGroup:
     """One Parquet row group: the unit of sharding."""
@@ -92,33 +99,40 @@ def list_row_groups(
 ) -> list[RowGroup]:
     """All non-empty row groups under ``path``, in file order.
 
-    An unreadable (e.g. truncated) or empty file, or one whose schema ``check_schema`` rejects
-    (with :class:`BadInputError`), is bad input: an error, or with a ``skip`` policy a counted,
-    skipped file. Each footer is read once.
+    An unreadable (e.g. truncated) or empty file, one whose footer's row counts disagree, or
+    one whose schema ``check_schema`` rejects (with :class:`BadInputError`), is bad input: an
+    error, or with a ``skip`` policy a counted, skipped file. Each footer is read once.
     """
     groups: list[RowGroup] = []
     for f in resolve_files(path):
         try:
             meta = open_parquet(f).metadata
-        except (pa.ArrowInvalid, OSError) as err:
-            _file_problem(policy, f"{f}: not a readable Parquet file ({err})")
+            schema = meta.schema.to_arrow_schema()
+        except READ_ERRORS as err:
+            _problem(policy, f"{f}: not a readable Parquet file ({err})")
+            continue
+        # The footer has no checksum. Readers trust a row group's row count and silently
+        # return fewer rows when a damaged footer lowers it; the file's total catches that.
+        group_rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        if sum(group_rows) != meta.num_rows or any(n < 0 for n in group_rows):
+            _problem(
+                policy,
+                f"{f}: corrupt footer: its row groups hold {sum(group_rows)} rows in all "
+                f"but it records {meta.num_rows} rows for the file",
+            )
             continue
         if meta.num_rows == 0:
-            _file_problem(policy, f"{f}: empty file (no rows)")
+            _problem(policy, f"{f}: empty file (no rows)")
             continue
         if check_schema is not None:
             try:
-                check_schema(f, meta.schema.to_arrow_schema())
+                check_schema(f, schema)
             except BadInputError as err:
                 if policy is None:
                     raise
                 policy.file_problem(str(err))
                 continue
-        groups += [
-            RowGroup(f, i, meta.row_group(i).num_rows)
-            for i in range(meta.num_row_groups)
-            if meta.row_group(i).num_rows > 0
-        ]
+        groups += [RowGroup(f, i, n) for i, n in enumerate(group_rows) if n > 0]
     if not groups:
         raise DataSourceError(
             f"{path}: no usable Parquet files (every file was empty or bad input)"
@@ -126,10 +140,16 @@ def list_row_groups(
     return groups
 
 
-def _file_problem(policy: BadInputPolicy | None, message: str) -> None:
+def _problem(policy: BadInputPolicy | None, message: str, whole_file: bool = True) -> None:
+    """Bad input that ``message`` names: raise :class:`DataSourceError` without a policy, else
+    the policy raises :class:`BadInputError` (``error``) or counts a skipped file or row
+    group (``skip``)."""
     if policy is None:
         raise DataSourceError(message)
-    policy.file_problem(message)
+    if whole_file:
+        policy.file_problem(message)
+    else:
+        policy.row_group_problem(message)
 
 
 def assign_row_groups(
@@ -165,7 +185,9 @@ def open_parquet(path: str, read_dictionary: Sequence[str] = ()) -> pq.ParquetFi
         fs, inner = _filesystem(path)
         return fs.open_input_file(inner)
 
-    pf = pq.ParquetFile(source())
+    # Pages written with CRC32 checksums (our generator and converter write them) are
+    # verified; pages without one are read unverified.
+    pf = pq.ParquetFile(source(), page_checksum_verification=True)
     schema = pf.schema_arrow
     strings = [
         name
@@ -176,7 +198,7 @@ def open_parquet(path: str, read_dictionary: Sequence[str] = ()) -> pq.ParquetFi
         return pf
     # read_dictionary is fixed when a reader opens: reopen with the string columns named.
     pf.close(force=True)
-    return pq.ParquetFile(source(), read_dictionary=strings)
+    return pq.ParquetFile(source(), read_dictionary=strings, page_checksum_verification=True)
 
 
 def _filesystem(url: str) -> tuple[pafs.FileSystem, str]:
@@ -222,11 +244,11 @@ def row_group_tables(
                 g.path, open_parquet(g.path, read_dictionary)
             )
             table = pf.read_row_group(g.index, columns=columns)
-        except (pa.ArrowInvalid, OSError, KeyError) as err:
-            message = f"{g.source}: cannot read ({err})"
-            if policy is None:
-                raise DataSourceError(message) from None
-            policy.row_group_problem(message)
+            # Decoding does not check everything a corrupt page can hold (e.g. dictionary
+            # indices past the dictionary's end): full validation turns that into an error.
+            table.validate(full=True)
+        except READ_ERRORS as err:
+            _problem(policy, f"{g.source}: cannot read ({err})", whole_file=False)
             continue
         if policy is not None:
             table = policy.clean(table, g.source)

@@ -27,7 +27,7 @@ from dist_train.config import SyntheticDataConfig
 from dist_train.embedding.hashing import make_salt, salted_hash
 
 SPEC_FILE = "dataset.json"
-_FORMAT = 2  # bumped when the files' layout changes, so older generated data is rewritten
+_FORMAT = 3  # bumped when the files' layout changes, so older generated data is rewritten
 _BIAS = -1.0
 _CHUNK_ROWS = 65_536
 
@@ -134,7 +134,8 @@ def _write_split(
 ) -> None:
     schema = _schema(cfg)
     written = 0
-    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+    # Page checksums let readers detect corrupted pages (see docs/data.md).
+    with pq.ParquetWriter(path, schema, compression="zstd", write_page_checksum=True) as writer:
         while written < num_rows:
             n = min(_CHUNK_ROWS, num_rows - written)
             table = _chunk(cfg, columns, dense_w, n, rng, schema, first_id + written)
