@@ -99,7 +99,14 @@ def _bench(args: argparse.Namespace) -> int:
     if args.bench == "checkpoint":
         from dist_train.bench.checkpoint import run_checkpoint_bench
 
-        run_checkpoint_bench(cfg, args.rows, args.json, recovery=not args.no_recovery)
+        run_checkpoint_bench(
+            cfg,
+            args.rows,
+            args.json,
+            recovery=not args.no_recovery,
+            rounds=args.rounds,
+            stall_rounds=args.stall_rounds,
+        )
         return 0
     from dist_train.bench.embeddings import run_embedding_bench
 
@@ -328,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(p)
     p.add_argument("--rows", type=int, default=4_000_000, help="embedding rows of the saved table")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved save/load rounds")
+    p.add_argument(
+        "--stall-rounds", type=int, default=1, help="training runs per variant (0: skip)"
+    )
     p.add_argument("--no-recovery", action="store_true", help="skip the Ray kill -9 run")
     p.add_argument("--json", help="also write the figures as JSON to this file")
     return parser

@@ -76,10 +76,14 @@ def test_bench_planner_reports_ratios_and_fidelity(tmp_path: Path) -> None:
 def test_bench_checkpoint_reports_throughput_against_the_disk(tmp_path: Path) -> None:
     out = tmp_path / "ckpt.json"
     args = ["bench", "checkpoint", "--config", TINY, "--set", f"output_dir={tmp_path}"]
-    assert main([*args, "--rows", "50000", "--no-recovery", "--json", str(out)]) == 0
+    smoke = ["--rows", "50000", "--rounds", "1", "--stall-rounds", "0", "--no-recovery"]
+    assert main([*args, *smoke, "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["checkpoint_bytes"] >= 50000 * 8 * 4  # the table alone (tiny: dim 8)
     for ours, disk in (("save", "write"), ("load", "read")):
         ratio = result[f"{ours}_bytes_per_second"] / result[f"disk_{disk}_bytes_per_second"]
         assert result[f"{ours}_over_disk_{disk}"] == pytest.approx(ratio)
         assert result[f"disk_{disk}_bytes_per_second"] > 1e6  # a disk, not a stalled write
+        plain = result[f"plain_dcp_{ours}_bytes_per_second"]
+        key = "load_verified_over_plain" if ours == "load" else "save_with_digests_over_plain"
+        assert result[key] == pytest.approx(result[f"{ours}_bytes_per_second"] / plain)

@@ -19,11 +19,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 
 from dist_train import checkpoint
 from dist_train.bench import variant
@@ -72,28 +76,72 @@ def disk_bandwidth(directory: Path, size: int) -> tuple[float, float]:
     return write_bps, read_bps
 
 
-def save_and_load(cfg_raw: dict[str, Any], plan: JobPlan, root: str) -> dict[str, float]:
-    """Worker: build the job's trainer, save a checkpoint, drop it from the cache, load it."""
+def save_and_load(cfg_raw: dict[str, Any], plan: JobPlan, root: str, rounds: int) -> dict[str, Any]:
+    """Worker: build the job's trainer; per round, save and load it with dist_train's
+    checkpoints (digests written, verified on load, safe unpickling) and with plain DCP (none
+    of that), interleaved, each load from an uncached checkpoint. Seconds per round."""
     cfg = parse_config(cfg_raw)
     trainer = Trainer.build(cfg, plan, local_world_size=plan.local_world_size)
+    out: dict[str, Any] = {k: [] for k in ("save", "load", "plain_save", "plain_load")}
+    for r in range(rounds):
+        ours, plain = Path(root) / f"ours-{r}", Path(root) / f"plain-{r}"
+        saver = checkpoint.CheckpointSaver(
+            trainer, ours, 1, {"sharding": plan.placements()}, background=False
+        )
+        out["save"].append(_timed(partial(saver.save, checkpoint.TrainPosition(step=1))))
+        state = {"model": trainer.model.state_dict(), "optim": trainer.optimizer.state_dict()}
+        out["plain_save"].append(
+            _timed(partial(dcp.save, state, storage_writer=FileSystemWriter(str(plain))))
+        )
+        path = Path(str(checkpoint.committed(ours)[-1]))
+        if dist.get_rank() == 0:
+            _drop_cache(path)
+            _drop_cache(plain)
+        out["load"].append(_timed(partial(checkpoint.load, trainer, path)))
+        out["plain_load"].append(
+            _timed(partial(dcp.load, state, storage_reader=FileSystemReader(str(plain))))
+        )
+    out["bytes"] = float(sum(p.stat().st_size for p in path.rglob("*") if p.is_file()))
+    return out
+
+
+def _timed(action: Any) -> float:
     dist.barrier()
     start = time.perf_counter()
-    saver = checkpoint.CheckpointSaver(
-        trainer, Path(root), 1, {"sharding": plan.placements()}, background=False
-    )
-    saver.save(checkpoint.TrainPosition(step=1))
-    path = checkpoint.committed(Path(root))[-1]
-    save_seconds = time.perf_counter() - start
-    assert isinstance(path, Path)  # a local root
-    if dist.get_rank() == 0:
-        _drop_cache(path)
+    action()
     dist.barrier()
-    start = time.perf_counter()
-    checkpoint.load(trainer, path)
-    dist.barrier()
-    load_seconds = time.perf_counter() - start
-    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return {"save_seconds": save_seconds, "load_seconds": load_seconds, "bytes": float(size)}
+    return time.perf_counter() - start
+
+
+def training_stall(cfg: JobConfig, rounds: int) -> dict[str, float]:
+    """examples/s of the job for 2 epochs with and without ``checkpoint.every_steps=8``,
+    under Ray and plain processes, rounds interleaved; medians and their ratios."""
+    runs: dict[str, list[float]] = {}
+    for r in range(rounds):
+        for launcher in ("processes", "ray"):
+            for every in (None, 8):
+                key = f"{launcher}_{'every_8' if every else 'none'}"
+                job = variant(
+                    cfg,
+                    [
+                        f"launcher={launcher}",
+                        "train.epochs=2",
+                        f"checkpoint.every_steps={every if every else 'null'}",
+                        "checkpoint.save_at_end=false",
+                        f"output_dir={cfg.run_dir / 'bench-stall' / f'{key}-{r}'}",
+                    ],
+                    "bench checkpoint stall",
+                )
+                print(f"[bench] stall round {r + 1}/{rounds}: {key}", flush=True)
+                runs.setdefault(key, []).append(run_job(job)["examples_per_second"])
+    out: dict[str, float] = {}
+    for launcher in ("processes", "ray"):
+        without = statistics.median(runs[f"{launcher}_none"])
+        with_saves = statistics.median(runs[f"{launcher}_every_8"])
+        out[f"{launcher}_examples_per_second"] = without
+        out[f"{launcher}_every_8_examples_per_second"] = with_saves
+        out[f"{launcher}_every_8_over_none"] = with_saves / without
+    return out
 
 
 def recovery_seconds(out_dir: Path) -> dict[str, float]:
@@ -128,45 +176,69 @@ def recovery_seconds(out_dir: Path) -> dict[str, float]:
 
 
 def run_checkpoint_bench(
-    cfg: JobConfig, rows: int, json_out: str | None = None, recovery: bool = True
+    cfg: JobConfig,
+    rows: int,
+    json_out: str | None = None,
+    recovery: bool = True,
+    rounds: int = 3,
+    stall_rounds: int = 1,
 ) -> dict[str, Any]:
-    """Measure and print the three parts; return the figures."""
+    """Measure and print the parts; return the figures."""
     job = variant(cfg, [f"embedding.num_rows={rows}"], "bench checkpoint")
     plan = plan_job(job, 2, 2)
     root = job.run_dir / "bench-checkpoint"
+    shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     print(
         f"[bench] saving and loading {job.embedding.num_rows:,} x {job.embedding.dim} "
-        f"({plan.label}) on 2 ranks under {root}",
+        f"({plan.label}) on 2 ranks under {root}, {rounds} interleaved rounds",
         flush=True,
     )
-    ranks = run_processes(save_and_load, (job.model_dump(mode="json"), plan, str(root)), 2)
+    ranks = run_processes(save_and_load, (job.model_dump(mode="json"), plan, str(root), rounds), 2)
     size = int(ranks[0]["bytes"])
-    save_s = max(r["save_seconds"] for r in ranks)
-    load_s = max(r["load_seconds"] for r in ranks)
+    med = {k: statistics.median(ranks[0][k]) for k in ("save", "load", "plain_save", "plain_load")}
+    save_s, load_s = med["save"], med["load"]
     print(f"[bench] disk: {size / 1e6:,.0f} MB written with fsync and read uncached", flush=True)
     write_bps, read_bps = disk_bandwidth(root, size)
     result: dict[str, Any] = {
         "checkpoint_bytes": size,
         "save_bytes_per_second": size / save_s,
         "load_bytes_per_second": size / load_s,
+        "plain_dcp_save_bytes_per_second": size / med["plain_save"],
+        "plain_dcp_load_bytes_per_second": size / med["plain_load"],
+        "load_verified_over_plain": med["plain_load"] / load_s,
+        "save_with_digests_over_plain": med["plain_save"] / save_s,
         "disk_write_bytes_per_second": write_bps,
         "disk_read_bytes_per_second": read_bps,
         "save_over_disk_write": size / save_s / write_bps,
         "load_over_disk_read": size / load_s / read_bps,
     }
+    if stall_rounds:
+        result.update(training_stall(cfg, stall_rounds))
     if recovery:
         print("[bench] recovery: a Ray run with rank 1 killed after step 11", flush=True)
         result.update(recovery_seconds(job.run_dir / "bench-recovery"))
     mb = 1e6
     lines = [
         "",
-        f"checkpoint {size / mb:,.0f} MB          MB/s     disk MB/s   ratio",
-        f"save (DCP, fsync, commit)  {size / save_s / mb:>8,.0f}  {write_bps / mb:>10,.0f}"
-        f"   x{result['save_over_disk_write']:.2f}",
-        f"load (uncached)            {size / load_s / mb:>8,.0f}  {read_bps / mb:>10,.0f}"
-        f"   x{result['load_over_disk_read']:.2f}",
+        f"checkpoint {size / mb:,.0f} MB      MB/s  plain DCP MB/s  ratio   disk MB/s  ratio",
+        f"save (digests, commit) {size / save_s / mb:>8,.0f}"
+        f"  {size / med['plain_save'] / mb:>14,.0f}"
+        f"  x{result['save_with_digests_over_plain']:.2f}  {write_bps / mb:>10,.0f}"
+        f"  x{result['save_over_disk_write']:.2f}",
+        f"load (verified, uncached) {size / load_s / mb:>5,.0f}"
+        f"  {size / med['plain_load'] / mb:>14,.0f}"
+        f"  x{result['load_verified_over_plain']:.2f}  {read_bps / mb:>10,.0f}"
+        f"  x{result['load_over_disk_read']:.2f}",
     ]
+    if stall_rounds:
+        for launcher in ("processes", "ray"):
+            lines.append(
+                f"training, {launcher:<9} no checkpoints "
+                f"{result[f'{launcher}_examples_per_second']:>9,.0f} examples/s, every 8 steps "
+                f"{result[f'{launcher}_every_8_examples_per_second']:>9,.0f}"
+                f"  x{result[f'{launcher}_every_8_over_none']:.2f}"
+            )
     if recovery:
         lines.append(
             f"recovery: kill -> restarted worker {result['kill_to_worker_start_seconds']:.1f} s, "
