@@ -17,45 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from dist_train.config import ConfigError, JobConfig, load_config
-
-
-def _load(config: str | None, overrides: list[str]) -> JobConfig | None:
-    try:
-        return load_config(config, overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return None
-
-
-def run_train(config: str | None, overrides: list[str]) -> int:
-    """Run a training job; 0 on success, 1 on a training failure, 2 on a bad config."""
-    cfg = _load(config, overrides)
-    if cfg is None:
-        return 2
-    from dist_train.checkpoint import CheckpointError
-    from dist_train.data.reader import DataSourceError
-    from dist_train.data.validation import BadInputError
-    from dist_train.driver import print_summary, run_job
-    from planners.search import PlanningError
-    from planners.topology import TopologyError
-
-    try:
-        summary = run_job(cfg)
-    except (BadInputError, DataSourceError) as err:
-        print(f"error: bad input: {err}", file=sys.stderr)
-        return 1
-    except CheckpointError as err:
-        print(f"error: checkpoint: {err}", file=sys.stderr)
-        return 1
-    except (PlanningError, TopologyError) as err:
-        print(f"error: sharding plan: {err}", file=sys.stderr)
-        return 1
-    except Exception as err:  # noqa: BLE001 - the CLI reports any failure and exits non-zero
-        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
-    print_summary(summary, Path(summary["run_dir"]))
-    return 0
+from dist_train.config import add_config_args
+from dist_train.config import load_or_report as _load
 
 
 def _gen_data(args: argparse.Namespace) -> int:
@@ -236,18 +199,6 @@ def _submit(args: argparse.Namespace) -> int:
     )
 
 
-def add_config_args(p: argparse.ArgumentParser) -> None:
-    """The ``--config`` and ``--set`` options every job command takes."""
-    p.add_argument("--config", help="job config YAML (default: launch/configs/default.yaml)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.epochs=2 (repeatable)",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dist-train",
@@ -348,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train":
         resume = [f"checkpoint.resume={args.resume}"] if args.resume else []
+        from dist_train.driver import run_train
+
         return run_train(args.config, [*args.set, *resume])
     if args.command == "gen-data":
         return _gen_data(args)

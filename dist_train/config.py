@@ -7,6 +7,8 @@ A job config is a YAML file (see ``launch/configs/``). ``load_config`` reads it,
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -474,4 +476,25 @@ def resolve_paths(cfg: JobConfig, base: Path | None = None) -> JobConfig:
             "ray": cfg.ray.model_copy(update={"storage_path": opt(cfg.ray.storage_path)}),
             "sharding": cfg.sharding.model_copy(update={"topology": opt(cfg.sharding.topology)}),
         }
+    )
+
+
+def load_or_report(config: str | Path | None, overrides: list[str]) -> JobConfig | None:
+    """:func:`load_config`, or None after printing the error (for command lines)."""
+    try:
+        return load_config(config, overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """The ``--config`` and ``--set`` options every job command takes."""
+    p.add_argument("--config", help="job config YAML (default: launch/configs/default.yaml)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.epochs=2 (repeatable)",
     )

@@ -18,15 +18,18 @@ from typing import Any
 import pyarrow as pa
 
 from dist_train import checkpoint
-from dist_train.config import JobConfig, resolve_paths
+from dist_train.checkpoint import CheckpointError
+from dist_train.config import JobConfig, add_config_args, load_or_report, resolve_paths
 from dist_train.data.batch import BatchBuilder
-from dist_train.data.reader import list_row_groups
+from dist_train.data.reader import DataSourceError, list_row_groups
 from dist_train.data.synthetic import generate
 from dist_train.data.validation import BadInputError, BadInputPolicy
 from dist_train.embedding.layout import build_layout
 from dist_train.train.loop import WorkerInputs, run_worker
 from dist_train.train.sharding import JobPlan, optimizer_notes, plan_for_config
 from dist_train.train.trainer import make_batch_builder
+from planners.search import PlanningError
+from planners.topology import TopologyError
 
 
 def prepare_inputs(cfg: JobConfig) -> WorkerInputs:
@@ -192,9 +195,30 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    from dist_train.cli import add_config_args, run_train
+def run_train(config: str | None, overrides: list[str]) -> int:
+    """Run a training job; 0 on success, 1 on a training failure, 2 on a bad config."""
+    cfg = load_or_report(config, overrides)
+    if cfg is None:
+        return 2
+    try:
+        summary = run_job(cfg)
+    except (BadInputError, DataSourceError) as err:
+        print(f"error: bad input: {err}", file=sys.stderr)
+        return 1
+    except CheckpointError as err:
+        print(f"error: checkpoint: {err}", file=sys.stderr)
+        return 1
+    except (PlanningError, TopologyError) as err:
+        print(f"error: sharding plan: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:  # noqa: BLE001 - the CLI reports any failure and exits non-zero
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    print_summary(summary, Path(summary["run_dir"]))
+    return 0
 
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dist_train.driver", description=__doc__)
     add_config_args(parser)
     args = parser.parse_args(argv)

@@ -32,7 +32,7 @@ from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from dist_train import checkpoint
 from dist_train.bench import variant
 from dist_train.config import JobConfig, load_config, parse_config
-from dist_train.driver import run_job
+from dist_train.driver import prepare_inputs, run_job
 from dist_train.launchers.processes import run_processes
 from dist_train.train.faults import ENV
 from dist_train.train.ledger import ledger_path, read
@@ -116,6 +116,7 @@ def _timed(action: Any) -> float:
 def training_stall(cfg: JobConfig, rounds: int) -> dict[str, float]:
     """examples/s of the job for 2 epochs with and without ``checkpoint.every_steps=8``,
     under Ray and plain processes, rounds interleaved; medians and their ratios."""
+    prepare_inputs(cfg)  # generate the data once; every run reads these files
     runs: dict[str, list[float]] = {}
     for r in range(rounds):
         for launcher in ("processes", "ray"):

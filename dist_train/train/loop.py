@@ -30,9 +30,9 @@ from dist_train.data.reader import (
     assign_row_groups,
     batches,
     eval_steps,
-    open_parquet,
     padded_tables,
     prefetch,
+    row_group_tables,
     steps_per_epoch,
 )
 from dist_train.data.rows import Rows
@@ -190,8 +190,10 @@ def _evaluate(
     builder = trainer.batch_builder()
     batch_size = cfg.train.eval_batch_size
     assignment = assign_row_groups(groups, world, cfg.seed, 0, shuffle=False)
-    first = groups[0]
-    filler = open_parquet(first.path).read_row_group(first.index, columns=builder.columns)
+    # Rows that pad the ranks with fewer steps: the first row group that reads cleanly, checked
+    # like every other (a corrupt one is named, or skipped without counting it twice).
+    checked = BadInputPolicy.for_job(cfg)
+    filler = next(table for table, _ in row_group_tables(groups, builder.columns, checked))
     padded = padded_tables(
         assignment[rank],
         builder.columns,
