@@ -1,6 +1,7 @@
 """Ray launch against real Ray clusters started by the tests (no mocks).
 
-- `ray start --head` on 127.0.0.1, a tiny job through `ray job submit`, SUCCEEDED, outputs.
+- `ray start --head` on 127.0.0.1 (tests/ray_cluster.py), a tiny job through `ray job submit`
+  (its driver, with ray.address null, joins that cluster), SUCCEEDED, outputs.
 - A 2-node cluster on one machine (ray.cluster_utils.Cluster): 4 workers spread 2 + 2 and a
   table_row_wise plan that keeps each table inside one node.
 - Fail fast: a cluster too small for the workers, a bad config.
@@ -9,8 +10,6 @@
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import subprocess
 import sys
 import time
@@ -24,51 +23,17 @@ from dist_train.driver import run_job
 from dist_train.launchers.cluster import ClusterTooSmallError
 from dist_train.launchers.processes import free_port
 from dist_train.launchers.submit import submit_command
+from tests.ray_cluster import BIN, ray_cli, ray_head
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "launch" / "configs" / "tiny.yaml"
-BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.ray
-
-
-def _ray(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "ray"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def test_ray_job_submit_runs_the_driver(tmp_path: Path) -> None:
     # Token authentication on, with this test's own token: the job server refuses anyone else.
-    token = tmp_path / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}:{os.environ['PATH']}",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN_PATH": str(token),
-    }
-    env.pop("RAY_ADDRESS", None)
-    dash = free_port()
-    started = _ray(
-        "start",
-        "--head",
-        "--node-ip-address=127.0.0.1",
-        f"--port={free_port()}",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dash}",
-        "--num-cpus=2",
-        "--disable-usage-stats",
-        env=env,
-    )
-    assert started.returncode == 0, started.stdout + started.stderr
-    try:
-        address = f"http://127.0.0.1:{dash}"
+    with ray_head(tmp_path) as head:
+        address, env = head.address, head.env
         cmd = submit_command(
             str(TINY),
             [f"output_dir={tmp_path}"],
@@ -82,26 +47,26 @@ def test_ray_job_submit_runs_the_driver(tmp_path: Path) -> None:
         assert sub.returncode == 0, sub.stdout + sub.stderr
         deadline, status = time.monotonic() + 400, ""
         while time.monotonic() < deadline:
-            status = _ray(
+            status = ray_cli(
                 "job", "status", "--address", address, "dist-train-test-job", env=env
             ).stdout
             if any(s in status.lower() for s in ("succeeded", "failed", "stopped")):
                 break
             time.sleep(3)
-        logs = _ray("job", "logs", "--address", address, "dist-train-test-job", env=env).stdout
+        logs = ray_cli("job", "logs", "--address", address, "dist-train-test-job", env=env).stdout
         # Without the token the job server answers nobody.
         anonymous = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
-        denied = _ray("job", "list", "--address", address, env=anonymous)
+        denied = ray_cli("job", "list", "--address", address, env=anonymous)
         assert denied.returncode != 0 and "token" in (denied.stdout + denied.stderr).lower()
-        assert "succeeded" in status.lower(), status + logs[-4000:]
-        assert "joining Ray cluster" in logs and "== dist-train summary ==" in logs
-        summary = json.loads((tmp_path / "tiny" / "summary.json").read_text())
-        assert summary["world_size"] == 2 and summary["steps"] > 0
-        assert summary["test_examples"] == 4096
-        lines = (tmp_path / "tiny" / "metrics.jsonl").read_text().splitlines()
-        assert json.loads(lines[-1])["event"] == "eval"
-    finally:
-        _ray("stop", env=env)
+    assert "succeeded" in status.lower(), status + logs[-4000:]
+    # ray.address is null: the entrypoint joins the cluster it was submitted to.
+    assert "joining Ray cluster at" in logs and "(the cluster this job was submitted to)" in logs
+    assert "== dist-train summary ==" in logs
+    summary = json.loads((tmp_path / "tiny" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] > 0
+    assert summary["test_examples"] == 4096
+    lines = (tmp_path / "tiny" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["event"] == "eval"
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +76,13 @@ def two_node_cluster() -> Iterator[str]:
 
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1"},
+        head_node_args={
+            "num_cpus": 2,
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            # Not Ray's default 8265 (no retry here): another cluster may hold it.
+            "dashboard_port": free_port(),
+        },
     )
     cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()

@@ -88,18 +88,20 @@ def run_ingest_bench(
         "cpu_seconds": busy,
     }
 
-    import ray
     import ray.data
 
-    ray.init(
+    from dist_train.launchers.ray_train import private_ray
+
+    # A private instance, as the embedded default of the launcher: never a cluster that runs
+    # beside it (``ray start``, RAY_ADDRESS), whose size would change the figures.
+    with private_ray(
         num_cpus=2,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
         logging_level=logging.ERROR,
         configure_logging=True,
-    )
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    try:
+    ):
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         columns = builder.columns
@@ -127,8 +129,6 @@ def run_ingest_bench(
         rows, wall, busy = _measure(ray_data, min_seconds)
         result["ray_data_rows_per_second_per_core"] = rows / busy
         result["ray_data_rows_per_second"] = rows / wall
-    finally:
-        ray.shutdown()
     pa.set_cpu_count(os.cpu_count() or 1)
 
     print("[bench] training consumption (short run)", flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -9,7 +10,7 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,17 +121,87 @@ def _ray_worker(payload: dict[str, Any]) -> None:
     )
 
 
-def _init_ray(cfg: JobConfig) -> bool:
-    """Connect to the configured cluster, or start an embedded one; True if embedded."""
+# Set by Ray's job supervisor in the environment of a `ray job submit` entrypoint (with
+# RAY_ADDRESS, the GCS address of the job's cluster): ray/dashboard/modules/job/job_supervisor.py.
+JOB_ENTRYPOINT_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+# The GCS port of a head node Ray starts (ray/_private/node.py; ray.init has no argument).
+GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"
+
+
+def ray_address(configured: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The cluster the job joins, or None for a private embedded Ray instance.
+
+    - ``ray.address`` set: that cluster. ``auto`` is Ray's: RAY_ADDRESS (a GCS address,
+      host:port) if set, else the cluster ``ray start`` made on this machine.
+    - ``ray.address: null``: a private embedded instance, whatever runs beside it (a
+      ``ray start`` cluster, an exported RAY_ADDRESS such as the job server URL for
+      ``ray job submit``), except in the entrypoint of ``ray job submit``, where Ray's job
+      supervisor sets RAY_JOB_CONFIG_JSON_ENV_VAR and RAY_ADDRESS: there the job joins the
+      cluster it was submitted to, instead of starting a private Ray inside the head node.
+    """
+    if configured:
+        return configured
+    if JOB_ENTRYPOINT_ENV in environ:
+        return environ.get("RAY_ADDRESS") or "auto"
+    return None
+
+
+@contextlib.contextmanager
+def private_ray(**init_kwargs: Any) -> Iterator[None]:
+    """A private Ray instance for the block: ``ray.init(address="local", **init_kwargs)``,
+    which never joins a running cluster, then ``ray.shutdown()``.
+
+    While it runs, RAY_ADDRESS names the instance's own GCS (its port chosen here), in this
+    process and in every process the instance starts: an exported RAY_ADDRESS (such as a job
+    server URL for ``ray job submit``) never reaches them, and Ray code that looks a cluster
+    up by itself (Ray Train's placement-group cleaner queries the state API with no address)
+    finds this instance, not a ``ray start`` cluster beside it. The caller's RAY_ADDRESS is
+    back after the block.
+    """
+    import ray
+
+    from dist_train.launchers.processes import free_port
+
+    saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", GCS_PORT_ENV)}
+    port = free_port()
+    os.environ[GCS_PORT_ENV] = str(port)  # read by the head node Ray starts
+    os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"  # ignored by ray.init(address="local")
+    try:
+        ray.init(address="local", **init_kwargs)
+        _restore({GCS_PORT_ENV: saved[GCS_PORT_ENV]})
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+        try:
+            yield
+        finally:
+            ray.shutdown()
+    finally:
+        _restore(saved)
+
+
+def _restore(values: Mapping[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@contextlib.contextmanager
+def _connected(cfg: JobConfig) -> Iterator[None]:
+    """Ray for the job (see ``ray_address``): the caller's connection if there is one, the
+    cluster it names, or a private embedded instance that lives as long as the block."""
     import ray
 
     if ray.is_initialized():
-        return False
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+        yield
+        return
+    address = ray_address(cfg.ray.address)
     if address:
-        print(f"[dist-train] joining Ray cluster at {address}", flush=True)
+        submitted = "" if cfg.ray.address else " (the cluster this job was submitted to)"
+        print(f"[dist-train] joining Ray cluster at {address}{submitted}", flush=True)
         ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
-        return False
+        yield
+        return
     needed = cfg.ray.num_workers * cfg.ray.cpus_per_worker
     num_cpus = os.cpu_count() or 1
     if needed > num_cpus:
@@ -147,7 +218,7 @@ def _init_ray(cfg: JobConfig) -> bool:
         f"[dist-train] starting an embedded Ray instance on 127.0.0.1 ({num_cpus} CPUs)", flush=True
     )
     # Everything, the dashboard included, listens on loopback only.
-    ray.init(
+    with private_ray(
         num_cpus=num_cpus,
         include_dashboard=True,
         dashboard_host="127.0.0.1",
@@ -155,8 +226,8 @@ def _init_ray(cfg: JobConfig) -> bool:
         log_to_driver=True,
         configure_logging=True,
         logging_level=logging.WARNING,
-    )
-    return True
+    ):
+        yield
 
 
 def check_cluster(cfg: JobConfig) -> None:
@@ -172,7 +243,6 @@ def check_cluster(cfg: JobConfig) -> None:
 
 def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
     """Run the job on Ray Train workers; the rank-0 summary."""
-    import ray
     from ray.train import (
         CheckpointConfig,
         FailureConfig,
@@ -182,8 +252,7 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
     )
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    embedded = _init_ray(cfg)
-    try:
+    with _connected(cfg):
         check_cluster(cfg)
         storage = cfg.ray.storage_path or str((Path(inputs.run_dir) / "ray").resolve())
         workers: Any = cfg.ray.num_workers
@@ -218,6 +287,3 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
             raise LaunchError("training finished without reporting a summary")
         with result.checkpoint.as_directory() as path:
             return dict(json.loads((Path(path) / SUMMARY_FILE).read_text()))
-    finally:
-        if embedded:
-            ray.shutdown()

@@ -1,0 +1,93 @@
+"""``ray.address: null`` is a private embedded Ray instance whatever runs beside it.
+
+A real ``ray start --head`` cluster runs on this machine, as ``launch/local_cluster.sh`` makes
+one: Ray's files under the same RAY_TMPDIR as the test's (so its ``ray_current_cluster`` file
+names it, as /tmp/ray/ray_current_cluster does for a plain ``ray start``), and RAY_ADDRESS
+exported as its job server URL, as docs/launch.md has it for ``dist-train submit``. The tiny
+job and the ingest bench still start their own instance and never touch that cluster. That a
+``ray job submit`` entrypoint joins its cluster is tests/test_ray_launch.py's submit test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dist_train.config import load_config
+from dist_train.launchers.ray_train import ray_address
+from tests.ray_cluster import RayHead, ray_cli, ray_head
+
+TINY = Path(__file__).resolve().parent.parent / "launch" / "configs" / "tiny.yaml"
+
+
+def test_the_address_rule() -> None:
+    assert ray_address(None, {}) is None
+    beside = {"RAY_ADDRESS": "http://127.0.0.1:8265"}
+    assert ray_address(None, beside) is None  # an exported address is not the job's
+    assert ray_address("auto", beside) == "auto"
+    assert ray_address("10.0.0.1:6379", beside) == "10.0.0.1:6379"
+    submitted = {"RAY_JOB_CONFIG_JSON_ENV_VAR": "{}", "RAY_ADDRESS": "10.0.0.1:6379"}
+    assert ray_address(None, submitted) == "10.0.0.1:6379"  # a `ray job submit` entrypoint
+    assert ray_address("10.0.0.2:6379", submitted) == "10.0.0.2:6379"
+
+
+@pytest.fixture(scope="module")
+def outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
+    with ray_head(tmp_path_factory.mktemp("outside")) as head:
+        yield head
+
+
+@pytest.fixture
+def beside(outside: RayHead, monkeypatch: pytest.MonkeyPatch) -> RayHead:
+    """The environment of a shell that started ``outside`` and exported its address."""
+    monkeypatch.setenv("RAY_ADDRESS", outside.address)
+    monkeypatch.setenv("RAY_TMPDIR", str(outside.tmpdir))
+    assert (outside.tmpdir / "ray" / "ray_current_cluster").is_file()
+    return outside
+
+
+def _listed(head: RayHead, kind: str) -> list[dict[str, object]]:
+    listed = ray_cli("list", kind, "--address", head.address, "--format", "json", env=head.env)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    if listed.stdout.strip() == "No resource in the cluster":  # what it prints for none
+        return []
+    return list(json.loads(listed.stdout))
+
+
+@pytest.mark.ray
+def test_tiny_job_runs_on_its_own_instance_beside_a_cluster(
+    beside: RayHead, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from dist_train.driver import run_job
+
+    outside_nodes = {str(n["node_id"]) for n in _listed(beside, "nodes")}
+    cfg = load_config(TINY, [f"output_dir={tmp_path}", "launcher=ray"])
+    assert cfg.ray.address is None
+    summary = run_job(cfg)
+    assert summary["steps"] > 0 and summary["test_examples"] == 4096
+    assert len(outside_nodes) == 1 and not outside_nodes & set(summary["node_ids"])
+    assert _listed(beside, "jobs") == []  # no driver ever connected to the outside cluster
+    out = capfd.readouterr()
+    assert "starting an embedded Ray instance" in out.out
+    # Ray Train's placement-group cleaner looks its cluster up with no address: it must
+    # find the embedded instance, not the outside cluster.
+    assert "Found multiple active Ray instances" not in out.out + out.err
+    assert "PlacementGroupCleanerMonitor" not in out.out + out.err
+    assert os.environ["RAY_ADDRESS"] == beside.address  # the caller's, back after the run
+
+
+@pytest.mark.ray
+def test_bench_ingest_runs_on_its_own_instance_beside_a_cluster(
+    beside: RayHead, tmp_path: Path
+) -> None:
+    from dist_train.bench.ingest import run_ingest_bench
+
+    cfg = load_config(TINY, [f"output_dir={tmp_path}"])
+    result = run_ingest_bench(cfg, min_seconds=0.5)
+    assert result["ray_data_rows_per_second_per_core"] > 0
+    assert result["train_rows_per_second"] > 0
+    assert _listed(beside, "jobs") == []
