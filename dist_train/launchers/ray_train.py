@@ -27,6 +27,7 @@ class LaunchError(RuntimeError):
 
 
 SUMMARY_FILE = "summary.json"
+HEALTH_CHECK_ENV, HEALTH_CHECK_SECONDS = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
 POINTER_FILE = "dist_train_checkpoint.json"
 
 
@@ -258,6 +259,11 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
         workers: Any = cfg.ray.num_workers
         if cfg.ray.min_workers is not None:  # Ray Train v2's elastic (min, max); the stubs
             workers = (cfg.ray.min_workers, cfg.ray.num_workers)  # show v1's int only
+        # Ray Train's controller takes one report per worker per health check (2 s by
+        # default): checkpoint pointers, reported from the background save thread, would
+        # queue behind each other and hold up the next save. Ray passes this variable from
+        # the driver to its controller; a value the user set wins.
+        os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_SECONDS)
         trainer = TorchTrainer(
             train_loop_per_worker=_ray_worker,
             train_loop_config={"config": cfg.model_dump(mode="json"), "inputs": inputs},
