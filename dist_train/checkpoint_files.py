@@ -21,11 +21,12 @@ rewrite ``meta.json`` too. What such a forger cannot do is run code in the loadi
 from __future__ import annotations
 
 import io
+import mmap
 import os
 import pickle
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import torch
 import xxhash
@@ -208,51 +209,132 @@ class _VerifyingRead:
         for item in items:
             by_item.setdefault(item.storage_index, []).append(item)
         order = sorted(by_item, key=lambda index: self.storage_data[index].offset)
-        hasher, pos = xxhash.xxh3_128(), 0
+        hasher = xxhash.xxh3_128()
         problem: str | None = None
         with self.fs.create_stream(self.fs.concat_path(self.path, name), "rb") as f:
-            for index in order:
-                info = self.storage_data[index]
-                if info.transform_descriptors:
-                    raise CheckpointError(f"{where}: stream transforms are not supported")
-                if info.offset < pos:
-                    problem = problem or "items overlap"
-                    break
-                pos += _hash_through(f, info.offset - pos, hasher)
-                data = f.read(info.length)
-                hasher.update(data)
-                pos += len(data)
-                if len(data) != info.length:
-                    problem = problem or "the file ends inside an item"
-                    break
-                if problem is None:
+            source = _MappedFile.of(f) or _StreamedFile(f)
+            try:
+                for index in order:
+                    info = self.storage_data[index]
+                    if info.transform_descriptors:
+                        raise CheckpointError(f"{where}: stream transforms are not supported")
+                    if info.offset < source.pos:
+                        problem = "items overlap"
+                        break
+                    source.skip(info.offset - source.pos, hasher)
+                    data = source.take(info.length)
+                    hasher.update(data)
+                    if len(data) != info.length:
+                        problem = "the file ends inside an item"
+                        break
                     problem = _deliver(by_item[index], data, planner)
-            pos += _hash_through(f, None, hasher)
-        self._check(name, pos, hasher.hexdigest())  # a corrupt file is named as such first
+                    if problem is not None:
+                        break
+                source.skip(None, hasher)
+            finally:
+                source.close()
+        self._check(name, source.pos, hasher.hexdigest())  # a corrupt file is named first
         if problem is not None:
             raise CheckpointError(f"{where}: unreadable checkpoint data ({problem})")
 
 
-def _hash_through(f: IO[bytes], count: int | None, hasher: Any) -> int:
-    """Read and hash ``count`` bytes (None: to the end of the file); the bytes read."""
-    done = 0
-    while count is None or done < count:
-        block = f.read(_BLOCK if count is None else min(_BLOCK, count - done))
-        if not block:
-            break
-        hasher.update(block)
-        done += len(block)
-    return done
+class _StreamedFile:
+    """A file read front to back (any fsspec stream): each item is read into memory."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f, self.pos = f, 0
+
+    def skip(self, count: int | None, hasher: Any) -> None:
+        """Read and hash ``count`` bytes (None: to the end of the file)."""
+        done = 0
+        while count is None or done < count:
+            block = self.f.read(_BLOCK if count is None else min(_BLOCK, count - done))
+            if not block:
+                break
+            hasher.update(block)
+            done += len(block)
+        self.pos += done
+
+    def take(self, length: int) -> memoryview:
+        data = memoryview(self.f.read(length))
+        self.pos += len(data)
+        return data
+
+    def close(self) -> None:
+        pass
 
 
-def _deliver(reqs: list[ReadItem], data: bytes, planner: LoadPlanner) -> str | None:
+class _MappedFile:
+    """A local file mapped into memory: items are read from the page cache in place, with
+    no copy before torch decodes them (fresh buffers would cost a page fault every 4 KiB)."""
+
+    def __init__(self, mapped: mmap.mmap) -> None:
+        self.mapped, self.view, self.pos = mapped, memoryview(mapped), 0
+
+    @classmethod
+    def of(cls, f: IO[bytes]) -> _MappedFile | None:
+        try:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            return None  # not a local file, or empty
+        mapped.madvise(mmap.MADV_SEQUENTIAL)
+        return cls(mapped)
+
+    def skip(self, count: int | None, hasher: Any) -> None:
+        end = len(self.view) if count is None else min(len(self.view), self.pos + count)
+        hasher.update(self.view[self.pos : end])
+        self.pos = end
+
+    def take(self, length: int) -> memoryview:
+        data = self.view[self.pos : self.pos + length]
+        self.pos += len(data)
+        return data
+
+    def close(self) -> None:
+        self.view.release()
+        try:
+            self.mapped.close()
+        except BufferError:  # a slice still referenced: the mapping goes with it
+            pass
+
+
+class _View(io.RawIOBase):
+    """A seekable, read-only file over a buffer; ``readinto`` copies straight into the
+    caller's memory (torch's loader reads tensor storage that way)."""
+
+    def __init__(self, data: memoryview) -> None:
+        self.data, self.pos = data, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.pos, 2: len(self.data)}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, buffer: Any) -> int:
+        out = memoryview(buffer).cast("B")
+        n = max(0, min(len(out), len(self.data) - self.pos))
+        out[:n] = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return n
+
+
+def _deliver(reqs: list[ReadItem], data: memoryview, planner: LoadPlanner) -> str | None:
     """Hand one stored item to its read requests; a description of what failed, or None."""
     try:
         if reqs[0].type == LoadItemType.BYTE_IO:
             for req in reqs:
                 planner.load_bytes(req, io.BytesIO(data))
             return None
-        stored = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        stored = torch.load(cast(IO[bytes], _View(data)), map_location="cpu", weights_only=True)
         if not isinstance(stored, torch.Tensor):
             return f"a {type(stored).__name__} where a tensor was stored"
         for req in reqs:

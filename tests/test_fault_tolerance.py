@@ -116,9 +116,12 @@ def test_elastic_run_loses_a_node_and_finishes_on_fewer_workers(
         job.start()
         deadline = time.monotonic() + 300
         rank1 = ledger_path(run_dir, 1)
-        # Step 5 is recorded only after the checkpoint at step 4 is committed: the node goes
-        # away mid-epoch with a checkpoint to resume from.
-        while time.monotonic() < deadline and not (rank1.is_file() and len(read(rank1)[1]) >= 5):
+        # The node goes away mid-epoch with a checkpoint to resume from: after rank 1 trained
+        # step 5 and the step-4 checkpoint (saved in the background) is committed.
+        step4 = run_dir / "checkpoints" / "step-00000004" / "meta.json"
+        while time.monotonic() < deadline and not (
+            step4.is_file() and rank1.is_file() and len(read(rank1)[1]) >= 5
+        ):
             time.sleep(0.05)
         cluster.remove_node(second)  # rank 1's node goes away mid-epoch
         job.join(timeout=300)

@@ -5,7 +5,7 @@ page data), in the footer, in the 4-byte footer length and in the magic; truncat
 random lengths; appended garbage (half of it ending in the magic). Each corrupted copy goes
 through the path a job takes: the driver lists row groups with its schema check
 (``list_row_groups`` + ``SchemaCheck``, as ``prepare_inputs``), then a worker streams the
-file's row groups with ``BatchBuilder.stream`` (as ``_rank_rows``), under both
+file's row groups with ``BatchBuilder.stream`` (as ``epochs.rank_rows``), under both
 ``on_bad_input`` policies. Every case must end in one of:
 
 - ``named error``: ``BadInputError``/``DataSourceError`` whose message names the file;

@@ -48,6 +48,14 @@ class EvalMetrics:
     ne: float
     num_examples: int
 
+    def as_summary(self) -> dict[str, float | int]:
+        return {
+            "test_auc": self.auc,
+            "test_log_loss": self.log_loss,
+            "test_ne": self.ne,
+            "test_examples": self.num_examples,
+        }
+
     @classmethod
     def of(cls, labels: np.ndarray, probs: np.ndarray) -> EvalMetrics:
         return cls(

@@ -1,0 +1,171 @@
+"""This rank's epochs: which batches it trains in each, from where a checkpoint left off.
+
+Each epoch's row groups are dealt to ranks by an :class:`~dist_train.data.epoch_plan.EpochPlan`
+(a pure function of seed, epoch and world size, or the saved plan when resuming mid-epoch on
+another world size). :class:`Epochs` yields one :class:`Epoch` at a time; iterating an epoch
+yields its batches while every rank still has one, and counts them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+
+from dist_train.checkpoint import TrainPosition
+from dist_train.config import JobConfig
+from dist_train.data.batch import Batch, BatchBuilder
+from dist_train.data.epoch_plan import EpochPlan
+from dist_train.data.reader import RowGroup, assign_row_groups, batches, steps_per_epoch
+from dist_train.data.rows import Rows
+from dist_train.data.validation import BadInputPolicy
+
+T = TypeVar("T")
+
+
+def while_all_ranks_have(items: Iterator[T]) -> Iterator[T]:
+    """Yield while every rank still has an item: skipped bad rows can leave a rank short, and
+    the sharded embedding's collectives need all ranks to step together."""
+    it = iter(items)
+    while True:
+        item = next(it, None)
+        flag = torch.tensor([0 if item is None else 1])
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        if int(flag.item()) == 0:
+            return
+        yield item  # type: ignore[misc]
+
+
+def epoch_plan(
+    groups: list[RowGroup], world: int, cfg: JobConfig, epoch: int, position: TrainPosition
+) -> tuple[EpochPlan, int]:
+    """This epoch's plan for ``world`` ranks, and the batches each rank already trained.
+
+    Resuming mid-epoch under another world size re-deals the saved plan's untrained batches.
+    """
+    done = position.batches if epoch == position.epoch else 0
+    if done and position.plan is not None:
+        plan = EpochPlan.from_json(position.plan)
+        if plan.world != world:
+            return plan.replan(done, world), 0
+        return plan, done
+    # A new epoch, or a checkpoint from before plans were saved (same world size: checked).
+    assignment = assign_row_groups(groups, world, cfg.seed, epoch)
+    return EpochPlan.fresh(world, steps_per_epoch(assignment, cfg.train.batch_size)), done
+
+
+def rank_rows(
+    builder: BatchBuilder,
+    groups: list[RowGroup],
+    cfg: JobConfig,
+    epoch: int,
+    plan: EpochPlan,
+    rank: int,
+    skip: int,
+    policy: BadInputPolicy,
+) -> Iterator[tuple[Rows, str]]:
+    """``rank``'s batches of the epoch: its plan segments after ``skip`` batches, each a
+    replay of one stream (see :mod:`dist_train.data.epoch_plan`)."""
+    assignment = assign_row_groups(groups, plan.stream_world, cfg.seed, epoch)
+    for stream, first, end in plan.remaining(rank, skip):
+        yield from itertools.islice(
+            builder.stream(
+                assignment[stream],
+                cfg.train.batch_size,
+                policy=policy,
+                shuffle_rows=cfg.data.shuffle_buffer_rows,
+                shuffle_seed=(cfg.seed, epoch, stream),
+                start_batch=first,
+            ),
+            end - first,
+        )
+
+
+class Epoch:
+    """One epoch on this rank: its ``plan`` and the batches ``done`` in it (resumed ones
+    too). Iterating yields its batches while every rank has one, each a global step."""
+
+    def __init__(
+        self, epochs: Epochs, index: int, plan: EpochPlan, done: int, stream: Iterator[Batch]
+    ):
+        self.epochs, self.index, self.plan, self.done = epochs, index, plan, done
+        self._stream = stream
+        self._exhausted = False
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch in while_all_ranks_have(self._stream):
+            self.done += 1
+            self.epochs.step += 1
+            yield batch
+        self._exhausted = True
+
+    @property
+    def last_step(self) -> int:
+        """The global step at which this epoch ends (for progress lines)."""
+        return self.epochs.step - self.done + self.plan.steps
+
+    @property
+    def stopped_early(self) -> bool:
+        """``train.max_steps`` ended training inside this epoch."""
+        limit = self.epochs.cfg.train.max_steps
+        return limit is not None and self.epochs.step >= limit and self.done < self.plan.steps
+
+    def position(self) -> TrainPosition:
+        """Where training stands now: inside this epoch, or at the next one's start once its
+        batches are all trained (or the ranks ran out of them before ``max_steps``)."""
+        finished = self.done >= self.plan.steps or (self._exhausted and not self.stopped_early)
+        epoch, done = (self.index + 1, 0) if finished else (self.index, self.done)
+        counts = self.epochs.policy.counts
+        return TrainPosition(
+            self.epochs.step,
+            epoch,
+            done,
+            dict(counts.rows),
+            counts.row_groups,
+            self.plan.as_json() if done else None,
+        )
+
+
+class Epochs:
+    """This rank's epochs from ``start`` on; ``step`` is the global step (batches every rank
+    trained, over all epochs and attempts), limited by ``train.max_steps``."""
+
+    def __init__(
+        self,
+        cfg: JobConfig,
+        groups: list[RowGroup],
+        builder: BatchBuilder,
+        policy: BadInputPolicy,
+        start: TrainPosition,
+    ) -> None:
+        self.cfg, self.groups, self.builder, self.policy = cfg, groups, builder, policy
+        self.start, self.step = start, start.step
+        self.current: Epoch | None = None
+
+    def __iter__(self) -> Iterator[Epoch]:
+        rank, world, tc = dist.get_rank(), dist.get_world_size(), self.cfg.train
+        for index in range(self.start.epoch, tc.epochs):
+            plan, skip = epoch_plan(self.groups, world, self.cfg, index, self.start)
+            num_steps = plan.steps - skip
+            if tc.max_steps is not None:
+                num_steps = min(num_steps, tc.max_steps - self.step)
+            if num_steps <= 0:
+                return
+            rows = rank_rows(
+                self.builder, self.groups, self.cfg, index, plan, rank, skip, self.policy
+            )
+            stream = batches(rows, num_steps, self.builder.batch, tc.prefetch_batches)
+            self.current = Epoch(self, index, plan, skip, stream)
+            yield self.current
+            if self.current.stopped_early:
+                return
+
+    def position(self) -> TrainPosition:
+        """Where training stands now (the start, if no epoch ran)."""
+        if self.current is not None:
+            return self.current.position()
+        s, counts = self.start, self.policy.counts
+        return TrainPosition(self.step, s.epoch, s.batches, dict(counts.rows), counts.row_groups)

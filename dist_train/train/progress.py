@@ -1,0 +1,112 @@
+"""Progress of a training run: rank 0's lines on stdout and records in ``metrics.jsonl``,
+the loss and speed between log lines, and the throughput figures of the summary."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def mean_across_ranks(value: float) -> float:
+    """The mean of ``value`` over all ranks (a collective: every rank calls it)."""
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()
+
+
+class Progress:
+    """Counts steps and examples, and reports them every ``log_every`` steps.
+
+    Every rank keeps the counts (the loss is averaged across ranks, a collective); only the
+    enabled one (rank 0) writes.
+    """
+
+    def __init__(
+        self,
+        run_dir: str,
+        enabled: bool,
+        log_every: int,
+        examples_per_step: int,
+        append: bool = False,
+    ) -> None:
+        self.enabled, self.log_every = enabled, log_every
+        self.examples_per_step = examples_per_step
+        self.path = Path(run_dir) / "metrics.jsonl"
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not append:  # a resumed run continues its predecessor's log
+                self.path.write_text("")
+        self.examples, self.train_seconds = 0, 0.0
+        self.first_step_unix: float | None = None
+        self._first_step_clock = 0.0
+        self._window_loss, self._window_steps, self._window_start = 0.0, 0, 0.0
+        self.last_loss = float("nan")
+        self._epoch_start = 0.0
+
+    def log(self, record: dict[str, Any], line: str) -> None:
+        if not self.enabled:
+            return
+        # Not print(): Ray Train patches print() into its logger, which duplicates lines.
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def epoch_started(self) -> None:
+        self._epoch_start = self._window_start = time.perf_counter()
+
+    def epoch_ended(self) -> None:
+        self.train_seconds += time.perf_counter() - self._epoch_start
+
+    def step_done(self, loss: float) -> None:
+        self._window_loss += loss
+        self._window_steps += 1
+        self.examples += self.examples_per_step
+        if self.first_step_unix is None:
+            self.first_step_unix, self._first_step_clock = time.time(), time.perf_counter()
+
+    def should_log(self, step: int) -> bool:
+        return step % self.log_every == 0
+
+    def log_train(self, epoch: int, step: int, epoch_last_step: int) -> None:
+        """The window's mean loss (across ranks) and examples/s since the last line."""
+        loss = mean_across_ranks(self._window_loss / self._window_steps)
+        now = time.perf_counter()
+        rate = self._window_steps * self.examples_per_step / (now - self._window_start)
+        self.log(
+            {
+                "event": "train",
+                "epoch": epoch,
+                "step": step,
+                "loss": loss,
+                "examples_per_second": rate,
+            },
+            f"[dist-train] epoch {epoch} step {step}/{epoch_last_step} "
+            f"loss {loss:.4f} {rate:,.0f} examples/s",
+        )
+        self.last_loss, self._window_loss, self._window_steps = loss, 0.0, 0
+        self._window_start = now
+
+    def figures(self) -> dict[str, Any]:
+        """Throughput and the final loss, for the summary (a collective: every rank calls)."""
+        steady = time.perf_counter() - self._first_step_clock if self.first_step_unix else 0.0
+        if self._window_steps:
+            self.last_loss = mean_across_ranks(self._window_loss / self._window_steps)
+        seconds = self.train_seconds
+        return {
+            "train_examples": self.examples,
+            "train_seconds": seconds,
+            "examples_per_second": self.examples / seconds if seconds > 0 else 0.0,
+            # After the first step: excludes one-time costs (first batch read, warm-up).
+            "steady_examples_per_second": (
+                (self.examples - self.examples_per_step) / steady if steady > 0 else 0.0
+            ),
+            "first_step_unix": self.first_step_unix,
+            "final_train_loss": self.last_loss,
+        }
