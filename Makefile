@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.installed
-# Pins of the CPU recipe (DESIGN.md). torchrec's metadata asks for the CUDA fbgemm-gpu, so it
+# Pins of the CPU recipe (README, "Set-up details"). torchrec's metadata asks for the CUDA fbgemm-gpu, so it
 # goes in with --no-deps and its real needs are listed in pyproject.toml. It goes in LAST: pip
 # runs its dependency-conflict check after every install except a --no-deps one, and with
 # torchrec present that check would print an "ERROR: ... torchrec requires fbgemm-gpu" line

@@ -3,13 +3,14 @@
 DCP trusts its files: its reader unpickles ``.metadata``, its load planners
 ``torch.load(..., weights_only=False)`` non-tensor items, and nothing is checksummed. Here:
 
-- **digests.** The writer hashes every file (xxh3-128) and counts its bytes as it writes it,
-  so saving reads nothing back. ``meta.json`` records them at the commit.
-- **verification folded into the read.** The reader reads each file once, front to back,
-  hashing everything it passes (the gaps between the items it needs too), and fails naming
-  the file whose size or digest differs from ``meta.json``'s. The digest is known only at a
-  file's end, so a load that fails this way has already written some values into its target:
-  the error stops the job (or the export) before anything uses them.
+- **digests.** The writer hashes every file as it writes it (xxh3-128 of the whole file and
+  of each 16 MiB chunk) and counts its bytes, so saving reads nothing back. ``meta.json``
+  records them at the commit.
+- **verification folded into the read.** Before an item is decoded, the reader checks the
+  chunks that hold it against ``meta.json`` (each chunk once; local files are mapped, so the
+  hash reads the same page-cache pages the decoder then copies from), and fails naming the
+  file. A rank that needs a few items of a large file (dense layers beside a table shard)
+  reads only their chunks. No byte that differs from the commit is ever decoded.
 - **no code from the files.** ``.metadata`` is unpickled by :class:`MetadataUnpickler`, which
   admits only the classes DCP metadata is made of; tensors and non-tensor items load with
   torch's ``weights_only`` unpickler.
@@ -47,6 +48,7 @@ from dist_train.storage import Location
 
 METADATA = ".metadata"
 _BLOCK = 8 << 20
+CHUNK_BYTES = 16 << 20  # verified as a unit when a rank reads part of a file
 
 FileDigests = dict[str, dict[str, Any]]  # file name -> {"bytes": n, "xxh3_128": hex}
 
@@ -59,14 +61,46 @@ def digest_of(data: bytes | bytearray | memoryview) -> str:
     return xxhash.xxh3_128_hexdigest(data)
 
 
+class FileHasher:
+    """Hashes a file front to back: xxh3-128 of all of it, and of each ``CHUNK_BYTES`` chunk
+    (a rank that needs a few items of a large file verifies only their chunks)."""
+
+    def __init__(self) -> None:
+        self.whole, self.chunk = xxhash.xxh3_128(), xxhash.xxh3_128()
+        self.size, self.in_chunk = 0, 0
+        self.chunks: list[str] = []
+
+    def update(self, data: Any) -> None:
+        view = memoryview(data).cast("B")
+        self.whole.update(view)
+        self.size += len(view)
+        while len(view):
+            take = min(CHUNK_BYTES - self.in_chunk, len(view))
+            self.chunk.update(view[:take])
+            self.in_chunk += take
+            view = view[take:]
+            if self.in_chunk == CHUNK_BYTES:
+                self.chunks.append(self.chunk.hexdigest())
+                self.chunk, self.in_chunk = xxhash.xxh3_128(), 0
+
+    def entry(self) -> dict[str, Any]:
+        """What ``meta.json`` records of the file."""
+        last = [self.chunk.hexdigest()] if self.in_chunk else []
+        return {
+            "bytes": self.size,
+            "xxh3_128": self.whole.hexdigest(),
+            "chunk_bytes": CHUNK_BYTES,
+            "chunks": self.chunks + last,
+        }
+
+
 def file_digest(loc: Location) -> dict[str, Any]:
-    """Size and digest of one file, read in blocks (for ``dist-train validate``)."""
-    hasher, size = xxhash.xxh3_128(), 0
+    """What ``meta.json`` records of one file, read in blocks (``dist-train validate``)."""
+    hasher = FileHasher()
     with _open(loc) as f:
         while block := f.read(_BLOCK):
             hasher.update(block)
-            size += len(block)
-    return {"bytes": size, "xxh3_128": hasher.hexdigest()}
+    return hasher.entry()
 
 
 @contextmanager
@@ -165,11 +199,9 @@ class _VerifyingRead:
     where: str
 
     def _check(self, name: str, size: int, digest: str) -> None:
-        if self.digests is None:
-            return  # a checkpoint from before digests were recorded
-        want = self.digests.get(name)
+        want = self._listed(name)
         if want is None:
-            raise CheckpointError(f"{self.where}/{name}: not among the files meta.json lists")
+            return
         if (want.get("bytes"), want.get("xxh3_128")) != (size, digest):
             raise CheckpointError(
                 f"{self.where}/{name}: {size} bytes with xxh3-128 {digest}, but meta.json "
@@ -202,74 +234,92 @@ class _VerifyingRead:
         return done
 
     def _read_file(self, name: str, items: list[ReadItem], planner: LoadPlanner) -> None:
-        """Read ``name`` once, front to back: hash every byte, hand each item to the planner,
-        then check the whole file's size and digest."""
+        """Hand each item of ``name`` to the planner after verifying the chunks that hold it
+        against ``meta.json`` (so no byte that differs is decoded)."""
         where = f"{self.where}/{name}"
         by_item: dict[Any, list[ReadItem]] = {}
         for item in items:
             by_item.setdefault(item.storage_index, []).append(item)
         order = sorted(by_item, key=lambda index: self.storage_data[index].offset)
-        hasher = xxhash.xxh3_128()
-        problem: str | None = None
+        want = self._listed(name)
+        verified: set[int] = set()
         with self.fs.create_stream(self.fs.concat_path(self.path, name), "rb") as f:
             source = _MappedFile.of(f) or _StreamedFile(f)
             try:
+                if want is not None and source.size != want.get("bytes"):
+                    raise CheckpointError(
+                        f"{where}: {source.size} bytes, but meta.json recorded "
+                        f"{want.get('bytes')}: the file is truncated, extended or replaced"
+                    )
                 for index in order:
                     info = self.storage_data[index]
                     if info.transform_descriptors:
                         raise CheckpointError(f"{where}: stream transforms are not supported")
-                    if info.offset < source.pos:
-                        problem = "items overlap"
-                        break
-                    source.skip(info.offset - source.pos, hasher)
-                    data = source.take(info.length)
-                    hasher.update(data)
-                    if len(data) != info.length:
-                        problem = "the file ends inside an item"
-                        break
+                    if info.offset < 0 or info.offset + info.length > source.size:
+                        raise CheckpointError(f"{where}: an item lies outside the file")
+                    data = source.read_at(info.offset, info.length)
                     problem = _deliver(by_item[index], data, planner)
+                    if want is not None:  # after decoding: its pages are in memory now
+                        _verify_span(where, want, source, info.offset, info.length, verified)
                     if problem is not None:
-                        break
-                source.skip(None, hasher)
+                        raise CheckpointError(f"{where}: unreadable checkpoint data ({problem})")
             finally:
                 source.close()
-        self._check(name, source.pos, hasher.hexdigest())  # a corrupt file is named first
-        if problem is not None:
-            raise CheckpointError(f"{where}: unreadable checkpoint data ({problem})")
+
+    def _listed(self, name: str) -> dict[str, Any] | None:
+        if self.digests is None:
+            return None  # a checkpoint from before digests were recorded
+        want = self.digests.get(name)
+        if want is None:
+            raise CheckpointError(f"{self.where}/{name}: not among the files meta.json lists")
+        return want
+
+
+def _verify_span(
+    where: str, want: dict[str, Any], source: Any, offset: int, length: int, done: set[int]
+) -> None:
+    """Check the chunks holding bytes ``[offset, offset + length)`` (once each)."""
+    size, step = int(want["bytes"]), int(want.get("chunk_bytes") or want["bytes"] or 1)
+    chunks = want.get("chunks") or [want.get("xxh3_128")]
+    for c in range(offset // step, (offset + max(length, 1) - 1) // step + 1):
+        if c in done:
+            continue
+        start = c * step
+        got = source.digest(start, min(step, size - start))
+        if c >= len(chunks) or got != chunks[c]:
+            raise CheckpointError(
+                f"{where}: bytes {start:,} to {min(size, start + step):,} differ from the "
+                "digest meta.json recorded: the file is corrupt or was changed after the "
+                "checkpoint was committed"
+            )
+        done.add(c)
 
 
 class _StreamedFile:
-    """A file read front to back (any fsspec stream): each item is read into memory."""
+    """A file read through its stream (fsspec URLs): each read copies into memory."""
 
     def __init__(self, f: IO[bytes]) -> None:
-        self.f, self.pos = f, 0
+        self.f = f
+        self.size = f.seek(0, io.SEEK_END)
 
-    def skip(self, count: int | None, hasher: Any) -> None:
-        """Read and hash ``count`` bytes (None: to the end of the file)."""
-        done = 0
-        while count is None or done < count:
-            block = self.f.read(_BLOCK if count is None else min(_BLOCK, count - done))
-            if not block:
-                break
-            hasher.update(block)
-            done += len(block)
-        self.pos += done
+    def read_at(self, offset: int, length: int) -> memoryview:
+        self.f.seek(offset)
+        return memoryview(self.f.read(length))
 
-    def take(self, length: int) -> memoryview:
-        data = memoryview(self.f.read(length))
-        self.pos += len(data)
-        return data
+    def digest(self, offset: int, length: int) -> str:
+        return digest_of(self.read_at(offset, length))
 
     def close(self) -> None:
         pass
 
 
 class _MappedFile:
-    """A local file mapped into memory: items are read from the page cache in place, with
-    no copy before torch decodes them (fresh buffers would cost a page fault every 4 KiB)."""
+    """A local file mapped into memory: bytes are read from the page cache in place, with no
+    copy before torch decodes them (fresh buffers would cost a page fault every 4 KiB)."""
 
     def __init__(self, mapped: mmap.mmap) -> None:
-        self.mapped, self.view, self.pos = mapped, memoryview(mapped), 0
+        self.mapped, self.view = mapped, memoryview(mapped)
+        self.size = len(self.view)
 
     @classmethod
     def of(cls, f: IO[bytes]) -> _MappedFile | None:
@@ -277,18 +327,13 @@ class _MappedFile:
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
             return None  # not a local file, or empty
-        mapped.madvise(mmap.MADV_SEQUENTIAL)
         return cls(mapped)
 
-    def skip(self, count: int | None, hasher: Any) -> None:
-        end = len(self.view) if count is None else min(len(self.view), self.pos + count)
-        hasher.update(self.view[self.pos : end])
-        self.pos = end
+    def read_at(self, offset: int, length: int) -> memoryview:
+        return self.view[offset : offset + length]
 
-    def take(self, length: int) -> memoryview:
-        data = self.view[self.pos : self.pos + length]
-        self.pos += len(data)
-        return data
+    def digest(self, offset: int, length: int) -> str:
+        return digest_of(self.read_at(offset, length))
 
     def close(self) -> None:
         self.view.release()
@@ -378,11 +423,11 @@ class _HashingStream(io.RawIOBase):
     def __init__(
         self,
         raw: Any,
-        done: Callable[[int, str | None], None],
+        done: Callable[[dict[str, Any] | None], None],
         failed: Callable[[OSError], None],
     ) -> None:
         self.raw, self.done, self.failed = raw, done, failed
-        self.hasher, self.size, self.sequential = xxhash.xxh3_128(), 0, True
+        self.hasher, self.sequential = FileHasher(), True
 
     def writable(self) -> bool:
         return True
@@ -390,7 +435,6 @@ class _HashingStream(io.RawIOBase):
     def write(self, b: Any) -> int:
         view = memoryview(b).cast("B")
         self.hasher.update(view)
-        self.size += len(view)
         try:
             return int(self.raw.write(view))
         except OSError as err:  # torch.save's writer replaces it with "unexpected pos"
@@ -414,7 +458,7 @@ class _HashingStream(io.RawIOBase):
     def close(self) -> None:
         if not self.closed:
             self.raw.close()
-            self.done(self.size, self.hasher.hexdigest() if self.sequential else None)
+            self.done(self.hasher.entry() if self.sequential else None)
         super().close()
 
 
@@ -447,11 +491,13 @@ class _DigestingFs:
                 return
             name = os.path.basename(os.fspath(path))
 
-            def done(size: int, digest: str | None) -> None:
-                if digest is None:  # written out of order: read it back
+            def done(entry: dict[str, Any] | None) -> None:
+                if entry is None:  # written out of order: read it back
+                    hasher = FileHasher()
                     with self.fs.create_stream(path, "rb") as f:
-                        digest = digest_of(f.read())
-                self.digests[name] = {"bytes": size, "xxh3_128": digest}
+                        hasher.update(f.read())
+                    entry = hasher.entry()
+                self.digests[name] = entry
 
             stream = _HashingStream(raw, done, self.log.failed)
             yield stream

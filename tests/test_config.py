@@ -20,7 +20,9 @@ def test_default_config_is_valid_and_documented_defaults_hold() -> None:
 
 
 def test_every_shipped_config_is_valid() -> None:
-    for path in sorted(DEFAULT_CONFIG.parent.glob("*.yaml")):
+    shipped = sorted(DEFAULT_CONFIG.parent.glob("*.yaml"))
+    assert {p.name for p in shipped} >= {"default.yaml", "tiny.yaml", "two_nodes.yaml"}
+    for path in shipped:
         load_config(path)
 
 
