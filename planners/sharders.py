@@ -1,9 +1,9 @@
 """The TorchRec sharder for our EmbeddingBagCollections.
 
 TorchRec's ``EmbeddingBagCollectionSharder.sharding_types`` offers row_wise, table_row_wise
-and grid_shard only on CUDA. They run correctly on CPU/gloo too (tests/test_planner_runs.py runs every type against one
-rank), and row-wise is the natural placement of one big shared table, so this sharder offers
-every type on every device.
+and grid_shard only on CUDA. They run correctly on CPU/gloo too (tests/test_planner_runs.py
+runs every type against one rank), and row-wise is the natural placement of one big shared
+table, so this sharder offers every type on every device.
 """
 
 from __future__ import annotations
