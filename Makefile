@@ -34,8 +34,10 @@ $(STAMP): pyproject.toml Makefile
 train: setup
 	$(VENV)/bin/dist-train train $(ARGS)
 
+# Fast unit tests first (no processes), then the multi-process, Ray and benchmark tests.
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+	$(PY) -m pytest -q tests/integration $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

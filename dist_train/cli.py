@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(p)
     p.add_argument("--rows", type=int, default=4_000_000, help="embedding rows of the saved table")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved save/load rounds")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved save/load rounds")
     p.add_argument(
         "--stall-rounds", type=int, default=1, help="training runs per variant (0: skip)"
     )

@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 
 from dist_train.config import JobConfig, parse_config
+from dist_train.train.rank_layout import discover_rank_layout
 from dist_train.train.sharding import JobPlan, planner_for_config
-from dist_train.train.topology import discover_topology
 from dist_train.train.trainer import Trainer
 from planners import placement as pl
 from planners.planner import plan_from_placements
@@ -45,7 +45,7 @@ def train_fixed_batches(
     cfg = parse_config(cfg_raw)
     rank, world = dist.get_rank(), dist.get_world_size()
     if local_world_size:  # simulated nodes: TorchRec's hierarchical shardings read the env
-        discover_topology(f"node-{rank // local_world_size}")
+        discover_rank_layout(f"node-{rank // local_world_size}")
     job_plan = uneven_row_wise_plan(cfg, row_sizes) if row_sizes else None
     trainer = Trainer.build(cfg, job_plan, local_world_size=local_world_size)
     builder = trainer.batch_builder()

@@ -84,23 +84,35 @@ def save_and_load(cfg_raw: dict[str, Any], plan: JobPlan, root: str, rounds: int
     cfg = parse_config(cfg_raw)
     trainer = Trainer.build(cfg, plan, local_world_size=plan.local_world_size)
     out: dict[str, Any] = {k: [] for k in ("save", "load", "plain_save", "plain_load")}
+    size = 0.0
     for r in range(rounds):
         ours, plain = Path(root) / f"ours-{r}", Path(root) / f"plain-{r}"
         saver = checkpoint.CheckpointSaver(
             trainer, ours, 1, {"sharding": plan.placements()}, background=False
         )
-        out["save"].append(_timed(partial(saver.save, checkpoint.TrainPosition(step=1))))
         state = {"model": trainer.model.state_dict(), "optim": trainer.optimizer.state_dict()}
-        out["plain_save"].append(
-            _timed(partial(dcp.save, state, storage_writer=FileSystemWriter(str(plain))))
-        )
+        saves = {
+            "save": partial(saver.save, checkpoint.TrainPosition(step=1)),
+            "plain_save": partial(dcp.save, state, storage_writer=FileSystemWriter(str(plain))),
+        }
+        for key in sorted(saves, reverse=r % 2 == 1):  # alternate which goes first
+            out[key].append(_timed(saves[key]))
         path = Path(str(checkpoint.committed(ours)[-1]))
         if dist.get_rank() == 0:
             _drop_cache(path)
             _drop_cache(plain)
-        out["load"].append(_timed(partial(checkpoint.load, trainer, path)))
-        out["plain_load"].append(_timed(partial(_plain_load, trainer, state, plain)))
-    out["bytes"] = float(sum(p.stat().st_size for p in path.rglob("*") if p.is_file()))
+        loads = {
+            "load": partial(checkpoint.load, trainer, path),
+            "plain_load": partial(_plain_load, trainer, state, plain),
+        }
+        for key in sorted(loads, reverse=r % 2 == 1):
+            out[key].append(_timed(loads[key]))
+        size = float(sum(p.stat().st_size for p in path.rglob("*") if p.is_file()))
+        dist.barrier()
+        if dist.get_rank() == 0:
+            shutil.rmtree(ours, ignore_errors=True)
+            shutil.rmtree(plain, ignore_errors=True)
+    out["bytes"] = size
     return out
 
 
@@ -188,7 +200,7 @@ def run_checkpoint_bench(
     rows: int,
     json_out: str | None = None,
     recovery: bool = True,
-    rounds: int = 3,
+    rounds: int = 5,
     stall_rounds: int = 1,
 ) -> dict[str, Any]:
     """Measure and print the parts; return the figures."""

@@ -31,6 +31,7 @@ import torch.distributed as dist
 from dist_train.config import JobConfig, apply_overrides, parse_config
 from dist_train.data.synthetic import generate
 from dist_train.launchers.processes import run_processes
+from dist_train.train.rank_layout import discover_rank_layout
 from dist_train.train.sharding import (
     JobPlan,
     allowed_types,
@@ -39,7 +40,6 @@ from dist_train.train.sharding import (
     planner_for_config,
     simulated_node_cores,
 )
-from dist_train.train.topology import discover_topology
 from dist_train.train.trainer import Trainer
 from planners.calibrate import calibrate
 from planners.topology import save_topology
@@ -74,7 +74,7 @@ def time_plans(cfg_raw: dict[str, Any], plans: list[JobPlan], data_path: str) ->
     """Worker: build a trainer per plan, then time them round-robin on the same batches."""
     cfg = parse_config(cfg_raw)
     rank, world = dist.get_rank(), dist.get_world_size()
-    discover_topology(f"node-{rank // plans[0].local_world_size}")
+    discover_rank_layout(f"node-{rank // plans[0].local_world_size}")
     trainers = [Trainer.build(cfg, p, local_world_size=p.local_world_size) for p in plans]
     builder = trainers[0].batch_builder()
     table = pq.read_table(data_path, columns=builder.columns)

@@ -36,8 +36,8 @@ from dist_train.train.checkpointing import Checkpoints
 from dist_train.train.epochs import Epochs
 from dist_train.train.metrics import EvalMetrics
 from dist_train.train.progress import Progress
+from dist_train.train.rank_layout import RankLayout, RankLayoutError, discover_rank_layout
 from dist_train.train.sharding import JobPlan
-from dist_train.train.topology import Topology, TopologyError, discover_topology
 from dist_train.train.trainer import Trainer
 
 Report = Callable[[dict[str, Any]], None]
@@ -71,7 +71,7 @@ def run_worker(
     """
     rank, world = dist.get_rank(), dist.get_world_size()
     reuse_freed_memory()  # row groups decode into MBs of short-lived arrays
-    topo = discover_topology(node_id)
+    topo = discover_rank_layout(node_id)
     _check_landing(cfg, inputs.plan, topo, world)
     trainer = Trainer.build(cfg, inputs.plan, local_world_size=topo.local_world_size)
     policy = BadInputPolicy.for_job(cfg)
@@ -101,23 +101,19 @@ def run_worker(
                 checkpoints.save(epoch.position())
         progress.epoch_ended()
     last_checkpoint = checkpoints.finish(epochs.position())
+    trained = progress.figures()  # before evaluating: it times the training
 
-    summary = {"steps": epochs.step, **progress.figures()}
     eval_start = time.perf_counter()
     metrics = _evaluate(cfg, inputs.test_groups, trainer, policy, rank, world)
-    summary.update(
+    summary = {
+        "steps": epochs.step,
+        **trained,
         **metrics.as_summary(),
-        eval_seconds=time.perf_counter() - eval_start,
-        bad_input=_total_counts(policy.counts, inputs.file_counts).as_dict(),
-        world_size=world,
-        num_nodes=topo.num_nodes,
-        ranks_per_node=topo.local_world_size,
-        node_ids=list(topo.node_ids),
-        sharding=trainer.plan.placements(),
-        embedding_kind=trainer.layout.kind,
-        embedding_parameters=trainer.layout.num_parameters,
-        checkpoint=None if last_checkpoint is None else str(last_checkpoint),
-    )
+        "eval_seconds": time.perf_counter() - eval_start,
+        "bad_input": _total_counts(policy.counts, inputs.file_counts).as_dict(),
+        **_describe(trainer, topo),
+        "checkpoint": None if last_checkpoint is None else str(last_checkpoint),
+    }
     progress.log(
         {"event": "eval", **summary},
         f"[dist-train] test AUC {metrics.auc:.4f} log loss {metrics.log_loss:.4f} "
@@ -129,7 +125,20 @@ def run_worker(
     return summary
 
 
-def _log_start(progress: Progress, trainer: Trainer, topo: Topology, cfg: JobConfig) -> None:
+def _describe(trainer: Trainer, topo: RankLayout) -> dict[str, Any]:
+    """Where the run ran and what it trained (for the summary)."""
+    return {
+        "world_size": topo.world_size,
+        "num_nodes": topo.num_nodes,
+        "ranks_per_node": topo.local_world_size,
+        "node_ids": list(topo.node_ids),
+        "sharding": trainer.plan.placements(),
+        "embedding_kind": trainer.layout.kind,
+        "embedding_parameters": trainer.layout.num_parameters,
+    }
+
+
+def _log_start(progress: Progress, trainer: Trainer, topo: RankLayout, cfg: JobConfig) -> None:
     tables = trainer.layout.tables
     world = dist.get_world_size()
     progress.log(
@@ -160,16 +169,16 @@ def _total_counts(local: BadInputCounts, driver: BadInputCounts | None) -> BadIn
     return total
 
 
-def _check_landing(cfg: JobConfig, plan: JobPlan | None, topo: Topology, world: int) -> None:
+def _check_landing(cfg: JobConfig, plan: JobPlan | None, topo: RankLayout, world: int) -> None:
     """Fail, saying how the workers landed, if that does not match the config or the plan."""
     if cfg.ray.num_nodes is not None and topo.num_nodes != cfg.ray.num_nodes:
-        raise TopologyError(
+        raise RankLayoutError(
             f"the job asks for {cfg.ray.num_nodes} nodes but its {world} workers landed on "
             f"{topo.num_nodes} ({topo.local_world_size} ranks each); check ray.num_nodes, "
             "cpus_per_worker and the nodes' CPU counts"
         )
     if plan is not None and plan.hierarchical and plan.local_world_size != topo.local_world_size:
-        raise TopologyError(
+        raise RankLayoutError(
             f"the plan puts {plan.local_world_size} ranks on a node but the workers landed "
             f"{topo.local_world_size} per node on {topo.num_nodes} node(s); set ray.num_nodes "
             "to match the cluster"

@@ -63,3 +63,24 @@ def test_missing_column_fails_before_training_naming_file_and_column(tmp_path: P
     assert proc.returncode == 1
     assert f"{broken / 'part-1.parquet'}: missing column 'C3'" in proc.stderr
     assert not (tmp_path / "default" / "summary.json").exists()
+
+
+def test_cli_bad_config_exits_2_before_starting_anything(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dist_train.cli",
+            "train",
+            "--set",
+            "ray.num_workers=-1",
+            "--set",
+            f"output_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "ray.num_workers: Input should be greater than 0" in proc.stderr
+    assert not any(tmp_path.iterdir())  # nothing was generated or started

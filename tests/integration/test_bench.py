@@ -9,7 +9,7 @@ import pytest
 
 from dist_train.cli import main
 
-TINY = str(Path(__file__).resolve().parent.parent / "launch" / "configs" / "tiny.yaml")
+TINY = str(Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny.yaml")
 
 
 def test_bench_embeddings_reports_every_kind(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from dist_train.config import load_config
 from dist_train.driver import run_job
 from dist_train.train.faults import ENV
 from dist_train.train.ledger import ledger_path, read, read_run
-from tests.test_checkpoint import TINY, _tensors
+from tests.integration.test_checkpoint import TINY, _tensors
 
 pytestmark = pytest.mark.ray
 

@@ -11,7 +11,7 @@ import pytest
 from dist_train.config import load_config
 from dist_train.driver import run_job
 
-TINY = Path(__file__).resolve().parent.parent / "launch" / "configs" / "tiny.yaml"
+TINY = Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny.yaml"
 pytestmark = pytest.mark.ray
 
 

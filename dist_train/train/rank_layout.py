@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import torch.distributed as dist
 
 
-class TopologyError(RuntimeError):
+class RankLayoutError(RuntimeError):
     """Workers are placed in a way the job cannot use (uneven or interleaved nodes)."""
 
 
 @dataclass(frozen=True)
-class Topology:
+class RankLayout:
     """This rank's place among ``num_nodes`` nodes of ``local_world_size`` ranks each."""
 
     rank: int
@@ -31,23 +31,23 @@ class Topology:
     node_ids: tuple[str, ...]  # per rank
 
 
-def layout_from_node_ids(node_ids: list[str], rank: int) -> Topology:
-    """The topology implied by each rank's node id; ranks of a node must be contiguous."""
+def layout_from_node_ids(node_ids: list[str], rank: int) -> RankLayout:
+    """The rank layout implied by each rank's node id; ranks of a node must be contiguous."""
     world = len(node_ids)
     order: list[str] = []
     for i, node in enumerate(node_ids):
         if not order or order[-1] != node:
             if node in order:
-                raise TopologyError(
+                raise RankLayoutError(
                     f"rank {i} is on node {node} but ranks of that node are not contiguous "
                     f"(ranks by node: {node_ids})"
                 )
             order.append(node)
     sizes = {n: node_ids.count(n) for n in order}
     if len(set(sizes.values())) != 1:
-        raise TopologyError(f"nodes hold different numbers of ranks: {sizes}")
+        raise RankLayoutError(f"nodes hold different numbers of ranks: {sizes}")
     local = world // len(order)
-    return Topology(
+    return RankLayout(
         rank=rank,
         world_size=world,
         local_rank=rank % local,
@@ -58,7 +58,7 @@ def layout_from_node_ids(node_ids: list[str], rank: int) -> Topology:
     )
 
 
-def discover_topology(node_id: str) -> Topology:
+def discover_rank_layout(node_id: str) -> RankLayout:
     """Gather every rank's ``node_id`` and export LOCAL_WORLD_SIZE/LOCAL_RANK/NODE_RANK."""
     ids: list[str | None] = [None] * dist.get_world_size()
     dist.all_gather_object(ids, node_id)

@@ -21,7 +21,7 @@ from dist_train.config import load_config
 from dist_train.launchers.ray_train import ray_address
 from tests.ray_cluster import RayHead, ray_cli, ray_head
 
-TINY = Path(__file__).resolve().parent.parent / "launch" / "configs" / "tiny.yaml"
+TINY = Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny.yaml"
 
 
 def test_the_address_rule() -> None:

@@ -25,7 +25,7 @@ from dist_train.launchers.processes import free_port
 from dist_train.launchers.submit import submit_command
 from tests.ray_cluster import BIN, ray_cli, ray_head
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "launch" / "configs" / "tiny.yaml"
 pytestmark = pytest.mark.ray
 

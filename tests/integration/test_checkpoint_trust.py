@@ -25,7 +25,7 @@ from dist_train.driver import run_job
 from dist_train.export import export
 from dist_train.train.faults import SAVE_FAULT_ENV
 
-TINY = Path(__file__).resolve().parent.parent / "launch" / "configs" / "tiny.yaml"
+TINY = Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny.yaml"
 BASE = ["launcher=processes", "checkpoint.every_steps=4"]
 
 

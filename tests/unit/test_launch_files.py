@@ -10,10 +10,10 @@ import yaml
 from dist_train.cli import main
 from dist_train.launchers.cluster import ClusterTooSmallError, NodeResources, check_fits
 from dist_train.launchers.submit import submit_command
-from dist_train.train.topology import TopologyError, layout_from_node_ids
+from dist_train.train.rank_layout import RankLayoutError, layout_from_node_ids
 from dist_train.validate import validate_files
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LAUNCH = REPO / "launch"
 
 
@@ -34,9 +34,9 @@ def test_check_fits_counts_whole_workers_per_node() -> None:
 def test_topology_from_node_ids() -> None:
     topo = layout_from_node_ids(["n1", "n1", "n2", "n2"], rank=3)
     assert (topo.num_nodes, topo.local_world_size, topo.node_rank, topo.local_rank) == (2, 2, 1, 1)
-    with pytest.raises(TopologyError, match="not contiguous"):
+    with pytest.raises(RankLayoutError, match="not contiguous"):
         layout_from_node_ids(["n1", "n2", "n1", "n2"], rank=0)
-    with pytest.raises(TopologyError, match="different numbers of ranks"):
+    with pytest.raises(RankLayoutError, match="different numbers of ranks"):
         layout_from_node_ids(["n1", "n1", "n1", "n2"], rank=0)
 
 

@@ -18,7 +18,7 @@ from dist_train.config import load_config
 from dist_train.driver import run_job
 from dist_train.train.ledger import ledger_path, read
 
-TINY = Path(__file__).resolve().parent.parent / "launch" / "configs" / "tiny.yaml"
+TINY = Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny.yaml"
 BASE = ["launcher=processes", "train.epochs=2", "data.shuffle_buffer_rows=3000"]
 
 

@@ -22,7 +22,7 @@ from dist_train.driver import run_job
 from dist_train.embedding.layout import build_layout
 from dist_train.train.metrics import roc_auc
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _threshold(test_dir: Path) -> float:
