@@ -47,6 +47,7 @@ from dist_train.checkpoint_files import (
     digest_of,
 )
 from dist_train.config import JobConfig
+from dist_train.logs import LOG
 from dist_train.storage import Location, location
 from dist_train.train.faults import faulty_storage
 from dist_train.train.trainer import Trainer
@@ -149,10 +150,9 @@ def file_digests(meta: dict[str, Any], path: Location) -> FileDigests | None:
     dist_train recorded them: its files load unverified, still without running code)."""
     files = meta.get("files")
     if files is None:
-        print(
-            f"[dist-train] warning: {path / META} lists no file digests (an older "
-            "dist_train saved it): its shards load unverified",
-            flush=True,
+        LOG.warning(
+            f"{path / META} lists no file digests (an older "
+            "dist_train saved it): its shards load unverified"
         )
     return files
 

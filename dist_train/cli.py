@@ -8,6 +8,9 @@ dist-train plan [--config C] [--nodes N --ranks-per-node G ...] [--json OUT]
 dist-train calibrate --out topology.json              measure this machine for the planner
 dist-train export CHECKPOINT --out DIR                unsharded safetensors of a checkpoint
 (and convert, submit, validate, bench: see --help)
+
+Each command imports what it needs when it runs: most of it pulls in torch, TorchRec or Ray,
+which take seconds to import, and ``dist-train --help`` or ``show-config`` should not wait.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from dist_train.config import add_config_args
 from dist_train.config import load_or_report as _load
+from dist_train.logs import setup_logging
 
 
 def _gen_data(args: argparse.Namespace) -> int:
@@ -297,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    setup_logging(getattr(args, "verbosity", "normal"))
     if args.command == "train":
         resume = [f"checkpoint.resume={args.resume}"] if args.resume else []
         from dist_train.driver import run_train

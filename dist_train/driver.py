@@ -25,6 +25,7 @@ from dist_train.data.reader import DataSourceError, list_row_groups
 from dist_train.data.synthetic import generate
 from dist_train.data.validation import BadInputError, BadInputPolicy
 from dist_train.embedding.layout import build_layout
+from dist_train.logs import LOG, setup_logging, verbosity
 from dist_train.train.loop import WorkerInputs, run_worker
 from dist_train.train.sharding import JobPlan, optimizer_notes, plan_for_config
 from dist_train.train.trainer import make_batch_builder
@@ -42,7 +43,7 @@ def prepare_inputs(cfg: JobConfig) -> WorkerInputs:
     run_dir = cfg.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.data.train_path is None or cfg.data.test_path is None:
-        data = generate(cfg.data.synthetic, run_dir / "data")
+        data = generate(cfg.data.synthetic, run_dir / "data", progress=verbosity() != "quiet")
         train_path, test_path = str(data.train_dir), str(data.test_dir)
     else:
         train_path, test_path = cfg.data.train_path, cfg.data.test_path
@@ -79,14 +80,13 @@ def plan_on_driver(cfg: JobConfig) -> JobPlan:
     """The job's sharding plan for ``num_workers`` ranks, ``num_workers / num_nodes`` a node."""
     job_plan = plan_for_config(cfg)
     for table, p in job_plan.placements().items():
-        print(f"[dist-train] plan: {table} {p['type']} on ranks {p['ranks']}", flush=True)
+        LOG.info(f"plan: {table} {p['type']} on ranks {p['ranks']}")
     types = {str(p["type"]) for p in job_plan.placements().values()}
     for note in optimizer_notes(cfg, types):
-        print(f"[dist-train] plan: note: {note}", flush=True)
-    print(
-        f"[dist-train] plan: estimated {job_plan.estimated_step_seconds * 1e3:.1f} ms/step "
-        f"(sharding.type={cfg.sharding.type}; `dist-train plan` explains the choice)",
-        flush=True,
+        LOG.info(f"plan: note: {note}")
+    LOG.info(
+        f"plan: estimated {job_plan.estimated_step_seconds * 1e3:.1f} ms/step "
+        f"(sharding.type={cfg.sharding.type}; `dist-train plan` explains the choice)"
     )
     return job_plan
 
@@ -95,31 +95,28 @@ def resume_path(cfg: JobConfig, job_plan: JobPlan | None = None) -> str | None:
     """Clean up half-written checkpoints, then resolve ``checkpoint.resume`` to a path."""
     root = checkpoint.checkpoint_root(cfg)
     for p in checkpoint.remove_partials(root):
-        print(f"[dist-train] removed partial checkpoint {p} (a save was interrupted)", flush=True)
+        LOG.info(f"removed partial checkpoint {p} (a save was interrupted)")
     if cfg.checkpoint.resume is None:
         return None
     path = checkpoint.resolve(cfg, cfg.checkpoint.resume)
     if path is None:
-        print(
-            f"[dist-train] WARNING: resume=latest found no committed checkpoint under {root}: "
-            "training starts from scratch",
-            file=sys.stderr,
-            flush=True,
+        LOG.warning(
+            f"resume=latest found no committed checkpoint under {root}: "
+            "training starts from scratch"
         )
         return None
     # Fail here, before workers start, if it is unreadable or cannot resume on this many ranks.
     meta = checkpoint.read_meta(path)
     checkpoint.check_compatible(meta, path, cfg.ray.num_workers)
-    print(f"[dist-train] resuming from {path}", flush=True)
+    LOG.info(f"resuming from {path}")
     plan = job_plan.placements() if job_plan is not None else None
     if meta.get("world_size") != cfg.ray.num_workers or (plan and meta.get("sharding") != plan):
         saved = sorted({str(t["type"]) for t in (meta.get("sharding") or {}).values()})
         now = sorted({str(t["type"]) for t in (plan or {}).values()})
-        print(
-            f"[dist-train] resharding it: saved by {meta.get('world_size')} ranks as "
+        LOG.info(
+            f"resharding it: saved by {meta.get('world_size')} ranks as "
             f"{'/'.join(saved) or '?'}, loading on {cfg.ray.num_workers} as "
-            f"{'/'.join(now) or 'the workers plan'}",
-            flush=True,
+            f"{'/'.join(now) or 'the workers plan'}"
         )
     return str(path)
 
@@ -137,16 +134,19 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
     Relative paths in ``cfg`` mean the directory this process runs in (see
     :func:`~dist_train.config.resolve_paths`)."""
     start = time.perf_counter()
+    setup_logging(verbosity())  # the console handler, at the level the command line set
     cfg = resolve_paths(cfg)
     job_plan = plan_on_driver(cfg)
     inputs = dataclasses.replace(
-        prepare_inputs(cfg), plan=job_plan, resume=resume_path(cfg, job_plan)
+        prepare_inputs(cfg),
+        plan=job_plan,
+        resume=resume_path(cfg, job_plan),
+        verbosity=verbosity(),
     )
     rows = sum(g.num_rows for g in inputs.train_groups)
-    print(
-        f"[dist-train] job {cfg.name!r}: {rows:,} training rows in {len(inputs.train_groups)} "
-        f"row groups, {cfg.ray.num_workers} workers via {cfg.launcher}",
-        flush=True,
+    LOG.info(
+        f"job {cfg.name!r}: {rows:,} training rows in {len(inputs.train_groups)} "
+        f"row groups, {cfg.ray.num_workers} workers via {cfg.launcher}"
     )
     launch_unix = time.time()
     if cfg.launcher == "ray":
@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dist_train.driver", description=__doc__)
     add_config_args(parser)
     args = parser.parse_args(argv)
+    setup_logging(args.verbosity)
     return run_train(args.config, args.set)
 
 

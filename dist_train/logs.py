@@ -1,12 +1,16 @@
-"""Keep worker output to our own progress lines.
+"""Console messages: ``dist_train``'s own logger, and library logs kept out of the way.
 
-FBGEMM logs every TBE's full argument list at INFO, TorchRec and torch.distributed emit
-deprecation warnings on every run; none of it helps a user reading progress.
+Every message goes through the ``dist_train`` logger (:data:`LOG`), printed as
+``[dist-train] ...`` (:func:`setup_logging`; ``--quiet`` and ``--verbose`` set its level on the
+driver, which hands it to the workers). FBGEMM logs every TBE's full argument list at INFO,
+TorchRec and torch.distributed emit deprecation warnings on every run; none of it helps a user
+reading progress (:func:`quiet_worker_logs`).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 
 
@@ -20,3 +24,45 @@ def quiet_worker_logs() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch(rec)?\..*")
+
+
+LOG = logging.getLogger("dist_train")
+LEVELS = {"quiet": logging.WARNING, "normal": logging.INFO, "verbose": logging.DEBUG}
+
+
+class _Console(logging.Handler):
+    """``[dist-train] message`` lines: INFO and below on stdout, warnings and errors on
+    stderr (``[dist-train] WARNING: ...``). The stream is looked up at each record, so a
+    test's or Ray's redirection of stdout is honoured."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.levelno >= logging.WARNING:
+                sys.stderr.write(f"[dist-train] {record.levelname}: {message}\n")
+                sys.stderr.flush()
+            else:
+                # Not print(): Ray Train patches print() into its logger, duplicating lines.
+                sys.stdout.write(f"[dist-train] {message}\n")
+                sys.stdout.flush()
+        except Exception:  # noqa: BLE001 - logging must never break a run
+            self.handleError(record)
+
+
+def setup_logging(verbosity: str = "normal") -> None:
+    """Send ``dist_train``'s messages to the console at ``verbosity`` (quiet: warnings and
+    errors only; verbose: debug lines too). Idempotent; workers call it with the driver's."""
+    if verbosity not in LEVELS:
+        raise ValueError(f"verbosity must be one of {sorted(LEVELS)}, not {verbosity!r}")
+    LOG.setLevel(LEVELS[verbosity])
+    LOG.propagate = False  # Ray and libraries configure the root logger their own way
+    if not any(isinstance(h, _Console) for h in LOG.handlers):
+        LOG.addHandler(_Console())
+
+
+def verbosity() -> str:
+    """The verbosity set by :func:`setup_logging` ("normal" if none was)."""
+    for name, level in LEVELS.items():
+        if LOG.level == level:
+            return name
+    return "normal"

@@ -15,7 +15,6 @@ first bad row; ``skip`` drops the rows (or files) and counts them by reason.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +29,7 @@ from dist_train.data.arrow_numpy import (
     raw_values,
     valid_mask,
 )
+from dist_train.logs import LOG
 
 
 class BadInputError(ValueError):
@@ -173,14 +173,14 @@ class BadInputPolicy:
         if self.mode == "error":
             raise BadInputError(message)
         self.counts.files += 1
-        print(f"[dist-train] skipping bad input: {message}", file=sys.stderr, flush=True)
+        LOG.warning(f"skipping bad input: {message}")
 
     def row_group_problem(self, message: str) -> None:
         """A row group cannot be read: raise, or count it and warn."""
         if self.mode == "error":
             raise BadInputError(message)
         self.counts.row_groups += 1
-        print(f"[dist-train] skipping bad input: {message}", file=sys.stderr, flush=True)
+        LOG.warning(f"skipping bad input: {message}")
 
     def clean(self, table: pa.Table, source: str, count: bool = True) -> pa.Table:
         """``table`` without its bad rows (skip), or the table itself (error: raises if bad).

@@ -8,7 +8,6 @@ import json
 import logging
 import math
 import os
-import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from dist_train.config import JobConfig, parse_config
 from dist_train.launchers.cluster import check_fits, describe, live_nodes
-from dist_train.logs import quiet_worker_logs
+from dist_train.logs import LOG, quiet_worker_logs, setup_logging
 
 if TYPE_CHECKING:
     from dist_train.train.loop import WorkerInputs
@@ -100,21 +99,19 @@ def _ray_worker(payload: dict[str, Any]) -> None:
 
     cfg = parse_config(payload["config"], "<driver>")
     inputs = payload["inputs"]  # a WorkerInputs, plan included (Ray pickles the config)
+    setup_logging(inputs.verbosity)
     import ray
     import ray.train
 
     restart = _restart_point(cfg, inputs)
     if restart is not None:  # Ray Train restarted the group after a worker failed
-        print(f"[dist-train] worker group restarted; resuming from {restart}", flush=True)
+        LOG.info(f"worker group restarted; resuming from {restart}")
         inputs = dataclasses.replace(inputs, resume=restart)
     world = ray.train.get_context().get_world_size()
     if inputs.plan is not None and inputs.plan.world_size != world:
         # An elastic group of another size: the workers plan for themselves (rank 0 plans
         # and broadcasts), and the resume reshards into that plan.
-        print(
-            f"[dist-train] {world} workers instead of {inputs.plan.world_size}: re-planning",
-            flush=True,
-        )
+        LOG.info(f"{world} workers instead of {inputs.plan.world_size}: re-planning")
         inputs = dataclasses.replace(inputs, plan=None)
     node_id = ray.get_runtime_context().get_node_id()
     run_worker(
@@ -199,25 +196,21 @@ def _connected(cfg: JobConfig) -> Iterator[None]:
     address = ray_address(cfg.ray.address)
     if address:
         submitted = "" if cfg.ray.address else " (the cluster this job was submitted to)"
-        print(f"[dist-train] joining Ray cluster at {address}{submitted}", flush=True)
+        LOG.info(f"joining Ray cluster at {address}{submitted}")
         ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
         yield
         return
     needed = cfg.ray.num_workers * cfg.ray.cpus_per_worker
     num_cpus = os.cpu_count() or 1
     if needed > num_cpus:
-        print(
-            f"[dist-train] {cfg.ray.num_workers} workers x {cfg.ray.cpus_per_worker:g} CPU "
-            f"exceed this machine's {num_cpus} cores; oversubscribing the embedded Ray instance",
-            file=sys.stderr,
-            flush=True,
+        LOG.warning(
+            f"{cfg.ray.num_workers} workers x {cfg.ray.cpus_per_worker:g} CPU "
+            f"exceed this machine's {num_cpus} cores; oversubscribing the embedded Ray instance"
         )
         num_cpus = math.ceil(needed)
     # A local instance cannot be preempted; its watcher actor only adds start-up noise.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    print(
-        f"[dist-train] starting an embedded Ray instance on 127.0.0.1 ({num_cpus} CPUs)", flush=True
-    )
+    LOG.info(f"starting an embedded Ray instance on 127.0.0.1 ({num_cpus} CPUs)")
     # Everything, the dashboard included, listens on loopback only.
     with private_ray(
         num_cpus=num_cpus,
@@ -236,7 +229,7 @@ def check_cluster(cfg: JobConfig) -> None:
     import ray
 
     nodes = live_nodes(ray.nodes())
-    print(f"[dist-train] Ray cluster: {describe(nodes)}", flush=True)
+    LOG.info(f"Ray cluster: {describe(nodes)}")
     if not cfg.ray.autoscaling:
         needed = cfg.ray.min_workers or cfg.ray.num_workers  # elastic: at least the minimum
         check_fits(nodes, needed, cfg.ray.cpus_per_worker, 0.0, cfg.ray.num_nodes)

@@ -62,7 +62,7 @@ class Checkpoints:
         policy.counts.row_groups = position.bad_input_row_groups
         self.progress.log(
             {"event": "resume", "checkpoint": self.resume_from, **asdict(position)},
-            f"[dist-train] resumed from {self.resume_from}: step {position.step}, epoch "
+            f"resumed from {self.resume_from}: step {position.step}, epoch "
             f"{position.epoch}, {position.batches} batches into it",
         )
         return position
@@ -91,5 +91,5 @@ class Checkpoints:
             self.on_commit(str(path), position.step)
         self.progress.log(
             {"event": "checkpoint", "path": str(path), **asdict(position)},
-            f"[dist-train] checkpoint step {position.step} -> {path}",
+            f"checkpoint step {position.step} -> {path}",
         )

@@ -31,6 +31,7 @@ from dist_train.data.reader import (
     row_group_tables,
 )
 from dist_train.data.validation import BadInputCounts, BadInputPolicy
+from dist_train.logs import setup_logging
 from dist_train.train.audit import StepAudit
 from dist_train.train.checkpointing import Checkpoints
 from dist_train.train.epochs import Epochs
@@ -54,6 +55,7 @@ class WorkerInputs:
     file_counts: BadInputCounts | None = None  # bad files the driver skipped
     resume: str | None = None  # a committed checkpoint to continue from
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # this launch's checkpoints
+    verbosity: str = "normal"  # of the driver's console messages (quiet, normal, verbose)
 
 
 def run_worker(
@@ -69,6 +71,7 @@ def run_worker(
     form one host for hierarchical sharding. ``checkpointed(path, step)`` runs on every rank
     after each committed checkpoint (Ray Train records it for restarts after a failure).
     """
+    setup_logging(inputs.verbosity)
     rank, world = dist.get_rank(), dist.get_world_size()
     reuse_freed_memory()  # row groups decode into MBs of short-lived arrays
     topo = discover_rank_layout(node_id)
@@ -116,7 +119,7 @@ def run_worker(
     }
     progress.log(
         {"event": "eval", **summary},
-        f"[dist-train] test AUC {metrics.auc:.4f} log loss {metrics.log_loss:.4f} "
+        f"test AUC {metrics.auc:.4f} log loss {metrics.log_loss:.4f} "
         f"NE {metrics.ne:.4f} on {metrics.num_examples:,} examples",
     )
     if report is not None:
@@ -151,7 +154,7 @@ def _log_start(progress: Progress, trainer: Trainer, topo: RankLayout, cfg: JobC
             "sharding": trainer.plan.placements(),
             "tables": [t.__dict__ for t in tables],
         },
-        f"[dist-train] {world} rank(s) on {topo.num_nodes} node(s), "
+        f"{world} rank(s) on {topo.num_nodes} node(s), "
         f"{trainer.layout.kind} embedding: "
         + ", ".join(f"{t.name} {t.num_rows:,}x{t.dim}" for t in tables[:4])
         + (" ..." if len(tables) > 4 else "")

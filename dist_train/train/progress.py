@@ -4,13 +4,14 @@ the loss and speed between log lines, and the throughput figures of the summary.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from dist_train.logs import LOG
 
 
 def mean_across_ranks(value: float) -> float:
@@ -52,9 +53,7 @@ class Progress:
     def log(self, record: dict[str, Any], line: str) -> None:
         if not self.enabled:
             return
-        # Not print(): Ray Train patches print() into its logger, which duplicates lines.
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        LOG.info(line)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -87,8 +86,7 @@ class Progress:
                 "loss": loss,
                 "examples_per_second": rate,
             },
-            f"[dist-train] epoch {epoch} step {step}/{epoch_last_step} "
-            f"loss {loss:.4f} {rate:,.0f} examples/s",
+            f"epoch {epoch} step {step}/{epoch_last_step} loss {loss:.4f} {rate:,.0f} examples/s",
         )
         self.last_loss, self._window_loss, self._window_steps = loss, 0.0, 0
         self._window_start = now

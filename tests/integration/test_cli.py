@@ -84,3 +84,22 @@ def test_cli_bad_config_exits_2_before_starting_anything(tmp_path: Path) -> None
     assert proc.returncode == 2
     assert "ray.num_workers: Input should be greater than 0" in proc.stderr
     assert not any(tmp_path.iterdir())  # nothing was generated or started
+
+
+def test_quiet_and_verbose_set_what_the_console_shows(tmp_path: Path) -> None:
+    tiny = str(Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny.yaml")
+    run = ["train", "--config", tiny, "--set", "launcher=processes", "--set", "train.max_steps=4"]
+    normal = _cli(*run, "--set", f"output_dir={tmp_path / 'n'}", cwd=tmp_path)
+    quiet = _cli(*run, "--quiet", "--set", f"output_dir={tmp_path / 'q'}", cwd=tmp_path)
+    assert normal.returncode == quiet.returncode == 0, normal.stderr + quiet.stderr
+    assert "[dist-train] epoch 0 step 4/" in normal.stdout
+    assert "[dist-train] plan: " in normal.stdout
+    assert "[dist-train]" not in quiet.stdout + quiet.stderr  # warnings and errors only
+    assert "== dist-train summary ==" in quiet.stdout  # the command's result still prints
+    for out in ("n", "q"):  # metrics.jsonl is written in full either way
+        events = [
+            json.loads(x)["event"] for x in (tmp_path / out / "tiny" / "metrics.jsonl").open()
+        ]
+        assert events[0] == "start" and "train" in events and events[-1] == "eval"
+    verbose = _cli(*run, "-v", "-q", cwd=tmp_path)
+    assert verbose.returncode == 2 and "not allowed with" in verbose.stderr
