@@ -13,8 +13,15 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import ray
+import ray.train
+import torch.distributed as dist
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
 from dist_train.config import JobConfig, parse_config
 from dist_train.launchers.cluster import check_fits, describe, live_nodes
+from dist_train.launchers.processes import free_port
 from dist_train.logs import LOG, quiet_worker_logs, setup_logging
 
 if TYPE_CHECKING:
@@ -34,8 +41,6 @@ def _report(metrics: dict[str, Any], attach: str = SUMMARY_FILE) -> None:
     """Report ``metrics`` from every rank (Ray Train requires all to report); rank 0 attaches
     them as a tiny checkpoint file named ``attach``, which ``Result`` and
     ``get_checkpoint()`` then carry."""
-    import ray.train
-
     if ray.train.get_context().get_world_rank() != 0:
         ray.train.report(metrics)
         return
@@ -64,9 +69,6 @@ def _restart_point(cfg: JobConfig, inputs: WorkerInputs) -> str | None:
     decides and tells the others: on a shared filesystem another node may not see the newest
     directory yet.
     """
-    import ray.train
-    import torch.distributed as dist
-
     from dist_train import checkpoint  # here: it imports torchrec (see _ray_worker)
 
     choice: list[str | None] = [None]
@@ -100,9 +102,6 @@ def _ray_worker(payload: dict[str, Any]) -> None:
     cfg = parse_config(payload["config"], "<driver>")
     inputs = payload["inputs"]  # a WorkerInputs, plan included (Ray pickles the config)
     setup_logging(inputs.verbosity)
-    import ray
-    import ray.train
-
     restart = _restart_point(cfg, inputs)
     if restart is not None:  # Ray Train restarted the group after a worker failed
         LOG.info(f"worker group restarted; resuming from {restart}")
@@ -156,10 +155,6 @@ def private_ray(**init_kwargs: Any) -> Iterator[None]:
     finds this instance, not a ``ray start`` cluster beside it. The caller's RAY_ADDRESS is
     back after the block.
     """
-    import ray
-
-    from dist_train.launchers.processes import free_port
-
     saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", GCS_PORT_ENV)}
     port = free_port()
     os.environ[GCS_PORT_ENV] = str(port)  # read by the head node Ray starts
@@ -188,8 +183,6 @@ def _restore(values: Mapping[str, str | None]) -> None:
 def _connected(cfg: JobConfig) -> Iterator[None]:
     """Ray for the job (see ``ray_address``): the caller's connection if there is one, the
     cluster it names, or a private embedded instance that lives as long as the block."""
-    import ray
-
     if ray.is_initialized():
         yield
         return
@@ -226,8 +219,6 @@ def _connected(cfg: JobConfig) -> Iterator[None]:
 
 def check_cluster(cfg: JobConfig) -> None:
     """Fail fast if the connected cluster cannot host the worker group (unless autoscaling)."""
-    import ray
-
     nodes = live_nodes(ray.nodes())
     LOG.info(f"Ray cluster: {describe(nodes)}")
     if not cfg.ray.autoscaling:
@@ -237,15 +228,6 @@ def check_cluster(cfg: JobConfig) -> None:
 
 def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
     """Run the job on Ray Train workers; the rank-0 summary."""
-    from ray.train import (
-        CheckpointConfig,
-        FailureConfig,
-        LoggingConfig,
-        RunConfig,
-        ScalingConfig,
-    )
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     with _connected(cfg):
         check_cluster(cfg)
         storage = cfg.ray.storage_path or str((Path(inputs.run_dir) / "ray").resolve())
