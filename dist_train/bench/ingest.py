@@ -76,7 +76,7 @@ def run_ingest_bench(
             shuffle_rows=cfg.data.shuffle_buffer_rows,
             shuffle_seed=(cfg.seed, 0, 0),
         ):
-            n += len(builder.batch(rows))
+            n += len(builder.to_batch(rows))
         return n
 
     print(f"[bench] ours: {sum(g.num_rows for g in groups):,} rows per pass", flush=True)

@@ -167,7 +167,7 @@ def run_planner_bench(cfg: JobConfig, json_out: str | None = None) -> dict[str, 
         plans = [ours, theirs, *(plan_job(c, world, per_node, cores_per_node=cores) for c in typed)]
         print(
             f"[bench] {world} ranks ({per_node} per node): timing "
-            f"{len({str(p.plan) for p in plans})} distinct plans "
+            f"{len({str(p.sharding_plan) for p in plans})} distinct plans "
             f"interleaved, {ROUNDS} rounds x {STEPS_PER_ROUND} steps",
             flush=True,
         )
@@ -175,9 +175,9 @@ def run_planner_bench(cfg: JobConfig, json_out: str | None = None) -> dict[str, 
         # a plan is never compared with itself through noise.
         unique: dict[str, JobPlan] = {}
         for p in plans:
-            unique.setdefault(str(p.plan), p)
+            unique.setdefault(str(p.sharding_plan), p)
         timed = dict(zip(unique, _measure(cfg, list(unique.values()), data), strict=True))
-        measured = [timed[str(p.plan)] for p in plans]
+        measured = [timed[str(p.sharding_plan)] for p in plans]
         m_ours, m_theirs = measured[0], measured[1]
         row = {
             "ranks": world,

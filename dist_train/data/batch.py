@@ -207,7 +207,7 @@ class BatchBuilder:
             np.log1p(columns, out=columns)
         return np.ascontiguousarray(columns.T)
 
-    def prepare(self, batch: pa.RecordBatch | pa.Table, source: str = "batch") -> Rows:
+    def decode(self, batch: pa.RecordBatch | pa.Table, source: str = "batch") -> Rows:
         """Decode ``batch`` into :class:`Rows`; ``source`` names the file/row group in errors."""
         per_feature: list[tuple[np.ndarray, np.ndarray]] = []
         for f in self.features:
@@ -245,7 +245,7 @@ class BatchBuilder:
                 f"[0, {num_rows}) of its collisionless table (raise its cardinality)"
             )
 
-    def batch(self, rows: Rows) -> Batch:
+    def to_batch(self, rows: Rows) -> Batch:
         """The training batch of ``rows``: categorical fingerprints hashed into table rows."""
         values, lengths = key_values(rows, self._key_feature, self._key_params, self._key_exact)
         return Batch(
@@ -267,20 +267,20 @@ class BatchBuilder:
         shuffle_rows: int = 0,
         shuffle_seed: Sequence[int] = (),
         start_batch: int = 0,
+        drop_last: bool = True,
     ) -> Iterator[tuple[Rows, str]]:
         """A rank's batches of ``groups``: the rows and order of
         :func:`~dist_train.data.reader.iter_tables`, each row group decoded once."""
         strings = [f.source_column for f in self.features if self._hashed[f.name]]
         decoded = (
-            (self.prepare(table, source), source)
+            (self.decode(table, source), source)
             for table, source in row_group_tables(groups, self.columns, policy, strings)
         )
-        return stream_batches(decoded, batch_size, True, shuffle_rows, shuffle_seed, start_batch)
-
-    def sparse(self, batch: pa.RecordBatch | pa.Table, source: str = "batch") -> KeyedJaggedTensor:
-        """The KJT of an arrow table (``prepare`` then ``batch``; for tests and tools)."""
-        return self.build(batch, source).sparse
+        return stream_batches(
+            decoded, batch_size, drop_last, shuffle_rows, shuffle_seed, start_batch
+        )
 
     def build(self, batch: pa.RecordBatch | pa.Table, source: str = "batch") -> Batch:
-        """A :class:`Batch` of ``batch``; ``source`` names the file/row group in errors."""
-        return self.batch(self.prepare(batch, source))
+        """A :class:`Batch` of an arrow table: ``decode`` then ``to_batch`` (for tools and
+        tests; training and evaluation use :meth:`stream`)."""
+        return self.to_batch(self.decode(batch, source))

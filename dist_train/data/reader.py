@@ -322,7 +322,7 @@ def iter_tables(
 
     ``policy`` checks/cleans each row group; ``shuffle_rows`` > 0 shuffles rows within windows
     of that many rows (seeded by ``shuffle_seed``); ``start_batch`` resumes a stream exactly
-    where a saved :class:`ReaderPosition` left it (earlier batches are re-read, not returned).
+    where a checkpoint left it (earlier batches are re-read, not returned).
     """
     return stream_batches(
         row_group_tables(groups, columns, policy),
@@ -349,49 +349,34 @@ def stream_batches(
     return itertools.islice(rebatch(blocks, batch_size, drop_last), start_batch, None)
 
 
-@dataclass(frozen=True)
-class ReaderPosition:
-    """Where a rank's stream is: ``batches`` consumed in ``epoch`` (saved with checkpoints)."""
-
-    epoch: int
-    batches: int
-
-
 def eval_steps(assignment: list[list[RowGroup]], batch_size: int) -> int:
     """Steps that cover every rank's rows: the largest rank's ceil(rows / batch_size)."""
     return max(-(-sum(g.num_rows for g in groups) // batch_size) for groups in assignment)
 
 
-def padded_tables(
-    groups: list[RowGroup],
-    columns: list[str],
-    batch_size: int,
-    num_steps: int,
-    filler: pa.Table,
-    policy: BadInputPolicy | None = None,
-) -> Iterator[tuple[pa.Table, str, int]]:
-    """Exactly ``num_steps`` tables of ``batch_size`` rows covering all of ``groups``.
+def padded(
+    blocks: Iterator[tuple[B, str]], batch_size: int, num_steps: int, filler: B | None
+) -> Iterator[tuple[B, int]]:
+    """Exactly ``num_steps`` blocks of ``batch_size`` rows: ``blocks`` (batches of at most
+    ``batch_size`` rows), then ``filler``'s rows.
 
     Collective ops need equal batches on every rank, so a short tail is padded by repeating
-    its rows, and a rank that runs out reads ``filler`` rows. Yields (table, source, valid
-    rows); only the first ``valid`` rows are real.
+    its rows, and a rank that runs out repeats ``filler``. Yields (block, valid rows); only
+    the first ``valid`` rows are real.
     """
     produced = 0
-    for table, source in iter_tables(groups, columns, batch_size, False, policy):
-        valid = table.num_rows
+    for block, _ in blocks:
+        valid = block.num_rows
         if valid < batch_size:
-            table = table.take(np.arange(batch_size) % valid)
-        yield table, source, valid
+            block = block.take(np.arange(batch_size) % valid)  # type: ignore[assignment]
+        yield block, valid
         produced += 1
     if produced < num_steps:
-        filler = filler.select(columns)
-        if policy is not None:
-            filler = policy.clean(filler, "padding rows", count=False)
-        if filler.num_rows == 0:
+        if filler is None or filler.num_rows == 0:
             raise DataSourceError("no valid rows to pad evaluation batches with")
-    pad = filler.take(np.arange(batch_size) % max(filler.num_rows, 1))
-    for _ in range(produced, num_steps):
-        yield pad, "padding", 0
+        pad = filler.take(np.arange(batch_size) % filler.num_rows)
+        for _ in range(produced, num_steps):
+            yield pad, 0  # type: ignore[misc]
 
 
 def prefetch(items: Iterator[T], depth: int) -> Iterator[T]:

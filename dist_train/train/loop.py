@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,10 +26,10 @@ from dist_train.data.reader import (
     RowGroup,
     assign_row_groups,
     eval_steps,
-    padded_tables,
+    padded,
     prefetch,
-    row_group_tables,
 )
+from dist_train.data.rows import Rows
 from dist_train.data.validation import BadInputCounts, BadInputPolicy
 from dist_train.logs import setup_logging
 from dist_train.train.audit import StepAudit
@@ -201,20 +201,19 @@ def _evaluate(
     builder = trainer.batch_builder()
     batch_size = cfg.train.eval_batch_size
     assignment = assign_row_groups(groups, world, cfg.seed, 0, shuffle=False)
-    # Rows that pad the ranks with fewer steps: the first row group that reads cleanly, checked
+
+    def rows(of: list[RowGroup], checks: BadInputPolicy) -> Iterator[tuple[Rows, str]]:
+        return builder.stream(of, batch_size, checks, drop_last=False)
+
+    # Rows that pad the ranks with fewer steps: the first batch that reads cleanly, checked
     # like every other (a corrupt one is named, or skipped without counting it twice).
-    checked = BadInputPolicy.for_job(cfg)
-    filler = next(table for table, _ in row_group_tables(groups, builder.columns, checked))
-    padded = padded_tables(
-        assignment[rank],
-        builder.columns,
-        batch_size,
-        eval_steps(assignment, batch_size),
-        filler,
-        policy,
-    )
+    filler = next((block for block, _ in rows(groups, BadInputPolicy.for_job(cfg))), None)
+    steps = eval_steps(assignment, batch_size)
     eval_batches = prefetch(
-        ((builder.build(table, source), valid) for table, source, valid in padded),
+        (
+            (builder.to_batch(block), valid)
+            for block, valid in padded(rows(assignment[rank], policy), batch_size, steps, filler)
+        ),
         cfg.train.prefetch_batches,
     )
     return trainer.evaluate(eval_batches)

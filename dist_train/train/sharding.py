@@ -36,14 +36,14 @@ _DENSE_OPTIMIZER_SLOTS = {"adagrad": 1, "adam": 2, "sgd": 0}
 class JobPlan:
     """A TorchRec plan and the topology it was made for."""
 
-    plan: ShardingPlan
+    sharding_plan: ShardingPlan
     world_size: int
     local_world_size: int
     device_type: str
     estimated_step_seconds: float = 0.0
 
     def _tables(self) -> Iterator[tuple[str, ParameterSharding]]:
-        for module_plan in self.plan.plan.values():
+        for module_plan in self.sharding_plan.plan.values():
             yield from module_plan.items()  # type: ignore[attr-defined]
 
     def placements(self) -> dict[str, dict[str, object]]:

@@ -103,7 +103,7 @@ class Trainer:
             model,
             env=ShardingEnv.from_process_group(dist.group.WORLD),
             device=device,
-            plan=job_plan.plan,
+            plan=job_plan.sharding_plan,
             sharders=[sharder],  # type: ignore[list-item]
         )
         enable_uneven_row_wise(dmp)

@@ -15,7 +15,7 @@ from dist_train.data.reader import (
     eval_steps,
     iter_tables,
     list_row_groups,
-    padded_tables,
+    padded,
     steps_per_epoch,
 )
 from dist_train.data.synthetic import GeneratedData, generate
@@ -98,9 +98,10 @@ def test_padded_eval_covers_each_row_once(small_data: GeneratedData) -> None:
     filler = pq.read_table(small_data.test_dir).slice(0, 10)
     total = 0
     for rank_groups in split:
-        out = list(padded_tables(rank_groups, ["label", "oracle_p"], 300, n, filler))
-        assert len(out) == n and all(t.num_rows == 300 for t, _, _ in out)
-        total += sum(v for _, _, v in out)
+        tables = iter_tables(rank_groups, ["label", "oracle_p"], 300, drop_last=False)
+        out = list(padded(tables, 300, n, filler))
+        assert len(out) == n and all(t.num_rows == 300 for t, _ in out)
+        total += sum(v for _, v in out)
     assert total == 4096
 
 

@@ -41,7 +41,7 @@ def _builder(kind: str = "unified", num_tables: int = 1) -> BatchBuilder:
 
 def test_keys_lengths_values_scalar_multihot_null() -> None:
     b = _builder()
-    kjt = b.sparse(_table())
+    kjt = b.build(_table()).sparse
     assert kjt.keys() == ["user__0", "user__1", "tags__0", "tags__1", "tags__2", "city__0"]
     per_key = kjt.to_dict()
     for j in range(2):
@@ -76,7 +76,7 @@ def test_output_dims_are_chunks_times_dim(kind: str) -> None:
     layout = b.layout
     table = _table().set_column(4, "city", pa.array([3, 4, None], pa.int64()))
     ebc = EmbeddingBagCollection(tables=layout.embedding_bag_configs())
-    pooled = ebc(b.sparse(table)).to_dict()
+    pooled = ebc(b.build(table).sparse).to_dict()
     per_feature = {
         f.name: sum(pooled[k.key].shape[1] for k in layout.keys_of(f.name)) for f in FEATURES
     }

@@ -1,7 +1,7 @@
 """Decoded rows and the compiled kernels: the same batches as plain per-row Python.
 
 - the hash/range-reduction kernel against Python integer arithmetic (incl. huge tables);
-- ``BatchBuilder.batch(prepare(...))`` against a per-row reference on awkward Arrow input
+- ``BatchBuilder.to_batch(decode(...))`` against a per-row reference on awkward Arrow input
   (nulls, null lists owning values, null list elements, sliced arrays, dictionary strings);
 - ``BatchBuilder.stream`` (decoded rows sliced, concatenated and shuffled) against building
   each batch of ``iter_tables`` (arrow) directly, over files with several row groups.
@@ -161,24 +161,24 @@ def test_stream_equals_building_arrow_batches(tmp_path: Path, shuffle_rows: int)
     arrow = list(iter_tables(groups, b.columns, 128, shuffle_rows=shuffle_rows, shuffle_seed=seed))
     assert len(ours) == len(arrow) == 2600 // 128
     for (rows, _), (table, source) in zip(ours, arrow, strict=True):
-        _same(b.batch(rows), b.build(table, source))
+        _same(b.to_batch(rows), b.build(table, source))
     resumed = list(
         b.stream(groups, 128, shuffle_rows=shuffle_rows, shuffle_seed=seed, start_batch=7)
     )
     for (rows, _), (full, _) in zip(resumed, ours[7:], strict=True):
-        _same(b.batch(rows), b.batch(full))
+        _same(b.to_batch(rows), b.to_batch(full))
 
 
 def test_rows_slice_take_concat() -> None:
     b = _builder()
-    rows = b.prepare(_awkward_table(False))
+    rows = b.decode(_awkward_table(False))
     n = rows.num_rows
     order = np.random.default_rng(1).permutation(n)
     parts = [rows.slice(0, 3), rows.slice(3, 2), rows.slice(5)]
-    _same(b.batch(Rows.concat(parts)), b.batch(rows))
-    _same(b.batch(rows.take(order).take(np.argsort(order))), b.batch(rows))
+    _same(b.to_batch(Rows.concat(parts)), b.to_batch(rows))
+    _same(b.to_batch(rows.take(order).take(np.argsort(order))), b.to_batch(rows))
     _same(
-        b.batch(Rows.concat([rows.take(order[:4]), rows.take(order[4:])])),
-        b.batch(rows.take(order)),
+        b.to_batch(Rows.concat([rows.take(order[:4]), rows.take(order[4:])])),
+        b.to_batch(rows.take(order)),
     )
-    assert rows.slice(n).num_rows == 0 and b.batch(rows.slice(n)).sparse.values().numel() == 0
+    assert rows.slice(n).num_rows == 0 and b.to_batch(rows.slice(n)).sparse.values().numel() == 0
