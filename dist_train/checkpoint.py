@@ -28,7 +28,7 @@ import json
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -49,8 +49,6 @@ from dist_train.checkpoint_files import (
 from dist_train.config import JobConfig
 from dist_train.logs import LOG
 from dist_train.storage import Location, location
-from dist_train.train.faults import faulty_storage
-from dist_train.train.trainer import Trainer
 
 PREFIX = "step-"
 PARTIAL_PREFIX = ".partial-step-"
@@ -219,6 +217,21 @@ def verify(path: Location) -> str:
     )
 
 
+class Trainer(Protocol):
+    """What a checkpoint saves and loads: a model and its optimizer, each with a state dict
+    (``dist_train.train.trainer.Trainer``)."""
+
+    @property
+    def model(self) -> torch.nn.Module: ...
+
+    @property
+    def optimizer(self) -> Any: ...
+
+
+# A storage fault drill: (rank, step, directory) -> a wrapper of DCP's filesystem, or None.
+StorageDrill = Callable[[int, int, Location], Callable[[Any], Any] | None]
+
+
 def _state(trainer: Trainer) -> dict[str, Any]:
     return {"model": trainer.model.state_dict(), "optim": trainer.optimizer.state_dict()}
 
@@ -264,7 +277,8 @@ class CheckpointSaver:
     the write, the digests, the commit and ``on_commit(path, position)`` run in a background
     thread on a gloo process group of their own. A later ``save`` or :meth:`wait` waits for
     the one in flight and raises its error. ``background=False`` does all of it inline.
-    ``before_commit`` runs on every rank once its shards are written (fault drills).
+    ``before_commit`` runs on every rank once its shards are written, and ``drill`` may wrap
+    a save's storage (fault drills, :mod:`dist_train.train.faults`).
     """
 
     def __init__(
@@ -276,10 +290,11 @@ class CheckpointSaver:
         on_commit: Callable[[Location, TrainPosition], None] | None = None,
         before_commit: Callable[[int], None] | None = None,
         background: bool = True,
+        drill: StorageDrill | None = None,
     ) -> None:
         self.trainer, self.root, self.num_to_keep = trainer, root, num_to_keep
         self.extra = extra or {}
-        self.on_commit, self.before_commit = on_commit, before_commit
+        self.on_commit, self.before_commit, self.drill = on_commit, before_commit, drill
         # Saves in the background run collectives while training runs its own: separate
         # groups keep the two sequences apart.
         self.group = dist.new_group(backend="gloo") if background else None
@@ -356,8 +371,8 @@ class CheckpointSaver:
             partial.mkdir(parents=True, exist_ok=True)
 
         agree(_attempt(prepare) if rank == 0 else None, group)
-        drill = faulty_storage(dist.get_rank(), step, partial)
-        writer, log = checkpoint_files.writer(partial, drill)
+        wrap = self.drill(dist.get_rank(), step, partial) if self.drill else None
+        writer, log = checkpoint_files.writer(partial, wrap)
         problem: str | None = None
         try:
             dcp.save(job.state, storage_writer=writer, process_group=group)

@@ -17,7 +17,6 @@ from typing import Any
 
 import pyarrow as pa
 
-from dist_train import checkpoint
 from dist_train.checkpoint import CheckpointError
 from dist_train.config import JobConfig, add_config_args, load_or_report, resolve_paths
 from dist_train.data.batch import BatchBuilder
@@ -26,6 +25,7 @@ from dist_train.data.synthetic import generate
 from dist_train.data.validation import BadInputError, BadInputPolicy
 from dist_train.embedding.layout import build_layout
 from dist_train.logs import LOG, setup_logging, verbosity
+from dist_train.train.checkpointing import resume_point
 from dist_train.train.loop import WorkerInputs, run_worker
 from dist_train.train.sharding import JobPlan, optimizer_notes, plan_for_config
 from dist_train.train.trainer import make_batch_builder
@@ -91,36 +91,6 @@ def plan_on_driver(cfg: JobConfig) -> JobPlan:
     return job_plan
 
 
-def resume_path(cfg: JobConfig, job_plan: JobPlan | None = None) -> str | None:
-    """Clean up half-written checkpoints, then resolve ``checkpoint.resume`` to a path."""
-    root = checkpoint.checkpoint_root(cfg)
-    for p in checkpoint.remove_partials(root):
-        LOG.info(f"removed partial checkpoint {p} (a save was interrupted)")
-    if cfg.checkpoint.resume is None:
-        return None
-    path = checkpoint.resolve(cfg, cfg.checkpoint.resume)
-    if path is None:
-        LOG.warning(
-            f"resume=latest found no committed checkpoint under {root}: "
-            "training starts from scratch"
-        )
-        return None
-    # Fail here, before workers start, if it is unreadable or cannot resume on this many ranks.
-    meta = checkpoint.read_meta(path)
-    checkpoint.check_compatible(meta, path, cfg.ray.num_workers)
-    LOG.info(f"resuming from {path}")
-    plan = job_plan.placements() if job_plan is not None else None
-    if meta.get("world_size") != cfg.ray.num_workers or (plan and meta.get("sharding") != plan):
-        saved = sorted({str(t["type"]) for t in (meta.get("sharding") or {}).values()})
-        now = sorted({str(t["type"]) for t in (plan or {}).values()})
-        LOG.info(
-            f"resharding it: saved by {meta.get('world_size')} ranks as "
-            f"{'/'.join(saved) or '?'}, loading on {cfg.ray.num_workers} as "
-            f"{'/'.join(now) or 'the workers plan'}"
-        )
-    return str(path)
-
-
 def _process_worker(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
     # Plain processes share this machine; ray.num_nodes splits them into simulated nodes.
     rank = int(os.environ["RANK"])
@@ -140,7 +110,7 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
     inputs = dataclasses.replace(
         prepare_inputs(cfg),
         plan=job_plan,
-        resume=resume_path(cfg, job_plan),
+        resume=resume_point(cfg, job_plan),
         verbosity=verbosity(),
     )
     rows = sum(g.num_rows for g in inputs.train_groups)

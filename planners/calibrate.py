@@ -33,7 +33,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from planners.topology import CPU_PRESET, LinkSpec, TopologySpec
+from planners.cost_model import bags_handled, latency_costs, table_costs
+from planners.search import search
+from planners.topology import CPU_PRESET, LinkSpec, TopologySpec, resize, topology_of
 from planners.workload import OptimizerState, TableLoad, Workload
 
 TBE_ROWS = 1_000_000
@@ -106,6 +108,7 @@ def zipf_rows(batch: int, bags: int, seed: int = 0) -> torch.Tensor:
 
 def tbe_seconds_per_row(dim: int, indices: torch.Tensor) -> float:
     """Forward + backward (fused row-wise Adagrad) time per looked-up row of width ``dim``."""
+    # FBGEMM and TorchRec take seconds to import; only the measurements need them.
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
     from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation
     from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
@@ -182,10 +185,8 @@ def sharded_step_timings(spec: TopologySpec) -> list[float]:
     from torchrec.modules.embedding_modules import EmbeddingBagCollection
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-    from planners.planner import plan_from_placements
-    from planners.search import search
+    from planners.planner import plan_from_placements  # imports TorchRec too
     from planners.sharders import AnyDeviceEmbeddingBagCollectionSharder, fused_params
-    from planners.topology import resize, topology_of
 
     world, rank = dist.get_world_size(), dist.get_rank()
     topo = resize(topology_of(spec), num_nodes=1, ranks_per_node=world)
@@ -245,10 +246,6 @@ def sharded_step_timings(spec: TopologySpec) -> list[float]:
 def _bag_seconds(spec: TopologySpec, ranks: int, seconds: list[float]) -> dict[str, float]:
     """Per-bag TorchRec work by type: the measured step less the model's lookups and traffic,
     over the bags the busiest rank handles."""
-    from planners.cost_model import bags_handled, latency_costs, table_costs
-    from planners.search import search
-    from planners.topology import resize, topology_of
-
     topo = resize(topology_of(spec), num_nodes=1, ranks_per_node=ranks)
     workload = _framework_workload()
     table = workload.tables[0]
@@ -280,6 +277,7 @@ def calibrate(
     ranks: int = 2, threads: int = 1, memory_per_rank_bytes: int | None = None, repeats: int = 20
 ) -> TopologySpec:
     """Measure this machine (CPU, gloo) with ``ranks`` processes of ``threads`` threads each."""
+    # planners never imports dist_train at import time; only calibration runs its launcher.
     from dist_train.launchers.processes import run_processes
 
     torch.set_num_threads(threads)

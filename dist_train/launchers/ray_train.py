@@ -59,50 +59,33 @@ def _checkpoint_reporter(run_id: str) -> Callable[[str, int], None]:
     return report
 
 
-def _restart_point(cfg: JobConfig, inputs: WorkerInputs) -> str | None:
-    """The checkpoint a restarted worker group resumes from; None on a first start.
+def _ray_record(run_id: str) -> tuple[int, str] | None:
+    """(step, path) of the newest checkpoint Ray Train recorded for this launch, if any.
 
-    Only checkpoints of this launch count (its ``run_id``): Ray Train also restores its
-    records from an earlier launch that used the same storage path. Ray's record
-    (``get_checkpoint()``) lags, because it registers a report when its controller next polls
-    the workers, so the newest checkpoint this launch committed is considered too. Rank 0
-    decides and tells the others: on a shared filesystem another node may not see the newest
-    directory yet.
-    """
-    from dist_train import checkpoint  # here: it imports torchrec (see _ray_worker)
-
-    choice: list[str | None] = [None]
-    if dist.get_rank() == 0:
-        candidates: list[tuple[int, str]] = []
-        ckpt = ray.train.get_checkpoint()
-        if ckpt is not None:
-            with ckpt.as_directory() as path:
-                pointer = Path(path) / POINTER_FILE
-                record = json.loads(pointer.read_text()) if pointer.is_file() else {}
-            if record.get("run_id") == inputs.run_id:
-                candidates.append((int(record["step"]), str(record["checkpoint"])))
-        for path in reversed(checkpoint.committed(checkpoint.checkpoint_root(cfg))):
-            try:
-                meta = checkpoint.read_meta(path)
-            except checkpoint.CheckpointError:
-                continue
-            if meta.get("run_id") == inputs.run_id:
-                candidates.append((int(meta["position"]["step"]), str(path)))
-                break
-        choice[0] = max(candidates)[1] if candidates else None
-    dist.broadcast_object_list(choice, src=0)
-    return choice[0]
+    Only this launch's pointers count (its ``run_id``): Ray Train also restores its records
+    from an earlier launch that used the same storage path."""
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as path:
+        pointer = Path(path) / POINTER_FILE
+        record = json.loads(pointer.read_text()) if pointer.is_file() else {}
+    if record.get("run_id") != run_id:
+        return None
+    return int(record["step"]), str(record["checkpoint"])
 
 
 def _ray_worker(payload: dict[str, Any]) -> None:
     quiet_worker_logs()
     # Imported here, after quieting, so FBGEMM's import-time INFO lines stay out of the output.
+    from dist_train.train.checkpointing import restart_point
     from dist_train.train.loop import run_worker
 
     cfg = parse_config(payload["config"], "<driver>")
     inputs = payload["inputs"]  # a WorkerInputs, plan included (Ray pickles the config)
     setup_logging(inputs.verbosity)
-    restart = _restart_point(cfg, inputs)
+    recorded = _ray_record(inputs.run_id) if dist.get_rank() == 0 else None
+    restart = restart_point(cfg, inputs.run_id, recorded)
     if restart is not None:  # Ray Train restarted the group after a worker failed
         LOG.info(f"worker group restarted; resuming from {restart}")
         inputs = dataclasses.replace(inputs, resume=restart)

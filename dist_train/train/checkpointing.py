@@ -1,7 +1,12 @@
 """The run's checkpoints: where it resumes from, when it saves, what it saves.
 
-:class:`Checkpoints` is what the training loop talks to; the files and the commit rule are
-:mod:`dist_train.checkpoint`'s.
+- :func:`resume_point` (the driver, before any worker starts): clean up half-written
+  checkpoints, resolve ``checkpoint.resume``, check that it can resume on this many ranks.
+- :func:`restart_point` (a worker group that Ray Train restarted after a failure): the
+  newest checkpoint of this launch.
+- :class:`Checkpoints` (the training loop): load it, then when and what to save.
+
+The files and the commit rule are :mod:`dist_train.checkpoint`'s.
 """
 
 from __future__ import annotations
@@ -10,14 +15,73 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
+import torch.distributed as dist
+
 from dist_train import checkpoint
 from dist_train.checkpoint import CheckpointSaver, TrainPosition
 from dist_train.config import JobConfig
 from dist_train.data.validation import BadInputPolicy
+from dist_train.logs import LOG
 from dist_train.storage import Location, location
-from dist_train.train.faults import maybe_kill
+from dist_train.train.faults import faulty_storage, maybe_kill
 from dist_train.train.progress import Progress
+from dist_train.train.sharding import JobPlan
 from dist_train.train.trainer import Trainer
+
+
+def resume_point(cfg: JobConfig, job_plan: JobPlan | None = None) -> str | None:
+    """Clean up half-written checkpoints, then resolve ``checkpoint.resume`` to a path."""
+    root = checkpoint.checkpoint_root(cfg)
+    for p in checkpoint.remove_partials(root):
+        LOG.info(f"removed partial checkpoint {p} (a save was interrupted)")
+    if cfg.checkpoint.resume is None:
+        return None
+    path = checkpoint.resolve(cfg, cfg.checkpoint.resume)
+    if path is None:
+        LOG.warning(
+            f"resume=latest found no committed checkpoint under {root}: training starts "
+            "from scratch"
+        )
+        return None
+    # Fail here, before workers start, if it is unreadable or cannot resume on this many ranks.
+    meta = checkpoint.read_meta(path)
+    checkpoint.check_compatible(meta, path, cfg.ray.num_workers)
+    LOG.info(f"resuming from {path}")
+    plan = job_plan.placements() if job_plan is not None else None
+    if meta.get("world_size") != cfg.ray.num_workers or (plan and meta.get("sharding") != plan):
+        saved = sorted({str(t["type"]) for t in (meta.get("sharding") or {}).values()})
+        now = sorted({str(t["type"]) for t in (plan or {}).values()})
+        LOG.info(
+            f"resharding it: saved by {meta.get('world_size')} ranks as "
+            f"{'/'.join(saved) or '?'}, loading on {cfg.ray.num_workers} as "
+            f"{'/'.join(now) or 'the workers plan'}"
+        )
+    return str(path)
+
+
+def restart_point(cfg: JobConfig, run_id: str, recorded: tuple[int, str] | None) -> str | None:
+    """The checkpoint a restarted worker group resumes from; None on a first start.
+
+    ``recorded`` is (step, path) of the launcher's own record of this launch's newest commit
+    (Ray Train's ``get_checkpoint()``), if it has one. It can lag (Ray registers a report when
+    its controller next polls the workers), so the newest checkpoint this launch committed
+    (its ``run_id`` in ``meta.json``) is considered too. Rank 0 decides and tells the others:
+    on a shared filesystem another node may not see the newest directory yet.
+    """
+    choice: list[str | None] = [None]
+    if dist.get_rank() == 0:
+        candidates = [recorded] if recorded is not None else []
+        for path in reversed(checkpoint.committed(checkpoint.checkpoint_root(cfg))):
+            try:
+                meta = checkpoint.read_meta(path)
+            except checkpoint.CheckpointError:
+                continue
+            if meta.get("run_id") == run_id:
+                candidates.append((int(meta["position"]["step"]), str(path)))
+                break
+        choice[0] = max(candidates)[1] if candidates else None
+    dist.broadcast_object_list(choice, src=0)
+    return choice[0]
 
 
 class Checkpoints:
@@ -51,6 +115,7 @@ class Checkpoints:
             on_commit=self._committed,
             before_commit=lambda step: maybe_kill(run_dir, rank, step, "save"),
             background=cfg.checkpoint.background,
+            drill=faulty_storage,
         )
 
     def resume(self, policy: BadInputPolicy) -> TrainPosition:
