@@ -336,8 +336,8 @@ class _MappedFile:
         return digest_of(self.read_at(offset, length))
 
     def close(self) -> None:
-        self.view.release()
         try:
+            self.view.release()
             self.mapped.close()
         except BufferError:  # a slice still referenced: the mapping goes with it
             pass
