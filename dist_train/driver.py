@@ -15,14 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
 from dist_train.checkpoint import CheckpointError
 from dist_train.config import JobConfig, add_config_args, load_or_report, resolve_paths
-from dist_train.data.batch import BatchBuilder
 from dist_train.data.reader import DataSourceError, list_row_groups
 from dist_train.data.synthetic import generate
-from dist_train.data.validation import BadInputError, BadInputPolicy
+from dist_train.data.validation import BadInputError, BadInputPolicy, SchemaCheck
 from dist_train.embedding.layout import build_layout
 from dist_train.logs import LOG, setup_logging, verbosity
 from dist_train.train.checkpointing import resume_point
@@ -53,27 +50,6 @@ def prepare_inputs(cfg: JobConfig) -> WorkerInputs:
         list_row_groups(p, policy, SchemaCheck(builder)) for p in (train_path, test_path)
     )
     return WorkerInputs(train, test, str(run_dir), file_counts=policy.counts)
-
-
-class SchemaCheck:
-    """A file's columns and types are usable, and equal to the first file's (one split)."""
-
-    def __init__(self, builder: BatchBuilder) -> None:
-        self.builder = builder
-        self.reference: pa.Schema | None = None
-
-    def __call__(self, path: str, schema: pa.Schema) -> None:
-        self.builder.check_schema(schema, path)
-        if self.reference is None:
-            self.reference = schema
-            return
-        for name in self.builder.columns:
-            have, want = schema.field(name).type, self.reference.field(name).type
-            if have != want:
-                raise BadInputError(
-                    f"{path}: schema mismatch: column {name!r} is {have} here but "
-                    f"{want} in the first file"
-                )
 
 
 def plan_on_driver(cfg: JobConfig) -> JobPlan:

@@ -98,7 +98,14 @@ def categorical_ids(column: pa.Array, name: str) -> tuple[np.ndarray, np.ndarray
 
 
 class BatchBuilder:
-    """Turns arrow record batches into :class:`Batch` es for one embedding layout."""
+    """Turns arrow record batches into :class:`Batch` es for one embedding layout.
+
+    Row values (labels 0 or 1, ids within a declared cardinality, finite dense values) are
+    checked in one place, :func:`~dist_train.data.validation.row_problems`, before rows are
+    decoded: by the job's policy, or, where none is given, under ``on_bad_input: error``
+    without the dense rule (decoding maps null and non-finite dense values to 0). The builder
+    itself checks what decoding needs: the columns are there, of usable types.
+    """
 
     def __init__(
         self,
@@ -124,7 +131,7 @@ class BatchBuilder:
         ).reshape(len(keys), 4)
         # Exact (collisionless) features and their row counts: ids are rows, so they are
         # range-checked here, before anything reaches the embedding kernels.
-        self._exact_rows = {k.feature: k.num_rows for k in keys if k.salt is None}
+        self._errors = BadInputPolicy("error", label_column, [], self.features)
         self._hashed = {f.name: layout.keys_of(f.name)[0].salt is not None for f in features}
 
     @property
@@ -178,16 +185,9 @@ class BatchBuilder:
         return as_array(batch.column(idx))
 
     def labels(self, batch: pa.RecordBatch | pa.Table, source: str = "batch") -> np.ndarray:
+        """Labels as float32 (checked rows: 0 or 1, no nulls)."""
         col = self._column(batch, self.label_column, source)
-        if col.null_count:
-            raise BadInputError(f"{source}: label column {self.label_column!r} has nulls")
-        y = col.to_numpy(zero_copy_only=False).astype(np.float32)
-        if y.size and not np.isin(y, (0.0, 1.0)).all():
-            bad = y[~np.isin(y, (0.0, 1.0))][0]
-            raise BadInputError(
-                f"{source}: label column {self.label_column!r} holds {bad}, expected 0 or 1"
-            )
-        return y
+        return col.to_numpy(zero_copy_only=False).astype(np.float32)
 
     def dense(self, batch: pa.RecordBatch | pa.Table, source: str = "batch") -> np.ndarray:
         """Dense features, float32 [n, num_dense]: nulls and non-finite values as 0, then the
@@ -208,15 +208,13 @@ class BatchBuilder:
         return np.ascontiguousarray(columns.T)
 
     def decode(self, batch: pa.RecordBatch | pa.Table, source: str = "batch") -> Rows:
-        """Decode ``batch`` into :class:`Rows`; ``source`` names the file/row group in errors."""
+        """Decode checked rows (see the class docstring) into :class:`Rows`; ``source``
+        names the file/row group in errors."""
         per_feature: list[tuple[np.ndarray, np.ndarray]] = []
         for f in self.features:
             col = self._column(batch, f.source_column, source)
             self._check_categorical_type(f, col.type, source)
-            lens, fps = categorical_ids(col, f.source_column)
-            if f.name in self._exact_rows:
-                self._check_exact_ids(fps, self._exact_rows[f.name], f, source)
-            per_feature.append((lens, fps))
+            per_feature.append(categorical_ids(col, f.source_column))
         return Rows.of(
             self.labels(batch, source),
             self.dense(batch, source),
@@ -234,16 +232,6 @@ class BatchBuilder:
                 f"nulls (it has type {col.type}, {col.null_count} nulls)"
             )
         return col.to_numpy().astype(np.int64, copy=False)
-
-    @staticmethod
-    def _check_exact_ids(fps: np.ndarray, num_rows: int, f: FeatureConfig, source: str) -> None:
-        ids = fps.view(np.int64)
-        if ids.size and (ids.min() < 0 or ids.max() >= num_rows):
-            bad = ids[(ids < 0) | (ids >= num_rows)][0]
-            raise BadInputError(
-                f"{source}: column {f.source_column!r}: feature {f.name!r}: id {bad} outside "
-                f"[0, {num_rows}) of its collisionless table (raise its cardinality)"
-            )
 
     def to_batch(self, rows: Rows) -> Batch:
         """The training batch of ``rows``: categorical fingerprints hashed into table rows."""
@@ -270,17 +258,22 @@ class BatchBuilder:
         drop_last: bool = True,
     ) -> Iterator[tuple[Rows, str]]:
         """A rank's batches of ``groups``: the rows and order of
-        :func:`~dist_train.data.reader.iter_tables`, each row group decoded once."""
+        :func:`~dist_train.data.reader.iter_tables`, each row group checked by ``policy``
+        (None: the builder's own checks, see the class docstring) and decoded once."""
         strings = [f.source_column for f in self.features if self._hashed[f.name]]
+        checks = policy or self._errors
         decoded = (
             (self.decode(table, source), source)
-            for table, source in row_group_tables(groups, self.columns, policy, strings)
+            for table, source in row_group_tables(groups, self.columns, checks, strings)
         )
         return stream_batches(
             decoded, batch_size, drop_last, shuffle_rows, shuffle_seed, start_batch
         )
 
     def build(self, batch: pa.RecordBatch | pa.Table, source: str = "batch") -> Batch:
-        """A :class:`Batch` of an arrow table: ``decode`` then ``to_batch`` (for tools and
-        tests; training and evaluation use :meth:`stream`)."""
-        return self.to_batch(self.decode(batch, source))
+        """A :class:`Batch` of an arrow table, its rows checked (see the class docstring),
+        then ``decode`` and ``to_batch`` (for tools and tests; training and evaluation use
+        :meth:`stream`)."""
+        self.check_schema(batch.schema, source)
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        return self.to_batch(self.decode(self._errors.clean(table, source), source))

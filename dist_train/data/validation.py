@@ -16,6 +16,7 @@ first bad row; ``skip`` drops the rows (or files) and counts them by reason.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -202,3 +203,33 @@ class BadInputPolicy:
                 self.counts.add_rows(p.reason, int((p.mask & ~bad).sum()))
             bad |= p.mask
         return table.filter(pa.array(~bad))
+
+
+class SchemaSource(Protocol):
+    """What :class:`SchemaCheck` needs of a batch builder: its columns and their rules."""
+
+    @property
+    def columns(self) -> list[str]: ...
+
+    def check_schema(self, schema: pa.Schema, source: str) -> None: ...
+
+
+class SchemaCheck:
+    """A file's columns and types are usable, and equal to the first file's (one split)."""
+
+    def __init__(self, builder: SchemaSource) -> None:
+        self.builder = builder
+        self.reference: pa.Schema | None = None
+
+    def __call__(self, path: str, schema: pa.Schema) -> None:
+        self.builder.check_schema(schema, path)
+        if self.reference is None:
+            self.reference = schema
+            return
+        for name in self.builder.columns:
+            have, want = schema.field(name).type, self.reference.field(name).type
+            if have != want:
+                raise BadInputError(
+                    f"{path}: schema mismatch: column {name!r} is {have} here but "
+                    f"{want} in the first file"
+                )

@@ -37,8 +37,7 @@ from dist_train.data.batch import BatchBuilder
 from dist_train.data.reader import DataSourceError, list_row_groups
 from dist_train.data.rows import Rows
 from dist_train.data.synthetic import GeneratedData
-from dist_train.data.validation import BadInputError, BadInputPolicy
-from dist_train.driver import SchemaCheck
+from dist_train.data.validation import BadInputError, BadInputPolicy, SchemaCheck
 from dist_train.embedding.layout import build_layout
 from dist_train.train.trainer import make_batch_builder
 
