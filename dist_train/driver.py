@@ -71,7 +71,7 @@ def _process_worker(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
     # Plain processes share this machine; ray.num_nodes splits them into simulated nodes.
     rank = int(os.environ["RANK"])
     per_node = cfg.ray.num_workers // (cfg.ray.num_nodes or 1)
-    return run_worker(cfg, inputs, f"local-node-{rank // per_node}")
+    return dict(run_worker(cfg, inputs, f"local-node-{rank // per_node}"))
 
 
 def run_job(cfg: JobConfig) -> dict[str, Any]:

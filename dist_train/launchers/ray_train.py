@@ -37,10 +37,11 @@ HEALTH_CHECK_ENV, HEALTH_CHECK_SECONDS = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0
 POINTER_FILE = "dist_train_checkpoint.json"
 
 
-def _report(metrics: dict[str, Any], attach: str = SUMMARY_FILE) -> None:
-    """Report ``metrics`` from every rank (Ray Train requires all to report); rank 0 attaches
-    them as a tiny checkpoint file named ``attach``, which ``Result`` and
+def _report(record: Mapping[str, object], attach: str = SUMMARY_FILE) -> None:
+    """Report ``record`` from every rank (Ray Train requires all to report); rank 0 attaches
+    it as a tiny checkpoint file named ``attach``, which ``Result`` and
     ``get_checkpoint()`` then carry."""
+    metrics = dict(record)
     if ray.train.get_context().get_world_rank() != 0:
         ray.train.report(metrics)
         return

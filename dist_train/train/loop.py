@@ -35,13 +35,31 @@ from dist_train.logs import setup_logging
 from dist_train.train.audit import StepAudit
 from dist_train.train.checkpointing import Checkpoints
 from dist_train.train.epochs import Epochs
-from dist_train.train.metrics import EvalMetrics
-from dist_train.train.progress import Progress
+from dist_train.train.metrics import EvalFigures, EvalMetrics
+from dist_train.train.progress import Progress, TrainFigures
 from dist_train.train.rank_layout import RankLayout, RankLayoutError, discover_rank_layout
 from dist_train.train.sharding import JobPlan
 from dist_train.train.trainer import Trainer
 
-Report = Callable[[dict[str, Any]], None]
+
+class RunSummary(TrainFigures, EvalFigures):
+    """What a run reports: ``summary.json``, the last ``metrics.jsonl`` record, Ray's result
+    (the driver adds wall and start-up seconds)."""
+
+    steps: int
+    eval_seconds: float
+    bad_input: dict[str, Any]
+    world_size: int
+    num_nodes: int
+    ranks_per_node: int
+    node_ids: list[str]
+    sharding: dict[str, dict[str, object]]
+    embedding_kind: str
+    embedding_parameters: int
+    checkpoint: str | None
+
+
+Report = Callable[[RunSummary], None]
 
 
 @dataclass(frozen=True)
@@ -64,7 +82,7 @@ def run_worker(
     node_id: str,
     report: Report | None = None,
     checkpointed: Callable[[str, int], None] | None = None,
-) -> dict[str, Any]:
+) -> RunSummary:
     """Train and evaluate on this rank; returns (and reports) the run summary.
 
     ``node_id`` names the machine (or simulated node) this rank runs on; ranks sharing it
@@ -108,15 +126,21 @@ def run_worker(
 
     eval_start = time.perf_counter()
     metrics = _evaluate(cfg, inputs.test_groups, trainer, policy, rank, world)
-    summary = {
-        "steps": epochs.step,
+    summary = RunSummary(
+        steps=epochs.step,
         **trained,
         **metrics.as_summary(),
-        "eval_seconds": time.perf_counter() - eval_start,
-        "bad_input": _total_counts(policy.counts, inputs.file_counts).as_dict(),
-        **_describe(trainer, topo),
-        "checkpoint": None if last_checkpoint is None else str(last_checkpoint),
-    }
+        eval_seconds=time.perf_counter() - eval_start,
+        bad_input=_total_counts(policy.counts, inputs.file_counts).as_dict(),
+        world_size=topo.world_size,
+        num_nodes=topo.num_nodes,
+        ranks_per_node=topo.local_world_size,
+        node_ids=list(topo.node_ids),
+        sharding=trainer.plan.placements(),
+        embedding_kind=trainer.layout.kind,
+        embedding_parameters=trainer.layout.num_parameters,
+        checkpoint=None if last_checkpoint is None else str(last_checkpoint),
+    )
     progress.log(
         {"event": "eval", **summary},
         f"test AUC {metrics.auc:.4f} log loss {metrics.log_loss:.4f} "
@@ -126,19 +150,6 @@ def run_worker(
         report(summary)
     sys.stdout.flush()
     return summary
-
-
-def _describe(trainer: Trainer, topo: RankLayout) -> dict[str, Any]:
-    """Where the run ran and what it trained (for the summary)."""
-    return {
-        "world_size": topo.world_size,
-        "num_nodes": topo.num_nodes,
-        "ranks_per_node": topo.local_world_size,
-        "node_ids": list(topo.node_ids),
-        "sharding": trainer.plan.placements(),
-        "embedding_kind": trainer.layout.kind,
-        "embedding_parameters": trainer.layout.num_parameters,
-    }
 
 
 def _log_start(progress: Progress, trainer: Trainer, topo: RankLayout, cfg: JobConfig) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 
@@ -41,6 +42,15 @@ def normalized_entropy(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(log_loss(y, probs) / base)
 
 
+class EvalFigures(TypedDict):
+    """Test metrics of a run (keys of the summary)."""
+
+    test_auc: float
+    test_log_loss: float
+    test_ne: float
+    test_examples: int
+
+
 @dataclass(frozen=True)
 class EvalMetrics:
     auc: float
@@ -48,13 +58,13 @@ class EvalMetrics:
     ne: float
     num_examples: int
 
-    def as_summary(self) -> dict[str, float | int]:
-        return {
-            "test_auc": self.auc,
-            "test_log_loss": self.log_loss,
-            "test_ne": self.ne,
-            "test_examples": self.num_examples,
-        }
+    def as_summary(self) -> EvalFigures:
+        return EvalFigures(
+            test_auc=self.auc,
+            test_log_loss=self.log_loss,
+            test_ne=self.ne,
+            test_examples=self.num_examples,
+        )
 
     @classmethod
     def of(cls, labels: np.ndarray, probs: np.ndarray) -> EvalMetrics:

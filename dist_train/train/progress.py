@@ -6,12 +6,23 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 import torch.distributed as dist
 
 from dist_train.logs import LOG
+
+
+class TrainFigures(TypedDict):
+    """Throughput and loss of the training part of a run (keys of the summary)."""
+
+    train_examples: int
+    train_seconds: float
+    examples_per_second: float
+    steady_examples_per_second: float
+    first_step_unix: float | None
+    final_train_loss: float
 
 
 def mean_across_ranks(value: float) -> float:
@@ -91,20 +102,20 @@ class Progress:
         self.last_loss, self._window_loss, self._window_steps = loss, 0.0, 0
         self._window_start = now
 
-    def figures(self) -> dict[str, Any]:
+    def figures(self) -> TrainFigures:
         """Throughput and the final loss, for the summary (a collective: every rank calls)."""
         steady = time.perf_counter() - self._first_step_clock if self.first_step_unix else 0.0
         if self._window_steps:
             self.last_loss = mean_across_ranks(self._window_loss / self._window_steps)
         seconds = self.train_seconds
-        return {
-            "train_examples": self.examples,
-            "train_seconds": seconds,
-            "examples_per_second": self.examples / seconds if seconds > 0 else 0.0,
+        return TrainFigures(
+            train_examples=self.examples,
+            train_seconds=seconds,
+            examples_per_second=self.examples / seconds if seconds > 0 else 0.0,
             # After the first step: excludes one-time costs (first batch read, warm-up).
-            "steady_examples_per_second": (
+            steady_examples_per_second=(
                 (self.examples - self.examples_per_step) / steady if steady > 0 else 0.0
             ),
-            "first_step_unix": self.first_step_unix,
-            "final_train_loss": self.last_loss,
-        }
+            first_step_unix=self.first_step_unix,
+            final_train_loss=self.last_loss,
+        )
