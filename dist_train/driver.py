@@ -21,6 +21,7 @@ from dist_train.data.reader import DataSourceError, list_row_groups
 from dist_train.data.synthetic import generate
 from dist_train.data.validation import BadInputError, BadInputPolicy, SchemaCheck
 from dist_train.embedding.layout import build_layout
+from dist_train.launchers.processes import run_processes
 from dist_train.logs import LOG, setup_logging, verbosity
 from dist_train.train.checkpointing import resume_point
 from dist_train.train.loop import WorkerInputs, run_worker
@@ -96,12 +97,11 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
     )
     launch_unix = time.time()
     if cfg.launcher == "ray":
+        # Ray takes seconds to import; plain-process runs never need it.
         from dist_train.launchers.ray_train import launch_ray
 
         summary = launch_ray(cfg, inputs)
     else:
-        from dist_train.launchers.processes import run_processes
-
         threads = max(1, int(cfg.ray.cpus_per_worker))
         summary = run_processes(_process_worker, (cfg, inputs), cfg.ray.num_workers, threads)[0]
     summary["wall_seconds"] = time.perf_counter() - start

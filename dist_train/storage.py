@@ -15,14 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fsspec
+
 
 class UrlPath:
     """A file or directory at an fsspec URL."""
 
     def __init__(self, url: str, fs: Any = None, path: str | None = None) -> None:
         if fs is None:
-            import fsspec
-
             fs, path = fsspec.url_to_fs(url)
         self.url = url.rstrip("/")
         self.fs = fs

@@ -15,6 +15,7 @@ from typing import Any
 
 from dist_train.bench import variant
 from dist_train.config import JobConfig
+from dist_train.data.synthetic import generate
 from dist_train.driver import run_job
 from dist_train.embedding.layout import build_layout
 
@@ -36,8 +37,6 @@ def run_embedding_bench(
 ) -> list[dict[str, Any]]:
     """Run every (kind, learning rate) variant; print and return one row each."""
     if cfg.data.train_path is None:
-        from dist_train.data.synthetic import generate
-
         generate(cfg.data.synthetic, cfg.run_dir / "data")
     rows = []
     for kind in KINDS:

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import ray.data
+from ray.data.collate_fn import ArrowBatchCollateFn
 
 from dist_train.bench import variant
 from dist_train.config import JobConfig
@@ -32,6 +34,7 @@ from dist_train.data.memory import reuse_freed_memory
 from dist_train.data.validation import BadInputPolicy
 from dist_train.driver import prepare_inputs, run_job
 from dist_train.embedding.layout import build_layout
+from dist_train.launchers.ray_train import private_ray
 from dist_train.train.trainer import make_batch_builder
 
 
@@ -88,10 +91,6 @@ def run_ingest_bench(
         "cpu_seconds": busy,
     }
 
-    import ray.data
-
-    from dist_train.launchers.ray_train import private_ray
-
     # A private instance, as the embedded default of the launcher: never a cluster that runs
     # beside it (``ray start``, RAY_ADDRESS), whose size would change the figures.
     with private_ray(
@@ -105,7 +104,6 @@ def run_ingest_bench(
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         columns = builder.columns
-        from ray.data.collate_fn import ArrowBatchCollateFn
 
         class BuildBatches(ArrowBatchCollateFn):  # type: ignore[misc]
             """Our batch builder as Ray Data's collate step (same output as ours)."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -205,8 +206,6 @@ def _filesystem(url: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(url)
     except (pa.ArrowInvalid, ValueError):
-        import fsspec
-
         fs, inner = fsspec.core.url_to_fs(url)
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), inner
 
@@ -221,8 +220,6 @@ def _resolve_url(url: str) -> list[str]:
     elif info.type == pafs.FileType.File:
         inner_files = [inner]
     else:
-        import fsspec
-
         ffs, pattern = fsspec.core.url_to_fs(url)
         inner_files = sorted(ffs.glob(pattern))
     return [
