@@ -18,7 +18,7 @@ FBGEMM_PACKAGE ?= fbgemm-gpu-cpu==1.8.0
 TORCHREC       ?= torchrec==1.8.0
 PYTEST_ARGS    ?=
 
-.PHONY: setup train test lint format clean
+.PHONY: setup train test test-gpu lint format clean
 
 setup: $(STAMP)
 
@@ -34,10 +34,15 @@ $(STAMP): pyproject.toml Makefile
 train: setup
 	$(VENV)/bin/dist-train train $(ARGS)
 
-# Fast unit tests first (no processes), then the multi-process, Ray and benchmark tests.
+# Fast unit tests first (no processes; the GPU tier is collected and skipped without CUDA),
+# then the multi-process, Ray and benchmark tests.
 test: setup
-	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+	$(PY) -m pytest -q tests/unit tests/gpu $(PYTEST_ARGS)
 	$(PY) -m pytest -q tests/integration $(PYTEST_ARGS)
+
+# The tests marked gpu (a CUDA device, and a CUDA build of torch: see "Set-up details").
+test-gpu: setup
+	$(PY) -m pytest -q -m gpu tests $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
