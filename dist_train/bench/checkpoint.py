@@ -132,35 +132,55 @@ def _timed(action: Any) -> float:
     return time.perf_counter() - start
 
 
+STALL_EVERY = 8
+STALL_VARIANTS = {  # name -> overrides
+    "none": ["checkpoint.every_steps=null"],
+    "every_8": [f"checkpoint.every_steps={STALL_EVERY}"],  # background saves (the default)
+    "every_8_inline": [f"checkpoint.every_steps={STALL_EVERY}", "checkpoint.background=false"],
+}
+
+
 def training_stall(cfg: JobConfig, rounds: int) -> dict[str, float]:
-    """examples/s of the job for 2 epochs with and without ``checkpoint.every_steps=8``,
-    under Ray and plain processes, rounds interleaved; medians and their ratios."""
+    """The job for 2 epochs without checkpoints, with background saves every 8 steps, and
+    with inline (blocking) saves every 8 steps, under plain processes and Ray, rounds
+    interleaved. Medians of examples/s, their ratio to no checkpoints, and the training time
+    each checkpoint cost (extra train seconds / checkpoints)."""
     prepare_inputs(cfg)  # generate the data once; every run reads these files
-    runs: dict[str, list[float]] = {}
+    rate: dict[str, list[float]] = {}
+    seconds: dict[str, list[float]] = {}
+    steps = 0
     for r in range(rounds):
         for launcher in ("processes", "ray"):
-            for every in (None, 8):
-                key = f"{launcher}_{'every_8' if every else 'none'}"
+            for name, overrides in STALL_VARIANTS.items():
+                key = f"{launcher}_{name}"
                 job = variant(
                     cfg,
                     [
                         f"launcher={launcher}",
                         "train.epochs=2",
-                        f"checkpoint.every_steps={every if every else 'null'}",
+                        *overrides,
                         "checkpoint.save_at_end=false",
                         f"output_dir={cfg.run_dir / 'bench-stall' / f'{key}-{r}'}",
                     ],
                     "bench checkpoint stall",
                 )
                 print(f"[bench] stall round {r + 1}/{rounds}: {key}", flush=True)
-                runs.setdefault(key, []).append(run_job(job)["examples_per_second"])
+                summary = run_job(job)
+                rate.setdefault(key, []).append(summary["examples_per_second"])
+                seconds.setdefault(key, []).append(summary["train_seconds"])
+                steps = summary["steps"]
     out: dict[str, float] = {}
     for launcher in ("processes", "ray"):
-        without = statistics.median(runs[f"{launcher}_none"])
-        with_saves = statistics.median(runs[f"{launcher}_every_8"])
-        out[f"{launcher}_examples_per_second"] = without
-        out[f"{launcher}_every_8_examples_per_second"] = with_saves
-        out[f"{launcher}_every_8_over_none"] = with_saves / without
+        none_rate = statistics.median(rate[f"{launcher}_none"])
+        none_seconds = statistics.median(seconds[f"{launcher}_none"])
+        out[f"{launcher}_examples_per_second"] = none_rate
+        for name in ("every_8", "every_8_inline"):
+            key = f"{launcher}_{name}"
+            out[f"{key}_examples_per_second"] = statistics.median(rate[key])
+            out[f"{key}_over_none"] = statistics.median(rate[key]) / none_rate
+            out[f"{key}_stall_seconds_per_checkpoint"] = (
+                statistics.median(seconds[key]) - none_seconds
+            ) / (steps // STALL_EVERY)
     return out
 
 
@@ -252,13 +272,20 @@ def run_checkpoint_bench(
         f"  x{result['load_over_disk_read']:.2f}",
     ]
     if stall_rounds:
+        lines.append(
+            "training             no checkpoints   every 8 steps: background (ratio, stall per "
+            "checkpoint)   inline"
+        )
         for launcher in ("processes", "ray"):
-            lines.append(
-                f"training, {launcher:<9} no checkpoints "
-                f"{result[f'{launcher}_examples_per_second']:>9,.0f} examples/s, every 8 steps "
-                f"{result[f'{launcher}_every_8_examples_per_second']:>9,.0f}"
-                f"  x{result[f'{launcher}_every_8_over_none']:.2f}"
-            )
+            cells = [f"{result[f'{launcher}_examples_per_second']:>9,.0f} ex/s"]
+            for name in ("every_8", "every_8_inline"):
+                key = f"{launcher}_{name}"
+                cells.append(
+                    f"{result[f'{key}_examples_per_second']:>9,.0f} ex/s "
+                    f"(x{result[f'{key}_over_none']:.2f}, "
+                    f"{result[f'{key}_stall_seconds_per_checkpoint'] * 1e3:+.0f} ms)"
+                )
+            lines.append(f"  {launcher:<9}  " + "   ".join(cells))
     if recovery:
         lines.append(
             f"recovery: kill -> restarted worker {result['kill_to_worker_start_seconds']:.1f} s, "
