@@ -191,12 +191,7 @@ def verify(path: Location) -> str:
         if name not in present:
             raise CheckpointError(f"{path / name}: missing (meta.json lists it)")
         got = checkpoint_files.file_digest(path / name)
-        want = digests[name]
-        if (got["bytes"], got["xxh3_128"]) != (want.get("bytes"), want.get("xxh3_128")):
-            raise CheckpointError(
-                f"{path / name}: {got['bytes']} bytes with xxh3-128 {got['xxh3_128']}, but "
-                f"meta.json recorded {want.get('bytes')} bytes with {want.get('xxh3_128')}"
-            )
+        checkpoint_files.check_file(str(path / name), digests[name], got["bytes"], got["xxh3_128"])
     reader = checkpoint_files.reader(path, digests)
     metadata = reader.read_metadata()
     entries = metadata.state_dict_metadata

@@ -136,6 +136,17 @@ _ALLOWED: frozenset[tuple[str, str]] = frozenset(
 )
 
 
+def check_file(where: str, want: dict[str, Any], size: int, digest: str) -> None:
+    """CheckpointError naming ``where`` unless its ``size`` and whole-file ``digest`` are
+    what ``meta.json`` recorded (``want``)."""
+    if (want.get("bytes"), want.get("xxh3_128")) != (size, digest):
+        raise CheckpointError(
+            f"{where}: {size} bytes with xxh3-128 {digest}, but meta.json recorded "
+            f"{want.get('bytes')} bytes with {want.get('xxh3_128')}: the file is corrupt or "
+            "was changed after the checkpoint was committed"
+        )
+
+
 class MetadataUnpickler(pickle.Unpickler):
     """Unpickles DCP's ``Metadata`` and refuses every other global (functions above all)."""
 
@@ -200,14 +211,8 @@ class _VerifyingRead:
 
     def _check(self, name: str, size: int, digest: str) -> None:
         want = self._listed(name)
-        if want is None:
-            return
-        if (want.get("bytes"), want.get("xxh3_128")) != (size, digest):
-            raise CheckpointError(
-                f"{self.where}/{name}: {size} bytes with xxh3-128 {digest}, but meta.json "
-                f"recorded {want.get('bytes')} bytes with {want.get('xxh3_128')}: the file is "
-                "corrupt or was changed after the checkpoint was committed"
-            )
+        if want is not None:
+            check_file(f"{self.where}/{name}", want, size, digest)
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
         with self.fs.create_stream(self.fs.concat_path(self.path, METADATA), "rb") as f:
@@ -478,7 +483,6 @@ class _DigestingFs:
 
     def __init__(self, fs: Any, log: WriteLog) -> None:
         self.fs, self.log = fs, log
-        self.digests = log.digests
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.fs, name)
@@ -497,7 +501,7 @@ class _DigestingFs:
                     with self.fs.create_stream(path, "rb") as f:
                         hasher.update(f.read())
                     entry = hasher.entry()
-                self.digests[name] = entry
+                self.log.digests[name] = entry
 
             stream = _HashingStream(raw, done, self.log.failed)
             yield stream
@@ -506,8 +510,9 @@ class _DigestingFs:
     def rename(self, path: Any, new_path: Any) -> None:
         self.fs.rename(path, new_path)
         old = os.path.basename(os.fspath(path))
-        if old in self.digests:
-            self.digests[os.path.basename(os.fspath(new_path))] = self.digests.pop(old)
+        digests = self.log.digests
+        if old in digests:
+            digests[os.path.basename(os.fspath(new_path))] = digests.pop(old)
 
 
 def writer(
