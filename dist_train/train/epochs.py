@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -118,15 +118,8 @@ class Epoch:
         batches are all trained (or the ranks ran out of them before ``max_steps``)."""
         finished = self.done >= self.plan.steps or (self._exhausted and not self.stopped_early)
         epoch, done = (self.index + 1, 0) if finished else (self.index, self.done)
-        counts = self.epochs.policy.counts
-        return TrainPosition(
-            self.epochs.step,
-            epoch,
-            done,
-            dict(counts.rows),
-            counts.row_groups,
-            self.plan.as_json() if done else None,
-        )
+        plan = self.plan.as_json() if done else None
+        return _position(self.epochs.step, epoch, done, self.epochs.policy, plan)
 
 
 class Epochs:
@@ -167,5 +160,12 @@ class Epochs:
         """Where training stands now (the start, if no epoch ran)."""
         if self.current is not None:
             return self.current.position()
-        s, counts = self.start, self.policy.counts
-        return TrainPosition(self.step, s.epoch, s.batches, dict(counts.rows), counts.row_groups)
+        return _position(self.step, self.start.epoch, self.start.batches, self.policy, None)
+
+
+def _position(
+    step: int, epoch: int, batches: int, policy: BadInputPolicy, plan: dict[str, Any] | None
+) -> TrainPosition:
+    """A checkpoint's position, with the bad-input counts so far."""
+    counts = policy.counts
+    return TrainPosition(step, epoch, batches, dict(counts.rows), counts.row_groups, plan)
