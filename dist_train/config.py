@@ -249,6 +249,29 @@ class ShardingConfig(_Strict):
         default_factory=dict,
         description="Mean ids per example of multi-hot features (default 1.0 each).",
     )
+    group_size: int | Literal["auto"] = Field(
+        "auto",
+        description=(
+            "2D parallelism: shard the tables inside groups of this many consecutive ranks, "
+            "the groups being replicas kept in sync (docs/planner.md). The world size = 1D "
+            "(every rank in one group); auto: the planner picks by estimated step time."
+        ),
+    )
+    sync_every: int = Field(
+        1,
+        gt=0,
+        description=(
+            "2D parallelism: steps between averaging the replicas' embedding weights and "
+            "optimizer state (also before every checkpoint and at the end of training)."
+        ),
+    )
+
+    @field_validator("group_size")
+    @classmethod
+    def _group_size(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("group_size must be >= 1 or 'auto'")
+        return v
 
     @field_validator("pooling_factors")
     @classmethod

@@ -9,6 +9,7 @@ from typing import Any
 from dist_train.config import JobConfig
 from dist_train.train.sharding import job_fused_params, optimizer_notes, planner_for_config
 from planners.report import build_report, estimate_json, format_report
+from planners.search import PlanningError
 from planners.torchrec_baseline import estimate, placements_of, torchrec_plan
 
 
@@ -41,6 +42,7 @@ def dry_run(
     device_type: str = "cpu",
     with_torchrec: bool = True,
     cores_per_node: int | None = None,
+    weak_scaling: bool = True,
 ) -> dict[str, Any]:
     """Plan ``cfg`` for ``num_nodes`` x ``ranks_per_node`` ranks (default: the job's own)."""
     nodes = num_nodes or cfg.ray.num_nodes or 1
@@ -48,11 +50,42 @@ def dry_run(
     planner, model = planner_for_config(
         cfg, nodes * per_node, per_node, device_type, cores_per_node
     )
-    result = planner.search()
     side = _torchrec_side(cfg, model, planner, device_type) if with_torchrec else None
-    report = build_report(result, planner.workload, planner.topology, side)
-    report["notes"] = optimizer_notes(cfg, {p.sharding_type for p in result.best.placements})
+    report = build_report(planner, side)
+    chosen = planner.choice()
+    report["notes"] = optimizer_notes(cfg, {p.sharding_type for p in chosen.placements})
+    if weak_scaling:
+        report["weak_scaling"] = weak_scaling_table(cfg, per_node, device_type, cores_per_node)
     return report
+
+
+WEAK_SCALING_NODES = (1, 8, 64, 512)
+
+
+def weak_scaling_table(
+    cfg: JobConfig, ranks_per_node: int, device_type: str, cores_per_node: int | None
+) -> list[dict[str, Any]]:
+    """The chosen plan's estimated step at 1, 8, 64 and 512 nodes, same per-rank batch."""
+    rows = []
+    for nodes in WEAK_SCALING_NODES:
+        planner, _ = planner_for_config(
+            cfg, nodes * ranks_per_node, ranks_per_node, device_type, cores_per_node
+        )
+        try:
+            chosen = planner.choice()
+        except PlanningError as err:
+            rows.append({"num_nodes": nodes, "ranks_per_node": ranks_per_node, "error": str(err)})
+            continue
+        rows.append(
+            {
+                "num_nodes": nodes,
+                "ranks_per_node": ranks_per_node,
+                "group_size": chosen.group_size,
+                "label": chosen.label,
+                "estimated_step_seconds": chosen.step_seconds,
+            }
+        )
+    return rows
 
 
 def write_report(report: dict[str, Any], json_path: str | None) -> str:

@@ -10,6 +10,7 @@ sharded model, because TorchRec's training input dist assumes even blocks).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch.distributed as dist
 from torch import nn
@@ -25,8 +26,9 @@ from torchrec.distributed.types import (
 )
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-from planners.placement import TablePlacement
-from planners.search import PlanningError, SearchResult, search
+from planners.groups import GroupPlan, best_group_plans
+from planners.placement import SHARDING_TYPES, TablePlacement
+from planners.search import PlanEstimate, PlanningError, SearchResult, search
 from planners.topology import Topology
 from planners.workload import Workload
 
@@ -93,12 +95,42 @@ def plan_from_placements(
     return ShardingPlan(plan)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class Choice:
+    """The plan the planner picked: its placements, the ranks they are made for, its estimate."""
+
+    topology: Topology  # the world's (1D) or one group's (2D)
+    group_size: int
+    estimate: PlanEstimate  # per rank of the world (1D) or of one group (2D)
+    world_size: int
+
+    @property
+    def placements(self) -> tuple[TablePlacement, ...]:
+        return self.estimate.placements
+
+    @property
+    def step_seconds(self) -> float:
+        return self.estimate.step_seconds
+
+    @property
+    def is_2d(self) -> bool:
+        return self.group_size < self.world_size
+
+    @property
+    def label(self) -> str:
+        if not self.is_2d:
+            return self.estimate.label
+        return f"{self.estimate.label} in groups of {self.group_size}"
+
+
 class CostModelPlanner(ShardingPlanner):
     """Plans every EmbeddingBagCollection of a module with the cost-model search.
 
     ``workload`` describes the tables (by name) and the batch; ``allowed`` restricts the
     sharding types; ``compute_kernel`` is TorchRec's kernel for sharded tables (``fused``:
-    FBGEMM TBE with the optimizer in backward, ``dense``: plain weights).
+    FBGEMM TBE with the optimizer in backward, ``dense``: plain weights). ``group_size``: the
+    2D group (the world size = 1D; None = the cheapest of 1D and every group size), with
+    replicas averaged every ``sync_every`` steps.
     """
 
     def __init__(
@@ -107,25 +139,55 @@ class CostModelPlanner(ShardingPlanner):
         workload: Workload,
         allowed: tuple[str, ...] | None = None,
         compute_kernel: str = "fused",
+        group_size: int | None = None,
+        sync_every: int = 1,
     ) -> None:
         self.topology = topology
         self.workload = workload
         self.allowed = allowed
         self.compute_kernel = compute_kernel
+        self.group_size = group_size
+        self.sync_every = sync_every
         self.result: SearchResult | None = None
+        self.groups: dict[int, GroupPlan | str] = {}
 
     def search(self) -> SearchResult:
+        """The 1D search (every sharding type alone, for the report)."""
         if self.result is None:
             self.result = search(self.workload, self.topology, self.allowed)
         return self.result
 
+    def group_plans(self) -> dict[int, GroupPlan | str]:
+        """The best 2D plan of each group size considered."""
+        world = self.topology.world_size
+        if not self.groups and self.group_size != world and self.compute_kernel == "fused":
+            sizes = None if self.group_size is None else [self.group_size]
+            allowed = frozenset(self.allowed or SHARDING_TYPES)
+            self.groups = best_group_plans(
+                self.workload, self.topology, allowed, self.sync_every, sizes
+            )
+        return self.groups
+
+    def choice(self) -> Choice:
+        """1D or the best group size: the smallest estimated step that fits (1D on ties)."""
+        world = self.topology.world_size
+        options: list[Choice] = []
+        if self.group_size in (None, world):
+            options.append(Choice(self.topology, world, self.search().best, world))
+        for g, gp in self.group_plans().items():
+            if not isinstance(gp, str):
+                options.append(Choice(gp.group_topology, g, gp.estimate, world))
+        if not options:
+            reason = self.group_plans().get(self.group_size or 0, "no plan")
+            if self.compute_kernel != "fused":
+                reason = "2D needs the fused embedding kernel (rowwise_adagrad or sgd on CPU)"
+            raise PlanningError(f"sharding.group_size={self.group_size}: {reason}")
+        return min(options, key=lambda c: c.estimate.score())
+
     def plan(self, module: nn.Module, sharders: list[ModuleSharder[nn.Module]]) -> ShardingPlan:
+        chosen = self.choice()
         return plan_from_placements(
-            module,
-            self.search().best.placements,
-            self.workload,
-            self.topology,
-            self.compute_kernel,
+            module, chosen.placements, self.workload, chosen.topology, self.compute_kernel
         )
 
     def collective_plan(

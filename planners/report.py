@@ -6,9 +6,10 @@ from typing import Any
 
 import numpy as np
 
+from planners.groups import GroupPlan
 from planners.placement import TablePlacement
-from planners.search import PlanEstimate, SearchResult
-from planners.topology import Topology
+from planners.planner import CostModelPlanner
+from planners.search import PlanEstimate
 from planners.workload import Workload
 
 _PARTS = ("lookup", "framework", "dense", "comm", "latency")
@@ -68,18 +69,43 @@ def _why(
     )
 
 
+def _groups_json(groups: dict[int, GroupPlan | str]) -> list[dict[str, Any]]:
+    return [
+        {"group_size": g, "reason": gp}
+        if isinstance(gp, str)
+        else {
+            "group_size": g,
+            "label": gp.estimate.label,
+            "estimated_step_seconds": gp.step_seconds,
+            "max_memory_bytes": gp.estimate.max_memory_bytes,
+        }
+        for g, gp in groups.items()
+    ]
+
+
 def build_report(
-    result: SearchResult,
-    workload: Workload,
-    topo: Topology,
-    torchrec: dict[str, Any] | None = None,
+    planner: CostModelPlanner, torchrec: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Everything ``dist-train plan --json`` writes (see docs/planner.md for the fields)."""
-    best = result.best
+    result, chosen = planner.search(), planner.choice()
+    workload, topo = planner.workload, planner.topology
+    best = chosen.estimate
+    why = _why(result.best, result.alternatives, result.allowed)
+    if chosen.is_2d:
+        slower = result.best.step_seconds / best.step_seconds
+        why = (
+            f"the best 1D plan, {result.best.label}, is estimated {slower:.2f}x slower; "
+            f"groups of {chosen.group_size} keep each group's step at the cost of "
+            f"{chosen.group_size} ranks"
+        )
     report: dict[str, Any] = {
         **estimate_json(best, workload),
+        "label": chosen.label,
+        "group_size": chosen.group_size,
+        "num_replicas": topo.world_size // chosen.group_size,
+        "sync_every": planner.sync_every,
         "plan_seconds": result.seconds,
-        "why": _why(best, result.alternatives, result.allowed),
+        "why": why,
         "tables": {t.name: {"num_rows": t.rows, "num_cols": t.dim} for t in workload.tables},
         "topology": {
             "num_nodes": topo.num_nodes,
@@ -109,6 +135,7 @@ def build_report(
             }
             for k, v in result.alternatives.items()
         ],
+        "groups": _groups_json(planner.group_plans()),
     }
     if torchrec is not None:
         report["torchrec"] = torchrec
@@ -157,6 +184,15 @@ def format_report(report: dict[str, Any]) -> str:
         f"rank(s), {_size(topo['memory_per_rank_bytes'])} each "
         f"({_size(topo['usable_bytes_per_rank'])} usable); speeds: {topo['source']}",
         f"chosen: {report['label']}  (searched in {report['plan_seconds']:.2f} s)",
+        *(
+            [
+                f"2D: {report['num_replicas']} replicas of {report['group_size']} ranks, "
+                f"averaged every {report['sync_every']} step(s); figures below are per "
+                "rank of one group"
+            ]
+            if report.get("group_size", topo["world_size"]) < topo["world_size"]
+            else []
+        ),
         *(_placement_line(p) for p in report["placements"]),
         f"why: {report['why']}",
         *(f"note: {n}" for n in report.get("notes", [])),
@@ -178,6 +214,32 @@ def format_report(report: dict[str, Any]) -> str:
                 f"  {alt['sharding_type']:<15} {alt['estimated_step_seconds'] * 1e3:9.2f} ms  "
                 f"max {_size(alt['max_memory_bytes']):>10}  {alt['label']}"
                 + ("" if alt.get("allowed", True) else "  (left out for this job)")
+            )
+    if report.get("groups"):
+        lines.append("group sizes (2D: shard inside groups, replicate them):")
+        for grp in report["groups"]:
+            if "reason" in grp:
+                lines.append(f"  {grp['group_size']:>6}  {grp['reason']}")
+            else:
+                lines.append(
+                    f"  {grp['group_size']:>6}  {grp['estimated_step_seconds'] * 1e3:9.2f} ms  "
+                    f"max {_size(grp['max_memory_bytes']):>10}  {grp['label']}"
+                )
+    scaling = report.get("weak_scaling")
+    if scaling:
+        lines.append(
+            f"weak scaling (same {report['workload']['batch_size_per_rank']:,} examples per "
+            "rank, the plan chosen at each size):"
+        )
+        first = next((r["estimated_step_seconds"] for r in scaling if "error" not in r), 1.0)
+        for row in scaling:
+            if "error" in row:
+                lines.append(f"  {row['num_nodes']:>4} node(s): {row['error']}")
+                continue
+            lines.append(
+                f"  {row['num_nodes']:>4} node(s) x {row['ranks_per_node']}: "
+                f"{row['estimated_step_seconds'] * 1e3:9.2f} ms ({row['estimated_step_seconds'] / first:5.2f}x)  "
+                f"{row['label']}"
             )
     tr = report.get("torchrec")
     if tr is not None:

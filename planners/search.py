@@ -182,9 +182,10 @@ def _finish(p: _Partial, base: RankCosts, topo: Topology) -> PlanEstimate:
     return PlanEstimate.of(p.placements, costs, topo)
 
 
-def _beam(
-    workload: Workload, topo: Topology, allowed: frozenset[str], width: int
+def beam_search(
+    workload: Workload, topo: Topology, allowed: frozenset[str], width: int = BEAM_WIDTH
 ) -> list[PlanEstimate]:
+    """The best few whole plans over ``allowed`` types, best first."""
     base = dense_costs(workload, topo)
     beam = [_Partial((), RankCosts.zeros(topo.world_size), frozenset())]
     for table in sorted(workload.tables, key=lambda t: (-t.weight_bytes, t.name)):
@@ -278,7 +279,7 @@ def search(
         # On one node table_row_wise is row_wise, and grid needs two nodes.
         types = types - {"grid_shard", "table_row_wise"}
     _check_constraints(workload, topo, types)
-    plans = _beam(workload, topo, types, beam_width)
+    plans = beam_search(workload, topo, types, beam_width)
     best = plans[0]
     if not best.fits:
         raise PlanningError(_explain_no_fit(workload, topo, types))
@@ -292,7 +293,7 @@ def search(
         except PlanningError as e:
             result.alternatives[t] = str(e)
             continue
-        alt = _beam(workload, topo, frozenset({t}), 1)[0]
+        alt = beam_search(workload, topo, frozenset({t}), 1)[0]
         result.alternatives[t] = (
             alt if alt.fits else _explain_no_fit(workload, topo, frozenset({t}), short=True)
         )

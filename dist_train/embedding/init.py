@@ -17,25 +17,40 @@ from dist_train.embedding.hashing import name_fingerprint
 _BLOCK_ROWS = 8192
 
 
-def init_rows(
-    table: str, num_rows: int, dim: int, seed: int, row_start: int, row_end: int
+def fill_rows(
+    out: torch.Tensor,
+    table: str,
+    num_rows: int,
+    dim: int,
+    seed: int,
+    row_start: int,
+    col_start: int,
 ) -> torch.Tensor:
-    """Initial values of rows ``[row_start, row_end)`` of ``table``: U(-1/sqrt(M), 1/sqrt(M))."""
+    """Write the initial values of ``table``'s rows ``[row_start, row_start + len(out))``,
+    columns ``[col_start, col_start + out.shape[1])``, into ``out``: U(-1/sqrt(M), 1/sqrt(M)).
+
+    Works block by block, so a column shard never holds more than one block at full width.
+    """
     bound = math.sqrt(1.0 / num_rows)
-    out = torch.empty(row_end - row_start, dim)
+    row_end, col_end = row_start + out.shape[0], col_start + out.shape[1]
     table_key = name_fingerprint(table) & 0x7FFFFFFF
-    first, last = (
-        row_start // _BLOCK_ROWS,
-        (row_end - 1) // _BLOCK_ROWS if row_end > row_start else -1,
-    )
-    for block in range(first, last + 1):
+    first, last = row_start // _BLOCK_ROWS, (row_end - 1) // _BLOCK_ROWS
+    for block in range(first, last + 1 if row_end > row_start else first):
         b0 = block * _BLOCK_ROWS
         b1 = min(b0 + _BLOCK_ROWS, num_rows)
         gen = torch.Generator().manual_seed((seed * 1_000_003 + table_key) * 65_537 + block)
         values = torch.empty(b1 - b0, dim).uniform_(-bound, bound, generator=gen)
         lo, hi = max(b0, row_start), min(b1, row_end)
-        out[lo - row_start : hi - row_start] = values[lo - b0 : hi - b0]
+        out[lo - row_start : hi - row_start] = values[lo - b0 : hi - b0, col_start:col_end]
     return out
+
+
+def init_rows(
+    table: str, num_rows: int, dim: int, seed: int, row_start: int, row_end: int
+) -> torch.Tensor:
+    """Initial values of rows ``[row_start, row_end)`` of ``table`` at full width."""
+    out = torch.empty(row_end - row_start, dim)
+    return fill_rows(out, table, num_rows, dim, seed, row_start, 0)
 
 
 def init_embedding_tables(model: nn.Module, tables: dict[str, tuple[int, int]], seed: int) -> None:
@@ -57,10 +72,10 @@ def init_embedding_tables(model: nn.Module, tables: dict[str, tuple[int, int]], 
                 for shard in value.local_shards():
                     r0, c0 = shard.metadata.shard_offsets
                     nr, nc = shard.metadata.shard_sizes
-                    rows = init_rows(name, num_rows, dim, seed, r0, r0 + nr)
-                    shard.tensor.copy_(rows[:, c0 : c0 + nc])
+                    assert shard.tensor.shape == (nr, nc)
+                    fill_rows(shard.tensor, name, num_rows, dim, seed, r0, c0)
             else:
-                value.copy_(init_rows(name, num_rows, dim, seed, 0, num_rows))
+                fill_rows(value, name, num_rows, dim, seed, 0, 0)
         done.add(name)
     missing = sorted(set(tables) - done)
     if missing:

@@ -8,6 +8,8 @@ flattened; then the top MLP -> one logit.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torchrec import EmbeddingBagCollection, KeyedJaggedTensor
@@ -44,6 +46,19 @@ class DotInteraction(nn.Module):
         return torch.cat([dense, gram[:, self.rows, self.cols]], dim=1)
 
 
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; multiplies the gradient by ``scale`` in backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.scale, None
+
+
 class DLRM(nn.Module):
     """Bottom MLP + embeddings + interaction + top MLP -> logits ``[B]``."""
 
@@ -71,12 +86,17 @@ class DLRM(nn.Module):
             self.interaction = None
             top_in = d * (num_vectors + 1)
         self.over_arch = mlp([top_in, *config.top_mlp, 1], final_activation=False)
+        # 2D: TorchRec divides embedding gradients by the sharding group's size; 1 / replicas
+        # makes that the world size, as in 1D (dist_train.train.replicas)
+        self.embedding_grad_scale = 1.0
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         dense_vec = self.dense_arch(dense)
         pooled = self.sparse_arch(sparse).to_dict()
         # Tables group keys by table; put them back in feature/chunk order.
         emb = torch.cat([pooled[k] for k in self.layout_keys], dim=1)
+        if self.embedding_grad_scale != 1.0:
+            emb = _ScaleGrad.apply(emb, self.embedding_grad_scale)
         if self.interaction is not None:
             vectors = emb.view(emb.shape[0], -1, self.dim)
             features = self.interaction(dense_vec, vectors)

@@ -123,6 +123,7 @@ class Checkpoints:
         if not self.resume_from:
             return TrainPosition()
         position = checkpoint.load(self.trainer, location(self.resume_from))
+        self.trainer.resumed_at(position.step)
         policy.counts.rows = dict(position.bad_input_rows)
         policy.counts.row_groups = position.bad_input_row_groups
         self.progress.log(
@@ -137,6 +138,7 @@ class Checkpoints:
         return every is not None and step % every == 0
 
     def save(self, position: TrainPosition) -> None:
+        self.trainer.sync_replicas()  # 2D: the replicas agree on what is saved
         self.saver.save(position)
 
     def wait(self) -> None:
@@ -147,7 +149,7 @@ class Checkpoints:
         """Save ``position`` if the job saves at the end and it is not saved yet; wait for
         the last save; the newest committed checkpoint."""
         if self.cfg.checkpoint.save_at_end and position.step != self.saver.last_step:
-            self.saver.save(position)
+            self.save(position)
         self.saver.wait()
         return self.saver.last_path
 

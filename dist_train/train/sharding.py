@@ -20,7 +20,6 @@ from dist_train.embedding.layout import EmbeddingLayout, build_layout
 from dist_train.models.dlrm import DLRM
 from planners.placement import HIERARCHICAL, SHARDING_TYPES
 from planners.planner import CostModelPlanner
-from planners.search import SearchResult
 from planners.sharders import (
     AnyDeviceEmbeddingBagCollectionSharder,
     embedding_kernel,
@@ -41,6 +40,16 @@ class JobPlan:
     local_world_size: int
     device_type: str
     estimated_step_seconds: float = 0.0
+    group_size: int = 0  # 2D: ranks per sharding group (the plan is made for them); 0 = 1D
+
+    @property
+    def sharding_group_size(self) -> int:
+        """Ranks the TorchRec plan shards over: the group (2D) or the world (1D)."""
+        return self.group_size or self.world_size
+
+    @property
+    def is_2d(self) -> bool:
+        return self.sharding_group_size < self.world_size
 
     def _tables(self) -> Iterator[tuple[str, ParameterSharding]]:
         for module_plan in self.sharding_plan.plan.values():
@@ -58,21 +67,23 @@ class JobPlan:
     ) -> dict[int, list[tuple[int, int]]]:
         """(rows, cols) of every shard each rank holds; a replicated (data_parallel) table
         counts in full on each of its ranks. ``table_shapes``: table -> (rows, cols)."""
-        out: dict[int, list[tuple[int, int]]] = {r: [] for r in range(self.world_size)}
+        group: dict[int, list[tuple[int, int]]] = {r: [] for r in range(self.sharding_group_size)}
         for table, ps in self._tables():
             if ps.sharding_spec is None:
                 for r in ps.ranks or []:
-                    out[r].append(table_shapes[table])
+                    group[r].append(table_shapes[table])
                 continue
             for shard in ps.sharding_spec.shards:  # type: ignore[attr-defined]
                 rows, cols = shard.shard_sizes
-                out[shard.placement.rank()].append((rows, cols))
-        return out
+                group[shard.placement.rank()].append((rows, cols))
+        # 2D: rank r holds what rank r % group_size of the plan holds
+        return {r: group[r % self.sharding_group_size] for r in range(self.world_size)}
 
     @property
     def label(self) -> str:
-        """The sharding types in use, e.g. ``row_wise``."""
-        return ", ".join(sorted({str(p["type"]) for p in self.placements().values()}))
+        """The sharding types in use, e.g. ``row_wise`` (2D: ``row_wise in groups of 2``)."""
+        types = ", ".join(sorted({str(p["type"]) for p in self.placements().values()}))
+        return f"{types} in groups of {self.group_size}" if self.is_2d else types
 
     @property
     def hierarchical(self) -> bool:
@@ -153,12 +164,7 @@ def allowed_types(cfg: JobConfig) -> tuple[str, ...]:
     """The sharding types the planner may use for this job."""
     if cfg.sharding.type != "auto":
         return (cfg.sharding.type,)
-    types: tuple[str, ...] = SHARDING_TYPES
-    if cfg.embedding.optimizer.type == "rowwise_adagrad":
-        # data_parallel tables train on the dense kernel with torch's element-wise Adagrad:
-        # a placement choice must not silently change the optimizer.
-        types = tuple(t for t in types if t != "data_parallel")
-    return types
+    return SHARDING_TYPES
 
 
 def planner_for_config(
@@ -171,11 +177,14 @@ def planner_for_config(
     """The cost-model planner of a job and the (meta-device) model it plans."""
     layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
     model: nn.Module = build_model(cfg, layout)
+    group = cfg.sharding.group_size
     planner = CostModelPlanner(
         topology_for_config(cfg, world_size, local_world_size, device_type, cores_per_node),
         workload_for_config(cfg, layout, model, device_type),
         allowed_types(cfg),
         compute_kernel=embedding_kernel(cfg.embedding.optimizer.type, device_type),
+        group_size=None if group == "auto" else min(group, world_size),
+        sync_every=cfg.sharding.sync_every,
     )
     return planner, model
 
@@ -193,8 +202,9 @@ def plan_job(
         cfg, world_size, local_world_size, device_type, cores_per_node
     )
     plan = planner.plan(model, [make_sharder(cfg, device_type)])  # type: ignore[list-item]
-    result: SearchResult = planner.search()
-    return JobPlan(plan, world_size, local_world_size, device_type, result.best.step_seconds)
+    chosen = planner.choice()
+    group = chosen.group_size if chosen.group_size < world_size else 0
+    return JobPlan(plan, world_size, local_world_size, device_type, chosen.step_seconds, group)
 
 
 COLUMN_SPLITTING = frozenset({"column_wise", "grid_shard"})

@@ -13,15 +13,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torchrec.distributed import DistributedModelParallel
-from torchrec.distributed.types import ShardingEnv
+from torchrec.distributed.types import ShardingEnv, ShardingEnv2D
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
+from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
 from dist_train.config import JobConfig
 from dist_train.data.batch import Batch, BatchBuilder
 from dist_train.embedding.init import init_embedding_tables
 from dist_train.embedding.layout import EmbeddingLayout, build_layout
 from dist_train.train.metrics import EvalMetrics
+from dist_train.train.replicas import GroupLayout, ReplicaSync, group_env, place_in_group
 from dist_train.train.sharding import JobPlan, build_model, make_sharder, plan_job
 from planners.uneven import enable_uneven_row_wise
 
@@ -49,8 +51,8 @@ def _torch_optimizers(
 ) -> list[KeyedOptimizerWrapper]:
     """torch optimizers for the parameters not stepped inside backward.
 
-    The MLPs get the dense optimizer; embedding tables on the ``dense`` kernel (an optimizer
-    FBGEMM lacks on this device, e.g. Adam on CPU) get the embedding optimizer.
+    The MLPs get the dense optimizer; data_parallel tables and tables on the ``dense`` kernel
+    (an optimizer FBGEMM lacks on this device, e.g. Adam on CPU) get the embedding optimizer.
     """
     emb = {k: p for k, p in params.items() if k.startswith("sparse_arch.")}
     mlp = {k: p for k, p in params.items() if k not in emb}
@@ -59,7 +61,9 @@ def _torch_optimizers(
     out = [KeyedOptimizerWrapper(mlp, lambda ps: dense_cls(ps, lr=dense_lr))]
     if emb:
         o = cfg.embedding.optimizer
-        emb_cls = _DENSE_OPTIMIZERS["adagrad" if o.type == "rowwise_adagrad" else o.type]
+        # data_parallel tables (and tables on the dense kernel) keep the job's optimizer:
+        # TorchRec's dense RowWiseAdagrad keeps one accumulator per row, like FBGEMM's fused one
+        emb_cls = RowWiseAdagrad if o.type == "rowwise_adagrad" else _DENSE_OPTIMIZERS[o.type]
         kwargs = {"lr": o.learning_rate, "weight_decay": o.weight_decay}
         if o.type != "sgd":
             kwargs["eps"] = o.eps
@@ -77,6 +81,9 @@ class Trainer:
     optimizer: CombinedOptimizer
     plan: JobPlan
     device: torch.device
+    replicas: ReplicaSync | None = None  # 2D: averages the groups' shards
+    steps_done: int = 0  # global steps trained (a resumed run starts at its checkpoint's)
+    _unsynced_steps: int = 0
 
     @classmethod
     def build(
@@ -99,11 +106,18 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical dense weights on every rank and world size
         model = build_model(cfg, layout)
         sharder = make_sharder(cfg, device.type)
+        env: ShardingEnv = ShardingEnv.from_process_group(dist.group.WORLD)  # type: ignore[arg-type]
+        plan = job_plan.sharding_plan
+        if job_plan.is_2d:
+            groups = GroupLayout(world_size, job_plan.sharding_group_size)
+            model.embedding_grad_scale = 1.0 / groups.num_groups
+            env = group_env(groups, device)
+            plan = place_in_group(plan, groups, dist.get_rank())
         dmp = DistributedModelParallel(
             model,
-            env=ShardingEnv.from_process_group(dist.group.WORLD),
+            env=env,
             device=device,
-            plan=job_plan.sharding_plan,
+            plan=plan,
             sharders=[sharder],  # type: ignore[list-item]
         )
         enable_uneven_row_wise(dmp)
@@ -114,7 +128,11 @@ class Trainer:
                 *_torch_optimizers(cfg, dict(in_backward_optimizer_filter(dmp.named_parameters()))),
             ]
         )
-        return cls(cfg, layout, dmp, optimizer, job_plan, device)
+        sync = None
+        if isinstance(env, ShardingEnv2D):
+            o = cfg.embedding.optimizer
+            sync = ReplicaSync(dmp, env, cfg.sharding.sync_every, o.type, o.learning_rate, o.eps)
+        return cls(cfg, layout, dmp, optimizer, job_plan, device, sync)
 
     def batch_builder(self) -> BatchBuilder:
         return make_batch_builder(self.cfg, self.layout)
@@ -128,7 +146,25 @@ class Trainer:
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
+        self.steps_done += 1
+        self._unsynced_steps += 1
+        if self.replicas is not None and self.replicas.due(self.steps_done):
+            self.sync_replicas()
         return float(loss.detach())
+
+    def resumed_at(self, step: int) -> None:
+        """A checkpoint of global step ``step`` was loaded into the model."""
+        self.steps_done = step
+        self._unsynced_steps = 0
+        if self.replicas is not None:
+            self.replicas.reset()
+
+    def sync_replicas(self) -> None:
+        """2D: average the replicas' embedding shards now, if a step ran since the last sync
+        (before a checkpoint, at the end). A no-op in 1D."""
+        if self.replicas is not None and self._unsynced_steps:
+            self.replicas.sync()
+            self._unsynced_steps = 0
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> np.ndarray:

@@ -1,0 +1,175 @@
+"""2D plans: shard inside groups of ``group_size`` consecutive ranks, replicate the groups.
+
+A group of G ranks runs a plan made for G ranks (its batch is G x the per-rank batch, whatever
+the world size), so its step does not grow with the world. What 2D adds, per rank:
+
+- the replica merge: every ``sync_every`` steps, the W/G ranks holding the same shards
+  all-reduce the gradients they applied (ring all-reduce bytes 2 (R-1)/R x held weight bytes
+  over the replicas' link, R = W/G) and re-apply their sum; each keeps a copy of its shards'
+  weights and optimizer state as of the last merge;
+- DDP of the dense model (and of data_parallel tables) over the whole world, as in 1D.
+
+Groups are consecutive ranks, so a group of at most one node keeps its all-to-alls on the
+intra-node link, and a group of several whole nodes spans them; the sync of a replica group
+then crosses nodes. Hierarchical types (table_row_wise, grid_shard) are not used inside
+groups: TorchRec builds their intra-node process groups over the whole world.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from planners import placement as pl
+from planners.cost_model import RankCosts, dense_costs, latency_costs, table_costs
+from planners.search import PlanEstimate, beam_search
+from planners.topology import Topology, resize
+from planners.workload import WEIGHT_BYTES, Workload
+
+SYNC_CALLS = 1  # one all-reduce of the recovered gradients
+MERGE_UPDATES = 2.0  # recovering the gradient and re-applying it: ~2 optimizer steps' work
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """A plan for one group and what the whole world pays to run it as replicas."""
+
+    group_size: int
+    group_topology: Topology
+    estimate: PlanEstimate  # per group rank: group plan + world DDP + replica sync
+
+    @property
+    def step_seconds(self) -> float:
+        return self.estimate.step_seconds
+
+    @property
+    def fits(self) -> bool:
+        return self.estimate.fits
+
+    def score(self) -> tuple[bool, float, int]:
+        return self.estimate.score()
+
+
+def group_sizes(topo: Topology) -> list[int]:
+    """Group sizes that tile the nodes: divisors of a node's ranks, or whole nodes (< world)."""
+    per_node, world = topo.ranks_per_node, topo.world_size
+    inside = [g for g in range(1, per_node + 1) if per_node % g == 0]
+    spanning = [per_node * k for k in range(2, topo.num_nodes) if topo.num_nodes % k == 0]
+    return [g for g in inside + spanning if g < world]
+
+
+def group_topology(topo: Topology, group_size: int) -> Topology:
+    """The topology one group sees: its own ranks, with its share of a node's CPU cores."""
+    per_node = topo.ranks_per_node
+    if group_size <= per_node:
+        cores = None
+        if topo.cores_per_node:
+            cores = max(1, topo.cores_per_node * group_size // per_node)
+        return resize(topo, num_nodes=1, ranks_per_node=group_size, cores_per_node=cores)
+    return resize(topo, num_nodes=group_size // per_node)
+
+
+def replica_sync_costs(
+    placements: tuple[pl.TablePlacement, ...],
+    workload: Workload,
+    topo: Topology,
+    group_size: int,
+    sync_every: int,
+) -> RankCosts:
+    """Per group rank: merging held shards with the other replicas every ``sync_every`` steps
+    (dist_train.train.replicas.ReplicaSync): a sum all-reduce of a gradient the size of the
+    held weights, about ``MERGE_UPDATES`` optimizer updates of every held element, and a copy
+    of the held weights and optimizer state as of the last merge."""
+    weights = np.zeros(group_size)
+    state = np.zeros(group_size)
+    for p in placements:
+        if p.sharding_type == "data_parallel":
+            continue  # DDP keeps these in step over the whole world
+        for s in p.shards:
+            weights[s.rank] += s.rows * s.cols * WEIGHT_BYTES
+            state[s.rank] += workload.optimizer.bytes_for(s.rows, s.cols)
+    replicas = topo.world_size // group_size
+    c = RankCosts.zeros(group_size)
+    if replicas < 2:
+        return c
+    sent = 2.0 * weights * (replicas - 1) / replicas
+    # a replica group is one rank per group: rpn / G of them share a node when G < rpn
+    same_node = topo.ranks_per_node // group_size if group_size < topo.ranks_per_node else 1
+    inter = (replicas - min(same_node, replicas)) / (replicas - 1)
+    per_byte = (1.0 - inter) / topo.intra_node.all_reduce_bytes_per_second + (
+        inter / topo.inter_node.all_reduce_bytes_per_second
+    )
+    link = topo.inter_node if inter > 0 else topo.intra_node
+    c.comm += sent * per_byte / sync_every
+    c.latency += SYNC_CALLS * link.latency_seconds / sync_every
+    c.comm_bytes += 2 * sent / sync_every
+    elements = weights / WEIGHT_BYTES
+    c.dense += MERGE_UPDATES * elements / topo.dense_update_elements_per_second / sync_every
+    c.memory += weights + state + np.minimum(weights, SYNC_BUCKET_BYTES)
+    return c
+
+
+SYNC_BUCKET_BYTES = 64 * 2**20
+
+
+def estimate_group_plan(
+    placements: tuple[pl.TablePlacement, ...],
+    workload: Workload,
+    topo: Topology,
+    group_size: int,
+    sync_every: int,
+) -> GroupPlan:
+    """The estimate of ``placements`` (made for one group) run as replicas on ``topo``."""
+    gtopo = group_topology(topo, group_size)
+    world_dense = dense_costs(workload, topo)
+    costs = RankCosts.zeros(group_size)
+    for p in placements:
+        table = workload.table(p.table)
+        # data_parallel tables are in the world's DDP: charge their all-reduce over the world
+        t_topo = topo if p.sharding_type == "data_parallel" else gtopo
+        tc = table_costs(p, table, workload, t_topo)
+        costs = costs + (_first(tc, group_size) if t_topo is topo else tc)
+    costs = costs + _first(world_dense, group_size)
+    costs = costs + latency_costs({p.sharding_type for p in placements}, gtopo)
+    costs = costs + replica_sync_costs(placements, workload, topo, group_size, sync_every)
+    return GroupPlan(group_size, gtopo, PlanEstimate.of(placements, costs, gtopo))
+
+
+def _first(c: RankCosts, n: int) -> RankCosts:
+    """The first ``n`` ranks of world-sized costs (uniform costs: DDP, data_parallel)."""
+    return RankCosts(*(getattr(c, f)[:n] for f in RankCosts.__dataclass_fields__))
+
+
+def best_group_plans(
+    workload: Workload,
+    topo: Topology,
+    allowed: frozenset[str],
+    sync_every: int,
+    sizes: list[int] | None = None,
+) -> dict[int, GroupPlan | str]:
+    """The best 2D plan for each group size (or why there is none)."""
+    types = allowed - pl.HIERARCHICAL
+    out: dict[int, GroupPlan | str] = {}
+    if not types:
+        return {g: "hierarchical types are not used inside groups" for g in sizes or []}
+    valid = group_sizes(topo)
+    for g in sizes if sizes is not None else valid:
+        if g not in valid:
+            out[g] = (
+                f"groups of {g} do not tile {topo.num_nodes} node(s) x {topo.ranks_per_node} "
+                f"ranks; use one of {valid} or {topo.world_size} (1D)"
+            )
+            continue
+        gtopo = group_topology(topo, g)
+        group_types = types if g > 1 else types & {"table_wise", "row_wise", "data_parallel"}
+        if not group_types:
+            out[g] = "no sharding type of the job runs on a group of one rank"
+            continue
+        candidates = [
+            estimate_group_plan(plan.placements, workload, topo, g, sync_every)
+            for plan in beam_search(workload, gtopo, frozenset(group_types))
+        ]
+        best = min(candidates, key=lambda c: c.score())
+        out[g] = best if best.fits else f"does not fit on {g} ranks"
+    return out
