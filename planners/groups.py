@@ -171,5 +171,8 @@ def best_group_plans(
             for plan in beam_search(workload, gtopo, frozenset(group_types))
         ]
         best = min(candidates, key=lambda c: c.score())
-        out[g] = best if best.fits else f"does not fit on {g} ranks"
+        if all(p.sharding_type == "data_parallel" for p in best.estimate.placements):
+            out[g] = "data_parallel in groups is 1D data_parallel"
+        else:
+            out[g] = best if best.fits else f"does not fit on {g} ranks"
     return out

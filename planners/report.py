@@ -238,7 +238,8 @@ def format_report(report: dict[str, Any]) -> str:
                 continue
             lines.append(
                 f"  {row['num_nodes']:>4} node(s) x {row['ranks_per_node']}: "
-                f"{row['estimated_step_seconds'] * 1e3:9.2f} ms ({row['estimated_step_seconds'] / first:5.2f}x)  "
+                f"{row['estimated_step_seconds'] * 1e3:9.2f} ms "
+                f"({row['estimated_step_seconds'] / first:5.2f}x)  "
                 f"{row['label']}"
             )
     tr = report.get("torchrec")

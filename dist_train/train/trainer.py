@@ -129,7 +129,8 @@ class Trainer:
             ]
         )
         sync = None
-        if isinstance(env, ShardingEnv2D):
+        sharded = {p["type"] for p in job_plan.placements().values()} - {"data_parallel"}
+        if isinstance(env, ShardingEnv2D) and sharded:  # (data_parallel tables are in DDP)
             o = cfg.embedding.optimizer
             sync = ReplicaSync(dmp, env, cfg.sharding.sync_every, o.type, o.learning_rate, o.eps)
         return cls(cfg, layout, dmp, optimizer, job_plan, device, sync)
