@@ -94,8 +94,8 @@ def _plan(args: argparse.Namespace) -> int:
     if cfg is None:
         return 2
     from dist_train.dry_run import dry_run, write_report
-    from planners.search import PlanningError
     from planners.topology import TopologyError
+    from planners.types import PlanningError
 
     try:
         report = dry_run(
@@ -116,6 +116,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    from dist_train.launchers.processes import run_processes
     from planners.calibrate import calibrate
     from planners.topology import TopologyError, parse_bytes, save_topology
 
@@ -125,7 +126,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"calibrating: {args.ranks} gloo rank(s) x {args.threads} thread(s) ...", flush=True)
-    spec = calibrate(args.ranks, args.threads, memory)
+    spec = calibrate(run_processes, args.ranks, args.threads, memory)
     save_topology(spec, args.out)
     link = spec.intra_node
     rows = ", ".join(f"{w}: {t * 1e9:.0f} ns" for w, t in spec.lookup_seconds_per_row.items())

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from planners.types import ShardingType
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "launch" / "configs" / "default.yaml"
 
 
@@ -219,20 +221,13 @@ class TrainConfig(_Strict):
 class ShardingConfig(_Strict):
     """How embedding tables are placed on ranks: the cost-model planner (docs/planner.md)."""
 
-    type: Literal[
-        "auto",
-        "row_wise",
-        "column_wise",
-        "table_wise",
-        "data_parallel",
-        "table_row_wise",
-        "grid_shard",
-    ] = Field(
+    type: Literal["auto"] | ShardingType = Field(
         "auto",
         description=(
             "auto: the planner picks each table's sharding type by estimated step time. "
-            "Any other value restricts every table to that type (the planner still picks "
-            "ranks, nodes and splits)."
+            "Any other value (row_wise, column_wise, table_wise, data_parallel, "
+            "table_row_wise, grid_shard) restricts every table to that type (the planner "
+            "still picks ranks, nodes and splits)."
         ),
     )
     topology: str | None = Field(

@@ -27,8 +27,8 @@ from dist_train.train.checkpointing import resume_point
 from dist_train.train.loop import WorkerInputs, run_worker
 from dist_train.train.sharding import JobPlan, optimizer_notes, plan_for_config
 from dist_train.train.trainer import make_batch_builder
-from planners.search import PlanningError
 from planners.topology import TopologyError
+from planners.types import PlanningError
 
 
 def prepare_inputs(cfg: JobConfig) -> WorkerInputs:

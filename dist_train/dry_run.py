@@ -9,8 +9,8 @@ from typing import Any
 from dist_train.config import JobConfig
 from dist_train.train.sharding import job_fused_params, optimizer_notes, planner_for_config
 from planners.report import build_report, estimate_json, format_report
-from planners.search import PlanningError
 from planners.torchrec_baseline import estimate, placements_of, torchrec_plan
+from planners.types import PlanningError
 
 
 def _torchrec_side(cfg: JobConfig, model: Any, planner: Any, device_type: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from dist_train.launchers.cluster import ClusterTooSmallError, NodeResources, ch
 from dist_train.launchers.cluster_files import ClusterFileError, launcher_nodes, rayjob_nodes
 from dist_train.storage import location
 from dist_train.train.sharding import JobPlan, plan_for_config
-from planners.workload import WEIGHT_BYTES, OptimizerState
+from planners.types import WEIGHT_BYTES, OptimizerState
 
 
 def embedding_bytes_per_rank(cfg: JobConfig, job_plan: JobPlan | None = None) -> int:

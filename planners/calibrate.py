@@ -36,7 +36,7 @@ import torch.distributed as dist
 from planners.cost_model import bags_handled, latency_costs, table_costs
 from planners.search import search
 from planners.topology import CPU_PRESET, LinkSpec, TopologySpec, resize, topology_of
-from planners.workload import OptimizerState, TableLoad, Workload
+from planners.types import OptimizerState, TableLoad, Workload
 
 TBE_ROWS = 1_000_000
 TBE_VALUES = 10_000_000
@@ -273,13 +273,19 @@ def _inter_node(intra: LinkSpec) -> LinkSpec:
     )
 
 
-def calibrate(
-    ranks: int = 2, threads: int = 1, memory_per_rank_bytes: int | None = None, repeats: int = 20
-) -> TopologySpec:
-    """Measure this machine (CPU, gloo) with ``ranks`` processes of ``threads`` threads each."""
-    # planners never imports dist_train at import time; only calibration runs its launcher.
-    from dist_train.launchers.processes import run_processes
+# Runs ``fn(*args)`` on ``ranks`` gloo processes of ``threads`` threads; each rank's result.
+Launch = Callable[[Callable[..., Any], tuple[Any, ...], int, int], list[Any]]
 
+
+def calibrate(
+    run_processes: Launch,
+    ranks: int = 2,
+    threads: int = 1,
+    memory_per_rank_bytes: int | None = None,
+    repeats: int = 20,
+) -> TopologySpec:
+    """Measure this machine (CPU, gloo) with ``ranks`` processes of ``threads`` threads each,
+    started by ``run_processes`` (the trainer's launcher: the planner does not import it)."""
     torch.set_num_threads(threads)
     indices = zipf_rows(TBE_BATCH, TBE_BAGS)
     # Two passes over the widths, the faster of each: a shared machine's bursts of other work

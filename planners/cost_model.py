@@ -28,13 +28,19 @@ is at least the node's total work divided by its cores (see ``PlanEstimate``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
-from planners.placement import TablePlacement
 from planners.topology import Topology
-from planners.workload import INDEX_BYTES, LENGTH_BYTES, WEIGHT_BYTES, TableLoad, Workload
+from planners.types import (
+    INDEX_BYTES,
+    LENGTH_BYTES,
+    WEIGHT_BYTES,
+    RankCosts,
+    TableLoad,
+    TablePlacement,
+    Workload,
+)
 
 # Collective calls a sharding type adds to a step: ids and lengths all-to-all, output
 # reduce-scatter/all-to-all forward, and its mirror in backward. TorchRec fuses the tables
@@ -42,38 +48,6 @@ from planners.workload import INDEX_BYTES, LENGTH_BYTES, WEIGHT_BYTES, TableLoad
 CALLS_PER_TYPE = {"data_parallel": 1}
 CALLS_DEFAULT = 4
 DDP_BUCKET_BYTES = 25 * 2**20
-
-
-@dataclass
-class RankCosts:
-    """Per-rank arrays (length = world size)."""
-
-    memory: np.ndarray  # bytes
-    lookup: np.ndarray  # seconds
-    framework: np.ndarray  # seconds of TorchRec's per-bag work
-    dense: np.ndarray  # seconds of dense-model compute
-    comm: np.ndarray  # seconds, bandwidth part
-    latency: np.ndarray  # seconds
-    comm_bytes: np.ndarray  # bytes sent + received
-
-    @classmethod
-    def zeros(cls, world: int) -> RankCosts:
-        return cls(*(np.zeros(world) for _ in range(7)))
-
-    def __add__(self, other: RankCosts) -> RankCosts:
-        return RankCosts(
-            self.memory + other.memory,
-            self.lookup + other.lookup,
-            self.framework + other.framework,
-            self.dense + other.dense,
-            self.comm + other.comm,
-            self.latency + other.latency,
-            self.comm_bytes + other.comm_bytes,
-        )
-
-    @property
-    def step_seconds(self) -> np.ndarray:
-        return self.lookup + self.framework + self.dense + self.comm + self.latency
 
 
 def _link_seconds(

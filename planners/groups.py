@@ -21,11 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planners import placement as pl
-from planners.cost_model import RankCosts, dense_costs, latency_costs, table_costs
+from planners.cost_model import dense_costs, latency_costs, table_costs
 from planners.search import PlanEstimate, beam_search
 from planners.topology import Topology, resize
-from planners.workload import WEIGHT_BYTES, Workload
+from planners.types import HIERARCHICAL, WEIGHT_BYTES, RankCosts, TablePlacement, Workload
 
 SYNC_CALLS = 1  # one all-reduce of the recovered gradients
 MERGE_UPDATES = 2.0  # recovering the gradient and re-applying it: ~2 optimizer steps' work
@@ -51,12 +50,11 @@ class GroupPlan:
         return self.estimate.score()
 
 
-def group_sizes(topo: Topology) -> list[int]:
+def group_sizes(num_nodes: int, ranks_per_node: int) -> list[int]:
     """Group sizes that tile the nodes: divisors of a node's ranks, or whole nodes (< world)."""
-    per_node, world = topo.ranks_per_node, topo.world_size
-    inside = [g for g in range(1, per_node + 1) if per_node % g == 0]
-    spanning = [per_node * k for k in range(2, topo.num_nodes) if topo.num_nodes % k == 0]
-    return [g for g in inside + spanning if g < world]
+    inside = [g for g in range(1, ranks_per_node + 1) if ranks_per_node % g == 0]
+    spanning = [ranks_per_node * k for k in range(2, num_nodes) if num_nodes % k == 0]
+    return [g for g in inside + spanning if g < num_nodes * ranks_per_node]
 
 
 def group_topology(topo: Topology, group_size: int) -> Topology:
@@ -71,7 +69,7 @@ def group_topology(topo: Topology, group_size: int) -> Topology:
 
 
 def replica_sync_costs(
-    placements: tuple[pl.TablePlacement, ...],
+    placements: tuple[TablePlacement, ...],
     workload: Workload,
     topo: Topology,
     group_size: int,
@@ -114,7 +112,7 @@ SYNC_BUCKET_BYTES = 64 * 2**20
 
 
 def estimate_group_plan(
-    placements: tuple[pl.TablePlacement, ...],
+    placements: tuple[TablePlacement, ...],
     workload: Workload,
     topo: Topology,
     group_size: int,
@@ -149,11 +147,11 @@ def best_group_plans(
     sizes: list[int] | None = None,
 ) -> dict[int, GroupPlan | str]:
     """The best 2D plan for each group size (or why there is none)."""
-    types = allowed - pl.HIERARCHICAL
+    types = allowed - HIERARCHICAL
     out: dict[int, GroupPlan | str] = {}
     if not types:
         return {g: "hierarchical types are not used inside groups" for g in sizes or []}
-    valid = group_sizes(topo)
+    valid = group_sizes(topo.num_nodes, topo.ranks_per_node)
     for g in sizes if sizes is not None else valid:
         if g not in valid:
             out[g] = (

@@ -1,60 +1,19 @@
-"""Placements of one table on ranks, and the candidates the search considers for it.
+"""Placements of one table on ranks: the shapes each sharding type gives its shards.
 
 Shard layouts follow what TorchRec's runtime expects of each sharding type: row-wise shards in
-rank order over every rank (rows may be uneven: see :mod:`planners.uneven`), table-row-wise
-and grid row shards of ``ceil(rows / ranks_per_node)`` over one node's ranks in order, column
-blocks of equal width.
+rank order over every rank (rows may be uneven; the trainer patches TorchRec's routing for
+that: :mod:`dist_train.train.uneven_row_wise`), table-row-wise and grid row shards of
+``ceil(rows / ranks_per_node)`` over one node's ranks in order, column blocks of equal width.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from planners.topology import Topology
-from planners.workload import TableLoad
+from planners.types import Shard, TableLoad, TablePlacement
 
-SHARDING_TYPES = (
-    "row_wise",
-    "column_wise",
-    "table_row_wise",
-    "grid_shard",
-    "table_wise",
-    "data_parallel",
-)
-HIERARCHICAL = frozenset({"table_row_wise", "grid_shard"})
 MIN_COLUMN_BLOCK = 4  # FBGEMM TBE on CUDA needs row widths that are multiples of 4
-
-
-@dataclass(frozen=True)
-class Shard:
-    rank: int
-    row_offset: int
-    col_offset: int
-    rows: int
-    cols: int
-
-
-@dataclass(frozen=True)
-class TablePlacement:
-    """One table's sharding type and shards (data_parallel: one full replica per rank)."""
-
-    table: str
-    sharding_type: str
-    shards: tuple[Shard, ...]
-    label: str  # e.g. "row_wise (uneven)", "column_wise x4", "grid_shard 2 nodes x 4"
-
-    @property
-    def ranks(self) -> list[int]:
-        return [s.rank for s in self.shards]
-
-    def blocks(self) -> dict[int, list[Shard]]:
-        """Shards by column block (first column -> its row shards, in shard order)."""
-        out: dict[int, list[Shard]] = {}
-        for s in self.shards:
-            out.setdefault(s.col_offset, []).append(s)
-        return out
 
 
 def even_row_sizes(rows: int, parts: int) -> list[int]:

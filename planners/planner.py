@@ -3,8 +3,8 @@
 The plan it returns is an ordinary TorchRec ``ShardingPlan`` (``ParameterSharding`` with an
 ``EnumerableShardingSpec`` per table) that ``DistributedModelParallel`` runs unchanged. Shards
 are built here, not by TorchRec's helpers, so that grid blocks may be any width and row-wise
-splits may be uneven (which needs :func:`planners.uneven.enable_uneven_row_wise` on the
-sharded model, because TorchRec's training input dist assumes even blocks).
+splits may be uneven (which needs the trainer's ``enable_uneven_row_wise`` on the sharded
+model, because TorchRec's training input dist assumes even blocks).
 """
 
 from __future__ import annotations
@@ -27,10 +27,9 @@ from torchrec.distributed.types import (
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from planners.groups import GroupPlan, best_group_plans
-from planners.placement import SHARDING_TYPES, TablePlacement
-from planners.search import PlanEstimate, PlanningError, SearchResult, search
+from planners.search import PlanEstimate, SearchResult, search
 from planners.topology import Topology
-from planners.workload import Workload
+from planners.types import SHARDING_TYPES, PlanningError, TablePlacement, Workload
 
 
 def parameter_sharding(p: TablePlacement, topo: Topology, compute_kernel: str) -> ParameterSharding:

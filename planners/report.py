@@ -7,10 +7,9 @@ from typing import Any
 import numpy as np
 
 from planners.groups import GroupPlan
-from planners.placement import TablePlacement
 from planners.planner import CostModelPlanner
 from planners.search import PlanEstimate
-from planners.workload import Workload
+from planners.types import TablePlacement, Workload
 
 _PARTS = ("lookup", "framework", "dense", "comm", "latency")
 

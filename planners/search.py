@@ -12,25 +12,26 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from planners import placement as pl
-from planners.cost_model import RankCosts, dense_costs, latency_costs, table_costs
+from planners.cost_model import dense_costs, latency_costs, table_costs
+from planners.enumerator import candidates, uneven_row_wise
 from planners.topology import Topology
-from planners.workload import TableLoad, Workload
+from planners.types import (
+    SHARDING_TYPES,
+    PlanningError,
+    RankCosts,
+    TablePlacement,
+    Workload,
+)
 
 BEAM_WIDTH = 8
-
-
-class PlanningError(ValueError):
-    """No plan satisfies the tables, the topology and the constraints."""
 
 
 @dataclass
 class PlanEstimate:
     """A whole plan and its estimated per-rank costs (dense model and latency included)."""
 
-    placements: tuple[pl.TablePlacement, ...]
+    placements: tuple[TablePlacement, ...]
     costs: RankCosts
     usable_bytes: int
     ranks_per_node: int
@@ -39,7 +40,7 @@ class PlanEstimate:
 
     @classmethod
     def of(
-        cls, placements: tuple[pl.TablePlacement, ...], costs: RankCosts, topo: Topology
+        cls, placements: tuple[TablePlacement, ...], costs: RankCosts, topo: Topology
     ) -> PlanEstimate:
         share = 0.0
         if topo.device_type == "cpu" and topo.cores_per_node:
@@ -85,36 +86,14 @@ class SearchResult:
     # One entry per sharding type: the best plan using only it, or why there is none.
     alternatives: dict[str, PlanEstimate | str] = field(default_factory=dict)
     seconds: float = 0.0
-    allowed: frozenset[str] = frozenset(pl.SHARDING_TYPES)  # the types the job let it use
+    allowed: frozenset[str] = frozenset(SHARDING_TYPES)  # the types the job let it use
 
 
 @dataclass
 class _Partial:
-    placements: tuple[pl.TablePlacement, ...]
+    placements: tuple[TablePlacement, ...]
     costs: RankCosts  # tables only
     types: frozenset[str]
-
-
-def _least_busy(values: np.ndarray, k: int) -> list[int]:
-    return sorted(int(i) for i in np.argsort(values, kind="stable")[:k])
-
-
-def _uneven_row_wise(
-    table: TableLoad, workload: Workload, topo: Topology, busy: RankCosts
-) -> pl.TablePlacement | None:
-    """Row-wise with the rows split so that ranks made busy by ``busy`` get fewer."""
-    even = pl.row_wise(table, topo)
-    costs = table_costs(even, table, workload, topo)
-    rows = np.maximum(np.array([s.rows for s in even.shards], dtype=float), 1.0)
-    # Time per row held: a rank's lookups scale with its share of the rows (hashing spreads
-    # ids evenly); the output traffic does not, so it is left out of the slope.
-    per_row = np.maximum(costs.lookup / rows, 1e-15)
-    bytes_per_row = table.dim * 4 + workload.optimizer.bytes_for(1, table.dim)
-    free = topo.usable_bytes_per_rank - busy.memory - (costs.memory - rows * bytes_per_row)
-    sizes = pl.uneven_row_sizes(
-        table, busy.step_seconds, per_row, np.maximum(free, 0) / bytes_per_row
-    )
-    return None if sizes is None else pl.row_wise(table, topo, sizes)
 
 
 def _rebalance(
@@ -132,7 +111,7 @@ def _rebalance(
         others = RankCosts(
             *(getattr(plan.costs, f) - getattr(mine, f) for f in RankCosts.__dataclass_fields__)
         )
-        uneven = _uneven_row_wise(table, workload, topo, others)
+        uneven = uneven_row_wise(table, workload, topo, others)
         if uneven is None:
             continue
         trial = PlanEstimate.of(
@@ -143,38 +122,6 @@ def _rebalance(
         if trial.score() < plan.score():
             plan = trial
     return plan
-
-
-def candidates(
-    table: TableLoad,
-    workload: Workload,
-    topo: Topology,
-    busy: RankCosts,
-    allowed: frozenset[str],
-) -> list[pl.TablePlacement]:
-    """The placements considered for ``table`` given the load ``busy`` of earlier tables."""
-    out: list[pl.TablePlacement] = []
-    world, seconds = topo.world_size, busy.step_seconds
-    if "row_wise" in allowed:
-        out.append(pl.row_wise(table, topo))
-        uneven = _uneven_row_wise(table, workload, topo, busy)
-        if uneven is not None:
-            out.append(uneven)
-    if "table_wise" in allowed:
-        memory_order = busy.memory + 1e-9 * np.arange(world)
-        out.append(pl.table_wise(table, int(np.lexsort((memory_order, seconds))[0])))
-    if "column_wise" in allowed:
-        for k in pl.column_blocks(table.dim, world):
-            out.append(pl.column_wise(table, _least_busy(seconds, k)))
-    if "data_parallel" in allowed:
-        out.append(pl.data_parallel(table, topo))
-    node_seconds = seconds.reshape(topo.num_nodes, topo.ranks_per_node).max(axis=1)
-    if "table_row_wise" in allowed:
-        out.append(pl.table_row_wise(table, topo, int(np.argmin(node_seconds))))
-    if "grid_shard" in allowed and topo.num_nodes > 1:
-        for k in pl.column_blocks(table.dim, topo.num_nodes):
-            out.append(pl.grid(table, topo, _least_busy(node_seconds, k)))
-    return out
 
 
 def _finish(p: _Partial, base: RankCosts, topo: Topology) -> PlanEstimate:
@@ -209,10 +156,10 @@ def beam_search(
 
 
 def _check_constraints(workload: Workload, topo: Topology, allowed: frozenset[str]) -> None:
-    unknown = allowed - set(pl.SHARDING_TYPES)
+    unknown = allowed - set(SHARDING_TYPES)
     if unknown:
         raise PlanningError(
-            f"unknown sharding type(s) {sorted(unknown)}; use {list(pl.SHARDING_TYPES)}"
+            f"unknown sharding type(s) {sorted(unknown)}; use {list(SHARDING_TYPES)}"
         )
     if allowed == {"grid_shard"}:
         if topo.num_nodes < 2:
@@ -274,7 +221,7 @@ def search(
 ) -> SearchResult:
     """The best plan over ``allowed`` sharding types, and the best plan of each type alone."""
     start = time.perf_counter()
-    types = frozenset(allowed or pl.SHARDING_TYPES)
+    types = frozenset(allowed or SHARDING_TYPES)
     if topo.num_nodes < 2 and len(types) > 1:
         # On one node table_row_wise is row_wise, and grid needs two nodes.
         types = types - {"grid_shard", "table_row_wise"}
@@ -284,7 +231,7 @@ def search(
     if not best.fits:
         raise PlanningError(_explain_no_fit(workload, topo, types))
     result = SearchResult(best, allowed=types)
-    for t in pl.SHARDING_TYPES:
+    for t in SHARDING_TYPES:
         if t in ("grid_shard", "table_row_wise") and topo.num_nodes < 2:
             result.alternatives[t] = "needs at least 2 nodes (on one node, row_wise is it)"
             continue

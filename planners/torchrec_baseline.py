@@ -22,10 +22,9 @@ from torchrec.distributed.planner import Topology as TorchRecTopology
 from torchrec.distributed.types import ShardingPlan
 
 from planners.cost_model import dense_costs, latency_costs, table_costs
-from planners.placement import Shard, TablePlacement
 from planners.search import PlanEstimate
 from planners.topology import Topology
-from planners.workload import Workload
+from planners.types import Shard, TablePlacement, Workload
 
 TIMEOUT_SECONDS = 120
 

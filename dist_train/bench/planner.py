@@ -9,9 +9,12 @@ a shared machine's slow spells hit all plans alike; each plan's figure is its me
 
 1. Ours vs TorchRec: the job's plan (our planner) and TorchRec's ``EmbeddingShardingPlanner``
    plan (stock sharder, default constants): step time and max per-rank memory held by
-   embedding weights + optimizer state, as TorchRec/ours ratios.
-2. Fidelity: every sharding type the planner can emit at that shape, its estimated step time
-   against the measured one; the planner's ranking of the types against the measured ranking
+   embedding weights + optimizer state, as TorchRec/ours ratios; and our plan's measured peak
+   memory per rank (RSS, less the same process before it built any table) beside the plan's
+   estimate.
+2. Fidelity: every sharding type the planner can emit at that shape, and 2D plans (groups of
+   each size that tiles the shape), its estimated step time against the measured one; the
+   planner's ranking of the types against the measured ranking
    (Kendall's tau, and whether both pick the same fastest type), and whether the job's plan is
    the measured fastest among the types ``sharding.type: auto`` may use for this job.
 """
@@ -19,6 +22,7 @@ a shared machine's slow spells hit all plans alike; each plan's figure is its me
 from __future__ import annotations
 
 import json
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -30,6 +34,7 @@ import torch.distributed as dist
 
 from dist_train.config import JobConfig, apply_overrides, parse_config
 from dist_train.data.synthetic import generate
+from dist_train.embedding.layout import build_layout
 from dist_train.launchers.processes import run_processes
 from dist_train.train.rank_layout import discover_rank_layout
 from dist_train.train.sharding import (
@@ -42,6 +47,7 @@ from dist_train.train.sharding import (
 )
 from dist_train.train.trainer import Trainer
 from planners.calibrate import calibrate
+from planners.groups import group_sizes
 from planners.topology import save_topology
 from planners.torchrec_baseline import estimate, placements_of, torchrec_plan
 
@@ -103,6 +109,37 @@ def time_plans(cfg_raw: dict[str, Any], plans: list[JobPlan], data_path: str) ->
     }
 
 
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def peak_memory(cfg_raw: dict[str, Any], plan: JobPlan, data_path: str) -> int:
+    """Worker: this rank's peak RSS over building ``plan``'s trainer and a few steps, less
+    the peak before (imports, process group, the batches: the process with no table)."""
+    cfg = parse_config(cfg_raw)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    discover_rank_layout(f"node-{rank // plan.local_world_size}")
+    from dist_train.train.trainer import make_batch_builder
+
+    layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
+    builder = make_batch_builder(cfg, layout)
+    table = pq.read_table(data_path, columns=builder.columns)
+    batch = cfg.train.batch_size
+    batches = [builder.build(table.slice((s * world + rank) * batch, batch)) for s in range(3)]
+    dist.barrier()
+    baseline = _peak_rss_bytes()
+    trainer = Trainer.build(cfg, plan, local_world_size=plan.local_world_size)
+    for b in batches:
+        trainer.train_step(b)
+    return _peak_rss_bytes() - baseline
+
+
+def measure_memory(cfg: JobConfig, plan: JobPlan, data: str) -> int:
+    """The largest rank's measured peak memory for ``plan`` (fresh processes: peaks only grow)."""
+    args = (cfg.model_dump(mode="json"), plan, data)
+    return max(run_processes(peak_memory, args, world_size=plan.world_size))
+
+
 def _measure(cfg: JobConfig, plans: list[JobPlan], data: str) -> list[dict[str, float]]:
     args = (cfg.model_dump(mode="json"), plans, data)
     out = run_processes(time_plans, args, world_size=plans[0].world_size)
@@ -144,7 +181,8 @@ def run_planner_bench(cfg: JobConfig, json_out: str | None = None) -> dict[str, 
     if cfg.sharding.topology is None:  # measure this machine now, under this run's conditions
         topo_file = cfg.run_dir / "bench-planner-topology.json"
         print(f"[bench] calibrating this machine -> {topo_file}", flush=True)
-        save_topology(calibrate(ranks=2, threads=int(cfg.ray.cpus_per_worker)), topo_file)
+        threads = int(cfg.ray.cpus_per_worker)
+        save_topology(calibrate(run_processes, ranks=2, threads=threads), topo_file)
         cfg = parse_config(
             apply_overrides(cfg.model_dump(mode="json"), [f"sharding.topology={topo_file}"]),
             "bench planner",
@@ -162,6 +200,18 @@ def run_planner_bench(cfg: JobConfig, json_out: str | None = None) -> dict[str, 
         ]
         # The simulated nodes share this machine's cores.
         cores = simulated_node_cores(world // per_node)
+        # 2D: groups of each size that tiles the shape, the planner's plan for one group
+        for g in group_sizes(world // per_node, per_node):
+            types.append(f"groups of {g}")
+            typed.append(
+                parse_config(
+                    apply_overrides(
+                        cfg.model_dump(mode="json"),
+                        ["sharding.type=auto", f"sharding.group_size={g}"],
+                    ),
+                    f"bench groups of {g}",
+                )
+            )
         ours = plan_job(cfg, world, per_node, cores_per_node=cores)
         theirs, theirs_estimate = _torchrec_job_plan(cfg, world, per_node, cores)
         plans = [ours, theirs, *(plan_job(c, world, per_node, cores_per_node=cores) for c in typed)]
@@ -194,6 +244,10 @@ def run_planner_bench(cfg: JobConfig, json_out: str | None = None) -> dict[str, 
             "memory_ratio_torchrec_over_ours": m_theirs["max_state_bytes"]
             / m_ours["max_state_bytes"],
         }
+        memory = measure_memory(cfg, ours, data)
+        row["ours_estimated_peak_memory_bytes"] = ours.estimated_memory_bytes
+        row["ours_measured_peak_memory_bytes"] = memory
+        row["memory_measured_over_estimate"] = memory / max(ours.estimated_memory_bytes, 1)
         result["versus_torchrec"].append(row)
         print(
             f"  ours {row['ours']} {m_ours['step_seconds'] * 1e3:.1f} ms, "
@@ -202,6 +256,12 @@ def run_planner_bench(cfg: JobConfig, json_out: str | None = None) -> dict[str, 
             f"{m_theirs['max_state_bytes'] / 2**20:.1f} MiB | TorchRec/ours: step "
             f"x{row['step_time_ratio_torchrec_over_ours']:.2f}, memory "
             f"x{row['memory_ratio_torchrec_over_ours']:.2f}",
+            flush=True,
+        )
+        print(
+            f"  ours: peak memory per rank {memory / 2**20:.1f} MiB measured (RSS less the "
+            f"process with no table), {ours.estimated_memory_bytes / 2**20:.1f} MiB estimated: "
+            f"measured/estimate x{row['memory_measured_over_estimate']:.2f}",
             flush=True,
         )
         rows: list[dict[str, Any]] = []
@@ -221,19 +281,48 @@ def run_planner_bench(cfg: JobConfig, json_out: str | None = None) -> dict[str, 
                 flush=True,
             )
         result["fidelity"] += rows
-        est = [float(r["estimated_step_seconds"]) for r in rows]
-        meas = [float(r["measured_step_seconds"]) for r in rows]
+        two_d = [r for r in rows if r["sharding_type"].startswith("groups of")]
+        one_d = [r for r in rows if r not in two_d]
+        # Ranking agreement over the 1D types (comparable with earlier runs), and with 2D
+        est = [float(r["estimated_step_seconds"]) for r in one_d]
+        meas = [float(r["measured_step_seconds"]) for r in one_d]
         tau = _kendall_tau(est, meas)
+        tau_all = _kendall_tau(
+            [float(r["estimated_step_seconds"]) for r in rows],
+            [float(r["measured_step_seconds"]) for r in rows],
+        )
         same_best = est.index(min(est)) == meas.index(min(meas))
-        # Among the types the job lets the planner use, is its pick the measured fastest?
-        allowed = [r for r in rows if r["sharding_type"] in allowed_types(cfg)]
+        # Among the plans the job lets the planner use, is its pick the measured fastest?
+        allowed = [r for r in one_d if r["sharding_type"] in allowed_types(cfg)]
+        if cfg.sharding.group_size == "auto":
+            allowed += two_d
+        if two_d:
+            best_2d = min(two_d, key=lambda r: float(r["measured_step_seconds"]))
+            best_1d = min(
+                (r for r in rows if r not in two_d),
+                key=lambda r: float(r["measured_step_seconds"]),
+            )
+            result[f"measured_2d_over_1d_{world}_ranks"] = float(
+                best_2d["measured_step_seconds"]
+            ) / float(best_1d["measured_step_seconds"])
+            print(
+                f"  2D: fastest {best_2d['sharding_type']} "
+                f"{float(best_2d['measured_step_seconds']) * 1e3:.1f} ms vs fastest 1D "
+                f"{best_1d['sharding_type']} {float(best_1d['measured_step_seconds']) * 1e3:.1f} "
+                f"ms (x{result[f'measured_2d_over_1d_{world}_ranks']:.2f})",
+                flush=True,
+            )
         fastest = min(allowed, key=lambda r: float(r["measured_step_seconds"]))["sharding_type"]
-        pick_ok = ours.label == fastest
+        pick_ok = ours.label == fastest or (
+            ours.is_2d and fastest == f"groups of {ours.group_size}"
+        )
         result[f"ranking_kendall_tau_{world}_ranks"] = tau
+        result[f"ranking_kendall_tau_with_2d_{world}_ranks"] = tau_all
         result[f"same_fastest_type_{world}_ranks"] = same_best
         result[f"pick_is_measured_fastest_allowed_{world}_ranks"] = pick_ok
         print(
-            f"  ranking: Kendall tau {tau:+.2f}, same fastest type: {same_best}; among the "
+            f"  ranking: Kendall tau {tau:+.2f} (1D types), {tau_all:+.2f} with the 2D plans; "
+            f"same fastest type: {same_best}; among the "
             f"types auto may use here, measured fastest {fastest}, picked {ours.label}",
             flush=True,
         )

@@ -18,7 +18,6 @@ from torchrec.distributed.types import ParameterSharding, ShardingPlan
 from dist_train.config import JobConfig
 from dist_train.embedding.layout import EmbeddingLayout, build_layout
 from dist_train.models.dlrm import DLRM
-from planners.placement import HIERARCHICAL, SHARDING_TYPES
 from planners.planner import CostModelPlanner
 from planners.sharders import (
     AnyDeviceEmbeddingBagCollectionSharder,
@@ -26,7 +25,7 @@ from planners.sharders import (
     fused_params,
 )
 from planners.topology import Topology, load_topology, parse_bytes, preset, resize
-from planners.workload import OptimizerState, TableLoad, Workload
+from planners.types import HIERARCHICAL, SHARDING_TYPES, OptimizerState, TableLoad, Workload
 
 _DENSE_OPTIMIZER_SLOTS = {"adagrad": 1, "adam": 2, "sgd": 0}
 
@@ -41,6 +40,7 @@ class JobPlan:
     device_type: str
     estimated_step_seconds: float = 0.0
     group_size: int = 0  # 2D: ranks per sharding group (the plan is made for them); 0 = 1D
+    estimated_memory_bytes: int = 0  # the planner's peak per rank
 
     @property
     def sharding_group_size(self) -> int:
@@ -204,7 +204,15 @@ def plan_job(
     plan = planner.plan(model, [make_sharder(cfg, device_type)])  # type: ignore[list-item]
     chosen = planner.choice()
     group = chosen.group_size if chosen.group_size < world_size else 0
-    return JobPlan(plan, world_size, local_world_size, device_type, chosen.step_seconds, group)
+    return JobPlan(
+        plan,
+        world_size,
+        local_world_size,
+        device_type,
+        chosen.step_seconds,
+        group,
+        chosen.estimate.max_memory_bytes,
+    )
 
 
 COLUMN_SPLITTING = frozenset({"column_wise", "grid_shard"})

@@ -25,7 +25,7 @@ from dist_train.embedding.layout import EmbeddingLayout, build_layout
 from dist_train.train.metrics import EvalMetrics
 from dist_train.train.replicas import GroupLayout, ReplicaSync, group_env, place_in_group
 from dist_train.train.sharding import JobPlan, build_model, make_sharder, plan_job
-from planners.uneven import enable_uneven_row_wise
+from dist_train.train.uneven_row_wise import enable_uneven_row_wise
 
 _DENSE_OPTIMIZERS = {
     "adagrad": torch.optim.Adagrad,

@@ -13,7 +13,7 @@ import pytest
 
 from planners.cost_model import block_costs
 from planners.topology import Link, Topology
-from planners.workload import OptimizerState, TableLoad, Workload
+from planners.types import OptimizerState, TableLoad, Workload
 
 LINK = Link(1e9, 1e9, 1e9, 1e9, 0.0)
 TOPO = Topology(

@@ -1,0 +1,162 @@
+"""The planner's shared types: what a step asks of the tables (:class:`Workload`), where a
+table goes (:class:`TablePlacement`), what a rank pays for it (:class:`RankCosts`).
+
+The parts of the planner meet only here: the enumerator (:mod:`planners.enumerator`) proposes
+placements, the cost model (:mod:`planners.cost_model`) prices them, the search
+(:mod:`planners.search`, :mod:`planners.groups`) picks a plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TypeVar
+
+import numpy as np
+
+
+class PlanningError(ValueError):
+    """No plan satisfies the tables, the topology and the constraints."""
+
+
+class ShardingType(StrEnum):
+    """How one table is placed on ranks (TorchRec's names; docs/planner.md)."""
+
+    ROW_WISE = "row_wise"
+    COLUMN_WISE = "column_wise"
+    TABLE_ROW_WISE = "table_row_wise"
+    GRID_SHARD = "grid_shard"
+    TABLE_WISE = "table_wise"
+    DATA_PARALLEL = "data_parallel"
+
+
+SHARDING_TYPES: tuple[str, ...] = tuple(t.value for t in ShardingType)
+# Types whose shards sit on one node's ranks: TorchRec builds intra-node groups for them.
+HIERARCHICAL = frozenset({ShardingType.TABLE_ROW_WISE.value, ShardingType.GRID_SHARD.value})
+
+
+@dataclass(frozen=True)
+class Shard:
+    rank: int
+    row_offset: int
+    col_offset: int
+    rows: int
+    cols: int
+
+
+@dataclass(frozen=True)
+class TablePlacement:
+    """One table's sharding type and shards (data_parallel: one full replica per rank)."""
+
+    table: str
+    sharding_type: str
+    shards: tuple[Shard, ...]
+    label: str  # e.g. "row_wise (uneven)", "column_wise x4", "grid_shard 2 nodes x 4"
+
+    @property
+    def ranks(self) -> list[int]:
+        return [s.rank for s in self.shards]
+
+    def blocks(self) -> dict[int, list[Shard]]:
+        """Shards by column block (first column -> its row shards, in shard order)."""
+        out: dict[int, list[Shard]] = {}
+        for s in self.shards:
+            out.setdefault(s.col_offset, []).append(s)
+        return out
+
+
+T = TypeVar("T", int, np.ndarray)
+
+WEIGHT_BYTES = 4  # fp32 rows
+INDEX_BYTES = 8  # int64 ids on the wire
+LENGTH_BYTES = 4  # int32 bag lengths on the wire
+
+
+@dataclass(frozen=True)
+class TableLoad:
+    """One embedding table and the lookups a sample makes into it."""
+
+    name: str
+    rows: int
+    dim: int
+    bags_per_sample: int  # pooled outputs per sample (feature chunks reading this table)
+    ids_per_sample: float  # looked-up rows per sample (bags x their mean pooling factor)
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.rows * self.dim * WEIGHT_BYTES
+
+
+@dataclass(frozen=True)
+class OptimizerState:
+    """Bytes of optimizer state an embedding optimizer keeps, per row and per element."""
+
+    name: str
+    bytes_per_row: int
+    bytes_per_element: int
+    fused: bool  # False: dense kernel, which also holds a full gradient per element
+
+    @classmethod
+    def of(cls, optimizer: str, device_type: str) -> OptimizerState:
+        if optimizer == "rowwise_adagrad":
+            return cls(optimizer, 4, 0, True)
+        if optimizer == "sgd":
+            return cls(optimizer, 0, 0, True)
+        if optimizer == "adam":  # two moments; FBGEMM's CPU TBE has no Adam (dense kernel)
+            return cls(optimizer, 0, 8, device_type != "cpu")
+        raise ValueError(f"unknown embedding optimizer {optimizer!r}")
+
+    def bytes_for(self, rows: T, cols: int) -> T:
+        """State bytes for ``rows`` (an int or an array of per-rank row counts)."""
+        grad = 0 if self.fused else rows * cols * WEIGHT_BYTES
+        return rows * self.bytes_per_row + rows * cols * self.bytes_per_element + grad
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Tables, per-rank batch and the dense model that every plan of a job shares."""
+
+    tables: tuple[TableLoad, ...]
+    batch_size_per_rank: int
+    optimizer: OptimizerState
+    dense_parameters: int
+    dense_optimizer_slots: int  # extra fp32 copies of the dense parameters (Adam: 2)
+    interaction_elements_per_sample: int = 0  # dot interaction: n^2 x d (n vectors of d)
+
+    def table(self, name: str) -> TableLoad:
+        for t in self.tables:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+
+@dataclass
+class RankCosts:
+    """Per-rank arrays (length = world size)."""
+
+    memory: np.ndarray  # bytes
+    lookup: np.ndarray  # seconds
+    framework: np.ndarray  # seconds of TorchRec's per-bag work
+    dense: np.ndarray  # seconds of dense-model compute
+    comm: np.ndarray  # seconds, bandwidth part
+    latency: np.ndarray  # seconds
+    comm_bytes: np.ndarray  # bytes sent + received
+
+    @classmethod
+    def zeros(cls, world: int) -> RankCosts:
+        return cls(*(np.zeros(world) for _ in range(7)))
+
+    def __add__(self, other: RankCosts) -> RankCosts:
+        return RankCosts(
+            self.memory + other.memory,
+            self.lookup + other.lookup,
+            self.framework + other.framework,
+            self.dense + other.dense,
+            self.comm + other.comm,
+            self.latency + other.latency,
+            self.comm_bytes + other.comm_bytes,
+        )
+
+    @property
+    def step_seconds(self) -> np.ndarray:
+        return self.lookup + self.framework + self.dense + self.comm + self.latency
