@@ -79,9 +79,10 @@ def test_uneven_row_wise_matches_one_process(setup: dict[str, Any]) -> None:
 
 
 def test_two_nodes_get_a_hierarchical_plan_that_runs(setup: dict[str, Any]) -> None:
-    # A network between the two nodes 100x slower than inside one (and a core per rank). The
-    # default optimizer, row-wise Adagrad, keeps data_parallel out of auto plans; a row split
-    # inside a node keeps whole rows, so the run must match one process exactly.
+    # A network between the two nodes 100x slower than inside one (and a core per rank), for
+    # every collective: replicating the table (data_parallel, or 2D groups of one node) would
+    # all-reduce it across that link each step. A row split inside a node keeps whole rows, so
+    # the run must match one process exactly.
     slow = CPU_PRESET.model_copy(
         update={
             "cores_per_node": 8,
@@ -90,6 +91,7 @@ def test_two_nodes_get_a_hierarchical_plan_that_runs(setup: dict[str, Any]) -> N
                     "all_to_all_bytes_per_second": 1.5e7,
                     "reduce_scatter_bytes_per_second": 5e6,
                     "all_gather_bytes_per_second": 5e6,
+                    "all_reduce_bytes_per_second": 5e6,
                 }
             ),
         }
