@@ -335,6 +335,7 @@ def calibrate(
         intra_node=intra,
         inter_node=_inter_node(intra),
         reserve_fraction=CPU_PRESET.reserve_fraction,
+        step_overhead_bytes=CPU_PRESET.step_overhead_bytes,
         cores_per_node=os.cpu_count(),
         threads_per_rank=threads,
         source=f"calibrated: {ranks} gloo ranks x {threads} thread(s) on {os.uname().nodename}",

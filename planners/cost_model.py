@@ -140,7 +140,9 @@ def block_costs(
     rows_held[h] = row_sizes
     weights = rows_held * cols * WEIGHT_BYTES
     state = workload.optimizer.bytes_for(rows_held, cols)
-    workspace = np.where(is_holder, 2 * partials + recv, 2 * bags_bytes)
+    # The partial sums and, in backward, their gradient do not coexist at the peak: measured
+    # peak RSS (bench planner) fits one copy, not two (docs/planner.md, "Memory").
+    workspace = np.where(is_holder, partials + recv, 2 * bags_bytes)
     c.memory += weights + state + workspace
     return c
 
@@ -237,4 +239,5 @@ def dense_costs(workload: Workload, topo: Topology) -> RankCosts:
         c.latency += math.ceil(grad / DDP_BUCKET_BYTES) * link.latency_seconds
         c.comm_bytes += 2 * allreduce
     c.memory += params * WEIGHT_BYTES * (2 + workload.dense_optimizer_slots)
+    c.memory += topo.step_overhead_bytes
     return c

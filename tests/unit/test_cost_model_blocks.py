@@ -42,8 +42,8 @@ def test_row_wise_block_on_both_ranks() -> None:
     np.testing.assert_allclose(c.comm_bytes, [2400 + 4 * 6400] * 2)
     # lookups: 2 ranks x 100 samples x 2 ids x half the rows = 200 rows x 10 ns.
     np.testing.assert_allclose(c.lookup, [2e-6, 2e-6])
-    # memory: 500 x 8 x 4 weights + 500 x 4 state + (2 x 12,800 partials + 1,200 ids).
-    np.testing.assert_allclose(c.memory, [16000 + 2000 + 26800] * 2)
+    # memory: 500 x 8 x 4 weights + 500 x 4 state + (12,800 partials + 1,200 ids).
+    np.testing.assert_allclose(c.memory, [16000 + 2000 + 14000] * 2)
 
 
 def test_table_wise_block_on_rank_0() -> None:
@@ -53,6 +53,6 @@ def test_table_wise_block_on_rank_0() -> None:
     np.testing.assert_allclose(c.comm, [2.4e-6 + 2 * 6.4e-6] * 2)
     np.testing.assert_allclose(c.comm_bytes, [2400 + 2 * 6400] * 2)
     np.testing.assert_allclose(c.lookup, [4e-6, 0.0])  # 400 rows, all on rank 0
-    # rank 0: 32,000 weights + 4,000 state + (2 x 12,800 + 2,400); rank 1: 2 x 6,400 buffers.
-    np.testing.assert_allclose(c.memory, [64000, 12800])
+    # rank 0: 32,000 weights + 4,000 state + (12,800 + 2,400); rank 1: 2 x 6,400 buffers.
+    np.testing.assert_allclose(c.memory, [51200, 12800])
     assert c.step_seconds[0] == pytest.approx(4e-6 + 15.2e-6)
