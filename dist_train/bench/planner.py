@@ -22,7 +22,6 @@ a shared machine's slow spells hit all plans alike; each plan's figure is its me
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -109,8 +108,16 @@ def time_plans(cfg_raw: dict[str, Any], plans: list[JobPlan], data_path: str) ->
     }
 
 
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+def _rss_bytes(field: str) -> int:
+    """``VmRSS`` (now) or ``VmHWM`` (peak since the last reset) of this process."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _reset_peak_rss() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := VmRSS
 
 
 def peak_memory(cfg_raw: dict[str, Any], plan: JobPlan, data_path: str) -> int:
@@ -126,12 +133,14 @@ def peak_memory(cfg_raw: dict[str, Any], plan: JobPlan, data_path: str) -> int:
     table = pq.read_table(data_path, columns=builder.columns)
     batch = cfg.train.batch_size
     batches = [builder.build(table.slice((s * world + rank) * batch, batch)) for s in range(3)]
+    del table
     dist.barrier()
-    baseline = _peak_rss_bytes()
+    _reset_peak_rss()  # reading the data peaked higher than training may
+    baseline = _rss_bytes("VmRSS")
     trainer = Trainer.build(cfg, plan, local_world_size=plan.local_world_size)
     for b in batches:
         trainer.train_step(b)
-    return _peak_rss_bytes() - baseline
+    return _rss_bytes("VmHWM") - baseline
 
 
 def measure_memory(cfg: JobConfig, plan: JobPlan, data: str) -> int:
@@ -162,6 +171,11 @@ def _torchrec_job_plan(
     return JobPlan(plan, world, per_node, "cpu", ours.step_seconds), ours.step_seconds
 
 
+def _plan_key(plan: JobPlan) -> tuple[str, int]:
+    """Plans that run the same: the TorchRec plan and the group it is made for."""
+    return str(plan.sharding_plan), plan.sharding_group_size
+
+
 def _kendall_tau(a: list[float], b: list[float]) -> float:
     pairs = [(i, j) for i in range(len(a)) for j in range(i + 1, len(a))]
     score = sum(
@@ -170,14 +184,50 @@ def _kendall_tau(a: list[float], b: list[float]) -> float:
     return score / max(len(pairs), 1)
 
 
-def run_planner_bench(cfg: JobConfig, json_out: str | None = None) -> dict[str, Any]:
-    """Run both parts; print and return the figures."""
+def run_memory_bench(cfg: JobConfig, data: str) -> list[dict[str, Any]]:
+    """The job's plan at each shape: measured peak memory per rank against the estimate."""
+    rows = []
+    for world, per_node in SHAPES:
+        plan = plan_job(
+            cfg, world, per_node, cores_per_node=simulated_node_cores(world // per_node)
+        )
+        measured = measure_memory(cfg, plan, data)
+        rows.append(
+            {
+                "ranks": world,
+                "ranks_per_node": per_node,
+                "plan": plan.label,
+                "estimated_peak_memory_bytes": plan.estimated_memory_bytes,
+                "measured_peak_memory_bytes": measured,
+                "measured_over_estimate": measured / max(plan.estimated_memory_bytes, 1),
+            }
+        )
+        print(
+            f"[bench] {world} ranks ({per_node} per node), {plan.label}: peak memory per rank "
+            f"{measured / 2**20:.1f} MiB measured (RSS less the process with no table), "
+            f"{plan.estimated_memory_bytes / 2**20:.1f} MiB estimated: "
+            f"x{rows[-1]['measured_over_estimate']:.2f}",
+            flush=True,
+        )
+    return rows
+
+
+def run_planner_bench(
+    cfg: JobConfig, json_out: str | None = None, memory_only: bool = False
+) -> dict[str, Any]:
+    """Run both parts (or, ``memory_only``, only the memory of the job's plan); print and
+    return the figures."""
     rows_needed = (WARMUP_STEPS + ROUNDS * STEPS_PER_ROUND + 1) * 4 * cfg.train.batch_size
     synth = cfg.data.synthetic.model_copy(
         update={"num_train_rows": rows_needed, "num_test_rows": 1024}
     )
     data = str(generate(synth, cfg.run_dir / "bench-planner-data", progress=False).train_dir)
-    result: dict[str, Any] = {"versus_torchrec": [], "fidelity": []}
+    if memory_only:
+        result: dict[str, Any] = {"memory": run_memory_bench(cfg, data)}
+        if json_out:
+            Path(json_out).write_text(json.dumps(result, indent=2))
+        return result
+    result = {"versus_torchrec": [], "fidelity": []}
     if cfg.sharding.topology is None:  # measure this machine now, under this run's conditions
         topo_file = cfg.run_dir / "bench-planner-topology.json"
         print(f"[bench] calibrating this machine -> {topo_file}", flush=True)
@@ -192,9 +242,13 @@ def run_planner_bench(cfg: JobConfig, json_out: str | None = None) -> dict[str, 
         types = ["row_wise", "column_wise", "table_wise", "data_parallel"]
         if world > per_node:
             types += ["table_row_wise", "grid_shard"]
-        typed = [
+        typed = [  # 1D: one group of the whole world
             parse_config(
-                apply_overrides(cfg.model_dump(mode="json"), [f"sharding.type={t}"]), f"bench {t}"
+                apply_overrides(
+                    cfg.model_dump(mode="json"),
+                    [f"sharding.type={t}", f"sharding.group_size={world}"],
+                ),
+                f"bench {t}",
             )
             for t in types
         ]
@@ -217,17 +271,17 @@ def run_planner_bench(cfg: JobConfig, json_out: str | None = None) -> dict[str, 
         plans = [ours, theirs, *(plan_job(c, world, per_node, cores_per_node=cores) for c in typed)]
         print(
             f"[bench] {world} ranks ({per_node} per node): timing "
-            f"{len({str(p.sharding_plan) for p in plans})} distinct plans "
+            f"{len({_plan_key(p) for p in plans})} distinct plans "
             f"interleaved, {ROUNDS} rounds x {STEPS_PER_ROUND} steps",
             flush=True,
         )
         # Identical plans (ours is usually one of the single-type plans) are timed once, so
         # a plan is never compared with itself through noise.
-        unique: dict[str, JobPlan] = {}
+        unique: dict[tuple[str, int], JobPlan] = {}
         for p in plans:
-            unique.setdefault(str(p.sharding_plan), p)
+            unique.setdefault(_plan_key(p), p)
         timed = dict(zip(unique, _measure(cfg, list(unique.values()), data), strict=True))
-        measured = [timed[str(p.sharding_plan)] for p in plans]
+        measured = [timed[_plan_key(p)] for p in plans]
         m_ours, m_theirs = measured[0], measured[1]
         row = {
             "ranks": world,
