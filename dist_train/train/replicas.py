@@ -151,9 +151,9 @@ class ReplicaSync:
                 f"2D parallelism supports the fused embedding optimizers rowwise_adagrad and "
                 f"sgd; embedding.optimizer.type is {optimizer!r}"
             )
+        # A rank holding no shard (table_wise on another rank of its group) has none; its
+        # replicas hold the same nothing, so their merges are empty alike.
         kernels = _fused_kernels(model)
-        if not kernels:
-            raise ValueError("2D parallelism needs the fused embedding kernel; the model has none")
         self.replica_pg = env.replica_pg
         self.sync_every = sync_every
         self.optimizer, self.lr, self.eps = optimizer, learning_rate, eps
@@ -178,6 +178,8 @@ class ReplicaSync:
             if self.accumulators:
                 w.mul_(self.accumulators[i].sqrt().add_(self.eps)[:, None])
             w.div_(self.lr)
+        if not grads:
+            return
         for bucket in _buckets(grads, SYNC_BUCKET_BYTES):
             self.replica_pg.allreduce_coalesced(bucket).wait()  # SUM: the 1D gradient
         for i, (g, last) in enumerate(zip(grads, self.last_weights, strict=True)):
