@@ -180,7 +180,8 @@ def best_group_plans(
             for plan in beam_search(workload, gtopo, frozenset(group_types))
         ]
         best = min(candidates, key=lambda c: c.score())
-        if all(p.sharding_type == "data_parallel" for p in best.estimate.placements):
+        replicated = all(p.sharding_type == "data_parallel" for p in best.estimate.placements)
+        if replicated and sizes is None:  # under auto, 1D's data_parallel already covers it
             out[g] = "data_parallel in groups is 1D data_parallel"
         else:
             out[g] = best if best.fits else f"does not fit on {g} ranks"
