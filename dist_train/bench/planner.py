@@ -255,13 +255,14 @@ def run_planner_bench(
         # The simulated nodes share this machine's cores.
         cores = simulated_node_cores(world // per_node)
         # 2D: groups of each size that tiles the shape, the planner's plan for one group
+        # (over the job's sharding.type)
         for g in group_sizes(world // per_node, per_node):
             types.append(f"groups of {g}")
             typed.append(
                 parse_config(
                     apply_overrides(
                         cfg.model_dump(mode="json"),
-                        ["sharding.type=auto", f"sharding.group_size={g}"],
+                        [f"sharding.group_size={g}"],
                     ),
                     f"bench groups of {g}",
                 )
