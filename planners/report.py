@@ -186,7 +186,7 @@ def format_report(report: dict[str, Any]) -> str:
         *(
             [
                 f"2D: {report['num_replicas']} replicas of {report['group_size']} ranks, "
-                f"averaged every {report['sync_every']} step(s); figures below are per "
+                f"merged every {report['sync_every']} step(s); figures below are per "
                 "rank of one group"
             ]
             if report.get("group_size", topo["world_size"]) < topo["world_size"]
