@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,16 +70,28 @@ def test_bench_planner_reports_ratios_and_fidelity(tmp_path: Path) -> None:
     types = [(r["ranks"], r["sharding_type"]) for r in result["fidelity"]]
     assert (4, "grid_shard") in types and (2, "data_parallel") in types
     assert all(r["measured_step_seconds"] > 0 for r in result["fidelity"])
+    assert (4, "groups of 1") in types and (4, "groups of 2") in types  # 2D plans
+    assert result["measured_2d_over_1d_4_ranks"] > 0
+
     # The reported ranking agreement is the one the fidelity rows imply (Kendall's tau-a: a
-    # tied pair counts as neither agreeing nor disagreeing).
+    # tied pair counts as neither agreeing nor disagreeing): over the 1D types, and with 2D.
+    def tau(rows: list[dict[str, Any]]) -> float:
+        est = [r["estimated_step_seconds"] for r in rows]
+        meas = [r["measured_step_seconds"] for r in rows]
+        pairs = [(i, j) for i in range(len(rows)) for j in range(i + 1, len(rows))]
+        agree = sum((est[i] - est[j]) * (meas[i] - meas[j]) > 0 for i, j in pairs)
+        disagree = sum((est[i] - est[j]) * (meas[i] - meas[j]) < 0 for i, j in pairs)
+        return (agree - disagree) / len(pairs)
+
     two = [r for r in result["fidelity"] if r["ranks"] == 2]
-    est = [r["estimated_step_seconds"] for r in two]
-    meas = [r["measured_step_seconds"] for r in two]
-    pairs = [(i, j) for i in range(len(two)) for j in range(i + 1, len(two))]
-    agree = sum((est[i] - est[j]) * (meas[i] - meas[j]) > 0 for i, j in pairs)
-    disagree = sum((est[i] - est[j]) * (meas[i] - meas[j]) < 0 for i, j in pairs)
-    assert result["ranking_kendall_tau_2_ranks"] == pytest.approx((agree - disagree) / len(pairs))
+    one_d = [r for r in two if not r["sharding_type"].startswith("groups of")]
+    assert len(one_d) < len(two)
+    assert result["ranking_kendall_tau_2_ranks"] == pytest.approx(tau(one_d))
+    assert result["ranking_kendall_tau_with_2d_2_ranks"] == pytest.approx(tau(two))
     assert isinstance(result["pick_is_measured_fastest_allowed_4_ranks"], bool)
+    for row in result["versus_torchrec"]:  # measured peak memory beside the estimate
+        assert row["ours_measured_peak_memory_bytes"] > 0
+        assert row["ours_estimated_peak_memory_bytes"] > 0
 
 
 def test_bench_checkpoint_reports_throughput_against_the_disk(tmp_path: Path) -> None:

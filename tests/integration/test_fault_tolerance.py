@@ -36,23 +36,32 @@ COMMON = [
 
 
 @pytest.mark.parametrize(
-    ("kill_at", "marker", "resume_step"),
+    ("kill_at", "marker", "resume_step", "sharding"),
     [
-        ("1:11", "killed-rank1-step11-step", 8),  # after step 11 of 32: back to step 8
-        ("1:8:save", "killed-rank1-step8-save", 4),  # saving step 8: back to step 4
+        ("1:11", "killed-rank1-step11-step", 8, "1d"),  # after step 11 of 32: back to step 8
+        ("1:8:save", "killed-rank1-step8-save", 4, "1d"),  # saving step 8: back to step 4
+        # 2D on Ray: each rank a group of its own, replicas merged every step
+        ("1:11", "killed-rank1-step11-step", 8, "2d"),
     ],
 )
 def test_kill_9_worker_mid_epoch_resumes_exactly_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kill_at: str, marker: str, resume_step: int
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kill_at: str,
+    marker: str,
+    resume_step: int,
+    sharding: str,
 ) -> None:
+    common = [*COMMON, f"sharding.group_size={1 if sharding == '2d' else 2}"]
     monkeypatch.setenv(ENV, kill_at)
     killed = run_job(
-        load_config(TINY, [*COMMON, "ray.max_failures=1", f"output_dir={tmp_path / 'killed'}"])
+        load_config(TINY, [*common, "ray.max_failures=1", f"output_dir={tmp_path / 'killed'}"])
     )
     monkeypatch.delenv(ENV)
     clean = run_job(
-        load_config(TINY, [*COMMON, "launcher=processes", f"output_dir={tmp_path / 'clean'}"])
+        load_config(TINY, [*common, "launcher=processes", f"output_dir={tmp_path / 'clean'}"])
     )
+    assert killed["sharding"]["unified_0"]["ranks"] == ([0] if sharding == "2d" else [0, 1])
     run_k, run_c = tmp_path / "killed" / "tiny", tmp_path / "clean" / "tiny"
     assert (run_k / "faults" / marker).is_file()
     assert killed["steps"] == clean["steps"] == 32
