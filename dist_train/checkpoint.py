@@ -423,6 +423,7 @@ def load(trainer: Trainer, path: Location) -> TrainPosition:
         problem: str | None = None
         try:
             converted = _reshard_row_states(state, saved, path, digests)
+            converted.update(_convert_row_states(state, saved, path, digests, position.step))
         except CheckpointError as err:
             problem, converted = str(err), {}
         agree(problem)
@@ -441,6 +442,86 @@ def load(trainer: Trainer, path: Location) -> TrainPosition:
         state_bytes = bytearray(base64.b64decode(rng[dist.get_rank()]))
         torch.set_rng_state(torch.frombuffer(state_bytes, dtype=torch.uint8))
     return position
+
+
+def _load_whole(
+    fqn: str, size: tuple[int, ...], dtype: torch.dtype, path: Location, digests: FileDigests | None
+) -> torch.Tensor:
+    """One saved item in full, read by this rank alone."""
+    whole = torch.empty(size, dtype=dtype)
+    dcp.load(
+        {fqn: whole},
+        storage_reader=checkpoint_files.reader(path, digests),
+        planner=SafeLoadPlanner(),
+        no_dist=True,
+    )
+    return whole
+
+
+def _saved_blocks(saved: dict[str, Any], param: str) -> list[int]:
+    weight = saved.get(f"model.{param}")
+    if weight is None:
+        return []
+    return _column_blocks([(tuple(c.offsets), tuple(c.sizes)) for c in weight.chunks])
+
+
+def _convert_row_states(
+    state: dict[str, Any],
+    saved: dict[str, Any],
+    path: Location,
+    digests: FileDigests | None,
+    step: int,
+) -> dict[tuple[str, str], Any]:
+    """Row-wise Adagrad accumulators of a table that moved between data_parallel (TorchRec's
+    dense ``RowWiseAdagrad``: ``sum`` [rows, 1] and ``step``) and a sharded type (FBGEMM's
+    fused ``<table>.momentum1``: one value per row per column block).
+
+    Such entries are removed from ``state`` and returned, filled: one value per row (the
+    width-weighted mean of the saved blocks' values), copied into every target block.
+    """
+    out: dict[tuple[str, str], Any] = {}
+    for param, entries in list(state["optim"]["state"].items()):
+        prefix = f"optim.state.{param}."
+        saved_keys = {k[len(prefix) :] for k in saved if k.startswith(prefix)}
+        fused_saved = sorted(k for k in saved_keys if k.endswith(".momentum1"))
+        if "sum" in entries and "sum" not in saved_keys and fused_saved:
+            target = entries["sum"]
+            rows = target.shape[0]
+            md = saved[prefix + fused_saved[0]]
+            blocks = _saved_blocks(saved, param) or [1]
+            if md.size[0] != rows * len(blocks):
+                raise CheckpointError(
+                    f"{path}: {prefix + fused_saved[0]} has {md.size[0]} values; expected one "
+                    f"per row per column block ({rows} rows x {len(blocks)} blocks)"
+                )
+            whole = _load_whole(
+                prefix + fused_saved[0], tuple(md.size), target.dtype, path, digests
+            )
+            widths = torch.tensor(blocks, dtype=torch.float64)
+            per_row = (whole.view(len(blocks), rows).double() * widths[:, None]).sum(0)
+            target.copy_((per_row / widths.sum()).to(target.dtype)[:, None])
+            out[(param, "sum")] = target
+            out[(param, "step")] = torch.tensor(float(step))
+            entries.pop("sum")
+            entries.pop("step", None)
+            continue
+        for key, tensor in list(entries.items()):
+            if not key.endswith(".momentum1") or key in saved_keys or "sum" not in saved_keys:
+                continue
+            md = saved[prefix + "sum"]
+            rows = int(md.size[0])
+            whole = _load_whole(prefix + "sum", tuple(md.size), tensor.dtype, path, digests)
+            per_row = whole.reshape(rows)
+            for shard in tensor.local_shards():
+                (offset,), (size,) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+                row = offset % rows  # a shard never spans two column blocks
+                shard.tensor.copy_(per_row[row : row + size])
+            entries.pop(key)
+            out[(param, key)] = tensor
+    for param, _ in out:  # an emptied entry would look like a missing key to DCP
+        if not state["optim"]["state"].get(param, True):
+            del state["optim"]["state"][param]
+    return out
 
 
 def _column_blocks(chunks: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> list[int]:

@@ -326,3 +326,42 @@ def test_checkpoints_at_an_fsspec_url_resume_and_export(tmp_path: Path, capsys) 
     assert main(["export", f"{url}/step-00000007", "--out", str(out)]) == 0
     tables = load_file(str(out / "model.safetensors"))
     assert tables["sparse_arch.embedding_bags.unified_0.weight"].shape == (2048, 8)
+
+
+def test_row_wise_adagrad_state_moves_between_replicated_and_sharded_tables(
+    tmp_path: Path,
+) -> None:
+    """row_wise -> data_parallel -> row_wise: the fused accumulator (``momentum1``, [rows])
+    becomes RowWiseAdagrad's ``sum`` ([rows, 1]) and back, exactly; the model is unchanged."""
+    base = [*BASE, f"output_dir={tmp_path}", "train.epochs=1"]
+    first = run_job(load_config(TINY, [*base, "sharding.type=row_wise"]))
+    saved = committed(tmp_path / "tiny" / "checkpoints")[-1]
+    before = _tensors(saved, tmp_path)
+    for hop, kind in enumerate(["data_parallel", "row_wise"]):
+        summary = run_job(
+            load_config(
+                TINY,
+                [
+                    *base,
+                    f"sharding.type={kind}",
+                    "train.max_steps=16",
+                    f"checkpoint.resume={saved}",
+                    f"checkpoint.dir={tmp_path / f'hop{hop}'}",
+                ],
+            )
+        )
+        assert {p["type"] for p in summary["sharding"].values()} == {kind}
+        assert summary["test_log_loss"] == pytest.approx(first["test_log_loss"], rel=1e-6)
+        saved = committed(tmp_path / f"hop{hop}")[-1]
+        after = _tensors(saved, tmp_path)
+        for key, value in before.items():
+            if key.startswith("model."):
+                assert torch.equal(after[key], value), key
+        if kind == "data_parallel":
+            sums = {k: v for k, v in after.items() if k.endswith(".sum") and "embedding" in k}
+            assert len(sums) == 2
+            for key, value in _momenta(before).items():
+                param = key.rsplit(".", 2)[0]
+                assert torch.equal(sums[f"{param}.sum"][:, 0], value), key
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
