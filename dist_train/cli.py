@@ -56,7 +56,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.bench == "planner":
         from dist_train.bench.planner import run_planner_bench
 
-        run_planner_bench(cfg, args.json, memory_only=args.memory_only)
+        run_planner_bench(cfg, args.json, memory_only=args.memory_only, rounds=args.rounds)
         return 0
     if args.bench == "launch":
         from dist_train.bench.launch import run_launch_bench
@@ -286,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--memory-only", action="store_true", help="only the job plan's measured peak memory"
     )
+    p.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds")
     p = bench.add_parser("launch", help="Ray vs plain processes: start-up and steady examples/s")
     common(p)
     p.add_argument("--json", help="also write the figures as JSON to this file")

@@ -75,7 +75,9 @@ def _state_bytes(trainer: Trainer) -> int:
     return total
 
 
-def time_plans(cfg_raw: dict[str, Any], plans: list[JobPlan], data_path: str) -> dict[str, Any]:
+def time_plans(
+    cfg_raw: dict[str, Any], plans: list[JobPlan], data_path: str, rounds: int = ROUNDS
+) -> dict[str, Any]:
     """Worker: build a trainer per plan, then time them round-robin on the same batches."""
     cfg = parse_config(cfg_raw)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -84,7 +86,7 @@ def time_plans(cfg_raw: dict[str, Any], plans: list[JobPlan], data_path: str) ->
     builder = trainers[0].batch_builder()
     table = pq.read_table(data_path, columns=builder.columns)
     batch = cfg.train.batch_size
-    steps = WARMUP_STEPS + ROUNDS * STEPS_PER_ROUND
+    steps = WARMUP_STEPS + rounds * STEPS_PER_ROUND
     batches = [
         builder.build(table.slice(((s * world + rank) * batch) % (table.num_rows - batch), batch))
         for s in range(steps)
@@ -93,7 +95,7 @@ def time_plans(cfg_raw: dict[str, Any], plans: list[JobPlan], data_path: str) ->
     for trainer in trainers:
         for b in batches[:WARMUP_STEPS]:
             trainer.train_step(b)
-    for r in range(ROUNDS):
+    for r in range(rounds):
         for i, trainer in enumerate(trainers):
             for s in range(STEPS_PER_ROUND):
                 b = batches[WARMUP_STEPS + r * STEPS_PER_ROUND + s]
@@ -149,8 +151,10 @@ def measure_memory(cfg: JobConfig, plan: JobPlan, data: str) -> int:
     return max(run_processes(peak_memory, args, world_size=plan.world_size))
 
 
-def _measure(cfg: JobConfig, plans: list[JobPlan], data: str) -> list[dict[str, float]]:
-    args = (cfg.model_dump(mode="json"), plans, data)
+def _measure(
+    cfg: JobConfig, plans: list[JobPlan], data: str, rounds: int
+) -> list[dict[str, float]]:
+    args = (cfg.model_dump(mode="json"), plans, data, rounds)
     out = run_processes(time_plans, args, world_size=plans[0].world_size)
     return [
         {
@@ -213,11 +217,11 @@ def run_memory_bench(cfg: JobConfig, data: str) -> list[dict[str, Any]]:
 
 
 def run_planner_bench(
-    cfg: JobConfig, json_out: str | None = None, memory_only: bool = False
+    cfg: JobConfig, json_out: str | None = None, memory_only: bool = False, rounds: int = ROUNDS
 ) -> dict[str, Any]:
     """Run both parts (or, ``memory_only``, only the memory of the job's plan); print and
     return the figures."""
-    rows_needed = (WARMUP_STEPS + ROUNDS * STEPS_PER_ROUND + 1) * 4 * cfg.train.batch_size
+    rows_needed = (WARMUP_STEPS + rounds * STEPS_PER_ROUND + 1) * 4 * cfg.train.batch_size
     synth = cfg.data.synthetic.model_copy(
         update={"num_train_rows": rows_needed, "num_test_rows": 1024}
     )
@@ -273,7 +277,7 @@ def run_planner_bench(
         print(
             f"[bench] {world} ranks ({per_node} per node): timing "
             f"{len({_plan_key(p) for p in plans})} distinct plans "
-            f"interleaved, {ROUNDS} rounds x {STEPS_PER_ROUND} steps",
+            f"interleaved, {rounds} rounds x {STEPS_PER_ROUND} steps",
             flush=True,
         )
         # Identical plans (ours is usually one of the single-type plans) are timed once, so
@@ -281,7 +285,7 @@ def run_planner_bench(
         unique: dict[tuple[str, int], JobPlan] = {}
         for p in plans:
             unique.setdefault(_plan_key(p), p)
-        timed = dict(zip(unique, _measure(cfg, list(unique.values()), data), strict=True))
+        timed = dict(zip(unique, _measure(cfg, list(unique.values()), data, rounds), strict=True))
         measured = [timed[_plan_key(p)] for p in plans]
         m_ours, m_theirs = measured[0], measured[1]
         row = {

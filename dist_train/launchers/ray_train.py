@@ -96,6 +96,11 @@ def _ray_worker(payload: dict[str, Any]) -> None:
         # and broadcasts), and the resume reshards into that plan.
         LOG.info(f"{world} workers instead of {inputs.plan.world_size}: re-planning")
         inputs = dataclasses.replace(inputs, plan=None)
+        if cfg.sharding.group_size != "auto":
+            # a 2D group size chosen for the full world may not tile this one
+            LOG.info(f"sharding.group_size={cfg.sharding.group_size}: auto for {world} workers")
+            sharding = cfg.sharding.model_copy(update={"group_size": "auto"})
+            cfg = cfg.model_copy(update={"sharding": sharding})
     node_id = ray.get_runtime_context().get_node_id()
     run_worker(
         cfg, inputs, node_id, report=_report, checkpointed=_checkpoint_reporter(inputs.run_id)

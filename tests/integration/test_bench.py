@@ -61,7 +61,7 @@ def test_bench_ingest_reports_the_promised_keys(tmp_path: Path) -> None:
 def test_bench_planner_reports_ratios_and_fidelity(tmp_path: Path) -> None:
     out = tmp_path / "planner.json"
     args = ["bench", "planner", "--config", TINY, "--set", f"output_dir={tmp_path}"]
-    assert main([*args, "--json", str(out)]) == 0
+    assert main([*args, "--rounds", "3", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert [r["ranks"] for r in result["versus_torchrec"]] == [2, 4]
     for row in result["versus_torchrec"]:

@@ -95,7 +95,9 @@ def test_elastic_run_loses_a_node_and_finishes_on_fewer_workers(
     """ray.min_workers=1, num_workers=2 on a real 2-node cluster; the second node is removed
     mid-epoch. Ray Train restarts the group with the 1 worker that fits; it re-plans, loads
     the last checkpoint resharded, and trains the epoch's untrained batches: every row of the
-    epoch exactly once (row ledger, replayed across both ranks' attempts)."""
+    epoch exactly once (row ledger, replayed across both ranks' attempts). The run starts
+    in 2D (2 groups of 1 rank: replicas) and finishes as one rank, the re-plan dropping the
+    configured group size for that world."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -114,6 +116,7 @@ def test_elastic_run_loses_a_node_and_finishes_on_fewer_workers(
             "checkpoint.every_steps=4",
             "ray.min_workers=1",
             "ray.max_failures=2",
+            "sharding.group_size=1",
             f"ray.address={cluster.address}",
             f"output_dir={tmp_path}",
         ],
