@@ -409,7 +409,8 @@ def load(trainer: Trainer, path: Location) -> TrainPosition:
     another plan or world size. DCP maps every tensor by its global offsets. Row-wise
     Adagrad's accumulators are the exception: TorchRec keeps one per row per column block (a
     ``[rows * blocks]`` tensor under column-wise sharding, ``[rows]`` otherwise), so
-    :func:`_reshard_row_states` converts them between block layouts.
+    :func:`_reshard_row_states` converts them between block layouts, and
+    :func:`_convert_row_states` between replicated and sharded tables.
     """
     meta = read_meta(path)
     position = check_compatible(meta, path, dist.get_world_size())
@@ -426,6 +427,9 @@ def load(trainer: Trainer, path: Location) -> TrainPosition:
             converted.update(_convert_row_states(state, saved, path, digests, position.step))
         except CheckpointError as err:
             problem, converted = str(err), {}
+        for param, _ in converted:  # an emptied entry would look like a missing key to DCP
+            if not state["optim"]["state"].get(param, True):
+                del state["optim"]["state"][param]
         agree(problem)
         dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner())
         for (param, key), tensor in converted.items():
@@ -445,10 +449,10 @@ def load(trainer: Trainer, path: Location) -> TrainPosition:
 
 
 def _load_whole(
-    fqn: str, size: tuple[int, ...], dtype: torch.dtype, path: Location, digests: FileDigests | None
+    fqn: str, md: Any, dtype: torch.dtype, path: Location, digests: FileDigests | None
 ) -> torch.Tensor:
-    """One saved item in full, read by this rank alone."""
-    whole = torch.empty(size, dtype=dtype)
+    """One saved item (its metadata ``md``) in full, read by this rank alone."""
+    whole = torch.empty(tuple(md.size), dtype=dtype)
     dcp.load(
         {fqn: whole},
         storage_reader=checkpoint_files.reader(path, digests),
@@ -458,75 +462,47 @@ def _load_whole(
     return whole
 
 
-def _saved_blocks(saved: dict[str, Any], param: str) -> list[int]:
-    weight = saved.get(f"model.{param}")
-    if weight is None:
-        return []
-    return _column_blocks([(tuple(c.offsets), tuple(c.sizes)) for c in weight.chunks])
-
-
-def _convert_row_states(
-    state: dict[str, Any],
-    saved: dict[str, Any],
-    path: Location,
-    digests: FileDigests | None,
-    step: int,
-) -> dict[tuple[str, str], Any]:
-    """Row-wise Adagrad accumulators of a table that moved between data_parallel (TorchRec's
-    dense ``RowWiseAdagrad``: ``sum`` [rows, 1] and ``step``) and a sharded type (FBGEMM's
-    fused ``<table>.momentum1``: one value per row per column block).
-
-    Such entries are removed from ``state`` and returned, filled: one value per row (the
-    width-weighted mean of the saved blocks' values), copied into every target block.
-    """
-    out: dict[tuple[str, str], Any] = {}
-    for param, entries in list(state["optim"]["state"].items()):
-        prefix = f"optim.state.{param}."
-        saved_keys = {k[len(prefix) :] for k in saved if k.startswith(prefix)}
-        fused_saved = sorted(k for k in saved_keys if k.endswith(".momentum1"))
-        if "sum" in entries and "sum" not in saved_keys and fused_saved:
-            target = entries["sum"]
-            rows = target.shape[0]
-            md = saved[prefix + fused_saved[0]]
-            blocks = _saved_blocks(saved, param) or [1]
-            if md.size[0] != rows * len(blocks):
-                raise CheckpointError(
-                    f"{path}: {prefix + fused_saved[0]} has {md.size[0]} values; expected one "
-                    f"per row per column block ({rows} rows x {len(blocks)} blocks)"
-                )
-            whole = _load_whole(
-                prefix + fused_saved[0], tuple(md.size), target.dtype, path, digests
-            )
-            widths = torch.tensor(blocks, dtype=torch.float64)
-            per_row = (whole.view(len(blocks), rows).double() * widths[:, None]).sum(0)
-            target.copy_((per_row / widths.sum()).to(target.dtype)[:, None])
-            out[(param, "sum")] = target
-            out[(param, "step")] = torch.tensor(float(step))
-            entries.pop("sum")
-            entries.pop("step", None)
-            continue
-        for key, tensor in list(entries.items()):
-            if not key.endswith(".momentum1") or key in saved_keys or "sum" not in saved_keys:
-                continue
-            md = saved[prefix + "sum"]
-            rows = int(md.size[0])
-            whole = _load_whole(prefix + "sum", tuple(md.size), tensor.dtype, path, digests)
-            per_row = whole.reshape(rows)
-            for shard in tensor.local_shards():
-                (offset,), (size,) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-                row = offset % rows  # a shard never spans two column blocks
-                shard.tensor.copy_(per_row[row : row + size])
-            entries.pop(key)
-            out[(param, key)] = tensor
-    for param, _ in out:  # an emptied entry would look like a missing key to DCP
-        if not state["optim"]["state"].get(param, True):
-            del state["optim"]["state"][param]
-    return out
-
-
 def _column_blocks(chunks: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> list[int]:
     """Widths of a table's column blocks, left to right, from its shards' (offsets, sizes)."""
     return [width for _, width in sorted({(o[1], s[1]) for o, s in chunks})]
+
+
+def _saved_blocks(saved: dict[str, Any], param: str) -> list[int] | None:
+    """Column block widths of ``param``'s saved weight (None: not in the checkpoint)."""
+    weight = saved.get(f"model.{param}")
+    if weight is None:
+        return None
+    return _column_blocks([(tuple(c.offsets), tuple(c.sizes)) for c in weight.chunks])
+
+
+def _saved_per_row(
+    fqn: str,
+    md: Any,
+    blocks: list[int],
+    rows: int,
+    dtype: torch.dtype,
+    path: Location,
+    digests: FileDigests | None,
+) -> torch.Tensor:
+    """A saved per-row-per-block state as one value per row: the blocks' values averaged,
+    weighted by width (exactly the row-wise Adagrad accumulator of the whole row)."""
+    if md.size[0] != rows * len(blocks):
+        raise CheckpointError(
+            f"{path}: {fqn} has {md.size[0]} values; expected one per row per column "
+            f"block ({rows} rows x {len(blocks)} blocks)"
+        )
+    whole = _load_whole(fqn, md, dtype, path, digests)
+    widths = torch.tensor(blocks, dtype=torch.float64)
+    per_row = (whole.view(len(blocks), rows).double() * widths[:, None]).sum(0)
+    return (per_row / widths.sum()).to(dtype)
+
+
+def _fill_blocks(tensor: Any, per_row: torch.Tensor, rows: int) -> None:
+    """Copy one value per row into every column block of a sharded per-row state."""
+    for shard in tensor.local_shards():
+        (offset,), (size,) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+        row = offset % rows  # a shard never spans two column blocks
+        shard.tensor.copy_(per_row[row : row + size])
 
 
 def _reshard_row_states(
@@ -535,8 +511,7 @@ def _reshard_row_states(
     """Load the per-row optimizer states whose block layout differs from the saved one.
 
     Such entries are removed from ``state`` (DCP cannot map them) and returned, filled:
-    the saved blocks are averaged, weighted by width, into one value per row (exactly the
-    row-wise Adagrad accumulator of the whole row), then copied into every target block.
+    one value per row (:func:`_saved_per_row`), copied into every target block.
     """
     out: dict[tuple[str, str], Any] = {}
     for param, entries in list(state["optim"]["state"].items()):
@@ -550,12 +525,9 @@ def _reshard_row_states(
                 for m in weight.metadata().shards_metadata
             ]
         )
-        saved_weight = saved.get(f"model.{param}")
-        if saved_weight is None:
+        saved_blocks = _saved_blocks(saved, param)
+        if saved_blocks is None:
             continue  # DCP names the missing key when it loads
-        saved_blocks = _column_blocks(
-            [(tuple(c.offsets), tuple(c.sizes)) for c in saved_weight.chunks]
-        )
         for key, tensor in list(entries.items()):
             fqn = f"optim.state.{param}.{key}"
             md = saved.get(fqn)
@@ -563,30 +535,58 @@ def _reshard_row_states(
                 continue
             if tuple(md.size) == tuple(tensor.shape) and saved_blocks == target_blocks:
                 continue  # same layout: DCP reshards it by offsets
-            if md.size[0] != rows * len(saved_blocks) or tensor.shape[0] != rows * len(
-                target_blocks
-            ):
+            if tensor.shape[0] != rows * len(target_blocks):
                 raise CheckpointError(
                     f"{path}: {fqn} has {md.size[0]} values; expected one per row per column "
                     f"block ({rows} rows x {len(saved_blocks)} blocks)"
                 )
-            whole = torch.empty(tuple(md.size), dtype=tensor.dtype)
-            dcp.load(
-                {fqn: whole},
-                storage_reader=checkpoint_files.reader(path, digests),
-                planner=SafeLoadPlanner(),
-                no_dist=True,
-            )
-            widths = torch.tensor(saved_blocks, dtype=torch.float64)
-            per_row = (whole.view(len(saved_blocks), rows).double() * widths[:, None]).sum(0)
-            per_row = (per_row / widths.sum()).to(tensor.dtype)
-            for shard in tensor.local_shards():
-                (offset,), (size,) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-                row = offset % rows  # a shard never spans two blocks
-                shard.tensor.copy_(per_row[row : row + size])
+            per_row = _saved_per_row(fqn, md, saved_blocks, rows, tensor.dtype, path, digests)
+            _fill_blocks(tensor, per_row, rows)
             del entries[key]
             out[(param, key)] = tensor
-    for param, _ in out:  # an emptied entry would look like a missing key to DCP
-        if not state["optim"]["state"].get(param, True):
-            del state["optim"]["state"][param]
+    return out
+
+
+def _convert_row_states(
+    state: dict[str, Any],
+    saved: dict[str, Any],
+    path: Location,
+    digests: FileDigests | None,
+    step: int,
+) -> dict[tuple[str, str], Any]:
+    """Row-wise Adagrad accumulators of a table that moved between data_parallel (TorchRec's
+    dense ``RowWiseAdagrad``: ``sum`` [rows, 1] and ``step``) and a sharded type (FBGEMM's
+    fused ``<table>.momentum1``: one value per row per column block).
+
+    Such entries are removed from ``state`` and returned, filled: one value per row
+    (:func:`_saved_per_row`), copied into every target block.
+    """
+    out: dict[tuple[str, str], Any] = {}
+    for param, entries in list(state["optim"]["state"].items()):
+        prefix = f"optim.state.{param}."
+        saved_keys = {k[len(prefix) :] for k in saved if k.startswith(prefix)}
+        fused_saved = sorted(k for k in saved_keys if k.endswith(".momentum1"))
+        if "sum" in entries and "sum" not in saved_keys and fused_saved:
+            target = entries.pop("sum")
+            entries.pop("step", None)
+            rows = target.shape[0]
+            fqn = prefix + fused_saved[0]
+            blocks = _saved_blocks(saved, param) or [1]
+            per_row = _saved_per_row(fqn, saved[fqn], blocks, rows, target.dtype, path, digests)
+            target.copy_(per_row[:, None])
+            out[(param, "sum")] = target
+            out[(param, "step")] = torch.tensor(float(step))
+            continue
+        for key, tensor in list(entries.items()):
+            if not key.endswith(".momentum1") or key in saved_keys or "sum" not in saved_keys:
+                continue
+            md = saved[prefix + "sum"]
+            rows = int(md.size[0])
+            _fill_blocks(
+                tensor,
+                _load_whole(prefix + "sum", md, tensor.dtype, path, digests).reshape(rows),
+                rows,
+            )
+            del entries[key]
+            out[(param, key)] = tensor
     return out
