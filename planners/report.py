@@ -89,7 +89,6 @@ def build_report(
     result, chosen = planner.search(), planner.choice()
     workload, topo = planner.workload, planner.topology
     best = chosen.estimate
-    why = _why(result.best, result.alternatives, result.allowed)
     if chosen.is_2d:
         slower = result.best.step_seconds / best.step_seconds
         why = (
@@ -97,6 +96,8 @@ def build_report(
             f"groups of {chosen.group_size} keep each group's step at the cost of "
             f"{chosen.group_size} ranks"
         )
+    else:
+        why = _why(result.best, result.alternatives, result.allowed)
     report: dict[str, Any] = {
         **estimate_json(best, workload),
         "label": chosen.label,

@@ -44,7 +44,7 @@ from dist_train.train.sharding import (
     planner_for_config,
     simulated_node_cores,
 )
-from dist_train.train.trainer import Trainer
+from dist_train.train.trainer import Trainer, make_batch_builder
 from planners.calibrate import calibrate
 from planners.groups import group_sizes
 from planners.topology import save_topology
@@ -128,8 +128,6 @@ def peak_memory(cfg_raw: dict[str, Any], plan: JobPlan, data_path: str) -> int:
     cfg = parse_config(cfg_raw)
     rank, world = dist.get_rank(), dist.get_world_size()
     discover_rank_layout(f"node-{rank // plan.local_world_size}")
-    from dist_train.train.trainer import make_batch_builder
-
     layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
     builder = make_batch_builder(cfg, layout)
     table = pq.read_table(data_path, columns=builder.columns)

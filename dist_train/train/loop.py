@@ -121,7 +121,7 @@ def run_worker(
             if checkpoints.should_save(epochs.step):
                 checkpoints.save(epoch.position())
         progress.epoch_ended()
-    trainer.sync_replicas()  # 2D: evaluate and save the replicas' average
+    trainer.sync_replicas()  # 2D: evaluate and save the merged replicas
     last_checkpoint = checkpoints.finish(epochs.position())
     trained = progress.figures()  # before evaluating: it times the training
 

@@ -156,7 +156,7 @@ class ReplicaSync:
         kernels = _fused_kernels(model)
         self.replica_pg = env.replica_pg
         self.sync_every = sync_every
-        self.optimizer, self.lr, self.eps = optimizer, learning_rate, eps
+        self.lr, self.eps = learning_rate, eps
         self.weights: list[torch.Tensor] = []
         self.accumulators: list[torch.Tensor] = []
         for k in kernels:
@@ -172,14 +172,14 @@ class ReplicaSync:
 
     @torch.no_grad()
     def sync(self) -> None:
+        if not self.weights:
+            return
         grads = self.weights  # recovered in place: the weights are recomputed below
         for i, (w, last) in enumerate(zip(self.weights, self.last_weights, strict=True)):
             w.sub_(last).neg_()  # last - w: this replica's step
             if self.accumulators:
                 w.mul_(self.accumulators[i].sqrt().add_(self.eps)[:, None])
             w.div_(self.lr)
-        if not grads:
-            return
         for bucket in _buckets(grads, SYNC_BUCKET_BYTES):
             self.replica_pg.allreduce_coalesced(bucket).wait()  # SUM: the 1D gradient
         for i, (g, last) in enumerate(zip(grads, self.last_weights, strict=True)):

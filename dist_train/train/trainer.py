@@ -81,7 +81,7 @@ class Trainer:
     optimizer: CombinedOptimizer
     plan: JobPlan
     device: torch.device
-    replicas: ReplicaSync | None = None  # 2D: averages the groups' shards
+    replicas: ReplicaSync | None = None  # 2D: merges the replicas' embedding updates
     steps_done: int = 0  # global steps trained (a resumed run starts at its checkpoint's)
     _unsynced_steps: int = 0
 
@@ -161,7 +161,7 @@ class Trainer:
             self.replicas.reset()
 
     def sync_replicas(self) -> None:
-        """2D: average the replicas' embedding shards now, if a step ran since the last sync
+        """2D: merge the replicas' embedding updates now, if a step ran since the last merge
         (before a checkpoint, at the end). A no-op in 1D."""
         if self.replicas is not None and self._unsynced_steps:
             self.replicas.sync()
