@@ -190,17 +190,50 @@ class EmbeddingConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """DLRM-style network over dense features and embedding chunks."""
+    """The network over dense features and embedding chunks (``kind``; docs/models.md)."""
 
+    kind: Literal["dlrm", "dcn_v2", "autoint"] = Field(
+        "dlrm",
+        description="dlrm: dot interaction; dcn_v2: cross network (the Unified Embedding "
+        "paper's model); autoint: self-attention over the feature embeddings.",
+    )
     bottom_mlp: list[int] = Field(
-        default_factory=lambda: [64], description="Hidden sizes of the dense tower (+ dim)."
+        default_factory=lambda: [64],
+        description="dlrm: hidden sizes of the dense tower (its output is one d-vector).",
     )
     top_mlp: list[int] = Field(
-        default_factory=lambda: [128, 64], description="Hidden sizes above the interaction."
+        default_factory=lambda: [128, 64],
+        description="dlrm: hidden sizes above the interaction; dcn_v2: the deep network over "
+        "the cross output.",
     )
     interaction: Literal["dot", "concat"] = Field(
-        "dot", description="Pairwise dot products of all d-vectors, or plain concatenation."
+        "dot", description="dlrm: pairwise dot products of all d-vectors, or concatenation."
     )
+    cross_layers: int = Field(3, gt=0, description="dcn_v2: cross layers.")
+    cross_rank: int | None = Field(
+        None,
+        gt=0,
+        description="dcn_v2: rank of each cross layer's weight (U V^T); none: full rank.",
+    )
+    attention_layers: int = Field(2, gt=0, description="autoint: self-attention layers.")
+    attention_heads: int = Field(2, gt=0, description="autoint: heads per layer.")
+    attention_dim: int = Field(
+        16, gt=0, description="autoint: output width of each layer, split over the heads."
+    )
+    attention_mlp: list[int] = Field(
+        default_factory=list,
+        description="autoint: hidden sizes between the flattened attention output and the "
+        "logit; none (the paper's AutoInt) trains best on the default data.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.attention_dim % self.attention_heads:
+            raise ValueError(
+                f"attention_dim ({self.attention_dim}) must be divisible by attention_heads "
+                f"({self.attention_heads})"
+            )
+        return self
 
 
 class TrainConfig(_Strict):

@@ -12,12 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from torch import nn
 from torchrec.distributed.types import ParameterSharding, ShardingPlan
 
 from dist_train.config import JobConfig
 from dist_train.embedding.layout import EmbeddingLayout, build_layout
-from dist_train.models.dlrm import DLRM
+from dist_train.models import CTRModel, create_model
 from planners.planner import CostModelPlanner
 from planners.sharders import (
     AnyDeviceEmbeddingBagCollectionSharder,
@@ -103,13 +102,13 @@ def make_sharder(cfg: JobConfig, device_type: str) -> AnyDeviceEmbeddingBagColle
     return AnyDeviceEmbeddingBagCollectionSharder(fused_params=job_fused_params(cfg, device_type))
 
 
-def build_model(cfg: JobConfig, layout: EmbeddingLayout) -> DLRM:
+def build_model(cfg: JobConfig, layout: EmbeddingLayout) -> CTRModel:
     """The unsharded model, embedding tables on the meta device (no memory)."""
-    return DLRM(layout, len(cfg.data.resolved_dense_columns()), cfg.model, "meta")
+    return create_model(layout, len(cfg.data.resolved_dense_columns()), cfg.model, "meta")
 
 
 def workload_for_config(
-    cfg: JobConfig, layout: EmbeddingLayout, model: nn.Module, device_type: str
+    cfg: JobConfig, layout: EmbeddingLayout, model: CTRModel, device_type: str
 ) -> Workload:
     """The planner's view of a job: tables, lookups per sample, batch and dense model size."""
     pooling = cfg.sharding.pooling_factors
@@ -127,15 +126,13 @@ def workload_for_config(
     dense = sum(
         p.numel() for name, p in model.named_parameters() if not name.startswith("sparse_arch.")
     )
-    vectors = layout.num_vectors + 1  # the dot interaction's inputs: every chunk + dense
-    interaction = vectors * vectors * layout.dim if cfg.model.interaction == "dot" else 0
     return Workload(
         tables=tables,
         batch_size_per_rank=cfg.train.batch_size,
         optimizer=OptimizerState.of(cfg.embedding.optimizer.type, device_type),
         dense_parameters=dense,
         dense_optimizer_slots=_DENSE_OPTIMIZER_SLOTS[cfg.train.dense_optimizer],
-        interaction_elements_per_sample=interaction,
+        interaction_elements_per_sample=model.interaction_elements_per_sample,
     )
 
 
@@ -173,10 +170,10 @@ def planner_for_config(
     local_world_size: int,
     device_type: str = "cpu",
     cores_per_node: int | None = None,
-) -> tuple[CostModelPlanner, nn.Module]:
+) -> tuple[CostModelPlanner, CTRModel]:
     """The cost-model planner of a job and the (meta-device) model it plans."""
     layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
-    model: nn.Module = build_model(cfg, layout)
+    model = build_model(cfg, layout)
     group = cfg.sharding.group_size
     planner = CostModelPlanner(
         topology_for_config(cfg, world_size, local_world_size, device_type, cores_per_node),

@@ -73,7 +73,7 @@ def _torch_optimizers(
 
 @dataclass
 class Trainer:
-    """A DistributedModelParallel DLRM with fused embedding + dense optimizers."""
+    """A DistributedModelParallel CTR model with fused embedding + dense optimizers."""
 
     cfg: JobConfig
     layout: EmbeddingLayout

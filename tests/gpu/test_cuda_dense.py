@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dist_train.models.dlrm import DotInteraction, mlp
+from dist_train.models.base import mlp
+from dist_train.models.dlrm import DotInteraction
 
 pytestmark = pytest.mark.gpu
 

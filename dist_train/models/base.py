@@ -1,0 +1,69 @@
+"""What every CTR model here shares: the embedding tables and the dense building blocks.
+
+The tables live in ``sparse_arch`` (one ``EmbeddingBagCollection``, so checkpoint keys are
+the same for every model kind); :meth:`CTRModel.embed` returns one d-vector per
+(feature, chunk), a feature's embedding being the concatenation of its chunk vectors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torchrec import EmbeddingBagCollection, KeyedJaggedTensor
+
+from dist_train.embedding.layout import EmbeddingLayout
+
+
+def mlp(sizes: list[int], final_activation: bool) -> nn.Sequential:
+    """Linear layers ``sizes[0] -> ... -> sizes[-1]`` with ReLU between (and after, if asked)."""
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2 or final_activation:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; multiplies the gradient by ``scale`` in backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.scale, None
+
+
+class CTRModel(nn.Module):
+    """Embedding tables plus a network over them; ``forward(dense, sparse)`` -> logits ``[B]``."""
+
+    def __init__(self, layout: EmbeddingLayout, embedding_device: torch.device | str) -> None:
+        super().__init__()
+        self.layout_keys = layout.key_names
+        self.dim = layout.dim
+        self.num_vectors = layout.num_vectors
+        self.sparse_arch = EmbeddingBagCollection(
+            tables=layout.embedding_bag_configs(), device=torch.device(embedding_device)
+        )
+        # 2D: TorchRec divides embedding gradients by the sharding group's size; 1 / replicas
+        # makes that the world size, as in 1D (dist_train.train.replicas)
+        self.embedding_grad_scale = 1.0
+
+    @property
+    def interaction_elements_per_sample(self) -> int:
+        """Per-example work the parameter count misses (pairwise products), for the planner."""
+        return 0
+
+    def embed(self, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        """The chunk vectors ``[B, num_vectors, dim]`` in feature/chunk order."""
+        pooled = self.sparse_arch(sparse).to_dict()
+        # Tables group keys by table; put them back in feature/chunk order.
+        emb = torch.cat([pooled[k] for k in self.layout_keys], dim=1)
+        if self.embedding_grad_scale != 1.0:
+            emb = _ScaleGrad.apply(emb, self.embedding_grad_scale)
+        return emb.view(emb.shape[0], self.num_vectors, self.dim)

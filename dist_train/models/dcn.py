@@ -1,0 +1,60 @@
+"""DCN-v2 (Wang et al., 2021), the model of the Unified Embedding paper's experiments.
+
+x0 = [dense features, every chunk vector] flattened; cross layers
+``x_{l+1} = x0 * (W x_l + b) + x_l`` (``W = U V^T`` of rank ``cross_rank`` when set, the
+paper's low-rank variant); then the deep network (``top_mlp``) on the cross output, stacked,
+-> one logit.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchrec import KeyedJaggedTensor
+
+from dist_train.config import ModelConfig
+from dist_train.embedding.layout import EmbeddingLayout
+from dist_train.models.base import CTRModel, mlp
+
+
+class CrossLayer(nn.Module):
+    """One explicit feature-crossing layer: ``x0 * (W x + b) + x``."""
+
+    def __init__(self, width: int, rank: int | None) -> None:
+        super().__init__()
+        if rank is None:
+            self.project: nn.Module = nn.Linear(width, width)
+        else:  # U (V^T x) + b: 2 * width * rank weights instead of width^2
+            self.project = nn.Sequential(nn.Linear(width, rank, bias=False), nn.Linear(rank, width))
+
+    def forward(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x0 * self.project(x) + x
+
+
+class DCNv2(CTRModel):
+    """Cross network over the concatenated embeddings and dense features, then a deep network."""
+
+    def __init__(
+        self,
+        layout: EmbeddingLayout,
+        num_dense: int,
+        config: ModelConfig,
+        embedding_device: torch.device | str = "meta",
+    ) -> None:
+        super().__init__(layout, embedding_device)
+        self.width = num_dense + layout.num_vectors * layout.dim
+        self.cross = nn.ModuleList(
+            CrossLayer(self.width, config.cross_rank) for _ in range(config.cross_layers)
+        )
+        self.over_arch = mlp([self.width, *config.top_mlp, 1], final_activation=False)
+
+    @property
+    def interaction_elements_per_sample(self) -> int:
+        return len(self.cross) * self.width  # the elementwise x0 * (.) + x
+
+    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        x0 = torch.cat([dense, self.embed(sparse).flatten(1)], dim=1)
+        x = x0
+        for layer in self.cross:
+            x = layer(x0, x)
+        return self.over_arch(x).squeeze(1)

@@ -1,0 +1,58 @@
+"""The model kinds: shapes, the options' parameter counts, config checks, gradients."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+from torchrec import KeyedJaggedTensor
+
+from dist_train.config import ModelConfig
+from dist_train.embedding.layout import build_layout
+from dist_train.models import MODELS, CTRModel, create_model
+from dist_train.models.dcn import DCNv2
+from tests.conftest import small_config
+
+
+def _model_and_batch(
+    tmp_path: Path, model: ModelConfig
+) -> tuple[CTRModel, torch.Tensor, KeyedJaggedTensor]:
+    """A small job's model (tables on the CPU) and 4 examples, one id per key."""
+    cfg = small_config(tmp_path)
+    layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
+    torch.manual_seed(0)
+    net = create_model(layout, 3, model, embedding_device="cpu")
+    ids = torch.randint(0, 50, (4 * len(layout.key_names),))
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=layout.key_names, values=ids, lengths=torch.ones(ids.numel(), dtype=torch.int64)
+    )
+    return net, torch.rand(4, 3), kjt
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_every_kind_gives_one_logit_per_example_and_gradients_everywhere(
+    tmp_path: Path, kind: str
+) -> None:
+    net, dense, kjt = _model_and_batch(tmp_path, ModelConfig(kind=kind))
+    logits = net(dense, kjt)
+    assert logits.shape == (4,) and torch.isfinite(logits).all()
+    logits.sum().backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert net.interaction_elements_per_sample > 0
+
+
+def test_low_rank_cross_layers_hold_fewer_weights(tmp_path: Path) -> None:
+    full, _, _ = _model_and_batch(tmp_path, ModelConfig(kind="dcn_v2", cross_layers=2))
+    low, _, _ = _model_and_batch(tmp_path, ModelConfig(kind="dcn_v2", cross_layers=2, cross_rank=4))
+    assert isinstance(full, DCNv2) and isinstance(low, DCNv2)
+    width = full.width
+    assert sum(p.numel() for p in full.cross.parameters()) == 2 * (width * width + width)
+    assert sum(p.numel() for p in low.cross.parameters()) == 2 * (2 * width * 4 + width)
+
+
+def test_attention_width_must_split_over_the_heads() -> None:
+    with pytest.raises(ValidationError, match=r"attention_dim .* divisible by attention_heads"):
+        ModelConfig(kind="autoint", attention_dim=10, attention_heads=3)
