@@ -75,6 +75,12 @@ def _bench(args: argparse.Namespace) -> int:
             stall_rounds=args.stall_rounds,
         )
         return 0
+    if args.bench == "train":
+        from dist_train.bench.train import run_train_bench
+
+        ranks = [int(x) for x in args.ranks.split(",")]
+        run_train_bench(cfg, ranks, args.json, rounds=args.rounds)
+        return 0
     from dist_train.bench.embeddings import run_embedding_bench
 
     lrs = [float(x) for x in args.lrs.split(",")]
@@ -277,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--lrs", default="0.01,0.05", help="embedding learning rates to try")
     p.add_argument("--json", help="also write the rows as JSON to this file")
+    p = bench.add_parser(
+        "train", help="examples/s and memory: ours vs stock TorchRec vs plain PyTorch"
+    )
+    common(p)
+    p.add_argument("--ranks", default="1,2,4", help="rank counts to measure, comma-separated")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    p.add_argument("--json", help="also write the figures as JSON to this file")
     p = bench.add_parser("ingest", help="Parquet to ready batches per core, vs Ray Data")
     common(p)
     p.add_argument("--json", help="also write the figures as JSON to this file")

@@ -110,7 +110,7 @@ def time_plans(
     }
 
 
-def _rss_bytes(field: str) -> int:
+def rss_bytes(field: str) -> int:
     """``VmRSS`` (now) or ``VmHWM`` (peak since the last reset) of this process."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(f"{field}:"):
@@ -118,7 +118,7 @@ def _rss_bytes(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def _reset_peak_rss() -> None:
+def reset_peak_rss() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := VmRSS
 
 
@@ -135,12 +135,12 @@ def peak_memory(cfg_raw: dict[str, Any], plan: JobPlan, data_path: str) -> int:
     batches = [builder.build(table.slice((s * world + rank) * batch, batch)) for s in range(3)]
     del table
     dist.barrier()
-    _reset_peak_rss()  # reading the data peaked higher than training may
-    baseline = _rss_bytes("VmRSS")
+    reset_peak_rss()  # reading the data peaked higher than training may
+    baseline = rss_bytes("VmRSS")
     trainer = Trainer.build(cfg, plan, local_world_size=plan.local_world_size)
     for b in batches:
         trainer.train_step(b)
-    return _rss_bytes("VmHWM") - baseline
+    return rss_bytes("VmHWM") - baseline
 
 
 def measure_memory(cfg: JobConfig, plan: JobPlan, data: str) -> int:
@@ -163,7 +163,7 @@ def _measure(
     ]
 
 
-def _torchrec_job_plan(
+def torchrec_job_plan(
     cfg: JobConfig, world: int, per_node: int, cores: int
 ) -> tuple[JobPlan, float]:
     planner, model = planner_for_config(cfg, world, per_node, cores_per_node=cores)
@@ -270,7 +270,7 @@ def run_planner_bench(
                 )
             )
         ours = plan_job(cfg, world, per_node, cores_per_node=cores)
-        theirs, theirs_estimate = _torchrec_job_plan(cfg, world, per_node, cores)
+        theirs, theirs_estimate = torchrec_job_plan(cfg, world, per_node, cores)
         plans = [ours, theirs, *(plan_job(c, world, per_node, cores_per_node=cores) for c in typed)]
         print(
             f"[bench] {world} ranks ({per_node} per node): timing "

@@ -1,0 +1,106 @@
+"""The peers ``bench train`` measures us against, written as their users would write them.
+
+- :class:`PlainPyTorch`: the same dense network over ``nn.EmbeddingBag`` tables (one per
+  table of the job's layout, ``sparse=True``), the whole model in ``DistributedDataParallel``,
+  torch's Adagrad (sparse gradients for the tables, element-wise state).
+- :func:`plain_parquet_batches`: the simplest honest input pipeline with pyarrow: each rank
+  reads every ``world``-th row group in file order with ``iter_batches``, converts it in the
+  training thread and trains; no prefetch, no shuffling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torchrec import KeyedJaggedTensor
+
+from dist_train.config import JobConfig
+from dist_train.data.batch import Batch, BatchBuilder
+from dist_train.data.reader import resolve_files
+from dist_train.embedding.layout import EmbeddingLayout
+from dist_train.models import create_model
+
+
+class _Pooled(dict[str, torch.Tensor]):
+    """Pooled vectors by key, read the way the models read TorchRec's ``KeyedTensor``."""
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        return self
+
+
+class EmbeddingBags(nn.Module):
+    """One ``nn.EmbeddingBag`` (sum, sparse gradients) per table; a KJT key reads its table."""
+
+    def __init__(self, layout: EmbeddingLayout) -> None:
+        super().__init__()
+        self.bags = nn.ModuleDict()
+        for t in layout.tables:
+            bag = nn.EmbeddingBag(t.num_rows, t.dim, mode="sum", sparse=True)
+            nn.init.uniform_(bag.weight, -0.01, 0.01)
+            self.bags[t.name] = bag
+        self.table_of = {k.key: k.table for k in layout.keys}
+
+    def forward(self, sparse: KeyedJaggedTensor) -> _Pooled:
+        return _Pooled(
+            {
+                key: self.bags[self.table_of[key]](jt.values(), jt.offsets()[:-1])
+                for key, jt in sparse.to_dict().items()
+            }
+        )
+
+
+class PlainPyTorch:
+    """The job's model on plain PyTorch: ``nn.EmbeddingBag`` + DDP, Adagrad."""
+
+    def __init__(self, cfg: JobConfig, layout: EmbeddingLayout) -> None:
+        torch.manual_seed(cfg.seed)
+        model = create_model(layout, len(cfg.data.resolved_dense_columns()), cfg.model, "meta")
+        model.sparse_arch = EmbeddingBags(layout)  # type: ignore[assignment]
+        self.model = DistributedDataParallel(model)
+        tables = [p for n, p in model.named_parameters() if n.startswith("sparse_arch.")]
+        dense = [p for n, p in model.named_parameters() if not n.startswith("sparse_arch.")]
+        o = cfg.embedding.optimizer
+        self.optimizers = [
+            torch.optim.Adagrad(tables, lr=o.learning_rate, eps=o.eps),
+            torch.optim.Adagrad(dense, lr=cfg.train.dense_learning_rate),
+        ]
+
+    def train_step(self, batch: Batch) -> float:
+        logits = self.model(batch.dense, batch.sparse)
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
+        for opt in self.optimizers:
+            opt.zero_grad()
+        loss.backward()
+        for opt in self.optimizers:
+            opt.step()
+        return float(loss.detach())
+
+
+def plain_parquet_batches(path: str, builder: BatchBuilder, batch_size: int) -> Iterator[Batch]:
+    """This rank's full batches: every ``world``-th row group of ``path``'s files, in order."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    index = 0
+    for file in resolve_files(path):
+        parquet = pq.ParquetFile(file)
+        for group in range(parquet.num_row_groups):
+            index += 1
+            if (index - 1) % world != rank:
+                continue
+            for record_batch in parquet.iter_batches(
+                batch_size=batch_size, row_groups=[group], columns=builder.columns
+            ):
+                pending.append(record_batch)
+                rows += record_batch.num_rows
+                while rows >= batch_size:
+                    table = pa.Table.from_batches(pending)
+                    yield builder.build(table.slice(0, batch_size))
+                    rest = table.slice(batch_size)
+                    pending, rows = rest.to_batches(), rest.num_rows

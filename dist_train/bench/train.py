@@ -1,0 +1,274 @@
+"""``dist-train bench train``: our trainer's examples/s and memory beside its peers'.
+
+Four systems train the same data, dense network, optimizer settings and embedding parameter
+budget, side by side in one run:
+
+- ``unified``: our unified table, placed by our planner (the default job);
+- ``hashing_trick``: our trainer with one hashed table per feature, placed by our planner;
+- ``torchrec``: the same tables as ``hashing_trick``, placed by TorchRec's
+  ``EmbeddingShardingPlanner`` (default constants, TorchRec's own sharder), in the same
+  ``DistributedModelParallel`` with FBGEMM's fused row-wise Adagrad;
+- ``pytorch``: the same tables as ``nn.EmbeddingBag`` + DDP with torch's Adagrad
+  (:mod:`dist_train.bench.peers`).
+
+Two modes: ``step`` times forward + backward + optimizer on batches built before timing;
+``end_to_end`` also reads and converts the Parquet files while timing (ours: the training
+loop's input pipeline with its prefetch thread and shuffle buffer; the peers: the plain
+pyarrow loop of :func:`~dist_train.bench.peers.plain_parquet_batches`). Each end-to-end
+round starts its pipeline afresh, so no system's prefetch works while another is timed.
+
+For each rank count, all systems are built in the same gloo processes and timed in
+interleaved rounds (every mode and system once per round); a system's figure is the median
+over rounds, with the spread (min and max). Memory is measured apart, in fresh processes
+per system: the peak RSS of a rank (the largest) less the same process before it built the
+system (imports, process group, prebuilt batches).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow.parquet as pq
+import torch.distributed as dist
+
+from dist_train.bench import variant
+from dist_train.bench.peers import PlainPyTorch, plain_parquet_batches
+from dist_train.bench.planner import reset_peak_rss, rss_bytes, torchrec_job_plan
+from dist_train.checkpoint import TrainPosition
+from dist_train.config import JobConfig, parse_config
+from dist_train.data.batch import Batch, BatchBuilder
+from dist_train.data.reader import list_row_groups
+from dist_train.data.synthetic import generate
+from dist_train.data.validation import BadInputPolicy
+from dist_train.embedding.layout import build_layout
+from dist_train.launchers.processes import run_processes
+from dist_train.train.epochs import Epochs
+from dist_train.train.sharding import JobPlan, plan_job
+from dist_train.train.trainer import Trainer, make_batch_builder
+
+SYSTEMS = ("unified", "hashing_trick", "torchrec", "pytorch")
+MODES = ("step", "end_to_end")
+WARMUP_STEPS = 2
+STEPS_PER_ROUND = 8
+ROUNDS = 5
+
+
+class _Trains(Protocol):
+    def train_step(self, batch: Batch) -> float: ...
+
+
+def system_configs(cfg: JobConfig) -> dict[str, JobConfig]:
+    """Each system's job: ``unified`` is ``cfg``; the others use one table per feature."""
+    per_feature = variant(cfg, ["embedding.kind=hashing_trick"], "bench train hashing_trick")
+    unified = variant(cfg, ["embedding.kind=unified"], "bench train unified")
+    return {
+        "unified": unified,
+        "hashing_trick": per_feature,
+        "torchrec": per_feature,
+        "pytorch": per_feature,
+    }
+
+
+def system_plans(cfgs: dict[str, JobConfig], world: int) -> dict[str, JobPlan | None]:
+    """Our planner's plans, TorchRec's plan, none for plain PyTorch (data parallel)."""
+    theirs, _ = torchrec_job_plan(cfgs["torchrec"], world, world, os.cpu_count() or 1)
+    return {
+        "unified": plan_job(cfgs["unified"], world, world),
+        "hashing_trick": plan_job(cfgs["hashing_trick"], world, world),
+        "torchrec": theirs,
+        "pytorch": None,
+    }
+
+
+def _build(cfg: JobConfig, plan: JobPlan | None) -> _Trains:
+    if plan is None:
+        return PlainPyTorch(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
+    return Trainer.build(cfg, plan, local_world_size=plan.local_world_size)
+
+
+def _prebuilt(builder: BatchBuilder, data: str, batch: int, count: int) -> list[Batch]:
+    """``count`` batches of this rank's slices of ``data``, built before any timing."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    table = pq.read_table(data, columns=builder.columns)
+    return [
+        builder.build(table.slice(((s * world + rank) * batch) % (table.num_rows - batch), batch))
+        for s in range(count)
+    ]
+
+
+def _pipeline(system: str, cfg: JobConfig, data: str) -> Callable[[], Iterator[Batch]]:
+    """A fresh input pipeline of ``system`` (ours: the training loop's; peers: plain pyarrow)."""
+    builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
+    if system in ("torchrec", "pytorch"):
+        return lambda: plain_parquet_batches(data, builder, cfg.train.batch_size)
+    groups = list_row_groups(data)
+
+    def ours() -> Iterator[Batch]:
+        epochs = Epochs(cfg, groups, builder, BadInputPolicy.for_job(cfg), TrainPosition())
+        yield from next(iter(epochs))
+
+    return ours
+
+
+def _timed(model: _Trains, batches: Iterator[Batch], steps: int) -> float:
+    """Seconds for ``steps`` steps of every rank (the slowest rank ends the step)."""
+    dist.barrier()
+    start = time.perf_counter()
+    for batch in itertools.islice(batches, steps):
+        model.train_step(batch)
+    dist.barrier()
+    return time.perf_counter() - start
+
+
+def time_systems(
+    raw: dict[str, dict[str, Any]], plans: dict[str, JobPlan | None], data: str, rounds: int
+) -> dict[str, dict[str, list[float]]]:
+    """Worker: build every system, then time them round-robin; seconds per round."""
+    cfgs = {s: parse_config(r) for s, r in raw.items()}
+    models = {s: _build(cfgs[s], plans[s]) for s in SYSTEMS}
+    batch = cfgs["unified"].train.batch_size
+    count = WARMUP_STEPS + rounds * STEPS_PER_ROUND
+    prebuilt = {
+        s: _prebuilt(
+            make_batch_builder(cfgs[s], build_layout(cfgs[s].embedding, cfgs[s].features, 0)),
+            data,
+            batch,
+            count,
+        )
+        for s in SYSTEMS
+    }
+    pipelines = {s: _pipeline(s, cfgs[s], data) for s in SYSTEMS}
+    for s in SYSTEMS:
+        _timed(models[s], iter(prebuilt[s][:WARMUP_STEPS]), WARMUP_STEPS)
+    seconds: dict[str, dict[str, list[float]]] = {m: {s: [] for s in SYSTEMS} for m in MODES}
+    for r in range(rounds):
+        for s in SYSTEMS:
+            first = WARMUP_STEPS + r * STEPS_PER_ROUND
+            steps = iter(prebuilt[s][first : first + STEPS_PER_ROUND])
+            seconds["step"][s].append(_timed(models[s], steps, STEPS_PER_ROUND))
+            stream = pipelines[s]()
+            seconds["end_to_end"][s].append(_timed(models[s], stream, STEPS_PER_ROUND))
+            stream.close()  # type: ignore[attr-defined]
+    return seconds
+
+
+def peak_memory(
+    raw: dict[str, Any], plan: JobPlan | None, data: str, system: str
+) -> dict[str, int]:
+    """Worker: this rank's peak RSS over building one system and training it, with prebuilt
+    batches and then through its pipeline, less the process before it built the system."""
+    cfg = parse_config(raw)
+    builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
+    batches = _prebuilt(builder, data, cfg.train.batch_size, 3)
+    pipeline = _pipeline(system, cfg, data)
+    dist.barrier()
+    reset_peak_rss()
+    baseline = rss_bytes("VmRSS")
+    model = _build(cfg, plan)
+    _timed(model, iter(batches), 3)
+    step = rss_bytes("VmHWM") - baseline
+    _timed(model, pipeline(), 3)
+    return {"step": step, "end_to_end": rss_bytes("VmHWM") - baseline}
+
+
+def _row(
+    system: str, mode: str, world: int, seconds: list[float], batch: int, memory: int, params: int
+) -> dict[str, Any]:
+    rates = [STEPS_PER_ROUND * batch * world / s for s in seconds]
+    return {
+        "system": system,
+        "mode": mode,
+        "ranks": world,
+        "examples_per_second": statistics.median(rates),
+        "examples_per_second_min": min(rates),
+        "examples_per_second_max": max(rates),
+        "max_rank_memory_bytes": memory,
+        "embedding_parameters": params,
+    }
+
+
+def ratios(results: list[dict[str, Any]]) -> dict[str, float]:
+    """The goals' ratios of median examples/s, per rank count and mode."""
+    rate = {(r["system"], r["mode"], r["ranks"]): r["examples_per_second"] for r in results}
+    out: dict[str, float] = {}
+    for world in sorted({r["ranks"] for r in results}):
+        for mode in MODES:
+            out[f"hashing_trick_over_torchrec_{mode}_{world}_ranks"] = (
+                rate["hashing_trick", mode, world] / rate["torchrec", mode, world]
+            )
+            out[f"unified_over_pytorch_{mode}_{world}_ranks"] = (
+                rate["unified", mode, world] / rate["pytorch", mode, world]
+            )
+        out[f"unified_end_to_end_over_step_{world}_ranks"] = (
+            rate["unified", "end_to_end", world] / rate["unified", "step", world]
+        )
+    return out
+
+
+def run_train_bench(
+    cfg: JobConfig, ranks: list[int], json_out: str | None = None, rounds: int = ROUNDS
+) -> dict[str, Any]:
+    """Time and measure every system at each rank count; print and return the figures."""
+    cfgs = system_configs(cfg)
+    batch = cfg.train.batch_size
+    rows_needed = int(1.5 * (WARMUP_STEPS + rounds * STEPS_PER_ROUND) * batch * max(ranks))
+    synth = cfg.data.synthetic.model_copy(
+        update={"num_train_rows": rows_needed, "num_test_rows": 1024}
+    )
+    data = str(generate(synth, cfg.run_dir / "bench-train-data", progress=False).train_dir)
+    params = {
+        s: build_layout(c.embedding, c.features, c.seed).num_parameters for s, c in cfgs.items()
+    }
+    raw = {s: c.model_dump(mode="json") for s, c in cfgs.items()}
+    results: list[dict[str, Any]] = []
+    for world in ranks:
+        plans = system_plans(cfgs, world)
+        labels = {s: "data_parallel (DDP)" if p is None else p.label for s, p in plans.items()}
+        threads = max(1, (os.cpu_count() or 1) // world)
+        print(
+            f"[bench] {world} rank(s), {threads} thread(s) each: {rounds} interleaved rounds "
+            f"x {STEPS_PER_ROUND} steps of {batch:,} examples per rank, modes "
+            f"{' and '.join(MODES)}; plans: " + "; ".join(f"{s} {labels[s]}" for s in SYSTEMS),
+            flush=True,
+        )
+        out = run_processes(time_systems, (raw, plans, data, rounds), world, threads)
+        memory = {
+            s: run_processes(peak_memory, (raw[s], plans[s], data, s), world, threads)
+            for s in SYSTEMS
+        }
+        for mode in MODES:
+            for s in SYSTEMS:
+                # every round ends at a barrier: the slowest rank's figure is everyone's
+                seconds = [max(r[mode][s][i] for r in out) for i in range(rounds)]
+                peak = max(m[mode] for m in memory[s])
+                results.append(_row(s, mode, world, seconds, batch, peak, params[s]))
+                results[-1]["plan"] = labels[s]
+    summary = {"results": results, "ratios": ratios(results)}
+    _print(summary)
+    if json_out:
+        Path(json_out).write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _print(summary: dict[str, Any]) -> None:
+    print(
+        "\nsystem         mode        ranks  examples/s (median, min-max)   max rank memory  "
+        "emb. params"
+    )
+    for r in summary["results"]:
+        print(
+            f"{r['system']:<14} {r['mode']:<11} {r['ranks']:>5}  {r['examples_per_second']:>10,.0f}"
+            f" ({r['examples_per_second_min']:,.0f}-{r['examples_per_second_max']:,.0f})"
+            f"{'':>4} {r['max_rank_memory_bytes'] / 2**20:>10.1f} MiB  "
+            f"{r['embedding_parameters']:>11,}"
+        )
+    print()
+    for name, value in summary["ratios"].items():
+        print(f"{name:<48} x{value:.2f}")
