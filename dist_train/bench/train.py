@@ -32,6 +32,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,6 +42,7 @@ import torch.distributed as dist
 from dist_train.bench import variant
 from dist_train.bench.peers import PlainPyTorch, plain_parquet_batches
 from dist_train.bench.planner import reset_peak_rss, rss_bytes, torchrec_job_plan
+from dist_train.bench.roofline import MachineRates, measure_rates, step_floor
 from dist_train.checkpoint import TrainPosition
 from dist_train.config import JobConfig, parse_config
 from dist_train.data.batch import Batch, BatchBuilder
@@ -50,7 +52,7 @@ from dist_train.data.validation import BadInputPolicy
 from dist_train.embedding.layout import build_layout
 from dist_train.launchers.processes import run_processes
 from dist_train.train.epochs import Epochs
-from dist_train.train.sharding import JobPlan, plan_job
+from dist_train.train.sharding import JobPlan, plan_job, planner_for_config
 from dist_train.train.trainer import Trainer, make_batch_builder
 
 SYSTEMS = ("unified", "hashing_trick", "torchrec", "pytorch")
@@ -129,8 +131,9 @@ def _timed(model: _Trains, batches: Iterator[Batch], steps: int) -> float:
 
 def time_systems(
     raw: dict[str, dict[str, Any]], plans: dict[str, JobPlan | None], data: str, rounds: int
-) -> dict[str, dict[str, list[float]]]:
-    """Worker: build every system, then time them round-robin; seconds per round."""
+) -> dict[str, Any]:
+    """Worker: build every system, time them round-robin (seconds per round), then measure
+    this machine's rates for the roofline."""
     cfgs = {s: parse_config(r) for s, r in raw.items()}
     models = {s: _build(cfgs[s], plans[s]) for s in SYSTEMS}
     batch = cfgs["unified"].train.batch_size
@@ -156,7 +159,7 @@ def time_systems(
             stream = pipelines[s]()
             seconds["end_to_end"][s].append(_timed(models[s], stream, STEPS_PER_ROUND))
             stream.close()  # type: ignore[attr-defined]
-    return seconds
+    return {"seconds": seconds, "rates": asdict(measure_rates())}
 
 
 def peak_memory(
@@ -228,6 +231,7 @@ def run_train_bench(
     }
     raw = {s: c.model_dump(mode="json") for s, c in cfgs.items()}
     results: list[dict[str, Any]] = []
+    roofline: list[dict[str, Any]] = []
     for world in ranks:
         plans = system_plans(cfgs, world)
         labels = {s: "data_parallel (DDP)" if p is None else p.label for s, p in plans.items()}
@@ -246,11 +250,30 @@ def run_train_bench(
         for mode in MODES:
             for s in SYSTEMS:
                 # every round ends at a barrier: the slowest rank's figure is everyone's
-                seconds = [max(r[mode][s][i] for r in out) for i in range(rounds)]
+                seconds = [max(r["seconds"][mode][s][i] for r in out) for i in range(rounds)]
                 peak = max(m[mode] for m in memory[s])
                 results.append(_row(s, mode, world, seconds, batch, peak, params[s]))
                 results[-1]["plan"] = labels[s]
-    summary = {"results": results, "ratios": ratios(results)}
+        step = (
+            statistics.median(
+                max(r["seconds"]["step"]["unified"][i] for r in out) for i in range(rounds)
+            )
+            / STEPS_PER_ROUND
+        )
+        workload = planner_for_config(cfgs["unified"], world, world)[0].workload
+        floor = step_floor(workload, world, MachineRates(**out[0]["rates"]))
+        roofline.append(
+            {
+                "system": "unified",
+                "mode": "step",
+                "ranks": world,
+                "rates": out[0]["rates"],
+                "floor_seconds": floor,
+                "measured_step_seconds": step,
+                "measured_over_floor": step / floor["floor"],
+            }
+        )
+    summary = {"results": results, "ratios": ratios(results), "roofline": roofline}
     _print(summary)
     if json_out:
         Path(json_out).write_text(json.dumps(summary, indent=2))
@@ -272,3 +295,16 @@ def _print(summary: dict[str, Any]) -> None:
     print()
     for name, value in summary["ratios"].items():
         print(f"{name:<48} x{value:.2f}")
+    for r in summary["roofline"]:
+        rates, terms = r["rates"], r["floor_seconds"]
+        print(
+            f"\nroofline, {r['system']} {r['mode']} on {r['ranks']} rank(s): copy "
+            f"{rates['copy_bytes_per_second'] / 1e9:.1f} GB/s, matmul "
+            f"{rates['matmul_flops_per_second'] / 1e9:.1f} GFLOP/s, all-to-all "
+            f"{rates['all_to_all_bytes_per_second'] / 1e9:.2f} GB/s, all-reduce "
+            f"{rates['all_reduce_bytes_per_second'] / 1e9:.2f} GB/s per rank\n  floor "
+            f"{terms['floor'] * 1e3:.2f} ms ("
+            + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in terms.items() if k != "floor")
+            + f" ms); measured step {r['measured_step_seconds'] * 1e3:.2f} ms: "
+            f"x{r['measured_over_floor']:.2f} the floor"
+        )
