@@ -75,6 +75,16 @@ def _bench(args: argparse.Namespace) -> int:
             stall_rounds=args.stall_rounds,
         )
         return 0
+    if args.bench == "kernel":
+        from dist_train.bench.kernel import run_kernel_bench
+
+        run_kernel_bench(
+            args.json,
+            rounds=args.rounds,
+            dims=tuple(int(x) for x in args.dims.split(",")),
+            batches=tuple(int(x) for x in args.batches.split(",")),
+        )
+        return 0
     if args.bench == "train":
         from dist_train.bench.train import run_train_bench
 
@@ -288,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(p)
     p.add_argument("--ranks", default="1,2,4", help="rank counts to measure, comma-separated")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    p.add_argument("--json", help="also write the figures as JSON to this file")
+    p = bench.add_parser("kernel", help="FBGEMM TBE forward/backward GB/s vs copy GB/s")
+    common(p)
+    p.add_argument("--dims", default="16,32,64,128", help="row widths, comma-separated")
+    p.add_argument("--batches", default="512,2048,8192", help="batch sizes, comma-separated")
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     p.add_argument("--json", help="also write the figures as JSON to this file")
     p = bench.add_parser("ingest", help="Parquet to ready batches per core, vs Ray Data")

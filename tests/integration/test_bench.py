@@ -108,3 +108,43 @@ def test_bench_checkpoint_reports_throughput_against_the_disk(tmp_path: Path) ->
         plain = result[f"plain_dcp_{ours}_bytes_per_second"]
         key = "load_verified_over_plain" if ours == "load" else "save_with_digests_over_plain"
         assert result[key] == pytest.approx(result[f"{ours}_bytes_per_second"] / plain)
+
+
+def test_bench_train_reports_every_system_mode_and_the_roofline(tmp_path: Path) -> None:
+    out = tmp_path / "train.json"
+    args = ["bench", "train", "--config", TINY, "--set", f"output_dir={tmp_path}"]
+    assert main([*args, "--ranks", "2", "--rounds", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = result["results"]
+    assert {(r["system"], r["mode"], r["ranks"]) for r in rows} == {
+        (s, m, n)
+        for s in ("unified", "hashing_trick", "torchrec", "pytorch")
+        for m in ("step", "end_to_end")
+        for n in (2,)
+    }
+    for r in rows:
+        assert r["examples_per_second_min"] <= r["examples_per_second"]
+        assert r["examples_per_second"] <= r["examples_per_second_max"]
+        assert r["max_rank_memory_bytes"] > 0 and r["embedding_parameters"] > 0
+    # equal budgets: the per-feature tables hold the unified table's parameters (to rounding)
+    params = {r["system"]: r["embedding_parameters"] for r in rows}
+    assert abs(params["hashing_trick"] - params["unified"]) <= 0.01 * params["unified"]
+    assert params["torchrec"] == params["pytorch"] == params["hashing_trick"]
+    assert result["ratios"]["unified_over_pytorch_step_2_ranks"] > 0
+    assert result["ratios"]["hashing_trick_over_torchrec_end_to_end_2_ranks"] > 0
+    (roofline,) = result["roofline"]
+    terms = roofline["floor_seconds"]
+    assert terms["floor"] == pytest.approx(sum(v for k, v in terms.items() if k != "floor"))
+    assert terms["all_to_all"] > 0 and terms["all_reduce"] > 0
+    assert roofline["measured_over_floor"] > 1.0  # a floor is below what runs
+
+
+def test_bench_kernel_reports_bandwidth_against_copy(tmp_path: Path) -> None:
+    out = tmp_path / "kernel.json"
+    args = ["bench", "kernel", "--dims", "16,32", "--batches", "256", "--rounds", "1"]
+    assert main([*args, "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["dim"], r["batch"]) for r in rows] == [(16, 256), (32, 256)]
+    for r in rows:
+        assert r["forward_backward_seconds"] > r["forward_seconds"] > 0
+        assert 0 < r["forward_over_copy"] and 0 < r["forward_backward_over_copy"]

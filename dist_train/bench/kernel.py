@@ -1,0 +1,147 @@
+"""``dist-train bench kernel``: FBGEMM's table-batched embedding kernel against copy speed.
+
+One ``SplitTableBatchedEmbeddingBagsCodegen`` on this device's kernel (a 1,000,000-row table
+read by 32 features, ids Zipf(1.1) hashed per feature as in ``dist-train calibrate``), timed
+forward alone and forward + backward with the fused row-wise Adagrad update, over row widths
+and batch sizes. Its bandwidth counts the bytes the kernel must move:
+
+- forward: each looked-up row read, each pooled output written (``ids x dim x 4 +
+  bags x dim x 4``);
+- forward + backward: that, the pooled gradients read, and each looked-up row read and
+  written again with its accumulator (``+ bags x dim x 4 + ids x (2 x dim x 4 + 8)``);
+
+against ``Tensor.copy_`` of 256 MiB (bytes read + written per second) measured in the same
+run, rounds interleaved, medians reported.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from planners.calibrate import TBE_BAGS, TBE_ROWS, copy_bytes_per_second, zipf_rows
+
+DIMS = (16, 32, 64, 128)
+BATCHES = (512, 2048, 8192)
+ROUNDS = 5
+CALLS_PER_ROUND = 5
+
+
+def _tbe(dim: int) -> torch.nn.Module:
+    from fbgemm_gpu.split_embedding_configs import EmbOptimType
+    from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation
+    from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+        ComputeDevice,
+        SplitTableBatchedEmbeddingBagsCodegen,
+    )
+
+    return SplitTableBatchedEmbeddingBagsCodegen(
+        embedding_specs=[(TBE_ROWS, dim, EmbeddingLocation.HOST, ComputeDevice.CPU)],
+        feature_table_map=[0] * TBE_BAGS,
+        optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD,
+        learning_rate=0.01,
+    )
+
+
+def _forward(tbe: torch.nn.Module, ids: torch.Tensor, offsets: torch.Tensor) -> None:
+    with torch.no_grad():
+        tbe(ids, offsets)
+
+
+def _training(
+    tbe: torch.nn.Module, ids: torch.Tensor, offsets: torch.Tensor, grad: torch.Tensor
+) -> None:
+    tbe(ids, offsets).backward(grad)  # the fused update runs inside backward
+
+
+def _seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    for _ in range(CALLS_PER_ROUND):
+        fn()
+    return (time.perf_counter() - start) / CALLS_PER_ROUND
+
+
+def run_kernel_bench(
+    json_out: str | None = None,
+    rounds: int = ROUNDS,
+    dims: tuple[int, ...] = DIMS,
+    batches: tuple[int, ...] = BATCHES,
+) -> dict[str, Any]:
+    """Time every (dim, batch) case forward and forward+backward; print and return them."""
+    cases: list[dict[str, Any]] = []
+    calls: list[tuple[Callable[[], object], Callable[[], object]]] = []
+    for dim in dims:
+        tbe = _tbe(dim)
+        for batch in batches:
+            ids = zipf_rows(batch, TBE_BAGS)
+            offsets = torch.arange(ids.numel() + 1)
+            grad = torch.ones(batch, TBE_BAGS * dim)
+            bags = batch * TBE_BAGS
+            forward_bytes = (ids.numel() + bags) * dim * 4
+            update_bytes = bags * dim * 4 + ids.numel() * (2 * dim * 4 + 8)
+
+            forward = functools.partial(_forward, tbe, ids, offsets)
+            training = functools.partial(_training, tbe, ids, offsets, grad)
+            forward()
+            training()
+            calls.append((forward, training))
+            cases.append(
+                {
+                    "dim": dim,
+                    "batch": batch,
+                    "bags": bags,
+                    "forward_bytes": forward_bytes,
+                    "forward_backward_bytes": forward_bytes + update_bytes,
+                    "forward_seconds": [],
+                    "forward_backward_seconds": [],
+                    "copy_bytes_per_second": [],
+                }
+            )
+    print(
+        f"[bench] FBGEMM TBE on the CPU kernel, {TBE_ROWS:,} rows, {TBE_BAGS} features x Zipf "
+        f"ids, {torch.get_num_threads()} thread(s); {rounds} interleaved rounds",
+        flush=True,
+    )
+    for _ in range(rounds):
+        for case, (run_forward, run_training) in zip(cases, calls, strict=True):
+            case["copy_bytes_per_second"].append(copy_bytes_per_second())
+            case["forward_seconds"].append(_seconds(run_forward))
+            case["forward_backward_seconds"].append(_seconds(run_training))
+    rows = []
+    for case in cases:
+        copy = statistics.median(case["copy_bytes_per_second"])
+        fwd = statistics.median(case["forward_seconds"])
+        both = statistics.median(case["forward_backward_seconds"])
+        rows.append(
+            {
+                "dim": case["dim"],
+                "batch": case["batch"],
+                "forward_seconds": fwd,
+                "forward_backward_seconds": both,
+                "forward_bytes_per_second": case["forward_bytes"] / fwd,
+                "forward_backward_bytes_per_second": case["forward_backward_bytes"] / both,
+                "copy_bytes_per_second": copy,
+                "forward_over_copy": case["forward_bytes"] / fwd / copy,
+                "forward_backward_over_copy": case["forward_backward_bytes"] / both / copy,
+            }
+        )
+    print("\n  dim   batch  fwd ms  fwd GB/s  fwd/copy  fwd+bwd ms  fwd+bwd GB/s  /copy  copy GB/s")
+    for r in rows:
+        print(
+            f"{r['dim']:>5} {r['batch']:>7} {r['forward_seconds'] * 1e3:>7.2f} "
+            f"{r['forward_bytes_per_second'] / 1e9:>9.2f} {r['forward_over_copy']:>9.2f} "
+            f"{r['forward_backward_seconds'] * 1e3:>11.2f} "
+            f"{r['forward_backward_bytes_per_second'] / 1e9:>13.2f} "
+            f"{r['forward_backward_over_copy']:>6.2f} {r['copy_bytes_per_second'] / 1e9:>10.1f}"
+        )
+    result = {"threads": torch.get_num_threads(), "rows": rows}
+    if json_out:
+        Path(json_out).write_text(json.dumps(result, indent=2))
+    return result
