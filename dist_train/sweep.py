@@ -1,0 +1,236 @@
+"""``dist-train sweep``: quality per parameter across embedding methods (the paper's Table 1).
+
+For each parameter budget (a fraction of the collisionless parameter count, generous to
+tiny) and seed, the same job trains with:
+
+- ``collisionless``: one exact table per feature (its full vocabulary; one budget, 1.0);
+- ``hashing_trick``: one hashed table per feature, the budget's rows split evenly;
+- ``multiplexing``: one shared hashed table, one chunk per feature (feature multiplexing);
+- ``unified``: one shared table, chunks per feature as the job config sets them (more for
+  high-cardinality features: Unified Embedding).
+
+Every arm has one chunk (d columns) per feature except ``unified``; parameters are table
+rows x d. A seed changes initialization, hash salts and batch order; the data stay fixed.
+Results go to ``<out>/results.jsonl`` as each run ends (a rerun skips the arms already
+there), then ``sweep.json``, ``sweep.md`` (mean and spread of test AUC and log loss) and
+``sweep.png`` (AUC against parameters).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from dist_train.config import DEFAULT_CONFIG, JobConfig, apply_overrides, load_config, parse_config
+from dist_train.data.synthetic import generate
+from dist_train.embedding.layout import build_layout
+
+METHODS = ("collisionless", "hashing_trick", "multiplexing", "unified")
+DATASETS = {"synthetic": DEFAULT_CONFIG, "adult": DEFAULT_CONFIG.parent / "adult.yaml"}
+BUDGETS = (1.0, 0.3, 0.1, 0.03)
+SEEDS = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One training run of the sweep."""
+
+    method: str
+    budget: float  # fraction of the collisionless parameters
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-b{self.budget:g}-s{self.seed}"
+
+
+def arms(budgets: tuple[float, ...], seeds: tuple[int, ...]) -> list[Arm]:
+    """Every run, seeds innermost-but-one so a partial sweep covers all methods early."""
+    out = [Arm("collisionless", 1.0, s) for s in seeds]
+    for budget in budgets:
+        for seed in seeds:
+            out += [Arm(m, budget, seed) for m in METHODS if m != "collisionless"]
+    return out
+
+
+def vocabulary(cfg: JobConfig) -> int:
+    """Distinct values over all features (the collisionless table rows)."""
+    missing = [f.name for f in cfg.features if f.cardinality is None]
+    if missing:
+        raise ValueError(f"the sweep needs a cardinality for every feature; missing: {missing}")
+    return sum(f.cardinality or 0 for f in cfg.features)
+
+
+def arm_config(base: JobConfig, arm: Arm) -> JobConfig:
+    """``base`` trained as ``arm``: its embedding kind, rows and chunks, seed and name."""
+    raw = base.model_dump(mode="json")
+    rows = max(len(base.features), round(arm.budget * vocabulary(base)))
+    kind = {"multiplexing": "unified"}.get(arm.method, arm.method)
+    overrides = [
+        f"name={arm.name}",
+        f"seed={arm.seed}",
+        f"embedding.kind={kind}",
+        f"embedding.num_rows={rows}",
+        "embedding.num_tables=1",
+    ]
+    if arm.method != "unified":
+        for feature in raw["features"]:
+            feature["chunks"] = 1
+    return parse_config(apply_overrides(raw, overrides), f"sweep arm {arm.name}")
+
+
+def prepare(dataset: str, config: str | None, overrides: list[str], out: Path) -> JobConfig:
+    """The sweep's base job: its data written once under ``out/data``, runs under ``out``."""
+    cfg = load_config(config or DATASETS[dataset], overrides)
+    data = out / "data"
+    if dataset == "adult":
+        from dist_train.data.adult import convert_adult
+
+        written = convert_adult(data)
+        train, test = written.train_dir, written.test_dir
+    else:
+        # integer ids: the collisionless baseline indexes them
+        synth = cfg.data.synthetic.model_copy(update={"string_columns": []})
+        generated = generate(synth, data, progress=False)
+        train, test = generated.train_dir, generated.test_dir
+    fixed = [
+        f"output_dir={out / 'runs'}",
+        "launcher=processes",
+        f"data.train_path={train}",
+        f"data.test_path={test}",
+        "checkpoint.save_at_end=false",  # dozens of runs: keep the figures, not the tables
+    ]
+    return parse_config(apply_overrides(cfg.model_dump(mode="json"), fixed), "sweep base job")
+
+
+def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean, standard deviation, min and max of test AUC and log loss per (method, budget)."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["method"], r["budget"]), []).append(r)
+    rows = []
+    for (method, budget), runs in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
+        row: dict[str, Any] = {
+            "method": method,
+            "budget": budget,
+            "parameters": runs[0]["parameters"],
+            "seeds": len(runs),
+        }
+        for metric in ("test_auc", "test_log_loss"):
+            values = [r[metric] for r in runs]
+            row[f"{metric}_mean"] = statistics.fmean(values)
+            row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            row[f"{metric}_min"], row[f"{metric}_max"] = min(values), max(values)
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], dataset: str) -> str:
+    lines = [
+        f"Dataset: {dataset}. Test AUC and log loss: mean ± standard deviation over seeds "
+        "(min-max).",
+        "",
+        "| method | budget | parameters | seeds | test AUC | log loss |",
+        "| --- | ---: | ---: | ---: | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['budget']:g} | {r['parameters']:,} | {r['seeds']} | "
+            f"{r['test_auc_mean']:.4f} ± {r['test_auc_std']:.4f} "
+            f"({r['test_auc_min']:.4f}-{r['test_auc_max']:.4f}) | "
+            f"{r['test_log_loss_mean']:.4f} ± {r['test_log_loss_std']:.4f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], dataset: str, path: Path) -> None:
+    """Test AUC (mean, error bars: standard deviation) against parameters, one line a method."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a cluster node
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in METHODS:
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["parameters"])
+        if not mine:
+            continue
+        ax.errorbar(
+            [r["parameters"] for r in mine],
+            [r["test_auc_mean"] for r in mine],
+            yerr=[r["test_auc_std"] for r in mine],
+            marker="o",
+            capsize=3,
+            label=method,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("embedding parameters")
+    ax.set_ylabel("test AUC")
+    ax.set_title(f"Quality per parameter ({dataset})")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_sweep(
+    dataset: str,
+    out: Path,
+    config: str | None = None,
+    overrides: list[str] | None = None,
+    budgets: tuple[float, ...] = BUDGETS,
+    seeds: tuple[int, ...] = SEEDS,
+) -> list[dict[str, Any]]:
+    """Train every arm not already in ``out/results.jsonl``; write and return the summary."""
+    from dist_train.driver import run_job  # the trainer's imports are only needed to train
+
+    out.mkdir(parents=True, exist_ok=True)
+    base = prepare(dataset, config, overrides or [], out)
+    log = out / "results.jsonl"
+    lines = log.read_text().splitlines() if log.exists() else []
+    done = [r for r in map(json.loads, lines) if r.get("dataset") == dataset]
+    have = {r["name"] for r in done}
+    todo = [a for a in arms(budgets, seeds) if a.name not in have]
+    wanted = {a.name for a in arms(budgets, seeds)}
+    print(
+        f"[sweep] {dataset}: {len(todo)} run(s) to train, {len(wanted) - len(todo)} already in "
+        f"{log}",
+        flush=True,
+    )
+    for i, arm in enumerate(todo, 1):
+        cfg = arm_config(base, arm)
+        params = build_layout(cfg.embedding, cfg.features, cfg.seed).num_parameters
+        start = time.perf_counter()
+        summary = run_job(cfg)
+        result = {
+            **asdict(arm),
+            "dataset": dataset,
+            "name": arm.name,
+            "parameters": params,
+            "test_auc": summary["test_auc"],
+            "test_log_loss": summary["test_log_loss"],
+            "seconds": time.perf_counter() - start,
+        }
+        with log.open("a") as f:
+            f.write(json.dumps(result) + "\n")
+        done.append(result)
+        print(
+            f"[sweep] {i}/{len(todo)} {arm.name}: {params:,} parameters, test AUC "
+            f"{result['test_auc']:.4f}, log loss {result['test_log_loss']:.4f} "
+            f"({result['seconds']:.0f} s)",
+            flush=True,
+        )
+    rows = summarize([r for r in done if r["name"] in wanted])
+    (out / "sweep.json").write_text(json.dumps({"dataset": dataset, "rows": rows}, indent=2))
+    table = markdown(rows, dataset)
+    (out / "sweep.md").write_text(table)
+    plot(rows, dataset, out / "sweep.png")
+    print("\n" + table + f"\nwrote {out / 'sweep.md'}, {out / 'sweep.json'}, {out / 'sweep.png'}")
+    sys.stdout.flush()
+    return rows

@@ -1,0 +1,67 @@
+"""The sweep's arms (budgets, chunks, kinds) and its summary; the Adult conversion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from dist_train.config import load_config
+from dist_train.data.adult import CATEGORICAL, DENSE_COLUMNS, convert_adult
+from dist_train.embedding.layout import build_layout
+from dist_train.sweep import DATASETS, Arm, arm_config, arms, summarize, vocabulary
+
+
+def test_every_method_at_a_budget_holds_that_many_parameters() -> None:
+    base = load_config(DATASETS["synthetic"])
+    full = vocabulary(base) * base.embedding.dim
+    exact = arm_config(base, Arm("collisionless", 1.0, 0))
+    assert build_layout(exact.embedding, exact.features, 0).num_parameters == full
+    for method in ("hashing_trick", "multiplexing", "unified"):
+        cfg = arm_config(base, Arm(method, 0.1, 2))
+        params = build_layout(cfg.embedding, cfg.features, cfg.seed).num_parameters
+        assert params == pytest.approx(0.1 * full, rel=0.001), method
+        assert cfg.seed == 2 and cfg.name == f"{method}-b0.1-s2"
+    chunks = {
+        m: [f.chunks for f in arm_config(base, Arm(m, 0.1, 0)).features]
+        for m in ("multiplexing", "unified")
+    }
+    assert set(chunks["multiplexing"]) == {1}
+    assert chunks["unified"] == [f.chunks for f in base.features] and max(chunks["unified"]) > 1
+    assert arm_config(base, Arm("multiplexing", 0.1, 0)).embedding.kind == "unified"
+
+
+def test_arms_cover_methods_budgets_and_seeds_once() -> None:
+    runs = arms((1.0, 0.1), (0, 1))
+    assert len(runs) == len({a.name for a in runs}) == 2 + 2 * 2 * 3
+    assert {a.method for a in runs if a.budget == 0.1} == {
+        "hashing_trick",
+        "multiplexing",
+        "unified",
+    }
+
+
+def test_summary_gives_mean_and_spread_over_seeds() -> None:
+    results = [
+        {"method": "unified", "budget": 0.1, "parameters": 10, "test_auc": a, "test_log_loss": 0.5}
+        for a in (0.70, 0.72, 0.74)
+    ]
+    (row,) = summarize(results)
+    assert row["seeds"] == 3 and row["test_auc_mean"] == pytest.approx(0.72)
+    assert row["test_auc_std"] == pytest.approx(0.02)
+    assert (row["test_auc_min"], row["test_auc_max"]) == (0.70, 0.74)
+
+
+def test_adult_converts_to_exact_integer_codes(tmp_path: Path) -> None:
+    data = convert_adult(tmp_path)
+    assert data.num_train_rows + data.num_test_rows == 48_842
+    train, test = pq.read_table(data.train_dir), pq.read_table(data.test_dir)
+    assert set(train["row_id"].to_pylist()).isdisjoint(test["row_id"].to_pylist())
+    cfg = load_config(DATASETS["adult"])
+    assert [f.name for f in cfg.features] == [name for name, _ in CATEGORICAL.values()]
+    assert cfg.data.dense_columns == DENSE_COLUMNS
+    for feature in cfg.features:  # codes index the collisionless table exactly
+        codes = train[feature.name].to_numpy()
+        assert codes.min() >= 0 and codes.max() < (feature.cardinality or 0), feature.name
+    assert 0.2 < train["label"].to_numpy().mean() < 0.3
