@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
+from fbgemm_gpu.tbe.config.optimizer_config import WeightDecayMode
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.types import ShardingType
 
@@ -56,6 +57,8 @@ def fused_params(
         "learning_rate": learning_rate,
         "weight_decay": weight_decay,
     }
+    if weight_decay > 0:  # FBGEMM applies weight_decay only under a mode (default: none)
+        params["weight_decay_mode"] = WeightDecayMode.L2
     if optimizer != "sgd":
         params["eps"] = eps
     return params

@@ -24,7 +24,14 @@ from planners.sharders import (
     fused_params,
 )
 from planners.topology import Topology, load_topology, parse_bytes, preset, resize
-from planners.types import HIERARCHICAL, SHARDING_TYPES, OptimizerState, TableLoad, Workload
+from planners.types import (
+    HIERARCHICAL,
+    SHARDING_TYPES,
+    OptimizerState,
+    PlanningError,
+    TableLoad,
+    Workload,
+)
 
 _DENSE_OPTIMIZER_SLOTS = {"adagrad": 1, "adam": 2, "sgd": 0}
 
@@ -94,6 +101,14 @@ def job_fused_params(cfg: JobConfig, device_type: str) -> dict[str, Any] | None:
     opt = cfg.embedding.optimizer
     if embedding_kernel(opt.type, device_type) != "fused":
         return None
+    if opt.weight_decay > 0 and device_type == "cpu":
+        # Measured (tests/unit/test_weight_decay.py): the CPU kernel of fbgemm-gpu-cpu 1.8
+        # leaves weights untouched by weight_decay in every mode, while replicated tables
+        # would apply it: refuse rather than train half the tables regularized.
+        raise PlanningError(
+            f"embedding.optimizer.weight_decay={opt.weight_decay}: FBGEMM's CPU kernel "
+            "ignores weight decay for fused embedding optimizers; set it to 0 on CPU"
+        )
     return fused_params(opt.type, opt.learning_rate, opt.eps, opt.weight_decay)
 
 
@@ -175,6 +190,16 @@ def planner_for_config(
     layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
     model = build_model(cfg, layout)
     group = cfg.sharding.group_size
+    if cfg.embedding.optimizer.weight_decay > 0:
+        # The replica merge re-applies summed gradients; each replica's L2 term would be
+        # counted once per replica, so weight decay trains in 1D only.
+        if group != "auto" and group < world_size:
+            raise PlanningError(
+                f"sharding.group_size={group} (2D) does not support "
+                f"embedding.optimizer.weight_decay={cfg.embedding.optimizer.weight_decay}; "
+                f"use group_size auto or {world_size}, or no weight decay"
+            )
+        group = world_size
     planner = CostModelPlanner(
         topology_for_config(cfg, world_size, local_world_size, device_type, cores_per_node),
         workload_for_config(cfg, layout, model, device_type),
