@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from dist_train.cli import main
+from dist_train.data.adult import convert_adult
 from dist_train.launchers.cluster import ClusterTooSmallError, NodeResources, check_fits
 from dist_train.launchers.submit import submit_command
 from dist_train.train.rank_layout import RankLayoutError, layout_from_node_ids
@@ -40,7 +41,9 @@ def test_topology_from_node_ids() -> None:
         layout_from_node_ids(["n1", "n1", "n1", "n2"], rank=0)
 
 
-def test_shipped_launch_files_validate() -> None:
+def test_shipped_launch_files_validate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    convert_adult(tmp_path / "data" / "adult")  # adult.yaml reads it, relative to the cwd
+    monkeypatch.chdir(tmp_path)
     files = [
         *sorted((LAUNCH / "configs").glob("*.yaml")),
         LAUNCH / "clusters" / "aws-gpu.yaml",
