@@ -14,6 +14,11 @@ import sys
 import warnings
 
 
+class _DropDataParallelCacheNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "caching params will be ignored" not in record.getMessage()
+
+
 def quiet_worker_logs() -> None:
     """Raise library loggers to WARNING and drop library deprecation warnings."""
     logging.getLogger().setLevel(logging.WARNING)
@@ -21,6 +26,11 @@ def quiet_worker_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     # torch.fx warns on every TorchRec forward that its is_fx_tracing API changed.
     logging.getLogger("torch.fx").setLevel(logging.ERROR)
+    # TorchRec warns for every replicated table that it ignores the sharder's cache
+    # parameters; replicated tables train with their own optimizer on purpose.
+    utils = logging.getLogger("torchrec.distributed.utils")
+    if not any(isinstance(f, _DropDataParallelCacheNote) for f in utils.filters):
+        utils.addFilter(_DropDataParallelCacheNote())
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch(rec)?\..*")

@@ -29,6 +29,7 @@ from typing import Any
 from dist_train.config import DEFAULT_CONFIG, JobConfig, apply_overrides, load_config, parse_config
 from dist_train.data.synthetic import generate
 from dist_train.embedding.layout import build_layout
+from dist_train.logs import setup_logging, verbosity
 
 METHODS = ("collisionless", "hashing_trick", "multiplexing", "unified")
 DATASETS = {"synthetic": DEFAULT_CONFIG, "adult": DEFAULT_CONFIG.parent / "adult.yaml"}
@@ -191,6 +192,8 @@ def run_sweep(
     from dist_train.driver import run_job  # the trainer's imports are only needed to train
 
     out.mkdir(parents=True, exist_ok=True)
+    if verbosity() == "normal":
+        setup_logging("quiet")  # dozens of runs: the sweep prints one line each
     base = prepare(dataset, config, overrides or [], out)
     log = out / "results.jsonl"
     lines = log.read_text().splitlines() if log.exists() else []

@@ -148,3 +148,23 @@ def test_bench_kernel_reports_bandwidth_against_copy(tmp_path: Path) -> None:
     for r in rows:
         assert r["forward_backward_seconds"] > r["forward_seconds"] > 0
         assert 0 < r["forward_over_copy"] and 0 < r["forward_backward_over_copy"]
+
+
+def test_sweep_on_adult_writes_table_plot_and_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    args = ["sweep", "--dataset", "adult", "--budgets", "0.1", "--seeds", "0"]
+    args += ["--set", "train.epochs=1", "--out", str(out)]
+    assert main(args) == 0
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert {r["method"] for r in rows} == {
+        "collisionless",
+        "hashing_trick",
+        "multiplexing",
+        "unified",
+    }
+    assert all(0.5 < r["test_auc_mean"] <= 1.0 and r["seeds"] == 1 for r in rows)
+    assert (out / "sweep.png").stat().st_size > 10_000
+    assert "| unified | 0.1 |" in (out / "sweep.md").read_text()
+    runs = (out / "results.jsonl").read_text()
+    assert main(args) == 0  # every arm is on record: nothing trains again
+    assert (out / "results.jsonl").read_text() == runs
