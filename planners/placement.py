@@ -59,6 +59,8 @@ def uneven_row_sizes(
     """
     if np.ptp(busy_seconds) <= 1e-12 * max(1.0, float(busy_seconds.max())):
         return None
+    if table.rows < len(busy_seconds):  # a row for every rank is more than the table has
+        return None
     lo, hi = (
         float(busy_seconds.min()),
         float(busy_seconds.max() + seconds_per_row.max() * table.rows),

@@ -86,6 +86,9 @@ def test_uneven_split_gives_the_busier_rank_fewer_rows() -> None:
     assert sizes is not None and sum(sizes) == table.rows
     assert sizes[0] < min(sizes[1:]) and max(sizes[1:]) - min(sizes[1:]) <= 1
     assert pl.uneven_row_sizes(table, np.zeros(4), np.full(4, 1e-4), np.full(4, 1e9)) is None
+    # fewer rows than ranks: no uneven split (it used to loop forever handing back rows)
+    tiny = TableLoad("tiny", 1, 16, 1, 1.0)
+    assert pl.uneven_row_sizes(tiny, busy[:2], np.full(2, 1e-4), np.full(2, 1e9)) is None
 
 
 def test_uneven_row_wise_balances_a_rank_made_busy_by_another_table() -> None:
