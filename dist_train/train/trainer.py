@@ -20,7 +20,7 @@ from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
 from dist_train.config import JobConfig
 from dist_train.data.batch import Batch, BatchBuilder
-from dist_train.embedding.init import init_embedding_tables
+from dist_train.embedding.init import init_bound, init_embedding_tables
 from dist_train.embedding.layout import EmbeddingLayout, build_layout
 from dist_train.train.metrics import EvalMetrics
 from dist_train.train.replicas import GroupLayout, ReplicaSync, group_env, place_in_group
@@ -121,7 +121,8 @@ class Trainer:
             sharders=[sharder],  # type: ignore[list-item]
         )
         enable_uneven_row_wise(dmp)
-        init_embedding_tables(dmp, {t.name: (t.num_rows, t.dim) for t in layout.tables}, cfg.seed)
+        tables = {t.name: (t.num_rows, t.dim) for t in layout.tables}
+        init_embedding_tables(dmp, tables, cfg.seed, init_bound(cfg.embedding))
         optimizer = CombinedOptimizer(
             [
                 dmp.fused_optimizer,

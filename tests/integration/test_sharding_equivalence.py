@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dist_train.data.synthetic import generate
-from dist_train.embedding.init import init_rows
+from dist_train.embedding.init import init_bound, init_rows
 from dist_train.launchers.processes import run_processes
 from tests.conftest import small_config
 from tests.workers import assemble_tables, train_fixed_batches
@@ -60,6 +60,7 @@ def test_two_rank_row_wise_matches_one_rank(
         np.testing.assert_allclose(tables_2[key], tables_1[key], rtol=0, atol=table_atol)
         # Training moved rows away from their (plan-independent) initial values.
         rows, dim = tables_1[key].shape
-        initial = init_rows(key.split(".")[-2], rows, dim, cfg.seed, 0, rows).numpy()
+        bound = init_bound(cfg.embedding)
+        initial = init_rows(key.split(".")[-2], rows, dim, cfg.seed, 0, rows, bound).numpy()
         moved = np.abs(tables_1[key] - initial).max(axis=1) > 1e-4
         assert moved.sum() > 50
