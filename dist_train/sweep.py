@@ -161,6 +161,8 @@ def plot(rows: list[dict[str, Any]], dataset: str, path: Path) -> None:
         mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["parameters"])
         if not mine:
             continue
+        if method == "collisionless":  # one budget: draw it as the reference line it is
+            ax.axhline(mine[0]["test_auc_mean"], color="black", linestyle="--", linewidth=1)
         ax.errorbar(
             [r["parameters"] for r in mine],
             [r["test_auc_mean"] for r in mine],
