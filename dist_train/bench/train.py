@@ -98,6 +98,10 @@ def _build(cfg: JobConfig, plan: JobPlan | None) -> _Trains:
     return Trainer.build(cfg, plan, local_world_size=plan.local_world_size)
 
 
+def _builder(cfg: JobConfig) -> BatchBuilder:
+    return make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
+
+
 def _prebuilt(builder: BatchBuilder, data: str, batch: int, count: int) -> list[Batch]:
     """``count`` batches of this rank's slices of ``data``, built before any timing."""
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -110,7 +114,7 @@ def _prebuilt(builder: BatchBuilder, data: str, batch: int, count: int) -> list[
 
 def _pipeline(system: str, cfg: JobConfig, data: str) -> Callable[[], Iterator[Batch]]:
     """A fresh input pipeline of ``system`` (ours: the training loop's; peers: plain pyarrow)."""
-    builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
+    builder = _builder(cfg)
     if system in ("torchrec", "pytorch"):
         return lambda: plain_parquet_batches(data, builder, cfg.train.batch_size)
     groups = list_row_groups(data)
@@ -147,7 +151,7 @@ def time_systems(
     count = WARMUP_STEPS + rounds * STEPS_PER_ROUND
     prebuilt = {
         s: _prebuilt(
-            make_batch_builder(cfgs[s], build_layout(cfgs[s].embedding, cfgs[s].features, 0)),
+            _builder(cfgs[s]),
             data,
             batch,
             count,
@@ -176,7 +180,7 @@ def peak_memory(
     """Worker: this rank's peak RSS over building one system and training it, with prebuilt
     batches and then through its pipeline, less the process before it built the system."""
     cfg = parse_config(raw)
-    builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
+    builder = _builder(cfg)
     batches = _prebuilt(builder, data, cfg.train.batch_size, 3)
     pipeline = _pipeline(system, cfg, data)
     dist.barrier()
