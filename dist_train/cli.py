@@ -3,6 +3,7 @@
 dist-train train [--config C] [--set KEY=VALUE ...]   train + evaluate (default config)
 dist-train gen-data [--config C] --out DIR [--set ...] write the synthetic dataset
 dist-train show-config [--config C] [--set ...]       print the validated config
+dist-train show-config --reference                   every config key (docs/config.md)
 dist-train plan [--config C] [--nodes N --ranks-per-node G ...] [--json OUT]
                                                       dry-run the sharding planner
 dist-train calibrate --out topology.json              measure this machine for the planner
@@ -37,6 +38,11 @@ def _gen_data(args: argparse.Namespace) -> int:
 
 
 def _show_config(args: argparse.Namespace) -> int:
+    if args.reference:
+        from dist_train.config_reference import config_reference
+
+        print(config_reference(), end="")
+        return 0
     cfg = _load(args.config, args.set)
     if cfg is None:
         return 2
@@ -276,6 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (train/ and test/ inside)")
     p = sub.add_parser("show-config", help="print the validated job config as JSON")
     common(p)
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        help="print the reference of every config key as Markdown (docs/config.md)",
+    )
     p = sub.add_parser("plan", help="dry-run the sharding planner for any cluster shape")
     common(p)
     p.add_argument("--nodes", type=int, help="nodes (default: the job's ray.num_nodes or 1)")

@@ -1,0 +1,98 @@
+"""``dist-train show-config --reference``: every job config key, from the pydantic models.
+
+``docs/config.md`` is this module's output; ``tests/unit/test_config_reference.py`` fails
+when the two differ, so the reference cannot go stale.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from dist_train.config import JobConfig
+
+HEADER = """# Job config reference
+
+Generated from the pydantic models in `dist_train/config.py` by
+`dist-train show-config --reference > docs/config.md`; a test fails when this file is stale.
+A job config is YAML (`launch/configs/default.yaml` is the default job); any key can be set
+from the command line with `--set key.path=value`. `dist-train show-config` prints the
+validated config of a job, every default filled in.
+"""
+
+
+def _type_name(annotation: Any) -> str:
+    """A short readable type: ``int | None``, ``auto | row_wise | ...``, ``list[int]``."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Literal:
+        return " \\| ".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " \\| ".join(_type_name(a) for a in args)
+    if origin in (list, tuple, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    if annotation is type(None):
+        return "null"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "mapping"
+    if isinstance(annotation, type) and hasattr(annotation, "__members__"):  # enums
+        return " \\| ".join(str(m.value) for m in annotation)  # type: ignore[attr-defined]
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _default(field: Any) -> str:
+    if field.default_factory is not None:
+        value = field.default_factory()
+    elif field.default is PydanticUndefined:
+        return "required"
+    else:
+        value = field.default
+    if isinstance(value, BaseModel):
+        return "(section)"
+    if hasattr(value, "value"):  # an enum member
+        value = value.value
+    return f"`{json.dumps(value)}`"
+
+
+def _nested(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds, directly or as the items of a list."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) is list:
+        (item,) = typing.get_args(annotation)
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            return item
+    return None
+
+
+def _section(model: type[BaseModel], prefix: str, out: list[str]) -> None:
+    doc = (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else ""
+    out += ["", f"## `{prefix or 'top level'}`", "", doc, ""] if doc else ["", f"## `{prefix}`", ""]
+    out += ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    later: list[tuple[type[BaseModel], str]] = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        nested = _nested(field.annotation)
+        if nested is not None:
+            is_list = typing.get_origin(field.annotation) is list
+            later.append((nested, f"{key}[]" if is_list else key))
+            kind = "list of mappings" if is_list else "mapping"
+            meaning = field.description or (nested.__doc__ or "").strip().splitlines()[0]
+            out.append(f"| `{key}` | {kind} | {_default(field)} | {meaning} (below) |")
+            continue
+        meaning = " ".join((field.description or "").split()).replace("|", "\\|")
+        out.append(f"| `{key}` | {_type_name(field.annotation)} | {_default(field)} | {meaning} |")
+    for nested, key in later:
+        _section(nested, key, out)
+
+
+def config_reference() -> str:
+    """The Markdown reference of every key of :class:`~dist_train.config.JobConfig`."""
+    out = [HEADER.rstrip()]
+    _section(JobConfig, "", out)
+    return "\n".join(out) + "\n"
