@@ -105,6 +105,9 @@ def test_elastic_run_loses_a_node_and_finishes_on_fewer_workers(
     # Ray Train's controller polls workers (and registers reports) at this interval (2 s by
     # default); the cluster's processes inherit it. Faster polling, shorter test.
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    # After the node goes, the controller first asks for the 2 workers again and waits this
+    # long for them (60 s by default: most of the test) before settling for the 1 that fits.
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "15")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     second = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
