@@ -106,8 +106,9 @@ def zipf_rows(batch: int, bags: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(rows.reshape(-1).astype(np.int64))
 
 
-def tbe_seconds_per_row(dim: int, indices: torch.Tensor) -> float:
-    """Forward + backward (fused row-wise Adagrad) time per looked-up row of width ``dim``."""
+def calibration_tbe(dim: int) -> torch.nn.Module:
+    """The measured kernel: a TBE_ROWS x ``dim`` CPU table read by TBE_BAGS features, with
+    FBGEMM's fused row-wise Adagrad (also what ``dist-train bench kernel`` times)."""
     # FBGEMM and TorchRec take seconds to import; only the measurements need them.
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
     from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation
@@ -116,12 +117,17 @@ def tbe_seconds_per_row(dim: int, indices: torch.Tensor) -> float:
         SplitTableBatchedEmbeddingBagsCodegen,
     )
 
-    tbe = SplitTableBatchedEmbeddingBagsCodegen(
+    return SplitTableBatchedEmbeddingBagsCodegen(
         embedding_specs=[(TBE_ROWS, dim, EmbeddingLocation.HOST, ComputeDevice.CPU)],
         feature_table_map=[0] * TBE_BAGS,
         optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD,
         learning_rate=0.01,
     )
+
+
+def tbe_seconds_per_row(dim: int, indices: torch.Tensor) -> float:
+    """Forward + backward (fused row-wise Adagrad) time per looked-up row of width ``dim``."""
+    tbe = calibration_tbe(dim)
     n = indices.numel()
     offsets = torch.arange(n + 1)
     grad = torch.ones(TBE_BATCH, TBE_BAGS * dim)

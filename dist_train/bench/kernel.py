@@ -26,28 +26,19 @@ from typing import Any
 
 import torch
 
-from planners.calibrate import TBE_BAGS, TBE_ROWS, copy_bytes_per_second, zipf_rows
+from dist_train.bench.roofline import embedding_bytes
+from planners.calibrate import (
+    TBE_BAGS,
+    TBE_ROWS,
+    calibration_tbe,
+    copy_bytes_per_second,
+    zipf_rows,
+)
 
 DIMS = (16, 32, 64, 128)
 BATCHES = (512, 2048, 8192)
 ROUNDS = 5
 CALLS_PER_ROUND = 5
-
-
-def _tbe(dim: int) -> torch.nn.Module:
-    from fbgemm_gpu.split_embedding_configs import EmbOptimType
-    from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation
-    from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
-        ComputeDevice,
-        SplitTableBatchedEmbeddingBagsCodegen,
-    )
-
-    return SplitTableBatchedEmbeddingBagsCodegen(
-        embedding_specs=[(TBE_ROWS, dim, EmbeddingLocation.HOST, ComputeDevice.CPU)],
-        feature_table_map=[0] * TBE_BAGS,
-        optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD,
-        learning_rate=0.01,
-    )
 
 
 def _forward(tbe: torch.nn.Module, ids: torch.Tensor, offsets: torch.Tensor) -> None:
@@ -78,14 +69,13 @@ def run_kernel_bench(
     cases: list[dict[str, Any]] = []
     calls: list[tuple[Callable[[], object], Callable[[], object]]] = []
     for dim in dims:
-        tbe = _tbe(dim)
+        tbe = calibration_tbe(dim)
         for batch in batches:
             ids = zipf_rows(batch, TBE_BAGS)
             offsets = torch.arange(ids.numel() + 1)
             grad = torch.ones(batch, TBE_BAGS * dim)
             bags = batch * TBE_BAGS
-            forward_bytes = (ids.numel() + bags) * dim * 4
-            update_bytes = bags * dim * 4 + ids.numel() * (2 * dim * 4 + 8)
+            forward_bytes, update_bytes = embedding_bytes(ids.numel(), bags, dim)
 
             forward = functools.partial(_forward, tbe, ids, offsets)
             training = functools.partial(_training, tbe, ids, offsets, grad)

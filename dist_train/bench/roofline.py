@@ -31,10 +31,19 @@ from planners.calibrate import (
     copy_bytes_per_second,
     dense_flops_per_second,
 )
-from planners.types import Workload
+from planners.types import INDEX_BYTES, WEIGHT_BYTES, Workload
 
 ADAGRAD_BYTES_PER_PARAMETER = 20  # read weight, gradient, state; write weight, state
-ID_BYTES = 8
+
+
+def embedding_bytes(ids: float, bags: float, dim: int) -> tuple[float, float]:
+    """Bytes a table-batched lookup must move (forward, backward with the fused row-wise
+    Adagrad update): forward reads each looked-up row and writes each pooled output;
+    backward reads the pooled gradients, then reads and writes each looked-up row and its
+    accumulator."""
+    forward = (ids + bags) * dim * WEIGHT_BYTES
+    backward = bags * dim * WEIGHT_BYTES + ids * (2 * dim + 2) * WEIGHT_BYTES
+    return forward, backward
 
 
 @dataclass(frozen=True)
@@ -64,12 +73,15 @@ def step_floor(workload: Workload, world: int, rates: MachineRates) -> dict[str,
     """Seconds of each term of the floor, and ``floor`` (their sum)."""
     batch = workload.batch_size_per_rank
     ids = batch * sum(t.ids_per_sample for t in workload.tables)
-    pooled = batch * sum(t.bags_per_sample * t.dim for t in workload.tables) * 4
-    rows = batch * sum(t.ids_per_sample * (3 * t.dim * 4 + 8) for t in workload.tables)
+    pooled = batch * sum(t.bags_per_sample * t.dim for t in workload.tables) * WEIGHT_BYTES
+    lookups = sum(
+        sum(embedding_bytes(batch * t.ids_per_sample, batch * t.bags_per_sample, t.dim))
+        for t in workload.tables
+    )
     params = workload.dense_parameters
     flops = 6.0 * params * batch + 6.0 * batch * workload.interaction_elements_per_sample
     terms = {
-        "embedding_bytes": (rows + 2 * pooled) / rates.copy_bytes_per_second,
+        "embedding_bytes": lookups / rates.copy_bytes_per_second,
         "dense_flops": flops / rates.matmul_flops_per_second,
         "dense_update": params * ADAGRAD_BYTES_PER_PARAMETER / rates.copy_bytes_per_second,
         "all_to_all": 0.0,
@@ -78,8 +90,8 @@ def step_floor(workload: Workload, world: int, rates: MachineRates) -> dict[str,
     if world > 1:
         share = (world - 1) / world
         terms["all_to_all"] = (
-            (ids * ID_BYTES + 2 * pooled) * share / (rates.all_to_all_bytes_per_second)
+            (ids * INDEX_BYTES + 2 * pooled) * share / (rates.all_to_all_bytes_per_second)
         )
-        terms["all_reduce"] = 2 * params * 4 * share / rates.all_reduce_bytes_per_second
+        terms["all_reduce"] = 2 * params * WEIGHT_BYTES * share / rates.all_reduce_bytes_per_second
     terms["floor"] = sum(terms.values())
     return terms
