@@ -71,8 +71,8 @@ def _nested(annotation: Any) -> type[BaseModel] | None:
 
 
 def _section(model: type[BaseModel], prefix: str, out: list[str]) -> None:
-    doc = (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else ""
-    out += ["", f"## `{prefix or 'top level'}`", "", doc, ""] if doc else ["", f"## `{prefix}`", ""]
+    doc = (model.__doc__ or "").strip().splitlines()
+    out += ["", f"## `{prefix or 'top level'}`", ""] + ([doc[0], ""] if doc else [])
     out += ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
     later: list[tuple[type[BaseModel], str]] = []
     for name, field in model.model_fields.items():

@@ -28,7 +28,6 @@ from typing import Any
 
 from dist_train.config import DEFAULT_CONFIG, JobConfig, apply_overrides, load_config, parse_config
 from dist_train.data.synthetic import generate
-from dist_train.embedding.layout import build_layout
 from dist_train.logs import setup_logging, verbosity
 
 METHODS = ("collisionless", "hashing_trick", "multiplexing", "unified")
@@ -201,18 +200,18 @@ def run_sweep(
     lines = log.read_text().splitlines() if log.exists() else []
     done = [r for r in map(json.loads, lines) if r.get("dataset") == dataset]
     have = {r["name"] for r in done}
-    todo = [a for a in arms(budgets, seeds) if a.name not in have]
-    wanted = {a.name for a in arms(budgets, seeds)}
+    planned = arms(budgets, seeds)
+    todo = [a for a in planned if a.name not in have]
+    wanted = {a.name for a in planned}
     print(
         f"[sweep] {dataset}: {len(todo)} run(s) to train, {len(wanted) - len(todo)} already in "
         f"{log}",
         flush=True,
     )
     for i, arm in enumerate(todo, 1):
-        cfg = arm_config(base, arm)
-        params = build_layout(cfg.embedding, cfg.features, cfg.seed).num_parameters
         start = time.perf_counter()
-        summary = run_job(cfg)
+        summary = run_job(arm_config(base, arm))
+        params = summary["embedding_parameters"]
         result = {
             **asdict(arm),
             "dataset": dataset,

@@ -39,6 +39,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch.distributed as dist
 
@@ -102,10 +103,9 @@ def _builder(cfg: JobConfig) -> BatchBuilder:
     return make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
 
 
-def _prebuilt(builder: BatchBuilder, data: str, batch: int, count: int) -> list[Batch]:
-    """``count`` batches of this rank's slices of ``data``, built before any timing."""
+def _prebuilt(builder: BatchBuilder, table: pa.Table, batch: int, count: int) -> list[Batch]:
+    """``count`` batches of this rank's slices of ``table``, built before any timing."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    table = pq.read_table(data, columns=builder.columns)
     return [
         builder.build(table.slice(((s * world + rank) * batch) % (table.num_rows - batch), batch))
         for s in range(count)
@@ -149,15 +149,11 @@ def time_systems(
     models = {s: _build(cfgs[s], plans[s]) for s in SYSTEMS}
     batch = cfgs["unified"].train.batch_size
     count = WARMUP_STEPS + rounds * STEPS_PER_ROUND
-    prebuilt = {
-        s: _prebuilt(
-            _builder(cfgs[s]),
-            data,
-            batch,
-            count,
-        )
-        for s in SYSTEMS
-    }
+    builders = {s: _builder(cfgs[s]) for s in SYSTEMS}
+    # every system reads the same columns (the job's features, dense and label)
+    table = pq.read_table(data, columns=builders["unified"].columns)
+    prebuilt = {s: _prebuilt(builders[s], table, batch, count) for s in SYSTEMS}
+    del table
     # One pipeline per system for the whole run, as in training (an epoch's stream); the
     # warm-up also compiles the batch builder's kernels.
     streams = {s: _pipeline(s, cfgs[s], data)() for s in SYSTEMS}
@@ -181,7 +177,9 @@ def peak_memory(
     batches and then through its pipeline, less the process before it built the system."""
     cfg = parse_config(raw)
     builder = _builder(cfg)
-    batches = _prebuilt(builder, data, cfg.train.batch_size, 3)
+    table = pq.read_table(data, columns=builder.columns)
+    batches = _prebuilt(builder, table, cfg.train.batch_size, 3)
+    del table
     pipeline = _pipeline(system, cfg, data)
     dist.barrier()
     reset_peak_rss()
@@ -259,19 +257,17 @@ def run_train_bench(
             s: run_processes(peak_memory, (raw[s], plans[s], data, s), world, threads)
             for s in SYSTEMS
         }
-        for mode in MODES:
-            for s in SYSTEMS:
-                # every round ends at a barrier: the slowest rank's figure is everyone's
-                seconds = [max(r["seconds"][mode][s][i] for r in out) for i in range(rounds)]
-                peak = max(m[mode] for m in memory[s])
-                results.append(_row(s, mode, world, seconds, batch, peak, params[s]))
-                results[-1]["plan"] = labels[s]
-        step = (
-            statistics.median(
-                max(r["seconds"]["step"]["unified"][i] for r in out) for i in range(rounds)
-            )
-            / STEPS_PER_ROUND
-        )
+        # every round ends at a barrier: the slowest rank's figure is everyone's
+        seconds = {
+            (mode, s): [max(r["seconds"][mode][s][i] for r in out) for i in range(rounds)]
+            for mode in MODES
+            for s in SYSTEMS
+        }
+        for (mode, s), per_round in seconds.items():
+            peak = max(m[mode] for m in memory[s])
+            results.append(_row(s, mode, world, per_round, batch, peak, params[s]))
+            results[-1]["plan"] = labels[s]
+        step = statistics.median(seconds["step", "unified"]) / STEPS_PER_ROUND
         workload = planner_for_config(cfgs["unified"], world, world)[0].workload
         floor = step_floor(workload, world, MachineRates(**out[0]["rates"]))
         roofline.append(
