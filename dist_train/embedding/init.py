@@ -8,7 +8,7 @@ Every table of a job draws from U(-b, b) with one ``b = 1/sqrt(embedding.num_row
 shared table's rows), whatever the embedding kind. TorchRec's default, ``1/sqrt(rows)`` per
 table, gives the small exact tables of the collisionless baseline (10 rows: +-0.32) large
 random vectors; their rarely trained rows stay noise that the dot interaction passes on
-(default data, seed 0: collisionless 0.7532 test AUC with per-table bounds, 0.8164 with the
+(default data, seed 0: collisionless 0.7532 test AUC with per-table bounds, 0.8118 with the
 shared bound; docs/benchmarks.md).
 """
 
