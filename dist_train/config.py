@@ -249,6 +249,14 @@ class TrainConfig(_Strict):
     dense_learning_rate: float = Field(0.05, gt=0.0, description="MLP learning rate.")
     log_every: int = Field(20, gt=0, description="Print progress every this many steps.")
     prefetch_batches: int = Field(2, ge=0, description="Batches built ahead by a thread.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description=(
+            "Where ranks train. auto: one GPU per rank when the launcher has one for every "
+            "rank (GPU resources in the Ray cluster; this machine's CUDA devices for "
+            "launcher=processes), else the CPU. cuda fails when a rank would have no GPU."
+        ),
+    )
 
 
 class ShardingConfig(_Strict):

@@ -20,6 +20,7 @@ from dist_train.config import JobConfig, add_config_args, load_or_report, resolv
 from dist_train.data.reader import DataSourceError, list_row_groups
 from dist_train.data.synthetic import generate
 from dist_train.data.validation import BadInputError, BadInputPolicy, SchemaCheck
+from dist_train.devices import DeviceError, DeviceType, local_gpus, resolve_device
 from dist_train.embedding.layout import build_layout
 from dist_train.launchers.processes import run_processes
 from dist_train.logs import LOG, setup_logging, verbosity
@@ -53,9 +54,31 @@ def prepare_inputs(cfg: JobConfig) -> WorkerInputs:
     return WorkerInputs(train, test, str(run_dir), file_counts=policy.counts)
 
 
-def plan_on_driver(cfg: JobConfig) -> JobPlan:
+def job_device(cfg: JobConfig) -> DeviceType:
+    """Where the job's ranks train (``train.device`` against the GPUs its launcher has)."""
+    if cfg.launcher == "ray":
+        from dist_train.launchers.ray_train import cluster_gpus
+
+        gpus, where = cluster_gpus(cfg)
+    else:
+        gpus, where = float(local_gpus()), "this machine"
+    workers = cfg.ray.min_workers or cfg.ray.num_workers
+    if cfg.launcher == "ray" and cfg.ray.autoscaling and cfg.train.device == "cuda":
+        device: DeviceType = "cuda"  # the GPU nodes may not be up yet
+    else:
+        device = resolve_device(cfg.train.device, workers, gpus, where)
+    if device == "cpu" and cfg.train.device == "auto" and gpus:
+        LOG.warning(
+            f"train.device=auto: {where} has {gpus:g} GPU(s) for {workers} workers, fewer "
+            "than one each; training on CPUs"
+        )
+    LOG.info(f"device: {device} ({where}: {gpus:g} GPU(s), train.device={cfg.train.device})")
+    return device
+
+
+def plan_on_driver(cfg: JobConfig, device_type: str = "cpu") -> JobPlan:
     """The job's sharding plan for ``num_workers`` ranks, ``num_workers / num_nodes`` a node."""
-    job_plan = plan_for_config(cfg)
+    job_plan = plan_for_config(cfg, device_type)
     for table, p in job_plan.placements().items():
         LOG.info(f"plan: {table} {p['type']} on ranks {p['ranks']}")
     types = {str(p["type"]) for p in job_plan.placements().values()}
@@ -83,12 +106,14 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
     start = time.perf_counter()
     setup_logging(verbosity())  # the console handler, at the level the command line set
     cfg = resolve_paths(cfg)
-    job_plan = plan_on_driver(cfg)
+    device = job_device(cfg)
+    job_plan = plan_on_driver(cfg, device)
     inputs = dataclasses.replace(
         prepare_inputs(cfg),
         plan=job_plan,
         resume=resume_point(cfg, job_plan),
         verbosity=verbosity(),
+        device_type=device,
     )
     rows = sum(g.num_rows for g in inputs.train_groups)
     LOG.info(
@@ -103,7 +128,9 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
         summary = launch_ray(cfg, inputs)
     else:
         threads = max(1, int(cfg.ray.cpus_per_worker))
-        summary = run_processes(_process_worker, (cfg, inputs), cfg.ray.num_workers, threads)[0]
+        summary = run_processes(
+            _process_worker, (cfg, inputs), cfg.ray.num_workers, threads, device
+        )[0]
     summary["wall_seconds"] = time.perf_counter() - start
     summary["run_dir"] = inputs.run_dir
     if summary.get("first_step_unix"):
@@ -131,7 +158,8 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
         f"test log loss     {summary['test_log_loss']:.4f}\n"
         f"test NE           {summary['test_ne']:.4f}\n"
         f"examples/s        {summary['examples_per_second']:,.0f} "
-        f"({summary['world_size']} ranks, {summary['steps']} steps)\n"
+        f"({summary['world_size']} {summary.get('device', 'cpu').upper()} ranks, "
+        f"{summary['steps']} steps)\n"
         f"wall time         {summary['wall_seconds']:.1f} s\n"
         f"bad input skipped {_skipped(summary)}\n"
         + (f"checkpoint        {summary['checkpoint']}\n" if summary.get("checkpoint") else "")
@@ -156,6 +184,9 @@ def run_train(config: str | None, overrides: list[str]) -> int:
         return 1
     except (PlanningError, TopologyError) as err:
         print(f"error: sharding plan: {err}", file=sys.stderr)
+        return 1
+    except DeviceError as err:
+        print(f"error: device: {err}", file=sys.stderr)
         return 1
     except Exception as err:  # noqa: BLE001 - the CLI reports any failure and exits non-zero
         print(f"error: {type(err).__name__}: {err}", file=sys.stderr)

@@ -22,6 +22,7 @@ import yaml
 from dist_train.checkpoint import META, CheckpointError, verify
 from dist_train.config import ConfigError, JobConfig, parse_config
 from dist_train.data.reader import DataSourceError, resolve_files
+from dist_train.devices import DeviceError, resolve_device
 from dist_train.embedding.layout import build_layout
 from dist_train.launchers.cluster import ClusterTooSmallError, NodeResources, check_fits, describe
 from dist_train.launchers.cluster_files import ClusterFileError, launcher_nodes, rayjob_nodes
@@ -78,13 +79,18 @@ def _check_job(cfg: JobConfig, source: str, report: Report) -> None:
 def _check_fit(
     cfg: JobConfig, job_source: str, nodes: list[NodeResources], source: str, report: Report
 ) -> None:
+    gpus = sum(n.gpus * n.count for n in nodes)
     try:
-        check_fits(nodes, cfg.ray.num_workers, cfg.ray.cpus_per_worker, 0.0, cfg.ray.num_nodes)
-    except ClusterTooSmallError as err:
+        device = resolve_device(cfg.train.device, cfg.ray.num_workers, gpus, source)
+        per_worker = 1.0 if device == "cuda" else 0.0
+        check_fits(
+            nodes, cfg.ray.num_workers, cfg.ray.cpus_per_worker, per_worker, cfg.ray.num_nodes
+        )
+    except (ClusterTooSmallError, DeviceError) as err:
         report.problems.append(f"{job_source} on {source}: {err}")
         return
     need = embedding_bytes_per_rank(cfg)
-    for n in nodes:
+    for n in nodes if device == "cpu" else []:  # (on GPUs the tables live in GPU memory)
         slots = n.worker_slots(cfg.ray.cpus_per_worker)
         if n.memory_bytes and slots and need * min(slots, cfg.ray.num_workers) > n.memory_bytes:
             report.problems.append(
@@ -93,7 +99,7 @@ def _check_fit(
                 "memory"
             )
             return
-    report.ok.append(f"{job_source} fits {source} ({describe(nodes)})")
+    report.ok.append(f"{job_source} fits {source} ({describe(nodes)}; {device} ranks)")
 
 
 def _rayjob_config(entrypoint: str) -> str | None:

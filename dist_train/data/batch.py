@@ -45,6 +45,15 @@ class Batch:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def pin_memory(self) -> Batch:
+        """The batch in page-locked memory, so a copy to a GPU can overlap compute."""
+        return Batch(
+            self.dense.pin_memory(),
+            self.sparse.pin_memory(),
+            self.labels.pin_memory(),
+            self.row_ids,
+        )
+
     def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
         return Batch(
             self.dense.to(device, non_blocking=non_blocking),

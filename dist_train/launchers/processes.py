@@ -1,7 +1,8 @@
 """Launch the worker function in plain ``torch.multiprocessing`` processes (no Ray).
 
 Used by tests, benchmarks and anyone without Ray: N spawned processes on this machine form a
-gloo process group on a free loopback port. Each rank's result comes back as JSON with its
+process group on a free loopback port (gloo; nccl for CUDA tensors when ranks run on GPUs,
+one GPU each). Each rank's result comes back as JSON with its
 tensors in a safetensors file: reading it runs no code.
 """
 
@@ -22,6 +23,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
+from dist_train.devices import backend_for, select_local_gpu
 from dist_train.logs import quiet_worker_logs
 
 WorkerFn = Callable[..., Any]
@@ -39,6 +41,7 @@ def _entry(
     world_size: int,
     port: int,
     threads: int,
+    device_type: str,
     fn: WorkerFn,
     args: tuple[Any, ...],
     result_dir: str,
@@ -53,7 +56,9 @@ def _entry(
     )
     torch.set_num_threads(threads)
     quiet_worker_logs()
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    if device_type == "cuda":
+        select_local_gpu()
+    dist.init_process_group(backend_for(device_type), rank=rank, world_size=world_size)
     try:
         out = fn(*args)
         # A file, not a queue: a large result in a pipe deadlocks against join().
@@ -72,16 +77,23 @@ def _entry(
 
 
 def run_processes(
-    fn: WorkerFn, args: tuple[Any, ...], world_size: int, threads_per_rank: int = 1
+    fn: WorkerFn,
+    args: tuple[Any, ...],
+    world_size: int,
+    threads_per_rank: int = 1,
+    device_type: str = "cpu",
 ) -> list[Any]:
-    """Run ``fn(*args)`` on ``world_size`` gloo ranks; return each rank's result, by rank.
+    """Run ``fn(*args)`` on ``world_size`` ranks; return each rank's result, by rank.
+
+    With ``device_type="cuda"`` rank r's current device is ``cuda:r`` and CUDA tensors go over
+    nccl (CPU tensors still over gloo).
 
     ``fn`` must be importable (a module-level function); it runs inside the process group.
     """
     with tempfile.TemporaryDirectory(prefix="dist-train-results-") as result_dir:
         mp.start_processes(
             _entry,
-            args=(world_size, free_port(), threads_per_rank, fn, args, result_dir),
+            args=(world_size, free_port(), threads_per_rank, device_type, fn, args, result_dir),
             nprocs=world_size,
             join=True,
             start_method="spawn",

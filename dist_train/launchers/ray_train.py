@@ -1,4 +1,5 @@
-"""Launch the worker function as Ray Train ``TorchTrainer`` workers (gloo on CPU)."""
+"""Launch the worker function as Ray Train ``TorchTrainer`` workers (gloo on CPU; one GPU
+per worker and nccl for CUDA tensors on GPU ranks)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from dist_train.config import JobConfig, parse_config
+from dist_train.devices import backend_for, local_gpus
 from dist_train.launchers.cluster import check_fits, describe, live_nodes
 from dist_train.launchers.processes import free_port
 from dist_train.logs import LOG, quiet_worker_logs, setup_logging
@@ -177,9 +179,7 @@ def _connected(cfg: JobConfig) -> Iterator[None]:
         return
     address = ray_address(cfg.ray.address)
     if address:
-        submitted = "" if cfg.ray.address else " (the cluster this job was submitted to)"
-        LOG.info(f"joining Ray cluster at {address}{submitted}")
-        ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
+        _join(cfg, address)
         yield
         return
     needed = cfg.ray.num_workers * cfg.ray.cpus_per_worker
@@ -206,19 +206,41 @@ def _connected(cfg: JobConfig) -> Iterator[None]:
         yield
 
 
-def check_cluster(cfg: JobConfig) -> None:
+def _join(cfg: JobConfig, address: str) -> None:
+    """Connect this process to the cluster at ``address`` (for the rest of its life)."""
+    submitted = "" if cfg.ray.address else " (the cluster this job was submitted to)"
+    LOG.info(f"joining Ray cluster at {address}{submitted}")
+    ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
+
+
+def cluster_gpus(cfg: JobConfig) -> tuple[float, str]:
+    """The GPUs the job's workers can get, and where: the cluster's (connecting to the one
+    the job names, and staying connected for :func:`launch_ray`), or this machine's for the
+    embedded instance :func:`launch_ray` starts."""
+    if not ray.is_initialized():
+        address = ray_address(cfg.ray.address)
+        if not address:
+            return float(local_gpus()), "this machine"
+        _join(cfg, address)
+    return float(ray.cluster_resources().get("GPU", 0.0)), "the Ray cluster"
+
+
+def check_cluster(cfg: JobConfig, device_type: str) -> None:
     """Fail fast if the connected cluster cannot host the worker group (unless autoscaling)."""
     nodes = live_nodes(ray.nodes())
     LOG.info(f"Ray cluster: {describe(nodes)}")
     if not cfg.ray.autoscaling:
         needed = cfg.ray.min_workers or cfg.ray.num_workers  # elastic: at least the minimum
-        check_fits(nodes, needed, cfg.ray.cpus_per_worker, 0.0, cfg.ray.num_nodes)
+        gpus = 1.0 if device_type == "cuda" else 0.0
+        check_fits(nodes, needed, cfg.ray.cpus_per_worker, gpus, cfg.ray.num_nodes)
 
 
 def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
     """Run the job on Ray Train workers; the rank-0 summary."""
+    cuda = inputs.device_type == "cuda"
+    resources = {"CPU": cfg.ray.cpus_per_worker, **({"GPU": 1.0} if cuda else {})}
     with _connected(cfg):
-        check_cluster(cfg)
+        check_cluster(cfg, inputs.device_type)
         storage = cfg.ray.storage_path or str((Path(inputs.run_dir) / "ray").resolve())
         workers: Any = cfg.ray.num_workers
         if cfg.ray.min_workers is not None:  # Ray Train v2's elastic (min, max); the stubs
@@ -233,11 +255,11 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
             train_loop_config={"config": cfg.model_dump(mode="json"), "inputs": inputs},
             scaling_config=ScalingConfig(
                 num_workers=workers,
-                use_gpu=False,
-                resources_per_worker={"CPU": cfg.ray.cpus_per_worker},
+                use_gpu=cuda,  # Ray Train then sets each worker's current CUDA device
+                resources_per_worker=resources,
                 placement_strategy=cfg.ray.placement_strategy,
             ),
-            torch_config=TorchConfig(backend="gloo"),
+            torch_config=TorchConfig(backend=backend_for(inputs.device_type)),
             run_config=RunConfig(
                 name=cfg.name,
                 storage_path=storage,

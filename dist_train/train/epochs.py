@@ -133,8 +133,10 @@ class Epochs:
         builder: BatchBuilder,
         policy: BadInputPolicy,
         start: TrainPosition,
+        pin_memory: bool = False,
     ) -> None:
         self.cfg, self.groups, self.builder, self.policy = cfg, groups, builder, policy
+        self.pin_memory = pin_memory  # pinned by the prefetch thread, for GPU ranks
         self.start, self.step = start, start.step
         self.current: Epoch | None = None
 
@@ -150,11 +152,15 @@ class Epochs:
             rows = rank_rows(
                 self.builder, self.groups, self.cfg, index, plan, rank, skip, self.policy
             )
-            stream = batches(rows, num_steps, self.builder.to_batch, tc.prefetch_batches)
+            stream = batches(rows, num_steps, self._to_batch, tc.prefetch_batches)
             self.current = Epoch(self, index, plan, skip, stream)
             yield self.current
             if self.current.stopped_early:
                 return
+
+    def _to_batch(self, rows: Rows) -> Batch:
+        batch = self.builder.to_batch(rows)
+        return batch.pin_memory() if self.pin_memory else batch
 
     def position(self) -> TrainPosition:
         """Where training stands now (the start, if no epoch ran)."""

@@ -31,6 +31,7 @@ from dist_train.data.reader import (
 )
 from dist_train.data.rows import Rows
 from dist_train.data.validation import BadInputCounts, BadInputPolicy
+from dist_train.devices import rank_device
 from dist_train.logs import setup_logging
 from dist_train.train.audit import StepAudit
 from dist_train.train.checkpointing import Checkpoints
@@ -49,6 +50,7 @@ class RunSummary(TrainFigures, EvalFigures):
     steps: int
     eval_seconds: float
     bad_input: dict[str, Any]
+    device: str
     world_size: int
     num_nodes: int
     ranks_per_node: int
@@ -74,6 +76,7 @@ class WorkerInputs:
     resume: str | None = None  # a committed checkpoint to continue from
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # this launch's checkpoints
     verbosity: str = "normal"  # of the driver's console messages (quiet, normal, verbose)
+    device_type: str = "cpu"  # where the ranks train (train.device, resolved by the driver)
 
 
 def run_worker(
@@ -94,7 +97,8 @@ def run_worker(
     reuse_freed_memory()  # row groups decode into MBs of short-lived arrays
     topo = discover_rank_layout(node_id)
     _check_landing(cfg, inputs.plan, topo, world)
-    trainer = Trainer.build(cfg, inputs.plan, local_world_size=topo.local_world_size)
+    device = rank_device(inputs.device_type)
+    trainer = Trainer.build(cfg, inputs.plan, device, topo.local_world_size)
     policy = BadInputPolicy.for_job(cfg)
     progress = Progress(
         inputs.run_dir,
@@ -110,7 +114,8 @@ def run_worker(
     start = checkpoints.resume(policy)
     audit = StepAudit(cfg, inputs.run_dir, rank, start.step, settle=checkpoints.wait)
 
-    epochs = Epochs(cfg, inputs.train_groups, trainer.batch_builder(), policy, start)
+    pin = device.type == "cuda"
+    epochs = Epochs(cfg, inputs.train_groups, trainer.batch_builder(), policy, start, pin)
     for epoch in epochs:
         progress.epoch_started()
         for batch in epoch:
@@ -133,6 +138,7 @@ def run_worker(
         **metrics.as_summary(),
         eval_seconds=time.perf_counter() - eval_start,
         bad_input=_total_counts(policy.counts, inputs.file_counts).as_dict(),
+        device=trainer.device.type,
         world_size=topo.world_size,
         num_nodes=topo.num_nodes,
         ranks_per_node=topo.local_world_size,
@@ -159,6 +165,7 @@ def _log_start(progress: Progress, trainer: Trainer, topo: RankLayout, cfg: JobC
     progress.log(
         {
             "event": "start",
+            "device": trainer.device.type,
             "world_size": world,
             "num_nodes": topo.num_nodes,
             "ranks_per_node": topo.local_world_size,
@@ -166,7 +173,7 @@ def _log_start(progress: Progress, trainer: Trainer, topo: RankLayout, cfg: JobC
             "sharding": trainer.plan.placements(),
             "tables": [t.__dict__ for t in tables],
         },
-        f"{world} rank(s) on {topo.num_nodes} node(s), "
+        f"{world} {trainer.device.type.upper()} rank(s) on {topo.num_nodes} node(s), "
         f"{trainer.layout.kind} embedding: "
         + ", ".join(f"{t.name} {t.num_rows:,}x{t.dim}" for t in tables[:4])
         + (" ..." if len(tables) > 4 else "")

@@ -142,7 +142,7 @@ class Trainer:
     def train_step(self, batch: Batch) -> float:
         """Forward, backward (embedding rows update inside it), dense step; the local loss."""
         self.model.train()
-        batch = batch.to(self.device)
+        batch = batch.to(self.device, non_blocking=True)  # pinned on GPU ranks (Epochs)
         logits = self.model(batch.dense, batch.sparse)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
         self.optimizer.zero_grad()
