@@ -1,4 +1,4 @@
-"""Worker bodies run in spawned gloo processes by the multi-process tests."""
+"""Worker bodies run in spawned processes (gloo; nccl too on GPUs) by the multi-process tests."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from dist_train.config import JobConfig, parse_config
+from dist_train.devices import rank_device
 from dist_train.train.rank_layout import discover_rank_layout
 from dist_train.train.sharding import JobPlan, planner_for_config
 from dist_train.train.trainer import Trainer
@@ -35,19 +36,21 @@ def train_fixed_batches(
     global_batch: int,
     local_world_size: int | None = None,
     row_sizes: list[int] | None = None,
+    device_type: str = "cpu",
 ) -> dict[str, Any]:
     """Train ``num_steps`` on fixed global batches, each rank taking its contiguous slice.
 
     The plan is the job's (made for ``local_world_size`` ranks a node), or with ``row_sizes``
-    an uneven row-wise split. Returns the global mean loss of every step, this rank's embedding
-    shards and the plan's placements.
+    an uneven row-wise split; ranks train on ``device_type`` (the launcher set the GPU).
+    Returns the global mean loss of every step, this rank's embedding shards and the plan's
+    placements.
     """
     cfg = parse_config(cfg_raw)
     rank, world = dist.get_rank(), dist.get_world_size()
     if local_world_size:  # simulated nodes: TorchRec's hierarchical shardings read the env
         discover_rank_layout(f"node-{rank // local_world_size}")
     job_plan = uneven_row_wise_plan(cfg, row_sizes) if row_sizes else None
-    trainer = Trainer.build(cfg, job_plan, local_world_size=local_world_size)
+    trainer = Trainer.build(cfg, job_plan, rank_device(device_type), local_world_size)
     builder = trainer.batch_builder()
     table = pq.read_table(data_path, columns=builder.columns)
     local = global_batch // world
@@ -55,17 +58,21 @@ def train_fixed_batches(
     for step in range(num_steps):
         rows = table.slice(step * global_batch + rank * local, local)
         loss = torch.tensor([trainer.train_step(builder.build(rows))], dtype=torch.float64)
-        dist.all_reduce(loss)
+        dist.all_reduce(loss)  # a CPU tensor: gloo, on GPU ranks too
         losses.append(float(loss.item()) / world)
     shards = []
     for key, value in trainer.model.state_dict().items():
         if hasattr(value, "local_shards"):
             for shard in value.local_shards():
                 shards.append(
-                    (key, list(shard.metadata.shard_offsets), shard.tensor.detach().numpy().copy())
+                    (
+                        key,
+                        list(shard.metadata.shard_offsets),
+                        shard.tensor.detach().cpu().numpy().copy(),
+                    )
                 )
         elif ".embedding_bags." in key:  # a data_parallel replica (a plain tensor)
-            shards.append((key, [0, 0], value.detach().numpy().copy()))
+            shards.append((key, [0, 0], value.detach().cpu().numpy().copy()))
     return {"losses": losses, "shards": shards, "placements": trainer.plan.placements()}
 
 
