@@ -13,6 +13,7 @@ from dist_train.config import ModelConfig
 from dist_train.embedding.layout import build_layout
 from dist_train.models import MODELS, CTRModel, create_model
 from dist_train.models.dcn import DCNv2
+from dist_train.models.dlrm import DotInteraction
 from tests.conftest import small_config
 
 
@@ -56,3 +57,12 @@ def test_low_rank_cross_layers_hold_fewer_weights(tmp_path: Path) -> None:
 def test_attention_width_must_split_over_the_heads() -> None:
     with pytest.raises(ValidationError, match=r"attention_dim .* divisible by attention_heads"):
         ModelConfig(kind="autoint", attention_dim=10, attention_heads=3)
+
+
+def test_dot_interaction_is_the_dense_vector_then_every_pair_once() -> None:
+    torch.manual_seed(0)
+    dense, vectors = torch.randn(3, 4), torch.randn(3, 5, 4)
+    out = DotInteraction(6)(dense, vectors)
+    stacked = torch.cat([dense[:, None], vectors], dim=1)
+    pairs = [(stacked[:, i] * stacked[:, j]).sum(-1) for i in range(6) for j in range(i + 1, 6)]
+    torch.testing.assert_close(out, torch.cat([dense, torch.stack(pairs, dim=1)], dim=1))
