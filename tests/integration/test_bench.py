@@ -36,29 +36,6 @@ def test_bench_embeddings_reports_every_kind(tmp_path: Path) -> None:
     assert all(0.0 < r["test_auc"] <= 1.0 and r["examples_per_second"] > 0 for r in rows)
 
 
-@pytest.mark.ray
-def test_bench_ingest_reports_the_promised_keys(tmp_path: Path) -> None:
-    out = tmp_path / "ingest.json"
-    args = [
-        "bench",
-        "ingest",
-        "--config",
-        TINY,
-        "--set",
-        f"output_dir={tmp_path}",
-        "--json",
-        str(out),
-    ]
-    assert main(args) == 0
-    result = json.loads(out.read_text())
-    for key in (
-        "rows_per_second_per_core",
-        "ray_data_rows_per_second_per_core",
-        "train_rows_per_second",
-    ):
-        assert result[key] > 0, key
-
-
 def test_bench_planner_reports_ratios_and_fidelity(tmp_path: Path) -> None:
     out = tmp_path / "planner.json"
     # The CPU preset as the topology file: the bench's own calibration (what `dist-train

@@ -86,8 +86,15 @@ def test_bench_ingest_runs_on_its_own_instance_beside_a_cluster(
 ) -> None:
     from dist_train.bench.ingest import run_ingest_bench
 
+    # (also the ingest benchmark's test: one Ray start serves both)
     cfg = load_config(TINY, [f"output_dir={tmp_path}"])
-    result = run_ingest_bench(cfg, min_seconds=0.5)
-    assert result["ray_data_rows_per_second_per_core"] > 0
-    assert result["train_rows_per_second"] > 0
+    out = tmp_path / "ingest.json"
+    result = run_ingest_bench(cfg, str(out), min_seconds=0.5)
+    assert json.loads(out.read_text()) == result
+    for key in (
+        "rows_per_second_per_core",
+        "ray_data_rows_per_second_per_core",
+        "train_rows_per_second",
+    ):
+        assert result[key] > 0, key
     assert _listed(beside, "jobs") == []
