@@ -1,7 +1,8 @@
 """The run's checkpoints: where it resumes from, when it saves, what it saves.
 
 - :func:`resume_point` (the driver, before any worker starts): clean up half-written
-  checkpoints, resolve ``checkpoint.resume``, check that it can resume on this many ranks.
+  checkpoints, resolve ``checkpoint.resume``, check that it can resume on this many ranks;
+  refuse a fresh run whose saves would land among an earlier run's checkpoints.
 - :func:`restart_point` (a worker group that Ray Train restarted after a failure): the
   newest checkpoint of this launch.
 - :class:`Checkpoints` (the training loop): load it, then when and what to save.
@@ -35,6 +36,7 @@ def resume_point(cfg: JobConfig, job_plan: JobPlan | None = None) -> str | None:
     for p in checkpoint.remove_partials(root):
         LOG.info(f"removed partial checkpoint {p} (a save was interrupted)")
     if cfg.checkpoint.resume is None:
+        _refuse_to_overwrite(cfg, root)
         return None
     path = checkpoint.resolve(cfg, cfg.checkpoint.resume)
     if path is None:
@@ -57,6 +59,21 @@ def resume_point(cfg: JobConfig, job_plan: JobPlan | None = None) -> str | None:
             f"{'/'.join(now) or 'the workers plan'}"
         )
     return str(path)
+
+
+def _refuse_to_overwrite(cfg: JobConfig, root: Location) -> None:
+    """A fresh run saves ``step-N`` from step 1 again and keeps only the newest
+    ``num_to_keep``: beside an earlier run's checkpoints it would replace theirs at equal steps
+    and retention would delete its own (or theirs). Refuse before anything is written."""
+    saves = cfg.checkpoint.save_at_end or cfg.checkpoint.every_steps is not None
+    existing = checkpoint.committed(root)
+    if saves and existing:
+        raise checkpoint.CheckpointError(
+            f"{root} already holds checkpoints of an earlier run (newest: {existing[-1].name}) "
+            "and this run starts from scratch, which would overwrite or delete them. Continue "
+            "that run with --resume latest, or start a new one under another name "
+            "(--set name=...) or checkpoint.dir; nothing was changed"
+        )
 
 
 def restart_point(cfg: JobConfig, run_id: str, recorded: tuple[int, str] | None) -> str | None:

@@ -1,0 +1,38 @@
+"""A fresh run never overwrites or prunes an earlier run's checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dist_train.checkpoint import META, CheckpointError
+from dist_train.config import load_config
+from dist_train.train.checkpointing import resume_point
+
+
+def _earlier_run(root: Path, steps: list[int]) -> None:
+    for step in steps:
+        (root / f"step-{step:08d}").mkdir(parents=True)
+        (root / f"step-{step:08d}" / META).write_text("{}")
+
+
+def test_fresh_run_beside_earlier_checkpoints_is_refused_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    cfg = load_config(overrides=[f"output_dir={tmp_path}"])
+    root = tmp_path / "default" / "checkpoints"
+    _earlier_run(root, [32, 48])
+    with pytest.raises(CheckpointError, match=r"step-00000048.*--resume latest.*name"):
+        resume_point(cfg)
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000032", "step-00000048"]
+
+
+def test_fresh_run_may_start_where_it_saves_nothing_or_nothing_was_saved(tmp_path: Path) -> None:
+    root = tmp_path / "default" / "checkpoints"
+    assert resume_point(load_config(overrides=[f"output_dir={tmp_path}"])) is None  # empty
+    _earlier_run(root, [48])
+    no_saves = ["checkpoint.save_at_end=false", f"output_dir={tmp_path}"]
+    assert resume_point(load_config(overrides=no_saves)) is None
+    other_name = [f"output_dir={tmp_path}", "name=second"]
+    assert resume_point(load_config(overrides=other_name)) is None
