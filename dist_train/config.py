@@ -301,6 +301,26 @@ class ShardingConfig(_Strict):
             "optimizer state (also before every checkpoint and at the end of training)."
         ),
     )
+    id_skew: float = Field(
+        1.1,
+        ge=0.0,
+        description=(
+            "Zipf exponent of the ids over each table's rows (0 = uniform), from which the "
+            "planner estimates the hit rate of TorchRec's UVM cache on CUDA. 1.1: the "
+            "synthetic data's exponent, and the fit to the default table's rows "
+            "(docs/planner.md, UVM caching)."
+        ),
+    )
+    cache_load_factor: float = Field(
+        0.2,
+        gt=0.0,
+        le=1.0,
+        description=(
+            "CUDA: fraction of a table's rows (per shard) kept in HBM when the planner puts "
+            "it on TorchRec's fused_uvm_caching kernel (rows in host memory behind an HBM "
+            "cache); TorchRec's default 0.2."
+        ),
+    )
 
     @field_validator("group_size")
     @classmethod

@@ -23,6 +23,11 @@ lookups = rows x the measured TBE time per row at that row width. The dense part
 parameter per sample, the dot interaction, the optimizer step, DDP all-reduce of its
 gradients) is the same for every plan. On CPUs, ranks of a node share its cores: a plan's step
 is at least the node's total work divided by its cores (see ``PlanEstimate``).
+
+A placement on the UVM caching kernel (``TablePlacement.cache_load_factor``) keeps its shards
+in host memory behind an HBM cache: memory splits into HBM (cache and its metadata) and host
+bytes, and each holder's step adds the cache misses' rows over the host link and the cache's
+own work (:func:`cache_costs`, planners/uvm_cache.py).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import math
 
 import numpy as np
 
+from planners import uvm_cache as uvm
 from planners.topology import Topology
 from planners.types import (
     INDEX_BYTES,
@@ -81,8 +87,10 @@ def block_costs(
     holders: list[int],
     row_sizes: list[int],
     cols: int,
+    cache_load_factor: float | None = None,
 ) -> RankCosts:
-    """Bandwidth, lookup and memory costs of one block (latency is added per plan)."""
+    """Bandwidth, lookup and memory costs of one block (latency is added per plan);
+    ``cache_load_factor``: the block runs on the UVM caching kernel (:func:`cache_costs`)."""
     world, per_node = topo.world_size, topo.ranks_per_node
     batch = workload.batch_size_per_rank
     ids_bytes = batch * (table.ids_per_sample * INDEX_BYTES + table.bags_per_sample * LENGTH_BYTES)
@@ -138,13 +146,54 @@ def block_costs(
     # gradients of the outputs.
     rows_held = np.zeros(world)
     rows_held[h] = row_sizes
-    weights = rows_held * cols * WEIGHT_BYTES
-    state = workload.optimizer.bytes_for(rows_held, cols)
     # The partial sums and, in backward, their gradient do not coexist at the peak: measured
     # peak RSS (bench planner) fits one copy, not two (docs/planner.md, "Memory").
     workspace = np.where(is_holder, partials + recv, 2 * bags_bytes)
-    c.memory += weights + state + workspace
+    c.memory += workspace
+    if cache_load_factor is None:  # weights and optimizer state in device memory
+        c.memory += rows_held * cols * WEIGHT_BYTES + workload.optimizer.bytes_for(rows_held, cols)
+        return c
+    return c + cache_costs(table, workload, topo, rows_held, rows_read, cols, cache_load_factor)
+
+
+def cache_costs(
+    table: TableLoad,
+    workload: Workload,
+    topo: Topology,
+    rows_held: np.ndarray,
+    rows_read: np.ndarray,
+    cols: int,
+    load_factor: float,
+) -> RankCosts:
+    """What the UVM caching kernel adds for a block (planners/uvm_cache.py): HBM for the cache
+    and its metadata, host memory for the shard, and per step the misses' rows moved over the
+    host link (the fetch; the write-back of as many evicted rows goes the other way at the same
+    time), written into and evicted from the cache in HBM, the prefetch's index work and its
+    kernel launches. Hits cost what HBM-resident rows cost (the lookup time, charged already)."""
+    c = RankCosts.zeros(topo.world_size)
+    opt = workload.optimizer
+    c.memory += uvm.device_bytes(rows_held, cols, load_factor, opt)
+    c.host_memory += uvm.host_bytes(rows_held, cols, opt)
+    link = topo.host_to_device_bytes_per_second or math.inf
+    row_bytes = cols * WEIGHT_BYTES
+    hit = uvm.shard_hit_rates(table.rows, rows_held, load_factor, workload.id_skew)
+    misses = rows_read * (1.0 - hit)  # an upper bound: a row missed twice in a step is fetched once
+    hbm = 2 * misses * row_bytes + rows_read * uvm.INDEX_BYTES_PER_LOOKUP
+    seconds = misses * row_bytes / link + hbm / topo.memory_bytes_per_second
+    c.cache += np.where(rows_held > 0, seconds + uvm.PREFETCH_SECONDS, 0.0)
     return c
+
+
+def placement_hit_rates(
+    placement: TablePlacement, table: TableLoad, workload: Workload
+) -> list[float]:
+    """The estimated cache hit rate of each shard of a cached placement (empty if none)."""
+    if placement.cache_load_factor is None:
+        return []
+    return [
+        uvm.shard_hit_rate(table.rows, s.rows, placement.cache_load_factor, workload.id_skew)
+        for s in placement.shards
+    ]
 
 
 def data_parallel_costs(table: TableLoad, workload: Workload, topo: Topology) -> RankCosts:
@@ -205,7 +254,9 @@ def table_costs(
         return total + data_parallel_costs(table, workload, topo)
     for block in placement.blocks().values():
         ranks, sizes = [s.rank for s in block], [s.rows for s in block]
-        total = total + block_costs(table, workload, topo, ranks, sizes, block[-1].cols)
+        total = total + block_costs(
+            table, workload, topo, ranks, sizes, block[-1].cols, placement.cache_load_factor
+        )
     return total
 
 

@@ -7,31 +7,88 @@ from __future__ import annotations
 import numpy as np
 
 from planners import placement as pl
+from planners import uvm_cache as uvm
 from planners.cost_model import table_costs
 from planners.topology import Topology
-from planners.types import RankCosts, TableLoad, TablePlacement, Workload
+from planners.types import WEIGHT_BYTES, RankCosts, TableLoad, TablePlacement, Workload
 
 
 def least_busy(values: np.ndarray, k: int) -> list[int]:
     return sorted(int(i) for i in np.argsort(values, kind="stable")[:k])
 
 
+def _bytes_per_row(
+    table: TableLoad, workload: Workload, load_factor: float | None
+) -> tuple[float, float]:
+    """(device, host) bytes one more row of ``table`` costs a rank."""
+    if load_factor is None:
+        return table.dim * WEIGHT_BYTES + workload.optimizer.bytes_for(1, table.dim), 0.0
+    # per row of the shard: its share of cache slots and their state, the LFU count, the
+    # cache index map and row-wise optimizer state
+    device = (
+        load_factor * (table.dim * WEIGHT_BYTES + uvm.CACHE_STATE_BYTES_PER_SLOT)
+        + uvm.INDEX_TABLE_BYTES_PER_ROW
+        + uvm.LFU_COUNT_BYTES_PER_ROW
+        + workload.optimizer.bytes_per_row
+    )
+    return device, float(uvm.host_bytes(np.array([1.0]), table.dim, workload.optimizer)[0])
+
+
 def uneven_row_wise(
-    table: TableLoad, workload: Workload, topo: Topology, busy: RankCosts
+    table: TableLoad,
+    workload: Workload,
+    topo: Topology,
+    busy: RankCosts,
+    cache_load_factor: float | None = None,
 ) -> TablePlacement | None:
-    """Row-wise with the rows split so that ranks made busy by ``busy`` get fewer."""
+    """Row-wise with the rows split so that ranks made busy by ``busy`` get fewer (on the UVM
+    caching kernel when ``cache_load_factor`` is given)."""
     even = pl.row_wise(table, topo)
+    if cache_load_factor is not None:
+        even = pl.with_cache(even, cache_load_factor)
     costs = table_costs(even, table, workload, topo)
     rows = np.maximum(np.array([s.rows for s in even.shards], dtype=float), 1.0)
-    # Time per row held: a rank's lookups scale with its share of the rows (hashing spreads
-    # ids evenly); the output traffic does not, so it is left out of the slope.
-    per_row = np.maximum(costs.lookup / rows, 1e-15)
-    bytes_per_row = table.dim * 4 + workload.optimizer.bytes_for(1, table.dim)
-    free = topo.usable_bytes_per_rank - busy.memory - (costs.memory - rows * bytes_per_row)
-    sizes = pl.uneven_row_sizes(
-        table, busy.step_seconds, per_row, np.maximum(free, 0) / bytes_per_row
-    )
-    return None if sizes is None else pl.row_wise(table, topo, sizes)
+    # Time per row held: a rank's lookups (and cache misses) scale with its share of the rows
+    # (hashing spreads ids evenly); the output traffic does not, so it is left out of the slope.
+    per_row = np.maximum((costs.lookup + costs.cache) / rows, 1e-15)
+    device_row, host_row = _bytes_per_row(table, workload, cache_load_factor)
+    free = topo.usable_bytes_per_rank - busy.memory - (costs.memory - rows * device_row)
+    cap = np.maximum(free, 0) / device_row
+    if cache_load_factor is not None:
+        host_free = topo.usable_host_bytes_per_rank - busy.host_memory
+        cap = np.minimum(cap, np.maximum(host_free, 0) / host_row)
+    sizes = pl.uneven_row_sizes(table, busy.step_seconds, per_row, cap)
+    if sizes is None:
+        return None
+    out = pl.row_wise(table, topo, sizes)
+    if cache_load_factor is None:
+        return out
+    cached = cached_variants([out], workload, cache_load_factor)
+    return cached[0] if cached else None
+
+
+def offers_cache(workload: Workload, topo: Topology) -> bool:
+    """Whether the UVM caching kernel is a candidate: CUDA ranks with host memory and a host
+    link in the topology, and an optimizer FBGEMM fuses (the kernel is a fused TBE)."""
+    return topo.host_offload and workload.optimizer.fused and workload.cache_load_factor > 0
+
+
+def cached_variants(
+    placements: list[TablePlacement], workload: Workload, load_factor: float | None = None
+) -> list[TablePlacement]:
+    """Each sharded placement again on the UVM caching kernel (``load_factor``: the
+    workload's by default). data_parallel is left out (its replicas run on TorchRec's dense
+    kernel), and so are shards whose cache would exceed FBGEMM's LFU limit of 2^24 - 1 sets."""
+    clf = workload.cache_load_factor if load_factor is None else load_factor
+    out = []
+    for p in placements:
+        if p.sharding_type == "data_parallel" or p.cached:
+            continue
+        rows = np.array([s.rows for s in p.shards], dtype=float)
+        if uvm.cache_slots(rows, clf).max(initial=0.0) > uvm.LFU_MAX_SLOTS:
+            continue
+        out.append(pl.with_cache(p, clf))
+    return out
 
 
 def candidates(
@@ -40,10 +97,18 @@ def candidates(
     topo: Topology,
     busy: RankCosts,
     allowed: frozenset[str],
+    offer_cache: bool = True,
 ) -> list[TablePlacement]:
-    """The placements considered for ``table`` given the load ``busy`` of earlier tables."""
+    """The placements considered for ``table`` given the load ``busy`` of earlier tables.
+
+    On CUDA topologies with host memory (``offer_cache``), every sharded placement is offered
+    twice: with its rows in HBM and on the UVM caching kernel. The cost model decides: the
+    cached copy is never cheaper per step (it adds the misses), so it wins only where it lets
+    the table, or the tables after it, fit or take a faster placement.
+    """
     out: list[TablePlacement] = []
     world, seconds = topo.world_size, busy.step_seconds
+    cache = offer_cache and offers_cache(workload, topo)
     if "row_wise" in allowed:
         out.append(pl.row_wise(table, topo))
         uneven = uneven_row_wise(table, workload, topo, busy)
@@ -63,4 +128,11 @@ def candidates(
     if "grid_shard" in allowed and topo.num_nodes > 1:
         for k in pl.column_blocks(table.dim, topo.num_nodes):
             out.append(pl.grid(table, topo, least_busy(node_seconds, k)))
+    if cache:
+        # the uneven split of the cached copy is its own: caching changes the cost per row
+        out += cached_variants([p for p in out if p.label != "row_wise (uneven)"], workload)
+        if "row_wise" in allowed:
+            uneven = uneven_row_wise(table, workload, topo, busy, workload.cache_load_factor)
+            if uneven is not None:
+                out.append(uneven)
     return out

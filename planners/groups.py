@@ -12,7 +12,9 @@ the world size), so its step does not grow with the world. What 2D adds, per ran
 Groups are consecutive ranks, so a group of at most one node keeps its all-to-alls on the
 intra-node link, and a group of several whole nodes spans them; the sync of a replica group
 then crosses nodes. Hierarchical types (table_row_wise, grid_shard) are not used inside
-groups: TorchRec builds their intra-node process groups over the whole world.
+groups: TorchRec builds their intra-node process groups over the whole world. Nor is the UVM
+caching kernel: the merge reads and rewrites FBGEMM's weights, which would bypass dirty rows
+held in the cache.
 """
 
 from __future__ import annotations
@@ -177,12 +179,16 @@ def best_group_plans(
             continue
         candidates = [
             estimate_group_plan(plan.placements, workload, topo, g, sync_every)
-            for plan in beam_search(workload, gtopo, frozenset(group_types))
+            # No UVM caching inside groups: the replica merge reads and rewrites the TBE's
+            # weights directly (ReplicaSync), which a cache holding dirty rows would bypass.
+            for plan in beam_search(workload, gtopo, frozenset(group_types), offer_cache=False)
         ]
         best = min(candidates, key=lambda c: c.score())
         replicated = all(p.sharding_type == "data_parallel" for p in best.estimate.placements)
-        if replicated and sizes is None:  # under auto, 1D's data_parallel already covers it
+        if not best.fits:
+            out[g] = f"does not fit on {g} ranks"
+        elif replicated and sizes is None:  # under auto, 1D's data_parallel already covers it
             out[g] = "data_parallel in groups is 1D data_parallel"
         else:
-            out[g] = best if best.fits else f"does not fit on {g} ranks"
+            out[g] = best
     return out

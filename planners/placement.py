@@ -8,6 +8,8 @@ that: :mod:`dist_train.train.uneven_row_wise`), table-row-wise and grid row shar
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from planners.topology import Topology
@@ -138,6 +140,13 @@ def grid(table: TableLoad, topo: Topology, nodes: list[int]) -> TablePlacement:
         shards += _row_shards(table, _node_ranks(topo, node), sizes, i * width, width)
     label = f"grid_shard {len(nodes)} nodes x {topo.ranks_per_node}"
     return TablePlacement(table.name, "grid_shard", tuple(shards), label)
+
+
+def with_cache(placement: TablePlacement, load_factor: float) -> TablePlacement:
+    """``placement`` on the UVM caching kernel: shards in host memory, ``load_factor`` of
+    their rows cached in HBM (planners/uvm_cache.py)."""
+    label = f"{placement.label} + fused_uvm_caching ({load_factor:.0%} of rows in HBM)"
+    return replace(placement, label=label, cache_load_factor=load_factor)
 
 
 def check_covers(placement: TablePlacement, table: TableLoad) -> None:

@@ -13,9 +13,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch.distributed as dist
+from fbgemm_gpu.split_table_batched_embeddings_ops_common import CacheAlgorithm
 from torch import nn
 from torchrec.distributed.sharding_plan import placement as shard_placement
 from torchrec.distributed.types import (
+    CacheParams,
     EmbeddingModuleShardingPlan,
     EnumerableShardingSpec,
     ModuleSharder,
@@ -31,9 +33,27 @@ from planners.search import PlanEstimate, SearchResult, search
 from planners.topology import Topology
 from planners.types import SHARDING_TYPES, PlanningError, TablePlacement, Workload
 
+UVM_CACHING_KERNEL = "fused_uvm_caching"  # TorchRec's EmbeddingComputeKernel.FUSED_UVM_CACHING
+UVM_KERNEL = "fused_uvm"  # EmbeddingComputeKernel.FUSED_UVM: host rows, no cache
+
+
+def cache_params(p: TablePlacement) -> CacheParams | None:
+    """TorchRec's cache settings of a placement on the UVM caching kernel: its load factor,
+    and FBGEMM's LFU cache, whose steady state the planner's hit rate models
+    (planners/uvm_cache.py). TorchRec copies them into the TBE's fused params
+    (``add_params_from_parameter_sharding``)."""
+    if not p.cache_load_factor:
+        return None
+    return CacheParams(algorithm=CacheAlgorithm.LFU, load_factor=p.cache_load_factor)
+
 
 def parameter_sharding(p: TablePlacement, topo: Topology, compute_kernel: str) -> ParameterSharding:
-    """TorchRec's description of one table's placement."""
+    """TorchRec's description of one table's placement; ``compute_kernel`` is the job's
+    kernel for tables held in device memory, a cached placement runs on ``fused_uvm_caching``."""
+    if p.cached and topo.device_type != "cuda":
+        raise PlanningError(f"table {p.table}: UVM caching needs CUDA ranks")
+    if p.cached:
+        compute_kernel = UVM_CACHING_KERNEL if p.cache_load_factor else UVM_KERNEL
     if p.sharding_type == "data_parallel":
         return ParameterSharding(
             sharding_type="data_parallel",
@@ -54,6 +74,7 @@ def parameter_sharding(p: TablePlacement, topo: Topology, compute_kernel: str) -
         compute_kernel=compute_kernel,
         ranks=p.ranks,
         sharding_spec=EnumerableShardingSpec(shards),
+        cache_params=cache_params(p),
     )
 
 
@@ -127,7 +148,9 @@ class CostModelPlanner(ShardingPlanner):
 
     ``workload`` describes the tables (by name) and the batch; ``allowed`` restricts the
     sharding types; ``compute_kernel`` is TorchRec's kernel for sharded tables (``fused``:
-    FBGEMM TBE with the optimizer in backward, ``dense``: plain weights). ``group_size``: the
+    FBGEMM TBE with the optimizer in backward, ``dense``: plain weights); on CUDA topologies
+    with host memory the search may put a table on ``fused_uvm_caching`` instead (rows in host
+    memory, a cache of ``workload.cache_load_factor`` of them in HBM). ``group_size``: the
     2D group (the world size = 1D; None = the cheapest of 1D and every group size), with
     replicas averaged every ``sync_every`` steps.
     """

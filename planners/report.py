@@ -6,26 +6,39 @@ from typing import Any
 
 import numpy as np
 
+from planners.cost_model import placement_hit_rates, table_costs
 from planners.groups import GroupPlan
-from planners.planner import CostModelPlanner
-from planners.search import PlanEstimate
+from planners.planner import UVM_CACHING_KERNEL, UVM_KERNEL, CostModelPlanner
+from planners.search import PlanEstimate, beam_search
+from planners.topology import Topology
 from planners.types import TablePlacement, Workload
 
-_PARTS = ("lookup", "framework", "dense", "comm", "latency")
+_PARTS = ("lookup", "framework", "dense", "comm", "latency", "cache")
 
 
-def _placement_json(p: TablePlacement, workload: Workload) -> dict[str, Any]:
+def _placement_json(
+    p: TablePlacement, workload: Workload, compute_kernel: str = "fused"
+) -> dict[str, Any]:
     t = workload.table(p.table)
-    return {
+    kernel = "dense" if p.sharding_type == "data_parallel" else compute_kernel
+    out: dict[str, Any] = {
         "table": p.table,
         "sharding_type": p.sharding_type,
         "label": p.label,
+        "compute_kernel": kernel,
         "num_rows": t.rows,
         "num_cols": t.dim,
         "ranks": p.ranks,
         "shard_offsets": [[s.row_offset, s.col_offset] for s in p.shards],
         "shard_sizes": [[s.rows, s.cols] for s in p.shards],
     }
+    if p.cache_load_factor is not None:
+        hits = placement_hit_rates(p, t, workload)
+        out["compute_kernel"] = UVM_CACHING_KERNEL if p.cache_load_factor else UVM_KERNEL
+        out["cache_load_factor"] = p.cache_load_factor
+        out["cache_hit_rate"] = min(hits) if hits else 1.0  # the shard that misses most
+        out["id_skew"] = workload.id_skew
+    return out
 
 
 def _breakdown(est: PlanEstimate) -> dict[str, float]:
@@ -34,10 +47,12 @@ def _breakdown(est: PlanEstimate) -> dict[str, float]:
     return {part: float(getattr(est.costs, part)[r]) for part in _PARTS}
 
 
-def estimate_json(est: PlanEstimate, workload: Workload) -> dict[str, Any]:
-    return {
+def estimate_json(
+    est: PlanEstimate, workload: Workload, compute_kernel: str = "fused"
+) -> dict[str, Any]:
+    out = {
         "label": est.label,
-        "placements": [_placement_json(p, workload) for p in est.placements],
+        "placements": [_placement_json(p, workload, compute_kernel) for p in est.placements],
         "per_rank_memory_bytes": [int(m) for m in est.costs.memory],
         "max_memory_bytes": est.max_memory_bytes,
         "estimated_step_seconds": est.step_seconds,
@@ -47,6 +62,61 @@ def estimate_json(est: PlanEstimate, workload: Workload) -> dict[str, Any]:
             "total": float(est.costs.comm_bytes.sum()),
         },
     }
+    if est.costs.host_memory.any():
+        out["per_rank_host_memory_bytes"] = [int(m) for m in est.costs.host_memory]
+        out["max_host_memory_bytes"] = est.max_host_memory_bytes
+    return out
+
+
+def uvm_caching_json(
+    est: PlanEstimate, workload: Workload, topo: Topology, allowed: frozenset[str]
+) -> list[dict[str, Any]]:
+    """For each table of ``est`` on the UVM caching kernel: its cache, estimated hit rate and
+    per-step misses on the busiest holder, and why (the best plan without the kernel)."""
+    cached = [p for p in est.placements if p.cached]
+    if not cached:
+        return []
+    without = beam_search(workload, topo, allowed, offer_cache=False)[0]
+    out = []
+    for p in cached:
+        table = workload.table(p.table)
+        costs = table_costs(p, table, workload, topo)
+        r = int(np.argmax(costs.cache))
+        hits = placement_hit_rates(p, table, workload)
+        busiest = next((i for i, s in enumerate(p.shards) if s.rank == r), 0)
+        row_bytes = p.shards[busiest].cols * 4
+        link = topo.host_to_device_bytes_per_second or float("inf")
+        rows_read = (  # the busiest holder's lookups, as in cost_model.block_costs
+            workload.batch_size_per_rank
+            * topo.world_size
+            * table.ids_per_sample
+            * p.shards[busiest].rows
+            / table.rows
+        )
+        misses = rows_read * (1.0 - hits[busiest])
+        out.append(
+            {
+                "table": p.table,
+                "compute_kernel": UVM_CACHING_KERNEL if p.cache_load_factor else UVM_KERNEL,
+                "cache_load_factor": p.cache_load_factor,
+                "id_skew": workload.id_skew,
+                "hit_rate": hits[busiest],
+                "min_hit_rate": min(hits),
+                "misses_per_step": misses,
+                "miss_bytes_per_step": misses * row_bytes,
+                "host_link_seconds": misses * row_bytes / link,
+                "cache_seconds": float(costs.cache[r]),
+                "hbm_bytes": int(costs.memory[r]),
+                "host_bytes": int(costs.host_memory[r]),
+                "without_uvm_caching": {
+                    "label": without.label,
+                    "fits": without.fits,
+                    "estimated_step_seconds": without.step_seconds,
+                    "max_memory_bytes": without.max_memory_bytes,
+                },
+            }
+        )
+    return out
 
 
 def _why(
@@ -98,8 +168,17 @@ def build_report(
         )
     else:
         why = _why(result.best, result.alternatives, result.allowed)
+    caching = uvm_caching_json(best, workload, chosen.topology, result.allowed)
+    for c in caching:
+        alt = c["without_uvm_caching"]
+        why += f"; {c['table']} runs on {c['compute_kernel']} because " + (
+            "no plan fits with every table in HBM"
+            if not alt["fits"]
+            else f"the best plan in HBM alone, {alt['label']}, is estimated "
+            f"{alt['estimated_step_seconds'] * 1e3:.2f} ms"
+        )
     report: dict[str, Any] = {
-        **estimate_json(best, workload),
+        **estimate_json(best, workload, planner.compute_kernel),
         "label": chosen.label,
         "group_size": chosen.group_size,
         "num_replicas": topo.world_size // chosen.group_size,
@@ -136,7 +215,14 @@ def build_report(
             for k, v in result.alternatives.items()
         ],
         "groups": _groups_json(planner.group_plans()),
+        "uvm_caching": caching,
     }
+    if topo.host_memory_per_rank_bytes:
+        report["topology"]["host_memory_per_rank_bytes"] = topo.host_memory_per_rank_bytes
+        report["topology"]["usable_host_bytes_per_rank"] = topo.usable_host_bytes_per_rank
+        report["topology"]["host_to_device_bytes_per_second"] = topo.host_to_device_bytes_per_second
+    report["workload"]["id_skew"] = workload.id_skew
+    report["workload"]["cache_load_factor"] = workload.cache_load_factor
     if torchrec is not None:
         report["torchrec"] = torchrec
     return report
@@ -169,9 +255,22 @@ def _placement_line(p: dict[str, Any]) -> str:
         else f"{len(sizes)} shard shapes, rows {min(s[0] for s in sizes):,}.."
         f"{max(s[0] for s in sizes):,}"
     )
+    kernel = p.get("compute_kernel")
     return (
         f"  {p['table']} ({p['num_rows']:,} x {p['num_cols']}): {p['label']} on ranks {shown}, "
-        f"{shapes}"
+        f"{shapes}" + (f", kernel {kernel}" if kernel else "")
+    )
+
+
+def _caching_line(c: dict[str, Any]) -> str:
+    return (
+        f"uvm caching: {c['table']} on {c['compute_kernel']}, HBM caches "
+        f"{c['cache_load_factor']:.0%} of each shard's rows; estimated hit rate "
+        f"{c['hit_rate']:.1%} (ids Zipf s={c['id_skew']:g} over the table's rows); the busiest "
+        f"rank misses {c['misses_per_step']:,.0f} rows a step, {_size(c['miss_bytes_per_step'])} "
+        f"over the host link ({c['host_link_seconds'] * 1e3:.2f} ms; cache work in all "
+        f"{c['cache_seconds'] * 1e3:.2f} ms); {_size(c['hbm_bytes'])} of HBM and "
+        f"{_size(c['host_bytes'])} of host memory on that rank"
     )
 
 
@@ -195,13 +294,19 @@ def format_report(report: dict[str, Any]) -> str:
         ),
         *(_placement_line(p) for p in report["placements"]),
         f"why: {report['why']}",
+        *(_caching_line(c) for c in report.get("uvm_caching", [])),
         *(f"note: {n}" for n in report.get("notes", [])),
         f"estimated step: {report['estimated_step_seconds'] * 1e3:.2f} ms on the slowest rank = "
-        + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in bd.items())
+        + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in bd.items() if k != "cache" or v > 0)
         + " ms",
         f"communication: {_size(report['comm_bytes_per_step']['max_rank'])} per step on the "
         f"busiest rank, {_size(report['comm_bytes_per_step']['total'])} in all",
         f"memory per rank: {_memory_line(report['per_rank_memory_bytes'])}",
+        *(
+            [f"host memory per rank: {_memory_line(report['per_rank_host_memory_bytes'])}"]
+            if "per_rank_host_memory_bytes" in report
+            else []
+        ),
         "options (every table with one type):",
     ]
     for alt in sorted(

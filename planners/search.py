@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from planners import placement as pl
 from planners.cost_model import dense_costs, latency_costs, table_costs
-from planners.enumerator import candidates, uneven_row_wise
+from planners.enumerator import candidates, offers_cache, uneven_row_wise
 from planners.topology import Topology
 from planners.types import (
     SHARDING_TYPES,
@@ -37,6 +37,7 @@ class PlanEstimate:
     ranks_per_node: int
     # threads per rank / cores per node where ranks share a node's CPU cores, else 0
     core_share: float = 0.0
+    usable_host_bytes: int = 0  # host memory per rank for UVM-cached shards
 
     @classmethod
     def of(
@@ -45,11 +46,21 @@ class PlanEstimate:
         share = 0.0
         if topo.device_type == "cpu" and topo.cores_per_node:
             share = topo.threads_per_rank / topo.cores_per_node
-        return cls(placements, costs, topo.usable_bytes_per_rank, topo.ranks_per_node, share)
+        return cls(
+            placements,
+            costs,
+            topo.usable_bytes_per_rank,
+            topo.ranks_per_node,
+            share,
+            topo.usable_host_bytes_per_rank,
+        )
 
     @property
     def fits(self) -> bool:
-        return bool(self.costs.memory.max() <= self.usable_bytes)
+        return bool(
+            self.costs.memory.max() <= self.usable_bytes
+            and self.costs.host_memory.max() <= self.usable_host_bytes
+        )
 
     @property
     def step_seconds(self) -> float:
@@ -68,6 +79,10 @@ class PlanEstimate:
     @property
     def max_memory_bytes(self) -> int:
         return int(self.costs.memory.max())
+
+    @property
+    def max_host_memory_bytes(self) -> int:
+        return int(self.costs.host_memory.max())
 
     @property
     def label(self) -> str:
@@ -111,7 +126,7 @@ def _rebalance(
         others = RankCosts(
             *(getattr(plan.costs, f) - getattr(mine, f) for f in RankCosts.__dataclass_fields__)
         )
-        uneven = uneven_row_wise(table, workload, topo, others)
+        uneven = uneven_row_wise(table, workload, topo, others, p.cache_load_factor)
         if uneven is None:
             continue
         trial = PlanEstimate.of(
@@ -130,15 +145,21 @@ def _finish(p: _Partial, base: RankCosts, topo: Topology) -> PlanEstimate:
 
 
 def beam_search(
-    workload: Workload, topo: Topology, allowed: frozenset[str], width: int = BEAM_WIDTH
+    workload: Workload,
+    topo: Topology,
+    allowed: frozenset[str],
+    width: int = BEAM_WIDTH,
+    offer_cache: bool = True,
 ) -> list[PlanEstimate]:
-    """The best few whole plans over ``allowed`` types, best first."""
+    """The best few whole plans over ``allowed`` types, best first (``offer_cache``: the UVM
+    caching kernel may be used where the topology allows it)."""
     base = dense_costs(workload, topo)
     beam = [_Partial((), RankCosts.zeros(topo.world_size), frozenset())]
     for table in sorted(workload.tables, key=lambda t: (-t.weight_bytes, t.name)):
         grown = []
         for state in beam:
-            for cand in candidates(table, workload, topo, state.costs + base, allowed):
+            busy = state.costs + base
+            for cand in candidates(table, workload, topo, busy, allowed, offer_cache):
                 costs = state.costs + table_costs(cand, table, workload, topo)
                 grown.append(
                     _Partial((*state.placements, cand), costs, state.types | {cand.sharding_type})
@@ -187,25 +208,38 @@ def _explain_no_fit(
     workload: Workload, topo: Topology, allowed: frozenset[str], short: bool = False
 ) -> str:
     base = dense_costs(workload, topo)
-    usable = topo.usable_bytes_per_rank
+    usable, usable_host = topo.usable_bytes_per_rank, topo.usable_host_bytes_per_rank
     for table in sorted(workload.tables, key=lambda t: -t.weight_bytes):
         options = candidates(table, workload, topo, base, allowed)
-        needs = [
-            (float((table_costs(c, table, workload, topo) + base).memory.max()), c.label)
-            for c in options
-        ]
-        need, label = min(needs)
-        if need <= usable:
+        needs = []
+        for c in options:
+            costs = table_costs(c, table, workload, topo) + base
+            host = float(costs.host_memory.max())
+            over = max(float(costs.memory.max()) / usable, host / max(usable_host, 1))
+            needs.append((over, float(costs.memory.max()), host, c.label))
+        over, need, host, label = min(needs)
+        if over <= 1:
             continue
+        host_note = f" and {_gib(host)} of host memory" if host > 0 else ""
         if short:
-            return f"does not fit: {label} needs {_gib(need)} on a rank, {_gib(usable)} usable"
+            return (
+                f"does not fit: {label} needs {_gib(need)}{host_note} on a rank, "
+                f"{_gib(usable)} usable"
+                + (f" ({_gib(usable_host)} of host memory)" if host > 0 else "")
+            )
         state = workload.optimizer.bytes_for(table.rows, table.dim)
+        host_usable = (
+            f"; host memory for the UVM caching kernel: {_gib(usable_host)} a rank"
+            if offers_cache(workload, topo)
+            else ""
+        )
         return (
             f"table {table.name} ({table.rows:,} rows x {table.dim} columns: "
             f"{_gib(table.weight_bytes)} of weights + {_gib(state)} of optimizer state) "
-            f"fits nowhere: its leanest placement ({label}) needs {_gib(need)} on its fullest "
-            f"rank, but each of the {topo.world_size} ranks has {_gib(usable)} usable "
+            f"fits nowhere: its leanest placement ({label}) needs {_gib(need)}{host_note} on "
+            f"its fullest rank, but each of the {topo.world_size} ranks has {_gib(usable)} usable "
             f"({_gib(topo.memory_per_rank_bytes)} less a {topo.reserve_fraction:.0%} reserve)"
+            f"{host_usable}"
         )
     return (
         f"the tables together need more than the {topo.world_size} ranks' "

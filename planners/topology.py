@@ -61,6 +61,11 @@ class Topology:
     cores_per_node: int | None = None  # CPU: ranks of a node share these cores
     threads_per_rank: int = 1
     source: str = "preset"  # where the speeds came from (a calibration file or a preset)
+    # CUDA: host (DDR) memory a rank may hold tables in, and the host-to-device link it reaches
+    # it over (UVM, per direction). None: no host offload (CPU ranks, older topology files), so
+    # the planner never offers the UVM caching kernel.
+    host_memory_per_rank_bytes: int | None = None
+    host_to_device_bytes_per_second: float | None = None
 
     @property
     def world_size(self) -> int:
@@ -69,6 +74,22 @@ class Topology:
     @property
     def usable_bytes_per_rank(self) -> int:
         return int(self.memory_per_rank_bytes * (1.0 - self.reserve_fraction))
+
+    @property
+    def usable_host_bytes_per_rank(self) -> int:
+        """Host memory a rank may fill with UVM-held tables (0 without host offload)."""
+        if self.host_memory_per_rank_bytes is None:
+            return 0
+        return int(self.host_memory_per_rank_bytes * (1.0 - self.reserve_fraction))
+
+    @property
+    def host_offload(self) -> bool:
+        """Whether tables may live in host memory behind an HBM cache (UVM caching)."""
+        return (
+            self.device_type == "cuda"
+            and bool(self.host_memory_per_rank_bytes)
+            and bool(self.host_to_device_bytes_per_second)
+        )
 
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
@@ -126,6 +147,17 @@ class TopologySpec(_Strict):
     )
     cores_per_node: int | None = Field(None, gt=0)
     threads_per_rank: int = Field(1, gt=0)
+    host_memory_per_rank_bytes: int | None = Field(
+        None,
+        gt=0,
+        description="CUDA: host (DDR) memory per rank for tables behind the UVM cache; "
+        "absent = no host offload.",
+    )
+    host_to_device_bytes_per_second: float | None = Field(
+        None,
+        gt=0,
+        description="CUDA: host-to-device (PCIe/UVM) bandwidth per rank and direction.",
+    )
     source: str = "file"
     measured: dict[str, object] = Field(
         default_factory=dict, description="Raw calibration measurements, for the record."
@@ -183,34 +215,91 @@ CPU_PRESET = TopologySpec(
     source="preset:cpu (calibrated on the project's 2-core machines)",
 )
 
-# Datasheet figures for an H100 SXM node (not measured here): 80 GB HBM3 at 3.35 TB/s, NVLink 4
-# at 450 GB/s per direction, one 400 Gb/s NIC per GPU, ~400 dense TFLOP/s. TBE rows assume half
-# the HBM bandwidth plus 0.5 ns per row. Run `dist-train calibrate` on the GPU machines instead.
+# An H100 SXM node (8 GPUs on NVLink 4 / NVSwitch, one 400 Gb/s NIC per GPU), from published
+# figures, not measured here; run `dist-train calibrate` on the GPU machines instead. Sources
+# (quoted numbers in brackets; "assumption" where no public figure was found):
+# [DS]  NVIDIA H100 datasheet, H100 SXM column, https://www.nvidia.com/en-us/data-center/h100/
+#       (copies checked: https://archive-lib.hpctech.co.jp/gpuproduct/nvidia-h100.html and
+#       https://glennklockwood.com/garden/processors/h100): 80 GB HBM3 at 3.35 TB/s; FP32
+#       67 TFLOPS; TF32 989 / BF16 1,979 TFLOPS "shown with sparsity, 1/2 lower without"; NVLink
+#       900 GB/s (bidirectional, 450 GB/s each way); PCIe Gen5 128 GB/s (64 GB/s each way).
+# [AR]  NCCL maintainer, https://github.com/NVIDIA/nccl-tests/issues/212: "450GB/s is the line
+#       rate. With the protocol overhead (~20%) NCCL can get an effective NVLink bandwidth of
+#       370GB/s, which you can observe as BusBw when running non-allreduce operations";
+#       all-reduce with NVLink SHARP on 8 GPUs: "a peak busBw of ~480GB/s". Also
+#       https://github.com/NVIDIA/nccl-tests/issues/326 (all_gather on 8 H100: "360 GB/s is
+#       exactly what we'd expect on H100").
+# [NIC] https://github.com/NVIDIA/nccl-tests/issues/267: "CX-7 NICs at NDR rate (400Gbps)
+#       should achieve up to 48-49GB/s per NIC"; "Alltoall cannot aggregate the bandwidth of
+#       multiple NICs, so the performance you should see is the performance of a single NIC".
+# [MN]  Multi-node all_reduce busbw expected for "H100 SXM, NVLink + IB NDR": 400-450 GB/s,
+#       https://saturncloud.io/blog/crusoe-nccl-cluster-validation
+# [SYS] 8x H100 SXM servers: "host_memory_capacity": "2 TB", "8x 400Gb Infiniband", "PCIe
+#       Gen5 x16" host interconnect (MLPerf system description,
+#       https://github.com/mlcommons/inference_results_v3.1/blob/main/closed/Dell/systems/XE9680_H100_SXM_80GBx8_TRT.json).
+# [H2D] nvbandwidth host_to_device_memcpy_ce: 55.63 GB/s (a PCIe Gen5 x16 GPU; the page does not
+#       name it), https://dev.smart-guide.co.kr/en/tutorial/nvidia-nvbandwidth-measure-gpu-interconnect-performance-tutorial/
+# [TBE] FBGEMM TBE on an H100 (TorchRec's TBE benchmark, https://github.com/meta-pytorch/torchrec/pull/4757):
+#       forward "2.525 TB/s; 64.7%" of peak, backward (with the fused optimizer) "1.035 TB/s;
+#       26.5%".
+# [LAT] nccl-tests all_reduce of 4 B to 4 KiB on one 8-GPU Hopper NVLink 4 node (H20): 12.5-16.7
+#       us, https://github.com/deepseek-ai/DeepEP/issues/303; 2 nodes x 8 Hopper (H20) with CX-7
+#       NDR NICs, NVLSTree: 46-48 us, https://github.com/NVIDIA/nccl/issues/1244.
+# [TF32] PyTorch computes float32 matmuls in full FP32 unless told otherwise
+#       (torch.backends.cuda.matmul.allow_tf32 is False since 1.12; checked here on torch 2.13:
+#       False, float32_matmul_precision "highest"),
+#       https://pytorch.org/docs/stable/notes/cuda.html#tensorfloat-32-tf32-on-ampere-and-later-devices;
+#       this project's trainer sets neither TF32 nor autocast.
+_H100_HBM = 3.35e12  # [DS] bytes/s
 CUDA_PRESET = TopologySpec(
     num_nodes=1,
-    ranks_per_node=8,
+    ranks_per_node=8,  # [SYS] 8 GPUs per server
     device_type="cuda",
-    memory_per_rank_bytes=80 * 10**9,
-    memory_bytes_per_second=3.35e12,
-    lookup_seconds_per_row={d: 5e-10 + 3 * 4 * d / 1.6e12 for d in (4, 16, 64, 128, 256, 512)},
-    dense_flops_per_second=4.0e14,
+    memory_per_rank_bytes=80 * 10**9,  # [DS] 80 GB
+    memory_bytes_per_second=_H100_HBM,  # [DS] 3.35 TB/s
+    # Per looked-up row of d fp32 columns: the forward pass reads 4d bytes at 64.7 % of the HBM
+    # peak and backward + fused update read and write the row (8d bytes, our reading of the
+    # benchmark's "backward" traffic) at 26.5 % [TBE]; plus 0.5 ns per row for the index work
+    # (sorting, deduplicating), an assumption kept from the first preset.
+    lookup_seconds_per_row={
+        d: 5e-10 + 4 * d / (0.647 * _H100_HBM) + 8 * d / (0.265 * _H100_HBM)
+        for d in (4, 16, 64, 128, 256, 512)
+    },
+    # FP32 peak, 67 TFLOPS [DS]: the trainer's MLPs run in float32 without TF32 [TF32]. (The
+    # first preset's 400 TFLOP/s matched no datasheet figure: dense TF32 is 495, FP32 67.) A peak
+    # is an upper bound for these small GEMMs.
+    dense_flops_per_second=6.7e13,
+    # The dot interaction (6 flops per sample x n^2 x d: a bmm forward, two backward) on small
+    # batched FP32 GEMMs: assumption, about 9 % of the FP32 peak [DS]; calibrate to replace it.
     interaction_elements_per_second=1.0e12,
-    dense_update_elements_per_second=1.0e11,
+    # torch.optim.Adagrad (foreach) moves about 44 bytes per parameter (addcmul 12, sqrt 8, add 8,
+    # addcdiv 16): 3.35 TB/s [DS] / 44 B at an assumed 85 % of peak.
+    dense_update_elements_per_second=6.5e10,
     intra_node=LinkSpec(
-        all_to_all_bytes_per_second=3.0e11,
-        reduce_scatter_bytes_per_second=3.0e11,
-        all_gather_bytes_per_second=3.0e11,
-        all_reduce_bytes_per_second=3.0e11,
-        latency_seconds=2e-5,
+        all_to_all_bytes_per_second=3.7e11,  # [AR] effective NVLink, non-allreduce busBw
+        reduce_scatter_bytes_per_second=3.7e11,  # [AR]
+        all_gather_bytes_per_second=3.7e11,  # [AR]
+        all_reduce_bytes_per_second=4.8e11,  # [AR] NVLink SHARP all-reduce busBw, 8 GPUs
+        latency_seconds=1.5e-5,  # [LAT] 12.5-16.7 us per small collective in one node
     ),
+    # Per rank, its own NIC: the model sends a rank's off-node bytes over it. For all-to-all
+    # that is what NCCL does [NIC]. NCCL's rings and trees send only about 1/8 of a rank's
+    # all-reduce / reduce-scatter / all-gather bytes off the node, spread over all 8 NICs
+    # (multi-node all-reduce busBw 400-450 GB/s [MN]); the model charges them all to the NIC, so
+    # it overstates those collectives across nodes (docs/planner.md).
     inter_node=LinkSpec(
-        all_to_all_bytes_per_second=4.0e10,
-        reduce_scatter_bytes_per_second=4.0e10,
-        all_gather_bytes_per_second=4.0e10,
-        all_reduce_bytes_per_second=4.0e10,
-        latency_seconds=3e-5,
+        all_to_all_bytes_per_second=4.8e10,  # [NIC] 48-49 GB/s per NIC
+        reduce_scatter_bytes_per_second=4.8e10,  # [NIC]
+        all_gather_bytes_per_second=4.8e10,  # [NIC]
+        all_reduce_bytes_per_second=4.8e10,  # [NIC]
+        latency_seconds=5e-5,  # [LAT] 46-48 us for a small all-reduce over 2 nodes
     ),
-    source="preset:cuda (H100 datasheet figures, not measured)",
+    # UVM caching (fused_uvm_caching): tables held in host memory behind an HBM cache.
+    host_memory_per_rank_bytes=250 * 10**9,  # [SYS] 2 TB per 8-GPU server / 8 ranks
+    # [H2D] 55.6 GB/s measured; [DS] 64 GB/s per direction raw. Assumes each GPU's x16 link is
+    # its own (servers that put two GPUs behind one switch uplink halve it: calibrate).
+    host_to_device_bytes_per_second=5.5e10,
+    source="preset:cuda (H100 SXM datasheet and published NCCL/FBGEMM figures, not measured)",
 )
 
 
@@ -280,6 +369,8 @@ def check_topology(topo: Topology) -> None:
         problems.append(f"{topo.num_nodes} nodes x {topo.ranks_per_node} ranks per node")
     if topo.memory_per_rank_bytes <= 0:
         problems.append(f"memory per rank {topo.memory_per_rank_bytes} bytes")
+    if topo.host_memory_per_rank_bytes is not None and topo.host_memory_per_rank_bytes <= 0:
+        problems.append(f"host memory per rank {topo.host_memory_per_rank_bytes} bytes")
     if not 0 <= topo.reserve_fraction < 1:
         problems.append(f"reserve_fraction {topo.reserve_fraction} (use 0 <= r < 1)")
     for name, value in asdict(topo).items():

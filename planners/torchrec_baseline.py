@@ -19,9 +19,11 @@ from torch import nn
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints
 from torchrec.distributed.planner import Topology as TorchRecTopology
+from torchrec.distributed.planner.constants import UVM_CACHING_RATIO
 from torchrec.distributed.types import ShardingPlan
 
 from planners.cost_model import dense_costs, latency_costs, table_costs
+from planners.planner import UVM_CACHING_KERNEL, UVM_KERNEL
 from planners.search import PlanEstimate
 from planners.topology import Topology
 from planners.types import Shard, TablePlacement, Workload
@@ -29,8 +31,25 @@ from planners.types import Shard, TablePlacement, Workload
 TIMEOUT_SECONDS = 120
 
 
-def placements_of(plan: ShardingPlan, topo: Topology) -> list[TablePlacement]:
-    """Our description of the tables of a TorchRec plan."""
+def _cache_load_factor(ps: Any, default: float) -> float | None:
+    """The UVM cache a TorchRec parameter sharding asks for: its load factor on
+    ``fused_uvm_caching`` (``default`` when the plan leaves it to the fused params), 0 on
+    ``fused_uvm`` (no cache), None for tables in device memory."""
+    if ps.compute_kernel == UVM_KERNEL:
+        return 0.0
+    if ps.compute_kernel != UVM_CACHING_KERNEL:
+        return None
+    params = ps.cache_params
+    if params is not None and params.load_factor is not None:
+        return float(params.load_factor)
+    return default
+
+
+def placements_of(
+    plan: ShardingPlan, topo: Topology, cache_load_factor: float = UVM_CACHING_RATIO
+) -> list[TablePlacement]:
+    """Our description of the tables of a TorchRec plan (``cache_load_factor``: the UVM cache
+    size of tables whose plan does not give one; TorchRec's default)."""
     out = []
     for module_plan in plan.plan.values():
         for table, ps in module_plan.items():  # type: ignore[attr-defined]
@@ -41,7 +60,9 @@ def placements_of(plan: ShardingPlan, topo: Topology) -> list[TablePlacement]:
                     Shard(s.placement.rank(), *s.shard_offsets, *s.shard_sizes)
                     for s in ps.sharding_spec.shards
                 ]
-            out.append(TablePlacement(table, ps.sharding_type, tuple(shards), ps.sharding_type))
+            clf = _cache_load_factor(ps, cache_load_factor)
+            label = ps.sharding_type if clf is None else f"{ps.sharding_type} + {ps.compute_kernel}"
+            out.append(TablePlacement(table, ps.sharding_type, tuple(shards), label, clf))
     return out
 
 
@@ -57,6 +78,7 @@ def estimate(placements: list[TablePlacement], workload: Workload, topo: Topolog
                 p.sharding_type,
                 tuple(Shard(r, 0, 0, table.rows, table.dim) for r in range(topo.world_size)),
                 p.label,
+                p.cache_load_factor,
             )
         full.append(p)
         costs = costs + table_costs(p, table, workload, topo)
@@ -79,12 +101,14 @@ def _quiet() -> Iterator[None]:
 
 
 def _torchrec_topology(topo: Topology) -> TorchRecTopology:
+    cuda = topo.device_type == "cuda"
     return TorchRecTopology(
         world_size=topo.world_size,
         compute_device=topo.device_type,
         local_world_size=topo.ranks_per_node,
-        hbm_cap=topo.memory_per_rank_bytes if topo.device_type == "cuda" else None,
-        ddr_cap=topo.memory_per_rank_bytes,
+        hbm_cap=topo.memory_per_rank_bytes if cuda else None,
+        # host memory for TorchRec's own UVM kernels, where the topology has it
+        ddr_cap=(topo.host_memory_per_rank_bytes if cuda else None) or topo.memory_per_rank_bytes,
     )
 
 

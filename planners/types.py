@@ -8,7 +8,7 @@ placements, the cost model (:mod:`planners.cost_model`) prices them, the search
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import TypeVar
 
@@ -46,16 +46,26 @@ class Shard:
 
 @dataclass(frozen=True)
 class TablePlacement:
-    """One table's sharding type and shards (data_parallel: one full replica per rank)."""
+    """One table's sharding type and shards (data_parallel: one full replica per rank).
+
+    ``cache_load_factor``: None keeps every shard in device memory (the job's kernel); a
+    fraction c runs the table on TorchRec's ``fused_uvm_caching`` kernel, each shard held in
+    host memory behind an HBM cache of c x its rows (c = 0: TorchRec's ``fused_uvm``, no cache).
+    """
 
     table: str
     sharding_type: str
     shards: tuple[Shard, ...]
     label: str  # e.g. "row_wise (uneven)", "column_wise x4", "grid_shard 2 nodes x 4"
+    cache_load_factor: float | None = None
 
     @property
     def ranks(self) -> list[int]:
         return [s.rank for s in self.shards]
+
+    @property
+    def cached(self) -> bool:
+        return self.cache_load_factor is not None
 
     def blocks(self) -> dict[int, list[Shard]]:
         """Shards by column block (first column -> its row shards, in shard order)."""
@@ -122,6 +132,10 @@ class Workload:
     dense_parameters: int
     dense_optimizer_slots: int  # extra fp32 copies of the dense parameters (Adam: 2)
     interaction_elements_per_sample: int = 0  # dot interaction: n^2 x d (n vectors of d)
+    # Zipf exponent of the ids over a table's rows (0 = uniform): sets the UVM cache's hit rate
+    id_skew: float = 1.1
+    # Rows of a shard the UVM caching kernel keeps in HBM, as a fraction (TorchRec's default)
+    cache_load_factor: float = 0.2
 
     def table(self, name: str) -> TableLoad:
         for t in self.tables:
@@ -134,29 +148,23 @@ class Workload:
 class RankCosts:
     """Per-rank arrays (length = world size)."""
 
-    memory: np.ndarray  # bytes
+    memory: np.ndarray  # bytes of device memory (HBM on GPUs)
     lookup: np.ndarray  # seconds
     framework: np.ndarray  # seconds of TorchRec's per-bag work
     dense: np.ndarray  # seconds of dense-model compute
     comm: np.ndarray  # seconds, bandwidth part
     latency: np.ndarray  # seconds
     comm_bytes: np.ndarray  # bytes sent + received
+    cache: np.ndarray  # seconds of UVM cache misses: host-link transfers and cache upkeep
+    host_memory: np.ndarray  # bytes of host memory holding UVM-cached shards
 
     @classmethod
     def zeros(cls, world: int) -> RankCosts:
-        return cls(*(np.zeros(world) for _ in range(7)))
+        return cls(*(np.zeros(world) for _ in fields(cls)))
 
     def __add__(self, other: RankCosts) -> RankCosts:
-        return RankCosts(
-            self.memory + other.memory,
-            self.lookup + other.lookup,
-            self.framework + other.framework,
-            self.dense + other.dense,
-            self.comm + other.comm,
-            self.latency + other.latency,
-            self.comm_bytes + other.comm_bytes,
-        )
+        return RankCosts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
     @property
     def step_seconds(self) -> np.ndarray:
-        return self.lookup + self.framework + self.dense + self.comm + self.latency
+        return self.lookup + self.framework + self.dense + self.comm + self.latency + self.cache
