@@ -159,17 +159,22 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    from dist_train.devices import DeviceError, local_gpus, resolve_device
     from dist_train.launchers.processes import run_processes
     from planners.calibrate import calibrate
     from planners.topology import TopologyError, parse_bytes, save_topology
 
+    gpus = local_gpus()
     try:
         memory = parse_bytes(args.memory_per_rank) if args.memory_per_rank else None
-    except TopologyError as err:
+        ranks = args.ranks or (gpus if args.device != "cpu" and gpus else 2)
+        device = resolve_device(args.device, ranks, gpus, "this machine", "--device")
+    except (TopologyError, DeviceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"calibrating: {args.ranks} gloo rank(s) x {args.threads} thread(s) ...", flush=True)
-    spec = calibrate(run_processes, args.ranks, args.threads, memory)
+    backend = "nccl" if device == "cuda" else "gloo"
+    print(f"calibrating: {ranks} {backend} rank(s) x {args.threads} thread(s) ...", flush=True)
+    spec = calibrate(run_processes, ranks, args.threads, memory, device_type=device)
     save_topology(spec, args.out)
     link = spec.intra_node
     rows = ", ".join(f"{w}: {t * 1e9:.0f} ns" for w, t in spec.lookup_seconds_per_row.items())
@@ -300,7 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-torchrec", action="store_true", help="skip TorchRec's planner")
     p = sub.add_parser("calibrate", help="measure this machine and backend for the planner")
     p.add_argument("--out", required=True, help="topology file to write (JSON)")
-    p.add_argument("--ranks", type=int, default=2, help="gloo processes for the collectives")
+    p.add_argument(
+        "--ranks", type=int, help="ranks for the collectives (default: 2 on CPU, every GPU)"
+    )
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="measure CPU ranks (gloo) or one GPU per rank (nccl); auto: GPUs if any",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     p.add_argument("--memory-per-rank", help="memory per rank (default: RAM / ranks)")
     p = sub.add_parser("export", help="a checkpoint as one unsharded safetensors file")

@@ -24,21 +24,23 @@ class DeviceError(RuntimeError):
     """The job asks for a device the launcher cannot give every rank."""
 
 
-def resolve_device(setting: str, num_workers: int, gpus: float, where: str) -> DeviceType:
-    """``train.device`` (auto, cpu or cuda) for ``num_workers`` ranks, one GPU each, when
-    ``gpus`` GPUs are available ``where`` (named in the error)."""
+def resolve_device(
+    setting: str, num_workers: int, gpus: float, where: str, key: str = "train.device"
+) -> DeviceType:
+    """``setting`` (auto, cpu or cuda; the value of ``key``) for ``num_workers`` ranks, one GPU
+    each, when ``gpus`` GPUs are available ``where`` (both named in errors)."""
     if setting == "cpu":
         return "cpu"
     enough = gpus >= num_workers
     if setting == "cuda":
         if not enough:
             raise DeviceError(
-                f"train.device=cuda needs one GPU per rank: {num_workers} workers, but "
-                f"{where} has {gpus:g} GPU(s); use fewer workers or train.device=cpu"
+                f"{key}=cuda needs one GPU per rank: {num_workers} workers, but "
+                f"{where} has {gpus:g} GPU(s); use fewer workers or {key}=cpu"
             )
         return "cuda"
     if setting != "auto":
-        raise DeviceError(f"unknown train.device {setting!r}; use auto, cpu or cuda")
+        raise DeviceError(f"unknown {key} {setting!r}; use auto, cpu or cuda")
     return "cuda" if gpus > 0 and enough else "cpu"
 
 

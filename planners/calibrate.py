@@ -1,6 +1,7 @@
 """``dist-train calibrate``: measure this machine and backend, write a topology file.
 
-Measured (CPU, gloo; each rank with the job's thread count):
+Measured on the device the job's ranks train on (``--device``: CPU ranks over gloo with the
+job's thread count, or one GPU per rank over nccl; CUDA work is timed to completion):
 
 - copy bandwidth: ``Tensor.copy_`` of 256 MiB (bytes read + written per second);
 - dense matmul flop/s at MLP-like shapes, the dot interaction (batched ``x x^T`` and its
@@ -18,7 +19,9 @@ Measured (CPU, gloo; each rank with the job's thread count):
   do not explain, over the bags the busiest rank handles, is that type's ``bag_seconds``.
 
 Inter-node links cannot be measured on one machine; they keep the preset's NIC figures, capped
-by the measured intra-node link, and the file says so under ``measured``.
+by the measured intra-node link, and the file says so under ``measured``. On CUDA the host
+memory per rank is this machine's RAM over its ranks and the host-to-device link is a pinned
+copy's measured rate (the UVM cache's misses cross it).
 """
 
 from __future__ import annotations
@@ -35,7 +38,14 @@ import torch.distributed as dist
 
 from planners.cost_model import bags_handled, latency_costs, table_costs
 from planners.search import search
-from planners.topology import CPU_PRESET, LinkSpec, TopologySpec, resize, topology_of
+from planners.topology import (
+    CPU_PRESET,
+    CUDA_PRESET,
+    LinkSpec,
+    TopologySpec,
+    resize,
+    topology_of,
+)
 from planners.types import OptimizerState, TableLoad, Workload
 
 TBE_ROWS = 1_000_000
@@ -46,50 +56,77 @@ TBE_DIMS = (4, 8, 16, 32, 64, 128)
 COLLECTIVES = ("all_to_all", "reduce_scatter", "all_gather", "all_reduce")
 COLLECTIVE_BYTES = (256 * 2**10, 16 * 2**20)
 _TRAFFIC = {"all_to_all": 1, "reduce_scatter": 1, "all_gather": 1, "all_reduce": 2}
+CPU = torch.device("cpu")
 
 
-def _best_seconds(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    """The fastest of ``repeats`` timed calls (the least disturbed by other load)."""
-    for _ in range(warmup):
+def _best_seconds(
+    fn: Callable[[], object], repeats: int, warmup: int = 2, device: torch.device = CPU
+) -> float:
+    """The fastest of ``repeats`` timed calls (the least disturbed by other load); on a GPU
+    each call is timed until its kernels finish."""
+
+    def call() -> None:
         fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        call()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        call()
         times.append(time.perf_counter() - start)
     return float(min(times))
 
 
-def copy_bytes_per_second() -> float:
-    src = torch.ones(64 * 2**20)  # 256 MiB
+def rank_device(device_type: str) -> torch.device:
+    """This process's device: its current GPU (the launcher chose it) or the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else CPU
+
+
+def copy_bytes_per_second(device: torch.device = CPU) -> float:
+    src = torch.ones(64 * 2**20, device=device)  # 256 MiB
     dst = torch.empty_like(src)
-    seconds = _best_seconds(lambda: dst.copy_(src), repeats=5)
+    seconds = _best_seconds(lambda: dst.copy_(src), repeats=5, device=device)
     return 2 * src.numel() * 4 / seconds
 
 
-def dense_flops_per_second() -> float:
-    a, b = torch.randn(2048, 512), torch.randn(512, 512)
-    seconds = _best_seconds(lambda: a @ b, repeats=10)
+def host_to_device_bytes_per_second(device: torch.device) -> float:
+    """A pinned 256 MiB host buffer copied to ``device`` (a GPU), bytes per second."""
+    src = torch.ones(64 * 2**20).pin_memory()
+    dst = torch.empty(src.shape, device=device)
+    seconds = _best_seconds(lambda: dst.copy_(src, non_blocking=True), 5, device=device)
+    return src.numel() * 4 / seconds
+
+
+def dense_flops_per_second(device: torch.device = CPU) -> float:
+    a = torch.randn(2048, 512, device=device)
+    b = torch.randn(512, 512, device=device)
+    seconds = _best_seconds(lambda: a @ b, repeats=10, device=device)
     return 2 * 2048 * 512 * 512 / seconds
 
 
-def dense_update_elements_per_second() -> float:
-    param = torch.nn.Parameter(torch.randn(4 * 2**20))
+def dense_update_elements_per_second(device: torch.device = CPU) -> float:
+    param = torch.nn.Parameter(torch.randn(4 * 2**20, device=device))
     param.grad = torch.randn_like(param)
     opt = torch.optim.Adagrad([param], lr=0.01)
-    return param.numel() / _best_seconds(opt.step, repeats=5)
+    return param.numel() / _best_seconds(opt.step, repeats=5, device=device)
 
 
-def interaction_elements_per_second(batch: int = 2048, vectors: int = 40, dim: int = 16) -> float:
+def interaction_elements_per_second(
+    batch: int = 2048, vectors: int = 40, dim: int = 16, device: torch.device = CPU
+) -> float:
     """The dot interaction (as in dist_train/models/dlrm.py), per sample x n^2 x d."""
-    x = torch.randn(batch, vectors, dim, requires_grad=True)
-    rows, cols = torch.triu_indices(vectors, vectors, offset=1)
+    x = torch.randn(batch, vectors, dim, requires_grad=True, device=device)
+    rows, cols = torch.triu_indices(vectors, vectors, offset=1, device=device)
+    pairs = rows * vectors + cols
 
     def step() -> None:
-        pairs = torch.bmm(x, x.transpose(1, 2))[:, rows, cols]
-        pairs.sum().backward()
+        gram = torch.bmm(x, x.transpose(1, 2))
+        gram.flatten(1).index_select(1, pairs).sum().backward()
 
-    return batch * vectors * vectors * dim / _best_seconds(step, repeats=5)
+    return batch * vectors * vectors * dim / _best_seconds(step, repeats=5, device=device)
 
 
 def zipf_rows(batch: int, bags: int, seed: int = 0) -> torch.Tensor:
@@ -106,9 +143,10 @@ def zipf_rows(batch: int, bags: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(rows.reshape(-1).astype(np.int64))
 
 
-def calibration_tbe(dim: int) -> torch.nn.Module:
-    """The measured kernel: a TBE_ROWS x ``dim`` CPU table read by TBE_BAGS features, with
-    FBGEMM's fused row-wise Adagrad (also what ``dist-train bench kernel`` times)."""
+def calibration_tbe(dim: int, device: torch.device = CPU) -> torch.nn.Module:
+    """The measured kernel: a TBE_ROWS x ``dim`` table (in host memory, or in the GPU's) read
+    by TBE_BAGS features, with FBGEMM's fused row-wise Adagrad (also what ``dist-train bench
+    kernel`` times)."""
     # FBGEMM and TorchRec take seconds to import; only the measurements need them.
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
     from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation
@@ -117,26 +155,31 @@ def calibration_tbe(dim: int) -> torch.nn.Module:
         SplitTableBatchedEmbeddingBagsCodegen,
     )
 
+    cuda = device.type == "cuda"
+    location = EmbeddingLocation.DEVICE if cuda else EmbeddingLocation.HOST
+    compute = ComputeDevice.CUDA if cuda else ComputeDevice.CPU
     return SplitTableBatchedEmbeddingBagsCodegen(
-        embedding_specs=[(TBE_ROWS, dim, EmbeddingLocation.HOST, ComputeDevice.CPU)],
+        embedding_specs=[(TBE_ROWS, dim, location, compute)],
         feature_table_map=[0] * TBE_BAGS,
         optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD,
         learning_rate=0.01,
+        **({"device": device} if cuda else {}),
     )
 
 
-def tbe_seconds_per_row(dim: int, indices: torch.Tensor) -> float:
+def tbe_seconds_per_row(dim: int, indices: torch.Tensor, device: torch.device = CPU) -> float:
     """Forward + backward (fused row-wise Adagrad) time per looked-up row of width ``dim``."""
-    tbe = calibration_tbe(dim)
+    tbe = calibration_tbe(dim, device)
     n = indices.numel()
-    offsets = torch.arange(n + 1)
-    grad = torch.ones(TBE_BATCH, TBE_BAGS * dim)
+    indices = indices.to(device)
+    offsets = torch.arange(n + 1, device=device)
+    grad = torch.ones(TBE_BATCH, TBE_BAGS * dim, device=device)
 
     def step() -> None:
         out = tbe(indices, offsets)
         out.backward(grad)
 
-    return _best_seconds(step, repeats=12, warmup=3) / n
+    return _best_seconds(step, repeats=12, warmup=3, device=device) / n
 
 
 def _fit(xs: tuple[float, float], ys: tuple[float, float]) -> tuple[float, float]:
@@ -146,14 +189,16 @@ def _fit(xs: tuple[float, float], ys: tuple[float, float]) -> tuple[float, float
     return intercept, slope
 
 
-def collective_timings(repeats: int) -> dict[str, list[float]]:
-    """Run on every rank of a gloo group: seconds of each collective at each message size
-    (the slowest rank's best of ``repeats``)."""
+def collective_timings(repeats: int, device_type: str = "cpu") -> dict[str, list[float]]:
+    """Run on every rank of the group: seconds of each collective at each message size
+    (the slowest rank's best of ``repeats``), on ``device_type`` tensors (gloo or nccl)."""
     world = dist.get_world_size()
+    device = rank_device(device_type)
     out: dict[str, list[float]] = {name: [] for name in COLLECTIVES}
     for nbytes in COLLECTIVE_BYTES:
         n = nbytes // 4 // world * world
-        send, recv, small = torch.ones(n), torch.empty(n), torch.empty(n // world)
+        send = torch.ones(n, device=device)
+        recv, small = torch.empty(n, device=device), torch.empty(n // world, device=device)
         calls: dict[str, Callable[[], object]] = {
             "all_to_all": functools.partial(dist.all_to_all_single, recv, send),
             "reduce_scatter": functools.partial(dist.reduce_scatter_tensor, small, send),
@@ -162,7 +207,8 @@ def collective_timings(repeats: int) -> dict[str, list[float]]:
         }
         for name in COLLECTIVES:
             dist.barrier()
-            worst = torch.tensor([_best_seconds(calls[name], repeats)])
+            best = _best_seconds(calls[name], repeats, device=device)
+            worst = torch.tensor([best])  # a CPU tensor: gloo, beside nccl on GPU ranks
             dist.all_reduce(worst, op=dist.ReduceOp.MAX)
             out[name].append(float(worst.item()))
     return out
@@ -176,9 +222,10 @@ FRAMEWORK_BATCH = 1024
 FRAMEWORK_ROUNDS = 5
 
 
-def _framework_workload() -> Workload:
+def _framework_workload(device_type: str) -> Workload:
     table = TableLoad("t", FRAMEWORK_ROWS, FRAMEWORK_DIM, FRAMEWORK_BAGS, float(FRAMEWORK_BAGS))
-    return Workload((table,), FRAMEWORK_BATCH, OptimizerState.of("rowwise_adagrad", "cpu"), 0, 0)
+    state = OptimizerState.of("rowwise_adagrad", device_type)
+    return Workload((table,), FRAMEWORK_BATCH, state, 0, 0)
 
 
 def sharded_step_timings(spec: TopologySpec) -> list[float]:
@@ -195,8 +242,9 @@ def sharded_step_timings(spec: TopologySpec) -> list[float]:
     from planners.sharders import AnyDeviceEmbeddingBagCollectionSharder, fused_params
 
     world, rank = dist.get_world_size(), dist.get_rank()
+    device = rank_device(spec.device_type)
     topo = resize(topology_of(spec), num_nodes=1, ranks_per_node=world)
-    workload = _framework_workload()
+    workload = _framework_workload(spec.device_type)
     features = [f"f{i}" for i in range(FRAMEWORK_BAGS)]
     sharder = AnyDeviceEmbeddingBagCollectionSharder(
         fused_params=fused_params("rowwise_adagrad", 0.01, 1e-8, 0.0)
@@ -221,19 +269,20 @@ def sharded_step_timings(spec: TopologySpec) -> list[float]:
             DistributedModelParallel(
                 ebc,
                 env=ShardingEnv.from_process_group(dist.group.WORLD),
-                device=torch.device("cpu"),
+                device=device,
                 plan=plan,
                 sharders=[sharder],  # type: ignore[list-item]
             )
         )
-    ids = zipf_rows(FRAMEWORK_BATCH, FRAMEWORK_BAGS, seed=rank) % FRAMEWORK_ROWS
-    kjt = KeyedJaggedTensor.from_lengths_sync(
-        keys=features, values=ids, lengths=torch.ones(ids.numel(), dtype=torch.int32)
-    )
+    ids = (zipf_rows(FRAMEWORK_BATCH, FRAMEWORK_BAGS, seed=rank) % FRAMEWORK_ROWS).to(device)
+    lengths = torch.ones(ids.numel(), dtype=torch.int32, device=device)
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=features, values=ids, lengths=lengths)
 
     def step(model: Any) -> None:
         out = model(kjt)
         out.values().sum().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     times: list[list[float]] = [[] for _ in models]
     for model in models:
@@ -253,7 +302,7 @@ def _bag_seconds(spec: TopologySpec, ranks: int, seconds: list[float]) -> dict[s
     """Per-bag TorchRec work by type: the measured step less the model's lookups and traffic,
     over the bags the busiest rank handles."""
     topo = resize(topology_of(spec), num_nodes=1, ranks_per_node=ranks)
-    workload = _framework_workload()
+    workload = _framework_workload(spec.device_type)
     table = workload.tables[0]
     out = {}
     for t, measured in zip(FRAMEWORK_TYPES, seconds, strict=True):
@@ -265,9 +314,13 @@ def _bag_seconds(spec: TopologySpec, ranks: int, seconds: list[float]) -> dict[s
     return out
 
 
-def _inter_node(intra: LinkSpec) -> LinkSpec:
+def _preset(device_type: str) -> TopologySpec:
+    return CUDA_PRESET if device_type == "cuda" else CPU_PRESET
+
+
+def _inter_node(intra: LinkSpec, device_type: str) -> LinkSpec:
     """The preset's NIC figures, but never faster than the measured intra-node link."""
-    nic = CPU_PRESET.inter_node
+    nic = _preset(device_type).inter_node
     return LinkSpec(
         **{
             f"{name}_bytes_per_second": min(
@@ -279,8 +332,9 @@ def _inter_node(intra: LinkSpec) -> LinkSpec:
     )
 
 
-# Runs ``fn(*args)`` on ``ranks`` gloo processes of ``threads`` threads; each rank's result.
-Launch = Callable[[Callable[..., Any], tuple[Any, ...], int, int], list[Any]]
+# Runs ``fn(*args)`` on ``ranks`` processes of ``threads`` threads on ``device_type`` (one GPU
+# each on cuda, current device set); each rank's result.
+Launch = Callable[[Callable[..., Any], tuple[Any, ...], int, int, str], list[Any]]
 
 
 def calibrate(
@@ -289,24 +343,32 @@ def calibrate(
     threads: int = 1,
     memory_per_rank_bytes: int | None = None,
     repeats: int = 20,
+    device_type: str = "cpu",
 ) -> TopologySpec:
-    """Measure this machine (CPU, gloo) with ``ranks`` processes of ``threads`` threads each,
-    started by ``run_processes`` (the trainer's launcher: the planner does not import it)."""
+    """Measure this machine with ``ranks`` processes of ``threads`` threads each on
+    ``device_type`` (CPU ranks over gloo, or one GPU per rank over nccl), started by
+    ``run_processes`` (the trainer's launcher: the planner does not import it)."""
     torch.set_num_threads(threads)
+    cuda = device_type == "cuda"
+    device = torch.device("cuda", 0) if cuda else CPU
+    base = _preset(device_type)
     indices = zipf_rows(TBE_BATCH, TBE_BAGS)
     # Two passes over the widths, the faster of each: a shared machine's bursts of other work
     # otherwise land on whichever width was being timed.
-    passes = [{d: tbe_seconds_per_row(d, indices) for d in TBE_DIMS} for _ in range(2)]
+    passes = [{d: tbe_seconds_per_row(d, indices, device) for d in TBE_DIMS} for _ in range(2)]
     lookups = {d: min(p[d] for p in passes) for d in TBE_DIMS}
+    backend = "nccl" if cuda else "gloo"
     measured: dict[str, Any] = {
         "ranks": ranks,
         "threads_per_rank": threads,
-        "backend": "gloo",
+        "backend": backend,
         "tbe_ids": f"{TBE_BAGS} features x Zipf(1.1) over {TBE_VALUES:,} values, salted "
         f"hash into {TBE_ROWS:,} rows",
     }
     if ranks > 1:
-        timings = run_processes(collective_timings, (repeats,), ranks, threads)[0]
+        timings = run_processes(
+            collective_timings, (repeats, device_type), ranks, threads, device_type
+        )[0]
         # Bytes a rank moves, as the cost model counts them (ring all-reduce moves twice).
         moved = [float(b) * (ranks - 1) / ranks for b in COLLECTIVE_BYTES]
         fits = {
@@ -322,34 +384,39 @@ def calibrate(
             latency_seconds=float(np.mean([fits[name][0] for name in COLLECTIVES])),
         )
     else:
-        intra = CPU_PRESET.intra_node
-        measured["collective_seconds"] = "not measured (1 rank): the CPU preset's"
+        intra = base.intra_node
+        measured["collective_seconds"] = f"not measured (1 rank): the {device_type} preset's"
     measured["inter_node"] = "not measured (one machine): the preset's NIC, capped by intra_node"
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if memory_per_rank_bytes is None:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        memory_per_rank_bytes = total // ranks
+        memory_per_rank_bytes = torch.cuda.get_device_properties(0).total_memory if cuda else 0
+        memory_per_rank_bytes = memory_per_rank_bytes or ram // ranks
+    where = os.uname().nodename + (f" ({torch.cuda.get_device_name(0)})" if cuda else "")
     spec = TopologySpec(
         num_nodes=1,
         ranks_per_node=ranks,
-        device_type="cpu",
+        device_type="cuda" if cuda else "cpu",
         memory_per_rank_bytes=memory_per_rank_bytes,
-        memory_bytes_per_second=copy_bytes_per_second(),
+        memory_bytes_per_second=copy_bytes_per_second(device),
         lookup_seconds_per_row=lookups,
-        dense_flops_per_second=dense_flops_per_second(),
-        interaction_elements_per_second=interaction_elements_per_second(),
-        dense_update_elements_per_second=dense_update_elements_per_second(),
+        dense_flops_per_second=dense_flops_per_second(device),
+        interaction_elements_per_second=interaction_elements_per_second(device=device),
+        dense_update_elements_per_second=dense_update_elements_per_second(device),
         intra_node=intra,
-        inter_node=_inter_node(intra),
-        reserve_fraction=CPU_PRESET.reserve_fraction,
-        step_overhead_bytes=CPU_PRESET.step_overhead_bytes,
-        cores_per_node=os.cpu_count(),
+        inter_node=_inter_node(intra, device_type),
+        reserve_fraction=base.reserve_fraction,
+        step_overhead_bytes=base.step_overhead_bytes,
+        # CPU ranks share the node's cores; a GPU rank's host threads do not bound its step
+        cores_per_node=None if cuda else os.cpu_count(),
         threads_per_rank=threads,
-        source=f"calibrated: {ranks} gloo ranks x {threads} thread(s) on {os.uname().nodename}",
+        host_memory_per_rank_bytes=ram // ranks if cuda else None,
+        host_to_device_bytes_per_second=host_to_device_bytes_per_second(device) if cuda else None,
+        source=f"calibrated: {ranks} {backend} ranks x {threads} thread(s) on {where}",
         measured=measured,
     )
     if ranks < 2:
         return spec
-    seconds = run_processes(sharded_step_timings, (spec,), ranks, threads)[0]
+    seconds = run_processes(sharded_step_timings, (spec,), ranks, threads, device_type)[0]
     measured["torchrec_step_seconds"] = dict(zip(FRAMEWORK_TYPES, seconds, strict=True))
     measured["torchrec_reference"] = (
         f"{FRAMEWORK_ROWS:,} x {FRAMEWORK_DIM} table, {FRAMEWORK_BAGS} bags, batch "
