@@ -431,10 +431,27 @@ class JobConfig(_Strict):
 
     name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name.")
     seed: int = Field(0, description="Seed of weights, hashing salts and data order.")
-    output_dir: str = Field("outputs", description="Parent directory of run outputs.")
+    output_dir: str = Field(
+        "outputs",
+        description=(
+            "Parent directory of run outputs (a local or mounted path: metrics and summaries "
+            "are plain files; checkpoint.dir may be a URL)."
+        ),
+    )
     launcher: Literal["ray", "processes"] = Field(
         "ray", description="ray: Ray Train workers; processes: plain torch.multiprocessing."
     )
+
+    @field_validator("output_dir")
+    @classmethod
+    def _local_output_dir(cls, v: str) -> str:
+        if "://" in v:
+            raise ValueError(
+                f"must be a local or mounted directory, not the URL {v!r} (metrics and "
+                "summaries are plain files); put checkpoints at a URL with checkpoint.dir"
+            )
+        return v
+
     data: DataConfig = Field(default_factory=DataConfig)
     features: list[FeatureConfig] = Field(min_length=1, description="Categorical features.")
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)

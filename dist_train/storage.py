@@ -18,12 +18,22 @@ from typing import Any
 import fsspec
 
 
+class StorageError(ValueError):
+    """A URL whose filesystem this environment cannot open (its fsspec package is missing)."""
+
+
 class UrlPath:
     """A file or directory at an fsspec URL."""
 
     def __init__(self, url: str, fs: Any = None, path: str | None = None) -> None:
         if fs is None:
-            fs, path = fsspec.url_to_fs(url)
+            try:
+                fs, path = fsspec.url_to_fs(url)
+            except (ImportError, ValueError) as err:  # unknown protocol, or its package
+                raise StorageError(
+                    f"{url}: cannot open this URL ({err}); install the fsspec package for "
+                    "its scheme (s3fs, gcsfs, adlfs) into the job's environment on every node"
+                ) from None
         self.url = url.rstrip("/")
         self.fs = fs
         self.path = str(path).rstrip("/")  # the filesystem's own name for it

@@ -26,7 +26,7 @@ from dist_train.devices import DeviceError, resolve_device
 from dist_train.embedding.layout import build_layout
 from dist_train.launchers.cluster import ClusterTooSmallError, NodeResources, check_fits, describe
 from dist_train.launchers.cluster_files import ClusterFileError, launcher_nodes, rayjob_nodes
-from dist_train.storage import location
+from dist_train.storage import StorageError, location
 from dist_train.train.sharding import JobPlan, plan_for_config
 from planners.types import WEIGHT_BYTES, OptimizerState
 
@@ -117,7 +117,7 @@ def validate_files(paths: list[str]) -> Report:
         if "://" in p or (path / META).is_file():
             try:
                 report.ok.append(f"{p}: {verify(location(p))}")
-            except CheckpointError as err:
+            except (CheckpointError, StorageError) as err:
                 report.problems.append(str(err))
             continue
         try:

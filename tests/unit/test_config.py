@@ -69,3 +69,9 @@ def test_overrides_parse_yaml_values() -> None:
     assert cfg.train.epochs == 3 and cfg.embedding.optimizer.learning_rate == 0.1
     with pytest.raises(ConfigError, match=r"expected KEY\.PATH=VALUE"):
         load_config(overrides=["train.epochs"])
+
+
+def test_output_dir_url_is_refused_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"output_dir: .*not the URL 's3://b/x'"):
+        load_config(overrides=["output_dir=s3://b/x"])
+    load_config(overrides=["checkpoint.dir=s3://b/x"])  # checkpoints may live at a URL

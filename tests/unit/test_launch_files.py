@@ -129,3 +129,9 @@ def test_submit_command_shape(monkeypatch: pytest.MonkeyPatch) -> None:
     ]
     monkeypatch.setenv("RAY_ADDRESS", "http://head:8265")
     assert "http://head:8265" in submit_command("c.yaml", [], None, None, False)
+
+
+def test_validate_names_a_url_it_cannot_open_instead_of_failing() -> None:
+    report = validate_files(["nosuchfs://bucket/run/step-00000001"])
+    assert not report.ok
+    assert report.problems[0].startswith("nosuchfs://bucket/run/step-00000001: cannot open")
