@@ -99,7 +99,10 @@ def _check_fit(
                 "memory"
             )
             return
-    report.ok.append(f"{job_source} fits {source} ({describe(nodes)}; {device} ranks)")
+    ranks = f"{device} ranks"
+    if device == "cpu" and gpus and cfg.train.device == "auto":
+        ranks += f": its {gpus:g} GPU(s) are fewer than one per worker"
+    report.ok.append(f"{job_source} fits {source} ({describe(nodes)}; {ranks})")
 
 
 def _rayjob_config(entrypoint: str) -> str | None:

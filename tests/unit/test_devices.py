@@ -65,4 +65,6 @@ def test_cluster_fit_counts_one_gpu_per_worker_on_gpu_clusters() -> None:
     asked = _fit([NodeResources("c", cpus=32, gpus=0)], "train.device=cuda")
     assert "train.device=cuda needs one GPU per rank" in asked.problems[0]
     cpu = _fit([NodeResources("c", cpus=32, gpus=0)])
-    assert not cpu.problems and "cpu ranks" in cpu.ok[-1]
+    assert not cpu.problems and cpu.ok[-1].endswith("cpu ranks)")
+    short = _fit([NodeResources("g", cpus=32, gpus=2)])  # auto: 2 GPUs for 4 workers
+    assert "cpu ranks: its 2 GPU(s) are fewer than one per worker" in short.ok[-1]
