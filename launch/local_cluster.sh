@@ -4,7 +4,7 @@
 #   RAY_ADDRESS=http://127.0.0.1:8265 dist-train submit --config launch/configs/tiny.yaml
 #   launch/local_cluster.sh stop
 # Several nodes on one machine (for trying hierarchical plans) need ray.cluster_utils; see
-# tests/test_ray_launch.py.
+# tests/integration/test_ray_launch.py; `--set launcher=processes` simulates nodes without Ray.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Jobs run `python` from the head's PATH: make it this checkout's virtualenv.
