@@ -12,6 +12,9 @@ export PATH="$PWD/.venv/bin:$PATH"
 RAY=".venv/bin/ray"
 case "${1:-}" in
   start)
+    # Token authentication: `ray start` turns it on only when a token exists; make one.
+    "$RAY" get-auth-token --generate > /dev/null
+    export RAY_AUTH_MODE=token
     "$RAY" start --head --node-ip-address=127.0.0.1 --port="${RAY_PORT:-6379}" \
       --dashboard-host=127.0.0.1 --dashboard-port="${DASHBOARD_PORT:-8265}" \
       --num-cpus="${NUM_CPUS:-$(nproc)}" --disable-usage-stats
