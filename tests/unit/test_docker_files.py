@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from dist_train.config import DEFAULT_CONFIG
+from dist_train.launchers.cluster_files import launcher_nodes, rayjob_nodes
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -360,17 +361,13 @@ def cluster_images(doc: Any) -> set[str]:
     return found
 
 
-def uses_gpus(doc: Any) -> bool:
-    """A Ray node type with GPU resources or a pod with an nvidia.com/gpu limit."""
-    if isinstance(doc, dict):
-        for key, value in doc.items():
-            if key in ("GPU", "nvidia.com/gpu", "num-gpus") and float(value) > 0:
-                return True
-            if uses_gpus(value):
-                return True
-    elif isinstance(doc, list):
-        return any(uses_gpus(item) for item in doc)
-    return False
+def cluster_gpus(path: str, doc: dict[str, Any]) -> float:
+    """GPUs of a cluster file at its maximum size, as `dist-train validate` reads them."""
+    if doc.get("kind") == "RayJob":
+        nodes = rayjob_nodes(doc, path)[0]
+    else:
+        nodes = launcher_nodes(doc, path)
+    return sum(n.gpus * n.count for n in nodes)
 
 
 def image_problems(readme: str, cluster_files: dict[str, Any]) -> list[str]:
@@ -408,7 +405,7 @@ def image_problems(readme: str, cluster_files: dict[str, Any]) -> list[str]:
         for image in sorted(images):
             if image not in built:
                 found.append(f"{path}: image {image} is none the README builds {sorted(built)}")
-            elif uses_gpus(doc) and built[image][0] != "docker/Dockerfile.cuda":
+            elif cluster_gpus(path, doc) and built[image][0] != "docker/Dockerfile.cuda":
                 found.append(f"{path} has GPUs but runs {image}, not the CUDA image")
         rows = [line for line in readme.splitlines() if line.startswith("|") and path in line]
         if not rows:
