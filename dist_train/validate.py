@@ -89,16 +89,17 @@ def _check_fit(
     except (ClusterTooSmallError, DeviceError) as err:
         report.problems.append(f"{job_source} on {source}: {err}")
         return
-    need = embedding_bytes_per_rank(cfg)
-    for n in nodes if device == "cpu" else []:  # (on GPUs the tables live in GPU memory)
-        slots = n.worker_slots(cfg.ray.cpus_per_worker)
-        if n.memory_bytes and slots and need * min(slots, cfg.ray.num_workers) > n.memory_bytes:
-            report.problems.append(
-                f"{job_source} on {source}: node type {n.name} has {n.memory_bytes / 2**30:.1f} "
-                f"GiB for {slots} worker(s), but each needs {need / 2**30:.2f} GiB of embedding "
-                "memory"
-            )
-            return
+    if device == "cpu":  # (on GPUs the tables live in GPU memory, which the planner checks)
+        need = embedding_bytes_per_rank(cfg)
+        for n in nodes:
+            slots = n.worker_slots(cfg.ray.cpus_per_worker)
+            if n.memory_bytes and slots and need * min(slots, cfg.ray.num_workers) > n.memory_bytes:
+                report.problems.append(
+                    f"{job_source} on {source}: node type {n.name} has "
+                    f"{n.memory_bytes / 2**30:.1f} GiB for {slots} worker(s), but each needs "
+                    f"{need / 2**30:.2f} GiB of embedding memory"
+                )
+                return
     ranks = f"{device} ranks"
     if device == "cpu" and gpus and cfg.train.device == "auto":
         ranks += f": its {gpus:g} GPU(s) are fewer than one per worker"
