@@ -38,14 +38,7 @@ import torch.distributed as dist
 
 from planners.cost_model import bags_handled, latency_costs, table_costs
 from planners.search import search
-from planners.topology import (
-    CPU_PRESET,
-    CUDA_PRESET,
-    LinkSpec,
-    TopologySpec,
-    resize,
-    topology_of,
-)
+from planners.topology import LinkSpec, TopologySpec, preset_spec, resize, topology_of
 from planners.types import OptimizerState, TableLoad, Workload
 
 TBE_ROWS = 1_000_000
@@ -314,13 +307,9 @@ def _bag_seconds(spec: TopologySpec, ranks: int, seconds: list[float]) -> dict[s
     return out
 
 
-def _preset(device_type: str) -> TopologySpec:
-    return CUDA_PRESET if device_type == "cuda" else CPU_PRESET
-
-
 def _inter_node(intra: LinkSpec, device_type: str) -> LinkSpec:
     """The preset's NIC figures, but never faster than the measured intra-node link."""
-    nic = _preset(device_type).inter_node
+    nic = preset_spec(device_type).inter_node
     return LinkSpec(
         **{
             f"{name}_bytes_per_second": min(
@@ -351,7 +340,7 @@ def calibrate(
     torch.set_num_threads(threads)
     cuda = device_type == "cuda"
     device = torch.device("cuda", 0) if cuda else CPU
-    base = _preset(device_type)
+    base = preset_spec(device_type)
     indices = zipf_rows(TBE_BATCH, TBE_BAGS)
     # Two passes over the widths, the faster of each: a shared machine's bursts of other work
     # otherwise land on whichever width was being timed.

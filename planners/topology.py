@@ -334,11 +334,16 @@ def save_topology(spec: TopologySpec, path: str | Path) -> None:
     Path(path).write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
 
 
-def preset(device_type: str) -> Topology:
-    """The built-in topology for ``cpu`` or ``cuda``."""
+def preset_spec(device_type: str) -> TopologySpec:
+    """The built-in topology file's contents for ``cpu`` or ``cuda``."""
     if device_type not in ("cpu", "cuda"):
         raise TopologyError(f"unknown device type {device_type!r}; use cpu or cuda")
-    return topology_of(CPU_PRESET if device_type == "cpu" else CUDA_PRESET)
+    return CPU_PRESET if device_type == "cpu" else CUDA_PRESET
+
+
+def preset(device_type: str) -> Topology:
+    """The built-in topology for ``cpu`` or ``cuda``."""
+    return topology_of(preset_spec(device_type))
 
 
 def resize(
