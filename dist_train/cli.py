@@ -161,6 +161,7 @@ def _plan(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     from dist_train.devices import DeviceError, local_gpus, resolve_device
     from dist_train.launchers.processes import run_processes
+    from dist_train.train.unpooled_row_wise import enable_unpooled_row_wise as unpool_tables
     from planners.calibrate import calibrate
     from planners.topology import TopologyError, parse_bytes, save_topology
 
@@ -174,7 +175,9 @@ def _calibrate(args: argparse.Namespace) -> int:
         return 2
     backend = "nccl" if device == "cuda" else "gloo"
     print(f"calibrating: {ranks} {backend} rank(s) x {args.threads} thread(s) ...", flush=True)
-    spec = calibrate(run_processes, ranks, args.threads, memory, device_type=device)
+    spec = calibrate(
+        run_processes, ranks, args.threads, memory, device_type=device, unpool=unpool_tables
+    )
     save_topology(spec, args.out)
     link = spec.intra_node
     rows = ", ".join(f"{w}: {t * 1e9:.0f} ns" for w, t in spec.lookup_seconds_per_row.items())

@@ -266,9 +266,10 @@ class ShardingConfig(_Strict):
         "auto",
         description=(
             "auto: the planner picks each table's sharding type by estimated step time. "
-            "Any other value (row_wise, column_wise, table_wise, data_parallel, "
-            "table_row_wise, grid_shard) restricts every table to that type (the planner "
-            "still picks ranks, nodes and splits)."
+            "Any other value (row_wise, row_wise_unpooled, column_wise, table_wise, "
+            "data_parallel, table_row_wise, grid_shard) restricts every table to that type "
+            "(the planner still picks ranks, nodes and splits). row_wise_unpooled is row_wise "
+            "whose lookups come back one vector per id (docs/planner.md)."
         ),
     )
     topology: str | None = Field(

@@ -208,6 +208,10 @@ def collective_timings(repeats: int, device_type: str = "cpu") -> dict[str, list
 
 
 FRAMEWORK_TYPES = ("row_wise", "column_wise", "table_wise", "data_parallel")
+# Timed only where the trainer hands calibrate its unpooled dists (the planner does not import
+# the trainer): ``Unpool(model, tables)`` switches a sharded model's row-wise tables to them.
+UNPOOLED = "row_wise_unpooled"
+Unpool = Callable[[Any, list[str]], int]
 FRAMEWORK_ROWS = 200_000
 FRAMEWORK_DIM = 16
 FRAMEWORK_BAGS = 32
@@ -221,10 +225,10 @@ def _framework_workload(device_type: str) -> Workload:
     return Workload((table,), FRAMEWORK_BATCH, state, 0, 0)
 
 
-def sharded_step_timings(spec: TopologySpec) -> list[float]:
+def sharded_step_timings(spec: TopologySpec, unpool: Unpool | None = None) -> list[float]:
     """Run on every rank: median forward + backward seconds of a real TorchRec sharded
     EmbeddingBagCollection (one table, FRAMEWORK_BAGS features, fused row-wise Adagrad) for
-    each of FRAMEWORK_TYPES, timed in interleaved rounds."""
+    each of :func:`framework_types`, timed in interleaved rounds."""
     from torchrec.distributed.model_parallel import DistributedModelParallel
     from torchrec.distributed.types import ShardingEnv
     from torchrec.modules.embedding_configs import EmbeddingBagConfig
@@ -243,7 +247,7 @@ def sharded_step_timings(spec: TopologySpec) -> list[float]:
         fused_params=fused_params("rowwise_adagrad", 0.01, 1e-8, 0.0)
     )
     models = []
-    for t in FRAMEWORK_TYPES:
+    for t in framework_types(unpool):
         ebc = EmbeddingBagCollection(
             tables=[
                 EmbeddingBagConfig(
@@ -258,15 +262,16 @@ def sharded_step_timings(spec: TopologySpec) -> list[float]:
         placements = search(workload, topo, (t,)).best.placements
         kernel = "dense" if t == "data_parallel" else "fused"
         plan = plan_from_placements(ebc, placements, workload, topo, kernel)
-        models.append(
-            DistributedModelParallel(
-                ebc,
-                env=ShardingEnv.from_process_group(dist.group.WORLD),
-                device=device,
-                plan=plan,
-                sharders=[sharder],  # type: ignore[list-item]
-            )
+        model = DistributedModelParallel(
+            ebc,
+            env=ShardingEnv.from_process_group(dist.group.WORLD),
+            device=device,
+            plan=plan,
+            sharders=[sharder],  # type: ignore[list-item]
         )
+        if t == UNPOOLED and unpool is not None:
+            unpool(model, ["t"])
+        models.append(model)
     ids = (zipf_rows(FRAMEWORK_BATCH, FRAMEWORK_BAGS, seed=rank) % FRAMEWORK_ROWS).to(device)
     lengths = torch.ones(ids.numel(), dtype=torch.int32, device=device)
     kjt = KeyedJaggedTensor.from_lengths_sync(keys=features, values=ids, lengths=lengths)
@@ -291,14 +296,21 @@ def sharded_step_timings(spec: TopologySpec) -> list[float]:
     return [float(np.median(t)) for t in times]
 
 
-def _bag_seconds(spec: TopologySpec, ranks: int, seconds: list[float]) -> dict[str, float]:
+def framework_types(unpool: Unpool | None) -> tuple[str, ...]:
+    """The sharding types whose per-bag work calibrate times."""
+    return (*FRAMEWORK_TYPES, UNPOOLED) if unpool is not None else FRAMEWORK_TYPES
+
+
+def _bag_seconds(
+    spec: TopologySpec, ranks: int, seconds: list[float], types: tuple[str, ...]
+) -> dict[str, float]:
     """Per-bag TorchRec work by type: the measured step less the model's lookups and traffic,
     over the bags the busiest rank handles."""
     topo = resize(topology_of(spec), num_nodes=1, ranks_per_node=ranks)
     workload = _framework_workload(spec.device_type)
     table = workload.tables[0]
     out = {}
-    for t, measured in zip(FRAMEWORK_TYPES, seconds, strict=True):
+    for t, measured in zip(types, seconds, strict=True):
         placement = search(workload, topo, (t,)).best.placements[0]
         costs = table_costs(placement, table, workload, topo) + latency_costs({t}, topo)
         handled = bags_handled(placement, table, workload, topo)
@@ -333,10 +345,12 @@ def calibrate(
     memory_per_rank_bytes: int | None = None,
     repeats: int = 20,
     device_type: str = "cpu",
+    unpool: Unpool | None = None,
 ) -> TopologySpec:
     """Measure this machine with ``ranks`` processes of ``threads`` threads each on
     ``device_type`` (CPU ranks over gloo, or one GPU per rank over nccl), started by
-    ``run_processes`` (the trainer's launcher: the planner does not import it)."""
+    ``run_processes`` (the trainer's launcher: the planner does not import it); ``unpool``:
+    the trainer's unpooled row-wise dists, to time row_wise_unpooled's per-bag work too."""
     torch.set_num_threads(threads)
     cuda = device_type == "cuda"
     device = torch.device("cuda", 0) if cuda else CPU
@@ -405,12 +419,13 @@ def calibrate(
     )
     if ranks < 2:
         return spec
-    seconds = run_processes(sharded_step_timings, (spec,), ranks, threads, device_type)[0]
-    measured["torchrec_step_seconds"] = dict(zip(FRAMEWORK_TYPES, seconds, strict=True))
+    types = framework_types(unpool)
+    seconds = run_processes(sharded_step_timings, (spec, unpool), ranks, threads, device_type)[0]
+    measured["torchrec_step_seconds"] = dict(zip(types, seconds, strict=True))
     measured["torchrec_reference"] = (
         f"{FRAMEWORK_ROWS:,} x {FRAMEWORK_DIM} table, {FRAMEWORK_BAGS} bags, batch "
         f"{FRAMEWORK_BATCH} per rank"
     )
     return spec.model_copy(
-        update={"bag_seconds": _bag_seconds(spec, ranks, seconds), "measured": measured}
+        update={"bag_seconds": _bag_seconds(spec, ranks, seconds, types), "measured": measured}
     )

@@ -6,8 +6,9 @@ rows are split over a set of holder ranks.
 - row_wise: one block, all ranks hold rows.       - table_wise: one block, one holder.
 - column_wise: k blocks, one holder each.           - table_row_wise: one block on a node.
 - grid_shard: k blocks, each on one node's ranks.   - data_parallel: a replica per rank.
+- row_wise_unpooled: row_wise's block, priced by :func:`unpooled_block_costs` (below).
 
-A step of a block moves and computes, per rank (B = batch per rank, R ranks, H holders,
+A step of a pooled block moves and computes, per rank (B = batch per rank, R ranks, H holders,
 q_j = holder j's share of the rows, L ids and F bags per sample, w block columns, 4-byte floats):
 
 - input all-to-all: each rank sends its B samples' ids to the holders of their rows;
@@ -23,6 +24,30 @@ lookups = rows x the measured TBE time per row at that row width. The dense part
 parameter per sample, the dot interaction, the optimizer step, DDP all-reduce of its
 gradients) is the same for every plan. On CPUs, ranks of a node share its cores: a plan's step
 is at least the node's total work divided by its cores (see ``PlanEstimate``).
+
+**row_wise_unpooled** (row_wise's shards; the lookups travel unpooled,
+``dist_train/train/unpooled_row_wise.py``) has no partial sums. Per rank r (q_r its share of
+the rows, 0 off the holders):
+
+- counts all-to-all: every rank sends each rank its F per-feature id counts (R F x 8 bytes out
+  and as many in) -- the one term that grows with R;
+- ids all-to-all: it sends the off-rank share of its own ids, B L (1-q_r) x 8 bytes (no
+  lengths), and receives (R-1) B L q_r x 8;
+- lookups: R B L q_r rows, every id a bag of one (the same rows as pooled row_wise);
+- vectors all-to-all: forward the holder sends (R-1) B L q_r w x 4 bytes of looked-up vectors
+  and each rank receives B L (1-q_r) w x 4 of its own; backward their gradients travel back,
+  the same bytes the other way;
+- framework: its own measured per-bag figure (``calibrate``; else row_wise's) for its own
+  B F pooled bags and the R B L q_r one-id bags it looks up as holder; plus its local pooling
+  (sum its B L vectors into B F bags, and the gradients back) at the copy bandwidth:
+  2 (B L + B F) w x 4 bytes;
+- memory: weights and optimizer state as row_wise; workspace = received ids (R B L q_r x 8),
+  looked-up vectors and their gradients (2 R B L q_r w x 4), the requester's vectors and their
+  gradients (2 B L w x 4), its pooled bags and their gradients (2 B F w x 4).
+
+So its bytes per rank stay flat as R grows (q_r = 1/R), where pooled row_wise reduce-scatters
+[R B, F w] partial sums. It makes 4 collective calls a step (counts, ids, vectors, gradients),
+as the default per type does.
 
 A placement on the UVM caching kernel (``TablePlacement.cache_load_factor``) keeps its shards
 in host memory behind an HBM cache: memory splits into HBM (cache and its metadata) and host
@@ -51,6 +76,7 @@ from planners.types import (
 # Collective calls a sharding type adds to a step: ids and lengths all-to-all, output
 # reduce-scatter/all-to-all forward, and its mirror in backward. TorchRec fuses the tables
 # of one sharding type into one set of calls, so latency is paid per type, not per table.
+# row_wise_unpooled also makes 4 (counts, ids, vectors forward, their gradients backward).
 CALLS_PER_TYPE = {"data_parallel": 1}
 CALLS_DEFAULT = 4
 DDP_BUCKET_BYTES = 25 * 2**20
@@ -156,6 +182,81 @@ def block_costs(
     return c + cache_costs(table, workload, topo, rows_held, rows_read, cols, cache_load_factor)
 
 
+def unpooled_block_costs(
+    table: TableLoad,
+    workload: Workload,
+    topo: Topology,
+    holders: list[int],
+    row_sizes: list[int],
+    cols: int,
+    cache_load_factor: float | None = None,
+) -> RankCosts:
+    """Bandwidth, lookup and memory costs of a row_wise_unpooled block (the module docstring):
+    ids to the rows' holders, one looked-up vector per id back, bags pooled by the requester.
+    The per-bag framework work is added by :func:`table_costs` (:func:`bags_handled`)."""
+    world, per_node = topo.world_size, topo.ranks_per_node
+    batch, ids, bags = workload.batch_size_per_rank, table.ids_per_sample, table.bags_per_sample
+    own_ids = batch * ids  # ids a rank's own samples look up
+    vector = cols * WEIGHT_BYTES
+    h = np.asarray(holders)
+    q_h = np.asarray(row_sizes, dtype=float) / table.rows
+    node = np.arange(world) // per_node
+    q = np.zeros(world)
+    q[h] = q_h
+    share_on_node = np.bincount(node[h], weights=q_h, minlength=topo.num_nodes)[node]
+    # Of what a rank asks other ranks for, the part held on other nodes; of what it serves,
+    # the part asked by other nodes' ranks (every rank asks each holder alike).
+    ask_inter = np.divide(1.0 - share_on_node, 1.0 - q, out=np.zeros(world), where=q < 1)
+    serve_inter = np.full(world, (world - per_node) / max(world - 1, 1))
+    c = RankCosts.zeros(world)
+
+    # Counts all-to-all: F int64 counts to every rank, as many back (grows with the world).
+    counts = np.full(world, float(world * bags * INDEX_BYTES))
+    counts_inter = np.full(world, (world - per_node) / world)
+    c.comm += _link_seconds(counts, counts_inter, topo, "all_to_all")
+    c.comm_bytes += 2 * counts
+
+    # Ids all-to-all: the off-rank share of its own ids out, the ids of its rows in.
+    ids_out = own_ids * (1.0 - q) * INDEX_BYTES
+    ids_in = (world - 1) * own_ids * q * INDEX_BYTES
+    c.comm += np.maximum(
+        _link_seconds(ids_out, ask_inter, topo, "all_to_all"),
+        _link_seconds(ids_in, serve_inter, topo, "all_to_all"),
+    )
+    c.comm_bytes += ids_out + ids_in
+
+    # Lookups on the holders (forward, backward and the fused update), a bag of one per id.
+    rows_read = world * own_ids * q
+    c.lookup += _lookup_seconds(rows_read, cols, topo)
+
+    # Vectors all-to-all forward (holder -> requesters), their gradients backward (the same
+    # bytes the other way: the same time).
+    served = (world - 1) * own_ids * q * vector
+    received = own_ids * (1.0 - q) * vector
+    forward = np.maximum(
+        _link_seconds(served, serve_inter, topo, "all_to_all"),
+        _link_seconds(received, ask_inter, topo, "all_to_all"),
+    )
+    c.comm += 2 * forward
+    c.comm_bytes += 2 * (served + received)
+    # The requester's local pooling: read its B L vectors, write B F bags; backward reads the
+    # bags' gradients and writes one per id.
+    c.framework += 2 * (own_ids + batch * bags) * vector / topo.memory_bytes_per_second
+
+    rows_held = np.zeros(world)
+    rows_held[h] = row_sizes
+    c.memory += (
+        rows_read * INDEX_BYTES  # ids received (its own included)
+        + 2 * rows_read * vector  # looked-up vectors and their gradients
+        + 2 * own_ids * vector  # the requester's vectors and their gradients
+        + 2 * batch * bags * vector  # its pooled bags and their gradients
+    )
+    if cache_load_factor is None:
+        c.memory += rows_held * cols * WEIGHT_BYTES + workload.optimizer.bytes_for(rows_held, cols)
+        return c
+    return c + cache_costs(table, workload, topo, rows_held, rows_read, cols, cache_load_factor)
+
+
 def cache_costs(
     table: TableLoad,
     workload: Workload,
@@ -218,24 +319,46 @@ def data_parallel_costs(table: TableLoad, workload: Workload, topo: Topology) ->
 
 
 # TorchRec runs table_row_wise, and grid_shard per column block, with its row-wise machinery
-# inside a node (bucketizing ids, reduce-scattering partial sums).
-_FRAMEWORK_AS = {"table_row_wise": "row_wise", "grid_shard": "row_wise"}
+# inside a node (bucketizing ids, reduce-scattering partial sums). row_wise_unpooled has its
+# own measured figure where `calibrate` timed it; a topology without one (the cuda preset)
+# charges row_wise's (same TBE, bags of one).
+_FRAMEWORK_AS = {
+    "table_row_wise": "row_wise",
+    "grid_shard": "row_wise",
+    "row_wise_unpooled": "row_wise",
+}
 
 
 def bags_handled(
     placement: TablePlacement, table: TableLoad, workload: Workload, topo: Topology
 ) -> np.ndarray:
     """Pooled bags each rank handles for a table: a holder every sample's bags of its block,
-    any other rank its own samples' bags (data_parallel: its own, on every rank)."""
+    any other rank its own samples' bags (data_parallel: its own, on every rank;
+    row_wise_unpooled: its own, pooled locally, and as holder a bag of one per id it looks up,
+    R B L q_r)."""
     world, bags = topo.world_size, workload.batch_size_per_rank * table.bags_per_sample
     if placement.sharding_type == "data_parallel":
         return np.full(world, float(bags))
+    if placement.sharding_type == "row_wise_unpooled":
+        q = np.zeros(world)
+        for s in placement.shards:
+            q[s.rank] += s.rows * s.cols / (table.rows * table.dim)
+        return bags + world * workload.batch_size_per_rank * table.ids_per_sample * q
     handled = np.zeros(world)
     for block in placement.blocks().values():
         held = np.zeros(world, dtype=bool)
         held[[s.rank for s in block]] = True
         handled += np.where(held, world * bags, bags)
     return handled
+
+
+def per_bag_seconds(sharding_type: str, topo: Topology) -> float:
+    """TorchRec's measured per-bag work for ``sharding_type``: its own figure, else the figure
+    of the type whose machinery it runs (:func:`framework_kind`)."""
+    measured = dict(topo.bag_seconds)
+    if sharding_type in measured:
+        return measured[sharding_type]
+    return measured.get(framework_kind(sharding_type), 0.0)
 
 
 def framework_kind(sharding_type: str) -> str:
@@ -248,13 +371,14 @@ def table_costs(
 ) -> RankCosts:
     """Costs of one table's placement, without the per-type collective latency."""
     total = RankCosts.zeros(topo.world_size)
-    per_bag = dict(topo.bag_seconds).get(framework_kind(placement.sharding_type), 0.0)
+    per_bag = per_bag_seconds(placement.sharding_type, topo)
     total.framework += per_bag * bags_handled(placement, table, workload, topo)
     if placement.sharding_type == "data_parallel":
         return total + data_parallel_costs(table, workload, topo)
+    costs = unpooled_block_costs if placement.sharding_type == "row_wise_unpooled" else block_costs
     for block in placement.blocks().values():
         ranks, sizes = [s.rank for s in block], [s.rows for s in block]
-        total = total + block_costs(
+        total = total + costs(
             table, workload, topo, ranks, sizes, block[-1].cols, placement.cache_load_factor
         )
     return total

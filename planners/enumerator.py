@@ -40,16 +40,20 @@ def uneven_row_wise(
     topo: Topology,
     busy: RankCosts,
     cache_load_factor: float | None = None,
+    sharding_type: str = "row_wise",
 ) -> TablePlacement | None:
-    """Row-wise with the rows split so that ranks made busy by ``busy`` get fewer (on the UVM
-    caching kernel when ``cache_load_factor`` is given)."""
-    even = pl.row_wise(table, topo)
+    """Row-wise (``sharding_type``: row_wise or row_wise_unpooled) with the rows split so that
+    ranks made busy by ``busy`` get fewer (on the UVM caching kernel when
+    ``cache_load_factor`` is given)."""
+    even = pl.row_wise(table, topo, sharding_type=sharding_type)
     if cache_load_factor is not None:
         even = pl.with_cache(even, cache_load_factor)
     costs = table_costs(even, table, workload, topo)
     rows = np.maximum(np.array([s.rows for s in even.shards], dtype=float), 1.0)
     # Time per row held: a rank's lookups (and cache misses) scale with its share of the rows
-    # (hashing spreads ids evenly); the output traffic does not, so it is left out of the slope.
+    # (hashing spreads ids evenly); the output traffic does not, so it is left out of the slope
+    # (row_wise_unpooled: the vectors a holder serves do, but the all-to-all waits for the
+    # larger of sent and received bytes; left out too).
     per_row = np.maximum((costs.lookup + costs.cache) / rows, 1e-15)
     device_row, host_row = _bytes_per_row(table, workload, cache_load_factor)
     free = topo.usable_bytes_per_rank - busy.memory - (costs.memory - rows * device_row)
@@ -60,7 +64,7 @@ def uneven_row_wise(
     sizes = pl.uneven_row_sizes(table, busy.step_seconds, per_row, cap)
     if sizes is None:
         return None
-    out = pl.row_wise(table, topo, sizes)
+    out = pl.row_wise(table, topo, sizes, sharding_type)
     if cache_load_factor is None:
         return out
     cached = cached_variants([out], workload, cache_load_factor)
@@ -109,9 +113,10 @@ def candidates(
     out: list[TablePlacement] = []
     world, seconds = topo.world_size, busy.step_seconds
     cache = offer_cache and offers_cache(workload, topo)
-    if "row_wise" in allowed:
-        out.append(pl.row_wise(table, topo))
-        uneven = uneven_row_wise(table, workload, topo, busy)
+    row_types = [t for t in pl.ROW_WISE_TYPES if t in allowed]
+    for kind in row_types:  # row_wise and row_wise_unpooled: the same shards
+        out.append(pl.row_wise(table, topo, sharding_type=kind))
+        uneven = uneven_row_wise(table, workload, topo, busy, sharding_type=kind)
         if uneven is not None:
             out.append(uneven)
     if "table_wise" in allowed:
@@ -130,9 +135,9 @@ def candidates(
             out.append(pl.grid(table, topo, least_busy(node_seconds, k)))
     if cache:
         # the uneven split of the cached copy is its own: caching changes the cost per row
-        out += cached_variants([p for p in out if p.label != "row_wise (uneven)"], workload)
-        if "row_wise" in allowed:
-            uneven = uneven_row_wise(table, workload, topo, busy, workload.cache_load_factor)
+        out += cached_variants([p for p in out if not pl.is_uneven(p)], workload)
+        for kind in row_types:
+            uneven = uneven_row_wise(table, workload, topo, busy, workload.cache_load_factor, kind)
             if uneven is not None:
                 out.append(uneven)
     return out

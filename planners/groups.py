@@ -14,7 +14,8 @@ intra-node link, and a group of several whole nodes spans them; the sync of a re
 then crosses nodes. Hierarchical types (table_row_wise, grid_shard) are not used inside
 groups: TorchRec builds their intra-node process groups over the whole world. Nor is the UVM
 caching kernel: the merge reads and rewrites FBGEMM's weights, which would bypass dirty rows
-held in the cache.
+held in the cache. row_wise_unpooled is (its ids travel inside the group), in groups of more
+than one rank, and as in 1D never beside row_wise in one plan (the beam search's rule).
 """
 
 from __future__ import annotations
@@ -173,6 +174,7 @@ def best_group_plans(
             )
             continue
         gtopo = group_topology(topo, g)
+        # a group of one rank looks every id up locally: row_wise_unpooled is row_wise there
         group_types = types if g > 1 else types & {"table_wise", "row_wise", "data_parallel"}
         if not group_types:
             out[g] = "no sharding type of the job runs on a group of one rank"

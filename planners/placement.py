@@ -4,6 +4,8 @@ Shard layouts follow what TorchRec's runtime expects of each sharding type: row-
 rank order over every rank (rows may be uneven; the trainer patches TorchRec's routing for
 that: :mod:`dist_train.train.uneven_row_wise`), table-row-wise and grid row shards of
 ``ceil(rows / ranks_per_node)`` over one node's ranks in order, column blocks of equal width.
+row_wise_unpooled has row_wise's shards (TorchRec runs it as row_wise; only the travel of its
+lookups differs), even or uneven.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import replace
 import numpy as np
 
 from planners.topology import Topology
-from planners.types import Shard, TableLoad, TablePlacement
+from planners.types import Shard, ShardingType, TableLoad, TablePlacement
 
 MIN_COLUMN_BLOCK = 4  # FBGEMM TBE on CUDA needs row widths that are multiples of 4
 
@@ -39,14 +41,38 @@ def _row_shards(
     ]
 
 
-def row_wise(table: TableLoad, topo: Topology, sizes: list[int] | None = None) -> TablePlacement:
-    """Rows over every rank in rank order; ``sizes`` gives an uneven split."""
+ROW_WISE_TYPES = (ShardingType.ROW_WISE.value, ShardingType.ROW_WISE_UNPOOLED.value)
+UNEVEN = " (uneven)"
+
+
+def row_wise(
+    table: TableLoad,
+    topo: Topology,
+    sizes: list[int] | None = None,
+    sharding_type: str = ShardingType.ROW_WISE.value,
+) -> TablePlacement:
+    """Rows over every rank in rank order; ``sizes`` gives an uneven split. ``sharding_type``
+    ``row_wise_unpooled``: the same shards, its lookups travel unpooled (planners/types.py)."""
+    if sharding_type not in ROW_WISE_TYPES:
+        raise ValueError(f"not a row-wise type: {sharding_type!r}")
     world = topo.world_size
     even = even_row_sizes(table.rows, world)
     sizes = sizes or even
-    label = "row_wise" if sizes == even else "row_wise (uneven)"
+    label = sharding_type if sizes == even else sharding_type + UNEVEN
     shards = _row_shards(table, list(range(world)), sizes, 0, table.dim)
-    return TablePlacement(table.name, "row_wise", tuple(shards), label)
+    return TablePlacement(table.name, sharding_type, tuple(shards), label)
+
+
+def row_wise_unpooled(
+    table: TableLoad, topo: Topology, sizes: list[int] | None = None
+) -> TablePlacement:
+    """:func:`row_wise`'s shards, lookups unpooled (``row_wise_unpooled``)."""
+    return row_wise(table, topo, sizes, ShardingType.ROW_WISE_UNPOOLED.value)
+
+
+def is_uneven(placement: TablePlacement) -> bool:
+    """A row-wise placement with an uneven split, on the device-memory kernel."""
+    return not placement.cached and placement.label.endswith(UNEVEN)
 
 
 def uneven_row_sizes(

@@ -4,7 +4,10 @@ The plan it returns is an ordinary TorchRec ``ShardingPlan`` (``ParameterShardin
 ``EnumerableShardingSpec`` per table) that ``DistributedModelParallel`` runs unchanged. Shards
 are built here, not by TorchRec's helpers, so that grid blocks may be any width and row-wise
 splits may be uneven (which needs the trainer's ``enable_uneven_row_wise`` on the sharded
-model, because TorchRec's training input dist assumes even blocks).
+model, because TorchRec's training input dist assumes even blocks). A ``row_wise_unpooled``
+placement becomes TorchRec ``row_wise`` with the same shards; the trainer reads which tables
+are unpooled from ``CostModelPlanner.choice().placements`` (the chosen estimate's placements)
+and replaces their dists (``dist_train/train/unpooled_row_wise.py``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,14 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from planners.groups import GroupPlan, best_group_plans
 from planners.search import PlanEstimate, SearchResult, search
 from planners.topology import Topology
-from planners.types import SHARDING_TYPES, PlanningError, TablePlacement, Workload
+from planners.types import (
+    SHARDING_TYPES,
+    PlanningError,
+    TablePlacement,
+    Workload,
+    mixed_types,
+    torchrec_type,
+)
 
 UVM_CACHING_KERNEL = "fused_uvm_caching"  # TorchRec's EmbeddingComputeKernel.FUSED_UVM_CACHING
 UVM_KERNEL = "fused_uvm"  # EmbeddingComputeKernel.FUSED_UVM: host rows, no cache
@@ -61,6 +71,8 @@ def parameter_sharding(p: TablePlacement, topo: Topology, compute_kernel: str) -
             ranks=p.ranks,
             sharding_spec=None,
         )
+    # row_wise_unpooled: TorchRec's row_wise shards and kernel; the trainer swaps its dists
+    sharding_type = torchrec_type(p.sharding_type)
     shards = [
         ShardMetadata(
             shard_offsets=[s.row_offset, s.col_offset],
@@ -70,7 +82,7 @@ def parameter_sharding(p: TablePlacement, topo: Topology, compute_kernel: str) -
         for s in p.shards
     ]
     return ParameterSharding(
-        sharding_type=p.sharding_type,
+        sharding_type=sharding_type,
         compute_kernel=compute_kernel,
         ranks=p.ranks,
         sharding_spec=EnumerableShardingSpec(shards),
@@ -91,7 +103,14 @@ def plan_from_placements(
     topology: Topology,
     compute_kernel: str,
 ) -> ShardingPlan:
-    """The TorchRec plan placing every table of ``module``'s EmbeddingBagCollections."""
+    """The TorchRec plan placing every table of ``module``'s EmbeddingBagCollections.
+
+    row_wise_unpooled tables come out as TorchRec ``row_wise``; which tables they are is in
+    ``placements`` (``CostModelPlanner.choice().estimate.placements``), which may therefore
+    not mix them with row_wise tables (TorchRec would fuse both into one row_wise dist)."""
+    mixed = mixed_types({p.sharding_type for p in placements})
+    if mixed:
+        raise PlanningError(f"a plan may not mix sharding types {mixed}")
     chosen = {p.table: p for p in placements}
     plan: dict[str, EmbeddingModuleShardingPlan] = {}
     for path, ebc in _embedding_modules(module):

@@ -11,7 +11,7 @@ from planners.groups import GroupPlan
 from planners.planner import UVM_CACHING_KERNEL, UVM_KERNEL, CostModelPlanner
 from planners.search import PlanEstimate, beam_search
 from planners.topology import Topology
-from planners.types import TablePlacement, Workload
+from planners.types import TablePlacement, Workload, torchrec_type
 
 _PARTS = ("lookup", "framework", "dense", "comm", "latency", "cache")
 
@@ -24,6 +24,7 @@ def _placement_json(
     out: dict[str, Any] = {
         "table": p.table,
         "sharding_type": p.sharding_type,
+        "torchrec_sharding_type": torchrec_type(p.sharding_type),  # what the TorchRec plan says
         "label": p.label,
         "compute_kernel": kernel,
         "num_rows": t.rows,
@@ -256,9 +257,17 @@ def _placement_line(p: dict[str, Any]) -> str:
         f"{max(s[0] for s in sizes):,}"
     )
     kernel = p.get("compute_kernel")
+    torchrec = p.get("torchrec_sharding_type", p["sharding_type"])
     return (
         f"  {p['table']} ({p['num_rows']:,} x {p['num_cols']}): {p['label']} on ranks {shown}, "
-        f"{shapes}" + (f", kernel {kernel}" if kernel else "")
+        f"{shapes}"
+        + (f", kernel {kernel}" if kernel else "")
+        + (
+            f" (TorchRec plan: {torchrec}; ids go to the rows' holders, one vector per id "
+            "comes back, each rank pools its own bags)"
+            if torchrec != p["sharding_type"]
+            else ""
+        )
     )
 
 
@@ -309,14 +318,15 @@ def format_report(report: dict[str, Any]) -> str:
         ),
         "options (every table with one type):",
     ]
+    width = max((len(a["sharding_type"]) for a in report["alternatives"]), default=0)
     for alt in sorted(
         report["alternatives"], key=lambda a: a.get("estimated_step_seconds", float("inf"))
     ):
         if "reason" in alt:
-            lines.append(f"  {alt['sharding_type']:<15} {alt['reason']}")
+            lines.append(f"  {alt['sharding_type']:<{width}} {alt['reason']}")
         else:
             lines.append(
-                f"  {alt['sharding_type']:<15} {alt['estimated_step_seconds'] * 1e3:9.2f} ms  "
+                f"  {alt['sharding_type']:<{width}} {alt['estimated_step_seconds'] * 1e3:9.2f} ms  "
                 f"max {_size(alt['max_memory_bytes']):>10}  {alt['label']}"
                 + ("" if alt.get("allowed", True) else "  (left out for this job)")
             )

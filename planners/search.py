@@ -4,7 +4,9 @@ Objective: the smallest estimated step time of the slowest rank (training is syn
 the slowest rank sets the pace), among plans whose every rank fits in its usable memory; ties
 go to the smaller peak memory. Candidates for each table depend on what earlier tables left:
 table-wise and column blocks go to the least busy ranks, table-row-wise and grid blocks to the
-least busy nodes, and an uneven row split evens out ranks that other tables made busier.
+least busy nodes, and an uneven row split evens out ranks that other tables made busier. A plan
+uses at most one of row_wise and row_wise_unpooled (``types.EXCLUSIVE_TYPES``): a partial plan
+never takes a candidate of the other.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from planners.types import (
     RankCosts,
     TablePlacement,
     Workload,
+    compatible,
 )
 
 BEAM_WIDTH = 8
@@ -116,17 +119,19 @@ def _rebalance(
 ) -> PlanEstimate:
     """Re-split each row-wise table unevenly against the load of the tables placed after it
     (the beam places large tables first, before the small ones that unbalance the ranks)."""
-    if "row_wise" not in allowed:
+    if not allowed & set(pl.ROW_WISE_TYPES):
         return plan
     for i, p in enumerate(plan.placements):
-        if p.sharding_type != "row_wise":
+        if p.sharding_type not in pl.ROW_WISE_TYPES:
             continue
         table = workload.table(p.table)
         mine = table_costs(p, table, workload, topo)
         others = RankCosts(
             *(getattr(plan.costs, f) - getattr(mine, f) for f in RankCosts.__dataclass_fields__)
         )
-        uneven = uneven_row_wise(table, workload, topo, others, p.cache_load_factor)
+        uneven = uneven_row_wise(
+            table, workload, topo, others, p.cache_load_factor, p.sharding_type
+        )
         if uneven is None:
             continue
         trial = PlanEstimate.of(
@@ -160,6 +165,8 @@ def beam_search(
         for state in beam:
             busy = state.costs + base
             for cand in candidates(table, workload, topo, busy, allowed, offer_cache):
+                if not compatible(state.types, cand.sharding_type):
+                    continue  # row_wise and row_wise_unpooled never share a plan
                 costs = state.costs + table_costs(cand, table, workload, topo)
                 grown.append(
                     _Partial((*state.placements, cand), costs, state.types | {cand.sharding_type})

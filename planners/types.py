@@ -20,9 +20,16 @@ class PlanningError(ValueError):
 
 
 class ShardingType(StrEnum):
-    """How one table is placed on ranks (TorchRec's names; docs/planner.md)."""
+    """How one table is placed on ranks (TorchRec's names, and one of ours; docs/planner.md).
+
+    ``row_wise_unpooled`` is TorchRec's row_wise placement (same shards, kernel and optimizer
+    state; the TorchRec plan says ``row_wise``) whose lookups travel unpooled: each rank sends
+    its ids to their rows' holders and gets one vector per id back, pooling its own bags
+    (``dist_train/train/unpooled_row_wise.py``). Its bytes per rank do not grow with the world.
+    """
 
     ROW_WISE = "row_wise"
+    ROW_WISE_UNPOOLED = "row_wise_unpooled"
     COLUMN_WISE = "column_wise"
     TABLE_ROW_WISE = "table_row_wise"
     GRID_SHARD = "grid_shard"
@@ -33,6 +40,32 @@ class ShardingType(StrEnum):
 SHARDING_TYPES: tuple[str, ...] = tuple(t.value for t in ShardingType)
 # Types whose shards sit on one node's ranks: TorchRec builds intra-node groups for them.
 HIERARCHICAL = frozenset({ShardingType.TABLE_ROW_WISE.value, ShardingType.GRID_SHARD.value})
+# Our types that TorchRec runs as another type: the TorchRec plan names the latter.
+TORCHREC_TYPE = {ShardingType.ROW_WISE_UNPOOLED.value: ShardingType.ROW_WISE.value}
+# Types of which one plan may use at most one: TorchRec groups a module's row_wise tables into
+# one input and output dist, and the trainer swaps that dist whole for the unpooled tables.
+EXCLUSIVE_TYPES = (frozenset({ShardingType.ROW_WISE.value, ShardingType.ROW_WISE_UNPOOLED.value}),)
+
+
+def torchrec_type(sharding_type: str) -> str:
+    """The sharding type TorchRec's plan gives a placement of ``sharding_type``."""
+    return TORCHREC_TYPE.get(sharding_type, sharding_type)
+
+
+def compatible(types: frozenset[str] | set[str], sharding_type: str) -> bool:
+    """Whether a plan using ``types`` may also use ``sharding_type`` (no mixing of the two
+    row-wise types)."""
+    return not any(
+        sharding_type in group and (types & group) - {sharding_type} for group in EXCLUSIVE_TYPES
+    )
+
+
+def mixed_types(types: frozenset[str] | set[str]) -> list[str]:
+    """The types of ``types`` that one plan may not use together (empty when it may)."""
+    for group in EXCLUSIVE_TYPES:
+        if len(types & group) > 1:
+            return sorted(types & group)
+    return []
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch.distributed as dist
 from dist_train.config import JobConfig, parse_config
 from dist_train.devices import rank_device
 from dist_train.train.rank_layout import discover_rank_layout
-from dist_train.train.sharding import JobPlan, planner_for_config
+from dist_train.train.sharding import JobPlan, plan_job, planner_for_config
 from dist_train.train.trainer import Trainer
 from planners import placement as pl
 from planners.planner import plan_from_placements
@@ -37,11 +38,14 @@ def train_fixed_batches(
     local_world_size: int | None = None,
     row_sizes: list[int] | None = None,
     device_type: str = "cpu",
+    unpooled: bool = False,
 ) -> dict[str, Any]:
     """Train ``num_steps`` on fixed global batches, each rank taking its contiguous slice.
 
     The plan is the job's (made for ``local_world_size`` ranks a node), or with ``row_sizes``
-    an uneven row-wise split; ranks train on ``device_type`` (the launcher set the GPU).
+    an uneven row-wise split; with ``unpooled`` its row-wise tables run unpooled
+    (dist_train/train/unpooled_row_wise.py); ranks train on ``device_type`` (the launcher set
+    the GPU).
     Returns the global mean loss of every step, this rank's embedding shards and the plan's
     placements.
     """
@@ -50,6 +54,10 @@ def train_fixed_batches(
     if local_world_size:  # simulated nodes: TorchRec's hierarchical shardings read the env
         discover_rank_layout(f"node-{rank // local_world_size}")
     job_plan = uneven_row_wise_plan(cfg, row_sizes) if row_sizes else None
+    if unpooled:  # the same row-wise plan, its lookups sent back one vector per id
+        job_plan = job_plan or plan_job(cfg, world, local_world_size or world)
+        rows = [t for t, p in job_plan.placements().items() if p["type"] == "row_wise"]
+        job_plan = dataclasses.replace(job_plan, unpooled_tables=tuple(rows))
     trainer = Trainer.build(cfg, job_plan, rank_device(device_type), local_world_size)
     builder = trainer.batch_builder()
     table = pq.read_table(data_path, columns=builder.columns)

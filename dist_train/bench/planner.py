@@ -45,6 +45,7 @@ from dist_train.train.sharding import (
     simulated_node_cores,
 )
 from dist_train.train.trainer import Trainer, make_batch_builder
+from dist_train.train.unpooled_row_wise import enable_unpooled_row_wise
 from planners.calibrate import calibrate
 from planners.groups import group_sizes
 from planners.topology import save_topology
@@ -173,9 +174,10 @@ def torchrec_job_plan(
     return JobPlan(plan, world, per_node, "cpu", ours.step_seconds), ours.step_seconds
 
 
-def _plan_key(plan: JobPlan) -> tuple[str, int]:
-    """Plans that run the same: the TorchRec plan and the group it is made for."""
-    return str(plan.sharding_plan), plan.sharding_group_size
+def _plan_key(plan: JobPlan) -> tuple[str, int, tuple[str, ...]]:
+    """Plans that run the same: the TorchRec plan, the group it is made for and the tables
+    whose lookups come back unpooled."""
+    return str(plan.sharding_plan), plan.sharding_group_size, plan.unpooled_tables
 
 
 def _kendall_tau(a: list[float], b: list[float]) -> float:
@@ -234,14 +236,15 @@ def run_planner_bench(
         topo_file = cfg.run_dir / "bench-planner-topology.json"
         print(f"[bench] calibrating this machine -> {topo_file}", flush=True)
         threads = int(cfg.ray.cpus_per_worker)
-        save_topology(calibrate(run_processes, ranks=2, threads=threads), topo_file)
+        spec = calibrate(run_processes, ranks=2, threads=threads, unpool=enable_unpooled_row_wise)
+        save_topology(spec, topo_file)
         cfg = parse_config(
             apply_overrides(cfg.model_dump(mode="json"), [f"sharding.topology={topo_file}"]),
             "bench planner",
         )
 
     for world, per_node in SHAPES:
-        types = ["row_wise", "column_wise", "table_wise", "data_parallel"]
+        types = ["row_wise", "row_wise_unpooled", "column_wise", "table_wise", "data_parallel"]
         if world > per_node:
             types += ["table_row_wise", "grid_shard"]
         typed = [  # 1D: one group of the whole world
@@ -280,7 +283,7 @@ def run_planner_bench(
         )
         # Identical plans (ours is usually one of the single-type plans) are timed once, so
         # a plan is never compared with itself through noise.
-        unique: dict[tuple[str, int], JobPlan] = {}
+        unique: dict[tuple[str, int, tuple[str, ...]], JobPlan] = {}
         for p in plans:
             unique.setdefault(_plan_key(p), p)
         timed = dict(zip(unique, _measure(cfg, list(unique.values()), data, rounds), strict=True))

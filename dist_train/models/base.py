@@ -7,7 +7,7 @@ the same for every model kind); :meth:`CTRModel.embed` returns one d-vector per
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -39,6 +39,11 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
+def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` unchanged, its gradient multiplied by ``scale``."""
+    return x if scale == 1.0 else cast(torch.Tensor, _ScaleGrad.apply(x, scale))
+
+
 class CTRModel(nn.Module):
     """Embedding tables plus a network over them; ``forward(dense, sparse)`` -> logits ``[B]``."""
 
@@ -64,6 +69,5 @@ class CTRModel(nn.Module):
         pooled = self.sparse_arch(sparse).to_dict()
         # Tables group keys by table; put them back in feature/chunk order.
         emb = torch.cat([pooled[k] for k in self.layout_keys], dim=1)
-        if self.embedding_grad_scale != 1.0:
-            emb = _ScaleGrad.apply(emb, self.embedding_grad_scale)
+        emb = scale_grad(emb, self.embedding_grad_scale)
         return emb.view(emb.shape[0], self.num_vectors, self.dim)

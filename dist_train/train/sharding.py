@@ -29,10 +29,12 @@ from planners.types import (
     SHARDING_TYPES,
     OptimizerState,
     PlanningError,
+    ShardingType,
     TableLoad,
     Workload,
 )
 
+_UNPOOLED = ShardingType.ROW_WISE_UNPOOLED.value
 _DENSE_OPTIMIZER_SLOTS = {"adagrad": 1, "adam": 2, "sgd": 0}
 
 
@@ -47,6 +49,9 @@ class JobPlan:
     estimated_step_seconds: float = 0.0
     group_size: int = 0  # 2D: ranks per sharding group (the plan is made for them); 0 = 1D
     estimated_memory_bytes: int = 0  # the planner's peak per rank
+    # row-wise tables whose lookups come back one vector per id (planners' row_wise_unpooled;
+    # TorchRec's plan says row_wise: dist_train.train.unpooled_row_wise)
+    unpooled_tables: tuple[str, ...] = ()
 
     @property
     def sharding_group_size(self) -> int:
@@ -64,9 +69,12 @@ class JobPlan:
     def placements(self) -> dict[str, dict[str, object]]:
         """table -> sharding type and ranks (for logs and summaries)."""
         return {
-            table: {"type": ps.sharding_type, "ranks": list(ps.ranks or [])}
+            table: {"type": self._type_of(table, ps), "ranks": list(ps.ranks or [])}
             for table, ps in self._tables()
         }
+
+    def _type_of(self, table: str, ps: ParameterSharding) -> str:
+        return _UNPOOLED if table in self.unpooled_tables else ps.sharding_type
 
     def shards_per_rank(
         self, table_shapes: dict[str, tuple[int, int]]
@@ -228,6 +236,7 @@ def plan_job(
     plan = planner.plan(model, [make_sharder(cfg, device_type)])  # type: ignore[list-item]
     chosen = planner.choice()
     group = chosen.group_size if chosen.group_size < world_size else 0
+    unpooled = tuple(p.table for p in chosen.placements if p.sharding_type == _UNPOOLED)
     return JobPlan(
         plan,
         world_size,
@@ -236,6 +245,7 @@ def plan_job(
         chosen.step_seconds,
         group,
         chosen.estimate.max_memory_bytes,
+        unpooled,
     )
 
 

@@ -78,11 +78,15 @@ def test_uneven_row_wise_matches_one_process(setup: dict[str, Any]) -> None:
     _assert_same(setup["reference"], run)
 
 
-def test_two_nodes_get_a_hierarchical_plan_that_runs(setup: dict[str, Any]) -> None:
+def test_two_nodes_on_a_slow_network_get_a_row_split_plan_that_runs(
+    setup: dict[str, Any],
+) -> None:
     # A network between the two nodes 100x slower than inside one (and a core per rank), for
     # every collective: replicating the table (data_parallel, or 2D groups of one node) would
-    # all-reduce it across that link each step. A row split inside a node keeps whole rows, so
-    # the run must match one process exactly.
+    # all-reduce it across that link each step. The planner splits rows instead: inside a node
+    # (table_row_wise) or, cheaper by the model since only ids and one vector per id cross
+    # the link, over all ranks unpooled. Either keeps whole rows, so the run must match one
+    # process exactly.
     slow = CPU_PRESET.model_copy(
         update={
             "cores_per_node": 8,
@@ -101,8 +105,7 @@ def test_two_nodes_get_a_hierarchical_plan_that_runs(setup: dict[str, Any]) -> N
     lr = "embedding.optimizer.learning_rate=0.05"
     cfg = small_config(setup["tmp"], [lr, "sharding.type=auto", f"sharding.topology={topo_file}"])
     plan = plan_job(cfg, world_size=4, local_world_size=2)
-    assert plan.label == "table_row_wise", json.dumps(plan.placements())
-    assert plan.hierarchical
+    assert plan.label in {"table_row_wise", "row_wise_unpooled"}, json.dumps(plan.placements())
     args = (cfg.model_dump(mode="json"), setup["data"], NUM_STEPS, GLOBAL_BATCH, 2)
     run = run_processes(train_fixed_batches, args, world_size=4)
     assert run[0]["placements"] == plan.placements()

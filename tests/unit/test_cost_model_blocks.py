@@ -4,6 +4,7 @@ one node of 2 ranks, links of 1 GB/s, 10 ns per looked-up 8-column row.
 Table: 1,000 rows x 8, 2 bags and 2 ids per sample; 100 samples per rank; row-wise Adagrad
 (4 bytes of state per row). Per rank: ids bytes = 100 x (2 x 8 + 2 x 4) = 2,400; one rank's
 pooled output = 100 x 2 x 8 x 4 = 6,400 bytes; all samples' partial sums = 2 x 6,400.
+Unpooled (row_wise_unpooled): one 32-byte vector per id, 200 ids per rank = 6,400 bytes.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from planners.cost_model import block_costs
+from planners.cost_model import block_costs, unpooled_block_costs
 from planners.topology import Link, Topology
 from planners.types import OptimizerState, TableLoad, Workload
 
@@ -56,3 +57,19 @@ def test_table_wise_block_on_rank_0() -> None:
     # rank 0: 32,000 weights + 4,000 state + (12,800 + 2,400); rank 1: 2 x 6,400 buffers.
     np.testing.assert_allclose(c.memory, [51200, 12800])
     assert c.step_seconds[0] == pytest.approx(4e-6 + 15.2e-6)
+
+
+def test_unpooled_row_wise_block_on_both_ranks() -> None:
+    c = unpooled_block_costs(TABLE, WORKLOAD, TOPO, holders=[0, 1], row_sizes=[500, 500], cols=8)
+    # counts: 2 ranks x 2 features x 8 bytes out and in; ids (8 bytes, no lengths): each rank
+    # sends the 100 x 2 x 0.5 ids held by the other and receives as many; vectors: forward
+    # each serves 100 x 1 = 100 ids x 32 bytes and receives as many, backward the gradients.
+    np.testing.assert_allclose(c.comm, [3.2e-8 + 8e-7 + 2 * 3.2e-6] * 2)
+    np.testing.assert_allclose(c.comm_bytes, [2 * 32 + 2 * 800 + 2 * (2 * 3200)] * 2)
+    # lookups: the same 200 rows of 10 ns as pooled row_wise, a bag of one each.
+    np.testing.assert_allclose(c.lookup, [2e-6, 2e-6])
+    # local pooling at 10 GB/s: 2 x (200 ids + 200 bags) x 32 bytes.
+    np.testing.assert_allclose(c.framework, [2.56e-6] * 2)
+    # memory: 16,000 weights + 2,000 state + 200 ids x 8 received + looked-up vectors and
+    # their gradients 2 x 6,400 + the requester's 2 x 6,400 + its pooled bags 2 x 6,400.
+    np.testing.assert_allclose(c.memory, [16000 + 2000 + 1600 + 3 * 12800] * 2)
