@@ -48,10 +48,13 @@ from dist_train.models.base import scale_grad
 class _Routing:
     """Where one forward's ids went: what the output dist needs to bring vectors home."""
 
-    lookup_rows: torch.Tensor  # row of each received id in the lookup output [bags x features]
+    # row of each received id in the lookup output read as [bags x features, dim]; None: the
+    # first rows, in order (a sharding of one table)
+    lookup_rows: torch.Tensor | None
+    num_received: int
     send_splits: list[int]  # ids sent to each rank
     recv_splits: list[int]  # ids received from each rank
-    bag_of_sent: torch.Tensor  # local bag (feature x batch + sample) of each sent id
+    bag_of_sent: torch.Tensor  # local bag (sample x features + feature) of each sent id
     num_features: int
     batch: int
 
@@ -87,18 +90,28 @@ class _GatherRows(torch.autograd.Function):
 
 class UnpooledInputDist(nn.Module):
     """Sends each id to the rank holding its row; returns the holder's lookup input, one id
-    per bag (feature f's received ids in its first bags, in source-rank order)."""
+    per bag. A table's received ids fill the bags of all its features in turn (every feature
+    of a table reads the same rows), so the lookup has as few bags as the ids need, however
+    the ids spread over features."""
 
     def __init__(
         self,
         pg: dist.ProcessGroup,
         row_bounds: list[list[int]],
+        features_per_table: list[int],
         slot: _RoutingSlot,
         device: torch.device,
     ) -> None:
         super().__init__()
         self._pg = pg
         self._world = pg.size()
+        # features are grouped by table, in TorchRec's order (as ``row_bounds`` lists them)
+        sizes = torch.tensor(features_per_table, dtype=torch.int64, device=device)
+        self._features_per_table = sizes
+        self._first_feature = torch.cumsum(sizes, 0) - sizes
+        self._table_of_feature = torch.repeat_interleave(
+            torch.arange(len(features_per_table), device=device), sizes
+        )
         # rank r holds rows [bounds[r], bounds[r + 1]) of a feature's table; tables with fewer
         # shards than ranks leave the last ranks empty. Features of one table (or of tables
         # split alike) share a row of bounds, so routing takes one search per distinct split.
@@ -146,22 +159,47 @@ class UnpooledInputDist(nn.Module):
         sent = (ids - first_row)[send_order]  # rows within the holder's shard
         dist.all_to_all_single(received, sent, recv_splits, send_splits, group=self._pg)
 
-        # lookup input: feature f's received ids in its first bags, one id per bag
-        recv_feature = torch.repeat_interleave(feature_ids.repeat(world), recv_counts)
-        lookup_order = torch.argsort(recv_feature, stable=True)
-        per_feature = recv_per_rank.sum(0)
-        lookup_batch = max(int(per_feature.max()) if num_features else 0, 1)
-        feature_start = torch.cumsum(per_feature, 0) - per_feature
-        bag = torch.empty_like(lookup_order)
-        bag[lookup_order] = torch.arange(lookup_order.numel(), device=ids.device)
-        bag -= feature_start[recv_feature]  # received id -> its bag within its feature
-        lookup_lengths = torch.arange(lookup_batch, device=ids.device) < per_feature.unsqueeze(1)
-        bag_of_id = torch.repeat_interleave(
+        # lookup input: table t's k-th received id goes to bag k // F_t of its (k % F_t)-th
+        # feature (F_t features, consecutive), so the lookup output [bags, features x dim],
+        # read as rows of dim, holds a one-table sharding's vectors in received order
+        recv_table = self._table_of_feature[
+            torch.repeat_interleave(feature_ids.repeat(world), recv_counts)
+        ]
+        one_table = len(self._features_per_table) == 1
+        lookup_order = (
+            torch.arange(received.numel(), device=ids.device)
+            if one_table
+            else torch.argsort(recv_table, stable=True)
+        )
+        per_table = torch.bincount(recv_table, minlength=len(self._features_per_table))
+        table_start = torch.cumsum(per_table, 0) - per_table
+        width = self._features_per_table
+        lookup_batch = max(int(((per_table + width - 1) // width).max()) if num_features else 0, 1)
+        # [features, bags]: index into the table-sorted ids of each bag's id, and which bags
+        # have one
+        feature_table = self._table_of_feature
+        slot = feature_ids - self._first_feature[feature_table]
+        k = torch.arange(lookup_batch, device=ids.device) * width[feature_table].unsqueeze(1)
+        k += slot.unsqueeze(1)
+        filled = k < per_table[feature_table].unsqueeze(1)
+        values = received[lookup_order][(k + table_start[feature_table].unsqueeze(1))[filled]]
+        lookup_rows = None
+        if not one_table:
+            k_recv = torch.empty_like(lookup_order)
+            k_recv[lookup_order] = torch.arange(lookup_order.numel(), device=ids.device)
+            k_recv -= table_start[recv_table]
+            t_width = width[recv_table]
+            lookup_rows = (k_recv // t_width) * num_features + (
+                self._first_feature[recv_table] + k_recv % t_width
+            )
+        # local bag of each own id, sample-major (sample x F + feature) like the output
+        kjt_bag = torch.repeat_interleave(
             torch.arange(num_features * batch, device=ids.device), lengths
         )
+        bag_of_id = (kjt_bag % batch) * num_features + kjt_bag // batch
         self._slot.routing = _Routing(
-            # the lookup output [bags, features x dim] read as rows of dim: bag x F + feature
-            lookup_rows=bag * num_features + recv_feature,
+            lookup_rows=lookup_rows,
+            num_received=received.numel(),
             send_splits=send_splits,
             recv_splits=recv_splits,
             bag_of_sent=bag_of_id[send_order],
@@ -170,8 +208,8 @@ class UnpooledInputDist(nn.Module):
         )
         lookup_input = KeyedJaggedTensor(
             keys=keys,
-            values=received[lookup_order],
-            lengths=lookup_lengths.to(torch.int32).view(-1),
+            values=values,
+            lengths=filled.to(torch.int32).view(-1),
             stride=lookup_batch,
         )
         return NoWait(NoWait(lookup_input))
@@ -192,20 +230,21 @@ class UnpooledOutputDist(nn.Module):
     ) -> Awaitable[torch.Tensor]:
         r = self._slot.take()
         dim = self._dim
-        rows = local_embs.reshape(-1, dim)
-        looked_up = cast(torch.Tensor, _GatherRows.apply(rows, r.lookup_rows))  # received order
+        rows = local_embs.view(-1, dim)
+        if r.lookup_rows is None:  # one table: the rows are already in received order
+            looked_up = rows[: r.num_received]
+        else:
+            looked_up = cast(torch.Tensor, _GatherRows.apply(rows, r.lookup_rows))
         returned = local_embs.new_empty(sum(r.send_splits), dim)
         returned = dist_autograd.all_to_all_single(
             returned, looked_up, r.send_splits, r.recv_splits, group=self._pg
         )
+        pooled = local_embs.new_zeros(r.batch * r.num_features, dim)
+        pooled.index_add_(0, r.bag_of_sent, returned)
         # TorchRec's pooled dists divide embedding gradients by the group size (comm_ops
         # GRADIENT_DIVISION, DDP's averaging); so must this one, or updates double
         scale = 1.0 / self._pg.size() if get_gradient_division() else 1.0
-        returned = scale_grad(returned, scale)
-        pooled = local_embs.new_zeros(r.num_features * r.batch, dim)
-        pooled = pooled.index_add(0, r.bag_of_sent, returned)
-        out = pooled.view(r.num_features, r.batch, dim).transpose(0, 1)
-        return NoWait(out.reshape(r.batch, r.num_features * dim))
+        return NoWait(scale_grad(pooled.view(r.batch, r.num_features * dim), scale))
 
 
 def _table_names(sharding: RwPooledEmbeddingSharding) -> set[str]:
@@ -220,9 +259,12 @@ def _input_dist_factory(
     sharding: RwPooledEmbeddingSharding, slot: _RoutingSlot
 ) -> Callable[..., Any]:
     def create_input_dist(*args: Any, **kwargs: Any) -> UnpooledInputDist:
-        bounds, _ = get_embedding_shard_metadata(sharding._grouped_embedding_configs_per_rank)
+        configs = sharding._grouped_embedding_configs_per_rank
+        bounds, _ = get_embedding_shard_metadata(configs)
+        # the same walk get_embedding_shard_metadata and feature_names() make: groups, tables
+        per_table = [t.num_features() for g in configs[0] for t in g.embedding_tables]
         pg = cast(dist.ProcessGroup, sharding._pg)
-        return UnpooledInputDist(pg, bounds, slot, sharding._device)
+        return UnpooledInputDist(pg, bounds, per_table, slot, sharding._device)
 
     return create_input_dist
 
