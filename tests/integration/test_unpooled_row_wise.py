@@ -56,11 +56,11 @@ def _run(cfg_raw: dict[str, Any], data: str, world: int, **extra: Any) -> list[d
     ("optimizer", "overrides", "world", "row_sizes"),
     [
         ("rowwise_adagrad", ["embedding.num_tables=2"], 2, None),
-        ("sgd", [], 2, None),
+        ("sgd", ["embedding.pooling=mean"], 2, None),  # TorchRec divides after the dist
         ("rowwise_adagrad", [], 2, [1000, 3000]),  # uneven: the even split is 2000 + 2000
         ("rowwise_adagrad", ["sharding.group_size=2"], 4, None),  # 2D: 2 groups of 2
     ],
-    ids=["two_tables", "sgd", "uneven", "groups_of_2"],
+    ids=["two_tables", "sgd_mean_pooling", "uneven", "groups_of_2"],
 )
 def test_unpooled_trains_like_pooled_row_wise(
     tmp_path: Path,
