@@ -18,7 +18,8 @@ checkpoint state as they are:
 Per rank the bytes are ``ids x (8 + dim x 4)`` each way, whatever the world size; only the
 counts (``world x features`` int64) grow. The row routing uses the plan's real row boundaries,
 so uneven splits work unchanged. Routing is stashed between the input dist and the output
-dist of one forward, so TorchRec's pipelines that run input dists ahead are not supported.
+dist of one forward, so TorchRec's pipelines that run input dists ahead are not supported (an
+input dist that runs again before the output dist raises).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from typing import Any, cast
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_autograd
 from torch import nn
 from torchrec.distributed.comm_ops import get_gradient_division
 from torchrec.distributed.embedding_sharding import EmbeddingShardingContext
@@ -44,18 +44,50 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from dist_train.models.base import scale_grad
 
 
+@dataclass(frozen=True)
+class _Tables:
+    """A row-wise sharding's tables as its lookup sees them: their features consecutive, in
+    TorchRec's order (``feature_names()``), and the tables grouped by embedding dim, each
+    group's vectors travelling in one all-to-all."""
+
+    features: tuple[int, ...]  # per table
+    dims: tuple[int, ...]  # per table
+
+    @property
+    def first_feature(self) -> list[int]:
+        return [sum(self.features[:t]) for t in range(len(self.features))]
+
+    @property
+    def first_column(self) -> list[int]:
+        """Where each table's features start in the lookup output ``[bags, sum of dims]``."""
+        widths = [f * d for f, d in zip(self.features, self.dims, strict=True)]
+        return [sum(widths[:t]) for t in range(len(widths))]
+
+    @property
+    def dim_groups(self) -> list[list[int]]:
+        """Tables by dim, in order of first appearance."""
+        groups: dict[int, list[int]] = {}
+        for t, d in enumerate(self.dims):
+            groups.setdefault(d, []).append(t)
+        return list(groups.values())
+
+    def group_features(self, group: list[int]) -> list[int]:
+        first = self.first_feature
+        return [first[t] + j for t in group for j in range(self.features[t])]
+
+
 @dataclass
 class _Routing:
-    """Where one forward's ids went: what the output dist needs to bring vectors home."""
+    """Where one forward's ids went: what the output dist needs to bring vectors home. Lists
+    are per dim group (:attr:`_Tables.dim_groups`)."""
 
-    # row of each received id in the lookup output read as [bags x features, dim]; None: the
-    # first rows, in order (a sharding of one table)
-    lookup_rows: torch.Tensor | None
-    num_received: int
-    send_splits: list[int]  # ids sent to each rank
-    recv_splits: list[int]  # ids received from each rank
-    bag_of_sent: torch.Tensor  # local bag (sample x features + feature) of each sent id
-    num_features: int
+    received_per_table: list[int]
+    # position of each of the group's received ids (in received order) among its tables'
+    # looked-up vectors, table after table; None: already in that order (one table)
+    lookup_rows: list[torch.Tensor | None]
+    send_splits: list[list[int]]  # ids sent to each rank
+    recv_splits: list[list[int]]  # ids received from each rank
+    bag_of_sent: list[torch.Tensor]  # local bag (sample x group features + feature) of sent ids
     batch: int
 
 
@@ -64,6 +96,15 @@ class _RoutingSlot:
 
     def __init__(self) -> None:
         self.routing: _Routing | None = None
+
+    def put(self, routing: _Routing) -> None:
+        if self.routing is not None:  # a pipeline ran the next batch's input dist first
+            raise RuntimeError(
+                "unpooled row-wise lookups run one batch at a time: an input dist ran again "
+                "before the previous batch's output dist (TorchRec train pipelines are not "
+                "supported)"
+            )
+        self.routing = routing
 
     def take(self) -> _Routing:
         if self.routing is None:
@@ -88,29 +129,55 @@ class _GatherRows(torch.autograd.Function):
         return out.index_copy_(0, rows, grad), None
 
 
+class _AllToAll(torch.autograd.Function):
+    """All-to-all of rows (``send_splits`` rows to each rank); the backward sends the
+    gradients back the same way."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        send_splits: list[int],
+        recv_splits: list[int],
+        pg: dist.ProcessGroup,
+    ) -> torch.Tensor:
+        ctx.splits, ctx.pg = (send_splits, recv_splits), pg
+        out = x.new_empty(sum(recv_splits), *x.shape[1:])
+        dist.all_to_all_single(out, x.contiguous(), recv_splits, send_splits, group=pg)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        send_splits, recv_splits = ctx.splits
+        out = grad.new_empty(sum(send_splits), *grad.shape[1:])
+        dist.all_to_all_single(out, grad.contiguous(), send_splits, recv_splits, group=ctx.pg)
+        return out, None, None, None
+
+
 class UnpooledInputDist(nn.Module):
     """Sends each id to the rank holding its row; returns the holder's lookup input, one id
     per bag. A table's received ids fill the bags of all its features in turn (every feature
-    of a table reads the same rows), so the lookup has as few bags as the ids need, however
-    the ids spread over features."""
+    of a table reads the same rows): its k-th id goes to bag k // F_t of its (k % F_t)-th
+    feature, so the table's block of the lookup output, read as rows of its dim, holds its
+    vectors in received order, and the lookup has as few bags as the ids need."""
 
     def __init__(
         self,
         pg: dist.ProcessGroup,
         row_bounds: list[list[int]],
-        features_per_table: list[int],
+        tables: _Tables,
         slot: _RoutingSlot,
         device: torch.device,
     ) -> None:
         super().__init__()
         self._pg = pg
         self._world = pg.size()
-        # features are grouped by table, in TorchRec's order (as ``row_bounds`` lists them)
-        sizes = torch.tensor(features_per_table, dtype=torch.int64, device=device)
+        self._tables = tables
+        sizes = torch.tensor(tables.features, dtype=torch.int64, device=device)
         self._features_per_table = sizes
         self._first_feature = torch.cumsum(sizes, 0) - sizes
         self._table_of_feature = torch.repeat_interleave(
-            torch.arange(len(features_per_table), device=device), sizes
+            torch.arange(len(tables.features), device=device), sizes
         )
         # rank r holds rows [bounds[r], bounds[r + 1]) of a feature's table; tables with fewer
         # shards than ranks leave the last ranks empty. Features of one table (or of tables
@@ -121,6 +188,14 @@ class UnpooledInputDist(nn.Module):
         self._split_of_feature = torch.tensor(
             [splits.index(b) for b in padded], dtype=torch.int64, device=device
         )
+        # each feature's dim group and its place among the group's features
+        group_of_feature = [0] * sum(tables.features)
+        place_in_group = [0] * sum(tables.features)
+        for g, group in enumerate(tables.dim_groups):
+            for j, f in enumerate(tables.group_features(group)):
+                group_of_feature[f], place_in_group[f] = g, j
+        self._group_of_feature = torch.tensor(group_of_feature, device=device)
+        self._place_in_group = torch.tensor(place_in_group, device=device)
         self._slot = slot
 
     def _owners(self, ids: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
@@ -135,14 +210,16 @@ class UnpooledInputDist(nn.Module):
         return owner.clamp_(max=world - 1)
 
     def forward(self, features: KeyedJaggedTensor) -> Awaitable[Awaitable[KeyedJaggedTensor]]:
-        if features.weights_or_none() is not None:
-            raise ValueError("unpooled row-wise lookups do not take per-id weights")
+        if features.variable_stride_per_key():
+            raise ValueError("unpooled row-wise lookups need one batch size for every feature")
         keys, batch = features.keys(), features.stride()
         num_features, world = len(keys), self._world
         ids = features.values().to(torch.int64)
         lengths = features.lengths().to(torch.int64)
         feature_ids = torch.arange(num_features, device=ids.device)
-        feature = torch.repeat_interleave(feature_ids, lengths.view(num_features, batch).sum(1))
+        feature = torch.repeat_interleave(
+            feature_ids, lengths.view(num_features, batch).sum(1), output_size=ids.numel()
+        )
         owner = self._owners(ids, feature)
         first_row = self._bounds[self._split_of_feature[feature], owner]
 
@@ -152,26 +229,31 @@ class UnpooledInputDist(nn.Module):
         counts = torch.bincount(bucket, minlength=world * num_features)
         recv_counts = torch.empty_like(counts)
         dist.all_to_all_single(recv_counts, counts, group=self._pg)
-        send_splits = counts.view(world, num_features).sum(1).tolist()
+        sent_per_rank = counts.view(world, num_features)
         recv_per_rank = recv_counts.view(world, num_features)
-        recv_splits = recv_per_rank.sum(1).tolist()
-        received = ids.new_empty(sum(recv_splits))
+        received = ids.new_empty(int(recv_counts.sum()))
         sent = (ids - first_row)[send_order]  # rows within the holder's shard
-        dist.all_to_all_single(received, sent, recv_splits, send_splits, group=self._pg)
+        dist.all_to_all_single(
+            received,
+            sent,
+            recv_per_rank.sum(1).tolist(),
+            sent_per_rank.sum(1).tolist(),
+            group=self._pg,
+        )
 
-        # lookup input: table t's k-th received id goes to bag k // F_t of its (k % F_t)-th
-        # feature (F_t features, consecutive), so the lookup output [bags, features x dim],
-        # read as rows of dim, holds a one-table sharding's vectors in received order
+        # lookup input (the class docstring's layout)
         recv_table = self._table_of_feature[
-            torch.repeat_interleave(feature_ids.repeat(world), recv_counts)
+            torch.repeat_interleave(
+                feature_ids.repeat(world), recv_counts, output_size=received.numel()
+            )
         ]
-        one_table = len(self._features_per_table) == 1
+        num_tables = len(self._tables.features)
         lookup_order = (
             torch.arange(received.numel(), device=ids.device)
-            if one_table
+            if num_tables == 1
             else torch.argsort(recv_table, stable=True)
         )
-        per_table = torch.bincount(recv_table, minlength=len(self._features_per_table))
+        per_table = torch.bincount(recv_table, minlength=num_tables)
         table_start = torch.cumsum(per_table, 0) - per_table
         width = self._features_per_table
         lookup_batch = max(int(((per_table + width - 1) // width).max()) if num_features else 0, 1)
@@ -183,28 +265,41 @@ class UnpooledInputDist(nn.Module):
         k += slot.unsqueeze(1)
         filled = k < per_table[feature_table].unsqueeze(1)
         values = received[lookup_order][(k + table_start[feature_table].unsqueeze(1))[filled]]
-        lookup_rows = None
-        if not one_table:
+
+        # per dim group: the vectors' way back and where they pool
+        received_per_table = per_table.tolist()
+        k_recv = None
+        if num_tables > 1:  # each received id's place among its table's ids
             k_recv = torch.empty_like(lookup_order)
             k_recv[lookup_order] = torch.arange(lookup_order.numel(), device=ids.device)
             k_recv -= table_start[recv_table]
-            t_width = width[recv_table]
-            lookup_rows = (k_recv // t_width) * num_features + (
-                self._first_feature[recv_table] + k_recv % t_width
-            )
-        # local bag of each own id, sample-major (sample x F + feature) like the output
         kjt_bag = torch.repeat_interleave(
-            torch.arange(num_features * batch, device=ids.device), lengths
+            torch.arange(num_features * batch, device=ids.device), lengths, output_size=ids.numel()
         )
-        bag_of_id = (kjt_bag % batch) * num_features + kjt_bag // batch
-        self._slot.routing = _Routing(
-            lookup_rows=lookup_rows,
-            num_received=received.numel(),
-            send_splits=send_splits,
-            recv_splits=recv_splits,
-            bag_of_sent=bag_of_id[send_order],
-            num_features=num_features,
-            batch=batch,
+        sample = (kjt_bag % batch)[send_order]
+        sent_feature = feature[send_order]
+        sent_group = self._group_of_feature[sent_feature]
+        lookup_rows: list[torch.Tensor | None] = []
+        send_splits, recv_splits, bag_of_sent = [], [], []
+        for g, group in enumerate(self._tables.dim_groups):
+            members = self._tables.group_features(group)
+            width_g = len(members)
+            send_splits.append(sent_per_rank[:, members].sum(1).tolist())
+            recv_splits.append(recv_per_rank[:, members].sum(1).tolist())
+            mine = sent_group == g
+            bag = sample * width_g + self._place_in_group[sent_feature]
+            bag_of_sent.append(bag if len(self._tables.dim_groups) == 1 else bag[mine])
+            if len(group) == 1:
+                lookup_rows.append(None)
+                continue
+            assert k_recv is not None
+            offset = torch.zeros(num_tables, dtype=torch.int64, device=ids.device)
+            offset[group] = torch.cumsum(per_table[group], 0) - per_table[group]
+            in_group = (self._group_of_feature[self._first_feature[recv_table]] == g).nonzero()
+            rows = in_group.squeeze(1)
+            lookup_rows.append(offset[recv_table[rows]] + k_recv[rows])
+        self._slot.put(
+            _Routing(received_per_table, lookup_rows, send_splits, recv_splits, bag_of_sent, batch)
         )
         lookup_input = KeyedJaggedTensor(
             keys=keys,
@@ -217,34 +312,58 @@ class UnpooledInputDist(nn.Module):
 
 class UnpooledOutputDist(nn.Module):
     """Sends each looked-up vector back to the rank that asked for it, which pools its bags;
-    returns ``[batch, features x dim]`` like TorchRec's row-wise output dist."""
+    returns ``[batch, sum of feature dims]`` like TorchRec's row-wise output dist."""
 
-    def __init__(self, pg: dist.ProcessGroup, dim: int, slot: _RoutingSlot) -> None:
+    def __init__(self, pg: dist.ProcessGroup, tables: _Tables, slot: _RoutingSlot) -> None:
         super().__init__()
         self._pg = pg
-        self._dim = dim
+        self._tables = tables
         self._slot = slot
+        # output columns in feature order: (dim group, place among the group's features)
+        self._columns = sorted(
+            (f, g, j)
+            for g, group in enumerate(tables.dim_groups)
+            for j, f in enumerate(tables.group_features(group))
+        )
 
     def forward(
         self, local_embs: torch.Tensor, sharding_ctx: EmbeddingShardingContext | None = None
     ) -> Awaitable[torch.Tensor]:
         r = self._slot.take()
-        dim = self._dim
-        rows = local_embs.view(-1, dim)
-        if r.lookup_rows is None:  # one table: the rows are already in received order
-            looked_up = rows[: r.num_received]
+        t = self._tables
+        first_column = t.first_column
+        pooled = []
+        for g, group in enumerate(t.dim_groups):
+            dim = t.dims[group[0]]
+            # table i's block of the lookup output, read as rows of its dim: its vectors in
+            # the order its ids were received
+            blocks = [
+                local_embs[:, first_column[i] : first_column[i] + t.features[i] * dim].reshape(
+                    -1, dim
+                )[: r.received_per_table[i]]
+                for i in group
+            ]
+            looked_up = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+            rows = r.lookup_rows[g]
+            if rows is not None:
+                looked_up = cast(torch.Tensor, _GatherRows.apply(looked_up, rows))
+            # the holder sends back what it received: its receive splits are its send splits
+            returned = cast(
+                torch.Tensor,
+                _AllToAll.apply(looked_up, r.recv_splits[g], r.send_splits[g], self._pg),
+            )
+            width = len(t.group_features(group))
+            bags = local_embs.new_zeros(r.batch * width, dim)
+            bags.index_add_(0, r.bag_of_sent[g], returned)
+            pooled.append(bags.view(r.batch, width, dim))
+        if len(pooled) == 1:  # one dim: the group's features are all features, in order
+            out = pooled[0].view(r.batch, -1)
         else:
-            looked_up = cast(torch.Tensor, _GatherRows.apply(rows, r.lookup_rows))
-        returned = local_embs.new_empty(sum(r.send_splits), dim)
-        returned = dist_autograd.all_to_all_single(
-            returned, looked_up, r.send_splits, r.recv_splits, group=self._pg
-        )
-        pooled = local_embs.new_zeros(r.batch * r.num_features, dim)
-        pooled.index_add_(0, r.bag_of_sent, returned)
+            out = torch.cat([pooled[g][:, j] for _, g, j in self._columns], dim=1)
         # TorchRec's pooled dists divide embedding gradients by the group size (comm_ops
         # GRADIENT_DIVISION, DDP's averaging); so must this one, or updates double
         scale = 1.0 / self._pg.size() if get_gradient_division() else 1.0
-        return NoWait(scale_grad(pooled.view(r.batch, r.num_features * dim), scale))
+        return NoWait(scale_grad(out, scale))
 
 
 def _table_names(sharding: RwPooledEmbeddingSharding) -> set[str]:
@@ -255,16 +374,21 @@ def _table_names(sharding: RwPooledEmbeddingSharding) -> set[str]:
     }
 
 
+def _tables_of(sharding: RwPooledEmbeddingSharding) -> _Tables:
+    # the walk get_embedding_shard_metadata and feature_names() make: groups, then tables
+    configs = [
+        t for g in sharding._grouped_embedding_configs_per_rank[0] for t in g.embedding_tables
+    ]
+    return _Tables(tuple(t.num_features() for t in configs), tuple(t.local_cols for t in configs))
+
+
 def _input_dist_factory(
-    sharding: RwPooledEmbeddingSharding, slot: _RoutingSlot
+    sharding: RwPooledEmbeddingSharding, tables: _Tables, slot: _RoutingSlot
 ) -> Callable[..., Any]:
     def create_input_dist(*args: Any, **kwargs: Any) -> UnpooledInputDist:
-        configs = sharding._grouped_embedding_configs_per_rank
-        bounds, _ = get_embedding_shard_metadata(configs)
-        # the same walk get_embedding_shard_metadata and feature_names() make: groups, tables
-        per_table = [t.num_features() for g in configs[0] for t in g.embedding_tables]
+        bounds, _ = get_embedding_shard_metadata(sharding._grouped_embedding_configs_per_rank)
         pg = cast(dist.ProcessGroup, sharding._pg)
-        return UnpooledInputDist(pg, bounds, per_table, slot, sharding._device)
+        return UnpooledInputDist(pg, bounds, tables, slot, sharding._device)
 
     return create_input_dist
 
@@ -293,18 +417,20 @@ def enable_unpooled_row_wise(model: nn.Module, tables: Iterable[str]) -> int:
                     f"{sorted(names - wanted)} are not: TorchRec runs a module's row-wise "
                     "tables through one output dist, so a plan cannot mix the two"
                 )
-            dims = set(sharding.embedding_dims())
-            if len(dims) != 1:
+            if any(
+                g.is_weighted or g.has_feature_processor
+                for g in sharding._grouped_embedding_configs
+            ):
                 raise ValueError(
-                    f"unpooled row-wise tables {sorted(names)} need one embedding dim, "
-                    f"got {sorted(dims)}"
+                    f"row-wise tables {sorted(names)} take per-id weights, which unpooled "
+                    "lookups do not carry; plan them as row_wise"
                 )
             if sub._input_dists:
                 raise RuntimeError("enable_unpooled_row_wise must run before the first forward")
-            slot = _RoutingSlot()
-            sharding.create_input_dist = _input_dist_factory(sharding, slot)  # type: ignore[method-assign]
+            slot, layout = _RoutingSlot(), _tables_of(sharding)
+            sharding.create_input_dist = _input_dist_factory(sharding, layout, slot)  # type: ignore[method-assign]
             pg = cast(dist.ProcessGroup, sharding._pg)
-            sub._output_dists[i] = UnpooledOutputDist(pg, dims.pop(), slot)
+            sub._output_dists[i] = UnpooledOutputDist(pg, layout, slot)
             patched += 1
             wanted -= names
     if wanted:

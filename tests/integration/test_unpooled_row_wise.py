@@ -55,12 +55,18 @@ def _run(cfg_raw: dict[str, Any], data: str, world: int, **extra: Any) -> list[d
 @pytest.mark.parametrize(
     ("optimizer", "overrides", "world", "row_sizes"),
     [
-        ("rowwise_adagrad", ["embedding.num_tables=2"], 2, None),
+        # a table per feature: rows 10 to 5,000 (distinct splits), dims 8 and 16 (two groups)
+        (
+            "rowwise_adagrad",
+            ["embedding.kind=collisionless", "data.synthetic.string_columns=[]"],
+            2,
+            None,
+        ),
         ("sgd", ["embedding.pooling=mean"], 2, None),  # TorchRec divides after the dist
         ("rowwise_adagrad", [], 2, [1000, 3000]),  # uneven: the even split is 2000 + 2000
         ("rowwise_adagrad", ["sharding.group_size=2"], 4, None),  # 2D: 2 groups of 2
     ],
-    ids=["two_tables", "sgd_mean_pooling", "uneven", "groups_of_2"],
+    ids=["collisionless", "sgd_mean_pooling", "uneven", "groups_of_2"],
 )
 def test_unpooled_trains_like_pooled_row_wise(
     tmp_path: Path,
