@@ -85,9 +85,12 @@ class _Routing:
     # position of each of the group's received ids (in received order) among its tables'
     # looked-up vectors, table after table; None: already in that order (one table)
     lookup_rows: list[torch.Tensor | None]
-    send_splits: list[list[int]]  # ids sent to each rank
-    recv_splits: list[list[int]]  # ids received from each rank
-    bag_of_sent: list[torch.Tensor]  # local bag (sample x group features + feature) of sent ids
+    send_splits: list[list[int]]  # rows asked of each rank
+    recv_splits: list[list[int]]  # rows asked by each rank
+    # requester: each of the group's own ids (KJT order), the place of its row's vector among
+    # the vectors that come back; and the start of each of the group's bags (feature-major)
+    vector_of_id: list[torch.Tensor]
+    bag_offsets: list[torch.Tensor]
     batch: int
 
 
@@ -155,11 +158,13 @@ class _AllToAll(torch.autograd.Function):
 
 
 class UnpooledInputDist(nn.Module):
-    """Sends each id to the rank holding its row; returns the holder's lookup input, one id
-    per bag. A table's received ids fill the bags of all its features in turn (every feature
-    of a table reads the same rows): its k-th id goes to bag k // F_t of its (k % F_t)-th
-    feature, so the table's block of the lookup output, read as rows of its dim, holds its
-    vectors in received order, and the lookup has as few bags as the ids need."""
+    """Asks the rank holding each row for it, once per row however many of this rank's ids
+    read it (hot rows repeat: about 4 ids per distinct row in the default job's batches);
+    returns the holder's lookup input, one asked row per bag. A table's received rows fill
+    the bags of all its features in turn (every feature of a table reads the same rows): its
+    k-th row goes to bag k // F_t of its (k % F_t)-th feature, so the table's block of the
+    lookup output, read as rows of its dim, holds its vectors in received order, and the
+    lookup has as few bags as the rows need."""
 
     def __init__(
         self,
@@ -188,14 +193,15 @@ class UnpooledInputDist(nn.Module):
         self._split_of_feature = torch.tensor(
             [splits.index(b) for b in padded], dtype=torch.int64, device=device
         )
-        # each feature's dim group and its place among the group's features
+        # each feature's dim group
         group_of_feature = [0] * sum(tables.features)
-        place_in_group = [0] * sum(tables.features)
         for g, group in enumerate(tables.dim_groups):
-            for j, f in enumerate(tables.group_features(group)):
-                group_of_feature[f], place_in_group[f] = g, j
+            for f in tables.group_features(group):
+                group_of_feature[f] = g
         self._group_of_feature = torch.tensor(group_of_feature, device=device)
-        self._place_in_group = torch.tensor(place_in_group, device=device)
+        self._group_of_table = self._group_of_feature[self._first_feature]
+        # (holder, table, row) in one int64 key: rows of a shard stay below the largest shard
+        self._row_span = max(1, int((self._bounds[:, 1:] - self._bounds[:, :-1]).max()))
         self._slot = slot
 
     def _owners(self, ids: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
@@ -221,33 +227,38 @@ class UnpooledInputDist(nn.Module):
             feature_ids, lengths.view(num_features, batch).sum(1), output_size=ids.numel()
         )
         owner = self._owners(ids, feature)
-        first_row = self._bounds[self._split_of_feature[feature], owner]
+        row = ids - self._bounds[self._split_of_feature[feature], owner]  # within the shard
+        if row.numel() and (int(row.min()) < 0 or int(row.max()) >= self._row_span):
+            raise ValueError(
+                f"ids outside their tables' rows in features {sorted(set(keys))}: "
+                f"{int(ids.min())} to {int(ids.max())}"
+            )
+        num_tables = len(self._tables.features)
 
-        # send ids grouped by owner, then feature; counts first, so receivers size buffers
-        bucket = owner * num_features + feature
-        send_order = torch.argsort(bucket, stable=True)
-        counts = torch.bincount(bucket, minlength=world * num_features)
+        # one request per distinct (holder, table, row), sorted by holder, then table
+        table = self._table_of_feature[feature]
+        key = (owner * num_tables + table) * self._row_span + row
+        asked, vector_of_id = torch.unique(key, return_inverse=True)
+        holder_table = asked // self._row_span
+        counts = torch.bincount(holder_table, minlength=world * num_tables)
         recv_counts = torch.empty_like(counts)
         dist.all_to_all_single(recv_counts, counts, group=self._pg)
-        sent_per_rank = counts.view(world, num_features)
-        recv_per_rank = recv_counts.view(world, num_features)
+        sent_per_rank = counts.view(world, num_tables)
+        recv_per_rank = recv_counts.view(world, num_tables)
         received = ids.new_empty(int(recv_counts.sum()))
-        sent = (ids - first_row)[send_order]  # rows within the holder's shard
         dist.all_to_all_single(
             received,
-            sent,
+            asked - holder_table * self._row_span,
             recv_per_rank.sum(1).tolist(),
             sent_per_rank.sum(1).tolist(),
             group=self._pg,
         )
 
         # lookup input (the class docstring's layout)
-        recv_table = self._table_of_feature[
-            torch.repeat_interleave(
-                feature_ids.repeat(world), recv_counts, output_size=received.numel()
-            )
-        ]
-        num_tables = len(self._tables.features)
+        table_ids = torch.arange(num_tables, device=ids.device)
+        recv_table = torch.repeat_interleave(
+            table_ids.repeat(world), recv_counts, output_size=received.numel()
+        )
         lookup_order = (
             torch.arange(received.numel(), device=ids.device)
             if num_tables == 1
@@ -257,7 +268,7 @@ class UnpooledInputDist(nn.Module):
         table_start = torch.cumsum(per_table, 0) - per_table
         width = self._features_per_table
         lookup_batch = max(int(((per_table + width - 1) // width).max()) if num_features else 0, 1)
-        # [features, bags]: index into the table-sorted ids of each bag's id, and which bags
+        # [features, bags]: index into the table-sorted rows of each bag's row, and which bags
         # have one
         feature_table = self._table_of_feature
         slot = feature_ids - self._first_feature[feature_table]
@@ -266,40 +277,48 @@ class UnpooledInputDist(nn.Module):
         filled = k < per_table[feature_table].unsqueeze(1)
         values = received[lookup_order][(k + table_start[feature_table].unsqueeze(1))[filled]]
 
-        # per dim group: the vectors' way back and where they pool
+        # per dim group: the vectors' way back, and where each own id finds its row's vector
         received_per_table = per_table.tolist()
         k_recv = None
-        if num_tables > 1:  # each received id's place among its table's ids
+        if num_tables > 1:  # each received row's place among its table's rows
             k_recv = torch.empty_like(lookup_order)
             k_recv[lookup_order] = torch.arange(lookup_order.numel(), device=ids.device)
             k_recv -= table_start[recv_table]
-        kjt_bag = torch.repeat_interleave(
-            torch.arange(num_features * batch, device=ids.device), lengths, output_size=ids.numel()
-        )
-        sample = (kjt_bag % batch)[send_order]
-        sent_feature = feature[send_order]
-        sent_group = self._group_of_feature[sent_feature]
+        groups = self._tables.dim_groups
+        bag_lengths = lengths.view(num_features, batch)
         lookup_rows: list[torch.Tensor | None] = []
-        send_splits, recv_splits, bag_of_sent = [], [], []
-        for g, group in enumerate(self._tables.dim_groups):
+        send_splits, recv_splits, vectors, offsets = [], [], [], []
+        for g, group in enumerate(groups):
             members = self._tables.group_features(group)
-            width_g = len(members)
-            send_splits.append(sent_per_rank[:, members].sum(1).tolist())
-            recv_splits.append(recv_per_rank[:, members].sum(1).tolist())
-            mine = sent_group == g
-            bag = sample * width_g + self._place_in_group[sent_feature]
-            bag_of_sent.append(bag if len(self._tables.dim_groups) == 1 else bag[mine])
+            send_splits.append(sent_per_rank[:, group].sum(1).tolist())
+            recv_splits.append(recv_per_rank[:, group].sum(1).tolist())
+            if len(groups) == 1:
+                vectors.append(vector_of_id)
+                group_lengths = bag_lengths.view(-1)
+            else:  # places among the group's rows only
+                asked_in_group = self._group_of_table[holder_table % num_tables] == g
+                place = torch.cumsum(asked_in_group, 0) - 1
+                vectors.append(place[vector_of_id[self._group_of_feature[feature] == g]])
+                group_lengths = bag_lengths[members].view(-1)
+            offsets.append(torch.cumsum(group_lengths, 0) - group_lengths)
             if len(group) == 1:
                 lookup_rows.append(None)
                 continue
             assert k_recv is not None
             offset = torch.zeros(num_tables, dtype=torch.int64, device=ids.device)
             offset[group] = torch.cumsum(per_table[group], 0) - per_table[group]
-            in_group = (self._group_of_feature[self._first_feature[recv_table]] == g).nonzero()
-            rows = in_group.squeeze(1)
-            lookup_rows.append(offset[recv_table[rows]] + k_recv[rows])
+            in_group = (self._group_of_table[recv_table] == g).nonzero().squeeze(1)
+            lookup_rows.append(offset[recv_table[in_group]] + k_recv[in_group])
         self._slot.put(
-            _Routing(received_per_table, lookup_rows, send_splits, recv_splits, bag_of_sent, batch)
+            _Routing(
+                received_per_table,
+                lookup_rows,
+                send_splits,
+                recv_splits,
+                vectors,
+                offsets,
+                batch,
+            )
         )
         lookup_input = KeyedJaggedTensor(
             keys=keys,
@@ -353,11 +372,12 @@ class UnpooledOutputDist(nn.Module):
                 _AllToAll.apply(looked_up, r.recv_splits[g], r.send_splits[g], self._pg),
             )
             width = len(t.group_features(group))
-            bags = local_embs.new_zeros(r.batch * width, dim)
-            bags.index_add_(0, r.bag_of_sent[g], returned)
-            pooled.append(bags.view(r.batch, width, dim))
+            bags = torch.nn.functional.embedding_bag(
+                r.vector_of_id[g], returned, r.bag_offsets[g], mode="sum"
+            )
+            pooled.append(bags.view(width, r.batch, dim).transpose(0, 1))
         if len(pooled) == 1:  # one dim: the group's features are all features, in order
-            out = pooled[0].view(r.batch, -1)
+            out = pooled[0].reshape(r.batch, -1)
         else:
             out = torch.cat([pooled[g][:, j] for _, g, j in self._columns], dim=1)
         # TorchRec's pooled dists divide embedding gradients by the group size (comm_ops
