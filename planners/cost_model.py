@@ -26,28 +26,30 @@ gradients) is the same for every plan. On CPUs, ranks of a node share its cores:
 is at least the node's total work divided by its cores (see ``PlanEstimate``).
 
 **row_wise_unpooled** (row_wise's shards; the lookups travel unpooled,
-``dist_train/train/unpooled_row_wise.py``) has no partial sums. Per rank r (q_r its share of
-the rows, 0 off the holders):
+``dist_train/train/unpooled_row_wise.py``) has no partial sums. A rank asks each distinct row
+its B L ids read once: D rows, the expected distinct count of B L Zipf(id_skew) draws over
+the table's rows (:func:`distinct_rows`; the default job's batches measured 0.25 of their ids
+distinct, the model says 0.21). Per rank r (q_r its share of the rows, 0 off the holders):
 
-- counts all-to-all: every rank sends each rank its F per-feature id counts (R F x 8 bytes out
-  and as many in) -- the one term that grows with R;
-- ids all-to-all: it sends the off-rank share of its own ids, B L (1-q_r) x 8 bytes (no
-  lengths), and receives (R-1) B L q_r x 8;
-- lookups: R B L q_r rows, every id a bag of one (the same rows as pooled row_wise);
-- vectors all-to-all: forward the holder sends (R-1) B L q_r w x 4 bytes of looked-up vectors
-  and each rank receives B L (1-q_r) w x 4 of its own; backward their gradients travel back,
-  the same bytes the other way;
+- counts all-to-all: an int64 count per table to every rank (R x 8 bytes out and as many in)
+  -- the one term that grows with R;
+- rows all-to-all: it sends the off-rank share of the rows it asks, D (1-q_r) x 8 bytes (no
+  lengths), and receives (R-1) D q_r x 8;
+- lookups: R D q_r rows, each a bag of one;
+- vectors all-to-all: forward the holder sends (R-1) D q_r w x 4 bytes of looked-up vectors
+  and each rank receives D (1-q_r) w x 4; backward their gradients travel back, the same
+  bytes the other way;
 - framework: its own measured per-bag figure (``calibrate``; else row_wise's) for its own
-  B F pooled bags and the R B L q_r one-id bags it looks up as holder; plus its local pooling
-  (sum its B L vectors into B F bags, and the gradients back) at the copy bandwidth:
-  2 (B L + B F) w x 4 bytes;
-- memory: weights and optimizer state as row_wise; workspace = received ids (R B L q_r x 8),
-  looked-up vectors and their gradients (2 R B L q_r w x 4), the requester's vectors and their
-  gradients (2 B L w x 4), its pooled bags and their gradients (2 B F w x 4).
+  B F pooled bags and the R D q_r one-row bags it looks up as holder; plus its local pooling
+  (a vector for each of its B L ids into B F bags, and the gradients back) at the copy
+  bandwidth: 2 (B L + B F) w x 4 bytes;
+- memory: weights and optimizer state as row_wise; workspace = received rows (R D q_r x 8),
+  looked-up vectors and their gradients (2 R D q_r w x 4), the requester's vectors and their
+  gradients (2 D w x 4), its pooled bags and their gradients (2 B F w x 4).
 
 So its bytes per rank stay flat as R grows (q_r = 1/R), where pooled row_wise reduce-scatters
-[R B, F w] partial sums. It makes 4 collective calls a step (counts, ids, vectors, gradients),
-as the default per type does.
+[R B, F w] partial sums. It makes 4 collective calls a step (counts, rows, vectors, gradients)
+for tables of one dim, as the default per type does (2 more per extra dim: not charged).
 
 A placement on the UVM caching kernel (``TablePlacement.cache_load_factor``) keeps its shards
 in host memory behind an HBM cache: memory splits into HBM (cache and its metadata) and host
@@ -72,6 +74,7 @@ from planners.types import (
     TablePlacement,
     Workload,
 )
+from planners.zipf import expected_distinct
 
 # Collective calls a sharding type adds to a step: ids and lengths all-to-all, output
 # reduce-scatter/all-to-all forward, and its mirror in backward. TorchRec fuses the tables
@@ -192,11 +195,13 @@ def unpooled_block_costs(
     cache_load_factor: float | None = None,
 ) -> RankCosts:
     """Bandwidth, lookup and memory costs of a row_wise_unpooled block (the module docstring):
-    ids to the rows' holders, one looked-up vector per id back, bags pooled by the requester.
-    The per-bag framework work is added by :func:`table_costs` (:func:`bags_handled`)."""
+    each distinct row a rank's ids read asked of its holder once, its vector back, bags pooled
+    by the requester. The per-bag framework work is added by :func:`table_costs`
+    (:func:`bags_handled`)."""
     world, per_node = topo.world_size, topo.ranks_per_node
     batch, ids, bags = workload.batch_size_per_rank, table.ids_per_sample, table.bags_per_sample
     own_ids = batch * ids  # ids a rank's own samples look up
+    asked = distinct_rows(table, workload)  # the rows they read
     vector = cols * WEIGHT_BYTES
     h = np.asarray(holders)
     q_h = np.asarray(row_sizes, dtype=float) / table.rows
@@ -210,37 +215,37 @@ def unpooled_block_costs(
     serve_inter = np.full(world, (world - per_node) / max(world - 1, 1))
     c = RankCosts.zeros(world)
 
-    # Counts all-to-all: F int64 counts to every rank, as many back (grows with the world).
-    counts = np.full(world, float(world * bags * INDEX_BYTES))
+    # Counts all-to-all: an int64 count to every rank, as many back (grows with the world).
+    counts = np.full(world, float(world * INDEX_BYTES))
     counts_inter = np.full(world, (world - per_node) / world)
     c.comm += _link_seconds(counts, counts_inter, topo, "all_to_all")
     c.comm_bytes += 2 * counts
 
-    # Ids all-to-all: the off-rank share of its own ids out, the ids of its rows in.
-    ids_out = own_ids * (1.0 - q) * INDEX_BYTES
-    ids_in = (world - 1) * own_ids * q * INDEX_BYTES
+    # Rows all-to-all: the off-rank share of the rows it asks out, the rows asked of it in.
+    ids_out = asked * (1.0 - q) * INDEX_BYTES
+    ids_in = (world - 1) * asked * q * INDEX_BYTES
     c.comm += np.maximum(
         _link_seconds(ids_out, ask_inter, topo, "all_to_all"),
         _link_seconds(ids_in, serve_inter, topo, "all_to_all"),
     )
     c.comm_bytes += ids_out + ids_in
 
-    # Lookups on the holders (forward, backward and the fused update), a bag of one per id.
-    rows_read = world * own_ids * q
+    # Lookups on the holders (forward, backward and the fused update), a bag of one per row.
+    rows_read = world * asked * q
     c.lookup += _lookup_seconds(rows_read, cols, topo)
 
     # Vectors all-to-all forward (holder -> requesters), their gradients backward (the same
     # bytes the other way: the same time).
-    served = (world - 1) * own_ids * q * vector
-    received = own_ids * (1.0 - q) * vector
+    served = (world - 1) * asked * q * vector
+    received = asked * (1.0 - q) * vector
     forward = np.maximum(
         _link_seconds(served, serve_inter, topo, "all_to_all"),
         _link_seconds(received, ask_inter, topo, "all_to_all"),
     )
     c.comm += 2 * forward
     c.comm_bytes += 2 * (served + received)
-    # The requester's local pooling: read its B L vectors, write B F bags; backward reads the
-    # bags' gradients and writes one per id.
+    # The requester's local pooling: read a vector for each of its B L ids, write B F bags;
+    # backward reads the bags' gradients and adds one per id.
     c.framework += 2 * (own_ids + batch * bags) * vector / topo.memory_bytes_per_second
 
     rows_held = np.zeros(world)
@@ -248,13 +253,20 @@ def unpooled_block_costs(
     c.memory += (
         rows_read * INDEX_BYTES  # ids received (its own included)
         + 2 * rows_read * vector  # looked-up vectors and their gradients
-        + 2 * own_ids * vector  # the requester's vectors and their gradients
+        + 2 * asked * vector  # the requester's vectors and their gradients
         + 2 * batch * bags * vector  # its pooled bags and their gradients
     )
     if cache_load_factor is None:
         c.memory += rows_held * cols * WEIGHT_BYTES + workload.optimizer.bytes_for(rows_held, cols)
         return c
     return c + cache_costs(table, workload, topo, rows_held, rows_read, cols, cache_load_factor)
+
+
+def distinct_rows(table: TableLoad, workload: Workload) -> float:
+    """Distinct rows of ``table`` one rank's batch reads: its B L ids as Zipf(id_skew) draws
+    over the table's rows (planners/zipf.py)."""
+    draws = workload.batch_size_per_rank * table.ids_per_sample
+    return expected_distinct(draws, table.rows, workload.id_skew)
 
 
 def cache_costs(
@@ -334,8 +346,8 @@ def bags_handled(
 ) -> np.ndarray:
     """Pooled bags each rank handles for a table: a holder every sample's bags of its block,
     any other rank its own samples' bags (data_parallel: its own, on every rank;
-    row_wise_unpooled: its own, pooled locally, and as holder a bag of one per id it looks up,
-    R B L q_r)."""
+    row_wise_unpooled: its own, pooled locally, and as holder a bag of one per row it is
+    asked for, R D q_r with D the distinct rows a rank asks for)."""
     world, bags = topo.world_size, workload.batch_size_per_rank * table.bags_per_sample
     if placement.sharding_type == "data_parallel":
         return np.full(world, float(bags))
@@ -343,7 +355,7 @@ def bags_handled(
         q = np.zeros(world)
         for s in placement.shards:
             q[s.rank] += s.rows * s.cols / (table.rows * table.dim)
-        return bags + world * workload.batch_size_per_rank * table.ids_per_sample * q
+        return bags + world * distinct_rows(table, workload) * q
     handled = np.zeros(world)
     for block in placement.blocks().values():
         held = np.zeros(world, dtype=bool)

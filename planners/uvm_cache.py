@@ -34,6 +34,7 @@ from functools import lru_cache
 import numpy as np
 
 from planners.types import WEIGHT_BYTES, OptimizerState
+from planners.zipf import generalized_harmonic
 
 CACHE_ASSOC = 32  # FBGEMM's DEFAULT_ASSOC on CUDA: a cache set holds 32 rows
 # FBGEMM's LFU cache asserts cache_sets < 2**24 - 1 (one TBE per rank holds its cached shards)
@@ -47,26 +48,6 @@ INDEX_BYTES_PER_LOOKUP = 100
 # A prefetch launches about ten more kernels per step (linearize, unique, count, find, sort,
 # insert, lookup): assumption of 5 us each.
 PREFETCH_SECONDS = 5e-5
-
-_EXACT_TERMS = 10_000  # generalized harmonic numbers: summed exactly up to this many terms
-
-
-@lru_cache(maxsize=4096)
-def generalized_harmonic(n: float, s: float) -> float:
-    """H(n, s) = sum_{k=1}^{n} k^-s for integer n >= 0: exact for the first 10,000 terms, the
-    rest by the midpoint rule's integral of x^-s from m + 1/2 to n + 1/2 (relative error
-    below 1e-9 for n > 10,000)."""
-    n = int(n)
-    if n <= 0:
-        return 0.0
-    m = min(n, _EXACT_TERMS)
-    head = float(np.sum(np.arange(1, m + 1, dtype=np.float64) ** -s))
-    if n == m:
-        return head
-    a, b = m + 0.5, n + 0.5
-    if abs(s - 1.0) < 1e-12:
-        return head + math.log(b / a)
-    return head + (b ** (1.0 - s) - a ** (1.0 - s)) / (1.0 - s)
 
 
 def zipf_hit_rate(rows: int, cached_fraction: float, s: float) -> float:

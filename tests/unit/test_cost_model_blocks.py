@@ -4,7 +4,7 @@ one node of 2 ranks, links of 1 GB/s, 10 ns per looked-up 8-column row.
 Table: 1,000 rows x 8, 2 bags and 2 ids per sample; 100 samples per rank; row-wise Adagrad
 (4 bytes of state per row). Per rank: ids bytes = 100 x (2 x 8 + 2 x 4) = 2,400; one rank's
 pooled output = 100 x 2 x 8 x 4 = 6,400 bytes; all samples' partial sums = 2 x 6,400.
-Unpooled (row_wise_unpooled): one 32-byte vector per id, 200 ids per rank = 6,400 bytes.
+Unpooled (row_wise_unpooled): one 32-byte vector per distinct row a rank's 200 ids read.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pytest
 from planners.cost_model import block_costs, unpooled_block_costs
 from planners.topology import Link, Topology
 from planners.types import OptimizerState, TableLoad, Workload
+from planners.zipf import expected_distinct
 
 LINK = Link(1e9, 1e9, 1e9, 1e9, 0.0)
 TOPO = Topology(
@@ -61,15 +62,20 @@ def test_table_wise_block_on_rank_0() -> None:
 
 def test_unpooled_row_wise_block_on_both_ranks() -> None:
     c = unpooled_block_costs(TABLE, WORKLOAD, TOPO, holders=[0, 1], row_sizes=[500, 500], cols=8)
-    # counts: 2 ranks x 2 features x 8 bytes out and in; ids (8 bytes, no lengths): each rank
-    # sends the 100 x 2 x 0.5 ids held by the other and receives as many; vectors: forward
-    # each serves 100 x 1 = 100 ids x 32 bytes and receives as many, backward the gradients.
-    np.testing.assert_allclose(c.comm, [3.2e-8 + 8e-7 + 2 * 3.2e-6] * 2)
-    np.testing.assert_allclose(c.comm_bytes, [2 * 32 + 2 * 800 + 2 * (2 * 3200)] * 2)
-    # lookups: the same 200 rows of 10 ns as pooled row_wise, a bag of one each.
-    np.testing.assert_allclose(c.lookup, [2e-6, 2e-6])
+    # a rank's 200 ids read d distinct rows (Zipf(1.1) over 1,000 rows: about 92), each asked
+    # of its holder once
+    d = expected_distinct(200, 1000, WORKLOAD.id_skew)
+    assert 90 < d < 95
+    # counts: 2 ranks x 8 bytes out and in; rows (8 bytes, no lengths): each rank sends the
+    # d x 0.5 rows held by the other and receives as many; vectors: forward each serves d x 0.5
+    # rows x 32 bytes and receives as many, backward the gradients.
+    half = d * 0.5
+    np.testing.assert_allclose(c.comm, [16e-9 + half * 8e-9 + 2 * half * 32e-9] * 2)
+    np.testing.assert_allclose(c.comm_bytes, [2 * 16 + 2 * half * 8 + 2 * (2 * half * 32)] * 2)
+    # lookups: 2 ranks x d rows x half the rows, 10 ns each, a bag of one each.
+    np.testing.assert_allclose(c.lookup, [d * 1e-8] * 2)
     # local pooling at 10 GB/s: 2 x (200 ids + 200 bags) x 32 bytes.
     np.testing.assert_allclose(c.framework, [2.56e-6] * 2)
-    # memory: 16,000 weights + 2,000 state + 200 ids x 8 received + looked-up vectors and
-    # their gradients 2 x 6,400 + the requester's 2 x 6,400 + its pooled bags 2 x 6,400.
-    np.testing.assert_allclose(c.memory, [16000 + 2000 + 1600 + 3 * 12800] * 2)
+    # memory: 16,000 weights + 2,000 state + d rows x 8 received + looked-up vectors and
+    # their gradients 2 x d x 32 + the requester's 2 x d x 32 + its pooled bags 2 x 6,400.
+    np.testing.assert_allclose(c.memory, [16000 + 2000 + d * 8 + 4 * d * 32 + 12800] * 2)
