@@ -8,15 +8,15 @@ planner marks ``row_wise_unpooled`` (planners/types.py), this module replaces bo
 TorchRec's row-wise sharding, keeping its shards, FBGEMM kernel, fused optimizer and
 checkpoint state as they are:
 
-- forward: each rank sends each of its ids to the rank holding its row (an all-to-all of
-  per-feature counts, then one of ids); the holder runs TorchRec's own lookup with every
-  received id in a bag of its own, and sends the vectors back (all-to-all); the requesting
-  rank sums its bags itself;
-- backward: autograd sends each id's gradient back the same way, and the fused TBE backward
-  sums a row's gradients and updates it, as in pooled row_wise.
+- forward: each rank asks the rank holding each row its ids read for it, once per distinct
+  row (an all-to-all of per-table counts, then one of rows); the holder runs TorchRec's own
+  lookup with every asked row in a bag of its own, and sends the vectors back (all-to-all);
+  the requesting rank sums its bags itself;
+- backward: autograd sends each row's summed gradient back the same way, and the fused TBE
+  backward sums a row's gradients and updates it, as in pooled row_wise.
 
-Per rank the bytes are ``ids x (8 + dim x 4)`` each way, whatever the world size; only the
-counts (``world x features`` int64) grow. The row routing uses the plan's real row boundaries,
+Per rank the bytes are ``distinct rows x (8 + dim x 4)`` each way, whatever the world size;
+only the counts (``world x tables`` int64) grow. The row routing uses the plan's real row boundaries,
 so uneven splits work unchanged. Routing is stashed between the input dist and the output
 dist of one forward, so TorchRec's pipelines that run input dists ahead are not supported (an
 input dist that runs again before the output dist raises).
