@@ -16,9 +16,9 @@ checkpoint state as they are:
   backward sums a row's gradients and updates it, as in pooled row_wise.
 
 Per rank the bytes are ``distinct rows x (8 + dim x 4)`` each way, whatever the world size;
-only the counts (``world x tables`` int64) grow. The row routing uses the plan's real row boundaries,
-so uneven splits work unchanged. Routing is stashed between the input dist and the output
-dist of one forward, so TorchRec's pipelines that run input dists ahead are not supported (an
+only the counts (``world x tables`` int64) grow. The row routing uses the plan's real row
+boundaries, so uneven splits work unchanged. Routing is stashed between the input dist and the
+output dist of one forward, so TorchRec's pipelines that run input dists ahead are not supported (an
 input dist that runs again before the output dist raises).
 """
 
