@@ -18,8 +18,8 @@ checkpoint state as they are:
 Per rank the bytes are ``distinct rows x (8 + dim x 4)`` each way, whatever the world size;
 only the counts (``world x tables`` int64) grow. The row routing uses the plan's real row
 boundaries, so uneven splits work unchanged. Routing is stashed between the input dist and the
-output dist of one forward, so TorchRec's pipelines that run input dists ahead are not supported (an
-input dist that runs again before the output dist raises).
+output dist of one forward, so TorchRec's pipelines that run input dists ahead are not
+supported (an input dist that runs again before the output dist raises).
 """
 
 from __future__ import annotations
