@@ -109,6 +109,45 @@ def _lookup_seconds(rows: np.ndarray, cols: int, topo: Topology) -> np.ndarray:
     return rows * seconds_per_row(cols, topo)
 
 
+def _row_shares(
+    table: TableLoad, topo: Topology, holders: list[int], row_sizes: list[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per rank: its share q of a block's rows; of what it sends to the holders, the part held
+    on other nodes; of what a holder receives, the part from other nodes' ranks (every rank
+    sends each holder alike)."""
+    world, per_node = topo.world_size, topo.ranks_per_node
+    h = np.asarray(holders)
+    q_h = np.asarray(row_sizes, dtype=float) / table.rows
+    node = np.arange(world) // per_node
+    q = np.zeros(world)
+    q[h] = q_h
+    share_on_node = np.bincount(node[h], weights=q_h, minlength=topo.num_nodes)[node]
+    sent_inter = np.divide(1.0 - share_on_node, 1.0 - q, out=np.zeros(world), where=q < 1)
+    recv_inter = np.full(world, (world - per_node) / max(world - 1, 1))
+    return q, sent_inter, recv_inter
+
+
+def _held_rows_costs(
+    table: TableLoad,
+    workload: Workload,
+    topo: Topology,
+    holders: list[int],
+    row_sizes: list[int],
+    rows_read: np.ndarray,
+    cols: int,
+    cache_load_factor: float | None,
+) -> RankCosts:
+    """The holders' rows and optimizer state: in device memory, or on the UVM caching kernel
+    (:func:`cache_costs`)."""
+    rows_held = np.zeros(topo.world_size)
+    rows_held[np.asarray(holders)] = row_sizes
+    if cache_load_factor is not None:
+        return cache_costs(table, workload, topo, rows_held, rows_read, cols, cache_load_factor)
+    c = RankCosts.zeros(topo.world_size)
+    c.memory += rows_held * cols * WEIGHT_BYTES + workload.optimizer.bytes_for(rows_held, cols)
+    return c
+
+
 def block_costs(
     table: TableLoad,
     workload: Workload,
@@ -125,24 +164,19 @@ def block_costs(
     ids_bytes = batch * (table.ids_per_sample * INDEX_BYTES + table.bags_per_sample * LENGTH_BYTES)
     bags_bytes = batch * table.bags_per_sample * cols * WEIGHT_BYTES  # one rank's pooled output
     h = np.asarray(holders)
-    q_h = np.asarray(row_sizes, dtype=float) / table.rows
     node = np.arange(world) // per_node
-    q = np.zeros(world)
-    q[h] = q_h
+    q, sent_inter, recv_inter = _row_shares(table, topo, holders, row_sizes)
     is_holder = np.zeros(world, dtype=bool)
     is_holder[h] = True
     holders_on_node = np.bincount(node[h], minlength=topo.num_nodes)[node]
-    share_on_node = np.bincount(node[h], weights=q_h, minlength=topo.num_nodes)[node]
     c = RankCosts.zeros(world)
 
     # Input all-to-all: send the off-rank share of this rank's ids; holders receive theirs.
     sent = ids_bytes * (1.0 - q)
-    sent_inter = np.divide(1.0 - share_on_node, 1.0 - q, out=np.zeros(world), where=q < 1)
     recv = (world - 1) * ids_bytes * q
-    recv_inter = (world - per_node) / max(world - 1, 1)
     c.comm += np.maximum(
         _link_seconds(sent, sent_inter, topo, "all_to_all"),
-        _link_seconds(recv, np.full(world, recv_inter), topo, "all_to_all"),
+        _link_seconds(recv, recv_inter, topo, "all_to_all"),
     )
     c.comm_bytes += sent + recv
 
@@ -171,18 +205,14 @@ def block_costs(
         c.comm += 2 * _link_seconds(out, out_inter, topo, "all_to_all")
         c.comm_bytes += 2 * out
 
-    # Memory: rows and optimizer state on holders; buffers for partial sums, received ids and
-    # gradients of the outputs.
-    rows_held = np.zeros(world)
-    rows_held[h] = row_sizes
-    # The partial sums and, in backward, their gradient do not coexist at the peak: measured
-    # peak RSS (bench planner) fits one copy, not two (docs/planner.md, "Memory").
-    workspace = np.where(is_holder, partials + recv, 2 * bags_bytes)
-    c.memory += workspace
-    if cache_load_factor is None:  # weights and optimizer state in device memory
-        c.memory += rows_held * cols * WEIGHT_BYTES + workload.optimizer.bytes_for(rows_held, cols)
-        return c
-    return c + cache_costs(table, workload, topo, rows_held, rows_read, cols, cache_load_factor)
+    # Memory: buffers for partial sums, received ids and gradients of the outputs, then rows
+    # and optimizer state on holders. The partial sums and, in backward, their gradient do not
+    # coexist at the peak: measured peak RSS (bench planner) fits one copy, not two
+    # (docs/planner.md, "Memory").
+    c.memory += np.where(is_holder, partials + recv, 2 * bags_bytes)
+    return c + _held_rows_costs(
+        table, workload, topo, holders, row_sizes, rows_read, cols, cache_load_factor
+    )
 
 
 def unpooled_block_costs(
@@ -203,16 +233,7 @@ def unpooled_block_costs(
     own_ids = batch * ids  # ids a rank's own samples look up
     asked = distinct_rows(table, workload)  # the rows they read
     vector = cols * WEIGHT_BYTES
-    h = np.asarray(holders)
-    q_h = np.asarray(row_sizes, dtype=float) / table.rows
-    node = np.arange(world) // per_node
-    q = np.zeros(world)
-    q[h] = q_h
-    share_on_node = np.bincount(node[h], weights=q_h, minlength=topo.num_nodes)[node]
-    # Of what a rank asks other ranks for, the part held on other nodes; of what it serves,
-    # the part asked by other nodes' ranks (every rank asks each holder alike).
-    ask_inter = np.divide(1.0 - share_on_node, 1.0 - q, out=np.zeros(world), where=q < 1)
-    serve_inter = np.full(world, (world - per_node) / max(world - 1, 1))
+    q, ask_inter, serve_inter = _row_shares(table, topo, holders, row_sizes)
     c = RankCosts.zeros(world)
 
     # Counts all-to-all: an int64 count to every rank, as many back (grows with the world).
@@ -248,18 +269,15 @@ def unpooled_block_costs(
     # backward reads the bags' gradients and adds one per id.
     c.framework += 2 * (own_ids + batch * bags) * vector / topo.memory_bytes_per_second
 
-    rows_held = np.zeros(world)
-    rows_held[h] = row_sizes
     c.memory += (
         rows_read * INDEX_BYTES  # ids received (its own included)
         + 2 * rows_read * vector  # looked-up vectors and their gradients
         + 2 * asked * vector  # the requester's vectors and their gradients
         + 2 * batch * bags * vector  # its pooled bags and their gradients
     )
-    if cache_load_factor is None:
-        c.memory += rows_held * cols * WEIGHT_BYTES + workload.optimizer.bytes_for(rows_held, cols)
-        return c
-    return c + cache_costs(table, workload, topo, rows_held, rows_read, cols, cache_load_factor)
+    return c + _held_rows_costs(
+        table, workload, topo, holders, row_sizes, rows_read, cols, cache_load_factor
+    )
 
 
 def distinct_rows(table: TableLoad, workload: Workload) -> float:
