@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, cast
 
 import torch
@@ -53,17 +54,19 @@ class _Tables:
     features: tuple[int, ...]  # per table
     dims: tuple[int, ...]  # per table
 
-    @property
+    # Derived once (every forward reads them): cached_property writes the instance's __dict__,
+    # which a frozen dataclass allows.
+    @cached_property
     def first_feature(self) -> list[int]:
         return [sum(self.features[:t]) for t in range(len(self.features))]
 
-    @property
+    @cached_property
     def first_column(self) -> list[int]:
         """Where each table's features start in the lookup output ``[bags, sum of dims]``."""
         widths = [f * d for f, d in zip(self.features, self.dims, strict=True)]
         return [sum(widths[:t]) for t in range(len(widths))]
 
-    @property
+    @cached_property
     def dim_groups(self) -> list[list[int]]:
         """Tables by dim, in order of first appearance."""
         groups: dict[int, list[int]] = {}
@@ -71,9 +74,14 @@ class _Tables:
             groups.setdefault(d, []).append(t)
         return list(groups.values())
 
-    def group_features(self, group: list[int]) -> list[int]:
+    @cached_property
+    def features_of_group(self) -> list[list[int]]:
+        """Each dim group's features, table after table."""
         first = self.first_feature
-        return [first[t] + j for t in group for j in range(self.features[t])]
+        return [
+            [first[t] + j for t in group for j in range(self.features[t])]
+            for group in self.dim_groups
+        ]
 
 
 @dataclass
@@ -195,8 +203,8 @@ class UnpooledInputDist(nn.Module):
         )
         # each feature's dim group
         group_of_feature = [0] * sum(tables.features)
-        for g, group in enumerate(tables.dim_groups):
-            for f in tables.group_features(group):
+        for g, members in enumerate(tables.features_of_group):
+            for f in members:
                 group_of_feature[f] = g
         self._group_of_feature = torch.tensor(group_of_feature, device=device)
         self._group_of_table = self._group_of_feature[self._first_feature]
@@ -289,7 +297,7 @@ class UnpooledInputDist(nn.Module):
         lookup_rows: list[torch.Tensor | None] = []
         send_splits, recv_splits, vectors, offsets = [], [], [], []
         for g, group in enumerate(groups):
-            members = self._tables.group_features(group)
+            members = self._tables.features_of_group[g]
             send_splits.append(sent_per_rank[:, group].sum(1).tolist())
             recv_splits.append(recv_per_rank[:, group].sum(1).tolist())
             if len(groups) == 1:
@@ -341,8 +349,8 @@ class UnpooledOutputDist(nn.Module):
         # output columns in feature order: (dim group, place among the group's features)
         self._columns = sorted(
             (f, g, j)
-            for g, group in enumerate(tables.dim_groups)
-            for j, f in enumerate(tables.group_features(group))
+            for g, members in enumerate(tables.features_of_group)
+            for j, f in enumerate(members)
         )
 
     def forward(
@@ -371,7 +379,7 @@ class UnpooledOutputDist(nn.Module):
                 torch.Tensor,
                 _AllToAll.apply(looked_up, r.recv_splits[g], r.send_splits[g], self._pg),
             )
-            width = len(t.group_features(group))
+            width = len(t.features_of_group[g])
             bags = torch.nn.functional.embedding_bag(
                 r.vector_of_id[g], returned, r.bag_offsets[g], mode="sum"
             )
@@ -386,19 +394,14 @@ class UnpooledOutputDist(nn.Module):
         return NoWait(scale_grad(out, scale))
 
 
-def _table_names(sharding: RwPooledEmbeddingSharding) -> set[str]:
-    return {
-        t.name
-        for group in sharding._grouped_embedding_configs_per_rank[0]
-        for t in group.embedding_tables
-    }
+def _table_configs(sharding: RwPooledEmbeddingSharding) -> list[Any]:
+    """The sharding's tables in the walk get_embedding_shard_metadata and feature_names()
+    make: groups, then tables."""
+    return [t for g in sharding._grouped_embedding_configs_per_rank[0] for t in g.embedding_tables]
 
 
 def _tables_of(sharding: RwPooledEmbeddingSharding) -> _Tables:
-    # the walk get_embedding_shard_metadata and feature_names() make: groups, then tables
-    configs = [
-        t for g in sharding._grouped_embedding_configs_per_rank[0] for t in g.embedding_tables
-    ]
+    configs = _table_configs(sharding)
     return _Tables(tuple(t.num_features() for t in configs), tuple(t.local_cols for t in configs))
 
 
@@ -428,7 +431,7 @@ def enable_unpooled_row_wise(model: nn.Module, tables: Iterable[str]) -> int:
         for i, sharding in enumerate(sub._embedding_shardings):
             if type(sharding) is not RwPooledEmbeddingSharding:
                 continue
-            names = _table_names(sharding)
+            names = {t.name for t in _table_configs(sharding)}
             if not names & wanted:
                 continue
             if names - wanted:
