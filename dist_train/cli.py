@@ -161,6 +161,7 @@ def _plan(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     from dist_train.devices import DeviceError, local_gpus, resolve_device
     from dist_train.launchers.processes import run_processes
+    from dist_train.models.dlrm import pairwise_dots
     from dist_train.train.unpooled_row_wise import enable_unpooled_row_wise as unpool_tables
     from planners.calibrate import calibrate
     from planners.topology import TopologyError, parse_bytes, save_topology
@@ -176,7 +177,13 @@ def _calibrate(args: argparse.Namespace) -> int:
     backend = "nccl" if device == "cuda" else "gloo"
     print(f"calibrating: {ranks} {backend} rank(s) x {args.threads} thread(s) ...", flush=True)
     spec = calibrate(
-        run_processes, ranks, args.threads, memory, device_type=device, unpool=unpool_tables
+        run_processes,
+        ranks,
+        args.threads,
+        memory,
+        device_type=device,
+        unpool=unpool_tables,
+        pairwise_dots=pairwise_dots,
     )
     save_topology(spec, args.out)
     link = spec.intra_node

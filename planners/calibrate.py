@@ -107,17 +107,31 @@ def dense_update_elements_per_second(device: torch.device = CPU) -> float:
     return param.numel() / _best_seconds(opt.step, repeats=5, device=device)
 
 
+# The model's dot interaction, ``[B, n, d]`` -> each pair's dot product (the trainer hands it
+# in: the planner does not import the model).
+PairwiseDots = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _autograd_pairwise_dots(x: torch.Tensor) -> torch.Tensor:
+    n = x.shape[1]
+    rows, cols = torch.triu_indices(n, n, offset=1, device=x.device)
+    return torch.bmm(x, x.transpose(1, 2)).flatten(1).index_select(1, rows * n + cols)
+
+
 def interaction_elements_per_second(
-    batch: int = 2048, vectors: int = 40, dim: int = 16, device: torch.device = CPU
+    batch: int = 2048,
+    vectors: int = 40,
+    dim: int = 16,
+    device: torch.device = CPU,
+    pairwise_dots: PairwiseDots | None = None,
 ) -> float:
-    """The dot interaction (as in dist_train/models/dlrm.py), per sample x n^2 x d."""
+    """The dot interaction's forward + backward, per sample x n^2 x d: the model's
+    ``pairwise_dots``, else plain autograd through the Gram matrix."""
     x = torch.randn(batch, vectors, dim, requires_grad=True, device=device)
-    rows, cols = torch.triu_indices(vectors, vectors, offset=1, device=device)
-    pairs = rows * vectors + cols
+    dots = pairwise_dots or _autograd_pairwise_dots
 
     def step() -> None:
-        gram = torch.bmm(x, x.transpose(1, 2))
-        gram.flatten(1).index_select(1, pairs).sum().backward()
+        dots(x).sum().backward()
 
     return batch * vectors * vectors * dim / _best_seconds(step, repeats=5, device=device)
 
@@ -346,11 +360,13 @@ def calibrate(
     repeats: int = 20,
     device_type: str = "cpu",
     unpool: Unpool | None = None,
+    pairwise_dots: PairwiseDots | None = None,
 ) -> TopologySpec:
     """Measure this machine with ``ranks`` processes of ``threads`` threads each on
     ``device_type`` (CPU ranks over gloo, or one GPU per rank over nccl), started by
     ``run_processes`` (the trainer's launcher: the planner does not import it); ``unpool``:
-    the trainer's unpooled row-wise dists, to time row_wise_unpooled's per-bag work too."""
+    the trainer's unpooled row-wise dists, to time row_wise_unpooled's per-bag work too;
+    ``pairwise_dots``: the model's dot interaction, timed in place of plain autograd's."""
     torch.set_num_threads(threads)
     cuda = device_type == "cuda"
     device = torch.device("cuda", 0) if cuda else CPU
@@ -403,7 +419,9 @@ def calibrate(
         memory_bytes_per_second=copy_bytes_per_second(device),
         lookup_seconds_per_row=lookups,
         dense_flops_per_second=dense_flops_per_second(device),
-        interaction_elements_per_second=interaction_elements_per_second(device=device),
+        interaction_elements_per_second=interaction_elements_per_second(
+            device=device, pairwise_dots=pairwise_dots
+        ),
         dense_update_elements_per_second=dense_update_elements_per_second(device),
         intra_node=intra,
         inter_node=_inter_node(intra, device_type),

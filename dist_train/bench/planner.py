@@ -35,6 +35,7 @@ from dist_train.config import JobConfig, apply_overrides, parse_config
 from dist_train.data.synthetic import generate
 from dist_train.embedding.layout import build_layout
 from dist_train.launchers.processes import run_processes
+from dist_train.models.dlrm import pairwise_dots
 from dist_train.train.rank_layout import discover_rank_layout
 from dist_train.train.sharding import (
     JobPlan,
@@ -236,7 +237,13 @@ def run_planner_bench(
         topo_file = cfg.run_dir / "bench-planner-topology.json"
         print(f"[bench] calibrating this machine -> {topo_file}", flush=True)
         threads = int(cfg.ray.cpus_per_worker)
-        spec = calibrate(run_processes, ranks=2, threads=threads, unpool=enable_unpooled_row_wise)
+        spec = calibrate(
+            run_processes,
+            ranks=2,
+            threads=threads,
+            unpool=enable_unpooled_row_wise,
+            pairwise_dots=pairwise_dots,
+        )
         save_topology(spec, topo_file)
         cfg = parse_config(
             apply_overrides(cfg.model_dump(mode="json"), [f"sharding.topology={topo_file}"]),

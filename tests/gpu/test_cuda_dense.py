@@ -17,7 +17,7 @@ pytestmark = pytest.mark.gpu
 def test_bottom_mlp_and_dot_interaction_match_the_cpu() -> None:
     torch.manual_seed(0)
     bottom = mlp([13, 64, 16], final_activation=True)
-    interaction = DotInteraction(num_vectors=27)
+    interaction = DotInteraction()
     dense = torch.randn(512, 13)
     vectors = torch.randn(512, 26, 16)
     cpu = interaction(bottom(dense), vectors)

@@ -62,7 +62,22 @@ def test_attention_width_must_split_over_the_heads() -> None:
 def test_dot_interaction_is_the_dense_vector_then_every_pair_once() -> None:
     torch.manual_seed(0)
     dense, vectors = torch.randn(3, 4), torch.randn(3, 5, 4)
-    out = DotInteraction(6)(dense, vectors)
+    out = DotInteraction()(dense, vectors)
     stacked = torch.cat([dense[:, None], vectors], dim=1)
     pairs = [(stacked[:, i] * stacked[:, j]).sum(-1) for i in range(6) for j in range(i + 1, 6)]
     torch.testing.assert_close(out, torch.cat([dense, torch.stack(pairs, dim=1)], dim=1))
+
+
+def test_dot_interaction_gradient_is_autograds_of_the_plain_gram_matrix() -> None:
+    # the interaction's own backward (one matmul with the symmetrized gradient) against
+    # autograd through bmm and the upper-triangle gather, in double precision
+    torch.manual_seed(0)
+    dense = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    vectors = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(3, 4 + 15, dtype=torch.float64)
+    (DotInteraction()(dense, vectors) * weights).sum().backward()
+    ours = dense.grad, vectors.grad
+    stacked = torch.cat([dense[:, None], vectors], dim=1)
+    rows, cols = torch.triu_indices(6, 6, offset=1)
+    plain = torch.cat([dense, torch.bmm(stacked, stacked.transpose(1, 2))[:, rows, cols]], 1)
+    torch.testing.assert_close(ours, torch.autograd.grad((plain * weights).sum(), (dense, vectors)))
