@@ -99,6 +99,7 @@ class _Routing:
     # the vectors that come back; and the start of each of the group's bags (feature-major)
     vector_of_id: list[torch.Tensor]
     bag_offsets: list[torch.Tensor]
+    bag_of_id: list[torch.Tensor]
     batch: int
 
 
@@ -138,6 +139,36 @@ class _GatherRows(torch.autograd.Function):
         (rows,) = ctx.saved_tensors
         out = grad.new_zeros(ctx.num_rows, grad.shape[1])
         return out.index_copy_(0, rows, grad), None
+
+
+class _PoolBags(torch.autograd.Function):
+    """Each bag's sum of ``vectors[ids]`` (``embedding_bag``, bags from ``offsets``); the
+    backward adds each id's bag gradient to its vector with one gather and one index_add,
+    where embedding_bag's own CPU backward sorts the ids first (measured at the default job's
+    102,480 ids: 1.6 against 4.9 ms, one thread)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        ids: torch.Tensor,
+        vectors: torch.Tensor,
+        offsets: torch.Tensor,
+        bag_of_id: torch.Tensor,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(ids, bag_of_id)
+        ctx.num_vectors = vectors.shape[0]
+        return torch.nn.functional.embedding_bag(ids, vectors, offsets, mode="sum")
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor, None, None]:
+        ids, bag_of_id = ctx.saved_tensors
+        per_id = grad.index_select(0, bag_of_id)
+        return (
+            None,
+            grad.new_zeros(ctx.num_vectors, grad.shape[1]).index_add_(0, ids, per_id),
+            None,
+            None,
+        )
 
 
 class _AllToAll(torch.autograd.Function):
@@ -295,7 +326,7 @@ class UnpooledInputDist(nn.Module):
         groups = self._tables.dim_groups
         bag_lengths = lengths.view(num_features, batch)
         lookup_rows: list[torch.Tensor | None] = []
-        send_splits, recv_splits, vectors, offsets = [], [], [], []
+        send_splits, recv_splits, vectors, offsets, bag_of_id = [], [], [], [], []
         for g, group in enumerate(groups):
             members = self._tables.features_of_group[g]
             send_splits.append(sent_per_rank[:, group].sum(1).tolist())
@@ -309,6 +340,10 @@ class UnpooledInputDist(nn.Module):
                 vectors.append(place[vector_of_id[self._group_of_feature[feature] == g]])
                 group_lengths = bag_lengths[members].view(-1)
             offsets.append(torch.cumsum(group_lengths, 0) - group_lengths)
+            bags = torch.arange(group_lengths.numel(), device=ids.device)
+            bag_of_id.append(
+                torch.repeat_interleave(bags, group_lengths, output_size=len(vectors[-1]))
+            )
             if len(group) == 1:
                 lookup_rows.append(None)
                 continue
@@ -325,6 +360,7 @@ class UnpooledInputDist(nn.Module):
                 recv_splits,
                 vectors,
                 offsets,
+                bag_of_id,
                 batch,
             )
         )
@@ -380,8 +416,9 @@ class UnpooledOutputDist(nn.Module):
                 _AllToAll.apply(looked_up, r.recv_splits[g], r.send_splits[g], self._pg),
             )
             width = len(t.features_of_group[g])
-            bags = torch.nn.functional.embedding_bag(
-                r.vector_of_id[g], returned, r.bag_offsets[g], mode="sum"
+            bags = cast(
+                torch.Tensor,
+                _PoolBags.apply(r.vector_of_id[g], returned, r.bag_offsets[g], r.bag_of_id[g]),
             )
             pooled.append(bags.view(width, r.batch, dim).transpose(0, 1))
         if len(pooled) == 1:  # one dim: the group's features are all features, in order
