@@ -23,40 +23,48 @@ class _PairwiseDots(torch.autograd.Function):
 
     Autograd's backward of ``bmm(x, x^T)`` runs two batched matmuls, one through a transposed
     view; the Gram matrix is symmetric, so one matmul with the symmetrized gradient gives the
-    same: ``(G + G^T) x``. Measured at the default job's shapes (40 vectors, batch 2,048, one
-    thread): 18.7 -> 10.4 ms per forward + backward of the interaction.
+    same: ``(G + G^T) x``, G + G^T gathered from the pairs' gradients in one pass. Measured at
+    the default job's shapes (40 vectors, batch 2,048, one thread): 18.7 -> 10.4 ms per
+    forward + backward of the interaction.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: torch.Tensor, pairs: torch.Tensor, mirrored: torch.Tensor
+        ctx: Any, x: torch.Tensor, pairs: torch.Tensor, pair_at: torch.Tensor
     ) -> torch.Tensor:
-        ctx.save_for_backward(x, pairs, mirrored)
+        ctx.save_for_backward(x, pair_at)
         # One flat index_select, not gram[:, rows, cols]: two-tensor indexing gathers (and its
         # backward scatters) several times slower
         return torch.bmm(x, x.transpose(1, 2)).flatten(1).index_select(1, pairs)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        x, pairs, mirrored = ctx.saved_tensors
+        x, pair_at = ctx.saved_tensors
         b, n, _ = x.shape
-        # (G + G^T) written at once: each pair's gradient at (i, j) and at (j, i)
-        sym = grad.new_zeros(b, n * n).index_add_(1, pairs, grad).index_add_(1, mirrored, grad)
-        return torch.bmm(sym.view(b, n, n), x), None, None
+        # a gather, not a scatter into zeros: 2.5 against 3.3 ms with the matmul
+        sym = grad.index_select(1, pair_at).view(b, n, n)
+        sym.diagonal(dim1=1, dim2=2).zero_()
+        return torch.bmm(sym, x), None, None
 
 
 @functools.lru_cache(maxsize=8)
 def _pair_indices(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat indices of (i, j), i < j, in an n x n matrix, and of (j, i)."""
+    """Flat indices of the pairs (i, j), i < j, in an n x n matrix; and for each of its n x n
+    places the pair there, (i, j) or (j, i) (0 on the diagonal, which has none)."""
     rows, cols = torch.triu_indices(n, n, offset=1, device=device)
-    return rows * n + cols, cols * n + rows
+    pairs = rows * n + cols
+    pair_at = torch.zeros(n * n, dtype=torch.int64, device=device)
+    order = torch.arange(len(pairs), device=device)
+    pair_at[pairs] = order
+    pair_at[cols * n + rows] = order
+    return pairs, pair_at
 
 
 def pairwise_dots(x: torch.Tensor) -> torch.Tensor:
     """Each example's dot products of every pair of its vectors once: ``[B, n, d]`` ->
     ``[B, n (n - 1) / 2]``, pairs in row-major upper-triangle order."""
-    pairs, mirrored = _pair_indices(x.shape[1], x.device)
-    return cast(torch.Tensor, _PairwiseDots.apply(x, pairs, mirrored))
+    pairs, pair_at = _pair_indices(x.shape[1], x.device)
+    return cast(torch.Tensor, _PairwiseDots.apply(x, pairs, pair_at))
 
 
 class DotInteraction(nn.Module):
