@@ -95,11 +95,8 @@ class _Routing:
     lookup_rows: list[torch.Tensor | None]
     send_splits: list[list[int]]  # rows asked of each rank
     recv_splits: list[list[int]]  # rows asked by each rank
-    # requester: each of the group's own ids (KJT order), the place of its row's vector among
-    # the vectors that come back; and the start of each of the group's bags (feature-major)
-    vector_of_id: list[torch.Tensor]
-    bag_offsets: list[torch.Tensor]
-    bag_of_id: list[torch.Tensor]
+    # requester: how the group's bags (feature-major) read the vectors that come back
+    bags: list[_Bags]
     batch: int
 
 
@@ -141,32 +138,54 @@ class _GatherRows(torch.autograd.Function):
         return out.index_copy_(0, rows, grad), None
 
 
+@dataclass
+class _Bags:
+    """A dim group's bags over the vectors that come back: each id (KJT order) reads vector
+    ``vector_of_id`` into the bag starting at ``offsets``; ``bag_by_vector`` lists the ids'
+    bags sorted by vector, each vector's run starting at ``vector_offsets``."""
+
+    vector_of_id: torch.Tensor
+    offsets: torch.Tensor
+    bag_by_vector: torch.Tensor
+    vector_offsets: torch.Tensor
+
+    @classmethod
+    def of(
+        cls,
+        vector_of_id: torch.Tensor,
+        lengths: torch.Tensor,
+        by_vector: torch.Tensor,
+        per_vector: torch.Tensor,
+    ) -> _Bags:
+        """From the bags' ``lengths``, the ids in vector order and each vector's id count."""
+        bags = torch.arange(lengths.numel(), device=lengths.device)
+        bag_of_id = torch.repeat_interleave(bags, lengths, output_size=vector_of_id.numel())
+        return cls(
+            vector_of_id,
+            torch.cumsum(lengths, 0) - lengths,
+            bag_of_id[by_vector],
+            torch.cumsum(per_vector, 0) - per_vector,
+        )
+
+
 class _PoolBags(torch.autograd.Function):
-    """Each bag's sum of ``vectors[ids]`` (``embedding_bag``, bags from ``offsets``); the
-    backward adds each id's bag gradient to its vector with one gather and one index_add,
-    where embedding_bag's own CPU backward sorts the ids first (measured at the default job's
-    102,480 ids: 1.6 against 4.9 ms, one thread)."""
+    """Each bag's sum of its ids' vectors (``embedding_bag``). The backward is an
+    embedding_bag too: each vector sums the gradients of the bags that read it, where
+    embedding_bag's own CPU backward sorts the ids every step (measured at the default job's
+    102,480 ids: 0.5 against 4.9 ms, one thread)."""
 
     @staticmethod
-    def forward(
-        ctx: Any,
-        ids: torch.Tensor,
-        vectors: torch.Tensor,
-        offsets: torch.Tensor,
-        bag_of_id: torch.Tensor,
-    ) -> torch.Tensor:
-        ctx.save_for_backward(ids, bag_of_id)
-        ctx.num_vectors = vectors.shape[0]
-        return torch.nn.functional.embedding_bag(ids, vectors, offsets, mode="sum")
+    def forward(ctx: Any, vectors: torch.Tensor, bags: _Bags) -> torch.Tensor:
+        ctx.bags = bags
+        return torch.nn.functional.embedding_bag(
+            bags.vector_of_id, vectors, bags.offsets, mode="sum"
+        )
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor, None, None]:
-        ids, bag_of_id = ctx.saved_tensors
-        per_id = grad.index_select(0, bag_of_id)
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        b = ctx.bags
         return (
-            None,
-            grad.new_zeros(ctx.num_vectors, grad.shape[1]).index_add_(0, ids, per_id),
-            None,
+            torch.nn.functional.embedding_bag(b.bag_by_vector, grad, b.vector_offsets, mode="sum"),
             None,
         )
 
@@ -277,7 +296,13 @@ class UnpooledInputDist(nn.Module):
         # one request per distinct (holder, table, row), sorted by holder, then table
         table = self._table_of_feature[feature]
         key = (owner * num_tables + table) * self._row_span + row
-        asked, vector_of_id = torch.unique(key, return_inverse=True)
+        # torch.unique's work, keeping the sort: the pooling's backward reads ids by row
+        sorted_keys, by_row = torch.sort(key)
+        asked, per_row = torch.unique_consecutive(sorted_keys, return_counts=True)
+        vector_of_id = torch.empty_like(by_row)
+        vector_of_id[by_row] = torch.repeat_interleave(
+            torch.arange(asked.numel(), device=ids.device), per_row, output_size=ids.numel()
+        )
         holder_table = asked // self._row_span
         counts = torch.bincount(holder_table, minlength=world * num_tables)
         recv_counts = torch.empty_like(counts)
@@ -326,24 +351,20 @@ class UnpooledInputDist(nn.Module):
         groups = self._tables.dim_groups
         bag_lengths = lengths.view(num_features, batch)
         lookup_rows: list[torch.Tensor | None] = []
-        send_splits, recv_splits, vectors, offsets, bag_of_id = [], [], [], [], []
+        send_splits, recv_splits, bags = [], [], []
         for g, group in enumerate(groups):
             members = self._tables.features_of_group[g]
             send_splits.append(sent_per_rank[:, group].sum(1).tolist())
             recv_splits.append(recv_per_rank[:, group].sum(1).tolist())
             if len(groups) == 1:
-                vectors.append(vector_of_id)
-                group_lengths = bag_lengths.view(-1)
+                bags.append(_Bags.of(vector_of_id, bag_lengths.view(-1), by_row, per_row))
             else:  # places among the group's rows only
                 asked_in_group = self._group_of_table[holder_table % num_tables] == g
                 place = torch.cumsum(asked_in_group, 0) - 1
-                vectors.append(place[vector_of_id[self._group_of_feature[feature] == g]])
+                vectors = place[vector_of_id[self._group_of_feature[feature] == g]]
+                per_vector = torch.bincount(vectors, minlength=int(asked_in_group.sum()))
                 group_lengths = bag_lengths[members].view(-1)
-            offsets.append(torch.cumsum(group_lengths, 0) - group_lengths)
-            bags = torch.arange(group_lengths.numel(), device=ids.device)
-            bag_of_id.append(
-                torch.repeat_interleave(bags, group_lengths, output_size=len(vectors[-1]))
-            )
+                bags.append(_Bags.of(vectors, group_lengths, torch.argsort(vectors), per_vector))
             if len(group) == 1:
                 lookup_rows.append(None)
                 continue
@@ -358,9 +379,7 @@ class UnpooledInputDist(nn.Module):
                 lookup_rows,
                 send_splits,
                 recv_splits,
-                vectors,
-                offsets,
-                bag_of_id,
+                bags,
                 batch,
             )
         )
@@ -416,10 +435,7 @@ class UnpooledOutputDist(nn.Module):
                 _AllToAll.apply(looked_up, r.recv_splits[g], r.send_splits[g], self._pg),
             )
             width = len(t.features_of_group[g])
-            bags = cast(
-                torch.Tensor,
-                _PoolBags.apply(r.vector_of_id[g], returned, r.bag_offsets[g], r.bag_of_id[g]),
-            )
+            bags = cast(torch.Tensor, _PoolBags.apply(returned, r.bags[g]))
             pooled.append(bags.view(width, r.batch, dim).transpose(0, 1))
         if len(pooled) == 1:  # one dim: the group's features are all features, in order
             out = pooled[0].reshape(r.batch, -1)
