@@ -262,16 +262,24 @@ class UnpooledInputDist(nn.Module):
         self._row_span = max(1, int((self._bounds[:, 1:] - self._bounds[:, :-1]).max()))
         self._slot = slot
 
-    def _owners(self, ids: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+    def _locate(
+        self, ids: torch.Tensor, feature: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each id's holder and its row in the holder's shard (``feature``: each id's
+        feature, needed where tables are split differently)."""
         world = self._world
         if len(self._bounds) == 1:
-            return torch.searchsorted(self._bounds[0, 1:], ids, right=True).clamp_(max=world - 1)
+            bounds = self._bounds[0]
+            owner = torch.searchsorted(bounds[1:], ids, right=True).clamp_(max=world - 1)
+            return owner, ids - bounds.index_select(0, owner)
+        assert feature is not None
         split = self._split_of_feature[feature]
         owner = torch.empty_like(ids)
         for s, bounds in enumerate(self._bounds):
             mine = split == s
             owner[mine] = torch.searchsorted(bounds[1:], ids[mine], right=True)
-        return owner.clamp_(max=world - 1)
+        owner.clamp_(max=world - 1)
+        return owner, ids - self._bounds[split, owner]
 
     def forward(self, features: KeyedJaggedTensor) -> Awaitable[Awaitable[KeyedJaggedTensor]]:
         if features.variable_stride_per_key():
@@ -280,22 +288,28 @@ class UnpooledInputDist(nn.Module):
         num_features, world = len(keys), self._world
         ids = features.values().to(torch.int64)
         lengths = features.lengths().to(torch.int64)
+        num_tables = len(self._tables.features)
         feature_ids = torch.arange(num_features, device=ids.device)
-        feature = torch.repeat_interleave(
-            feature_ids, lengths.view(num_features, batch).sum(1), output_size=ids.numel()
+        # each id's feature: only several tables need it (for their table, split and dim)
+        feature = (
+            torch.repeat_interleave(
+                feature_ids, lengths.view(num_features, batch).sum(1), output_size=ids.numel()
+            )
+            if num_tables > 1
+            else None
         )
-        owner = self._owners(ids, feature)
-        row = ids - self._bounds[self._split_of_feature[feature], owner]  # within the shard
+        owner, row = self._locate(ids, feature)
         if row.numel() and (int(row.min()) < 0 or int(row.max()) >= self._row_span):
             raise ValueError(
                 f"ids outside their tables' rows in features {sorted(set(keys))}: "
                 f"{int(ids.min())} to {int(ids.max())}"
             )
-        num_tables = len(self._tables.features)
 
         # one request per distinct (holder, table, row), sorted by holder, then table
-        table = self._table_of_feature[feature]
-        key = (owner * num_tables + table) * self._row_span + row
+        holder_and_table = (
+            owner if feature is None else owner * num_tables + self._table_of_feature[feature]
+        )
+        key = holder_and_table * self._row_span + row
         # torch.unique's work, keeping the sort: the pooling's backward reads ids by row
         sorted_keys, by_row = torch.sort(key)
         asked, per_row = torch.unique_consecutive(sorted_keys, return_counts=True)
@@ -359,6 +373,7 @@ class UnpooledInputDist(nn.Module):
             if len(groups) == 1:
                 bags.append(_Bags.of(vector_of_id, bag_lengths.view(-1), by_row, per_row))
             else:  # places among the group's rows only
+                assert feature is not None  # several dims: several tables
                 asked_in_group = self._group_of_table[holder_table % num_tables] == g
                 place = torch.cumsum(asked_in_group, 0) - 1
                 vectors = place[vector_of_id[self._group_of_feature[feature] == g]]
