@@ -8,9 +8,10 @@ Per rank and step, for a job's :class:`~planners.types.Workload`:
 - dense network: ``6 x parameters x batch`` matmul flops plus the pairwise interaction
   (2 flops an element forward, 4 backward), and the Adagrad update reading the parameter,
   its gradient and state and writing two (20 bytes a parameter);
-- collectives (``world > 1``): the ids and pooled vectors (forward) and their gradients
-  (backward) leaving the rank in all-to-alls, and DDP's ring all-reduce of the dense
-  gradients.
+- collectives (``world > 1``): per table the fewer of two ways' bytes leaving the rank in
+  all-to-alls: its ids, pooled vectors (forward) and their gradients (backward); or one
+  request, vector and gradient per distinct row (row_wise_unpooled, distinct rows as the
+  planner expects them); and DDP's ring all-reduce of the dense gradients.
 
 Rates are measured on every rank at once, as the step runs: copy bandwidth (bytes read +
 written), 2048 x 512 x 512 matmul flop/s, and the 16 MiB all-to-all and all-reduce. The
@@ -31,7 +32,8 @@ from planners.calibrate import (
     copy_bytes_per_second,
     dense_flops_per_second,
 )
-from planners.types import INDEX_BYTES, WEIGHT_BYTES, Workload
+from planners.cost_model import distinct_rows
+from planners.types import INDEX_BYTES, WEIGHT_BYTES, TableLoad, Workload
 
 ADAGRAD_BYTES_PER_PARAMETER = 20  # read weight, gradient, state; write weight, state
 
@@ -44,6 +46,17 @@ def embedding_bytes(ids: float, bags: float, dim: int) -> tuple[float, float]:
     forward = (ids + bags) * dim * WEIGHT_BYTES
     backward = bags * dim * WEIGHT_BYTES + ids * (2 * dim + 2) * WEIGHT_BYTES
     return forward, backward
+
+
+def all_to_all_bytes(table: TableLoad, workload: Workload) -> float:
+    """Bytes a rank's lookups of ``table`` must send, forward and backward: its ids, pooled
+    vectors and their gradients, or a request, a vector and a gradient per distinct row,
+    whichever is fewer."""
+    batch = workload.batch_size_per_rank
+    vector = table.dim * WEIGHT_BYTES
+    pooled = batch * (table.ids_per_sample * INDEX_BYTES + 2 * table.bags_per_sample * vector)
+    unpooled = distinct_rows(table, workload) * (INDEX_BYTES + 2 * vector)
+    return min(pooled, unpooled)
 
 
 @dataclass(frozen=True)
@@ -72,8 +85,6 @@ def measure_rates(repeats: int = 5) -> MachineRates:
 def step_floor(workload: Workload, world: int, rates: MachineRates) -> dict[str, float]:
     """Seconds of each term of the floor, and ``floor`` (their sum)."""
     batch = workload.batch_size_per_rank
-    ids = batch * sum(t.ids_per_sample for t in workload.tables)
-    pooled = batch * sum(t.bags_per_sample * t.dim for t in workload.tables) * WEIGHT_BYTES
     lookups = sum(
         sum(embedding_bytes(batch * t.ids_per_sample, batch * t.bags_per_sample, t.dim))
         for t in workload.tables
@@ -89,9 +100,8 @@ def step_floor(workload: Workload, world: int, rates: MachineRates) -> dict[str,
     }
     if world > 1:
         share = (world - 1) / world
-        terms["all_to_all"] = (
-            (ids * INDEX_BYTES + 2 * pooled) * share / (rates.all_to_all_bytes_per_second)
-        )
+        sent = sum(all_to_all_bytes(t, workload) for t in workload.tables)
+        terms["all_to_all"] = sent * share / rates.all_to_all_bytes_per_second
         terms["all_reduce"] = 2 * params * WEIGHT_BYTES * share / rates.all_reduce_bytes_per_second
     terms["floor"] = sum(terms.values())
     return terms
