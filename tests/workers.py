@@ -111,3 +111,42 @@ def collective_plan_placements(cfg_raw: dict[str, Any]) -> dict[str, Any]:
     searched_here = planner.result is not None  # only rank 0 ran the search
     job_plan = JobPlan(plan, world, world, "cpu")
     return {"placements": job_plan.placements(), "searched_here": searched_here}
+
+
+def unpooled_refusals(cfg_raw: dict[str, Any], data_path: str) -> dict[str, str]:
+    """The errors a ``row_wise_unpooled`` model raises, every rank alike (before any
+    collective of the bad call, or after all of them): on ids outside the table, on a batch
+    of variable size per feature, and on an input dist run again before its output dist (a
+    train pipeline's order)."""
+    from torchrec import KeyedJaggedTensor
+
+    cfg = parse_config(cfg_raw)
+    trainer = Trainer.build(cfg)
+    assert trainer.plan.unpooled_tables
+    builder = trainer.batch_builder()
+    batch = builder.build(pq.read_table(data_path, columns=builder.columns).slice(0, 8))
+    sparse, rows = batch.sparse, trainer.layout.tables[0].num_rows
+    errors: dict[str, str] = {}
+    bad = {
+        "ids": KeyedJaggedTensor(
+            keys=sparse.keys(), values=sparse.values() + rows, lengths=sparse.lengths()
+        ),
+        "stride": KeyedJaggedTensor(
+            keys=sparse.keys(),
+            values=sparse.values(),
+            lengths=sparse.lengths(),
+            stride_per_key_per_rank=[[8]] * (len(sparse.keys()) - 1) + [[7]],
+        ),
+    }
+    for name, kjt in bad.items():
+        try:
+            trainer.model(batch.dense, kjt)
+        except ValueError as err:
+            errors[name] = str(err)
+    ebc = trainer.model.module.sparse_arch
+    ebc.input_dist(ebc.create_context(), sparse).wait()
+    try:
+        ebc.input_dist(ebc.create_context(), sparse).wait()
+    except RuntimeError as err:
+        errors["pipeline"] = str(err)
+    return errors

@@ -18,7 +18,7 @@ from dist_train.driver import run_job
 from dist_train.launchers.processes import run_processes
 from tests.conftest import small_config
 from tests.integration.test_checkpoint import _tensors
-from tests.workers import assemble_tables, train_fixed_batches
+from tests.workers import assemble_tables, train_fixed_batches, unpooled_refusals
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "launch" / "configs" / "tiny.yaml"
@@ -128,3 +128,14 @@ def test_planned_unpooled_job_checkpoint_loads_as_row_wise(tmp_path: Path) -> No
     assert after.keys() == before.keys() and any(k.endswith("momentum1") for k in before)
     for key, value in before.items():
         assert torch.equal(after[key], value), key
+
+
+def test_bad_ids_variable_batches_and_pipelines_are_refused(tmp_path: Path) -> None:
+    cfg = small_config(tmp_path, ["sharding.type=row_wise_unpooled"])
+    data = str(generate(cfg.data.synthetic, tmp_path / "data", progress=False).train_dir)
+    errors = run_processes(unpooled_refusals, (cfg.model_dump(mode="json"), data), world_size=2)
+    assert errors[0] == errors[1]
+    assert "ids outside their tables' rows in features" in errors[0]["ids"]
+    assert "C1" in errors[0]["ids"]  # names the features
+    assert "one batch size for every feature" in errors[0]["stride"]
+    assert "pipelines are not supported" in errors[0]["pipeline"]
