@@ -10,7 +10,15 @@ import pytest
 from dist_train.config import load_config
 from dist_train.data.adult import CATEGORICAL, DENSE_COLUMNS, convert_adult
 from dist_train.embedding.layout import build_layout
-from dist_train.sweep import DATASETS, Arm, arm_config, arms, summarize, vocabulary
+from dist_train.sweep import (
+    DATASETS,
+    Arm,
+    arm_config,
+    arms,
+    dataset_config,
+    summarize,
+    vocabulary,
+)
 
 
 def test_every_method_at_a_budget_holds_that_many_parameters() -> None:
@@ -65,3 +73,11 @@ def test_adult_converts_to_exact_integer_codes(tmp_path: Path) -> None:
         codes = train[feature.name].to_numpy()
         assert codes.min() >= 0 and codes.max() < (feature.cardinality or 0), feature.name
     assert 0.2 < train["label"].to_numpy().mean() < 0.3
+
+
+def test_the_synthetic_sweep_trains_in_smaller_batches_unless_told_otherwise() -> None:
+    assert dataset_config("synthetic", None, []).train.batch_size == 512
+    assert dataset_config("synthetic", None, ["train.batch_size=1024"]).train.batch_size == 1024
+    default = str(DATASETS["synthetic"])  # a config given by the user is taken as it is
+    assert dataset_config("synthetic", default, []).train.batch_size == 2048
+    assert dataset_config("adult", None, []).train.batch_size == 256
