@@ -165,6 +165,7 @@ def plot(rows: list[dict[str, Any]], dataset: str, path: Path) -> None:
 
     matplotlib.use("Agg")  # files only: no display on a cluster node
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method in METHODS:
@@ -182,6 +183,8 @@ def plot(rows: list[dict[str, Any]], dataset: str, path: Path) -> None:
             label=method,
         )
     ax.set_xscale("log")
+    # labels on decades only: a span under one decade otherwise labels crowded minor ticks
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("embedding parameters")
     ax.set_ylabel("test AUC")
     ax.set_title(f"Quality per parameter ({dataset})")
