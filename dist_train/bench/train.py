@@ -207,21 +207,36 @@ def _row(
     }
 
 
-def ratios(results: list[dict[str, Any]]) -> dict[str, float]:
-    """The goals' ratios of median examples/s, per rank count and mode."""
-    rate = {(r["system"], r["mode"], r["ranks"]): r["examples_per_second"] for r in results}
-    out: dict[str, float] = {}
-    for world in sorted({r["ranks"] for r in results}):
-        for mode in MODES:
-            out[f"hashing_trick_over_torchrec_{mode}_{world}_ranks"] = (
-                rate["hashing_trick", mode, world] / rate["torchrec", mode, world]
-            )
-            out[f"unified_over_pytorch_{mode}_{world}_ranks"] = (
-                rate["unified", mode, world] / rate["pytorch", mode, world]
-            )
-        out[f"unified_end_to_end_over_step_{world}_ranks"] = (
-            rate["unified", "end_to_end", world] / rate["unified", "step", world]
+Rounds = dict[tuple[str, str, int], list[float]]  # (mode, system, ranks): seconds per round
+
+
+def ratio_pairs(world: int) -> dict[str, tuple[tuple[str, str], tuple[str, str]]]:
+    """The goals' ratios at ``world`` ranks: name -> (mode, system) over (mode, system)."""
+    out = {}
+    for mode in MODES:
+        out[f"hashing_trick_over_torchrec_{mode}_{world}_ranks"] = (
+            (mode, "hashing_trick"),
+            (mode, "torchrec"),
         )
+        out[f"unified_over_pytorch_{mode}_{world}_ranks"] = ((mode, "unified"), (mode, "pytorch"))
+    out[f"unified_end_to_end_over_step_{world}_ranks"] = (
+        ("end_to_end", "unified"),
+        ("step", "unified"),
+    )
+    return out
+
+
+def ratios(rounds: Rounds) -> dict[str, list[float]]:
+    """Each goal's ratio of examples/s round by round (a round times every system once, back
+    to back, so the machine's slow spells hit both sides of a ratio alike): [median, min,
+    max] over the rounds."""
+    out: dict[str, list[float]] = {}
+    for world in sorted({w for _, _, w in rounds}):
+        for name, ((mode_a, a), (mode_b, b)) in ratio_pairs(world).items():
+            # examples/s a over b: seconds b over a, the same steps and examples per round
+            over = zip(rounds[mode_a, a, world], rounds[mode_b, b, world], strict=True)
+            paired = [tb / ta for ta, tb in over]
+            out[name] = [statistics.median(paired), min(paired), max(paired)]
     return out
 
 
@@ -242,6 +257,7 @@ def run_train_bench(
     raw = {s: c.model_dump(mode="json") for s, c in cfgs.items()}
     results: list[dict[str, Any]] = []
     roofline: list[dict[str, Any]] = []
+    rounds_of: Rounds = {}
     for world in ranks:
         plans = system_plans(cfgs, world)
         labels = {s: "data_parallel (DDP)" if p is None else p.label for s, p in plans.items()}
@@ -264,6 +280,7 @@ def run_train_bench(
             for s in SYSTEMS
         }
         for (mode, s), per_round in seconds.items():
+            rounds_of[mode, s, world] = per_round
             peak = max(m[mode] for m in memory[s])
             results.append(_row(s, mode, world, per_round, batch, peak, params[s]))
             results[-1]["plan"] = labels[s]
@@ -281,7 +298,7 @@ def run_train_bench(
                 "measured_over_floor": step / floor["floor"],
             }
         )
-    summary = {"results": results, "ratios": ratios(results), "roofline": roofline}
+    summary = {"results": results, "ratios": ratios(rounds_of), "roofline": roofline}
     _print(summary)
     if json_out:
         Path(json_out).write_text(json.dumps(summary, indent=2))
@@ -301,8 +318,9 @@ def _print(summary: dict[str, Any]) -> None:
             f"{r['embedding_parameters']:>11,}"
         )
     print()
-    for name, value in summary["ratios"].items():
-        print(f"{name:<48} x{value:.2f}")
+    print("ratios of examples/s, round by round: median (min-max)")
+    for name, (median, low, high) in summary["ratios"].items():
+        print(f"{name:<48} x{median:.2f} ({low:.2f}-{high:.2f})")
     for r in summary["roofline"]:
         rates, terms = r["rates"], r["floor_seconds"]
         print(

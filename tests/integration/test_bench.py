@@ -113,8 +113,10 @@ def test_bench_train_reports_every_system_mode_and_the_roofline(tmp_path: Path) 
     params = {r["system"]: r["embedding_parameters"] for r in rows}
     assert abs(params["hashing_trick"] - params["unified"]) <= 0.01 * params["unified"]
     assert params["torchrec"] == params["pytorch"] == params["hashing_trick"]
-    assert result["ratios"]["unified_over_pytorch_step_2_ranks"] > 0
-    assert result["ratios"]["hashing_trick_over_torchrec_end_to_end_2_ranks"] > 0
+    median, low, high = result["ratios"]["unified_over_pytorch_step_2_ranks"]
+    assert 0 < low <= median <= high
+    median, low, high = result["ratios"]["hashing_trick_over_torchrec_end_to_end_2_ranks"]
+    assert 0 < low <= median <= high
     (roofline,) = result["roofline"]
     terms = roofline["floor_seconds"]
     assert terms["floor"] == pytest.approx(sum(v for k, v in terms.items() if k != "floor"))
