@@ -25,7 +25,8 @@ class _PairwiseDots(torch.autograd.Function):
     view; the Gram matrix is symmetric, so one matmul with the symmetrized gradient gives the
     same: ``(G + G^T) x``, G + G^T gathered from the pairs' gradients in one pass. Measured at
     the default job's shapes (40 vectors, batch 2,048, one thread): 18.7 -> 10.4 ms per
-    forward + backward of the interaction.
+    forward + backward of the interaction with a first version that scattered G + G^T into
+    zeros; the gather took its backward from 3.3 to 2.5 ms more.
     """
 
     @staticmethod
