@@ -1,4 +1,4 @@
-"""Worker bodies run in spawned processes (gloo; nccl too on GPUs) by the multi-process tests."""
+"""Worker bodies the multi-process tests run in forked rank processes (gloo; nccl on GPUs)."""
 
 from __future__ import annotations
 
