@@ -105,3 +105,13 @@ def key_values_into(fps, starts, ends, key_params, key_exact, out):  # type: ign
             for j in range(src.shape[0]):
                 dst[j] = reduce(salted(src[j], salt, rot), m, q)
         p += src.shape[0]
+
+
+def load() -> None:
+    """Load the kernels' machine code from numba's cache now (compiling it on first use).
+
+    The first call of any kernel in a process also builds numba's typing tables: about
+    0.7 s of CPU before a rank's first batch. Processes that fork from one preloaded parent
+    (:mod:`dist_train.launchers.rank_preload`) pay it once.
+    """
+    fill_offsets(np.zeros((1, 1), dtype=np.int64), np.empty((1, 2), dtype=np.int64))
