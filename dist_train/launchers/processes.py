@@ -2,9 +2,9 @@
 
 Used by tests, benchmarks and anyone without Ray: N processes on this machine form a process
 group on a free loopback port (gloo; nccl for CUDA tensors when ranks run on GPUs, one GPU
-each). They fork from a multiprocessing forkserver that has imported torch and TorchRec but
-run nothing, so no thread pool or CUDA context crosses the fork. Each rank's result comes
-back as JSON with its tensors in a safetensors file: reading it runs no code.
+each). CPU ranks fork from a multiprocessing forkserver that has imported torch and TorchRec
+but run nothing, so no thread pool crosses the fork; GPU ranks are spawned. Each rank's
+result comes back as JSON with its tensors in a safetensors file: reading it runs no code.
 """
 
 from __future__ import annotations
@@ -98,10 +98,14 @@ def run_processes(
 
     ``fn`` must be importable (a module-level function); it runs inside the process group.
     """
-    # Ranks fork from a server that imported torch, TorchRec, dist_train and the worker's
-    # module and loaded the numba kernels once: a spawned rank spent about 4.5 s of CPU on
-    # the imports and 0.7 s on the kernels before its first batch, on every call.
-    multiprocessing.set_forkserver_preload([*_PRELOAD, fn.__module__])
+    # CPU ranks fork from a server that imported torch, TorchRec, dist_train and the
+    # worker's module and loaded the numba kernels once: a spawned rank spent about 4.5 s of
+    # CPU on the imports and 0.7 s on the kernels before its first batch, on every call. GPU
+    # ranks are spawned: a CUDA library's import may initialize the driver, which a forked
+    # child cannot use.
+    start_method = "forkserver" if device_type == "cpu" else "spawn"
+    if start_method == "forkserver":
+        multiprocessing.set_forkserver_preload([*_PRELOAD, fn.__module__])
     with tempfile.TemporaryDirectory(prefix="dist-train-results-") as result_dir:
         mp.start_processes(
             _entry,
@@ -117,7 +121,7 @@ def run_processes(
             ),
             nprocs=world_size,
             join=True,
-            start_method="forkserver",
+            start_method=start_method,
         )
         out = []
         for r in range(world_size):
