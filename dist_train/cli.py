@@ -97,6 +97,12 @@ def _bench(args: argparse.Namespace) -> int:
         ranks = [int(x) for x in args.ranks.split(",")]
         run_train_bench(cfg, ranks, args.json, rounds=args.rounds)
         return 0
+    if args.bench == "pipeline":
+        from dist_train.bench.pipeline import run_pipeline_bench
+
+        ranks = [int(x) for x in args.ranks.split(",")]
+        run_pipeline_bench(cfg, ranks, args.json, rounds=args.rounds)
+        return 0
     from dist_train.bench.embeddings import run_embedding_bench
 
     lrs = [float(x) for x in args.lrs.split(",")]
@@ -382,6 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--ranks", default="1,2,4", help="rank counts to measure, comma-separated")
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    p.add_argument("--json", help="also write the figures as JSON to this file")
+    p = bench.add_parser(
+        "pipeline", help="TorchRec's TrainPipelineSparseDist vs our step loop, same batches"
+    )
+    common(p)
+    p.add_argument("--ranks", default="2,4", help="rank counts to measure, comma-separated")
+    p.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds")
     p.add_argument("--json", help="also write the figures as JSON to this file")
     p = bench.add_parser("kernel", help="FBGEMM TBE forward/backward GB/s vs copy GB/s")
     common(p)

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 from torchrec import KeyedJaggedTensor
+from torchrec.streamable import Pipelineable
 
 from dist_train.config import FeatureConfig
 from dist_train.data.arrow_numpy import (
@@ -34,8 +35,9 @@ from dist_train.embedding.layout import EmbeddingLayout
 
 
 @dataclass
-class Batch:
-    """One step's examples for one rank."""
+class Batch(Pipelineable):
+    """One step's examples for one rank (``Pipelineable``: TorchRec's train pipelines can
+    move it)."""
 
     dense: torch.Tensor  # [B, num_dense] float32
     sparse: KeyedJaggedTensor  # one key per (feature, chunk), already-hashed row ids
@@ -61,6 +63,13 @@ class Batch:
             self.labels.to(device, non_blocking=non_blocking),
             self.row_ids,
         )
+
+    def record_stream(self, stream: torch.Stream) -> None:
+        """Keep the tensors' memory until ``stream``'s queued work is done (a pipeline copies
+        batches on a side stream)."""
+        self.dense.record_stream(stream)  # type: ignore[arg-type]
+        self.sparse.record_stream(stream)
+        self.labels.record_stream(stream)  # type: ignore[arg-type]
 
 
 def _is_int(t: pa.DataType) -> bool:

@@ -84,6 +84,7 @@ SHRINK: dict[str, list[str]] = {
         *("--stall-rounds", "0", "--no-recovery"),
     ],
     "bench train": ["--config", TINY, "--ranks", "1", "--rounds", "1"],
+    "bench pipeline": ["--config", TINY, "--ranks", "2", "--rounds", "1"],
     "bench kernel": ["--rounds", "1", "--dims", "16", "--batches", "512"],
     "sweep": [
         *("--budgets", "0.1", "--seeds", "0", "--set", "train.max_steps=4"),

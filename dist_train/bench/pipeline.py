@@ -1,0 +1,172 @@
+"""``dist-train bench pipeline``: TorchRec's ``TrainPipelineSparseDist`` against our step loop.
+
+The pipeline starts the next batch's input dist (the ids' all-to-all) before the current
+batch's forward and waits for it after; on GPUs it also copies the batch after next on a side
+stream. Both sides are built alike (same plan, seed and batches), so each trains the same
+steps; the bench checks that their losses agree step by step, then times them in interleaved
+rounds and prints the ratio round by round.
+
+Each system runs on TorchRec's default plan for its tables: the pipeline needs pooled
+lookups (our ``row_wise_unpooled`` dist hands its routing from one batch's input dist to the
+same batch's output dist, so it refuses a second input dist in between).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import pyarrow.parquet as pq
+import torch
+import torch.distributed as dist
+from torchrec.distributed.model_parallel import get_unwrapped_module
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+
+from dist_train.bench import variant
+from dist_train.bench.planner import torchrec_job_plan
+from dist_train.config import JobConfig, parse_config
+from dist_train.data.batch import Batch
+from dist_train.data.synthetic import generate
+from dist_train.launchers.processes import run_processes
+from dist_train.train.sharding import JobPlan
+from dist_train.train.trainer import Trainer
+
+SYSTEMS = ("unified", "hashing_trick")
+WARMUP_STEPS = 3
+STEPS_PER_ROUND = 8
+
+
+def _loss_and_logits(self: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = super(type(self), self).forward(batch.dense, batch.sparse)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
+    return loss, loss.detach()
+
+
+def pipelined(trainer: Trainer) -> TrainPipelineSparseDist[Batch, torch.Tensor]:
+    """TorchRec's pipeline over ``trainer``'s sharded model and optimizer.
+
+    The pipeline calls the model on a whole batch and finds the sharded tables' inputs by
+    tracing the class's ``forward`` (torch.fx), so the model gets a subclass whose forward
+    takes a :class:`Batch` and returns (loss, loss); the trainer's own ``train_step`` no
+    longer works on it.
+    """
+    model = get_unwrapped_module(trainer.model)
+    base = type(model)
+    model.__class__ = type(f"Pipelined{base.__name__}", (base,), {"forward": _loss_and_logits})
+    return TrainPipelineSparseDist(
+        trainer.model, trainer.optimizer, trainer.device, execute_all_batches=True
+    )
+
+
+def time_pipeline(raw: dict[str, Any], plan: JobPlan, data: str, rounds: int) -> dict[str, Any]:
+    """Worker: the plain loop and the pipeline over the same batches; their losses, and
+    seconds per round of each."""
+    cfg = parse_config(raw)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    plain = Trainer.build(cfg, plan, local_world_size=plan.local_world_size)
+    pipe = pipelined(Trainer.build(cfg, plan, local_world_size=plan.local_world_size))
+    builder = plain.batch_builder()
+    table = pq.read_table(data, columns=builder.columns)
+    size = cfg.train.batch_size
+    # two more than it trains: the pipeline reads two batches ahead
+    count = WARMUP_STEPS + rounds * STEPS_PER_ROUND + 2
+    batches = [
+        builder.build(table.slice(((s * world + rank) * size) % (table.num_rows - size), size))
+        for s in range(count)
+    ]
+    del table
+    ahead = iter(batches)
+    plain_losses = [plain.train_step(b) for b in batches[:WARMUP_STEPS]]
+    pipe_losses = [float(pipe.progress(ahead)) for _ in range(WARMUP_STEPS)]
+    seconds: dict[str, list[float]] = {"plain": [], "pipeline": []}
+    for r in range(rounds):
+        first = WARMUP_STEPS + r * STEPS_PER_ROUND
+        dist.barrier()
+        start = time.perf_counter()
+        plain_losses += [plain.train_step(b) for b in batches[first : first + STEPS_PER_ROUND]]
+        dist.barrier()
+        seconds["plain"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        pipe_losses += [float(pipe.progress(ahead)) for _ in range(STEPS_PER_ROUND)]
+        dist.barrier()
+        seconds["pipeline"].append(time.perf_counter() - start)
+    pipelined_modules = [type(m).__name__ for m in pipe._pipelined_modules]
+    return {
+        "seconds": seconds,
+        "max_loss_difference": max(
+            abs(a - b) for a, b in zip(plain_losses, pipe_losses, strict=True)
+        ),
+        "pipelined_modules": pipelined_modules,
+    }
+
+
+def run_pipeline_bench(
+    cfg: JobConfig, ranks: list[int], json_out: str | None = None, rounds: int = 5
+) -> dict[str, Any]:
+    """Time our step loop and TorchRec's pipeline for each system and rank count; print and
+    return the figures."""
+    cfgs = {s: variant(cfg, [f"embedding.kind={s}"], f"bench pipeline {s}") for s in SYSTEMS}
+    size = cfg.train.batch_size
+    rows = int(1.5 * (WARMUP_STEPS + rounds * STEPS_PER_ROUND + 2) * size * max(ranks))
+    synth = cfg.data.synthetic.model_copy(update={"num_train_rows": rows, "num_test_rows": 1024})
+    data = str(generate(synth, cfg.run_dir / "bench-pipeline-data", progress=False).train_dir)
+    results = []
+    cores = os.cpu_count() or 1
+    for world in ranks:
+        threads = max(1, cores // world)
+        for system, sys_cfg in cfgs.items():
+            plan, _ = torchrec_job_plan(sys_cfg, world, world, cores)
+            print(
+                f"[bench] {system}, {world} rank(s) x {threads} thread(s), TorchRec's plan "
+                f"{plan.label}: {rounds} interleaved rounds x {STEPS_PER_ROUND} steps",
+                flush=True,
+            )
+            raw = sys_cfg.model_dump(mode="json")
+            out = run_processes(time_pipeline, (raw, plan, data, rounds), world, threads)
+            # each round ends at a barrier: the slowest rank's time is everyone's
+            per_round = {
+                k: [max(r["seconds"][k][i] for r in out) for i in range(rounds)]
+                for k in ("plain", "pipeline")
+            }
+            speedups = [
+                p / q for p, q in zip(per_round["plain"], per_round["pipeline"], strict=True)
+            ]
+            results.append(
+                {
+                    "system": system,
+                    "ranks": world,
+                    "plan": plan.label,
+                    "pipelined_modules": out[0]["pipelined_modules"],
+                    "plain_step_seconds": statistics.median(per_round["plain"]) / STEPS_PER_ROUND,
+                    "pipeline_step_seconds": statistics.median(per_round["pipeline"])
+                    / STEPS_PER_ROUND,
+                    "pipeline_speedup": [
+                        statistics.median(speedups),
+                        min(speedups),
+                        max(speedups),
+                    ],
+                    "max_loss_difference": max(cast(float, r["max_loss_difference"]) for r in out),
+                }
+            )
+    _print(results)
+    if json_out:
+        Path(json_out).write_text(json.dumps({"results": results}, indent=2))
+    return {"results": results}
+
+
+def _print(results: list[dict[str, Any]]) -> None:
+    print(
+        "\nsystem         ranks  plain ms  pipeline ms  plain/pipeline, median (min-max)  "
+        "max |loss diff|"
+    )
+    for r in results:
+        median, low, high = r["pipeline_speedup"]
+        print(
+            f"{r['system']:<14} {r['ranks']:>5}  {r['plain_step_seconds'] * 1e3:>8.1f}  "
+            f"{r['pipeline_step_seconds'] * 1e3:>11.1f}  x{median:.2f} ({low:.2f}-{high:.2f})"
+            f"{'':>18}{r['max_loss_difference']:.1e}"
+        )
