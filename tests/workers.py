@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import numpy as np
@@ -150,3 +151,13 @@ def unpooled_refusals(cfg_raw: dict[str, Any], data_path: str) -> dict[str, str]
     except RuntimeError as err:
         errors["pipeline"] = str(err)
     return errors
+
+
+def where_the_rank_runs(name: str) -> dict[str, Any]:
+    """This rank's directory, the environment variable ``name`` and its thread count."""
+    return {
+        "cwd": os.getcwd(),
+        "value": os.environ.get(name),
+        "threads": torch.get_num_threads(),
+        "rank": dist.get_rank(),
+    }

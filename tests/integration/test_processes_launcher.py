@@ -1,0 +1,27 @@
+"""The plain-process launcher: ranks fork from a long-lived forkserver, yet each call's ranks
+see the caller's directory (multiprocessing moves them there) and environment (the launcher
+hands it over) as they are at that call, and the thread count asked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dist_train.launchers.processes import run_processes
+from tests.workers import where_the_rank_runs
+
+VAR = "DIST_TRAIN_TEST_LAUNCHER_VALUE"
+
+
+def test_ranks_see_the_callers_directory_and_environment_of_each_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = run_processes(where_the_rank_runs, (VAR,), 2)  # the forkserver is up after this
+    assert [r["rank"] for r in first] == [0, 1]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(VAR, "second call")
+    second = run_processes(where_the_rank_runs, (VAR,), 2, threads_per_rank=2)
+    assert [r["cwd"] for r in second] == [str(tmp_path)] * 2
+    assert [r["value"] for r in second] == ["second call"] * 2
+    assert [r["threads"] for r in second] == [2, 2]
