@@ -382,20 +382,27 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--lrs", default="0.01,0.05", help="embedding learning rates to try")
     p.add_argument("--json", help="also write the rows as JSON to this file")
-    p = bench.add_parser(
-        "train", help="examples/s and memory: ours vs stock TorchRec vs plain PyTorch"
+
+    def over_ranks(p: argparse.ArgumentParser, ranks: str, rounds: int) -> None:
+        common(p)
+        p.add_argument("--ranks", default=ranks, help="rank counts to measure, comma-separated")
+        p.add_argument("--rounds", type=int, default=rounds, help="interleaved timing rounds")
+        p.add_argument("--json", help="also write the figures as JSON to this file")
+
+    over_ranks(
+        bench.add_parser(
+            "train", help="examples/s and memory: ours vs stock TorchRec vs plain PyTorch"
+        ),
+        "1,2,4",
+        5,
     )
-    common(p)
-    p.add_argument("--ranks", default="1,2,4", help="rank counts to measure, comma-separated")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
-    p.add_argument("--json", help="also write the figures as JSON to this file")
-    p = bench.add_parser(
-        "pipeline", help="TorchRec's TrainPipelineSparseDist vs our step loop, same batches"
+    over_ranks(
+        bench.add_parser(
+            "pipeline", help="TorchRec's TrainPipelineSparseDist vs our step loop, same batches"
+        ),
+        "2,4",
+        9,
     )
-    common(p)
-    p.add_argument("--ranks", default="2,4", help="rank counts to measure, comma-separated")
-    p.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds")
-    p.add_argument("--json", help="also write the figures as JSON to this file")
     p = bench.add_parser("kernel", help="FBGEMM TBE forward/backward GB/s vs copy GB/s")
     common(p)
     p.add_argument("--dims", default="16,32,64,128", help="row widths, comma-separated")
