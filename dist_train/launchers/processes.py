@@ -2,9 +2,10 @@
 
 Used by tests, benchmarks and anyone without Ray: N processes on this machine form a process
 group on a free loopback port (gloo; nccl for CUDA tensors when ranks run on GPUs, one GPU
-each). CPU ranks fork from a multiprocessing forkserver that has imported torch and TorchRec
-but run nothing, so no thread pool crosses the fork; GPU ranks are spawned. Each rank's
-result comes back as JSON with its tensors in a safetensors file: reading it runs no code.
+each). CPU ranks fork from a multiprocessing forkserver that has imported torch, TorchRec and
+dist_train and loaded the numba kernels but run no torch op, so no thread pool crosses the
+fork; GPU ranks are spawned. Each rank's result comes back as JSON with its tensors in a
+safetensors file: reading it runs no code.
 """
 
 from __future__ import annotations
