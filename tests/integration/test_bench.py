@@ -147,7 +147,9 @@ def test_bench_kernel_reports_bandwidth_against_copy(tmp_path: Path) -> None:
     rows = json.loads(out.read_text())["rows"]
     assert [(r["dim"], r["batch"]) for r in rows] == [(16, 256), (32, 256)]
     for r in rows:
-        assert r["forward_backward_seconds"] > r["forward_seconds"] > 0
+        # no order between the two: one round on a shared machine is one sample each (a
+        # fresh-clone run measured the forward at 4.6 ms, its forward + backward at 0.9 ms)
+        assert r["forward_backward_seconds"] > 0 and r["forward_seconds"] > 0
         assert 0 < r["forward_over_copy"] and 0 < r["forward_backward_over_copy"]
 
 
