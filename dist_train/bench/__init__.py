@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import statistics
+
+import pyarrow as pa
+import torch.distributed as dist
+
 from dist_train.config import JobConfig, apply_overrides, parse_config
+from dist_train.data.batch import Batch, BatchBuilder
+from dist_train.data.synthetic import generate
 
 
 def variant(cfg: JobConfig, overrides: list[str], label: str) -> JobConfig:
@@ -15,3 +22,25 @@ def variant(cfg: JobConfig, overrides: list[str], label: str) -> JobConfig:
     raw["data"]["train_path"] = cfg.data.train_path or str(cfg.run_dir / "data" / "train")
     raw["data"]["test_path"] = cfg.data.test_path or str(cfg.run_dir / "data" / "test")
     return parse_config(raw, label)
+
+
+def synthetic_train_data(cfg: JobConfig, rows: int, name: str) -> str:
+    """``rows`` training rows of ``cfg``'s synthetic data under ``run_dir/name``; their
+    directory. (A benchmark times steps: the test split is a token 1,024 rows.)"""
+    synth = cfg.data.synthetic.model_copy(update={"num_train_rows": rows, "num_test_rows": 1024})
+    return str(generate(synth, cfg.run_dir / name, progress=False).train_dir)
+
+
+def rank_batches(builder: BatchBuilder, table: pa.Table, batch: int, count: int) -> list[Batch]:
+    """This rank's ``count`` batches of ``table``, built before any timing: step ``s`` reads
+    the ranks' consecutive slices, wrapping around the table."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    return [
+        builder.build(table.slice(((s * world + rank) * batch) % (table.num_rows - batch), batch))
+        for s in range(count)
+    ]
+
+
+def spread(values: list[float]) -> list[float]:
+    """[median, min, max] of ``values``: how the benchmarks report a figure over rounds."""
+    return [statistics.median(values), min(values), max(values)]

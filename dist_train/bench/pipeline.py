@@ -26,11 +26,10 @@ import torch.distributed as dist
 from torchrec.distributed.model_parallel import get_unwrapped_module
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
-from dist_train.bench import variant
+from dist_train.bench import rank_batches, spread, synthetic_train_data, variant
 from dist_train.bench.planner import torchrec_job_plan
 from dist_train.config import JobConfig, parse_config
 from dist_train.data.batch import Batch
-from dist_train.data.synthetic import generate
 from dist_train.launchers.processes import run_processes
 from dist_train.train.sharding import JobPlan
 from dist_train.train.trainer import Trainer
@@ -66,18 +65,13 @@ def time_pipeline(raw: dict[str, Any], plan: JobPlan, data: str, rounds: int) ->
     """Worker: the plain loop and the pipeline over the same batches; their losses, and
     seconds per round of each."""
     cfg = parse_config(raw)
-    rank, world = dist.get_rank(), dist.get_world_size()
     plain = Trainer.build(cfg, plan, local_world_size=plan.local_world_size)
     pipe = pipelined(Trainer.build(cfg, plan, local_world_size=plan.local_world_size))
     builder = plain.batch_builder()
     table = pq.read_table(data, columns=builder.columns)
-    size = cfg.train.batch_size
     # two more than it trains: the pipeline reads two batches ahead
     count = WARMUP_STEPS + rounds * STEPS_PER_ROUND + 2
-    batches = [
-        builder.build(table.slice(((s * world + rank) * size) % (table.num_rows - size), size))
-        for s in range(count)
-    ]
+    batches = rank_batches(builder, table, cfg.train.batch_size, count)
     del table
     ahead = iter(batches)
     plain_losses = [plain.train_step(b) for b in batches[:WARMUP_STEPS]]
@@ -112,8 +106,7 @@ def run_pipeline_bench(
     cfgs = {s: variant(cfg, [f"embedding.kind={s}"], f"bench pipeline {s}") for s in SYSTEMS}
     size = cfg.train.batch_size
     rows = int(1.5 * (WARMUP_STEPS + rounds * STEPS_PER_ROUND + 2) * size * max(ranks))
-    synth = cfg.data.synthetic.model_copy(update={"num_train_rows": rows, "num_test_rows": 1024})
-    data = str(generate(synth, cfg.run_dir / "bench-pipeline-data", progress=False).train_dir)
+    data = synthetic_train_data(cfg, rows, "bench-pipeline-data")
     results = []
     cores = os.cpu_count() or 1
     for world in ranks:
@@ -144,11 +137,7 @@ def run_pipeline_bench(
                     "plain_step_seconds": statistics.median(per_round["plain"]) / STEPS_PER_ROUND,
                     "pipeline_step_seconds": statistics.median(per_round["pipeline"])
                     / STEPS_PER_ROUND,
-                    "pipeline_speedup": [
-                        statistics.median(speedups),
-                        min(speedups),
-                        max(speedups),
-                    ],
+                    "pipeline_speedup": spread(speedups),
                     "max_loss_difference": max(cast(float, r["max_loss_difference"]) for r in out),
                 }
             )

@@ -31,8 +31,8 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
+from dist_train.bench import rank_batches, synthetic_train_data
 from dist_train.config import JobConfig, apply_overrides, parse_config
-from dist_train.data.synthetic import generate
 from dist_train.embedding.layout import build_layout
 from dist_train.launchers.processes import run_processes
 from dist_train.models.dlrm import pairwise_dots
@@ -82,17 +82,13 @@ def time_plans(
 ) -> dict[str, Any]:
     """Worker: build a trainer per plan, then time them round-robin on the same batches."""
     cfg = parse_config(cfg_raw)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    discover_rank_layout(f"node-{rank // plans[0].local_world_size}")
+    discover_rank_layout(f"node-{dist.get_rank() // plans[0].local_world_size}")
     trainers = [Trainer.build(cfg, p, local_world_size=p.local_world_size) for p in plans]
     builder = trainers[0].batch_builder()
     table = pq.read_table(data_path, columns=builder.columns)
     batch = cfg.train.batch_size
     steps = WARMUP_STEPS + rounds * STEPS_PER_ROUND
-    batches = [
-        builder.build(table.slice(((s * world + rank) * batch) % (table.num_rows - batch), batch))
-        for s in range(steps)
-    ]
+    batches = rank_batches(builder, table, batch, steps)
     times: list[list[float]] = [[] for _ in plans]
     for trainer in trainers:
         for b in batches[:WARMUP_STEPS]:
@@ -223,10 +219,7 @@ def run_planner_bench(
     """Run both parts (or, ``memory_only``, only the memory of the job's plan); print and
     return the figures."""
     rows_needed = (WARMUP_STEPS + rounds * STEPS_PER_ROUND + 1) * 4 * cfg.train.batch_size
-    synth = cfg.data.synthetic.model_copy(
-        update={"num_train_rows": rows_needed, "num_test_rows": 1024}
-    )
-    data = str(generate(synth, cfg.run_dir / "bench-planner-data", progress=False).train_dir)
+    data = synthetic_train_data(cfg, rows_needed, "bench-planner-data")
     if memory_only:
         result: dict[str, Any] = {"memory": run_memory_bench(cfg, data)}
         if json_out:

@@ -39,11 +39,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch.distributed as dist
 
-from dist_train.bench import variant
+from dist_train.bench import rank_batches, spread, synthetic_train_data, variant
 from dist_train.bench.peers import PlainPyTorch, plain_parquet_batches
 from dist_train.bench.planner import reset_peak_rss, rss_bytes, torchrec_job_plan
 from dist_train.bench.roofline import MachineRates, measure_rates, step_floor
@@ -51,7 +50,6 @@ from dist_train.checkpoint import TrainPosition
 from dist_train.config import JobConfig, parse_config
 from dist_train.data.batch import Batch, BatchBuilder
 from dist_train.data.reader import list_row_groups
-from dist_train.data.synthetic import generate
 from dist_train.data.validation import BadInputPolicy
 from dist_train.embedding.layout import build_layout
 from dist_train.launchers.processes import run_processes
@@ -103,15 +101,6 @@ def _builder(cfg: JobConfig) -> BatchBuilder:
     return make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
 
 
-def _prebuilt(builder: BatchBuilder, table: pa.Table, batch: int, count: int) -> list[Batch]:
-    """``count`` batches of this rank's slices of ``table``, built before any timing."""
-    rank, world = dist.get_rank(), dist.get_world_size()
-    return [
-        builder.build(table.slice(((s * world + rank) * batch) % (table.num_rows - batch), batch))
-        for s in range(count)
-    ]
-
-
 def _pipeline(system: str, cfg: JobConfig, data: str) -> Callable[[], Iterator[Batch]]:
     """A fresh input pipeline of ``system`` (ours: the training loop's; peers: plain pyarrow)."""
     builder = _builder(cfg)
@@ -152,7 +141,7 @@ def time_systems(
     builders = {s: _builder(cfgs[s]) for s in SYSTEMS}
     # every system reads the same columns (the job's features, dense and label)
     table = pq.read_table(data, columns=builders["unified"].columns)
-    prebuilt = {s: _prebuilt(builders[s], table, batch, count) for s in SYSTEMS}
+    prebuilt = {s: rank_batches(builders[s], table, batch, count) for s in SYSTEMS}
     del table
     # One pipeline per system for the whole run, as in training (an epoch's stream); the
     # warm-up also compiles the batch builder's kernels.
@@ -178,7 +167,7 @@ def peak_memory(
     cfg = parse_config(raw)
     builder = _builder(cfg)
     table = pq.read_table(data, columns=builder.columns)
-    batches = _prebuilt(builder, table, cfg.train.batch_size, 3)
+    batches = rank_batches(builder, table, cfg.train.batch_size, 3)
     del table
     pipeline = _pipeline(system, cfg, data)
     dist.barrier()
@@ -236,7 +225,7 @@ def ratios(rounds: Rounds) -> dict[str, list[float]]:
             # examples/s a over b: seconds b over a, the same steps and examples per round
             over = zip(rounds[mode_a, a, world], rounds[mode_b, b, world], strict=True)
             paired = [tb / ta for ta, tb in over]
-            out[name] = [statistics.median(paired), min(paired), max(paired)]
+            out[name] = spread(paired)
     return out
 
 
@@ -247,10 +236,7 @@ def run_train_bench(
     cfgs = system_configs(cfg)
     batch = cfg.train.batch_size
     rows_needed = int(1.5 * (WARMUP_STEPS + rounds * STEPS_PER_ROUND) * batch * max(ranks))
-    synth = cfg.data.synthetic.model_copy(
-        update={"num_train_rows": rows_needed, "num_test_rows": 1024}
-    )
-    data = str(generate(synth, cfg.run_dir / "bench-train-data", progress=False).train_dir)
+    data = synthetic_train_data(cfg, rows_needed, "bench-train-data")
     params = {
         s: build_layout(c.embedding, c.features, c.seed).num_parameters for s, c in cfgs.items()
     }
