@@ -249,6 +249,16 @@ class TrainConfig(_Strict):
     dense_learning_rate: float = Field(0.05, gt=0.0, description="MLP learning rate.")
     log_every: int = Field(20, gt=0, description="Print progress every this many steps.")
     prefetch_batches: int = Field(2, ge=0, description="Batches built ahead by a thread.")
+    pipeline: Literal["auto"] | bool = Field(
+        "auto",
+        description=(
+            "Train through TorchRec's TrainPipelineSparseDist: the next batch's input dist "
+            "(the ids' all-to-all) starts before this batch's forward, and on GPUs the batch "
+            "after it is copied on a side stream. Same steps and losses as without. auto: on "
+            "GPU ranks, off on CPU ranks (gloo runs the all-to-all on the training thread, "
+            "so nothing overlaps: docs/benchmarks.md measures both)."
+        ),
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto",
         description=(

@@ -117,8 +117,8 @@ def collective_plan_placements(cfg_raw: dict[str, Any]) -> dict[str, Any]:
 def unpooled_refusals(cfg_raw: dict[str, Any], data_path: str) -> dict[str, str]:
     """The errors a ``row_wise_unpooled`` model raises, every rank alike (before any
     collective of the bad call, or after all of them): on ids outside the table, on a batch
-    of variable size per feature, and on an input dist run again before its output dist (a
-    train pipeline's order)."""
+    of variable size per feature, and on a third batch's input dist before the first batch's
+    output dist (a train pipeline runs one batch ahead, never two)."""
     from torchrec import KeyedJaggedTensor
 
     cfg = parse_config(cfg_raw)
@@ -145,11 +145,12 @@ def unpooled_refusals(cfg_raw: dict[str, Any], data_path: str) -> dict[str, str]
         except ValueError as err:
             errors[name] = str(err)
     ebc = trainer.model.module.sparse_arch
-    ebc.input_dist(ebc.create_context(), sparse).wait()
+    for _ in range(2):
+        ebc.input_dist(ebc.create_context(), sparse).wait()
     try:
         ebc.input_dist(ebc.create_context(), sparse).wait()
     except RuntimeError as err:
-        errors["pipeline"] = str(err)
+        errors["in_flight"] = str(err)
     return errors
 
 
@@ -161,3 +162,37 @@ def where_the_rank_runs(name: str) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "rank": dist.get_rank(),
     }
+
+
+def pipelined_and_plain_losses(
+    cfg_raw: dict[str, Any], data_path: str, models: list[str], steps: int
+) -> dict[str, dict[str, list[float]]]:
+    """For each model kind, the losses of ``steps`` steps trained one at a time and through
+    TorchRec's train pipeline (``train.pipeline``), from the same start on the same batches,
+    and each batch the pipeline yielded, as its first label and dense value (the batch it
+    trained, in order)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for kind in models:
+        raw = {**cfg_raw, "model": {**cfg_raw["model"], "kind": kind}}
+        runs = {}
+        for pipeline in (False, True):
+            cfg = parse_config({**raw, "train": {**raw["train"], "pipeline": pipeline}})
+            trainer = Trainer.build(cfg)
+            assert trainer.pipelined is pipeline
+            builder = trainer.batch_builder()
+            table = pq.read_table(data_path, columns=builder.columns)
+            size = cfg.train.batch_size
+            rank = dist.get_rank()
+            batches = [
+                builder.build(table.slice((2 * s + rank) * size, size)) for s in range(steps)
+            ]
+            trained = list(trainer.train_steps(iter(batches)))
+            assert [b is a for (b, _), a in zip(trained, batches, strict=True)] == [True] * steps
+            assert trainer.steps_done == steps
+            runs["pipeline" if pipeline else "plain"] = [loss for _, loss in trained]
+            # the model's class and forward are its own again: evaluation runs
+            runs[f"{'pipeline' if pipeline else 'plain'}_eval"] = [
+                float(trainer.predict(batches[0]).sum())
+            ]
+        out[kind] = runs
+    return out

@@ -1,18 +1,17 @@
-"""``dist-train bench pipeline``: TorchRec's ``TrainPipelineSparseDist`` against our step loop.
+"""``dist-train bench pipeline``: ``train.pipeline`` (TorchRec's ``TrainPipelineSparseDist``)
+against one step at a time.
 
 The pipeline starts the next batch's input dist (the ids' all-to-all) before the current
 batch's forward and waits for it after; on GPUs it also copies the batch after next on a side
 stream. Both sides are built alike (same plan, seed and batches), so each trains the same
 steps; the bench checks that their losses agree step by step, then times them in interleaved
-rounds and prints the ratio round by round.
-
-Each system runs on TorchRec's default plan for its tables: the pipeline needs pooled
-lookups (our ``row_wise_unpooled`` dist hands its routing from one batch's input dist to the
-same batch's output dist, so it refuses a second input dist in between).
+rounds and prints the ratio round by round. Each system runs on our planner's plan, the one
+its training job would run.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import statistics
@@ -21,17 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-import torch
 import torch.distributed as dist
-from torchrec.distributed.model_parallel import get_unwrapped_module
-from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
 from dist_train.bench import rank_batches, spread, synthetic_train_data, variant
-from dist_train.bench.planner import torchrec_job_plan
 from dist_train.config import JobConfig, parse_config
-from dist_train.data.batch import Batch
 from dist_train.launchers.processes import run_processes
-from dist_train.train.sharding import JobPlan
+from dist_train.train.sharding import JobPlan, plan_job
 from dist_train.train.trainer import Trainer
 
 SYSTEMS = ("unified", "hashing_trick")
@@ -39,43 +33,24 @@ WARMUP_STEPS = 3
 STEPS_PER_ROUND = 8
 
 
-def _batch_loss(self: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = super(type(self), self).forward(batch.dense, batch.sparse)
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
-    return loss, loss.detach()
-
-
-def pipelined(trainer: Trainer) -> TrainPipelineSparseDist[Batch, torch.Tensor]:
-    """TorchRec's pipeline over ``trainer``'s sharded model and optimizer.
-
-    The pipeline calls the model on a whole batch and finds the sharded tables' inputs by
-    tracing the class's ``forward`` (torch.fx), so the model gets a subclass whose forward
-    takes a :class:`Batch` and returns (loss, loss); the trainer's own ``train_step`` no
-    longer works on it.
-    """
-    model = get_unwrapped_module(trainer.model)
-    base = type(model)
-    model.__class__ = type(f"Pipelined{base.__name__}", (base,), {"forward": _batch_loss})
-    return TrainPipelineSparseDist(
-        trainer.model, trainer.optimizer, trainer.device, execute_all_batches=True
-    )
-
-
 def time_pipeline(raw: dict[str, Any], plan: JobPlan, data: str, rounds: int) -> dict[str, Any]:
-    """Worker: the plain loop and the pipeline over the same batches; their losses, and
+    """Worker: one step at a time and the pipeline over the same batches; their losses, and
     seconds per round of each."""
-    cfg = parse_config(raw)
-    plain = Trainer.build(cfg, plan, local_world_size=plan.local_world_size)
-    pipe = pipelined(Trainer.build(cfg, plan, local_world_size=plan.local_world_size))
+    cfgs = {
+        p: parse_config({**raw, "train": {**raw["train"], "pipeline": p}}) for p in (False, True)
+    }
+    plain, pipe = (
+        Trainer.build(cfgs[p], plan, local_world_size=plan.local_world_size) for p in (False, True)
+    )
     builder = plain.batch_builder()
     table = pq.read_table(data, columns=builder.columns)
     # two more than it trains: the pipeline reads two batches ahead
     count = WARMUP_STEPS + rounds * STEPS_PER_ROUND + 2
-    batches = rank_batches(builder, table, cfg.train.batch_size, count)
+    batches = rank_batches(builder, table, cfgs[False].train.batch_size, count)
     del table
-    ahead = iter(batches)
+    pipelined = pipe.train_steps(iter(batches))
     plain_losses = [plain.train_step(b) for b in batches[:WARMUP_STEPS]]
-    pipe_losses = [float(pipe.progress(ahead)) for _ in range(WARMUP_STEPS)]
+    pipe_losses = [loss for _, loss in itertools.islice(pipelined, WARMUP_STEPS)]
     seconds: dict[str, list[float]] = {"plain": [], "pipeline": []}
     for r in range(rounds):
         first = WARMUP_STEPS + r * STEPS_PER_ROUND
@@ -85,23 +60,22 @@ def time_pipeline(raw: dict[str, Any], plan: JobPlan, data: str, rounds: int) ->
         dist.barrier()
         seconds["plain"].append(time.perf_counter() - start)
         start = time.perf_counter()
-        pipe_losses += [float(pipe.progress(ahead)) for _ in range(STEPS_PER_ROUND)]
+        pipe_losses += [loss for _, loss in itertools.islice(pipelined, STEPS_PER_ROUND)]
         dist.barrier()
         seconds["pipeline"].append(time.perf_counter() - start)
-    pipelined_modules = [type(m).__name__ for m in pipe._pipelined_modules]
+    pipelined.close()  # the two batches read ahead stay untrained
     return {
         "seconds": seconds,
         "max_loss_difference": max(
             abs(a - b) for a, b in zip(plain_losses, pipe_losses, strict=True)
         ),
-        "pipelined_modules": pipelined_modules,
     }
 
 
 def run_pipeline_bench(
     cfg: JobConfig, ranks: list[int], json_out: str | None = None, rounds: int = 5
 ) -> dict[str, Any]:
-    """Time our step loop and TorchRec's pipeline for each system and rank count; print and
+    """Time one step at a time and the pipeline for each system and rank count; print and
     return the figures."""
     cfgs = {s: variant(cfg, [f"embedding.kind={s}"], f"bench pipeline {s}") for s in SYSTEMS}
     size = cfg.train.batch_size
@@ -112,9 +86,9 @@ def run_pipeline_bench(
     for world in ranks:
         threads = max(1, cores // world)
         for system, sys_cfg in cfgs.items():
-            plan, _ = torchrec_job_plan(sys_cfg, world, world, cores)
+            plan = plan_job(sys_cfg, world, world)
             print(
-                f"[bench] {system}, {world} rank(s) x {threads} thread(s), TorchRec's plan "
+                f"[bench] {system}, {world} rank(s) x {threads} thread(s), plan "
                 f"{plan.label}: {rounds} interleaved rounds x {STEPS_PER_ROUND} steps",
                 flush=True,
             )
@@ -133,7 +107,6 @@ def run_pipeline_bench(
                     "system": system,
                     "ranks": world,
                     "plan": plan.label,
-                    "pipelined_modules": out[0]["pipelined_modules"],
                     "plain_step_seconds": statistics.median(per_round["plain"]) / STEPS_PER_ROUND,
                     "pipeline_step_seconds": statistics.median(per_round["pipeline"])
                     / STEPS_PER_ROUND,

@@ -110,7 +110,7 @@ def _pipeline(system: str, cfg: JobConfig, data: str) -> Callable[[], Iterator[B
 
     def ours() -> Iterator[Batch]:
         epochs = Epochs(cfg, groups, builder, BadInputPolicy.for_job(cfg), TrainPosition())
-        yield from next(iter(epochs))
+        yield from next(iter(epochs)).batches()
 
     return ours
 

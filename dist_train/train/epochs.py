@@ -2,14 +2,14 @@
 
 Each epoch's row groups are dealt to ranks by an :class:`~dist_train.data.epoch_plan.EpochPlan`
 (a pure function of seed, epoch and world size, or the saved plan when resuming mid-epoch on
-another world size). :class:`Epochs` yields one :class:`Epoch` at a time; iterating an epoch
-yields its batches while every rank still has one, and counts them.
+another world size). :class:`Epochs` yields one :class:`Epoch` at a time; an epoch trains its
+batches while every rank still has one, and counts the trained ones.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import torch
@@ -86,7 +86,7 @@ def rank_rows(
 
 class Epoch:
     """One epoch on this rank: its ``plan`` and the batches ``done`` in it (resumed ones
-    too). Iterating yields its batches while every rank has one, each a global step."""
+    too); :meth:`trained` trains the rest, each a global step."""
 
     def __init__(
         self, epochs: Epochs, index: int, plan: EpochPlan, done: int, stream: Iterator[Batch]
@@ -95,11 +95,20 @@ class Epoch:
         self._stream = stream
         self._exhausted = False
 
-    def __iter__(self) -> Iterator[Batch]:
-        for batch in while_all_ranks_have(self._stream):
+    def batches(self) -> Iterator[Batch]:
+        """Its batches while every rank has one (read, not yet trained: not counted)."""
+        return while_all_ranks_have(self._stream)
+
+    def trained(
+        self, train: Callable[[Iterator[Batch]], Iterator[tuple[Batch, float]]]
+    ) -> Iterator[tuple[Batch, float]]:
+        """Train its batches with ``train`` (e.g. :meth:`Trainer.train_steps`); yields each
+        batch and its loss once trained, counted as a global step. ``train`` may read ahead
+        of the batch it trains: only trained batches count (checkpoint positions)."""
+        for batch, loss in train(self.batches()):
             self.done += 1
             self.epochs.step += 1
-            yield batch
+            yield batch, loss
         self._exhausted = True
 
     @property

@@ -1,6 +1,6 @@
 """The per-worker training function: Ray-free, so any launcher can run it.
 
-    build the trainer; resume; for each epoch, for each batch: train_step, audit, log,
+    build the trainer; resume; for each epoch, for each batch once trained: audit, log,
     checkpoint; finish the checkpoints; evaluate; summarize.
 
 Each concern is a component with one job: :class:`~dist_train.train.epochs.Epochs` (which
@@ -118,8 +118,8 @@ def run_worker(
     epochs = Epochs(cfg, inputs.train_groups, trainer.batch_builder(), policy, start, pin)
     for epoch in epochs:
         progress.epoch_started()
-        for batch in epoch:
-            progress.step_done(trainer.train_step(batch))
+        for batch, loss in epoch.trained(trainer.train_steps):
+            progress.step_done(loss)
             audit.after(epochs.step, epoch.index, batch)
             if progress.should_log(epochs.step):
                 progress.log_train(epoch.index, epochs.step, epoch.last_step)
@@ -172,12 +172,14 @@ def _log_start(progress: Progress, trainer: Trainer, topo: RankLayout, cfg: JobC
             "node_ids": list(topo.node_ids),
             "sharding": trainer.plan.placements(),
             "tables": [t.__dict__ for t in tables],
+            "pipeline": trainer.pipelined,
         },
         f"{world} {trainer.device.type.upper()} rank(s) on {topo.num_nodes} node(s), "
         f"{trainer.layout.kind} embedding: "
         + ", ".join(f"{t.name} {t.num_rows:,}x{t.dim}" for t in tables[:4])
         + (" ..." if len(tables) > 4 else "")
-        + f", {trainer.plan.label} sharding, batch {cfg.train.batch_size}/rank",
+        + f", {trainer.plan.label} sharding, batch {cfg.train.batch_size}/rank"
+        + (", TorchRec train pipeline" if trainer.pipelined else ""),
     )
 
 

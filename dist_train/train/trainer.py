@@ -6,7 +6,7 @@ it does not know who created it (Ray Train, torch.multiprocessing or torchrun).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +23,7 @@ from dist_train.data.batch import Batch, BatchBuilder
 from dist_train.embedding.init import init_bound, init_embedding_tables
 from dist_train.embedding.layout import EmbeddingLayout, build_layout
 from dist_train.train.metrics import EvalMetrics
+from dist_train.train.pipelining import pipelined_steps
 from dist_train.train.replicas import GroupLayout, ReplicaSync, group_env, place_in_group
 from dist_train.train.sharding import JobPlan, build_model, make_sharder, plan_job
 from dist_train.train.uneven_row_wise import enable_uneven_row_wise
@@ -141,6 +142,25 @@ class Trainer:
     def batch_builder(self) -> BatchBuilder:
         return make_batch_builder(self.cfg, self.layout)
 
+    def train_steps(self, batches: Iterator[Batch]) -> Generator[tuple[Batch, float], None, None]:
+        """Train on each of ``batches`` in order; yields each batch and its local loss once its
+        step is done. Through TorchRec's train pipeline if :attr:`pipelined`
+        (:mod:`dist_train.train.pipelining`), else one :meth:`train_step` at a time."""
+        if not self.pipelined:
+            for batch in batches:
+                yield batch, self.train_step(batch)
+            return
+        steps = pipelined_steps(self.model, self.optimizer, self.device, batches)
+        for batch, loss in steps:
+            self._step_done()
+            yield batch, loss
+
+    @property
+    def pipelined(self) -> bool:
+        """Whether :meth:`train_steps` runs TorchRec's train pipeline (``train.pipeline``)."""
+        wanted = self.cfg.train.pipeline
+        return self.device.type == "cuda" if wanted == "auto" else wanted
+
     def train_step(self, batch: Batch) -> float:
         """Forward, backward (embedding rows update inside it), dense step; the local loss."""
         self.model.train()
@@ -150,11 +170,14 @@ class Trainer:
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
+        self._step_done()
+        return float(loss.detach())
+
+    def _step_done(self) -> None:
         self.steps_done += 1
         self._unsynced_steps += 1
         if self.replicas is not None and self.replicas.due(self.steps_done):
             self.sync_replicas()
-        return float(loss.detach())
 
     def resumed_at(self, step: int) -> None:
         """A checkpoint of global step ``step`` was loaded into the model."""

@@ -17,13 +17,14 @@ checkpoint state as they are:
 
 Per rank the bytes are ``distinct rows x (8 + dim x 4)`` each way, whatever the world size;
 only the counts (``world x tables`` int64) grow. The row routing uses the plan's real row
-boundaries, so uneven splits work unchanged. Routing is stashed between the input dist and the
-output dist of one forward, so TorchRec's pipelines that run input dists ahead are not
-supported (an input dist that runs again before the output dist raises).
+boundaries, so uneven splits work unchanged. Each input dist queues its routing for the output
+dist of the same batch, first in first out, so TorchRec's train pipeline may run the next
+batch's input dist before this batch's lookup (:mod:`dist_train.train.pipelining`).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
@@ -98,27 +99,38 @@ class _Routing:
     # requester: how the group's bags (feature-major) read the vectors that come back
     bags: list[_Bags]
     batch: int
+    lookup_batch: int  # rows of the lookup input (and output) this routing goes with
 
 
-class _RoutingSlot:
-    """Hands the routing of a forward from the input dist to the output dist."""
+class _RoutingQueue:
+    """Hands each batch's routing from its input dist to its output dist, in batch order: a
+    train pipeline runs the next batch's input dist before this batch's lookup."""
+
+    # TorchRec's TrainPipelineSparseDist has at most two batches past their input dist
+    MAX_IN_FLIGHT = 2
 
     def __init__(self) -> None:
-        self.routing: _Routing | None = None
+        self._routings: deque[_Routing] = deque()
 
     def put(self, routing: _Routing) -> None:
-        if self.routing is not None:  # a pipeline ran the next batch's input dist first
+        if len(self._routings) >= self.MAX_IN_FLIGHT:
             raise RuntimeError(
-                "unpooled row-wise lookups run one batch at a time: an input dist ran again "
-                "before the previous batch's output dist (TorchRec train pipelines are not "
-                "supported)"
+                f"unpooled row-wise lookups: {len(self._routings) + 1} batches passed their "
+                "input dist without reaching their output dist (a forward was abandoned "
+                "midway, or a pipeline runs deeper than TorchRec's sparse-dist pipeline)"
             )
-        self.routing = routing
+        self._routings.append(routing)
 
-    def take(self) -> _Routing:
-        if self.routing is None:
+    def take(self, lookup_batch: int) -> _Routing:
+        """The oldest routing; ``lookup_batch``: the lookup output's rows, checked against it."""
+        if not self._routings:
             raise RuntimeError("unpooled row-wise output dist ran without its input dist")
-        routing, self.routing = self.routing, None
+        routing = self._routings.popleft()
+        if routing.lookup_batch != lookup_batch:
+            raise RuntimeError(
+                f"unpooled row-wise output dist got a lookup of {lookup_batch} rows for a "
+                f"routing of {routing.lookup_batch}: batches reached it out of order"
+            )
         return routing
 
 
@@ -229,7 +241,7 @@ class UnpooledInputDist(nn.Module):
         pg: dist.ProcessGroup,
         row_bounds: list[list[int]],
         tables: _Tables,
-        slot: _RoutingSlot,
+        routings: _RoutingQueue,
         device: torch.device,
     ) -> None:
         super().__init__()
@@ -260,7 +272,7 @@ class UnpooledInputDist(nn.Module):
         self._group_of_table = self._group_of_feature[self._first_feature]
         # (holder, table, row) in one int64 key: rows of a shard stay below the largest shard
         self._row_span = max(1, int((self._bounds[:, 1:] - self._bounds[:, :-1]).max()))
-        self._slot = slot
+        self._routings = routings
 
     def _locate(
         self, ids: torch.Tensor, feature: torch.Tensor | None
@@ -388,7 +400,7 @@ class UnpooledInputDist(nn.Module):
             offset[group] = torch.cumsum(per_table[group], 0) - per_table[group]
             in_group = (self._group_of_table[recv_table] == g).nonzero().squeeze(1)
             lookup_rows.append(offset[recv_table[in_group]] + k_recv[in_group])
-        self._slot.put(
+        self._routings.put(
             _Routing(
                 received_per_table,
                 lookup_rows,
@@ -396,6 +408,7 @@ class UnpooledInputDist(nn.Module):
                 recv_splits,
                 bags,
                 batch,
+                lookup_batch,
             )
         )
         lookup_input = KeyedJaggedTensor(
@@ -411,11 +424,11 @@ class UnpooledOutputDist(nn.Module):
     """Sends each looked-up vector back to the rank that asked for it, which pools its bags;
     returns ``[batch, sum of feature dims]`` like TorchRec's row-wise output dist."""
 
-    def __init__(self, pg: dist.ProcessGroup, tables: _Tables, slot: _RoutingSlot) -> None:
+    def __init__(self, pg: dist.ProcessGroup, tables: _Tables, routings: _RoutingQueue) -> None:
         super().__init__()
         self._pg = pg
         self._tables = tables
-        self._slot = slot
+        self._routings = routings
         # output columns in feature order: (dim group, place among the group's features)
         self._columns = sorted(
             (f, g, j)
@@ -426,7 +439,7 @@ class UnpooledOutputDist(nn.Module):
     def forward(
         self, local_embs: torch.Tensor, sharding_ctx: EmbeddingShardingContext | None = None
     ) -> Awaitable[torch.Tensor]:
-        r = self._slot.take()
+        r = self._routings.take(local_embs.shape[0])
         t = self._tables
         first_column = t.first_column
         pooled = []
@@ -474,12 +487,12 @@ def _tables_of(sharding: RwPooledEmbeddingSharding) -> _Tables:
 
 
 def _input_dist_factory(
-    sharding: RwPooledEmbeddingSharding, tables: _Tables, slot: _RoutingSlot
+    sharding: RwPooledEmbeddingSharding, tables: _Tables, routings: _RoutingQueue
 ) -> Callable[..., Any]:
     def create_input_dist(*args: Any, **kwargs: Any) -> UnpooledInputDist:
         bounds, _ = get_embedding_shard_metadata(sharding._grouped_embedding_configs_per_rank)
         pg = cast(dist.ProcessGroup, sharding._pg)
-        return UnpooledInputDist(pg, bounds, tables, slot, sharding._device)
+        return UnpooledInputDist(pg, bounds, tables, routings, sharding._device)
 
     return create_input_dist
 
@@ -518,10 +531,10 @@ def enable_unpooled_row_wise(model: nn.Module, tables: Iterable[str]) -> int:
                 )
             if sub._input_dists:
                 raise RuntimeError("enable_unpooled_row_wise must run before the first forward")
-            slot, layout = _RoutingSlot(), _tables_of(sharding)
-            sharding.create_input_dist = _input_dist_factory(sharding, layout, slot)  # type: ignore[method-assign]
+            routings, layout = _RoutingQueue(), _tables_of(sharding)
+            sharding.create_input_dist = _input_dist_factory(sharding, layout, routings)  # type: ignore[method-assign]
             pg = cast(dist.ProcessGroup, sharding._pg)
-            sub._output_dists[i] = UnpooledOutputDist(pg, layout, slot)
+            sub._output_dists[i] = UnpooledOutputDist(pg, layout, routings)
             patched += 1
             wanted -= names
     if wanted:

@@ -130,7 +130,7 @@ def test_planned_unpooled_job_checkpoint_loads_as_row_wise(tmp_path: Path) -> No
         assert torch.equal(after[key], value), key
 
 
-def test_bad_ids_variable_batches_and_pipelines_are_refused(tmp_path: Path) -> None:
+def test_bad_ids_variable_batches_and_abandoned_input_dists_are_refused(tmp_path: Path) -> None:
     cfg = small_config(tmp_path, ["sharding.type=row_wise_unpooled"])
     data = str(generate(cfg.data.synthetic, tmp_path / "data", progress=False).train_dir)
     errors = run_processes(unpooled_refusals, (cfg.model_dump(mode="json"), data), world_size=2)
@@ -138,4 +138,4 @@ def test_bad_ids_variable_batches_and_pipelines_are_refused(tmp_path: Path) -> N
     assert "ids outside their tables' rows in features" in errors[0]["ids"]
     assert "C1" in errors[0]["ids"]  # names the features
     assert "one batch size for every feature" in errors[0]["stride"]
-    assert "pipelines are not supported" in errors[0]["pipeline"]
+    assert "3 batches passed their input dist" in errors[0]["in_flight"]
