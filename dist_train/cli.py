@@ -19,11 +19,32 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from dist_train.config import add_config_args
 from dist_train.config import load_or_report as _load
 from dist_train.logs import setup_logging
+
+
+def _number_list(kind: type[int] | type[float], zero: bool = False) -> Callable[[str], list[Any]]:
+    """An argparse type: comma-separated positive ``kind`` values (or >= 0 with ``zero``),
+    e.g. ``2,4``; anything else is a usage error naming the value."""
+    sign = "non-negative" if zero else "positive"
+
+    def parse(text: str) -> list[Any]:
+        try:
+            values = [kind(x) for x in text.split(",")]
+        except ValueError:
+            values = []
+        if not values or any(v < 0 or (v == 0 and not zero) for v in values):
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {sign} {kind.__name__}s, e.g. 2,4; got {text!r}"
+            )
+        return values
+
+    return parse
 
 
 def _gen_data(args: argparse.Namespace) -> int:
@@ -87,26 +108,23 @@ def _bench(args: argparse.Namespace) -> int:
         run_kernel_bench(
             args.json,
             rounds=args.rounds,
-            dims=tuple(int(x) for x in args.dims.split(",")),
-            batches=tuple(int(x) for x in args.batches.split(",")),
+            dims=tuple(args.dims),
+            batches=tuple(args.batches),
         )
         return 0
     if args.bench == "train":
         from dist_train.bench.train import run_train_bench
 
-        ranks = [int(x) for x in args.ranks.split(",")]
-        run_train_bench(cfg, ranks, args.json, rounds=args.rounds)
+        run_train_bench(cfg, args.ranks, args.json, rounds=args.rounds)
         return 0
     if args.bench == "pipeline":
         from dist_train.bench.pipeline import run_pipeline_bench
 
-        ranks = [int(x) for x in args.ranks.split(",")]
-        run_pipeline_bench(cfg, ranks, args.json, rounds=args.rounds)
+        run_pipeline_bench(cfg, args.ranks, args.json, rounds=args.rounds)
         return 0
     from dist_train.bench.embeddings import run_embedding_bench
 
-    lrs = [float(x) for x in args.lrs.split(",")]
-    run_embedding_bench(cfg, lrs, args.json)
+    run_embedding_bench(cfg, args.lrs, args.json)
     return 0
 
 
@@ -122,8 +140,8 @@ def _sweep(args: argparse.Namespace) -> int:
             out,
             args.config,
             list(args.set),
-            budgets=tuple(float(x) for x in args.budgets.split(",")),
-            seeds=tuple(int(x) for x in args.seeds.split(",")),
+            budgets=tuple(args.budgets),
+            seeds=tuple(args.seeds),
         )
     except (ConfigError, DataSourceError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -353,9 +371,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.add_argument("--dataset", choices=["synthetic", "adult"], default="synthetic")
     p.add_argument(
-        "--budgets", default="1,0.3,0.1,0.03", help="fractions of the collisionless parameters"
+        "--budgets",
+        type=_number_list(float),
+        default="1,0.3,0.1,0.03",
+        help="fractions of the collisionless parameters",
     )
-    p.add_argument("--seeds", default="0,1,2", help="seeds, comma-separated")
+    p.add_argument(
+        "--seeds", default="0,1,2", type=_number_list(int, zero=True), help="seeds, comma-separated"
+    )
     p.add_argument("--out", help="output directory (default: outputs/sweep-<dataset>)")
     p = sub.add_parser("submit", help="submit a job to a Ray cluster with `ray job submit`")
     add_config_args(p)
@@ -380,12 +403,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench = p.add_subparsers(dest="bench", required=True)
     p = bench.add_parser("embeddings", help="unified vs hashing_trick vs collisionless")
     common(p)
-    p.add_argument("--lrs", default="0.01,0.05", help="embedding learning rates to try")
+    p.add_argument(
+        "--lrs",
+        default="0.01,0.05",
+        type=_number_list(float),
+        help="embedding learning rates to try",
+    )
     p.add_argument("--json", help="also write the rows as JSON to this file")
 
     def over_ranks(p: argparse.ArgumentParser, ranks: str, rounds: int) -> None:
         common(p)
-        p.add_argument("--ranks", default=ranks, help="rank counts to measure, comma-separated")
+        p.add_argument(
+            "--ranks",
+            default=ranks,
+            type=_number_list(int),
+            help="rank counts to measure, comma-separated",
+        )
         p.add_argument("--rounds", type=int, default=rounds, help="interleaved timing rounds")
         p.add_argument("--json", help="also write the figures as JSON to this file")
 
@@ -405,8 +438,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = bench.add_parser("kernel", help="FBGEMM TBE forward/backward GB/s vs copy GB/s")
     common(p)
-    p.add_argument("--dims", default="16,32,64,128", help="row widths, comma-separated")
-    p.add_argument("--batches", default="512,2048,8192", help="batch sizes, comma-separated")
+    p.add_argument(
+        "--dims", default="16,32,64,128", type=_number_list(int), help="row widths, comma-separated"
+    )
+    p.add_argument(
+        "--batches",
+        default="512,2048,8192",
+        type=_number_list(int),
+        help="batch sizes, comma-separated",
+    )
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     p.add_argument("--json", help="also write the figures as JSON to this file")
     p = bench.add_parser("ingest", help="Parquet to ready batches per core, vs Ray Data")

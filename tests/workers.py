@@ -165,7 +165,11 @@ def where_the_rank_runs(name: str) -> dict[str, Any]:
 
 
 def pipelined_and_plain_losses(
-    cfg_raw: dict[str, Any], data_path: str, models: list[str], steps: int
+    cfg_raw: dict[str, Any],
+    data_path: str,
+    models: list[str],
+    steps: int,
+    device_type: str = "cpu",
 ) -> dict[str, dict[str, list[float]]]:
     """For each model kind, the losses of ``steps`` steps trained one at a time and through
     TorchRec's train pipeline (``train.pipeline``), from the same start on the same batches,
@@ -177,14 +181,14 @@ def pipelined_and_plain_losses(
         runs = {}
         for pipeline in (False, True):
             cfg = parse_config({**raw, "train": {**raw["train"], "pipeline": pipeline}})
-            trainer = Trainer.build(cfg)
+            trainer = Trainer.build(cfg, device=rank_device(device_type))
             assert trainer.pipelined is pipeline
             builder = trainer.batch_builder()
             table = pq.read_table(data_path, columns=builder.columns)
             size = cfg.train.batch_size
-            rank = dist.get_rank()
+            rank, world = dist.get_rank(), dist.get_world_size()
             batches = [
-                builder.build(table.slice((2 * s + rank) * size, size)) for s in range(steps)
+                builder.build(table.slice((world * s + rank) * size, size)) for s in range(steps)
             ]
             trained = list(trainer.train_steps(iter(batches)))
             assert [b is a for (b, _), a in zip(trained, batches, strict=True)] == [True] * steps

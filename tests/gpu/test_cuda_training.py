@@ -20,7 +20,7 @@ from dist_train.data.synthetic import generate
 from dist_train.driver import run_job
 from dist_train.launchers.processes import run_processes
 from tests.conftest import small_config
-from tests.workers import assemble_tables, train_fixed_batches
+from tests.workers import assemble_tables, pipelined_and_plain_losses, train_fixed_batches
 
 pytestmark = pytest.mark.gpu
 
@@ -122,3 +122,17 @@ def test_checkpoint_moves_between_gpu_and_cpu(tmp_path: Path) -> None:
     reference = run_job(load_config(TINY, only_cpu))
     assert abs(back["test_auc"] - reference["test_auc"]) < 2e-3
     assert abs(back["test_log_loss"] - reference["test_log_loss"]) < 2e-3
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_train_pipeline_trains_the_same_steps_on_gpus(setup: dict[str, Any], ranks: int) -> None:
+    """``train.pipeline`` (on by default on GPUs: side-stream copies, the next batch's input
+    dist early) against one batch at a time, on the unified table's unpooled plan."""
+    if ranks == 2:
+        _two_gpus()
+    cfg = small_config(setup["tmp"], [*OVERRIDES, "sharding.type=row_wise_unpooled"])
+    args = (cfg.model_dump(mode="json"), setup["data"], ["dlrm"], 6, "cuda")
+    out = run_processes(pipelined_and_plain_losses, args, ranks, device_type="cuda")
+    for rank in out:
+        runs = rank["dlrm"]
+        np.testing.assert_allclose(runs["pipeline"], runs["plain"], rtol=0, atol=GPU_GPU_ATOL)

@@ -1,0 +1,36 @@
+"""Comma-separated number flags: parsed once by argparse, bad values are usage errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from dist_train.cli import build_parser
+
+
+def test_lists_parse_into_numbers_defaults_included() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["bench", "train", "--ranks", "1,2,4"])
+    assert args.ranks == [1, 2, 4]
+    assert parser.parse_args(["bench", "kernel"]).dims == [16, 32, 64, 128]  # the default
+    sweep = parser.parse_args(["sweep", "--budgets", "1,0.25", "--seeds", "0,7"])
+    assert (sweep.budgets, sweep.seeds) == ([1.0, 0.25], [0, 7])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench", "train", "--ranks", "2,x"], "positive ints, e.g. 2,4; got '2,x'"),
+        (["bench", "pipeline", "--ranks", "0"], "positive ints"),
+        (["bench", "kernel", "--batches", ""], "positive ints"),
+        (["bench", "embeddings", "--lrs", "0.1,-1"], "positive floats"),
+        (["sweep", "--seeds", "-1"], "non-negative ints"),
+    ],
+)
+def test_bad_lists_are_usage_errors_naming_the_value(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "usage:" in err
