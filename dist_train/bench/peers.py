@@ -1,8 +1,12 @@
 """The peers ``bench train`` measures us against, written as their users would write them.
 
 - :class:`PlainPyTorch`: the same dense network over ``nn.EmbeddingBag`` tables (one per
-  table of the job's layout, ``sparse=True``), the whole model in ``DistributedDataParallel``,
-  torch's Adagrad (sparse gradients for the tables, element-wise state).
+  table of the job's layout, ``sparse=True``), the dense network in
+  ``DistributedDataParallel``, the tables' sparse gradients all-reduced by hand, torch's
+  Adagrad (sparse gradients for the tables, element-wise state). (DDP over the tables too,
+  the first thing a user writes, corrupts the heap in torch 2.13 on CPU: ``malloc():
+  unaligned tcache chunk detected`` or a segfault in the backward within a few hundred
+  steps, one rank or two, every try here.)
 - :func:`plain_parquet_batches`: the simplest honest input pipeline with pyarrow: each rank
   reads every ``world``-th row group in file order with ``iter_batches``, converts it in the
   training thread and trains; no prefetch, no shuffling.
@@ -62,9 +66,12 @@ class PlainPyTorch:
         torch.manual_seed(cfg.seed)
         model = create_model(layout, len(cfg.data.resolved_dense_columns()), cfg.model, "meta")
         model.sparse_arch = EmbeddingBags(layout)  # type: ignore[assignment]
+        names = [n for n, _ in model.named_parameters() if n.startswith("sparse_arch.")]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
         self.model = DistributedDataParallel(model)
         tables = [p for n, p in model.named_parameters() if n.startswith("sparse_arch.")]
         dense = [p for n, p in model.named_parameters() if not n.startswith("sparse_arch.")]
+        self.tables = tables
         o = cfg.embedding.optimizer
         self.optimizers = [
             torch.optim.Adagrad(tables, lr=o.learning_rate, eps=o.eps),
@@ -77,9 +84,20 @@ class PlainPyTorch:
         for opt in self.optimizers:
             opt.zero_grad()
         loss.backward()
+        self._average_table_gradients()
         for opt in self.optimizers:
             opt.step()
         return float(loss.detach())
+
+    def _average_table_gradients(self) -> None:
+        """What DDP does for the tables it is kept away from: the mean of the ranks' sparse
+        gradients (gloo's sparse all-reduce)."""
+        world = dist.get_world_size()
+        for table in self.tables:
+            if table.grad is not None:
+                grad = table.grad.coalesce()
+                dist.all_reduce(grad)
+                table.grad = grad / world
 
 
 def plain_parquet_batches(path: str, builder: BatchBuilder, batch_size: int) -> Iterator[Batch]:
