@@ -198,5 +198,11 @@ def pipelined_and_plain_losses(
             runs[f"{'pipeline' if pipeline else 'plain'}_eval"] = [
                 float(trainer.predict(batches[0]).sum())
             ]
+            if pipeline:  # a pipeline closed with batches read ahead leaves nothing behind
+                early = trainer.train_steps(iter(batches))
+                next(early)
+                early.close()
+                twice = [float(trainer.predict(batches[0]).sum()) for _ in range(2)]
+                runs["eval_after_early_close"] = twice
         out[kind] = runs
     return out

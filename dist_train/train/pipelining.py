@@ -25,6 +25,7 @@ from torchrec.distributed.model_parallel import DistributedModelParallel, get_un
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
 from dist_train.data.batch import Batch
+from dist_train.train.unpooled_row_wise import drop_routings_in_flight
 
 
 def _batch_loss(self: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +67,8 @@ def pipelined_steps(
     """Train ``model`` on each of ``batches`` in order through TorchRec's pipeline; yields each
     batch (as read, before any copy to the device) and its loss once its step is done.
 
-    Every batch read is trained before this returns: the pipeline drains at the end.
+    Every batch read is trained before this returns: the pipeline drains at the end. Closed
+    early, it forgets the batches it read ahead (the model is usable again).
     """
     read: deque[Batch] = deque()
 
@@ -98,3 +100,5 @@ def pipelined_steps(
                 yield read.popleft(), float(loss)
         finally:
             pipeline.detach()
+            if read:  # stopped early: batches read ahead will not be trained
+                drop_routings_in_flight(model)

@@ -121,6 +121,12 @@ class _RoutingQueue:
             )
         self._routings.append(routing)
 
+    def clear(self) -> int:
+        """Forget the routings of batches that will never reach the output dist; how many."""
+        dropped = len(self._routings)
+        self._routings.clear()
+        return dropped
+
     def take(self, lookup_batch: int) -> _Routing:
         """The oldest routing; ``lookup_batch``: the lookup output's rows, checked against it."""
         if not self._routings:
@@ -540,3 +546,15 @@ def enable_unpooled_row_wise(model: nn.Module, tables: Iterable[str]) -> int:
     if wanted:
         raise ValueError(f"tables {sorted(wanted)} are not row-wise tables of the model")
     return patched
+
+
+def drop_routings_in_flight(model: nn.Module) -> int:
+    """Forget the routings of input dists whose batches will not be looked up: a train
+    pipeline stopped with batches read ahead. Returns how many were dropped."""
+    return sum(
+        output_dist._routings.clear()
+        for sub in model.modules()
+        if isinstance(sub, ShardedEmbeddingBagCollection)
+        for output_dist in sub._output_dists  # a plain list: not among model.modules()
+        if isinstance(output_dist, UnpooledOutputDist)
+    )

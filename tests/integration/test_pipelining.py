@@ -31,6 +31,8 @@ def test_pipeline_trains_the_same_steps_for_every_model(tmp_path: Path) -> None:
             runs = rank[kind]
             assert runs["pipeline"] == runs["plain"], kind  # bit for bit
             assert runs["pipeline_eval"] == runs["plain_eval"], kind
+            first, second = runs["eval_after_early_close"]
+            assert first == second, kind  # no routing of an untrained batch was left queued
 
 
 def test_pipelined_run_resumes_exactly_once(tmp_path: Path) -> None:
