@@ -431,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     over_ranks(
         bench.add_parser(
-            "pipeline", help="TorchRec's TrainPipelineSparseDist vs our step loop, same batches"
+            "pipeline", help="train.pipeline (TorchRec's) vs one step at a time, same batches"
         ),
         "2,4",
         9,

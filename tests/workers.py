@@ -11,11 +11,13 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
+from dist_train.bench import rank_batches
 from dist_train.config import JobConfig, parse_config
 from dist_train.devices import rank_device
+from dist_train.embedding.layout import build_layout
 from dist_train.train.rank_layout import discover_rank_layout
 from dist_train.train.sharding import JobPlan, plan_job, planner_for_config
-from dist_train.train.trainer import Trainer
+from dist_train.train.trainer import Trainer, make_batch_builder
 from planners import placement as pl
 from planners.planner import plan_from_placements
 
@@ -172,9 +174,13 @@ def pipelined_and_plain_losses(
     device_type: str = "cpu",
 ) -> dict[str, dict[str, list[float]]]:
     """For each model kind, the losses of ``steps`` steps trained one at a time and through
-    TorchRec's train pipeline (``train.pipeline``), from the same start on the same batches,
-    and each batch the pipeline yielded, as its first label and dense value (the batch it
-    trained, in order)."""
+    TorchRec's train pipeline (``train.pipeline``), from the same start on the same batches
+    (the pipeline's must come back as read, in order), the evaluation after each, and the
+    evaluation twice after a pipeline closed with batches read ahead."""
+    base = parse_config(cfg_raw)
+    builder = make_batch_builder(base, build_layout(base.embedding, base.features, base.seed))
+    table = pq.read_table(data_path, columns=builder.columns)
+    batches = rank_batches(builder, table, base.train.batch_size, steps)
     out: dict[str, dict[str, list[float]]] = {}
     for kind in models:
         raw = {**cfg_raw, "model": {**cfg_raw["model"], "kind": kind}}
@@ -183,13 +189,6 @@ def pipelined_and_plain_losses(
             cfg = parse_config({**raw, "train": {**raw["train"], "pipeline": pipeline}})
             trainer = Trainer.build(cfg, device=rank_device(device_type))
             assert trainer.pipelined is pipeline
-            builder = trainer.batch_builder()
-            table = pq.read_table(data_path, columns=builder.columns)
-            size = cfg.train.batch_size
-            rank, world = dist.get_rank(), dist.get_world_size()
-            batches = [
-                builder.build(table.slice((world * s + rank) * size, size)) for s in range(steps)
-            ]
             trained = list(trainer.train_steps(iter(batches)))
             assert [b is a for (b, _), a in zip(trained, batches, strict=True)] == [True] * steps
             assert trainer.steps_done == steps

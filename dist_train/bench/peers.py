@@ -60,21 +60,21 @@ class EmbeddingBags(nn.Module):
 
 
 class PlainPyTorch:
-    """The job's model on plain PyTorch: ``nn.EmbeddingBag`` + DDP, Adagrad."""
+    """The job's model on plain PyTorch: ``nn.EmbeddingBag`` tables, the dense network in
+    DDP, Adagrad (see the module docstring)."""
 
     def __init__(self, cfg: JobConfig, layout: EmbeddingLayout) -> None:
         torch.manual_seed(cfg.seed)
         model = create_model(layout, len(cfg.data.resolved_dense_columns()), cfg.model, "meta")
         model.sparse_arch = EmbeddingBags(layout)  # type: ignore[assignment]
-        names = [n for n, _ in model.named_parameters() if n.startswith("sparse_arch.")]
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
+        tables = {n: p for n, p in model.named_parameters() if n.startswith("sparse_arch.")}
+        dense = [p for n, p in model.named_parameters() if n not in tables]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, list(tables))
         self.model = DistributedDataParallel(model)
-        tables = [p for n, p in model.named_parameters() if n.startswith("sparse_arch.")]
-        dense = [p for n, p in model.named_parameters() if not n.startswith("sparse_arch.")]
-        self.tables = tables
+        self.tables = list(tables.values())
         o = cfg.embedding.optimizer
         self.optimizers = [
-            torch.optim.Adagrad(tables, lr=o.learning_rate, eps=o.eps),
+            torch.optim.Adagrad(self.tables, lr=o.learning_rate, eps=o.eps),
             torch.optim.Adagrad(dense, lr=cfg.train.dense_learning_rate),
         ]
 
