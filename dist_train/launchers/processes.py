@@ -3,9 +3,10 @@
 Used by tests, benchmarks and anyone without Ray: N processes on this machine form a process
 group on a free loopback port (gloo; nccl for CUDA tensors when ranks run on GPUs, one GPU
 each). CPU ranks fork from a multiprocessing forkserver that has imported torch, TorchRec and
-dist_train and loaded the numba kernels but run no torch op, so no thread pool crosses the
-fork; GPU ranks are spawned. Each rank's result comes back as JSON with its tensors in a
-safetensors file: reading it runs no code.
+dist_train and loaded the numba kernels but run no torch op, so none of torch's thread pools
+crosses the fork (pyarrow's jemalloc starts a background thread on import; jemalloc has fork
+handlers for it); GPU ranks are spawned. Each rank's result comes back as JSON with its
+tensors in a safetensors file: reading it runs no code.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ A real ``ray start --head`` cluster runs on this machine, as ``launch/local_clus
 one: Ray's files under the same RAY_TMPDIR as the test's (so its ``ray_current_cluster`` file
 names it, as /tmp/ray/ray_current_cluster does for a plain ``ray start``), and RAY_ADDRESS
 exported as its job server URL, as docs/launch.md has it for ``dist-train submit``. The tiny
-job and the ingest bench still start their own instance and never touch that cluster. That a
-``ray job submit`` entrypoint joins its cluster is tests/test_ray_launch.py's submit test.
+job (with relative paths, saved then resumed) and the ingest bench still start their own
+instance and never touch that cluster. That a ``ray job submit`` entrypoint joins its cluster
+is tests/test_ray_launch.py's submit test.
 """
 
 from __future__ import annotations
@@ -59,20 +60,41 @@ def _listed(head: RayHead, kind: str) -> list[dict[str, object]]:
 
 
 @pytest.mark.ray
-def test_tiny_job_runs_on_its_own_instance_beside_a_cluster(
-    beside: RayHead, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+def test_tiny_job_with_relative_paths_runs_on_its_own_instance_beside_a_cluster(
+    beside: RayHead,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
+    """Beside the outside cluster, a tiny job with a relative ``output_dir`` saves, then a
+    second run resumes it with ``resume=latest``. Ray Train runs workers in its session
+    directory, so the driver resolves every path against the directory the user ran from
+    before any worker starts: the checkpoint lands where the summary says, and the resumed
+    run finds it there. (One test for both properties: each Ray run costs the suite about
+    half a minute.)"""
     from dist_train.driver import run_job
 
     outside_nodes = {str(n["node_id"]) for n in _listed(beside, "nodes")}
-    cfg = load_config(TINY, [f"output_dir={tmp_path}", "launcher=ray"])
+    monkeypatch.chdir(tmp_path)
+    over = ["launcher=ray", "output_dir=rel-out", "checkpoint.every_steps=8"]
+    cfg = load_config(TINY, [*over, "train.max_steps=8"])
     assert cfg.ray.address is None
-    summary = run_job(cfg)
-    assert summary["steps"] > 0 and summary["test_examples"] == 4096
-    assert len(outside_nodes) == 1 and not outside_nodes & set(summary["node_ids"])
+    first = run_job(cfg)
+    saved = tmp_path / "rel-out" / "tiny" / "checkpoints" / "step-00000008"
+    assert first["checkpoint"] == str(saved)
+    assert (saved / "meta.json").is_file()
+    assert first["run_dir"] == str(tmp_path / "rel-out" / "tiny")
+
+    rest = run_job(load_config(TINY, [*over, "checkpoint.resume=latest"]))
+    assert rest["steps"] == 16 and rest["test_examples"] == 4096
+    log = [json.loads(line) for line in (tmp_path / "rel-out" / "tiny" / "metrics.jsonl").open()]
+    assert [e["checkpoint"] for e in log if e["event"] == "resume"] == [str(saved)]
+
+    assert len(outside_nodes) == 1
+    assert not outside_nodes & {*first["node_ids"], *rest["node_ids"]}
     assert _listed(beside, "jobs") == []  # no driver ever connected to the outside cluster
     out = capfd.readouterr()
-    assert "starting an embedded Ray instance" in out.out
+    assert out.out.count("starting an embedded Ray instance") == 2
     # Ray Train's placement-group cleaner looks its cluster up with no address: it must
     # find the embedded instance, not the outside cluster.
     assert "Found multiple active Ray instances" not in out.out + out.err
