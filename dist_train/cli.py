@@ -17,6 +17,7 @@ which take seconds to import, and ``dist-train --help`` or ``show-config`` shoul
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -45,6 +46,28 @@ def _number_list(kind: type[int] | type[float], zero: bool = False) -> Callable[
         return values
 
     return parse
+
+
+# The module of the driver's rank function (dist_train.driver._process_worker): what the
+# ranks' server preloads beside TorchRec. Named here so that the driver, which imports
+# TorchRec, is imported after the server starts (a unit test checks the name).
+TRAIN_WORKER_MODULE = "dist_train.driver"
+
+
+def _train(args: argparse.Namespace) -> int:
+    resume = [f"checkpoint.resume={args.resume}"] if args.resume else []
+    cfg = _load(args.config, [*args.set, *resume])
+    if cfg is None:
+        return 2
+    from dist_train.launchers.rank_server import rank_server_started
+
+    # CPU ranks fork from a server that imports TorchRec, seconds of CPU: started now, it
+    # imports while this process imports the driver, plans and prepares the data.
+    cpu_ranks = cfg.launcher == "processes" and cfg.train.device != "cuda"
+    with rank_server_started(TRAIN_WORKER_MODULE) if cpu_ranks else contextlib.nullcontext():
+        from dist_train.driver import train_and_report
+
+        return train_and_report(cfg)
 
 
 def _gen_data(args: argparse.Namespace) -> int:
@@ -480,10 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "verbosity", "normal"))
     if args.command == "train":
-        resume = [f"checkpoint.resume={args.resume}"] if args.resume else []
-        from dist_train.driver import run_train
-
-        return run_train(args.config, [*args.set, *resume])
+        return _train(args)
     if args.command == "gen-data":
         return _gen_data(args)
     if args.command == "bench":

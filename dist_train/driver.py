@@ -178,8 +178,12 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
 def run_train(config: str | None, overrides: list[str]) -> int:
     """Run a training job; 0 on success, 1 on a training failure, 2 on a bad config."""
     cfg = load_or_report(config, overrides)
-    if cfg is None:
-        return 2
+    return 2 if cfg is None else train_and_report(cfg)
+
+
+def train_and_report(cfg: JobConfig) -> int:
+    """Run a validated job and print its summary; 0 on success, 1 on a training failure
+    (the error, on stderr)."""
     try:
         summary = run_job(cfg)
     except (BadInputError, DataSourceError) as err:

@@ -12,7 +12,6 @@ tensors in a safetensors file: reading it runs no code.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import socket
 import sys
@@ -28,11 +27,10 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from dist_train.devices import backend_for, select_local_gpu
+from dist_train.launchers.rank_server import use_rank_server
 from dist_train.logs import quiet_worker_logs
 
 WorkerFn = Callable[..., Any]
-
-_PRELOAD = ["dist_train.launchers.rank_preload"]
 
 
 def free_port() -> int:
@@ -107,7 +105,7 @@ def run_processes(
     # child cannot use.
     start_method = "forkserver" if device_type == "cpu" else "spawn"
     if start_method == "forkserver":
-        multiprocessing.set_forkserver_preload([*_PRELOAD, fn.__module__])
+        use_rank_server(fn.__module__)
     with tempfile.TemporaryDirectory(prefix="dist-train-results-") as result_dir:
         mp.start_processes(
             _entry,

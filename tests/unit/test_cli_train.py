@@ -1,0 +1,58 @@
+"""``dist-train train`` starts the ranks' server before it imports the driver."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from dist_train import cli
+from dist_train.driver import _process_worker
+
+
+def test_the_server_preloads_the_module_of_the_driver_rank_function() -> None:
+    assert _process_worker.__module__ == cli.TRAIN_WORKER_MODULE
+
+
+def test_cli_and_the_rank_server_module_import_no_torch() -> None:
+    """What runs before the server starts must stay light, or nothing overlaps."""
+    code = (
+        "import sys, dist_train.cli, dist_train.launchers.rank_server; "
+        "print(sorted(m for m in ('torch', 'torchrec', 'ray') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+_SERVER_LIFE = """
+import multiprocessing.forkserver as fs, os, sys
+from dist_train.launchers.rank_server import _server_pid, rank_server_started
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return os.waitpid(pid, os.WNOHANG)[0] == 0
+
+if sys.argv[1] == "ours":
+    with rank_server_started("dist_train.driver"):
+        pid = _server_pid(fs._forkserver)
+        assert pid is not None and alive(pid)
+    assert _server_pid(fs._forkserver) is None and not alive(pid)  # stopped, mid-import
+else:
+    fs.set_forkserver_preload(["json"])  # a light server of the caller's own
+    fs.ensure_running()
+    pid = _server_pid(fs._forkserver)
+    with rank_server_started("dist_train.driver"):
+        assert _server_pid(fs._forkserver) == pid
+    assert alive(pid)  # the caller's server, left running
+print("ok")
+"""
+
+
+def test_the_rank_server_is_stopped_by_the_block_that_started_it_only() -> None:
+    for case in ("ours", "running"):  # in fresh processes: pytest's own server stays
+        out = subprocess.run(
+            [sys.executable, "-c", _SERVER_LIFE, case], capture_output=True, text=True, timeout=120
+        )
+        assert out.stdout.strip() == "ok", (case, out.stderr[-2000:])
