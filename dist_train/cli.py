@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dist_train.config import add_config_args
+from dist_train.config import JobConfig, add_config_args
 from dist_train.config import load_or_report as _load
 from dist_train.logs import setup_logging
 
@@ -54,6 +55,15 @@ def _number_list(kind: type[int] | type[float], zero: bool = False) -> Callable[
 TRAIN_WORKER_MODULE = "dist_train.driver"
 
 
+def _cpu_ranks(cfg: JobConfig) -> bool:
+    """Whether the job's ranks will be CPU processes on this machine, told without importing
+    torch: the processes launcher, and ``train.device`` cpu, or auto where no NVIDIA device
+    file exists (with one, ``auto`` may pick the GPUs, whose ranks are spawned)."""
+    if cfg.launcher != "processes" or cfg.train.device == "cuda":
+        return False
+    return cfg.train.device == "cpu" or not glob.glob("/dev/nvidia[0-9]*")
+
+
 def _train(args: argparse.Namespace) -> int:
     resume = [f"checkpoint.resume={args.resume}"] if args.resume else []
     cfg = _load(args.config, [*args.set, *resume])
@@ -63,8 +73,7 @@ def _train(args: argparse.Namespace) -> int:
 
     # CPU ranks fork from a server that imports TorchRec, seconds of CPU: started now, it
     # imports while this process imports the driver, plans and prepares the data.
-    cpu_ranks = cfg.launcher == "processes" and cfg.train.device != "cuda"
-    with rank_server_started(TRAIN_WORKER_MODULE) if cpu_ranks else contextlib.nullcontext():
+    with rank_server_started(TRAIN_WORKER_MODULE) if _cpu_ranks(cfg) else contextlib.nullcontext():
         from dist_train.driver import train_and_report
 
         return train_and_report(cfg)

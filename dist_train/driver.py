@@ -1,7 +1,7 @@
 """The job driver: prepare data, list row groups, launch workers, write the summary.
 
-``python -m dist_train.driver --config C`` is the entrypoint of ``ray job submit`` and what
-``dist-train train`` runs.
+``python -m dist_train.driver --config C`` is the entrypoint of ``ray job submit``;
+``dist-train train`` validates the config itself, then runs :func:`train_and_report`.
 """
 
 from __future__ import annotations

@@ -19,15 +19,32 @@ _M_MMAP_THRESHOLD = -3
 _MIB = 1 << 20
 
 
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def release_freed_memory() -> bool:
+    """Return the heap's free memory to the kernel now (glibc's ``malloc_trim``): a
+    measurement of resident memory then starts from what is in use. False where malloc is
+    not glibc's."""
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is None:
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True
+
+
 def reuse_freed_memory(mmap_threshold_mib: int = 256, keep_mib: int = 1024) -> bool:
     """Serve allocations below ``mmap_threshold_mib`` from the heap and keep up to
     ``keep_mib`` of freed heap for reuse (this process). False where malloc is not glibc's."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(

@@ -27,22 +27,26 @@ def use_rank_server(worker_module: str) -> None:
 
 @contextlib.contextmanager
 def rank_server_started(worker_module: str) -> Iterator[None]:
-    """Start the server now and stop it when the block ends, if the block started it.
+    """Start the server now; when the block ends, stop it if the block started it and no
+    rank runs.
 
     Starting returns at once: the server imports in its own process, and the first rank's
     fork waits for it. The stop matters when the block fails before any rank started: a
     server left to itself finishes its imports before it notices its parent is gone, and
-    holds the command's output pipes open meanwhile.
+    holds the command's output pipes open meanwhile. While ranks still run (the block left
+    by Ctrl-C), it stays: ranks get SIGINT when their server dies, and this process waits
+    for them at exit, as it did before the server started early.
     """
     server = multiprocessing.forkserver._forkserver  # the one multiprocessing forks from
-    started = _server_pid(server) is None
+    before = _server_pid(server)
     use_rank_server(worker_module)
     multiprocessing.forkserver.ensure_running()
+    started = _server_pid(server) != before
     try:
         yield
     finally:
         pid = _server_pid(server)
-        if started and pid is not None:
+        if started and pid is not None and not multiprocessing.active_children():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             server._stop()  # type: ignore[attr-defined]  # closes its pipe, reaps it

@@ -45,16 +45,16 @@ def test_ray_job_submit_runs_the_driver(tmp_path: Path) -> None:
         assert cmd[:3] == [str(BIN / "ray"), "job", "submit"]
         # Waiting, `ray job submit` tails the job's logs until it ends (exit 1 if it failed):
         # no status polls, each a Python start-up of the ray CLI taking a core from the job.
+        # The logs are read once more from the job server: the tail may miss the last lines.
         sub = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
-        logs = sub.stdout + sub.stderr
-        status = ray_cli(
-            "job", "status", "--address", address, "dist-train-test-job", env=env
-        ).stdout
+        job = ("--address", address, "dist-train-test-job")
+        status = ray_cli("job", "status", *job, env=env).stdout
+        logs = ray_cli("job", "logs", *job, env=env).stdout
         # Without the token the job server answers nobody.
         anonymous = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
         denied = ray_cli("job", "list", "--address", address, env=anonymous)
         assert denied.returncode != 0 and "token" in (denied.stdout + denied.stderr).lower()
-    assert "succeeded" in status.lower(), status + logs[-4000:]
+    assert "succeeded" in status.lower(), status + logs[-4000:] + sub.stderr[-2000:]
     # ray.address is null: the entrypoint joins the cluster it was submitted to.
     assert "joining Ray cluster at" in logs and "(the cluster this job was submitted to)" in logs
     assert "== dist-train summary ==" in logs

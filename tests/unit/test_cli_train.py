@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import glob
 import subprocess
 import sys
+from pathlib import Path
 
 from dist_train import cli
+from dist_train.config import load_config
 from dist_train.driver import _process_worker
 
 
@@ -56,3 +59,25 @@ def test_the_rank_server_is_stopped_by_the_block_that_started_it_only() -> None:
             [sys.executable, "-c", _SERVER_LIFE, case], capture_output=True, text=True, timeout=120
         )
         assert out.stdout.strip() == "ok", (case, out.stderr[-2000:])
+
+
+def test_a_bad_config_fails_before_torch_is_imported(tmp_path: Path) -> None:
+    code = (
+        "import sys; from dist_train.cli import main; "
+        f"rc = main(['train', '--set', 'ray.num_workers=-1', '--set', 'output_dir={tmp_path}']); "
+        "print(rc, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split()[-2:] == ["2", "False"], out.stderr[-2000:]
+    assert "ray.num_workers" in out.stderr
+
+
+def test_the_server_starts_early_only_for_cpu_ranks_of_the_processes_launcher() -> None:
+    def cpu_ranks(*overrides: str) -> bool:
+        return cli._cpu_ranks(load_config(None, list(overrides)))
+
+    gpus = bool(glob.glob("/dev/nvidia[0-9]*"))
+    assert cpu_ranks("launcher=processes", "train.device=cpu")
+    assert cpu_ranks("launcher=processes", "train.device=auto") is not gpus
+    assert not cpu_ranks("launcher=processes", "train.device=cuda")
+    assert not cpu_ranks("launcher=ray", "train.device=cpu")
