@@ -24,7 +24,6 @@ import torch.distributed as dist
 
 from dist_train.bench import rank_batches, spread, synthetic_train_data, variant
 from dist_train.config import JobConfig, parse_config
-from dist_train.data.memory import reuse_freed_memory
 from dist_train.launchers.processes import run_processes
 from dist_train.train.sharding import JobPlan, plan_job
 from dist_train.train.trainer import Trainer
@@ -37,7 +36,6 @@ STEPS_PER_ROUND = 8
 def time_pipeline(raw: dict[str, Any], plan: JobPlan, data: str, rounds: int) -> dict[str, Any]:
     """Worker: one step at a time and the pipeline over the same batches; their losses, and
     seconds per round of each."""
-    reuse_freed_memory()  # as training ranks allocate (run_worker)
     cfgs = {
         p: parse_config({**raw, "train": {**raw["train"], "pipeline": p}}) for p in (False, True)
     }

@@ -33,7 +33,6 @@ import torch.distributed as dist
 
 from dist_train.bench import rank_batches, synthetic_train_data
 from dist_train.config import JobConfig, apply_overrides, parse_config
-from dist_train.data.memory import reuse_freed_memory
 from dist_train.embedding.layout import build_layout
 from dist_train.launchers.processes import run_processes
 from dist_train.models.dlrm import pairwise_dots
@@ -82,7 +81,6 @@ def time_plans(
     cfg_raw: dict[str, Any], plans: list[JobPlan], data_path: str, rounds: int = ROUNDS
 ) -> dict[str, Any]:
     """Worker: build a trainer per plan, then time them round-robin on the same batches."""
-    reuse_freed_memory()  # as training ranks allocate (run_worker)
     cfg = parse_config(cfg_raw)
     discover_rank_layout(f"node-{dist.get_rank() // plans[0].local_world_size}")
     trainers = [Trainer.build(cfg, p, local_world_size=p.local_world_size) for p in plans]

@@ -25,8 +25,9 @@ interleaved rounds (every mode and system once per round); a system's figure is 
 over rounds, with the spread (min and max). Memory is measured apart, in fresh processes
 per system: the peak RSS of a rank (the largest) less the same process before it built the
 system (imports, process group, prebuilt batches). Every rank allocates as a training rank
-does (:func:`~dist_train.data.memory.reuse_freed_memory`): freed blocks stay in the heap for
-reuse, for the peers as for ours, since they share the processes.
+does (:func:`~dist_train.data.memory.reuse_freed_memory`, set for every rank by
+:func:`~dist_train.launchers.processes.run_processes`): freed blocks stay in the heap for
+reuse, for the peers as for ours.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from dist_train.bench.roofline import MachineRates, measure_rates, step_floor
 from dist_train.checkpoint import TrainPosition
 from dist_train.config import JobConfig, parse_config
 from dist_train.data.batch import Batch, BatchBuilder
-from dist_train.data.memory import release_freed_memory, reuse_freed_memory
+from dist_train.data.memory import release_freed_memory
 from dist_train.data.reader import list_row_groups
 from dist_train.data.validation import BadInputPolicy
 from dist_train.embedding.layout import build_layout
@@ -137,7 +138,6 @@ def time_systems(
 ) -> dict[str, Any]:
     """Worker: build every system, time them round-robin (seconds per round), then measure
     this machine's rates for the roofline."""
-    reuse_freed_memory()  # as training ranks allocate (run_worker), for every system alike
     cfgs = {s: parse_config(r) for s, r in raw.items()}
     models = {s: _build(cfgs[s], plans[s]) for s in SYSTEMS}
     batch = cfgs["unified"].train.batch_size
@@ -168,7 +168,6 @@ def peak_memory(
 ) -> dict[str, int]:
     """Worker: this rank's peak RSS over building one system and training it, with prebuilt
     batches and then through its pipeline, less the process before it built the system."""
-    reuse_freed_memory()  # freed memory kept for reuse counts, as in a training rank
     cfg = parse_config(raw)
     builder = _builder(cfg)
     table = pq.read_table(data, columns=builder.columns)
