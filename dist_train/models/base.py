@@ -66,8 +66,15 @@ class CTRModel(nn.Module):
 
     def embed(self, sparse: KeyedJaggedTensor) -> torch.Tensor:
         """The chunk vectors ``[B, num_vectors, dim]`` in feature/chunk order."""
-        pooled = self.sparse_arch(sparse).to_dict()
-        # Tables group keys by table; put them back in feature/chunk order.
-        emb = torch.cat([pooled[k] for k in self.layout_keys], dim=1)
+        pooled = self.sparse_arch(sparse)
+        if pooled.keys() == self.layout_keys:
+            # one table, or tables in feature order: the values already are the vectors in
+            # order, and a cat of the per-key slices (with a split of the gradient back)
+            # would copy them twice a step
+            emb = pooled.values()
+        else:
+            # tables group keys by table; put them back in feature/chunk order
+            by_key = pooled.to_dict()
+            emb = torch.cat([by_key[k] for k in self.layout_keys], dim=1)
         emb = scale_grad(emb, self.embedding_grad_scale)
-        return emb.view(emb.shape[0], self.num_vectors, self.dim)
+        return emb.reshape(emb.shape[0], self.num_vectors, self.dim)

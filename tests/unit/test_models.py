@@ -18,10 +18,10 @@ from tests.conftest import small_config
 
 
 def _model_and_batch(
-    tmp_path: Path, model: ModelConfig
+    tmp_path: Path, model: ModelConfig, overrides: list[str] | None = None
 ) -> tuple[CTRModel, torch.Tensor, KeyedJaggedTensor]:
     """A small job's model (tables on the CPU) and 4 examples, one id per key."""
-    cfg = small_config(tmp_path)
+    cfg = small_config(tmp_path, overrides)
     layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
     torch.manual_seed(0)
     net = create_model(layout, 3, model, embedding_device="cpu")
@@ -43,6 +43,30 @@ def test_every_kind_gives_one_logit_per_example_and_gradients_everywhere(
     for name, p in net.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     assert net.interaction_elements_per_sample > 0
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["embedding.kind=unified"],  # one table: its output is already in layout order
+        ["embedding.kind=unified", "embedding.num_tables=2"],  # keys alternate tables
+        ["embedding.kind=hashing_trick"],
+    ],
+    ids=["one_table", "two_tables", "per_feature"],
+)
+def test_embed_puts_each_key_vector_at_its_layout_place(
+    tmp_path: Path, overrides: list[str]
+) -> None:
+    net, _, kjt = _model_and_batch(tmp_path, ModelConfig(), overrides)
+    by_key = net.sparse_arch(kjt).to_dict()
+    vectors = net.embed(kjt)
+    assert vectors.shape == (4, net.num_vectors, net.dim)
+    # a key holds its feature's chunks (a multiple of dim wide in per-feature tables)
+    expected = torch.cat([by_key[key] for key in net.layout_keys], dim=1)
+    torch.testing.assert_close(vectors.flatten(1), expected, rtol=0, atol=0)
+    vectors.sum().backward()
+    weights = [p for n, p in net.named_parameters() if n.startswith("sparse_arch")]
+    assert weights and all(p.grad is not None for p in weights)
 
 
 def test_low_rank_cross_layers_hold_fewer_weights(tmp_path: Path) -> None:
