@@ -150,10 +150,12 @@ def zipf_rows(batch: int, bags: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(rows.reshape(-1).astype(np.int64))
 
 
-def calibration_tbe(dim: int, device: torch.device = CPU) -> torch.nn.Module:
+def calibration_tbe(
+    dim: int, device: torch.device = CPU, features: int = TBE_BAGS
+) -> torch.nn.Module:
     """The measured kernel: a TBE_ROWS x ``dim`` table (in host memory, or in the GPU's) read
-    by TBE_BAGS features, with FBGEMM's fused row-wise Adagrad (also what ``dist-train bench
-    kernel`` times)."""
+    by ``features`` features (TBE_BAGS, as a unified table is), with FBGEMM's fused row-wise
+    Adagrad (also what ``dist-train bench kernel`` times)."""
     # FBGEMM and TorchRec take seconds to import; only the measurements need them.
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
     from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation
@@ -167,7 +169,7 @@ def calibration_tbe(dim: int, device: torch.device = CPU) -> torch.nn.Module:
     compute = ComputeDevice.CUDA if cuda else ComputeDevice.CPU
     return SplitTableBatchedEmbeddingBagsCodegen(
         embedding_specs=[(TBE_ROWS, dim, location, compute)],
-        feature_table_map=[0] * TBE_BAGS,
+        feature_table_map=[0] * features,
         optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD,
         learning_rate=0.01,
         **({"device": device} if cuda else {}),

@@ -12,6 +12,12 @@ and batch sizes. Its bandwidth counts the bytes the kernel must move:
 
 against ``Tensor.copy_`` of 256 MiB (bytes read + written per second) measured in the same
 run, rounds interleaved, medians reported.
+
+Beside it, the same ids through the same table declared as one feature read by 32 x batch
+bags: what FBGEMM's CPU backward does for a table of its own. For a table several features
+share (a unified table, or the calibration's) it takes a serial loop without FBGEMM's
+generated kernels (``is_shared_table`` in ``embedding_backward_split_cpu_template.cpp``);
+``shared / one feature`` is that path's cost in time, forward + backward.
 """
 
 from __future__ import annotations
@@ -67,9 +73,10 @@ def run_kernel_bench(
 ) -> dict[str, Any]:
     """Time every (dim, batch) case forward and forward+backward; print and return them."""
     cases: list[dict[str, Any]] = []
-    calls: list[tuple[Callable[[], object], Callable[[], object]]] = []
+    calls: list[tuple[Callable[[], object], Callable[[], object], Callable[[], object]]] = []
     for dim in dims:
         tbe = calibration_tbe(dim)
+        one_feature = calibration_tbe(dim, features=1)
         for batch in batches:
             ids = zipf_rows(batch, TBE_BAGS)
             offsets = torch.arange(ids.numel() + 1)
@@ -79,9 +86,12 @@ def run_kernel_bench(
 
             forward = functools.partial(_forward, tbe, ids, offsets)
             training = functools.partial(_training, tbe, ids, offsets, grad)
-            forward()
-            training()
-            calls.append((forward, training))
+            # the same bags, one feature's: its pooled output is [bags, dim]
+            one_grad = grad.view(bags, dim)
+            training_one = functools.partial(_training, one_feature, ids, offsets, one_grad)
+            for call in (forward, training, training_one):
+                call()
+            calls.append((forward, training, training_one))
             cases.append(
                 {
                     "dim": dim,
@@ -91,6 +101,7 @@ def run_kernel_bench(
                     "forward_backward_bytes": forward_bytes + update_bytes,
                     "forward_seconds": [],
                     "forward_backward_seconds": [],
+                    "one_feature_forward_backward_seconds": [],
                     "copy_bytes_per_second": [],
                 }
             )
@@ -100,15 +111,25 @@ def run_kernel_bench(
         flush=True,
     )
     for _ in range(rounds):
-        for case, (run_forward, run_training) in zip(cases, calls, strict=True):
+        for case, (run_forward, run_training, run_one) in zip(cases, calls, strict=True):
             case["copy_bytes_per_second"].append(copy_bytes_per_second())
             case["forward_seconds"].append(_seconds(run_forward))
             case["forward_backward_seconds"].append(_seconds(run_training))
+            case["one_feature_forward_backward_seconds"].append(_seconds(run_one))
     rows = []
     for case in cases:
         copy = statistics.median(case["copy_bytes_per_second"])
         fwd = statistics.median(case["forward_seconds"])
         both = statistics.median(case["forward_backward_seconds"])
+        # round by round, as the bench's other ratios: a slow spell hits both sides alike
+        shared_over_one = statistics.median(
+            s / o
+            for s, o in zip(
+                case["forward_backward_seconds"],
+                case["one_feature_forward_backward_seconds"],
+                strict=True,
+            )
+        )
         rows.append(
             {
                 "dim": case["dim"],
@@ -120,9 +141,16 @@ def run_kernel_bench(
                 "copy_bytes_per_second": copy,
                 "forward_over_copy": case["forward_bytes"] / fwd / copy,
                 "forward_backward_over_copy": case["forward_backward_bytes"] / both / copy,
+                "one_feature_forward_backward_seconds": statistics.median(
+                    case["one_feature_forward_backward_seconds"]
+                ),
+                "shared_over_one_feature": shared_over_one,
             }
         )
-    print("\n  dim   batch  fwd ms  fwd GB/s  fwd/copy  fwd+bwd ms  fwd+bwd GB/s  /copy  copy GB/s")
+    print(
+        "\n  dim   batch  fwd ms  fwd GB/s  fwd/copy  fwd+bwd ms  fwd+bwd GB/s  /copy  copy GB/s"
+        "  1-feature fwd+bwd ms  shared/1-feature"
+    )
     for r in rows:
         print(
             f"{r['dim']:>5} {r['batch']:>7} {r['forward_seconds'] * 1e3:>7.2f} "
@@ -130,6 +158,8 @@ def run_kernel_bench(
             f"{r['forward_backward_seconds'] * 1e3:>11.2f} "
             f"{r['forward_backward_bytes_per_second'] / 1e9:>13.2f} "
             f"{r['forward_backward_over_copy']:>6.2f} {r['copy_bytes_per_second'] / 1e9:>10.1f}"
+            f"  {r['one_feature_forward_backward_seconds'] * 1e3:>20.2f}"
+            f"  {r['shared_over_one_feature']:>16.2f}"
         )
     result = {"threads": torch.get_num_threads(), "rows": rows}
     if json_out:

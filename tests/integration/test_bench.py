@@ -149,6 +149,7 @@ def test_bench_kernel_reports_bandwidth_against_copy(tmp_path: Path) -> None:
         # fresh-clone run measured the forward at 4.6 ms, its forward + backward at 0.9 ms)
         assert r["forward_backward_seconds"] > 0 and r["forward_seconds"] > 0
         assert 0 < r["forward_over_copy"] and 0 < r["forward_backward_over_copy"]
+        assert r["one_feature_forward_backward_seconds"] > 0 and r["shared_over_one_feature"] > 0
 
 
 def test_sweep_on_adult_writes_table_plot_and_resumes(tmp_path: Path) -> None:
