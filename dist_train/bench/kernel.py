@@ -13,10 +13,10 @@ and batch sizes. Its bandwidth counts the bytes the kernel must move:
 against ``Tensor.copy_`` of 256 MiB (bytes read + written per second) measured in the same
 run, rounds interleaved, medians reported.
 
-Beside it, the same ids through the same table declared as one feature read by 32 x batch
-bags: what FBGEMM's CPU backward does for a table of its own. For a table several features
-share (a unified table, or the calibration's) it takes a serial loop without FBGEMM's
-generated kernels (``is_shared_table`` in ``embedding_backward_split_cpu_template.cpp``);
+Beside it, the same ids through a table of the same shape declared as one feature read by
+32 x batch bags: what FBGEMM's CPU backward does for a table of its own. For a table several
+features share (a unified table, or the calibration's) it takes a serial loop without
+FBGEMM's generated kernels (``is_shared_table`` in ``embedding_backward_split_cpu_template.cpp``);
 ``shared / one feature`` is that path's cost in time, forward + backward.
 """
 

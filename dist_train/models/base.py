@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import torch
 from torch import nn
-from torchrec import EmbeddingBagCollection, KeyedJaggedTensor
+from torchrec import EmbeddingBagCollection, KeyedJaggedTensor, KeyedTensor
 
 from dist_train.embedding.layout import EmbeddingLayout
 
@@ -44,6 +44,20 @@ def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
     return x if scale == 1.0 else cast(torch.Tensor, _ScaleGrad.apply(x, scale))
 
 
+# A leaf of torch.fx traces: TorchRec's train pipeline traces the model with the tables'
+# output symbolic, and a branch on its keys would fail there.
+@torch.fx.wrap
+def in_layout_order(pooled: KeyedTensor, keys: list[str]) -> torch.Tensor:
+    """The pooled vectors ``[B, sum of widths]`` in the order of ``keys``. Where the tables'
+    output already is in that order (one unified table) its values as they are: a cat of
+    the per-key slices (and a split of the gradient back) would copy them twice a step."""
+    if pooled.keys() == keys:
+        return pooled.values()
+    # tables group keys by table; put them back in feature/chunk order
+    by_key = pooled.to_dict()
+    return torch.cat([by_key[k] for k in keys], dim=1)
+
+
 class CTRModel(nn.Module):
     """Embedding tables plus a network over them; ``forward(dense, sparse)`` -> logits ``[B]``."""
 
@@ -66,15 +80,6 @@ class CTRModel(nn.Module):
 
     def embed(self, sparse: KeyedJaggedTensor) -> torch.Tensor:
         """The chunk vectors ``[B, num_vectors, dim]`` in feature/chunk order."""
-        pooled = self.sparse_arch(sparse)
-        if pooled.keys() == self.layout_keys:
-            # one table, or tables in feature order: the values already are the vectors in
-            # order, and a cat of the per-key slices (with a split of the gradient back)
-            # would copy them twice a step
-            emb = pooled.values()
-        else:
-            # tables group keys by table; put them back in feature/chunk order
-            by_key = pooled.to_dict()
-            emb = torch.cat([by_key[k] for k in self.layout_keys], dim=1)
+        emb = in_layout_order(self.sparse_arch(sparse), self.layout_keys)
         emb = scale_grad(emb, self.embedding_grad_scale)
         return emb.reshape(emb.shape[0], self.num_vectors, self.dim)

@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 from pydantic import ValidationError
-from torchrec import KeyedJaggedTensor
+from torchrec import KeyedJaggedTensor, KeyedTensor
+from torchrec.distributed.train_pipeline.tracing import Tracer
 
 from dist_train.config import ModelConfig
 from dist_train.embedding.layout import build_layout
 from dist_train.models import MODELS, CTRModel, create_model
+from dist_train.models.base import in_layout_order
 from dist_train.models.dcn import DCNv2
 from dist_train.models.dlrm import DotInteraction
 from tests.conftest import small_config
@@ -45,28 +47,47 @@ def test_every_kind_gives_one_logit_per_example_and_gradients_everywhere(
     assert net.interaction_elements_per_sample > 0
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        ["embedding.kind=unified"],  # one table: its output is already in layout order
-        ["embedding.kind=unified", "embedding.num_tables=2"],  # keys alternate tables
-        ["embedding.kind=hashing_trick"],
-    ],
-    ids=["one_table", "two_tables", "per_feature"],
-)
-def test_embed_puts_each_key_vector_at_its_layout_place(
-    tmp_path: Path, overrides: list[str]
-) -> None:
-    net, _, kjt = _model_and_batch(tmp_path, ModelConfig(), overrides)
-    by_key = net.sparse_arch(kjt).to_dict()
+def test_in_layout_order_reads_ordered_tables_as_they_are_and_reorders_the_rest() -> None:
+    values = torch.arange(24.0).view(2, 12)
+    # keys of widths 4, 2 and 6, the order a per-table output would list them in
+    pooled = KeyedTensor(keys=["a", "b", "c"], length_per_key=[4, 2, 6], values=values)
+    same = in_layout_order(pooled, ["a", "b", "c"])
+    assert same.data_ptr() == values.data_ptr()  # no copy
+    moved = in_layout_order(pooled, ["c", "a", "b"])
+    torch.testing.assert_close(moved, torch.cat([values[:, 6:], values[:, :6]], dim=1))
+
+
+LAYOUTS = {
+    "one_table": ["embedding.kind=unified"],  # its output already is in layout order
+    "two_tables": ["embedding.kind=unified", "embedding.num_tables=2"],  # keys alternate
+    "per_feature": ["embedding.kind=hashing_trick"],
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_embed_puts_each_key_vector_at_its_layout_place(tmp_path: Path, layout: str) -> None:
+    net, _, kjt = _model_and_batch(tmp_path, ModelConfig(), LAYOUTS[layout])
+    pooled = net.sparse_arch(kjt)
+    assert (pooled.keys() == net.layout_keys) == (layout != "two_tables")
     vectors = net.embed(kjt)
     assert vectors.shape == (4, net.num_vectors, net.dim)
     # a key holds its feature's chunks (a multiple of dim wide in per-feature tables)
+    by_key = pooled.to_dict()
     expected = torch.cat([by_key[key] for key in net.layout_keys], dim=1)
     torch.testing.assert_close(vectors.flatten(1), expected, rtol=0, atol=0)
-    vectors.sum().backward()
-    weights = [p for n, p in net.named_parameters() if n.startswith("sparse_arch")]
-    assert weights and all(p.grad is not None for p in weights)
+
+
+@pytest.mark.parametrize("layout", ["one_table", "two_tables"])
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_model_traces_with_the_tables_as_a_leaf(tmp_path: Path, kind: str, layout: str) -> None:
+    """TorchRec's train pipeline traces the model's forward with torch.fx, its tracer, every
+    child module a leaf (the sharded tables and the modules without tables), the tables'
+    output symbolic: the forward must not branch on it."""
+    net, dense, kjt = _model_and_batch(tmp_path, ModelConfig(kind=kind), LAYOUTS[layout])
+    children = [name for name, _ in net.named_children()]
+    graph = Tracer(leaf_modules=children).trace(net)
+    traced = torch.fx.GraphModule(net, graph)
+    torch.testing.assert_close(traced(dense, kjt), net(dense, kjt), rtol=0, atol=0)
 
 
 def test_low_rank_cross_layers_hold_fewer_weights(tmp_path: Path) -> None:
