@@ -7,6 +7,8 @@
   the first thing a user writes, corrupts the heap in torch 2.13 on CPU: ``malloc():
   unaligned tcache chunk detected`` or a segfault in the backward within a few hundred
   steps, one rank or two, every try here.)
+- :class:`DenseOnly`: not a peer but the floor under every system's step: the same dense
+  network, DDP and dense optimizer over fixed vectors in place of the tables.
 - :func:`plain_parquet_batches`: the simplest honest input pipeline with pyarrow: each rank
   reads every ``world``-th row group in file order with ``iter_batches``, converts it in the
   training thread and trains; no prefetch, no shuffling.
@@ -22,13 +24,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torchrec import KeyedJaggedTensor
+from torchrec import KeyedJaggedTensor, KeyedTensor
 
 from dist_train.config import JobConfig
 from dist_train.data.batch import Batch, BatchBuilder
 from dist_train.data.reader import resolve_files
 from dist_train.embedding.layout import EmbeddingLayout
 from dist_train.models import create_model
+from dist_train.train.trainer import DENSE_OPTIMIZERS
 
 
 class _Pooled(dict[str, torch.Tensor]):
@@ -98,6 +101,47 @@ class PlainPyTorch:
                 grad = table.grad.coalesce()
                 dist.all_reduce(grad)
                 table.grad = grad / world
+
+
+class _FixedVectors(nn.Module):
+    """In place of the tables: the same pooled vectors every step, their gradient computed
+    (as for the tables) and dropped."""
+
+    def __init__(self, layout: EmbeddingLayout, batch: int) -> None:
+        super().__init__()
+        widths = [k.dim for k in layout.keys]
+        self.pooled = KeyedTensor(
+            keys=layout.key_names,
+            length_per_key=widths,
+            values=torch.rand(batch, sum(widths), requires_grad=True),
+        )
+
+    def forward(self, sparse: KeyedJaggedTensor) -> KeyedTensor:
+        self.pooled.values().grad = None
+        return self.pooled
+
+
+class DenseOnly:
+    """The job's dense network alone, as our trainer runs it: the model over fixed vectors
+    in place of the tables, in DDP, the job's dense optimizer. What a step costs without
+    embeddings: no system's step can be shorter."""
+
+    def __init__(self, cfg: JobConfig, layout: EmbeddingLayout) -> None:
+        torch.manual_seed(cfg.seed)
+        model = create_model(layout, len(cfg.data.resolved_dense_columns()), cfg.model, "meta")
+        model.sparse_arch = _FixedVectors(layout, cfg.train.batch_size)  # type: ignore[assignment]
+        self.model = DistributedDataParallel(model)
+        self.optimizer = DENSE_OPTIMIZERS[cfg.train.dense_optimizer](
+            model.parameters(), lr=cfg.train.dense_learning_rate
+        )
+
+    def train_step(self, batch: Batch) -> float:
+        logits = self.model(batch.dense, batch.sparse)
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
 
 
 def plain_parquet_batches(path: str, builder: BatchBuilder, batch_size: int) -> Iterator[Batch]:

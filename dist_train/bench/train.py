@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 import torch.distributed as dist
 
 from dist_train.bench import rank_batches, spread, synthetic_train_data, variant
-from dist_train.bench.peers import PlainPyTorch, plain_parquet_batches
+from dist_train.bench.peers import DenseOnly, PlainPyTorch, plain_parquet_batches
 from dist_train.bench.planner import reset_peak_rss, rss_bytes, torchrec_job_plan
 from dist_train.bench.roofline import MachineRates, measure_rates, step_floor
 from dist_train.checkpoint import TrainPosition
@@ -136,10 +136,13 @@ def _timed(model: _Trains, batches: Iterator[Batch], steps: int) -> float:
 def time_systems(
     raw: dict[str, dict[str, Any]], plans: dict[str, JobPlan | None], data: str, rounds: int
 ) -> dict[str, Any]:
-    """Worker: build every system, time them round-robin (seconds per round), then measure
+    """Worker: build every system, time them round-robin (seconds per round), with the dense
+    network alone (:class:`~dist_train.bench.peers.DenseOnly`) in step mode; then measure
     this machine's rates for the roofline."""
     cfgs = {s: parse_config(r) for s, r in raw.items()}
     models = {s: _build(cfgs[s], plans[s]) for s in SYSTEMS}
+    unified = cfgs["unified"]
+    dense_only = DenseOnly(unified, build_layout(unified.embedding, unified.features, unified.seed))
     batch = cfgs["unified"].train.batch_size
     count = WARMUP_STEPS + rounds * STEPS_PER_ROUND
     builders = {s: _builder(cfgs[s]) for s in SYSTEMS}
@@ -153,14 +156,22 @@ def time_systems(
     for s in SYSTEMS:
         _timed(models[s], iter(prebuilt[s][:WARMUP_STEPS]), WARMUP_STEPS)
         _timed(models[s], streams[s], WARMUP_STEPS)
+    _timed(dense_only, iter(prebuilt["unified"][:WARMUP_STEPS]), WARMUP_STEPS)
     seconds: dict[str, dict[str, list[float]]] = {m: {s: [] for s in SYSTEMS} for m in MODES}
+    dense_seconds: list[float] = []
     for r in range(rounds):
+        first = WARMUP_STEPS + r * STEPS_PER_ROUND
         for s in SYSTEMS:
-            first = WARMUP_STEPS + r * STEPS_PER_ROUND
             steps = iter(prebuilt[s][first : first + STEPS_PER_ROUND])
             seconds["step"][s].append(_timed(models[s], steps, STEPS_PER_ROUND))
             seconds["end_to_end"][s].append(_timed(models[s], streams[s], STEPS_PER_ROUND))
-    return {"seconds": seconds, "rates": asdict(measure_rates())}
+        steps = iter(prebuilt["unified"][first : first + STEPS_PER_ROUND])
+        dense_seconds.append(_timed(dense_only, steps, STEPS_PER_ROUND))
+    return {
+        "seconds": seconds,
+        "dense_only_seconds": dense_seconds,
+        "rates": asdict(measure_rates()),
+    }
 
 
 def peak_memory(
@@ -278,6 +289,9 @@ def run_train_bench(
             results.append(_row(s, mode, world, per_round, batch, peak, params[s]))
             results[-1]["plan"] = labels[s]
         step = statistics.median(seconds["step", "unified"]) / STEPS_PER_ROUND
+        dense = [max(r["dense_only_seconds"][i] for r in out) for i in range(rounds)]
+        # round by round, as the goals' ratios: the peer's step over the dense network alone
+        pytorch_over_dense = [p / d for p, d in zip(seconds["step", "pytorch"], dense, strict=True)]
         workload = planner_for_config(cfgs["unified"], world, world)[0].workload
         floor = step_floor(workload, world, MachineRates(**out[0]["rates"]))
         roofline.append(
@@ -289,6 +303,10 @@ def run_train_bench(
                 "floor_seconds": floor,
                 "measured_step_seconds": step,
                 "measured_over_floor": step / floor["floor"],
+                # the step without embeddings, and the largest unified / pytorch step ratio
+                # any embedding path could reach: pytorch's step over it
+                "dense_only_step_seconds": statistics.median(dense) / STEPS_PER_ROUND,
+                "pytorch_over_dense_only": spread(pytorch_over_dense),
             }
         )
     summary = {"results": results, "ratios": ratios(rounds_of), "roofline": roofline}
@@ -325,5 +343,8 @@ def _print(summary: dict[str, Any]) -> None:
             f"{terms['floor'] * 1e3:.2f} ms ("
             + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in terms.items() if k != "floor")
             + f" ms); measured step {r['measured_step_seconds'] * 1e3:.2f} ms: "
-            f"x{r['measured_over_floor']:.2f} the floor"
+            f"x{r['measured_over_floor']:.2f} the floor\n  the dense network alone "
+            f"{r['dense_only_step_seconds'] * 1e3:.2f} ms a step; pytorch's step over it "
+            "(the most unified / pytorch could reach with free embeddings): x{:.2f} "
+            "({:.2f}-{:.2f})".format(*r["pytorch_over_dense_only"])
         )

@@ -29,7 +29,8 @@ from dist_train.train.sharding import JobPlan, build_model, make_sharder, plan_j
 from dist_train.train.uneven_row_wise import enable_uneven_row_wise
 from dist_train.train.unpooled_row_wise import enable_unpooled_row_wise
 
-_DENSE_OPTIMIZERS = {
+# torch optimizers by `train.dense_optimizer` (and a table optimizer torch runs)
+DENSE_OPTIMIZERS = {
     "adagrad": torch.optim.Adagrad,
     "adam": torch.optim.Adam,
     "sgd": torch.optim.SGD,
@@ -58,14 +59,14 @@ def _torch_optimizers(
     """
     emb = {k: p for k, p in params.items() if k.startswith("sparse_arch.")}
     mlp = {k: p for k, p in params.items() if k not in emb}
-    dense_cls = _DENSE_OPTIMIZERS[cfg.train.dense_optimizer]
+    dense_cls = DENSE_OPTIMIZERS[cfg.train.dense_optimizer]
     dense_lr = cfg.train.dense_learning_rate
     out = [KeyedOptimizerWrapper(mlp, lambda ps: dense_cls(ps, lr=dense_lr))]
     if emb:
         o = cfg.embedding.optimizer
         # data_parallel tables (and tables on the dense kernel) keep the job's optimizer:
         # TorchRec's dense RowWiseAdagrad keeps one accumulator per row, like FBGEMM's fused one
-        emb_cls = RowWiseAdagrad if o.type == "rowwise_adagrad" else _DENSE_OPTIMIZERS[o.type]
+        emb_cls = RowWiseAdagrad if o.type == "rowwise_adagrad" else DENSE_OPTIMIZERS[o.type]
         kwargs = {"lr": o.learning_rate, "weight_decay": o.weight_decay}
         if o.type != "sgd":
             kwargs["eps"] = o.eps
