@@ -20,6 +20,9 @@ prefetch thread may hold up to ``train.prefetch_batches`` batches it built while
 systems were timed (about 2 ms of work each at the default shapes, against steps of 30 ms
 and more).
 
+Beside them, in step mode, the dense network alone (:class:`~dist_train.bench.peers.DenseOnly`):
+no system's step can be shorter, and ``pytorch``'s step over it bounds ``unified / pytorch``.
+
 For each rank count, all systems are built in the same gloo processes and timed in
 interleaved rounds (every mode and system once per round); a system's figure is the median
 over rounds, with the spread (min and max). Memory is measured apart, in fresh processes
