@@ -122,9 +122,10 @@ class _FixedVectors(nn.Module):
 
 
 class DenseOnly:
-    """The job's dense network alone, as our trainer runs it: the model over fixed vectors
-    in place of the tables, in DDP, the job's dense optimizer. What a step costs without
-    embeddings: no system's step can be shorter."""
+    """The job's dense network alone: the model over fixed vectors in place of the tables,
+    in DDP (torch's defaults, as the ``pytorch`` peer; TorchRec's wrapper views gradients as
+    buckets, a few hundred KB less copying here), the job's dense optimizer. What a step
+    costs without embeddings: no system's step can be shorter."""
 
     def __init__(self, cfg: JobConfig, layout: EmbeddingLayout) -> None:
         torch.manual_seed(cfg.seed)
