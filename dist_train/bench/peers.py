@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -30,7 +30,7 @@ from dist_train.config import JobConfig
 from dist_train.data.batch import Batch, BatchBuilder
 from dist_train.data.reader import resolve_files
 from dist_train.embedding.layout import EmbeddingLayout
-from dist_train.models import create_model
+from dist_train.models import CTRModel, create_model
 from dist_train.train.trainer import DENSE_OPTIMIZERS
 
 
@@ -62,14 +62,24 @@ class EmbeddingBags(nn.Module):
         )
 
 
+def _model_over(
+    cfg: JobConfig, layout: EmbeddingLayout, tables: Callable[[], nn.Module]
+) -> CTRModel:
+    """The job's model (our dense network, seeded as the job) over ``tables()``, made after
+    it, in place of TorchRec's: what the peer and the dense-alone timing share with our
+    trainer."""
+    torch.manual_seed(cfg.seed)
+    model = create_model(layout, len(cfg.data.resolved_dense_columns()), cfg.model, "meta")
+    model.sparse_arch = tables()  # type: ignore[assignment]
+    return model
+
+
 class PlainPyTorch:
     """The job's model on plain PyTorch: ``nn.EmbeddingBag`` tables, the dense network in
     DDP, Adagrad (see the module docstring)."""
 
     def __init__(self, cfg: JobConfig, layout: EmbeddingLayout) -> None:
-        torch.manual_seed(cfg.seed)
-        model = create_model(layout, len(cfg.data.resolved_dense_columns()), cfg.model, "meta")
-        model.sparse_arch = EmbeddingBags(layout)  # type: ignore[assignment]
+        model = _model_over(cfg, layout, lambda: EmbeddingBags(layout))
         tables = {n: p for n, p in model.named_parameters() if n.startswith("sparse_arch.")}
         dense = [p for n, p in model.named_parameters() if n not in tables]
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, list(tables))
@@ -128,9 +138,7 @@ class DenseOnly:
     costs without embeddings: no system's step can be shorter."""
 
     def __init__(self, cfg: JobConfig, layout: EmbeddingLayout) -> None:
-        torch.manual_seed(cfg.seed)
-        model = create_model(layout, len(cfg.data.resolved_dense_columns()), cfg.model, "meta")
-        model.sparse_arch = _FixedVectors(layout, cfg.train.batch_size)  # type: ignore[assignment]
+        model = _model_over(cfg, layout, lambda: _FixedVectors(layout, cfg.train.batch_size))
         self.model = DistributedDataParallel(model)
         self.optimizer = DENSE_OPTIMIZERS[cfg.train.dense_optimizer](
             model.parameters(), lr=cfg.train.dense_learning_rate
