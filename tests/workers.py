@@ -205,3 +205,16 @@ def pipelined_and_plain_losses(
                 runs["eval_after_early_close"] = twice
         out[kind] = runs
     return out
+
+
+def bench_dense_optimizers(cfg_raw: dict[str, Any]) -> dict[str, list[str]]:
+    """The optimizer classes ``bench train``'s plain-PyTorch peer and dense-alone timing
+    build for the job ``cfg_raw``: theirs for the dense network must be the job's."""
+    from dist_train.bench.peers import DenseOnly, PlainPyTorch
+
+    cfg = parse_config(cfg_raw)
+    layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
+    return {
+        "pytorch": [type(o).__name__ for o in PlainPyTorch(cfg, layout).optimizers],
+        "dense_only": [type(DenseOnly(cfg, layout).optimizer).__name__],
+    }

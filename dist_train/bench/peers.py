@@ -2,8 +2,9 @@
 
 - :class:`PlainPyTorch`: the same dense network over ``nn.EmbeddingBag`` tables (one per
   table of the job's layout, ``sparse=True``), the dense network in
-  ``DistributedDataParallel``, the tables' sparse gradients all-reduced by hand, torch's
-  Adagrad (sparse gradients for the tables, element-wise state). (DDP over the tables too,
+  ``DistributedDataParallel``, the tables' sparse gradients all-reduced by hand; torch's
+  Adagrad for the tables (sparse gradients, element-wise state), the job's dense optimizer
+  (``train.dense_optimizer``) for the dense network, as our trainer. (DDP over the tables too,
   the first thing a user writes, corrupts the heap in torch 2.13 on CPU: ``malloc():
   unaligned tcache chunk detected`` or a segfault in the backward within a few hundred
   steps, one rank or two, every try here.)
@@ -75,8 +76,8 @@ def _model_over(
 
 
 class PlainPyTorch:
-    """The job's model on plain PyTorch: ``nn.EmbeddingBag`` tables, the dense network in
-    DDP, Adagrad (see the module docstring)."""
+    """The job's model on plain PyTorch: ``nn.EmbeddingBag`` tables with torch's Adagrad,
+    the dense network in DDP with the job's dense optimizer (see the module docstring)."""
 
     def __init__(self, cfg: JobConfig, layout: EmbeddingLayout) -> None:
         model = _model_over(cfg, layout, lambda: EmbeddingBags(layout))
@@ -88,7 +89,7 @@ class PlainPyTorch:
         o = cfg.embedding.optimizer
         self.optimizers = [
             torch.optim.Adagrad(self.tables, lr=o.learning_rate, eps=o.eps),
-            torch.optim.Adagrad(dense, lr=cfg.train.dense_learning_rate),
+            DENSE_OPTIMIZERS[cfg.train.dense_optimizer](dense, lr=cfg.train.dense_learning_rate),
         ]
 
     def train_step(self, batch: Batch) -> float:

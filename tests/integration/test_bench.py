@@ -9,7 +9,10 @@ from typing import Any
 import pytest
 
 from dist_train.cli import main
+from dist_train.launchers.processes import run_processes
 from planners.topology import CPU_PRESET, save_topology
+from tests.conftest import small_config
+from tests.workers import bench_dense_optimizers
 
 TINY = str(Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny.yaml")
 
@@ -140,6 +143,18 @@ def test_bench_train_reports_every_system_mode_and_the_roofline(tmp_path: Path) 
     assert 0 < roofline["dense_only_step_seconds"] < roofline["measured_step_seconds"]
     median, low, high = roofline["pytorch_over_dense_only"]
     assert 1 < low <= median <= high
+
+
+@pytest.mark.parametrize(("dense_optimizer", "name"), [("sgd", "SGD"), ("adam", "Adam")])
+def test_bench_train_peers_use_the_jobs_dense_optimizer(
+    tmp_path: Path, dense_optimizer: str, name: str
+) -> None:
+    """Same optimizer settings for every system: the plain-PyTorch peer's tables keep torch's
+    Adagrad (sparse gradients), its dense network takes ``train.dense_optimizer`` as ours."""
+    cfg = small_config(tmp_path, [f"train.dense_optimizer={dense_optimizer}"])
+    raw = cfg.model_dump(mode="json")
+    (built,) = run_processes(bench_dense_optimizers, (raw,), world_size=1)
+    assert built == {"pytorch": ["Adagrad", name], "dense_only": [name]}
 
 
 def test_bench_kernel_reports_bandwidth_against_copy(tmp_path: Path) -> None:
