@@ -8,8 +8,8 @@ budget, side by side in one run:
 - ``torchrec``: the same tables as ``hashing_trick``, placed by TorchRec's
   ``EmbeddingShardingPlanner`` (default constants, TorchRec's own sharder), in the same
   ``DistributedModelParallel`` with FBGEMM's fused row-wise Adagrad;
-- ``pytorch``: the same tables as ``nn.EmbeddingBag`` + DDP with torch's Adagrad
-  (:mod:`dist_train.bench.peers`).
+- ``pytorch``: the same tables as ``nn.EmbeddingBag`` with torch's Adagrad, the dense
+  network in DDP with the job's dense optimizer (:mod:`dist_train.bench.peers`).
 
 Two modes: ``step`` times forward + backward + optimizer on batches built before timing;
 ``end_to_end`` also reads and converts the Parquet files while timing (ours: the training

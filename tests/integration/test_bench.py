@@ -146,11 +146,12 @@ def test_bench_train_reports_every_system_mode_and_the_roofline(tmp_path: Path) 
 
 
 @pytest.mark.parametrize(("dense_optimizer", "name"), [("sgd", "SGD"), ("adam", "Adam")])
-def test_bench_train_peers_use_the_jobs_dense_optimizer(
+def test_bench_train_peer_and_dense_alone_use_the_jobs_dense_optimizer(
     tmp_path: Path, dense_optimizer: str, name: str
 ) -> None:
-    """Same optimizer settings for every system: the plain-PyTorch peer's tables keep torch's
-    Adagrad (sparse gradients), its dense network takes ``train.dense_optimizer`` as ours."""
+    """The same dense optimizer for every system: the plain-PyTorch peer's dense network and
+    the dense-alone timing take ``train.dense_optimizer``, as ours; the peer's tables keep
+    torch's Adagrad (sparse gradients)."""
     cfg = small_config(tmp_path, [f"train.dense_optimizer={dense_optimizer}"])
     raw = cfg.model_dump(mode="json")
     (built,) = run_processes(bench_dense_optimizers, (raw,), world_size=1)
