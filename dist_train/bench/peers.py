@@ -32,7 +32,7 @@ from dist_train.data.batch import Batch, BatchBuilder
 from dist_train.data.reader import resolve_files
 from dist_train.embedding.layout import EmbeddingLayout
 from dist_train.models import CTRModel, create_model
-from dist_train.train.trainer import DENSE_OPTIMIZERS
+from dist_train.train.trainer import dense_optimizer
 
 
 class _Pooled(dict[str, torch.Tensor]):
@@ -89,7 +89,7 @@ class PlainPyTorch:
         o = cfg.embedding.optimizer
         self.optimizers = [
             torch.optim.Adagrad(self.tables, lr=o.learning_rate, eps=o.eps),
-            DENSE_OPTIMIZERS[cfg.train.dense_optimizer](dense, lr=cfg.train.dense_learning_rate),
+            dense_optimizer(cfg, dense),
         ]
 
     def train_step(self, batch: Batch) -> float:
@@ -141,9 +141,7 @@ class DenseOnly:
     def __init__(self, cfg: JobConfig, layout: EmbeddingLayout) -> None:
         model = _model_over(cfg, layout, lambda: _FixedVectors(layout, cfg.train.batch_size))
         self.model = DistributedDataParallel(model)
-        self.optimizer = DENSE_OPTIMIZERS[cfg.train.dense_optimizer](
-            model.parameters(), lr=cfg.train.dense_learning_rate
-        )
+        self.optimizer = dense_optimizer(cfg, model.parameters())
 
     def train_step(self, batch: Batch) -> float:
         logits = self.model(batch.dense, batch.sparse)

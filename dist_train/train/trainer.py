@@ -37,6 +37,12 @@ DENSE_OPTIMIZERS = {
 }
 
 
+def dense_optimizer(cfg: JobConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The job's dense optimizer (``train.dense_optimizer``, ``train.dense_learning_rate``)
+    over ``params``."""
+    return DENSE_OPTIMIZERS[cfg.train.dense_optimizer](params, lr=cfg.train.dense_learning_rate)
+
+
 def make_batch_builder(cfg: JobConfig, layout: EmbeddingLayout) -> BatchBuilder:
     """The batch builder of a job (its columns, layout and dense transform)."""
     return BatchBuilder(
@@ -59,9 +65,7 @@ def _torch_optimizers(
     """
     emb = {k: p for k, p in params.items() if k.startswith("sparse_arch.")}
     mlp = {k: p for k, p in params.items() if k not in emb}
-    dense_cls = DENSE_OPTIMIZERS[cfg.train.dense_optimizer]
-    dense_lr = cfg.train.dense_learning_rate
-    out = [KeyedOptimizerWrapper(mlp, lambda ps: dense_cls(ps, lr=dense_lr))]
+    out = [KeyedOptimizerWrapper(mlp, lambda ps: dense_optimizer(cfg, ps))]
     if emb:
         o = cfg.embedding.optimizer
         # data_parallel tables (and tables on the dense kernel) keep the job's optimizer:
