@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import glob
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -144,6 +145,11 @@ def _bench(args: argparse.Namespace) -> int:
             batches=tuple(args.batches),
         )
         return 0
+    if args.bench == "interaction":
+        from dist_train.bench.interaction import run_interaction_bench
+
+        run_interaction_bench(cfg, args.threads, args.json, rounds=args.rounds)
+        return 0
     if args.bench == "train":
         from dist_train.bench.train import run_train_bench
 
@@ -217,7 +223,7 @@ def _plan(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     from dist_train.devices import DeviceError, local_gpus, resolve_device
     from dist_train.launchers.processes import run_processes
-    from dist_train.models.dlrm import pairwise_dots
+    from dist_train.models.dot_interaction import pairwise_dots
     from dist_train.train.unpooled_row_wise import enable_unpooled_row_wise as unpool_tables
     from planners.calibrate import calibrate
     from planners.topology import TopologyError, parse_bytes, save_topology
@@ -480,6 +486,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="batch sizes, comma-separated",
     )
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    p.add_argument("--json", help="also write the figures as JSON to this file")
+    p = bench.add_parser("interaction", help="DLRM's dot interaction: native kernels vs torch")
+    common(p)
+    p.add_argument(
+        "--threads",
+        default=f"1,{os.cpu_count() or 1}",
+        type=_number_list(int),
+        help="intra-op thread counts, comma-separated",
+    )
+    p.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds")
     p.add_argument("--json", help="also write the figures as JSON to this file")
     p = bench.add_parser("ingest", help="Parquet to ready batches per core, vs Ray Data")
     common(p)

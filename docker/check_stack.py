@@ -10,6 +10,7 @@ build instead of the first GPU job. Needs no GPU: it looks at the builds, not at
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -32,6 +33,10 @@ def problems(variant: str) -> list[str]:
     import torchrec  # noqa: F401  (must import beside this fbgemm build)
 
     found: list[str] = []
+    # the C dot interaction (setup.py) builds only where a compiler was at hand; without it
+    # CPU ranks run torch's, slower
+    if importlib.util.find_spec("dist_train.models._dot_interaction") is None:
+        found.append("dist_train's C dot interaction was not built (gcc and Python headers?)")
     torch_cuda = torch.version.cuda
     fbgemm_variant = getattr(fbgemm_gpu, "__variant__", "unknown")
     if variant == "cpu":

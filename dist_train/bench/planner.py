@@ -35,7 +35,7 @@ from dist_train.bench import rank_batches, synthetic_train_data
 from dist_train.config import JobConfig, apply_overrides, parse_config
 from dist_train.embedding.layout import build_layout
 from dist_train.launchers.processes import run_processes
-from dist_train.models.dlrm import pairwise_dots
+from dist_train.models.dot_interaction import pairwise_dots
 from dist_train.train.rank_layout import discover_rank_layout
 from dist_train.train.sharding import (
     JobPlan,
