@@ -210,9 +210,10 @@ def ignored(path: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
 
 
 def _files_below(path: Path) -> Iterator[Path]:
-    """Files inside a directory, bytecode caches aside (the ignore files drop those)."""
+    """Files inside a directory, bytecode caches and built extensions aside (the ignore files
+    drop those: the image builds its own)."""
     for p in sorted(path.rglob("*")) if path.is_dir() else []:
-        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc":
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".so"):
             yield p
 
 
