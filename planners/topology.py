@@ -184,9 +184,11 @@ CPU_PRESET = TopologySpec(
     memory_bytes_per_second=2.4e10,
     lookup_seconds_per_row={4: 4.9e-8, 8: 5.3e-8, 16: 7.2e-8, 32: 1.15e-7, 64: 2.3e-7, 128: 5.9e-7},
     dense_flops_per_second=9.6e10,
-    # 2.5e9 measured with autograd's backward of the Gram matrix; the model's own backward
-    # (dist_train/models/dlrm.py) runs 1.25x its rate (median of 7 interleaved pairs, 1 thread)
-    interaction_elements_per_second=3.1e9,
+    # 2.5e9 measured with autograd's backward of the Gram matrix; the model's interaction in
+    # C (dist_train/models/dot_interaction.py, AVX-512) runs 2.48x its rate (median of 7
+    # interleaved pairs, 1 thread, 2026-12-03); torch's path, where the C one is not built,
+    # about 1.25x
+    interaction_elements_per_second=6.2e9,
     dense_update_elements_per_second=7.7e8,
     intra_node=LinkSpec(
         all_to_all_bytes_per_second=1.5e9,

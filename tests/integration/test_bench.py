@@ -172,6 +172,24 @@ def test_bench_kernel_reports_bandwidth_against_copy(tmp_path: Path) -> None:
         assert r["one_feature_forward_backward_seconds"] > 0 and r["shared_over_one_feature"] > 0
 
 
+def test_bench_interaction_times_torch_and_every_native_variant(tmp_path: Path) -> None:
+    from dist_train.models.dot_interaction import native_variant, native_variants
+
+    out = tmp_path / "interaction.json"
+    args = ["bench", "interaction", "--config", TINY, "--threads", "1,2", "--rounds", "1"]
+    assert main([*args, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    impls = ["torch", *native_variants()]
+    assert [(r["threads"], r["implementation"]) for r in report["rows"]] == [
+        (t, i) for t in (1, 2) for i in impls
+    ]
+    for r in report["rows"]:
+        assert r["forward_seconds"][0] > 0 and r["forward_backward_seconds"][0] > 0
+        assert r["forward_torch_over_this"] > 0 and r["forward_backward_torch_over_this"] > 0
+    # the bench leaves the widest variant selected, as the import found it
+    assert native_variant() == (native_variants() or [None])[0]
+
+
 def test_sweep_on_adult_writes_table_plot_and_resumes(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     args = ["sweep", "--dataset", "adult", "--budgets", "0.1", "--seeds", "0"]
