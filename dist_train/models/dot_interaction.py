@@ -33,6 +33,13 @@ def native_variant() -> str | None:
     return None if _native is None else _native.variant()
 
 
+def implementation_on(device: torch.device) -> str:
+    """Which implementation float32 inputs on ``device`` run: ``C (avx512)``, ``C (avx2)``
+    or ``torch`` (what a run's start line says)."""
+    variant = native_variant()
+    return f"C ({variant})" if device.type == "cpu" and variant is not None else "torch"
+
+
 _VARIANTS = ("avx512", "avx2")  # widest first
 _WIDEST = native_variant()  # what the extension picked at import
 

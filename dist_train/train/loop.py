@@ -33,6 +33,7 @@ from dist_train.data.rows import Rows
 from dist_train.data.validation import BadInputCounts, BadInputPolicy
 from dist_train.devices import rank_device
 from dist_train.logs import setup_logging
+from dist_train.models.dot_interaction import implementation_on
 from dist_train.train.audit import StepAudit
 from dist_train.train.checkpointing import Checkpoints
 from dist_train.train.epochs import Epochs
@@ -162,6 +163,9 @@ def run_worker(
 def _log_start(progress: Progress, trainer: Trainer, topo: RankLayout, cfg: JobConfig) -> None:
     tables = trainer.layout.tables
     world = dist.get_world_size()
+    # which dot interaction runs: the C one is an optional build (setup.py)
+    dots = cfg.model.kind == "dlrm" and cfg.model.interaction == "dot"
+    interaction = implementation_on(trainer.device) if dots else None
     progress.log(
         {
             "event": "start",
@@ -173,13 +177,15 @@ def _log_start(progress: Progress, trainer: Trainer, topo: RankLayout, cfg: JobC
             "sharding": trainer.plan.placements(),
             "tables": [t.__dict__ for t in tables],
             "pipeline": trainer.pipelined,
+            "dot_interaction": interaction,
         },
         f"{world} {trainer.device.type.upper()} rank(s) on {topo.num_nodes} node(s), "
         f"{trainer.layout.kind} embedding: "
         + ", ".join(f"{t.name} {t.num_rows:,}x{t.dim}" for t in tables[:4])
         + (" ..." if len(tables) > 4 else "")
         + f", {trainer.plan.label} sharding, batch {cfg.train.batch_size}/rank"
-        + (", TorchRec train pipeline" if trainer.pipelined else ""),
+        + (", TorchRec train pipeline" if trainer.pipelined else "")
+        + (f", {interaction} dot interaction" if interaction else ""),
     )
 
 

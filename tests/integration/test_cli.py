@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import torch
 
 from dist_train.cli import main
 from tests.conftest import small_config
@@ -101,5 +102,12 @@ def test_quiet_and_verbose_set_what_the_console_shows(tmp_path: Path) -> None:
             json.loads(x)["event"] for x in (tmp_path / out / "tiny" / "metrics.jsonl").open()
         ]
         assert events[0] == "start" and "train" in events and events[-1] == "eval"
+    # the start line says which dot interaction runs (the C one is an optional build)
+    from dist_train.models.dot_interaction import implementation_on
+
+    expected = implementation_on(torch.device("cpu"))
+    assert f"{expected} dot interaction" in normal.stdout
+    start = json.loads((tmp_path / "n" / "tiny" / "metrics.jsonl").open().readline())
+    assert start["dot_interaction"] == expected
     verbose = _cli(*run, "-v", "-q", cwd=tmp_path)
     assert verbose.returncode == 2 and "not allowed with" in verbose.stderr
