@@ -185,9 +185,10 @@ CPU_PRESET = TopologySpec(
     lookup_seconds_per_row={4: 4.9e-8, 8: 5.3e-8, 16: 7.2e-8, 32: 1.15e-7, 64: 2.3e-7, 128: 5.9e-7},
     dense_flops_per_second=9.6e10,
     # 2.5e9 measured with autograd's backward of the Gram matrix; the model's interaction in
-    # C (dist_train/models/dot_interaction.py, AVX-512) runs 2.48x its rate (median of 7
-    # interleaved pairs, 1 thread, 2026-12-03); torch's path, where the C one is not built,
-    # about 1.25x
+    # C (dist_train/models/dot_interaction.py, AVX-512), as calibrate times it, runs 2.48x
+    # its rate (median of 7 interleaved pairs, 1 thread, 2026-12-03). This preset assumes the
+    # C kernels: where torch's path runs (about 1.25x autograd's rate) it underestimates the
+    # interaction about 2x
     interaction_elements_per_second=6.2e9,
     dense_update_elements_per_second=7.7e8,
     intra_node=LinkSpec(

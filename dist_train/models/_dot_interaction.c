@@ -8,7 +8,7 @@
  *
  * The kernels (_dot_interaction_kernels.h) are compiled for AVX-512 and for AVX2 + FMA; the
  * widest set the CPU has is picked at import. On other CPUs `variant()` is None and the
- * model keeps torch's path (dist_train/models/interaction.py). Each call splits the batch
+ * model keeps torch's path (dist_train/models/dot_interaction.py). Each call splits the batch
  * over `threads` POSIX threads (the calling one included), with the GIL released.
  */
 #define PY_SSIZE_T_CLEAN
@@ -115,7 +115,7 @@ static int run_split(RangeFn fn, int64_t lanes, const Work *proto, int64_t batch
         tasks[t].work.hi = (tiles * (t + 1) / threads) * lanes;
         if (tasks[t].work.hi > batch) tasks[t].work.hi = batch;
         tasks[t].work.x_tile = aligned_alloc(64, (x_bytes + 63) / 64 * 64);
-        tasks[t].work.pair_tile = aligned_alloc(64, (p_bytes + 63) / 64 * 64 + 64);
+        tasks[t].work.pair_tile = aligned_alloc(64, (p_bytes + 63) / 64 * 64);
         failed = tasks[t].work.x_tile == NULL || tasks[t].work.pair_tile == NULL;
     }
     if (!failed) {
@@ -140,6 +140,16 @@ static int check_variant(void) {
     if (variant != NULL) return 0;
     PyErr_SetString(PyExc_RuntimeError,
                     "_dot_interaction: this CPU has neither AVX-512 nor AVX2 + FMA");
+    return -1;
+}
+
+/* The shapes the kernels index by; the caller vouches for the buffers behind them. */
+static int check_shape(long long batch, long long n, long long d, long long threads) {
+    if (batch >= 0 && n >= 2 && d >= 1 && threads >= 1) return 0;
+    PyErr_Format(PyExc_ValueError,
+                 "_dot_interaction: need batch >= 0, n >= 2 vectors, d >= 1 and threads >= 1; "
+                 "got batch %lld, n %lld, d %lld, threads %lld",
+                 batch, n, d, threads);
     return -1;
 }
 
@@ -186,8 +196,12 @@ static PyObject *py_forward(PyObject *self, PyObject *args) {
     w.out_stride = out_stride;
     w.n = n;
     w.d = d;
+    if (check_shape(batch, n, d, threads) != 0) return NULL;
+    /* read once, under the GIL: a select() from another thread must not pair one variant's
+       kernel with another's tile size */
+    const Variant *v = variant;
     int rc;
-    Py_BEGIN_ALLOW_THREADS rc = run_split(variant->forward, variant->lanes, &w, batch, threads);
+    Py_BEGIN_ALLOW_THREADS rc = run_split(v->forward, v->lanes, &w, batch, threads);
     Py_END_ALLOW_THREADS if (rc != 0) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
@@ -215,8 +229,12 @@ static PyObject *py_backward(PyObject *self, PyObject *args) {
     w.d_vectors_stride = d_vectors_stride;
     w.n = n;
     w.d = d;
+    if (check_shape(batch, n, d, threads) != 0) return NULL;
+    /* read once, under the GIL: a select() from another thread must not pair one variant's
+       kernel with another's tile size */
+    const Variant *v = variant;
     int rc;
-    Py_BEGIN_ALLOW_THREADS rc = run_split(variant->backward, variant->lanes, &w, batch, threads);
+    Py_BEGIN_ALLOW_THREADS rc = run_split(v->backward, v->lanes, &w, batch, threads);
     Py_END_ALLOW_THREADS if (rc != 0) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }

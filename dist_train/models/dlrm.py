@@ -15,6 +15,9 @@ from dist_train.embedding.layout import EmbeddingLayout
 from dist_train.models.base import CTRModel, mlp
 from dist_train.models.dot_interaction import dot_interaction
 
+# a leaf of torch.fx traces of the model (see dot_interaction)
+torch.fx.wrap("dot_interaction")
+
 
 class DotInteraction(nn.Module):
     """The dense vector, then the pairwise dot products of it and every chunk vector."""

@@ -127,7 +127,7 @@ class _NativeDotInteraction(torch.autograd.Function):
         b, d = dense.shape
         n = vectors.shape[1] + 1
         dense_rows, vector_rows = _rows(dense), _rows(vectors)
-        out = torch.empty(b, d + n * (n - 1) // 2, dtype=dense.dtype)
+        out = dense.new_empty(b, d + n * (n - 1) // 2)
         _native.forward(
             dense_rows.data_ptr(), dense_rows.stride(0),
             vector_rows.data_ptr(), vector_rows.stride(0),
@@ -141,12 +141,17 @@ class _NativeDotInteraction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         assert _native is not None
+        if torch.is_grad_enabled():  # create_graph: autograd would miss the kernels' part
+            raise RuntimeError(
+                "the C dot interaction's backward is not differentiable (create_graph=True); "
+                "torch's path is: dot_interaction(dense, vectors, native=False)"
+            )
         dense_rows, vector_rows = ctx.saved_tensors
         b, d = dense_rows.shape
         n = ctx.vector_shape[1] + 1
         grad_rows = _rows(grad)
-        d_dense = torch.empty(b, d, dtype=grad.dtype)
-        d_vectors = torch.empty(b, (n - 1) * d, dtype=grad.dtype)
+        d_dense = grad.new_empty(b, d)
+        d_vectors = grad.new_empty(b, (n - 1) * d)
         _native.backward(
             dense_rows.data_ptr(), dense_rows.stride(0),
             vector_rows.data_ptr(), vector_rows.stride(0),
@@ -170,9 +175,19 @@ def _native_applies(dense: torch.Tensor, vectors: torch.Tensor) -> bool:
     )
 
 
-# A leaf of torch.fx traces (TorchRec's train pipeline traces the model): the choice of
-# implementation looks at the tensors, which a trace does not have.
-@torch.fx.wrap
+def _check_shapes(dense: torch.Tensor, vectors: torch.Tensor) -> None:
+    if (
+        dense.dim() != 2
+        or vectors.dim() != 3
+        or vectors.shape[0] != dense.shape[0]
+        or vectors.shape[2] != dense.shape[1]
+    ):
+        raise ValueError(
+            "dot interaction: dense must be [B, d] and vectors [B, n - 1, d]; got dense "
+            f"{list(dense.shape)} and vectors {list(vectors.shape)}"
+        )
+
+
 def dot_interaction(
     dense: torch.Tensor, vectors: torch.Tensor, native: bool | None = None
 ) -> torch.Tensor:
@@ -181,7 +196,12 @@ def dot_interaction(
     pairs (i, j), i < j, in row-major upper-triangle order.
 
     ``native``: None takes the C kernels where they apply (CPU float32, extension built, an
-    AVX2 or AVX-512 CPU); False always torch's path; True the kernels or an error."""
+    AVX2 or AVX-512 CPU); False always torch's path; True the kernels or an error.
+
+    Callers that torch.fx traces (TorchRec's train pipeline traces the model) wrap it as a
+    leaf, ``torch.fx.wrap("dot_interaction")`` in their module: the choice of implementation
+    looks at the tensors, which a trace does not have."""
+    _check_shapes(dense, vectors)
     if native is None:
         native = _native_applies(dense, vectors)
     elif native and not _native_applies(dense, vectors):
