@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import statistics
+import time
+from collections.abc import Callable
 
 import pyarrow as pa
 import torch.distributed as dist
@@ -39,6 +41,15 @@ def rank_batches(builder: BatchBuilder, table: pa.Table, batch: int, count: int)
         builder.build(table.slice(((s * world + rank) * batch) % (table.num_rows - batch), batch))
         for s in range(count)
     ]
+
+
+def seconds_per_call(fn: Callable[[], object], calls: int = 5) -> float:
+    """Mean seconds of ``calls`` back-to-back calls of ``fn``: one round's sample of a kernel
+    too short to time alone."""
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
 
 
 def spread(values: list[float]) -> list[float]:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dist_train.bench import spread
+from dist_train.bench import seconds_per_call, spread
 from dist_train.config import JobConfig
 from dist_train.embedding.layout import build_layout
 from dist_train.models.dot_interaction import (
@@ -28,13 +27,6 @@ from dist_train.models.dot_interaction import (
 )
 
 CALLS_PER_ROUND = 5
-
-
-def _seconds(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    for _ in range(CALLS_PER_ROUND):
-        fn()
-    return (time.perf_counter() - start) / CALLS_PER_ROUND
 
 
 def run_interaction_bench(
@@ -83,7 +75,9 @@ def run_interaction_bench(
                 torch.set_num_threads(t)
                 for impl in impls:
                     for mode, make in modes:
-                        seconds.setdefault((t, impl, mode), []).append(_seconds(make(impl)))
+                        seconds.setdefault((t, impl, mode), []).append(
+                            seconds_per_call(make(impl), CALLS_PER_ROUND)
+                        )
     finally:
         torch.set_num_threads(previous)
         if variants:

@@ -25,13 +25,13 @@ from __future__ import annotations
 import functools
 import json
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dist_train.bench import seconds_per_call
 from dist_train.bench.roofline import embedding_bytes
 from planners.calibrate import (
     TBE_BAGS,
@@ -56,13 +56,6 @@ def _training(
     tbe: torch.nn.Module, ids: torch.Tensor, offsets: torch.Tensor, grad: torch.Tensor
 ) -> None:
     tbe(ids, offsets).backward(grad)  # the fused update runs inside backward
-
-
-def _seconds(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    for _ in range(CALLS_PER_ROUND):
-        fn()
-    return (time.perf_counter() - start) / CALLS_PER_ROUND
 
 
 def run_kernel_bench(
@@ -113,9 +106,11 @@ def run_kernel_bench(
     for _ in range(rounds):
         for case, (run_forward, run_training, run_one) in zip(cases, calls, strict=True):
             case["copy_bytes_per_second"].append(copy_bytes_per_second())
-            case["forward_seconds"].append(_seconds(run_forward))
-            case["forward_backward_seconds"].append(_seconds(run_training))
-            case["one_feature_forward_backward_seconds"].append(_seconds(run_one))
+            case["forward_seconds"].append(seconds_per_call(run_forward, CALLS_PER_ROUND))
+            case["forward_backward_seconds"].append(seconds_per_call(run_training, CALLS_PER_ROUND))
+            case["one_feature_forward_backward_seconds"].append(
+                seconds_per_call(run_one, CALLS_PER_ROUND)
+            )
     rows = []
     for case in cases:
         copy = statistics.median(case["copy_bytes_per_second"])

@@ -57,6 +57,18 @@ def _cpu_flags() -> set[str]:
     }
 
 
+def _assert_native_matches_torch(
+    dense: torch.Tensor, vectors: torch.Tensor, grad: torch.Tensor
+) -> None:
+    """Output and both gradients of the C kernels against torch's path."""
+    for ours, theirs in zip(
+        _both(dense, vectors, grad, native=True),
+        _both(dense, vectors, grad, native=False),
+        strict=True,
+    ):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
 def test_the_native_kernels_are_built_and_run_on_x86() -> None:
     # CI builds the extension (make setup); a silent fallback would leave it untested
     if platform.machine() not in ("x86_64", "AMD64"):
@@ -75,12 +87,7 @@ def test_the_native_kernels_are_built_and_run_on_x86() -> None:
 )
 def test_native_equals_torch_forward_and_backward(variant: str, batch: int, n: int, d: int) -> None:
     dense, vectors, grad = _inputs(batch, n, d)
-    for ours, theirs in zip(
-        _both(dense, vectors, grad, native=True),
-        _both(dense, vectors, grad, native=False),
-        strict=True,
-    ):
-        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    _assert_native_matches_torch(dense, vectors, grad)
 
 
 def test_native_reads_strided_rows_and_a_strided_gradient(variant: str) -> None:
@@ -91,12 +98,7 @@ def test_native_reads_strided_rows_and_a_strided_gradient(variant: str) -> None:
     vectors = stacked[:, 1:, :8]  # not row-contiguous inside: copied once
     grad = grad_wide[:, 2:]
     grad = grad[:, : 8 + 8 * 7 // 2]
-    for ours, theirs in zip(
-        _both(dense, vectors, grad, native=True),
-        _both(dense, vectors, grad, native=False),
-        strict=True,
-    ):
-        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    _assert_native_matches_torch(dense, vectors, grad)
 
 
 def test_native_results_do_not_depend_on_the_thread_count(variant: str) -> None:
