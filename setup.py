@@ -12,8 +12,9 @@ setup(
             "dist_train.models._dot_interaction",
             sources=["dist_train/models/_dot_interaction.c"],
             depends=["dist_train/models/_dot_interaction_kernels.h"],
-            extra_compile_args=["-O3", "-pthread", "-Wall"],
-            extra_link_args=["-pthread"],
+            # -fopenmp: the batch split runs on torch's OpenMP threads (_dot_interaction.c)
+            extra_compile_args=["-O3", "-pthread", "-fopenmp", "-Wall"],
+            extra_link_args=["-pthread", "-fopenmp"],
             optional=True,
         )
     ]

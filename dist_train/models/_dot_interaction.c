@@ -119,6 +119,14 @@ static int run_split(RangeFn fn, int64_t lanes, const Work *proto, int64_t batch
         failed = tasks[t].work.x_tile == NULL || tasks[t].work.pair_tile == NULL;
     }
     if (!failed) {
+#ifdef _OPENMP
+        /* torch's own OpenMP threads: its runtime is the one loaded (libgomp.so.1, torch/lib).
+           Threads of our own would compete with that pool's, which spin-wait on the other
+           cores after each of torch's parallel ops: in the training step they gained
+           nothing over one thread. */
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+        for (int64_t t = 0; t < threads; ++t) run_task(&tasks[t]);
+#else
         int64_t started = 1;
         for (; started < threads; ++started)
             if (pthread_create(&ids[started], NULL, run_task, &tasks[started]) != 0) break;
@@ -126,6 +134,7 @@ static int run_split(RangeFn fn, int64_t lanes, const Work *proto, int64_t batch
         run_task(&tasks[0]);
         for (int64_t t = started; t < threads; ++t) run_task(&tasks[t]);
         for (int64_t t = 1; t < started; ++t) pthread_join(ids[t], NULL);
+#endif
     }
     for (int64_t t = 0; tasks != NULL && t < threads; ++t) {
         free(tasks[t].work.x_tile);
