@@ -188,6 +188,20 @@ static PyObject *py_select(PyObject *self, PyObject *args) {
     Py_RETURN_FALSE;
 }
 
+/* Both entry points' common end: check the shapes, run the forward or backward kernel of
+ * the selected variant with the GIL released. None, or NULL with the error set. */
+static PyObject *run_checked(const Work *w, int backward, long long batch, long long threads) {
+    if (check_shape(batch, w->n, w->d, threads) != 0) return NULL;
+    /* read once, under the GIL: a select() from another thread must not pair one variant's
+       kernel with another's tile size */
+    const Variant *v = variant;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS rc =
+        run_split(backward ? v->backward : v->forward, v->lanes, w, batch, threads);
+    Py_END_ALLOW_THREADS if (rc != 0) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_forward(PyObject *self, PyObject *args) {
     (void)self;
     if (check_variant() != 0) return NULL;
@@ -205,14 +219,7 @@ static PyObject *py_forward(PyObject *self, PyObject *args) {
     w.out_stride = out_stride;
     w.n = n;
     w.d = d;
-    if (check_shape(batch, n, d, threads) != 0) return NULL;
-    /* read once, under the GIL: a select() from another thread must not pair one variant's
-       kernel with another's tile size */
-    const Variant *v = variant;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS rc = run_split(v->forward, v->lanes, &w, batch, threads);
-    Py_END_ALLOW_THREADS if (rc != 0) return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    return run_checked(&w, 0, batch, threads);
 }
 
 static PyObject *py_backward(PyObject *self, PyObject *args) {
@@ -238,14 +245,7 @@ static PyObject *py_backward(PyObject *self, PyObject *args) {
     w.d_vectors_stride = d_vectors_stride;
     w.n = n;
     w.d = d;
-    if (check_shape(batch, n, d, threads) != 0) return NULL;
-    /* read once, under the GIL: a select() from another thread must not pair one variant's
-       kernel with another's tile size */
-    const Variant *v = variant;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS rc = run_split(v->backward, v->lanes, &w, batch, threads);
-    Py_END_ALLOW_THREADS if (rc != 0) return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    return run_checked(&w, 1, batch, threads);
 }
 
 static PyMethodDef methods[] = {

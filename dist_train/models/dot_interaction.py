@@ -9,7 +9,7 @@ Two implementations of one function, held to each other by the tests:
   own; any device and dtype, and the fallback where the extension is not built.
 
 ``dist-train bench interaction`` times them side by side (docs/benchmarks.md, "The dot
-interaction").
+interaction in C").
 """
 
 from __future__ import annotations
