@@ -15,8 +15,11 @@ from dist_train.bench import rank_batches
 from dist_train.config import JobConfig, parse_config
 from dist_train.devices import rank_device
 from dist_train.embedding.layout import build_layout
+from dist_train.train import trainer as trainer_module
+from dist_train.train.lookups import lookup_modules
 from dist_train.train.rank_layout import discover_rank_layout
 from dist_train.train.sharding import JobPlan, plan_job, planner_for_config
+from dist_train.train.shared_tables import OneFeatureFusedEmbeddingBag
 from dist_train.train.trainer import Trainer, make_batch_builder
 from planners import placement as pl
 from planners.planner import plan_from_placements
@@ -42,15 +45,18 @@ def train_fixed_batches(
     row_sizes: list[int] | None = None,
     device_type: str = "cpu",
     unpooled: bool = False,
+    shared_as_one_feature: bool = True,
 ) -> dict[str, Any]:
     """Train ``num_steps`` on fixed global batches, each rank taking its contiguous slice.
 
     The plan is the job's (made for ``local_world_size`` ranks a node), or with ``row_sizes``
     an uneven row-wise split; with ``unpooled`` its row-wise tables run unpooled
     (dist_train/train/unpooled_row_wise.py); ranks train on ``device_type`` (the launcher set
-    the GPU).
-    Returns the global mean loss of every step, this rank's embedding shards and the plan's
-    placements.
+    the GPU). ``shared_as_one_feature=False`` builds the trainer without
+    :func:`~dist_train.train.shared_tables.read_shared_tables_as_one_feature`: TorchRec's
+    kernels as TorchRec builds them.
+    Returns the global mean loss of every step, this rank's embedding shards, the plan's
+    placements and the tables this rank's kernels read as one feature.
     """
     cfg = parse_config(cfg_raw)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -61,7 +67,14 @@ def train_fixed_batches(
         job_plan = job_plan or plan_job(cfg, world, local_world_size or world)
         rows = [t for t, p in job_plan.placements().items() if p["type"] == "row_wise"]
         job_plan = dataclasses.replace(job_plan, unpooled_tables=tuple(rows))
+    if not shared_as_one_feature:  # this forked rank process only
+        trainer_module.read_shared_tables_as_one_feature = lambda model: []
     trainer = Trainer.build(cfg, job_plan, rank_device(device_type), local_world_size)
+    one_feature = sorted(
+        m.config.embedding_tables[0].name
+        for m in lookup_modules(trainer.model)
+        if isinstance(m, OneFeatureFusedEmbeddingBag)
+    )
     builder = trainer.batch_builder()
     table = pq.read_table(data_path, columns=builder.columns)
     local = global_batch // world
@@ -84,7 +97,12 @@ def train_fixed_batches(
                 )
         elif ".embedding_bags." in key:  # a data_parallel replica (a plain tensor)
             shards.append((key, [0, 0], value.detach().cpu().numpy().copy()))
-    return {"losses": losses, "shards": shards, "placements": trainer.plan.placements()}
+    return {
+        "losses": losses,
+        "shards": shards,
+        "placements": trainer.plan.placements(),
+        "one_feature_tables": one_feature,
+    }
 
 
 def assemble_tables(results: list[dict[str, Any]]) -> dict[str, np.ndarray]:

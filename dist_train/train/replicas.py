@@ -29,6 +29,8 @@ from torch.distributed import _remote_device
 from torch.distributed.device_mesh import DeviceMesh
 from torchrec.distributed.types import EnumerableShardingSpec, ShardingEnv2D, ShardingPlan
 
+from dist_train.train.lookups import lookup_modules
+
 
 @dataclass(frozen=True)
 class GroupLayout:
@@ -99,24 +101,12 @@ def place_in_group(plan: ShardingPlan, layout: GroupLayout, rank: int) -> Shardi
 
 
 def _fused_kernels(model: nn.Module) -> list[SplitTableBatchedEmbeddingBagsCodegen]:
-    """The FBGEMM TBE modules of a sharded model (TorchRec keeps its lookups in plain lists,
-    outside ``modules()``; ``DMPCollection`` walks them the same way)."""
-    found: list[SplitTableBatchedEmbeddingBagsCodegen] = []
-    seen: set[int] = set()
-
-    def visit(module: nn.Module) -> None:
-        if id(module) in seen:
-            return
-        seen.add(id(module))
-        if isinstance(module, SplitTableBatchedEmbeddingBagsCodegen):
-            found.append(module)
-        for lookup in getattr(module, "_lookups", None) or []:
-            visit(lookup)
-        for child in module.children():
-            visit(child)
-
-    visit(model)
-    return found
+    """The FBGEMM TBE modules of a sharded model."""
+    return [
+        module
+        for module in lookup_modules(model)
+        if isinstance(module, SplitTableBatchedEmbeddingBagsCodegen)
+    ]
 
 
 class ReplicaSync:

@@ -1,0 +1,132 @@
+"""A table several features share, looked up as one feature's: FBGEMM's parallel CPU backward.
+
+FBGEMM's CPU backward with the fused row-wise Adagrad runs its generated kernels, split over
+threads, only for a table one feature reads. For a table several features share (a unified
+table: every feature reads it) it takes a serial scalar loop (``is_shared_table`` in
+``embedding_backward_split_cpu_template.cpp``): on one rank of the default job that loop was
+the longest single op of the step's backward.
+
+The bags of ``F`` features over a batch of ``B`` are the bags of one feature over ``F x B``.
+For each CPU kernel that holds one table and several features,
+:func:`read_shared_tables_as_one_feature` declares the table read by one feature (FBGEMM's
+per-feature buffers cut to the first feature's, which every feature of the table shares), and
+its lookup hands the kernel the bags example by example (bag ``b x F + f``). The one feature's
+pooled output ``[B x F, D]`` is then, unchanged in memory, the ``[B, F x D]`` TorchRec's dists
+expect, and the gradient comes back in that layout without a copy. Weights, optimizer state
+and checkpoints are untouched: they live in the table's storage, whose offsets are per table.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import torch
+from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+    SplitTableBatchedEmbeddingBagsCodegen,
+)
+from torch import nn
+from torchrec.distributed.batched_embedding_kernel import BatchedFusedEmbeddingBag
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from dist_train.train.lookups import lookup_modules
+
+
+class OneFeatureFusedEmbeddingBag(BatchedFusedEmbeddingBag):
+    """TorchRec's fused CPU kernel of one table that ``features`` features share, whose FBGEMM
+    module reads the table as one feature (:func:`read_shared_tables_as_one_feature` turns a
+    :class:`BatchedFusedEmbeddingBag` into this class in place)."""
+
+    features: int
+    _example_major: dict[int, torch.Tensor]
+
+    def forward(  # type: ignore[override]
+        self, features: KeyedJaggedTensor, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        if features.variable_stride_per_key() or args or kwargs:
+            raise ValueError(
+                f"table {self._config.embedding_tables[0].name}: a shared table read as one "
+                "feature needs one batch size for every feature (no variable batch sizes)"
+            )
+        batch = features.stride()
+        order = self._example_major.get(batch)
+        if order is None:  # batches keep one size, but for an epoch's last
+            order = example_major_order(self.features, batch).to(features.lengths().device)
+            self._example_major = {batch: order}
+        offsets, values, weights = example_major_bags(
+            order, features.lengths(), features.values(), features.weights_or_none()
+        )
+        if weights is not None and not weights.is_floating_point():
+            weights = None  # as TorchRec's kernel: integer weights are not per-id weights
+        pooled = self.emb_module(
+            indices=values.to(self._embedding_table_index_type),
+            offsets=offsets.to(self._embedding_table_offset_type),
+            per_sample_weights=weights,
+        )
+        return pooled.view(batch, self.features * pooled.shape[1])
+
+
+def example_major_order(features: int, batch: int) -> torch.Tensor:
+    """For bag ``b x F + f`` of the one feature, the KJT's bag ``f x B + b`` (int32)."""
+    bags = torch.arange(features * batch, dtype=torch.int32)
+    return bags.view(features, batch).t().reshape(-1)
+
+
+def example_major_bags(
+    order: torch.Tensor,
+    lengths: torch.Tensor,
+    values: torch.Tensor,
+    weights: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A KJT's bags (feature by feature) in ``order``: the kernel's offsets, ids and weights."""
+    lengths, values, weights = torch.ops.fbgemm.permute_1D_sparse_data(
+        order, lengths.to(torch.int32), values, weights, None
+    )
+    return torch.ops.fbgemm.asynchronous_complete_cumsum(lengths), values, weights
+
+
+def _as_one_feature(tbe: SplitTableBatchedEmbeddingBagsCodegen) -> None:
+    """Re-declare ``tbe``'s one table as read by one feature: every buffer FBGEMM's constructor
+    derives from ``feature_table_map`` as it would derive it for ``[0]`` (a test compares the
+    result with a module built that way)."""
+    if len(tbe.embedding_specs) != 1:
+        raise ValueError(f"expected a kernel of one table, got {len(tbe.embedding_specs)}")
+    first = slice(0, 1)
+    for name in list(vars(tbe)):
+        if name.endswith("_physical_offsets"):  # one state per table (weights, momentum1, ...)
+            prefix = name.removesuffix("_physical_offsets")
+            for buffer in (f"{prefix}_offsets", f"{prefix}_placements"):
+                setattr(tbe, buffer, getattr(tbe, buffer)[first].clone())
+    tbe.feature_table_map = [0]
+    tbe.D_offsets = tbe.D_offsets[:2].clone()
+    tbe.total_D = int(tbe.D_offsets[1])
+    hash_size_cumsum = tbe.hash_size_cumsum
+    tbe.hash_size_cumsum = torch.cat([hash_size_cumsum[:1], hash_size_cumsum[-1:]])
+    tbe.rows_per_table = tbe.rows_per_table[first].clone()
+    tbe.feature_dims = tbe.feature_dims[first].clone()
+    tbe.info_B_num_bits, tbe.info_B_mask = torch.ops.fbgemm.get_infos_metadata(tbe.D_offsets, 1, 1)
+
+
+def read_shared_tables_as_one_feature(model: nn.Module) -> list[str]:
+    """Turn every fused CPU kernel of ``model`` (sharded, before its first forward) that holds
+    one table several features share into a :class:`OneFeatureFusedEmbeddingBag`. Returns the
+    tables changed."""
+    changed = []
+    for module in lookup_modules(model):
+        # exactly this class: its subclasses run other forwards (fully sharded 2D, Triton)
+        if type(module) is not BatchedFusedEmbeddingBag:
+            continue
+        kernel = cast(BatchedFusedEmbeddingBag, module)
+        tables = kernel.config.embedding_tables
+        tbe = kernel.emb_module
+        if len(tables) != 1 or tables[0].num_features() < 2 or not tbe.use_cpu:
+            continue
+        if tbe.step != 0:
+            raise RuntimeError("read_shared_tables_as_one_feature must run before the first step")
+        _as_one_feature(tbe)
+        # in place: TorchRec's lookup, fused optimizer and state dict keep their references
+        kernel.__class__ = OneFeatureFusedEmbeddingBag
+        one = cast(OneFeatureFusedEmbeddingBag, kernel)
+        one.features = tables[0].num_features()
+        one._example_major = {}
+        changed.append(tables[0].name)
+    return changed

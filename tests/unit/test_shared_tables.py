@@ -1,0 +1,88 @@
+"""The FBGEMM kernel a shared table is re-declared into is the kernel FBGEMM builds for one
+feature, and it computes what the shared-table kernel computes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fbgemm_gpu.split_embedding_configs import EmbOptimType
+from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation
+from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+    ComputeDevice,
+    SplitTableBatchedEmbeddingBagsCodegen,
+)
+
+from dist_train.train.shared_tables import _as_one_feature, example_major_bags, example_major_order
+
+ROWS, DIM, FEATURES, BATCH = 1000, 8, 5, 16
+
+
+def _kernel(features: int, optimizer: EmbOptimType) -> SplitTableBatchedEmbeddingBagsCodegen:
+    return SplitTableBatchedEmbeddingBagsCodegen(
+        embedding_specs=[(ROWS, DIM, EmbeddingLocation.HOST, ComputeDevice.CPU)],
+        feature_table_map=[0] * features,
+        optimizer=optimizer,
+        learning_rate=0.1,
+    )
+
+
+OPTIMIZERS = [
+    EmbOptimType.EXACT_ROWWISE_ADAGRAD,
+    EmbOptimType.EXACT_SGD,
+    EmbOptimType.EXACT_ADAGRAD,
+]
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS, ids=lambda o: o.name)
+def test_re_declared_kernel_equals_a_one_feature_kernel(optimizer: EmbOptimType) -> None:
+    cut, fresh = _kernel(FEATURES, optimizer), _kernel(1, optimizer)
+    _as_one_feature(cut)
+    ours, theirs = dict(cut.named_buffers()), dict(fresh.named_buffers())
+    assert ours.keys() == theirs.keys()
+    for name, buffer in theirs.items():
+        assert ours[name].shape == buffer.shape, name
+        assert ours[name].dtype == buffer.dtype, name
+        if buffer.numel() < ROWS:  # bookkeeping, not the weights or state themselves
+            assert torch.equal(ours[name], buffer), name
+    for name, value in vars(fresh).items():
+        if name.startswith("_") or isinstance(value, torch.Tensor) or name == "uuid":
+            continue
+        assert vars(cut)[name] == value, name
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS, ids=lambda o: o.name)
+def test_example_major_bags_of_one_feature_train_as_the_shared_kernel(
+    optimizer: EmbOptimType,
+) -> None:
+    shared, one = _kernel(FEATURES, optimizer), _kernel(FEATURES, optimizer)
+    _as_one_feature(one)
+    one.weights_host.data.copy_(shared.weights_host.data)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        lengths = torch.randint(0, 4, (FEATURES, BATCH), generator=gen)  # empty bags too
+        ids = torch.randint(0, ROWS // 10, (int(lengths.sum()),), generator=gen)  # repeats
+        offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.view(-1).cumsum(0)])
+        grad = torch.randn(BATCH, FEATURES * DIM, generator=gen)
+        expected = shared(ids, offsets)
+        expected.backward(grad)
+        order = example_major_order(FEATURES, BATCH)
+        example_offsets, example_ids, _ = example_major_bags(order, lengths.view(-1), ids, None)
+        got = one(example_ids, example_offsets.long())
+        assert got.shape == (FEATURES * BATCH, DIM)
+        torch.testing.assert_close(got.view(BATCH, FEATURES * DIM), expected)
+        got.backward(grad.view(FEATURES * BATCH, DIM))
+    torch.testing.assert_close(one.weights_host, shared.weights_host, rtol=0, atol=1e-6)
+    for ours, theirs in zip(
+        one.split_optimizer_states(), shared.split_optimizer_states(), strict=True
+    ):
+        torch.testing.assert_close(ours[0], theirs[0], rtol=1e-5, atol=1e-7)
+
+
+def test_a_kernel_of_several_tables_is_refused() -> None:
+    kernel = SplitTableBatchedEmbeddingBagsCodegen(
+        embedding_specs=[(ROWS, DIM, EmbeddingLocation.HOST, ComputeDevice.CPU)] * 2,
+        feature_table_map=[0, 0, 1],
+        optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD,
+    )
+    with pytest.raises(ValueError, match="one table"):
+        _as_one_feature(kernel)
