@@ -224,6 +224,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from dist_train.devices import DeviceError, local_gpus, resolve_device
     from dist_train.launchers.processes import run_processes
     from dist_train.models.dot_interaction import pairwise_dots
+    from dist_train.train.shared_tables import read_shared_tables_as_one_feature
     from dist_train.train.unpooled_row_wise import enable_unpooled_row_wise as unpool_tables
     from planners.calibrate import calibrate
     from planners.topology import TopologyError, parse_bytes, save_topology
@@ -246,6 +247,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         device_type=device,
         unpool=unpool_tables,
         pairwise_dots=pairwise_dots,
+        one_feature=read_shared_tables_as_one_feature,
     )
     save_topology(spec, args.out)
     link = spec.intra_node

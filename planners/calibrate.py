@@ -176,13 +176,18 @@ def calibration_tbe(
     )
 
 
-def tbe_seconds_per_row(dim: int, indices: torch.Tensor, device: torch.device = CPU) -> float:
-    """Forward + backward (fused row-wise Adagrad) time per looked-up row of width ``dim``."""
-    tbe = calibration_tbe(dim, device)
+def tbe_seconds_per_row(
+    dim: int, indices: torch.Tensor, device: torch.device = CPU, features: int = TBE_BAGS
+) -> float:
+    """Forward + backward (fused row-wise Adagrad) time per looked-up row of width ``dim``:
+    TBE_BATCH x TBE_BAGS bags of one row each, the table read by ``features`` features
+    (TBE_BAGS as TorchRec declares a unified table; 1 as the trainer's CPU ranks run one,
+    dist_train/train/shared_tables.py)."""
+    tbe = calibration_tbe(dim, device, features)
     n = indices.numel()
     indices = indices.to(device)
     offsets = torch.arange(n + 1, device=device)
-    grad = torch.ones(TBE_BATCH, TBE_BAGS * dim, device=device)
+    grad = torch.ones(TBE_BATCH * TBE_BAGS // features, features * dim, device=device)
 
     def step() -> None:
         out = tbe(indices, offsets)
@@ -228,6 +233,9 @@ FRAMEWORK_TYPES = ("row_wise", "column_wise", "table_wise", "data_parallel")
 # the trainer): ``Unpool(model, tables)`` switches a sharded model's row-wise tables to them.
 UNPOOLED = "row_wise_unpooled"
 Unpool = Callable[[Any, list[str]], int]
+# ``OneFeature(model)``: the trainer's re-declaration of a sharded model's shared tables as read
+# by one feature (dist_train/train/shared_tables.py), where it makes one; the tables changed.
+OneFeature = Callable[[Any], list[str]]
 FRAMEWORK_ROWS = 200_000
 FRAMEWORK_DIM = 16
 FRAMEWORK_BAGS = 32
@@ -241,10 +249,13 @@ def _framework_workload(device_type: str) -> Workload:
     return Workload((table,), FRAMEWORK_BATCH, state, 0, 0)
 
 
-def sharded_step_timings(spec: TopologySpec, unpool: Unpool | None = None) -> list[float]:
+def sharded_step_timings(
+    spec: TopologySpec, unpool: Unpool | None = None, one_feature: OneFeature | None = None
+) -> list[float]:
     """Run on every rank: median forward + backward seconds of a real TorchRec sharded
     EmbeddingBagCollection (one table, FRAMEWORK_BAGS features, fused row-wise Adagrad) for
-    each of :func:`framework_types`, timed in interleaved rounds."""
+    each of :func:`framework_types`, timed in interleaved rounds; with ``one_feature``, its
+    kernels as the trainer runs them."""
     from torchrec.distributed.model_parallel import DistributedModelParallel
     from torchrec.distributed.types import ShardingEnv
     from torchrec.modules.embedding_configs import EmbeddingBagConfig
@@ -287,6 +298,8 @@ def sharded_step_timings(spec: TopologySpec, unpool: Unpool | None = None) -> li
         )
         if t == UNPOOLED and unpool is not None:
             unpool(model, ["t"])
+        if one_feature is not None:
+            one_feature(model)
         models.append(model)
     ids = (zipf_rows(FRAMEWORK_BATCH, FRAMEWORK_BAGS, seed=rank) % FRAMEWORK_ROWS).to(device)
     lengths = torch.ones(ids.numel(), dtype=torch.int32, device=device)
@@ -363,12 +376,15 @@ def calibrate(
     device_type: str = "cpu",
     unpool: Unpool | None = None,
     pairwise_dots: PairwiseDots | None = None,
+    one_feature: OneFeature | None = None,
 ) -> TopologySpec:
     """Measure this machine with ``ranks`` processes of ``threads`` threads each on
     ``device_type`` (CPU ranks over gloo, or one GPU per rank over nccl), started by
     ``run_processes`` (the trainer's launcher: the planner does not import it); ``unpool``:
     the trainer's unpooled row-wise dists, to time row_wise_unpooled's per-bag work too;
-    ``pairwise_dots``: the model's dot interaction, timed in place of plain autograd's."""
+    ``pairwise_dots``: the model's dot interaction, timed in place of plain autograd's;
+    ``one_feature``: the trainer's re-declaration of shared tables, so that the lookups and
+    sharded steps are timed on the CPU kernels the trainer runs."""
     torch.set_num_threads(threads)
     cuda = device_type == "cuda"
     device = torch.device("cuda", 0) if cuda else CPU
@@ -376,7 +392,10 @@ def calibrate(
     indices = zipf_rows(TBE_BATCH, TBE_BAGS)
     # Two passes over the widths, the faster of each: a shared machine's bursts of other work
     # otherwise land on whichever width was being timed.
-    passes = [{d: tbe_seconds_per_row(d, indices, device) for d in TBE_DIMS} for _ in range(2)]
+    features = 1 if one_feature is not None and not cuda else TBE_BAGS
+    passes = [
+        {d: tbe_seconds_per_row(d, indices, device, features) for d in TBE_DIMS} for _ in range(2)
+    ]
     lookups = {d: min(p[d] for p in passes) for d in TBE_DIMS}
     backend = "nccl" if cuda else "gloo"
     measured: dict[str, Any] = {
@@ -384,7 +403,7 @@ def calibrate(
         "threads_per_rank": threads,
         "backend": backend,
         "tbe_ids": f"{TBE_BAGS} features x Zipf(1.1) over {TBE_VALUES:,} values, salted "
-        f"hash into {TBE_ROWS:,} rows",
+        f"hash into {TBE_ROWS:,} rows, the table declared read by {features} feature(s)",
     }
     if ranks > 1:
         timings = run_processes(
@@ -440,7 +459,9 @@ def calibrate(
     if ranks < 2:
         return spec
     types = framework_types(unpool)
-    seconds = run_processes(sharded_step_timings, (spec, unpool), ranks, threads, device_type)[0]
+    seconds = run_processes(
+        sharded_step_timings, (spec, unpool, one_feature), ranks, threads, device_type
+    )[0]
     measured["torchrec_step_seconds"] = dict(zip(types, seconds, strict=True))
     measured["torchrec_reference"] = (
         f"{FRAMEWORK_ROWS:,} x {FRAMEWORK_DIM} table, {FRAMEWORK_BAGS} bags, batch "

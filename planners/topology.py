@@ -182,7 +182,10 @@ CPU_PRESET = TopologySpec(
     device_type="cpu",
     memory_per_rank_bytes=8 * 2**30,
     memory_bytes_per_second=2.4e10,
-    lookup_seconds_per_row={4: 4.9e-8, 8: 5.3e-8, 16: 7.2e-8, 32: 1.15e-7, 64: 2.3e-7, 128: 5.9e-7},
+    # The kernel as the trainer runs a shared table on CPU ranks, read as one feature
+    # (dist_train/train/shared_tables.py): medians of three runs (2026-12-03). FBGEMM's
+    # shared-table path, which the preset measured before, took 1.45-2.44x as long a row.
+    lookup_seconds_per_row={4: 4.4e-8, 8: 4.8e-8, 16: 4.7e-8, 32: 6.7e-8, 64: 1.16e-7, 128: 4.2e-7},
     dense_flops_per_second=9.6e10,
     # 2.5e9 measured with autograd's backward of the Gram matrix; the model's interaction in
     # C (dist_train/models/dot_interaction.py, AVX-512), as calibrate times it, runs 2.48x
@@ -205,6 +208,9 @@ CPU_PRESET = TopologySpec(
         all_reduce_bytes_per_second=1.5e9,
         latency_seconds=5e-4,
     ),
+    # Three runs of calibrate after the kernels were read as one feature (2026-12-03) gave
+    # 120-206, 82-104, 59-115, 100-210 and 207-302 ns: the spread of the earlier runs these
+    # figures come from, so they stay.
     bag_seconds={
         "row_wise": 2.0e-7,
         "column_wise": 1.0e-7,

@@ -17,7 +17,8 @@ Beside it, the same ids through a table of the same shape declared as one featur
 32 x batch bags: what FBGEMM's CPU backward does for a table of its own. For a table several
 features share (a unified table, or the calibration's) it takes a serial loop without
 FBGEMM's generated kernels (``is_shared_table`` in ``embedding_backward_split_cpu_template.cpp``);
-``shared / one feature`` is that path's cost in time, forward + backward.
+``shared / one feature`` is that path's cost in time, forward + backward. The trainer's CPU
+ranks run a shared table as one feature (:mod:`dist_train.train.shared_tables`).
 """
 
 from __future__ import annotations

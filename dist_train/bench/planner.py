@@ -45,6 +45,7 @@ from dist_train.train.sharding import (
     planner_for_config,
     simulated_node_cores,
 )
+from dist_train.train.shared_tables import read_shared_tables_as_one_feature
 from dist_train.train.trainer import Trainer, make_batch_builder
 from dist_train.train.unpooled_row_wise import enable_unpooled_row_wise
 from planners.calibrate import calibrate
@@ -236,6 +237,7 @@ def run_planner_bench(
             threads=threads,
             unpool=enable_unpooled_row_wise,
             pairwise_dots=pairwise_dots,
+            one_feature=read_shared_tables_as_one_feature,
         )
         save_topology(spec, topo_file)
         cfg = parse_config(
