@@ -13,8 +13,10 @@ import pytest
 from dist_train.cli import main
 from dist_train.launchers.processes import run_processes
 from dist_train.train.sharding import plan_job
+from dist_train.train.shared_tables import read_shared_tables_as_one_feature
+from dist_train.train.unpooled_row_wise import enable_unpooled_row_wise
 from planners import placement as pl
-from planners.calibrate import calibrate
+from planners.calibrate import FRAMEWORK_TYPES, calibrate
 from planners.cost_model import table_costs
 from planners.search import search
 from planners.topology import (
@@ -248,9 +250,19 @@ def test_dry_run_cli_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_calibrate_writes_a_topology_the_planner_uses(tmp_path: Path) -> None:
-    spec = calibrate(run_processes, ranks=2, threads=1, repeats=3)
+    # with the trainer's hooks, as `dist-train calibrate` runs it
+    spec = calibrate(
+        run_processes,
+        ranks=2,
+        threads=1,
+        repeats=3,
+        unpool=enable_unpooled_row_wise,
+        one_feature=read_shared_tables_as_one_feature,
+    )
     assert min(spec.lookup_seconds_per_row.values()) > 0 and spec.intra_node.latency_seconds > 0
     assert spec.measured["collective_seconds"]["all_to_all"]
+    assert str(spec.measured["tbe_ids"]).endswith("read by 1 feature(s)")
+    assert set(spec.bag_seconds) == {*FRAMEWORK_TYPES, "row_wise_unpooled"}
     path = tmp_path / "topo.json"
     save_topology(spec, path)
     topo = load_topology(path)
