@@ -44,6 +44,7 @@ from torchrec.distributed.types import Awaitable, NoWait
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dist_train.models.base import scale_grad
+from dist_train.train.shared_tables import example_major_bags, example_major_order
 
 
 @dataclass(frozen=True)
@@ -158,9 +159,11 @@ class _GatherRows(torch.autograd.Function):
 
 @dataclass
 class _Bags:
-    """A dim group's bags over the vectors that come back: each id (KJT order) reads vector
-    ``vector_of_id`` into the bag starting at ``offsets``; ``bag_by_vector`` lists the ids'
-    bags sorted by vector, each vector's run starting at ``vector_offsets``."""
+    """A dim group's bags over the vectors that come back, example-major (bag ``b x F + f``
+    for feature ``f`` of the group's ``F``, so that the pooled ``[B x F, dim]`` is the
+    ``[B, F x dim]`` the model reads, without a transpose either way): each id, in bag order,
+    reads vector ``vector_of_id`` into the bag starting at ``offsets``; ``bag_by_vector``
+    lists the ids' bags sorted by vector, each vector's run starting at ``vector_offsets``."""
 
     vector_of_id: torch.Tensor
     offsets: torch.Tensor
@@ -174,14 +177,20 @@ class _Bags:
         lengths: torch.Tensor,
         by_vector: torch.Tensor,
         per_vector: torch.Tensor,
+        batch: int,
     ) -> _Bags:
-        """From the bags' ``lengths``, the ids in vector order and each vector's id count."""
+        """From the KJT's ids' vectors, its bags' ``lengths`` (feature-major, ``batch`` bags a
+        feature), the ids (KJT order) in vector order and each vector's id count."""
+        features = lengths.numel() // batch if batch else 0
         bags = torch.arange(lengths.numel(), device=lengths.device)
         bag_of_id = torch.repeat_interleave(bags, lengths, output_size=vector_of_id.numel())
+        example_major = (bags % batch) * features + bags // batch if batch else bags
+        order = example_major_order(features, batch).to(lengths.device)
+        offsets, in_bag_order, _ = example_major_bags(order, lengths, vector_of_id, None)
         return cls(
-            vector_of_id,
-            torch.cumsum(lengths, 0) - lengths,
-            bag_of_id[by_vector],
+            in_bag_order,
+            offsets[:-1].to(torch.int64),
+            example_major[bag_of_id[by_vector]],
             torch.cumsum(per_vector, 0) - per_vector,
         )
 
@@ -389,7 +398,7 @@ class UnpooledInputDist(nn.Module):
             send_splits.append(sent_per_rank[:, group].sum(1).tolist())
             recv_splits.append(recv_per_rank[:, group].sum(1).tolist())
             if len(groups) == 1:
-                bags.append(_Bags.of(vector_of_id, bag_lengths.view(-1), by_row, per_row))
+                bags.append(_Bags.of(vector_of_id, bag_lengths.view(-1), by_row, per_row, batch))
             else:  # places among the group's rows only
                 assert feature is not None  # several dims: several tables
                 asked_in_group = self._group_of_table[holder_table % num_tables] == g
@@ -397,7 +406,9 @@ class UnpooledInputDist(nn.Module):
                 vectors = place[vector_of_id[self._group_of_feature[feature] == g]]
                 per_vector = torch.bincount(vectors, minlength=int(asked_in_group.sum()))
                 group_lengths = bag_lengths[members].view(-1)
-                bags.append(_Bags.of(vectors, group_lengths, torch.argsort(vectors), per_vector))
+                bags.append(
+                    _Bags.of(vectors, group_lengths, torch.argsort(vectors), per_vector, batch)
+                )
             if len(group) == 1:
                 lookup_rows.append(None)
                 continue
@@ -470,9 +481,9 @@ class UnpooledOutputDist(nn.Module):
             )
             width = len(t.features_of_group[g])
             bags = cast(torch.Tensor, _PoolBags.apply(returned, r.bags[g]))
-            pooled.append(bags.view(width, r.batch, dim).transpose(0, 1))
+            pooled.append(bags.view(r.batch, width, dim))
         if len(pooled) == 1:  # one dim: the group's features are all features, in order
-            out = pooled[0].reshape(r.batch, -1)
+            out = pooled[0].view(r.batch, -1)
         else:
             out = torch.cat([pooled[g][:, j] for _, g, j in self._columns], dim=1)
         # TorchRec's pooled dists divide embedding gradients by the group size (comm_ops
