@@ -187,7 +187,7 @@ def tbe_seconds_per_row(
     n = indices.numel()
     indices = indices.to(device)
     offsets = torch.arange(n + 1, device=device)
-    grad = torch.ones(TBE_BATCH * TBE_BAGS // features, features * dim, device=device)
+    grad = torch.ones(n // features, features * dim, device=device)
 
     def step() -> None:
         out = tbe(indices, offsets)

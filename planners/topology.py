@@ -182,9 +182,10 @@ CPU_PRESET = TopologySpec(
     device_type="cpu",
     memory_per_rank_bytes=8 * 2**30,
     memory_bytes_per_second=2.4e10,
-    # The kernel as the trainer runs a shared table on CPU ranks, read as one feature
-    # (dist_train/train/shared_tables.py): medians of three runs (2026-12-03). FBGEMM's
-    # shared-table path, which the preset measured before, took 1.45-2.44x as long a row.
+    # A shared table's kernel as the trainer runs it on CPU ranks, read as one feature
+    # (dist_train/train/shared_tables.py): medians of three runs (2026-12-03). Before, the
+    # preset measured FBGEMM's shared-table path; timed against it in one process (3
+    # interleaved rounds, 1 thread) that path took 1.45-2.44x as long a row (widths 4-128).
     lookup_seconds_per_row={4: 4.4e-8, 8: 4.8e-8, 16: 4.7e-8, 32: 6.7e-8, 64: 1.16e-7, 128: 4.2e-7},
     dense_flops_per_second=9.6e10,
     # 2.5e9 measured with autograd's backward of the Gram matrix; the model's interaction in

@@ -56,7 +56,8 @@ def train_fixed_batches(
     :func:`~dist_train.train.shared_tables.read_shared_tables_as_one_feature`: TorchRec's
     kernels as TorchRec builds them.
     Returns the global mean loss of every step, this rank's embedding shards, the plan's
-    placements and the tables this rank's kernels read as one feature.
+    placements, the tables this rank's kernels read as one feature, and the trained model's
+    predictions for half a batch of the rows after the last step's.
     """
     cfg = parse_config(cfg_raw)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -84,6 +85,9 @@ def train_fixed_batches(
         loss = torch.tensor([trainer.train_step(builder.build(rows))], dtype=torch.float64)
         dist.all_reduce(loss)  # a CPU tensor: gloo, on GPU ranks too
         losses.append(float(loss.item()) / world)
+    # a batch of another size after training, as evaluation's: each rank's half slice
+    rows = table.slice(num_steps * global_batch + rank * local, local // 2)
+    predictions = trainer.predict(builder.build(rows))
     shards = []
     for key, value in trainer.model.state_dict().items():
         if hasattr(value, "local_shards"):
@@ -102,6 +106,7 @@ def train_fixed_batches(
         "shards": shards,
         "placements": trainer.plan.placements(),
         "one_feature_tables": one_feature,
+        "predictions": predictions,
     }
 
 

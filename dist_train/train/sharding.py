@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from torchrec.distributed.embedding_sharding import USE_ONE_TBE_PER_TABLE
 from torchrec.distributed.types import ParameterSharding, ShardingPlan
 
 from dist_train.config import JobConfig
@@ -121,8 +122,16 @@ def job_fused_params(cfg: JobConfig, device_type: str) -> dict[str, Any] | None:
 
 
 def make_sharder(cfg: JobConfig, device_type: str) -> AnyDeviceEmbeddingBagCollectionSharder:
-    """The EBC sharder with the job's fused optimizer (None on the dense kernel)."""
-    return AnyDeviceEmbeddingBagCollectionSharder(fused_params=job_fused_params(cfg, device_type))
+    """The EBC sharder with the job's fused optimizer (None on the dense kernel). On CPU, a
+    job whose tables several keys share puts each table in a kernel of its own, which
+    :func:`~dist_train.train.shared_tables.read_shared_tables_as_one_feature` can read as one
+    feature (TorchRec otherwise batches a rank's tables into one kernel, which keeps FBGEMM's
+    serial shared-table backward)."""
+    params = job_fused_params(cfg, device_type)
+    layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
+    if params is not None and device_type == "cpu" and any(len(t.keys) > 1 for t in layout.tables):
+        params = {**params, USE_ONE_TBE_PER_TABLE: True}
+    return AnyDeviceEmbeddingBagCollectionSharder(fused_params=params)
 
 
 def build_model(cfg: JobConfig, layout: EmbeddingLayout) -> CTRModel:

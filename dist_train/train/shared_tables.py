@@ -10,10 +10,14 @@ The bags of ``F`` features over a batch of ``B`` are the bags of one feature ove
 For each CPU kernel that holds one table and several features,
 :func:`read_shared_tables_as_one_feature` declares the table read by one feature (FBGEMM's
 per-feature buffers cut to the first feature's, which every feature of the table shares), and
-its lookup hands the kernel the bags example by example (bag ``b x F + f``). The one feature's
+its lookup hands the kernel the bags example by example (bag ``b x F + f``,
+:mod:`dist_train.train.bag_order`). The one feature's
 pooled output ``[B x F, D]`` is then, unchanged in memory, the ``[B, F x D]`` TorchRec's dists
 expect, and the gradient comes back in that layout without a copy. Weights, optimizer state
 and checkpoints are untouched: they live in the table's storage, whose offsets are per table.
+Kernels of several tables keep FBGEMM's shared path: the trainer's sharder gives each table of
+a job with shared tables a kernel of its own on CPU (``use_one_tbe_per_table``,
+:func:`dist_train.train.sharding.make_sharder`).
 """
 
 from __future__ import annotations
@@ -28,16 +32,20 @@ from torch import nn
 from torchrec.distributed.batched_embedding_kernel import BatchedFusedEmbeddingBag
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from dist_train.train.bag_order import example_major_bags, example_major_order
 from dist_train.train.lookups import lookup_modules
+
+# batch sizes whose bag order a kernel keeps: training's, an epoch's last, evaluation's
+_ORDERS_KEPT = 4
 
 
 class OneFeatureFusedEmbeddingBag(BatchedFusedEmbeddingBag):
-    """TorchRec's fused CPU kernel of one table that ``features`` features share, whose FBGEMM
-    module reads the table as one feature (:func:`read_shared_tables_as_one_feature` turns a
-    :class:`BatchedFusedEmbeddingBag` into this class in place)."""
+    """TorchRec's fused CPU kernel of one table that ``num_features`` features share, whose
+    FBGEMM module reads the table as one feature (:func:`read_shared_tables_as_one_feature`
+    turns a :class:`BatchedFusedEmbeddingBag` into this class in place)."""
 
-    features: int
-    _example_major: dict[int, torch.Tensor]
+    num_features: int
+    _orders: dict[int, torch.Tensor]  # by batch size
 
     def forward(  # type: ignore[override]
         self, features: KeyedJaggedTensor, *args: Any, **kwargs: Any
@@ -48,10 +56,12 @@ class OneFeatureFusedEmbeddingBag(BatchedFusedEmbeddingBag):
                 "feature needs one batch size for every feature (no variable batch sizes)"
             )
         batch = features.stride()
-        order = self._example_major.get(batch)
-        if order is None:  # batches keep one size, but for an epoch's last
-            order = example_major_order(self.features, batch).to(features.lengths().device)
-            self._example_major = {batch: order}
+        order = self._orders.get(batch)
+        if order is None:
+            if len(self._orders) >= _ORDERS_KEPT:
+                self._orders.clear()
+            order = example_major_order(self.num_features, batch, features.lengths().device)
+            self._orders[batch] = order
         offsets, values, weights = example_major_bags(
             order, features.lengths(), features.values(), features.weights_or_none()
         )
@@ -62,26 +72,7 @@ class OneFeatureFusedEmbeddingBag(BatchedFusedEmbeddingBag):
             offsets=offsets.to(self._embedding_table_offset_type),
             per_sample_weights=weights,
         )
-        return pooled.view(batch, self.features * pooled.shape[1])
-
-
-def example_major_order(features: int, batch: int) -> torch.Tensor:
-    """For bag ``b x F + f`` of the one feature, the KJT's bag ``f x B + b`` (int32)."""
-    bags = torch.arange(features * batch, dtype=torch.int32)
-    return bags.view(features, batch).t().reshape(-1)
-
-
-def example_major_bags(
-    order: torch.Tensor,
-    lengths: torch.Tensor,
-    values: torch.Tensor,
-    weights: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """A KJT's bags (feature by feature) in ``order``: the kernel's offsets, ids and weights."""
-    lengths, values, weights = torch.ops.fbgemm.permute_1D_sparse_data(
-        order, lengths.to(torch.int32), values, weights, None
-    )
-    return torch.ops.fbgemm.asynchronous_complete_cumsum(lengths), values, weights
+        return pooled.view(batch, self.num_features * pooled.shape[1])
 
 
 def _as_one_feature(tbe: SplitTableBatchedEmbeddingBagsCodegen) -> None:
@@ -106,27 +97,42 @@ def _as_one_feature(tbe: SplitTableBatchedEmbeddingBagsCodegen) -> None:
     tbe.info_B_num_bits, tbe.info_B_mask = torch.ops.fbgemm.get_infos_metadata(tbe.D_offsets, 1, 1)
 
 
+def _convertible(kernel: BatchedFusedEmbeddingBag) -> bool:
+    """One table several features share, on CPU, with none of the options whose state or
+    inputs are per feature (FBGEMM's input multiplexer and write-back hook, TorchRec's raw-id
+    tracking) or that need gradients through the ids' weights (the bag permutation has no
+    backward)."""
+    tables, config, tbe = kernel.config.embedding_tables, kernel.config, kernel.emb_module
+    return (
+        len(tables) == 1
+        and tables[0].num_features() > 1
+        and tbe.use_cpu
+        and not (config.is_weighted or config.has_feature_processor)
+        and tbe.tbe_input_multiplexer is None
+        and not tbe.use_writeback_bwd_prehook
+        and getattr(kernel, "_raw_id_tracker_wrapper", None) is None
+    )
+
+
 def read_shared_tables_as_one_feature(model: nn.Module) -> list[str]:
     """Turn every fused CPU kernel of ``model`` (sharded, before its first forward) that holds
     one table several features share into a :class:`OneFeatureFusedEmbeddingBag`. Returns the
     tables changed."""
     changed = []
     for module in lookup_modules(model):
-        # exactly this class: its subclasses run other forwards (fully sharded 2D, Triton)
+        # exactly this class: its subclass (fully sharded 2D) runs another forward
         if type(module) is not BatchedFusedEmbeddingBag:
             continue
         kernel = cast(BatchedFusedEmbeddingBag, module)
-        tables = kernel.config.embedding_tables
-        tbe = kernel.emb_module
-        if len(tables) != 1 or tables[0].num_features() < 2 or not tbe.use_cpu:
+        if not _convertible(kernel):
             continue
-        if tbe.step != 0:
+        if kernel.emb_module.step != 0:
             raise RuntimeError("read_shared_tables_as_one_feature must run before the first step")
-        _as_one_feature(tbe)
+        _as_one_feature(kernel.emb_module)
         # in place: TorchRec's lookup, fused optimizer and state dict keep their references
         kernel.__class__ = OneFeatureFusedEmbeddingBag
         one = cast(OneFeatureFusedEmbeddingBag, kernel)
-        one.features = tables[0].num_features()
-        one._example_major = {}
-        changed.append(tables[0].name)
+        one.num_features = kernel.config.embedding_tables[0].num_features()
+        one._orders = {}
+        changed.append(kernel.config.embedding_tables[0].name)
     return changed

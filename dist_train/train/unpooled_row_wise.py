@@ -44,7 +44,7 @@ from torchrec.distributed.types import Awaitable, NoWait
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dist_train.models.base import scale_grad
-from dist_train.train.shared_tables import example_major_bags, example_major_order
+from dist_train.train.bag_order import example_major_bags, example_major_order
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class _Routing:
     lookup_rows: list[torch.Tensor | None]
     send_splits: list[list[int]]  # rows asked of each rank
     recv_splits: list[list[int]]  # rows asked by each rank
-    # requester: how the group's bags (feature-major) read the vectors that come back
+    # requester: how the group's bags (example-major) read the vectors that come back
     bags: list[_Bags]
     batch: int
     lookup_batch: int  # rows of the lookup input (and output) this routing goes with
@@ -182,14 +182,16 @@ class _Bags:
         """From the KJT's ids' vectors, its bags' ``lengths`` (feature-major, ``batch`` bags a
         feature), the ids (KJT order) in vector order and each vector's id count."""
         features = lengths.numel() // batch if batch else 0
-        bags = torch.arange(lengths.numel(), device=lengths.device)
-        bag_of_id = torch.repeat_interleave(bags, lengths, output_size=vector_of_id.numel())
-        example_major = (bags % batch) * features + bags // batch if batch else bags
-        order = example_major_order(features, batch).to(lengths.device)
+        device = lengths.device
+        order = example_major_order(features, batch, device)
         offsets, in_bag_order, _ = example_major_bags(order, lengths, vector_of_id, None)
+        bags = torch.arange(lengths.numel(), device=device)
+        bag_of_id = torch.repeat_interleave(bags, lengths, output_size=vector_of_id.numel())
+        example_major = torch.empty_like(bags)  # order's inverse: each KJT bag's new place
+        example_major[order.long()] = bags
         return cls(
             in_bag_order,
-            offsets[:-1].to(torch.int64),
+            offsets[:-1],
             example_major[bag_of_id[by_vector]],
             torch.cumsum(per_vector, 0) - per_vector,
         )

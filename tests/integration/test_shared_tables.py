@@ -1,7 +1,8 @@
 """A table several features share, read by FBGEMM as one feature's
 (dist_train/train/shared_tables.py), trains exactly as TorchRec's shared-table kernel does, in
 every placement a unified table takes: one rank, table_wise, row_wise, row_wise_unpooled and
-column_wise over two, with sum and mean pooling and multi-hot bags."""
+column_wise over two, two tables a rank, with sum and mean pooling and multi-hot bags; and
+predicts alike on a batch of another size."""
 
 from __future__ import annotations
 
@@ -36,8 +37,17 @@ def _run(cfg_raw: dict[str, Any], data: str, world: int, unpooled: bool, one: bo
         (["sharding.type=row_wise"], 2, False),
         (["sharding.type=row_wise"], 2, True),
         (["sharding.type=column_wise", "embedding.optimizer.type=sgd"], 2, False),
+        # two shared tables on every rank: a kernel each (use_one_tbe_per_table), both read
+        (["sharding.type=row_wise", "embedding.num_tables=2"], 2, False),
     ],
-    ids=["one_rank", "table_wise_mean", "row_wise", "row_wise_unpooled", "column_wise_sgd"],
+    ids=[
+        "one_rank",
+        "table_wise_mean",
+        "row_wise",
+        "row_wise_unpooled",
+        "column_wise_sgd",
+        "two_tables_row_wise",
+    ],
 )
 def test_shared_table_read_as_one_feature_trains_as_torchrec_does(
     tmp_path: Path, overrides: list[str], world: int, unpooled: bool
@@ -51,11 +61,14 @@ def test_shared_table_read_as_one_feature_trains_as_torchrec_does(
     # the change ran where it should (every rank holding the table), and only there
     assert all(r["one_feature_tables"] == [] for r in theirs)
     holders = [r["one_feature_tables"] for r in ours if r["one_feature_tables"]]
-    assert holders and all(t == ["unified_0"] for t in holders)
+    tables = [f"unified_{t}" for t in range(cfg.embedding.num_tables)]
+    assert holders and all(t == tables for t in holders)
 
     a, b = np.array(theirs[0]["losses"]), np.array(ours[0]["losses"])
     assert len(a) == NUM_STEPS and a[-3:].mean() < a[:3].mean()  # it learned
     np.testing.assert_allclose(b, a, rtol=0, atol=LOSS_ATOL)
+    for r_theirs, r_ours in zip(theirs, ours, strict=True):  # a batch of another size
+        np.testing.assert_allclose(r_ours["predictions"], r_theirs["predictions"], atol=1e-5)
     ta, tb = assemble_tables(theirs), assemble_tables(ours)
     assert ta.keys() == tb.keys() and ta
     for key in ta:

@@ -12,7 +12,8 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
     SplitTableBatchedEmbeddingBagsCodegen,
 )
 
-from dist_train.train.shared_tables import _as_one_feature, example_major_bags, example_major_order
+from dist_train.train.bag_order import example_major_bags, example_major_order
+from dist_train.train.shared_tables import _as_one_feature
 
 ROWS, DIM, FEATURES, BATCH = 1000, 8, 5, 16
 
@@ -65,9 +66,9 @@ def test_example_major_bags_of_one_feature_train_as_the_shared_kernel(
         grad = torch.randn(BATCH, FEATURES * DIM, generator=gen)
         expected = shared(ids, offsets)
         expected.backward(grad)
-        order = example_major_order(FEATURES, BATCH)
+        order = example_major_order(FEATURES, BATCH, torch.device("cpu"))
         example_offsets, example_ids, _ = example_major_bags(order, lengths.view(-1), ids, None)
-        got = one(example_ids, example_offsets.long())
+        got = one(example_ids, example_offsets)
         assert got.shape == (FEATURES * BATCH, DIM)
         torch.testing.assert_close(got.view(BATCH, FEATURES * DIM), expected)
         got.backward(grad.view(FEATURES * BATCH, DIM))
