@@ -11,12 +11,12 @@ For each CPU kernel that holds one table and several features,
 :func:`read_shared_tables_as_one_feature` declares the table read by one feature (FBGEMM's
 per-feature buffers cut to the first feature's, which every feature of the table shares), and
 its lookup hands the kernel the bags example by example (bag ``b x F + f``,
-:mod:`dist_train.train.bag_order`). The one feature's
-pooled output ``[B x F, D]`` is then, unchanged in memory, the ``[B, F x D]`` TorchRec's dists
-expect, and the gradient comes back in that layout without a copy. Weights, optimizer state
-and checkpoints are untouched: they live in the table's storage, whose offsets are per table.
-Kernels of several tables keep FBGEMM's shared path: the trainer's sharder gives each table of
-a job with shared tables a kernel of its own on CPU (``use_one_tbe_per_table``,
+:mod:`dist_train.train.bag_order`). The one feature's pooled output ``[B x F, D]`` is then,
+unchanged in memory, the ``[B, F x D]`` TorchRec's dists expect, and the gradient comes back
+in that layout without a copy. Weights, optimizer state and checkpoints are untouched: they
+live in the table's storage, whose offsets are per table. Kernels of several tables keep
+FBGEMM's shared path, so the trainer's sharder gives each table of a job with shared tables
+a kernel of its own on CPU (``use_one_tbe_per_table``,
 :func:`dist_train.train.sharding.make_sharder`).
 """
 
