@@ -1,4 +1,5 @@
-"""Compiled (numba) loops behind hashing and batch building: one pass, no temporaries.
+"""Compiled (numba) loops behind hashing, batch building and the bags' example-major order:
+one pass, no temporaries.
 
 All of them live in this one module on purpose: numba's on-disk cache (``cache=True``) does
 not notice edits to *other* modules a kernel inlines, so kernels that share helpers must
@@ -105,6 +106,30 @@ def key_values_into(fps, starts, ends, key_params, key_exact, out):  # type: ign
             for j in range(src.shape[0]):
                 dst[j] = reduce(salted(src[j], salt, rot), m, q)
         p += src.shape[0]
+
+
+# Bags put example-major (dist_train.train.bag_order).
+
+
+@_jit
+def example_major_into(lengths, values, starts, out_offsets, out_values, bag_of_value):  # type: ignore[no-untyped-def]
+    features, batch = lengths.shape
+    total = 0
+    for f in range(features):  # each feature-major bag's first value
+        for b in range(batch):
+            starts[f, b] = total
+            total += lengths[f, b]
+    p = 0
+    for b in range(batch):
+        for f in range(features):
+            j = b * features + f
+            out_offsets[j] = p
+            start = starts[f, b]
+            for i in range(start, start + lengths[f, b]):
+                out_values[p] = values[i]
+                bag_of_value[i] = j
+                p += 1
+    out_offsets[features * batch] = p
 
 
 def load() -> None:

@@ -32,11 +32,8 @@ from torch import nn
 from torchrec.distributed.batched_embedding_kernel import BatchedFusedEmbeddingBag
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from dist_train.train.bag_order import example_major_bags, example_major_order
+from dist_train.train.bag_order import example_major_bags
 from dist_train.train.lookups import lookup_modules
-
-# batch sizes whose bag order a kernel keeps: training's, an epoch's last, evaluation's
-_ORDERS_KEPT = 4
 
 
 class OneFeatureFusedEmbeddingBag(BatchedFusedEmbeddingBag):
@@ -45,7 +42,6 @@ class OneFeatureFusedEmbeddingBag(BatchedFusedEmbeddingBag):
     turns a :class:`BatchedFusedEmbeddingBag` into this class in place)."""
 
     num_features: int
-    _orders: dict[int, torch.Tensor]  # by batch size
 
     def forward(  # type: ignore[override]
         self, features: KeyedJaggedTensor, *args: Any, **kwargs: Any
@@ -56,21 +52,14 @@ class OneFeatureFusedEmbeddingBag(BatchedFusedEmbeddingBag):
                 "feature needs one batch size for every feature (no variable batch sizes)"
             )
         batch = features.stride()
-        order = self._orders.get(batch)
-        if order is None:
-            if len(self._orders) >= _ORDERS_KEPT:
-                self._orders.clear()
-            order = example_major_order(self.num_features, batch, features.lengths().device)
-            self._orders[batch] = order
-        offsets, values, weights = example_major_bags(
-            order, features.lengths(), features.values(), features.weights_or_none()
-        )
+        weights = features.weights_or_none()
         if weights is not None and not weights.is_floating_point():
             weights = None  # as TorchRec's kernel: integer weights are not per-id weights
+        bags = example_major_bags(features.lengths(), features.values(), batch, weights)
         pooled = self.emb_module(
-            indices=values.to(self._embedding_table_index_type),
-            offsets=offsets.to(self._embedding_table_offset_type),
-            per_sample_weights=weights,
+            indices=bags.values.to(self._embedding_table_index_type),
+            offsets=bags.offsets.to(self._embedding_table_offset_type),
+            per_sample_weights=bags.weights,
         )
         return pooled.view(batch, self.num_features * pooled.shape[1])
 
@@ -133,6 +122,5 @@ def read_shared_tables_as_one_feature(model: nn.Module) -> list[str]:
         kernel.__class__ = OneFeatureFusedEmbeddingBag
         one = cast(OneFeatureFusedEmbeddingBag, kernel)
         one.num_features = kernel.config.embedding_tables[0].num_features()
-        one._orders = {}
         changed.append(kernel.config.embedding_tables[0].name)
     return changed

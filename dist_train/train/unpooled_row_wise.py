@@ -44,7 +44,7 @@ from torchrec.distributed.types import Awaitable, NoWait
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dist_train.models.base import scale_grad
-from dist_train.train.bag_order import example_major_bags, example_major_order
+from dist_train.train.bag_order import example_major_bags
 
 
 @dataclass(frozen=True)
@@ -181,18 +181,11 @@ class _Bags:
     ) -> _Bags:
         """From the KJT's ids' vectors, its bags' ``lengths`` (feature-major, ``batch`` bags a
         feature), the ids (KJT order) in vector order and each vector's id count."""
-        features = lengths.numel() // batch if batch else 0
-        device = lengths.device
-        order = example_major_order(features, batch, device)
-        offsets, in_bag_order, _ = example_major_bags(order, lengths, vector_of_id, None)
-        bags = torch.arange(lengths.numel(), device=device)
-        bag_of_id = torch.repeat_interleave(bags, lengths, output_size=vector_of_id.numel())
-        example_major = torch.empty_like(bags)  # order's inverse: each KJT bag's new place
-        example_major[order.long()] = bags
+        bags = example_major_bags(lengths, vector_of_id, batch)
         return cls(
-            in_bag_order,
-            offsets[:-1],
-            example_major[bag_of_id[by_vector]],
+            bags.values,
+            bags.offsets[:-1],
+            bags.bag_of_value[by_vector],
             torch.cumsum(per_vector, 0) - per_vector,
         )
 

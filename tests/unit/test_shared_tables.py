@@ -12,7 +12,7 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
     SplitTableBatchedEmbeddingBagsCodegen,
 )
 
-from dist_train.train.bag_order import example_major_bags, example_major_order
+from dist_train.train.bag_order import example_major_bags
 from dist_train.train.shared_tables import _as_one_feature
 
 ROWS, DIM, FEATURES, BATCH = 1000, 8, 5, 16
@@ -66,9 +66,8 @@ def test_example_major_bags_of_one_feature_train_as_the_shared_kernel(
         grad = torch.randn(BATCH, FEATURES * DIM, generator=gen)
         expected = shared(ids, offsets)
         expected.backward(grad)
-        order = example_major_order(FEATURES, BATCH, torch.device("cpu"))
-        example_offsets, example_ids, _ = example_major_bags(order, lengths.view(-1), ids, None)
-        got = one(example_ids, example_offsets)
+        bags = example_major_bags(lengths.view(-1), ids, BATCH)
+        got = one(bags.values, bags.offsets)
         assert got.shape == (FEATURES * BATCH, DIM)
         torch.testing.assert_close(got.view(BATCH, FEATURES * DIM), expected)
         got.backward(grad.view(FEATURES * BATCH, DIM))
@@ -87,3 +86,34 @@ def test_a_kernel_of_several_tables_is_refused() -> None:
     )
     with pytest.raises(ValueError, match="one table"):
         _as_one_feature(kernel)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_example_major_bags_compiled_and_fbgemm_agree(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(1)
+    lengths = torch.randint(0, 4, (FEATURES, BATCH), generator=gen).to(dtype)
+    ids = torch.randint(0, ROWS, (int(lengths.sum()),), generator=gen)
+    compiled = example_major_bags(lengths.view(-1), ids, BATCH)  # CPU, no weights
+    weights = torch.rand(ids.numel(), generator=gen)
+    theirs = example_major_bags(lengths.view(-1), ids, BATCH, weights)  # FBGEMM's op
+    assert torch.equal(compiled.offsets, theirs.offsets)
+    assert torch.equal(compiled.values, theirs.values)
+    assert torch.equal(compiled.bag_of_value, theirs.bag_of_value)
+    # by definition: bag b x F + f holds feature f's ids of example b, in their order
+    starts = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.view(-1).long().cumsum(0)])
+    for f, b in ((0, 0), (FEATURES - 1, BATCH - 1), (2, 7)):
+        bag = b * FEATURES + f
+        got = compiled.values[compiled.offsets[bag] : compiled.offsets[bag + 1]]
+        assert torch.equal(got, ids[starts[f * BATCH + b] : starts[f * BATCH + b + 1]])
+        assert (
+            compiled.bag_of_value[starts[f * BATCH + b] : starts[f * BATCH + b + 1]] == bag
+        ).all()
+    assert theirs.weights is not None
+    assert torch.equal(theirs.weights.sort().values, weights.sort().values)
+
+
+def test_example_major_bags_refuses_a_ragged_batch() -> None:
+    with pytest.raises(ValueError, match="not 16 a feature"):
+        example_major_bags(
+            torch.ones(FEATURES * BATCH + 1, dtype=torch.int64), torch.arange(1), BATCH
+        )
