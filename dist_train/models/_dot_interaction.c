@@ -24,7 +24,8 @@ typedef struct {
     int64_t dense_stride, vectors_stride, grad_stride, out_stride, d_dense_stride,
         d_vectors_stride;
     int64_t n, d, lo, hi;
-    float *x_tile, *pair_tile; /* this thread's scratch: n d and n (n - 1) / 2 registers */
+    /* this thread's scratch: n d, n (n - 1) / 2 and (backward) n d registers */
+    float *x_tile, *pair_tile, *dx_tile;
 } Work;
 
 typedef void (*RangeFn)(const Work *);
@@ -40,6 +41,9 @@ static inline int64_t pair_index(int64_t n, int64_t i, int64_t j) {
     return lo * n - lo * (lo + 1) / 2 + (hi - lo - 1);
 }
 
+/* pair (i, j), i < j, is pair row_start(n, i) + j */
+static inline int64_t row_start(int64_t n, int64_t i) { return i * n - i * (i + 1) / 2 - i - 1; }
+
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
 #define JB 4 /* forward: pairs (i, j .. j + 3) sharing the loads of vector i */
@@ -51,9 +55,13 @@ static inline int64_t pair_index(int64_t n, int64_t i, int64_t j) {
 #pragma GCC target("arch=x86-64-v4")
 #define LANES 16
 #define KC 16 /* backward: columns of a vector kept in registers at once */
+#define RB 4  /* register blocks: RB vectors x CB vectors (forward) or CB columns (backward) */
+#define CB 4
 #define KERNEL(name) CAT(name, avx512)
 #include "_dot_interaction_kernels.h"
 #undef KERNEL
+#undef CB
+#undef RB
 #undef KC
 #undef LANES
 #pragma GCC pop_options
@@ -62,9 +70,13 @@ static inline int64_t pair_index(int64_t n, int64_t i, int64_t j) {
 #pragma GCC target("arch=x86-64-v3")
 #define LANES 8
 #define KC 8 /* AVX2 has 16 registers: 8 accumulators leave room for the operands */
+#define RB 2
+#define CB 4
 #define KERNEL(name) CAT(name, avx2)
 #include "_dot_interaction_kernels.h"
 #undef KERNEL
+#undef CB
+#undef RB
 #undef KC
 #undef LANES
 #pragma GCC pop_options
@@ -116,7 +128,9 @@ static int run_split(RangeFn fn, int64_t lanes, const Work *proto, int64_t batch
         if (tasks[t].work.hi > batch) tasks[t].work.hi = batch;
         tasks[t].work.x_tile = aligned_alloc(64, (x_bytes + 63) / 64 * 64);
         tasks[t].work.pair_tile = aligned_alloc(64, (p_bytes + 63) / 64 * 64);
-        failed = tasks[t].work.x_tile == NULL || tasks[t].work.pair_tile == NULL;
+        tasks[t].work.dx_tile = aligned_alloc(64, (x_bytes + 63) / 64 * 64);
+        failed = tasks[t].work.x_tile == NULL || tasks[t].work.pair_tile == NULL ||
+                 tasks[t].work.dx_tile == NULL;
     }
     if (!failed) {
 #ifdef _OPENMP
@@ -139,6 +153,7 @@ static int run_split(RangeFn fn, int64_t lanes, const Work *proto, int64_t batch
     for (int64_t t = 0; tasks != NULL && t < threads; ++t) {
         free(tasks[t].work.x_tile);
         free(tasks[t].work.pair_tile);
+        free(tasks[t].work.dx_tile);
     }
     free(tasks);
     free(ids);

@@ -1,5 +1,6 @@
 /* The kernels of _dot_interaction.c for one instruction set, included once per set with
- * LANES (examples per tile: floats per register), KERNEL(name) (the set's names) and the
+ * LANES (examples per tile: floats per register), RB x CB (register blocks), KC (the
+ * backward's columns a vector outside the blocks), KERNEL(name) (the set's names) and the
  * set's `#pragma GCC target` in force. Tiles hold LANES examples transposed, so that one
  * register holds one value of LANES examples and a pair's dot product is LANES independent
  * sums: no Gram matrix, no gather of its upper triangle, no horizontal adds.
@@ -85,11 +86,73 @@ static inline void KERNEL(gather_columns)(const float *src, int64_t stride, int6
                      dst + c);
 }
 
+/* Lanes src[0..width) into columns [0, width) of rows 0 .. m of `dst`, LANES at a time. */
+static inline void KERNEL(scatter_columns)(const lanes_t *src, int64_t width, float *dst,
+                                           int64_t stride, int64_t m) {
+    for (int64_t c = 0; c < width; c += LANES)
+        KERNEL(scatter_block)(src + c, width - c < LANES ? width - c : LANES, dst + c, stride, m);
+}
+
 /* x_tile[v d + k] = vector v's column k of examples b0 .. b0 + LANES - 1 (0 past the batch). */
 static inline void KERNEL(load_tile)(const Work *w, int64_t b0, int64_t m) {
     lanes_t *x = (lanes_t *)w->x_tile;
     KERNEL(gather_columns)(w->dense, w->dense_stride, b0, m, w->d, x);
     KERNEL(gather_columns)(w->vectors, w->vectors_stride, b0, m, (w->n - 1) * w->d, x + w->d);
+}
+
+/* Pairs (i, j) of vector i with j in [jlo, jhi), i < jlo: JB at a time sharing the loads
+ * of vector i. */
+static inline void KERNEL(pair_row)(const lanes_t *x, int64_t n, int64_t d, int64_t i,
+                                    int64_t jlo, int64_t jhi, lanes_t *pv) {
+    const lanes_t *xi = x + i * d;
+    lanes_t *out = pv + row_start(n, i);
+    int64_t j = jlo;
+    for (; j + JB <= jhi; j += JB) {
+        lanes_t a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        const lanes_t *x0 = x + j * d, *x1 = x0 + d, *x2 = x1 + d, *x3 = x2 + d;
+        for (int64_t k = 0; k < d; ++k) {
+            const lanes_t v = xi[k];
+            a0 += v * x0[k];
+            a1 += v * x1[k];
+            a2 += v * x2[k];
+            a3 += v * x3[k];
+        }
+        out[j] = a0;
+        out[j + 1] = a1;
+        out[j + 2] = a2;
+        out[j + 3] = a3;
+    }
+    for (; j < jhi; ++j) {
+        lanes_t a = {0};
+        const lanes_t *xj = x + j * d;
+        for (int64_t k = 0; k < d; ++k) a += xi[k] * xj[k];
+        out[j] = a;
+    }
+}
+
+/* Pairs (i0 + a, j0 + b), a < RB, b < CB, j0 >= i0, j0 + b > i0 + a: RB x CB sums in
+ * registers, each loaded vector serving RB or CB of them (the tile outgrows L1 at the
+ * default job's 40 vectors: loads, not multiply-adds, would set the pace). A block on the
+ * diagonal (j0 = i0) computes the products below it too and keeps only the pairs: cheaper
+ * than one chain of dependent multiply-adds per pair. */
+static inline void KERNEL(pair_block)(const lanes_t *x, int64_t n, int64_t d, int64_t i0,
+                                      int64_t j0, lanes_t *pv) {
+    lanes_t acc[RB][CB];
+    for (int a = 0; a < RB; ++a)
+        for (int b = 0; b < CB; ++b) acc[a][b] = (lanes_t){0};
+    for (int64_t k = 0; k < d; ++k) {
+        lanes_t xj[CB];
+        for (int b = 0; b < CB; ++b) xj[b] = x[(j0 + b) * d + k];
+        for (int a = 0; a < RB; ++a) {
+            const lanes_t xi = x[(i0 + a) * d + k];
+            for (int b = 0; b < CB; ++b) acc[a][b] += xi * xj[b];
+        }
+    }
+    for (int a = 0; a < RB; ++a) {
+        lanes_t *out = pv + row_start(n, i0 + a) + j0;
+        for (int b = 0; b < CB; ++b)
+            if (j0 + b > i0 + a) out[b] = acc[a][b];
+    }
 }
 
 static void KERNEL(forward_range)(const Work *w) {
@@ -99,32 +162,14 @@ static void KERNEL(forward_range)(const Work *w) {
     for (int64_t b0 = w->lo; b0 < w->hi; b0 += LANES) {
         const int64_t m = w->hi - b0 < LANES ? w->hi - b0 : LANES;
         KERNEL(load_tile)(w, b0, m);
-        int64_t p = 0;
-        for (int64_t i = 0; i < n; ++i) {
-            const lanes_t *xi = x + i * d;
-            int64_t j = i + 1;
-            for (; j + JB <= n; j += JB, p += JB) {
-                lanes_t a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-                const lanes_t *x0 = x + j * d, *x1 = x0 + d, *x2 = x1 + d, *x3 = x2 + d;
-                for (int64_t k = 0; k < d; ++k) {
-                    const lanes_t v = xi[k];
-                    a0 += v * x0[k];
-                    a1 += v * x1[k];
-                    a2 += v * x2[k];
-                    a3 += v * x3[k];
-                }
-                pv[p] = a0;
-                pv[p + 1] = a1;
-                pv[p + 2] = a2;
-                pv[p + 3] = a3;
-            }
-            for (; j < n; ++j, ++p) {
-                lanes_t a = {0};
-                const lanes_t *xj = x + j * d;
-                for (int64_t k = 0; k < d; ++k) a += xi[k] * xj[k];
-                pv[p] = a;
-            }
+        int64_t i0 = 0;
+        for (; i0 + RB <= n; i0 += RB) {
+            int64_t j0 = i0;
+            for (; j0 + CB <= n; j0 += CB) KERNEL(pair_block)(x, n, d, i0, j0, pv);
+            for (int64_t i = i0; i < i0 + RB; ++i) /* past the last column block */
+                KERNEL(pair_row)(x, n, d, i, i + 1 > j0 ? i + 1 : j0, n, pv);
         }
+        for (; i0 < n; ++i0) KERNEL(pair_row)(x, n, d, i0, i0 + 1, n, pv);
         float *out = w->out + b0 * w->out_stride;
         for (int64_t l = 0; l < m; ++l)
             memcpy(out + l * w->out_stride, w->dense + (b0 + l) * w->dense_stride,
@@ -135,22 +180,22 @@ static void KERNEL(forward_range)(const Work *w) {
     }
 }
 
-/* acc[k] = sum over j != i of g(i, j) x_j[kc + k], k < KC. */
-static inline void KERNEL(pair_grad_block)(const lanes_t *x, const lanes_t *g, int64_t n, int64_t d,
-                                   int64_t i, int64_t kc, lanes_t *out) {
-    lanes_t acc[KC] = {{0}};
-    for (int64_t j = 0; j < n; ++j) {
-        if (j == i) continue;
-        const lanes_t gij = g[pair_index(n, i, j)];
-        const lanes_t *xj = x + j * d + kc;
-        for (int k = 0; k < KC; ++k) acc[k] += gij * xj[k];
+/* dx[i][kc + k] = sum over j != i of g(i, j) x_j[kc + k], k < kw: one vector's columns. */
+static inline void KERNEL(pair_grad_columns)(const lanes_t *x, const lanes_t *g, int64_t n,
+                                             int64_t d, int64_t i, int64_t kc, int64_t kw,
+                                             lanes_t *dx) {
+    lanes_t *out = dx + i * d + kc;
+    if (kw == KC) {
+        lanes_t acc[KC] = {{0}};
+        for (int64_t j = 0; j < n; ++j) {
+            if (j == i) continue;
+            const lanes_t gij = g[pair_index(n, i, j)];
+            const lanes_t *xj = x + j * d + kc;
+            for (int k = 0; k < KC; ++k) acc[k] += gij * xj[k];
+        }
+        memcpy(out, acc, sizeof acc);
+        return;
     }
-    memcpy(out, acc, sizeof acc);
-}
-
-/* The same for the last kw < KC columns. */
-static inline void KERNEL(pair_grad_rest)(const lanes_t *x, const lanes_t *g, int64_t n, int64_t d,
-                                  int64_t i, int64_t kc, int64_t kw, lanes_t *out) {
     for (int64_t k = 0; k < kw; ++k) out[k] = (lanes_t){0};
     for (int64_t j = 0; j < n; ++j) {
         if (j == i) continue;
@@ -160,35 +205,70 @@ static inline void KERNEL(pair_grad_rest)(const lanes_t *x, const lanes_t *g, in
     }
 }
 
+/* The same for vectors i0 .. i0 + RB - 1 and columns kc .. kc + CB - 1 at once, j in the
+ * same order (so the same sums): g(i, j) sits at row_start(j) + i for j < i and at
+ * row_start(i) + j for j > i. */
+static inline void KERNEL(pair_grad_block)(const lanes_t *x, const lanes_t *g, int64_t n,
+                                           int64_t d, int64_t i0, int64_t kc, lanes_t *dx) {
+    lanes_t acc[RB][CB];
+    for (int a = 0; a < RB; ++a)
+        for (int b = 0; b < CB; ++b) acc[a][b] = (lanes_t){0};
+    int64_t j = 0;
+    for (; j < i0; ++j) {
+        const lanes_t *gj = g + row_start(n, j) + i0, *xj = x + j * d + kc;
+        for (int a = 0; a < RB; ++a) {
+            const lanes_t gij = gj[a];
+            for (int b = 0; b < CB; ++b) acc[a][b] += gij * xj[b];
+        }
+    }
+    for (; j < i0 + RB; ++j) {
+        const lanes_t *xj = x + j * d + kc;
+        for (int a = 0; a < RB; ++a) {
+            if (i0 + a == j) continue;
+            const lanes_t gij = g[pair_index(n, i0 + a, j)];
+            for (int b = 0; b < CB; ++b) acc[a][b] += gij * xj[b];
+        }
+    }
+    for (; j < n; ++j) {
+        const lanes_t *xj = x + j * d + kc;
+        for (int a = 0; a < RB; ++a) {
+            const lanes_t gij = g[row_start(n, i0 + a) + j];
+            for (int b = 0; b < CB; ++b) acc[a][b] += gij * xj[b];
+        }
+    }
+    for (int a = 0; a < RB; ++a)
+        for (int b = 0; b < CB; ++b) dx[(i0 + a) * d + kc + b] = acc[a][b];
+}
+
 static void KERNEL(backward_range)(const Work *w) {
     const int64_t n = w->n, d = w->d, pairs = n * (n - 1) / 2;
     const lanes_t *x = (const lanes_t *)w->x_tile;
-    lanes_t *g = (lanes_t *)w->pair_tile;
+    lanes_t *g = (lanes_t *)w->pair_tile, *dx = (lanes_t *)w->dx_tile;
     for (int64_t b0 = w->lo; b0 < w->hi; b0 += LANES) {
         const int64_t m = w->hi - b0 < LANES ? w->hi - b0 : LANES;
         KERNEL(load_tile)(w, b0, m);
         KERNEL(gather_columns)(w->grad + d, w->grad_stride, b0, m, pairs, g);
-        for (int64_t i = 0; i < n; ++i) {
-            for (int64_t kc = 0; kc < d; kc += KC) {
-                const int64_t kw = d - kc < KC ? d - kc : KC;
-                lanes_t acc[KC];
-                if (kw == KC)
-                    KERNEL(pair_grad_block)(x, g, n, d, i, kc, acc);
-                else
-                    KERNEL(pair_grad_rest)(x, g, n, d, i, kc, kw, acc);
-                if (i == 0) { /* the dense vector's gradient: its own columns plus the pairs' */
-                    lanes_t own[KC];
-                    KERNEL(gather_block)(w->grad + b0 * w->grad_stride + kc, w->grad_stride, m, kw, own);
-                    for (int64_t k = 0; k < kw; ++k) acc[k] += own[k];
-                    KERNEL(scatter_block)(acc, kw, w->d_dense + b0 * w->d_dense_stride + kc,
-                                  w->d_dense_stride, m);
-                } else {
-                    KERNEL(scatter_block)(acc, kw,
-                                  w->d_vectors + b0 * w->d_vectors_stride + (i - 1) * d + kc,
-                                  w->d_vectors_stride, m);
-                }
-            }
+        int64_t i0 = 0;
+        for (; i0 + RB <= n; i0 += RB) {
+            int64_t kc = 0;
+            for (; kc + CB <= d; kc += CB) KERNEL(pair_grad_block)(x, g, n, d, i0, kc, dx);
+            if (kc < d)
+                for (int64_t i = i0; i < i0 + RB; ++i)
+                    KERNEL(pair_grad_columns)(x, g, n, d, i, kc, d - kc, dx);
         }
+        for (; i0 < n; ++i0)
+            for (int64_t kc = 0; kc < d; kc += KC)
+                KERNEL(pair_grad_columns)(x, g, n, d, i0, kc, d - kc < KC ? d - kc : KC, dx);
+        /* the dense vector's gradient: its own columns plus the pairs' */
+        for (int64_t kc = 0; kc < d; kc += LANES) {
+            const int64_t kw = d - kc < LANES ? d - kc : LANES;
+            lanes_t own[LANES];
+            KERNEL(gather_block)(w->grad + b0 * w->grad_stride + kc, w->grad_stride, m, kw, own);
+            for (int64_t k = 0; k < kw; ++k) dx[kc + k] += own[k];
+        }
+        KERNEL(scatter_columns)(dx, d, w->d_dense + b0 * w->d_dense_stride, w->d_dense_stride, m);
+        KERNEL(scatter_columns)(dx + d, (n - 1) * d, w->d_vectors + b0 * w->d_vectors_stride,
+                                w->d_vectors_stride, m);
     }
 }
 

@@ -80,10 +80,19 @@ def test_the_native_kernels_are_built_and_run_on_x86() -> None:
 
 
 # batch not a multiple of the tile, d not a multiple of the register block, one pair only,
-# two register blocks, and the default job's shapes
+# two register blocks, vectors past the last 4 x 4 block, and the default job's shapes
 @pytest.mark.parametrize(
     ("batch", "n", "d"),
-    [(37, 6, 5), (33, 3, 20), (17, 2, 16), (40, 9, 32), (2048, 40, 16), (1, 4, 16), (5, 3, 1)],
+    [
+        (37, 6, 5),
+        (33, 3, 20),
+        (17, 2, 16),
+        (40, 9, 32),
+        (2048, 40, 16),
+        (1, 4, 16),
+        (5, 3, 1),
+        (19, 13, 12),
+    ],
 )
 def test_native_equals_torch_forward_and_backward(variant: str, batch: int, n: int, d: int) -> None:
     dense, vectors, grad = _inputs(batch, n, d)
