@@ -13,8 +13,9 @@ Per rank and step, for a job's :class:`~planners.types.Workload`:
   request, vector and gradient per distinct row (row_wise_unpooled, distinct rows as the
   planner expects them); and DDP's ring all-reduce of the dense gradients.
 
-Rates are measured on every rank at once, as the step runs: copy bandwidth (bytes read +
-written), 2048 x 512 x 512 matmul flop/s, and the 16 MiB all-to-all and all-reduce. The
+Rates are measured on every rank at once, as the step runs (``bench train``: in every round,
+beside the steps they judge): copy bandwidth (bytes read + written), 2048 x 512 x 512
+matmul flop/s, and the 16 MiB all-to-all and all-reduce. The
 floor adds the terms: CPU ranks compute and run gloo's collectives on the same cores, one
 after another. It is a floor, not an estimate: no latency, no framework work, all lookups
 streaming at copy speed.

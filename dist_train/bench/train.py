@@ -22,6 +22,8 @@ and more).
 
 Beside them, in step mode, the dense network alone (:class:`~dist_train.bench.peers.DenseOnly`):
 no system's step can be shorter, and ``pytorch``'s step over it bounds ``unified / pytorch``.
+The roofline (:mod:`dist_train.bench.roofline`) measures this machine's rates in every
+round too, and divides each round's ``unified`` step by the floor at that round's rates.
 
 For each rank count, all systems are built in the same gloo processes and timed in
 interleaved rounds (every mode and system once per round); a system's figure is the median
@@ -140,8 +142,8 @@ def time_systems(
     raw: dict[str, dict[str, Any]], plans: dict[str, JobPlan | None], data: str, rounds: int
 ) -> dict[str, Any]:
     """Worker: build every system, time them round-robin (seconds per round), with the dense
-    network alone (:class:`~dist_train.bench.peers.DenseOnly`) in step mode; then measure
-    this machine's rates for the roofline."""
+    network alone (:class:`~dist_train.bench.peers.DenseOnly`) in step mode, and this
+    machine's rates for the roofline at the end of each round."""
     cfgs = {s: parse_config(r) for s, r in raw.items()}
     models = {s: _build(cfgs[s], plans[s]) for s in SYSTEMS}
     unified = cfgs["unified"]
@@ -162,6 +164,7 @@ def time_systems(
     _timed(dense_only, iter(prebuilt["unified"][:WARMUP_STEPS]), WARMUP_STEPS)
     seconds: dict[str, dict[str, list[float]]] = {m: {s: [] for s in SYSTEMS} for m in MODES}
     dense_seconds: list[float] = []
+    rates: list[dict[str, float]] = []
     for r in range(rounds):
         first = WARMUP_STEPS + r * STEPS_PER_ROUND
         for s in SYSTEMS:
@@ -170,11 +173,10 @@ def time_systems(
             seconds["end_to_end"][s].append(_timed(models[s], streams[s], STEPS_PER_ROUND))
         steps = iter(prebuilt["unified"][first : first + STEPS_PER_ROUND])
         dense_seconds.append(_timed(dense_only, steps, STEPS_PER_ROUND))
-    return {
-        "seconds": seconds,
-        "dense_only_seconds": dense_seconds,
-        "rates": asdict(measure_rates()),
-    }
+        # the roofline's rates in every round, beside the steps they judge: measured once
+        # after all rounds, a quiet or busy moment of this shared machine moved every ratio
+        rates.append(asdict(measure_rates()))
+    return {"seconds": seconds, "dense_only_seconds": dense_seconds, "rates": rates}
 
 
 def peak_memory(
@@ -296,16 +298,25 @@ def run_train_bench(
         # round by round, as the goals' ratios: the peer's step over the dense network alone
         pytorch_over_dense = [p / d for p, d in zip(seconds["step", "pytorch"], dense, strict=True)]
         workload = planner_for_config(cfgs["unified"], world, world)[0].workload
-        floor = step_floor(workload, world, MachineRates(**out[0]["rates"]))
+        round_rates = out[0]["rates"]
+        # round by round: each round's step against the floor at that round's rates
+        over_floor = [
+            seconds["step", "unified"][i]
+            / STEPS_PER_ROUND
+            / step_floor(workload, world, MachineRates(**round_rates[i]))["floor"]
+            for i in range(rounds)
+        ]
+        rates = {k: statistics.median(r[k] for r in round_rates) for k in round_rates[0]}
         roofline.append(
             {
                 "system": "unified",
                 "mode": "step",
                 "ranks": world,
-                "rates": out[0]["rates"],
-                "floor_seconds": floor,
+                "rates": rates,  # medians over the rounds
+                "floor_seconds": step_floor(workload, world, MachineRates(**rates)),
                 "measured_step_seconds": step,
-                "measured_over_floor": step / floor["floor"],
+                "measured_over_floor": statistics.median(over_floor),
+                "measured_over_floor_spread": spread(over_floor),
                 # the step without embeddings, and the largest unified / pytorch step ratio
                 # any embedding path could reach: pytorch's step over it
                 "dense_only_step_seconds": statistics.median(dense) / STEPS_PER_ROUND,
@@ -346,8 +357,10 @@ def _print(summary: dict[str, Any]) -> None:
             f"{terms['floor'] * 1e3:.2f} ms ("
             + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in terms.items() if k != "floor")
             + f" ms); measured step {r['measured_step_seconds'] * 1e3:.2f} ms: "
-            f"x{r['measured_over_floor']:.2f} the floor\n  the dense network alone "
-            f"{r['dense_only_step_seconds'] * 1e3:.2f} ms a step; pytorch's step over it "
+            "x{:.2f} ({:.2f}-{:.2f}) the floor, round by round\n  the dense network alone ".format(
+                *r["measured_over_floor_spread"]
+            )
+            + f"{r['dense_only_step_seconds'] * 1e3:.2f} ms a step; pytorch's step over it "
             "(the most unified / pytorch could reach with free embeddings): x{:.2f} "
             "({:.2f}-{:.2f})".format(*r["pytorch_over_dense_only"])
         )

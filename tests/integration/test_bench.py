@@ -139,6 +139,8 @@ def test_bench_train_reports_every_system_mode_and_the_roofline(tmp_path: Path) 
     assert terms["floor"] == pytest.approx(sum(v for k, v in terms.items() if k != "floor"))
     assert terms["all_to_all"] > 0 and terms["all_reduce"] > 0
     assert roofline["measured_over_floor"] > 1.0  # a floor is below what runs
+    median, low, high = roofline["measured_over_floor_spread"]
+    assert low <= median == roofline["measured_over_floor"] <= high
     # the dense network alone does part of unified's step's work (all of it but the tables)
     assert 0 < roofline["dense_only_step_seconds"] < roofline["measured_step_seconds"]
     median, low, high = roofline["pytorch_over_dense_only"]
