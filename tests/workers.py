@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -241,3 +242,12 @@ def bench_dense_optimizers(cfg_raw: dict[str, Any]) -> dict[str, list[str]]:
         "pytorch": [type(o).__name__ for o in PlainPyTorch(cfg, layout).optimizers],
         "dense_only": [type(DenseOnly(cfg, layout).optimizer).__name__],
     }
+
+
+def sustained_rates_with_a_slow_rank(call_seconds: list[float]) -> float:
+    """Rank r's :func:`~dist_train.bench.roofline.sustained_rate` of calls that take
+    ``call_seconds[r]`` (a sleep), one unit of work each."""
+    from dist_train.bench.roofline import sustained_rate
+
+    pause = call_seconds[dist.get_rank()]
+    return sustained_rate(lambda: time.sleep(pause), work=1.0, calls=3, windows=2)

@@ -12,7 +12,7 @@ from dist_train.cli import main
 from dist_train.launchers.processes import run_processes
 from planners.topology import CPU_PRESET, save_topology
 from tests.conftest import small_config
-from tests.workers import bench_dense_optimizers
+from tests.workers import bench_dense_optimizers, sustained_rates_with_a_slow_rank
 
 TINY = str(Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny.yaml")
 
@@ -145,6 +145,14 @@ def test_bench_train_reports_every_system_mode_and_the_roofline(tmp_path: Path) 
     assert 0 < roofline["dense_only_step_seconds"] < roofline["measured_step_seconds"]
     median, low, high = roofline["pytorch_over_dense_only"]
     assert 1 < low <= median <= high
+
+
+def test_the_roofline_rates_are_every_ranks_together_at_the_slowest_ranks_pace() -> None:
+    # rank 1's calls take 50 ms, rank 0's none: rank 0 shares the window with rank 1, so its
+    # rate is at most 20 calls a second, not the thousands its own calls would give
+    rates = run_processes(sustained_rates_with_a_slow_rank, ([0.0, 0.05],), world_size=2)
+    assert all(0 < r <= 20.0 for r in rates)
+    assert rates[0] == rates[1]
 
 
 @pytest.mark.parametrize(("dense_optimizer", "name"), [("sgd", "SGD"), ("adam", "Adam")])
