@@ -82,7 +82,7 @@ def sustained_rate(fn: Callable[[], object], work: float, calls: int, windows: i
         start = time.perf_counter()
         for _ in range(calls):
             fn()
-        slowest = torch.tensor([time.perf_counter() - start])
+        slowest = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
         dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
         best = min(best, float(slowest.item()))
     return work * calls / best

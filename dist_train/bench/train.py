@@ -26,11 +26,12 @@ The roofline (:mod:`dist_train.bench.roofline`) measures this machine's rates in
 round too, and divides each round's ``unified`` step by the floor at that round's rates.
 
 For each rank count, all systems are built in the same gloo processes and timed in
-interleaved rounds (every mode and system once per round); a system's figure is the median
-over rounds, with the spread (min and max). Memory is measured apart, in fresh processes
-per system: the peak RSS of a rank (the largest) less the same process before it built the
-system (imports, process group, prebuilt batches). Every rank allocates as a training rank
-does (:func:`~dist_train.data.memory.reuse_freed_memory`, set for every rank by
+interleaved rounds (every mode and system once per round, each system opening a round in
+turn); a system's figure is the median over rounds, with the spread (min and max). Memory
+is measured apart, in fresh processes per system: the peak RSS of a rank (the largest) less
+the same process before it built the system (imports, process group, prebuilt batches).
+Every rank allocates as a training rank does
+(:func:`~dist_train.data.memory.reuse_freed_memory`, set for every rank by
 :func:`~dist_train.launchers.processes.run_processes`): freed blocks stay in the heap for
 reuse, for the peers as for ours.
 """
@@ -167,7 +168,9 @@ def time_systems(
     rates: list[dict[str, float]] = []
     for r in range(rounds):
         first = WARMUP_STEPS + r * STEPS_PER_ROUND
-        for s in SYSTEMS:
+        # each system opens a round in turn: the round before ends with the rates' 256 MiB
+        # copies, which leave the next step's rows out of cache
+        for s in SYSTEMS[r % len(SYSTEMS) :] + SYSTEMS[: r % len(SYSTEMS)]:
             steps = iter(prebuilt[s][first : first + STEPS_PER_ROUND])
             seconds["step"][s].append(_timed(models[s], steps, STEPS_PER_ROUND))
             seconds["end_to_end"][s].append(_timed(models[s], streams[s], STEPS_PER_ROUND))

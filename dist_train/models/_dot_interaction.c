@@ -107,10 +107,10 @@ static void *run_task(void *arg) {
     return NULL;
 }
 
-/* Split [0, batch) into `threads` runs of whole tiles and run fn over each. 0, or -1 with
- * no memory for the scratch tiles. */
+/* Split [0, batch) into `threads` runs of whole tiles and run fn over each (`backward`:
+ * with the dx scratch tile too). 0, or -1 with no memory for the scratch tiles. */
 static int run_split(RangeFn fn, int64_t lanes, const Work *proto, int64_t batch,
-                     int64_t threads) {
+                     int64_t threads, int backward) {
     const int64_t tiles = (batch + lanes - 1) / lanes;
     if (threads > tiles) threads = tiles;
     if (threads < 1) threads = 1;
@@ -128,9 +128,9 @@ static int run_split(RangeFn fn, int64_t lanes, const Work *proto, int64_t batch
         if (tasks[t].work.hi > batch) tasks[t].work.hi = batch;
         tasks[t].work.x_tile = aligned_alloc(64, (x_bytes + 63) / 64 * 64);
         tasks[t].work.pair_tile = aligned_alloc(64, (p_bytes + 63) / 64 * 64);
-        tasks[t].work.dx_tile = aligned_alloc(64, (x_bytes + 63) / 64 * 64);
+        tasks[t].work.dx_tile = backward ? aligned_alloc(64, (x_bytes + 63) / 64 * 64) : NULL;
         failed = tasks[t].work.x_tile == NULL || tasks[t].work.pair_tile == NULL ||
-                 tasks[t].work.dx_tile == NULL;
+                 (backward && tasks[t].work.dx_tile == NULL);
     }
     if (!failed) {
 #ifdef _OPENMP
@@ -212,7 +212,7 @@ static PyObject *run_checked(const Work *w, int backward, long long batch, long 
     const Variant *v = variant;
     int rc;
     Py_BEGIN_ALLOW_THREADS rc =
-        run_split(backward ? v->backward : v->forward, v->lanes, w, batch, threads);
+        run_split(backward ? v->backward : v->forward, v->lanes, w, batch, threads, backward);
     Py_END_ALLOW_THREADS if (rc != 0) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }

@@ -105,7 +105,7 @@ static inline void KERNEL(load_tile)(const Work *w, int64_t b0, int64_t m) {
 static inline void KERNEL(pair_row)(const lanes_t *x, int64_t n, int64_t d, int64_t i,
                                     int64_t jlo, int64_t jhi, lanes_t *pv) {
     const lanes_t *xi = x + i * d;
-    lanes_t *out = pv + row_start(n, i);
+    const int64_t base = row_start(n, i); /* pair (i, j) is pv[base + j] */
     int64_t j = jlo;
     for (; j + JB <= jhi; j += JB) {
         lanes_t a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
@@ -117,16 +117,16 @@ static inline void KERNEL(pair_row)(const lanes_t *x, int64_t n, int64_t d, int6
             a2 += v * x2[k];
             a3 += v * x3[k];
         }
-        out[j] = a0;
-        out[j + 1] = a1;
-        out[j + 2] = a2;
-        out[j + 3] = a3;
+        pv[base + j] = a0;
+        pv[base + j + 1] = a1;
+        pv[base + j + 2] = a2;
+        pv[base + j + 3] = a3;
     }
     for (; j < jhi; ++j) {
         lanes_t a = {0};
         const lanes_t *xj = x + j * d;
         for (int64_t k = 0; k < d; ++k) a += xi[k] * xj[k];
-        out[j] = a;
+        pv[base + j] = a;
     }
 }
 
@@ -149,9 +149,9 @@ static inline void KERNEL(pair_block)(const lanes_t *x, int64_t n, int64_t d, in
         }
     }
     for (int a = 0; a < RB; ++a) {
-        lanes_t *out = pv + row_start(n, i0 + a) + j0;
+        const int64_t base = row_start(n, i0 + a);
         for (int b = 0; b < CB; ++b)
-            if (j0 + b > i0 + a) out[b] = acc[a][b];
+            if (j0 + b > i0 + a) pv[base + j0 + b] = acc[a][b];
     }
 }
 
@@ -215,7 +215,7 @@ static inline void KERNEL(pair_grad_block)(const lanes_t *x, const lanes_t *g, i
         for (int b = 0; b < CB; ++b) acc[a][b] = (lanes_t){0};
     int64_t j = 0;
     for (; j < i0; ++j) {
-        const lanes_t *gj = g + row_start(n, j) + i0, *xj = x + j * d + kc;
+        const lanes_t *gj = g + (row_start(n, j) + i0), *xj = x + j * d + kc;
         for (int a = 0; a < RB; ++a) {
             const lanes_t gij = gj[a];
             for (int b = 0; b < CB; ++b) acc[a][b] += gij * xj[b];
