@@ -132,6 +132,40 @@ def example_major_into(lengths, values, starts, out_offsets, out_values, bag_of_
     out_offsets[features * batch] = p
 
 
+# Distinct keys by counting (dist_train.train.unpooled_row_wise).
+
+
+@_jit
+def distinct_keys_into(keys, slot, distinct_keys, per_key, by_key, key_of_value):  # type: ignore[no-untyped-def]
+    """``slot``: zeros, one per possible key. Returns the number of distinct keys, or -1
+    (nothing written but ``slot``) if a key falls outside ``slot``."""
+    space = slot.shape[0]
+    for k in keys:
+        if k < 0 or k >= space:
+            return -1
+        slot[k] += 1
+    distinct = 0
+    start = 0
+    for k in range(space):  # counts -> each key's first position in key order
+        count = slot[k]
+        if count:
+            distinct_keys[distinct] = k
+            per_key[distinct] = count
+            slot[k] = start
+            start += count
+            distinct += 1
+    for i in range(keys.shape[0]):  # stable: a key's positions in input order
+        k = keys[i]
+        by_key[slot[k]] = i
+        slot[k] += 1
+    j = 0
+    for d in range(distinct):
+        for _ in range(per_key[d]):
+            key_of_value[by_key[j]] = d
+            j += 1
+    return distinct
+
+
 def load() -> None:
     """Load the kernels' machine code from numba's cache now (compiling it on first use).
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, cast
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -43,8 +44,43 @@ from torchrec.distributed.sharding.rw_sharding import (
 from torchrec.distributed.types import Awaitable, NoWait
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from dist_train.kernels import distinct_keys_into
 from dist_train.models.base import scale_grad
 from dist_train.train.bag_order import example_major_bags
+
+# distinct_keys counts on CPU where the key space is at most this many times the keys (plus
+# a floor): the pass over it then costs no more than a sort would
+COUNTING_SPACE_PER_KEY = 8
+COUNTING_SPACE_FLOOR = 2**16
+
+
+def distinct_keys(
+    key: torch.Tensor, key_space: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``torch.unique``'s work on int64 ``key`` (each in ``[0, key_space)``), keeping the
+    sort: the distinct keys ascending, each one's count, the positions of ``key`` in key
+    order (stable) and each position's distinct index. On CPU with a key space not much
+    larger than the keys, one counting pass (:func:`~dist_train.kernels.distinct_keys_into`;
+    the default job's 79,872 keys over 300,000 at 2 ranks: 1.2 against 2.6 ms for the sort
+    and the ops around it, one thread); else a stable sort."""
+    n = key.numel()
+    if key.device.type == "cpu" and key_space <= COUNTING_SPACE_PER_KEY * n + COUNTING_SPACE_FLOOR:
+        out = [torch.empty(n, dtype=torch.int64) for _ in range(4)]
+        found = distinct_keys_into(
+            key.contiguous().numpy(),
+            np.zeros(key_space, dtype=np.int64),
+            *(t.numpy() for t in out),
+        )
+        if found < 0:
+            raise ValueError(f"keys outside [0, {key_space}): {int(key.min())} to {int(key.max())}")
+        return out[0][:found], out[1][:found], out[2], out[3]
+    sorted_keys, by_key = torch.sort(key, stable=True)
+    asked, per_key = torch.unique_consecutive(sorted_keys, return_counts=True)
+    key_of_value = torch.empty_like(by_key)
+    key_of_value[by_key] = torch.repeat_interleave(
+        torch.arange(asked.numel(), device=key.device), per_key, output_size=n
+    )
+    return asked, per_key, by_key, key_of_value
 
 
 @dataclass(frozen=True)
@@ -332,13 +368,9 @@ class UnpooledInputDist(nn.Module):
             owner if feature is None else owner * num_tables + self._table_of_feature[feature]
         )
         key = holder_and_table * self._row_span + row
-        # torch.unique's work, keeping the sort: the pooling's backward reads ids by row
-        sorted_keys, by_row = torch.sort(key)
-        asked, per_row = torch.unique_consecutive(sorted_keys, return_counts=True)
-        vector_of_id = torch.empty_like(by_row)
-        vector_of_id[by_row] = torch.repeat_interleave(
-            torch.arange(asked.numel(), device=ids.device), per_row, output_size=ids.numel()
-        )
+        # the pooling's backward reads ids by row
+        key_space = world * num_tables * self._row_span
+        asked, per_row, by_row, vector_of_id = distinct_keys(key, key_space)
         holder_table = asked // self._row_span
         counts = torch.bincount(holder_table, minlength=world * num_tables)
         recv_counts = torch.empty_like(counts)
