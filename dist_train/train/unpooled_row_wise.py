@@ -60,10 +60,11 @@ def distinct_keys(
     """``torch.unique``'s work on int64 ``key`` (each in ``[0, key_space)``), keeping the
     sort: the distinct keys ascending, each one's count, the positions of ``key`` in key
     order (stable) and each position's distinct index. On CPU with a key space not much
-    larger than the keys, one counting pass (:func:`~dist_train.kernels.distinct_keys_into`;
-    the default job's 79,872 keys over 300,000 at 2 ranks: 1.2 against 2.6 ms for the sort
-    and the ops around it, one thread); else a stable sort."""
-    n = key.numel()
+    larger than the keys, one counting pass (:func:`~dist_train.kernels.distinct_keys_into`,
+    which refuses keys outside the space; 79,872 Zipf keys over the default job's 300,000 at
+    2 ranks: 1.2 ms, against 2.6 for the sort and the ops around it, one thread); else a
+    stable sort."""
+    key, n = key.to(torch.int64), key.numel()
     if key.device.type == "cpu" and key_space <= COUNTING_SPACE_PER_KEY * n + COUNTING_SPACE_FLOOR:
         out = [torch.empty(n, dtype=torch.int64) for _ in range(4)]
         found = distinct_keys_into(
@@ -72,7 +73,10 @@ def distinct_keys(
             *(t.numpy() for t in out),
         )
         if found < 0:
-            raise ValueError(f"keys outside [0, {key_space}): {int(key.min())} to {int(key.max())}")
+            raise ValueError(
+                f"unpooled row-wise input dist: keys outside [0, {key_space}): "
+                f"{int(key.min())} to {int(key.max())}"
+            )
         return out[0][:found], out[1][:found], out[2], out[3]
     sorted_keys, by_key = torch.sort(key, stable=True)
     asked, per_key = torch.unique_consecutive(sorted_keys, return_counts=True)

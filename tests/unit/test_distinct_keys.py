@@ -33,9 +33,7 @@ def _by_definition(key: torch.Tensor) -> tuple[torch.Tensor, ...]:
         torch.zeros(0, dtype=torch.int64),
     ],
 )
-def test_distinct_keys_are_the_stable_sort_by_definition(
-    key: torch.Tensor, key_space: int
-) -> None:
+def test_distinct_keys_are_the_stable_sort_by_definition(key: torch.Tensor, key_space: int) -> None:
     assert (key_space <= COUNTING_SPACE_PER_KEY * key.numel() + COUNTING_SPACE_FLOOR) == (
         key_space == COUNTED
     )
