@@ -170,6 +170,18 @@ def unpooled_refusals(cfg_raw: dict[str, Any], data_path: str) -> dict[str, str]
             trainer.model(batch.dense, kjt)
         except ValueError as err:
             errors[name] = str(err)
+    # ids just past the table, where the last shard is the shorter: their rows fall within
+    # the largest shard's span
+    short_last = uneven_row_wise_plan(cfg, [rows - rows // 3, rows // 3])
+    unpooled = tuple(t for t, p in short_last.placements().items() if p["type"] == "row_wise")
+    uneven = Trainer.build(cfg, dataclasses.replace(short_last, unpooled_tables=unpooled))
+    past_the_end = KeyedJaggedTensor(
+        keys=sparse.keys(), values=torch.full_like(sparse.values(), rows), lengths=sparse.lengths()
+    )
+    try:
+        uneven.model(batch.dense, past_the_end)
+    except ValueError as err:
+        errors["past_the_end"] = str(err)
     ebc = trainer.model.module.sparse_arch
     for _ in range(2):
         ebc.input_dist(ebc.create_context(), sparse).wait()

@@ -361,7 +361,13 @@ class UnpooledInputDist(nn.Module):
             else None
         )
         owner, row = self._locate(ids, feature)
-        if row.numel() and (int(row.min()) < 0 or int(row.max()) >= self._row_span):
+        # each id below its table's rows: the last rank takes any id past its shard's start,
+        # and where that shard is the shorter, one past the table would read a row of it
+        table_rows = self._bounds[:, -1]
+        rows = (
+            table_rows[0] if len(self._bounds) == 1 else table_rows[self._split_of_feature[feature]]
+        )
+        if ids.numel() and (int(ids.min()) < 0 or bool((ids >= rows).any())):
             raise ValueError(
                 f"ids outside their tables' rows in features {sorted(set(keys))}: "
                 f"{int(ids.min())} to {int(ids.max())}"
