@@ -78,11 +78,23 @@ def rank_device(device_type: str) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else CPU
 
 
-def copy_bytes_per_second(device: torch.device = CPU) -> float:
-    src = torch.ones(64 * 2**20, device=device)  # 256 MiB
+def copy_probe(device: torch.device = CPU) -> tuple[Callable[[], object], float]:
+    """One 256 MiB copy on ``device`` and the bytes it reads and writes."""
+    src = torch.ones(64 * 2**20, device=device)
     dst = torch.empty_like(src)
-    seconds = _best_seconds(lambda: dst.copy_(src), repeats=5, device=device)
-    return 2 * src.numel() * 4 / seconds
+    return lambda: dst.copy_(src), 2 * src.numel() * 4
+
+
+def matmul_probe(device: torch.device = CPU) -> tuple[Callable[[], object], float]:
+    """One 2048 x 512 x 512 matmul on ``device`` and its flops."""
+    a = torch.randn(2048, 512, device=device)
+    b = torch.randn(512, 512, device=device)
+    return lambda: a @ b, 2 * 2048 * 512 * 512
+
+
+def copy_bytes_per_second(device: torch.device = CPU) -> float:
+    call, moved = copy_probe(device)
+    return moved / _best_seconds(call, repeats=5, device=device)
 
 
 def host_to_device_bytes_per_second(device: torch.device) -> float:
@@ -94,10 +106,8 @@ def host_to_device_bytes_per_second(device: torch.device) -> float:
 
 
 def dense_flops_per_second(device: torch.device = CPU) -> float:
-    a = torch.randn(2048, 512, device=device)
-    b = torch.randn(512, 512, device=device)
-    seconds = _best_seconds(lambda: a @ b, repeats=10, device=device)
-    return 2 * 2048 * 512 * 512 / seconds
+    call, flops = matmul_probe(device)
+    return flops / _best_seconds(call, repeats=10, device=device)
 
 
 def dense_update_elements_per_second(device: torch.device = CPU) -> float:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from planners.calibrate import COLLECTIVE_BYTES, collective_timings
+from planners.calibrate import COLLECTIVE_BYTES, collective_timings, copy_probe, matmul_probe
 from planners.cost_model import distinct_rows
 from planners.types import INDEX_BYTES, WEIGHT_BYTES, TableLoad, Workload
 
@@ -89,13 +89,11 @@ def sustained_rate(fn: Callable[[], object], work: float, calls: int, windows: i
 
 
 def copy_and_matmul_rates() -> tuple[float, float]:
-    """Run on every rank at once: a rank's copy bandwidth (bytes read + written, 256 MiB
-    copies) and matmul flop/s (2048 x 512 x 512) with every rank busy."""
-    src = torch.ones(64 * 2**20)
-    dst = torch.empty_like(src)
-    copy = sustained_rate(lambda: dst.copy_(src), 2 * src.numel() * 4, calls=3)
-    a, b = torch.randn(2048, 512), torch.randn(512, 512)
-    return copy, sustained_rate(lambda: a @ b, 2 * 2048 * 512 * 512, calls=10)
+    """Run on every rank at once: a rank's copy bandwidth and matmul flop/s with every rank
+    busy, on calibration's probes (:func:`~planners.calibrate.copy_probe`,
+    :func:`~planners.calibrate.matmul_probe`)."""
+    copy = sustained_rate(*copy_probe(), calls=3)
+    return copy, sustained_rate(*matmul_probe(), calls=10)
 
 
 def measure_rates(repeats: int = 5) -> MachineRates:

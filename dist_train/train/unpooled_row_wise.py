@@ -325,17 +325,28 @@ class UnpooledInputDist(nn.Module):
         self._routings = routings
 
     def _locate(
-        self, ids: torch.Tensor, feature: torch.Tensor | None
+        self, ids: torch.Tensor, feature: torch.Tensor | None, keys: list[str]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each id's holder and its row in the holder's shard (``feature``: each id's
-        feature, needed where tables are split differently)."""
+        feature, needed where tables are split differently). Refuses ids outside their
+        tables' rows (``keys``: the features, for the error): the last rank takes any id
+        past its shard's start, and where that shard is the shorter, one past the table
+        would read a row of it."""
         world = self._world
-        if len(self._bounds) == 1:
+        split = None
+        if len(self._bounds) > 1:
+            assert feature is not None  # several splits: several tables
+            split = self._split_of_feature[feature]
+        rows = self._bounds[0, -1] if split is None else self._bounds[split, -1]
+        if ids.numel() and (int(ids.min()) < 0 or bool((ids >= rows).any())):
+            raise ValueError(
+                f"ids outside their tables' rows in features {sorted(set(keys))}: "
+                f"{int(ids.min())} to {int(ids.max())}"
+            )
+        if split is None:
             bounds = self._bounds[0]
             owner = torch.searchsorted(bounds[1:], ids, right=True).clamp_(max=world - 1)
             return owner, ids - bounds.index_select(0, owner)
-        assert feature is not None
-        split = self._split_of_feature[feature]
         owner = torch.empty_like(ids)
         for s, bounds in enumerate(self._bounds):
             mine = split == s
@@ -360,18 +371,7 @@ class UnpooledInputDist(nn.Module):
             if num_tables > 1
             else None
         )
-        owner, row = self._locate(ids, feature)
-        # each id below its table's rows: the last rank takes any id past its shard's start,
-        # and where that shard is the shorter, one past the table would read a row of it
-        table_rows = self._bounds[:, -1]
-        rows = (
-            table_rows[0] if len(self._bounds) == 1 else table_rows[self._split_of_feature[feature]]
-        )
-        if ids.numel() and (int(ids.min()) < 0 or bool((ids >= rows).any())):
-            raise ValueError(
-                f"ids outside their tables' rows in features {sorted(set(keys))}: "
-                f"{int(ids.min())} to {int(ids.max())}"
-            )
+        owner, row = self._locate(ids, feature, keys)
 
         # one request per distinct (holder, table, row), sorted by holder, then table
         holder_and_table = (
