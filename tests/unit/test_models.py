@@ -13,7 +13,7 @@ from torchrec.distributed.train_pipeline.tracing import Tracer
 from dist_train.config import ModelConfig
 from dist_train.embedding.layout import build_layout
 from dist_train.models import MODELS, CTRModel, create_model
-from dist_train.models.base import in_layout_order
+from dist_train.models.base import Linear, in_layout_order
 from dist_train.models.dcn import DCNv2
 from dist_train.models.dlrm import DotInteraction
 from tests.conftest import small_config
@@ -55,6 +55,41 @@ def test_in_layout_order_reads_ordered_tables_as_they_are_and_reorders_the_rest(
     assert same.data_ptr() == values.data_ptr()  # no copy
     moved = in_layout_order(pooled, ["c", "a", "b"])
     torch.testing.assert_close(moved, torch.cat([values[:, 6:], values[:, :6]], dim=1))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("width", [796, 13, 800])
+def test_linear_is_nn_linear_to_the_bit(width: int, threads: int) -> None:
+    """Rows of 796 take the aligned input gradient; 800 and an input without a gradient
+    (13: the dense features) take nn.Linear's path. Same parameters, outputs, gradients."""
+    torch.manual_seed(0)
+    ours, theirs = Linear(width, 128), torch.nn.Linear(width, 128)
+    theirs.load_state_dict(ours.state_dict())
+    assert list(ours.state_dict()) == ["weight", "bias"]
+    x = torch.randn(2048, width)
+    grad = torch.randn(2048, 128)
+    kept = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        found = []
+        for layer in (ours, theirs):
+            xs = x.clone().requires_grad_(width != 13)
+            out = layer(xs)
+            if layer is ours:  # the aligned path where the rows are not whole cache lines
+                aligned = type(out.grad_fn).__name__.startswith("_LinearWithAligned")
+                assert aligned == (width % 16 != 0)
+            out.backward(grad)
+            assert layer.weight.grad is not None and layer.bias.grad is not None
+            found.append((out, xs.grad, layer.weight.grad, layer.bias.grad))
+    finally:
+        torch.set_num_threads(kept)
+    (out, grad_x, grad_w, grad_b), (out_t, grad_x_t, grad_w_t, grad_b_t) = found
+    assert torch.equal(out, out_t)
+    assert torch.equal(grad_w, grad_w_t) and torch.equal(grad_b, grad_b_t)
+    if width == 13:
+        assert grad_x is None and grad_x_t is None
+    else:
+        assert grad_x is not None and torch.equal(grad_x, grad_x_t)
 
 
 LAYOUTS = {
