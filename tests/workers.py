@@ -263,3 +263,22 @@ def sustained_rates_with_a_slow_rank(call_seconds: list[float]) -> float:
 
     pause = call_seconds[dist.get_rank()]
     return sustained_rate(lambda: time.sleep(pause), work=1.0, calls=3, windows=2)
+
+
+def step_cpu_of_a_busy_and_a_sleeping_rank(step_seconds: float) -> tuple[float, float]:
+    """:func:`~dist_train.bench.train._timed_with_cpu` over 3 steps of ``step_seconds``:
+    rank 0's spin, rank 1's sleep. (wall seconds, CPU seconds of both ranks)."""
+    from dist_train.bench.train import _timed_with_cpu
+
+    busy = dist.get_rank() == 0
+
+    class Steps:
+        def train_step(self, batch: Any) -> float:
+            end = time.perf_counter() + step_seconds
+            while busy and time.perf_counter() < end:
+                pass
+            if not busy:
+                time.sleep(step_seconds)
+            return 0.0
+
+    return _timed_with_cpu(Steps(), iter([None] * 3), 3)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import resource
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -49,6 +50,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pyarrow.parquet as pq
+import torch
 import torch.distributed as dist
 
 from dist_train.bench import rank_batches, spread, synthetic_train_data, variant
@@ -139,6 +141,21 @@ def _timed(model: _Trains, batches: Iterator[Batch], steps: int) -> float:
     return time.perf_counter() - start
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds this process has used so far, every thread's, user and system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed_with_cpu(model: _Trains, batches: Iterator[Batch], steps: int) -> tuple[float, float]:
+    """:func:`_timed`, and the CPU seconds every rank's process used meanwhile, summed."""
+    start = _cpu_seconds()
+    seconds = _timed(model, batches, steps)
+    used = torch.tensor([_cpu_seconds() - start], dtype=torch.float64)
+    dist.all_reduce(used)
+    return seconds, float(used.item())
+
+
 def time_systems(
     raw: dict[str, dict[str, Any]], plans: dict[str, JobPlan | None], data: str, rounds: int
 ) -> dict[str, Any]:
@@ -164,6 +181,7 @@ def time_systems(
         _timed(models[s], streams[s], WARMUP_STEPS)
     _timed(dense_only, iter(prebuilt["unified"][:WARMUP_STEPS]), WARMUP_STEPS)
     seconds: dict[str, dict[str, list[float]]] = {m: {s: [] for s in SYSTEMS} for m in MODES}
+    unified_cpu_seconds: list[float] = []
     dense_seconds: list[float] = []
     rates: list[dict[str, float]] = []
     for r in range(rounds):
@@ -172,14 +190,24 @@ def time_systems(
         # copies, which leave the next step's rows out of cache
         for s in SYSTEMS[r % len(SYSTEMS) :] + SYSTEMS[: r % len(SYSTEMS)]:
             steps = iter(prebuilt[s][first : first + STEPS_PER_ROUND])
-            seconds["step"][s].append(_timed(models[s], steps, STEPS_PER_ROUND))
+            if s == "unified":  # the roofline's step: how busy it keeps the cores
+                wall, cpu = _timed_with_cpu(models[s], steps, STEPS_PER_ROUND)
+                unified_cpu_seconds.append(cpu)
+            else:
+                wall = _timed(models[s], steps, STEPS_PER_ROUND)
+            seconds["step"][s].append(wall)
             seconds["end_to_end"][s].append(_timed(models[s], streams[s], STEPS_PER_ROUND))
         steps = iter(prebuilt["unified"][first : first + STEPS_PER_ROUND])
         dense_seconds.append(_timed(dense_only, steps, STEPS_PER_ROUND))
         # the roofline's rates in every round, beside the steps they judge: measured once
         # after all rounds, a quiet or busy moment of this shared machine moved every ratio
         rates.append(asdict(measure_rates()))
-    return {"seconds": seconds, "dense_only_seconds": dense_seconds, "rates": rates}
+    return {
+        "seconds": seconds,
+        "unified_step_cpu_seconds": unified_cpu_seconds,
+        "dense_only_seconds": dense_seconds,
+        "rates": rates,
+    }
 
 
 def peak_memory(
@@ -310,6 +338,13 @@ def run_train_bench(
             for i in range(rounds)
         ]
         rates = {k: statistics.median(r[k] for r in round_rates) for k in round_rates[0]}
+        # every rank's CPU time over the step's wall time: below the cores, ranks waited
+        busy = [
+            cpu / wall
+            for cpu, wall in zip(
+                out[0]["unified_step_cpu_seconds"], seconds["step", "unified"], strict=True
+            )
+        ]
         roofline.append(
             {
                 "system": "unified",
@@ -320,6 +355,8 @@ def run_train_bench(
                 "measured_step_seconds": step,
                 "measured_over_floor": statistics.median(over_floor),
                 "measured_over_floor_spread": spread(over_floor),
+                "busy_cores": spread(busy),
+                "cores": len(os.sched_getaffinity(0)),
                 # the step without embeddings, and the largest unified / pytorch step ratio
                 # any embedding path could reach: pytorch's step over it
                 "dense_only_step_seconds": statistics.median(dense) / STEPS_PER_ROUND,
@@ -366,4 +403,8 @@ def _print(summary: dict[str, Any]) -> None:
             + f"{r['dense_only_step_seconds'] * 1e3:.2f} ms a step; pytorch's step over it "
             "(the most unified / pytorch could reach with free embeddings): x{:.2f} "
             "({:.2f}-{:.2f})".format(*r["pytorch_over_dense_only"])
+            + "\n  the ranks' CPU time over the step's wall time: {:.2f} ({:.2f}-{:.2f})".format(
+                *r["busy_cores"]
+            )
+            + f" of {r['cores']} cores busy"
         )

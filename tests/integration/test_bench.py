@@ -12,7 +12,11 @@ from dist_train.cli import main
 from dist_train.launchers.processes import run_processes
 from planners.topology import CPU_PRESET, save_topology
 from tests.conftest import small_config
-from tests.workers import bench_dense_optimizers, sustained_rates_with_a_slow_rank
+from tests.workers import (
+    bench_dense_optimizers,
+    step_cpu_of_a_busy_and_a_sleeping_rank,
+    sustained_rates_with_a_slow_rank,
+)
 
 TINY = str(Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny.yaml")
 
@@ -141,6 +145,8 @@ def test_bench_train_reports_every_system_mode_and_the_roofline(tmp_path: Path) 
     assert roofline["measured_over_floor"] > 1.0  # a floor is below what runs
     median, low, high = roofline["measured_over_floor_spread"]
     assert low <= median == roofline["measured_over_floor"] <= high
+    median, low, high = roofline["busy_cores"]
+    assert 0 < low <= median <= high <= 1.05 * roofline["cores"]
     # the dense network alone does part of unified's step's work (all of it but the tables)
     assert 0 < roofline["dense_only_step_seconds"] < roofline["measured_step_seconds"]
     median, low, high = roofline["pytorch_over_dense_only"]
@@ -153,6 +159,14 @@ def test_the_roofline_rates_are_every_ranks_together_at_the_slowest_ranks_pace()
     rates = run_processes(sustained_rates_with_a_slow_rank, ([0.0, 0.05],), world_size=2)
     assert all(0 < r <= 20.0 for r in rates)
     assert rates[0] == rates[1]
+
+
+def test_the_steps_busy_cores_count_every_ranks_cpu_and_no_waiting() -> None:
+    # rank 0 spins through 3 steps of 0.1 s, rank 1 sleeps through them: one core's worth
+    for wall, cpu in run_processes(step_cpu_of_a_busy_and_a_sleeping_rank, (0.1,), world_size=2):
+        assert wall >= 0.3
+        assert 0.25 <= cpu <= 0.4
+        assert 0.6 <= cpu / wall <= 1.1
 
 
 @pytest.mark.parametrize(("dense_optimizer", "name"), [("sgd", "SGD"), ("adam", "Adam")])
