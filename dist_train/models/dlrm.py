@@ -53,8 +53,12 @@ class DLRM(CTRModel):
         return vectors * vectors * self.dim if self.interaction is not None else 0
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        dense_vec = self.dense_arch(dense)
+        # embeddings before the bottom MLP: autograd runs the nodes made last first, so the
+        # MLP's gradients, the last of DDP's bucket, are ready before the embeddings'
+        # backward, and DDP's all-reduce runs while the embeddings exchange gradients and
+        # update their rows (in-step A/Bs: 1.05-1.08x at 4 ranks, 0.95-1.09x at 2)
         vectors = self.embed(sparse)
+        dense_vec = self.dense_arch(dense)
         if self.interaction is not None:
             features = self.interaction(dense_vec, vectors)
         else:

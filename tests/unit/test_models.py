@@ -47,6 +47,24 @@ def test_every_kind_gives_one_logit_per_example_and_gradients_everywhere(
     assert net.interaction_elements_per_sample > 0
 
 
+@pytest.mark.parametrize(
+    ("kind", "dense_parameter"), [("dlrm", "dense_arch.0.weight"), ("autoint", "dense_tokens")]
+)
+def test_the_dense_gradients_are_ready_before_the_embeddings_backward(
+    tmp_path: Path, kind: str, dense_parameter: str
+) -> None:
+    """DDP's all-reduce starts once the dense gradients are all there; the embeddings'
+    backward (exchanges, row updates) then runs beside it instead of before it."""
+    net, dense, kjt = _model_and_batch(tmp_path, ModelConfig(kind=kind))
+    params = dict(net.named_parameters())
+    order: list[str] = []
+    tables = [n for n in params if n.startswith("sparse_arch.")]
+    for name in [dense_parameter, *tables]:
+        params[name].register_hook(lambda grad, name=name: order.append(name))
+    net(dense, kjt).sum().backward()
+    assert order[0] == dense_parameter and set(order[1:]) == set(tables)
+
+
 def test_in_layout_order_reads_ordered_tables_as_they_are_and_reorders_the_rest() -> None:
     values = torch.arange(24.0).view(2, 12)
     # keys of widths 4, 2 and 6, the order a per-table output would list them in
