@@ -266,19 +266,22 @@ def sustained_rates_with_a_slow_rank(call_seconds: list[float]) -> float:
 
 
 def step_cpu_of_a_busy_and_a_sleeping_rank(step_seconds: float) -> tuple[float, float]:
-    """:func:`~dist_train.bench.train._timed_with_cpu` over 3 steps of ``step_seconds``:
-    rank 0's spin, rank 1's sleep. (wall seconds, CPU seconds of both ranks)."""
-    from dist_train.bench.train import _timed_with_cpu
+    """``bench train``'s timing of 3 steps in which rank 0 spins for ``step_seconds`` of
+    its CPU time and rank 1 sleeps as long: (wall seconds, CPU seconds of both ranks)."""
+    from dist_train.bench.train import _timed
 
     busy = dist.get_rank() == 0
 
     class Steps:
         def train_step(self, batch: Any) -> float:
-            end = time.perf_counter() + step_seconds
-            while busy and time.perf_counter() < end:
-                pass
-            if not busy:
+            if busy:
+                end = time.thread_time() + step_seconds
+                while time.thread_time() < end:
+                    pass
+            else:
                 time.sleep(step_seconds)
             return 0.0
 
-    return _timed_with_cpu(Steps(), iter([None] * 3), 3)
+    cpu: list[float] = []
+    wall = _timed(Steps(), iter([None] * 3), 3, cpu)
+    return wall, cpu[0]

@@ -23,7 +23,9 @@ and more).
 Beside them, in step mode, the dense network alone (:class:`~dist_train.bench.peers.DenseOnly`):
 no system's step can be shorter, and ``pytorch``'s step over it bounds ``unified / pytorch``.
 The roofline (:mod:`dist_train.bench.roofline`) measures this machine's rates in every
-round too, and divides each round's ``unified`` step by the floor at that round's rates.
+round too, and divides each round's ``unified`` step by the floor at that round's rates;
+beside it, how busy that step keeps the cores (every rank's CPU time over the step's wall
+time: spinning OpenMP workers count as busy).
 
 For each rank count, all systems are built in the same gloo processes and timed in
 interleaved rounds (every mode and system once per round, each system opening a round in
@@ -41,7 +43,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import resource
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -127,33 +128,27 @@ def _pipeline(system: str, cfg: JobConfig, data: str) -> Callable[[], Iterator[B
     return ours
 
 
-def _timed(model: _Trains, batches: Iterator[Batch], steps: int) -> float:
-    """Seconds for ``steps`` steps of every rank (the slowest rank ends the step)."""
+def _timed(
+    model: _Trains, batches: Iterator[Batch], steps: int, cpu: list[float] | None = None
+) -> float:
+    """Seconds for ``steps`` steps of every rank (the slowest rank ends the step); appends
+    to ``cpu`` the CPU seconds every rank's process used meanwhile (all threads, user and
+    system), summed over the ranks."""
     dist.barrier()
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     done = 0
     for batch in itertools.islice(batches, steps):
         model.train_step(batch)
         done += 1
     dist.barrier()
+    seconds, used = time.perf_counter() - start, time.process_time() - start_cpu
     if done < steps:
         raise RuntimeError(f"the input ran out after {done} of {steps} steps: generate more rows")
-    return time.perf_counter() - start
-
-
-def _cpu_seconds() -> float:
-    """CPU seconds this process has used so far, every thread's, user and system."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _timed_with_cpu(model: _Trains, batches: Iterator[Batch], steps: int) -> tuple[float, float]:
-    """:func:`_timed`, and the CPU seconds every rank's process used meanwhile, summed."""
-    start = _cpu_seconds()
-    seconds = _timed(model, batches, steps)
-    used = torch.tensor([_cpu_seconds() - start], dtype=torch.float64)
-    dist.all_reduce(used)
-    return seconds, float(used.item())
+    if cpu is not None:
+        total = torch.tensor([used], dtype=torch.float64)
+        dist.all_reduce(total)
+        cpu.append(float(total.item()))
+    return seconds
 
 
 def time_systems(
@@ -190,12 +185,9 @@ def time_systems(
         # copies, which leave the next step's rows out of cache
         for s in SYSTEMS[r % len(SYSTEMS) :] + SYSTEMS[: r % len(SYSTEMS)]:
             steps = iter(prebuilt[s][first : first + STEPS_PER_ROUND])
-            if s == "unified":  # the roofline's step: how busy it keeps the cores
-                wall, cpu = _timed_with_cpu(models[s], steps, STEPS_PER_ROUND)
-                unified_cpu_seconds.append(cpu)
-            else:
-                wall = _timed(models[s], steps, STEPS_PER_ROUND)
-            seconds["step"][s].append(wall)
+            # the roofline's step: how busy it keeps the cores
+            cpu = unified_cpu_seconds if s == "unified" else None
+            seconds["step"][s].append(_timed(models[s], steps, STEPS_PER_ROUND, cpu))
             seconds["end_to_end"][s].append(_timed(models[s], streams[s], STEPS_PER_ROUND))
         steps = iter(prebuilt["unified"][first : first + STEPS_PER_ROUND])
         dense_seconds.append(_timed(dense_only, steps, STEPS_PER_ROUND))
@@ -356,7 +348,7 @@ def run_train_bench(
                 "measured_over_floor": statistics.median(over_floor),
                 "measured_over_floor_spread": spread(over_floor),
                 "busy_cores": spread(busy),
-                "cores": len(os.sched_getaffinity(0)),
+                "cores": os.cpu_count() or 1,
                 # the step without embeddings, and the largest unified / pytorch step ratio
                 # any embedding path could reach: pytorch's step over it
                 "dense_only_step_seconds": statistics.median(dense) / STEPS_PER_ROUND,

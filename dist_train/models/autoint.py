@@ -68,7 +68,8 @@ class AutoInt(CTRModel):
         return 2 * len(self.attention) * self.num_tokens**2 * self.attention_dim
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        vectors = self.embed(sparse)  # first, as in DLRM.forward: DDP's all-reduce overlaps
+        # first, as in DLRM.forward: DDP's all-reduce then overlaps the embeddings' backward
+        vectors = self.embed(sparse)
         dense_tokens = dense.unsqueeze(2) * self.dense_tokens  # [B, num_dense, d]
         tokens = torch.cat([dense_tokens, vectors], dim=1)
         return self.over_arch(self.attention(tokens).flatten(1)).squeeze(1)

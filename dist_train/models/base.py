@@ -14,64 +14,7 @@ from torch import nn
 from torchrec import EmbeddingBagCollection, KeyedJaggedTensor, KeyedTensor
 
 from dist_train.embedding.layout import EmbeddingLayout
-
-GEMM_ROW_FLOATS = 16  # 64 bytes: a cache line
-
-
-class _LinearWithAlignedGradInput(torch.autograd.Function):
-    """``x W^T + b``, as ``nn.functional.linear`` and autograd compute it, except that the
-    input gradient ``grad W`` is computed at a row stride of whole cache lines (W's columns
-    padded with zeros) and returned as a view of its columns: the same values, faster.
-    MKL's sgemm wrote the 2,048 x 796 gradient of DLRM's top MLP input (the default job's
-    40 vectors) at 95 GFLOP/s, against 148 for 800 columns (2 threads, this machine)."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
-    ) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        return torch.addmm(bias, x, weight.t())
-
-    @staticmethod
-    def backward(
-        ctx: Any, grad: torch.Tensor
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        x, weight = ctx.saved_tensors
-        grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            width = weight.shape[1]
-            padded = weight.new_zeros(
-                weight.shape[0], -(-width // GEMM_ROW_FLOATS) * GEMM_ROW_FLOATS
-            )
-            padded[:, :width] = weight
-            grad_x = grad.mm(padded)[:, :width]
-        if ctx.needs_input_grad[1]:
-            grad_weight = grad.t().mm(x)
-        if ctx.needs_input_grad[2]:
-            grad_bias = grad.sum(0)
-        return grad_x, grad_weight, grad_bias
-
-
-# a leaf of torch.fx traces (as in_layout_order below): the choice looks at the tensors
-@torch.fx.wrap
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``nn.functional.linear``; for 2-D CPU inputs whose rows are not whole cache lines,
-    with the input gradient computed at an aligned stride (:class:`_LinearWithAlignedGradInput`)."""
-    if (
-        bias is not None
-        and x.dim() == 2
-        and x.device.type == "cpu"
-        and weight.shape[1] % GEMM_ROW_FLOATS != 0
-    ):
-        return cast(torch.Tensor, _LinearWithAlignedGradInput.apply(x, weight, bias))
-    return nn.functional.linear(x, weight, bias)
-
-
-class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters, same state dict) through :func:`linear`."""
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return linear(input, self.weight, self.bias)
+from dist_train.models.linear import Linear
 
 
 def mlp(sizes: list[int], final_activation: bool) -> nn.Sequential:

@@ -56,7 +56,7 @@ class DLRM(CTRModel):
         # embeddings before the bottom MLP: autograd runs the nodes made last first, so the
         # MLP's gradients, the last of DDP's bucket, are ready before the embeddings'
         # backward, and DDP's all-reduce runs while the embeddings exchange gradients and
-        # update their rows (in-step A/Bs: 1.05-1.08x at 4 ranks, 0.95-1.09x at 2)
+        # update their rows (docs/benchmarks.md, "Embeddings first")
         vectors = self.embed(sparse)
         dense_vec = self.dense_arch(dense)
         if self.interaction is not None:

@@ -13,9 +13,10 @@ from torchrec.distributed.train_pipeline.tracing import Tracer
 from dist_train.config import ModelConfig
 from dist_train.embedding.layout import build_layout
 from dist_train.models import MODELS, CTRModel, create_model
-from dist_train.models.base import Linear, in_layout_order
+from dist_train.models.base import in_layout_order, mlp
 from dist_train.models.dcn import DCNv2
 from dist_train.models.dlrm import DotInteraction
+from dist_train.models.linear import Linear
 from tests.conftest import small_config
 
 
@@ -92,13 +93,19 @@ def test_linear_is_nn_linear_to_the_bit(width: int, threads: int) -> None:
         found = []
         for layer in (ours, theirs):
             xs = x.clone().requires_grad_(width != 13)
-            out = layer(xs)
-            if layer is ours:  # the aligned path where the rows are not whole cache lines
+            strides: list[tuple[int, ...]] = []
+            inner = xs * 1.0  # not a leaf: its gradient arrives as the layer made it
+            if inner.requires_grad:
+                inner.register_hook(lambda g, seen=strides: seen.append(g.stride()))
+            out = layer(inner)
+            if layer is ours:
                 aligned = type(out.grad_fn).__name__.startswith("_LinearWithAligned")
-                assert aligned == (width % 16 != 0)
+                assert aligned == (width == 796)
             out.backward(grad)
             assert layer.weight.grad is not None and layer.bias.grad is not None
             found.append((out, xs.grad, layer.weight.grad, layer.bias.grad))
+            if layer is ours and width == 796:  # a view of the padded product: no copy
+                assert strides == [(800, 1)]
     finally:
         torch.set_num_threads(kept)
     (out, grad_x, grad_w, grad_b), (out_t, grad_x_t, grad_w_t, grad_b_t) = found
@@ -108,6 +115,13 @@ def test_linear_is_nn_linear_to_the_bit(width: int, threads: int) -> None:
         assert grad_x is None and grad_x_t is None
     else:
         assert grad_x is not None and torch.equal(grad_x, grad_x_t)
+
+
+def test_an_mlp_of_linear_layers_traces_with_torch_fx() -> None:
+    net = mlp([796, 128, 1], final_activation=False)
+    traced = torch.fx.symbolic_trace(net)
+    x = torch.randn(4, 796)
+    assert torch.equal(traced(x), net(x))
 
 
 LAYOUTS = {
