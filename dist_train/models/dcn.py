@@ -15,6 +15,7 @@ from torchrec import KeyedJaggedTensor
 from dist_train.config import ModelConfig
 from dist_train.embedding.layout import EmbeddingLayout
 from dist_train.models.base import CTRModel, mlp
+from dist_train.models.linear import Linear
 
 
 class CrossLayer(nn.Module):
@@ -23,9 +24,9 @@ class CrossLayer(nn.Module):
     def __init__(self, width: int, rank: int | None) -> None:
         super().__init__()
         if rank is None:
-            self.project: nn.Module = nn.Linear(width, width)
+            self.project: nn.Module = Linear(width, width)
         else:  # U (V^T x) + b: 2 * width * rank weights instead of width^2
-            self.project = nn.Sequential(nn.Linear(width, rank, bias=False), nn.Linear(rank, width))
+            self.project = nn.Sequential(Linear(width, rank, bias=False), Linear(rank, width))
 
     def forward(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return x0 * self.project(x) + x
