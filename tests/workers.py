@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 from typing import Any
 
@@ -266,18 +267,24 @@ def sustained_rates_with_a_slow_rank(call_seconds: list[float]) -> float:
 
 
 def step_cpu_of_a_busy_and_a_sleeping_rank(step_seconds: float) -> tuple[float, float]:
-    """``bench train``'s timing of 3 steps in which rank 0 spins for ``step_seconds`` of
-    its CPU time and rank 1 sleeps as long: (wall seconds, CPU seconds of both ranks)."""
+    """``bench train``'s timing of 3 steps in which a thread rank 0 starts spins for
+    ``step_seconds`` of its CPU time (not the main thread: every thread counts) and rank 1
+    sleeps as long: (wall seconds, CPU seconds of both ranks)."""
     from dist_train.bench.train import _timed
 
     busy = dist.get_rank() == 0
 
+    def spin() -> None:
+        end = time.thread_time() + step_seconds
+        while time.thread_time() < end:
+            pass
+
     class Steps:
         def train_step(self, batch: Any) -> float:
             if busy:
-                end = time.thread_time() + step_seconds
-                while time.thread_time() < end:
-                    pass
+                spinner = threading.Thread(target=spin)
+                spinner.start()
+                spinner.join()
             else:
                 time.sleep(step_seconds)
             return 0.0

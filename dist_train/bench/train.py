@@ -348,7 +348,7 @@ def run_train_bench(
                 "measured_over_floor": statistics.median(over_floor),
                 "measured_over_floor_spread": spread(over_floor),
                 "busy_cores": spread(busy),
-                "cores": os.cpu_count() or 1,
+                "cores": len(os.sched_getaffinity(0)),  # the ranks' cores, not the host's
                 # the step without embeddings, and the largest unified / pytorch step ratio
                 # any embedding path could reach: pytorch's step over it
                 "dense_only_step_seconds": statistics.median(dense) / STEPS_PER_ROUND,

@@ -162,8 +162,8 @@ def test_the_roofline_rates_are_every_ranks_together_at_the_slowest_ranks_pace()
 
 
 def test_the_steps_busy_cores_count_every_ranks_cpu_and_no_waiting() -> None:
-    # rank 0 spins through 3 steps of 0.1 s of its CPU time, rank 1 sleeps through them:
-    # 0.3 s of CPU in all, never more than one core's worth
+    # a thread of rank 0 spins through 3 steps of 0.1 s of its CPU time, rank 1 sleeps
+    # through them: 0.3 s of CPU in all, never more than one core's worth
     for wall, cpu in run_processes(step_cpu_of_a_busy_and_a_sleeping_rank, (0.1,), world_size=2):
         assert 0.3 <= cpu <= 0.45
         assert cpu <= 1.1 * wall
