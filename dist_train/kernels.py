@@ -166,6 +166,65 @@ def distinct_keys_into(keys, slot, distinct_keys, per_key, by_key, key_of_value)
     return distinct
 
 
+# A single table's unpooled requests (dist_train.train.unpooled_row_wise).
+
+
+@_jit
+def one_table_requests_into(  # type: ignore[no-untyped-def]
+    ids,
+    lengths,
+    bounds,
+    row_span,
+    slot,
+    keys,
+    send_rows,
+    holder_counts,
+    vector_offsets,
+    by_key,
+    vector_of_id,
+    starts,
+    bag_offsets,
+    bag_vectors,
+    bag_of_id,
+    bag_by_vector,
+):
+    """The unpooled input dist's work for one row-wise table, in one call: each id's holder
+    (``bounds``: the world's row boundaries) and its key ``holder x row_span + row``, the
+    distinct keys (:func:`distinct_keys_into`), the rows to send and how many each holder
+    gets, where each distinct key's ids start in key order, and the bags put example-major
+    over the ids' distinct indices (:func:`example_major_into`) with each id's bag in key
+    order. ``slot``: ``world x row_span`` zeros; ``holder_counts``: ``world`` zeros. Returns
+    the number of distinct keys, or -1 (only ``keys`` written) if an id falls outside the
+    table."""
+    world = bounds.shape[0] - 1
+    rows = bounds[world]
+    for i in range(ids.shape[0]):
+        x = ids[i]
+        if x < 0 or x >= rows:
+            return -1
+        lo, hi = 0, world - 1  # the holder: the last rank whose shard starts at or below x
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if bounds[mid] <= x:
+                lo = mid
+            else:
+                hi = mid - 1
+        keys[i] = lo * row_span + (x - bounds[lo])
+    distinct = distinct_keys_into(keys, slot, send_rows, vector_offsets, by_key, vector_of_id)
+    start = 0
+    for d in range(distinct):
+        holder = send_rows[d] // row_span
+        holder_counts[holder] += 1
+        send_rows[d] -= holder * row_span
+        count = vector_offsets[d]
+        vector_offsets[d] = start
+        start += count
+    example_major_into(lengths, vector_of_id, starts, bag_offsets, bag_vectors, bag_of_id)
+    for t in range(by_key.shape[0]):
+        bag_by_vector[t] = bag_of_id[by_key[t]]
+    return distinct
+
+
 def load() -> None:
     """Load the kernels' machine code from numba's cache now (compiling it on first use).
 

@@ -44,7 +44,7 @@ from torchrec.distributed.sharding.rw_sharding import (
 from torchrec.distributed.types import Awaitable, NoWait
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from dist_train.kernels import distinct_keys_into
+from dist_train.kernels import distinct_keys_into, one_table_requests_into
 from dist_train.models.base import scale_grad
 from dist_train.train.bag_order import example_major_bags
 
@@ -230,6 +230,24 @@ class _Bags:
         )
 
 
+@dataclass
+class _Asks:
+    """What one batch asks of the holders: rows per (holder, table), ``[world x tables]``;
+    the rows, in (holder, table, row) order, numbered as each holder's shard numbers them;
+    and per dim group, how its bags read the vectors that will come back."""
+
+    counts: torch.Tensor
+    rows: torch.Tensor
+    bags: list[_Bags]
+
+
+def _outside_rows(ids: torch.Tensor, keys: list[str]) -> ValueError:
+    return ValueError(
+        f"ids outside their tables' rows in features {sorted(set(keys))}: "
+        f"{int(ids.min())} to {int(ids.max())}"
+    )
+
+
 class _PoolBags(torch.autograd.Function):
     """Each bag's sum of its ids' vectors (``embedding_bag``). The backward is an
     embedding_bag too: each vector sums the gradients of the bags that read it, where
@@ -277,6 +295,160 @@ class _AllToAll(torch.autograd.Function):
         return out, None, None, None
 
 
+class _Asker:
+    """Which rows a batch asks of which holder, and how its bags read them: the input dist's
+    local work, before any exchange (``row_bounds``: each feature's table's row boundaries
+    over the ranks)."""
+
+    def __init__(
+        self, world: int, row_bounds: list[list[int]], tables: _Tables, device: torch.device
+    ) -> None:
+        self.world = world
+        self.tables = tables
+        sizes = torch.tensor(tables.features, dtype=torch.int64, device=device)
+        self.features_per_table = sizes
+        self.first_feature = torch.cumsum(sizes, 0) - sizes
+        self.table_of_feature = torch.repeat_interleave(
+            torch.arange(len(tables.features), device=device), sizes
+        )
+        # rank r holds rows [bounds[r], bounds[r + 1]) of a feature's table; tables with fewer
+        # shards than ranks leave the last ranks empty. Features of one table (or of tables
+        # split alike) share a row of bounds, so routing takes one search per distinct split.
+        padded = [tuple(b + [b[-1]] * (self.world + 1 - len(b))) for b in row_bounds]
+        splits = sorted(set(padded))
+        self._bounds = torch.tensor(splits, dtype=torch.int64, device=device)
+        self._split_of_feature = torch.tensor(
+            [splits.index(b) for b in padded], dtype=torch.int64, device=device
+        )
+        # each feature's dim group
+        group_of_feature = [0] * sum(tables.features)
+        for g, members in enumerate(tables.features_of_group):
+            for f in members:
+                group_of_feature[f] = g
+        self._group_of_feature = torch.tensor(group_of_feature, device=device)
+        self.group_of_table = self._group_of_feature[self.first_feature]
+        # (holder, table, row) in one int64 key: rows of a shard stay below the largest shard
+        self._row_span = max(1, int((self._bounds[:, 1:] - self._bounds[:, :-1]).max()))
+
+    def ask(self, ids: torch.Tensor, lengths: torch.Tensor, keys: list[str]) -> _Asks:
+        """The rows this batch asks of each holder, one request per distinct (holder, table,
+        row), and each dim group's bags over the vectors that will come back (``ids``:
+        int64, feature-major; ``lengths``: ``[features, batch]``; ``keys``: the features,
+        for errors)."""
+        asks = self._one_table(ids, lengths, keys)
+        return self._any_tables(ids, lengths, keys) if asks is None else asks
+
+    def _locate(
+        self, ids: torch.Tensor, feature: torch.Tensor | None, keys: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each id's holder and its row in the holder's shard (``feature``: each id's
+        feature, needed where tables are split differently). Refuses ids outside their
+        tables' rows (``keys``: the features, for the error): the last rank takes any id
+        past its shard's start, and where that shard is the shorter, one past the table
+        would read a row of it."""
+        world = self.world
+        split = None
+        if len(self._bounds) > 1:
+            assert feature is not None  # several splits: several tables
+            split = self._split_of_feature[feature]
+        rows = self._bounds[0, -1] if split is None else self._bounds[split, -1]
+        if ids.numel() and (int(ids.min()) < 0 or bool((ids >= rows).any())):
+            raise _outside_rows(ids, keys)
+        if split is None:
+            bounds = self._bounds[0]
+            owner = torch.searchsorted(bounds[1:], ids, right=True).clamp_(max=world - 1)
+            return owner, ids - bounds.index_select(0, owner)
+        owner = torch.empty_like(ids)
+        for s, bounds in enumerate(self._bounds):
+            mine = split == s
+            owner[mine] = torch.searchsorted(bounds[1:], ids[mine], right=True)
+        owner.clamp_(max=world - 1)
+        return owner, ids - self._bounds[split, owner]
+
+    def _one_table(self, ids: torch.Tensor, lengths: torch.Tensor, keys: list[str]) -> _Asks | None:
+        """:meth:`ask` for one table on CPU, in one compiled call
+        (:func:`~dist_train.kernels.one_table_requests_into`); None where it does not apply
+        (several tables, GPU ids, a key space too large to count)."""
+        n, span = ids.numel(), self._row_span
+        if (
+            ids.device.type != "cpu"
+            or len(self.tables.features) != 1
+            or self.world * span > COUNTING_SPACE_PER_KEY * n + COUNTING_SPACE_FLOOR
+        ):
+            return None
+        features, batch = lengths.shape
+        keys_, rows, vector_offsets, by_key, vector_of_id, bag_vectors, bag_of_id, bag_by_vector = (
+            torch.empty(n, dtype=torch.int64) for _ in range(8)
+        )
+        counts = torch.zeros(self.world, dtype=torch.int64)
+        bag_offsets = torch.empty(features * batch + 1, dtype=torch.int64)
+        found = one_table_requests_into(
+            ids.contiguous().numpy(),
+            lengths.contiguous().numpy(),
+            self._bounds[0].numpy(),
+            span,
+            np.zeros(self.world * span, dtype=np.int64),
+            keys_.numpy(),
+            rows.numpy(),
+            counts.numpy(),
+            vector_offsets.numpy(),
+            by_key.numpy(),
+            vector_of_id.numpy(),
+            np.empty((features, batch), dtype=np.int64),
+            bag_offsets.numpy(),
+            bag_vectors.numpy(),
+            bag_of_id.numpy(),
+            bag_by_vector.numpy(),
+        )
+        if found < 0:
+            raise _outside_rows(ids, keys)
+        bags = _Bags(bag_vectors, bag_offsets[:-1], bag_by_vector, vector_offsets[:found])
+        return _Asks(counts, rows[:found], [bags])
+
+    def _any_tables(self, ids: torch.Tensor, lengths: torch.Tensor, keys: list[str]) -> _Asks:
+        """:meth:`ask` for any tables, in torch ops."""
+        num_features, batch = lengths.shape
+        num_tables = len(self.tables.features)
+        # each id's feature: only several tables need it (for their table, split and dim)
+        feature = (
+            torch.repeat_interleave(
+                torch.arange(num_features, device=ids.device),
+                lengths.sum(1),
+                output_size=ids.numel(),
+            )
+            if num_tables > 1
+            else None
+        )
+        owner, row = self._locate(ids, feature, keys)
+
+        # sorted by holder, then table
+        holder_and_table = (
+            owner if feature is None else owner * num_tables + self.table_of_feature[feature]
+        )
+        key = holder_and_table * self._row_span + row
+        # the pooling's backward reads ids by row
+        key_space = self.world * num_tables * self._row_span
+        asked, per_row, by_row, vector_of_id = distinct_keys(key, key_space)
+        holder_table = asked // self._row_span
+        counts = torch.bincount(holder_table, minlength=self.world * num_tables)
+        bag_lengths = lengths.to(torch.int64)
+        groups = self.tables.features_of_group
+        bags = []
+        for g, members in enumerate(groups):
+            if len(groups) == 1:
+                bags.append(_Bags.of(vector_of_id, bag_lengths.view(-1), by_row, per_row, batch))
+                continue
+            # places among the group's rows only
+            assert feature is not None  # several dims: several tables
+            asked_in_group = self.group_of_table[holder_table % num_tables] == g
+            place = torch.cumsum(asked_in_group, 0) - 1
+            vectors = place[vector_of_id[self._group_of_feature[feature] == g]]
+            per_vector = torch.bincount(vectors, minlength=int(asked_in_group.sum()))
+            group_lengths = bag_lengths[members].view(-1)
+            bags.append(_Bags.of(vectors, group_lengths, torch.argsort(vectors), per_vector, batch))
+        return _Asks(counts, asked - holder_table * self._row_span, bags)
+
+
 class UnpooledInputDist(nn.Module):
     """Asks the rank holding each row for it, once per row however many of this rank's ids
     read it (hot rows repeat: about 4 ids per distinct row in the default job's batches);
@@ -298,61 +470,8 @@ class UnpooledInputDist(nn.Module):
         self._pg = pg
         self._world = pg.size()
         self._tables = tables
-        sizes = torch.tensor(tables.features, dtype=torch.int64, device=device)
-        self._features_per_table = sizes
-        self._first_feature = torch.cumsum(sizes, 0) - sizes
-        self._table_of_feature = torch.repeat_interleave(
-            torch.arange(len(tables.features), device=device), sizes
-        )
-        # rank r holds rows [bounds[r], bounds[r + 1]) of a feature's table; tables with fewer
-        # shards than ranks leave the last ranks empty. Features of one table (or of tables
-        # split alike) share a row of bounds, so routing takes one search per distinct split.
-        padded = [tuple(b + [b[-1]] * (self._world + 1 - len(b))) for b in row_bounds]
-        splits = sorted(set(padded))
-        self._bounds = torch.tensor(splits, dtype=torch.int64, device=device)
-        self._split_of_feature = torch.tensor(
-            [splits.index(b) for b in padded], dtype=torch.int64, device=device
-        )
-        # each feature's dim group
-        group_of_feature = [0] * sum(tables.features)
-        for g, members in enumerate(tables.features_of_group):
-            for f in members:
-                group_of_feature[f] = g
-        self._group_of_feature = torch.tensor(group_of_feature, device=device)
-        self._group_of_table = self._group_of_feature[self._first_feature]
-        # (holder, table, row) in one int64 key: rows of a shard stay below the largest shard
-        self._row_span = max(1, int((self._bounds[:, 1:] - self._bounds[:, :-1]).max()))
+        self._asker = _Asker(self._world, row_bounds, tables, device)
         self._routings = routings
-
-    def _locate(
-        self, ids: torch.Tensor, feature: torch.Tensor | None, keys: list[str]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each id's holder and its row in the holder's shard (``feature``: each id's
-        feature, needed where tables are split differently). Refuses ids outside their
-        tables' rows (``keys``: the features, for the error): the last rank takes any id
-        past its shard's start, and where that shard is the shorter, one past the table
-        would read a row of it."""
-        world = self._world
-        split = None
-        if len(self._bounds) > 1:
-            assert feature is not None  # several splits: several tables
-            split = self._split_of_feature[feature]
-        rows = self._bounds[0, -1] if split is None else self._bounds[split, -1]
-        if ids.numel() and (int(ids.min()) < 0 or bool((ids >= rows).any())):
-            raise ValueError(
-                f"ids outside their tables' rows in features {sorted(set(keys))}: "
-                f"{int(ids.min())} to {int(ids.max())}"
-            )
-        if split is None:
-            bounds = self._bounds[0]
-            owner = torch.searchsorted(bounds[1:], ids, right=True).clamp_(max=world - 1)
-            return owner, ids - bounds.index_select(0, owner)
-        owner = torch.empty_like(ids)
-        for s, bounds in enumerate(self._bounds):
-            mine = split == s
-            owner[mine] = torch.searchsorted(bounds[1:], ids[mine], right=True)
-        owner.clamp_(max=world - 1)
-        return owner, ids - self._bounds[split, owner]
 
     def forward(self, features: KeyedJaggedTensor) -> Awaitable[Awaitable[KeyedJaggedTensor]]:
         if features.variable_stride_per_key():
@@ -360,29 +479,11 @@ class UnpooledInputDist(nn.Module):
         keys, batch = features.keys(), features.stride()
         num_features, world = len(keys), self._world
         ids = features.values().to(torch.int64)
-        lengths = features.lengths().to(torch.int64)
+        lengths = features.lengths().view(num_features, batch)
         num_tables = len(self._tables.features)
         feature_ids = torch.arange(num_features, device=ids.device)
-        # each id's feature: only several tables need it (for their table, split and dim)
-        feature = (
-            torch.repeat_interleave(
-                feature_ids, lengths.view(num_features, batch).sum(1), output_size=ids.numel()
-            )
-            if num_tables > 1
-            else None
-        )
-        owner, row = self._locate(ids, feature, keys)
-
-        # one request per distinct (holder, table, row), sorted by holder, then table
-        holder_and_table = (
-            owner if feature is None else owner * num_tables + self._table_of_feature[feature]
-        )
-        key = holder_and_table * self._row_span + row
-        # the pooling's backward reads ids by row
-        key_space = world * num_tables * self._row_span
-        asked, per_row, by_row, vector_of_id = distinct_keys(key, key_space)
-        holder_table = asked // self._row_span
-        counts = torch.bincount(holder_table, minlength=world * num_tables)
+        asks = self._asker.ask(ids, lengths, keys)
+        counts = asks.counts
         recv_counts = torch.empty_like(counts)
         dist.all_to_all_single(recv_counts, counts, group=self._pg)
         sent_per_rank = counts.view(world, num_tables)
@@ -390,7 +491,7 @@ class UnpooledInputDist(nn.Module):
         received = ids.new_empty(int(recv_counts.sum()))
         dist.all_to_all_single(
             received,
-            asked - holder_table * self._row_span,
+            asks.rows,
             recv_per_rank.sum(1).tolist(),
             sent_per_rank.sum(1).tolist(),
             group=self._pg,
@@ -401,58 +502,40 @@ class UnpooledInputDist(nn.Module):
         recv_table = torch.repeat_interleave(
             table_ids.repeat(world), recv_counts, output_size=received.numel()
         )
-        lookup_order = (
-            torch.arange(received.numel(), device=ids.device)
-            if num_tables == 1
-            else torch.argsort(recv_table, stable=True)
-        )
+        lookup_order = None if num_tables == 1 else torch.argsort(recv_table, stable=True)
+        in_table_order = received if lookup_order is None else received[lookup_order]
         per_table = torch.bincount(recv_table, minlength=num_tables)
         table_start = torch.cumsum(per_table, 0) - per_table
-        width = self._features_per_table
+        width = self._asker.features_per_table
         lookup_batch = max(int(((per_table + width - 1) // width).max()) if num_features else 0, 1)
         # [features, bags]: index into the table-sorted rows of each bag's row, and which bags
         # have one
-        feature_table = self._table_of_feature
-        slot = feature_ids - self._first_feature[feature_table]
+        feature_table = self._asker.table_of_feature
+        slot = feature_ids - self._asker.first_feature[feature_table]
         k = torch.arange(lookup_batch, device=ids.device) * width[feature_table].unsqueeze(1)
         k += slot.unsqueeze(1)
         filled = k < per_table[feature_table].unsqueeze(1)
-        values = received[lookup_order][(k + table_start[feature_table].unsqueeze(1))[filled]]
+        values = in_table_order[(k + table_start[feature_table].unsqueeze(1))[filled]]
 
-        # per dim group: the vectors' way back, and where each own id finds its row's vector
+        # per dim group: the vectors' way back
         received_per_table = per_table.tolist()
         k_recv = None
-        if num_tables > 1:  # each received row's place among its table's rows
+        if lookup_order is not None:  # each received row's place among its table's rows
             k_recv = torch.empty_like(lookup_order)
             k_recv[lookup_order] = torch.arange(lookup_order.numel(), device=ids.device)
             k_recv -= table_start[recv_table]
-        groups = self._tables.dim_groups
-        bag_lengths = lengths.view(num_features, batch)
         lookup_rows: list[torch.Tensor | None] = []
-        send_splits, recv_splits, bags = [], [], []
-        for g, group in enumerate(groups):
-            members = self._tables.features_of_group[g]
+        send_splits, recv_splits = [], []
+        for g, group in enumerate(self._tables.dim_groups):
             send_splits.append(sent_per_rank[:, group].sum(1).tolist())
             recv_splits.append(recv_per_rank[:, group].sum(1).tolist())
-            if len(groups) == 1:
-                bags.append(_Bags.of(vector_of_id, bag_lengths.view(-1), by_row, per_row, batch))
-            else:  # places among the group's rows only
-                assert feature is not None  # several dims: several tables
-                asked_in_group = self._group_of_table[holder_table % num_tables] == g
-                place = torch.cumsum(asked_in_group, 0) - 1
-                vectors = place[vector_of_id[self._group_of_feature[feature] == g]]
-                per_vector = torch.bincount(vectors, minlength=int(asked_in_group.sum()))
-                group_lengths = bag_lengths[members].view(-1)
-                bags.append(
-                    _Bags.of(vectors, group_lengths, torch.argsort(vectors), per_vector, batch)
-                )
             if len(group) == 1:
                 lookup_rows.append(None)
                 continue
             assert k_recv is not None
             offset = torch.zeros(num_tables, dtype=torch.int64, device=ids.device)
             offset[group] = torch.cumsum(per_table[group], 0) - per_table[group]
-            in_group = (self._group_of_table[recv_table] == g).nonzero().squeeze(1)
+            in_group = (self._asker.group_of_table[recv_table] == g).nonzero().squeeze(1)
             lookup_rows.append(offset[recv_table[in_group]] + k_recv[in_group])
         self._routings.put(
             _Routing(
@@ -460,7 +543,7 @@ class UnpooledInputDist(nn.Module):
                 lookup_rows,
                 send_splits,
                 recv_splits,
-                bags,
+                asks.bags,
                 batch,
                 lookup_batch,
             )
