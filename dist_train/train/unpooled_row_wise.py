@@ -578,6 +578,11 @@ class UnpooledOutputDist(nn.Module):
     ) -> Awaitable[torch.Tensor]:
         r = self._routings.take(local_embs.shape[0])
         t = self._tables
+        # TorchRec's pooled dists divide embedding gradients by the group size (comm_ops
+        # GRADIENT_DIVISION, DDP's averaging); so must this one, or updates double. Each
+        # vector's summed gradient is divided, not each bag's: about a third of the values
+        # in the default job, and the same result where the size is a power of two.
+        scale = 1.0 / self._pg.size() if get_gradient_division() else 1.0
         first_column = t.first_column
         pooled = []
         for g, group in enumerate(t.dim_groups):
@@ -600,16 +605,11 @@ class UnpooledOutputDist(nn.Module):
                 _AllToAll.apply(looked_up, r.recv_splits[g], r.send_splits[g], self._pg),
             )
             width = len(t.features_of_group[g])
-            bags = cast(torch.Tensor, _PoolBags.apply(returned, r.bags[g]))
+            bags = cast(torch.Tensor, _PoolBags.apply(scale_grad(returned, scale), r.bags[g]))
             pooled.append(bags.view(r.batch, width, dim))
         if len(pooled) == 1:  # one dim: the group's features are all features, in order
-            out = pooled[0].view(r.batch, -1)
-        else:
-            out = torch.cat([pooled[g][:, j] for _, g, j in self._columns], dim=1)
-        # TorchRec's pooled dists divide embedding gradients by the group size (comm_ops
-        # GRADIENT_DIVISION, DDP's averaging); so must this one, or updates double
-        scale = 1.0 / self._pg.size() if get_gradient_division() else 1.0
-        return NoWait(scale_grad(out, scale))
+            return NoWait(pooled[0].view(r.batch, -1))
+        return NoWait(torch.cat([pooled[g][:, j] for _, g, j in self._columns], dim=1))
 
 
 def _table_configs(sharding: RwPooledEmbeddingSharding) -> list[Any]:
