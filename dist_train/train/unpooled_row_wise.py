@@ -369,35 +369,43 @@ class _Asker:
         """:meth:`ask` for one table on CPU, in one compiled call
         (:func:`~dist_train.kernels.one_table_requests_into`); None where it does not apply
         (several tables, GPU ids, a key space too large to count)."""
-        n, span = ids.numel(), self._row_span
+        n, space = ids.numel(), self.world * self._row_span
         if (
             ids.device.type != "cpu"
             or len(self.tables.features) != 1
-            or self.world * span > COUNTING_SPACE_PER_KEY * n + COUNTING_SPACE_FLOOR
+            or space > COUNTING_SPACE_PER_KEY * n + COUNTING_SPACE_FLOOR
+            or max(n, space) >= 2**31
         ):
             return None
         features, batch = lengths.shape
-        keys_, rows, vector_offsets, by_key, vector_of_id, bag_vectors, bag_of_id, bag_by_vector = (
-            torch.empty(n, dtype=torch.int64) for _ in range(8)
+        rows, vector_offsets, bag_vectors, bag_by_vector = (
+            torch.empty(n, dtype=torch.int64) for _ in range(4)
         )
         counts = torch.zeros(self.world, dtype=torch.int64)
         bag_offsets = torch.empty(features * batch + 1, dtype=torch.int64)
+
+        # the kernel's own arrays, at half the width: 10-15% faster in an ad hoc benchmark
+        # (the default job's batch at 2 ranks, one thread), where the random reads and
+        # writes into the key space dominate
+        def scratch(*shape: int) -> np.ndarray:
+            return np.empty(shape, dtype=np.int32)
+
         found = one_table_requests_into(
             ids.contiguous().numpy(),
             lengths.contiguous().numpy(),
             self._bounds[0].numpy(),
-            span,
-            np.zeros(self.world * span, dtype=np.int64),
-            keys_.numpy(),
+            self._row_span,
+            np.zeros(space, dtype=np.int32),
+            scratch(n),
             rows.numpy(),
             counts.numpy(),
             vector_offsets.numpy(),
-            by_key.numpy(),
-            vector_of_id.numpy(),
-            np.empty((features, batch), dtype=np.int64),
+            scratch(n),
+            scratch(n),
+            scratch(features, batch),
             bag_offsets.numpy(),
             bag_vectors.numpy(),
-            bag_of_id.numpy(),
+            scratch(n),
             bag_by_vector.numpy(),
         )
         if found < 0:
