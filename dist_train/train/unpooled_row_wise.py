@@ -48,10 +48,14 @@ from dist_train.kernels import distinct_keys_into, one_table_requests_into
 from dist_train.models.base import scale_grad
 from dist_train.train.bag_order import example_major_bags
 
-# distinct_keys counts on CPU where the key space is at most this many times the keys (plus
-# a floor): the pass over it then costs no more than a sort would
+# distinct keys are counted (on CPU) where the key space is at most this many times the keys
+# (plus a floor): the pass over it then costs no more than a sort would
 COUNTING_SPACE_PER_KEY = 8
 COUNTING_SPACE_FLOOR = 2**16
+
+
+def _countable(key_space: int, keys: int) -> bool:
+    return key_space <= COUNTING_SPACE_PER_KEY * keys + COUNTING_SPACE_FLOOR
 
 
 def distinct_keys(
@@ -65,7 +69,7 @@ def distinct_keys(
     2 ranks: 1.2 ms, against 2.6 for the sort and the ops around it, one thread); else a
     stable sort."""
     key, n = key.to(torch.int64), key.numel()
-    if key.device.type == "cpu" and key_space <= COUNTING_SPACE_PER_KEY * n + COUNTING_SPACE_FLOOR:
+    if key.device.type == "cpu" and _countable(key_space, n):
         out = [torch.empty(n, dtype=torch.int64) for _ in range(4)]
         found = distinct_keys_into(
             key.contiguous().numpy(),
@@ -232,7 +236,8 @@ class _Bags:
 
 @dataclass
 class _Asks:
-    """What one batch asks of the holders: rows per (holder, table), ``[world x tables]``;
+    """What one batch asks of the holders: rows per (holder, table), holder-major (flat,
+    ``world x tables``);
     the rows, in (holder, table, row) order, numbered as each holder's shard numbers them;
     and per dim group, how its bags read the vectors that will come back."""
 
@@ -327,7 +332,7 @@ class _Asker:
                 group_of_feature[f] = g
         self._group_of_feature = torch.tensor(group_of_feature, device=device)
         self.group_of_table = self._group_of_feature[self.first_feature]
-        # (holder, table, row) in one int64 key: rows of a shard stay below the largest shard
+        # (holder, table, row) in one key: rows of a shard stay below the largest shard
         self._row_span = max(1, int((self._bounds[:, 1:] - self._bounds[:, :-1]).max()))
 
     def ask(self, ids: torch.Tensor, lengths: torch.Tensor, keys: list[str]) -> _Asks:
@@ -370,14 +375,14 @@ class _Asker:
         (:func:`~dist_train.kernels.one_table_requests_into`); None where it does not apply
         (several tables, GPU ids, a key space too large to count)."""
         n, space = ids.numel(), self.world * self._row_span
+        features, batch = lengths.shape
         if (
             ids.device.type != "cpu"
             or len(self.tables.features) != 1
-            or space > COUNTING_SPACE_PER_KEY * n + COUNTING_SPACE_FLOOR
-            or max(n, space) >= 2**31
+            or not _countable(space, n)
+            or max(n, space, features * batch) >= 2**31  # the kernel's arrays are 32-bit
         ):
             return None
-        features, batch = lengths.shape
         rows, vector_offsets, bag_vectors, bag_by_vector = (
             torch.empty(n, dtype=torch.int64) for _ in range(4)
         )
@@ -439,12 +444,11 @@ class _Asker:
         asked, per_row, by_row, vector_of_id = distinct_keys(key, key_space)
         holder_table = asked // self._row_span
         counts = torch.bincount(holder_table, minlength=self.world * num_tables)
-        bag_lengths = lengths.to(torch.int64)
         groups = self.tables.features_of_group
         bags = []
         for g, members in enumerate(groups):
             if len(groups) == 1:
-                bags.append(_Bags.of(vector_of_id, bag_lengths.view(-1), by_row, per_row, batch))
+                bags.append(_Bags.of(vector_of_id, lengths.view(-1), by_row, per_row, batch))
                 continue
             # places among the group's rows only
             assert feature is not None  # several dims: several tables
@@ -452,7 +456,7 @@ class _Asker:
             place = torch.cumsum(asked_in_group, 0) - 1
             vectors = place[vector_of_id[self._group_of_feature[feature] == g]]
             per_vector = torch.bincount(vectors, minlength=int(asked_in_group.sum()))
-            group_lengths = bag_lengths[members].view(-1)
+            group_lengths = lengths[members].view(-1)
             bags.append(_Bags.of(vectors, group_lengths, torch.argsort(vectors), per_vector, batch))
         return _Asks(counts, asked - holder_table * self._row_span, bags)
 
@@ -476,19 +480,17 @@ class UnpooledInputDist(nn.Module):
     ) -> None:
         super().__init__()
         self._pg = pg
-        self._world = pg.size()
-        self._tables = tables
-        self._asker = _Asker(self._world, row_bounds, tables, device)
+        self._asker = _Asker(pg.size(), row_bounds, tables, device)
         self._routings = routings
 
     def forward(self, features: KeyedJaggedTensor) -> Awaitable[Awaitable[KeyedJaggedTensor]]:
         if features.variable_stride_per_key():
             raise ValueError("unpooled row-wise lookups need one batch size for every feature")
         keys, batch = features.keys(), features.stride()
-        num_features, world = len(keys), self._world
+        num_features, world = len(keys), self._asker.world
         ids = features.values().to(torch.int64)
         lengths = features.lengths().view(num_features, batch)
-        num_tables = len(self._tables.features)
+        num_tables = len(self._asker.tables.features)
         feature_ids = torch.arange(num_features, device=ids.device)
         asks = self._asker.ask(ids, lengths, keys)
         counts = asks.counts
@@ -534,7 +536,7 @@ class UnpooledInputDist(nn.Module):
             k_recv -= table_start[recv_table]
         lookup_rows: list[torch.Tensor | None] = []
         send_splits, recv_splits = [], []
-        for g, group in enumerate(self._tables.dim_groups):
+        for g, group in enumerate(self._asker.tables.dim_groups):
             send_splits.append(sent_per_rank[:, group].sum(1).tolist())
             recv_splits.append(recv_per_rank[:, group].sum(1).tolist())
             if len(group) == 1:

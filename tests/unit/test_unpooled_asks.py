@@ -10,13 +10,16 @@ from dist_train.train.unpooled_row_wise import _Asker, _Tables
 FEATURES, BATCH = 5, 64
 
 
-def _batch(rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(bounds: list[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = bounds[-1]
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(0, 4, (FEATURES, BATCH), generator=g, dtype=torch.int32)
     lengths[1] = 0  # a feature with no ids
-    # hot rows repeat; the table's first and last rows and the holders' edges appear
+    # hot rows repeat; the table's first and last rows and every holder's first row and the
+    # row before it appear (several holders start at one row where a shard is empty)
     ids = torch.randint(0, rows, (int(lengths.sum()),), generator=g) ** 2 // rows
-    ids[:3] = torch.tensor([0, rows - 1, rows // 2])
+    edges = [0, rows - 1] + [e + d for e in bounds[1:-1] for d in (-1, 0)]
+    ids[: len(edges)] = torch.tensor(edges)
     return ids, lengths
 
 
@@ -34,24 +37,25 @@ def _batch(rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def test_one_tables_compiled_asks_are_the_torch_ops(bounds: list[int], seed: int) -> None:
     world = 4 if bounds == [0, 600, 1000] else len(bounds) - 1
     asker = _Asker(world, [bounds] * FEATURES, _Tables((FEATURES,), (16,)), torch.device("cpu"))
-    ids, lengths = _batch(bounds[-1], seed)
+    ids, lengths = _batch(bounds, seed)
     keys = [f"f{i}" for i in range(FEATURES)]
     compiled = asker._one_table(ids, lengths, keys)
     assert compiled is not None
     expected = asker._any_tables(ids, lengths, keys)
-    assert torch.equal(compiled.counts, expected.counts)
-    assert torch.equal(compiled.rows, expected.rows)
+    pairs = [(compiled.counts, expected.counts), (compiled.rows, expected.rows)]
     assert len(compiled.bags) == len(expected.bags) == 1
     got, want = vars(compiled.bags[0]), vars(expected.bags[0])
     assert got.keys() == want.keys()
-    for name in want:
-        assert torch.equal(got[name], want[name]), name
+    pairs += [(got[name], want[name]) for name in want]
+    for ours, theirs in pairs:  # torch.equal does not compare dtypes
+        assert ours.dtype == theirs.dtype == torch.int64
+        assert torch.equal(ours, theirs)
 
 
 @pytest.mark.parametrize("bad", [-1, 1000])
 def test_an_id_outside_the_table_is_refused_naming_the_features(bad: int) -> None:
     asker = _Asker(2, [[0, 500, 1000]] * FEATURES, _Tables((FEATURES,), (16,)), torch.device("cpu"))
-    ids, lengths = _batch(1000, 0)
+    ids, lengths = _batch([0, 500, 1000], 0)
     ids[7] = bad
     keys = [f"f{i}" for i in range(FEATURES)]
     for ask in (asker._one_table, asker._any_tables):
@@ -59,3 +63,22 @@ def test_an_id_outside_the_table_is_refused_naming_the_features(bad: int) -> Non
             ValueError, match=rf"outside their tables' rows in features \['f0'.*{bad}"
         ):
             ask(ids, lengths, keys)
+
+
+def test_ask_takes_the_compiled_pass_for_one_table_only() -> None:
+    cpu = torch.device("cpu")
+    one = _Asker(2, [[0, 500, 1000]] * FEATURES, _Tables((FEATURES,), (16,)), cpu)
+    ids, lengths = _batch([0, 500, 1000], 0)
+    keys = [f"f{i}" for i in range(FEATURES)]
+    for lengths_of_any_width in (lengths, lengths.to(torch.int64)):
+        compiled = one._one_table(ids, lengths_of_any_width, keys)
+        assert compiled is not None
+        assert torch.equal(one.ask(ids, lengths_of_any_width, keys).rows, compiled.rows)
+    # two tables (features 0-1 and 2-4), or a key space too large to count: the torch ops
+    two = _Asker(2, [[0, 500, 1000]] * FEATURES, _Tables((2, 3), (16, 16)), cpu)
+    assert two._one_table(ids, lengths, keys) is None
+    assert two.ask(ids, lengths, keys).counts.numel() == 2 * 2
+    huge = _Asker(2, [[0, 10**9, 2 * 10**9]] * FEATURES, _Tables((FEATURES,), (16,)), cpu)
+    assert huge._one_table(ids, lengths, keys) is None
+    # every id lies in the first holder's rows
+    assert huge.ask(ids, lengths, keys).counts.tolist() == [torch.unique(ids).numel(), 0]
