@@ -6,7 +6,8 @@ sequence (``EmbeddingCollection``) sharding sends one vector per id but still al
 bucketized KJT lengths of ``world x batch x features`` per rank. For a row-wise table the
 planner marks ``row_wise_unpooled`` (planners/types.py), this module replaces both dists of
 TorchRec's row-wise sharding, keeping its shards, FBGEMM kernel, fused optimizer and
-checkpoint state as they are:
+checkpoint state as they are (which rows a batch asks for, and from whom:
+:mod:`dist_train.train.unpooled_asks`):
 
 - forward: each rank asks the rank holding each row its ids read for it, once per distinct
   row (an all-to-all of per-table counts, then one of rows); the holder runs TorchRec's own
@@ -27,10 +28,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any, cast
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -44,96 +43,14 @@ from torchrec.distributed.sharding.rw_sharding import (
 from torchrec.distributed.types import Awaitable, NoWait
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from dist_train.kernels import distinct_keys_into, one_table_requests_into
 from dist_train.models.base import scale_grad
-from dist_train.train.bag_order import example_major_bags
-
-# distinct keys are counted (on CPU) where the key space is at most this many times the keys
-# (plus a floor): the pass over it then costs no more than a sort would
-COUNTING_SPACE_PER_KEY = 8
-COUNTING_SPACE_FLOOR = 2**16
-
-
-def _countable(key_space: int, keys: int) -> bool:
-    return key_space <= COUNTING_SPACE_PER_KEY * keys + COUNTING_SPACE_FLOOR
-
-
-def distinct_keys(
-    key: torch.Tensor, key_space: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``torch.unique``'s work on int64 ``key`` (each in ``[0, key_space)``), keeping the
-    sort: the distinct keys ascending, each one's count, the positions of ``key`` in key
-    order (stable) and each position's distinct index. On CPU with a key space not much
-    larger than the keys, one counting pass (:func:`~dist_train.kernels.distinct_keys_into`,
-    which refuses keys outside the space; 79,872 Zipf keys over the default job's 300,000 at
-    2 ranks: 1.2 ms, against 2.6 for the sort and the ops around it, one thread); else a
-    stable sort."""
-    key, n = key.to(torch.int64), key.numel()
-    if key.device.type == "cpu" and _countable(key_space, n):
-        out = [torch.empty(n, dtype=torch.int64) for _ in range(4)]
-        found = distinct_keys_into(
-            key.contiguous().numpy(),
-            np.zeros(key_space, dtype=np.int64),
-            *(t.numpy() for t in out),
-        )
-        if found < 0:
-            raise ValueError(
-                f"unpooled row-wise input dist: keys outside [0, {key_space}): "
-                f"{int(key.min())} to {int(key.max())}"
-            )
-        return out[0][:found], out[1][:found], out[2], out[3]
-    sorted_keys, by_key = torch.sort(key, stable=True)
-    asked, per_key = torch.unique_consecutive(sorted_keys, return_counts=True)
-    key_of_value = torch.empty_like(by_key)
-    key_of_value[by_key] = torch.repeat_interleave(
-        torch.arange(asked.numel(), device=key.device), per_key, output_size=n
-    )
-    return asked, per_key, by_key, key_of_value
-
-
-@dataclass(frozen=True)
-class _Tables:
-    """A row-wise sharding's tables as its lookup sees them: their features consecutive, in
-    TorchRec's order (``feature_names()``), and the tables grouped by embedding dim, each
-    group's vectors travelling in one all-to-all."""
-
-    features: tuple[int, ...]  # per table
-    dims: tuple[int, ...]  # per table
-
-    # Derived once (every forward reads them): cached_property writes the instance's __dict__,
-    # which a frozen dataclass allows.
-    @cached_property
-    def first_feature(self) -> list[int]:
-        return [sum(self.features[:t]) for t in range(len(self.features))]
-
-    @cached_property
-    def first_column(self) -> list[int]:
-        """Where each table's features start in the lookup output ``[bags, sum of dims]``."""
-        widths = [f * d for f, d in zip(self.features, self.dims, strict=True)]
-        return [sum(widths[:t]) for t in range(len(widths))]
-
-    @cached_property
-    def dim_groups(self) -> list[list[int]]:
-        """Tables by dim, in order of first appearance."""
-        groups: dict[int, list[int]] = {}
-        for t, d in enumerate(self.dims):
-            groups.setdefault(d, []).append(t)
-        return list(groups.values())
-
-    @cached_property
-    def features_of_group(self) -> list[list[int]]:
-        """Each dim group's features, table after table."""
-        first = self.first_feature
-        return [
-            [first[t] + j for t in group for j in range(self.features[t])]
-            for group in self.dim_groups
-        ]
+from dist_train.train.unpooled_asks import Asker, Bags, Tables
 
 
 @dataclass
 class _Routing:
     """Where one forward's ids went: what the output dist needs to bring vectors home. Lists
-    are per dim group (:attr:`_Tables.dim_groups`)."""
+    are per dim group (:attr:`Tables.dim_groups`)."""
 
     received_per_table: list[int]
     # position of each of the group's received ids (in received order) among its tables'
@@ -142,7 +59,7 @@ class _Routing:
     send_splits: list[list[int]]  # rows asked of each rank
     recv_splits: list[list[int]]  # rows asked by each rank
     # requester: how the group's bags (example-major) read the vectors that come back
-    bags: list[_Bags]
+    bags: list[Bags]
     batch: int
     lookup_batch: int  # rows of the lookup input (and output) this routing goes with
 
@@ -201,58 +118,6 @@ class _GatherRows(torch.autograd.Function):
         return out.index_copy_(0, rows, grad), None
 
 
-@dataclass
-class _Bags:
-    """A dim group's bags over the vectors that come back, example-major (bag ``b x F + f``
-    for feature ``f`` of the group's ``F``, so that the pooled ``[B x F, dim]`` is the
-    ``[B, F x dim]`` the model reads, without a transpose either way): each id, in bag order,
-    reads vector ``vector_of_id`` into the bag starting at ``offsets``; ``bag_by_vector``
-    lists the ids' bags sorted by vector, each vector's run starting at ``vector_offsets``."""
-
-    vector_of_id: torch.Tensor
-    offsets: torch.Tensor
-    bag_by_vector: torch.Tensor
-    vector_offsets: torch.Tensor
-
-    @classmethod
-    def of(
-        cls,
-        vector_of_id: torch.Tensor,
-        lengths: torch.Tensor,
-        by_vector: torch.Tensor,
-        per_vector: torch.Tensor,
-        batch: int,
-    ) -> _Bags:
-        """From the KJT's ids' vectors, its bags' ``lengths`` (feature-major, ``batch`` bags a
-        feature), the ids (KJT order) in vector order and each vector's id count."""
-        bags = example_major_bags(lengths, vector_of_id, batch)
-        return cls(
-            bags.values,
-            bags.offsets[:-1],
-            bags.bag_of_value[by_vector],
-            torch.cumsum(per_vector, 0) - per_vector,
-        )
-
-
-@dataclass
-class _Asks:
-    """What one batch asks of the holders: rows per (holder, table), holder-major (flat,
-    ``world x tables``);
-    the rows, in (holder, table, row) order, numbered as each holder's shard numbers them;
-    and per dim group, how its bags read the vectors that will come back."""
-
-    counts: torch.Tensor
-    rows: torch.Tensor
-    bags: list[_Bags]
-
-
-def _outside_rows(ids: torch.Tensor, keys: list[str]) -> ValueError:
-    return ValueError(
-        f"ids outside their tables' rows in features {sorted(set(keys))}: "
-        f"{int(ids.min())} to {int(ids.max())}"
-    )
-
-
 class _PoolBags(torch.autograd.Function):
     """Each bag's sum of its ids' vectors (``embedding_bag``). The backward is an
     embedding_bag too: each vector sums the gradients of the bags that read it, where
@@ -260,7 +125,7 @@ class _PoolBags(torch.autograd.Function):
     102,480 ids: 0.5 against 4.9 ms, one thread)."""
 
     @staticmethod
-    def forward(ctx: Any, vectors: torch.Tensor, bags: _Bags) -> torch.Tensor:
+    def forward(ctx: Any, vectors: torch.Tensor, bags: Bags) -> torch.Tensor:
         ctx.bags = bags
         return torch.nn.functional.embedding_bag(
             bags.vector_of_id, vectors, bags.offsets, mode="sum"
@@ -300,167 +165,6 @@ class _AllToAll(torch.autograd.Function):
         return out, None, None, None
 
 
-class _Asker:
-    """Which rows a batch asks of which holder, and how its bags read them: the input dist's
-    local work, before any exchange (``row_bounds``: each feature's table's row boundaries
-    over the ranks)."""
-
-    def __init__(
-        self, world: int, row_bounds: list[list[int]], tables: _Tables, device: torch.device
-    ) -> None:
-        self.world = world
-        self.tables = tables
-        sizes = torch.tensor(tables.features, dtype=torch.int64, device=device)
-        self.features_per_table = sizes
-        self.first_feature = torch.cumsum(sizes, 0) - sizes
-        self.table_of_feature = torch.repeat_interleave(
-            torch.arange(len(tables.features), device=device), sizes
-        )
-        # rank r holds rows [bounds[r], bounds[r + 1]) of a feature's table; tables with fewer
-        # shards than ranks leave the last ranks empty. Features of one table (or of tables
-        # split alike) share a row of bounds, so routing takes one search per distinct split.
-        padded = [tuple(b + [b[-1]] * (self.world + 1 - len(b))) for b in row_bounds]
-        splits = sorted(set(padded))
-        self._bounds = torch.tensor(splits, dtype=torch.int64, device=device)
-        self._split_of_feature = torch.tensor(
-            [splits.index(b) for b in padded], dtype=torch.int64, device=device
-        )
-        # each feature's dim group
-        group_of_feature = [0] * sum(tables.features)
-        for g, members in enumerate(tables.features_of_group):
-            for f in members:
-                group_of_feature[f] = g
-        self._group_of_feature = torch.tensor(group_of_feature, device=device)
-        self.group_of_table = self._group_of_feature[self.first_feature]
-        # (holder, table, row) in one key: rows of a shard stay below the largest shard
-        self._row_span = max(1, int((self._bounds[:, 1:] - self._bounds[:, :-1]).max()))
-
-    def ask(self, ids: torch.Tensor, lengths: torch.Tensor, keys: list[str]) -> _Asks:
-        """The rows this batch asks of each holder, one request per distinct (holder, table,
-        row), and each dim group's bags over the vectors that will come back (``ids``:
-        int64, feature-major; ``lengths``: ``[features, batch]``; ``keys``: the features,
-        for errors)."""
-        asks = self._one_table(ids, lengths, keys)
-        return self._any_tables(ids, lengths, keys) if asks is None else asks
-
-    def _locate(
-        self, ids: torch.Tensor, feature: torch.Tensor | None, keys: list[str]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each id's holder and its row in the holder's shard (``feature``: each id's
-        feature, needed where tables are split differently). Refuses ids outside their
-        tables' rows (``keys``: the features, for the error): the last rank takes any id
-        past its shard's start, and where that shard is the shorter, one past the table
-        would read a row of it."""
-        world = self.world
-        split = None
-        if len(self._bounds) > 1:
-            assert feature is not None  # several splits: several tables
-            split = self._split_of_feature[feature]
-        rows = self._bounds[0, -1] if split is None else self._bounds[split, -1]
-        if ids.numel() and (int(ids.min()) < 0 or bool((ids >= rows).any())):
-            raise _outside_rows(ids, keys)
-        if split is None:
-            bounds = self._bounds[0]
-            owner = torch.searchsorted(bounds[1:], ids, right=True).clamp_(max=world - 1)
-            return owner, ids - bounds.index_select(0, owner)
-        owner = torch.empty_like(ids)
-        for s, bounds in enumerate(self._bounds):
-            mine = split == s
-            owner[mine] = torch.searchsorted(bounds[1:], ids[mine], right=True)
-        owner.clamp_(max=world - 1)
-        return owner, ids - self._bounds[split, owner]
-
-    def _one_table(self, ids: torch.Tensor, lengths: torch.Tensor, keys: list[str]) -> _Asks | None:
-        """:meth:`ask` for one table on CPU, in one compiled call
-        (:func:`~dist_train.kernels.one_table_requests_into`); None where it does not apply
-        (several tables, GPU ids, a key space too large to count)."""
-        n, space = ids.numel(), self.world * self._row_span
-        features, batch = lengths.shape
-        if (
-            ids.device.type != "cpu"
-            or len(self.tables.features) != 1
-            or not _countable(space, n)
-            or max(n, space, features * batch) >= 2**31  # the kernel's arrays are 32-bit
-        ):
-            return None
-        rows, vector_offsets, bag_vectors, bag_by_vector = (
-            torch.empty(n, dtype=torch.int64) for _ in range(4)
-        )
-        counts = torch.zeros(self.world, dtype=torch.int64)
-        bag_offsets = torch.empty(features * batch + 1, dtype=torch.int64)
-
-        # the kernel's own arrays, at half the width: 10-15% faster in an ad hoc benchmark
-        # (the default job's batch at 2 ranks, one thread), where the random reads and
-        # writes into the key space dominate
-        def scratch(*shape: int) -> np.ndarray:
-            return np.empty(shape, dtype=np.int32)
-
-        found = one_table_requests_into(
-            ids.contiguous().numpy(),
-            lengths.contiguous().numpy(),
-            self._bounds[0].numpy(),
-            self._row_span,
-            np.zeros(space, dtype=np.int32),
-            scratch(n),
-            rows.numpy(),
-            counts.numpy(),
-            vector_offsets.numpy(),
-            scratch(n),
-            scratch(n),
-            scratch(features, batch),
-            bag_offsets.numpy(),
-            bag_vectors.numpy(),
-            scratch(n),
-            bag_by_vector.numpy(),
-        )
-        if found < 0:
-            raise _outside_rows(ids, keys)
-        bags = _Bags(bag_vectors, bag_offsets[:-1], bag_by_vector, vector_offsets[:found])
-        return _Asks(counts, rows[:found], [bags])
-
-    def _any_tables(self, ids: torch.Tensor, lengths: torch.Tensor, keys: list[str]) -> _Asks:
-        """:meth:`ask` for any tables, in torch ops."""
-        num_features, batch = lengths.shape
-        num_tables = len(self.tables.features)
-        # each id's feature: only several tables need it (for their table, split and dim)
-        feature = (
-            torch.repeat_interleave(
-                torch.arange(num_features, device=ids.device),
-                lengths.sum(1),
-                output_size=ids.numel(),
-            )
-            if num_tables > 1
-            else None
-        )
-        owner, row = self._locate(ids, feature, keys)
-
-        # sorted by holder, then table
-        holder_and_table = (
-            owner if feature is None else owner * num_tables + self.table_of_feature[feature]
-        )
-        key = holder_and_table * self._row_span + row
-        # the pooling's backward reads ids by row
-        key_space = self.world * num_tables * self._row_span
-        asked, per_row, by_row, vector_of_id = distinct_keys(key, key_space)
-        holder_table = asked // self._row_span
-        counts = torch.bincount(holder_table, minlength=self.world * num_tables)
-        groups = self.tables.features_of_group
-        bags = []
-        for g, members in enumerate(groups):
-            if len(groups) == 1:
-                bags.append(_Bags.of(vector_of_id, lengths.view(-1), by_row, per_row, batch))
-                continue
-            # places among the group's rows only
-            assert feature is not None  # several dims: several tables
-            asked_in_group = self.group_of_table[holder_table % num_tables] == g
-            place = torch.cumsum(asked_in_group, 0) - 1
-            vectors = place[vector_of_id[self._group_of_feature[feature] == g]]
-            per_vector = torch.bincount(vectors, minlength=int(asked_in_group.sum()))
-            group_lengths = lengths[members].view(-1)
-            bags.append(_Bags.of(vectors, group_lengths, torch.argsort(vectors), per_vector, batch))
-        return _Asks(counts, asked - holder_table * self._row_span, bags)
-
-
 class UnpooledInputDist(nn.Module):
     """Asks the rank holding each row for it, once per row however many of this rank's ids
     read it (hot rows repeat: about 4 ids per distinct row in the default job's batches);
@@ -474,13 +178,13 @@ class UnpooledInputDist(nn.Module):
         self,
         pg: dist.ProcessGroup,
         row_bounds: list[list[int]],
-        tables: _Tables,
+        tables: Tables,
         routings: _RoutingQueue,
         device: torch.device,
     ) -> None:
         super().__init__()
         self._pg = pg
-        self._asker = _Asker(pg.size(), row_bounds, tables, device)
+        self._asker = Asker(pg.size(), row_bounds, tables, device)
         self._routings = routings
 
     def forward(self, features: KeyedJaggedTensor) -> Awaitable[Awaitable[KeyedJaggedTensor]]:
@@ -571,7 +275,7 @@ class UnpooledOutputDist(nn.Module):
     """Sends each looked-up vector back to the rank that asked for it, which pools its bags;
     returns ``[batch, sum of feature dims]`` like TorchRec's row-wise output dist."""
 
-    def __init__(self, pg: dist.ProcessGroup, tables: _Tables, routings: _RoutingQueue) -> None:
+    def __init__(self, pg: dist.ProcessGroup, tables: Tables, routings: _RoutingQueue) -> None:
         super().__init__()
         self._pg = pg
         self._tables = tables
@@ -628,13 +332,13 @@ def _table_configs(sharding: RwPooledEmbeddingSharding) -> list[Any]:
     return [t for g in sharding._grouped_embedding_configs_per_rank[0] for t in g.embedding_tables]
 
 
-def _tables_of(sharding: RwPooledEmbeddingSharding) -> _Tables:
+def _tables_of(sharding: RwPooledEmbeddingSharding) -> Tables:
     configs = _table_configs(sharding)
-    return _Tables(tuple(t.num_features() for t in configs), tuple(t.local_cols for t in configs))
+    return Tables(tuple(t.num_features() for t in configs), tuple(t.local_cols for t in configs))
 
 
 def _input_dist_factory(
-    sharding: RwPooledEmbeddingSharding, tables: _Tables, routings: _RoutingQueue
+    sharding: RwPooledEmbeddingSharding, tables: Tables, routings: _RoutingQueue
 ) -> Callable[..., Any]:
     def create_input_dist(*args: Any, **kwargs: Any) -> UnpooledInputDist:
         bounds, _ = get_embedding_shard_metadata(sharding._grouped_embedding_configs_per_rank)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dist_train.train.unpooled_row_wise import (
+from dist_train.train.unpooled_asks import (
     COUNTING_SPACE_FLOOR,
     COUNTING_SPACE_PER_KEY,
     distinct_keys,

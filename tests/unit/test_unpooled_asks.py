@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dist_train.train.unpooled_row_wise import _Asker, _Tables
+from dist_train.train.unpooled_asks import Asker, Tables
 
 FEATURES, BATCH = 5, 64
 
@@ -36,7 +36,7 @@ def _batch(bounds: list[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("seed", [0, 1])
 def test_one_tables_compiled_asks_are_the_torch_ops(bounds: list[int], seed: int) -> None:
     world = 4 if bounds == [0, 600, 1000] else len(bounds) - 1
-    asker = _Asker(world, [bounds] * FEATURES, _Tables((FEATURES,), (16,)), torch.device("cpu"))
+    asker = Asker(world, [bounds] * FEATURES, Tables((FEATURES,), (16,)), torch.device("cpu"))
     ids, lengths = _batch(bounds, seed)
     keys = [f"f{i}" for i in range(FEATURES)]
     compiled = asker._one_table(ids, lengths, keys)
@@ -54,7 +54,7 @@ def test_one_tables_compiled_asks_are_the_torch_ops(bounds: list[int], seed: int
 
 @pytest.mark.parametrize("bad", [-1, 1000])
 def test_an_id_outside_the_table_is_refused_naming_the_features(bad: int) -> None:
-    asker = _Asker(2, [[0, 500, 1000]] * FEATURES, _Tables((FEATURES,), (16,)), torch.device("cpu"))
+    asker = Asker(2, [[0, 500, 1000]] * FEATURES, Tables((FEATURES,), (16,)), torch.device("cpu"))
     ids, lengths = _batch([0, 500, 1000], 0)
     ids[7] = bad
     keys = [f"f{i}" for i in range(FEATURES)]
@@ -67,7 +67,7 @@ def test_an_id_outside_the_table_is_refused_naming_the_features(bad: int) -> Non
 
 def test_ask_takes_the_compiled_pass_for_one_table_only() -> None:
     cpu = torch.device("cpu")
-    one = _Asker(2, [[0, 500, 1000]] * FEATURES, _Tables((FEATURES,), (16,)), cpu)
+    one = Asker(2, [[0, 500, 1000]] * FEATURES, Tables((FEATURES,), (16,)), cpu)
     ids, lengths = _batch([0, 500, 1000], 0)
     keys = [f"f{i}" for i in range(FEATURES)]
     for lengths_of_any_width in (lengths, lengths.to(torch.int64)):
@@ -75,10 +75,10 @@ def test_ask_takes_the_compiled_pass_for_one_table_only() -> None:
         assert compiled is not None
         assert torch.equal(one.ask(ids, lengths_of_any_width, keys).rows, compiled.rows)
     # two tables (features 0-1 and 2-4), or a key space too large to count: the torch ops
-    two = _Asker(2, [[0, 500, 1000]] * FEATURES, _Tables((2, 3), (16, 16)), cpu)
+    two = Asker(2, [[0, 500, 1000]] * FEATURES, Tables((2, 3), (16, 16)), cpu)
     assert two._one_table(ids, lengths, keys) is None
     assert two.ask(ids, lengths, keys).counts.numel() == 2 * 2
-    huge = _Asker(2, [[0, 10**9, 2 * 10**9]] * FEATURES, _Tables((FEATURES,), (16,)), cpu)
+    huge = Asker(2, [[0, 10**9, 2 * 10**9]] * FEATURES, Tables((FEATURES,), (16,)), cpu)
     assert huge._one_table(ids, lengths, keys) is None
     # every id lies in the first holder's rows
     assert huge.ask(ids, lengths, keys).counts.tolist() == [torch.unique(ids).numel(), 0]
