@@ -132,7 +132,7 @@ def example_major_into(lengths, values, starts, out_offsets, out_values, bag_of_
     out_offsets[features * batch] = p
 
 
-# Distinct keys by counting (dist_train.train.unpooled_row_wise).
+# Distinct keys by counting (dist_train.train.unpooled_asks).
 
 
 @_jit
@@ -166,7 +166,7 @@ def distinct_keys_into(keys, slot, distinct_keys, per_key, by_key, key_of_value)
     return distinct
 
 
-# A single table's unpooled requests (dist_train.train.unpooled_row_wise).
+# A single table's unpooled requests (dist_train.train.unpooled_asks).
 
 
 @_jit
