@@ -136,9 +136,9 @@ class Bags:
 @dataclass
 class Asks:
     """What one batch asks of the holders: rows per (holder, table), holder-major (flat,
-    ``world x tables``);
-    the rows, in (holder, table, row) order, numbered as each holder's shard numbers them;
-    and per dim group, how its bags read the vectors that will come back."""
+    ``world x tables``); the rows, in (holder, table, row) order, numbered as each holder's
+    shard numbers them; and per dim group, how its bags read the vectors that will come
+    back."""
 
     counts: torch.Tensor
     rows: torch.Tensor
