@@ -292,3 +292,50 @@ def step_cpu_of_a_busy_and_a_sleeping_rank(step_seconds: float) -> tuple[float, 
     cpu: list[float] = []
     wall = _timed(Steps(), iter([None] * 3), 3, cpu)
     return wall, cpu[0]
+
+
+def _waits_over_parallel_regions(regions: int = 200) -> int:
+    """Voluntary context switches of this process over ``regions`` back-to-back ATen parallel
+    regions on this thread: about none while libgomp's workers spin between regions, about
+    one a region once they sleep (more OpenMP threads than cores)."""
+    import resource
+
+    x = torch.ones(1 << 20)
+    x.add_(1.0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+    for _ in range(regions):
+        x.add_(1.0)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - before
+
+
+def openmp_waits_after_each_bench_system(
+    raw: dict[str, dict[str, Any]], plans: dict[str, JobPlan | None], data: str
+) -> dict[str, int]:
+    """:func:`_waits_over_parallel_regions` before and after each ``bench train`` system
+    trained 2 steps in each mode (its input pipeline running), then after a thread of our
+    own ran one parallel op and lives on (the control: an OpenMP team of its own)."""
+    from dist_train.bench import train as bench
+
+    cfgs = {s: parse_config(r) for s, r in raw.items()}
+    table = pq.read_table(data, columns=bench._builder(cfgs["unified"]).columns)
+    waits = {"before": _waits_over_parallel_regions()}
+    for s in bench.SYSTEMS:
+        model = bench._build(cfgs[s], plans[s])
+        batches = rank_batches(bench._builder(cfgs[s]), table, cfgs[s].train.batch_size, 2)
+        bench._timed(model, iter(batches), 2)
+        bench._timed(model, bench._pipeline(s, cfgs[s], data)(), 2)
+        waits[s] = _waits_over_parallel_regions()
+    ran, stop = threading.Event(), threading.Event()
+
+    def team_of_its_own() -> None:
+        torch.ones(1 << 20).add_(1.0)
+        ran.set()
+        stop.wait()
+
+    thread = threading.Thread(target=team_of_its_own, daemon=True)
+    thread.start()
+    ran.wait()
+    waits["control"] = _waits_over_parallel_regions()
+    stop.set()
+    thread.join()
+    return waits

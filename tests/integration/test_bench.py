@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from dist_train.bench import synthetic_train_data, variant
+from dist_train.bench import train as bench_train
 from dist_train.cli import main
+from dist_train.config import load_config
 from dist_train.launchers.processes import run_processes
 from planners.topology import CPU_PRESET, save_topology
 from tests.conftest import small_config
 from tests.workers import (
     bench_dense_optimizers,
+    openmp_waits_after_each_bench_system,
     step_cpu_of_a_busy_and_a_sleeping_rank,
     sustained_rates_with_a_slow_rank,
 )
 
 TINY = str(Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny.yaml")
+DEFAULT = str(Path(__file__).resolve().parents[2] / "launch" / "configs" / "default.yaml")
 
 
 def test_bench_embeddings_reports_every_kind(tmp_path: Path) -> None:
@@ -151,6 +157,26 @@ def test_bench_train_reports_every_system_mode_and_the_roofline(tmp_path: Path) 
     assert 0 < roofline["dense_only_step_seconds"] < roofline["measured_step_seconds"]
     median, low, high = roofline["pytorch_over_dense_only"]
     assert 1 < low <= median <= high
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: no OpenMP workers")
+def test_no_bench_system_stops_the_openmp_workers_spinning(tmp_path: Path) -> None:
+    """Every system shares the bench's processes: none may leave OpenMP teams on threads of
+    its own (gloo's sparse all-reduce did, on 1 rank), which make libgomp put every worker
+    to sleep between parallel regions and slowed every system's step about 1.5x."""
+    cfg = variant(load_config(DEFAULT), [f"output_dir={tmp_path}"], "omp")
+    cfgs = bench_train.system_configs(cfg)
+    data = synthetic_train_data(cfg, 8 * cfg.train.batch_size, "omp-data")
+    raw = {s: c.model_dump(mode="json") for s, c in cfgs.items()}
+    threads = os.cpu_count() or 1  # one rank on every core, as bench train runs it
+    (waits,) = run_processes(
+        openmp_waits_after_each_bench_system,
+        (raw, bench_train.system_plans(cfgs, 1), data),
+        world_size=1,
+        threads_per_rank=threads,
+    )
+    assert waits["control"] > 100, waits  # the probe sees a team of another thread's
+    assert all(waits[s] < 40 for s in ("before", *bench_train.SYSTEMS)), waits
 
 
 def test_the_roofline_rates_are_every_ranks_together_at_the_slowest_ranks_pace() -> None:
