@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import glob
 import itertools
+import os
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -376,8 +378,27 @@ def padded(
             yield pad, 0  # type: ignore[misc]
 
 
+# The prefetch thread's niceness (Linux: per thread). The ranks' compute threads share the
+# cores with it; OpenMP's workers spin between parallel regions, and a prefetch thread of
+# equal weight took half of a spinning worker's core and held up the next region. At the
+# lowest priority it runs in the gaps and, if the queue runs dry, while the step waits for
+# it. Measured in one process, the default job's 16 interleaved rounds of 8 steps of each
+# pipeline: 1.02-1.08x end to end on 1 rank, 1.04-1.05x at 2, 0.98-1.02x at 4.
+PREFETCH_NICENESS = 19
+
+
+def _lower_this_threads_priority() -> None:
+    if not sys.platform.startswith("linux"):
+        return  # elsewhere setpriority's PRIO_PROCESS takes a process, not a thread
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PREFETCH_NICENESS)
+    except OSError:
+        pass  # a sandbox that forbids it: the thread runs at the process's priority
+
+
 def prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
-    """Run ``items`` in a background thread, ``depth`` items ahead; re-raises its errors."""
+    """Run ``items`` in a background thread of the lowest priority, ``depth`` items ahead;
+    re-raises its errors."""
     if depth <= 0:
         yield from items
         return
@@ -385,6 +406,7 @@ def prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
     stop = threading.Event()
 
     def work() -> None:
+        _lower_this_threads_priority()
         try:
             for item in items:
                 if stop.is_set():

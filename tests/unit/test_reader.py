@@ -3,6 +3,10 @@ resume from a saved position, and URLs (file://, fsspec memory://)."""
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from dist_train.data.reader import (
+    PREFETCH_NICENESS,
     assign_row_groups,
     iter_tables,
     list_row_groups,
+    prefetch,
     resolve_files,
 )
 
@@ -102,3 +108,17 @@ def test_file_url_and_fsspec_memory_url(id_data: Path) -> None:
         for i in t["row_id"].to_pylist()
     ]
     assert sorted(ids) == list(range(NUM_ROWS))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priority: Linux")
+def test_prefetch_builds_at_the_lowest_priority_and_leaves_the_caller_alone() -> None:
+    def priorities() -> Iterator[int]:
+        for _ in range(3):
+            yield os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    caller = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen = list(prefetch(priorities(), depth=2))
+    assert seen == [PREFETCH_NICENESS] * 3
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == caller
+    # without a thread the items are built in the caller, at its priority
+    assert list(prefetch(priorities(), depth=0)) == [caller] * 3
