@@ -249,6 +249,16 @@ class TrainConfig(_Strict):
     dense_learning_rate: float = Field(0.05, gt=0.0, description="MLP learning rate.")
     log_every: int = Field(20, gt=0, description="Print progress every this many steps.")
     prefetch_batches: int = Field(2, ge=0, description="Batches built ahead by a thread.")
+    prefetch_niceness: int = Field(
+        19,
+        ge=0,
+        le=19,
+        description=(
+            "Niceness of the thread that builds batches ahead (Linux, per thread; threads it "
+            "starts inherit it): 19 fills the gaps the compute threads leave, 0 competes with "
+            "them for the cores."
+        ),
+    )
     pipeline: Literal["auto"] | bool = Field(
         "auto",
         description=(

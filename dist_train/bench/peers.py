@@ -5,10 +5,9 @@
   ``DistributedDataParallel``, the tables' sparse gradients all-reduced by hand (on more
   than one rank); torch's Adagrad for the tables (sparse gradients, element-wise state),
   the job's dense optimizer (``train.dense_optimizer``) for the dense network, as our
-  trainer. (DDP over the tables too,
-  the first thing a user writes, corrupts the heap in torch 2.13 on CPU: ``malloc():
-  unaligned tcache chunk detected`` or a segfault in the backward within a few hundred
-  steps, one rank or two, every try here.)
+  trainer. (DDP over the tables too, the first thing a user writes, corrupts the heap in
+  torch 2.13 on CPU: ``malloc(): unaligned tcache chunk detected`` or a segfault in the
+  backward within a few hundred steps, one rank or two, every try here.)
 - :class:`DenseOnly`: not a peer but the floor under every system's step: the same dense
   network, DDP and dense optimizer over fixed vectors in place of the tables.
 - :func:`plain_parquet_batches`: the simplest honest input pipeline with pyarrow: each rank
@@ -108,12 +107,11 @@ class PlainPyTorch:
         """What DDP does for the tables it is kept away from: the mean of the ranks' sparse
         gradients (gloo's sparse all-reduce)."""
         world = dist.get_world_size()
-        # The mean over one rank is the gradient itself. Skipped there for every system's
-        # sake: gloo's sparse all-reduce runs ATen ops on gloo's own threads, each of which
-        # then keeps an OpenMP team, and with more OpenMP threads than cores libgomp stops
-        # its workers spinning between parallel regions. Every system in the process then
-        # ran its step about 1.5x slower on 1 rank of 2 threads (a futex wake-up per
-        # region, 4 -> 94 voluntary context switches a step of the dense network alone).
+        # One rank's mean is its own gradient. Skipping gloo there also spares every other
+        # system in the bench's process: gloo's sparse all-reduce runs ATen ops on gloo's
+        # threads, each then keeps an OpenMP team, and with more OpenMP threads than cores
+        # libgomp barely spins its workers between parallel regions (docs/benchmarks.md,
+        # "OpenMP's workers asleep").
         if world == 1:
             return
         for table in self.tables:

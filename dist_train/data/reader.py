@@ -378,26 +378,25 @@ def padded(
             yield pad, 0  # type: ignore[misc]
 
 
-# The prefetch thread's niceness (Linux: per thread). The ranks' compute threads share the
-# cores with it; OpenMP's workers spin between parallel regions, and a prefetch thread of
-# equal weight took half of a spinning worker's core and held up the next region. At the
-# lowest priority it runs in the gaps and, if the queue runs dry, while the step waits for
-# it. Measured in one process, the default job's 16 interleaved rounds of 8 steps of each
-# pipeline: 1.02-1.08x end to end on 1 rank, 1.04-1.05x at 2, 0.98-1.02x at 4.
+# The lowest priority: the prefetch thread then fills the gaps the compute threads leave
+# instead of taking half of a spinning OpenMP worker's core (docs/benchmarks.md, "The
+# prefetch thread at the lowest priority").
 PREFETCH_NICENESS = 19
 
 
-def _lower_this_threads_priority() -> None:
-    if not sys.platform.startswith("linux"):
+def _lower_this_threads_priority(niceness: int) -> None:
+    """This thread's niceness at least ``niceness``; threads it starts from now on inherit it
+    (pyarrow's decoding pool too, if this thread is the first to use it)."""
+    if niceness <= 0 or not sys.platform.startswith("linux"):
         return  # elsewhere setpriority's PRIO_PROCESS takes a process, not a thread
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PREFETCH_NICENESS)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
     except OSError:
         pass  # a sandbox that forbids it: the thread runs at the process's priority
 
 
-def prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
-    """Run ``items`` in a background thread of the lowest priority, ``depth`` items ahead;
+def prefetch(items: Iterator[T], depth: int, niceness: int = PREFETCH_NICENESS) -> Iterator[T]:
+    """Run ``items`` in a background thread at ``niceness`` (Linux), ``depth`` items ahead;
     re-raises its errors."""
     if depth <= 0:
         yield from items
@@ -406,7 +405,7 @@ def prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
     stop = threading.Event()
 
     def work() -> None:
-        _lower_this_threads_priority()
+        _lower_this_threads_priority(niceness)
         try:
             for item in items:
                 if stop.is_set():
@@ -435,12 +434,14 @@ def batches(
     num_batches: int,
     build: Callable[[B], T],
     prefetch_depth: int = 2,
+    niceness: int = PREFETCH_NICENESS,
 ) -> Iterator[T]:
     """At most ``num_batches`` built batches of ``blocks`` (read and built in a background
-    thread, ``prefetch_depth`` ahead); fewer if a ``skip`` policy dropped rows."""
+    thread at ``niceness``, ``prefetch_depth`` ahead); fewer if a ``skip`` policy dropped
+    rows."""
 
     def produce() -> Iterator[T]:
         for block, _ in itertools.islice(blocks, num_batches):
             yield build(block)
 
-    yield from prefetch(produce(), prefetch_depth)
+    yield from prefetch(produce(), prefetch_depth, niceness)

@@ -161,7 +161,9 @@ class Epochs:
             rows = rank_rows(
                 self.builder, self.groups, self.cfg, index, plan, rank, skip, self.policy
             )
-            stream = batches(rows, num_steps, self._to_batch, tc.prefetch_batches)
+            stream = batches(
+                rows, num_steps, self._to_batch, tc.prefetch_batches, tc.prefetch_niceness
+            )
             self.current = Epoch(self, index, plan, skip, stream)
             yield self.current
             if self.current.stopped_early:

@@ -17,6 +17,7 @@ import pytest
 from dist_train.data.reader import (
     PREFETCH_NICENESS,
     assign_row_groups,
+    batches,
     iter_tables,
     list_row_groups,
     prefetch,
@@ -110,15 +111,29 @@ def test_file_url_and_fsspec_memory_url(id_data: Path) -> None:
     assert sorted(ids) == list(range(NUM_ROWS))
 
 
+def _priority() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priority: Linux")
+@pytest.mark.skipif(
+    sys.platform.startswith("linux") and _priority() >= PREFETCH_NICENESS,
+    reason="already at the lowest priority",
+)
 def test_prefetch_builds_at_the_lowest_priority_and_leaves_the_caller_alone() -> None:
     def priorities() -> Iterator[int]:
         for _ in range(3):
-            yield os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            yield _priority()
 
-    caller = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    seen = list(prefetch(priorities(), depth=2))
-    assert seen == [PREFETCH_NICENESS] * 3
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == caller
-    # without a thread the items are built in the caller, at its priority
+    caller = _priority()
+    assert list(prefetch(priorities(), depth=2)) == [PREFETCH_NICENESS] * 3
+    assert _priority() == caller
+    # niceness 0 keeps the caller's priority; without a thread the caller builds the items
+    assert list(prefetch(priorities(), depth=2, niceness=0)) == [caller] * 3
     assert list(prefetch(priorities(), depth=0)) == [caller] * 3
+    # the training loop's batches pass their niceness on
+    blocks = [(0, "group")] * 3
+    built = batches(iter(blocks), 3, lambda _: _priority(), prefetch_depth=2)
+    assert list(built) == [PREFETCH_NICENESS] * 3
+    built = batches(iter(blocks), 3, lambda _: _priority(), prefetch_depth=2, niceness=0)
+    assert list(built) == [caller] * 3
