@@ -330,7 +330,7 @@ def openmp_waits_after_each_bench_system(
         bench._timed(model, iter(batches), 2)
         stream = bench._pipeline(s, cfgs[s], data)()
         bench._timed(model, stream, 2)
-        stream.close()  # its prefetch thread stops: the probe sees what the system left
+        stream.close()  # its prefetch thread ends: the probe sees what the system left
         waits[s] = probe()
     ran, stop = threading.Event(), threading.Event()
 

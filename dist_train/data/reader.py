@@ -378,26 +378,23 @@ def padded(
             yield pad, 0  # type: ignore[misc]
 
 
-# The lowest priority: the prefetch thread then fills the gaps the compute threads leave
-# instead of taking half of a spinning OpenMP worker's core (docs/benchmarks.md, "The
-# prefetch thread at the lowest priority").
-PREFETCH_NICENESS = 19
-
-
 def _lower_this_threads_priority(niceness: int) -> None:
-    """This thread's niceness at least ``niceness``; threads it starts from now on inherit it
-    (pyarrow's decoding pool too, if this thread is the first to use it)."""
-    if niceness <= 0 or not sys.platform.startswith("linux"):
+    """Raise this thread's niceness to at least ``niceness``. Threads it starts later inherit
+    it: pyarrow's decoding pool too, if this thread is the first to use it."""
+    if not sys.platform.startswith("linux"):
         return  # elsewhere setpriority's PRIO_PROCESS takes a process, not a thread
+    thread = threading.get_native_id()
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+        if os.getpriority(os.PRIO_PROCESS, thread) < niceness:
+            os.setpriority(os.PRIO_PROCESS, thread, niceness)
     except OSError:
         pass  # a sandbox that forbids it: the thread runs at the process's priority
 
 
-def prefetch(items: Iterator[T], depth: int, niceness: int = PREFETCH_NICENESS) -> Iterator[T]:
-    """Run ``items`` in a background thread at ``niceness`` (Linux), ``depth`` items ahead;
-    re-raises its errors."""
+def prefetch(items: Iterator[T], depth: int, *, niceness: int) -> Iterator[T]:
+    """Run ``items`` in a background thread at ``niceness`` or lower priority (Linux;
+    ``train.prefetch_niceness``, docs/benchmarks.md, "The prefetch thread at the lowest
+    priority"), ``depth`` items ahead; re-raises its errors."""
     if depth <= 0:
         yield from items
         return
@@ -411,6 +408,8 @@ def prefetch(items: Iterator[T], depth: int, niceness: int = PREFETCH_NICENESS) 
                 if stop.is_set():
                     return
                 q.put((True, item))
+                if stop.is_set():  # the consumer left while the queue was full
+                    return
             q.put((False, None))
         except BaseException as err:  # noqa: BLE001 - handed to the consumer
             q.put((False, err))
@@ -427,6 +426,12 @@ def prefetch(items: Iterator[T], depth: int, niceness: int = PREFETCH_NICENESS) 
             yield item  # type: ignore[misc]
     finally:
         stop.set()
+        # a thread blocked on the full queue would never see the stop
+        while True:
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                break
 
 
 def batches(
@@ -434,7 +439,8 @@ def batches(
     num_batches: int,
     build: Callable[[B], T],
     prefetch_depth: int = 2,
-    niceness: int = PREFETCH_NICENESS,
+    *,
+    niceness: int,
 ) -> Iterator[T]:
     """At most ``num_batches`` built batches of ``blocks`` (read and built in a background
     thread at ``niceness``, ``prefetch_depth`` ahead); fewer if a ``skip`` policy dropped
@@ -444,4 +450,4 @@ def batches(
         for block, _ in itertools.islice(blocks, num_batches):
             yield build(block)
 
-    yield from prefetch(produce(), prefetch_depth, niceness)
+    yield from prefetch(produce(), prefetch_depth, niceness=niceness)

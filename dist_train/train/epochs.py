@@ -162,7 +162,11 @@ class Epochs:
                 self.builder, self.groups, self.cfg, index, plan, rank, skip, self.policy
             )
             stream = batches(
-                rows, num_steps, self._to_batch, tc.prefetch_batches, tc.prefetch_niceness
+                rows,
+                num_steps,
+                self._to_batch,
+                tc.prefetch_batches,
+                niceness=tc.prefetch_niceness,
             )
             self.current = Epoch(self, index, plan, skip, stream)
             yield self.current

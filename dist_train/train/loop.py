@@ -242,6 +242,6 @@ def _evaluate(
             for block, valid in padded(rows(assignment[rank], policy), batch_size, steps, filler)
         ),
         cfg.train.prefetch_batches,
-        cfg.train.prefetch_niceness,
+        niceness=cfg.train.prefetch_niceness,
     )
     return trainer.evaluate(eval_batches)

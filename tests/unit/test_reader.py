@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from dist_train.data.reader import (
-    PREFETCH_NICENESS,
     assign_row_groups,
     batches,
     iter_tables,
@@ -111,29 +111,44 @@ def test_file_url_and_fsspec_memory_url(id_data: Path) -> None:
     assert sorted(ids) == list(range(NUM_ROWS))
 
 
+LOWEST = 19  # the default train.prefetch_niceness
+
+
 def _priority() -> int:
     return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priority: Linux")
 @pytest.mark.skipif(
-    sys.platform.startswith("linux") and _priority() >= PREFETCH_NICENESS,
+    sys.platform.startswith("linux") and _priority() >= LOWEST,
     reason="already at the lowest priority",
 )
-def test_prefetch_builds_at_the_lowest_priority_and_leaves_the_caller_alone() -> None:
+def test_prefetch_builds_at_its_niceness_and_leaves_the_caller_alone() -> None:
     def priorities() -> Iterator[int]:
         for _ in range(3):
             yield _priority()
 
     caller = _priority()
-    assert list(prefetch(priorities(), depth=2)) == [PREFETCH_NICENESS] * 3
+    assert list(prefetch(priorities(), depth=2, niceness=LOWEST)) == [LOWEST] * 3
     assert _priority() == caller
-    # niceness 0 keeps the caller's priority; without a thread the caller builds the items
+    # never above the caller's priority; without a thread the caller builds the items
     assert list(prefetch(priorities(), depth=2, niceness=0)) == [caller] * 3
-    assert list(prefetch(priorities(), depth=0)) == [caller] * 3
+    assert list(prefetch(priorities(), depth=0, niceness=LOWEST)) == [caller] * 3
     # the training loop's batches pass their niceness on
     blocks = [(0, "group")] * 3
-    built = batches(iter(blocks), 3, lambda _: _priority(), prefetch_depth=2)
-    assert list(built) == [PREFETCH_NICENESS] * 3
-    built = batches(iter(blocks), 3, lambda _: _priority(), prefetch_depth=2, niceness=0)
-    assert list(built) == [caller] * 3
+    built = batches(iter(blocks), 3, lambda _: _priority(), prefetch_depth=2, niceness=LOWEST)
+    assert list(built) == [LOWEST] * 3
+
+
+def test_a_consumer_that_stops_early_ends_the_prefetch_thread() -> None:
+    def prefetch_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "prefetch"]
+
+    before = set(prefetch_threads())
+    stream = prefetch(iter(range(100)), depth=2, niceness=0)
+    assert next(stream) == 0
+    time.sleep(0.05)  # the thread fills the queue and blocks on it
+    stream.close()
+    for thread in set(prefetch_threads()) - before:
+        thread.join(timeout=5)
+        assert not thread.is_alive()
