@@ -294,36 +294,19 @@ def step_cpu_of_a_busy_and_a_sleeping_rank(step_seconds: float) -> tuple[float, 
     return wall, cpu[0]
 
 
-def _waits_over_parallel_regions(regions: int = 200) -> int:
-    """Voluntary context switches of this process over ``regions`` back-to-back ATen parallel
-    regions on this thread: about none while libgomp's workers spin between regions, about
-    one a region once they sleep (more OpenMP threads than cores)."""
-    import resource
-
-    x = torch.ones(1 << 20)
-    x.add_(1.0)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
-    for _ in range(regions):
-        x.add_(1.0)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - before
-
-
 def openmp_waits_after_each_bench_system(
     raw: dict[str, dict[str, Any]], plans: dict[str, JobPlan | None], data: str
 ) -> dict[str, int]:
-    """:func:`_waits_over_parallel_regions` (the fewest of 3 probes: a worker the machine
-    preempts may sleep once) before and after each ``bench train`` system trained 2 steps in
-    each mode, then after a thread of our own ran one parallel op and lives on (the control:
-    an OpenMP team of its own)."""
+    """:func:`~dist_train.bench.openmp.openmp_waits` before and after each ``bench train``
+    system trained 2 steps in each mode, then after a thread of our own ran one parallel op
+    and lives on (the control: an OpenMP team of its own)."""
     from dist_train.bench import train as bench
+    from dist_train.bench.openmp import openmp_waits
 
     cfgs = {s: parse_config(r) for s, r in raw.items()}
     table = pq.read_table(data, columns=bench._builder(cfgs["unified"]).columns)
 
-    def probe() -> int:
-        return min(_waits_over_parallel_regions() for _ in range(3))
-
-    waits = {"before": probe()}
+    waits = {"before": openmp_waits()}
     for s in bench.SYSTEMS:
         model = bench._build(cfgs[s], plans[s])
         batches = rank_batches(bench._builder(cfgs[s]), table, cfgs[s].train.batch_size, 2)
@@ -331,7 +314,7 @@ def openmp_waits_after_each_bench_system(
         stream = bench._pipeline(s, cfgs[s], data)()
         bench._timed(model, stream, 2)
         stream.close()  # its prefetch thread ends: the probe sees what the system left
-        waits[s] = probe()
+        waits[s] = openmp_waits()
     ran, stop = threading.Event(), threading.Event()
 
     def team_of_its_own() -> None:
@@ -342,7 +325,7 @@ def openmp_waits_after_each_bench_system(
     thread = threading.Thread(target=team_of_its_own, daemon=True)
     thread.start()
     ran.wait()
-    waits["control"] = _waits_over_parallel_regions()
+    waits["control"] = openmp_waits(probes=1)
     stop.set()
     thread.join()
     return waits

@@ -25,7 +25,9 @@ no system's step can be shorter, and ``pytorch``'s step over it bounds ``unified
 The roofline (:mod:`dist_train.bench.roofline`) measures this machine's rates in every
 round too, and divides each round's ``unified`` step by the floor at that round's rates;
 beside it, how busy that step keeps the cores (every rank's CPU time over the step's wall
-time: spinning OpenMP workers count as busy).
+time: spinning OpenMP workers count as busy). After the rounds every rank checks that its
+OpenMP workers still spin between parallel regions (:mod:`dist_train.bench.openmp`); the
+output warns if a system left them asleep, which slows every system in the process.
 
 For each rank count, all systems are built in the same gloo processes and timed in
 interleaved rounds (every mode and system once per round, each system opening a round in
@@ -55,6 +57,7 @@ import torch
 import torch.distributed as dist
 
 from dist_train.bench import rank_batches, spread, synthetic_train_data, variant
+from dist_train.bench.openmp import PROBE_REGIONS, SLEEPING_WAITS_PER_REGION, openmp_waits
 from dist_train.bench.peers import DenseOnly, PlainPyTorch, plain_parquet_batches
 from dist_train.bench.planner import reset_peak_rss, rss_bytes, torchrec_job_plan
 from dist_train.bench.roofline import MachineRates, measure_rates, step_floor
@@ -199,6 +202,8 @@ def time_systems(
         "unified_step_cpu_seconds": unified_cpu_seconds,
         "dense_only_seconds": dense_seconds,
         "rates": rates,
+        # after every system ran: did one leave the workers asleep for all?
+        "openmp_waits": openmp_waits(),
     }
 
 
@@ -353,6 +358,9 @@ def run_train_bench(
                 # any embedding path could reach: pytorch's step over it
                 "dense_only_step_seconds": statistics.median(dense) / STEPS_PER_ROUND,
                 "pytorch_over_dense_only": spread(pytorch_over_dense),
+                # voluntary context switches over PROBE_REGIONS parallel regions, the most
+                # of any rank (dist_train/bench/openmp.py)
+                "openmp_waits": max(r["openmp_waits"] for r in out),
             }
         )
     summary = {"results": results, "ratios": ratios(rounds_of), "roofline": roofline}
@@ -400,3 +408,10 @@ def _print(summary: dict[str, Any]) -> None:
             )
             + f" of {r['cores']} cores busy"
         )
+        if r["openmp_waits"] > SLEEPING_WAITS_PER_REGION * PROBE_REGIONS:
+            print(
+                f"  warning: OpenMP's workers slept {r['openmp_waits']} times in "
+                f"{PROBE_REGIONS} parallel regions after the rounds: a thread other than the "
+                "ranks' own opened an OpenMP team, and every system's step ran slower "
+                '(docs/benchmarks.md, "OpenMP\'s workers asleep")'
+            )

@@ -157,6 +157,7 @@ def test_bench_train_reports_every_system_mode_and_the_roofline(tmp_path: Path) 
     assert 0 < roofline["dense_only_step_seconds"] < roofline["measured_step_seconds"]
     median, low, high = roofline["pytorch_over_dense_only"]
     assert 1 < low <= median <= high
+    assert roofline["openmp_waits"] >= 0
 
 
 # libgomp counts the cores this process may use, not the host's
