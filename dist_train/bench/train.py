@@ -159,7 +159,8 @@ def time_systems(
 ) -> dict[str, Any]:
     """Worker: build every system, time them round-robin (seconds per round), with the dense
     network alone (:class:`~dist_train.bench.peers.DenseOnly`) in step mode, and this
-    machine's rates for the roofline at the end of each round."""
+    machine's rates for the roofline at the end of each round; after the rounds, this rank's
+    :func:`~dist_train.bench.openmp.openmp_waits`."""
     cfgs = {s: parse_config(r) for s, r in raw.items()}
     models = {s: _build(cfgs[s], plans[s]) for s in SYSTEMS}
     unified = cfgs["unified"]
@@ -202,9 +203,18 @@ def time_systems(
         "unified_step_cpu_seconds": unified_cpu_seconds,
         "dense_only_seconds": dense_seconds,
         "rates": rates,
-        # after every system ran: did one leave the workers asleep for all?
-        "openmp_waits": openmp_waits(),
+        "openmp_waits": _openmp_waits_after(streams),
     }
+
+
+def _openmp_waits_after(streams: dict[str, Iterator[Batch]]) -> int:
+    """After every system ran: did one leave the workers asleep for all? The pipelines stop
+    first, so their threads' own waits stay out of the count."""
+    for stream in streams.values():
+        close = getattr(stream, "close", None)  # generators: ends a prefetch thread
+        if close is not None:
+            close()
+    return openmp_waits()
 
 
 def peak_memory(
@@ -361,6 +371,7 @@ def run_train_bench(
                 # voluntary context switches over PROBE_REGIONS parallel regions, the most
                 # of any rank (dist_train/bench/openmp.py)
                 "openmp_waits": max(r["openmp_waits"] for r in out),
+                "openmp_probe_regions": PROBE_REGIONS,
             }
         )
     summary = {"results": results, "ratios": ratios(rounds_of), "roofline": roofline}
@@ -410,8 +421,9 @@ def _print(summary: dict[str, Any]) -> None:
         )
         if r["openmp_waits"] > SLEEPING_WAITS_PER_REGION * PROBE_REGIONS:
             print(
-                f"  warning: OpenMP's workers slept {r['openmp_waits']} times in "
-                f"{PROBE_REGIONS} parallel regions after the rounds: a thread other than the "
-                "ranks' own opened an OpenMP team, and every system's step ran slower "
-                '(docs/benchmarks.md, "OpenMP\'s workers asleep")'
+                f"  warning: {r['openmp_waits']} voluntary context switches in "
+                f"{PROBE_REGIONS} parallel regions after the rounds: OpenMP's workers sleep "
+                "between regions, which slows every system's step (more OpenMP threads than "
+                "the process's cores: another thread's team, a thread count over the cores, "
+                'or OMP_WAIT_POLICY; docs/benchmarks.md, "OpenMP\'s workers asleep")'
             )
