@@ -17,7 +17,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -159,7 +159,7 @@ class DenseOnly:
         return float(loss.detach())
 
 
-def plain_parquet_batches(path: str, builder: BatchBuilder, batch_size: int) -> Iterator[Batch]:
+def plain_parquet_batches(path: str, builder: BatchBuilder, batch_size: int) -> Generator[Batch]:
     """This rank's full batches: every ``world``-th row group of ``path``'s files, in order."""
     rank, world = dist.get_rank(), dist.get_world_size()
     pending: list[pa.RecordBatch] = []

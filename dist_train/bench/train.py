@@ -47,7 +47,7 @@ import json
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
@@ -117,14 +117,14 @@ def _builder(cfg: JobConfig) -> BatchBuilder:
     return make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
 
 
-def _pipeline(system: str, cfg: JobConfig, data: str) -> Callable[[], Iterator[Batch]]:
+def _pipeline(system: str, cfg: JobConfig, data: str) -> Callable[[], Generator[Batch]]:
     """A fresh input pipeline of ``system`` (ours: the training loop's; peers: plain pyarrow)."""
     builder = _builder(cfg)
     if system in ("torchrec", "pytorch"):
         return lambda: plain_parquet_batches(data, builder, cfg.train.batch_size)
     groups = list_row_groups(data)
 
-    def ours() -> Iterator[Batch]:
+    def ours() -> Generator[Batch]:
         epochs = Epochs(cfg, groups, builder, BadInputPolicy.for_job(cfg), TrainPosition())
         yield from next(iter(epochs)).batches()
 
@@ -207,13 +207,12 @@ def time_systems(
     }
 
 
-def _openmp_waits_after(streams: dict[str, Iterator[Batch]]) -> int:
+def _openmp_waits_after(streams: dict[str, Generator[Batch]]) -> int:
     """After every system ran: did one leave the workers asleep for all? The pipelines stop
-    first, so their threads' own waits stay out of the count."""
+    first (ours ends its prefetch thread), so their threads' own waits stay out of the
+    count."""
     for stream in streams.values():
-        close = getattr(stream, "close", None)  # generators: ends a prefetch thread
-        if close is not None:
-            close()
+        stream.close()
     return openmp_waits()
 
 
