@@ -2,12 +2,13 @@
 
 - :class:`PlainPyTorch`: the same dense network over ``nn.EmbeddingBag`` tables (one per
   table of the job's layout, ``sparse=True``), the dense network in
-  ``DistributedDataParallel``, the tables' sparse gradients all-reduced by hand (on more
-  than one rank); torch's Adagrad for the tables (sparse gradients, element-wise state),
-  the job's dense optimizer (``train.dense_optimizer``) for the dense network, as our
-  trainer. (DDP over the tables too, the first thing a user writes, corrupts the heap in
-  torch 2.13 on CPU: ``malloc(): unaligned tcache chunk detected`` or a segfault in the
-  backward within a few hundred steps, one rank or two, every try here.)
+  ``DistributedDataParallel``, the tables' sparse gradients all-reduced by hand on more
+  than one rank, one gloo sparse all-reduce a table, as DDP runs them; torch's Adagrad
+  for the tables (sparse gradients, element-wise state), the job's dense optimizer
+  (``train.dense_optimizer``) for the dense network, as our trainer. (DDP over the tables
+  too, the first thing a user writes, corrupts the heap in torch 2.13 on CPU: ``malloc():
+  unaligned tcache chunk detected`` or a segfault in the backward within a few hundred
+  steps, one rank or two, every try here.)
 - :class:`DenseOnly`: not a peer but the floor under every system's step: the same dense
   network, DDP and dense optimizer over fixed vectors in place of the tables.
 - :func:`plain_parquet_batches`: the simplest honest input pipeline with pyarrow: each rank
@@ -17,7 +18,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+import contextlib
+from collections.abc import Callable, Generator, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -105,20 +107,34 @@ class PlainPyTorch:
 
     def _average_table_gradients(self) -> None:
         """What DDP does for the tables it is kept away from: the mean of the ranks' sparse
-        gradients (gloo's sparse all-reduce)."""
+        gradients, one gloo sparse all-reduce a table."""
         world = dist.get_world_size()
-        # One rank's mean is its own gradient. Skipping gloo there also spares every other
-        # system in the bench's process: gloo's sparse all-reduce runs ATen ops on gloo's
-        # threads, each then keeps an OpenMP team, and with more OpenMP threads than cores
-        # libgomp barely spins its workers between parallel regions (docs/benchmarks.md,
-        # "OpenMP's workers asleep").
-        if world == 1:
+        if world == 1:  # one rank's mean is its own gradient
             return
         for table in self.tables:
             if table.grad is not None:
                 grad = table.grad.coalesce()
-                dist.all_reduce(grad)
+                with _gloo_threads_without_openmp_teams():
+                    dist.all_reduce(grad)
                 table.grad = grad / world
+
+
+@contextlib.contextmanager
+def _gloo_threads_without_openmp_teams() -> Iterator[None]:
+    """Torch's thread count at 1 while the block runs (this thread waits in it).
+
+    Gloo's sparse all-reduce sums on gloo's threads with ATen's parallel ops, and a thread
+    takes torch's thread count at its first op: at 2 or more each gloo thread kept an OpenMP
+    team of its own. With more OpenMP threads than cores, libgomp lets its workers spin only
+    briefly between parallel regions, then sleep, and every system timed in the bench's
+    processes ran about 1.5x slower (docs/benchmarks.md, "OpenMP's workers asleep"). At 1,
+    gloo's threads run their ops inline for good."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class _FixedVectors(nn.Module):

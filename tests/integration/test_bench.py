@@ -172,25 +172,29 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os
     bool({"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ)),
     reason="the probe assumes libgomp's default spinning",
 )
-def test_no_bench_system_stops_the_openmp_workers_spinning(tmp_path: Path) -> None:
+@pytest.mark.parametrize("world", [1, 2])
+def test_no_bench_system_stops_the_openmp_workers_spinning(tmp_path: Path, world: int) -> None:
     """Every system shares the bench's processes: none may leave OpenMP teams on threads of
-    its own (gloo's sparse all-reduce did, on 1 rank), which make libgomp put every worker
-    to sleep between parallel regions and slow every system's step about 1.5x."""
+    its own (gloo's sparse all-reduce did, the peer's on more than one rank), which make
+    libgomp put every worker to sleep between parallel regions and slow every system's step
+    about 1.5x."""
     # the default job's shapes: on the tiny job the old peer opened no team (its gradients
     # too small for ATen to split), and this test passed with it
     cfg = variant(load_config(DEFAULT), [f"output_dir={tmp_path}"], "omp")
     cfgs = bench_train.system_configs(cfg)
-    data = synthetic_train_data(cfg, 8 * cfg.train.batch_size, "omp-data")
+    data = synthetic_train_data(cfg, 8 * world * cfg.train.batch_size, "omp-data")
     raw = {s: c.model_dump(mode="json") for s, c in cfgs.items()}
-    (waits,) = run_processes(
+    ranks = run_processes(
         openmp_waits_after_each_bench_system,
-        (raw, bench_train.system_plans(cfgs, 1), data),
-        world_size=1,
-        threads_per_rank=CORES,  # one rank on every core, as bench train runs it
+        (raw, bench_train.system_plans(cfgs, world), data),
+        world_size=world,
+        # every rank 2 threads at least: a team needs 2, whatever this machine's cores
+        threads_per_rank=max(2, CORES // world),
     )
     sleeping = SLEEPING_WAITS_PER_REGION * PROBE_REGIONS
-    assert waits["control"] > 2.5 * sleeping, waits  # the probe sees another thread's team
-    assert all(waits[s] <= sleeping for s in ("before", *bench_train.SYSTEMS)), waits
+    for waits in ranks:
+        assert waits["control"] > 2.5 * sleeping, waits  # the probe sees another thread's team
+        assert all(waits[s] <= sleeping for s in ("before", *bench_train.SYSTEMS)), waits
 
 
 def test_the_roofline_rates_are_every_ranks_together_at_the_slowest_ranks_pace() -> None:
