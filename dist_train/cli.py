@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import glob
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 from dist_train.config import JobConfig, add_config_args
 from dist_train.config import load_or_report as _load
 from dist_train.logs import setup_logging
+from planners.cores import usable_cores
 
 
 def _number_list(kind: type[int] | type[float], zero: bool = False) -> Callable[[str], list[Any]]:
@@ -493,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument(
         "--threads",
-        default=f"1,{os.cpu_count() or 1}",
+        default=f"1,{usable_cores()}",
         type=_number_list(int),
         help="intra-op thread counts, comma-separated",
     )

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from planners.cores import usable_cores
 from planners.cost_model import bags_handled, latency_costs, table_costs
 from planners.search import search
 from planners.topology import LinkSpec, TopologySpec, preset_spec, resize, topology_of
@@ -459,7 +460,7 @@ def calibrate(
         reserve_fraction=base.reserve_fraction,
         step_overhead_bytes=base.step_overhead_bytes,
         # CPU ranks share the node's cores; a GPU rank's host threads do not bound its step
-        cores_per_node=None if cuda else os.cpu_count(),
+        cores_per_node=None if cuda else usable_cores(),
         threads_per_rank=threads,
         host_memory_per_rank_bytes=ram // ranks if cuda else None,
         host_to_device_bytes_per_second=host_to_device_bytes_per_second(device) if cuda else None,

@@ -36,6 +36,7 @@ from dist_train.driver import prepare_inputs, run_job
 from dist_train.embedding.layout import build_layout
 from dist_train.launchers.ray_train import private_ray
 from dist_train.train.trainer import make_batch_builder
+from planners.cores import usable_cores
 
 
 def _busy_seconds() -> float:
@@ -127,7 +128,7 @@ def run_ingest_bench(
         rows, wall, busy = _measure(ray_data, min_seconds)
         result["ray_data_rows_per_second_per_core"] = rows / busy
         result["ray_data_rows_per_second"] = rows / wall
-    pa.set_cpu_count(os.cpu_count() or 1)
+    pa.set_cpu_count(usable_cores())
 
     print("[bench] training consumption (short run)", flush=True)
     job = variant(

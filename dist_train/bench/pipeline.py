@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from dist_train.config import JobConfig, parse_config
 from dist_train.launchers.processes import run_processes
 from dist_train.train.sharding import JobPlan, plan_job
 from dist_train.train.trainer import Trainer
+from planners.cores import usable_cores
 
 SYSTEMS = ("unified", "hashing_trick")
 WARMUP_STEPS = 3
@@ -82,7 +82,7 @@ def run_pipeline_bench(
     rows = int(1.5 * (WARMUP_STEPS + rounds * STEPS_PER_ROUND + 2) * size * max(ranks))
     data = synthetic_train_data(cfg, rows, "bench-pipeline-data")
     results = []
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     for world in ranks:
         threads = max(1, cores // world)
         for system, sys_cfg in cfgs.items():

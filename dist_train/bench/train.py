@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import statistics
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -72,6 +71,7 @@ from dist_train.launchers.processes import run_processes
 from dist_train.train.epochs import Epochs
 from dist_train.train.sharding import JobPlan, plan_job, planner_for_config
 from dist_train.train.trainer import Trainer, make_batch_builder
+from planners.cores import usable_cores
 
 SYSTEMS = ("unified", "hashing_trick", "torchrec", "pytorch")
 MODES = ("step", "end_to_end")
@@ -98,7 +98,7 @@ def system_configs(cfg: JobConfig) -> dict[str, JobConfig]:
 
 def system_plans(cfgs: dict[str, JobConfig], world: int) -> dict[str, JobPlan | None]:
     """Our planner's plans, TorchRec's plan, none for plain PyTorch (data parallel)."""
-    theirs, _ = torchrec_job_plan(cfgs["torchrec"], world, world, os.cpu_count() or 1)
+    theirs, _ = torchrec_job_plan(cfgs["torchrec"], world, world, usable_cores())
     return {
         "unified": plan_job(cfgs["unified"], world, world),
         "hashing_trick": plan_job(cfgs["hashing_trick"], world, world),
@@ -307,7 +307,7 @@ def run_train_bench(
     for world in ranks:
         plans = system_plans(cfgs, world)
         labels = {s: "data_parallel (DDP)" if p is None else p.label for s, p in plans.items()}
-        threads = max(1, (os.cpu_count() or 1) // world)
+        threads = max(1, usable_cores() // world)
         print(
             f"[bench] {world} rank(s), {threads} thread(s) each: {rounds} interleaved rounds "
             f"x {STEPS_PER_ROUND} steps of {batch:,} examples per rank, modes "
@@ -362,7 +362,7 @@ def run_train_bench(
                 "measured_over_floor": statistics.median(over_floor),
                 "measured_over_floor_spread": spread(over_floor),
                 "busy_cores": spread(busy),
-                "cores": len(os.sched_getaffinity(0)),  # the ranks' cores, not the host's
+                "cores": usable_cores(),  # the ranks' cores, not the host's
                 # the step without embeddings, and the largest unified / pytorch step ratio
                 # any embedding path could reach: pytorch's step over it
                 "dense_only_step_seconds": statistics.median(dense) / STEPS_PER_ROUND,

@@ -25,6 +25,7 @@ from dist_train.devices import backend_for, local_gpus
 from dist_train.launchers.cluster import check_fits, describe, live_nodes
 from dist_train.launchers.processes import free_port
 from dist_train.logs import LOG, quiet_worker_logs, setup_logging
+from planners.cores import usable_cores
 
 if TYPE_CHECKING:
     from dist_train.train.loop import WorkerInputs
@@ -183,7 +184,7 @@ def _connected(cfg: JobConfig) -> Iterator[None]:
         yield
         return
     needed = cfg.ray.num_workers * cfg.ray.cpus_per_worker
-    num_cpus = os.cpu_count() or 1
+    num_cpus = usable_cores()
     if needed > num_cpus:
         LOG.warning(
             f"{cfg.ray.num_workers} workers x {cfg.ray.cpus_per_worker:g} CPU "

@@ -7,7 +7,6 @@ checking that their real node layout matches it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,7 @@ from torchrec.distributed.types import ParameterSharding, ShardingPlan
 from dist_train.config import JobConfig
 from dist_train.embedding.layout import EmbeddingLayout, build_layout
 from dist_train.models import CTRModel, create_model
+from planners.cores import usable_cores
 from planners.planner import CostModelPlanner
 from planners.sharders import (
     AnyDeviceEmbeddingBagCollectionSharder,
@@ -284,4 +284,4 @@ def plan_for_config(cfg: JobConfig, device_type: str = "cpu") -> JobPlan:
 
 def simulated_node_cores(num_nodes: int) -> int:
     """Cores of one simulated node when ``num_nodes`` of them share this machine."""
-    return max(1, (os.cpu_count() or 1) // num_nodes)
+    return max(1, usable_cores() // num_nodes)

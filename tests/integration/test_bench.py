@@ -15,6 +15,7 @@ from dist_train.bench.openmp import PROBE_REGIONS, SLEEPING_WAITS_PER_REGION
 from dist_train.cli import main
 from dist_train.config import load_config
 from dist_train.launchers.processes import run_processes
+from planners.cores import usable_cores
 from planners.topology import CPU_PRESET, save_topology
 from tests.conftest import small_config
 from tests.workers import (
@@ -164,7 +165,7 @@ def test_bench_train_reports_every_system_mode_and_the_roofline(tmp_path: Path) 
 
 
 # libgomp counts the cores this process may use, not the host's
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+CORES = usable_cores()
 
 
 @pytest.mark.skipif(CORES < 2, reason="one core: no OpenMP workers")

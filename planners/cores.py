@@ -1,0 +1,83 @@
+"""How many cores this process may use: its CPU affinity, capped by its cgroup's CPU quota.
+
+``os.cpu_count()`` counts the host's cores. In a container or a Kubernetes pod a process may
+use fewer: a cpuset (its affinity) or a CPU quota (cgroup v2 ``cpu.max``; v1
+``cpu.cfs_quota_us`` over ``cpu.cfs_period_us``), the tightest of its cgroup and the cgroups
+above it. Ranks and threads sized from the host's count oversubscribe the cores the process
+has, and a quota stalls them all for the rest of each period once they spend it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
+
+
+def usable_cores(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> int:
+    """Cores this process may use: its affinity's CPUs (the host's count where the OS has no
+    affinity), at most its CPU quota rounded down, at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    else:  # pragma: no cover - macOS, Windows
+        cores = os.cpu_count() or 1
+    quota = cpu_quota(cgroup_root, proc_cgroup)
+    if quota is not None:
+        cores = min(cores, math.floor(quota))
+    return max(1, cores)
+
+
+def cpu_quota(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> float | None:
+    """CPUs' worth of time per period this process's cgroups allow (the tightest of its own
+    and its ancestors'), or None without a quota (or where cgroups cannot be read)."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    quotas: list[float] = []
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and not controllers:  # cgroup v2
+            quotas += _quotas_up(cgroup_root, path, _v2_quota)
+        elif "cpu" in controllers.split(","):  # cgroup v1, the cpu controller's hierarchy
+            quotas += _quotas_up(cgroup_root / controllers, path, _v1_quota)
+    return min(quotas) if quotas else None
+
+
+def _quotas_up(mount: Path, path: str, quota_of: Callable[[Path], float | None]) -> list[float]:
+    """The quotas of ``path``'s cgroup and its ancestors under ``mount`` (the mount itself
+    last: in a container the process's own cgroup is often mounted there, under another
+    path)."""
+    directory = mount / path.strip("/")
+    found = []
+    for d in [directory, *directory.parents]:
+        if d != mount and mount not in d.parents:
+            break
+        quota = quota_of(d)
+        if quota is not None:
+            found.append(quota)
+    return found
+
+
+def _v2_quota(cgroup: Path) -> float | None:
+    """``cpu.max``: "max PERIOD" (no quota) or "QUOTA PERIOD" in microseconds."""
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def _v1_quota(cgroup: Path) -> float | None:
+    """``cpu.cfs_quota_us`` (-1: no quota) over ``cpu.cfs_period_us``."""
+    try:
+        quota = int((cgroup / "cpu.cfs_quota_us").read_text())
+        period = int((cgroup / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota <= 0 or period <= 0 else quota / period
