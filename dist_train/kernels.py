@@ -114,6 +114,15 @@ def key_values_into(fps, starts, ends, key_params, key_exact, out):  # type: ign
 @_jit
 def example_major_into(lengths, values, starts, out_offsets, out_values, bag_of_value):  # type: ignore[no-untyped-def]
     features, batch = lengths.shape
+    if _one_value_a_bag(lengths):  # single-valued features: a transpose, read in order
+        for f in range(features):
+            for b in range(batch):
+                j = b * features + f
+                out_values[j] = values[f * batch + b]
+                bag_of_value[f * batch + b] = j
+        for j in range(features * batch + 1):
+            out_offsets[j] = j
+        return
     total = 0
     for f in range(features):  # each feature-major bag's first value
         for b in range(batch):
@@ -130,6 +139,15 @@ def example_major_into(lengths, values, starts, out_offsets, out_values, bag_of_
                 bag_of_value[i] = j
                 p += 1
     out_offsets[features * batch] = p
+
+
+@_inline
+def _one_value_a_bag(lengths):  # type: ignore[no-untyped-def]
+    for f in range(lengths.shape[0]):
+        for b in range(lengths.shape[1]):
+            if lengths[f, b] != 1:
+                return False
+    return True
 
 
 # Distinct keys by counting (dist_train.train.unpooled_asks).

@@ -3,6 +3,8 @@ feature, and it computes what the shared-table kernel computes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
@@ -88,10 +90,27 @@ def test_a_kernel_of_several_tables_is_refused() -> None:
         _as_one_feature(kernel)
 
 
+def _one_value_a_bag_but_two(gen: torch.Generator) -> torch.Tensor:
+    # as many values as bags, but not one each: the transpose must not apply
+    lengths = torch.ones(FEATURES, BATCH, dtype=torch.int64)
+    lengths[FEATURES - 1, 3], lengths[FEATURES - 1, 4] = 2, 0
+    return lengths
+
+
+BAG_LENGTHS = {
+    "0-3": lambda gen: torch.randint(0, 4, (FEATURES, BATCH), generator=gen),
+    "one value a bag": lambda gen: torch.ones(FEATURES, BATCH, dtype=torch.int64),
+    "one a bag but two": _one_value_a_bag_but_two,
+}
+
+
+@pytest.mark.parametrize("lengths_of", BAG_LENGTHS.values(), ids=BAG_LENGTHS.keys())
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
-def test_example_major_bags_compiled_and_fbgemm_agree(dtype: torch.dtype) -> None:
+def test_example_major_bags_compiled_and_fbgemm_agree(
+    dtype: torch.dtype, lengths_of: Callable[[torch.Generator], torch.Tensor]
+) -> None:
     gen = torch.Generator().manual_seed(1)
-    lengths = torch.randint(0, 4, (FEATURES, BATCH), generator=gen).to(dtype)
+    lengths = lengths_of(gen).to(dtype)
     ids = torch.randint(0, ROWS, (int(lengths.sum()),), generator=gen)
     compiled = example_major_bags(lengths.view(-1), ids, BATCH)  # CPU, no weights
     weights = torch.rand(ids.numel(), generator=gen)
