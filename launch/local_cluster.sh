@@ -17,7 +17,8 @@ case "${1:-}" in
     export RAY_AUTH_MODE=token
     "$RAY" start --head --node-ip-address=127.0.0.1 --port="${RAY_PORT:-6379}" \
       --dashboard-host=127.0.0.1 --dashboard-port="${DASHBOARD_PORT:-8265}" \
-      --num-cpus="${NUM_CPUS:-$(nproc)}" --disable-usage-stats
+      --num-cpus="${NUM_CPUS:-$(python -c 'from planners.cores import usable_cores as c; print(c())')}" \
+      --disable-usage-stats
     echo "export RAY_ADDRESS=http://127.0.0.1:${DASHBOARD_PORT:-8265}"
     ;;
   stop)

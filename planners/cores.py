@@ -45,7 +45,7 @@ def cpu_quota(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) 
         if hierarchy == "0" and not controllers:  # cgroup v2
             quotas += _quotas_up(cgroup_root, path, _v2_quota)
         elif "cpu" in controllers.split(","):  # cgroup v1, the cpu controller's hierarchy
-            quotas += _quotas_up(cgroup_root / controllers, path, _v1_quota)
+            quotas += _quotas_up(_v1_mount(cgroup_root, controllers), path, _v1_quota)
     return min(quotas) if quotas else None
 
 
@@ -64,11 +64,20 @@ def _quotas_up(mount: Path, path: str, quota_of: Callable[[Path], float | None])
     return found
 
 
+def _v1_mount(cgroup_root: Path, controllers: str) -> Path:
+    """Where the v1 hierarchy of ``controllers`` is mounted: named as listed, else ``cpu``
+    (systemd and Docker link it to the cpu controller's mount whatever its name)."""
+    listed = cgroup_root / controllers
+    return listed if listed.is_dir() else cgroup_root / "cpu"
+
+
 def _v2_quota(cgroup: Path) -> float | None:
     """``cpu.max``: "max PERIOD" (no quota) or "QUOTA PERIOD" in microseconds."""
     try:
         quota, period = (cgroup / "cpu.max").read_text().split()
-        return None if quota == "max" else int(quota) / int(period)
+        if quota == "max" or int(period) <= 0:
+            return None
+        return int(quota) / int(period)
     except (OSError, ValueError):
         return None
 

@@ -111,25 +111,28 @@ class PlainPyTorch:
         world = dist.get_world_size()
         if world == 1:  # one rank's mean is its own gradient
             return
-        for table in self.tables:
-            if table.grad is not None:
-                grad = table.grad.coalesce()
-                with _gloo_threads_without_openmp_teams():
-                    dist.all_reduce(grad)
-                table.grad = grad / world
+        grads = [(t, t.grad.coalesce()) for t in self.tables if t.grad is not None]
+        with _gloo_threads_without_openmp_teams():  # this thread only waits in it
+            for _, grad in grads:
+                dist.all_reduce(grad)
+        for table, grad in grads:
+            table.grad = grad / world
 
 
 @contextlib.contextmanager
 def _gloo_threads_without_openmp_teams() -> Iterator[None]:
-    """Torch's thread count at 1 while the block runs (this thread waits in it).
+    """Torch's thread count at 1 while the block runs.
 
     Gloo's sparse all-reduce sums on gloo's threads with ATen's parallel ops, and a thread
-    takes torch's thread count at its first op: at 2 or more each gloo thread kept an OpenMP
-    team of its own. With more OpenMP threads than cores, libgomp lets its workers spin only
-    briefly between parallel regions, then sleep, and every system timed in the bench's
-    processes ran about 1.5x slower (docs/benchmarks.md, "OpenMP's workers asleep"). At 1,
-    gloo's threads run their ops inline for good."""
+    takes the process's thread count at its first op: at 2 or more each gloo thread kept an
+    OpenMP team, and libgomp, counting more threads than cores, put every worker to sleep
+    between parallel regions (docs/benchmarks.md, "OpenMP's workers asleep"). Taken at 1,
+    gloo's threads run their ops inline for good (as does any thread whose first op falls
+    in the block)."""
     threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
     torch.set_num_threads(1)
     try:
         yield

@@ -188,7 +188,8 @@ def _connected(cfg: JobConfig) -> Iterator[None]:
     if needed > num_cpus:
         LOG.warning(
             f"{cfg.ray.num_workers} workers x {cfg.ray.cpus_per_worker:g} CPU "
-            f"exceed this machine's {num_cpus} cores; oversubscribing the embedded Ray instance"
+            f"exceed the {num_cpus} cores this process may use; oversubscribing the embedded "
+            "Ray instance"
         )
         num_cpus = math.ceil(needed)
     # A local instance cannot be preempted; its watcher actor only adds start-up noise.

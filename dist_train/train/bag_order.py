@@ -39,7 +39,8 @@ def example_major_bags(
     """Feature-major bags (their ``lengths``, ``batch`` bags a feature; their values and
     per-id weights) put example-major. On CPU without weights one compiled pass
     (:func:`~dist_train.kernels.example_major_into`, about half the time of FBGEMM's
-    permutation at the default job's shapes, one thread); else
+    permutation at the default job's shapes, one thread; for bags of one value each, as
+    single-valued features give, a transpose); else
     FBGEMM's ``permute_1D_sparse_data``, whose weights come out without gradients (it has no
     backward)."""
     bags = lengths.numel()

@@ -164,7 +164,7 @@ def test_bench_train_reports_every_system_mode_and_the_roofline(tmp_path: Path) 
     assert roofline["openmp_probe_regions"] == PROBE_REGIONS
 
 
-# libgomp counts the cores this process may use, not the host's
+# threads the test may run without oversubscribing this process's cores
 CORES = usable_cores()
 
 

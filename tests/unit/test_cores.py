@@ -49,13 +49,26 @@ def test_no_readable_cgroup_is_no_quota(tmp_path: Path) -> None:
     assert cpu_quota(root, proc) is None
 
 
-def test_usable_cores_are_the_affinity_capped_by_the_quota_rounded_down(tmp_path: Path) -> None:
-    no_cgroup = (tmp_path / "none", tmp_path / "none")
-    affinity = len(os.sched_getaffinity(0))
-    assert usable_cores(*no_cgroup) == affinity
+def test_usable_cores_are_the_affinity_capped_by_the_quota_rounded_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert usable_cores(tmp_path / "none", tmp_path / "none") == 8
+    assert usable_cores(*_v2(tmp_path, "250000 100000", None)) == 2
     assert usable_cores(*_v2(tmp_path, "50000 100000", None)) == 1  # half a core: 1
-    capped = _v2(tmp_path, f"{affinity * 100000 + 99999} 100000", None)
-    assert usable_cores(*capped) == affinity  # a quota above the affinity changes nothing
+    assert usable_cores(*_v2(tmp_path, "1600000 100000", None)) == 8  # the affinity is less
+
+
+def test_a_cgroup_v1_quota_on_the_hosts_path_and_under_a_renamed_mount(tmp_path: Path) -> None:
+    root = tmp_path / "cgroup"
+    # the process's cgroup as the host names it, under the mount; its parent has no quota
+    _write(root / "cpu" / "docker" / "abc" / "cpu.cfs_quota_us", "150000\n")
+    _write(root / "cpu" / "docker" / "abc" / "cpu.cfs_period_us", "100000\n")
+    _write(root / "cpu" / "docker" / "cpu.cfs_quota_us", "-1\n")
+    _write(root / "cpu" / "docker" / "cpu.cfs_period_us", "100000\n")
+    # listed as cpuacct,cpu with no mount of that name: the cpu mount holds it
+    _write(tmp_path / "proc_cgroup", "0::/\n3:cpuacct,cpu:/docker/abc\n")
+    assert cpu_quota(root, tmp_path / "proc_cgroup") == 1.5
 
 
 @pytest.mark.skipif(
