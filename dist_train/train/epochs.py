@@ -30,6 +30,9 @@ def while_all_ranks_have(items: Iterator[T]) -> Iterator[T]:
     """Yield while every rank still has an item: skipped bad rows can leave a rank short, and
     the sharded embedding's collectives need all ranks to step together."""
     it = iter(items)
+    if dist.get_world_size() == 1:  # no other rank to wait for: no collective a step
+        yield from it
+        return
     while True:
         item = next(it, None)
         flag = torch.tensor([0 if item is None else 1])
