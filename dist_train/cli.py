@@ -153,7 +153,9 @@ def _bench(args: argparse.Namespace) -> int:
     if args.bench == "train":
         from dist_train.bench.train import run_train_bench
 
-        run_train_bench(cfg, args.ranks, args.json, rounds=args.rounds)
+        run_train_bench(
+            cfg, args.ranks, args.json, rounds=args.rounds, peer_exchange=args.peer_exchange
+        )
         return 0
     if args.bench == "pipeline":
         from dist_train.bench.pipeline import run_pipeline_bench
@@ -462,12 +464,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--rounds", type=int, default=rounds, help="interleaved timing rounds")
         p.add_argument("--json", help="also write the figures as JSON to this file")
 
-    over_ranks(
-        bench.add_parser(
-            "train", help="examples/s and memory: ours vs stock TorchRec vs plain PyTorch"
-        ),
-        "1,2,4",
-        5,
+    p = bench.add_parser(
+        "train", help="examples/s and memory: ours vs stock TorchRec vs plain PyTorch"
+    )
+    over_ranks(p, "1,2,4", 5)
+    p.add_argument(
+        "--peer-exchange",
+        choices=["ddp", "batched"],
+        default="ddp",
+        help="how the plain-PyTorch peer averages its tables' gradients: one gloo sparse "
+        "all-reduce a table, as DDP does (default), or one exchange for all tables",
     )
     over_ranks(
         bench.add_parser(

@@ -257,6 +257,50 @@ def bench_dense_optimizers(cfg_raw: dict[str, Any]) -> dict[str, list[str]]:
     }
 
 
+def sparse_means_by_hand_and_by_gloo(rows: list[list[int]]) -> dict[str, list[float]]:
+    """Rank r's sparse gradients of two tables (10 x 3 and 7 x 2): rows r + 1 at each of
+    ``rows[r]`` in the first (repeats add up; none at all is a rank without rows), at the
+    same rows mod 7 reversed in the second; averaged over the ranks by the ``pytorch`` peer's
+    batched exchange (:func:`~dist_train.bench.peers.mean_over_ranks`) and by gloo's sparse
+    all-reduce; both dense and flat, one table after the other."""
+    from dist_train.bench.peers import mean_over_ranks
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    grads = []
+    for ids, shape in ((rows[rank], (10, 3)), ([i % 7 for i in rows[rank][::-1]], (7, 2))):
+        values = torch.arange(len(ids) * shape[1], dtype=torch.float32).view(-1, shape[1])
+        index = torch.tensor(ids, dtype=torch.int64).unsqueeze(0)
+        grads.append(torch.sparse_coo_tensor(index, values + rank + 1, shape).coalesce())
+    by_hand = mean_over_ranks(grads, world)
+    by_gloo = []
+    for g in grads:
+        summed = g.clone()  # gloo sums in place
+        dist.all_reduce(summed)
+        by_gloo.append(summed / world)
+    return {
+        name: torch.cat([m.to_dense().flatten() for m in means]).tolist()
+        for name, means in (("by_hand", by_hand), ("by_gloo", by_gloo))
+    }
+
+
+def peer_steps_by_exchange(raw: dict[str, Any], steps: int) -> dict[str, dict[str, Any]]:
+    """The ``pytorch`` peer's losses over ``steps`` steps and its tables' sum afterwards, for
+    each way of averaging the tables' gradients, from the same start on the same batches."""
+    from dist_train.bench import train as bench
+
+    cfg = parse_config(raw)
+    builder = bench._builder(cfg)
+    table = pq.read_table(cfg.data.train_path, columns=builder.columns)
+    batches = rank_batches(builder, table, cfg.train.batch_size, steps)
+    out = {}
+    for exchange in ("ddp", "batched"):
+        peer = bench._build(cfg, None, exchange)
+        losses = [peer.train_step(b) for b in batches]
+        tables = sum(float(t.detach().double().sum()) for t in peer.tables)  # type: ignore[union-attr]
+        out[exchange] = {"losses": losses, "tables": tables}
+    return out
+
+
 def sustained_rates_with_a_slow_rank(call_seconds: list[float]) -> float:
     """Rank r's :func:`~dist_train.bench.roofline.sustained_rate` of calls that take
     ``call_seconds[r]`` (a sleep), one unit of work each."""

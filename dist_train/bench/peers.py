@@ -8,7 +8,9 @@
   (``train.dense_optimizer``) for the dense network, as our trainer. (DDP over the tables
   too, the first thing a user writes, corrupts the heap in torch 2.13 on CPU: ``malloc():
   unaligned tcache chunk detected`` or a segfault in the backward within a few hundred
-  steps, one rank or two, every try here.)
+  steps, one rank or two, every try here.) With ``exchange="batched"`` the tables'
+  gradients travel in one exchange for all tables instead (:func:`mean_over_ranks`): what a
+  user who writes the exchange by hand can reach.
 - :class:`DenseOnly`: not a peer but the floor under every system's step: the same dense
   network, DDP and dense optimizer over fixed vectors in place of the tables.
 - :func:`plain_parquet_batches`: the simplest honest input pipeline with pyarrow: each rank
@@ -19,7 +21,9 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Generator, Iterator
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -77,11 +81,20 @@ def _model_over(
     return model
 
 
+# How the plain-PyTorch peer averages its tables' sparse gradients over the ranks: one gloo
+# sparse all-reduce a table, as DDP does, or one exchange for all tables (mean_over_ranks)
+PeerExchange = Literal["ddp", "batched"]
+
+
 class PlainPyTorch:
     """The job's model on plain PyTorch: ``nn.EmbeddingBag`` tables with torch's Adagrad,
-    the dense network in DDP with the job's dense optimizer (see the module docstring)."""
+    the dense network in DDP with the job's dense optimizer, the tables' gradients averaged
+    by ``exchange`` (see the module docstring)."""
 
-    def __init__(self, cfg: JobConfig, layout: EmbeddingLayout) -> None:
+    def __init__(
+        self, cfg: JobConfig, layout: EmbeddingLayout, exchange: PeerExchange = "ddp"
+    ) -> None:
+        self.exchange = exchange
         model = _model_over(cfg, layout, lambda: EmbeddingBags(layout))
         tables = {n: p for n, p in model.named_parameters() if n.startswith("sparse_arch.")}
         dense = [p for n, p in model.named_parameters() if n not in tables]
@@ -107,16 +120,64 @@ class PlainPyTorch:
 
     def _average_table_gradients(self) -> None:
         """What DDP does for the tables it is kept away from: the mean of the ranks' sparse
-        gradients, one gloo sparse all-reduce a table."""
+        gradients, one gloo sparse all-reduce a table (or one exchange for all tables)."""
         world = dist.get_world_size()
-        if world == 1:  # one rank's mean is its own gradient
+        tables = [t for t in self.tables if t.grad is not None]
+        if world == 1 or not tables:  # one rank's mean is its own gradient
             return
-        grads = [(t, t.grad.coalesce()) for t in self.tables if t.grad is not None]
-        with _gloo_threads_without_openmp_teams():  # this thread only waits in it
-            for _, grad in grads:
-                dist.all_reduce(grad)
-        for table, grad in grads:
-            table.grad = grad / world
+        grads = [t.grad.coalesce() for t in tables]  # type: ignore[union-attr]
+        if self.exchange == "batched":
+            means = mean_over_ranks(grads, world)
+        else:
+            with _gloo_threads_without_openmp_teams():  # this thread only waits in it
+                for grad in grads:
+                    dist.all_reduce(grad)
+            means = [grad / world for grad in grads]
+        for table, mean in zip(tables, means, strict=True):
+            table.grad = mean
+
+
+def mean_over_ranks(grads: list[torch.Tensor], world: int) -> list[torch.Tensor]:
+    """The mean over the ranks of each coalesced sparse gradient of ``grads`` (every rank
+    the same tables, in the same order): every rank's rows and values gathered from every
+    rank, one all-to-all for all tables' rows and one for their values (what gloo's sparse
+    all-reduce sends, table by table), summed on this thread in rank order, so that every
+    rank computes the same sum. Gloo's all-to-all of contiguous tensors runs no ATen op on
+    gloo's threads."""
+    tables = len(grads)
+    rows = [g.indices()[0] for g in grads]
+    values = [g.values().reshape(-1) for g in grads]  # flat: tables of any width in one
+    width = torch.tensor([math.prod(g.shape[1:]) for g in grads])  # elements a row
+    counts = torch.empty(world * tables, dtype=torch.int64)
+    mine = torch.tensor([r.numel() for r in rows], dtype=torch.int64)
+    dist.all_to_all_single(counts, mine.repeat(world))
+    per_rank = counts.view(world, tables)  # rows of table t from rank r
+    sent_rows, sent_values = torch.cat(rows), torch.cat(values)
+    all_rows = sent_rows.new_empty(int(per_rank.sum()))
+    dist.all_to_all_single(
+        all_rows, sent_rows.repeat(world), per_rank.sum(1).tolist(), [sent_rows.numel()] * world
+    )
+    elements = per_rank * width
+    all_values = sent_values.new_empty(int(elements.sum()))
+    dist.all_to_all_single(
+        all_values,
+        sent_values.repeat(world),
+        elements.sum(1).tolist(),
+        [sent_values.numel()] * world,
+    )
+    row_parts = all_rows.split(per_rank.flatten().tolist())  # rank-major, then table
+    value_parts = all_values.split(elements.flatten().tolist())
+    means = []
+    for t, g in enumerate(grads):
+        parts = range(t, world * tables, tables)  # table t of rank 0, 1, ...
+        summed = torch.sparse_coo_tensor(
+            torch.cat([row_parts[i] for i in parts]).unsqueeze(0),
+            torch.cat([value_parts[i] for i in parts]).view(-1, *g.shape[1:]),
+            g.shape,
+            check_invariants=False,  # rows of coalesced gradients: in range
+        )
+        means.append(summed.coalesce() / world)
+    return means
 
 
 @contextlib.contextmanager

@@ -9,7 +9,9 @@ budget, side by side in one run:
   ``EmbeddingShardingPlanner`` (default constants, TorchRec's own sharder), in the same
   ``DistributedModelParallel`` with FBGEMM's fused row-wise Adagrad;
 - ``pytorch``: the same tables as ``nn.EmbeddingBag`` with torch's Adagrad, the dense
-  network in DDP with the job's dense optimizer (:mod:`dist_train.bench.peers`).
+  network in DDP with the job's dense optimizer (:mod:`dist_train.bench.peers`); the
+  tables' gradients averaged as DDP does, one gloo sparse all-reduce a table, or with
+  ``peer_exchange="batched"`` (``--peer-exchange batched``) in one exchange for all tables.
 
 Two modes: ``step`` times forward + backward + optimizer on batches built before timing;
 ``end_to_end`` also reads and converts the Parquet files while timing (ours: the training
@@ -57,7 +59,7 @@ import torch.distributed as dist
 
 from dist_train.bench import rank_batches, spread, synthetic_train_data, variant
 from dist_train.bench.openmp import PROBE_REGIONS, SLEEPING_WAITS_PER_REGION, openmp_waits
-from dist_train.bench.peers import DenseOnly, PlainPyTorch, plain_parquet_batches
+from dist_train.bench.peers import DenseOnly, PeerExchange, PlainPyTorch, plain_parquet_batches
 from dist_train.bench.planner import reset_peak_rss, rss_bytes, torchrec_job_plan
 from dist_train.bench.roofline import MachineRates, measure_rates, step_floor
 from dist_train.checkpoint import TrainPosition
@@ -107,9 +109,10 @@ def system_plans(cfgs: dict[str, JobConfig], world: int) -> dict[str, JobPlan | 
     }
 
 
-def _build(cfg: JobConfig, plan: JobPlan | None) -> _Trains:
+def _build(cfg: JobConfig, plan: JobPlan | None, peer_exchange: PeerExchange = "ddp") -> _Trains:
     if plan is None:
-        return PlainPyTorch(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
+        layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
+        return PlainPyTorch(cfg, layout, peer_exchange)
     return Trainer.build(cfg, plan, local_world_size=plan.local_world_size)
 
 
@@ -155,14 +158,18 @@ def _timed(
 
 
 def time_systems(
-    raw: dict[str, dict[str, Any]], plans: dict[str, JobPlan | None], data: str, rounds: int
+    raw: dict[str, dict[str, Any]],
+    plans: dict[str, JobPlan | None],
+    data: str,
+    rounds: int,
+    peer_exchange: PeerExchange = "ddp",
 ) -> dict[str, Any]:
     """Worker: build every system, time them round-robin (seconds per round), with the dense
     network alone (:class:`~dist_train.bench.peers.DenseOnly`) in step mode, and this
     machine's rates for the roofline at the end of each round; after the rounds, this rank's
     :func:`~dist_train.bench.openmp.openmp_waits`."""
     cfgs = {s: parse_config(r) for s, r in raw.items()}
-    models = {s: _build(cfgs[s], plans[s]) for s in SYSTEMS}
+    models = {s: _build(cfgs[s], plans[s], peer_exchange) for s in SYSTEMS}
     unified = cfgs["unified"]
     dense_only = DenseOnly(unified, build_layout(unified.embedding, unified.features, unified.seed))
     batch = cfgs["unified"].train.batch_size
@@ -217,7 +224,11 @@ def _openmp_waits_after(streams: dict[str, Generator[Batch]]) -> int:
 
 
 def peak_memory(
-    raw: dict[str, Any], plan: JobPlan | None, data: str, system: str
+    raw: dict[str, Any],
+    plan: JobPlan | None,
+    data: str,
+    system: str,
+    peer_exchange: PeerExchange = "ddp",
 ) -> dict[str, int]:
     """Worker: this rank's peak RSS over building one system and training it, with prebuilt
     batches and then through its pipeline, less the process before it built the system."""
@@ -233,7 +244,7 @@ def peak_memory(
     dist.barrier()
     reset_peak_rss()
     baseline = rss_bytes("VmRSS")
-    model = _build(cfg, plan)
+    model = _build(cfg, plan, peer_exchange)
     _timed(model, iter(batches), 3)
     step = rss_bytes("VmHWM") - baseline
     _timed(model, pipeline(), 3)
@@ -290,9 +301,14 @@ def ratios(rounds: Rounds) -> dict[str, list[float]]:
 
 
 def run_train_bench(
-    cfg: JobConfig, ranks: list[int], json_out: str | None = None, rounds: int = ROUNDS
+    cfg: JobConfig,
+    ranks: list[int],
+    json_out: str | None = None,
+    rounds: int = ROUNDS,
+    peer_exchange: PeerExchange = "ddp",
 ) -> dict[str, Any]:
-    """Time and measure every system at each rank count; print and return the figures."""
+    """Time and measure every system at each rank count, the plain-PyTorch peer's tables'
+    gradients averaged by ``peer_exchange``; print and return the figures."""
     cfgs = system_configs(cfg)
     batch = cfg.train.batch_size
     rows_needed = int(1.5 * (WARMUP_STEPS + rounds * STEPS_PER_ROUND) * batch * max(ranks))
@@ -306,7 +322,10 @@ def run_train_bench(
     rounds_of: Rounds = {}
     for world in ranks:
         plans = system_plans(cfgs, world)
-        labels = {s: "data_parallel (DDP)" if p is None else p.label for s, p in plans.items()}
+        peer = "data_parallel (DDP" + (
+            "; one exchange for all tables)" if peer_exchange == "batched" else ")"
+        )
+        labels = {s: peer if p is None else p.label for s, p in plans.items()}
         threads = max(1, usable_cores() // world)
         print(
             f"[bench] {world} rank(s), {threads} thread(s) each: {rounds} interleaved rounds "
@@ -314,9 +333,11 @@ def run_train_bench(
             f"{' and '.join(MODES)}; plans: " + "; ".join(f"{s} {labels[s]}" for s in SYSTEMS),
             flush=True,
         )
-        out = run_processes(time_systems, (raw, plans, data, rounds), world, threads)
+        out = run_processes(time_systems, (raw, plans, data, rounds, peer_exchange), world, threads)
         memory = {
-            s: run_processes(peak_memory, (raw[s], plans[s], data, s), world, threads)
+            s: run_processes(
+                peak_memory, (raw[s], plans[s], data, s, peer_exchange), world, threads
+            )
             for s in SYSTEMS
         }
         # every round ends at a barrier: the slowest rank's figure is everyone's
@@ -373,7 +394,12 @@ def run_train_bench(
                 "openmp_probe_regions": PROBE_REGIONS,
             }
         )
-    summary = {"results": results, "ratios": ratios(rounds_of), "roofline": roofline}
+    summary = {
+        "results": results,
+        "ratios": ratios(rounds_of),
+        "roofline": roofline,
+        "peer_exchange": peer_exchange,
+    }
     _print(summary)
     if json_out:
         Path(json_out).write_text(json.dumps(summary, indent=2))

@@ -21,6 +21,8 @@ from tests.conftest import small_config
 from tests.workers import (
     bench_dense_optimizers,
     openmp_waits_after_each_bench_system,
+    peer_steps_by_exchange,
+    sparse_means_by_hand_and_by_gloo,
     step_cpu_of_a_busy_and_a_sleeping_rank,
     sustained_rates_with_a_slow_rank,
 )
@@ -127,6 +129,7 @@ def test_bench_train_reports_every_system_mode_and_the_roofline(tmp_path: Path) 
     args = ["bench", "train", "--config", TINY, "--set", f"output_dir={tmp_path}"]
     assert main([*args, "--ranks", "2", "--rounds", "1", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
+    assert result["peer_exchange"] == "ddp"
     rows = result["results"]
     assert {(r["system"], r["mode"], r["ranks"]) for r in rows} == {
         (s, m, n)
@@ -196,6 +199,27 @@ def test_no_bench_system_stops_the_openmp_workers_spinning(tmp_path: Path, world
     for waits in ranks:
         assert waits["control"] > 2.5 * sleeping, waits  # the probe sees another thread's team
         assert all(waits[s] <= sleeping for s in ("before", *bench_train.SYSTEMS)), waits
+
+
+def test_the_peers_batched_exchange_averages_as_gloo_does() -> None:
+    # rows repeat within a rank and across ranks; rank 2 has none
+    rows = [[1, 4, 4, 9], [0, 4, 9, 9, 9], []]
+    ranks = run_processes(sparse_means_by_hand_and_by_gloo, (rows,), world_size=3)
+    assert all(r["by_hand"] == ranks[0]["by_hand"] for r in ranks)  # replicas stay equal
+    for r in ranks:
+        assert r["by_hand"] == pytest.approx(r["by_gloo"], abs=1e-6)
+    assert any(v != 0 for v in ranks[0]["by_hand"])
+
+
+def test_the_peer_trains_alike_with_either_exchange(tmp_path: Path) -> None:
+    cfg = small_config(tmp_path)
+    synthetic_train_data(cfg, 4 * cfg.train.batch_size, "data")
+    cfg = variant(cfg, [], "peer")  # reads the data just written
+    ranks = run_processes(peer_steps_by_exchange, (cfg.model_dump(mode="json"), 3), world_size=2)
+    for r in ranks:
+        assert r["batched"]["losses"] == pytest.approx(r["ddp"]["losses"], rel=1e-5)
+        assert r["batched"]["tables"] == pytest.approx(r["ddp"]["tables"], rel=1e-6)
+    assert ranks[0]["batched"]["tables"] == ranks[1]["batched"]["tables"]  # replicas equal
 
 
 def test_the_roofline_rates_are_every_ranks_together_at_the_slowest_ranks_pace() -> None:
