@@ -258,11 +258,12 @@ def bench_dense_optimizers(cfg_raw: dict[str, Any]) -> dict[str, list[str]]:
 
 
 def sparse_means_by_hand_and_by_gloo(rows: list[list[int]]) -> dict[str, list[float]]:
-    """Rank r's sparse gradients of two tables (10 x 3 and 7 x 2): rows r + 1 at each of
-    ``rows[r]`` in the first (repeats add up; none at all is a rank without rows), at the
-    same rows mod 7 reversed in the second; averaged over the ranks by the ``pytorch`` peer's
-    batched exchange (:func:`~dist_train.bench.peers.mean_over_ranks`) and by gloo's sparse
-    all-reduce; both dense and flat, one table after the other."""
+    """Rank r's sparse gradients of two tables (10 x 3 and 7 x 2): at each of ``rows[r]`` in
+    the first (repeats add up; none at all is a rank without rows) and at the same rows
+    mod 7 reversed in the second, a row of consecutive values from r + 1; averaged over the
+    ranks by the ``pytorch`` peer's batched exchange
+    (:func:`~dist_train.bench.peers.mean_over_ranks`) and by gloo's sparse all-reduce; both
+    dense and flat, one table after the other."""
     from dist_train.bench.peers import mean_over_ranks
 
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -283,22 +284,28 @@ def sparse_means_by_hand_and_by_gloo(rows: list[list[int]]) -> dict[str, list[fl
     }
 
 
-def peer_steps_by_exchange(raw: dict[str, Any], steps: int) -> dict[str, dict[str, Any]]:
-    """The ``pytorch`` peer's losses over ``steps`` steps and its tables' sum afterwards, for
-    each way of averaging the tables' gradients, from the same start on the same batches."""
-    from dist_train.bench import train as bench
+def peer_steps_by_exchange(raw: dict[str, Any], steps: int) -> dict[str, Any]:
+    """The ``pytorch`` peer's losses over ``steps`` steps with each way of averaging the
+    tables' gradients, from the same start on the same batches, and the largest difference
+    between the two ways' tables afterwards."""
+    from dist_train.bench.peers import PeerExchange, PlainPyTorch
 
     cfg = parse_config(raw)
-    builder = bench._builder(cfg)
+    layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
+    builder = make_batch_builder(cfg, layout)
     table = pq.read_table(cfg.data.train_path, columns=builder.columns)
     batches = rank_batches(builder, table, cfg.train.batch_size, steps)
-    out = {}
-    for exchange in ("ddp", "batched"):
-        peer = bench._build(cfg, None, exchange)
-        losses = [peer.train_step(b) for b in batches]
-        tables = sum(float(t.detach().double().sum()) for t in peer.tables)  # type: ignore[union-attr]
-        out[exchange] = {"losses": losses, "tables": tables}
-    return out
+    exchanges: tuple[PeerExchange, ...] = ("ddp", "batched")
+    peers = {e: PlainPyTorch(cfg, layout, e) for e in exchanges}
+    losses = {e: [peer.train_step(b) for b in batches] for e, peer in peers.items()}
+    tables = zip(peers["ddp"].tables, peers["batched"].tables, strict=True)
+    return {
+        "losses": losses,
+        "table_difference": max(float((a - b).abs().max()) for a, b in tables),
+        "batched_tables_sum": sum(
+            float(t.detach().double().sum()) for t in peers["batched"].tables
+        ),
+    }
 
 
 def sustained_rates_with_a_slow_rank(call_seconds: list[float]) -> float:

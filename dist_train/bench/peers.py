@@ -139,11 +139,11 @@ class PlainPyTorch:
 
 def mean_over_ranks(grads: list[torch.Tensor], world: int) -> list[torch.Tensor]:
     """The mean over the ranks of each coalesced sparse gradient of ``grads`` (every rank
-    the same tables, in the same order): every rank's rows and values gathered from every
-    rank, one all-to-all for all tables' rows and one for their values (what gloo's sparse
-    all-reduce sends, table by table), summed on this thread in rank order, so that every
-    rank computes the same sum. Gloo's all-to-all of contiguous tensors runs no ATen op on
-    gloo's threads."""
+    the same tables, in the same order, each of one sparse dimension): every rank's rows and
+    values gathered from every rank in three all-to-alls for all tables (counts, rows,
+    values; what gloo's sparse all-reduce sends, table by table), summed on this thread, so
+    that every rank computes the same sum. Gloo's all-to-all of contiguous tensors runs no
+    ATen op on gloo's threads."""
     tables = len(grads)
     rows = [g.indices()[0] for g in grads]
     values = [g.values().reshape(-1) for g in grads]  # flat: tables of any width in one

@@ -322,9 +322,8 @@ def run_train_bench(
     rounds_of: Rounds = {}
     for world in ranks:
         plans = system_plans(cfgs, world)
-        peer = "data_parallel (DDP" + (
-            "; one exchange for all tables)" if peer_exchange == "batched" else ")"
-        )
+        exchange = "; one exchange for all tables" if peer_exchange == "batched" else ""
+        peer = f"data_parallel (DDP{exchange})"
         labels = {s: peer if p is None else p.label for s, p in plans.items()}
         threads = max(1, usable_cores() // world)
         print(
