@@ -320,12 +320,13 @@ def run_train_bench(
     results: list[dict[str, Any]] = []
     roofline: list[dict[str, Any]] = []
     rounds_of: Rounds = {}
+    cores = usable_cores()  # the ranks' cores, not the host's
+    exchange = "; one exchange for all tables" if peer_exchange == "batched" else ""
+    peer = f"data_parallel (DDP{exchange})"
     for world in ranks:
         plans = system_plans(cfgs, world)
-        exchange = "; one exchange for all tables" if peer_exchange == "batched" else ""
-        peer = f"data_parallel (DDP{exchange})"
         labels = {s: peer if p is None else p.label for s, p in plans.items()}
-        threads = max(1, usable_cores() // world)
+        threads = max(1, cores // world)
         print(
             f"[bench] {world} rank(s), {threads} thread(s) each: {rounds} interleaved rounds "
             f"x {STEPS_PER_ROUND} steps of {batch:,} examples per rank, modes "
@@ -382,7 +383,7 @@ def run_train_bench(
                 "measured_over_floor": statistics.median(over_floor),
                 "measured_over_floor_spread": spread(over_floor),
                 "busy_cores": spread(busy),
-                "cores": usable_cores(),  # the ranks' cores, not the host's
+                "cores": cores,
                 # the step without embeddings, and the largest unified / pytorch step ratio
                 # any embedding path could reach: pytorch's step over it
                 "dense_only_step_seconds": statistics.median(dense) / STEPS_PER_ROUND,
