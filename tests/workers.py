@@ -350,14 +350,26 @@ def openmp_waits_after_each_bench_system(
 ) -> dict[str, int]:
     """:func:`~dist_train.bench.openmp.openmp_waits` before and after each ``bench train``
     system trained 2 steps in each mode, then after a thread of our own ran one parallel op
-    and lives on (the control: an OpenMP team of its own)."""
+    and lives on (the control: an OpenMP team of its own); the ranks probe in turn."""
     from dist_train.bench import train as bench
     from dist_train.bench.openmp import openmp_waits
 
     cfgs = {s: parse_config(r) for s, r in raw.items()}
     table = pq.read_table(data, columns=bench._builder(cfgs["unified"]).columns)
 
-    waits = {"before": openmp_waits()}
+    def probe(probes: int = 3) -> int:
+        # one rank at a time, the others asleep in the barrier: ranks whose threads outnumber
+        # the cores (2 ranks of 2 threads on 2 cores) would otherwise preempt each other's
+        # spinning workers into sleeping (64 waits before any system ran, once)
+        count = 0
+        for turn in range(dist.get_world_size()):
+            dist.barrier()
+            if turn == dist.get_rank():
+                count = openmp_waits(probes)
+        dist.barrier()
+        return count
+
+    waits = {"before": probe()}
     for s in bench.SYSTEMS:
         model = bench._build(cfgs[s], plans[s])
         batches = rank_batches(bench._builder(cfgs[s]), table, cfgs[s].train.batch_size, 2)
@@ -365,7 +377,7 @@ def openmp_waits_after_each_bench_system(
         stream = bench._pipeline(s, cfgs[s], data)()
         bench._timed(model, stream, 2)
         stream.close()  # its prefetch thread ends: the probe sees what the system left
-        waits[s] = openmp_waits()
+        waits[s] = probe()
     ran, stop = threading.Event(), threading.Event()
 
     def team_of_its_own() -> None:
@@ -376,7 +388,7 @@ def openmp_waits_after_each_bench_system(
     thread = threading.Thread(target=team_of_its_own, daemon=True)
     thread.start()
     ran.wait()
-    waits["control"] = openmp_waits(probes=1)
+    waits["control"] = probe(probes=1)
     stop.set()
     thread.join()
     return waits
