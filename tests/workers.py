@@ -58,8 +58,9 @@ def train_fixed_batches(
     :func:`~dist_train.train.shared_tables.read_shared_tables_as_one_feature`: TorchRec's
     kernels as TorchRec builds them.
     Returns the global mean loss of every step, this rank's embedding shards, the plan's
-    placements, the tables this rank's kernels read as one feature, and the trained model's
-    predictions for half a batch of the rows after the last step's.
+    placements, the tables this rank's kernels read as one feature, the class around the
+    dense network, and the trained model's predictions for half a batch of the rows after
+    the last step's.
     """
     cfg = parse_config(cfg_raw)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -108,6 +109,7 @@ def train_fixed_batches(
         "shards": shards,
         "placements": trainer.plan.placements(),
         "one_feature_tables": one_feature,
+        "dense_wrapper": type(trainer.model._dmp_wrapped_module).__name__,
         "predictions": predictions,
     }
 

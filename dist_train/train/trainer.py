@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torchrec.distributed import DistributedModelParallel
+from torchrec.distributed.model_parallel import DataParallelWrapper
 from torchrec.distributed.types import ShardingEnv, ShardingEnv2D
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
@@ -79,6 +80,15 @@ def _torch_optimizers(
     return out
 
 
+class OneRankDense(DataParallelWrapper):
+    """The dense network of a one-rank job, on its device and not in DDP: with nothing to
+    average, DDP's hooks, bucket copies and all-reduce cost about 3% of a step
+    (docs/benchmarks.md, "One rank without DDP")."""
+
+    def wrap(self, dmp: DistributedModelParallel, env: ShardingEnv, device: torch.device) -> None:
+        dmp._dmp_wrapped_module.to(device)
+
+
 @dataclass
 class Trainer:
     """A DistributedModelParallel CTR model with fused embedding + dense optimizers."""
@@ -127,6 +137,7 @@ class Trainer:
             device=device,
             plan=plan,
             sharders=[sharder],  # type: ignore[list-item]
+            data_parallel_wrapper=OneRankDense() if world_size == 1 else None,
         )
         enable_uneven_row_wise(dmp)
         enable_unpooled_row_wise(dmp, job_plan.unpooled_tables)  # replaces uneven's input dist
