@@ -221,13 +221,14 @@ class _FixedVectors(nn.Module):
 
 class DenseOnly:
     """The job's dense network alone: the model over fixed vectors in place of the tables,
-    in DDP (torch's defaults, as the ``pytorch`` peer; TorchRec's wrapper views gradients as
-    buckets, a few hundred KB less copying here), the job's dense optimizer. What a step
-    costs without embeddings: no system's step can be shorter."""
+    in DDP on more than one rank (torch's defaults, as the ``pytorch`` peer; TorchRec's
+    wrapper views gradients as buckets, a few hundred KB less copying here) and bare on one
+    (as :class:`~dist_train.train.trainer.OneRankDense`), the job's dense optimizer. What a
+    step costs without embeddings: no system's step can be shorter."""
 
     def __init__(self, cfg: JobConfig, layout: EmbeddingLayout) -> None:
         model = _model_over(cfg, layout, lambda: _FixedVectors(layout, cfg.train.batch_size))
-        self.model = DistributedDataParallel(model)
+        self.model = DistributedDataParallel(model) if dist.get_world_size() > 1 else model
         self.optimizer = dense_optimizer(cfg, model.parameters())
 
     def train_step(self, batch: Batch) -> float:
