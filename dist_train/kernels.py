@@ -112,7 +112,7 @@ def key_values_into(fps, starts, ends, key_params, key_exact, out):  # type: ign
 
 
 @_jit
-def example_major_into(lengths, values, starts, out_offsets, out_values, bag_of_value):  # type: ignore[no-untyped-def]
+def example_major_into(lengths, values, cursor, out_offsets, out_values, bag_of_value):  # type: ignore[no-untyped-def]
     features, batch = lengths.shape
     if _one_value_a_bag(lengths):  # single-valued features: a transpose, read in order
         for f in range(features):
@@ -123,22 +123,31 @@ def example_major_into(lengths, values, starts, out_offsets, out_values, bag_of_
         for j in range(features * batch + 1):
             out_offsets[j] = j
         return
-    total = 0
-    for f in range(features):  # each feature-major bag's first value
-        for b in range(batch):
-            starts[f, b] = total
-            total += lengths[f, b]
-    p = 0
+    # The input is read in its own (feature-major) order and written where each example's
+    # values go: one read stream and ``batch`` write cursors, where reading example by
+    # example would follow ``features`` streams of lengths and values at once.
     for b in range(batch):
-        for f in range(features):
+        cursor[b] = 0
+    for f in range(features):  # each example's number of values
+        for b in range(batch):
+            cursor[b] += lengths[f, b]
+    total = 0
+    for b in range(batch):  # -> each example's first value
+        count = cursor[b]
+        cursor[b] = total
+        total += count
+    i = 0
+    for f in range(features):
+        for b in range(batch):
             j = b * features + f
+            p = cursor[b]
             out_offsets[j] = p
-            start = starts[f, b]
-            for i in range(start, start + lengths[f, b]):
-                out_values[p] = values[i]
-                bag_of_value[i] = j
-                p += 1
-    out_offsets[features * batch] = p
+            for k in range(lengths[f, b]):
+                out_values[p + k] = values[i + k]
+                bag_of_value[i + k] = j
+            cursor[b] = p + lengths[f, b]
+            i += lengths[f, b]
+    out_offsets[features * batch] = total
 
 
 @_inline
@@ -200,7 +209,7 @@ def one_table_requests_into(  # type: ignore[no-untyped-def]
     vector_offsets,
     by_key,
     vector_of_id,
-    starts,
+    cursor,
     bag_offsets,
     bag_vectors,
     bag_of_id,
@@ -237,7 +246,7 @@ def one_table_requests_into(  # type: ignore[no-untyped-def]
         count = vector_offsets[d]
         vector_offsets[d] = start
         start += count
-    example_major_into(lengths, vector_of_id, starts, bag_offsets, bag_vectors, bag_of_id)
+    example_major_into(lengths, vector_of_id, cursor, bag_offsets, bag_vectors, bag_of_id)
     for t in range(by_key.shape[0]):
         bag_by_vector[t] = bag_of_id[by_key[t]]
     return distinct

@@ -38,9 +38,9 @@ def example_major_bags(
 ) -> ExampleMajorBags:
     """Feature-major bags (their ``lengths``, ``batch`` bags a feature; their values and
     per-id weights) put example-major. On CPU without weights one compiled pass
-    (:func:`~dist_train.kernels.example_major_into`, about half the time of FBGEMM's
-    permutation at the default job's shapes, one thread; for bags of one value each, as
-    single-valued features give, a transpose); else
+    (:func:`~dist_train.kernels.example_major_into`: the ids read in input order, each
+    written at its example's cursor; for bags of one value each, as single-valued features
+    give, a transpose); else
     FBGEMM's ``permute_1D_sparse_data``, whose weights come out without gradients (it has no
     backward)."""
     bags = lengths.numel()
@@ -54,7 +54,7 @@ def example_major_bags(
         example_major_into(
             lengths.contiguous().numpy().reshape(features, batch),
             values.contiguous().numpy(),
-            np.empty((features, batch), dtype=np.int64),
+            np.empty(batch, dtype=np.int64),
             offsets.numpy(),
             in_order.numpy(),
             bag_of_value.numpy(),

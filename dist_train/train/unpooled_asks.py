@@ -259,7 +259,7 @@ class Asker:
             vector_offsets.numpy(),
             scratch(n),
             scratch(n),
-            scratch(features, batch),
+            scratch(batch),
             bag_offsets.numpy(),
             bag_vectors.numpy(),
             scratch(n),
