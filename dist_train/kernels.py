@@ -140,13 +140,13 @@ def example_major_into(lengths, values, cursor, out_offsets, out_values, bag_of_
     for f in range(features):
         for b in range(batch):
             j = b * features + f
-            p = cursor[b]
+            p, n = cursor[b], lengths[f, b]
             out_offsets[j] = p
-            for k in range(lengths[f, b]):
+            for k in range(n):
                 out_values[p + k] = values[i + k]
                 bag_of_value[i + k] = j
-            cursor[b] = p + lengths[f, b]
-            i += lengths[f, b]
+            cursor[b] = p + n
+            i += n
     out_offsets[features * batch] = total
 
 
