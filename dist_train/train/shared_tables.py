@@ -18,6 +18,11 @@ live in the table's storage, whose offsets are per table. Kernels of several tab
 FBGEMM's shared path, so the trainer's sharder gives each table of a job with shared tables
 a kernel of its own on CPU (``use_one_tbe_per_table``,
 :func:`dist_train.train.sharding.make_sharder`).
+
+The converted kernel checks its ids itself, one ``aminmax`` over the batch, and refuses an id
+outside its rows with an error naming the table. FBGEMM's own check (``bounds_check_indices``,
+about 2% of a one-rank step) is off for it: in TorchRec's default mode that check does not
+refuse such an id, it reads and updates row 0 in its place and logs a warning.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 import torch
+from fbgemm_gpu.split_table_batched_embeddings_ops_common import BoundsCheckMode
 from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
     SplitTableBatchedEmbeddingBagsCodegen,
 )
@@ -42,6 +48,7 @@ class OneFeatureFusedEmbeddingBag(BatchedFusedEmbeddingBag):
     turns a :class:`BatchedFusedEmbeddingBag` into this class in place)."""
 
     num_features: int
+    num_rows: int  # of the table's shard on this rank: the ids the kernel may read
 
     def forward(  # type: ignore[override]
         self, features: KeyedJaggedTensor, *args: Any, **kwargs: Any
@@ -56,12 +63,27 @@ class OneFeatureFusedEmbeddingBag(BatchedFusedEmbeddingBag):
         if weights is not None and not weights.is_floating_point():
             weights = None  # as TorchRec's kernel: integer weights are not per-id weights
         bags = example_major_bags(features.lengths(), features.values(), batch, weights)
+        refuse_ids_outside(bags.values, self.num_rows, self._config.embedding_tables[0].name)
         pooled = self.emb_module(
             indices=bags.values.to(self._embedding_table_index_type),
             offsets=bags.offsets.to(self._embedding_table_offset_type),
             per_sample_weights=bags.weights,
         )
         return pooled.view(batch, self.num_features * pooled.shape[1])
+
+
+def refuse_ids_outside(ids: torch.Tensor, rows: int, table: str) -> None:
+    """Raise ``ValueError`` naming ``table`` if an id is negative or ``rows`` or more."""
+    if ids.numel() == 0:
+        return
+    low, high = (int(v) for v in torch.aminmax(ids))
+    if low < 0 or high >= rows:
+        outside = ids[(ids < 0) | (ids >= rows)]
+        raise ValueError(
+            f"table {table}: {outside.numel()} id(s) of this batch outside its {rows:,} rows on "
+            f"this rank (first: {int(outside[0])}); the ids reaching a table are its rows, so "
+            "these were not hashed or routed for it"
+        )
 
 
 def _as_one_feature(tbe: SplitTableBatchedEmbeddingBagsCodegen) -> None:
@@ -122,5 +144,8 @@ def read_shared_tables_as_one_feature(model: nn.Module) -> list[str]:
         kernel.__class__ = OneFeatureFusedEmbeddingBag
         one = cast(OneFeatureFusedEmbeddingBag, kernel)
         one.num_features = kernel.config.embedding_tables[0].num_features()
+        one.num_rows = int(kernel.emb_module.rows_per_table[0])
+        # the forward checks every id (refuse_ids_outside)
+        kernel.emb_module.bounds_check_mode_int = BoundsCheckMode.NONE.value
         changed.append(kernel.config.embedding_tables[0].name)
     return changed

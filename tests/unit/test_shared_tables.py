@@ -3,19 +3,37 @@ feature, and it computes what the shared-table kernel computes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
+import torch.distributed as dist
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
-from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation
+from fbgemm_gpu.split_table_batched_embeddings_ops_common import (
+    BoundsCheckMode,
+    EmbeddingLocation,
+)
 from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
     ComputeDevice,
     SplitTableBatchedEmbeddingBagsCodegen,
 )
+from torch.distributed._shard.metadata import ShardMetadata
+from torch.distributed._shard.sharded_tensor.metadata import (
+    ShardedTensorMetadata,
+    TensorProperties,
+)
+from torch.nn import ModuleList
+from torchrec.distributed.batched_embedding_kernel import BatchedFusedEmbeddingBag
+from torchrec.distributed.embedding_types import (
+    EmbeddingComputeKernel,
+    GroupedEmbeddingConfig,
+    ShardedEmbeddingTable,
+)
+from torchrec.modules.embedding_configs import DataType, PoolingType
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dist_train.train.bag_order import example_major_bags
-from dist_train.train.shared_tables import _as_one_feature
+from dist_train.train.shared_tables import _as_one_feature, read_shared_tables_as_one_feature
 
 ROWS, DIM, FEATURES, BATCH = 1000, 8, 5, 16
 
@@ -136,3 +154,73 @@ def test_example_major_bags_refuses_a_ragged_batch() -> None:
         example_major_bags(
             torch.ones(FEATURES * BATCH + 1, dtype=torch.int64), torch.arange(1), BATCH
         )
+
+
+@pytest.fixture
+def one_rank_group() -> Iterator[None]:
+    """A gloo group of this process alone: TorchRec's kernels build sharded tensors."""
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialized in this process")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _torchrec_kernel(features: list[str]) -> BatchedFusedEmbeddingBag:
+    """TorchRec's fused CPU kernel of one ``ROWS x DIM`` table the ``features`` share."""
+    shard = ShardMetadata(shard_offsets=[0, 0], shard_sizes=[ROWS, DIM], placement="rank:0/cpu")
+    table = ShardedEmbeddingTable(
+        num_embeddings=ROWS,
+        embedding_dim=DIM,
+        name="unified_0",
+        feature_names=features,
+        local_rows=ROWS,
+        local_cols=DIM,
+        compute_kernel=EmbeddingComputeKernel.FUSED,
+        pooling=PoolingType.SUM,
+        local_metadata=shard,
+        global_metadata=ShardedTensorMetadata(
+            shards_metadata=[shard],
+            size=torch.Size([ROWS, DIM]),
+            tensor_properties=TensorProperties(),
+        ),
+    )
+    config = GroupedEmbeddingConfig(
+        data_type=DataType.FP32,
+        pooling=PoolingType.SUM,
+        is_weighted=False,
+        has_feature_processor=False,
+        compute_kernel=EmbeddingComputeKernel.FUSED,
+        embedding_tables=[table],
+        fused_params={"optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD, "learning_rate": 0.1},
+    )
+    return BatchedFusedEmbeddingBag(config, device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize("bad_id", [ROWS, -1])
+@pytest.mark.usefixtures("one_rank_group")
+def test_the_converted_kernel_refuses_an_id_outside_its_rows(bad_id: int) -> None:
+    features = ["a", "b", "c"]
+    kernel = _torchrec_kernel(features)
+    # TorchRec's default check would read and update row 0 in its place
+    assert kernel.emb_module.bounds_check_mode_int == BoundsCheckMode.WARNING.value
+    assert read_shared_tables_as_one_feature(ModuleList([kernel])) == ["unified_0"]
+    assert kernel.emb_module.bounds_check_mode_int == BoundsCheckMode.NONE.value
+
+    good = torch.tensor([1, 2, ROWS - 1, 0, 5, 9])
+    pooled = kernel(
+        KeyedJaggedTensor.from_lengths_sync(features, good, torch.ones(6, dtype=torch.int64))
+    )
+    assert pooled.shape == (2, len(features) * DIM)
+    pooled.sum().backward()
+    weights = kernel.emb_module.weights_host.detach().clone()
+    step = kernel.emb_module.step
+
+    bad = good.clone()
+    bad[4] = bad_id
+    with pytest.raises(ValueError, match=rf"table unified_0: 1 id\(s\) .*\(first: {bad_id}\)"):
+        kernel(KeyedJaggedTensor.from_lengths_sync(features, bad, torch.ones(6, dtype=torch.int64)))
+    assert torch.equal(kernel.emb_module.weights_host, weights)  # nothing read or changed
+    assert kernel.emb_module.step == step
