@@ -22,7 +22,7 @@ a kernel of its own on CPU (``use_one_tbe_per_table``,
 The converted kernel checks its ids itself, one ``aminmax`` over the batch, and refuses an id
 outside its rows with an error naming the table. FBGEMM's own check (``bounds_check_indices``,
 about 2% of a one-rank step) is off for it: in TorchRec's default mode that check does not
-refuse such an id, it reads and updates row 0 in its place and logs a warning.
+refuse such an id, it reads and updates row 0 in its place and logs an error line.
 """
 
 from __future__ import annotations
@@ -63,7 +63,11 @@ class OneFeatureFusedEmbeddingBag(BatchedFusedEmbeddingBag):
         if weights is not None and not weights.is_floating_point():
             weights = None  # as TorchRec's kernel: integer weights are not per-id weights
         bags = example_major_bags(features.lengths(), features.values(), batch, weights)
-        refuse_ids_outside(bags.values, self.num_rows, self._config.embedding_tables[0].name)
+        refuse_ids_outside(
+            bags.values[: int(bags.offsets[-1])],  # what FBGEMM reads of them
+            self.num_rows,
+            self._config.embedding_tables[0].name,
+        )
         pooled = self.emb_module(
             indices=bags.values.to(self._embedding_table_index_type),
             offsets=bags.offsets.to(self._embedding_table_offset_type),
@@ -82,7 +86,7 @@ def refuse_ids_outside(ids: torch.Tensor, rows: int, table: str) -> None:
         raise ValueError(
             f"table {table}: {outside.numel()} id(s) of this batch outside its {rows:,} rows on "
             f"this rank (first: {int(outside[0])}); the ids reaching a table are its rows, so "
-            "these were not hashed or routed for it"
+            "these were probably not hashed or routed for it"
         )
 
 
@@ -144,7 +148,7 @@ def read_shared_tables_as_one_feature(model: nn.Module) -> list[str]:
         kernel.__class__ = OneFeatureFusedEmbeddingBag
         one = cast(OneFeatureFusedEmbeddingBag, kernel)
         one.num_features = kernel.config.embedding_tables[0].num_features()
-        one.num_rows = int(kernel.emb_module.rows_per_table[0])
+        one.num_rows = int(kernel.emb_module.embedding_specs[0][0])  # the shard's rows
         # the forward checks every id (refuse_ids_outside)
         kernel.emb_module.bounds_check_mode_int = BoundsCheckMode.NONE.value
         changed.append(kernel.config.embedding_tables[0].name)
