@@ -21,7 +21,7 @@ a kernel of its own on CPU (``use_one_tbe_per_table``,
 
 The converted kernel checks its ids itself, one ``aminmax`` over the batch, and refuses an id
 outside its rows with an error naming the table. FBGEMM's own check (``bounds_check_indices``,
-about 2% of a one-rank step) is off for it: in TorchRec's default mode that check does not
+about 3% of a one-rank step) is off for it: in TorchRec's default mode that check does not
 refuse such an id, it reads and updates row 0 in its place and logs an error line.
 """
 
