@@ -48,7 +48,6 @@ class OneFeatureFusedEmbeddingBag(BatchedFusedEmbeddingBag):
     turns a :class:`BatchedFusedEmbeddingBag` into this class in place)."""
 
     num_features: int
-    num_rows: int  # of the table's shard on this rank: the ids the kernel may read
 
     def forward(  # type: ignore[override]
         self, features: KeyedJaggedTensor, *args: Any, **kwargs: Any
@@ -65,7 +64,7 @@ class OneFeatureFusedEmbeddingBag(BatchedFusedEmbeddingBag):
         bags = example_major_bags(features.lengths(), features.values(), batch, weights)
         refuse_ids_outside(
             bags.values[: int(bags.offsets[-1])],  # what FBGEMM reads of them
-            self.num_rows,
+            self.emb_module.embedding_specs[0][0],  # the rows of the table's shard here
             self._config.embedding_tables[0].name,
         )
         pooled = self.emb_module(
@@ -148,7 +147,6 @@ def read_shared_tables_as_one_feature(model: nn.Module) -> list[str]:
         kernel.__class__ = OneFeatureFusedEmbeddingBag
         one = cast(OneFeatureFusedEmbeddingBag, kernel)
         one.num_features = kernel.config.embedding_tables[0].num_features()
-        one.num_rows = int(kernel.emb_module.embedding_specs[0][0])  # the shard's rows
         # the forward checks every id (refuse_ids_outside)
         kernel.emb_module.bounds_check_mode_int = BoundsCheckMode.NONE.value
         changed.append(kernel.config.embedding_tables[0].name)
