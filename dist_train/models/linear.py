@@ -1,12 +1,19 @@
-"""``nn.Linear`` with its input gradient computed at a cache-line row stride.
+"""``nn.Linear`` through the faster of the CPU's two matmul libraries for each layer.
 
-MKL's sgemm writes rows that are a whole number of cache lines faster than others: DLRM's
-top MLP reads 796 values an example at the default job's 40 vectors, and its input gradient
-(``grad W``, 2,048 x 796) is much faster to compute 800 wide (docs/benchmarks.md, "The top
-MLP's input gradient at a cache-line stride"). Its weight gradient is computed as
-``(x^T grad)^T``: on two threads MKL runs that product (796 x 2,048 x 128) about 6% faster
-than ``grad^T x`` (128 x 2,048 x 796), and on one thread as fast (docs/benchmarks.md, "The
-top MLP's weight gradient as a transpose").
+Layers of at least ``ONEDNN_MIN_WEIGHTS`` weights run their forward and both gradients
+through oneDNN where this CPU has AVX-512 (:mod:`planners.gemm`; docs/benchmarks.md, "The
+dense layers through oneDNN"). Its sums run in another order than MKL's: outputs differ from
+``nn.Linear``'s in the last bits, as accurate against a float64 reference (the tests check
+it). Smaller layers stay on MKL, which ran them as fast or faster.
+
+Elsewhere (smaller layers, or no AVX-512) the layers are MKL's, with two changes where the
+input needs a gradient and its rows are not whole cache lines. MKL's sgemm writes rows of
+whole cache lines faster: at the default job's 40 vectors DLRM's top MLP reads 796 values an
+example, and MKL computed its input gradient (``grad W``, 2,048 x 796) much faster 800 wide
+(docs/benchmarks.md, "The top MLP's input gradient at a cache-line stride"). The weight
+gradient is ``(x^T grad)^T``: on two threads MKL ran that product (796 x 2,048 x 128) about
+6% faster than ``grad^T x``, and on one thread as fast (docs/benchmarks.md, "The top MLP's
+weight gradient as a transpose").
 """
 
 from __future__ import annotations
@@ -16,7 +23,38 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from planners.gemm import ONEDNN_GEMM, onednn_linear
+
 GEMM_ROW_FLOATS = 16  # float32: 64 bytes, a cache line
+# 128 x 64 layers measured no faster through oneDNN (its weight gradient slower), 796 x 128
+# and 512 x 256 faster: docs/benchmarks.md, "The dense layers through oneDNN"
+ONEDNN_MIN_WEIGHTS = 65_536
+
+
+class _LinearThroughOneDNN(torch.autograd.Function):
+    """``x W^T + b`` and its three gradients, each product one oneDNN inner product (the
+    gradients' operands as transposed views: oneDNN reads them in place)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return onednn_linear(x, weight, bias)
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = onednn_linear(grad, weight.t())
+        if ctx.needs_input_grad[1]:
+            grad_weight = onednn_linear(grad.t(), x.t())
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(0)
+        return grad_x, grad_weight, grad_bias
 
 
 class _LinearWithAlignedGradInput(torch.autograd.Function):
@@ -57,8 +95,20 @@ class _LinearWithAlignedGradInput(torch.autograd.Function):
 # a leaf of torch.fx traces: the choice looks at the tensors, which a trace does not have
 @torch.fx.wrap
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``nn.functional.linear``; where the input needs a gradient and its rows (2-D, CPU,
-    float32) are not whole cache lines, through :class:`_LinearWithAlignedGradInput`."""
+    """``nn.functional.linear``; for a 2-D CPU float32 input, through
+    :class:`_LinearThroughOneDNN` where the layer is large and oneDNN has AVX-512, else
+    where the input needs a gradient and its rows are not whole cache lines through
+    :class:`_LinearWithAlignedGradInput`."""
+    if (
+        ONEDNN_GEMM
+        and weight.numel() >= ONEDNN_MIN_WEIGHTS
+        and x.dim() == 2
+        and x.shape[0] > 0
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+    ):
+        return cast(torch.Tensor, _LinearThroughOneDNN.apply(x, weight, bias))
     if (
         bias is not None
         and x.requires_grad

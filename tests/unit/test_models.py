@@ -16,7 +16,8 @@ from dist_train.models import MODELS, CTRModel, create_model
 from dist_train.models.base import in_layout_order, mlp
 from dist_train.models.dcn import DCNv2
 from dist_train.models.dlrm import DotInteraction
-from dist_train.models.linear import Linear
+from dist_train.models.linear import ONEDNN_MIN_WEIGHTS, Linear
+from planners.gemm import ONEDNN_GEMM
 from tests.conftest import small_config
 
 
@@ -76,45 +77,74 @@ def test_in_layout_order_reads_ordered_tables_as_they_are_and_reorders_the_rest(
     torch.testing.assert_close(moved, torch.cat([values[:, 6:], values[:, :6]], dim=1))
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("width", [796, 13, 800])
-def test_linear_is_nn_linear_to_the_bit(width: int, threads: int) -> None:
-    """Rows of 796 take the aligned input gradient; 800 and an input without a gradient
-    (13: the dense features) take nn.Linear's path. Same parameters, outputs, gradients."""
-    torch.manual_seed(0)
-    ours, theirs = Linear(width, 128), torch.nn.Linear(width, 128)
-    theirs.load_state_dict(ours.state_dict())
-    assert list(ours.state_dict()) == ["weight", "bias"]
-    x = torch.randn(2048, width)
-    grad = torch.randn(2048, 128)
+def _forward_and_backward(
+    layer: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor, threads: int
+) -> tuple[str, list[tuple[int, ...]], list[torch.Tensor | None]]:
+    """``layer``'s grad_fn, its input gradient's strides as it made it, and its output and
+    gradients (input, weight, bias) for input ``x`` (a gradient if it has one)."""
     kept = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        found = []
-        for layer in (ours, theirs):
-            xs = x.clone().requires_grad_(width != 13)
-            strides: list[tuple[int, ...]] = []
-            inner = xs * 1.0  # not a leaf: its gradient arrives as the layer made it
-            if inner.requires_grad:
-                inner.register_hook(lambda g, seen=strides: seen.append(g.stride()))
-            out = layer(inner)
-            if layer is ours:
-                aligned = type(out.grad_fn).__name__.startswith("_LinearWithAligned")
-                assert aligned == (width == 796)
-            out.backward(grad)
-            assert layer.weight.grad is not None and layer.bias.grad is not None
-            found.append((out, xs.grad, layer.weight.grad, layer.bias.grad))
-            if layer is ours and width == 796:  # a view of the padded product: no copy
-                assert strides == [(800, 1)]
+        xs = x.detach().clone().requires_grad_(x.requires_grad)
+        strides: list[tuple[int, ...]] = []
+        inner = xs * 1.0  # not a leaf: its gradient arrives as the layer made it
+        if inner.requires_grad:
+            inner.register_hook(lambda g: strides.append(g.stride()))
+        out = layer(inner)
+        out.backward(grad)
     finally:
         torch.set_num_threads(kept)
-    (out, grad_x, grad_w, grad_b), (out_t, grad_x_t, grad_w_t, grad_b_t) = found
-    assert torch.equal(out, out_t)
-    assert torch.equal(grad_w, grad_w_t) and torch.equal(grad_b, grad_b_t)
-    if width == 13:
-        assert grad_x is None and grad_x_t is None
-    else:
-        assert grad_x is not None and torch.equal(grad_x, grad_x_t)
+    return (
+        type(out.grad_fn).__name__,
+        strides,
+        [out.detach(), xs.grad, layer.weight.grad, layer.bias.grad],
+    )
+
+
+# (in, out) features, input needs a gradient: 796 x 16 and 13 x 128 are small; 796 x 128 and
+# 800 x 128 are large enough for oneDNN
+LAYERS = [(796, 16, True), (800, 16, True), (13, 128, False), (796, 128, True), (800, 128, True)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("width", "out", "needs_grad"), LAYERS)
+def test_linear_matches_nn_linear(width: int, out: int, needs_grad: bool, threads: int) -> None:
+    """Same parameters and state dict as nn.Linear. Large layers on an AVX-512 CPU take
+    oneDNN: as accurate as nn.Linear against float64, and the same bits run twice. The rest
+    equal nn.Linear to the bit: rows of 796 that need a gradient through the aligned input
+    gradient (a view of the padded product), the others through nn.Linear's own ops."""
+    torch.manual_seed(0)
+    ours, theirs = Linear(width, out), torch.nn.Linear(width, out)
+    theirs.load_state_dict(ours.state_dict())
+    assert list(ours.state_dict()) == ["weight", "bias"]
+    x = torch.randn(2048, width).requires_grad_(needs_grad)
+    grad = torch.randn(2048, out)
+    kind, strides, found = _forward_and_backward(ours, x, grad, threads)
+    _, _, expected = _forward_and_backward(theirs, x, grad, threads)
+    if not needs_grad:
+        assert found[1] is None and expected[1] is None
+    onednn = ONEDNN_GEMM and width * out >= ONEDNN_MIN_WEIGHTS
+    if onednn:
+        assert kind == "_LinearThroughOneDNNBackward"
+        reference = torch.nn.Linear(width, out).double()
+        reference.load_state_dict(ours.state_dict())
+        _, _, exact = _forward_and_backward(reference, x.double(), grad.double(), threads)
+        for mine, torchs, best in zip(found, expected, exact, strict=True):
+            assert mine is not None and torchs is not None and best is not None
+            limit = (torchs.double() - best).abs().max().item()
+            assert (mine.double() - best).abs().max().item() <= 4 * limit + 1e-6
+        ours.zero_grad()
+        assert all(
+            torch.equal(a, b)  # type: ignore[arg-type]
+            for a, b in zip(found, _forward_and_backward(ours, x, grad, threads)[2], strict=True)
+        )
+        return
+    aligned = needs_grad and width % 16 != 0
+    assert kind.startswith("_LinearWithAligned") == aligned
+    if aligned:  # a view of the padded product: no copy
+        assert strides == [(800, 1)]
+    for mine, torchs in zip(found, expected, strict=True):
+        assert (mine is None and torchs is None) or torch.equal(mine, torchs)  # type: ignore[arg-type]
 
 
 def test_an_mlp_of_linear_layers_traces_with_torch_fx() -> None:
