@@ -3,17 +3,17 @@
 Layers of at least ``ONEDNN_MIN_WEIGHTS`` weights run their forward and both gradients
 through oneDNN where this CPU has AVX-512 (:mod:`planners.gemm`; docs/benchmarks.md, "The
 dense layers through oneDNN"). Its sums run in another order than MKL's: outputs differ from
-``nn.Linear``'s in the last bits, as accurate against a float64 reference (the tests check
-it). Smaller layers stay on MKL, which ran them as fast or faster.
+``nn.Linear``'s in the last bits, within a few times ``nn.Linear``'s own error against a
+float64 reference (the tests check it).
 
-Elsewhere (smaller layers, or no AVX-512) the layers are MKL's, with two changes where the
-input needs a gradient and its rows are not whole cache lines. MKL's sgemm writes rows of
-whole cache lines faster: at the default job's 40 vectors DLRM's top MLP reads 796 values an
-example, and MKL computed its input gradient (``grad W``, 2,048 x 796) much faster 800 wide
-(docs/benchmarks.md, "The top MLP's input gradient at a cache-line stride"). The weight
-gradient is ``(x^T grad)^T``: on two threads MKL ran that product (796 x 2,048 x 128) about
-6% faster than ``grad^T x``, and on one thread as fast (docs/benchmarks.md, "The top MLP's
-weight gradient as a transpose").
+Elsewhere (smaller layers, where oneDNN gained little or nothing, or no AVX-512) the layers
+are MKL's, with two changes where the input needs a gradient and its rows are not whole
+cache lines. MKL's sgemm writes rows of whole cache lines faster: at the default job's 40
+vectors DLRM's top MLP reads 796 values an example, and MKL computed its input gradient
+(``grad W``, 2,048 x 796) much faster 800 wide (docs/benchmarks.md, "The top MLP's input
+gradient at a cache-line stride"). The weight gradient is ``(x^T grad)^T``: on two threads
+MKL ran that product (796 x 2,048 x 128) about 6% faster than ``grad^T x``, and on one
+thread as fast (docs/benchmarks.md, "The top MLP's weight gradient as a transpose").
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from torch import nn
 from planners.gemm import ONEDNN_GEMM, onednn_linear
 
 GEMM_ROW_FLOATS = 16  # float32: 64 bytes, a cache line
-# 128 x 64 layers measured no faster through oneDNN (its weight gradient slower), 796 x 128
-# and 512 x 256 faster: docs/benchmarks.md, "The dense layers through oneDNN"
+# the three products summed, through oneDNN against MKL: 128 x 64 as fast, 256 x 128 2-8%
+# faster (a faster forward, a slower weight gradient), 512 x 256 and 796 x 128 clearly faster
+# (docs/benchmarks.md, "The dense layers through oneDNN")
 ONEDNN_MIN_WEIGHTS = 65_536
 
 
@@ -43,6 +44,7 @@ class _LinearThroughOneDNN(torch.autograd.Function):
         return onednn_linear(x, weight, bias)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # oneDNN's op has no derivative of its own
     def backward(
         ctx: Any, grad: torch.Tensor
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
@@ -107,6 +109,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")  # nn.Linear would run in bfloat16 there
     ):
         return cast(torch.Tensor, _LinearThroughOneDNN.apply(x, weight, bias))
     if (
