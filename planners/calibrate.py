@@ -92,9 +92,10 @@ def matmul_probe(device: torch.device = CPU) -> tuple[Callable[[], object], floa
     network's large layers use (:mod:`planners.gemm`: oneDNN on AVX-512 CPUs)."""
     a = torch.randn(2048, 512, device=device)
     b = torch.randn(512, 512, device=device)
+    flops = 2 * 2048 * 512 * 512
     if ONEDNN_GEMM and device.type == "cpu":
-        return lambda: onednn_linear(a, b.t()), 2 * 2048 * 512 * 512
-    return lambda: a @ b, 2 * 2048 * 512 * 512
+        return lambda: onednn_linear(a, b.t()), flops
+    return lambda: a @ b, flops
 
 
 def copy_bytes_per_second(device: torch.device = CPU) -> float:

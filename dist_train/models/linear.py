@@ -101,26 +101,17 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     :class:`_LinearThroughOneDNN` where the layer is large and oneDNN has AVX-512, else
     where the input needs a gradient and its rows are not whole cache lines through
     :class:`_LinearWithAlignedGradInput`."""
-    if (
-        ONEDNN_GEMM
-        and weight.numel() >= ONEDNN_MIN_WEIGHTS
-        and x.dim() == 2
-        and x.shape[0] > 0
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")  # nn.Linear would run in bfloat16 there
-    ):
-        return cast(torch.Tensor, _LinearThroughOneDNN.apply(x, weight, bias))
-    if (
-        bias is not None
-        and x.requires_grad
-        and x.dim() == 2
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.shape[1] % GEMM_ROW_FLOATS != 0
-    ):
-        return cast(torch.Tensor, _LinearWithAlignedGradInput.apply(x, weight, bias))
+    if x.dim() == 2 and x.device.type == "cpu" and x.dtype == torch.float32:
+        if (
+            ONEDNN_GEMM
+            and weight.numel() >= ONEDNN_MIN_WEIGHTS
+            and x.shape[0] > 0
+            and weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")  # nn.Linear would run in bfloat16 there
+        ):
+            return cast(torch.Tensor, _LinearThroughOneDNN.apply(x, weight, bias))
+        if bias is not None and x.requires_grad and weight.shape[1] % GEMM_ROW_FLOATS != 0:
+            return cast(torch.Tensor, _LinearWithAlignedGradInput.apply(x, weight, bias))
     return nn.functional.linear(x, weight, bias)
 
 

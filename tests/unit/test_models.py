@@ -112,9 +112,9 @@ LAYERS = [(796, 16, True), (800, 16, True), (13, 128, False), (796, 128, True), 
 def test_linear_matches_nn_linear(width: int, out: int, needs_grad: bool, threads: int) -> None:
     """Same parameters and state dict as nn.Linear. Large layers on an AVX-512 CPU take
     oneDNN: within a few times nn.Linear's error against float64, and the same bits run
-    twice. The rest
-    equal nn.Linear to the bit: rows of 796 that need a gradient through the aligned input
-    gradient (a view of the padded product), the others through nn.Linear's own ops."""
+    twice. The rest equal nn.Linear to the bit: rows of 796 that need a gradient through the
+    aligned input gradient (a view of the padded product), the others through nn.Linear's
+    own ops."""
     torch.manual_seed(0)
     ours, theirs = Linear(width, out), torch.nn.Linear(width, out)
     theirs.load_state_dict(ours.state_dict())
