@@ -97,17 +97,22 @@ class _LinearWithAlignedGradInput(torch.autograd.Function):
 # a leaf of torch.fx traces: the choice looks at the tensors, which a trace does not have
 @torch.fx.wrap
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``nn.functional.linear``; for a 2-D CPU float32 input, through
+    """``nn.functional.linear``; for a 2-D CPU float32 input outside autocast, through
     :class:`_LinearThroughOneDNN` where the layer is large and oneDNN has AVX-512, else
     where the input needs a gradient and its rows are not whole cache lines through
     :class:`_LinearWithAlignedGradInput`."""
-    if x.dim() == 2 and x.device.type == "cpu" and x.dtype == torch.float32:
+    if (
+        x.dim() == 2
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        # nn.Linear runs in bfloat16 there, and its gradients come back in it
+        and not torch.is_autocast_enabled("cpu")
+    ):
         if (
             ONEDNN_GEMM
             and weight.numel() >= ONEDNN_MIN_WEIGHTS
             and x.shape[0] > 0
             and weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu")  # nn.Linear would run in bfloat16 there
         ):
             return cast(torch.Tensor, _LinearThroughOneDNN.apply(x, weight, bias))
         if bias is not None and x.requires_grad and weight.shape[1] % GEMM_ROW_FLOATS != 0:

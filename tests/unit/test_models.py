@@ -149,6 +149,26 @@ def test_linear_matches_nn_linear(width: int, out: int, needs_grad: bool, thread
         assert (mine is None and torchs is None) or torch.equal(mine, torchs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(("width", "out", "needs_grad"), LAYERS)
+def test_linear_under_autocast_is_nn_linear(width: int, out: int, needs_grad: bool) -> None:
+    """Under CPU autocast every layer is nn.Linear's: bfloat16 out, the same bits, and
+    gradients (neither custom path has a bfloat16 backward)."""
+    torch.manual_seed(0)
+    ours, theirs = Linear(width, out), torch.nn.Linear(width, out)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(64, width).requires_grad_(needs_grad)
+    results = []
+    for layer in (ours, theirs):
+        xs = x.detach().clone().requires_grad_(needs_grad)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(xs)
+        assert y.dtype == torch.bfloat16
+        y.float().square().sum().backward()
+        results.append([y, xs.grad, layer.weight.grad, layer.bias.grad])
+    for mine, torchs in zip(*results, strict=True):
+        assert (mine is None and torchs is None) or torch.equal(mine, torchs)
+
+
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch without oneDNN")
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("needs_grad", [True, False])
