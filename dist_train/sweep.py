@@ -33,7 +33,7 @@ from dist_train.logs import setup_logging, verbosity
 METHODS = ("collisionless", "hashing_trick", "multiplexing", "unified")
 DATASETS = {"synthetic": DEFAULT_CONFIG, "adult": DEFAULT_CONFIG.parent / "adult.yaml"}
 # Applied to a dataset's own config (before --set). The default job's 2,048 examples per rank
-# train one epoch of 200,000 rows in 49 steps: seeds then differ by up to 0.05 test AUC and
+# train one epoch of 200,000 rows in 48 steps: seeds then differ by up to 0.05 test AUC and
 # bury the methods' differences; 512 gives 195 steps and about 0.003 (docs/benchmarks.md).
 DATASET_OVERRIDES = {"synthetic": ["train.batch_size=512"], "adult": []}
 BUDGETS = (1.0, 0.3, 0.1, 0.03)

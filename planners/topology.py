@@ -185,7 +185,7 @@ CPU_PRESET = TopologySpec(
     # A shared table's kernel as the trainer runs it on CPU ranks, read as one feature
     # (dist_train/train/shared_tables.py): medians of three runs (2026-12-03). Before, the
     # preset measured FBGEMM's shared-table path; timed against it in one process (3
-    # interleaved rounds, 1 thread) that path took 1.45-2.44x as long a row (widths 4-128).
+    # interleaved rounds, 1 thread) that path took 1.35-2.45x as long a row (widths 4-128).
     lookup_seconds_per_row={4: 4.4e-8, 8: 4.8e-8, 16: 4.7e-8, 32: 6.7e-8, 64: 1.16e-7, 128: 4.2e-7},
     # MKL's rate; `dist-train calibrate` now probes through oneDNN on AVX-512 CPUs
     # (planners/gemm.py), 1.23x this at 2 threads and 1.40x at 1 (docs/benchmarks.md, "The
