@@ -105,7 +105,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
         x.dim() == 2
         and x.device.type == "cpu"
         and x.dtype == torch.float32
-        # nn.Linear runs in bfloat16 there, and its gradients come back in it
+        # nn.Linear runs in autocast's lower precision there, and its gradients come back in it
         and not torch.is_autocast_enabled("cpu")
     ):
         if (
