@@ -254,12 +254,22 @@ class BatchBuilder:
     def to_batch(self, rows: Rows) -> Batch:
         """The training batch of ``rows``: categorical fingerprints hashed into table rows."""
         values, lengths = key_values(rows, self._key_feature, self._key_params, self._key_exact)
+        keys = self.layout.key_names
+        # what TorchRec would otherwise derive from the lengths inside the training step
+        # (the per-key split, the lookups' offsets): here, in the input pipeline
+        per_key = lengths.reshape(len(keys), -1).sum(axis=1)
+        offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
         return Batch(
             dense=torch.from_numpy(rows.dense),
             sparse=KeyedJaggedTensor(
-                keys=self.layout.key_names,
+                keys=keys,
                 values=torch.from_numpy(values),
                 lengths=torch.from_numpy(lengths),
+                offsets=torch.from_numpy(offsets),
+                stride=len(rows.labels),
+                length_per_key=per_key.tolist(),
+                offset_per_key=[0, *np.cumsum(per_key).tolist()],
             ),
             labels=torch.from_numpy(rows.labels),
             row_ids=rows.ids,

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import xxhash
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dist_train.config import EmbeddingConfig, FeatureConfig
 from dist_train.data.batch import Batch, BatchBuilder
@@ -126,6 +127,23 @@ def test_batch_matches_row_by_row_reference(dictionary: bool) -> None:
     expect = np.log1p(np.array([i1 + i1[1:4], i2 + i2[1:4]], dtype=np.float32).T)
     np.testing.assert_allclose(batch.dense.numpy(), expect, rtol=1e-6)
     assert batch.labels.tolist() == [1, 0, 1, 1, 0, 0, 1, 1]
+
+
+def test_batch_carries_what_torchrec_would_derive_from_its_lengths() -> None:
+    """The builder fills the KJT's offsets, stride and per-key split; TorchRec, given only
+    the keys, values and lengths, derives the same."""
+    batch = _builder().build(_awkward_table(False), "t.parquet")
+    ours = batch.sparse
+    derived = KeyedJaggedTensor(keys=ours.keys(), values=ours.values(), lengths=ours.lengths())
+    assert ours.offsets_or_none() is not None and ours.length_per_key_or_none() is not None
+    assert ours.offsets().tolist() == derived.offsets().tolist()
+    assert ours.stride() == derived.stride() == 8
+    assert ours.length_per_key() == derived.length_per_key()
+    assert ours.offset_per_key() == derived.offset_per_key()
+    sizes = [1, len(ours.keys()) - 1]
+    for a, b in zip(ours.split(sizes), derived.split(sizes), strict=True):
+        assert a.keys() == b.keys() and a.values().tolist() == b.values().tolist()
+        assert a.offsets().tolist() == b.offsets().tolist()
 
 
 def _same(a: Batch, b: Batch) -> None:
