@@ -24,7 +24,7 @@ PYTEST_ARGS    ?=
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py Makefile dist_train/models/_dot_interaction.c dist_train/models/_dot_interaction_kernels.h
+$(STAMP): pyproject.toml setup.py Makefile dist_train/models/_dot_interaction.c dist_train/models/_dot_interaction_kernels.h dist_train/train/_table_rows.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==$(TORCH_VERSION)" "$(FBGEMM_PACKAGE)"

@@ -18,7 +18,10 @@ Beside it, the same ids through a table of the same shape declared as one featur
 features share (a unified table, or the calibration's) it takes a serial loop without
 FBGEMM's generated kernels (``is_shared_table`` in ``embedding_backward_split_cpu_template.cpp``);
 ``shared / one feature`` is that path's cost in time, forward + backward. The trainer's CPU
-ranks run a shared table as one feature (:mod:`dist_train.train.shared_tables`).
+ranks run a shared table as one feature (:mod:`dist_train.train.shared_tables`), and where
+the C lookup and update apply (:mod:`dist_train.train.table_rows`, CPU with the extension
+built) they run those instead: ``C fwd+bwd`` times them on the same ids, given as the
+trainer gets them (a KJT, feature-major), and ``1-feature / C`` compares the two.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dist_train.bench import seconds_per_call
 from dist_train.bench.roofline import embedding_bytes
+from dist_train.data.memory import reuse_freed_memory
 from planners.calibrate import (
     TBE_BAGS,
     TBE_ROWS,
@@ -59,6 +64,25 @@ def _training(
     tbe(ids, offsets).backward(grad)  # the fused update runs inside backward
 
 
+def _table_rows_call(
+    dim: int, ids: torch.Tensor, batch: int, grad: torch.Tensor
+) -> Callable[[], object] | None:
+    """Forward + backward of the C lookup and update on a one-feature copy of the kernel,
+    the ids as one-id bags of TBE_BAGS features; None where it does not apply."""
+    from dist_train.train.table_rows import TableRows, applies
+
+    tbe = calibration_tbe(dim, features=1)
+    if not applies(tbe):
+        return None
+    rows = TableRows(tbe, TBE_BAGS)
+    keys = [f"f{i}" for i in range(TBE_BAGS)]
+    features = KeyedJaggedTensor.from_lengths_sync(
+        keys, ids, torch.ones(ids.numel(), dtype=torch.int64)
+    )
+    assert features.stride() == batch
+    return lambda: rows(features, "calibration").backward(grad)
+
+
 def run_kernel_bench(
     json_out: str | None = None,
     rounds: int = ROUNDS,
@@ -66,8 +90,17 @@ def run_kernel_bench(
     batches: tuple[int, ...] = BATCHES,
 ) -> dict[str, Any]:
     """Time every (dim, batch) case forward and forward+backward; print and return them."""
+    # as in the trainer's processes: freed outputs stay in the heap for the next call, where
+    # glibc's defaults would map and fault in fresh pages every call (as much system time
+    # as the kernels' own)
+    reuse_freed_memory()
     cases: list[dict[str, Any]] = []
-    calls: list[tuple[Callable[[], object], Callable[[], object], Callable[[], object]]] = []
+    calls: list[
+        tuple[
+            Callable[[], object], Callable[[], object], Callable[[], object], Callable[[], object]
+        ]
+    ] = []
+    c_applies = True
     for dim in dims:
         tbe = calibration_tbe(dim)
         one_feature = calibration_tbe(dim, features=1)
@@ -83,9 +116,14 @@ def run_kernel_bench(
             # the same bags, one feature's: its pooled output is [bags, dim]
             one_grad = grad.view(bags, dim)
             training_one = functools.partial(_training, one_feature, ids, offsets, one_grad)
-            for call in (forward, training, training_one):
+            in_c = _table_rows_call(dim, ids, batch, grad)
+            c_applies = in_c is not None
+            # without the extension, a second run of FBGEMM's one-feature kernel keeps the
+            # rounds alike; its column is then left out
+            training_c = in_c if in_c is not None else training_one
+            for call in (forward, training, training_one, training_c):
                 call()
-            calls.append((forward, training, training_one))
+            calls.append((forward, training, training_one, training_c))
             cases.append(
                 {
                     "dim": dim,
@@ -96,6 +134,7 @@ def run_kernel_bench(
                     "forward_seconds": [],
                     "forward_backward_seconds": [],
                     "one_feature_forward_backward_seconds": [],
+                    "c_forward_backward_seconds": [],
                     "copy_bytes_per_second": [],
                 }
             )
@@ -105,13 +144,14 @@ def run_kernel_bench(
         flush=True,
     )
     for _ in range(rounds):
-        for case, (run_forward, run_training, run_one) in zip(cases, calls, strict=True):
+        for case, (run_forward, run_training, run_one, run_c) in zip(cases, calls, strict=True):
             case["copy_bytes_per_second"].append(copy_bytes_per_second())
             case["forward_seconds"].append(seconds_per_call(run_forward, CALLS_PER_ROUND))
             case["forward_backward_seconds"].append(seconds_per_call(run_training, CALLS_PER_ROUND))
             case["one_feature_forward_backward_seconds"].append(
                 seconds_per_call(run_one, CALLS_PER_ROUND)
             )
+            case["c_forward_backward_seconds"].append(seconds_per_call(run_c, CALLS_PER_ROUND))
     rows = []
     for case in cases:
         copy = statistics.median(case["copy_bytes_per_second"])
@@ -123,6 +163,14 @@ def run_kernel_bench(
             for s, o in zip(
                 case["forward_backward_seconds"],
                 case["one_feature_forward_backward_seconds"],
+                strict=True,
+            )
+        )
+        one_over_c = statistics.median(
+            o / c
+            for o, c in zip(
+                case["one_feature_forward_backward_seconds"],
+                case["c_forward_backward_seconds"],
                 strict=True,
             )
         )
@@ -141,11 +189,22 @@ def run_kernel_bench(
                     case["one_feature_forward_backward_seconds"]
                 ),
                 "shared_over_one_feature": shared_over_one,
+                **(
+                    {
+                        "c_forward_backward_seconds": statistics.median(
+                            case["c_forward_backward_seconds"]
+                        ),
+                        "one_feature_over_c": one_over_c,
+                    }
+                    if c_applies
+                    else {}
+                ),
             }
         )
     print(
         "\n  dim   batch  fwd ms  fwd GB/s  fwd/copy  fwd+bwd ms  fwd+bwd GB/s  /copy  copy GB/s"
         "  1-feature fwd+bwd ms  shared/1-feature"
+        + ("  C fwd+bwd ms  1-feature/C" if c_applies else "")
     )
     for r in rows:
         print(
@@ -156,6 +215,12 @@ def run_kernel_bench(
             f"{r['forward_backward_over_copy']:>6.2f} {r['copy_bytes_per_second'] / 1e9:>10.1f}"
             f"  {r['one_feature_forward_backward_seconds'] * 1e3:>20.2f}"
             f"  {r['shared_over_one_feature']:>16.2f}"
+            + (
+                f"  {r['c_forward_backward_seconds'] * 1e3:>12.2f}"
+                f"  {r['one_feature_over_c']:>11.2f}"
+                if c_applies
+                else ""
+            )
         )
     result = {"threads": torch.get_num_threads(), "rows": rows}
     if json_out:

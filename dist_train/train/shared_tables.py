@@ -23,6 +23,11 @@ The converted kernel checks its ids itself, one ``aminmax`` over the batch, and 
 outside its rows with an error naming the table. FBGEMM's own check (``bounds_check_indices``,
 about 3% of a one-rank step) is off for it: in TorchRec's default mode that check does not
 refuse such an id, it reads and updates row 0 in its place and logs an error line.
+
+Where :func:`~dist_train.train.table_rows.applies` holds (the default options, a table of at
+most 16,000,000 rows a rank), the converted kernel runs neither FBGEMM's kernels nor the
+example-major pass: :class:`~dist_train.train.table_rows.TableRows` looks up the bags as the
+KJT holds them and updates the rows in C, on the same weights and state.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dist_train.train.bag_order import example_major_bags
 from dist_train.train.lookups import lookup_modules
+from dist_train.train.table_rows import TableRows, applies, refuse_ids_outside
 
 
 class OneFeatureFusedEmbeddingBag(BatchedFusedEmbeddingBag):
@@ -48,6 +54,7 @@ class OneFeatureFusedEmbeddingBag(BatchedFusedEmbeddingBag):
     turns a :class:`BatchedFusedEmbeddingBag` into this class in place)."""
 
     num_features: int
+    table_rows: TableRows | None  # the C lookup and update, where it applies
 
     def forward(  # type: ignore[override]
         self, features: KeyedJaggedTensor, *args: Any, **kwargs: Any
@@ -61,6 +68,8 @@ class OneFeatureFusedEmbeddingBag(BatchedFusedEmbeddingBag):
         weights = features.weights_or_none()
         if weights is not None and not weights.is_floating_point():
             weights = None  # as TorchRec's kernel: integer weights are not per-id weights
+        if self.table_rows is not None and weights is None:
+            return self.table_rows(features, self._config.embedding_tables[0].name)
         bags = example_major_bags(features.lengths(), features.values(), batch, weights)
         refuse_ids_outside(
             bags.values[: int(bags.offsets[-1])],  # what FBGEMM reads of them
@@ -73,20 +82,6 @@ class OneFeatureFusedEmbeddingBag(BatchedFusedEmbeddingBag):
             per_sample_weights=bags.weights,
         )
         return pooled.view(batch, self.num_features * pooled.shape[1])
-
-
-def refuse_ids_outside(ids: torch.Tensor, rows: int, table: str) -> None:
-    """Raise ``ValueError`` naming ``table`` if an id is negative or ``rows`` or more."""
-    if ids.numel() == 0:
-        return
-    low, high = (int(v) for v in torch.aminmax(ids))
-    if low < 0 or high >= rows:
-        outside = ids[(ids < 0) | (ids >= rows)]
-        raise ValueError(
-            f"table {table}: {outside.numel()} id(s) of this batch outside its {rows:,} rows on "
-            f"this rank (first: {int(outside[0])}); the ids reaching a table are its rows, so "
-            "these were probably not hashed or routed for it"
-        )
 
 
 def _as_one_feature(tbe: SplitTableBatchedEmbeddingBagsCodegen) -> None:
@@ -147,6 +142,8 @@ def read_shared_tables_as_one_feature(model: nn.Module) -> list[str]:
         kernel.__class__ = OneFeatureFusedEmbeddingBag
         one = cast(OneFeatureFusedEmbeddingBag, kernel)
         one.num_features = kernel.config.embedding_tables[0].num_features()
+        tbe = kernel.emb_module
+        one.table_rows = TableRows(tbe, one.num_features) if applies(tbe) else None
         # the forward checks every id (refuse_ids_outside)
         kernel.emb_module.bounds_check_mode_int = BoundsCheckMode.NONE.value
         changed.append(kernel.config.embedding_tables[0].name)

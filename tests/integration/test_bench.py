@@ -15,6 +15,7 @@ from dist_train.bench.openmp import PROBE_REGIONS, SLEEPING_WAITS_PER_REGION
 from dist_train.cli import main
 from dist_train.config import load_config
 from dist_train.launchers.processes import run_processes
+from dist_train.train import table_rows
 from planners.cores import usable_cores
 from planners.topology import CPU_PRESET, save_topology
 from tests.conftest import small_config
@@ -263,6 +264,11 @@ def test_bench_kernel_reports_bandwidth_against_copy(tmp_path: Path) -> None:
         assert r["forward_backward_seconds"] > 0 and r["forward_seconds"] > 0
         assert 0 < r["forward_over_copy"] and 0 < r["forward_backward_over_copy"]
         assert r["one_feature_forward_backward_seconds"] > 0 and r["shared_over_one_feature"] > 0
+        # the C lookup and update beside them, where the extension is built
+        if table_rows._native is not None:
+            assert r["c_forward_backward_seconds"] > 0 and r["one_feature_over_c"] > 0
+        else:
+            assert "c_forward_backward_seconds" not in r
 
 
 def test_bench_interaction_times_torch_and_every_native_variant(tmp_path: Path) -> None:

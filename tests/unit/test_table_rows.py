@@ -1,0 +1,137 @@
+"""The C lookup and fused row-wise Adagrad update of a shared table (TableRows) compute what
+FBGEMM's kernel of that table computes, on the same weights and state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fbgemm_gpu.split_embedding_configs import EmbOptimType
+from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation, PoolingMode
+from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+    ComputeDevice,
+    SplitTableBatchedEmbeddingBagsCodegen,
+)
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from dist_train.train import table_rows
+from dist_train.train.table_rows import TableRows, applies
+
+ROWS, DIM, FEATURES, BATCH = 1000, 8, 5, 300
+
+pytestmark = pytest.mark.skipif(
+    table_rows._native is None, reason="the C extension was not built (no C compiler)"
+)
+
+
+def _kernel(features: int, **options: object) -> SplitTableBatchedEmbeddingBagsCodegen:
+    kwargs: dict[str, object] = {"optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD}
+    kwargs.update(options)
+    return SplitTableBatchedEmbeddingBagsCodegen(
+        embedding_specs=[(ROWS, DIM, EmbeddingLocation.HOST, ComputeDevice.CPU)],
+        feature_table_map=[0] * features,
+        learning_rate=0.1,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _batch(gen: torch.Generator) -> KeyedJaggedTensor:
+    lengths = torch.randint(0, 4, (FEATURES * BATCH,), generator=gen)  # empty bags too
+    ids = torch.randint(0, ROWS // 10, (int(lengths.sum()),), generator=gen)  # repeats
+    keys = [f"f{i}" for i in range(FEATURES)]
+    return KeyedJaggedTensor.from_lengths_sync(keys, ids, lengths)
+
+
+def test_lookup_and_update_are_fbgemms() -> None:
+    """Three steps of each on the same batches: the pooled vectors of the same rows bit for
+    bit, the rows and their Adagrad state up to the order and fusion of float operations."""
+    theirs, ours = _kernel(FEATURES), _kernel(1)
+    ours.weights_host.data.copy_(theirs.weights_host.data)
+    rows = TableRows(ours, FEATURES)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(3):
+        batch = _batch(gen)
+        grad = torch.randn(BATCH, FEATURES * DIM, generator=gen)
+        expected = theirs(batch.values(), batch.offsets())
+        got = rows(batch, "t")
+        assert got.shape == (BATCH, FEATURES * DIM)
+        if step == 0:  # the same rows: the same sums
+            assert torch.equal(got, expected)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+        expected.backward(grad)
+        got.backward(grad)
+    torch.testing.assert_close(ours.weights_host, theirs.weights_host, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours.momentum1_host, theirs.momentum1_host, rtol=1e-5, atol=1e-7)
+    assert ours.step == theirs.step == 3
+    assert not torch.equal(ours.weights_host, _kernel(1).weights_host)  # it trained
+
+
+def test_threads_do_not_change_the_result() -> None:
+    gen = torch.Generator().manual_seed(1)
+    batch, grad = _batch(gen), torch.randn(BATCH, FEATURES * DIM, generator=gen)
+    results = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            kernel = _kernel(1)
+            kernel.weights_host.data.uniform_(-0.1, 0.1, generator=torch.Generator().manual_seed(0))
+            TableRows(kernel, FEATURES)(batch, "t").backward(grad)
+            results.append((kernel.weights_host.clone(), kernel.momentum1_host.clone()))
+    finally:
+        torch.set_num_threads(before)
+    for weights, state in results[1:]:
+        assert torch.equal(weights, results[0][0]) and torch.equal(state, results[0][1])
+
+
+def test_the_learning_rate_is_read_at_each_update() -> None:
+    kernel = _kernel(1)
+    rows = TableRows(kernel, FEATURES)
+    batch = _batch(torch.Generator().manual_seed(2))
+    kernel.set_learning_rate(0.0)
+    before = kernel.weights_host.clone()
+    rows(batch, "t").sum().backward()
+    assert torch.equal(kernel.weights_host, before)
+    assert kernel.momentum1_host.sum() > 0  # the state still counts the gradients
+
+
+@pytest.mark.parametrize("bad_id", [ROWS, -1])
+def test_an_id_outside_the_table_is_refused_before_any_read(bad_id: int) -> None:
+    kernel = _kernel(1)
+    rows = TableRows(kernel, FEATURES)
+    batch = _batch(torch.Generator().manual_seed(3))
+    values = batch.values().clone()
+    values[7] = bad_id
+    bad = KeyedJaggedTensor.from_lengths_sync(batch.keys(), values, batch.lengths())
+    with pytest.raises(ValueError, match=rf"table unified_0: 1 id\(s\) .*\(first: {bad_id}\)"):
+        rows(bad, "unified_0")
+    assert kernel.step == 0
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"optimizer": EmbOptimType.EXACT_SGD},
+        {"optimizer": EmbOptimType.EXACT_ADAGRAD},
+        {"weight_decay": 0.01},
+        {"pooling_mode": PoolingMode.MEAN},
+        {"gradient_clipping": True},
+        {"max_norm": 1.0},
+    ],
+    ids=["sgd", "adagrad", "weight_decay", "mean", "clipping", "max_norm"],
+)
+def test_options_it_does_not_implement_keep_fbgemms_kernel(options: dict[str, object]) -> None:
+    kernel = _kernel(1, **options)
+    assert not applies(kernel)
+    with pytest.raises(ValueError, match="does not implement"):
+        TableRows(kernel, FEATURES)
+
+
+def test_the_default_kernel_applies_up_to_max_rows_and_dim(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert applies(_kernel(1))
+    with monkeypatch.context() as m:
+        m.setattr(table_rows, "MAX_ROWS", ROWS - 1)
+        assert not applies(_kernel(1))
+    monkeypatch.setattr(table_rows, "MAX_DIM", DIM - 1)
+    assert not applies(_kernel(1))
