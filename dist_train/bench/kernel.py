@@ -31,9 +31,12 @@ import json
 import statistics
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
+from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+    SplitTableBatchedEmbeddingBagsCodegen,
+)
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dist_train.bench import seconds_per_call
@@ -64,16 +67,18 @@ def _training(
     tbe(ids, offsets).backward(grad)  # the fused update runs inside backward
 
 
-def _table_rows_call(
-    dim: int, ids: torch.Tensor, batch: int, grad: torch.Tensor
-) -> Callable[[], object] | None:
-    """Forward + backward of the C lookup and update on a one-feature copy of the kernel,
-    the ids as one-id bags of TBE_BAGS features; None where it does not apply."""
-    from dist_train.train.table_rows import TableRows, applies
+def _median_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """Round by round, as the bench's other ratios: a slow spell hits both sides alike."""
+    return statistics.median(n / d for n, d in zip(numerators, denominators, strict=True))
 
-    tbe = calibration_tbe(dim, features=1)
-    if not applies(tbe):
-        return None
+
+def _table_rows_call(
+    tbe: SplitTableBatchedEmbeddingBagsCodegen, ids: torch.Tensor, batch: int, grad: torch.Tensor
+) -> Callable[[], object]:
+    """Forward + backward of the C lookup and update on ``tbe`` (a one-feature kernel), the
+    ids as one-id bags of TBE_BAGS features."""
+    from dist_train.train.table_rows import TableRows
+
     rows = TableRows(tbe, TBE_BAGS)
     keys = [f"f{i}" for i in range(TBE_BAGS)]
     features = KeyedJaggedTensor.from_lengths_sync(
@@ -81,6 +86,16 @@ def _table_rows_call(
     )
     assert features.stride() == batch
     return lambda: rows(features, "calibration").backward(grad)
+
+
+def _c_kernel(dim: int) -> SplitTableBatchedEmbeddingBagsCodegen | None:
+    """A one-feature kernel for the C lookup and update to run on, where they apply."""
+    from dist_train.train.table_rows import MAX_DIM, applies
+
+    if dim > MAX_DIM:  # before building a table it would not run
+        return None
+    tbe = cast(SplitTableBatchedEmbeddingBagsCodegen, calibration_tbe(dim, features=1))
+    return tbe if applies(tbe) else None
 
 
 def run_kernel_bench(
@@ -97,13 +112,16 @@ def run_kernel_bench(
     cases: list[dict[str, Any]] = []
     calls: list[
         tuple[
-            Callable[[], object], Callable[[], object], Callable[[], object], Callable[[], object]
+            Callable[[], object],
+            Callable[[], object],
+            Callable[[], object],
+            Callable[[], object] | None,
         ]
     ] = []
-    c_applies = True
     for dim in dims:
         tbe = calibration_tbe(dim)
         one_feature = calibration_tbe(dim, features=1)
+        c_kernel = _c_kernel(dim)
         for batch in batches:
             ids = zipf_rows(batch, TBE_BAGS)
             offsets = torch.arange(ids.numel() + 1)
@@ -116,13 +134,10 @@ def run_kernel_bench(
             # the same bags, one feature's: its pooled output is [bags, dim]
             one_grad = grad.view(bags, dim)
             training_one = functools.partial(_training, one_feature, ids, offsets, one_grad)
-            in_c = _table_rows_call(dim, ids, batch, grad)
-            c_applies = in_c is not None
-            # without the extension, a second run of FBGEMM's one-feature kernel keeps the
-            # rounds alike; its column is then left out
-            training_c = in_c if in_c is not None else training_one
+            training_c = None if c_kernel is None else _table_rows_call(c_kernel, ids, batch, grad)
             for call in (forward, training, training_one, training_c):
-                call()
+                if call is not None:
+                    call()
             calls.append((forward, training, training_one, training_c))
             cases.append(
                 {
@@ -151,29 +166,17 @@ def run_kernel_bench(
             case["one_feature_forward_backward_seconds"].append(
                 seconds_per_call(run_one, CALLS_PER_ROUND)
             )
-            case["c_forward_backward_seconds"].append(seconds_per_call(run_c, CALLS_PER_ROUND))
+            if run_c is not None:
+                case["c_forward_backward_seconds"].append(seconds_per_call(run_c, CALLS_PER_ROUND))
     rows = []
     for case in cases:
         copy = statistics.median(case["copy_bytes_per_second"])
         fwd = statistics.median(case["forward_seconds"])
         both = statistics.median(case["forward_backward_seconds"])
-        # round by round, as the bench's other ratios: a slow spell hits both sides alike
-        shared_over_one = statistics.median(
-            s / o
-            for s, o in zip(
-                case["forward_backward_seconds"],
-                case["one_feature_forward_backward_seconds"],
-                strict=True,
-            )
+        shared_over_one = _median_ratio(
+            case["forward_backward_seconds"], case["one_feature_forward_backward_seconds"]
         )
-        one_over_c = statistics.median(
-            o / c
-            for o, c in zip(
-                case["one_feature_forward_backward_seconds"],
-                case["c_forward_backward_seconds"],
-                strict=True,
-            )
-        )
+        in_c = case["c_forward_backward_seconds"]
         rows.append(
             {
                 "dim": case["dim"],
@@ -189,22 +192,22 @@ def run_kernel_bench(
                     case["one_feature_forward_backward_seconds"]
                 ),
                 "shared_over_one_feature": shared_over_one,
+                # the C lookup and update, where they apply
                 **(
                     {
-                        "c_forward_backward_seconds": statistics.median(
-                            case["c_forward_backward_seconds"]
+                        "c_forward_backward_seconds": statistics.median(in_c),
+                        "one_feature_over_c": _median_ratio(
+                            case["one_feature_forward_backward_seconds"], in_c
                         ),
-                        "one_feature_over_c": one_over_c,
                     }
-                    if c_applies
+                    if in_c
                     else {}
                 ),
             }
         )
     print(
         "\n  dim   batch  fwd ms  fwd GB/s  fwd/copy  fwd+bwd ms  fwd+bwd GB/s  /copy  copy GB/s"
-        "  1-feature fwd+bwd ms  shared/1-feature"
-        + ("  C fwd+bwd ms  1-feature/C" if c_applies else "")
+        "  1-feature fwd+bwd ms  shared/1-feature  C fwd+bwd ms  1-feature/C"
     )
     for r in rows:
         print(
@@ -218,8 +221,8 @@ def run_kernel_bench(
             + (
                 f"  {r['c_forward_backward_seconds'] * 1e3:>12.2f}"
                 f"  {r['one_feature_over_c']:>11.2f}"
-                if c_applies
-                else ""
+                if "one_feature_over_c" in r
+                else f"  {'-':>12}  {'-':>11}"  # the trainer runs FBGEMM's kernel here
             )
         )
     result = {"threads": torch.get_num_threads(), "rows": rows}

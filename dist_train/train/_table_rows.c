@@ -5,10 +5,10 @@
  * features over a batch of `batch` examples, feature-major as a KeyedJaggedTensor holds them:
  * bag i = f batch + b reads ids[offsets[i] .. offsets[i + 1]). Its pooled vector is row
  * b features + f of the output (and of the gradient): [batch][features dim], as the model
- * reads it, with no pass to put the bags example-major first. The update is FBGEMM's exact row-wise Adagrad (no weight
- * decay, no clipping): per distinct row r of the batch, g = the sum of the gradients of the
- * bags that read it (once per read), state[r] += mean(g^2), w[r] -= lr g / (sqrt(state[r]) +
- * eps).
+ * reads it, with no pass to put the bags example-major first. The update is FBGEMM's exact
+ * row-wise Adagrad (no weight decay, no clipping): per distinct row r of the batch, g = the
+ * sum of the gradients of the bags that read it (once per read), state[r] += mean(g^2),
+ * w[r] -= lr g / (sqrt(state[r]) + eps).
  *
  * Why not FBGEMM's CPU backward: it sorts the batch's ids (csr2csc) before its update, and
  * each read of a pooled gradient and of a row then waits on memory. Here each thread owns a
@@ -24,11 +24,11 @@
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 
 #define AHEAD 16 /* reads prefetched this many ids (or gradients) ahead */
 #define MAX_THREADS 256
+#define MAX_DIM 1024 /* the update keeps a row's gradient on the stack */
 /* the row loops vectorized for the widest instruction set the CPU has, picked at load */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define VECTORIZED __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -84,9 +84,10 @@ typedef struct {
 } Scratch;
 
 /* Thread t's share of the update: the rows it owns. */
-VECTORIZED static void update_owned(const int64_t *ids, const int64_t *offsets, int64_t features,
-                         int64_t batch, const float *grad, float *w, float *state, int64_t rows, int64_t dim,
-                         float lr, float eps, int32_t *slot, int t, int threads, Scratch *s) {
+VECTORIZED static void update_owned(const int64_t *ids, const int64_t *offsets,
+                                    int64_t features, int64_t batch, const float *grad,
+                                    float *w, float *state, int64_t rows, int64_t dim, float lr,
+                                    float eps, int32_t *slot, int t, int threads, Scratch *s) {
     const int64_t n = offsets[features * batch];
     /* the rows this thread owns: one contiguous range per thread */
     const int64_t own_lo = rows * t / threads, own_hi = rows * (t + 1) / threads;
@@ -129,7 +130,7 @@ VECTORIZED static void update_owned(const int64_t *ids, const int64_t *offsets, 
             __builtin_prefetch(state + ahead, 1);
         }
         memset(g, 0, sizeof g);
-        for (int32_t q = s->start[k]; q < s->start[k + 1]; ++q) {
+        for (int64_t q = s->start[k]; q < s->start[k + 1]; ++q) {
             if (q + AHEAD < reads) __builtin_prefetch(grad + (int64_t)s->bags[q + AHEAD] * dim);
             const float *gb = grad + (int64_t)s->bags[q] * dim;
             for (int64_t d = 0; d < dim; ++d) g[d] += gb[d];
@@ -196,11 +197,12 @@ static PyObject *py_update(PyObject *self, PyObject *args) {
                           &grad_addr, &w_addr, &state_addr, &rows, &dim, &lr, &eps, &slot_addr,
                           &scratch_addr, &scratch_len, &threads))
         return NULL;
-    if (features < 1 || batch < 0 || rows < 1 || rows > INT32_MAX || dim < 1 || threads < 1) {
+    if (features < 1 || batch < 0 || rows < 1 || rows > INT32_MAX || dim < 1 ||
+        dim > MAX_DIM || threads < 1) {
         PyErr_Format(PyExc_ValueError,
                      "_table_rows.update: need features >= 1, batch >= 0, 1 <= rows < 2^31, "
-                     "dim and threads >= 1; got %lld, %lld, %lld, %lld, %lld",
-                     features, batch, rows, dim, threads);
+                     "1 <= dim <= %d and threads >= 1; got %lld, %lld, %lld, %lld, %lld",
+                     MAX_DIM, features, batch, rows, dim, threads);
         return NULL;
     }
     const int64_t *ids = (const int64_t *)(uintptr_t)ids_addr;

@@ -25,9 +25,9 @@ about 3% of a one-rank step) is off for it: in TorchRec's default mode that chec
 refuse such an id, it reads and updates row 0 in its place and logs an error line.
 
 Where :func:`~dist_train.train.table_rows.applies` holds (the default options, a table of at
-most 16,000,000 rows a rank), the converted kernel runs neither FBGEMM's kernels nor the
-example-major pass: :class:`~dist_train.train.table_rows.TableRows` looks up the bags as the
-KJT holds them and updates the rows in C, on the same weights and state.
+most 16,000,000 rows a rank of at most 64 floats), the converted kernel runs neither FBGEMM's
+kernels nor the example-major pass: :class:`~dist_train.train.table_rows.TableRows` looks up
+the bags as the KJT holds them and updates the rows in C, on the same weights and state.
 """
 
 from __future__ import annotations

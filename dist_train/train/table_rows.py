@@ -35,18 +35,18 @@ except ImportError:  # built without a C compiler (setup.py): FBGEMM's kernels r
 # docs/benchmarks.md), FBGEMM's step over this one's: 1.067 at 4,000,000 x 64 rows, 1.036
 # at 8,000,000 x 64, 1.09 at 16,000,000 x 16, the largest measured.
 MAX_ROWS = 16_000_000
-# Wider rows keep FBGEMM's kernels too: at 128 floats `dist-train bench kernel` measured the
-# C update 0.74-0.94x FBGEMM's speed on batches of 2,048 and 8,192 (rows in sorted order
-# pay off there); at 64 the trainer's step measured it faster (docs/benchmarks.md).
+# Wider rows keep FBGEMM's kernels too: at 128 floats `dist-train bench kernel` measured
+# FBGEMM's one-feature kernel over this one 0.74-1.17 (this one the slower in 4 of 6 cases:
+# FBGEMM's update walks the rows in sorted order); at 64, 0.93-1.44, and the trainer's step
+# measured this one the faster at 64 (docs/benchmarks.md).
 MAX_DIM = 64
 
 
 def applies(tbe: SplitTableBatchedEmbeddingBagsCodegen) -> bool:
     """Whether :class:`TableRows` computes what ``tbe`` would, and is measured to be the
-    faster: one float32 table of at most :data:`MAX_ROWS` rows of at most :data:`MAX_DIM`
-    floats on CPU, sum pooling, exact
-    row-wise Adagrad with none of its options (weight decay, clipping, max norm, counters,
-    regularization), the C extension built."""
+    faster: one float32 table on CPU of at most :data:`MAX_ROWS` rows of at most
+    :data:`MAX_DIM` floats, sum pooling, exact row-wise Adagrad with none of its options
+    (weight decay, clipping, max norm, counters, regularization), the C extension built."""
     args = tbe.optimizer_args
     return (
         _native is not None
@@ -56,6 +56,7 @@ def applies(tbe: SplitTableBatchedEmbeddingBagsCodegen) -> bool:
         and tbe.embedding_specs[0][1] <= MAX_DIM
         and tbe.optimizer == EmbOptimType.EXACT_ROWWISE_ADAGRAD
         and tbe.weights_host.dtype == torch.float32
+        and tbe.momentum1_host.dtype == torch.float32
         and tbe.output_dtype == 0  # SparseType.FP32.as_int()
         and tbe.pooling_mode == PoolingMode.SUM
         and not args.gradient_clipping
@@ -98,9 +99,14 @@ class TableRows:
         out: torch.Tensor = _PooledRows.apply(
             self.tbe.placeholder_autograd_tensor, self, ids, offsets, batch, table
         )
-        # FBGEMM's counters, as its forward keeps them
-        self.tbe.step += 1
-        self.tbe.iter.add_(1)
+        # FBGEMM's counters, as its forward keeps them (iter_cpu catches up with a loaded
+        # iter first)
+        tbe = self.tbe
+        tbe.step += 1
+        if int(tbe.iter_cpu.item()) == 0:
+            tbe.iter_cpu.fill_(int(tbe.iter.item()))
+        tbe.iter_cpu.add_(1)
+        tbe.iter.add_(1)
         return out
 
 
@@ -130,7 +136,7 @@ class _PooledRows(torch.autograd.Function):
         table: str,
     ) -> torch.Tensor:
         assert _native is not None
-        out = torch.empty(batch, rows.num_features * rows.dim)
+        out = torch.empty(batch, rows.num_features * rows.dim, dtype=torch.float32)
         outside = _native.pool(
             ids.data_ptr(), offsets.data_ptr(), rows.num_features, batch,
             rows.tbe.weights_host.data_ptr(), rows.rows, rows.dim,
@@ -138,6 +144,7 @@ class _PooledRows(torch.autograd.Function):
         )  # fmt: skip
         if outside:
             refuse_ids_outside(ids[: int(offsets[-1])], rows.rows, table)
+            raise AssertionError(f"table {table}: the lookup counted {outside} id(s) outside")
         ctx.rows, ctx.batch = rows, batch
         ctx.save_for_backward(ids, offsets)
         return out

@@ -32,8 +32,13 @@ from torchrec.distributed.embedding_types import (
 from torchrec.modules.embedding_configs import DataType, PoolingType
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from dist_train.train import table_rows
 from dist_train.train.bag_order import example_major_bags
-from dist_train.train.shared_tables import _as_one_feature, read_shared_tables_as_one_feature
+from dist_train.train.shared_tables import (
+    OneFeatureFusedEmbeddingBag,
+    _as_one_feature,
+    read_shared_tables_as_one_feature,
+)
 
 ROWS, DIM, FEATURES, BATCH = 1000, 8, 5, 16
 
@@ -208,6 +213,9 @@ def test_the_converted_kernel_refuses_an_id_outside_its_rows(bad_id: int) -> Non
     assert kernel.emb_module.bounds_check_mode_int != BoundsCheckMode.NONE.value
     assert read_shared_tables_as_one_feature(ModuleList([kernel])) == ["unified_0"]
     assert kernel.emb_module.bounds_check_mode_int == BoundsCheckMode.NONE.value
+    # TorchRec's default kernel of a shared table runs the C lookup and update, where built
+    assert isinstance(kernel, OneFeatureFusedEmbeddingBag)
+    assert (kernel.table_rows is None) == (table_rows._native is None)
 
     good = torch.tensor([1, 2, ROWS - 1, 0, 5, 9])
     pooled = kernel(

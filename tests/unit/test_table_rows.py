@@ -23,46 +23,83 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _kernel(features: int, **options: object) -> SplitTableBatchedEmbeddingBagsCodegen:
+def _kernel(
+    features: int, dim: int = DIM, rows: int = ROWS, **options: object
+) -> SplitTableBatchedEmbeddingBagsCodegen:
     kwargs: dict[str, object] = {"optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD}
     kwargs.update(options)
     return SplitTableBatchedEmbeddingBagsCodegen(
-        embedding_specs=[(ROWS, DIM, EmbeddingLocation.HOST, ComputeDevice.CPU)],
+        embedding_specs=[(rows, dim, EmbeddingLocation.HOST, ComputeDevice.CPU)],
         feature_table_map=[0] * features,
         learning_rate=0.1,
         **kwargs,  # type: ignore[arg-type]
     )
 
 
-def _batch(gen: torch.Generator) -> KeyedJaggedTensor:
-    lengths = torch.randint(0, 4, (FEATURES * BATCH,), generator=gen)  # empty bags too
-    ids = torch.randint(0, ROWS // 10, (int(lengths.sum()),), generator=gen)  # repeats
+def _batch(
+    gen: torch.Generator, batch: int = BATCH, rows: int = ROWS, max_length: int = 4
+) -> KeyedJaggedTensor:
+    lengths = torch.randint(0, max_length, (FEATURES * batch,), generator=gen)  # empty bags
+    # a tenth of the rows, spread over the table (every thread's range of rows): repeats
+    ids = torch.randint(0, max(1, rows // 10), (int(lengths.sum()),), generator=gen)
+    ids = ids * 10 % rows
     keys = [f"f{i}" for i in range(FEATURES)]
     return KeyedJaggedTensor.from_lengths_sync(keys, ids, lengths)
 
 
-def test_lookup_and_update_are_fbgemms() -> None:
-    """Three steps of each on the same batches: the pooled vectors of the same rows bit for
-    bit, the rows and their Adagrad state up to the order and fusion of float operations."""
-    theirs, ours = _kernel(FEATURES), _kernel(1)
+@pytest.mark.parametrize(
+    ("dim", "rows", "batch", "max_length"),
+    [
+        (DIM, ROWS, BATCH, 4),
+        (20, ROWS, BATCH, 4),  # FBGEMM needs multiples of 4: not of 8 or 16 floats
+        (DIM, 2, BATCH, 4),  # fewer rows than threads
+        (DIM, ROWS, BATCH, 1),  # every bag empty
+        (DIM, ROWS, 0, 4),  # no examples
+    ],
+    ids=["default", "dim_20", "two_rows", "empty_bags", "no_examples"],
+)
+def test_lookup_and_update_are_fbgemms(dim: int, rows: int, batch: int, max_length: int) -> None:
+    """Three steps of each on the same batches, at 3 threads: the pooled vectors of the same
+    rows bit for bit, the rows and their Adagrad state up to the order and fusion of float
+    operations."""
+    theirs, ours = _kernel(FEATURES, dim, rows), _kernel(1, dim, rows)
     ours.weights_host.data.copy_(theirs.weights_host.data)
-    rows = TableRows(ours, FEATURES)
+    table = TableRows(ours, FEATURES)
     gen = torch.Generator().manual_seed(0)
-    for step in range(3):
-        batch = _batch(gen)
-        grad = torch.randn(BATCH, FEATURES * DIM, generator=gen)
-        expected = theirs(batch.values(), batch.offsets())
-        got = rows(batch, "t")
-        assert got.shape == (BATCH, FEATURES * DIM)
-        if step == 0:  # the same rows: the same sums
-            assert torch.equal(got, expected)
-        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
-        expected.backward(grad)
-        got.backward(grad)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        for step in range(3):
+            _one_step(theirs, table, gen, dim, rows, batch, max_length, step)
+    finally:
+        torch.set_num_threads(before)
     torch.testing.assert_close(ours.weights_host, theirs.weights_host, rtol=0, atol=1e-6)
     torch.testing.assert_close(ours.momentum1_host, theirs.momentum1_host, rtol=1e-5, atol=1e-7)
     assert ours.step == theirs.step == 3
-    assert not torch.equal(ours.weights_host, _kernel(1).weights_host)  # it trained
+    if batch and max_length > 1:
+        assert not torch.equal(ours.weights_host, _kernel(1, dim, rows).weights_host)  # trained
+
+
+def _one_step(
+    theirs: SplitTableBatchedEmbeddingBagsCodegen,
+    rows: TableRows,
+    gen: torch.Generator,
+    dim: int,
+    num_rows: int,
+    batch_size: int,
+    max_length: int,
+    step: int,
+) -> None:
+    batch = _batch(gen, batch_size, num_rows, max_length)
+    grad = torch.randn(batch_size, FEATURES * dim, generator=gen)
+    expected = theirs(batch.values(), batch.offsets())
+    got = rows(batch, "t")
+    assert got.shape == (batch_size, FEATURES * dim)
+    if step == 0:  # the same rows: the same sums
+        assert torch.equal(got, expected)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    expected.backward(grad)
+    got.backward(grad)
 
 
 def test_threads_do_not_change_the_result() -> None:
