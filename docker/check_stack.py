@@ -33,10 +33,12 @@ def problems(variant: str) -> list[str]:
     import torchrec  # noqa: F401  (must import beside this fbgemm build)
 
     found: list[str] = []
-    # the C dot interaction (setup.py) builds only where a compiler was at hand; without it
-    # CPU ranks run torch's, slower
+    # the C extensions (setup.py) build only where a compiler was at hand; without them CPU
+    # ranks run torch's interaction and FBGEMM's shared-table kernels, slower
     if importlib.util.find_spec("dist_train.models._dot_interaction") is None:
         found.append("dist_train's C dot interaction was not built (gcc and Python headers?)")
+    if importlib.util.find_spec("dist_train.train._table_rows") is None:
+        found.append("dist_train's C table lookup was not built (gcc and Python headers?)")
     torch_cuda = torch.version.cuda
     fbgemm_variant = getattr(fbgemm_gpu, "__variant__", "unknown")
     if variant == "cpu":
