@@ -382,6 +382,16 @@ class RayConfig(_Strict):
             "start-up); None = wherever Ray packs them."
         ),
     )
+    pin_cores: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description=(
+            "Hold each CPU worker to cores of its own, its share of the cores its machine "
+            "lets it use (one each with as many workers as cores; dealt round them with "
+            "more). auto: on where the job owns the machine (launcher=processes, the "
+            "private embedded Ray instance), off on a joined Ray cluster, where other jobs' "
+            "workers may be pinned to the same cores. GPU workers are never pinned."
+        ),
+    )
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="Ray placement-group strategy of the worker bundles."
     )

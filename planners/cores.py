@@ -31,6 +31,11 @@ def usable_cores(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROU
     return max(1, cores)
 
 
+def process_cores() -> list[int]:
+    """The cores this process may run on, its affinity (empty where the OS has none)."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
 def cpu_quota(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> float | None:
     """CPUs' worth of time per period this process's cgroups allow (the tightest of its own
     and its ancestors'), or None without a quota (or where cgroups cannot be read)."""

@@ -24,6 +24,7 @@ from dist_train.train.sharding import JobPlan, plan_job, planner_for_config
 from dist_train.train.shared_tables import OneFeatureFusedEmbeddingBag
 from dist_train.train.trainer import Trainer, make_batch_builder
 from planners import placement as pl
+from planners.cores import process_cores
 from planners.planner import plan_from_placements
 
 
@@ -196,12 +197,13 @@ def unpooled_refusals(cfg_raw: dict[str, Any], data_path: str) -> dict[str, str]
 
 
 def where_the_rank_runs(name: str) -> dict[str, Any]:
-    """This rank's directory, the environment variable ``name`` and its thread count."""
+    """This rank's directory, the environment variable ``name``, its thread count and cores."""
     return {
         "cwd": os.getcwd(),
         "value": os.environ.get(name),
         "threads": torch.get_num_threads(),
         "rank": dist.get_rank(),
+        "cores": process_cores(),
     }
 
 

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from dist_train.data.memory import reuse_freed_memory
 from dist_train.devices import backend_for, select_local_gpu
+from dist_train.launchers.affinity import pin_local_rank
 from dist_train.launchers.rank_server import use_rank_server
 from dist_train.logs import quiet_worker_logs
 
@@ -47,6 +48,7 @@ def _entry(
     port: int,
     threads: int,
     device_type: str,
+    pin_cores: bool,
     environ: dict[str, str],
     fn: WorkerFn,
     args: tuple[Any, ...],
@@ -63,6 +65,8 @@ def _entry(
         LOCAL_RANK=str(rank),
         LOCAL_WORLD_SIZE=str(world_size),
     )
+    if pin_cores and device_type == "cpu":
+        pin_local_rank(rank, world_size)  # every rank runs on this machine
     torch.set_num_threads(threads)
     # Every rank, a benchmark's or a test's too, allocates as the training loop's ranks do:
     # without it each step pays thousands of page faults (25% of a default-job step).
@@ -94,11 +98,15 @@ def run_processes(
     world_size: int,
     threads_per_rank: int = 1,
     device_type: str = "cpu",
+    pin_cores: bool = True,
 ) -> list[Any]:
     """Run ``fn(*args)`` on ``world_size`` ranks; return each rank's result, by rank.
 
     With ``device_type="cuda"`` rank r's current device is ``cuda:r`` and CUDA tensors go over
     nccl (CPU tensors still over gloo).
+
+    ``pin_cores``: hold each CPU rank to its share of this process's cores
+    (:mod:`dist_train.launchers.affinity`).
 
     ``fn`` must be importable (a module-level function); it runs inside the process group.
     """
@@ -118,6 +126,7 @@ def run_processes(
                 free_port(),
                 threads_per_rank,
                 device_type,
+                pin_cores,
                 dict(os.environ),
                 fn,
                 args,

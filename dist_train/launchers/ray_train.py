@@ -22,6 +22,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from dist_train.config import JobConfig, parse_config
 from dist_train.devices import backend_for, local_gpus
+from dist_train.launchers.affinity import pin_local_rank
 from dist_train.launchers.cluster import check_fits, describe, live_nodes
 from dist_train.launchers.processes import free_port
 from dist_train.logs import LOG, quiet_worker_logs, setup_logging
@@ -81,6 +82,9 @@ def _ray_record(run_id: str) -> tuple[int, str] | None:
 
 def _ray_worker(payload: dict[str, Any]) -> None:
     quiet_worker_logs()
+    if payload["pin_cores"]:
+        context = ray.train.get_context()
+        pin_local_rank(context.get_local_rank(), context.get_local_world_size())
     # Imported here, after quieting, so FBGEMM's import-time INFO lines stay out of the output.
     from dist_train.train.checkpointing import restart_point
     from dist_train.train.loop import run_worker
@@ -172,16 +176,17 @@ def _restore(values: Mapping[str, str | None]) -> None:
 
 
 @contextlib.contextmanager
-def _connected(cfg: JobConfig) -> Iterator[None]:
+def _connected(cfg: JobConfig) -> Iterator[bool]:
     """Ray for the job (see ``ray_address``): the caller's connection if there is one, the
-    cluster it names, or a private embedded instance that lives as long as the block."""
+    cluster it names, or a private embedded instance that lives as long as the block.
+    Yields whether it is the private instance (the job owns the machine)."""
     if ray.is_initialized():
-        yield
+        yield False
         return
     address = ray_address(cfg.ray.address)
     if address:
         _join(cfg, address)
-        yield
+        yield False
         return
     needed = cfg.ray.num_workers * cfg.ray.cpus_per_worker
     num_cpus = usable_cores()
@@ -205,7 +210,7 @@ def _connected(cfg: JobConfig) -> Iterator[None]:
         configure_logging=True,
         logging_level=logging.WARNING,
     ):
-        yield
+        yield True
 
 
 def _join(cfg: JobConfig, address: str) -> None:
@@ -241,8 +246,9 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
     """Run the job on Ray Train workers; the rank-0 summary."""
     cuda = inputs.device_type == "cuda"
     resources = {"CPU": cfg.ray.cpus_per_worker, **({"GPU": 1.0} if cuda else {})}
-    with _connected(cfg):
+    with _connected(cfg) as private:
         check_cluster(cfg, inputs.device_type)
+        pin = cfg.ray.pin_cores == "on" or (cfg.ray.pin_cores == "auto" and private)
         storage = cfg.ray.storage_path or str((Path(inputs.run_dir) / "ray").resolve())
         workers: Any = cfg.ray.num_workers
         if cfg.ray.min_workers is not None:  # Ray Train v2's elastic (min, max); the stubs
@@ -254,7 +260,11 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
         os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_SECONDS)
         trainer = TorchTrainer(
             train_loop_per_worker=_ray_worker,
-            train_loop_config={"config": cfg.model_dump(mode="json"), "inputs": inputs},
+            train_loop_config={
+                "config": cfg.model_dump(mode="json"),
+                "inputs": inputs,
+                "pin_cores": pin and not cuda,
+            },
             scaling_config=ScalingConfig(
                 num_workers=workers,
                 use_gpu=cuda,  # Ray Train then sets each worker's current CUDA device

@@ -42,6 +42,7 @@ from dist_train.train.progress import Progress, TrainFigures
 from dist_train.train.rank_layout import RankLayout, RankLayoutError, discover_rank_layout
 from dist_train.train.sharding import JobPlan
 from dist_train.train.trainer import Trainer
+from planners.cores import process_cores
 
 
 class RunSummary(TrainFigures, EvalFigures):
@@ -56,6 +57,7 @@ class RunSummary(TrainFigures, EvalFigures):
     num_nodes: int
     ranks_per_node: int
     node_ids: list[str]
+    rank_cores: list[list[int]]  # the cores each rank may run on (ray.pin_cores)
     sharding: dict[str, dict[str, object]]
     embedding_kind: str
     embedding_parameters: int
@@ -108,7 +110,8 @@ def run_worker(
         examples_per_step=cfg.train.batch_size * world,
         append=inputs.resume is not None,
     )
-    _log_start(progress, trainer, topo, cfg)
+    rank_cores = _gather_cores()
+    _log_start(progress, trainer, topo, cfg, rank_cores)
     checkpoints = Checkpoints(
         cfg, trainer, progress, inputs.run_dir, inputs.run_id, inputs.resume, rank, checkpointed
     )
@@ -144,6 +147,7 @@ def run_worker(
         num_nodes=topo.num_nodes,
         ranks_per_node=topo.local_world_size,
         node_ids=list(topo.node_ids),
+        rank_cores=rank_cores,
         sharding=trainer.plan.placements(),
         embedding_kind=trainer.layout.kind,
         embedding_parameters=trainer.layout.num_parameters,
@@ -160,7 +164,20 @@ def run_worker(
     return summary
 
 
-def _log_start(progress: Progress, trainer: Trainer, topo: RankLayout, cfg: JobConfig) -> None:
+def _gather_cores() -> list[list[int]]:
+    """Every rank's cores, by rank."""
+    gathered: list[list[int] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, process_cores())
+    return [list(c or []) for c in gathered]
+
+
+def _log_start(
+    progress: Progress,
+    trainer: Trainer,
+    topo: RankLayout,
+    cfg: JobConfig,
+    rank_cores: list[list[int]],
+) -> None:
     tables = trainer.layout.tables
     world = dist.get_world_size()
     # which dot interaction runs: the C one is an optional build (setup.py)
@@ -174,6 +191,7 @@ def _log_start(progress: Progress, trainer: Trainer, topo: RankLayout, cfg: JobC
             "num_nodes": topo.num_nodes,
             "ranks_per_node": topo.local_world_size,
             "node_ids": list(topo.node_ids),
+            "rank_cores": rank_cores,
             "sharding": trainer.plan.placements(),
             "tables": [t.__dict__ for t in tables],
             "pipeline": trainer.pipelined,

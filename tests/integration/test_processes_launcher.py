@@ -1,6 +1,6 @@
 """The plain-process launcher: ranks fork from a long-lived forkserver, yet each call's ranks
 see the caller's directory (multiprocessing moves them there) and environment (the launcher
-hands it over) as they are at that call, and the thread count asked."""
+hands it over) as they are at that call, the thread count asked, and cores of their own."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from dist_train.launchers.affinity import rank_cores
 from dist_train.launchers.processes import run_processes
+from planners.cores import process_cores
 from tests.workers import where_the_rank_runs
 
 VAR = "DIST_TRAIN_TEST_LAUNCHER_VALUE"
@@ -25,3 +27,13 @@ def test_ranks_see_the_callers_directory_and_environment_of_each_call(
     assert [r["cwd"] for r in second] == [str(tmp_path)] * 2
     assert [r["value"] for r in second] == ["second call"] * 2
     assert [r["threads"] for r in second] == [2, 2]
+
+
+def test_each_rank_runs_on_cores_of_its_own_unless_told_not_to() -> None:
+    cores = process_cores()
+    pinned = run_processes(where_the_rank_runs, (VAR,), 2)
+    assert [r["cores"] for r in pinned] == [rank_cores(cores, r, 2) for r in range(2)]
+    if len(cores) > 1:  # one core each: no rank runs on the other's
+        assert not set(pinned[0]["cores"]) & set(pinned[1]["cores"])
+    free = run_processes(where_the_rank_runs, (VAR,), 2, pin_cores=False)
+    assert [r["cores"] for r in free] == [cores, cores]
