@@ -31,6 +31,14 @@ time: spinning OpenMP workers count as busy). After the rounds every rank checks
 OpenMP workers still spin between parallel regions (:mod:`dist_train.bench.openmp`); the
 output warns if a system left them asleep, which slows every system in the process.
 
+With more than one rank, ours run on cores of their own, each rank on its share, as our
+launchers place them (:mod:`dist_train.launchers.affinity`). Each peer runs as it is faster:
+pinned the same way, or free on all the bench's cores as ``torchrun`` leaves it, chosen
+after the warm-up by timing it both ways (:func:`faster_cores`). Pinning is no peer's
+constant gain: at 2 ranks on this machine it ran ``torchrec`` 1.14x faster and ``pytorch``
+0.65x (its gloo sparse all-reduce then shares the rank's core), at 4 ranks ``pytorch`` 1.25x
+(docs/benchmarks.md, "Each rank on cores of its own").
+
 For each rank count, all systems are built in the same gloo processes and timed in
 interleaved rounds (every mode and system once per round, each system opening a round in
 turn); a system's figure is the median over rounds, with the spread (min and max). Memory
@@ -69,13 +77,16 @@ from dist_train.data.memory import release_freed_memory
 from dist_train.data.reader import list_row_groups
 from dist_train.data.validation import BadInputPolicy
 from dist_train.embedding.layout import build_layout
+from dist_train.launchers.affinity import pin_process
 from dist_train.launchers.processes import run_processes
 from dist_train.train.epochs import Epochs
 from dist_train.train.sharding import JobPlan, plan_job, planner_for_config
 from dist_train.train.trainer import Trainer, make_batch_builder
-from planners.cores import usable_cores
+from planners.cores import process_cores, usable_cores
 
 SYSTEMS = ("unified", "hashing_trick", "torchrec", "pytorch")
+PEERS = ("torchrec", "pytorch")  # timed pinned or free, as they are faster
+AFFINITY_TRIALS = 3  # alternations of each way in faster_cores
 MODES = ("step", "end_to_end")
 WARMUP_STEPS = 2
 STEPS_PER_ROUND = 8
@@ -162,12 +173,16 @@ def time_systems(
     plans: dict[str, JobPlan | None],
     data: str,
     rounds: int,
+    bench_cores: list[int],
     peer_exchange: PeerExchange = "ddp",
 ) -> dict[str, Any]:
     """Worker: build every system, time them round-robin (seconds per round), with the dense
     network alone (:class:`~dist_train.bench.peers.DenseOnly`) in step mode, and this
     machine's rates for the roofline at the end of each round; after the rounds, this rank's
-    :func:`~dist_train.bench.openmp.openmp_waits`."""
+    :func:`~dist_train.bench.openmp.openmp_waits`. Ours run on this rank's own cores (where
+    the launcher pinned it), each of :data:`PEERS` on them or on all ``bench_cores``, as it
+    is faster."""
+    own_cores = process_cores()
     cfgs = {s: parse_config(r) for s, r in raw.items()}
     models = {s: _build(cfgs[s], plans[s], peer_exchange) for s in SYSTEMS}
     unified = cfgs["unified"]
@@ -185,6 +200,13 @@ def time_systems(
     for s in SYSTEMS:
         _timed(models[s], iter(prebuilt[s][:WARMUP_STEPS]), WARMUP_STEPS)
         _timed(models[s], streams[s], WARMUP_STEPS)
+    cores = {s: own_cores for s in SYSTEMS}
+    pinned_over_free: dict[str, float] = {}
+    if own_cores != bench_cores:
+        for s in PEERS:
+            trial = prebuilt[s][WARMUP_STEPS : WARMUP_STEPS + STEPS_PER_ROUND]
+            cores[s], pinned_over_free[s] = faster_cores(models[s], trial, own_cores, bench_cores)
+    pin_process(own_cores)
     _timed(dense_only, iter(prebuilt["unified"][:WARMUP_STEPS]), WARMUP_STEPS)
     seconds: dict[str, dict[str, list[float]]] = {m: {s: [] for s in SYSTEMS} for m in MODES}
     unified_cpu_seconds: list[float] = []
@@ -198,8 +220,10 @@ def time_systems(
             steps = iter(prebuilt[s][first : first + STEPS_PER_ROUND])
             # the roofline's step: how busy it keeps the cores
             cpu = unified_cpu_seconds if s == "unified" else None
+            pin_process(cores[s])
             seconds["step"][s].append(_timed(models[s], steps, STEPS_PER_ROUND, cpu))
             seconds["end_to_end"][s].append(_timed(models[s], streams[s], STEPS_PER_ROUND))
+        pin_process(own_cores)
         steps = iter(prebuilt["unified"][first : first + STEPS_PER_ROUND])
         dense_seconds.append(_timed(dense_only, steps, STEPS_PER_ROUND))
         # the roofline's rates in every round, beside the steps they judge: measured once
@@ -211,7 +235,25 @@ def time_systems(
         "dense_only_seconds": dense_seconds,
         "rates": rates,
         "openmp_waits": _openmp_waits_after(streams),
+        "pinned": {s: cores[s] != bench_cores for s in SYSTEMS},
+        "pinned_over_free_seconds": pinned_over_free,
     }
+
+
+def faster_cores(
+    model: _Trains, batches: list[Batch], pinned: list[int], free: list[int]
+) -> tuple[list[int], float]:
+    """Run on every rank at once: of this rank's ``pinned`` cores and all ``free`` ones, those
+    on which ``model`` trains ``batches`` faster (rank 0's medians over alternated trials
+    decide for all ranks), and the pinned seconds over the free."""
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    for trial in range(AFFINITY_TRIALS):
+        for pin in (True, False) if trial % 2 == 0 else (False, True):
+            pin_process(pinned if pin else free)
+            seconds[pin].append(_timed(model, iter(batches), len(batches)))
+    ratio = torch.tensor([statistics.median(seconds[True]) / statistics.median(seconds[False])])
+    dist.broadcast(ratio, 0)
+    return (pinned if ratio.item() <= 1.0 else free), float(ratio.item())
 
 
 def _openmp_waits_after(streams: dict[str, Generator[Batch]]) -> int:
@@ -319,6 +361,7 @@ def run_train_bench(
     raw = {s: c.model_dump(mode="json") for s, c in cfgs.items()}
     results: list[dict[str, Any]] = []
     roofline: list[dict[str, Any]] = []
+    affinity: list[dict[str, Any]] = []
     rounds_of: Rounds = {}
     cores = usable_cores()  # the ranks' cores, not the host's
     exchange = "; one exchange for all tables" if peer_exchange == "batched" else ""
@@ -333,7 +376,9 @@ def run_train_bench(
             f"{' and '.join(MODES)}; plans: " + "; ".join(f"{s} {labels[s]}" for s in SYSTEMS),
             flush=True,
         )
-        out = run_processes(time_systems, (raw, plans, data, rounds, peer_exchange), world, threads)
+        out = run_processes(
+            time_systems, (raw, plans, data, rounds, process_cores(), peer_exchange), world, threads
+        )
         memory = {
             s: run_processes(
                 peak_memory, (raw[s], plans[s], data, s, peer_exchange), world, threads
@@ -351,6 +396,14 @@ def run_train_bench(
             peak = max(m[mode] for m in memory[s])
             results.append(_row(s, mode, world, per_round, batch, peak, params[s]))
             results[-1]["plan"] = labels[s]
+            results[-1]["pinned"] = out[0]["pinned"][s]
+        affinity.append(
+            {
+                "ranks": world,
+                "pinned": out[0]["pinned"],
+                "pinned_over_free_seconds": out[0]["pinned_over_free_seconds"],
+            }
+        )
         step = statistics.median(seconds["step", "unified"]) / STEPS_PER_ROUND
         dense = [max(r["dense_only_seconds"][i] for r in out) for i in range(rounds)]
         # round by round, as the goals' ratios: the peer's step over the dense network alone
@@ -398,6 +451,7 @@ def run_train_bench(
         "results": results,
         "ratios": ratios(rounds_of),
         "roofline": roofline,
+        "affinity": affinity,
         "peer_exchange": peer_exchange,
     }
     _print(summary)
@@ -417,6 +471,16 @@ def _print(summary: dict[str, Any]) -> None:
             f" ({r['examples_per_second_min']:,.0f}-{r['examples_per_second_max']:,.0f})"
             f"{'':>4} {r['max_rank_memory_bytes'] / 2**20:>10.1f} MiB  "
             f"{r['embedding_parameters']:>11,}"
+        )
+    for a in summary["affinity"]:
+        trials = a["pinned_over_free_seconds"]
+        print(
+            f"cores at {a['ranks']} rank(s): "
+            + "; ".join(
+                f"{s} {'pinned' if pinned else 'free'}"
+                + (f" (pinned / free seconds x{trials[s]:.2f})" if s in trials else "")
+                for s, pinned in a["pinned"].items()
+            )
         )
     print()
     print("ratios of examples/s, round by round: median (min-max)")

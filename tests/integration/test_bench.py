@@ -166,6 +166,15 @@ def test_bench_train_reports_every_system_mode_and_the_roofline(tmp_path: Path) 
     # one thread a rank: no team forms, and no system may leave the workers asleep
     assert roofline["openmp_waits"] <= SLEEPING_WAITS_PER_REGION * PROBE_REGIONS
     assert roofline["openmp_probe_regions"] == PROBE_REGIONS
+    # ours on each rank's own cores; each peer as it ran faster in the warm-up's trials
+    (affinity,) = result["affinity"]
+    if CORES > 1:
+        assert affinity["pinned"]["unified"] and affinity["pinned"]["hashing_trick"]
+        trials = affinity["pinned_over_free_seconds"]
+        assert set(trials) == {"torchrec", "pytorch"}
+        for peer, pinned_over_free in trials.items():
+            assert affinity["pinned"][peer] == (pinned_over_free <= 1.0)
+    assert {r["system"]: r["pinned"] for r in rows} == affinity["pinned"]
 
 
 # threads the test may run without oversubscribing this process's cores
@@ -195,6 +204,7 @@ def test_no_bench_system_stops_the_openmp_workers_spinning(tmp_path: Path, world
         world_size=world,
         # every rank 2 threads at least: a team needs 2, whatever this machine's cores
         threads_per_rank=max(2, CORES // world),
+        pin_cores=False,  # the team's 2 threads on 2 cores, also at 2 ranks
     )
     sleeping = SLEEPING_WAITS_PER_REGION * PROBE_REGIONS
     for waits in ranks:
