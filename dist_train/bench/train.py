@@ -34,7 +34,8 @@ output warns if a system left them asleep, which slows every system in the proce
 With more than one rank, ours run on cores of their own, each rank on its share, as our
 launchers place them (:mod:`dist_train.launchers.affinity`). Each peer runs as it is faster:
 pinned the same way, or free on all the bench's cores as ``torchrun`` leaves it, chosen
-after the warm-up by timing it both ways (:func:`faster_cores`). Pinning is no peer's
+after the warm-up by timing it both ways (:func:`faster_cores`; ours are timed both ways too,
+for the record). Pinning is no peer's
 constant gain: at 2 ranks on this machine it ran ``torchrec`` 1.14x faster and ``pytorch``
 0.65x (its gloo sparse all-reduce then shares the rank's core), at 4 ranks ``pytorch`` 1.25x
 (docs/benchmarks.md, "Each rank on cores of its own").
@@ -203,9 +204,12 @@ def time_systems(
     cores = {s: own_cores for s in SYSTEMS}
     pinned_over_free: dict[str, float] = {}
     if own_cores != bench_cores:
-        for s in PEERS:
+        # ours too, for the record: they stay pinned, as our launchers run them
+        for s in SYSTEMS:
             trial = prebuilt[s][WARMUP_STEPS : WARMUP_STEPS + STEPS_PER_ROUND]
-            cores[s], pinned_over_free[s] = faster_cores(models[s], trial, own_cores, bench_cores)
+            faster, pinned_over_free[s] = faster_cores(models[s], trial, own_cores, bench_cores)
+            if s in PEERS:
+                cores[s] = faster
     pin_process(own_cores)
     _timed(dense_only, iter(prebuilt["unified"][:WARMUP_STEPS]), WARMUP_STEPS)
     seconds: dict[str, dict[str, list[float]]] = {m: {s: [] for s in SYSTEMS} for m in MODES}
