@@ -36,9 +36,9 @@ launchers place them (:mod:`dist_train.launchers.affinity`). Each peer runs as i
 pinned the same way, or free on all the bench's cores as ``torchrun`` leaves it, chosen
 after the warm-up by timing it both ways (:func:`faster_cores`; ours are timed both ways too,
 for the record). Pinning is no peer's
-constant gain: at 2 ranks on this machine it ran ``torchrec`` 1.14x faster and ``pytorch``
-0.65x (its gloo sparse all-reduce then shares the rank's core), at 4 ranks ``pytorch`` 1.25x
-(docs/benchmarks.md, "Each rank on cores of its own").
+constant gain: on this machine ``pytorch`` took 1.4-1.8x the time pinned at 2 ranks (its
+gloo sparse all-reduce then shares the rank's core) and 0.71-0.75x at 4 (docs/benchmarks.md,
+"Each rank on cores of its own").
 
 For each rank count, all systems are built in the same gloo processes and timed in
 interleaved rounds (every mode and system once per round, each system opening a round in
