@@ -3,9 +3,9 @@
 Unpinned, the OS moves a rank's threads between cores and lets ranks sharing a machine run
 on each other's: on this project's 2-core machine the default job's step took 0.87x the
 time at 2 ranks and 0.93x at 4 with each rank held to its own core (``dist-train bench
-train``'s trials; docs/benchmarks.md, "Each rank on cores of its own"). Only a launcher that owns the machine should pin: on a
-shared Ray node other jobs' workers may be pinned to the same cores, and the OS could no
-longer move ours off them.
+train``'s trials; docs/benchmarks.md, "Each rank on cores of its own"). Only a launcher
+that owns the machine should pin: on a shared Ray node other jobs' workers may be pinned to
+the same cores, and the OS could no longer move ours off them.
 """
 
 from __future__ import annotations
