@@ -385,11 +385,15 @@ class RayConfig(_Strict):
     pin_cores: Literal["auto", "on", "off"] = Field(
         "auto",
         description=(
-            "Hold each CPU worker to cores of its own, its share of the cores its machine "
-            "lets it use (one each with as many workers as cores; dealt round them with "
-            "more). auto: on where the job owns the machine (launcher=processes, the "
-            "private embedded Ray instance), off on a joined Ray cluster, where other jobs' "
-            "workers may be pinned to the same cores. GPU workers are never pinned."
+            "Hold each CPU worker to cores of its own, its share of the CPUs of its "
+            "process's affinity (one each with as many workers as CPUs; dealt round them "
+            "with a whole number more). auto: on where the job is taken to own the machine "
+            "(launcher=processes, the private embedded Ray instance; two such jobs at once "
+            "on one machine would pin to the same CPUs: set off), off on a joined Ray "
+            "cluster, where other jobs' workers may hold the same CPUs. Never pinned: GPU "
+            "workers, more threads a worker than its share, an uneven number of workers a "
+            "CPU, or an OpenMP binding set in the environment (OMP_PROC_BIND, OMP_PLACES, "
+            "GOMP_CPU_AFFINITY, KMP_AFFINITY). The run summary lists each rank's CPUs."
         ),
     )
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
@@ -419,6 +423,14 @@ class RayConfig(_Strict):
             "checkpoint, resharded, with the epoch's untrained batches re-dealt."
         ),
     )
+
+    @field_validator("pin_cores", mode="before")
+    @classmethod
+    def _on_off(cls, v: object) -> object:
+        # YAML reads a bare on / off (a config file's or --set's) as a boolean
+        if isinstance(v, bool):
+            return "on" if v else "off"
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> RayConfig:

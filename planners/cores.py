@@ -36,6 +36,19 @@ def process_cores() -> list[int]:
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 
 
+def cpu_list(cores: list[int]) -> str:
+    """``cores`` as Linux writes CPU lists (``0-3,8``; empty: ``""``)."""
+    runs: list[str] = []
+    ordered = sorted(set(cores))
+    start = 0
+    for i, core in enumerate(ordered):
+        if i + 1 == len(ordered) or ordered[i + 1] != core + 1:
+            first = ordered[start]
+            runs.append(str(first) if first == core else f"{first}-{core}")
+            start = i + 1
+    return ",".join(runs)
+
+
 def cpu_quota(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> float | None:
     """CPUs' worth of time per period this process's cgroups allow (the tightest of its own
     and its ancestors'), or None without a quota (or where cgroups cannot be read)."""

@@ -32,13 +32,12 @@ OpenMP workers still spin between parallel regions (:mod:`dist_train.bench.openm
 output warns if a system left them asleep, which slows every system in the process.
 
 With more than one rank, ours run on cores of their own, each rank on its share, as our
-launchers place them (:mod:`dist_train.launchers.affinity`). Each peer runs as it is faster:
-pinned the same way, or free on all the bench's cores as ``torchrun`` leaves it, chosen
-after the warm-up by timing it both ways (:func:`faster_cores`; ours are timed both ways too,
-for the record). Pinning is no peer's
-constant gain: on this machine ``pytorch`` took 1.4-1.8x the time pinned at 2 ranks (its
-gloo sparse all-reduce then shares the rank's core) and 0.71-0.75x at 4 (docs/benchmarks.md,
-"Each rank on cores of its own").
+launchers place them (:mod:`dist_train.launchers.affinity`). Each peer runs as it is
+faster: pinned the same way, or free on all the bench's cores as ``torchrun`` leaves it,
+chosen after the warm-up by timing it both ways on batches of its own (:func:`faster_cores`;
+ours are timed both ways too, for the record). Pinning is no peer's constant gain: on this
+machine ``pytorch`` took 1.4-1.8x the time pinned at 2 ranks and 0.71-0.75x at 4
+(docs/benchmarks.md, "Each rank on cores of its own").
 
 For each rank count, all systems are built in the same gloo processes and timed in
 interleaved rounds (every mode and system once per round, each system opening a round in
@@ -90,6 +89,7 @@ PEERS = ("torchrec", "pytorch")  # timed pinned or free, as they are faster
 AFFINITY_TRIALS = 3  # alternations of each way in faster_cores
 MODES = ("step", "end_to_end")
 WARMUP_STEPS = 2
+TRIAL_STEPS = 8  # batches of faster_cores' trials, apart from the rounds'
 STEPS_PER_ROUND = 8
 ROUNDS = 5
 
@@ -189,7 +189,8 @@ def time_systems(
     unified = cfgs["unified"]
     dense_only = DenseOnly(unified, build_layout(unified.embedding, unified.features, unified.seed))
     batch = cfgs["unified"].train.batch_size
-    count = WARMUP_STEPS + rounds * STEPS_PER_ROUND
+    first_round = WARMUP_STEPS + TRIAL_STEPS
+    count = first_round + rounds * STEPS_PER_ROUND
     builders = {s: _builder(cfgs[s]) for s in SYSTEMS}
     # every system reads the same columns (the job's features, dense and label)
     table = pq.read_table(data, columns=builders["unified"].columns)
@@ -203,31 +204,38 @@ def time_systems(
         _timed(models[s], streams[s], WARMUP_STEPS)
     cores = {s: own_cores for s in SYSTEMS}
     pinned_over_free: dict[str, float] = {}
-    if own_cores != bench_cores:
+    # where this rank was not pinned, nothing to choose, and nothing to reset (a user's
+    # OpenMP binding, say)
+    repin = own_cores != bench_cores
+    if repin:
         # ours too, for the record: they stay pinned, as our launchers run them
         for s in SYSTEMS:
-            trial = prebuilt[s][WARMUP_STEPS : WARMUP_STEPS + STEPS_PER_ROUND]
+            trial = prebuilt[s][WARMUP_STEPS:first_round]
             faster, pinned_over_free[s] = faster_cores(models[s], trial, own_cores, bench_cores)
             if s in PEERS:
                 cores[s] = faster
-    pin_process(own_cores)
+        pin_process(own_cores)
     _timed(dense_only, iter(prebuilt["unified"][:WARMUP_STEPS]), WARMUP_STEPS)
     seconds: dict[str, dict[str, list[float]]] = {m: {s: [] for s in SYSTEMS} for m in MODES}
     unified_cpu_seconds: list[float] = []
     dense_seconds: list[float] = []
     rates: list[dict[str, float]] = []
     for r in range(rounds):
-        first = WARMUP_STEPS + r * STEPS_PER_ROUND
+        first = first_round + r * STEPS_PER_ROUND
         # each system opens a round in turn: the round before ends with the rates' 256 MiB
         # copies, which leave the next step's rows out of cache
         for s in SYSTEMS[r % len(SYSTEMS) :] + SYSTEMS[: r % len(SYSTEMS)]:
             steps = iter(prebuilt[s][first : first + STEPS_PER_ROUND])
             # the roofline's step: how busy it keeps the cores
             cpu = unified_cpu_seconds if s == "unified" else None
-            pin_process(cores[s])
+            if repin:
+                pin_process(cores[s])
             seconds["step"][s].append(_timed(models[s], steps, STEPS_PER_ROUND, cpu))
             seconds["end_to_end"][s].append(_timed(models[s], streams[s], STEPS_PER_ROUND))
-        pin_process(own_cores)
+        if repin:
+            # the dense network alone where unified's step runs: pytorch's step over it is
+            # unified / pytorch with free embeddings
+            pin_process(own_cores)
         steps = iter(prebuilt["unified"][first : first + STEPS_PER_ROUND])
         dense_seconds.append(_timed(dense_only, steps, STEPS_PER_ROUND))
         # the roofline's rates in every round, beside the steps they judge: measured once
@@ -240,7 +248,7 @@ def time_systems(
         "rates": rates,
         "openmp_waits": _openmp_waits_after(streams),
         "pinned": {s: cores[s] != bench_cores for s in SYSTEMS},
-        "pinned_over_free_seconds": pinned_over_free,
+        "pinned_over_free": pinned_over_free,
     }
 
 
@@ -357,7 +365,8 @@ def run_train_bench(
     gradients averaged by ``peer_exchange``; print and return the figures."""
     cfgs = system_configs(cfg)
     batch = cfg.train.batch_size
-    rows_needed = int(1.5 * (WARMUP_STEPS + rounds * STEPS_PER_ROUND) * batch * max(ranks))
+    steps = WARMUP_STEPS + TRIAL_STEPS + rounds * STEPS_PER_ROUND
+    rows_needed = int(1.5 * steps * batch * max(ranks))
     data = synthetic_train_data(cfg, rows_needed, "bench-train-data")
     params = {
         s: build_layout(c.embedding, c.features, c.seed).num_parameters for s, c in cfgs.items()
@@ -405,7 +414,7 @@ def run_train_bench(
             {
                 "ranks": world,
                 "pinned": out[0]["pinned"],
-                "pinned_over_free_seconds": out[0]["pinned_over_free_seconds"],
+                "pinned_over_free": out[0]["pinned_over_free"],
             }
         )
         step = statistics.median(seconds["step", "unified"]) / STEPS_PER_ROUND
@@ -477,7 +486,7 @@ def _print(summary: dict[str, Any]) -> None:
             f"{r['embedding_parameters']:>11,}"
         )
     for a in summary["affinity"]:
-        trials = a["pinned_over_free_seconds"]
+        trials = a["pinned_over_free"]
         print(
             f"cores at {a['ranks']} rank(s): "
             + "; ".join(

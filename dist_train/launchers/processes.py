@@ -66,7 +66,7 @@ def _entry(
         LOCAL_WORLD_SIZE=str(world_size),
     )
     if pin_cores and device_type == "cpu":
-        pin_local_rank(rank, world_size)  # every rank runs on this machine
+        pin_local_rank(rank, world_size, threads)  # every rank runs on this machine
     torch.set_num_threads(threads)
     # Every rank, a benchmark's or a test's too, allocates as the training loop's ranks do:
     # without it each step pays thousands of page faults (25% of a default-job step).

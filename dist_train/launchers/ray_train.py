@@ -84,7 +84,9 @@ def _ray_worker(payload: dict[str, Any]) -> None:
     quiet_worker_logs()
     if payload["pin_cores"]:
         context = ray.train.get_context()
-        pin_local_rank(context.get_local_rank(), context.get_local_world_size())
+        # Ray gives each worker its CPUs' worth of torch threads (OMP_NUM_THREADS)
+        threads = max(1, int(payload["config"]["ray"]["cpus_per_worker"]))
+        pin_local_rank(context.get_local_rank(), context.get_local_world_size(), threads)
     # Imported here, after quieting, so FBGEMM's import-time INFO lines stay out of the output.
     from dist_train.train.checkpointing import restart_point
     from dist_train.train.loop import run_worker

@@ -42,7 +42,7 @@ from dist_train.train.progress import Progress, TrainFigures
 from dist_train.train.rank_layout import RankLayout, RankLayoutError, discover_rank_layout
 from dist_train.train.sharding import JobPlan
 from dist_train.train.trainer import Trainer
-from planners.cores import process_cores
+from planners.cores import cpu_list, process_cores
 
 
 class RunSummary(TrainFigures, EvalFigures):
@@ -57,7 +57,7 @@ class RunSummary(TrainFigures, EvalFigures):
     num_nodes: int
     ranks_per_node: int
     node_ids: list[str]
-    rank_cores: list[list[int]]  # the cores each rank may run on (ray.pin_cores)
+    rank_cores: list[str]  # the CPUs each rank may run on, as "0-3,8" (ray.pin_cores)
     sharding: dict[str, dict[str, object]]
     embedding_kind: str
     embedding_parameters: int
@@ -164,11 +164,11 @@ def run_worker(
     return summary
 
 
-def _gather_cores() -> list[list[int]]:
-    """Every rank's cores, by rank."""
-    gathered: list[list[int] | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, process_cores())
-    return [list(c or []) for c in gathered]
+def _gather_cores() -> list[str]:
+    """Every rank's CPUs, by rank (:func:`~planners.cores.cpu_list`)."""
+    gathered: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, cpu_list(process_cores()))
+    return [c or "" for c in gathered]
 
 
 def _log_start(
@@ -176,7 +176,7 @@ def _log_start(
     trainer: Trainer,
     topo: RankLayout,
     cfg: JobConfig,
-    rank_cores: list[list[int]],
+    rank_cores: list[str],
 ) -> None:
     tables = trainer.layout.tables
     world = dist.get_world_size()

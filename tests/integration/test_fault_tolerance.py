@@ -21,8 +21,10 @@ import pytest
 
 from dist_train.config import load_config
 from dist_train.driver import run_job
+from dist_train.launchers.affinity import rank_cores
 from dist_train.train.faults import ENV
 from dist_train.train.ledger import ledger_path, read, read_run
+from planners.cores import cpu_list, process_cores
 from tests.integration.test_checkpoint import TINY, _tensors
 
 pytestmark = pytest.mark.ray
@@ -59,10 +61,23 @@ def test_kill_9_worker_mid_epoch_resumes_exactly_once(
         load_config(TINY, [*common, "ray.max_failures=1", f"output_dir={tmp_path / 'killed'}"])
     )
     monkeypatch.delenv(ENV)
+    pin = "off" if sharding == "2d" else "auto"  # the plain processes' pinning, each way once
     clean = run_job(
-        load_config(TINY, [*common, "launcher=processes", f"output_dir={tmp_path / 'clean'}"])
+        load_config(
+            TINY,
+            [
+                *common,
+                "launcher=processes",
+                f"ray.pin_cores={pin}",
+                f"output_dir={tmp_path / 'clean'}",
+            ],
+        )
     )
     assert killed["sharding"]["unified_0"]["ranks"] == ([0] if sharding == "2d" else [0, 1])
+    cores = process_cores()
+    pinned = [cpu_list(rank_cores(cores, r, 2)) for r in range(2)]
+    assert killed["rank_cores"] == pinned  # Ray's restarted workers pinned themselves again
+    assert clean["rank_cores"] == (pinned if pin == "auto" else [cpu_list(cores)] * 2)
     run_k, run_c = tmp_path / "killed" / "tiny", tmp_path / "clean" / "tiny"
     assert (run_k / "faults" / marker).is_file()
     assert killed["steps"] == clean["steps"] == 32

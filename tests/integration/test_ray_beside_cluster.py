@@ -21,7 +21,7 @@ import pytest
 from dist_train.config import load_config
 from dist_train.launchers.affinity import rank_cores
 from dist_train.launchers.ray_train import ray_address
-from planners.cores import process_cores
+from planners.cores import cpu_list, process_cores
 from tests.ray_cluster import RayHead, ray_cli, ray_head
 
 TINY = Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny.yaml"
@@ -94,7 +94,7 @@ def test_tiny_job_with_relative_paths_runs_on_its_own_instance_beside_a_cluster(
 
     # the job owns its private instance: each worker runs on cores of its own
     cores = process_cores()
-    assert first["rank_cores"] == [rank_cores(cores, r, 2) for r in range(2)]
+    assert first["rank_cores"] == [cpu_list(rank_cores(cores, r, 2)) for r in range(2)]
     assert len(outside_nodes) == 1
     assert not outside_nodes & {*first["node_ids"], *rest["node_ids"]}
     assert _listed(beside, "jobs") == []  # no driver ever connected to the outside cluster

@@ -23,7 +23,7 @@ from dist_train.driver import run_job
 from dist_train.launchers.cluster import ClusterTooSmallError
 from dist_train.launchers.processes import free_port
 from dist_train.launchers.submit import submit_command
-from planners.cores import process_cores
+from planners.cores import cpu_list, process_cores
 from tests.ray_cluster import BIN, ray_cli, ray_head
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,7 +62,7 @@ def test_ray_job_submit_runs_the_driver(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "tiny" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] > 0
     # a joined cluster may run other jobs' workers: ray.pin_cores=auto leaves ours unpinned
-    assert summary["rank_cores"] == [process_cores()] * 2
+    assert summary["rank_cores"] == [cpu_list(process_cores())] * 2
     assert summary["test_examples"] == 4096
     lines = (tmp_path / "tiny" / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["event"] == "eval"

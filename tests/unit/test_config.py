@@ -75,3 +75,16 @@ def test_output_dir_url_is_refused_naming_the_key() -> None:
     with pytest.raises(ConfigError, match=r"output_dir: .*not the URL 's3://b/x'"):
         load_config(overrides=["output_dir=s3://b/x"])
     load_config(overrides=["checkpoint.dir=s3://b/x"])  # checkpoints may live at a URL
+
+
+def test_pin_cores_reads_a_bare_on_or_off_as_yaml_writes_them(tmp_path: Path) -> None:
+    # YAML 1.1 reads on / off as booleans, in a file as on the command line
+    assert load_config(None, ["ray.pin_cores=off"]).ray.pin_cores == "off"
+    assert load_config(None, ["ray.pin_cores=on"]).ray.pin_cores == "on"
+    written = tmp_path / "job.yaml"
+    written.write_text(
+        DEFAULT_CONFIG.read_text().replace("  num_workers: 2", "  pin_cores: off\n  num_workers: 2")
+    )
+    assert load_config(written).ray.pin_cores == "off"
+    with pytest.raises(ConfigError, match=r"ray\.pin_cores"):
+        load_config(None, ["ray.pin_cores=sometimes"])
