@@ -36,7 +36,7 @@ launchers place them (:mod:`dist_train.launchers.affinity`). Each peer runs as i
 faster: pinned the same way, or free on all the bench's cores as ``torchrun`` leaves it,
 chosen after the warm-up by timing it both ways on batches of its own (:func:`faster_cores`;
 ours are timed both ways too, for the record). Pinning is no peer's constant gain: on this
-machine ``pytorch`` took 1.4-1.8x the time pinned at 2 ranks and 0.71-0.75x at 4
+machine ``pytorch`` took 1.4-1.9x the time pinned at 2 ranks and 0.71-0.76x at 4
 (docs/benchmarks.md, "Each rank on cores of its own").
 
 For each rank count, all systems are built in the same gloo processes and timed in
