@@ -18,22 +18,19 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_CGROUP = Path("/proc/self/cgroup")
 
 
+def process_cores() -> list[int]:
+    """The cores this process may run on, its affinity (empty where the OS has none)."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
 def usable_cores(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> int:
     """Cores this process may use: its affinity's CPUs (the host's count where the OS has no
     affinity), at most its CPU quota rounded down, at least 1."""
-    if hasattr(os, "sched_getaffinity"):
-        cores = len(os.sched_getaffinity(0))
-    else:  # pragma: no cover - macOS, Windows
-        cores = os.cpu_count() or 1
+    cores = len(process_cores()) or os.cpu_count() or 1  # no affinity: macOS, Windows
     quota = cpu_quota(cgroup_root, proc_cgroup)
     if quota is not None:
         cores = min(cores, math.floor(quota))
     return max(1, cores)
-
-
-def process_cores() -> list[int]:
-    """The cores this process may run on, its affinity (empty where the OS has none)."""
-    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 
 
 def cpu_list(cores: list[int]) -> str:

@@ -82,16 +82,16 @@ def _ray_record(run_id: str) -> tuple[int, str] | None:
 
 def _ray_worker(payload: dict[str, Any]) -> None:
     quiet_worker_logs()
+    cfg = parse_config(payload["config"], "<driver>")
     if payload["pin_cores"]:
         context = ray.train.get_context()
         # Ray gives each worker its CPUs' worth of torch threads (OMP_NUM_THREADS)
-        threads = max(1, int(payload["config"]["ray"]["cpus_per_worker"]))
+        threads = max(1, int(cfg.ray.cpus_per_worker))
         pin_local_rank(context.get_local_rank(), context.get_local_world_size(), threads)
     # Imported here, after quieting, so FBGEMM's import-time INFO lines stay out of the output.
     from dist_train.train.checkpointing import restart_point
     from dist_train.train.loop import run_worker
 
-    cfg = parse_config(payload["config"], "<driver>")
     inputs = payload["inputs"]  # a WorkerInputs, plan included (Ray pickles the config)
     setup_logging(inputs.verbosity)
     recorded = _ray_record(inputs.run_id) if dist.get_rank() == 0 else None
