@@ -252,6 +252,34 @@ def one_table_requests_into(  # type: ignore[no-untyped-def]
     return distinct
 
 
+# The holder's lookup input (dist_train.train.unpooled_row_wise).
+
+
+@_jit
+def lookup_input_into(  # type: ignore[no-untyped-def]
+    rows, per_table, table_start, table_of_feature, slot_of_feature, width, values, lengths
+):
+    """The holder's lookup input under unpooled row-wise lookups: ``rows`` received, sorted
+    by table (``table_start``, ``per_table``); a table's ``k``-th row is feature
+    ``k % width`` 's bag ``k // width`` (``slot_of_feature``: a feature's place among its
+    table's ``width``). Writes ``lengths`` (feature-major, ``features x bags``: 1 or 0) and
+    the filled bags' rows into ``values`` in that order; returns how many."""
+    features, bags = lengths.shape
+    p = 0
+    for f in range(features):
+        t = table_of_feature[f]
+        w, s, n, start = width[t], slot_of_feature[f], per_table[t], table_start[t]
+        for b in range(bags):
+            k = b * w + s
+            if k < n:
+                values[p] = rows[start + k]
+                lengths[f, b] = 1
+                p += 1
+            else:
+                lengths[f, b] = 0
+    return p
+
+
 def load() -> None:
     """Load the kernels' machine code from numba's cache now (compiling it on first use).
 

@@ -168,6 +168,11 @@ class Asker:
         self.table_of_feature = torch.repeat_interleave(
             torch.arange(len(tables.features), device=device), sizes
         )
+        # each feature's place among its table's features
+        self.slot_of_feature = (
+            torch.arange(len(self.table_of_feature), device=device)
+            - self.first_feature[self.table_of_feature]
+        )
         # rank r holds rows [bounds[r], bounds[r + 1]) of a feature's table; tables with fewer
         # shards than ranks leave the last ranks empty. Features of one table (or of tables
         # split alike) share a row of bounds, so routing takes one search per distinct split.

@@ -43,6 +43,7 @@ from torchrec.distributed.sharding.rw_sharding import (
 from torchrec.distributed.types import Awaitable, NoWait
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from dist_train.kernels import lookup_input_into
 from dist_train.models.base import scale_grad
 from dist_train.train.unpooled_asks import Asker, Bags, Tables
 
@@ -165,6 +166,44 @@ class _AllToAll(torch.autograd.Function):
         return out, None, None, None
 
 
+def lookup_input(
+    in_table_order: torch.Tensor,
+    per_table: torch.Tensor,
+    table_start: torch.Tensor,
+    asker: Asker,
+    lookup_batch: int,
+    compiled: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The holder's lookup input from the received rows, sorted by table (``per_table`` of
+    each, from ``table_start``): the values and the lengths (feature-major, ``features x
+    lookup_batch`` bags of one row or none) of :class:`UnpooledInputDist`'s layout.
+    ``compiled``: one compiled pass (:func:`~dist_train.kernels.lookup_input_into`; None:
+    on CPU), or torch ops."""
+    table = asker.table_of_feature
+    if compiled is None:
+        compiled = in_table_order.device.type == "cpu"
+    if compiled:
+        values = torch.empty_like(in_table_order)
+        lengths = torch.empty(table.numel(), lookup_batch, dtype=torch.int32)
+        lookup_input_into(
+            in_table_order.numpy(),
+            per_table.numpy(),
+            table_start.numpy(),
+            table.numpy(),
+            asker.slot_of_feature.numpy(),
+            asker.features_per_table.numpy(),
+            values.numpy(),
+            lengths.numpy(),
+        )
+        return values, lengths.view(-1)
+    # [features, bags]: each bag's place among the table-sorted rows, and which bags have one
+    k = torch.arange(lookup_batch, device=in_table_order.device)
+    k = k * asker.features_per_table[table].unsqueeze(1) + asker.slot_of_feature.unsqueeze(1)
+    filled = k < per_table[table].unsqueeze(1)
+    values = in_table_order[(k + table_start[table].unsqueeze(1))[filled]]
+    return values, filled.to(torch.int32).view(-1)
+
+
 class UnpooledInputDist(nn.Module):
     """Asks the rank holding each row for it, once per row however many of this rank's ids
     read it (hot rows repeat: about 4 ids per distinct row in the default job's batches);
@@ -195,7 +234,6 @@ class UnpooledInputDist(nn.Module):
         ids = features.values().to(torch.int64)
         lengths = features.lengths().view(num_features, batch)
         num_tables = len(self._asker.tables.features)
-        feature_ids = torch.arange(num_features, device=ids.device)
         asks = self._asker.ask(ids, lengths, keys)
         counts = asks.counts
         recv_counts = torch.empty_like(counts)
@@ -212,29 +250,31 @@ class UnpooledInputDist(nn.Module):
         )
 
         # lookup input (the class docstring's layout)
-        table_ids = torch.arange(num_tables, device=ids.device)
-        recv_table = torch.repeat_interleave(
-            table_ids.repeat(world), recv_counts, output_size=received.numel()
-        )
-        lookup_order = None if num_tables == 1 else torch.argsort(recv_table, stable=True)
+        if num_tables == 1:
+            recv_table = None
+            lookup_order = None
+            per_table = torch.tensor([received.numel()], device=ids.device)
+        else:
+            recv_table = torch.repeat_interleave(
+                torch.arange(num_tables, device=ids.device).repeat(world),
+                recv_counts,
+                output_size=received.numel(),
+            )
+            lookup_order = torch.argsort(recv_table, stable=True)
+            per_table = torch.bincount(recv_table, minlength=num_tables)
         in_table_order = received if lookup_order is None else received[lookup_order]
-        per_table = torch.bincount(recv_table, minlength=num_tables)
         table_start = torch.cumsum(per_table, 0) - per_table
         width = self._asker.features_per_table
         lookup_batch = max(int(((per_table + width - 1) // width).max()) if num_features else 0, 1)
-        # [features, bags]: index into the table-sorted rows of each bag's row, and which bags
-        # have one
-        feature_table = self._asker.table_of_feature
-        slot = feature_ids - self._asker.first_feature[feature_table]
-        k = torch.arange(lookup_batch, device=ids.device) * width[feature_table].unsqueeze(1)
-        k += slot.unsqueeze(1)
-        filled = k < per_table[feature_table].unsqueeze(1)
-        values = in_table_order[(k + table_start[feature_table].unsqueeze(1))[filled]]
+        values, lengths = lookup_input(
+            in_table_order, per_table, table_start, self._asker, lookup_batch
+        )
 
         # per dim group: the vectors' way back
         received_per_table = per_table.tolist()
         k_recv = None
         if lookup_order is not None:  # each received row's place among its table's rows
+            assert recv_table is not None
             k_recv = torch.empty_like(lookup_order)
             k_recv[lookup_order] = torch.arange(lookup_order.numel(), device=ids.device)
             k_recv -= table_start[recv_table]
@@ -246,7 +286,7 @@ class UnpooledInputDist(nn.Module):
             if len(group) == 1:
                 lookup_rows.append(None)
                 continue
-            assert k_recv is not None
+            assert k_recv is not None and recv_table is not None  # several tables
             offset = torch.zeros(num_tables, dtype=torch.int64, device=ids.device)
             offset[group] = torch.cumsum(per_table[group], 0) - per_table[group]
             in_group = (self._asker.group_of_table[recv_table] == g).nonzero().squeeze(1)
@@ -262,13 +302,13 @@ class UnpooledInputDist(nn.Module):
                 lookup_batch,
             )
         )
-        lookup_input = KeyedJaggedTensor(
+        looked_up_rows = KeyedJaggedTensor(
             keys=keys,
             values=values,
-            lengths=filled.to(torch.int32).view(-1),
+            lengths=lengths,
             stride=lookup_batch,
         )
-        return NoWait(NoWait(lookup_input))
+        return NoWait(NoWait(looked_up_rows))
 
 
 class UnpooledOutputDist(nn.Module):

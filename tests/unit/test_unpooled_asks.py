@@ -1,4 +1,5 @@
-"""The unpooled input dist's asks for one table: the compiled pass against the torch ops."""
+"""The unpooled input dist's local work: the compiled passes (one table's asks, the holder's
+lookup input) against the torch ops."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 
 from dist_train.train.unpooled_asks import Asker, Tables
+from dist_train.train.unpooled_row_wise import lookup_input
 
 FEATURES, BATCH = 5, 64
 
@@ -82,3 +84,36 @@ def test_ask_takes_the_compiled_pass_for_one_table_only() -> None:
     assert huge._one_table(ids, lengths, keys) is None
     # every id lies in the first holder's rows
     assert huge.ask(ids, lengths, keys).counts.tolist() == [torch.unique(ids).numel(), 0]
+
+
+@pytest.mark.parametrize(
+    ("features", "per_table"),
+    [
+        ((5,), [23]),
+        ((2, 3), [7, 9]),  # a short table: its features' bags run out at different places
+        ((1, 3, 2), [4, 0, 11]),  # a table asked for nothing
+        ((4,), [0]),
+    ],
+)
+def test_the_compiled_lookup_input_is_the_torch_ops(
+    features: tuple[int, ...], per_table: list[int]
+) -> None:
+    asker = Asker(
+        2,
+        [[0, 50, 100]] * sum(features),
+        Tables(features, (16,) * len(features)),
+        torch.device("cpu"),
+    )
+    counts = torch.tensor(per_table)
+    rows = torch.randperm(100)[: sum(per_table)]
+    widths = torch.tensor(features)
+    bags = max(int(((counts + widths - 1) // widths).max()), 1)
+    start = torch.cumsum(counts, 0) - counts
+    compiled = lookup_input(rows, counts, start, asker, bags, compiled=True)
+    expected = lookup_input(rows, counts, start, asker, bags, compiled=False)
+    for ours, theirs in zip(compiled, expected, strict=True):
+        assert ours.dtype == theirs.dtype
+        assert torch.equal(ours, theirs)
+    # every row lands in one bag
+    assert compiled[1].sum() == rows.numel()
+    assert sorted(compiled[0].tolist()) == sorted(rows.tolist())
