@@ -188,9 +188,9 @@ def unpooled_refusals(cfg_raw: dict[str, Any], data_path: str) -> dict[str, str]
         errors["past_the_end"] = str(err)
     ebc = trainer.model.module.sparse_arch
     for _ in range(2):
-        ebc.input_dist(ebc.create_context(), sparse).wait()
+        ebc.input_dist(ebc.create_context(), sparse).wait().wait()
     try:
-        ebc.input_dist(ebc.create_context(), sparse).wait()
+        ebc.input_dist(ebc.create_context(), sparse).wait().wait()
     except RuntimeError as err:
         errors["in_flight"] = str(err)
     return errors

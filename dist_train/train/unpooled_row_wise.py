@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -45,7 +45,9 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dist_train.kernels import lookup_input_into
 from dist_train.models.base import scale_grad
-from dist_train.train.unpooled_asks import Asker, Bags, Tables
+from dist_train.train.unpooled_asks import Asker, Asks, Bags, Tables
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -101,6 +103,21 @@ class _RoutingQueue:
                 f"routing of {routing.lookup_batch}: batches reached it out of order"
             )
         return routing
+
+
+class _AfterExchange(Awaitable[_T]):
+    """``then()`` once the asynchronous exchange ``work`` is done: one stage of the input
+    dist, run when its caller (or TorchRec's train pipeline) waits for it."""
+
+    def __init__(self, work: dist.Work | None, then: Callable[[], _T]) -> None:
+        super().__init__()
+        self._work = work
+        self._then = then
+
+    def _wait_impl(self) -> _T:
+        if self._work is not None:
+            self._work.wait()
+        return self._then()
 
 
 class _GatherRows(torch.autograd.Function):
@@ -227,36 +244,60 @@ class UnpooledInputDist(nn.Module):
         self._routings = routings
 
     def forward(self, features: KeyedJaggedTensor) -> Awaitable[Awaitable[KeyedJaggedTensor]]:
+        """Two stages, like TorchRec's input dists: the returned awaitable's wait has the
+        per-table counts exchanged and starts the rows' exchange; the next one's has the
+        rows and builds the lookup input. Both exchanges run asynchronously meanwhile, so
+        TorchRec's train pipeline overlaps the rows' with the current batch's forward."""
         if features.variable_stride_per_key():
             raise ValueError("unpooled row-wise lookups need one batch size for every feature")
         keys, batch = features.keys(), features.stride()
-        num_features, world = len(keys), self._asker.world
         ids = features.values().to(torch.int64)
-        lengths = features.lengths().view(num_features, batch)
-        num_tables = len(self._asker.tables.features)
+        lengths = features.lengths().view(len(keys), batch)
         asks = self._asker.ask(ids, lengths, keys)
-        counts = asks.counts
-        recv_counts = torch.empty_like(counts)
-        dist.all_to_all_single(recv_counts, counts, group=self._pg)
-        sent_per_rank = counts.view(world, num_tables)
+        recv_counts = torch.empty_like(asks.counts)
+        work = dist.all_to_all_single(recv_counts, asks.counts, group=self._pg, async_op=True)
+        return _AfterExchange(work, lambda: self._exchange_rows(asks, recv_counts, keys, batch))
+
+    def _exchange_rows(
+        self, asks: Asks, recv_counts: torch.Tensor, keys: list[str], batch: int
+    ) -> Awaitable[KeyedJaggedTensor]:
+        world, num_tables = self._asker.world, len(self._asker.tables.features)
+        sent_per_rank = asks.counts.view(world, num_tables)
         recv_per_rank = recv_counts.view(world, num_tables)
-        received = ids.new_empty(int(recv_counts.sum()))
-        dist.all_to_all_single(
+        received = asks.rows.new_empty(int(recv_counts.sum()))
+        work = dist.all_to_all_single(
             received,
             asks.rows,
             recv_per_rank.sum(1).tolist(),
             sent_per_rank.sum(1).tolist(),
             group=self._pg,
+            async_op=True,
+        )
+        return _AfterExchange(
+            work, lambda: self._holder_input(asks, recv_counts, received, keys, batch)
         )
 
-        # lookup input (the class docstring's layout)
+    def _holder_input(
+        self,
+        asks: Asks,
+        recv_counts: torch.Tensor,
+        received: torch.Tensor,
+        keys: list[str],
+        batch: int,
+    ) -> KeyedJaggedTensor:
+        """The lookup input of the class docstring's layout from the received rows; queues
+        the routing the output dist of this batch needs."""
+        world, num_tables = self._asker.world, len(self._asker.tables.features)
+        sent_per_rank = asks.counts.view(world, num_tables)
+        recv_per_rank = recv_counts.view(world, num_tables)
+        device = received.device
         if num_tables == 1:
             recv_table = None
             lookup_order = None
-            per_table = torch.tensor([received.numel()], device=ids.device)
+            per_table = torch.tensor([received.numel()], device=device)
         else:
             recv_table = torch.repeat_interleave(
-                torch.arange(num_tables, device=ids.device).repeat(world),
+                torch.arange(num_tables, device=device).repeat(world),
                 recv_counts,
                 output_size=received.numel(),
             )
@@ -265,7 +306,7 @@ class UnpooledInputDist(nn.Module):
         in_table_order = received if lookup_order is None else received[lookup_order]
         table_start = torch.cumsum(per_table, 0) - per_table
         width = self._asker.features_per_table
-        lookup_batch = max(int(((per_table + width - 1) // width).max()) if num_features else 0, 1)
+        lookup_batch = max(int(((per_table + width - 1) // width).max()) if keys else 0, 1)
         values, lengths = lookup_input(
             in_table_order, per_table, table_start, self._asker, lookup_batch
         )
@@ -276,7 +317,7 @@ class UnpooledInputDist(nn.Module):
         if lookup_order is not None:  # each received row's place among its table's rows
             assert recv_table is not None
             k_recv = torch.empty_like(lookup_order)
-            k_recv[lookup_order] = torch.arange(lookup_order.numel(), device=ids.device)
+            k_recv[lookup_order] = torch.arange(lookup_order.numel(), device=device)
             k_recv -= table_start[recv_table]
         lookup_rows: list[torch.Tensor | None] = []
         send_splits, recv_splits = [], []
@@ -287,7 +328,7 @@ class UnpooledInputDist(nn.Module):
                 lookup_rows.append(None)
                 continue
             assert k_recv is not None and recv_table is not None  # several tables
-            offset = torch.zeros(num_tables, dtype=torch.int64, device=ids.device)
+            offset = torch.zeros(num_tables, dtype=torch.int64, device=device)
             offset[group] = torch.cumsum(per_table[group], 0) - per_table[group]
             in_group = (self._asker.group_of_table[recv_table] == g).nonzero().squeeze(1)
             lookup_rows.append(offset[recv_table[in_group]] + k_recv[in_group])
@@ -302,13 +343,7 @@ class UnpooledInputDist(nn.Module):
                 lookup_batch,
             )
         )
-        looked_up_rows = KeyedJaggedTensor(
-            keys=keys,
-            values=values,
-            lengths=lengths,
-            stride=lookup_batch,
-        )
-        return NoWait(NoWait(looked_up_rows))
+        return KeyedJaggedTensor(keys=keys, values=values, lengths=lengths, stride=lookup_batch)
 
 
 class UnpooledOutputDist(nn.Module):
