@@ -18,9 +18,10 @@ checkpoint state as they are (which rows a batch asks for, and from whom:
 
 Per rank the bytes are ``distinct rows x (8 + dim x 4)`` each way, whatever the world size;
 only the counts (``world x tables`` int64) grow. The row routing uses the plan's real row
-boundaries, so uneven splits work unchanged. Each input dist queues its routing for the output
-dist of the same batch, first in first out, so TorchRec's train pipeline may run the next
-batch's input dist before this batch's lookup (:mod:`dist_train.train.pipelining`).
+boundaries, so uneven splits work unchanged. The input dist's exchanges are asynchronous, in
+two stages as TorchRec's dists are, and its last stage queues its routing for the output dist
+of the same batch, first in first out, so TorchRec's train pipeline may run the next batch's
+input dist before this batch's lookup (:mod:`dist_train.train.pipelining`).
 """
 
 from __future__ import annotations
