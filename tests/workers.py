@@ -147,8 +147,9 @@ def collective_plan_placements(cfg_raw: dict[str, Any]) -> dict[str, Any]:
 def unpooled_refusals(cfg_raw: dict[str, Any], data_path: str) -> dict[str, str]:
     """The errors a ``row_wise_unpooled`` model raises, every rank alike (before any
     collective of the bad call, or after all of them): on ids outside the table, on a batch
-    of variable size per feature, and on a third batch's input dist before the first batch's
-    output dist (a train pipeline runs one batch ahead, never two)."""
+    of variable size per feature, and on a second batch's lookup input before the first
+    batch's output dist (the input dist's last stage runs in its batch's own forward, in a
+    train pipeline too)."""
     from torchrec import KeyedJaggedTensor
 
     cfg = parse_config(cfg_raw)
@@ -187,8 +188,7 @@ def unpooled_refusals(cfg_raw: dict[str, Any], data_path: str) -> dict[str, str]
     except ValueError as err:
         errors["past_the_end"] = str(err)
     ebc = trainer.model.module.sparse_arch
-    for _ in range(2):
-        ebc.input_dist(ebc.create_context(), sparse).wait().wait()
+    ebc.input_dist(ebc.create_context(), sparse).wait().wait()
     try:
         ebc.input_dist(ebc.create_context(), sparse).wait().wait()
     except RuntimeError as err:

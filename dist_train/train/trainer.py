@@ -42,13 +42,14 @@ DENSE_OPTIMIZERS = {
 def dense_optimizer(cfg: JobConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """The job's dense optimizer (``train.dense_optimizer``, ``train.dense_learning_rate``)
     over ``params``: on CPU torch's fused kernel, one pass over each parameter where the
-    default runs an op per term (the default job's step at 2 ranks: 0.95 against 0.59 ms,
-    docs/benchmarks.md, "The dense optimizer fused"). Param groups are not checkpointed
-    (TorchRec's KeyedOptimizer), so a run on other devices chooses afresh."""
+    default runs an op per term (the default job's Adagrad step at 1 to 4 ranks: 0.67-0.93
+    against 0.38-0.59 ms, docs/benchmarks.md, "The dense optimizer fused"). Fused kernels
+    refuse sparse gradients: ``params`` must have dense ones. Param groups are not
+    checkpointed (TorchRec's KeyedOptimizer), so a run on other devices chooses afresh."""
     params = list(params)
     on_cpu = bool(params) and all(p.device.type == "cpu" for p in params)
     return DENSE_OPTIMIZERS[cfg.train.dense_optimizer](
-        params, lr=cfg.train.dense_learning_rate, fused=True if on_cpu else None
+        params, lr=cfg.train.dense_learning_rate, fused=on_cpu or None
     )
 
 

@@ -19,9 +19,10 @@ checkpoint state as they are (which rows a batch asks for, and from whom:
 Per rank the bytes are ``distinct rows x (8 + dim x 4)`` each way, whatever the world size;
 only the counts (``world x tables`` int64) grow. The row routing uses the plan's real row
 boundaries, so uneven splits work unchanged. The input dist's exchanges are asynchronous, in
-two stages as TorchRec's dists are, and its last stage queues its routing for the output dist
-of the same batch, first in first out, so TorchRec's train pipeline may run the next batch's
-input dist before this batch's lookup (:mod:`dist_train.train.pipelining`).
+stages as TorchRec's dists are: in TorchRec's train pipeline (:mod:`dist_train.train.pipelining`)
+the next batch's counts travel during this batch's forward and its rows during this batch's
+backward; the last stage, in the next batch's own forward, queues the routing its output dist
+reads.
 """
 
 from __future__ import annotations
@@ -69,11 +70,12 @@ class _Routing:
 
 
 class _RoutingQueue:
-    """Hands each batch's routing from its input dist to its output dist, in batch order: a
-    train pipeline runs the next batch's input dist before this batch's lookup."""
+    """Hands each batch's routing from its input dist to its output dist. The input dist's
+    last stage queues it right before the batch's lookup, in a train pipeline too (TorchRec
+    waits that stage in the batch's own forward), so one is in flight at most: a second means
+    a forward stopped between the two, and its routing must not reach the next batch."""
 
-    # TorchRec's TrainPipelineSparseDist has at most two batches past their input dist
-    MAX_IN_FLIGHT = 2
+    MAX_IN_FLIGHT = 1
 
     def __init__(self) -> None:
         self._routings: deque[_Routing] = deque()
@@ -83,7 +85,7 @@ class _RoutingQueue:
             raise RuntimeError(
                 f"unpooled row-wise lookups: {len(self._routings) + 1} batches passed their "
                 "input dist without reaching their output dist (a forward was abandoned "
-                "midway, or a pipeline runs deeper than TorchRec's sparse-dist pipeline)"
+                "midway: drop_routings_in_flight forgets its routing)"
             )
         self._routings.append(routing)
 
@@ -203,7 +205,7 @@ def lookup_input(
     if compiled:
         values = torch.empty_like(in_table_order)
         lengths = torch.empty(table.numel(), lookup_batch, dtype=torch.int32)
-        lookup_input_into(
+        filled = lookup_input_into(
             in_table_order.numpy(),
             per_table.numpy(),
             table_start.numpy(),
@@ -213,6 +215,7 @@ def lookup_input(
             values.numpy(),
             lengths.numpy(),
         )
+        assert filled == values.numel()  # every received row has a bag
         return values, lengths.view(-1)
     # [features, bags]: each bag's place among the table-sorted rows, and which bags have one
     k = torch.arange(lookup_batch, device=in_table_order.device)
@@ -245,10 +248,11 @@ class UnpooledInputDist(nn.Module):
         self._routings = routings
 
     def forward(self, features: KeyedJaggedTensor) -> Awaitable[Awaitable[KeyedJaggedTensor]]:
-        """Two stages, like TorchRec's input dists: the returned awaitable's wait has the
-        per-table counts exchanged and starts the rows' exchange; the next one's has the
-        rows and builds the lookup input. Both exchanges run asynchronously meanwhile, so
-        TorchRec's train pipeline overlaps the rows' with the current batch's forward."""
+        """Staged like TorchRec's input dists: this call asks and starts the per-table
+        counts' exchange; the returned awaitable's wait starts the rows' exchange; the next
+        one's builds the lookup input. The exchanges run asynchronously in between, so
+        TorchRec's train pipeline overlaps them with the current batch's forward and
+        backward."""
         if features.variable_stride_per_key():
             raise ValueError("unpooled row-wise lookups need one batch size for every feature")
         keys, batch = features.keys(), features.stride()
@@ -275,22 +279,26 @@ class UnpooledInputDist(nn.Module):
             async_op=True,
         )
         return _AfterExchange(
-            work, lambda: self._holder_input(asks, recv_counts, received, keys, batch)
+            work,
+            lambda: self._holder_input(
+                asks, sent_per_rank, recv_per_rank, recv_counts, received, keys, batch
+            ),
         )
 
     def _holder_input(
         self,
         asks: Asks,
+        sent_per_rank: torch.Tensor,
+        recv_per_rank: torch.Tensor,
         recv_counts: torch.Tensor,
         received: torch.Tensor,
         keys: list[str],
         batch: int,
     ) -> KeyedJaggedTensor:
-        """The lookup input of the class docstring's layout from the received rows; queues
-        the routing the output dist of this batch needs."""
+        """The lookup input of the class docstring's layout from the received rows (rows
+        per rank and table: ``[world, tables]``); queues the routing the output dist of this
+        batch needs."""
         world, num_tables = self._asker.world, len(self._asker.tables.features)
-        sent_per_rank = asks.counts.view(world, num_tables)
-        recv_per_rank = recv_counts.view(world, num_tables)
         device = received.device
         if num_tables == 1:
             recv_table = None
@@ -470,8 +478,10 @@ def enable_unpooled_row_wise(model: nn.Module, tables: Iterable[str]) -> int:
 
 
 def drop_routings_in_flight(model: nn.Module) -> int:
-    """Forget the routings of input dists whose batches will not be looked up: a train
-    pipeline stopped with batches read ahead. Returns how many were dropped."""
+    """Forget the routings of input dists whose batches will not be looked up: a forward
+    that raised between its input dist's last stage and its output dist. (Batches a train
+    pipeline read ahead leave none: their last stage never ran.) Returns how many were
+    dropped."""
     return sum(
         output_dist._routings.clear()
         for sub in model.modules()
