@@ -447,6 +447,16 @@ class RayConfig(_Strict):
             )
         return self
 
+    @property
+    def threads_per_worker(self) -> int:
+        """Torch threads a CPU worker runs: its whole CPUs (Ray's OMP_NUM_THREADS), at least 1."""
+        return max(1, int(self.cpus_per_worker))
+
+    def pins_cores(self, owns_machine: bool) -> bool:
+        """Whether CPU workers are pinned (``pin_cores``): ``auto`` where the job owns the
+        machine (plain processes, the private embedded Ray instance)."""
+        return self.pin_cores == "on" or (self.pin_cores == "auto" and owns_machine)
+
 
 class CheckpointConfig(_Strict):
     """Sharded checkpoints (see dist_train/checkpoint.py)."""

@@ -127,10 +127,13 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
 
         summary = launch_ray(cfg, inputs)
     else:
-        threads = max(1, int(cfg.ray.cpus_per_worker))
-        pin = cfg.ray.pin_cores != "off"  # the job's processes own this machine
         summary = run_processes(
-            _process_worker, (cfg, inputs), cfg.ray.num_workers, threads, device, pin
+            _process_worker,
+            (cfg, inputs),
+            cfg.ray.num_workers,
+            cfg.ray.threads_per_worker,
+            device,
+            cfg.ray.pins_cores(owns_machine=True),  # the job's processes own this machine
         )[0]
     summary["wall_seconds"] = time.perf_counter() - start
     summary["run_dir"] = inputs.run_dir

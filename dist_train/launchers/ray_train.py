@@ -85,9 +85,9 @@ def _ray_worker(payload: dict[str, Any]) -> None:
     cfg = parse_config(payload["config"], "<driver>")
     if payload["pin_cores"]:
         context = ray.train.get_context()
-        # Ray gives each worker its CPUs' worth of torch threads (OMP_NUM_THREADS)
-        threads = max(1, int(cfg.ray.cpus_per_worker))
-        pin_local_rank(context.get_local_rank(), context.get_local_world_size(), threads)
+        pin_local_rank(
+            context.get_local_rank(), context.get_local_world_size(), cfg.ray.threads_per_worker
+        )
     # Imported here, after quieting, so FBGEMM's import-time INFO lines stay out of the output.
     from dist_train.train.checkpointing import restart_point
     from dist_train.train.loop import run_worker
@@ -250,7 +250,6 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
     resources = {"CPU": cfg.ray.cpus_per_worker, **({"GPU": 1.0} if cuda else {})}
     with _connected(cfg) as private:
         check_cluster(cfg, inputs.device_type)
-        pin = cfg.ray.pin_cores == "on" or (cfg.ray.pin_cores == "auto" and private)
         storage = cfg.ray.storage_path or str((Path(inputs.run_dir) / "ray").resolve())
         workers: Any = cfg.ray.num_workers
         if cfg.ray.min_workers is not None:  # Ray Train v2's elastic (min, max); the stubs
@@ -265,7 +264,7 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
             train_loop_config={
                 "config": cfg.model_dump(mode="json"),
                 "inputs": inputs,
-                "pin_cores": pin and not cuda,
+                "pin_cores": cfg.ray.pins_cores(owns_machine=private) and not cuda,
             },
             scaling_config=ScalingConfig(
                 num_workers=workers,

@@ -205,7 +205,7 @@ def lookup_input(
     if compiled:
         values = torch.empty_like(in_table_order)
         lengths = torch.empty(table.numel(), lookup_batch, dtype=torch.int32)
-        filled = lookup_input_into(
+        placed = lookup_input_into(
             in_table_order.numpy(),
             per_table.numpy(),
             table_start.numpy(),
@@ -215,7 +215,7 @@ def lookup_input(
             values.numpy(),
             lengths.numpy(),
         )
-        assert filled == values.numel()  # every received row has a bag
+        assert placed == values.numel()  # every received row has a bag
         return values, lengths.view(-1)
     # [features, bags]: each bag's place among the table-sorted rows, and which bags have one
     k = torch.arange(lookup_batch, device=in_table_order.device)
