@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba.core import types
+from numba.extending import intrinsic
 
 _M1 = np.uint64(0xFF51AFD7ED558CCD)
 _M2 = np.uint64(0xC4CEB93FE53E4A53)
@@ -159,37 +161,64 @@ def _one_value_a_bag(lengths):  # type: ignore[no-untyped-def]
     return True
 
 
-# Distinct keys by counting (dist_train.train.unpooled_asks).
+# Distinct keys by a bitmap (dist_train.train.unpooled_asks).
+
+
+@intrinsic
+def _popcount(typingctx, x):  # type: ignore[no-untyped-def]
+    """The set bits of a uint64: one instruction (LLVM's ctpop)."""
+    sig = types.uint64(types.uint64)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.ctpop(args[0])
+
+    return sig, codegen
 
 
 @_jit
-def distinct_keys_into(keys, slot, distinct_keys, per_key, by_key, key_of_value):  # type: ignore[no-untyped-def]
-    """``slot``: zeros, one per possible key. Returns the number of distinct keys, or -1
-    (nothing written but ``slot``) if a key falls outside ``slot``."""
-    space = slot.shape[0]
+def distinct_keys_into(keys, space, bits, prefix, distinct_keys, per_key, by_key, key_of_value):  # type: ignore[no-untyped-def]
+    """``bits``: zeros, at least one bit per possible key (``uint64`` words); ``prefix``:
+    one per word. Returns the number of distinct keys, or -1 (nothing written but ``bits``)
+    if a key falls outside ``[0, space)``. A key's distinct index is the set bits below its own: the
+    bitmap is an eighth of a byte a possible key, where counting into an int32 a key
+    read and wrote 32 times the memory (1.2 MB against 37.5 KB for the default job's
+    300,000 rows), most of it out of cache."""
+    one = np.uint64(1)
     for k in keys:
         if k < 0 or k >= space:
             return -1
-        slot[k] += 1
+        bits[k >> 6] |= one << np.uint64(k & 63)
     distinct = 0
-    start = 0
-    for k in range(space):  # counts -> each key's first position in key order
-        count = slot[k]
-        if count:
-            distinct_keys[distinct] = k
-            per_key[distinct] = count
-            slot[k] = start
-            start += count
+    for w in range(bits.shape[0]):  # the distinct keys ascending; set bits before each word
+        prefix[w] = distinct
+        word = bits[w]
+        while word:
+            low = word & (~word + one)
+            distinct_keys[distinct] = (w << 6) + np.int64(_popcount(low - one))
             distinct += 1
-    for i in range(keys.shape[0]):  # stable: a key's positions in input order
-        k = keys[i]
-        by_key[slot[k]] = i
-        slot[k] += 1
-    j = 0
+            word ^= low
     for d in range(distinct):
-        for _ in range(per_key[d]):
-            key_of_value[by_key[j]] = d
-            j += 1
+        per_key[d] = 0
+    for i in range(keys.shape[0]):
+        k = keys[i]
+        w = k >> 6
+        below = bits[w] & ((one << np.uint64(k & 63)) - one)
+        d = prefix[w] + np.int64(_popcount(below))
+        key_of_value[i] = d
+        per_key[d] += 1
+    start = 0
+    for d in range(distinct):  # counts -> each key's first position in key order
+        count = per_key[d]
+        per_key[d] = start
+        start += count
+    for i in range(keys.shape[0]):  # stable: a key's positions in input order
+        d = key_of_value[i]
+        by_key[per_key[d]] = i
+        per_key[d] += 1
+    end = 0
+    for d in range(distinct):  # ends -> counts
+        start, end = end, per_key[d]
+        per_key[d] = end - start
     return distinct
 
 
@@ -202,7 +231,8 @@ def one_table_requests_into(  # type: ignore[no-untyped-def]
     lengths,
     bounds,
     row_span,
-    slot,
+    bits,
+    prefix,
     keys,
     send_rows,
     holder_counts,
@@ -220,9 +250,9 @@ def one_table_requests_into(  # type: ignore[no-untyped-def]
     distinct keys (:func:`distinct_keys_into`), the rows to send and how many each holder
     gets, where each distinct key's ids start in key order, and the bags put example-major
     over the ids' distinct indices (:func:`example_major_into`) with each id's bag in key
-    order. ``slot``: ``world x row_span`` zeros; ``holder_counts``: ``world`` zeros. Returns
-    the number of distinct keys, or -1 (only ``keys`` written) if an id falls outside the
-    table."""
+    order. ``bits``, ``prefix``: :func:`distinct_keys_into`'s, for ``world x row_span``
+    keys; ``holder_counts``: ``world`` zeros. Returns the number of distinct keys, or -1
+    (only ``keys`` written) if an id falls outside the table."""
     world = bounds.shape[0] - 1
     rows = bounds[world]
     for i in range(ids.shape[0]):
@@ -237,7 +267,9 @@ def one_table_requests_into(  # type: ignore[no-untyped-def]
             else:
                 hi = mid - 1
         keys[i] = lo * row_span + (x - bounds[lo])
-    distinct = distinct_keys_into(keys, slot, send_rows, vector_offsets, by_key, vector_of_id)
+    distinct = distinct_keys_into(
+        keys, world * row_span, bits, prefix, send_rows, vector_offsets, by_key, vector_of_id
+    )
     start = 0
     for d in range(distinct):
         holder = send_rows[d] // row_span

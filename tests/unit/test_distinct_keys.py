@@ -1,4 +1,4 @@
-"""The unpooled row-wise dists' distinct keys: the counting pass against a stable sort."""
+"""The unpooled row-wise dists' distinct keys: the bitmap's passes against a stable sort."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dist_train.train.unpooled_asks import (
     distinct_keys,
 )
 
-# a key space the counting pass takes, and one past its limit (the sort)
+# a key space the bitmap takes, and one past its limit (the sort)
 COUNTED, SORTED = 1000, 10**9
 
 
@@ -29,6 +29,8 @@ def _by_definition(key: torch.Tensor) -> tuple[torch.Tensor, ...]:
         torch.randint(0, 50, (400,), generator=torch.Generator().manual_seed(0)),  # repeats
         torch.randint(0, COUNTED, (300,), generator=torch.Generator().manual_seed(1)),
         torch.full((17,), 999),  # one key, at the top of the space
+        # either side of the bitmap's word boundaries, in the last (part) word too
+        torch.tensor([64, 63, 0, 127, 128, 960, 959, 999, 64, 991, 63]),
         torch.tensor([0]),
         torch.zeros(0, dtype=torch.int64),
     ],
