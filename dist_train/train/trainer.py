@@ -189,7 +189,8 @@ class Trainer:
 
     def train_step(self, batch: Batch) -> float:
         """Forward, backward (embedding rows update inside it), dense step; the local loss."""
-        self.model.train()
+        if not self.model.training:  # predict() left it in eval; else skip the walk over modules
+            self.model.train()
         batch = batch.to(self.device, non_blocking=True)  # pinned on GPU ranks (Epochs)
         logits = self.model(batch.dense, batch.sparse)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
