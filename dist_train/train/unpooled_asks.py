@@ -2,9 +2,9 @@
 (:mod:`dist_train.train.unpooled_row_wise`), and how its bags will read the vectors that come
 back: the input dist's local work, before any exchange. Nothing here needs a process group.
 
-One request per distinct (holder, table, row): the distinct keys of the batch's ids, counted
-where the key space allows (:func:`distinct_keys`), and for one table on CPU all of it in one
-compiled pass (:meth:`Asker.ask`).
+One request per distinct (holder, table, row): the distinct keys of the batch's ids, found
+through a bitmap where the key space allows (:func:`distinct_keys`), and for one table on CPU
+all of it in one compiled call (:meth:`Asker.ask`).
 """
 
 from __future__ import annotations
@@ -236,7 +236,7 @@ class Asker:
     def _one_table(self, ids: torch.Tensor, lengths: torch.Tensor, keys: list[str]) -> Asks | None:
         """:meth:`ask` for one table on CPU, in one compiled call
         (:func:`~dist_train.kernels.one_table_requests_into`); None where it does not apply
-        (several tables, GPU ids, a key space too large to count)."""
+        (several tables, GPU ids, a key space too large for the bitmap)."""
         n, space = ids.numel(), self.world * self._row_span
         features, batch = lengths.shape
         if (
@@ -257,8 +257,8 @@ class Asker:
         bag_offsets = torch.empty(features * batch + 1, dtype=torch.int32)
 
         # the kernel's own arrays, at half the width: 10-15% faster in an ad hoc benchmark
-        # (the default job's batch at 2 ranks, one thread), where the random reads and
-        # writes into the key space dominate
+        # (the default job's batch at 2 ranks, one thread), measured when an int32 count a
+        # possible key took the place of the bitmap
         def scratch(*shape: int) -> np.ndarray:
             return np.empty(shape, dtype=np.int32)
 
