@@ -285,6 +285,27 @@ def one_table_requests_into(  # type: ignore[no-untyped-def]
     return distinct
 
 
+# A ReLU's gradient for the layer below it (dist_train.models.linear).
+
+
+@_jit
+def relu_gradient_into(grad, out, masked, masked_t):  # type: ignore[no-untyped-def]
+    """ReLU's backward from its output ``out`` (``[rows, cols]``): 0 where ``out`` is at most
+    0, else ``grad`` (torch's ``threshold_backward``, NaN included), into ``masked`` and its
+    transpose ``masked_t`` (``[cols, rows]``), 16 rows at a time so that the transposed
+    writes fill cache lines."""
+    rows, cols = grad.shape
+    zero = np.float32(0)
+    for i0 in range(0, rows, 16):
+        i1 = min(i0 + 16, rows)
+        for i in range(i0, i1):
+            for j in range(cols):
+                masked[i, j] = zero if out[i, j] <= zero else grad[i, j]
+        for j in range(cols):
+            for i in range(i0, i1):
+                masked_t[j, i] = masked[i, j]
+
+
 # The holder's lookup input (dist_train.train.unpooled_row_wise).
 
 

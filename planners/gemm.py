@@ -21,11 +21,12 @@ ONEDNN_GEMM = torch.backends.mkldnn.is_available() and (
 
 
 def onednn_linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, relu: bool = False
 ) -> torch.Tensor:
-    """``x @ weight^T + bias`` for 2-D float32 CPU tensors with at least one row each (oneDNN
-    refuses an empty reduction), through oneDNN; either argument may be a transposed view."""
+    """``x @ weight^T + bias`` (then ``relu``, as oneDNN's post-op) for 2-D float32 CPU tensors
+    with at least one row each (oneDNN refuses an empty reduction), through oneDNN; either
+    argument may be a transposed view."""
     # oneDNN's inner product, what torch.compile's CPU backend emits for a linear layer; looked
     # up here, not at import: a torch built without oneDNN has no such op
     inner_product = torch.ops.mkldnn._linear_pointwise
-    return cast(torch.Tensor, inner_product(x, weight, bias, "none", [], ""))
+    return cast(torch.Tensor, inner_product(x, weight, bias, "relu" if relu else "none", [], ""))

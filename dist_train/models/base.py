@@ -18,12 +18,16 @@ from dist_train.models.linear import Linear
 
 
 def mlp(sizes: list[int], final_activation: bool) -> nn.Sequential:
-    """Linear layers ``sizes[0] -> ... -> sizes[-1]`` with ReLU between (and after, if asked)."""
+    """Linear layers ``sizes[0] -> ... -> sizes[-1]`` with ReLU between (and after, if asked).
+    Each layer a ReLU follows applies it itself (:class:`~dist_train.models.linear.Linear`'s
+    ``relu``); an ``nn.Identity`` keeps the ReLU's place, and so the layers' indices and
+    checkpoint keys."""
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
-        layers.append(Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2 or final_activation:
-            layers.append(nn.ReLU())
+        relu = i < len(sizes) - 2 or final_activation
+        layers.append(Linear(sizes[i], sizes[i + 1], relu=relu))
+        if relu:
+            layers.append(nn.Identity())
     return nn.Sequential(*layers)
 
 

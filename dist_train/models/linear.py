@@ -6,6 +6,13 @@ dense layers through oneDNN"). Its sums run in another order than MKL's: outputs
 ``nn.Linear``'s in the last bits, within a few times ``nn.Linear``'s own error against a
 float64 reference (the tests check it).
 
+A layer a ReLU follows (``Linear(..., relu=True)``; :func:`~dist_train.models.base.mlp`)
+applies it itself. Through oneDNN it is the inner product's post-op, and the backward masks
+the gradient and writes it transposed in one compiled pass
+(:func:`~dist_train.kernels.relu_gradient_into`): the weight gradient's product reads the
+transpose, which oneDNN otherwise copied from a transposed view. The results are the bits of
+the layer and ``nn.ReLU`` apart (docs/benchmarks.md, "The ReLU inside the largest layer").
+
 Elsewhere (smaller layers, where oneDNN gained little or nothing, or no AVX-512) the layers
 are MKL's, with two changes where the input needs a gradient and its rows are not whole
 cache lines. MKL's sgemm writes rows of whole cache lines faster: at the default job's 40
@@ -23,6 +30,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from dist_train.kernels import relu_gradient_into
 from planners.gemm import ONEDNN_GEMM, onednn_linear
 
 GEMM_ROW_FLOATS = 16  # float32: 64 bytes, a cache line
@@ -56,6 +64,38 @@ class _LinearThroughOneDNN(torch.autograd.Function):
             grad_weight = onednn_linear(grad.t(), x.t())
         if ctx.needs_input_grad[2]:
             grad_bias = grad.sum(0)
+        return grad_x, grad_weight, grad_bias
+
+
+class _LinearReLUThroughOneDNN(torch.autograd.Function):
+    """``relu(x W^T + b)`` through oneDNN, the ReLU its post-op; the backward masks the
+    gradient and writes it transposed in one pass, for the weight gradient's product."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        out = onednn_linear(x, weight, bias, relu=True)
+        ctx.save_for_backward(x, weight, out)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(
+        ctx: Any, grad: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        x, weight, out = ctx.saved_tensors
+        grad = grad.contiguous()
+        masked = torch.empty_like(grad)
+        masked_t = grad.new_empty(grad.shape[1], grad.shape[0])
+        relu_gradient_into(grad.numpy(), out.numpy(), masked.numpy(), masked_t.numpy())
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = onednn_linear(masked, weight.t())
+        if ctx.needs_input_grad[1]:
+            grad_weight = onednn_linear(masked_t, x.t())
+        if ctx.needs_input_grad[2]:
+            grad_bias = masked.sum(0)
         return grad_x, grad_weight, grad_bias
 
 
@@ -96,11 +136,13 @@ class _LinearWithAlignedGradInput(torch.autograd.Function):
 
 # a leaf of torch.fx traces: the choice looks at the tensors, which a trace does not have
 @torch.fx.wrap
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``nn.functional.linear``; for a 2-D CPU float32 input outside autocast, through
-    :class:`_LinearThroughOneDNN` where the layer is large and oneDNN has AVX-512, else
-    where the input needs a gradient and its rows are not whole cache lines through
-    :class:`_LinearWithAlignedGradInput`."""
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool = False
+) -> torch.Tensor:
+    """``nn.functional.linear`` (then ``relu`` if asked); for a 2-D CPU float32 input outside
+    autocast, through :class:`_LinearThroughOneDNN` (:class:`_LinearReLUThroughOneDNN`)
+    where the layer is large and oneDNN has AVX-512, else where the input needs a gradient and
+    its rows are not whole cache lines through :class:`_LinearWithAlignedGradInput`."""
     if (
         x.dim() == 2
         and x.device.type == "cpu"
@@ -114,14 +156,26 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
             and x.shape[0] > 0
             and weight.dtype == torch.float32
         ):
+            if relu:
+                return cast(torch.Tensor, _LinearReLUThroughOneDNN.apply(x, weight, bias))
             return cast(torch.Tensor, _LinearThroughOneDNN.apply(x, weight, bias))
         if bias is not None and x.requires_grad and weight.shape[1] % GEMM_ROW_FLOATS != 0:
-            return cast(torch.Tensor, _LinearWithAlignedGradInput.apply(x, weight, bias))
-    return nn.functional.linear(x, weight, bias)
+            out = cast(torch.Tensor, _LinearWithAlignedGradInput.apply(x, weight, bias))
+            return torch.relu(out) if relu else out
+    out = nn.functional.linear(x, weight, bias)
+    return torch.relu(out) if relu else out
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters, same state dict) through :func:`linear`."""
+    """``nn.Linear`` (same parameters, same state dict) through :func:`linear`; with ``relu``,
+    ``nn.ReLU`` after it too."""
+
+    def __init__(self, *args: Any, relu: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.relu = relu
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return linear(input, self.weight, self.bias)
+        return linear(input, self.weight, self.bias, self.relu)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", relu=True" if self.relu else "")

@@ -205,6 +205,50 @@ def test_the_onednn_path_matches_float64(
         first.sum().backward()
 
 
+class _ThenReLU(torch.nn.Module):
+    """``layer`` then ``nn.ReLU``, its parameters where ``_forward_and_backward`` reads them."""
+
+    def __init__(self, layer: torch.nn.Linear) -> None:
+        super().__init__()
+        self.layer, self.weight, self.bias = layer, layer.weight, layer.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.relu(self.layer(x))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("width", "out", "needs_grad"), LAYERS)
+def test_a_layer_with_its_relu_is_the_layer_then_nn_relu(
+    width: int, out: int, needs_grad: bool, threads: int
+) -> None:
+    """``relu=True`` gives the bits of the same layer followed by ``nn.ReLU``, forward and
+    every gradient, on each path (through oneDNN the ReLU is its post-op and the gradient
+    is masked and transposed in one pass); the state dict is unchanged."""
+    torch.manual_seed(0)
+    fused, plain = Linear(width, out, relu=True), Linear(width, out)
+    plain.load_state_dict(fused.state_dict())
+    assert list(fused.state_dict()) == ["weight", "bias"]
+    x = torch.randn(2048, width).requires_grad_(needs_grad)
+    grad = torch.randn(2048, out)
+    grad[::7] = 0.0  # gradients of zero too, as the layer above's ReLU passes them
+    kind, _, found = _forward_and_backward(fused, x, grad, threads)
+    _, _, expected = _forward_and_backward(_ThenReLU(plain), x, grad, threads)
+    if ONEDNN_GEMM and width * out >= ONEDNN_MIN_WEIGHTS:
+        assert kind == "_LinearReLUThroughOneDNNBackward"
+    assert (found[0] > 0).any() and (found[0] == 0).any()  # the ReLU cut some, not all
+    for mine, theirs in zip(found, expected, strict=True):
+        assert (mine is None and theirs is None) or torch.equal(mine, theirs)  # type: ignore[arg-type]
+
+
+def test_an_mlps_relus_keep_their_places_and_the_keys() -> None:
+    """Each ReLU runs in the layer below it; an Identity keeps its index, so the state dict
+    keys (and checkpoints) are the layers' of Linear, ReLU, Linear, ..."""
+    net = mlp([796, 128, 64, 1], final_activation=False)
+    assert [type(m).__name__ for m in net] == ["Linear", "Identity", "Linear", "Identity", "Linear"]
+    assert [m.relu for m in net if isinstance(m, Linear)] == [True, True, False]
+    assert list(net.state_dict()) == [f"{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")]
+
+
 def test_an_mlp_of_linear_layers_traces_with_torch_fx() -> None:
     net = mlp([796, 128, 1], final_activation=False)
     traced = torch.fx.symbolic_trace(net)
