@@ -57,14 +57,27 @@ class _LinearThroughOneDNN(torch.autograd.Function):
         ctx: Any, grad: torch.Tensor
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         x, weight = ctx.saved_tensors
-        grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_x = onednn_linear(grad, weight.t())
-        if ctx.needs_input_grad[1]:
-            grad_weight = onednn_linear(grad.t(), x.t())
-        if ctx.needs_input_grad[2]:
-            grad_bias = grad.sum(0)
-        return grad_x, grad_weight, grad_bias
+        return _onednn_gradients(ctx.needs_input_grad, x, weight, grad, grad.t())
+
+
+def _onednn_gradients(
+    needs: tuple[bool, ...],
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    grad: torch.Tensor,
+    grad_t: torch.Tensor,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The gradients of ``x W^T + b`` that ``needs`` asks for (input, weight, bias) from the
+    output's ``grad``, each product one oneDNN inner product; ``grad_t``: ``grad``'s
+    transpose, a view or a copy."""
+    grad_x = grad_weight = grad_bias = None
+    if needs[0]:
+        grad_x = onednn_linear(grad, weight.t())
+    if needs[1]:
+        grad_weight = onednn_linear(grad_t, x.t())
+    if needs[2]:
+        grad_bias = grad.sum(0)
+    return grad_x, grad_weight, grad_bias
 
 
 class _LinearReLUThroughOneDNN(torch.autograd.Function):
@@ -89,14 +102,7 @@ class _LinearReLUThroughOneDNN(torch.autograd.Function):
         masked = torch.empty_like(grad)
         masked_t = grad.new_empty(grad.shape[1], grad.shape[0])
         relu_gradient_into(grad.numpy(), out.numpy(), masked.numpy(), masked_t.numpy())
-        grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_x = onednn_linear(masked, weight.t())
-        if ctx.needs_input_grad[1]:
-            grad_weight = onednn_linear(masked_t, x.t())
-        if ctx.needs_input_grad[2]:
-            grad_bias = masked.sum(0)
-        return grad_x, grad_weight, grad_bias
+        return _onednn_gradients(ctx.needs_input_grad, x, weight, masked, masked_t)
 
 
 class _LinearWithAlignedGradInput(torch.autograd.Function):
