@@ -343,6 +343,17 @@ class ShardingConfig(_Strict):
         ),
     )
 
+    kernels: Literal["auto", "fbgemm"] = Field(
+        "auto",
+        description=(
+            "CPU embedding kernels. auto: the project's C lookup and fused row-wise Adagrad "
+            "update wherever they compute what FBGEMM's kernel would (row-wise Adagrad without "
+            "options, sum pooling, float32, tables of at most 16M rows of at most 64 floats; "
+            "docs/benchmarks.md), FBGEMM's elsewhere; fbgemm: FBGEMM's kernels for every "
+            "table (what stock TorchRec runs)."
+        ),
+    )
+
     @field_validator("group_size")
     @classmethod
     def _group_size(cls, v: int | str) -> int | str:

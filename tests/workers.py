@@ -56,12 +56,13 @@ def train_fixed_batches(
     an uneven row-wise split; with ``unpooled`` its row-wise tables run unpooled
     (dist_train/train/unpooled_row_wise.py); ranks train on ``device_type`` (the launcher set
     the GPU). ``shared_as_one_feature=False`` builds the trainer without
-    :func:`~dist_train.train.shared_tables.read_shared_tables_as_one_feature`: TorchRec's
-    kernels as TorchRec builds them.
+    :func:`~dist_train.train.shared_tables.read_shared_tables_as_one_feature` and
+    :func:`~dist_train.train.tables_in_c.run_tables_in_c`: TorchRec's kernels as TorchRec
+    builds them.
     Returns the global mean loss of every step, this rank's embedding shards, the plan's
-    placements, the tables this rank's kernels read as one feature, the class around the
-    dense network, and the trained model's predictions for half a batch of the rows after
-    the last step's.
+    placements, the tables this rank's kernels read as one feature, its kernels' classes, the
+    class around the dense network, and the trained model's predictions for half a batch of
+    the rows after the last step's.
     """
     cfg = parse_config(cfg_raw)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -73,7 +74,8 @@ def train_fixed_batches(
         rows = [t for t, p in job_plan.placements().items() if p["type"] == "row_wise"]
         job_plan = dataclasses.replace(job_plan, unpooled_tables=tuple(rows))
     if not shared_as_one_feature:  # this forked rank process only
-        trainer_module.read_shared_tables_as_one_feature = lambda model: []
+        trainer_module.read_shared_tables_as_one_feature = lambda model, c_kernels: []
+        trainer_module.run_tables_in_c = lambda model: []
     trainer = Trainer.build(cfg, job_plan, rank_device(device_type), local_world_size)
     one_feature = sorted(
         m.config.embedding_tables[0].name
@@ -110,6 +112,9 @@ def train_fixed_batches(
         "shards": shards,
         "placements": trainer.plan.placements(),
         "one_feature_tables": one_feature,
+        "kernel_classes": sorted(
+            {type(m).__name__ for m in lookup_modules(trainer.model) if hasattr(m, "emb_module")}
+        ),
         "dense_wrapper": type(trainer.model._dmp_wrapped_module).__name__,
         "predictions": predictions,
     }

@@ -79,13 +79,13 @@ def _table_rows_call(
     ids as one-id bags of TBE_BAGS features."""
     from dist_train.train.table_rows import TableRows
 
-    rows = TableRows(tbe, TBE_BAGS)
+    rows = TableRows(tbe, ["calibration"], [TBE_BAGS])
     keys = [f"f{i}" for i in range(TBE_BAGS)]
     features = KeyedJaggedTensor.from_lengths_sync(
         keys, ids, torch.ones(ids.numel(), dtype=torch.int64)
     )
     assert features.stride() == batch
-    return lambda: rows(features, "calibration").backward(grad)
+    return lambda: rows(features).backward(grad)
 
 
 def _c_kernel(dim: int) -> SplitTableBatchedEmbeddingBagsCodegen | None:

@@ -1,21 +1,24 @@
-/* One embedding table's sum-pooled lookup on CPU, and its backward fused with the row-wise
- * Adagrad update, in place (dist_train/train/table_rows.py).
+/* Sum-pooled lookups of an embedding kernel's tables on CPU, and their backward fused with the
+ * row-wise Adagrad update, in place (dist_train/train/table_rows.py).
  *
- * Float32 rows [rows][dim] and row-wise Adagrad's state [rows]; the bags of `features`
- * features over a batch of `batch` examples, feature-major as a KeyedJaggedTensor holds them:
- * bag i = f batch + b reads ids[offsets[i] .. offsets[i + 1]). Its pooled vector is row
- * b features + f of the output (and of the gradient): [batch][features dim], as the model
- * reads it, with no pass to put the bags example-major first. The update is FBGEMM's exact
- * row-wise Adagrad (no weight decay, no clipping): per distinct row r of the batch, g = the
- * sum of the gradients of the bags that read it (once per read), state[r] += mean(g^2),
- * w[r] -= lr g / (sqrt(state[r]) + eps).
+ * Float32 rows and row-wise Adagrad's state, every table's in one buffer each (at the
+ * table's offsets, as FBGEMM's kernel keeps them); the bags of `features` features over a
+ * batch of `batch` examples, feature-major as a KeyedJaggedTensor holds them: bag i = f batch
+ * + b reads ids[offsets[i] .. offsets[i + 1]) of its feature's table. Each table is read by a
+ * run of consecutive features: one (a table per feature) or many (a table the features
+ * share). Its pooled vector lands in row b of the output (and is read from the gradient's)
+ * at the feature's column, as the model reads it, with no pass to put the bags
+ * example-major first. The update is FBGEMM's exact row-wise Adagrad (no weight decay, no
+ * clipping): per distinct row r of the batch, g = the sum of the gradients of the bags that
+ * read it (once per read), state[r] += mean(g^2), w[r] -= lr g / (sqrt(state[r]) + eps).
  *
  * Why not FBGEMM's CPU backward: it sorts the batch's ids (csr2csc) before its update, and
  * each read of a pooled gradient and of a row then waits on memory. Here each thread owns a
- * range of rows and finds its distinct rows in one pass over the ids with a slot per row (a
- * buffer of -1s the caller keeps, left as found), then reads gradients and rows with
- * prefetches ahead. A row's gradients add up in bag order, whatever the thread count: the
- * result does not depend on it.
+ * range of rows and passes over the bags in order, the gradients read as they lie, adding
+ * each read's gradient to its row's sum (a slot per row, a buffer of -1s the caller keeps,
+ * left as found, says where the sum is); then it updates each row once, prefetching rows
+ * ahead. A row's gradients add up in bag order, whatever the thread count: the result does
+ * not depend on it.
  *
  * The work runs on torch's OpenMP threads, as _dot_interaction.c's does, with the GIL
  * released.
@@ -26,9 +29,11 @@
 #include <stdint.h>
 #include <string.h>
 
-#define AHEAD 16 /* reads prefetched this many ids (or gradients) ahead */
+#define AHEAD 16      /* reads prefetched this many ids ahead */
+#define GRAD_AHEAD 8  /* the update: gradients prefetched this many examples ahead */
+#define ROWS_AHEAD 8  /* ... and rows this many rows ahead */
 #define MAX_THREADS 256
-#define MAX_DIM 1024 /* the update keeps a row's gradient on the stack */
+#define MAX_DIM 1024 /* the lookup keeps a bag's sum on the stack */
 /* the row loops vectorized for the widest instruction set the CPU has, picked at load */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define VECTORIZED __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -37,6 +42,21 @@
 #endif
 #define BLOCK 64 /* examples pooled together: their rows of out, 64 x features x dim floats */
 
+/* A kernel's tables, each read by a run of consecutive features (the bags of feature f are
+ * f batch .. (f + 1) batch - 1): where its rows and state start in the kernel's weights and
+ * state, its rows and dim, its first feature and number of features, and the column of the
+ * output (and gradient) row its first feature's vector starts at (the next feature's follows
+ * it, dim floats on). One int64[TABLE_FIELDS] per table. */
+#define TABLE_FIELDS 7
+typedef struct {
+    int64_t weight_offset, state_offset, rows, dim, first_feature, features, column;
+} Table;
+
+static Table table_at(const int64_t *info, int64_t t) {
+    const int64_t *f = info + t * TABLE_FIELDS;
+    return (Table){f[0], f[1], f[2], f[3], f[4], f[5], f[6]};
+}
+
 /* The ids outside [0, rows) among ids[lo .. hi). */
 static int64_t count_outside(const int64_t *ids, int64_t lo, int64_t hi, int64_t rows) {
     int64_t outside = 0;
@@ -44,123 +64,161 @@ static int64_t count_outside(const int64_t *ids, int64_t lo, int64_t hi, int64_t
     return outside;
 }
 
-/* Pooled vectors of examples [lo, hi): out[b features + f] = the sum of bag f batch + b's
- * rows. A block of examples at a time, feature by feature: the block's rows of out stay in
- * cache while every feature writes its column (feature-major bags written straight into the
- * example-major out would miss the cache on every bag). */
-VECTORIZED static void pool_examples(const int64_t *ids, const int64_t *offsets, int64_t features,
-                          int64_t batch, int64_t lo, int64_t hi, const float *w, int64_t dim,
-                          float *out) {
+/* Bag b of `bag`'s sum of rows into o. Inlined with dim a constant where it is a common
+ * width (the loops then unroll into whole registers). */
+static inline __attribute__((always_inline)) void pool_bag(const int64_t *ids,
+                                                           const int64_t *bag, int64_t b,
+                                                           int64_t last, const float *w,
+                                                           const int64_t dim, float *o) {
+    float acc[dim];
+    memset(acc, 0, sizeof acc);
+    for (int64_t p = bag[b]; p < bag[b + 1]; ++p) {
+        if (p + AHEAD < last) __builtin_prefetch(w + ids[p + AHEAD] * dim);
+        const float *row = w + ids[p] * dim;
+        for (int64_t d = 0; d < dim; ++d) acc[d] += row[d];
+    }
+    memcpy(o, acc, sizeof acc);
+}
+
+/* Pooled vectors of examples [lo, hi): row b of out (stride floats apart) holds, for each
+ * table's k-th feature f, the sum of bag f batch + b's rows at column + k dim. A block of
+ * examples at a time, feature by feature: the block's rows of out stay in cache while every
+ * feature writes its columns (feature-major bags written straight into the example-major
+ * out would miss the cache on every bag). */
+VECTORIZED static void pool_examples(const int64_t *ids, const int64_t *offsets,
+                                     const int64_t *info, int64_t tables, int64_t batch,
+                                     int64_t lo, int64_t hi, const float *weights, float *out,
+                                     int64_t stride) {
     for (int64_t b0 = lo; b0 < hi; b0 += BLOCK) {
         const int64_t b1 = b0 + BLOCK < hi ? b0 + BLOCK : hi;
-        for (int64_t f = 0; f < features; ++f) {
-            const int64_t *bag = offsets + f * batch;
-            const int64_t last = bag[b1];
-            for (int64_t b = b0; b < b1; ++b) {
-                float *o = out + (b * features + f) * dim;
-                memset(o, 0, (size_t)dim * sizeof(float));
-                for (int64_t p = bag[b]; p < bag[b + 1]; ++p) {
-                    if (p + AHEAD < last) __builtin_prefetch(w + ids[p + AHEAD] * dim);
-                    const float *row = w + ids[p] * dim;
-                    for (int64_t d = 0; d < dim; ++d) o[d] += row[d];
+        for (int64_t t = 0; t < tables; ++t) {
+            const Table tb = table_at(info, t);
+            const float *w = weights + tb.weight_offset;
+            const int64_t dim = tb.dim;
+            for (int64_t k = 0; k < tb.features; ++k) {
+                const int64_t *bag = offsets + (tb.first_feature + k) * batch;
+                const int64_t last = bag[b1];
+                float *o = out + tb.column + k * dim;
+                for (int64_t b = b0; b < b1; ++b) {
+                    switch (dim) {
+                        case 16: pool_bag(ids, bag, b, last, w, 16, o + b * stride); break;
+                        case 32: pool_bag(ids, bag, b, last, w, 32, o + b * stride); break;
+                        case 64: pool_bag(ids, bag, b, last, w, 64, o + b * stride); break;
+                        default: pool_bag(ids, bag, b, last, w, dim, o + b * stride);
+                    }
                 }
             }
         }
     }
 }
 
-/* The update's scratch, int32 ids: five arrays of n + 2 per thread. */
-#define SCRATCH_ARRAYS 5
-static int64_t scratch_size(int64_t n, int64_t threads) {
-    return threads * SCRATCH_ARRAYS * (n + 2);
+/* The update's scratch, in 4-byte words, per thread: a distinct row per id (n + 2) and a
+ * gradient sum of up to dim floats per distinct row (n dim). */
+static int64_t thread_scratch(int64_t n, int64_t dim) { return n + 2 + n * dim; }
+
+static int64_t scratch_size(int64_t n, int64_t threads, int64_t dim) {
+    return threads * thread_scratch(n, dim);
 }
 
 typedef struct {
     int32_t *distinct; /* the thread's distinct rows, in order of first read */
-    int32_t *start;    /* distinct row s's bags: bags[start[s] .. start[s + 1]) */
-    int32_t *bags;
-    int32_t *read_slot; /* per read the thread owns: its distinct row */
-    int32_t *read_bag;  /* ... and its bag */
+    float *sums;       /* distinct row q's summed gradient: sums[q dim .. (q + 1) dim) */
 } Scratch;
 
-/* Thread t's share of the update: the rows it owns. */
-VECTORIZED static void update_owned(const int64_t *ids, const int64_t *offsets,
-                                    int64_t features, int64_t batch, const float *grad,
-                                    float *w, float *state, int64_t rows, int64_t dim, float lr,
-                                    float eps, int32_t *slot, int t, int threads, Scratch *s) {
-    const int64_t n = offsets[features * batch];
-    /* the rows this thread owns: one contiguous range per thread */
-    const int64_t own_lo = rows * t / threads, own_hi = rows * (t + 1) / threads;
-    int64_t distinct = 0, reads = 0;
-    /* the distinct rows this thread owns, each read's row and bag (its row of grad), and
-       reads per row */
-    for (int64_t i = 0, f = 0, b = 0; i < features * batch; ++i) {
-        const int32_t bag = (int32_t)(b * features + f);
-        if (++b == batch) b = 0, ++f;
-        for (int64_t p = offsets[i]; p < offsets[i + 1]; ++p) {
+/* Row-wise Adagrad on row r of w (dim floats) and state from its summed gradient g. */
+static inline void adagrad_row(float *w, float *state, int64_t r, const float *g, float lr,
+                               float eps, int64_t dim) {
+    float squares = 0.0f;
+    for (int64_t d = 0; d < dim; ++d) squares += g[d] * g[d];
+    const float h = state[r] + squares / (float)dim;
+    state[r] = h;
+    const float step = lr / (sqrtf(h) + eps);
+    float *row = w + r * dim;
+    for (int64_t d = 0; d < dim; ++d) row[d] -= step * g[d];
+}
+
+/* Thread t's share of one table's update: the rows it owns (one contiguous range per
+ * thread). The bags in order, each read's gradient added to its row's sum (the gradients read
+ * in bag order, each row's summed in bag order), then row-wise Adagrad on each row. Unlike
+ * the lookup's, this pass ran slower with dim a compile-time constant (docs/benchmarks.md,
+ * "A rank's per-feature tables in C"). */
+VECTORIZED static void update_owned(const int64_t *ids, const int64_t *offsets, Table tb,
+                                    int64_t batch, const float *grad, int64_t stride,
+                                    float *w, float *state, float lr, float eps, int32_t *slot,
+                                    int t, int threads, Scratch *s) {
+    const int64_t dim = tb.dim;
+    const int64_t *bags = offsets + tb.first_feature * batch;
+    const int64_t n = bags[tb.features * batch];
+    const int64_t own_lo = tb.rows * t / threads, own_hi = tb.rows * (t + 1) / threads;
+    int64_t distinct = 0;
+    for (int64_t i = 0, k = 0, b = 0; i < tb.features * batch; ++i) {
+        const float *gb = grad + b * stride + tb.column + k * dim;
+        if (b + GRAD_AHEAD < batch) { /* the gradient rows lie a stride apart: few a page */
+            __builtin_prefetch(gb + GRAD_AHEAD * stride);
+            if (dim > 16) __builtin_prefetch(gb + GRAD_AHEAD * stride + 16);
+        }
+        if (++b == batch) b = 0, ++k;
+        for (int64_t p = bags[i]; p < bags[i + 1]; ++p) {
             if (p + AHEAD < n) __builtin_prefetch(slot + ids[p + AHEAD]);
             const int64_t r = ids[p];
             if (r < own_lo || r >= own_hi) continue;
-            int32_t k = slot[r];
-            if (k < 0) {
-                k = (int32_t)distinct++;
-                slot[r] = k;
-                s->distinct[k] = (int32_t)r;
-                s->start[k + 1] = 0;
+            int32_t q = slot[r];
+            if (q < 0) {
+                q = (int32_t)distinct++;
+                slot[r] = q;
+                s->distinct[q] = (int32_t)r;
+                memset(s->sums + q * dim, 0, (size_t)dim * sizeof(float));
             }
-            s->start[k + 1]++;
-            s->read_slot[reads] = k;
-            s->read_bag[reads++] = bag;
+            float *g = s->sums + q * dim;
+            for (int64_t d = 0; d < dim; ++d) g[d] += gb[d];
         }
     }
-    s->start[0] = 0;
-    for (int64_t k = 0; k < distinct; ++k) {
-        s->start[k + 1] += s->start[k];
-        slot[s->distinct[k]] = -1; /* as found, for the next call */
-    }
-    /* each row's bags, in bag order (start[k] is row k's cursor, then its end) */
-    for (int64_t q = 0; q < reads; ++q) s->bags[s->start[s->read_slot[q]]++] = s->read_bag[q];
-    for (int64_t k = distinct; k > 0; --k) s->start[k] = s->start[k - 1];
-    s->start[0] = 0;
-    float g[dim];
-    for (int64_t k = 0; k < distinct; ++k) {
-        if (k + AHEAD / 4 < distinct) {
-            const int64_t ahead = s->distinct[k + AHEAD / 4];
+    for (int64_t q = 0; q < distinct; ++q) {
+        if (q + ROWS_AHEAD < distinct) {
+            const int64_t ahead = s->distinct[q + ROWS_AHEAD];
             __builtin_prefetch(w + ahead * dim, 1);
             __builtin_prefetch(state + ahead, 1);
         }
-        memset(g, 0, sizeof g);
-        for (int64_t q = s->start[k]; q < s->start[k + 1]; ++q) {
-            if (q + AHEAD < reads) __builtin_prefetch(grad + (int64_t)s->bags[q + AHEAD] * dim);
-            const float *gb = grad + (int64_t)s->bags[q] * dim;
-            for (int64_t d = 0; d < dim; ++d) g[d] += gb[d];
-        }
-        float squares = 0.0f;
-        for (int64_t d = 0; d < dim; ++d) squares += g[d] * g[d];
-        const int64_t r = s->distinct[k];
-        const float h = state[r] + squares / (float)dim;
-        state[r] = h;
-        const float step = lr / (sqrtf(h) + eps);
-        float *row = w + r * dim;
-        for (int64_t d = 0; d < dim; ++d) row[d] -= step * g[d];
+        const int64_t r = s->distinct[q];
+        slot[r] = -1; /* as found, for the next table or call */
+        adagrad_row(w, state, r, s->sums + q * dim, lr, eps, dim);
     }
+}
+
+/* NULL, or a ValueError's message if the tables' fields cannot be what the kernels index by:
+ * the caller vouches for the buffers behind them. */
+static const char *bad_tables(const int64_t *info, int64_t tables, int64_t features,
+                              int64_t stride, int64_t max_rows) {
+    int64_t next_feature = 0;
+    for (int64_t t = 0; t < tables; ++t) {
+        const Table tb = table_at(info, t);
+        if (tb.rows < 1 || tb.rows > max_rows || tb.dim < 1 || tb.dim > MAX_DIM)
+            return "a table's rows or dim out of range";
+        if (tb.first_feature != next_feature || tb.features < 1)
+            return "tables must be read by consecutive runs of features, in order";
+        if (tb.weight_offset < 0 || tb.state_offset < 0 || tb.column < 0 ||
+            tb.column + tb.features * tb.dim > stride)
+            return "a table's offsets or columns out of range";
+        next_feature += tb.features;
+    }
+    return next_feature == features ? NULL : "the tables' features do not add up";
 }
 
 static PyObject *py_pool(PyObject *self, PyObject *args) {
     (void)self;
-    unsigned long long ids_addr, offsets_addr, w_addr, out_addr;
-    long long features, batch, rows, dim, threads;
-    if (!PyArg_ParseTuple(args, "KKLLKLLKL", &ids_addr, &offsets_addr, &features, &batch,
-                          &w_addr, &rows, &dim, &out_addr, &threads))
+    unsigned long long ids_addr, offsets_addr, info_addr, w_addr, out_addr;
+    long long tables, features, batch, stride, threads;
+    if (!PyArg_ParseTuple(args, "KKKLLLKKLL", &ids_addr, &offsets_addr, &info_addr, &tables,
+                          &features, &batch, &w_addr, &out_addr, &stride, &threads))
         return NULL;
-    if (features < 1 || batch < 0 || rows < 1 || dim < 1 || threads < 1) {
-        PyErr_Format(PyExc_ValueError,
-                     "_table_rows.pool: need features >= 1, batch >= 0, rows, dim and threads "
-                     ">= 1; got %lld, %lld, %lld, %lld, %lld",
-                     features, batch, rows, dim, threads);
+    const int64_t *info = (const int64_t *)(uintptr_t)info_addr;
+    const char *bad = tables < 1 || batch < 0 || threads < 1
+                          ? "need tables >= 1, batch >= 0 and threads >= 1"
+                          : bad_tables(info, tables, features, stride, INT64_MAX);
+    if (bad != NULL) {
+        PyErr_Format(PyExc_ValueError, "_table_rows.pool: %s", bad);
         return NULL;
     }
-    const long long bags = features * batch;
     const int64_t *ids = (const int64_t *)(uintptr_t)ids_addr;
     const int64_t *offsets = (const int64_t *)(uintptr_t)offsets_addr;
     const float *w = (const float *)(uintptr_t)w_addr;
@@ -168,66 +226,81 @@ static PyObject *py_pool(PyObject *self, PyObject *args) {
     if (threads > batch) threads = batch > 0 ? batch : 1;
     int64_t outside = 0;
     Py_BEGIN_ALLOW_THREADS
-    /* checked before any read: a bad id must not read outside the table */
-    outside = count_outside(ids, offsets[0], offsets[bags], rows);
-    if (outside == 0 && bags > 0) {
+    /* checked before any read: a bad id must not read outside its table */
+    for (int64_t t = 0; t < tables; ++t) {
+        const Table tb = table_at(info, t);
+        const int64_t *bags = offsets + tb.first_feature * batch;
+        outside += count_outside(ids, bags[0], bags[tb.features * batch], tb.rows);
+    }
+    if (outside == 0 && batch > 0) {
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
         for (long long t = 0; t < threads; ++t)
-            pool_examples(ids, offsets, features, batch, batch * t / threads,
-                          batch * (t + 1) / threads, w, dim, out);
+            pool_examples(ids, offsets, info, tables, batch, batch * t / threads,
+                          batch * (t + 1) / threads, w, out, stride);
     }
     Py_END_ALLOW_THREADS
     return PyLong_FromLongLong(outside);
 }
 
-/* Thread t's scratch within `scratch`: five arrays of n + 2 ids. */
-static Scratch carve(int32_t *scratch, int64_t n, int t) {
-    int32_t *base = scratch + (int64_t)t * SCRATCH_ARRAYS * (n + 2);
-    const int64_t w = n + 2;
-    return (Scratch){base, base + w, base + 2 * w, base + 3 * w, base + 4 * w};
+/* Thread t's scratch within `scratch` (scratch_size(n, threads, dim) words). */
+static Scratch carve(int32_t *scratch, int64_t n, int64_t dim, int t) {
+    int32_t *base = scratch + (int64_t)t * thread_scratch(n, dim);
+    return (Scratch){base, (float *)(base + n + 2)};
 }
 
 static PyObject *py_update(PyObject *self, PyObject *args) {
     (void)self;
-    unsigned long long ids_addr, offsets_addr, grad_addr, w_addr, state_addr, slot_addr;
-    unsigned long long scratch_addr;
-    long long features, batch, rows, dim, threads, scratch_len;
+    unsigned long long ids_addr, offsets_addr, info_addr, grad_addr, w_addr, state_addr;
+    unsigned long long slot_addr, scratch_addr;
+    long long tables, features, batch, stride, slot_len, threads, scratch_len;
     float lr, eps;
-    if (!PyArg_ParseTuple(args, "KKLLKKKLLffKKLL", &ids_addr, &offsets_addr, &features, &batch,
-                          &grad_addr, &w_addr, &state_addr, &rows, &dim, &lr, &eps, &slot_addr,
-                          &scratch_addr, &scratch_len, &threads))
+    if (!PyArg_ParseTuple(args, "KKKLLLKLKKffKLKLL", &ids_addr, &offsets_addr, &info_addr,
+                          &tables, &features, &batch, &grad_addr, &stride, &w_addr,
+                          &state_addr, &lr, &eps, &slot_addr, &slot_len, &scratch_addr,
+                          &scratch_len, &threads))
         return NULL;
-    if (features < 1 || batch < 0 || rows < 1 || rows > INT32_MAX || dim < 1 ||
-        dim > MAX_DIM || threads < 1) {
-        PyErr_Format(PyExc_ValueError,
-                     "_table_rows.update: need features >= 1, batch >= 0, 1 <= rows < 2^31, "
-                     "1 <= dim <= %d and threads >= 1; got %lld, %lld, %lld, %lld, %lld",
-                     MAX_DIM, features, batch, rows, dim, threads);
+    const int64_t *info = (const int64_t *)(uintptr_t)info_addr;
+    const char *bad = tables < 1 || batch < 0 || threads < 1
+                          ? "need tables >= 1, batch >= 0 and threads >= 1"
+                          : bad_tables(info, tables, features, stride, slot_len);
+    if (bad != NULL) {
+        PyErr_Format(PyExc_ValueError, "_table_rows.update: %s (slot: %lld rows)", bad,
+                     slot_len);
         return NULL;
     }
     const int64_t *ids = (const int64_t *)(uintptr_t)ids_addr;
     const int64_t *offsets = (const int64_t *)(uintptr_t)offsets_addr;
-    if (offsets[features * batch] > INT32_MAX || features * batch > INT32_MAX) {
-        PyErr_SetString(PyExc_ValueError, "_table_rows.update: 2^31 ids or bags or more");
+    const int64_t n = offsets[features * batch] - offsets[0];
+    if (offsets[features * batch] > INT32_MAX || batch * stride > INT32_MAX ||
+        slot_len > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError,
+                        "_table_rows.update: 2^31 ids, gradient floats or rows or more");
         return NULL;
     }
     if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads > rows) threads = rows;
-    const int64_t n = offsets[features * batch];
-    if (scratch_len < scratch_size(n, threads)) {
+    int64_t max_dim = 1;
+    for (int64_t t = 0; t < tables; ++t)
+        if (table_at(info, t).dim > max_dim) max_dim = table_at(info, t).dim;
+    if (scratch_len < scratch_size(n, threads, max_dim)) {
         PyErr_Format(PyExc_ValueError,
-                     "_table_rows.update: scratch of %lld ids, %lld needed (scratch_size)",
-                     scratch_len, (long long)scratch_size(n, threads));
+                     "_table_rows.update: scratch of %lld words, %lld needed (scratch_size)",
+                     scratch_len, (long long)scratch_size(n, threads, max_dim));
         return NULL;
     }
     int32_t *scratch = (int32_t *)(uintptr_t)scratch_addr;
+    const float *grad = (const float *)(uintptr_t)grad_addr;
+    float *weights = (float *)(uintptr_t)w_addr, *state = (float *)(uintptr_t)state_addr;
+    int32_t *slot = (int32_t *)(uintptr_t)slot_addr;
     Py_BEGIN_ALLOW_THREADS
-#pragma omp parallel for num_threads(threads) schedule(static, 1)
-    for (long long t = 0; t < threads; ++t) {
-        Scratch own = carve(scratch, n, (int)t);
-        update_owned(ids, offsets, features, batch, (const float *)(uintptr_t)grad_addr,
-                     (float *)(uintptr_t)w_addr, (float *)(uintptr_t)state_addr, rows, dim, lr,
-                     eps, (int32_t *)(uintptr_t)slot_addr, (int)t, (int)threads, &own);
+    for (int64_t i = 0; i < tables; ++i) {
+        const Table tb = table_at(info, i);
+        const int64_t used = threads > tb.rows ? tb.rows : threads;
+#pragma omp parallel for num_threads(used) schedule(static, 1)
+        for (long long t = 0; t < used; ++t) {
+            Scratch own = carve(scratch, n, max_dim, (int)t);
+            update_owned(ids, offsets, tb, batch, grad, stride, weights + tb.weight_offset,
+                         state + tb.state_offset, lr, eps, slot, (int)t, (int)used, &own);
+        }
     }
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
@@ -235,32 +308,36 @@ static PyObject *py_update(PyObject *self, PyObject *args) {
 
 static PyObject *py_scratch_size(PyObject *self, PyObject *args) {
     (void)self;
-    long long n, threads;
-    if (!PyArg_ParseTuple(args, "LL", &n, &threads)) return NULL;
+    long long n, threads, dim;
+    if (!PyArg_ParseTuple(args, "LLL", &n, &threads, &dim)) return NULL;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
-    return PyLong_FromLongLong(scratch_size(n, threads < 1 ? 1 : threads));
+    return PyLong_FromLongLong(scratch_size(n, threads < 1 ? 1 : threads, dim < 1 ? 1 : dim));
 }
 
 static PyMethodDef methods[] = {
     {"pool", py_pool, METH_VARARGS,
-     "pool(ids, offsets, features, batch, weights, rows, dim, out, threads) -> the ids "
-     "outside [0, rows) (then nothing is read or written); else writes out[batch][features "
-     "dim], each bag's sum of rows. Addresses of int64 ids and offsets (feature-major bags), "
-     "float32 weights and out."},
+     "pool(ids, offsets, tables_info, tables, features, batch, weights, out, stride, threads) "
+     "-> the ids outside their table's rows (then nothing is read or written); else writes "
+     "each bag's sum of rows into out[batch][stride] at its table's column. Addresses of "
+     "int64 ids and offsets (feature-major bags), int64 tables_info[tables][7] (weight "
+     "offset, state offset, rows, dim, first feature, features, column), float32 weights and "
+     "out."},
     {"update", py_update, METH_VARARGS,
-     "update(ids, offsets, features, batch, grad, weights, state, rows, dim, lr, eps, slot, "
-     "scratch, scratch_len, threads): row-wise Adagrad on the rows the bags read, from the "
-     "gradient of pool's out, grad[batch][features dim]. slot: int32[rows], all -1 (left "
-     "so); scratch: int32[scratch_len], at least scratch_size(ids, threads). The ids must be "
-     "in [0, rows) (pool checked them)."},
+     "update(ids, offsets, tables_info, tables, features, batch, grad, stride, weights, state, "
+     "lr, eps, slot, slot_len, scratch, scratch_len, threads): row-wise Adagrad on the rows "
+     "the bags read, from the gradient of pool's out, grad[batch][stride]. slot: "
+     "int32[slot_len], at least every table's rows, all -1 (left so); scratch: "
+     "int32[scratch_len], at least scratch_size(ids, threads, widest dim). The ids must be in their "
+     "tables' rows (pool checked them)."},
     {"scratch_size", py_scratch_size, METH_VARARGS,
-     "scratch_size(ids, threads) -> the int32 scratch update needs for a batch of `ids` ids."},
+     "scratch_size(ids, threads, dim) -> the 4-byte words of scratch update needs for a batch "
+     "of `ids` ids, tables of at most `dim` floats."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_table_rows",
-    "One table's sum-pooled lookup and fused row-wise Adagrad update on CPU.", -1, methods,
+    "Sum-pooled lookups of a kernel's tables and their fused row-wise Adagrad update on CPU.", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 

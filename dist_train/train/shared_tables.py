@@ -44,7 +44,7 @@ from torchrec.distributed.batched_embedding_kernel import BatchedFusedEmbeddingB
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dist_train.train.bag_order import example_major_bags
-from dist_train.train.lookups import lookup_modules
+from dist_train.train.lookups import lookup_modules, plain_fused_cpu_kernel
 from dist_train.train.table_rows import TableRows, applies, refuse_ids_outside
 
 
@@ -69,7 +69,7 @@ class OneFeatureFusedEmbeddingBag(BatchedFusedEmbeddingBag):
         if weights is not None and not weights.is_floating_point():
             weights = None  # as TorchRec's kernel: integer weights are not per-id weights
         if self.table_rows is not None and weights is None:
-            return self.table_rows(features, self._config.embedding_tables[0].name)
+            return self.table_rows(features)
         bags = example_major_bags(features.lengths(), features.values(), batch, weights)
         refuse_ids_outside(
             bags.values[: int(bags.offsets[-1])],  # what FBGEMM reads of them
@@ -107,26 +107,17 @@ def _as_one_feature(tbe: SplitTableBatchedEmbeddingBagsCodegen) -> None:
 
 
 def _convertible(kernel: BatchedFusedEmbeddingBag) -> bool:
-    """One table several features share, on CPU, with none of the options whose state or
-    inputs are per feature (FBGEMM's input multiplexer and write-back hook, TorchRec's raw-id
-    tracking) or that need gradients through the ids' weights (the bag permutation has no
-    backward)."""
-    tables, config, tbe = kernel.config.embedding_tables, kernel.config, kernel.emb_module
-    return (
-        len(tables) == 1
-        and tables[0].num_features() > 1
-        and tbe.use_cpu
-        and not (config.is_weighted or config.has_feature_processor)
-        and tbe.tbe_input_multiplexer is None
-        and not tbe.use_writeback_bwd_prehook
-        and getattr(kernel, "_raw_id_tracker_wrapper", None) is None
-    )
+    """One table several features share, in a plain fused CPU kernel (the bag permutation
+    has no backward for the ids' weights)."""
+    tables = kernel.config.embedding_tables
+    return len(tables) == 1 and tables[0].num_features() > 1 and plain_fused_cpu_kernel(kernel)
 
 
-def read_shared_tables_as_one_feature(model: nn.Module) -> list[str]:
+def read_shared_tables_as_one_feature(model: nn.Module, c_kernels: bool = True) -> list[str]:
     """Turn every fused CPU kernel of ``model`` (sharded, before its first forward) that holds
-    one table several features share into a :class:`OneFeatureFusedEmbeddingBag`. Returns the
-    tables changed."""
+    one table several features share into a :class:`OneFeatureFusedEmbeddingBag`, its lookup
+    and update in C where :func:`~dist_train.train.table_rows.applies` holds and ``c_kernels``
+    (else FBGEMM's on the example-major bags). Returns the tables changed."""
     changed = []
     for module in lookup_modules(model):
         # exactly this class: its subclass (fully sharded 2D) runs another forward
@@ -143,7 +134,10 @@ def read_shared_tables_as_one_feature(model: nn.Module) -> list[str]:
         one = cast(OneFeatureFusedEmbeddingBag, kernel)
         one.num_features = kernel.config.embedding_tables[0].num_features()
         tbe = kernel.emb_module
-        one.table_rows = TableRows(tbe, one.num_features) if applies(tbe) else None
+        name = kernel.config.embedding_tables[0].name
+        one.table_rows = (
+            TableRows(tbe, [name], [one.num_features]) if c_kernels and applies(tbe) else None
+        )
         # the forward checks every id (refuse_ids_outside)
         kernel.emb_module.bounds_check_mode_int = BoundsCheckMode.NONE.value
         changed.append(kernel.config.embedding_tables[0].name)

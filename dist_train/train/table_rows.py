@@ -1,16 +1,27 @@
-"""A shared table's sum-pooled lookup on CPU and its backward fused with the row-wise Adagrad
-update, in C (``_table_rows.c``), in place of FBGEMM's kernels for the same update.
+"""Sum-pooled lookups of an FBGEMM kernel's tables on CPU and their backward fused with the
+row-wise Adagrad update, in C (``_table_rows.c``), in place of FBGEMM's kernels for the same
+update.
 
-:class:`~dist_train.train.shared_tables.OneFeatureFusedEmbeddingBag` hands FBGEMM a table's
-bags as one feature's; where :func:`applies` holds it runs :class:`TableRows` instead, on
-the same weights and optimizer state (FBGEMM's ``weights_host`` and ``momentum1_host``:
-checkpoints, resharding and the fused optimizer see no difference). The rows come out as
-FBGEMM's up to the order and fusion of float operations (a test compares them); what it
-buys is in docs/benchmarks.md, "The shared table's lookup and update in C".
+Two kinds of kernel run it, on the same weights and optimizer state as FBGEMM's
+(``weights_host`` and ``momentum1_host``: checkpoints, resharding and the fused optimizer
+see no difference):
+
+- a table several features share, which
+  :class:`~dist_train.train.shared_tables.OneFeatureFusedEmbeddingBag` hands FBGEMM as one
+  feature's (the unified table);
+- a kernel of tables each read by its own features
+  (:class:`~dist_train.train.shared_tables.TablesInCFusedEmbeddingBag`: a rank's tables of
+  one table per feature, as ``hashing_trick`` jobs have).
+
+Where :func:`applies` holds, :class:`TableRows` runs instead of FBGEMM's kernels. The rows
+come out as FBGEMM's up to the order and fusion of float operations (tests compare them);
+what it buys is in docs/benchmarks.md, "The shared table's lookup and update in C" and "A
+rank's per-feature tables in C".
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
@@ -44,16 +55,19 @@ MAX_DIM = 64
 
 def applies(tbe: SplitTableBatchedEmbeddingBagsCodegen) -> bool:
     """Whether :class:`TableRows` computes what ``tbe`` would, and is measured to be the
-    faster: one float32 table on CPU of at most :data:`MAX_ROWS` rows of at most
-    :data:`MAX_DIM` floats, sum pooling, exact row-wise Adagrad with none of its options
-    (weight decay, clipping, max norm, counters, regularization), the C extension built."""
+    faster: float32 tables on CPU of at most :data:`MAX_ROWS` rows of at most
+    :data:`MAX_DIM` floats each, each read by a run of consecutive features, sum pooling,
+    exact row-wise Adagrad with none of its options (weight decay, clipping, max norm,
+    counters, regularization), the C extension built."""
     args = tbe.optimizer_args
+    specs = tbe.embedding_specs
     return (
         _native is not None
         and tbe.use_cpu
-        and len(tbe.embedding_specs) == 1
-        and tbe.embedding_specs[0][0] <= MAX_ROWS
-        and tbe.embedding_specs[0][1] <= MAX_DIM
+        and len(specs) >= 1
+        and all(rows <= MAX_ROWS and dim <= MAX_DIM for rows, dim, *_ in specs)
+        and list(tbe.feature_table_map) == sorted(tbe.feature_table_map)
+        and set(tbe.feature_table_map) == set(range(len(specs)))
         and tbe.optimizer == EmbOptimType.EXACT_ROWWISE_ADAGRAD
         and tbe.weights_host.dtype == torch.float32
         and tbe.momentum1_host.dtype == torch.float32
@@ -66,38 +80,73 @@ def applies(tbe: SplitTableBatchedEmbeddingBagsCodegen) -> bool:
         and args.regularization_mode == 0
         and not tbe._used_rowwise_adagrad_with_counter
         and not getattr(tbe, "_used_rowwise_adagrad_with_global_weight_decay", False)
-        and tbe.weights_host.numel() == tbe.embedding_specs[0][0] * tbe.embedding_specs[0][1]
-        and tbe.momentum1_host.numel() == tbe.embedding_specs[0][0]
+        and tbe.weights_host.numel() == sum(rows * dim for rows, dim, *_ in specs)
+        and tbe.momentum1_host.numel() == sum(rows for rows, *_ in specs)
     )
 
 
 class TableRows:
-    """The lookup of ``tbe``'s one table by ``num_features`` features, each bag pooled into
-    its row of ``[batch, num_features x dim]``; the backward updates the table in place."""
+    """The lookup of ``tbe``'s tables (``names``), each bag pooled into its feature's columns
+    of ``[batch, total width]`` in feature order; the backward updates the tables in place.
+    ``features_per_table``: how many consecutive features read each table; None: as
+    ``tbe.feature_table_map`` says (a table FBGEMM reads as one feature but several share
+    passes its count)."""
 
-    def __init__(self, tbe: SplitTableBatchedEmbeddingBagsCodegen, num_features: int) -> None:
+    def __init__(
+        self,
+        tbe: SplitTableBatchedEmbeddingBagsCodegen,
+        names: Sequence[str],
+        features_per_table: Sequence[int] | None = None,
+    ) -> None:
         if not applies(tbe):
-            raise ValueError("TableRows: the table's kernel has options it does not implement")
+            raise ValueError("TableRows: the tables' kernel has options it does not implement")
+        specs = tbe.embedding_specs
+        if features_per_table is None:
+            features_per_table = [list(tbe.feature_table_map).count(t) for t in range(len(specs))]
+        if len(names) != len(specs) or len(features_per_table) != len(specs):
+            raise ValueError(
+                f"TableRows: {len(specs)} tables in the kernel, {len(names)} names and "
+                f"{len(features_per_table)} feature counts"
+            )
         self.tbe = tbe
-        self.num_features = num_features
-        self.rows, self.dim = int(tbe.embedding_specs[0][0]), int(tbe.embedding_specs[0][1])
-        # the update's scratch, allocated once (grown with the batch): one slot per row, -1
-        # between calls (4 bytes a row, a sixteenth of a dim-16 table's weights), and a few
-        # ids' worth per id and thread
-        self.slot = torch.full((self.rows,), -1, dtype=torch.int32)
+        self.names = list(names)
+        self.rows = [int(rows) for rows, *_ in specs]
+        self.dims = [int(dim) for _, dim, *_ in specs]
+        info, feature, column = [], 0, 0
+        for t, count in enumerate(features_per_table):
+            info.append(
+                [
+                    int(tbe.weights_physical_offsets[t]),
+                    int(tbe.momentum1_physical_offsets[t]),
+                    self.rows[t],
+                    self.dims[t],
+                    feature,
+                    count,
+                    column,
+                ]
+            )
+            feature += count
+            column += count * self.dims[t]
+        self.num_features, self.width = feature, column
+        self.features = [(row[4], row[5]) for row in info]  # per table: first, how many
+        self.tables = torch.tensor(info, dtype=torch.int64)  # _table_rows.c's Table fields
+        # the update's scratch, allocated once (grown with the batch): one slot per row of the
+        # largest table, -1 between calls (4 bytes a row, a sixteenth of a dim-16 table's
+        # weights), and per id and thread a distinct row and a gradient sum
+        self.slot = torch.full((max(self.rows),), -1, dtype=torch.int32)
         self.scratch = torch.empty(0, dtype=torch.int32)
 
-    def __call__(self, features: KeyedJaggedTensor, table: str) -> torch.Tensor:
+    def __call__(self, features: KeyedJaggedTensor) -> torch.Tensor:
         batch = features.stride()
         ids = features.values().to(torch.int64).contiguous()
         offsets = features.offsets().to(torch.int64).contiguous()
         if offsets.numel() != self.num_features * batch + 1:
             raise ValueError(
-                f"table {table}: {offsets.numel() - 1} bags, expected {self.num_features} "
-                f"features x {batch} examples"
+                f"tables {', '.join(self.names)}: {offsets.numel() - 1} bags, expected "
+                f"{self.num_features} features x {batch} examples"
             )
         out: torch.Tensor = _PooledRows.apply(
-            self.tbe.placeholder_autograd_tensor, self, ids, offsets, batch, table
+            self.tbe.placeholder_autograd_tensor, self, ids, offsets, batch
         )
         # FBGEMM's counters, as its forward keeps them (iter_cpu catches up with a loaded
         # iter first)
@@ -108,6 +157,12 @@ class TableRows:
         tbe.iter_cpu.add_(1)
         tbe.iter.add_(1)
         return out
+
+    def refuse_ids_outside(self, ids: torch.Tensor, offsets: torch.Tensor, batch: int) -> None:
+        """Raise ``ValueError`` naming the first table a batch's id falls outside of."""
+        for name, rows, (first, count) in zip(self.names, self.rows, self.features, strict=True):
+            lo, hi = int(offsets[first * batch]), int(offsets[(first + count) * batch])
+            refuse_ids_outside(ids[lo:hi], rows, name)
 
 
 def refuse_ids_outside(ids: torch.Tensor, rows: int, table: str) -> None:
@@ -133,18 +188,19 @@ class _PooledRows(torch.autograd.Function):
         ids: torch.Tensor,
         offsets: torch.Tensor,
         batch: int,
-        table: str,
     ) -> torch.Tensor:
         assert _native is not None
-        out = torch.empty(batch, rows.num_features * rows.dim, dtype=torch.float32)
+        out = torch.empty(batch, rows.width, dtype=torch.float32)
         outside = _native.pool(
-            ids.data_ptr(), offsets.data_ptr(), rows.num_features, batch,
-            rows.tbe.weights_host.data_ptr(), rows.rows, rows.dim,
-            out.data_ptr(), torch.get_num_threads(),
+            ids.data_ptr(), offsets.data_ptr(), rows.tables.data_ptr(), len(rows.names),
+            rows.num_features, batch, rows.tbe.weights_host.data_ptr(), out.data_ptr(),
+            rows.width, torch.get_num_threads(),
         )  # fmt: skip
         if outside:
-            refuse_ids_outside(ids[: int(offsets[-1])], rows.rows, table)
-            raise AssertionError(f"table {table}: the lookup counted {outside} id(s) outside")
+            rows.refuse_ids_outside(ids, offsets, batch)
+            raise AssertionError(
+                f"tables {', '.join(rows.names)}: the lookup counted {outside} id(s) outside"
+            )
         ctx.rows, ctx.batch = rows, batch
         ctx.save_for_backward(ids, offsets)
         return out
@@ -157,13 +213,14 @@ class _PooledRows(torch.autograd.Function):
         grad = grad.to(torch.float32).contiguous()
         tbe = rows.tbe
         threads = torch.get_num_threads()
-        needed = _native.scratch_size(int(offsets[-1]), threads)
+        needed = _native.scratch_size(int(offsets[-1]), threads, max(rows.dims))
         if rows.scratch.numel() < needed:
             rows.scratch = torch.empty(needed, dtype=torch.int32)
         _native.update(
-            ids.data_ptr(), offsets.data_ptr(), rows.num_features, ctx.batch,
-            grad.data_ptr(), tbe.weights_host.data_ptr(), tbe.momentum1_host.data_ptr(),
-            rows.rows, rows.dim, tbe.get_learning_rate(), tbe.optimizer_args.eps,
-            rows.slot.data_ptr(), rows.scratch.data_ptr(), rows.scratch.numel(), threads,
+            ids.data_ptr(), offsets.data_ptr(), rows.tables.data_ptr(), len(rows.names),
+            rows.num_features, ctx.batch, grad.data_ptr(), rows.width,
+            tbe.weights_host.data_ptr(), tbe.momentum1_host.data_ptr(),
+            tbe.get_learning_rate(), tbe.optimizer_args.eps, rows.slot.data_ptr(),
+            rows.slot.numel(), rows.scratch.data_ptr(), rows.scratch.numel(), threads,
         )  # fmt: skip
-        return (None,) * 6
+        return (None,) * 5

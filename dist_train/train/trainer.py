@@ -28,6 +28,7 @@ from dist_train.train.pipelining import pipelined_steps
 from dist_train.train.replicas import GroupLayout, ReplicaSync, group_env, place_in_group
 from dist_train.train.sharding import JobPlan, build_model, make_sharder, plan_job
 from dist_train.train.shared_tables import read_shared_tables_as_one_feature
+from dist_train.train.tables_in_c import run_tables_in_c
 from dist_train.train.uneven_row_wise import enable_uneven_row_wise
 from dist_train.train.unpooled_row_wise import enable_unpooled_row_wise
 
@@ -149,7 +150,10 @@ class Trainer:
         )
         enable_uneven_row_wise(dmp)
         enable_unpooled_row_wise(dmp, job_plan.unpooled_tables)  # replaces uneven's input dist
-        read_shared_tables_as_one_feature(dmp)
+        c_kernels = cfg.sharding.kernels == "auto"
+        read_shared_tables_as_one_feature(dmp, c_kernels)
+        if c_kernels:
+            run_tables_in_c(dmp)
         tables = {t.name: (t.num_rows, t.dim) for t in layout.tables}
         init_embedding_tables(dmp, tables, cfg.seed, init_bound(cfg.embedding))
         optimizer = CombinedOptimizer(

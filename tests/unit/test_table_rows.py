@@ -64,7 +64,7 @@ def test_lookup_and_update_are_fbgemms(dim: int, rows: int, batch: int, max_leng
     operations."""
     theirs, ours = _kernel(FEATURES, dim, rows), _kernel(1, dim, rows)
     ours.weights_host.data.copy_(theirs.weights_host.data)
-    table = TableRows(ours, FEATURES)
+    table = TableRows(ours, ["t"], [FEATURES])
     gen = torch.Generator().manual_seed(0)
     before = torch.get_num_threads()
     torch.set_num_threads(3)
@@ -93,7 +93,7 @@ def _one_step(
     batch = _batch(gen, batch_size, num_rows, max_length)
     grad = torch.randn(batch_size, FEATURES * dim, generator=gen)
     expected = theirs(batch.values(), batch.offsets())
-    got = rows(batch, "t")
+    got = rows(batch)
     assert got.shape == (batch_size, FEATURES * dim)
     if step == 0:  # the same rows: the same sums
         assert torch.equal(got, expected)
@@ -112,7 +112,7 @@ def test_threads_do_not_change_the_result() -> None:
             torch.set_num_threads(threads)
             kernel = _kernel(1)
             kernel.weights_host.data.uniform_(-0.1, 0.1, generator=torch.Generator().manual_seed(0))
-            TableRows(kernel, FEATURES)(batch, "t").backward(grad)
+            TableRows(kernel, ["t"], [FEATURES])(batch).backward(grad)
             results.append((kernel.weights_host.clone(), kernel.momentum1_host.clone()))
     finally:
         torch.set_num_threads(before)
@@ -122,11 +122,11 @@ def test_threads_do_not_change_the_result() -> None:
 
 def test_the_learning_rate_is_read_at_each_update() -> None:
     kernel = _kernel(1)
-    rows = TableRows(kernel, FEATURES)
+    rows = TableRows(kernel, ["t"], [FEATURES])
     batch = _batch(torch.Generator().manual_seed(2))
     kernel.set_learning_rate(0.0)
     before = kernel.weights_host.clone()
-    rows(batch, "t").sum().backward()
+    rows(batch).sum().backward()
     assert torch.equal(kernel.weights_host, before)
     assert kernel.momentum1_host.sum() > 0  # the state still counts the gradients
 
@@ -134,13 +134,13 @@ def test_the_learning_rate_is_read_at_each_update() -> None:
 @pytest.mark.parametrize("bad_id", [ROWS, -1])
 def test_an_id_outside_the_table_is_refused_before_any_read(bad_id: int) -> None:
     kernel = _kernel(1)
-    rows = TableRows(kernel, FEATURES)
+    rows = TableRows(kernel, ["unified_0"], [FEATURES])
     batch = _batch(torch.Generator().manual_seed(3))
     values = batch.values().clone()
     values[7] = bad_id
     bad = KeyedJaggedTensor.from_lengths_sync(batch.keys(), values, batch.lengths())
     with pytest.raises(ValueError, match=rf"table unified_0: 1 id\(s\) .*\(first: {bad_id}\)"):
-        rows(bad, "unified_0")
+        rows(bad)
     assert kernel.step == 0
 
 
@@ -160,7 +160,7 @@ def test_options_it_does_not_implement_keep_fbgemms_kernel(options: dict[str, ob
     kernel = _kernel(1, **options)
     assert not applies(kernel)
     with pytest.raises(ValueError, match="does not implement"):
-        TableRows(kernel, FEATURES)
+        TableRows(kernel, ["t"], [FEATURES])
 
 
 def test_the_default_kernel_applies_up_to_max_rows_and_dim(
