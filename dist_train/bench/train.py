@@ -4,10 +4,12 @@ Four systems train the same data, dense network, optimizer settings and embeddin
 budget, side by side in one run:
 
 - ``unified``: our unified table, placed by our planner (the default job);
-- ``hashing_trick``: our trainer with one hashed table per feature, placed by our planner;
+- ``hashing_trick``: our trainer with one hashed table per feature, placed by our planner,
+  its kernels our C lookup and update where they apply (:mod:`dist_train.train.tables_in_c`);
 - ``torchrec``: the same tables as ``hashing_trick``, placed by TorchRec's
   ``EmbeddingShardingPlanner`` (default constants, TorchRec's own sharder), in the same
-  ``DistributedModelParallel`` with FBGEMM's fused row-wise Adagrad;
+  ``DistributedModelParallel`` with FBGEMM's kernels and fused row-wise Adagrad
+  (``sharding.kernels: fbgemm``);
 - ``pytorch``: the same tables as ``nn.EmbeddingBag`` with torch's Adagrad, the dense
   network in DDP with the job's dense optimizer (:mod:`dist_train.bench.peers`); the
   tables' gradients averaged as DDP does, one gloo sparse all-reduce a table, or with
@@ -102,10 +104,12 @@ def system_configs(cfg: JobConfig) -> dict[str, JobConfig]:
     """Each system's job: ``unified`` is ``cfg``; the others use one table per feature."""
     per_feature = variant(cfg, ["embedding.kind=hashing_trick"], "bench train hashing_trick")
     unified = variant(cfg, ["embedding.kind=unified"], "bench train unified")
+    # stock TorchRec: FBGEMM's kernels, not ours
+    stock = variant(per_feature, ["sharding.kernels=fbgemm"], "bench train torchrec")
     return {
         "unified": unified,
         "hashing_trick": per_feature,
-        "torchrec": per_feature,
+        "torchrec": stock,
         "pytorch": per_feature,
     }
 
