@@ -51,6 +51,16 @@ So its bytes per rank stay flat as R grows (q_r = 1/R), where pooled row_wise re
 [R B, F w] partial sums. It makes 4 collective calls a step (counts, rows, vectors, gradients)
 for tables of one dim, as the default per type does (2 more per extra dim: not charged).
 
+**The pooled output's order.** The model reads the pooled vectors in feature order, and
+TorchRec returns them table_wise rank by rank (each rank's tables in their order), after the
+other sharding types' (grouped by type). Where that is not the tables' order, every rank
+copies its B F w floats into place forward and their gradients back
+(``dist_train/models/base.py``, ``in_layout_order``): :func:`reorder_costs` charges a read and
+a write of each at the copy bandwidth. A plan of one table, or of tables of one type other
+than table_wise, or table_wise with each rank's tables a run of the tables' order in rank
+order, keeps the order and pays nothing (the search offers such a table_wise plan,
+planners/search.py).
+
 A placement on the UVM caching kernel (``TablePlacement.cache_load_factor``) keeps its shards
 in host memory behind an HBM cache: memory splits into HBM (cache and its metadata) and host
 bytes, and each holder's step adds the cache misses' rows over the host link and the cache's
@@ -59,7 +69,9 @@ own work (:func:`cache_costs`, planners/uvm_cache.py).
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -445,4 +457,34 @@ def dense_costs(workload: Workload, topo: Topology) -> RankCosts:
         c.comm_bytes += 2 * allreduce
     c.memory += params * WEIGHT_BYTES * (2 + workload.dense_optimizer_slots)
     c.memory += topo.step_overhead_bytes
+    return c
+
+
+def in_feature_order(placements: Sequence[TablePlacement], workload: Workload) -> bool:
+    """Whether TorchRec's pooled output of ``placements`` comes in the tables' order
+    (``workload.tables``): one sharding type, and for table_wise, each table on a rank no
+    lower than the tables before it (the module docstring)."""
+    if len(placements) <= 1:
+        return True
+    types = {p.sharding_type for p in placements}
+    if len(types) > 1:
+        return False
+    if types != {"table_wise"}:
+        return True
+    rank = {p.table: p.shards[0].rank for p in placements}
+    ranks = [rank[t.name] for t in workload.tables if t.name in rank]
+    return all(a <= b for a, b in itertools.pairwise(ranks))
+
+
+def reorder_costs(
+    placements: Sequence[TablePlacement], workload: Workload, topo: Topology
+) -> RankCosts:
+    """Every rank's copies of its pooled vectors into feature order and of their gradients
+    back, where :func:`in_feature_order` does not hold (the module docstring)."""
+    c = RankCosts.zeros(topo.world_size)
+    if in_feature_order(placements, workload):
+        return c
+    width = sum(t.dim * t.bags_per_sample for t in workload.tables)
+    copied = 2 * 2 * workload.batch_size_per_rank * width * WEIGHT_BYTES  # read + write, twice
+    c.framework += copied / topo.memory_bytes_per_second
     return c

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planners.cost_model import dense_costs, latency_costs, table_costs
+from planners.cost_model import dense_costs, latency_costs, reorder_costs, table_costs
 from planners.search import PlanEstimate, beam_search
 from planners.topology import Topology, resize
 from planners.types import HIERARCHICAL, WEIGHT_BYTES, RankCosts, TablePlacement, Workload
@@ -142,6 +142,7 @@ def estimate_group_plan(
         costs = costs + (_first(tc, group_size) if t_topo is topo else tc)
     costs = costs + _first(world_dense, group_size)
     costs = costs + latency_costs({p.sharding_type for p in placements}, gtopo)
+    costs = costs + reorder_costs(placements, workload, gtopo)
     costs = costs + replica_sync_costs(placements, workload, topo, group_size, sync_every)
     estimate = PlanEstimate.of(placements, costs, gtopo)
     estimate.core_share = _core_share(topo, group_size)

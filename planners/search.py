@@ -7,6 +7,11 @@ table-wise and column blocks go to the least busy ranks, table-row-wise and grid
 least busy nodes, and an uneven row split evens out ranks that other tables made busier. A plan
 uses at most one of row_wise and row_wise_unpooled (``types.EXCLUSIVE_TYPES``): a partial plan
 never takes a candidate of the other.
+
+Beside the beam's plans, one whole plan is offered as it stands: every table table_wise, the
+tables cut in their order into runs of balanced cost, run k on rank k
+(:func:`contiguous_table_wise`). Its pooled output needs no reordering into feature order,
+which the cost model charges the others (``cost_model.reorder_costs``).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 from planners import placement as pl
-from planners.cost_model import dense_costs, latency_costs, table_costs
+from planners.cost_model import dense_costs, latency_costs, reorder_costs, table_costs
 from planners.enumerator import candidates, offers_cache, uneven_row_wise
 from planners.topology import Topology
 from planners.types import (
@@ -144,9 +149,40 @@ def _rebalance(
     return plan
 
 
-def _finish(p: _Partial, base: RankCosts, topo: Topology) -> PlanEstimate:
+def _finish(p: _Partial, base: RankCosts, workload: Workload, topo: Topology) -> PlanEstimate:
     costs = p.costs + base + latency_costs(set(p.types), topo)
+    costs = costs + reorder_costs(p.placements, workload, topo)
     return PlanEstimate.of(p.placements, costs, topo)
+
+
+def contiguous_table_wise(workload: Workload, topo: Topology) -> tuple[TablePlacement, ...]:
+    """Every table table_wise, the tables in their order cut into at most one run per rank,
+    run k on rank k, the runs' largest cost on their holder as small as such cuts make it."""
+    holder = [
+        float(table_costs(pl.table_wise(t, 0), t, workload, topo).step_seconds[0])
+        for t in workload.tables
+    ]
+
+    def runs_under(cap: float) -> list[int] | None:
+        """Each table's run, greedily filling runs up to ``cap``; None past the ranks."""
+        run, total, out = 0, 0.0, []
+        for cost in holder:
+            if total and total + cost > cap:
+                run, total = run + 1, 0.0
+            total += cost
+            out.append(run)
+        return out if run < topo.world_size else None
+
+    lo, hi = max(holder), sum(holder)
+    for _ in range(60):  # bisect the cap: runs_under(hi) always fits
+        mid = (lo + hi) / 2
+        if runs_under(mid) is None:
+            lo = mid
+        else:
+            hi = mid
+    runs = runs_under(hi)
+    assert runs is not None
+    return tuple(pl.table_wise(t, r) for t, r in zip(workload.tables, runs, strict=True))
 
 
 def beam_search(
@@ -171,14 +207,22 @@ def beam_search(
                 grown.append(
                     _Partial((*state.placements, cand), costs, state.types | {cand.sharding_type})
                 )
-        grown.sort(key=lambda s: _finish(s, base, topo).score())
+        grown.sort(key=lambda s: _finish(s, base, workload, topo).score())
         beam = grown[:width]
     order = {t.name: i for i, t in enumerate(workload.tables)}
     plans = []
     for state in beam:
         placements = tuple(sorted(state.placements, key=lambda p: order[p.table]))
-        plan = _finish(_Partial(placements, state.costs, state.types), base, topo)
+        plan = _finish(_Partial(placements, state.costs, state.types), base, workload, topo)
         plans.append(_rebalance(plan, workload, topo, allowed))
+    if "table_wise" in allowed and topo.world_size > 1 and len(workload.tables) > 1:
+        runs = contiguous_table_wise(workload, topo)
+        costs = RankCosts.zeros(topo.world_size)
+        for p, t in zip(runs, workload.tables, strict=True):
+            costs = costs + table_costs(p, t, workload, topo)
+        plans.append(
+            _finish(_Partial(runs, costs, frozenset({"table_wise"})), base, workload, topo)
+        )
     plans.sort(key=lambda p: p.score())
     return plans
 

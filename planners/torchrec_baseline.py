@@ -22,7 +22,7 @@ from torchrec.distributed.planner import Topology as TorchRecTopology
 from torchrec.distributed.planner.constants import UVM_CACHING_RATIO
 from torchrec.distributed.types import ShardingPlan
 
-from planners.cost_model import dense_costs, latency_costs, table_costs
+from planners.cost_model import dense_costs, latency_costs, reorder_costs, table_costs
 from planners.planner import UVM_CACHING_KERNEL, UVM_KERNEL
 from planners.search import PlanEstimate
 from planners.topology import Topology
@@ -83,6 +83,7 @@ def estimate(placements: list[TablePlacement], workload: Workload, topo: Topolog
         full.append(p)
         costs = costs + table_costs(p, table, workload, topo)
     costs = costs + latency_costs({p.sharding_type for p in full}, topo)
+    costs = costs + reorder_costs(full, workload, topo)
     return PlanEstimate.of(tuple(full), costs, topo)
 
 

@@ -17,8 +17,8 @@ from dist_train.train.shared_tables import read_shared_tables_as_one_feature
 from dist_train.train.unpooled_row_wise import enable_unpooled_row_wise
 from planners import placement as pl
 from planners.calibrate import FRAMEWORK_TYPES, calibrate
-from planners.cost_model import table_costs
-from planners.search import search
+from planners.cost_model import in_feature_order, reorder_costs, table_costs
+from planners.search import contiguous_table_wise, search
 from planners.topology import (
     CPU_PRESET,
     TopologyError,
@@ -269,3 +269,50 @@ def test_calibrate_writes_a_topology_the_planner_uses(tmp_path: Path) -> None:
     assert topo.source.startswith("calibrated")
     cfg = small_config(tmp_path, [f"sharding.topology={path}"])
     assert plan_job(cfg, 2, 2).estimated_step_seconds > 0
+
+
+def test_only_table_wise_runs_out_of_the_tables_order_pay_the_reorder() -> None:
+    topo = resize(preset("cpu"), num_nodes=1, ranks_per_node=2)
+    workload = _workload([(10_000, 16)] * 4)
+    t = workload.tables
+    contiguous = [
+        pl.table_wise(t[0], 0),
+        pl.table_wise(t[1], 0),
+        *(pl.table_wise(x, 1) for x in t[2:]),
+    ]
+    alternating = [pl.table_wise(x, i % 2) for i, x in enumerate(t)]
+    assert in_feature_order(contiguous, workload) and in_feature_order(t[:0], workload)
+    assert not in_feature_order(alternating, workload)
+    assert in_feature_order([pl.row_wise(x, topo) for x in t], workload)  # one type: in order
+    mixed = [pl.row_wise(t[0], topo), *(pl.table_wise(x, 0) for x in t[1:])]
+    assert not in_feature_order(mixed, workload)  # TorchRec groups the output by type
+    assert reorder_costs(contiguous, workload, topo).framework.max() == 0
+    # a read and a write of every pooled float, forward and backward, at the copy bandwidth
+    floats = workload.batch_size_per_rank * sum(x.dim * x.bags_per_sample for x in t)
+    expected = 4 * floats * 4 / topo.memory_bytes_per_second
+    np.testing.assert_allclose(reorder_costs(alternating, workload, topo).framework, expected)
+
+
+def test_per_feature_tables_are_cut_into_runs_in_their_order() -> None:
+    """The default hashing_trick job's shapes on 2 and 4 ranks: the plan puts each rank's
+    tables in one run of the tables' order, its costs balanced (no rank holds more than its
+    share by more than the largest table's cost)."""
+    tables = [(7_692, 16)] * 13 + [(7_692, 32)] * 13
+    workload = _workload(tables)
+    for ranks in (2, 4):
+        topo = resize(preset("cpu"), num_nodes=1, ranks_per_node=ranks)
+        runs = contiguous_table_wise(workload, topo)
+        held = [p.shards[0].rank for p in runs]
+        assert held == sorted(held) and set(held) == set(range(ranks))
+        best = search(workload, topo, ("table_wise",)).best
+        assert in_feature_order(best.placements, workload)
+        own = np.zeros(ranks)
+        for p, t in zip(runs, workload.tables, strict=True):
+            own[p.shards[0].rank] += table_costs(p, t, workload, topo).step_seconds[
+                p.shards[0].rank
+            ]
+        largest = max(
+            table_costs(pl.table_wise(t, 0), t, workload, topo).step_seconds[0]
+            for t in workload.tables
+        )
+        assert own.max() - own.sum() / ranks <= largest
