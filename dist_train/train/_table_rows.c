@@ -112,8 +112,9 @@ VECTORIZED static void pool_examples(const int64_t *ids, const int64_t *offsets,
     }
 }
 
-/* The update's scratch, in 4-byte words, per thread: a distinct row per id (n + 2) and a
- * gradient sum of up to dim floats per distinct row (n dim). */
+/* The update's scratch, in 4-byte words, per thread: room for n distinct rows (n + 2) and a
+ * gradient sum of up to dim floats for each (n dim); n: a table's distinct rows at most, the
+ * fewer of the batch's ids and the largest table's rows. */
 static int64_t thread_scratch(int64_t n, int64_t dim) { return n + 2 + n * dim; }
 
 static int64_t scratch_size(int64_t n, int64_t threads, int64_t dim) {
@@ -242,7 +243,8 @@ static PyObject *py_pool(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong(outside);
 }
 
-/* Thread t's scratch within `scratch` (scratch_size(n, threads, dim) words). */
+/* Thread t's scratch within `scratch` (scratch_size(n, threads, dim) words), for n distinct
+ * rows. */
 static Scratch carve(int32_t *scratch, int64_t n, int64_t dim, int t) {
     int32_t *base = scratch + (int64_t)t * thread_scratch(n, dim);
     return (Scratch){base, (float *)(base + n + 2)};
@@ -278,13 +280,18 @@ static PyObject *py_update(PyObject *self, PyObject *args) {
         return NULL;
     }
     if (threads > MAX_THREADS) threads = MAX_THREADS;
-    int64_t max_dim = 1;
-    for (int64_t t = 0; t < tables; ++t)
-        if (table_at(info, t).dim > max_dim) max_dim = table_at(info, t).dim;
-    if (scratch_len < scratch_size(n, threads, max_dim)) {
+    /* a table's distinct rows: at most its ids and its rows */
+    int64_t max_dim = 1, max_rows = 1;
+    for (int64_t t = 0; t < tables; ++t) {
+        const Table tb = table_at(info, t);
+        if (tb.dim > max_dim) max_dim = tb.dim;
+        if (tb.rows > max_rows) max_rows = tb.rows;
+    }
+    const int64_t distinct_max = n < max_rows ? n : max_rows;
+    if (scratch_len < scratch_size(distinct_max, threads, max_dim)) {
         PyErr_Format(PyExc_ValueError,
                      "_table_rows.update: scratch of %lld words, %lld needed (scratch_size)",
-                     scratch_len, (long long)scratch_size(n, threads, max_dim));
+                     scratch_len, (long long)scratch_size(distinct_max, threads, max_dim));
         return NULL;
     }
     int32_t *scratch = (int32_t *)(uintptr_t)scratch_addr;
@@ -297,7 +304,7 @@ static PyObject *py_update(PyObject *self, PyObject *args) {
         const int64_t used = threads > tb.rows ? tb.rows : threads;
 #pragma omp parallel for num_threads(used) schedule(static, 1)
         for (long long t = 0; t < used; ++t) {
-            Scratch own = carve(scratch, n, max_dim, (int)t);
+            Scratch own = carve(scratch, distinct_max, max_dim, (int)t);
             update_owned(ids, offsets, tb, batch, grad, stride, weights + tb.weight_offset,
                          state + tb.state_offset, lr, eps, slot, (int)t, (int)used, &own);
         }
@@ -327,11 +334,12 @@ static PyMethodDef methods[] = {
      "lr, eps, slot, slot_len, scratch, scratch_len, threads): row-wise Adagrad on the rows "
      "the bags read, from the gradient of pool's out, grad[batch][stride]. slot: "
      "int32[slot_len], at least every table's rows, all -1 (left so); scratch: "
-     "int32[scratch_len], at least scratch_size(ids, threads, widest dim). The ids must be in their "
+     "int32[scratch_len], at least scratch_size(fewer of ids and largest table's rows, "
+     "threads, widest dim). The ids must be in their "
      "tables' rows (pool checked them)."},
     {"scratch_size", py_scratch_size, METH_VARARGS,
-     "scratch_size(ids, threads, dim) -> the 4-byte words of scratch update needs for a batch "
-     "of `ids` ids, tables of at most `dim` floats."},
+     "scratch_size(rows, threads, dim) -> the 4-byte words of scratch update needs for up to "
+     "`rows` distinct rows a table, of at most `dim` floats."},
     {NULL, NULL, 0, NULL},
 };
 

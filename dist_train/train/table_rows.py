@@ -10,7 +10,7 @@ see no difference):
   :class:`~dist_train.train.shared_tables.OneFeatureFusedEmbeddingBag` hands FBGEMM as one
   feature's (the unified table);
 - a kernel of tables each read by its own features
-  (:class:`~dist_train.train.shared_tables.TablesInCFusedEmbeddingBag`: a rank's tables of
+  (:class:`~dist_train.train.tables_in_c.TablesInCFusedEmbeddingBag`: a rank's tables of
   one table per feature, as ``hashing_trick`` jobs have).
 
 Where :func:`applies` holds, :class:`TableRows` runs instead of FBGEMM's kernels. The rows
@@ -132,7 +132,8 @@ class TableRows:
         self.tables = torch.tensor(info, dtype=torch.int64)  # _table_rows.c's Table fields
         # the update's scratch, allocated once (grown with the batch): one slot per row of the
         # largest table, -1 between calls (4 bytes a row, a sixteenth of a dim-16 table's
-        # weights), and per id and thread a distinct row and a gradient sum
+        # weights), and per thread a distinct row and a gradient sum for each of a table's
+        # distinct rows
         self.slot = torch.full((max(self.rows),), -1, dtype=torch.int32)
         self.scratch = torch.empty(0, dtype=torch.int32)
 
@@ -213,7 +214,8 @@ class _PooledRows(torch.autograd.Function):
         grad = grad.to(torch.float32).contiguous()
         tbe = rows.tbe
         threads = torch.get_num_threads()
-        needed = _native.scratch_size(int(offsets[-1]), threads, max(rows.dims))
+        distinct = min(int(offsets[-1]), max(rows.rows))  # a table's, at most
+        needed = _native.scratch_size(distinct, threads, max(rows.dims))
         if rows.scratch.numel() < needed:
             rows.scratch = torch.empty(needed, dtype=torch.int32)
         _native.update(
