@@ -3,11 +3,10 @@ feature, and it computes what the shared-table kernel computes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
-import torch.distributed as dist
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from fbgemm_gpu.split_table_batched_embeddings_ops_common import (
     BoundsCheckMode,
@@ -17,19 +16,8 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
     ComputeDevice,
     SplitTableBatchedEmbeddingBagsCodegen,
 )
-from torch.distributed._shard.metadata import ShardMetadata
-from torch.distributed._shard.sharded_tensor.metadata import (
-    ShardedTensorMetadata,
-    TensorProperties,
-)
 from torch.nn import ModuleList
 from torchrec.distributed.batched_embedding_kernel import BatchedFusedEmbeddingBag
-from torchrec.distributed.embedding_types import (
-    EmbeddingComputeKernel,
-    GroupedEmbeddingConfig,
-    ShardedEmbeddingTable,
-)
-from torchrec.modules.embedding_configs import DataType, PoolingType
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dist_train.train import table_rows
@@ -39,6 +27,7 @@ from dist_train.train.shared_tables import (
     _as_one_feature,
     read_shared_tables_as_one_feature,
 )
+from tests.fused_kernels import fused_cpu_kernel, one_rank_group  # noqa: F401 (a fixture)
 
 ROWS, DIM, FEATURES, BATCH = 1000, 8, 5, 16
 
@@ -161,46 +150,9 @@ def test_example_major_bags_refuses_a_ragged_batch() -> None:
         )
 
 
-@pytest.fixture
-def one_rank_group() -> Iterator[None]:
-    """A gloo group of this process alone: TorchRec's kernels build sharded tensors."""
-    assert not dist.is_initialized(), "another test left a process group in this process"
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
 def _torchrec_kernel(features: list[str]) -> BatchedFusedEmbeddingBag:
     """TorchRec's fused CPU kernel of one ``ROWS x DIM`` table the ``features`` share."""
-    shard = ShardMetadata(shard_offsets=[0, 0], shard_sizes=[ROWS, DIM], placement="rank:0/cpu")
-    table = ShardedEmbeddingTable(
-        num_embeddings=ROWS,
-        embedding_dim=DIM,
-        name="unified_0",
-        feature_names=features,
-        local_rows=ROWS,
-        local_cols=DIM,
-        compute_kernel=EmbeddingComputeKernel.FUSED,
-        pooling=PoolingType.SUM,
-        local_metadata=shard,
-        global_metadata=ShardedTensorMetadata(
-            shards_metadata=[shard],
-            size=torch.Size([ROWS, DIM]),
-            tensor_properties=TensorProperties(),
-        ),
-    )
-    config = GroupedEmbeddingConfig(
-        data_type=DataType.FP32,
-        pooling=PoolingType.SUM,
-        is_weighted=False,
-        has_feature_processor=False,
-        compute_kernel=EmbeddingComputeKernel.FUSED,
-        embedding_tables=[table],
-        fused_params={"optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD, "learning_rate": 0.1},
-    )
-    return BatchedFusedEmbeddingBag(config, device=torch.device("cpu"))
+    return fused_cpu_kernel([("unified_0", ROWS, DIM, features)])
 
 
 @pytest.mark.parametrize("bad_id", [ROWS, -1])

@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from fbgemm_gpu.split_table_batched_embeddings_ops_common import (
     BoundsCheckMode,
@@ -18,19 +16,8 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
     ComputeDevice,
     SplitTableBatchedEmbeddingBagsCodegen,
 )
-from torch.distributed._shard.metadata import ShardMetadata
-from torch.distributed._shard.sharded_tensor.metadata import (
-    ShardedTensorMetadata,
-    TensorProperties,
-)
 from torch.nn import ModuleList
 from torchrec.distributed.batched_embedding_kernel import BatchedFusedEmbeddingBag
-from torchrec.distributed.embedding_types import (
-    EmbeddingComputeKernel,
-    GroupedEmbeddingConfig,
-    ShardedEmbeddingTable,
-)
-from torchrec.modules.embedding_configs import DataType, PoolingType
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dist_train.train import table_rows
@@ -39,6 +26,7 @@ from dist_train.train.table_rows import TableRows
 from dist_train.train.tables_in_c import TablesInCFusedEmbeddingBag, run_tables_in_c
 from dist_train.train.trainer import Trainer
 from tests.conftest import small_config
+from tests.fused_kernels import fused_cpu_kernel, one_rank_group  # noqa: F401 (a fixture)
 
 # rows x dim per table, and the table each feature reads (table b by two features); dims of
 # 16 and 32 floats, as a hashing_trick job's features of one and two chunks, and one of 8
@@ -112,50 +100,14 @@ def test_names_and_feature_counts_must_match_the_tables() -> None:
         TableRows(_fbgemm_kernel(), NAMES[:2])
 
 
-@pytest.fixture
-def one_rank_group() -> Iterator[None]:
-    """A gloo group of this process alone: TorchRec's kernels build sharded tensors."""
-    assert not dist.is_initialized(), "another test left a process group in this process"
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
 def _torchrec_kernel() -> BatchedFusedEmbeddingBag:
     """TorchRec's fused CPU kernel of TABLES, table t read by its features of FEATURE_TABLE."""
-    tables = []
-    for t, ((rows, dim), name) in enumerate(zip(TABLES, NAMES, strict=True)):
-        shard = ShardMetadata(shard_offsets=[0, 0], shard_sizes=[rows, dim], placement="rank:0/cpu")
-        tables.append(
-            ShardedEmbeddingTable(
-                num_embeddings=rows,
-                embedding_dim=dim,
-                name=name,
-                feature_names=[f"f{f}" for f, table in enumerate(FEATURE_TABLE) if table == t],
-                local_rows=rows,
-                local_cols=dim,
-                compute_kernel=EmbeddingComputeKernel.FUSED,
-                pooling=PoolingType.SUM,
-                local_metadata=shard,
-                global_metadata=ShardedTensorMetadata(
-                    shards_metadata=[shard],
-                    size=torch.Size([rows, dim]),
-                    tensor_properties=TensorProperties(),
-                ),
-            )
-        )
-    config = GroupedEmbeddingConfig(
-        data_type=DataType.FP32,
-        pooling=PoolingType.SUM,
-        is_weighted=False,
-        has_feature_processor=False,
-        compute_kernel=EmbeddingComputeKernel.FUSED,
-        embedding_tables=tables,
-        fused_params={"optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD, "learning_rate": 0.1},
+    features = [
+        [f"f{f}" for f, table in enumerate(FEATURE_TABLE) if table == t] for t in range(len(TABLES))
+    ]
+    return fused_cpu_kernel(
+        [(name, rows, dim, f) for name, (rows, dim), f in zip(NAMES, TABLES, features, strict=True)]
     )
-    return BatchedFusedEmbeddingBag(config, device=torch.device("cpu"))
 
 
 @pytest.mark.parametrize("bad_id", [1000, -1])
