@@ -51,15 +51,15 @@ So its bytes per rank stay flat as R grows (q_r = 1/R), where pooled row_wise re
 [R B, F w] partial sums. It makes 4 collective calls a step (counts, rows, vectors, gradients)
 for tables of one dim, as the default per type does (2 more per extra dim: not charged).
 
-**The pooled output's order.** The model reads the pooled vectors in feature order, and
-TorchRec returns them table_wise rank by rank (each rank's tables in their order), after the
-other sharding types' (grouped by type). Where that is not the tables' order, every rank
-copies its B F w floats into place forward and their gradients back
-(``dist_train/models/base.py``, ``in_layout_order``): :func:`reorder_costs` charges a read and
-a write of each at the copy bandwidth. A plan of one table, or of tables of one type other
-than table_wise, or table_wise with each rank's tables a run of the tables' order in rank
-order, keeps the order and pays nothing (the search offers such a table_wise plan,
-planners/search.py).
+**The pooled output's order.** The model reads the pooled vectors in feature order. TorchRec
+returns them grouped by sharding type, and table_wise (or column_wise, table_row_wise, grid)
+tables by the first rank holding each, each rank's tables in their order. Where that is not
+the order the model reads, every rank copies its B F w floats into place forward and their
+gradients back (``dist_train/models/base.py``, ``in_layout_order``): :func:`reorder_costs`
+charges a read and a write of each at the copy bandwidth. A plan of one table, or of tables
+of one type that keeps the tables' order (:func:`in_feature_order`), pays nothing where the
+model reads the tables in their order (not a unified layout of several tables, whose keys
+go round-robin); the search offers a table_wise plan that keeps it (planners/search.py).
 
 A placement on the UVM caching kernel (``TablePlacement.cache_load_factor``) keeps its shards
 in host memory behind an HBM cache: memory splits into HBM (cache and its metadata) and host
@@ -461,18 +461,23 @@ def dense_costs(workload: Workload, topo: Topology) -> RankCosts:
 
 
 def in_feature_order(placements: Sequence[TablePlacement], workload: Workload) -> bool:
-    """Whether TorchRec's pooled output of ``placements`` comes in the tables' order
-    (``workload.tables``): one sharding type, and for table_wise, each table on a rank no
-    lower than the tables before it (the module docstring)."""
+    """Whether TorchRec's pooled output of ``placements`` comes in the order the model reads
+    it (the module docstring): the model reads the tables in their order
+    (``workload.tables_in_key_order``), and the plan has one table, or one sharding type that
+    keeps the order: row_wise, row_wise_unpooled and data_parallel always, the others where
+    each table's lowest rank is no lower than the tables' before it (TorchRec lists them by
+    the first rank holding each)."""
     if len(placements) <= 1:
         return True
+    if not workload.tables_in_key_order:
+        return False
     types = {p.sharding_type for p in placements}
     if len(types) > 1:
         return False
-    if types != {"table_wise"}:
+    if types <= {"row_wise", "row_wise_unpooled", "data_parallel"}:
         return True
-    rank = {p.table: p.shards[0].rank for p in placements}
-    ranks = [rank[t.name] for t in workload.tables if t.name in rank]
+    first = {p.table: min(s.rank for s in p.shards) for p in placements}
+    ranks = [first[t.name] for t in workload.tables if t.name in first]
     return all(a <= b for a, b in itertools.pairwise(ranks))
 
 

@@ -169,6 +169,10 @@ class Workload:
     id_skew: float = 1.1
     # Rows of a shard the UVM caching kernel keeps in HBM, as a fraction (TorchRec's default)
     cache_load_factor: float = 0.2
+    # Whether the model reads the tables' pooled vectors in table order, each table's bags
+    # one run (False: a unified layout of several tables deals its keys round-robin, so the
+    # output is reordered whatever the plan; cost_model.reorder_costs)
+    tables_in_key_order: bool = True
 
     def table(self, name: str) -> TableLoad:
         for t in self.tables:

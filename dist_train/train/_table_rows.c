@@ -40,7 +40,7 @@
 #else
 #define VECTORIZED
 #endif
-#define BLOCK 64 /* examples pooled together: their rows of out, 64 x features x dim floats */
+#define BLOCK 64 /* examples pooled together: their rows of out, 64 x stride floats */
 
 /* A kernel's tables, each read by a run of consecutive features (the bags of feature f are
  * f batch .. (f + 1) batch - 1): where its rows and state start in the kernel's weights and
@@ -113,8 +113,9 @@ VECTORIZED static void pool_examples(const int64_t *ids, const int64_t *offsets,
 }
 
 /* The update's scratch, in 4-byte words, per thread: room for n distinct rows (n + 2) and a
- * gradient sum of up to dim floats for each (n dim); n: a table's distinct rows at most, the
- * fewer of the batch's ids and the largest table's rows. */
+ * gradient sum of up to dim floats for each (n dim); n: a thread's distinct rows of a table
+ * at most, the fewer of the batch's ids and the rows a thread owns of the largest table
+ * (its rows / threads, rounded up). */
 static int64_t thread_scratch(int64_t n, int64_t dim) { return n + 2 + n * dim; }
 
 static int64_t scratch_size(int64_t n, int64_t threads, int64_t dim) {
@@ -273,21 +274,20 @@ static PyObject *py_update(PyObject *self, PyObject *args) {
     const int64_t *ids = (const int64_t *)(uintptr_t)ids_addr;
     const int64_t *offsets = (const int64_t *)(uintptr_t)offsets_addr;
     const int64_t n = offsets[features * batch] - offsets[0];
-    if (offsets[features * batch] > INT32_MAX || batch * stride > INT32_MAX ||
-        slot_len > INT32_MAX) {
-        PyErr_SetString(PyExc_ValueError,
-                        "_table_rows.update: 2^31 ids, gradient floats or rows or more");
+    if (offsets[features * batch] > INT32_MAX || slot_len > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "_table_rows.update: 2^31 ids or rows or more");
         return NULL;
     }
     if (threads > MAX_THREADS) threads = MAX_THREADS;
-    /* a table's distinct rows: at most its ids and its rows */
+    /* a thread's distinct rows of a table: at most the batch's ids and the rows it owns */
     int64_t max_dim = 1, max_rows = 1;
     for (int64_t t = 0; t < tables; ++t) {
         const Table tb = table_at(info, t);
         if (tb.dim > max_dim) max_dim = tb.dim;
         if (tb.rows > max_rows) max_rows = tb.rows;
     }
-    const int64_t distinct_max = n < max_rows ? n : max_rows;
+    const int64_t owned = (max_rows + threads - 1) / threads;
+    const int64_t distinct_max = n < owned ? n : owned;
     if (scratch_len < scratch_size(distinct_max, threads, max_dim)) {
         PyErr_Format(PyExc_ValueError,
                      "_table_rows.update: scratch of %lld words, %lld needed (scratch_size)",
@@ -334,12 +334,12 @@ static PyMethodDef methods[] = {
      "lr, eps, slot, slot_len, scratch, scratch_len, threads): row-wise Adagrad on the rows "
      "the bags read, from the gradient of pool's out, grad[batch][stride]. slot: "
      "int32[slot_len], at least every table's rows, all -1 (left so); scratch: "
-     "int32[scratch_len], at least scratch_size(fewer of ids and largest table's rows, "
-     "threads, widest dim). The ids must be in their "
+     "int32[scratch_len], at least scratch_size(fewer of ids and the largest table's rows / "
+     "threads, rounded up; threads; widest dim). The ids must be in their "
      "tables' rows (pool checked them)."},
     {"scratch_size", py_scratch_size, METH_VARARGS,
      "scratch_size(rows, threads, dim) -> the 4-byte words of scratch update needs for up to "
-     "`rows` distinct rows a table, of at most `dim` floats."},
+     "`rows` distinct rows a table and thread, of at most `dim` floats."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,31 +1,35 @@
-# The C extension's functions (_table_rows.c); addresses are of int64 ids and offsets,
-# float32 rows, state and gradients, and the int32 slot buffer.
+# The C extension's functions (_table_rows.c); addresses are of int64 ids, offsets and
+# tables_info ([tables][7]: weight offset, state offset, rows, dim, first feature, features,
+# column), float32 rows, state, output and gradients, and the int32 slot and scratch buffers.
 def pool(
     ids: int,
     offsets: int,
+    tables_info: int,
+    tables: int,
     features: int,
     batch: int,
     weights: int,
-    rows: int,
-    dim: int,
     out: int,
+    stride: int,
     threads: int,
 ) -> int: ...
 def update(
     ids: int,
     offsets: int,
+    tables_info: int,
+    tables: int,
     features: int,
     batch: int,
     grad: int,
+    stride: int,
     weights: int,
     state: int,
-    rows: int,
-    dim: int,
     lr: float,
     eps: float,
     slot: int,
+    slot_len: int,
     scratch: int,
     scratch_len: int,
     threads: int,
 ) -> None: ...
-def scratch_size(ids: int, threads: int) -> int: ...
+def scratch_size(rows: int, threads: int, dim: int) -> int: ...

@@ -167,7 +167,15 @@ def workload_for_config(
         interaction_elements_per_sample=model.interaction_elements_per_sample,
         id_skew=cfg.sharding.id_skew,
         cache_load_factor=cfg.sharding.cache_load_factor,
+        tables_in_key_order=_tables_in_key_order(layout),
     )
+
+
+def _tables_in_key_order(layout: EmbeddingLayout) -> bool:
+    """Whether the layout's keys read the tables in their order, each table's keys one run in
+    the order TorchRec pools them (its ``feature_names``)."""
+    pooled = [key for t in layout.tables for key in t.keys]
+    return pooled == layout.key_names
 
 
 def topology_for_config(

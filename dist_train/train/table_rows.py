@@ -44,13 +44,17 @@ except ImportError:  # built without a C compiler (setup.py): FBGEMM's kernels r
 # the table (4 bytes a row), and it reads and writes rows in the order the batch first reads
 # them, where FBGEMM's follow the sorted ids. Step A/Bs on one rank (ad hoc,
 # docs/benchmarks.md), FBGEMM's step over this one's: 1.067 at 4,000,000 x 64 rows, 1.036
-# at 8,000,000 x 64, 1.09 at 16,000,000 x 16, the largest measured.
+# at 8,000,000 x 64, 1.09 at 16,000,000 x 16, the largest measured. (Measured with the update
+# that gathered each row's gradients, before 3529fdd; not measured again since. The update's
+# scratch now also holds a gradient sum per distinct row a thread may meet: (dim + 1) x 4
+# bytes each, up to the fewer of the batch's ids and the rows a thread owns.)
 MAX_ROWS = 16_000_000
 # Wider rows keep FBGEMM's kernels too: at 128 floats `dist-train bench kernel` measured
 # FBGEMM's one-feature kernel over this one 0.74-1.17 (this one the slower in 4 of 6 cases:
 # FBGEMM's update walks the rows in sorted order); at 64, 0.93-1.44, and the trainer's step
 # measured this one the faster at 64 (docs/benchmarks.md).
 MAX_DIM = 64
+MAX_THREADS = 256  # _table_rows.c's
 
 
 def applies(tbe: SplitTableBatchedEmbeddingBagsCodegen) -> bool:
@@ -99,7 +103,12 @@ class TableRows:
         features_per_table: Sequence[int] | None = None,
     ) -> None:
         if not applies(tbe):
-            raise ValueError("TableRows: the tables' kernel has options it does not implement")
+            raise ValueError(
+                "TableRows: the kernel is not one it computes (applies: float32 CPU tables of at "
+                f"most {MAX_ROWS:,} rows of at most {MAX_DIM} floats, each read by a run of "
+                "features in order, sum pooling, exact row-wise Adagrad without options it does "
+                "not implement, the C extension built)"
+            )
         specs = tbe.embedding_specs
         if features_per_table is None:
             features_per_table = [list(tbe.feature_table_map).count(t) for t in range(len(specs))]
@@ -214,7 +223,8 @@ class _PooledRows(torch.autograd.Function):
         grad = grad.to(torch.float32).contiguous()
         tbe = rows.tbe
         threads = torch.get_num_threads()
-        distinct = min(int(offsets[-1]), max(rows.rows))  # a table's, at most
+        # a thread's distinct rows of a table, at most (_table_rows.c, py_update)
+        distinct = min(int(offsets[-1]), -(-max(rows.rows) // min(threads, MAX_THREADS)))
         needed = _native.scratch_size(distinct, threads, max(rows.dims))
         if rows.scratch.numel() < needed:
             rows.scratch = torch.empty(needed, dtype=torch.int32)

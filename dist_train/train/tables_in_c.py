@@ -40,6 +40,13 @@ class TablesInCFusedEmbeddingBag(BatchedFusedEmbeddingBag):
                 f"tables {names}: the C lookup needs one batch size for every feature (no "
                 "variable batch sizes); sharding.kernels=fbgemm runs FBGEMM's kernel"
             )
+        weights = features.weights_or_none()
+        if weights is not None and weights.is_floating_point():
+            # per-id weights, which TorchRec hands its kernel even where the tables are not
+            # declared weighted: FBGEMM's kernel takes them (its bounds check is off: ours runs)
+            values, offsets = features.values(), features.offsets()
+            self.table_rows.refuse_ids_outside(values, offsets, features.stride())
+            return cast(torch.Tensor, super().forward(features))
         return self.table_rows(features)
 
 

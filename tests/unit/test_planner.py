@@ -286,6 +286,14 @@ def test_only_table_wise_runs_out_of_the_tables_order_pay_the_reorder() -> None:
     assert in_feature_order([pl.row_wise(x, topo) for x in t], workload)  # one type: in order
     mixed = [pl.row_wise(t[0], topo), *(pl.table_wise(x, 0) for x in t[1:])]
     assert not in_feature_order(mixed, workload)  # TorchRec groups the output by type
+    # column blocks: tables listed by the first rank holding each
+    assert in_feature_order([pl.column_wise(x, [0, 1]) for x in t], workload)
+    later = [pl.column_wise(x, [1]) for x in t[:1]] + [pl.column_wise(x, [0]) for x in t[1:]]
+    assert not in_feature_order(later, workload)
+    # a unified layout of several tables deals its keys round-robin: reordered whatever
+    round_robin = dataclasses.replace(workload, tables_in_key_order=False)
+    assert not in_feature_order(contiguous, round_robin)
+    assert not in_feature_order([pl.row_wise(x, topo) for x in t], round_robin)
     assert reorder_costs(contiguous, workload, topo).framework.max() == 0
     # a read and a write of every pooled float, forward and backward, at the copy bandwidth
     floats = workload.batch_size_per_rank * sum(x.dim * x.bags_per_sample for x in t)
@@ -294,9 +302,9 @@ def test_only_table_wise_runs_out_of_the_tables_order_pay_the_reorder() -> None:
 
 
 def test_per_feature_tables_are_cut_into_runs_in_their_order() -> None:
-    """The default hashing_trick job's shapes on 2 and 4 ranks: the plan puts each rank's
-    tables in one run of the tables' order, its costs balanced (no rank holds more than its
-    share by more than the largest table's cost)."""
+    """The default hashing_trick job's tables (rows and widths) on 2 and 4 ranks: the plan
+    puts each rank's tables in one run of the tables' order, its costs balanced (no rank holds
+    more than its share by more than the largest table's cost)."""
     tables = [(7_692, 16)] * 13 + [(7_692, 32)] * 13
     workload = _workload(tables)
     for ranks in (2, 4):

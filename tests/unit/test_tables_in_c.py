@@ -133,6 +133,14 @@ def test_the_converted_kernel_trains_as_torchrecs_and_refuses_an_id_outside(
     weights = kernel.emb_module.weights_host
     torch.testing.assert_close(weights, theirs.emb_module.weights_host, rtol=0, atol=1e-6)
 
+    # per-id weights, which TorchRec hands a kernel of unweighted tables too: FBGEMM's kernel
+    # takes them, as in the unconverted kernel
+    weighted = KeyedJaggedTensor.from_lengths_sync(
+        batch.keys(), batch.values(), batch.lengths(), torch.rand(batch.values().numel())
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(kernel(weighted), theirs(weighted), rtol=0, atol=1e-6)
+
     # an id outside table b (1,000 rows), read by feature f2: refused, naming b, before any
     # read or write
     values = batch.values().clone()
