@@ -112,14 +112,15 @@ VECTORIZED static void pool_examples(const int64_t *ids, const int64_t *offsets,
     }
 }
 
-/* The update's scratch, in 4-byte words, per thread: room for n distinct rows (n + 2) and a
- * gradient sum of up to dim floats for each (n dim); n: a thread's distinct rows of a table
- * at most, the fewer of the batch's ids and the rows a thread owns of the largest table
- * (its rows / threads, rounded up). */
-static int64_t thread_scratch(int64_t n, int64_t dim) { return n + 2 + n * dim; }
+/* The update's scratch, in 4-byte words, per thread: room for n distinct rows and a gradient
+ * sum of up to dim floats for each (n (1 + dim)). */
+static int64_t thread_scratch(int64_t n, int64_t dim) { return n * (1 + dim); }
 
-static int64_t scratch_size(int64_t n, int64_t threads, int64_t dim) {
-    return threads * thread_scratch(n, dim);
+/* A thread's distinct rows of a table, at most: the fewer of the batch's `ids` and the rows a
+ * thread owns of the largest table (`max_rows` / threads, rounded up). */
+static int64_t distinct_bound(int64_t ids, int64_t max_rows, int64_t threads) {
+    const int64_t owned = (max_rows + threads - 1) / threads;
+    return ids < owned ? ids : owned;
 }
 
 typedef struct {
@@ -244,11 +245,10 @@ static PyObject *py_pool(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong(outside);
 }
 
-/* Thread t's scratch within `scratch` (scratch_size(n, threads, dim) words), for n distinct
- * rows. */
+/* Thread t's scratch within `scratch`, for n distinct rows of up to dim floats. */
 static Scratch carve(int32_t *scratch, int64_t n, int64_t dim, int t) {
     int32_t *base = scratch + (int64_t)t * thread_scratch(n, dim);
-    return (Scratch){base, (float *)(base + n + 2)};
+    return (Scratch){base, (float *)(base + n)};
 }
 
 static PyObject *py_update(PyObject *self, PyObject *args) {
@@ -279,19 +279,18 @@ static PyObject *py_update(PyObject *self, PyObject *args) {
         return NULL;
     }
     if (threads > MAX_THREADS) threads = MAX_THREADS;
-    /* a thread's distinct rows of a table: at most the batch's ids and the rows it owns */
     int64_t max_dim = 1, max_rows = 1;
     for (int64_t t = 0; t < tables; ++t) {
         const Table tb = table_at(info, t);
         if (tb.dim > max_dim) max_dim = tb.dim;
         if (tb.rows > max_rows) max_rows = tb.rows;
     }
-    const int64_t owned = (max_rows + threads - 1) / threads;
-    const int64_t distinct_max = n < owned ? n : owned;
-    if (scratch_len < scratch_size(distinct_max, threads, max_dim)) {
+    const int64_t distinct_max = distinct_bound(n, max_rows, threads);
+    const int64_t needed = threads * thread_scratch(distinct_max, max_dim);
+    if (scratch_len < needed) {
         PyErr_Format(PyExc_ValueError,
                      "_table_rows.update: scratch of %lld words, %lld needed (scratch_size)",
-                     scratch_len, (long long)scratch_size(distinct_max, threads, max_dim));
+                     scratch_len, (long long)needed);
         return NULL;
     }
     int32_t *scratch = (int32_t *)(uintptr_t)scratch_addr;
@@ -315,10 +314,12 @@ static PyObject *py_update(PyObject *self, PyObject *args) {
 
 static PyObject *py_scratch_size(PyObject *self, PyObject *args) {
     (void)self;
-    long long n, threads, dim;
-    if (!PyArg_ParseTuple(args, "LLL", &n, &threads, &dim)) return NULL;
+    long long ids, max_rows, threads, dim;
+    if (!PyArg_ParseTuple(args, "LLLL", &ids, &max_rows, &threads, &dim)) return NULL;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
-    return PyLong_FromLongLong(scratch_size(n, threads < 1 ? 1 : threads, dim < 1 ? 1 : dim));
+    if (threads < 1) threads = 1;
+    const int64_t n = distinct_bound(ids, max_rows < 1 ? 1 : max_rows, threads);
+    return PyLong_FromLongLong(threads * thread_scratch(n, dim < 1 ? 1 : dim));
 }
 
 static PyMethodDef methods[] = {
@@ -334,12 +335,12 @@ static PyMethodDef methods[] = {
      "lr, eps, slot, slot_len, scratch, scratch_len, threads): row-wise Adagrad on the rows "
      "the bags read, from the gradient of pool's out, grad[batch][stride]. slot: "
      "int32[slot_len], at least every table's rows, all -1 (left so); scratch: "
-     "int32[scratch_len], at least scratch_size(fewer of ids and the largest table's rows / "
-     "threads, rounded up; threads; widest dim). The ids must be in their "
-     "tables' rows (pool checked them)."},
+     "int32[scratch_len], at least scratch_size(ids, largest table's rows, threads, widest "
+     "dim). The ids must be in their tables' rows (pool checked them)."},
     {"scratch_size", py_scratch_size, METH_VARARGS,
-     "scratch_size(rows, threads, dim) -> the 4-byte words of scratch update needs for up to "
-     "`rows` distinct rows a table and thread, of at most `dim` floats."},
+     "scratch_size(ids, max_rows, threads, dim) -> the 4-byte words of scratch update needs "
+     "for a batch of `ids` ids over tables of at most `max_rows` rows of at most `dim` "
+     "floats."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -54,7 +54,6 @@ MAX_ROWS = 16_000_000
 # FBGEMM's update walks the rows in sorted order); at 64, 0.93-1.44, and the trainer's step
 # measured this one the faster at 64 (docs/benchmarks.md).
 MAX_DIM = 64
-MAX_THREADS = 256  # _table_rows.c's
 
 
 def applies(tbe: SplitTableBatchedEmbeddingBagsCodegen) -> bool:
@@ -223,9 +222,7 @@ class _PooledRows(torch.autograd.Function):
         grad = grad.to(torch.float32).contiguous()
         tbe = rows.tbe
         threads = torch.get_num_threads()
-        # a thread's distinct rows of a table, at most (_table_rows.c, py_update)
-        distinct = min(int(offsets[-1]), -(-max(rows.rows) // min(threads, MAX_THREADS)))
-        needed = _native.scratch_size(distinct, threads, max(rows.dims))
+        needed = _native.scratch_size(int(offsets[-1]), max(rows.rows), threads, max(rows.dims))
         if rows.scratch.numel() < needed:
             rows.scratch = torch.empty(needed, dtype=torch.int32)
         _native.update(
