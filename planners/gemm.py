@@ -2,9 +2,10 @@
 
 torch's ``x @ w`` on the CPU is MKL's sgemm, which on AMD CPUs takes its AVX2 path even where
 the CPU has AVX-512. oneDNN (``torch.ops.mkldnn``, shipped inside torch) picks its kernels by
-the CPU's instruction set alone, and on this project's AMD EPYC (Zen 4) it ran the default
-job's largest layer and the roofline's probe faster (docs/benchmarks.md, "The dense layers
-through oneDNN"). Only that CPU was measured: Intel CPUs with AVX-512, where MKL has an
+the CPU's instruction set alone, and on this project's AMD EPYCs it ran the default job's
+largest layer and the roofline's probe faster: 1.2-1.7x on Zen 4, about 2.3x on Zen 5, whose
+AVX-512 units are full width (docs/benchmarks.md, "The dense layers through oneDNN"). Only
+AMD CPUs were measured: Intel CPUs with AVX-512, where MKL has an
 AVX-512 path of its own, take oneDNN too by this rule; CPUs without AVX-512 keep MKL.
 """
 

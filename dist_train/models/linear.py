@@ -34,10 +34,11 @@ from dist_train.kernels import relu_gradient_into
 from planners.gemm import ONEDNN_GEMM, onednn_linear
 
 GEMM_ROW_FLOATS = 16  # float32: 64 bytes, a cache line
-# the three products summed, through oneDNN against MKL: 128 x 64 as fast, 256 x 128 2-8%
-# faster (a faster forward, a slower weight gradient), 512 x 256 and 796 x 128 clearly faster
+# the three products summed, through oneDNN against MKL. Zen 4: 128 x 64 as fast, 256 x 128
+# 2-8% faster, 512 x 256 and 796 x 128 clearly faster. Zen 5 (AVX-512 at full width, MKL
+# still on AVX2): 1.2-2.2x faster from 6,144 weights up, 0.94-1.33x at 4,096
 # (docs/benchmarks.md, "The dense layers through oneDNN")
-ONEDNN_MIN_WEIGHTS = 65_536
+ONEDNN_MIN_WEIGHTS = 8_192
 
 
 class _LinearThroughOneDNN(torch.autograd.Function):
