@@ -132,3 +132,13 @@ def step_floor(workload: Workload, world: int, rates: MachineRates) -> dict[str,
         terms["all_reduce"] = 2 * params * WEIGHT_BYTES * share / rates.all_reduce_bytes_per_second
     terms["floor"] = sum(terms.values())
     return terms
+
+
+DENSE_TERMS = ("dense_flops", "dense_update", "all_reduce")
+"""The floor's terms a step without embeddings still pays: the dense network's flops, its
+optimizer's bytes and DDP's all-reduce."""
+
+
+def dense_floor(terms: dict[str, float]) -> float:
+    """Seconds of :func:`step_floor`'s ``terms`` that the dense network alone must take."""
+    return sum(terms[k] for k in DENSE_TERMS)

@@ -27,8 +27,10 @@ and more).
 Beside them, in step mode, the dense network alone (:class:`~dist_train.bench.peers.DenseOnly`):
 no system's step can be shorter, and ``pytorch``'s step over it bounds ``unified / pytorch``.
 The roofline (:mod:`dist_train.bench.roofline`) measures this machine's rates in every
-round too, and divides each round's ``unified`` step by the floor at that round's rates;
-beside it, how busy that step keeps the cores (every rank's CPU time over the step's wall
+round too, and divides each round's ``unified`` step by the floor at that round's rates,
+and the dense network alone by the floor's dense terms (a step with embeddings cannot come
+nearer its floor than that, unless its embeddings cost less than their share); beside them,
+how busy that step keeps the cores (every rank's CPU time over the step's wall
 time: spinning OpenMP workers count as busy). After the rounds every rank checks that its
 OpenMP workers still spin between parallel regions (:mod:`dist_train.bench.openmp`); the
 output warns if a system left them asleep, which slows every system in the process.
@@ -71,7 +73,7 @@ from dist_train.bench import rank_batches, spread, synthetic_train_data, variant
 from dist_train.bench.openmp import PROBE_REGIONS, SLEEPING_WAITS_PER_REGION, openmp_waits
 from dist_train.bench.peers import DenseOnly, PeerExchange, PlainPyTorch, plain_parquet_batches
 from dist_train.bench.planner import reset_peak_rss, rss_bytes, torchrec_job_plan
-from dist_train.bench.roofline import MachineRates, measure_rates, step_floor
+from dist_train.bench.roofline import MachineRates, dense_floor, measure_rates, step_floor
 from dist_train.checkpoint import TrainPosition
 from dist_train.config import JobConfig, parse_config
 from dist_train.data.batch import Batch, BatchBuilder
@@ -427,12 +429,15 @@ def run_train_bench(
         pytorch_over_dense = [p / d for p, d in zip(seconds["step", "pytorch"], dense, strict=True)]
         workload = planner_for_config(cfgs["unified"], world, world)[0].workload
         round_rates = out[0]["rates"]
-        # round by round: each round's step against the floor at that round's rates
+        # round by round: each round's step against the floor at that round's rates, and
+        # the dense network alone against the floor's dense terms
+        floors = [step_floor(workload, world, MachineRates(**r)) for r in round_rates]
         over_floor = [
-            seconds["step", "unified"][i]
-            / STEPS_PER_ROUND
-            / step_floor(workload, world, MachineRates(**round_rates[i]))["floor"]
+            seconds["step", "unified"][i] / STEPS_PER_ROUND / floors[i]["floor"]
             for i in range(rounds)
+        ]
+        dense_over_floor = [
+            dense[i] / STEPS_PER_ROUND / dense_floor(floors[i]) for i in range(rounds)
         ]
         rates = {k: statistics.median(r[k] for r in round_rates) for k in round_rates[0]}
         # every rank's CPU time over the step's wall time: below the cores, ranks waited
@@ -458,6 +463,9 @@ def run_train_bench(
                 # any embedding path could reach: pytorch's step over it
                 "dense_only_step_seconds": statistics.median(dense) / STEPS_PER_ROUND,
                 "pytorch_over_dense_only": spread(pytorch_over_dense),
+                # no step with embeddings can be nearer its floor than the dense network
+                # alone is to the floor's dense terms (DENSE_TERMS)
+                "dense_only_over_dense_floor": spread(dense_over_floor),
                 # voluntary context switches over PROBE_REGIONS parallel regions, the most
                 # of any rank (dist_train/bench/openmp.py)
                 "openmp_waits": max(r["openmp_waits"] for r in out),
@@ -517,8 +525,11 @@ def _print(summary: dict[str, Any]) -> None:
             "x{:.2f} ({:.2f}-{:.2f}) the floor, round by round\n  the dense network alone ".format(
                 *r["measured_over_floor_spread"]
             )
-            + f"{r['dense_only_step_seconds'] * 1e3:.2f} ms a step; pytorch's step over it "
-            "(the most unified / pytorch could reach with free embeddings): x{:.2f} "
+            + f"{r['dense_only_step_seconds'] * 1e3:.2f} ms a step, "
+            "x{:.2f} ({:.2f}-{:.2f}) the floor's dense terms; pytorch's step over it ".format(
+                *r["dense_only_over_dense_floor"]
+            )
+            + "(the most unified / pytorch could reach with free embeddings): x{:.2f} "
             "({:.2f}-{:.2f})".format(*r["pytorch_over_dense_only"])
             + "\n  the ranks' CPU time over the step's wall time: {:.2f} ({:.2f}-{:.2f})".format(
                 *r["busy_cores"]

@@ -161,6 +161,8 @@ def test_bench_train_reports_every_system_mode_and_the_roofline(tmp_path: Path) 
     assert 0 < low <= median <= high <= 1.05 * roofline["cores"]
     # the dense network alone does part of unified's step's work (all of it but the tables)
     assert 0 < roofline["dense_only_step_seconds"] < roofline["measured_step_seconds"]
+    median, low, high = roofline["dense_only_over_dense_floor"]
+    assert 1.0 < low <= median <= high  # the dense terms are a floor under the dense network
     median, low, high = roofline["pytorch_over_dense_only"]
     assert 1 < low <= median <= high
     # one thread a rank: no team forms, and no system may leave the workers asleep

@@ -1,10 +1,11 @@
-"""The roofline's collective term: the fewer bytes of pooled and unpooled lookups."""
+"""The roofline: its collective term (the fewer bytes of pooled and unpooled lookups) and
+its dense terms."""
 
 from __future__ import annotations
 
 import pytest
 
-from dist_train.bench.roofline import all_to_all_bytes
+from dist_train.bench.roofline import MachineRates, all_to_all_bytes, dense_floor, step_floor
 from planners.cost_model import distinct_rows
 from planners.types import OptimizerState, TableLoad, Workload
 
@@ -31,3 +32,26 @@ def test_a_table_of_cold_multi_hot_bags_sends_ids_and_pooled_vectors() -> None:
     assert all_to_all_bytes(table, _workload(table, 0.0)) == pytest.approx(
         1000 * (20 * 8 + 2 * 16 * 4)
     )
+
+
+def test_the_dense_floor_is_the_terms_a_step_without_embeddings_pays() -> None:
+    table = TableLoad("t", rows=10**6, dim=16, bags_per_sample=26, ids_per_sample=26.0)
+    workload = Workload(
+        (table,),
+        2048,
+        OptimizerState.of("rowwise_adagrad", "cpu"),
+        dense_parameters=100_000,
+        dense_optimizer_slots=1,
+        interaction_elements_per_sample=27 * 27 * 16,
+    )
+    rates = MachineRates(20e9, 100e9, 2e9, 2e9)
+    terms = step_floor(workload, 2, rates)
+    dense = dense_floor(terms)
+    # the flops (matmuls and the interaction), the optimizer's bytes and DDP's all-reduce
+    flops = 6.0 * 100_000 * 2048 + 6.0 * 2048 * 27 * 27 * 16
+    assert terms["dense_flops"] == pytest.approx(flops / 100e9)
+    assert dense == pytest.approx(
+        terms["dense_flops"] + terms["dense_update"] + terms["all_reduce"]
+    )
+    assert 0 < dense < terms["floor"]  # the embeddings' bytes and exchanges are the rest
+    assert terms["floor"] - dense == pytest.approx(terms["embedding_bytes"] + terms["all_to_all"])
