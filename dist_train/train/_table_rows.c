@@ -13,12 +13,13 @@
  * read it (once per read), state[r] += mean(g^2), w[r] -= lr g / (sqrt(state[r]) + eps).
  *
  * Why not FBGEMM's CPU backward: it sorts the batch's ids (csr2csc) before its update, and
- * each read of a pooled gradient and of a row then waits on memory. Here each thread owns a
- * range of rows and passes over the bags in order, the gradients read as they lie, adding
- * each read's gradient to its row's sum (a slot per row, a buffer of -1s the caller keeps,
- * left as found, says where the sum is); then it updates each row once, prefetching rows
- * ahead. A row's gradients add up in bag order, whatever the thread count: the result does
- * not depend on it.
+ * each read of a pooled gradient and of a row then waits on memory. Here the update passes
+ * over the bags in order, the gradients read as they lie, adding each read's gradient to its
+ * row's sum (a slot per row, a buffer of -1s the caller keeps, left as found, says where the
+ * sum is); then it updates each row once, prefetching rows ahead. With several threads each
+ * owns a range of rows, and the reads are first dealt to their rows' owners, each thread
+ * dealing a run of the bags. A row's gradients add up in bag order, whatever the thread
+ * count: the result does not depend on it.
  *
  * The work runs on torch's OpenMP threads, as _dot_interaction.c's does, with the GIL
  * released.
@@ -33,6 +34,10 @@
 #define GRAD_AHEAD 8  /* the update: gradients prefetched this many examples ahead */
 #define ROWS_AHEAD 8  /* ... and rows this many rows ahead */
 #define MAX_THREADS 256
+/* tables of fewer reads a batch keep update_owned's one pass: dealing costs two more passes
+ * and barriers (measured: the step of the default job's hashing_trick tables, 2,048 to
+ * 9,000-odd reads each, was 4% slower dealt on one rank of two threads) */
+#define DEAL_MIN_READS 16384
 #define MAX_DIM 1024 /* the lookup keeps a bag's sum on the stack */
 /* the row loops vectorized for the widest instruction set the CPU has, picked at load */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -116,6 +121,13 @@ VECTORIZED static void pool_examples(const int64_t *ids, const int64_t *offsets,
  * sum of up to dim floats for each (n (1 + dim)). */
 static int64_t thread_scratch(int64_t n, int64_t dim) { return n * (1 + dim); }
 
+/* ... and, with more than one thread, shared by them: each of `ids` reads' row and bag, dealt
+ * to the thread owning the row (2 ids), and how many each thread's share of the bags deals
+ * to each owner (threads^2). */
+static int64_t dealt_scratch(int64_t ids, int64_t threads) {
+    return threads > 1 ? 2 * ids + threads * threads : 0;
+}
+
 /* A thread's distinct rows of a table, at most: the fewer of the batch's `ids` and the rows a
  * thread owns of the largest table (`max_rows` / threads, rounded up). */
 static int64_t distinct_bound(int64_t ids, int64_t max_rows, int64_t threads) {
@@ -140,15 +152,45 @@ static inline void adagrad_row(float *w, float *state, int64_t r, const float *g
     for (int64_t d = 0; d < dim; ++d) row[d] -= step * g[d];
 }
 
+/* One read of row r: its gradient gb added to the row's sum in s (a new distinct row's sum
+ * starts at zero; slot[r] says where it is). */
+static inline void add_read(int64_t r, const float *gb, int32_t *slot, Scratch *s,
+                            int64_t *distinct, int64_t dim) {
+    int32_t q = slot[r];
+    if (q < 0) {
+        q = (int32_t)(*distinct)++;
+        slot[r] = q;
+        s->distinct[q] = (int32_t)r;
+        memset(s->sums + q * dim, 0, (size_t)dim * sizeof(float));
+    }
+    float *g = s->sums + q * dim;
+    for (int64_t d = 0; d < dim; ++d) g[d] += gb[d];
+}
+
+/* Row-wise Adagrad on each of s's distinct rows from its sum, the slots put back to -1. */
+static inline void update_rows(const Scratch *s, int64_t distinct, float *w, float *state,
+                               int32_t *slot, float lr, float eps, int64_t dim) {
+    for (int64_t q = 0; q < distinct; ++q) {
+        if (q + ROWS_AHEAD < distinct) {
+            const int64_t ahead = s->distinct[q + ROWS_AHEAD];
+            __builtin_prefetch(w + ahead * dim, 1);
+            __builtin_prefetch(state + ahead, 1);
+        }
+        const int64_t r = s->distinct[q];
+        slot[r] = -1; /* as found, for the next table or call */
+        adagrad_row(w, state, r, s->sums + q * dim, lr, eps, dim);
+    }
+}
+
 /* Thread t's share of one table's update: the rows it owns (one contiguous range per
- * thread). The bags in order, each read's gradient added to its row's sum (the gradients read
- * in bag order, each row's summed in bag order), then row-wise Adagrad on each row. Unlike
- * the lookup's, this pass ran slower with dim a compile-time constant (docs/benchmarks.md,
- * "A rank's per-feature tables in C"). */
+ * thread). The bags in order, each read's gradient added to its row's sum (the gradients
+ * read as they lie, each row's summed in bag order), then row-wise Adagrad on each row.
+ * Unlike the lookup's, this pass ran slower with dim a compile-time constant
+ * (docs/benchmarks.md, "A rank's per-feature tables in C"). */
 VECTORIZED static void update_owned(const int64_t *ids, const int64_t *offsets, Table tb,
                                     int64_t batch, const float *grad, int64_t stride,
                                     float *w, float *state, float lr, float eps, int32_t *slot,
-                                    int t, int threads, Scratch *s) {
+                                    int64_t t, int64_t threads, Scratch *s) {
     const int64_t dim = tb.dim;
     const int64_t *bags = offsets + tb.first_feature * batch;
     const int64_t n = bags[tb.features * batch];
@@ -164,28 +206,111 @@ VECTORIZED static void update_owned(const int64_t *ids, const int64_t *offsets, 
         for (int64_t p = bags[i]; p < bags[i + 1]; ++p) {
             if (p + AHEAD < n) __builtin_prefetch(slot + ids[p + AHEAD]);
             const int64_t r = ids[p];
-            if (r < own_lo || r >= own_hi) continue;
-            int32_t q = slot[r];
-            if (q < 0) {
-                q = (int32_t)distinct++;
-                slot[r] = q;
-                s->distinct[q] = (int32_t)r;
-                memset(s->sums + q * dim, 0, (size_t)dim * sizeof(float));
-            }
-            float *g = s->sums + q * dim;
-            for (int64_t d = 0; d < dim; ++d) g[d] += gb[d];
+            if (r >= own_lo && r < own_hi) add_read(r, gb, slot, s, &distinct, dim);
         }
     }
-    for (int64_t q = 0; q < distinct; ++q) {
-        if (q + ROWS_AHEAD < distinct) {
-            const int64_t ahead = s->distinct[q + ROWS_AHEAD];
-            __builtin_prefetch(w + ahead * dim, 1);
-            __builtin_prefetch(state + ahead, 1);
+    update_rows(s, distinct, w, state, slot, lr, eps, dim);
+}
+
+/* A table of many reads (DEAL_MIN_READS): each thread deals the reads of a run of the bags
+ * (split by ids) to their rows' owners, then updates the rows it owns from the reads dealt
+ * to it, the runs in order, so each row's gradients still add up in bag order: the rows
+ * come out as update_owned's, to the bit. Each read is scanned once, where update_owned's
+ * threads each scan them all: at two threads that was slower than one thread alone on the
+ * default job's unified table (docs/benchmarks.md, "The update's reads dealt to their rows'
+ * owners"). */
+typedef struct {
+    int64_t threads;
+    int64_t bound[MAX_THREADS + 1]; /* owner t's rows: [bound[t], bound[t + 1]) */
+    int64_t first[MAX_THREADS + 1]; /* thread t scans bags [first[t], first[t + 1]) */
+    int32_t *rows, *bags;           /* the dealt reads: row and bag index */
+    int32_t *counts;                /* [scanner][owner]: reads dealt, then where they start */
+} Deal;
+
+/* The thread owning row r: branch-free, since the rows come in no order (a binary search's
+ * branch mispredicted about every other read, 4 ns a read against 1 at two threads). */
+static inline int64_t owner_of(const int64_t *bound, int64_t threads, int64_t r) {
+    int64_t owner = 0;
+    for (int64_t t = 1; t < threads; ++t) owner += bound[t] <= r;
+    return owner;
+}
+
+/* Scanner t's count of its reads per owner, into counts[t][..]. */
+static void count_reads(const int64_t *ids, const int64_t *bags, Deal *deal, int64_t t) {
+    /* counted here and copied out: the scanners' counts share cache lines */
+    int32_t at[MAX_THREADS] = {0};
+    const int64_t threads = deal->threads, end = bags[deal->first[t + 1]];
+    for (int64_t p = bags[deal->first[t]]; p < end; ++p)
+        ++at[owner_of(deal->bound, threads, ids[p])];
+    memcpy(deal->counts + t * threads, at, (size_t)threads * sizeof(int32_t));
+}
+
+/* Scanner t's reads, each's row and bag written at its owner's next place (counts[t][..]:
+ * where they start, left where they end). */
+static void deal_reads(const int64_t *ids, const int64_t *bags, Deal *deal, int64_t t) {
+    int32_t at[MAX_THREADS];
+    const int64_t threads = deal->threads;
+    int32_t *out = deal->counts + t * threads;
+    memcpy(at, out, (size_t)threads * sizeof(int32_t));
+    for (int64_t i = deal->first[t]; i < deal->first[t + 1]; ++i)
+        for (int64_t p = bags[i]; p < bags[i + 1]; ++p) {
+            const int64_t o = owner_of(deal->bound, threads, ids[p]);
+            deal->rows[at[o]] = (int32_t)ids[p];
+            deal->bags[at[o]++] = (int32_t)i;
         }
-        const int64_t r = s->distinct[q];
-        slot[r] = -1; /* as found, for the next table or call */
-        adagrad_row(w, state, r, s->sums + q * dim, lr, eps, dim);
+    memcpy(out, at, (size_t)threads * sizeof(int32_t));
+}
+
+/* counts[scanner][owner] from how many to where they start: owner by owner, the scanners in
+ * order, so that an owner's reads lie in bag order. */
+static void deal_starts(Deal *deal) {
+    int32_t next = 0;
+    for (int64_t o = 0; o < deal->threads; ++o)
+        for (int64_t t = 0; t < deal->threads; ++t) {
+            int32_t *c = deal->counts + t * deal->threads + o;
+            const int32_t count = *c;
+            *c = next;
+            next += count;
+        }
+}
+
+/* The owners' rows (equal runs) and the scanners' bags (runs of about equal ids) of a table of
+ * `rows` rows read by bags[0 .. nbags). */
+static void deal_plan(Deal *deal, const int64_t *bags, int64_t nbags, int64_t rows) {
+    const int64_t threads = deal->threads, reads = bags[nbags] - bags[0];
+    for (int64_t t = 0; t <= threads; ++t) deal->bound[t] = rows * t / threads;
+    deal->first[0] = 0;
+    for (int64_t t = 1; t < threads; ++t) { /* the first bag from this scanner's first read */
+        const int64_t target = bags[0] + reads * t / threads;
+        int64_t lo = deal->first[t - 1], hi = nbags;
+        while (lo < hi) {
+            const int64_t mid = lo + (hi - lo) / 2;
+            if (bags[mid] < target) lo = mid + 1; else hi = mid;
+        }
+        deal->first[t] = lo;
     }
+    deal->first[threads] = nbags;
+}
+
+VECTORIZED static void update_dealt(const Deal *deal, int64_t o, Table tb, int64_t batch,
+                                    const float *grad, int64_t stride, float *w, float *state,
+                                    float lr, float eps, int32_t *slot, Scratch *s) {
+    const int64_t dim = tb.dim, threads = deal->threads;
+    /* after deal_reads, counts[t][o] is where scanner t + 1's reads for o start */
+    const int64_t lo = o == 0 ? 0 : deal->counts[(threads - 1) * threads + o - 1];
+    const int64_t hi = deal->counts[(threads - 1) * threads + o];
+    const int32_t *rows = deal->rows, *bag = deal->bags;
+    int64_t distinct = 0, k = 0, k_first = 0; /* bag i is example i - k_first of feature k */
+    for (int64_t e = lo; e < hi; ++e) {
+        if (e + AHEAD < hi) __builtin_prefetch(slot + rows[e + AHEAD]);
+        if (e + GRAD_AHEAD < hi && bag[e + GRAD_AHEAD] < k_first + batch)
+            __builtin_prefetch(grad + (bag[e + GRAD_AHEAD] - k_first) * stride + tb.column +
+                               k * dim);
+        while (bag[e] >= k_first + batch) ++k, k_first += batch;
+        add_read(rows[e], grad + (bag[e] - k_first) * stride + tb.column + k * dim, slot, s,
+                 &distinct, dim);
+    }
+    update_rows(s, distinct, w, state, slot, lr, eps, dim);
 }
 
 /* NULL, or a ValueError's message if the tables' fields cannot be what the kernels index by:
@@ -274,8 +399,9 @@ static PyObject *py_update(PyObject *self, PyObject *args) {
     const int64_t *ids = (const int64_t *)(uintptr_t)ids_addr;
     const int64_t *offsets = (const int64_t *)(uintptr_t)offsets_addr;
     const int64_t n = offsets[features * batch] - offsets[0];
-    if (offsets[features * batch] > INT32_MAX || slot_len > INT32_MAX) {
-        PyErr_SetString(PyExc_ValueError, "_table_rows.update: 2^31 ids or rows or more");
+    if (offsets[features * batch] > INT32_MAX || slot_len > INT32_MAX ||
+        features * batch > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "_table_rows.update: 2^31 ids, rows or bags or more");
         return NULL;
     }
     if (threads > MAX_THREADS) threads = MAX_THREADS;
@@ -286,7 +412,8 @@ static PyObject *py_update(PyObject *self, PyObject *args) {
         if (tb.rows > max_rows) max_rows = tb.rows;
     }
     const int64_t distinct_max = distinct_bound(n, max_rows, threads);
-    const int64_t needed = threads * thread_scratch(distinct_max, max_dim);
+    const int64_t per_thread = threads * thread_scratch(distinct_max, max_dim);
+    const int64_t needed = per_thread + dealt_scratch(n, threads);
     if (scratch_len < needed) {
         PyErr_Format(PyExc_ValueError,
                      "_table_rows.update: scratch of %lld words, %lld needed (scratch_size)",
@@ -297,15 +424,37 @@ static PyObject *py_update(PyObject *self, PyObject *args) {
     const float *grad = (const float *)(uintptr_t)grad_addr;
     float *weights = (float *)(uintptr_t)w_addr, *state = (float *)(uintptr_t)state_addr;
     int32_t *slot = (int32_t *)(uintptr_t)slot_addr;
+    int32_t *dealt = scratch + per_thread;
     Py_BEGIN_ALLOW_THREADS
     for (int64_t i = 0; i < tables; ++i) {
         const Table tb = table_at(info, i);
         const int64_t used = threads > tb.rows ? tb.rows : threads;
+        float *w = weights + tb.weight_offset, *st = state + tb.state_offset;
+        const int64_t *bags = offsets + tb.first_feature * batch;
+        if (used == 1 || bags[tb.features * batch] - bags[0] < DEAL_MIN_READS) {
 #pragma omp parallel for num_threads(used) schedule(static, 1)
-        for (long long t = 0; t < used; ++t) {
-            Scratch own = carve(scratch, distinct_max, max_dim, (int)t);
-            update_owned(ids, offsets, tb, batch, grad, stride, weights + tb.weight_offset,
-                         state + tb.state_offset, lr, eps, slot, (int)t, (int)used, &own);
+            for (long long t = 0; t < used; ++t) {
+                Scratch own = carve(scratch, distinct_max, max_dim, (int)t);
+                update_owned(ids, offsets, tb, batch, grad, stride, w, st, lr, eps, slot, t,
+                             used, &own);
+            }
+            continue;
+        }
+        Deal deal = {.threads = used, .rows = dealt, .bags = dealt + n, .counts = dealt + 2 * n};
+        deal_plan(&deal, bags, tb.features * batch, tb.rows);
+#pragma omp parallel num_threads(used)
+        {
+#pragma omp for schedule(static, 1)
+            for (long long t = 0; t < used; ++t) count_reads(ids, bags, &deal, t);
+#pragma omp single
+            deal_starts(&deal);
+#pragma omp for schedule(static, 1)
+            for (long long t = 0; t < used; ++t) deal_reads(ids, bags, &deal, t);
+#pragma omp for schedule(static, 1)
+            for (long long t = 0; t < used; ++t) {
+                Scratch own = carve(scratch, distinct_max, max_dim, (int)t);
+                update_dealt(&deal, t, tb, batch, grad, stride, w, st, lr, eps, slot, &own);
+            }
         }
     }
     Py_END_ALLOW_THREADS
@@ -319,7 +468,8 @@ static PyObject *py_scratch_size(PyObject *self, PyObject *args) {
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads < 1) threads = 1;
     const int64_t n = distinct_bound(ids, max_rows < 1 ? 1 : max_rows, threads);
-    return PyLong_FromLongLong(threads * thread_scratch(n, dim < 1 ? 1 : dim));
+    return PyLong_FromLongLong(threads * thread_scratch(n, dim < 1 ? 1 : dim) +
+                               dealt_scratch(ids, threads));
 }
 
 static PyMethodDef methods[] = {

@@ -55,8 +55,9 @@ def _batch(
         (DIM, 2, BATCH, 4),  # fewer rows than threads
         (DIM, ROWS, BATCH, 1),  # every bag empty
         (DIM, ROWS, 0, 4),  # no examples
+        (DIM, ROWS, BATCH, 40),  # reads enough to be dealt to the rows' owners
     ],
-    ids=["default", "dim_20", "two_rows", "empty_bags", "no_examples"],
+    ids=["default", "dim_20", "two_rows", "empty_bags", "no_examples", "dealt"],
 )
 def test_lookup_and_update_are_fbgemms(dim: int, rows: int, batch: int, max_length: int) -> None:
     """Three steps of each on the same batches, at 3 threads: the pooled vectors of the same
@@ -102,9 +103,11 @@ def _one_step(
     got.backward(grad)
 
 
-def test_threads_do_not_change_the_result() -> None:
+@pytest.mark.parametrize("max_length", [4, 40], ids=["scanned", "dealt"])
+def test_threads_do_not_change_the_result(max_length: int) -> None:
     gen = torch.Generator().manual_seed(1)
-    batch, grad = _batch(gen), torch.randn(BATCH, FEATURES * DIM, generator=gen)
+    batch = _batch(gen, max_length=max_length)
+    grad = torch.randn(BATCH, FEATURES * DIM, generator=gen)
     results = []
     before = torch.get_num_threads()
     try:
@@ -118,6 +121,32 @@ def test_threads_do_not_change_the_result() -> None:
         torch.set_num_threads(before)
     for weights, state in results[1:]:
         assert torch.equal(weights, results[0][0]) and torch.equal(state, results[0][1])
+
+
+def test_reads_dealt_to_one_owner_update_as_on_one_thread() -> None:
+    """Every read in the first thread's rows (the others deal all theirs to it, and own
+    none), and a batch whose last bags hold most reads: the rows come out as on one thread."""
+    gen = torch.Generator().manual_seed(3)
+    lengths = torch.cat(
+        [torch.ones(FEATURES * BATCH - 4, dtype=torch.int64), torch.full((4,), 5000)]
+    )
+    ids = torch.randint(0, ROWS // 8, (int(lengths.sum()),), generator=gen)
+    batch = KeyedJaggedTensor.from_lengths_sync([f"f{i}" for i in range(FEATURES)], ids, lengths)
+    grad = torch.randn(BATCH, FEATURES * DIM, generator=gen)
+    results = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 4):
+            torch.set_num_threads(threads)
+            kernel = _kernel(1)
+            kernel.weights_host.data.uniform_(-0.1, 0.1, generator=torch.Generator().manual_seed(0))
+            TableRows(kernel, ["t"], [FEATURES])(batch).backward(grad)
+            results.append((kernel.weights_host.clone(), kernel.momentum1_host.clone()))
+    finally:
+        torch.set_num_threads(before)
+    (w1, s1), (w4, s4) = results
+    assert torch.equal(w1, w4) and torch.equal(s1, s4)
+    assert int((s1 != 0).sum()) == int(ids.unique().numel())  # every row read was updated
 
 
 def test_the_learning_rate_is_read_at_each_update() -> None:
