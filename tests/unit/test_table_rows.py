@@ -3,6 +3,8 @@ FBGEMM's kernel of that table computes, on the same weights and state."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 import torch
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
@@ -103,22 +105,31 @@ def _one_step(
     got.backward(grad)
 
 
-@pytest.mark.parametrize("max_length", [4, 40], ids=["scanned", "dealt"])
-def test_threads_do_not_change_the_result(max_length: int) -> None:
-    gen = torch.Generator().manual_seed(1)
-    batch = _batch(gen, max_length=max_length)
-    grad = torch.randn(BATCH, FEATURES * DIM, generator=gen)
+def _updated_at(
+    threads: Sequence[int], batch: KeyedJaggedTensor, grad: torch.Tensor
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The rows and Adagrad state after one step on ``batch`` from the same start, at each
+    thread count."""
     results = []
     before = torch.get_num_threads()
     try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
+        for count in threads:
+            torch.set_num_threads(count)
             kernel = _kernel(1)
             kernel.weights_host.data.uniform_(-0.1, 0.1, generator=torch.Generator().manual_seed(0))
             TableRows(kernel, ["t"], [FEATURES])(batch).backward(grad)
             results.append((kernel.weights_host.clone(), kernel.momentum1_host.clone()))
     finally:
         torch.set_num_threads(before)
+    return results
+
+
+@pytest.mark.parametrize("max_length", [4, 40], ids=["scanned", "dealt"])
+def test_threads_do_not_change_the_result(max_length: int) -> None:
+    gen = torch.Generator().manual_seed(1)
+    batch = _batch(gen, max_length=max_length)
+    grad = torch.randn(BATCH, FEATURES * DIM, generator=gen)
+    results = _updated_at((1, 2, 3), batch, grad)
     for weights, state in results[1:]:
         assert torch.equal(weights, results[0][0]) and torch.equal(state, results[0][1])
 
@@ -133,18 +144,7 @@ def test_reads_dealt_to_one_owner_update_as_on_one_thread() -> None:
     ids = torch.randint(0, ROWS // 8, (int(lengths.sum()),), generator=gen)
     batch = KeyedJaggedTensor.from_lengths_sync([f"f{i}" for i in range(FEATURES)], ids, lengths)
     grad = torch.randn(BATCH, FEATURES * DIM, generator=gen)
-    results = []
-    before = torch.get_num_threads()
-    try:
-        for threads in (1, 4):
-            torch.set_num_threads(threads)
-            kernel = _kernel(1)
-            kernel.weights_host.data.uniform_(-0.1, 0.1, generator=torch.Generator().manual_seed(0))
-            TableRows(kernel, ["t"], [FEATURES])(batch).backward(grad)
-            results.append((kernel.weights_host.clone(), kernel.momentum1_host.clone()))
-    finally:
-        torch.set_num_threads(before)
-    (w1, s1), (w4, s4) = results
+    (w1, s1), (w4, s4) = _updated_at((1, 4), batch, grad)
     assert torch.equal(w1, w4) and torch.equal(s1, s4)
     assert int((s1 != 0).sum()) == int(ids.unique().numel())  # every row read was updated
 
