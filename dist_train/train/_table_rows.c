@@ -296,7 +296,8 @@ VECTORIZED static void update_dealt(const Deal *deal, int64_t o, Table tb, int64
                                     const float *grad, int64_t stride, float *w, float *state,
                                     float lr, float eps, int32_t *slot, Scratch *s) {
     const int64_t dim = tb.dim, threads = deal->threads;
-    /* after deal_reads, counts[t][o] is where scanner t + 1's reads for o start */
+    /* after deal_reads, counts[t][o] is where scanner t's reads for owner o end: for the
+       last scanner, where owner o's reads end and owner o + 1's start */
     const int64_t lo = o == 0 ? 0 : deal->counts[(threads - 1) * threads + o - 1];
     const int64_t hi = deal->counts[(threads - 1) * threads + o];
     const int32_t *rows = deal->rows, *bag = deal->bags;
@@ -500,4 +501,12 @@ static struct PyModuleDef module = {
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__table_rows(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__table_rows(void) {
+    PyObject *m = PyModule_Create(&module);
+    /* for tests that mean to take the dealt path */
+    if (m != NULL && PyModule_AddIntConstant(m, "DEAL_MIN_READS", DEAL_MIN_READS) != 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -128,6 +128,9 @@ def _updated_at(
 def test_threads_do_not_change_the_result(max_length: int) -> None:
     gen = torch.Generator().manual_seed(1)
     batch = _batch(gen, max_length=max_length)
+    assert table_rows._native is not None
+    dealt = batch.values().numel() >= table_rows._native.DEAL_MIN_READS
+    assert dealt == (max_length == 40)
     grad = torch.randn(BATCH, FEATURES * DIM, generator=gen)
     results = _updated_at((1, 2, 3), batch, grad)
     for weights, state in results[1:]:
@@ -135,8 +138,8 @@ def test_threads_do_not_change_the_result(max_length: int) -> None:
 
 
 def test_reads_dealt_to_one_owner_update_as_on_one_thread() -> None:
-    """Every read in the first thread's rows (the others deal all theirs to it, and own
-    none), and a batch whose last bags hold most reads: the rows come out as on one thread."""
+    """Every read in the first thread's rows (the other threads are dealt none), and a batch
+    whose last bags hold most reads: the rows come out as on one thread."""
     gen = torch.Generator().manual_seed(3)
     lengths = torch.cat(
         [torch.ones(FEATURES * BATCH - 4, dtype=torch.int64), torch.full((4,), 5000)]
@@ -144,6 +147,7 @@ def test_reads_dealt_to_one_owner_update_as_on_one_thread() -> None:
     ids = torch.randint(0, ROWS // 8, (int(lengths.sum()),), generator=gen)
     batch = KeyedJaggedTensor.from_lengths_sync([f"f{i}" for i in range(FEATURES)], ids, lengths)
     grad = torch.randn(BATCH, FEATURES * DIM, generator=gen)
+    assert table_rows._native is not None and ids.numel() >= table_rows._native.DEAL_MIN_READS
     (w1, s1), (w4, s4) = _updated_at((1, 4), batch, grad)
     assert torch.equal(w1, w4) and torch.equal(s1, s4)
     assert int((s1 != 0).sum()) == int(ids.unique().numel())  # every row read was updated

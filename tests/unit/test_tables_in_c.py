@@ -95,6 +95,40 @@ def test_several_tables_train_as_fbgemms_kernel(threads: int) -> None:
     assert ours.step == theirs.step == 3
 
 
+def test_tables_of_many_reads_update_alike_on_any_thread_count() -> None:
+    """Every table dealt (thousands of reads a bag), of other dims and columns, one of fewer
+    rows than threads: the rows and state come out the same to the bit on 1, 2 and 4 threads."""
+    gen = torch.Generator().manual_seed(4)
+    lengths = torch.randint(80, 120, (len(FEATURE_TABLE), BATCH), generator=gen)
+    ids = [
+        torch.randint(0, TABLES[t][0], (int(lengths[f].sum()),), generator=gen)
+        for f, t in enumerate(FEATURE_TABLE)
+    ]
+    keys = [f"f{f}" for f in range(len(FEATURE_TABLE))]
+    batch = KeyedJaggedTensor.from_lengths_sync(keys, torch.cat(ids), lengths.view(-1))
+    assert table_rows._native is not None
+    reads = [
+        int(lengths[[f for f, t in enumerate(FEATURE_TABLE) if t == table]].sum())
+        for table in range(3)
+    ]
+    assert min(reads) >= table_rows._native.DEAL_MIN_READS
+    grad = torch.randn(BATCH, _width(), generator=gen)
+    results = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 4):  # table c has 3 rows: 3 of the 4 threads own one each
+            torch.set_num_threads(threads)
+            kernel = _fbgemm_kernel()
+            kernel.weights_host.data.uniform_(-0.1, 0.1, generator=torch.Generator().manual_seed(0))
+            TableRows(kernel, NAMES)(batch).backward(grad)
+            results.append((kernel.weights_host.clone(), kernel.momentum1_host.clone()))
+    finally:
+        torch.set_num_threads(before)
+    for weights, state in results[1:]:
+        assert torch.equal(weights, results[0][0]) and torch.equal(state, results[0][1])
+    assert bool((results[0][1] != 0).all())  # every row of every table was read and updated
+
+
 def test_names_and_feature_counts_must_match_the_tables() -> None:
     with pytest.raises(ValueError, match="3 tables in the kernel, 2 names"):
         TableRows(_fbgemm_kernel(), NAMES[:2])
