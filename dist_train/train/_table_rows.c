@@ -128,6 +128,12 @@ static int64_t dealt_scratch(int64_t ids, int64_t threads) {
     return threads > 1 ? 2 * ids + threads * threads : 0;
 }
 
+/* Thread t of `threads` owns a table's rows [first_owned(rows, t, threads),
+ * first_owned(rows, t + 1, threads)): runs of equal length, to one row. */
+static inline int64_t first_owned(int64_t rows, int64_t t, int64_t threads) {
+    return rows * t / threads;
+}
+
 /* A thread's distinct rows of a table, at most: the fewer of the batch's `ids` and the rows a
  * thread owns of the largest table (`max_rows` / threads, rounded up). */
 static int64_t distinct_bound(int64_t ids, int64_t max_rows, int64_t threads) {
@@ -194,7 +200,8 @@ VECTORIZED static void update_owned(const int64_t *ids, const int64_t *offsets, 
     const int64_t dim = tb.dim;
     const int64_t *bags = offsets + tb.first_feature * batch;
     const int64_t n = bags[tb.features * batch];
-    const int64_t own_lo = tb.rows * t / threads, own_hi = tb.rows * (t + 1) / threads;
+    const int64_t own_lo = first_owned(tb.rows, t, threads);
+    const int64_t own_hi = first_owned(tb.rows, t + 1, threads);
     int64_t distinct = 0;
     for (int64_t i = 0, k = 0, b = 0; i < tb.features * batch; ++i) {
         const float *gb = grad + b * stride + tb.column + k * dim;
@@ -278,7 +285,7 @@ static void deal_starts(Deal *deal) {
  * `rows` rows read by bags[0 .. nbags). */
 static void deal_plan(Deal *deal, const int64_t *bags, int64_t nbags, int64_t rows) {
     const int64_t threads = deal->threads, reads = bags[nbags] - bags[0];
-    for (int64_t t = 0; t <= threads; ++t) deal->bound[t] = rows * t / threads;
+    for (int64_t t = 0; t <= threads; ++t) deal->bound[t] = first_owned(rows, t, threads);
     deal->first[0] = 0;
     for (int64_t t = 1; t < threads; ++t) { /* the first bag from this scanner's first read */
         const int64_t target = bags[0] + reads * t / threads;
