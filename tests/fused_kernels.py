@@ -1,9 +1,10 @@
 """TorchRec's fused CPU embedding kernels built directly, as a sharded model's lookup holds
-them, for tests of the kernels that replace their lookup (shared tables, tables in C)."""
+them, for tests of the kernels that replace their lookup (shared tables, tables in C); and
+one step of the C update at several thread counts, for the tests that compare them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 import torch
@@ -21,6 +22,9 @@ from torchrec.distributed.embedding_types import (
     ShardedEmbeddingTable,
 )
 from torchrec.modules.embedding_configs import DataType, PoolingType
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from dist_train.train.table_rows import TableRows
 
 
 @pytest.fixture
@@ -71,3 +75,27 @@ def fused_cpu_kernel(
         fused_params={"optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD, "learning_rate": 0.1},
     )
     return BatchedFusedEmbeddingBag(config, device=torch.device("cpu"))
+
+
+def updated_at(
+    threads: Sequence[int],
+    build: Callable[[], TableRows],
+    batch: KeyedJaggedTensor,
+    grad: torch.Tensor,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The rows and Adagrad state after one step on ``batch`` (the pooled output's gradient
+    ``grad``) of a fresh :class:`TableRows` from ``build``, its weights drawn from the same
+    seed, at each thread count of ``threads``."""
+    results = []
+    before = torch.get_num_threads()
+    try:
+        for count in threads:
+            torch.set_num_threads(count)
+            rows = build()
+            kernel = rows.tbe
+            kernel.weights_host.data.uniform_(-0.1, 0.1, generator=torch.Generator().manual_seed(0))
+            rows(batch).backward(grad)
+            results.append((kernel.weights_host.clone(), kernel.momentum1_host.clone()))
+    finally:
+        torch.set_num_threads(before)
+    return results

@@ -3,8 +3,6 @@ FBGEMM's kernel of that table computes, on the same weights and state."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import pytest
 import torch
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
@@ -17,6 +15,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dist_train.train import table_rows
 from dist_train.train.table_rows import TableRows, applies
+from tests.fused_kernels import updated_at
 
 ROWS, DIM, FEATURES, BATCH = 1000, 8, 5, 300
 
@@ -105,23 +104,8 @@ def _one_step(
     got.backward(grad)
 
 
-def _updated_at(
-    threads: Sequence[int], batch: KeyedJaggedTensor, grad: torch.Tensor
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The rows and Adagrad state after one step on ``batch`` from the same start, at each
-    thread count."""
-    results = []
-    before = torch.get_num_threads()
-    try:
-        for count in threads:
-            torch.set_num_threads(count)
-            kernel = _kernel(1)
-            kernel.weights_host.data.uniform_(-0.1, 0.1, generator=torch.Generator().manual_seed(0))
-            TableRows(kernel, ["t"], [FEATURES])(batch).backward(grad)
-            results.append((kernel.weights_host.clone(), kernel.momentum1_host.clone()))
-    finally:
-        torch.set_num_threads(before)
-    return results
+def _rows() -> TableRows:
+    return TableRows(_kernel(1), ["t"], [FEATURES])
 
 
 @pytest.mark.parametrize("max_length", [4, 40], ids=["scanned", "dealt"])
@@ -132,7 +116,7 @@ def test_threads_do_not_change_the_result(max_length: int) -> None:
     dealt = batch.values().numel() >= table_rows._native.DEAL_MIN_READS
     assert dealt == (max_length == 40)
     grad = torch.randn(BATCH, FEATURES * DIM, generator=gen)
-    results = _updated_at((1, 2, 3), batch, grad)
+    results = updated_at((1, 2, 3), _rows, batch, grad)
     for weights, state in results[1:]:
         assert torch.equal(weights, results[0][0]) and torch.equal(state, results[0][1])
 
@@ -148,7 +132,7 @@ def test_reads_dealt_to_one_owner_update_as_on_one_thread() -> None:
     batch = KeyedJaggedTensor.from_lengths_sync([f"f{i}" for i in range(FEATURES)], ids, lengths)
     grad = torch.randn(BATCH, FEATURES * DIM, generator=gen)
     assert table_rows._native is not None and ids.numel() >= table_rows._native.DEAL_MIN_READS
-    (w1, s1), (w4, s4) = _updated_at((1, 4), batch, grad)
+    (w1, s1), (w4, s4) = updated_at((1, 4), _rows, batch, grad)
     assert torch.equal(w1, w4) and torch.equal(s1, s4)
     assert int((s1 != 0).sum()) == int(ids.unique().numel())  # every row read was updated
 

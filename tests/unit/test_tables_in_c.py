@@ -26,7 +26,11 @@ from dist_train.train.table_rows import TableRows
 from dist_train.train.tables_in_c import TablesInCFusedEmbeddingBag, run_tables_in_c
 from dist_train.train.trainer import Trainer
 from tests.conftest import small_config
-from tests.fused_kernels import fused_cpu_kernel, one_rank_group  # noqa: F401 (a fixture)
+from tests.fused_kernels import (  # noqa: F401 (one_rank_group: a fixture)
+    fused_cpu_kernel,
+    one_rank_group,
+    updated_at,
+)
 
 # rows x dim per table, and the table each feature reads (table b by two features); dims of
 # 16 and 32 floats, as a hashing_trick job's features of one and two chunks, and one of 8
@@ -113,17 +117,8 @@ def test_tables_of_many_reads_update_alike_on_any_thread_count() -> None:
     ]
     assert min(reads) >= table_rows._native.DEAL_MIN_READS
     grad = torch.randn(BATCH, _width(), generator=gen)
-    results = []
-    before = torch.get_num_threads()
-    try:
-        for threads in (1, 2, 4):  # table c has 3 rows: 3 of the 4 threads own one each
-            torch.set_num_threads(threads)
-            kernel = _fbgemm_kernel()
-            kernel.weights_host.data.uniform_(-0.1, 0.1, generator=torch.Generator().manual_seed(0))
-            TableRows(kernel, NAMES)(batch).backward(grad)
-            results.append((kernel.weights_host.clone(), kernel.momentum1_host.clone()))
-    finally:
-        torch.set_num_threads(before)
+    # table c has 3 rows: at 4 threads, 3 of them own one each
+    results = updated_at((1, 2, 4), lambda: TableRows(_fbgemm_kernel(), NAMES), batch, grad)
     for weights, state in results[1:]:
         assert torch.equal(weights, results[0][0]) and torch.equal(state, results[0][1])
     assert bool((results[0][1] != 0).all())  # every row of every table was read and updated
