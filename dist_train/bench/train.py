@@ -19,10 +19,11 @@ Two modes: ``step`` times forward + backward + optimizer on batches built before
 ``end_to_end`` also reads and converts the Parquet files while timing (ours: the training
 loop's input pipeline with its prefetch thread and shuffle buffer; the peers: the plain
 pyarrow loop of :func:`~dist_train.bench.peers.plain_parquet_batches`). Each system's
-pipeline runs through all rounds, as an epoch's does in training; when our round starts, our
-prefetch thread may hold up to ``train.prefetch_batches`` batches it built while other
-systems were timed (about 2 ms of work each at the default shapes, against steps of 30 ms
-and more).
+pipeline runs through all rounds, as an epoch's does in training. Its end-to-end round first
+trains untimed on the ``train.prefetch_batches`` batches our prefetch thread built since the
+last round, so that the timed steps find the queue as training does; after the round the
+process :func:`settle` s, untimed, so that the thread's refill (and pyarrow's decoding for
+it) does not run in the next system's timed round.
 
 Beside them, in step mode, the dense network alone (:class:`~dist_train.bench.peers.DenseOnly`):
 no system's step can be shorter, and ``pytorch``'s step over it bounds ``unified / pytorch``.
@@ -96,6 +97,10 @@ WARMUP_STEPS = 2
 TRIAL_STEPS = 8  # batches of faster_cores' trials, apart from the rounds'
 STEPS_PER_ROUND = 8
 ROUNDS = 5
+# settle(): the process is idle when its threads use under a tenth of a core for 10 ms
+SETTLE_WINDOW_S = 0.01
+SETTLE_BUSY = 0.1
+SETTLE_TIMEOUT_S = 1.0
 
 
 class _Trains(Protocol):
@@ -175,6 +180,21 @@ def _timed(
     return seconds
 
 
+def settle(window: float = SETTLE_WINDOW_S, timeout: float = SETTLE_TIMEOUT_S) -> bool:
+    """Wait, untimed, until this process's threads are idle (under ``SETTLE_BUSY`` of a core
+    over ``window`` seconds); False if they were not within ``timeout``. After our end-to-end
+    round the prefetch thread refills its queue, and pyarrow's pool decodes for it: left to
+    run on, that work fell in the next system's timed round (docs/benchmarks.md, "Rounds
+    that start quiet"). OpenMP's workers go to sleep after their spin, a few ms."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        start, cpu = time.perf_counter(), time.process_time()
+        time.sleep(window)
+        if time.process_time() - cpu < SETTLE_BUSY * (time.perf_counter() - start):
+            return True
+    return False
+
+
 def time_systems(
     raw: dict[str, dict[str, Any]],
     plans: dict[str, JobPlan | None],
@@ -208,6 +228,7 @@ def time_systems(
     for s in SYSTEMS:
         _timed(models[s], iter(prebuilt[s][:WARMUP_STEPS]), WARMUP_STEPS)
         _timed(models[s], streams[s], WARMUP_STEPS)
+    unsettled = int(not settle())
     cores = {s: own_cores for s in SYSTEMS}
     pinned_over_free: dict[str, float] = {}
     # where this rank was not pinned, nothing to choose, and nothing to reset (a user's
@@ -237,7 +258,11 @@ def time_systems(
             if repin:
                 pin_process(cores[s])
             seconds["step"][s].append(_timed(models[s], steps, STEPS_PER_ROUND, cpu))
+            # the pipeline's own steady state: the batches its prefetch thread built while
+            # it waited are spent untimed
+            _timed(models[s], streams[s], cfgs[s].train.prefetch_batches)
             seconds["end_to_end"][s].append(_timed(models[s], streams[s], STEPS_PER_ROUND))
+            unsettled += not settle()
         if repin:
             # the dense network alone where unified's step runs: pytorch's step over it is
             # unified / pytorch with free embeddings
@@ -253,6 +278,7 @@ def time_systems(
         "dense_only_seconds": dense_seconds,
         "rates": rates,
         "openmp_waits": _openmp_waits_after(streams),
+        "unsettled": unsettled,
         "pinned": {s: cores[s] != bench_cores for s in SYSTEMS},
         "pinned_over_free": pinned_over_free,
     }
@@ -371,7 +397,8 @@ def run_train_bench(
     gradients averaged by ``peer_exchange``; print and return the figures."""
     cfgs = system_configs(cfg)
     batch = cfg.train.batch_size
-    steps = WARMUP_STEPS + TRIAL_STEPS + rounds * STEPS_PER_ROUND
+    # each end-to-end round first spends the prefetched batches untimed
+    steps = WARMUP_STEPS + TRIAL_STEPS + rounds * (STEPS_PER_ROUND + cfg.train.prefetch_batches)
     rows_needed = int(1.5 * steps * batch * max(ranks))
     data = synthetic_train_data(cfg, rows_needed, "bench-train-data")
     params = {
@@ -470,6 +497,8 @@ def run_train_bench(
                 # of any rank (dist_train/bench/openmp.py)
                 "openmp_waits": max(r["openmp_waits"] for r in out),
                 "openmp_probe_regions": PROBE_REGIONS,
+                # rounds after which some rank's threads were still busy (settle)
+                "unsettled_rounds": max(r["unsettled"] for r in out),
             }
         )
     summary = {
@@ -543,4 +572,11 @@ def _print(summary: dict[str, Any]) -> None:
                 "between regions, which slows every system's step (more OpenMP threads than "
                 "the process's cores: another thread's team, a thread count over the cores, "
                 'or OMP_WAIT_POLICY; docs/benchmarks.md, "OpenMP\'s workers asleep")'
+            )
+        if r["unsettled_rounds"]:
+            print(
+                f"  warning: after {r['unsettled_rounds']} round(s) a rank's threads were "
+                f"still busy {SETTLE_TIMEOUT_S:.0f} s on: their work may have run in the next "
+                "round's timing (OMP_WAIT_POLICY=active, or another busy thread; "
+                'docs/benchmarks.md, "Rounds that start quiet")'
             )
