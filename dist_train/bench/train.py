@@ -258,8 +258,9 @@ def time_systems(
             if repin:
                 pin_process(cores[s])
             seconds["step"][s].append(_timed(models[s], steps, STEPS_PER_ROUND, cpu))
-            # the pipeline's own steady state: the batches its prefetch thread built while
-            # it waited are spent untimed
+            # each pipeline at its own steady state: the batches our prefetch thread built
+            # ahead are spent untimed (the peers' pipelines build nothing ahead; for them
+            # these steps only move the stream on)
             _timed(models[s], streams[s], cfgs[s].train.prefetch_batches)
             seconds["end_to_end"][s].append(_timed(models[s], streams[s], STEPS_PER_ROUND))
             unsettled += not settle()
