@@ -21,9 +21,9 @@ loop's input pipeline with its prefetch thread and shuffle buffer; the peers: th
 pyarrow loop of :func:`~dist_train.bench.peers.plain_parquet_batches`). Each system's
 pipeline runs through all rounds, as an epoch's does in training. Its end-to-end round first
 trains untimed on the ``train.prefetch_batches`` batches our prefetch thread built since the
-last round, so that the timed steps find the queue as training does; after the round the
-process :func:`settle` s, untimed, so that the thread's refill (and pyarrow's decoding for
-it) does not run in the next system's timed round.
+last round, so that the timed steps find the queue as training does. After that round the
+bench waits, untimed, until the process is idle (:func:`wait_until_idle`), so that the
+thread's refill (and pyarrow's decoding for it) does not run in the next system's timing.
 
 Beside them, in step mode, the dense network alone (:class:`~dist_train.bench.peers.DenseOnly`):
 no system's step can be shorter, and ``pytorch``'s step over it bounds ``unified / pytorch``.
@@ -97,10 +97,11 @@ WARMUP_STEPS = 2
 TRIAL_STEPS = 8  # batches of faster_cores' trials, apart from the rounds'
 STEPS_PER_ROUND = 8
 ROUNDS = 5
-# settle(): the process is idle when its threads use under a tenth of a core for 10 ms
-SETTLE_WINDOW_S = 0.01
-SETTLE_BUSY = 0.1
-SETTLE_TIMEOUT_S = 1.0
+# wait_until_idle(): the process is idle when its threads use under a tenth of a core for
+# 10 ms; the wait gives up after 1 s
+IDLE_WINDOW_S = 0.01
+IDLE_BUSY = 0.1
+IDLE_TIMEOUT_S = 1.0
 
 
 class _Trains(Protocol):
@@ -180,17 +181,18 @@ def _timed(
     return seconds
 
 
-def settle(window: float = SETTLE_WINDOW_S, timeout: float = SETTLE_TIMEOUT_S) -> bool:
-    """Wait, untimed, until this process's threads are idle (under ``SETTLE_BUSY`` of a core
+def wait_until_idle(window: float = IDLE_WINDOW_S, timeout: float = IDLE_TIMEOUT_S) -> bool:
+    """Wait, untimed, until this process's threads are idle (under ``IDLE_BUSY`` of a core
     over ``window`` seconds); False if they were not within ``timeout``. After our end-to-end
     round the prefetch thread refills its queue, and pyarrow's pool decodes for it: left to
     run on, that work fell in the next system's timed round (docs/benchmarks.md, "Rounds
-    that start quiet"). OpenMP's workers go to sleep after their spin, a few ms."""
+    that start quiet"). The timeout leaves room for OpenMP's workers, which spin for a few
+    ms after the last parallel region (libgomp's ``GOMP_SPINCOUNT``) before they sleep."""
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
         start, cpu = time.perf_counter(), time.process_time()
         time.sleep(window)
-        if time.process_time() - cpu < SETTLE_BUSY * (time.perf_counter() - start):
+        if time.process_time() - cpu < IDLE_BUSY * (time.perf_counter() - start):
             return True
     return False
 
@@ -206,7 +208,8 @@ def time_systems(
     """Worker: build every system, time them round-robin (seconds per round), with the dense
     network alone (:class:`~dist_train.bench.peers.DenseOnly`) in step mode, and this
     machine's rates for the roofline at the end of each round; after the rounds, this rank's
-    :func:`~dist_train.bench.openmp.openmp_waits`. Ours run on this rank's own cores (where
+    :func:`~dist_train.bench.openmp.openmp_waits`, and how many of its waits for an idle
+    process (:func:`wait_until_idle`) timed out. Ours run on this rank's own cores (where
     the launcher pinned it), each of :data:`PEERS` on them or on all ``bench_cores``, as it
     is faster."""
     own_cores = process_cores()
@@ -228,7 +231,7 @@ def time_systems(
     for s in SYSTEMS:
         _timed(models[s], iter(prebuilt[s][:WARMUP_STEPS]), WARMUP_STEPS)
         _timed(models[s], streams[s], WARMUP_STEPS)
-    unsettled = int(not settle())
+    busy_waits = int(not wait_until_idle())
     cores = {s: own_cores for s in SYSTEMS}
     pinned_over_free: dict[str, float] = {}
     # where this rank was not pinned, nothing to choose, and nothing to reset (a user's
@@ -263,7 +266,7 @@ def time_systems(
             # these steps only move the stream on)
             _timed(models[s], streams[s], cfgs[s].train.prefetch_batches)
             seconds["end_to_end"][s].append(_timed(models[s], streams[s], STEPS_PER_ROUND))
-            unsettled += not settle()
+            busy_waits += not wait_until_idle()
         if repin:
             # the dense network alone where unified's step runs: pytorch's step over it is
             # unified / pytorch with free embeddings
@@ -279,7 +282,7 @@ def time_systems(
         "dense_only_seconds": dense_seconds,
         "rates": rates,
         "openmp_waits": _openmp_waits_after(streams),
-        "unsettled": unsettled,
+        "busy_waits": busy_waits,
         "pinned": {s: cores[s] != bench_cores for s in SYSTEMS},
         "pinned_over_free": pinned_over_free,
     }
@@ -498,8 +501,9 @@ def run_train_bench(
                 # of any rank (dist_train/bench/openmp.py)
                 "openmp_waits": max(r["openmp_waits"] for r in out),
                 "openmp_probe_regions": PROBE_REGIONS,
-                # rounds after which some rank's threads were still busy (settle)
-                "unsettled_rounds": max(r["unsettled"] for r in out),
+                # waits for an idle process (wait_until_idle: after the warm-up and each
+                # end-to-end round) that timed out, the most of any rank
+                "busy_waits": max(r["busy_waits"] for r in out),
             }
         )
     summary = {
@@ -574,10 +578,10 @@ def _print(summary: dict[str, Any]) -> None:
                 "the process's cores: another thread's team, a thread count over the cores, "
                 'or OMP_WAIT_POLICY; docs/benchmarks.md, "OpenMP\'s workers asleep")'
             )
-        if r["unsettled_rounds"]:
+        if r["busy_waits"]:
             print(
-                f"  warning: after {r['unsettled_rounds']} round(s) a rank's threads were "
-                f"still busy {SETTLE_TIMEOUT_S:.0f} s on: their work may have run in the next "
+                f"  warning: {r['busy_waits']} time(s) a rank's threads were still busy "
+                f"{IDLE_TIMEOUT_S:g} s after a round: their work may have run in the next "
                 "round's timing (OMP_WAIT_POLICY=active, or another busy thread; "
                 'docs/benchmarks.md, "Rounds that start quiet")'
             )

@@ -168,8 +168,8 @@ def test_bench_train_reports_every_system_mode_and_the_roofline(tmp_path: Path) 
     # one thread a rank: no team forms, and no system may leave the workers asleep
     assert roofline["openmp_waits"] <= SLEEPING_WAITS_PER_REGION * PROBE_REGIONS
     assert roofline["openmp_probe_regions"] == PROBE_REGIONS
-    # every timed round started from a quiet process (no prefetch refill left running)
-    assert roofline["unsettled_rounds"] == 0
+    # every system's turn started from an idle process (no prefetch refill left running)
+    assert roofline["busy_waits"] == 0
     # ours on each rank's own cores; each peer as it ran faster in the warm-up's trials
     (affinity,) = result["affinity"]
     if CORES > 1:
