@@ -101,7 +101,9 @@ class _Runs:
         return build_layout(cfg.embedding, cfg.features, cfg.seed).num_parameters
 
     def threshold(self) -> float:
-        return _threshold(self.root / f"unified-dlrm-ints-batch{SMALL_BATCH}" / "data" / "test")
+        """From the test split of the unified run at ``SMALL_BATCH`` (run first)."""
+        cfg = self.configs["unified", "dlrm", True, SMALL_BATCH]
+        return _threshold(cfg.run_dir / "data" / "test")
 
 
 @pytest.fixture(scope="module")
