@@ -84,6 +84,24 @@ def fill_offsets(lengths, offsets):  # type: ignore[no-untyped-def]
 
 
 @_jit
+def int_ids_into(validity, bit_offset, values, lengths, out):  # type: ignore[no-untyped-def]
+    # bag length 1 (0 at a null) and the fingerprint (the id's bits) of each non-null id
+    if validity.shape[0] == 0:
+        for i in range(values.shape[0]):
+            lengths[i] = 1
+            out[i] = np.uint64(values[i])
+        return
+    p = 0
+    for i in range(values.shape[0]):
+        b = bit_offset + i
+        valid = (validity[b >> 3] >> (b & 7)) & 1
+        lengths[i] = valid
+        if valid:
+            out[p] = np.uint64(values[i])
+            p += 1
+
+
+@_jit
 def gather_rows(fps, offsets, indices, new_offsets, out):  # type: ignore[no-untyped-def]
     for f in range(offsets.shape[0]):
         for r in range(indices.shape[0]):

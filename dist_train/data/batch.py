@@ -28,7 +28,7 @@ from dist_train.data.arrow_numpy import (
     valid_mask,
 )
 from dist_train.data.reader import RowGroup, row_group_tables, stream_batches
-from dist_train.data.rows import Rows, key_values
+from dist_train.data.rows import DecodedIds, FeatureIds, Rows, ScalarIntIds, key_values
 from dist_train.data.validation import BadInputError, BadInputPolicy
 from dist_train.embedding.hashing import fingerprint_ints, fingerprint_strings, key_params
 from dist_train.embedding.layout import EmbeddingLayout
@@ -94,8 +94,13 @@ def _fingerprints(values: pa.Array, column: str) -> np.ndarray:
     )
 
 
-def categorical_ids(column: pa.Array, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-example bag lengths (int64 [B]) and flat fingerprints (uint64 [nnz]) of a column."""
+_NO_NULLS = np.zeros(0, dtype=np.uint8)
+
+
+def categorical_ids(column: pa.Array, name: str) -> FeatureIds:
+    """A column's ids: per-example bag lengths and flat fingerprints. Int64 ids (Parquet's
+    INT64, the common case) stay Arrow's buffers until :meth:`Rows.of` decodes them in
+    place."""
     column = as_array(column)
     n = len(column)
     t = column.type
@@ -106,13 +111,23 @@ def categorical_ids(column: pa.Array, name: str) -> tuple[np.ndarray, np.ndarray
             parents = np.repeat(np.arange(n), lengths)[keep]
             lengths = np.bincount(parents, minlength=n).astype(np.int64)
             flat = flat.filter(pa.array(keep))
-        return lengths, _fingerprints(flat, name)
+        return DecodedIds(lengths, _fingerprints(flat, name))
+    if pa.types.is_int64(t):
+        validity = column.buffers()[0]
+        return ScalarIntIds(
+            raw_values(column),
+            np.frombuffer(validity, dtype=np.uint8) if column.null_count else _NO_NULLS,
+            column.offset,
+            n - column.null_count,
+        )
     if column.null_count:
         valid = valid_mask(column)
         if _is_int(t):
-            return valid.astype(np.int64), fingerprint_ints(raw_values(column)[valid])
-        return valid.astype(np.int64), _fingerprints(column.filter(pa.array(valid)), name)
-    return np.ones(n, dtype=np.int64), _fingerprints(column, name)
+            return DecodedIds(valid.astype(np.int64), fingerprint_ints(raw_values(column)[valid]))
+        return DecodedIds(
+            valid.astype(np.int64), _fingerprints(column.filter(pa.array(valid)), name)
+        )
+    return DecodedIds(np.ones(n, dtype=np.int64), _fingerprints(column, name))
 
 
 class BatchBuilder:
@@ -228,7 +243,7 @@ class BatchBuilder:
     def decode(self, batch: pa.RecordBatch | pa.Table, source: str = "batch") -> Rows:
         """Decode checked rows (see the class docstring) into :class:`Rows`; ``source``
         names the file/row group in errors."""
-        per_feature: list[tuple[np.ndarray, np.ndarray]] = []
+        per_feature: list[FeatureIds] = []
         for f in self.features:
             col = self._column(batch, f.source_column, source)
             self._check_categorical_type(f, col.type, source)

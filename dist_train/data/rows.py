@@ -16,10 +16,56 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from dist_train.kernels import fill_offsets, gather_rows, key_values_into
+from dist_train.kernels import fill_offsets, gather_rows, int_ids_into, key_values_into
+
+
+class FeatureIds(Protocol):
+    """One categorical feature's ids of a block of examples, written into :class:`Rows`
+    by :meth:`Rows.of`."""
+
+    @property
+    def count(self) -> int:
+        """Its fingerprints, over all examples."""
+        ...
+
+    def write(self, lengths: np.ndarray, out: np.ndarray) -> None:
+        """Each example's bag length into ``lengths`` [n], and the ``count`` fingerprints, in
+        example order, into ``out``."""
+        ...
+
+
+@dataclass(frozen=True)
+class DecodedIds:
+    """Bag lengths (int64 [n]) and fingerprints (uint64) already decoded."""
+
+    lengths: np.ndarray
+    fingerprints: np.ndarray
+
+    @property
+    def count(self) -> int:
+        return int(self.fingerprints.shape[0])
+
+    def write(self, lengths: np.ndarray, out: np.ndarray) -> None:
+        lengths[:] = self.lengths
+        out[:] = self.fingerprints
+
+
+@dataclass(frozen=True)
+class ScalarIntIds:
+    """One int64 id an example (its bits are its fingerprint), null where ``validity``'s bit
+    is 0: Arrow's buffers as they are, decoded in one compiled pass straight into place."""
+
+    values: np.ndarray  # int64 [n], unspecified at nulls
+    validity: np.ndarray  # uint8: Arrow's validity bitmap; empty when no id is null
+    bit_offset: int  # the first example's bit in ``validity``
+    count: int  # non-null ids
+
+    def write(self, lengths: np.ndarray, out: np.ndarray) -> None:
+        int_ids_into(self.validity, self.bit_offset, self.values, lengths, out)
 
 
 @dataclass(frozen=True)
@@ -38,16 +84,16 @@ class Rows:
     def of(
         labels: np.ndarray,
         dense: np.ndarray,
-        per_feature: Sequence[tuple[np.ndarray, np.ndarray]],
+        per_feature: Sequence[FeatureIds],
         ids: np.ndarray | None = None,
     ) -> Rows:
-        """Rows of per-feature (bag lengths [n], fingerprints in example order)."""
-        n = len(labels)
-        lengths = np.zeros((len(per_feature), n), dtype=np.int64)
-        for f, (lens, _) in enumerate(per_feature):
-            lengths[f] = lens
-        flat = [fps for _, fps in per_feature]
-        fingerprints = np.concatenate(flat) if flat else np.zeros(0, dtype=np.uint64)
+        """Rows of each feature's ids, each written once into its place."""
+        lengths = np.empty((len(per_feature), len(labels)), dtype=np.int64)
+        fingerprints = np.empty(sum(f.count for f in per_feature), dtype=np.uint64)
+        start = 0
+        for f, feature in enumerate(per_feature):
+            feature.write(lengths[f], fingerprints[start : start + feature.count])
+            start += feature.count
         return Rows(labels, dense, lengths, _packed_offsets(lengths), fingerprints, ids)
 
     @property

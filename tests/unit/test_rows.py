@@ -129,6 +129,34 @@ def test_batch_matches_row_by_row_reference(dictionary: bool) -> None:
     assert batch.labels.tolist() == [1, 0, 1, 1, 0, 0, 1, 1]
 
 
+@pytest.mark.parametrize("nulls", ["some", "none", "all"])
+def test_int64_ids_decode_in_place_at_any_offset(nulls: str) -> None:
+    """Int64 ids are decoded from Arrow's buffers directly: a sliced column starts anywhere
+    in its validity bitmap's bytes."""
+    rng = np.random.default_rng(2)
+    n = 37
+    mask = {"some": rng.random(n) < 0.3, "none": None, "all": np.ones(n, dtype=bool)}[nulls]
+    table = pa.table(
+        {
+            "label": rng.integers(0, 2, n).astype(np.int8),
+            "I1": rng.exponential(3, n).astype(np.float32),
+            "I2": rng.integers(0, 9, n),
+            "user": pa.array(rng.integers(-(10**12), 10**12, n), mask=mask),
+            "tags": pa.array([[int(v)] for v in rng.integers(0, 99, n)], pa.list_(pa.int64())),
+            "city": pa.array([f"c{v}" for v in rng.integers(0, 5, n)]),
+        }
+    )
+    b = _builder()
+    for offset in range(10):
+        part = table.slice(offset)
+        assert part.column("user").num_chunks == 1
+        assert part.column("user").chunk(0).offset == offset
+        batch = b.build(part, "t.parquet")
+        values, lengths = _reference(b, part)
+        assert batch.sparse.lengths().tolist() == lengths
+        assert batch.sparse.values().tolist() == [v for per_key in values for v in per_key]
+
+
 def test_batch_carries_what_torchrec_would_derive_from_its_lengths() -> None:
     """The builder fills the KJT's offsets, stride and per-key split; TorchRec, given only
     the keys, values and lengths, derives the same."""
