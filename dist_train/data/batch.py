@@ -98,9 +98,9 @@ _NO_NULLS = np.zeros(0, dtype=np.uint8)
 
 
 def categorical_ids(column: pa.Array, name: str) -> FeatureIds:
-    """A column's ids: per-example bag lengths and flat fingerprints. Int64 ids (Parquet's
-    INT64, the common case) stay Arrow's buffers until :meth:`Rows.of` decodes them in
-    place."""
+    """A column's ids: per-example bag lengths and flat fingerprints. Scalar int64 ids
+    (Parquet's INT64, the common case) stay Arrow's buffers until :meth:`Rows.of` decodes
+    them in place."""
     column = as_array(column)
     n = len(column)
     t = column.type

@@ -29,7 +29,7 @@ class FeatureIds(Protocol):
 
     @property
     def count(self) -> int:
-        """Its fingerprints, over all examples."""
+        """How many fingerprints it has, over all examples."""
         ...
 
     def write(self, lengths: np.ndarray, out: np.ndarray) -> None:

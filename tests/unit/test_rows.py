@@ -19,7 +19,7 @@ import xxhash
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dist_train.config import EmbeddingConfig, FeatureConfig
-from dist_train.data.batch import Batch, BatchBuilder
+from dist_train.data.batch import Batch, BatchBuilder, categorical_ids
 from dist_train.data.reader import iter_tables, list_row_groups
 from dist_train.data.rows import Rows
 from dist_train.embedding.hashing import make_salt, salted_hash, salted_rows
@@ -155,6 +155,22 @@ def test_int64_ids_decode_in_place_at_any_offset(nulls: str) -> None:
         values, lengths = _reference(b, part)
         assert batch.sparse.lengths().tolist() == lengths
         assert batch.sparse.values().tolist() == [v for per_key in values for v in per_key]
+
+
+def test_int64_ids_write_only_their_own_slots() -> None:
+    """The in-place decode writes exactly ``count`` fingerprints, even when the last example
+    is null: numba does not check bounds, and the next feature's slots follow."""
+    column = pa.array([5, None, -1, 7, None, 9, None], pa.int64()).slice(2)  # ends on a null
+    ids = categorical_ids(column, "user")
+    assert ids.count == 3
+    lengths = np.full(len(column) + 2, -7, dtype=np.int64)
+    out = np.full(ids.count + 4, 123, dtype=np.uint64)
+    ids.write(lengths[: len(column)], out[: ids.count])
+    assert lengths.tolist() == [1, 1, 0, 1, 0, -7, -7]
+    assert out.tolist() == [(1 << 64) - 1, 7, 9, 123, 123, 123, 123]
+    empty = categorical_ids(column.slice(5), "user")
+    assert empty.count == 0
+    empty.write(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.uint64))
 
 
 def test_batch_carries_what_torchrec_would_derive_from_its_lengths() -> None:
