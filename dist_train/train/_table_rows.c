@@ -141,12 +141,12 @@ static int64_t distinct_bound(int64_t ids, int64_t max_rows, int64_t threads) {
     return ids < owned ? ids : owned;
 }
 
-/* The update's scratch in words for a batch of `ids` ids over tables of at most `max_rows`
- * rows of at most `dim` floats: the threads' own (into *per_thread, where the dealt reads'
- * part starts), then the dealt reads'. */
-static int64_t update_scratch(int64_t ids, int64_t max_rows, int64_t threads, int64_t dim,
+/* The update's scratch in words for a batch of `ids` ids, at most `distinct` rows a thread
+ * (distinct_bound) of at most `dim` floats: the threads' own (into *per_thread, where the
+ * dealt reads' part starts), then the dealt reads'. */
+static int64_t update_scratch(int64_t ids, int64_t distinct, int64_t threads, int64_t dim,
                               int64_t *per_thread) {
-    *per_thread = threads * thread_scratch(distinct_bound(ids, max_rows, threads), dim);
+    *per_thread = threads * thread_scratch(distinct, dim);
     return *per_thread + dealt_scratch(ids, threads);
 }
 
@@ -430,7 +430,7 @@ static PyObject *py_update(PyObject *self, PyObject *args) {
     }
     const int64_t distinct_max = distinct_bound(n, max_rows, threads);
     int64_t per_thread;
-    const int64_t needed = update_scratch(n, max_rows, threads, max_dim, &per_thread);
+    const int64_t needed = update_scratch(n, distinct_max, threads, max_dim, &per_thread);
     if (scratch_len < needed) {
         PyErr_Format(PyExc_ValueError,
                      "_table_rows.update: scratch of %lld words, %lld needed (scratch_size)",
@@ -484,9 +484,10 @@ static PyObject *py_scratch_size(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "LLLL", &ids, &max_rows, &threads, &dim)) return NULL;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads < 1) threads = 1;
+    const int64_t distinct = distinct_bound(ids, max_rows < 1 ? 1 : max_rows, threads);
     int64_t per_thread;
     return PyLong_FromLongLong(
-        update_scratch(ids, max_rows < 1 ? 1 : max_rows, threads, dim < 1 ? 1 : dim, &per_thread));
+        update_scratch(ids, distinct, threads, dim < 1 ? 1 : dim, &per_thread));
 }
 
 static PyMethodDef methods[] = {
