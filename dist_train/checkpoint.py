@@ -5,6 +5,8 @@ Layout under ``<checkpoint dir>`` (a local or shared path, or an fsspec URL):
     step-00000040/           a committed checkpoint: DCP shards + .metadata + meta.json
     .partial-step-00000060/  being written (or left by a crash or a failed save): never
                              loaded, removed
+    .replaced-step-00000040/ a committed step-00000040 while that step is saved again: it
+                             stays whole until the new one is committed (put back if not)
 
 Every rank writes its shards of the model (sharded tables, dense layers) and of the optimizer
 state (fused TBE state included) into the partial directory, hashing each file as it writes
@@ -52,6 +54,7 @@ from dist_train.storage import Location, location
 
 PREFIX = "step-"
 PARTIAL_PREFIX = ".partial-step-"
+REPLACED_PREFIX = ".replaced-step-"  # a committed step-N set aside while N is saved again
 META = "meta.json"
 META_DIGEST = "meta_xxh3_128"  # of meta.json's other keys, as canonical JSON
 
@@ -82,17 +85,34 @@ def checkpoint_root(cfg: JobConfig) -> Location:
     return location(cfg.checkpoint.dir) if cfg.checkpoint.dir else cfg.run_dir / "checkpoints"
 
 
+def step_of(path: Location) -> int:
+    """The step a ``step-N`` directory holds (-1 for another name)."""
+    digits = path.name[len(PREFIX) :] if path.name.startswith(PREFIX) else ""
+    return int(digits) if digits.isdigit() else -1
+
+
 def committed(root: Location) -> list[Location]:
-    """Committed checkpoints under ``root`` (with their ``meta.json``), oldest first."""
+    """Committed checkpoints under ``root`` (with their ``meta.json``), oldest step first."""
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / META).is_file())
+    found = [p for p in root.iterdir() if step_of(p) >= 0 and (p / META).is_file()]
+    return sorted(found, key=step_of)
 
 
 def remove_partials(root: Location) -> list[Location]:
-    """Delete checkpoints a crash left half-written; returns what was removed."""
+    """Delete checkpoints a crash left half-written; returns what was removed. A committed
+    checkpoint that a crash left set aside while its step was saved again is put back."""
     if not root.is_dir():
         return []
+    removed: list[Location] = []
+    for aside in [p for p in root.iterdir() if p.name.startswith(REPLACED_PREFIX)]:
+        final = root / (PREFIX + aside.name[len(REPLACED_PREFIX) :])
+        if (final / META).is_file():  # the new one was committed: the old one goes
+            storage.rmtree(aside)
+            removed.append(aside)
+        else:
+            storage.rmtree(final)
+            storage.move(aside, final)
     partial = [
         p
         for p in root.iterdir()
@@ -101,7 +121,7 @@ def remove_partials(root: Location) -> list[Location]:
     ]
     for p in partial:
         storage.rmtree(p)
-    return partial
+    return removed + partial
 
 
 def resolve(cfg: JobConfig, resume: str) -> Location | None:
@@ -136,7 +156,51 @@ def read_meta(path: Location) -> dict[str, Any]:
         isinstance(files, dict) and all(isinstance(v, dict) for v in files.values())
     ):
         raise CheckpointError(f"{meta_path}: 'files' is not a map of file digests")
+    _check_fields(meta, meta_path)
     return meta
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_plan(plan: Any) -> bool:
+    """An :class:`~dist_train.data.epoch_plan.EpochPlan` as JSON: ``stream_world`` and, per
+    rank, segments of three counts."""
+    if not isinstance(plan, dict) or not _is_count(plan.get("stream_world")):
+        return False
+    segments = plan.get("segments")
+    return isinstance(segments, list) and all(
+        isinstance(rank, list)
+        and all(
+            isinstance(seg, list) and len(seg) == 3 and all(map(_is_count, seg)) for seg in rank
+        )
+        for rank in segments
+    )
+
+
+_POSITION_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "step": _is_count,
+    "epoch": _is_count,
+    "batches": _is_count,
+    "bad_input_rows": lambda v: isinstance(v, dict) and all(map(_is_count, v.values())),
+    "bad_input_row_groups": _is_count,
+    "plan": lambda v: v is None or _is_plan(v),
+}
+
+
+def _check_fields(meta: dict[str, Any], meta_path: Location) -> None:
+    """The fields resuming reads, each of its type (an edited file fails here, named)."""
+    for key, value in meta["position"].items():
+        if key not in _POSITION_FIELDS:
+            raise CheckpointError(f"{meta_path}: unknown key position.{key}")
+        if not _POSITION_FIELDS[key](value):
+            raise CheckpointError(f"{meta_path}: position.{key} is not valid: {value!r:.80}")
+    if "world_size" in meta and not (_is_count(meta["world_size"]) and meta["world_size"] > 0):
+        raise CheckpointError(f"{meta_path}: world_size is not a rank count")
+    rng = meta.get("torch_rng_states")
+    if rng is not None and not (isinstance(rng, list) and all(isinstance(r, str) for r in rng)):
+        raise CheckpointError(f"{meta_path}: torch_rng_states is not a list of strings")
 
 
 def _meta_digest(meta: dict[str, Any]) -> str:
@@ -392,9 +456,21 @@ class CheckpointSaver:
                 "files": dict(sorted(files.items())),
             }
             meta[META_DIGEST] = _meta_digest(meta)
-            storage.rmtree(final)
-            storage.move(partial, final)
-            storage.write_atomically(final / META, json.dumps(meta, indent=2))  # the commit
+            # A step saved again (a rerun reaching it): its committed checkpoint stays whole
+            # until the new one is committed.
+            aside = self.root / f"{REPLACED_PREFIX}{step:08d}"
+            storage.rmtree(aside)
+            if final.exists():
+                storage.move(final, aside)
+            try:
+                storage.move(partial, final)
+                storage.write_atomically(final / META, json.dumps(meta, indent=2))  # the commit
+            except BaseException:
+                storage.rmtree(final)
+                if aside.exists():
+                    storage.move(aside, final)
+                raise
+            storage.rmtree(aside)
             for old in committed(self.root)[: -self.num_to_keep]:
                 storage.rmtree(old)
 
@@ -427,6 +503,9 @@ def load(trainer: Trainer, path: Location) -> TrainPosition:
             converted.update(_convert_row_states(state, saved, path, digests, position.step))
         except CheckpointError as err:
             problem, converted = str(err), {}
+        except (Exception, CheckpointException) as err:  # noqa: BLE001 - DCP's, a BaseException
+            # every rank must reach agree(): the others would wait there for this one
+            problem, converted = f"{path}: cannot load checkpoint shards ({reason(err)})", {}
         for param, _ in converted:  # an emptied entry would look like a missing key to DCP
             if not state["optim"]["state"].get(param, True):
                 del state["optim"]["state"][param]

@@ -112,6 +112,7 @@ def move(src: Location, dst: Location) -> None:
     on object stores (callers commit with a marker written afterwards)."""
     if isinstance(src, Path) and isinstance(dst, Path):
         os.replace(src, dst)
+        _sync_directory(dst.parent)
     elif isinstance(src, UrlPath) and isinstance(dst, UrlPath):
         src.fs.mv(src.path, dst.path, recursive=True)
     else:
@@ -122,7 +123,26 @@ def write_atomically(loc: Location, text: str) -> None:
     """Write a small file so readers see all of it or none (a single PUT on object stores)."""
     if isinstance(loc, Path):
         tmp = loc.with_name(loc.name + ".tmp")
-        tmp.write_text(text)
+        with tmp.open("w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before it is renamed into place
         os.replace(tmp, loc)
+        _sync_directory(loc.parent)
     else:
         loc.write_text(text)
+
+
+def _sync_directory(path: Path) -> None:
+    """Make a rename in ``path`` durable: a commit marker, and the directory it marks, must
+    survive a power loss before older checkpoints are deleted."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # a platform or filesystem that cannot open directories
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems do not sync directories; nothing more to do there
+    finally:
+        os.close(fd)

@@ -47,7 +47,10 @@ def resume_point(cfg: JobConfig, job_plan: JobPlan | None = None) -> str | None:
         return None
     # Fail here, before workers start, if it is unreadable or cannot resume on this many ranks.
     meta = checkpoint.read_meta(path)
-    checkpoint.check_compatible(meta, path, cfg.ray.num_workers)
+    position = checkpoint.check_compatible(meta, path, cfg.ray.num_workers)
+    if position.batches:
+        _check_same_batches(cfg, meta, path)
+    _refuse_to_branch(cfg, root, path, position.step)
     LOG.info(f"resuming from {path}")
     plan = job_plan.placements() if job_plan is not None else None
     if meta.get("world_size") != cfg.ray.num_workers or (plan and meta.get("sharding") != plan):
@@ -73,6 +76,56 @@ def _refuse_to_overwrite(cfg: JobConfig, root: Location) -> None:
             "and this run starts from scratch, which would overwrite or delete them. Continue "
             "that run with --resume latest, or start a new one under another name "
             "(--set name=...) or checkpoint.dir; nothing was changed"
+        )
+
+
+# The settings that cut an epoch's rows into each rank's batches: resuming mid-epoch counts
+# the batches already trained, so these must not change there.
+_BATCH_SETTINGS = (
+    "seed",
+    "train.batch_size",
+    "data.shuffle_buffer_rows",
+    "data.train_path",
+    "data.synthetic",
+)
+
+
+def _setting(config: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        config = config.get(part) if isinstance(config, dict) else None  # type: ignore[assignment]
+    return config
+
+
+def _check_same_batches(cfg: JobConfig, meta: dict[str, Any], path: Location) -> None:
+    """A mid-epoch checkpoint resumes only under the settings that made its batches."""
+    saved = meta.get("config")
+    if not isinstance(saved, dict):
+        return  # saved before configs were recorded
+    now = cfg.model_dump(mode="json")
+    for key in _BATCH_SETTINGS:
+        if key == "data.synthetic" and now["data"]["train_path"] is not None:
+            continue  # generated data is not read
+        if _setting(saved, key) != _setting(now, key):
+            raise checkpoint.CheckpointError(
+                f"{path} was saved mid-epoch with {key}={_setting(saved, key)!r}; this job "
+                f"has {_setting(now, key)!r}. The epoch's batches would differ, so rows "
+                "would be trained twice or skipped: resume with the saved value, or from a "
+                "checkpoint at an epoch boundary"
+            )
+
+
+def _refuse_to_branch(cfg: JobConfig, root: Location, path: Location, step: int) -> None:
+    """Resuming from ``step`` beside newer checkpoints would mix two runs: ``latest`` would
+    pick theirs, and keeping the newest ``num_to_keep`` would delete this run's (the
+    checkpoint resumed from first). Refuse before anything is written."""
+    saves = cfg.checkpoint.save_at_end or cfg.checkpoint.every_steps is not None
+    newer = [p.name for p in checkpoint.committed(root) if checkpoint.step_of(p) > step]
+    if saves and newer:
+        raise checkpoint.CheckpointError(
+            f"{root} holds checkpoints newer than {path} ({', '.join(newer)}): this run's "
+            "saves would mix with them, and keeping the newest would delete the older ones. "
+            "Move the newer ones out of the directory, or save this run elsewhere "
+            "(--set name=... or checkpoint.dir); nothing was changed"
         )
 
 
@@ -141,6 +194,9 @@ class Checkpoints:
             return TrainPosition()
         position = checkpoint.load(self.trainer, location(self.resume_from))
         self.trainer.resumed_at(position.step)
+        # its step is saved: a run that trains no further does not save it again
+        self.saver.last_step = position.step
+        self.saver.last_path = location(self.resume_from)
         policy.counts.rows = dict(position.bad_input_rows)
         policy.counts.row_groups = position.bad_input_row_groups
         self.progress.log(

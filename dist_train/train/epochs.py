@@ -155,12 +155,16 @@ class Epochs:
     def __iter__(self) -> Iterator[Epoch]:
         rank, world, tc = dist.get_rank(), dist.get_world_size(), self.cfg.train
         for index in range(self.start.epoch, tc.epochs):
+            if tc.max_steps is not None and self.step >= tc.max_steps:
+                return
             plan, skip = epoch_plan(self.groups, world, self.cfg, index, self.start)
             num_steps = plan.steps - skip
             if tc.max_steps is not None:
                 num_steps = min(num_steps, tc.max_steps - self.step)
             if num_steps <= 0:
-                return
+                # nothing left of it for these ranks (a resumed epoch whose last batches
+                # re-dealt to more ranks than batches): the next epoch still runs
+                continue
             rows = rank_rows(
                 self.builder, self.groups, self.cfg, index, plan, rank, skip, self.policy
             )

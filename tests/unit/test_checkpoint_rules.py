@@ -1,0 +1,252 @@
+"""The checkpoint rules that keep what was saved: a step saved again replaces its checkpoint
+only once the new one is committed, a resume never mixes two runs' checkpoints or cuts an
+epoch's batches otherwise, and an edited ``meta.json`` is named, not half-read."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from dist_train import checkpoint, storage
+from dist_train.checkpoint import (
+    META,
+    CheckpointError,
+    CheckpointSaver,
+    TrainPosition,
+    committed,
+    read_meta,
+    remove_partials,
+)
+from dist_train.config import load_config
+from dist_train.data.epoch_plan import EpochPlan
+from dist_train.data.reader import RowGroup, assign_row_groups, steps_per_epoch
+from dist_train.data.validation import BadInputPolicy
+from dist_train.train import epochs
+from dist_train.train.checkpointing import resume_point
+
+
+@pytest.fixture(scope="module")
+def one_rank(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A one-rank gloo group, as a job of one worker has."""
+    if dist.is_initialized():
+        yield
+        return
+    store = tmp_path_factory.mktemp("pg") / "store"
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+class _Trainer:
+    def __init__(self, seed: int) -> None:
+        torch.manual_seed(seed)
+        self.model = torch.nn.Linear(4, 3)
+        self.optimizer = torch.optim.Adagrad(self.model.parameters(), lr=0.1)
+
+
+def _saver(root: Path, seed: int = 0) -> CheckpointSaver:
+    return CheckpointSaver(_Trainer(seed), root, num_to_keep=2, background=False)
+
+
+def _fail_on(monkeypatch: pytest.MonkeyPatch, name: str, when: str) -> None:
+    """``storage.<name>`` raises ENOSPC when its first argument's name is ``when``."""
+    real = getattr(storage, name)
+
+    def failing(loc: Any, *args: Any) -> Any:
+        if loc.name == when:
+            raise OSError(28, "No space left on device")
+        return real(loc, *args)
+
+    monkeypatch.setattr(storage, name, failing)
+
+
+@pytest.mark.parametrize(
+    ("fails", "when"), [("move", ".partial-step-00000004"), ("write_atomically", META)]
+)
+def test_a_step_saved_again_keeps_its_checkpoint_until_the_new_one_commits(
+    one_rank: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: str, when: str
+) -> None:
+    root = tmp_path / "checkpoints"
+    _saver(root).save(TrainPosition(step=4))
+    before = (root / "step-00000004" / META).read_text()
+    _fail_on(monkeypatch, fails, when)
+    with pytest.raises(CheckpointError, match=r"step 4 was not saved.*intact"):
+        _saver(root, seed=1).save(TrainPosition(step=4))
+    assert [p.name for p in committed(root)] == ["step-00000004"]
+    assert (root / "step-00000004" / META).read_text() == before
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000004"]
+    checkpoint.verify(root / "step-00000004")
+
+
+def test_a_step_saved_again_is_replaced_once_committed(one_rank: None, tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    _saver(root).save(TrainPosition(step=4))
+    _saver(root, seed=1).save(TrainPosition(step=4, batches=1))
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000004"]
+    assert read_meta(root / "step-00000004")["position"]["batches"] == 1
+
+
+def test_a_crash_while_a_step_is_saved_again_puts_the_old_checkpoint_back(
+    one_rank: None, tmp_path: Path
+) -> None:
+    root = tmp_path / "checkpoints"
+    _saver(root).save(TrainPosition(step=4))
+    before = (root / "step-00000004" / META).read_text()
+    # the crash: the old one set aside, the new one moved in, its meta.json not yet written
+    (root / "step-00000004").rename(root / ".replaced-step-00000004")
+    (root / "step-00000004").mkdir()
+    (root / "step-00000004" / "__0_0.distcp").write_text("the new save's shard")
+    remove_partials(root)
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000004"]
+    assert (root / "step-00000004" / META).read_text() == before
+    checkpoint.verify(root / "step-00000004")
+
+
+def test_committed_checkpoints_are_ordered_by_step(tmp_path: Path) -> None:
+    for step in (99_999_999, 100_000_000, 7):
+        (tmp_path / f"step-{step:08d}").mkdir()
+        (tmp_path / f"step-{step:08d}" / META).write_text("{}")
+    assert [checkpoint.step_of(p) for p in committed(tmp_path)] == [7, 99_999_999, 100_000_000]
+
+
+def _checkpoint(root: Path, step: int, config: dict[str, Any], batches: int = 0) -> Path:
+    path = root / f"step-{step:08d}"
+    path.mkdir(parents=True)
+    plan = EpochPlan.fresh(1, 100).as_json() if batches else None
+    position = dataclasses.asdict(TrainPosition(step=step, batches=batches, plan=plan))
+    meta = {"position": position, "world_size": 1, "config": config}
+    (path / META).write_text(json.dumps(meta))
+    return path
+
+
+def _job(tmp_path: Path, *overrides: str) -> Any:
+    return load_config(overrides=[f"output_dir={tmp_path}", "ray.num_workers=1", *overrides])
+
+
+def test_resuming_an_older_checkpoint_beside_newer_ones_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "default" / "checkpoints"
+    config = _job(tmp_path).model_dump(mode="json")
+    older = _checkpoint(root, 80, config)
+    _checkpoint(root, 120, config)
+    with pytest.raises(CheckpointError, match=r"newer than .*step-00000080 \(step-00000120\)"):
+        resume_point(_job(tmp_path, f"checkpoint.resume={older}"))
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000080", "step-00000120"]
+    # the newest resumes; a run that saves nothing may resume any
+    assert resume_point(_job(tmp_path, "checkpoint.resume=latest")) == str(root / "step-00000120")
+    no_saves = _job(tmp_path, f"checkpoint.resume={older}", "checkpoint.save_at_end=false")
+    assert resume_point(no_saves) == str(older)
+
+
+@pytest.mark.parametrize(
+    ("key", "other"),
+    [("train.batch_size", "512"), ("seed", "7"), ("data.shuffle_buffer_rows", "0")],
+)
+def test_resuming_mid_epoch_under_other_batch_settings_is_refused(
+    tmp_path: Path, key: str, other: str
+) -> None:
+    root = tmp_path / "default" / "checkpoints"
+    saved = _job(tmp_path, "train.batch_size=256", "seed=0", "data.shuffle_buffer_rows=65536")
+    mid_epoch = _checkpoint(root, 5, saved.model_dump(mode="json"), batches=5)
+    same = [f"checkpoint.resume={mid_epoch}", "train.batch_size=256", "seed=0"]
+    same.append("data.shuffle_buffer_rows=65536")
+    assert resume_point(_job(tmp_path, *same)) == str(mid_epoch)
+    with pytest.raises(CheckpointError, match=rf"mid-epoch with {key}="):
+        resume_point(_job(tmp_path, *same, f"{key}={other}"))
+    # at an epoch boundary nothing of the epoch's batches is counted yet
+    (mid_epoch / META).unlink()
+    mid_epoch.rmdir()
+    boundary = _checkpoint(root, 5, saved.model_dump(mode="json"))
+    assert resume_point(_job(tmp_path, f"checkpoint.resume={boundary}", f"{key}={other}"))
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        ({"lr_scale": 2.0}, "position.lr_scale"),
+        ({"step": "8"}, "position.step"),
+        ({"batches": -1}, "position.batches"),
+        ({"plan": {"segments": 3}}, "position.plan"),
+        ({"bad_input_rows": {"label": "many"}}, "position.bad_input_rows"),
+    ],
+)
+def test_an_edited_position_is_named(tmp_path: Path, edit: dict[str, Any], named: str) -> None:
+    path = _checkpoint(tmp_path, 8, {})
+    meta = json.loads((path / META).read_text())
+    meta["position"].update(edit)
+    (path / META).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=rf"{path / META}: .*{named}"):
+        read_meta(path)
+
+
+def test_every_position_field_is_checked() -> None:
+    fields = {f.name for f in dataclasses.fields(TrainPosition)}
+    assert fields == set(checkpoint._POSITION_FIELDS)
+
+
+def test_an_epoch_left_empty_by_a_resume_does_not_end_training(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Saved by 2 ranks one batch before epoch 0 ends, resumed on 4: the batch left is
+    dropped (fewer than the ranks) and epochs 1 and 2 still run."""
+    cfg = load_config(overrides=["train.epochs=3", "train.batch_size=10"])
+    groups = [RowGroup("x.parquet", i, 100) for i in range(8)]
+    steps = steps_per_epoch(assign_row_groups(groups, 2, cfg.seed, 0), 10)
+    plan = EpochPlan.fresh(2, steps).as_json()
+    start = TrainPosition(step=steps - 1, epoch=0, batches=steps - 1, plan=plan)
+    monkeypatch.setattr(
+        epochs, "dist", types.SimpleNamespace(get_rank=lambda: 0, get_world_size=lambda: 4)
+    )
+    policy = BadInputPolicy("error", "label", [], [])
+    ran = [e.index for e in epochs.Epochs(cfg, groups, None, policy, start)]  # type: ignore[arg-type]
+    assert ran == [1, 2]
+
+
+def test_the_commit_is_on_disk_before_older_checkpoints_go(
+    one_rank: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """meta.json, and the directory entries of the renames, are synced: after a power loss
+    the newest checkpoint is whole or the older ones are still there."""
+    import os
+
+    synced: set[int] = set()
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.add(os.fstat(fd).st_ino)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    root = tmp_path / "checkpoints"
+    _saver(root).save(TrainPosition(step=4))
+    final = root / "step-00000004"
+    assert {(final / META).stat().st_ino, final.stat().st_ino, root.stat().st_ino} <= synced
+
+
+def test_a_resumed_run_that_trains_no_further_does_not_save_its_step_again(
+    one_rank: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dist_train.train.checkpointing import Checkpoints
+
+    cfg = _job(tmp_path, "checkpoint.background=false")
+    root = tmp_path / "default" / "checkpoints"
+    _saver(root).save(TrainPosition(step=48))
+    trainer = _Trainer(0)
+    stubs = {"plan": types.SimpleNamespace(placements=dict), "sync_replicas": lambda: None}
+    for name, value in {**stubs, "resumed_at": lambda step: None}.items():
+        setattr(trainer, name, value)
+    progress = types.SimpleNamespace(log=lambda *args: None)
+    resumed = resume_point(_job(tmp_path, "checkpoint.resume=latest"))
+    ckpts = Checkpoints(cfg, trainer, progress, str(tmp_path), "second", resumed, 0)  # type: ignore[arg-type]
+    position = ckpts.resume(BadInputPolicy("error", "label", [], []))
+    saves: list[int] = []
+    monkeypatch.setattr(ckpts.saver, "save", lambda p: saves.append(p.step))
+    assert ckpts.finish(position) == root / "step-00000048"
+    assert saves == []
