@@ -194,9 +194,6 @@ class Checkpoints:
             return TrainPosition()
         position = checkpoint.load(self.trainer, location(self.resume_from))
         self.trainer.resumed_at(position.step)
-        # its step is saved: a run that trains no further does not save it again
-        self.saver.last_step = position.step
-        self.saver.last_path = location(self.resume_from)
         policy.counts.rows = dict(position.bad_input_rows)
         policy.counts.row_groups = position.bad_input_row_groups
         self.progress.log(

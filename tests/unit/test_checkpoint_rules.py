@@ -228,25 +228,3 @@ def test_the_commit_is_on_disk_before_older_checkpoints_go(
     _saver(root).save(TrainPosition(step=4))
     final = root / "step-00000004"
     assert {(final / META).stat().st_ino, final.stat().st_ino, root.stat().st_ino} <= synced
-
-
-def test_a_resumed_run_that_trains_no_further_does_not_save_its_step_again(
-    one_rank: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from dist_train.train.checkpointing import Checkpoints
-
-    cfg = _job(tmp_path, "checkpoint.background=false")
-    root = tmp_path / "default" / "checkpoints"
-    _saver(root).save(TrainPosition(step=48))
-    trainer = _Trainer(0)
-    stubs = {"plan": types.SimpleNamespace(placements=dict), "sync_replicas": lambda: None}
-    for name, value in {**stubs, "resumed_at": lambda step: None}.items():
-        setattr(trainer, name, value)
-    progress = types.SimpleNamespace(log=lambda *args: None)
-    resumed = resume_point(_job(tmp_path, "checkpoint.resume=latest"))
-    ckpts = Checkpoints(cfg, trainer, progress, str(tmp_path), "second", resumed, 0)  # type: ignore[arg-type]
-    position = ckpts.resume(BadInputPolicy("error", "label", [], []))
-    saves: list[int] = []
-    monkeypatch.setattr(ckpts.saver, "save", lambda p: saves.append(p.step))
-    assert ckpts.finish(position) == root / "step-00000048"
-    assert saves == []
