@@ -17,7 +17,13 @@ from typing import Any
 
 from dist_train.checkpoint import CheckpointError
 from dist_train.config import JobConfig, add_config_args, load_or_report, resolve_paths
-from dist_train.data.reader import DataSourceError, list_row_groups
+from dist_train.data.reader import (
+    DataSourceError,
+    RowGroup,
+    assign_row_groups,
+    list_row_groups,
+    steps_per_epoch,
+)
 from dist_train.data.synthetic import generate
 from dist_train.data.validation import BadInputError, BadInputPolicy, SchemaCheck
 from dist_train.devices import DeviceError, DeviceType, local_gpus, resolve_device
@@ -36,8 +42,9 @@ def prepare_inputs(cfg: JobConfig) -> WorkerInputs:
     """Generate synthetic data if no paths are given, then list and check both splits' files.
 
     Files that are unreadable, empty, missing a column, of a wrong type, or whose schema
-    differs from the first file's are errors, or skipped and counted under
-    ``on_bad_input: skip``.
+    differs from the first training file's (test files too) are errors, or skipped and
+    counted under ``on_bad_input: skip``. A training split too small to give every rank one
+    batch is an error.
     """
     run_dir = cfg.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -48,10 +55,25 @@ def prepare_inputs(cfg: JobConfig) -> WorkerInputs:
         train_path, test_path = cfg.data.train_path, cfg.data.test_path
     policy = BadInputPolicy.for_job(cfg)
     builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
-    train, test = (
-        list_row_groups(p, policy, SchemaCheck(builder)) for p in (train_path, test_path)
-    )
+    schema = SchemaCheck(builder)  # one for both splits: their column types must agree
+    train, test = (list_row_groups(p, policy, schema) for p in (train_path, test_path))
+    check_steps(cfg, train)
     return WorkerInputs(train, test, str(run_dir), file_counts=policy.counts)
+
+
+def check_steps(cfg: JobConfig, train: list[RowGroup]) -> None:
+    """Refuse a job whose first epoch, dealt as the workers deal it, trains 0 steps."""
+    world, batch_size = cfg.ray.num_workers, cfg.train.batch_size
+    assignment = assign_row_groups(train, world, cfg.seed, 0)
+    if steps_per_epoch(assignment, batch_size):
+        return
+    smallest = min(sum(g.num_rows for g in groups) for groups in assignment)
+    raise BadInputError(
+        f"the job would train 0 steps: train.batch_size={batch_size} is more than the "
+        f"{smallest:,} training rows of the smallest rank's share ({len(train)} row groups "
+        f"dealt to ray.num_workers={world} ranks); use fewer ranks, a smaller batch, or more, "
+        "smaller row groups (data.synthetic.rows_per_group for generated data)"
+    )
 
 
 def job_device(cfg: JobConfig) -> DeviceType:

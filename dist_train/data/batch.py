@@ -226,18 +226,29 @@ class BatchBuilder:
         """Dense features, float32 [n, num_dense]: nulls and non-finite values as 0, then the
         transform (``log1p`` of the non-negative part, or none)."""
         n = batch.num_rows
+        log1p = self.dense_transform == "log1p"
         columns = np.empty((len(self.dense_columns), n), dtype=np.float32)
+        wide = np.zeros(len(self.dense_columns), dtype=np.bool_)
         for i, name in enumerate(self.dense_columns):
             col = self._column(batch, name, source)
             if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
                 raise BadInputError(f"{source}: dense column {name!r} has type {col.type}")
-            columns[i] = raw_values(col)
+            values = raw_values(col)
+            if log1p and values.dtype == np.float64:
+                # Transformed before narrowing: float32 would make a finite 1e39 inf (then 0);
+                # its log1p, 89.8, fits. NaN and inf stay non-finite, for nan_to_num below.
+                values = np.log1p(np.maximum(values, 0.0))
+                wide[i] = True
+            columns[i] = values
             if col.null_count:
                 columns[i][~valid_mask(col)] = 0.0
         np.nan_to_num(columns, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-        if self.dense_transform == "log1p":
-            np.maximum(columns, 0.0, out=columns)
-            np.log1p(columns, out=columns)
+        if log1p:
+            todo = columns if not wide.any() else columns[~wide]  # all, in one call, as a rule
+            np.maximum(todo, 0.0, out=todo)
+            np.log1p(todo, out=todo)
+            if wide.any():
+                columns[~wide] = todo
         return np.ascontiguousarray(columns.T)
 
     def decode(self, batch: pa.RecordBatch | pa.Table, source: str = "batch") -> Rows:

@@ -5,8 +5,9 @@ any field may be blank = null). Plain or compressed (.gz, .bz2, .zst) files are 
 blocks; the output is ``part-NNNNN.parquet`` files of ``rows_per_file`` rows in row groups of
 ``rows_per_group`` rows, with ``label`` int8, ``I*`` int64, ``C*`` string.
 
-Bad lines (wrong field count, a non-integer count, a label other than 0/1) are an error naming
-file, line and column, or with ``on_bad_input="skip"`` dropped and counted.
+Bad lines (wrong field count, a count that is not an integer in int64's range, a label other
+than 0/1) are an error naming file, line and column, or with ``on_bad_input="skip"`` dropped
+and counted. The output directory must hold no Parquet files yet: nothing in it is touched.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ SCHEMA = pa.schema(
     + [pa.field(c, pa.string()) for c in CATEGORICAL]
 )
 _INT = r"^-?[0-9]+$"
+_INT64 = range(-(2**63), 2**63)
 
 
 @dataclass
@@ -96,8 +98,13 @@ def _typed(
     checks.append(("label", "label_not_0_or_1", ~label_ok.to_numpy(zero_copy_only=False)))
     for i, name in enumerate(DENSE, start=1):
         col = batch.column(i)
-        ok = pc.match_substring_regex(col, _INT).fill_null(True)
-        checks.append((name, "dense_not_integer", ~ok.to_numpy(zero_copy_only=False)))
+        bad_int = ~pc.match_substring_regex(col, _INT).fill_null(True).to_numpy(False)
+        # Up to 18 characters always fit int64; longer integers (rare) are checked one by one,
+        # so that one too large for the cast is this line's bad value, not an Arrow error.
+        long = (pc.binary_length(col).fill_null(0).to_numpy(False) > 18) & ~bad_int
+        for r in np.flatnonzero(long):
+            bad_int[r] = int(col[r].as_py()) not in _INT64
+        checks.append((name, "dense_not_integer", bad_int))
     for name, reason, mask in checks:
         if not mask.any():
             continue
@@ -106,7 +113,7 @@ def _typed(
             value = batch.column(COLUMNS.index(name))[row].as_py()
             raise BadInputError(
                 f"{path}: line ~{first_line + row}: column {name!r}: {value!r} is not "
-                + ("0 or 1" if name == "label" else "an integer")
+                + ("0 or 1" if name == "label" else "an integer in int64's range")
             )
         result.count(reason, int((mask & ~bad).sum()))
         bad |= mask
@@ -131,6 +138,14 @@ def convert_criteo(
     if on_bad_input not in ("error", "skip"):
         raise ValueError(f"on_bad_input must be 'error' or 'skip', got {on_bad_input!r}")
     out = Path(out_dir)
+    # Outputs are named from part-00000: they would overwrite (or, on an error, remove) an
+    # earlier conversion's files, or leave its later parts to be read with the new ones.
+    existing = sorted(out.rglob("*.parquet")) if out.is_dir() else []
+    if existing:
+        raise BadInputError(
+            f"{out}: output directory already holds Parquet files ({existing[0]}); convert "
+            "into another (new or empty) directory"
+        )
     out.mkdir(parents=True, exist_ok=True)
     result = ConvertResult()
     writer: pq.ParquetWriter | None = None

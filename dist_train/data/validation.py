@@ -3,6 +3,7 @@
 Row problems (per row group, before batching):
 - ``label_null``: a null label;  ``label_out_of_range``: a label other than 0 or 1;
 - ``dense_not_finite``: NaN or +-inf in a dense column (nulls are missing values, filled with 0);
+  under ``dense_transform: none`` also a value beyond float32's range (inf in the batch);
 - ``id_out_of_range``: an integer id outside ``[0, cardinality)`` of a feature that declares
   its cardinality (negative ids included), scalar or inside a list.
 
@@ -76,11 +77,15 @@ def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def row_problems(
     table: pa.Table,
     label_column: str,
     dense_columns: list[str],
     features: list[FeatureConfig],
+    dense_transform: str = "log1p",
 ) -> list[RowProblem]:
     """Every row-level problem in ``table`` (an empty list for clean data)."""
     # Each check first asks a cheap whole-column question (null count, min/max, all finite)
@@ -109,11 +114,20 @@ def row_problems(
             continue
         x = raw_values(col)
         finite = np.isfinite(x)
+        if dense_transform == "none" and x.dtype == np.float64:
+            # Untransformed, the value must fit the float32 batch (log1p makes any finite fit).
+            finite &= np.abs(x) <= _FLOAT32_MAX
         if finite.all():
             continue
         bad = ~finite & valid_mask(col)
         if bad.any():
-            found.append(RowProblem("dense_not_finite", name, bad, f"value {x[_first(bad)]}"))
+            value = x[_first(bad)]
+            detail = f"value {value}" + (
+                " (beyond float32's range; data.dense_transform: none)"
+                if np.isfinite(value)
+                else ""
+            )
+            found.append(RowProblem("dense_not_finite", name, bad, detail))
     for f in features:
         if f.cardinality is None:
             continue
@@ -150,6 +164,7 @@ class BadInputPolicy:
         label_column: str,
         dense_columns: list[str],
         features: list[FeatureConfig],
+        dense_transform: str = "log1p",
     ) -> None:
         if mode not in ("error", "skip"):
             raise ValueError(f"on_bad_input must be 'error' or 'skip', got {mode!r}")
@@ -157,6 +172,7 @@ class BadInputPolicy:
         self.label_column = label_column
         self.dense_columns = list(dense_columns)
         self.features = list(features)
+        self.dense_transform = dense_transform
         self.counts = BadInputCounts()
 
     @classmethod
@@ -167,6 +183,7 @@ class BadInputPolicy:
             cfg.data.label_column,
             cfg.data.resolved_dense_columns(),
             cfg.features,
+            cfg.data.dense_transform,
         )
 
     def file_problem(self, message: str) -> None:
@@ -188,7 +205,9 @@ class BadInputPolicy:
 
         ``count=False`` for rows read again (padding), so nothing is counted twice.
         """
-        problems = row_problems(table, self.label_column, self.dense_columns, self.features)
+        problems = row_problems(
+            table, self.label_column, self.dense_columns, self.features, self.dense_transform
+        )
         if not problems:
             return table
         if self.mode == "error":
@@ -215,21 +234,23 @@ class SchemaSource(Protocol):
 
 
 class SchemaCheck:
-    """A file's columns and types are usable, and equal to the first file's (one split)."""
+    """A file's columns and types are usable, and equal to the first file's. One check for
+    both splits: a test id column of another type would hash to other rows than training's."""
 
     def __init__(self, builder: SchemaSource) -> None:
         self.builder = builder
         self.reference: pa.Schema | None = None
+        self.first = ""  # the file that set ``reference``
 
     def __call__(self, path: str, schema: pa.Schema) -> None:
         self.builder.check_schema(schema, path)
         if self.reference is None:
-            self.reference = schema
+            self.reference, self.first = schema, path
             return
         for name in self.builder.columns:
             have, want = schema.field(name).type, self.reference.field(name).type
             if have != want:
                 raise BadInputError(
                     f"{path}: schema mismatch: column {name!r} is {have} here but "
-                    f"{want} in the first file"
+                    f"{want} in the first file ({self.first})"
                 )

@@ -195,3 +195,36 @@ def test_clean_data_has_no_problems(small_cfg: JobConfig, small_data: GeneratedD
     policy = BadInputPolicy.for_job(small_cfg)
     assert _stream(small_cfg, small_data.train_dir / "part-0.parquet", policy) == ROWS_PER_FILE
     assert policy.counts.as_dict()["rows_skipped_total"] == 0
+
+
+def test_dense_beyond_float32_is_bad_without_a_transform(small_cfg: JobConfig) -> None:
+    """Untransformed, a finite float64 beyond float32's range would be inf in the batch (and
+    was silently 0); under log1p it is a good value (its log1p fits)."""
+    t = pa.table({"label": pa.array([0, 1, 0], pa.int8()), "d": [1.0, 1e39, -1e39]})
+    log1p = BadInputPolicy("error", "label", ["d"], [])
+    assert log1p.clean(t, "f.parquet").num_rows == 3
+    with pytest.raises(BadInputError, match=r"f.parquet: column 'd': value 1e\+39 \(beyond"):
+        BadInputPolicy("error", "label", ["d"], [], "none").clean(t, "f.parquet")
+    skip = BadInputPolicy("skip", "label", ["d"], [], "none")
+    assert skip.clean(t, "f.parquet")["d"].to_pylist() == [1.0]
+    assert skip.counts.rows == {"dense_not_finite": 2}
+    cfg = parse_config(
+        apply_overrides(small_cfg.model_dump(mode="json"), ["data.dense_transform=none"])
+    )
+    assert BadInputPolicy.for_job(cfg).dense_transform == "none"
+
+
+def test_test_split_schema_must_match_training(
+    small_cfg: JobConfig, small_data: GeneratedData, tmp_path: Path
+) -> None:
+    """Test ids of another type than training's would hash to other rows: an error naming
+    both files and the column."""
+    test = tmp_path / "test_copy"
+    shutil.copytree(small_data.test_dir, test)
+    bad = sorted(test.glob("*.parquet"))[0]
+    _cast_to_string(bad, "C2")
+    with pytest.raises(BadInputError) as err:
+        prepare_inputs(_with(small_cfg, small_data.train_dir, test, "error"))
+    first = small_data.train_dir / "part-0.parquet"
+    assert str(err.value).startswith(f"{bad}: schema mismatch: column 'C2' is string here")
+    assert f"int64 in the first file ({first})" in str(err.value)

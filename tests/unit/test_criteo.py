@@ -99,8 +99,44 @@ def test_bad_lines_error_or_skip(reason: str, good_files: list[Path], tmp_path: 
     assert result.rows == 700 and result.bad_lines == {reason: 1}
 
 
+@pytest.mark.parametrize("policy", ["error", "skip"])
+def test_dense_beyond_int64_is_a_bad_line(policy: str, tmp_path: Path) -> None:
+    """An integer too large for int64 is that line's bad value, not an Arrow error."""
+    cats = ["deadbeef"] * 26
+    fits = "\t".join(["1", "-9223372036854775808", "0009223372036854775807", *[""] * 11, *cats])
+    big = "\t".join(["0", "9223372036854775808", *[""] * 12, *cats])
+    path = _write(tmp_path / "big.tsv", [fits, big, fits])
+    if policy == "error":
+        with pytest.raises(
+            BadInputError, match=rf"{path}: line ~2: column 'I1': '9223372036854775808'"
+        ):
+            convert_criteo([str(path)], tmp_path / "out", progress=False)
+        return
+    result = convert_criteo([str(path)], tmp_path / "out", on_bad_input="skip", progress=False)
+    assert result.rows == 2 and result.bad_lines == {"dense_not_integer": 1}
+    t = pq.read_table(tmp_path / "out")  # the int64 extremes (leading zeros too) still fit
+    assert t["I1"].to_pylist() == [-(2**63)] * 2 and t["I2"].to_pylist() == [2**63 - 1] * 2
+
+
+def test_output_dir_with_parquet_files_is_refused(good_files: list[Path], tmp_path: Path) -> None:
+    """An earlier conversion's parts are neither overwritten, removed nor mixed into the new
+    dataset: the output directory must hold no Parquet files."""
+    out = tmp_path / "out"
+    convert_criteo([str(f) for f in good_files], out, rows_per_file=300, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert len(before) == 4
+    with pytest.raises(BadInputError, match=rf"{out}: .*Parquet files \({out}/part-00000"):
+        convert_criteo([str(good_files[0])], out, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_cli_convert(good_files: list[Path], tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["convert", "criteo", *map(str, good_files), "--out", str(tmp_path / "o")]) == 0
     assert "wrote 1,000 rows to 1 file(s)" in capsys.readouterr().out
-    assert main(["convert", "criteo", str(tmp_path / "nope.tsv"), "--out", str(tmp_path)]) == 1
+    assert (
+        main(["convert", "criteo", str(tmp_path / "nope.tsv"), "--out", str(tmp_path / "n")]) == 1
+    )
     assert "nope.tsv: no such file" in capsys.readouterr().err
+    again = ["convert", "criteo", str(good_files[0]), "--out", str(tmp_path / "o")]
+    assert main(again) == 1
+    assert "already holds Parquet files" in capsys.readouterr().err

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dist_train.config import JobConfig
+from dist_train.config import EmbeddingConfig, FeatureConfig, JobConfig
+from dist_train.data.batch import BatchBuilder
 from dist_train.data.reader import (
     DataSourceError,
     assign_row_groups,
@@ -19,6 +21,7 @@ from dist_train.data.reader import (
     steps_per_epoch,
 )
 from dist_train.data.synthetic import GeneratedData, generate
+from dist_train.embedding.layout import build_layout
 from dist_train.train.metrics import roc_auc
 
 
@@ -112,3 +115,32 @@ def test_bad_paths_name_the_file(tmp_path: Path) -> None:
     bad.write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(DataSourceError, match=r"broken\.parquet: not a readable Parquet file"):
         list_row_groups(str(bad))
+
+
+@pytest.mark.parametrize("transform", ["log1p", "none"])
+def test_dense_transform_of_wide_values(transform: str) -> None:
+    """log1p of a float64 beyond float32's range is its log1p (1e39 was 0: inf in float32);
+    nulls, NaN and inf are 0, and narrower columns keep their values."""
+    wide = [1e39, 1e30, 3.0, -1e39, float("nan"), float("inf"), None]
+    table = pa.table(
+        {
+            "wide": pa.array(wide, pa.float64()),
+            "narrow": pa.array([2.0, None, -1.0, 5.0, float("nan"), 7.0, 0.0], pa.float32()),
+            "ints": pa.array([1, 2, None, -4, 5, 2**62, 7], pa.int64()),
+        }
+    )
+    features = [FeatureConfig(name="c")]
+    layout = build_layout(EmbeddingConfig(num_rows=100, dim=4), features, seed=0)
+    builder = BatchBuilder(layout, features, ["wide", "narrow", "ints"], "label", transform)
+    got = builder.dense(table)
+    assert got.dtype == np.float32 and got.shape == (7, 3)
+    for i, name in enumerate(["wide", "narrow", "ints"]):
+        x = np.array([np.nan if v is None else v for v in table[name].to_pylist()], np.float64)
+        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        if transform == "log1p":
+            want = np.log1p(np.maximum(x, 0.0)).astype(np.float32)
+        else:  # beyond float32 is a bad value under a job's policy; here inf, so 0
+            want = np.where(np.abs(x) > np.finfo(np.float32).max, 0.0, x).astype(np.float32)
+        np.testing.assert_array_equal(got[:, i], want, err_msg=name)
+    if transform == "log1p":
+        assert got[0, 0] == pytest.approx(89.8008, abs=1e-3)

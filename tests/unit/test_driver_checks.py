@@ -1,0 +1,38 @@
+"""Checks the driver makes before any worker starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from dist_train.config import JobConfig, apply_overrides, parse_config
+from dist_train.data.synthetic import GeneratedData
+from dist_train.data.validation import BadInputError
+from dist_train.driver import prepare_inputs
+
+
+def _cfg(cfg: JobConfig, data: GeneratedData, overrides: list[str]) -> JobConfig:
+    paths = [f"data.train_path={data.train_dir}", f"data.test_path={data.test_dir}"]
+    return parse_config(apply_overrides(cfg.model_dump(mode="json"), paths + overrides))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "share"),
+    [
+        (["train.batch_size=8192"], "4,096 training rows"),  # 8 groups of 1,024 rows, 2 ranks
+        (["ray.num_workers=9"], "0 training rows"),  # a rank with none
+    ],
+)
+def test_zero_training_steps_is_refused(
+    small_cfg: JobConfig, small_data: GeneratedData, overrides: list[str], share: str
+) -> None:
+    cfg = _cfg(small_cfg, small_data, overrides)
+    with pytest.raises(BadInputError, match="would train 0 steps") as err:
+        prepare_inputs(cfg)
+    msg = str(err.value)
+    assert f"train.batch_size={cfg.train.batch_size} " in msg and share in msg
+    assert f"ray.num_workers={cfg.ray.num_workers} " in msg and "rows_per_group" in msg
+
+
+def test_one_step_is_enough(small_cfg: JobConfig, small_data: GeneratedData) -> None:
+    inputs = prepare_inputs(_cfg(small_cfg, small_data, ["train.batch_size=4096"]))
+    assert sum(g.num_rows for g in inputs.train_groups) == 8192
