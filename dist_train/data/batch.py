@@ -130,6 +130,22 @@ def categorical_ids(column: pa.Array, name: str) -> FeatureIds:
     return DecodedIds(np.ones(n, dtype=np.int64), _fingerprints(column, name))
 
 
+def _uncounted_until_first(
+    batches: Iterator[tuple[Rows, str]], policy: BadInputPolicy
+) -> Iterator[tuple[Rows, str]]:
+    """``batches`` of a resumed stream: the rows re-read to reach its first batch were
+    trained, and their bad rows counted, before the checkpoint."""
+    policy.counting = False
+    try:
+        first = next(batches, None)
+    finally:
+        policy.counting = True
+    if first is None:
+        return
+    yield first
+    yield from batches
+
+
 class BatchBuilder:
     """Turns arrow record batches into :class:`Batch` es for one embedding layout.
 
@@ -320,9 +336,10 @@ class BatchBuilder:
             (self.decode(table, source), source)
             for table, source in row_group_tables(groups, self.columns, checks, strings)
         )
-        return stream_batches(
+        batches = stream_batches(
             decoded, batch_size, drop_last, shuffle_rows, shuffle_seed, start_batch
         )
+        return _uncounted_until_first(batches, checks) if start_batch else batches
 
     def build(self, batch: pa.RecordBatch | pa.Table, source: str = "batch") -> Batch:
         """A :class:`Batch` of an arrow table, its rows checked (see the class docstring),

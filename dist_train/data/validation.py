@@ -174,6 +174,8 @@ class BadInputPolicy:
         self.features = list(features)
         self.dense_transform = dense_transform
         self.counts = BadInputCounts()
+        # False while a resumed stream re-reads the batches its checkpoint counted
+        self.counting = True
 
     @classmethod
     def for_job(cls, cfg: JobConfig) -> BadInputPolicy:
@@ -197,8 +199,9 @@ class BadInputPolicy:
         """A row group cannot be read: raise, or count it and warn."""
         if self.mode == "error":
             raise BadInputError(message)
-        self.counts.row_groups += 1
-        LOG.warning(f"skipping bad input: {message}")
+        if self.counting:
+            self.counts.row_groups += 1
+            LOG.warning(f"skipping bad input: {message}")
 
     def clean(self, table: pa.Table, source: str, count: bool = True) -> pa.Table:
         """``table`` without its bad rows (skip), or the table itself (error: raises if bad).
@@ -218,7 +221,7 @@ class BadInputPolicy:
             )
         bad = np.zeros(table.num_rows, dtype=bool)
         for p in problems:
-            if count:
+            if count and self.counting:
                 self.counts.add_rows(p.reason, int((p.mask & ~bad).sum()))
             bad |= p.mask
         return table.filter(pa.array(~bad))

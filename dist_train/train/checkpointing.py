@@ -13,7 +13,7 @@ The files and the commit rule are :mod:`dist_train.checkpoint`'s.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch.distributed as dist
@@ -194,8 +194,9 @@ class Checkpoints:
             return TrainPosition()
         position = checkpoint.load(self.trainer, location(self.resume_from))
         self.trainer.resumed_at(position.step)
-        policy.counts.rows = dict(position.bad_input_rows)
-        policy.counts.row_groups = position.bad_input_row_groups
+        if dist.get_rank() == 0:  # the saved counts are every rank's (save), held once
+            policy.counts.rows = dict(position.bad_input_rows)
+            policy.counts.row_groups = position.bad_input_row_groups
         self.progress.log(
             {"event": "resume", "checkpoint": self.resume_from, **asdict(position)},
             f"resumed from {self.resume_from}: step {position.step}, epoch "
@@ -209,7 +210,7 @@ class Checkpoints:
 
     def save(self, position: TrainPosition) -> None:
         self.trainer.sync_replicas()  # 2D: the replicas agree on what is saved
-        self.saver.save(position)
+        self.saver.save(_with_every_ranks_counts(position))
 
     def wait(self) -> None:
         """Wait for the save in flight (raising its error)."""
@@ -230,3 +231,17 @@ class Checkpoints:
             {"event": "checkpoint", "path": str(path), **asdict(position)},
             f"checkpoint step {position.step} -> {path}",
         )
+
+
+def _with_every_ranks_counts(position: TrainPosition) -> TrainPosition:
+    """``position`` with the bad-input counts summed over the ranks (each counts what it
+    read; the checkpoint holds one position)."""
+    gathered: list[tuple[dict[str, int], int] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (position.bad_input_rows, position.bad_input_row_groups))
+    rows: dict[str, int] = {}
+    for counts in gathered:
+        assert counts is not None
+        for reason, n in counts[0].items():
+            rows[reason] = rows.get(reason, 0) + n
+    row_groups = sum(c[1] for c in gathered if c is not None)
+    return replace(position, bad_input_rows=rows, bad_input_row_groups=row_groups)

@@ -47,3 +47,28 @@ def test_training_with_skip_reports_counts(
     saved = json.loads((Path(raw["output_dir"]) / "default" / "summary.json").read_text())
     assert saved["bad_input"]["files_skipped"] == 1
     assert np.isfinite(summary["test_auc"])
+
+
+def test_a_resumed_run_counts_each_bad_row_once(
+    small_cfg: JobConfig, small_data: GeneratedData, tmp_path: Path
+) -> None:
+    """2 ranks, a bad row in every row group: stopped mid-epoch and resumed, the run reports
+    the counts of one uninterrupted run (the saved counts are every rank's, held once, and
+    the rows re-read to reach the resumed batch are not counted again)."""
+    train = _copy_train(small_data, tmp_path)
+    for part in train.glob("*.parquet"):
+        t = pq.read_table(part)
+        _rewrite(part, _set(t, "C3", list(range(5, t.num_rows, 1024)), 10**9))
+    cfg = _with(small_cfg, train, small_data.test_dir, "skip").model_dump(mode="json")
+    base = ["launcher=processes", "train.epochs=1", "data.shuffle_buffer_rows=0"]
+
+    def run(name: str, *more: str) -> dict[str, object]:
+        return run_job(parse_config(apply_overrides(cfg, [*base, f"name={name}", *more])))
+
+    whole = run("whole")
+    assert whole["bad_input"]["rows_skipped"] == {"id_out_of_range": 8}  # type: ignore[index]
+    stopped = run("resumed", "train.max_steps=6")
+    assert stopped["steps"] == 6
+    resumed = run("resumed", "checkpoint.resume=latest")
+    assert resumed["steps"] == whole["steps"]
+    assert resumed["bad_input"] == whole["bad_input"]
