@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dist_train.config import JobConfig, add_config_args
+from dist_train.config import DEFAULT_CONFIG, JobConfig, add_config_args
 from dist_train.config import load_or_report as _load
 from dist_train.logs import setup_logging
 from planners.cores import usable_cores
@@ -330,16 +330,16 @@ def _validate(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from dist_train.launchers.submit import REPO_ROOT, submit
 
-    config = args.config or "launch/configs/default.yaml"
     working_dir = None if args.no_working_dir else str(REPO_ROOT)
     return submit(
-        config,
+        args.config or str(DEFAULT_CONFIG),
         args.set,
         args.address,
         working_dir,
         not args.no_wait,
         args.dry_run,
         args.submission_id,
+        args.verbosity,
     )
 
 

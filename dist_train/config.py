@@ -8,13 +8,17 @@ A job config is a YAML file (see ``launch/configs/``). ``load_config`` reads it,
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
+import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from planners.topology import TopologyError, parse_bytes
 from planners.types import ShardingType
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "launch" / "configs" / "default.yaml"
@@ -355,6 +359,16 @@ class ShardingConfig(_Strict):
         ),
     )
 
+    @field_validator("memory_per_rank")
+    @classmethod
+    def _size(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                parse_bytes(v)
+            except TopologyError as err:
+                raise ValueError(str(err)) from None
+        return v
+
     @field_validator("group_size")
     @classmethod
     def _group_size(cls, v: int | str) -> int | str:
@@ -546,19 +560,79 @@ class JobConfig(_Strict):
         return Path(self.output_dir) / self.name
 
 
-def _format_errors(source: str, err: ValidationError) -> str:
+def _override_key(item: str) -> str:
+    return item.split("=", 1)[0].strip()
+
+
+def _format_errors(source: str, err: ValidationError, overrides: Sequence[str] = ()) -> str:
     lines = [f"{source}: invalid job config ({err.error_count()} problem(s))"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<top level>"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see launch/configs/default.yaml)"
+            from dist_train.config_reference import dotted_keys  # (it imports this module)
+
+            dotted = ".".join(str(p) for p in e["loc"] if not isinstance(p, int))
+            keys = [k for k in dotted_keys() if not dotted.startswith(f"{k}.")]  # no sections
+            close = difflib.get_close_matches(dotted, keys, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            msg = (
+                f"unknown key ({hint}every key: `dist-train show-config --reference`, "
+                "docs/config.md)"
+            )
+        # an override's key, or a section it sets or lies in, is blamed on the override
+        blamed = [
+            o
+            for o in overrides
+            if e["loc"]
+            and (
+                f"{_override_key(o)}.".startswith(f"{key}.")
+                or key.startswith(f"{_override_key(o)}.")
+            )
+        ]
+        if blamed:
+            msg += f" (from --set {blamed[-1]})"
         lines.append(f"  {key}: {msg}")
     return "\n".join(lines)
 
 
+_NULLS = ("", "~", "null", "Null", "NULL")
+
+
+def _takes_text(parts: list[str]) -> bool:
+    """Whether the key ``parts`` names holds a string (unknown keys count: they are refused
+    by name whatever their value)."""
+    model: type[BaseModel] = JobConfig
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            return True
+        kind = field.annotation
+        if i == len(parts) - 1:
+            return kind is str or str in typing.get_args(kind)
+        if not (isinstance(kind, type) and issubclass(kind, BaseModel)):
+            return False  # inside a list or dict
+        model = kind
+    return False
+
+
+def _override_value(item: str, parts: list[str], text: str) -> Any:
+    """An override's value: YAML, except that a string key takes the text as typed (YAML
+    would read ``2024`` as a number, ``*.parquet`` as an alias, `` #2`` as a comment), unless
+    it is null or quoted."""
+    bare = text.strip()
+    if _takes_text(parts) and bare not in _NULLS and bare[:1] not in ("'", '"'):
+        return text
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or " ".join(str(err).split())
+        raise ConfigError(f"--set {item}: not valid YAML ({problem})") from None
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of ``raw`` with ``a.b.c=value`` overrides applied (values parsed as YAML)."""
+    """Return a copy of ``raw`` with ``a.b.c=value`` overrides applied (values parsed as YAML,
+    but for string keys: :func:`_override_value`)."""
     out: dict[str, Any] = yaml.safe_load(yaml.safe_dump(raw)) or {}
     for item in overrides:
         if "=" not in item:
@@ -571,18 +645,19 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {p!r} is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(value)
+        node[parts[-1]] = _override_value(item, parts, value)
     return out
 
 
-def parse_config(raw: Any, source: str = "<config>") -> JobConfig:
-    """Validate an already-parsed config mapping."""
+def parse_config(raw: Any, source: str = "<config>", overrides: Sequence[str] = ()) -> JobConfig:
+    """Validate an already-parsed config mapping (``overrides``: the ``--set`` items applied to
+    it, which the errors they cause name)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a job config must be a mapping, got {type(raw).__name__}")
     try:
         return JobConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_errors(source, err)) from None
+        raise ConfigError(_format_errors(source, err, overrides)) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:
@@ -596,7 +671,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if overrides:
         raw = apply_overrides(raw if isinstance(raw, dict) else {}, overrides)
-    return parse_config(raw, str(path))
+    return parse_config(raw, str(path), overrides or ())
 
 
 def _absolute(path: str, base: Path) -> str:

@@ -21,8 +21,11 @@ HEADER = """# Job config reference
 Generated from the pydantic models in `dist_train/config.py` by
 `dist-train show-config --reference > docs/config.md`; a test fails when this file is stale.
 A job config is YAML (`launch/configs/default.yaml` is the default job); any key can be set
-from the command line with `--set key.path=value`. `dist-train show-config` prints the
-validated config of a job, every default filled in.
+from the command line with `--set key.path=value`, the value read as YAML, except that a key
+of type str takes the text as typed (`--set name=2024`, `--set 'data.train_path=*.parquet'`;
+only `null` and quoted text are read as YAML). `dist-train show-config` prints the validated
+config of a job, every default filled in; an error names the key and the `--set` it came
+from, and an unknown key gets the closest valid one as a suggestion.
 """
 
 
@@ -68,6 +71,19 @@ def _nested(annotation: Any) -> type[BaseModel] | None:
         if isinstance(item, type) and issubclass(item, BaseModel):
             return item
     return None
+
+
+def dotted_keys(model: type[BaseModel] = JobConfig, prefix: str = "") -> list[str]:
+    """Every key and section of ``model`` as a dotted path (list items without an index:
+    ``features.name``), for suggesting the key a misspelt one meant."""
+    keys = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        keys.append(key)
+        nested = _nested(field.annotation)
+        if nested is not None:
+            keys += dotted_keys(nested, key)
+    return keys
 
 
 def _section(model: type[BaseModel], prefix: str, out: list[str]) -> None:

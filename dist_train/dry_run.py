@@ -45,6 +45,7 @@ def dry_run(
     weak_scaling: bool = True,
 ) -> dict[str, Any]:
     """Plan ``cfg`` for ``num_nodes`` x ``ranks_per_node`` ranks (default: the job's own)."""
+    job_fused_params(cfg, device_type)  # refuses what training refuses, TorchRec's side or not
     nodes = num_nodes or cfg.ray.num_nodes or 1
     per_node = ranks_per_node or max(1, cfg.ray.num_workers // nodes)
     planner, model = planner_for_config(

@@ -7,7 +7,7 @@ A checkpoint directory (or URL) is verified file by file against its ``meta.json
 Job configs are validated (schema, cross-field rules), their data paths resolved and their
 embedding memory per rank estimated. Cluster-launcher YAMLs and KubeRay RayJob manifests are
 checked and sized at their maximum; every job given is then checked to fit every cluster (a
-RayJob's own ``--config`` is checked against it too).
+RayJob's own ``--config``, with its ``--set`` overrides, is checked against it too).
 """
 
 from __future__ import annotations
@@ -20,15 +20,17 @@ from typing import Any
 import yaml
 
 from dist_train.checkpoint import META, CheckpointError, verify
-from dist_train.config import ConfigError, JobConfig, parse_config
+from dist_train.config import ConfigError, JobConfig, load_config, parse_config
 from dist_train.data.reader import DataSourceError, resolve_files
 from dist_train.devices import DeviceError, resolve_device
 from dist_train.embedding.layout import build_layout
 from dist_train.launchers.cluster import ClusterTooSmallError, NodeResources, check_fits, describe
 from dist_train.launchers.cluster_files import ClusterFileError, launcher_nodes, rayjob_nodes
+from dist_train.launchers.submit import REPO_ROOT
 from dist_train.storage import StorageError, location
 from dist_train.train.sharding import JobPlan, plan_for_config
-from planners.types import WEIGHT_BYTES, OptimizerState
+from planners.topology import TopologyError
+from planners.types import WEIGHT_BYTES, OptimizerState, PlanningError
 
 
 def embedding_bytes_per_rank(cfg: JobConfig, job_plan: JobPlan | None = None) -> int:
@@ -67,7 +69,11 @@ def _check_job(cfg: JobConfig, source: str, report: Report) -> None:
                 resolve_files(value)
             except DataSourceError as err:
                 report.problems.append(f"{source}: data.{key}: {err}")
-    plan = plan_for_config(cfg)
+    try:
+        plan = plan_for_config(cfg)
+    except (PlanningError, TopologyError) as err:  # what training would refuse, named here
+        report.problems.append(f"{source}: sharding plan: {err}")
+        return
     mb = embedding_bytes_per_rank(cfg, plan) / 2**20
     report.ok.append(
         f"{source}: job {cfg.name!r}: {cfg.ray.num_workers} workers x "
@@ -106,9 +112,29 @@ def _check_fit(
     report.ok.append(f"{job_source} fits {source} ({describe(nodes)}; {ranks})")
 
 
-def _rayjob_config(entrypoint: str) -> str | None:
-    args = shlex.split(entrypoint)
-    return args[args.index("--config") + 1] if "--config" in args[:-1] else None
+def _rayjob_config(entrypoint: str, source: str, report: Report) -> JobConfig | None:
+    """The job a RayJob's entrypoint runs: its ``--config`` (the default one if none; a
+    relative path is the pods' working dir's, the image's copy of this checkout) with its
+    ``--set`` overrides; None, the problem reported, if it cannot be read."""
+    try:
+        args = shlex.split(entrypoint)
+    except ValueError as err:
+        report.problems.append(f"{source}: spec.entrypoint: {err}")
+        return None
+    config, overrides = None, []
+    for i, arg in enumerate(args):  # as the driver's argparse reads them: --set X, --set=X
+        flag, eq, value = arg.partition("=")
+        if not eq:
+            value = args[i + 1] if i + 1 < len(args) else ""
+        if flag == "--config":
+            config = value
+        elif flag == "--set":
+            overrides.append(value)
+    try:
+        return load_config(REPO_ROOT / config if config else None, overrides)
+    except ConfigError as err:
+        report.problems.append(f"{source}: spec.entrypoint's --config: {err}")
+        return None
 
 
 def validate_files(paths: list[str]) -> Report:
@@ -128,12 +154,8 @@ def validate_files(paths: list[str]) -> Report:
             doc = _load_yaml(path)
             if isinstance(doc, dict) and doc.get("kind") == "RayJob":
                 nodes, entrypoint = rayjob_nodes(doc, p)
-                own = _rayjob_config(entrypoint)
-                own_cfg = None
-                if own and Path(own).is_file():
-                    own_cfg = parse_config(_load_yaml(Path(own)), own)
                 report.ok.append(f"{p}: KubeRay RayJob, at most {describe(nodes)}")
-                clusters.append((nodes, p, own_cfg))
+                clusters.append((nodes, p, _rayjob_config(entrypoint, p, report)))
             elif isinstance(doc, dict) and "available_node_types" in doc:
                 nodes = launcher_nodes(doc, p)
                 report.ok.append(f"{p}: Ray cluster config, at most {describe(nodes)}")
@@ -149,5 +171,8 @@ def validate_files(paths: list[str]) -> Report:
         if own_cfg is not None and all(own_cfg != j for j, _ in jobs):
             targets.append((own_cfg, f"its entrypoint's config {own_cfg.name!r}"))
         for cfg, job_source in targets:
-            _check_fit(cfg, job_source, nodes, source, report)
+            try:
+                _check_fit(cfg, job_source, nodes, source, report)
+            except (PlanningError, TopologyError) as err:  # an entrypoint's config, unplanned
+                report.problems.append(f"{job_source} on {source}: sharding plan: {err}")
     return report

@@ -1,27 +1,54 @@
 """``dist-train submit``: ``ray job submit`` with the driver as entrypoint.
 
     ray job submit --address A [--working-dir . --runtime-env-json {...excludes...}] \\
-        -- python -m dist_train.driver --config C [--set K=V ...]
+        -- python -m dist_train.driver --config C [--set K=V ...] [-q | -v]
+
+The config is validated here first, so a wrong key or value stops the job before anything
+starts.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from dist_train.config import ConfigError, load_or_report
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Never upload these with the working dir (Ray's upload limit is 100 MiB).
 EXCLUDES = [".venv", ".git", "outputs", "**/__pycache__", ".pytest_cache", ".ruff_cache"]
+_VERBOSITY_FLAGS = {"quiet": ["-q"], "verbose": ["-v"], "normal": []}
 
 
 def ray_cli() -> str:
     """The ``ray`` executable next to this interpreter, else the one on PATH."""
     beside = Path(sys.executable).parent / "ray"
     return str(beside) if beside.exists() else (shutil.which("ray") or "ray")
+
+
+def cluster_config_path(config: str, working_dir: str | None) -> str:
+    """Where the driver on the cluster finds ``config``: its path relative to the working dir
+    (the uploaded one, else the image's copy of this checkout), where the driver runs.
+
+    Raises :class:`ConfigError` for a config outside an uploaded working dir: the upload
+    leaves it behind, so the cluster could not read it.
+    """
+    root = Path(working_dir or REPO_ROOT).resolve()
+    path = Path(config).expanduser().resolve()
+    if path.is_relative_to(root):
+        return path.relative_to(root).as_posix()
+    if working_dir:
+        raise ConfigError(
+            f"{config}: outside the working dir {root} that is uploaded to the cluster, so "
+            "the job could not read it there; put it inside the working dir, or submit with "
+            "--no-working-dir and a path the cluster's nodes see"
+        )
+    return config
 
 
 def submit_command(
@@ -31,6 +58,7 @@ def submit_command(
     working_dir: str | None,
     wait: bool,
     submission_id: str | None = None,
+    verbosity: str = "normal",
 ) -> list[str]:
     """The ``ray job submit`` argv for a job config."""
     cmd = [ray_cli(), "job", "submit"]
@@ -46,7 +74,7 @@ def submit_command(
     cmd += ["--", "python", "-m", "dist_train.driver", "--config", config]
     for item in overrides:
         cmd += ["--set", item]
-    return cmd
+    return cmd + _VERBOSITY_FLAGS[verbosity]
 
 
 def submit(
@@ -57,10 +85,19 @@ def submit(
     wait: bool,
     dry_run: bool,
     submission_id: str | None = None,
+    verbosity: str = "normal",
 ) -> int:
-    """Run (or, with ``dry_run``, print) the submission; ``ray job submit``'s exit code."""
-    cmd = submit_command(config, overrides, address, working_dir, wait, submission_id)
-    print(" ".join(cmd), flush=True)
+    """Validate the job, then run (or, with ``dry_run``, print) the submission: ``ray job
+    submit``'s exit code, or 2 (the error printed) for a config the job could not use."""
+    if load_or_report(config, overrides) is None:
+        return 2
+    try:
+        remote = cluster_config_path(config, working_dir)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    cmd = submit_command(remote, overrides, address, working_dir, wait, submission_id, verbosity)
+    print(shlex.join(cmd), flush=True)
     if dry_run:
         return 0
     return subprocess.run(cmd, check=False).returncode

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from dist_train import cli
 from dist_train.config import load_config
 from dist_train.driver import _process_worker
@@ -81,3 +83,11 @@ def test_the_server_starts_early_only_for_cpu_ranks_of_the_processes_launcher() 
     assert cpu_ranks("launcher=processes", "train.device=auto") is not gpus
     assert not cpu_ranks("launcher=processes", "train.device=cuda")
     assert not cpu_ranks("launcher=ray", "train.device=cpu")
+
+
+def test_resume_takes_the_path_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+    monkeypatch.setattr(cli, "_load", lambda config, overrides: seen.append(overrides))
+    path = "/ckpts/run #2/step-00000048"  # YAML would read ` #2...` as a comment
+    assert cli.main(["train", "--resume", path]) == 2  # (the stub loads nothing)
+    assert load_config(None, seen[0]).checkpoint.resume == path

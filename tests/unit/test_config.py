@@ -88,3 +88,45 @@ def test_pin_cores_reads_a_bare_on_or_off_as_yaml_writes_them(tmp_path: Path) ->
     assert load_config(written).ray.pin_cores == "off"
     with pytest.raises(ConfigError, match=r"ray\.pin_cores"):
         load_config(None, ["ray.pin_cores=sometimes"])
+
+
+def test_overrides_of_string_keys_keep_the_text_as_typed() -> None:
+    cfg = load_config(
+        overrides=[
+            "data.train_path=/data/*.parquet",  # YAML: an alias
+            "data.test_path=/ckpts/run #2/test",  # YAML: a comment
+            "name=2024",  # YAML: a number
+            "checkpoint.dir=null",
+        ]
+    )
+    assert cfg.data.train_path == "/data/*.parquet" and cfg.data.test_path == "/ckpts/run #2/test"
+    assert cfg.name == "2024" and cfg.checkpoint.dir is None
+    assert load_config(overrides=['name="quoted"']).name == "quoted"
+
+
+def test_override_errors_name_the_override() -> None:
+    with pytest.raises(ConfigError, match=r"^--set train\.epochs=\[1: not valid YAML"):
+        load_config(overrides=["train.epochs=[1"])
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["train.batch_size=0", "name=bad name"])
+    assert (
+        "train.batch_size: Input should be greater than 0 (from --set train.batch_size=0)"
+        in str(err.value)
+    )
+    assert "(from --set name=bad name)" in str(err.value)
+
+
+def test_memory_per_rank_is_read_as_a_size_when_the_config_is() -> None:
+    assert load_config(overrides=["sharding.memory_per_rank=16GiB"]).sharding.memory_per_rank
+    with pytest.raises(ConfigError, match=r"sharding\.memory_per_rank: .*cannot read 'lots'"):
+        load_config(overrides=["sharding.memory_per_rank=lots"])
+
+
+def test_unknown_key_suggests_the_closest_and_where_every_key_is() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["train.batchsize=3", "train.num_workers=2", "ray.foo=1"])
+    text = str(err.value)
+    assert "train.batchsize: unknown key (did you mean train.batch_size?" in text
+    assert "train.num_workers: unknown key (did you mean ray.num_workers?" in text
+    assert "ray.foo: unknown key (every key: `dist-train show-config --reference`" in text
+    assert "docs/config.md" in text and "default.yaml)" not in text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -135,3 +137,37 @@ def test_validate_names_a_url_it_cannot_open_instead_of_failing() -> None:
     report = validate_files(["nosuchfs://bucket/run/step-00000001"])
     assert not report.ok
     assert report.problems[0].startswith("nosuchfs://bucket/run/step-00000001: cannot open")
+
+
+def test_submit_dry_run_validates_the_config_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["submit", "--dry-run", "--set", "trian.epochs=2"]) == 2
+    assert "trian: unknown key (did you mean train?" in capsys.readouterr().err
+    assert main(["submit", "--dry-run", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml: no such config file" in capsys.readouterr().err
+    # a config outside the uploaded checkout would not reach the cluster
+    outside = tmp_path / "job.yaml"
+    outside.write_text((LAUNCH / "configs" / "tiny.yaml").read_text())
+    assert main(["submit", "--dry-run", "--config", str(outside)]) == 2
+    assert f"{outside}: outside the working dir {REPO}" in capsys.readouterr().err
+
+
+def test_submit_dry_run_prints_a_command_a_shell_reads_back(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(LAUNCH)  # a path inside the checkout is sent relative to its root
+    argv = ["submit", "--dry-run", "-q", "--config", "configs/tiny.yaml", "--set", "name=a-b"]
+    assert main(argv) == 0
+    cmd = shlex.split(capsys.readouterr().out)
+    assert cmd[cmd.index("--") + 1 :] == [
+        "python",
+        "-m",
+        "dist_train.driver",
+        "--config",
+        "launch/configs/tiny.yaml",
+        "--set",
+        "name=a-b",
+        "-q",
+    ]
+    assert json.loads(cmd[cmd.index("--runtime-env-json") + 1])["excludes"]

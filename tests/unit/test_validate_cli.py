@@ -1,0 +1,82 @@
+"""`dist-train validate` and `plan` name what training would refuse, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dist_train.cli import main
+from dist_train.validate import validate_files
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "launch" / "configs" / "tiny.yaml"
+RAYJOB = REPO / "launch" / "kuberay" / "rayjob.yaml"
+
+
+def _job(tmp_path: Path, name: str, **sections: dict) -> Path:  # type: ignore[type-arg]
+    doc = yaml.safe_load(TINY.read_text())
+    for section, values in sections.items():
+        doc[section] = {**doc.get(section, {}), **values}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_validate_reports_planning_errors_as_problems_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jobs = {
+        "decay": ({"embedding": {"optimizer": {"weight_decay": 0.1}}}, "weight_decay=0.1"),
+        "groups": (
+            {"sharding": {"group_size": 3}, "ray": {"num_workers": 4}},
+            "sharding.group_size=3: groups of 3 do not tile",
+        ),
+        "topo": (
+            {"sharding": {"topology": str(tmp_path / "missing.json")}},
+            "missing.json: no such topology file",
+        ),
+        "memory": ({"sharding": {"memory_per_rank": "lots"}}, "cannot read 'lots' as a size"),
+    }
+    files = [str(_job(tmp_path, name, **change)) for name, (change, _) in jobs.items()]
+    assert main(["validate", *files]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for name, (_, why) in jobs.items():
+        assert any(f"{name}.yaml" in line and why in line for line in err.split("PROBLEM")), name
+    assert "sharding.memory_per_rank: Value error, cannot read 'lots'" in err
+
+
+def _rayjob(tmp_path: Path, entrypoint: str) -> Path:
+    doc = yaml.safe_load(RAYJOB.read_text())
+    doc["spec"]["entrypoint"] = entrypoint
+    path = tmp_path / "rayjob.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_validate_rayjob_applies_the_entrypoints_overrides(tmp_path: Path) -> None:
+    # the shipped RayJob's 2 CPU worker pods hold 4 one-CPU workers, not 64
+    entry = "python -m dist_train.driver --config launch/configs/two_nodes.yaml"
+    report = validate_files([str(_rayjob(tmp_path, f"{entry} --set ray.num_workers=64"))])
+    assert any("'two_nodes'" in p and "64 workers" in p for p in report.problems), report
+    report = validate_files([str(_rayjob(tmp_path, f"{entry} --set=ray.num_workres=4"))])
+    assert any("ray.num_workres: unknown key" in p for p in report.problems), report
+
+
+def test_validate_rayjob_names_an_entrypoint_config_it_cannot_find(tmp_path: Path) -> None:
+    path = _rayjob(tmp_path, "python -m dist_train.driver --config launch/configs/nope.yaml")
+    report = validate_files([str(path)])
+    assert any(
+        p.startswith(f"{path}: spec.entrypoint's --config:") and "nope.yaml: no such" in p
+        for p in report.problems
+    ), report
+
+
+def test_plan_without_torchrec_refuses_what_training_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = _job(tmp_path, "decay", embedding={"optimizer": {"weight_decay": 0.1}})
+    assert main(["plan", "--config", str(job), "--no-torchrec"]) == 1
+    assert "weight_decay=0.1: FBGEMM's CPU kernel ignores weight decay" in capsys.readouterr().err
