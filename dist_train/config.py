@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
+import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -609,7 +610,9 @@ def _takes_text(parts: list[str]) -> bool:
             return True
         kind = field.annotation
         if i == len(parts) - 1:
-            return kind is str or str in typing.get_args(kind)
+            # str, or an optional str: not a list or mapping of them
+            union = typing.get_origin(kind) in (typing.Union, types.UnionType)
+            return kind is str or (union and str in typing.get_args(kind))
         if not (isinstance(kind, type) and issubclass(kind, BaseModel)):
             return False  # inside a list or dict
         model = kind

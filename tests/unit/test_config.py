@@ -102,6 +102,13 @@ def test_overrides_of_string_keys_keep_the_text_as_typed() -> None:
     assert cfg.data.train_path == "/data/*.parquet" and cfg.data.test_path == "/ckpts/run #2/test"
     assert cfg.name == "2024" and cfg.checkpoint.dir is None
     assert load_config(overrides=['name="quoted"']).name == "quoted"
+    # lists and mappings of strings are YAML still
+    lists = load_config(
+        overrides=["data.synthetic.string_columns=[]", "sharding.pooling_factors={C1: 2.0}"]
+    )
+    assert lists.data.synthetic.string_columns == [] and lists.sharding.pooling_factors == {
+        "C1": 2.0
+    }
 
 
 def test_override_errors_name_the_override() -> None:
