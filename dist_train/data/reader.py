@@ -85,7 +85,8 @@ def resolve_files(path: str) -> list[str]:
     if "://" in path:
         files = _resolve_url(path)
     elif p.is_dir():
-        files = sorted(str(f) for f in p.rglob("*.parquet"))
+        found = p.rglob("*.parquet")
+        files = sorted(str(f) for f in found if not _hidden(f.relative_to(p).as_posix()))
     elif p.is_file():
         files = [str(p)]
     else:
@@ -93,6 +94,13 @@ def resolve_files(path: str) -> list[str]:
     if not files:
         raise DataSourceError(f"{path}: no Parquet files found")
     return files
+
+
+def _hidden(relative: str) -> bool:
+    """A file under a directory that readers of datasets pass over, as pyarrow's dataset
+    discovery does: a name or folder starting with ``.`` or ``_`` (Spark's ``_temporary/``
+    of an unfinished write, ``.`` copies), whose rows would otherwise be read twice."""
+    return any(part.startswith((".", "_")) for part in relative.split("/"))
 
 
 def list_row_groups(
@@ -218,7 +226,12 @@ def _resolve_url(url: str) -> list[str]:
     info = fs.get_file_info(inner)
     if info.type == pafs.FileType.Directory:
         infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
-        inner_files = sorted(i.path for i in infos if i.path.endswith(".parquet"))
+        base = inner.rstrip("/") + "/"
+        inner_files = sorted(
+            i.path
+            for i in infos
+            if i.path.endswith(".parquet") and not _hidden(i.path.removeprefix(base))
+        )
     elif info.type == pafs.FileType.File:
         inner_files = [inner]
     else:

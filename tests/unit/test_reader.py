@@ -4,6 +4,7 @@ resume from a saved position, and URLs (file://, fsspec memory://)."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import threading
 import time
@@ -109,6 +110,30 @@ def test_file_url_and_fsspec_memory_url(id_data: Path) -> None:
         for i in t["row_id"].to_pylist()
     ]
     assert sorted(ids) == list(range(NUM_ROWS))
+
+
+def test_a_directory_passes_over_hidden_and_underscore_files(id_data: Path, tmp_path: Path) -> None:
+    """As pyarrow's dataset discovery: Spark's ``_temporary/`` of an unfinished write and
+    ``.`` copies are not the dataset's rows (they would be read twice)."""
+    import fsspec
+
+    data = tmp_path / "data"
+    shutil.copytree(id_data, data)
+    first = sorted(data.glob("*.parquet"))[0]
+    (data / "_temporary" / "0").mkdir(parents=True)
+    shutil.copy(first, data / "_temporary" / "0" / "part-0.parquet")
+    shutil.copy(first, data / ".part-0.parquet")
+    (data / "sub").mkdir()
+    shutil.copy(first, data / "sub" / "part-0.parquet")  # an ordinary folder counts
+    want = sorted([*map(str, id_data.glob("*.parquet"))])
+    assert [Path(f).name for f in resolve_files(str(data))] == [
+        *[Path(f).name for f in want],
+        "part-0.parquet",
+    ]
+    mem = fsspec.filesystem("memory")
+    for f in data.rglob("*.parquet"):
+        mem.pipe(f"/hidden/{f.relative_to(data).as_posix()}", f.read_bytes())
+    assert len(resolve_files("memory://hidden")) == len(want) + 1
 
 
 LOWEST = 19  # the default train.prefetch_niceness
