@@ -12,12 +12,14 @@ tiny) and seed, the same job trains with:
 Every arm has one chunk (d columns) per feature except ``unified``; parameters are table
 rows x d. A seed changes initialization, hash salts and batch order; the data stay fixed.
 Results go to ``<out>/results.jsonl`` as each run ends (a rerun skips the arms already
-there), then ``sweep.json``, ``sweep.md`` (mean and spread of test AUC and log loss) and
-``sweep.png`` (AUC against parameters).
+there, and refuses a file of runs under another job config), then ``sweep.json``,
+``sweep.md`` (mean and spread of test AUC and log loss) and ``sweep.png`` (AUC against
+parameters).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 import sys
@@ -26,7 +28,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from dist_train.config import DEFAULT_CONFIG, JobConfig, apply_overrides, load_config, parse_config
+from dist_train.config import (
+    DEFAULT_CONFIG,
+    ConfigError,
+    JobConfig,
+    apply_overrides,
+    load_config,
+    parse_config,
+)
 from dist_train.data.synthetic import generate
 from dist_train.logs import setup_logging, verbosity
 
@@ -195,6 +204,12 @@ def plot(rows: list[dict[str, Any]], dataset: str, path: Path) -> None:
     plt.close(fig)
 
 
+def config_digest(base: JobConfig) -> str:
+    """Of the sweep's base job: a rerun reuses only runs trained under the same one."""
+    text = json.dumps(base.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def run_sweep(
     dataset: str,
     out: Path,
@@ -213,6 +228,14 @@ def run_sweep(
     log = out / "results.jsonl"
     lines = log.read_text().splitlines() if log.exists() else []
     done = [r for r in map(json.loads, lines) if r.get("dataset") == dataset]
+    digest = config_digest(base)
+    other = [r["name"] for r in done if r.get("config") != digest]
+    if other:
+        raise ConfigError(
+            f"{log}: {len(other)} {dataset} run(s) there ({other[0]}, ...) trained under "
+            "another job config (--config, --set): their figures cannot be mixed with this "
+            "one's. Sweep into another --out, or remove the file to start over"
+        )
     have = {r["name"] for r in done}
     planned = arms(budgets, seeds)
     todo = [a for a in planned if a.name not in have]
@@ -229,6 +252,7 @@ def run_sweep(
         result = {
             **asdict(arm),
             "dataset": dataset,
+            "config": digest,
             "name": arm.name,
             "parameters": params,
             "test_auc": summary["test_auc"],

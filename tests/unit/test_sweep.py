@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from dist_train.config import load_config
+from dist_train.config import ConfigError, load_config
 from dist_train.data.adult import CATEGORICAL, DENSE_COLUMNS, convert_adult
 from dist_train.embedding.layout import build_layout
 from dist_train.sweep import (
@@ -15,7 +16,10 @@ from dist_train.sweep import (
     Arm,
     arm_config,
     arms,
+    config_digest,
     dataset_config,
+    prepare,
+    run_sweep,
     summarize,
     vocabulary,
 )
@@ -81,3 +85,13 @@ def test_the_synthetic_sweep_trains_in_smaller_batches_unless_told_otherwise() -
     default = str(DATASETS["synthetic"])  # a config given by the user is taken as it is
     assert dataset_config("synthetic", default, []).train.batch_size == 2048
     assert dataset_config("adult", None, []).train.batch_size == 256
+
+
+def test_a_rerun_under_another_config_is_refused_before_training(tmp_path: Path) -> None:
+    small = ["data.synthetic.num_train_rows=2048", "data.synthetic.num_test_rows=1024"]
+    base = prepare("synthetic", None, small, tmp_path)
+    row = {"dataset": "synthetic", "name": "unified-1-s0", "config": config_digest(base)}
+    (tmp_path / "results.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(ConfigError, match=r"results.jsonl: 1 synthetic run\(s\) there"):
+        run_sweep("synthetic", tmp_path, overrides=[*small, "train.epochs=5"], budgets=(1.0,))
+    assert not (tmp_path / "runs").exists()  # nothing trained
