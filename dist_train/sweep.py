@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import statistics
 import sys
 import time
@@ -142,7 +143,10 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "seeds": len(runs),
         }
         for metric in ("test_auc", "test_log_loss"):
-            values = [r[metric] for r in runs]
+            values = [float(r[metric]) for r in runs]
+            if any(math.isnan(v) for v in values):  # a diverged seed: no figure stands for it
+                row.update({f"{metric}_{k}": math.nan for k in ("mean", "std", "min", "max")})
+                continue
             row[f"{metric}_mean"] = statistics.fmean(values)
             row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
             row[f"{metric}_min"], row[f"{metric}_max"] = min(values), max(values)

@@ -7,6 +7,7 @@ the same for every model kind); :meth:`CTRModel.embed` returns one d-vector per
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, cast
 
 import torch
@@ -35,7 +36,7 @@ class _ScaleGrad(torch.autograd.Function):
     """Identity forward; multiplies the gradient by ``scale`` in backward."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
         ctx.scale = scale
         return x.view_as(x)
 
@@ -44,9 +45,11 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
-def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """``x`` unchanged, its gradient multiplied by ``scale``."""
-    return x if scale == 1.0 else cast(torch.Tensor, _ScaleGrad.apply(x, scale))
+def scale_grad(x: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """``x`` unchanged, its gradient multiplied by ``scale`` (a number, or one per column)."""
+    if isinstance(scale, float) and scale == 1.0:
+        return x
+    return cast(torch.Tensor, _ScaleGrad.apply(x, scale))
 
 
 # A leaf of torch.fx traces: TorchRec's train pipeline traces the model with the tables'
@@ -74,9 +77,22 @@ class CTRModel(nn.Module):
         self.sparse_arch = EmbeddingBagCollection(
             tables=layout.embedding_bag_configs(), device=torch.device(embedding_device)
         )
-        # 2D: TorchRec divides embedding gradients by the sharding group's size; 1 / replicas
-        # makes that the world size, as in 1D (dist_train.train.replicas)
-        self.embedding_grad_scale = 1.0
+        # 2D: see scale_embedding_grads; a number, or one per column of the vectors
+        self.embedding_grad_scale: float | torch.Tensor = 1.0
+        self._key_tables = [(k.table, k.dim) for k in layout.keys]  # in layout_keys' order
+
+    def scale_embedding_grads(
+        self, scale: float, tables: Collection[str], device: torch.device
+    ) -> None:
+        """Multiply the gradients of the vectors of ``tables`` (only) by ``scale``.
+
+        2D: TorchRec divides the gradients of tables sharded in a group by the group's size;
+        1 / replicas makes that the world size, as in 1D (dist_train.train.replicas). Not
+        replicated (data_parallel) tables: DDP already averages theirs over the world.
+        """
+        columns = [scale if t in tables else 1.0 for t, w in self._key_tables for _ in range(w)]
+        uniform = len(set(columns)) == 1  # a number: no per-column multiply where all match
+        self.embedding_grad_scale = columns[0] if uniform else torch.tensor(columns, device=device)
 
     @property
     def interaction_elements_per_sample(self) -> int:

@@ -132,7 +132,7 @@ def run_worker(
         progress.epoch_ended()
     trainer.sync_replicas()  # 2D: evaluate and save the merged replicas
     last_checkpoint = checkpoints.finish(epochs.position())
-    trained = progress.figures()  # before evaluating: it times the training
+    trained = progress.figures()  # its clock stopped at the last epoch's end (not the save)
 
     eval_start = time.perf_counter()
     metrics = _evaluate(cfg, inputs.test_groups, trainer, policy, rank, world)

@@ -9,12 +9,14 @@ import numpy as np
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Exact ROC AUC (Mann-Whitney U with tied scores counted as half)."""
+    """Exact ROC AUC (Mann-Whitney U with tied scores counted as half); NaN where a class is
+    missing or a score is not finite."""
     y = np.asarray(labels, dtype=np.float64).ravel()
     s = np.asarray(scores, dtype=np.float64).ravel()
     num_pos = float(y.sum())
     num_neg = float(y.size - num_pos)
-    if num_pos == 0 or num_neg == 0:
+    # a diverged model's NaNs sort last and would rank as a plausible AUC
+    if num_pos == 0 or num_neg == 0 or not np.isfinite(s).all():
         return float("nan")
     order = np.argsort(s, kind="mergesort")
     s_sorted = s[order]

@@ -56,8 +56,9 @@ class Progress:
                 self.path.write_text("")
         self.examples, self.train_seconds = 0, 0.0
         self.first_step_unix: float | None = None
-        self._first_step_clock = 0.0
+        self._first_step_seconds = 0.0  # train_seconds when the first step ended
         self._window_loss, self._window_steps, self._window_start = 0.0, 0, 0.0
+        self._window_seconds = 0.0  # the window's training time in epochs already ended
         self.last_loss = float("nan")
         self._epoch_start = 0.0
 
@@ -72,23 +73,31 @@ class Progress:
         self._epoch_start = self._window_start = time.perf_counter()
 
     def epoch_ended(self) -> None:
-        self.train_seconds += time.perf_counter() - self._epoch_start
+        """Stops the training clock: what runs until the next epoch (its set-up; after the
+        last, the final save and evaluation) counts in no training rate."""
+        now = time.perf_counter()
+        self.train_seconds += now - self._epoch_start
+        # a log window may span epochs: its steps carry over, and so must their time
+        self._window_seconds += now - self._window_start
 
     def step_done(self, loss: float) -> None:
         self._window_loss += loss
         self._window_steps += 1
         self.examples += self.examples_per_step
         if self.first_step_unix is None:
-            self.first_step_unix, self._first_step_clock = time.time(), time.perf_counter()
+            self.first_step_unix = time.time()
+            self._first_step_seconds = self.train_seconds + time.perf_counter() - self._epoch_start
 
     def should_log(self, step: int) -> bool:
         return step % self.log_every == 0
 
     def log_train(self, epoch: int, step: int, epoch_last_step: int) -> None:
-        """The window's mean loss (across ranks) and examples/s since the last line."""
+        """The window's mean loss (across ranks) and examples/s since the last line (over
+        training time: not the time between epochs)."""
         loss = mean_across_ranks(self._window_loss / self._window_steps)
         now = time.perf_counter()
-        rate = self._window_steps * self.examples_per_step / (now - self._window_start)
+        seconds = self._window_seconds + now - self._window_start
+        rate = self._window_steps * self.examples_per_step / seconds
         self.log(
             {
                 "event": "train",
@@ -100,11 +109,12 @@ class Progress:
             f"epoch {epoch} step {step}/{epoch_last_step} loss {loss:.4f} {rate:,.0f} examples/s",
         )
         self.last_loss, self._window_loss, self._window_steps = loss, 0.0, 0
-        self._window_start = now
+        self._window_start, self._window_seconds = now, 0.0
 
     def figures(self) -> TrainFigures:
-        """Throughput and the final loss, for the summary (a collective: every rank calls)."""
-        steady = time.perf_counter() - self._first_step_clock if self.first_step_unix else 0.0
+        """Throughput and the final loss, for the summary (a collective: every rank calls).
+        The rates are over the training clock (:meth:`epoch_ended`), stopped at training's end."""
+        steady = self.train_seconds - self._first_step_seconds if self.first_step_unix else 0.0
         if self._window_steps:
             self.last_loss = mean_across_ranks(self._window_loss / self._window_steps)
         seconds = self.train_seconds

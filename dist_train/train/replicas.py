@@ -118,7 +118,7 @@ class ReplicaSync:
     SGD: ``g = (w_last - w) / lr``), the replica group sums those gradients, and every replica
     applies the summed gradient to the weights and accumulators of the last sync with the same
     optimizer. With the embedding gradients divided by the world size (as in 1D; see
-    ``DLRM.embedding_grad_scale``) and ``sync_every=1``, that is exactly the 1D step, for SGD
+    ``CTRModel.scale_embedding_grads``) and ``sync_every=1``, that is exactly the 1D step, for SGD
     and for row-wise Adagrad alike. With ``sync_every=k`` the k steps' changes are merged as
     one step (fewer, cheaper syncs; no longer exactly 1D).
 

@@ -135,9 +135,11 @@ class Trainer:
         sharder = make_sharder(cfg, device.type)
         env: ShardingEnv = ShardingEnv.from_process_group(dist.group.WORLD)  # type: ignore[arg-type]
         plan = job_plan.sharding_plan
+        # tables sharded in groups (data_parallel ones are replicated over the world, in DDP)
+        sharded = {t for t, p in job_plan.placements().items() if p["type"] != "data_parallel"}
         if job_plan.is_2d:
             groups = GroupLayout(world_size, job_plan.sharding_group_size)
-            model.embedding_grad_scale = 1.0 / groups.num_groups
+            model.scale_embedding_grads(1.0 / groups.num_groups, sharded, device)
             env = group_env(groups, device)
             plan = place_in_group(plan, groups, dist.get_rank())
         dmp = DistributedModelParallel(
@@ -163,8 +165,7 @@ class Trainer:
             ]
         )
         sync = None
-        sharded = {p["type"] for p in job_plan.placements().values()} - {"data_parallel"}
-        if isinstance(env, ShardingEnv2D) and sharded:  # (data_parallel tables are in DDP)
+        if isinstance(env, ShardingEnv2D) and sharded:
             o = cfg.embedding.optimizer
             sync = ReplicaSync(dmp, env, cfg.sharding.sync_every, o.type, o.learning_rate, o.eps)
         return cls(cfg, layout, dmp, optimizer, job_plan, device, sync)

@@ -85,6 +85,30 @@ def test_replicated_table_trains_with_row_wise_adagrad_like_fused_tbe(
         np.testing.assert_allclose(tables_b[key], tables_a[key], rtol=0, atol=1e-5)
 
 
+def test_replicated_tables_in_2d_step_as_in_1d(tmp_path: Path) -> None:
+    """data_parallel tables are averaged over the world by DDP, not merged by the replicas:
+    2 ranks in groups of 1 train them as 1D does (their gradients not divided by replicas)."""
+    over = [
+        "sharding.type=data_parallel",
+        "embedding.optimizer.type=sgd",
+        "embedding.num_tables=1",
+        "embedding.optimizer.learning_rate=0.5",
+    ]
+    one_d = small_config(tmp_path, [*over, "sharding.group_size=2"])
+    two_d = small_config(tmp_path, [*over, "sharding.group_size=1"])
+    data = generate(one_d.data.synthetic, tmp_path / "data", progress=False)
+    args = (str(data.train_dir), 4, GLOBAL_BATCH)
+    a = run_processes(train_fixed_batches, (one_d.model_dump(mode="json"), *args), world_size=2)
+    b = run_processes(train_fixed_batches, (two_d.model_dump(mode="json"), *args), world_size=2)
+    assert a[0]["placements"]["unified_0"] == {"type": "data_parallel", "ranks": [0, 1]}
+    assert b[0]["placements"]["unified_0"] == {"type": "data_parallel", "ranks": [0]}
+    # measured equal to the bit; with the gradients scaled by 1 / replicas: 1.5e-3 apart
+    np.testing.assert_allclose(b[0]["losses"], a[0]["losses"], rtol=0, atol=1e-6)
+    tables_a, tables_b = assemble_tables(a[:1]), assemble_tables(b[:1])
+    for key in tables_a:
+        np.testing.assert_allclose(tables_b[key], tables_a[key], rtol=0, atol=1e-6)
+
+
 BASE = ["launcher=processes", "train.epochs=2", "data.shuffle_buffer_rows=3000"]
 
 

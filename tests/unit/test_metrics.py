@@ -27,6 +27,13 @@ def test_auc_edge_cases() -> None:
     assert np.isnan(roc_auc(np.array([1, 1]), np.array([0.1, 0.2])))
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_auc_is_nan_for_scores_that_are_not_finite(bad: float) -> None:
+    y = np.array([0, 1, 0, 1])
+    # argsort puts NaN last: ranked as the highest score, this read a perfect 1.0
+    assert np.isnan(roc_auc(y, np.array([0.1, 0.4, 0.35, bad])))
+
+
 def test_log_loss_and_ne() -> None:
     y = np.array([1, 0, 1, 0])
     assert log_loss(y, np.array([0.5] * 4)) == pytest.approx(np.log(2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -95,3 +96,19 @@ def test_a_rerun_under_another_config_is_refused_before_training(tmp_path: Path)
     with pytest.raises(ConfigError, match=r"results.jsonl: 1 synthetic run\(s\) there"):
         run_sweep("synthetic", tmp_path, overrides=[*small, "train.epochs=5"], budgets=(1.0,))
     assert not (tmp_path / "runs").exists()  # nothing trained
+
+
+def test_a_diverged_seed_makes_its_groups_figures_nan() -> None:
+    runs = [
+        {
+            "method": "unified",
+            "budget": 0.1,
+            "parameters": 10,
+            "test_auc": auc,
+            "test_log_loss": 0.5,
+        }
+        for auc in (0.8, float("nan"), 0.7)
+    ]
+    (row,) = summarize(runs)
+    assert all(math.isnan(row[f"test_auc_{k}"]) for k in ("mean", "std", "min", "max"))
+    assert row["test_log_loss_mean"] == 0.5

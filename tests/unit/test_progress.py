@@ -1,0 +1,83 @@
+"""Progress's rates: steps over the training time they took, on a fake clock."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+
+from dist_train.train import progress as progress_module
+from dist_train.train.progress import Progress, TrainFigures
+
+EXAMPLES_PER_STEP, STEP_SECONDS = 1000, 0.5  # the true rate: 2,000 examples/s
+
+
+@pytest.fixture(scope="module")
+def one_rank(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A one-rank gloo group (the loss is averaged across ranks)."""
+    if dist.is_initialized():
+        yield
+        return
+    store = tmp_path_factory.mktemp("pg") / "store"
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+class _Clock:
+    """Stands in for the ``time`` module; advances only when told."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+
+def _train(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, between_epochs: float, after: float
+) -> tuple[list[float], TrainFigures]:
+    """Two epochs of 6 steps, a line every 4; ``between_epochs`` seconds set up the second,
+    ``after`` seconds (the final save) follow the last. The logged rates and the figures."""
+    clock = _Clock()
+    monkeypatch.setattr(progress_module, "time", clock)
+    p = Progress(str(tmp_path), enabled=True, log_every=4, examples_per_step=EXAMPLES_PER_STEP)
+    step = 0
+    for epoch in range(2):
+        p.epoch_started()
+        for _ in range(6):
+            clock.now += STEP_SECONDS
+            step += 1
+            p.step_done(0.5)
+            if p.should_log(step):
+                p.log_train(epoch, step, 12)
+        p.epoch_ended()
+        clock.now += between_epochs if epoch == 0 else after
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    return [r["examples_per_second"] for r in records], p.figures()
+
+
+@pytest.mark.usefixtures("one_rank")
+def test_logged_rates_are_steps_over_their_training_time_across_epochs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # step 8's window holds steps 5-8: two in each epoch; the 3 s between them are not training
+    rates, _ = _train(tmp_path, monkeypatch, between_epochs=3.0, after=0.0)
+    assert rates == pytest.approx([EXAMPLES_PER_STEP / STEP_SECONDS] * 3)
+
+
+@pytest.mark.usefixtures("one_rank")
+def test_training_rates_stop_at_the_end_of_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 60 s of final save after training, 3 s between the epochs: neither is training time
+    _, figures = _train(tmp_path, monkeypatch, between_epochs=3.0, after=60.0)
+    assert figures["train_seconds"] == pytest.approx(12 * STEP_SECONDS)
+    assert figures["examples_per_second"] == pytest.approx(EXAMPLES_PER_STEP / STEP_SECONDS)
+    assert figures["steady_examples_per_second"] == pytest.approx(EXAMPLES_PER_STEP / STEP_SECONDS)
