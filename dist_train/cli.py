@@ -231,12 +231,16 @@ def _calibrate(args: argparse.Namespace) -> int:
     from planners.calibrate import calibrate
     from planners.topology import TopologyError, parse_bytes, save_topology
 
-    gpus = local_gpus()
     try:
         memory = parse_bytes(args.memory_per_rank) if args.memory_per_rank else None
+    except TopologyError as err:
+        print(f"error: --memory-per-rank: {err}", file=sys.stderr)
+        return 2
+    gpus = local_gpus()
+    try:
         ranks = args.ranks or (gpus if args.device != "cpu" and gpus else 2)
         device = resolve_device(args.device, ranks, gpus, "this machine", "--device")
-    except (TopologyError, DeviceError) as err:
+    except DeviceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     backend = "nccl" if device == "cuda" else "gloo"

@@ -22,7 +22,7 @@ import yaml
 from dist_train.checkpoint import META, CheckpointError, verify
 from dist_train.config import ConfigError, JobConfig, load_config, parse_config
 from dist_train.data.reader import DataSourceError, resolve_files
-from dist_train.devices import DeviceError, resolve_device
+from dist_train.devices import DeviceError, DeviceType, resolve_device
 from dist_train.embedding.layout import build_layout
 from dist_train.launchers.cluster import ClusterTooSmallError, NodeResources, check_fits, describe
 from dist_train.launchers.cluster_files import ClusterFileError, launcher_nodes, rayjob_nodes
@@ -33,13 +33,16 @@ from planners.topology import TopologyError
 from planners.types import WEIGHT_BYTES, OptimizerState, PlanningError
 
 
-def embedding_bytes_per_rank(cfg: JobConfig, job_plan: JobPlan | None = None) -> int:
-    """Largest per-rank bytes of embedding weights + optimizer state, read off the very plan
-    the driver would ship (shard sizes and ranks), so no placement rule is repeated here."""
+def embedding_bytes_per_rank(
+    cfg: JobConfig, job_plan: JobPlan | None = None, device_type: DeviceType = "cpu"
+) -> int:
+    """Largest per-rank bytes of embedding weights + optimizer state on ``device_type`` ranks,
+    read off the very plan the driver would ship (shard sizes and ranks), so no placement rule
+    is repeated here."""
     layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
     shapes = {t.name: (t.num_rows, t.dim) for t in layout.tables}
-    state = OptimizerState.of(cfg.embedding.optimizer.type, "cpu")
-    per_rank = (job_plan or plan_for_config(cfg)).shards_per_rank(shapes)
+    state = OptimizerState.of(cfg.embedding.optimizer.type, device_type)
+    per_rank = (job_plan or plan_for_config(cfg, device_type)).shards_per_rank(shapes)
     return max(
         sum(rows * cols * WEIGHT_BYTES + state.bytes_for(rows, cols) for rows, cols in shards)
         for shards in per_rank.values()
@@ -61,7 +64,14 @@ def _load_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
 
 
-def _check_job(cfg: JobConfig, source: str, report: Report) -> None:
+def _check_job(
+    cfg: JobConfig, source: str, report: Report, clusters: bool = False
+) -> DeviceType | None:
+    """Check a job on its own; returns the ranks its plan was checked for, None where each
+    cluster is left to plan it. ``train.device: cuda`` is planned for GPU ranks (GPU memory
+    rules), ``cpu`` and ``auto`` for CPU ranks; with ``clusters`` to check against, an
+    ``auto`` job that does not fit CPU ranks is left to them (:func:`_check_fit`), since a
+    cluster with a GPU per worker runs it on GPUs."""
     for key in ("train_path", "test_path"):
         value = getattr(cfg.data, key)
         if value is not None and "://" not in value:
@@ -69,22 +79,34 @@ def _check_job(cfg: JobConfig, source: str, report: Report) -> None:
                 resolve_files(value)
             except DataSourceError as err:
                 report.problems.append(f"{source}: data.{key}: {err}")
+    device: DeviceType = "cuda" if cfg.train.device == "cuda" else "cpu"
     try:
-        plan = plan_for_config(cfg)
+        plan = plan_for_config(cfg, device)
     except (PlanningError, TopologyError) as err:  # what training would refuse, named here
+        if clusters and cfg.train.device == "auto":
+            return None
         report.problems.append(f"{source}: sharding plan: {err}")
-        return
-    mb = embedding_bytes_per_rank(cfg, plan) / 2**20
+        return device
+    mb = embedding_bytes_per_rank(cfg, plan, device) / 2**20
     report.ok.append(
         f"{source}: job {cfg.name!r}: {cfg.ray.num_workers} workers x "
-        f"{cfg.ray.cpus_per_worker:g} CPU, {plan.label} sharding, embedding "
+        f"{cfg.ray.cpus_per_worker:g} CPU, {device} ranks, {plan.label} sharding, embedding "
         f"{mb:,.1f} MiB per rank (weights + optimizer state)"
     )
+    return device
 
 
 def _check_fit(
-    cfg: JobConfig, job_source: str, nodes: list[NodeResources], source: str, report: Report
+    cfg: JobConfig,
+    job_source: str,
+    nodes: list[NodeResources],
+    source: str,
+    report: Report,
+    planned: DeviceType | None = None,
 ) -> None:
+    """Whether ``cfg`` fits the cluster of ``nodes``; ``planned``: the ranks :func:`_check_job`
+    already planned it for (None: not planned). Raises :class:`PlanningError` (or
+    :class:`TopologyError`) where the job's plan for this cluster's ranks fails."""
     gpus = sum(n.gpus * n.count for n in nodes)
     try:
         device = resolve_device(cfg.train.device, cfg.ray.num_workers, gpus, source)
@@ -95,6 +117,8 @@ def _check_fit(
     except (ClusterTooSmallError, DeviceError) as err:
         report.problems.append(f"{job_source} on {source}: {err}")
         return
+    if device == "cuda" and planned != "cuda":  # GPU memory rules: the plan for cuda ranks
+        plan_for_config(cfg, device)
     if device == "cpu":  # (on GPUs the tables live in GPU memory, which the planner checks)
         need = embedding_bytes_per_rank(cfg)
         for n in nodes:
@@ -161,18 +185,20 @@ def validate_files(paths: list[str]) -> Report:
                 report.ok.append(f"{p}: Ray cluster config, at most {describe(nodes)}")
                 clusters.append((nodes, p, None))
             else:
-                cfg = parse_config(doc, p)
-                _check_job(cfg, p, report)
-                jobs.append((cfg, p))
+                jobs.append((parse_config(doc, p), p))
         except (ConfigError, ClusterFileError) as err:
             report.problems.append(str(err))
+    # Jobs once every file is read: whether any cluster is given decides how auto is planned.
+    devices = [_check_job(cfg, p, report, bool(clusters)) for cfg, p in jobs]
     for nodes, source, own_cfg in clusters:
-        targets = list(jobs)
+        targets: list[tuple[JobConfig, str, DeviceType | None]] = [
+            (cfg, p, device) for (cfg, p), device in zip(jobs, devices, strict=True)
+        ]
         if own_cfg is not None and all(own_cfg != j for j, _ in jobs):
-            targets.append((own_cfg, f"its entrypoint's config {own_cfg.name!r}"))
-        for cfg, job_source in targets:
+            targets.append((own_cfg, f"its entrypoint's config {own_cfg.name!r}", None))
+        for cfg, job_source, planned in targets:
             try:
-                _check_fit(cfg, job_source, nodes, source, report)
-            except (PlanningError, TopologyError) as err:  # an entrypoint's config, unplanned
+                _check_fit(cfg, job_source, nodes, source, report, planned)
+            except (PlanningError, TopologyError) as err:  # its plan for this cluster's ranks
                 report.problems.append(f"{job_source} on {source}: sharding plan: {err}")
     return report

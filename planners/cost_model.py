@@ -108,12 +108,14 @@ def _link_seconds(
 
 def seconds_per_row(cols: int, topo: Topology) -> float:
     """TBE time per looked-up row of ``cols`` columns: interpolated between the measured row
-    widths, extrapolated along the last segment beyond the widest."""
+    widths, extrapolated along the last segment beyond the widest (never below the widest's
+    time: a wider row is not cheaper)."""
     widths = np.array([w for w, _ in topo.lookup_seconds_per_row], dtype=float)
     secs = np.array([s for _, s in topo.lookup_seconds_per_row])
     if cols <= widths[-1] or len(widths) == 1:
         return float(np.interp(cols, widths, secs))
-    slope = (secs[-1] - secs[-2]) / (widths[-1] - widths[-2])
+    # Timing noise can make the last segment fall; extended, it would reach negative times.
+    slope = max(0.0, (secs[-1] - secs[-2]) / (widths[-1] - widths[-2]))
     return float(secs[-1] + slope * (cols - widths[-1]))
 
 

@@ -6,6 +6,8 @@ file's maximum size is turned into :class:`NodeResources` for ``check_fits``.
 
 from __future__ import annotations
 
+import copy
+import logging
 import re
 from typing import Any
 
@@ -40,7 +42,7 @@ class ClusterLauncherConfig(_Open):
     """The parts of ``ray up`` cluster YAML that size the cluster."""
 
     cluster_name: str
-    max_workers: int = Field(ge=0)
+    max_workers: int | None = Field(None, ge=0, description="Ray fills in 2 when it is absent.")
     provider: dict[str, Any]
     head_node_type: str
     available_node_types: dict[str, NodeType]
@@ -59,7 +61,7 @@ class ClusterLauncherConfig(_Open):
     def nodes(self) -> list[NodeResources]:
         """The cluster at its maximum size (head + up to max_workers workers)."""
         out = []
-        budget = self.max_workers
+        budget = self.max_workers or 0
         for name, nt in self.available_node_types.items():
             count = min(nt.max_workers, budget) + (1 if name == self.head_node_type else 0)
             budget -= min(nt.max_workers, budget)
@@ -147,10 +149,32 @@ def rayjob_nodes(doc: dict[str, Any], source: str) -> tuple[list[NodeResources],
     return nodes, entrypoint
 
 
+def _as_ray_reads_it(doc: dict[str, Any], source: str) -> dict[str, Any]:
+    """``doc`` with the defaults ``ray up`` fills in, checked against Ray's own schema (what
+    Ray refuses is refused here, and what it accepts, such as no top-level ``max_workers``,
+    is accepted)."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    quiet = logging.getLogger("ray.autoscaler._private.util")
+    level, quiet.level = quiet.level, logging.WARNING  # its notes on the defaults it fills
+    try:
+        prepared: dict[str, Any] = prepare_config(copy.deepcopy(doc))
+        validate_config(prepared)
+    except Exception as err:  # noqa: BLE001 - jsonschema's, Ray's ValueError, KeyError, ...
+        where = ".".join(str(p) for p in getattr(err, "absolute_path", ()))
+        message = getattr(err, "message", None) or str(err).splitlines()[0]
+        at = f" (at {where})" if where else ""
+        raise ClusterFileError(f"{source}: Ray would refuse it: {message}{at}") from None
+    finally:
+        quiet.level = level
+    return prepared
+
+
 def launcher_nodes(doc: dict[str, Any], source: str) -> list[NodeResources]:
     """Nodes of a cluster-launcher YAML at its maximum size."""
     try:
-        return ClusterLauncherConfig.model_validate(doc).nodes()
+        ClusterLauncherConfig.model_validate(doc)  # first: its messages name our fields
+        return ClusterLauncherConfig.model_validate(_as_ray_reads_it(doc, source)).nodes()
     except ValidationError as err:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '<top level>'}: {e['msg']}"

@@ -97,6 +97,9 @@ def submit(
         print(f"error: {err}", file=sys.stderr)
         return 2
     cmd = submit_command(remote, overrides, address, working_dir, wait, submission_id, verbosity)
+    # Ray's CLI shlex.joins the argv after "--" (list2cmdline only when submitting from
+    # Windows) and the job supervisor runs it with /bin/sh: the text after "--" here is exactly
+    # what the cluster's shell reads, so quotes and "$" in --set values arrive as typed.
     print(shlex.join(cmd), flush=True)
     if dry_run:
         return 0

@@ -9,10 +9,12 @@ Unpooled (row_wise_unpooled): one 32-byte vector per distinct row a rank's 200 i
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from planners.cost_model import block_costs, unpooled_block_costs
+from planners.cost_model import block_costs, seconds_per_row, unpooled_block_costs
 from planners.topology import Link, Topology
 from planners.types import OptimizerState, TableLoad, Workload
 from planners.zipf import expected_distinct
@@ -79,3 +81,12 @@ def test_unpooled_row_wise_block_on_both_ranks() -> None:
     # memory: 16,000 weights + 2,000 state + d rows x 8 received + looked-up vectors and
     # their gradients 2 x d x 32 + the requester's 2 x d x 32 + its pooled bags 2 x 6,400.
     np.testing.assert_allclose(c.memory, [16000 + 2000 + d * 8 + 4 * d * 32 + 12800] * 2)
+
+
+def test_lookup_time_beyond_the_widest_width_never_falls() -> None:
+    # calibration noise: the 128-column row measured faster than the 64-column one
+    noisy = dataclasses.replace(TOPO, lookup_seconds_per_row=((64, 1.3e-7), (128, 1.0e-7)))
+    assert seconds_per_row(96, noisy) == pytest.approx(1.15e-7)  # interpolated as measured
+    assert seconds_per_row(512, noisy) == pytest.approx(1.0e-7)  # was -1.3e-7 a row
+    rising = dataclasses.replace(TOPO, lookup_seconds_per_row=((64, 1e-7), (128, 2e-7)))
+    assert seconds_per_row(256, rising) == pytest.approx(4e-7)  # along the last segment

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from dist_train.launchers.processes import run_processes
 from dist_train.train.sharding import plan_job
 from dist_train.train.shared_tables import read_shared_tables_as_one_feature
 from dist_train.train.unpooled_row_wise import enable_unpooled_row_wise
+from planners import calibrate as calibration
 from planners import placement as pl
 from planners.calibrate import FRAMEWORK_TYPES, calibrate
 from planners.cost_model import in_feature_order, reorder_costs, table_costs
@@ -206,6 +208,29 @@ def test_inconsistent_topology_files_are_refused(tmp_path: Path) -> None:
     assert parse_bytes("80GiB") == 80 * 2**30 and parse_bytes("16GB") == 16 * 10**9
 
 
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("1e400", "'1e400' is not a size between 1 byte and 8 EiB"),  # inf: was OverflowError
+        ("1.5.2G", "cannot read '1.5.2G' as a size"),  # was float()'s ValueError
+        ("7Mb", "cannot read '7Mb' as a size"),  # megabits, not the 7 MB it was read as
+        ("0", "'0' is not a size"),
+        ("-1G", "cannot read '-1G'"),
+        ("nan", "cannot read 'nan'"),
+        (float("inf"), "inf is not a size"),
+    ],
+)
+def test_parse_bytes_refuses_what_is_not_a_size(text: str | float, why: str) -> None:
+    with pytest.raises(TopologyError, match=re.escape(why)):
+        parse_bytes(text)
+
+
+def test_parse_bytes_reads_units() -> None:
+    assert parse_bytes("512MiB") == 512 * 2**20 and parse_bytes(" 1.5 G ") == 1_500_000_000
+    assert parse_bytes("1e9") == parse_bytes("1GB") == parse_bytes("1g") == 10**9
+    assert parse_bytes(".5KiB") == 512 and parse_bytes(4096) == 4096
+
+
 def test_explicit_type_restricts_the_planner(tmp_path: Path) -> None:
     for t in ("row_wise", "column_wise", "table_wise"):
         plan = plan_job(small_config(tmp_path, [f"sharding.type={t}"]), 2, 2)
@@ -247,6 +272,25 @@ def test_dry_run_cli_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFix
     } <= set(torchrec)
     assert main(["plan", "--memory-per-rank", "1MiB", "--no-torchrec"]) == 1
     assert "fits nowhere" in capsys.readouterr().err
+
+
+def test_calibrated_lookup_times_do_not_fall_with_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    noisy = {4: 4e-8, 8: 5e-8, 16: 4.7e-8, 32: 7e-8, 64: 1.3e-7, 128: 1e-7}
+    monkeypatch.setattr(calibration, "tbe_seconds_per_row", lambda dim, *_: noisy[dim])
+    for probe in ("copy_bytes_per_second", "dense_flops_per_second"):  # not under test: fast
+        monkeypatch.setattr(calibration, probe, lambda *_: 1e9)
+    monkeypatch.setattr(calibration, "interaction_elements_per_second", lambda **_: 1e9)
+    monkeypatch.setattr(calibration, "dense_update_elements_per_second", lambda *_: 1e9)
+    spec = calibrate(run_processes, ranks=1)  # one rank: no processes, no collectives
+    assert spec.lookup_seconds_per_row == {
+        4: 4e-8,
+        8: 5e-8,
+        16: 5e-8,
+        32: 7e-8,
+        64: 1.3e-7,
+        128: 1.3e-7,
+    }
+    assert spec.measured["tbe_seconds_per_row"] == noisy
 
 
 def test_calibrate_writes_a_topology_the_planner_uses(tmp_path: Path) -> None:

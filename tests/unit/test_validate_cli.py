@@ -80,3 +80,30 @@ def test_plan_without_torchrec_refuses_what_training_refuses(
     job = _job(tmp_path, "decay", embedding={"optimizer": {"weight_decay": 0.1}})
     assert main(["plan", "--config", str(job), "--no-torchrec"]) == 1
     assert "weight_decay=0.1: FBGEMM's CPU kernel ignores weight decay" in capsys.readouterr().err
+
+
+def test_validate_plans_a_gpu_job_with_gpu_memory_rules(tmp_path: Path) -> None:
+    # 24 GiB of tables a rank: over the CPU preset's 8 GiB a rank, well inside an H100's 80
+    big = {"num_rows": 200_000_000, "dim": 64, "num_tables": 1}
+    gpu = str(REPO / "launch" / "clusters" / "aws-gpu.yaml")
+    cuda = _job(tmp_path, "cuda", embedding=big, train={"device": "cuda"})
+    report = validate_files([str(cuda), gpu])
+    assert report.problems == [] and any("cuda ranks, row_wise" in line for line in report.ok)
+    auto = _job(tmp_path, "auto", embedding=big, train={"device": "auto"})
+    report = validate_files([str(auto), gpu])  # a GPU per worker there: planned for cuda
+    assert report.problems == [] and any(
+        "fits" in line and "cuda ranks" in line for line in report.ok
+    )
+    assert "7.20 GiB usable" in validate_files([str(auto)]).problems[0]  # alone: CPU ranks
+    report = validate_files([str(auto), str(RAYJOB)])  # CPU pods: too big for them
+    assert any(p.startswith(f"{auto} on {RAYJOB}: sharding plan") for p in report.problems)
+
+
+def test_sizes_that_cannot_be_read_name_the_flag_or_key(capsys: pytest.CaptureFixture[str]) -> None:
+    out = "/nonexistent/topology.json"  # never written: refused before measuring
+    assert main(["calibrate", "--out", out, "--memory-per-rank", "1.5.2G"]) == 2
+    assert "error: --memory-per-rank: cannot read '1.5.2G' as a size" in capsys.readouterr().err
+    assert main(["show-config", "--set", "sharding.memory_per_rank=1e400"]) == 2
+    err = capsys.readouterr().err
+    assert "sharding.memory_per_rank: Value error, '1e400' is not a size" in err
+    assert "Traceback" not in err
