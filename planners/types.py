@@ -165,6 +165,9 @@ class Workload:
     dense_parameters: int
     dense_optimizer_slots: int  # extra fp32 copies of the dense parameters (Adam: 2)
     interaction_elements_per_sample: int = 0  # dot interaction: n^2 x d (n vectors of d)
+    # the fewest of them the interaction needs (the dot's distinct pairs: n (n - 1) / 2 x d),
+    # for floors; None: all of them
+    interaction_least_elements_per_sample: int | None = None
     # Zipf exponent of the ids over a table's rows (0 = uniform): sets the UVM cache's hit rate
     id_skew: float = 1.1
     # Rows of a shard the UVM caching kernel keeps in HBM, as a fraction (TorchRec's default)

@@ -5,9 +5,10 @@ Per rank and step, for a job's :class:`~planners.types.Workload`:
 - embeddings: every looked-up row read in the forward pass, read and written again with its
   row-wise Adagrad accumulator in the fused update (``3 x dim x 4 + 8`` bytes an id), and the
   pooled outputs written forward and their gradients read backward;
-- dense network: ``6 x parameters x batch`` matmul flops plus the pairwise interaction
-  (2 flops an element forward, 4 backward), and the Adagrad update reading the parameter,
-  its gradient and state and writing two (20 bytes a parameter);
+- dense network: ``6 x parameters x batch`` matmul flops plus the interaction's least work
+  (DLRM's dot: the n (n - 1) / 2 distinct pairs' products, 2 flops an element forward, 4
+  backward), and the Adagrad update reading the parameter, its gradient and state and
+  writing two (20 bytes a parameter);
 - collectives (``world > 1``): per table the fewer of two ways' bytes leaving the rank in
   all-to-alls: its ids, pooled vectors (forward) and their gradients (backward); or one
   request, vector and gradient per distinct row (row_wise_unpooled, distinct rows as the
@@ -100,7 +101,7 @@ def measure_rates(repeats: int = 5) -> MachineRates:
     """Run on every rank of the process group at once: a rank's rates."""
     world = dist.get_world_size()
     copy, flops = copy_and_matmul_rates()
-    if world == 1:
+    if world == 1:  # no collectives: their terms are 0 (step_floor); JSON writes null
         return MachineRates(copy, flops, float("inf"), float("inf"))
     timings = collective_timings(repeats)
     moved = COLLECTIVE_BYTES[-1] * (world - 1) / world
@@ -117,7 +118,9 @@ def step_floor(workload: Workload, world: int, rates: MachineRates) -> dict[str,
         for t in workload.tables
     )
     params = workload.dense_parameters
-    flops = 6.0 * params * batch + 6.0 * batch * workload.interaction_elements_per_sample
+    least = workload.interaction_least_elements_per_sample
+    interaction = workload.interaction_elements_per_sample if least is None else least
+    flops = 6.0 * params * batch + 6.0 * batch * interaction
     terms = {
         "embedding_bytes": lookups / rates.copy_bytes_per_second,
         "dense_flops": flops / rates.matmul_flops_per_second,

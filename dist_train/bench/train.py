@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -79,7 +80,7 @@ from dist_train.checkpoint import TrainPosition
 from dist_train.config import JobConfig, parse_config
 from dist_train.data.batch import Batch, BatchBuilder
 from dist_train.data.memory import release_freed_memory
-from dist_train.data.reader import list_row_groups
+from dist_train.data.reader import list_row_groups, resolve_files
 from dist_train.data.validation import BadInputPolicy
 from dist_train.embedding.layout import build_layout
 from dist_train.launchers.affinity import pin_process
@@ -142,6 +143,23 @@ def _build(cfg: JobConfig, plan: JobPlan | None, peer_exchange: PeerExchange = "
 
 def _builder(cfg: JobConfig) -> BatchBuilder:
     return make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
+
+
+FLOOR_SAMPLE_ROWS = 65_536
+
+
+def ids_per_feature(cfg: JobConfig, data: str) -> dict[str, float]:
+    """Each feature's mean ids a sample over ``data``'s first rows, as the batch builder
+    reads them (a null is none, a list its non-null elements)."""
+    builder = _builder(cfg)
+    table = pq.ParquetFile(next(iter(resolve_files(data)))).read(columns=builder.columns)
+    table = table.slice(0, FLOOR_SAMPLE_ROWS)
+    sparse = builder.build(table).sparse
+    per_key = dict(zip(sparse.keys(), sparse.length_per_key(), strict=True))
+    out: dict[str, float] = {}
+    for key in builder.layout.keys:
+        out.setdefault(key.feature, per_key[key.key] / table.num_rows)
+    return {feature: ids for feature, ids in out.items() if ids > 0}
 
 
 def _pipeline(system: str, cfg: JobConfig, data: str) -> Callable[[], Generator[Batch]]:
@@ -405,6 +423,10 @@ def run_train_bench(
     steps = WARMUP_STEPS + TRIAL_STEPS + rounds * (STEPS_PER_ROUND + cfg.train.prefetch_batches)
     rows_needed = int(1.5 * steps * batch * max(ranks))
     data = synthetic_train_data(cfg, rows_needed, "bench-train-data")
+    # the floor reads every id the batches hold: multi-hot features hold several a sample
+    unified = cfgs["unified"]
+    pooling = {"pooling_factors": ids_per_feature(unified, data)}
+    floor_cfg = unified.model_copy(update={"sharding": unified.sharding.model_copy(update=pooling)})
     params = {
         s: build_layout(c.embedding, c.features, c.seed).num_parameters for s, c in cfgs.items()
     }
@@ -458,7 +480,7 @@ def run_train_bench(
         dense = [max(r["dense_only_seconds"][i] for r in out) for i in range(rounds)]
         # round by round, as the goals' ratios: the peer's step over the dense network alone
         pytorch_over_dense = [p / d for p, d in zip(seconds["step", "pytorch"], dense, strict=True)]
-        workload = planner_for_config(cfgs["unified"], world, world)[0].workload
+        workload = planner_for_config(floor_cfg, world, world)[0].workload
         round_rates = out[0]["rates"]
         # round by round: each round's step against the floor at that round's rates, and
         # the dense network alone against the floor's dense terms
@@ -483,7 +505,8 @@ def run_train_bench(
                 "system": "unified",
                 "mode": "step",
                 "ranks": world,
-                "rates": rates,  # medians over the rounds
+                # medians over the rounds; on one rank no collective rate (JSON: null)
+                "rates": {k: v if math.isfinite(v) else None for k, v in rates.items()},
                 "floor_seconds": step_floor(workload, world, MachineRates(**rates)),
                 "measured_step_seconds": step,
                 "measured_over_floor": statistics.median(over_floor),
@@ -547,12 +570,16 @@ def _print(summary: dict[str, Any]) -> None:
         print(f"{name:<48} x{median:.2f} ({low:.2f}-{high:.2f})")
     for r in summary["roofline"]:
         rates, terms = r["rates"], r["floor_seconds"]
+        collectives = (
+            f", all-to-all {rates['all_to_all_bytes_per_second'] / 1e9:.2f} GB/s, all-reduce "
+            f"{rates['all_reduce_bytes_per_second'] / 1e9:.2f} GB/s"
+            if rates["all_to_all_bytes_per_second"] is not None
+            else ""
+        )
         print(
             f"\nroofline, {r['system']} {r['mode']} on {r['ranks']} rank(s): copy "
             f"{rates['copy_bytes_per_second'] / 1e9:.1f} GB/s, matmul "
-            f"{rates['matmul_flops_per_second'] / 1e9:.1f} GFLOP/s, all-to-all "
-            f"{rates['all_to_all_bytes_per_second'] / 1e9:.2f} GB/s, all-reduce "
-            f"{rates['all_reduce_bytes_per_second'] / 1e9:.2f} GB/s per rank\n  floor "
+            f"{rates['matmul_flops_per_second'] / 1e9:.1f} GFLOP/s{collectives} per rank\n  floor "
             f"{terms['floor'] * 1e3:.2f} ms ("
             + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in terms.items() if k != "floor")
             + f" ms); measured step {r['measured_step_seconds'] * 1e3:.2f} ms: "

@@ -99,6 +99,11 @@ class CTRModel(nn.Module):
         """Per-example work the parameter count misses (pairwise products), for the planner."""
         return 0
 
+    @property
+    def interaction_least_elements_per_sample(self) -> int:
+        """The fewest of those the interaction needs (for the roofline's floor)."""
+        return self.interaction_elements_per_sample
+
     def embed(self, sparse: KeyedJaggedTensor) -> torch.Tensor:
         """The chunk vectors ``[B, num_vectors, dim]`` in feature/chunk order."""
         emb = in_layout_order(self.sparse_arch(sparse), self.layout_keys)

@@ -52,6 +52,12 @@ class DLRM(CTRModel):
         vectors = self.num_vectors + 1  # every chunk and the dense vector
         return vectors * vectors * self.dim if self.interaction is not None else 0
 
+    @property
+    def interaction_least_elements_per_sample(self) -> int:
+        """Only the distinct pairs' products: the output holds n (n - 1) / 2 of them."""
+        vectors = self.num_vectors + 1
+        return vectors * (vectors - 1) // 2 * self.dim if self.interaction is not None else 0
+
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         # embeddings before the bottom MLP: autograd runs the nodes made last first, so the
         # MLP's gradients, the last of DDP's bucket, are ready before the embeddings'

@@ -55,3 +55,33 @@ def test_the_dense_floor_is_the_terms_a_step_without_embeddings_pays() -> None:
     )
     assert 0 < dense < terms["floor"]  # the embeddings' bytes and exchanges are the rest
     assert terms["floor"] - dense == pytest.approx(terms["embedding_bytes"] + terms["all_to_all"])
+
+
+def test_the_floor_charges_the_dot_interaction_its_distinct_pairs_only() -> None:
+    """DLRM's dot outputs n (n - 1) / 2 products of n vectors: the floor charges those, the
+    planner's estimate the n^2 its batched product computes."""
+    from dist_train.config import load_config
+    from dist_train.embedding.layout import build_layout
+    from dist_train.models import create_model
+
+    cfg = load_config()
+    layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
+    model = create_model(layout, len(cfg.data.resolved_dense_columns()), cfg.model)
+    n, d = model.num_vectors + 1, model.dim
+    assert model.interaction_elements_per_sample == n * n * d
+    assert model.interaction_least_elements_per_sample == n * (n - 1) // 2 * d
+    table = TableLoad("t", rows=10**6, dim=16, bags_per_sample=26, ids_per_sample=26.0)
+    state = OptimizerState.of("rowwise_adagrad", "cpu")
+    workload = Workload((table,), 2048, state, 100_000, 1, n * n * d, n * (n - 1) // 2 * d)
+    rates = MachineRates(20e9, 100e9, 2e9, 2e9)
+    flops = 6.0 * 100_000 * 2048 + 6.0 * 2048 * n * (n - 1) // 2 * d
+    assert step_floor(workload, 1, rates)["dense_flops"] == pytest.approx(flops / 100e9)
+
+
+def test_the_floor_reads_every_id_of_multi_hot_features(small_cfg, small_data) -> None:  # type: ignore[no-untyped-def]
+    from dist_train.bench.train import ids_per_feature
+
+    ids = ids_per_feature(small_cfg, str(small_data.train_dir))
+    assert set(ids) == {"C1", "C2", "C3", "C4"}
+    assert ids["C4"] > 2.0  # the multi-hot column: 3 a row on average (Poisson + 1)
+    assert all(0.9 < ids[f] <= 1.0 for f in ("C1", "C2", "C3"))  # scalars, some null
