@@ -510,7 +510,7 @@ class JobConfig(_Strict):
     """A whole training job."""
 
     name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name.")
-    seed: int = Field(0, description="Seed of weights, hashing salts and data order.")
+    seed: int = Field(0, ge=0, description="Seed of weights, hashing salts and data order.")
     output_dir: str = Field(
         "outputs",
         description=(
@@ -554,6 +554,14 @@ class JobConfig(_Strict):
             missing = [f.name for f in self.features if f.cardinality is None]
             if missing:
                 raise ValueError(f"collisionless embedding needs a cardinality for {missing}")
+        chunks = sum(f.chunks for f in self.features)
+        if self.embedding.kind == "unified" and self.embedding.num_tables > chunks:
+            # sub-tables are dealt chunks round-robin: one without a chunk would be dropped,
+            # and the table would hold fewer rows than embedding.num_rows
+            raise ValueError(
+                f"embedding.num_tables ({self.embedding.num_tables}) exceeds the features' "
+                f"{chunks} chunks: every sub-table of the unified table needs one"
+            )
         return self
 
     @property

@@ -51,7 +51,9 @@ def fill_rows(
     for block in range(first, last + 1 if row_end > row_start else first):
         b0 = block * _BLOCK_ROWS
         b1 = min(b0 + _BLOCK_ROWS, num_rows)
-        gen = torch.Generator().manual_seed((seed * 1_000_003 + table_key) * 65_537 + block)
+        # 63 bits: manual_seed takes no more (a large job seed would overflow it)
+        key = ((seed * 1_000_003 + table_key) * 65_537 + block) & (2**63 - 1)
+        gen = torch.Generator().manual_seed(key)
         values = torch.empty(b1 - b0, dim).uniform_(-bound, bound, generator=gen)
         lo, hi = max(b0, row_start), min(b1, row_end)
         out[lo - row_start : hi - row_start] = values[lo - b0 : hi - b0, col_start:col_end]

@@ -137,3 +137,19 @@ def test_unknown_key_suggests_the_closest_and_where_every_key_is() -> None:
     assert "train.num_workers: unknown key (did you mean ray.num_workers?" in text
     assert "ray.foo: unknown key (every key: `dist-train show-config --reference`" in text
     assert "docs/config.md" in text and "default.yaml)" not in text
+
+
+def test_a_unified_table_split_into_more_sub_tables_than_chunks_is_refused() -> None:
+    features = "features=[{name: C1, chunks: 1}, {name: C2, chunks: 1}]"
+    with pytest.raises(ConfigError, match=r"num_tables \(4\) exceeds the features' 2 chunks"):
+        load_config(overrides=[features, "embedding.num_tables=4"])
+    assert load_config(overrides=[features, "embedding.num_tables=2"]).embedding.num_tables == 2
+
+
+def test_any_non_negative_seed_initializes_the_tables() -> None:
+    from dist_train.embedding.init import init_rows
+
+    with pytest.raises(ConfigError, match="seed: Input should be greater than or equal to 0"):
+        load_config(overrides=["seed=-1"])
+    for seed in (0, 2**27, 2**40, 2**63):  # the generator's seed once overflowed from 2^30
+        assert init_rows("unified_0", 100, 8, seed, 0, 3, 0.1).shape == (3, 8)
