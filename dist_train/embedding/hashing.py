@@ -42,7 +42,8 @@ def make_salt(feature_name: str, chunk: int, seed: int = 0) -> int:
     """The 64-bit salt of chunk ``chunk`` of ``feature_name`` under a global ``seed``.
 
     The salt depends on the feature's name, not its position in the config, so reordering
-    features never remaps rows.
+    features never remaps rows within a table (with ``embedding.num_tables`` > 1 the chunks
+    are dealt to sub-tables by position, which reordering does change).
     """
     s = _fmix64_int(name_fingerprint(feature_name) ^ (seed * _GOLDEN))
     return _fmix64_int(s + (chunk + 1) * _GOLDEN)
