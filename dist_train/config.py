@@ -569,6 +569,30 @@ class JobConfig(_Strict):
         return Path(self.output_dir) / self.name
 
 
+def nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds, directly or as the items of a list."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) is list:
+        (item,) = typing.get_args(annotation)
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            return item
+    return None
+
+
+def dotted_keys(model: type[BaseModel] = JobConfig, prefix: str = "") -> list[str]:
+    """Every key and section of ``model`` as a dotted path (list items without an index:
+    ``features.name``), for suggesting the key a misspelt one meant."""
+    keys = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        keys.append(key)
+        nested = nested_model(field.annotation)
+        if nested is not None:
+            keys += dotted_keys(nested, key)
+    return keys
+
+
 def _override_key(item: str) -> str:
     return item.split("=", 1)[0].strip()
 
@@ -579,8 +603,6 @@ def _format_errors(source: str, err: ValidationError, overrides: Sequence[str] =
         key = ".".join(str(p) for p in e["loc"]) or "<top level>"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            from dist_train.config_reference import dotted_keys  # (it imports this module)
-
             dotted = ".".join(str(p) for p in e["loc"] if not isinstance(p, int))
             keys = [k for k in dotted_keys() if not dotted.startswith(f"{k}.")]  # no sections
             close = difflib.get_close_matches(dotted, keys, n=1)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from dist_train.config import JobConfig
+from dist_train.config import JobConfig, nested_model
 
 HEADER = """# Job config reference
 
@@ -62,30 +62,6 @@ def _default(field: Any) -> str:
     return f"`{json.dumps(value)}`"
 
 
-def _nested(annotation: Any) -> type[BaseModel] | None:
-    """The model a field holds, directly or as the items of a list."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if typing.get_origin(annotation) is list:
-        (item,) = typing.get_args(annotation)
-        if isinstance(item, type) and issubclass(item, BaseModel):
-            return item
-    return None
-
-
-def dotted_keys(model: type[BaseModel] = JobConfig, prefix: str = "") -> list[str]:
-    """Every key and section of ``model`` as a dotted path (list items without an index:
-    ``features.name``), for suggesting the key a misspelt one meant."""
-    keys = []
-    for name, field in model.model_fields.items():
-        key = f"{prefix}.{name}" if prefix else name
-        keys.append(key)
-        nested = _nested(field.annotation)
-        if nested is not None:
-            keys += dotted_keys(nested, key)
-    return keys
-
-
 def _section(model: type[BaseModel], prefix: str, out: list[str]) -> None:
     doc = (model.__doc__ or "").strip().splitlines()
     out += ["", f"## `{prefix or 'top level'}`", ""] + ([doc[0], ""] if doc else [])
@@ -93,7 +69,7 @@ def _section(model: type[BaseModel], prefix: str, out: list[str]) -> None:
     later: list[tuple[type[BaseModel], str]] = []
     for name, field in model.model_fields.items():
         key = f"{prefix}.{name}" if prefix else name
-        nested = _nested(field.annotation)
+        nested = nested_model(field.annotation)
         if nested is not None:
             is_list = typing.get_origin(field.annotation) is list
             later.append((nested, f"{key}[]" if is_list else key))

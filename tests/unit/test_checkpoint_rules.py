@@ -7,13 +7,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from dist_train import checkpoint, storage
 from dist_train.checkpoint import (
@@ -31,18 +29,6 @@ from dist_train.data.reader import RowGroup, assign_row_groups, steps_per_epoch
 from dist_train.data.validation import BadInputPolicy
 from dist_train.train import epochs
 from dist_train.train.checkpointing import resume_point
-
-
-@pytest.fixture(scope="module")
-def one_rank(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """A one-rank gloo group, as a job of one worker has."""
-    if dist.is_initialized():
-        yield
-        return
-    store = tmp_path_factory.mktemp("pg") / "store"
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 class _Trainer:

@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch.distributed as dist
 
 from dist_train.train import progress as progress_module
 from dist_train.train.progress import Progress, TrainFigures
 
 EXAMPLES_PER_STEP, STEP_SECONDS = 1000, 0.5  # the true rate: 2,000 examples/s
-
-
-@pytest.fixture(scope="module")
-def one_rank(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """A one-rank gloo group (the loss is averaged across ranks)."""
-    if dist.is_initialized():
-        yield
-        return
-    store = tmp_path_factory.mktemp("pg") / "store"
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 class _Clock:
