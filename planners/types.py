@@ -165,9 +165,6 @@ class Workload:
     dense_parameters: int
     dense_optimizer_slots: int  # extra fp32 copies of the dense parameters (Adam: 2)
     interaction_elements_per_sample: int = 0  # dot interaction: n^2 x d (n vectors of d)
-    # the fewest of them the interaction needs (the dot's distinct pairs: n (n - 1) / 2 x d),
-    # for floors; None: all of them
-    interaction_least_elements_per_sample: int | None = None
     # Zipf exponent of the ids over a table's rows (0 = uniform): sets the UVM cache's hit rate
     id_skew: float = 1.1
     # Rows of a shard the UVM caching kernel keeps in HBM, as a fraction (TorchRec's default)
@@ -176,6 +173,9 @@ class Workload:
     # one run (False: a unified layout of several tables deals its keys round-robin, so the
     # output is reordered whatever the plan; cost_model.reorder_costs)
     tables_in_key_order: bool = True
+    # the fewest interaction elements the interaction needs (the dot's distinct pairs:
+    # n (n - 1) / 2 x d), for floors; None: all of them (last: callers pass the rest by place)
+    interaction_least_elements_per_sample: int | None = None
 
     def table(self, name: str) -> TableLoad:
         for t in self.tables:

@@ -72,7 +72,10 @@ def test_the_floor_charges_the_dot_interaction_its_distinct_pairs_only() -> None
     assert model.interaction_least_elements_per_sample == n * (n - 1) // 2 * d
     table = TableLoad("t", rows=10**6, dim=16, bags_per_sample=26, ids_per_sample=26.0)
     state = OptimizerState.of("rowwise_adagrad", "cpu")
-    workload = Workload((table,), 2048, state, 100_000, 1, n * n * d, n * (n - 1) // 2 * d)
+    least = n * (n - 1) // 2 * d
+    workload = Workload(
+        (table,), 2048, state, 100_000, 1, n * n * d, interaction_least_elements_per_sample=least
+    )
     rates = MachineRates(20e9, 100e9, 2e9, 2e9)
     flops = 6.0 * 100_000 * 2048 + 6.0 * 2048 * n * (n - 1) // 2 * d
     assert step_floor(workload, 1, rates)["dense_flops"] == pytest.approx(flops / 100e9)
