@@ -94,9 +94,9 @@ class Topology:
 
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 _UNITS.update({"ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40})
-# A number, then an optional unit prefix and an optional upper-case B: "7Mb" is megabits, not
-# megabytes, so a lower-case b is refused rather than silently read 8x too large.
-_SIZE = re.compile(r"\s*((?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([kmgtKMGT]i?)?B?\s*")
+# A number, then an optional unit prefix and an optional B (any case: configs spell "16gb" for
+# bytes; a memory size in bits is no reading anyone means).
+_SIZE = re.compile(r"\s*((?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([kmgtKMGT]i?)?[bB]?\s*")
 # The largest size numpy's int64 arithmetic in the planner holds.
 _MAX_BYTES = 2**63 - 1
 
@@ -105,7 +105,7 @@ def parse_bytes(text: str | int | float) -> int:
     """``80GiB``, ``16GB``, ``512MiB``, ``1e9`` or a number of bytes -> bytes (at least 1).
 
     Raises :class:`TopologyError`, naming ``text``, for anything else: an unknown unit, a
-    lower-case ``b`` (bits), a malformed, non-finite, zero or overflowing size."""
+    malformed, non-finite, zero or overflowing size."""
     examples = "examples: 80GiB, 16GB, 512MiB, 1e9"
     value: int | float
     if isinstance(text, int | float):

@@ -32,23 +32,23 @@ def ray_cli() -> str:
 
 
 def cluster_config_path(config: str, working_dir: str | None) -> str:
-    """Where the driver on the cluster finds ``config``: its path relative to the working dir
-    (the uploaded one, else the image's copy of this checkout), where the driver runs.
+    """Where the driver on the cluster finds ``config``: its path relative to the uploaded
+    working dir, where the driver runs; without an upload, ``config`` as typed.
 
     Raises :class:`ConfigError` for a config outside an uploaded working dir: the upload
     leaves it behind, so the cluster could not read it.
     """
-    root = Path(working_dir or REPO_ROOT).resolve()
+    if not working_dir:
+        return config  # nothing uploaded: a path the cluster's nodes see, as typed
+    root = Path(working_dir).resolve()
     path = Path(config).expanduser().resolve()
     if path.is_relative_to(root):
         return path.relative_to(root).as_posix()
-    if working_dir:
-        raise ConfigError(
-            f"{config}: outside the working dir {root} that is uploaded to the cluster, so "
-            "the job could not read it there; put it inside the working dir, or submit with "
-            "--no-working-dir and a path the cluster's nodes see"
-        )
-    return config
+    raise ConfigError(
+        f"{config}: outside the working dir {root} that is uploaded to the cluster, so "
+        "the job could not read it there; put it inside the working dir, or submit with "
+        "--no-working-dir and a path the cluster's nodes see"
+    )
 
 
 def submit_command(

@@ -217,3 +217,12 @@ def test_submitted_entrypoint_reaches_the_clusters_shell_intact(
         check=True,
     )
     assert shell.stdout.split("\0")[:-1] == cmd[cmd.index("--") + 1 :]
+
+
+def test_without_an_upload_the_config_path_goes_as_typed() -> None:
+    from dist_train.launchers.submit import cluster_config_path
+
+    inside = str(LAUNCH / "configs" / "tiny.yaml")  # on a shared mount every node sees
+    assert cluster_config_path(inside, None) == inside
+    assert cluster_config_path("launch/configs/tiny.yaml", None) == "launch/configs/tiny.yaml"
+    assert cluster_config_path(inside, str(REPO)) == "launch/configs/tiny.yaml"

