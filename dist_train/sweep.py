@@ -208,9 +208,10 @@ def plot(rows: list[dict[str, Any]], dataset: str, path: Path) -> None:
     plt.close(fig)
 
 
-def config_digest(base: JobConfig) -> str:
-    """Of the sweep's base job: a rerun reuses only runs trained under the same one."""
-    text = json.dumps(base.model_dump(mode="json"), sort_keys=True)
+def config_digest(job: JobConfig) -> str:
+    """Of the job the user gave the sweep (before ``prepare`` sets its paths under ``--out``):
+    a rerun reuses only runs trained under the same one."""
+    text = json.dumps(job.model_dump(mode="json"), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -229,11 +230,13 @@ def run_sweep(
     if verbosity() == "normal":
         setup_logging("quiet")  # dozens of runs: the sweep prints one line each
     base = prepare(dataset, config, overrides or [], out)
+    digest = config_digest(dataset_config(dataset, config, overrides or []))
     log = out / "results.jsonl"
     lines = log.read_text().splitlines() if log.exists() else []
     done = [r for r in map(json.loads, lines) if r.get("dataset") == dataset]
-    digest = config_digest(base)
-    other = [r["name"] for r in done if r.get("config") != digest]
+    other = [r["name"] for r in done if r.get("config", digest) != digest]
+    if any("config" not in r for r in done):  # written before runs recorded their config
+        print(f"[sweep] {log}: runs without a recorded config are taken as this one's")
     if other:
         raise ConfigError(
             f"{log}: {len(other)} {dataset} run(s) there ({other[0]}, ...) trained under "

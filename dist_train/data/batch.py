@@ -9,6 +9,7 @@ null lists give an empty bag for that example, null list elements are dropped.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -332,6 +333,9 @@ class BatchBuilder:
         (None: the builder's own checks, see the class docstring) and decoded once."""
         strings = [f.source_column for f in self.features if self._hashed[f.name]]
         checks = policy or self._errors
+        if start_batch:
+            # this stream's own switch (counts shared): other streams and threads keep theirs
+            checks = copy.copy(checks)
         decoded = (
             (self.decode(table, source), source)
             for table, source in row_group_tables(groups, self.columns, checks, strings)

@@ -103,7 +103,9 @@ def _typed(
         # so that one too large for the cast is this line's bad value, not an Arrow error.
         long = (pc.binary_length(col).fill_null(0).to_numpy(False) > 18) & ~bad_int
         for r in np.flatnonzero(long):
-            bad_int[r] = int(col[r].as_py()) not in _INT64
+            digits = str(col[r].as_py()).lstrip("-").lstrip("0")
+            # past 19 digits no int64 (and int() refuses thousands of digits): bad unread
+            bad_int[r] = len(digits) > 19 or int(col[r].as_py()) not in _INT64
         checks.append((name, "dense_not_integer", bad_int))
     for name, reason, mask in checks:
         if not mask.any():

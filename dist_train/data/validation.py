@@ -174,7 +174,8 @@ class BadInputPolicy:
         self.features = list(features)
         self.dense_transform = dense_transform
         self.counts = BadInputCounts()
-        # False while a resumed stream re-reads the batches its checkpoint counted
+        # False while a resumed stream re-reads the batches its checkpoint counted (on that
+        # stream's own copy of the policy: BatchBuilder.stream)
         self.counting = True
 
     @classmethod

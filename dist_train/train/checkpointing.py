@@ -102,9 +102,11 @@ def _check_same_batches(cfg: JobConfig, meta: dict[str, Any], path: Location) ->
     if not isinstance(saved, dict):
         return  # saved before configs were recorded
     now = cfg.model_dump(mode="json")
-    for key in _BATCH_SETTINGS:
-        if key == "data.synthetic" and now["data"]["train_path"] is not None:
-            continue  # generated data is not read
+    keys = [k for k in _BATCH_SETTINGS if k != "data.synthetic"]
+    if now["data"]["train_path"] is None:  # generated data: what shapes its training rows
+        # (they are generated first: the test split's size does not)
+        keys += [f"data.synthetic.{k}" for k in now["data"]["synthetic"] if k != "num_test_rows"]
+    for key in keys:
         if _setting(saved, key) != _setting(now, key):
             raise checkpoint.CheckpointError(
                 f"{path} was saved mid-epoch with {key}={_setting(saved, key)!r}; this job "

@@ -133,7 +133,12 @@ def test_resuming_an_older_checkpoint_beside_newer_ones_is_refused(tmp_path: Pat
 
 @pytest.mark.parametrize(
     ("key", "other"),
-    [("train.batch_size", "512"), ("seed", "7"), ("data.shuffle_buffer_rows", "0")],
+    [
+        ("train.batch_size", "512"),
+        ("seed", "7"),
+        ("data.shuffle_buffer_rows", "0"),
+        ("data.synthetic.rows_per_group", "4096"),
+    ],
 )
 def test_resuming_mid_epoch_under_other_batch_settings_is_refused(
     tmp_path: Path, key: str, other: str
@@ -144,6 +149,8 @@ def test_resuming_mid_epoch_under_other_batch_settings_is_refused(
     same = [f"checkpoint.resume={mid_epoch}", "train.batch_size=256", "seed=0"]
     same.append("data.shuffle_buffer_rows=65536")
     assert resume_point(_job(tmp_path, *same)) == str(mid_epoch)
+    # the test split's size does not shape the training rows
+    assert resume_point(_job(tmp_path, *same, "data.synthetic.num_test_rows=10")) == str(mid_epoch)
     with pytest.raises(CheckpointError, match=rf"mid-epoch with {key}="):
         resume_point(_job(tmp_path, *same, f"{key}={other}"))
     # at an epoch boundary nothing of the epoch's batches is counted yet

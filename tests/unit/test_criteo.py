@@ -105,7 +105,8 @@ def test_dense_beyond_int64_is_a_bad_line(policy: str, tmp_path: Path) -> None:
     cats = ["deadbeef"] * 26
     fits = "\t".join(["1", "-9223372036854775808", "0009223372036854775807", *[""] * 11, *cats])
     big = "\t".join(["0", "9223372036854775808", *[""] * 12, *cats])
-    path = _write(tmp_path / "big.tsv", [fits, big, fits])
+    huge = "\t".join(["0", "", "9" * 5000, *[""] * 11, *cats])  # past int()'s digit limit
+    path = _write(tmp_path / "big.tsv", [fits, big, fits, huge])
     if policy == "error":
         with pytest.raises(
             BadInputError, match=rf"{path}: line ~2: column 'I1': '9223372036854775808'"
@@ -113,7 +114,7 @@ def test_dense_beyond_int64_is_a_bad_line(policy: str, tmp_path: Path) -> None:
             convert_criteo([str(path)], tmp_path / "out", progress=False)
         return
     result = convert_criteo([str(path)], tmp_path / "out", on_bad_input="skip", progress=False)
-    assert result.rows == 2 and result.bad_lines == {"dense_not_integer": 1}
+    assert result.rows == 2 and result.bad_lines == {"dense_not_integer": 2}
     t = pq.read_table(tmp_path / "out")  # the int64 extremes (leading zeros too) still fit
     assert t["I1"].to_pylist() == [-(2**63)] * 2 and t["I2"].to_pylist() == [2**63 - 1] * 2
 

@@ -19,7 +19,6 @@ from dist_train.sweep import (
     arms,
     config_digest,
     dataset_config,
-    prepare,
     run_sweep,
     summarize,
     vocabulary,
@@ -90,7 +89,7 @@ def test_the_synthetic_sweep_trains_in_smaller_batches_unless_told_otherwise() -
 
 def test_a_rerun_under_another_config_is_refused_before_training(tmp_path: Path) -> None:
     small = ["data.synthetic.num_train_rows=2048", "data.synthetic.num_test_rows=1024"]
-    base = prepare("synthetic", None, small, tmp_path)
+    base = dataset_config("synthetic", None, small)
     row = {"dataset": "synthetic", "name": "unified-1-s0", "config": config_digest(base)}
     (tmp_path / "results.jsonl").write_text(json.dumps(row) + "\n")
     with pytest.raises(ConfigError, match=r"results.jsonl: 1 synthetic run\(s\) there"):
