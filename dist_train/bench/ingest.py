@@ -10,8 +10,10 @@ Three figures on the same files:
 - training: the steady examples/s of a short training run of the same job (the rate input
   must keep up with).
 
-"Per core" divides rows by the CPU time the whole machine spent (busy time from
-``/proc/stat``), so work in Ray's worker processes and threads is counted too.
+"Per core" divides rows by the CPU time of this process and every process it started (Ray's
+workers among them; ``/proc``), so what other programs on the machine do is not counted.
+Ours and Ray Data alternate in rounds (Ray's instance up throughout); the figures are medians
+over the rounds, and ours / Ray Data the median of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +31,7 @@ import pyarrow as pa
 import ray.data
 from ray.data.collate_fn import ArrowBatchCollateFn
 
-from dist_train.bench import variant
+from dist_train.bench import spread, variant
 from dist_train.config import JobConfig
 from dist_train.data.memory import reuse_freed_memory
 from dist_train.data.validation import BadInputPolicy
@@ -38,22 +41,42 @@ from dist_train.launchers.ray_train import private_ray
 from dist_train.train.trainer import make_batch_builder
 from planners.cores import usable_cores
 
+ROUNDS = 5
 
-def _busy_seconds() -> float:
-    """CPU seconds the whole machine has spent busy (Linux /proc/stat: user, nice, system,
-    irq, softirq; idle, iowait and steal, the hypervisor's time elsewhere, are not ours)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / os.sysconf("SC_CLK_TCK")
+
+def _tree_cpu_seconds() -> float:
+    """CPU seconds this process and its living descendants have used, each with the reaped
+    children it waited for (Linux ``/proc/<pid>/stat``: utime, stime, cutime, cstime)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, seconds)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it exited
+        stats[int(entry.name)] = (int(fields[1]), sum(map(int, fields[11:15])) / tick)
+    tree, total = {os.getpid()}, 0.0
+    grew = True
+    while grew:  # descendants: pids whose parent is in the tree
+        new = {pid for pid, (parent, _) in stats.items() if parent in tree} - tree
+        tree |= new
+        grew = bool(new)
+    for pid in tree:
+        total += stats.get(pid, (0, 0.0))[1]
+    return total
 
 
 def _measure(fn: Callable[[], int], min_seconds: float) -> tuple[int, float, float]:
-    """Repeat ``fn`` (returns rows) for at least ``min_seconds``: rows, wall, busy CPU s."""
-    rows, wall0, busy0 = 0, time.perf_counter(), _busy_seconds()
+    """Repeat ``fn`` (returns rows) for at least ``min_seconds``: rows, wall, CPU seconds of
+    this process tree."""
+    rows, wall0, cpu0 = 0, time.perf_counter(), _tree_cpu_seconds()
     while True:
         rows += fn()
         wall = time.perf_counter() - wall0
         if wall >= min_seconds:
-            return rows, wall, _busy_seconds() - busy0
+            return rows, wall, _tree_cpu_seconds() - cpu0
 
 
 def run_ingest_bench(
@@ -85,12 +108,7 @@ def run_ingest_bench(
 
     print(f"[bench] ours: {sum(g.num_rows for g in groups):,} rows per pass", flush=True)
     ours()  # warm-up, as for Ray Data: compiled kernels load, the heap grows once
-    rows, wall, busy = _measure(ours, min_seconds)
-    result: dict[str, Any] = {
-        "rows_per_second_per_core": rows / busy,
-        "rows_per_second": rows / wall,
-        "cpu_seconds": busy,
-    }
+    per_round: dict[str, list[tuple[int, float, float]]] = {"ours": [], "ray_data": []}
 
     # A private instance, as the embedded default of the launcher: never a cluster that runs
     # beside it (``ray start``, RAY_ADDRESS), whose size would change the figures.
@@ -125,9 +143,27 @@ def run_ingest_bench(
 
         print("[bench] Ray Data read_parquet().iter_torch_batches", flush=True)
         ray_data()  # warm-up: actor/process start-up is not ingestion
-        rows, wall, busy = _measure(ray_data, min_seconds)
-        result["ray_data_rows_per_second_per_core"] = rows / busy
-        result["ray_data_rows_per_second"] = rows / wall
+        per_pass = min_seconds / ROUNDS
+        for r in range(ROUNDS):
+            print(f"[bench] round {r + 1}/{ROUNDS}: ours, then Ray Data", flush=True)
+            per_round["ours"].append(_measure(ours, per_pass))
+            per_round["ray_data"].append(_measure(ray_data, per_pass))
+
+    def rates(name: str) -> tuple[list[float], list[float]]:
+        runs = per_round[name]
+        return [rows / cpu for rows, _, cpu in runs], [rows / wall for rows, wall, _ in runs]
+
+    (ours_core, ours_wall), (ray_core, ray_wall) = rates("ours"), rates("ray_data")
+    result: dict[str, Any] = {
+        "rounds": ROUNDS,
+        "rows_per_second_per_core": statistics.median(ours_core),
+        "rows_per_second": statistics.median(ours_wall),
+        "ray_data_rows_per_second_per_core": statistics.median(ray_core),
+        "ray_data_rows_per_second": statistics.median(ray_wall),
+        "ours_over_ray_data_spread": spread(
+            [o / r for o, r in zip(ours_core, ray_core, strict=True)]
+        ),
+    }
     pa.set_cpu_count(usable_cores())
 
     print("[bench] training consumption (short run)", flush=True)
@@ -138,9 +174,7 @@ def run_ingest_bench(
     )
     summary = run_job(job)
     result["train_rows_per_second"] = summary["steady_examples_per_second"]
-    result["ours_over_ray_data"] = (
-        result["rows_per_second_per_core"] / result["ray_data_rows_per_second_per_core"]
-    )
+    result["ours_over_ray_data"] = result["ours_over_ray_data_spread"][0]
     result["ours_per_core_over_train"] = (
         result["rows_per_second_per_core"] / result["train_rows_per_second"]
     )
@@ -151,8 +185,10 @@ def run_ingest_bench(
         f"Ray Data             {result['ray_data_rows_per_second_per_core']:>14,.0f}   "
         f"{result['ray_data_rows_per_second']:>12,.0f}\n"
         f"training consumes                      {result['train_rows_per_second']:>12,.0f}\n"
-        f"ours / Ray Data (per core) x{result['ours_over_ray_data']:.2f}; "
-        f"one core of ours / training x{result['ours_per_core_over_train']:.1f}",
+        "ours / Ray Data (per core), round by round: x{:.2f} ({:.2f}-{:.2f}); ".format(
+            *result["ours_over_ray_data_spread"]
+        )
+        + f"one core of ours / training x{result['ours_per_core_over_train']:.1f}",
         flush=True,
     )
     if json_out:

@@ -3,6 +3,7 @@ left running (a prefetch thread refilling its queue) ends before the next system
 
 from __future__ import annotations
 
+import shlex
 import threading
 import time
 
@@ -46,3 +47,25 @@ def test_returns_at_once_in_an_idle_process() -> None:
     begin = time.perf_counter()
     assert wait_until_idle()
     assert time.perf_counter() - begin < 0.5
+
+
+def test_ingest_counts_the_cpu_of_the_processes_it_starts_not_the_machines() -> None:
+    """Ray Data's work runs in worker processes: counted. Other programs' work: not."""
+    import subprocess
+    import sys
+    import time
+
+    from dist_train.bench.ingest import _tree_cpu_seconds
+
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < {}: pass"
+    before = _tree_cpu_seconds()
+    subprocess.run([sys.executable, "-c", burn.format(0.5)], check=True)  # a child
+    assert 0.45 <= _tree_cpu_seconds() - before < 2.0
+    # a program orphaned at once (its shell exits): no longer this process's descendant
+    code = burn.format(1.0).replace("\n", "; ").replace("while", "\nwhile")
+    script = f"{sys.executable} -c {shlex.quote(code)} >/dev/null 2>&1 &"
+    subprocess.run(["sh", "-c", script], check=True)
+    before, start = _tree_cpu_seconds(), time.perf_counter()
+    time.sleep(0.6)
+    assert _tree_cpu_seconds() - before < 0.2  # the machine's busy time rose by about 0.6 s
+    time.sleep(max(0.0, 1.2 - (time.perf_counter() - start)))  # let it finish
