@@ -146,14 +146,18 @@ class Epochs:
         policy: BadInputPolicy,
         start: TrainPosition,
         pin_memory: bool = False,
+        ranks: tuple[int, int] | None = None,
     ) -> None:
+        """``ranks``: (this rank, world size); None: the process group's."""
         self.cfg, self.groups, self.builder, self.policy = cfg, groups, builder, policy
+        self.ranks = ranks
         self.pin_memory = pin_memory  # pinned by the prefetch thread, for GPU ranks
         self.start, self.step = start, start.step
         self.current: Epoch | None = None
 
     def __iter__(self) -> Iterator[Epoch]:
-        rank, world, tc = dist.get_rank(), dist.get_world_size(), self.cfg.train
+        rank, world = self.ranks or (dist.get_rank(), dist.get_world_size())
+        tc = self.cfg.train
         for index in range(self.start.epoch, tc.epochs):
             if tc.max_steps is not None and self.step >= tc.max_steps:
                 return

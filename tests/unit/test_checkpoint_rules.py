@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
 from pathlib import Path
 from typing import Any
 
@@ -184,9 +183,7 @@ def test_every_position_field_is_checked() -> None:
     assert fields == set(checkpoint._POSITION_FIELDS)
 
 
-def test_an_epoch_left_empty_by_a_resume_does_not_end_training(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_an_epoch_left_empty_by_a_resume_does_not_end_training() -> None:
     """Saved by 2 ranks one batch before epoch 0 ends, resumed on 4: the batch left is
     dropped (fewer than the ranks) and epochs 1 and 2 still run."""
     cfg = load_config(overrides=["train.epochs=3", "train.batch_size=10"])
@@ -194,30 +191,39 @@ def test_an_epoch_left_empty_by_a_resume_does_not_end_training(
     steps = steps_per_epoch(assign_row_groups(groups, 2, cfg.seed, 0), 10)
     plan = EpochPlan.fresh(2, steps).as_json()
     start = TrainPosition(step=steps - 1, epoch=0, batches=steps - 1, plan=plan)
-    monkeypatch.setattr(
-        epochs, "dist", types.SimpleNamespace(get_rank=lambda: 0, get_world_size=lambda: 4)
-    )
     policy = BadInputPolicy("error", "label", [], [])
-    ran = [e.index for e in epochs.Epochs(cfg, groups, None, policy, start)]  # type: ignore[arg-type]
+    resumed = epochs.Epochs(cfg, groups, None, policy, start, ranks=(0, 4))  # type: ignore[arg-type]
+    ran = [e.index for e in resumed]
     assert ran == [1, 2]
 
 
 def test_the_commit_is_on_disk_before_older_checkpoints_go(
     one_rank: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """meta.json, and the directory entries of the renames, are synced: after a power loss
-    the newest checkpoint is whole or the older ones are still there."""
+    """meta.json, and the directory entries of the renames, are synced before the older
+    checkpoints are deleted: after a power loss the newest is whole or the older remain."""
     import os
 
-    synced: set[int] = set()
-    real = os.fsync
-
-    def spy(fd: int) -> None:
-        synced.add(os.fstat(fd).st_ino)
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
     root = tmp_path / "checkpoints"
-    _saver(root).save(TrainPosition(step=4))
-    final = root / "step-00000004"
-    assert {(final / META).stat().st_ino, final.stat().st_ino, root.stat().st_ino} <= synced
+    saver = CheckpointSaver(_Trainer(0), root, num_to_keep=1, background=False)
+    saver.save(TrainPosition(step=4))
+    synced: set[int] = set()
+    synced_when_pruned: list[set[int]] = []
+    real_fsync, real_rmtree = os.fsync, storage.rmtree
+
+    def fsync(fd: int) -> None:
+        synced.add(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    def rmtree(loc: Any) -> None:
+        if loc.name == "step-00000004":  # the older checkpoint, pruned
+            synced_when_pruned.append(set(synced))
+        real_rmtree(loc)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(storage, "rmtree", rmtree)
+    saver.save(TrainPosition(step=8))
+    final = root / "step-00000008"
+    assert [p.name for p in committed(root)] == ["step-00000008"]
+    (before_pruning,) = synced_when_pruned
+    assert {(final / META).stat().st_ino, final.stat().st_ino, root.stat().st_ino} <= before_pruning

@@ -89,9 +89,11 @@ def test_batches_are_exact_and_steps_equal_across_ranks(small_data: GeneratedDat
     groups = list_row_groups(str(small_data.train_dir))
     split = assign_row_groups(groups, 3, seed=0, epoch=0)
     steps = steps_per_epoch(split, 500)
-    for rank_groups in split:
+    rows = [sum(g.num_rows for g in rank_groups) for rank_groups in split]
+    assert steps == min(rows) // 500 > 0  # every rank runs this many: the smallest share's
+    for rank_groups, n in zip(split, rows, strict=True):
         tables = list(iter_tables(rank_groups, ["label"], 500))
-        assert len(tables) >= steps and all(t.num_rows == 500 for t, _ in tables)
+        assert len(tables) == n // 500 >= steps and all(t.num_rows == 500 for t, _ in tables)
 
 
 def test_padded_eval_covers_each_row_once(small_data: GeneratedData) -> None:

@@ -257,11 +257,9 @@ def test_the_ten_billion_row_table_weak_scales() -> None:
     ]
 
 
-def test_at_512_nodes_the_big_table_plan_is_no_slower_than_torchrecs() -> None:
+def test_at_512_nodes_the_big_table_plans_where_torchrecs_planner_finds_none() -> None:
     cfg = load_config(DEFAULT, ["sharding.memory_per_rank=80GiB", *BIG])
     report = dry_run(cfg, 512, 8, "cuda", with_torchrec=True, weak_scaling=False)
-    torchrec = report["torchrec"]
-    if "error" in torchrec:  # TorchRec's planner finds no plan for 2.4 TiB on 4,096 x 80 GB
-        assert "PlannerError" in torchrec["error"]
-    else:
-        assert report["estimated_step_seconds"] <= torchrec["ours"]["estimated_step_seconds"]
+    # TorchRec's planner finds no plan for 2.4 TiB on 4,096 x 80 GB; ours places it
+    assert "PlannerError" in report["torchrec"]["error"]
+    assert report["placements"] and report["estimated_step_seconds"] > 0
