@@ -33,11 +33,14 @@ pytestmark = pytest.mark.ray
 
 def test_ray_job_submit_runs_the_driver(tmp_path: Path) -> None:
     # Token authentication on, with this test's own token: the job server refuses anyone else.
+    # Ray's job supervisor runs the entrypoint through a shell: quotes, $ and backticks in a
+    # --set value must arrive as typed
+    out = tmp_path / "o'neil $HOME `id`"
     with ray_head(tmp_path) as head:
         address, env = head.address, head.env
         cmd = submit_command(
             str(TINY),
-            [f"output_dir={tmp_path}"],
+            [f"output_dir={out}"],
             address,
             working_dir=None,
             wait=True,
@@ -59,12 +62,12 @@ def test_ray_job_submit_runs_the_driver(tmp_path: Path) -> None:
     # ray.address is null: the entrypoint joins the cluster it was submitted to.
     assert "joining Ray cluster at" in logs and "(the cluster this job was submitted to)" in logs
     assert "== dist-train summary ==" in logs
-    summary = json.loads((tmp_path / "tiny" / "summary.json").read_text())
+    summary = json.loads((out / "tiny" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] > 0
     # a joined cluster may run other jobs' workers: ray.pin_cores=auto leaves ours unpinned
     assert summary["rank_cores"] == [cpu_list(process_cores())] * 2
     assert summary["test_examples"] == 4096
-    lines = (tmp_path / "tiny" / "metrics.jsonl").read_text().splitlines()
+    lines = (out / "tiny" / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["event"] == "eval"
 
 
