@@ -100,6 +100,24 @@ def place_in_group(plan: ShardingPlan, layout: GroupLayout, rank: int) -> Shardi
     return out
 
 
+def on_rank_devices(plan: ShardingPlan, devices: list[str]) -> ShardingPlan:
+    """A copy of ``plan`` whose shards name the device their rank runs on, ``devices[rank]``.
+
+    The planner names ``cuda:<rank % planned ranks a node>``; a rank that runs elsewhere (in
+    a 2D group moved by :func:`place_in_group`, or on nodes the plan did not count) would
+    hold a shard on another device, which torch refuses when the model is sharded.
+    """
+    out = copy.deepcopy(plan)
+    for module_plan in out.plan.values():
+        for ps in module_plan.values():  # type: ignore[attr-defined]
+            if isinstance(ps.sharding_spec, EnumerableShardingSpec):
+                for shard in ps.sharding_spec.shards:
+                    assert shard.placement is not None
+                    rank = shard.placement.rank()
+                    shard.placement = _remote_device(f"rank:{rank}/{devices[rank]}")
+    return out
+
+
 def _fused_kernels(model: nn.Module) -> list[SplitTableBatchedEmbeddingBagsCodegen]:
     """The FBGEMM TBE modules of a sharded model."""
     return [

@@ -25,7 +25,13 @@ from dist_train.embedding.init import init_bound, init_embedding_tables
 from dist_train.embedding.layout import EmbeddingLayout, build_layout
 from dist_train.train.metrics import EvalMetrics
 from dist_train.train.pipelining import pipelined_steps
-from dist_train.train.replicas import GroupLayout, ReplicaSync, group_env, place_in_group
+from dist_train.train.replicas import (
+    GroupLayout,
+    ReplicaSync,
+    group_env,
+    on_rank_devices,
+    place_in_group,
+)
 from dist_train.train.sharding import JobPlan, build_model, make_sharder, plan_job
 from dist_train.train.shared_tables import read_shared_tables_as_one_feature
 from dist_train.train.tables_in_c import run_tables_in_c
@@ -142,6 +148,11 @@ class Trainer:
             model.scale_embedding_grads(1.0 / groups.num_groups, sharded, device)
             env = group_env(groups, device)
             plan = place_in_group(plan, groups, dist.get_rank())
+        if device.type == "cuda":  # each shard on the GPU its rank runs on
+            index = torch.cuda.current_device() if device.index is None else device.index
+            devices: list[str] = [""] * world_size
+            dist.all_gather_object(devices, f"cuda:{index}")
+            plan = on_rank_devices(plan, devices)
         dmp = DistributedModelParallel(
             model,
             env=env,

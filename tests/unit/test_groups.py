@@ -122,3 +122,19 @@ def test_at_512_nodes_our_plan_is_no_slower_than_torchrecs_by_our_model() -> Non
     report = dry_run(cfg, 512, 8, "cuda", with_torchrec=True, weak_scaling=False)
     theirs = report["torchrec"]["ours"]["estimated_step_seconds"]
     assert report["estimated_step_seconds"] <= theirs
+
+
+def test_every_shard_names_the_gpu_its_rank_runs_on(tmp_path: Path) -> None:
+    """Planned for 2 GPUs a node, a group of 2 moved to ranks 2 and 3 of a 4-GPU node runs on
+    cuda:2 and cuda:3, not the cuda:0 and cuda:1 the plan named (torch refuses that)."""
+    from dist_train.train.replicas import on_rank_devices
+
+    cfg = small_config(tmp_path, ["sharding.type=row_wise", "sharding.group_size=2"])
+    planner, model = planner_for_config(cfg, 4, 2, "cuda")
+    moved = place_in_group(planner.plan(model, []), GroupLayout(4, 2), rank=3)
+    placed = on_rank_devices(moved, [f"cuda:{r}" for r in range(4)])
+    for module_plan in placed.plan.values():
+        for ps in module_plan.values():  # type: ignore[attr-defined]
+            assert isinstance(ps.sharding_spec, EnumerableShardingSpec)
+            names = [str(s.placement) for s in ps.sharding_spec.shards]
+            assert names == ["rank:2/cuda:2", "rank:3/cuda:3"]
