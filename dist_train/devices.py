@@ -55,9 +55,15 @@ def backend_for(device_type: str) -> str:
 
 
 def select_local_gpu() -> None:
-    """Make ``cuda:LOCAL_RANK`` (modulo the visible devices) this process's current device."""
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    torch.cuda.set_device(local % torch.cuda.device_count())
+    """Make ``cuda:LOCAL_RANK`` this process's current device; more local ranks than visible
+    GPUs is an error (two ranks on one GPU: NCCL refuses it, or both run at half speed)."""
+    local, count = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+    if local >= count:
+        raise DeviceError(
+            f"local rank {local} has no GPU of its own: this node shows {count} GPU(s); "
+            "start at most one worker a GPU (ray.num_workers, or fewer per node)"
+        )
+    torch.cuda.set_device(local)
 
 
 def rank_device(device_type: str) -> torch.device:

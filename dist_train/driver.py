@@ -84,7 +84,10 @@ def job_device(cfg: JobConfig) -> DeviceType:
         gpus, where = cluster_gpus(cfg)
     else:
         gpus, where = float(local_gpus()), "this machine"
-    workers = cfg.ray.min_workers or cfg.ray.num_workers
+    # Ray may start as few as min_workers (elastic); the processes launcher starts them all
+    workers = (
+        cfg.ray.num_workers if cfg.launcher != "ray" else cfg.ray.min_workers or cfg.ray.num_workers
+    )
     if cfg.launcher == "ray" and cfg.ray.autoscaling and cfg.train.device == "cuda":
         device: DeviceType = "cuda"  # the GPU nodes may not be up yet
     else:

@@ -68,3 +68,17 @@ def test_cluster_fit_counts_one_gpu_per_worker_on_gpu_clusters() -> None:
     assert not cpu.problems and cpu.ok[-1].endswith("cpu ranks)")
     short = _fit([NodeResources("g", cpus=32, gpus=2)])  # auto: 2 GPUs for 4 workers
     assert "cpu ranks: its 2 GPU(s) are fewer than one per worker" in short.ok[-1]
+
+
+def test_the_processes_launcher_needs_a_gpu_for_every_worker_it_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It starts ray.num_workers ranks whatever ray.min_workers says (only Ray is elastic):
+    2 GPUs for 4 ranks would put two ranks on each."""
+    from dist_train import driver
+    from dist_train.config import load_config
+
+    monkeypatch.setattr(driver, "local_gpus", lambda: 2)
+    over = ["launcher=processes", "ray.num_workers=4", "ray.min_workers=2", "train.device=auto"]
+    assert driver.job_device(load_config(overrides=over)) == "cpu"
+    assert driver.job_device(load_config(overrides=[*over[:1], "ray.num_workers=2"])) == "cuda"
