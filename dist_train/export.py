@@ -22,6 +22,8 @@ from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 from dist_train import checkpoint_files
 from dist_train.checkpoint import META, CheckpointError, file_digests, read_meta, reason
 from dist_train.checkpoint_files import SafeExportPlanner
+from dist_train.config import parse_config
+from dist_train.embedding.layout import build_layout
 from dist_train.storage import Location
 
 
@@ -73,6 +75,26 @@ def export(path: Location, out_dir: Path, with_optimizer: bool = False) -> dict[
     tables = {
         k: list(v.shape) for k, v in model.items() if ".embedding_bags." in k and v.dim() == 2
     }
-    summary = {"files": [str(f) for f in files], "tensors": len(model), "tables": tables}
+    summary = {
+        "files": [str(f) for f in files],
+        "tensors": len(model),
+        "tables": tables,
+        "keys": _keys(meta),
+    }
     (out_dir / "export.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _keys(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Which table each (feature, chunk) reads and with which salt: a unified table's
+    sub-tables are separate tables, each key hashing into its own sub-table's rows
+    (``dist_train.embedding.hashing.salted_rows``; salt None: ids are rows). Empty for a
+    checkpoint without its config."""
+    if not isinstance(meta.get("config"), dict):
+        return []
+    cfg = parse_config(meta["config"], "the checkpoint's config")
+    layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
+    return [
+        {"key": k.key, "feature": k.feature, "chunk": k.chunk, "table": k.table, "salt": k.salt}
+        for k in layout.keys
+    ]

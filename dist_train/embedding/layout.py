@@ -96,7 +96,8 @@ def build_layout(
     if embedding.kind == "unified":
         t_count = embedding.num_tables
         names = [f"unified_{t}" for t in range(t_count)]
-        # Round-robin rows: sub-table t gets rows t, t+T, ... of the logical M-row table.
+        # M rows split into T sub-tables of about M / T rows, the keys dealt round-robin;
+        # each key hashes into its own sub-table's rows (no interleaving back into one table)
         rows = [len(range(t, embedding.num_rows, t_count)) for t in range(t_count)]
         slot = 0
         for f in features:

@@ -170,6 +170,10 @@ def test_export_writes_whole_tables_as_safetensors(tmp_path: Path, capsys) -> No
         assert torch.equal(value, saved[f"model.{key}"]), key
     assert load_file(str(out / "optimizer.safetensors"))
     assert json.loads((out / "meta.json").read_text())["position"]["step"] == 2
+    # which sub-table each (feature, chunk) reads, with its salt: the rows can be looked up
+    keys = json.loads((out / "export.json").read_text())["keys"]
+    assert {k["table"] for k in keys} == {t.split(".")[-2] for t in tables}
+    assert all(isinstance(k["salt"], int) for k in keys)
     # A checkpoint missing a shard file: a clear error naming it, nothing half-written used.
     next(ckpt.glob("*.distcp")).unlink()
     assert main(["export", str(ckpt), "--out", str(tmp_path / "again")]) == 1
