@@ -54,15 +54,24 @@ def time_pipeline(raw: dict[str, Any], plan: JobPlan, data: str, rounds: int) ->
     seconds: dict[str, list[float]] = {"plain": [], "pipeline": []}
     for r in range(rounds):
         first = WARMUP_STEPS + r * STEPS_PER_ROUND
-        dist.barrier()
-        start = time.perf_counter()
-        plain_losses += [plain.train_step(b) for b in batches[first : first + STEPS_PER_ROUND]]
-        dist.barrier()
-        seconds["plain"].append(time.perf_counter() - start)
-        start = time.perf_counter()
-        pipe_losses += [loss for _, loss in itertools.islice(pipelined, STEPS_PER_ROUND)]
-        dist.barrier()
-        seconds["pipeline"].append(time.perf_counter() - start)
+
+        def run_plain(first: int = first) -> None:
+            plain_losses.extend(
+                plain.train_step(b) for b in batches[first : first + STEPS_PER_ROUND]
+            )
+
+        def run_pipeline() -> None:
+            pipe_losses.extend(loss for _, loss in itertools.islice(pipelined, STEPS_PER_ROUND))
+
+        # each opens every other round: the pipeline's read-ahead (its next batch's input
+        # exchange) spills into what follows it, the plain loop half the time, not always
+        turns = [("plain", run_plain), ("pipeline", run_pipeline)]
+        for name, run in turns if r % 2 == 0 else turns[::-1]:
+            dist.barrier()
+            start = time.perf_counter()
+            run()
+            dist.barrier()
+            seconds[name].append(time.perf_counter() - start)
     pipelined.close()  # the two batches read ahead stay untrained
     return {
         "seconds": seconds,
