@@ -22,8 +22,9 @@ from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 from dist_train import checkpoint_files
 from dist_train.checkpoint import META, CheckpointError, file_digests, read_meta, reason
 from dist_train.checkpoint_files import SafeExportPlanner
-from dist_train.config import parse_config
+from dist_train.config import ConfigError, parse_config
 from dist_train.embedding.layout import build_layout
+from dist_train.logs import LOG
 from dist_train.storage import Location
 
 
@@ -89,10 +90,14 @@ def _keys(meta: dict[str, Any]) -> list[dict[str, Any]]:
     """Which table each (feature, chunk) reads and with which salt: a unified table's
     sub-tables are separate tables, each key hashing into its own sub-table's rows
     (``dist_train.embedding.hashing.salted_rows``; salt None: ids are rows). Empty for a
-    checkpoint without its config."""
+    checkpoint without its config, or with one this dist_train no longer reads."""
     if not isinstance(meta.get("config"), dict):
         return []
-    cfg = parse_config(meta["config"], "the checkpoint's config")
+    try:
+        cfg = parse_config(meta["config"], "the checkpoint's config")
+    except ConfigError as err:  # an older dist_train's config: the tables still export
+        LOG.warning(f"export.json lists no keys: {err}")
+        return []
     layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
     return [
         {"key": k.key, "feature": k.feature, "chunk": k.chunk, "table": k.table, "salt": k.salt}
