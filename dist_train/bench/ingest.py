@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,39 +45,79 @@ from planners.cores import usable_cores
 ROUNDS = 5
 
 
-def _tree_cpu_seconds() -> float:
-    """CPU seconds this process and its living descendants have used, each with the reaped
-    children it waited for (Linux ``/proc/<pid>/stat``: utime, stime, cutime, cstime)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, seconds)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # it exited
-        stats[int(entry.name)] = (int(fields[1]), sum(map(int, fields[11:15])) / tick)
-    tree, total = {os.getpid()}, 0.0
-    grew = True
-    while grew:  # descendants: pids whose parent is in the tree
-        new = {pid for pid, (parent, _) in stats.items() if parent in tree} - tree
-        tree |= new
-        grew = bool(new)
-    for pid in tree:
-        total += stats.get(pid, (0, 0.0))[1]
-    return total
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(start time, CPU seconds) of ``pid`` itself, from ``/proc/<pid>/stat`` (utime,
+    stime; not its reaped children's: each process is sampled on its own); None once gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[19]), sum(map(int, fields[11:13])) / os.sysconf("SC_CLK_TCK")
 
 
-def _measure(fn: Callable[[], int], min_seconds: float) -> tuple[int, float, float]:
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            out += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass  # gone, or a kernel without the children files: its own time still counts
+    return out
+
+
+class TreeCpu:
+    """CPU seconds of this process and every process it started, each sampled on its own
+    every ``period`` seconds while in use: a process that exits keeps the CPU it was last
+    seen with. (A parent's cutime would miss them: Ray's raylet ignores SIGCHLD, and Ray
+    Data replaces its workers every pass.) A process's last ``period`` may be missed."""
+
+    def __init__(self, period: float = 0.02) -> None:
+        self.period = period
+        self._seen: dict[tuple[int, int], float] = {}  # (pid, start time) -> CPU seconds
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="tree-cpu")
+
+    def __enter__(self) -> TreeCpu:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self.sample()
+
+    def sample(self) -> None:
+        pending, seen = [os.getpid()], {}
+        while pending:
+            pid = pending.pop()
+            stat = _stat(pid)
+            if stat is not None:
+                seen[(pid, stat[0])] = stat[1]
+                pending += _children(pid)
+        with self._lock:  # a sample taken earlier may land later: CPU time only grows
+            for key, cpu in seen.items():
+                self._seen[key] = max(cpu, self._seen.get(key, 0.0))
+
+    def seconds(self) -> float:
+        """Sampled now: every process seen, at its latest CPU time."""
+        self.sample()
+        with self._lock:
+            return sum(self._seen.values())
+
+
+def _measure(fn: Callable[[], int], min_seconds: float, cpu: TreeCpu) -> tuple[int, float, float]:
     """Repeat ``fn`` (returns rows) for at least ``min_seconds``: rows, wall, CPU seconds of
     this process tree."""
-    rows, wall0, cpu0 = 0, time.perf_counter(), _tree_cpu_seconds()
+    rows, wall0, cpu0 = 0, time.perf_counter(), cpu.seconds()
     while True:
         rows += fn()
         wall = time.perf_counter() - wall0
         if wall >= min_seconds:
-            return rows, wall, _tree_cpu_seconds() - cpu0
+            return rows, wall, cpu.seconds() - cpu0
 
 
 def run_ingest_bench(
@@ -144,10 +185,15 @@ def run_ingest_bench(
         print("[bench] Ray Data read_parquet().iter_torch_batches", flush=True)
         ray_data()  # warm-up: actor/process start-up is not ingestion
         per_pass = min_seconds / ROUNDS
-        for r in range(ROUNDS):
-            print(f"[bench] round {r + 1}/{ROUNDS}: ours, then Ray Data", flush=True)
-            per_round["ours"].append(_measure(ours, per_pass))
-            per_round["ray_data"].append(_measure(ray_data, per_pass))
+        turns = [("ours", ours), ("ray_data", ray_data)]
+        with TreeCpu() as cpu:
+            for r in range(ROUNDS):
+                # each opens every other round: what one leaves behind (Ray starting new idle
+                # workers after a pass) lands in the other's window half the time
+                order = turns if r % 2 == 0 else turns[::-1]
+                print(f"[bench] round {r + 1}/{ROUNDS}: {order[0][0]} first", flush=True)
+                for name, fn in order:
+                    per_round[name].append(_measure(fn, per_pass, cpu))
 
     def rates(name: str) -> tuple[list[float], list[float]]:
         runs = per_round[name]

@@ -50,22 +50,29 @@ def test_returns_at_once_in_an_idle_process() -> None:
 
 
 def test_ingest_counts_the_cpu_of_the_processes_it_starts_not_the_machines() -> None:
-    """Ray Data's work runs in worker processes: counted. Other programs' work: not."""
+    """Ray Data's work runs in worker processes, reaped by a raylet that ignores SIGCHLD:
+    counted, once. Other programs' work: not."""
     import subprocess
     import sys
     import time
 
-    from dist_train.bench.ingest import _tree_cpu_seconds
+    from dist_train.bench.ingest import TreeCpu
 
     burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < {}: pass"
-    before = _tree_cpu_seconds()
-    subprocess.run([sys.executable, "-c", burn.format(0.5)], check=True)  # a child
-    assert 0.45 <= _tree_cpu_seconds() - before < 2.0
-    # a program orphaned at once (its shell exits): no longer this process's descendant
-    code = burn.format(1.0).replace("\n", "; ").replace("while", "\nwhile")
-    script = f"{sys.executable} -c {shlex.quote(code)} >/dev/null 2>&1 &"
-    subprocess.run(["sh", "-c", script], check=True)
-    before, start = _tree_cpu_seconds(), time.perf_counter()
-    time.sleep(0.6)
-    assert _tree_cpu_seconds() - before < 0.2  # the machine's busy time rose by about 0.6 s
-    time.sleep(max(0.0, 1.2 - (time.perf_counter() - start)))  # let it finish
+    with TreeCpu() as cpu:
+        before = cpu.seconds()
+        subprocess.run([sys.executable, "-c", burn.format(0.5)], check=True)  # a child
+        assert 0.45 <= cpu.seconds() - before < 1.0
+        # a grandchild under a shell that ignores SIGCHLD: its CPU never reaches a cutime
+        code = shlex.quote(burn.format(0.5))
+        shell = f"trap '' CHLD; {sys.executable} -c {code} & sleep 1"
+        before = cpu.seconds()
+        subprocess.run(["sh", "-c", shell], check=True)
+        assert 0.45 <= cpu.seconds() - before < 1.0
+        # a program orphaned at once (its shell exits): no longer this process's descendant
+        orphan = f"{sys.executable} -c {shlex.quote(burn.format(1.0))} >/dev/null 2>&1 &"
+        subprocess.run(["sh", "-c", orphan], check=True)
+        before, start = cpu.seconds(), time.perf_counter()
+        time.sleep(0.6)
+        assert cpu.seconds() - before < 0.2  # the machine's busy time rose by about 0.6 s
+        time.sleep(max(0.0, 1.2 - (time.perf_counter() - start)))  # let it finish
