@@ -21,6 +21,7 @@ from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
+import torch.distributed as dist
 
 from dist_train.config import FeatureConfig, JobConfig
 from dist_train.data.arrow_numpy import (
@@ -63,6 +64,17 @@ class BadInputCounts:
             "rows_skipped": dict(sorted(self.rows.items())),
             "rows_skipped_total": sum(self.rows.values()),
         }
+
+
+def across_ranks(counts: BadInputCounts) -> BadInputCounts:
+    """Every rank's ``counts`` added up (a collective: every rank calls it)."""
+    gathered: list[BadInputCounts | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, counts)
+    total = BadInputCounts()
+    for each in gathered:
+        if each is not None:
+            total = total.merge(each)
+    return total
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from dist_train import checkpoint
 from dist_train.checkpoint import CheckpointSaver, TrainPosition
 from dist_train.config import JobConfig
-from dist_train.data.validation import BadInputPolicy
+from dist_train.data.validation import BadInputCounts, BadInputPolicy, across_ranks
 from dist_train.logs import LOG
 from dist_train.storage import Location, location
 from dist_train.train.faults import faulty_storage, maybe_kill
@@ -79,15 +79,10 @@ def _refuse_to_overwrite(cfg: JobConfig, root: Location) -> None:
         )
 
 
-# The settings that cut an epoch's rows into each rank's batches: resuming mid-epoch counts
-# the batches already trained, so these must not change there.
-_BATCH_SETTINGS = (
-    "seed",
-    "train.batch_size",
-    "data.shuffle_buffer_rows",
-    "data.train_path",
-    "data.synthetic",
-)
+# The settings that cut an epoch's rows into each rank's batches (with, for generated data,
+# data.synthetic's): resuming mid-epoch counts the batches already trained, so these must
+# not change there.
+_BATCH_SETTINGS = ("seed", "train.batch_size", "data.shuffle_buffer_rows", "data.train_path")
 
 
 def _setting(config: dict[str, Any], key: str) -> Any:
@@ -102,7 +97,7 @@ def _check_same_batches(cfg: JobConfig, meta: dict[str, Any], path: Location) ->
     if not isinstance(saved, dict):
         return  # saved before configs were recorded
     now = cfg.model_dump(mode="json")
-    keys = [k for k in _BATCH_SETTINGS if k != "data.synthetic"]
+    keys = list(_BATCH_SETTINGS)
     if now["data"]["train_path"] is None:  # generated data: what shapes its training rows
         # (they are generated first: the test split's size does not)
         keys += [f"data.synthetic.{k}" for k in now["data"]["synthetic"] if k != "num_test_rows"]
@@ -238,12 +233,8 @@ class Checkpoints:
 def _with_every_ranks_counts(position: TrainPosition) -> TrainPosition:
     """``position`` with the bad-input counts summed over the ranks (each counts what it
     read; the checkpoint holds one position)."""
-    gathered: list[tuple[dict[str, int], int] | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, (position.bad_input_rows, position.bad_input_row_groups))
-    rows: dict[str, int] = {}
-    for counts in gathered:
-        assert counts is not None
-        for reason, n in counts[0].items():
-            rows[reason] = rows.get(reason, 0) + n
-    row_groups = sum(c[1] for c in gathered if c is not None)
-    return replace(position, bad_input_rows=rows, bad_input_row_groups=row_groups)
+    local = BadInputCounts(
+        row_groups=position.bad_input_row_groups, rows=dict(position.bad_input_rows)
+    )
+    total = across_ranks(local)
+    return replace(position, bad_input_rows=total.rows, bad_input_row_groups=total.row_groups)

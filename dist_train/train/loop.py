@@ -30,7 +30,7 @@ from dist_train.data.reader import (
     prefetch,
 )
 from dist_train.data.rows import Rows
-from dist_train.data.validation import BadInputCounts, BadInputPolicy
+from dist_train.data.validation import BadInputCounts, BadInputPolicy, across_ranks
 from dist_train.devices import rank_device
 from dist_train.logs import setup_logging
 from dist_train.models.dot_interaction import implementation_on
@@ -208,13 +208,7 @@ def _log_start(
 
 
 def _total_counts(local: BadInputCounts, driver: BadInputCounts | None) -> BadInputCounts:
-    gathered: list[BadInputCounts | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, local)
-    total = driver or BadInputCounts()
-    for counts in gathered:
-        if counts is not None:
-            total = total.merge(counts)
-    return total
+    return (driver or BadInputCounts()).merge(across_ranks(local))
 
 
 def _check_landing(cfg: JobConfig, plan: JobPlan | None, topo: RankLayout, world: int) -> None:

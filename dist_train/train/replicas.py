@@ -17,6 +17,7 @@ environment and :func:`place_in_group` the same plan remapping; the merge differ
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -86,17 +87,10 @@ def place_in_group(plan: ShardingPlan, layout: GroupLayout, rank: int) -> Shardi
     """A copy of ``plan`` (made for ranks ``0..group_size-1``) on the ranks of ``rank``'s
     sharding group, which is how TorchRec's 2D sharding reads placements."""
     offset = rank // layout.group_size * layout.group_size
-    out = copy.deepcopy(plan)
+    out = _with_placements(plan, lambda r, device: f"rank:{r + offset}/{device}")
     for module_plan in out.plan.values():
         for ps in module_plan.values():  # type: ignore[attr-defined]
             ps.ranks = [r + offset for r in ps.ranks or []]
-            if isinstance(ps.sharding_spec, EnumerableShardingSpec):
-                for shard in ps.sharding_spec.shards:
-                    placement = shard.placement
-                    assert placement is not None
-                    shard.placement = _remote_device(
-                        f"rank:{placement.rank() + offset}/{placement.device()}"
-                    )
     return out
 
 
@@ -107,14 +101,21 @@ def on_rank_devices(plan: ShardingPlan, devices: list[str]) -> ShardingPlan:
     a 2D group moved by :func:`place_in_group`, or on nodes the plan did not count) would
     hold a shard on another device, which torch refuses when the model is sharded.
     """
+    return _with_placements(plan, lambda r, _: f"rank:{r}/{devices[r]}")
+
+
+def _with_placements(
+    plan: ShardingPlan, placement: Callable[[int, torch.device], str]
+) -> ShardingPlan:
+    """A copy of ``plan`` with every shard's placement ``placement(rank, device)``."""
     out = copy.deepcopy(plan)
     for module_plan in out.plan.values():
         for ps in module_plan.values():  # type: ignore[attr-defined]
             if isinstance(ps.sharding_spec, EnumerableShardingSpec):
                 for shard in ps.sharding_spec.shards:
                     assert shard.placement is not None
-                    rank = shard.placement.rank()
-                    shard.placement = _remote_device(f"rank:{rank}/{devices[rank]}")
+                    old = shard.placement
+                    shard.placement = _remote_device(placement(old.rank(), old.device()))
     return out
 
 
