@@ -118,6 +118,11 @@ def test_validate_cli_exit_codes(tmp_path: Path, capsys) -> None:  # type: ignor
     assert "train.batch_size: Input should be greater than 0" in capsys.readouterr().err
 
 
+def _driver(config: str, *args: str) -> list[str]:
+    """The entrypoint ``ray job submit`` runs: the driver on ``config``, then ``args``."""
+    return ["python", "-m", "dist_train.driver", "--config", config, *args]
+
+
 def test_submit_command_shape(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     cmd = submit_command("launch/configs/tiny.yaml", ["train.epochs=2"], None, "/repo", True)
@@ -125,15 +130,7 @@ def test_submit_command_shape(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cmd[cmd.index("--working-dir") + 1] == "/repo"
     assert '".venv"' in cmd[cmd.index("--runtime-env-json") + 1]
     tail = cmd[cmd.index("--") + 1 :]
-    assert tail == [
-        "python",
-        "-m",
-        "dist_train.driver",
-        "--config",
-        "launch/configs/tiny.yaml",
-        "--set",
-        "train.epochs=2",
-    ]
+    assert tail == _driver("launch/configs/tiny.yaml", "--set", "train.epochs=2")
     monkeypatch.setenv("RAY_ADDRESS", "http://head:8265")
     assert "http://head:8265" in submit_command("c.yaml", [], None, None, False)
 
@@ -165,16 +162,8 @@ def test_submit_dry_run_prints_a_command_a_shell_reads_back(
     argv = ["submit", "--dry-run", "-q", "--config", "configs/tiny.yaml", "--set", "name=a-b"]
     assert main(argv) == 0
     cmd = shlex.split(capsys.readouterr().out)
-    assert cmd[cmd.index("--") + 1 :] == [
-        "python",
-        "-m",
-        "dist_train.driver",
-        "--config",
-        "launch/configs/tiny.yaml",
-        "--set",
-        "name=a-b",
-        "-q",
-    ]
+    tail = cmd[cmd.index("--") + 1 :]
+    assert tail == _driver("launch/configs/tiny.yaml", "--set", "name=a-b", "-q")
     assert json.loads(cmd[cmd.index("--runtime-env-json") + 1])["excludes"]
 
 
