@@ -237,22 +237,26 @@ class Trainer:
             self._unsynced_steps = 0
 
     @torch.no_grad()
-    def predict(self, batch: Batch) -> np.ndarray:
-        """Click probabilities of ``batch``."""
+    def logits(self, batch: Batch) -> np.ndarray:
+        """The model's logits of ``batch`` (float32)."""
         self.model.eval()
         batch = batch.to(self.device)
-        return torch.sigmoid(self.model(batch.dense, batch.sparse)).float().cpu().numpy()
+        return self.model(batch.dense, batch.sparse).float().cpu().numpy()
+
+    def predict(self, batch: Batch) -> np.ndarray:
+        """Click probabilities of ``batch`` (float64: a float32 sigmoid is 1.0 above a
+        logit of about 17)."""
+        return torch.sigmoid(torch.from_numpy(self.logits(batch)).double()).numpy()
 
     def evaluate(self, batches: Iterable[tuple[Batch, int]]) -> EvalMetrics:
         """Metrics over all ranks' ``(batch, num_valid_rows)``; the padding rows are dropped."""
-        probs, labels = [], []
+        logits, labels = [], []
         for batch, valid in batches:
-            p = self.predict(batch)
-            probs.append(p[:valid])
+            logits.append(self.logits(batch)[:valid])
             labels.append(batch.labels.numpy()[:valid])
         local = (
-            (np.concatenate(probs), np.concatenate(labels))
-            if probs
+            (np.concatenate(logits), np.concatenate(labels))
+            if logits
             else (
                 np.zeros(0, np.float32),
                 np.zeros(0, np.float32),
@@ -260,6 +264,6 @@ class Trainer:
         )
         gathered: list[tuple[np.ndarray, np.ndarray] | None] = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, local)
-        all_probs = np.concatenate([g[0] for g in gathered if g is not None])
+        all_logits = np.concatenate([g[0] for g in gathered if g is not None])
         all_labels = np.concatenate([g[1] for g in gathered if g is not None])
-        return EvalMetrics.of(all_labels, all_probs)
+        return EvalMetrics.of(all_labels, all_logits)

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
+from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from dist_train.data.synthetic import generate
 from dist_train.train.metrics import log_loss, normalized_entropy, roc_auc
+from dist_train.train.trainer import Trainer
+from tests.conftest import small_config
 
 
 def _brute_auc(y: np.ndarray, s: np.ndarray) -> float:
@@ -36,7 +43,35 @@ def test_auc_is_nan_for_scores_that_are_not_finite(bad: float) -> None:
 
 def test_log_loss_and_ne() -> None:
     y = np.array([1, 0, 1, 0])
-    assert log_loss(y, np.array([0.5] * 4)) == pytest.approx(np.log(2))
+    assert log_loss(y, np.zeros(4)) == pytest.approx(np.log(2))
     # Predicting the base rate gives NE = 1.
     y = np.array([1, 0, 0, 0])
-    assert normalized_entropy(y, np.full(4, 0.25)) == pytest.approx(1.0)
+    assert normalized_entropy(y, np.full(4, np.log(0.25 / 0.75))) == pytest.approx(1.0)
+
+
+def test_log_loss_is_the_training_loss_at_any_logit() -> None:
+    y = np.array([1.0, 0.0, 1.0, 0.0, 1.0])
+    z = np.array([3.0, -40.0, -60.0, 50.0, 0.25], dtype=np.float32)
+    want = torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.from_numpy(z).double(), torch.from_numpy(y)
+    )
+    # probabilities clipped at 1e-7 capped the two confident mistakes at about 16 each
+    assert log_loss(y, z) == pytest.approx(float(want), rel=1e-12)
+    assert log_loss(y, z) > 20
+
+
+@pytest.mark.usefixtures("one_rank")
+def test_evaluation_ranks_a_confident_models_predictions_by_their_logits(tmp_path: Path) -> None:
+    cfg = small_config(tmp_path)
+    trainer = Trainer.build(cfg)
+    test_dir = generate(cfg.data.synthetic, tmp_path / "data", progress=False).test_dir
+    builder = trainer.batch_builder()
+    batch = builder.build(pq.read_table(test_dir, columns=builder.columns).slice(0, 512))
+    logits = trainer.logits(batch).astype(np.float64)
+    labels = batch.labels.numpy()
+    # the same model, a thousand times as confident: its predictions keep their order,
+    # though most of their float32 sigmoids are exactly 0 or 1
+    trainer.model.register_forward_hook(lambda module, args, out: out * 1000)
+    confident = trainer.evaluate([(batch, 512)])
+    assert confident.auc == pytest.approx(roc_auc(labels, logits), abs=1e-12)
+    assert confident.log_loss == pytest.approx(log_loss(labels, logits * 1000), rel=1e-6)
