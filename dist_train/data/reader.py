@@ -221,7 +221,6 @@ def _filesystem(url: str) -> tuple[pafs.FileSystem, str]:
 
 
 def _resolve_url(url: str) -> list[str]:
-    scheme = url.split("://", 1)[0]
     fs, inner = _filesystem(url)
     info = fs.get_file_info(inner)
     if info.type == pafs.FileType.Directory:
@@ -235,11 +234,24 @@ def _resolve_url(url: str) -> list[str]:
     elif info.type == pafs.FileType.File:
         inner_files = [inner]
     else:
-        ffs, pattern = fsspec.core.url_to_fs(url)
-        inner_files = sorted(ffs.glob(pattern))
-    return [
-        f"{scheme}://{f.lstrip('/')}" if scheme != "file" else f"file://{f}" for f in inner_files
-    ]
+        ffs, inner = fsspec.core.url_to_fs(url)
+        inner_files = sorted(ffs.glob(inner))
+    return file_urls(url, inner, inner_files)
+
+
+def file_urls(url: str, inner: str, files: list[str]) -> list[str]:
+    """The URLs of ``files``, the filesystem's own paths of what it found at ``url``, whose
+    path it names ``inner``: each keeps what ``url`` holds before that path (scheme, and a
+    host and port, as ``hdfs://namenode:8020/dir`` has, which a filesystem's paths lack)."""
+    url = url.rstrip("/")
+    inner = inner.rstrip("/")
+    if inner and url.endswith(inner):
+        root = url[: len(url) - len(inner)]
+        return [root + f for f in files]
+    scheme = url.split("://", 1)[0]
+    if scheme == "file":
+        return [f"file://{f}" for f in files]
+    return [f"{scheme}://{f.lstrip('/')}" for f in files]
 
 
 def row_group_tables(

@@ -19,6 +19,7 @@ import pytest
 from dist_train.data.reader import (
     assign_row_groups,
     batches,
+    file_urls,
     iter_tables,
     list_row_groups,
     prefetch,
@@ -110,6 +111,53 @@ def test_file_url_and_fsspec_memory_url(id_data: Path) -> None:
         for i in t["row_id"].to_pylist()
     ]
     assert sorted(ids) == list(range(NUM_ROWS))
+
+
+@pytest.mark.parametrize(
+    ("url", "inner", "found", "want"),
+    [
+        # a namenode's host and port are not in HDFS paths: they used to be dropped
+        (
+            "hdfs://namenode:8020/data/train",
+            "/data/train",
+            ["/data/train/a.parquet"],
+            ["hdfs://namenode:8020/data/train/a.parquet"],
+        ),
+        (
+            "s3://bucket/train/",
+            "bucket/train",
+            ["bucket/train/a.parquet"],
+            ["s3://bucket/train/a.parquet"],
+        ),
+        (
+            "file:///tmp/train",
+            "/tmp/train",
+            ["/tmp/train/a.parquet"],
+            ["file:///tmp/train/a.parquet"],
+        ),
+        (
+            "gs://bucket/t/*.parquet",
+            "bucket/t/*.parquet",
+            ["bucket/t/a.parquet"],
+            ["gs://bucket/t/a.parquet"],
+        ),
+    ],
+)
+def test_found_files_keep_the_urls_scheme_host_and_port(
+    url: str, inner: str, found: list[str], want: list[str]
+) -> None:
+    assert file_urls(url, inner, found) == want
+
+
+def test_a_url_glob_names_files_that_open(id_data: Path) -> None:
+    import fsspec
+
+    mem = fsspec.filesystem("memory")
+    for f in sorted(id_data.glob("*.parquet")):
+        mem.pipe(f"/globbed/{f.name}", f.read_bytes())
+    files = resolve_files("memory://globbed/*.parquet")
+    assert len(files) == 5
+    assert sum(g.num_rows for g in list_row_groups(files[0])) > 0
 
 
 def test_a_directory_passes_over_hidden_and_underscore_files(id_data: Path, tmp_path: Path) -> None:
