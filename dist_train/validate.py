@@ -24,8 +24,8 @@ from dist_train.config import ConfigError, JobConfig, load_config, parse_config
 from dist_train.data.reader import DataSourceError, resolve_files
 from dist_train.devices import DeviceError, DeviceType, resolve_device
 from dist_train.embedding.layout import build_layout
-from dist_train.launchers.cluster import ClusterTooSmallError, NodeResources, check_fits, describe
-from dist_train.launchers.cluster_files import ClusterFileError, launcher_nodes, rayjob_nodes
+from dist_train.launchers.cluster import ClusterLimits, ClusterTooSmallError, check_fits
+from dist_train.launchers.cluster_files import ClusterFileError, launcher_limits, rayjob_nodes
 from dist_train.launchers.submit import REPO_ROOT
 from dist_train.storage import StorageError, location
 from dist_train.train.sharding import JobPlan, plan_for_config
@@ -99,18 +99,19 @@ def _check_job(
 def _check_fit(
     cfg: JobConfig,
     job_source: str,
-    nodes: list[NodeResources],
+    cluster: ClusterLimits,
     source: str,
     report: Report,
     planned: DeviceType | None = None,
 ) -> None:
-    """Whether ``cfg`` fits the cluster of ``nodes``; ``planned``: the ranks :func:`_check_job`
-    already planned it for (None: not planned). Raises :class:`PlanningError` (or
+    """Whether ``cfg`` fits ``cluster``; ``planned``: the ranks :func:`_check_job` already
+    planned it for (None: not planned). Raises :class:`PlanningError` (or
     :class:`TopologyError`) where the job's plan for this cluster's ranks fails."""
-    gpus = sum(n.gpus * n.count for n in nodes)
+    gpus = sum(n.gpus * n.count for n in cluster.largest(lambda n: n.gpus))
     try:
         device = resolve_device(cfg.train.device, cfg.ray.num_workers, gpus, source)
         per_worker = 1.0 if device == "cuda" else 0.0
+        nodes = cluster.largest(lambda n: n.worker_slots(cfg.ray.cpus_per_worker, per_worker))
         check_fits(
             nodes, cfg.ray.num_workers, cfg.ray.cpus_per_worker, per_worker, cfg.ray.num_nodes
         )
@@ -121,7 +122,7 @@ def _check_fit(
         plan_for_config(cfg, device)
     if device == "cpu":  # (on GPUs the tables live in GPU memory, which the planner checks)
         need = embedding_bytes_per_rank(cfg)
-        for n in nodes:
+        for n in cluster.nodes:
             slots = n.worker_slots(cfg.ray.cpus_per_worker)
             if n.memory_bytes and slots and need * min(slots, cfg.ray.num_workers) > n.memory_bytes:
                 report.problems.append(
@@ -133,7 +134,7 @@ def _check_fit(
     ranks = f"{device} ranks"
     if device == "cpu" and gpus and cfg.train.device == "auto":
         ranks += f": its {gpus:g} GPU(s) are fewer than one per worker"
-    report.ok.append(f"{job_source} fits {source} ({describe(nodes)}; {ranks})")
+    report.ok.append(f"{job_source} fits {source} ({cluster.describe()}; {ranks})")
 
 
 def _rayjob_config(entrypoint: str, source: str, report: Report) -> JobConfig | None:
@@ -165,7 +166,7 @@ def validate_files(paths: list[str]) -> Report:
     """Check every file, then every job against every cluster; collect all findings."""
     report = Report()
     jobs: list[tuple[JobConfig, str]] = []
-    clusters: list[tuple[list[NodeResources], str, JobConfig | None]] = []
+    clusters: list[tuple[ClusterLimits, str, JobConfig | None]] = []
     for p in paths:
         path = Path(p)
         if "://" in p or (path / META).is_file():
@@ -178,19 +179,20 @@ def validate_files(paths: list[str]) -> Report:
             doc = _load_yaml(path)
             if isinstance(doc, dict) and doc.get("kind") == "RayJob":
                 nodes, entrypoint = rayjob_nodes(doc, p)
-                report.ok.append(f"{p}: KubeRay RayJob, at most {describe(nodes)}")
-                clusters.append((nodes, p, _rayjob_config(entrypoint, p, report)))
+                cluster = ClusterLimits(nodes)
+                report.ok.append(f"{p}: KubeRay RayJob, {cluster.describe()}")
+                clusters.append((cluster, p, _rayjob_config(entrypoint, p, report)))
             elif isinstance(doc, dict) and "available_node_types" in doc:
-                nodes = launcher_nodes(doc, p)
-                report.ok.append(f"{p}: Ray cluster config, at most {describe(nodes)}")
-                clusters.append((nodes, p, None))
+                cluster = launcher_limits(doc, p)
+                report.ok.append(f"{p}: Ray cluster config, {cluster.describe()}")
+                clusters.append((cluster, p, None))
             else:
                 jobs.append((parse_config(doc, p), p))
         except (ConfigError, ClusterFileError) as err:
             report.problems.append(str(err))
     # Jobs once every file is read: whether any cluster is given decides how auto is planned.
     devices = [_check_job(cfg, p, report, bool(clusters)) for cfg, p in jobs]
-    for nodes, source, own_cfg in clusters:
+    for cluster, source, own_cfg in clusters:
         targets: list[tuple[JobConfig, str, DeviceType | None]] = [
             (cfg, p, device) for (cfg, p), device in zip(jobs, devices, strict=True)
         ]
@@ -198,7 +200,7 @@ def validate_files(paths: list[str]) -> Report:
             targets.append((own_cfg, f"its entrypoint's config {own_cfg.name!r}", None))
         for cfg, job_source, planned in targets:
             try:
-                _check_fit(cfg, job_source, nodes, source, report, planned)
+                _check_fit(cfg, job_source, cluster, source, report, planned)
             except (PlanningError, TopologyError) as err:  # its plan for this cluster's ranks
                 report.problems.append(f"{job_source} on {source}: sharding plan: {err}")
     return report

@@ -7,7 +7,8 @@ on cluster-launcher and KubeRay files at their maximum size.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 
@@ -31,6 +32,48 @@ class NodeResources:
         if gpus_per_worker > 0:
             slots = min(slots, math.floor(self.gpus / gpus_per_worker + 1e-9))
         return max(slots, 0)
+
+
+@dataclass(frozen=True)
+class ClusterLimits:
+    """What a cluster file lets a cluster grow to: ``nodes``, each type at the most of it
+    the cluster may hold (the head's type counting the head), and at most ``max_workers``
+    nodes past the head ``head`` of all types together (a cluster-launcher file's
+    top-level cap; None: no cap but each type's)."""
+
+    nodes: list[NodeResources]
+    head: str | None = None
+    max_workers: int | None = None
+
+    def largest(self, value: Callable[[NodeResources], float]) -> list[NodeResources]:
+        """The cluster's largest mix by ``value`` of a node: the capped workers go to the
+        types of most value first (the autoscaler may start any mix), the head always up.
+        Taking the most valuable nodes first also gives the most nodes of any value."""
+        if self.max_workers is None:
+            return self.nodes
+        budget = self.max_workers
+        out = []
+        for n in sorted(self.nodes, key=lambda n: -value(n)):  # stable: file order on ties
+            head = int(n.name == self.head)
+            workers = min(n.count - head, budget)
+            budget -= workers
+            if workers + head:
+                out.append(replace(n, count=workers + head))
+        return out
+
+    def describe(self) -> str:
+        """What the cluster may grow to, in words."""
+        if self.max_workers is None:
+            return f"at most {describe(self.nodes)}"
+        cpus = sum(n.cpus * n.count for n in self.largest(lambda n: n.cpus))
+        gpus = sum(n.gpus * n.count for n in self.largest(lambda n: n.gpus))
+        counts = [(n.name, n.count - (n.name == self.head)) for n in self.nodes]
+        types = ", ".join(f"{name} (up to {count})" for name, count in counts if count)
+        return (
+            f"at most {1 + self.max_workers} node(s): the head ({self.head}) and "
+            f"{self.max_workers} of {types or 'no worker type'}; up to {cpus:g} CPUs or "
+            f"{gpus:g} GPUs"
+        )
 
 
 def describe(nodes: list[NodeResources]) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dist_train.launchers.cluster import NodeResources
+from dist_train.launchers.cluster import ClusterLimits, NodeResources
 
 
 class ClusterFileError(ValueError):
@@ -58,16 +58,16 @@ class ClusterLauncherConfig(_Open):
             raise ValueError("provider.type is required")
         return self
 
-    def nodes(self) -> list[NodeResources]:
-        """The cluster at its maximum size (head + up to max_workers workers)."""
-        out = []
+    def limits(self) -> ClusterLimits:
+        """Each node type at the most of it the cluster may hold (its own ``max_workers``,
+        within the cluster's, and the head), under the cluster's ``max_workers``."""
         budget = self.max_workers or 0
+        nodes = []
         for name, nt in self.available_node_types.items():
             count = min(nt.max_workers, budget) + (1 if name == self.head_node_type else 0)
-            budget -= min(nt.max_workers, budget)
             if count:
-                out.append(_node(name, nt.resources, count))
-        return out
+                nodes.append(_node(name, nt.resources, count))
+        return ClusterLimits(nodes, self.head_node_type, budget)
 
 
 def _node(name: str, resources: dict[str, float], count: int) -> NodeResources:
@@ -170,11 +170,11 @@ def _as_ray_reads_it(doc: dict[str, Any], source: str) -> dict[str, Any]:
     return prepared
 
 
-def launcher_nodes(doc: dict[str, Any], source: str) -> list[NodeResources]:
-    """Nodes of a cluster-launcher YAML at its maximum size."""
+def launcher_limits(doc: dict[str, Any], source: str) -> ClusterLimits:
+    """What a cluster-launcher YAML's cluster may grow to."""
     try:
         ClusterLauncherConfig.model_validate(doc)  # first: its messages name our fields
-        return ClusterLauncherConfig.model_validate(_as_ray_reads_it(doc, source)).nodes()
+        return ClusterLauncherConfig.model_validate(_as_ray_reads_it(doc, source)).limits()
     except ValidationError as err:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '<top level>'}: {e['msg']}"

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from dist_train.launchers.cluster_files import ClusterFileError, launcher_nodes
+from dist_train.launchers.cluster_files import ClusterFileError, launcher_limits
+from dist_train.validate import validate_files
 
 AWS = Path(__file__).resolve().parents[2] / "launch" / "clusters" / "aws-gpu.yaml"
 
@@ -22,10 +23,10 @@ def _aws() -> dict[str, Any]:
 def test_what_ray_accepts_is_accepted() -> None:
     doc = _aws()
     del doc["max_workers"]  # Ray's default: 2 workers
-    workers = [n for n in launcher_nodes(doc, "aws.yaml") if n.name == "gpu_worker"]
+    workers = [n for n in launcher_limits(doc, "aws.yaml").nodes if n.name == "gpu_worker"]
     assert [w.count for w in workers] == [2]
     declared = _aws()["available_node_types"]["gpu_worker"]["max_workers"]
-    workers = [n for n in launcher_nodes(_aws(), "aws.yaml") if n.name == "gpu_worker"]
+    workers = [n for n in launcher_limits(_aws(), "aws.yaml").nodes if n.name == "gpu_worker"]
     assert [w.count for w in workers] == [declared] and declared != 2
 
 
@@ -47,4 +48,37 @@ def test_what_ray_refuses_is_refused_naming_the_field(edit: Any, message: str) -
     doc = _aws()
     edit(doc)
     with pytest.raises(ClusterFileError, match=message):
-        launcher_nodes(doc, "bad.yaml")
+        launcher_limits(doc, "bad.yaml")
+
+
+def _cpu_type_first(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with a CPU-only worker type listed before its GPU type, under the same cap."""
+    cpu = {**doc["available_node_types"]["gpu_worker"], "resources": {"CPU": 192}}
+    types = doc["available_node_types"]
+    doc["available_node_types"] = {"head": types["head"], "cpu_worker": cpu, **types}
+    return doc
+
+
+def test_the_cap_on_workers_goes_to_the_types_the_job_needs() -> None:
+    cluster = launcher_limits(_cpu_type_first(_aws()), "mixed.yaml")
+    assert cluster.max_workers == 4
+    # the autoscaler may start any 4 workers: listed first, the CPU type took all 4
+    by_gpus = cluster.largest(lambda n: n.gpus)
+    assert sum(n.gpus * n.count for n in by_gpus) == 32
+    by_cpus = cluster.largest(lambda n: n.cpus)
+    assert {n.name: n.count for n in by_cpus} == {"head": 1, "cpu_worker": 4}
+    assert "at most 5 node(s): the head (head) and 4 of cpu_worker (up to 4), gpu_worker" in (
+        cluster.describe()
+    )
+
+
+def test_validate_fits_a_gpu_job_to_a_gpu_type_listed_second(tmp_path: Path) -> None:
+    cluster = tmp_path / "mixed.yaml"
+    cluster.write_text(yaml.safe_dump(_cpu_type_first(_aws()), sort_keys=False))
+    job = yaml.safe_load((AWS.parents[1] / "configs" / "two_nodes.yaml").read_text())
+    job["train"] = {**job.get("train", {}), "device": "cuda"}
+    job_path = tmp_path / "job.yaml"
+    job_path.write_text(yaml.safe_dump(job))
+    report = validate_files([str(job_path), str(cluster)])
+    assert report.problems == []
+    assert any("fits" in line and "cuda ranks" in line for line in report.ok)

@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from dist_train.config import DEFAULT_CONFIG
-from dist_train.launchers.cluster_files import launcher_nodes, rayjob_nodes
+from dist_train.launchers.cluster_files import launcher_limits, rayjob_nodes
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -367,7 +367,7 @@ def cluster_gpus(path: str, doc: dict[str, Any]) -> float:
     if doc.get("kind") == "RayJob":
         nodes = rayjob_nodes(doc, path)[0]
     else:
-        nodes = launcher_nodes(doc, path)
+        nodes = launcher_limits(doc, path).largest(lambda n: n.gpus)
     return sum(n.gpus * n.count for n in nodes)
 
 

@@ -54,7 +54,8 @@ def test_shipped_launch_files_validate(tmp_path: Path, monkeypatch: pytest.Monke
     report = validate_files([str(f) for f in files])
     assert report.problems == []
     assert any(
-        "aws-gpu.yaml: Ray cluster config, at most 5 node(s), 384 CPUs, 32 GPUs" in line
+        "aws-gpu.yaml: Ray cluster config, at most 5 node(s): the head (head) and 4 of "
+        "gpu_worker (up to 4); up to 384 CPUs or 32 GPUs" in line
         for line in report.ok
     )
     assert any("two_nodes.yaml fits" in line and "rayjob.yaml" in line for line in report.ok)
