@@ -324,5 +324,8 @@ class Asker:
             vectors = place[vector_of_id[self._group_of_feature[feature] == g]]
             per_vector = torch.bincount(vectors, minlength=int(asked_in_group.sum()))
             group_lengths = lengths[members].view(-1)
-            bags.append(Bags.of(vectors, group_lengths, torch.argsort(vectors), per_vector, batch))
+            # stable: each vector's ids in KJT order, as distinct_keys gives the one group's,
+            # so the backward sums a vector's gradients in one order every run
+            by_vector = torch.argsort(vectors, stable=True)
+            bags.append(Bags.of(vectors, group_lengths, by_vector, per_vector, batch))
         return Asks(counts, asked - holder_table * self._row_span, bags)
