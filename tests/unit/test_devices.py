@@ -13,7 +13,7 @@ from dist_train.devices import (
     rank_device,
     resolve_device,
 )
-from dist_train.launchers.cluster import NodeResources
+from dist_train.launchers.cluster import ClusterLimits, NodeResources
 from dist_train.validate import Report, _check_fit
 
 
@@ -48,7 +48,7 @@ def test_gpu_ranks_use_nccl_for_cuda_tensors_and_gloo_for_the_rest() -> None:
 def _fit(nodes: list[NodeResources], *overrides: str) -> Report:
     cfg = load_config(overrides=["ray.num_workers=4", *overrides])
     report = Report()
-    _check_fit(cfg, "job.yaml", nodes, "cluster.yaml", report)
+    _check_fit(cfg, "job.yaml", ClusterLimits(nodes), "cluster.yaml", report)
     return report
 
 
