@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from planners.topology import TopologyError, parse_bytes
 from planners.types import ShardingType
@@ -202,11 +210,11 @@ class ModelConfig(_Strict):
         description="dlrm: dot interaction; dcn_v2: cross network (the Unified Embedding "
         "paper's model); autoint: self-attention over the feature embeddings.",
     )
-    bottom_mlp: list[int] = Field(
+    bottom_mlp: list[PositiveInt] = Field(
         default_factory=lambda: [64],
         description="dlrm: hidden sizes of the dense tower (its output is one d-vector).",
     )
-    top_mlp: list[int] = Field(
+    top_mlp: list[PositiveInt] = Field(
         default_factory=lambda: [128, 64],
         description="dlrm: hidden sizes above the interaction; dcn_v2: the deep network over "
         "the cross output.",
@@ -225,7 +233,7 @@ class ModelConfig(_Strict):
     attention_dim: int = Field(
         16, gt=0, description="autoint: output width of each layer, split over the heads."
     )
-    attention_mlp: list[int] = Field(
+    attention_mlp: list[PositiveInt] = Field(
         default_factory=list,
         description="autoint: hidden sizes between the flattened attention output and the "
         "logit; none (the paper's AutoInt) trains best on the default data.",

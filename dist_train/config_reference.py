@@ -33,6 +33,8 @@ def _type_name(annotation: Any) -> str:
     """A short readable type: ``int | None``, ``auto | row_wise | ...``, ``list[int]``."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is typing.Annotated:  # a constrained type (PositiveInt): its base type
+        return _type_name(args[0])
     if origin is Literal:
         return " \\| ".join(str(a) for a in args)
     if origin in (typing.Union, types.UnionType):

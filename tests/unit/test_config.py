@@ -153,3 +153,11 @@ def test_any_non_negative_seed_initializes_the_tables() -> None:
         load_config(overrides=["seed=-1"])
     for seed in (0, 2**27, 2**40, 2**63):  # the generator's seed once overflowed from 2^30
         assert init_rows("unified_0", 100, 8, seed, 0, 3, 0.1).shape == (3, 8)
+
+
+@pytest.mark.parametrize("key", ["model.bottom_mlp", "model.top_mlp", "model.attention_mlp"])
+@pytest.mark.parametrize("size", [0, -4])
+def test_layer_sizes_must_be_positive(key: str, size: int) -> None:
+    # 0 trained a model whose logits were all 0; -4 crashed building it, with a traceback
+    with pytest.raises(ConfigError, match=rf"{key}\.1: Input should be greater than 0"):
+        load_config(overrides=[f"{key}=[8,{size}]"])
