@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import glob
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +42,8 @@ def _number_list(kind: type[int] | type[float], zero: bool = False) -> Callable[
             values = [kind(x) for x in text.split(",")]
         except ValueError:
             values = []
-        if not values or any(v < 0 or (v == 0 and not zero) for v in values):
+        bad = (not math.isfinite(v) or v < 0 or (v == 0 and not zero) for v in values)
+        if not values or any(bad):
             raise argparse.ArgumentTypeError(
                 f"expected comma-separated {sign} {kind.__name__}s, e.g. 2,4; got {text!r}"
             )

@@ -64,7 +64,9 @@ class Arm:
 
 
 def arms(budgets: tuple[float, ...], seeds: tuple[int, ...]) -> list[Arm]:
-    """Every run, seeds innermost-but-one so a partial sweep covers all methods early."""
+    """Every run, seeds innermost-but-one so a partial sweep covers all methods early (a
+    budget or seed given twice runs once: a repeat would count as another seed)."""
+    budgets, seeds = tuple(dict.fromkeys(budgets)), tuple(dict.fromkeys(seeds))
     out = [Arm("collisionless", 1.0, s) for s in seeds]
     for budget in budgets:
         for seed in seeds:
@@ -215,6 +217,28 @@ def config_digest(job: JobConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _results(log: Path) -> list[dict[str, Any]]:
+    """The runs recorded in ``log`` (none if it does not exist); blank lines are passed
+    over, and a line that is not a run's JSON object is an error naming the line."""
+    if not log.exists():
+        return []
+    out = []
+    for number, line in enumerate(log.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            run = json.loads(line)
+        except json.JSONDecodeError as err:
+            run = err
+        if not isinstance(run, dict) or not isinstance(run.get("name"), str):
+            raise ConfigError(
+                f"{log}, line {number}: not a sweep run's record ({run}); remove the line "
+                "(its run trains again) or the file (to start over)"
+            )
+        out.append(run)
+    return out
+
+
 def run_sweep(
     dataset: str,
     out: Path,
@@ -232,8 +256,7 @@ def run_sweep(
     base = prepare(dataset, config, overrides or [], out)
     digest = config_digest(dataset_config(dataset, config, overrides or []))
     log = out / "results.jsonl"
-    lines = log.read_text().splitlines() if log.exists() else []
-    done = [r for r in map(json.loads, lines) if r.get("dataset") == dataset]
+    done = [r for r in _results(log) if r.get("dataset") == dataset]
     other = [r["name"] for r in done if r.get("config", digest) != digest]
     if any("config" not in r for r in done):  # written before runs recorded their config
         print(f"[sweep] {log}: runs without a recorded config are taken as this one's")
@@ -248,8 +271,7 @@ def run_sweep(
     todo = [a for a in planned if a.name not in have]
     wanted = {a.name for a in planned}
     print(
-        f"[sweep] {dataset}: {len(todo)} run(s) to train, {len(wanted) - len(todo)} already in "
-        f"{log}",
+        f"[sweep] {dataset}: {len(todo)} run(s) to train, {len(wanted & have)} already in {log}",
         flush=True,
     )
     for i, arm in enumerate(todo, 1):
@@ -275,7 +297,9 @@ def run_sweep(
             f"({result['seconds']:.0f} s)",
             flush=True,
         )
-    rows = summarize([r for r in done if r["name"] in wanted])
+    # one row a run: an older sweep's file may hold a run twice (a seed given twice)
+    runs = {r["name"]: r for r in reversed(done) if r["name"] in wanted}
+    rows = summarize(list(runs.values()))
     (out / "sweep.json").write_text(json.dumps({"dataset": dataset, "rows": rows}, indent=2))
     table = markdown(rows, dataset)
     (out / "sweep.md").write_text(table)

@@ -86,6 +86,22 @@ class EmbeddingLayout:
         ]
 
 
+def _rows_per_feature(num_rows: int, features: list[FeatureConfig]) -> dict[str, int]:
+    """The hashing trick's rows per feature: ``num_rows`` shared out in chunk units (a
+    feature of ``k`` chunks has ``k`` times the columns, so a row of it costs ``k``), the
+    remainder a row each to the first features it covers; at least one row each. The
+    tables then hold the unified table's ``num_rows x dim`` parameters wherever the chunks
+    allow it (always, when every feature has one chunk)."""
+    total_chunks = sum(f.chunks for f in features)
+    base, left = divmod(num_rows, total_chunks)
+    out = {}
+    for f in features:
+        extra = int(left >= f.chunks)
+        left -= extra * f.chunks
+        out[f.name] = max(1, base + extra)
+    return out
+
+
 def build_layout(
     embedding: EmbeddingConfig, features: list[FeatureConfig], seed: int
 ) -> EmbeddingLayout:
@@ -120,14 +136,14 @@ def build_layout(
             if table_keys:
                 tables.append(TableSpec(name, rows[t], d, table_keys))
     elif embedding.kind in ("collisionless", "hashing_trick"):
-        total_chunks = sum(f.chunks for f in features)
+        hashed_rows = _rows_per_feature(embedding.num_rows, features)
         for f in features:
             dim = f.chunks * d
             if embedding.kind == "collisionless":
                 assert f.cardinality is not None  # checked by JobConfig
                 num_rows, salt = f.cardinality, None
             else:
-                num_rows = max(1, embedding.num_rows // total_chunks)
+                num_rows = hashed_rows[f.name]
                 salt = make_salt(f.name, 0, seed)
             table = f"{embedding.kind}_{f.name}"
             keys.append(KeySpec(f.name, f.name, 0, table, num_rows, dim, salt))

@@ -24,6 +24,9 @@ def test_lists_parse_into_numbers_defaults_included() -> None:
         (["bench", "kernel", "--batches", ""], "positive ints"),
         (["bench", "embeddings", "--lrs", "0.1,-1"], "positive floats"),
         (["sweep", "--seeds", "-1"], "non-negative ints"),
+        # not finite: they failed only after the collisionless runs had trained
+        (["sweep", "--budgets", "1,inf"], "positive floats"),
+        (["sweep", "--budgets", "nan"], "positive floats"),
     ],
 )
 def test_bad_lists_are_usage_errors_naming_the_value(

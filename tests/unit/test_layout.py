@@ -105,7 +105,10 @@ def test_unified_one_table_and_round_robin_subtables() -> None:
 def test_baseline_parameter_budgets() -> None:
     hashing = _builder("hashing_trick").layout
     assert [t.dim for t in hashing.tables] == [8, 12, 4]
-    assert all(t.num_rows == 997 // 6 for t in hashing.tables)
+    # 997 rows over 6 chunks: 166 each, and the row left over to the first table of one
+    # chunk; the unified table's 997 x 4 parameters, as the budget says
+    assert [t.num_rows for t in hashing.tables] == [166, 166, 167]
+    assert hashing.num_parameters == _builder("unified").layout.num_parameters == 997 * 4
     exact = _builder("collisionless").layout
     assert [(t.num_rows, t.dim) for t in exact.tables] == [(50, 8), (50, 12), (50, 4)]
 

@@ -25,16 +25,21 @@ from dist_train.sweep import (
 )
 
 
-def test_every_method_at_a_budget_holds_that_many_parameters() -> None:
-    base = load_config(DATASETS["synthetic"])
+@pytest.mark.parametrize("dataset", ["synthetic", "adult"])
+def test_every_method_at_a_budget_holds_that_many_parameters(dataset: str) -> None:
+    base = load_config(DATASETS[dataset])
     full = vocabulary(base) * base.embedding.dim
     exact = arm_config(base, Arm("collisionless", 1.0, 0))
     assert build_layout(exact.embedding, exact.features, 0).num_parameters == full
-    for method in ("hashing_trick", "multiplexing", "unified"):
-        cfg = arm_config(base, Arm(method, 0.1, 2))
-        params = build_layout(cfg.embedding, cfg.features, cfg.seed).num_parameters
-        assert params == pytest.approx(0.1 * full, rel=0.001), method
-        assert cfg.seed == 2 and cfg.name == f"{method}-b0.1-s2"
+    for budget in (1.0, 0.3, 0.1, 0.03):
+        # the same rows, so the same parameters, for each shared method: the hashing
+        # trick's tables rounded down to a multiple of the features held 96 of Adult's 120
+        rows = max(len(base.features), round(budget * vocabulary(base)))
+        for method in ("hashing_trick", "multiplexing", "unified"):
+            cfg = arm_config(base, Arm(method, budget, 2))
+            params = build_layout(cfg.embedding, cfg.features, cfg.seed).num_parameters
+            assert params == rows * base.embedding.dim, (method, budget)
+            assert cfg.seed == 2 and cfg.name == f"{method}-b{budget:g}-s2"
     chunks = {
         m: [f.chunks for f in arm_config(base, Arm(m, 0.1, 0)).features]
         for m in ("multiplexing", "unified")
@@ -52,6 +57,32 @@ def test_arms_cover_methods_budgets_and_seeds_once() -> None:
         "multiplexing",
         "unified",
     }
+
+
+def test_a_budget_or_seed_given_twice_runs_once() -> None:
+    # a repeat trained again and counted as another seed, of spread 0
+    assert arms((0.1, 1.0, 0.1), (0, 0, 1)) == arms((0.1, 1.0), (0, 1))
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("not json\n", r"results\.jsonl, line 2: not a sweep run's record"),
+        ("[1, 2]\n", r"results\.jsonl, line 2: not a sweep run's record \(\[1, 2\]\)"),
+        # a blank line is passed over: the next line's run is read, and refused as before
+        ("\n", r"results\.jsonl: 2 synthetic run\(s\) there"),
+    ],
+)
+def test_a_results_line_that_is_no_run_is_named_before_training(
+    tmp_path: Path, text: str, match: str
+) -> None:
+    small = ["data.synthetic.num_train_rows=2048", "data.synthetic.num_test_rows=1024"]
+    other = config_digest(dataset_config("synthetic", None, [*small, "train.epochs=5"]))
+    row = json.dumps({"dataset": "synthetic", "name": "unified-b1-s0", "config": other})
+    (tmp_path / "results.jsonl").write_text(f"{row}\n{text}{row}\n")
+    with pytest.raises(ConfigError, match=match):
+        run_sweep("synthetic", tmp_path, overrides=small, budgets=(1.0,))
+    assert not (tmp_path / "runs").exists()  # nothing trained
 
 
 def test_summary_gives_mean_and_spread_over_seeds() -> None:
