@@ -38,6 +38,7 @@ from dist_train.config import (
     parse_config,
 )
 from dist_train.data.synthetic import generate
+from dist_train.embedding.layout import build_layout
 from dist_train.logs import setup_logging, verbosity
 
 METHODS = ("collisionless", "hashing_trick", "multiplexing", "unified")
@@ -98,6 +99,19 @@ def arm_config(base: JobConfig, arm: Arm) -> JobConfig:
         for feature in raw["features"]:
             feature["chunks"] = 1
     return parse_config(apply_overrides(raw, overrides), f"sweep arm {arm.name}")
+
+
+def stale_runs(
+    done: list[dict[str, Any]], base: JobConfig, planned: list[Arm]
+) -> list[dict[str, Any]]:
+    """The ``done`` runs of ``planned`` arms whose recorded parameters are not what the arm
+    holds now: an older dist_train's (before fc4d3c4 the hashing trick's rows were rounded
+    down), not this arm's figures."""
+    params = {}
+    for arm in planned:
+        cfg = arm_config(base, arm)
+        params[arm.name] = build_layout(cfg.embedding, cfg.features, cfg.seed).num_parameters
+    return [r for r in done if params.get(r["name"], r["parameters"]) != r["parameters"]]
 
 
 def dataset_config(dataset: str, config: str | None, overrides: list[str]) -> JobConfig:
@@ -266,8 +280,15 @@ def run_sweep(
             "another job config (--config, --set): their figures cannot be mixed with this "
             "one's. Sweep into another --out, or remove the file to start over"
         )
-    have = {r["name"] for r in done}
     planned = arms(budgets, seeds)
+    stale = stale_runs(done, base, planned)
+    if stale:
+        print(
+            f"[sweep] {log}: {len(stale)} run(s) there ({stale[0]['name']}, ...) hold other "
+            "parameters than their arm now has (an older dist_train's): not taken"
+        )
+        done = [r for r in done if all(r is not old for old in stale)]
+    have = {r["name"] for r in done}
     todo = [a for a in planned if a.name not in have]
     wanted = {a.name for a in planned}
     print(

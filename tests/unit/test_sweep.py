@@ -20,6 +20,7 @@ from dist_train.sweep import (
     config_digest,
     dataset_config,
     run_sweep,
+    stale_runs,
     summarize,
     vocabulary,
 )
@@ -83,6 +84,17 @@ def test_a_results_line_that_is_no_run_is_named_before_training(
     with pytest.raises(ConfigError, match=match):
         run_sweep("synthetic", tmp_path, overrides=small, budgets=(1.0,))
     assert not (tmp_path / "runs").exists()  # nothing trained
+
+
+def test_runs_of_other_parameters_than_their_arms_are_stale() -> None:
+    base = load_config(DATASETS["adult"])
+    planned = arms((0.03,), (0,))
+    done = [
+        {"name": "hashing_trick-b0.03-s0", "parameters": 96},  # rows rounded down, once
+        {"name": "unified-b0.03-s0", "parameters": 120},
+        {"name": "unified-b0.5-s0", "parameters": 7},  # not planned: not judged
+    ]
+    assert stale_runs(done, base, planned) == [done[0]]
 
 
 def test_summary_gives_mean_and_spread_over_seeds() -> None:
