@@ -16,6 +16,8 @@ import os
 import socket
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,10 @@ from dist_train.launchers.rank_server import use_rank_server
 from dist_train.logs import quiet_worker_logs
 
 WorkerFn = Callable[..., Any]
+# How often a rank checks that the process that started it still runs, and how long ranks
+# get to end on SIGTERM before they are killed
+DRIVER_CHECK_SECONDS = 1.0
+STOP_GRACE_SECONDS = 10.0
 
 
 def free_port() -> int:
@@ -53,10 +59,12 @@ def _entry(
     fn: WorkerFn,
     args: tuple[Any, ...],
     result_dir: str,
+    driver: int,
 ) -> None:
     # A forked rank inherits the server's environment, from when it started: use the caller's.
     os.environ.clear()
     os.environ.update(environ)
+    _end_with(driver)
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -119,7 +127,7 @@ def run_processes(
     if start_method == "forkserver":
         use_rank_server(fn.__module__)
     with tempfile.TemporaryDirectory(prefix="dist-train-results-") as result_dir:
-        mp.start_processes(
+        ranks = mp.start_processes(
             _entry,
             args=(
                 world_size,
@@ -131,11 +139,18 @@ def run_processes(
                 fn,
                 args,
                 result_dir,
+                os.getpid(),
             ),
             nprocs=world_size,
-            join=True,
+            join=False,
             start_method=start_method,
         )
+        try:
+            while not ranks.join():  # raises, the other ranks stopped, when one fails
+                pass
+        except BaseException:  # Ctrl-C, SIGTERM (dist_train.stopping): the ranks end too
+            _stop(ranks.processes)
+            raise
         out = []
         for r in range(world_size):
             tensors = load_file(str(Path(result_dir) / f"rank{r}.safetensors"))
@@ -143,6 +158,36 @@ def run_processes(
                 _decode(json.loads((Path(result_dir) / f"rank{r}.json").read_text()), tensors)
             )
         return out
+
+
+def _end_with(driver: int) -> None:
+    """End this rank when process ``driver``, which started it, is gone (killed, say): its
+    ranks are the forkserver's children, not its own, and would train on unseen."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(DRIVER_CHECK_SECONDS)
+            try:
+                os.kill(driver, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:  # another user's process took the id: ours is gone
+                os._exit(1)
+
+    threading.Thread(target=watch, name="dist-train-driver-watch", daemon=True).start()
+
+
+def _stop(processes: list[Any]) -> None:
+    """SIGTERM the ranks still running, then SIGKILL those not gone within the grace."""
+    for proc in processes:
+        if proc.is_alive():
+            proc.terminate()
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for proc in processes:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
 
 
 _TENSOR, _ARRAY, _TUPLE = "__tensor__", "__ndarray__", "__tuple__"

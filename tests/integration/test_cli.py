@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import torch
 
 from dist_train.cli import main
+from dist_train.launchers.processes import DRIVER_CHECK_SECONDS
 from tests.conftest import small_config
 
 
@@ -111,3 +116,44 @@ def test_quiet_and_verbose_set_what_the_console_shows(tmp_path: Path) -> None:
     assert start["dot_interaction"] == expected
     verbose = _cli(*run, "-v", "-q", cwd=tmp_path)
     assert verbose.returncode == 2 and "not allowed with" in verbose.stderr
+
+
+@pytest.mark.parametrize(("stop", "code"), [(signal.SIGTERM, 143), (signal.SIGKILL, -9)])
+def test_a_driver_stopped_alone_stops_its_ranks(tmp_path: Path, stop: int, code: int) -> None:
+    """`kill PID` (or docker stop) of the driver alone: its plain-process ranks, which are
+    the forkserver's children, trained on to the end before, unseen, and its temporary
+    results directory stayed behind. After a SIGKILL, which it cannot handle, the ranks
+    notice it is gone."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    metrics = tmp_path / "tiny" / "metrics.jsonl"
+    config = Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny.yaml"
+    sets = [
+        "launcher=processes",
+        f"output_dir={tmp_path}",
+        "data.synthetic.num_train_rows=400000",
+        "train.epochs=3",
+        "train.log_every=10",
+    ]
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "dist_train.driver", "--config", str(config)]
+        + [arg for s in sets for arg in ("--set", s)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TMPDIR": str(tmp)},
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (metrics.exists() and '"step": 20' in metrics.read_text()):
+            assert driver.poll() is None and time.monotonic() < deadline, "no step 20"
+            time.sleep(0.2)
+        driver.send_signal(stop)
+        assert driver.wait(timeout=60) == code
+    finally:
+        driver.kill()
+    time.sleep(2 * DRIVER_CHECK_SECONDS)  # after a SIGKILL, the ranks' next check ends them
+    size = metrics.stat().st_size
+    time.sleep(3)
+    assert metrics.stat().st_size == size, "the ranks trained on"
+    if stop == signal.SIGTERM:
+        assert list(tmp.glob("dist-train-results-*")) == []
