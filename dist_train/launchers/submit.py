@@ -10,6 +10,7 @@ starts.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -42,13 +43,42 @@ def cluster_config_path(config: str, working_dir: str | None) -> str:
         return config  # nothing uploaded: a path the cluster's nodes see, as typed
     root = Path(working_dir).resolve()
     path = Path(config).expanduser().resolve()
-    if path.is_relative_to(root):
-        return path.relative_to(root).as_posix()
-    raise ConfigError(
-        f"{config}: outside the working dir {root} that is uploaded to the cluster, so "
-        "the job could not read it there; put it inside the working dir, or submit with "
-        "--no-working-dir and a path the cluster's nodes see"
-    )
+    if not path.is_relative_to(root):
+        raise ConfigError(
+            f"{config}: outside the working dir {root} that is uploaded to the cluster, so "
+            "the job could not read it there; put it inside the working dir, or submit with "
+            "--no-working-dir and a path the cluster's nodes see"
+        )
+    left_out = _left_out_by_upload(path, root)
+    if left_out:
+        raise ConfigError(
+            f"{config}: the upload of {root} leaves it out ({left_out}), so the job could "
+            "not read it on the cluster; copy it to a folder that is uploaded (launch/configs/, "
+            "say), or submit with --no-working-dir and a path the cluster's nodes see"
+        )
+    return path.relative_to(root).as_posix()
+
+
+def _left_out_by_upload(path: Path, root: Path) -> str | None:
+    """Why Ray's upload of ``root`` leaves ``path`` out, None if it does not: matched by
+    :data:`EXCLUDES`, or by a ``.gitignore`` or ``.rayignore`` of a folder on its way, as
+    Ray's packaging reads them (its own functions: ``ray job submit`` uploads with them)."""
+    from ray._private.runtime_env.packaging import _get_excludes, get_excludes_from_ignore_files
+
+    quiet = logging.getLogger("dist_train.submit.upload")  # Ray names each ignore file
+    quiet.setLevel(logging.WARNING)
+    gitignore = os.environ.get("RAY_RUNTIME_ENV_IGNORE_GITIGNORE", "0") != "1"
+    # as Ray walks down to it: the ignore files of every folder above hold for all below
+    rules = [(_get_excludes(root, EXCLUDES), f"the submit's excludes {EXCLUDES}")]
+    folder = root
+    for part in path.relative_to(root).parts:
+        found = get_excludes_from_ignore_files(folder, gitignore, quiet)
+        rules += [(rule, f"an ignore file in {folder}") for rule in found]
+        folder = folder / part
+        for rule, why in rules:
+            if rule(folder):
+                return why
+    return None
 
 
 def submit_command(

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import shlex
+import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
 
 from dist_train.cli import main
+from dist_train.config import ConfigError
 from dist_train.data.adult import convert_adult
 from dist_train.launchers.cluster import ClusterTooSmallError, NodeResources, check_fits
-from dist_train.launchers.submit import submit_command
+from dist_train.launchers.submit import EXCLUDES, submit_command
 from dist_train.train.rank_layout import RankLayoutError, layout_from_node_ids
 from dist_train.validate import validate_files
 
@@ -175,3 +177,38 @@ def test_without_an_upload_the_config_path_goes_as_typed() -> None:
     assert cluster_config_path(inside, None) == inside
     assert cluster_config_path("launch/configs/tiny.yaml", None) == "launch/configs/tiny.yaml"
     assert cluster_config_path(inside, str(REPO)) == "launch/configs/tiny.yaml"
+
+
+@pytest.mark.parametrize(
+    ("ignore_file", "lines", "config", "why"),
+    [
+        (None, "", "outputs/run/config.json", "the submit's excludes"),
+        (".gitignore", "private/\n", "private/job.yaml", "an ignore file in"),
+        ("sub/.rayignore", "*.local.yaml\n", "sub/deep/job.local.yaml", "an ignore file in"),
+    ],
+)
+def test_a_config_the_upload_leaves_out_is_refused(
+    tmp_path: Path, ignore_file: str | None, lines: str, config: str, why: str
+) -> None:
+    """Ray's upload honours the excludes and every .gitignore and .rayignore on the way: a
+    run's saved config.json under outputs/ was accepted, then missing on the cluster."""
+    from dist_train.launchers.submit import cluster_config_path
+
+    root = tmp_path / "checkout"
+    (root / config).parent.mkdir(parents=True)
+    (root / config).write_text("name: x\n")
+    if ignore_file:
+        (root / ignore_file).parent.mkdir(parents=True, exist_ok=True)
+        (root / ignore_file).write_text(lines)
+    with pytest.raises(ConfigError, match=rf"{config}: the upload of {root} leaves it out \({why}"):
+        cluster_config_path(str(root / config), str(root))
+    kept = root / "sub" / "job.yaml"  # beside them, what the upload keeps is sent
+    kept.parent.mkdir(exist_ok=True)
+    kept.write_text("name: y\n")
+    assert cluster_config_path(str(kept), str(root)) == "sub/job.yaml"
+    # what Ray's own packaging, as `ray job submit` runs it, puts in the upload
+    from ray._private.runtime_env.packaging import _zip_files
+
+    _zip_files(str(root), EXCLUDES, str(tmp_path / "upload.zip"), include_gitignore=True)
+    uploaded = zipfile.ZipFile(tmp_path / "upload.zip").namelist()
+    assert "sub/job.yaml" in uploaded and config not in uploaded
