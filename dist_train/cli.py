@@ -277,13 +277,16 @@ def _calibrate(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
 
     from dist_train.checkpoint import CheckpointError
-    from dist_train.export import export
+    from dist_train.export import ExportError, export
     from dist_train.storage import location
 
     try:
         summary = export(location(args.checkpoint), Path(args.out), args.optimizer)
     except CheckpointError as err:
         print(f"error: checkpoint: {err}", file=sys.stderr)
+        return 1
+    except ExportError as err:
+        print(f"error: export: {err}", file=sys.stderr)
         return 1
     for table, shape in summary["tables"].items():
         print(f"{table}: {shape[0]:,} x {shape[1]}")

@@ -28,6 +28,10 @@ from dist_train.logs import LOG
 from dist_train.storage import Location
 
 
+class ExportError(ValueError):
+    """An export that cannot be written where it was asked to; the message names the path."""
+
+
 def _flatten(prefix: str, node: Any, out: dict[str, torch.Tensor]) -> None:
     if isinstance(node, dict):
         for k, v in node.items():
@@ -59,30 +63,40 @@ def export(path: Location, out_dir: Path, with_optimizer: bool = False) -> dict[
     """Write ``model.safetensors`` (and ``optimizer.safetensors``) and ``meta.json`` to
     ``out_dir``; returns a summary (files, tensors, tables with their shapes)."""
     meta = read_meta(path)  # a clear error naming the file if the checkpoint is unusable
+    if isinstance(path, Path) and out_dir.resolve().is_relative_to(path.resolve()):
+        # its files would join the checkpoint's, which then fails its own file check
+        raise ExportError(f"{out_dir}: inside the checkpoint {path}; export to another folder")
     state = load_unsharded(path, meta)
     model: dict[str, torch.Tensor] = {}
     _flatten("", state.get("model", {}), model)
     if not model:
         raise CheckpointError(f"{path}: the checkpoint holds no model tensors")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = [out_dir / "model.safetensors"]
-    save_file(model, str(files[0]), metadata={"step": str(meta["position"]["step"])})
-    if with_optimizer:
-        optim: dict[str, torch.Tensor] = {}
-        _flatten("", state.get("optim", {}), optim)
-        files.append(out_dir / "optimizer.safetensors")
-        save_file(optim, str(files[-1]))
-    (out_dir / META).write_text((path / META).read_text())
-    tables = {
-        k: list(v.shape) for k, v in model.items() if ".embedding_bags." in k and v.dim() == 2
-    }
-    summary = {
-        "files": [str(f) for f in files],
-        "tensors": len(model),
-        "tables": tables,
-        "keys": _keys(meta),
-    }
-    (out_dir / "export.json").write_text(json.dumps(summary, indent=2) + "\n")
+    step = {"step": str(meta["position"]["step"])}
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = [out_dir / "model.safetensors"]
+        save_file(model, str(files[0]), metadata=step)
+        optimizer = out_dir / "optimizer.safetensors"
+        if with_optimizer:
+            optim: dict[str, torch.Tensor] = {}
+            _flatten("", state.get("optim", {}), optim)
+            files.append(optimizer)
+            save_file(optim, str(optimizer), metadata=step)
+        else:  # an earlier export's, of another step, would pass for this one's
+            optimizer.unlink(missing_ok=True)
+        (out_dir / META).write_text((path / META).read_text())
+        tables = {
+            k: list(v.shape) for k, v in model.items() if ".embedding_bags." in k and v.dim() == 2
+        }
+        summary = {
+            "files": [str(f) for f in files],
+            "tensors": len(model),
+            "tables": tables,
+            "keys": _keys(meta),
+        }
+        (out_dir / "export.json").write_text(json.dumps(summary, indent=2) + "\n")
+    except OSError as err:
+        raise ExportError(f"{out_dir}: cannot write the export ({err.strerror or err})") from None
     return summary
 
 

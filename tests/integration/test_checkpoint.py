@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
@@ -174,6 +175,20 @@ def test_export_writes_whole_tables_as_safetensors(tmp_path: Path, capsys) -> No
     keys = json.loads((out / "export.json").read_text())["keys"]
     assert {k["table"] for k in keys} == {t.split(".")[-2] for t in tables}
     assert all(isinstance(k["salt"], int) for k in keys)
+    assert safe_open(str(out / "optimizer.safetensors"), "pt").metadata() == {"step": "2"}
+    # Again without --optimizer: the first export's optimizer state, of a step this model
+    # file may not be, is not left beside it
+    assert main(["export", str(ckpt), "--out", str(out)]) == 0
+    assert not (out / "optimizer.safetensors").exists()
+    # Not into the checkpoint (its own file check would then fail), nor over a file
+    assert main(["export", str(ckpt), "--out", str(ckpt / "export")]) == 1
+    assert f"{ckpt / 'export'}: inside the checkpoint {ckpt}" in capsys.readouterr().err
+    assert not (ckpt / "export").exists()
+    (tmp_path / "a-file").write_text("")
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "a-file")]) == 1
+    assert (
+        f"{tmp_path / 'a-file'}: cannot write the export (File exists)" in capsys.readouterr().err
+    )
     # A checkpoint missing a shard file: a clear error naming it, nothing half-written used.
     next(ckpt.glob("*.distcp")).unlink()
     assert main(["export", str(ckpt), "--out", str(tmp_path / "again")]) == 1
