@@ -191,6 +191,7 @@ class Checkpoints:
             return TrainPosition()
         position = checkpoint.load(self.trainer, location(self.resume_from))
         self.trainer.resumed_at(position.step)
+        self.progress.resumed_at(position.step)
         if dist.get_rank() == 0:  # the saved counts are every rank's (save), held once
             policy.counts.rows = dict(position.bad_input_rows)
             policy.counts.row_groups = position.bad_input_row_groups

@@ -62,6 +62,22 @@ class Progress:
         self.last_loss = float("nan")
         self._epoch_start = 0.0
 
+    def resumed_at(self, step: int) -> None:
+        """Drop the records of steps after ``step``: the resumed run trains them again, and
+        its own records of them follow (a line that is no JSON object stays as it is)."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            logged = record.get("step") if isinstance(record, dict) else None
+            if not (isinstance(logged, int) and logged > step):
+                kept.append(line + "\n")
+        self.path.write_text("".join(kept))
+
     def log(self, record: dict[str, Any], line: str) -> None:
         if not self.enabled:
             return

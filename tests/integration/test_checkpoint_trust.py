@@ -138,6 +138,9 @@ def test_a_failed_save_leaves_the_previous_checkpoint(
         assert rest["steps"] == 12
         events = [json.loads(line) for line in (root.parent / "metrics.jsonl").open()]
         assert [e["step"] for e in events if e["event"] == "resume"] == [4]
+        # steps 5-8, trained again, are logged once: the failed run's records are dropped
+        trained = [e["step"] for e in events if e["event"] == "train"]
+        assert trained == sorted(set(trained)) and trained[-1] == 12
 
 
 def _flat(path: Path) -> dict[str, torch.Tensor]:
