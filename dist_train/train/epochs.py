@@ -116,8 +116,11 @@ class Epoch:
 
     @property
     def last_step(self) -> int:
-        """The global step at which this epoch ends (for progress lines)."""
-        return self.epochs.step - self.done + self.plan.steps
+        """The global step at which this epoch ends (for progress lines): its last batch's,
+        or ``train.max_steps`` if that comes first."""
+        end = self.epochs.step - self.done + self.plan.steps
+        limit = self.epochs.cfg.train.max_steps
+        return end if limit is None else min(end, limit)
 
     @property
     def stopped_early(self) -> bool:

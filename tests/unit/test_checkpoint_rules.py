@@ -197,6 +197,17 @@ def test_an_epoch_left_empty_by_a_resume_does_not_end_training() -> None:
     assert ran == [1, 2]
 
 
+def test_an_epochs_last_step_stops_at_max_steps() -> None:
+    # the progress line read "step 6/16" in a run that ended at step 6
+    groups = [RowGroup("x.parquet", i, 100) for i in range(8)]
+    policy = BadInputPolicy("error", "label", [], [])
+    for limit, last in ((None, 80), (6, 6), (500, 80)):
+        over = ["train.batch_size=10"] + ([] if limit is None else [f"train.max_steps={limit}"])
+        cfg = load_config(overrides=over)
+        first = next(iter(epochs.Epochs(cfg, groups, None, policy, TrainPosition(), ranks=(0, 1))))  # type: ignore[arg-type]
+        assert first.last_step == last
+
+
 def test_the_commit_is_on_disk_before_older_checkpoints_go(
     one_rank: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
