@@ -401,3 +401,9 @@ def openmp_waits_after_each_bench_system(
     stop.set()
     thread.join()
     return waits
+
+
+def tensors_sharing_memory() -> dict[str, Any]:
+    """One tensor twice and a view of it beside a tensor of its own, as a result."""
+    t = torch.arange(6.0) + dist.get_rank()
+    return {"same": [t, t], "view": t[2:], "own": torch.ones(2)}

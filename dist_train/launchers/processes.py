@@ -197,7 +197,12 @@ def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     """``obj`` as JSON-able data, its tensors moved into ``tensors`` (by placeholder key)."""
     if isinstance(obj, torch.Tensor):
         key = str(len(tensors))
-        tensors[key] = obj.detach().cpu().contiguous()
+        tensor = obj.detach().cpu().contiguous()
+        # safetensors refuses tensors that share memory (one returned twice, two views)
+        shared = tensor.untyped_storage().data_ptr()
+        if any(t.untyped_storage().data_ptr() == shared for t in tensors.values()):
+            tensor = tensor.clone()
+        tensors[key] = tensor
         return {_TENSOR: key}
     if isinstance(obj, np.ndarray):
         return {_ARRAY: _encode(torch.from_numpy(np.ascontiguousarray(obj)), tensors)[_TENSOR]}

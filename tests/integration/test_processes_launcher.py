@@ -7,11 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from dist_train.launchers.affinity import rank_cores
 from dist_train.launchers.processes import run_processes
 from planners.cores import process_cores
-from tests.workers import where_the_rank_runs
+from tests.workers import tensors_sharing_memory, where_the_rank_runs
 
 VAR = "DIST_TRAIN_TEST_LAUNCHER_VALUE"
 
@@ -37,3 +38,12 @@ def test_each_rank_runs_on_cores_of_its_own_unless_told_not_to() -> None:
         assert not set(pinned[0]["cores"]) & set(pinned[1]["cores"])
     free = run_processes(where_the_rank_runs, (VAR,), 2, pin_cores=False)
     assert [r["cores"] for r in free] == [cores, cores]
+
+
+def test_a_result_may_hold_tensors_that_share_memory() -> None:
+    # safetensors refuses shared memory: a tensor returned twice failed the rank
+    out = run_processes(tensors_sharing_memory, (), 2)
+    for rank, result in enumerate(out):
+        t = torch.arange(6.0) + rank
+        assert [x.tolist() for x in result["same"]] == [t.tolist()] * 2
+        assert result["view"].tolist() == t[2:].tolist() and result["own"].tolist() == [1.0, 1.0]
