@@ -64,10 +64,19 @@ def _load_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
 
 
+@dataclass(frozen=True)
+class _Planned:
+    """A job's plan for ``device`` ranks, as :func:`_check_job` made it; ``plan`` None where
+    planning failed (reported with the job, not again for each cluster)."""
+
+    device: DeviceType
+    plan: JobPlan | None
+
+
 def _check_job(
     cfg: JobConfig, source: str, report: Report, clusters: bool = False
-) -> DeviceType | None:
-    """Check a job on its own; returns the ranks its plan was checked for, None where each
+) -> _Planned | None:
+    """Check a job on its own; returns its plan and the ranks it is for, None where each
     cluster is left to plan it. ``train.device: cuda`` is planned for GPU ranks (GPU memory
     rules), ``cpu`` and ``auto`` for CPU ranks; with ``clusters`` to check against, an
     ``auto`` job that does not fit CPU ranks is left to them (:func:`_check_fit`), since a
@@ -86,14 +95,14 @@ def _check_job(
         if clusters and cfg.train.device == "auto":
             return None
         report.problems.append(f"{source}: sharding plan: {err}")
-        return device
+        return _Planned(device, None)
     mb = embedding_bytes_per_rank(cfg, plan, device) / 2**20
     report.ok.append(
         f"{source}: job {cfg.name!r}: {cfg.ray.num_workers} workers x "
         f"{cfg.ray.cpus_per_worker:g} CPU, {device} ranks, {plan.label} sharding, embedding "
         f"{mb:,.1f} MiB per rank (weights + optimizer state)"
     )
-    return device
+    return _Planned(device, plan)
 
 
 def _check_fit(
@@ -102,11 +111,11 @@ def _check_fit(
     cluster: ClusterLimits,
     source: str,
     report: Report,
-    planned: DeviceType | None = None,
+    planned: _Planned | None = None,
 ) -> None:
-    """Whether ``cfg`` fits ``cluster``; ``planned``: the ranks :func:`_check_job` already
-    planned it for (None: not planned). Raises :class:`PlanningError` (or
-    :class:`TopologyError`) where the job's plan for this cluster's ranks fails."""
+    """Whether ``cfg`` fits ``cluster``; ``planned``: the plan :func:`_check_job` already
+    made (None: not planned). Raises :class:`PlanningError` (or :class:`TopologyError`)
+    where the job's plan for this cluster's ranks fails."""
     gpus = sum(n.gpus * n.count for n in cluster.largest(lambda n: n.gpus))
     try:
         device = resolve_device(cfg.train.device, cfg.ray.num_workers, gpus, source)
@@ -118,10 +127,14 @@ def _check_fit(
     except (ClusterTooSmallError, DeviceError) as err:
         report.problems.append(f"{job_source} on {source}: {err}")
         return
-    if device == "cuda" and planned != "cuda":  # GPU memory rules: the plan for cuda ranks
-        plan_for_config(cfg, device)
+    if planned is not None and planned.device == device:
+        if planned.plan is None:  # it failed, and was reported with the job
+            return
+        plan = planned.plan
+    else:  # ranks it was not planned for (GPU memory rules for cuda ranks)
+        plan = plan_for_config(cfg, device)
     if device == "cpu":  # (on GPUs the tables live in GPU memory, which the planner checks)
-        need = embedding_bytes_per_rank(cfg)
+        need = embedding_bytes_per_rank(cfg, plan, device)
         for n in cluster.nodes:
             slots = n.worker_slots(cfg.ray.cpus_per_worker)
             if n.memory_bytes and slots and need * min(slots, cfg.ray.num_workers) > n.memory_bytes:
@@ -193,7 +206,7 @@ def validate_files(paths: list[str]) -> Report:
     # Jobs once every file is read: whether any cluster is given decides how auto is planned.
     devices = [_check_job(cfg, p, report, bool(clusters)) for cfg, p in jobs]
     for cluster, source, own_cfg in clusters:
-        targets: list[tuple[JobConfig, str, DeviceType | None]] = [
+        targets: list[tuple[JobConfig, str, _Planned | None]] = [
             (cfg, p, device) for (cfg, p), device in zip(jobs, devices, strict=True)
         ]
         if own_cfg is not None and all(own_cfg != j for j, _ in jobs):

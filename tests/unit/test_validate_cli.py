@@ -107,3 +107,15 @@ def test_sizes_that_cannot_be_read_name_the_flag_or_key(capsys: pytest.CaptureFi
     err = capsys.readouterr().err
     assert "sharding.memory_per_rank: Value error, '1e400' is not a size" in err
     assert "Traceback" not in err
+
+
+def test_a_jobs_plan_that_fails_is_reported_once_with_clusters(tmp_path: Path) -> None:
+    big = {"num_rows": 200_000_000, "dim": 64, "num_tables": 1}  # over CPU ranks' 8 GiB
+    job = _job(tmp_path, "cpu", embedding=big, train={"device": "cpu"})
+    gpu = str(REPO / "launch" / "clusters" / "aws-gpu.yaml")
+    report = validate_files([str(job), str(RAYJOB), gpu])
+    # once with the job, not again for each cluster it was checked against
+    assert [p for p in report.problems if "sharding plan" in p] == [
+        p for p in report.problems if p.startswith(f"{job}: sharding plan")
+    ]
+    assert len(report.problems) == 1
