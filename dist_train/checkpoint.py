@@ -499,6 +499,7 @@ def load(trainer: Trainer, path: Location) -> TrainPosition:
         # conversion runs without collectives; they agree on its outcome before DCP's load.
         problem: str | None = None
         try:
+            _check_model_shapes(state["model"], saved, path)
             converted = _reshard_row_states(state, saved, path, digests)
             converted.update(_convert_row_states(state, saved, path, digests, position.step))
         except CheckpointError as err:
@@ -525,6 +526,25 @@ def load(trainer: Trainer, path: Location) -> TrainPosition:
         state_bytes = bytearray(base64.b64decode(rng[dist.get_rank()]))
         torch.set_rng_state(torch.frombuffer(state_bytes, dtype=torch.uint8))
     return position
+
+
+def _check_model_shapes(model: dict[str, Any], saved: dict[str, Any], path: Location) -> None:
+    """CheckpointError naming the first model tensor whose whole shape (any plan's shards
+    together) differs from the saved one: the checkpoint is of another model, which no
+    resharding turns into this one. (DCP's own error came from one rank, mid-load.)"""
+    for key, tensor in model.items():
+        size = getattr(saved.get(f"model.{key}"), "size", None)
+        if not isinstance(tensor, torch.Tensor) or size is None:
+            continue  # a missing key is DCP's to name
+        now, then = tuple(tensor.size()), tuple(size)
+        if now != then:
+            raise CheckpointError(
+                f"{path}: {key} was saved as {' x '.join(map(str, then))}, but this job's "
+                f"model holds {' x '.join(map(str, now))}: the checkpoint is of another "
+                "model (another config's table rows, dims or layers; or, for hashing_trick "
+                "tables, a dist_train before fc4d3c4, which rounded their rows down). Resume "
+                "it with the config and dist_train that saved it, or start a new run"
+            )
 
 
 def _load_whole(

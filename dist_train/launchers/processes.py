@@ -32,13 +32,18 @@ from dist_train.data.memory import reuse_freed_memory
 from dist_train.devices import backend_for, select_local_gpu
 from dist_train.launchers.affinity import pin_local_rank
 from dist_train.launchers.rank_server import use_rank_server
-from dist_train.logs import quiet_worker_logs
+from dist_train.logs import LOG, quiet_worker_logs
 
 WorkerFn = Callable[..., Any]
 # How often a rank checks that the process that started it still runs, and how long ranks
 # get to end on SIGTERM before they are killed
 DRIVER_CHECK_SECONDS = 1.0
 STOP_GRACE_SECONDS = 10.0
+
+
+class RankError(RuntimeError):
+    """A rank's function raised; the message is the rank's and its error (``-v`` logs its
+    traceback)."""
 
 
 def free_port() -> int:
@@ -84,7 +89,12 @@ def _entry(
         select_local_gpu()
     dist.init_process_group(backend_for(device_type), rank=rank, world_size=world_size)
     try:
-        out = fn(*args)
+        try:
+            out = fn(*args)
+        except Exception as err:
+            # what the driver reports: the error, not the rank's whole traceback
+            (Path(result_dir) / f"rank{rank}.error").write_text(f"{type(err).__name__}: {err}")
+            raise
         # A file, not a queue: a large result in a pipe deadlocks against join().
         tensors: dict[str, torch.Tensor] = {}
         encoded = json.dumps(_encode(out, tensors))
@@ -148,6 +158,12 @@ def run_processes(
         try:
             while not ranks.join():  # raises, the other ranks stopped, when one fails
                 pass
+        except mp.ProcessRaisedException as err:
+            error = Path(result_dir) / f"rank{err.error_index}.error"
+            if not error.exists():
+                raise
+            LOG.debug(f"rank {err.error_index}'s traceback:{err}")
+            raise RankError(f"rank {err.error_index} failed: {error.read_text()}") from None
         except BaseException:  # Ctrl-C, SIGTERM (dist_train.stopping): the ranks end too
             _stop(ranks.processes)
             raise

@@ -208,6 +208,24 @@ def test_missing_shard_file_fails_resume_naming_the_checkpoint(tmp_path: Path, c
     assert f"{ckpt}: cannot load checkpoint shards" in err and "No such file" in err
 
 
+def test_a_checkpoint_of_another_model_is_refused_naming_the_tensor(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Tables of other rows (a config edited, or hashing_trick tables of a dist_train that
+    rounded their rows down): every rank refuses before loading, naming both shapes."""
+    over = [f"output_dir={tmp_path}", "launcher=processes", "embedding.kind=hashing_trick"]
+    run_job(load_config(TINY, [*over, "train.max_steps=2"]))
+    ckpt = committed(tmp_path / "tiny" / "checkpoints")[-1]
+    args = ["train", "--config", str(TINY), "--resume", str(ckpt)]
+    for item in [*over, "train.max_steps=4", "embedding.num_rows=4160"]:
+        args += ["--set", item]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    table = "sparse_arch.embedding_bags.hashing_trick_C1.weight"
+    saved = f"{ckpt}: {table} was saved as 683 x 8, but this job's model holds 694 x 8"
+    # the rank's error, not its traceback
+    assert f"error: RankError: rank 0 failed: CheckpointError: {saved}" in err
+    assert "Traceback" not in err
+
+
 def _momenta(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in t.items() if k.endswith("momentum1")}
 
