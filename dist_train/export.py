@@ -63,9 +63,7 @@ def export(path: Location, out_dir: Path, with_optimizer: bool = False) -> dict[
     """Write ``model.safetensors`` (and ``optimizer.safetensors``) and ``meta.json`` to
     ``out_dir``; returns a summary (files, tensors, tables with their shapes)."""
     meta = read_meta(path)  # a clear error naming the file if the checkpoint is unusable
-    if isinstance(path, Path) and out_dir.resolve().is_relative_to(path.resolve()):
-        # its files would join the checkpoint's, which then fails its own file check
-        raise ExportError(f"{out_dir}: inside the checkpoint {path}; export to another folder")
+    _check_out_dir(path, out_dir)
     state = load_unsharded(path, meta)
     model: dict[str, torch.Tensor] = {}
     _flatten("", state.get("model", {}), model)
@@ -98,6 +96,23 @@ def export(path: Location, out_dir: Path, with_optimizer: bool = False) -> dict[
     except OSError as err:
         raise ExportError(f"{out_dir}: cannot write the export ({err.strerror or err})") from None
     return summary
+
+
+def _check_out_dir(path: Location, out_dir: Path) -> None:
+    """ExportError for an ``out_dir`` whose files an export would spoil: inside the
+    checkpoint, or a folder holding a checkpoint (its ``meta.json`` would be overwritten
+    and its own file check then fail)."""
+    if isinstance(path, Path) and out_dir.resolve().is_relative_to(path.resolve()):
+        raise ExportError(f"{out_dir}: inside the checkpoint {path}; export to another folder")
+    if not out_dir.is_dir():
+        return
+    names = {p.name for p in out_dir.iterdir()}
+    if ".metadata" in names or any(n.endswith(".distcp") for n in names):
+        raise ExportError(f"{out_dir}: holds a checkpoint; export to another folder")
+    if META in names and "export.json" not in names:
+        raise ExportError(
+            f"{out_dir}: holds a {META} that no export wrote; export to another folder"
+        )
 
 
 def _keys(meta: dict[str, Any]) -> list[dict[str, Any]]:

@@ -13,7 +13,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from dist_train.checkpoint import CheckpointError, check_compatible, committed, remove_partials
+from dist_train.checkpoint import (
+    CheckpointError,
+    check_compatible,
+    committed,
+    remove_partials,
+    verify,
+)
 from dist_train.cli import main
 from dist_train.config import load_config
 from dist_train.driver import run_job
@@ -155,6 +161,7 @@ def test_mid_epoch_checkpoint_without_a_plan_keeps_its_world_size(tmp_path: Path
 
 def test_export_writes_whole_tables_as_safetensors(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     over = [f"output_dir={tmp_path}", "launcher=processes", "train.max_steps=2"]
+    over.append("checkpoint.every_steps=1")  # an older checkpoint beside the exported one
     run_job(load_config(TINY, over))
     ckpt = committed(tmp_path / "tiny" / "checkpoints")[-1]
     out = tmp_path / "export"
@@ -184,6 +191,10 @@ def test_export_writes_whole_tables_as_safetensors(tmp_path: Path, capsys) -> No
     assert main(["export", str(ckpt), "--out", str(ckpt / "export")]) == 1
     assert f"{ckpt / 'export'}: inside the checkpoint {ckpt}" in capsys.readouterr().err
     assert not (ckpt / "export").exists()
+    (older,) = committed(tmp_path / "tiny" / "checkpoints")[:-1]  # nor into another one
+    assert main(["export", str(ckpt), "--out", str(older)]) == 1
+    assert f"{older}: holds a checkpoint" in capsys.readouterr().err
+    verify(older)
     (tmp_path / "a-file").write_text("")
     assert main(["export", str(ckpt), "--out", str(tmp_path / "a-file")]) == 1
     assert (
