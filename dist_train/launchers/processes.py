@@ -179,18 +179,36 @@ def run_processes(
 def _end_with(driver: int) -> None:
     """End this rank when process ``driver``, which started it, is gone (killed, say): its
     ranks are the forkserver's children, not its own, and would train on unseen."""
+    started = _running_since(driver)
 
     def watch() -> None:
         while True:
             time.sleep(DRIVER_CHECK_SECONDS)
-            try:
-                os.kill(driver, 0)
-            except ProcessLookupError:
-                os._exit(1)
-            except PermissionError:  # another user's process took the id: ours is gone
+            if _running_since(driver) != started:
                 os._exit(1)
 
     threading.Thread(target=watch, name="dist-train-driver-watch", daemon=True).start()
+
+
+def _running_since(pid: int) -> str | None:
+    """When process ``pid`` started (``/proc``'s clock ticks), None if it is gone: exited
+    but not yet reaped (a zombie) counts as gone, and another process given the same id
+    has another start time. Without ``/proc``: whether a process of that id exists."""
+    if not Path("/proc/self/stat").exists():  # no /proc here
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # another user's process: it exists
+        return "alive"
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the fields after the command's name, which may hold spaces and parentheses
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def _stop(processes: list[Any]) -> None:

@@ -148,12 +148,15 @@ def test_a_driver_stopped_alone_stops_its_ranks(tmp_path: Path, stop: int, code:
             assert driver.poll() is None and time.monotonic() < deadline, "no step 20"
             time.sleep(0.2)
         driver.send_signal(stop)
+        if stop == signal.SIGTERM:
+            assert driver.wait(timeout=60) == code
+        # a SIGKILLed driver is left unreaped meanwhile (a zombie): gone all the same
+        time.sleep(2 * DRIVER_CHECK_SECONDS)  # after a SIGKILL, the ranks' next check
+        size = metrics.stat().st_size
+        time.sleep(3)
+        assert metrics.stat().st_size == size, "the ranks trained on"
         assert driver.wait(timeout=60) == code
     finally:
         driver.kill()
-    time.sleep(2 * DRIVER_CHECK_SECONDS)  # after a SIGKILL, the ranks' next check ends them
-    size = metrics.stat().st_size
-    time.sleep(3)
-    assert metrics.stat().st_size == size, "the ranks trained on"
     if stop == signal.SIGTERM:
         assert list(tmp.glob("dist-train-results-*")) == []
