@@ -242,16 +242,19 @@ def _resolve_url(url: str) -> list[str]:
 def file_urls(url: str, inner: str, files: list[str]) -> list[str]:
     """The URLs of ``files``, the filesystem's own paths of what it found at ``url``, whose
     path it names ``inner``: each keeps what ``url`` holds before that path (scheme, and a
-    host and port, as ``hdfs://namenode:8020/dir`` has, which a filesystem's paths lack)."""
-    url = url.rstrip("/")
-    inner = inner.rstrip("/")
+    host and port, as ``hdfs://namenode:8020/dir`` has, which a filesystem's paths lack)
+    and after it (a query of options)."""
+    # a query holds the filesystem's options (s3's endpoint_override=..., hdfs' user=...):
+    # every file's URL keeps it
+    url, mark, query = url.partition("?")
+    url, inner = url.rstrip("/"), inner.rstrip("/")
     if inner and url.endswith(inner):
         root = url[: len(url) - len(inner)]
-        return [root + f for f in files]
+        return [root + f + mark + query for f in files]
     scheme = url.split("://", 1)[0]
     if scheme == "file":
-        return [f"file://{f}" for f in files]
-    return [f"{scheme}://{f.lstrip('/')}" for f in files]
+        return [f"file://{f}{mark}{query}" for f in files]
+    return [f"{scheme}://{f.lstrip('/')}{mark}{query}" for f in files]
 
 
 def row_group_tables(

@@ -135,6 +135,19 @@ def test_file_url_and_fsspec_memory_url(id_data: Path) -> None:
             ["/tmp/train/a.parquet"],
             ["file:///tmp/train/a.parquet"],
         ),
+        # a query's options go with every file (a MinIO endpoint, an HDFS user)
+        (
+            "s3://bucket/train?endpoint_override=localhost:9000&scheme=http",
+            "bucket/train",
+            ["bucket/train/a.parquet"],
+            ["s3://bucket/train/a.parquet?endpoint_override=localhost:9000&scheme=http"],
+        ),
+        (
+            "hdfs://nn:8020/data/train?user=alice",
+            "/data/train",
+            ["/data/train/a.parquet"],
+            ["hdfs://nn:8020/data/train/a.parquet?user=alice"],
+        ),
         (
             "gs://bucket/t/*.parquet",
             "bucket/t/*.parquet",
