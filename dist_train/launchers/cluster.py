@@ -69,9 +69,11 @@ class ClusterLimits:
         gpus = sum(n.gpus * n.count for n in self.largest(lambda n: n.gpus))
         counts = [(n.name, n.count - (n.name == self.head)) for n in self.nodes]
         types = ", ".join(f"{name} (up to {count})" for name, count in counts if count)
+        # the types' own caps may hold fewer workers than the cluster's
+        workers = min(self.max_workers, sum(count for _, count in counts))
         return (
-            f"at most {1 + self.max_workers} node(s): the head ({self.head}) and "
-            f"{self.max_workers} of {types or 'no worker type'}; up to {cpus:g} CPUs or "
+            f"at most {1 + workers} node(s): the head ({self.head}) and "
+            f"{workers} of {types or 'no worker type'}; up to {cpus:g} CPUs or "
             f"{gpus:g} GPUs"
         )
 

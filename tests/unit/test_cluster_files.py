@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from dist_train.launchers.cluster import ClusterLimits
 from dist_train.launchers.cluster_files import ClusterFileError, launcher_limits
 from dist_train.validate import validate_files
 
@@ -70,6 +71,9 @@ def test_the_cap_on_workers_goes_to_the_types_the_job_needs() -> None:
     assert "at most 5 node(s): the head (head) and 4 of cpu_worker (up to 4), gpu_worker" in (
         cluster.describe()
     )
+    # a cap above what the types hold: the types' total (it read "11 node(s)")
+    roomy = ClusterLimits(cluster.nodes, "head", 10)
+    assert roomy.describe().startswith("at most 9 node(s): the head (head) and 8 of")
 
 
 def test_validate_fits_a_gpu_job_to_a_gpu_type_listed_second(tmp_path: Path) -> None:
