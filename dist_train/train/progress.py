@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from dist_train.logs import LOG
+from dist_train.storage import write_atomically
 
 
 class TrainFigures(TypedDict):
@@ -76,7 +77,7 @@ class Progress:
             logged = record.get("step") if isinstance(record, dict) else None
             if not (isinstance(logged, int) and logged > step):
                 kept.append(line + "\n")
-        self.path.write_text("".join(kept))
+        write_atomically(self.path, "".join(kept))  # killed meanwhile: the old log stays
 
     def log(self, record: dict[str, Any], line: str) -> None:
         if not self.enabled:
