@@ -192,10 +192,12 @@ class Epochs:
         return batch.pin_memory() if self.pin_memory else batch
 
     def position(self) -> TrainPosition:
-        """Where training stands now (the start, if no epoch ran)."""
+        """Where training stands now (the start, its epoch plan too, if no epoch ran: a
+        relaunch already at ``train.max_steps`` saves where it started)."""
         if self.current is not None:
             return self.current.position()
-        return _position(self.step, self.start.epoch, self.start.batches, self.policy, None)
+        start = self.start
+        return _position(self.step, start.epoch, start.batches, self.policy, start.plan)
 
 
 def _position(

@@ -197,6 +197,21 @@ def test_an_epoch_left_empty_by_a_resume_does_not_end_training() -> None:
     assert ran == [1, 2]
 
 
+def test_a_run_that_trains_nothing_keeps_the_epoch_plan_it_started_from() -> None:
+    """A relaunch already at train.max_steps runs no epoch, yet saves at its end: without
+    the plan, a later resume dealt the epoch afresh and trained rows twice (120 of 1,000 in
+    a review's run) and skipped others."""
+    cfg = load_config(overrides=["train.batch_size=10", "train.max_steps=5"])
+    groups = [RowGroup("x.parquet", i, 100) for i in range(8)]
+    steps = steps_per_epoch(assign_row_groups(groups, 3, cfg.seed, 0), 10)
+    plan = EpochPlan.fresh(3, steps).as_json()
+    start = TrainPosition(step=5, epoch=0, batches=2, plan=plan)
+    policy = BadInputPolicy("error", "label", [], [])
+    none = epochs.Epochs(cfg, groups, None, policy, start, ranks=(0, 3))  # type: ignore[arg-type]
+    assert list(none) == []
+    assert none.position() == start
+
+
 def test_an_epochs_last_step_stops_at_max_steps() -> None:
     # the progress line read "step 6/16" in a run that ended at step 6
     groups = [RowGroup("x.parquet", i, 100) for i in range(8)]
