@@ -68,12 +68,23 @@ def _blocks(path: str, policy: str, result: ConvertResult) -> Iterator[tuple[pa.
     try:
         reader = pcsv.open_csv(
             pa.input_stream(path, compression="detect"),
-            read_options=pcsv.ReadOptions(column_names=COLUMNS, block_size=16 << 20),
+            # one thread: the invalid-row handler is then told the line's number (None
+            # with threads), and the reader streams serially anyway
+            read_options=pcsv.ReadOptions(
+                column_names=COLUMNS, block_size=16 << 20, use_threads=False
+            ),
+            # a blank line is a bad line, named (or counted) as any other: passed over,
+            # it went uncounted and shifted every later error's line number
             parse_options=pcsv.ParseOptions(
-                delimiter="\t", quote_char=False, invalid_row_handler=on_invalid_row
+                delimiter="\t",
+                quote_char=False,
+                invalid_row_handler=on_invalid_row,
+                ignore_empty_lines=False,
             ),
             convert_options=pcsv.ConvertOptions(
-                column_types={c: pa.string() for c in COLUMNS},
+                # categorical fields as bytes: one that is no UTF-8 is that line's bad
+                # value (_typed), not an error of the whole block
+                column_types={c: pa.binary() if c in CATEGORICAL else pa.string() for c in COLUMNS},
                 null_values=[""],
                 strings_can_be_null=True,
             ),
@@ -93,6 +104,11 @@ def _typed(
     n = batch.num_rows
     bad = np.zeros(n, dtype=bool)
     checks: list[tuple[str, str, np.ndarray]] = []
+    # a blank line (read as a row of nulls): named as blank, not as a missing label
+    blank = np.ones(n, dtype=bool)
+    for column in batch.columns:
+        blank &= column.is_null().to_numpy(zero_copy_only=False)
+    checks.append(("label", "blank_line", blank))
     label = batch.column(0)
     label_ok = pc.is_in(label, pa.array(["0", "1"])).fill_null(False)
     checks.append(("label", "label_not_0_or_1", ~label_ok.to_numpy(zero_copy_only=False)))
@@ -107,16 +123,23 @@ def _typed(
             # past 19 digits no int64 (and int() refuses thousands of digits): bad unread
             bad_int[r] = len(digits) > 19 or int(col[r].as_py()) not in _INT64
         checks.append((name, "dense_not_integer", bad_int))
+    for name in CATEGORICAL:
+        checks.append((name, "categorical_not_utf8", _not_utf8(batch.column(COLUMNS.index(name)))))
     for name, reason, mask in checks:
         if not mask.any():
             continue
         row = int(np.flatnonzero(mask)[0])
         if policy == "error":
+            where = f"{path}: line ~{first_line + row}"
+            if reason == "blank_line":
+                raise BadInputError(f"{where}: a blank line")
             value = batch.column(COLUMNS.index(name))[row].as_py()
-            raise BadInputError(
-                f"{path}: line ~{first_line + row}: column {name!r}: {value!r} is not "
-                + ("0 or 1" if name == "label" else "an integer in int64's range")
-            )
+            what = {
+                "label_not_0_or_1": "0 or 1",
+                "dense_not_integer": "an integer in int64's range",
+                "categorical_not_utf8": "UTF-8 text",
+            }[reason]
+            raise BadInputError(f"{where}: column {name!r}: {value!r} is not {what}")
         result.count(reason, int((mask & ~bad).sum()))
         bad |= mask
     table = pa.Table.from_batches([batch])
@@ -124,8 +147,24 @@ def _typed(
         table = table.filter(pa.array(~bad))
     arrays = [pc.cast(table.column(0), pa.int8())]
     arrays += [pc.cast(table.column(c), pa.int64()) for c in DENSE]
-    arrays += [table.column(c) for c in CATEGORICAL]
+    arrays += [pc.cast(table.column(c), pa.string()) for c in CATEGORICAL]
     return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def _not_utf8(column: pa.Array) -> np.ndarray:
+    """Which values of a binary ``column`` are not UTF-8 (all valid, as a rule: one cast)."""
+    try:
+        pc.cast(column, pa.string())
+        return np.zeros(len(column), dtype=bool)
+    except pa.ArrowInvalid:
+        out = np.zeros(len(column), dtype=bool)
+        for r, value in enumerate(column.to_pylist()):
+            try:
+                if value is not None:
+                    value.decode("utf-8")
+            except UnicodeDecodeError:
+                out[r] = True
+        return out
 
 
 def convert_criteo(
