@@ -134,10 +134,13 @@ def _write_split(
 ) -> None:
     schema = _schema(cfg)
     written = 0
+    # whole row groups a chunk: a write ends a row group, so chunks of another size cut the
+    # groups at their edges (65,536-row groups asked 131,072; 50,000 gave 50,000 + 15,536)
+    chunk = cfg.rows_per_group * max(1, _CHUNK_ROWS // cfg.rows_per_group)
     # Page checksums let readers detect corrupted pages (see docs/data.md).
     with pq.ParquetWriter(path, schema, compression="zstd", write_page_checksum=True) as writer:
         while written < num_rows:
-            n = min(_CHUNK_ROWS, num_rows - written)
+            n = min(chunk, num_rows - written)
             table = _chunk(cfg, columns, dense_w, n, rng, schema, first_id + written)
             writer.write_table(table, row_group_size=cfg.rows_per_group)
             written += n

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dist_train.config import EmbeddingConfig, FeatureConfig, JobConfig
+from dist_train.config import EmbeddingConfig, FeatureConfig, JobConfig, SyntheticDataConfig
 from dist_train.data.batch import BatchBuilder
 from dist_train.data.reader import (
     DataSourceError,
@@ -146,3 +146,18 @@ def test_dense_transform_of_wide_values(transform: str) -> None:
         np.testing.assert_array_equal(got[:, i], want, err_msg=name)
     if transform == "log1p":
         assert got[0, 0] == pytest.approx(89.8008, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("per_group", "want"), [(100_000, [100_000, 50_000]), (50_000, [50_000] * 3)]
+)
+def test_generated_row_groups_hold_the_rows_asked(
+    tmp_path: Path, per_group: int, want: list[int]
+) -> None:
+    # a write ends a row group: 65,536-row chunks cut 100,000-row groups at 65,536
+    synth = SyntheticDataConfig(
+        num_train_rows=150_000, num_test_rows=1024, num_train_files=1, rows_per_group=per_group
+    )
+    train = generate(synth, tmp_path, progress=False).train_dir
+    meta = pq.ParquetFile(next(train.glob("*.parquet"))).metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == want
