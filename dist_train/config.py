@@ -69,7 +69,7 @@ class SyntheticDataConfig(_Strict):
     )
     num_train_files: int = Field(4, gt=0, description="Parquet files for the training split.")
     rows_per_group: int = Field(16_384, gt=0, description="Parquet row-group size.")
-    seed: int = Field(1234, description="Generator seed (independent of the training seed).")
+    seed: int = Field(1234, ge=0, description="Generator seed (independent of the training seed).")
 
     @model_validator(mode="after")
     def _check(self) -> SyntheticDataConfig:

@@ -148,6 +148,20 @@ def _write_split(
         print(f"  wrote {path} ({num_rows:,} rows)", file=sys.stderr, flush=True)
 
 
+def _whole(data: GeneratedData, cfg: SyntheticDataConfig) -> bool:
+    """Whether ``data`` holds the rows ``cfg`` asks, by the files' footers (a file deleted
+    or cut since: not whole)."""
+    splits = ((data.train_dir, cfg.num_train_rows), (data.test_dir, cfg.num_test_rows))
+    try:
+        for split, rows in splits:
+            found = sum(pq.ParquetFile(f).metadata.num_rows for f in split.glob("*.parquet"))
+            if found != rows:
+                return False
+    except (OSError, pa.ArrowException):
+        return False
+    return True
+
+
 def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = True) -> GeneratedData:
     """Write ``train/part-*.parquet`` and ``test/part-0.parquet`` under ``out_dir``.
 
@@ -158,9 +172,12 @@ def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = Tru
     result = GeneratedData(out / "train", out / "test")
     spec_path = out / SPEC_FILE
     if spec_path.is_file() and json.loads(spec_path.read_text()) == spec:
+        if _whole(result, cfg):
+            if progress:
+                print(f"reusing synthetic data in {out}", file=sys.stderr, flush=True)
+            return result
         if progress:
-            print(f"reusing synthetic data in {out}", file=sys.stderr, flush=True)
-        return result
+            print(f"{out}: files of it are missing or cut: generating again", file=sys.stderr)
     start = time.perf_counter()
     if progress:
         total = cfg.num_train_rows + cfg.num_test_rows
