@@ -17,6 +17,15 @@ def least_busy(values: np.ndarray, k: int) -> list[int]:
     return sorted(int(i) for i in np.argsort(values, kind="stable")[:k])
 
 
+def _unique(*choices: list[int]) -> list[list[int]]:
+    """``choices`` without repeats, in order."""
+    out: list[list[int]] = []
+    for c in choices:
+        if c not in out:
+            out.append(c)
+    return out
+
+
 def _bytes_per_row(
     table: TableLoad, workload: Workload, load_factor: float | None
 ) -> tuple[float, float]:
@@ -119,20 +128,30 @@ def candidates(
         uneven = uneven_row_wise(table, workload, topo, busy, sharding_type=kind)
         if uneven is not None:
             out.append(uneven)
+    # Each placement on the least busy ranks (or nodes) by time, and, where they differ, by
+    # memory: by time alone, a heavily read table's rank could be the one with room for
+    # the large table after it, and the search then found no plan where one fits.
+    memory = busy.memory
     if "table_wise" in allowed:
-        memory_order = busy.memory + 1e-9 * np.arange(world)
-        out.append(pl.table_wise(table, int(np.lexsort((memory_order, seconds))[0])))
+        memory_order = memory + 1e-9 * np.arange(world)
+        by_time = int(np.lexsort((memory_order, seconds))[0])
+        for rank in dict.fromkeys((by_time, int(np.argmin(memory_order)))):
+            out.append(pl.table_wise(table, rank))
     if "column_wise" in allowed:
         for k in pl.column_blocks(table.dim, world):
-            out.append(pl.column_wise(table, least_busy(seconds, k)))
+            for ranks in _unique(least_busy(seconds, k), least_busy(memory, k)):
+                out.append(pl.column_wise(table, ranks))
     if "data_parallel" in allowed:
         out.append(pl.data_parallel(table, topo))
     node_seconds = seconds.reshape(topo.num_nodes, topo.ranks_per_node).max(axis=1)
+    node_memory = memory.reshape(topo.num_nodes, topo.ranks_per_node).max(axis=1)
     if "table_row_wise" in allowed:
-        out.append(pl.table_row_wise(table, topo, int(np.argmin(node_seconds))))
+        for node in dict.fromkeys((int(np.argmin(node_seconds)), int(np.argmin(node_memory)))):
+            out.append(pl.table_row_wise(table, topo, node))
     if "grid_shard" in allowed and topo.num_nodes > 1:
         for k in pl.column_blocks(table.dim, topo.num_nodes):
-            out.append(pl.grid(table, topo, least_busy(node_seconds, k)))
+            for nodes in _unique(least_busy(node_seconds, k), least_busy(node_memory, k)):
+                out.append(pl.grid(table, topo, nodes))
     if cache:
         # the uneven split of the cached copy is its own: caching changes the cost per row
         out += cached_variants([p for p in out if not pl.is_uneven(p)], workload)

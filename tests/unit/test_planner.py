@@ -368,3 +368,17 @@ def test_per_feature_tables_are_cut_into_runs_in_their_order() -> None:
             for t in workload.tables
         )
         assert own.max() - own.sum() / ranks <= largest
+
+
+def test_a_plan_that_fits_by_memory_is_found_when_time_points_elsewhere() -> None:
+    """T2, heavily read, went on the rank with room for no more, the one time pointed to;
+    T1 then fitted nowhere and the search said 'the tables together need more than the
+    ranks' memory' though T1 on rank 0, T2 and T3 on rank 1 fits."""
+    topo = resize(preset("cpu"), num_nodes=1, ranks_per_node=2, memory_per_rank_bytes=2 * 2**30)
+    big = TableLoad("T1", 24_000_000, 16, 1, 1.0)
+    small = TableLoad("T3", 5_300_000, 16, 1, 1.0)
+    hot = TableLoad("T2", 5_500_000, 16, 1, 100.0)
+    wl = Workload((big, small, hot), 16, OptimizerState.of("rowwise_adagrad", "cpu"), 1000, 0)
+    best = search(wl, topo, ("table_wise",)).best
+    assert best.fits
+    assert max(best.costs.memory) <= topo.usable_bytes_per_rank
