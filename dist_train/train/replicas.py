@@ -32,6 +32,9 @@ from torchrec.distributed.types import EnumerableShardingSpec, ShardingEnv2D, Sh
 
 from dist_train.train.lookups import lookup_modules
 
+# the embedding optimizers whose replicas' updates the merge recombines exactly
+MERGED_OPTIMIZERS = ("rowwise_adagrad", "sgd")
+
 
 @dataclass(frozen=True)
 class GroupLayout:
@@ -155,7 +158,7 @@ class ReplicaSync:
         learning_rate: float,
         eps: float,
     ) -> None:
-        if optimizer not in ("rowwise_adagrad", "sgd"):
+        if optimizer not in MERGED_OPTIMIZERS:
             raise ValueError(
                 f"2D parallelism supports the fused embedding optimizers rowwise_adagrad and "
                 f"sgd; embedding.optimizer.type is {optimizer!r}"

@@ -17,6 +17,7 @@ from torchrec.distributed.types import ParameterSharding, ShardingPlan
 from dist_train.config import JobConfig
 from dist_train.embedding.layout import EmbeddingLayout, build_layout
 from dist_train.models import CTRModel, create_model
+from dist_train.train.replicas import MERGED_OPTIMIZERS
 from planners.cores import usable_cores
 from planners.planner import CostModelPlanner
 from planners.sharders import (
@@ -207,6 +208,19 @@ def allowed_types(cfg: JobConfig) -> tuple[str, ...]:
     return SHARDING_TYPES
 
 
+def _one_d_only(cfg: JobConfig) -> str | None:
+    """The setting that keeps a job out of 2D, None if none does. The replica merge
+    re-applies summed gradients: each replica's L2 term would count once per replica, and
+    it recombines only some optimizers' states exactly (with group_size auto the planner
+    offered 2D to adam on CUDA, whose ranks then failed at start-up)."""
+    optimizer = cfg.embedding.optimizer
+    if optimizer.weight_decay > 0:
+        return f"embedding.optimizer.weight_decay={optimizer.weight_decay}"
+    if optimizer.type not in MERGED_OPTIMIZERS:
+        return f"embedding.optimizer.type={optimizer.type}"
+    return None
+
+
 def planner_for_config(
     cfg: JobConfig,
     world_size: int,
@@ -218,14 +232,13 @@ def planner_for_config(
     layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
     model = build_model(cfg, layout)
     group = cfg.sharding.group_size
-    if cfg.embedding.optimizer.weight_decay > 0:
-        # The replica merge re-applies summed gradients; each replica's L2 term would be
-        # counted once per replica, so weight decay trains in 1D only.
+    why_1d = _one_d_only(cfg)
+    if why_1d is not None:
         if group != "auto" and group < world_size:
             raise PlanningError(
-                f"sharding.group_size={group} (2D) does not support "
-                f"embedding.optimizer.weight_decay={cfg.embedding.optimizer.weight_decay}; "
-                f"use group_size auto or {world_size}, or no weight decay"
+                f"sharding.group_size={group} (2D) does not support {why_1d}; use "
+                f"group_size auto or {world_size} (2D merges {' and '.join(MERGED_OPTIMIZERS)} "
+                "without weight decay)"
             )
         group = world_size
     planner = CostModelPlanner(

@@ -62,3 +62,14 @@ def test_2d_refuses_weight_decay_and_auto_stays_1d() -> None:
         planner_for_config(cfg, 2, 2, "cuda")
     planner, _ = planner_for_config(load_config(overrides=[wd]), 64, 8, "cuda")
     assert planner.choice().group_size == 64  # auto: 1D
+
+
+def test_2d_refuses_optimizers_it_cannot_merge_and_auto_stays_1d() -> None:
+    """adam on CUDA runs on the fused kernel, so the planner offered it 2D (a review's
+    512-rank job chose groups of 8), and every rank then failed building the replicas."""
+    adam = ["embedding.optimizer.type=adam", "sharding.memory_per_rank=80GiB"]
+    cfg = load_config(overrides=[*adam, "sharding.group_size=8"])
+    with pytest.raises(PlanningError, match=r"does not support embedding\.optimizer\.type=adam"):
+        planner_for_config(cfg, 512, 8, "cuda")
+    cfg = load_config(overrides=[*adam, "sharding.type=row_wise"])
+    assert not plan_job(cfg, 512, 8, "cuda").is_2d  # auto: 1D
