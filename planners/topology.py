@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from planners.types import SHARDING_TYPES
 
 
 class TopologyError(ValueError):
@@ -96,7 +99,7 @@ _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 _UNITS.update({"ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40})
 # A number, then an optional unit prefix and an optional B (any case: configs spell "16gb" for
 # bytes; a memory size in bits is no reading anyone means).
-_SIZE = re.compile(r"\s*((?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([kmgtKMGT]i?)?[bB]?\s*")
+_SIZE = re.compile(r"\s*((?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([kmgtKMGT][iI]?)?[bB]?\s*")
 # The largest size numpy's int64 arithmetic in the planner holds.
 _MAX_BYTES = 2**63 - 1
 
@@ -107,21 +110,26 @@ def parse_bytes(text: str | int | float) -> int:
     Raises :class:`TopologyError`, naming ``text``, for anything else: an unknown unit, a
     malformed, non-finite, zero or overflowing size."""
     examples = "examples: 80GiB, 16GB, 512MiB, 1e9"
-    value: int | float
+    value: int | float | Decimal
     if isinstance(text, int | float):
         value = text
     else:
         m = _SIZE.fullmatch(text)
         if not m:
             raise TopologyError(f"cannot read {text!r} as a size ({examples})")
-        value = float(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
+        # exact (a float rounds sizes past 2^53); the exponent bounded before it is applied
+        number = Decimal(m.group(1))
+        if number and number.adjusted() > 30:
+            raise TopologyError(f"{text!r} is not a size between 1 byte and 8 EiB ({examples})")
+        value = number * _UNITS[(m.group(2) or "").lower()]
     if not 1 <= value <= _MAX_BYTES:  # also refuses inf and nan
         raise TopologyError(f"{text!r} is not a size between 1 byte and 8 EiB ({examples})")
     return int(value)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # a JSON NaN or Infinity (Python's json reads both) is no measurement
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class LinkSpec(_Strict):
@@ -180,9 +188,21 @@ class TopologySpec(_Strict):
     @field_validator("lookup_seconds_per_row")
     @classmethod
     def _positive_lookups(cls, v: dict[int, float]) -> dict[int, float]:
-        bad = {k: x for k, x in v.items() if k <= 0 or x <= 0}
+        bad = {k: x for k, x in v.items() if k <= 0 or not x > 0}
         if bad:
             raise ValueError(f"row widths and seconds must be > 0: {bad}")
+        return v
+
+    @field_validator("bag_seconds")
+    @classmethod
+    def _known_bag_types(cls, v: dict[str, float]) -> dict[str, float]:
+        # a misspelt type's cost was read as none: 'row-wise' made row_wise's bags free
+        unknown = sorted(set(v) - set(SHARDING_TYPES))
+        if unknown:
+            raise ValueError(f"unknown sharding types {unknown}; known: {list(SHARDING_TYPES)}")
+        bad = {k: x for k, x in v.items() if not x >= 0}
+        if bad:
+            raise ValueError(f"seconds must be >= 0: {bad}")
         return v
 
 

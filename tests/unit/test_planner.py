@@ -7,6 +7,7 @@ import itertools
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -207,6 +208,30 @@ def test_inconsistent_topology_files_are_refused(tmp_path: Path) -> None:
         parse_bytes("12 parsecs")
     assert parse_bytes("80GiB") == 80 * 2**30 and parse_bytes("16GB") == 16 * 10**9
     assert parse_bytes("16gb") == 16 * 10**9 and parse_bytes("80gib") == 80 * 2**30  # as before
+    # exact, not through a float; any case of the unit (80GIB was refused)
+    assert parse_bytes("9007199254740993") == 2**53 + 1
+    assert parse_bytes(str(2**63 - 1)) == 2**63 - 1 and parse_bytes("80GIB") == 80 * 2**30
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        # a misspelt type's cost read as none: row_wise's bags became free
+        (lambda raw: raw["bag_seconds"].update({"row-wise": 1e-6}), r"unknown sharding types"),
+        (lambda raw: raw["bag_seconds"].update({"row_wise": -1e-3}), r"seconds must be >= 0"),
+        (lambda raw: raw["lookup_seconds_per_row"].update({"4": float("nan")}), r"finite"),
+        (lambda raw: raw["intra_node"].update(all_to_all_bytes_per_second=float("inf")), "finite"),
+    ],
+)
+def test_topology_files_with_values_no_measurement_gives_are_refused(
+    tmp_path: Path, edit: Any, named: str
+) -> None:
+    raw = CPU_PRESET.model_dump(mode="json")
+    edit(raw)
+    path = tmp_path / "topo.json"
+    path.write_text(json.dumps(raw))  # NaN and Infinity as Python's json writes them
+    with pytest.raises(TopologyError, match=rf"topo.json: .*{named}"):
+        load_topology(path)
 
 
 @pytest.mark.parametrize(
