@@ -83,11 +83,16 @@ def uneven_row_sizes(
     Hashing spreads lookups uniformly over rows, so a rank's share of the table's work is its
     share of the rows. ``busy_seconds``: time each rank already spends on other tables;
     ``seconds_per_row``: this table's time per row held; ``cap_rows``: rows each rank has memory
-    for. Returns None when the even split is as good (no rank is busier than another).
+    for. Returns None when the even split is as good (no rank is busier than another), and
+    when no split fits the caps.
     """
     if np.ptp(busy_seconds) <= 1e-12 * max(1.0, float(busy_seconds.max())):
         return None
     if table.rows < len(busy_seconds):  # a row for every rank is more than the table has
+        return None
+    if cap_rows.sum() < table.rows:
+        # no split fits the ranks' memory; the rows over the caps went out one at a time,
+        # minutes for a billion-row table
         return None
     lo, hi = (
         float(busy_seconds.min()),

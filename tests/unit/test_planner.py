@@ -94,6 +94,10 @@ def test_uneven_split_gives_the_busier_rank_fewer_rows() -> None:
     # fewer rows than ranks: no uneven split (it used to loop forever handing back rows)
     tiny = TableLoad("tiny", 1, 16, 1, 1.0)
     assert pl.uneven_row_sizes(tiny, busy[:2], np.full(2, 1e-4), np.full(2, 1e9)) is None
+    # more rows than the ranks' memory holds: none, at once (the rows over the caps went out
+    # one at a time: a second for 4M rows, minutes for a billion)
+    huge = TableLoad("huge", 10**12, 16, 1, 1.0)
+    assert pl.uneven_row_sizes(huge, busy, np.full(4, 1e-4), np.full(4, 1e9)) is None
 
 
 def test_uneven_row_wise_balances_a_rank_made_busy_by_another_table() -> None:
