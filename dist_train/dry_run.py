@@ -7,7 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from dist_train.config import JobConfig
-from dist_train.train.sharding import job_fused_params, optimizer_notes, planner_for_config
+from dist_train.train.sharding import (
+    job_fused_params,
+    optimizer_notes,
+    planner_for_config,
+    simulated_node_cores,
+)
 from planners.report import build_report, estimate_json, format_report
 from planners.torchrec_baseline import estimate, placements_of, torchrec_plan
 from planners.types import PlanningError
@@ -48,9 +53,13 @@ def dry_run(
     job_fused_params(cfg, device_type)  # refuses what training refuses, TorchRec's side or not
     nodes = num_nodes or cfg.ray.num_nodes or 1
     per_node = ranks_per_node or max(1, cfg.ray.num_workers // nodes)
-    planner, model = planner_for_config(
-        cfg, nodes * per_node, per_node, device_type, cores_per_node
-    )
+    cores = cores_per_node
+    own_shape = num_nodes is None and ranks_per_node is None
+    if cores is None and own_shape and cfg.launcher == "processes" and device_type == "cpu":
+        # the job's simulated nodes share this machine, as training plans them
+        # (plan_for_config): the estimate used the topology's cores for each
+        cores = simulated_node_cores(nodes)
+    planner, model = planner_for_config(cfg, nodes * per_node, per_node, device_type, cores)
     side = _torchrec_side(cfg, model, planner, device_type) if with_torchrec else None
     report = build_report(planner, side)
     chosen = planner.choice()

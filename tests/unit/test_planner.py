@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from dist_train.cli import main
+from dist_train.config import load_config
+from dist_train.dry_run import dry_run
 from dist_train.launchers.processes import run_processes
-from dist_train.train.sharding import plan_job
+from dist_train.train.sharding import plan_for_config, plan_job
 from dist_train.train.shared_tables import read_shared_tables_as_one_feature
 from dist_train.train.unpooled_row_wise import enable_unpooled_row_wise
 from planners import calibrate as calibration
@@ -411,3 +413,12 @@ def test_a_plan_that_fits_by_memory_is_found_when_time_points_elsewhere() -> Non
     best = search(wl, topo, ("table_wise",)).best
     assert best.fits
     assert max(best.costs.memory) <= topo.usable_bytes_per_rank
+
+
+def test_plan_estimates_a_simulated_node_job_as_training_plans_it() -> None:
+    # `dist-train plan` gave each of 2 simulated nodes the topology's cores (52 ms), while
+    # training shares this machine's cores among them (100 ms)
+    cfg = load_config(overrides=["launcher=processes", "ray.num_workers=4", "ray.num_nodes=2"])
+    report = dry_run(cfg, with_torchrec=False, weak_scaling=False)
+    trained = plan_for_config(cfg)
+    assert report["estimated_step_seconds"] == pytest.approx(trained.estimated_step_seconds)
