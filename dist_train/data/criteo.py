@@ -5,9 +5,10 @@ any field may be blank = null). Plain or compressed (.gz, .bz2, .zst) files are 
 blocks; the output is ``part-NNNNN.parquet`` files of ``rows_per_file`` rows in row groups of
 ``rows_per_group`` rows, with ``label`` int8, ``I*`` int64, ``C*`` string.
 
-Bad lines (wrong field count, a count that is not an integer in int64's range, a label other
-than 0/1) are an error naming file, line and column, or with ``on_bad_input="skip"`` dropped
-and counted. The output directory must hold no Parquet files yet: nothing in it is touched.
+Bad lines (wrong field count, a field that is not UTF-8, a count that is not an integer in
+int64's range, a label other than 0/1) are an error naming file, line and column, or with
+``on_bad_input="skip"`` dropped and counted; blank lines are passed over. The output
+directory must hold no Parquet files yet: nothing in it is touched.
 """
 
 from __future__ import annotations
@@ -73,18 +74,15 @@ def _blocks(path: str, policy: str, result: ConvertResult) -> Iterator[tuple[pa.
             read_options=pcsv.ReadOptions(
                 column_names=COLUMNS, block_size=16 << 20, use_threads=False
             ),
-            # a blank line is a bad line, named (or counted) as any other: passed over,
-            # it went uncounted and shifted every later error's line number
+            # blank lines are passed over (they hold no example): like skipped lines, they
+            # shift the "~" line numbers of value errors after them
             parse_options=pcsv.ParseOptions(
-                delimiter="\t",
-                quote_char=False,
-                invalid_row_handler=on_invalid_row,
-                ignore_empty_lines=False,
+                delimiter="\t", quote_char=False, invalid_row_handler=on_invalid_row
             ),
             convert_options=pcsv.ConvertOptions(
-                # categorical fields as bytes: one that is no UTF-8 is that line's bad
-                # value (_typed), not an error of the whole block
-                column_types={c: pa.binary() if c in CATEGORICAL else pa.string() for c in COLUMNS},
+                # fields as bytes: one that is no UTF-8 is its line's bad value (_typed),
+                # not an error of the whole block
+                column_types={c: pa.binary() for c in COLUMNS},
                 null_values=[""],
                 strings_can_be_null=True,
             ),
@@ -100,20 +98,25 @@ def _blocks(path: str, policy: str, result: ConvertResult) -> Iterator[tuple[pa.
 def _typed(
     batch: pa.RecordBatch, path: str, first_line: int, policy: str, result: ConvertResult
 ) -> pa.Table:
-    """Cast one all-string block to the Criteo schema, dropping or rejecting bad rows."""
+    """Cast one block of raw fields to the Criteo schema, dropping or rejecting bad rows."""
     n = batch.num_rows
     bad = np.zeros(n, dtype=bool)
     checks: list[tuple[str, str, np.ndarray]] = []
-    # a blank line (read as a row of nulls): named as blank, not as a missing label
-    blank = np.ones(n, dtype=bool)
-    for column in batch.columns:
-        blank &= column.is_null().to_numpy(zero_copy_only=False)
-    checks.append(("label", "blank_line", blank))
-    label = batch.column(0)
-    label_ok = pc.is_in(label, pa.array(["0", "1"])).fill_null(False)
+    # every field as text first: one that is no UTF-8 is its line's bad value (it stopped
+    # the whole conversion, skip or not, naming no line)
+    text: list[pa.Array] = []
+    for name, column in zip(COLUMNS, batch.columns, strict=True):
+        try:
+            text.append(pc.cast(column, pa.string()))  # all valid, as a rule: one pass
+        except pa.ArrowInvalid:
+            broken = _not_utf8(column)
+            checks.append((name, "not_utf8", broken))
+            fixed = pc.if_else(pa.array(broken), pa.scalar(None, pa.binary()), column)
+            text.append(pc.cast(fixed, pa.string()))
+    label_ok = pc.is_in(text[0], pa.array(["0", "1"])).fill_null(False)
     checks.append(("label", "label_not_0_or_1", ~label_ok.to_numpy(zero_copy_only=False)))
     for i, name in enumerate(DENSE, start=1):
-        col = batch.column(i)
+        col = text[i]
         bad_int = ~pc.match_substring_regex(col, _INT).fill_null(True).to_numpy(False)
         # Up to 18 characters always fit int64; longer integers (rare) are checked one by one,
         # so that one too large for the cast is this line's bad value, not an Arrow error.
@@ -123,48 +126,46 @@ def _typed(
             # past 19 digits no int64 (and int() refuses thousands of digits): bad unread
             bad_int[r] = len(digits) > 19 or int(col[r].as_py()) not in _INT64
         checks.append((name, "dense_not_integer", bad_int))
-    for name in CATEGORICAL:
-        checks.append((name, "categorical_not_utf8", _not_utf8(batch.column(COLUMNS.index(name)))))
     for name, reason, mask in checks:
         if not mask.any():
             continue
         row = int(np.flatnonzero(mask)[0])
         if policy == "error":
-            where = f"{path}: line ~{first_line + row}"
-            if reason == "blank_line":
-                raise BadInputError(f"{where}: a blank line")
-            value = batch.column(COLUMNS.index(name))[row].as_py()
+            column = COLUMNS.index(name)
+            # a field that is no UTF-8 shown as its bytes, as read
+            shown = batch.column(column) if reason == "not_utf8" else text[column]
+            value = shown[row].as_py()
             what = {
+                "not_utf8": "UTF-8 text",
                 "label_not_0_or_1": "0 or 1",
                 "dense_not_integer": "an integer in int64's range",
-                "categorical_not_utf8": "UTF-8 text",
             }[reason]
-            raise BadInputError(f"{where}: column {name!r}: {value!r} is not {what}")
-        result.count(reason, int((mask & ~bad).sum()))
+            raise BadInputError(
+                f"{path}: line ~{first_line + row}: column {name!r}: {value!r} is not {what}"
+            )
+        newly = int((mask & ~bad).sum())  # a line is counted under its first reason
+        if newly:
+            result.count(reason, newly)
         bad |= mask
-    table = pa.Table.from_batches([batch])
+    table = pa.table(dict(zip(COLUMNS, text, strict=True)))
     if bad.any():
         table = table.filter(pa.array(~bad))
     arrays = [pc.cast(table.column(0), pa.int8())]
     arrays += [pc.cast(table.column(c), pa.int64()) for c in DENSE]
-    arrays += [pc.cast(table.column(c), pa.string()) for c in CATEGORICAL]
+    arrays += [table.column(c) for c in CATEGORICAL]
     return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
 
 def _not_utf8(column: pa.Array) -> np.ndarray:
-    """Which values of a binary ``column`` are not UTF-8 (all valid, as a rule: one cast)."""
-    try:
-        pc.cast(column, pa.string())
-        return np.zeros(len(column), dtype=bool)
-    except pa.ArrowInvalid:
-        out = np.zeros(len(column), dtype=bool)
-        for r, value in enumerate(column.to_pylist()):
-            try:
-                if value is not None:
-                    value.decode("utf-8")
-            except UnicodeDecodeError:
-                out[r] = True
-        return out
+    """Which values of a binary ``column`` are not UTF-8."""
+    out = np.zeros(len(column), dtype=bool)
+    for r, value in enumerate(column.to_pylist()):
+        try:
+            if value is not None:
+                value.decode("utf-8")
+        except UnicodeDecodeError:
+            out[r] = True
+    return out
 
 
 def convert_criteo(
