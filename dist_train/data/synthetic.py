@@ -149,12 +149,20 @@ def _write_split(
 
 
 def _whole(data: GeneratedData, cfg: SyntheticDataConfig) -> bool:
-    """Whether ``data`` holds the rows ``cfg`` asks, by the files' footers (a file deleted
-    or cut since: not whole)."""
+    """Whether ``data`` holds the rows ``cfg`` asks, in its row groups, by the files'
+    footers: a file deleted or cut since is not whole, nor one whose groups are not
+    ``rows_per_group`` rows (but for each file's last), as the generator wrote them before
+    it wrote whole groups a chunk."""
     splits = ((data.train_dir, cfg.num_train_rows), (data.test_dir, cfg.num_test_rows))
     try:
         for split, rows in splits:
-            found = sum(pq.ParquetFile(f).metadata.num_rows for f in split.glob("*.parquet"))
+            found = 0
+            for f in split.glob("*.parquet"):
+                meta = pq.ParquetFile(f).metadata
+                groups = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+                if any(n != cfg.rows_per_group for n in groups[:-1]):
+                    return False
+                found += meta.num_rows
             if found != rows:
                 return False
     except (OSError, pa.ArrowException):

@@ -177,3 +177,16 @@ def test_a_dataset_missing_a_file_is_generated_again(tmp_path: Path) -> None:
 def test_the_generators_seed_is_not_negative() -> None:
     with pytest.raises(ValueError, match="greater than or equal to 0"):
         SyntheticDataConfig(seed=-1)
+
+
+def test_a_dataset_of_other_row_groups_is_generated_again(tmp_path: Path) -> None:
+    # written before the generator wrote whole groups a chunk: its groups were cut at 65,536
+    synth = SyntheticDataConfig(
+        num_train_rows=3000, num_test_rows=1024, num_train_files=1, rows_per_group=1000
+    )
+    data = generate(synth, tmp_path, progress=False)
+    part = next(data.train_dir.glob("*.parquet"))
+    pq.write_table(pq.read_table(part), part, row_group_size=700)  # same rows, other groups
+    generate(synth, tmp_path, progress=False)
+    meta = pq.ParquetFile(part).metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [1000] * 3
