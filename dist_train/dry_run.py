@@ -54,7 +54,7 @@ def dry_run(
     nodes = num_nodes or cfg.ray.num_nodes or 1
     per_node = ranks_per_node or max(1, cfg.ray.num_workers // nodes)
     cores = cores_per_node
-    own_shape = num_nodes is None and ranks_per_node is None
+    own_shape = (nodes, per_node) == (cfg.ray.num_nodes or 1, cfg.ray.num_workers // nodes)
     if cores is None and own_shape and cfg.launcher == "processes" and device_type == "cpu":
         # the job's simulated nodes share this machine, as training plans them
         # (plan_for_config): the estimate used the topology's cores for each

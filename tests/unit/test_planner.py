@@ -96,10 +96,10 @@ def test_uneven_split_gives_the_busier_rank_fewer_rows() -> None:
     # fewer rows than ranks: no uneven split (it used to loop forever handing back rows)
     tiny = TableLoad("tiny", 1, 16, 1, 1.0)
     assert pl.uneven_row_sizes(tiny, busy[:2], np.full(2, 1e-4), np.full(2, 1e9)) is None
-    # more rows than the ranks' memory holds: none, at once (the rows over the caps went out
-    # one at a time: a second for 4M rows, minutes for a billion)
-    huge = TableLoad("huge", 10**12, 16, 1, 1.0)
-    assert pl.uneven_row_sizes(huge, busy, np.full(4, 1e-4), np.full(4, 1e9)) is None
+    # more rows than the ranks' memory holds: none (the rows over the caps went out one at a
+    # time: a second for 4M rows, minutes for a billion, and then fitted nowhere)
+    over = TableLoad("over", 5_000_000, 16, 1, 1.0)
+    assert pl.uneven_row_sizes(over, busy, np.full(4, 1e-4), np.full(4, 1e6)) is None
 
 
 def test_uneven_row_wise_balances_a_rank_made_busy_by_another_table() -> None:
@@ -415,10 +415,14 @@ def test_a_plan_that_fits_by_memory_is_found_when_time_points_elsewhere() -> Non
     assert max(best.costs.memory) <= topo.usable_bytes_per_rank
 
 
-def test_plan_estimates_a_simulated_node_job_as_training_plans_it() -> None:
-    # `dist-train plan` gave each of 2 simulated nodes the topology's cores (52 ms), while
-    # training shares this machine's cores among them (100 ms)
+def test_plan_estimates_a_simulated_node_job_as_training_plans_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `dist-train plan` gave each of 2 simulated nodes the topology's 2 cores (52 ms), while
+    # training shares this machine's cores among them (100 ms on 2 cores)
+    monkeypatch.setattr("dist_train.train.sharding.usable_cores", lambda: 2)
     cfg = load_config(overrides=["launcher=processes", "ray.num_workers=4", "ray.num_nodes=2"])
-    report = dry_run(cfg, with_torchrec=False, weak_scaling=False)
-    trained = plan_for_config(cfg)
-    assert report["estimated_step_seconds"] == pytest.approx(trained.estimated_step_seconds)
+    trained = plan_for_config(cfg).estimated_step_seconds
+    for shape in ({}, {"num_nodes": 2}, {"num_nodes": 2, "ranks_per_node": 2}):
+        report = dry_run(cfg, with_torchrec=False, weak_scaling=False, **shape)  # type: ignore[arg-type]
+        assert report["estimated_step_seconds"] == pytest.approx(trained), shape
