@@ -122,7 +122,12 @@ def _check_fit(
         per_worker = 1.0 if device == "cuda" else 0.0
         nodes = cluster.largest(lambda n: n.worker_slots(cfg.ray.cpus_per_worker, per_worker))
         check_fits(
-            nodes, cfg.ray.num_workers, cfg.ray.cpus_per_worker, per_worker, cfg.ray.num_nodes
+            nodes,
+            cfg.ray.num_workers,
+            cfg.ray.cpus_per_worker,
+            per_worker,
+            cfg.ray.num_nodes,
+            cfg.ray.placement_strategy,
         )
     except (ClusterTooSmallError, DeviceError) as err:
         report.problems.append(f"{job_source} on {source}: {err}")

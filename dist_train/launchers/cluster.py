@@ -91,10 +91,13 @@ def check_fits(
     cpus_per_worker: float,
     gpus_per_worker: float = 0.0,
     num_nodes: int | None = None,
+    strategy: str = "PACK",
 ) -> None:
     """Raise :class:`ClusterTooSmallError` unless ``num_workers`` fit ``nodes``.
 
     With ``num_nodes``, each of ``num_nodes`` nodes must host ``num_workers / num_nodes``.
+    Ray's placement ``strategy`` STRICT_SPREAD puts each worker on a node of its own, and
+    STRICT_PACK all on one node (a group Ray cannot place waits for nodes without end).
     """
     per_node = [(n, n.worker_slots(cpus_per_worker, gpus_per_worker)) for n in nodes]
     total = sum(slots * n.count for n, slots in per_node)
@@ -110,6 +113,19 @@ def check_fits(
         raise ClusterTooSmallError(
             f"the cluster is too small: {need} do not fit its {describe(nodes)} "
             f"(room for {total} worker(s): {detail})"
+        )
+    if strategy == "STRICT_SPREAD":
+        hosts = sum(n.count for n, slots in per_node if slots >= 1)
+        if hosts < num_workers:
+            raise ClusterTooSmallError(
+                f"placement_strategy STRICT_SPREAD puts each of the {num_workers} workers on "
+                f"a node of its own; {describe(nodes)} has {hosts} node(s) with room for one "
+                f"({detail})"
+            )
+    if strategy == "STRICT_PACK" and not any(slots >= num_workers for _, slots in per_node):
+        raise ClusterTooSmallError(
+            f"placement_strategy STRICT_PACK puts all {num_workers} workers on one node; no "
+            f"node of {describe(nodes)} has room for them ({detail})"
         )
     if num_nodes is not None:
         ranks = num_workers // num_nodes

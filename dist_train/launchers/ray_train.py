@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import signal
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -26,6 +27,7 @@ from dist_train.launchers.affinity import pin_local_rank
 from dist_train.launchers.cluster import check_fits, describe, live_nodes
 from dist_train.launchers.processes import free_port
 from dist_train.logs import LOG, quiet_worker_logs, setup_logging
+from dist_train.train.faults import DRILL_ENVS
 from planners.cores import usable_cores
 
 if TYPE_CHECKING:
@@ -81,6 +83,7 @@ def _ray_record(run_id: str) -> tuple[int, str] | None:
 
 
 def _ray_worker(payload: dict[str, Any]) -> None:
+    os.environ.update(payload["drills"])
     quiet_worker_logs()
     cfg = parse_config(payload["config"], "<driver>")
     if payload["pin_cores"]:
@@ -157,8 +160,12 @@ def private_ray(**init_kwargs: Any) -> Iterator[None]:
     port = free_port()
     os.environ[GCS_PORT_ENV] = str(port)  # read by the head node Ray starts
     os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"  # ignored by ray.init(address="local")
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(address="local", **init_kwargs)
+        # Ray's head node installs its own SIGTERM handler (exit 1, no finally blocks):
+        # the caller's (dist_train.stopping: exit 143 through them) stays
+        signal.signal(signal.SIGTERM, on_sigterm)
         _restore({GCS_PORT_ENV: saved[GCS_PORT_ENV]})
         os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
         try:
@@ -166,6 +173,7 @@ def private_ray(**init_kwargs: Any) -> Iterator[None]:
         finally:
             ray.shutdown()
     finally:
+        signal.signal(signal.SIGTERM, on_sigterm)
         _restore(saved)
 
 
@@ -241,7 +249,24 @@ def check_cluster(cfg: JobConfig, device_type: str) -> None:
     if not cfg.ray.autoscaling:
         needed = cfg.ray.min_workers or cfg.ray.num_workers  # elastic: at least the minimum
         gpus = 1.0 if device_type == "cuda" else 0.0
-        check_fits(nodes, needed, cfg.ray.cpus_per_worker, gpus, cfg.ray.num_nodes)
+        check_fits(
+            nodes,
+            needed,
+            cfg.ray.cpus_per_worker,
+            gpus,
+            cfg.ray.num_nodes,
+            cfg.ray.placement_strategy,
+        )
+
+
+def failure_config(cfg: JobConfig) -> FailureConfig:
+    """Ray Train's retries: ``ray.max_failures`` restarts after a worker fails, and as many
+    for a worker group that cannot start (placed nowhere within Ray's start timeout). Ray
+    retries the latter without end by default, so a job that lost a node hung, whatever
+    ``max_failures`` said; with ``ray.autoscaling`` it waits for nodes as long as it takes."""
+    limit = -1 if cfg.ray.autoscaling else cfg.ray.max_failures
+    # Ray Train v2's FailureConfig (the default in Ray 2.60); the stubs show v1's
+    return FailureConfig(max_failures=cfg.ray.max_failures, controller_failure_limit=limit)  # type: ignore[call-arg]
 
 
 def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
@@ -265,6 +290,9 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
                 "config": cfg.model_dump(mode="json"),
                 "inputs": inputs,
                 "pin_cores": cfg.ray.pins_cores(owns_machine=private) and not cuda,
+                # the drills' settings, from the driver's environment: a joined cluster's
+                # workers have its raylet's, where they were never set
+                "drills": {k: os.environ[k] for k in DRILL_ENVS if k in os.environ},
             },
             scaling_config=ScalingConfig(
                 num_workers=workers,
@@ -277,7 +305,7 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
                 name=cfg.name,
                 storage_path=storage,
                 checkpoint_config=CheckpointConfig(num_to_keep=1),
-                failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+                failure_config=failure_config(cfg),
                 # Ray Train v2's RunConfig (the default in Ray 2.60); the stubs show v1's.
                 logging_config=LoggingConfig(log_level="WARNING"),  # type: ignore[call-arg]
             ),

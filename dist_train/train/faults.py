@@ -31,6 +31,8 @@ ENV = "DIST_TRAIN_KILL_AT"
 PHASES = ("step", "save")
 SAVE_FAULT_ENV = "DIST_TRAIN_SAVE_FAULT"
 SAVE_FAULTS = ("enospc", "error", "vanish")
+# the drills' variables, which the Ray launcher hands from the driver to its workers
+DRILL_ENVS = (ENV, SAVE_FAULT_ENV)
 FULL_AFTER_BYTES = 64 << 10
 
 

@@ -23,6 +23,7 @@ from dist_train.driver import run_job
 from dist_train.launchers.cluster import ClusterTooSmallError
 from dist_train.launchers.processes import free_port
 from dist_train.launchers.submit import submit_command
+from dist_train.train import faults
 from planners.cores import cpu_list, process_cores
 from tests.ray_cluster import BIN, ray_cli, ray_head
 
@@ -129,6 +130,8 @@ def test_two_nodes_spread_workers_and_keep_tables_inside_nodes(
     [
         (["ray.num_workers=6"], "the cluster is too small: 6 workers x 1 CPU"),
         (["ray.num_workers=3", "ray.num_nodes=3"], "the job needs 3 nodes"),
+        # a group Ray cannot place was retried without end: the job hung
+        (["ray.num_workers=3", "ray.placement_strategy=STRICT_SPREAD"], "STRICT_SPREAD puts"),
     ],
 )
 def test_cluster_too_small_fails_fast(
@@ -141,6 +144,18 @@ def test_cluster_too_small_fails_fast(
     with pytest.raises(ClusterTooSmallError, match=message):
         run_job(cfg)
     assert time.monotonic() - start < 30
+
+
+def test_a_kill_drill_reaches_the_workers_of_a_joined_cluster(
+    two_node_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cluster's workers have its raylets' environment, not the driver's: the drill
+    set for `dist-train train` never fired there, and the run 'passed' untested."""
+    monkeypatch.setenv(faults.ENV, "1:8")
+    over = [f"output_dir={tmp_path}", f"ray.address={two_node_cluster}", "ray.max_failures=1"]
+    summary = run_job(load_config(TINY, [*over, "checkpoint.every_steps=4"]))
+    assert summary["steps"] == 16
+    assert [m.name for m in (tmp_path / "tiny" / "faults").iterdir()] == ["killed-rank1-step8-step"]
 
 
 def test_driver_bad_config_fails_fast_with_the_key(tmp_path: Path) -> None:

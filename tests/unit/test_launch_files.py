@@ -36,6 +36,30 @@ def test_check_fits_counts_whole_workers_per_node() -> None:
         check_fits(gpus, 17, 4.0, gpus_per_worker=1.0)
 
 
+def test_check_fits_reads_the_placement_strategy() -> None:
+    # a group Ray cannot place retried without end: the job hung instead of failing here
+    one = [NodeResources("a", cpus=4)]
+    check_fits(one, 2, 1.0, strategy="STRICT_PACK")
+    with pytest.raises(ClusterTooSmallError, match="STRICT_SPREAD puts each of the 2 workers"):
+        check_fits(one, 2, 1.0, strategy="STRICT_SPREAD")
+    two = [NodeResources("a", cpus=2), NodeResources("b", cpus=2)]
+    check_fits(two, 2, 1.0, strategy="STRICT_SPREAD")
+    with pytest.raises(ClusterTooSmallError, match="STRICT_PACK puts all 3 workers on one"):
+        check_fits(two, 3, 1.0, strategy="STRICT_PACK")
+    check_fits(two, 3, 1.0, strategy="SPREAD")
+
+
+def test_a_worker_group_that_cannot_start_is_retried_as_max_failures_says() -> None:
+    from dist_train.config import load_config
+    from dist_train.launchers.ray_train import failure_config
+
+    # Ray's default retried a group it could not place without end, whatever max_failures
+    fixed = failure_config(load_config(overrides=["ray.max_failures=1"]))
+    assert (fixed.max_failures, fixed.controller_failure_limit) == (1, 1)
+    waits = failure_config(load_config(overrides=["ray.max_failures=1", "ray.autoscaling=true"]))
+    assert waits.controller_failure_limit == -1  # nodes may be on their way
+
+
 def test_topology_from_node_ids() -> None:
     topo = layout_from_node_ids(["n1", "n1", "n2", "n2"], rank=3)
     assert (topo.num_nodes, topo.local_world_size, topo.node_rank, topo.local_rank) == (2, 2, 1, 1)
