@@ -29,7 +29,7 @@ from typing import Any
 from dist_train.config import DEFAULT_CONFIG, JobConfig, add_config_args
 from dist_train.config import load_or_report as _load
 from dist_train.logs import setup_logging
-from dist_train.stopping import exit_on_sigterm, stopped_by_sigterm
+from dist_train.stopping import stopped_by_sigterm
 from planners.cores import usable_cores
 
 
@@ -544,7 +544,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    exit_on_sigterm()
     setup_logging(getattr(args, "verbosity", "normal"))
     return stopped_by_sigterm(lambda: _command(args))
 

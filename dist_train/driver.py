@@ -30,7 +30,7 @@ from dist_train.devices import DeviceError, DeviceType, local_gpus, resolve_devi
 from dist_train.embedding.layout import build_layout
 from dist_train.launchers.processes import run_processes
 from dist_train.logs import LOG, setup_logging, verbosity
-from dist_train.stopping import exit_on_sigterm, stopped_by_sigterm
+from dist_train.stopping import stopped_by_sigterm
 from dist_train.train.checkpointing import resume_point
 from dist_train.train.loop import WorkerInputs, run_worker
 from dist_train.train.sharding import JobPlan, optimizer_notes, plan_for_config
@@ -239,7 +239,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dist_train.driver", description=__doc__)
     add_config_args(parser)
     args = parser.parse_args(argv)
-    exit_on_sigterm()
     setup_logging(args.verbosity)
     return stopped_by_sigterm(lambda: run_train(args.config, args.set))
 

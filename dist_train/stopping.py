@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable
 
 EXIT_CODE = 128 + signal.SIGTERM  # 143, as a process the signal ended reports
@@ -14,27 +15,25 @@ class Terminated(KeyboardInterrupt):
     though Ray raises it again as a plain KeyboardInterrupt."""
 
 
-_received: list[int] = []  # the SIGTERMs this process got
-
-
-def exit_on_sigterm() -> None:
-    """Make SIGTERM (``kill``, ``docker stop``, a scheduler's stop) end this process as
-    Ctrl-C does, through its ``finally`` blocks: the ranks it started are stopped and its
-    temporary files removed, where the default action ended it on the spot, its ranks left
-    training. :func:`stopped_by_sigterm` turns it into exit 143."""
+def stopped_by_sigterm(main: Callable[[], int]) -> int:
+    """``main()``'s exit code, SIGTERM (``kill``, ``docker stop``, a scheduler's stop)
+    meanwhile ending it as Ctrl-C does, through its ``finally`` blocks: the ranks it started
+    stopped, its temporary files removed (the default action ended it on the spot, its
+    ranks left training); then 143. The caller's handler is back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        return main()  # only the main thread may handle signals
+    received: list[int] = []
 
     def terminated(signum: int, frame: object) -> None:
-        _received.append(signum)
+        received.append(signum)
         raise Terminated
 
-    signal.signal(signal.SIGTERM, terminated)
-
-
-def stopped_by_sigterm(main: Callable[[], int]) -> int:
-    """``main()``'s exit code, or 143 if SIGTERM stopped it."""
+    previous = signal.signal(signal.SIGTERM, terminated)
     try:
         return main()
     except KeyboardInterrupt:
-        if _received:
+        if received:
             return EXIT_CODE
-        raise
+        raise  # Ctrl-C
+    finally:
+        signal.signal(signal.SIGTERM, previous)

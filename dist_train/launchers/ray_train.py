@@ -163,9 +163,11 @@ def private_ray(**init_kwargs: Any) -> Iterator[None]:
     on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(address="local", **init_kwargs)
-        # Ray's head node installs its own SIGTERM handler (exit 1, no finally blocks):
-        # the caller's (dist_train.stopping: exit 143 through them) stays
-        signal.signal(signal.SIGTERM, on_sigterm)
+        # Ray's head node installs its own SIGTERM handler (exit 1): a caller's own Python
+        # handler (dist_train.stopping: exit 143 through the finally blocks) stays; with
+        # none (the default action, in library use), Ray's, which shuts its processes down
+        if callable(on_sigterm):
+            signal.signal(signal.SIGTERM, on_sigterm)
         _restore({GCS_PORT_ENV: saved[GCS_PORT_ENV]})
         os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
         try:
@@ -173,7 +175,8 @@ def private_ray(**init_kwargs: Any) -> Iterator[None]:
         finally:
             ray.shutdown()
     finally:
-        signal.signal(signal.SIGTERM, on_sigterm)
+        if on_sigterm is not None:  # None: not set from Python, nothing to put back
+            signal.signal(signal.SIGTERM, on_sigterm)
         _restore(saved)
 
 
