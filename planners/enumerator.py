@@ -4,6 +4,8 @@ enumerator; our candidates depend on that load, so they are made during the sear
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
 
 from planners import placement as pl
@@ -12,14 +14,16 @@ from planners.cost_model import table_costs
 from planners.topology import Topology
 from planners.types import WEIGHT_BYTES, RankCosts, TableLoad, TablePlacement, Workload
 
+T = TypeVar("T")
+
 
 def least_busy(values: np.ndarray, k: int) -> list[int]:
     return sorted(int(i) for i in np.argsort(values, kind="stable")[:k])
 
 
-def _unique(*choices: list[int]) -> list[list[int]]:
+def _unique(*choices: T) -> list[T]:
     """``choices`` without repeats, in order."""
-    out: list[list[int]] = []
+    out: list[T] = []
     for c in choices:
         if c not in out:
             out.append(c)
@@ -135,7 +139,7 @@ def candidates(
     if "table_wise" in allowed:
         memory_order = memory + 1e-9 * np.arange(world)
         by_time = int(np.lexsort((memory_order, seconds))[0])
-        for rank in dict.fromkeys((by_time, int(np.argmin(memory_order)))):
+        for rank in _unique(by_time, int(np.argmin(memory_order))):
             out.append(pl.table_wise(table, rank))
     if "column_wise" in allowed:
         for k in pl.column_blocks(table.dim, world):
@@ -146,7 +150,7 @@ def candidates(
     node_seconds = seconds.reshape(topo.num_nodes, topo.ranks_per_node).max(axis=1)
     node_memory = memory.reshape(topo.num_nodes, topo.ranks_per_node).max(axis=1)
     if "table_row_wise" in allowed:
-        for node in dict.fromkeys((int(np.argmin(node_seconds)), int(np.argmin(node_memory)))):
+        for node in _unique(int(np.argmin(node_seconds)), int(np.argmin(node_memory))):
             out.append(pl.table_row_wise(table, topo, node))
     if "grid_shard" in allowed and topo.num_nodes > 1:
         for k in pl.column_blocks(table.dim, topo.num_nodes):
