@@ -185,7 +185,10 @@ def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = Tru
                 print(f"reusing synthetic data in {out}", file=sys.stderr, flush=True)
             return result
         if progress:
-            print(f"{out}: files of it are missing or cut: generating again", file=sys.stderr)
+            print(
+                f"{out}: its files are missing, cut or of other row groups: generating again",
+                file=sys.stderr,
+            )
     start = time.perf_counter()
     if progress:
         total = cfg.num_train_rows + cfg.num_test_rows
