@@ -38,21 +38,12 @@ from dist_train.data.memory import reuse_freed_memory
 from dist_train.data.validation import BadInputPolicy
 from dist_train.driver import prepare_inputs, run_job
 from dist_train.embedding.layout import build_layout
+from dist_train.launchers.processes import proc_stat
 from dist_train.launchers.ray_train import private_ray
 from dist_train.train.trainer import make_batch_builder
 from planners.cores import usable_cores
 
 ROUNDS = 5
-
-
-def _stat(pid: int) -> tuple[int, float] | None:
-    """(start time, CPU seconds) of ``pid`` itself, from ``/proc/<pid>/stat`` (utime,
-    stime; not its reaped children's: each process is sampled on its own); None once gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return int(fields[19]), sum(map(int, fields[11:13])) / os.sysconf("SC_CLK_TCK")
 
 
 def _children(pid: int) -> list[int]:
@@ -94,9 +85,9 @@ class TreeCpu:
         pending, seen = [os.getpid()], {}
         while pending:
             pid = pending.pop()
-            stat = _stat(pid)
+            stat = proc_stat(pid)
             if stat is not None:
-                seen[(pid, stat[0])] = stat[1]
+                seen[(pid, stat.started)] = stat.cpu_seconds
                 pending += _children(pid)
         with self._lock:  # a sample taken earlier may land later: CPU time only grows
             for key, cpu in seen.items():

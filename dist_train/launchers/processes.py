@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -202,13 +203,29 @@ def _running_since(pid: int) -> str | None:
         except PermissionError:
             pass  # another user's process: it exists
         return "alive"
+    stat = proc_stat(pid)
+    return None if stat is None or stat.state in ("Z", "X") else str(stat.started)
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """A process as Linux's ``/proc/<pid>/stat`` shows it."""
+
+    state: str  # R, S, ..., Z for exited but not yet reaped
+    started: int  # clock ticks after boot: with the pid, which process this is
+    cpu_seconds: float  # its own user and system time, not its reaped children's
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    """``pid``'s :class:`ProcStat`; None once it is gone (or without ``/proc``)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # the fields after the command's name, which may hold spaces and parentheses
-    fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] in ("Z", "X") else fields[19]
+    fields = text.rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return ProcStat(fields[0], int(fields[19]), (int(fields[11]) + int(fields[12])) / ticks)
 
 
 def _stop(processes: list[Any]) -> None:
