@@ -133,8 +133,13 @@ def key_values_into(fps, starts, ends, key_params, key_exact, out):  # type: ign
 
 @_jit
 def example_major_into(lengths, values, cursor, out_offsets, out_values, bag_of_value):  # type: ignore[no-untyped-def]
+    """False (nothing written) where ``lengths`` do not count ``values`` (a negative length,
+    or a sum other than their number): a caller-built KJT may hold any, and numba does not
+    check bounds."""
     features, batch = lengths.shape
     if _one_value_a_bag(lengths):  # single-valued features: a transpose, read in order
+        if features * batch != values.shape[0]:
+            return False
         for f in range(features):
             for b in range(batch):
                 j = b * features + f
@@ -142,7 +147,7 @@ def example_major_into(lengths, values, cursor, out_offsets, out_values, bag_of_
                 bag_of_value[f * batch + b] = j
         for j in range(features * batch + 1):
             out_offsets[j] = j
-        return
+        return True
     # The input is read in its own (feature-major) order and written where each example's
     # values go: one read stream and ``batch`` write cursors, where reading example by
     # example would follow ``features`` streams of lengths and values at once.
@@ -150,12 +155,16 @@ def example_major_into(lengths, values, cursor, out_offsets, out_values, bag_of_
         cursor[b] = 0
     for f in range(features):  # each example's number of values
         for b in range(batch):
+            if lengths[f, b] < 0:
+                return False
             cursor[b] += lengths[f, b]
     total = 0
     for b in range(batch):  # -> each example's first value
         count = cursor[b]
         cursor[b] = total
         total += count
+    if total != values.shape[0]:
+        return False
     i = 0
     for f in range(features):
         for b in range(batch):
@@ -168,6 +177,7 @@ def example_major_into(lengths, values, cursor, out_offsets, out_values, bag_of_
             cursor[b] = p + n
             i += n
     out_offsets[features * batch] = total
+    return True
 
 
 @_inline
@@ -270,8 +280,9 @@ def one_table_requests_into(  # type: ignore[no-untyped-def]
     gets, where each distinct key's ids start in key order, and the bags put example-major
     over the ids' distinct indices (:func:`example_major_into`) with each id's bag in key
     order. ``bits``, ``prefix``: :func:`distinct_keys_into`'s, for ``world x row_span``
-    keys; ``holder_counts``: ``world`` zeros. Returns the number of distinct keys, or -1
-    (only ``keys`` written) if an id falls outside the table."""
+    keys; ``holder_counts``: ``world`` zeros. Returns the number of distinct keys, -1 (only
+    ``keys`` written) if an id falls outside the table, or -2 (no bag written) if
+    ``lengths`` do not count the ids."""
     world = bounds.shape[0] - 1
     rows = bounds[world]
     for i in range(ids.shape[0]):
@@ -297,7 +308,8 @@ def one_table_requests_into(  # type: ignore[no-untyped-def]
         count = vector_offsets[d]
         vector_offsets[d] = start
         start += count
-    example_major_into(lengths, vector_of_id, cursor, bag_offsets, bag_vectors, bag_of_id)
+    if not example_major_into(lengths, vector_of_id, cursor, bag_offsets, bag_vectors, bag_of_id):
+        return -2
     for t in range(by_key.shape[0]):
         bag_by_vector[t] = bag_of_id[by_key[t]]
     return distinct

@@ -349,23 +349,34 @@ static const char *bad_tables(const int64_t *info, int64_t tables, int64_t featu
     return next_feature == features ? NULL : "the tables' features do not add up";
 }
 
+/* NULL if the bags' offsets[0 .. bags] start at 0, never fall and end at `ids` (the ids'
+ * count), so that every bag's ids lie inside them; else what is wrong. A caller-built
+ * KeyedJaggedTensor may hold any offsets: this keeps them from reading past the ids. */
+static const char *bad_offsets(const int64_t *offsets, int64_t bags, int64_t ids) {
+    if (offsets[0] != 0) return "the bags' offsets do not start at 0";
+    for (int64_t b = 0; b < bags; ++b)
+        if (offsets[b + 1] < offsets[b]) return "the bags' offsets fall";
+    return offsets[bags] == ids ? NULL : "the bags' offsets do not end at the ids' count";
+}
+
 static PyObject *py_pool(PyObject *self, PyObject *args) {
     (void)self;
     unsigned long long ids_addr, offsets_addr, info_addr, w_addr, out_addr;
-    long long tables, features, batch, stride, threads;
-    if (!PyArg_ParseTuple(args, "KKKLLLKKLL", &ids_addr, &offsets_addr, &info_addr, &tables,
-                          &features, &batch, &w_addr, &out_addr, &stride, &threads))
+    long long ids_len, tables, features, batch, stride, threads;
+    if (!PyArg_ParseTuple(args, "KLKKLLLKKLL", &ids_addr, &ids_len, &offsets_addr, &info_addr,
+                          &tables, &features, &batch, &w_addr, &out_addr, &stride, &threads))
         return NULL;
     const int64_t *info = (const int64_t *)(uintptr_t)info_addr;
+    const int64_t *ids = (const int64_t *)(uintptr_t)ids_addr;
+    const int64_t *offsets = (const int64_t *)(uintptr_t)offsets_addr;
     const char *bad = tables < 1 || batch < 0 || threads < 1
                           ? "need tables >= 1, batch >= 0 and threads >= 1"
                           : bad_tables(info, tables, features, stride, INT64_MAX);
+    if (bad == NULL) bad = bad_offsets(offsets, features * batch, ids_len);
     if (bad != NULL) {
         PyErr_Format(PyExc_ValueError, "_table_rows.pool: %s", bad);
         return NULL;
     }
-    const int64_t *ids = (const int64_t *)(uintptr_t)ids_addr;
-    const int64_t *offsets = (const int64_t *)(uintptr_t)offsets_addr;
     const float *w = (const float *)(uintptr_t)w_addr;
     float *out = (float *)(uintptr_t)out_addr;
     if (threads > batch) threads = batch > 0 ? batch : 1;
@@ -397,24 +408,25 @@ static PyObject *py_update(PyObject *self, PyObject *args) {
     (void)self;
     unsigned long long ids_addr, offsets_addr, info_addr, grad_addr, w_addr, state_addr;
     unsigned long long slot_addr, scratch_addr;
-    long long tables, features, batch, stride, slot_len, threads, scratch_len;
+    long long ids_len, tables, features, batch, stride, slot_len, threads, scratch_len;
     float lr, eps;
-    if (!PyArg_ParseTuple(args, "KKKLLLKLKKffKLKLL", &ids_addr, &offsets_addr, &info_addr,
-                          &tables, &features, &batch, &grad_addr, &stride, &w_addr,
+    if (!PyArg_ParseTuple(args, "KLKKLLLKLKKffKLKLL", &ids_addr, &ids_len, &offsets_addr,
+                          &info_addr, &tables, &features, &batch, &grad_addr, &stride, &w_addr,
                           &state_addr, &lr, &eps, &slot_addr, &slot_len, &scratch_addr,
                           &scratch_len, &threads))
         return NULL;
     const int64_t *info = (const int64_t *)(uintptr_t)info_addr;
+    const int64_t *ids = (const int64_t *)(uintptr_t)ids_addr;
+    const int64_t *offsets = (const int64_t *)(uintptr_t)offsets_addr;
     const char *bad = tables < 1 || batch < 0 || threads < 1
                           ? "need tables >= 1, batch >= 0 and threads >= 1"
                           : bad_tables(info, tables, features, stride, slot_len);
+    if (bad == NULL) bad = bad_offsets(offsets, features * batch, ids_len);
     if (bad != NULL) {
         PyErr_Format(PyExc_ValueError, "_table_rows.update: %s (slot: %lld rows)", bad,
                      slot_len);
         return NULL;
     }
-    const int64_t *ids = (const int64_t *)(uintptr_t)ids_addr;
-    const int64_t *offsets = (const int64_t *)(uintptr_t)offsets_addr;
     const int64_t n = offsets[features * batch] - offsets[0];
     if (offsets[features * batch] > INT32_MAX || slot_len > INT32_MAX ||
         features * batch > INT32_MAX) {

@@ -30,6 +30,15 @@ class ExampleMajorBags:
     bag_of_value: torch.Tensor
 
 
+def lengths_not_counting(lengths: torch.Tensor, values: int) -> ValueError:
+    """The error for bag ``lengths`` that do not count their ``values`` (a caller-built
+    KJT's: the batch builder's always do)."""
+    return ValueError(
+        f"bag lengths do not count their {values} id(s): they sum to {int(lengths.sum())}, "
+        f"the least is {int(lengths.min()) if lengths.numel() else 0}"
+    )
+
+
 def example_major_bags(
     lengths: torch.Tensor,
     values: torch.Tensor,
@@ -51,14 +60,15 @@ def example_major_bags(
         offsets = torch.empty(bags + 1, dtype=torch.int64)
         in_order = torch.empty_like(values)
         bag_of_value = torch.empty(values.numel(), dtype=torch.int64)
-        example_major_into(
+        if not example_major_into(
             lengths.contiguous().numpy().reshape(features, batch),
             values.contiguous().numpy(),
             np.empty(batch, dtype=np.int64),
             offsets.numpy(),
             in_order.numpy(),
             bag_of_value.numpy(),
-        )
+        ):
+            raise lengths_not_counting(lengths, values.numel())
         return ExampleMajorBags(offsets, in_order, None, bag_of_value)
     device = lengths.device
     feature_major = torch.arange(bags, dtype=torch.int32, device=device)

@@ -201,9 +201,9 @@ class _PooledRows(torch.autograd.Function):
         assert _native is not None
         out = torch.empty(batch, rows.width, dtype=torch.float32)
         outside = _native.pool(
-            ids.data_ptr(), offsets.data_ptr(), rows.tables.data_ptr(), len(rows.names),
-            rows.num_features, batch, rows.tbe.weights_host.data_ptr(), out.data_ptr(),
-            rows.width, torch.get_num_threads(),
+            ids.data_ptr(), ids.numel(), offsets.data_ptr(), rows.tables.data_ptr(),
+            len(rows.names), rows.num_features, batch, rows.tbe.weights_host.data_ptr(),
+            out.data_ptr(), rows.width, torch.get_num_threads(),
         )  # fmt: skip
         if outside:
             rows.refuse_ids_outside(ids, offsets, batch)
@@ -226,8 +226,8 @@ class _PooledRows(torch.autograd.Function):
         if rows.scratch.numel() < needed:
             rows.scratch = torch.empty(needed, dtype=torch.int32)
         _native.update(
-            ids.data_ptr(), offsets.data_ptr(), rows.tables.data_ptr(), len(rows.names),
-            rows.num_features, ctx.batch, grad.data_ptr(), rows.width,
+            ids.data_ptr(), ids.numel(), offsets.data_ptr(), rows.tables.data_ptr(),
+            len(rows.names), rows.num_features, ctx.batch, grad.data_ptr(), rows.width,
             tbe.weights_host.data_ptr(), tbe.momentum1_host.data_ptr(),
             tbe.get_learning_rate(), tbe.optimizer_args.eps, rows.slot.data_ptr(),
             rows.slot.numel(), rows.scratch.data_ptr(), rows.scratch.numel(), threads,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from dist_train.kernels import distinct_keys_into, one_table_requests_into
-from dist_train.train.bag_order import example_major_bags
+from dist_train.train.bag_order import example_major_bags, lengths_not_counting
 
 # distinct keys go through a bitmap (on CPU) where the key space is at most this many times
 # the keys (plus a floor): kept from when a pass counted into an int32 a key, which then cost
@@ -280,6 +280,8 @@ class Asker:
             scratch(n),
             bag_by_vector.numpy(),
         )
+        if found == -2:
+            raise lengths_not_counting(lengths, n)
         if found < 0:
             raise _outside_rows(ids, keys)
         bags = Bags(bag_vectors, bag_offsets[:-1], bag_by_vector, vector_offsets[:found])

@@ -150,6 +150,17 @@ def test_example_major_bags_refuses_a_ragged_batch() -> None:
         )
 
 
+@pytest.mark.parametrize(
+    "lengths", [[2, 1] + [1] * (FEATURES * BATCH - 2), [1] * (FEATURES * BATCH - 1) + [-1]]
+)
+def test_example_major_bags_refuse_lengths_that_do_not_count_the_ids(lengths: list[int]) -> None:
+    """The compiled pass writes each id at its example's cursor: lengths summing past the ids,
+    or a negative one, would read and write outside the arrays (numba checks no bounds)."""
+    ids = torch.arange(FEATURES * BATCH - 2)  # fewer than the lengths count
+    with pytest.raises(ValueError, match=r"bag lengths do not count their \d+ id\(s\)"):
+        example_major_bags(torch.tensor(lengths), ids, BATCH)
+
+
 def _torchrec_kernel(features: list[str]) -> BatchedFusedEmbeddingBag:
     """TorchRec's fused CPU kernel of one ``ROWS x DIM`` table the ``features`` share."""
     return fused_cpu_kernel([("unified_0", ROWS, DIM, features)])

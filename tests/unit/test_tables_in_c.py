@@ -193,3 +193,37 @@ def test_sharding_kernels_chooses_the_per_feature_tables_kernel(
     fused = [m for m in lookup_modules(trainer.model) if isinstance(m, BatchedFusedEmbeddingBag)]
     assert fused
     assert all(isinstance(m, TablesInCFusedEmbeddingBag) == in_c for m in fused)
+
+
+@pytest.mark.parametrize(
+    "offsets",
+    [
+        [1, 1, 2, 2, 2, 2, 2, 2, 2],  # not from 0
+        [0, 2, 1, 2, 2, 2, 2, 2, 2],  # falling
+        [0, 1, 1, 1, 1, 1, 1, 1, 1 << 26],  # past the ids
+        [0, 1, 1, 1, 1, 1, 1, 1, 1],  # short of them
+    ],
+)
+def test_bags_whose_offsets_do_not_span_the_ids_are_refused_before_any_read(
+    offsets: list[int],
+) -> None:
+    """A caller-built KJT may hold any offsets; the C lookup and update read ids between
+    them, so offsets that fall or run past the ids would read outside the ids' memory."""
+    rows = TableRows(_fbgemm_kernel(), NAMES)
+    ids = torch.tensor([1, 2])
+    bad = torch.tensor(offsets)
+    assert bad.numel() == len(FEATURE_TABLE) * 2 + 1  # 2 examples
+    features = KeyedJaggedTensor(
+        keys=[f"f{f}" for f in range(len(FEATURE_TABLE))], values=ids, offsets=bad
+    )
+    with pytest.raises(ValueError, match=r"_table_rows\.pool: the bags' offsets"):
+        rows(features)
+    assert table_rows._native is not None
+    grad = torch.zeros(2, _width())
+    with pytest.raises(ValueError, match=r"_table_rows\.update: the bags' offsets"):
+        table_rows._native.update(
+            ids.data_ptr(), ids.numel(), bad.data_ptr(), rows.tables.data_ptr(), len(NAMES),
+            rows.num_features, 2, grad.data_ptr(), rows.width,
+            rows.tbe.weights_host.data_ptr(), rows.tbe.momentum1_host.data_ptr(), 0.1, 1e-8,
+            rows.slot.data_ptr(), rows.slot.numel(), rows.scratch.data_ptr(), 0, 1,
+        )  # fmt: skip

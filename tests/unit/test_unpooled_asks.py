@@ -118,3 +118,13 @@ def test_the_compiled_lookup_input_is_the_torch_ops(
     # every row lands in one bag
     assert compiled[1].sum() == rows.numel()
     assert sorted(compiled[0].tolist()) == sorted(rows.tolist())
+
+
+def test_lengths_that_do_not_count_the_ids_are_refused() -> None:
+    """One table's compiled pass puts the bags example-major by ``lengths``; lengths that
+    count more ids than there are would write outside its arrays."""
+    asker = Asker(2, [[0, 500, 1000]] * FEATURES, Tables((FEATURES,), (16,)), torch.device("cpu"))
+    ids, lengths = _batch([0, 500, 1000], 0)
+    lengths[0, 0] += 3
+    with pytest.raises(ValueError, match="bag lengths do not count their"):
+        asker._one_table(ids, lengths, [f"f{i}" for i in range(FEATURES)])
