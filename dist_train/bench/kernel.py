@@ -127,7 +127,8 @@ def run_kernel_bench(
             offsets = torch.arange(ids.numel() + 1)
             grad = torch.ones(batch, TBE_BAGS * dim)
             bags = batch * TBE_BAGS
-            forward_bytes, update_bytes = embedding_bytes(ids.numel(), bags, dim)
+            distinct = ids.unique().numel()  # one table: its update moves each row once
+            forward_bytes, update_bytes = embedding_bytes(ids.numel(), bags, dim, distinct)
 
             forward = functools.partial(_forward, tbe, ids, offsets)
             training = functools.partial(_training, tbe, ids, offsets, grad)

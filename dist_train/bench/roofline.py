@@ -2,17 +2,22 @@
 
 Per rank and step, for a job's :class:`~planners.types.Workload`:
 
-- embeddings: every looked-up row read in the forward pass, read and written again with its
-  row-wise Adagrad accumulator in the fused update (``3 x dim x 4 + 8`` bytes an id), and the
-  pooled outputs written forward and their gradients read backward;
+- embeddings: every looked-up row read in the forward pass (``dim x 4`` bytes an id), each
+  distinct row read and written again with its row-wise Adagrad accumulator in the fused
+  update (``2 x dim x 4 + 8`` bytes a distinct row: an update sums a row's gradients first),
+  and the pooled outputs written forward and their gradients read backward;
 - dense network: ``6 x parameters x batch`` matmul flops plus the interaction's least work
   (DLRM's dot: the n (n - 1) / 2 distinct pairs' products, 2 flops an element forward, 4
   backward), and the Adagrad update reading the parameter, its gradient and state and
   writing two (20 bytes a parameter);
 - collectives (``world > 1``): per table the fewer of two ways' bytes leaving the rank in
   all-to-alls: its ids, pooled vectors (forward) and their gradients (backward); or one
-  request, vector and gradient per distinct row (row_wise_unpooled, distinct rows as the
-  planner expects them); and DDP's ring all-reduce of the dense gradients.
+  request, vector and gradient per distinct row (row_wise_unpooled); and DDP's ring
+  all-reduce of the dense gradients.
+
+Distinct rows are a rank's batch's, as measured on the job's data where the caller has them
+(``bench train``: :func:`~dist_train.bench.train.distinct_rows_per_batch`), else as the
+planner expects them (Zipf draws, :func:`~planners.cost_model.distinct_rows`).
 
 Rates are measured on every rank at once, as the step runs (``bench train``: in every round,
 beside the steps they judge): copy bandwidth (bytes read + written) and 2048 x 512 x 512
@@ -26,7 +31,7 @@ streaming at copy speed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -39,24 +44,25 @@ from planners.types import INDEX_BYTES, WEIGHT_BYTES, TableLoad, Workload
 ADAGRAD_BYTES_PER_PARAMETER = 20  # read weight, gradient, state; write weight, state
 
 
-def embedding_bytes(ids: float, bags: float, dim: int) -> tuple[float, float]:
-    """Bytes a table-batched lookup must move (forward, backward with the fused row-wise
-    Adagrad update): forward reads each looked-up row and writes each pooled output;
-    backward reads the pooled gradients, then reads and writes each looked-up row and its
-    accumulator."""
+def embedding_bytes(ids: float, bags: float, dim: int, distinct: float) -> tuple[float, float]:
+    """Bytes a table-batched lookup of ``ids`` into ``bags``, ``distinct`` rows among them,
+    must move (forward, backward with the fused row-wise Adagrad update): forward reads each
+    looked-up row and writes each pooled output; backward reads the pooled gradients, then
+    reads and writes each distinct row and its accumulator once (the update sums a row's
+    gradients before it applies them)."""
     forward = (ids + bags) * dim * WEIGHT_BYTES
-    backward = bags * dim * WEIGHT_BYTES + ids * (2 * dim + 2) * WEIGHT_BYTES
+    backward = bags * dim * WEIGHT_BYTES + distinct * (2 * dim + 2) * WEIGHT_BYTES
     return forward, backward
 
 
-def all_to_all_bytes(table: TableLoad, workload: Workload) -> float:
+def all_to_all_bytes(table: TableLoad, workload: Workload, distinct: float) -> float:
     """Bytes a rank's lookups of ``table`` must send, forward and backward: its ids, pooled
-    vectors and their gradients, or a request, a vector and a gradient per distinct row,
-    whichever is fewer."""
+    vectors and their gradients, or a request, a vector and a gradient per ``distinct``
+    row, whichever is fewer."""
     batch = workload.batch_size_per_rank
     vector = table.dim * WEIGHT_BYTES
     pooled = batch * (table.ids_per_sample * INDEX_BYTES + 2 * table.bags_per_sample * vector)
-    unpooled = distinct_rows(table, workload) * (INDEX_BYTES + 2 * vector)
+    unpooled = distinct * (INDEX_BYTES + 2 * vector)
     return min(pooled, unpooled)
 
 
@@ -110,11 +116,27 @@ def measure_rates(repeats: int = 5) -> MachineRates:
     )
 
 
-def step_floor(workload: Workload, world: int, rates: MachineRates) -> dict[str, float]:
-    """Seconds of each term of the floor, and ``floor`` (their sum)."""
+def step_floor(
+    workload: Workload,
+    world: int,
+    rates: MachineRates,
+    distinct: Mapping[str, float] | None = None,
+) -> dict[str, float]:
+    """Seconds of each term of the floor, and ``floor`` (their sum). ``distinct``: per
+    table name, the distinct rows a rank's batch reads, measured; a table it leaves out
+    takes the planner's estimate."""
     batch = workload.batch_size_per_rank
+    measured = distinct or {}
+    rows = {
+        t.name: measured[t.name] if t.name in measured else distinct_rows(t, workload)
+        for t in workload.tables
+    }
     lookups = sum(
-        sum(embedding_bytes(batch * t.ids_per_sample, batch * t.bags_per_sample, t.dim))
+        sum(
+            embedding_bytes(
+                batch * t.ids_per_sample, batch * t.bags_per_sample, t.dim, rows[t.name]
+            )
+        )
         for t in workload.tables
     )
     params = workload.dense_parameters
@@ -130,7 +152,7 @@ def step_floor(workload: Workload, world: int, rates: MachineRates) -> dict[str,
     }
     if world > 1:
         share = (world - 1) / world
-        sent = sum(all_to_all_bytes(t, workload) for t in workload.tables)
+        sent = sum(all_to_all_bytes(t, workload, rows[t.name]) for t in workload.tables)
         terms["all_to_all"] = sent * share / rates.all_to_all_bytes_per_second
         terms["all_reduce"] = 2 * params * WEIGHT_BYTES * share / rates.all_reduce_bytes_per_second
     terms["floor"] = sum(terms.values())

@@ -67,6 +67,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
@@ -148,18 +149,41 @@ def _builder(cfg: JobConfig) -> BatchBuilder:
 FLOOR_SAMPLE_ROWS = 65_536
 
 
+def _floor_sample(cfg: JobConfig, data: str) -> tuple[BatchBuilder, pa.Table]:
+    """The batch builder of ``cfg`` and ``data``'s first rows, which the floor's loads are
+    measured on."""
+    builder = _builder(cfg)
+    table = pq.ParquetFile(next(iter(resolve_files(data)))).read(columns=builder.columns)
+    return builder, table.slice(0, FLOOR_SAMPLE_ROWS)
+
+
 def ids_per_feature(cfg: JobConfig, data: str) -> dict[str, float]:
     """Each feature's mean ids a sample over ``data``'s first rows, as the batch builder
     reads them (a null is none, a list its non-null elements)."""
-    builder = _builder(cfg)
-    table = pq.ParquetFile(next(iter(resolve_files(data)))).read(columns=builder.columns)
-    table = table.slice(0, FLOOR_SAMPLE_ROWS)
+    builder, table = _floor_sample(cfg, data)
     sparse = builder.build(table).sparse
     per_key = dict(zip(sparse.keys(), sparse.length_per_key(), strict=True))
     out: dict[str, float] = {}
     for key in builder.layout.keys:
         out.setdefault(key.feature, per_key[key.key] / table.num_rows)
     return {feature: ids for feature, ids in out.items() if ids > 0}
+
+
+def distinct_rows_per_batch(cfg: JobConfig, data: str) -> dict[str, float]:
+    """Each table's mean distinct rows in a batch of ``cfg.train.batch_size`` (a rank's)
+    over ``data``'s first rows: the rows a row-wise update reads and writes once each."""
+    builder, table = _floor_sample(cfg, data)
+    size = cfg.train.batch_size
+    table_of = {key.key: key.table for key in builder.layout.keys}
+    counts: dict[str, list[int]] = {t.name: [] for t in builder.layout.tables}
+    for start in range(0, max(1, table.num_rows - size + 1), size):
+        sparse = builder.build(table.slice(start, size)).sparse
+        ids: dict[str, list[torch.Tensor]] = {name: [] for name in counts}
+        for key, values in sparse.to_dict().items():
+            ids[table_of[key]].append(values.values())
+        for name, parts in ids.items():
+            counts[name].append(torch.cat(parts).unique().numel() if parts else 0)
+    return {name: statistics.mean(c) for name, c in counts.items()}
 
 
 def _pipeline(system: str, cfg: JobConfig, data: str) -> Callable[[], Generator[Batch]]:
@@ -426,6 +450,7 @@ def run_train_bench(
     # the floor reads every id the batches hold: multi-hot features hold several a sample
     unified = cfgs["unified"]
     pooling = {"pooling_factors": ids_per_feature(unified, data)}
+    distinct = distinct_rows_per_batch(unified, data)
     floor_cfg = unified.model_copy(update={"sharding": unified.sharding.model_copy(update=pooling)})
     params = {
         s: build_layout(c.embedding, c.features, c.seed).num_parameters for s, c in cfgs.items()
@@ -484,7 +509,7 @@ def run_train_bench(
         round_rates = out[0]["rates"]
         # round by round: each round's step against the floor at that round's rates, and
         # the dense network alone against the floor's dense terms
-        floors = [step_floor(workload, world, MachineRates(**r)) for r in round_rates]
+        floors = [step_floor(workload, world, MachineRates(**r), distinct) for r in round_rates]
         over_floor = [
             seconds["step", "unified"][i] / STEPS_PER_ROUND / floors[i]["floor"]
             for i in range(rounds)
@@ -507,7 +532,7 @@ def run_train_bench(
                 "ranks": world,
                 # medians over the rounds; on one rank no collective rate (JSON: null)
                 "rates": {k: v if math.isfinite(v) else None for k, v in rates.items()},
-                "floor_seconds": step_floor(workload, world, MachineRates(**rates)),
+                "floor_seconds": step_floor(workload, world, MachineRates(**rates), distinct),
                 "measured_step_seconds": step,
                 "measured_over_floor": statistics.median(over_floor),
                 "measured_over_floor_spread": spread(over_floor),

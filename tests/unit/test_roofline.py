@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from dist_train.bench.roofline import MachineRates, all_to_all_bytes, dense_floor, step_floor
+from dist_train.bench.roofline import (
+    MachineRates,
+    all_to_all_bytes,
+    dense_floor,
+    embedding_bytes,
+    step_floor,
+)
 from planners.cost_model import distinct_rows
 from planners.types import OptimizerState, TableLoad, Workload
 
@@ -20,16 +26,17 @@ def test_a_table_of_few_hot_rows_sends_each_distinct_row_once() -> None:
     # 1000 pooled vectors each way
     table = TableLoad("t", rows=100, dim=16, bags_per_sample=1, ids_per_sample=20.0)
     workload = _workload(table, 1.1)
-    assert distinct_rows(table, workload) <= 100
-    expected = distinct_rows(table, workload) * (8 + 2 * 16 * 4)
-    assert all_to_all_bytes(table, workload) == pytest.approx(expected)
+    distinct = distinct_rows(table, workload)
+    assert distinct <= 100
+    assert all_to_all_bytes(table, workload, distinct) == pytest.approx(distinct * (8 + 2 * 16 * 4))
 
 
 def test_a_table_of_cold_multi_hot_bags_sends_ids_and_pooled_vectors() -> None:
     # 20 uniform ids a bag over 10^9 rows: nearly every id is its own row, so one pooled
     # vector and its gradient a bag beat 20 rows each way
     table = TableLoad("t", rows=10**9, dim=16, bags_per_sample=1, ids_per_sample=20.0)
-    assert all_to_all_bytes(table, _workload(table, 0.0)) == pytest.approx(
+    workload = _workload(table, 0.0)
+    assert all_to_all_bytes(table, workload, distinct_rows(table, workload)) == pytest.approx(
         1000 * (20 * 8 + 2 * 16 * 4)
     )
 
@@ -88,3 +95,54 @@ def test_the_floor_reads_every_id_of_multi_hot_features(small_cfg, small_data) -
     assert set(ids) == {"C1", "C2", "C3", "C4"}
     assert ids["C4"] > 2.0  # the multi-hot column: 3 a row on average (Poisson + 1)
     assert all(0.9 < ids[f] <= 1.0 for f in ("C1", "C2", "C3"))  # scalars, some null
+
+
+def test_the_update_moves_each_distinct_row_once_and_reads_every_id_forward() -> None:
+    """Row-wise Adagrad sums a row's gradients, then reads and writes the row and its
+    accumulator once: 1000 ids over 10 distinct rows update 10 rows, not 1000."""
+    forward, backward = embedding_bytes(ids=1000, bags=100, dim=16, distinct=10)
+    assert forward == (1000 + 100) * 16 * 4  # every id's row read, every bag written
+    assert backward == 100 * 16 * 4 + 10 * (2 * 16 + 2) * 4  # bags' gradients, rows once
+
+
+def test_the_floor_takes_measured_distinct_rows_over_the_planners_estimate() -> None:
+    table = TableLoad("t", rows=10**6, dim=16, bags_per_sample=1, ids_per_sample=20.0)
+    workload = _workload(table, 1.1)
+    rates = MachineRates(20e9, 100e9, 2e9, 2e9)
+    estimated = step_floor(workload, 2, rates)
+    assert step_floor(workload, 2, rates, {"other": 5.0}) == estimated  # not this table's
+    few = step_floor(workload, 2, rates, {"t": 5.0})
+    _, backward = embedding_bytes(1000 * 20, 1000, 16, 5.0)
+    forward, _ = embedding_bytes(1000 * 20, 1000, 16, 5.0)
+    assert few["embedding_bytes"] == pytest.approx((forward + backward) / 20e9)
+    assert few["all_to_all"] == pytest.approx(5.0 * (8 + 2 * 16 * 4) / 2 / 2e9)
+    assert few["floor"] < estimated["floor"]
+
+
+def test_distinct_rows_per_batch_counts_a_batchs_distinct_rows_per_table(
+    small_cfg, small_data
+) -> None:  # type: ignore[no-untyped-def]
+    from dist_train.bench.train import _floor_sample, distinct_rows_per_batch
+
+    cfg = small_cfg.model_copy(
+        update={"train": small_cfg.train.model_copy(update={"batch_size": 64})}
+    )
+    got = distinct_rows_per_batch(cfg, str(small_data.train_dir))
+    builder, table = _floor_sample(cfg, str(small_data.train_dir))
+    assert set(got) == {t.name for t in builder.layout.tables}
+    per_batch: dict[str, list[int]] = {name: [] for name in got}
+    for start in range(0, table.num_rows - 63, 64):  # whole batches only
+        sparse = builder.build(table.slice(start, 64)).sparse
+        rows: dict[str, set[int]] = {name: set() for name in got}
+        for key in builder.layout.keys:
+            rows[key.table].update(sparse[key.key].values().tolist())
+        for name, seen in rows.items():
+            per_batch[name].append(len(seen))
+    for name, counts in per_batch.items():
+        assert got[name] == pytest.approx(sum(counts) / len(counts))
+        ids = sum(
+            len(builder.build(table.slice(0, 64)).sparse[k.key].values())
+            for k in builder.layout.keys
+            if k.table == name
+        )
+        assert 0 < got[name] <= ids
