@@ -33,6 +33,7 @@ from dist_train.logs import LOG, setup_logging, verbosity
 from dist_train.stopping import stopped_by_sigterm
 from dist_train.train.checkpointing import resume_point
 from dist_train.train.loop import WorkerInputs, run_worker
+from dist_train.train.progress import strict_json
 from dist_train.train.sharding import JobPlan, optimizer_notes, plan_for_config
 from dist_train.train.trainer import make_batch_builder
 from planners.topology import TopologyError
@@ -168,7 +169,7 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
         summary["startup_seconds"] = summary["first_step_unix"] - launch_unix
     out = Path(inputs.run_dir)
     (out / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.json").write_text(strict_json(summary, indent=2))
     return summary
 
 

@@ -11,6 +11,7 @@ what to save), :class:`~dist_train.train.audit.StepAudit` (row ledger, kill dril
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 import uuid
@@ -43,6 +44,18 @@ from dist_train.train.rank_layout import RankLayout, RankLayoutError, discover_r
 from dist_train.train.sharding import JobPlan
 from dist_train.train.trainer import Trainer
 from planners.cores import cpu_list, process_cores
+
+
+class TrainingDiverged(RuntimeError):
+    """A step's loss was not finite: the weights it leaves are no longer numbers, so the run
+    stops before any checkpoint of them."""
+
+    def __init__(self, step: int, loss: float, rank: int) -> None:
+        super().__init__(
+            f"step {step}: the training loss is {loss} on rank {rank}; training stopped and "
+            "saved no checkpoint of this step or later. Lower train.dense_learning_rate or "
+            "embedding.learning_rate, or look for huge values in the data's dense columns"
+        )
 
 
 class RunSummary(TrainFigures, EvalFigures):
@@ -123,6 +136,8 @@ def run_worker(
     for epoch in epochs:
         progress.epoch_started()
         for batch, loss in epoch.trained(trainer.train_steps):
+            if not math.isfinite(loss):  # the other ranks stop when this one ends
+                raise TrainingDiverged(epochs.step, loss, rank)
             progress.step_done(loss)
             audit.after(epochs.step, epoch.index, batch)
             if progress.should_log(epochs.step):

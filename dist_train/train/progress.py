@@ -4,6 +4,7 @@ the loss and speed between log lines, and the throughput figures of the summary.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, TypedDict
@@ -24,6 +25,22 @@ class TrainFigures(TypedDict):
     steady_examples_per_second: float
     first_step_unix: float | None
     final_train_loss: float
+
+
+def strict_json(value: Any, indent: int | None = None) -> str:
+    """``value`` as JSON that strict parsers read: a NaN or infinite number (an AUC of a
+    test set of one class, the loss of a run that trained no step) is ``null``."""
+
+    def finite(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [finite(x) for x in v]
+        return v
+
+    return json.dumps(finite(value), indent=indent, allow_nan=False)
 
 
 def mean_across_ranks(value: float) -> float:
@@ -84,7 +101,7 @@ class Progress:
             return
         LOG.info(line)
         with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(strict_json(record) + "\n")
 
     def epoch_started(self) -> None:
         self._epoch_start = self._window_start = time.perf_counter()

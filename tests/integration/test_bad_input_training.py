@@ -4,14 +4,17 @@ rows (the per-input tests are in tests/unit/test_bad_input.py)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from dist_train.config import JobConfig, apply_overrides, parse_config
 from dist_train.data.synthetic import GeneratedData
 from dist_train.driver import run_job
+from dist_train.launchers.processes import RankError
 from tests.unit.test_bad_input import (
     ROWS_PER_FILE,
     _copy_train,
@@ -72,3 +75,32 @@ def test_a_resumed_run_counts_each_bad_row_once(
     resumed = run("resumed", "checkpoint.resume=latest")
     assert resumed["steps"] == whole["steps"]
     assert resumed["bad_input"] == whole["bad_input"]
+
+
+def test_a_diverged_loss_stops_the_run_before_any_checkpoint_of_it(
+    small_cfg: JobConfig, small_data: GeneratedData, tmp_path: Path
+) -> None:
+    """A learning rate that sends the loss to inf or NaN: the run fails naming the step,
+    and every committed checkpoint is of a step before it (before, training ran on to the
+    end, saved NaN weights over the good checkpoints and exited 0)."""
+    raw = apply_overrides(
+        _with(small_cfg, small_data.train_dir, small_data.test_dir, "error").model_dump(
+            mode="json"
+        ),
+        [
+            "launcher=processes",
+            "train.dense_optimizer=sgd",
+            "train.dense_learning_rate=10000",
+            "train.epochs=4",
+            "checkpoint.every_steps=1",
+            "checkpoint.num_to_keep=100",
+        ],
+    )
+    with pytest.raises(
+        RankError, match=r"TrainingDiverged: step (\d+): the training loss is (nan|inf)"
+    ) as err:
+        run_job(parse_config(raw))
+    step = int(re.search(r"step (\d+):", str(err.value)).group(1))  # type: ignore[union-attr]
+    saved = sorted((Path(raw["output_dir"]) / "default" / "checkpoints").glob("step-*"))
+    assert saved, "the steps before the divergence were checkpointed"
+    assert all(int(p.name.removeprefix("step-")) < step for p in saved)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dist_train.train import progress as progress_module
-from dist_train.train.progress import Progress, TrainFigures
+from dist_train.train.progress import Progress, TrainFigures, strict_json
 
 EXAMPLES_PER_STEP, STEP_SECONDS = 1000, 0.5  # the true rate: 2,000 examples/s
 
@@ -67,3 +67,17 @@ def test_training_rates_stop_at_the_end_of_training(
     assert figures["train_seconds"] == pytest.approx(12 * STEP_SECONDS)
     assert figures["examples_per_second"] == pytest.approx(EXAMPLES_PER_STEP / STEP_SECONDS)
     assert figures["steady_examples_per_second"] == pytest.approx(EXAMPLES_PER_STEP / STEP_SECONDS)
+
+
+def test_records_hold_no_nan_that_strict_json_parsers_refuse(tmp_path: Path) -> None:
+    """A test set of one class has no AUC and a run that trained no step no loss: both are
+    null in metrics.jsonl and summary.json, where Python's json wrote bare NaN tokens."""
+    p = Progress(str(tmp_path), enabled=True, log_every=4, examples_per_step=1)
+    p.log({"event": "eval", "test_auc": float("nan"), "x": [float("inf"), 1.0]}, "line")
+
+    def refuse(token: str) -> None:
+        raise ValueError(token)
+
+    record = json.loads((tmp_path / "metrics.jsonl").read_text(), parse_constant=refuse)
+    assert record == {"event": "eval", "test_auc": None, "x": [None, 1.0]}
+    assert json.loads(strict_json({"a": {"b": (float("-inf"),)}}, indent=2)) == {"a": {"b": [None]}}
