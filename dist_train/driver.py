@@ -63,13 +63,28 @@ def prepare_inputs(cfg: JobConfig) -> WorkerInputs:
     return WorkerInputs(train, test, str(run_dir), file_counts=policy.counts)
 
 
+UNUSED_ROWS_WARNING = 0.10
+"""The share of an epoch's training rows left untrained above which the driver warns."""
+
+
 def check_steps(cfg: JobConfig, train: list[RowGroup]) -> None:
-    """Refuse a job whose first epoch, dealt as the workers deal it, trains 0 steps."""
+    """Refuse a job whose first epoch, dealt as the workers deal it, trains 0 steps; warn
+    when it leaves more than :data:`UNUSED_ROWS_WARNING` of the rows untrained."""
     world, batch_size = cfg.ray.num_workers, cfg.train.batch_size
     assignment = assign_row_groups(train, world, cfg.seed, 0)
-    if steps_per_epoch(assignment, batch_size):
-        return
+    steps = steps_per_epoch(assignment, batch_size)
     smallest = min(sum(g.num_rows for g in groups) for groups in assignment)
+    if steps:
+        rows, trained = sum(g.num_rows for g in train), steps * batch_size * world
+        if trained < (1 - UNUSED_ROWS_WARNING) * rows:
+            LOG.warning(
+                f"the first epoch trains {trained:,} of the {rows:,} training rows "
+                f"({1 - trained / rows:.0%} unused): row groups go to ranks whole, and every "
+                f"rank runs the steps of the smallest share ({smallest:,} rows: {steps} "
+                f"batches of train.batch_size={batch_size}); more, smaller row groups, or "
+                "fewer ranks, train more of them (docs/data.md)"
+            )
+        return
     raise BadInputError(
         f"the job would train 0 steps: train.batch_size={batch_size} is more than the "
         f"{smallest:,} training rows of the smallest rank's share ({len(train)} row groups "

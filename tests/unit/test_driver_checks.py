@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from dist_train.config import JobConfig, apply_overrides, parse_config
 from dist_train.data.synthetic import GeneratedData
 from dist_train.data.validation import BadInputError
 from dist_train.driver import prepare_inputs
+from dist_train.logs import LOG
 
 
 def _cfg(cfg: JobConfig, data: GeneratedData, overrides: list[str]) -> JobConfig:
@@ -36,3 +39,36 @@ def test_zero_training_steps_is_refused(
 def test_one_step_is_enough(small_cfg: JobConfig, small_data: GeneratedData) -> None:
     inputs = prepare_inputs(_cfg(small_cfg, small_data, ["train.batch_size=4096"]))
     assert sum(g.num_rows for g in inputs.train_groups) == 8192
+
+
+def _warnings(cfg: JobConfig) -> list[str]:
+    """The driver's warnings while it prepares ``cfg``'s inputs."""
+    seen: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.WARNING:
+                seen.append(record.getMessage())
+
+    handler = Collect()
+    LOG.addHandler(handler)
+    try:
+        prepare_inputs(cfg)
+    finally:
+        LOG.removeHandler(handler)
+    return seen
+
+
+def test_an_epoch_that_leaves_many_rows_untrained_is_named(
+    small_cfg: JobConfig, small_data: GeneratedData
+) -> None:
+    """8 row groups of 1,024 rows dealt whole to 3 ranks (3, 3 and 2 groups): each runs the
+    smallest share's 8 batches of 256, 6,144 of the 8,192 rows. Before, the run said only
+    "8,192 training rows"."""
+    warned = _warnings(_cfg(small_cfg, small_data, ["ray.num_workers=3"]))
+    assert any(
+        "the first epoch trains 6,144 of the 8,192 training rows (25% unused)" in w
+        and "smallest share (2,048 rows: 8 batches of train.batch_size=256)" in w
+        for w in warned
+    ), warned
+    assert not _warnings(_cfg(small_cfg, small_data, ["train.batch_size=4096"]))  # all used
