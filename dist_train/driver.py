@@ -197,6 +197,12 @@ def _skipped(summary: dict[str, Any]) -> str:
     )
 
 
+def _steps(summary: dict[str, Any]) -> str:
+    """The steps the rates are over; after a resume, also the global step reached."""
+    steps, launched = summary["steps"], summary.get("steps_this_launch", summary["steps"])
+    return f"{steps} steps" if launched == steps else f"{launched} steps, to step {steps}"
+
+
 def _steady(summary: dict[str, Any]) -> str:
     """The rate after the first step: a short run's overall rate is mostly its warm-up."""
     rate = summary.get("steady_examples_per_second") or 0.0
@@ -211,7 +217,7 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
         f"test NE           {summary['test_ne']:.4f}\n"
         f"examples/s        {summary['examples_per_second']:,.0f} "
         f"({summary['world_size']} {summary.get('device', 'cpu').upper()} ranks, "
-        f"{summary['steps']} steps{_steady(summary)})\n"
+        f"{_steps(summary)}{_steady(summary)})\n"
         f"wall time         {summary['wall_seconds']:.1f} s\n"
         f"bad input skipped {_skipped(summary)}\n"
         + (f"checkpoint        {summary['checkpoint']}\n" if summary.get("checkpoint") else "")

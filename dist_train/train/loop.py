@@ -62,7 +62,8 @@ class RunSummary(TrainFigures, EvalFigures):
     """What a run reports: ``summary.json``, the last ``metrics.jsonl`` record, Ray's result
     (the driver adds wall and start-up seconds)."""
 
-    steps: int
+    steps: int  # the global step reached (a resumed run's count from its checkpoint's)
+    steps_this_launch: int  # the steps this launch trained: the rates' and examples' steps
     eval_seconds: float
     bad_input: dict[str, Any]
     device: str
@@ -153,6 +154,7 @@ def run_worker(
     metrics = _evaluate(cfg, inputs.test_groups, trainer, policy, rank, world)
     summary = RunSummary(
         steps=epochs.step,
+        steps_this_launch=epochs.step - start.step,
         **trained,
         **metrics.as_summary(),
         eval_seconds=time.perf_counter() - eval_start,

@@ -74,6 +74,10 @@ def test_a_resumed_run_counts_each_bad_row_once(
     assert stopped["steps"] == 6
     resumed = run("resumed", "checkpoint.resume=latest")
     assert resumed["steps"] == whole["steps"]
+    # the rates and examples are this launch's: its steps are named apart from the step reached
+    assert whole["steps_this_launch"] == whole["steps"] and stopped["steps_this_launch"] == 6
+    assert resumed["steps_this_launch"] == whole["steps"] - 6
+    assert resumed["train_examples"] == (whole["steps"] - 6) * 2 * 256
     assert resumed["bad_input"] == whole["bad_input"]
 
 

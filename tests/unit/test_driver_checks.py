@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
 from dist_train.config import JobConfig, apply_overrides, parse_config
 from dist_train.data.synthetic import GeneratedData
 from dist_train.data.validation import BadInputError
-from dist_train.driver import prepare_inputs
+from dist_train.driver import prepare_inputs, print_summary
 from dist_train.logs import LOG
 
 
@@ -72,3 +73,18 @@ def test_an_epoch_that_leaves_many_rows_untrained_is_named(
         for w in warned
     ), warned
     assert not _warnings(_cfg(small_cfg, small_data, ["train.batch_size=4096"]))  # all used
+
+
+def test_the_summary_names_a_resumed_launchs_steps_apart_from_the_step_reached(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """After a resume from step 20 to 40, the rates cover 20 steps: the line used to read
+    "40 steps" beside them."""
+    summary = {
+        "test_auc": 0.8, "test_log_loss": 0.5, "test_ne": 0.9, "examples_per_second": 1000.0,
+        "world_size": 2, "steps": 40, "steps_this_launch": 20, "wall_seconds": 3.0,
+    }  # fmt: skip
+    print_summary(summary, tmp_path)
+    assert "1,000 (2 CPU ranks, 20 steps, to step 40)" in capsys.readouterr().out
+    print_summary({**summary, "steps_this_launch": 40}, tmp_path)
+    assert "(2 CPU ranks, 40 steps)" in capsys.readouterr().out
