@@ -262,8 +262,17 @@ class Trainer:
                 np.zeros(0, np.float32),
             )
         )
-        gathered: list[tuple[np.ndarray, np.ndarray] | None] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, local)
-        all_logits = np.concatenate([g[0] for g in gathered if g is not None])
-        all_labels = np.concatenate([g[1] for g in gathered if g is not None])
-        return EvalMetrics.of(all_labels, all_logits)
+        # rank 0 alone sorts every prediction (the AUC); the others get its figures
+        first = dist.get_rank() == 0
+        gathered: list[tuple[np.ndarray, np.ndarray] | None] | None = (
+            [None] * dist.get_world_size() if first else None
+        )
+        dist.gather_object(local, gathered, dst=0)
+        metrics: list[EvalMetrics | None] = [None]
+        if gathered is not None:
+            all_logits = np.concatenate([g[0] for g in gathered if g is not None])
+            all_labels = np.concatenate([g[1] for g in gathered if g is not None])
+            metrics[0] = EvalMetrics.of(all_labels, all_logits)
+        dist.broadcast_object_list(metrics, src=0)
+        assert metrics[0] is not None
+        return metrics[0]
