@@ -260,9 +260,11 @@ def bench_dense_optimizers(cfg_raw: dict[str, Any]) -> dict[str, list[str]]:
 
     cfg = parse_config(cfg_raw)
     layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
+    peer = PlainPyTorch(cfg, layout)
     return {
-        "pytorch": [type(o).__name__ for o in PlainPyTorch(cfg, layout).optimizers],
+        "pytorch": [type(o).__name__ for o in peer.optimizers],
         "dense_only": [type(DenseOnly(cfg, layout).optimizer).__name__],
+        "pooling": sorted({bag.mode for bag in peer.model.module.sparse_arch.bags.values()}),
     }
 
 

@@ -49,13 +49,14 @@ class _Pooled(dict[str, torch.Tensor]):
 
 
 class EmbeddingBags(nn.Module):
-    """One ``nn.EmbeddingBag`` (sum, sparse gradients) per table; a KJT key reads its table."""
+    """One ``nn.EmbeddingBag`` (the layout's pooling, sparse gradients) per table; a KJT key
+    reads its table."""
 
     def __init__(self, layout: EmbeddingLayout) -> None:
         super().__init__()
         self.bags = nn.ModuleDict()
         for t in layout.tables:
-            bag = nn.EmbeddingBag(t.num_rows, t.dim, mode="sum", sparse=True)
+            bag = nn.EmbeddingBag(t.num_rows, t.dim, mode=layout.pooling, sparse=True)
             nn.init.uniform_(bag.weight, -0.01, 0.01)
             self.bags[t.name] = bag
         self.table_of = {k.key: k.table for k in layout.keys}
@@ -67,6 +68,18 @@ class EmbeddingBags(nn.Module):
                 for key, jt in sparse.to_dict().items()
             }
         )
+
+
+def table_optimizer(cfg: JobConfig, tables: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """torch's optimizer of sparse gradients nearest the job's embedding optimizer:
+    Adagrad for FBGEMM's row-wise Adagrad (torch has no row-wise one), ``SparseAdam`` for
+    Adam, SGD for SGD."""
+    o = cfg.embedding.optimizer
+    if o.type == "sgd":
+        return torch.optim.SGD(tables, lr=o.learning_rate)
+    if o.type == "adam":
+        return torch.optim.SparseAdam(tables, lr=o.learning_rate, eps=o.eps)
+    return torch.optim.Adagrad(tables, lr=o.learning_rate, eps=o.eps)
 
 
 def _model_over(
@@ -101,11 +114,7 @@ class PlainPyTorch:
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, list(tables))
         self.model = DistributedDataParallel(model)
         self.tables = list(tables.values())
-        o = cfg.embedding.optimizer
-        self.optimizers = [
-            torch.optim.Adagrad(self.tables, lr=o.learning_rate, eps=o.eps),
-            dense_optimizer(cfg, dense),
-        ]
+        self.optimizers = [table_optimizer(cfg, self.tables), dense_optimizer(cfg, dense)]
 
     def train_step(self, batch: Batch) -> float:
         logits = self.model(batch.dense, batch.sparse)

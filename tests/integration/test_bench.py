@@ -263,7 +263,24 @@ def test_bench_train_peer_and_dense_alone_use_the_jobs_dense_optimizer(
     cfg = small_config(tmp_path, [f"train.dense_optimizer={dense_optimizer}"])
     raw = cfg.model_dump(mode="json")
     (built,) = run_processes(bench_dense_optimizers, (raw,), world_size=1)
-    assert built == {"pytorch": ["Adagrad", name], "dense_only": [name]}
+    assert built == {"pytorch": ["Adagrad", name], "dense_only": [name], "pooling": ["sum"]}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "tables", "pooling"),
+    [
+        (["embedding.optimizer.type=sgd", "embedding.pooling=mean"], "SGD", "mean"),
+        (["embedding.optimizer.type=adam"], "SparseAdam", "sum"),
+    ],
+)
+def test_bench_train_peer_takes_the_jobs_pooling_and_embedding_optimizer(
+    tmp_path: Path, overrides: list[str], tables: str, pooling: str
+) -> None:
+    """The plain-PyTorch peer pools and updates its tables as the job's embeddings do; it
+    used to sum and run Adagrad whatever the job said."""
+    raw = small_config(tmp_path, overrides).model_dump(mode="json")
+    (built,) = run_processes(bench_dense_optimizers, (raw,), world_size=1)
+    assert built["pytorch"][0] == tables and built["pooling"] == [pooling]
 
 
 def test_bench_kernel_reports_bandwidth_against_copy(tmp_path: Path) -> None:
