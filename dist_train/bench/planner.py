@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,15 +111,34 @@ def time_plans(
 
 
 def rss_bytes(field: str) -> int:
-    """``VmRSS`` (now) or ``VmHWM`` (peak since the last reset) of this process."""
+    """``VmRSS`` (now), ``VmHWM`` (peak since the last reset) or ``RssFile`` (file-backed
+    pages now) of this process."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def reset_peak_rss() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := VmRSS
+@dataclass(frozen=True)
+class MemoryMark:
+    """This process's resident bytes, and their file-backed part, when a measurement began."""
+
+    rss: int
+    file: int
+
+    @classmethod
+    def now(cls) -> MemoryMark:
+        """Begin a measurement: the peak starts again from what is resident now."""
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := VmRSS
+        return cls(rss_bytes("VmRSS"), rss_bytes("RssFile"))
+
+    def peak_growth(self) -> int:
+        """The peak resident bytes since the mark, less those at the mark and less the
+        file-backed pages mapped since: library code a system's first calls fault in, which
+        other processes share (a rank forked from the rank server has none of its parent's
+        mapped; about 26-30 MiB a system, 1 rank, the default job)."""
+        mapped = max(0, rss_bytes("RssFile") - self.file)
+        return rss_bytes("VmHWM") - self.rss - mapped
 
 
 def peak_memory(cfg_raw: dict[str, Any], plan: JobPlan, data_path: str) -> int:
@@ -134,12 +154,11 @@ def peak_memory(cfg_raw: dict[str, Any], plan: JobPlan, data_path: str) -> int:
     batches = [builder.build(table.slice((s * world + rank) * batch, batch)) for s in range(3)]
     del table
     dist.barrier()
-    reset_peak_rss()  # reading the data peaked higher than training may
-    baseline = rss_bytes("VmRSS")
+    mark = MemoryMark.now()  # reading the data peaked higher than training may
     trainer = Trainer.build(cfg, plan, local_world_size=plan.local_world_size)
     for b in batches:
         trainer.train_step(b)
-    return rss_bytes("VmHWM") - baseline
+    return mark.peak_growth()
 
 
 def measure_memory(cfg: JobConfig, plan: JobPlan, data: str) -> int:

@@ -75,7 +75,7 @@ import torch.distributed as dist
 from dist_train.bench import rank_batches, spread, synthetic_train_data, variant
 from dist_train.bench.openmp import PROBE_REGIONS, SLEEPING_WAITS_PER_REGION, openmp_waits
 from dist_train.bench.peers import DenseOnly, PeerExchange, PlainPyTorch, plain_parquet_batches
-from dist_train.bench.planner import reset_peak_rss, rss_bytes, torchrec_job_plan
+from dist_train.bench.planner import MemoryMark, torchrec_job_plan
 from dist_train.bench.roofline import MachineRates, dense_floor, measure_rates, step_floor
 from dist_train.checkpoint import TrainPosition
 from dist_train.config import JobConfig, parse_config
@@ -363,7 +363,8 @@ def peak_memory(
     peer_exchange: PeerExchange = "ddp",
 ) -> dict[str, int]:
     """Worker: this rank's peak RSS over building one system and training it, with prebuilt
-    batches and then through its pipeline, less the process before it built the system."""
+    batches and then through its pipeline, less the process before it built the system and
+    the library code it mapped (:meth:`~dist_train.bench.planner.MemoryMark.peak_growth`)."""
     cfg = parse_config(raw)
     builder = _builder(cfg)
     table = pq.read_table(data, columns=builder.columns)
@@ -374,13 +375,12 @@ def peak_memory(
     # by the system unseen
     release_freed_memory()
     dist.barrier()
-    reset_peak_rss()
-    baseline = rss_bytes("VmRSS")
+    mark = MemoryMark.now()
     model = _build(cfg, plan, peer_exchange)
     _timed(model, iter(batches), 3)
-    step = rss_bytes("VmHWM") - baseline
+    step = mark.peak_growth()
     _timed(model, pipeline(), 3)
-    return {"step": step, "end_to_end": rss_bytes("VmHWM") - baseline}
+    return {"step": step, "end_to_end": mark.peak_growth()}
 
 
 def _row(
