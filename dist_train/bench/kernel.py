@@ -7,11 +7,13 @@ and batch sizes. Its bandwidth counts the bytes the kernel must move:
 
 - forward: each looked-up row read, each pooled output written (``ids x dim x 4 +
   bags x dim x 4``);
-- forward + backward: that, the pooled gradients read, and each looked-up row read and
-  written again with its accumulator (``+ bags x dim x 4 + ids x (2 x dim x 4 + 8)``);
+- forward + backward: that, the pooled gradients read, and each distinct row read and
+  written again with its accumulator once (``+ bags x dim x 4 + distinct x (2 x dim x 4 +
+  8)``: the update sums a row's gradients first);
 
-against ``Tensor.copy_`` of 256 MiB (bytes read + written per second) measured in the same
-run, rounds interleaved, medians reported.
+against ``Tensor.copy_`` of 256 MiB (bytes read + written per second) timed as the kernel is
+(the mean of back-to-back calls) in the same rounds, interleaved; medians reported, the
+ratios to copy taken round by round.
 
 Beside it, the same ids through a table of the same shape declared as one feature read by
 32 x batch bags: what FBGEMM's CPU backward does for a table of its own. For a table several
@@ -46,7 +48,7 @@ from planners.calibrate import (
     TBE_BAGS,
     TBE_ROWS,
     calibration_tbe,
-    copy_bytes_per_second,
+    copy_probe,
     zipf_rows,
 )
 
@@ -109,6 +111,7 @@ def run_kernel_bench(
     # glibc's defaults would map and fault in fresh pages every call (as much system time
     # as the kernels' own)
     reuse_freed_memory()
+    copy_call, copied = copy_probe()
     cases: list[dict[str, Any]] = []
     calls: list[
         tuple[
@@ -161,7 +164,9 @@ def run_kernel_bench(
     )
     for _ in range(rounds):
         for case, (run_forward, run_training, run_one, run_c) in zip(cases, calls, strict=True):
-            case["copy_bytes_per_second"].append(copy_bytes_per_second())
+            case["copy_bytes_per_second"].append(
+                copied / seconds_per_call(copy_call, CALLS_PER_ROUND)
+            )
             case["forward_seconds"].append(seconds_per_call(run_forward, CALLS_PER_ROUND))
             case["forward_backward_seconds"].append(seconds_per_call(run_training, CALLS_PER_ROUND))
             case["one_feature_forward_backward_seconds"].append(
@@ -187,8 +192,14 @@ def run_kernel_bench(
                 "forward_bytes_per_second": case["forward_bytes"] / fwd,
                 "forward_backward_bytes_per_second": case["forward_backward_bytes"] / both,
                 "copy_bytes_per_second": copy,
-                "forward_over_copy": case["forward_bytes"] / fwd / copy,
-                "forward_backward_over_copy": case["forward_backward_bytes"] / both / copy,
+                "forward_over_copy": _median_ratio(
+                    [case["forward_bytes"] / t for t in case["forward_seconds"]],
+                    case["copy_bytes_per_second"],
+                ),
+                "forward_backward_over_copy": _median_ratio(
+                    [case["forward_backward_bytes"] / t for t in case["forward_backward_seconds"]],
+                    case["copy_bytes_per_second"],
+                ),
                 "one_feature_forward_backward_seconds": statistics.median(
                     case["one_feature_forward_backward_seconds"]
                 ),
