@@ -12,16 +12,19 @@ The files and the commit rule are :mod:`dist_train.checkpoint`'s.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any
 
 import torch.distributed as dist
+from pydantic import ValidationError
 
 from dist_train import checkpoint
 from dist_train.checkpoint import CheckpointSaver, TrainPosition
-from dist_train.config import JobConfig
+from dist_train.config import EmbeddingConfig, FeatureConfig, JobConfig
 from dist_train.data.validation import BadInputCounts, BadInputPolicy, across_ranks
+from dist_train.embedding.layout import build_layout
 from dist_train.logs import LOG
 from dist_train.storage import Location, location
 from dist_train.train.faults import faulty_storage, maybe_kill
@@ -50,6 +53,7 @@ def resume_point(cfg: JobConfig, job_plan: JobPlan | None = None) -> str | None:
     position = checkpoint.check_compatible(meta, path, cfg.ray.num_workers)
     if position.batches:
         _check_same_batches(cfg, meta, path)
+    _check_same_hashing(cfg, meta, path)
     _refuse_to_branch(cfg, root, path, position.step)
     LOG.info(f"resuming from {path}")
     plan = job_plan.placements() if job_plan is not None else None
@@ -77,6 +81,46 @@ def _refuse_to_overwrite(cfg: JobConfig, root: Location) -> None:
             "that run with --resume latest, or start a new one under another name "
             "(--set name=...) or checkpoint.dir; nothing was changed"
         )
+
+
+def _hashing(embedding: EmbeddingConfig, features: list[FeatureConfig], seed: int) -> list[Any]:
+    """Each KJT key's table and salt: which row a value looks up."""
+    return [(k.key, k.table, k.salt) for k in build_layout(embedding, features, seed).keys]
+
+
+def _check_same_hashing(cfg: JobConfig, meta: dict[str, Any], path: Location) -> None:
+    """A checkpoint's rows are its values hashed with its salts (from ``seed`` and each
+    feature's name and chunk): at any position, a job that hashes otherwise would look its
+    values up in rows trained for others, with every table's shape unchanged."""
+    saved = meta.get("config")
+    if not isinstance(saved, dict):
+        return  # saved before configs were recorded
+    try:
+        then = _hashing(
+            EmbeddingConfig.model_validate(saved.get("embedding")),
+            [FeatureConfig.model_validate(f) for f in saved.get("features") or []],
+            int(saved.get("seed")),  # type: ignore[arg-type]
+        )
+    except (ValidationError, TypeError, ValueError):
+        LOG.warning(f"{path}: its config is of an older form; the features' hashing unchecked")
+        return
+    now = _hashing(cfg.embedding, cfg.features, cfg.seed)
+    if then == now:
+        return
+    changed = [
+        key for key in ("seed", "features", "embedding") if saved.get(key) != _dumped(cfg, key)
+    ]
+    first = next((a, b) for a, b in itertools.zip_longest(then, now) if a != b)
+    raise checkpoint.CheckpointError(
+        f"{path} was trained with other hashing of the features ({', '.join(changed)} "
+        f"differ; first differing key: saved {first[0]!r}, now {first[1]!r}): its rows would "
+        "be looked up for other values. Resume with the saved seed, features and embedding "
+        "settings, or start a new run"
+    )
+
+
+def _dumped(cfg: JobConfig, key: str) -> Any:
+    return cfg.model_dump(mode="json")[key]
 
 
 # The settings that cut an epoch's rows into each rank's batches (with, for generated data,
