@@ -105,7 +105,11 @@ def remove_partials(root: Location) -> list[Location]:
     if not root.is_dir():
         return []
     removed: list[Location] = []
-    for aside in [p for p in root.iterdir() if p.name.startswith(REPLACED_PREFIX)]:
+
+    def ours(p: Location, prefix: str) -> bool:  # only names a save makes: step-<digits>
+        return p.name.startswith(prefix) and p.name[len(prefix) :].isdigit()
+
+    for aside in [p for p in root.iterdir() if ours(p, REPLACED_PREFIX)]:
         final = root / (PREFIX + aside.name[len(REPLACED_PREFIX) :])
         if (final / META).is_file():  # the new one was committed: the old one goes
             storage.rmtree(aside)
@@ -116,8 +120,7 @@ def remove_partials(root: Location) -> list[Location]:
     partial = [
         p
         for p in root.iterdir()
-        if p.name.startswith(PARTIAL_PREFIX)
-        or (p.name.startswith(PREFIX) and not (p / META).is_file())
+        if ours(p, PARTIAL_PREFIX) or (ours(p, PREFIX) and not (p / META).is_file())
     ]
     for p in partial:
         storage.rmtree(p)

@@ -288,3 +288,21 @@ def test_the_commit_is_on_disk_before_older_checkpoints_go(
     assert [p.name for p in committed(root)] == ["step-00000008"]
     (before_pruning,) = synced_when_pruned
     assert {(final / META).stat().st_ino, final.stat().st_ino, root.stat().st_ino} <= before_pruning
+
+
+def test_start_up_cleanup_removes_only_what_a_save_names(tmp_path: Path) -> None:
+    """A user's folders beside the checkpoints whose names merely start with ``step-`` stay;
+    they used to be deleted as partial checkpoints, before any check could refuse the run."""
+    root = tmp_path / "checkpoints"
+    for name in ("step-by-step-notes", "step-01-baseline", ".partial-step-x"):
+        (root / name).mkdir(parents=True)
+        (root / name / "mine.txt").write_text("keep")
+    (root / ".partial-step-00000004").mkdir()
+    (root / "step-00000006").mkdir()  # a save killed before its commit
+    removed = checkpoint.remove_partials(root)
+    assert sorted(p.name for p in removed) == [".partial-step-00000004", "step-00000006"]
+    assert sorted(p.name for p in root.iterdir()) == [
+        ".partial-step-x",
+        "step-01-baseline",
+        "step-by-step-notes",
+    ]
