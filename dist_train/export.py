@@ -11,6 +11,8 @@ raw tensors only, so reading an export never runs code.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +61,14 @@ def load_unsharded(path: Location, meta: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+OUTPUTS = ("model.safetensors", "optimizer.safetensors", META, "export.json")
+"""The files an export writes into its folder (``export.json`` last: it lists the others)."""
+
+
 def export(path: Location, out_dir: Path, with_optimizer: bool = False) -> dict[str, Any]:
     """Write ``model.safetensors`` (and ``optimizer.safetensors``) and ``meta.json`` to
-    ``out_dir``; returns a summary (files, tensors, tables with their shapes)."""
+    ``out_dir``; returns a summary (files, tensors, tables with their shapes). The files are
+    written beside it first, then moved in: a failed export leaves ``out_dir`` as it was."""
     meta = read_meta(path)  # a clear error naming the file if the checkpoint is unusable
     _check_out_dir(path, out_dir)
     state = load_unsharded(path, meta)
@@ -70,48 +77,85 @@ def export(path: Location, out_dir: Path, with_optimizer: bool = False) -> dict[
     if not model:
         raise CheckpointError(f"{path}: the checkpoint holds no model tensors")
     step = {"step": str(meta["position"]["step"])}
+    written = [out_dir / "model.safetensors"]
+    if with_optimizer:
+        written.append(out_dir / "optimizer.safetensors")
+    tables = {
+        k: list(v.shape) for k, v in model.items() if ".embedding_bags." in k and v.dim() == 2
+    }
+    summary = {
+        "files": [str(f) for f in written],
+        "tensors": len(model),
+        "tables": tables,
+        "keys": _keys(meta),
+    }
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        files = [out_dir / "model.safetensors"]
-        save_file(model, str(files[0]), metadata=step)
-        optimizer = out_dir / "optimizer.safetensors"
-        if with_optimizer:
-            optim: dict[str, torch.Tensor] = {}
-            _flatten("", state.get("optim", {}), optim)
-            files.append(optimizer)
-            save_file(optim, str(optimizer), metadata=step)
-        else:  # an earlier export's, of another step, would pass for this one's
-            optimizer.unlink(missing_ok=True)
-        (out_dir / META).write_text((path / META).read_text())
-        tables = {
-            k: list(v.shape) for k, v in model.items() if ".embedding_bags." in k and v.dim() == 2
-        }
-        summary = {
-            "files": [str(f) for f in files],
-            "tensors": len(model),
-            "tables": tables,
-            "keys": _keys(meta),
-        }
-        (out_dir / "export.json").write_text(json.dumps(summary, indent=2) + "\n")
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        # beside it (one filesystem: moved in by renames), made as mkdir makes out_dir
+        staged = out_dir.parent / f".{out_dir.name}.exporting-{os.getpid()}"
+        shutil.rmtree(staged, ignore_errors=True)
+        staged.mkdir()
+        try:
+            save_file(model, str(staged / "model.safetensors"), metadata=step)
+            if with_optimizer:
+                optim: dict[str, torch.Tensor] = {}
+                _flatten("", state.get("optim", {}), optim)
+                save_file(optim, str(staged / "optimizer.safetensors"), metadata=step)
+            (staged / META).write_text((path / META).read_text())
+            (staged / "export.json").write_text(json.dumps(summary, indent=2) + "\n")
+            _move_in(staged, out_dir)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
     except OSError as err:
         raise ExportError(f"{out_dir}: cannot write the export ({err.strerror or err})") from None
     return summary
 
 
+def _move_in(staged: Path, out_dir: Path) -> None:
+    """Move a staged export into ``out_dir``: the whole folder where there is none; else
+    file by file (renames), after removing an earlier export's file this one does not
+    write (an optimizer of another step would pass for this one's), ``export.json`` last."""
+    if not out_dir.exists():
+        staged.rename(out_dir)
+        return
+    listed = _exported_files(out_dir)
+    for name in OUTPUTS:
+        if not (staged / name).exists() and name in listed:
+            (out_dir / name).unlink(missing_ok=True)
+    for name in OUTPUTS:
+        if (staged / name).exists():
+            os.replace(staged / name, out_dir / name)
+
+
+def _exported_files(out_dir: Path) -> set[str]:
+    """The names of the files an earlier export into ``out_dir`` listed (none if its
+    ``export.json`` is unreadable)."""
+    try:
+        files = json.loads((out_dir / "export.json").read_text()).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {Path(f).name for f in files if isinstance(f, str)} if isinstance(files, list) else set()
+
+
 def _check_out_dir(path: Location, out_dir: Path) -> None:
     """ExportError for an ``out_dir`` whose files an export would spoil: inside the
-    checkpoint, or a folder holding a checkpoint (its ``meta.json`` would be overwritten
-    and its own file check then fail)."""
+    checkpoint, a folder holding a checkpoint (its ``meta.json`` would be overwritten and
+    its own file check then fail), or one holding files of an export's names that no export
+    wrote (a user's own model, say)."""
     if isinstance(path, Path) and out_dir.resolve().is_relative_to(path.resolve()):
         raise ExportError(f"{out_dir}: inside the checkpoint {path}; export to another folder")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir}: not a folder; export to a folder")
     if not out_dir.is_dir():
         return
     names = {p.name for p in out_dir.iterdir()}
     if ".metadata" in names or any(n.endswith(".distcp") for n in names):
         raise ExportError(f"{out_dir}: holds a checkpoint; export to another folder")
-    if META in names and "export.json" not in names:
+    theirs = sorted(names & set(OUTPUTS))
+    if theirs and "export.json" not in names:
         raise ExportError(
-            f"{out_dir}: holds a {META} that no export wrote; export to another folder"
+            f"{out_dir}: holds {', '.join(theirs)}, which no export wrote; export to another "
+            "folder (nothing was changed)"
         )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
+from dist_train import export as export_module
 from dist_train.checkpoint import (
     CheckpointError,
     check_compatible,
@@ -159,7 +161,7 @@ def test_mid_epoch_checkpoint_without_a_plan_keeps_its_world_size(tmp_path: Path
         check_compatible(meta, tmp_path, 1)
 
 
-def test_export_writes_whole_tables_as_safetensors(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_export_writes_whole_tables_as_safetensors(tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     over = [f"output_dir={tmp_path}", "launcher=processes", "train.max_steps=2"]
     over.append("checkpoint.every_steps=1")  # an older checkpoint beside the exported one
     run_job(load_config(TINY, over))
@@ -197,9 +199,30 @@ def test_export_writes_whole_tables_as_safetensors(tmp_path: Path, capsys) -> No
     verify(older)
     (tmp_path / "a-file").write_text("")
     assert main(["export", str(ckpt), "--out", str(tmp_path / "a-file")]) == 1
-    assert (
-        f"{tmp_path / 'a-file'}: cannot write the export (File exists)" in capsys.readouterr().err
-    )
+    assert f"{tmp_path / 'a-file'}: not a folder" in capsys.readouterr().err
+    # nor over a user's own files of an export's names: they stay as they were
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        (mine / name).write_text("the user's")
+    assert main(["export", str(ckpt), "--out", str(mine)]) == 1
+    assert "optimizer.safetensors, which no export wrote" in capsys.readouterr().err
+    assert {p.read_text() for p in mine.iterdir()} == {"the user's"}
+    # an export that fails while writing leaves the earlier export whole, of its step
+    real_save = export_module.save_file
+
+    def full_disk(tensors: Any, filename: str, metadata: Any = None) -> None:
+        if filename.endswith("optimizer.safetensors"):
+            raise OSError(28, "No space left on device")
+        real_save(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(export_module, "save_file", full_disk)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(["export", str(older), "--out", str(out), "--optimizer"]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".export")) == []
+    monkeypatch.undo()
     # A checkpoint missing a shard file: a clear error naming it, nothing half-written used.
     next(ckpt.glob("*.distcp")).unlink()
     assert main(["export", str(ckpt), "--out", str(tmp_path / "again")]) == 1
