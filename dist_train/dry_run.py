@@ -51,10 +51,12 @@ def dry_run(
 ) -> dict[str, Any]:
     """Plan ``cfg`` for ``num_nodes`` x ``ranks_per_node`` ranks (default: the job's own)."""
     job_fused_params(cfg, device_type)  # refuses what training refuses, TorchRec's side or not
-    nodes = num_nodes or cfg.ray.num_nodes or 1
-    per_node = ranks_per_node or max(1, cfg.ray.num_workers // nodes)
+    job_nodes = cfg.ray.num_nodes or 1
+    job_per_node = max(1, cfg.ray.num_workers // job_nodes)
+    nodes = job_nodes if num_nodes is None else num_nodes
+    per_node = job_per_node if ranks_per_node is None else ranks_per_node
     cores = cores_per_node
-    own_shape = (nodes, per_node) == (cfg.ray.num_nodes or 1, cfg.ray.num_workers // nodes)
+    own_shape = (nodes, per_node) == (job_nodes, job_per_node)
     if cores is None and own_shape and cfg.launcher == "processes" and device_type == "cpu":
         # the job's simulated nodes share this machine, as training plans them
         # (plan_for_config): the estimate used the topology's cores for each

@@ -179,6 +179,10 @@ def convert_criteo(
     """Convert Criteo TSV files to Parquet under ``out_dir``; returns files, rows, bad lines."""
     if on_bad_input not in ("error", "skip"):
         raise ValueError(f"on_bad_input must be 'error' or 'skip', got {on_bad_input!r}")
+    if rows_per_group < 1 or rows_per_file < 1:  # 0 rows a file would open files forever
+        raise ValueError(
+            f"rows per group and file must be positive: {rows_per_group}, {rows_per_file}"
+        )
     out = Path(out_dir)
     # Outputs are named from part-00000: they would overwrite (or, on an error, remove) an
     # earlier conversion's files, or leave its later parts to be read with the new ones.

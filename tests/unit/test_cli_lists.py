@@ -27,6 +27,18 @@ def test_lists_parse_into_numbers_defaults_included() -> None:
         # not finite: they failed only after the collisionless runs had trained
         (["sweep", "--budgets", "1,inf"], "positive floats"),
         (["sweep", "--budgets", "nan"], "positive floats"),
+        # single counts: a 0 looped forever (convert wrote empty files until the disk was
+        # full) or read as "not given" (plan's batch, nodes and ranks)
+        (["convert", "criteo", "x.tsv", "--out", "o", "--rows-per-file", "0"], "positive ints"),
+        (["convert", "criteo", "x.tsv", "--out", "o", "--rows-per-group", "0"], "positive ints"),
+        (["plan", "--batch-size", "0"], "positive ints"),
+        (["plan", "--nodes", "0"], "positive ints"),
+        (["plan", "--ranks-per-node", "-1"], "positive ints"),
+        (["calibrate", "--ranks", "0"], "positive ints"),
+        (["calibrate", "--threads", "0"], "positive ints"),
+        (["bench", "train", "--rounds", "0"], "positive ints"),
+        (["plan", "--nodes", "2,4"], "expected one number"),
+        (["convert", "adult", "--out", "o", "--seed", "-1"], "non-negative ints"),
     ],
 )
 def test_bad_lists_are_usage_errors_naming_the_value(

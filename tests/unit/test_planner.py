@@ -305,6 +305,16 @@ def test_dry_run_cli_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFix
     assert "fits nowhere" in capsys.readouterr().err
 
 
+def test_plan_of_more_nodes_keeps_the_jobs_ranks_per_node(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """two_nodes.yaml: 4 workers on 2 nodes. ``--nodes 8`` plans 8 nodes of its 2 ranks
+    each, as the help says; it planned 8 x 1, the job's 4 ranks spread out."""
+    job = str(Path(__file__).resolve().parents[2] / "launch" / "configs" / "two_nodes.yaml")
+    assert main(["plan", "--config", job, "--nodes", "8", "--no-torchrec"]) == 0
+    assert "plan for 8 node(s) x 2 cpu rank(s)" in capsys.readouterr().out
+
+
 def test_calibrated_lookup_times_do_not_fall_with_width(monkeypatch: pytest.MonkeyPatch) -> None:
     noisy = {4: 4e-8, 8: 5e-8, 16: 4.7e-8, 32: 7e-8, 64: 1.3e-7, 128: 1e-7}
     monkeypatch.setattr(calibration, "tbe_seconds_per_row", lambda dim, *_: noisy[dim])
