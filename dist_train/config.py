@@ -540,6 +540,13 @@ class JobConfig(_Strict):
             )
         return v
 
+    @field_validator("name")
+    @classmethod
+    def _a_folder_of_its_own(cls, v: str) -> str:
+        if set(v) == {"."}:  # '.' or '..': the run would write into output_dir or above it
+            raise ValueError(f"{v!r} is no folder of its own under output_dir; name the run")
+        return v
+
     data: DataConfig = Field(default_factory=DataConfig)
     features: list[FeatureConfig] = Field(min_length=1, description="Categorical features.")
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
@@ -701,15 +708,47 @@ def parse_config(raw: Any, source: str = "<config>", overrides: Sequence[str] = 
         raise ConfigError(_format_errors(source, err, overrides)) from None
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the
+    last: a second ``train:`` section would replace the first whole, unseen)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (lines {seen[key]} and {line})",
+                    key_node.start_mark,
+                )  # fmt: skip
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's contents (safe types only; a key given twice in a mapping, text that is
+    not UTF-8 and malformed YAML are a :class:`ConfigError` naming the file)."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read it ({err.strerror or err})") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeys)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:
     """Read, override and validate a YAML job config (the default one if ``path`` is None)."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    raw = read_yaml(path)
     if overrides:
         raw = apply_overrides(raw if isinstance(raw, dict) else {}, overrides)
     return parse_config(raw, str(path), overrides or ())

@@ -15,12 +15,9 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from dist_train.checkpoint import META, CheckpointError, verify
-from dist_train.config import ConfigError, JobConfig, load_config, parse_config
+from dist_train.config import ConfigError, JobConfig, load_config, parse_config, read_yaml
 from dist_train.data.reader import DataSourceError, resolve_files
 from dist_train.devices import DeviceError, DeviceType, resolve_device
 from dist_train.embedding.layout import build_layout
@@ -53,15 +50,6 @@ def embedding_bytes_per_rank(
 class Report:
     ok: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-
-
-def _load_yaml(path: Path) -> Any:
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -194,7 +182,7 @@ def validate_files(paths: list[str]) -> Report:
                 report.problems.append(str(err))
             continue
         try:
-            doc = _load_yaml(path)
+            doc = read_yaml(path)
             if isinstance(doc, dict) and doc.get("kind") == "RayJob":
                 nodes, entrypoint = rayjob_nodes(doc, p)
                 cluster = ClusterLimits(nodes)

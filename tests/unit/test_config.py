@@ -64,6 +64,32 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
         load_config(bad)
 
 
+def test_a_key_given_twice_and_text_not_utf8_are_named(tmp_path: Path) -> None:
+    """A second ``train:`` section replaced the first whole, unseen; bytes that are not
+    UTF-8 gave a traceback (exit 1, not a config error's 2). ``validate`` reads alike."""
+    from dist_train.cli import main
+
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(DEFAULT_CONFIG.read_text() + "train:\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: .*key 'train' given twice \(lines \d+ and"):
+        load_config(twice)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"name: \xff\n")
+    with pytest.raises(ConfigError, match=r"binary.yaml: not UTF-8 text \(byte 6\)"):
+        load_config(binary)
+    for path in (twice, binary):
+        assert main(["validate", str(path)]) == 1  # a PROBLEM line, no traceback
+
+
+@pytest.mark.parametrize("name", [".", "..", "..."])
+def test_a_run_name_of_dots_is_refused(name: str) -> None:
+    """``name: ..`` made the run's folder output_dir's parent: its data, checkpoints and
+    summary landed beside output_dir, shared by every run so named."""
+    with pytest.raises(ConfigError, match=r"name: .*no folder of its own"):
+        load_config(overrides=[f"name={name}"])
+    assert load_config(overrides=["name=a.b"]).name == "a.b"
+
+
 def test_overrides_parse_yaml_values() -> None:
     cfg = load_config(overrides=["train.epochs=3", "embedding.optimizer.learning_rate=0.1"])
     assert cfg.train.epochs == 3 and cfg.embedding.optimizer.learning_rate == 0.1
