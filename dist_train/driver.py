@@ -150,10 +150,11 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
     cfg = resolve_paths(cfg)
     device = job_device(cfg)
     job_plan = plan_on_driver(cfg, device)
+    prepared = prepare_inputs(cfg)
     inputs = dataclasses.replace(
-        prepare_inputs(cfg),
+        prepared,
         plan=job_plan,
-        resume=resume_point(cfg, job_plan),
+        resume=resume_point(cfg, job_plan, prepared.train_groups),
         verbosity=verbosity(),
         device_type=device,
     )

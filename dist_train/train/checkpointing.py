@@ -13,6 +13,8 @@ The files and the commit rule are :mod:`dist_train.checkpoint`'s.
 from __future__ import annotations
 
 import itertools
+import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any
@@ -22,7 +24,9 @@ from pydantic import ValidationError
 
 from dist_train import checkpoint
 from dist_train.checkpoint import CheckpointSaver, TrainPosition
+from dist_train.checkpoint_files import digest_of
 from dist_train.config import EmbeddingConfig, FeatureConfig, JobConfig
+from dist_train.data.reader import RowGroup
 from dist_train.data.validation import BadInputCounts, BadInputPolicy, across_ranks
 from dist_train.embedding.layout import build_layout
 from dist_train.logs import LOG
@@ -33,8 +37,27 @@ from dist_train.train.sharding import JobPlan
 from dist_train.train.trainer import Trainer
 
 
-def resume_point(cfg: JobConfig, job_plan: JobPlan | None = None) -> str | None:
-    """Clean up half-written checkpoints, then resolve ``checkpoint.resume`` to a path."""
+def training_data(groups: list[RowGroup]) -> dict[str, Any]:
+    """What a mid-epoch position assumes of the training data (``groups``, as listed): its
+    files, row groups and rows, and a digest of the listing (paths from their common folder
+    on, so that the same files moved elsewhere still match)."""
+    paths = [g.path for g in groups]
+    common = os.path.commonprefix(paths)  # noqa: RUF071 - cut at its last / below (URLs too)
+    common = common[: common.rfind("/") + 1]
+    listing = [(g.path[len(common) :], g.index, g.num_rows) for g in groups]
+    return {
+        "files": len(set(paths)),
+        "row_groups": len(groups),
+        "rows": sum(g.num_rows for g in groups),
+        "digest": digest_of(json.dumps(listing).encode()),
+    }
+
+
+def resume_point(
+    cfg: JobConfig, job_plan: JobPlan | None = None, train_groups: list[RowGroup] | None = None
+) -> str | None:
+    """Clean up half-written checkpoints, then resolve ``checkpoint.resume`` to a path
+    (checked against the job's ``train_groups``, where given)."""
     root = checkpoint.checkpoint_root(cfg)
     for p in checkpoint.remove_partials(root):
         LOG.info(f"removed partial checkpoint {p} (a save was interrupted)")
@@ -53,6 +76,8 @@ def resume_point(cfg: JobConfig, job_plan: JobPlan | None = None) -> str | None:
     position = checkpoint.check_compatible(meta, path, cfg.ray.num_workers)
     if position.batches:
         _check_same_batches(cfg, meta, path)
+        if train_groups is not None:
+            _check_same_data(training_data(train_groups), meta, path)
     _check_same_hashing(cfg, meta, path)
     _refuse_to_branch(cfg, root, path, position.step)
     LOG.info(f"resuming from {path}")
@@ -86,6 +111,25 @@ def _refuse_to_overwrite(cfg: JobConfig, root: Location) -> None:
 def _hashing(embedding: EmbeddingConfig, features: list[FeatureConfig], seed: int) -> list[Any]:
     """Each KJT key's table and salt: which row a value looks up."""
     return [(k.key, k.table, k.salt) for k in build_layout(embedding, features, seed).keys]
+
+
+def _check_same_data(now: dict[str, Any], meta: dict[str, Any], path: Location) -> None:
+    """A mid-epoch checkpoint counts the batches its ranks consumed of row groups dealt from
+    the listing it was saved over: another listing deals other batches."""
+    saved = meta.get("train_data")
+    if not isinstance(saved, dict) or saved == now:
+        return  # saved before the data were recorded, or the same
+
+    def counts(d: dict[str, Any]) -> str:
+        return f"{d.get('files')} file(s), {d.get('row_groups')} row group(s), {d.get('rows')} rows"
+
+    same = " (as many, but other files or order)" if counts(saved) == counts(now) else ""
+    raise checkpoint.CheckpointError(
+        f"{path} was saved mid-epoch over training data of {counts(saved)}; the job's "
+        f"data.train_path now holds {counts(now)}{same}. The epoch's remaining batches would "
+        "differ, so rows would be trained twice or skipped: resume with the data as they "
+        "were, or from a checkpoint at an epoch boundary"
+    )
 
 
 def _check_same_hashing(cfg: JobConfig, meta: dict[str, Any], path: Location) -> None:
@@ -210,6 +254,7 @@ class Checkpoints:
         resume: str | None,
         rank: int,
         on_commit: Callable[[str, int], None] | None = None,
+        train_groups: list[RowGroup] | None = None,
     ) -> None:
         self.cfg, self.trainer, self.progress = cfg, trainer, progress
         self.resume_from, self.on_commit = resume, on_commit
@@ -218,6 +263,8 @@ class Checkpoints:
             "sharding": trainer.plan.placements(),
             "run_id": run_id,
         }
+        if train_groups is not None:  # what a mid-epoch position's batches were dealt from
+            extra["train_data"] = training_data(train_groups)
         self.saver = CheckpointSaver(
             trainer,
             checkpoint.checkpoint_root(cfg),

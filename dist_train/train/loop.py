@@ -127,7 +127,15 @@ def run_worker(
     rank_cores = _gather_cores()
     _log_start(progress, trainer, topo, cfg, rank_cores)
     checkpoints = Checkpoints(
-        cfg, trainer, progress, inputs.run_dir, inputs.run_id, inputs.resume, rank, checkpointed
+        cfg,
+        trainer,
+        progress,
+        inputs.run_dir,
+        inputs.run_id,
+        inputs.resume,
+        rank,
+        checkpointed,
+        inputs.train_groups,
     )
     start = checkpoints.resume(policy)
     audit = StepAudit(cfg, inputs.run_dir, rank, start.step, settle=checkpoints.wait)

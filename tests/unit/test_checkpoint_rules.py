@@ -306,3 +306,37 @@ def test_start_up_cleanup_removes_only_what_a_save_names(tmp_path: Path) -> None
         "step-01-baseline",
         "step-by-step-notes",
     ]
+
+
+def test_resuming_mid_epoch_over_other_training_data_is_refused(tmp_path: Path) -> None:
+    """A file added to data.train_path after a mid-epoch save deals the epoch's row groups
+    afresh: a review's resume trained 2,048 of 16,384 rows twice and 4,096 never."""
+    from dist_train.train.checkpointing import training_data
+
+    def groups(folder: str, files: int) -> list[RowGroup]:
+        return [
+            RowGroup(f"{folder}/part-{f}.parquet", g, 1024) for f in range(files) for g in (0, 1)
+        ]
+
+    root = tmp_path / "default" / "checkpoints"
+    cfg = _job(tmp_path)
+    mid_epoch = _checkpoint(root, 5, cfg.model_dump(mode="json"), batches=5)
+    meta = json.loads((mid_epoch / META).read_text())
+    meta["train_data"] = training_data(groups("/data/train", 2))
+    (mid_epoch / META).write_text(json.dumps(meta))
+    job = _job(tmp_path, f"checkpoint.resume={mid_epoch}")
+    with pytest.raises(
+        CheckpointError,
+        match=r"saved mid-epoch over training data of 2 file\(s\), 4 row group\(s\), 4096 rows; "
+        r"the job's data.train_path now holds 3 file\(s\), 6 row group\(s\), 6144 rows\.",
+    ):
+        resume_point(job, None, groups("/data/train", 3))
+    renamed = [
+        RowGroup(g.path.replace("part-0", "other"), g.index, g.num_rows)
+        for g in groups("/data/train", 2)
+    ]
+    with pytest.raises(CheckpointError, match=r"4096 rows \(as many, but other files or order\)"):
+        resume_point(job, None, renamed)
+    # the same files, moved to another folder, resume; so does the same listing
+    assert resume_point(job, None, groups("s3://bucket/copy", 2)) == str(mid_epoch)
+    assert resume_point(job, None, groups("/data/train", 2)) == str(mid_epoch)
