@@ -57,6 +57,7 @@ PARTIAL_PREFIX = ".partial-step-"
 REPLACED_PREFIX = ".replaced-step-"  # a committed step-N set aside while N is saved again
 META = "meta.json"
 META_DIGEST = "meta_xxh3_128"  # of meta.json's other keys, as canonical JSON
+META_MAX_BYTES = 64 << 20  # far above any meta.json (a sharding entry a table)
 
 __all__ = ["CheckpointError"]
 
@@ -142,11 +143,19 @@ def read_meta(path: Location) -> dict[str, Any]:
     """``meta.json`` of a committed checkpoint, checked against its own digest."""
     meta_path = path / META
     try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        text = storage.read_head(meta_path, META_MAX_BYTES + 1)  # a link to /dev/zero ends
+        if len(text) > META_MAX_BYTES:
+            raise ValueError(f"larger than {META_MAX_BYTES:,} bytes")
+        meta = json.loads(text.decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as err:  # JSON's and UTF-8's errors too
         raise CheckpointError(f"{meta_path}: unreadable checkpoint metadata ({err})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("position"), dict):
         raise CheckpointError(f"{meta_path}: not dist_train checkpoint metadata")
+    if "files" in meta and META_DIGEST not in meta:  # only checkpoints older than both lack both
+        raise CheckpointError(
+            f"{meta_path}: records file digests but not its own ({META_DIGEST}): the file is "
+            "corrupt or was edited"
+        )
     if META_DIGEST in meta:
         want = meta.pop(META_DIGEST)
         if want != _meta_digest(meta):
@@ -202,8 +211,31 @@ def _check_fields(meta: dict[str, Any], meta_path: Location) -> None:
     if "world_size" in meta and not (_is_count(meta["world_size"]) and meta["world_size"] > 0):
         raise CheckpointError(f"{meta_path}: world_size is not a rank count")
     rng = meta.get("torch_rng_states")
-    if rng is not None and not (isinstance(rng, list) and all(isinstance(r, str) for r in rng)):
-        raise CheckpointError(f"{meta_path}: torch_rng_states is not a list of strings")
+    if rng is not None and not (isinstance(rng, list) and all(map(_is_rng_state, rng))):
+        raise CheckpointError(f"{meta_path}: torch_rng_states is not a list of CPU RNG states")
+    sharding = meta.get("sharding")
+    if sharding is not None and not (
+        isinstance(sharding, dict)
+        and all(isinstance(p, dict) and isinstance(p.get("type"), str) for p in sharding.values())
+    ):
+        raise CheckpointError(f"{meta_path}: sharding is not a map of tables' placements")
+    plan = meta["position"].get("plan")
+    if plan is not None and not (plan["stream_world"] >= 1 and len(plan["segments"]) >= 1):
+        raise CheckpointError(f"{meta_path}: position.plan deals no streams: {plan!r:.80}")
+
+
+def _is_rng_state(state: Any) -> bool:
+    """Base64 of a CPU generator's state, as :func:`_rng_state` writes it."""
+    try:
+        return isinstance(state, str) and len(base64.b64decode(state, validate=True)) == len(
+            _rng_state_bytes()
+        )
+    except ValueError:
+        return False
+
+
+def _rng_state_bytes() -> bytes:
+    return torch.get_rng_state().numpy().tobytes()
 
 
 def _meta_digest(meta: dict[str, Any]) -> str:
@@ -257,7 +289,7 @@ def verify(path: Location) -> str:
             raise CheckpointError(f"{path / name}: not among the files meta.json lists")
         if name not in present:
             raise CheckpointError(f"{path / name}: missing (meta.json lists it)")
-        got = checkpoint_files.file_digest(path / name)
+        got = checkpoint_files.file_digest(path / name, int(digests[name].get("bytes", 0)))
         checkpoint_files.check_file(str(path / name), digests[name], got["bytes"], got["xxh3_128"])
     reader = checkpoint_files.reader(path, digests)
     metadata = reader.read_metadata()
@@ -299,7 +331,7 @@ def _state(trainer: Trainer) -> dict[str, Any]:
 
 
 def _rng_state() -> str:
-    return base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
+    return base64.b64encode(_rng_state_bytes()).decode()
 
 
 def agree(problem: str | None, group: dist.ProcessGroup | None = None) -> None:

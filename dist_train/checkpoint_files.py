@@ -25,6 +25,7 @@ import io
 import mmap
 import os
 import pickle
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any, cast
@@ -94,18 +95,23 @@ class FileHasher:
         }
 
 
-def file_digest(loc: Location) -> dict[str, Any]:
-    """What ``meta.json`` records of one file, read in blocks (``dist-train validate``)."""
+def file_digest(loc: Location, limit: int | None = None) -> dict[str, Any]:
+    """What ``meta.json`` records of one file, read in blocks (``dist-train validate``);
+    past ``limit`` bytes (the size recorded) it stops, its size then past the limit."""
     hasher = FileHasher()
     with _open(loc) as f:
         while block := f.read(_BLOCK):
             hasher.update(block)
+            if limit is not None and hasher.size > limit:
+                break
     return hasher.entry()
 
 
 @contextmanager
 def _open(loc: Location) -> Iterator[IO[bytes]]:
     if isinstance(loc, os.PathLike):
+        if not stat.S_ISREG(os.stat(loc).st_mode):  # a device or pipe may never end
+            raise CheckpointError(f"{loc}: not a regular file")
         with open(loc, "rb") as f:
             yield f
     else:
@@ -215,8 +221,10 @@ class _VerifyingRead:
             check_file(f"{self.where}/{name}", want, size, digest)
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        want = self._listed(METADATA)
         with self.fs.create_stream(self.fs.concat_path(self.path, METADATA), "rb") as f:
-            data = f.read()
+            # no more than recorded, and one byte (a link to /dev/zero ends at its size check)
+            data = f.read(-1 if want is None else int(want.get("bytes", 0)) + 1)
         self._check(METADATA, len(data), digest_of(data))
         metadata = read_metadata_bytes(data, f"{self.where}/{METADATA}")
         if getattr(metadata, "storage_meta", None) is None:

@@ -120,7 +120,9 @@ def move(src: Location, dst: Location) -> None:
 
 
 def write_atomically(loc: Location, text: str) -> None:
-    """Write a small file so readers see all of it or none (a single PUT on object stores)."""
+    """Write a small file so readers see all of it or none: a temporary file beside it,
+    then renamed over it (on object stores a copy, which a reader also sees whole or not at
+    all; a ``file://`` URL's plain write could be cut short and read as committed)."""
     if isinstance(loc, Path):
         tmp = loc.with_name(loc.name + ".tmp")
         with tmp.open("w") as f:
@@ -130,7 +132,19 @@ def write_atomically(loc: Location, text: str) -> None:
         os.replace(tmp, loc)
         _sync_directory(loc.parent)
     else:
-        loc.write_text(text)
+        staged = loc.parent / (loc.name + ".tmp")
+        staged.write_text(text)
+        loc.fs.mv(staged.path, loc.path)
+
+
+def read_head(loc: Location, limit: int) -> bytes:
+    """At most ``limit`` bytes from the start of file ``loc`` (a link to an endless file,
+    such as ``/dev/zero``, ends there)."""
+    if isinstance(loc, Path):
+        with loc.open("rb") as f:
+            return f.read(limit)
+    with loc.fs.open(loc.path, "rb") as f:
+        return bytes(f.read(limit))
 
 
 def _sync_directory(path: Path) -> None:

@@ -9,9 +9,12 @@ import json
 import os
 import pickle
 import random
+import re
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -184,3 +187,70 @@ def test_fuzzed_checkpoint_files_never_load_as_other_weights(saved: Path, tmp_pa
         shutil.rmtree(ckpt.parent)
     print("\ncheckpoint fuzz (90 cases):", dict(sorted(counts.items())))
     assert sum(n for (_, outcome), n in counts.items() if outcome == "named error") >= 80
+
+
+def _forged(ckpt: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    """meta.json edited by ``edit``, its own digest recomputed, as a forger would."""
+    from dist_train.checkpoint import _meta_digest
+
+    meta = json.loads((ckpt / META).read_text())
+    meta.pop(META_DIGEST)
+    edit(meta)
+    meta[META_DIGEST] = _meta_digest(meta)
+    (ckpt / META).write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (lambda m: m.update(sharding=[1]), "sharding is not a map of tables' placements"),
+        (lambda m: m.update(torch_rng_states=["AAAA"]), "torch_rng_states is not a list of CPU"),
+        (lambda m: m.update(torch_rng_states=["%%%"]), "torch_rng_states is not a list of CPU"),
+        (
+            lambda m: m["position"].update(batches=2, plan={"stream_world": 2, "segments": []}),
+            "position.plan deals no streams",
+        ),
+        (
+            lambda m: m["position"].update(batches=2, plan={"stream_world": 0, "segments": [[]]}),
+            "position.plan deals no streams",
+        ),
+    ],
+)
+def test_forged_metadata_values_are_named_before_anything_loads(
+    saved: Path, tmp_path: Path, edit: Callable[[dict[str, Any]], None], named: str
+) -> None:
+    """Each passed the type checks: a traceback after the weights had loaded, or (an empty
+    plan) a run that trained nothing and reported success."""
+    ckpt = _copy(saved, tmp_path)
+    _forged(ckpt, edit)
+    with pytest.raises(CheckpointError, match=f"{META}: {re.escape(named)}"):
+        verify(ckpt)
+
+
+def test_metadata_that_json_or_its_digest_cannot_vouch_for_is_named(
+    saved: Path, tmp_path: Path
+) -> None:
+    ckpt = _copy(saved, tmp_path)
+    text = (ckpt / META).read_text()
+    # a number past Python's digit limit, and nesting past its recursion limit: tracebacks
+    for bad in ('{"step": ' + "9" * 5000 + "}", "[" * 100_000 + "]" * 100_000):
+        (ckpt / META).write_text(bad)
+        with pytest.raises(CheckpointError, match=f"{META}: unreadable checkpoint metadata"):
+            verify(ckpt)
+    # one flip in the digest's key turned verification off: file digests need their own
+    (ckpt / META).write_text(text.replace(f'"{META_DIGEST}"', '"meta_xxh3_12X"'))
+    with pytest.raises(CheckpointError, match=f"{META}: records file digests but not its own"):
+        verify(ckpt)
+
+
+@pytest.mark.parametrize("file", [META, ".metadata", "__0_0.distcp"])
+def test_a_checkpoint_file_linked_to_an_endless_device_is_refused(
+    saved: Path, tmp_path: Path, file: str
+) -> None:
+    """meta.json or .metadata read whole from /dev/zero ran out of memory; validate hashed a
+    shard linked to it forever."""
+    ckpt = _copy(saved, tmp_path)
+    (ckpt / file).unlink()
+    (ckpt / file).symlink_to("/dev/zero")
+    with pytest.raises(CheckpointError, match=re.escape(file)):
+        verify(ckpt)

@@ -340,3 +340,20 @@ def test_resuming_mid_epoch_over_other_training_data_is_refused(tmp_path: Path) 
     # the same files, moved to another folder, resume; so does the same listing
     assert resume_point(job, None, groups("s3://bucket/copy", 2)) == str(mid_epoch)
     assert resume_point(job, None, groups("/data/train", 2)) == str(mid_epoch)
+
+
+def test_a_commit_marker_at_a_url_is_written_beside_then_moved_in(tmp_path: Path) -> None:
+    """A file:// URL's marker was a plain write: killed midway, a cut meta.json counted as
+    committed. Now a reader sees the old one or the new one whole."""
+    marker = storage.location(f"file://{tmp_path}/step-00000008/{META}")
+    (tmp_path / "step-00000008").mkdir()
+    moves: list[tuple[str, str]] = []
+    real_mv = marker.fs.mv  # type: ignore[union-attr]
+    marker.fs.mv = lambda a, b, **kw: (moves.append((a, b)), real_mv(a, b, **kw))  # type: ignore[union-attr]
+    try:
+        storage.write_atomically(marker, '{"a": 1}')
+    finally:
+        marker.fs.mv = real_mv  # type: ignore[union-attr]
+    assert [Path(b).name for _, b in moves] == [META] and moves[0][0].endswith(".tmp")
+    assert sorted(p.name for p in (tmp_path / "step-00000008").iterdir()) == [META]
+    assert json.loads((tmp_path / "step-00000008" / META).read_text()) == {"a": 1}
