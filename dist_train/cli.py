@@ -103,7 +103,11 @@ def _gen_data(args: argparse.Namespace) -> int:
         return 2
     from dist_train.data.synthetic import generate
 
-    out = generate(cfg.data.synthetic, args.out)
+    try:
+        out = generate(cfg.data.synthetic, args.out)
+    except OSError as err:  # --out a file, a read-only folder, a full disk
+        print(f"error: {args.out}: cannot write the data ({err.strerror or err})", file=sys.stderr)
+        return 1
     print(f"train: {out.train_dir}\ntest:  {out.test_dir}")
     return 0
 
@@ -323,6 +327,9 @@ def _convert(args: argparse.Namespace) -> int:
         except DataSourceError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
+        except OSError as err:
+            print(f"error: {args.out}: cannot write ({err.strerror or err})", file=sys.stderr)
+            return 1
         print(
             f"wrote {adult.num_train_rows:,} training rows to {adult.train_dir} and "
             f"{adult.num_test_rows:,} test rows to {adult.test_dir}"
@@ -335,6 +342,9 @@ def _convert(args: argparse.Namespace) -> int:
         )
     except BadInputError as err:
         print(f"error: bad input: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"error: {args.out}: cannot write ({err.strerror or err})", file=sys.stderr)
         return 1
     print(f"wrote {result.rows:,} rows to {len(result.files)} file(s) in {args.out}")
     if result.bad_lines:

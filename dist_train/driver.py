@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from dist_train.checkpoint import CheckpointError
-from dist_train.config import JobConfig, add_config_args, load_or_report, resolve_paths
+from dist_train.config import (
+    ConfigError,
+    JobConfig,
+    add_config_args,
+    load_or_report,
+    resolve_paths,
+)
 from dist_train.data.reader import (
     DataSourceError,
     RowGroup,
@@ -93,6 +99,15 @@ def check_steps(cfg: JobConfig, train: list[RowGroup]) -> None:
     )
 
 
+def check_output_paths(cfg: JobConfig) -> None:
+    """ConfigError for ``output_dir`` or a local ``checkpoint.dir`` that is a file: the run
+    would fail at its first write there, a checkpoint.dir only at the first save, after
+    training."""
+    for key, value in (("output_dir", cfg.output_dir), ("checkpoint.dir", cfg.checkpoint.dir)):
+        if value and "://" not in value and Path(value).exists() and not Path(value).is_dir():
+            raise ConfigError(f"{key}={value}: a file, not a folder; name a folder")
+
+
 def job_device(cfg: JobConfig) -> DeviceType:
     """Where the job's ranks train (``train.device`` against the GPUs its launcher has)."""
     if cfg.launcher == "ray":
@@ -148,6 +163,7 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
     start = time.perf_counter()
     setup_logging(verbosity())  # the console handler, at the level the command line set
     cfg = resolve_paths(cfg)
+    check_output_paths(cfg)
     device = job_device(cfg)
     job_plan = plan_on_driver(cfg, device)
     prepared = prepare_inputs(cfg)
@@ -239,6 +255,9 @@ def train_and_report(cfg: JobConfig) -> int:
     (the error, on stderr)."""
     try:
         summary = run_job(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except (BadInputError, DataSourceError) as err:
         print(f"error: bad input: {err}", file=sys.stderr)
         return 1

@@ -66,6 +66,7 @@ def _blocks(path: str, policy: str, result: ConvertResult) -> Iterator[tuple[pa.
         result.count("wrong_field_count")
         return "skip"
 
+    reader: pcsv.CSVStreamingReader | None = None
     try:
         reader = pcsv.open_csv(
             pa.input_stream(path, compression="detect"),
@@ -93,6 +94,11 @@ def _blocks(path: str, policy: str, result: ConvertResult) -> Iterator[tuple[pa.
             line += batch.num_rows  # skipped lines shift this; errors name lines exactly
     except (pa.ArrowInvalid, OSError) as err:
         raise BadInputError(first_error[0] if first_error else f"{path}: {err}") from None
+    finally:
+        # closed now: left to a reference cycle, its threads met interpreter exit and the
+        # process aborted ("terminate called without an active exception", exit 134)
+        if reader is not None:
+            reader.close()
 
 
 def _typed(

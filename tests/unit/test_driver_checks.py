@@ -88,3 +88,41 @@ def test_the_summary_names_a_resumed_launchs_steps_apart_from_the_step_reached(
     assert "1,000 (2 CPU ranks, 20 steps, to step 40)" in capsys.readouterr().out
     print_summary({**summary, "steps_this_launch": 40}, tmp_path)
     assert "(2 CPU ranks, 40 steps)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("key", ["output_dir", "checkpoint.dir"])
+def test_an_output_path_that_is_a_file_stops_the_job_before_it_starts(
+    tmp_path: Path, key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint.dir that is a file failed only at the first save, after training, with a
+    message that called the file's checkpoints intact."""
+    from dist_train.cli import main
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    out = ["--set", f"output_dir={tmp_path / 'out'}"] if key != "output_dir" else []
+    assert main(["train", "--set", f"{key}={a_file}", *out]) == 2
+    assert f"error: {key}={a_file}: a file, not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["gen-data", "--config", "launch/configs/tiny.yaml", "--out", "{file}"],
+        ["convert", "criteo", "{tsv}", "--out", "{file}"],
+    ],
+)
+def test_writing_data_into_a_file_is_an_error_not_a_traceback(
+    tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dist_train.cli import main
+
+    a_file, tsv = tmp_path / "a-file", tmp_path / "in.tsv"
+    a_file.write_text("")
+    tsv.write_text("\t".join(["1"] * 40) + "\n")
+    repo = Path(__file__).resolve().parents[2]
+    args = [a.format(file=a_file, tsv=tsv) for a in argv]
+    args = [str(repo / a) if a.startswith("launch/") else a for a in args]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"error: {a_file}: cannot write" in err and "Traceback" not in err
