@@ -569,6 +569,8 @@ class JobConfig(_Strict):
             missing = [f.name for f in self.features if f.cardinality is None]
             if missing:
                 raise ValueError(f"collisionless embedding needs a cardinality for {missing}")
+        if self.data.train_path is None:
+            self._check_generated_columns()
         chunks = sum(f.chunks for f in self.features)
         if self.embedding.kind == "unified" and self.embedding.num_tables > chunks:
             # sub-tables are dealt chunks round-robin: one without a chunk would be dropped,
@@ -578,6 +580,32 @@ class JobConfig(_Strict):
                 f"{chunks} chunks: every sub-table of the unified table needs one"
             )
         return self
+
+    def _check_generated_columns(self) -> None:
+        """Generated data have known columns: a feature or dense column they lack, or string
+        ids for the collisionless tables, would fail only after the data were generated."""
+        synth = self.data.synthetic
+        read = {f.column or f.name for f in self.features}
+        missing = sorted(read - {f"C{i + 1}" for i in range(synth.num_categorical)})
+        if missing:
+            raise ValueError(
+                f"features read columns the generated data lack: {missing} "
+                f"(data.synthetic.num_categorical={synth.num_categorical} makes C1..C"
+                f"{synth.num_categorical})"
+            )
+        dense = set(self.data.resolved_dense_columns())
+        missing = sorted(dense - {f"I{i + 1}" for i in range(synth.num_dense)})
+        if missing:
+            raise ValueError(
+                f"data.dense_columns names columns the generated data lack: {missing} "
+                f"(data.synthetic.num_dense={synth.num_dense} makes I1..I{synth.num_dense})"
+            )
+        strings = sorted(read & set(synth.string_columns))
+        if self.embedding.kind == "collisionless" and strings:
+            raise ValueError(
+                f"the collisionless embedding needs integer ids, but data.synthetic."
+                f"string_columns makes {strings} strings; set data.synthetic.string_columns=[]"
+            )
 
     @property
     def run_dir(self) -> Path:

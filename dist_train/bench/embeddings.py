@@ -36,12 +36,15 @@ def run_embedding_bench(
     cfg: JobConfig, learning_rates: list[float], json_out: str | None = None
 ) -> list[dict[str, Any]]:
     """Run every (kind, learning rate) variant; print and return one row each."""
+    # every variant validated first: a bad one (collisionless over string ids) stops the
+    # bench before the others train
+    variants = {(kind, lr): _variant(cfg, kind, lr) for kind in KINDS for lr in learning_rates}
     if cfg.data.train_path is None:
         generate(cfg.data.synthetic, cfg.run_dir / "data")
     rows = []
     for kind in KINDS:
         for lr in learning_rates:
-            variant = _variant(cfg, kind, lr)
+            variant = variants[kind, lr]
             params = build_layout(variant.embedding, variant.features, variant.seed).num_parameters
             print(f"[bench] {kind} lr={lr:g} ({params:,} embedding parameters)", flush=True)
             summary = run_job(variant)

@@ -90,6 +90,24 @@ def test_a_run_name_of_dots_is_refused(name: str) -> None:
     assert load_config(overrides=["name=a.b"]).name == "a.b"
 
 
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["features=[{name: C99}]"], r"features read columns the generated data lack: \['C99'\]"),
+        (["data.dense_columns=[I1, I99]"], r"data.dense_columns names .* \['I99'\]"),
+        (["embedding.kind=collisionless"], r"collisionless embedding needs integer ids, but"),
+    ],
+)
+def test_generated_data_that_lack_a_column_are_refused_before_they_are_made(
+    overrides: list[str], named: str
+) -> None:
+    """The generated columns are known: these failed only after the data were written."""
+    with pytest.raises(ConfigError, match=named):
+        load_config(overrides=overrides)
+    ints = ["embedding.kind=collisionless", "data.synthetic.string_columns=[]"]
+    assert load_config(overrides=ints).embedding.kind == "collisionless"
+
+
 def test_overrides_parse_yaml_values() -> None:
     cfg = load_config(overrides=["train.epochs=3", "embedding.optimizer.learning_rate=0.1"])
     assert cfg.train.epochs == 3 and cfg.embedding.optimizer.learning_rate == 0.1
