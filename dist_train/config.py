@@ -741,11 +741,20 @@ class _UniqueKeys(yaml.SafeLoader):
     last: a second ``train:`` section would replace the first whole, unseen)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        # the merge keys (<<: *anchor) first: what they bring in, the mapping's own keys
+        # may override, as YAML allows; only the mapping's own keys are checked
+        merge = "tag:yaml.org,2002:merge"
+        own_keys = sum(key.tag != merge for key, _ in node.value)
+        self.flatten_mapping(node)  # type: ignore[no-untyped-call]  # merged pairs go first
         seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
+        for key_node, _ in node.value[len(node.value) - own_keys :] if own_keys else []:
             key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
             line = key_node.start_mark.line + 1
-            if key in seen:
+            try:
+                again = key in seen
+            except TypeError:  # an unhashable key: PyYAML's own error names it
+                break
+            if again:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} given twice (lines {seen[key]} and {line})",
                     key_node.start_mark,

@@ -90,9 +90,12 @@ def export(path: Location, out_dir: Path, with_optimizer: bool = False) -> dict[
         "keys": _keys(meta),
     }
     try:
+        # on out_dir's filesystem, so that renames move the files in: inside an existing
+        # out_dir (which may be a mount, or a link to another filesystem, in a folder this
+        # user cannot write), else beside it, made as mkdir makes out_dir
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        # beside it (one filesystem: moved in by renames), made as mkdir makes out_dir
-        staged = out_dir.parent / f".{out_dir.name}.exporting-{os.getpid()}"
+        where = out_dir if out_dir.is_dir() else out_dir.parent
+        staged = where / f".{out_dir.name}.exporting-{os.getpid()}"
         shutil.rmtree(staged, ignore_errors=True)
         staged.mkdir()
         try:

@@ -151,20 +151,26 @@ def _check_same_hashing(cfg: JobConfig, meta: dict[str, Any], path: Location) ->
     now = _hashing(cfg.embedding, cfg.features, cfg.seed)
     if then == now:
         return
-    changed = [
-        key for key in ("seed", "features", "embedding") if saved.get(key) != _dumped(cfg, key)
-    ]
+    was, has = _hashing_settings(saved), _hashing_settings(cfg.model_dump(mode="json"))
+    changed = [key for key in was if was[key] != has[key]]
     first = next((a, b) for a, b in itertools.zip_longest(then, now) if a != b)
     raise checkpoint.CheckpointError(
         f"{path} was trained with other hashing of the features ({', '.join(changed)} "
         f"differ; first differing key: saved {first[0]!r}, now {first[1]!r}): its rows would "
-        "be looked up for other values. Resume with the saved seed, features and embedding "
-        "settings, or start a new run"
+        "be looked up for other values. Resume with the saved values, or start a new run"
     )
 
 
-def _dumped(cfg: JobConfig, key: str) -> Any:
-    return cfg.model_dump(mode="json")[key]
+def _hashing_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a dumped config that decide which row a value hashes to."""
+    embedding = config.get("embedding") or {}
+    return {
+        "seed": config.get("seed"),
+        "features (names, chunks)": [
+            (f.get("name"), f.get("chunks")) for f in config.get("features") or []
+        ],
+        **{f"embedding.{k}": embedding.get(k) for k in ("kind", "num_rows", "num_tables")},
+    }
 
 
 # The settings that cut an epoch's rows into each rank's batches (with, for generated data,

@@ -48,10 +48,12 @@ from planners.cores import cpu_list, process_cores
 
 class TrainingDiverged(RuntimeError):
     """A step's loss was not finite: the weights it leaves are no longer numbers, so the run
-    stops before any checkpoint of them."""
+    stops before any checkpoint of them. (One message argument: Ray pickles a worker's
+    error to the driver, which rebuilds it from its ``args``.)"""
 
-    def __init__(self, step: int, loss: float, rank: int) -> None:
-        super().__init__(
+    @classmethod
+    def at(cls, step: int, loss: float, rank: int) -> TrainingDiverged:
+        return cls(
             f"step {step}: the training loss is {loss} on rank {rank}; training stopped and "
             "saved no checkpoint of this step or later. Lower train.dense_learning_rate or "
             "embedding.learning_rate, or look for huge values in the data's dense columns"
@@ -146,7 +148,7 @@ def run_worker(
         progress.epoch_started()
         for batch, loss in epoch.trained(trainer.train_steps):
             if not math.isfinite(loss):  # the other ranks stop when this one ends
-                raise TrainingDiverged(epochs.step, loss, rank)
+                raise TrainingDiverged.at(epochs.step, loss, rank)
             progress.step_done(loss)
             audit.after(epochs.step, epoch.index, batch)
             if progress.should_log(epochs.step):

@@ -4,7 +4,9 @@ uninterrupted one; partial checkpoints are never used; corrupt ones fail naming 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +225,19 @@ def test_export_writes_whole_tables_as_safetensors(tmp_path: Path, capsys, monke
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".export")) == []
     monkeypatch.undo()
+    # an existing --out on another filesystem (here a link into /dev/shm, a tmpfs): the
+    # files are staged inside it, where renames reach; staged beside it, they could not move
+    if Path("/dev/shm").is_dir() and os.stat("/dev/shm").st_dev != os.stat(tmp_path).st_dev:
+        elsewhere = Path(tempfile.mkdtemp(dir="/dev/shm"))
+        try:
+            (tmp_path / "linked").symlink_to(elsewhere)
+            assert main(["export", str(ckpt), "--out", str(tmp_path / "linked")]) == 0
+            assert (elsewhere / "model.safetensors").is_file()
+            assert sorted(p.name for p in elsewhere.iterdir()) == [
+                "export.json", "meta.json", "model.safetensors"
+            ]  # fmt: skip
+        finally:
+            shutil.rmtree(elsewhere)
     # A checkpoint missing a shard file: a clear error naming it, nothing half-written used.
     next(ckpt.glob("*.distcp")).unlink()
     assert main(["export", str(ckpt), "--out", str(tmp_path / "again")]) == 1

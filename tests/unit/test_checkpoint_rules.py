@@ -173,10 +173,17 @@ def _renamed_first_feature(raw: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     ("change", "named"),
     [
-        (lambda raw: raw.update(seed=7), r"\(seed differ; first differing key: saved \('C1__0'"),
+        # with a learning rate, which may change: not named among the differences
+        (
+            lambda raw: (
+                raw.update(seed=7),
+                raw["embedding"]["optimizer"].update(learning_rate=0.2),
+            ),
+            r"\(seed differ; first differing key: saved \('C1__0'",
+        ),
         # a feature renamed (its column kept): same shapes, other salts
-        (_renamed_first_feature, r"\(features differ;"),
-        (lambda raw: raw["embedding"].update(num_tables=2), r"\(embedding differ;"),
+        (_renamed_first_feature, r"\(features \(names, chunks\) differ;"),
+        (lambda raw: raw["embedding"].update(num_tables=2), r"\(embedding.num_tables differ;"),
     ],
 )
 def test_resuming_at_an_epoch_boundary_under_other_hashing_is_refused(
@@ -294,7 +301,7 @@ def test_start_up_cleanup_removes_only_what_a_save_names(tmp_path: Path) -> None
     """A user's folders beside the checkpoints whose names merely start with ``step-`` stay;
     they used to be deleted as partial checkpoints, before any check could refuse the run."""
     root = tmp_path / "checkpoints"
-    for name in ("step-by-step-notes", "step-01-baseline", ".partial-step-x"):
+    for name in ("step-by-step-notes", "step-01-baseline", ".partial-step-x", "step-²"):
         (root / name).mkdir(parents=True)
         (root / name / "mine.txt").write_text("keep")
     (root / ".partial-step-00000004").mkdir()
@@ -305,6 +312,7 @@ def test_start_up_cleanup_removes_only_what_a_save_names(tmp_path: Path) -> None
         ".partial-step-x",
         "step-01-baseline",
         "step-by-step-notes",
+        "step-²",  # a digit to str.isdigit, not a step number
     ]
 
 

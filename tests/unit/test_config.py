@@ -79,6 +79,18 @@ def test_a_key_given_twice_and_text_not_utf8_are_named(tmp_path: Path) -> None:
         load_config(binary)
     for path in (twice, binary):
         assert main(["validate", str(path)]) == 1  # a PROBLEM line, no traceback
+    # merge keys bring keys in, which the mapping's own may override: no key given twice
+    merged = tmp_path / "merged.yaml"
+    merged.write_text(
+        "features:\n  - &f {name: C1, chunks: 2}\n  - {<<: *f, name: C2, chunks: 1}\n"
+        "  - <<: [*f]\n    name: C3\n"
+    )
+    features = load_config(merged).features
+    assert [(f.name, f.chunks) for f in features] == [("C1", 2), ("C2", 1), ("C3", 2)]
+    unhashable = tmp_path / "unhashable.yaml"
+    unhashable.write_text("? [x, y]\n: 1\n")
+    with pytest.raises(ConfigError, match="unhashable key"):
+        load_config(unhashable)
 
 
 @pytest.mark.parametrize("name", [".", "..", "..."])

@@ -126,3 +126,16 @@ def test_writing_data_into_a_file_is_an_error_not_a_traceback(
     assert main(args) == 1
     err = capsys.readouterr().err
     assert f"error: {a_file}: cannot write" in err and "Traceback" not in err
+
+
+def test_a_divergence_reaches_the_driver_whole_through_pickle() -> None:
+    """Ray pickles a worker's error to the driver: a three-argument constructor came back as
+    "TrainingDiverged.__init__() missing 2 required positional arguments"."""
+    import pickle
+
+    from dist_train.train.loop import TrainingDiverged
+
+    sent = TrainingDiverged.at(4, float("nan"), 1)
+    got = pickle.loads(pickle.dumps(sent))
+    assert type(got) is TrainingDiverged and str(got) == str(sent)
+    assert str(got).startswith("step 4: the training loss is nan on rank 1;")
