@@ -67,6 +67,18 @@ def _count(zero: bool = False) -> Callable[[str], int]:
     return parse
 
 
+def _output_file(text: str) -> str:
+    """An argparse type: a file this command may write at its end, checked now (a command
+    that measures for minutes must not fail at its last line): not a folder, in a folder
+    that exists."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; name a file")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: no folder {str(path.parent)!r} to write it in")
+    return text
+
+
 # The module of the driver's rank function (dist_train.driver._process_worker): what the
 # ranks' server preloads beside TorchRec. Named here so that the driver, which imports
 # TorchRec, is imported after the server starts (a unit test checks the name).
@@ -413,10 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cores-per-node", type=_count(), help="CPU cores a node's ranks share")
     p.add_argument("--topology", help="topology file from `dist-train calibrate`")
     p.add_argument("--batch-size", type=_count(), help="examples per rank per step")
-    p.add_argument("--json", help="also write the report as JSON to this file")
+    p.add_argument("--json", type=_output_file, help="also write the report as JSON to this file")
     p.add_argument("--no-torchrec", action="store_true", help="skip TorchRec's planner")
     p = sub.add_parser("calibrate", help="measure this machine and backend for the planner")
-    p.add_argument("--out", required=True, help="topology file to write (JSON)")
+    p.add_argument("--out", type=_output_file, required=True, help="topology file to write (JSON)")
     p.add_argument(
         "--ranks", type=_count(), help="ranks for the collectives (default: 2 on CPU, every GPU)"
     )
@@ -487,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_number_list(float),
         help="embedding learning rates to try",
     )
-    p.add_argument("--json", help="also write the rows as JSON to this file")
+    p.add_argument("--json", type=_output_file, help="also write the rows as JSON to this file")
 
     def over_ranks(p: argparse.ArgumentParser, ranks: str, rounds: int) -> None:
         common(p)
@@ -498,7 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
             help="rank counts to measure, comma-separated",
         )
         p.add_argument("--rounds", type=_count(), default=rounds, help="interleaved timing rounds")
-        p.add_argument("--json", help="also write the figures as JSON to this file")
+        p.add_argument(
+            "--json", type=_output_file, help="also write the figures as JSON to this file"
+        )
 
     p = bench.add_parser(
         "train", help="examples/s and memory: ours vs stock TorchRec vs plain PyTorch"
@@ -530,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="batch sizes, comma-separated",
     )
     p.add_argument("--rounds", type=_count(), default=5, help="interleaved timing rounds")
-    p.add_argument("--json", help="also write the figures as JSON to this file")
+    p.add_argument("--json", type=_output_file, help="also write the figures as JSON to this file")
     p = bench.add_parser("interaction", help="DLRM's dot interaction: native kernels vs torch")
     common(p)
     p.add_argument(
@@ -540,20 +554,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="intra-op thread counts, comma-separated",
     )
     p.add_argument("--rounds", type=_count(), default=9, help="interleaved timing rounds")
-    p.add_argument("--json", help="also write the figures as JSON to this file")
+    p.add_argument("--json", type=_output_file, help="also write the figures as JSON to this file")
     p = bench.add_parser("ingest", help="Parquet to ready batches per core, vs Ray Data")
     common(p)
-    p.add_argument("--json", help="also write the figures as JSON to this file")
+    p.add_argument("--json", type=_output_file, help="also write the figures as JSON to this file")
     p = bench.add_parser("planner", help="our plans vs TorchRec's; estimated vs measured steps")
     common(p)
-    p.add_argument("--json", help="also write the figures as JSON to this file")
+    p.add_argument("--json", type=_output_file, help="also write the figures as JSON to this file")
     p.add_argument(
         "--memory-only", action="store_true", help="only the job plan's measured peak memory"
     )
     p.add_argument("--rounds", type=_count(), default=10, help="interleaved timing rounds")
     p = bench.add_parser("launch", help="Ray vs plain processes: start-up and steady examples/s")
     common(p)
-    p.add_argument("--json", help="also write the figures as JSON to this file")
+    p.add_argument("--json", type=_output_file, help="also write the figures as JSON to this file")
     p = bench.add_parser(
         "checkpoint", help="save/load MB/s vs this disk's; kill -9 -> first resumed step"
     )
@@ -569,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="training runs per variant (0: skip)",
     )
     p.add_argument("--no-recovery", action="store_true", help="skip the Ray kill -9 run")
-    p.add_argument("--json", help="also write the figures as JSON to this file")
+    p.add_argument("--json", type=_output_file, help="also write the figures as JSON to this file")
     return parser
 
 

@@ -331,8 +331,9 @@ class ShardingConfig(_Strict):
         1,
         gt=0,
         description=(
-            "2D parallelism: steps between averaging the replicas' embedding weights and "
-            "optimizer state (also before every checkpoint and at the end of training)."
+            "2D parallelism: steps between merges of the replicas' embedding updates (each "
+            "replica's gradients recovered, summed over the replicas and applied to every "
+            "copy; also before every checkpoint and at the end of training)."
         ),
     )
     id_skew: float = Field(
@@ -518,7 +519,9 @@ class JobConfig(_Strict):
     """A whole training job."""
 
     name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name.")
-    seed: int = Field(0, ge=0, description="Seed of weights, hashing salts and data order.")
+    seed: int = Field(
+        0, ge=0, lt=2**63, description="Seed of weights, hashing salts and data order."
+    )
     output_dir: str = Field(
         "outputs",
         description=(

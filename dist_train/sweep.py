@@ -61,13 +61,26 @@ class Arm:
 
     @property
     def name(self) -> str:
-        return f"{self.method}-b{self.budget:g}-s{self.seed}"
+        return f"{self.method}-b{budget_name(self.budget)}-s{self.seed}"
+
+
+def budget_name(budget: float) -> str:
+    """A budget as run names hold it (``0.1``, ``1e06``: no ``+``, which names refuse)."""
+    return f"{budget:g}".replace("+", "")
 
 
 def arms(budgets: tuple[float, ...], seeds: tuple[int, ...]) -> list[Arm]:
     """Every run, seeds innermost-but-one so a partial sweep covers all methods early (a
     budget or seed given twice runs once: a repeat would count as another seed)."""
     budgets, seeds = tuple(dict.fromkeys(budgets)), tuple(dict.fromkeys(seeds))
+    named: dict[str, float] = {}
+    for budget in budgets:  # runs are recorded by name: two budgets of one would mix
+        other = named.setdefault(budget_name(budget), budget)
+        if other != budget:
+            raise ValueError(
+                f"budgets {other!r} and {budget!r} both name runs b{budget_name(budget)}; "
+                "give budgets that differ in their first 6 significant digits"
+            )
     out = [Arm("collisionless", 1.0, s) for s in seeds]
     for budget in budgets:
         for seed in seeds:
@@ -124,6 +137,13 @@ def dataset_config(dataset: str, config: str | None, overrides: list[str]) -> Jo
 def prepare(dataset: str, config: str | None, overrides: list[str], out: Path) -> JobConfig:
     """The sweep's base job: its data written once under ``out/data``, runs under ``out``."""
     cfg = dataset_config(dataset, config, overrides)
+    own = load_config(DATASETS[dataset], DATASET_OVERRIDES[dataset]).data
+    for key in ("train_path", "test_path"):
+        if getattr(cfg.data, key) != getattr(own, key):
+            raise ConfigError(
+                f"data.{key}={getattr(cfg.data, key)}: the sweep trains on the dataset "
+                f"--dataset names ({dataset}), written under {out / 'data'}; drop the path"
+            )
     data = out / "data"
     if dataset == "adult":
         from dist_train.data.adult import convert_adult
@@ -249,6 +269,9 @@ def _results(log: Path) -> list[dict[str, Any]]:
                 f"{log}, line {number}: not a sweep run's record ({run}); remove the line "
                 "(its run trains again) or the file (to start over)"
             )
+        for metric in ("test_auc", "test_log_loss"):  # strict JSON writes NaN as null
+            if run.get(metric) is None:
+                run[metric] = math.nan
         out.append(run)
     return out
 
@@ -262,15 +285,24 @@ def run_sweep(
     seeds: tuple[int, ...] = SEEDS,
 ) -> list[dict[str, Any]]:
     """Train every arm not already in ``out/results.jsonl``; write and return the summary."""
-    from dist_train.driver import run_job  # the trainer's imports are only needed to train
+    # the trainer's imports are only needed to train
+    from dist_train.driver import run_job
+    from dist_train.launchers.processes import RankError
+    from dist_train.train.progress import strict_json
 
     out.mkdir(parents=True, exist_ok=True)
     if verbosity() == "normal":
         setup_logging("quiet")  # dozens of runs: the sweep prints one line each
+    log = out / "results.jsonl"
+    done = _results(log)
+    others = sorted({str(r.get("dataset")) for r in done} - {dataset})
+    if others:  # the runs, data and summary files of one would replace the other's
+        raise ConfigError(
+            f"{log} holds runs of another dataset ({', '.join(others)}); sweep each dataset "
+            "into its own --out"
+        )
     base = prepare(dataset, config, overrides or [], out)
     digest = config_digest(dataset_config(dataset, config, overrides or []))
-    log = out / "results.jsonl"
-    done = [r for r in _results(log) if r.get("dataset") == dataset]
     other = [r["name"] for r in done if r.get("config", digest) != digest]
     if any("config" not in r for r in done):  # written before runs recorded their config
         print(f"[sweep] {log}: runs without a recorded config are taken as this one's")
@@ -297,8 +329,14 @@ def run_sweep(
     )
     for i, arm in enumerate(todo, 1):
         start = time.perf_counter()
-        summary = run_job(arm_config(base, arm))
-        params = summary["embedding_parameters"]
+        job = arm_config(base, arm)
+        params = build_layout(job.embedding, job.features, job.seed).num_parameters
+        error = None
+        try:
+            summary = run_job(job)
+        except RankError as err:  # a diverged arm, say: its figures are none; the rest train
+            error = str(err)
+            summary = {"test_auc": math.nan, "test_log_loss": math.nan}
         result = {
             **asdict(arm),
             "dataset": dataset,
@@ -308,20 +346,25 @@ def run_sweep(
             "test_auc": summary["test_auc"],
             "test_log_loss": summary["test_log_loss"],
             "seconds": time.perf_counter() - start,
+            **({"error": error} if error else {}),
         }
         with log.open("a") as f:
-            f.write(json.dumps(result) + "\n")
+            f.write(strict_json(result) + "\n")
         done.append(result)
+        figures = (
+            f"failed: {error}"
+            if error
+            else f"test AUC {result['test_auc']:.4f}, log loss {result['test_log_loss']:.4f}"
+        )
         print(
-            f"[sweep] {i}/{len(todo)} {arm.name}: {params:,} parameters, test AUC "
-            f"{result['test_auc']:.4f}, log loss {result['test_log_loss']:.4f} "
+            f"[sweep] {i}/{len(todo)} {arm.name}: {params:,} parameters, {figures} "
             f"({result['seconds']:.0f} s)",
             flush=True,
         )
     # one row a run: an older sweep's file may hold a run twice (a seed given twice)
     runs = {r["name"]: r for r in reversed(done) if r["name"] in wanted}
     rows = summarize(list(runs.values()))
-    (out / "sweep.json").write_text(json.dumps({"dataset": dataset, "rows": rows}, indent=2))
+    (out / "sweep.json").write_text(strict_json({"dataset": dataset, "rows": rows}, indent=2))
     table = markdown(rows, dataset)
     (out / "sweep.md").write_text(table)
     plot(rows, dataset, out / "sweep.png")

@@ -369,6 +369,10 @@ def load_topology(path: str | Path) -> Topology:
         raw = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise TopologyError(f"{path}: no such topology file") from None
+    except UnicodeDecodeError:
+        raise TopologyError(f"{path}: not a topology file (not UTF-8 text)") from None
+    except OSError as e:  # a folder, say
+        raise TopologyError(f"{path}: cannot read it ({e.strerror or e})") from None
     except json.JSONDecodeError as e:
         raise TopologyError(f"{path}: not valid JSON ({e})") from None
     try:

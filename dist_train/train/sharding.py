@@ -25,7 +25,14 @@ from planners.sharders import (
     embedding_kernel,
     fused_params,
 )
-from planners.topology import Topology, load_topology, parse_bytes, preset, resize
+from planners.topology import (
+    Topology,
+    TopologyError,
+    load_topology,
+    parse_bytes,
+    preset,
+    resize,
+)
 from planners.types import (
     HIERARCHICAL,
     SHARDING_TYPES,
@@ -191,6 +198,12 @@ def topology_for_config(
     if world_size % local_world_size:
         raise ValueError(f"world size {world_size} is not a multiple of {local_world_size}")
     base = load_topology(cfg.sharding.topology) if cfg.sharding.topology else preset(device_type)
+    if base.device_type != device_type:  # its placements would name the other device
+        raise TopologyError(
+            f"{cfg.sharding.topology}: a topology of {base.device_type} ranks (sharding."
+            f"topology), but this job trains on {device_type}; calibrate this kind of machine "
+            "(dist-train calibrate) or drop the key"
+        )
     memory = cfg.sharding.memory_per_rank
     return resize(
         base,

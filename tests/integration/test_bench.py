@@ -338,3 +338,29 @@ def test_sweep_on_adult_writes_table_plot_and_resumes(tmp_path: Path) -> None:
     runs = (out / "results.jsonl").read_text()
     assert main(args) == 0  # every arm is on record: nothing trains again
     assert (out / "results.jsonl").read_text() == runs
+
+
+def test_a_sweep_arm_that_fails_is_recorded_and_the_rest_train(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A diverging arm ended the sweep with a traceback, the arms after it untrained, and a
+    rerun tried it first again: it could never finish."""
+    out = tmp_path / "sweep"
+    small = ["data.synthetic.num_train_rows=2048", "data.synthetic.num_test_rows=1024"]
+    diverge = ["train.dense_optimizer=sgd", "train.dense_learning_rate=1e30"]
+    args = ["sweep", "--dataset", "synthetic", "--budgets", "1", "--seeds", "0", "--out", str(out)]
+    for item in [*small, *diverge]:
+        args += ["--set", item]
+    assert main(args) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 4  # every arm ran, each recorded
+    assert all("TrainingDiverged" in r["error"] and r["test_auc"] is None for r in records)
+    rows = json.loads((out / "sweep.json").read_text())["rows"]  # strict JSON: null, no NaN
+    assert {r["method"] for r in rows} == {
+        "collisionless",
+        "hashing_trick",
+        "multiplexing",
+        "unified",
+    }
+    assert all(r["test_auc_mean"] is None for r in rows)

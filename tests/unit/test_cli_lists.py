@@ -49,3 +49,18 @@ def test_bad_lists_are_usage_errors_naming_the_value(
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "usage:" in err
+
+
+def test_files_written_at_the_end_are_checked_before_the_work(
+    tmp_path: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """calibrate measured for its minutes, then failed writing --out into a folder."""
+    for argv, message in [
+        (["calibrate", "--out", str(tmp_path)], "is a folder; name a file"),
+        (["plan", "--json", str(tmp_path)], "is a folder; name a file"),
+        (["bench", "train", "--json", f"{tmp_path}/no/such/x.json"], "no folder"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert build_parser().parse_args(["plan", "--json", f"{tmp_path}/plan.json"]).json

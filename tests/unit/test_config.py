@@ -120,6 +120,13 @@ def test_generated_data_that_lack_a_column_are_refused_before_they_are_made(
     assert load_config(overrides=ints).embedding.kind == "collisionless"
 
 
+def test_a_seed_past_64_bits_is_refused() -> None:
+    """It validated, then failed in the ranks ("Overflow when unpacking long long")."""
+    with pytest.raises(ConfigError, match=r"seed: Input should be less than"):
+        load_config(overrides=[f"seed={2**64}"])
+    assert load_config(overrides=[f"seed={2**63 - 1}"]).seed == 2**63 - 1
+
+
 def test_overrides_parse_yaml_values() -> None:
     cfg = load_config(overrides=["train.epochs=3", "embedding.optimizer.learning_rate=0.1"])
     assert cfg.train.epochs == 3 and cfg.embedding.optimizer.learning_rate == 0.1

@@ -315,6 +315,24 @@ def test_plan_of_more_nodes_keeps_the_jobs_ranks_per_node(
     assert "plan for 8 node(s) x 2 cpu rank(s)" in capsys.readouterr().out
 
 
+def test_a_topology_of_another_device_or_no_file_is_a_named_error(tmp_path: Path) -> None:
+    """A GPU machine's file on a CPU job passed plan and validate, then failed in the ranks
+    (a shard placed on cuda:1); a folder or binary file gave tracebacks."""
+    from dist_train.train.sharding import topology_for_config
+    from planners.topology import preset_spec
+
+    gpu = tmp_path / "gpu.json"
+    save_topology(preset_spec("cuda"), gpu)
+    cfg = small_config(tmp_path, [f"sharding.topology={gpu}"])
+    with pytest.raises(TopologyError, match=r"gpu.json: a topology of cuda ranks .* trains on cpu"):
+        topology_for_config(cfg, 2, 2, "cpu")
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe")
+    for path, message in [(tmp_path, "cannot read it"), (binary, "not UTF-8 text")]:
+        with pytest.raises(TopologyError, match=message):
+            load_topology(path)
+
+
 def test_calibrated_lookup_times_do_not_fall_with_width(monkeypatch: pytest.MonkeyPatch) -> None:
     noisy = {4: 4e-8, 8: 5e-8, 16: 4.7e-8, 32: 7e-8, 64: 1.3e-7, 128: 1e-7}
     monkeypatch.setattr(calibration, "tbe_seconds_per_row", lambda dim, *_: noisy[dim])

@@ -156,3 +156,35 @@ def test_a_diverged_seed_makes_its_groups_figures_nan() -> None:
     (row,) = summarize(runs)
     assert all(math.isnan(row[f"test_auc_{k}"]) for k in ("mean", "std", "min", "max"))
     assert row["test_log_loss_mean"] == 0.5
+
+
+def test_another_datasets_runs_or_the_users_data_paths_are_refused(tmp_path: Path) -> None:
+    """Into an --out of Adult runs, a synthetic sweep replaced their run folders and summary
+    files; data paths of the user's were replaced by the dataset's, unsaid."""
+    row = {"dataset": "adult", "name": "unified-b1-s0", "config": "x"}
+    (tmp_path / "results.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(ConfigError, match=r"holds runs of another dataset \(adult\)"):
+        run_sweep("synthetic", tmp_path, budgets=(1.0,))
+    mine = ["data.train_path=/my/train", "data.test_path=/my/test"]
+    with pytest.raises(ConfigError, match=r"data.train_path=/my/train: the sweep trains on"):
+        run_sweep("synthetic", tmp_path / "fresh", overrides=mine, budgets=(1.0,))
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "fresh" / "data").exists()
+
+
+def test_budgets_name_their_runs_apart() -> None:
+    """``0.3`` and ``0.3000001`` both named runs ``b0.3`` (one's records taken as the other's);
+    ``1e6`` named ``b1e+06``, which names refuse."""
+    with pytest.raises(ValueError, match=r"budgets 0.3 and 0.3000001 both name runs b0.3"):
+        arms((0.3, 0.3000001), (0,))
+    assert {a.name for a in arms((1e6,), (0,)) if a.method == "unified"} == {"unified-b1e06-s0"}
+
+
+def test_a_run_recorded_without_figures_reads_back_as_nan(tmp_path: Path) -> None:
+    """A failed arm (a diverged one) is recorded with null figures, strict JSON's NaN."""
+    from dist_train.sweep import _results
+
+    log = tmp_path / "results.jsonl"
+    row = {"name": "unified-b1-s0", "test_auc": None, "test_log_loss": None, "error": "x"}
+    log.write_text(json.dumps(row) + "\n")
+    (got,) = _results(log)
+    assert math.isnan(got["test_auc"]) and math.isnan(got["test_log_loss"])
