@@ -47,7 +47,8 @@ def expected_distinct(draws: float, rows: int, s: float) -> float:
     norm = generalized_harmonic(rows, s)
     m = min(rows, _EXACT_TERMS)
     p = np.arange(1, m + 1, dtype=np.float64) ** -s / norm
-    head = float(np.sum(-np.expm1(draws * np.log1p(-p))))
+    with np.errstate(divide="ignore"):  # a row of p = 1 (a 1-row table): log1p(-1) = -inf
+        head = float(np.sum(-np.expm1(draws * np.log1p(-p))))
     if rows == m:
         return head
     x = np.geomspace(m + 0.5, rows + 0.5, _TAIL_POINTS)
