@@ -99,9 +99,12 @@ def test_validate_plans_a_gpu_job_with_gpu_memory_rules(tmp_path: Path) -> None:
     assert any(p.startswith(f"{auto} on {RAYJOB}: sharding plan") for p in report.problems)
 
 
-def test_sizes_that_cannot_be_read_name_the_flag_or_key(capsys: pytest.CaptureFixture[str]) -> None:
-    out = "/nonexistent/topology.json"  # never written: refused before measuring
+def test_sizes_that_cannot_be_read_name_the_flag_or_key(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = str(tmp_path / "topology.json")  # never written: refused before measuring
     assert main(["calibrate", "--out", out, "--memory-per-rank", "1.5.2G"]) == 2
+    assert not (tmp_path / "topology.json").exists()
     assert "error: --memory-per-rank: cannot read '1.5.2G' as a size" in capsys.readouterr().err
     assert main(["show-config", "--set", "sharding.memory_per_rank=1e400"]) == 2
     err = capsys.readouterr().err
