@@ -420,6 +420,9 @@ def reader(loc: Location, digests: FileDigests | None) -> StorageReader:
     before digests were recorded) and never unpickles code."""
     out: _VerifyingRead
     if isinstance(loc, os.PathLike):
+        for entry in os.scandir(loc):  # a pipe or device may never end a read
+            if not stat.S_ISREG(os.stat(entry.path).st_mode):
+                raise CheckpointError(f"{entry.path}: not a regular file")
         out = _VerifiedFileSystemReader(str(loc))
     else:
         out = _VerifiedFsspecReader(loc.url)

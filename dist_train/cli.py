@@ -69,14 +69,18 @@ def _count(zero: bool = False) -> Callable[[str], int]:
 
 def _output_file(text: str) -> str:
     """An argparse type: a file this command may write at its end, checked now (a command
-    that measures for minutes must not fail at its last line): not a folder, in a folder
-    that exists."""
+    that measures for minutes must not fail at its last line): not a folder; its folder is
+    made now if missing. Returns the path with ``~`` expanded, as checked."""
     path = Path(text).expanduser()
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is a folder; name a file")
-    if not path.parent.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r}: no folder {str(path.parent)!r} to write it in")
-    return text
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file where a folder should be, a folder not ours
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: cannot make its folder ({err.strerror or err})"
+        ) from None
+    return str(path)
 
 
 # The module of the driver's rank function (dist_train.driver._process_worker): what the

@@ -295,7 +295,8 @@ def run_sweep(
         setup_logging("quiet")  # dozens of runs: the sweep prints one line each
     log = out / "results.jsonl"
     done = _results(log)
-    others = sorted({str(r.get("dataset")) for r in done} - {dataset})
+    # a record without its dataset (an edited line) is left to the runs' own checks
+    others = sorted({str(r["dataset"]) for r in done if "dataset" in r} - {dataset})
     if others:  # the runs, data and summary files of one would replace the other's
         raise ConfigError(
             f"{log} holds runs of another dataset ({', '.join(others)}); sweep each dataset "

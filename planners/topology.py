@@ -408,27 +408,15 @@ def resize(
     memory_per_rank_bytes: int | None = None,
     cores_per_node: int | None = None,
 ) -> Topology:
-    """``topo`` with another shape or memory size (its measured speeds kept). A node's host
-    memory is its ranks' to share: per rank it follows the ranks a node holds (a CPU rank's
-    memory, a GPU rank's host memory; not a GPU's own)."""
-    per_node = topo.ranks_per_node if ranks_per_node is None else ranks_per_node
-
-    def shared(per_rank: int) -> int:
-        return per_rank * topo.ranks_per_node // per_node
-
-    memory = topo.memory_per_rank_bytes
-    if memory_per_rank_bytes is not None:
-        memory = memory_per_rank_bytes
-    elif topo.device_type == "cpu":
-        memory = shared(memory)
-    host = topo.host_memory_per_rank_bytes
+    """``topo`` with another shape or memory size (its measured speeds kept)."""
     out = replace(
         topo,
         cores_per_node=topo.cores_per_node if cores_per_node is None else cores_per_node,
         num_nodes=topo.num_nodes if num_nodes is None else num_nodes,
-        ranks_per_node=per_node,
-        memory_per_rank_bytes=memory,
-        host_memory_per_rank_bytes=None if host is None else shared(host),
+        ranks_per_node=topo.ranks_per_node if ranks_per_node is None else ranks_per_node,
+        memory_per_rank_bytes=(
+            topo.memory_per_rank_bytes if memory_per_rank_bytes is None else memory_per_rank_bytes
+        ),
     )
     check_topology(out)
     return out

@@ -21,6 +21,8 @@ def variant(cfg: JobConfig, overrides: list[str], label: str) -> JobConfig:
     must not meet them (a fresh run beside checkpoints is refused)."""
     no_saves = ["checkpoint.save_at_end=false", "checkpoint.every_steps=null"]
     raw = apply_overrides(cfg.model_dump(mode="json"), [*no_saves, *overrides])
+    if cfg.data.train_path is None:  # what the generated data allow, checked as generated
+        parse_config(raw, label)
     raw["data"]["train_path"] = cfg.data.train_path or str(cfg.run_dir / "data" / "train")
     raw["data"]["test_path"] = cfg.data.test_path or str(cfg.run_dir / "data" / "test")
     return parse_config(raw, label)

@@ -201,8 +201,9 @@ def topology_for_config(
     if base.device_type != device_type:  # its placements would name the other device
         raise TopologyError(
             f"{cfg.sharding.topology}: a topology of {base.device_type} ranks (sharding."
-            f"topology), but this job trains on {device_type}; calibrate this kind of machine "
-            "(dist-train calibrate) or drop the key"
+            f"topology), but this job trains on {device_type}; give a topology of "
+            f"{device_type} ranks (dist-train calibrate on such a machine), or plan for "
+            f"{base.device_type} (dist-train plan --device {base.device_type})"
         )
     memory = cfg.sharding.memory_per_rank
     return resize(

@@ -254,3 +254,19 @@ def test_a_checkpoint_file_linked_to_an_endless_device_is_refused(
     (ckpt / file).symlink_to("/dev/zero")
     with pytest.raises(CheckpointError, match=re.escape(file)):
         verify(ckpt)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "endless"])
+def test_export_and_resume_refuse_a_metadata_that_is_no_regular_file(
+    saved: Path, tmp_path: Path, kind: str
+) -> None:
+    """A named pipe as .metadata hung export and resume (only validate checked); a link to
+    /dev/zero is refused by name there too, not read."""
+    ckpt = _copy(saved, tmp_path)
+    (ckpt / ".metadata").unlink()
+    if kind == "fifo":
+        os.mkfifo(ckpt / ".metadata")
+    else:
+        (ckpt / ".metadata").symlink_to("/dev/zero")
+    with pytest.raises(CheckpointError, match=r"\.metadata: not a regular file"):
+        export(ckpt, tmp_path / "export")

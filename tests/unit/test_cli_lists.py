@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dist_train.cli import build_parser
@@ -52,15 +54,19 @@ def test_bad_lists_are_usage_errors_naming_the_value(
 
 
 def test_files_written_at_the_end_are_checked_before_the_work(
-    tmp_path: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """calibrate measured for its minutes, then failed writing --out into a folder."""
+    (tmp_path / "a-file").write_text("")
     for argv, message in [
         (["calibrate", "--out", str(tmp_path)], "is a folder; name a file"),
         (["plan", "--json", str(tmp_path)], "is a folder; name a file"),
-        (["bench", "train", "--json", f"{tmp_path}/no/such/x.json"], "no folder"),
+        (["bench", "train", "--json", f"{tmp_path}/a-file/x.json"], "cannot make its folder"),
     ]:
         with pytest.raises(SystemExit) as exit_:
             build_parser().parse_args(argv)
         assert exit_.value.code == 2 and message in capsys.readouterr().err
-    assert build_parser().parse_args(["plan", "--json", f"{tmp_path}/plan.json"]).json
+    # a folder still to make is made (plan made it as it wrote; benches did not); ~ expands
+    new = build_parser().parse_args(["plan", "--json", f"{tmp_path}/new/plan.json"]).json
+    assert new == f"{tmp_path}/new/plan.json" and (tmp_path / "new").is_dir()
+    assert not build_parser().parse_args(["plan", "--json", "~/x.json"]).json.startswith("~")

@@ -224,3 +224,14 @@ def test_layer_sizes_must_be_positive(key: str, size: int) -> None:
     # 0 trained a model whose logits were all 0; -4 crashed building it, with a traceback
     with pytest.raises(ConfigError, match=rf"{key}\.1: Input should be greater than 0"):
         load_config(overrides=[f"{key}=[8,{size}]"])
+
+
+def test_a_bench_variant_over_generated_data_is_checked_as_generated() -> None:
+    """bench embeddings' collisionless variant over string ids passed (the variant reads the
+    generated files by path), so unified and hashing_trick trained before it failed."""
+    from dist_train.bench import variant
+
+    with pytest.raises(ConfigError, match="collisionless embedding needs integer ids"):
+        variant(load_config(), ["embedding.kind=collisionless"], "bench variant")
+    ints = load_config(overrides=["data.synthetic.string_columns=[]"])
+    assert variant(ints, ["embedding.kind=collisionless"], "v").data.train_path is not None

@@ -333,24 +333,6 @@ def test_a_topology_of_another_device_or_no_file_is_a_named_error(tmp_path: Path
             load_topology(path)
 
 
-def test_a_nodes_host_memory_is_shared_by_the_ranks_it_holds() -> None:
-    """A CPU topology calibrated with 2 ranks a node (8 GiB each), planned for 8: each has a
-    quarter of that, where it kept 8 GiB (64 GiB a node of 16). A GPU's own memory stays."""
-    from planners.topology import preset, resize
-
-    cpu = resize(preset("cpu"), ranks_per_node=8)
-    assert preset("cpu").ranks_per_node == 2 and cpu.memory_per_rank_bytes == 2 * 2**30
-    assert (
-        resize(preset("cpu"), ranks_per_node=8, memory_per_rank_bytes=5).memory_per_rank_bytes == 5
-    )
-    gpu, wider = preset("cuda"), resize(preset("cuda"), ranks_per_node=4)
-    assert wider.memory_per_rank_bytes == gpu.memory_per_rank_bytes
-    assert gpu.host_memory_per_rank_bytes is not None
-    assert (
-        wider.host_memory_per_rank_bytes == gpu.host_memory_per_rank_bytes * gpu.ranks_per_node // 4
-    )
-
-
 def test_calibrated_lookup_times_do_not_fall_with_width(monkeypatch: pytest.MonkeyPatch) -> None:
     noisy = {4: 4e-8, 8: 5e-8, 16: 4.7e-8, 32: 7e-8, 64: 1.3e-7, 128: 1e-7}
     monkeypatch.setattr(calibration, "tbe_seconds_per_row", lambda dim, *_: noisy[dim])

@@ -188,3 +188,15 @@ def test_a_run_recorded_without_figures_reads_back_as_nan(tmp_path: Path) -> Non
     log.write_text(json.dumps(row) + "\n")
     (got,) = _results(log)
     assert math.isnan(got["test_auc"]) and math.isnan(got["test_log_loss"])
+
+
+def test_a_record_without_its_dataset_is_not_taken_for_another_dataset(tmp_path: Path) -> None:
+    from dist_train.sweep import _results
+
+    log = tmp_path / "results.jsonl"
+    log.write_text(json.dumps({"name": "unified-b1-s0", "config": "another"}) + "\n")
+    small = ["data.synthetic.num_train_rows=2048", "data.synthetic.num_test_rows=1024"]
+    # not "runs of another dataset (None)": the record meets the runs' own checks
+    with pytest.raises(ConfigError, match="trained under another job config"):
+        run_sweep("synthetic", tmp_path, overrides=small, budgets=(1.0,))
+    assert _results(log)[0]["name"] == "unified-b1-s0"
