@@ -40,7 +40,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed._state_dict_utils import _copy_state_dict, _create_cpu_state_dict
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+from torch.distributed.checkpoint.metadata import BytesStorageMetadata, TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from dist_train import checkpoint_files, storage
@@ -547,6 +547,7 @@ def load(trainer: Trainer, path: Location) -> TrainPosition:
         problem: str | None = None
         try:
             _check_model_shapes(state["model"], saved, path)
+            _add_lazy_optimizer_state(state, saved, trainer)
             converted = _reshard_row_states(state, saved, path, digests)
             converted.update(_convert_row_states(state, saved, path, digests, position.step))
         except CheckpointError as err:
@@ -573,6 +574,44 @@ def load(trainer: Trainer, path: Location) -> TrainPosition:
         state_bytes = bytearray(base64.b64decode(rng[dist.get_rank()]))
         torch.set_rng_state(torch.frombuffer(state_bytes, dtype=torch.uint8))
     return position
+
+
+def _add_lazy_optimizer_state(
+    state: dict[str, Any], saved: dict[str, Any], trainer: Trainer
+) -> None:
+    """Slots in ``state`` for the optimizer state ``saved`` holds that a fresh optimizer has
+    not made yet: torch's Adam makes its moments and step at its first step, and DCP loads
+    only the keys its target holds, so a resume dropped them and started Adam afresh beside
+    the restored weights. Only plain (unsharded) parameters: sharded tables' fused optimizers
+    make their state when built."""
+    params: dict[str, Any] = getattr(trainer.optimizer, "params", {})
+    optim_state = state["optim"]["state"]
+    names = sorted(params, key=len, reverse=True)  # the longest name a key starts with
+    prefix = "optim.state."
+    for fqn, md in saved.items():
+        if not fqn.startswith(prefix) or not isinstance(md, TensorStorageMetadata):
+            continue
+        rest = fqn[len(prefix) :]
+        name = next((n for n in names if rest.startswith(n + ".")), None)
+        if name is None or type(params[name]) not in (torch.Tensor, torch.nn.Parameter):
+            continue
+        key = rest[len(name) + 1 :]
+        if key not in optim_state.get(name, {}):
+            slot = torch.empty(tuple(md.size), dtype=md.properties.dtype)
+            slot = slot.to(params[name].device)
+            # the optimizer's own state holds the same tensor: TorchRec's load_state_dict
+            # copies into state the optimizer already has, and refuses any it has not
+            _owner_state(trainer.optimizer, params[name])[key] = slot
+            optim_state.setdefault(name, {})[key] = slot
+
+
+def _owner_state(optimizer: Any, param: torch.Tensor) -> dict[str, Any]:
+    """The per-parameter state dict of the (leaf) optimizer that updates ``param``."""
+    for _, inner in getattr(optimizer, "optimizers", []):
+        if any(p is param for p in inner.params.values()):
+            return _owner_state(inner, param)
+    state: dict[str, Any] = optimizer.state[param]  # torch's defaultdict makes it
+    return state
 
 
 def _check_model_shapes(model: dict[str, Any], saved: dict[str, Any], path: Location) -> None:

@@ -28,6 +28,7 @@ import pickle
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import IO, Any, cast
 
 import torch
@@ -415,14 +416,28 @@ class _VerifiedFsspecReader(_VerifyingRead, FsspecReader):  # type: ignore[misc]
     pass
 
 
+def _check_regular(folder: Path, digests: FileDigests | None) -> None:
+    """CheckpointError for a file the reader would open that is no regular file (a pipe or
+    a device may never end a read): ``.metadata`` and the files ``digests`` list (the shards
+    by name, for a checkpoint without digests). What else the folder holds is not read."""
+    names = {METADATA, *(digests or {})}
+    if digests is None:
+        names |= {p.name for p in folder.glob("*.distcp")}
+    for name in sorted(names):
+        try:
+            mode = os.stat(folder / name).st_mode
+        except FileNotFoundError:
+            continue  # the reader names a missing file itself
+        if not stat.S_ISREG(mode):
+            raise CheckpointError(f"{folder / name}: not a regular file")
+
+
 def reader(loc: Location, digests: FileDigests | None) -> StorageReader:
     """DCP's storage reader for ``loc`` that checks ``digests`` (None: a checkpoint saved
     before digests were recorded) and never unpickles code."""
     out: _VerifyingRead
     if isinstance(loc, os.PathLike):
-        for entry in os.scandir(loc):  # a pipe or device may never end a read
-            if not stat.S_ISREG(os.stat(entry.path).st_mode):
-                raise CheckpointError(f"{entry.path}: not a regular file")
+        _check_regular(Path(loc), digests)
         out = _VerifiedFileSystemReader(str(loc))
     else:
         out = _VerifiedFsspecReader(loc.url)

@@ -21,6 +21,7 @@ import contextlib
 import glob
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -69,17 +70,17 @@ def _count(zero: bool = False) -> Callable[[str], int]:
 
 def _output_file(text: str) -> str:
     """An argparse type: a file this command may write at its end, checked now (a command
-    that measures for minutes must not fail at its last line): not a folder; its folder is
-    made now if missing. Returns the path with ``~`` expanded, as checked."""
+    that measures for minutes must not fail at its last line): not a folder, under a folder
+    this user may write (the nearest that exists; the writer makes the rest). Returns the
+    path with ``~`` expanded, as checked."""
     path = Path(text).expanduser()
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is a folder; name a file")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:  # a file where a folder should be, a folder not ours
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: cannot make its folder ({err.strerror or err})"
-        ) from None
+    folder = path.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text!r}: cannot write under {str(folder)!r}")
     return str(path)
 
 

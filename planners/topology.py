@@ -386,6 +386,7 @@ def load_topology(path: str | Path) -> Topology:
 
 
 def save_topology(spec: TopologySpec, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import torch.distributed as dist
@@ -26,6 +29,14 @@ def variant(cfg: JobConfig, overrides: list[str], label: str) -> JobConfig:
     raw["data"]["train_path"] = cfg.data.train_path or str(cfg.run_dir / "data" / "train")
     raw["data"]["test_path"] = cfg.data.test_path or str(cfg.run_dir / "data" / "test")
     return parse_config(raw, label)
+
+
+def write_json(path: str, value: Any) -> None:
+    """``value`` as JSON at ``path``, its folder made if missing (a benchmark's ``--json``,
+    checked as the command line was read: ``dist_train.cli._output_file``)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(value, indent=2))
 
 
 def synthetic_train_data(cfg: JobConfig, rows: int, name: str) -> str:

@@ -16,7 +16,6 @@ One run measures:
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics
@@ -30,7 +29,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 
 from dist_train import checkpoint
-from dist_train.bench import variant
+from dist_train.bench import variant, write_json
 from dist_train.config import JobConfig, load_config, parse_config
 from dist_train.driver import prepare_inputs, run_job
 from dist_train.launchers.processes import run_processes
@@ -295,5 +294,5 @@ def run_checkpoint_bench(
         )
     print("\n".join(lines), flush=True)
     if json_out:
-        Path(json_out).write_text(json.dumps(result, indent=2))
+        write_json(json_out, result)
     return result

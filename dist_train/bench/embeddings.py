@@ -8,12 +8,10 @@ do not blur throughput.
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 from typing import Any
 
-from dist_train.bench import variant
+from dist_train.bench import variant, write_json
 from dist_train.config import JobConfig
 from dist_train.data.synthetic import generate
 from dist_train.driver import run_job
@@ -68,5 +66,5 @@ def run_embedding_bench(
         )
     sys.stdout.flush()
     if json_out:
-        Path(json_out).write_text(json.dumps(rows, indent=2))
+        write_json(json_out, rows)
     return rows

@@ -18,7 +18,6 @@ over the rounds, and ours / Ray Data the median of the per-round ratios.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import statistics
@@ -32,7 +31,7 @@ import pyarrow as pa
 import ray.data
 from ray.data.collate_fn import ArrowBatchCollateFn
 
-from dist_train.bench import spread, variant
+from dist_train.bench import spread, variant, write_json
 from dist_train.config import JobConfig
 from dist_train.data.memory import reuse_freed_memory
 from dist_train.data.validation import BadInputPolicy
@@ -229,5 +228,5 @@ def run_ingest_bench(
         flush=True,
     )
     if json_out:
-        Path(json_out).write_text(json.dumps(result, indent=2))
+        write_json(json_out, result)
     return result

@@ -9,15 +9,13 @@ count asked. Rounds interleaved; medians, and ``torch / native`` per round, medi
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from dist_train.bench import seconds_per_call, spread
+from dist_train.bench import seconds_per_call, spread, write_json
 from dist_train.config import JobConfig
 from dist_train.embedding.layout import build_layout
 from dist_train.models.dot_interaction import (
@@ -104,5 +102,5 @@ def run_interaction_bench(
         )
     result = {"batch": batch, "vectors": n, "dim": d, "rows": rows}
     if json_out:
-        Path(json_out).write_text(json.dumps(result, indent=2))
+        write_json(json_out, result)
     return result

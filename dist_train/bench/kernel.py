@@ -29,10 +29,8 @@ trainer gets them (a KJT, feature-major), and ``1-feature / C`` compares the two
 from __future__ import annotations
 
 import functools
-import json
 import statistics
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -41,7 +39,7 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
 )
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from dist_train.bench import seconds_per_call
+from dist_train.bench import seconds_per_call, write_json
 from dist_train.bench.roofline import embedding_bytes
 from dist_train.data.memory import reuse_freed_memory
 from planners.calibrate import (
@@ -239,5 +237,5 @@ def run_kernel_bench(
         )
     result = {"threads": torch.get_num_threads(), "rows": rows}
     if json_out:
-        Path(json_out).write_text(json.dumps(result, indent=2))
+        write_json(json_out, result)
     return result

@@ -8,11 +8,9 @@ and prints start-up (workers requested -> first finished step) and steady-state 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
-from dist_train.bench import variant
+from dist_train.bench import variant, write_json
 from dist_train.config import JobConfig
 from dist_train.driver import prepare_inputs, run_job
 
@@ -50,5 +48,5 @@ def run_launch_bench(cfg: JobConfig, json_out: str | None = None) -> dict[str, A
         flush=True,
     )
     if json_out:
-        Path(json_out).write_text(json.dumps(result, indent=2))
+        write_json(json_out, result)
     return result

@@ -12,16 +12,14 @@ its training job would run.
 from __future__ import annotations
 
 import itertools
-import json
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import torch.distributed as dist
 
-from dist_train.bench import rank_batches, spread, synthetic_train_data, variant
+from dist_train.bench import rank_batches, spread, synthetic_train_data, variant, write_json
 from dist_train.config import JobConfig, parse_config
 from dist_train.launchers.processes import run_processes
 from dist_train.train.sharding import JobPlan, plan_job
@@ -125,7 +123,7 @@ def run_pipeline_bench(
             )
     _print(results)
     if json_out:
-        Path(json_out).write_text(json.dumps({"results": results}, indent=2))
+        write_json(json_out, {"results": results})
     return {"results": results}
 
 

@@ -21,7 +21,6 @@ a shared machine's slow spells hit all plans alike; each plan's figure is its me
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
-from dist_train.bench import rank_batches, synthetic_train_data
+from dist_train.bench import rank_batches, synthetic_train_data, write_json
 from dist_train.config import JobConfig, apply_overrides, parse_config
 from dist_train.embedding.layout import build_layout
 from dist_train.launchers.processes import run_processes
@@ -243,7 +242,7 @@ def run_planner_bench(
     if memory_only:
         result: dict[str, Any] = {"memory": run_memory_bench(cfg, data)}
         if json_out:
-            Path(json_out).write_text(json.dumps(result, indent=2))
+            write_json(json_out, result)
         return result
     result = {"versus_torchrec": [], "fidelity": []}
     if cfg.sharding.topology is None:  # measure this machine now, under this run's conditions
@@ -408,5 +407,5 @@ def run_planner_bench(
             flush=True,
         )
     if json_out:
-        Path(json_out).write_text(json.dumps(result, indent=2))
+        write_json(json_out, result)
     return result

@@ -58,13 +58,11 @@ reuse, for the peers as for ours.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import statistics
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -72,7 +70,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
-from dist_train.bench import rank_batches, spread, synthetic_train_data, variant
+from dist_train.bench import rank_batches, spread, synthetic_train_data, variant, write_json
 from dist_train.bench.openmp import PROBE_REGIONS, SLEEPING_WAITS_PER_REGION, openmp_waits
 from dist_train.bench.peers import DenseOnly, PeerExchange, PlainPyTorch, plain_parquet_batches
 from dist_train.bench.planner import MemoryMark, torchrec_job_plan
@@ -563,7 +561,7 @@ def run_train_bench(
     }
     _print(summary)
     if json_out:
-        Path(json_out).write_text(json.dumps(summary, indent=2))
+        write_json(json_out, summary)
     return summary
 
 

@@ -270,3 +270,14 @@ def test_export_and_resume_refuse_a_metadata_that_is_no_regular_file(
         (ckpt / ".metadata").symlink_to("/dev/zero")
     with pytest.raises(CheckpointError, match=r"\.metadata: not a regular file"):
         export(ckpt, tmp_path / "export")
+
+
+def test_a_folder_the_reader_never_opens_does_not_stop_an_export(
+    saved: Path, tmp_path: Path
+) -> None:
+    """Only the files the reader opens must be regular: a NAS's @eaDir or a notes/ folder
+    beside the shards stopped export and resume for a moment (b949b87)."""
+    ckpt = _copy(saved, tmp_path)
+    (ckpt / "notes").mkdir()
+    summary = export(ckpt, tmp_path / "export")
+    assert summary["tensors"] > 0
