@@ -582,8 +582,8 @@ def _add_lazy_optimizer_state(
     """Slots in ``state`` for the optimizer state ``saved`` holds that a fresh optimizer has
     not made yet: torch's Adam makes its moments and step at its first step, and DCP loads
     only the keys its target holds, so a resume dropped them and started Adam afresh beside
-    the restored weights. Only plain (unsharded) parameters: sharded tables' fused optimizers
-    make their state when built."""
+    the restored weights (the dense network's; a table's under TorchRec's dense kernel, which
+    CPU ranks run for Adam). Fused optimizers make their state when built."""
     params: dict[str, Any] = getattr(trainer.optimizer, "params", {})
     optim_state = state["optim"]["state"]
     names = sorted(params, key=len, reverse=True)  # the longest name a key starts with
@@ -593,16 +593,18 @@ def _add_lazy_optimizer_state(
             continue
         rest = fqn[len(prefix) :]
         name = next((n for n in names if rest.startswith(n + ".")), None)
-        if name is None or type(params[name]) not in (torch.Tensor, torch.nn.Parameter):
+        if name is None:
             continue
-        key = rest[len(name) + 1 :]
-        if key not in optim_state.get(name, {}):
-            slot = torch.empty(tuple(md.size), dtype=md.properties.dtype)
-            slot = slot.to(params[name].device)
-            # the optimizer's own state holds the same tensor: TorchRec's load_state_dict
-            # copies into state the optimizer already has, and refuses any it has not
-            _owner_state(trainer.optimizer, params[name])[key] = slot
-            optim_state.setdefault(name, {})[key] = slot
+        param, key = params[name], rest[len(name) + 1 :]
+        if key in optim_state.get(name, {}):
+            continue
+        if hasattr(param, "local_shards"):
+            continue  # a ShardedTensor's optimizer state is made with it
+        slot = torch.empty(tuple(md.size), dtype=md.properties.dtype).to(param.device)
+        # the optimizer's own state holds the same tensor: TorchRec's load_state_dict
+        # copies into state the optimizer already has, and refuses any it has not
+        _owner_state(trainer.optimizer, param)[key] = slot
+        optim_state.setdefault(name, {})[key] = slot
 
 
 def _owner_state(optimizer: Any, param: torch.Tensor) -> dict[str, Any]:
