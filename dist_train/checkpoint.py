@@ -547,7 +547,7 @@ def load(trainer: Trainer, path: Location) -> TrainPosition:
         problem: str | None = None
         try:
             _check_model_shapes(state["model"], saved, path)
-            _add_lazy_optimizer_state(state, saved, trainer)
+            _add_lazy_optimizer_state(state, saved, trainer, meta.get("world_size"))
             converted = _reshard_row_states(state, saved, path, digests)
             converted.update(_convert_row_states(state, saved, path, digests, position.step))
         except CheckpointError as err:
@@ -577,43 +577,59 @@ def load(trainer: Trainer, path: Location) -> TrainPosition:
 
 
 def _add_lazy_optimizer_state(
-    state: dict[str, Any], saved: dict[str, Any], trainer: Trainer
+    state: dict[str, Any], saved: dict[str, Any], trainer: Trainer, saved_world: Any
 ) -> None:
-    """Slots in ``state`` for the optimizer state ``saved`` holds that a fresh optimizer has
-    not made yet: torch's Adam makes its moments and step at its first step, and DCP loads
-    only the keys its target holds, so a resume dropped them and started Adam afresh beside
-    the restored weights (the dense network's; a table's under TorchRec's dense kernel, which
-    CPU ranks run for Adam). Fused optimizers make their state when built."""
+    """Slots for torch Adam's moments and step where the checkpoint holds them and the fresh
+    optimizer has not made them yet: torch's Adam makes them at its first step, and DCP
+    loads only the keys its target holds, so a resume started Adam afresh beside the
+    restored weights. Only an Adam whose state for the parameter is empty, only the three
+    keys Adam makes, each moment of the parameter's own shape; a table under TorchRec's dense
+    kernel (embedding Adam on CPU ranks) only from one rank to one: its moments are each
+    rank's local tensor, saved once (docs/checkpoint.md)."""
     params: dict[str, Any] = getattr(trainer.optimizer, "params", {})
-    optim_state = state["optim"]["state"]
     names = sorted(params, key=len, reverse=True)  # the longest name a key starts with
     prefix = "optim.state."
+    held: dict[str, dict[str, Any]] = {}
     for fqn, md in saved.items():
-        if not fqn.startswith(prefix) or not isinstance(md, TensorStorageMetadata):
+        if fqn.startswith(prefix) and isinstance(md, TensorStorageMetadata):
+            rest = fqn[len(prefix) :]
+            name = next((n for n in names if rest.startswith(n + ".")), None)
+            if name is not None:
+                held.setdefault(name, {})[rest[len(name) + 1 :]] = md
+    one_rank = dist.get_world_size() == 1 and saved_world == 1
+    for name, keys in held.items():
+        param = params[name]
+        owner = _owner(trainer.optimizer, param)
+        if (
+            not isinstance(owner, torch.optim.Adam)
+            or owner.state.get(param)
+            or set(keys) != {"step", "exp_avg", "exp_avg_sq"}
+            or hasattr(param, "local_shards")
+            or (name.startswith("sparse_arch.") and not one_rank)
+            or any(tuple(keys[k].size) != tuple(param.size()) for k in ("exp_avg", "exp_avg_sq"))
+        ):
             continue
-        rest = fqn[len(prefix) :]
-        name = next((n for n in names if rest.startswith(n + ".")), None)
-        if name is None:
-            continue
-        param, key = params[name], rest[len(name) + 1 :]
-        if key in optim_state.get(name, {}):
-            continue
-        if hasattr(param, "local_shards"):
-            continue  # a ShardedTensor's optimizer state is made with it
-        slot = torch.empty(tuple(md.size), dtype=md.properties.dtype).to(param.device)
-        # the optimizer's own state holds the same tensor: TorchRec's load_state_dict
+        group = next(g for g in owner.param_groups if any(p is param for p in g["params"]))
+        on_device = group.get("fused") or group.get("capturable")  # where torch keeps step
+        slots = {
+            "step": torch.zeros((), dtype=keys["step"].properties.dtype).to(
+                param.device if on_device else "cpu"
+            ),
+            "exp_avg": torch.zeros_like(param, dtype=keys["exp_avg"].properties.dtype),
+            "exp_avg_sq": torch.zeros_like(param, dtype=keys["exp_avg_sq"].properties.dtype),
+        }
+        # the optimizer's own state holds the same tensors: TorchRec's load_state_dict
         # copies into state the optimizer already has, and refuses any it has not
-        _owner_state(trainer.optimizer, param)[key] = slot
-        optim_state.setdefault(name, {})[key] = slot
+        owner.state[param].update(slots)
+        state["optim"]["state"].setdefault(name, {}).update(slots)
 
 
-def _owner_state(optimizer: Any, param: torch.Tensor) -> dict[str, Any]:
-    """The per-parameter state dict of the (leaf) optimizer that updates ``param``."""
+def _owner(optimizer: Any, param: torch.Tensor) -> Any:
+    """The (leaf) optimizer that updates ``param``: TorchRec's wrappers hold torch's."""
     for _, inner in getattr(optimizer, "optimizers", []):
         if any(p is param for p in inner.params.values()):
-            return _owner_state(inner, param)
-    state: dict[str, Any] = optimizer.state[param]  # torch's defaultdict makes it
-    return state
+            return _owner(inner, param)
+    return getattr(optimizer, "_optimizer", optimizer)
 
 
 def _check_model_shapes(model: dict[str, Any], saved: dict[str, Any], path: Location) -> None:

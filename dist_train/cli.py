@@ -76,8 +76,10 @@ def _output_file(text: str) -> str:
     path = Path(text).expanduser()
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is a folder; name a file")
+    if path.is_symlink() and not path.exists():
+        raise argparse.ArgumentTypeError(f"{text!r} is a link to nothing; name a file")
     folder = path.absolute().parent
-    while not folder.exists():
+    while not os.path.lexists(folder):  # a dangling link is no folder to write under
         folder = folder.parent
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"{text!r}: cannot write under {str(folder)!r}")

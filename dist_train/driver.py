@@ -147,7 +147,7 @@ def plan_on_driver(cfg: JobConfig, device_type: str = "cpu") -> JobPlan:
             LOG.warning(
                 "embedding.optimizer.type=adam on CPU ranks: TorchRec's dense kernel keeps a "
                 "sharded table's Adam moments as each rank's local tensor, which a checkpoint "
-                "saves once, as rank 0's; a resume gives every rank rank 0's moments. Use "
+                "saves as one rank's; a resume starts the tables' Adam moments afresh. Use "
                 "rowwise_adagrad where runs resume, or one rank"
             )
     LOG.info(
