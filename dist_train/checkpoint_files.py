@@ -100,7 +100,7 @@ def file_digest(loc: Location, limit: int | None = None) -> dict[str, Any]:
     """What ``meta.json`` records of one file, read in blocks (``dist-train validate``);
     past ``limit`` bytes (the size recorded) it stops, its size then past the limit."""
     hasher = FileHasher()
-    with _open(loc) as f:
+    with open_file(loc) as f:
         while block := f.read(_BLOCK):
             hasher.update(block)
             if limit is not None and hasher.size > limit:
@@ -108,11 +108,18 @@ def file_digest(loc: Location, limit: int | None = None) -> dict[str, Any]:
     return hasher.entry()
 
 
+def refuse_irregular(path: str | os.PathLike[str]) -> None:
+    """CheckpointError for a local checkpoint file that is no regular file: a device or a
+    pipe may never end a read."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise CheckpointError(f"{path}: not a regular file")
+
+
 @contextmanager
-def _open(loc: Location) -> Iterator[IO[bytes]]:
+def open_file(loc: Location) -> Iterator[IO[bytes]]:
+    """A checkpoint file, local (regular files only) or at a URL, for reading bytes."""
     if isinstance(loc, os.PathLike):
-        if not stat.S_ISREG(os.stat(loc).st_mode):  # a device or pipe may never end
-            raise CheckpointError(f"{loc}: not a regular file")
+        refuse_irregular(loc)
         with open(loc, "rb") as f:
             yield f
     else:
@@ -425,11 +432,9 @@ def _check_regular(folder: Path, digests: FileDigests | None) -> None:
         names |= {p.name for p in folder.glob("*.distcp")}
     for name in sorted(names):
         try:
-            mode = os.stat(folder / name).st_mode
+            refuse_irregular(folder / name)
         except FileNotFoundError:
             continue  # the reader names a missing file itself
-        if not stat.S_ISREG(mode):
-            raise CheckpointError(f"{folder / name}: not a regular file")
 
 
 def reader(loc: Location, digests: FileDigests | None) -> StorageReader:

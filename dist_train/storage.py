@@ -137,16 +137,6 @@ def write_atomically(loc: Location, text: str) -> None:
         loc.fs.mv(staged.path, loc.path)
 
 
-def read_head(loc: Location, limit: int) -> bytes:
-    """At most ``limit`` bytes from the start of file ``loc`` (a link to an endless file,
-    such as ``/dev/zero``, ends there)."""
-    if isinstance(loc, Path):
-        with loc.open("rb") as f:
-            return f.read(limit)
-    with loc.fs.open(loc.path, "rb") as f:
-        return bytes(f.read(limit))
-
-
 def _sync_directory(path: Path) -> None:
     """Make a rename in ``path`` durable: a commit marker, and the directory it marks, must
     survive a power loss before older checkpoints are deleted."""
