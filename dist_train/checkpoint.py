@@ -360,16 +360,49 @@ def _attempt(action: Callable[[], None]) -> str | None:
     return None
 
 
+def non_finite(state: Any, key: str = "") -> str | None:
+    """The key of the first floating-point tensor in ``state`` holding NaN or inf (of a
+    sharded tensor, this rank's shards), or None."""
+    if isinstance(state, dict):
+        for k, v in state.items():
+            found = non_finite(v, f"{key}.{k}" if key else str(k))
+            if found:
+                return found
+        return None
+    if isinstance(state, list | tuple):
+        return next((f for i, v in enumerate(state) if (f := non_finite(v, f"{key}.{i}"))), None)
+    if not isinstance(state, torch.Tensor):
+        return None
+    if hasattr(state, "local_shards"):  # ShardedTensor
+        parts = [shard.tensor for shard in state.local_shards()]
+    elif hasattr(state, "to_local"):  # DTensor: its own ops would be collectives
+        parts = [state.to_local()]
+    else:
+        parts = [state]
+    for t in parts:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return key
+    return None
+
+
 @dataclass
 class _Save:
-    """One save: what it writes, and (once done) where it landed or why it failed."""
+    """One save: what it writes, and (once done) where it landed or why it failed.
+
+    A held save writes its shards, then waits for :meth:`CheckpointSaver.release` before its
+    commit: the training loop lets it commit once the next step's loss, computed from the
+    saved weights, is finite."""
 
     state: dict[str, Any]
     position: TrainPosition
     rng: str
+    held: bool = False
     path: Location | None = None
     error: CheckpointError | None = None
     thread: threading.Thread | None = None
+    written: list[Any] | None = None  # every rank's (file digests, RNG state), once written
+    verdict: str | None = None  # why a held save must not commit (None: it may)
+    released: threading.Event = field(default_factory=threading.Event)
 
 
 class CheckpointSaver:
@@ -381,6 +414,9 @@ class CheckpointSaver:
     the one in flight and raises its error. ``background=False`` does all of it inline.
     ``before_commit`` runs on every rank once its shards are written, and ``drill`` may wrap
     a save's storage (fault drills, :mod:`dist_train.train.faults`).
+
+    No save commits a state holding NaN or inf. A save made with ``hold=True`` commits only
+    once :meth:`release` lets it (inline, without a background thread).
     """
 
     def __init__(
@@ -406,45 +442,74 @@ class CheckpointSaver:
         self.last_step = -1  # the step of the newest save started
         self.last_path: Location | None = None  # the newest save committed
 
-    def save(self, position: TrainPosition) -> None:
-        """Checkpoint ``position`` (the state as it is now)."""
+    def save(self, position: TrainPosition, hold: bool = False) -> None:
+        """Checkpoint ``position`` (the state as it is now); with ``hold``, its commit waits
+        for :meth:`release`."""
         self.wait()
         state = _state(self.trainer)
         if self.background:
             if self._staging is None:  # reused: the layout is the same at every save
                 self._staging = _create_cpu_state_dict(state)
             state = _copy_state_dict(state, self._staging)
-        job = _Save(state, position, _rng_state())
+        job = _Save(state, position, _rng_state(), held=hold)
         self.last_step = position.step
-        if not self.background:
-            self._run(job)
-            self._raise(job)
-            return
-        job.thread = threading.Thread(
-            target=self._run, args=(job,), name=f"checkpoint-{position.step}", daemon=True
-        )
         self._pending = job
-        job.thread.start()
+        if self.background:
+            job.thread = threading.Thread(
+                target=self._run, args=(job,), name=f"checkpoint-{position.step}", daemon=True
+            )
+            job.thread.start()
+        elif not hold:
+            self._run(job)
+            self.wait()
+        else:
+            self._stage(job, self._write)  # the commit waits for release()
+            if job.error is not None:
+                self._pending = None
+                raise job.error
+
+    def release(self, problem: str | None = None) -> None:
+        """Let the held save in flight commit, or, given a ``problem``, fail with it (its
+        files removed); nothing if no save is held."""
+        job = self._pending
+        if job is None or not job.held or job.released.is_set():
+            return
+        job.verdict = problem
+        job.released.set()
+        if not self.background:
+            self._stage(job, self._commit)
+            self.wait()
 
     def wait(self) -> Location | None:
-        """Wait for the save in flight; its committed path (None if none was in flight)."""
-        job, self._pending = self._pending, None
+        """Wait for the save in flight; its committed path (None if none was in flight). A
+        held save must be released first."""
+        job = self._pending
         if job is None:
             return None
-        assert job.thread is not None
-        job.thread.join()
-        return self._raise(job)
-
-    @staticmethod
-    def _raise(job: _Save) -> Location | None:
+        if job.held and not job.released.is_set():  # a wait for it would never end
+            raise RuntimeError(f"checkpoint step {job.position.step} waits for release()")
+        self._pending = None
+        if job.thread is not None:
+            job.thread.join()
         if job.error is not None:
             raise job.error
         return job.path
 
     def _run(self, job: _Save) -> None:
+        """The whole save: write, wait for the release of a held one, commit."""
+        self._stage(job, self._write)
+        if job.error is None and job.held:
+            job.released.wait()
+        self._stage(job, self._commit)
+
+    def _stage(self, job: _Save, stage: Callable[[_Save], None]) -> None:
+        """Run one stage of ``job`` (unless an earlier one failed), its error kept in
+        ``job.error`` on every rank, its files removed on failure."""
+        if job.error is not None:
+            return
         step = job.position.step
         try:
-            job.path = self._write(job)
+            stage(job)
         except CheckpointError as err:
             job.error = CheckpointError(
                 f"checkpoint step {step} was not saved ({err}); the checkpoints already "
@@ -462,11 +527,16 @@ class CheckpointSaver:
             if self.on_commit is not None:
                 self.on_commit(job.path, job.position)
 
-    def _write(self, job: _Save) -> Location:
+    def _write(self, job: _Save) -> None:
+        """Every rank's shards into the step's partial directory; their digests gathered."""
         group, step = self.group, job.position.step
         rank = dist.get_rank(group)
-        final = self.root / f"{PREFIX}{step:08d}"
         partial = self.root / f"{PARTIAL_PREFIX}{step:08d}"
+        # A diverged state saved would be resumed into the same divergence.
+        bad = non_finite(job.state)
+        agree(
+            f"rank {rank}: {bad} holds NaN or inf values: training diverged" if bad else None, group
+        )
 
         def prepare() -> None:
             storage.rmtree(partial)
@@ -486,15 +556,25 @@ class CheckpointSaver:
             self.before_commit(step)
         gathered: list[Any] = [None] * dist.get_world_size(group)
         dist.all_gather_object(gathered, (log.digests, job.rng), group=group)
+        job.written = gathered
+
+    def _commit(self, job: _Save) -> None:
+        """Every rank agrees to commit (a held save: its release), then rank 0 commits."""
+        group, step = self.group, job.position.step
+        rank = dist.get_rank(group)
+        agree(f"rank {rank}: {job.verdict}" if job.verdict else None, group)
+        assert job.written is not None
+        final = self.root / f"{PREFIX}{step:08d}"
+        partial = self.root / f"{PARTIAL_PREFIX}{step:08d}"
 
         def commit() -> None:
             files: FileDigests = {}
-            for rank_digests, _ in gathered:
+            for rank_digests, _ in job.written or []:
                 files.update(rank_digests)
             meta = {
                 "position": asdict(job.position),
-                "world_size": len(gathered),
-                "torch_rng_states": [rng for _, rng in gathered],  # per rank
+                "world_size": len(job.written or []),
+                "torch_rng_states": [rng for _, rng in job.written or []],  # per rank
                 **self.extra,
                 "files": dict(sorted(files.items())),
             }
@@ -518,7 +598,7 @@ class CheckpointSaver:
                 storage.rmtree(old)
 
         agree(_attempt(commit) if rank == 0 else None, group)
-        return final
+        job.path = final
 
 
 def load(trainer: Trainer, path: Location) -> TrainPosition:

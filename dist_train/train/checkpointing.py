@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -303,9 +304,18 @@ class Checkpoints:
         every = self.cfg.checkpoint.every_steps
         return every is not None and step % every == 0
 
-    def save(self, position: TrainPosition) -> None:
+    def save(self, position: TrainPosition, hold: bool = True) -> None:
+        """Save ``position``; it commits once :meth:`step_done` vouches for its weights
+        (unless not ``hold``)."""
         self.trainer.sync_replicas()  # 2D: the replicas agree on what is saved
-        self.saver.save(_with_every_ranks_counts(position))
+        self.saver.save(_with_every_ranks_counts(position), hold=hold)
+
+    def step_done(self, loss: float) -> None:
+        """The step after a save trained on the saved weights: the save commits if the
+        step's ``loss`` is finite and is dropped if not (its weights had diverged, and a
+        resume would diverge again at once)."""
+        diverged = None if math.isfinite(loss) else f"the next step's loss was {loss}"
+        self.saver.release(diverged)
 
     def wait(self) -> None:
         """Wait for the save in flight (raising its error)."""
@@ -314,8 +324,9 @@ class Checkpoints:
     def finish(self, position: TrainPosition) -> Location | None:
         """Save ``position`` if the job saves at the end and it is not saved yet; wait for
         the last save; the newest committed checkpoint."""
+        self.saver.release()  # no step follows it (its tensors were checked finite)
         if self.cfg.checkpoint.save_at_end and position.step != self.saver.last_step:
-            self.save(position)
+            self.save(position, hold=False)
         self.saver.wait()
         return self.saver.last_path
 

@@ -56,7 +56,8 @@ class TrainingDiverged(RuntimeError):
         return cls(
             f"step {step}: the training loss is {loss} on rank {rank}; training stopped and "
             "saved no checkpoint of this step or later. Lower train.dense_learning_rate or "
-            "embedding.learning_rate, or look for huge values in the data's dense columns"
+            "embedding.optimizer.learning_rate, or look for huge values in the data's dense "
+            "columns"
         )
 
 
@@ -147,6 +148,7 @@ def run_worker(
     for epoch in epochs:
         progress.epoch_started()
         for batch, loss in epoch.trained(trainer.train_steps):
+            checkpoints.step_done(loss)  # the save before it commits if the loss is finite
             if not math.isfinite(loss):  # the other ranks stop when this one ends
                 raise TrainingDiverged.at(epochs.step, loss, rank)
             progress.step_done(loss)

@@ -81,12 +81,16 @@ def test_a_resumed_run_counts_each_bad_row_once(
     assert resumed["bad_input"] == whole["bad_input"]
 
 
-def test_a_diverged_loss_stops_the_run_before_any_checkpoint_of_it(
+def test_a_diverged_run_stops_and_its_newest_checkpoint_resumes_finite(
     small_cfg: JobConfig, small_data: GeneratedData, tmp_path: Path
 ) -> None:
-    """A learning rate that sends the loss to inf or NaN: the run fails naming the step,
-    and every committed checkpoint is of a step before it (before, training ran on to the
-    end, saved NaN weights over the good checkpoints and exited 0)."""
+    """A learning rate that sends the training to inf or NaN: the run fails naming the step
+    (a loss that is not finite, or a save of a state that is not), and every committed
+    checkpoint is of a step before it (before, training ran on to the end, saved NaN weights
+    over the good checkpoints and exited 0). The newest checkpoint resumes to a finite loss:
+    a save commits only once the next step's loss, computed from its weights, is finite
+    (before, the newest held the weights that diverged, and a resume diverged again at
+    once)."""
     raw = apply_overrides(
         _with(small_cfg, small_data.train_dir, small_data.test_dir, "error").model_dump(
             mode="json"
@@ -98,13 +102,24 @@ def test_a_diverged_loss_stops_the_run_before_any_checkpoint_of_it(
             "train.epochs=4",
             "checkpoint.every_steps=1",
             "checkpoint.num_to_keep=100",
+            "checkpoint.background=false",  # each save written before the next step
         ],
     )
-    with pytest.raises(
-        RankError, match=r"TrainingDiverged: step (\d+): the training loss is (nan|inf)"
-    ) as err:
+    diverged = (
+        r"TrainingDiverged: step (\d+): the training loss is (nan|inf)"
+        r"|checkpoint step (\d+) was not saved \(rank \d: \S+ holds NaN or inf values"
+    )
+    with pytest.raises(RankError, match=diverged) as err:
         run_job(parse_config(raw))
-    step = int(re.search(r"step (\d+):", str(err.value)).group(1))  # type: ignore[union-attr]
+    step = int(re.search(r"step (\d+)", str(err.value)).group(1))  # type: ignore[union-attr]
     saved = sorted((Path(raw["output_dir"]) / "default" / "checkpoints").glob("step-*"))
     assert saved, "the steps before the divergence were checkpointed"
-    assert all(int(p.name.removeprefix("step-")) < step for p in saved)
+    newest = max(int(p.name.removeprefix("step-")) for p in saved)
+    assert newest < step
+    resumed = [
+        "checkpoint.resume=latest",
+        f"train.max_steps={newest + 1}",
+        "checkpoint.every_steps=100",
+        "checkpoint.save_at_end=false",
+    ]
+    assert run_job(parse_config(apply_overrides(raw, resumed)))["steps"] == newest + 1

@@ -365,3 +365,47 @@ def test_a_commit_marker_at_a_url_is_written_beside_then_moved_in(tmp_path: Path
     assert [Path(b).name for _, b in moves] == [META] and moves[0][0].endswith(".tmp")
     assert sorted(p.name for p in (tmp_path / "step-00000008").iterdir()) == [META]
     assert json.loads((tmp_path / "step-00000008" / META).read_text()) == {"a": 1}
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_state_holding_nan_is_never_committed(
+    one_rank: None, tmp_path: Path, background: bool
+) -> None:
+    """Weights that diverged to NaN or inf would resume into the same divergence: the save
+    fails naming the tensor, and the checkpoints committed before stay."""
+    root = tmp_path / "checkpoints"
+    trainer = _Trainer(0)
+    saver = CheckpointSaver(trainer, root, num_to_keep=5, background=background)
+    saver.save(TrainPosition(step=1))
+    saver.wait()
+    with torch.no_grad():
+        trainer.model.bias[1] = float("inf")
+    with pytest.raises(CheckpointError, match=r"step 2 was not saved \(rank 0: model\.bias holds"):
+        saver.save(TrainPosition(step=2))
+        saver.wait()
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000001"]
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_held_save_commits_only_once_released(
+    one_rank: None, tmp_path: Path, background: bool
+) -> None:
+    """The loop holds each save's commit until the next step's loss, computed from the saved
+    weights, is finite: released, it commits; released with a problem, it is dropped."""
+    root = tmp_path / "checkpoints"
+    saver = CheckpointSaver(_Trainer(0), root, num_to_keep=5, background=background)
+    saver.save(TrainPosition(step=2), hold=True)
+    for wait in (saver.wait, lambda: saver.save(TrainPosition(step=3))):
+        with pytest.raises(RuntimeError, match="step 2 waits for release"):
+            wait()  # a forgotten release: refused, not a hang
+    assert committed(root) == []
+    saver.release()
+    saver.wait()
+    assert saver.last_path == root / "step-00000002"
+    saver.save(TrainPosition(step=3), hold=True)
+    with pytest.raises(CheckpointError, match=r"step 3 was not saved \(rank 0: the next step's"):
+        saver.release("the next step's loss was nan")  # inline saves raise here
+        saver.wait()
+    assert [p.name for p in committed(root)] == ["step-00000002"]
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000002"]
+    saver.release()  # nothing held: nothing to do
