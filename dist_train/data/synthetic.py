@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dist_train.config import SyntheticDataConfig
+from dist_train.data.output_folder import clear_splits
 from dist_train.embedding.hashing import make_salt, salted_hash
 
 SPEC_FILE = "dataset.json"
@@ -189,21 +190,20 @@ def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = Tru
                 f"{out}: its files are missing, cut or of other row groups: generating again",
                 file=sys.stderr,
             )
+    clear_splits(out, [result.train_dir, result.test_dir], owned=spec_path.is_file())
+    # the record that the folder is the generator's, written first: a run cut short leaves
+    # it, so the next run may replace the files; complete, it lists the spec (below)
+    spec_path.write_text(json.dumps({"format": _FORMAT, "complete": False}))
     start = time.perf_counter()
     if progress:
         total = cfg.num_train_rows + cfg.num_test_rows
         print(f"generating {total:,} synthetic rows into {out}", file=sys.stderr, flush=True)
-    spec_path.unlink(missing_ok=True)
     rng = np.random.default_rng(cfg.seed)
     columns = [
         _Column(f"C{i + 1}", c, cfg.zipf_exponent, rng)
         for i, c in enumerate(cfg.column_cardinalities())
     ]
     dense_w = rng.normal(0.0, 0.3, cfg.num_dense)
-    for split in (result.train_dir, result.test_dir):
-        split.mkdir(parents=True, exist_ok=True)
-        for old in split.glob("*.parquet"):
-            old.unlink()
     per_file = -(-cfg.num_train_rows // cfg.num_train_files)
     for i in range(cfg.num_train_files):
         n = min(per_file, cfg.num_train_rows - i * per_file)

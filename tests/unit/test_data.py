@@ -190,3 +190,29 @@ def test_a_dataset_of_other_row_groups_is_generated_again(tmp_path: Path) -> Non
     generate(synth, tmp_path, progress=False)
     meta = pq.ParquetFile(part).metadata
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [1000] * 3
+
+
+def test_the_generator_replaces_its_own_files_and_never_a_users(tmp_path: Path) -> None:
+    """`gen-data --out D` deleted every Parquet file at the top of D/train and D/test, a
+    user's included, and wrote beside nested ones, which the reader then trained on too."""
+    from dist_train.data.reader import DataSourceError
+
+    synth = SyntheticDataConfig(num_train_rows=2000, num_test_rows=1024, rows_per_group=1000)
+    users = tmp_path / "users"
+    (users / "train" / "2024").mkdir(parents=True)
+    mine = users / "train" / "my_precious.parquet"
+    nested = users / "train" / "2024" / "part-0.parquet"  # the generator's name, not its file
+    for f in (mine, nested):
+        pq.write_table(pa.table({"x": [1]}), f)
+    with pytest.raises(DataSourceError, match=r"2024/part-0.parquet: .* 2 Parquet file\(s\)"):
+        generate(synth, users, progress=False)
+    assert mine.is_file() and nested.is_file()
+    assert sorted(p.name for p in users.iterdir()) == ["train"]  # nothing written
+
+    ours = generate(synth, tmp_path / "ours", progress=False)
+    bigger = synth.model_copy(update={"num_train_rows": 3000})
+    generate(bigger, tmp_path / "ours", progress=False)  # its own files: replaced
+    assert sum(pq.ParquetFile(f).metadata.num_rows for f in ours.train_dir.glob("*")) == 3000
+    (ours.train_dir / "extra.parquet").write_bytes(mine.read_bytes())
+    with pytest.raises(DataSourceError, match=r"extra.parquet: .* other than the ones it wrote"):
+        generate(synth, tmp_path / "ours", progress=False)

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -200,3 +201,19 @@ def test_a_record_without_its_dataset_is_not_taken_for_another_dataset(tmp_path:
     with pytest.raises(ConfigError, match="trained under another job config"):
         run_sweep("synthetic", tmp_path, overrides=small, budgets=(1.0,))
     assert _results(log)[0]["name"] == "unified-b1-s0"
+
+
+def test_adult_replaces_its_own_files_and_never_a_users(tmp_path: Path) -> None:
+    """`convert adult --out D` deleted a user's Parquet files in D/train and D/test."""
+    from dist_train.data.reader import DataSourceError
+
+    (tmp_path / "test").mkdir()
+    mine = tmp_path / "test" / "my_holdout.parquet"
+    pq.write_table(pa.table({"x": [1]}), mine)
+    with pytest.raises(DataSourceError, match=r"my_holdout.parquet: .* did not write"):
+        convert_adult(tmp_path)
+    assert mine.is_file()
+    mine.unlink()
+    convert_adult(tmp_path)
+    convert_adult(tmp_path, seed=1)  # its own files: replaced
+    assert len(list(tmp_path.rglob("*.parquet"))) == 2

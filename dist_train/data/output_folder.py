@@ -1,0 +1,35 @@
+"""The folders a data command writes its splits into (``gen-data``, ``convert adult``): it
+replaces the files it wrote there before, and refuses to delete, or write beside, a user's."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from dist_train.data.reader import DataSourceError
+
+OWN_FILE = re.compile(r"part-\d+\.parquet")
+"""The names a data command gives its files, at the top of each split's folder."""
+
+
+def clear_splits(out: Path, splits: Sequence[Path], owned: bool) -> None:
+    """Create ``splits`` (folders under ``out``) and delete the Parquet files an earlier run
+    of the command wrote there (``owned``: ``out`` holds its record). Before deleting
+    anything, refuse if they hold any other Parquet file: the reader would train on it
+    beside the new files, or it is a user's."""
+    found = [f for s in splits if s.is_dir() for f in sorted(s.rglob("*.parquet"))]
+    foreign = [
+        f for f in found if not (owned and f.parent in splits and OWN_FILE.fullmatch(f.name))
+    ]
+    if foreign:
+        whose = "other than the ones it wrote" if owned else "that this command did not write"
+        raise DataSourceError(
+            f"{foreign[0]}: {out} holds {len(foreign)} Parquet file(s) {whose}; writing there "
+            "would delete them or train on them beside the new data. Give an empty or new "
+            "folder; nothing was changed"
+        )
+    for split in splits:
+        split.mkdir(parents=True, exist_ok=True)
+    for f in found:
+        f.unlink()
