@@ -9,7 +9,9 @@ null lists give an empty bag for that example, null list elements are dropped.
 
 from __future__ import annotations
 
+import collections
 import copy
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -131,19 +133,17 @@ def categorical_ids(column: pa.Array, name: str) -> FeatureIds:
     return DecodedIds(np.ones(n, dtype=np.int64), _fingerprints(column, name))
 
 
-def _uncounted_until_first(
-    batches: Iterator[tuple[Rows, str]], policy: BadInputPolicy
+def _skipped_uncounted(
+    batches: Iterator[tuple[Rows, str]], skip: int, policy: BadInputPolicy
 ) -> Iterator[tuple[Rows, str]]:
-    """``batches`` of a resumed stream: the rows re-read to reach its first batch were
-    trained, and their bad rows counted, before the checkpoint."""
+    """``batches`` after the first ``skip``, for a resumed stream: the rows read for those
+    were trained, and their bad rows counted, before the checkpoint; rows read after them
+    count (a checkpoint counts the rows read for its trained batches, no more)."""
     policy.counting = False
     try:
-        first = next(batches, None)
+        collections.deque(itertools.islice(batches, skip), maxlen=0)
     finally:
         policy.counting = True
-    if first is None:
-        return
-    yield first
     yield from batches
 
 
@@ -340,10 +340,8 @@ class BatchBuilder:
             (self.decode(table, source), source)
             for table, source in row_group_tables(groups, self.columns, checks, strings)
         )
-        batches = stream_batches(
-            decoded, batch_size, drop_last, shuffle_rows, shuffle_seed, start_batch
-        )
-        return _uncounted_until_first(batches, checks) if start_batch else batches
+        batches = stream_batches(decoded, batch_size, drop_last, shuffle_rows, shuffle_seed)
+        return _skipped_uncounted(batches, start_batch, checks) if start_batch else batches
 
     def build(self, batch: pa.RecordBatch | pa.Table, source: str = "batch") -> Batch:
         """A :class:`Batch` of an arrow table, its rows checked (see the class docstring),

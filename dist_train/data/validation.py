@@ -50,6 +50,9 @@ class BadInputCounts:
     def add_rows(self, reason: str, n: int) -> None:
         self.rows[reason] = self.rows.get(reason, 0) + n
 
+    def copy(self) -> BadInputCounts:
+        return BadInputCounts(self.files, self.row_groups, dict(self.rows))
+
     def merge(self, other: BadInputCounts) -> BadInputCounts:
         out = BadInputCounts(self.files + other.files, self.row_groups + other.row_groups)
         for counts in (self.rows, other.rows):

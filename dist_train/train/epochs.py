@@ -9,6 +9,7 @@ batches while every rank still has one, and counts the trained ones.
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -21,7 +22,7 @@ from dist_train.data.batch import Batch, BatchBuilder
 from dist_train.data.epoch_plan import EpochPlan
 from dist_train.data.reader import RowGroup, assign_row_groups, batches, steps_per_epoch
 from dist_train.data.rows import Rows
-from dist_train.data.validation import BadInputPolicy
+from dist_train.data.validation import BadInputCounts, BadInputPolicy
 
 T = TypeVar("T")
 
@@ -87,15 +88,32 @@ def rank_rows(
         )
 
 
+def with_counts(
+    rows: Iterator[tuple[Rows, str]], policy: BadInputPolicy, counts: deque[BadInputCounts]
+) -> Iterator[tuple[Rows, str]]:
+    """``rows``, each batch's bad-input counts so far appended to ``counts`` as it is read:
+    the rows read for it and before it, not the rows a prefetch reads ahead of training."""
+    for item in rows:
+        counts.append(policy.counts.copy())
+        yield item
+
+
 class Epoch:
     """One epoch on this rank: its ``plan`` and the batches ``done`` in it (resumed ones
-    too); :meth:`trained` trains the rest, each a global step."""
+    too); :meth:`trained` trains the rest, each a global step. ``counts`` holds the bad-input
+    counts of its batches read and not yet trained, in order."""
 
     def __init__(
-        self, epochs: Epochs, index: int, plan: EpochPlan, done: int, stream: Iterator[Batch]
+        self,
+        epochs: Epochs,
+        index: int,
+        plan: EpochPlan,
+        done: int,
+        stream: Iterator[Batch],
+        counts: deque[BadInputCounts],
     ):
         self.epochs, self.index, self.plan, self.done = epochs, index, plan, done
-        self._stream = stream
+        self._stream, self._counts = stream, counts
         self._exhausted = False
 
     def batches(self) -> Iterator[Batch]:
@@ -111,6 +129,7 @@ class Epoch:
         for batch, loss in train(self.batches()):
             self.done += 1
             self.epochs.step += 1
+            self.epochs.bad_input = self._counts.popleft()
             yield batch, loss
         self._exhausted = True
 
@@ -134,12 +153,14 @@ class Epoch:
         finished = self.done >= self.plan.steps or (self._exhausted and not self.stopped_early)
         epoch, done = (self.index + 1, 0) if finished else (self.index, self.done)
         plan = self.plan.as_json() if done else None
-        return _position(self.epochs.step, epoch, done, self.epochs.policy, plan)
+        return _position(self.epochs.step, epoch, done, self.epochs.bad_input, plan)
 
 
 class Epochs:
     """This rank's epochs from ``start`` on; ``step`` is the global step (batches every rank
-    trained, over all epochs and attempts), limited by ``train.max_steps``."""
+    trained, over all epochs and attempts), limited by ``train.max_steps``; ``bad_input``
+    counts what ``policy`` dropped of the rows read for the trained batches (the same in a
+    run resumed from any checkpoint: rows read ahead of training are not yet counted)."""
 
     def __init__(
         self,
@@ -156,6 +177,7 @@ class Epochs:
         self.ranks = ranks
         self.pin_memory = pin_memory  # pinned by the prefetch thread, for GPU ranks
         self.start, self.step = start, start.step
+        self.bad_input = policy.counts.copy()  # a resumed run's: its checkpoint's
         self.current: Epoch | None = None
 
     def __iter__(self) -> Iterator[Epoch]:
@@ -175,14 +197,15 @@ class Epochs:
             rows = rank_rows(
                 self.builder, self.groups, self.cfg, index, plan, rank, skip, self.policy
             )
+            counts: deque[BadInputCounts] = deque()
             stream = batches(
-                rows,
+                with_counts(rows, self.policy, counts),
                 num_steps,
                 self._to_batch,
                 tc.prefetch_batches,
                 niceness=tc.prefetch_niceness,
             )
-            self.current = Epoch(self, index, plan, skip, stream)
+            self.current = Epoch(self, index, plan, skip, stream, counts)
             yield self.current
             if self.current.stopped_early:
                 return
@@ -197,12 +220,11 @@ class Epochs:
         if self.current is not None:
             return self.current.position()
         start = self.start
-        return _position(self.step, start.epoch, start.batches, self.policy, start.plan)
+        return _position(self.step, start.epoch, start.batches, self.bad_input, start.plan)
 
 
 def _position(
-    step: int, epoch: int, batches: int, policy: BadInputPolicy, plan: dict[str, Any] | None
+    step: int, epoch: int, batches: int, counts: BadInputCounts, plan: dict[str, Any] | None
 ) -> TrainPosition:
-    """A checkpoint's position, with the bad-input counts so far."""
-    counts = policy.counts
+    """A checkpoint's position, with the bad-input counts of its trained batches."""
     return TrainPosition(step, epoch, batches, dict(counts.rows), counts.row_groups, plan)

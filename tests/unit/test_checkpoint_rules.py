@@ -409,3 +409,68 @@ def test_a_held_save_commits_only_once_released(
     assert [p.name for p in committed(root)] == ["step-00000002"]
     assert sorted(p.name for p in root.iterdir()) == ["step-00000002"]
     saver.release()  # nothing held: nothing to do
+
+
+def test_a_checkpoint_counts_the_bad_rows_of_its_trained_batches(one_rank: None, tmp_path: Path) -> None:
+    """A checkpoint counts the bad rows read for its trained batches, not those the input
+    read ahead of training: a review's resumed run reported 20 skipped rows against 16
+    uninterrupted (the rows read ahead were counted in the checkpoint and again on resume),
+    and the rows a resumed stream read for its first batch were not counted at all."""
+    import itertools
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dist_train.embedding.layout import build_layout
+    from dist_train.train.trainer import make_batch_builder
+
+    rows, per_group = 40, 5  # one id out of range in each row group
+    ids = [99 if i % per_group == 0 else 1 for i in range(rows)]
+    table = pa.table(
+        {
+            "label": pa.array([i % 2 for i in range(rows)], pa.int64()),
+            "I1": pa.array([float(i) for i in range(rows)]),
+            "C1": pa.array(ids, pa.int64()),
+            "C2": pa.array([i % 10 for i in range(rows)], pa.int64()),
+        }
+    )
+    pq.write_table(table, tmp_path / "a.parquet", row_group_size=per_group)
+    cfg = load_config(
+        "launch/configs/tiny.yaml",
+        [
+            "data.dense_columns=[I1]",
+            "features=[{name: C1, cardinality: 10}, {name: C2, cardinality: 10}]",
+            "embedding.num_rows=64",
+            "embedding.num_tables=1",
+            "data.synthetic.string_columns=[]",
+            "data.on_bad_input=skip",
+            "train.batch_size=4",
+            "train.prefetch_batches=0",
+            "data.shuffle_buffer_rows=0",
+        ],
+    )
+    builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
+    groups = [RowGroup(str(tmp_path / "a.parquet"), g, per_group) for g in range(8)]
+
+    def read_ahead(batches: Any) -> Any:  # as a train pipeline does: 3 batches ahead
+        it = iter(batches)
+        ahead = list(itertools.islice(it, 3))
+        while ahead:
+            ahead.extend(itertools.islice(it, 1))
+            yield ahead.pop(0), 0.0
+
+    def train(start: TrainPosition, stop_at: int | None = None) -> TrainPosition:
+        policy = BadInputPolicy.for_job(cfg)
+        policy.counts.rows = dict(start.bad_input_rows)  # as Checkpoints.resume does
+        run = epochs.Epochs(cfg, groups, builder, policy, start, ranks=(0, 1))
+        for epoch in run:
+            for _ in epoch.trained(read_ahead):
+                if run.step == stop_at:
+                    return epoch.position()
+        return run.position()
+
+    whole = train(TrainPosition())
+    assert whole.bad_input_rows == {"id_out_of_range": 8}
+    for stop in range(1, whole.step):
+        saved = train(TrainPosition(), stop_at=stop)
+        assert train(saved).bad_input_rows == whole.bad_input_rows, stop
