@@ -8,6 +8,7 @@ talking to the others. Every rank runs the same number of steps (collectives nee
 
 from __future__ import annotations
 
+import errno
 import glob
 import itertools
 import os
@@ -63,6 +64,17 @@ class DataSourceError(ValueError):
 # fails validation), an I/O error, a column missing from a damaged footer (KeyError) or a
 # column name in it that is not UTF-8.
 READ_ERRORS = (pa.ArrowException, OSError, KeyError, UnicodeDecodeError)
+# The machine's limits, not the file's fault: raised as they are, never counted as bad input.
+_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOMEM}
+OPEN_FILES = 8  # Parquet files a stream keeps open (a rank may read thousands an epoch)
+
+
+def _bad_input(err: Exception) -> Exception:
+    """``err`` (one of ``READ_ERRORS``) itself where the machine ran out of something (open
+    files, memory): re-raised, not blamed on the file."""
+    if isinstance(err, OSError) and err.errno in _OUT_OF_RESOURCES:
+        raise err
+    return err
 
 
 @dataclass(frozen=True)
@@ -120,7 +132,7 @@ def list_row_groups(
             meta = open_parquet(f).metadata
             schema = meta.schema.to_arrow_schema()
         except READ_ERRORS as err:
-            _problem(policy, f"{f}: not a readable Parquet file ({err})")
+            _problem(policy, f"{f}: not a readable Parquet file ({_bad_input(err)})")
             continue
         # The footer has no checksum. Readers trust a row group's row count and silently
         # return fewer rows when a damaged footer lowers it; the file's total catches that.
@@ -264,22 +276,27 @@ def row_group_tables(
     read_dictionary: Sequence[str] = (),
 ) -> Iterator[tuple[pa.Table, str]]:
     """Each row group, projected to ``columns`` (and checked/cleaned by ``policy``)."""
-    files: dict[str, pq.ParquetFile] = {}
-    for g in groups:
-        try:
-            pf = files.get(g.path) or files.setdefault(
-                g.path, open_parquet(g.path, read_dictionary)
-            )
-            table = pf.read_row_group(g.index, columns=columns)
-            # Decoding does not check everything a corrupt page can hold (e.g. dictionary
-            # indices past the dictionary's end): full validation turns that into an error.
-            table.validate(full=True)
-        except READ_ERRORS as err:
-            _problem(policy, f"{g.source}: cannot read ({err})", whole_file=False)
-            continue
-        if policy is not None:
-            table = policy.clean(table, g.source)
-        yield table, g.source
+    files: dict[str, pq.ParquetFile] = {}  # the newest used last
+    try:
+        for g in groups:
+            try:
+                pf = files.pop(g.path, None) or open_parquet(g.path, read_dictionary)
+                files[g.path] = pf
+                if len(files) > OPEN_FILES:
+                    files.pop(next(iter(files))).close(force=True)
+                table = pf.read_row_group(g.index, columns=columns)
+                # Decoding does not check everything a corrupt page can hold (e.g. dictionary
+                # indices past the dictionary's end): full validation turns that into an error.
+                table.validate(full=True)
+            except READ_ERRORS as err:
+                _problem(policy, f"{g.source}: cannot read ({_bad_input(err)})", whole_file=False)
+                continue
+            if policy is not None:
+                table = policy.clean(table, g.source)
+            yield table, g.source
+    finally:
+        for pf in files.values():
+            pf.close(force=True)  # a URL's file too, which open_parquet opened
 
 
 def shuffle_windows(
