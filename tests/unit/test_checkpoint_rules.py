@@ -411,7 +411,9 @@ def test_a_held_save_commits_only_once_released(
     saver.release()  # nothing held: nothing to do
 
 
-def test_a_checkpoint_counts_the_bad_rows_of_its_trained_batches(one_rank: None, tmp_path: Path) -> None:
+def test_a_checkpoint_counts_the_bad_rows_of_its_trained_batches(
+    one_rank: None, tmp_path: Path
+) -> None:
     """A checkpoint counts the bad rows read for its trained batches, not those the input
     read ahead of training: a review's resumed run reported 20 skipped rows against 16
     uninterrupted (the rows read ahead were counted in the checkpoint and again on resume),
