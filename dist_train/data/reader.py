@@ -91,21 +91,56 @@ class RowGroup:
 
 
 def resolve_files(path: str) -> list[str]:
-    """Parquet files of a file, a directory (``*.parquet`` inside, recursively), a glob, or a
-    URL of any of those (``s3://``, ``gs://``, ``file://``, fsspec protocols)."""
-    p = Path(path)
-    if "://" in path:
-        files = _resolve_url(path)
-    elif p.is_dir():
-        found = p.rglob("*.parquet")
-        files = sorted(str(f) for f in found if not _hidden(f.relative_to(p).as_posix()))
-    elif p.is_file():
-        files = [str(p)]
-    else:
-        files = sorted(glob.glob(path, recursive=True))
+    """Parquet files of a file, a directory (``*.parquet`` inside, recursively), a glob (a
+    folder it matches read as a directory), or a URL of any of those (``s3://``, ``gs://``,
+    ``file://``, fsspec protocols)."""
+    files = _resolve_url(path) if "://" in path else _resolve_local(path)
     if not files:
         raise DataSourceError(f"{path}: no Parquet files found")
     return files
+
+
+def _resolve_local(path: str) -> list[str]:
+    p = Path(path)
+    if p.is_dir():
+        return _files_under(path)
+    if p.exists():
+        return [path]
+    static = _static_prefix(path)
+    files: list[str] = []
+    for match in sorted(glob.glob(path, recursive=True)):
+        if _hidden(os.path.relpath(match, static)):
+            continue  # below the pattern's fixed part, as in a directory (Spark's _temporary/)
+        files.extend(_files_under(match) if os.path.isdir(match) else [match])
+    return sorted(dict.fromkeys(files))
+
+
+def _static_prefix(pattern: str) -> str:
+    """The folders of a glob ``pattern`` before its first wildcard."""
+    parts = pattern.split(os.sep)
+    fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), parts[:-1]))
+    return os.sep.join(fixed) or "."
+
+
+def _files_under(root: str) -> list[str]:
+    """The ``*.parquet`` files below ``root`` that are not folders (a Spark ``x.parquet/``
+    folder is read as a directory), passing over hidden names (``_hidden``). Linked folders
+    are followed, each real folder once: a link back up, or two links to one folder, would
+    list its files again."""
+    found: list[str] = []
+    seen: set[str] = set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))  # the first link wins
+        for name in names:
+            f = os.path.join(folder, name)
+            if name.endswith(".parquet") and not name.startswith((".", "_")):
+                found.append(f)
+    return sorted(found)
 
 
 def _hidden(relative: str) -> bool:
@@ -234,21 +269,32 @@ def _filesystem(url: str) -> tuple[pafs.FileSystem, str]:
 
 def _resolve_url(url: str) -> list[str]:
     fs, inner = _filesystem(url)
+    if isinstance(fs, pafs.LocalFileSystem):  # file://: read as its path is (linked folders)
+        return file_urls(url, inner, _resolve_local(inner))
     info = fs.get_file_info(inner)
     if info.type == pafs.FileType.Directory:
-        infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
-        base = inner.rstrip("/") + "/"
-        inner_files = sorted(
-            i.path
-            for i in infos
-            if i.path.endswith(".parquet") and not _hidden(i.path.removeprefix(base))
-        )
+        inner_files = _url_files_under(fs, inner)
     elif info.type == pafs.FileType.File:
         inner_files = [inner]
     else:
         ffs, inner = fsspec.core.url_to_fs(url)
-        inner_files = sorted(ffs.glob(inner))
+        inner_files = []
+        for match in sorted(ffs.glob(inner)):
+            inner_files.extend(_url_files_under(fs, match) if ffs.isdir(match) else [match])
     return file_urls(url, inner, inner_files)
+
+
+def _url_files_under(fs: pafs.FileSystem, inner: str) -> list[str]:
+    """``_files_under`` on a filesystem of URLs (no links there)."""
+    infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+    base = inner.rstrip("/") + "/"
+    return sorted(
+        i.path
+        for i in infos
+        if i.type != pafs.FileType.Directory
+        and i.path.endswith(".parquet")
+        and not _hidden(i.path.removeprefix(base))
+    )
 
 
 def file_urls(url: str, inner: str, files: list[str]) -> list[str]:

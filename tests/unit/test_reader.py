@@ -281,3 +281,41 @@ def test_running_out_of_open_files_is_not_bad_input(
     with pytest.raises(OSError, match="Too many open files"):
         list(reader.row_group_tables(groups, ["row_id"], policy))
     assert policy.counts.row_groups == 0
+
+
+def test_linked_folders_are_read_once_by_path_and_by_url(tmp_path: Path) -> None:
+    """A review's folder with `day1 -> elsewhere` and `latest -> .`: by path one of its two
+    files was listed (Path.rglob does not follow links), by file:// URL 81 (pyarrow followed
+    the loop until its depth limit)."""
+    elsewhere, train = tmp_path / "elsewhere" / "day1", tmp_path / "train"
+    elsewhere.mkdir(parents=True)
+    train.mkdir()
+    pq.write_table(pa.table({"row_id": [0]}), train / "day0.parquet")
+    pq.write_table(pa.table({"row_id": [1]}), elsewhere / "part-0.parquet")
+    (train / "day1").symlink_to(elsewhere)
+    (train / "later").symlink_to(elsewhere)  # a second link to it: listed once, by name order
+    (train / "latest").symlink_to(train)  # a link back up
+    want = [str(train / "day0.parquet"), str(train / "day1" / "part-0.parquet")]
+    assert resolve_files(str(train)) == want
+    assert resolve_files(f"file://{train}") == [f"file://{f}" for f in want]
+
+
+def test_a_glob_passes_over_hidden_folders_and_reads_the_folders_it_matches(
+    tmp_path: Path,
+) -> None:
+    """`dir/**/*.parquet` read Spark's unfinished `_temporary/` write beside the data (rows
+    twice), which the same folder given as a directory passes over; a glob of partition
+    folders (`day=2024-01-*`), and a Spark `events.parquet/` folder, were taken for files."""
+    for rel in ("part-0.parquet", "_temporary/0/part-0.parquet", "events.parquet/part-1.parquet"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"row_id": [0]}), tmp_path / rel)
+    for day in ("day=2024-01-01", "day=2024-01-02"):
+        (tmp_path / "hive" / day).mkdir(parents=True)
+        pq.write_table(pa.table({"row_id": [0]}), tmp_path / "hive" / day / "p.parquet")
+    data = [str(tmp_path / "events.parquet" / "part-1.parquet"), str(tmp_path / "part-0.parquet")]
+    assert resolve_files(str(tmp_path / "*.parquet")) == data
+    days = resolve_files(str(tmp_path / "hive" / "day=2024-01-*"))
+    assert [Path(f).parent.name for f in days] == ["day=2024-01-01", "day=2024-01-02"]
+    everything = resolve_files(str(tmp_path / "**" / "*.parquet"))
+    assert not [f for f in everything if "_temporary" in f]
+    assert resolve_files(str(tmp_path)) == everything
