@@ -74,3 +74,13 @@ def ints_within(arr: pa.Array, low: int, high: int) -> bool:
         return False
     values = values[valid_mask(arr)]
     return not len(values) or (low <= values.min() and values.max() < high)
+
+
+def typed_nulls(table: pa.Table) -> pa.Table:
+    """``table`` with each column of Arrow's ``null`` type (an all-None column, as pandas
+    writes one) as int64 nulls: missing values, decoded as any column's nulls are."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_null(f.type):
+            column = pa.nulls(table.num_rows, pa.int64())
+            table = table.set_column(i, pa.field(f.name, pa.int64()), column)
+    return table

@@ -28,6 +28,7 @@ from dist_train.data.arrow_numpy import (
     is_string_type,
     list_parts,
     raw_values,
+    typed_nulls,
     valid_mask,
 )
 from dist_train.data.reader import RowGroup, row_group_tables, stream_batches
@@ -198,18 +199,21 @@ class BatchBuilder:
     def check_schema(self, schema: pa.Schema, source: str) -> None:
         """Fail fast, before training, on a missing column or one of an unusable type."""
         for name in self.columns:
-            if schema.get_field_index(name) < 0:
-                raise BadInputError(f"{source}: missing column {name!r}")
+            found = len(schema.get_all_field_indices(name))
+            if found != 1:
+                problem = "missing column" if not found else f"{found} columns named"
+                raise BadInputError(f"{source}: {problem} {name!r}")
         label = schema.field(self.label_column).type
         if not (
             pa.types.is_integer(label)
             or pa.types.is_floating(label)
-            or (pa.types.is_boolean(label))
+            or pa.types.is_boolean(label)
+            or pa.types.is_null(label)  # null labels: bad rows, named by the row checks
         ):
             raise BadInputError(f"{source}: label column {self.label_column!r} has type {label}")
         for name in self.dense_columns:
             t = schema.field(name).type
-            if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
+            if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t)):
                 raise BadInputError(f"{source}: dense column {name!r} has type {t}")
         for f in self.features:
             self._check_categorical_type(f, schema.field(f.source_column).type, source)
@@ -217,6 +221,8 @@ class BatchBuilder:
     def _check_categorical_type(self, f: FeatureConfig, t: pa.DataType, source: str) -> None:
         """Ids of ``f`` are integers or strings (or lists); integers for exact tables."""
         value = _value_type(t)
+        if pa.types.is_null(value):
+            return  # all null: missing values, whatever the type of the other files'
         if not (_is_int(value) or is_string_type(value)):
             raise BadInputError(
                 f"{source}: column {f.source_column!r}: categorical values must be "
@@ -348,5 +354,7 @@ class BatchBuilder:
         then ``decode`` and ``to_batch`` (for tools and tests; training and evaluation use
         :meth:`stream`)."""
         self.check_schema(batch.schema, source)
-        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        table = typed_nulls(
+            batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        )
         return self.to_batch(self.decode(self._errors.clean(table, source), source))

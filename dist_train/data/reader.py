@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from dist_train.data.arrow_numpy import is_string_type
+from dist_train.data.arrow_numpy import is_string_type, typed_nulls
 from dist_train.data.validation import BadInputError, BadInputPolicy
 
 T = TypeVar("T")
@@ -330,7 +330,7 @@ def row_group_tables(
                 files[g.path] = pf
                 if len(files) > OPEN_FILES:
                     files.pop(next(iter(files))).close(force=True)
-                table = pf.read_row_group(g.index, columns=columns)
+                table = typed_nulls(pf.read_row_group(g.index, columns=columns))
                 # Decoding does not check everything a corrupt page can hold (e.g. dictionary
                 # indices past the dictionary's end): full validation turns that into an error.
                 table.validate(full=True)

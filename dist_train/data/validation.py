@@ -28,6 +28,7 @@ from dist_train.data.arrow_numpy import (
     as_array,
     ints_within,
     is_list_type,
+    is_string_type,
     list_parts,
     raw_values,
     valid_mask,
@@ -243,6 +244,25 @@ class BadInputPolicy:
         return table.filter(pa.array(~bad))
 
 
+def read_alike(t: pa.DataType) -> str:
+    """The class of Arrow types that decode to the same values and hash alike: any width of
+    integer (ids are their two's-complement bits), any string or binary (their bytes),
+    dictionary-encoded or not, lists of these; floats; booleans."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if is_list_type(t):
+        return f"list<{read_alike(t.value_type)}>"
+    for kind, test in (
+        ("integer", pa.types.is_integer),
+        ("string", is_string_type),
+        ("floating point", pa.types.is_floating),
+        ("boolean", pa.types.is_boolean),
+    ):
+        if test(t):
+            return kind
+    return str(t)
+
+
 class SchemaSource(Protocol):
     """What :class:`SchemaCheck` needs of a batch builder: its columns and their rules."""
 
@@ -253,23 +273,24 @@ class SchemaSource(Protocol):
 
 
 class SchemaCheck:
-    """A file's columns and types are usable, and equal to the first file's. One check for
-    both splits: a test id column of another type would hash to other rows than training's."""
+    """A file's columns and types are usable, and read alike (:func:`read_alike`) to the first
+    file's that has each column typed. One check for both splits: a test id column of
+    another type would hash to other rows than training's. A column of Arrow's ``null`` type
+    (all missing) reads alike to any."""
 
     def __init__(self, builder: SchemaSource) -> None:
         self.builder = builder
-        self.reference: pa.Schema | None = None
-        self.first = ""  # the file that set ``reference``
+        self.reference: dict[str, tuple[pa.DataType, str]] = {}  # column -> (type, file)
 
     def __call__(self, path: str, schema: pa.Schema) -> None:
         self.builder.check_schema(schema, path)
-        if self.reference is None:
-            self.reference, self.first = schema, path
-            return
         for name in self.builder.columns:
-            have, want = schema.field(name).type, self.reference.field(name).type
-            if have != want:
+            have = schema.field(name).type
+            want, first = self.reference.get(name, (pa.null(), ""))
+            if pa.types.is_null(want):
+                self.reference[name] = (have, path)
+            elif not pa.types.is_null(have) and read_alike(have) != read_alike(want):
                 raise BadInputError(
                     f"{path}: schema mismatch: column {name!r} is {have} here but "
-                    f"{want} in the first file ({self.first})"
+                    f"{want} in the first file ({first})"
                 )

@@ -77,7 +77,20 @@ def _wrong_type(path: Path) -> str:
     return "dense column 'I1' has type string"
 
 
-FILE_PROBLEMS = [_truncated, _empty, _schema_mismatch, _missing_column, _wrong_type]
+def _duplicate_column(path: Path) -> str:
+    t = pq.read_table(path)
+    _rewrite(path, t.append_column("I1", t["I1"]))
+    return "2 columns named 'I1'"  # was "missing column 'I1'"
+
+
+FILE_PROBLEMS = [
+    _truncated,
+    _empty,
+    _schema_mismatch,
+    _missing_column,
+    _wrong_type,
+    _duplicate_column,
+]
 
 
 @pytest.mark.parametrize("damage", FILE_PROBLEMS, ids=lambda f: f.__name__.strip("_"))
@@ -108,6 +121,42 @@ def test_file_problem_skip_drops_and_counts_the_file(
     assert {g.path for g in inputs.train_groups} == {str(train / "part-0.parquet")}
     assert sum(g.num_rows for g in inputs.train_groups) == ROWS_PER_FILE
     assert inputs.file_counts is not None and inputs.file_counts.files == 1
+
+
+def test_files_whose_columns_read_alike_train_together(
+    small_cfg: JobConfig, small_data: GeneratedData, tmp_path: Path
+) -> None:
+    """What a review's files held, each refused as a schema mismatch or a wrong type (under
+    `skip` the whole file dropped): a column all null, of Arrow's null type, as pandas
+    writes a feature not logged that day (its values are missing: empty bags, dense 0);
+    int32 ids beside int64, large_string beside string, a list's other child name. Ids that
+    would hash otherwise (string beside int64) stay refused: _schema_mismatch above."""
+    train = _copy_train(small_data, tmp_path)
+    t = pq.read_table(train / "part-1.parquet")
+    n = t.num_rows
+    for name, column in {
+        "C2": pa.nulls(n),  # categorical, all null
+        "I1": pa.nulls(n),  # dense, all null
+        "C3": pc.cast(t["C3"], pa.int32()),
+        "C1": pc.cast(t["C1"], pa.large_string()),  # strings in small_config
+    }.items():
+        t = t.set_column(t.schema.get_field_index(name), name, column)
+    _rewrite(train / "part-1.parquet", t)
+    cfg = _with(small_cfg, train, small_data.test_dir, "error")
+    inputs = prepare_inputs(cfg)
+    assert sum(g.num_rows for g in inputs.train_groups) == 2 * ROWS_PER_FILE
+    from dist_train.data.validation import read_alike
+    from dist_train.embedding.layout import build_layout
+    from dist_train.train.trainer import make_batch_builder
+
+    builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
+    rows = [r for r, _ in builder.stream(inputs.train_groups, 1024)]
+    assert sum(r.num_rows for r in rows) == 2 * ROWS_PER_FILE
+    nulls = [r for r in rows if not r.lengths[1].any()]  # C2, the second feature: no ids
+    assert len(nulls) == 4 and all(not r.dense[:, 0].any() for r in nulls)
+    assert read_alike(pa.list_(pa.field("item", pa.int64()))) == read_alike(
+        pa.list_(pa.field("element", pa.int32()))
+    )
 
 
 def test_every_file_bad_is_an_error_even_when_skipping(
