@@ -20,9 +20,15 @@ from dist_train.checkpoint import TrainPosition
 from dist_train.config import JobConfig
 from dist_train.data.batch import Batch, BatchBuilder
 from dist_train.data.epoch_plan import EpochPlan
-from dist_train.data.reader import RowGroup, assign_row_groups, batches, steps_per_epoch
+from dist_train.data.reader import (
+    DataSourceError,
+    RowGroup,
+    assign_row_groups,
+    batches,
+    steps_per_epoch,
+)
 from dist_train.data.rows import Rows
-from dist_train.data.validation import BadInputCounts, BadInputPolicy
+from dist_train.data.validation import BadInputCounts, BadInputPolicy, across_ranks
 
 T = TypeVar("T")
 
@@ -126,12 +132,21 @@ class Epoch:
         """Train its batches with ``train`` (e.g. :meth:`Trainer.train_steps`); yields each
         batch and its loss once trained, counted as a global step. ``train`` may read ahead
         of the batch it trains: only trained batches count (checkpoint positions)."""
+        first = self.done
         for batch, loss in train(self.batches()):
             self.done += 1
             self.epochs.step += 1
             self.epochs.bad_input = self._counts.popleft()
             yield batch, loss
         self._exhausted = True
+        if self.done == first:  # every rank agrees: no rank had a batch
+            skipped = across_ranks(self.epochs.policy.counts).as_dict()
+            raise DataSourceError(
+                f"epoch {self.index} trained no batch of its {self.plan.steps - first}: a rank "
+                f"had none left once bad input was skipped ({skipped['row_groups_skipped']} "
+                f"row groups and {skipped['rows_skipped_total']} rows skipped so far, by "
+                f"reason {skipped['rows_skipped']}). Check data.train_path"
+            )
 
     @property
     def last_step(self) -> int:

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from dist_train.config import JobConfig
 from dist_train.data.memory import reuse_freed_memory
 from dist_train.data.reader import (
+    DataSourceError,
     RowGroup,
     assign_row_groups,
     eval_steps,
@@ -278,7 +279,15 @@ def _evaluate(
 
     # Rows that pad the ranks with fewer steps: the first batch that reads cleanly, checked
     # like every other (a corrupt one is named, or skipped without counting it twice).
-    filler = next((block for block, _ in rows(groups, BadInputPolicy.for_job(cfg))), None)
+    scan = BadInputPolicy.for_job(cfg)
+    filler = next((block for block, _ in rows(groups, scan)), None)
+    if filler is None:  # every rank finds none: the same scan of every test file
+        raise DataSourceError(
+            f"no test row to evaluate: all of the {sum(g.num_rows for g in groups):,} rows of "
+            f"the {len({g.path for g in groups})} test file(s) ({groups[0].path}, ...) were "
+            f"skipped as bad input ({scan.counts.as_dict()['rows_skipped']}). Training "
+            "finished and its checkpoints are saved; check data.test_path"
+        )
     steps = eval_steps(assignment, batch_size)
     eval_batches = prefetch(
         (
