@@ -380,8 +380,12 @@ def non_finite(state: Any, key: str = "") -> str | None:
     else:
         parts = [state]
     for t in parts:
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            return key
+        if (
+            t.is_floating_point()
+            and t.numel()
+            and not bool(torch.isfinite(torch.stack(torch.aminmax(t))).all())
+        ):
+            return key  # NaN propagates into both; one pass, nothing the tensor's size allocated
     return None
 
 
