@@ -106,7 +106,11 @@ def convert_adult(
     n_test = round(n * test_fraction)
     splits = {"test": order[:n_test], "train": order[n_test:]}
     record = out / RECORD_FILE
-    clear_splits(out, [out / split for split in splits], owned=record.is_file())
+    dirs = [out / split for split in splits]
+    # before the record was written, a conversion left one part-00000.parquet per split
+    earlier = sorted(str(f.relative_to(out)) for d in dirs if d.is_dir() for f in d.rglob("*"))
+    legacy = earlier == [f"{split}/part-00000.parquet" for split in sorted(splits)]
+    clear_splits(out, dirs, owned=record.is_file() or legacy)
     record.write_text(json.dumps({"source": PACKAGE, "seed": seed, "test_fraction": test_fraction}))
     for split, rows in splits.items():
         directory = out / split

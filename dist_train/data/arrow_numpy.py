@@ -76,11 +76,23 @@ def ints_within(arr: pa.Array, low: int, high: int) -> bool:
     return not len(values) or (low <= values.min() and values.max() < high)
 
 
+def all_missing(t: pa.DataType) -> bool:
+    """Arrow's ``null`` type, or lists of it (a multi-hot column whose lists are all empty or
+    null): a column of no values, whatever type the other files give it."""
+    return pa.types.is_null(t) or (is_list_type(t) and all_missing(t.value_type))
+
+
 def typed_nulls(table: pa.Table) -> pa.Table:
-    """``table`` with each column of Arrow's ``null`` type (an all-None column, as pandas
-    writes one) as int64 nulls: missing values, decoded as any column's nulls are."""
+    """``table`` with each column of no values (:func:`all_missing`: an all-None column, as
+    pandas writes one) as int64 nulls, or lists of int64: missing values, decoded as any
+    column's nulls are."""
     for i, f in enumerate(table.schema):
         if pa.types.is_null(f.type):
             column = pa.nulls(table.num_rows, pa.int64())
-            table = table.set_column(i, pa.field(f.name, pa.int64()), column)
+        elif all_missing(f.type):
+            lists = pa.large_list if pa.types.is_large_list(f.type) else pa.list_
+            column = table.column(i).cast(lists(pa.int64()))
+        else:
+            continue
+        table = table.set_column(i, pa.field(f.name, column.type), column)
     return table

@@ -13,11 +13,12 @@ import glob
 import itertools
 import os
 import queue
+import resource
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol, TypeVar
 
 import fsspec
@@ -66,7 +67,14 @@ class DataSourceError(ValueError):
 READ_ERRORS = (pa.ArrowException, OSError, KeyError, UnicodeDecodeError)
 # The machine's limits, not the file's fault: raised as they are, never counted as bad input.
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOMEM}
-OPEN_FILES = 8  # Parquet files a stream keeps open (a rank may read thousands an epoch)
+
+
+def open_files_budget() -> int:
+    """How many Parquet files a stream keeps open: an eighth of this process's open-file
+    limit, 8 to 256 (a rank may read thousands of files an epoch; each reopen costs a
+    footer read)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 256 if soft == resource.RLIM_INFINITY else min(256, max(8, soft // 8))
 
 
 def _bad_input(err: Exception) -> Exception:
@@ -103,43 +111,66 @@ def resolve_files(path: str) -> list[str]:
 def _resolve_local(path: str) -> list[str]:
     p = Path(path)
     if p.is_dir():
-        return _files_under(path)
+        return _files_under(path, set(), set())
     if p.exists():
         return [path]
-    static = _static_prefix(path)
-    files: list[str] = []
+    folders: set[str] = set()
+    files: set[str] = set()  # real paths: a file reached twice (a link) is listed once
+    found: list[str] = []
     for match in sorted(glob.glob(path, recursive=True)):
-        if _hidden(os.path.relpath(match, static)):
-            continue  # below the pattern's fixed part, as in a directory (Spark's _temporary/)
-        files.extend(_files_under(match) if os.path.isdir(match) else [match])
-    return sorted(dict.fromkeys(files))
+        if _hidden_in_glob(match, path):
+            continue
+        if os.path.isdir(match):
+            found.extend(_files_under(match, folders, files))
+        elif os.path.realpath(match) not in files:
+            files.add(os.path.realpath(match))
+            found.append(match)
+    return sorted(found)
 
 
-def _static_prefix(pattern: str) -> str:
-    """The folders of a glob ``pattern`` before its first wildcard."""
-    parts = pattern.split(os.sep)
-    fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), parts[:-1]))
-    return os.sep.join(fixed) or "."
+def _hidden_in_glob(match: str, pattern: str) -> bool:
+    """Whether ``match`` of a glob ``pattern`` passes through a hidden name (``_hidden``) that
+    a wildcard matched: Spark's ``_temporary/`` under ``dir/**``, not ``_daily_*`` that the
+    pattern names itself."""
+    names, parts = PurePosixPath(match).parts, PurePosixPath(pattern).parts
+    if "**" in parts:  # the parts before it match one to one, those after it from the end
+        star = parts.index("**")
+        head, tail = parts[:star], parts[star + 1 :]
+        middle = names[len(head) : len(names) - len(tail)]
+        pairs = [
+            *zip(names[: len(head)], head, strict=False),
+            *zip(names[len(names) - len(tail) :], tail, strict=False),
+        ]
+    else:
+        middle, pairs = (), list(zip(names, parts, strict=False))
+    hidden = _hidden_name
+    return any(map(hidden, middle)) or any(hidden(n) and not hidden(p) for n, p in pairs)
 
 
-def _files_under(root: str) -> list[str]:
+def _hidden_name(name: str) -> bool:
+    return name.startswith((".", "_"))
+
+
+def _files_under(root: str, folders: set[str], files: set[str]) -> list[str]:
     """The ``*.parquet`` files below ``root`` that are not folders (a Spark ``x.parquet/``
     folder is read as a directory), passing over hidden names (``_hidden``). Linked folders
-    are followed, each real folder once: a link back up, or two links to one folder, would
+    are followed; each real folder and file is listed once (``folders`` and ``files``: the
+    real paths seen so far): a link back up, or a second link to one folder or file, would
     list its files again."""
     found: list[str] = []
-    seen: set[str] = set()
     for folder, dirs, names in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
-        if real in seen:
+        if real in folders:
             dirs.clear()
             continue
-        seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))  # the first link wins
-        for name in names:
+        folders.add(real)
+        dirs[:] = sorted(d for d in dirs if not _hidden_name(d))  # the first link wins
+        for name in sorted(names):
             f = os.path.join(folder, name)
-            if name.endswith(".parquet") and not name.startswith((".", "_")):
-                found.append(f)
+            if name.endswith(".parquet") and not _hidden_name(name):
+                if os.path.realpath(f) not in files:
+                    files.add(os.path.realpath(f))
+                    found.append(f)
     return sorted(found)
 
 
@@ -147,7 +178,7 @@ def _hidden(relative: str) -> bool:
     """A file under a directory that readers of datasets pass over, as pyarrow's dataset
     discovery does: a name or folder starting with ``.`` or ``_`` (Spark's ``_temporary/``
     of an unfinished write, ``.`` copies), whose rows would otherwise be read twice."""
-    return any(part.startswith((".", "_")) for part in relative.split("/"))
+    return any(map(_hidden_name, relative.split("/")))
 
 
 def list_row_groups(
@@ -232,10 +263,13 @@ def steps_per_epoch(assignment: list[list[RowGroup]], batch_size: int) -> int:
     return min(sum(g.num_rows for g in groups) for groups in assignment) // batch_size
 
 
-def open_parquet(path: str, read_dictionary: Sequence[str] = ()) -> pq.ParquetFile:
+def open_parquet(
+    path: str, read_dictionary: Sequence[str] = (), footer: pq.FileMetaData | None = None
+) -> pq.ParquetFile:
     """A Parquet file by local path or URL (``file://``, ``s3://``, ``gs://``, ``hdfs://``, or
     any fsspec protocol such as ``memory://``). The string columns among ``read_dictionary``
-    are read dictionary-encoded, as Parquet stores them (no per-value string decoding)."""
+    are read dictionary-encoded, as Parquet stores them (no per-value string decoding).
+    ``footer``: its metadata, read before (not read again)."""
 
     def source() -> str | pa.NativeFile:
         if "://" not in path:
@@ -245,7 +279,7 @@ def open_parquet(path: str, read_dictionary: Sequence[str] = ()) -> pq.ParquetFi
 
     # Pages written with CRC32 checksums (our generator and converter write them) are
     # verified; pages without one are read unverified.
-    pf = pq.ParquetFile(source(), page_checksum_verification=True)
+    pf = pq.ParquetFile(source(), metadata=footer, page_checksum_verification=True)
     schema = pf.schema_arrow
     strings = [
         name
@@ -256,7 +290,9 @@ def open_parquet(path: str, read_dictionary: Sequence[str] = ()) -> pq.ParquetFi
         return pf
     # read_dictionary is fixed when a reader opens: reopen with the string columns named.
     pf.close(force=True)
-    return pq.ParquetFile(source(), read_dictionary=strings, page_checksum_verification=True)
+    return pq.ParquetFile(
+        source(), metadata=footer, read_dictionary=strings, page_checksum_verification=True
+    )
 
 
 def _filesystem(url: str) -> tuple[pafs.FileSystem, str]:
@@ -280,6 +316,8 @@ def _resolve_url(url: str) -> list[str]:
         ffs, inner = fsspec.core.url_to_fs(url)
         inner_files = []
         for match in sorted(ffs.glob(inner)):
+            if _hidden_in_glob(match, inner):
+                continue
             inner_files.extend(_url_files_under(fs, match) if ffs.isdir(match) else [match])
     return file_urls(url, inner, inner_files)
 
@@ -323,13 +361,19 @@ def row_group_tables(
 ) -> Iterator[tuple[pa.Table, str]]:
     """Each row group, projected to ``columns`` (and checked/cleaned by ``policy``)."""
     files: dict[str, pq.ParquetFile] = {}  # the newest used last
+    footers: dict[str, pq.FileMetaData] = {}  # of files closed: reopened without a read
+    budget = open_files_budget()
     try:
         for g in groups:
             try:
-                pf = files.pop(g.path, None) or open_parquet(g.path, read_dictionary)
+                pf = files.pop(g.path, None) or open_parquet(
+                    g.path, read_dictionary, footers.get(g.path)
+                )
                 files[g.path] = pf
-                if len(files) > OPEN_FILES:
-                    files.pop(next(iter(files))).close(force=True)
+                if len(files) > budget:
+                    path, oldest = next(iter(files.items()))
+                    footers[path] = files.pop(path).metadata
+                    oldest.close(force=True)
                 table = typed_nulls(pf.read_row_group(g.index, columns=columns))
                 # Decoding does not check everything a corrupt page can hold (e.g. dictionary
                 # indices past the dictionary's end): full validation turns that into an error.
@@ -523,6 +567,7 @@ def prefetch(items: Iterator[T], depth: int, *, niceness: int) -> Iterator[T]:
                 q.get_nowait()
             except queue.Empty:
                 break
+        thread.join()  # it ends after the item in hand: nothing reads on after the consumer
 
 
 def batches(

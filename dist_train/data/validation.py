@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from dist_train.config import FeatureConfig, JobConfig
 from dist_train.data.arrow_numpy import (
+    all_missing,
     as_array,
     ints_within,
     is_list_type,
@@ -273,10 +274,10 @@ class SchemaSource(Protocol):
 
 
 class SchemaCheck:
-    """A file's columns and types are usable, and read alike (:func:`read_alike`) to the first
-    file's that has each column typed. One check for both splits: a test id column of
-    another type would hash to other rows than training's. A column of Arrow's ``null`` type
-    (all missing) reads alike to any."""
+    """A file's columns and types are usable, and read alike (:func:`read_alike`) to those of
+    the first file that gives each column values. One check for both splits: a test id
+    column of another type would hash to other rows than training's. A column of no values
+    (``all_missing``: Arrow's ``null`` type, or lists of it) reads alike to any."""
 
     def __init__(self, builder: SchemaSource) -> None:
         self.builder = builder
@@ -286,11 +287,11 @@ class SchemaCheck:
         self.builder.check_schema(schema, path)
         for name in self.builder.columns:
             have = schema.field(name).type
-            want, first = self.reference.get(name, (pa.null(), ""))
-            if pa.types.is_null(want):
-                self.reference[name] = (have, path)
-            elif not pa.types.is_null(have) and read_alike(have) != read_alike(want):
+            if all_missing(have):
+                continue
+            want, first = self.reference.setdefault(name, (have, path))
+            if read_alike(have) != read_alike(want):
                 raise BadInputError(
-                    f"{path}: schema mismatch: column {name!r} is {have} here but "
-                    f"{want} in the first file ({first})"
+                    f"{path}: schema mismatch: column {name!r} is {have} here but {want} in "
+                    f"{first}, the first file with values in it"
                 )

@@ -314,8 +314,13 @@ class Checkpoints:
         """The step after a save trained on the saved weights: the save commits if the
         step's ``loss`` is finite and is dropped if not (its weights had diverged, and a
         resume would diverge again at once)."""
-        diverged = None if math.isfinite(loss) else f"the next step's loss was {loss}"
-        self.saver.release(diverged)
+        if math.isfinite(loss):
+            self.saver.release()
+            return
+        try:
+            self.saver.release(f"the next step's loss was {loss}")
+        except checkpoint.CheckpointError:
+            pass  # an inline save fails here: the caller reports the divergence itself
 
     def wait(self) -> None:
         """Wait for the save in flight (raising its error)."""

@@ -94,20 +94,26 @@ def rank_rows(
         )
 
 
-def with_counts(
-    rows: Iterator[tuple[Rows, str]], policy: BadInputPolicy, counts: deque[BadInputCounts]
-) -> Iterator[tuple[Rows, str]]:
-    """``rows``, each batch's bad-input counts so far appended to ``counts`` as it is read:
-    the rows read for it and before it, not the rows a prefetch reads ahead of training."""
-    for item in rows:
-        counts.append(policy.counts.copy())
-        yield item
+class CountedRows:
+    """``rows`` that record the bad-input counts so far as each batch is read (``per_batch``,
+    until trained: not the rows a prefetch reads ahead of training), and once ``rows`` ran
+    out (``at_end``: the rows read past the last batch, all bad, count too)."""
+
+    def __init__(self, rows: Iterator[tuple[Rows, str]], policy: BadInputPolicy) -> None:
+        self.rows, self.policy = rows, policy
+        self.per_batch: deque[BadInputCounts] = deque()
+        self.at_end: BadInputCounts | None = None
+
+    def __iter__(self) -> Iterator[tuple[Rows, str]]:
+        for item in self.rows:
+            self.per_batch.append(self.policy.counts.copy())
+            yield item
+        self.at_end = self.policy.counts.copy()
 
 
 class Epoch:
     """One epoch on this rank: its ``plan`` and the batches ``done`` in it (resumed ones
-    too); :meth:`trained` trains the rest, each a global step. ``counts`` holds the bad-input
-    counts of its batches read and not yet trained, in order."""
+    too); :meth:`trained` trains the rest, each a global step, ``counted`` the bad input."""
 
     def __init__(
         self,
@@ -116,10 +122,10 @@ class Epoch:
         plan: EpochPlan,
         done: int,
         stream: Iterator[Batch],
-        counts: deque[BadInputCounts],
+        counted: CountedRows,
     ):
         self.epochs, self.index, self.plan, self.done = epochs, index, plan, done
-        self._stream, self._counts = stream, counts
+        self._stream, self._counted = stream, counted
         self._exhausted = False
 
     def batches(self) -> Iterator[Batch]:
@@ -132,17 +138,24 @@ class Epoch:
         """Train its batches with ``train`` (e.g. :meth:`Trainer.train_steps`); yields each
         batch and its loss once trained, counted as a global step. ``train`` may read ahead
         of the batch it trains: only trained batches count (checkpoint positions)."""
-        first = self.done
         for batch, loss in train(self.batches()):
             self.done += 1
             self.epochs.step += 1
-            self.epochs.bad_input = self._counts.popleft()
+            self.epochs.bad_input = self._counted.per_batch.popleft()
             yield batch, loss
         self._exhausted = True
-        if self.done == first:  # every rank agrees: no rank had a batch
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            close()  # its prefetch thread stops reading (and counting) before the next epoch
+        if self._counted.at_end is not None and not self._counted.per_batch:
+            # every batch its rows gave was trained: the rows read after the last count too
+            # (a resumed run reads them again after its checkpoint's batches, counted)
+            self.epochs.bad_input = self._counted.at_end
+        if self.done == 0:  # every rank agrees: no rank had a batch (a resumed epoch's
+            # last batches may all have been trained before its checkpoint: no error)
             skipped = across_ranks(self.epochs.policy.counts).as_dict()
             raise DataSourceError(
-                f"epoch {self.index} trained no batch of its {self.plan.steps - first}: a rank "
+                f"epoch {self.index} trained no batch of its {self.plan.steps}: a rank "
                 f"had none left once bad input was skipped ({skipped['row_groups_skipped']} "
                 f"row groups and {skipped['rows_skipped_total']} rows skipped so far, by "
                 f"reason {skipped['rows_skipped']}). Check data.train_path"
@@ -209,18 +222,22 @@ class Epochs:
                 # nothing left of it for these ranks (a resumed epoch whose last batches
                 # re-dealt to more ranks than batches): the next epoch still runs
                 continue
+            # the rows a cut-short epoch's prefetch read past its last trained batch are not
+            # counted: a run resumed at this epoch's start never reads them
+            self.policy.counts.row_groups = self.bad_input.row_groups
+            self.policy.counts.rows = dict(self.bad_input.rows)
             rows = rank_rows(
                 self.builder, self.groups, self.cfg, index, plan, rank, skip, self.policy
             )
-            counts: deque[BadInputCounts] = deque()
+            counted = CountedRows(rows, self.policy)
             stream = batches(
-                with_counts(rows, self.policy, counts),
+                iter(counted),
                 num_steps,
                 self._to_batch,
                 tc.prefetch_batches,
                 niceness=tc.prefetch_niceness,
             )
-            self.current = Epoch(self, index, plan, skip, stream, counts)
+            self.current = Epoch(self, index, plan, skip, stream, counted)
             yield self.current
             if self.current.stopped_early:
                 return

@@ -64,7 +64,7 @@ def _cast_to_string(path: Path, column: str) -> None:
 
 def _schema_mismatch(path: Path) -> str:
     _cast_to_string(path, "C2")
-    return "schema mismatch: column 'C2' is string here but int64 in the first file"
+    return "schema mismatch: column 'C2' is string here but int64 in "
 
 
 def _missing_column(path: Path) -> str:
@@ -157,6 +157,28 @@ def test_files_whose_columns_read_alike_train_together(
     assert read_alike(pa.list_(pa.field("item", pa.int64()))) == read_alike(
         pa.list_(pa.field("element", pa.int32()))
     )
+
+
+def test_a_multi_hot_column_of_empty_lists_in_the_first_file_is_missing_values(
+    small_cfg: JobConfig, small_data: GeneratedData, tmp_path: Path
+) -> None:
+    """Arrow types a list column whose lists are all empty `list<null>`: first, it became
+    the type every later file was held to, and each good file was a schema mismatch (under
+    `skip`, all dropped and the stream failed on the empty one)."""
+    train = _copy_train(small_data, tmp_path)
+    first = train / "part-0.parquet"
+    t = pq.read_table(first)
+    empty = pa.array([[]] * t.num_rows, pa.list_(pa.null()))
+    _rewrite(first, t.set_column(t.schema.get_field_index("C4"), "C4", empty))
+    cfg = _with(small_cfg, train, small_data.test_dir, "error")
+    inputs = prepare_inputs(cfg)
+    from dist_train.embedding.layout import build_layout
+    from dist_train.train.trainer import make_batch_builder
+
+    builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
+    rows = [r for r, _ in builder.stream(inputs.train_groups, 1024)]
+    empty_bags = [not r.lengths[3].any() for r in rows]  # C4, the fourth feature
+    assert empty_bags == [True] * 4 + [False] * 4
 
 
 def test_every_file_bad_is_an_error_even_when_skipping(
@@ -276,4 +298,4 @@ def test_test_split_schema_must_match_training(
         prepare_inputs(_with(small_cfg, small_data.train_dir, test, "error"))
     first = small_data.train_dir / "part-0.parquet"
     assert str(err.value).startswith(f"{bad}: schema mismatch: column 'C2' is string here")
-    assert f"int64 in the first file ({first})" in str(err.value)
+    assert f"int64 in {first}, the first file with values in it" in str(err.value)

@@ -411,13 +411,21 @@ def test_a_held_save_commits_only_once_released(
     saver.release()  # nothing held: nothing to do
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [range(0, 40, 5), range(32, 40)],
+    ids=["one_bad_row_a_group", "a_short_epoch"],
+)
 def test_a_checkpoint_counts_the_bad_rows_of_its_trained_batches(
-    one_rank: None, tmp_path: Path
+    one_rank: None, tmp_path: Path, bad: range
 ) -> None:
     """A checkpoint counts the bad rows read for its trained batches, not those the input
     read ahead of training: a review's resumed run reported 20 skipped rows against 16
     uninterrupted (the rows read ahead were counted in the checkpoint and again on resume),
-    and the rows a resumed stream read for its first batch were not counted at all."""
+    and the rows a resumed stream read for its first batch were not counted at all. In a
+    short epoch (its last 8 rows bad: 8 of 10 planned batches) the rows read past its last
+    batch were left out of its counts but carried into the next epoch's (16 against 11
+    resumed), and a checkpoint at its last step resumed into "epoch 0 trained no batch"."""
     import itertools
 
     import pyarrow as pa
@@ -426,8 +434,8 @@ def test_a_checkpoint_counts_the_bad_rows_of_its_trained_batches(
     from dist_train.embedding.layout import build_layout
     from dist_train.train.trainer import make_batch_builder
 
-    rows, per_group = 40, 5  # one id out of range in each row group
-    ids = [99 if i % per_group == 0 else 1 for i in range(rows)]
+    rows, per_group = 40, 5
+    ids = [99 if i in bad else 1 for i in range(rows)]  # 99: outside C1's 10
     table = pa.table(
         {
             "label": pa.array([i % 2 for i in range(rows)], pa.int64()),
@@ -447,6 +455,7 @@ def test_a_checkpoint_counts_the_bad_rows_of_its_trained_batches(
             "data.synthetic.string_columns=[]",
             "data.on_bad_input=skip",
             "train.batch_size=4",
+            "train.epochs=2",
             "train.prefetch_batches=0",
             "data.shuffle_buffer_rows=0",
         ],
@@ -472,7 +481,8 @@ def test_a_checkpoint_counts_the_bad_rows_of_its_trained_batches(
         return run.position()
 
     whole = train(TrainPosition())
-    assert whole.bad_input_rows == {"id_out_of_range": 8}
-    for stop in range(1, whole.step):
+    assert whole.bad_input_rows == {"id_out_of_range": 2 * len(bad)}
+    for stop in range(1, whole.step + 1):  # the last step of each epoch included
         saved = train(TrainPosition(), stop_at=stop)
-        assert train(saved).bad_input_rows == whole.bad_input_rows, stop
+        resumed = train(saved)
+        assert (resumed.step, resumed.bad_input_rows) == (whole.step, whole.bad_input_rows), stop

@@ -243,17 +243,15 @@ def test_a_consumer_that_stops_early_ends_the_prefetch_thread() -> None:
 def test_a_stream_of_many_files_keeps_few_open(tmp_path: Path) -> None:
     """Every file a stream read stayed open: under an open-file limit of 64, a review's rank
     of 200 one-group files skipped 140 good row groups as unreadable (and under `error`
-    blamed a good file). A stream keeps at most OPEN_FILES open."""
+    blamed a good file). A stream keeps an eighth of the limit open, at least 8."""
     import resource
-
-    from dist_train.data.reader import OPEN_FILES
 
     for i in range(60):
         pq.write_table(pa.table({"row_id": [i]}), tmp_path / f"part-{i:02d}.parquet")
     groups = list_row_groups(str(tmp_path))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     in_use = len(os.listdir("/proc/self/fd"))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + OPEN_FILES + 8, hard))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 16, hard))
     try:
         read = [t["row_id"][0].as_py() for t, _ in iter_tables(groups, ["row_id"], 1)]
     finally:
@@ -319,3 +317,22 @@ def test_a_glob_passes_over_hidden_folders_and_reads_the_folders_it_matches(
     everything = resolve_files(str(tmp_path / "**" / "*.parquet"))
     assert not [f for f in everything if "_temporary" in f]
     assert resolve_files(str(tmp_path)) == everything
+
+
+def test_a_glob_lists_each_real_file_once_and_the_hidden_names_it_asks_for(
+    tmp_path: Path,
+) -> None:
+    """Dated folders and `latest -> 2024-06-02`: `R/*` read that day's rows twice (each
+    matched folder was walked with its own record of the folders seen). A hidden name the
+    pattern itself gives (`_daily_*`) is read, as the old listing read it."""
+    for day in ("2024-06-01", "2024-06-02", "_daily_1"):
+        (tmp_path / day).mkdir()
+        pq.write_table(pa.table({"row_id": [0]}), tmp_path / day / "part-0.parquet")
+    (tmp_path / "latest").symlink_to(tmp_path / "2024-06-02")
+    days = ["2024-06-01", "2024-06-02"]
+    for pattern in (str(tmp_path / "*"), f"file://{tmp_path}/*"):
+        listed = resolve_files(pattern)
+        assert [Path(f).parent.name for f in listed] == days, pattern
+    assert resolve_files(str(tmp_path)) == [str(tmp_path / d / "part-0.parquet") for d in days]
+    daily = resolve_files(str(tmp_path / "_daily_*" / "*.parquet"))
+    assert daily == [str(tmp_path / "_daily_1" / "part-0.parquet")]

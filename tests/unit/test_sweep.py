@@ -217,3 +217,5 @@ def test_adult_replaces_its_own_files_and_never_a_users(tmp_path: Path) -> None:
     convert_adult(tmp_path)
     convert_adult(tmp_path, seed=1)  # its own files: replaced
     assert len(list(tmp_path.rglob("*.parquet"))) == 2
+    (tmp_path / "adult.json").unlink()  # as a conversion before the record left its folder
+    convert_adult(tmp_path, seed=2)
