@@ -100,9 +100,12 @@ def location(where: str | Path | UrlPath) -> Location:
 
 
 def rmtree(loc: Location) -> None:
-    """Remove ``loc`` and everything below it, if it exists."""
+    """Remove ``loc``, a file or a folder and everything below it, if it exists."""
     if isinstance(loc, Path):
-        shutil.rmtree(loc, ignore_errors=True)
+        if loc.is_file() or loc.is_symlink():
+            loc.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(loc, ignore_errors=True)
     elif loc.exists():
         loc.fs.rm(loc.path, recursive=True)
 

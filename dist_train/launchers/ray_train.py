@@ -41,6 +41,7 @@ class LaunchError(RuntimeError):
 SUMMARY_FILE = "summary.json"
 HEALTH_CHECK_ENV, HEALTH_CHECK_SECONDS = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
 POINTER_FILE = "dist_train_checkpoint.json"
+DIVERGED = "diverged"  # a summary's key: the error of the launch's divergence
 
 
 def _report(record: Mapping[str, object], attach: str = SUMMARY_FILE) -> None:
@@ -92,7 +93,7 @@ def _ray_worker(payload: dict[str, Any]) -> None:
             context.get_local_rank(), context.get_local_world_size(), cfg.ray.threads_per_worker
         )
     # Imported here, after quieting, so FBGEMM's import-time INFO lines stay out of the output.
-    from dist_train.train.checkpointing import restart_point
+    from dist_train.train.checkpointing import diverged_before, record_divergence, restart_point
     from dist_train.train.loop import run_worker
 
     inputs = payload["inputs"]  # a WorkerInputs, plan included (Ray pickles the config)
@@ -102,6 +103,10 @@ def _ray_worker(payload: dict[str, Any]) -> None:
     if restart is not None:  # Ray Train restarted the group after a worker failed
         LOG.info(f"worker group restarted; resuming from {restart}")
         inputs = dataclasses.replace(inputs, resume=restart)
+    divergence = diverged_before(cfg, inputs.run_id)
+    if divergence is not None:  # it would diverge again: end, so that Ray restarts no more
+        _report({DIVERGED: divergence})
+        return
     world = ray.train.get_context().get_world_size()
     if inputs.plan is not None and inputs.plan.world_size != world:
         # An elastic group of another size: the workers plan for themselves (rank 0 plans
@@ -115,7 +120,12 @@ def _ray_worker(payload: dict[str, Any]) -> None:
             cfg = cfg.model_copy(update={"sharding": sharding})
     node_id = ray.get_runtime_context().get_node_id()
     run_worker(
-        cfg, inputs, node_id, report=_report, checkpointed=_checkpoint_reporter(inputs.run_id)
+        cfg,
+        inputs,
+        node_id,
+        report=_report,
+        checkpointed=_checkpoint_reporter(inputs.run_id),
+        diverged=lambda error: record_divergence(cfg, inputs.run_id, str(error)),
     )
 
 
@@ -322,4 +332,9 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
         if result.checkpoint is None:
             raise LaunchError("training finished without reporting a summary")
         with result.checkpoint.as_directory() as path:
-            return dict(json.loads((Path(path) / SUMMARY_FILE).read_text()))
+            summary = dict(json.loads((Path(path) / SUMMARY_FILE).read_text()))
+        if DIVERGED in summary:  # a restarted group found the divergence recorded
+            from dist_train.train.loop import TrainingDiverged
+
+            raise TrainingDiverged(summary[DIVERGED])
+        return summary

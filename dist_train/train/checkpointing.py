@@ -23,7 +23,7 @@ from typing import Any
 import torch.distributed as dist
 from pydantic import ValidationError
 
-from dist_train import checkpoint
+from dist_train import checkpoint, storage
 from dist_train.checkpoint import CheckpointSaver, TrainPosition
 from dist_train.checkpoint_files import digest_of
 from dist_train.config import EmbeddingConfig, FeatureConfig, JobConfig
@@ -62,6 +62,10 @@ def resume_point(
     root = checkpoint.checkpoint_root(cfg)
     for p in checkpoint.remove_partials(root):
         LOG.info(f"removed partial checkpoint {p} (a save was interrupted)")
+    if root.is_dir():  # earlier launches' records: this launch is another
+        for p in root.iterdir():
+            if p.name.startswith(DIVERGED_PREFIX) and p.name.endswith(".json"):
+                storage.rmtree(p)
     if cfg.checkpoint.resume is None:
         _refuse_to_overwrite(cfg, root)
         return None
@@ -219,6 +223,38 @@ def _refuse_to_branch(cfg: JobConfig, root: Location, path: Location, step: int)
             "Move the newer ones out of the directory, or save this run elsewhere "
             "(--set name=... or checkpoint.dir); nothing was changed"
         )
+
+
+DIVERGED_PREFIX = "diverged-"
+
+
+def _divergence_record(cfg: JobConfig, run_id: str) -> Location:
+    # beside the checkpoints: storage every rank reaches, whichever node rank 0 lands on
+    return checkpoint.checkpoint_root(cfg) / f"{DIVERGED_PREFIX}{run_id}.json"
+
+
+def record_divergence(cfg: JobConfig, run_id: str, message: str) -> None:
+    """Record that this launch diverged (its error's ``message``): a worker group that Ray
+    Train restarts would resume the newest checkpoint and diverge again at the same step,
+    until the restarts are spent (without end at ``ray.max_failures=-1``)."""
+    root = checkpoint.checkpoint_root(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    storage.write_atomically(_divergence_record(cfg, run_id), json.dumps({"error": message}))
+
+
+def diverged_before(cfg: JobConfig, run_id: str) -> str | None:
+    """The error of this launch's divergence, if a worker group before this one recorded
+    one (rank 0 reads, every rank returns it)."""
+    found: list[str | None] = [None]
+    if dist.get_rank() == 0:
+        record = _divergence_record(cfg, run_id)
+        if record.is_file():
+            try:
+                found[0] = str(json.loads(record.read_text())["error"])
+            except (ValueError, KeyError, TypeError, OSError):
+                found[0] = f"training diverged (its record {record} is unreadable)"
+    dist.broadcast_object_list(found, src=0)
+    return found[0]
 
 
 def restart_point(cfg: JobConfig, run_id: str, recorded: tuple[int, str] | None) -> str | None:
