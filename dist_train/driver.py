@@ -164,6 +164,24 @@ def _process_worker(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
     return dict(run_worker(cfg, inputs, f"local-node-{rank // per_node}"))
 
 
+RAY_ONLY = ("address", "min_workers", "max_failures", "autoscaling", "storage_path")
+
+
+def _warn_ray_only(cfg: JobConfig) -> None:
+    """Name the ``ray.*`` settings that the processes launcher does not use."""
+    default = type(cfg.ray)()
+    unused = [
+        f"ray.{k}={getattr(cfg.ray, k)}"
+        for k in RAY_ONLY
+        if getattr(cfg.ray, k) != getattr(default, k)
+    ]
+    if unused:
+        LOG.warning(
+            f"launcher=processes runs every rank on this machine without Ray: "
+            f"{', '.join(unused)} take no effect (launcher=ray uses them)"
+        )
+
+
 def run_job(cfg: JobConfig) -> dict[str, Any]:
     """Run a whole job with its configured launcher; returns the summary (also on disk).
 
@@ -189,6 +207,8 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
         f"row groups, {cfg.ray.num_workers} workers via {cfg.launcher}"
     )
     launch_unix = time.time()
+    if cfg.launcher == "processes":
+        _warn_ray_only(cfg)
     if cfg.launcher == "ray":
         # Ray takes seconds to import; plain-process runs never need it.
         from dist_train.launchers.ray_train import launch_ray

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Callable
 
 EXIT_CODE = 128 + signal.SIGTERM  # 143, as a process the signal ended reports
+INTERRUPTED = 128 + signal.SIGINT  # 130, as a shell reports Ctrl-C
 
 
 class Terminated(KeyboardInterrupt):
@@ -19,7 +21,8 @@ def stopped_by_sigterm(main: Callable[[], int]) -> int:
     """``main()``'s exit code, SIGTERM (``kill``, ``docker stop``, a scheduler's stop)
     meanwhile ending it as Ctrl-C does, through its ``finally`` blocks: the ranks it started
     stopped, its temporary files removed (the default action ended it on the spot, its
-    ranks left training); then 143. The caller's handler is back afterwards."""
+    ranks left training); then 143. Ctrl-C ends it the same way, then 130 and one line.
+    The caller's handler is back afterwards."""
     if threading.current_thread() is not threading.main_thread():
         return main()  # only the main thread may handle signals
     received: list[int] = []
@@ -34,6 +37,7 @@ def stopped_by_sigterm(main: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         if received:
             return EXIT_CODE
-        raise  # Ctrl-C
+        print("interrupted (Ctrl-C)", file=sys.stderr)
+        return INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -21,7 +21,12 @@ from dist_train.config import ConfigError, JobConfig, load_config, parse_config,
 from dist_train.data.reader import DataSourceError, resolve_files
 from dist_train.devices import DeviceError, DeviceType, resolve_device
 from dist_train.embedding.layout import build_layout
-from dist_train.launchers.cluster import ClusterLimits, ClusterTooSmallError, check_fits
+from dist_train.launchers.cluster import (
+    ClusterLimits,
+    ClusterTooSmallError,
+    check_fits,
+    packing_risk,
+)
 from dist_train.launchers.cluster_files import ClusterFileError, launcher_limits, rayjob_nodes
 from dist_train.launchers.submit import REPO_ROOT
 from dist_train.storage import StorageError, location
@@ -140,7 +145,16 @@ def _check_fit(
     ranks = f"{device} ranks"
     if device == "cpu" and gpus and cfg.train.device == "auto":
         ranks += f": its {gpus:g} GPU(s) are fewer than one per worker"
-    report.ok.append(f"{job_source} fits {source} ({cluster.describe()}; {ranks})")
+    risk = packing_risk(
+        cluster.nodes,
+        cfg.ray.num_workers,
+        cfg.ray.cpus_per_worker,
+        per_worker,
+        cfg.ray.num_nodes,
+        cfg.ray.placement_strategy,
+    )
+    but = f"; but {risk}" if risk else ""
+    report.ok.append(f"{job_source} fits {source} ({cluster.describe()}; {ranks}){but}")
 
 
 def _rayjob_config(entrypoint: str, source: str, report: Report) -> JobConfig | None:

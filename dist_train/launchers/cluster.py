@@ -153,3 +153,31 @@ def live_nodes(ray_nodes: list[dict[str, Any]]) -> list[NodeResources]:
             )
         )
     return out
+
+
+def packing_risk(
+    nodes: list[NodeResources],
+    num_workers: int,
+    cpus_per_worker: float,
+    gpus_per_worker: float,
+    num_nodes: int | None,
+    strategy: str,
+) -> str | None:
+    """Why Ray may land the workers of a job with ``num_nodes`` on other nodes than it asks,
+    or None: PACK fills a node before it uses the next, so a node with room for more than
+    its share gets more (the job then stops at start: "landed on 1 node"); Ray places
+    workers by resources, not per node."""
+    if num_nodes is None or strategy != "PACK":
+        return None
+    ranks = num_workers // num_nodes
+    roomy = [
+        (n, s) for n in nodes if (s := n.worker_slots(cpus_per_worker, gpus_per_worker)) > ranks
+    ]
+    if not roomy:
+        return None
+    node, slots = roomy[0]
+    return (
+        f"Ray's PACK placement fills a node first: a {node.name} node has room for {slots} "
+        f"workers, more than the {ranks} of the job's {num_nodes} nodes; set "
+        f"ray.cpus_per_worker={node.cpus / ranks:g} so that each node holds {ranks}"
+    )

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -24,7 +25,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from dist_train.config import JobConfig, parse_config
 from dist_train.devices import backend_for, local_gpus
 from dist_train.launchers.affinity import pin_local_rank
-from dist_train.launchers.cluster import check_fits, describe, live_nodes
+from dist_train.launchers.cluster import check_fits, describe, live_nodes, packing_risk
 from dist_train.launchers.processes import free_port
 from dist_train.logs import LOG, quiet_worker_logs, setup_logging
 from dist_train.train.faults import DRILL_ENVS
@@ -172,12 +173,7 @@ def private_ray(**init_kwargs: Any) -> Iterator[None]:
     os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"  # ignored by ray.init(address="local")
     on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
-        ray.init(address="local", **init_kwargs)
-        # Ray's head node installs its own SIGTERM handler (exit 1): a caller's own Python
-        # handler (dist_train.stopping: exit 143 through the finally blocks) stays; with
-        # none (the default action, in library use), Ray's, which shuts its processes down
-        if callable(on_sigterm):
-            signal.signal(signal.SIGTERM, on_sigterm)
+        _init_keeping_sigterm(address="local", **init_kwargs)
         _restore({GCS_PORT_ENV: saved[GCS_PORT_ENV]})
         os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
         try:
@@ -188,6 +184,17 @@ def private_ray(**init_kwargs: Any) -> Iterator[None]:
         if on_sigterm is not None:  # None: not set from Python, nothing to put back
             signal.signal(signal.SIGTERM, on_sigterm)
         _restore(saved)
+
+
+def _init_keeping_sigterm(**init_kwargs: Any) -> None:
+    """``ray.init(**init_kwargs)``, the caller's own SIGTERM handler kept: ``ray.init``
+    installs one of its own (exit 1, or the signal's number). A caller's Python handler
+    (dist_train.stopping: exit 143 through the finally blocks) stays; with none (the default
+    action, in library use), Ray's, which shuts its processes down."""
+    on_sigterm = signal.getsignal(signal.SIGTERM)
+    ray.init(**init_kwargs)
+    if callable(on_sigterm):
+        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _restore(values: Mapping[str, str | None]) -> None:
@@ -240,7 +247,26 @@ def _join(cfg: JobConfig, address: str) -> None:
     """Connect this process to the cluster at ``address`` (for the rest of its life)."""
     submitted = "" if cfg.ray.address else " (the cluster this job was submitted to)"
     LOG.info(f"joining Ray cluster at {address}{submitted}")
-    ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
+    _check_reachable(address)
+    _init_keeping_sigterm(address=address, log_to_driver=True, logging_level=logging.WARNING)
+
+
+REACH_SECONDS = 10.0
+
+
+def _check_reachable(address: str) -> None:
+    """Fail at once if ``address`` (host:port, or ray://host:port) takes no connection:
+    ``ray.init`` retries an address nothing answers without end."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or "://" in host:
+        return  # "auto", or a form Ray resolves itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_SECONDS).close()
+    except OSError as err:
+        raise LaunchError(
+            f"cannot reach the Ray cluster at {address} ({err.strerror or err}): is it up, "
+            "and is ray.address (or RAY_ADDRESS) its head's GCS address, host:port?"
+        ) from None
 
 
 def cluster_gpus(cfg: JobConfig) -> tuple[float, str]:
@@ -270,6 +296,16 @@ def check_cluster(cfg: JobConfig, device_type: str) -> None:
             cfg.ray.num_nodes,
             cfg.ray.placement_strategy,
         )
+    risk = packing_risk(
+        nodes,
+        cfg.ray.num_workers,
+        cfg.ray.cpus_per_worker,
+        1.0 if device_type == "cuda" else 0.0,
+        cfg.ray.num_nodes,
+        cfg.ray.placement_strategy,
+    )
+    if risk:
+        LOG.warning(risk)
 
 
 def failure_config(cfg: JobConfig) -> FailureConfig:
@@ -323,10 +359,15 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
                 logging_config=LoggingConfig(log_level="WARNING"),  # type: ignore[call-arg]
             ),
         )
+        on_sigint = signal.getsignal(signal.SIGINT)
         try:
             result = trainer.fit()
+        except SystemExit as err:  # Ray Train's Ctrl-C handler ends fit() with sys.exit
+            raise KeyboardInterrupt from err
         except Exception as err:  # Ray wraps worker errors; surface the root cause
             raise LaunchError(f"training failed: {err}") from err
+        finally:  # Ray Train's handler would outlive the run
+            signal.signal(signal.SIGINT, on_sigint)
         if result.error is not None:
             raise LaunchError(f"training failed: {result.error}")
         if result.checkpoint is None:

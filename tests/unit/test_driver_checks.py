@@ -139,3 +139,37 @@ def test_a_divergence_reaches_the_driver_whole_through_pickle() -> None:
     got = pickle.loads(pickle.dumps(sent))
     assert type(got) is TrainingDiverged and str(got) == str(sent)
     assert str(got).startswith("step 4: the training loss is nan on rank 1;")
+
+
+def test_an_unreachable_ray_address_fails_at_once() -> None:
+    """`ray.address=127.0.0.1:1` waited at "joining Ray cluster" for good: ray.init retries
+    an address nothing answers without end."""
+    import time
+
+    from dist_train.launchers.processes import free_port
+    from dist_train.launchers.ray_train import LaunchError, _check_reachable
+
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    start = time.perf_counter()
+    with pytest.raises(LaunchError, match=rf"cannot reach the Ray cluster at {address}"):
+        _check_reachable(address)
+    assert time.perf_counter() - start < 5
+    _check_reachable("auto")  # Ray's own lookup: not checked here
+
+
+def test_ray_settings_the_processes_launcher_ignores_are_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`launcher=processes` with ray.max_failures, min_workers or address took no effect,
+    unsaid."""
+    from dist_train.config import load_config
+    from dist_train.driver import _warn_ray_only
+
+    cfg = load_config(overrides=["launcher=processes", "ray.max_failures=3"])
+    with caplog.at_level("WARNING", logger="dist_train"):
+        _warn_ray_only(cfg)
+    assert "ray.max_failures=3 take no effect" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="dist_train"):
+        _warn_ray_only(load_config(overrides=["launcher=processes"]))
+    assert not caplog.text

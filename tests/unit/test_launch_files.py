@@ -236,3 +236,15 @@ def test_a_config_the_upload_leaves_out_is_refused(
     _zip_files(str(root), EXCLUDES, str(tmp_path / "upload.zip"), include_gitignore=True)
     uploaded = zipfile.ZipFile(tmp_path / "upload.zip").namelist()
     assert "sub/job.yaml" in uploaded and config not in uploaded
+
+
+def test_a_node_with_room_for_more_than_its_share_is_named() -> None:
+    """Two 4-CPU nodes for a 2-node job of 2 workers at 1 CPU passed every check; Ray's PACK
+    put both workers on one node and the job stopped at start ("landed on 1")."""
+    from dist_train.launchers.cluster import NodeResources, packing_risk
+
+    nodes = [NodeResources("worker", cpus=4, gpus=0, count=2)]
+    risk = packing_risk(nodes, 2, 1.0, 0.0, 2, "PACK")
+    assert risk is not None and "set ray.cpus_per_worker=4 so that each node holds 1" in risk
+    assert packing_risk(nodes, 2, 4.0, 0.0, 2, "PACK") is None  # each node holds its one
+    assert packing_risk(nodes, 2, 1.0, 0.0, None, "PACK") is None  # no node count asked
