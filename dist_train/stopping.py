@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -17,12 +18,21 @@ class Terminated(KeyboardInterrupt):
     though Ray raises it again as a plain KeyboardInterrupt."""
 
 
+def _end_by_sigint() -> None:
+    """End this process as Ctrl-C ends one: a shell running commands in a loop stops on a
+    command that SIGINT ended, and goes on after one that exited 130."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 def stopped_by_sigterm(main: Callable[[], int]) -> int:
     """``main()``'s exit code, SIGTERM (``kill``, ``docker stop``, a scheduler's stop)
     meanwhile ending it as Ctrl-C does, through its ``finally`` blocks: the ranks it started
     stopped, its temporary files removed (the default action ended it on the spot, its
-    ranks left training); then 143. Ctrl-C ends it the same way, then 130 and one line.
-    The caller's handler is back afterwards."""
+    ranks left training); then 143. Ctrl-C ends it the same way, prints one line and ends
+    the process by SIGINT (130 to a shell). The caller's handler is back afterwards."""
     if threading.current_thread() is not threading.main_thread():
         return main()  # only the main thread may handle signals
     received: list[int] = []
@@ -38,6 +48,7 @@ def stopped_by_sigterm(main: Callable[[], int]) -> int:
         if received:
             return EXIT_CODE
         print("interrupted (Ctrl-C)", file=sys.stderr)
+        _end_by_sigint()
         return INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)

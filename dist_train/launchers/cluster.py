@@ -167,17 +167,26 @@ def packing_risk(
     or None: PACK fills a node before it uses the next, so a node with room for more than
     its share gets more (the job then stops at start: "landed on 1 node"); Ray places
     workers by resources, not per node."""
-    if num_nodes is None or strategy != "PACK":
+    if num_nodes is None or num_nodes == 1 or strategy != "PACK":
         return None
     ranks = num_workers // num_nodes
-    roomy = [
-        (n, s) for n in nodes if (s := n.worker_slots(cpus_per_worker, gpus_per_worker)) > ranks
-    ]
+    roomy = [n for n in nodes if n.worker_slots(cpus_per_worker, gpus_per_worker) > ranks]
     if not roomy:
         return None
-    node, slots = roomy[0]
+    node = roomy[0]
+    risk = (
+        f"Ray's PACK placement fills a node first: a {node.name} node has room for "
+        f"{node.worker_slots(cpus_per_worker, gpus_per_worker)} workers, more than the "
+        f"{ranks} of each of the job's {num_nodes} nodes"
+    )
+    # CPUs a worker that leave each roomy node room for its share exactly, if one value does
+    cpus = math.floor(min(n.cpus for n in roomy) / ranks * 10_000) / 10_000
+    exact = cpus > 0 and all(n.worker_slots(cpus, gpus_per_worker) == ranks for n in roomy)
+    hosts = sum(n.count for n in nodes if n.worker_slots(cpus, gpus_per_worker) >= ranks)
+    if exact and hosts >= num_nodes:
+        return f"{risk}; set ray.cpus_per_worker={cpus:g} so that each node holds {ranks}"
     return (
-        f"Ray's PACK placement fills a node first: a {node.name} node has room for {slots} "
-        f"workers, more than the {ranks} of the job's {num_nodes} nodes; set "
-        f"ray.cpus_per_worker={node.cpus / ranks:g} so that each node holds {ranks}"
+        f"{risk}, and no one ray.cpus_per_worker gives every node exactly {ranks}: make the "
+        "nodes the job may use alike (a head of 0 CPUs, say), or set "
+        "ray.placement_strategy=SPREAD"
     )

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -126,7 +127,7 @@ def _ray_worker(payload: dict[str, Any]) -> None:
         node_id,
         report=_report,
         checkpointed=_checkpoint_reporter(inputs.run_id),
-        diverged=lambda error: record_divergence(cfg, inputs.run_id, str(error)),
+        diverged=lambda error: record_divergence(cfg, inputs.run_id, dist.get_rank(), str(error)),
     )
 
 
@@ -366,8 +367,9 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
             raise KeyboardInterrupt from err
         except Exception as err:  # Ray wraps worker errors; surface the root cause
             raise LaunchError(f"training failed: {err}") from err
-        finally:  # Ray Train's handler would outlive the run
-            signal.signal(signal.SIGINT, on_sigint)
+        finally:  # Ray Train's handler (set on the main thread only) would outlive the run
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, on_sigint)
         if result.error is not None:
             raise LaunchError(f"training failed: {result.error}")
         if result.checkpoint is None:

@@ -62,9 +62,9 @@ def resume_point(
     root = checkpoint.checkpoint_root(cfg)
     for p in checkpoint.remove_partials(root):
         LOG.info(f"removed partial checkpoint {p} (a save was interrupted)")
-    if root.is_dir():  # earlier launches' records: this launch is another
+    if root.is_dir():  # earlier launches' divergence records: this launch is another
         for p in root.iterdir():
-            if p.name.startswith(DIVERGED_PREFIX) and p.name.endswith(".json"):
+            if p.name.startswith(DIVERGED_PREFIX):
                 storage.rmtree(p)
     if cfg.checkpoint.resume is None:
         _refuse_to_overwrite(cfg, root)
@@ -228,18 +228,24 @@ def _refuse_to_branch(cfg: JobConfig, root: Location, path: Location, step: int)
 DIVERGED_PREFIX = "diverged-"
 
 
-def _divergence_record(cfg: JobConfig, run_id: str) -> Location:
-    # beside the checkpoints: storage every rank reaches, whichever node rank 0 lands on
-    return checkpoint.checkpoint_root(cfg) / f"{DIVERGED_PREFIX}{run_id}.json"
-
-
-def record_divergence(cfg: JobConfig, run_id: str, message: str) -> None:
-    """Record that this launch diverged (its error's ``message``): a worker group that Ray
-    Train restarts would resume the newest checkpoint and diverge again at the same step,
-    until the restarts are spent (without end at ``ray.max_failures=-1``)."""
+def record_divergence(cfg: JobConfig, run_id: str, rank: int, message: str) -> None:
+    """Record that this launch diverged on ``rank`` (its error's ``message``), where Ray
+    Train restarts the group after a failure: the restarted group would resume the newest
+    checkpoint and diverge again at the same step, until the restarts are spent (without
+    end at ``ray.max_failures=-1``). Beside the checkpoints, which every rank reaches; one
+    file a rank, as several may diverge at once. Best effort: a failure to write is logged,
+    and the divergence is still what the rank reports."""
+    if cfg.ray.max_failures == 0:
+        return  # no restart to stop
     root = checkpoint.checkpoint_root(cfg)
-    root.mkdir(parents=True, exist_ok=True)
-    storage.write_atomically(_divergence_record(cfg, run_id), json.dumps({"error": message}))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        record = root / f"{DIVERGED_PREFIX}{run_id}-rank{rank}.json"
+        storage.write_atomically(record, json.dumps({"error": message}))
+    except Exception as err:  # noqa: BLE001 - storage backends raise many types
+        LOG.warning(
+            f"could not record the divergence under {root} ({err}): a restart may replay it"
+        )
 
 
 def diverged_before(cfg: JobConfig, run_id: str) -> str | None:
@@ -247,8 +253,16 @@ def diverged_before(cfg: JobConfig, run_id: str) -> str | None:
     one (rank 0 reads, every rank returns it)."""
     found: list[str | None] = [None]
     if dist.get_rank() == 0:
-        record = _divergence_record(cfg, run_id)
-        if record.is_file():
+        root = checkpoint.checkpoint_root(cfg)
+        mine = f"{DIVERGED_PREFIX}{run_id}-"
+        records = (
+            sorted(
+                p for p in root.iterdir() if p.name.startswith(mine) and p.name.endswith(".json")
+            )
+            if root.is_dir()
+            else []
+        )
+        for record in records[:1]:
             try:
                 found[0] = str(json.loads(record.read_text())["error"])
             except (ValueError, KeyError, TypeError, OSError):

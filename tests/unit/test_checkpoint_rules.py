@@ -486,3 +486,24 @@ def test_a_checkpoint_counts_the_bad_rows_of_its_trained_batches(
         saved = train(TrainPosition(), stop_at=stop)
         resumed = train(saved)
         assert (resumed.step, resumed.bad_input_rows) == (whole.step, whole.bad_input_rows), stop
+
+
+def test_a_divergence_is_recorded_for_restarts_only_and_never_hides_it(
+    one_rank: None, tmp_path: Path
+) -> None:
+    """One record a rank (several ranks diverging at once raced for one name, and the
+    loser's FileNotFoundError replaced its TrainingDiverged), none without restarts, and a
+    record that cannot be written is logged, not raised."""
+    from dist_train.train.checkpointing import diverged_before, record_divergence
+
+    cfg = load_config(overrides=[f"checkpoint.dir={tmp_path / 'ckpt'}", "ray.max_failures=2"])
+    assert diverged_before(cfg, "launch") is None
+    record_divergence(cfg.model_copy(update={"ray": type(cfg.ray)()}), "launch", 0, "none")
+    assert not (tmp_path / "ckpt").exists()  # max_failures=0: no restart to stop
+    for rank in (1, 0):
+        record_divergence(cfg, "launch", rank, f"step 4: nan on rank {rank}")
+    assert diverged_before(cfg, "launch") == "step 4: nan on rank 0"
+    assert diverged_before(cfg, "another") is None
+    (tmp_path / "file").write_text("")
+    blocked = load_config(overrides=[f"checkpoint.dir={tmp_path / 'file'}", "ray.max_failures=2"])
+    record_divergence(blocked, "launch", 0, "step 4")  # logged, not raised

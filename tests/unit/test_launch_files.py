@@ -248,3 +248,12 @@ def test_a_node_with_room_for_more_than_its_share_is_named() -> None:
     assert risk is not None and "set ray.cpus_per_worker=4 so that each node holds 1" in risk
     assert packing_risk(nodes, 2, 4.0, 0.0, 2, "PACK") is None  # each node holds its one
     assert packing_risk(nodes, 2, 1.0, 0.0, None, "PACK") is None  # no node count asked
+    assert packing_risk(nodes, 2, 1.0, 0.0, 1, "PACK") is None  # one node: what PACK does
+    # 6 workers on 2 nodes of 8 CPUs: 8 / 3 rounded down, so that 3 fit, not 2
+    eight = [NodeResources("worker", cpus=8, count=2)]
+    assert "set ray.cpus_per_worker=2.6666 so that each node holds 3" in str(
+        packing_risk(eight, 6, 1.0, 0.0, 2, "PACK")
+    )
+    # a 64-CPU head beside two 8-CPU workers: no one value gives every node its 4
+    head = [NodeResources("head", cpus=64), NodeResources("worker", cpus=8, count=2)]
+    assert "no one ray.cpus_per_worker" in str(packing_risk(head, 8, 1.0, 0.0, 2, "PACK"))

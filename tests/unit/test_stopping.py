@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
-import pytest
-
-from dist_train.stopping import EXIT_CODE, INTERRUPTED, stopped_by_sigterm
+from dist_train.stopping import EXIT_CODE, stopped_by_sigterm
 
 
 def _terminated() -> int:
@@ -26,10 +24,25 @@ def test_sigterm_is_exit_143_and_the_callers_handler_is_back() -> None:
     assert stopped_by_sigterm(lambda: 0) == 0
 
 
-def test_ctrl_c_is_exit_130_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    """A later Ctrl-C is a Ctrl-C (once, any KeyboardInterrupt after a SIGTERM read 143):
-    130 and one line, where it printed a traceback of every frame it passed (and under
-    Ray, whose Ctrl-C handler ends with sys.exit, 1 and nothing)."""
-    stopped_by_sigterm(_terminated)
-    assert stopped_by_sigterm(_interrupted) == INTERRUPTED == 130
-    assert capsys.readouterr().err == "interrupted (Ctrl-C)\n"
+def test_ctrl_c_ends_the_process_by_sigint_with_one_line() -> None:
+    """A Ctrl-C after a SIGTERM is a Ctrl-C (once, any KeyboardInterrupt after a SIGTERM
+    read 143). It printed a traceback of every frame it passed (and under Ray, whose Ctrl-C
+    handler ends with sys.exit, exited 1 and printed nothing); now one line, and the process
+    ends by SIGINT, as a shell loop needs to stop on it (an exit of 130 let it go on)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal\n"
+        "from dist_train.stopping import stopped_by_sigterm\n"
+        "def terminated():\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "def interrupted():\n"
+        "    raise KeyboardInterrupt\n"
+        "assert stopped_by_sigterm(terminated) == 143\n"
+        "stopped_by_sigterm(interrupted)\n"
+        "print('still running')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == -signal.SIGINT, done
+    assert done.stderr == "interrupted (Ctrl-C)\n" and not done.stdout
