@@ -123,7 +123,8 @@ def _group_resources(group: dict[str, Any], where: str) -> dict[str, float]:
 
 
 def rayjob_nodes(doc: dict[str, Any], source: str) -> tuple[list[NodeResources], str]:
-    """Nodes (at max replicas) and entrypoint of a KubeRay RayJob manifest."""
+    """Nodes (at ``maxReplicas`` where KubeRay's autoscaler is on, else ``replicas``) and
+    entrypoint of a KubeRay RayJob manifest."""
     spec = doc.get("spec")
     if not isinstance(spec, dict):
         raise ClusterFileError(f"{source}: RayJob has no spec")
@@ -139,9 +140,12 @@ def rayjob_nodes(doc: dict[str, Any], source: str) -> tuple[list[NodeResources],
     nodes = [
         _node("head", _group_resources(cluster["headGroupSpec"], f"{source}: headGroupSpec"), 1)
     ]
+    # KubeRay runs a group's `replicas` pods; only its autoscaler grows a group to `maxReplicas`
+    scales = bool(cluster.get("enableInTreeAutoscaling"))
     for i, group in enumerate(cluster.get("workerGroupSpecs", []) or []):
         where = f"{source}: workerGroupSpecs[{i}]"
-        count = int(group.get("maxReplicas", group.get("replicas", 0)))
+        fixed = group.get("replicas", group.get("minReplicas", 0))
+        count = int(group.get("maxReplicas", fixed) if scales else fixed)
         if count:
             nodes.append(
                 _node(group.get("groupName", f"group{i}"), _group_resources(group, where), count)

@@ -118,8 +118,15 @@ def submit(
     verbosity: str = "normal",
 ) -> int:
     """Validate the job, then run (or, with ``dry_run``, print) the submission: ``ray job
-    submit``'s exit code, or 2 (the error printed) for a config the job could not use."""
-    if load_or_report(config, overrides) is None:
+    submit``'s exit code, or 2 (the error printed) for a config the job could not use.
+    Without an upload, a config that is not on this machine (a path in the cluster's image)
+    is read and checked by the job on the cluster."""
+    if working_dir is None and not Path(config).expanduser().exists():
+        print(
+            f"note: {config} is not on this machine: the job reads and checks it on the cluster",
+            file=sys.stderr,
+        )
+    elif load_or_report(config, overrides) is None:
         return 2
     try:
         remote = cluster_config_path(config, working_dir)

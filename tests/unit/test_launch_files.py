@@ -182,6 +182,18 @@ def test_submit_dry_run_validates_the_config_first(
     assert f"{outside}: outside the working dir {REPO}" in capsys.readouterr().err
 
 
+def test_without_an_upload_a_config_in_the_image_is_left_to_the_cluster(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """docs section 4: with --no-working-dir, name the config by its path in the image. It
+    was read on this machine first and refused ("no such config file")."""
+    image = "/opt/dist_train/launch/configs/two_nodes.yaml"
+    argv = ["submit", "--dry-run", "--no-working-dir", "--config", image]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    assert f"note: {image} is not on this machine" in out.err and image in out.out
+
+
 def test_submit_dry_run_prints_a_command_a_shell_reads_back(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -257,3 +269,25 @@ def test_a_node_with_room_for_more_than_its_share_is_named() -> None:
     # a 64-CPU head beside two 8-CPU workers: no one value gives every node its 4
     head = [NodeResources("head", cpus=64), NodeResources("worker", cpus=8, count=2)]
     assert "no one ray.cpus_per_worker" in str(packing_risk(head, 8, 1.0, 0.0, 2, "PACK"))
+
+
+def test_a_rayjob_without_autoscaling_has_its_replicas_not_its_maximum() -> None:
+    """KubeRay runs `replicas` pods unless its autoscaler is on; `validate` counted
+    `maxReplicas`, and said a job fits that the cluster could not hold."""
+    from dist_train.launchers.cluster_files import rayjob_nodes
+
+    group = {"groupName": "w", "replicas": 1, "maxReplicas": 2}
+    group["template"] = {
+        "spec": {"containers": [{"resources": {"limits": {"cpu": "4", "memory": "8Gi"}}}]}
+    }
+    head = {"template": group["template"]}
+    doc = {
+        "kind": "RayJob",
+        "spec": {
+            "entrypoint": "python -m dist_train.driver --config x.yaml",
+            "rayClusterSpec": {"headGroupSpec": head, "workerGroupSpecs": [group]},
+        },
+    }
+    assert [n.count for n in rayjob_nodes(doc, "job.yaml")[0]] == [1, 1]
+    doc["spec"]["rayClusterSpec"]["enableInTreeAutoscaling"] = True  # type: ignore[index]
+    assert [n.count for n in rayjob_nodes(doc, "job.yaml")[0]] == [1, 2]
