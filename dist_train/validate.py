@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from dist_train.checkpoint import META, CheckpointError, verify
 from dist_train.config import ConfigError, JobConfig, load_config, parse_config, read_yaml
@@ -157,10 +157,14 @@ def _check_fit(
     report.ok.append(f"{job_source} fits {source} ({cluster.describe()}; {ranks}){but}")
 
 
+IMAGE_CHECKOUT = "/opt/dist_train"  # docker/Dockerfile.*: WORKDIR, the checkout's copy
+
+
 def _rayjob_config(entrypoint: str, source: str, report: Report) -> JobConfig | None:
     """The job a RayJob's entrypoint runs: its ``--config`` (the default one if none; a
-    relative path is the pods' working dir's, the image's copy of this checkout) with its
-    ``--set`` overrides; None, the problem reported, if it cannot be read."""
+    relative path is the pods' working dir's, and a path under ``IMAGE_CHECKOUT`` the
+    image's, both this checkout's copy) with its ``--set`` overrides; None, the problem
+    reported, if it cannot be read."""
     try:
         args = shlex.split(entrypoint)
     except ValueError as err:
@@ -175,6 +179,8 @@ def _rayjob_config(entrypoint: str, source: str, report: Report) -> JobConfig | 
             config = value
         elif flag == "--set":
             overrides.append(value)
+    if config and PurePosixPath(config).is_relative_to(IMAGE_CHECKOUT):
+        config = str(PurePosixPath(config).relative_to(IMAGE_CHECKOUT))  # the image's copy
     try:
         return load_config(REPO_ROOT / config if config else None, overrides)
     except ConfigError as err:

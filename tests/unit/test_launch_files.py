@@ -291,3 +291,14 @@ def test_a_rayjob_without_autoscaling_has_its_replicas_not_its_maximum() -> None
     assert [n.count for n in rayjob_nodes(doc, "job.yaml")[0]] == [1, 1]
     doc["spec"]["rayClusterSpec"]["enableInTreeAutoscaling"] = True  # type: ignore[index]
     assert [n.count for n in rayjob_nodes(doc, "job.yaml")[0]] == [1, 2]
+
+
+def test_a_rayjobs_config_named_by_its_path_in_the_image_is_checked(tmp_path: Path) -> None:
+    """An entrypoint's `--config /opt/dist_train/launch/configs/...` (the image's copy of
+    this checkout) was a PROBLEM: validate looked for it on this machine."""
+    text = (LAUNCH / "kuberay" / "rayjob.yaml").read_text()
+    job = tmp_path / "rayjob.yaml"
+    job.write_text(text.replace("--config launch/", "--config /opt/dist_train/launch/"))
+    assert "/opt/dist_train/launch/" in job.read_text()
+    report = validate_files([str(job)])
+    assert not report.problems and any("its entrypoint's config" in ok for ok in report.ok)
