@@ -85,7 +85,8 @@ class _TorchPairwiseDots(torch.autograd.Function):
         # a gather, not a scatter into zeros: 2.5 against 3.3 ms with the matmul
         sym = grad.index_select(1, pair_at).view(b, n, n)
         sym.diagonal(dim1=1, dim2=2).zero_()
-        return torch.bmm(sym, x), None, None
+        # in x's dtype: under autocast the forward's product (so ``grad``) is bf16 or fp16
+        return torch.bmm(sym.to(x.dtype), x), None, None
 
 
 @functools.lru_cache(maxsize=8)

@@ -212,3 +212,16 @@ def test_the_native_backward_is_not_differentiated_twice(variant: str) -> None:
     # its result would silently lack the kernels' own dependence on the inputs
     with pytest.raises(RuntimeError, match=r"not differentiable \(create_graph=True\)"):
         torch.autograd.grad(out, dense, grad, create_graph=True)
+
+
+def test_torchs_path_trains_under_autocast() -> None:
+    """Under bf16 autocast the dense vector comes out of the bottom MLP as bf16, so torch's
+    path runs; its backward multiplied the bf16 gradient by the fp32 vectors it saved and
+    failed ("expected scalar type BFloat16 but found Float"). Found by a review."""
+    dense = torch.randn(4, 3, requires_grad=True)
+    vectors = torch.randn(4, 2, 3, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = dot_interaction(dense.bfloat16(), vectors)
+    out.float().sum().backward()
+    assert dense.grad is not None and vectors.grad is not None
+    assert vectors.grad.dtype == torch.float32
