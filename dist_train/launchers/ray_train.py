@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import tempfile
@@ -319,6 +320,39 @@ def failure_config(cfg: JobConfig) -> FailureConfig:
     return FailureConfig(max_failures=cfg.ray.max_failures, controller_failure_limit=limit)  # type: ignore[call-arg]
 
 
+def worker_failures(err: BaseException) -> str:
+    """Ray's error for a failed worker group, rank by rank, the ranks whose process died
+    first: Ray's own text leads with rank 0's traceback, which, when another rank died, is
+    only the collective that lost it ("Connection closed by peer"). Anything else: as Ray
+    says it."""
+    failures = getattr(err, "worker_failures", None)
+    if not isinstance(failures, dict) or not failures:
+        return str(err)
+    LOG.debug(f"Ray's error: {err}")
+    died, others = [], []
+    for rank, failure in sorted(failures.items()):
+        text = str(failure)
+        if "health check failed" in text or "died" in type(failure).__name__.lower():
+            where = re.search(r"hostname='([^']*)'.*?pid=(\d+)", text, re.S)
+            at = f" (pid {where.group(2)} on {where.group(1)})" if where else ""
+            died.append(f"rank {rank}: its worker process died{at}")
+        else:
+            first = next((line for line in text.splitlines() if line.strip()), "")
+            others.append(f"rank {rank}: {type(failure).__name__}: {first}")
+    return "; ".join(died + others)
+
+
+def _raise_divergence(err: BaseException) -> None:
+    """Raise the ``TrainingDiverged`` of the lowest rank if that is how ``err``'s worker
+    group ended: the same error as a restarted group's (or the processes launcher's)."""
+    from dist_train.train.loop import TrainingDiverged
+
+    failures = getattr(err, "worker_failures", None)
+    diverged = [f for _, f in sorted((failures or {}).items()) if isinstance(f, TrainingDiverged)]
+    if diverged:
+        raise TrainingDiverged(str(diverged[0])) from err
+
+
 def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
     """Run the job on Ray Train workers; the rank-0 summary."""
     cuda = inputs.device_type == "cuda"
@@ -366,12 +400,13 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
         except SystemExit as err:  # Ray Train's Ctrl-C handler ends fit() with sys.exit
             raise KeyboardInterrupt from err
         except Exception as err:  # Ray wraps worker errors; surface the root cause
-            raise LaunchError(f"training failed: {err}") from err
+            _raise_divergence(err)
+            raise LaunchError(f"training failed: {worker_failures(err)}") from err
         finally:  # Ray Train's handler (set on the main thread only) would outlive the run
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGINT, on_sigint)
         if result.error is not None:
-            raise LaunchError(f"training failed: {result.error}")
+            raise LaunchError(f"training failed: {worker_failures(result.error)}")
         if result.checkpoint is None:
             raise LaunchError("training finished without reporting a summary")
         with result.checkpoint.as_directory() as path:

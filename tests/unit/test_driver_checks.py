@@ -173,3 +173,31 @@ def test_ray_settings_the_processes_launcher_ignores_are_named(
     with caplog.at_level("WARNING", logger="dist_train"):
         _warn_ray_only(load_config(overrides=["launcher=processes"]))
     assert not caplog.text
+
+
+def test_a_failed_ray_worker_group_is_told_rank_by_rank_the_dead_first() -> None:
+    """A review's SIGKILL of rank 1 read "[Rank 0 Error Snippet]: Traceback ... Connection
+    closed by peer", rank 1 nowhere; a divergence without restarts read as Ray's
+    WorkerGroupError, where a restarted group's (and the processes launcher's) read
+    TrainingDiverged."""
+    from dist_train.launchers.ray_train import _raise_divergence, worker_failures
+    from dist_train.train.loop import TrainingDiverged
+
+    class GroupError(Exception):  # the attribute Ray Train's WorkerGroupError carries
+        def __init__(self, failures: dict[int, BaseException]) -> None:
+            super().__init__("Training failed due to worker errors: [Rank 0 Error Snippet]")
+            self.worker_failures = failures
+
+    health = "A worker health check failed.\nactor=...\n    hostname='vm',\n    pid=6143,\n"
+    killed = GroupError(
+        {0: RuntimeError("Connection closed by peer\nmore"), 1: RuntimeError(health)}
+    )
+    assert worker_failures(killed) == (
+        "rank 1: its worker process died (pid 6143 on vm); "
+        "rank 0: RuntimeError: Connection closed by peer"
+    )
+    _raise_divergence(killed)  # not a divergence: nothing raised
+    diverged = GroupError({1: TrainingDiverged.at(4, float("nan"), 1), 0: RuntimeError("x")})
+    with pytest.raises(TrainingDiverged, match="step 4: the training loss is nan on rank 1"):
+        _raise_divergence(diverged)
+    assert worker_failures(ValueError("plain")) == "plain"
