@@ -129,10 +129,14 @@ def rayjob_nodes(doc: dict[str, Any], source: str) -> tuple[list[NodeResources],
     if not isinstance(spec, dict):
         raise ClusterFileError(f"{source}: RayJob has no spec")
     entrypoint = spec.get("entrypoint")
-    if not isinstance(entrypoint, str) or "dist_train.driver" not in entrypoint:
+    # the driver, or the command that runs it (it joins the job's cluster: ray_address)
+    runs_job = isinstance(entrypoint, str) and (
+        "dist_train.driver" in entrypoint or "dist-train train" in " ".join(entrypoint.split())
+    )
+    if not runs_job or not isinstance(entrypoint, str):
         raise ClusterFileError(
-            f"{source}: spec.entrypoint must run 'python -m dist_train.driver --config ...', "
-            f"got {entrypoint!r}"
+            f"{source}: spec.entrypoint must run 'python -m dist_train.driver --config ...' "
+            f"or 'dist-train train --config ...', got {entrypoint!r}"
         )
     cluster = spec.get("rayClusterSpec")
     if not isinstance(cluster, dict) or "headGroupSpec" not in cluster:

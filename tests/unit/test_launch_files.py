@@ -126,6 +126,10 @@ def test_validate_rayjob_entrypoint_and_capacity(tmp_path: Path) -> None:
     wrong = _edit(rayjob, tmp_path / "wrong.yaml", {"spec.entrypoint": "python train.py"})
     report = validate_files([str(wrong)])
     assert "spec.entrypoint must run 'python -m dist_train.driver" in report.problems[0]
+    # the command that runs the driver: inside a job it joins the job's cluster
+    command = {"spec.entrypoint": "dist-train train --config launch/configs/two_nodes.yaml"}
+    report = validate_files([str(_edit(rayjob, tmp_path / "cli.yaml", command))])
+    assert not report.problems and any("its entrypoint's config" in ok for ok in report.ok)
     doc = yaml.safe_load(rayjob.read_text())
     doc["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["maxReplicas"] = 1
     doc["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] = 1
