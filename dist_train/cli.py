@@ -390,8 +390,10 @@ def _submit(args: argparse.Namespace) -> int:
     from dist_train.launchers.submit import REPO_ROOT, submit
 
     working_dir = None if args.no_working_dir else str(REPO_ROOT)
+    # without an upload, the default config of the image's copy of the checkout
+    default = DEFAULT_CONFIG.relative_to(REPO_ROOT).as_posix() if args.no_working_dir else None
     return submit(
-        args.config or str(DEFAULT_CONFIG),
+        args.config or default or str(DEFAULT_CONFIG),
         args.set,
         args.address,
         working_dir,

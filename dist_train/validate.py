@@ -28,7 +28,7 @@ from dist_train.launchers.cluster import (
     packing_risk,
 )
 from dist_train.launchers.cluster_files import ClusterFileError, launcher_limits, rayjob_nodes
-from dist_train.launchers.submit import REPO_ROOT
+from dist_train.launchers.submit import IMAGE_CHECKOUT, REPO_ROOT
 from dist_train.storage import StorageError, location
 from dist_train.train.sharding import JobPlan, plan_for_config
 from planners.topology import TopologyError
@@ -155,9 +155,6 @@ def _check_fit(
     )
     but = f"; but {risk}" if risk else ""
     report.ok.append(f"{job_source} fits {source} ({cluster.describe()}; {ranks}){but}")
-
-
-IMAGE_CHECKOUT = "/opt/dist_train"  # docker/Dockerfile.*: WORKDIR, the checkout's copy
 
 
 def _rayjob_config(entrypoint: str, source: str, report: Report) -> JobConfig | None:

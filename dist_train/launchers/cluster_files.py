@@ -7,8 +7,10 @@ file's maximum size is turned into :class:`NodeResources` for ``check_fits``.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import re
+import shlex
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -122,6 +124,24 @@ def _group_resources(group: dict[str, Any], where: str) -> dict[str, float]:
     }
 
 
+def runs_the_driver(entrypoint: str) -> bool:
+    """Whether a job's ``entrypoint`` command is the driver, ``python -m dist_train.driver``,
+    or the command that runs it, ``dist-train train`` (``python -m dist_train.cli train``),
+    which inside a job joins the job's cluster; leading ``VAR=value`` settings allowed. A
+    shell around it (``bash -c '...'``) is not read: its config could not be checked."""
+    try:
+        args = shlex.split(entrypoint)
+    except ValueError:
+        return False
+    args = list(itertools.dropwhile(lambda a: re.fullmatch(r"[A-Za-z_]\w*=.*", a), args))
+    if args[:2] == ["dist-train", "train"]:
+        return True
+    python = bool(args) and re.fullmatch(r"(.*/)?python[0-9.]*", args[0]) is not None
+    return python and (
+        args[1:3] == ["-m", "dist_train.driver"] or args[1:4] == ["-m", "dist_train.cli", "train"]
+    )
+
+
 def rayjob_nodes(doc: dict[str, Any], source: str) -> tuple[list[NodeResources], str]:
     """Nodes (at ``maxReplicas`` where KubeRay's autoscaler is on, else ``replicas``) and
     entrypoint of a KubeRay RayJob manifest."""
@@ -129,11 +149,7 @@ def rayjob_nodes(doc: dict[str, Any], source: str) -> tuple[list[NodeResources],
     if not isinstance(spec, dict):
         raise ClusterFileError(f"{source}: RayJob has no spec")
     entrypoint = spec.get("entrypoint")
-    # the driver, or the command that runs it (it joins the job's cluster: ray_address)
-    runs_job = isinstance(entrypoint, str) and (
-        "dist_train.driver" in entrypoint or "dist-train train" in " ".join(entrypoint.split())
-    )
-    if not runs_job or not isinstance(entrypoint, str):
+    if not isinstance(entrypoint, str) or not runs_the_driver(entrypoint):
         raise ClusterFileError(
             f"{source}: spec.entrypoint must run 'python -m dist_train.driver --config ...' "
             f"or 'dist-train train --config ...', got {entrypoint!r}"
@@ -144,17 +160,41 @@ def rayjob_nodes(doc: dict[str, Any], source: str) -> tuple[list[NodeResources],
     nodes = [
         _node("head", _group_resources(cluster["headGroupSpec"], f"{source}: headGroupSpec"), 1)
     ]
-    # KubeRay runs a group's `replicas` pods; only its autoscaler grows a group to `maxReplicas`
-    scales = bool(cluster.get("enableInTreeAutoscaling"))
+    scales = cluster.get("enableInTreeAutoscaling") or False
+    if not isinstance(scales, bool):
+        raise ClusterFileError(
+            f"{source}: spec.rayClusterSpec.enableInTreeAutoscaling must be true or false, "
+            f"got {scales!r}"
+        )
     for i, group in enumerate(cluster.get("workerGroupSpecs", []) or []):
         where = f"{source}: workerGroupSpecs[{i}]"
-        fixed = group.get("replicas", group.get("minReplicas", 0))
-        count = int(group.get("maxReplicas", fixed) if scales else fixed)
+        count = _group_pods(group, scales, where)
         if count:
             nodes.append(
                 _node(group.get("groupName", f"group{i}"), _group_resources(group, where), count)
             )
     return nodes, entrypoint
+
+
+def _group_pods(group: dict[str, Any], scales: bool, where: str) -> int:
+    """The pods KubeRay runs for a worker group at most: ``replicas`` within
+    [``minReplicas``, ``maxReplicas``] (``maxReplicas`` where its autoscaler is on), times
+    ``numOfHosts``; none while ``suspend``."""
+
+    def count(key: str, default: int) -> int:
+        value = group.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ClusterFileError(f"{where}.{key} must be a count, got {value!r}")
+        return value
+
+    if group.get("suspend") is True:
+        return 0
+    low = count("minReplicas", 0)
+    high = count("maxReplicas", max(low, count("replicas", low)))
+    replicas = high if scales else min(max(count("replicas", low), low), high)
+    return replicas * count("numOfHosts", 1)
 
 
 def _as_ray_reads_it(doc: dict[str, Any], source: str) -> dict[str, Any]:

@@ -320,26 +320,36 @@ def failure_config(cfg: JobConfig) -> FailureConfig:
     return FailureConfig(max_failures=cfg.ray.max_failures, controller_failure_limit=limit)  # type: ignore[call-arg]
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_SAYS = 400  # characters of a rank's error in the message (Ray's whole text: the log, -v)
+
+
 def worker_failures(err: BaseException) -> str:
-    """Ray's error for a failed worker group, rank by rank, the ranks whose process died
-    first: Ray's own text leads with rank 0's traceback, which, when another rank died, is
-    only the collective that lost it ("Connection closed by peer"). Anything else: as Ray
-    says it."""
+    """Ray's error for a failed worker group, rank by rank, the ranks whose health check
+    failed (a process that died or stopped answering) first: Ray's own text leads with
+    rank 0's traceback, which, when another rank died, is only the collective that lost it
+    ("Connection closed by peer"). Anything else: as Ray says it."""
     failures = getattr(err, "worker_failures", None)
     if not isinstance(failures, dict) or not failures:
         return str(err)
     LOG.debug(f"Ray's error: {err}")
-    died, others = [], []
+    unhealthy, others = [], []
     for rank, failure in sorted(failures.items()):
-        text = str(failure)
-        if "health check failed" in text or "died" in type(failure).__name__.lower():
+        text = _ANSI.sub("", str(failure))
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if "health check" in text.lower():
             where = re.search(r"hostname='([^']*)'.*?pid=(\d+)", text, re.S)
             at = f" (pid {where.group(2)} on {where.group(1)})" if where else ""
-            died.append(f"rank {rank}: its worker process died{at}")
-        else:
-            first = next((line for line in text.splitlines() if line.strip()), "")
-            others.append(f"rank {rank}: {type(failure).__name__}: {first}")
-    return "; ".join(died + others)
+            why = [line for line in lines if line.lower().startswith(("hint", "worker exit"))]
+            said = f": {' '.join(why)}"[:_SAYS] if why else ""
+            unhealthy.append(f"rank {rank}: its worker failed Ray's health check{at}{said}")
+            continue
+        if lines and lines[0].startswith("Traceback"):  # the exception is its last line
+            lines = lines[-1:]
+        said = " | ".join(lines[:4])
+        cut = "..." if len(said) > _SAYS or len(lines) > 4 else ""
+        others.append(f"rank {rank}: {type(failure).__name__}: {said[:_SAYS]}{cut}")
+    return "; ".join(unhealthy + others)
 
 
 def _raise_divergence(err: BaseException) -> None:

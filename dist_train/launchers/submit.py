@@ -16,9 +16,9 @@ import shlex
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from dist_train.config import ConfigError, load_or_report
+from dist_train.config import ConfigError, dotted_keys, load_or_report
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Never upload these with the working dir (Ray's upload limit is 100 MiB).
@@ -30,6 +30,24 @@ def ray_cli() -> str:
     """The ``ray`` executable next to this interpreter, else the one on PATH."""
     beside = Path(sys.executable).parent / "ray"
     return str(beside) if beside.exists() else (shutil.which("ray") or "ray")
+
+
+IMAGE_CHECKOUT = "/opt/dist_train"  # docker/Dockerfile.*: WORKDIR, the checkout's copy
+
+
+def local_copy(config: str, working_dir: str | None) -> Path | None:
+    """This machine's copy of the ``config`` a job on the cluster reads: itself, with an
+    upload; without one, a path under ``IMAGE_CHECKOUT`` or a relative one (the image's
+    working dir) in this checkout; None for another path that is not on this machine."""
+    if working_dir:
+        return Path(config).expanduser()
+    image = PurePosixPath(config)
+    if image.is_relative_to(IMAGE_CHECKOUT):
+        return REPO_ROOT / image.relative_to(IMAGE_CHECKOUT)
+    path = Path(config).expanduser()
+    if not path.is_absolute():
+        return REPO_ROOT / path
+    return path if path.exists() else None
 
 
 def cluster_config_path(config: str, working_dir: str | None) -> str:
@@ -119,14 +137,20 @@ def submit(
 ) -> int:
     """Validate the job, then run (or, with ``dry_run``, print) the submission: ``ray job
     submit``'s exit code, or 2 (the error printed) for a config the job could not use.
-    Without an upload, a config that is not on this machine (a path in the cluster's image)
-    is read and checked by the job on the cluster."""
-    if working_dir is None and not Path(config).expanduser().exists():
+    Without an upload, a config named by a path that is neither this checkout's nor its
+    copy in the image, and not on this machine, is read and checked by the job on the
+    cluster (its overrides' keys checked here)."""
+    local = local_copy(config, working_dir)
+    if local is None:
+        unknown = [o for o in overrides if o.split("=", 1)[0].strip() not in dotted_keys()]
+        if unknown:
+            print(f"error: --set {unknown[0]}: no such config key", file=sys.stderr)
+            return 2
         print(
             f"note: {config} is not on this machine: the job reads and checks it on the cluster",
             file=sys.stderr,
         )
-    elif load_or_report(config, overrides) is None:
+    elif load_or_report(local, overrides) is None:
         return 2
     try:
         remote = cluster_config_path(config, working_dir)

@@ -193,8 +193,12 @@ def test_a_failed_ray_worker_group_is_told_rank_by_rank_the_dead_first() -> None
         {0: RuntimeError("Connection closed by peer\nmore"), 1: RuntimeError(health)}
     )
     assert worker_failures(killed) == (
-        "rank 1: its worker process died (pid 6143 on vm); "
-        "rank 0: RuntimeError: Connection closed by peer"
+        "rank 1: its worker failed Ray's health check (pid 6143 on vm); "
+        "rank 0: RuntimeError: Connection closed by peer | more"
+    )
+    traceback = "\x1b[36mTraceback (most recent call last):\n  File x\nValueError: the cause"
+    assert worker_failures(GroupError({0: RuntimeError(traceback)})) == (
+        "rank 0: RuntimeError: ValueError: the cause"
     )
     _raise_divergence(killed)  # not a divergence: nothing raised
     diverged = GroupError({1: TrainingDiverged.at(4, float("nan"), 1), 0: RuntimeError("x")})

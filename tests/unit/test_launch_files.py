@@ -186,16 +186,31 @@ def test_submit_dry_run_validates_the_config_first(
     assert f"{outside}: outside the working dir {REPO}" in capsys.readouterr().err
 
 
-def test_without_an_upload_a_config_in_the_image_is_left_to_the_cluster(
+def test_without_an_upload_a_config_is_checked_where_this_checkout_holds_it(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """docs section 4: with --no-working-dir, name the config by its path in the image. It
-    was read on this machine first and refused ("no such config file")."""
+    was read on this machine and refused ("no such config file"). Now a path in the image's
+    copy of this checkout, or a relative one, is checked in this checkout (a typo refused
+    here, not on the cluster); another path that is not here is left to the job, its
+    overrides' keys checked; and the default config goes as the image's relative path."""
     image = "/opt/dist_train/launch/configs/two_nodes.yaml"
-    argv = ["submit", "--dry-run", "--no-working-dir", "--config", image]
-    assert main(argv) == 0
+    base = ["submit", "--dry-run", "--no-working-dir"]
+    assert main([*base, "--config", image]) == 0
+    assert image in capsys.readouterr().out
+    assert main([*base, "--config", image.replace("two_", "tow_")]) == 2
+    assert "no such config file" in capsys.readouterr().err
+    assert main([*base, "--config", "launch/configs/tow_nodes.yaml"]) == 2
+    capsys.readouterr()
+    elsewhere = "/srv/jobs/job.yaml"
+    assert main([*base, "--config", elsewhere]) == 0
     out = capsys.readouterr()
-    assert f"note: {image} is not on this machine" in out.err and image in out.out
+    assert f"note: {elsewhere} is not on this machine" in out.err and elsewhere in out.out
+    assert main([*base, "--config", elsewhere, "--set", "trian.epochs=2"]) == 2
+    assert "--set trian.epochs=2: no such config key" in capsys.readouterr().err
+    assert main(base) == 0
+    cmd = shlex.split(capsys.readouterr().out)
+    assert cmd[cmd.index("--config") + 1] == "launch/configs/default.yaml"
 
 
 def test_submit_dry_run_prints_a_command_a_shell_reads_back(
@@ -278,7 +293,7 @@ def test_a_node_with_room_for_more_than_its_share_is_named() -> None:
 def test_a_rayjob_without_autoscaling_has_its_replicas_not_its_maximum() -> None:
     """KubeRay runs `replicas` pods unless its autoscaler is on; `validate` counted
     `maxReplicas`, and said a job fits that the cluster could not hold."""
-    from dist_train.launchers.cluster_files import rayjob_nodes
+    from dist_train.launchers.cluster_files import ClusterFileError, rayjob_nodes
 
     group = {"groupName": "w", "replicas": 1, "maxReplicas": 2}
     group["template"] = {
@@ -293,8 +308,23 @@ def test_a_rayjob_without_autoscaling_has_its_replicas_not_its_maximum() -> None
         },
     }
     assert [n.count for n in rayjob_nodes(doc, "job.yaml")[0]] == [1, 1]
+    # as KubeRay counts them: replicas within [minReplicas, maxReplicas], x numOfHosts
+    for edit, pods in (
+        ({"replicas": 3}, 2),
+        ({"replicas": 1, "minReplicas": 2}, 2),
+        ({"numOfHosts": 2}, 2),
+        ({"suspend": True}, 0),
+    ):
+        edited = {**doc, "spec": {**doc["spec"]}}
+        cluster = {**doc["spec"]["rayClusterSpec"], "workerGroupSpecs": [{**group, **edit}]}  # type: ignore[index,dict-item]
+        edited["spec"]["rayClusterSpec"] = cluster  # type: ignore[index]
+        nodes = rayjob_nodes(edited, "job.yaml")[0]
+        assert sum(n.count for n in nodes[1:]) == pods, edit
     doc["spec"]["rayClusterSpec"]["enableInTreeAutoscaling"] = True  # type: ignore[index]
     assert [n.count for n in rayjob_nodes(doc, "job.yaml")[0]] == [1, 2]
+    doc["spec"]["rayClusterSpec"]["enableInTreeAutoscaling"] = "false"  # type: ignore[index]
+    with pytest.raises(ClusterFileError, match="enableInTreeAutoscaling must be true or false"):
+        rayjob_nodes(doc, "job.yaml")
 
 
 def test_a_rayjobs_config_named_by_its_path_in_the_image_is_checked(tmp_path: Path) -> None:
@@ -306,3 +336,22 @@ def test_a_rayjobs_config_named_by_its_path_in_the_image_is_checked(tmp_path: Pa
     assert "/opt/dist_train/launch/" in job.read_text()
     report = validate_files([str(job)])
     assert not report.problems and any("its entrypoint's config" in ok for ok in report.ok)
+
+
+@pytest.mark.parametrize(
+    ("entrypoint", "runs"),
+    [
+        ("python -m dist_train.driver --config c.yaml", True),
+        ("OMP_NUM_THREADS=2 python3.11 -m dist_train.driver", True),
+        ("dist-train train --config c.yaml --set seed=1", True),
+        ("/usr/bin/python -m dist_train.cli train", True),
+        ("echo dist-train train; python my_script.py", False),  # a substring matched
+        ("bash -c 'dist-train train --config c.yaml'", False),  # a shell it cannot read
+        ("dist-train trainer", False),
+        ("python train.py", False),
+    ],
+)
+def test_a_rayjob_entrypoint_is_read_as_a_command(entrypoint: str, runs: bool) -> None:
+    from dist_train.launchers.cluster_files import runs_the_driver
+
+    assert runs_the_driver(entrypoint) is runs
