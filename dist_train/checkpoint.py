@@ -567,18 +567,19 @@ class CheckpointSaver:
         group, step = self.group, job.position.step
         rank = dist.get_rank(group)
         agree(f"rank {rank}: {job.verdict}" if job.verdict else None, group)
-        assert job.written is not None
+        written = job.written
+        assert written is not None
         final = self.root / f"{PREFIX}{step:08d}"
         partial = self.root / f"{PARTIAL_PREFIX}{step:08d}"
 
         def commit() -> None:
             files: FileDigests = {}
-            for rank_digests, _ in job.written or []:
+            for rank_digests, _ in written:
                 files.update(rank_digests)
             meta = {
                 "position": asdict(job.position),
-                "world_size": len(job.written or []),
-                "torch_rng_states": [rng for _, rng in job.written or []],  # per rank
+                "world_size": len(written),
+                "torch_rng_states": [rng for _, rng in written],  # per rank
                 **self.extra,
                 "files": dict(sorted(files.items())),
             }

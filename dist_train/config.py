@@ -639,7 +639,8 @@ def dotted_keys(model: type[BaseModel] = JobConfig, prefix: str = "") -> list[st
     return keys
 
 
-def _override_key(item: str) -> str:
+def override_key(item: str) -> str:
+    """The key of a ``--set key=value`` item."""
     return item.split("=", 1)[0].strip()
 
 
@@ -663,8 +664,7 @@ def _format_errors(source: str, err: ValidationError, overrides: Sequence[str] =
             for o in overrides
             if e["loc"]
             and (
-                f"{_override_key(o)}.".startswith(f"{key}.")
-                or key.startswith(f"{_override_key(o)}.")
+                f"{override_key(o)}.".startswith(f"{key}.") or key.startswith(f"{override_key(o)}.")
             )
         ]
         if blamed:

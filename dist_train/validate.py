@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from dist_train.checkpoint import META, CheckpointError, verify
 from dist_train.config import ConfigError, JobConfig, load_config, parse_config, read_yaml
@@ -28,7 +28,7 @@ from dist_train.launchers.cluster import (
     packing_risk,
 )
 from dist_train.launchers.cluster_files import ClusterFileError, launcher_limits, rayjob_nodes
-from dist_train.launchers.submit import IMAGE_CHECKOUT, REPO_ROOT
+from dist_train.launchers.submit import local_copy
 from dist_train.storage import StorageError, location
 from dist_train.train.sharding import JobPlan, plan_for_config
 from planners.topology import TopologyError
@@ -159,9 +159,9 @@ def _check_fit(
 
 def _rayjob_config(entrypoint: str, source: str, report: Report) -> JobConfig | None:
     """The job a RayJob's entrypoint runs: its ``--config`` (the default one if none; a
-    relative path is the pods' working dir's, and a path under ``IMAGE_CHECKOUT`` the
-    image's, both this checkout's copy) with its ``--set`` overrides; None, the problem
-    reported, if it cannot be read."""
+    relative path is the pods' working dir's, and a path under the image's checkout its
+    copy: both read in this checkout, :func:`~dist_train.launchers.submit.local_copy`) with
+    its ``--set`` overrides; None, the problem reported, if it cannot be read."""
     try:
         args = shlex.split(entrypoint)
     except ValueError as err:
@@ -176,10 +176,9 @@ def _rayjob_config(entrypoint: str, source: str, report: Report) -> JobConfig | 
             config = value
         elif flag == "--set":
             overrides.append(value)
-    if config and PurePosixPath(config).is_relative_to(IMAGE_CHECKOUT):
-        config = str(PurePosixPath(config).relative_to(IMAGE_CHECKOUT))  # the image's copy
+    local = (local_copy(config, None) or Path(config)) if config else None
     try:
-        return load_config(REPO_ROOT / config if config else None, overrides)
+        return load_config(local, overrides)
     except ConfigError as err:
         report.problems.append(f"{source}: spec.entrypoint's --config: {err}")
         return None

@@ -213,7 +213,7 @@ class Epochs:
         tc = self.cfg.train
         for index in range(self.start.epoch, tc.epochs):
             if tc.max_steps is not None and self.step >= tc.max_steps:
-                return
+                break
             plan, skip = epoch_plan(self.groups, world, self.cfg, index, self.start)
             num_steps = plan.steps - skip
             if tc.max_steps is not None:
@@ -222,10 +222,7 @@ class Epochs:
                 # nothing left of it for these ranks (a resumed epoch whose last batches
                 # re-dealt to more ranks than batches): the next epoch still runs
                 continue
-            # the rows a cut-short epoch's prefetch read past its last trained batch are not
-            # counted: a run resumed at this epoch's start never reads them
-            self.policy.counts.row_groups = self.bad_input.row_groups
-            self.policy.counts.rows = dict(self.bad_input.rows)
+            self._rewind_counts()
             rows = rank_rows(
                 self.builder, self.groups, self.cfg, index, plan, rank, skip, self.policy
             )
@@ -240,7 +237,15 @@ class Epochs:
             self.current = Epoch(self, index, plan, skip, stream, counted)
             yield self.current
             if self.current.stopped_early:
-                return
+                break
+        self._rewind_counts()  # what the run reports: its trained batches' (evaluation adds)
+
+    def _rewind_counts(self) -> None:
+        """``policy``'s counts back to the trained batches' (``bad_input``): the rows a
+        cut-short epoch's prefetch read past its last trained batch are not counted, as a
+        run resumed from a checkpoint never reads them."""
+        self.policy.counts.row_groups = self.bad_input.row_groups
+        self.policy.counts.rows = dict(self.bad_input.rows)
 
     def _to_batch(self, rows: Rows) -> Batch:
         batch = self.builder.to_batch(rows)

@@ -168,9 +168,6 @@ def run_worker(
     last_checkpoint = checkpoints.finish(epochs.position())
     trained = progress.figures()  # its clock stopped at the last epoch's end (not the save)
 
-    # the rows read for the trained batches, as its checkpoints count (not those a prefetch
-    # read ahead of a cut-short epoch); evaluation adds the test rows'
-    policy.counts = epochs.bad_input.copy()
     eval_start = time.perf_counter()
     metrics = _evaluate(cfg, inputs.test_groups, trainer, policy, rank, world)
     summary = RunSummary(
