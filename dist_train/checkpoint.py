@@ -50,6 +50,7 @@ from dist_train.checkpoint_files import (
 )
 from dist_train.config import JobConfig
 from dist_train.logs import LOG
+from dist_train.sharded_moments import Wrapped, placeable, shard_like_weights, unwrap
 from dist_train.storage import Location, location
 
 PREFIX = "step-"
@@ -334,8 +335,11 @@ class Trainer(Protocol):
 StorageDrill = Callable[[int, int, Location], Callable[[Any], Any] | None]
 
 
-def _state(trainer: Trainer) -> dict[str, Any]:
-    return {"model": trainer.model.state_dict(), "optim": trainer.optimizer.state_dict()}
+def _state(trainer: Trainer) -> tuple[dict[str, Any], Wrapped]:
+    """The model's and optimizer's state dicts, a sharded table's torch optimizer state
+    placed as its weight (:mod:`dist_train.sharded_moments`); what was so placed."""
+    state = {"model": trainer.model.state_dict(), "optim": trainer.optimizer.state_dict()}
+    return state, shard_like_weights(state)
 
 
 def _rng_state() -> str:
@@ -450,7 +454,7 @@ class CheckpointSaver:
         """Checkpoint ``position`` (the state as it is now); with ``hold``, its commit waits
         for :meth:`release`."""
         self.wait()
-        state = _state(self.trainer)
+        state, _ = _state(self.trainer)
         if self.background:
             if self._staging is None:  # reused: the layout is the same at every save
                 self._staging = _create_cpu_state_dict(state)
@@ -619,7 +623,7 @@ def load(trainer: Trainer, path: Location) -> TrainPosition:
     meta = read_meta(path)
     position = check_compatible(meta, path, dist.get_world_size())
     digests = file_digests(meta, path) if dist.get_rank() == 0 else meta.get("files")
-    state = _state(trainer)
+    state, wrapped = _state(trainer)
     try:
         reader = checkpoint_files.reader(path, digests)
         saved = reader.read_metadata().state_dict_metadata
@@ -628,7 +632,7 @@ def load(trainer: Trainer, path: Location) -> TrainPosition:
         problem: str | None = None
         try:
             _check_model_shapes(state["model"], saved, path)
-            _add_lazy_optimizer_state(state, saved, trainer, meta.get("world_size"))
+            wrapped += _add_lazy_optimizer_state(state, saved, trainer)
             converted = _reshard_row_states(state, saved, path, digests)
             converted.update(_convert_row_states(state, saved, path, digests, position.step))
         except CheckpointError as err:
@@ -648,6 +652,7 @@ def load(trainer: Trainer, path: Location) -> TrainPosition:
     except (Exception, CheckpointException) as err:  # noqa: BLE001 - DCP raises many types
         # (CheckpointException, which wraps a rank's failure, is a BaseException)
         raise CheckpointError(f"{path}: cannot load checkpoint shards ({reason(err)})") from None
+    unwrap(state, wrapped)
     trainer.model.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optim"])
     rng = meta.get("torch_rng_states")
@@ -658,15 +663,16 @@ def load(trainer: Trainer, path: Location) -> TrainPosition:
 
 
 def _add_lazy_optimizer_state(
-    state: dict[str, Any], saved: dict[str, Any], trainer: Trainer, saved_world: Any
-) -> None:
+    state: dict[str, Any], saved: dict[str, Any], trainer: Trainer
+) -> Wrapped:
     """Slots for torch Adam's moments and step where the checkpoint holds them and the fresh
     optimizer has not made them yet: torch's Adam makes them at its first step, and DCP
     loads only the keys its target holds, so a resume started Adam afresh beside the
     restored weights. Only an Adam whose state for the parameter is empty, only the three
-    keys Adam makes, each moment of the parameter's own shape; a table under TorchRec's dense
-    kernel (embedding Adam on CPU ranks) only from one rank to one: its moments are each
-    rank's local tensor, saved once (docs/checkpoint.md)."""
+    keys Adam makes, each moment of the whole weight's shape (a table's, under TorchRec's
+    dense kernel, given DCP placed as the weight: :mod:`dist_train.sharded_moments`; a
+    checkpoint of more than one rank made before that holds one rank's and starts afresh).
+    What was placed as a weight, for :func:`~dist_train.sharded_moments.unwrap`."""
     params: dict[str, Any] = getattr(trainer.optimizer, "params", {})
     names = sorted(params, key=len, reverse=True)  # the longest name a key starts with
     prefix = "optim.state."
@@ -677,18 +683,26 @@ def _add_lazy_optimizer_state(
             name = next((n for n in names if rest.startswith(n + ".")), None)
             if name is not None:
                 held.setdefault(name, {})[rest[len(name) + 1 :]] = md
-    one_rank = dist.get_world_size() == 1 and saved_world == 1
+    added: list[str] = []
     for name, keys in held.items():
         param = params[name]
         owner = _owner(trainer.optimizer, param)
+        weight = state["model"].get(name, param)
+        whole = tuple(weight.size())
         if (
             not isinstance(owner, torch.optim.Adam)
             or owner.state.get(param)
             or set(keys) != {"step", "exp_avg", "exp_avg_sq"}
             or hasattr(param, "local_shards")
-            or (name.startswith("sparse_arch.") and not one_rank)
-            or any(tuple(keys[k].size) != tuple(param.size()) for k in ("exp_avg", "exp_avg_sq"))
+            or not (tuple(param.size()) == whole or placeable(param, weight))
         ):
+            continue
+        if any(tuple(keys[k].size) != whole for k in ("exp_avg", "exp_avg_sq")):
+            LOG.warning(
+                f"{name}: the checkpoint's Adam moments are of another shape than the table "
+                "(one rank's, as dist_train saved them on CPU ranks before 2026-12-05): "
+                "they start afresh"
+            )
             continue
         group = next(g for g in owner.param_groups if any(p is param for p in g["params"]))
         on_device = group.get("fused") or group.get("capturable")  # where torch keeps step
@@ -703,6 +717,8 @@ def _add_lazy_optimizer_state(
         # copies into state the optimizer already has, and refuses any it has not
         owner.state[param].update(slots)
         state["optim"]["state"].setdefault(name, {}).update(slots)
+        added.append(name)
+    return shard_like_weights(state, added)
 
 
 def _owner(optimizer: Any, param: torch.Tensor) -> Any:

@@ -141,15 +141,6 @@ def plan_on_driver(cfg: JobConfig, device_type: str = "cpu") -> JobPlan:
     types = {str(p["type"]) for p in job_plan.placements().values()}
     for note in optimizer_notes(cfg, types):
         LOG.info(f"plan: note: {note}")
-    sharded = types - {"data_parallel"}
-    if device_type == "cpu" and cfg.embedding.optimizer.type == "adam" and sharded:
-        if cfg.ray.num_workers > 1:
-            LOG.warning(
-                "embedding.optimizer.type=adam on CPU ranks: TorchRec's dense kernel keeps a "
-                "sharded table's Adam moments as each rank's local tensor, which a checkpoint "
-                "saves as one rank's; a resume starts the tables' Adam moments afresh. Use "
-                "rowwise_adagrad where runs resume, or one rank"
-            )
     LOG.info(
         f"plan: estimated {job_plan.estimated_step_seconds * 1e3:.1f} ms/step "
         f"(sharding.type={cfg.sharding.type}; `dist-train plan` explains the choice)"

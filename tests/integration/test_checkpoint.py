@@ -85,8 +85,9 @@ def test_resume_mid_epoch_matches_uninterrupted_run_bitwise(tmp_path: Path) -> N
     ("optimizer", "holder"),
     [
         ("train.dense_optimizer=adam", "dense_arch"),
-        # on 1 rank: at 2, a sharded table's moments are saved as rank 0's (driver warns)
         ("embedding.optimizer.type=adam ray.num_workers=1", "embedding_bags"),
+        # row_wise at 2 ranks: each rank's moments are of its rows (TorchRec's dense kernel)
+        ("embedding.optimizer.type=adam", "embedding_bags"),
     ],
 )
 def test_a_resumed_adam_keeps_its_moments(tmp_path: Path, optimizer: str, holder: str) -> None:
@@ -104,8 +105,46 @@ def test_a_resumed_adam_keeps_its_moments(tmp_path: Path, optimizer: str, holder
     ta, tb = _tensors(a, tmp_path), _tensors(b, tmp_path)
     moments = [k for k in ta if k.endswith(".exp_avg_sq") and holder in k]
     assert moments and ta.keys() == tb.keys()
+    for key in moments:  # the whole table's, not one rank's rows
+        weight = key.replace("optim.state.", "model.").removesuffix(".exp_avg_sq")
+        assert ta[key].shape == ta[weight].shape, key
     for key in ta:
         assert torch.equal(ta[key], tb[key]), key
+
+
+def test_a_tables_adam_moments_reshard_with_it(tmp_path: Path) -> None:
+    """Embedding Adam on CPU ranks (TorchRec's dense kernel, each rank's moments a plain
+    tensor of its shard): row_wise on 2 ranks -> column_wise on 4 -> table_wise on 1 ->
+    row_wise on 2, each loading the previous one's epoch-boundary checkpoint (training no
+    further): the moments come through whole, as the weights do. Saved as plain tensors,
+    a checkpoint held rank 0's rows alone, and a resume at another world size dropped them."""
+    base = [*BASE, f"output_dir={tmp_path}", "train.epochs=1", "embedding.optimizer.type=adam"]
+    run_job(load_config(TINY, base))
+    saved = committed(tmp_path / "tiny" / "checkpoints")[-1]
+    before = _tensors(saved, tmp_path)
+    moments = [k for k in before if k.endswith(("exp_avg", "exp_avg_sq")) and "sparse" in k]
+    assert len(moments) == 4
+    for hop, (kind, world) in enumerate([("column_wise", 4), ("table_wise", 1), ("row_wise", 2)]):
+        summary = run_job(
+            load_config(
+                TINY,
+                [
+                    *base,
+                    f"sharding.type={kind}",
+                    f"ray.num_workers={world}",
+                    "train.max_steps=16",
+                    f"checkpoint.resume={saved}",
+                    f"checkpoint.dir={tmp_path / f'hop{hop}'}",
+                ],
+            )
+        )
+        assert {p["type"] for p in summary["sharding"].values()} == {kind}
+        saved = committed(tmp_path / f"hop{hop}")[-1]
+        after = _tensors(saved, tmp_path)
+        assert after.keys() == before.keys()
+        for key in moments:
+            assert torch.count_nonzero(before[key]) > before[key].numel() // 2, key
+            assert torch.equal(after[key], before[key]), (kind, key)
 
 
 def test_a_resume_that_changes_the_optimizer_starts_its_state_afresh(tmp_path: Path) -> None:
