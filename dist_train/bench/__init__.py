@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -15,6 +14,7 @@ import torch.distributed as dist
 from dist_train.config import JobConfig, apply_overrides, parse_config
 from dist_train.data.batch import Batch, BatchBuilder
 from dist_train.data.synthetic import generate
+from dist_train.train.progress import strict_json
 
 
 def variant(cfg: JobConfig, overrides: list[str], label: str) -> JobConfig:
@@ -33,10 +33,11 @@ def variant(cfg: JobConfig, overrides: list[str], label: str) -> JobConfig:
 
 def write_json(path: str, value: Any) -> None:
     """``value`` as JSON at ``path``, its folder made if missing (a benchmark's ``--json``,
-    checked as the command line was read: ``dist_train.cli._output_file``)."""
+    checked as the command line was read: ``dist_train.cli._output_file``), strict as the
+    summaries and the sweep's files: a figure that is NaN or infinite is ``null``."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(value, indent=2))
+    out.write_text(strict_json(value, indent=2))
 
 
 def synthetic_train_data(cfg: JobConfig, rows: int, name: str) -> str:

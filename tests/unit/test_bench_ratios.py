@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from dist_train.bench.train import MODES, SYSTEMS, Rounds, ratios
@@ -26,3 +28,19 @@ def test_a_round_slow_for_every_system_leaves_the_ratios_alone() -> None:
     rounds["step", "pytorch", 2] = [2.0, 2.0, 6.0]
     median, low, high = ratios(rounds)["unified_over_pytorch_step_2_ranks"]
     assert (median, low, high) == pytest.approx((2.0, 2.0 / 3.0, 6.0))
+
+
+def test_a_benchmarks_json_is_strict_where_a_figure_is_not_finite(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A figure that is NaN was written as bare ``NaN``, which strict JSON parsers (``jq``,
+    browsers, other languages) refuse; summaries and the sweep's files write ``null``."""
+    import json
+
+    from dist_train.bench import write_json
+
+    out = tmp_path / "deep" / "train.json"
+    write_json(str(out), {"results": [{"examples_per_second": math.nan, "ranks": 1}]})
+    text = out.read_text()
+    assert "NaN" not in text
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(c)) == {
+        "results": [{"examples_per_second": None, "ranks": 1}]
+    }
