@@ -54,16 +54,19 @@ def shard_like_weights(state: dict[str, Any], params: list[str] | None = None) -
             continue
         weight = state["model"].get(name)
         for key, tensor in list(entries.items()):
-            if not isinstance(tensor, torch.Tensor) or tensor.dim() == 0:
+            # FBGEMM's fused state (row-wise Adagrad's momentum1) comes sharded already
+            plain = isinstance(tensor, torch.Tensor) and not isinstance(tensor, ShardedTensor)
+            if not plain or tensor.dim() == 0:
                 continue
             if placeable(tensor, weight):
                 entries[key] = _like_weight(tensor, weight)
                 wrapped.append((name, key, tensor))
             elif isinstance(weight, ShardedTensor) and tensor.size() != weight.size():
                 _warn_once(
-                    f"{name}: its optimizer state {key!r} is this rank's part of the table, "
-                    "which a checkpoint cannot place (the rank holds several of its shards): "
-                    "checkpoints hold one rank's, and a resume starts it afresh"
+                    f"{name}: its optimizer state {key!r} is of this rank's part of the "
+                    "table, not of the shard's shape (the rank holds several of its shards?), "
+                    "so a checkpoint cannot place it: checkpoints hold one rank's, and a "
+                    "resume starts it afresh"
                 )
     return wrapped
 
