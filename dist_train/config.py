@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -37,8 +38,40 @@ class ConfigError(ValueError):
     """A job config that cannot be used; the message names the file and key."""
 
 
+def _numeric(annotation: Any) -> bool:
+    """Whether a field of ``annotation`` takes a number and no yes/no value."""
+    kinds: list[Any] = []
+    todo = [annotation]
+    while todo:
+        kind = todo.pop()
+        if typing.get_origin(kind) in (typing.Union, types.UnionType, typing.Annotated):
+            todo.extend(
+                typing.get_args(kind)[:1]
+                if typing.get_origin(kind) is typing.Annotated
+                else typing.get_args(kind)
+            )
+        else:
+            kinds.append(kind)
+    return bool not in kinds and any(k in (int, float) for k in kinds)
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are no setting's value: an infinite cpus_per_worker or pooling factor
+    # passed validation and failed deep in the planner or the launch
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_yes_no_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """A number's key refuses YAML's yes/no values (``on``, ``yes``, ``true``), which
+        pydantic would take as 1 and 0: ``sharding.group_size=on`` was full replication."""
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and _numeric(field.annotation):
+            raise ValueError(
+                f"expected a number, got {str(value).lower()} (YAML reads yes/no and on/off "
+                "as true/false)"
+            )
+        return value
 
 
 class SyntheticDataConfig(_Strict):
@@ -50,7 +83,7 @@ class SyntheticDataConfig(_Strict):
     num_categorical: int = Field(26, gt=0, description="Categorical columns C1..Cn.")
     min_cardinality: int = Field(10, gt=0, description="Smallest categorical vocabulary.")
     max_cardinality: int = Field(100_000, gt=0, description="Largest categorical vocabulary.")
-    cardinalities: list[int] | None = Field(
+    cardinalities: list[PositiveInt] | None = Field(
         None, description="Explicit per-column vocabulary sizes (overrides min/max)."
     )
     zipf_exponent: float = Field(1.1, ge=0.0, description="Skew of id frequencies (0 = uniform).")
@@ -58,7 +91,9 @@ class SyntheticDataConfig(_Strict):
         default_factory=lambda: ["C24", "C25", "C26"],
         description="Categorical columns written as lists of ids.",
     )
-    mean_multi_hot_length: float = Field(3.0, gt=0, description="Mean list length (Poisson + 1).")
+    mean_multi_hot_length: float = Field(
+        3.0, ge=1, description="Mean list length (Poisson + 1: at least 1)."
+    )
     string_columns: list[str] = Field(
         default_factory=lambda: ["C1", "C2"],
         description="Categorical columns written as hex strings (as Criteo ships them).",
@@ -369,6 +404,12 @@ class ShardingConfig(_Strict):
         ),
     )
 
+    @field_validator("memory_per_rank", mode="before")
+    @classmethod
+    def _bytes_as_text(cls, v: Any) -> Any:
+        """A YAML number of bytes (``8000000000``) as the text ``--set`` gives."""
+        return str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+
     @field_validator("memory_per_rank")
     @classmethod
     def _size(cls, v: str | None) -> str | None:
@@ -603,6 +644,15 @@ class JobConfig(_Strict):
                 f"data.dense_columns names columns the generated data lack: {missing} "
                 f"(data.synthetic.num_dense={synth.num_dense} makes I1..I{synth.num_dense})"
             )
+        for key, column in (
+            ("data.label_column", self.data.label_column),
+            ("data.row_id_column", self.data.row_id_column),
+        ):
+            if column is not None and column not in ("label", "row_id"):
+                raise ValueError(
+                    f"{key}={column!r}: the generated data have no such column (their "
+                    "label is 'label', their row ids 'row_id')"
+                )
         strings = sorted(read & set(synth.string_columns))
         if self.embedding.kind == "collisionless" and strings:
             raise ValueError(
@@ -673,7 +723,8 @@ def _format_errors(source: str, err: ValidationError, overrides: Sequence[str] =
     return "\n".join(lines)
 
 
-_NULLS = ("", "~", "null", "Null", "NULL")
+# YAML's other nulls ("", "~") are text here: `--set checkpoint.dir=~` meant the home folder
+_NULLS = ("null", "Null", "NULL")
 
 
 def _takes_text(parts: list[str]) -> bool:
@@ -789,8 +840,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     raw = read_yaml(path)
-    if overrides:
-        raw = apply_overrides(raw if isinstance(raw, dict) else {}, overrides)
+    if overrides and (raw is None or isinstance(raw, dict)):  # a list, say, is refused below
+        raw = apply_overrides(raw or {}, overrides)
     return parse_config(raw, str(path), overrides or ())
 
 
