@@ -234,8 +234,16 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from planners.topology import TopologyError, load_topology, parse_bytes
+    from planners.types import PlanningError
+
     overrides = list(args.set)
     if args.memory_per_rank:
+        try:  # named as the option given, not as the --set it becomes
+            parse_bytes(args.memory_per_rank)
+        except TopologyError as err:
+            print(f"error: --memory-per-rank: {err}", file=sys.stderr)
+            return 2
         overrides.append(f"sharding.memory_per_rank={args.memory_per_rank}")
     if args.topology:
         overrides.append(f"sharding.topology={args.topology}")
@@ -245,15 +253,21 @@ def _plan(args: argparse.Namespace) -> int:
     if cfg is None:
         return 2
     from dist_train.dry_run import dry_run, write_report
-    from planners.topology import TopologyError
-    from planners.types import PlanningError
 
     try:
+        # the job's device: its train.device, else its topology file's, else cpu
+        device = args.device or (
+            cfg.train.device
+            if cfg.train.device != "auto"
+            else load_topology(cfg.sharding.topology).device_type
+            if cfg.sharding.topology
+            else "cpu"
+        )
         report = dry_run(
             cfg,
             args.nodes,
             args.ranks_per_node,
-            args.device,
+            device,
             with_torchrec=not args.no_torchrec,
             cores_per_node=args.cores_per_node,
         )
@@ -434,7 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=_count(), help="nodes (default: the job's ray.num_nodes or 1)")
     p.add_argument("--ranks-per-node", type=_count(), help="ranks per node (default: the job's)")
     p.add_argument("--memory-per-rank", help="memory each rank may use, e.g. 80GiB")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="rank device type")
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        help="rank device type (default: the job's train.device, else its topology's, else cpu)",
+    )
     p.add_argument("--cores-per-node", type=_count(), help="CPU cores a node's ranks share")
     p.add_argument("--topology", help="topology file from `dist-train calibrate`")
     p.add_argument("--batch-size", type=_count(), help="examples per rank per step")

@@ -138,3 +138,28 @@ def test_every_shard_names_the_gpu_its_rank_runs_on(tmp_path: Path) -> None:
             assert isinstance(ps.sharding_spec, EnumerableShardingSpec)
             names = [str(s.placement) for s in ps.sharding_spec.shards]
             assert names == ["rank:2/cuda:2", "rank:3/cuda:3"]
+
+
+def test_plan_of_a_job_that_does_not_plan_at_every_size(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A group_size below the world size does not plan at 8 nodes (adam has no 2D merge):
+    that row of the weak-scaling table says so, and the job's own plan is printed. The
+    re-planning at 8 nodes failed the whole command, suggesting the 8-node world size."""
+    out = tmp_path / "plan.json"
+    args = ["plan", "--no-torchrec", "--json", str(out), "--set", "sharding.group_size=2"]
+    assert main([*args, "--set", "embedding.optimizer.type=adam"]) == 0
+    rows = json.loads(out.read_text())["weak_scaling"]
+    assert "estimated_step_seconds" in rows[0]
+    assert all("does not support embedding.optimizer.type=adam" in r["error"] for r in rows[1:])
+
+
+def test_plan_is_for_the_jobs_device_and_names_a_bad_option(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Without --device, plan used cpu: a job of train.device=cuda was planned for CPU
+    ranks, and with a topology of cuda ranks refused as one that "trains on cpu"."""
+    out = tmp_path / "plan.json"
+    base = ["plan", "--no-torchrec", "--json", str(out), "--memory-per-rank", "80GiB"]
+    assert main([*base, "--set", "train.device=cuda"]) == 0
+    assert json.loads(out.read_text())["topology"]["device_type"] == "cuda"
+    assert main(base) == 0
+    assert json.loads(out.read_text())["topology"]["device_type"] == "cpu"
+    assert main(["plan", "--memory-per-rank", "10XB"]) == 2
+    assert "error: --memory-per-rank: cannot read '10XB'" in capsys.readouterr().err

@@ -454,3 +454,24 @@ def test_plan_estimates_a_simulated_node_job_as_training_plans_it(
     for shape in ({}, {"num_nodes": 2}, {"num_nodes": 2, "ranks_per_node": 2}):
         report = dry_run(cfg, with_torchrec=False, weak_scaling=False, **shape)  # type: ignore[arg-type]
         assert report["estimated_step_seconds"] == pytest.approx(trained), shape
+
+
+def test_the_printed_step_is_its_parts_or_says_why_not(capsys) -> None:  # type: ignore[no-untyped-def]
+    """Two simulated nodes on this machine share its cores: the step is the node's queued
+    CPU work, longer than the slowest rank's parts, which were printed as its sum."""
+
+    two_nodes = Path(__file__).resolve().parents[2] / "launch" / "configs" / "two_nodes.yaml"
+    for config, shared in ((two_nodes, True), (None, False)):
+        args = ["plan", "--no-torchrec", "--set", "launcher=processes"]
+        assert main([*args, *(["--config", str(config)] if config else [])]) == 0
+        line = next(
+            ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("estimated step")
+        )
+        step = float(re.search(r"estimated step: ([\d.]+) ms", line).group(1))  # type: ignore[union-attr]
+        parts = sum(float(v) for v in re.findall(r"[a-z]+ ([\d.]+)(?:,| ms)", line.split("=")[1]))
+        assert ("a node's: its ranks share its cores" in line) is shared, line
+        if shared:
+            own = float(re.search(r"rank's own ([\d.]+) ms", line).group(1))  # type: ignore[union-attr]
+            assert step > own == pytest.approx(parts, abs=0.02)
+        else:
+            assert step == pytest.approx(parts, abs=0.02)
