@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 import sys
 import types
 import typing
@@ -689,6 +690,20 @@ def dotted_keys(model: type[BaseModel] = JobConfig, prefix: str = "") -> list[st
     return keys
 
 
+def known_key(key: str) -> bool:
+    """Whether ``key`` is a config key or section, or an entry of a mapping one
+    (``sharding.pooling_factors.C24``)."""
+    model: type[BaseModel] | None = JobConfig
+    for part in key.split("."):
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return False
+        if typing.get_origin(field.annotation) is dict:
+            return True  # its entries' names are the user's
+        model = nested_model(field.annotation)
+    return True
+
+
 def override_key(item: str) -> str:
     """The key of a ``--set key=value`` item."""
     return item.split("=", 1)[0].strip()
@@ -708,13 +723,15 @@ def _format_errors(source: str, err: ValidationError, overrides: Sequence[str] =
                 f"unknown key ({hint}every key: `dist-train show-config --reference`, "
                 "docs/config.md)"
             )
-        # an override's key, or a section it sets or lies in, is blamed on the override
+        # an override's key, or a section it sets or lies in, is blamed on the override; a
+        # check of the whole job (no key of its own), on the overrides its message names
         blamed = [
             o
             for o in overrides
-            if e["loc"]
-            and (
+            if (
                 f"{override_key(o)}.".startswith(f"{key}.") or key.startswith(f"{override_key(o)}.")
+                if e["loc"]
+                else re.search(rf"(?<![\w.]){re.escape(override_key(o))}(?![\w])", msg)
             )
         ]
         if blamed:

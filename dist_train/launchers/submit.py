@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path, PurePosixPath
 
-from dist_train.config import ConfigError, dotted_keys, load_or_report, override_key
+from dist_train.config import ConfigError, known_key, load_or_report, override_key
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Never upload these with the working dir (Ray's upload limit is 100 MiB).
@@ -142,7 +142,7 @@ def submit(
     cluster (its overrides' keys checked here)."""
     local = local_copy(config, working_dir)
     if local is None:
-        unknown = [o for o in overrides if override_key(o) not in dotted_keys()]
+        unknown = [o for o in overrides if not known_key(override_key(o))]
         if unknown:
             print(f"error: --set {unknown[0]}: no such config key", file=sys.stderr)
             return 2

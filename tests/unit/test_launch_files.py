@@ -208,6 +208,12 @@ def test_without_an_upload_a_config_is_checked_where_this_checkout_holds_it(
     assert f"note: {elsewhere} is not on this machine" in out.err and elsewhere in out.out
     assert main([*base, "--config", elsewhere, "--set", "trian.epochs=2"]) == 2
     assert "--set trian.epochs=2: no such config key" in capsys.readouterr().err
+    # a mapping's entries are the user's to name (they were refused as unknown keys)
+    entry = "sharding.pooling_factors.C24=3"
+    assert main([*base, "--config", elsewhere, "--set", entry]) == 0
+    assert f"--set {entry}" in capsys.readouterr().out
+    assert main([*base, "--config", elsewhere, "--set", "sharding.pooling.C24=3"]) == 2
+    assert "no such config key" in capsys.readouterr().err
     assert main(base) == 0
     cmd = shlex.split(capsys.readouterr().out)
     assert cmd[cmd.index("--config") + 1] == "launch/configs/default.yaml"
