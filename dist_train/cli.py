@@ -335,11 +335,14 @@ def _export(args: argparse.Namespace) -> int:
 
     from dist_train.checkpoint import CheckpointError
     from dist_train.export import ExportError, export
-    from dist_train.storage import location
+    from dist_train.storage import StorageError, location
 
+    if "://" in args.out:  # a Path of it wrote into ./s3:/bucket/... and said it wrote the URL
+        print(f"error: export: --out {args.out}: export writes to a local folder", file=sys.stderr)
+        return 2
     try:
         summary = export(location(args.checkpoint), Path(args.out), args.optimizer)
-    except CheckpointError as err:
+    except (CheckpointError, StorageError) as err:
         print(f"error: checkpoint: {err}", file=sys.stderr)
         return 1
     except ExportError as err:

@@ -160,7 +160,12 @@ def prepare(dataset: str, config: str | None, overrides: list[str], out: Path) -
         "launcher=processes",
         f"data.train_path={train}",
         f"data.test_path={test}",
-        "checkpoint.save_at_end=false",  # dozens of runs: keep the figures, not the tables
+        # dozens of runs: keep the figures, not the tables (an arm trained again after an
+        # interruption would find its checkpoints and be refused as a fresh run beside them)
+        "checkpoint.save_at_end=false",
+        "checkpoint.every_steps=null",
+        "checkpoint.resume=null",
+        "checkpoint.dir=null",
     ]
     return parse_config(apply_overrides(cfg.model_dump(mode="json"), fixed), "sweep base job")
 
@@ -302,7 +307,6 @@ def run_sweep(
             f"{log} holds runs of another dataset ({', '.join(others)}); sweep each dataset "
             "into its own --out"
         )
-    base = prepare(dataset, config, overrides or [], out)
     digest = config_digest(dataset_config(dataset, config, overrides or []))
     other = [r["name"] for r in done if r.get("config", digest) != digest]
     if any("config" not in r for r in done):  # written before runs recorded their config
@@ -313,6 +317,7 @@ def run_sweep(
             "another job config (--config, --set): their figures cannot be mixed with this "
             "one's. Sweep into another --out, or remove the file to start over"
         )
+    base = prepare(dataset, config, overrides or [], out)  # after the checks: it writes data
     planned = arms(budgets, seeds)
     stale = stale_runs(done, base, planned)
     if stale:

@@ -300,7 +300,21 @@ def test_export_writes_whole_tables_as_safetensors(tmp_path: Path, capsys, monke
     (older,) = committed(tmp_path / "tiny" / "checkpoints")[:-1]  # nor into another one
     assert main(["export", str(ckpt), "--out", str(older)]) == 1
     assert f"{older}: holds a checkpoint" in capsys.readouterr().err
+    # nor into a folder inside another checkpoint, nor inside this one named by a URL: the
+    # checkpoint's file check then failed on the export's files
+    assert main(["export", str(ckpt), "--out", str(older / "exported")]) == 1
+    assert f"{older / 'exported'}: inside the checkpoint {older}" in capsys.readouterr().err
+    assert main(["export", f"file://{ckpt}", "--out", str(ckpt / "exported")]) == 1
+    assert "inside the checkpoint" in capsys.readouterr().err
     verify(older)
+    verify(ckpt)
+    # --out is a local folder: a URL was written to ./file:/... and reported as written
+    assert main(["export", str(ckpt), "--out", f"file://{tmp_path / 'url'}"]) == 2
+    assert "export writes to a local folder" in capsys.readouterr().err
+    assert not Path("file:").exists()
+    # a checkpoint URL of no known scheme: an error line, not a traceback
+    assert main(["export", "nosuch://x/y", "--out", str(tmp_path / "x")]) == 1
+    assert "error: checkpoint: nosuch://x/y: cannot open this URL" in capsys.readouterr().err
     (tmp_path / "a-file").write_text("")
     assert main(["export", str(ckpt), "--out", str(tmp_path / "a-file")]) == 1
     assert f"{tmp_path / 'a-file'}: not a folder" in capsys.readouterr().err

@@ -201,6 +201,21 @@ def test_a_record_without_its_dataset_is_not_taken_for_another_dataset(tmp_path:
     with pytest.raises(ConfigError, match="trained under another job config"):
         run_sweep("synthetic", tmp_path, overrides=small, budgets=(1.0,))
     assert _results(log)[0]["name"] == "unified-b1-s0"
+    # refused before the data were written: the recorded runs' data stay theirs
+    assert not (tmp_path / "data").exists()
+
+
+def test_the_arms_save_no_checkpoints_whatever_the_job_config_asks(tmp_path: Path) -> None:
+    """A job config that saved checkpoints (into one checkpoint.dir, or each arm's own)
+    failed the second arm, or an arm trained again after an interruption, with a traceback:
+    a fresh run beside checkpoints is refused."""
+    from dist_train.sweep import prepare
+
+    small = ["data.synthetic.num_train_rows=2048", "data.synthetic.num_test_rows=1024"]
+    saves = ["checkpoint.every_steps=2", f"checkpoint.dir={tmp_path / 'shared'}"]
+    base = prepare("synthetic", None, [*small, *saves, "checkpoint.resume=latest"], tmp_path)
+    ckpt = base.checkpoint
+    assert (ckpt.every_steps, ckpt.save_at_end, ckpt.resume, ckpt.dir) == (None, False, None, None)
 
 
 def test_adult_replaces_its_own_files_and_never_a_users(tmp_path: Path) -> None:
