@@ -277,7 +277,7 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
-        if self.attention_dim % self.attention_heads:
+        if self.kind == "autoint" and self.attention_dim % self.attention_heads:
             raise ValueError(
                 f"attention_dim ({self.attention_dim}) must be divisible by attention_heads "
                 f"({self.attention_heads})"

@@ -294,3 +294,11 @@ def test_a_check_of_the_whole_job_names_the_override_it_names() -> None:
     line = str(err.value).splitlines()[-1]
     assert line.startswith("  <top level>: ") and "exceeds the features'" in line
     assert line.endswith("(from --set embedding.num_tables=100)")
+
+
+def test_attention_heads_are_checked_for_autoint_only() -> None:
+    """An AutoInt setting refused a DLRM job (the model reads no attention setting)."""
+    odd = ["model.attention_dim=15", "model.attention_heads=2"]
+    assert load_config(overrides=odd).model.kind == "dlrm"
+    with pytest.raises(ConfigError, match=r"attention_dim \(15\) must be divisible"):
+        load_config(overrides=[*odd, "model.kind=autoint"])
