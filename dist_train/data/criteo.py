@@ -1,8 +1,8 @@
 """``dist-train convert criteo``: the public Criteo TSV layout to Parquet.
 
 Each line: ``label \\t I1..I13 \\t C1..C26`` (integer counts, 8-hex-digit categorical values;
-any field may be blank = null). Plain or compressed (.gz, .bz2, .zst) files are streamed in
-blocks; the output is ``part-NNNNN.parquet`` files of ``rows_per_file`` rows in row groups of
+any field may be blank = null). Plain or compressed (gzip, bzip2, zstd: told by the first
+bytes, not the name) files are streamed in blocks; the output is ``part-NNNNN.parquet`` files of ``rows_per_file`` rows in row groups of
 ``rows_per_group`` rows, with ``label`` int8, ``I*`` int64, ``C*`` string.
 
 Bad lines (wrong field count, a field that is not UTF-8, a count that is not an integer in
@@ -13,11 +13,13 @@ directory must hold no Parquet files yet: nothing in it is touched.
 
 from __future__ import annotations
 
+import io
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +39,7 @@ SCHEMA = pa.schema(
     + [pa.field(c, pa.string()) for c in CATEGORICAL]
 )
 _INT = r"^-?[0-9]+$"
+BLOCK_BYTES = 16 << 20  # of text a block of rows is parsed from
 _INT64 = range(-(2**63), 2**63)
 
 
@@ -50,9 +53,55 @@ class ConvertResult:
         self.bad_lines[reason] = self.bad_lines.get(reason, 0) + n
 
 
-def _blocks(path: str, policy: str, result: ConvertResult) -> Iterator[tuple[pa.RecordBatch, int]]:
-    """(all-string record batch, line number of its first row) for one TSV file."""
+# a compressed file is read as its content says, whatever its name ends with
+_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\x28\xb5\x2f\xfd": "zstd"}
 
+
+def _compression(path: str) -> str | None:
+    """The codec ``path``'s first bytes name, None for plain text."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return next((codec for magic, codec in _MAGIC.items() if head.startswith(magic)), None)
+
+
+def _blocks(path: str, policy: str, result: ConvertResult) -> Iterator[tuple[pa.RecordBatch, int]]:
+    """(all-string record batch, line number of its first row) for one TSV file.
+
+    pyarrow decodes a line of the wrong field count as UTF-8 before its invalid-row handler
+    sees it: one that is not UTF-8 stopped the whole file, skip or not. Where that happens
+    the file is read again through :class:`_DropUndecodable`, which drops (or names) such
+    lines, the rows already given passed over."""
+    codec = _compression(path)
+    counted = result.bad_lines.get("wrong_field_count", 0)
+    undecodable: list[BaseException] = []
+    given = 0
+    try:
+        for batch, line in _read(
+            pa.input_stream(path, compression=codec), path, policy, result, undecodable
+        ):
+            given += batch.num_rows
+            yield batch, line
+        return
+    except BadInputError:
+        if not undecodable:
+            raise
+    result.bad_lines["wrong_field_count"] = counted  # the second read counts them all again
+    if not counted:
+        del result.bad_lines["wrong_field_count"]
+    stream = _DropUndecodable(pa.input_stream(path, compression=codec), path, policy, result)
+    for batch, line in _read(stream, path, policy, result, undecodable):
+        if given >= batch.num_rows:
+            given -= batch.num_rows
+            continue
+        yield batch.slice(given), line + given
+        given = 0
+
+
+def _read(
+    source: Any, path: str, policy: str, result: ConvertResult, undecodable: list[BaseException]
+) -> Iterator[tuple[pa.RecordBatch, int]]:
+    """:func:`_blocks`' reading of ``source``: the line handler's exceptions that are no
+    UTF-8 collected in ``undecodable`` (pyarrow reports them as unraisable)."""
     first_error: list[str] = []
 
     def on_invalid_row(row: pcsv.InvalidRow) -> str:
@@ -66,14 +115,22 @@ def _blocks(path: str, policy: str, result: ConvertResult) -> Iterator[tuple[pa.
         result.count("wrong_field_count")
         return "skip"
 
+    def unraisable(info: Any) -> None:
+        if isinstance(info.exc_value, UnicodeDecodeError):
+            undecodable.append(info.exc_value)
+        else:
+            previous(info)
+
+    previous = sys.unraisablehook
+    sys.unraisablehook = unraisable
     reader: pcsv.CSVStreamingReader | None = None
     try:
         reader = pcsv.open_csv(
-            pa.input_stream(path, compression="detect"),
+            source,
             # one thread: the invalid-row handler is then told the line's number (None
             # with threads), and the reader streams serially anyway
             read_options=pcsv.ReadOptions(
-                column_names=COLUMNS, block_size=16 << 20, use_threads=False
+                column_names=COLUMNS, block_size=BLOCK_BYTES, use_threads=False
             ),
             # blank lines are passed over (they hold no example): like skipped lines, they
             # shift the "~" line numbers of value errors after them
@@ -92,13 +149,65 @@ def _blocks(path: str, policy: str, result: ConvertResult) -> Iterator[tuple[pa.
         for batch in reader:
             yield batch, line
             line += batch.num_rows  # skipped lines shift this; errors name lines exactly
-    except (pa.ArrowInvalid, OSError) as err:
+    except pa.ArrowInvalid as err:
+        if reader is None and "Empty CSV file" in str(err):
+            return  # an empty file (or one of only blank lines) holds no example
         raise BadInputError(first_error[0] if first_error else f"{path}: {err}") from None
+    except OSError as err:
+        raise BadInputError(f"{path}: {err}") from None
     finally:
+        sys.unraisablehook = previous
         # closed now: left to a reference cycle, its threads met interpreter exit and the
         # process aborted ("terminate called without an active exception", exit 134)
         if reader is not None:
             reader.close()
+
+
+class _DropUndecodable(io.RawIOBase):
+    """The lines of ``source`` less those of the wrong field count that are not UTF-8, each
+    counted as ``wrong_field_count`` (or, under ``policy="error"``, an error naming it)."""
+
+    def __init__(self, source: Any, path: str, policy: str, result: ConvertResult) -> None:
+        super().__init__()
+        self.source, self.path, self.policy, self.result = source, path, policy, result
+        self.rest = b""  # a line not yet ended
+        self.out = bytearray()
+        self.line = 0
+        self.done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self.out and not self.done:
+            chunk = self.source.read(1 << 20)
+            self.done = not chunk
+            lines = (self.rest + chunk).split(b"\n")
+            self.rest = b"" if self.done else lines.pop()
+            for text in lines:
+                self.line += 1
+                fields = text.count(b"\t") + 1
+                if text.strip() and fields != len(COLUMNS) and not _utf8(text):
+                    if self.policy == "error":
+                        raise BadInputError(
+                            f"{self.path}: line {self.line}: {fields} fields, "
+                            f"expected {len(COLUMNS)}, and not UTF-8 text: {text[:100]!r}"
+                        )
+                    self.result.count("wrong_field_count")
+                    continue
+                self.out += text + b"\n"
+        n = min(len(buffer), len(self.out))
+        buffer[:n] = self.out[:n]
+        del self.out[:n]
+        return n
+
+
+def _utf8(text: bytes) -> bool:
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _typed(
@@ -210,10 +319,11 @@ def convert_criteo(
         # Page checksums let readers detect corrupted pages (see docs/data.md).
         return pq.ParquetWriter(path, SCHEMA, compression="zstd", write_page_checksum=True)
 
+    missing = next((path for path in inputs if not Path(path).is_file()), None)
+    if missing is not None:  # before any is converted: a day's conversion lost to a typo
+        raise BadInputError(f"{missing}: no such file")
     try:
         for path in inputs:
-            if not Path(path).is_file():
-                raise BadInputError(f"{path}: no such file")
             for batch, first_line in _blocks(path, on_bad_input, result):
                 table = _typed(batch, path, first_line, on_bad_input, result)
                 while table.num_rows:
