@@ -2,8 +2,9 @@
 
 Each line: ``label \\t I1..I13 \\t C1..C26`` (integer counts, 8-hex-digit categorical values;
 any field may be blank = null). Plain or compressed (gzip, bzip2, zstd: told by the first
-bytes, not the name) files are streamed in blocks; the output is ``part-NNNNN.parquet`` files of ``rows_per_file`` rows in row groups of
-``rows_per_group`` rows, with ``label`` int8, ``I*`` int64, ``C*`` string.
+bytes, not the name) files are streamed in blocks; the output is ``part-NNNNN.parquet``
+files of ``rows_per_file`` rows in row groups of ``rows_per_group`` rows, with ``label``
+int8, ``I*`` int64, ``C*`` string.
 
 Bad lines (wrong field count, a field that is not UTF-8, a count that is not an integer in
 int64's range, a label other than 0/1) are an error naming file, line and column, or with
