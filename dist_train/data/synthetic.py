@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +27,7 @@ import pyarrow.parquet as pq
 from dist_train.config import SyntheticDataConfig
 from dist_train.data.output_folder import clear_splits
 from dist_train.embedding.hashing import make_salt, salted_hash
+from dist_train.storage import write_atomically
 
 SPEC_FILE = "dataset.json"
 _FORMAT = 3  # bumped when the files' layout changes, so older generated data is rewritten
@@ -171,6 +173,15 @@ def _whole(data: GeneratedData, cfg: SyntheticDataConfig) -> bool:
     return True
 
 
+def _recorded(spec_path: Path) -> Any:
+    """The spec a generation recorded; None where the record is unreadable (a run cut short
+    as it wrote it): the data are then generated again."""
+    try:
+        return json.loads(spec_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+
+
 def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = True) -> GeneratedData:
     """Write ``train/part-*.parquet`` and ``test/part-0.parquet`` under ``out_dir``.
 
@@ -180,7 +191,7 @@ def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = Tru
     spec = {**cfg.model_dump(mode="json"), "format": _FORMAT}
     result = GeneratedData(out / "train", out / "test")
     spec_path = out / SPEC_FILE
-    if spec_path.is_file() and json.loads(spec_path.read_text()) == spec:
+    if spec_path.is_file() and _recorded(spec_path) == spec:
         if _whole(result, cfg):
             if progress:
                 print(f"reusing synthetic data in {out}", file=sys.stderr, flush=True)
@@ -214,7 +225,7 @@ def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = Tru
     _write_split(
         test_path, cfg.num_test_rows, cfg, columns, dense_w, rng, progress, cfg.num_train_rows
     )
-    spec_path.write_text(json.dumps(spec, indent=2))
+    write_atomically(spec_path, json.dumps(spec, indent=2))  # whole, or the record before
     if progress:
         print(f"generated in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
     return result

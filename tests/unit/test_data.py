@@ -174,6 +174,19 @@ def test_a_dataset_missing_a_file_is_generated_again(tmp_path: Path) -> None:
     assert [f.read_bytes() for f in sorted(data.train_dir.glob("*.parquet"))] == before
 
 
+@pytest.mark.parametrize("record", [b"", b'{"format": 2, "compl', b"\xff\xfe"])
+def test_a_dataset_whose_record_was_cut_is_generated_again(tmp_path: Path, record: bytes) -> None:
+    """A run cut short as it wrote dataset.json left it empty or cut: the next gen-data or
+    training run on generated data failed with a JSONDecodeError traceback."""
+    synth = SyntheticDataConfig(num_train_rows=2000, num_test_rows=1024, rows_per_group=1000)
+    data = generate(synth, tmp_path, progress=False)
+    before = [f.read_bytes() for f in sorted(data.train_dir.glob("*.parquet"))]
+    (tmp_path / "dataset.json").write_bytes(record)
+    generate(synth, tmp_path, progress=False)
+    assert [f.read_bytes() for f in sorted(data.train_dir.glob("*.parquet"))] == before
+    assert generate(synth, tmp_path, progress=False) == data  # recorded whole again: reused
+
+
 def test_the_generators_seed_is_not_negative() -> None:
     with pytest.raises(ValueError, match="greater than or equal to 0"):
         SyntheticDataConfig(seed=-1)
