@@ -326,6 +326,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         f"{link.all_reduce_bytes_per_second / 1e9:.2f} GB/s, latency "
         f"{link.latency_seconds * 1e6:.0f} us, TorchRec per bag "
         + ", ".join(f"{t} {v * 1e9:.0f} ns" for t, v in spec.bag_seconds.items())
+        + (" (links and per-bag costs: the preset's, not measured on 1 rank)" if ranks < 2 else "")
     )
     print(f"wrote {args.out} (use it with --set sharding.topology={args.out})")
     return 0

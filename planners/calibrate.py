@@ -484,8 +484,9 @@ def calibrate(
         source=f"calibrated: {ranks} {backend} ranks x {threads} thread(s) on {where}",
         measured=measured,
     )
-    if ranks < 2:
-        return spec
+    if ranks < 2:  # no exchange to time TorchRec's per-bag work by: the preset's, as the links
+        measured["torchrec_step_seconds"] = f"not measured (1 rank): the {device_type} preset's"
+        return spec.model_copy(update={"bag_seconds": base.bag_seconds, "measured": measured})
     types = framework_types(unpool)
     seconds = run_processes(
         sharded_step_timings, (spec, unpool, one_feature), ranks, threads, device_type

@@ -374,6 +374,15 @@ def test_calibrate_writes_a_topology_the_planner_uses(tmp_path: Path) -> None:
     assert plan_job(cfg, 2, 2).estimated_step_seconds > 0
 
 
+def test_calibrate_on_one_rank_keeps_the_presets_per_bag_costs() -> None:
+    """On 1 rank no exchange times TorchRec's per-bag work: the topology held none, and the
+    cost model took that work as free (the default job's plan changed from table_wise to
+    row_wise_unpooled)."""
+    spec = calibrate(run_processes, ranks=1, threads=1, repeats=2)
+    assert spec.bag_seconds == dict(preset("cpu").bag_seconds) and spec.bag_seconds
+    assert str(spec.measured["torchrec_step_seconds"]).startswith("not measured (1 rank)")
+
+
 def test_only_table_wise_runs_out_of_the_tables_order_pay_the_reorder() -> None:
     topo = resize(preset("cpu"), num_nodes=1, ranks_per_node=2)
     workload = _workload([(10_000, 16)] * 4)
