@@ -54,6 +54,15 @@ def _number_list(kind: type[int] | type[float], zero: bool = False) -> Callable[
     return parse
 
 
+def _row_widths(text: str) -> list[int]:
+    """An argparse type: positive row widths, each a multiple of 4 (FBGEMM asserts it)."""
+    widths = [int(w) for w in _number_list(int)(text)]
+    odd = [w for w in widths if w % 4]
+    if odd:
+        raise argparse.ArgumentTypeError(f"row widths must be multiples of 4; got {odd[0]}")
+    return widths
+
+
 def _count(zero: bool = False) -> Callable[[str], int]:
     """An argparse type: one positive int (or >= 0 with ``zero``); anything else is a usage
     error naming the value (a 0 the command would take as "not given", or loop on)."""
@@ -149,8 +158,30 @@ def _show_config(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.bench == "kernel" and (args.config or args.set):
+        print(
+            "error: bench kernel reads no job config: its shapes are --dims and --batches",
+            file=sys.stderr,
+        )
+        return 2
     cfg = _load(args.config, args.set)
     if cfg is None:
+        return 2
+    if args.bench == "planner" and cfg.sharding.type in ("table_row_wise", "grid_shard"):
+        print(
+            f"error: bench planner times nodes of 2 ranks and 2D groups inside them, which "
+            f"sharding.type={cfg.sharding.type} (groups of nodes) does not plan: bench "
+            "another type",
+            file=sys.stderr,
+        )
+        return 2
+    if args.bench in ("train", "planner", "pipeline") and cfg.data.train_path:
+        print(
+            f"error: bench {args.bench} measures on data it generates (data.synthetic, the "
+            f"rows its rank counts need); data.train_path={cfg.data.train_path} would not be "
+            "read: leave it unset",
+            file=sys.stderr,
+        )
         return 2
     if args.bench == "ingest":
         from dist_train.bench.ingest import run_ingest_bench
@@ -570,7 +601,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench.add_parser("kernel", help="FBGEMM TBE forward/backward GB/s vs copy GB/s")
     common(p)
     p.add_argument(
-        "--dims", default="16,32,64,128", type=_number_list(int), help="row widths, comma-separated"
+        "--dims",
+        default="16,32,64,128",
+        type=_row_widths,
+        help="row widths, comma-separated (multiples of 4, as FBGEMM's kernels take)",
     )
     p.add_argument(
         "--batches",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -29,6 +30,16 @@ def variant(cfg: JobConfig, overrides: list[str], label: str) -> JobConfig:
     raw["data"]["train_path"] = cfg.data.train_path or str(cfg.run_dir / "data" / "train")
     raw["data"]["test_path"] = cfg.data.test_path or str(cfg.run_dir / "data" / "test")
     return parse_config(raw, label)
+
+
+def over(numerator: float, denominator: float, what: str) -> float:
+    """``numerator / denominator``; NaN (null in the JSON), said, where ``denominator`` is 0:
+    a run too short for a steady figure (one step) measured none. The figures measured
+    beside it are kept."""
+    if denominator:
+        return numerator / denominator
+    print(f"[bench] {what}: not measured (a run too short for it); reported as NaN", flush=True)
+    return math.nan
 
 
 def write_json(path: str, value: Any) -> None:

@@ -29,7 +29,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 
 from dist_train import checkpoint
-from dist_train.bench import variant, write_json
+from dist_train.bench import over, variant, write_json
 from dist_train.config import JobConfig, load_config, parse_config
 from dist_train.driver import prepare_inputs, run_job
 from dist_train.launchers.processes import run_processes
@@ -176,10 +176,12 @@ def training_stall(cfg: JobConfig, rounds: int) -> dict[str, float]:
         for name in ("every_8", "every_8_inline"):
             key = f"{launcher}_{name}"
             out[f"{key}_examples_per_second"] = statistics.median(rate[key])
-            out[f"{key}_over_none"] = statistics.median(rate[key]) / none_rate
-            out[f"{key}_stall_seconds_per_checkpoint"] = (
-                statistics.median(seconds[key]) - none_seconds
-            ) / (steps // STALL_EVERY)
+            out[f"{key}_over_none"] = over(statistics.median(rate[key]), none_rate, key)
+            out[f"{key}_stall_seconds_per_checkpoint"] = over(
+                statistics.median(seconds[key]) - none_seconds,
+                steps // STALL_EVERY,
+                f"{key}'s stall per checkpoint ({steps} steps, a save every {STALL_EVERY})",
+            )
     return out
 
 

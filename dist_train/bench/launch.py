@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dist_train.bench import variant, write_json
+from dist_train.bench import over, variant, write_json
 from dist_train.config import JobConfig
 from dist_train.driver import prepare_inputs, run_job
 
@@ -33,9 +33,12 @@ def run_launch_bench(cfg: JobConfig, json_out: str | None = None) -> dict[str, A
     p, r = rows["processes"], rows["ray"]
     result = {
         **{f"{k}_{name}": v for name, row in rows.items() for k, v in row.items()},
-        "startup_ratio_ray_over_processes": r["startup_seconds"] / p["startup_seconds"],
-        "steady_throughput_ratio_ray_over_processes": r["steady_examples_per_second"]
-        / p["steady_examples_per_second"],
+        "startup_ratio_ray_over_processes": over(
+            r["startup_seconds"], p["startup_seconds"], "start-up ratio"
+        ),
+        "steady_throughput_ratio_ray_over_processes": over(
+            r["steady_examples_per_second"], p["steady_examples_per_second"], "steady ratio"
+        ),
     }
     print(
         "\nlauncher    start-up to first step   steady examples/s   wall\n"

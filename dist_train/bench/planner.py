@@ -248,7 +248,7 @@ def run_planner_bench(
     if cfg.sharding.topology is None:  # measure this machine now, under this run's conditions
         topo_file = cfg.run_dir / "bench-planner-topology.json"
         print(f"[bench] calibrating this machine -> {topo_file}", flush=True)
-        threads = int(cfg.ray.cpus_per_worker)
+        threads = cfg.ray.threads_per_worker  # at least 1, as a training rank's
         spec = calibrate(
             run_processes,
             ranks=2,

@@ -44,3 +44,39 @@ def test_a_benchmarks_json_is_strict_where_a_figure_is_not_finite(tmp_path) -> N
     assert json.loads(text, parse_constant=lambda c: pytest.fail(c)) == {
         "results": [{"examples_per_second": None, "ranks": 1}]
     }
+
+
+def test_a_ratio_over_nothing_is_nan_and_said(capsys: pytest.CaptureFixture[str]) -> None:
+    """A run of one step has no steady rate: bench launch, ingest and checkpoint divided by
+    it and lost every figure measured before (ZeroDivisionError, no JSON)."""
+    from dist_train.bench import over
+
+    assert over(3.0, 2.0, "x") == 1.5
+    assert math.isnan(over(3.0, 0.0, "steady ratio"))
+    assert "[bench] steady ratio: not measured" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["kernel", "--dims", "10"], "row widths must be multiples of 4; got 10"),
+        (["kernel", "--set", "embedding.dim=64"], "bench kernel reads no job config"),
+        (["planner", "--set", "data.train_path=/x", "--set", "data.test_path=/y"], "generates"),
+        (["train", "--set", "data.train_path=/x", "--set", "data.test_path=/y"], "generates"),
+        (["planner", "--set", "sharding.type=grid_shard"], "does not plan: bench another type"),
+    ],
+)
+def test_bench_options_it_would_ignore_or_fail_on_are_refused_first(
+    args: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each was taken: a job's data paths never read (a job on its own data then failed
+    mid-bench), --set ignored by bench kernel, FBGEMM's assertion on a width, a planning
+    error after the calibration."""
+    from dist_train.cli import main
+
+    try:
+        code = main(["bench", *args])
+    except SystemExit as exit:  # argparse's usage error
+        code = int(str(exit.code))
+    assert code == 2
+    assert said in capsys.readouterr().err
