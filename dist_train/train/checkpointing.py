@@ -315,6 +315,7 @@ class Checkpoints:
     ) -> None:
         self.cfg, self.trainer, self.progress = cfg, trainer, progress
         self.resume_from, self.on_commit = resume, on_commit
+        self._last_due = False  # training's last step was due a save, left to finish()
         extra: dict[str, Any] = {
             "config": cfg.model_dump(mode="json"),
             "sharding": trainer.plan.placements(),
@@ -350,9 +351,13 @@ class Checkpoints:
         )
         return position
 
-    def should_save(self, step: int) -> bool:
+    def should_save(self, step: int, last: bool = False) -> bool:
+        """Whether ``step`` is saved now; the ``last`` step of training is left to
+        :meth:`finish`, off the training clock (its examples/s leaves the final save out)."""
         every = self.cfg.checkpoint.every_steps
-        return every is not None and step % every == 0
+        due = every is not None and step % every == 0
+        self._last_due = due and last
+        return due and not last
 
     def save(self, position: TrainPosition, hold: bool = True) -> None:
         """Save ``position``; it commits once :meth:`step_done` vouches for its weights
@@ -380,7 +385,8 @@ class Checkpoints:
         """Save ``position`` if the job saves at the end and it is not saved yet; wait for
         the last save; the newest committed checkpoint."""
         self.saver.release()  # no step follows it (its tensors were checked finite)
-        if self.cfg.checkpoint.save_at_end and position.step != self.saver.last_step:
+        at_end = self.cfg.checkpoint.save_at_end or self._last_due
+        if at_end and position.step != self.saver.last_step:
             self.save(position, hold=False)
         self.saver.wait()
         return self.saver.last_path

@@ -170,6 +170,15 @@ class Epoch:
         return end if limit is None else min(end, limit)
 
     @property
+    def ends_training(self) -> bool:
+        """The step trained now is training's last: this epoch's last in the run's last
+        epoch, or ``train.max_steps``."""
+        limit = self.epochs.cfg.train.max_steps
+        at_limit = limit is not None and self.epochs.step >= limit
+        last_epoch = self.index == self.epochs.cfg.train.epochs - 1
+        return at_limit or (last_epoch and self.epochs.step >= self.last_step)
+
+    @property
     def stopped_early(self) -> bool:
         """``train.max_steps`` ended training inside this epoch."""
         limit = self.epochs.cfg.train.max_steps

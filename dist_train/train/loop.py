@@ -161,7 +161,7 @@ def run_worker(
             audit.after(epochs.step, epoch.index, batch)
             if progress.should_log(epochs.step):
                 progress.log_train(epoch.index, epochs.step, epoch.last_step)
-            if checkpoints.should_save(epochs.step):
+            if checkpoints.should_save(epochs.step, last=epoch.ends_training):
                 checkpoints.save(epoch.position())
         progress.epoch_ended()
     trainer.sync_replicas()  # 2D: evaluate and save the merged replicas

@@ -183,6 +183,20 @@ def test_a_resume_that_changes_the_optimizer_starts_its_state_afresh(tmp_path: P
     assert dense == {"exp_avg", "exp_avg_sq", "step"}  # Adam's own, none of Adagrad's
 
 
+def test_a_periodic_save_at_the_last_step_is_the_final_save(tmp_path: Path) -> None:
+    """Left to the final save (off the training clock), it is still made without
+    checkpoint.save_at_end, and once."""
+    over = [*BASE, f"output_dir={tmp_path}", "checkpoint.save_at_end=false"]
+    summary = run_job(load_config(TINY, [*over, "checkpoint.every_steps=8", "train.epochs=1"]))
+    root = tmp_path / "tiny" / "checkpoints"
+    assert summary["steps"] == 16 and [p.name for p in committed(root)] == [
+        "step-00000008",
+        "step-00000016",
+    ]
+    events = [json.loads(line) for line in (tmp_path / "tiny" / "metrics.jsonl").open()]
+    assert [e["step"] for e in events if e.get("event") == "checkpoint"] == [8, 16]
+
+
 def test_partial_checkpoint_is_ignored_and_removed(tmp_path: Path) -> None:
     over = [*BASE, f"output_dir={tmp_path}", "train.max_steps=4"]
     run_job(load_config(TINY, over))

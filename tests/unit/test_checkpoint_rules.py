@@ -507,3 +507,48 @@ def test_a_divergence_is_recorded_for_restarts_only_and_never_hides_it(
     (tmp_path / "file").write_text("")
     blocked = load_config(overrides=[f"checkpoint.dir={tmp_path / 'file'}", "ray.max_failures=2"])
     record_divergence(blocked, "launch", 0, "step 4")  # logged, not raised
+
+
+@pytest.mark.parametrize(("max_steps", "last"), [(None, 20), (7, 7), (10, 10)])
+def test_training_ends_at_one_step_which_the_loop_knows(
+    one_rank: None, tmp_path: Path, max_steps: int | None, last: int
+) -> None:
+    """The step a periodic save lands on as training's last is left to the final save, off
+    the training clock: such a save counted in examples/s (a review measured 99k against
+    31k), where the docs say the final checkpoint does not."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dist_train.embedding.layout import build_layout
+    from dist_train.train.trainer import make_batch_builder
+
+    table = pa.table(
+        {
+            "label": pa.array([i % 2 for i in range(40)], pa.int64()),
+            "I1": pa.array([float(i) for i in range(40)]),
+            "C1": pa.array([i % 10 for i in range(40)], pa.int64()),
+        }
+    )
+    pq.write_table(table, tmp_path / "a.parquet", row_group_size=5)
+    over = [
+        "data.dense_columns=[I1]",
+        "features=[{name: C1, cardinality: 10}]",
+        "embedding.num_tables=1",
+        "data.synthetic.string_columns=[]",
+        "train.batch_size=4",
+        "train.epochs=2",
+        "train.prefetch_batches=0",
+        f"train.max_steps={'null' if max_steps is None else max_steps}",
+    ]
+    cfg = load_config("launch/configs/tiny.yaml", over)
+    builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
+    groups = [RowGroup(str(tmp_path / "a.parquet"), g, 5) for g in range(8)]
+    run = epochs.Epochs(
+        cfg, groups, builder, BadInputPolicy.for_job(cfg), TrainPosition(), ranks=(0, 1)
+    )
+    ending = []
+    for epoch in run:
+        for _ in epoch.trained(lambda batches: ((b, 0.0) for b in batches)):
+            if epoch.ends_training:
+                ending.append(run.step)
+    assert ending == [last] and run.step == last
