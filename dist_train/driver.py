@@ -136,6 +136,12 @@ def job_device(cfg: JobConfig) -> DeviceType:
 def plan_on_driver(cfg: JobConfig, device_type: str = "cpu") -> JobPlan:
     """The job's sharding plan for ``num_workers`` ranks, ``num_workers / num_nodes`` a node."""
     job_plan = plan_for_config(cfg, device_type)
+    if job_plan.is_2d:
+        LOG.info(
+            f"plan: 2D: {job_plan.replicas} replicas of {job_plan.sharding_group_size} rank(s) "
+            f"(groups of consecutive ranks), merged every {cfg.sharding.sync_every} step(s); "
+            "each group places the tables as the first:"
+        )
     for table, p in job_plan.placements().items():
         LOG.info(f"plan: {table} {p['type']} on ranks {p['ranks']}")
     types = {str(p["type"]) for p in job_plan.placements().values()}

@@ -76,7 +76,9 @@ class RunSummary(TrainFigures, EvalFigures):
     ranks_per_node: int
     node_ids: list[str]
     rank_cores: list[str]  # the CPUs each rank may run on, as "0-3,8" (ray.pin_cores)
-    sharding: dict[str, dict[str, object]]
+    sharding: dict[str, dict[str, object]]  # in 2D, the first group's (every group's alike)
+    sharding_group_size: int  # ranks a group shards the tables over (the world: 1D)
+    sharding_replicas: int  # groups, each a copy of the tables, merged (2D; 1 in 1D)
     embedding_kind: str
     embedding_parameters: int
     checkpoint: str | None
@@ -184,6 +186,8 @@ def run_worker(
         node_ids=list(topo.node_ids),
         rank_cores=rank_cores,
         sharding=trainer.plan.placements(),
+        sharding_group_size=trainer.plan.sharding_group_size,
+        sharding_replicas=trainer.plan.replicas,
         embedding_kind=trainer.layout.kind,
         embedding_parameters=trainer.layout.num_parameters,
         checkpoint=None if last_checkpoint is None else str(last_checkpoint),
@@ -228,6 +232,8 @@ def _log_start(
             "node_ids": list(topo.node_ids),
             "rank_cores": rank_cores,
             "sharding": trainer.plan.placements(),
+            "sharding_group_size": trainer.plan.sharding_group_size,
+            "sharding_replicas": trainer.plan.replicas,
             "tables": [t.__dict__ for t in tables],
             "pipeline": trainer.pipelined,
             "dot_interaction": interaction,

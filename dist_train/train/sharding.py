@@ -71,12 +71,18 @@ class JobPlan:
     def is_2d(self) -> bool:
         return self.sharding_group_size < self.world_size
 
+    @property
+    def replicas(self) -> int:
+        """Copies of the sharded tables: the world's groups (2D), 1 in 1D."""
+        return self.world_size // self.sharding_group_size
+
     def _tables(self) -> Iterator[tuple[str, ParameterSharding]]:
         for module_plan in self.sharding_plan.plan.values():
             yield from module_plan.items()  # type: ignore[attr-defined]
 
     def placements(self) -> dict[str, dict[str, object]]:
-        """table -> sharding type and ranks (for logs and summaries)."""
+        """table -> sharding type and ranks (for logs and summaries); in 2D, of the first
+        group (ranks ``0 .. group size - 1``), which every group repeats."""
         return {
             table: {"type": self._type_of(table, ps), "ranks": list(ps.ranks or [])}
             for table, ps in self._tables()
@@ -312,6 +318,13 @@ def plan_for_config(cfg: JobConfig, device_type: str = "cpu") -> JobPlan:
     """The plan of a job as configured: ``num_workers`` ranks, ``num_workers / num_nodes`` per
     node (what the driver ships to workers, and what ``validate`` sizes)."""
     world, nodes = cfg.ray.num_workers, cfg.ray.num_nodes or 1
+    group = cfg.sharding.group_size
+    if group != "auto" and group > world:  # planned as 1D, unsaid (an elastic group that
+        # comes back smaller than its groups still is: plan_job)
+        raise PlanningError(
+            f"sharding.group_size={group} exceeds the job's {world} ranks (ray.num_workers): "
+            f"a group shards the tables over some of them; group_size {world} is 1D"
+        )
     cores = None
     if cfg.launcher == "processes" and device_type == "cpu":
         cores = simulated_node_cores(nodes)

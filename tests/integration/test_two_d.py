@@ -119,7 +119,9 @@ def test_2d_checkpoint_resumes_bitwise_and_reshards_to_other_groups_and_1d(
     # not bitwise reproducible here even in 1D: float sums of 4 ranks' gradients vary by 1e-7.)
     two_d = [*BASE, "sharding.group_size=1", "checkpoint.every_steps=4"]
     full = run_job(load_config(TINY, [*two_d, f"output_dir={tmp_path / 'a'}"]))
-    assert full["sharding"]["unified_0"]["ranks"] == [0]
+    assert full["sharding"]["unified_0"]["ranks"] == [0]  # the first group's
+    # that it ran 2D is said (the placements alone read as a table on rank 0 of 2)
+    assert (full["sharding_group_size"], full["sharding_replicas"]) == (1, 2)
     part = [*two_d, f"output_dir={tmp_path / 'b'}"]
     run_job(load_config(TINY, [*part, "train.max_steps=6"]))  # "fails" after step 6
     rest = run_job(load_config(TINY, [*part, "checkpoint.resume=latest"]))
@@ -150,6 +152,10 @@ def test_2d_checkpoint_resumes_bitwise_and_reshards_to_other_groups_and_1d(
         )
         assert summary["world_size"] == world
         assert len(summary["sharding"]["unified_0"]["ranks"]) == group
+        assert (summary["sharding_group_size"], summary["sharding_replicas"]) == (
+            group,
+            world // group,
+        )
         assert summary["test_log_loss"] == pytest.approx(full["test_log_loss"], rel=1e-6)
         saved = committed(tmp_path / f"hop{hop}" / "tiny" / "checkpoints")[-1]
         after = _tensors(saved, tmp_path)

@@ -163,3 +163,13 @@ def test_plan_is_for_the_jobs_device_and_names_a_bad_option(tmp_path: Path, caps
     assert json.loads(out.read_text())["topology"]["device_type"] == "cpu"
     assert main(["plan", "--memory-per-rank", "10XB"]) == 2
     assert "error: --memory-per-rank: cannot read '10XB'" in capsys.readouterr().err
+
+
+def test_a_group_larger_than_the_job_is_refused() -> None:
+    """It was planned as 1D, unsaid, where a group that does not tile the ranks is an
+    error naming the sizes that do."""
+    from dist_train.train.sharding import plan_for_config
+
+    with pytest.raises(PlanningError, match=r"group_size=3 exceeds the job's 2 ranks"):
+        plan_for_config(load_config(DEFAULT, ["sharding.group_size=3"]))
+    assert not plan_for_config(load_config(DEFAULT, ["sharding.group_size=2"])).is_2d
