@@ -91,7 +91,8 @@ class Progress:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 record = None
-            logged = record.get("step") if isinstance(record, dict) else None
+            # a train or checkpoint record's step, an evaluation's steps (the run's last)
+            logged = record.get("step", record.get("steps")) if isinstance(record, dict) else None
             if not (isinstance(logged, int) and logged > step):
                 kept.append(line + "\n")
         write_atomically(self.path, "".join(kept))  # killed meanwhile: the old log stays

@@ -81,3 +81,23 @@ def test_records_hold_no_nan_that_strict_json_parsers_refuse(tmp_path: Path) -> 
     record = json.loads((tmp_path / "metrics.jsonl").read_text(), parse_constant=refuse)
     assert record == {"event": "eval", "test_auc": None, "x": [None, 1.0]}
     assert json.loads(strict_json({"a": {"b": (float("-inf"),)}}, indent=2)) == {"a": {"b": [None]}}
+
+
+def test_a_resume_drops_the_records_of_later_steps_evaluations_too(tmp_path: Path) -> None:
+    """An evaluation's record holds ``steps``: a run resumed from an earlier checkpoint kept
+    the evaluation of the steps it then trained again, its figures mixed with the new."""
+    log = tmp_path / "metrics.jsonl"
+    records = [
+        {"event": "train", "step": 4},
+        {"event": "checkpoint", "step": 8},
+        {"event": "train", "step": 12},
+        {"event": "eval", "steps": 16, "test_auc": 0.7},
+        {"event": "eval", "steps": 8, "test_auc": 0.6},
+    ]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records) + "not json\n")
+    Progress(str(tmp_path), enabled=True, log_every=1, examples_per_step=1, append=True).resumed_at(
+        8
+    )
+    kept = log.read_text().splitlines()
+    assert [json.loads(line) for line in kept[:-1]] == [records[0], records[1], records[4]]
+    assert kept[-1] == "not json"
