@@ -234,6 +234,7 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
 def _skipped(summary: dict[str, Any]) -> str:
     b = summary.get("bad_input") or {}
     return (
+        # rows as read: an epoch that reads a bad row again counts it again (docs/data.md)
         f"{b.get('rows_skipped_total', 0):,} rows, {b.get('files_skipped', 0)} files, "
         f"{b.get('row_groups_skipped', 0)} row groups"
         + (f" ({b['rows_skipped']})" if b.get("rows_skipped") else "")
