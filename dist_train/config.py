@@ -39,21 +39,40 @@ class ConfigError(ValueError):
     """A job config that cannot be used; the message names the file and key."""
 
 
-def _numeric(annotation: Any) -> bool:
-    """Whether a field of ``annotation`` takes a number and no yes/no value."""
+def _kinds(annotation: Any) -> list[Any]:
+    """The types a field of ``annotation`` takes: its unions' members, constraints dropped."""
     kinds: list[Any] = []
     todo = [annotation]
     while todo:
         kind = todo.pop()
-        if typing.get_origin(kind) in (typing.Union, types.UnionType, typing.Annotated):
-            todo.extend(
-                typing.get_args(kind)[:1]
-                if typing.get_origin(kind) is typing.Annotated
-                else typing.get_args(kind)
-            )
+        origin = typing.get_origin(kind)
+        if origin is typing.Annotated:
+            todo.append(typing.get_args(kind)[0])
+        elif origin in (typing.Union, types.UnionType):
+            todo.extend(typing.get_args(kind))
         else:
             kinds.append(kind)
+    return kinds
+
+
+def _numeric(annotation: Any) -> bool:
+    """Whether a field of ``annotation`` takes a number and no yes/no value."""
+    kinds = _kinds(annotation)
     return bool not in kinds and any(k in (int, float) for k in kinds)
+
+
+def _yes_no_for_number(annotation: Any, value: Any) -> str | None:
+    """Where ``value`` holds a yes/no value that ``annotation`` would read as a number: ""
+    (the value itself), "[i]" (a list's entry) or ".key" (a mapping's); None if nowhere."""
+    if isinstance(value, bool):
+        return "" if _numeric(annotation) else None
+    for kind in _kinds(annotation):
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+        if origin is list and isinstance(value, list) and _numeric(args[0]):
+            return next((f"[{i}]" for i, v in enumerate(value) if isinstance(v, bool)), None)
+        if origin is dict and isinstance(value, dict) and _numeric(args[1]):
+            return next((f".{k}" for k, v in value.items() if isinstance(v, bool)), None)
+    return None
 
 
 class _Strict(BaseModel):
@@ -64,13 +83,15 @@ class _Strict(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_yes_no_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        """A number's key refuses YAML's yes/no values (``on``, ``yes``, ``true``), which
-        pydantic would take as 1 and 0: ``sharding.group_size=on`` was full replication."""
+        """A number (or a list or mapping of numbers) refuses YAML's yes/no values (``on``,
+        ``yes``, ``true``), which pydantic would take as 1 and 0: ``sharding.group_size=on``
+        was full replication."""
         field = cls.model_fields.get(info.field_name or "")
-        if isinstance(value, bool) and field is not None and _numeric(field.annotation):
+        where = None if field is None else _yes_no_for_number(field.annotation, value)
+        if where is not None:
             raise ValueError(
-                f"expected a number, got {str(value).lower()} (YAML reads yes/no and on/off "
-                "as true/false)"
+                f"expected a number{' at ' + where if where else ''}, got a yes/no value "
+                "(YAML reads yes/no and on/off as true/false)"
             )
         return value
 
@@ -740,8 +761,9 @@ def _format_errors(source: str, err: ValidationError, overrides: Sequence[str] =
     return "\n".join(lines)
 
 
-# YAML's other nulls ("", "~") are text here: `--set checkpoint.dir=~` meant the home folder
-_NULLS = ("null", "Null", "NULL")
+# an empty value is null, as in YAML; YAML's "~" is text here: `--set checkpoint.dir=~`
+# meant the home folder
+_NULLS = ("", "null", "Null", "NULL")
 
 
 def _takes_text(parts: list[str]) -> bool:

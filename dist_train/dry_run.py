@@ -61,6 +61,12 @@ def dry_run(
         # the job's simulated nodes share this machine, as training plans them
         # (plan_for_config): the estimate used the topology's cores for each
         cores = simulated_node_cores(nodes)
+    group = cfg.sharding.group_size
+    if group != "auto" and group > nodes * per_node:  # as train refuses it (plan_for_config)
+        raise PlanningError(
+            f"sharding.group_size={group} exceeds the {nodes * per_node} ranks planned for: "
+            f"a group shards the tables over some of them; group_size {nodes * per_node} is 1D"
+        )
     planner, model = planner_for_config(cfg, nodes * per_node, per_node, device_type, cores)
     side = _torchrec_side(cfg, model, planner, device_type) if with_torchrec else None
     report = build_report(planner, side)

@@ -179,7 +179,9 @@ def training_stall(cfg: JobConfig, rounds: int) -> dict[str, float]:
             out[f"{key}_over_none"] = over(statistics.median(rate[key]), none_rate, key)
             out[f"{key}_stall_seconds_per_checkpoint"] = over(
                 statistics.median(seconds[key]) - none_seconds,
-                steps // STALL_EVERY,
+                # the saves on the training clock: a save due at the last step is the
+                # final one, made off it
+                (steps - 1) // STALL_EVERY,
                 f"{key}'s stall per checkpoint ({steps} steps, a save every {STALL_EVERY})",
             )
     return out

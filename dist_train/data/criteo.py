@@ -55,7 +55,12 @@ class ConvertResult:
 
 
 # a compressed file is read as its content says, whatever its name ends with
-_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\x28\xb5\x2f\xfd": "zstd"}
+_MAGIC = {
+    b"\x1f\x8b": "gzip",
+    b"BZh": "bz2",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"\x04\x22\x4d\x18": "lz4",  # the LZ4 frame format (pyarrow's "lz4")
+}
 
 
 def _compression(path: str) -> str | None:
@@ -96,6 +101,8 @@ def _blocks(path: str, policy: str, result: ConvertResult) -> Iterator[tuple[pa.
             continue
         yield batch.slice(given), line + given
         given = 0
+    if stream.error is not None:
+        raise stream.error
 
 
 def _read(
@@ -175,6 +182,7 @@ class _DropUndecodable(io.RawIOBase):
         self.out = bytearray()
         self.line = 0
         self.done = False
+        self.error: BadInputError | None = None  # the line that ended the text
 
     def readable(self) -> bool:
         return True
@@ -190,10 +198,15 @@ class _DropUndecodable(io.RawIOBase):
                 fields = text.count(b"\t") + 1
                 if text.strip() and fields != len(COLUMNS) and not _utf8(text):
                     if self.policy == "error":
-                        raise BadInputError(
+                        # the text ends here, and the error is raised once pyarrow has read
+                        # it: raised through pyarrow, it was at times an abort at exit, and
+                        # it came before the bad values of the lines above it
+                        self.done, self.rest = True, b""
+                        self.error = BadInputError(
                             f"{self.path}: line {self.line}: {fields} fields, "
                             f"expected {len(COLUMNS)}, and not UTF-8 text: {text[:100]!r}"
                         )
+                        break
                     self.result.count("wrong_field_count")
                     continue
                 self.out += text + b"\n"

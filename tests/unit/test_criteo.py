@@ -6,6 +6,7 @@ import gzip
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -148,6 +149,14 @@ def test_a_line_of_the_wrong_field_count_that_is_no_utf8(
     if policy == "error":
         with pytest.raises(BadInputError, match=rf"{path}: line 102: 2 fields, .* not UTF-8"):
             convert_criteo([str(path)], tmp_path / "out", progress=False)
+        # a bad value above it, in the same block, is named first, as the lines come (the
+        # filter named the later line)
+        monkeypatch.setattr(criteo, "BLOCK_BYTES", 1 << 20)
+        label = short[40].split(b"\t")
+        short[40] = b"\t".join([b"7", *label[1:]])
+        path.write_bytes(b"\n".join(short) + b"\n")
+        with pytest.raises(BadInputError, match=rf"{path}: line ~41: column 'label'"):
+            convert_criteo([str(path)], tmp_path / "out", progress=False)
         return
     result = convert_criteo([str(path)], tmp_path / "out", on_bad_input="skip", progress=False)
     assert result.rows == 300 and result.bad_lines == {"wrong_field_count": 2}
@@ -165,12 +174,15 @@ def test_compressed_by_content_empty_files_and_missing_inputs(
     plain = good_files[0]
     unnamed = tmp_path / "day_0_gzipped"
     unnamed.write_bytes(gzip.compress(plain.read_bytes()))
+    lz4 = tmp_path / "day_0.lz4"  # by its name before: kept, by its frame's first bytes
+    with pa.output_stream(str(lz4), compression="lz4") as out:
+        out.write(plain.read_bytes())
     empty, empty_gz = tmp_path / "empty.tsv", tmp_path / "empty.tsv.gz"
     empty.write_bytes(b"")
     empty_gz.write_bytes(gzip.compress(b""))
-    inputs = [str(p) for p in (unnamed, empty, empty_gz)]
+    inputs = [str(p) for p in (unnamed, empty, empty_gz, lz4)]
     result = convert_criteo(inputs, tmp_path / "out", progress=False)
-    assert result.rows == 700 and result.bad_lines == {}
+    assert result.rows == 1400 and result.bad_lines == {}
     with pytest.raises(BadInputError, match=r"nosuch\.tsv: no such file"):
         convert_criteo([str(plain), str(tmp_path / "nosuch.tsv")], tmp_path / "o2", progress=False)
     assert not (tmp_path / "o2").exists() or not list((tmp_path / "o2").iterdir())

@@ -173,3 +173,6 @@ def test_a_group_larger_than_the_job_is_refused() -> None:
     with pytest.raises(PlanningError, match=r"group_size=3 exceeds the job's 2 ranks"):
         plan_for_config(load_config(DEFAULT, ["sharding.group_size=3"]))
     assert not plan_for_config(load_config(DEFAULT, ["sharding.group_size=2"])).is_2d
+    # and plan says so, where it printed a 1D plan (for the job's shape or the one given)
+    assert main(["plan", "--no-torchrec", "--set", "sharding.group_size=3"]) == 1
+    assert main(["plan", "--no-torchrec", "--nodes", "2", "--set", "sharding.group_size=4"]) == 0
