@@ -85,8 +85,13 @@ def weak_scaling_table(
 ) -> list[dict[str, Any]]:
     """The chosen plan's estimated step at 1, 8, 64 and 512 nodes, same per-rank batch."""
     rows = []
+    group = cfg.sharding.group_size
     for nodes in WEAK_SCALING_NODES:
         try:  # a job may not plan at every size (a group_size below the world size, say)
+            if group != "auto" and group > nodes * ranks_per_node:
+                raise PlanningError(
+                    f"sharding.group_size={group} exceeds the {nodes * ranks_per_node} ranks"
+                )
             planner, _ = planner_for_config(
                 cfg, nodes * ranks_per_node, ranks_per_node, device_type, cores_per_node
             )

@@ -15,6 +15,7 @@ directory must hold no Parquet files yet: nothing in it is touched.
 from __future__ import annotations
 
 import io
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -64,10 +65,19 @@ _MAGIC = {
 
 
 def _compression(path: str) -> str | None:
-    """The codec ``path``'s first bytes name, None for plain text."""
+    """The codec ``path``'s first bytes name and that decodes its start, else None (plain
+    text: a first line may begin with the bytes of a magic, "BZh" say)."""
     with open(path, "rb") as f:
         head = f.read(4)
-    return next((codec for magic, codec in _MAGIC.items() if head.startswith(magic)), None)
+    codec = next((codec for magic, codec in _MAGIC.items() if head.startswith(magic)), None)
+    if codec is None:
+        return None
+    try:
+        with pa.input_stream(path, compression=codec) as stream:
+            stream.read(1)
+    except (pa.ArrowInvalid, OSError):
+        return None
+    return codec
 
 
 def _blocks(path: str, policy: str, result: ConvertResult) -> Iterator[tuple[pa.RecordBatch, int]]:
@@ -191,8 +201,14 @@ class _DropUndecodable(io.RawIOBase):
         while not self.out and not self.done:
             chunk = self.source.read(1 << 20)
             self.done = not chunk
-            lines = (self.rest + chunk).split(b"\n")
-            self.rest = b"" if self.done else lines.pop()
+            text = self.rest + chunk
+            # lines end as pyarrow ends them: at \n, \r\n or a lone \r (a \r at the end
+            # waits for the next chunk, which may begin with its \n)
+            last_r = text.rfind(b"\r", 0, len(text) - 1)
+            cut = len(text) if self.done else max(text.rfind(b"\n"), last_r) + 1
+            lines, self.rest = _LINE_END.split(text[:cut]), text[cut:]
+            if lines and not lines[-1]:
+                lines.pop()  # after the last line's end
             for text in lines:
                 self.line += 1
                 fields = text.count(b"\t") + 1
@@ -214,6 +230,9 @@ class _DropUndecodable(io.RawIOBase):
         buffer[:n] = self.out[:n]
         del self.out[:n]
         return n
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 def _utf8(text: bytes) -> bool:

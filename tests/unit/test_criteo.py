@@ -165,6 +165,33 @@ def test_a_line_of_the_wrong_field_count_that_is_no_utf8(
     assert "Traceback" not in capfd.readouterr().err
 
 
+@pytest.mark.parametrize("end", [b"\r", b"\r\n"])
+def test_the_reread_ends_lines_as_pyarrow_does(end: bytes, tmp_path: Path) -> None:
+    """The re-read's filter split lines at \\n only: a file of \\r line ends was one bad
+    line, dropped whole (0 rows, no error), and a \\r inside a bad line's bytes left it to
+    stop the conversion again."""
+    rng = np.random.default_rng(3)
+    good = [_line(rng, False).encode() for _ in range(50)]
+    lines = [*good[:20], b"1\tcaf\xe9", *good[20:30], b"\xe9\r\xe9" + b"\t" * 39, *good[30:]]
+    path = tmp_path / "cr.tsv"
+    path.write_bytes(end.join(lines) + end)
+    result = convert_criteo([str(path)], tmp_path / "out", on_bad_input="skip", progress=False)
+    # the \r splits the last bad line in two, as pyarrow reads it: 2 short lines, and one
+    # of 40 fields whose first is no UTF-8
+    assert result.rows == 50
+    assert result.bad_lines == {"wrong_field_count": 2, "not_utf8": 1}
+
+
+def test_text_whose_first_bytes_look_compressed_is_text(tmp_path: Path) -> None:
+    """A first line that begins "BZh" (bzip2's magic) failed the whole file as a bzip2
+    stream that is not one."""
+    rng = np.random.default_rng(4)
+    path = tmp_path / "bzh.tsv"
+    path.write_bytes(b"BZh garbage\n" + b"\n".join(_line(rng, False).encode() for _ in range(50)))
+    result = convert_criteo([str(path)], tmp_path / "out", on_bad_input="skip", progress=False)
+    assert result.rows == 50 and result.bad_lines == {"wrong_field_count": 1}
+
+
 def test_compressed_by_content_empty_files_and_missing_inputs(
     good_files: list[Path], tmp_path: Path
 ) -> None:

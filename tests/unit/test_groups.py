@@ -165,7 +165,7 @@ def test_plan_is_for_the_jobs_device_and_names_a_bad_option(tmp_path: Path, caps
     assert "error: --memory-per-rank: cannot read '10XB'" in capsys.readouterr().err
 
 
-def test_a_group_larger_than_the_job_is_refused() -> None:
+def test_a_group_larger_than_the_job_is_refused(tmp_path: Path) -> None:
     """It was planned as 1D, unsaid, where a group that does not tile the ranks is an
     error naming the sizes that do."""
     from dist_train.train.sharding import plan_for_config
@@ -175,4 +175,8 @@ def test_a_group_larger_than_the_job_is_refused() -> None:
     assert not plan_for_config(load_config(DEFAULT, ["sharding.group_size=2"])).is_2d
     # and plan says so, where it printed a 1D plan (for the job's shape or the one given)
     assert main(["plan", "--no-torchrec", "--set", "sharding.group_size=3"]) == 1
-    assert main(["plan", "--no-torchrec", "--nodes", "2", "--set", "sharding.group_size=4"]) == 0
+    out = tmp_path / "plan.json"
+    two = ["plan", "--no-torchrec", "--nodes", "2", "--json", str(out)]
+    assert main([*two, "--set", "sharding.group_size=4"]) == 0
+    # its weak-scaling row of 1 node (2 ranks) says so too, where it showed a 1D plan
+    assert "exceeds the 2 ranks" in json.loads(out.read_text())["weak_scaling"][0]["error"]
