@@ -711,18 +711,34 @@ def dotted_keys(model: type[BaseModel] = JobConfig, prefix: str = "") -> list[st
     return keys
 
 
+def _field_at(key: str) -> Any:
+    """The field ``key`` names (an entry of a mapping key: the mapping's); None if none."""
+    model: type[BaseModel] | None = JobConfig
+    field = None
+    for part in key.split("."):
+        if field is not None and typing.get_origin(field.annotation) is dict:
+            return field  # an entry's name is the user's
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return None
+        model = nested_model(field.annotation)
+    return field
+
+
 def known_key(key: str) -> bool:
     """Whether ``key`` is a config key or section, or an entry of a mapping one
     (``sharding.pooling_factors.C24``)."""
-    model: type[BaseModel] | None = JobConfig
-    for part in key.split("."):
-        field = model.model_fields.get(part) if model is not None else None
-        if field is None:
-            return False
-        if typing.get_origin(field.annotation) is dict:
-            return True  # its entries' names are the user's
-        model = nested_model(field.annotation)
-    return True
+    return _field_at(key) is not None
+
+
+def _names(message: str, key: str) -> bool:
+    """Whether ``message`` names ``key``, or the mapping ``key`` is an entry of (a check of a
+    mapping names the mapping: ``sharding.pooling_factors names unknown features``)."""
+    parent = key.rpartition(".")[0]
+    field = _field_at(parent) if parent else None
+    mapping = field is not None and typing.get_origin(field.annotation) is dict
+    named = [key, *([parent] if mapping else [])]
+    return any(re.search(rf"(?<![\w.]){re.escape(k)}(?![\w])", message) for k in named)
 
 
 def override_key(item: str) -> str:
@@ -752,7 +768,7 @@ def _format_errors(source: str, err: ValidationError, overrides: Sequence[str] =
             if (
                 f"{override_key(o)}.".startswith(f"{key}.") or key.startswith(f"{override_key(o)}.")
                 if e["loc"]
-                else re.search(rf"(?<![\w.]){re.escape(override_key(o))}(?![\w])", msg)
+                else _names(msg, override_key(o))
             )
         ]
         if blamed:

@@ -23,11 +23,12 @@ Generated from the pydantic models in `dist_train/config.py` by
 A job config is YAML (`launch/configs/default.yaml` is the default job); any key can be set
 from the command line with `--set key.path=value`, the value read as YAML, except that a key
 of type str takes the text as typed (`--set name=2024`, `--set 'data.train_path=*.parquet'`;
-only `null` and quoted text are read as YAML; `~` is text, a home folder). A number's key,
-or a list or mapping of numbers, refuses YAML's yes/no values (`on`, `off`, `yes`, `no`,
-`true`, `false`), and no number may be infinite or NaN. `dist-train show-config` prints
-the validated config of a job, every default filled in; an error names the key and the
-`--set` it came from, and an unknown key gets the closest valid one as a suggestion.
+only `null`, an empty value (null too) and quoted text are read as YAML; `~` is text, a home
+folder). A number's key, or a list or mapping of numbers, refuses YAML's yes/no values (`on`,
+`off`, `yes`, `no`, `true`, `false`), and no number may be infinite or NaN. `dist-train
+show-config` prints the validated config of a job, every default filled in; an error names
+the key and the `--set` it came from, and an unknown key gets the closest valid one as a
+suggestion.
 """
 
 

@@ -300,6 +300,10 @@ def test_a_check_of_the_whole_job_names_the_override_it_names() -> None:
     line = str(err.value).splitlines()[-1]
     assert line.startswith("  <top level>: ") and "exceeds the features'" in line
     assert line.endswith("(from --set embedding.num_tables=100)")
+    # a mapping's entry, which the check names as the mapping
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["sharding.pooling_factors.C99=3"])
+    assert str(err.value).endswith("(from --set sharding.pooling_factors.C99=3)")
 
 
 def test_attention_heads_are_checked_for_autoint_only() -> None:
