@@ -893,6 +893,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Read, override and validate a YAML job config (the default one if ``path`` is None)."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
     if not path.is_file():
+        if path == DEFAULT_CONFIG:  # a wheel holds the package, not the checkout's launch/
+            raise ConfigError(
+                f"{path}: no such config file. dist_train runs from its checkout, installed "
+                "editable (`make setup`, or `pip install -e .`); this install has no "
+                "launch/configs: give --config"
+            )
         raise ConfigError(f"{path}: no such config file")
     raw = read_yaml(path)
     if overrides and (raw is None or isinstance(raw, dict)):  # a list, say, is refused below

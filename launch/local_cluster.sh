@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A single-node Ray cluster on this machine, everything on 127.0.0.1, for `ray job submit`.
 #   launch/local_cluster.sh start        # head on 127.0.0.1:6379, job server on :8265
-#   RAY_ADDRESS=http://127.0.0.1:8265 dist-train submit --config launch/configs/tiny.yaml
+#   RAY_ADDRESS=http://127.0.0.1:8265 RAY_AUTH_MODE=token dist-train submit --config launch/configs/tiny.yaml
 #   launch/local_cluster.sh stop
 # Several nodes on one machine (for trying hierarchical plans) need ray.cluster_utils; see
 # tests/integration/test_ray_launch.py; `--set launcher=processes` simulates nodes without Ray.
@@ -19,7 +19,8 @@ case "${1:-}" in
       --dashboard-host=127.0.0.1 --dashboard-port="${DASHBOARD_PORT:-8265}" \
       --num-cpus="${NUM_CPUS:-$(python -c 'from planners.cores import usable_cores as c; print(c())')}" \
       --disable-usage-stats
-    echo "export RAY_ADDRESS=http://127.0.0.1:${DASHBOARD_PORT:-8265}"
+    # the job CLI sends the token only with RAY_AUTH_MODE=token: without it, refused
+    echo "export RAY_ADDRESS=http://127.0.0.1:${DASHBOARD_PORT:-8265} RAY_AUTH_MODE=token"
     ;;
   stop)
     "$RAY" stop

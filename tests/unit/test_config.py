@@ -312,3 +312,18 @@ def test_attention_heads_are_checked_for_autoint_only() -> None:
     assert load_config(overrides=odd).model.kind == "dlrm"
     with pytest.raises(ConfigError, match=r"attention_dim \(15\) must be divisible"):
         load_config(overrides=[*odd, "model.kind=autoint"])
+
+
+def test_an_install_without_the_checkout_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wheel (`pip install .`, not editable) holds the package and not launch/: every
+    command without --config failed with "no such config file", naming a path in
+    site-packages."""
+    from dist_train import config
+
+    monkeypatch.setattr(config, "DEFAULT_CONFIG", tmp_path / "launch" / "configs" / "default.yaml")
+    with pytest.raises(ConfigError, match=r"runs from its checkout, installed editable"):
+        config.load_config()
+    with pytest.raises(ConfigError, match=r"nosuch\.yaml: no such config file$"):
+        config.load_config(tmp_path / "nosuch.yaml")
