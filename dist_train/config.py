@@ -732,13 +732,18 @@ def known_key(key: str) -> bool:
 
 
 def _names(message: str, key: str) -> bool:
-    """Whether ``message`` names ``key``, or the mapping ``key`` is an entry of (a check of a
-    mapping names the mapping: ``sharding.pooling_factors names unknown features``)."""
-    parent = key.rpartition(".")[0]
+    """Whether ``message`` names ``key``; or, for an entry of a mapping, the mapping and the
+    entry (a check of a mapping names them so: ``sharding.pooling_factors names unknown
+    features ['C99']``)."""
+    parent, _, entry = key.rpartition(".")
     field = _field_at(parent) if parent else None
-    mapping = field is not None and typing.get_origin(field.annotation) is dict
-    named = [key, *([parent] if mapping else [])]
-    return any(re.search(rf"(?<![\w.]){re.escape(k)}(?![\w])", message) for k in named)
+    if field is not None and typing.get_origin(field.annotation) is dict:
+        return _mentions(message, parent) and _mentions(message, entry)
+    return _mentions(message, key)
+
+
+def _mentions(message: str, word: str) -> bool:
+    return re.search(rf"(?<![\w.]){re.escape(word)}(?![\w])", message) is not None
 
 
 def override_key(item: str) -> str:

@@ -304,6 +304,15 @@ def test_a_check_of_the_whole_job_names_the_override_it_names() -> None:
     with pytest.raises(ConfigError) as err:
         load_config(overrides=["sharding.pooling_factors.C99=3"])
     assert str(err.value).endswith("(from --set sharding.pooling_factors.C99=3)")
+    # and only the entry named: a valid entry beside it is not blamed
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["sharding.pooling_factors.C99=3", "sharding.pooling_factors.C1=2"])
+    assert str(err.value).endswith("(from --set sharding.pooling_factors.C99=3)")
+    with pytest.raises(ConfigError) as err:
+        load_config(
+            overrides=["sharding.pooling_factors={C99: 3}", "sharding.pooling_factors.C1=2"]
+        )
+    assert "(from --set sharding.pooling_factors.C1=2)" not in str(err.value)
 
 
 def test_attention_heads_are_checked_for_autoint_only() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bz2
 import gzip
 from pathlib import Path
 
@@ -190,6 +191,16 @@ def test_text_whose_first_bytes_look_compressed_is_text(tmp_path: Path) -> None:
     path.write_bytes(b"BZh garbage\n" + b"\n".join(_line(rng, False).encode() for _ in range(50)))
     result = convert_criteo([str(path)], tmp_path / "out", on_bad_input="skip", progress=False)
     assert result.rows == 50 and result.bad_lines == {"wrong_field_count": 1}
+    # while a damaged compressed file is an error of its codec, not one bad line of text
+    # (a first fix read it as text: 0 rows, exit 0, under skip)
+    text = b"\n".join(_line(rng, False).encode() for _ in range(50))
+    for name, data in (("gz", gzip.compress(text)), ("bz2", bz2.compress(text))):
+        broken = bytearray(data)
+        broken[10:40] = b"\xff" * 30
+        damaged = tmp_path / f"damaged.{name}"
+        damaged.write_bytes(bytes(broken))
+        with pytest.raises(BadInputError, match=rf"damaged\.{name}: .*(inflate|bz2)"):
+            convert_criteo([str(damaged)], tmp_path / f"o_{name}", on_bad_input="skip")
 
 
 def test_compressed_by_content_empty_files_and_missing_inputs(
