@@ -731,19 +731,23 @@ def known_key(key: str) -> bool:
     return _field_at(key) is not None
 
 
-def _names(message: str, key: str) -> bool:
-    """Whether ``message`` names ``key``; or, for an entry of a mapping, the mapping and the
-    entry (a check of a mapping names them so: ``sharding.pooling_factors names unknown
-    features ['C99']``)."""
-    parent, _, entry = key.rpartition(".")
+def _blames(override: str, key: str, message: str) -> bool:
+    """Whether an error at ``key`` ("": a check of the whole job) with ``message`` comes
+    from the ``--set`` of ``override``: one that sets the key, a section it lies in, or
+    something inside it; an entry of a mapping only where the message names the entry (as
+    the mapping's checks quote it, ``'C99'``); for the whole job, one the message names."""
+    parent, _, entry = override.rpartition(".")
     field = _field_at(parent) if parent else None
-    if field is not None and typing.get_origin(field.annotation) is dict:
-        return _mentions(message, parent) and _mentions(message, entry)
-    return _mentions(message, key)
+    is_entry = field is not None and typing.get_origin(field.annotation) is dict
+    if is_entry and f"'{entry}'" not in message:
+        return False
+    if not key:
+        return _mentions(message, parent if is_entry else override)
+    return f"{override}.".startswith(f"{key}.") or key.startswith(f"{override}.")
 
 
-def _mentions(message: str, word: str) -> bool:
-    return re.search(rf"(?<![\w.]){re.escape(word)}(?![\w])", message) is not None
+def _mentions(message: str, key: str) -> bool:
+    return re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", message) is not None
 
 
 def override_key(item: str) -> str:
@@ -765,17 +769,7 @@ def _format_errors(source: str, err: ValidationError, overrides: Sequence[str] =
                 f"unknown key ({hint}every key: `dist-train show-config --reference`, "
                 "docs/config.md)"
             )
-        # an override's key, or a section it sets or lies in, is blamed on the override; a
-        # check of the whole job (no key of its own), on the overrides its message names
-        blamed = [
-            o
-            for o in overrides
-            if (
-                f"{override_key(o)}.".startswith(f"{key}.") or key.startswith(f"{override_key(o)}.")
-                if e["loc"]
-                else _names(msg, override_key(o))
-            )
-        ]
+        blamed = [o for o in overrides if _blames(override_key(o), key if e["loc"] else "", msg)]
         if blamed:
             msg += f" (from --set {blamed[-1]})"
         lines.append(f"  {key}: {msg}")

@@ -64,6 +64,8 @@ _MAGIC = {
     b"\x04\x22\x4d\x18": "lz4",  # the LZ4 frame format (pyarrow's "lz4")
 }
 _BZIP2 = re.compile(rb"BZh[1-9](\x31\x41\x59\x26\x53\x59|\x17\x72\x45\x38\x50\x90)")
+_ZSTD_SKIPPABLE = re.compile(rb"[\x50-\x5f]\x2a\x4d\x18")  # a frame pzstd writes first
+_LZ4_LEGACY = b"\x02\x21\x4c\x18"  # `lz4 -l`: pyarrow reads the frame format only
 
 
 def _compression(path: str) -> str | None:
@@ -74,6 +76,13 @@ def _compression(path: str) -> str | None:
         head = f.read(10)
     if _BZIP2.match(head):
         return "bz2"
+    if _ZSTD_SKIPPABLE.match(head):
+        return "zstd"
+    if head.startswith(_LZ4_LEGACY):
+        raise BadInputError(
+            f"{path}: LZ4's legacy format (lz4 -l), which pyarrow does not read; compress it "
+            "in LZ4's frame format (lz4 without -l), or with gzip or zstd"
+        )
     return next((codec for magic, codec in _MAGIC.items() if head.startswith(magic)), None)
 
 

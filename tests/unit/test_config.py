@@ -313,6 +313,15 @@ def test_a_check_of_the_whole_job_names_the_override_it_names() -> None:
             overrides=["sharding.pooling_factors={C99: 3}", "sharding.pooling_factors.C1=2"]
         )
     assert "(from --set sharding.pooling_factors.C1=2)" not in str(err.value)
+    # an error at the mapping's own key (its field check), and an entry named as a word of
+    # the message (a feature called "features"): the bad entry, not the last one
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["sharding.pooling_factors.C1=-1", "sharding.pooling_factors.C2=2"])
+    assert str(err.value).endswith("(from --set sharding.pooling_factors.C1=-1)")
+    words = ["features=[{name: features}, {name: C2}]", "sharding.pooling_factors.C99=3"]
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[*words, "sharding.pooling_factors.features=2"])
+    assert str(err.value).endswith("(from --set sharding.pooling_factors.C99=3)")
 
 
 def test_attention_heads_are_checked_for_autoint_only() -> None:

@@ -218,9 +218,20 @@ def test_compressed_by_content_empty_files_and_missing_inputs(
     empty, empty_gz = tmp_path / "empty.tsv", tmp_path / "empty.tsv.gz"
     empty.write_bytes(b"")
     empty_gz.write_bytes(gzip.compress(b""))
-    inputs = [str(p) for p in (unnamed, empty, empty_gz, lz4)]
+    # zstd that opens with a skippable frame (pzstd writes one) was read as text
+    skippable = tmp_path / "day_0.pzst"
+    with pa.output_stream(str(tmp_path / "plain.zst"), compression="zstd") as out:
+        out.write(plain.read_bytes())
+    frame = (tmp_path / "plain.zst").read_bytes()
+    skippable.write_bytes(b"\x50\x2a\x4d\x18" + (4).to_bytes(4, "little") + b"\0" * 4 + frame)
+    inputs = [str(p) for p in (unnamed, empty, empty_gz, lz4, skippable)]
     result = convert_criteo(inputs, tmp_path / "out", progress=False)
-    assert result.rows == 1400 and result.bad_lines == {}
+    assert result.rows == 2100 and result.bad_lines == {}
+    # LZ4's legacy format, which pyarrow cannot read, was partly converted as text
+    legacy = tmp_path / "legacy.lz4"
+    legacy.write_bytes(b"\x02\x21\x4c\x18" + b"\0" * 64)
+    with pytest.raises(BadInputError, match=r"legacy\.lz4: LZ4's legacy format"):
+        convert_criteo([str(legacy)], tmp_path / "o3", on_bad_input="skip", progress=False)
     with pytest.raises(BadInputError, match=r"nosuch\.tsv: no such file"):
         convert_criteo([str(plain), str(tmp_path / "nosuch.tsv")], tmp_path / "o2", progress=False)
     assert not (tmp_path / "o2").exists() or not list((tmp_path / "o2").iterdir())
