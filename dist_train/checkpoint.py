@@ -278,6 +278,16 @@ def check_compatible(meta: dict[str, Any], path: Location, world: int) -> TrainP
             f"it with {saved_world} ranks (this job has {world}), or from a checkpoint at an "
             "epoch boundary"
         )
+    skipped = position.bad_input_row_groups or any(position.bad_input_rows.values())
+    if saved_world != world and position.batches and skipped:
+        # a rank's stream then may hold fewer batches than its plan: the batches re-dealt to
+        # other ranks would miss some and name some that do not exist
+        raise CheckpointError(
+            f"{path}: saved mid-epoch by {saved_world} ranks after bad input was skipped, "
+            f"which left ranks fewer batches than planned: re-dealt to {world} ranks, rows "
+            f"would be lost or a rank find none. Resume it with {saved_world} ranks, or from "
+            "a checkpoint at an epoch boundary"
+        )
     return position
 
 

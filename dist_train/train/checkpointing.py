@@ -182,6 +182,14 @@ def _hashing_settings(config: dict[str, Any]) -> dict[str, Any]:
 # data.synthetic's): resuming mid-epoch counts the batches already trained, so these must
 # not change there.
 _BATCH_SETTINGS = ("seed", "train.batch_size", "data.shuffle_buffer_rows", "data.train_path")
+# ... and, where bad rows are skipped, the checks that decide which rows are bad
+_ROW_CHECK_SETTINGS = (
+    "data.on_bad_input",
+    "data.label_column",
+    "data.dense_columns",
+    "data.dense_transform",
+    "features",
+)
 
 
 def _setting(config: dict[str, Any], key: str) -> Any:
@@ -197,14 +205,21 @@ def _check_same_batches(cfg: JobConfig, meta: dict[str, Any], path: Location) ->
         return  # saved before configs were recorded
     now = cfg.model_dump(mode="json")
     keys = list(_BATCH_SETTINGS)
+    if "skip" in (_setting(saved, "data.on_bad_input"), now["data"]["on_bad_input"]):
+        keys += _ROW_CHECK_SETTINGS  # a feature's cardinality, say: another row is bad
     if now["data"]["train_path"] is None:  # generated data: what shapes its training rows
         # (they are generated first: the test split's size does not)
         keys += [f"data.synthetic.{k}" for k in now["data"]["synthetic"] if k != "num_test_rows"]
     for key in keys:
-        if _setting(saved, key) != _setting(now, key):
+        then, this = _setting(saved, key), _setting(now, key)
+        if then != this:
+            if isinstance(then, list) and isinstance(this, list) and len(then) == len(this):
+                # a list (the features): its first item that differs, not the whole list
+                i = next(i for i, (a, b) in enumerate(zip(then, this, strict=True)) if a != b)
+                key, then, this = f"{key}[{i}]", then[i], this[i]
             raise checkpoint.CheckpointError(
-                f"{path} was saved mid-epoch with {key}={_setting(saved, key)!r}; this job "
-                f"has {_setting(now, key)!r}. The epoch's batches would differ, so rows "
+                f"{path} was saved mid-epoch with {key}={then!r}; this job "
+                f"has {this!r}. The epoch's batches would differ, so rows "
                 "would be trained twice or skipped: resume with the saved value, or from a "
                 "checkpoint at an epoch boundary"
             )

@@ -166,6 +166,48 @@ def test_resuming_mid_epoch_under_other_batch_settings_is_refused(
         assert resume_point(at_boundary)
 
 
+def test_resuming_mid_epoch_under_other_row_checks_is_refused_where_rows_are_skipped(
+    tmp_path: Path,
+) -> None:
+    """Under on_bad_input=skip the row checks decide which rows make each batch: a feature's
+    cardinality changed on resume moved the batches' bounds, and a review's resumed run
+    trained 732 rows twice. Without skipping, a bad row stops the run: no batch moves."""
+    root = tmp_path / "default" / "checkpoints"
+    skip = _job(tmp_path, "data.on_bad_input=skip")
+    mid_epoch = _checkpoint(root, 5, skip.model_dump(mode="json"), batches=5)
+    same = [f"checkpoint.resume={mid_epoch}", "data.on_bad_input=skip"]
+    assert resume_point(_job(tmp_path, *same)) == str(mid_epoch)
+    other = skip.model_dump(mode="json")["features"]
+    other[1]["cardinality"] = 200
+    for change in (f"features={json.dumps(other)}", "data.dense_transform=none"):
+        with pytest.raises(CheckpointError, match=r"mid-epoch with (features|data.dense_tr)"):
+            resume_point(_job(tmp_path, *same, change))
+    with pytest.raises(CheckpointError, match=r"mid-epoch with data.on_bad_input='skip'"):
+        resume_point(_job(tmp_path, f"checkpoint.resume={mid_epoch}"))
+    (mid_epoch / META).unlink()
+    mid_epoch.rmdir()
+    strict = _checkpoint(root, 5, _job(tmp_path).model_dump(mode="json"), batches=5)
+    assert resume_point(_job(tmp_path, f"checkpoint.resume={strict}", "data.dense_transform=none"))
+
+
+def test_a_mid_epoch_checkpoint_that_skipped_rows_keeps_its_world_size(tmp_path: Path) -> None:
+    """Skipped rows leave a rank's stream fewer batches than its plan: re-dealt to more
+    ranks, a review's resume lost 2,048 rows, and another failed with "trained no batch"."""
+    from dist_train.checkpoint import check_compatible
+
+    plan = EpochPlan.fresh(2, 13).as_json()
+    position = {"step": 5, "epoch": 0, "batches": 5, "plan": plan}
+    meta = {"position": {**position, "bad_input_rows": {"label_not_0_1": 3}}, "world_size": 2}
+    assert check_compatible(meta, tmp_path, 2).batches == 5
+    with pytest.raises(CheckpointError, match=r"after bad input was skipped.*with 2 ranks"):
+        check_compatible(meta, tmp_path, 3)
+    clean = {"position": {**position, "bad_input_rows": {}}, "world_size": 2}
+    assert check_compatible(clean, tmp_path, 3).batches == 5
+    boundary = {"position": {**position, "batches": 0, "plan": None}, "world_size": 2}
+    boundary["position"]["bad_input_rows"] = {"label_not_0_1": 3}
+    assert check_compatible(boundary, tmp_path, 3).step == 5
+
+
 def _renamed_first_feature(raw: dict[str, Any]) -> None:
     raw["features"][0].update(name="renamed", column=raw["features"][0]["name"])
 
