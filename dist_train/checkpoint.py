@@ -278,17 +278,16 @@ def check_compatible(meta: dict[str, Any], path: Location, world: int) -> TrainP
             f"it with {saved_world} ranks (this job has {world}), or from a checkpoint at an "
             "epoch boundary"
         )
-    skipped = position.bad_input_row_groups or any(position.bad_input_rows.values())
-    if saved_world != world and position.batches and skipped:
-        # a rank's stream then may hold fewer batches than its plan: the batches re-dealt to
-        # other ranks would miss some and name some that do not exist
-        raise CheckpointError(
-            f"{path}: saved mid-epoch by {saved_world} ranks after bad input was skipped, "
-            f"which left ranks fewer batches than planned: re-dealt to {world} ranks, rows "
-            f"would be lost or a rank find none. Resume it with {saved_world} ranks, or from "
-            "a checkpoint at an epoch boundary"
-        )
     return position
+
+
+def redeals_skipping(meta: dict[str, Any], world: int, skips_now: bool) -> bool:
+    """Whether resuming ``meta``'s checkpoint on ``world`` ranks re-deals an epoch whose rows
+    are (or were) skipped where bad: a rank's stream may then hold fewer batches than its
+    plan, which the re-deal cannot know, so that rows are lost or a rank finds none."""
+    saved = ((meta.get("config") or {}).get("data") or {}).get("on_bad_input")
+    mid_epoch = bool((meta.get("position") or {}).get("batches"))
+    return meta.get("world_size") != world and mid_epoch and (saved == "skip" or skips_now)
 
 
 def verify(path: Location) -> str:
@@ -632,6 +631,14 @@ def load(trainer: Trainer, path: Location) -> TrainPosition:
     """
     meta = read_meta(path)
     position = check_compatible(meta, path, dist.get_world_size())
+    if redeals_skipping(meta, dist.get_world_size(), False) and dist.get_rank() == 0:
+        # an elastic group back at another size (the driver refuses it for a resume asked
+        # for): training goes on, said
+        LOG.warning(
+            f"{path}: resumed mid-epoch on {dist.get_world_size()} ranks, saved by "
+            f"{meta.get('world_size')}, where bad rows are skipped: this epoch's re-dealt "
+            "batches may miss some rows (each is still trained at most once)"
+        )
     digests = file_digests(meta, path) if dist.get_rank() == 0 else meta.get("files")
     state, wrapped = _state(trainer)
     try:

@@ -79,6 +79,14 @@ def resume_point(
     # Fail here, before workers start, if it is unreadable or cannot resume on this many ranks.
     meta = checkpoint.read_meta(path)
     position = checkpoint.check_compatible(meta, path, cfg.ray.num_workers)
+    if checkpoint.redeals_skipping(meta, cfg.ray.num_workers, cfg.data.on_bad_input == "skip"):
+        raise checkpoint.CheckpointError(
+            f"{path}: saved mid-epoch by {meta.get('world_size')} ranks, and bad rows are "
+            "skipped (data.on_bad_input=skip): a rank's stream may hold fewer batches than "
+            f"its plan, so re-dealt to {cfg.ray.num_workers} ranks rows would be lost or a "
+            f"rank find none. Resume it with {meta.get('world_size')} ranks, or from a "
+            "checkpoint at an epoch boundary"
+        )
     if position.batches:
         _check_same_batches(cfg, meta, path)
         if train_groups is not None:

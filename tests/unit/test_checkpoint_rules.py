@@ -190,22 +190,36 @@ def test_resuming_mid_epoch_under_other_row_checks_is_refused_where_rows_are_ski
     assert resume_point(_job(tmp_path, f"checkpoint.resume={strict}", "data.dense_transform=none"))
 
 
-def test_a_mid_epoch_checkpoint_that_skipped_rows_keeps_its_world_size(tmp_path: Path) -> None:
+def test_a_mid_epoch_checkpoint_where_rows_are_skipped_keeps_its_world_size(
+    tmp_path: Path,
+) -> None:
     """Skipped rows leave a rank's stream fewer batches than its plan: re-dealt to more
-    ranks, a review's resume lost 2,048 rows, and another failed with "trained no batch"."""
-    from dist_train.checkpoint import check_compatible
-
-    plan = EpochPlan.fresh(2, 13).as_json()
-    position = {"step": 5, "epoch": 0, "batches": 5, "plan": plan}
-    meta = {"position": {**position, "bad_input_rows": {"label_not_0_1": 3}}, "world_size": 2}
-    assert check_compatible(meta, tmp_path, 2).batches == 5
-    with pytest.raises(CheckpointError, match=r"after bad input was skipped.*with 2 ranks"):
-        check_compatible(meta, tmp_path, 3)
-    clean = {"position": {**position, "bad_input_rows": {}}, "world_size": 2}
-    assert check_compatible(clean, tmp_path, 3).batches == 5
-    boundary = {"position": {**position, "batches": 0, "plan": None}, "world_size": 2}
-    boundary["position"]["bad_input_rows"] = {"label_not_0_1": 3}
-    assert check_compatible(boundary, tmp_path, 3).step == 5
+    ranks, a review's resume lost 2,048 rows, and another failed with "trained no batch".
+    Decided by the setting, not the counts so far (a checkpoint before the first bad row
+    counts none, and lost rows all the same; one of a clean epoch after a bad one counts
+    them)."""
+    root = tmp_path / "default" / "checkpoints"
+    skip = _job(tmp_path, "data.on_bad_input=skip", "ray.num_workers=2")
+    mid_epoch = _checkpoint(root, 5, skip.model_dump(mode="json"), batches=5)
+    meta = json.loads((mid_epoch / META).read_text())
+    meta["world_size"] = 2
+    (mid_epoch / META).write_text(json.dumps(meta))
+    resume = [f"checkpoint.resume={mid_epoch}", "data.on_bad_input=skip"]
+    assert resume_point(_job(tmp_path, *resume, "ray.num_workers=2")) == str(mid_epoch)
+    with pytest.raises(CheckpointError, match=r"bad rows are skipped .*Resume it with 2 ranks"):
+        resume_point(_job(tmp_path, *resume, "ray.num_workers=3"))
+    # skipping now only: the rest of the epoch may skip rows too
+    meta["config"]["data"]["on_bad_input"] = "error"
+    (mid_epoch / META).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"bad rows are skipped"):
+        resume_point(_job(tmp_path, *resume, "ray.num_workers=3"))
+    # neither: re-dealt (the 2 -> 1 -> 3 ledger test); at an epoch boundary, any world
+    clean = [f"checkpoint.resume={mid_epoch}", "ray.num_workers=3"]
+    assert resume_point(_job(tmp_path, *clean)) == str(mid_epoch)
+    meta["config"]["data"]["on_bad_input"] = "skip"
+    meta["position"].update(batches=0, plan=None)
+    (mid_epoch / META).write_text(json.dumps(meta))
+    assert resume_point(_job(tmp_path, *resume, "ray.num_workers=3")) == str(mid_epoch)
 
 
 def _renamed_first_feature(raw: dict[str, Any]) -> None:
