@@ -11,6 +11,7 @@ from dist_train.train.sharding import (
     job_fused_params,
     optimizer_notes,
     planner_for_config,
+    refuse_group_above,
     simulated_node_cores,
 )
 from planners.report import build_report, estimate_json, format_report
@@ -61,12 +62,7 @@ def dry_run(
         # the job's simulated nodes share this machine, as training plans them
         # (plan_for_config): the estimate used the topology's cores for each
         cores = simulated_node_cores(nodes)
-    group = cfg.sharding.group_size
-    if group != "auto" and group > nodes * per_node:  # as train refuses it (plan_for_config)
-        raise PlanningError(
-            f"sharding.group_size={group} exceeds the {nodes * per_node} ranks planned for: "
-            f"a group shards the tables over some of them; group_size {nodes * per_node} is 1D"
-        )
+    refuse_group_above(cfg, nodes * per_node, f"the {nodes * per_node} ranks planned for")
     planner, model = planner_for_config(cfg, nodes * per_node, per_node, device_type, cores)
     side = _torchrec_side(cfg, model, planner, device_type) if with_torchrec else None
     report = build_report(planner, side)
@@ -85,13 +81,9 @@ def weak_scaling_table(
 ) -> list[dict[str, Any]]:
     """The chosen plan's estimated step at 1, 8, 64 and 512 nodes, same per-rank batch."""
     rows = []
-    group = cfg.sharding.group_size
     for nodes in WEAK_SCALING_NODES:
         try:  # a job may not plan at every size (a group_size below the world size, say)
-            if group != "auto" and group > nodes * ranks_per_node:
-                raise PlanningError(
-                    f"sharding.group_size={group} exceeds the {nodes * ranks_per_node} ranks"
-                )
+            refuse_group_above(cfg, nodes * ranks_per_node)
             planner, _ = planner_for_config(
                 cfg, nodes * ranks_per_node, ranks_per_node, device_type, cores_per_node
             )

@@ -314,17 +314,23 @@ def optimizer_notes(cfg: JobConfig, sharding_types: set[str]) -> list[str]:
     return []
 
 
+def refuse_group_above(cfg: JobConfig, world: int, ranks: str = "") -> None:
+    """PlanningError where ``sharding.group_size`` exceeds the ``world`` ranks planned for
+    (``ranks``: how to name them): planned as 1D, unsaid. (:func:`plan_job` still plans an
+    elastic group that comes back smaller than its groups as 1D.)"""
+    group = cfg.sharding.group_size
+    if group != "auto" and group > world:
+        raise PlanningError(
+            f"sharding.group_size={group} exceeds {ranks or f'the {world} ranks'}: a group "
+            f"shards the tables over some of them; group_size {world} is 1D"
+        )
+
+
 def plan_for_config(cfg: JobConfig, device_type: str = "cpu") -> JobPlan:
     """The plan of a job as configured: ``num_workers`` ranks, ``num_workers / num_nodes`` per
     node (what the driver ships to workers, and what ``validate`` sizes)."""
     world, nodes = cfg.ray.num_workers, cfg.ray.num_nodes or 1
-    group = cfg.sharding.group_size
-    if group != "auto" and group > world:  # planned as 1D, unsaid (an elastic group that
-        # comes back smaller than its groups still is: plan_job)
-        raise PlanningError(
-            f"sharding.group_size={group} exceeds the job's {world} ranks (ray.num_workers): "
-            f"a group shards the tables over some of them; group_size {world} is 1D"
-        )
+    refuse_group_above(cfg, world, f"the job's {world} ranks (ray.num_workers)")
     cores = None
     if cfg.launcher == "processes" and device_type == "cpu":
         cores = simulated_node_cores(nodes)
