@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-from dist_train import checkpoint_files, storage
+from dist_train import checkpoint_files
 from dist_train.checkpoint import META, CheckpointError, file_digests, read_meta, reason
 from dist_train.checkpoint_files import SafeExportPlanner
 from dist_train.config import ConfigError, parse_config
@@ -145,10 +145,8 @@ def _check_out_dir(path: Location, out_dir: Path) -> None:
     checkpoint, a folder holding a checkpoint (its ``meta.json`` would be overwritten and
     its own file check then fail), or one holding files of an export's names that no export
     wrote (a user's own model, say)."""
-    local = path if isinstance(path, Path) else storage.local_path(path)
-    if local is not None and out_dir.resolve().is_relative_to(local.resolve()):
-        raise ExportError(f"{out_dir}: inside the checkpoint {path}; export to another folder")
-    # inside another checkpoint: its file check would then fail on the export's files
+    # inside a committed checkpoint (this one, named by a path or a file:// URL, or another):
+    # its file check would then fail on the export's files
     for folder in out_dir.resolve().parents:
         if (folder / ".metadata").is_file() and (folder / "meta.json").is_file():
             raise ExportError(

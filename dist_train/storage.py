@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
 
 
 class StorageError(ValueError):
@@ -98,12 +97,6 @@ def location(where: str | Path | UrlPath) -> Location:
     if isinstance(where, Path | UrlPath):
         return where
     return UrlPath(where) if "://" in where else Path(where)
-
-
-def local_path(loc: UrlPath) -> Path | None:
-    """The path on this machine a ``file://`` URL (or another of the local filesystem's)
-    names; None for any other."""
-    return Path(loc.path) if isinstance(loc.fs, LocalFileSystem) else None
 
 
 def rmtree(loc: Location) -> None:
