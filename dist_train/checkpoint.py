@@ -281,13 +281,19 @@ def check_compatible(meta: dict[str, Any], path: Location, world: int) -> TrainP
     return position
 
 
+def skips_rows(meta: dict[str, Any], skips_now: bool) -> bool:
+    """Whether bad rows are skipped in the run of ``meta``'s checkpoint, or now
+    (``skips_now``): which rows make an epoch's batches then depends on the rows' checks."""
+    saved = ((meta.get("config") or {}).get("data") or {}).get("on_bad_input")
+    return saved == "skip" or skips_now
+
+
 def redeals_skipping(meta: dict[str, Any], world: int, skips_now: bool) -> bool:
     """Whether resuming ``meta``'s checkpoint on ``world`` ranks re-deals an epoch whose rows
     are (or were) skipped where bad: a rank's stream may then hold fewer batches than its
     plan, which the re-deal cannot know, so that rows are lost or a rank finds none."""
-    saved = ((meta.get("config") or {}).get("data") or {}).get("on_bad_input")
     mid_epoch = bool((meta.get("position") or {}).get("batches"))
-    return meta.get("world_size") != world and mid_epoch and (saved == "skip" or skips_now)
+    return meta.get("world_size") != world and mid_epoch and skips_rows(meta, skips_now)
 
 
 def verify(path: Location) -> str:

@@ -213,7 +213,7 @@ def _check_same_batches(cfg: JobConfig, meta: dict[str, Any], path: Location) ->
         return  # saved before configs were recorded
     now = cfg.model_dump(mode="json")
     keys = list(_BATCH_SETTINGS)
-    if "skip" in (_setting(saved, "data.on_bad_input"), now["data"]["on_bad_input"]):
+    if checkpoint.skips_rows(meta, cfg.data.on_bad_input == "skip"):
         keys += _ROW_CHECK_SETTINGS  # a feature's cardinality, say: another row is bad
     if now["data"]["train_path"] is None:  # generated data: what shapes its training rows
         # (they are generated first: the test split's size does not)
