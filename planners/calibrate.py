@@ -90,7 +90,8 @@ def copy_probe(device: torch.device = CPU) -> tuple[Callable[[], object], float]
 
 def matmul_probe(device: torch.device = CPU) -> tuple[Callable[[], object], float]:
     """One 2048 x 512 x 512 matmul on ``device`` and its flops, through the library the dense
-    network's large layers use (:mod:`planners.gemm`: oneDNN on AVX-512 CPUs)."""
+    network's large layers use (:mod:`planners.gemm`: oneDNN on AVX-512 CPUs other than
+    Intel's)."""
     a = torch.randn(2048, 512, device=device)
     b = torch.randn(512, 512, device=device)
     flops = 2 * 2048 * 512 * 512

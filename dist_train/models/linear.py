@@ -1,10 +1,10 @@
 """``nn.Linear`` through the faster of the CPU's two matmul libraries for each layer.
 
 Layers of at least ``ONEDNN_MIN_WEIGHTS`` weights run their forward and both gradients
-through oneDNN where this CPU has AVX-512 (:mod:`planners.gemm`; docs/benchmarks.md, "The
-dense layers through oneDNN"). Its sums run in another order than MKL's: outputs differ from
-``nn.Linear``'s in the last bits, within a few times ``nn.Linear``'s own error against a
-float64 reference (the tests check it).
+through oneDNN where this CPU has AVX-512 and is not Intel's (:mod:`planners.gemm`: MKL
+runs AVX-512 on Intel's; docs/benchmarks.md, "The dense layers through oneDNN"). Its sums run
+in another order than MKL's: outputs differ from ``nn.Linear``'s in the last bits, within a
+few times ``nn.Linear``'s own error against a float64 reference (the tests check it).
 
 A layer a ReLU follows (``Linear(..., relu=True)``; :func:`~dist_train.models.base.mlp`)
 applies it itself. Through oneDNN it is the inner product's post-op, and the backward masks
@@ -13,14 +13,14 @@ the gradient and writes it transposed in one compiled pass
 transpose, which oneDNN otherwise copied from a transposed view. The results are the bits of
 the layer and ``nn.ReLU`` apart (docs/benchmarks.md, "The ReLU inside the largest layer").
 
-Elsewhere (smaller layers, where oneDNN gained little or nothing, or no AVX-512) the layers
-are MKL's, with two changes where the input needs a gradient and its rows are not whole
-cache lines. MKL's sgemm writes rows of whole cache lines faster: at the default job's 40
-vectors DLRM's top MLP reads 796 values an example, and MKL computed its input gradient
-(``grad W``, 2,048 x 796) much faster 800 wide (docs/benchmarks.md, "The top MLP's input
-gradient at a cache-line stride"). The weight gradient is ``(x^T grad)^T``: on two threads
-MKL ran that product (796 x 2,048 x 128) about 6% faster than ``grad^T x``, and on one
-thread as fast (docs/benchmarks.md, "The top MLP's weight gradient as a transpose").
+Elsewhere (smaller layers, where oneDNN gained little or nothing; Intel's CPUs; CPUs without
+AVX-512) the layers are MKL's, with two changes where the input needs a gradient and its rows are
+not whole cache lines. MKL's sgemm writes rows of whole cache lines faster: at the default job's 40
+vectors DLRM's top MLP reads 796 values an example, and MKL computed its input gradient (``grad W``,
+2,048 x 796) much faster 800 wide (docs/benchmarks.md, "The top MLP's input gradient at a cache-line
+stride"). The weight gradient is ``(x^T grad)^T``: on two threads MKL ran that product (796 x 2,048
+x 128) about 6% faster than ``grad^T x``, and on one thread as fast (docs/benchmarks.md, "The top
+MLP's weight gradient as a transpose").
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from dist_train.models.base import in_layout_order, mlp
 from dist_train.models.dcn import DCNv2
 from dist_train.models.dlrm import DotInteraction
 from dist_train.models.linear import ONEDNN_MIN_WEIGHTS, Linear
-from planners.gemm import ONEDNN_GEMM
+from planners.gemm import MKL_HAS_AVX512, ONEDNN_GEMM, cpu_vendor
 from tests.conftest import small_config
 
 
@@ -167,6 +167,21 @@ def test_linear_under_autocast_is_nn_linear(width: int, out: int, needs_grad: bo
         results.append([y, xs.grad, layer.weight.grad, layer.bias.grad])
     for mine, torchs in zip(*results, strict=True):
         assert (mine is None and torchs is None) or torch.equal(mine, torchs)
+
+
+def test_the_cpu_vendor_is_read_from_cpuinfo(tmp_path: Path) -> None:
+    """Intel's CPUs keep MKL (its AVX-512 kernels): the vendor from Linux's cpuinfo, "" where
+    the file is missing or names none."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\n")
+    assert cpu_vendor(str(cpuinfo)) == "GenuineIntel"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\n")
+    assert cpu_vendor(str(cpuinfo)) == "AuthenticAMD"
+    cpuinfo.write_text("processor\t: 0\n")
+    assert cpu_vendor(str(cpuinfo)) == ""
+    assert cpu_vendor(str(tmp_path / "missing")) == ""
+    if MKL_HAS_AVX512:
+        assert not ONEDNN_GEMM
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch without oneDNN")
