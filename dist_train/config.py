@@ -317,7 +317,11 @@ class TrainConfig(_Strict):
         "adagrad", description="Optimizer of the MLPs."
     )
     dense_learning_rate: float = Field(0.05, gt=0.0, description="MLP learning rate.")
-    log_every: int = Field(20, gt=0, description="Print progress every this many steps.")
+    log_every: int = Field(
+        20,
+        gt=0,
+        description="Print progress every this many steps, and at training's last step.",
+    )
     prefetch_batches: int = Field(2, ge=0, description="Batches built ahead by a thread.")
     prefetch_niceness: int = Field(
         19,

@@ -89,9 +89,12 @@ class EmbeddingLayout:
 def _rows_per_feature(num_rows: int, features: list[FeatureConfig]) -> dict[str, int]:
     """The hashing trick's rows per feature: ``num_rows`` shared out in chunk units (a
     feature of ``k`` chunks has ``k`` times the columns, so a row of it costs ``k``), the
-    remainder a row each to the first features it covers; at least one row each. The
-    tables then hold the unified table's ``num_rows x dim`` parameters wherever the chunks
-    allow it (always, when every feature has one chunk)."""
+    remainder a row each to the first features whose chunks it still covers; at least one row
+    each. The tables then hold at most the unified table's ``num_rows x dim`` parameters,
+    exactly that where every feature has one chunk (as in ``dist-train sweep``). With mixed
+    chunk counts the first-fit can leave a few rows out that another split would use: kept,
+    since a change of split changes the tables' shapes, and older checkpoints would no
+    longer load."""
     total_chunks = sum(f.chunks for f in features)
     base, left = divmod(num_rows, total_chunks)
     out = {}

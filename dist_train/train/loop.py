@@ -161,7 +161,9 @@ def run_worker(
                 raise error
             progress.step_done(loss)
             audit.after(epochs.step, epoch.index, batch)
-            if progress.should_log(epochs.step):
+            # training's last step logs the window it ends: a launch stopped between log
+            # steps would leave its last steps' loss out of metrics.jsonl
+            if progress.should_log(epochs.step) or epoch.ends_training:
                 progress.log_train(epoch.index, epochs.step, epoch.last_step)
             if checkpoints.should_save(epochs.step, last=epoch.ends_training):
                 checkpoints.save(epoch.position())

@@ -43,9 +43,12 @@ def log_loss(labels: np.ndarray, logits: np.ndarray) -> float:
 
 
 def normalized_entropy(labels: np.ndarray, logits: np.ndarray) -> float:
-    """Log loss divided by the entropy of the base click rate (below 1 = better than the rate)."""
+    """Log loss divided by the entropy of the base click rate (below 1 = better than the rate);
+    NaN where a class is missing, whose rate has no entropy to divide by."""
     y = np.asarray(labels, dtype=np.float64).ravel()
-    rate = float(np.clip(y.mean(), 1e-7, 1.0 - 1e-7))
+    rate = float(y.mean()) if y.size else 0.0
+    if not 0.0 < rate < 1.0:
+        return float("nan")
     base = -(rate * np.log(rate) + (1.0 - rate) * np.log(1.0 - rate))
     return float(log_loss(y, logits) / base)
 

@@ -58,6 +58,12 @@ def test_resume_mid_epoch_matches_uninterrupted_run_bitwise(tmp_path: Path) -> N
     rest = run_job(load_config(TINY, [*part, "checkpoint.resume=latest"]))
     assert rest["steps"] == full["steps"] == 32
     assert rest["test_auc"] == full["test_auc"] and rest["test_log_loss"] == full["test_log_loss"]
+    # every step's loss is in one train record (log_every=4): the stopped launch logs its
+    # last window (steps 9-11), the resumed one goes on from there
+    for run, steps in (("a", [*range(4, 33, 4)]), ("b", [4, 8, 11, 12, *range(16, 33, 4)])):
+        log = tmp_path / run / "tiny" / "metrics.jsonl"
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+        assert [r["step"] for r in records if r["event"] == "train"] == steps, run
     a = committed(tmp_path / "a" / "tiny" / "checkpoints")[-1]
     b = committed(tmp_path / "b" / "tiny" / "checkpoints")[-1]
     assert a.name == b.name == "step-00000032"

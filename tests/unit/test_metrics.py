@@ -47,6 +47,9 @@ def test_log_loss_and_ne() -> None:
     # Predicting the base rate gives NE = 1.
     y = np.array([1, 0, 0, 0])
     assert normalized_entropy(y, np.full(4, np.log(0.25 / 0.75))) == pytest.approx(1.0)
+    # one class: its rate has no entropy, and a clipped one made NE 1e5 or 1e-3 at will
+    for labels in (np.zeros(4), np.ones(4), np.zeros(0)):
+        assert np.isnan(normalized_entropy(labels, np.full(labels.size, -2.0)))
 
 
 def test_log_loss_is_the_training_loss_at_any_logit() -> None:
