@@ -25,9 +25,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from planners.cost_model import dense_costs, latency_costs, reorder_costs, table_costs
-from planners.search import PlanEstimate, beam_search
+from planners.search import PlanEstimate, beam_search, check_constraints
 from planners.topology import Topology, resize
-from planners.types import HIERARCHICAL, WEIGHT_BYTES, RankCosts, TablePlacement, Workload
+from planners.types import (
+    HIERARCHICAL,
+    WEIGHT_BYTES,
+    PlanningError,
+    RankCosts,
+    TablePlacement,
+    Workload,
+)
 
 SYNC_CALLS = 1  # one all-reduce of the recovered gradients
 # Recovering the gradient and re-applying it, per held element, in optimizer steps' work:
@@ -180,12 +187,20 @@ def best_group_plans(
         if not group_types:
             out[g] = "no sharding type of the job runs on a group of one rank"
             continue
+        try:
+            check_constraints(workload, gtopo, frozenset(group_types))
+        except PlanningError as err:
+            out[g] = str(err)
+            continue
         candidates = [
             estimate_group_plan(plan.placements, workload, topo, g, sync_every)
             # No UVM caching inside groups: the replica merge reads and rewrites the TBE's
             # weights directly (ReplicaSync), which a cache holding dirty rows would bypass.
             for plan in beam_search(workload, gtopo, frozenset(group_types), offer_cache=False)
         ]
+        if not candidates:  # the beam found no placement at all (no reason of its own)
+            out[g] = f"no placement of {sorted(group_types)} on {g} ranks"
+            continue
         best = min(candidates, key=lambda c: c.score())
         replicated = all(p.sharding_type == "data_parallel" for p in best.estimate.placements)
         if not best.fits:

@@ -213,11 +213,19 @@ class CostModelPlanner(ShardingPlanner):
         """1D or the best group size: the smallest estimated step that fits (1D on ties)."""
         world = self.topology.world_size
         options: list[Choice] = []
+        no_1d: PlanningError | None = None
         if self.group_size in (None, world):
-            options.append(Choice(self.topology, world, self.search().best, world))
+            try:
+                options.append(Choice(self.topology, world, self.search().best, world))
+            except PlanningError as err:  # groups hold a share of the table: they may fit
+                if self.group_size == world:
+                    raise
+                no_1d = err
         for g, gp in self.group_plans().items():
             if not isinstance(gp, str):
                 options.append(Choice(gp.group_topology, g, gp.estimate, world))
+        if not options and no_1d is not None:
+            raise no_1d  # nothing fits: the 1D reason is the one a user acts on
         if not options:
             reason = self.group_plans().get(self.group_size or 0, "no plan")
             if self.compute_kernel != "fused":

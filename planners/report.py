@@ -9,9 +9,9 @@ import numpy as np
 from planners.cost_model import placement_hit_rates, table_costs
 from planners.groups import GroupPlan
 from planners.planner import UVM_CACHING_KERNEL, UVM_KERNEL, CostModelPlanner
-from planners.search import PlanEstimate, beam_search
+from planners.search import PlanEstimate, SearchResult, beam_search
 from planners.topology import Topology
-from planners.types import TablePlacement, Workload, torchrec_type
+from planners.types import SHARDING_TYPES, PlanningError, TablePlacement, Workload, torchrec_type
 
 _PARTS = ("lookup", "framework", "dense", "comm", "latency", "cache")
 
@@ -171,19 +171,28 @@ def build_report(
     planner: CostModelPlanner, torchrec: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Everything ``dist-train plan --json`` writes (see docs/planner.md for the fields)."""
-    result, chosen = planner.search(), planner.choice()
+    chosen = planner.choice()
+    try:
+        result: SearchResult | None = planner.search()
+    except PlanningError as err:  # a 2D plan was chosen (choice() raised otherwise)
+        result, no_1d = None, str(err)
     workload, topo = planner.workload, planner.topology
     best = chosen.estimate
-    if chosen.is_2d:
+    g = chosen.group_size
+    if result is None:
+        why = (
+            f"no 1D plan fits ({no_1d}); groups of {g} do, each holding the tables on its {g} ranks"
+        )
+    elif chosen.is_2d:
         slower = result.best.step_seconds / best.step_seconds
         why = (
             f"the best 1D plan, {result.best.label}, is estimated {slower:.2f}x slower; "
-            f"groups of {chosen.group_size} keep each group's step at the cost of "
-            f"{chosen.group_size} ranks"
+            f"groups of {g} keep each group's step at the cost of {g} ranks"
         )
     else:
         why = _why(result.best, result.alternatives, result.allowed)
-    caching = uvm_caching_json(best, workload, chosen.topology, result.allowed)
+    allowed = frozenset(planner.allowed or SHARDING_TYPES) if result is None else result.allowed
+    caching = uvm_caching_json(best, workload, chosen.topology, allowed)
     for c in caching:
         alt = c["without_uvm_caching"]
         why += f"; {c['table']} runs on {c['compute_kernel']} because " + (
@@ -198,7 +207,7 @@ def build_report(
         "group_size": chosen.group_size,
         "num_replicas": topo.world_size // chosen.group_size,
         "sync_every": planner.sync_every,
-        "plan_seconds": result.seconds,
+        "plan_seconds": 0.0 if result is None else result.seconds,
         "why": why,
         "tables": {t.name: {"num_rows": t.rows, "num_cols": t.dim} for t in workload.tables},
         "topology": {
@@ -225,9 +234,9 @@ def build_report(
                 "label": v.label,
                 "estimated_step_seconds": v.step_seconds,
                 "max_memory_bytes": v.max_memory_bytes,
-                "allowed": k in result.allowed,
+                "allowed": k in allowed,
             }
-            for k, v in result.alternatives.items()
+            for k, v in ({} if result is None else result.alternatives).items()
         ],
         "groups": _groups_json(planner.group_plans()),
         "uvm_caching": caching,
@@ -328,7 +337,8 @@ def format_report(report: dict[str, Any]) -> str:
             if "per_rank_host_memory_bytes" in report
             else []
         ),
-        "options (every table with one type):",
+        "options (every table with one type):"
+        + ("" if report["alternatives"] else " none: no 1D plan fits"),
     ]
     width = max((len(a["sharding_type"]) for a in report["alternatives"]), default=0)
     for alt in sorted(

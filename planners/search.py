@@ -227,7 +227,10 @@ def beam_search(
     return plans
 
 
-def _check_constraints(workload: Workload, topo: Topology, allowed: frozenset[str]) -> None:
+def check_constraints(workload: Workload, topo: Topology, allowed: frozenset[str]) -> None:
+    """Refuse (PlanningError, saying why) a set of sharding types that cannot place
+    ``workload`` on ``topo`` whatever the memory: unknown types, grid_shard on one node, a
+    table a column split cannot cut."""
     unknown = allowed - set(SHARDING_TYPES)
     if unknown:
         raise PlanningError(
@@ -310,7 +313,7 @@ def search(
     if topo.num_nodes < 2 and len(types) > 1:
         # On one node table_row_wise is row_wise, and grid needs two nodes.
         types = types - {"grid_shard", "table_row_wise"}
-    _check_constraints(workload, topo, types)
+    check_constraints(workload, topo, types)
     plans = beam_search(workload, topo, types, beam_width)
     best = plans[0]
     if not best.fits:
@@ -321,7 +324,7 @@ def search(
             result.alternatives[t] = "needs at least 2 nodes (on one node, row_wise is it)"
             continue
         try:
-            _check_constraints(workload, topo, frozenset({t}))
+            check_constraints(workload, topo, frozenset({t}))
         except PlanningError as e:
             result.alternatives[t] = str(e)
             continue

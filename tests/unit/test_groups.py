@@ -180,3 +180,34 @@ def test_a_group_larger_than_the_job_is_refused(tmp_path: Path) -> None:
     assert main([*two, "--set", "sharding.group_size=4"]) == 0
     # its weak-scaling row of 1 node (2 ranks) says so too, where it showed a 1D plan
     assert "exceeds the 2 ranks" in json.loads(out.read_text())["weak_scaling"][0]["error"]
+
+
+def test_groups_are_weighed_where_no_1d_plan_fits(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """At 64 ranks of 300 MiB a pooled row_wise 1D plan fits nowhere (every shard serves the
+    global batch) while groups do: `auto` and a fixed group size plan them, and `plan`
+    reports the group plan with 1D's reason."""
+    over = ["sharding.type=row_wise", "sharding.memory_per_rank=300MiB"]
+    cfg = load_config(DEFAULT, over)
+    planner, _ = planner_for_config(cfg, 64, 2)
+    with pytest.raises(PlanningError, match="fits nowhere"):
+        planner.search()
+    assert planner.choice().is_2d
+    fixed = load_config(DEFAULT, [*over, "sharding.group_size=2"])
+    assert planner_for_config(fixed, 64, 2)[0].choice().group_size == 2
+    args = ["--nodes", "32", "--ranks-per-node", "2", "--memory-per-rank", "300MiB"]
+    sets = ["--set", "sharding.type=row_wise", "--set", "sharding.group_size=2"]
+    code = main(["plan", "--no-torchrec", "--config", str(DEFAULT), *args, *sets])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "why: no 1D plan fits (table unified_0" in out and "groups of 2 do" in out
+
+
+def test_a_group_size_no_placement_fits_names_why(tmp_path: Path) -> None:
+    """column_wise at a dim no power-of-two split cuts into blocks of 4 or more columns: the
+    group's reason, not min() of no candidates."""
+    cfg = small_config(
+        tmp_path, ["sharding.type=column_wise", "sharding.group_size=2", "embedding.dim=4"]
+    )
+    planner, _ = planner_for_config(cfg, 4, 4)
+    with pytest.raises(PlanningError, match="group_size=2: column_wise cannot split table"):
+        planner.choice()
