@@ -269,7 +269,7 @@ def _explain_no_fit(
         for c in options:
             costs = table_costs(c, table, workload, topo) + base
             host = float(costs.host_memory.max())
-            over = max(float(costs.memory.max()) / usable, host / max(usable_host, 1))
+            over = max(float(costs.memory.max()) / max(usable, 1), host / max(usable_host, 1))
             needs.append((over, float(costs.memory.max()), host, c.label))
         over, need, host, label = min(needs)
         if over <= 1:

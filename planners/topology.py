@@ -15,7 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from planners.types import SHARDING_TYPES
 
@@ -143,10 +143,10 @@ class LinkSpec(_Strict):
 class TopologySpec(_Strict):
     """The on-disk topology file (JSON), as ``dist-train calibrate`` writes it."""
 
-    num_nodes: int = Field(1, gt=0)
-    ranks_per_node: int = Field(gt=0)
+    num_nodes: StrictInt = Field(1, gt=0)
+    ranks_per_node: StrictInt = Field(gt=0)
     device_type: Literal["cpu", "cuda"]
-    memory_per_rank_bytes: int = Field(gt=0)
+    memory_per_rank_bytes: StrictInt = Field(gt=0)
     memory_bytes_per_second: float = Field(gt=0)
     lookup_seconds_per_row: dict[int, float] = Field(
         min_length=1, description="Row width (columns) -> TBE seconds per looked-up row."
@@ -161,15 +161,15 @@ class TopologySpec(_Strict):
         description="Sharding type -> TorchRec's seconds per pooled bag a rank handles.",
     )
     reserve_fraction: float = Field(0.1, ge=0, lt=1)
-    step_overhead_bytes: int = Field(
+    step_overhead_bytes: StrictInt = Field(
         0,
         ge=0,
         description="Bytes a training step allocates beyond tables, their optimizer state and "
         "the dense model, whatever the tables' size.",
     )
-    cores_per_node: int | None = Field(None, gt=0)
-    threads_per_rank: int = Field(1, gt=0)
-    host_memory_per_rank_bytes: int | None = Field(
+    cores_per_node: StrictInt | None = Field(None, gt=0)
+    threads_per_rank: StrictInt = Field(1, gt=0)
+    host_memory_per_rank_bytes: StrictInt | None = Field(
         None,
         gt=0,
         description="CUDA: host (DDR) memory per rank for tables behind the UVM cache; "
@@ -375,14 +375,22 @@ def load_topology(path: str | Path) -> Topology:
         raise TopologyError(f"{path}: cannot read it ({e.strerror or e})") from None
     except json.JSONDecodeError as e:
         raise TopologyError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise TopologyError(f"{path}: not a topology file (JSON nested too deeply)") from None
     try:
         spec = TopologySpec.model_validate(raw)
     except ValidationError as e:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or 'the file'}: {err['msg']}"
+            for err in e.errors()
         )
         raise TopologyError(f"{path}: {problems}") from None
-    return topology_of(spec)
+    topo = topology_of(spec)
+    try:
+        check_topology(topo)
+    except TopologyError as e:
+        raise TopologyError(f"{path}: {e}") from None
+    return topo
 
 
 def save_topology(spec: TopologySpec, path: str | Path) -> None:
@@ -434,6 +442,11 @@ def check_topology(topo: Topology) -> None:
         problems.append(f"host memory per rank {topo.host_memory_per_rank_bytes} bytes")
     if not 0 <= topo.reserve_fraction < 1:
         problems.append(f"reserve_fraction {topo.reserve_fraction} (use 0 <= r < 1)")
+    elif topo.memory_per_rank_bytes > 0 and topo.usable_bytes_per_rank < 1:
+        problems.append(
+            f"memory per rank {topo.memory_per_rank_bytes} bytes leaves none usable after "
+            f"its reserve (reserve_fraction {topo.reserve_fraction:g})"
+        )
     for name, value in asdict(topo).items():
         if isinstance(value, float) and value <= 0 and name != "reserve_fraction":
             problems.append(f"{name} = {value} (must be > 0)")

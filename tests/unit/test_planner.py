@@ -208,6 +208,14 @@ def test_inconsistent_topology_files_are_refused(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(TopologyError, match="not valid JSON"):
         load_topology(path)
+    path.write_text("[" * 100_000)  # a RecursionError's traceback
+    with pytest.raises(TopologyError, match="nested too deeply"):
+        load_topology(path)
+    path.write_text("[]")
+    with pytest.raises(TopologyError, match=r"topo\.json: the file: Input should be a valid dict"):
+        load_topology(path)
+    with pytest.raises(TopologyError, match="1 bytes leaves none usable"):
+        resize(preset("cpu"), memory_per_rank_bytes=1)
     with pytest.raises(TopologyError, match="0 nodes x 4"):
         resize(preset("cpu"), num_nodes=0, ranks_per_node=4)
     with pytest.raises(TopologyError, match="cannot read '12 parsecs'"):
@@ -227,6 +235,10 @@ def test_inconsistent_topology_files_are_refused(tmp_path: Path) -> None:
         (lambda raw: raw["bag_seconds"].update({"row_wise": -1e-3}), r"seconds must be >= 0"),
         (lambda raw: raw["lookup_seconds_per_row"].update({"4": float("nan")}), r"finite"),
         (lambda raw: raw["intra_node"].update(all_to_all_bytes_per_second=float("inf")), "finite"),
+        # true was 1 rank, as the job config refuses
+        (lambda raw: raw.update(ranks_per_node=True), r"ranks_per_node: Input should be a valid"),
+        # a reserve leaving 0 bytes: a ZeroDivisionError when the plan did not fit
+        (lambda raw: raw.update(reserve_fraction=0.9999999999), r"leaves none usable"),
     ],
 )
 def test_topology_files_with_values_no_measurement_gives_are_refused(
