@@ -41,7 +41,14 @@ from planners.cores import usable_cores
 from planners.cost_model import bags_handled, latency_costs, table_costs
 from planners.gemm import ONEDNN_GEMM, onednn_linear
 from planners.search import search
-from planners.topology import LinkSpec, TopologySpec, preset_spec, resize, topology_of
+from planners.topology import (
+    LinkSpec,
+    Topology,
+    TopologySpec,
+    preset_spec,
+    resize,
+    topology_of,
+)
 from planners.types import OptimizerState, TableLoad, Workload
 
 TBE_ROWS = 1_000_000
@@ -267,6 +274,7 @@ FRAMEWORK_DIM = 16
 FRAMEWORK_BAGS = 32
 FRAMEWORK_BATCH = 1024
 FRAMEWORK_ROUNDS = 5
+REFERENCE_MEMORY_BYTES = 2**40  # what the reference table is planned on (1 TiB: ample)
 
 
 def _framework_workload(device_type: str) -> Workload:
@@ -293,7 +301,7 @@ def sharded_step_timings(
 
     world, rank = dist.get_world_size(), dist.get_rank()
     device = rank_device(spec.device_type)
-    topo = resize(topology_of(spec), num_nodes=1, ranks_per_node=world)
+    topo = _reference_topology(spec, world)
     workload = _framework_workload(spec.device_type)
     features = [f"f{i}" for i in range(FRAMEWORK_BAGS)]
     sharder = AnyDeviceEmbeddingBagCollectionSharder(
@@ -351,6 +359,14 @@ def sharded_step_timings(
     return [float(np.median(t)) for t in times]
 
 
+def _reference_topology(spec: TopologySpec, ranks: int) -> Topology:
+    """One node of ``ranks`` with ``spec``'s speeds and memory enough for the reference
+    table: the memory a user gives is recorded, not needed to measure (a small figure made
+    the reference table fit nowhere, after minutes of measuring)."""
+    ample = max(spec.memory_per_rank_bytes, REFERENCE_MEMORY_BYTES)
+    return resize(topology_of(spec), num_nodes=1, ranks_per_node=ranks, memory_per_rank_bytes=ample)
+
+
 def framework_types(unpool: Unpool | None) -> tuple[str, ...]:
     """The sharding types whose per-bag work calibrate times."""
     return (*FRAMEWORK_TYPES, UNPOOLED) if unpool is not None else FRAMEWORK_TYPES
@@ -361,7 +377,7 @@ def _bag_seconds(
 ) -> dict[str, float]:
     """Per-bag TorchRec work by type: the measured step less the model's lookups and traffic,
     over the bags the busiest rank handles."""
-    topo = resize(topology_of(spec), num_nodes=1, ranks_per_node=ranks)
+    topo = _reference_topology(spec, ranks)
     workload = _framework_workload(spec.device_type)
     table = workload.tables[0]
     out = {}

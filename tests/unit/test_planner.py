@@ -21,7 +21,7 @@ from dist_train.train.shared_tables import read_shared_tables_as_one_feature
 from dist_train.train.unpooled_row_wise import enable_unpooled_row_wise
 from planners import calibrate as calibration
 from planners import placement as pl
-from planners.calibrate import FRAMEWORK_TYPES, calibrate
+from planners.calibrate import FRAMEWORK_TYPES, _bag_seconds, calibrate
 from planners.cost_model import in_feature_order, reorder_costs, table_costs
 from planners.search import contiguous_table_wise, search
 from planners.topology import (
@@ -496,3 +496,11 @@ def test_the_printed_step_is_its_parts_or_says_why_not(capsys) -> None:  # type:
             assert step > own == pytest.approx(parts, abs=0.02)
         else:
             assert step == pytest.approx(parts, abs=0.02)
+
+
+def test_calibrate_plans_its_reference_table_whatever_the_memory_given() -> None:
+    """--memory-per-rank 80 (the unit left off) is recorded; the reference steps were
+    planned on it, and the run ended in a traceback after its measurements."""
+    spec = CPU_PRESET.model_copy(update={"memory_per_rank_bytes": 80, "bag_seconds": {}})
+    bags = _bag_seconds(spec, 2, [0.01] * len(FRAMEWORK_TYPES), FRAMEWORK_TYPES)
+    assert set(bags) == set(FRAMEWORK_TYPES) and all(s >= 0 for s in bags.values())
