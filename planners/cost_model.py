@@ -195,7 +195,7 @@ def block_costs(
     c.comm_bytes += sent + recv
 
     # Lookups (forward + backward + fused update) on the holders.
-    rows_read = world * batch * table.ids_per_sample * q
+    rows_read = world * rows_asked("row_wise", table, workload) * q
     c.lookup += _lookup_seconds(rows_read, cols, topo)
 
     # Output, forward and (mirrored) backward.
@@ -245,7 +245,7 @@ def unpooled_block_costs(
     world, per_node = topo.world_size, topo.ranks_per_node
     batch, ids, bags = workload.batch_size_per_rank, table.ids_per_sample, table.bags_per_sample
     own_ids = batch * ids  # ids a rank's own samples look up
-    asked = distinct_rows(table, workload)  # the rows they read
+    asked = rows_asked("row_wise_unpooled", table, workload)  # the rows they read
     vector = cols * WEIGHT_BYTES
     q, ask_inter, serve_inter = _row_shares(table, topo, holders, row_sizes)
     c = RankCosts.zeros(world)
@@ -292,6 +292,14 @@ def unpooled_block_costs(
     return c + _held_rows_costs(
         table, workload, topo, holders, row_sizes, rows_read, cols, cache_load_factor
     )
+
+
+def rows_asked(sharding_type: str, table: TableLoad, workload: Workload) -> float:
+    """Rows one rank's batch asks of ``table``'s holders a step: every id where the lookups
+    pool on the holders, each distinct row once where they travel unpooled."""
+    if sharding_type == "row_wise_unpooled":
+        return distinct_rows(table, workload)
+    return workload.batch_size_per_rank * table.ids_per_sample
 
 
 def distinct_rows(table: TableLoad, workload: Workload) -> float:

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from planners.cost_model import placement_hit_rates, table_costs
+from planners.cost_model import placement_hit_rates, rows_asked, table_costs
 from planners.groups import GroupPlan
 from planners.planner import UVM_CACHING_KERNEL, UVM_KERNEL, CostModelPlanner
 from planners.search import PlanEstimate, SearchResult, beam_search
@@ -101,10 +101,9 @@ def uvm_caching_json(
         busiest = next((i for i, s in enumerate(p.shards) if s.rank == r), 0)
         row_bytes = p.shards[busiest].cols * 4
         link = topo.host_to_device_bytes_per_second or float("inf")
-        rows_read = (  # the busiest holder's lookups, as in cost_model.block_costs
-            workload.batch_size_per_rank
+        rows_read = (  # the busiest holder's lookups, as the cost model charges them
+            rows_asked(p.sharding_type, table, workload)
             * topo.world_size
-            * table.ids_per_sample
             * p.shards[busiest].rows
             / table.rows
         )

@@ -289,6 +289,13 @@ def test_the_dry_run_reports_the_kernel_and_its_hit_rate(
     report = json.loads(out.read_text())
     (cache,) = report["uvm_caching"]
     assert cache["compute_kernel"] == "fused_uvm_caching" and 0.5 < cache["hit_rate"] < 1
+    # its misses are the cost model's: row_wise_unpooled asks each distinct row once (the
+    # report counted every id, as pooled lookups do: 2.7x the misses)
+    assert report["placements"][0]["sharding_type"] == "row_wise_unpooled"
+    rows_read = cache["misses_per_step"] / (1 - cache["hit_rate"])
+    hbm = 2 * cache["miss_bytes_per_step"] + rows_read * uvm.INDEX_BYTES_PER_LOOKUP
+    modelled = cache["host_link_seconds"] + hbm / 3.35e12 + uvm.PREFETCH_SECONDS
+    assert cache["cache_seconds"] == pytest.approx(modelled, rel=1e-9)
     assert report["placements"][0]["compute_kernel"] == "fused_uvm_caching"
     assert max(report["per_rank_host_memory_bytes"]) > 0
 
