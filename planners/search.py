@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 from planners import placement as pl
+from planners import uvm_cache as uvm
 from planners.cost_model import dense_costs, latency_costs, reorder_costs, table_costs
 from planners.enumerator import candidates, offers_cache, uneven_row_wise
 from planners.topology import Topology
@@ -68,6 +69,7 @@ class PlanEstimate:
         return bool(
             self.costs.memory.max() <= self.usable_bytes
             and self.costs.host_memory.max() <= self.usable_host_bytes
+            and self.costs.cache_slots.max() <= uvm.LFU_MAX_SLOTS
         )
 
     @property
@@ -295,9 +297,15 @@ def _explain_no_fit(
             f"({_gib(topo.memory_per_rank_bytes)} less a {topo.reserve_fraction:.0%} reserve)"
             f"{host_usable}"
         )
+    cache_limit = (
+        f" (or, cached, more than the {uvm.LFU_MAX_SLOTS:,} rows of UVM cache FBGEMM's LFU "
+        "cache holds a rank: a lower sharding.cache_load_factor may fit)"
+        if offers_cache(workload, topo)
+        else ""
+    )
     return (
         f"the tables together need more than the {topo.world_size} ranks' "
-        f"{_gib(usable)} usable each; add ranks or memory"
+        f"{_gib(usable)} usable each{cache_limit}; add ranks or memory"
     )
 
 

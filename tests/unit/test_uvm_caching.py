@@ -314,3 +314,16 @@ def test_topology_files_without_host_memory_still_load(tmp_path: Path) -> None:
     save_topology(CUDA_PRESET, tmp_path / "new.json")
     assert load_topology(tmp_path / "new.json").host_offload
     assert not topology_of(CPU_PRESET).host_offload
+
+
+def test_the_lfu_cache_limit_counts_every_cached_table_on_a_rank() -> None:
+    """One TBE holds a rank's cached shards, and FBGEMM asserts its LFU cache under 2^24 - 1
+    sets: two tables of 1.5e9 rows cached at 20% on one rank take 600M slots, each alone
+    300M. Planned on one rank, FBGEMM would have asserted at the model's build."""
+    tables = tuple(TableLoad(f"t{i}", 1_500_000_000, 16, 20, 30.0) for i in range(2))
+    work = Workload(tables, 512, OptimizerState.of("rowwise_adagrad", "cuda"), 50_000, 1, 0)
+    with pytest.raises(PlanningError, match="LFU cache holds a rank"):
+        search(work, _cuda(ranks=1, memory=80 * GIB))
+    best = search(work, _cuda(ranks=2, memory=80 * GIB)).best
+    assert best.fits and any(p.cached for p in best.placements)
+    assert 0 < best.costs.cache_slots.max() <= uvm.LFU_MAX_SLOTS
