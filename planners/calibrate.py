@@ -88,9 +88,15 @@ def rank_device(device_type: str) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else CPU
 
 
-def copy_probe(device: torch.device = CPU) -> tuple[Callable[[], object], float]:
-    """One 256 MiB copy on ``device`` and the bytes it reads and writes."""
-    src = torch.ones(64 * 2**20, device=device)
+COPY_PROBE_BYTES = 256 * 2**20  # a buffer well past any cache: memory's own bandwidth
+
+
+def copy_probe(
+    device: torch.device = CPU, buffer_bytes: int = COPY_PROBE_BYTES
+) -> tuple[Callable[[], object], float]:
+    """One copy of a ``buffer_bytes`` buffer into another on ``device`` and the bytes it
+    reads and writes."""
+    src = torch.ones(max(1, buffer_bytes // 4), device=device)
     dst = torch.empty_like(src)
     return lambda: dst.copy_(src), 2 * src.numel() * 4
 

@@ -25,11 +25,15 @@ matmul flop/s over windows of back-to-back calls that every rank runs together (
 slowest rank's window, the best of three), and the 16 MiB all-to-all and all-reduce. The
 floor adds the terms: CPU ranks compute and run gloo's collectives on the same cores, one
 after another. It is a floor, not an estimate: no latency, no framework work, all lookups
-streaming at copy speed.
+streaming at copy speed. The copy runs over a working set the size of a rank's share of the
+tables and their state (:func:`working_set_bytes`): the default job's 20 MB copy about twice
+as fast as 256 MiB does here (a cache holds them), and at memory's speed the floor's lookups
+took longer than a plain ``embedding_bag`` of the same batch.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,11 +41,27 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from planners.calibrate import COLLECTIVE_BYTES, collective_timings, copy_probe, matmul_probe
+from planners.calibrate import (
+    COLLECTIVE_BYTES,
+    COPY_PROBE_BYTES,
+    collective_timings,
+    copy_probe,
+    matmul_probe,
+)
 from planners.cost_model import distinct_rows
 from planners.types import INDEX_BYTES, WEIGHT_BYTES, TableLoad, Workload
 
 ADAGRAD_BYTES_PER_PARAMETER = 20  # read weight, gradient, state; write weight, state
+MIN_COPY_BYTES = 2**20  # the copy probe's smallest buffer: tinier ones time the call's overhead
+
+
+def working_set_bytes(workload: Workload, world: int) -> int:
+    """A rank's share of the tables and their optimizer state: what its lookups and updates
+    read and write (the copy rate's working set; every rank probes at once)."""
+    held = sum(
+        t.weight_bytes + workload.optimizer.bytes_for(t.rows, t.dim) for t in workload.tables
+    )
+    return max(int(held // world), 2 * MIN_COPY_BYTES)
 
 
 def embedding_bytes(ids: float, bags: float, dim: int, distinct: float) -> tuple[float, float]:
@@ -95,18 +115,23 @@ def sustained_rate(fn: Callable[[], object], work: float, calls: int, windows: i
     return work * calls / best
 
 
-def copy_and_matmul_rates() -> tuple[float, float]:
-    """Run on every rank at once: a rank's copy bandwidth and matmul flop/s with every rank
-    busy, on calibration's probes (:func:`~planners.calibrate.copy_probe`,
-    :func:`~planners.calibrate.matmul_probe`)."""
-    copy = sustained_rate(*copy_probe(), calls=3)
+def copy_and_matmul_rates(copy_bytes: int = COPY_PROBE_BYTES) -> tuple[float, float]:
+    """Run on every rank at once: a rank's copy bandwidth (``copy_bytes`` copied, half of
+    them read and half written) and matmul flop/s with every rank busy, on calibration's
+    probes (:func:`~planners.calibrate.copy_probe`, :func:`~planners.calibrate.matmul_probe`)."""
+    call, moved = copy_probe(buffer_bytes=max(copy_bytes // 2, MIN_COPY_BYTES))
+    # windows of about the 256 MiB probe's three calls, however small the buffer
+    calls = max(3, math.ceil(3 * 2 * COPY_PROBE_BYTES / moved))
+    copy = sustained_rate(call, moved, calls=calls)
     return copy, sustained_rate(*matmul_probe(), calls=10)
 
 
-def measure_rates(repeats: int = 5) -> MachineRates:
-    """Run on every rank of the process group at once: a rank's rates."""
+def measure_rates(copy_bytes: int = COPY_PROBE_BYTES, repeats: int = 5) -> MachineRates:
+    """Run on every rank of the process group at once: a rank's rates, its copy bandwidth
+    over a working set of ``copy_bytes`` (its tables and their state: cache-sized ones
+    copy faster than memory's bandwidth, and the floor must not charge them more)."""
     world = dist.get_world_size()
-    copy, flops = copy_and_matmul_rates()
+    copy, flops = copy_and_matmul_rates(copy_bytes)
     if world == 1:  # no collectives: their terms are 0 (step_floor); JSON writes null
         return MachineRates(copy, flops, float("inf"), float("inf"))
     timings = collective_timings(repeats)
@@ -121,20 +146,24 @@ def step_floor(
     world: int,
     rates: MachineRates,
     distinct: Mapping[str, float] | None = None,
+    updated: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
     """Seconds of each term of the floor, and ``floor`` (their sum). ``distinct``: per
     table name, the distinct rows a rank's batch reads, measured; a table it leaves out
-    takes the planner's estimate."""
+    takes the planner's estimate. ``updated``: a rank's share of the distinct rows the
+    ranks' batches read together, which a row-wise update writes once (``distinct`` where
+    not given: at one rank they are the same)."""
     batch = workload.batch_size_per_rank
     measured = distinct or {}
     rows = {
         t.name: measured[t.name] if t.name in measured else distinct_rows(t, workload)
         for t in workload.tables
     }
+    written = {t.name: (updated or rows).get(t.name, rows[t.name]) for t in workload.tables}
     lookups = sum(
         sum(
             embedding_bytes(
-                batch * t.ids_per_sample, batch * t.bags_per_sample, t.dim, rows[t.name]
+                batch * t.ids_per_sample, batch * t.bags_per_sample, t.dim, written[t.name]
             )
         )
         for t in workload.tables

@@ -20,8 +20,9 @@ Two modes: ``step`` times forward + backward + optimizer on batches built before
 loop's input pipeline with its prefetch thread and shuffle buffer; the peers: the plain
 pyarrow loop of :func:`~dist_train.bench.peers.plain_parquet_batches`). Each system's
 pipeline runs through all rounds, as an epoch's does in training. Its end-to-end round first
-trains untimed on the ``train.prefetch_batches`` batches our prefetch thread built since the
-last round, so that the timed steps find the queue as training does. After that round the
+trains untimed on the batches our prefetch thread built since the last round (the queue's
+``train.prefetch_batches`` and the one the thread holds: :func:`built_ahead`), so that the
+timed steps find the queue as training does. After that round the
 bench waits, untimed, until the process is idle (:func:`wait_until_idle`), so that the
 thread's refill (and pyarrow's decoding for it) does not run in the next system's timing.
 
@@ -74,7 +75,13 @@ from dist_train.bench import rank_batches, spread, synthetic_train_data, variant
 from dist_train.bench.openmp import PROBE_REGIONS, SLEEPING_WAITS_PER_REGION, openmp_waits
 from dist_train.bench.peers import DenseOnly, PeerExchange, PlainPyTorch, plain_parquet_batches
 from dist_train.bench.planner import MemoryMark, torchrec_job_plan
-from dist_train.bench.roofline import MachineRates, dense_floor, measure_rates, step_floor
+from dist_train.bench.roofline import (
+    MachineRates,
+    dense_floor,
+    measure_rates,
+    step_floor,
+    working_set_bytes,
+)
 from dist_train.checkpoint import TrainPosition
 from dist_train.config import JobConfig, parse_config
 from dist_train.data.batch import Batch, BatchBuilder
@@ -87,6 +94,7 @@ from dist_train.launchers.processes import run_processes
 from dist_train.train.epochs import Epochs
 from dist_train.train.sharding import JobPlan, plan_job, planner_for_config
 from dist_train.train.trainer import Trainer, make_batch_builder
+from planners.calibrate import COPY_PROBE_BYTES
 from planners.cores import process_cores, usable_cores
 
 SYSTEMS = ("unified", "hashing_trick", "torchrec", "pytorch")
@@ -151,8 +159,13 @@ def _floor_sample(cfg: JobConfig, data: str) -> tuple[BatchBuilder, pa.Table]:
     """The batch builder of ``cfg`` and ``data``'s first rows, which the floor's loads are
     measured on."""
     builder = _builder(cfg)
-    table = pq.ParquetFile(next(iter(resolve_files(data)))).read(columns=builder.columns)
-    return builder, table.slice(0, FLOOR_SAMPLE_ROWS)
+    parts, rows = [], 0
+    for file in resolve_files(data):  # the first rows, over as many files as they take
+        parts.append(pq.ParquetFile(file).read(columns=builder.columns))
+        rows += parts[-1].num_rows
+        if rows >= FLOOR_SAMPLE_ROWS:
+            break
+    return builder, pa.concat_tables(parts).slice(0, FLOOR_SAMPLE_ROWS)
 
 
 def ids_per_feature(cfg: JobConfig, data: str) -> dict[str, float]:
@@ -167,11 +180,13 @@ def ids_per_feature(cfg: JobConfig, data: str) -> dict[str, float]:
     return {feature: ids for feature, ids in out.items() if ids > 0}
 
 
-def distinct_rows_per_batch(cfg: JobConfig, data: str) -> dict[str, float]:
-    """Each table's mean distinct rows in a batch of ``cfg.train.batch_size`` (a rank's)
-    over ``data``'s first rows: the rows a row-wise update reads and writes once each."""
+def distinct_rows_per_batch(cfg: JobConfig, data: str, world: int = 1) -> dict[str, float]:
+    """Each table's mean distinct rows in ``world`` ranks' batches of
+    ``cfg.train.batch_size`` together over ``data``'s first rows, over ``world``: at one
+    rank the rows its batch reads, and at any world a rank's share of the rows a row-wise
+    update reads and writes once each (a row the ranks' batches share is updated once)."""
     builder, table = _floor_sample(cfg, data)
-    size = cfg.train.batch_size
+    size = cfg.train.batch_size * world
     table_of = {key.key: key.table for key in builder.layout.keys}
     counts: dict[str, list[int]] = {t.name: [] for t in builder.layout.tables}
     for start in range(0, max(1, table.num_rows - size + 1), size):
@@ -181,7 +196,7 @@ def distinct_rows_per_batch(cfg: JobConfig, data: str) -> dict[str, float]:
             ids[table_of[key]].append(values.values())
         for name, parts in ids.items():
             counts[name].append(torch.cat(parts).unique().numel() if parts else 0)
-    return {name: statistics.mean(c) for name, c in counts.items()}
+    return {name: statistics.mean(c) / world for name, c in counts.items()}
 
 
 def _pipeline(system: str, cfg: JobConfig, data: str) -> Callable[[], Generator[Batch]]:
@@ -196,6 +211,12 @@ def _pipeline(system: str, cfg: JobConfig, data: str) -> Callable[[], Generator[
         yield from next(iter(epochs)).batches()
 
     return ours
+
+
+def built_ahead(cfg: JobConfig) -> int:
+    """The batches our prefetch thread has built while the process idles: its queue's
+    ``train.prefetch_batches`` and the one it holds, waiting for room in the queue."""
+    return cfg.train.prefetch_batches + 1 if cfg.train.prefetch_batches > 0 else 0
 
 
 def _timed(
@@ -244,6 +265,7 @@ def time_systems(
     rounds: int,
     bench_cores: list[int],
     peer_exchange: PeerExchange = "ddp",
+    copy_bytes: int = COPY_PROBE_BYTES,
 ) -> dict[str, Any]:
     """Worker: build every system, time them round-robin (seconds per round), with the dense
     network alone (:class:`~dist_train.bench.peers.DenseOnly`) in step mode, and this
@@ -304,7 +326,7 @@ def time_systems(
             # each pipeline at its own steady state: the batches our prefetch thread built
             # ahead are spent untimed (the peers' pipelines build nothing ahead; for them
             # these steps only move the stream on)
-            _timed(models[s], streams[s], cfgs[s].train.prefetch_batches)
+            _timed(models[s], streams[s], built_ahead(cfgs[s]))
             seconds["end_to_end"][s].append(_timed(models[s], streams[s], STEPS_PER_ROUND))
             busy_waits += not wait_until_idle()
         if repin:
@@ -315,7 +337,7 @@ def time_systems(
         dense_seconds.append(_timed(dense_only, steps, STEPS_PER_ROUND))
         # the roofline's rates in every round, beside the steps they judge: measured once
         # after all rounds, a quiet or busy moment of this shared machine moved every ratio
-        rates.append(asdict(measure_rates()))
+        rates.append(asdict(measure_rates(copy_bytes)))
     return {
         "seconds": seconds,
         "unified_step_cpu_seconds": unified_cpu_seconds,
@@ -442,7 +464,7 @@ def run_train_bench(
     cfgs = system_configs(cfg)
     batch = cfg.train.batch_size
     # each end-to-end round first spends the prefetched batches untimed
-    steps = WARMUP_STEPS + TRIAL_STEPS + rounds * (STEPS_PER_ROUND + cfg.train.prefetch_batches)
+    steps = WARMUP_STEPS + TRIAL_STEPS + rounds * (STEPS_PER_ROUND + built_ahead(cfg))
     rows_needed = int(1.5 * steps * batch * max(ranks))
     data = synthetic_train_data(cfg, rows_needed, "bench-train-data")
     # the floor reads every id the batches hold: multi-hot features hold several a sample
@@ -471,8 +493,13 @@ def run_train_bench(
             f"{' and '.join(MODES)}; plans: " + "; ".join(f"{s} {labels[s]}" for s in SYSTEMS),
             flush=True,
         )
+        workload = planner_for_config(floor_cfg, world, world)[0].workload
+        copy_bytes = working_set_bytes(workload, world)
         out = run_processes(
-            time_systems, (raw, plans, data, rounds, process_cores(), peer_exchange), world, threads
+            time_systems,
+            (raw, plans, data, rounds, process_cores(), peer_exchange, copy_bytes),
+            world,
+            threads,
         )
         memory = {
             s: run_processes(
@@ -503,11 +530,13 @@ def run_train_bench(
         dense = [max(r["dense_only_seconds"][i] for r in out) for i in range(rounds)]
         # round by round, as the goals' ratios: the peer's step over the dense network alone
         pytorch_over_dense = [p / d for p, d in zip(seconds["step", "pytorch"], dense, strict=True)]
-        workload = planner_for_config(floor_cfg, world, world)[0].workload
         round_rates = out[0]["rates"]
         # round by round: each round's step against the floor at that round's rates, and
         # the dense network alone against the floor's dense terms
-        floors = [step_floor(workload, world, MachineRates(**r), distinct) for r in round_rates]
+        updated = distinct_rows_per_batch(unified, data, world)
+        floors = [
+            step_floor(workload, world, MachineRates(**r), distinct, updated) for r in round_rates
+        ]
         over_floor = [
             seconds["step", "unified"][i] / STEPS_PER_ROUND / floors[i]["floor"]
             for i in range(rounds)
@@ -530,7 +559,11 @@ def run_train_bench(
                 "ranks": world,
                 # medians over the rounds; on one rank no collective rate (JSON: null)
                 "rates": {k: v if math.isfinite(v) else None for k, v in rates.items()},
-                "floor_seconds": step_floor(workload, world, MachineRates(**rates), distinct),
+                # the copy rate's working set: a rank's share of the tables and their state
+                "copy_working_set_bytes": copy_bytes,
+                "floor_seconds": step_floor(
+                    workload, world, MachineRates(**rates), distinct, updated
+                ),
                 "measured_step_seconds": step,
                 "measured_over_floor": statistics.median(over_floor),
                 "measured_over_floor_spread": spread(over_floor),
@@ -601,7 +634,8 @@ def _print(summary: dict[str, Any]) -> None:
         )
         print(
             f"\nroofline, {r['system']} {r['mode']} on {r['ranks']} rank(s): copy "
-            f"{rates['copy_bytes_per_second'] / 1e9:.1f} GB/s, matmul "
+            f"{rates['copy_bytes_per_second'] / 1e9:.1f} GB/s "
+            f"({r['copy_working_set_bytes'] / 2**20:.1f} MiB working set), matmul "
             f"{rates['matmul_flops_per_second'] / 1e9:.1f} GFLOP/s{collectives} per rank\n  floor "
             f"{terms['floor'] * 1e3:.2f} ms ("
             + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in terms.items() if k != "floor")

@@ -6,8 +6,12 @@ from __future__ import annotations
 import shlex
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
-from dist_train.bench.train import wait_until_idle
+from dist_train.bench.train import built_ahead, wait_until_idle
+from dist_train.data.reader import prefetch
+from tests.conftest import small_config
 
 # wider than the bench's 10 ms: on a loaded machine a busy thread may get under a tenth of
 # a core for 10 ms, which would read as idle
@@ -76,3 +80,27 @@ def test_ingest_counts_the_cpu_of_the_processes_it_starts_not_the_machines() -> 
         time.sleep(0.6)
         assert cpu.seconds() - before < 0.2  # the machine's busy time rose by about 0.6 s
         time.sleep(max(0.0, 1.2 - (time.perf_counter() - start)))  # let it finish
+
+
+def test_the_batches_built_ahead_are_the_queue_and_the_one_the_thread_holds(
+    tmp_path: Path,
+) -> None:
+    """bench train spends them untimed before each end-to-end round: spending only the
+    queue's left one batch built off the clock in every round."""
+    built = 0
+
+    def source() -> Iterator[int]:
+        nonlocal built
+        while True:
+            built += 1
+            yield built
+
+    cfg = small_config(tmp_path, ["train.prefetch_batches=2"])
+    stream = prefetch(source(), cfg.train.prefetch_batches, niceness=0)
+    next(stream)
+    deadline = time.perf_counter() + 5.0
+    while built < 1 + built_ahead(cfg) and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # no more comes
+    assert built == 1 + built_ahead(cfg) == 4
+    assert built_ahead(small_config(tmp_path, ["train.prefetch_batches=0"])) == 0

@@ -3,15 +3,19 @@ its dense terms."""
 
 from __future__ import annotations
 
+import pyarrow.parquet as pq
 import pytest
 
 from dist_train.bench.roofline import (
+    MIN_COPY_BYTES,
     MachineRates,
     all_to_all_bytes,
     dense_floor,
     embedding_bytes,
     step_floor,
+    working_set_bytes,
 )
+from dist_train.data.reader import resolve_files
 from planners.cost_model import distinct_rows
 from planners.types import OptimizerState, TableLoad, Workload
 
@@ -117,18 +121,46 @@ def test_the_floor_takes_measured_distinct_rows_over_the_planners_estimate() -> 
     assert few["embedding_bytes"] == pytest.approx((forward + backward) / 20e9)
     assert few["all_to_all"] == pytest.approx(5.0 * (8 + 2 * 16 * 4) / 2 / 2e9)
     assert few["floor"] < estimated["floor"]
+    # at 2 ranks a rank updates its share of the rows both batches read, fewer than its
+    # batch's own; the all-to-all still carries its batch's distinct rows
+    shared = step_floor(workload, 2, rates, {"t": 5.0}, {"t": 3.0})
+    _, fewer = embedding_bytes(1000 * 20, 1000, 16, 3.0)
+    assert shared["embedding_bytes"] == pytest.approx((forward + fewer) / 20e9)
+    assert shared["all_to_all"] == few["all_to_all"]
+
+
+def test_the_copy_rate_is_measured_over_a_ranks_share_of_the_tables() -> None:
+    """A 19 MB table copies about twice as fast as 256 MiB (cache): at memory's rate the
+    floor's lookups took longer than a plain embedding_bag of the batch."""
+    table = TableLoad("t", rows=300_000, dim=16, bags_per_sample=1, ids_per_sample=20.0)
+    workload = _workload(table, 1.1)
+    held = table.weight_bytes + workload.optimizer.bytes_for(table.rows, table.dim)
+    assert working_set_bytes(workload, 1) == held
+    assert working_set_bytes(workload, 4) == held // 4
+    tiny = _workload(TableLoad("t", 10, 4, 1, 1.0), 1.1)
+    assert working_set_bytes(tiny, 1) == 2 * MIN_COPY_BYTES
 
 
 def test_distinct_rows_per_batch_counts_a_batchs_distinct_rows_per_table(
     small_cfg, small_data
 ) -> None:  # type: ignore[no-untyped-def]
-    from dist_train.bench.train import _floor_sample, distinct_rows_per_batch
+    from dist_train.bench.train import FLOOR_SAMPLE_ROWS, _floor_sample, distinct_rows_per_batch
 
     cfg = small_cfg.model_copy(
         update={"train": small_cfg.train.model_copy(update={"batch_size": 64})}
     )
     got = distinct_rows_per_batch(cfg, str(small_data.train_dir))
     builder, table = _floor_sample(cfg, str(small_data.train_dir))
+    # the sample's first rows span the files (it read only the first)
+    total = sum(
+        pq.ParquetFile(f).metadata.num_rows for f in resolve_files(str(small_data.train_dir))
+    )
+    first = pq.ParquetFile(resolve_files(str(small_data.train_dir))[0]).metadata.num_rows
+    assert first < total and table.num_rows == min(FLOOR_SAMPLE_ROWS, total)
+    # two ranks' batches together: each rank's share of their distinct rows, fewer than
+    # one batch's own and at least half of them
+    pair = distinct_rows_per_batch(cfg, str(small_data.train_dir), world=2)
+    assert all(got[name] / 2 <= pair[name] < got[name] for name in got)
     assert set(got) == {t.name for t in builder.layout.tables}
     per_batch: dict[str, list[int]] = {name: [] for name in got}
     for start in range(0, table.num_rows - 63, 64):  # whole batches only
