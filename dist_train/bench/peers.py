@@ -25,7 +25,6 @@ import math
 from collections.abc import Callable, Generator, Iterator
 from typing import Literal
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
@@ -35,7 +34,8 @@ from torchrec import KeyedJaggedTensor, KeyedTensor
 
 from dist_train.config import JobConfig
 from dist_train.data.batch import Batch, BatchBuilder
-from dist_train.data.reader import resolve_files
+from dist_train.data.reader import rebatch, resolve_files
+from dist_train.data.rows import Rows
 from dist_train.embedding.layout import EmbeddingLayout
 from dist_train.models import CTRModel, create_model
 from dist_train.train.trainer import dense_optimizer
@@ -250,24 +250,20 @@ class DenseOnly:
 
 
 def plain_parquet_batches(path: str, builder: BatchBuilder, batch_size: int) -> Generator[Batch]:
-    """This rank's full batches: every ``world``-th row group of ``path``'s files, in order."""
+    """This rank's full batches: every ``world``-th row group of ``path``'s files, in order,
+    each read, checked and decoded whole, then cut into batches (a batch that spans two row
+    groups joins their rows)."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    pending: list[pa.RecordBatch] = []
-    rows = 0
-    index = 0
-    for file in resolve_files(path):
-        parquet = pq.ParquetFile(file)
-        for group in range(parquet.num_row_groups):
-            index += 1
-            if (index - 1) % world != rank:
-                continue
-            for record_batch in parquet.iter_batches(
-                batch_size=batch_size, row_groups=[group], columns=builder.columns
-            ):
-                pending.append(record_batch)
-                rows += record_batch.num_rows
-                while rows >= batch_size:
-                    table = pa.Table.from_batches(pending)
-                    yield builder.build(table.slice(0, batch_size))
-                    rest = table.slice(batch_size)
-                    pending, rows = rest.to_batches(), rest.num_rows
+
+    def groups() -> Iterator[tuple[Rows, str]]:
+        index = 0
+        for file in resolve_files(path):
+            parquet = pq.ParquetFile(file)
+            for group in range(parquet.num_row_groups):
+                index += 1
+                if (index - 1) % world == rank:
+                    table = parquet.read_row_group(group, columns=builder.columns)
+                    yield builder.rows(table, file), file
+
+    for rows, _ in rebatch(groups(), batch_size):
+        yield builder.to_batch(rows)

@@ -17,7 +17,8 @@ budget, side by side in one run:
 
 Two modes: ``step`` times forward + backward + optimizer on batches built before timing;
 ``end_to_end`` also reads and converts the Parquet files while timing (ours: the training
-loop's input pipeline with its prefetch thread and shuffle buffer; the peers: the plain
+loop's input pipeline with its prefetch thread, and the job's shuffle buffer, none in the
+default job; the peers: the plain
 pyarrow loop of :func:`~dist_train.bench.peers.plain_parquet_batches`). Each system's
 pipeline runs through all rounds, as an epoch's does in training. Its end-to-end round first
 trains untimed on the batches our prefetch thread built since the last round (the queue's

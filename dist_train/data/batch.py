@@ -353,8 +353,13 @@ class BatchBuilder:
         """A :class:`Batch` of an arrow table, its rows checked (see the class docstring),
         then ``decode`` and ``to_batch`` (for tools and tests; training and evaluation use
         :meth:`stream`)."""
+        return self.to_batch(self.rows(batch, source))
+
+    def rows(self, batch: pa.RecordBatch | pa.Table, source: str = "batch") -> Rows:
+        """The checked (see the class docstring) and decoded :class:`Rows` of an arrow
+        table."""
         self.check_schema(batch.schema, source)
         table = typed_nulls(
             batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
         )
-        return self.to_batch(self.decode(self._errors.clean(table, source), source))
+        return self.decode(self._errors.clean(table, source), source)
