@@ -44,7 +44,8 @@ class LaunchError(RuntimeError):
 SUMMARY_FILE = "summary.json"
 HEALTH_CHECK_ENV, HEALTH_CHECK_SECONDS = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
 POINTER_FILE = "dist_train_checkpoint.json"
-DIVERGED = "diverged"  # a summary's key: the error of the launch's divergence
+# a summary's key: [type, message] of the error a restarted group found recorded
+FAILED = "failed_before_restart"
 
 
 def _report(record: Mapping[str, object], attach: str = SUMMARY_FILE) -> None:
@@ -96,8 +97,14 @@ def _ray_worker(payload: dict[str, Any]) -> None:
             context.get_local_rank(), context.get_local_world_size(), cfg.ray.threads_per_worker
         )
     # Imported here, after quieting, so FBGEMM's import-time INFO lines stay out of the output.
-    from dist_train.train.checkpointing import diverged_before, record_divergence, restart_point
-    from dist_train.train.loop import run_worker
+    from dist_train.data.reader import DataSourceError
+    from dist_train.data.validation import BadInputError
+    from dist_train.train.checkpointing import failed_before, record_failure, restart_point
+    from dist_train.train.loop import TrainingDiverged, run_worker
+
+    # errors of the run itself, not of a worker or its machine: a restarted group resuming
+    # the same checkpoint meets them again (the same loss, the same bad row)
+    repeats = (TrainingDiverged, BadInputError, DataSourceError)
 
     inputs = payload["inputs"]  # a WorkerInputs, plan included (Ray pickles the config)
     setup_logging(inputs.verbosity)
@@ -106,9 +113,9 @@ def _ray_worker(payload: dict[str, Any]) -> None:
     if restart is not None:  # Ray Train restarted the group after a worker failed
         LOG.info(f"worker group restarted; resuming from {restart}")
         inputs = dataclasses.replace(inputs, resume=restart)
-    divergence = diverged_before(cfg, inputs.run_id)
-    if divergence is not None:  # it would diverge again: end, so that Ray restarts no more
-        _report({DIVERGED: divergence})
+    failure = failed_before(cfg, inputs.run_id)
+    if failure is not None:  # it would fail again: end, so that Ray restarts no more
+        _report({FAILED: list(failure)})
         return
     world = ray.train.get_context().get_world_size()
     if inputs.plan is not None and inputs.plan.world_size != world:
@@ -122,14 +129,13 @@ def _ray_worker(payload: dict[str, Any]) -> None:
             sharding = cfg.sharding.model_copy(update={"group_size": "auto"})
             cfg = cfg.model_copy(update={"sharding": sharding})
     node_id = ray.get_runtime_context().get_node_id()
-    run_worker(
-        cfg,
-        inputs,
-        node_id,
-        report=_report,
-        checkpointed=_checkpoint_reporter(inputs.run_id),
-        diverged=lambda error: record_divergence(cfg, inputs.run_id, dist.get_rank(), str(error)),
-    )
+    try:
+        run_worker(
+            cfg, inputs, node_id, report=_report, checkpointed=_checkpoint_reporter(inputs.run_id)
+        )
+    except repeats as error:
+        record_failure(cfg, inputs.run_id, dist.get_rank(), error)
+        raise
 
 
 # Set by Ray's job supervisor in the environment of a `ray job submit` entrypoint (with
@@ -421,8 +427,14 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
             raise LaunchError("training finished without reporting a summary")
         with result.checkpoint.as_directory() as path:
             summary = dict(json.loads((Path(path) / SUMMARY_FILE).read_text()))
-        if DIVERGED in summary:  # a restarted group found the divergence recorded
+        if FAILED in summary:  # a restarted group found the failure recorded
             from dist_train.train.loop import TrainingDiverged
 
-            raise TrainingDiverged(summary[DIVERGED])
+            kind, message = summary[FAILED]
+            if kind == TrainingDiverged.__name__:
+                raise TrainingDiverged(message)
+            raise LaunchError(
+                f"training failed: {kind}: {message} (the restarted worker group stopped: it "
+                "would meet the same error again)"
+            )
         return summary

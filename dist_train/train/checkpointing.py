@@ -62,9 +62,9 @@ def resume_point(
     root = checkpoint.checkpoint_root(cfg)
     for p in checkpoint.remove_partials(root):
         LOG.info(f"removed partial checkpoint {p} (a save was interrupted)")
-    if root.is_dir():  # earlier launches' divergence records: this launch is another
+    if root.is_dir():  # earlier launches' failure records: this launch is another
         for p in root.iterdir():
-            if p.name.startswith(DIVERGED_PREFIX):
+            if p.name.startswith((FAILED_PREFIX, *OLD_PREFIXES)):
                 storage.rmtree(p)
     if cfg.checkpoint.resume is None:
         _refuse_to_overwrite(cfg, root)
@@ -248,36 +248,38 @@ def _refuse_to_branch(cfg: JobConfig, root: Location, path: Location, step: int)
         )
 
 
-DIVERGED_PREFIX = "diverged-"
+FAILED_PREFIX = "failed-"
+OLD_PREFIXES = ("diverged-",)  # the records' name before they covered other errors
 
 
-def record_divergence(cfg: JobConfig, run_id: str, rank: int, message: str) -> None:
-    """Record that this launch diverged on ``rank`` (its error's ``message``), where Ray
-    Train restarts the group after a failure: the restarted group would resume the newest
-    checkpoint and diverge again at the same step, until the restarts are spent (without
-    end at ``ray.max_failures=-1``). Beside the checkpoints, which every rank reaches; one
-    file a rank, as several may diverge at once. Best effort: a failure to write is logged,
-    and the divergence is still what the rank reports."""
+def record_failure(cfg: JobConfig, run_id: str, rank: int, error: BaseException) -> None:
+    """Record that this launch failed on ``rank`` with ``error``, one that a restart would
+    meet again (a divergence, bad input: :data:`REPEATS`), where Ray Train restarts the
+    group after a failure: the restarted group would resume the newest checkpoint and fail
+    again at the same step, until the restarts are spent (without end at
+    ``ray.max_failures=-1``). Beside the checkpoints, which every rank reaches; one file a
+    rank, as several may fail at once. Best effort: a failure to write is logged, and the
+    error is still what the rank raises."""
     if cfg.ray.max_failures == 0:
         return  # no restart to stop
     root = checkpoint.checkpoint_root(cfg)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        record = root / f"{DIVERGED_PREFIX}{run_id}-rank{rank}.json"
-        storage.write_atomically(record, json.dumps({"error": message}))
-    except Exception as err:  # noqa: BLE001 - storage backends raise many types
-        LOG.warning(
-            f"could not record the divergence under {root} ({err}): a restart may replay it"
+        record = root / f"{FAILED_PREFIX}{run_id}-rank{rank}.json"
+        storage.write_atomically(
+            record, json.dumps({"type": type(error).__name__, "error": str(error)})
         )
+    except Exception as err:  # noqa: BLE001 - storage backends raise many types
+        LOG.warning(f"could not record the failure under {root} ({err}): a restart may replay it")
 
 
-def diverged_before(cfg: JobConfig, run_id: str) -> str | None:
-    """The error of this launch's divergence, if a worker group before this one recorded
-    one (rank 0 reads, every rank returns it)."""
-    found: list[str | None] = [None]
+def failed_before(cfg: JobConfig, run_id: str) -> tuple[str, str] | None:
+    """(the error's type name, its message) of this launch's failure, if a worker group
+    before this one recorded one (rank 0 reads, every rank returns it)."""
+    found: list[tuple[str, str] | None] = [None]
     if dist.get_rank() == 0:
         root = checkpoint.checkpoint_root(cfg)
-        mine = f"{DIVERGED_PREFIX}{run_id}-"
+        mine = f"{FAILED_PREFIX}{run_id}-"
         records = (
             sorted(
                 p for p in root.iterdir() if p.name.startswith(mine) and p.name.endswith(".json")
@@ -287,9 +289,10 @@ def diverged_before(cfg: JobConfig, run_id: str) -> str | None:
         )
         for record in records[:1]:
             try:
-                found[0] = str(json.loads(record.read_text())["error"])
+                raw = json.loads(record.read_text())
+                found[0] = (str(raw["type"]), str(raw["error"]))
             except (ValueError, KeyError, TypeError, OSError):
-                found[0] = f"training diverged (its record {record} is unreadable)"
+                found[0] = ("LaunchError", f"a worker failed (its record {record} is unreadable)")
     dist.broadcast_object_list(found, src=0)
     return found[0]
 

@@ -108,14 +108,12 @@ def run_worker(
     node_id: str,
     report: Report | None = None,
     checkpointed: Callable[[str, int], None] | None = None,
-    diverged: Callable[[TrainingDiverged], None] | None = None,
 ) -> RunSummary:
     """Train and evaluate on this rank; returns (and reports) the run summary.
 
     ``node_id`` names the machine (or simulated node) this rank runs on; ranks sharing it
     form one host for hierarchical sharding. ``checkpointed(path, step)`` runs on every rank
-    after each committed checkpoint (Ray Train records it for restarts after a failure),
-    ``diverged(error)`` on a rank whose loss is not finite, before it raises ``error``.
+    after each committed checkpoint (Ray Train records it for restarts after a failure).
     """
     setup_logging(inputs.verbosity)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -155,10 +153,7 @@ def run_worker(
         for batch, loss in epoch.trained(trainer.train_steps):
             checkpoints.step_done(loss)  # the save before it commits if the loss is finite
             if not math.isfinite(loss):  # the other ranks stop when this one ends
-                error = TrainingDiverged.at(epochs.step, loss, rank)
-                if diverged is not None:
-                    diverged(error)
-                raise error
+                raise TrainingDiverged.at(epochs.step, loss, rank)
             progress.step_done(loss)
             audit.after(epochs.step, epoch.index, batch)
             # training's last step logs the window it ends: a launch stopped between log

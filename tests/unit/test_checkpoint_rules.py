@@ -544,25 +544,30 @@ def test_a_checkpoint_counts_the_bad_rows_of_its_trained_batches(
         assert (resumed.step, resumed.bad_input_rows) == (whole.step, whole.bad_input_rows), stop
 
 
-def test_a_divergence_is_recorded_for_restarts_only_and_never_hides_it(
+def test_a_failure_is_recorded_for_restarts_only_and_never_hides_it(
     one_rank: None, tmp_path: Path
 ) -> None:
     """One record a rank (several ranks diverging at once raced for one name, and the
     loser's FileNotFoundError replaced its TrainingDiverged), none without restarts, and a
     record that cannot be written is logged, not raised."""
-    from dist_train.train.checkpointing import diverged_before, record_divergence
+    from dist_train.data.validation import BadInputError
+    from dist_train.train.checkpointing import failed_before, record_failure
+    from dist_train.train.loop import TrainingDiverged
 
     cfg = load_config(overrides=[f"checkpoint.dir={tmp_path / 'ckpt'}", "ray.max_failures=2"])
-    assert diverged_before(cfg, "launch") is None
-    record_divergence(cfg.model_copy(update={"ray": type(cfg.ray)()}), "launch", 0, "none")
+    assert failed_before(cfg, "launch") is None
+    plain = cfg.model_copy(update={"ray": type(cfg.ray)()})
+    record_failure(plain, "launch", 0, TrainingDiverged("none"))
     assert not (tmp_path / "ckpt").exists()  # max_failures=0: no restart to stop
     for rank in (1, 0):
-        record_divergence(cfg, "launch", rank, f"step 4: nan on rank {rank}")
-    assert diverged_before(cfg, "launch") == "step 4: nan on rank 0"
-    assert diverged_before(cfg, "another") is None
+        record_failure(cfg, "launch", rank, TrainingDiverged(f"step 4: nan on rank {rank}"))
+    assert failed_before(cfg, "launch") == ("TrainingDiverged", "step 4: nan on rank 0")
+    assert failed_before(cfg, "another") is None
+    record_failure(cfg, "bad", 1, BadInputError("part-1.parquet: column 'label': label 7"))
+    assert failed_before(cfg, "bad") == ("BadInputError", "part-1.parquet: column 'label': label 7")
     (tmp_path / "file").write_text("")
     blocked = load_config(overrides=[f"checkpoint.dir={tmp_path / 'file'}", "ray.max_failures=2"])
-    record_divergence(blocked, "launch", 0, "step 4")  # logged, not raised
+    record_failure(blocked, "launch", 0, TrainingDiverged("step 4"))  # logged, not raised
 
 
 @pytest.mark.parametrize(("max_steps", "last"), [(None, 20), (7, 7), (10, 10)])
