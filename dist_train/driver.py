@@ -75,11 +75,24 @@ UNUSED_ROWS_WARNING = 0.10
 
 def check_steps(cfg: JobConfig, train: list[RowGroup]) -> None:
     """Refuse a job whose first epoch, dealt as the workers deal it, trains 0 steps; warn
-    when it leaves more than :data:`UNUSED_ROWS_WARNING` of the rows untrained."""
+    when it leaves more than :data:`UNUSED_ROWS_WARNING` of the rows untrained, or when a
+    later epoch (another deal of the row groups) trains none."""
     world, batch_size = cfg.ray.num_workers, cfg.train.batch_size
     assignment = assign_row_groups(train, world, cfg.seed, 0)
     steps = steps_per_epoch(assignment, batch_size)
     smallest = min(sum(g.num_rows for g in groups) for groups in assignment)
+    empty = [
+        e
+        for e in range(1, cfg.train.epochs)
+        if not steps_per_epoch(assign_row_groups(train, world, cfg.seed, e), batch_size)
+    ]
+    if steps and empty:
+        LOG.warning(
+            f"epoch(s) {', '.join(map(str, empty))} of {cfg.train.epochs} train 0 steps: "
+            f"each epoch deals the {len(train)} row groups to ranks anew, and there a rank's "
+            f"share holds fewer rows than train.batch_size={batch_size}; more, smaller row "
+            "groups, or fewer ranks, train every epoch (docs/data.md)"
+        )
     if steps:
         rows, trained = sum(g.num_rows for g in train), steps * batch_size * world
         if trained < (1 - UNUSED_ROWS_WARNING) * rows:

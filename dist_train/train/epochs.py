@@ -29,6 +29,7 @@ from dist_train.data.reader import (
 )
 from dist_train.data.rows import Rows
 from dist_train.data.validation import BadInputCounts, BadInputPolicy, across_ranks
+from dist_train.logs import LOG
 
 T = TypeVar("T")
 
@@ -230,6 +231,11 @@ class Epochs:
             if num_steps <= 0:
                 # nothing left of it for these ranks (a resumed epoch whose last batches
                 # re-dealt to more ranks than batches): the next epoch still runs
+                if plan.steps == 0 and rank == 0:  # the driver warned of it too
+                    LOG.warning(
+                        f"epoch {index} trains 0 steps: a rank's share of its deal "
+                        f"holds fewer rows than train.batch_size={tc.batch_size}"
+                    )
                 continue
             self._rewind_counts()
             rows = rank_rows(

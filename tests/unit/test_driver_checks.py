@@ -205,3 +205,32 @@ def test_a_failed_ray_worker_group_is_told_rank_by_rank_the_dead_first() -> None
     with pytest.raises(TrainingDiverged, match="step 4: the training loss is nan on rank 1"):
         _raise_divergence(diverged)
     assert worker_failures(ValueError("plain")) == "plain"
+
+
+def test_later_epochs_that_train_no_step_are_named(small_cfg: JobConfig) -> None:
+    """Row groups of 4,096, 256 and 256 rows on 2 ranks: each epoch deals them anew, and
+    some deals leave a rank under a batch. Those epochs trained nothing, without a word."""
+    from dist_train.data.reader import RowGroup, assign_row_groups, steps_per_epoch
+    from dist_train.driver import check_steps
+
+    over = ["train.epochs=8", "train.batch_size=512", "ray.num_workers=2"]
+    cfg = parse_config(apply_overrides(small_cfg.model_dump(mode="json"), over))
+    groups = [RowGroup("a.parquet", i, n) for i, n in enumerate([4096, 256, 256])]
+    empty = [
+        e for e in range(8) if not steps_per_epoch(assign_row_groups(groups, 2, cfg.seed, e), 512)
+    ]
+    assert empty and 0 not in empty  # the deal of this seed: the first epoch trains
+    seen: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = Collect()
+    LOG.addHandler(handler)
+    try:
+        check_steps(cfg, groups)
+    finally:
+        LOG.removeHandler(handler)
+    named = [m for m in seen if "train 0 steps" in m]
+    assert len(named) == 1 and f"epoch(s) {', '.join(map(str, empty))} of 8" in named[0]
