@@ -197,6 +197,13 @@ def validate_files(paths: list[str]) -> Report:
             except (CheckpointError, StorageError) as err:
                 report.problems.append(str(err))
             continue
+        if path.is_dir():  # no meta.json: no committed checkpoint, and no YAML file
+            report.problems.append(
+                f"{p}: a folder without {META}: not a committed checkpoint (an interrupted "
+                "save leaves one; a run's checkpoints/ folder holds them, one folder each) "
+                "and no config file"
+            )
+            continue
         try:
             doc = read_yaml(path)
             if isinstance(doc, dict) and doc.get("kind") == "RayJob":

@@ -122,3 +122,14 @@ def test_a_jobs_plan_that_fails_is_reported_once_with_clusters(tmp_path: Path) -
         p for p in report.problems if p.startswith(f"{job}: sharding plan")
     ]
     assert len(report.problems) == 1
+
+
+def test_validate_names_a_folder_that_is_no_checkpoint(tmp_path: Path) -> None:
+    """An interrupted save (a step folder without meta.json) or a run's checkpoints/ folder:
+    'no such file' named a folder that is there."""
+    partial = tmp_path / "checkpoints" / "step-00000004"
+    partial.mkdir(parents=True)
+    for folder in (partial, partial.parent):
+        report = validate_files([str(folder)])
+        (problem,) = report.problems
+        assert problem.startswith(f"{folder}: a folder without meta.json: not a committed")
