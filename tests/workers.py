@@ -409,3 +409,14 @@ def tensors_sharing_memory() -> dict[str, Any]:
     """One tensor twice and a view of it beside a tensor of its own, as a result."""
     t = torch.arange(6.0) + dist.get_rank()
     return {"same": [t, t], "view": t[2:], "own": torch.ones(2)}
+
+
+def fails_on_rank_1_midway() -> dict[str, Any]:
+    """Rank 1 raises halfway through 50 all-reduces; rank 0's next collective then fails
+    for want of its peer."""
+    t = torch.ones(1000)
+    for i in range(50):
+        if dist.get_rank() == 1 and i == 25:
+            raise MemoryError("rank 1 ran out of memory at step 25")
+        dist.all_reduce(t)
+    return {"ok": 1}

@@ -111,6 +111,20 @@ def _entry(
     os._exit(0)
 
 
+def _first_error(result_dir: Path) -> tuple[int, str] | None:
+    """(rank, error) of the rank that failed first, by when it wrote its error: the one whose
+    exit broke its peers' collectives, which fail after it ("Connection closed by peer").
+    The first to exit, which torch reports, is often such a peer."""
+    written = sorted(
+        (p.stat().st_mtime_ns, int(p.stem.removeprefix("rank")), p)
+        for p in result_dir.glob("rank*.error")
+    )
+    if not written:
+        return None
+    _, rank, path = written[0]
+    return rank, path.read_text()
+
+
 def run_processes(
     fn: WorkerFn,
     args: tuple[Any, ...],
@@ -160,11 +174,12 @@ def run_processes(
             while not ranks.join():  # raises, the other ranks stopped, when one fails
                 pass
         except mp.ProcessRaisedException as err:
-            error = Path(result_dir) / f"rank{err.error_index}.error"
-            if not error.exists():
+            first = _first_error(Path(result_dir))
+            if first is None:
                 raise
+            rank, message = first
             LOG.debug(f"rank {err.error_index}'s traceback:{err}")
-            raise RankError(f"rank {err.error_index} failed: {error.read_text()}") from None
+            raise RankError(f"rank {rank} failed: {message}") from None
         except BaseException:  # Ctrl-C, SIGTERM (dist_train.stopping): the ranks end too
             _stop(ranks.processes)
             raise

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from dist_train.launchers.affinity import rank_cores
-from dist_train.launchers.processes import run_processes
+from dist_train.launchers.processes import RankError, run_processes
 from planners.cores import process_cores
-from tests.workers import tensors_sharing_memory, where_the_rank_runs
+from tests.workers import fails_on_rank_1_midway, tensors_sharing_memory, where_the_rank_runs
 
 VAR = "DIST_TRAIN_TEST_LAUNCHER_VALUE"
 
@@ -47,3 +47,11 @@ def test_a_result_may_hold_tensors_that_share_memory() -> None:
         t = torch.arange(6.0) + rank
         assert [x.tolist() for x in result["same"]] == [t.tolist()] * 2
         assert result["view"].tolist() == t[2:].tolist() and result["own"].tolist() == [1.0, 1.0]
+
+
+def test_the_rank_that_failed_first_is_the_one_named() -> None:
+    """torch reports the first rank to exit, often a peer whose collective failed after the
+    culprit left (2 of 3 runs named rank 0's 'Connection closed by peer')."""
+    for _ in range(3):
+        with pytest.raises(RankError, match=r"^rank 1 failed: MemoryError: rank 1 ran out"):
+            run_processes(fails_on_rank_1_midway, (), 2)
