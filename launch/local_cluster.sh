@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A single-node Ray cluster on this machine, everything on 127.0.0.1, for `ray job submit`.
 #   launch/local_cluster.sh start        # head on 127.0.0.1:6379, job server on :8265
-#   RAY_ADDRESS=http://127.0.0.1:8265 RAY_AUTH_MODE=token dist-train submit --config launch/configs/tiny.yaml
+#   RAY_ADDRESS=http://127.0.0.1:8265 RAY_AUTH_MODE=token dist-train submit \
+#       --config launch/configs/tiny.yaml --set output_dir=$PWD/outputs
 #   launch/local_cluster.sh stop
 # Several nodes on one machine (for trying hierarchical plans) need ray.cluster_utils; see
 # tests/integration/test_ray_launch.py; `--set launcher=processes` simulates nodes without Ray.

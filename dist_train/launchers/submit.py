@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path, PurePosixPath
 
-from dist_train.config import ConfigError, known_key, load_or_report, override_key
+from dist_train.config import ConfigError, JobConfig, known_key, load_or_report, override_key
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Never upload these with the working dir (Ray's upload limit is 100 MiB).
@@ -125,6 +125,25 @@ def submit_command(
     return cmd + _VERBOSITY_FLAGS[verbosity]
 
 
+def _note_relative_outputs(cfg: JobConfig) -> None:
+    """Say where a relative output path of an uploaded job lands: in Ray's copy of the
+    checkout, which identical uploads share (a second submit finds the first's checkpoints)
+    and which goes with the Ray session."""
+    paths = {
+        "output_dir": cfg.output_dir,
+        "checkpoint.dir": cfg.checkpoint.dir,
+        "ray.storage_path": cfg.ray.storage_path,
+    }
+    for key, value in paths.items():
+        if value and "://" not in value and not Path(value).is_absolute():
+            print(
+                f"note: {key}={value} is relative: the job writes it inside Ray's copy of the "
+                "uploaded checkout, which identical uploads share and the Ray session removes; "
+                f"give a path the cluster's nodes share (--set {key}=/shared/...)",
+                file=sys.stderr,
+            )
+
+
 def submit(
     config: str,
     overrides: list[str],
@@ -150,8 +169,12 @@ def submit(
             f"note: {config} is not on this machine: the job reads and checks it on the cluster",
             file=sys.stderr,
         )
-    elif load_or_report(local, overrides) is None:
-        return 2
+    else:
+        cfg = load_or_report(local, overrides)
+        if cfg is None:
+            return 2
+        if working_dir:
+            _note_relative_outputs(cfg)
     try:
         remote = cluster_config_path(config, working_dir)
     except ConfigError as err:

@@ -186,6 +186,22 @@ def test_submit_dry_run_validates_the_config_first(
     assert f"{outside}: outside the working dir {REPO}" in capsys.readouterr().err
 
 
+def test_submit_notes_a_relative_output_path_of_an_uploaded_job(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """It lands in Ray's copy of the checkout: identical uploads share it (a second submit
+    found the first's checkpoints and failed) and the Ray session removes it."""
+    tiny = str(LAUNCH / "configs" / "tiny.yaml")
+    assert main(["submit", "--dry-run", "--config", tiny]) == 0
+    assert "note: output_dir=outputs is relative" in capsys.readouterr().err
+    absolute = ["--set", "output_dir=/shared/outputs", "--set", "checkpoint.dir=ckpt"]
+    assert main(["submit", "--dry-run", "--config", tiny, *absolute]) == 0
+    err = capsys.readouterr().err
+    assert "output_dir=" not in err and "note: checkpoint.dir=ckpt is relative" in err
+    assert main(["submit", "--dry-run", "--no-working-dir", "--config", tiny]) == 0
+    assert "is relative" not in capsys.readouterr().err  # the image's own folder
+
+
 def test_without_an_upload_a_config_is_checked_where_this_checkout_holds_it(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
