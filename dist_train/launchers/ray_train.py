@@ -269,12 +269,38 @@ def _check_reachable(address: str) -> None:
     if not sep or not port.isdigit() or "://" in host:
         return  # "auto", or a form Ray resolves itself
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_SECONDS).close()
+        conn = socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_SECONDS)
     except OSError as err:
         raise LaunchError(
             f"cannot reach the Ray cluster at {address} ({err.strerror or err}): is it up, "
             "and is ray.address (or RAY_ADDRESS) its head's GCS address, host:port?"
         ) from None
+    with conn:
+        if os.environ.get("RAY_USE_TLS", "0") in ("0", ""):  # TLS: no cleartext to read
+            _check_speaks_grpc(conn, address)
+
+
+# A client's HTTP/2 connection preface and an empty SETTINGS frame (RFC 9113, 3.4 and 6.5):
+# a gRPC server such as Ray's GCS answers with its own SETTINGS frame (type 4).
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_SETTINGS_FRAME = 4
+
+
+def _check_speaks_grpc(conn: socket.socket, address: str) -> None:
+    """Fail if what listens at ``address`` does not answer as a gRPC server: ``ray.init``
+    retried another service (the dashboard's port, say) without end."""
+    try:
+        conn.sendall(_HTTP2_PREFACE)
+        reply = conn.recv(9)
+    except OSError:
+        reply = b""
+    if len(reply) < 4 or reply[3] != _SETTINGS_FRAME:
+        heard = f"it answered {reply[:16]!r}" if reply else "it did not answer"
+        raise LaunchError(
+            f"{address} takes connections but is no Ray GCS ({heard}): ray.address (or "
+            "RAY_ADDRESS) must be the head's GCS address, host:port (6379 unless the head "
+            "set --port), not the dashboard's (8265, used by ray job submit)"
+        )
 
 
 def cluster_gpus(cfg: JobConfig) -> tuple[float, str]:

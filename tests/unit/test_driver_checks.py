@@ -157,6 +157,42 @@ def test_an_unreachable_ray_address_fails_at_once() -> None:
     _check_reachable("auto")  # Ray's own lookup: not checked here
 
 
+@pytest.mark.parametrize(
+    ("reply", "heard"),
+    [(b"HTTP/1.1 400 Bad Request\r\n\r\n", "answered b'HTTP/1.1"), (None, "did not answer")],
+)
+def test_a_ray_address_that_is_no_gcs_fails_at_once(
+    monkeypatch: pytest.MonkeyPatch, reply: bytes | None, heard: str
+) -> None:
+    """The dashboard's port, or any service that takes connections: ray.init retried it
+    without end, and a SIGTERM then exited 15. A real GCS passes (the Ray integration
+    tests join clusters through this check)."""
+    import socket
+    import threading
+
+    from dist_train.launchers import ray_train
+
+    server = socket.create_server(("127.0.0.1", 0))
+    address = f"127.0.0.1:{server.getsockname()[1]}"
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(64)
+            if reply is not None:
+                conn.sendall(reply)
+            else:
+                threading.Event().wait(3)
+
+    threading.Thread(target=serve, daemon=True).start()
+    monkeypatch.setattr(ray_train, "REACH_SECONDS", 0.5)
+    with pytest.raises(
+        ray_train.LaunchError, match=rf"{address} takes connections but is no Ray GCS \(it {heard}"
+    ):
+        ray_train._check_reachable(address)
+    server.close()
+
+
 def test_ray_settings_the_processes_launcher_ignores_are_named(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
