@@ -229,16 +229,19 @@ def list_row_groups(
     return groups
 
 
-def _problem(policy: BadInputPolicy | None, message: str, whole_file: bool = True) -> None:
+def _problem(
+    policy: BadInputPolicy | None, message: str, whole_file: bool = True, io_error: bool = False
+) -> None:
     """Bad input that ``message`` names: raise :class:`DataSourceError` without a policy, else
-    the policy raises :class:`BadInputError` (``error``) or counts a skipped file or row
-    group (``skip``)."""
+    the policy raises :class:`BadInputError` (``error``; a row group whose read failed with an
+    I/O error, ``io_error``, :class:`InputReadError`) or counts a skipped file or row group
+    (``skip``)."""
     if policy is None:
         raise DataSourceError(message)
     if whole_file:
         policy.file_problem(message)
     else:
-        policy.row_group_problem(message)
+        policy.row_group_problem(message, io_error)
 
 
 def assign_row_groups(
@@ -379,7 +382,8 @@ def row_group_tables(
                 # indices past the dictionary's end): full validation turns that into an error.
                 table.validate(full=True)
             except READ_ERRORS as err:
-                _problem(policy, f"{g.source}: cannot read ({_bad_input(err)})", whole_file=False)
+                message = f"{g.source}: cannot read ({_bad_input(err)})"
+                _problem(policy, message, whole_file=False, io_error=isinstance(err, OSError))
                 continue
             if policy is not None:
                 table = policy.clean(table, g.source)

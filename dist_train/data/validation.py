@@ -41,6 +41,11 @@ class BadInputError(ValueError):
     """Input data that cannot be trained on; the message names the file and column."""
 
 
+class InputReadError(BadInputError):
+    """A row group whose read failed with an I/O error: maybe the storage's for a moment (a
+    connection reset, an NFS hiccup), not the data's, so a restart may read it."""
+
+
 @dataclass
 class BadInputCounts:
     """What a ``skip`` policy dropped, by reason."""
@@ -213,10 +218,11 @@ class BadInputPolicy:
         self.counts.files += 1
         LOG.warning(f"skipping bad input: {message}")
 
-    def row_group_problem(self, message: str) -> None:
-        """A row group cannot be read: raise, or count it and warn."""
+    def row_group_problem(self, message: str, io_error: bool = False) -> None:
+        """A row group cannot be read (``io_error``: its read failed with an I/O error):
+        raise, or count it and warn."""
         if self.mode == "error":
-            raise BadInputError(message)
+            raise (InputReadError if io_error else BadInputError)(message)
         if self.counting:
             self.counts.row_groups += 1
             LOG.warning(f"skipping bad input: {message}")

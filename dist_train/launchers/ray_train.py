@@ -98,12 +98,13 @@ def _ray_worker(payload: dict[str, Any]) -> None:
         )
     # Imported here, after quieting, so FBGEMM's import-time INFO lines stay out of the output.
     from dist_train.data.reader import DataSourceError
-    from dist_train.data.validation import BadInputError
+    from dist_train.data.validation import BadInputError, InputReadError
     from dist_train.train.checkpointing import failed_before, record_failure, restart_point
     from dist_train.train.loop import TrainingDiverged, run_worker
 
     # errors of the run itself, not of a worker or its machine: a restarted group resuming
-    # the same checkpoint meets them again (the same loss, the same bad row)
+    # the same checkpoint meets them again (the same loss, the same bad row); not a read's
+    # I/O error (InputReadError), which may be the storage's for a moment
     repeats = (TrainingDiverged, BadInputError, DataSourceError)
 
     inputs = payload["inputs"]  # a WorkerInputs, plan included (Ray pickles the config)
@@ -134,7 +135,8 @@ def _ray_worker(payload: dict[str, Any]) -> None:
             cfg, inputs, node_id, report=_report, checkpointed=_checkpoint_reporter(inputs.run_id)
         )
     except repeats as error:
-        record_failure(cfg, inputs.run_id, dist.get_rank(), error)
+        if not isinstance(error, InputReadError):
+            record_failure(cfg, inputs.run_id, dist.get_rank(), error)
         raise
 
 

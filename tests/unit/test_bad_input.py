@@ -299,3 +299,38 @@ def test_test_split_schema_must_match_training(
     first = small_data.train_dir / "part-0.parquet"
     assert str(err.value).startswith(f"{bad}: schema mismatch: column 'C2' is string here")
     assert f"int64 in {first}, the first file with values in it" in str(err.value)
+
+
+def test_a_read_that_fails_with_an_io_error_is_no_repeat(
+    small_cfg: JobConfig, small_data: GeneratedData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray's restarts are not ended by a row group whose read failed with an I/O error (a
+    connection reset on object storage): that is InputReadError, left out of the errors a
+    restart would meet again. A corrupt page (an Arrow error) stays BadInputError."""
+    from dist_train.data import reader
+    from dist_train.data.validation import InputReadError
+
+    cfg = _with(small_cfg, small_data.train_dir, small_data.test_dir, "error")
+    groups = list_row_groups(str(small_data.train_dir))
+    opened = reader.open_parquet
+
+    def failing(error: Exception) -> object:
+        def open_it(*args: object) -> object:
+            pf = opened(*args)  # type: ignore[arg-type]
+
+            def read_row_group(*_: object, **__: object) -> object:
+                raise error
+
+            pf.read_row_group = read_row_group  # type: ignore[method-assign]
+            return pf
+
+        return open_it
+
+    policy = BadInputPolicy.for_job(cfg)
+    monkeypatch.setattr(reader, "open_parquet", failing(ConnectionResetError(104, "reset")))
+    with pytest.raises(InputReadError, match="cannot read"):
+        next(reader.row_group_tables(groups, ["label"], policy))
+    monkeypatch.setattr(reader, "open_parquet", failing(pa.ArrowInvalid("bad page")))
+    with pytest.raises(BadInputError, match="cannot read") as err:
+        next(reader.row_group_tables(groups, ["label"], policy))
+    assert type(err.value) is BadInputError
