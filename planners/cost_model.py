@@ -327,7 +327,6 @@ def cache_costs(
     opt = workload.optimizer
     c.memory += uvm.device_bytes(rows_held, cols, load_factor, opt)
     c.host_memory += uvm.host_bytes(rows_held, cols, opt)
-    c.cache_slots += uvm.cache_slots(rows_held, load_factor)
     link = topo.host_to_device_bytes_per_second or math.inf
     row_bytes = cols * WEIGHT_BYTES
     hit = uvm.shard_hit_rates(table.rows, rows_held, load_factor, workload.id_skew)

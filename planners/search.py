@@ -69,7 +69,7 @@ class PlanEstimate:
         return bool(
             self.costs.memory.max() <= self.usable_bytes
             and self.costs.host_memory.max() <= self.usable_host_bytes
-            and self.costs.cache_slots.max() <= uvm.LFU_MAX_SLOTS
+            and uvm.most_cache_slots(self.placements) <= uvm.LFU_MAX_SLOTS
         )
 
     @property

@@ -197,9 +197,6 @@ class RankCosts:
     comm_bytes: np.ndarray  # bytes sent + received
     cache: np.ndarray  # seconds of UVM cache misses: host-link transfers and cache upkeep
     host_memory: np.ndarray  # bytes of host memory holding UVM-cached shards
-    # slots of the rank's UVM caches: one TBE holds a rank's cached shards, and FBGEMM's LFU
-    # cache takes at most uvm_cache.LFU_MAX_SLOTS in all
-    cache_slots: np.ndarray
 
     @classmethod
     def zeros(cls, world: int) -> RankCosts:

@@ -29,15 +29,16 @@ moments go to UVM).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
 
-from planners.types import WEIGHT_BYTES, OptimizerState
+from planners.types import WEIGHT_BYTES, OptimizerState, TablePlacement
 from planners.zipf import generalized_harmonic
 
 CACHE_ASSOC = 32  # FBGEMM's DEFAULT_ASSOC on CUDA: a cache set holds 32 rows
-# FBGEMM's LFU cache asserts cache_sets < 2**24 - 1 (one TBE per rank holds its cached shards)
+# FBGEMM's LFU cache asserts cache_sets < 2**24 - 1 (a TBE: a rank's cached shards of one type)
 LFU_MAX_SLOTS = CACHE_ASSOC * (2**24 - 2)
 INDEX_TABLE_BYTES_PER_ROW = 4  # cache_index_table_map, int32 per row of the shard
 CACHE_STATE_BYTES_PER_SLOT = 8  # lxu_cache_state, int64 per slot
@@ -116,3 +117,18 @@ def shard_hit_rates(
     sizes, inverse = np.unique(np.asarray(shard_rows, dtype=np.float64), return_inverse=True)
     rates = np.array([shard_hit_rate(table_rows, float(n), load_factor, s) for n in sizes])
     return rates[inverse]
+
+
+def most_cache_slots(placements: Sequence[TablePlacement]) -> float:
+    """The most cache slots one TBE of a plan holds: TorchRec builds one a sharding type on
+    each rank (its cached shards together), and FBGEMM's LFU cache takes at most
+    :data:`LFU_MAX_SLOTS`."""
+    slots: dict[tuple[int, str], float] = {}
+    for p in placements:
+        if p.cache_load_factor is None:
+            continue
+        for shard in p.shards:
+            key = (shard.rank, p.sharding_type)
+            held = float(cache_slots(np.array([shard.rows], dtype=float), p.cache_load_factor)[0])
+            slots[key] = slots.get(key, 0.0) + held
+    return max(slots.values(), default=0.0)

@@ -317,13 +317,18 @@ def test_topology_files_without_host_memory_still_load(tmp_path: Path) -> None:
 
 
 def test_the_lfu_cache_limit_counts_every_cached_table_on_a_rank() -> None:
-    """One TBE holds a rank's cached shards, and FBGEMM asserts its LFU cache under 2^24 - 1
-    sets: two tables of 1.5e9 rows cached at 20% on one rank take 600M slots, each alone
-    300M. Planned on one rank, FBGEMM would have asserted at the model's build."""
-    tables = tuple(TableLoad(f"t{i}", 1_500_000_000, 16, 20, 30.0) for i in range(2))
+    """One TBE holds a rank's cached shards of a sharding type, and FBGEMM asserts its LFU
+    cache under 2^24 - 1 sets. Three row_wise tables of 1.5e9 rows on one 140 GiB rank fit
+    the memories with two of them cached at 20%: 600M slots in one TBE, each table alone
+    300M. The plan passed, and FBGEMM would have asserted at the model's build."""
+    tables = tuple(TableLoad(f"t{i}", 1_500_000_000, 8, 20, 30.0) for i in range(3))
     work = Workload(tables, 512, OptimizerState.of("rowwise_adagrad", "cuda"), 50_000, 1, 0)
     with pytest.raises(PlanningError, match="LFU cache holds a rank"):
-        search(work, _cuda(ranks=1, memory=80 * GIB))
-    best = search(work, _cuda(ranks=2, memory=80 * GIB)).best
+        search(work, _cuda(ranks=1, memory=140 * GIB), ("row_wise",))
+    best = search(work, _cuda(ranks=2, memory=80 * GIB), ("row_wise",)).best
     assert best.fits and any(p.cached for p in best.placements)
-    assert 0 < best.costs.cache_slots.max() <= uvm.LFU_MAX_SLOTS
+    assert 0 < uvm.most_cache_slots(best.placements) <= uvm.LFU_MAX_SLOTS
+    # other sharding types are other TBEs: their slots do not add up
+    one = pl.with_cache(pl.row_wise(tables[0], _cuda(ranks=1)), 0.2)
+    other = dataclasses.replace(one, table="t1", sharding_type="table_wise")
+    assert uvm.most_cache_slots([one, other]) == uvm.most_cache_slots([one])
