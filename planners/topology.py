@@ -15,7 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from planners.types import SHARDING_TYPES
 
@@ -143,10 +143,10 @@ class LinkSpec(_Strict):
 class TopologySpec(_Strict):
     """The on-disk topology file (JSON), as ``dist-train calibrate`` writes it."""
 
-    num_nodes: StrictInt = Field(1, gt=0)
-    ranks_per_node: StrictInt = Field(gt=0)
+    num_nodes: int = Field(1, gt=0)
+    ranks_per_node: int = Field(gt=0)
     device_type: Literal["cpu", "cuda"]
-    memory_per_rank_bytes: StrictInt = Field(gt=0)
+    memory_per_rank_bytes: int = Field(gt=0)
     memory_bytes_per_second: float = Field(gt=0)
     lookup_seconds_per_row: dict[int, float] = Field(
         min_length=1, description="Row width (columns) -> TBE seconds per looked-up row."
@@ -161,15 +161,15 @@ class TopologySpec(_Strict):
         description="Sharding type -> TorchRec's seconds per pooled bag a rank handles.",
     )
     reserve_fraction: float = Field(0.1, ge=0, lt=1)
-    step_overhead_bytes: StrictInt = Field(
+    step_overhead_bytes: int = Field(
         0,
         ge=0,
         description="Bytes a training step allocates beyond tables, their optimizer state and "
         "the dense model, whatever the tables' size.",
     )
-    cores_per_node: StrictInt | None = Field(None, gt=0)
-    threads_per_rank: StrictInt = Field(1, gt=0)
-    host_memory_per_rank_bytes: StrictInt | None = Field(
+    cores_per_node: int | None = Field(None, gt=0)
+    threads_per_rank: int = Field(1, gt=0)
+    host_memory_per_rank_bytes: int | None = Field(
         None,
         gt=0,
         description="CUDA: host (DDR) memory per rank for tables behind the UVM cache; "
@@ -184,6 +184,23 @@ class TopologySpec(_Strict):
     measured: dict[str, object] = Field(
         default_factory=dict, description="Raw calibration measurements, for the record."
     )
+
+    @field_validator(
+        "num_nodes",
+        "ranks_per_node",
+        "memory_per_rank_bytes",
+        "step_overhead_bytes",
+        "cores_per_node",
+        "threads_per_rank",
+        "host_memory_per_rank_bytes",
+        mode="before",
+    )
+    @classmethod
+    def _no_booleans(cls, v: object) -> object:
+        # JSON's true is no count (pydantic reads it as 1); 8e9 still reads as 8000000000
+        if isinstance(v, bool):
+            raise ValueError("Input should be a valid integer, not a boolean")
+        return v
 
     @field_validator("lookup_seconds_per_row")
     @classmethod

@@ -208,6 +208,10 @@ def test_inconsistent_topology_files_are_refused(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(TopologyError, match="not valid JSON"):
         load_topology(path)
+    whole = CPU_PRESET.model_dump(mode="json")
+    whole["memory_per_rank_bytes"] = 8e9  # a whole number written as a float still reads
+    path.write_text(json.dumps(whole))
+    assert load_topology(path).memory_per_rank_bytes == 8 * 10**9
     path.write_text("[" * 100_000)  # a RecursionError's traceback
     with pytest.raises(TopologyError, match="nested too deeply"):
         load_topology(path)
@@ -236,7 +240,7 @@ def test_inconsistent_topology_files_are_refused(tmp_path: Path) -> None:
         (lambda raw: raw["lookup_seconds_per_row"].update({"4": float("nan")}), r"finite"),
         (lambda raw: raw["intra_node"].update(all_to_all_bytes_per_second=float("inf")), "finite"),
         # true was 1 rank, as the job config refuses
-        (lambda raw: raw.update(ranks_per_node=True), r"ranks_per_node: Input should be a valid"),
+        (lambda raw: raw.update(ranks_per_node=True), r"ranks_per_node: .*not a boolean"),
         # a reserve leaving 0 bytes: a ZeroDivisionError when the plan did not fit
         (lambda raw: raw.update(reserve_fraction=0.9999999999), r"leaves none usable"),
     ],
