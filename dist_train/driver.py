@@ -81,35 +81,50 @@ def check_steps(cfg: JobConfig, train: list[RowGroup]) -> None:
     assignment = assign_row_groups(train, world, cfg.seed, 0)
     steps = steps_per_epoch(assignment, batch_size)
     smallest = min(sum(g.num_rows for g in groups) for groups in assignment)
-    empty = [
-        e
-        for e in range(1, cfg.train.epochs)
-        if not steps_per_epoch(assign_row_groups(train, world, cfg.seed, e), batch_size)
-    ]
-    if steps and empty:
+    if not steps:
+        raise BadInputError(
+            f"the job would train 0 steps: train.batch_size={batch_size} is more than the "
+            f"{smallest:,} training rows of the smallest rank's share ({len(train)} row "
+            f"groups dealt to ray.num_workers={world} ranks); use fewer ranks, a smaller "
+            "batch, or more, smaller row groups (data.synthetic.rows_per_group for generated "
+            "data)"
+        )
+    rows, trained = sum(g.num_rows for g in train), steps * batch_size * world
+    if trained < (1 - UNUSED_ROWS_WARNING) * rows:
+        LOG.warning(
+            f"the first epoch trains {trained:,} of the {rows:,} training rows "
+            f"({1 - trained / rows:.0%} unused): row groups go to ranks whole, and every "
+            f"rank runs the steps of the smallest share ({smallest:,} rows: {steps} "
+            f"batches of train.batch_size={batch_size}); more, smaller row groups, or "
+            "fewer ranks, train more of them (docs/data.md)"
+        )
+    empty = _epochs_without_steps(cfg, train, steps)
+    if empty:
         LOG.warning(
             f"epoch(s) {', '.join(map(str, empty))} of {cfg.train.epochs} train 0 steps: "
             f"each epoch deals the {len(train)} row groups to ranks anew, and there a rank's "
             f"share holds fewer rows than train.batch_size={batch_size}; more, smaller row "
             "groups, or fewer ranks, train every epoch (docs/data.md)"
         )
-    if steps:
-        rows, trained = sum(g.num_rows for g in train), steps * batch_size * world
-        if trained < (1 - UNUSED_ROWS_WARNING) * rows:
-            LOG.warning(
-                f"the first epoch trains {trained:,} of the {rows:,} training rows "
-                f"({1 - trained / rows:.0%} unused): row groups go to ranks whole, and every "
-                f"rank runs the steps of the smallest share ({smallest:,} rows: {steps} "
-                f"batches of train.batch_size={batch_size}); more, smaller row groups, or "
-                "fewer ranks, train more of them (docs/data.md)"
-            )
-        return
-    raise BadInputError(
-        f"the job would train 0 steps: train.batch_size={batch_size} is more than the "
-        f"{smallest:,} training rows of the smallest rank's share ({len(train)} row groups "
-        f"dealt to ray.num_workers={world} ranks); use fewer ranks, a smaller batch, or more, "
-        "smaller row groups (data.synthetic.rows_per_group for generated data)"
-    )
+
+
+def _epochs_without_steps(cfg: JobConfig, train: list[RowGroup], first_steps: int) -> list[int]:
+    """The epochs after the first, up to ``train.max_steps``, whose deal trains 0 steps."""
+    world, batch_size = cfg.ray.num_workers, cfg.train.batch_size
+    # a deal's shares differ by at most the largest row group: none falls under a batch
+    largest = max(g.num_rows for g in train)
+    if (sum(g.num_rows for g in train) - (world - 1) * largest) / world >= batch_size:
+        return []
+    empty, done = [], first_steps
+    limit = cfg.train.max_steps
+    for epoch in range(1, cfg.train.epochs):
+        if limit is not None and done >= limit:
+            break
+        steps = steps_per_epoch(assign_row_groups(train, world, cfg.seed, epoch), batch_size)
+        if not steps:
+            empty.append(epoch)
+        done += steps
+    return empty
 
 
 def check_output_paths(cfg: JobConfig) -> None:

@@ -270,3 +270,12 @@ def test_later_epochs_that_train_no_step_are_named(small_cfg: JobConfig) -> None
         LOG.removeHandler(handler)
     named = [m for m in seen if "train 0 steps" in m]
     assert len(named) == 1 and f"epoch(s) {', '.join(map(str, empty))} of 8" in named[0]
+    # epochs train.max_steps ends training before are not named
+    seen.clear()
+    stopped = parse_config(apply_overrides(cfg.model_dump(mode="json"), ["train.max_steps=1"]))
+    LOG.addHandler(handler)
+    try:
+        check_steps(stopped, groups)
+    finally:
+        LOG.removeHandler(handler)
+    assert not [m for m in seen if "train 0 steps" in m]
