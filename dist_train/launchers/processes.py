@@ -94,7 +94,10 @@ def _entry(
             out = fn(*args)
         except Exception as err:
             # what the driver reports: the error, not the rank's whole traceback
-            (Path(result_dir) / f"rank{rank}.error").write_text(f"{type(err).__name__}: {err}")
+            when = time.time_ns()  # which rank failed first (_first_error)
+            (Path(result_dir) / f"rank{rank}.error").write_text(
+                json.dumps({"ns": when, "error": f"{type(err).__name__}: {err}"})
+            )
             raise
         # A file, not a queue: a large result in a pipe deadlocks against join().
         tensors: dict[str, torch.Tensor] = {}
@@ -111,18 +114,20 @@ def _entry(
     os._exit(0)
 
 
-def _first_error(result_dir: Path) -> tuple[int, str] | None:
-    """(rank, error) of the rank that failed first, by when it wrote its error: the one whose
-    exit broke its peers' collectives, which fail after it ("Connection closed by peer").
-    The first to exit, which torch reports, is often such a peer."""
-    written = sorted(
-        (p.stat().st_mtime_ns, int(p.stem.removeprefix("rank")), p)
-        for p in result_dir.glob("rank*.error")
-    )
-    if not written:
+def _first_error(result_dir: Path, exited: int) -> tuple[int, str] | None:
+    """(rank, error) of the rank that failed first, by when it failed: the one whose exit
+    broke its peers' collectives, which fail after it ("Connection closed by peer"). The
+    first to exit, ``exited`` (which torch reports), is often such a peer; it is named
+    where the times tie."""
+    failed = []
+    for path in result_dir.glob("rank*.error"):
+        record = json.loads(path.read_text())
+        rank = int(path.stem.removeprefix("rank"))
+        failed.append((int(record["ns"]), rank != exited, rank, str(record["error"])))
+    if not failed:
         return None
-    _, rank, path = written[0]
-    return rank, path.read_text()
+    _, _, rank, error = min(failed)
+    return rank, error
 
 
 def run_processes(
@@ -174,7 +179,7 @@ def run_processes(
             while not ranks.join():  # raises, the other ranks stopped, when one fails
                 pass
         except mp.ProcessRaisedException as err:
-            first = _first_error(Path(result_dir))
+            first = _first_error(Path(result_dir), err.error_index)
             if first is None:
                 raise
             rank, message = first

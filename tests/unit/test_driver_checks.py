@@ -279,3 +279,19 @@ def test_later_epochs_that_train_no_step_are_named(small_cfg: JobConfig) -> None
     finally:
         LOG.removeHandler(handler)
     assert not [m for m in seen if "train 0 steps" in m]
+
+
+def test_the_first_failure_is_named_by_time_and_ties_go_to_the_first_exit(
+    tmp_path: Path,
+) -> None:
+    """Files' times may tie (coarse clocks); the ranks' own clocks decide, and on a tie the
+    rank torch saw exit first."""
+    import json
+
+    from dist_train.launchers.processes import _first_error
+
+    assert _first_error(tmp_path, 0) is None
+    for rank, ns in ((0, 200), (1, 100), (2, 100)):
+        (tmp_path / f"rank{rank}.error").write_text(json.dumps({"ns": ns, "error": f"E{rank}"}))
+    assert _first_error(tmp_path, 0) == (1, "E1")
+    assert _first_error(tmp_path, 2) == (2, "E2")
