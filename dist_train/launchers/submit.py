@@ -135,7 +135,7 @@ def _note_relative_outputs(cfg: JobConfig) -> None:
         "ray.storage_path": cfg.ray.storage_path,
     }
     for key, value in paths.items():
-        if value and "://" not in value and not Path(value).is_absolute():
+        if value and "://" not in value and not Path(value).expanduser().is_absolute():
             print(
                 f"note: {key}={value} is relative: the job writes it inside Ray's copy of the "
                 "uploaded checkout, which identical uploads share and the Ray session removes; "
