@@ -156,17 +156,19 @@ def _builder(cfg: JobConfig) -> BatchBuilder:
 FLOOR_SAMPLE_ROWS = 65_536
 
 
-def _floor_sample(cfg: JobConfig, data: str) -> tuple[BatchBuilder, pa.Table]:
-    """The batch builder of ``cfg`` and ``data``'s first rows, which the floor's loads are
-    measured on."""
+def _floor_sample(
+    cfg: JobConfig, data: str, at_least: int = FLOOR_SAMPLE_ROWS
+) -> tuple[BatchBuilder, pa.Table]:
+    """The batch builder of ``cfg`` and ``data``'s first rows (``at_least`` of them, where
+    it holds so many), which the floor's loads are measured on."""
     builder = _builder(cfg)
     parts, rows = [], 0
     for file in resolve_files(data):  # the first rows, over as many files as they take
         parts.append(pq.ParquetFile(file).read(columns=builder.columns))
         rows += parts[-1].num_rows
-        if rows >= FLOOR_SAMPLE_ROWS:
+        if rows >= at_least:
             break
-    return builder, pa.concat_tables(parts).slice(0, FLOOR_SAMPLE_ROWS)
+    return builder, pa.concat_tables(parts).slice(0, at_least)
 
 
 def ids_per_feature(cfg: JobConfig, data: str) -> dict[str, float]:
@@ -186,8 +188,10 @@ def distinct_rows_per_batch(cfg: JobConfig, data: str, world: int = 1) -> dict[s
     ``cfg.train.batch_size`` together over ``data``'s first rows, over ``world``: at one
     rank the rows its batch reads, and at any world a rank's share of the rows a row-wise
     update reads and writes once each (a row the ranks' batches share is updated once)."""
-    builder, table = _floor_sample(cfg, data)
     size = cfg.train.batch_size * world
+    builder, table = _floor_sample(cfg, data, max(FLOOR_SAMPLE_ROWS, size))
+    # the ranks' batches a window holds: fewer than world where the data is shorter
+    ranks = max(1.0, min(size, table.num_rows) / cfg.train.batch_size)
     table_of = {key.key: key.table for key in builder.layout.keys}
     counts: dict[str, list[int]] = {t.name: [] for t in builder.layout.tables}
     for start in range(0, max(1, table.num_rows - size + 1), size):
@@ -197,7 +201,7 @@ def distinct_rows_per_batch(cfg: JobConfig, data: str, world: int = 1) -> dict[s
             ids[table_of[key]].append(values.values())
         for name, parts in ids.items():
             counts[name].append(torch.cat(parts).unique().numel() if parts else 0)
-    return {name: statistics.mean(c) / world for name, c in counts.items()}
+    return {name: statistics.mean(c) / ranks for name, c in counts.items()}
 
 
 def _pipeline(system: str, cfg: JobConfig, data: str) -> Callable[[], Generator[Batch]]:

@@ -162,6 +162,15 @@ def test_distinct_rows_per_batch_counts_a_batchs_distinct_rows_per_table(
     # one batch's own and at least half of them
     pair = distinct_rows_per_batch(cfg, str(small_data.train_dir), world=2)
     assert all(got[name] / 2 <= pair[name] < got[name] for name in got)
+    # more ranks' batches than the data holds: its rows over the batches they make (the
+    # window's distinct rows were divided by every rank asked)
+    many = distinct_rows_per_batch(cfg, str(small_data.train_dir), world=10_000)
+    _, everything = _floor_sample(cfg, str(small_data.train_dir), 10_000 * 64)
+    sparse = builder.build(everything).sparse
+    for name in got:
+        keys = [k.key for k in builder.layout.keys if k.table == name]
+        seen = torch.cat([sparse[k].values() for k in keys]).unique().numel()
+        assert many[name] == pytest.approx(seen / (everything.num_rows / 64))
     assert set(got) == {t.name for t in builder.layout.tables}
     per_batch: dict[str, list[int]] = {name: [] for name in got}
     for start in range(0, table.num_rows - 63, 64):  # whole batches only
