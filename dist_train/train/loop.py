@@ -156,13 +156,16 @@ def run_worker(
                 raise TrainingDiverged.at(epochs.step, loss, rank)
             progress.step_done(loss)
             audit.after(epochs.step, epoch.index, batch)
-            # training's last step logs the window it ends: a launch stopped between log
-            # steps would leave its last steps' loss out of metrics.jsonl
-            if progress.should_log(epochs.step) or epoch.ends_training:
+            if progress.should_log(epochs.step):
                 progress.log_train(epoch.index, epochs.step, epoch.last_step)
             if checkpoints.should_save(epochs.step, last=epoch.ends_training):
                 checkpoints.save(epoch.position())
         progress.epoch_ended()
+        trained_last = epoch
+    # the steps since the last train record, logged: a launch stopped between log steps
+    # (or ending on one) would leave their loss out of metrics.jsonl
+    if progress.window_steps:
+        progress.log_train(trained_last.index, epochs.step, trained_last.last_step)
     trainer.sync_replicas()  # 2D: evaluate and save the merged replicas
     last_checkpoint = checkpoints.finish(epochs.position())
     trained = progress.figures()  # its clock stopped at the last epoch's end (not the save)

@@ -114,6 +114,7 @@ class Progress:
         self.train_seconds += now - self._epoch_start
         # a log window may span epochs: its steps carry over, and so must their time
         self._window_seconds += now - self._window_start
+        self._window_start = now  # a record before the next epoch adds none of the gap
 
     def step_done(self, loss: float) -> None:
         self._window_loss += loss
@@ -122,6 +123,11 @@ class Progress:
         if self.first_step_unix is None:
             self.first_step_unix = time.time()
             self._first_step_seconds = self.train_seconds + time.perf_counter() - self._epoch_start
+
+    @property
+    def window_steps(self) -> int:
+        """Steps trained since the last train record."""
+        return self._window_steps
 
     def should_log(self, step: int) -> bool:
         return step % self.log_every == 0
