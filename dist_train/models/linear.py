@@ -148,8 +148,9 @@ def linear(
 ) -> torch.Tensor:
     """``nn.functional.linear`` (then ``relu`` if asked); for a 2-D CPU float32 input outside
     autocast, through :class:`_LinearThroughOneDNN` (:class:`_LinearReLUThroughOneDNN`)
-    where the layer is large and oneDNN has AVX-512, else where the input needs a gradient and
-    its rows are not whole cache lines through :class:`_LinearWithAlignedGradInput`."""
+    where the layer is large and :mod:`planners.gemm` takes oneDNN here (AVX-512, not Intel),
+    else where the input needs a gradient and its rows are not whole cache lines through
+    :class:`_LinearWithAlignedGradInput`."""
     if (
         x.dim() == 2
         and x.device.type == "cpu"
