@@ -298,8 +298,9 @@ def _explain_no_fit(
             f"{host_usable}"
         )
     cache_limit = (
-        f" (or, cached, more than the {uvm.LFU_MAX_SLOTS:,} rows of UVM cache FBGEMM's LFU "
-        "cache holds a rank: a lower sharding.cache_load_factor may fit)"
+        f" (or, cached, more than the {uvm.LFU_MAX_SLOTS:,} rows FBGEMM's LFU cache holds "
+        "in one TBE, a rank's tables of one sharding type: a lower sharding.cache_load_factor "
+        "may fit)"
         if offers_cache(workload, topo)
         else ""
     )

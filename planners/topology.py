@@ -196,10 +196,10 @@ class TopologySpec(_Strict):
         mode="before",
     )
     @classmethod
-    def _no_booleans(cls, v: object) -> object:
-        # JSON's true is no count (pydantic reads it as 1); 8e9 still reads as 8000000000
-        if isinstance(v, bool):
-            raise ValueError("Input should be a valid integer, not a boolean")
+    def _numbers_only(cls, v: object) -> object:
+        # JSON's true and "2" are no counts (pydantic reads them as 1 and 2); 8e9 still reads
+        if isinstance(v, bool | str):
+            raise ValueError(f"Input should be a valid integer, not {type(v).__name__} {v!r}")
         return v
 
     @field_validator("lookup_seconds_per_row")

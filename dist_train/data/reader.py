@@ -229,12 +229,39 @@ def list_row_groups(
     return groups
 
 
+# errnos of a read that the network or the storage failed for a moment; pyarrow raises its
+# decoding failures (a page's checksum, a footer) as OSErrors without an errno
+_TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.ECONNREFUSED,
+        errno.ETIMEDOUT,
+        errno.EAGAIN,
+        errno.EPIPE,
+        errno.ESTALE,
+        errno.EIO,
+        errno.ENETDOWN,
+        errno.ENETUNREACH,
+        errno.EHOSTUNREACH,
+    }
+)
+
+
+def _transient(err: BaseException) -> bool:
+    """Whether a read's error may be the storage's for a moment, not the file's: a dropped
+    connection or a time-out, not a corrupt page or a missing file."""
+    return isinstance(err, (ConnectionError, TimeoutError)) or (
+        isinstance(err, OSError) and err.errno in _TRANSIENT_ERRNOS
+    )
+
+
 def _problem(
     policy: BadInputPolicy | None, message: str, whole_file: bool = True, io_error: bool = False
 ) -> None:
     """Bad input that ``message`` names: raise :class:`DataSourceError` without a policy, else
-    the policy raises :class:`BadInputError` (``error``; a row group whose read failed with an
-    I/O error, ``io_error``, :class:`InputReadError`) or counts a skipped file or row group
+    the policy raises :class:`BadInputError` (``error``; a row group whose read failed for a
+    moment, ``io_error``, :class:`InputReadError`) or counts a skipped file or row group
     (``skip``)."""
     if policy is None:
         raise DataSourceError(message)
@@ -383,7 +410,7 @@ def row_group_tables(
                 table.validate(full=True)
             except READ_ERRORS as err:
                 message = f"{g.source}: cannot read ({_bad_input(err)})"
-                _problem(policy, message, whole_file=False, io_error=isinstance(err, OSError))
+                _problem(policy, message, whole_file=False, io_error=_transient(err))
                 continue
             if policy is not None:
                 table = policy.clean(table, g.source)

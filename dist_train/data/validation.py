@@ -42,8 +42,8 @@ class BadInputError(ValueError):
 
 
 class InputReadError(BadInputError):
-    """A row group whose read failed with an I/O error: maybe the storage's for a moment (a
-    connection reset, an NFS hiccup), not the data's, so a restart may read it."""
+    """A row group whose read failed as storage fails for a moment (a connection reset, a
+    time-out, an NFS hiccup), not for the data's fault, so a restart may read it."""
 
 
 @dataclass

@@ -34,6 +34,7 @@ from dist_train.devices import backend_for, select_local_gpu
 from dist_train.launchers.affinity import pin_local_rank
 from dist_train.launchers.rank_server import use_rank_server
 from dist_train.logs import LOG, quiet_worker_logs
+from dist_train.storage import write_atomically
 
 WorkerFn = Callable[..., Any]
 # How often a rank checks that the process that started it still runs, and how long ranks
@@ -95,8 +96,10 @@ def _entry(
         except Exception as err:
             # what the driver reports: the error, not the rank's whole traceback
             when = time.time_ns()  # which rank failed first (_first_error)
-            (Path(result_dir) / f"rank{rank}.error").write_text(
-                json.dumps({"ns": when, "error": f"{type(err).__name__}: {err}"})
+            # whole or not at all: the ranks left are stopped as soon as one fails
+            write_atomically(
+                Path(result_dir) / f"rank{rank}.error",
+                json.dumps({"ns": when, "error": f"{type(err).__name__}: {err}"}),
             )
             raise
         # A file, not a queue: a large result in a pipe deadlocks against join().
@@ -121,9 +124,13 @@ def _first_error(result_dir: Path, exited: int) -> tuple[int, str] | None:
     where the times tie."""
     failed = []
     for path in result_dir.glob("rank*.error"):
-        record = json.loads(path.read_text())
+        try:
+            record = json.loads(path.read_text())
+            when, error = int(record["ns"]), str(record["error"])
+        except (ValueError, KeyError, TypeError):  # cut short as its rank was stopped
+            continue
         rank = int(path.stem.removeprefix("rank"))
-        failed.append((int(record["ns"]), rank != exited, rank, str(record["error"])))
+        failed.append((when, rank != exited, rank, error))
     if not failed:
         return None
     _, _, rank, error = min(failed)

@@ -135,7 +135,8 @@ def _note_relative_outputs(cfg: JobConfig) -> None:
         "ray.storage_path": cfg.ray.storage_path,
     }
     for key, value in paths.items():
-        if value and "://" not in value and not Path(value).expanduser().is_absolute():
+        # ~ and ~user are the cluster's to expand (that user may be there only)
+        if value and "://" not in value and not value.startswith(("/", "~")):
             print(
                 f"note: {key}={value} is relative: the job writes it inside Ray's copy of the "
                 "uploaded checkout, which identical uploads share and the Ray session removes; "

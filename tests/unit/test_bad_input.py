@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -301,36 +303,38 @@ def test_test_split_schema_must_match_training(
     assert f"int64 in {first}, the first file with values in it" in str(err.value)
 
 
-def test_a_read_that_fails_with_an_io_error_is_no_repeat(
-    small_cfg: JobConfig, small_data: GeneratedData, monkeypatch: pytest.MonkeyPatch
+def test_a_read_that_fails_for_a_moment_is_no_repeat(
+    small_cfg: JobConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Ray's restarts are not ended by a row group whose read failed with an I/O error (a
-    connection reset on object storage): that is InputReadError, left out of the errors a
-    restart would meet again. A corrupt page (an Arrow error) stays BadInputError."""
+    """Ray's restarts are not ended by a row group whose read failed as storage fails for a
+    moment (a connection reset): that is InputReadError, left out of the errors a restart
+    would meet again. A corrupt page (pyarrow's OSError of a failed checksum, no errno) and
+    a file gone stay BadInputError, recorded: a restart would meet them again."""
     from dist_train.data import reader
     from dist_train.data.validation import InputReadError
 
-    cfg = _with(small_cfg, small_data.train_dir, small_data.test_dir, "error")
-    groups = list_row_groups(str(small_data.train_dir))
-    opened = reader.open_parquet
-
-    def failing(error: Exception) -> object:
-        def open_it(*args: object) -> object:
-            pf = opened(*args)  # type: ignore[arg-type]
-
-            def read_row_group(*_: object, **__: object) -> object:
-                raise error
-
-            pf.read_row_group = read_row_group  # type: ignore[method-assign]
-            return pf
-
-        return open_it
-
+    path = tmp_path / "c.parquet"
+    table = pa.table({"label": np.random.default_rng(0).integers(0, 2, 100_000)})
+    pq.write_table(table, path, row_group_size=50_000, write_page_checksum=True)
+    groups = list_row_groups(str(path))
+    cfg = _with(small_cfg, tmp_path, tmp_path, "error")
     policy = BadInputPolicy.for_job(cfg)
-    monkeypatch.setattr(reader, "open_parquet", failing(ConnectionResetError(104, "reset")))
-    with pytest.raises(InputReadError, match="cannot read"):
+
+    def read(*_: object, **__: object) -> object:
+        raise ConnectionResetError(errno.ECONNRESET, "reset")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pq.ParquetFile, "read_row_group", read)
+        with pytest.raises(InputReadError, match="cannot read"):
+            next(reader.row_group_tables(groups, ["label"], policy))
+    data = bytearray(path.read_bytes())
+    page = pq.ParquetFile(path).metadata.row_group(0).column(0).data_page_offset
+    data[page + 200] ^= 0xFF  # inside the first data page's values
+    path.write_bytes(bytes(data))
+    with pytest.raises(BadInputError, match="CRC") as err:
         next(reader.row_group_tables(groups, ["label"], policy))
-    monkeypatch.setattr(reader, "open_parquet", failing(pa.ArrowInvalid("bad page")))
+    assert type(err.value) is BadInputError
+    path.unlink()
     with pytest.raises(BadInputError, match="cannot read") as err:
         next(reader.row_group_tables(groups, ["label"], policy))
     assert type(err.value) is BadInputError

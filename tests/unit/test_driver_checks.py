@@ -295,3 +295,5 @@ def test_the_first_failure_is_named_by_time_and_ties_go_to_the_first_exit(
         (tmp_path / f"rank{rank}.error").write_text(json.dumps({"ns": ns, "error": f"E{rank}"}))
     assert _first_error(tmp_path, 0) == (1, "E1")
     assert _first_error(tmp_path, 2) == (2, "E2")
+    (tmp_path / "rank3.error").write_text("")  # a rank stopped as it wrote: passed over
+    assert _first_error(tmp_path, 0) == (1, "E1")

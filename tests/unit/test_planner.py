@@ -240,7 +240,8 @@ def test_inconsistent_topology_files_are_refused(tmp_path: Path) -> None:
         (lambda raw: raw["lookup_seconds_per_row"].update({"4": float("nan")}), r"finite"),
         (lambda raw: raw["intra_node"].update(all_to_all_bytes_per_second=float("inf")), "finite"),
         # true was 1 rank, as the job config refuses
-        (lambda raw: raw.update(ranks_per_node=True), r"ranks_per_node: .*not a boolean"),
+        (lambda raw: raw.update(ranks_per_node=True), r"ranks_per_node: .*not bool True"),
+        (lambda raw: raw.update(ranks_per_node="2"), r"ranks_per_node: .*not str '2'"),
         # a reserve leaving 0 bytes: a ZeroDivisionError when the plan did not fit
         (lambda raw: raw.update(reserve_fraction=0.9999999999), r"leaves none usable"),
     ],

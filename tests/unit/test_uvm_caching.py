@@ -323,7 +323,7 @@ def test_the_lfu_cache_limit_counts_every_cached_table_on_a_rank() -> None:
     300M. The plan passed, and FBGEMM would have asserted at the model's build."""
     tables = tuple(TableLoad(f"t{i}", 1_500_000_000, 8, 20, 30.0) for i in range(3))
     work = Workload(tables, 512, OptimizerState.of("rowwise_adagrad", "cuda"), 50_000, 1, 0)
-    with pytest.raises(PlanningError, match="LFU cache holds a rank"):
+    with pytest.raises(PlanningError, match="LFU cache holds in one TBE"):
         search(work, _cuda(ranks=1, memory=140 * GIB), ("row_wise",))
     best = search(work, _cuda(ranks=2, memory=80 * GIB), ("row_wise",)).best
     assert best.fits and any(p.cached for p in best.placements)
