@@ -89,18 +89,16 @@ def _entry(
     quiet_worker_logs()
     if device_type == "cuda":
         select_local_gpu()
-    dist.init_process_group(backend_for(device_type), rank=rank, world_size=world_size)
+    try:  # a port taken since free_port() chose it fails here (run_processes tries another)
+        dist.init_process_group(backend_for(device_type), rank=rank, world_size=world_size)
+    except Exception as err:
+        _record_error(result_dir, rank, err, JOINING)
+        raise
     try:
         try:
             out = fn(*args)
         except Exception as err:
-            # what the driver reports: the error, not the rank's whole traceback
-            when = time.time_ns()  # which rank failed first (_first_error)
-            # whole or not at all: the ranks left are stopped as soon as one fails
-            write_atomically(
-                Path(result_dir) / f"rank{rank}.error",
-                json.dumps({"ns": when, "error": f"{type(err).__name__}: {err}"}),
-            )
+            _record_error(result_dir, rank, err)
             raise
         # A file, not a queue: a large result in a pipe deadlocks against join().
         tensors: dict[str, torch.Tensor] = {}
@@ -115,6 +113,27 @@ def _entry(
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+JOINING = "while joining the process group: "  # a failed rank's error before its function ran
+PORT_TRIES = 3  # rendezvous ports tried where another process took the one chosen
+
+
+def _record_error(result_dir: str, rank: int, err: BaseException, stage: str = "") -> None:
+    """What the driver reports of a failed rank: its error, not its whole traceback, and
+    when (:func:`_first_error`); whole or not at all, as the ranks left are stopped as soon
+    as one fails."""
+    write_atomically(
+        Path(result_dir) / f"rank{rank}.error",
+        json.dumps({"ns": time.time_ns(), "error": f"{stage}{type(err).__name__}: {err}"}),
+    )
+
+
+def _port_taken(err: RankError) -> bool:
+    """Whether ``err`` is a rank's failure to join because its rendezvous port was taken
+    (between :func:`free_port` and the join): before the function ran, so safe to retry."""
+    text = str(err)
+    return JOINING in text and ("EADDRINUSE" in text or "address already in use" in text)
 
 
 def _first_error(result_dir: Path, exited: int) -> tuple[int, str] | None:
@@ -163,6 +182,28 @@ def run_processes(
     start_method = "forkserver" if device_type == "cpu" else "spawn"
     if start_method == "forkserver":
         use_rank_server(fn.__module__)
+    for attempt in range(1, PORT_TRIES + 1):
+        try:
+            return _run_ranks(
+                fn, args, world_size, threads_per_rank, device_type, pin_cores, start_method
+            )
+        except RankError as err:
+            if attempt == PORT_TRIES or not _port_taken(err):
+                raise
+            LOG.info(f"the rendezvous port was taken ({err}); trying another")
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _run_ranks(
+    fn: WorkerFn,
+    args: tuple[Any, ...],
+    world_size: int,
+    threads_per_rank: int,
+    device_type: str,
+    pin_cores: bool,
+    start_method: str,
+) -> list[Any]:
+    """One start of ``world_size`` ranks on a port free now: their results, by rank."""
     with tempfile.TemporaryDirectory(prefix="dist-train-results-") as result_dir:
         ranks = mp.start_processes(
             _entry,

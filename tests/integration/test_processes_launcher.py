@@ -55,3 +55,22 @@ def test_the_rank_that_failed_first_is_the_one_named() -> None:
     for _ in range(3):
         with pytest.raises(RankError, match=r"^rank 1 failed: MemoryError: rank 1 ran out"):
             run_processes(fails_on_rank_1_midway, (), 2)
+
+
+def test_a_taken_rendezvous_port_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process took the port between free_port() and the join: a torch traceback
+    (EADDRINUSE) ended the run. The ranks start again on another port; where every port
+    tried is taken, the error says so in a line."""
+    import socket
+
+    from dist_train.launchers import processes
+
+    taken = socket.create_server(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    real, handed = processes.free_port, iter([port])
+    monkeypatch.setattr(processes, "free_port", lambda: next(handed, None) or real())
+    assert len(run_processes(where_the_rank_runs, (VAR,), 2)) == 2
+    monkeypatch.setattr(processes, "free_port", lambda: port)
+    with pytest.raises(RankError, match=r"failed: while joining the process group: .*EADDRINUSE"):
+        run_processes(where_the_rank_runs, (VAR,), 2)
+    taken.close()
