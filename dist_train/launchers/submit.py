@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path, PurePosixPath
 
 from dist_train.config import ConfigError, JobConfig, known_key, load_or_report, override_key
+from dist_train.logs import LOG
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Never upload these with the working dir (Ray's upload limit is 100 MiB).
@@ -181,6 +183,8 @@ def submit(
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if wait and not submission_id:  # named here, so that its end can be asked for by name
+        submission_id = f"dist-train-{secrets.token_hex(6)}"
     cmd = submit_command(remote, overrides, address, working_dir, wait, submission_id, verbosity)
     # Ray's CLI shlex.joins the argv after "--" (list2cmdline only when submitting from
     # Windows) and the job supervisor runs it with /bin/sh: the text after "--" here is exactly
@@ -188,4 +192,27 @@ def submit(
     print(shlex.join(cmd), flush=True)
     if dry_run:
         return 0
-    return subprocess.run(cmd, check=False).returncode
+    code = subprocess.run(cmd, check=False).returncode
+    if code == 0 and wait and submission_id:
+        return _stopped_code(cmd[cmd.index("--address") + 1], submission_id)
+    return code
+
+
+STOPPED_EXIT = 143  # a stopped job's entrypoint ended by SIGTERM, as `dist-train train` exits
+
+
+def _stopped_code(address: str, submission_id: str) -> int:
+    """0, or :data:`STOPPED_EXIT` for a job stopped before it finished (``ray job stop``):
+    waiting, ``ray job submit`` exits 0 for it as for a job that succeeded, and a script
+    that goes on after it would export a run that never finished."""
+    from ray.job_submission import JobStatus, JobSubmissionClient  # Ray's, as its CLI asks
+
+    try:
+        status = JobSubmissionClient(address).get_job_status(submission_id)
+    except Exception as err:  # noqa: BLE001 - the job ran; only its end is unknown
+        LOG.warning(f"could not ask how job {submission_id} ended ({err}): taking Ray's 0")
+        return 0
+    if status == JobStatus.STOPPED:
+        print(f"error: job {submission_id} was stopped before it finished", file=sys.stderr)
+        return STOPPED_EXIT
+    return 0

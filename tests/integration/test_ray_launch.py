@@ -72,6 +72,40 @@ def test_ray_job_submit_runs_the_driver(tmp_path: Path) -> None:
     assert json.loads(lines[-1])["event"] == "eval"
 
 
+def test_a_submitted_job_stopped_before_it_finished_is_no_success(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waiting, `ray job submit` exits 0 for a job `ray job stop` ended, as for one that
+    succeeded: a script's `submit && export` went on. `submit` asks for the job's end by
+    the name it gave it and exits 143, as a stopped `dist-train train` does."""
+    import threading
+
+    from dist_train.launchers.submit import STOPPED_EXIT, submit
+
+    with ray_head(tmp_path) as head:
+        for key, value in head.env.items():
+            monkeypatch.setenv(key, value)
+        ended: list[int] = []
+        over = [f"output_dir={tmp_path / 'out'}", "train.epochs=300"]
+        job = threading.Thread(
+            target=lambda: ended.append(
+                submit(str(TINY), over, head.address, None, True, False, "dist-train-stopped")
+            )
+        )
+        job.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # until it trains
+            logs = ray_cli(
+                "job", "logs", "--address", head.address, "dist-train-stopped", env=head.env
+            )
+            if "epoch 0 step" in logs.stdout:
+                break
+            time.sleep(2)
+        ray_cli("job", "stop", "--address", head.address, "dist-train-stopped", env=head.env)
+        job.join(timeout=120)
+    assert ended == [STOPPED_EXIT]
+
+
 @pytest.fixture(scope="module")
 def two_node_cluster() -> Iterator[str]:
     import ray
