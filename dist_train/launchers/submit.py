@@ -199,20 +199,29 @@ def submit(
 
 
 STOPPED_EXIT = 143  # a stopped job's entrypoint ended by SIGTERM, as `dist-train train` exits
+_ASK_STATUS = (
+    "import sys; from ray.job_submission import JobSubmissionClient; "
+    "print(JobSubmissionClient(sys.argv[1]).get_job_status(sys.argv[2]).value)"
+)
 
 
 def _stopped_code(address: str, submission_id: str) -> int:
     """0, or :data:`STOPPED_EXIT` for a job stopped before it finished (``ray job stop``):
     waiting, ``ray job submit`` exits 0 for it as for a job that succeeded, and a script
     that goes on after it would export a run that never finished."""
-    from ray.job_submission import JobStatus, JobSubmissionClient  # Ray's, as its CLI asks
-
-    try:
-        status = JobSubmissionClient(address).get_job_status(submission_id)
-    except Exception as err:  # noqa: BLE001 - the job ran; only its end is unknown
-        LOG.warning(f"could not ask how job {submission_id} ended ({err}): taking Ray's 0")
+    # Ray's client, as its CLI asks, in a process of its own: it reads the cluster's token
+    # afresh (a process's client keeps the first token it read)
+    asked = subprocess.run(
+        [sys.executable, "-c", _ASK_STATUS, address, submission_id],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if asked.returncode != 0:
+        why = (asked.stderr.strip().splitlines() or ["no answer"])[-1]
+        LOG.warning(f"could not ask how job {submission_id} ended ({why}): taking Ray's 0")
         return 0
-    if status == JobStatus.STOPPED:
+    if asked.stdout.strip() == "STOPPED":
         print(f"error: job {submission_id} was stopped before it finished", file=sys.stderr)
         return STOPPED_EXIT
     return 0
