@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from dist_train.config import ConfigError, JobConfig, known_key, load_or_report, override_key
 from dist_train.logs import LOG
+from dist_train.stopping import EXIT_CODE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Never upload these with the working dir (Ray's upload limit is 100 MiB).
@@ -198,7 +199,6 @@ def submit(
     return code
 
 
-STOPPED_EXIT = 143  # a stopped job's entrypoint ended by SIGTERM, as `dist-train train` exits
 _ASK_STATUS = (
     "import sys; from ray.job_submission import JobSubmissionClient; "
     "print(JobSubmissionClient(sys.argv[1]).get_job_status(sys.argv[2]).value)"
@@ -206,7 +206,8 @@ _ASK_STATUS = (
 
 
 def _stopped_code(address: str, submission_id: str) -> int:
-    """0, or :data:`STOPPED_EXIT` for a job stopped before it finished (``ray job stop``):
+    """0, or SIGTERM's exit code (:data:`~dist_train.stopping.EXIT_CODE`, as a stopped
+    ``dist-train train`` exits) for a job stopped before it finished (``ray job stop``):
     waiting, ``ray job submit`` exits 0 for it as for a job that succeeded, and a script
     that goes on after it would export a run that never finished."""
     # Ray's client, as its CLI asks, in a process of its own: it reads the cluster's token
@@ -223,5 +224,5 @@ def _stopped_code(address: str, submission_id: str) -> int:
         return 0
     if asked.stdout.strip() == "STOPPED":
         print(f"error: job {submission_id} was stopped before it finished", file=sys.stderr)
-        return STOPPED_EXIT
+        return EXIT_CODE
     return 0

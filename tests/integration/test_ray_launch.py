@@ -80,7 +80,8 @@ def test_a_submitted_job_stopped_before_it_finished_is_no_success(
     the name it gave it and exits 143, as a stopped `dist-train train` does."""
     import threading
 
-    from dist_train.launchers.submit import STOPPED_EXIT, submit
+    from dist_train.launchers.submit import submit
+    from dist_train.stopping import EXIT_CODE
 
     with ray_head(tmp_path) as head:
         for key, value in head.env.items():
@@ -103,7 +104,7 @@ def test_a_submitted_job_stopped_before_it_finished_is_no_success(
             time.sleep(2)
         ray_cli("job", "stop", "--address", head.address, "dist-train-stopped", env=head.env)
         job.join(timeout=120)
-    assert ended == [STOPPED_EXIT]
+    assert ended == [EXIT_CODE]
 
 
 @pytest.fixture(scope="module")
