@@ -190,12 +190,20 @@ class CostModelPlanner(ShardingPlanner):
         self.group_size = group_size
         self.sync_every = sync_every
         self.result: SearchResult | None = None
+        self._no_fit: PlanningError | None = None  # the 1D search's refusal, once found
         self.groups: dict[int, GroupPlan | str] = {}
 
     def search(self) -> SearchResult:
-        """The 1D search (every sharding type alone, for the report)."""
+        """The 1D search (every sharding type alone, for the report); searched once, its
+        refusal too (choice() and the report both ask where no 1D plan fits)."""
+        if self._no_fit is not None:
+            raise self._no_fit
         if self.result is None:
-            self.result = search(self.workload, self.topology, self.allowed)
+            try:
+                self.result = search(self.workload, self.topology, self.allowed)
+            except PlanningError as err:
+                self._no_fit = err
+                raise
         return self.result
 
     def group_plans(self) -> dict[int, GroupPlan | str]:

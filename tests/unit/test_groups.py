@@ -189,9 +189,12 @@ def test_groups_are_weighed_where_no_1d_plan_fits(tmp_path: Path, capsys) -> Non
     over = ["sharding.type=row_wise", "sharding.memory_per_rank=300MiB"]
     cfg = load_config(DEFAULT, over)
     planner, _ = planner_for_config(cfg, 64, 2)
-    with pytest.raises(PlanningError, match="fits nowhere"):
+    with pytest.raises(PlanningError, match="fits nowhere") as refused:
         planner.search()
     assert planner.choice().is_2d
+    with pytest.raises(PlanningError) as again:  # searched once: the report asks again
+        planner.search()
+    assert again.value is refused.value
     fixed = load_config(DEFAULT, [*over, "sharding.group_size=2"])
     assert planner_for_config(fixed, 64, 2)[0].choice().group_size == 2
     args = ["--nodes", "32", "--ranks-per-node", "2", "--memory-per-rank", "300MiB"]
