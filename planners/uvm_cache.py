@@ -127,8 +127,8 @@ def most_cache_slots(placements: Sequence[TablePlacement]) -> float:
     for p in placements:
         if p.cache_load_factor is None:
             continue
-        for shard in p.shards:
+        rows = np.array([shard.rows for shard in p.shards], dtype=float)
+        for shard, held in zip(p.shards, cache_slots(rows, p.cache_load_factor), strict=True):
             key = (shard.rank, p.sharding_type)
-            held = float(cache_slots(np.array([shard.rows], dtype=float), p.cache_load_factor)[0])
-            slots[key] = slots.get(key, 0.0) + held
+            slots[key] = slots.get(key, 0.0) + float(held)
     return max(slots.values(), default=0.0)

@@ -538,7 +538,8 @@ def run_train_bench(
         round_rates = out[0]["rates"]
         # round by round: each round's step against the floor at that round's rates, and
         # the dense network alone against the floor's dense terms
-        updated = distinct_rows_per_batch(unified, data, world)
+        # a rank's share of the rows the ranks update together (at one rank: ``distinct``)
+        updated = distinct_rows_per_batch(unified, data, world) if world > 1 else None
         floors = [
             step_floor(workload, world, MachineRates(**r), distinct, updated) for r in round_rates
         ]
