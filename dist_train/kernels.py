@@ -111,21 +111,61 @@ def gather_rows(fps, offsets, indices, new_offsets, out):  # type: ignore[no-unt
                 out[dst + j] = fps[src + j]
 
 
+@_inline
+def _key_rows(src, exact, params, dst):  # type: ignore[no-untyped-def]
+    # one key's table rows: its fingerprints as they are (exact) or salted and reduced
+    if exact:
+        for j in range(src.shape[0]):
+            dst[j] = np.int64(src[j])
+    else:
+        salt, rot, m, q = params[0], params[1], params[2], params[3]
+        for j in range(src.shape[0]):
+            dst[j] = reduce(salted(src[j], salt, rot), m, q)
+
+
 @_jit
 def key_values_into(fps, starts, ends, key_params, key_exact, out):  # type: ignore[no-untyped-def]
     p = 0
     for k in range(starts.shape[0]):
         src = fps[starts[k] : ends[k]]
-        dst = out[p : p + src.shape[0]]
-        if key_exact[k]:
-            for j in range(src.shape[0]):
-                dst[j] = np.int64(src[j])
-        else:
-            salt, rot = key_params[k, 0], key_params[k, 1]
-            m, q = key_params[k, 2], key_params[k, 3]
-            for j in range(src.shape[0]):
-                dst[j] = reduce(salted(src[j], salt, rot), m, q)
+        _key_rows(src, key_exact[k], key_params[k], out[p : p + src.shape[0]])
         p += src.shape[0]
+
+
+@_jit
+def kjt_into(
+    fps,
+    offsets,
+    lengths,
+    key_feature,
+    key_params,
+    key_exact,
+    values,
+    kjt_lengths,
+    kjt_offsets,
+    per_key,
+):  # type: ignore[no-untyped-def]
+    """A KJT's values, lengths, offsets and per-key counts, key-major, in one pass: key k
+    reads feature ``key_feature[k]``'s bags (``lengths``/``offsets`` [F, n(+1)] into
+    ``fps``, views of a row group's)."""
+    n = lengths.shape[1]
+    p = 0
+    for k in range(key_feature.shape[0]):
+        f = key_feature[k]
+        start, end = offsets[f, 0], offsets[f, n]
+        bag_lengths, bag_offsets = lengths[f], offsets[f]
+        out_lengths, out_offsets = (
+            kjt_lengths[k * n : (k + 1) * n],
+            kjt_offsets[k * n : (k + 1) * n],
+        )
+        shift = p - start
+        for i in range(n):
+            out_lengths[i] = bag_lengths[i]
+            out_offsets[i] = bag_offsets[i] + shift
+        per_key[k] = end - start
+        _key_rows(fps[start:end], key_exact[k], key_params[k], values[p : p + end - start])
+        p += end - start
+    kjt_offsets[key_feature.shape[0] * n] = p
 
 
 # Bags put example-major (dist_train.train.bag_order).

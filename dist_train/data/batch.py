@@ -32,7 +32,7 @@ from dist_train.data.arrow_numpy import (
     valid_mask,
 )
 from dist_train.data.reader import RowGroup, row_group_tables, stream_batches
-from dist_train.data.rows import DecodedIds, FeatureIds, Rows, ScalarIntIds, key_values
+from dist_train.data.rows import DecodedIds, FeatureIds, Rows, ScalarIntIds, kjt_parts
 from dist_train.data.validation import BadInputError, BadInputPolicy
 from dist_train.embedding.hashing import fingerprint_ints, fingerprint_strings, key_params
 from dist_train.embedding.layout import EmbeddingLayout
@@ -302,13 +302,12 @@ class BatchBuilder:
 
     def to_batch(self, rows: Rows) -> Batch:
         """The training batch of ``rows``: categorical fingerprints hashed into table rows."""
-        values, lengths = key_values(rows, self._key_feature, self._key_params, self._key_exact)
+        # the offsets and per-key split too: TorchRec would otherwise derive them from the
+        # lengths inside the training step
+        values, lengths, offsets, per_key = kjt_parts(
+            rows, self._key_feature, self._key_params, self._key_exact
+        )
         keys = self.layout.key_names
-        # what TorchRec would otherwise derive from the lengths inside the training step
-        # (the per-key split, the lookups' offsets): here, in the input pipeline
-        per_key = lengths.reshape(len(keys), -1).sum(axis=1)
-        offsets = np.zeros(lengths.size + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
         return Batch(
             dense=torch.from_numpy(rows.dense),
             sparse=KeyedJaggedTensor(

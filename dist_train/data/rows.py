@@ -8,8 +8,8 @@ the order a KeyedJaggedTensor wants them in. Between reading and batching:
 - merging row groups (:meth:`Rows.concat`) and shuffling (:meth:`Rows.take`) copy each
   feature's values once;
 
-and :func:`key_values` hashes each key's contiguous run of fingerprints into its table rows
-in one tight compiled loop per key.
+and :func:`kjt_parts` hashes each key's contiguous run of fingerprints into its table rows
+in one compiled pass that writes the KJT's lengths and offsets too.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from dist_train.kernels import fill_offsets, gather_rows, int_ids_into, key_values_into
+from dist_train.kernels import fill_offsets, gather_rows, int_ids_into, kjt_into
 
 
 class FeatureIds(Protocol):
@@ -153,17 +153,32 @@ def _packed_offsets(lengths: np.ndarray) -> np.ndarray:
     return offsets
 
 
-def key_values(
+def kjt_parts(
     rows: Rows, key_feature: np.ndarray, key_params: np.ndarray, key_exact: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """KJT ``values`` and ``lengths`` (int64, key-major) of ``rows``.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A KeyedJaggedTensor's ``values``, ``lengths``, ``offsets`` and per-key value counts
+    (int64, key-major) of ``rows``, in one compiled pass.
 
     Key k looks up feature ``key_feature[k]``: ids as rows when ``key_exact[k]``, else
     ``salted_hash(fp, salt) mod num_rows`` with ``key_params[k]`` from
     :func:`dist_train.embedding.hashing.key_params`.
     """
+    keys, n = key_feature.shape[0], rows.num_rows
     starts = rows.offsets[key_feature, 0]
-    ends = rows.offsets[key_feature, -1]
-    values = np.empty(int((ends - starts).sum()), dtype=np.int64)
-    key_values_into(rows.fingerprints, starts, ends, key_params, key_exact, values)
-    return values, rows.lengths[key_feature].reshape(-1)
+    values = np.empty(int((rows.offsets[key_feature, -1] - starts).sum()), dtype=np.int64)
+    lengths = np.empty(keys * n, dtype=np.int64)
+    offsets = np.empty(keys * n + 1, dtype=np.int64)
+    per_key = np.empty(keys, dtype=np.int64)
+    kjt_into(
+        rows.fingerprints,
+        rows.offsets,
+        rows.lengths,
+        key_feature,
+        key_params,
+        key_exact,
+        values,
+        lengths,
+        offsets,
+        per_key,
+    )
+    return values, lengths, offsets, per_key
