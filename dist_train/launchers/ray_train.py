@@ -258,7 +258,27 @@ def _join(cfg: JobConfig, address: str) -> None:
     submitted = "" if cfg.ray.address else " (the cluster this job was submitted to)"
     LOG.info(f"joining Ray cluster at {address}{submitted}")
     _check_reachable(address)
-    _init_keeping_sigterm(address=address, log_to_driver=True, logging_level=logging.WARNING)
+    try:
+        _init_keeping_sigterm(address=address, log_to_driver=True, logging_level=logging.WARNING)
+    except ConnectionError as err:
+        raise LaunchError(
+            f"cannot join the Ray cluster at {address} ({err}){_auth_hint()}"
+        ) from None
+
+
+def _auth_hint(environ: Mapping[str, str] = os.environ) -> str:
+    """What to check where the GCS answered but ``ray.init`` could not join: a cluster with
+    token authentication refuses a client without it, and Ray logs only a warning a second
+    (``InvalidAuthToken``) before it gives up."""
+    if environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        return (
+            ": is this client's token the cluster's (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
+            "~/.ray/auth_token)?"
+        )
+    return (
+        ": if the cluster uses token authentication, set RAY_AUTH_MODE=token here, with its "
+        "token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (docs/launch.md)"
+    )
 
 
 REACH_SECONDS = 10.0

@@ -125,3 +125,31 @@ def test_bench_ingest_runs_on_its_own_instance_beside_a_cluster(
     ):
         assert result[key] > 0, key
     assert _listed(beside, "jobs") == []
+
+
+@pytest.mark.ray
+def test_joining_a_token_cluster_without_token_auth_names_the_setting(
+    outside: RayHead, tmp_path: Path
+) -> None:
+    """A client without ``RAY_AUTH_MODE=token`` is refused by a token cluster's GCS: Ray
+    logged a warning a second, then ended in a bare ConnectionError. The error now names the
+    address and the setting."""
+    import subprocess
+    import sys
+
+    gcs = (outside.tmpdir / "ray" / "ray_current_cluster").read_text().split()[0]
+    address = f"127.0.0.1:{gcs.rpartition(':')[2]}"
+    env = {k: v for k, v in outside.env.items() if k != "RAY_AUTH_MODE"}
+    env["RAY_NUM_REDIS_GET_RETRIES"] = "2"  # Ray's tries at the GCS: 20, one a second
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "dist-train"), "train", "--config", str(TINY)]
+        + ["--set", f"ray.address={address}", "--set", f"output_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert f"error: LaunchError: cannot join the Ray cluster at {address}" in run.stderr
+    assert "set RAY_AUTH_MODE=token here" in run.stderr
