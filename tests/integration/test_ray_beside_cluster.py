@@ -142,8 +142,11 @@ def test_joining_a_token_cluster_without_token_auth_names_the_setting(
     env = {k: v for k, v in outside.env.items() if k != "RAY_AUTH_MODE"}
     env["RAY_NUM_REDIS_GET_RETRIES"] = "2"  # Ray's tries at the GCS: 20, one a second
     run = subprocess.run(
-        [str(Path(sys.executable).parent / "dist-train"), "train", "--config", str(TINY)]
-        + ["--set", f"ray.address={address}", "--set", f"output_dir={tmp_path}"],
+        [
+            str(Path(sys.executable).parent / "dist-train"),
+            *("train", "--config", str(TINY)),
+            *("--set", f"ray.address={address}", "--set", f"output_dir={tmp_path}"),
+        ],
         capture_output=True,
         text=True,
         env=env,
