@@ -3,7 +3,9 @@
 #   launch/local_cluster.sh start        # head on 127.0.0.1:6379, job server on :8265
 #   RAY_ADDRESS=http://127.0.0.1:8265 RAY_AUTH_MODE=token dist-train submit \
 #       --config launch/configs/tiny.yaml --set output_dir=$PWD/outputs
-#   launch/local_cluster.sh stop
+#   launch/local_cluster.sh stop     # this cluster only, not every Ray of the machine
+# RAY_PORT, DASHBOARD_PORT and NUM_CPUS override the defaults; more `ray start` options may
+# follow `start`.
 # Several nodes on one machine (for trying hierarchical plans) need ray.cluster_utils; see
 # tests/integration/test_ray_launch.py; `--set launcher=processes` simulates nodes without Ray.
 set -euo pipefail
@@ -11,23 +13,28 @@ cd "$(dirname "$0")/.."
 # Jobs run `python` from the head's PATH: make it this checkout's virtualenv.
 export PATH="$PWD/.venv/bin:$PATH"
 RAY=".venv/bin/ray"
+PORT="${RAY_PORT:-6379}"
 case "${1:-}" in
   start)
+    shift
     # Token authentication: `ray start` turns it on only when a token exists; make one.
     "$RAY" get-auth-token --generate > /dev/null
     export RAY_AUTH_MODE=token
-    "$RAY" start --head --node-ip-address=127.0.0.1 --port="${RAY_PORT:-6379}" \
+    # a session of its own, recorded by port, so that `stop` ends this cluster and no other
+    python -m dist_train.launchers.local_cluster start --port="$PORT" \
+      --node-ip-address=127.0.0.1 \
       --dashboard-host=127.0.0.1 --dashboard-port="${DASHBOARD_PORT:-8265}" \
       --num-cpus="${NUM_CPUS:-$(python -c 'from planners.cores import usable_cores as c; print(c())')}" \
-      --disable-usage-stats
+      --disable-usage-stats "$@"
     # the job CLI sends the token only with RAY_AUTH_MODE=token: without it, refused
     echo "export RAY_ADDRESS=http://127.0.0.1:${DASHBOARD_PORT:-8265} RAY_AUTH_MODE=token"
     ;;
   stop)
-    "$RAY" stop
+    # this cluster only (`ray stop` ends every Ray instance of the machine)
+    python -m dist_train.launchers.local_cluster stop --port="$PORT"
     ;;
   *)
-    echo "usage: $0 start|stop" >&2
+    echo "usage: $0 start [ray start options]|stop" >&2
     exit 2
     ;;
 esac

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -156,3 +158,60 @@ def test_joining_a_token_cluster_without_token_auth_names_the_setting(
     assert run.returncode == 1, run.stdout + run.stderr
     assert f"error: LaunchError: cannot join the Ray cluster at {address}" in run.stderr
     assert "set RAY_AUTH_MODE=token here" in run.stderr
+
+
+@pytest.mark.ray
+def test_local_cluster_script_stops_its_own_cluster_and_no_other(
+    outside: RayHead, tmp_path: Path
+) -> None:
+    """``launch/local_cluster.sh stop`` ran ``ray stop``, which ends every Ray instance of the
+    machine: another user's cluster, a ``dist-train train``'s embedded instance. It now ends
+    the cluster its ``start`` made, recorded by port, and the outside cluster keeps running."""
+    import subprocess
+
+    from dist_train.launchers.local_cluster import processes_of, state_file
+    from dist_train.launchers.processes import free_port
+
+    script = Path(__file__).resolve().parents[2] / "launch" / "local_cluster.sh"
+    port = free_port()
+    tmpdir = Path(tempfile.mkdtemp(prefix="rl-", dir="/tmp"))  # Ray's socket paths: short
+    env = {
+        **outside.env,
+        "RAY_TMPDIR": str(tmpdir),
+        "RAY_PORT": str(port),
+        "DASHBOARD_PORT": str(free_port()),
+        "NUM_CPUS": "1",
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(script), *args], capture_output=True, text=True, env=env, timeout=300
+        )
+
+    def cluster_up(address: str) -> bool:
+        return ray_cli("status", "--address", address, env=env, timeout=60).returncode == 0
+
+    spare = (
+        f"--ray-client-server-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+    )
+    try:
+        started = run("start", *spare)
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert state_file(port).is_file()
+        assert cluster_up(f"127.0.0.1:{port}")
+        again = run("start", *spare)
+        assert again.returncode == 1 and "stop it first" in again.stdout
+        group = json.loads(state_file(port).read_text())["process_group"]
+        assert len(processes_of(group)) > 2  # ray start's daemons: GCS, raylet, ...
+        stopped = run("stop")
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert "stopped the cluster on port" in stopped.stdout
+        assert not state_file(port).exists()
+        assert not processes_of(group)
+        assert _listed(outside, "nodes")  # the outside cluster still answers
+        missing = run("stop")
+        assert missing.returncode == 1 and "`ray stop` would end every" in missing.stdout
+    finally:
+        run("stop")
+        shutil.rmtree(tmpdir, ignore_errors=True)

@@ -1,0 +1,181 @@
+"""A one-node ``ray start --head`` cluster on this machine, and its scoped stop.
+
+``ray stop`` ends every Ray instance of the machine: other users' clusters, and the embedded
+instance of any ``dist-train train`` running there. A cluster started here runs in a session
+of its own (its daemons share the process group of the ``ray start`` that made them), which
+is recorded in a state file per GCS port; :func:`stop` ends that process group and the
+workers below it, nothing else. ``launch/local_cluster.sh`` is the command line:
+``python -m dist_train.launchers.local_cluster start|stop [--port P] [ray start args]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+GRACE_S = 10.0
+START_TIMEOUT_S = 120.0
+
+
+def state_file(port: int) -> Path:
+    """Where :func:`start` records the cluster whose GCS listens on ``port``."""
+    return Path(tempfile.gettempdir()) / f"dist-train-local-cluster-{os.getuid()}-{port}.json"
+
+
+def start_head(args: list[str], env: dict[str, str] | None = None) -> tuple[int, int, str]:
+    """``ray start --head *args`` in a session of its own, waited for: its process group
+    (which :func:`stop_cluster` ends: the daemons it leaves behind stay in it), its exit
+    status and its output."""
+    ray = Path(sys.executable).parent / "ray"
+    proc = subprocess.Popen(
+        [str(ray), "start", "--head", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=START_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        stop_cluster(proc.pid)
+        raise
+    return proc.pid, proc.returncode, out
+
+
+def start(port: int, args: list[str]) -> int:
+    """Start a head whose GCS listens on ``port`` and record it; 1 if one recorded there is
+    still up, or ``ray start`` failed (its output printed)."""
+    recorded = state_file(port)
+    if recorded.exists() and processes_of(_recorded_group(recorded)):
+        print(f"a cluster started here already listens on port {port}: stop it first")
+        return 1
+    group, status, out = start_head([f"--port={port}", *args])
+    print(out, end="")
+    if status != 0:
+        stop_cluster(group)  # what it started before it failed
+        return 1
+    recorded.write_text(json.dumps({"process_group": group, "port": port}))
+    return 0
+
+
+def stop(port: int) -> int:
+    """Stop the cluster :func:`start` recorded for ``port``; 1 if none was recorded."""
+    recorded = state_file(port)
+    if not recorded.exists():
+        print(
+            f"no cluster started by launch/local_cluster.sh listens on port {port} "
+            f"({recorded} is missing); `ray stop` would end every Ray instance of this machine"
+        )
+        return 1
+    group = _recorded_group(recorded)
+    ended = len(processes_of(group))
+    stop_cluster(group)
+    recorded.unlink()
+    print(f"stopped the cluster on port {port} ({ended} processes)")
+    return 0
+
+
+def _recorded_group(recorded: Path) -> int:
+    try:
+        return int(json.loads(recorded.read_text())["process_group"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"{recorded}: not a cluster record ({err}); remove it") from None
+
+
+def stop_cluster(pgid: int, grace_s: float = GRACE_S) -> None:
+    """End one ``ray start`` cluster: its daemons (process group ``pgid``) and the workers and
+    drivers below them. As ``ray stop`` does it: the raylet first, then the others, the GCS
+    last; SIGTERM, then SIGKILL after ``grace_s``."""
+    pids = processes_of(pgid)
+    names = {pid: _name(pid) for pid in pids}
+    raylet = {p for p in pids if names[p] == "raylet"}
+    gcs = {p for p in pids if names[p] == "gcs_server"}
+    for bucket in (raylet, pids - raylet - gcs, gcs):
+        _terminate(bucket, grace_s)
+
+
+def _processes() -> dict[int, tuple[int, int]]:
+    """Every live process: pid -> (parent pid, process group), from Linux /proc."""
+    if not Path("/proc/self/stat").exists():
+        raise SystemExit(
+            "stopping one cluster reads Linux's /proc, which this system lacks: `ray stop` "
+            "ends every Ray instance of the machine, this one included"
+        )
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                state, ppid, pgid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+            except (OSError, ValueError):  # gone meanwhile
+                continue
+            if state != "Z":
+                found[int(entry.name)] = (int(ppid), int(pgid))
+    return found
+
+
+def processes_of(pgid: int) -> set[int]:
+    """Process group ``pgid`` and every process below its members."""
+    procs = _processes()
+    found = frontier = {pid for pid, (_, group) in procs.items() if group == pgid}
+    while frontier:
+        frontier = {pid for pid, (ppid, _) in procs.items() if ppid in frontier} - found
+        found = found | frontier
+    return found
+
+
+def _terminate(pids: set[int], grace_s: float) -> None:
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 2.0)):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            pids = {p for p in pids if not _gone(p)}
+            if not pids:
+                return
+            time.sleep(0.1)
+
+
+def _name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie waits only for its parent to read its status)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m dist_train.launchers.local_cluster",
+        description=__doc__,
+        allow_abbrev=False,  # the rest goes to ray start: no prefix of ours may take it
+    )
+    parser.add_argument("action", choices=("start", "stop"))
+    parser.add_argument("--port", type=int, default=6379, help="the head's GCS port")
+    known, ray_args = parser.parse_known_args(argv)
+    if known.action == "stop":
+        if ray_args:
+            parser.error(f"stop takes no ray start arguments: {' '.join(ray_args)}")
+        return stop(known.port)
+    return start(known.port, ray_args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
