@@ -30,6 +30,7 @@ import json
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -491,6 +492,13 @@ class CheckpointSaver:
                 self._pending = None
                 raise job.error
 
+    def resumed(self, path: Location, step: int) -> None:
+        """The run resumed from ``path`` at ``step``. Where that is the checkpoint a save of
+        ``step`` would write, it is this run's newest save: a run resumed at its end trains
+        no step, and its final save would write the same state again."""
+        if _same_location(path, self.root / f"{PREFIX}{step:08d}"):
+            self.last_step, self.last_path = step, path
+
     def release(self, problem: str | None = None) -> None:
         """Let the held save in flight commit, or, given a ``problem``, fail with it (its
         files removed); nothing if no save is held."""
@@ -623,6 +631,12 @@ class CheckpointSaver:
 
         agree(_attempt(commit) if rank == 0 else None, group)
         job.path = final
+
+
+def _same_location(a: Location, b: Location) -> bool:
+    if isinstance(a, Path) and isinstance(b, Path):
+        return a.resolve() == b.resolve()  # a relative path, a symlink
+    return a == b
 
 
 def load(trainer: Trainer, path: Location) -> TrainPosition:

@@ -365,6 +365,7 @@ class Checkpoints:
         if not self.resume_from:
             return TrainPosition()
         position = checkpoint.load(self.trainer, location(self.resume_from))
+        self.saver.resumed(location(self.resume_from), position.step)
         self.trainer.resumed_at(position.step)
         self.progress.resumed_at(position.step)
         if dist.get_rank() == 0:  # the saved counts are every rank's (save), held once

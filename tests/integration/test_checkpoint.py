@@ -233,19 +233,20 @@ def test_corrupt_checkpoint_fails_naming_the_file(tmp_path: Path, capsys) -> Non
 
 def test_epoch_boundary_checkpoint_reshards_to_another_world_size(tmp_path: Path) -> None:
     """2 ranks save row_wise tables + fused and dense optimizer state; 1 rank loads them and
-    (training no further) writes back exactly the same values."""
+    (training no further) writes back exactly the same values, into a run folder of its own
+    (resumed in its own folder at its end, a run does not save again)."""
     over = [*BASE, f"output_dir={tmp_path}", "train.epochs=1"]
     run_job(load_config(TINY, over))
     saved = committed(tmp_path / "tiny" / "checkpoints")[-1]
     assert json.loads((saved / "meta.json").read_text())["world_size"] == 2
     before = _tensors(saved, tmp_path)
+    one = tmp_path / "one"
+    elsewhere = [f"output_dir={one}", f"checkpoint.resume={saved}"]
     summary = run_job(
-        load_config(
-            TINY, [*over, "ray.num_workers=1", "train.max_steps=16", "checkpoint.resume=latest"]
-        )
+        load_config(TINY, [*over, *elsewhere, "ray.num_workers=1", "train.max_steps=16"])
     )
     assert summary["world_size"] == 1 and summary["steps"] == 16
-    rewritten = committed(tmp_path / "tiny" / "checkpoints")[-1]
+    rewritten = committed(one / "tiny" / "checkpoints")[-1]
     assert json.loads((rewritten / "meta.json").read_text())["world_size"] == 1
     after = _tensors(rewritten, tmp_path)
     assert before.keys() == after.keys()
@@ -593,3 +594,21 @@ def test_row_wise_adagrad_state_moves_between_replicated_and_sharded_tables(
                 assert torch.equal(sums[f"{param}.sum"][:, 0], value), key
     for key, value in before.items():
         assert torch.equal(after[key], value), key
+
+
+def test_a_run_resumed_at_its_end_does_not_save_again(tmp_path: Path) -> None:
+    """Resumed at its last step, a run trains nothing; its final save wrote the same state
+    again (all of it: gigabytes for a large table). The checkpoint it resumed from is its
+    newest, unwritten; resumed from another run's, it still saves into its own folder."""
+    over = [*BASE, f"output_dir={tmp_path}", "train.epochs=1"]
+    run_job(load_config(TINY, over))
+    (ckpt,) = committed(tmp_path / "tiny" / "checkpoints")
+    before = {f.name: f.stat().st_mtime_ns for f in ckpt.iterdir()}
+    again = run_job(load_config(TINY, [*over, "checkpoint.resume=latest"]))
+    assert again["steps"] == 16 and again["checkpoint"] == str(ckpt)
+    assert {f.name: f.stat().st_mtime_ns for f in ckpt.iterdir()} == before
+    other = run_job(
+        load_config(TINY, [*over, f"output_dir={tmp_path / 'b'}", f"checkpoint.resume={ckpt}"])
+    )
+    (copied,) = committed(tmp_path / "b" / "tiny" / "checkpoints")
+    assert other["checkpoint"] == str(copied) and copied.name == ckpt.name
