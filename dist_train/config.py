@@ -812,7 +812,7 @@ def _override_value(item: str, parts: list[str], text: str) -> Any:
     if _takes_text(parts) and bare not in _NULLS and bare[:1] not in ("'", '"'):
         return text
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_JobYaml)
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or " ".join(str(err).split())
         raise ConfigError(f"--set {item}: not valid YAML ({problem})") from None
@@ -875,9 +875,23 @@ class _UniqueKeys(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def read_yaml(path: Path) -> Any:
+class _JobYaml(_UniqueKeys):
+    """:class:`_UniqueKeys`, reading numbers in exponent form as YAML 1.2 does: PyYAML (YAML
+    1.1) reads ``1e6`` and ``1.0e6`` as strings, which an integer key refused."""
+
+
+_JobYaml.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path: Path, yaml12_numbers: bool = True) -> Any:
     """A YAML file's contents (safe types only; a key given twice in a mapping, text that is
-    not UTF-8 and malformed YAML are a :class:`ConfigError` naming the file)."""
+    not UTF-8 and malformed YAML are a :class:`ConfigError` naming the file). Numbers in
+    exponent form are numbers (YAML 1.2), unless not ``yaml12_numbers``: strings, as PyYAML
+    reads them (a Ray cluster file, as ``ray up`` reads it)."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     try:
@@ -887,7 +901,7 @@ def read_yaml(path: Path) -> Any:
     except OSError as err:
         raise ConfigError(f"{path}: cannot read it ({err.strerror or err})") from None
     try:
-        return yaml.load(text, Loader=_UniqueKeys)
+        return yaml.load(text, Loader=_JobYaml if yaml12_numbers else _UniqueKeys)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
 

@@ -212,7 +212,8 @@ def validate_files(paths: list[str]) -> Report:
                 report.ok.append(f"{p}: KubeRay RayJob, {cluster.describe()}")
                 clusters.append((cluster, p, _rayjob_config(entrypoint, p, report)))
             elif isinstance(doc, dict) and "available_node_types" in doc:
-                cluster = launcher_limits(doc, p)
+                # as `ray up` reads it: PyYAML's numbers (1e3 a string)
+                cluster = launcher_limits(read_yaml(path, yaml12_numbers=False), p)
                 report.ok.append(f"{p}: Ray cluster config, {cluster.describe()}")
                 clusters.append((cluster, p, None))
             else:
