@@ -17,6 +17,12 @@ PORT="${RAY_PORT:-6379}"
 case "${1:-}" in
   start)
     shift
+    for arg in "$@"; do
+      case "$arg" in
+        --port|--port=*) echo "$0: set RAY_PORT for the GCS port (stop finds the cluster by it)" >&2; exit 2 ;;
+        -h|--help) echo "usage: $0 start [ray start options]|stop; see the comments atop $0" >&2; exit 2 ;;
+      esac
+    done
     # Token authentication: `ray start` turns it on only when a token exists; make one.
     "$RAY" get-auth-token --generate > /dev/null
     export RAY_AUTH_MODE=token

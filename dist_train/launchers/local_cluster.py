@@ -32,7 +32,8 @@ def state_file(port: int) -> Path:
 def start_head(args: list[str], env: dict[str, str] | None = None) -> tuple[int, int, str]:
     """``ray start --head *args`` in a session of its own, waited for: its process group
     (which :func:`stop_cluster` ends: the daemons it leaves behind stay in it), its exit
-    status and its output."""
+    status and its output. Interrupted (a time-out, Ctrl-C: the session does not get the
+    terminal's SIGINT), what it started is stopped."""
     ray = Path(sys.executable).parent / "ray"
     proc = subprocess.Popen(
         [str(ray), "start", "--head", *args],
@@ -44,7 +45,8 @@ def start_head(args: list[str], env: dict[str, str] | None = None) -> tuple[int,
     )
     try:
         out, _ = proc.communicate(timeout=START_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
+    except BaseException:
+        proc.kill()
         stop_cluster(proc.pid)
         raise
     return proc.pid, proc.returncode, out
@@ -54,7 +56,7 @@ def start(port: int, args: list[str]) -> int:
     """Start a head whose GCS listens on ``port`` and record it; 1 if one recorded there is
     still up, or ``ray start`` failed (its output printed)."""
     recorded = state_file(port)
-    if recorded.exists() and processes_of(_recorded_group(recorded)):
+    if _live_group(recorded) is not None:
         print(f"a cluster started here already listens on port {port}: stop it first")
         return 1
     group, status, out = start_head([f"--port={port}", *args])
@@ -62,7 +64,9 @@ def start(port: int, args: list[str]) -> int:
     if status != 0:
         stop_cluster(group)  # what it started before it failed
         return 1
-    recorded.write_text(json.dumps({"process_group": group, "port": port}))
+    daemons = {pid: _start_time(pid) for pid in processes_of(group)}
+    record = {"port": port, "process_group": group, "boot_id": _boot_id(), "daemons": daemons}
+    recorded.write_text(json.dumps(record))
     return 0
 
 
@@ -75,7 +79,10 @@ def stop(port: int) -> int:
             f"({recorded} is missing); `ray stop` would end every Ray instance of this machine"
         )
         return 1
-    group = _recorded_group(recorded)
+    group = _live_group(recorded)
+    if group is None:
+        print(f"the cluster recorded on port {port} has ended already (record removed)")
+        return 0
     ended = len(processes_of(group))
     stop_cluster(group)
     recorded.unlink()
@@ -83,11 +90,37 @@ def stop(port: int) -> int:
     return 0
 
 
-def _recorded_group(recorded: Path) -> int:
+def _live_group(recorded: Path) -> int | None:
+    """The process group ``recorded`` names, if one of the daemons it recorded still runs
+    in it (the same process: its start time since this boot), else None, the stale record
+    removed. A process group's id is not reused while a process is in it, so a live daemon
+    proves the group is the cluster's: a crashed or rebooted cluster's id may since name
+    another program's group, which must not be signalled."""
+    if not recorded.exists():
+        return None
     try:
-        return int(json.loads(recorded.read_text())["process_group"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        record = json.loads(recorded.read_text())
+        group, boot = int(record["process_group"]), str(record["boot_id"])
+        daemons = {int(pid): int(start) for pid, start in record["daemons"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise SystemExit(f"{recorded}: not a cluster record ({err}); remove it") from None
+    members = processes_of(group) if boot == _boot_id() else set()
+    if any(pid in members and _start_time(pid) == start for pid, start in daemons.items()):
+        return group
+    recorded.unlink(missing_ok=True)
+    return None
+
+
+def _boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def _start_time(pid: int) -> int:
+    """When ``pid`` started, in clock ticks since boot (/proc's stat, field 22); -1 if gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return -1
 
 
 def stop_cluster(pgid: int, grace_s: float = GRACE_S) -> None:
@@ -104,11 +137,6 @@ def stop_cluster(pgid: int, grace_s: float = GRACE_S) -> None:
 
 def _processes() -> dict[int, tuple[int, int]]:
     """Every live process: pid -> (parent pid, process group), from Linux /proc."""
-    if not Path("/proc/self/stat").exists():
-        raise SystemExit(
-            "stopping one cluster reads Linux's /proc, which this system lacks: `ray stop` "
-            "ends every Ray instance of the machine, this one included"
-        )
     found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -136,7 +164,7 @@ def _terminate(pids: set[int], grace_s: float) -> None:
         for pid in pids:
             try:
                 os.kill(pid, sig)
-            except ProcessLookupError:
+            except (ProcessLookupError, PermissionError):  # gone, or another user's
                 pass
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
@@ -162,6 +190,12 @@ def _gone(pid: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if not Path("/proc/self/stat").exists():
+        raise SystemExit(
+            "launch/local_cluster.sh reads Linux's /proc to stop its cluster and no other, "
+            "which this system lacks: run `ray start --head` and `ray stop` (which ends every "
+            "Ray instance of the machine) yourself"
+        )
     parser = argparse.ArgumentParser(
         prog="python -m dist_train.launchers.local_cluster",
         description=__doc__,

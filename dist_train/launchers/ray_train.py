@@ -261,13 +261,16 @@ def _join(cfg: JobConfig, address: str) -> None:
     try:
         _init_keeping_sigterm(address=address, log_to_driver=True, logging_level=logging.WARNING)
     except ConnectionError as err:
-        raise LaunchError(
-            f"cannot join the Ray cluster at {address} ({err}){_auth_hint()}"
-        ) from None
+        # Ray's own message names the address alone; what failed ends its cause's text
+        # (the last line of a traceback Ray quotes, for a refused connection)
+        lines = str(err.__cause__ or "").strip().splitlines()
+        why = f"{err}: {lines[-1].strip()}" if lines else str(err)
+        hint = _auth_hint() if "auth" in why.lower() else ""
+        raise LaunchError(f"cannot join the Ray cluster at {address} ({why}){hint}") from err
 
 
 def _auth_hint(environ: Mapping[str, str] = os.environ) -> str:
-    """What to check where the GCS answered but ``ray.init`` could not join: a cluster with
+    """What to check where the GCS refused ``ray.init``'s authentication: a cluster with
     token authentication refuses a client without it, and Ray logs only a warning a second
     (``InvalidAuthToken``) before it gives up."""
     if environ.get("RAY_AUTH_MODE", "").lower() == "token":

@@ -157,7 +157,7 @@ def test_joining_a_token_cluster_without_token_auth_names_the_setting(
     )
     assert run.returncode == 1, run.stdout + run.stderr
     assert f"error: LaunchError: cannot join the Ray cluster at {address}" in run.stderr
-    assert "set RAY_AUTH_MODE=token here" in run.stderr
+    assert "InvalidAuthToken" in run.stderr and "set RAY_AUTH_MODE=token here" in run.stderr
 
 
 @pytest.mark.ray
@@ -202,7 +202,8 @@ def test_local_cluster_script_stops_its_own_cluster_and_no_other(
         assert cluster_up(f"127.0.0.1:{port}")
         again = run("start", *spare)
         assert again.returncode == 1 and "stop it first" in again.stdout
-        group = json.loads(state_file(port).read_text())["process_group"]
+        record_text = state_file(port).read_text()
+        group = json.loads(record_text)["process_group"]
         assert len(processes_of(group)) > 2  # ray start's daemons: GCS, raylet, ...
         stopped = run("stop")
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
@@ -212,6 +213,15 @@ def test_local_cluster_script_stops_its_own_cluster_and_no_other(
         assert _listed(outside, "nodes")  # the outside cluster still answers
         missing = run("stop")
         assert missing.returncode == 1 and "`ray stop` would end every" in missing.stdout
+        # A record left by a cluster that died unstopped, whose process group id now names
+        # another program's group: that group is not signalled.
+        other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        record = json.loads(record_text)
+        state_file(port).write_text(json.dumps({**record, "process_group": other.pid}))
+        stale = run("stop")
+        assert stale.returncode == 0 and "has ended already" in stale.stdout
+        assert other.poll() is None and not state_file(port).exists()
+        other.kill()
     finally:
         run("stop")
         shutil.rmtree(tmpdir, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -297,3 +298,45 @@ def test_the_first_failure_is_named_by_time_and_ties_go_to_the_first_exit(
     assert _first_error(tmp_path, 2) == (2, "E2")
     (tmp_path / "rank3.error").write_text("")  # a rank stopped as it wrote: passed over
     assert _first_error(tmp_path, 0) == (1, "E1")
+
+
+def test_a_join_that_fails_says_why_and_hints_at_tokens_only_for_a_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``ray.init``'s ConnectionError names the address alone; its cause says what failed.
+    The token hint follows an authentication refusal only (tested against a real token
+    cluster in tests/integration/test_ray_beside_cluster.py); another failure keeps its
+    reason, unhinted."""
+    from dist_train.config import load_config
+    from dist_train.launchers import ray_train
+
+    def refuse(reason: str) -> Callable[..., None]:
+        def init(**_: object) -> None:
+            try:
+                raise RuntimeError(f"Traceback (most recent call last):\n  ...\n{reason}\n")
+            except RuntimeError as cause:
+                raise ConnectionError(
+                    "Failed to connect to Ray cluster at 10.0.0.1:6379"
+                ) from cause
+
+        return init
+
+    cfg = load_config(overrides=["ray.address=10.0.0.1:6379"])
+    monkeypatch.setattr(ray_train, "_check_reachable", lambda address: None)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setattr(ray_train, "_init_keeping_sigterm", refuse("No node info found"))
+    with pytest.raises(ray_train.LaunchError) as err:
+        ray_train._join(cfg, "10.0.0.1:6379")
+    assert str(err.value) == (
+        "cannot join the Ray cluster at 10.0.0.1:6379 (Failed to connect to Ray cluster at "
+        "10.0.0.1:6379: No node info found)"
+    )
+    assert isinstance(err.value.__cause__, ConnectionError)
+    monkeypatch.setattr(
+        ray_train, "_init_keeping_sigterm", refuse("AuthenticationError: InvalidAuthToken")
+    )
+    with pytest.raises(ray_train.LaunchError, match="InvalidAuthToken\\): if the cluster uses"):
+        ray_train._join(cfg, "10.0.0.1:6379")
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    with pytest.raises(ray_train.LaunchError, match="is this client's token the cluster's"):
+        ray_train._join(cfg, "10.0.0.1:6379")
