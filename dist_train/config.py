@@ -8,6 +8,7 @@ A job config is a YAML file (see ``launch/configs/``). ``load_config`` reads it,
 from __future__ import annotations
 
 import argparse
+import decimal
 import difflib
 import re
 import sys
@@ -75,6 +76,30 @@ def _yes_no_for_number(annotation: Any, value: Any) -> str | None:
     return None
 
 
+# a number in exponent form, as YAML 1.2 reads one: PyYAML (YAML 1.1) reads 1e6 as text
+_EXPONENT_FORM = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+")
+
+
+def _exponent_numbers(annotation: Any, value: Any) -> Any:
+    """``value`` with text in exponent form (``3e5``) read as the number a numeric field of
+    ``annotation`` (or its list's or mapping's values) holds: an integer where the field
+    takes no float and the number is whole (exactly, past 2**53 too), else a float. A text
+    field keeps its text."""
+    if not _numeric(annotation):
+        for kind in _kinds(annotation):
+            origin, args = typing.get_origin(kind), typing.get_args(kind)
+            if origin is list and isinstance(value, list):
+                return [_exponent_numbers(args[0], v) for v in value]
+            if origin is dict and isinstance(value, dict):
+                return {k: _exponent_numbers(args[1], v) for k, v in value.items()}
+        return value
+    if not (isinstance(value, str) and _EXPONENT_FORM.fullmatch(value.strip())):
+        return value
+    number = decimal.Decimal(value.strip())
+    whole = number == number.to_integral_value()
+    return int(number) if whole and float not in _kinds(annotation) else float(number)
+
+
 class _Strict(BaseModel):
     # inf and nan are no setting's value: an infinite cpus_per_worker or pooling factor
     # passed validation and failed deep in the planner or the launch
@@ -93,7 +118,7 @@ class _Strict(BaseModel):
                 f"expected a number{' at ' + where if where else ''}, got a yes/no value "
                 "(YAML reads yes/no and on/off as true/false)"
             )
-        return value
+        return value if field is None else _exponent_numbers(field.annotation, value)
 
 
 class SyntheticDataConfig(_Strict):
@@ -812,7 +837,7 @@ def _override_value(item: str, parts: list[str], text: str) -> Any:
     if _takes_text(parts) and bare not in _NULLS and bare[:1] not in ("'", '"'):
         return text
     try:
-        return yaml.load(text, Loader=_JobYaml)
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or " ".join(str(err).split())
         raise ConfigError(f"--set {item}: not valid YAML ({problem})") from None
@@ -875,23 +900,9 @@ class _UniqueKeys(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-class _JobYaml(_UniqueKeys):
-    """:class:`_UniqueKeys`, reading numbers in exponent form as YAML 1.2 does: PyYAML (YAML
-    1.1) reads ``1e6`` and ``1.0e6`` as strings, which an integer key refused."""
-
-
-_JobYaml.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
-
-
-def read_yaml(path: Path, yaml12_numbers: bool = True) -> Any:
+def read_yaml(path: Path) -> Any:
     """A YAML file's contents (safe types only; a key given twice in a mapping, text that is
-    not UTF-8 and malformed YAML are a :class:`ConfigError` naming the file). Numbers in
-    exponent form are numbers (YAML 1.2), unless not ``yaml12_numbers``: strings, as PyYAML
-    reads them (a Ray cluster file, as ``ray up`` reads it)."""
+    not UTF-8 and malformed YAML are a :class:`ConfigError` naming the file)."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     try:
@@ -901,7 +912,7 @@ def read_yaml(path: Path, yaml12_numbers: bool = True) -> Any:
     except OSError as err:
         raise ConfigError(f"{path}: cannot read it ({err.strerror or err})") from None
     try:
-        return yaml.load(text, Loader=_JobYaml if yaml12_numbers else _UniqueKeys)
+        return yaml.load(text, Loader=_UniqueKeys)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
 

@@ -25,9 +25,9 @@ from the command line with `--set key.path=value`, the value read as YAML, excep
 of type str takes the text as typed (`--set name=2024`, `--set 'data.train_path=*.parquet'`;
 only `null`, an empty value (null too) and quoted text are read as YAML; `~` is text, a home
 folder). A number's key, or a list or mapping of numbers, refuses YAML's yes/no values (`on`,
-`off`, `yes`, `no`, `true`, `false`), and no number may be infinite or NaN. Numbers in
-exponent form are numbers, as YAML 1.2 reads them (`num_rows: 3e5` is 300000; PyYAML's YAML
-1.1 read it as text), in a file and on the command line. `dist-train
+`off`, `yes`, `no`, `true`, `false`), and no number may be infinite or NaN. A number's key
+reads exponent form as YAML 1.2 does (`num_rows: 3e5` is 300000: PyYAML's YAML 1.1 reads it
+as text), in a file and on the command line alike; a text key keeps the text. `dist-train
 show-config` prints the validated config of a job, every default filled in; an error names
 the key and the `--set` it came from, and an unknown key gets the closest valid one as a
 suggestion.

@@ -212,8 +212,7 @@ def validate_files(paths: list[str]) -> Report:
                 report.ok.append(f"{p}: KubeRay RayJob, {cluster.describe()}")
                 clusters.append((cluster, p, _rayjob_config(entrypoint, p, report)))
             elif isinstance(doc, dict) and "available_node_types" in doc:
-                # as `ray up` reads it: PyYAML's numbers (1e3 a string)
-                cluster = launcher_limits(read_yaml(path, yaml12_numbers=False), p)
+                cluster = launcher_limits(doc, p)
                 report.ok.append(f"{p}: Ray cluster config, {cluster.describe()}")
                 clusters.append((cluster, p, None))
             else:

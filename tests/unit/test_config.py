@@ -348,22 +348,29 @@ def test_an_install_without_the_checkout_says_so(
 
 
 def test_numbers_in_exponent_form_read_as_yaml_1_2_reads_them(tmp_path: Path) -> None:
-    """PyYAML (YAML 1.1) reads ``1e6`` and ``1.0e6`` as strings: ``embedding.num_rows: 3e5``
-    was refused ("unable to parse string as an integer"). A job config reads them as
-    numbers, in a file and on the command line; a Ray cluster file is read as ``ray up``
-    reads it."""
-    from dist_train.config import read_yaml
-
+    """PyYAML (YAML 1.1) reads ``1e6`` and ``1.0e6`` as text: ``embedding.num_rows: 3e5`` was
+    refused ("unable to parse string as an integer"). A numeric key now reads them as the
+    number, in a file and on the command line, alike; a text key keeps the text."""
     job = tmp_path / "job.yaml"
     raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    job.write_text(
-        yaml.safe_dump(raw).replace("num_rows: 300000", "num_rows: 3e5")
-        + "\n".join(["", "checkpoint:", "  every_steps: 1.0e3", ""])
+    text = yaml.safe_dump(raw).replace("num_rows: 300000", "num_rows: 3e5")
+    text = text.replace("name: default", "name: 1e3").replace(
+        "name: C1\n", "name: 2e1\n  column: C1\n"
     )
+    text = text.replace("seed: 0", "seed: 9007199254740993e0")
+    job.write_text(text + "checkpoint:\n  every_steps: 1.0e3\n")
     cfg = load_config(job, ["train.max_steps=2E3", "train.dense_learning_rate=5e-2"])
     assert (cfg.embedding.num_rows, cfg.checkpoint.every_steps) == (300_000, 1000)
     assert (cfg.train.max_steps, cfg.train.dense_learning_rate) == (2000, 0.05)
+    assert cfg.seed == 2**53 + 1  # exactly
+    assert (cfg.name, cfg.features[0].name) == ("1e3", "2e1")  # text keys keep the text
+    assert load_config(overrides=["name=1e3"]).name == "1e3"
+    assert load_config(overrides=["model.top_mlp=[1.28e2, 64]"]).model.top_mlp == [128, 64]
     with pytest.raises(ConfigError, match=r"train\.max_steps: .*fractional part"):
         load_config(overrides=["train.max_steps=1.5e0"])
-    assert load_config(overrides=["name=1e3"]).name == "1e3"  # a string key: as typed
-    assert read_yaml(job, yaml12_numbers=False)["embedding"]["num_rows"] == "3e5"
+    sized = job.with_name("sized.yaml")
+    sized.write_text(text.replace("type: auto", "type: auto\n  memory_per_rank: 16e9"))
+    assert load_config(sized).sharding.memory_per_rank == "16e9"
+    assert (
+        load_config(overrides=["sharding.memory_per_rank=16e9"]).sharding.memory_per_rank == "16e9"
+    )
