@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -634,8 +635,10 @@ class CheckpointSaver:
 
 
 def _same_location(a: Location, b: Location) -> bool:
+    """The same path as written (normalized, not resolved: every rank must decide alike,
+    and a symlink may resolve differently on another node)."""
     if isinstance(a, Path) and isinstance(b, Path):
-        return a.resolve() == b.resolve()  # a relative path, a symlink
+        return os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b))
     return a == b
 
 

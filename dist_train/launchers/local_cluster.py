@@ -61,13 +61,20 @@ def start(port: int, args: list[str]) -> int:
         return 1
     group, status, out = start_head([f"--port={port}", *args])
     print(out, end="")
-    if status != 0:
-        stop_cluster(group)  # what it started before it failed
-        return 1
-    daemons = {pid: _start_time(pid) for pid in processes_of(group)}
-    record = {"port": port, "process_group": group, "boot_id": _boot_id(), "daemons": daemons}
-    recorded.write_text(json.dumps(record))
-    return 0
+    try:
+        if status != 0:
+            return 1
+        daemons = {pid: _start_time(pid) for pid in processes_of(group)}
+        record = {"port": port, "process_group": group, "boot_id": _boot_id(), "daemons": daemons}
+        # whole or not at all: a reader never meets half a record
+        partial = recorded.with_name(f"{recorded.name}.{os.getpid()}")
+        partial.write_text(json.dumps(record))
+        partial.replace(recorded)
+        group = 0
+        return 0
+    finally:
+        if group:  # ray start failed, or no record was written: what it started ends
+            stop_cluster(group)
 
 
 def stop(port: int) -> int:
@@ -85,7 +92,7 @@ def stop(port: int) -> int:
         return 0
     ended = len(processes_of(group))
     stop_cluster(group)
-    recorded.unlink()
+    recorded.unlink(missing_ok=True)  # a stop beside this one may have removed it
     print(f"stopped the cluster on port {port} ({ended} processes)")
     return 0
 
@@ -98,12 +105,18 @@ def _live_group(recorded: Path) -> int | None:
     another program's group, which must not be signalled."""
     if not recorded.exists():
         return None
+    if recorded.stat().st_uid != os.getuid():  # the temporary folder is everyone's
+        raise SystemExit(f"{recorded}: another user's file, not this user's record; remove it")
     try:
         record = json.loads(recorded.read_text())
         group, boot = int(record["process_group"]), str(record["boot_id"])
         daemons = {int(pid): int(start) for pid, start in record["daemons"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise SystemExit(f"{recorded}: not a cluster record ({err}); remove it") from None
+        raise SystemExit(
+            f"{recorded}: not a cluster record of this version ({err}): remove it, after "
+            "ending the cluster it names, if one runs (`ps -o pid,pgid,comm -e | grep -E "
+            "'raylet|gcs_server'`, then `kill -- -<its process group>`)"
+        ) from None
     members = processes_of(group) if boot == _boot_id() else set()
     if any(pid in members and _start_time(pid) == start for pid, start in daemons.items()):
         return group

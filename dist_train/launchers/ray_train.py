@@ -264,8 +264,10 @@ def _join(cfg: JobConfig, address: str) -> None:
         # Ray's own message names the address alone; what failed ends its cause's text
         # (the last line of a traceback Ray quotes, for a refused connection)
         lines = str(err.__cause__ or "").strip().splitlines()
-        why = f"{err}: {lines[-1].strip()}" if lines else str(err)
-        hint = _auth_hint() if "auth" in why.lower() else ""
+        cause = lines[-1].strip() if lines else ""
+        why = f"{err}: {cause}" if cause else str(err)
+        refused = "InvalidAuthToken" in cause or "AuthenticationError" in cause
+        hint = _auth_hint() if refused else ""
         raise LaunchError(f"cannot join the Ray cluster at {address} ({why}){hint}") from err
 
 

@@ -326,10 +326,10 @@ def test_a_join_that_fails_says_why_and_hints_at_tokens_only_for_a_refusal(
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     monkeypatch.setattr(ray_train, "_init_keeping_sigterm", refuse("No node info found"))
     with pytest.raises(ray_train.LaunchError) as err:
-        ray_train._join(cfg, "10.0.0.1:6379")
+        ray_train._join(cfg, "oauth-gw.internal:6379")  # "auth" in the address: no refusal
     assert str(err.value) == (
-        "cannot join the Ray cluster at 10.0.0.1:6379 (Failed to connect to Ray cluster at "
-        "10.0.0.1:6379: No node info found)"
+        "cannot join the Ray cluster at oauth-gw.internal:6379 (Failed to connect to Ray "
+        "cluster at 10.0.0.1:6379: No node info found)"
     )
     assert isinstance(err.value.__cause__, ConnectionError)
     monkeypatch.setattr(
