@@ -92,6 +92,9 @@ class RowGroup:
     path: str
     index: int
     num_rows: int
+    # its columns' bytes as the footer records them, uncompressed (0: unknown): with
+    # dictionaries and compression they move with the contents, at no read of the data
+    byte_size: int = 0
 
     @property
     def source(self) -> str:
@@ -202,7 +205,8 @@ def list_row_groups(
             continue
         # The footer has no checksum. Readers trust a row group's row count and silently
         # return fewer rows when a damaged footer lowers it; the file's total catches that.
-        group_rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        listed = [meta.row_group(i) for i in range(meta.num_row_groups)]
+        group_rows = [g.num_rows for g in listed]
         if sum(group_rows) != meta.num_rows or any(n < 0 for n in group_rows):
             _problem(
                 policy,
@@ -221,7 +225,11 @@ def list_row_groups(
                     raise
                 policy.file_problem(str(err))
                 continue
-        groups += [RowGroup(f, i, n) for i, n in enumerate(group_rows) if n > 0]
+        groups += [
+            RowGroup(f, i, g.num_rows, g.total_byte_size)
+            for i, g in enumerate(listed)
+            if g.num_rows > 0
+        ]
     if not groups:
         raise DataSourceError(
             f"{path}: no usable Parquet files (every file was empty or bad input)"

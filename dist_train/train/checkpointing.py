@@ -40,8 +40,10 @@ from dist_train.train.trainer import Trainer
 
 def training_data(groups: list[RowGroup]) -> dict[str, Any]:
     """What a mid-epoch position assumes of the training data (``groups``, as listed): its
-    files, row groups and rows, and a digest of the listing (paths from their common folder
-    on, so that the same files moved elsewhere still match)."""
+    files, row groups and rows, a digest of the listing (paths from their common folder on,
+    so that the same files moved elsewhere still match), and one of the row groups' byte
+    sizes as their footers record them (files rewritten with other rows in the same
+    layout)."""
     paths = [g.path for g in groups]
     common = os.path.commonprefix(paths)  # noqa: RUF071 - cut at its last / below (URLs too)
     common = common[: common.rfind("/") + 1]
@@ -51,6 +53,7 @@ def training_data(groups: list[RowGroup]) -> dict[str, Any]:
         "row_groups": len(groups),
         "rows": sum(g.num_rows for g in groups),
         "digest": digest_of(json.dumps(listing).encode()),
+        "contents": digest_of(json.dumps([g.byte_size for g in groups]).encode()),
     }
 
 
@@ -130,13 +133,20 @@ def _check_same_data(now: dict[str, Any], meta: dict[str, Any], path: Location) 
     """A mid-epoch checkpoint counts the batches its ranks consumed of row groups dealt from
     the listing it was saved over: another listing deals other batches."""
     saved = meta.get("train_data")
-    if not isinstance(saved, dict) or saved == now:
-        return  # saved before the data were recorded, or the same
+    if not isinstance(saved, dict) or all(now.get(k) == v for k, v in saved.items()):
+        return  # saved before the data were recorded, or the same (as far as recorded)
 
     def counts(d: dict[str, Any]) -> str:
         return f"{d.get('files')} file(s), {d.get('row_groups')} row group(s), {d.get('rows')} rows"
 
-    same = " (as many, but other files or order)" if counts(saved) == counts(now) else ""
+    same = ""
+    if counts(saved) == counts(now):
+        same = (
+            " (as many, but other files or order)"
+            if saved.get("digest") != now.get("digest")
+            else " (the same files and row groups, but their footers record other byte "
+            "sizes: other contents)"
+        )
     raise checkpoint.CheckpointError(
         f"{path} was saved mid-epoch over training data of {counts(saved)}; the job's "
         f"data.train_path now holds {counts(now)}{same}. The epoch's remaining batches would "

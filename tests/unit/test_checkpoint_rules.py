@@ -404,6 +404,35 @@ def test_resuming_mid_epoch_over_other_training_data_is_refused(tmp_path: Path) 
     # the same files, moved to another folder, resume; so does the same listing
     assert resume_point(job, None, groups("s3://bucket/copy", 2)) == str(mid_epoch)
     assert resume_point(job, None, groups("/data/train", 2)) == str(mid_epoch)
+    # the same files rewritten with other rows: their footers' byte sizes differ
+    rewritten = [dataclasses.replace(g, byte_size=7) for g in groups("/data/train", 2)]
+    with pytest.raises(CheckpointError, match=r"4096 rows \(the same files .* other contents\)"):
+        resume_point(job, None, rewritten)
+    # a checkpoint saved before the contents were recorded compares what it holds
+    del meta["train_data"]["contents"]
+    (mid_epoch / META).write_text(json.dumps(meta))
+    assert resume_point(job, None, rewritten) == str(mid_epoch)
+
+
+def test_row_groups_carry_their_footers_byte_sizes(tmp_path: Path) -> None:
+    """Files rewritten with other rows in the same layout list other byte sizes (what the
+    mid-epoch resume check compares), read from the footers alone."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dist_train.data.reader import list_row_groups
+
+    for name, seed in (("a", 0), ("b", 1)):
+        ids = np.random.default_rng(seed).integers(0, 1000, 4096)
+        pq.write_table(pa.table({"C1": ids}), tmp_path / f"{name}.parquet", row_group_size=2048)
+    a, b = (
+        list_row_groups(str(tmp_path / "a.parquet")),
+        list_row_groups(str(tmp_path / "b.parquet")),
+    )
+    assert [g.num_rows for g in a] == [g.num_rows for g in b] == [2048, 2048]
+    assert all(g.byte_size > 0 for g in a + b)
+    assert [g.byte_size for g in a] != [g.byte_size for g in b]
 
 
 def test_a_commit_marker_at_a_url_is_written_beside_then_moved_in(tmp_path: Path) -> None:
