@@ -77,6 +77,8 @@ def _yes_no_for_number(annotation: Any, value: Any) -> str | None:
 
 
 # a number in exponent form, as YAML 1.2 reads one: PyYAML (YAML 1.1) reads 1e6 as text
+# beyond it int(Decimal) of a huge exponent took seconds, and 1e-400 rounded to 0
+_LARGEST_EXPONENT = 30
 _EXPONENT_FORM = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+")
 
 
@@ -84,7 +86,8 @@ def _exponent_numbers(annotation: Any, value: Any) -> Any:
     """``value`` with text in exponent form (``3e5``) read as the number a numeric field of
     ``annotation`` (or its list's or mapping's values) holds: an integer where the field
     takes no float and the number is whole (exactly, past 2**53 too), else a float. A text
-    field keeps its text."""
+    field keeps its text, and so does a number past 1e30 or under 1e-30 either way (the
+    field then refuses it)."""
     if not _numeric(annotation):
         for kind in _kinds(annotation):
             origin, args = typing.get_origin(kind), typing.get_args(kind)
@@ -95,9 +98,17 @@ def _exponent_numbers(annotation: Any, value: Any) -> Any:
         return value
     if not (isinstance(value, str) and _EXPONENT_FORM.fullmatch(value.strip())):
         return value
-    number = decimal.Decimal(value.strip())
-    whole = number == number.to_integral_value()
-    return int(number) if whole and float not in _kinds(annotation) else float(number)
+    try:
+        number = decimal.Decimal(value.strip())
+        small = abs(number.adjusted()) <= _LARGEST_EXPONENT
+    except decimal.InvalidOperation:  # an exponent past what Decimal holds
+        small = False
+    if not small:
+        return value  # no setting's size: the field refuses the text (1e400, 1e-400)
+    if float in _kinds(annotation):
+        return float(number)
+    # an integer field: a whole number exactly, else pydantic's "fractional part" error
+    return int(number) if number == number.to_integral_value() else number
 
 
 class _Strict(BaseModel):

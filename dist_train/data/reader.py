@@ -92,8 +92,9 @@ class RowGroup:
     path: str
     index: int
     num_rows: int
-    # its columns' bytes as the footer records them, uncompressed (0: unknown): with
-    # dictionaries and compression they move with the contents, at no read of the data
+    # its columns' bytes as the footer records them, uncompressed (0: unknown): they move
+    # with the contents of dictionary-encoded and variable-length columns (not of plain
+    # fixed-width ones), known at no read of the data
     byte_size: int = 0
 
     @property

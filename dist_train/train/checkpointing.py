@@ -40,10 +40,8 @@ from dist_train.train.trainer import Trainer
 
 def training_data(groups: list[RowGroup]) -> dict[str, Any]:
     """What a mid-epoch position assumes of the training data (``groups``, as listed): its
-    files, row groups and rows, a digest of the listing (paths from their common folder on,
-    so that the same files moved elsewhere still match), and one of the row groups' byte
-    sizes as their footers record them (files rewritten with other rows in the same
-    layout)."""
+    files, row groups and rows, and a digest of the listing (paths from their common folder
+    on, so that the same files moved elsewhere still match)."""
     paths = [g.path for g in groups]
     common = os.path.commonprefix(paths)  # noqa: RUF071 - cut at its last / below (URLs too)
     common = common[: common.rfind("/") + 1]
@@ -53,8 +51,18 @@ def training_data(groups: list[RowGroup]) -> dict[str, Any]:
         "row_groups": len(groups),
         "rows": sum(g.num_rows for g in groups),
         "digest": digest_of(json.dumps(listing).encode()),
-        "contents": digest_of(json.dumps([g.byte_size for g in groups]).encode()),
     }
+
+
+# meta.json's key of :func:`training_contents`: beside ``train_data``, whose comparison
+# older versions make whole (an extra key there refused every mid-epoch resume)
+CONTENTS_KEY = "train_contents"
+
+
+def training_contents(groups: list[RowGroup]) -> str:
+    """A digest of ``groups``' byte sizes as their footers record them (uncompressed): files
+    rewritten with other rows in the same layout mostly record others."""
+    return digest_of(json.dumps([g.byte_size for g in groups]).encode())
 
 
 def resume_point(
@@ -93,7 +101,7 @@ def resume_point(
     if position.batches:
         _check_same_batches(cfg, meta, path)
         if train_groups is not None:
-            _check_same_data(training_data(train_groups), meta, path)
+            _check_same_data(train_groups, meta, path)
     _check_same_hashing(cfg, meta, path)
     _refuse_to_branch(cfg, root, path, position.step)
     LOG.info(f"resuming from {path}")
@@ -129,24 +137,27 @@ def _hashing(embedding: EmbeddingConfig, features: list[FeatureConfig], seed: in
     return [(k.key, k.table, k.salt) for k in build_layout(embedding, features, seed).keys]
 
 
-def _check_same_data(now: dict[str, Any], meta: dict[str, Any], path: Location) -> None:
+def _check_same_data(groups: list[RowGroup], meta: dict[str, Any], path: Location) -> None:
     """A mid-epoch checkpoint counts the batches its ranks consumed of row groups dealt from
-    the listing it was saved over: another listing deals other batches."""
-    saved = meta.get("train_data")
-    if not isinstance(saved, dict) or all(now.get(k) == v for k, v in saved.items()):
-        return  # saved before the data were recorded, or the same (as far as recorded)
+    the listing it was saved over: another listing deals other batches, and other rows in
+    the same listing train other examples."""
+    now, saved = training_data(groups), meta.get("train_data")
+    if not isinstance(saved, dict):
+        return  # saved before the data were recorded
 
     def counts(d: dict[str, Any]) -> str:
         return f"{d.get('files')} file(s), {d.get('row_groups')} row group(s), {d.get('rows')} rows"
 
-    same = ""
-    if counts(saved) == counts(now):
+    if saved == now:
+        contents = meta.get(CONTENTS_KEY)
+        if contents is None or contents == training_contents(groups):
+            return  # the same, as far as recorded
         same = (
-            " (as many, but other files or order)"
-            if saved.get("digest") != now.get("digest")
-            else " (the same files and row groups, but their footers record other byte "
-            "sizes: other contents)"
+            " (the same files and row groups, but their footers record other byte sizes: "
+            "other rows, or another writer)"
         )
+    else:
+        same = " (as many, but other files or order)" if counts(saved) == counts(now) else ""
     raise checkpoint.CheckpointError(
         f"{path} was saved mid-epoch over training data of {counts(saved)}; the job's "
         f"data.train_path now holds {counts(now)}{same}. The epoch's remaining batches would "
@@ -359,6 +370,7 @@ class Checkpoints:
         }
         if train_groups is not None:  # what a mid-epoch position's batches were dealt from
             extra["train_data"] = training_data(train_groups)
+            extra[CONTENTS_KEY] = training_contents(train_groups)
         self.saver = CheckpointSaver(
             trainer,
             checkpoint.checkpoint_root(cfg),

@@ -368,6 +368,12 @@ def test_numbers_in_exponent_form_read_as_yaml_1_2_reads_them(tmp_path: Path) ->
     assert load_config(overrides=["model.top_mlp=[1.28e2, 64]"]).model.top_mlp == [128, 64]
     with pytest.raises(ConfigError, match=r"train\.max_steps: .*fractional part"):
         load_config(overrides=["train.max_steps=1.5e0"])
+    # no setting's size: refused at once (int(Decimal("1e1000000")) took 32 s; 1e-400 was 0)
+    for big in ("seed=1e1000000", "seed=1e9999999999999999999", "seed=1e-400"):
+        with pytest.raises(ConfigError, match=r"seed: Input should be a valid integer"):
+            load_config(overrides=[big])
+    with pytest.raises(ConfigError, match=r"learning_rate: Input should be a finite number"):
+        load_config(overrides=["train.dense_learning_rate=1e400"])
     sized = job.with_name("sized.yaml")
     sized.write_text(text.replace("type: auto", "type: auto\n  memory_per_rank: 16e9"))
     assert load_config(sized).sharding.memory_per_rank == "16e9"
