@@ -1,7 +1,7 @@
 """A one-node ``ray start --head`` cluster on this machine, and its scoped stop.
 
-``ray stop`` ends every Ray instance of the machine: other users' clusters, and the embedded
-instance of any ``dist-train train`` running there. A cluster started here runs in a session
+``ray stop`` ends every Ray instance of yours on the machine: another cluster, and the
+embedded instance of any ``dist-train train`` running there. A cluster started here runs in a session
 of its own (its daemons share the process group of the ``ray start`` that made them), which
 is recorded in a state file per GCS port; :func:`stop` ends that process group and the
 workers below it, nothing else. ``launch/local_cluster.sh`` is the command line:
@@ -83,7 +83,7 @@ def stop(port: int) -> int:
     if not recorded.exists():
         print(
             f"no cluster started by launch/local_cluster.sh listens on port {port} "
-            f"({recorded} is missing); `ray stop` would end every Ray instance of this machine"
+            f"({recorded} is missing); `ray stop` would end every Ray instance of yours on this machine"
         )
         return 1
     group = _live_group(recorded)
