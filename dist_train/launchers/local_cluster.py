@@ -83,7 +83,8 @@ def stop(port: int) -> int:
     if not recorded.exists():
         print(
             f"no cluster started by launch/local_cluster.sh listens on port {port} "
-            f"({recorded} is missing); `ray stop` would end every Ray instance of yours on this machine"
+            f"({recorded} is missing); `ray stop` would end every Ray instance of yours on "
+            "this machine"
         )
         return 1
     group = _live_group(recorded)
