@@ -1,9 +1,9 @@
 """A one-node ``ray start --head`` cluster on this machine, and its scoped stop.
 
 ``ray stop`` ends every Ray instance of yours on the machine: another cluster, and the
-embedded instance of any ``dist-train train`` running there. A cluster started here runs in a session
-of its own (its daemons share the process group of the ``ray start`` that made them), which
-is recorded in a state file per GCS port; :func:`stop` ends that process group and the
+embedded instance of any ``dist-train train`` running there. A cluster started here runs in
+a session of its own (its daemons share the process group of the ``ray start`` that made
+them), which is recorded in a state file per GCS port; :func:`stop` ends that process group and the
 workers below it, nothing else. ``launch/local_cluster.sh`` is the command line:
 ``python -m dist_train.launchers.local_cluster start|stop [--port P] [ray start args]``.
 """
