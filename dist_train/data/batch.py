@@ -262,7 +262,8 @@ class BatchBuilder:
                 # its log1p, 89.8, fits. NaN and inf stay non-finite, for nan_to_num below.
                 values = np.log1p(np.maximum(values, 0.0))
                 wide[i] = True
-            columns[i] = values
+            with np.errstate(over="ignore"):  # past float32's range: inf, then 0 below
+                columns[i] = values
             if col.null_count:
                 columns[i][~valid_mask(col)] = 0.0
         np.nan_to_num(columns, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
