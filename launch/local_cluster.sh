@@ -36,7 +36,7 @@ case "${1:-}" in
     echo "export RAY_ADDRESS=http://127.0.0.1:${DASHBOARD_PORT:-8265} RAY_AUTH_MODE=token"
     ;;
   stop)
-    # this cluster only (`ray stop` ends every Ray instance of the machine)
+    # this cluster only (`ray stop` ends every Ray instance of yours on the machine)
     python -m dist_train.launchers.local_cluster stop --port="$PORT"
     ;;
   *)
