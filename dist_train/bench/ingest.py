@@ -37,7 +37,7 @@ from dist_train.data.memory import reuse_freed_memory
 from dist_train.data.validation import BadInputPolicy
 from dist_train.driver import prepare_inputs, run_job
 from dist_train.embedding.layout import build_layout
-from dist_train.launchers.processes import proc_stat
+from dist_train.launchers.procfs import proc_stat
 from dist_train.launchers.ray_train import private_ray
 from dist_train.train.trainer import make_batch_builder
 from planners.cores import usable_cores

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from dist_train.launchers.procfs import proc_stat
+
 GRACE_S = 10.0
 START_TIMEOUT_S = 120.0
 
@@ -64,7 +66,7 @@ def start(port: int, args: list[str]) -> int:
     try:
         if status != 0:
             return 1
-        daemons = {pid: _start_time(pid) for pid in processes_of(group)}
+        daemons = {pid: _started(pid) for pid in processes_of(group)}
         record = {"port": port, "process_group": group, "boot_id": _boot_id(), "daemons": daemons}
         # whole or not at all: a reader never meets half a record
         partial = recorded.with_name(f"{recorded.name}.{os.getpid()}")
@@ -91,8 +93,7 @@ def stop(port: int) -> int:
     if group is None:
         print(f"the cluster recorded on port {port} has ended already (record removed)")
         return 0
-    ended = len(processes_of(group))
-    stop_cluster(group)
+    ended = stop_cluster(group)
     recorded.unlink(missing_ok=True)  # a stop beside this one may have removed it
     print(f"stopped the cluster on port {port} ({ended} processes)")
     return 0
@@ -119,7 +120,7 @@ def _live_group(recorded: Path) -> int | None:
             "'raylet|gcs_server'`, then `kill -- -<its process group>`)"
         ) from None
     members = processes_of(group) if boot == _boot_id() else set()
-    if any(pid in members and _start_time(pid) == start for pid, start in daemons.items()):
+    if any(pid in members and _started(pid) == start for pid, start in daemons.items()):
         return group
     recorded.unlink(missing_ok=True)
     return None
@@ -129,24 +130,23 @@ def _boot_id() -> str:
     return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
 
-def _start_time(pid: int) -> int:
-    """When ``pid`` started, in clock ticks since boot (/proc's stat, field 22); -1 if gone."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return -1
+def _started(pid: int) -> int:
+    """When ``pid`` started, in clock ticks since boot; -1 if gone."""
+    stat = proc_stat(pid)
+    return -1 if stat is None else stat.started
 
 
-def stop_cluster(pgid: int, grace_s: float = GRACE_S) -> None:
+def stop_cluster(pgid: int, grace_s: float = GRACE_S) -> int:
     """End one ``ray start`` cluster: its daemons (process group ``pgid``) and the workers and
-    drivers below them. As ``ray stop`` does it: the raylet first, then the others, the GCS
-    last; SIGTERM, then SIGKILL after ``grace_s``."""
+    drivers below them; how many processes that was. As ``ray stop`` does it: the raylet
+    first, then the others, the GCS last; SIGTERM, then SIGKILL after ``grace_s``."""
     pids = processes_of(pgid)
     names = {pid: _name(pid) for pid in pids}
     raylet = {p for p in pids if names[p] == "raylet"}
     gcs = {p for p in pids if names[p] == "gcs_server"}
     for bucket in (raylet, pids - raylet - gcs, gcs):
         _terminate(bucket, grace_s)
+    return len(pids)
 
 
 def _processes() -> dict[int, tuple[int, int]]:
@@ -154,12 +154,9 @@ def _processes() -> dict[int, tuple[int, int]]:
     found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            try:
-                state, ppid, pgid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
-            except (OSError, ValueError):  # gone meanwhile
-                continue
-            if state != "Z":
-                found[int(entry.name)] = (int(ppid), int(pgid))
+            stat = proc_stat(int(entry.name))
+            if stat is not None and not stat.gone:  # None: gone meanwhile
+                found[int(entry.name)] = (stat.parent, stat.group)
     return found
 
 
@@ -196,11 +193,8 @@ def _name(pid: int) -> str:
 
 
 def _gone(pid: int) -> bool:
-    """Exited (a zombie waits only for its parent to read its status)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+    stat = proc_stat(pid)
+    return stat is None or stat.gone
 
 
 def main(argv: list[str] | None = None) -> int:

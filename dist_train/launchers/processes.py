@@ -19,7 +19,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from dist_train.data.memory import reuse_freed_memory
 from dist_train.devices import backend_for, select_local_gpu
 from dist_train.launchers.affinity import pin_local_rank
+from dist_train.launchers.procfs import proc_stat
 from dist_train.launchers.rank_server import use_rank_server
 from dist_train.logs import LOG, quiet_worker_logs
 from dist_train.storage import write_atomically
@@ -272,28 +272,7 @@ def _running_since(pid: int) -> str | None:
             pass  # another user's process: it exists
         return "alive"
     stat = proc_stat(pid)
-    return None if stat is None or stat.state in ("Z", "X") else str(stat.started)
-
-
-@dataclass(frozen=True)
-class ProcStat:
-    """A process as Linux's ``/proc/<pid>/stat`` shows it."""
-
-    state: str  # R, S, ..., Z for exited but not yet reaped
-    started: int  # clock ticks after boot: with the pid, which process this is
-    cpu_seconds: float  # its own user and system time, not its reaped children's
-
-
-def proc_stat(pid: int) -> ProcStat | None:
-    """``pid``'s :class:`ProcStat`; None once it is gone (or without ``/proc``)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # the fields after the command's name, which may hold spaces and parentheses
-    fields = text.rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return ProcStat(fields[0], int(fields[19]), (int(fields[11]) + int(fields[12])) / ticks)
+    return None if stat is None or stat.gone else str(stat.started)
 
 
 def _stop(processes: list[Any]) -> None:

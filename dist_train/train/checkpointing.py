@@ -275,7 +275,8 @@ OLD_PREFIXES = ("diverged-",)  # the records' name before they covered other err
 
 def record_failure(cfg: JobConfig, run_id: str, rank: int, error: BaseException) -> None:
     """Record that this launch failed on ``rank`` with ``error``, one that a restart would
-    meet again (a divergence, bad input: :data:`REPEATS`), where Ray Train restarts the
+    meet again (a divergence, bad input: ``repeats`` in ``_ray_worker``,
+    :mod:`dist_train.launchers.ray_train`), where Ray Train restarts the
     group after a failure: the restarted group would resume the newest checkpoint and fail
     again at the same step, until the restarts are spent (without end at
     ``ray.max_failures=-1``). Beside the checkpoints, which every rank reaches; one file a
