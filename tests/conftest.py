@@ -13,6 +13,7 @@ import yaml
 
 from dist_train.config import DEFAULT_CONFIG, JobConfig, apply_overrides, parse_config
 from dist_train.data.synthetic import GeneratedData, generate
+from dist_train.logs import LOG
 
 
 def small_config(tmp_path: Path | str, overrides: list[str] | None = None) -> JobConfig:
@@ -40,6 +41,16 @@ def small_config(tmp_path: Path | str, overrides: list[str] | None = None) -> Jo
     raw["embedding"]["dim"] = 8
     raw["train"].update(batch_size=256, eval_batch_size=1024, log_every=5)
     return parse_config(apply_overrides(raw, overrides or []), "small_config")
+
+
+@pytest.fixture(autouse=True)
+def _restore_log_level() -> Iterator[None]:
+    """Put ``dist_train``'s level back after each test: a CLI test run with ``-q`` sets it to
+    WARNING, and a later test in the same process would lose its INFO lines (and hand
+    ``quiet`` to its workers, which read the level through ``verbosity()``)."""
+    level = LOG.level
+    yield
+    LOG.setLevel(level)
 
 
 @pytest.fixture
