@@ -145,13 +145,27 @@ def resolve(cfg: JobConfig, resume: str) -> Location | None:
         return found[-1] if found else None
     path = location(resume)
     if not (path / META).is_file():
-        raise CheckpointError(f"{path / META}: not a committed dist_train checkpoint")
+        raise CheckpointError(not_committed(path))
     return path
+
+
+def not_committed(path: Location) -> str:
+    """Why ``path``, which has no ``meta.json``, is no checkpoint, and where they are."""
+    if not path.exists():
+        return f"{path}: no such checkpoint folder"
+    if not path.is_dir():
+        return f"{path}: a file, not a checkpoint folder (a step-N folder holding {META})"
+    return (
+        f"{path}: a folder without {META}: not a committed checkpoint (a save interrupted "
+        f"leaves one; a run's checkpoints/ folder holds them, one step-N folder each)"
+    )
 
 
 def read_meta(path: Location) -> dict[str, Any]:
     """``meta.json`` of a committed checkpoint, checked against its own digest."""
     meta_path = path / META
+    if not meta_path.exists():
+        raise CheckpointError(not_committed(path))
     try:
         with checkpoint_files.open_file(meta_path) as f:  # a link to /dev/zero: refused
             text = f.read(META_MAX_BYTES + 1)

@@ -66,13 +66,16 @@ def _row_widths(text: str) -> list[int]:
 def _count(zero: bool = False) -> Callable[[str], int]:
     """An argparse type: one positive int (or >= 0 with ``zero``); anything else is a usage
     error naming the value (a 0 the command would take as "not given", or loop on)."""
-    many = _number_list(int, zero)
+    sign = "non-negative" if zero else "positive"
 
     def parse(text: str) -> int:
-        values = many(text)
-        if len(values) != 1:
-            raise argparse.ArgumentTypeError(f"expected one number; got {text!r}")
-        return int(values[0])
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if value < 0 or (value == 0 and not zero):
+            raise argparse.ArgumentTypeError(f"expected one {sign} whole number; got {text!r}")
+        return value
 
     return parse
 
@@ -133,7 +136,7 @@ def _gen_data(args: argparse.Namespace) -> int:
     from dist_train.data.synthetic import generate
 
     try:
-        out = generate(cfg.data.synthetic, args.out)
+        out = generate(cfg.data.synthetic, args.out, progress=args.verbosity != "quiet")
     except OSError as err:  # --out a file, a read-only folder, a full disk
         print(f"error: {args.out}: cannot write the data ({err.strerror or err})", file=sys.stderr)
         return 1
@@ -427,7 +430,7 @@ def _convert(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from dist_train.validate import validate_files
 
-    report = validate_files(args.files)
+    report = validate_files(args.files, args.set)
     for line in report.ok:
         print(f"ok       {line}")
     for line in report.problems:
@@ -554,6 +557,13 @@ def build_parser() -> argparse.ArgumentParser:
         "files",
         nargs="+",
         help="job config YAMLs, Ray cluster YAMLs, RayJob YAMLs, checkpoint dirs",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of every job config given, e.g. --set ray.cpus_per_worker=48",
     )
     p = sub.add_parser("bench", help="benchmarks that print ratios measured in one run")
     bench = p.add_subparsers(dest="bench", required=True)

@@ -62,11 +62,20 @@ def prepare_inputs(cfg: JobConfig) -> WorkerInputs:
     else:
         train_path, test_path = cfg.data.train_path, cfg.data.test_path
     policy = BadInputPolicy.for_job(cfg)
+    train, test = check_inputs(cfg, train_path, test_path, policy)
+    return WorkerInputs(train, test, str(run_dir), file_counts=policy.counts)
+
+
+def check_inputs(
+    cfg: JobConfig, train_path: str, test_path: str, policy: BadInputPolicy
+) -> tuple[list[RowGroup], list[RowGroup]]:
+    """Both splits' row groups, their files' footers and schemas checked under ``policy``
+    (the job's ``data.on_bad_input``), and the first epoch's steps (:func:`check_steps`)."""
     builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
     schema = SchemaCheck(builder)  # one for both splits: their column types must agree
     train, test = (list_row_groups(p, policy, schema) for p in (train_path, test_path))
     check_steps(cfg, train)
-    return WorkerInputs(train, test, str(run_dir), file_counts=policy.counts)
+    return train, test
 
 
 UNUSED_ROWS_WARNING = 0.10

@@ -16,10 +16,19 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dist_train.checkpoint import META, CheckpointError, verify
-from dist_train.config import ConfigError, JobConfig, load_config, parse_config, read_yaml
+from dist_train.checkpoint import META, CheckpointError, not_committed, verify
+from dist_train.config import (
+    ConfigError,
+    JobConfig,
+    apply_overrides,
+    load_config,
+    parse_config,
+    read_yaml,
+)
 from dist_train.data.reader import DataSourceError, resolve_files
+from dist_train.data.validation import BadInputError, BadInputPolicy
 from dist_train.devices import DeviceError, DeviceType, resolve_device
+from dist_train.driver import check_inputs
 from dist_train.embedding.layout import build_layout
 from dist_train.launchers.cluster import (
     ClusterLimits,
@@ -74,13 +83,7 @@ def _check_job(
     rules), ``cpu`` and ``auto`` for CPU ranks; with ``clusters`` to check against, an
     ``auto`` job that does not fit CPU ranks is left to them (:func:`_check_fit`), since a
     cluster with a GPU per worker runs it on GPUs."""
-    for key in ("train_path", "test_path"):
-        value = getattr(cfg.data, key)
-        if value is not None and "://" not in value:
-            try:
-                resolve_files(value)
-            except DataSourceError as err:
-                report.problems.append(f"{source}: data.{key}: {err}")
+    _check_data(cfg, source, report)
     device: DeviceType = "cuda" if cfg.train.device == "cuda" else "cpu"
     try:
         plan = plan_for_config(cfg, device)
@@ -96,6 +99,35 @@ def _check_job(
         f"{mb:,.1f} MiB per rank (weights + optimizer state)"
     )
     return _Planned(device, plan)
+
+
+def _check_data(cfg: JobConfig, source: str, report: Report) -> None:
+    """The job's local data as training would check it before its first step: both splits'
+    files, footers, columns and types, and the first epoch's steps (URLs are left to the
+    run: this machine may not reach them; generated data is made by the run)."""
+    paths = {"train_path": cfg.data.train_path, "test_path": cfg.data.test_path}
+    local = {k: v for k, v in paths.items() if v is not None and "://" not in v}
+    found = 0
+    for key, value in local.items():
+        try:
+            resolve_files(value)
+            found += 1
+        except DataSourceError as err:
+            report.problems.append(f"{source}: data.{key}: {err}")
+    if found < 2:
+        return
+    policy = BadInputPolicy.for_job(cfg)
+    try:
+        train, test = check_inputs(cfg, local["train_path"], local["test_path"], policy)
+    except (DataSourceError, BadInputError) as err:
+        report.problems.append(f"{source}: data: {err}")
+        return
+    skipped = policy.counts.files
+    report.ok.append(
+        f"{source}: data: {len(train):,} training and {len(test):,} test row groups, columns "
+        f"and types usable"
+        + (f"; {skipped} bad file(s) to skip (data.on_bad_input: skip)" if skipped else "")
+    )
 
 
 def _check_fit(
@@ -153,8 +185,10 @@ def _check_fit(
         cfg.ray.num_nodes,
         cfg.ray.placement_strategy,
     )
-    but = f"; but {risk}" if risk else ""
-    report.ok.append(f"{job_source} fits {source} ({cluster.describe()}; {ranks}){but}")
+    if risk:  # the cluster checked at its largest is empty: PACK would do just that
+        report.problems.append(f"{job_source} on {source}: {risk}")
+        return
+    report.ok.append(f"{job_source} fits {source} ({cluster.describe()}; {ranks})")
 
 
 def _rayjob_config(entrypoint: str, source: str, report: Report) -> JobConfig | None:
@@ -184,9 +218,12 @@ def _rayjob_config(entrypoint: str, source: str, report: Report) -> JobConfig | 
         return None
 
 
-def validate_files(paths: list[str]) -> Report:
-    """Check every file, then every job against every cluster; collect all findings."""
+def validate_files(paths: list[str], overrides: list[str] | None = None) -> Report:
+    """Check every file, then every job against every cluster; collect all findings.
+    ``overrides``: ``--set`` items applied to every job config among ``paths``."""
     report = Report()
+    overrides = overrides or []
+    job_files = 0
     jobs: list[tuple[JobConfig, str]] = []
     clusters: list[tuple[ClusterLimits, str, JobConfig | None]] = []
     for p in paths:
@@ -198,11 +235,7 @@ def validate_files(paths: list[str]) -> Report:
                 report.problems.append(str(err))
             continue
         if path.is_dir():  # no meta.json: no committed checkpoint, and no YAML file
-            report.problems.append(
-                f"{p}: a folder without {META}: not a committed checkpoint (an interrupted "
-                "save leaves one; a run's checkpoints/ folder holds them, one folder each) "
-                "and no config file"
-            )
+            report.problems.append(f"{not_committed(path)}, and no config file")
             continue
         try:
             doc = read_yaml(path)
@@ -216,9 +249,16 @@ def validate_files(paths: list[str]) -> Report:
                 report.ok.append(f"{p}: Ray cluster config, {cluster.describe()}")
                 clusters.append((cluster, p, None))
             else:
-                jobs.append((parse_config(doc, p), p))
+                job_files += 1
+                if overrides and (doc is None or isinstance(doc, dict)):
+                    doc = apply_overrides(doc or {}, overrides)
+                jobs.append((parse_config(doc, p, overrides), p))
         except (ConfigError, ClusterFileError) as err:
             report.problems.append(str(err))
+    if overrides and not job_files:
+        report.problems.append(
+            f"--set {overrides[0]}: --set applies to job configs, and none is among the files"
+        )
     # Jobs once every file is read: whether any cluster is given decides how auto is planned.
     devices = [_check_job(cfg, p, report, bool(clusters)) for cfg, p in jobs]
     for cluster, source, own_cfg in clusters:

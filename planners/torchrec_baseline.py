@@ -89,16 +89,26 @@ def estimate(placements: list[TablePlacement], workload: Workload, topo: Topolog
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Mute TorchRec's planner warnings (about its own dry-run memory estimate) for one call."""
-    log = logging.getLogger("torchrec.distributed.planner")
-    level = log.level
+    """Mute TorchRec's planner warnings (about its own dry-run memory estimate, and "Sharding
+    spec not found" for each table it replicates) for one call."""
+    log, root = logging.getLogger("torchrec.distributed.planner"), logging.getLogger()
+    levels = log.level, root.level
+    # TorchRec logs the latter on the root logger through logging.warning, which, while the
+    # root has no handler, installs one for good (basicConfig): a guard handler prevents it
+    guard = None if root.handlers else logging.NullHandler()
     log.setLevel(logging.ERROR)
+    root.setLevel(logging.ERROR)
+    if guard is not None:
+        root.addHandler(guard)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             yield
     finally:
-        log.setLevel(level)
+        log.setLevel(levels[0])
+        root.setLevel(levels[1])
+        if guard is not None:
+            root.removeHandler(guard)
 
 
 def _torchrec_topology(topo: Topology) -> TorchRecTopology:

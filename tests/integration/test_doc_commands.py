@@ -258,6 +258,14 @@ def check_job_args(ns: argparse.Namespace, what: str) -> None:
     """--config exists and the job config with these --set overrides validates."""
     if not hasattr(ns, "set"):
         return
+    if getattr(ns, "command", None) == "validate":  # --set applies to each job config named
+        for name in ns.files:
+            if name.startswith("launch/configs/"):
+                try:
+                    load_config(REPO / name, list(ns.set))
+                except ConfigError as err:
+                    pytest.fail(f"{what}: {name} does not validate: {err}")
+        return
     config = ns.config
     if config is None and getattr(ns, "command", None) == "sweep":
         config = DEFAULT_CONFIG.parent / ("adult.yaml" if ns.dataset == "adult" else "default.yaml")

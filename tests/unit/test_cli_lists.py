@@ -31,16 +31,24 @@ def test_lists_parse_into_numbers_defaults_included() -> None:
         (["sweep", "--budgets", "nan"], "positive floats"),
         # single counts: a 0 looped forever (convert wrote empty files until the disk was
         # full) or read as "not given" (plan's batch, nodes and ranks)
-        (["convert", "criteo", "x.tsv", "--out", "o", "--rows-per-file", "0"], "positive ints"),
-        (["convert", "criteo", "x.tsv", "--out", "o", "--rows-per-group", "0"], "positive ints"),
-        (["plan", "--batch-size", "0"], "positive ints"),
-        (["plan", "--nodes", "0"], "positive ints"),
-        (["plan", "--ranks-per-node", "-1"], "positive ints"),
-        (["calibrate", "--ranks", "0"], "positive ints"),
-        (["calibrate", "--threads", "0"], "positive ints"),
-        (["bench", "train", "--rounds", "0"], "positive ints"),
-        (["plan", "--nodes", "2,4"], "expected one number"),
-        (["convert", "adult", "--out", "o", "--seed", "-1"], "non-negative ints"),
+        (
+            ["convert", "criteo", "x.tsv", "--out", "o", "--rows-per-file", "0"],
+            "one positive whole number",
+        ),
+        (
+            ["convert", "criteo", "x.tsv", "--out", "o", "--rows-per-group", "0"],
+            "one positive whole number",
+        ),
+        (["plan", "--batch-size", "0"], "one positive whole number; got '0'"),
+        (["plan", "--nodes", "0"], "one positive whole number"),
+        (["plan", "--ranks-per-node", "-1"], "one positive whole number"),
+        (["calibrate", "--ranks", "0"], "one positive whole number"),
+        (["calibrate", "--threads", "0"], "one positive whole number"),
+        (["bench", "train", "--rounds", "0"], "one positive whole number"),
+        # the message for a single count asks for one (it asked for a list, then refused one)
+        (["plan", "--nodes", "2,4"], "expected one positive whole number; got '2,4'"),
+        (["bench", "checkpoint", "--rows", "4,000,000"], "one positive whole number"),
+        (["convert", "adult", "--out", "o", "--seed", "-1"], "one non-negative whole number"),
     ],
 )
 def test_bad_lists_are_usage_errors_naming_the_value(

@@ -81,6 +81,7 @@ def test_validate_fits_a_gpu_job_to_a_gpu_type_listed_second(tmp_path: Path) -> 
     cluster.write_text(yaml.safe_dump(_cpu_type_first(_aws()), sort_keys=False))
     job = yaml.safe_load((AWS.parents[1] / "configs" / "two_nodes.yaml").read_text())
     job["train"] = {**job.get("train", {}), "device": "cuda"}
+    job["ray"]["cpus_per_worker"] = 48  # 2 a p4d node, as its num_nodes asks (PACK)
     job_path = tmp_path / "job.yaml"
     job_path.write_text(yaml.safe_dump(job))
     report = validate_files([str(job_path), str(cluster)])

@@ -78,13 +78,20 @@ def test_shipped_launch_files_validate(tmp_path: Path, monkeypatch: pytest.Monke
         LAUNCH / "kuberay" / "rayjob.yaml",
     ]
     report = validate_files([str(f) for f in files])
-    assert report.problems == []
+    # one problem, the one docs/operations.md sets ray.cpus_per_worker=48 for: with 1 CPU a
+    # worker, PACK lands the 2-node job's 4 workers on one 8-GPU node (it said "ok ... but")
+    (problem,) = report.problems
+    assert problem.startswith(f"{LAUNCH}/configs/two_nodes.yaml on {LAUNCH}/clusters/aws-gpu")
+    assert problem.endswith("set ray.cpus_per_worker=48 so that each node holds 2")
     assert any(
         "aws-gpu.yaml: Ray cluster config, at most 5 node(s): the head (head) and 4 of "
         "gpu_worker (up to 4); up to 384 CPUs or 32 GPUs" in line
         for line in report.ok
     )
     assert any("two_nodes.yaml fits" in line and "rayjob.yaml" in line for line in report.ok)
+    two_nodes, aws = LAUNCH / "configs" / "two_nodes.yaml", LAUNCH / "clusters" / "aws-gpu.yaml"
+    fixed = validate_files([str(two_nodes), str(aws)], ["ray.cpus_per_worker=48"])
+    assert fixed.problems == [] and any("two_nodes.yaml fits" in line for line in fixed.ok)
 
 
 def _edit(src: Path, dst: Path, change: dict) -> Path:  # type: ignore[type-arg]

@@ -133,3 +133,45 @@ def test_validate_names_a_folder_that_is_no_checkpoint(tmp_path: Path) -> None:
         report = validate_files([str(folder)])
         (problem,) = report.problems
         assert problem.startswith(f"{folder}: a folder without meta.json: not a committed")
+
+
+def test_validate_checks_the_jobs_data_as_training_would(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """validate said ok to a job whose data lacked a column; the run then stopped on it."""
+    from dist_train.data.synthetic import generate
+    from tests.conftest import small_config
+
+    cfg = small_config(tmp_path)
+    data = generate(cfg.data.synthetic, tmp_path / "data", progress=False)
+    raw = cfg.model_dump(mode="json")
+    raw["data"].update(train_path=str(data.train_dir), test_path=str(data.test_dir))
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(raw))
+    assert main(["validate", str(job)]) == 0
+    assert "job.yaml: data: 8 training and 4 test row groups" in capsys.readouterr().out
+    for change, why in [
+        ("data.dense_columns=[I1,I99]", "part-0.parquet: missing column 'I99'"),
+        ("train.batch_size=8192", "the job would train 0 steps"),
+        ("data.test_path=" + str(tmp_path / "none"), "data.test_path: "),
+    ]:
+        assert main(["validate", str(job), "--set", change]) == 1, change
+        err = capsys.readouterr().err
+        assert f"PROBLEM  {job}: data" in err and why in err, err
+    # --set with no job config among the files names itself
+    aws = str(REPO / "launch" / "clusters" / "aws-gpu.yaml")
+    assert main(["validate", aws, "--set", "train.epochs=2"]) == 1
+    assert "--set train.epochs=2: --set applies to job configs" in capsys.readouterr().err
+
+
+def test_plan_prints_no_torchrec_warning_for_a_table_it_replicates(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """TorchRec logs "Sharding spec not found" on the root logger for every replicated
+    table: `plan` printed WARNING:root:... beside its own output, as if it had failed."""
+    argv = ["plan", "--nodes", "64", "--ranks-per-node", "8", "--memory-per-rank", "80GiB"]
+    assert main([*argv, "--device", "cuda"]) == 0
+    out, err = capfd.readouterr()
+    assert "TorchRec's planner: data_parallel" in out  # it replicates the table
+    assert "Sharding spec not found" not in err
+    assert not [r for r in caplog.records if "Sharding spec" in r.getMessage()]
