@@ -783,7 +783,10 @@ def _blames(override: str, key: str, message: str) -> bool:
         return False
     if not key:
         return _mentions(message, parent if is_entry else override)
-    return f"{override}.".startswith(f"{key}.") or key.startswith(f"{override}.")
+    # one lies in the other; a list item's position in the key matches the override's name
+    # for it (features.13.chunks from --set features.C14.chunks=...)
+    keys, overrides = key.split("."), override.split(".")
+    return all(k == o or k.isdigit() for k, o in zip(keys, overrides, strict=False))
 
 
 def _mentions(message: str, key: str) -> bool:
@@ -795,6 +798,16 @@ def override_key(item: str) -> str:
     return item.split("=", 1)[0].strip()
 
 
+def _at_items(dotted: str, loc: tuple[int | str, ...]) -> str:
+    """A key's ``dotted`` name at the list items ``loc`` names (features.chunks at
+    ('features', 13, 'chunkz') is features.13.chunks)."""
+    names = dotted.split(".")
+    if len(names) != sum(not isinstance(p, int) for p in loc):
+        return dotted
+    parts = iter(names)
+    return ".".join(str(p) if isinstance(p, int) else next(parts) for p in loc)
+
+
 def _format_errors(source: str, err: ValidationError, overrides: Sequence[str] = ()) -> str:
     lines = [f"{source}: invalid job config ({err.error_count()} problem(s))"]
     for e in err.errors():
@@ -804,7 +817,7 @@ def _format_errors(source: str, err: ValidationError, overrides: Sequence[str] =
             dotted = ".".join(str(p) for p in e["loc"] if not isinstance(p, int))
             keys = [k for k in dotted_keys() if not dotted.startswith(f"{k}.")]  # no sections
             close = difflib.get_close_matches(dotted, keys, n=1)
-            hint = f"did you mean {close[0]}? " if close else ""
+            hint = f"did you mean {_at_items(close[0], e['loc'])}? " if close else ""
             msg = (
                 f"unknown key ({hint}every key: `dist-train show-config --reference`, "
                 "docs/config.md)"
@@ -825,8 +838,9 @@ def _takes_text(parts: list[str]) -> bool:
     """Whether the key ``parts`` names holds a string (unknown keys count: they are refused
     by name whatever their value)."""
     model: type[BaseModel] = JobConfig
-    for i, part in enumerate(parts):
-        field = model.model_fields.get(part)
+    i = 0
+    while i < len(parts):
+        field = model.model_fields.get(parts[i])
         if field is None:
             return True
         kind = field.annotation
@@ -834,9 +848,13 @@ def _takes_text(parts: list[str]) -> bool:
             # str, or an optional str: not a list or mapping of them
             union = typing.get_origin(kind) in (typing.Union, types.UnionType)
             return kind is str or (union and str in typing.get_args(kind))
+        if typing.get_origin(kind) is list and i + 2 < len(parts):
+            (kind,) = typing.get_args(kind)  # a key of one item (features.C14.chunks)
+            i += 1
         if not (isinstance(kind, type) and issubclass(kind, BaseModel)):
             return False  # inside a list or dict
         model = kind
+        i += 1
     return False
 
 
@@ -863,14 +881,37 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise ConfigError(f"override {item!r}: expected KEY.PATH=VALUE")
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
-        node = out
-        for p in parts[:-1]:
+        node: Any = out
+        for i, p in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                node = node[_item_index(node, p, parts[i - 1], item)]
+                continue
             child = node.setdefault(p, {})
-            if not isinstance(child, dict):
+            if not isinstance(child, dict | list):
                 raise ConfigError(f"override {item!r}: {p!r} is not a section")
             node = child
-        node[parts[-1]] = _override_value(item, parts, value)
+        last = parts[-1]
+        if isinstance(node, list):  # a whole item: features.C14={name: C14, chunks: 3}
+            node[_item_index(node, last, parts[-2], item)] = _override_value(item, parts, value)
+        else:
+            node[last] = _override_value(item, parts, value)
     return out
+
+
+def _item_index(items: list[Any], part: str, name: str, item: str) -> int:
+    """The position of the item of list ``name`` that ``part`` names in an override: by its
+    ``name`` key (features.C14) or by position (features.13)."""
+    for i, each in enumerate(items):
+        if isinstance(each, dict) and str(each.get("name")) == part:
+            return i
+    if part.isdigit() and int(part) < len(items):
+        return int(part)
+    names = [str(e.get("name")) for e in items if isinstance(e, dict) and "name" in e]
+    listed = f"; its items: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"
+    raise ConfigError(
+        f"--set {item}: {name} has no item named {part!r} (name one by its name, or by its "
+        f"position from 0 to {len(items) - 1}){listed if names else ''}"
+    )
 
 
 def parse_config(raw: Any, source: str = "<config>", overrides: Sequence[str] = ()) -> JobConfig:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dist_train.config import DEFAULT_CONFIG, ConfigError, load_config
+from dist_train.config import DEFAULT_CONFIG, ConfigError, FeatureConfig, JobConfig, load_config
 
 
 def test_default_config_is_valid_and_documented_defaults_hold() -> None:
@@ -380,3 +380,30 @@ def test_numbers_in_exponent_form_read_as_yaml_1_2_reads_them(tmp_path: Path) ->
     assert (
         load_config(overrides=["sharding.memory_per_rank=16e9"]).sharding.memory_per_rank == "16e9"
     )
+
+
+def test_an_override_names_a_list_item_by_its_name_or_position() -> None:
+    """docs/config.md lists features[].chunks among the keys --set sets, but a list's items
+    could only be replaced whole (features.0.chunks: "'features' is not a section")."""
+
+    def feature(cfg: JobConfig, name: str) -> FeatureConfig:
+        return next(f for f in cfg.features if f.name == name)
+
+    cfg = load_config(
+        overrides=["features.C14.chunks=3", "features.0.name=2024", "features.2024.column=C1"]
+    )
+    assert feature(cfg, "C14").chunks == 3 and feature(cfg, "C13").chunks == 1
+    assert cfg.features[0].name == "2024"  # a text key keeps its text inside an item too
+    whole = load_config(overrides=["features.C2={name: C2, chunks: 4}"])
+    assert feature(whole, "C2").chunks == 4 and feature(whole, "C2").cardinality is None
+    with pytest.raises(ConfigError, match=r"features has no item named 'C99' \(name one by"):
+        load_config(overrides=["features.C99.chunks=3"])
+    with pytest.raises(ConfigError, match=r"position from 0 to 25"):
+        load_config(overrides=["features.26.chunks=3"])
+    # errors inside an item name the override, and suggest the key at that item
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["features.C14.chunkz=3"])
+    assert "features.13.chunkz: unknown key (did you mean features.13.chunks?" in str(err.value)
+    assert str(err.value).endswith("(from --set features.C14.chunkz=3)")
+    with pytest.raises(ConfigError, match=r"greater than 0 \(from --set features.C14.chunks=0\)"):
+        load_config(overrides=["features.C14.chunks=0"])
