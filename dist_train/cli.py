@@ -511,8 +511,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-per-rank", help="memory per rank (default: RAM / ranks)")
     p = sub.add_parser("export", help="a checkpoint as one unsharded safetensors file")
     p.add_argument("checkpoint", help="a committed checkpoint directory (step-NNNNNNNN)")
-    p.add_argument("--out", required=True, help="directory for model.safetensors + meta.json")
-    p.add_argument("--optimizer", action="store_true", help="also optimizer.safetensors")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="directory for model.safetensors (every table whole, the dense layers), the "
+        "checkpoint's meta.json and export.json (table shapes, each feature's table and salt)",
+    )
+    p.add_argument(
+        "--optimizer", action="store_true", help="also the optimizer state: optimizer.safetensors"
+    )
     p = sub.add_parser("convert", help="convert public datasets to Parquet")
     fmt = p.add_subparsers(dest="format", required=True)
     p = fmt.add_parser("criteo", help="Criteo TSV (label, I1..I13, C1..C26) to Parquet")
@@ -663,11 +670,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-recovery", action="store_true", help="skip the Ray kill -9 run")
     p.add_argument("--json", type=_output_file, help="also write the figures as JSON to this file")
+    _know_own_parser(parser)
     return parser
 
 
+def _know_own_parser(parser: argparse.ArgumentParser) -> None:
+    """Each (sub)command's namespace holds its own parser (``_parser``), whose usage an
+    unknown flag's error shows: argparse shows the top level's, which lists no flags."""
+    parser.set_defaults(_parser=parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _know_own_parser(child)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        args._parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     setup_logging(getattr(args, "verbosity", "normal"))
     return stopped_by_sigterm(lambda: _command(args))
 

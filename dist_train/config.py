@@ -798,6 +798,14 @@ def override_key(item: str) -> str:
     return item.split("=", 1)[0].strip()
 
 
+def closest_key(dotted: str) -> str | None:
+    """The config key nearest an unknown ``dotted`` one (its list items unnamed), if any is
+    near: the "did you mean" of an error."""
+    keys = [k for k in dotted_keys() if not dotted.startswith(f"{k}.")]  # no sections
+    close = difflib.get_close_matches(dotted, keys, n=1)
+    return close[0] if close else None
+
+
 def _at_items(dotted: str, loc: tuple[int | str, ...]) -> str:
     """A key's ``dotted`` name at the list items ``loc`` names (features.chunks at
     ('features', 13, 'chunkz') is features.13.chunks)."""
@@ -814,10 +822,8 @@ def _format_errors(source: str, err: ValidationError, overrides: Sequence[str] =
         key = ".".join(str(p) for p in e["loc"]) or "<top level>"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            dotted = ".".join(str(p) for p in e["loc"] if not isinstance(p, int))
-            keys = [k for k in dotted_keys() if not dotted.startswith(f"{k}.")]  # no sections
-            close = difflib.get_close_matches(dotted, keys, n=1)
-            hint = f"did you mean {_at_items(close[0], e['loc'])}? " if close else ""
+            close = closest_key(".".join(str(p) for p in e["loc"] if not isinstance(p, int)))
+            hint = f"did you mean {_at_items(close, e['loc'])}? " if close else ""
             msg = (
                 f"unknown key ({hint}every key: `dist-train show-config --reference`, "
                 "docs/config.md)"
@@ -881,6 +887,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise ConfigError(f"override {item!r}: expected KEY.PATH=VALUE")
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r}: expected KEY.PATH=VALUE (an empty key)")
         node: Any = out
         for i, p in enumerate(parts[:-1]):
             if isinstance(node, list):

@@ -342,7 +342,12 @@ def train_and_report(cfg: JobConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dist_train.driver", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m dist_train.driver",
+        description="The job driver, the entrypoint of `ray job submit` (dist-train submit "
+        "prints the command): prepare data, list row groups, launch workers, write the "
+        "summary. `dist-train train` runs the same job from a shell.",
+    )
     add_config_args(parser)
     args = parser.parse_args(argv)
     setup_logging(args.verbosity)

@@ -248,6 +248,12 @@ def validate_files(paths: list[str], overrides: list[str] | None = None) -> Repo
                 cluster = launcher_limits(doc, p)
                 report.ok.append(f"{p}: Ray cluster config, {cluster.describe()}")
                 clusters.append((cluster, p, None))
+            elif isinstance(doc, dict) and doc and not set(doc) & set(JobConfig.model_fields):
+                keys = ", ".join(map(str, list(doc)[:6])) + (" ..." if len(doc) > 6 else "")
+                report.problems.append(
+                    f"{p}: not a job config, Ray cluster config, RayJob or checkpoint: it has "
+                    f"none of a job config's keys (its keys: {keys})"
+                )
             else:
                 job_files += 1
                 if overrides and (doc is None or isinstance(doc, dict)):

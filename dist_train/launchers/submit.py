@@ -19,7 +19,14 @@ import subprocess
 import sys
 from pathlib import Path, PurePosixPath
 
-from dist_train.config import ConfigError, JobConfig, known_key, load_or_report, override_key
+from dist_train.config import (
+    ConfigError,
+    JobConfig,
+    closest_key,
+    known_key,
+    load_or_report,
+    override_key,
+)
 from dist_train.logs import LOG
 from dist_train.stopping import EXIT_CODE
 
@@ -167,7 +174,9 @@ def submit(
     if local is None:
         unknown = [o for o in overrides if not known_key(override_key(o))]
         if unknown:
-            print(f"error: --set {unknown[0]}: no such config key", file=sys.stderr)
+            close = closest_key(override_key(unknown[0]))
+            hint = f" (did you mean {close}?)" if close else ""
+            print(f"error: --set {unknown[0]}: no such config key{hint}", file=sys.stderr)
             return 2
         print(
             f"note: {config} is not on this machine: the job reads and checks it on the cluster",

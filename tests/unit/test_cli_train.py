@@ -91,3 +91,25 @@ def test_resume_takes_the_path_as_given(monkeypatch: pytest.MonkeyPatch) -> None
     path = "/ckpts/run #2/step-00000048"  # YAML would read ` #2...` as a comment
     assert cli.main(["train", "--resume", path]) == 2  # (the stub loads nothing)
     assert load_config(None, seen[0]).checkpoint.resume == path
+
+
+def test_an_unknown_flag_shows_its_commands_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse showed the top level's usage, which lists no flag of the command."""
+    for argv, usage in [
+        (["train", "--sett", "x"], "usage: dist-train train [-h] [--config CONFIG]"),
+        (["bench", "train", "--epochs", "2"], "usage: dist-train bench train [-h]"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.startswith(usage), err
+        assert f"unrecognized arguments: {' '.join(argv[-2:])}" in err
+
+
+def test_an_override_with_an_empty_key_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    # it was applied to the top level as the key '' ("<top level>: unknown key")
+    for item in ("=3", "train..batch_size=3"):
+        assert cli.main(["show-config", "--set", item]) == 2
+        assert f"override {item!r}: expected KEY.PATH=VALUE (an empty key)" in (
+            capsys.readouterr().err
+        )

@@ -233,7 +233,8 @@ def test_without_an_upload_a_config_is_checked_where_this_checkout_holds_it(
     out = capsys.readouterr()
     assert f"note: {elsewhere} is not on this machine" in out.err and elsewhere in out.out
     assert main([*base, "--config", elsewhere, "--set", "trian.epochs=2"]) == 2
-    assert "--set trian.epochs=2: no such config key" in capsys.readouterr().err
+    err = capsys.readouterr().err  # with the key meant, as the train command says it
+    assert "--set trian.epochs=2: no such config key (did you mean train.epochs?)" in err
     # a mapping's entries are the user's to name (they were refused as unknown keys)
     entry = "sharding.pooling_factors.C24=3"
     assert main([*base, "--config", elsewhere, "--set", entry]) == 0

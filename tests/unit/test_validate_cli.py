@@ -175,3 +175,14 @@ def test_plan_prints_no_torchrec_warning_for_a_table_it_replicates(
     assert "TorchRec's planner: data_parallel" in out  # it replicates the table
     assert "Sharding spec not found" not in err
     assert not [r for r in caplog.records if "Sharding spec" in r.getMessage()]
+
+
+def test_validate_names_a_file_of_another_kind_in_one_line(tmp_path: Path) -> None:
+    """plan's JSON handed to validate: 22 'unknown key' lines of a job config."""
+    other = tmp_path / "plan.json"
+    other.write_text('{"label": "row_wise", "placements": [], "notes": []}')
+    (problem,) = validate_files([str(other)]).problems
+    assert problem == (
+        f"{other}: not a job config, Ray cluster config, RayJob or checkpoint: it has none of a "
+        "job config's keys (its keys: label, placements, notes)"
+    )
