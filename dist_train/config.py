@@ -751,13 +751,45 @@ def dotted_keys(model: type[BaseModel] = JobConfig, prefix: str = "") -> list[st
     return keys
 
 
+def _item_parts(parts: list[str]) -> set[int]:
+    """Which of a key's ``parts`` name an item of a list (``features.C14.chunks``: 1), by its
+    name or position, as far as the key's fields are known."""
+    items: set[int] = set()
+    model: type[BaseModel] | None = JobConfig
+    i = 0
+    while i < len(parts) and model is not None:
+        field = model.model_fields.get(parts[i])
+        if field is None:
+            break
+        if _list_type(field.annotation) is not None:
+            items.add(i + 1)
+            i += 1
+        model = nested_model(field.annotation)
+        i += 1
+    return items
+
+
+def _list_type(annotation: Any) -> Any:
+    """The list type ``annotation`` is, or holds as an option (``list[str] | None``)."""
+    if typing.get_origin(annotation) is list:
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return next((a for a in typing.get_args(annotation) if typing.get_origin(a) is list), None)
+    return None
+
+
 def _field_at(key: str) -> Any:
-    """The field ``key`` names (an entry of a mapping key: the mapping's); None if none."""
+    """The field ``key`` names (an entry of a mapping key: the mapping's; an item of a list
+    key, named by its name or position: the list's); None if none."""
+    parts = key.split(".")
+    items = _item_parts(parts)
     model: type[BaseModel] | None = JobConfig
     field = None
-    for part in key.split("."):
+    for i, part in enumerate(parts):
         if field is not None and typing.get_origin(field.annotation) is dict:
             return field  # an entry's name is the user's
+        if i in items:
+            continue  # an item: what follows is a key of the list's model
         field = model.model_fields.get(part) if model is not None else None
         if field is None:
             return None
@@ -783,10 +815,23 @@ def _blames(override: str, key: str, message: str) -> bool:
         return False
     if not key:
         return _mentions(message, parent if is_entry else override)
-    # one lies in the other; a list item's position in the key matches the override's name
-    # for it (features.13.chunks from --set features.C14.chunks=...)
-    keys, overrides = key.split("."), override.split(".")
-    return all(k == o or k.isdigit() for k, o in zip(keys, overrides, strict=False))
+    return f"{override}.".startswith(f"{key}.") or key.startswith(f"{override}.")
+
+
+def _at_positions(key: str, raw: Any) -> str:
+    """``key`` with each list item it names by name named by its position in ``raw`` (the
+    config as overridden): errors name items by position (features.C14.chunks is
+    features.13.chunks in the default job)."""
+    out: list[str] = []
+    node = raw
+    for part in key.split("."):
+        if isinstance(node, list):
+            part = str(_find_item(node, part) if _find_item(node, part) is not None else part)
+            node = node[int(part)] if part.isdigit() and int(part) < len(node) else None
+        else:
+            node = node.get(part) if isinstance(node, dict) else None
+        out.append(part)
+    return ".".join(out)
 
 
 def _mentions(message: str, key: str) -> bool:
@@ -798,37 +843,45 @@ def override_key(item: str) -> str:
     return item.split("=", 1)[0].strip()
 
 
-def closest_key(dotted: str) -> str | None:
-    """The config key nearest an unknown ``dotted`` one (its list items unnamed), if any is
-    near: the "did you mean" of an error."""
+def closest_key(key: str) -> str | None:
+    """The config key nearest an unknown ``key``, if any is near: the "did you mean" of an
+    error. The list items ``key`` names stay where it names them (features.C14.chunkz:
+    features.C14.chunks)."""
+    parts = key.split(".")
+    items = _item_parts(parts)
+    dotted = ".".join(p for i, p in enumerate(parts) if i not in items)
     keys = [k for k in dotted_keys() if not dotted.startswith(f"{k}.")]  # no sections
     close = difflib.get_close_matches(dotted, keys, n=1)
-    return close[0] if close else None
+    if not close:
+        return None
+    names = close[0].split(".")
+    for i in sorted(items):  # back in, where the suggestion keeps the key's way to the item
+        if names[:i] != parts[:i] or i > len(names):
+            return close[0]
+        names.insert(i, parts[i])
+    suggestion = ".".join(names)
+    return suggestion if suggestion != key else None
 
 
-def _at_items(dotted: str, loc: tuple[int | str, ...]) -> str:
-    """A key's ``dotted`` name at the list items ``loc`` names (features.chunks at
-    ('features', 13, 'chunkz') is features.13.chunks)."""
-    names = dotted.split(".")
-    if len(names) != sum(not isinstance(p, int) for p in loc):
-        return dotted
-    parts = iter(names)
-    return ".".join(str(p) if isinstance(p, int) else next(parts) for p in loc)
-
-
-def _format_errors(source: str, err: ValidationError, overrides: Sequence[str] = ()) -> str:
+def _format_errors(
+    source: str, err: ValidationError, overrides: Sequence[str] = (), raw: Any = None
+) -> str:
     lines = [f"{source}: invalid job config ({err.error_count()} problem(s))"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<top level>"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            close = closest_key(".".join(str(p) for p in e["loc"] if not isinstance(p, int)))
-            hint = f"did you mean {_at_items(close, e['loc'])}? " if close else ""
+            close = closest_key(key)
+            hint = f"did you mean {close}? " if close else ""
             msg = (
                 f"unknown key ({hint}every key: `dist-train show-config --reference`, "
                 "docs/config.md)"
             )
-        blamed = [o for o in overrides if _blames(override_key(o), key if e["loc"] else "", msg)]
+        blamed = [
+            o
+            for o in overrides
+            if _blames(_at_positions(override_key(o), raw), key if e["loc"] else "", msg)
+        ]
         if blamed:
             msg += f" (from --set {blamed[-1]})"
         lines.append(f"  {key}: {msg}")
@@ -842,26 +895,32 @@ _NULLS = ("", "null", "Null", "NULL")
 
 def _takes_text(parts: list[str]) -> bool:
     """Whether the key ``parts`` names holds a string (unknown keys count: they are refused
-    by name whatever their value)."""
-    model: type[BaseModel] = JobConfig
-    i = 0
-    while i < len(parts):
-        field = model.model_fields.get(parts[i])
+    by name whatever their value); an item of a list (:func:`_item_parts`) holds the list's
+    item type."""
+    items = _item_parts(parts)
+    model: type[BaseModel] | None = JobConfig
+    kind: Any = None
+    for i, part in enumerate(parts):
+        if i in items:
+            if i == len(parts) - 1:  # a whole item: features.C14={...}, data.dense_columns.0
+                return _is_text(typing.get_args(_list_type(kind))[0])
+            continue
+        if model is None:
+            return False  # inside a mapping's entry or a plain list's item
+        field = model.model_fields.get(part)
         if field is None:
             return True
         kind = field.annotation
         if i == len(parts) - 1:
-            # str, or an optional str: not a list or mapping of them
-            union = typing.get_origin(kind) in (typing.Union, types.UnionType)
-            return kind is str or (union and str in typing.get_args(kind))
-        if typing.get_origin(kind) is list and i + 2 < len(parts):
-            (kind,) = typing.get_args(kind)  # a key of one item (features.C14.chunks)
-            i += 1
-        if not (isinstance(kind, type) and issubclass(kind, BaseModel)):
-            return False  # inside a list or dict
-        model = kind
-        i += 1
+            return _is_text(kind)
+        model = nested_model(kind)
     return False
+
+
+def _is_text(kind: Any) -> bool:
+    """str, or an optional str: not a list or mapping of them."""
+    union = typing.get_origin(kind) in (typing.Union, types.UnionType)
+    return kind is str or (union and str in typing.get_args(kind))
 
 
 def _override_value(item: str, parts: list[str], text: str) -> Any:
@@ -891,10 +950,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise ConfigError(f"override {item!r}: expected KEY.PATH=VALUE (an empty key)")
         node: Any = out
         for i, p in enumerate(parts[:-1]):
-            if isinstance(node, list):
-                node = node[_item_index(node, p, parts[i - 1], item)]
-                continue
-            child = node.setdefault(p, {})
+            child = (
+                node[_item_index(node, p, parts[i - 1], item)]
+                if isinstance(node, list)
+                else node.setdefault(p, {})
+            )
             if not isinstance(child, dict | list):
                 raise ConfigError(f"override {item!r}: {p!r} is not a section")
             node = child
@@ -906,14 +966,21 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
-def _item_index(items: list[Any], part: str, name: str, item: str) -> int:
-    """The position of the item of list ``name`` that ``part`` names in an override: by its
-    ``name`` key (features.C14) or by position (features.13)."""
+def _find_item(items: list[Any], part: str) -> int | None:
+    """The position of the item ``part`` names: the item whose ``name`` it is
+    (features.C14), or else the item at that position (features.13); None if none."""
     for i, each in enumerate(items):
         if isinstance(each, dict) and str(each.get("name")) == part:
             return i
-    if part.isdigit() and int(part) < len(items):
-        return int(part)
+    return int(part) if part.isdigit() and int(part) < len(items) else None
+
+
+def _item_index(items: list[Any], part: str, name: str, item: str) -> int:
+    """The position of the item of list ``name`` that ``part`` names in an override
+    (:func:`_find_item`), or an error naming the override."""
+    found = _find_item(items, part)
+    if found is not None:
+        return found
     names = [str(e.get("name")) for e in items if isinstance(e, dict) and "name" in e]
     listed = f"; its items: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"
     raise ConfigError(
@@ -930,7 +997,7 @@ def parse_config(raw: Any, source: str = "<config>", overrides: Sequence[str] = 
     try:
         return JobConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_errors(source, err, overrides)) from None
+        raise ConfigError(_format_errors(source, err, overrides, raw)) from None
 
 
 class _UniqueKeys(yaml.SafeLoader):

@@ -30,9 +30,10 @@ reads exponent form as YAML 1.2 does (`num_rows: 3e5` is 300000: PyYAML's YAML 1
 as text), in a file and on the command line alike; a text key keeps the text. `dist-train
 show-config` prints the validated config of a job, every default filled in; an error names
 the key and the `--set` it came from, and an unknown key gets the closest valid one as a
-suggestion. An item of `features` is named by its name or its position from 0:
-`--set features.C14.chunks=3`, `--set features.0.column=cat_1`, or whole:
-`--set 'features.C14={name: C14, chunks: 3}'`; `--set 'features=[...]'` replaces the list.
+suggestion. An item of a list is named by its `name` (an item of `features`), or else by
+its position from 0: `--set features.C14.chunks=3`, `--set features.0.column=cat_1`,
+`--set model.bottom_mlp.0=32`, or whole: `--set 'features.C14={name: C14, chunks: 3}'`;
+`--set 'features=[...]'` replaces the list.
 """
 
 

@@ -12,9 +12,11 @@ RayJob's own ``--config``, with its ``--set`` overrides, is checked against it t
 
 from __future__ import annotations
 
+import difflib
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dist_train.checkpoint import META, CheckpointError, not_committed, verify
 from dist_train.config import (
@@ -24,6 +26,7 @@ from dist_train.config import (
     load_config,
     parse_config,
     read_yaml,
+    resolve_paths,
 )
 from dist_train.data.reader import DataSourceError, resolve_files
 from dist_train.data.validation import BadInputError, BadInputPolicy
@@ -105,6 +108,7 @@ def _check_data(cfg: JobConfig, source: str, report: Report) -> None:
     """The job's local data as training would check it before its first step: both splits'
     files, footers, columns and types, and the first epoch's steps (URLs are left to the
     run: this machine may not reach them; generated data is made by the run)."""
+    cfg = resolve_paths(cfg)  # as the driver reads them: ~ expanded, against this folder
     paths = {"train_path": cfg.data.train_path, "test_path": cfg.data.test_path}
     local = {k: v for k, v in paths.items() if v is not None and "://" not in v}
     found = 0
@@ -218,6 +222,13 @@ def _rayjob_config(entrypoint: str, source: str, report: Report) -> JobConfig | 
         return None
 
 
+def _like_a_job(doc: dict[Any, Any]) -> bool:
+    """Whether a mapping has a job config's top-level keys, or keys near them (misspelt:
+    their errors suggest the keys meant), not another kind of file's."""
+    keys = list(JobConfig.model_fields)
+    return any(difflib.get_close_matches(str(k), keys, n=1, cutoff=0.75) for k in doc)
+
+
 def validate_files(paths: list[str], overrides: list[str] | None = None) -> Report:
     """Check every file, then every job against every cluster; collect all findings.
     ``overrides``: ``--set`` items applied to every job config among ``paths``."""
@@ -248,7 +259,7 @@ def validate_files(paths: list[str], overrides: list[str] | None = None) -> Repo
                 cluster = launcher_limits(doc, p)
                 report.ok.append(f"{p}: Ray cluster config, {cluster.describe()}")
                 clusters.append((cluster, p, None))
-            elif isinstance(doc, dict) and doc and not set(doc) & set(JobConfig.model_fields):
+            elif isinstance(doc, dict) and doc and not _like_a_job(doc):
                 keys = ", ".join(map(str, list(doc)[:6])) + (" ..." if len(doc) > 6 else "")
                 report.problems.append(
                     f"{p}: not a job config, Ray cluster config, RayJob or checkpoint: it has "

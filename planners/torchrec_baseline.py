@@ -87,17 +87,25 @@ def estimate(placements: list[TablePlacement], workload: Workload, topo: Topolog
     return PlanEstimate.of(tuple(full), costs, topo)
 
 
+class _DropSpecNotFound(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Sharding spec not found")
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Mute TorchRec's planner warnings (about its own dry-run memory estimate, and "Sharding
     spec not found" for each table it replicates) for one call."""
     log, root = logging.getLogger("torchrec.distributed.planner"), logging.getLogger()
-    levels = log.level, root.level
-    # TorchRec logs the latter on the root logger through logging.warning, which, while the
-    # root has no handler, installs one for good (basicConfig): a guard handler prevents it
-    guard = None if root.handlers else logging.NullHandler()
+    level = log.level
     log.setLevel(logging.ERROR)
-    root.setLevel(logging.ERROR)
+    # TorchRec logs the latter through logging.warning, on the root logger: a filter there
+    # drops only what is logged there, not what other loggers pass up. While the root has no
+    # handler, logging.warning would also install one for good (basicConfig): a guard
+    # handler prevents it.
+    drop = _DropSpecNotFound()
+    guard = None if root.handlers else logging.NullHandler()
+    root.addFilter(drop)
     if guard is not None:
         root.addHandler(guard)
     try:
@@ -105,8 +113,8 @@ def _quiet() -> Iterator[None]:
             warnings.simplefilter("ignore", FutureWarning)
             yield
     finally:
-        log.setLevel(levels[0])
-        root.setLevel(levels[1])
+        log.setLevel(level)
+        root.removeFilter(drop)
         if guard is not None:
             root.removeHandler(guard)
 

@@ -407,3 +407,26 @@ def test_an_override_names_a_list_item_by_its_name_or_position() -> None:
     assert str(err.value).endswith("(from --set features.C14.chunkz=3)")
     with pytest.raises(ConfigError, match=r"greater than 0 \(from --set features.C14.chunks=0\)"):
         load_config(overrides=["features.C14.chunks=0"])
+
+
+def test_overrides_into_list_items_from_a_review() -> None:
+    from dist_train.config import closest_key, known_key
+
+    # a plain list's item has no keys (a TypeError's traceback)
+    for item in ("data.dense_columns.0.x=1", "model.bottom_mlp.0.x.y=1"):
+        with pytest.raises(ConfigError, match=r"'0' is not a section"):
+            load_config(overrides=["data.dense_columns=[I1,I2]", item])
+    # an item of a list of text keeps its text; of numbers, reads a number
+    text = load_config(overrides=["data.dense_columns=[I1,I2]", "data.dense_columns.1=I3"])
+    assert text.data.dense_columns == ["I1", "I3"]
+    assert load_config(overrides=["model.bottom_mlp.0=32"]).model.bottom_mlp == [32]
+    # the override at fault is the one blamed, not the last into the list
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["features.C14.chunks=0", "features.C2.chunks=3"])
+    assert str(err.value).endswith("(from --set features.C14.chunks=0)")
+    # a suggestion keeps the item only where it stays in the list
+    assert closest_key("features.C14.chunkz") == "features.C14.chunks"
+    assert closest_key("features.C14.batch_size") == "train.batch_size"
+    # submit's check of keys it cannot validate (no config here): items are keys
+    assert known_key("features.C14.chunks") and known_key("features.0") and known_key("features")
+    assert not known_key("features.C14.chunkz") and not known_key("model.bottom_mlp.0.x")

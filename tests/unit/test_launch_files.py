@@ -235,6 +235,9 @@ def test_without_an_upload_a_config_is_checked_where_this_checkout_holds_it(
     assert main([*base, "--config", elsewhere, "--set", "trian.epochs=2"]) == 2
     err = capsys.readouterr().err  # with the key meant, as the train command says it
     assert "--set trian.epochs=2: no such config key (did you mean train.epochs?)" in err
+    # a list's items are named by name or position (docs/config.md)
+    assert main([*base, "--config", elsewhere, "--set", "features.C14.chunks=3"]) == 0
+    assert "--set features.C14.chunks=3" in capsys.readouterr().out
     # a mapping's entries are the user's to name (they were refused as unknown keys)
     entry = "sharding.pooling_factors.C24=3"
     assert main([*base, "--config", elsewhere, "--set", entry]) == 0

@@ -136,7 +136,7 @@ def test_validate_names_a_folder_that_is_no_checkpoint(tmp_path: Path) -> None:
 
 
 def test_validate_checks_the_jobs_data_as_training_would(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """validate said ok to a job whose data lacked a column; the run then stopped on it."""
     from dist_train.data.synthetic import generate
@@ -158,6 +158,11 @@ def test_validate_checks_the_jobs_data_as_training_would(
         assert main(["validate", str(job), "--set", change]) == 1, change
         err = capsys.readouterr().err
         assert f"PROBLEM  {job}: data" in err and why in err, err
+    # ~ is the home folder, as the driver reads it ("no Parquet files found")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    home = ["--set", "data.train_path=~/data/train", "--set", "data.test_path=~/data/test"]
+    assert main(["validate", str(job), *home]) == 0
+    assert "job.yaml: data: 8 training and 4 test row groups" in capsys.readouterr().out
     # --set with no job config among the files names itself
     aws = str(REPO / "launch" / "clusters" / "aws-gpu.yaml")
     assert main(["validate", aws, "--set", "train.epochs=2"]) == 1
@@ -186,3 +191,8 @@ def test_validate_names_a_file_of_another_kind_in_one_line(tmp_path: Path) -> No
         f"{other}: not a job config, Ray cluster config, RayJob or checkpoint: it has none of a "
         "job config's keys (its keys: label, placements, notes)"
     )
+    # a job config whose keys are all misspelt is one still, with the keys meant suggested
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("trian:\n  epochs: 2\n")
+    (problem,) = validate_files([str(typo)]).problems
+    assert "trian: unknown key (did you mean train?" in problem
