@@ -689,7 +689,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         args._parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     setup_logging(getattr(args, "verbosity", "normal"))
-    return stopped_by_sigterm(lambda: _command(args))
+    try:
+        return stopped_by_sigterm(lambda: _command(args))
+    except BrokenPipeError:  # `dist-train show-config | head`: the reader has what it wanted
+        # Python's flush of stdout at exit would fail again, with a traceback of its own
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _command(args: argparse.Namespace) -> int:
