@@ -56,6 +56,7 @@ from dist_train.sharded_moments import Wrapped, placeable, shard_like_weights, u
 from dist_train.storage import Location, location
 
 PREFIX = "step-"
+STEP_DIGITS = 8  # a save's folder: step-00000048
 PARTIAL_PREFIX = ".partial-step-"
 REPLACED_PREFIX = ".replaced-step-"  # a committed step-N set aside while N is saved again
 META = "meta.json"
@@ -120,6 +121,10 @@ def remove_partials(root: Location) -> list[Location]:
     def ours(p: Location, prefix: str) -> bool:  # only names a save makes: step-<digits>
         return p.name.startswith(prefix) and _digits(p.name[len(prefix) :])
 
+    def a_save(p: Location) -> bool:  # a save's step-%08d, uncommitted, holding a save's files
+        whole = ours(p, PREFIX) and len(p.name) >= len(PREFIX) + STEP_DIGITS
+        return whole and not (p / META).is_file() and _holds_only_a_save(p)
+
     for aside in [p for p in root.iterdir() if ours(p, REPLACED_PREFIX)]:
         final = root / (PREFIX + aside.name[len(REPLACED_PREFIX) :])
         if (final / META).is_file():  # the new one was committed: the old one goes
@@ -128,14 +133,21 @@ def remove_partials(root: Location) -> list[Location]:
         else:
             storage.rmtree(final)
             storage.move(aside, final)
-    partial = [
-        p
-        for p in root.iterdir()
-        if ours(p, PARTIAL_PREFIX) or (ours(p, PREFIX) and not (p / META).is_file())
-    ]
+    partial = [p for p in root.iterdir() if ours(p, PARTIAL_PREFIX) or a_save(p)]
     for p in partial:
         storage.rmtree(p)
     return removed + partial
+
+
+def _holds_only_a_save(folder: Location) -> bool:
+    """Whether ``folder`` holds only what a save writes before its commit (DCP's
+    ``.metadata`` and ``*.distcp`` shards, the commit's temporary ``meta.json.tmp``): a
+    ``step-N`` folder of the user's, in a ``checkpoint.dir`` that holds other things too,
+    is theirs to keep."""
+    if not folder.is_dir():
+        return False
+    names = {p.name for p in folder.iterdir()}
+    return all(n in (".metadata", f"{META}.tmp") or n.endswith(".distcp") for n in names)
 
 
 def resolve(cfg: JobConfig, resume: str) -> Location | None:
@@ -193,8 +205,29 @@ def read_meta(path: Location) -> dict[str, Any]:
         isinstance(files, dict) and all(isinstance(v, dict) for v in files.values())
     ):
         raise CheckpointError(f"{meta_path}: 'files' is not a map of file digests")
+    for name, want in (files or {}).items():
+        problem = _digest_problem(want)
+        if problem:
+            raise CheckpointError(f"{meta_path}: files[{name!r}]: {problem}")
     _check_fields(meta, meta_path)
     return meta
+
+
+def _digest_problem(want: dict[str, Any]) -> str | None:
+    """What is wrong with one file's entry in ``files`` (a save writes its byte count, its
+    digest and its chunks' digests, chunk_bytes long each), or None."""
+    if not _is_count(want.get("bytes")):
+        return "'bytes' is not a byte count"
+    if not isinstance(want.get("xxh3_128"), str):
+        return "'xxh3_128' is not a digest"
+    if "chunk_bytes" in want and not (_is_count(want["chunk_bytes"]) and want["chunk_bytes"]):
+        return "'chunk_bytes' is not a positive byte count"
+    chunks = want.get("chunks")
+    if "chunks" in want and not (
+        isinstance(chunks, list) and all(isinstance(c, str) for c in chunks)
+    ):
+        return "'chunks' is not a list of digests"
+    return None
 
 
 def _is_count(value: Any) -> bool:
@@ -250,12 +283,15 @@ def _check_fields(meta: dict[str, Any], meta_path: Location) -> None:
 
 
 def _is_rng_state(state: Any) -> bool:
-    """Base64 of a CPU generator's state, as :func:`_rng_state` writes it."""
+    """Base64 of a CPU generator's state, as :func:`_rng_state` writes it: of its length,
+    and one a generator takes (its Mersenne Twister's state checked by torch)."""
     try:
-        return isinstance(state, str) and len(base64.b64decode(state, validate=True)) == len(
-            _rng_state_bytes()
-        )
-    except ValueError:
+        raw = base64.b64decode(state, validate=True) if isinstance(state, str) else b""
+        if len(raw) != len(_rng_state_bytes()):
+            return False
+        torch.Generator().set_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+        return True
+    except (ValueError, RuntimeError):
         return False
 
 

@@ -16,7 +16,7 @@ import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -130,6 +130,32 @@ class _Strict(BaseModel):
                 "(YAML reads yes/no and on/off as true/false)"
             )
         return value if field is None else _exponent_numbers(field.annotation, value)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _ints_within_64_bits(cls, value: Any) -> Any:
+        """No whole number past a 64-bit integer (a row count of 10^23 passed validation and
+        failed in the layout with an OverflowError naming no key)."""
+        if _past_int64(value):
+            raise ValueError(f"{value!r} holds a whole number past a 64-bit integer")
+        return value
+
+
+def _past_int64(value: Any) -> bool:
+    if isinstance(value, int):
+        return abs(value) > 2**63 - 1
+    if isinstance(value, list | tuple):
+        return any(map(_past_int64, value))
+    if isinstance(value, dict):
+        return any(map(_past_int64, value.values()))
+    return False
+
+
+# Widths far past any network's, short of sizes whose products overflow or whose allocation
+# fails naming no key: a layer of 2**20 x 2**20 weights is 4 TiB
+MAX_WIDTH = 2**20
+Width = Annotated[int, Field(gt=0, le=MAX_WIDTH)]
+MAX_TABLE_ELEMENTS = 2**56  # 256 PiB of float32, past any cluster; products stay in int64
 
 
 class SyntheticDataConfig(_Strict):
@@ -281,7 +307,7 @@ class EmbeddingConfig(_Strict):
     num_rows: int = Field(
         1_000_000, gt=0, description="Rows M of the shared table (unified, hashing_trick)."
     )
-    dim: int = Field(16, gt=0, description="Columns d of each chunk vector.")
+    dim: int = Field(16, gt=0, le=MAX_WIDTH, description="Columns d of each chunk vector.")
     num_tables: int = Field(
         1, gt=0, description="Split the unified table round-robin into this many sub-tables."
     )
@@ -292,6 +318,11 @@ class EmbeddingConfig(_Strict):
     def _check(self) -> EmbeddingConfig:
         if self.num_tables > self.num_rows:
             raise ValueError("num_tables must not exceed num_rows")
+        if self.num_rows * self.dim > MAX_TABLE_ELEMENTS:
+            raise ValueError(
+                f"num_rows x dim = {self.num_rows * self.dim:.3g} elements: more than "
+                f"{MAX_TABLE_ELEMENTS:.3g} (2**56), past any cluster's memory"
+            )
         return self
 
 
@@ -303,11 +334,11 @@ class ModelConfig(_Strict):
         description="dlrm: dot interaction; dcn_v2: cross network (the Unified Embedding "
         "paper's model); autoint: self-attention over the feature embeddings.",
     )
-    bottom_mlp: list[PositiveInt] = Field(
+    bottom_mlp: list[Width] = Field(
         default_factory=lambda: [64],
         description="dlrm: hidden sizes of the dense tower (its output is one d-vector).",
     )
-    top_mlp: list[PositiveInt] = Field(
+    top_mlp: list[Width] = Field(
         default_factory=lambda: [128, 64],
         description="dlrm: hidden sizes above the interaction; dcn_v2: the deep network over "
         "the cross output.",
@@ -326,7 +357,7 @@ class ModelConfig(_Strict):
     attention_dim: int = Field(
         16, gt=0, description="autoint: output width of each layer, split over the heads."
     )
-    attention_mlp: list[PositiveInt] = Field(
+    attention_mlp: list[Width] = Field(
         default_factory=list,
         description="autoint: hidden sizes between the flattened attention output and the "
         "logit; none (the paper's AutoInt) trains best on the default data.",
@@ -345,8 +376,10 @@ class ModelConfig(_Strict):
 class TrainConfig(_Strict):
     """The training loop."""
 
-    batch_size: int = Field(2048, gt=0, description="Examples per rank per step.")
-    eval_batch_size: int = Field(8192, gt=0, description="Examples per rank per eval step.")
+    batch_size: int = Field(2048, gt=0, le=2**31, description="Examples per rank per step.")
+    eval_batch_size: int = Field(
+        8192, gt=0, le=2**31, description="Examples per rank per eval step."
+    )
     epochs: int = Field(1, gt=0, description="Passes over the training data.")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many steps.")
     dense_optimizer: Literal["adagrad", "adam", "sgd"] = Field(
@@ -511,7 +544,7 @@ class RayConfig(_Strict):
             "cluster it was submitted to."
         ),
     )
-    num_workers: int = Field(2, gt=0, description="Training workers (ranks).")
+    num_workers: int = Field(2, gt=0, le=MAX_WIDTH, description="Training workers (ranks).")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per worker = torch threads.")
     num_nodes: int | None = Field(
         None,
@@ -675,6 +708,15 @@ class JobConfig(_Strict):
             missing = [f.name for f in self.features if f.cardinality is None]
             if missing:
                 raise ValueError(f"collisionless embedding needs a cardinality for {missing}")
+            dim = self.embedding.dim
+            huge = [
+                f.name for f in self.features if (f.cardinality or 0) * dim > MAX_TABLE_ELEMENTS
+            ]
+            if huge:
+                raise ValueError(
+                    f"collisionless tables of {huge}: cardinality x embedding.dim past "
+                    f"{MAX_TABLE_ELEMENTS:.3g} (2**56) elements, any cluster's memory"
+                )
         if self.data.train_path is None:
             self._check_generated_columns()
         chunks = sum(f.chunks for f in self.features)

@@ -14,6 +14,7 @@ import itertools
 import os
 import queue
 import resource
+import stat
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -312,8 +313,11 @@ def open_parquet(
 
     def source() -> str | pa.NativeFile:
         if "://" not in path:
+            _refuse_irregular(path)
             return path
         fs, inner = _filesystem(path)
+        if isinstance(fs, pafs.LocalFileSystem):  # file://
+            _refuse_irregular(inner)
         return fs.open_input_file(inner)
 
     # Pages written with CRC32 checksums (our generator and converter write them) are
@@ -332,6 +336,13 @@ def open_parquet(
     return pq.ParquetFile(
         source(), metadata=footer, read_dictionary=strings, page_checksum_verification=True
     )
+
+
+def _refuse_irregular(path: str) -> None:
+    """An OSError (a bad file) for a local path that is no regular file: opening a pipe
+    named ``*.parquet`` waits for a writer, for good, and a signal does not end the wait."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError("not a regular file (a pipe or a device)")
 
 
 def _filesystem(url: str) -> tuple[pafs.FileSystem, str]:

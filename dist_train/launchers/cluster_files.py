@@ -105,13 +105,32 @@ def k8s_quantity(value: str | int | float, where: str) -> float:
     return float(m.group(1)) * _SCALE[m.group(2)]
 
 
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    """``value``, a mapping (None: an empty one), or an error naming the field."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ClusterFileError(f"{where}: expected a mapping, got {type(value).__name__}")
+    return value
+
+
 def _group_resources(group: dict[str, Any], where: str) -> dict[str, float]:
     """Ray resources of a KubeRay group: rayStartParams override container limits."""
-    params = group.get("rayStartParams", {}) or {}
-    containers = group.get("template", {}).get("spec", {}).get("containers", [])
+    group = _mapping(group, where)
+    params = _mapping(group.get("rayStartParams"), f"{where}.rayStartParams")
+    template = _mapping(group.get("template"), f"{where}.template")
+    containers = _mapping(template.get("spec"), f"{where}.template.spec").get("containers")
     if not containers:
         raise ClusterFileError(f"{where}: template.spec.containers is empty")
-    limits = containers[0].get("resources", {}).get("limits", {}) or {}
+    if not isinstance(containers, list):
+        raise ClusterFileError(f"{where}.template.spec.containers: expected a list")
+    container = _mapping(containers[0], f"{where}.template.spec.containers[0]")
+    resources = _mapping(
+        container.get("resources"), f"{where}.template.spec.containers[0].resources"
+    )
+    limits = _mapping(
+        resources.get("limits"), f"{where}.template.spec.containers[0].resources.limits"
+    )
     cpu = params.get("num-cpus", limits.get("cpu"))
     if cpu is None:
         raise ClusterFileError(f"{where}: set resources.limits.cpu or rayStartParams.num-cpus")
@@ -166,9 +185,12 @@ def rayjob_nodes(doc: dict[str, Any], source: str) -> tuple[list[NodeResources],
             f"{source}: spec.rayClusterSpec.enableInTreeAutoscaling must be true or false, "
             f"got {scales!r}"
         )
-    for i, group in enumerate(cluster.get("workerGroupSpecs", []) or []):
+    groups = cluster.get("workerGroupSpecs") or []
+    if not isinstance(groups, list):
+        raise ClusterFileError(f"{source}: spec.rayClusterSpec.workerGroupSpecs: expected a list")
+    for i, group in enumerate(groups):
         where = f"{source}: workerGroupSpecs[{i}]"
-        count = _group_pods(group, scales, where)
+        count = _group_pods(_mapping(group, where), scales, where)
         if count:
             nodes.append(
                 _node(group.get("groupName", f"group{i}"), _group_resources(group, where), count)

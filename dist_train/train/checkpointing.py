@@ -16,6 +16,7 @@ import itertools
 import json
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any
@@ -75,7 +76,7 @@ def resume_point(
         LOG.info(f"removed partial checkpoint {p} (a save was interrupted)")
     if root.is_dir():  # earlier launches' failure records: this launch is another
         for p in root.iterdir():
-            if p.name.startswith((FAILED_PREFIX, *OLD_PREFIXES)):
+            if _FAILURE_RECORD.fullmatch(p.name) and p.is_file():
                 storage.rmtree(p)
     if cfg.checkpoint.resume is None:
         _refuse_to_overwrite(cfg, root)
@@ -179,7 +180,7 @@ def _check_same_hashing(cfg: JobConfig, meta: dict[str, Any], path: Location) ->
             [FeatureConfig.model_validate(f) for f in saved.get("features") or []],
             int(saved.get("seed")),  # type: ignore[arg-type]
         )
-    except (ValidationError, TypeError, ValueError):
+    except (ValidationError, TypeError, ValueError, OverflowError):
         LOG.warning(f"{path}: its config is of an older form; the features' hashing unchecked")
         return
     now = _hashing(cfg.embedding, cfg.features, cfg.seed)
@@ -271,6 +272,10 @@ def _refuse_to_branch(cfg: JobConfig, root: Location, path: Location, step: int)
 
 FAILED_PREFIX = "failed-"
 OLD_PREFIXES = ("diverged-",)  # the records' name before they covered other errors
+# record_failure's files, and no other name: a checkpoint.dir may hold the user's files too
+_FAILURE_RECORD = re.compile(
+    "(?:" + "|".join(map(re.escape, (FAILED_PREFIX, *OLD_PREFIXES))) + r").+-rank\d+\.json"
+)
 
 
 def record_failure(cfg: JobConfig, run_id: str, rank: int, error: BaseException) -> None:

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dist_train.config import JobConfig, apply_overrides, parse_config
-from dist_train.data.reader import iter_tables, list_row_groups
+from dist_train.data.reader import DataSourceError, iter_tables, list_row_groups
 from dist_train.data.synthetic import GeneratedData
 from dist_train.data.validation import BadInputError, BadInputPolicy
 from dist_train.driver import prepare_inputs
@@ -338,3 +338,37 @@ def test_a_read_that_fails_for_a_moment_is_no_repeat(
     with pytest.raises(BadInputError, match="cannot read") as err:
         next(reader.row_group_tables(groups, ["label"], policy))
     assert type(err.value) is BadInputError
+
+
+def test_a_pipe_named_parquet_is_a_bad_file_not_a_wait(tmp_path: Path) -> None:
+    """Opening a pipe waits for a writer: train and validate hung for good on one, SIGTERM
+    or not (a review's finding). A thread writes to it after 10 s, so that code which opens
+    it fails this test rather than hanging the suite."""
+    import os
+    import threading
+
+    folder = tmp_path / "train"
+    folder.mkdir()
+    pq.write_table(pa.table({"label": [0, 1]}), folder / "part-0.parquet")
+    fifo = folder / "part-1.parquet"
+    os.mkfifo(fifo)
+
+    def unblock() -> None:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            os.close(fd)
+        except OSError:
+            pass  # nobody is reading it: nothing to unblock
+
+    timer = threading.Timer(10.0, unblock)
+    timer.start()
+    try:
+        with pytest.raises(DataSourceError, match=r"part-1\.parquet: not a readable Parquet file "
+                           r"\(not a regular file"):  # fmt: skip
+            list_row_groups(str(folder))
+        policy = BadInputPolicy("skip", "label", [], [])
+        assert len(list_row_groups(str(folder), policy)) == 1 and policy.counts.files == 1
+        with pytest.raises(DataSourceError, match="not a regular file"):  # a file:// URL too
+            list_row_groups(f"file://{fifo}")
+    finally:
+        timer.cancel()

@@ -4,6 +4,7 @@ epoch's batches otherwise, and an edited ``meta.json`` is named, not half-read."
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import re
@@ -276,6 +277,43 @@ def test_an_edited_position_is_named(tmp_path: Path, edit: dict[str, Any], named
         read_meta(path)
 
 
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        ({"bytes": "abc"}, "'bytes' is not a byte count"),
+        ({"chunks": 5}, "'chunks' is not a list of digests"),
+        ({"chunk_bytes": 0}, "'chunk_bytes' is not a positive byte count"),
+        ({"xxh3_128": None}, "'xxh3_128' is not a digest"),
+    ],
+)
+def test_an_edited_file_digest_is_named(tmp_path: Path, edit: dict[str, Any], named: str) -> None:
+    """A review's finding: validate raised ValueError with a traceback on 'bytes': 'abc', and
+    export and resume failed on 'chunks': 5 with a TypeError naming no key."""
+    path = _checkpoint(tmp_path, 8, {})
+    meta = json.loads((path / META).read_text())
+    digest = {"bytes": 3, "xxh3_128": "ab", "chunk_bytes": 16, "chunks": ["ab"]}
+    meta["files"] = {"__0_0.distcp": {**digest, **edit}}
+    meta[checkpoint.META_DIGEST] = checkpoint._meta_digest(meta)
+    (path / META).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=re.escape(f"files['__0_0.distcp']: {named}")):
+        read_meta(path)
+
+
+def test_an_rng_state_a_generator_refuses_is_named(tmp_path: Path) -> None:
+    """Of the right length but no Mersenne Twister state: the resume failed in the rank
+    with 'Invalid mt19937 state', naming no file."""
+    path = _checkpoint(tmp_path, 8, {})
+    meta = json.loads((path / META).read_text())
+    size = len(checkpoint._rng_state_bytes())
+    meta["torch_rng_states"] = [base64.b64encode(b"\xff" * size).decode()]
+    (path / META).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="torch_rng_states is not a list of CPU RNG"):
+        read_meta(path)
+    meta["torch_rng_states"] = [base64.b64encode(checkpoint._rng_state_bytes()).decode()]
+    (path / META).write_text(json.dumps(meta))
+    assert read_meta(path)["world_size"] == 1
+
+
 def test_every_position_field_is_checked() -> None:
     fields = {f.name for f in dataclasses.fields(TrainPosition)}
     assert fields == set(checkpoint._POSITION_FIELDS)
@@ -357,19 +395,26 @@ def test_start_up_cleanup_removes_only_what_a_save_names(tmp_path: Path) -> None
     """A user's folders beside the checkpoints whose names merely start with ``step-`` stay;
     they used to be deleted as partial checkpoints, before any check could refuse the run."""
     root = tmp_path / "checkpoints"
-    for name in ("step-by-step-notes", "step-01-baseline", ".partial-step-x", "step-²"):
+    # step-1, step-2024: digits, but not a save's 8; step-00000008: a save's name, a user's
+    # file (a review found all three deleted, with failed-experiments/, by any run whose
+    # checkpoint.dir was a user's folder)
+    users = ["step-by-step-notes", "step-01-baseline", ".partial-step-x", "step-²", "step-1"]
+    users += ["step-2024", "step-00000008", "failed-experiments"]
+    for name in users:
         (root / name).mkdir(parents=True)
         (root / name / "mine.txt").write_text("keep")
+    (root / "failed-notes.json").write_text("keep")
     (root / ".partial-step-00000004").mkdir()
     (root / "step-00000006").mkdir()  # a save killed before its commit
+    for name in (".metadata", "__0_0.distcp", "meta.json.tmp"):
+        (root / "step-00000006" / name).write_text("")
     removed = checkpoint.remove_partials(root)
     assert sorted(p.name for p in removed) == [".partial-step-00000004", "step-00000006"]
-    assert sorted(p.name for p in root.iterdir()) == [
-        ".partial-step-x",
-        "step-01-baseline",
-        "step-by-step-notes",
-        "step-²",  # a digit to str.isdigit, not a step number
-    ]
+    # a launch's failure records go at the next launch, and nothing else named failed-
+    (root / "failed-3f2a-rank1.json").write_text("{}")
+    (root / "diverged-3f2a-rank0.json").write_text("{}")
+    resume_point(_job(tmp_path, f"checkpoint.dir={root}"))
+    assert sorted(p.name for p in root.iterdir()) == sorted([*users, "failed-notes.json"])
 
 
 def test_resuming_mid_epoch_over_other_training_data_is_refused(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -430,3 +431,28 @@ def test_overrides_into_list_items_from_a_review() -> None:
     # submit's check of keys it cannot validate (no config here): items are keys
     assert known_key("features.C14.chunks") and known_key("features.0") and known_key("features")
     assert not known_key("features.C14.chunkz") and not known_key("model.bottom_mlp.0.x")
+
+
+@pytest.mark.parametrize(
+    ("item", "named"),
+    [
+        ("embedding.num_rows=99999999999999999999999", "embedding.num_rows: Value error, "),
+        ("embedding.dim=99999999999999999999999", "embedding.dim: Input should be less"),
+        ("embedding.num_rows=4611686018427387904", "num_rows x dim = 7.38e+19 elements"),
+        ("model.bottom_mlp=[100000000000000000000]", "model.bottom_mlp.0: Input should be"),
+        ("ray.num_workers=100000000000000000000", "ray.num_workers: Input should be less"),
+        ("train.batch_size=99999999999999999999", "train.batch_size: Input should be less"),
+        ("features.C1.cardinality=99999999999999999999", "features.0.cardinality: Value error"),
+    ],
+)
+def test_sizes_past_any_machine_are_named_by_their_key(item: str, named: str) -> None:
+    """A review's finding: these passed validation, then failed in the layout or the planner
+    with an OverflowError or a torch error naming no key (tracebacks in plan and validate)."""
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load_config(overrides=[item])
+
+
+def test_a_collisionless_table_past_any_machine_is_named() -> None:
+    over = ["embedding.kind=collisionless", "data.synthetic.string_columns=[]"]
+    with pytest.raises(ConfigError, match=r"collisionless tables of \['C26'\]"):
+        load_config(overrides=[*over, "features.C26.cardinality=4611686018427387904"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import zipfile
 from pathlib import Path
@@ -391,3 +392,33 @@ def test_a_rayjob_entrypoint_is_read_as_a_command(entrypoint: str, runs: bool) -
     from dist_train.launchers.cluster_files import runs_the_driver
 
     assert runs_the_driver(entrypoint) is runs
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"template": [1, 2]}, "workerGroupSpecs[0].template: expected a mapping, got list"),
+        (
+            {"template": {"spec": {"containers": ["ray"]}}},
+            "workerGroupSpecs[0].template.spec.containers[0]: expected a mapping",
+        ),
+        (
+            {"template": {"spec": {"containers": [{"resources": {"limits": ["cpu"]}}]}}},
+            "containers[0].resources.limits: expected a mapping",
+        ),
+        ({"rayStartParams": "num-cpus=4"}, "workerGroupSpecs[0].rayStartParams: expected a"),
+        (None, "workerGroupSpecs[0]: expected a mapping, got str"),
+    ],
+)
+def test_a_rayjob_field_of_the_wrong_shape_is_named(change: dict | None, named: str) -> None:  # type: ignore[type-arg]
+    """A review's finding: each of these raised AttributeError through validate."""
+    from dist_train.launchers.cluster_files import ClusterFileError, rayjob_nodes
+
+    doc = yaml.safe_load((LAUNCH / "kuberay" / "rayjob.yaml").read_text())
+    groups = doc["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    groups[0] = "just a string" if change is None else {**groups[0], **change}
+    with pytest.raises(ClusterFileError, match=re.escape(named)):
+        rayjob_nodes(doc, "rj.yaml")
+    doc["spec"]["rayClusterSpec"]["headGroupSpec"] = "head"
+    with pytest.raises(ClusterFileError, match="headGroupSpec: expected a mapping, got str"):
+        rayjob_nodes(doc, "rj.yaml")
