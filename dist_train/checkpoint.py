@@ -141,13 +141,49 @@ def remove_partials(root: Location) -> list[Location]:
 
 def _holds_only_a_save(folder: Location) -> bool:
     """Whether ``folder`` holds only what a save writes before its commit (DCP's
-    ``.metadata`` and ``*.distcp`` shards, the commit's temporary ``meta.json.tmp``): a
+    ``.metadata`` and ``*.distcp`` shards, the commit's temporary ``meta.json.tmp``; and
+    what filesystems leave beside files, NFS's ``.nfs*`` and macOS's ``.DS_Store``): a
     ``step-N`` folder of the user's, in a ``checkpoint.dir`` that holds other things too,
     is theirs to keep."""
     if not folder.is_dir():
         return False
-    names = {p.name for p in folder.iterdir()}
-    return all(n in (".metadata", f"{META}.tmp") or n.endswith(".distcp") for n in names)
+    return all(_a_saves_file(p.name) for p in folder.iterdir())
+
+
+def _a_saves_file(name: str) -> bool:
+    return (
+        name in (".metadata", f"{META}.tmp", ".DS_Store")
+        or name.endswith(".distcp")
+        or name.startswith(".nfs")
+    )
+
+
+def foreign_steps(root: Location) -> list[Location]:
+    """Entries of ``root`` named as a save names its folders (``step-%08d``) that no save
+    wrote: not committed (no ``meta.json``), and holding what a save does not write (what
+    :func:`remove_partials` leaves). A save of that step would replace it."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        p
+        for p in root.iterdir()
+        if step_of(p) >= 0
+        and len(p.name) >= len(PREFIX) + STEP_DIGITS
+        and not (p / META).is_file()
+        and not _holds_only_a_save(p)
+    )
+
+
+def refuse_foreign(final: Location) -> None:
+    """A CheckpointError if ``final``, the folder a save of its step commits to, is there
+    and no save's (see :func:`foreign_steps`)."""
+    if final.exists() and not (final / META).is_file() and not _holds_only_a_save(final):
+        what = "a file" if not final.is_dir() else "a folder of files no save writes"
+        raise CheckpointError(
+            f"{final}: {what}, named as a checkpoint of step {step_of(final)}: a save of that "
+            f"step would replace it. Move it out of {final.parent}, or give the run a "
+            "checkpoint.dir of its own; nothing was changed"
+        )
 
 
 def resolve(cfg: JobConfig, resume: str) -> Location | None:
@@ -665,6 +701,7 @@ class CheckpointSaver:
             # A step saved again (a rerun reaching it): its committed checkpoint stays whole
             # until the new one is committed.
             aside = self.root / f"{REPLACED_PREFIX}{step:08d}"
+            refuse_foreign(final)  # checked at start-up too; a user may add one meanwhile
             storage.rmtree(aside)
             if final.exists():
                 storage.move(final, aside)

@@ -22,6 +22,7 @@ import glob
 import json
 import math
 import os
+import select
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -63,6 +64,9 @@ def _row_widths(text: str) -> list[int]:
     return widths
 
 
+MAX_COUNT = 2**31  # past any node count, row count a file or benchmark round count
+
+
 def _count(zero: bool = False) -> Callable[[str], int]:
     """An argparse type: one positive int (or >= 0 with ``zero``); anything else is a usage
     error naming the value (a 0 the command would take as "not given", or loop on)."""
@@ -73,8 +77,10 @@ def _count(zero: bool = False) -> Callable[[str], int]:
             value = int(text)
         except ValueError:
             value = -1
-        if value < 0 or (value == 0 and not zero):
-            raise argparse.ArgumentTypeError(f"expected one {sign} whole number; got {text!r}")
+        if value < 0 or (value == 0 and not zero) or value > MAX_COUNT:
+            raise argparse.ArgumentTypeError(
+                f"expected one {sign} whole number up to {MAX_COUNT:,}; got {text!r}"
+            )
         return value
 
     return parse
@@ -691,10 +697,23 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(getattr(args, "verbosity", "normal"))
     try:
         return stopped_by_sigterm(lambda: _command(args))
-    except BrokenPipeError:  # `dist-train show-config | head`: the reader has what it wanted
-        # Python's flush of stdout at exit would fail again, with a traceback of its own
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise  # another pipe than stdout's: not the reader's doing
+        # `dist-train show-config | head`: the reader has its lines. Python's flush of stdout
+        # at exit would fail again, with a traceback of its own.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll: an error on it)."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError, AttributeError):  # no fd (a test's capture), or no poll
+        return False
 
 
 def _command(args: argparse.Namespace) -> int:

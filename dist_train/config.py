@@ -155,6 +155,7 @@ def _past_int64(value: Any) -> bool:
 # fails naming no key: a layer of 2**20 x 2**20 weights is 4 TiB
 MAX_WIDTH = 2**20
 Width = Annotated[int, Field(gt=0, le=MAX_WIDTH)]
+MAX_COLUMNS = 2**16  # a generated dataset's columns of each kind (Criteo's: 13 and 26)
 MAX_TABLE_ELEMENTS = 2**56  # 256 PiB of float32, past any cluster; products stay in int64
 
 
@@ -163,8 +164,10 @@ class SyntheticDataConfig(_Strict):
 
     num_train_rows: int = Field(200_000, gt=0, description="Rows in the training split.")
     num_test_rows: int = Field(50_000, gt=0, description="Rows in the test split.")
-    num_dense: int = Field(13, ge=0, description="Dense columns I1..In.")
-    num_categorical: int = Field(26, gt=0, description="Categorical columns C1..Cn.")
+    num_dense: int = Field(13, ge=0, le=MAX_COLUMNS, description="Dense columns I1..In.")
+    num_categorical: int = Field(
+        26, gt=0, le=MAX_COLUMNS, description="Categorical columns C1..Cn."
+    )
     min_cardinality: int = Field(10, gt=0, description="Smallest categorical vocabulary.")
     max_cardinality: int = Field(100_000, gt=0, description="Largest categorical vocabulary.")
     cardinalities: list[PositiveInt] | None = Field(
@@ -346,16 +349,20 @@ class ModelConfig(_Strict):
     interaction: Literal["dot", "concat"] = Field(
         "dot", description="dlrm: pairwise dot products of all d-vectors, or concatenation."
     )
-    cross_layers: int = Field(3, gt=0, description="dcn_v2: cross layers.")
+    cross_layers: int = Field(3, gt=0, le=1024, description="dcn_v2: cross layers.")
     cross_rank: int | None = Field(
         None,
         gt=0,
+        le=MAX_WIDTH,
         description="dcn_v2: rank of each cross layer's weight (U V^T); none: full rank.",
     )
-    attention_layers: int = Field(2, gt=0, description="autoint: self-attention layers.")
-    attention_heads: int = Field(2, gt=0, description="autoint: heads per layer.")
+    attention_layers: int = Field(2, gt=0, le=1024, description="autoint: self-attention layers.")
+    attention_heads: int = Field(2, gt=0, le=MAX_WIDTH, description="autoint: heads per layer.")
     attention_dim: int = Field(
-        16, gt=0, description="autoint: output width of each layer, split over the heads."
+        16,
+        gt=0,
+        le=MAX_WIDTH,
+        description="autoint: output width of each layer, split over the heads.",
     )
     attention_mlp: list[Width] = Field(
         default_factory=list,
@@ -710,11 +717,13 @@ class JobConfig(_Strict):
                 raise ValueError(f"collisionless embedding needs a cardinality for {missing}")
             dim = self.embedding.dim
             huge = [
-                f.name for f in self.features if (f.cardinality or 0) * dim > MAX_TABLE_ELEMENTS
+                f.name
+                for f in self.features
+                if (f.cardinality or 0) * f.chunks * dim > MAX_TABLE_ELEMENTS
             ]
             if huge:
                 raise ValueError(
-                    f"collisionless tables of {huge}: cardinality x embedding.dim past "
+                    f"collisionless tables of {huge}: cardinality x chunks x embedding.dim past "
                     f"{MAX_TABLE_ELEMENTS:.3g} (2**56) elements, any cluster's memory"
                 )
         if self.data.train_path is None:

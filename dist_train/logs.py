@@ -55,6 +55,8 @@ class _Console(logging.Handler):
                 # Not print(): Ray Train patches print() into its logger, duplicating lines.
                 sys.stdout.write(f"[dist-train] {message}\n")
                 sys.stdout.flush()
+        except BrokenPipeError:
+            pass  # `dist-train train | head`: the reader stopped reading; the run goes on
         except Exception:  # noqa: BLE001 - logging must never break a run
             self.handleError(record)
 

@@ -265,6 +265,15 @@ def _explain_no_fit(
 ) -> str:
     base = dense_costs(workload, topo)
     usable, usable_host = topo.usable_bytes_per_rank, topo.usable_host_bytes_per_rank
+    dense = float(base.memory.max())
+    if dense > usable:  # no table is at fault: the dense network alone is too large
+        return (
+            f"the dense network alone ({workload.dense_parameters:,} parameters: "
+            f"{_gib(dense)} a rank with their gradients and optimizer state and a step's "
+            f"working memory) is more than the {_gib(usable)} a rank has usable: give the "
+            "model smaller layers (model.bottom_mlp, model.top_mlp, ...) or the ranks more "
+            "memory"
+        )
     for table in sorted(workload.tables, key=lambda t: -t.weight_bytes):
         options = candidates(table, workload, topo, base, allowed)
         needs = []

@@ -74,6 +74,9 @@ def resume_point(
     root = checkpoint.checkpoint_root(cfg)
     for p in checkpoint.remove_partials(root):
         LOG.info(f"removed partial checkpoint {p} (a save was interrupted)")
+    saves = cfg.checkpoint.save_at_end or cfg.checkpoint.every_steps is not None
+    for p in checkpoint.foreign_steps(root) if saves else []:
+        checkpoint.refuse_foreign(p)
     if root.is_dir():  # earlier launches' failure records: this launch is another
         for p in root.iterdir():
             if _FAILURE_RECORD.fullmatch(p.name) and p.is_file():
@@ -273,8 +276,11 @@ def _refuse_to_branch(cfg: JobConfig, root: Location, path: Location, step: int)
 FAILED_PREFIX = "failed-"
 OLD_PREFIXES = ("diverged-",)  # the records' name before they covered other errors
 # record_failure's files, and no other name: a checkpoint.dir may hold the user's files too
+# (a launch's run_id is a uuid4's hex; diverged-<launch>.json before records were a rank's;
+# .tmp: a write cut short)
 _FAILURE_RECORD = re.compile(
-    "(?:" + "|".join(map(re.escape, (FAILED_PREFIX, *OLD_PREFIXES))) + r").+-rank\d+\.json"
+    "(?:" + "|".join(map(re.escape, (FAILED_PREFIX, *OLD_PREFIXES))) + ")"
+    r"[0-9a-f]{32}(?:-rank\d+)?\.json(?:\.tmp)?"
 )
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torchrec.distributed.embedding_sharding import USE_ONE_TBE_PER_TABLE
 from torchrec.distributed.types import ParameterSharding, ShardingPlan
 
@@ -250,7 +251,8 @@ def planner_for_config(
 ) -> tuple[CostModelPlanner, CTRModel]:
     """The cost-model planner of a job and the (meta-device) model it plans."""
     layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
-    model = build_model(cfg, layout)
+    with torch.device("meta"):  # the planner reads shapes only: no dense weights either
+        model = build_model(cfg, layout)
     group = cfg.sharding.group_size
     why_1d = _one_d_only(cfg)
     if why_1d is not None:

@@ -8,6 +8,7 @@ import base64
 import dataclasses
 import json
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -411,10 +412,34 @@ def test_start_up_cleanup_removes_only_what_a_save_names(tmp_path: Path) -> None
     removed = checkpoint.remove_partials(root)
     assert sorted(p.name for p in removed) == [".partial-step-00000004", "step-00000006"]
     # a launch's failure records go at the next launch, and nothing else named failed-
-    (root / "failed-3f2a-rank1.json").write_text("{}")
-    (root / "diverged-3f2a-rank0.json").write_text("{}")
+    launch = "3f2a" * 8  # a run_id: a uuid4's hex
+    for name in (f"failed-{launch}-rank1.json", f"failed-{launch}-rank0.json.tmp"):
+        (root / name).write_text("{}")
+    (root / f"diverged-{launch}.json").write_text("{}")  # the first records' name
+    users.remove("step-00000008")  # a save's name: refused below
+    shutil.rmtree(root / "step-00000008")
     resume_point(_job(tmp_path, f"checkpoint.dir={root}"))
     assert sorted(p.name for p in root.iterdir()) == sorted([*users, "failed-notes.json"])
+
+
+def test_a_users_entry_named_as_a_save_is_never_replaced(one_rank: None, tmp_path: Path) -> None:
+    """A review's finding: start-up kept a user's step-00000008/, then the first save of
+    step 8 moved it aside and deleted it at the commit."""
+    root = tmp_path / "checkpoints"
+    (root / "step-00000008").mkdir(parents=True)
+    (root / "step-00000008" / "mine.txt").write_text("keep")
+    (root / "step-00000012").write_text("a file")
+    job = _job(tmp_path, f"checkpoint.dir={root}", "checkpoint.every_steps=4")
+    with pytest.raises(CheckpointError, match=r"step-00000008: a folder of files no save "):
+        resume_point(job)
+    quiet = _job(tmp_path, f"checkpoint.dir={root}", "checkpoint.save_at_end=false")
+    assert resume_point(quiet) is None  # a run that saves nothing leaves it be
+    # added while a run trains: the save of that step refuses, and leaves it
+    with pytest.raises(CheckpointError, match=r"step-00000012: a file, named as a checkpoint"):
+        _saver(root).save(TrainPosition(step=12))
+    assert (root / "step-00000008" / "mine.txt").read_text() == "keep"
+    assert (root / "step-00000012").read_text() == "a file"
+    assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []
 
 
 def test_resuming_mid_epoch_over_other_training_data_is_refused(tmp_path: Path) -> None:

@@ -39,14 +39,18 @@ def test_lists_parse_into_numbers_defaults_included() -> None:
             ["convert", "criteo", "x.tsv", "--out", "o", "--rows-per-group", "0"],
             "one positive whole number",
         ),
-        (["plan", "--batch-size", "0"], "one positive whole number; got '0'"),
+        (["plan", "--batch-size", "0"], "one positive whole number up to 2,147,483,648; got '0'"),
         (["plan", "--nodes", "0"], "one positive whole number"),
         (["plan", "--ranks-per-node", "-1"], "one positive whole number"),
         (["calibrate", "--ranks", "0"], "one positive whole number"),
         (["calibrate", "--threads", "0"], "one positive whole number"),
         (["bench", "train", "--rounds", "0"], "one positive whole number"),
         # the message for a single count asks for one (it asked for a list, then refused one)
-        (["plan", "--nodes", "2,4"], "expected one positive whole number; got '2,4'"),
+        (
+            ["plan", "--nodes", "2,4"],
+            "expected one positive whole number up to 2,147,483,648; got '2,4'",
+        ),
+        (["plan", "--nodes", "1" + "0" * 23], "up to 2,147,483,648"),  # numpy's error
         (["bench", "checkpoint", "--rows", "4,000,000"], "one positive whole number"),
         (["convert", "adult", "--out", "o", "--seed", "-1"], "one non-negative whole number"),
     ],

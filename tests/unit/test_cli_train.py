@@ -113,3 +113,34 @@ def test_an_override_with_an_empty_key_is_named(capsys: pytest.CaptureFixture[st
         assert f"override {item!r}: expected KEY.PATH=VALUE (an empty key)" in (
             capsys.readouterr().err
         )
+
+
+def test_output_into_a_reader_that_stopped_ends_quietly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`dist-train ... | head` printed a BrokenPipeError traceback, and `train | head` one a
+    log line (logging's handleError)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dist_train.cli", "show-config", "--reference"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # long before the interpreter has started: every write fails
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1 and err == ""
+
+    from dist_train.logs import LOG, setup_logging
+
+    class Gone:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    setup_logging("normal")
+    monkeypatch.setattr(sys, "stdout", Gone())
+    LOG.info("a line the reader will not read")
+    monkeypatch.undo()
+    assert "Logging error" not in capsys.readouterr().err

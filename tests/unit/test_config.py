@@ -456,3 +456,7 @@ def test_a_collisionless_table_past_any_machine_is_named() -> None:
     over = ["embedding.kind=collisionless", "data.synthetic.string_columns=[]"]
     with pytest.raises(ConfigError, match=r"collisionless tables of \['C26'\]"):
         load_config(overrides=[*over, "features.C26.cardinality=4611686018427387904"])
+    with pytest.raises(ConfigError, match=r"collisionless tables of \['C4'\]"):  # 64 chunks
+        load_config(
+            overrides=[*over, "features.C4.cardinality=4503599627370496", "features.C4.chunks=64"]
+        )

@@ -196,3 +196,11 @@ def test_validate_names_a_file_of_another_kind_in_one_line(tmp_path: Path) -> No
     typo.write_text("trian:\n  epochs: 2\n")
     (problem,) = validate_files([str(typo)]).problems
     assert "trian: unknown key (did you mean train?" in problem
+
+
+def test_a_dense_network_past_a_ranks_memory_is_named(tmp_path: Path) -> None:
+    """Its layers were allocated to plan it: validate and plan died allocating 4 TiB."""
+    job = _job(tmp_path, "wide", model={"bottom_mlp": [1_048_576, 1_048_576]})
+    (problem,) = validate_files([str(job)]).problems
+    assert "sharding plan: the dense network alone (1,099,526,308,841 parameters" in problem
+    assert "smaller layers (model.bottom_mlp, model.top_mlp, ...) or the ranks more" in problem
