@@ -122,8 +122,7 @@ def remove_partials(root: Location) -> list[Location]:
         return p.name.startswith(prefix) and _digits(p.name[len(prefix) :])
 
     def a_save(p: Location) -> bool:  # a save's step-%08d, uncommitted, holding a save's files
-        whole = ours(p, PREFIX) and len(p.name) >= len(PREFIX) + STEP_DIGITS
-        return whole and not (p / META).is_file() and _holds_only_a_save(p)
+        return _a_saves_name(p) and not (p / META).is_file() and _holds_only_a_save(p)
 
     for aside in [p for p in root.iterdir() if ours(p, REPLACED_PREFIX)]:
         final = root / (PREFIX + aside.name[len(REPLACED_PREFIX) :])
@@ -158,6 +157,12 @@ def _a_saves_file(name: str) -> bool:
     )
 
 
+def _a_saves_name(p: Location) -> bool:
+    """Whether ``p`` is named as a save names its folder: ``step-%08d`` exactly."""
+    step = step_of(p)
+    return step >= 0 and p.name == f"{PREFIX}{step:0{STEP_DIGITS}d}"
+
+
 def foreign_steps(root: Location) -> list[Location]:
     """Entries of ``root`` named as a save names its folders (``step-%08d``) that no save
     wrote: not committed (no ``meta.json``), and holding what a save does not write (what
@@ -167,10 +172,7 @@ def foreign_steps(root: Location) -> list[Location]:
     return sorted(
         p
         for p in root.iterdir()
-        if step_of(p) >= 0
-        and len(p.name) >= len(PREFIX) + STEP_DIGITS
-        and not (p / META).is_file()
-        and not _holds_only_a_save(p)
+        if _a_saves_name(p) and not (p / META).is_file() and not _holds_only_a_save(p)
     )
 
 
@@ -180,9 +182,9 @@ def refuse_foreign(final: Location) -> None:
     if final.exists() and not (final / META).is_file() and not _holds_only_a_save(final):
         what = "a file" if not final.is_dir() else "a folder of files no save writes"
         raise CheckpointError(
-            f"{final}: {what}, named as a checkpoint of step {step_of(final)}: a save of that "
-            f"step would replace it. Move it out of {final.parent}, or give the run a "
-            "checkpoint.dir of its own; nothing was changed"
+            f"{final}: {what}, named as the checkpoint of step {step_of(final)}: a save of "
+            f"that step would replace it, and is refused (it is left as it was). Move it out "
+            f"of {final.parent}, or give the run a checkpoint.dir of its own"
         )
 
 

@@ -707,11 +707,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stdout_reader_gone() -> bool:
-    """Whether stdout is a pipe whose reader has closed it (poll: an error on it)."""
+    """Whether stdout's reader has closed it (poll: an error on a pipe, a hang-up on a
+    socket)."""
     try:
         poll = select.poll()
         poll.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _, events in poll.poll(0))
+        gone = select.POLLERR | select.POLLHUP
+        return any(events & gone for _, events in poll.poll(0))
     except (OSError, ValueError, AttributeError):  # no fd (a test's capture), or no poll
         return False
 

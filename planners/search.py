@@ -26,6 +26,7 @@ from planners.enumerator import candidates, offers_cache, uneven_row_wise
 from planners.topology import Topology
 from planners.types import (
     SHARDING_TYPES,
+    WEIGHT_BYTES,
     PlanningError,
     RankCosts,
     TablePlacement,
@@ -266,13 +267,19 @@ def _explain_no_fit(
     base = dense_costs(workload, topo)
     usable, usable_host = topo.usable_bytes_per_rank, topo.usable_host_bytes_per_rank
     dense = float(base.memory.max())
-    if dense > usable:  # no table is at fault: the dense network alone is too large
+    weights = workload.dense_parameters * WEIGHT_BYTES * (2 + workload.dense_optimizer_slots)
+    if dense > usable:  # no table is at fault: the dense side alone is too large
+        layers = weights > usable
         return (
-            f"the dense network alone ({workload.dense_parameters:,} parameters: "
-            f"{_gib(dense)} a rank with their gradients and optimizer state and a step's "
-            f"working memory) is more than the {_gib(usable)} a rank has usable: give the "
-            "model smaller layers (model.bottom_mlp, model.top_mlp, ...) or the ranks more "
-            "memory"
+            f"the dense network ({workload.dense_parameters:,} parameters: {_gib(weights)} a "
+            f"rank with their gradients and optimizer state) and a step's working memory "
+            f"({_gib(dense - weights)}) are more than the {_gib(usable)} a rank has usable: "
+            + (
+                "give the model smaller layers (model.bottom_mlp, model.top_mlp, ...) or the "
+                "ranks more memory"
+                if layers
+                else "give the ranks more memory"
+            )
         )
     for table in sorted(workload.tables, key=lambda t: -t.weight_bytes):
         options = candidates(table, workload, topo, base, allowed)

@@ -74,9 +74,12 @@ def resume_point(
     root = checkpoint.checkpoint_root(cfg)
     for p in checkpoint.remove_partials(root):
         LOG.info(f"removed partial checkpoint {p} (a save was interrupted)")
-    saves = cfg.checkpoint.save_at_end or cfg.checkpoint.every_steps is not None
-    for p in checkpoint.foreign_steps(root) if saves else []:
-        checkpoint.refuse_foreign(p)
+    for p in checkpoint.foreign_steps(root):  # a save of its step fails: say so now
+        LOG.warning(
+            f"{p} is named as the checkpoint of step {checkpoint.step_of(p)}, but no save "
+            "wrote it: it is left as it is, and a save of that step would fail; move it out "
+            "of the checkpoint folder"
+        )
     if root.is_dir():  # earlier launches' failure records: this launch is another
         for p in root.iterdir():
             if _FAILURE_RECORD.fullmatch(p.name) and p.is_file():

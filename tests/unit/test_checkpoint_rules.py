@@ -8,7 +8,6 @@ import base64
 import dataclasses
 import json
 import re
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -400,12 +399,15 @@ def test_start_up_cleanup_removes_only_what_a_save_names(tmp_path: Path) -> None
     # file (a review found all three deleted, with failed-experiments/, by any run whose
     # checkpoint.dir was a user's folder)
     users = ["step-by-step-notes", "step-01-baseline", ".partial-step-x", "step-²", "step-1"]
-    users += ["step-2024", "step-00000008", "failed-experiments"]
+    users += ["step-2024", "step-00000008", "step-000000004", "failed-experiments"]
     for name in users:
         (root / name).mkdir(parents=True)
         (root / name / "mine.txt").write_text("keep")
     (root / "failed-notes.json").write_text("keep")
     (root / ".partial-step-00000004").mkdir()
+    (root / "step-000000006").mkdir()  # 9 digits: no save's name, whatever it holds
+    (root / "step-000000006" / ".metadata").write_text("")
+    users.append("step-000000006")
     (root / "step-00000006").mkdir()  # a save killed before its commit
     for name in (".metadata", "__0_0.distcp", "meta.json.tmp"):
         (root / "step-00000006" / name).write_text("")
@@ -416,27 +418,28 @@ def test_start_up_cleanup_removes_only_what_a_save_names(tmp_path: Path) -> None
     for name in (f"failed-{launch}-rank1.json", f"failed-{launch}-rank0.json.tmp"):
         (root / name).write_text("{}")
     (root / f"diverged-{launch}.json").write_text("{}")  # the first records' name
-    users.remove("step-00000008")  # a save's name: refused below
-    shutil.rmtree(root / "step-00000008")
     resume_point(_job(tmp_path, f"checkpoint.dir={root}"))
     assert sorted(p.name for p in root.iterdir()) == sorted([*users, "failed-notes.json"])
 
 
-def test_a_users_entry_named_as_a_save_is_never_replaced(one_rank: None, tmp_path: Path) -> None:
+def test_a_users_entry_named_as_a_save_is_never_replaced(
+    one_rank: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A review's finding: start-up kept a user's step-00000008/, then the first save of
-    step 8 moved it aside and deleted it at the commit."""
+    step 8 moved it aside and deleted it at the commit. Start-up warns (a run may never
+    reach that step); the save refuses."""
     root = tmp_path / "checkpoints"
     (root / "step-00000008").mkdir(parents=True)
     (root / "step-00000008" / "mine.txt").write_text("keep")
     (root / "step-00000012").write_text("a file")
     job = _job(tmp_path, f"checkpoint.dir={root}", "checkpoint.every_steps=4")
-    with pytest.raises(CheckpointError, match=r"step-00000008: a folder of files no save "):
-        resume_point(job)
-    quiet = _job(tmp_path, f"checkpoint.dir={root}", "checkpoint.save_at_end=false")
-    assert resume_point(quiet) is None  # a run that saves nothing leaves it be
-    # added while a run trains: the save of that step refuses, and leaves it
-    with pytest.raises(CheckpointError, match=r"step-00000012: a file, named as a checkpoint"):
-        _saver(root).save(TrainPosition(step=12))
+    with caplog.at_level("WARNING", logger="dist_train"):
+        assert resume_point(job) is None
+    warned = [r.getMessage() for r in caplog.records]
+    assert any("step-00000008 is named as the checkpoint of step 8" in m for m in warned)
+    for step, what in ((8, "a folder of files no save writes"), (12, "a file")):
+        with pytest.raises(CheckpointError, match=rf"step-{step:08d}: {what}, named as the"):
+            _saver(root).save(TrainPosition(step=step))
     assert (root / "step-00000008" / "mine.txt").read_text() == "keep"
     assert (root / "step-00000012").read_text() == "a file"
     assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []

@@ -322,7 +322,7 @@ def test_dry_run_cli_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFix
     assert "fits nowhere" in capsys.readouterr().err
     # where the dense network alone is larger than a rank, no table is blamed
     assert main(["plan", "--memory-per-rank", "1MiB", "--no-torchrec"]) == 1
-    assert "error: the dense network alone (112,273 parameters" in capsys.readouterr().err
+    assert "error: the dense network (112,273 parameters" in capsys.readouterr().err
 
 
 def test_plan_of_more_nodes_keeps_the_jobs_ranks_per_node(
