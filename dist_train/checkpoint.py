@@ -169,17 +169,18 @@ def foreign_steps(root: Location) -> list[Location]:
     :func:`remove_partials` leaves). A save of that step would replace it."""
     if not root.is_dir():
         return []
-    return sorted(
-        p
-        for p in root.iterdir()
-        if _a_saves_name(p) and not (p / META).is_file() and not _holds_only_a_save(p)
-    )
+    return sorted(p for p in root.iterdir() if _a_saves_name(p) and _foreign(p))
+
+
+def _foreign(p: Location) -> bool:
+    """Whether ``p`` is there and no save's: not committed, holding what no save writes."""
+    return p.exists() and not (p / META).is_file() and not _holds_only_a_save(p)
 
 
 def refuse_foreign(final: Location) -> None:
     """A CheckpointError if ``final``, the folder a save of its step commits to, is there
     and no save's (see :func:`foreign_steps`)."""
-    if final.exists() and not (final / META).is_file() and not _holds_only_a_save(final):
+    if _foreign(final):
         what = "a file" if not final.is_dir() else "a folder of files no save writes"
         raise CheckpointError(
             f"{final}: {what}, named as the checkpoint of step {step_of(final)}: a save of "

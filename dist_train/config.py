@@ -877,8 +877,9 @@ def _at_positions(key: str, raw: Any) -> str:
     node = raw
     for part in key.split("."):
         if isinstance(node, list):
-            part = str(_find_item(node, part) if _find_item(node, part) is not None else part)
-            node = node[int(part)] if part.isdigit() and int(part) < len(node) else None
+            found = _find_item(node, part)
+            part = part if found is None else str(found)
+            node = None if found is None else node[found]
         else:
             node = node.get(part) if isinstance(node, dict) else None
         out.append(part)
@@ -1106,10 +1107,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 "launch/configs: give --config"
             )
         raise ConfigError(f"{path}: no such config file")
-    raw = read_yaml(path)
-    if overrides and (raw is None or isinstance(raw, dict)):  # a list, say, is refused below
+    return parse_with_overrides(read_yaml(path), str(path), overrides or [])
+
+
+def parse_with_overrides(raw: Any, source: str, overrides: list[str]) -> JobConfig:
+    """:func:`parse_config` of ``raw`` with the ``--set`` items ``overrides`` applied (a
+    document that is no mapping is refused by :func:`parse_config`, naming ``source``)."""
+    if overrides and (raw is None or isinstance(raw, dict)):
         raw = apply_overrides(raw or {}, overrides)
-    return parse_config(raw, str(path), overrides or ())
+    return parse_config(raw, source, overrides)
 
 
 def _absolute(path: str, base: Path) -> str:

@@ -22,9 +22,8 @@ from dist_train.checkpoint import META, CheckpointError, not_committed, verify
 from dist_train.config import (
     ConfigError,
     JobConfig,
-    apply_overrides,
     load_config,
-    parse_config,
+    parse_with_overrides,
     read_yaml,
     resolve_paths,
 )
@@ -267,9 +266,7 @@ def validate_files(paths: list[str], overrides: list[str] | None = None) -> Repo
                 )
             else:
                 job_files += 1
-                if overrides and (doc is None or isinstance(doc, dict)):
-                    doc = apply_overrides(doc or {}, overrides)
-                jobs.append((parse_config(doc, p, overrides), p))
+                jobs.append((parse_with_overrides(doc, p, overrides), p))
         except (ConfigError, ClusterFileError) as err:
             report.problems.append(str(err))
     if overrides and not job_files:

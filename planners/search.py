@@ -26,7 +26,6 @@ from planners.enumerator import candidates, offers_cache, uneven_row_wise
 from planners.topology import Topology
 from planners.types import (
     SHARDING_TYPES,
-    WEIGHT_BYTES,
     PlanningError,
     RankCosts,
     TablePlacement,
@@ -267,7 +266,7 @@ def _explain_no_fit(
     base = dense_costs(workload, topo)
     usable, usable_host = topo.usable_bytes_per_rank, topo.usable_host_bytes_per_rank
     dense = float(base.memory.max())
-    weights = workload.dense_parameters * WEIGHT_BYTES * (2 + workload.dense_optimizer_slots)
+    weights = dense - topo.step_overhead_bytes  # dense_costs: the state, then the overhead
     if dense > usable:  # no table is at fault: the dense side alone is too large
         layers = weights > usable
         return (

@@ -116,7 +116,7 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
 
 def _group_resources(group: dict[str, Any], where: str) -> dict[str, float]:
     """Ray resources of a KubeRay group: rayStartParams override container limits."""
-    group = _mapping(group, where)
+    group = _mapping(group, where)  # the head's (each worker group's is checked before)
     params = _mapping(group.get("rayStartParams"), f"{where}.rayStartParams")
     template = _mapping(group.get("template"), f"{where}.template")
     containers = _mapping(template.get("spec"), f"{where}.template.spec").get("containers")
@@ -190,7 +190,8 @@ def rayjob_nodes(doc: dict[str, Any], source: str) -> tuple[list[NodeResources],
         raise ClusterFileError(f"{source}: spec.rayClusterSpec.workerGroupSpecs: expected a list")
     for i, group in enumerate(groups):
         where = f"{source}: workerGroupSpecs[{i}]"
-        count = _group_pods(_mapping(group, where), scales, where)
+        group = _mapping(group, where)
+        count = _group_pods(group, scales, where)
         if count:
             nodes.append(
                 _node(group.get("groupName", f"group{i}"), _group_resources(group, where), count)
