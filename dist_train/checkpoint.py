@@ -39,14 +39,14 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed._state_dict_utils import _copy_state_dict, _create_cpu_state_dict
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.metadata import BytesStorageMetadata, TensorStorageMetadata
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from dist_train import checkpoint_files, storage
 from dist_train.checkpoint_files import (
     CheckpointError,
     FileDigests,
-    SafeExportPlanner,
+    SafeDecodePlanner,
     SafeLoadPlanner,
     digest_of,
 )
@@ -389,8 +389,8 @@ def redeals_skipping(meta: dict[str, Any], world: int, skips_now: bool) -> bool:
 
 def verify(path: Location) -> str:
     """Check a committed checkpoint without loading it into a model: every file's size and
-    digest, no file missing or unlisted, the metadata and every non-tensor item readable
-    without running code. A one-line description; CheckpointError naming the file if not."""
+    digest, no file missing or unlisted, the metadata and every item decoded as a load decodes
+    it, without running code. A one-line description; CheckpointError naming the file if not."""
     meta = read_meta(path)
     digests = meta.get("files")
     if digests is None:
@@ -407,18 +407,13 @@ def verify(path: Location) -> str:
         got = checkpoint_files.file_digest(path / name, int(digests[name].get("bytes", 0)))
         checkpoint_files.check_file(str(path / name), digests[name], got["bytes"], got["xxh3_128"])
     reader = checkpoint_files.reader(path, digests)
-    metadata = reader.read_metadata()
-    entries = metadata.state_dict_metadata
-    items = [k for k, m in entries.items() if isinstance(m, BytesStorageMetadata)]
-    if items:  # non-tensor values: decoded with the weights_only unpickler
-        try:
-            _load_state_dict(
-                {}, storage_reader=reader, planner=SafeExportPlanner(keys=items), no_dist=True
-            )
-        except CheckpointError:
-            raise
-        except (Exception, CheckpointException) as err:  # noqa: BLE001
-            raise CheckpointError(f"{path}: unreadable checkpoint items ({reason(err)})") from None
+    entries = reader.read_metadata().state_dict_metadata
+    try:  # every item decoded as a load decodes it (weights_only), none kept
+        _load_state_dict({}, storage_reader=reader, planner=SafeDecodePlanner(), no_dist=True)
+    except CheckpointError:
+        raise
+    except (Exception, CheckpointException) as err:  # noqa: BLE001
+        raise CheckpointError(f"{path}: unreadable checkpoint items ({reason(err)})") from None
     size = sum(int(d.get("bytes", 0)) for d in digests.values())
     return (
         f"checkpoint step {meta['position'].get('step')}: {len(digests)} files, "

@@ -41,7 +41,7 @@ from torch.distributed.checkpoint.default_planner import (
     DefaultLoadPlanner,
     _EmptyStateDictLoadPlanner,
 )
-from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
 from torch.futures import Future
@@ -208,6 +208,34 @@ class SafeExportPlanner(_EmptyStateDictLoadPlanner):
 
     def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
         _load_bytes_safely(self, read_item, value)
+
+
+class SafeDecodePlanner(SafeExportPlanner):
+    """Decodes every item as a load would, and keeps no tensor (``verify``): the state is
+    planned without memory, and each read lands in a buffer of its own size, then dropped."""
+
+    def set_up_planner(
+        self,
+        state_dict: dict[str, Any],
+        metadata: Metadata | None = None,
+        is_coordinator: bool = False,
+    ) -> None:
+        if metadata is None:
+            raise AssertionError("a decode needs the checkpoint's metadata")
+        for key, entry in metadata.state_dict_metadata.items():
+            value: Any = entry
+            if isinstance(entry, TensorStorageMetadata):
+                # one element seen at every index: the plan needs the sizes, not the memory
+                value = torch.empty((), dtype=entry.properties.dtype).expand(entry.size)
+            if metadata.planner_data is not None and key in metadata.planner_data:
+                set_element(state_dict, metadata.planner_data[key], value)
+            else:
+                state_dict[key] = value
+        DefaultLoadPlanner.set_up_planner(self, state_dict, metadata, is_coordinator)
+
+    def resolve_tensor(self, read_item: ReadItem) -> torch.Tensor:
+        dtype = self.lookup_tensor(read_item.dest_index).dtype
+        return torch.empty(tuple(read_item.lengths), dtype=dtype)
 
 
 # -- the reader --------------------------------------------------------------------------------

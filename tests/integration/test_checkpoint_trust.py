@@ -109,6 +109,26 @@ def test_code_running_item_is_refused(saved: Path, tmp_path: Path) -> None:
     _refused_everywhere(ckpt, tmp_path, "__0_0.distcp", marker)
 
 
+def test_code_running_tensor_is_refused(saved: Path, tmp_path: Path) -> None:
+    """A tensor's bytes replaced by a pickle that runs code: ``validate`` decodes tensors as
+    a load does, so it refuses them too (it used to check their digests only)."""
+    ckpt = _copy(saved, tmp_path)
+    marker = tmp_path / "pwned-tensor"
+    shard = ckpt / "__0_0.distcp"
+    payload = io.BytesIO()
+    torch.save(_RunsCode(marker), payload)
+    offset = shard.stat().st_size
+    with shard.open("ab") as f:
+        f.write(payload.getvalue())
+    metadata = pickle.loads((ckpt / ".metadata").read_bytes())  # our own file: trusted here
+    key = "model.dense_arch.0.bias"
+    (index,) = [i for i in metadata.storage_data if i.fqn == key]
+    metadata.storage_data[index] = _StorageInfo("__0_0.distcp", offset, len(payload.getvalue()))
+    (ckpt / ".metadata").write_bytes(pickle.dumps(metadata))
+    _redigest(ckpt)
+    _refused_everywhere(ckpt, tmp_path, "__0_0.distcp", marker)
+
+
 def test_a_flipped_byte_is_named(saved: Path, tmp_path: Path) -> None:
     ckpt = _copy(saved, tmp_path)
     shard = ckpt / "__1_0.distcp"
