@@ -13,7 +13,7 @@ import re
 from dataclasses import asdict, dataclass, replace
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -132,12 +132,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+# Bounds no machine falls outside: a rate under 1 a second (1e-320 bytes/s planned every
+# step at "inf ms"), or an hour for one row, one bag or one collective's latency.
+Rate = Annotated[float, Field(ge=1)]
+MAX_SECONDS = 3600.0
+
+
 class LinkSpec(_Strict):
-    all_to_all_bytes_per_second: float = Field(gt=0)
-    reduce_scatter_bytes_per_second: float = Field(gt=0)
-    all_gather_bytes_per_second: float = Field(gt=0)
-    all_reduce_bytes_per_second: float = Field(gt=0)
-    latency_seconds: float = Field(ge=0)
+    all_to_all_bytes_per_second: Rate
+    reduce_scatter_bytes_per_second: Rate
+    all_gather_bytes_per_second: Rate
+    all_reduce_bytes_per_second: Rate
+    latency_seconds: float = Field(ge=0, le=MAX_SECONDS)
 
 
 class TopologySpec(_Strict):
@@ -147,13 +153,13 @@ class TopologySpec(_Strict):
     ranks_per_node: int = Field(gt=0)
     device_type: Literal["cpu", "cuda"]
     memory_per_rank_bytes: int = Field(gt=0)
-    memory_bytes_per_second: float = Field(gt=0)
+    memory_bytes_per_second: Rate
     lookup_seconds_per_row: dict[int, float] = Field(
         min_length=1, description="Row width (columns) -> TBE seconds per looked-up row."
     )
-    dense_flops_per_second: float = Field(gt=0)
-    interaction_elements_per_second: float = Field(gt=0)
-    dense_update_elements_per_second: float = Field(gt=0)
+    dense_flops_per_second: Rate
+    interaction_elements_per_second: Rate
+    dense_update_elements_per_second: Rate
     intra_node: LinkSpec
     inter_node: LinkSpec
     bag_seconds: dict[str, float] = Field(
@@ -177,7 +183,7 @@ class TopologySpec(_Strict):
     )
     host_to_device_bytes_per_second: float | None = Field(
         None,
-        gt=0,
+        ge=1,
         description="CUDA: host-to-device (PCIe/UVM) bandwidth per rank and direction.",
     )
     source: str = "file"
@@ -205,9 +211,9 @@ class TopologySpec(_Strict):
     @field_validator("lookup_seconds_per_row")
     @classmethod
     def _positive_lookups(cls, v: dict[int, float]) -> dict[int, float]:
-        bad = {k: x for k, x in v.items() if k <= 0 or not x > 0}
+        bad = {k: x for k, x in v.items() if k <= 0 or not 0 < x <= MAX_SECONDS}
         if bad:
-            raise ValueError(f"row widths and seconds must be > 0: {bad}")
+            raise ValueError(f"row widths must be > 0, seconds in (0, {MAX_SECONDS:g}]: {bad}")
         return v
 
     @field_validator("bag_seconds")
@@ -217,9 +223,9 @@ class TopologySpec(_Strict):
         unknown = sorted(set(v) - set(SHARDING_TYPES))
         if unknown:
             raise ValueError(f"unknown sharding types {unknown}; known: {list(SHARDING_TYPES)}")
-        bad = {k: x for k, x in v.items() if not x >= 0}
+        bad = {k: x for k, x in v.items() if not 0 <= x <= MAX_SECONDS}
         if bad:
-            raise ValueError(f"seconds must be >= 0: {bad}")
+            raise ValueError(f"seconds must be in [0, {MAX_SECONDS:g}]: {bad}")
         return v
 
 

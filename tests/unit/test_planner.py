@@ -236,7 +236,18 @@ def test_inconsistent_topology_files_are_refused(tmp_path: Path) -> None:
     [
         # a misspelt type's cost read as none: row_wise's bags became free
         (lambda raw: raw["bag_seconds"].update({"row-wise": 1e-6}), r"unknown sharding types"),
-        (lambda raw: raw["bag_seconds"].update({"row_wise": -1e-3}), r"seconds must be >= 0"),
+        (lambda raw: raw["bag_seconds"].update({"row_wise": -1e-3}), r"seconds must be in"),
+        # rates and times no machine has: 1e-320 bytes/s planned every step at "inf ms"
+        (
+            lambda raw: raw["intra_node"].update(all_to_all_bytes_per_second=1e-320),
+            r"intra_node\.all_to_all_bytes_per_second: .*greater than or equal to 1",
+        ),
+        (
+            lambda raw: raw.update(dense_flops_per_second=0.5),
+            r"dense_flops_per_second: .*greater than or equal to 1",
+        ),
+        (lambda raw: raw["lookup_seconds_per_row"].update({"16": 1e9}), r"seconds in \(0, 3600\]"),
+        (lambda raw: raw["inter_node"].update(latency_seconds=1e6), r"latency_seconds: .*3600"),
         (lambda raw: raw["lookup_seconds_per_row"].update({"4": float("nan")}), r"finite"),
         (lambda raw: raw["intra_node"].update(all_to_all_bytes_per_second=float("inf")), "finite"),
         # true was 1 rank, as the job config refuses
