@@ -29,6 +29,7 @@ import base64
 import json
 import os
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -135,7 +136,25 @@ def remove_partials(root: Location) -> list[Location]:
     partial = [p for p in root.iterdir() if ours(p, PARTIAL_PREFIX) or a_save(p)]
     for p in partial:
         storage.rmtree(p)
-    return removed + partial
+    return removed + [p for p in partial if not p.exists()]  # a read-only folder keeps them
+
+
+def check_writable(root: Location) -> None:
+    """CheckpointError unless a file can be made and removed in ``root`` (made if missing):
+    a folder the job cannot write would otherwise fail its first save, by default after
+    all of training."""
+    probe = root / f".write-check-{uuid.uuid4().hex}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        storage.rmtree(probe)
+    except Exception as err:  # noqa: BLE001 - storage backends raise many types
+        why = err.strerror if isinstance(err, OSError) and err.strerror else reason(err)
+        raise CheckpointError(
+            f"{root}: cannot write checkpoints there ({why}); name a writable checkpoint.dir "
+            "(or output_dir), or set checkpoint.save_at_end=false and no checkpoint.every_steps "
+            "to train without saving"
+        ) from None
 
 
 def _holds_only_a_save(folder: Location) -> bool:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dist_train.checkpoint import CheckpointError
+from dist_train.checkpoint import CheckpointError, checkpoint_root, committed, step_of
 from dist_train.config import (
     ConfigError,
     JobConfig,
@@ -34,11 +34,11 @@ from dist_train.data.synthetic import generate
 from dist_train.data.validation import BadInputError, BadInputPolicy, SchemaCheck
 from dist_train.devices import DeviceError, DeviceType, local_gpus, resolve_device
 from dist_train.embedding.layout import build_layout
-from dist_train.launchers.processes import run_processes
+from dist_train.launchers.processes import RankError, run_processes
 from dist_train.logs import LOG, setup_logging, verbosity
 from dist_train.stopping import stopped_by_sigterm
 from dist_train.train.checkpointing import resume_point
-from dist_train.train.loop import WorkerInputs, run_worker
+from dist_train.train.loop import TrainingDiverged, WorkerInputs, run_worker
 from dist_train.train.progress import strict_json
 from dist_train.train.sharding import JobPlan, optimizer_notes, plan_for_config
 from dist_train.train.trainer import make_batch_builder
@@ -249,14 +249,19 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
 
         summary = launch_ray(cfg, inputs)
     else:
-        summary = run_processes(
-            _process_worker,
-            (cfg, inputs),
-            cfg.ray.num_workers,
-            cfg.ray.threads_per_worker,
-            device,
-            cfg.ray.pins_cores(owns_machine=True),  # the job's processes own this machine
-        )[0]
+        try:
+            summary = run_processes(
+                _process_worker,
+                (cfg, inputs),
+                cfg.ray.num_workers,
+                cfg.ray.threads_per_worker,
+                device,
+                cfg.ray.pins_cores(owns_machine=True),  # the job's processes own this machine
+            )[0]
+        except RankError as err:  # a divergence is itself under either launcher
+            if err.kind == TrainingDiverged.__name__:
+                raise TrainingDiverged(err.detail) from None
+            raise
     summary["wall_seconds"] = time.perf_counter() - start
     summary["run_dir"] = inputs.run_dir
     if summary.get("first_step_unix"):
@@ -319,26 +324,48 @@ def train_and_report(cfg: JobConfig) -> int:
     (the error, on stderr)."""
     try:
         summary = run_job(cfg)
+    except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM: the stop's own line comes first
+        hint = where_to_resume(cfg)
+        if hint:
+            err.add_note(hint)
+        raise
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (BadInputError, DataSourceError) as err:
-        print(f"error: bad input: {err}", file=sys.stderr)
-        return 1
-    except CheckpointError as err:
-        print(f"error: checkpoint: {err}", file=sys.stderr)
-        return 1
-    except (PlanningError, TopologyError) as err:
-        print(f"error: sharding plan: {err}", file=sys.stderr)
-        return 1
-    except DeviceError as err:
-        print(f"error: device: {err}", file=sys.stderr)
-        return 1
     except Exception as err:  # noqa: BLE001 - the CLI reports any failure and exits non-zero
-        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"error: {_what_failed(err)}", file=sys.stderr)
+        hint = where_to_resume(cfg)
+        if hint:
+            print(hint, file=sys.stderr)
         return 1
     print_summary(summary, Path(summary["run_dir"]))
     return 0
+
+
+def _what_failed(err: Exception) -> str:
+    for kinds, what in (
+        ((BadInputError, DataSourceError), "bad input"),
+        ((CheckpointError,), "checkpoint"),
+        ((PlanningError, TopologyError), "sharding plan"),
+        ((DeviceError,), "device"),
+    ):
+        if isinstance(err, kinds):
+            return f"{what}: {err}"
+    return f"{type(err).__name__}: {err}"
+
+
+def where_to_resume(cfg: JobConfig) -> str | None:
+    """A line naming the job's newest committed checkpoint, after a failure or a stop."""
+    try:
+        found = committed(checkpoint_root(resolve_paths(cfg)))
+    except Exception:  # noqa: BLE001 - a hint: a storage that fails to list gets none
+        return None
+    if not found:
+        return None
+    return (
+        f"the newest committed checkpoint is {found[-1]} (step {step_of(found[-1])}); "
+        "`--resume latest` continues from it"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,8 +31,9 @@ def stopped_by_sigterm(main: Callable[[], int]) -> int:
     """``main()``'s exit code, SIGTERM (``kill``, ``docker stop``, a scheduler's stop)
     meanwhile ending it as Ctrl-C does, through its ``finally`` blocks: the ranks it started
     stopped, its temporary files removed (the default action ended it on the spot, its
-    ranks left training); then 143. Ctrl-C ends it the same way, prints one line and ends
-    the process by SIGINT (130 to a shell). The caller's handler is back afterwards."""
+    ranks left training); then 143. Ctrl-C ends it the same way and ends the process by
+    SIGINT (130 to a shell). Either prints a line saying which, then the interrupt's notes.
+    The caller's handler is back afterwards."""
     if threading.current_thread() is not threading.main_thread():
         return main()  # only the main thread may handle signals
     received: list[int] = []
@@ -44,10 +45,12 @@ def stopped_by_sigterm(main: Callable[[], int]) -> int:
     previous = signal.signal(signal.SIGTERM, terminated)
     try:
         return main()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        print("stopped (SIGTERM)" if received else "interrupted (Ctrl-C)", file=sys.stderr)
+        for note in getattr(err, "__notes__", ()):  # where to resume, say
+            print(note, file=sys.stderr)
         if received:
             return EXIT_CODE
-        print("interrupted (Ctrl-C)", file=sys.stderr)
         _end_by_sigint()
         return INTERRUPTED
     finally:

@@ -293,6 +293,7 @@ def run_sweep(
     # the trainer's imports are only needed to train
     from dist_train.driver import run_job
     from dist_train.launchers.processes import RankError
+    from dist_train.train.loop import TrainingDiverged
     from dist_train.train.progress import strict_json
 
     out.mkdir(parents=True, exist_ok=True)
@@ -340,7 +341,7 @@ def run_sweep(
         error = None
         try:
             summary = run_job(job)
-        except RankError as err:  # a diverged arm, say: its figures are none; the rest train
+        except (RankError, TrainingDiverged) as err:  # its figures are none; the rest train
             error = str(err)
             summary = {"test_auc": math.nan, "test_log_loss": math.nan}
         result = {

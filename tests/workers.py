@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import threading
 import time
 from typing import Any
@@ -418,5 +419,16 @@ def fails_on_rank_1_midway() -> dict[str, Any]:
     for i in range(50):
         if dist.get_rank() == 1 and i == 25:
             raise MemoryError("rank 1 ran out of memory at step 25")
+        dist.all_reduce(t)
+    return {"ok": 1}
+
+
+def killed_on_rank_1_midway() -> dict[str, Any]:
+    """Rank 1 is SIGKILLed halfway through 50 all-reduces, as the out-of-memory killer
+    ends a process: it records no error, and rank 0's next collective fails."""
+    t = torch.ones(1000)
+    for i in range(50):
+        if dist.get_rank() == 1 and i == 25:
+            os.kill(os.getpid(), signal.SIGKILL)
         dist.all_reduce(t)
     return {"ok": 1}

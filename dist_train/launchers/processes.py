@@ -44,8 +44,16 @@ STOP_GRACE_SECONDS = 10.0
 
 
 class RankError(RuntimeError):
-    """A rank's function raised; the message is the rank's and its error (``-v`` logs its
-    traceback)."""
+    """A rank's function raised, or the rank was killed; the message is the rank's and its
+    error (``-v`` logs its traceback). ``kind`` and ``detail``: the error's type name and
+    its own message (empty for a killed rank), for callers that raise it again as itself."""
+
+    def __init__(self, message: str, kind: str = "", detail: str = "") -> None:
+        super().__init__(message)
+        self.kind, self.detail = kind, detail
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled whole (Ray, a sweep's pool)
+        return (type(self), (str(self), self.kind, self.detail))
 
 
 def free_port() -> int:
@@ -123,10 +131,8 @@ def _record_error(result_dir: str, rank: int, err: BaseException, stage: str = "
     """What the driver reports of a failed rank: its error, not its whole traceback, and
     when (:func:`_first_error`); whole or not at all, as the ranks left are stopped as soon
     as one fails."""
-    write_atomically(
-        Path(result_dir) / f"rank{rank}.error",
-        json.dumps({"ns": time.time_ns(), "error": f"{stage}{type(err).__name__}: {err}"}),
-    )
+    record = {"ns": time.time_ns(), "stage": stage, "type": type(err).__name__, "message": str(err)}
+    write_atomically(Path(result_dir) / f"rank{rank}.error", json.dumps(record))
 
 
 def _port_taken(err: RankError) -> bool:
@@ -136,24 +142,35 @@ def _port_taken(err: RankError) -> bool:
     return JOINING in text and ("EADDRINUSE" in text or "address already in use" in text)
 
 
-def _first_error(result_dir: Path, exited: int) -> tuple[int, str] | None:
-    """(rank, error) of the rank that failed first, by when it failed: the one whose exit
-    broke its peers' collectives, which fail after it ("Connection closed by peer"). The
-    first to exit, ``exited`` (which torch reports), is often such a peer; it is named
-    where the times tie."""
+def _first_error(result_dir: Path, exited: int) -> RankError | None:
+    """The error of the rank that failed first, by when it failed: the one whose exit broke
+    its peers' collectives, which fail after it ("Connection closed by peer"). The first to
+    exit, ``exited`` (which torch reports), is often such a peer; it is named where the
+    times tie."""
     failed = []
     for path in result_dir.glob("rank*.error"):
         try:
             record = json.loads(path.read_text())
-            when, error = int(record["ns"]), str(record["error"])
+            when, stage = int(record["ns"]), str(record["stage"])
+            kind, detail = str(record["type"]), str(record["message"])
         except (ValueError, KeyError, TypeError):  # cut short as its rank was stopped
             continue
         rank = int(path.stem.removeprefix("rank"))
-        failed.append((when, rank != exited, rank, error))
+        failed.append((when, rank != exited, rank, stage, kind, detail))
     if not failed:
         return None
-    _, _, rank, error = min(failed)
-    return rank, error
+    _, _, rank, stage, kind, detail = min(failed)
+    return RankError(f"rank {rank} failed: {stage}{kind}: {detail}", kind, detail)
+
+
+def _killed(err: mp.ProcessExitedException) -> RankError:
+    """The rank that ended first, without an error of its own: killed (the kernel's
+    out-of-memory killer sends SIGKILL), or exited with a status."""
+    rank, name = err.error_index, err.signal_name
+    if not name:
+        return RankError(f"rank {rank} exited with status {err.exit_code}, without an error")
+    hint = " (out of memory? see `dmesg | grep -i killed`)" if name == "SIGKILL" else ""
+    return RankError(f"rank {rank} was killed by {name}{hint}", name)
 
 
 def run_processes(
@@ -230,9 +247,10 @@ def _run_ranks(
             first = _first_error(Path(result_dir), err.error_index)
             if first is None:
                 raise
-            rank, message = first
             LOG.debug(f"rank {err.error_index}'s traceback:{err}")
-            raise RankError(f"rank {rank} failed: {message}") from None
+            raise first from None
+        except mp.ProcessExitedException as err:  # torch has stopped the other ranks
+            raise _killed(err) from None
         except BaseException:  # Ctrl-C, SIGTERM (dist_train.stopping): the ranks end too
             _stop(ranks.processes)
             raise

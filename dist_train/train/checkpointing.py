@@ -72,6 +72,8 @@ def resume_point(
     """Clean up half-written checkpoints, then resolve ``checkpoint.resume`` to a path
     (checked against the job's ``train_groups``, where given)."""
     root = checkpoint.checkpoint_root(cfg)
+    if cfg.checkpoint.every_steps is not None or cfg.checkpoint.save_at_end:
+        checkpoint.check_writable(root)  # before training, not at its first save
     for p in checkpoint.remove_partials(root):
         LOG.info(f"removed partial checkpoint {p} (a save was interrupted)")
     for p in checkpoint.foreign_steps(root):  # a save of its step fails: say so now

@@ -413,6 +413,9 @@ def test_a_checkpoint_of_another_model_is_refused_naming_the_tensor(tmp_path: Pa
         rf"error: RankError: rank [01] failed: CheckpointError: {re.escape(saved)}", err
     )
     assert "Traceback" not in err
+    # then where to go on from
+    hint = f"the newest committed checkpoint is {ckpt} (step 2); `--resume latest` continues"
+    assert hint in err
 
 
 def _momenta(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from dist_train.checkpoint import committed
 from dist_train.cli import main
 from dist_train.launchers.processes import DRIVER_CHECK_SECONDS
 from tests.conftest import small_config
@@ -144,18 +145,22 @@ def test_a_driver_stopped_alone_stops_its_ranks(
         "data.synthetic.num_train_rows=400000",
         "train.epochs=3",
         "train.log_every=10",
+        "checkpoint.every_steps=10",
     ]
+    said = tmp_path / "stderr.txt"
     driver = subprocess.Popen(
         [sys.executable, "-m", "dist_train.driver", "--config", str(config)]
         + [arg for s in sets for arg in ("--set", s)],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=said.open("w"),
         # (not for Ray: its sockets under a test's long TMPDIR exceed Unix's path limit)
         env={**os.environ, **({"TMPDIR": str(tmp)} if launcher == "processes" else {})},
     )
     try:
         deadline = time.monotonic() + 300
-        while not (metrics.exists() and '"step": 20' in metrics.read_text()):
+        while not (metrics.exists() and '"step": 20' in metrics.read_text()) or not committed(
+            tmp_path / "tiny" / "checkpoints"
+        ):
             assert driver.poll() is None and time.monotonic() < deadline, "no step 20"
             time.sleep(0.2)
         driver.send_signal(stop)
@@ -169,5 +174,9 @@ def test_a_driver_stopped_alone_stops_its_ranks(
         assert driver.wait(timeout=60) == code
     finally:
         driver.kill()
+    if stop == signal.SIGTERM:  # it says so, and where to go on from (it said nothing)
+        err = said.read_text()
+        assert "stopped (SIGTERM)\nthe newest committed checkpoint is " in err, err
+        assert "`--resume latest` continues from it" in err
     if launcher == "processes" and stop == signal.SIGTERM:
         assert list(tmp.glob("dist-train-results-*")) == []

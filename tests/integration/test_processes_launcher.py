@@ -12,7 +12,12 @@ import torch
 from dist_train.launchers.affinity import rank_cores
 from dist_train.launchers.processes import RankError, run_processes
 from planners.cores import process_cores
-from tests.workers import fails_on_rank_1_midway, tensors_sharing_memory, where_the_rank_runs
+from tests.workers import (
+    fails_on_rank_1_midway,
+    killed_on_rank_1_midway,
+    tensors_sharing_memory,
+    where_the_rank_runs,
+)
 
 VAR = "DIST_TRAIN_TEST_LAUNCHER_VALUE"
 
@@ -55,6 +60,13 @@ def test_the_rank_that_failed_first_is_the_one_named() -> None:
     for _ in range(3):
         with pytest.raises(RankError, match=r"^rank 1 failed: MemoryError: rank 1 ran out"):
             run_processes(fails_on_rank_1_midway, (), 2)
+
+
+def test_a_killed_rank_is_named_with_its_signal() -> None:
+    """torch's ProcessExitedException ('process 1 terminated with signal SIGKILL') was
+    printed as it was: no rank, no cause."""
+    with pytest.raises(RankError, match=r"^rank 1 was killed by SIGKILL \(out of memory\?"):
+        run_processes(killed_on_rank_1_midway, (), 2)
 
 
 def test_a_taken_rendezvous_port_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -718,3 +719,34 @@ def test_training_ends_at_one_step_which_the_loop_knows(
             if epoch.ends_training:
                 ending.append(run.step)
     assert ending == [last] and run.step == last
+
+
+def test_a_checkpoint_folder_that_cannot_be_written_is_refused_before_training(
+    tmp_path: Path,
+) -> None:
+    """It failed at the first save, by default after all of training."""
+    (tmp_path / "a-file").write_text("")
+    below_a_file = tmp_path / "a-file" / "checkpoints"  # no folder can be made there
+    with pytest.raises(CheckpointError, match=r"a-file/checkpoints: cannot write checkpoints"):
+        resume_point(_job(tmp_path, f"checkpoint.dir={below_a_file}"))
+    # a job that saves nothing does not need it
+    quiet = [f"checkpoint.dir={below_a_file}", "checkpoint.save_at_end=false"]
+    assert resume_point(_job(tmp_path, *quiet)) is None
+    # the check leaves nothing behind in a folder it can write
+    assert resume_point(_job(tmp_path)) is None
+    assert list((tmp_path / "default" / "checkpoints").iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_checkpoint_folder_is_refused_and_its_partials_are_not_called_removed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "default" / "checkpoints"
+    (root / ".partial-step-00000004").mkdir(parents=True)
+    root.chmod(0o555)
+    try:
+        with pytest.raises(CheckpointError, match="cannot write checkpoints"):
+            resume_point(_job(tmp_path))
+        assert remove_partials(root) == []  # still there: not reported as removed
+    finally:
+        root.chmod(0o755)

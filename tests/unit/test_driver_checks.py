@@ -291,13 +291,19 @@ def test_the_first_failure_is_named_by_time_and_ties_go_to_the_first_exit(
 
     from dist_train.launchers.processes import _first_error
 
+    def named(exited: int) -> tuple[str, str, str]:
+        err = _first_error(tmp_path, exited)
+        assert err is not None
+        return str(err), err.kind, err.detail
+
     assert _first_error(tmp_path, 0) is None
     for rank, ns in ((0, 200), (1, 100), (2, 100)):
-        (tmp_path / f"rank{rank}.error").write_text(json.dumps({"ns": ns, "error": f"E{rank}"}))
-    assert _first_error(tmp_path, 0) == (1, "E1")
-    assert _first_error(tmp_path, 2) == (2, "E2")
+        record = {"ns": ns, "stage": "", "type": f"E{rank}", "message": f"m{rank}"}
+        (tmp_path / f"rank{rank}.error").write_text(json.dumps(record))
+    assert named(0) == ("rank 1 failed: E1: m1", "E1", "m1")
+    assert named(2) == ("rank 2 failed: E2: m2", "E2", "m2")
     (tmp_path / "rank3.error").write_text("")  # a rank stopped as it wrote: passed over
-    assert _first_error(tmp_path, 0) == (1, "E1")
+    assert named(0) == ("rank 1 failed: E1: m1", "E1", "m1")
 
 
 def test_a_join_that_fails_says_why_and_hints_at_tokens_only_for_a_refusal(

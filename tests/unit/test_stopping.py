@@ -38,11 +38,15 @@ def test_ctrl_c_ends_the_process_by_sigint_with_one_line() -> None:
         "def terminated():\n"
         "    os.kill(os.getpid(), signal.SIGTERM)\n"
         "def interrupted():\n"
-        "    raise KeyboardInterrupt\n"
+        "    err = KeyboardInterrupt()\n"
+        "    err.add_note('the newest committed checkpoint is ...')\n"
+        "    raise err\n"
         "assert stopped_by_sigterm(terminated) == 143\n"
         "stopped_by_sigterm(interrupted)\n"
         "print('still running')\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == -signal.SIGINT, done
-    assert done.stderr == "interrupted (Ctrl-C)\n" and not done.stdout
+    # a line for each stop (SIGTERM printed none), then the interrupt's notes
+    said = "stopped (SIGTERM)\ninterrupted (Ctrl-C)\nthe newest committed checkpoint is ...\n"
+    assert done.stderr == said and not done.stdout
