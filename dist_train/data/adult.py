@@ -81,6 +81,15 @@ def _codes(column: pa.ChunkedArray, name: str, cardinality: int, source: Path) -
     return pc.index_in(column, value_set=values).to_numpy().astype(np.int64)
 
 
+def _ours(record: Path) -> bool:
+    """Whether ``record`` is the record a conversion wrote."""
+    try:
+        found = json.loads(record.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(found, dict) and found.get("source") == PACKAGE
+
+
 def convert_adult(
     out: Path, seed: int = 0, test_fraction: float = 0.2, rows_per_group: int = 4096
 ) -> AdultData:
@@ -106,11 +115,9 @@ def convert_adult(
     n_test = round(n * test_fraction)
     splits = {"test": order[:n_test], "train": order[n_test:]}
     record = out / RECORD_FILE
-    dirs = [out / split for split in splits]
-    # before the record was written, a conversion left one part-00000.parquet per split
-    earlier = sorted(str(f.relative_to(out)) for d in dirs if d.is_dir() for f in d.rglob("*"))
-    legacy = earlier == [f"{split}/part-00000.parquet" for split in sorted(splits)]
-    clear_splits(out, dirs, owned=record.is_file() or legacy)
+    # the folder is this command's where it holds this command's record: a file of that
+    # name alone, or the layout it writes (`convert criteo`'s too), is anyone's
+    clear_splits(out, [out / split for split in splits], owned=_ours(record))
     record.write_text(json.dumps({"source": PACKAGE, "seed": seed, "test_fraction": test_fraction}))
     for split, rows in splits.items():
         directory = out / split

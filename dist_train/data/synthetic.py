@@ -201,7 +201,10 @@ def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = Tru
                 f"{out}: its files are missing, cut or of other row groups: generating again",
                 file=sys.stderr,
             )
-    clear_splits(out, [result.train_dir, result.test_dir], owned=spec_path.is_file())
+    # the generator's folder where it holds the generator's record, not any dataset.json
+    found = _recorded(spec_path)
+    owned = isinstance(found, dict) and isinstance(found.get("format"), int)
+    clear_splits(out, [result.train_dir, result.test_dir], owned=owned)
     # the record that the folder is the generator's, written first: a run cut short leaves
     # it, so the next run may replace the files; complete, it lists the spec (below)
     spec_path.write_text(json.dumps({"format": _FORMAT, "complete": False}))

@@ -225,6 +225,17 @@ def test_the_generator_replaces_its_own_files_and_never_a_users(tmp_path: Path) 
     assert mine.is_file() and nested.is_file()
     assert sorted(p.name for p in users.iterdir()) == ["train"]  # nothing written
 
+    # a user's own dataset.json does not make their files the generator's: a file of the
+    # generator's name beside it was deleted
+    other = tmp_path / "another_users"
+    (other / "train").mkdir(parents=True)
+    (other / "dataset.json").write_text('{"name": "my data"}')
+    theirs = other / "train" / "part-0.parquet"
+    pq.write_table(pa.table({"x": [1]}), theirs)
+    with pytest.raises(DataSourceError, match=r"part-0.parquet: .* did not write"):
+        generate(synth, other, progress=False)
+    assert theirs.is_file()
+
     ours = generate(synth, tmp_path / "ours", progress=False)
     bigger = synth.model_copy(update={"num_train_rows": 3000})
     generate(bigger, tmp_path / "ours", progress=False)  # its own files: replaced

@@ -232,5 +232,12 @@ def test_adult_replaces_its_own_files_and_never_a_users(tmp_path: Path) -> None:
     convert_adult(tmp_path)
     convert_adult(tmp_path, seed=1)  # its own files: replaced
     assert len(list(tmp_path.rglob("*.parquet"))) == 2
-    (tmp_path / "adult.json").unlink()  # as a conversion before the record left its folder
-    convert_adult(tmp_path, seed=2)
+    # a folder of `convert criteo`'s layout (one part-00000.parquet a split) is a user's,
+    # and so is one beside a user's adult.json: the conversion took both for its own
+    (tmp_path / "adult.json").unlink()
+    with pytest.raises(DataSourceError, match=r"part-00000.parquet: .* did not write"):
+        convert_adult(tmp_path, seed=2)
+    (tmp_path / "adult.json").write_text('{"mine": true}')
+    with pytest.raises(DataSourceError, match=r"part-00000.parquet: .* did not write"):
+        convert_adult(tmp_path, seed=2)
+    assert len(list(tmp_path.rglob("*.parquet"))) == 2
