@@ -255,18 +255,21 @@ def _bench(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from dist_train.config import ConfigError
     from dist_train.data.reader import DataSourceError
+    from dist_train.launchers.rank_server import rank_server_started
     from dist_train.sweep import run_sweep
 
     out = Path(args.out or f"outputs/sweep-{args.dataset}")
     try:
-        run_sweep(
-            args.dataset,
-            out,
-            args.config,
-            list(args.set),
-            budgets=tuple(args.budgets),
-            seeds=tuple(args.seeds),
-        )
+        # stopped with the command: a Ctrl-C while it still imported left it and a rank
+        with rank_server_started(TRAIN_WORKER_MODULE):
+            run_sweep(
+                args.dataset,
+                out,
+                args.config,
+                list(args.set),
+                budgets=tuple(args.budgets),
+                seeds=tuple(args.seeds),
+            )
     except (ConfigError, DataSourceError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -323,6 +326,7 @@ def _plan(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     from dist_train.devices import DeviceError, local_gpus, resolve_device
     from dist_train.launchers.processes import run_processes
+    from dist_train.launchers.rank_server import rank_server_started
     from dist_train.models.dot_interaction import pairwise_dots
     from dist_train.train.shared_tables import read_shared_tables_as_one_feature
     from dist_train.train.unpooled_row_wise import enable_unpooled_row_wise as unpool_tables
@@ -345,16 +349,21 @@ def _calibrate(args: argparse.Namespace) -> int:
         return 2
     backend = "nccl" if device == "cuda" else "gloo"
     print(f"calibrating: {ranks} {backend} rank(s) x {args.threads} thread(s) ...", flush=True)
-    spec = calibrate(
-        run_processes,
-        ranks,
-        args.threads,
-        memory,
-        device_type=device,
-        unpool=unpool_tables,
-        pairwise_dots=pairwise_dots,
-        one_feature=read_shared_tables_as_one_feature,
+    # CPU ranks' server, stopped with the command (a Ctrl-C while it imported left it)
+    server = (
+        rank_server_started("planners.calibrate") if device == "cpu" else contextlib.nullcontext()
     )
+    with server:
+        spec = calibrate(
+            run_processes,
+            ranks,
+            args.threads,
+            memory,
+            device_type=device,
+            unpool=unpool_tables,
+            pairwise_dots=pairwise_dots,
+            one_feature=read_shared_tables_as_one_feature,
+        )
     save_topology(spec, args.out)
     link = spec.intra_node
     rows = ", ".join(f"{w}: {t * 1e9:.0f} ns" for w, t in spec.lookup_seconds_per_row.items())

@@ -74,12 +74,12 @@ def _entry(
     fn: WorkerFn,
     args: tuple[Any, ...],
     result_dir: str,
-    driver: int,
+    driver: tuple[int, str | None],
 ) -> None:
     # A forked rank inherits the server's environment, from when it started: use the caller's.
     os.environ.clear()
     os.environ.update(environ)
-    _end_with(driver)
+    _end_with(*driver)
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -234,7 +234,7 @@ def _run_ranks(
                 fn,
                 args,
                 result_dir,
-                os.getpid(),
+                (os.getpid(), _running_since(os.getpid())),
             ),
             nprocs=world_size,
             join=False,
@@ -263,10 +263,11 @@ def _run_ranks(
         return out
 
 
-def _end_with(driver: int) -> None:
+def _end_with(driver: int, started: str | None) -> None:
     """End this rank when process ``driver``, which started it, is gone (killed, say): its
-    ranks are the forkserver's children, not its own, and would train on unseen."""
-    started = _running_since(driver)
+    ranks are the forkserver's children, not its own, and would train on unseen. ``started``
+    is the driver's start as the driver read it: a rank forked after its driver died (a
+    Ctrl-C while the server still imported) ends at its first check."""
 
     def watch() -> None:
         while True:

@@ -86,3 +86,32 @@ def test_a_taken_rendezvous_port_is_tried_again(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(RankError, match=r"failed: while joining the process group: .*EADDRINUSE"):
         run_processes(where_the_rank_runs, (VAR,), 2)
     taken.close()
+
+
+def test_a_rank_forked_after_its_driver_died_ends() -> None:
+    """A Ctrl-C while the rank server still imported: the rank it forked afterwards read
+    its driver's start as "gone" and waited on, for good, beside the server (900 MB). It
+    now compares with the start the driver read."""
+    import subprocess
+    import sys
+    import time
+
+    from dist_train.launchers.processes import DRIVER_CHECK_SECONDS, _running_since
+
+    driver = subprocess.Popen(["sleep", "30"])
+    started = _running_since(driver.pid)
+    driver.kill()
+    driver.wait()
+    rank = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\n"
+            "from dist_train.launchers.processes import _end_with\n"
+            f"_end_with({driver.pid}, {started!r})\n"
+            "time.sleep(60)\n",
+        ]
+    )
+    begun = time.monotonic()
+    assert rank.wait(timeout=30) == 1
+    assert time.monotonic() - begun < 10 + 2 * DRIVER_CHECK_SECONDS
