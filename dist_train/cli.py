@@ -101,7 +101,16 @@ def _output_file(text: str) -> str:
         folder = folder.parent
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"{text!r}: cannot write under {str(folder)!r}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text!r}: a file this user cannot write")
     return str(path)
+
+
+def _cannot_write(where: object, err: OSError) -> int:
+    """Report an output that could not be written, naming the path at fault; exit status 1."""
+    path = err.filename if err.filename is not None else where
+    print(f"error: {path}: cannot write ({err.strerror or err})", file=sys.stderr)
+    return 1
 
 
 # The module of the driver's rank function (dist_train.driver._process_worker): what the
@@ -144,8 +153,7 @@ def _gen_data(args: argparse.Namespace) -> int:
     try:
         out = generate(cfg.data.synthetic, args.out, progress=args.verbosity != "quiet")
     except OSError as err:  # --out a file, a read-only folder, a full disk
-        print(f"error: {args.out}: cannot write the data ({err.strerror or err})", file=sys.stderr)
-        return 1
+        return _cannot_write(args.out, err)
     except DataSourceError as err:  # --out holds a user's Parquet files
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -273,6 +281,8 @@ def _sweep(args: argparse.Namespace) -> int:
     except (ConfigError, DataSourceError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # its output folder or files
+        return _cannot_write(out, err)
     return 0
 
 
@@ -317,7 +327,10 @@ def _plan(args: argparse.Namespace) -> int:
     except (PlanningError, TopologyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(write_report(report, args.json))
+    try:
+        print(write_report(report, args.json))
+    except OSError as err:
+        return _cannot_write(args.json, err)
     if args.json:
         print(f"wrote {args.json}")
     return 0
@@ -364,7 +377,10 @@ def _calibrate(args: argparse.Namespace) -> int:
             pairwise_dots=pairwise_dots,
             one_feature=read_shared_tables_as_one_feature,
         )
-    save_topology(spec, args.out)
+    try:
+        save_topology(spec, args.out)
+    except OSError as err:
+        return _cannot_write(args.out, err)
     link = spec.intra_node
     rows = ", ".join(f"{w}: {t * 1e9:.0f} ns" for w, t in spec.lookup_seconds_per_row.items())
     print(
@@ -418,8 +434,7 @@ def _convert(args: argparse.Namespace) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 1
         except OSError as err:
-            print(f"error: {args.out}: cannot write ({err.strerror or err})", file=sys.stderr)
-            return 1
+            return _cannot_write(args.out, err)
         print(
             f"wrote {adult.num_train_rows:,} training rows to {adult.train_dir} and "
             f"{adult.num_test_rows:,} test rows to {adult.test_dir}"
@@ -434,8 +449,7 @@ def _convert(args: argparse.Namespace) -> int:
         print(f"error: bad input: {err}", file=sys.stderr)
         return 1
     except OSError as err:
-        print(f"error: {args.out}: cannot write ({err.strerror or err})", file=sys.stderr)
-        return 1
+        return _cannot_write(args.out, err)
     print(f"wrote {result.rows:,} rows to {len(result.files)} file(s) in {args.out}")
     if result.bad_lines:
         print(f"skipped bad lines: {result.bad_lines}")

@@ -261,24 +261,67 @@ def _results(log: Path) -> list[dict[str, Any]]:
     over, and a line that is not a run's JSON object is an error naming the line."""
     if not log.exists():
         return []
+    try:
+        text = log.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{log}: not a sweep's results (not UTF-8 text)") from None
     out = []
-    for number, line in enumerate(log.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             run = json.loads(line)
         except json.JSONDecodeError as err:
             run = err
-        if not isinstance(run, dict) or not isinstance(run.get("name"), str):
+        problem = _record_problem(run)
+        if problem:
             raise ConfigError(
-                f"{log}, line {number}: not a sweep run's record ({run}); remove the line "
-                "(its run trains again) or the file (to start over)"
+                f"{log}, line {number}: not a sweep run's record ({problem}); remove the "
+                "line (its run trains again) or the file (to start over)"
             )
         for metric in ("test_auc", "test_log_loss"):  # strict JSON writes NaN as null
             if run.get(metric) is None:
                 run[metric] = math.nan
         out.append(run)
     return out
+
+
+def _record_problem(run: object) -> str | None:
+    """What makes ``run`` no run's record of ``results.jsonl``, checked before any run
+    trains (a bad figure failed the summary after all of them); None if nothing."""
+    if not isinstance(run, dict):
+        return str(run) if isinstance(run, Exception) else f"a {type(run).__name__}"
+    number = (int, float)
+    wanted: dict[str, tuple[type, ...]] = {
+        "name": (str,),
+        "method": (str,),
+        "budget": number,
+        "parameters": (int,),
+        "test_auc": (*number, type(None)),
+        "test_log_loss": (*number, type(None)),
+    }
+    for key, kinds in wanted.items():
+        if key not in run:
+            return f"no {key!r}"
+        if not isinstance(run[key], kinds) or isinstance(run[key], bool):
+            return f"{key}={run[key]!r}"
+    return None
+
+
+def _check_plans(base: JobConfig, todo: list[Arm]) -> None:
+    """ConfigError naming the first arm that no plan fits, before any arm trains (a sweep
+    stopped at it, after the arms before it had trained). The seeds share a plan."""
+    from dist_train.driver import job_device
+    from dist_train.train.sharding import plan_for_config
+    from planners.topology import TopologyError
+    from planners.types import PlanningError
+
+    device = job_device(base) if todo else "cpu"
+    for arm in {(a.method, a.budget): a for a in todo}.values():
+        try:
+            plan_for_config(arm_config(base, arm), device)
+        except (PlanningError, TopologyError) as err:
+            raise ConfigError(f"sweep arm {arm.name}: {err}; nothing was trained") from None
 
 
 def run_sweep(
@@ -334,6 +377,7 @@ def run_sweep(
         f"[sweep] {dataset}: {len(todo)} run(s) to train, {len(wanted & have)} already in {log}",
         flush=True,
     )
+    _check_plans(base, todo)
     for i, arm in enumerate(todo, 1):
         start = time.perf_counter()
         job = arm_config(base, arm)

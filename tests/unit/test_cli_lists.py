@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from dist_train.cli import build_parser
+from dist_train.cli import build_parser, main
 
 
 def test_lists_parse_into_numbers_defaults_included() -> None:
@@ -82,3 +83,34 @@ def test_files_written_at_the_end_are_checked_before_the_work(
     new = build_parser().parse_args(["plan", "--json", f"{tmp_path}/new/plan.json"]).json
     assert new == f"{tmp_path}/new/plan.json" and not (tmp_path / "new").exists()
     assert not build_parser().parse_args(["plan", "--json", "~/x.json"]).json.startswith("~")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only files")
+def test_a_read_only_file_to_write_at_the_end_is_refused_before_the_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """calibrate measured, then printed PermissionError's traceback."""
+    done = tmp_path / "topology.json"
+    done.write_text("{}")
+    done.chmod(0o444)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["calibrate", "--out", str(done)])
+    assert "a file this user cannot write" in capsys.readouterr().err
+
+
+def test_an_output_that_fails_to_write_is_named_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """plan --json to a full disk, sweep --out a file or with its results file a folder:
+    tracebacks (PermissionError, FileExistsError, IsADirectoryError)."""
+    tiny = str(Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny.yaml")
+    assert main(["plan", "--config", tiny, "--no-torchrec", "--json", "/dev/full"]) == 1
+    assert "error: /dev/full: cannot write (No space left on device)" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    sweep = ["sweep", "--config", tiny, "--budgets", "1", "--seeds", "0", "--out"]
+    assert main([*sweep, str(tmp_path / "a-file")]) == 1
+    assert f"error: {tmp_path / 'a-file'}: cannot write (File exists)" in capsys.readouterr().err
+    (tmp_path / "sw" / "results.jsonl").mkdir(parents=True)
+    assert main([*sweep, str(tmp_path / "sw")]) == 1
+    said = capsys.readouterr().err
+    assert f"error: {tmp_path / 'sw' / 'results.jsonl'}: cannot write (Is a directory)" in said

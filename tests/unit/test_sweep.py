@@ -68,13 +68,35 @@ def test_a_budget_or_seed_given_twice_runs_once() -> None:
     assert arms((0.1, 1.0, 0.1), (0, 0, 1)) == arms((0.1, 1.0), (0, 1))
 
 
+_RUN = {
+    "name": "unified-b1-s0",
+    "method": "unified",
+    "budget": 1.0,
+    "seed": 0,
+    "parameters": 1000,
+    "test_auc": 0.75,
+    "test_log_loss": 0.5,
+}
+
+
 @pytest.mark.parametrize(
     ("text", "match"),
     [
         ("not json\n", r"results\.jsonl, line 2: not a sweep run's record"),
-        ("[1, 2]\n", r"results\.jsonl, line 2: not a sweep run's record \(\[1, 2\]\)"),
+        ("[1, 2]\n", r"results\.jsonl, line 2: not a sweep run's record \(a list\)"),
         # a blank line is passed over: the next line's run is read, and refused as before
         ("\n", r"results\.jsonl: 2 synthetic run\(s\) there"),
+        # fields the summary reads, checked before any run trains (after all of them, a
+        # KeyError's traceback, or "could not convert string to float" naming no file)
+        ('{"name": "unified-b1-s0"}\n', r"line 2: not a sweep run's record \(no 'method'\)"),
+        (
+            json.dumps({**_RUN, "test_auc": "abc"}) + "\n",
+            r"line 2: not a sweep run's record \(test_auc='abc'\)",
+        ),
+        (
+            json.dumps({**_RUN, "parameters": True}) + "\n",
+            r"line 2: not a sweep run's record \(parameters=True\)",
+        ),
     ],
 )
 def test_a_results_line_that_is_no_run_is_named_before_training(
@@ -82,11 +104,17 @@ def test_a_results_line_that_is_no_run_is_named_before_training(
 ) -> None:
     small = ["data.synthetic.num_train_rows=2048", "data.synthetic.num_test_rows=1024"]
     other = config_digest(dataset_config("synthetic", None, [*small, "train.epochs=5"]))
-    row = json.dumps({"dataset": "synthetic", "name": "unified-b1-s0", "config": other})
+    row = json.dumps({**_RUN, "dataset": "synthetic", "config": other})
     (tmp_path / "results.jsonl").write_text(f"{row}\n{text}{row}\n")
     with pytest.raises(ConfigError, match=match):
         run_sweep("synthetic", tmp_path, overrides=small, budgets=(1.0,))
     assert not (tmp_path / "runs").exists()  # nothing trained
+
+
+def test_a_results_file_that_is_no_text_is_named(tmp_path: Path) -> None:
+    (tmp_path / "results.jsonl").write_bytes(b"\xd0\xff\n")
+    with pytest.raises(ConfigError, match=r"results\.jsonl: not a sweep's results \(not UTF-8"):
+        run_sweep("synthetic", tmp_path, budgets=(1.0,))
 
 
 def test_runs_of_other_parameters_than_their_arms_are_stale() -> None:
@@ -136,7 +164,7 @@ def test_the_synthetic_sweep_trains_in_smaller_batches_unless_told_otherwise() -
 def test_a_rerun_under_another_config_is_refused_before_training(tmp_path: Path) -> None:
     small = ["data.synthetic.num_train_rows=2048", "data.synthetic.num_test_rows=1024"]
     base = dataset_config("synthetic", None, small)
-    row = {"dataset": "synthetic", "name": "unified-1-s0", "config": config_digest(base)}
+    row = {**_RUN, "dataset": "synthetic", "name": "unified-1-s0", "config": config_digest(base)}
     (tmp_path / "results.jsonl").write_text(json.dumps(row) + "\n")
     with pytest.raises(ConfigError, match=r"results.jsonl: 1 synthetic run\(s\) there"):
         run_sweep("synthetic", tmp_path, overrides=[*small, "train.epochs=5"], budgets=(1.0,))
@@ -162,7 +190,7 @@ def test_a_diverged_seed_makes_its_groups_figures_nan() -> None:
 def test_another_datasets_runs_or_the_users_data_paths_are_refused(tmp_path: Path) -> None:
     """Into an --out of Adult runs, a synthetic sweep replaced their run folders and summary
     files; data paths of the user's were replaced by the dataset's, unsaid."""
-    row = {"dataset": "adult", "name": "unified-b1-s0", "config": "x"}
+    row = {**_RUN, "dataset": "adult", "name": "unified-b1-s0", "config": "x"}
     (tmp_path / "results.jsonl").write_text(json.dumps(row) + "\n")
     with pytest.raises(ConfigError, match=r"holds runs of another dataset \(adult\)"):
         run_sweep("synthetic", tmp_path, budgets=(1.0,))
@@ -185,7 +213,7 @@ def test_a_run_recorded_without_figures_reads_back_as_nan(tmp_path: Path) -> Non
     from dist_train.sweep import _results
 
     log = tmp_path / "results.jsonl"
-    row = {"name": "unified-b1-s0", "test_auc": None, "test_log_loss": None, "error": "x"}
+    row = {**_RUN, "name": "unified-b1-s0", "test_auc": None, "test_log_loss": None, "error": "x"}
     log.write_text(json.dumps(row) + "\n")
     (got,) = _results(log)
     assert math.isnan(got["test_auc"]) and math.isnan(got["test_log_loss"])
@@ -195,7 +223,7 @@ def test_a_record_without_its_dataset_is_not_taken_for_another_dataset(tmp_path:
     from dist_train.sweep import _results
 
     log = tmp_path / "results.jsonl"
-    log.write_text(json.dumps({"name": "unified-b1-s0", "config": "another"}) + "\n")
+    log.write_text(json.dumps({**_RUN, "name": "unified-b1-s0", "config": "another"}) + "\n")
     small = ["data.synthetic.num_train_rows=2048", "data.synthetic.num_test_rows=1024"]
     # not "runs of another dataset (None)": the record meets the runs' own checks
     with pytest.raises(ConfigError, match="trained under another job config"):
@@ -241,3 +269,12 @@ def test_adult_replaces_its_own_files_and_never_a_users(tmp_path: Path) -> None:
     with pytest.raises(DataSourceError, match=r"part-00000.parquet: .* did not write"):
         convert_adult(tmp_path, seed=2)
     assert len(list(tmp_path.rglob("*.parquet"))) == 2
+
+
+def test_an_arm_no_plan_fits_is_named_before_any_arm_trains(tmp_path: Path) -> None:
+    """--budgets 1e6: the first arm trained, then the sweep stopped at the hashing trick's
+    table that fits nowhere, recording nothing."""
+    small = ["data.synthetic.num_train_rows=2048", "data.synthetic.num_test_rows=1024"]
+    with pytest.raises(ConfigError, match=r"sweep arm hashing_trick-b1e06-s0: .*fits nowhere.*nothing was trained"):
+        run_sweep("synthetic", tmp_path, overrides=small, budgets=(1e6,), seeds=(0,))
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results.jsonl").exists()
