@@ -275,6 +275,7 @@ def test_an_arm_no_plan_fits_is_named_before_any_arm_trains(tmp_path: Path) -> N
     """--budgets 1e6: the first arm trained, then the sweep stopped at the hashing trick's
     table that fits nowhere, recording nothing."""
     small = ["data.synthetic.num_train_rows=2048", "data.synthetic.num_test_rows=1024"]
-    with pytest.raises(ConfigError, match=r"sweep arm hashing_trick-b1e06-s0: .*fits nowhere.*nothing was trained"):
+    named = r"sweep arm hashing_trick-b1e06-s0: .*fits nowhere.*nothing was trained"
+    with pytest.raises(ConfigError, match=named):
         run_sweep("synthetic", tmp_path, overrides=small, budgets=(1e6,), seeds=(0,))
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results.jsonl").exists()
