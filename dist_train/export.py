@@ -46,13 +46,11 @@ def load_unsharded(path: Location, meta: dict[str, Any]) -> dict[str, Any]:
     """The whole checkpoint as plain tensors, in this process (no process group needed),
     every file checked against the digests in ``meta`` (its ``meta.json``)."""
     state: dict[str, Any] = {}
+    reader = checkpoint_files.reader(path, file_digests(meta, path))
+    # first on its own: DCP logs a traceback for each failed read of it before it raises
+    reader.read_metadata()
     try:
-        _load_state_dict(
-            state,
-            storage_reader=checkpoint_files.reader(path, file_digests(meta, path)),
-            planner=SafeExportPlanner(),
-            no_dist=True,
-        )
+        _load_state_dict(state, storage_reader=reader, planner=SafeExportPlanner(), no_dist=True)
     except CheckpointError:
         raise
     except (Exception, CheckpointException) as err:  # noqa: BLE001 - DCP raises many types
@@ -104,6 +102,8 @@ def export(path: Location, out_dir: Path, with_optimizer: bool = False) -> dict[
                 optim: dict[str, torch.Tensor] = {}
                 _flatten("", state.get("optim", {}), optim)
                 save_file(optim, str(staged / "optimizer.safetensors"), metadata=step)
+            for f in staged.glob("*.safetensors"):  # safetensors makes them 0600
+                f.chmod(0o666 & ~_umask())
             (staged / META).write_text((path / META).read_text())
             (staged / "export.json").write_text(json.dumps(summary, indent=2) + "\n")
             _move_in(staged, out_dir)
@@ -112,6 +112,13 @@ def export(path: Location, out_dir: Path, with_optimizer: bool = False) -> dict[
     except OSError as err:
         raise ExportError(f"{out_dir}: cannot write the export ({err.strerror or err})") from None
     return summary
+
+
+def _umask() -> int:
+    """This process's file mode mask, as ``open`` applies it to files it makes."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _move_in(staged: Path, out_dir: Path) -> None:

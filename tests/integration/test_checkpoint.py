@@ -305,6 +305,12 @@ def test_export_writes_whole_tables_as_safetensors(tmp_path: Path, capsys, monke
         assert torch.equal(value, saved[f"model.{key}"]), key
     assert load_file(str(out / "optimizer.safetensors"))
     assert json.loads((out / "meta.json").read_text())["position"]["step"] == 2
+    # readable by whoever the umask lets read: safetensors wrote them 0600, which a
+    # serving process of another user could not open
+    umask = os.umask(0o022)
+    os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert set(modes.values()) == {0o666 & ~umask}, modes
     # which sub-table each (feature, chunk) reads, with its salt: the rows can be looked up
     keys = json.loads((out / "export.json").read_text())["keys"]
     assert {k["table"] for k in keys} == {t.split(".")[-2] for t in tables}
@@ -379,6 +385,13 @@ def test_export_writes_whole_tables_as_safetensors(tmp_path: Path, capsys, monke
     next(ckpt.glob("*.distcp")).unlink()
     assert main(["export", str(ckpt), "--out", str(tmp_path / "again")]) == 1
     assert f"{ckpt}: cannot read checkpoint shards" in capsys.readouterr().err
+    # a cut .metadata: named in a line (DCP logged two tracebacks first)
+    cut = ckpt / ".metadata"
+    cut.write_bytes(cut.read_bytes()[:100])
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "again")]) == 1
+    said = capsys.readouterr()
+    assert f"error: checkpoint: {cut}: " in said.err and "the file is corrupt" in said.err
+    assert "Traceback" not in said.err + said.out
 
 
 def test_missing_shard_file_fails_resume_naming_the_checkpoint(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
