@@ -361,20 +361,33 @@ def convert_criteo(
     missing = next((path for path in inputs if not Path(path).is_file()), None)
     if missing is not None:  # before any is converted: a day's conversion lost to a typo
         raise BadInputError(f"{missing}: no such file")
+    def write(table: pa.Table, last: bool) -> pa.Table:
+        """Write ``table`` in whole row groups (a file's last may be short); the rows short
+        of a group, unless ``last``, come back to go with the next block's."""
+        nonlocal writer, in_file
+        while table.num_rows:
+            if writer is None or in_file >= rows_per_file:
+                if writer is not None:
+                    writer.close()
+                writer, in_file = next_writer(), 0
+            take = min(rows_per_file - in_file, table.num_rows)
+            if take < rows_per_file - in_file and not last:  # the file goes on: whole groups
+                take -= take % rows_per_group
+                if not take:
+                    break
+            writer.write_table(table.slice(0, take), row_group_size=rows_per_group)
+            in_file += take
+            result.rows += take
+            table = table.slice(take)
+        return table
+
+    # a block's rows end where its text does: carried over, not written as a short group
+    carry = SCHEMA.empty_table()
     try:
         for path in inputs:
             for batch, first_line in _blocks(path, on_bad_input, result):
-                table = _typed(batch, path, first_line, on_bad_input, result)
-                while table.num_rows:
-                    if writer is None or in_file >= rows_per_file:
-                        if writer is not None:
-                            writer.close()
-                        writer, in_file = next_writer(), 0
-                    take = table.slice(0, rows_per_file - in_file)
-                    writer.write_table(take, row_group_size=rows_per_group)
-                    in_file += take.num_rows
-                    result.rows += take.num_rows
-                    table = table.slice(take.num_rows)
+                block = _typed(batch, path, first_line, on_bad_input, result)
+                carry = write(pa.concat_tables([carry, block]), last=False)
                 if progress:
                     rate = result.rows / max(time.perf_counter() - start, 1e-9)
                     print(
@@ -382,6 +395,7 @@ def convert_criteo(
                         file=sys.stderr,
                         flush=True,
                     )
+        write(carry, last=True)
     except BaseException:
         # Never leave half a dataset behind that could be mistaken for a whole one; files that
         # were in out_dir before are not touched.

@@ -37,6 +37,11 @@ def _write(path: Path, lines: list[str]) -> Path:
     return path
 
 
+def _text(path: Path) -> str:
+    data = path.read_bytes()
+    return (gzip.decompress(data) if path.suffix == ".gz" else data).decode()
+
+
 @pytest.fixture
 def good_files(tmp_path: Path) -> list[Path]:
     rng = np.random.default_rng(0)
@@ -279,3 +284,22 @@ def test_cli_convert(good_files: list[Path], tmp_path: Path, capsys) -> None:  #
     again = ["convert", "criteo", str(good_files[0]), "--out", str(tmp_path / "o")]
     assert main(again) == 1
     assert "already holds Parquet files" in capsys.readouterr().err
+
+
+def test_row_groups_are_whole_across_the_parsers_blocks(
+    good_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each 16 MiB block of text ended a row group: 65,536 then 1,434 rows, in turn. Rows
+    short of a group now go with the next block's; a file's last group may be short."""
+    monkeypatch.setattr(criteo, "BLOCK_BYTES", 20_000)  # blocks of about 60 lines
+    result = convert_criteo(
+        [str(f) for f in good_files], tmp_path / "out", 128, rows_per_file=600, progress=False
+    )
+    groups = [
+        [f.metadata.row_group(i).num_rows for i in range(f.num_row_groups)]
+        for f in map(pq.ParquetFile, result.files)
+    ]
+    assert groups == [[128, 128, 128, 128, 88], [128, 128, 128, 16]]
+    order = pq.read_table(tmp_path / "out")["C1"].to_pylist()
+    lines = [ln.split("\t")[14] or None for f in good_files for ln in _text(f).splitlines()]
+    assert order == lines  # every row once, in the input's order
