@@ -361,6 +361,7 @@ def convert_criteo(
     missing = next((path for path in inputs if not Path(path).is_file()), None)
     if missing is not None:  # before any is converted: a day's conversion lost to a typo
         raise BadInputError(f"{missing}: no such file")
+
     def write(table: pa.Table, last: bool) -> pa.Table:
         """Write ``table`` in whole row groups (a file's last may be short); the rows short
         of a group, unless ``last``, come back to go with the next block's."""
