@@ -222,6 +222,9 @@ def test_inconsistent_topology_files_are_refused(tmp_path: Path) -> None:
         resize(preset("cpu"), memory_per_rank_bytes=1)
     with pytest.raises(TopologyError, match="0 nodes x 4"):
         resize(preset("cpu"), num_nodes=0, ranks_per_node=4)
+    # plan --nodes 2147483648 died allocating 32 GiB; a million nodes planned for minutes
+    with pytest.raises(TopologyError, match=r"2,147,483,648 nodes x 2 .* at most 262,144 ranks"):
+        resize(preset("cpu"), num_nodes=2**31, ranks_per_node=2)
     with pytest.raises(TopologyError, match="cannot read '12 parsecs'"):
         parse_bytes("12 parsecs")
     assert parse_bytes("80GiB") == 80 * 2**30 and parse_bytes("16GB") == 16 * 10**9
