@@ -563,7 +563,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "sweep", help="test AUC per parameter budget: collisionless, hashing, multiplexing, UE"
     )
-    add_config_args(p)
+    add_config_args(
+        p,
+        "default: the dataset's own, launch/configs/default.yaml with train.batch_size=512 "
+        "for synthetic, launch/configs/adult.yaml for adult; a config given is read as it is",
+    )
     p.add_argument("--dataset", choices=["synthetic", "adult"], default="synthetic")
     p.add_argument(
         "--budgets",

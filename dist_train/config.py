@@ -1168,9 +1168,12 @@ def load_or_report(config: str | Path | None, overrides: list[str]) -> JobConfig
         return None
 
 
-def add_config_args(p: argparse.ArgumentParser) -> None:
-    """The ``--config`` and ``--set`` options every job command takes."""
-    p.add_argument("--config", help="job config YAML (default: launch/configs/default.yaml)")
+def add_config_args(
+    p: argparse.ArgumentParser, default: str = "default: launch/configs/default.yaml"
+) -> None:
+    """The ``--config`` and ``--set`` options every job command takes; ``default`` says
+    which config the command reads without ``--config``."""
+    p.add_argument("--config", help=f"job config YAML ({default})")
     p.add_argument(
         "--set",
         action="append",

@@ -138,11 +138,12 @@ def prepare(dataset: str, config: str | None, overrides: list[str], out: Path) -
     """The sweep's base job: its data written once under ``out/data``, runs under ``out``."""
     cfg = dataset_config(dataset, config, overrides)
     own = load_config(DATASETS[dataset], DATASET_OVERRIDES[dataset]).data
-    for key in ("train_path", "test_path"):
-        if getattr(cfg.data, key) != getattr(own, key):
+    for key in ("train_path", "test_path"):  # a path of the user's: refused, not replaced
+        value = getattr(cfg.data, key)
+        if value is not None and value != getattr(own, key):
             raise ConfigError(
-                f"data.{key}={getattr(cfg.data, key)}: the sweep trains on the dataset "
-                f"--dataset names ({dataset}), written under {out / 'data'}; drop the path"
+                f"data.{key}={value}: the sweep trains on the dataset --dataset names "
+                f"({dataset}), written under {out / 'data'}; set data.{key}=null"
             )
     data = out / "data"
     if dataset == "adult":

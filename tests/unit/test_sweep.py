@@ -198,6 +198,12 @@ def test_another_datasets_runs_or_the_users_data_paths_are_refused(tmp_path: Pat
     with pytest.raises(ConfigError, match=r"data.train_path=/my/train: the sweep trains on"):
         run_sweep("synthetic", tmp_path / "fresh", overrides=mine, budgets=(1.0,))
     assert not (tmp_path / "runs").exists() and not (tmp_path / "fresh" / "data").exists()
+    # a config that names no data (generated data's null) is no path of the user's: the
+    # adult sweep with default.yaml said "data.train_path=None: ...; drop the path"
+    from dist_train.sweep import prepare
+
+    base = prepare("adult", str(DATASETS["synthetic"]), [], tmp_path / "adult")
+    assert base.data.train_path == str(tmp_path / "adult" / "data" / "train")
 
 
 def test_budgets_name_their_runs_apart() -> None:
