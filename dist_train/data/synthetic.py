@@ -14,6 +14,7 @@ contribute the mean over their ids. Everything is a function of the seed alone.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import pyarrow.parquet as pq
 
 from dist_train.config import SyntheticDataConfig
 from dist_train.data.output_folder import clear_splits
+from dist_train.data.reader import DataSourceError
 from dist_train.embedding.hashing import make_salt, salted_hash
 from dist_train.storage import write_atomically
 
@@ -182,6 +184,20 @@ def _recorded(spec_path: Path) -> Any:
         return None
 
 
+def _check_memory(cardinalities: list[int]) -> None:
+    """DataSourceError, naming the keys, for vocabularies whose samplers outgrow this
+    machine's memory (16 bytes an id, and 8 more for the largest while it is built): numpy
+    raised a MemoryError's traceback, or the kernel killed the process."""
+    need = 16 * sum(cardinalities) + 8 * max(cardinalities, default=0)
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > ram:
+        raise DataSourceError(
+            f"data.synthetic: vocabularies of {sum(cardinalities):,} ids in all need "
+            f"{need / 2**30:,.1f} GiB to sample from, and this machine has {ram / 2**30:,.1f} "
+            "GiB; lower data.synthetic.max_cardinality (or cardinalities)"
+        )
+
+
 def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = True) -> GeneratedData:
     """Write ``train/part-*.parquet`` and ``test/part-0.parquet`` under ``out_dir``.
 
@@ -201,9 +217,13 @@ def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = Tru
                 f"{out}: its files are missing, cut or of other row groups: generating again",
                 file=sys.stderr,
             )
-    # the generator's folder where it holds the generator's record, not any dataset.json
+    _check_memory(cfg.column_cardinalities())  # before any file is replaced
+    # the generator's folder where it holds the generator's record (or one a crash cut as
+    # it was written), not a user's dataset.json of other contents
     found = _recorded(spec_path)
-    owned = isinstance(found, dict) and isinstance(found.get("format"), int)
+    owned = spec_path.is_file() and (
+        found is None or (isinstance(found, dict) and isinstance(found.get("format"), int))
+    )
     clear_splits(out, [result.train_dir, result.test_dir], owned=owned)
     # the record that the folder is the generator's, written first: a run cut short leaves
     # it, so the next run may replace the files; complete, it lists the spec (below)

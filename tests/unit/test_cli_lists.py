@@ -54,6 +54,9 @@ def test_lists_parse_into_numbers_defaults_included() -> None:
         (["plan", "--nodes", "1" + "0" * 23], "up to 2,147,483,648"),  # numpy's error
         (["bench", "checkpoint", "--rows", "4,000,000"], "one positive whole number"),
         (["convert", "adult", "--out", "o", "--seed", "-1"], "one non-negative whole number"),
+        # an empty --out wrote into the working directory
+        (["export", "ckpt", "--out", ""], "--out: an empty path; name a folder"),
+        (["gen-data", "--out", " "], "--out: an empty path; name a folder"),
     ],
 )
 def test_bad_lists_are_usage_errors_naming_the_value(
@@ -114,3 +117,14 @@ def test_an_output_that_fails_to_write_is_named_without_a_traceback(
     assert main([*sweep, str(tmp_path / "sw")]) == 1
     said = capsys.readouterr().err
     assert f"error: {tmp_path / 'sw' / 'results.jsonl'}: cannot write (Is a directory)" in said
+
+
+def test_a_folder_given_as_an_input_file_is_named_a_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was 'no such config file' and 'no such file'."""
+    assert main(["show-config", "--config", str(tmp_path)]) == 2
+    assert f"error: {tmp_path}: a folder, not a config file" in capsys.readouterr().err
+    assert main(["convert", "criteo", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
+    assert f"error: bad input: {tmp_path}: a folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before it made its folder

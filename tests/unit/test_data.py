@@ -243,3 +243,21 @@ def test_the_generator_replaces_its_own_files_and_never_a_users(tmp_path: Path) 
     (ours.train_dir / "extra.parquet").write_bytes(mine.read_bytes())
     with pytest.raises(DataSourceError, match=r"extra.parquet: .* other than the ones it wrote"):
         generate(synth, tmp_path / "ours", progress=False)
+
+
+def test_vocabularies_past_this_machines_memory_are_refused_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A MemoryError's traceback (or the kernel's kill) once the generator allocated."""
+    import os
+
+    sizes = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 2**18}  # a 1 GiB machine
+    monkeypatch.setattr(os, "sysconf", lambda name: sizes[name])
+    cfg = SyntheticDataConfig(
+        num_categorical=2, cardinalities=[2**26, 2**26], multi_hot_columns=[], string_columns=[]
+    )
+    with pytest.raises(DataSourceError, match=r"2\.5 GiB to sample from, .* has 1\.0 GiB"):
+        generate(cfg, tmp_path / "data", progress=False)
+    assert not (tmp_path / "data").exists()
+    with pytest.raises(ValueError, match="less than or equal to 268435456"):
+        SyntheticDataConfig(max_cardinality=10**10)
