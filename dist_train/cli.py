@@ -352,10 +352,12 @@ def _calibrate(args: argparse.Namespace) -> int:
     from dist_train.train.shared_tables import read_shared_tables_as_one_feature
     from dist_train.train.unpooled_row_wise import enable_unpooled_row_wise as unpool_tables
     from planners.calibrate import calibrate
-    from planners.topology import TopologyError, parse_bytes, save_topology
+    from planners.topology import TopologyError, parse_bytes, preset, resize, save_topology
 
     try:
         memory = parse_bytes(args.memory_per_rank) if args.memory_per_rank else None
+        if memory is not None:  # before the measuring: a rank left no memory after the
+            resize(preset("cpu"), memory_per_rank_bytes=memory)  # reserve plans nothing
     except TopologyError as err:
         print(f"error: --memory-per-rank: {err}", file=sys.stderr)
         return 2

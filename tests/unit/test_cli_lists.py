@@ -128,3 +128,15 @@ def test_a_folder_given_as_an_input_file_is_named_a_folder(
     assert main(["convert", "criteo", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
     assert f"error: bad input: {tmp_path}: a folder" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # refused before it made its folder
+
+
+def test_a_memory_that_leaves_a_rank_none_is_refused_before_calibrating(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """calibrate measured, then wrote a topology file that every plan refused."""
+    out = tmp_path / "topology.json"
+    assert main(["calibrate", "--memory-per-rank", "1B", "--out", str(out)]) == 2
+    assert "--memory-per-rank: inconsistent topology: memory per rank 1 bytes leaves none" in (
+        capsys.readouterr().err
+    )
+    assert not out.exists()
