@@ -262,6 +262,12 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
             if err.kind == TrainingDiverged.__name__:
                 raise TrainingDiverged(err.detail) from None
             raise
+    if inputs.resume and not summary.get("steps_this_launch"):
+        LOG.warning(
+            f"nothing left to train: {inputs.resume} is at step {summary['steps']}, the end "
+            f"of training (train.max_steps={cfg.train.max_steps}, train.epochs="
+            f"{cfg.train.epochs}); it was evaluated only. Raise either to train on"
+        )
     summary["wall_seconds"] = time.perf_counter() - start
     summary["run_dir"] = inputs.run_dir
     if summary.get("first_step_unix"):

@@ -14,9 +14,22 @@ import sys
 import warnings
 
 
-class _DropDataParallelCacheNote(logging.Filter):
+class _DropMessage(logging.Filter):
+    """Drops a library's records that hold ``phrase``."""
+
+    def __init__(self, phrase: str) -> None:
+        super().__init__()
+        self.phrase = phrase
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "caching params will be ignored" not in record.getMessage()
+        return self.phrase not in record.getMessage()
+
+
+def drop_message(logger: str, phrase: str) -> None:
+    """Keep ``logger``'s records that hold ``phrase`` off the console (added once)."""
+    target = logging.getLogger(logger)
+    if not any(isinstance(f, _DropMessage) and f.phrase == phrase for f in target.filters):
+        target.addFilter(_DropMessage(phrase))
 
 
 def quiet_worker_logs() -> None:
@@ -28,9 +41,7 @@ def quiet_worker_logs() -> None:
     logging.getLogger("torch.fx").setLevel(logging.ERROR)
     # TorchRec warns for every replicated table that it ignores the sharder's cache
     # parameters; replicated tables train with their own optimizer on purpose.
-    utils = logging.getLogger("torchrec.distributed.utils")
-    if not any(isinstance(f, _DropDataParallelCacheNote) for f in utils.filters):
-        utils.addFilter(_DropDataParallelCacheNote())
+    drop_message("torchrec.distributed.utils", "caching params will be ignored")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch(rec)?\..*")

@@ -33,7 +33,7 @@ from dist_train.devices import backend_for, select_local_gpu
 from dist_train.launchers.affinity import pin_local_rank
 from dist_train.launchers.procfs import proc_stat
 from dist_train.launchers.rank_server import use_rank_server
-from dist_train.logs import LOG, quiet_worker_logs
+from dist_train.logs import LOG, drop_message, quiet_worker_logs
 from dist_train.storage import write_atomically
 
 WorkerFn = Callable[..., Any]
@@ -171,6 +171,10 @@ def _killed(err: mp.ProcessExitedException) -> RankError:
         return RankError(f"rank {rank} exited with status {err.exit_code}, without an error")
     hint = " (out of memory? see `dmesg | grep -i killed`)" if name == "SIGKILL" else ""
     return RankError(f"rank {rank} was killed by {name}{hint}", name)
+
+
+# torch logs each rank it stops after one failed; the rank that failed is what we report
+drop_message("torch.multiprocessing.spawn", "Terminating process")
 
 
 def run_processes(

@@ -204,6 +204,31 @@ def test_a_periodic_save_at_the_last_step_is_the_final_save(tmp_path: Path) -> N
     assert [e["step"] for e in events if e.get("event") == "checkpoint"] == [8, 16]
 
 
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path: Path) -> None:
+    """It exited 0 with "examples/s 0 (0 steps, to step 4)", unexplained."""
+    import logging
+
+    from dist_train.logs import LOG
+
+    over = [*BASE, f"output_dir={tmp_path}", "train.max_steps=4"]
+    run_job(load_config(TINY, over))
+    said: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "nothing left to train" in record.getMessage():
+                said.append(record.getMessage())
+
+    handler = Collect(logging.WARNING)
+    LOG.addHandler(handler)
+    try:
+        summary = run_job(load_config(TINY, [*over, "checkpoint.resume=latest"]))
+    finally:
+        LOG.removeHandler(handler)
+    assert summary["steps"] == 4 and summary["steps_this_launch"] == 0
+    assert len(said) == 1 and "step-00000004 is at step 4" in said[0], said
+
+
 def test_partial_checkpoint_is_ignored_and_removed(tmp_path: Path) -> None:
     over = [*BASE, f"output_dir={tmp_path}", "train.max_steps=4"]
     run_job(load_config(TINY, over))
