@@ -873,6 +873,17 @@ def _owner(optimizer: Any, param: torch.Tensor) -> Any:
     return getattr(optimizer, "_optimizer", optimizer)
 
 
+def check_model_shapes(path: Location, meta: dict[str, Any], model: dict[str, Any]) -> None:
+    """:func:`_check_model_shapes` on the driver, before any worker starts: ``model`` is a
+    state dict of whole tensors (a meta-device model's serves), ``meta`` the checkpoint's
+    ``meta.json``. The ranks check again against their sharded model as they load."""
+    try:
+        saved = checkpoint_files.reader(path, file_digests(meta, path)).read_metadata()
+    except FileNotFoundError:
+        return  # the load names a missing file
+    _check_model_shapes(model, saved.state_dict_metadata, path)
+
+
 def _check_model_shapes(model: dict[str, Any], saved: dict[str, Any], path: Location) -> None:
     """CheckpointError naming the first model tensor whose whole shape (any plan's shards
     together) differs from the saved one: the checkpoint is of another model, which no

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from pydantic import ValidationError
 
@@ -35,7 +36,7 @@ from dist_train.logs import LOG
 from dist_train.storage import Location, location
 from dist_train.train.faults import faulty_storage, maybe_kill
 from dist_train.train.progress import Progress
-from dist_train.train.sharding import JobPlan
+from dist_train.train.sharding import JobPlan, build_model
 from dist_train.train.trainer import Trainer
 
 
@@ -113,6 +114,11 @@ def resume_point(
             _check_same_data(train_groups, meta, path)
     _check_same_hashing(cfg, meta, path)
     _refuse_to_branch(cfg, root, path, position.step)
+    # another model (a table of other rows, another layer) failed only in the ranks, after
+    # Ray had started, once a rank; the planner's model on the meta device holds the shapes
+    with torch.device("meta"):
+        model = build_model(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
+    checkpoint.check_model_shapes(path, meta, model.state_dict())
     LOG.info(f"resuming from {path}")
     plan = job_plan.placements() if job_plan is not None else None
     if meta.get("world_size") != cfg.ray.num_workers or (plan and meta.get("sharding") != plan):
