@@ -212,7 +212,8 @@ class SafeExportPlanner(_EmptyStateDictLoadPlanner):
 
 class SafeDecodePlanner(SafeExportPlanner):
     """Decodes every item as a load would, and keeps no tensor (``verify``): the state is
-    planned without memory, and each read lands in a buffer of its own size, then dropped."""
+    planned without memory, and each decoded item is checked against its size, then dropped
+    (at most one item's tensor at a time, beside the file's mapped pages)."""
 
     def set_up_planner(
         self,
@@ -234,8 +235,9 @@ class SafeDecodePlanner(SafeExportPlanner):
         DefaultLoadPlanner.set_up_planner(self, state_dict, metadata, is_coordinator)
 
     def resolve_tensor(self, read_item: ReadItem) -> torch.Tensor:
+        # on the meta device: the size is checked, nothing is copied or kept
         dtype = self.lookup_tensor(read_item.dest_index).dtype
-        return torch.empty(tuple(read_item.lengths), dtype=dtype)
+        return torch.empty(tuple(read_item.lengths), dtype=dtype, device="meta")
 
 
 # -- the reader --------------------------------------------------------------------------------

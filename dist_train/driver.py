@@ -340,7 +340,8 @@ def train_and_report(cfg: JobConfig) -> int:
         return 2
     except Exception as err:  # noqa: BLE001 - the CLI reports any failure and exits non-zero
         print(f"error: {_what_failed(err)}", file=sys.stderr)
-        hint = where_to_resume(cfg)
+        # not after a checkpoint's own failure: the newest may be the one that failed to load
+        hint = None if _about_a_checkpoint(err) else where_to_resume(cfg)
         if hint:
             print(hint, file=sys.stderr)
         return 1
@@ -358,6 +359,17 @@ def _what_failed(err: Exception) -> str:
         if isinstance(err, kinds):
             return f"{what}: {err}"
     return f"{type(err).__name__}: {err}"
+
+
+def _about_a_checkpoint(err: Exception) -> bool:
+    """Whether ``err`` is a checkpoint's failure, the driver's or a rank's (the processes
+    launcher's RankError holds its kind; Ray's LaunchError, each rank's text)."""
+    kind = CheckpointError.__name__
+    return (
+        isinstance(err, CheckpointError)
+        or (isinstance(err, RankError) and err.kind == kind)
+        or f"{kind}: " in str(err)
+    )
 
 
 def where_to_resume(cfg: JobConfig) -> str | None:

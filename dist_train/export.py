@@ -46,10 +46,10 @@ def load_unsharded(path: Location, meta: dict[str, Any]) -> dict[str, Any]:
     """The whole checkpoint as plain tensors, in this process (no process group needed),
     every file checked against the digests in ``meta`` (its ``meta.json``)."""
     state: dict[str, Any] = {}
-    reader = checkpoint_files.reader(path, file_digests(meta, path))
-    # first on its own: DCP logs a traceback for each failed read of it before it raises
-    reader.read_metadata()
     try:
+        reader = checkpoint_files.reader(path, file_digests(meta, path))
+        # first on its own: DCP logs a traceback for each failed read of it before it raises
+        reader.read_metadata()
         _load_state_dict(state, storage_reader=reader, planner=SafeExportPlanner(), no_dist=True)
     except CheckpointError:
         raise

@@ -387,7 +387,7 @@ def run_sweep(
         try:
             summary = run_job(job)
         except (RankError, TrainingDiverged) as err:  # its figures are none; the rest train
-            error = str(err)
+            error = str(err) if isinstance(err, RankError) else f"{type(err).__name__}: {err}"
             summary = {"test_auc": math.nan, "test_log_loss": math.nan}
         result = {
             **asdict(arm),

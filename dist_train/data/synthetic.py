@@ -184,6 +184,19 @@ def _recorded(spec_path: Path) -> Any:
         return None
 
 
+_RECORD_START = b'{"format": '  # how the record written first begins
+
+
+def _cut(spec_path: Path) -> bool:
+    """Whether ``spec_path`` holds the start of the generator's first record, cut short (a
+    crash as an older dist_train wrote it in place; it is written whole now)."""
+    try:
+        raw = spec_path.read_bytes()
+    except OSError:
+        return False
+    return raw.startswith(_RECORD_START) or _RECORD_START.startswith(raw)
+
+
 def _check_memory(cardinalities: list[int]) -> None:
     """DataSourceError, naming the keys, for vocabularies whose samplers outgrow this
     machine's memory (16 bytes an id, and 8 more for the largest while it is built): numpy
@@ -219,15 +232,13 @@ def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = Tru
             )
     _check_memory(cfg.column_cardinalities())  # before any file is replaced
     # the generator's folder where it holds the generator's record (or one a crash cut as
-    # it was written), not a user's dataset.json of other contents
+    # an older dist_train wrote it), not a user's dataset.json of other contents
     found = _recorded(spec_path)
-    owned = spec_path.is_file() and (
-        found is None or (isinstance(found, dict) and isinstance(found.get("format"), int))
-    )
+    owned = (isinstance(found, dict) and isinstance(found.get("format"), int)) or _cut(spec_path)
     clear_splits(out, [result.train_dir, result.test_dir], owned=owned)
     # the record that the folder is the generator's, written first: a run cut short leaves
     # it, so the next run may replace the files; complete, it lists the spec (below)
-    spec_path.write_text(json.dumps({"format": _FORMAT, "complete": False}))
+    write_atomically(spec_path, json.dumps({"format": _FORMAT, "complete": False}))
     start = time.perf_counter()
     if progress:
         total = cfg.num_train_rows + cfg.num_test_rows

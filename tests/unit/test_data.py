@@ -177,10 +177,11 @@ def test_a_dataset_missing_a_file_is_generated_again(tmp_path: Path) -> None:
     assert [f.read_bytes() for f in sorted(data.train_dir.glob("*.parquet"))] == before
 
 
-@pytest.mark.parametrize("record", [b"", b'{"format": 2, "compl', b"\xff\xfe"])
+@pytest.mark.parametrize("record", [b"", b'{"form', b'{"format": 2, "compl'])
 def test_a_dataset_whose_record_was_cut_is_generated_again(tmp_path: Path, record: bytes) -> None:
     """A run cut short as it wrote dataset.json left it empty or cut: the next gen-data or
-    training run on generated data failed with a JSONDecodeError traceback."""
+    training run on generated data failed with a JSONDecodeError traceback. (A dataset.json
+    of anything else is a user's: test_the_generator_replaces_its_own_files_and_never_a_users)"""
     synth = SyntheticDataConfig(num_train_rows=2000, num_test_rows=1024, rows_per_group=1000)
     data = generate(synth, tmp_path, progress=False)
     before = [f.read_bytes() for f in sorted(data.train_dir.glob("*.parquet"))]
@@ -229,12 +230,13 @@ def test_the_generator_replaces_its_own_files_and_never_a_users(tmp_path: Path) 
     # generator's name beside it was deleted
     other = tmp_path / "another_users"
     (other / "train").mkdir(parents=True)
-    (other / "dataset.json").write_text('{"name": "my data"}')
     theirs = other / "train" / "part-0.parquet"
     pq.write_table(pa.table({"x": [1]}), theirs)
-    with pytest.raises(DataSourceError, match=r"part-0.parquet: .* did not write"):
-        generate(synth, other, progress=False)
-    assert theirs.is_file()
+    for record in (b'{"name": "my data"}', b"name: my data\n", b"\xff\xfe"):
+        (other / "dataset.json").write_bytes(record)
+        with pytest.raises(DataSourceError, match=r"part-0.parquet: .* did not write"):
+            generate(synth, other, progress=False)
+        assert theirs.is_file()
 
     ours = generate(synth, tmp_path / "ours", progress=False)
     bigger = synth.model_copy(update={"num_train_rows": 3000})
