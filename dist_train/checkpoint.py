@@ -129,7 +129,8 @@ def remove_partials(root: Location) -> list[Location]:
         final = root / (PREFIX + aside.name[len(REPLACED_PREFIX) :])
         if (final / META).is_file():  # the new one was committed: the old one goes
             storage.rmtree(aside)
-            removed.append(aside)
+            if not aside.exists():  # a read-only folder keeps it
+                removed.append(aside)
         else:
             storage.rmtree(final)
             storage.move(aside, final)

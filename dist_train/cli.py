@@ -26,13 +26,16 @@ import select
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dist_train.config import DEFAULT_CONFIG, JobConfig, add_config_args
 from dist_train.config import load_or_report as _load
 from dist_train.logs import setup_logging
 from dist_train.stopping import stopped_by_sigterm
 from planners.cores import usable_cores
+
+if TYPE_CHECKING:
+    from planners.topology import Topology
 
 
 def _number_list(kind: type[int] | type[float], zero: bool = False) -> Callable[[str], list[Any]]:
@@ -272,12 +275,15 @@ def _sweep(args: argparse.Namespace) -> int:
     from dist_train.config import ConfigError
     from dist_train.data.reader import DataSourceError
     from dist_train.launchers.rank_server import rank_server_started
-    from dist_train.sweep import run_sweep
+    from dist_train.sweep import dataset_config, run_sweep
 
     out = Path(args.out or f"outputs/sweep-{args.dataset}")
     try:
-        # stopped with the command: a Ctrl-C while it still imported left it and a rank
-        with rank_server_started(TRAIN_WORKER_MODULE):
+        # its arms run on the processes launcher: CPU ranks fork from the server, stopped
+        # with the command (a Ctrl-C while it still imported left it and a rank running)
+        base = dataset_config(args.dataset, args.config, list(args.set))
+        cpu = _cpu_ranks(base.model_copy(update={"launcher": "processes"}))
+        with rank_server_started(TRAIN_WORKER_MODULE) if cpu else contextlib.nullcontext():
             run_sweep(
                 args.dataset,
                 out,
@@ -289,8 +295,9 @@ def _sweep(args: argparse.Namespace) -> int:
     except (ConfigError, DataSourceError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except OSError as err:  # its output folder or files
-        return _cannot_write(out, err)
+    except OSError as err:  # its files (a folder given as one, a read-only folder)
+        print(f"error: {err.filename or out}: {err.strerror or err}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -344,6 +351,20 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_rank_memory(topo: Topology) -> None:
+    """TopologyError where a rank's memory after its reserve is no more than a step's own
+    working memory (the device's preset's): every plan of the topology would refuse it."""
+    from planners.topology import TopologyError
+
+    usable, step = topo.usable_bytes_per_rank, topo.step_overhead_bytes
+    if usable <= step:
+        raise TopologyError(
+            f"{topo.memory_per_rank_bytes:,} bytes a rank leave {usable:,} usable after the "
+            f"reserve, no more than a training step's own working memory ({step / 2**30:.2f} "
+            "GiB): no table would fit"
+        )
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from dist_train.devices import DeviceError, local_gpus, resolve_device
     from dist_train.launchers.processes import run_processes
@@ -354,13 +375,6 @@ def _calibrate(args: argparse.Namespace) -> int:
     from planners.calibrate import calibrate
     from planners.topology import TopologyError, parse_bytes, preset, resize, save_topology
 
-    try:
-        memory = parse_bytes(args.memory_per_rank) if args.memory_per_rank else None
-        if memory is not None:  # before the measuring: a rank left no memory after the
-            resize(preset("cpu"), memory_per_rank_bytes=memory)  # reserve plans nothing
-    except TopologyError as err:
-        print(f"error: --memory-per-rank: {err}", file=sys.stderr)
-        return 2
     gpus = local_gpus()
     try:
         ranks = (
@@ -369,6 +383,13 @@ def _calibrate(args: argparse.Namespace) -> int:
         device = resolve_device(args.device, ranks, gpus, "this machine", "--device")
     except DeviceError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        memory = parse_bytes(args.memory_per_rank) if args.memory_per_rank else None
+        if memory is not None:  # before the measuring, which took minutes to write a file
+            _check_rank_memory(resize(preset(device), memory_per_rank_bytes=memory))
+    except TopologyError as err:
+        print(f"error: --memory-per-rank: {err}", file=sys.stderr)
         return 2
     backend = "nccl" if device == "cuda" else "gloo"
     print(f"calibrating: {ranks} {backend} rank(s) x {args.threads} thread(s) ...", flush=True)

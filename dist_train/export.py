@@ -115,7 +115,14 @@ def export(path: Location, out_dir: Path, with_optimizer: bool = False) -> dict[
 
 
 def _umask() -> int:
-    """This process's file mode mask, as ``open`` applies it to files it makes."""
+    """This process's file mode mask, as ``open`` applies it to files it makes: read from
+    ``/proc`` (setting it to read it back changes it for every thread meanwhile)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

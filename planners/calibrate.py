@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from planners.cores import usable_cores
+from planners.cores import usable_cores, usable_memory_bytes
 from planners.cost_model import bags_handled, latency_costs, table_costs
 from planners.gemm import ONEDNN_GEMM, onednn_linear
 from planners.search import search
@@ -478,7 +478,7 @@ def calibrate(
         intra = base.intra_node
         measured["collective_seconds"] = f"not measured (1 rank): the {device_type} preset's"
     measured["inter_node"] = "not measured (one machine): the preset's NIC, capped by intra_node"
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    ram = usable_memory_bytes()
     if memory_per_rank_bytes is None:
         memory_per_rank_bytes = torch.cuda.get_device_properties(0).total_memory if cuda else 0
         memory_per_rank_bytes = memory_per_rank_bytes or ram // ranks

@@ -1,4 +1,5 @@
-"""How many cores this process may use: its CPU affinity, capped by its cgroup's CPU quota.
+"""How many cores this process may use: its CPU affinity, capped by its cgroup's CPU quota;
+and how much memory: the machine's, capped by its cgroup's memory limit.
 
 ``os.cpu_count()`` counts the host's cores. In a container or a Kubernetes pod a process may
 use fewer: a cpuset (its affinity) or a CPU quota (cgroup v2 ``cpu.max``; v1
@@ -62,6 +63,41 @@ def cpu_quota(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) 
         elif "cpu" in controllers.split(","):  # cgroup v1, the cpu controller's hierarchy
             quotas += _quotas_up(_v1_mount(cgroup_root, controllers), path, _v1_quota)
     return min(quotas) if quotas else None
+
+
+def usable_memory_bytes(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> int:
+    """This machine's memory, capped by the tightest memory limit of this process's cgroup
+    and its ancestors (v2 ``memory.max``, v1 ``memory.limit_in_bytes``): in a container,
+    past the limit the kernel kills the process, whatever the host has."""
+    limits: list[float] = [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")]
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and not controllers:  # cgroup v2
+            limits += _quotas_up(cgroup_root, path, _memory_limit("memory.max"))
+        elif "memory" in controllers.split(","):  # cgroup v1
+            listed = cgroup_root / controllers
+            mount = listed if listed.is_dir() else cgroup_root / "memory"
+            limits += _quotas_up(mount, path, _memory_limit("memory.limit_in_bytes"))
+    return int(min(limits))
+
+
+def _memory_limit(name: str) -> Callable[[Path], float | None]:
+    """A reader of a cgroup's memory limit file: bytes, None for "max" or an unreadable file
+    (v1 writes a number near 2^63 for none, which the machine's memory undercuts)."""
+
+    def read(cgroup: Path) -> float | None:
+        try:
+            text = (cgroup / name).read_text().strip()
+            return None if text == "max" else float(int(text))
+        except (OSError, ValueError):
+            return None
+
+    return read
 
 
 def _quotas_up(mount: Path, path: str, quota_of: Callable[[Path], float | None]) -> list[float]:

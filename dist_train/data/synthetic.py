@@ -14,7 +14,6 @@ contribute the mean over their ids. Everything is a function of the seed alone.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from dist_train.data.output_folder import clear_splits
 from dist_train.data.reader import DataSourceError
 from dist_train.embedding.hashing import make_salt, salted_hash
 from dist_train.storage import write_atomically
+from planners.cores import usable_memory_bytes
 
 SPEC_FILE = "dataset.json"
 _FORMAT = 3  # bumped when the files' layout changes, so older generated data is rewritten
@@ -198,11 +198,12 @@ def _cut(spec_path: Path) -> bool:
 
 
 def _check_memory(cardinalities: list[int]) -> None:
-    """DataSourceError, naming the keys, for vocabularies whose samplers outgrow this
-    machine's memory (16 bytes an id, and 8 more for the largest while it is built): numpy
-    raised a MemoryError's traceback, or the kernel killed the process."""
-    need = 16 * sum(cardinalities) + 8 * max(cardinalities, default=0)
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    """DataSourceError, naming the keys, for vocabularies whose samplers outgrow the memory
+    this process may use (16 bytes an id kept, and about 32 more for the largest while its
+    weights are summed): numpy raised a MemoryError's traceback, or the kernel killed the
+    process."""
+    need = 16 * sum(cardinalities) + 32 * max(cardinalities, default=0)
+    ram = usable_memory_bytes()
     if need > ram:
         raise DataSourceError(
             f"data.synthetic: vocabularies of {sum(cardinalities):,} ids in all need "

@@ -750,3 +750,31 @@ def test_a_read_only_checkpoint_folder_is_refused_and_its_partials_are_not_calle
         assert remove_partials(root) == []  # still there: not reported as removed
     finally:
         root.chmod(0o755)
+
+
+def test_a_folder_refusing_writes_is_named_and_what_it_kept_is_not_called_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read-only case for any user, root included (root writes into read-only folders,
+    so the test above is skipped for it): every write and delete there fails."""
+    import shutil
+
+    root = tmp_path / "default" / "checkpoints"
+    (root / ".partial-step-00000004").mkdir(parents=True)
+    real_write = Path.write_text
+
+    def refused(path: Path, *args: Any, **kwargs: Any) -> int:
+        if path.parent == root:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", refused)
+    monkeypatch.setattr(shutil, "rmtree", lambda *args, **kwargs: None)  # ignore_errors
+    with pytest.raises(
+        CheckpointError,
+        match=r"checkpoints: cannot write checkpoints there "
+        r"\(Permission denied\)",
+    ):
+        resume_point(_job(tmp_path))
+    assert remove_partials(root) == []
+    assert (root / ".partial-step-00000004").is_dir()

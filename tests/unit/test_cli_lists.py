@@ -112,11 +112,11 @@ def test_an_output_that_fails_to_write_is_named_without_a_traceback(
     (tmp_path / "a-file").write_text("")
     sweep = ["sweep", "--config", tiny, "--budgets", "1", "--seeds", "0", "--out"]
     assert main([*sweep, str(tmp_path / "a-file")]) == 1
-    assert f"error: {tmp_path / 'a-file'}: cannot write (File exists)" in capsys.readouterr().err
+    assert f"error: {tmp_path / 'a-file'}: File exists" in capsys.readouterr().err
     (tmp_path / "sw" / "results.jsonl").mkdir(parents=True)
     assert main([*sweep, str(tmp_path / "sw")]) == 1
     said = capsys.readouterr().err
-    assert f"error: {tmp_path / 'sw' / 'results.jsonl'}: cannot write (Is a directory)" in said
+    assert f"error: {tmp_path / 'sw' / 'results.jsonl'}: Is a directory" in said
 
 
 def test_a_folder_given_as_an_input_file_is_named_a_folder(
@@ -139,4 +139,8 @@ def test_a_memory_that_leaves_a_rank_none_is_refused_before_calibrating(
     assert "--memory-per-rank: inconsistent topology: memory per rank 1 bytes leaves none" in (
         capsys.readouterr().err
     )
+    assert not out.exists()
+    # nor one a step's own working memory fills (the CPU preset's 95 MiB)
+    assert main(["calibrate", "--memory-per-rank", "64MiB", "--out", str(out)]) == 2
+    assert "no more than a training step's own working memory" in capsys.readouterr().err
     assert not out.exists()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from planners.cores import cpu_quota, usable_cores
+from planners.cores import cpu_quota, usable_cores, usable_memory_bytes
 
 
 def _write(path: Path, text: str) -> None:
@@ -83,3 +83,24 @@ def test_usable_cores_follow_this_threads_affinity(tmp_path: Path) -> None:
     finally:
         os.sched_setaffinity(0, cores)
     assert usable_cores(tmp_path / "none", tmp_path / "none") == len(cores)
+
+
+def test_usable_memory_is_the_machines_capped_by_the_tightest_cgroup_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 2**20}  # a 4 GiB machine
+    monkeypatch.setattr(os, "sysconf", lambda name: sizes[name])
+    root = tmp_path / "cgroup"
+    _write(tmp_path / "proc_cgroup", "0::/kubepods/pod1\n")
+    assert usable_memory_bytes(root, tmp_path / "proc_cgroup") == 2**32  # no limit
+    _write(root / "kubepods" / "memory.max", f"{2**30}\n")
+    _write(root / "kubepods" / "pod1" / "memory.max", "max\n")
+    assert usable_memory_bytes(root, tmp_path / "proc_cgroup") == 2**30
+    # v1: the memory controller's hierarchy; "no limit" is a number near 2^63
+    v1 = tmp_path / "v1"
+    _write(tmp_path / "proc_v1", "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n")
+    _write(v1 / "memory" / "memory.limit_in_bytes", "9223372036854771712\n")
+    assert usable_memory_bytes(v1, tmp_path / "proc_v1") == 2**32
+    _write(v1 / "memory" / "memory.limit_in_bytes", f"{2**31}\n")
+    assert usable_memory_bytes(v1, tmp_path / "proc_v1") == 2**31
+    assert usable_memory_bytes(v1, tmp_path / "missing") == 2**32

@@ -258,7 +258,7 @@ def test_vocabularies_past_this_machines_memory_are_refused_before_anything_is_w
     cfg = SyntheticDataConfig(
         num_categorical=2, cardinalities=[2**26, 2**26], multi_hot_columns=[], string_columns=[]
     )
-    with pytest.raises(DataSourceError, match=r"2\.5 GiB to sample from, .* has 1\.0 GiB"):
+    with pytest.raises(DataSourceError, match=r"4\.0 GiB to sample from, .* has 1\.0 GiB"):
         generate(cfg, tmp_path / "data", progress=False)
     assert not (tmp_path / "data").exists()
     with pytest.raises(ValueError, match="less than or equal to 268435456"):
