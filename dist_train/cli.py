@@ -211,6 +211,23 @@ def _bench(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        return _run_bench(args, cfg)
+    except OSError as err:  # a file it reads or writes
+        print(f"error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    except Exception as err:
+        # the job's own errors, named as train names them; any other is a bug: its traceback
+        from dist_train.driver import describe_failure
+
+        described = describe_failure(err)
+        if described is None:
+            raise
+        print(f"error: {described}", file=sys.stderr)
+        return 2 if described.startswith("config: ") else 1
+
+
+def _run_bench(args: argparse.Namespace, cfg: JobConfig) -> int:
     if args.bench == "ingest":
         from dist_train.bench.ingest import run_ingest_bench
 

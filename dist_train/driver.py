@@ -350,7 +350,14 @@ def train_and_report(cfg: JobConfig) -> int:
 
 
 def _what_failed(err: Exception) -> str:
+    return describe_failure(err) or f"{type(err).__name__}: {err}"
+
+
+def describe_failure(err: Exception) -> str | None:
+    """``err`` as a line naming what failed, for a job's own kinds of error (a config, its
+    data, a checkpoint, its plan, its device); None for any other."""
     for kinds, what in (
+        ((ConfigError,), "config"),
         ((BadInputError, DataSourceError), "bad input"),
         ((CheckpointError,), "checkpoint"),
         ((PlanningError, TopologyError), "sharding plan"),
@@ -358,7 +365,9 @@ def _what_failed(err: Exception) -> str:
     ):
         if isinstance(err, kinds):
             return f"{what}: {err}"
-    return f"{type(err).__name__}: {err}"
+    if isinstance(err, RankError | TrainingDiverged):  # a rank's, which names its own kind
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def _about_a_checkpoint(err: Exception) -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dist_train.config import JobConfig
+from dist_train.storage import replace_file
 from dist_train.train.sharding import (
     job_fused_params,
     optimizer_notes,
@@ -107,5 +108,5 @@ def write_report(report: dict[str, Any], json_path: str | None) -> str:
     """The readable report; also the JSON at ``json_path`` if given."""
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(report, indent=1) + "\n")
+        replace_file(Path(json_path), json.dumps(report, indent=1) + "\n")
     return format_report(report)

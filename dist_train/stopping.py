@@ -46,10 +46,12 @@ def stopped_by_sigterm(main: Callable[[], int]) -> int:
     try:
         return main()
     except KeyboardInterrupt as err:
-        print("stopped (SIGTERM)" if received else "interrupted (Ctrl-C)", file=sys.stderr)
+        # a Terminated raised for a SIGTERM that another handler took (Ray's, in ray.init)
+        by_sigterm = bool(received) or isinstance(err, Terminated)
+        print("stopped (SIGTERM)" if by_sigterm else "interrupted (Ctrl-C)", file=sys.stderr)
         for note in getattr(err, "__notes__", ()):  # where to resume, say
             print(note, file=sys.stderr)
-        if received:
+        if by_sigterm:
             return EXIT_CODE
         _end_by_sigint()
         return INTERRUPTED

@@ -128,16 +128,31 @@ def write_atomically(loc: Location, text: str) -> None:
     all; a ``file://`` URL's plain write could be cut short and read as committed)."""
     if isinstance(loc, Path):
         tmp = loc.with_name(loc.name + ".tmp")
-        with tmp.open("w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())  # on disk before it is renamed into place
+        try:
+            with tmp.open("w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())  # on disk before it is renamed into place
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk's cut copy: no litter beside the file
+            raise
         os.replace(tmp, loc)
         _sync_directory(loc.parent)
     else:
         staged = loc.parent / (loc.name + ".tmp")
         staged.write_text(text)
         loc.fs.mv(staged.path, loc.path)
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Write ``text`` at ``path`` so that a write that fails (a full disk, a size limit)
+    leaves the file that was there (:func:`write_atomically`, through a link to its target).
+    A path that is no regular file (``/dev/stdout``, a pipe) is written as it is."""
+    target = path.resolve() if path.is_symlink() else path
+    if target.exists() and not target.is_file():
+        target.write_text(text)
+    else:
+        write_atomically(target, text)
 
 
 def _sync_directory(path: Path) -> None:

@@ -365,7 +365,7 @@ def format_report(report: dict[str, Any]) -> str:
     if scaling:
         lines.append(
             f"weak scaling (same {report['workload']['batch_size_per_rank']:,} examples per "
-            "rank, the plan chosen at each size):"
+            "rank, the plan chosen at each size; in brackets, the step over the first size's):"
         )
         first = next((r["estimated_step_seconds"] for r in scaling if "error" not in r), 1.0)
         for row in scaling:

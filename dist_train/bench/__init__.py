@@ -15,6 +15,7 @@ import torch.distributed as dist
 from dist_train.config import JobConfig, apply_overrides, parse_config
 from dist_train.data.batch import Batch, BatchBuilder
 from dist_train.data.synthetic import generate
+from dist_train.storage import replace_file
 from dist_train.train.progress import strict_json
 
 
@@ -48,7 +49,7 @@ def write_json(path: str, value: Any) -> None:
     summaries and the sweep's files: a figure that is NaN or infinite is ``null``."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(strict_json(value, indent=2))
+    replace_file(out, strict_json(value, indent=2))  # a failed write keeps the last one
 
 
 def synthetic_train_data(cfg: JobConfig, rows: int, name: str) -> str:

@@ -145,6 +145,8 @@ def training_stall(cfg: JobConfig, rounds: int) -> dict[str, float]:
     interleaved. Medians of examples/s, their ratio to no checkpoints, and the training time
     each checkpoint cost (extra train seconds / checkpoints)."""
     prepare_inputs(cfg)  # generate the data once; every run reads these files
+    # an earlier bench's runs saved checkpoints there: a fresh run beside them is refused
+    shutil.rmtree(cfg.run_dir / "bench-stall", ignore_errors=True)
     rate: dict[str, list[float]] = {}
     seconds: dict[str, list[float]] = {}
     steps = 0
@@ -264,7 +266,7 @@ def run_checkpoint_bench(
     mb = 1e6
     lines = [
         "",
-        f"checkpoint {size / mb:,.0f} MB      MB/s  plain DCP MB/s  ratio   disk MB/s  ratio",
+        f"checkpoint {size / mb:,.0f} MB      MB/s  plain DCP MB/s  /plain  disk MB/s  /disk",
         f"save (digests, commit) {size / save_s / mb:>8,.0f}"
         f"  {size / med['plain_save'] / mb:>14,.0f}"
         f"  x{result['save_with_digests_over_plain']:.2f}  {write_bps / mb:>10,.0f}"

@@ -22,7 +22,7 @@ KINDS = ("unified", "hashing_trick", "collisionless")
 
 def _variant(cfg: JobConfig, kind: str, lr: float) -> JobConfig:
     overrides = [
-        f"name={cfg.name}-{kind}-lr{lr:g}",
+        f"name={cfg.name}-{kind}-lr{f'{lr:g}'.replace('+', '')}",  # names refuse a +
         f"embedding.kind={kind}",
         f"embedding.optimizer.learning_rate={lr}",
         "launcher=processes",
@@ -34,8 +34,11 @@ def run_embedding_bench(
     cfg: JobConfig, learning_rates: list[float], json_out: str | None = None
 ) -> list[dict[str, Any]]:
     """Run every (kind, learning rate) variant; print and return one row each."""
-    # every variant validated first: a bad one (collisionless over string ids) stops the
-    # bench before the others train
+    if cfg.data.train_path is None:  # the collisionless table indexes integer ids
+        synthetic = cfg.data.synthetic.model_copy(update={"string_columns": []})
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"synthetic": synthetic})})
+    # every variant validated first: a bad one (collisionless over a user's string ids)
+    # stops the bench before the others train
     variants = {(kind, lr): _variant(cfg, kind, lr) for kind in KINDS for lr in learning_rates}
     if cfg.data.train_path is None:
         generate(cfg.data.synthetic, cfg.run_dir / "data")

@@ -30,6 +30,7 @@ from dist_train.launchers.affinity import pin_local_rank
 from dist_train.launchers.cluster import check_fits, describe, live_nodes, packing_risk
 from dist_train.launchers.processes import free_port
 from dist_train.logs import LOG, quiet_worker_logs, setup_logging
+from dist_train.stopping import Terminated
 from dist_train.train.faults import DRILL_ENVS
 from planners.cores import usable_cores
 
@@ -202,9 +203,15 @@ def _init_keeping_sigterm(**init_kwargs: Any) -> None:
     (dist_train.stopping: exit 143 through the finally blocks) stays; with none (the default
     action, in library use), Ray's, which shuts its processes down."""
     on_sigterm = signal.getsignal(signal.SIGTERM)
-    ray.init(**init_kwargs)
-    if callable(on_sigterm):
-        signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        ray.init(**init_kwargs)
+    except SystemExit as err:  # Ray's handler met a SIGTERM while ray.init ran: sys.exit(15)
+        if err.code != signal.SIGTERM or not callable(on_sigterm):
+            raise
+        raise Terminated from None  # the stop the caller's handler would have made of it
+    finally:
+        if callable(on_sigterm):
+            signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _restore(values: Mapping[str, str | None]) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+
+import pytest
 
 from dist_train.stopping import EXIT_CODE, stopped_by_sigterm
 
@@ -50,3 +53,23 @@ def test_ctrl_c_ends_the_process_by_sigint_with_one_line() -> None:
     # a line for each stop (SIGTERM printed none), then the interrupt's notes
     said = "stopped (SIGTERM)\ninterrupted (Ctrl-C)\nthe newest committed checkpoint is ...\n"
     assert done.stderr == said and not done.stdout
+
+
+def test_a_sigterm_that_rays_handler_took_during_ray_init_is_a_stop(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ray.init installs its own SIGTERM handler, sys.exit(15), while it starts the cluster:
+    a SIGTERM then exited 15, without a line."""
+    import ray
+
+    from dist_train.launchers import ray_train
+
+    def init_meets_sigterm(**kwargs: object) -> None:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))  # as Ray does
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(ray, "init", init_meets_sigterm)
+    before = signal.getsignal(signal.SIGTERM)
+    assert stopped_by_sigterm(lambda: ray_train._init_keeping_sigterm() or 0) == EXIT_CODE
+    assert capsys.readouterr().err == "stopped (SIGTERM)\n"
+    assert signal.getsignal(signal.SIGTERM) == before

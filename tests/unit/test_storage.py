@@ -1,0 +1,47 @@
+"""Files written whole: a write that fails leaves the file that was there, and no litter."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from dist_train import storage
+
+
+def test_a_failed_replacement_keeps_the_old_file_and_leaves_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A --json written in place was cut at the disk's limit: the last run's figures gone,
+    and the new ones unreadable."""
+    out = tmp_path / "bench.json"
+    out.write_text('{"old": 1}')
+    link = tmp_path / "latest.json"
+    link.symlink_to(out)
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        storage.replace_file(out, '{"new": 2}')
+    assert out.read_text() == '{"old": 1}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "latest.json"]
+    monkeypatch.undo()
+    storage.replace_file(link, '{"new": 2}')  # through the link: the link stays one
+    assert link.is_symlink() and out.read_text() == '{"new": 2}'
+
+
+def test_a_path_that_is_no_regular_file_is_written_as_it_is(tmp_path: Path) -> None:
+    """/dev/stdout or a pipe: a rename over it would replace the device with a file."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        storage.replace_file(fifo, "figures\n")
+        assert os.read(reader, 100) == b"figures\n"
+    finally:
+        os.close(reader)
+    assert fifo.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
