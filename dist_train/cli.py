@@ -59,12 +59,29 @@ def _number_list(kind: type[int] | type[float], zero: bool = False) -> Callable[
 
 
 def _row_widths(text: str) -> list[int]:
-    """An argparse type: positive row widths, each a multiple of 4 (FBGEMM asserts it)."""
+    """An argparse type: positive row widths, each a multiple of 4 (FBGEMM asserts it), up
+    to :data:`MAX_ROW_WIDTH`."""
     widths = [int(w) for w in _number_list(int)(text)]
     odd = [w for w in widths if w % 4]
     if odd:
         raise argparse.ArgumentTypeError(f"row widths must be multiples of 4; got {odd[0]}")
-    return widths
+    return _at_most(widths, MAX_ROW_WIDTH, "row widths")
+
+
+def _kernel_batches(text: str) -> list[int]:
+    """An argparse type: batch sizes of ``bench kernel``, up to :data:`MAX_KERNEL_BATCH`."""
+    return _at_most(_number_list(int)(text), MAX_KERNEL_BATCH, "batch sizes")
+
+
+def _at_most(values: list[int], most: int, what: str) -> list[int]:
+    if max(values) > most:  # past it, numpy's allocation of hundreds of GiB, or FBGEMM's int32
+        raise argparse.ArgumentTypeError(f"{what} go up to {most:,}; got {max(values):,}")
+    return values
+
+
+# bench kernel's shapes: wider than any table's rows, a batch past any rank's
+MAX_ROW_WIDTH = 4096
+MAX_KERNEL_BATCH = 2**20
 
 
 MAX_COUNT = 2**31  # past any node count, row count a file or benchmark round count
@@ -186,13 +203,7 @@ def _show_config(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if args.bench == "kernel" and (args.config or args.set):
-        print(
-            "error: bench kernel reads no job config: its shapes are --dims and --batches",
-            file=sys.stderr,
-        )
-        return 2
-    cfg = _load(args.config, args.set)
+    cfg = _load(getattr(args, "config", None), getattr(args, "set", []))  # kernel takes none
     if cfg is None:
         return 2
     if args.bench == "planner" and cfg.sharding.type in ("table_row_wise", "grid_shard"):
@@ -200,6 +211,14 @@ def _bench(args: argparse.Namespace) -> int:
             f"error: bench planner times nodes of 2 ranks and 2D groups inside them, which "
             f"sharding.type={cfg.sharding.type} (groups of nodes) does not plan: bench "
             "another type",
+            file=sys.stderr,
+        )
+        return 2
+    if args.bench in ("train", "planner", "pipeline") and cfg.train.device == "cuda":
+        print(
+            f"error: bench {args.bench} times CPU ranks (plans for them, in bench planner): "
+            "train.device=cuda would not be measured; a training run on GPUs (dist-train "
+            "train) reports its own examples/s",
             file=sys.stderr,
         )
         return 2
@@ -707,18 +726,19 @@ def build_parser() -> argparse.ArgumentParser:
         9,
     )
     p = bench.add_parser("kernel", help="FBGEMM TBE forward/backward GB/s vs copy GB/s")
-    common(p)
+    add_config_args(p, job_config=False)  # its shapes are its own flags
     p.add_argument(
         "--dims",
         default="16,32,64,128",
         type=_row_widths,
-        help="row widths, comma-separated (multiples of 4, as FBGEMM's kernels take)",
+        help="row widths, comma-separated (multiples of 4, as FBGEMM's kernels take; "
+        f"up to {MAX_ROW_WIDTH})",
     )
     p.add_argument(
         "--batches",
         default="512,2048,8192",
-        type=_number_list(int),
-        help="batch sizes, comma-separated",
+        type=_kernel_batches,
+        help=f"batch sizes, comma-separated (up to {MAX_KERNEL_BATCH:,})",
     )
     p.add_argument("--rounds", type=_count(), default=5, help="interleaved timing rounds")
     p.add_argument("--json", type=_output_file, help="also write the figures as JSON to this file")

@@ -1178,18 +1178,22 @@ def load_or_report(config: str | Path | None, overrides: list[str]) -> JobConfig
 
 
 def add_config_args(
-    p: argparse.ArgumentParser, default: str = "default: launch/configs/default.yaml"
+    p: argparse.ArgumentParser,
+    default: str = "default: launch/configs/default.yaml",
+    job_config: bool = True,
 ) -> None:
-    """The ``--config`` and ``--set`` options every job command takes; ``default`` says
-    which config the command reads without ``--config``."""
-    p.add_argument("--config", help=f"job config YAML ({default})")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.epochs=2 (repeatable)",
-    )
+    """The ``--config`` and ``--set`` options every job command takes (``default`` says
+    which config it reads without ``--config``), and ``-q``/``-v``; only these two without
+    ``job_config``."""
+    if job_config:
+        p.add_argument("--config", help=f"job config YAML ({default})")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. --set train.epochs=2 (repeatable)",
+        )
     loud = p.add_mutually_exclusive_group()
     loud.add_argument(
         "-q",
@@ -1198,7 +1202,8 @@ def add_config_args(
         action="store_const",
         const="quiet",
         default="normal",
-        help="print warnings and errors only (metrics.jsonl is written in full)",
+        help="print warnings and errors only (a training job's metrics.jsonl is still "
+        "written in full)",
     )
     loud.add_argument(
         "-v",

@@ -60,7 +60,13 @@ def test_a_ratio_over_nothing_is_nan_and_said(capsys: pytest.CaptureFixture[str]
     ("args", "said"),
     [
         (["kernel", "--dims", "10"], "row widths must be multiples of 4; got 10"),
-        (["kernel", "--set", "embedding.dim=64"], "bench kernel reads no job config"),
+        (["kernel", "--set", "embedding.dim=64"], "unrecognized arguments: --set"),
+        # numpy's allocation of 477 GiB, FBGEMM's int32 overflow: tracebacks
+        (["kernel", "--batches", "2000000000"], "batch sizes go up to 1,048,576"),
+        (["kernel", "--dims", "2000000000"], "row widths go up to 4,096"),
+        # bench train and pipeline time CPU ranks: their figures were the CPU's, unsaid
+        (["train", "--set", "train.device=cuda"], "bench train times CPU ranks"),
+        (["pipeline", "--set", "train.device=cuda"], "bench pipeline times CPU ranks"),
         (["planner", "--set", "data.train_path=/x", "--set", "data.test_path=/y"], "generates"),
         (["train", "--set", "data.train_path=/x", "--set", "data.test_path=/y"], "generates"),
         (["planner", "--set", "sharding.type=grid_shard"], "does not plan: bench another type"),
