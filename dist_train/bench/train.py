@@ -343,6 +343,9 @@ def time_systems(
         # the roofline's rates in every round, beside the steps they judge: measured once
         # after all rounds, a quiet or busy moment of this shared machine moved every ratio
         rates.append(asdict(measure_rates(copy_bytes)))
+        if dist.get_rank() == 0:  # minutes of rounds: a line each (off the clock)
+            step = seconds["step"]["unified"][-1] / STEPS_PER_ROUND
+            print(f"[bench] round {r + 1}/{rounds}: unified's step {step * 1e3:.1f} ms", flush=True)
     return {
         "seconds": seconds,
         "unified_step_cpu_seconds": unified_cpu_seconds,
@@ -591,16 +594,16 @@ def run_train_bench(
                 "busy_waits": max(r["busy_waits"] for r in out),
             }
         )
-    summary = {
-        "results": results,
-        "ratios": ratios(rounds_of),
-        "roofline": roofline,
-        "affinity": affinity,
-        "peer_exchange": peer_exchange,
-    }
+        summary = {
+            "results": results,
+            "ratios": ratios(rounds_of),
+            "roofline": roofline,
+            "affinity": affinity,
+            "peer_exchange": peer_exchange,
+        }
+        if json_out:  # each rank count's figures kept as it ends: a stop loses only the rest
+            write_json(json_out, summary)
     _print(summary)
-    if json_out:
-        write_json(json_out, summary)
     return summary
 
 

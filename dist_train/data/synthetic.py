@@ -143,12 +143,16 @@ def _write_split(
     # groups at their edges (65,536-row groups asked 131,072; 50,000 gave 50,000 + 15,536)
     chunk = cfg.rows_per_group * max(1, _CHUNK_ROWS // cfg.rows_per_group)
     # Page checksums let readers detect corrupted pages (see docs/data.md).
+    said = time.perf_counter()
     with pq.ParquetWriter(path, schema, compression="zstd", write_page_checksum=True) as writer:
         while written < num_rows:
             n = min(chunk, num_rows - written)
             table = _chunk(cfg, columns, dense_w, n, rng, schema, first_id + written)
             writer.write_table(table, row_group_size=cfg.rows_per_group)
             written += n
+            if progress and time.perf_counter() - said > PROGRESS_SECONDS and written < num_rows:
+                print(f"  {path}: {written:,} of {num_rows:,} rows", file=sys.stderr, flush=True)
+                said = time.perf_counter()
     if progress:
         print(f"  wrote {path} ({num_rows:,} rows)", file=sys.stderr, flush=True)
 
@@ -184,6 +188,7 @@ def _recorded(spec_path: Path) -> Any:
         return None
 
 
+PROGRESS_SECONDS = 10.0  # a line at least this often while one file is written
 _RECORD_START = b'{"format": '  # how the record written first begins
 
 
