@@ -665,7 +665,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not upload this checkout (the cluster's image has dist_train)",
     )
     p.add_argument("--no-wait", action="store_true", help="return after submitting")
-    p.add_argument("--submission-id", help="job id to use (default: Ray picks one)")
+    p.add_argument(
+        "--submission-id",
+        help="job id to use (default: dist-train-<hex>, which it asks the job server about "
+        "once the job ends; with --no-wait, Ray picks one)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the command only")
     p = sub.add_parser(
         "validate", help="check job configs, cluster files and checkpoints before a run"
