@@ -88,7 +88,11 @@ def test_code_running_metadata_is_refused(saved: Path, tmp_path: Path) -> None:
     _refused_everywhere(ckpt, tmp_path, r"\.metadata", marker)
 
 
-def test_code_running_item_is_refused(saved: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("as_bytes", [True, False], ids=["non-tensor item", "tensor"])
+def test_code_running_item_is_refused(saved: Path, tmp_path: Path, as_bytes: bool) -> None:
+    """A pickle that runs code, planted as a non-tensor item or as a tensor's bytes:
+    ``validate`` decodes tensors as a load does, so it refuses both (it checked a tensor's
+    digests only)."""
     ckpt = _copy(saved, tmp_path)
     marker = tmp_path / "pwned-item"
     shard = ckpt / "__0_0.distcp"
@@ -99,31 +103,16 @@ def test_code_running_item_is_refused(saved: Path, tmp_path: Path) -> None:
         f.write(payload.getvalue())
     metadata = pickle.loads((ckpt / ".metadata").read_bytes())  # our own file: trusted here
     key = "model.dense_arch.0.bias"  # a key the model loads: DCP reads the item at resume
-    metadata.state_dict_metadata[key] = BytesStorageMetadata()
-    metadata.storage_data = {
-        **{k: v for k, v in metadata.storage_data.items() if k.fqn != key},
-        MetadataIndex(key): _StorageInfo("__0_0.distcp", offset, len(payload.getvalue())),
-    }
-    (ckpt / ".metadata").write_bytes(pickle.dumps(metadata))
-    _redigest(ckpt)
-    _refused_everywhere(ckpt, tmp_path, "__0_0.distcp", marker)
-
-
-def test_code_running_tensor_is_refused(saved: Path, tmp_path: Path) -> None:
-    """A tensor's bytes replaced by a pickle that runs code: ``validate`` decodes tensors as
-    a load does, so it refuses them too (it used to check their digests only)."""
-    ckpt = _copy(saved, tmp_path)
-    marker = tmp_path / "pwned-tensor"
-    shard = ckpt / "__0_0.distcp"
-    payload = io.BytesIO()
-    torch.save(_RunsCode(marker), payload)
-    offset = shard.stat().st_size
-    with shard.open("ab") as f:
-        f.write(payload.getvalue())
-    metadata = pickle.loads((ckpt / ".metadata").read_bytes())  # our own file: trusted here
-    key = "model.dense_arch.0.bias"
-    (index,) = [i for i in metadata.storage_data if i.fqn == key]
-    metadata.storage_data[index] = _StorageInfo("__0_0.distcp", offset, len(payload.getvalue()))
+    planted = _StorageInfo("__0_0.distcp", offset, len(payload.getvalue()))
+    if as_bytes:
+        metadata.state_dict_metadata[key] = BytesStorageMetadata()
+        metadata.storage_data = {
+            **{k: v for k, v in metadata.storage_data.items() if k.fqn != key},
+            MetadataIndex(key): planted,
+        }
+    else:
+        (index,) = [i for i in metadata.storage_data if i.fqn == key]
+        metadata.storage_data[index] = planted
     (ckpt / ".metadata").write_bytes(pickle.dumps(metadata))
     _redigest(ckpt)
     _refused_everywhere(ckpt, tmp_path, "__0_0.distcp", marker)
