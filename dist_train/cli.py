@@ -232,8 +232,9 @@ def _bench(args: argparse.Namespace) -> int:
         return 2
     try:
         return _run_bench(args, cfg)
-    except OSError as err:  # a file it reads or writes
-        print(f"error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
+    except OSError as err:  # a file it reads or writes, a connection
+        where = f"{err.filename}: " if err.filename is not None else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
         return 1
     except Exception as err:
         # the job's own errors, named as train names them; any other is a bug: its traceback

@@ -340,8 +340,7 @@ def train_and_report(cfg: JobConfig) -> int:
         return 2
     except Exception as err:  # noqa: BLE001 - the CLI reports any failure and exits non-zero
         print(f"error: {_what_failed(err)}", file=sys.stderr)
-        # not after a checkpoint's own failure: the newest may be the one that failed to load
-        hint = None if _about_a_checkpoint(err) else where_to_resume(cfg)
+        hint = where_to_resume(cfg, err)
         if hint:
             print(hint, file=sys.stderr)
         return 1
@@ -355,7 +354,8 @@ def _what_failed(err: Exception) -> str:
 
 def describe_failure(err: Exception) -> str | None:
     """``err`` as a line naming what failed, for a job's own kinds of error (a config, its
-    data, a checkpoint, its plan, its device); None for any other."""
+    data, a checkpoint, its plan, its device, any other of dist_train's); None for any
+    other (a bug's, whose traceback says more)."""
     for kinds, what in (
         ((ConfigError,), "config"),
         ((BadInputError, DataSourceError), "bad input"),
@@ -365,29 +365,20 @@ def describe_failure(err: Exception) -> str | None:
     ):
         if isinstance(err, kinds):
             return f"{what}: {err}"
-    if isinstance(err, RankError | TrainingDiverged):  # a rank's, which names its own kind
-        return f"{type(err).__name__}: {err}"
+    if type(err).__module__.startswith("dist_train."):  # ours, worded for the user
+        return f"{type(err).__name__}: {err}"  # (a rank's error, Ray's launch, a storage)
     return None
 
 
-def _about_a_checkpoint(err: Exception) -> bool:
-    """Whether ``err`` is a checkpoint's failure, the driver's or a rank's (the processes
-    launcher's RankError holds its kind; Ray's LaunchError, each rank's text)."""
-    kind = CheckpointError.__name__
-    return (
-        isinstance(err, CheckpointError)
-        or (isinstance(err, RankError) and err.kind == kind)
-        or f"{kind}: " in str(err)
-    )
-
-
-def where_to_resume(cfg: JobConfig) -> str | None:
-    """A line naming the job's newest committed checkpoint, after a failure or a stop."""
+def where_to_resume(cfg: JobConfig, failure: BaseException | None = None) -> str | None:
+    """A line naming the job's newest committed checkpoint, after a stop or a ``failure``;
+    none where the failure names that checkpoint (it failed to load: resuming it again
+    fails again)."""
     try:
         found = committed(checkpoint_root(resolve_paths(cfg)))
     except Exception:  # noqa: BLE001 - a hint: a storage that fails to list gets none
         return None
-    if not found:
+    if not found or (failure is not None and str(found[-1]) in str(failure)):
         return None
     return (
         f"the newest committed checkpoint is {found[-1]} (step {step_of(found[-1])}); "

@@ -9,8 +9,10 @@ take either.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -122,7 +124,7 @@ def move(src: Location, dst: Location) -> None:
         raise ValueError(f"cannot move {src} to {dst}: different filesystems")
 
 
-def write_atomically(loc: Location, text: str) -> None:
+def write_atomically(loc: Location, text: str, mode: int | None = None) -> None:
     """Write a small file so readers see all of it or none: a temporary file beside it,
     then renamed over it (on object stores a copy, which a reader also sees whole or not at
     all; a ``file://`` URL's plain write could be cut short and read as committed)."""
@@ -130,6 +132,8 @@ def write_atomically(loc: Location, text: str) -> None:
         tmp = loc.with_name(loc.name + ".tmp")
         try:
             with tmp.open("w") as f:
+                if mode is not None:  # a local file's permissions, kept as it is replaced
+                    os.fchmod(f.fileno(), mode)
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())  # on disk before it is renamed into place
@@ -146,13 +150,28 @@ def write_atomically(loc: Location, text: str) -> None:
 
 def replace_file(path: Path, text: str) -> None:
     """Write ``text`` at ``path`` so that a write that fails (a full disk, a size limit)
-    leaves the file that was there (:func:`write_atomically`, through a link to its target).
-    A path that is no regular file (``/dev/stdout``, a pipe) is written as it is."""
-    target = path.resolve() if path.is_symlink() else path
-    if target.exists() and not target.is_file():
-        target.write_text(text)
-    else:
-        write_atomically(target, text)
+    leaves the file that was there: :func:`write_atomically` to the link's target, with the
+    old file's mode. A file a rename would change otherwise is written in place: no regular
+    file (``/dev/stdout``, a pipe), this process's own output, one of several names (hard
+    links), or another user's."""
+    try:
+        was = os.stat(path)
+    except FileNotFoundError:
+        write_atomically(path, text)
+        return
+    outputs = []
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            outputs.append((os.fstat(fd).st_dev, os.fstat(fd).st_ino))
+    if (
+        not stat.S_ISREG(was.st_mode)
+        or (was.st_dev, was.st_ino) in outputs
+        or was.st_nlink > 1
+        or was.st_uid != os.geteuid()
+    ):
+        path.write_text(text)
+        return
+    write_atomically(Path(os.path.realpath(path)), text, mode=stat.S_IMODE(was.st_mode))
 
 
 def _sync_directory(path: Path) -> None:

@@ -161,6 +161,8 @@ def training_stall(cfg: JobConfig, rounds: int) -> dict[str, float]:
                         "train.epochs=2",
                         *overrides,
                         "checkpoint.save_at_end=false",
+                        # each its own folder: a job's checkpoint.dir held the one before's
+                        "checkpoint.dir=null",
                         f"output_dir={cfg.run_dir / 'bench-stall' / f'{key}-{r}'}",
                     ],
                     "bench checkpoint stall",

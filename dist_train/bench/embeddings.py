@@ -34,14 +34,24 @@ def run_embedding_bench(
     cfg: JobConfig, learning_rates: list[float], json_out: str | None = None
 ) -> list[dict[str, Any]]:
     """Run every (kind, learning rate) variant; print and return one row each."""
-    if cfg.data.train_path is None:  # the collisionless table indexes integer ids
+    if cfg.data.train_path is None:
+        # the collisionless table indexes integer ids: the bench's own data, beside the
+        # job's (which a training run of this config generates, with its string columns)
         synthetic = cfg.data.synthetic.model_copy(update={"string_columns": []})
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"synthetic": synthetic})})
+        if cfg.data.synthetic.string_columns:
+            print(
+                "[bench] generating the data without string columns (the collisionless "
+                "table indexes integer ids)",
+                flush=True,
+            )
+        data = generate(synthetic, cfg.run_dir / "bench-embeddings-data")
+        paths = {"train_path": str(data.train_dir), "test_path": str(data.test_dir)}
+        cfg = cfg.model_copy(
+            update={"data": cfg.data.model_copy(update={"synthetic": synthetic, **paths})}
+        )
     # every variant validated first: a bad one (collisionless over a user's string ids)
     # stops the bench before the others train
     variants = {(kind, lr): _variant(cfg, kind, lr) for kind in KINDS for lr in learning_rates}
-    if cfg.data.train_path is None:
-        generate(cfg.data.synthetic, cfg.run_dir / "data")
     rows = []
     for kind in KINDS:
         for lr in learning_rates:

@@ -240,7 +240,9 @@ def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = Tru
     # the generator's folder where it holds the generator's record (or one a crash cut as
     # an older dist_train wrote it), not a user's dataset.json of other contents
     found = _recorded(spec_path)
-    owned = (isinstance(found, dict) and isinstance(found.get("format"), int)) or _cut(spec_path)
+    owned = (isinstance(found, dict) and isinstance(found.get("format"), int)) or (
+        found is None and _cut(spec_path)
+    )
     clear_splits(out, [result.train_dir, result.test_dir], owned=owned)
     # the record that the folder is the generator's, written first: a run cut short leaves
     # it, so the next run may replace the files; complete, it lists the spec (below)

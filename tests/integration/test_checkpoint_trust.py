@@ -290,3 +290,21 @@ def test_a_folder_the_reader_never_opens_does_not_stop_an_export(
     (ckpt / "notes").mkdir()
     summary = export(ckpt, tmp_path / "export")
     assert summary["tensors"] > 0
+
+
+def test_after_a_failed_save_train_names_the_checkpoint_to_go_on_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The committed checkpoints before a failed save are whole: the hint names the newest
+    (and none after a checkpoint that failed to load: test_checkpoint.py)."""
+    from dist_train.cli import main
+
+    monkeypatch.setenv(SAVE_FAULT_ENV, "1:8:enospc")
+    args = ["train", "--config", str(TINY), "-q"]
+    for item in [*BASE, f"output_dir={tmp_path}", "train.max_steps=12"]:
+        args += ["--set", item]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "checkpoint step 8 was not saved" in err
+    newest = tmp_path / "tiny" / "checkpoints" / "step-00000004"
+    assert f"the newest committed checkpoint is {newest} (step 4)" in err, err

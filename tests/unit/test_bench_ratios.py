@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +87,16 @@ def test_bench_options_it_would_ignore_or_fail_on_are_refused_first(
         code = int(str(exit.code))
     assert code == 2
     assert said in capsys.readouterr().err
+
+
+def test_a_jobs_own_error_in_a_bench_is_a_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was a traceback: every bench ran unguarded."""
+    from dist_train.cli import main
+
+    missing = tmp_path / "topology.json"
+    assert main(["bench", "planner", "--set", f"sharding.topology={missing}"]) == 1
+    said = capsys.readouterr().err
+    assert f"error: sharding plan: {missing}: no such topology file" in said
+    assert "Traceback" not in said

@@ -232,7 +232,8 @@ def test_the_generator_replaces_its_own_files_and_never_a_users(tmp_path: Path) 
     (other / "train").mkdir(parents=True)
     theirs = other / "train" / "part-0.parquet"
     pq.write_table(pa.table({"x": [1]}), theirs)
-    for record in (b'{"name": "my data"}', b"name: my data\n", b"\xff\xfe"):
+    users_records = (b'{"name": "my data"}', b"name: my data\n", b"\xff\xfe")
+    for record in (*users_records, b'{"format": "parquet", "source": "my export"}'):
         (other / "dataset.json").write_bytes(record)
         with pytest.raises(DataSourceError, match=r"part-0.parquet: .* did not write"):
             generate(synth, other, progress=False)

@@ -45,3 +45,34 @@ def test_a_path_that_is_no_regular_file_is_written_as_it_is(tmp_path: Path) -> N
     finally:
         os.close(reader)
     assert fifo.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
+def test_a_replaced_file_keeps_its_mode_and_a_hard_linked_one_is_written_in_place(
+    tmp_path: Path,
+) -> None:
+    """The rename made a 0600 file 0644, and left a hard link's other name the old text."""
+    private = tmp_path / "private.json"
+    private.write_text("old")
+    private.chmod(0o600)
+    storage.replace_file(private, "new")
+    assert private.read_text() == "new" and private.stat().st_mode & 0o777 == 0o600
+    other = tmp_path / "other-name.json"
+    os.link(private, other)
+    storage.replace_file(private, "newer")
+    assert other.read_text() == "newer" and os.path.samefile(private, other)
+
+
+def test_this_processes_own_output_is_written_where_it_goes() -> None:
+    """``--json /dev/stdout`` into a pipe resolved to /proc/<pid>/fd/pipe:[N] and failed
+    after the measuring; into a redirected file, the rename swapped the log away."""
+    import subprocess
+    import sys
+
+    code = (
+        "from pathlib import Path\n"
+        "from dist_train import storage\n"
+        "storage.replace_file(Path('/dev/stdout'), '{\"figures\": 1}\\n')\n"
+        "print('after')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == '{"figures": 1}\nafter\n', done
