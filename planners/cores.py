@@ -50,18 +50,7 @@ def cpu_list(cores: list[int]) -> str:
 def cpu_quota(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> float | None:
     """CPUs' worth of time per period this process's cgroups allow (the tightest of its own
     and its ancestors'), or None without a quota (or where cgroups cannot be read)."""
-    try:
-        lines = proc_cgroup.read_text().splitlines()
-    except OSError:
-        return None
-    quotas: list[float] = []
-    for line in lines:
-        hierarchy, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if hierarchy == "0" and not controllers:  # cgroup v2
-            quotas += _quotas_up(cgroup_root, path, _v2_quota)
-        elif "cpu" in controllers.split(","):  # cgroup v1, the cpu controller's hierarchy
-            quotas += _quotas_up(_v1_mount(cgroup_root, controllers), path, _v1_quota)
+    quotas = _cgroup_limits(cgroup_root, proc_cgroup, "cpu", _v2_quota, _v1_quota)
     return min(quotas) if quotas else None
 
 
@@ -69,24 +58,36 @@ def usable_memory_bytes(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PRO
     """This machine's memory, capped by the tightest memory limit of this process's cgroup
     and its ancestors (v2 ``memory.max``, v1 ``memory.limit_in_bytes``): in a container,
     past the limit the kernel kills the process, whatever the host has."""
-    limits: list[float] = [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")]
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    v2, v1 = _memory_limit("memory.max"), _memory_limit("memory.limit_in_bytes")
+    return int(min([ram, *_cgroup_limits(cgroup_root, proc_cgroup, "memory", v2, v1)]))
+
+
+Limit = Callable[[Path], float | None]  # a cgroup folder's limit, None without one
+
+
+def _cgroup_limits(
+    cgroup_root: Path, proc_cgroup: Path, controller: str, v2: Limit, v1: Limit
+) -> list[float]:
+    """The limits of ``controller`` set on this process's cgroups and their ancestors, read
+    by ``v2`` (the unified hierarchy) or ``v1`` (the controller's own hierarchy); none where
+    cgroups cannot be read."""
     try:
         lines = proc_cgroup.read_text().splitlines()
     except OSError:
-        lines = []
+        return []
+    limits: list[float] = []
     for line in lines:
         hierarchy, _, rest = line.partition(":")
         controllers, _, path = rest.partition(":")
         if hierarchy == "0" and not controllers:  # cgroup v2
-            limits += _quotas_up(cgroup_root, path, _memory_limit("memory.max"))
-        elif "memory" in controllers.split(","):  # cgroup v1
-            listed = cgroup_root / controllers
-            mount = listed if listed.is_dir() else cgroup_root / "memory"
-            limits += _quotas_up(mount, path, _memory_limit("memory.limit_in_bytes"))
-    return int(min(limits))
+            limits += _quotas_up(cgroup_root, path, v2)
+        elif controller in controllers.split(","):  # cgroup v1, the controller's hierarchy
+            limits += _quotas_up(_v1_mount(cgroup_root, controllers, controller), path, v1)
+    return limits
 
 
-def _memory_limit(name: str) -> Callable[[Path], float | None]:
+def _memory_limit(name: str) -> Limit:
     """A reader of a cgroup's memory limit file: bytes, None for "max" or an unreadable file
     (v1 writes a number near 2^63 for none, which the machine's memory undercuts)."""
 
@@ -100,7 +101,7 @@ def _memory_limit(name: str) -> Callable[[Path], float | None]:
     return read
 
 
-def _quotas_up(mount: Path, path: str, quota_of: Callable[[Path], float | None]) -> list[float]:
+def _quotas_up(mount: Path, path: str, quota_of: Limit) -> list[float]:
     """The quotas of ``path``'s cgroup and its ancestors under ``mount`` (the mount itself
     last: in a container the process's own cgroup is often mounted there, under another
     path)."""
@@ -115,11 +116,12 @@ def _quotas_up(mount: Path, path: str, quota_of: Callable[[Path], float | None])
     return found
 
 
-def _v1_mount(cgroup_root: Path, controllers: str) -> Path:
-    """Where the v1 hierarchy of ``controllers`` is mounted: named as listed, else ``cpu``
-    (systemd and Docker link it to the cpu controller's mount whatever its name)."""
+def _v1_mount(cgroup_root: Path, controllers: str, controller: str) -> Path:
+    """Where the v1 hierarchy of ``controllers`` is mounted: named as listed, else after
+    ``controller`` (systemd and Docker link it to the controller's mount whatever its name:
+    ``cpu,cpuacct`` at ``cpu``)."""
     listed = cgroup_root / controllers
-    return listed if listed.is_dir() else cgroup_root / "cpu"
+    return listed if listed.is_dir() else cgroup_root / controller
 
 
 def _v2_quota(cgroup: Path) -> float | None:
