@@ -663,6 +663,11 @@ class CheckpointConfig(_Strict):
     )
 
 
+def number_in_name(value: float) -> str:
+    """``value`` as a run name holds it (``0.1``, ``1e06``): no ``+``, which names refuse."""
+    return f"{value:g}".replace("+", "")
+
+
 class JobConfig(_Strict):
     """A whole training job."""
 

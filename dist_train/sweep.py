@@ -35,6 +35,7 @@ from dist_train.config import (
     JobConfig,
     apply_overrides,
     load_config,
+    number_in_name,
     parse_config,
 )
 from dist_train.data.synthetic import generate
@@ -61,12 +62,7 @@ class Arm:
 
     @property
     def name(self) -> str:
-        return f"{self.method}-b{budget_name(self.budget)}-s{self.seed}"
-
-
-def budget_name(budget: float) -> str:
-    """A budget as run names hold it (``0.1``, ``1e06``: no ``+``, which names refuse)."""
-    return f"{budget:g}".replace("+", "")
+        return f"{self.method}-b{number_in_name(self.budget)}-s{self.seed}"
 
 
 def arms(budgets: tuple[float, ...], seeds: tuple[int, ...]) -> list[Arm]:
@@ -75,10 +71,10 @@ def arms(budgets: tuple[float, ...], seeds: tuple[int, ...]) -> list[Arm]:
     budgets, seeds = tuple(dict.fromkeys(budgets)), tuple(dict.fromkeys(seeds))
     named: dict[str, float] = {}
     for budget in budgets:  # runs are recorded by name: two budgets of one would mix
-        other = named.setdefault(budget_name(budget), budget)
+        other = named.setdefault(number_in_name(budget), budget)
         if other != budget:
             raise ValueError(
-                f"budgets {other!r} and {budget!r} both name runs b{budget_name(budget)}; "
+                f"budgets {other!r} and {budget!r} both name runs b{number_in_name(budget)}; "
                 "give budgets that differ in their first 6 significant digits"
             )
     out = [Arm("collisionless", 1.0, s) for s in seeds]

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from dist_train.bench import variant, write_json
-from dist_train.config import JobConfig
+from dist_train.config import JobConfig, number_in_name
 from dist_train.data.synthetic import generate
 from dist_train.driver import run_job
 from dist_train.embedding.layout import build_layout
@@ -22,7 +22,7 @@ KINDS = ("unified", "hashing_trick", "collisionless")
 
 def _variant(cfg: JobConfig, kind: str, lr: float) -> JobConfig:
     overrides = [
-        f"name={cfg.name}-{kind}-lr{f'{lr:g}'.replace('+', '')}",  # names refuse a +
+        f"name={cfg.name}-{kind}-lr{number_in_name(lr)}",
         f"embedding.kind={kind}",
         f"embedding.optimizer.learning_rate={lr}",
         "launcher=processes",
