@@ -134,11 +134,18 @@ def _output_file(text: str) -> str:
     return str(path)
 
 
+def _os_error(err: OSError, where: object = None, doing: str = "") -> int:
+    """Report ``err`` in a line naming the path at fault (the error's own, else ``where``;
+    none for a connection's), and what failed (``doing``: "cannot write"); exit status 1."""
+    path = err.filename if err.filename is not None else where
+    why = f"{doing} ({err.strerror or err})" if doing else str(err.strerror or err)
+    print(f"error: {path}: {why}" if path is not None else f"error: {why}", file=sys.stderr)
+    return 1
+
+
 def _cannot_write(where: object, err: OSError) -> int:
     """Report an output that could not be written, naming the path at fault; exit status 1."""
-    path = err.filename if err.filename is not None else where
-    print(f"error: {path}: cannot write ({err.strerror or err})", file=sys.stderr)
-    return 1
+    return _os_error(err, where, "cannot write")
 
 
 # The module of the driver's rank function (dist_train.driver._process_worker): what the
@@ -233,9 +240,7 @@ def _bench(args: argparse.Namespace) -> int:
     try:
         return _run_bench(args, cfg)
     except OSError as err:  # a file it reads or writes, a connection
-        where = f"{err.filename}: " if err.filename is not None else ""
-        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
-        return 1
+        return _os_error(err)
     except Exception as err:
         # the job's own errors, named as train names them; any other is a bug: its traceback
         from dist_train.driver import describe_failure
@@ -333,8 +338,7 @@ def _sweep(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # its files (a folder given as one, a read-only folder)
-        print(f"error: {err.filename or out}: {err.strerror or err}", file=sys.stderr)
-        return 1
+        return _os_error(err, out)
     return 0
 
 
