@@ -35,7 +35,7 @@ from dist_train.data.validation import BadInputError, BadInputPolicy, SchemaChec
 from dist_train.devices import DeviceError, DeviceType, local_gpus, resolve_device
 from dist_train.embedding.layout import build_layout
 from dist_train.launchers.processes import RankError, run_processes
-from dist_train.logs import LOG, setup_logging, verbosity
+from dist_train.logs import LOG, setup_logging, verbosity, worded_for_users
 from dist_train.stopping import stopped_by_sigterm
 from dist_train.train.checkpointing import resume_point
 from dist_train.train.loop import TrainingDiverged, WorkerInputs, run_worker
@@ -365,7 +365,7 @@ def describe_failure(err: Exception) -> str | None:
     ):
         if isinstance(err, kinds):
             return f"{what}: {err}"
-    if type(err).__module__.startswith("dist_train."):  # ours, worded for the user
+    if worded_for_users(err):
         return f"{type(err).__name__}: {err}"  # (a rank's error, Ray's launch, a storage)
     return None
 

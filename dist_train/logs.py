@@ -32,6 +32,13 @@ def drop_message(logger: str, phrase: str) -> None:
         target.addFilter(_DropMessage(phrase))
 
 
+def worded_for_users(error: BaseException) -> bool:
+    """Whether ``error`` is one of this project's (``dist_train``'s or ``planners``'),
+    raised with a message for the user, which says more than its traceback would; a
+    library's error, or a bug's, is not."""
+    return type(error).__module__.startswith(("dist_train.", "planners."))
+
+
 def quiet_worker_logs() -> None:
     """Raise library loggers to WARNING and drop library deprecation warnings."""
     logging.getLogger().setLevel(logging.WARNING)

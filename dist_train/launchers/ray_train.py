@@ -30,7 +30,7 @@ from dist_train.launchers.affinity import pin_local_rank
 from dist_train.launchers.cluster import check_fits, describe, live_nodes, packing_risk
 from dist_train.launchers.processes import free_port
 from dist_train.launchers.stop_marker import end_on_stop, stop_marker
-from dist_train.logs import LOG, quiet_worker_logs, setup_logging
+from dist_train.logs import LOG, drop_message, quiet_worker_logs, setup_logging, worded_for_users
 from dist_train.stopping import Terminated
 from dist_train.train.faults import DRILL_ENVS
 from planners.cores import usable_cores
@@ -46,6 +46,8 @@ class LaunchError(RuntimeError):
 SUMMARY_FILE = "summary.json"
 HEALTH_CHECK_ENV, HEALTH_CHECK_SECONDS = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
 POINTER_FILE = "dist_train_checkpoint.json"
+# where Ray Train's worker logs the traceback of an error its training function raised
+RAY_TRAIN_ERROR_LOGGER = "ray.train.v2._internal.util"
 # a summary's key: [type, message] of the error a restarted group found recorded
 FAILED = "failed_before_restart"
 
@@ -138,9 +140,13 @@ def _ray_worker(payload: dict[str, Any]) -> None:
         run_worker(
             cfg, inputs, node_id, report=_report, checkpointed=_checkpoint_reporter(inputs.run_id)
         )
-    except repeats as error:
-        if not isinstance(error, InputReadError):
+    except Exception as error:
+        if isinstance(error, repeats) and not isinstance(error, InputReadError):
             record_failure(cfg, inputs.run_id, dist.get_rank(), error)
+        if worded_for_users(error) and inputs.verbosity != "verbose":
+            # the driver says it in a line; Ray Train's worker would add its traceback from
+            # every rank (Ray's error, which -v logs, holds it too)
+            drop_message(RAY_TRAIN_ERROR_LOGGER, "Error in training function")
         raise
 
 
@@ -149,6 +155,7 @@ def _ray_worker(payload: dict[str, Any]) -> None:
 JOB_ENTRYPOINT_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 # The GCS port of a head node Ray starts (ray/_private/node.py; ray.init has no argument).
 GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def ray_address(configured: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
@@ -182,6 +189,9 @@ def private_ray(**init_kwargs: Any) -> Iterator[None]:
     back after the block.
     """
     saved = {k: os.environ.get(k) for k in ("RAY_ADDRESS", GCS_PORT_ENV)}
+    # Ray turns token authentication on for a new local instance where RAY_AUTH_MODE is
+    # unset, and warns at every start that it did (docs/launch.md, "Security", says it once)
+    drop_message(RAY_AUTH_LOGGER, "Token authentication is enabled for this Ray cluster")
     port = free_port()
     os.environ[GCS_PORT_ENV] = str(port)  # read by the head node Ray starts
     os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"  # ignored by ray.init(address="local")

@@ -187,3 +187,20 @@ def test_a_stopped_driver_stops_its_ranks(
         assert "`--resume latest` continues from it" in err
     if launcher == "processes" and stop == signal.SIGTERM:
         assert list(tmp.glob("dist-train-results-*")) == []
+
+
+def test_a_ray_workers_own_error_is_one_line(tmp_path: Path) -> None:
+    """An error of ours in a Ray worker (a divergence here; bad input, a checkpoint's) is
+    worded for the user, and the driver prints it in a line: Ray Train's workers also
+    logged its traceback, a rank at a time, before that line."""
+    config = Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny.yaml"
+    diverge = ["train.dense_optimizer=sgd", "train.dense_learning_rate=1e30"]
+    sets = [f"output_dir={tmp_path}", "launcher=ray", *diverge]
+    run = _cli(
+        "train", "--config", str(config), *(a for s in sets for a in ("--set", s)), cwd=tmp_path
+    )
+    assert run.returncode == 1, run.stderr
+    assert "error: TrainingDiverged: step " in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr and "Error in training function" not in run.stderr
+    # nor Ray's warning, at every start of the embedded instance, that it uses a token
+    assert "Token authentication is enabled" not in run.stderr
