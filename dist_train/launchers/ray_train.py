@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -156,6 +157,8 @@ JOB_ENTRYPOINT_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 # The GCS port of a head node Ray starts (ray/_private/node.py; ray.init has no argument).
 GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"
 RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+# "0": Ray prints its workers' lines without colour codes (ray/_private/worker.py)
+COLOR_PREFIX_ENV = "RAY_COLOR_PREFIX"
 
 
 def ray_address(configured: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
@@ -457,6 +460,8 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
         # queue behind each other and hold up the next save. Ray passes this variable from
         # the driver to its controller; a value the user set wins.
         os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_SECONDS)
+        if not sys.stdout.isatty():  # a log file's (ray job logs'): no terminal colours in it
+            os.environ.setdefault(COLOR_PREFIX_ENV, "0")  # read as Ray prints workers' lines
         trainer = TorchTrainer(
             train_loop_per_worker=_ray_worker,
             train_loop_config={

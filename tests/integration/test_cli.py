@@ -189,7 +189,7 @@ def test_a_stopped_driver_stops_its_ranks(
         assert list(tmp.glob("dist-train-results-*")) == []
 
 
-def test_a_ray_workers_own_error_is_one_line(tmp_path: Path) -> None:
+def test_a_ray_run_says_its_own_error_in_one_line(tmp_path: Path) -> None:
     """An error of ours in a Ray worker (a divergence here; bad input, a checkpoint's) is
     worded for the user, and the driver prints it in a line: Ray Train's workers also
     logged its traceback, a rank at a time, before that line."""
@@ -204,3 +204,5 @@ def test_a_ray_workers_own_error_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in run.stderr and "Error in training function" not in run.stderr
     # nor Ray's warning, at every start of the embedded instance, that it uses a token
     assert "Token authentication is enabled" not in run.stderr
+    # the workers' lines, into a pipe, without Ray's colour codes
+    assert "(RayTrainWorker pid=" in run.stdout and "\x1b[" not in run.stdout + run.stderr
