@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -79,6 +80,7 @@ def _entry(
     # A forked rank inherits the server's environment, from when it started: use the caller's.
     os.environ.clear()
     os.environ.update(environ)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the server ignores Ctrl-C
     _end_with(*driver)
     os.environ.update(
         MASTER_ADDR="127.0.0.1",

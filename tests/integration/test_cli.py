@@ -206,3 +206,41 @@ def test_a_ray_run_says_its_own_error_in_one_line(tmp_path: Path) -> None:
     assert "Token authentication is enabled" not in run.stderr
     # the workers' lines, into a pipe, without Ray's colour codes
     assert "(RayTrainWorker pid=" in run.stdout and "\x1b[" not in run.stdout + run.stderr
+
+
+def test_a_ctrl_c_while_the_rank_server_imports_prints_no_traceback(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the terminal's process group) in the seconds the processes
+    launcher's rank server imports torch and TorchRec: the server printed the interrupted
+    import's traceback below the command's own line."""
+    config = Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny.yaml"
+    sets = ["launcher=processes", f"output_dir={tmp_path}"]
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "dist_train.cli", "train", "--config", str(config)]
+        + [arg for s in sets for arg in ("--set", s)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a group of its own, as a terminal's job
+    )
+
+    def server_started() -> bool:
+        children = Path(f"/proc/{driver.pid}/task/{driver.pid}/children").read_text().split()
+        for child in children:
+            with contextlib.suppress(OSError):
+                if b"forkserver" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    return True
+        return False
+
+    try:
+        deadline = time.monotonic() + 60
+        while not server_started():
+            assert driver.poll() is None and time.monotonic() < deadline, "no rank server"
+            time.sleep(0.05)
+        time.sleep(1.0)  # inside its imports, which take seconds
+        os.killpg(driver.pid, signal.SIGINT)
+        _, err = driver.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == -signal.SIGINT, err
+    assert "Traceback" not in err and "interrupted (Ctrl-C)" in err, err
