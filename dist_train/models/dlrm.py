@@ -1,7 +1,8 @@
 """DLRM (Naumov et al., 2019): dense tower, pairwise dot interaction, top MLP.
 
-dense [B, n] -> bottom MLP -> d-vector; ``dot``: pairwise dot products of all chunk vectors
-and the dense vector, ``concat``: everything flattened; then the top MLP -> one logit.
+dense [B, n] -> bottom MLP -> d-vector (without dense columns, a learned d-vector); ``dot``:
+pairwise dot products of all chunk vectors and the dense vector, ``concat``: everything
+flattened; then the top MLP -> one logit.
 """
 
 from __future__ import annotations
@@ -26,6 +27,19 @@ class DotInteraction(nn.Module):
         return dot_interaction(dense, vectors)
 
 
+class LearnedVector(nn.Module):
+    """The dense vector of a job without dense columns: a learned d-vector, the same for
+    every example. A bottom MLP of no inputs outputs its first bias (zeros at start),
+    whose ReLU passes back no gradient: it never trained."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.vector = nn.Parameter(torch.randn(dim) / dim**0.5)
+
+    def forward(self, dense: torch.Tensor) -> torch.Tensor:
+        return self.vector.expand(dense.shape[0], -1)
+
+
 class DLRM(CTRModel):
     """Bottom MLP + embeddings + interaction + top MLP -> logits ``[B]``."""
 
@@ -38,7 +52,11 @@ class DLRM(CTRModel):
     ) -> None:
         super().__init__(layout, embedding_device)
         d, n = layout.dim, layout.num_vectors
-        self.dense_arch = mlp([num_dense, *config.bottom_mlp, d], final_activation=True)
+        self.dense_arch: nn.Module = (
+            mlp([num_dense, *config.bottom_mlp, d], final_activation=True)
+            if num_dense
+            else LearnedVector(d)  # model.bottom_mlp unused
+        )
         if config.interaction == "dot":
             self.interaction: DotInteraction | None = DotInteraction()
             top_in = d + n * (n + 1) // 2

@@ -182,10 +182,11 @@ def _check_shapes(dense: torch.Tensor, vectors: torch.Tensor) -> None:
         or vectors.dim() != 3
         or vectors.shape[0] != dense.shape[0]
         or vectors.shape[2] != dense.shape[1]
+        or vectors.shape[1] == 0  # no pairs: the torch path's backward failed on it
     ):
         raise ValueError(
-            "dot interaction: dense must be [B, d] and vectors [B, n - 1, d]; got dense "
-            f"{list(dense.shape)} and vectors {list(vectors.shape)}"
+            "dot interaction: dense must be [B, d] and vectors [B, n - 1, d], n - 1 >= 1; "
+            f"got dense {list(dense.shape)} and vectors {list(vectors.shape)}"
         )
 
 

@@ -194,6 +194,7 @@ def test_mismatched_shapes_are_an_error_naming_them(native: bool | None) -> None
         (torch.randn(4, 16), torch.randn(4, 3, 8)),  # widths differ
         (torch.randn(40, 16), torch.randn(3, 3, 16)),  # batches differ
         (torch.randn(4, 16), torch.randn(4, 48)),  # vectors not [B, n - 1, d]
+        (torch.randn(4, 16), torch.randn(4, 0, 16)),  # no vectors: no pairs
     ]:
         with pytest.raises(ValueError, match=r"dense must be \[B, d\]"):
             dot_interaction(dense, vectors, native=native)
