@@ -467,12 +467,14 @@ def _rng_state() -> str:
     return base64.b64encode(_rng_state_bytes()).decode()
 
 
-def agree(problem: str | None, group: dist.ProcessGroup | None = None) -> None:
+def agree(problem: str | None, group: dist.ProcessGroup | None = None, cause: bool = False) -> None:
     """Raise CheckpointError on every rank if any rank has a ``problem`` (so no rank waits in
-    a collective the others left)."""
-    problems: list[str | None] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(problems, problem, group=group)
-    found = list(dict.fromkeys(p for p in problems if p is not None))
+    a collective the others left). Where some rank's problem is the ``cause`` (its own
+    storage's error), the others' (what it did to a shared write) are left out."""
+    problems: list[tuple[str | None, bool]] = [(None, False)] * dist.get_world_size(group)
+    dist.all_gather_object(problems, (problem, cause), group=group)
+    causes = [p for p, c in problems if p is not None and c]
+    found = list(dict.fromkeys(causes or [p for p, _ in problems if p is not None]))
     if found:
         raise CheckpointError("; ".join(found))
 
@@ -685,9 +687,10 @@ class CheckpointSaver:
         try:
             dcp.save(job.state, storage_writer=writer, process_group=group)
         except (Exception, CheckpointException) as err:  # noqa: BLE001 - DCP raises many types
-            # DCP raises on every rank; the rank whose storage failed knows the OS error.
+            # DCP raises on every rank; the rank whose storage failed knows the OS error,
+            # the others only what it did to theirs (torch's "unexpected pos", say).
             problem = f"rank {rank}: {log.error}" if log.error else reason(err)
-        agree(problem, group)
+        agree(problem, group, cause=log.error is not None)
         if self.before_commit is not None:
             self.before_commit(step)
         gathered: list[Any] = [None] * dist.get_world_size(group)
