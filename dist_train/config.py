@@ -673,7 +673,14 @@ class JobConfig(_Strict):
 
     name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name.")
     seed: int = Field(
-        0, ge=0, lt=2**63, description="Seed of weights, hashing salts and data order."
+        0,
+        ge=0,
+        lt=2**32,
+        description=(
+            "Seed of weights, hashing salts and data order, below 2^32: torch's generators "
+            "read a seed's low 32 bits, so a larger seed would start from a smaller one's "
+            "weights."
+        ),
     )
     output_dir: str = Field(
         "outputs",

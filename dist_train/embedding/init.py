@@ -51,7 +51,9 @@ def fill_rows(
     for block in range(first, last + 1 if row_end > row_start else first):
         b0 = block * _BLOCK_ROWS
         b1 = min(b0 + _BLOCK_ROWS, num_rows)
-        # 63 bits: manual_seed takes no more (a large job seed would overflow it)
+        # 63 bits: manual_seed takes no more (a large job seed would overflow it). Its CPU
+        # generator reads the low 32, in which the key is still one-to-one with the job's
+        # seed (below 2^32: the config's bound) for a given table and block.
         key = ((seed * 1_000_003 + table_key) * 65_537 + block) & (2**63 - 1)
         gen = torch.Generator().manual_seed(key)
         values = torch.empty(b1 - b0, dim).uniform_(-bound, bound, generator=gen)

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from dist_train.config import DEFAULT_CONFIG, ConfigError, FeatureConfig, JobConfig, load_config
@@ -122,11 +123,14 @@ def test_generated_data_that_lack_a_column_are_refused_before_they_are_made(
     assert load_config(overrides=ints).embedding.kind == "collisionless"
 
 
-def test_a_seed_past_64_bits_is_refused() -> None:
-    """It validated, then failed in the ranks ("Overflow when unpacking long long")."""
-    with pytest.raises(ConfigError, match=r"seed: Input should be less than"):
-        load_config(overrides=[f"seed={2**64}"])
-    assert load_config(overrides=[f"seed={2**63 - 1}"]).seed == 2**63 - 1
+def test_a_seed_past_32_bits_is_refused() -> None:
+    """Past 64 bits it validated, then failed in the ranks ("Overflow when unpacking long
+    long"). Past 32 bits it trained from the weights of the seed 2^32 below it: torch's
+    generators read a seed's low 32 bits."""
+    for seed in (2**64, 2**32):
+        with pytest.raises(ConfigError, match=r"seed: Input should be less than 4294967296"):
+            load_config(overrides=[f"seed={seed}"])
+    assert load_config(overrides=[f"seed={2**32 - 1}"]).seed == 2**32 - 1
 
 
 def test_overrides_parse_yaml_values() -> None:
@@ -216,8 +220,19 @@ def test_any_non_negative_seed_initializes_the_tables() -> None:
 
     with pytest.raises(ConfigError, match="seed: Input should be greater than or equal to 0"):
         load_config(overrides=["seed=-1"])
-    for seed in (0, 2**27, 2**40, 2**63):  # the generator's seed once overflowed from 2^30
-        assert init_rows("unified_0", 100, 8, seed, 0, 3, 0.1).shape == (3, 8)
+    tables = []
+    for seed in (0, 2**27, 2**31 + 5, 2**32 - 1):  # the generator's seed once overflowed from 2^30
+        rows = init_rows("unified_0", 20_000, 8, seed, 0, 9_000, 0.1)
+        assert rows.shape == (9_000, 8) and rows.abs().max() <= 0.1
+        assert rows.abs().max() > 0.09 and abs(rows.mean()) < 0.005  # U(-0.1, 0.1)
+        # the same seed the same rows; any row range the same values (a shard's): across
+        # the generator's block of 8,192 rows too
+        assert torch.equal(rows, init_rows("unified_0", 20_000, 8, seed, 0, 9_000, 0.1))
+        assert torch.equal(rows[8_000:], init_rows("unified_0", 20_000, 8, seed, 8_000, 9_000, 0.1))
+        tables.append(rows)
+    for i, one in enumerate(tables):  # each seed its own tables
+        assert all(not torch.equal(one, other) for other in tables[i + 1 :])
+    assert not torch.equal(tables[0], init_rows("unified_1", 20_000, 8, 0, 0, 9_000, 0.1))
 
 
 @pytest.mark.parametrize("key", ["model.bottom_mlp", "model.top_mlp", "model.attention_mlp"])
@@ -358,12 +373,13 @@ def test_numbers_in_exponent_form_read_as_yaml_1_2_reads_them(tmp_path: Path) ->
     text = text.replace("name: default", "name: 1e3").replace(
         "name: C1\n", "name: 2e1\n  column: C1\n"
     )
-    text = text.replace("seed: 0", "seed: 9007199254740993e0")
+    text = text.replace("seed: 0", "seed: 4294967295e0")
     job.write_text(text + "checkpoint:\n  every_steps: 1.0e3\n")
-    cfg = load_config(job, ["train.max_steps=2E3", "train.dense_learning_rate=5e-2"])
+    exact = "data.synthetic.seed=9007199254740993e0"  # 2^53 + 1: no float holds it
+    cfg = load_config(job, ["train.max_steps=2E3", "train.dense_learning_rate=5e-2", exact])
     assert (cfg.embedding.num_rows, cfg.checkpoint.every_steps) == (300_000, 1000)
     assert (cfg.train.max_steps, cfg.train.dense_learning_rate) == (2000, 0.05)
-    assert cfg.seed == 2**53 + 1  # exactly
+    assert (cfg.seed, cfg.data.synthetic.seed) == (2**32 - 1, 2**53 + 1)  # exactly
     assert (cfg.name, cfg.features[0].name) == ("1e3", "2e1")  # text keys keep the text
     assert load_config(overrides=["name=1e3"]).name == "1e3"
     assert load_config(overrides=["model.top_mlp=[1.28e2, 64]"]).model.top_mlp == [128, 64]
