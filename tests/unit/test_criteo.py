@@ -61,8 +61,14 @@ def test_converts_plain_and_gzip_with_blanks(good_files: list[Path], tmp_path: P
     assert t.num_rows == 1000 and t.column_names[:3] == ["label", "I1", "I2"]
     assert str(t.schema.field("I1").type) == "int64" and str(t.schema.field("C1").type) == "string"
     assert t["I1"].null_count + sum(t[c].null_count for c in DENSE[1:]) > 0  # blanks -> null
-    first = good_files[0].read_text().splitlines()[1].split("\t")
-    assert t["C26"][1].as_py() == (first[39] or None)
+    # every field of every line, in order: labels, integers, hex strings, blanks as nulls
+    lines = [line.split("\t") for f in good_files for line in _text(f).splitlines()]
+    want = {
+        "label": [int(f[0]) for f in lines],
+        **{c: [int(f[1 + i]) if f[1 + i] else None for f in lines] for i, c in enumerate(DENSE)},
+        **{c: [f[14 + i] or None for f in lines] for i, c in enumerate(CATEGORICAL)},
+    }
+    assert t.select(list(want)).to_pydict() == want
     assert pq.ParquetFile(result.files[0]).metadata.num_row_groups == 5  # 600 rows / 128
     # The output trains as-is: hashed string features, integer dense features.
     features = [FeatureConfig(name=c, chunks=1) for c in CATEGORICAL]
