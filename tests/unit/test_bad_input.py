@@ -229,13 +229,20 @@ def _damaged_rows(small_data: GeneratedData, tmp_path: Path, name: str) -> Path:
 
 
 def _stream(cfg: JobConfig, path: Path, policy: BadInputPolicy) -> int:
+    return len(_streamed_ids(cfg, path, policy))
+
+
+def _streamed_ids(cfg: JobConfig, path: Path, policy: BadInputPolicy) -> list[int]:
+    """The generator's row ids of the rows ``path`` delivers under ``policy``, in order."""
     cols = [
+        "row_id",
         cfg.data.label_column,
         *cfg.data.resolved_dense_columns(),
         *(f.source_column for f in cfg.features),
     ]
     groups = list_row_groups(str(path))
-    return sum(t.num_rows for t, _ in iter_tables(groups, cols, 256, False, policy))
+    tables = iter_tables(groups, cols, 256, False, policy)
+    return [i for t, _ in tables for i in t["row_id"].to_pylist()]
 
 
 @pytest.mark.parametrize("name", list(ROW_PROBLEMS))
@@ -260,7 +267,9 @@ def test_row_problem_skip_drops_exactly_the_bad_rows(
     policy = BadInputPolicy(
         "skip", "label", small_cfg.data.resolved_dense_columns(), small_cfg.features
     )
-    assert _stream(small_cfg, path, policy) == ROWS_PER_FILE - len(rows)
+    ids = pq.read_table(path, columns=["row_id"])["row_id"].to_pylist()
+    kept = [i for position, i in enumerate(ids) if position not in rows]  # the file's order
+    assert len(ids) == ROWS_PER_FILE and _streamed_ids(small_cfg, path, policy) == kept
     assert policy.counts.rows == {reason: len(rows)}
 
 
