@@ -62,6 +62,11 @@ def test_the_dense_floor_is_the_terms_a_step_without_embeddings_pays() -> None:
     # the flops (matmuls and the interaction), the optimizer's bytes and DDP's all-reduce
     flops = 6.0 * 100_000 * 2048 + 6.0 * 2048 * 27 * 27 * 16
     assert terms["dense_flops"] == pytest.approx(flops / 100e9)
+    # Adagrad reads the weight, its gradient and state and writes the weight and state: 20
+    # bytes a parameter at copy bandwidth; DDP's ring all-reduce moves 2 (n - 1) / n of
+    # the fp32 gradients, at 2 ranks half
+    assert terms["dense_update"] == pytest.approx(100_000 * 20 / 20e9)
+    assert terms["all_reduce"] == pytest.approx(2 * 100_000 * 4 * 0.5 / 2e9)
     assert dense == pytest.approx(
         terms["dense_flops"] + terms["dense_update"] + terms["all_reduce"]
     )
