@@ -48,6 +48,8 @@ def test_cpu_kernel_ignores_weight_decay_so_cpu_jobs_refuse_it() -> None:
     """The fact behind the refusal: if a later fbgemm-gpu-cpu applies weight decay, this
     fails, and the refusal in ``job_fused_params`` can go."""
     plain = _tbe_after_steps(0.0, WeightDecayMode.NONE)
+    start = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
+    assert (plain - start).abs().min() > 0  # the steps updated every row: not vacuous
     for mode in (WeightDecayMode.L2, WeightDecayMode.DECOUPLE):
         torch.testing.assert_close(_tbe_after_steps(0.1, mode), plain, rtol=0, atol=0)
     cfg = load_config(overrides=["embedding.optimizer.weight_decay=0.001"])
