@@ -889,13 +889,27 @@ def check_model_shapes(path: Location, meta: dict[str, Any], model: dict[str, An
 
 
 def _check_model_shapes(model: dict[str, Any], saved: dict[str, Any], path: Location) -> None:
-    """CheckpointError naming the first model tensor whose whole shape (any plan's shards
-    together) differs from the saved one: the checkpoint is of another model, which no
-    resharding turns into this one. (DCP's own error came from one rank, mid-load.)"""
-    for key, tensor in model.items():
+    """CheckpointError naming the model tensors the checkpoint lacks, or the first whose
+    whole shape (any plan's shards together) differs from the saved one: the checkpoint is
+    of another model, which no resharding turns into this one. (DCP's own error came from
+    one rank, mid-load: "Missing key in checkpoint state_dict".)"""
+    tensors = {k: t for k, t in model.items() if isinstance(t, torch.Tensor)}
+    missing = [k for k in tensors if f"model.{k}" not in saved]
+    if missing:
+        instead = sorted(k.removeprefix("model.") for k in saved if k.startswith("model."))
+        instead = [k for k in instead if k not in tensors]
+        raise CheckpointError(
+            f"{path}: this job's model holds {_some(missing)}, which the checkpoint does "
+            "not" + (f" (it holds {_some(instead)} instead)" if instead else "") + ": the "
+            "checkpoint is of another model (another model.kind or layers; or a DLRM "
+            "without dense columns saved by a dist_train before 116a848, whose bottom MLP "
+            "never trained). Resume it with the config and dist_train that saved it, or "
+            "start a new run"
+        )
+    for key, tensor in tensors.items():
         size = getattr(saved.get(f"model.{key}"), "size", None)
-        if not isinstance(tensor, torch.Tensor) or size is None:
-            continue  # a missing key is DCP's to name
+        if size is None:
+            continue
         now, then = tuple(tensor.size()), tuple(size)
         if now != then:
             raise CheckpointError(
@@ -905,6 +919,12 @@ def _check_model_shapes(model: dict[str, Any], saved: dict[str, Any], path: Loca
                 "tables, a dist_train before fc4d3c4, which rounded their rows down). Resume "
                 "it with the config and dist_train that saved it, or start a new run"
             )
+
+
+def _some(keys: list[str], shown: int = 3) -> str:
+    """``keys``, the first ``shown`` of them and how many more."""
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
 
 
 def _load_whole(

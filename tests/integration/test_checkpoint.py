@@ -457,6 +457,24 @@ def test_a_checkpoint_of_another_model_is_refused_naming_the_tensor(tmp_path: Pa
     assert "the newest committed checkpoint" not in err
 
 
+def test_a_checkpoint_of_another_model_kind_is_refused_naming_the_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Keys the checkpoint lacks (another model.kind, or a DLRM without dense columns saved
+    before its dense vector was learned): every rank failed mid-load with DCP's "Missing
+    key in checkpoint state_dict"; the driver now refuses it, naming the keys."""
+    over = [f"output_dir={tmp_path}", "launcher=processes"]
+    run_job(load_config(TINY, [*over, "model.kind=dcn_v2", "train.max_steps=2"]))
+    ckpt = committed(tmp_path / "tiny" / "checkpoints")[-1]
+    args = ["train", "--config", str(TINY), "--resume", str(ckpt)]
+    for item in [*over, "train.max_steps=4"]:
+        args += ["--set", item]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"error: checkpoint: {ckpt}: this job's model holds dense_arch.0.weight, " in err
+    assert "which the checkpoint does not (it holds cross." in err and "Traceback" not in err
+
+
 def _momenta(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in t.items() if k.endswith("momentum1")}
 
