@@ -30,7 +30,12 @@ class StopMarker:
         self.path = folder / "stop"
 
     def leave(self) -> None:
-        self.path.touch()
+        """Write the stop, best effort: it runs as the launch ends, whatever ended it (a
+        finished run's workers are gone already), and must not turn that end into a
+        failure of its own (a temporary-file cleaner may have removed the folder)."""
+        with contextlib.suppress(OSError):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.touch()
 
 
 @contextlib.contextmanager
