@@ -675,11 +675,11 @@ class JobConfig(_Strict):
     seed: int = Field(
         0,
         ge=0,
-        lt=2**32,
+        lt=2**63,
         description=(
-            "Seed of weights, hashing salts and data order, below 2^32: torch's generators "
-            "read a seed's low 32 bits, so a larger seed would start from a smaller one's "
-            "weights."
+            "Seed of weights, hashing salts and data order. torch's generators read 32 "
+            "bits: a seed of 2^32 or more is hashed to 32 bits for them (so two such seeds "
+            "may, with odds of 2^-32, start from the same weights)."
         ),
     )
     output_dir: str = Field(

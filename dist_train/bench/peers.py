@@ -36,6 +36,7 @@ from dist_train.config import JobConfig
 from dist_train.data.batch import Batch, BatchBuilder
 from dist_train.data.reader import rebatch, resolve_files
 from dist_train.data.rows import Rows
+from dist_train.embedding.init import torch_seed
 from dist_train.embedding.layout import EmbeddingLayout
 from dist_train.models import CTRModel, create_model
 from dist_train.train.trainer import dense_optimizer
@@ -88,7 +89,7 @@ def _model_over(
     """The job's model (our dense network, seeded as the job) over ``tables()``, made after
     it, in place of TorchRec's: what the peer and the dense-alone timing share with our
     trainer."""
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(torch_seed(cfg.seed))
     model = create_model(layout, len(cfg.data.resolved_dense_columns()), cfg.model, "meta")
     model.sparse_arch = tables()  # type: ignore[assignment]
     return model

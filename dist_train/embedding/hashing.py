@@ -24,7 +24,8 @@ _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 
 
-def _fmix64_int(x: int) -> int:
+def fmix64(x: int) -> int:
+    """MurmurHash3's 64-bit finalizer: a bijection of 64-bit ints that mixes every bit."""
     x &= _MASK64
     x ^= x >> 33
     x = (x * 0xFF51AFD7ED558CCD) & _MASK64
@@ -45,8 +46,8 @@ def make_salt(feature_name: str, chunk: int, seed: int = 0) -> int:
     features never remaps rows within a table (with ``embedding.num_tables`` > 1 the chunks
     are dealt to sub-tables by position, which reordering does change).
     """
-    s = _fmix64_int(name_fingerprint(feature_name) ^ (seed * _GOLDEN))
-    return _fmix64_int(s + (chunk + 1) * _GOLDEN)
+    s = fmix64(name_fingerprint(feature_name) ^ (seed * _GOLDEN))
+    return fmix64(s + (chunk + 1) * _GOLDEN)
 
 
 def fingerprint_ints(values: np.ndarray) -> np.ndarray:

@@ -20,9 +20,19 @@ import torch
 from torch import nn
 
 from dist_train.config import EmbeddingConfig
-from dist_train.embedding.hashing import name_fingerprint
+from dist_train.embedding.hashing import fmix64, name_fingerprint
 
 _BLOCK_ROWS = 8192
+_TORCH_SEED_BITS = 32  # what torch's CPU generator (mt19937) reads of a seed
+
+
+def torch_seed(seed: int) -> int:
+    """The seed torch's generators get for a job's ``seed``: itself below 2^32; above, a
+    32-bit hash of it. The generator reads a seed's low 32 bits, so seed s + 2^32 started
+    from seed s's weights."""
+    if seed < 1 << _TORCH_SEED_BITS:
+        return seed
+    return fmix64(seed) & ((1 << _TORCH_SEED_BITS) - 1)
 
 
 def init_bound(embedding: EmbeddingConfig) -> float:
@@ -51,10 +61,9 @@ def fill_rows(
     for block in range(first, last + 1 if row_end > row_start else first):
         b0 = block * _BLOCK_ROWS
         b1 = min(b0 + _BLOCK_ROWS, num_rows)
-        # 63 bits: manual_seed takes no more (a large job seed would overflow it). Its CPU
-        # generator reads the low 32, in which the key is still one-to-one with the job's
-        # seed (below 2^32: the config's bound) for a given table and block.
-        key = ((seed * 1_000_003 + table_key) * 65_537 + block) & (2**63 - 1)
+        # 63 bits: manual_seed takes no more. Its CPU generator reads the low 32, in which
+        # the key is one-to-one with torch_seed(seed) for a given table and block.
+        key = ((torch_seed(seed) * 1_000_003 + table_key) * 65_537 + block) & (2**63 - 1)
         gen = torch.Generator().manual_seed(key)
         values = torch.empty(b1 - b0, dim).uniform_(-bound, bound, generator=gen)
         lo, hi = max(b0, row_start), min(b1, row_end)

@@ -21,7 +21,7 @@ from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
 from dist_train.config import JobConfig
 from dist_train.data.batch import Batch, BatchBuilder
-from dist_train.embedding.init import init_bound, init_embedding_tables
+from dist_train.embedding.init import init_bound, init_embedding_tables, torch_seed
 from dist_train.embedding.layout import EmbeddingLayout, build_layout
 from dist_train.train.metrics import EvalMetrics
 from dist_train.train.pipelining import pipelined_steps
@@ -136,7 +136,8 @@ class Trainer:
                 f"the plan is for {job_plan.world_size} ranks, the process group has {world_size}"
             )
         layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
-        torch.manual_seed(cfg.seed)  # identical dense weights on every rank and world size
+        # identical dense weights on every rank and world size
+        torch.manual_seed(torch_seed(cfg.seed))
         model = build_model(cfg, layout)
         sharder = make_sharder(cfg, device.type)
         env: ShardingEnv = ShardingEnv.from_process_group(dist.group.WORLD)  # type: ignore[arg-type]

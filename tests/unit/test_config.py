@@ -123,14 +123,21 @@ def test_generated_data_that_lack_a_column_are_refused_before_they_are_made(
     assert load_config(overrides=ints).embedding.kind == "collisionless"
 
 
-def test_a_seed_past_32_bits_is_refused() -> None:
-    """Past 64 bits it validated, then failed in the ranks ("Overflow when unpacking long
-    long"). Past 32 bits it trained from the weights of the seed 2^32 below it: torch's
-    generators read a seed's low 32 bits."""
-    for seed in (2**64, 2**32):
-        with pytest.raises(ConfigError, match=r"seed: Input should be less than 4294967296"):
-            load_config(overrides=[f"seed={seed}"])
-    assert load_config(overrides=[f"seed={2**32 - 1}"]).seed == 2**32 - 1
+def test_a_seed_past_64_bits_is_refused() -> None:
+    """It validated, then failed in the ranks ("Overflow when unpacking long long")."""
+    with pytest.raises(ConfigError, match=r"seed: Input should be less than"):
+        load_config(overrides=[f"seed={2**64}"])
+    assert load_config(overrides=[f"seed={2**63 - 1}"]).seed == 2**63 - 1
+
+
+def test_seeds_past_32_bits_give_torch_other_seeds() -> None:
+    """torch's generators read a seed's low 32 bits: seed s + 2^32 started from seed s's
+    dense weights and tables. Seeds below 2^32 keep their weights."""
+    from dist_train.embedding.init import torch_seed
+
+    assert [torch_seed(s) for s in (0, 7, 2**32 - 1)] == [0, 7, 2**32 - 1]
+    folded = {torch_seed(s) for s in (2**32, 2**32 + 7, 2**40, 2**63 - 1)}
+    assert len(folded) == 4 and not folded & {0, 7} and max(folded) < 2**32
 
 
 def test_overrides_parse_yaml_values() -> None:
@@ -221,7 +228,7 @@ def test_any_non_negative_seed_initializes_the_tables() -> None:
     with pytest.raises(ConfigError, match="seed: Input should be greater than or equal to 0"):
         load_config(overrides=["seed=-1"])
     tables = []
-    for seed in (0, 2**27, 2**31 + 5, 2**32 - 1):  # the generator's seed once overflowed from 2^30
+    for seed in (0, 2**27, 2**32, 2**40, 2**63 - 1):  # once overflowed from 2^30; 2^32 was 0
         rows = init_rows("unified_0", 20_000, 8, seed, 0, 9_000, 0.1)
         assert rows.shape == (9_000, 8) and rows.abs().max() <= 0.1
         assert rows.abs().max() > 0.09 and abs(rows.mean()) < 0.005  # U(-0.1, 0.1)
@@ -373,13 +380,12 @@ def test_numbers_in_exponent_form_read_as_yaml_1_2_reads_them(tmp_path: Path) ->
     text = text.replace("name: default", "name: 1e3").replace(
         "name: C1\n", "name: 2e1\n  column: C1\n"
     )
-    text = text.replace("seed: 0", "seed: 4294967295e0")
+    text = text.replace("seed: 0", "seed: 9007199254740993e0")
     job.write_text(text + "checkpoint:\n  every_steps: 1.0e3\n")
-    exact = "data.synthetic.seed=9007199254740993e0"  # 2^53 + 1: no float holds it
-    cfg = load_config(job, ["train.max_steps=2E3", "train.dense_learning_rate=5e-2", exact])
+    cfg = load_config(job, ["train.max_steps=2E3", "train.dense_learning_rate=5e-2"])
     assert (cfg.embedding.num_rows, cfg.checkpoint.every_steps) == (300_000, 1000)
     assert (cfg.train.max_steps, cfg.train.dense_learning_rate) == (2000, 0.05)
-    assert (cfg.seed, cfg.data.synthetic.seed) == (2**32 - 1, 2**53 + 1)  # exactly
+    assert cfg.seed == 2**53 + 1  # exactly: no float holds it
     assert (cfg.name, cfg.features[0].name) == ("1e3", "2e1")  # text keys keep the text
     assert load_config(overrides=["name=1e3"]).name == "1e3"
     assert load_config(overrides=["model.top_mlp=[1.28e2, 64]"]).model.top_mlp == [128, 64]
