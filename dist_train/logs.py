@@ -44,14 +44,19 @@ def quiet_worker_logs() -> None:
     logging.getLogger().setLevel(logging.WARNING)
     for name in ("fbgemm_gpu", "torchrec", "torch.distributed"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    # torch.fx warns on every TorchRec forward that its is_fx_tracing API changed.
-    logging.getLogger("torch.fx").setLevel(logging.ERROR)
+    _quiet_torch_fx()
     # TorchRec warns for every replicated table that it ignores the sharder's cache
     # parameters; replicated tables train with their own optimizer on purpose.
     drop_message("torchrec.distributed.utils", "caching params will be ignored")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch(rec)?\..*")
+
+
+def _quiet_torch_fx() -> None:
+    # torch.fx warns, once a process, that its is_fx_tracing API changed: TorchRec asks it
+    # at every KeyedJaggedTensor made (a batch's) and every forward
+    logging.getLogger("torch.fx").setLevel(logging.ERROR)
 
 
 LOG = logging.getLogger("dist_train")
@@ -85,6 +90,7 @@ def setup_logging(verbosity: str = "normal") -> None:
     if verbosity not in LEVELS:
         raise ValueError(f"verbosity must be one of {sorted(LEVELS)}, not {verbosity!r}")
     LOG.setLevel(LEVELS[verbosity])
+    _quiet_torch_fx()  # the commands' own process builds batches too (bench, validate)
     LOG.propagate = False  # Ray and libraries configure the root logger their own way
     if not any(isinstance(h, _Console) for h in LOG.handlers):
         LOG.addHandler(_Console())

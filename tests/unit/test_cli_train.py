@@ -144,3 +144,15 @@ def test_output_into_a_reader_that_stopped_ends_quietly(
     LOG.info("a line the reader will not read")
     monkeypatch.undo()
     assert "Logging error" not in capsys.readouterr().err
+
+
+def test_a_commands_own_batches_print_no_torch_fx_warning() -> None:
+    """torch.fx warns once a process that its is_fx_tracing API changed, when TorchRec makes
+    a KeyedJaggedTensor: `bench train` printed it from its own process, between its lines."""
+    code = (
+        "from dist_train.logs import setup_logging; setup_logging(); import torch; "
+        "from torchrec import KeyedJaggedTensor; "
+        "KeyedJaggedTensor(keys=['a'], values=torch.tensor([1]), lengths=torch.tensor([1]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "is_fx_tracing" not in out.stderr, out.stderr[-2000:]
