@@ -180,13 +180,14 @@ def build_report(
     g = chosen.group_size
     if result is None:
         why = (
-            f"no 1D plan fits ({no_1d}); groups of {g} do, each holding the tables on its {g} ranks"
+            f"no 1D plan fits ({no_1d}); groups of {g} do, each holding the tables on its "
+            f"{g} rank(s)"
         )
     elif chosen.is_2d:
         slower = result.best.step_seconds / best.step_seconds
         why = (
             f"the best 1D plan, {result.best.label}, is estimated {slower:.2f}x slower; "
-            f"groups of {g} keep each group's step at the cost of {g} ranks"
+            f"groups of {g} keep each group's step at the cost of {g} rank(s)"
         )
     else:
         why = _why(result.best, result.alternatives, result.allowed)
@@ -316,7 +317,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"chosen: {report['label']}  (searched in {report['plan_seconds']:.2f} s)",
         *(
             [
-                f"2D: {report['num_replicas']} replicas of {report['group_size']} ranks, "
+                f"2D: {report['num_replicas']} replicas of {report['group_size']} rank(s), "
                 f"merged every {report['sync_every']} step(s); figures below are per "
                 "rank of one group"
             ]
