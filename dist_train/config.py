@@ -678,8 +678,8 @@ class JobConfig(_Strict):
         lt=2**63,
         description=(
             "Seed of weights, hashing salts and data order. torch's generators read 32 "
-            "bits: a seed of 2^32 or more is hashed to 32 bits for them (so two such seeds "
-            "may, with odds of 2^-32, start from the same weights)."
+            "bits: for them a seed of 2^32 or more is hashed to 32 bits, so it starts from "
+            "the weights of some seed below 2^32 (its salts and data order stay its own)."
         ),
     )
     output_dir: str = Field(

@@ -17,6 +17,7 @@ import torch
 
 from dist_train.bench import seconds_per_call, spread, write_json
 from dist_train.config import JobConfig
+from dist_train.embedding.init import torch_seed
 from dist_train.embedding.layout import build_layout
 from dist_train.models.dot_interaction import (
     dot_interaction,
@@ -33,7 +34,7 @@ def run_interaction_bench(
     """Time every (threads, implementation) case; print and return the figures."""
     layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
     batch, d, n = cfg.train.batch_size, layout.dim, layout.num_vectors + 1
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(torch_seed(cfg.seed))
     dense = torch.randn(batch, d, generator=generator, requires_grad=True)
     vectors = torch.randn(batch, n - 1, d, generator=generator, requires_grad=True)
     grad = torch.randn(batch, d + n * (n - 1) // 2, generator=generator)

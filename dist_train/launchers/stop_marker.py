@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 CHECK_SECONDS = 0.25  # how often a worker looks: a stat, a few microseconds
-STOPPED_EXIT = 1  # a worker's exit status when the stop ends it
+STOPPED_EXIT = 143  # a worker's exit status when the stop ends it: as SIGTERM's
 
 
 class StopMarker:

@@ -217,7 +217,8 @@ def test_a_ctrl_c_while_the_rank_server_imports_prints_no_traceback(
     import's traceback below the command's own line (here at some of these delays after
     the server started, not all: the import's stages differ)."""
     config = Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny.yaml"
-    sets = ["launcher=processes", f"output_dir={tmp_path}"]
+    # training that outlasts the latest interrupt on a fast machine (it ends by the signal)
+    sets = ["launcher=processes", f"output_dir={tmp_path}", "train.epochs=100"]
     driver = subprocess.Popen(
         [sys.executable, "-m", "dist_train.cli", "train", "--config", str(config)]
         + [arg for s in sets for arg in ("--set", s)],
@@ -241,6 +242,7 @@ def test_a_ctrl_c_while_the_rank_server_imports_prints_no_traceback(
             assert driver.poll() is None and time.monotonic() < deadline, "no rank server"
             time.sleep(0.05)
         time.sleep(delay)  # inside its imports, which take seconds
+        assert driver.poll() is None, "the command ended before its interrupt"
         os.killpg(driver.pid, signal.SIGINT)
         _, err = driver.communicate(timeout=120)
     finally:
