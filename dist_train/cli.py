@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from dist_train.config import DEFAULT_CONFIG, JobConfig, add_config_args
 from dist_train.config import load_or_report as _load
 from dist_train.logs import setup_logging
-from dist_train.stopping import stopped_by_sigterm
+from dist_train.stopping import sigint_held, stopped_by_sigterm
 from planners.cores import usable_cores
 
 if TYPE_CHECKING:
@@ -163,6 +163,14 @@ def _cpu_ranks(cfg: JobConfig) -> bool:
     return cfg.train.device == "cpu" or not glob.glob("/dev/nvidia[0-9]*")
 
 
+def _import_torch() -> None:
+    """Import torch and TorchRec, a Ctrl-C meanwhile held until they are in (see
+    :func:`~dist_train.stopping.sigint_held`); the commands that train or measure first."""
+    with sigint_held():
+        import torch  # noqa: F401
+        import torchrec  # noqa: F401
+
+
 def _train(args: argparse.Namespace) -> int:
     resume = [f"checkpoint.resume={args.resume}"] if args.resume else []
     cfg = _load(args.config, [*args.set, *resume])
@@ -173,6 +181,7 @@ def _train(args: argparse.Namespace) -> int:
     # CPU ranks fork from a server that imports TorchRec, seconds of CPU: started now, it
     # imports while this process imports the driver, plans and prepares the data.
     with rank_server_started(TRAIN_WORKER_MODULE) if _cpu_ranks(cfg) else contextlib.nullcontext():
+        _import_torch()
         from dist_train.driver import train_and_report
 
         return train_and_report(cfg)
@@ -253,6 +262,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _run_bench(args: argparse.Namespace, cfg: JobConfig) -> int:
+    _import_torch()
     if args.bench == "ingest":
         from dist_train.bench.ingest import run_ingest_bench
 
@@ -314,6 +324,7 @@ def _run_bench(args: argparse.Namespace, cfg: JobConfig) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    _import_torch()
     from dist_train.config import ConfigError
     from dist_train.data.reader import DataSourceError
     from dist_train.launchers.rank_server import rank_server_started
@@ -407,6 +418,7 @@ def _check_rank_memory(topo: Topology) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    _import_torch()
     from dist_train.devices import DeviceError, local_gpus, resolve_device
     from dist_train.launchers.processes import run_processes
     from dist_train.launchers.rank_server import rank_server_started

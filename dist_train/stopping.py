@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 EXIT_CODE = 128 + signal.SIGTERM  # 143, as a process the signal ended reports
 INTERRUPTED = 128 + signal.SIGINT  # 130, as a shell reports Ctrl-C
@@ -16,6 +17,25 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM arrived. A KeyboardInterrupt, so that whatever handles Ctrl-C handles it:
     Ray's wait for its workers ends on it (a SystemExit there ended the process with 1),
     though Ray raises it again as a plain KeyboardInterrupt."""
+
+
+@contextlib.contextmanager
+def sigint_held() -> Iterator[None]:
+    """Ctrl-C held for the block, then raised as the KeyboardInterrupt it would have been.
+    For the imports of torch and the libraries over it: a KeyboardInterrupt raised inside
+    their C++ module set-up (pybind11) aborts the process ("terminate called after throwing
+    an instance of 'pybind11::error_already_set'", killed by SIGABRT, maybe a core file)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may handle signals
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
 
 
 def _end_by_sigint() -> None:

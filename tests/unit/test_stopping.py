@@ -73,3 +73,20 @@ def test_a_sigterm_that_rays_handler_took_during_ray_init_is_a_stop(
     assert stopped_by_sigterm(lambda: ray_train._init_keeping_sigterm() or 0) == EXIT_CODE
     assert capsys.readouterr().err == "stopped (SIGTERM)\n"
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_ctrl_c_during_a_held_block_is_raised_after_it() -> None:
+    """torch's import, interrupted inside its C++ set-up, aborted the process (SIGABRT:
+    "terminate called after throwing an instance of 'pybind11::error_already_set'"): the
+    interrupt now waits for the block to end, then stops the command as before."""
+    from dist_train.stopping import sigint_held
+
+    before = signal.getsignal(signal.SIGINT)
+    finished = False
+    with pytest.raises(KeyboardInterrupt):
+        with sigint_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            finished = True  # not interrupted here
+    assert finished and signal.getsignal(signal.SIGINT) == before
+    with sigint_held():  # no Ctrl-C: nothing raised
+        pass
