@@ -283,7 +283,14 @@ class FeatureConfig(_Strict):
     column: str | None = Field(None, description="Parquet column (default: the name).")
     chunks: int = Field(1, gt=0, le=64, description="Chunks (probes) k_f into the table.")
     cardinality: int | None = Field(
-        None, gt=0, description="Vocabulary size; required by the collisionless baseline."
+        None,
+        gt=0,
+        description=(
+            "Vocabulary size; required by the collisionless baseline (its rows). Declared, it "
+            "is also a check under every kind: an integer id outside [0, cardinality) is bad "
+            "input (data.on_bad_input). Leave it unset for hashed features whose ids may "
+            "exceed it, such as ids first seen in the test set."
+        ),
     )
 
     @property

@@ -166,8 +166,11 @@ class BatchBuilder:
         label_column: str,
         dense_transform: str = "log1p",
         row_id_column: str | None = None,
+        dense_origin: str = "",
     ) -> None:
+        """``dense_origin``: where ``dense_columns`` came from, said with a missing one."""
         self.layout = layout
+        self.dense_origin = dense_origin
         self.row_id_column = row_id_column
         self.features = list(features)
         self.dense_columns = list(dense_columns)
@@ -202,7 +205,9 @@ class BatchBuilder:
             found = len(schema.get_all_field_indices(name))
             if found != 1:
                 problem = "missing column" if not found else f"{found} columns named"
-                raise BadInputError(f"{source}: {problem} {name!r}")
+                origin = self.dense_origin if name in self.dense_columns else ""
+                said = f" ({origin})" if origin else ""
+                raise BadInputError(f"{source}: {problem} {name!r}{said}")
         label = schema.field(self.label_column).type
         if not (
             pa.types.is_integer(label)

@@ -69,6 +69,18 @@ def make_batch_builder(cfg: JobConfig, layout: EmbeddingLayout) -> BatchBuilder:
         cfg.data.label_column,
         cfg.data.dense_transform,
         cfg.data.row_id_column,
+        _dense_origin(cfg),
+    )
+
+
+def _dense_origin(cfg: JobConfig) -> str:
+    """Where the job's dense columns come from, for an error naming one that is missing."""
+    if cfg.data.dense_columns is not None:
+        return "a dense column of data.dense_columns"
+    n = cfg.data.synthetic.num_dense
+    return (
+        f"data.dense_columns is unset: it stands for the generator's I1..I{n} "
+        "(data.synthetic.num_dense); list your data's dense columns, or [] for none"
     )
 
 

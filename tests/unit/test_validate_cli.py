@@ -151,7 +151,15 @@ def test_validate_checks_the_jobs_data_as_training_would(
     assert main(["validate", str(job)]) == 0
     assert "job.yaml: data: 8 training and 4 test row groups" in capsys.readouterr().out
     for change, why in [
-        ("data.dense_columns=[I1,I99]", "part-0.parquet: missing column 'I99'"),
+        (
+            "data.dense_columns=[I1,I99]",
+            "part-0.parquet: missing column 'I99' (a dense column of data.dense_columns)",
+        ),
+        (  # one's own data without dense_columns: the generator's names, said so
+            "data.synthetic.num_dense=5",
+            "part-0.parquet: missing column 'I5' (data.dense_columns is unset: it stands for "
+            "the generator's I1..I5",
+        ),
         ("train.batch_size=8192", "the job would train 0 steps"),
         ("data.test_path=" + str(tmp_path / "none"), "data.test_path: "),
     ]:
