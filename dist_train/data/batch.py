@@ -199,6 +199,11 @@ class BatchBuilder:
             *ids,
         ]
 
+    @property
+    def id_columns(self) -> list[str]:
+        """The categorical columns, whose ids are hashed or are rows."""
+        return [f.source_column for f in self.features]
+
     def check_schema(self, schema: pa.Schema, source: str) -> None:
         """Fail fast, before training, on a missing column or one of an unusable type."""
         for name in self.columns:

@@ -276,14 +276,19 @@ class SchemaSource(Protocol):
     @property
     def columns(self) -> list[str]: ...
 
+    @property
+    def id_columns(self) -> list[str]: ...
+
     def check_schema(self, schema: pa.Schema, source: str) -> None: ...
 
 
 class SchemaCheck:
-    """A file's columns and types are usable, and read alike (:func:`read_alike`) to those of
-    the first file that gives each column values. One check for both splits: a test id
-    column of another type would hash to other rows than training's. A column of no values
-    (``all_missing``: Arrow's ``null`` type, or lists of it) reads alike to any."""
+    """A file's columns and types are usable, and its id columns read alike
+    (:func:`read_alike`) to those of the first file that gives each column values. One
+    check for both splits: a test id column of another type would hash to other rows than
+    training's. A column of no values (``all_missing``: Arrow's ``null`` type, or lists of
+    it) reads alike to any. Labels and dense values are numbers whatever their type: a
+    float label beside an int one was a schema mismatch, its file dropped."""
 
     def __init__(self, builder: SchemaSource) -> None:
         self.builder = builder
@@ -291,7 +296,7 @@ class SchemaCheck:
 
     def __call__(self, path: str, schema: pa.Schema) -> None:
         self.builder.check_schema(schema, path)
-        for name in self.builder.columns:
+        for name in self.builder.id_columns:
             have = schema.field(name).type
             if all_missing(have):
                 continue

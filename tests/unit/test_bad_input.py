@@ -131,8 +131,9 @@ def test_files_whose_columns_read_alike_train_together(
     """What a review's files held, each refused as a schema mismatch or a wrong type (under
     `skip` the whole file dropped): a column all null, of Arrow's null type, as pandas
     writes a feature not logged that day (its values are missing: empty bags, dense 0);
-    int32 ids beside int64, large_string beside string, a list's other child name. Ids that
-    would hash otherwise (string beside int64) stay refused: _schema_mismatch above."""
+    int32 ids beside int64, large_string beside string, a list's other child name; a float
+    label beside an int8 one, an int64 dense column beside float32. Ids that would hash
+    otherwise (string beside int64) stay refused: _schema_mismatch above."""
     train = _copy_train(small_data, tmp_path)
     t = pq.read_table(train / "part-1.parquet")
     n = t.num_rows
@@ -141,6 +142,8 @@ def test_files_whose_columns_read_alike_train_together(
         "I1": pa.nulls(n),  # dense, all null
         "C3": pc.cast(t["C3"], pa.int32()),
         "C1": pc.cast(t["C1"], pa.large_string()),  # strings in small_config
+        "label": pc.cast(t["label"], pa.float64()),  # numbers, whatever their type
+        "I2": pc.cast(pc.round(t["I2"]), pa.int64()),
     }.items():
         t = t.set_column(t.schema.get_field_index(name), name, column)
     _rewrite(train / "part-1.parquet", t)
