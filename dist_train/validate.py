@@ -123,7 +123,13 @@ def _check_data(cfg: JobConfig, source: str, report: Report) -> None:
     try:
         train, test = check_inputs(cfg, local["train_path"], local["test_path"], policy)
     except (DataSourceError, BadInputError) as err:
-        report.problems.append(f"{source}: data: {err}")
+        # one file's problem, where a job stops at the first: skip's check names them all
+        more = (
+            " (the first found: `--set data.on_bad_input=skip` lists every bad file)"
+            if policy.mode == "error" and isinstance(err, BadInputError)
+            else ""
+        )
+        report.problems.append(f"{source}: data: {err}{more}")
         return
     skipped = policy.counts.files
     report.ok.append(

@@ -153,7 +153,8 @@ def test_validate_checks_the_jobs_data_as_training_would(
     for change, why in [
         (
             "data.dense_columns=[I1,I99]",
-            "part-0.parquet: missing column 'I99' (a dense column of data.dense_columns)",
+            "part-0.parquet: missing column 'I99' (a dense column of data.dense_columns) "
+            "(the first found: `--set data.on_bad_input=skip` lists every bad file)",
         ),
         (  # one's own data without dense_columns: the generator's names, said so
             "data.synthetic.num_dense=5",
