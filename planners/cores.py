@@ -81,9 +81,9 @@ def _cgroup_limits(
         hierarchy, _, rest = line.partition(":")
         controllers, _, path = rest.partition(":")
         if hierarchy == "0" and not controllers:  # cgroup v2
-            limits += _quotas_up(cgroup_root, path, v2)
+            limits += _limits_up(cgroup_root, path, v2)
         elif controller in controllers.split(","):  # cgroup v1, the controller's hierarchy
-            limits += _quotas_up(_v1_mount(cgroup_root, controllers, controller), path, v1)
+            limits += _limits_up(_v1_mount(cgroup_root, controllers, controller), path, v1)
     return limits
 
 
@@ -101,8 +101,8 @@ def _memory_limit(name: str) -> Limit:
     return read
 
 
-def _quotas_up(mount: Path, path: str, quota_of: Limit) -> list[float]:
-    """The quotas of ``path``'s cgroup and its ancestors under ``mount`` (the mount itself
+def _limits_up(mount: Path, path: str, limit_of: Limit) -> list[float]:
+    """The limits of ``path``'s cgroup and its ancestors under ``mount`` (the mount itself
     last: in a container the process's own cgroup is often mounted there, under another
     path)."""
     directory = mount / path.strip("/")
@@ -110,9 +110,9 @@ def _quotas_up(mount: Path, path: str, quota_of: Limit) -> list[float]:
     for d in [directory, *directory.parents]:
         if d != mount and mount not in d.parents:
             break
-        quota = quota_of(d)
-        if quota is not None:
-            found.append(quota)
+        limit = limit_of(d)
+        if limit is not None:
+            found.append(limit)
     return found
 
 

@@ -192,12 +192,7 @@ class BatchBuilder:
     def columns(self) -> list[str]:
         """The columns this builder reads (for projection)."""
         ids = [self.row_id_column] if self.row_id_column else []
-        return [
-            self.label_column,
-            *self.dense_columns,
-            *(f.source_column for f in self.features),
-            *ids,
-        ]
+        return [self.label_column, *self.dense_columns, *self.id_columns, *ids]
 
     @property
     def id_columns(self) -> list[str]:
