@@ -30,7 +30,6 @@ from dist_train.devices import backend_for, local_gpus
 from dist_train.launchers.affinity import pin_local_rank
 from dist_train.launchers.cluster import check_fits, describe, live_nodes, packing_risk
 from dist_train.launchers.processes import free_port
-from dist_train.launchers.stop_marker import end_on_stop, stop_marker
 from dist_train.logs import LOG, drop_message, quiet_worker_logs, setup_logging, worded_for_users
 from dist_train.stopping import Terminated
 from dist_train.train.faults import DRILL_ENVS
@@ -94,8 +93,6 @@ def _ray_record(run_id: str) -> tuple[int, str] | None:
 
 def _ray_worker(payload: dict[str, Any]) -> None:
     os.environ.update(payload["drills"])
-    if payload["stop_marker"] is not None:  # the driver's embedded instance: its machine
-        end_on_stop(payload["stop_marker"])
     quiet_worker_logs()
     cfg = parse_config(payload["config"], "<driver>")
     if payload["pin_cores"]:
@@ -449,7 +446,7 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
     """Run the job on Ray Train workers; the rank-0 summary."""
     cuda = inputs.device_type == "cuda"
     resources = {"CPU": cfg.ray.cpus_per_worker, **({"GPU": 1.0} if cuda else {})}
-    with stop_marker() as stop, _connected(cfg) as private:
+    with _connected(cfg) as private:
         check_cluster(cfg, inputs.device_type)
         storage = cfg.ray.storage_path or str((Path(inputs.run_dir) / "ray").resolve())
         workers: Any = cfg.ray.num_workers
@@ -471,7 +468,6 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
                 # the drills' settings, from the driver's environment: a joined cluster's
                 # workers have its raylet's, where they were never set
                 "drills": {k: os.environ[k] for k in DRILL_ENVS if k in os.environ},
-                "stop_marker": str(stop.path) if private else None,
             },
             scaling_config=ScalingConfig(
                 num_workers=workers,
@@ -500,8 +496,6 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
         finally:  # Ray Train's handler (set on the main thread only) would outlive the run
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGINT, on_sigint)
-            if private:  # whatever still trains ends now, not after Ray's daemons shut down
-                stop.leave()
         if result.error is not None:
             raise LaunchError(f"training failed: {worker_failures(result.error)}")
         if result.checkpoint is None:
