@@ -31,7 +31,7 @@ from dist_train.data.reader import (
     steps_per_epoch,
 )
 from dist_train.data.synthetic import generate
-from dist_train.data.validation import BadInputError, BadInputPolicy, SchemaCheck
+from dist_train.data.validation import BadInputCounts, BadInputError, BadInputPolicy, SchemaCheck
 from dist_train.devices import DeviceError, DeviceType, local_gpus, resolve_device
 from dist_train.embedding.layout import build_layout
 from dist_train.launchers.processes import RankError, run_processes
@@ -62,20 +62,25 @@ def prepare_inputs(cfg: JobConfig) -> WorkerInputs:
     else:
         train_path, test_path = cfg.data.train_path, cfg.data.test_path
     policy = BadInputPolicy.for_job(cfg)
-    train, test = check_inputs(cfg, train_path, test_path, policy)
-    return WorkerInputs(train, test, str(run_dir), file_counts=policy.counts)
+    train, test, test_files = check_inputs(cfg, train_path, test_path, policy)
+    return WorkerInputs(
+        train, test, str(run_dir), file_counts=policy.counts, test_file_counts=test_files
+    )
 
 
 def check_inputs(
     cfg: JobConfig, train_path: str, test_path: str, policy: BadInputPolicy
-) -> tuple[list[RowGroup], list[RowGroup]]:
+) -> tuple[list[RowGroup], list[RowGroup], BadInputCounts]:
     """Both splits' row groups, their files' footers and schemas checked under ``policy``
-    (the job's ``data.on_bad_input``), and the first epoch's steps (:func:`check_steps`)."""
+    (the job's ``data.on_bad_input``), and the first epoch's steps (:func:`check_steps`);
+    then what ``policy`` counted in the test split's files."""
     builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
     schema = SchemaCheck(builder)  # one for both splits: their column types must agree
-    train, test = (list_row_groups(p, policy, schema) for p in (train_path, test_path))
+    train = list_row_groups(train_path, policy, schema)
+    before_test = policy.counts.copy()
+    test = list_row_groups(test_path, policy, schema)
     check_steps(cfg, train)
-    return train, test
+    return train, test, policy.counts.since(before_test)
 
 
 UNUSED_ROWS_WARNING = 0.10
@@ -280,7 +285,14 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
 
 
 def _skipped(summary: dict[str, Any]) -> str:
-    b = summary.get("bad_input") or {}
+    """Both splits' bad input, and the test split's share where it has any."""
+    line, test = _counts(summary.get("bad_input") or {}), summary.get("bad_input_test") or {}
+    if any(test.get(k) for k in ("rows_skipped_total", "files_skipped", "row_groups_skipped")):
+        line += f"; of them in the test files: {_counts(test)}"
+    return line
+
+
+def _counts(b: dict[str, Any]) -> str:
     return (
         # rows as read: an epoch that reads a bad row again counts it again (docs/data.md)
         f"{b.get('rows_skipped_total', 0):,} rows, {b.get('files_skipped', 0)} files, "

@@ -121,7 +121,7 @@ def _check_data(cfg: JobConfig, source: str, report: Report) -> None:
         return
     policy = BadInputPolicy.for_job(cfg)
     try:
-        train, test = check_inputs(cfg, local["train_path"], local["test_path"], policy)
+        train, test, _ = check_inputs(cfg, local["train_path"], local["test_path"], policy)
     except (DataSourceError, BadInputError) as err:
         # one file's problem, where a job stops at the first: skip's check names them all
         more = (

@@ -67,6 +67,14 @@ class BadInputCounts:
                 out.add_rows(reason, n)
         return out
 
+    def since(self, earlier: BadInputCounts) -> BadInputCounts:
+        """What was counted after ``earlier``, a copy of these counts taken before."""
+        out = BadInputCounts(self.files - earlier.files, self.row_groups - earlier.row_groups)
+        for reason, n in self.rows.items():
+            if n - earlier.rows.get(reason, 0):
+                out.add_rows(reason, n - earlier.rows.get(reason, 0))
+        return out
+
     def as_dict(self) -> dict[str, object]:
         return {
             "files_skipped": self.files,

@@ -69,7 +69,8 @@ class RunSummary(TrainFigures, EvalFigures):
     steps: int  # the global step reached (a resumed run's count from its checkpoint's)
     steps_this_launch: int  # the steps this launch trained: the rates' and examples' steps
     eval_seconds: float
-    bad_input: dict[str, Any]
+    bad_input: dict[str, Any]  # both splits'
+    bad_input_test: dict[str, Any]  # the test split's share
     device: str
     world_size: int
     num_nodes: int
@@ -96,6 +97,7 @@ class WorkerInputs:
     run_dir: str
     plan: JobPlan | None = None  # made on the driver; None = each rank plans for itself
     file_counts: BadInputCounts | None = None  # bad files the driver skipped
+    test_file_counts: BadInputCounts | None = None  # those of them in the test split
     resume: str | None = None  # a committed checkpoint to continue from
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # this launch's checkpoints
     verbosity: str = "normal"  # of the driver's console messages (quiet, normal, verbose)
@@ -171,7 +173,9 @@ def run_worker(
     trained = progress.figures()  # its clock stopped at the last epoch's end (not the save)
 
     eval_start = time.perf_counter()
+    before_test = policy.counts.copy()
     metrics = _evaluate(cfg, inputs.test_groups, trainer, policy, rank, world)
+    test_counts = _total_counts(policy.counts.since(before_test), inputs.test_file_counts)
     summary = RunSummary(
         steps=epochs.step,
         steps_this_launch=epochs.step - start.step,
@@ -179,6 +183,7 @@ def run_worker(
         **metrics.as_summary(),
         eval_seconds=time.perf_counter() - eval_start,
         bad_input=_total_counts(policy.counts, inputs.file_counts).as_dict(),
+        bad_input_test=test_counts.as_dict(),
         device=trainer.device.type,
         world_size=topo.world_size,
         num_nodes=topo.num_nodes,

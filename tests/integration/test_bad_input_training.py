@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 
 from dist_train.config import JobConfig, apply_overrides, parse_config
 from dist_train.data.synthetic import GeneratedData
-from dist_train.driver import run_job
+from dist_train.driver import print_summary, run_job
 from dist_train.launchers.processes import RankError
 from dist_train.train.loop import TrainingDiverged
 from tests.unit.test_bad_input import (
@@ -27,30 +28,52 @@ from tests.unit.test_bad_input import (
 
 
 def test_training_with_skip_reports_counts(
-    small_cfg: JobConfig, small_data: GeneratedData, tmp_path: Path
+    small_cfg: JobConfig,
+    small_data: GeneratedData,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """End to end on 2 ranks: a truncated file and bad rows are skipped and counted."""
+    """End to end on 2 ranks: a truncated file and bad rows are skipped and counted, those
+    of the test split apart too."""
     train = _copy_train(small_data, tmp_path)
     _truncated(train / "part-1.parquet")
     t = pq.read_table(train / "part-0.parquet")
     t = _set(t, "C3", [0, 1, 2], 10**9)  # outside C3's declared cardinality
     t = _set(t, "I1", [3], float("nan"))
     _rewrite(train / "part-0.parquet", t)
+    test = tmp_path / "test_copy"
+    shutil.copytree(small_data.test_dir, test)
+    first = sorted(test.glob("*.parquet"))[0]
+    _rewrite(first, _set(pq.read_table(first), "C3", [5, 6], 10**9))
+    shutil.copy(first, test / "zz-cut.parquet")
+    _truncated(test / "zz-cut.parquet")
     raw = apply_overrides(
-        _with(small_cfg, train, small_data.test_dir, "skip").model_dump(mode="json"),
-        ["launcher=processes"],
+        _with(small_cfg, train, test, "skip").model_dump(mode="json"), ["launcher=processes"]
     )
     summary = run_job(parse_config(raw))
     assert summary["bad_input"] == {
+        "files_skipped": 2,
+        "row_groups_skipped": 0,
+        "rows_skipped": {"dense_not_finite": 1, "id_out_of_range": 5},
+        "rows_skipped_total": 6,
+    }
+    assert summary["bad_input_test"] == {
         "files_skipped": 1,
         "row_groups_skipped": 0,
-        "rows_skipped": {"dense_not_finite": 1, "id_out_of_range": 3},
-        "rows_skipped_total": 4,
+        "rows_skipped": {"id_out_of_range": 2},
+        "rows_skipped_total": 2,
     }
     assert summary["steps"] == (ROWS_PER_FILE - 4) // (2 * 256)
     saved = json.loads((Path(raw["output_dir"]) / "default" / "summary.json").read_text())
-    assert saved["bad_input"]["files_skipped"] == 1
+    assert saved["bad_input"]["files_skipped"] == 2
+    assert saved["bad_input_test"]["rows_skipped_total"] == 2
     assert np.isfinite(summary["test_auc"])
+    print_summary(summary, tmp_path)
+    assert (
+        "bad input skipped 6 rows, 2 files, 0 row groups ({'dense_not_finite': 1, "
+        "'id_out_of_range': 5}); of them in the test files: 2 rows, 1 files, 0 row groups "
+        "({'id_out_of_range': 2})"
+    ) in capsys.readouterr().out
 
 
 def test_a_resumed_run_counts_each_bad_row_once(
