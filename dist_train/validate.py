@@ -28,7 +28,7 @@ from dist_train.config import (
     resolve_paths,
 )
 from dist_train.data.reader import DataSourceError, resolve_files
-from dist_train.data.validation import BadInputError, BadInputPolicy
+from dist_train.data.validation import BadInputError, BadInputPolicy, FooterRowsError
 from dist_train.devices import DeviceError, DeviceType, resolve_device
 from dist_train.driver import check_inputs
 from dist_train.embedding.layout import build_layout
@@ -126,7 +126,9 @@ def _check_data(cfg: JobConfig, source: str, report: Report) -> None:
         # one file's problem, where a job stops at the first: skip's check names them all
         more = (
             " (the first found: `--set data.on_bad_input=skip` lists every bad file)"
-            if policy.mode == "error" and isinstance(err, BadInputError)
+            if policy.mode == "error"
+            and isinstance(err, BadInputError)
+            and not isinstance(err, FooterRowsError)
             else ""
         )
         report.problems.append(f"{source}: data: {err}{more}")

@@ -227,6 +227,8 @@ def list_row_groups(
                     raise
                 policy.file_problem(str(err))
                 continue
+        if policy is not None:
+            policy.check_footer(f, meta)
         groups += [
             RowGroup(f, i, g.num_rows, g.total_byte_size)
             for i, g in enumerate(listed)

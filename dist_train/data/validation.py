@@ -9,6 +9,8 @@ Row problems (per row group, before batching):
 
 File problems (before training, from footers): unreadable or truncated file, empty file,
 schema differing from the first file, missing column, wrong type.
+Under ``error``, the row problems a footer's statistics show (ids beyond a cardinality,
+null or out-of-range labels) are found there too, before training.
 
 ``on_bad_input: error`` raises :class:`BadInputError` naming file, row group, column and the
 first bad row; ``skip`` drops the rows (or files) and counts them by reason.
@@ -16,11 +18,13 @@ first bad row; ``skip`` drops the rows (or files) and counts them by reason.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch.distributed as dist
 
 from dist_train.config import FeatureConfig, JobConfig
@@ -39,6 +43,11 @@ from dist_train.logs import LOG
 
 class BadInputError(ValueError):
     """Input data that cannot be trained on; the message names the file and column."""
+
+
+class FooterRowsError(BadInputError):
+    """A row group whose footer statistics show a bad row (:meth:`BadInputPolicy.check_footer`):
+    under ``skip`` its rows are dropped as they are read, not its file."""
 
 
 class InputReadError(BadInputError):
@@ -235,6 +244,44 @@ class BadInputPolicy:
             self.counts.row_groups += 1
             LOG.warning(f"skipping bad input: {message}")
 
+    def check_footer(self, path: str, meta: pq.FileMetaData) -> None:
+        """Under ``error``, raise for a row group whose footer statistics already show a bad
+        row (an id outside its feature's cardinality, a null label, a label outside [0, 1]),
+        so that the job stops before it trains rather than at that row, hours in, or at
+        evaluation; ``skip`` drops such rows as they are read. Files without statistics
+        are checked as they are read."""
+        if self.mode != "error":
+            return
+        leaves: dict[str, list[int]] = {}
+        for i in range(meta.num_columns):
+            leaves.setdefault(meta.schema.column(i).path, []).append(i)
+        for group in range(meta.num_row_groups):
+            for column, detail in self._footer_problems(meta.row_group(group), leaves):
+                raise FooterRowsError(
+                    f"{path} (row group {group}): column {column!r}: {detail}, by the file's "
+                    "footer statistics (set data.on_bad_input: skip to drop such rows)"
+                )
+
+    def _footer_problems(
+        self, group: pq.RowGroupMetaData, leaves: dict[str, list[int]]
+    ) -> Iterator[tuple[str, str]]:
+        label = _statistics(group, leaves, self.label_column, nested=False)
+        if label is not None and label.null_count:
+            yield self.label_column, f"{label.null_count} null label(s)"
+        if label is not None and label.has_min_max and not 0 <= label.min <= label.max <= 1:
+            yield self.label_column, f"labels from {label.min} to {label.max}, expected 0 or 1"
+        for f in self.features:
+            if f.cardinality is None:
+                continue
+            ids = _statistics(group, leaves, f.source_column, nested=True)
+            if ids is None or not ids.has_min_max or type(ids.min) is not int:
+                continue
+            if ids.min < 0 or ids.max >= f.cardinality:
+                yield (
+                    f.source_column,
+                    f"ids from {ids.min} to {ids.max}, outside [0, {f.cardinality})",
+                )
+
     def clean(self, table: pa.Table, source: str, count: bool = True) -> pa.Table:
         """``table`` without its bad rows (skip), or the table itself (error: raises if bad).
 
@@ -257,6 +304,22 @@ class BadInputPolicy:
                 self.counts.add_rows(p.reason, int((p.mask & ~bad).sum()))
             bad |= p.mask
         return table.filter(pa.array(~bad))
+
+
+def _statistics(
+    group: pq.RowGroupMetaData, leaves: dict[str, list[int]], column: str, nested: bool
+) -> pq.Statistics | None:
+    """The statistics of ``column``'s one leaf in ``group``: the column itself, or with
+    ``nested``, a list's values (``C3.list.element``: one level below the column, whatever
+    the writer named it); None where the footer has none, or the leaf is not found alone."""
+    found = leaves.get(column, [])
+    if not found and nested:
+        prefix = column + "."
+        found = [i for path, ids in leaves.items() if path.startswith(prefix) for i in ids]
+    if len(found) != 1:
+        return None
+    chunk = group.column(found[0])
+    return chunk.statistics if chunk.is_stats_set else None
 
 
 def read_alike(t: pa.DataType) -> str:

@@ -177,12 +177,18 @@ def test_bad_input_is_not_replayed_by_ray_restarts(
 ) -> None:
     """A bad row under `error` with Ray's restarts on: each restarted group resumed the same
     checkpoint and met the same row, without end at `ray.max_failures=-1`. The failing rank
-    records the error; the restarted group finds it and ends, naming the row's file."""
+    records the error; the restarted group finds it and ends, naming the row's file. (The
+    file has no statistics, from which the driver would name the row group before training.)"""
     from dist_train.launchers.ray_train import LaunchError
 
     train = _copy_train(small_data, tmp_path)
     t = pq.read_table(train / "part-1.parquet")
-    _rewrite(train / "part-1.parquet", _set(t, "label", [t.num_rows - 5], 7))
+    pq.write_table(
+        _set(t, "label", [t.num_rows - 5], 7),
+        train / "part-1.parquet",
+        row_group_size=1024,
+        write_statistics=False,
+    )
     raw = apply_overrides(
         _with(small_cfg, train, small_data.test_dir, "error").model_dump(mode="json"),
         ["ray.max_failures=-1", "checkpoint.every_steps=2", f"output_dir={tmp_path / 'out'}"],

@@ -276,6 +276,56 @@ def test_row_problem_skip_drops_exactly_the_bad_rows(
     assert policy.counts.rows == {reason: len(rows)}
 
 
+# what a footer's statistics show of each row problem (the first bad row group's)
+FOOTER_SHOWS = {
+    "label_null": "1 null label(s)",
+    "label_outside_0_1": "labels from 0 to 2, expected 0 or 1",
+    "negative_id": "ids from -5 to ",
+    "id_too_large": "ids from 0 to 100, outside [0, 100)",
+    "list_id_out_of_range": "ids from 1 to 5000, outside [0, 5000)",
+}
+
+
+@pytest.mark.parametrize("name", list(ROW_PROBLEMS))
+def test_error_stops_before_training_where_the_footer_shows_a_bad_row(
+    name: str, small_cfg: JobConfig, small_data: GeneratedData, tmp_path: Path
+) -> None:
+    """Under `error`, ids outside a cardinality and bad labels are found in the footer's
+    statistics as the files are listed, before any training (a test file's, after the whole
+    of training): the error names file, row group and column. NaN and inf, which statistics
+    leave out, and files without statistics, are found as their rows are read."""
+    column = ROW_PROBLEMS[name][0]
+    path = _damaged_rows(small_data, tmp_path, name)
+    error = BadInputPolicy.for_job(small_cfg)
+    if name not in FOOTER_SHOWS:
+        assert len(list_row_groups(str(path), error)) == 4
+        return
+    with pytest.raises(BadInputError) as err:
+        list_row_groups(str(path), error)
+    msg = str(err.value)
+    assert f"{path} (row group 0): column {column!r}: {FOOTER_SHOWS[name]}" in msg, msg
+    assert "footer statistics (set data.on_bad_input: skip" in msg
+    skip = BadInputPolicy(
+        "skip", "label", small_cfg.data.resolved_dense_columns(), small_cfg.features
+    )
+    assert len(list_row_groups(str(path), skip)) == 4  # its rows dropped as they are read
+    pq.write_table(pq.read_table(path), path, row_group_size=1024, write_statistics=False)
+    assert len(list_row_groups(str(path), error)) == 4
+
+
+def test_a_bad_test_id_stops_the_job_before_training(
+    small_cfg: JobConfig, small_data: GeneratedData, tmp_path: Path
+) -> None:
+    """A test file's id beyond its feature's cardinality (collisionless: a row no table
+    has) stopped the job at evaluation, after training; now the driver names it first."""
+    test = tmp_path / "test_copy"
+    shutil.copytree(small_data.test_dir, test)
+    first = sorted(test.glob("*.parquet"))[0]
+    _rewrite(first, _set(pq.read_table(first), "C3", [1500], 10**6))
+    with pytest.raises(BadInputError, match=rf"{first} \(row group 1\): column 'C3': ids"):
+        prepare_inputs(_with(small_cfg, small_data.train_dir, test, "error"))
+
+
 def test_clean_data_has_no_problems(small_cfg: JobConfig, small_data: GeneratedData) -> None:
     policy = BadInputPolicy.for_job(small_cfg)
     assert _stream(small_cfg, small_data.train_dir / "part-0.parquet", policy) == ROWS_PER_FILE

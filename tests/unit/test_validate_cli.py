@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -167,6 +170,27 @@ def test_validate_checks_the_jobs_data_as_training_would(
         assert main(["validate", str(job), "--set", change]) == 1, change
         err = capsys.readouterr().err
         assert f"PROBLEM  {job}: data" in err and why in err, err
+    # a test file's id beyond its cardinality, from its footer: before, the run found it
+    # at evaluation, after training; skip drops such rows, not files (no hint of files)
+    first = sorted(data.test_dir.glob("*.parquet"))[0]
+    table = pq.read_table(first)
+    ids = table["C3"].to_pylist()
+    ids[3] = 10**6
+    column = pa.array(ids, type=table.schema.field("C3").type)
+    bad = table.set_column(table.schema.get_field_index("C3"), "C3", column)
+    pq.write_table(bad, first, row_group_size=1024)
+    assert main(["validate", str(job)]) == 1
+    err = capsys.readouterr().err
+    assert re.search(
+        re.escape(f"PROBLEM  {job}: data: {first} (row group 0): column 'C3': ids from ")
+        + r"\d+"
+        + re.escape(
+            " to 1000000, outside [0, 1000), by the file's footer statistics (set "
+            "data.on_bad_input: skip to drop such rows)\n"
+        ),
+        err,
+    ), err
+    pq.write_table(table, first, row_group_size=1024)
     # ~ is the home folder, as the driver reads it ("no Parquet files found")
     monkeypatch.setenv("HOME", str(tmp_path))
     home = ["--set", "data.train_path=~/data/train", "--set", "data.test_path=~/data/test"]
