@@ -187,6 +187,19 @@ def _train(args: argparse.Namespace) -> int:
         return train_and_report(cfg)
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    cfg = _load(args.config, args.set)
+    if cfg is None:
+        return 2
+    from dist_train.launchers.rank_server import rank_server_started
+
+    with rank_server_started(TRAIN_WORKER_MODULE) if _cpu_ranks(cfg) else contextlib.nullcontext():
+        _import_torch()
+        from dist_train.evaluate import evaluate_and_report
+
+        return evaluate_and_report(cfg, args.checkpoint, args.out)
+
+
 def _gen_data(args: argparse.Namespace) -> int:
     cfg = _load(args.config, args.set)
     if cfg is None:
@@ -584,6 +597,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH|latest",
         help="continue from a checkpoint (latest = newest under the run's dir)",
     )
+    p = sub.add_parser(
+        "evaluate",
+        help="a checkpoint's test AUC, log loss and NE on the job's (or other) test data",
+    )
+    p.add_argument(
+        "checkpoint",
+        metavar="PATH|latest",
+        help="a committed checkpoint (step-NNNNNNNN), or latest: the job's newest",
+    )
+    common(p)
+    p.add_argument(
+        "--out",
+        type=_folder_to_write,
+        help="folder for evaluation.json and metrics.jsonl (default: "
+        "<run>/evaluations/<checkpoint>); --set data.test_path=... evaluates other data",
+    )
     p = sub.add_parser("gen-data", help="write the synthetic Criteo-shaped dataset as Parquet")
     common(p)
     p.add_argument(
@@ -847,6 +876,8 @@ def _stdout_reader_gone() -> bool:
 def _command(args: argparse.Namespace) -> int:
     if args.command == "train":
         return _train(args)
+    if args.command == "evaluate":
+        return _evaluate(args)
     if args.command == "gen-data":
         return _gen_data(args)
     if args.command == "bench":

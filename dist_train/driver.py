@@ -38,10 +38,12 @@ from dist_train.launchers.processes import RankError, run_processes
 from dist_train.logs import LOG, setup_logging, verbosity, worded_for_users
 from dist_train.stopping import stopped_by_sigterm
 from dist_train.train.checkpointing import resume_point
-from dist_train.train.loop import TrainingDiverged, WorkerInputs, run_worker
+from dist_train.train.evaluation import run_evaluation
+from dist_train.train.loop import TrainingDiverged, run_worker
 from dist_train.train.progress import strict_json
 from dist_train.train.sharding import JobPlan, optimizer_notes, plan_for_config
 from dist_train.train.trainer import make_batch_builder
+from dist_train.train.worker_inputs import WorkerInputs
 from planners.topology import TopologyError
 from planners.types import PlanningError
 
@@ -56,16 +58,22 @@ def prepare_inputs(cfg: JobConfig) -> WorkerInputs:
     """
     run_dir = cfg.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.data.train_path is None or cfg.data.test_path is None:
-        data = generate(cfg.data.synthetic, run_dir / "data", progress=verbosity() != "quiet")
-        train_path, test_path = str(data.train_dir), str(data.test_dir)
-    else:
-        train_path, test_path = cfg.data.train_path, cfg.data.test_path
+    train_path, test_path = data_paths(cfg)
     policy = BadInputPolicy.for_job(cfg)
     train, test, test_files = check_inputs(cfg, train_path, test_path, policy)
     return WorkerInputs(
         train, test, str(run_dir), file_counts=policy.counts, test_file_counts=test_files
     )
+
+
+def data_paths(cfg: JobConfig) -> tuple[str, str]:
+    """The job's training and test data: ``data.train_path`` and ``data.test_path``, or
+    without them the synthetic data in the run's folder, generated there on first use."""
+    if cfg.data.train_path is not None and cfg.data.test_path is not None:
+        return cfg.data.train_path, cfg.data.test_path
+    out = cfg.run_dir.resolve() / "data"
+    data = generate(cfg.data.synthetic, out, progress=verbosity() != "quiet")
+    return str(data.train_dir), str(data.test_dir)
 
 
 def check_inputs(
@@ -200,7 +208,10 @@ def _process_worker(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
     # Plain processes share this machine; ray.num_nodes splits them into simulated nodes.
     rank = int(os.environ["RANK"])
     per_node = cfg.ray.num_workers // (cfg.ray.num_nodes or 1)
-    return dict(run_worker(cfg, inputs, f"local-node-{rank // per_node}"))
+    node = f"local-node-{rank // per_node}"
+    if inputs.evaluate_only:
+        return dict(run_evaluation(cfg, inputs, node))
+    return dict(run_worker(cfg, inputs, node))
 
 
 RAY_ONLY = ("address", "min_workers", "max_failures", "autoscaling", "storage_path")
@@ -219,6 +230,29 @@ def _warn_ray_only(cfg: JobConfig) -> None:
             f"launcher=processes runs every rank on this machine without Ray: "
             f"{', '.join(unused)} take no effect (launcher=ray uses them)"
         )
+
+
+def launch(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
+    """Run ``inputs`` on the job's workers with its launcher; rank 0's summary."""
+    if cfg.launcher == "ray":
+        # Ray takes seconds to import; plain-process runs never need it.
+        from dist_train.launchers.ray_train import launch_ray
+
+        return launch_ray(cfg, inputs)
+    _warn_ray_only(cfg)
+    try:
+        return run_processes(
+            _process_worker,
+            (cfg, inputs),
+            cfg.ray.num_workers,
+            cfg.ray.threads_per_worker,
+            inputs.device_type,
+            cfg.ray.pins_cores(owns_machine=True),  # the job's processes own this machine
+        )[0]
+    except RankError as err:  # a divergence is itself under either launcher
+        if err.kind == TrainingDiverged.__name__:
+            raise TrainingDiverged(err.detail) from None
+        raise
 
 
 def run_job(cfg: JobConfig) -> dict[str, Any]:
@@ -246,27 +280,7 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
         f"row groups, {cfg.ray.num_workers} workers via {cfg.launcher}"
     )
     launch_unix = time.time()
-    if cfg.launcher == "processes":
-        _warn_ray_only(cfg)
-    if cfg.launcher == "ray":
-        # Ray takes seconds to import; plain-process runs never need it.
-        from dist_train.launchers.ray_train import launch_ray
-
-        summary = launch_ray(cfg, inputs)
-    else:
-        try:
-            summary = run_processes(
-                _process_worker,
-                (cfg, inputs),
-                cfg.ray.num_workers,
-                cfg.ray.threads_per_worker,
-                device,
-                cfg.ray.pins_cores(owns_machine=True),  # the job's processes own this machine
-            )[0]
-        except RankError as err:  # a divergence is itself under either launcher
-            if err.kind == TrainingDiverged.__name__:
-                raise TrainingDiverged(err.detail) from None
-            raise
+    summary = launch(cfg, inputs)
     if inputs.resume and not summary.get("steps_this_launch"):
         LOG.warning(
             f"nothing left to train: {inputs.resume} is at step {summary['steps']}, the end "
@@ -286,13 +300,14 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
 
 def _skipped(summary: dict[str, Any]) -> str:
     """Both splits' bad input, and the test split's share where it has any."""
-    line, test = _counts(summary.get("bad_input") or {}), summary.get("bad_input_test") or {}
+    line, test = skipped_counts(summary.get("bad_input") or {}), summary.get("bad_input_test") or {}
     if any(test.get(k) for k in ("rows_skipped_total", "files_skipped", "row_groups_skipped")):
-        line += f"; of them in the test files: {_counts(test)}"
+        line += f"; of them in the test files: {skipped_counts(test)}"
     return line
 
 
-def _counts(b: dict[str, Any]) -> str:
+def skipped_counts(b: dict[str, Any]) -> str:
+    """A summary's ``bad_input`` counts as the summary line prints them."""
     return (
         # rows as read: an epoch that reads a bad row again counts it again (docs/data.md)
         f"{b.get('rows_skipped_total', 0):,} rows, {b.get('files_skipped', 0)} files, "
@@ -351,7 +366,7 @@ def train_and_report(cfg: JobConfig) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # noqa: BLE001 - the CLI reports any failure and exits non-zero
-        print(f"error: {_what_failed(err)}", file=sys.stderr)
+        print(f"error: {what_failed(err)}", file=sys.stderr)
         hint = where_to_resume(cfg, err)
         if hint:
             print(hint, file=sys.stderr)
@@ -360,7 +375,8 @@ def train_and_report(cfg: JobConfig) -> int:
     return 0
 
 
-def _what_failed(err: Exception) -> str:
+def what_failed(err: Exception) -> str:
+    """``err`` as the line the commands print after ``error:``."""
     return describe_failure(err) or f"{type(err).__name__}: {err}"
 
 

@@ -36,7 +36,7 @@ from dist_train.train.faults import DRILL_ENVS
 from planners.cores import usable_cores
 
 if TYPE_CHECKING:
-    from dist_train.train.loop import WorkerInputs
+    from dist_train.train.worker_inputs import WorkerInputs
 
 
 class LaunchError(RuntimeError):
@@ -104,6 +104,7 @@ def _ray_worker(payload: dict[str, Any]) -> None:
     from dist_train.data.reader import DataSourceError
     from dist_train.data.validation import BadInputError, InputReadError
     from dist_train.train.checkpointing import failed_before, record_failure, restart_point
+    from dist_train.train.evaluation import run_evaluation
     from dist_train.train.loop import TrainingDiverged, run_worker
 
     # errors of the run itself, not of a worker or its machine: a restarted group resuming
@@ -135,9 +136,16 @@ def _ray_worker(payload: dict[str, Any]) -> None:
             cfg = cfg.model_copy(update={"sharding": sharding})
     node_id = ray.get_runtime_context().get_node_id()
     try:
-        run_worker(
-            cfg, inputs, node_id, report=_report, checkpointed=_checkpoint_reporter(inputs.run_id)
-        )
+        if inputs.evaluate_only:
+            run_evaluation(cfg, inputs, node_id, report=_report)
+        else:
+            run_worker(
+                cfg,
+                inputs,
+                node_id,
+                report=_report,
+                checkpointed=_checkpoint_reporter(inputs.run_id),
+            )
     except Exception as error:
         if isinstance(error, repeats) and not isinstance(error, InputReadError):
             record_failure(cfg, inputs.run_id, dist.get_rank(), error)

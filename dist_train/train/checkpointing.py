@@ -114,11 +114,7 @@ def resume_point(
             _check_same_data(train_groups, meta, path)
     _check_same_hashing(cfg, meta, path)
     _refuse_to_branch(cfg, root, path, position.step)
-    # another model (a table of other rows, another layer) failed only in the ranks, after
-    # Ray had started, once a rank; the planner's model on the meta device holds the shapes
-    with torch.device("meta"):
-        model = build_model(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
-    checkpoint.check_model_shapes(path, meta, model.state_dict())
+    _check_same_model(cfg, meta, path)
     LOG.info(f"resuming from {path}")
     plan = job_plan.placements() if job_plan is not None else None
     if meta.get("world_size") != cfg.ray.num_workers or (plan and meta.get("sharding") != plan):
@@ -130,6 +126,31 @@ def resume_point(
             f"{'/'.join(now) or 'the workers plan'}"
         )
     return str(path)
+
+
+def evaluation_point(cfg: JobConfig, which: str) -> Location:
+    """``which`` (a committed checkpoint, or ``latest``: the job's newest) checked to load
+    into this job's model on its ranks, as a resume is; nothing in its folder is touched."""
+    path = checkpoint.resolve(cfg, which)
+    if path is None:
+        raise checkpoint.CheckpointError(
+            f"no committed checkpoint under {checkpoint.checkpoint_root(cfg)} to evaluate "
+            "(`latest` is the job's newest: check --config, --set name=... or "
+            "checkpoint.dir, or give a checkpoint's path)"
+        )
+    meta = checkpoint.read_meta(path)
+    checkpoint.check_compatible(meta, path, cfg.ray.num_workers)
+    _check_same_hashing(cfg, meta, path)
+    _check_same_model(cfg, meta, path)
+    return path
+
+
+def _check_same_model(cfg: JobConfig, meta: dict[str, Any], path: Location) -> None:
+    # another model (a table of other rows, another layer) failed only in the ranks, after
+    # Ray had started, once a rank; the planner's model on the meta device holds the shapes
+    with torch.device("meta"):
+        model = build_model(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
+    checkpoint.check_model_shapes(path, meta, model.state_dict())
 
 
 def _refuse_to_overwrite(cfg: JobConfig, root: Location) -> None:

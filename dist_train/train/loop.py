@@ -14,36 +14,26 @@ from __future__ import annotations
 import math
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import torch.distributed as dist
 
 from dist_train.config import JobConfig
 from dist_train.data.memory import reuse_freed_memory
-from dist_train.data.reader import (
-    DataSourceError,
-    RowGroup,
-    assign_row_groups,
-    eval_steps,
-    padded,
-    prefetch,
-)
-from dist_train.data.rows import Rows
-from dist_train.data.validation import BadInputCounts, BadInputPolicy, across_ranks
+from dist_train.data.validation import BadInputPolicy
 from dist_train.devices import rank_device
 from dist_train.logs import setup_logging
 from dist_train.models.dot_interaction import implementation_on
 from dist_train.train.audit import StepAudit
 from dist_train.train.checkpointing import Checkpoints
 from dist_train.train.epochs import Epochs
-from dist_train.train.metrics import EvalFigures, EvalMetrics
+from dist_train.train.evaluation import evaluate_test_rows, total_counts
+from dist_train.train.metrics import EvalFigures
 from dist_train.train.progress import Progress, TrainFigures
-from dist_train.train.rank_layout import RankLayout, RankLayoutError, discover_rank_layout
-from dist_train.train.sharding import JobPlan
+from dist_train.train.rank_layout import RankLayout, check_landing, discover_rank_layout
 from dist_train.train.trainer import Trainer
+from dist_train.train.worker_inputs import WorkerInputs
 from planners.cores import cpu_list, process_cores
 
 
@@ -88,22 +78,6 @@ class RunSummary(TrainFigures, EvalFigures):
 Report = Callable[[RunSummary], None]
 
 
-@dataclass(frozen=True)
-class WorkerInputs:
-    """What the driver hands every worker: the listed row groups and where to write."""
-
-    train_groups: list[RowGroup]
-    test_groups: list[RowGroup]
-    run_dir: str
-    plan: JobPlan | None = None  # made on the driver; None = each rank plans for itself
-    file_counts: BadInputCounts | None = None  # bad files the driver skipped
-    test_file_counts: BadInputCounts | None = None  # those of them in the test split
-    resume: str | None = None  # a committed checkpoint to continue from
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # this launch's checkpoints
-    verbosity: str = "normal"  # of the driver's console messages (quiet, normal, verbose)
-    device_type: str = "cpu"  # where the ranks train (train.device, resolved by the driver)
-
-
 def run_worker(
     cfg: JobConfig,
     inputs: WorkerInputs,
@@ -121,7 +95,7 @@ def run_worker(
     rank, world = dist.get_rank(), dist.get_world_size()
     reuse_freed_memory()  # row groups decode into MBs of short-lived arrays
     topo = discover_rank_layout(node_id)
-    _check_landing(cfg, inputs.plan, topo, world)
+    check_landing(cfg, inputs.plan, topo, world)
     device = rank_device(inputs.device_type)
     trainer = Trainer.build(cfg, inputs.plan, device, topo.local_world_size)
     policy = BadInputPolicy.for_job(cfg)
@@ -174,15 +148,15 @@ def run_worker(
 
     eval_start = time.perf_counter()
     before_test = policy.counts.copy()
-    metrics = _evaluate(cfg, inputs.test_groups, trainer, policy, rank, world)
-    test_counts = _total_counts(policy.counts.since(before_test), inputs.test_file_counts)
+    metrics = evaluate_test_rows(cfg, inputs.test_groups, trainer, policy, rank, world)
+    test_counts = total_counts(policy.counts.since(before_test), inputs.test_file_counts)
     summary = RunSummary(
         steps=epochs.step,
         steps_this_launch=epochs.step - start.step,
         **trained,
         **metrics.as_summary(),
         eval_seconds=time.perf_counter() - eval_start,
-        bad_input=_total_counts(policy.counts, inputs.file_counts).as_dict(),
+        bad_input=total_counts(policy.counts, inputs.file_counts).as_dict(),
         bad_input_test=test_counts.as_dict(),
         device=trainer.device.type,
         world_size=topo.world_size,
@@ -251,63 +225,3 @@ def _log_start(
         + (", TorchRec train pipeline" if trainer.pipelined else "")
         + (f", {interaction} dot interaction" if interaction else ""),
     )
-
-
-def _total_counts(local: BadInputCounts, driver: BadInputCounts | None) -> BadInputCounts:
-    return (driver or BadInputCounts()).merge(across_ranks(local))
-
-
-def _check_landing(cfg: JobConfig, plan: JobPlan | None, topo: RankLayout, world: int) -> None:
-    """Fail, saying how the workers landed, if that does not match the config or the plan."""
-    if cfg.ray.num_nodes is not None and topo.num_nodes != cfg.ray.num_nodes:
-        raise RankLayoutError(
-            f"the job asks for {cfg.ray.num_nodes} nodes but its {world} workers landed on "
-            f"{topo.num_nodes} ({topo.local_world_size} ranks each); check ray.num_nodes, "
-            "cpus_per_worker and the nodes' CPU counts"
-        )
-    if plan is not None and plan.hierarchical and plan.local_world_size != topo.local_world_size:
-        raise RankLayoutError(
-            f"the plan puts {plan.local_world_size} ranks on a node but the workers landed "
-            f"{topo.local_world_size} per node on {topo.num_nodes} node(s); set ray.num_nodes "
-            "to match the cluster"
-        )
-
-
-def _evaluate(
-    cfg: JobConfig,
-    groups: list[RowGroup],
-    trainer: Trainer,
-    policy: BadInputPolicy,
-    rank: int,
-    world: int,
-) -> EvalMetrics:
-    """Metrics over every test row: ranks read their row groups in order, padded to equal
-    step counts (collectives need them) with rows that do not count."""
-    builder = trainer.batch_builder()
-    batch_size = cfg.train.eval_batch_size
-    assignment = assign_row_groups(groups, world, cfg.seed, 0, shuffle=False)
-
-    def rows(of: list[RowGroup], checks: BadInputPolicy) -> Iterator[tuple[Rows, str]]:
-        return builder.stream(of, batch_size, checks, drop_last=False)
-
-    # Rows that pad the ranks with fewer steps: the first batch that reads cleanly, checked
-    # like every other (a corrupt one is named, or skipped without counting it twice).
-    scan = BadInputPolicy.for_job(cfg)
-    filler = next((block for block, _ in rows(groups, scan)), None)
-    if filler is None:  # every rank finds none: the same scan of every test file
-        raise DataSourceError(
-            f"no test row to evaluate: all of the {sum(g.num_rows for g in groups):,} rows of "
-            f"the {len({g.path for g in groups})} test file(s) ({groups[0].path}, ...) were "
-            f"skipped as bad input ({scan.counts.as_dict()['rows_skipped']}). Training "
-            "finished and its checkpoints are saved; check data.test_path"
-        )
-    steps = eval_steps(assignment, batch_size)
-    eval_batches = prefetch(
-        (
-            (builder.to_batch(block), valid)
-            for block, valid in padded(rows(assignment[rank], policy), batch_size, steps, filler)
-        ),
-        cfg.train.prefetch_batches,
-        niceness=cfg.train.prefetch_niceness,
-    )
-    return trainer.evaluate(eval_batches)

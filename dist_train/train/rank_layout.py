@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from dist_train.config import JobConfig
+    from dist_train.train.sharding import JobPlan
 
 
 class RankLayoutError(RuntimeError):
@@ -69,3 +74,19 @@ def discover_rank_layout(node_id: str) -> RankLayout:
         NODE_RANK=str(topo.node_rank),
     )
     return topo
+
+
+def check_landing(cfg: JobConfig, plan: JobPlan | None, topo: RankLayout, world: int) -> None:
+    """Fail, saying how the workers landed, if that does not match the config or the plan."""
+    if cfg.ray.num_nodes is not None and topo.num_nodes != cfg.ray.num_nodes:
+        raise RankLayoutError(
+            f"the job asks for {cfg.ray.num_nodes} nodes but its {world} workers landed on "
+            f"{topo.num_nodes} ({topo.local_world_size} ranks each); check ray.num_nodes, "
+            "cpus_per_worker and the nodes' CPU counts"
+        )
+    if plan is not None and plan.hierarchical and plan.local_world_size != topo.local_world_size:
+        raise RankLayoutError(
+            f"the plan puts {plan.local_world_size} ranks on a node but the workers landed "
+            f"{topo.local_world_size} per node on {topo.num_nodes} node(s); set ray.num_nodes "
+            "to match the cluster"
+        )

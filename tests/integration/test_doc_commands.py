@@ -68,6 +68,7 @@ SHRINK: dict[str, list[str]] = {
     "make test": [*NO_SETUP, "PYTEST_ARGS=--collect-only -q"],  # the suite itself: collected
     "validate": [],  # long only because it needs a trained checkpoint
     "export": [],  # likewise
+    "evaluate": TRAIN,  # likewise; plain processes start in seconds
     "calibrate": ["--ranks", "1"],
     "plan": ["--no-torchrec"],  # TorchRec's planner takes most of a 4,096-rank dry run
     "bench embeddings": ["--config", TINY, "--lrs", "0.05", "--set", "train.max_steps=4"],

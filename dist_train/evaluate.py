@@ -1,0 +1,104 @@
+"""``dist-train evaluate``: a committed checkpoint's test metrics, training nothing.
+
+The job's config says what to build and where its test data are (``--set
+data.test_path=...`` for other data: the next day's, say); the checkpoint is checked as a
+resume is (ranks, hashing, model shapes) before any worker starts, then loaded on the job's
+ranks with its launcher, resharded to their plan, and evaluated as training's last stage
+evaluates. Outputs go to their own folder, ``<run>/evaluations/<checkpoint>/`` by default:
+``evaluation.json`` and ``metrics.jsonl``; the training run's files are not touched.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from dist_train.config import ConfigError, JobConfig, resolve_paths
+from dist_train.data.reader import list_row_groups
+from dist_train.data.validation import BadInputPolicy, SchemaCheck
+from dist_train.driver import (
+    check_output_paths,
+    data_paths,
+    job_device,
+    launch,
+    plan_on_driver,
+    skipped_counts,
+    what_failed,
+)
+from dist_train.embedding.layout import build_layout
+from dist_train.logs import setup_logging, verbosity
+from dist_train.train.checkpointing import evaluation_point
+from dist_train.train.progress import strict_json
+from dist_train.train.trainer import make_batch_builder
+from dist_train.train.worker_inputs import WorkerInputs
+
+SUMMARY_FILE = "evaluation.json"
+
+
+def evaluate_checkpoint(cfg: JobConfig, which: str, out: str | None = None) -> dict[str, Any]:
+    """Evaluate ``which`` (a committed checkpoint's path, or ``latest``) on the job's test
+    data, on its ranks; the summary, also written to ``out``/evaluation.json (default:
+    ``<run>/evaluations/<checkpoint's folder name>``)."""
+    start = time.perf_counter()
+    setup_logging(verbosity())
+    cfg = resolve_paths(cfg)
+    check_output_paths(cfg)
+    device = job_device(cfg)
+    plan = plan_on_driver(cfg, device)
+    path = evaluation_point(cfg, which)
+    folder = Path(out) if out else cfg.run_dir / "evaluations" / path.name
+    folder = folder.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    _, test_path = data_paths(cfg)
+    policy = BadInputPolicy.for_job(cfg)
+    builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
+    test = list_row_groups(test_path, policy, SchemaCheck(builder))
+    inputs = WorkerInputs(
+        [],
+        test,
+        str(folder),
+        plan=plan,
+        file_counts=policy.counts,
+        resume=str(path),
+        verbosity=verbosity(),
+        device_type=device,
+        evaluate_only=True,
+    )
+    summary = launch(cfg, inputs)
+    summary["wall_seconds"] = time.perf_counter() - start
+    summary["output_dir"] = str(folder)
+    (folder / SUMMARY_FILE).write_text(strict_json(summary, indent=2))
+    return summary
+
+
+def evaluate_and_report(cfg: JobConfig, which: str, out: str | None = None) -> int:
+    """Evaluate and print the summary; 0 on success, 1 on a failure, 2 on a bad config (the
+    error, on stderr)."""
+    try:
+        summary = evaluate_checkpoint(cfg, which, out)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - the CLI reports any failure and exits non-zero
+        print(f"error: {what_failed(err)}", file=sys.stderr)
+        return 1
+    print_evaluation(summary)
+    return 0
+
+
+def print_evaluation(summary: dict[str, Any]) -> None:
+    print(
+        "\n== dist-train evaluation ==\n"
+        f"checkpoint        {summary['checkpoint']} (step {summary['step']})\n"
+        f"test AUC          {summary['test_auc']:.4f}\n"
+        f"test log loss     {summary['test_log_loss']:.4f}\n"
+        f"test NE           {summary['test_ne']:.4f}\n"
+        f"test examples     {summary['test_examples']:,} ({summary['world_size']} "
+        f"{summary['device'].upper()} ranks, {summary['eval_seconds']:.1f} s)\n"
+        f"wall time         {summary['wall_seconds']:.1f} s\n"
+        f"bad input skipped {skipped_counts(summary['bad_input'])}\n"
+        f"outputs           {summary['output_dir']}  ({SUMMARY_FILE}, metrics.jsonl)",
+        flush=True,
+    )
