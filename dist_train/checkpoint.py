@@ -83,6 +83,16 @@ class TrainPosition:
     plan: dict[str, Any] | None = None
 
 
+def raise_a_wrapped_stop(err: BaseException) -> None:
+    """Raise the Ctrl-C or SIGTERM (a KeyboardInterrupt; :class:`~dist_train.stopping.Terminated`
+    stays one) that DCP caught inside a read and wrapped in a CheckpointException: a stop,
+    which was reported as an unreadable checkpoint (exit 1, where a stop exits 130 or 143)."""
+    if isinstance(err, CheckpointException):
+        for failure, _ in err.failures.values():
+            if isinstance(failure, KeyboardInterrupt):
+                raise failure from None
+
+
 def reason(err: BaseException) -> str:
     """The last line of a DCP error: a CheckpointException carries every rank's traceback."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
@@ -433,6 +443,7 @@ def verify(path: Location) -> str:
     except CheckpointError:
         raise
     except (Exception, CheckpointException) as err:  # noqa: BLE001
+        raise_a_wrapped_stop(err)
         raise CheckpointError(f"{path}: unreadable checkpoint items ({reason(err)})") from None
     size = sum(int(d.get("bytes", 0)) for d in digests.values())
     return (
@@ -798,7 +809,9 @@ def load(trainer: Trainer, path: Location) -> TrainPosition:
     except CheckpointError:
         raise
     except (Exception, CheckpointException) as err:  # noqa: BLE001 - DCP raises many types
-        # (CheckpointException, which wraps a rank's failure, is a BaseException)
+        # (CheckpointException, which wraps a rank's failure, is a BaseException; DCP's
+        # collective load hands every rank the same one, so all stop alike)
+        raise_a_wrapped_stop(err)
         raise CheckpointError(f"{path}: cannot load checkpoint shards ({reason(err)})") from None
     unwrap(state, wrapped)
     trainer.model.load_state_dict(state["model"])

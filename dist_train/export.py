@@ -22,7 +22,14 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
 from dist_train import checkpoint_files
-from dist_train.checkpoint import META, CheckpointError, file_digests, read_meta, reason
+from dist_train.checkpoint import (
+    META,
+    CheckpointError,
+    file_digests,
+    raise_a_wrapped_stop,
+    read_meta,
+    reason,
+)
 from dist_train.checkpoint_files import SafeExportPlanner
 from dist_train.config import ConfigError, parse_config
 from dist_train.embedding.layout import build_layout
@@ -55,6 +62,7 @@ def load_unsharded(path: Location, meta: dict[str, Any]) -> dict[str, Any]:
         raise
     except (Exception, CheckpointException) as err:  # noqa: BLE001 - DCP raises many types
         # (CheckpointException, which wraps a rank's failure, is a BaseException)
+        raise_a_wrapped_stop(err)
         raise CheckpointError(f"{path}: cannot read checkpoint shards ({reason(err)})") from None
     return state
 

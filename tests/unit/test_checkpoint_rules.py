@@ -30,6 +30,7 @@ from dist_train.config import load_config, parse_config
 from dist_train.data.epoch_plan import EpochPlan
 from dist_train.data.reader import RowGroup, assign_row_groups, steps_per_epoch
 from dist_train.data.validation import BadInputPolicy
+from dist_train.stopping import Terminated
 from dist_train.train import epochs
 from dist_train.train.checkpointing import resume_point
 
@@ -778,3 +779,28 @@ def test_a_folder_refusing_writes_is_named_and_what_it_kept_is_not_called_remove
         resume_point(_job(tmp_path))
     assert remove_partials(root) == []
     assert (root / ".partial-step-00000004").is_dir()
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, Terminated])
+def test_a_stop_while_a_checkpoint_is_read_stays_a_stop(
+    one_rank: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: type[BaseException]
+) -> None:
+    """A Ctrl-C or SIGTERM while validate or export read the shards: DCP catches any
+    BaseException and wraps it, and it was reported as an unreadable checkpoint (exit 1,
+    where a stop exits 130 or 143)."""
+    from dist_train.checkpoint_files import _VerifiedFileSystemReader
+    from dist_train.export import load_unsharded
+
+    root = tmp_path / "checkpoints"
+    _saver(root).save(TrainPosition(step=4))
+    path = root / "step-00000004"
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise stop()
+
+    monkeypatch.setattr(_VerifiedFileSystemReader, "read_data", interrupted)
+    with pytest.raises(stop) as verifying:
+        checkpoint.verify(path)
+    with pytest.raises(stop) as exporting:
+        load_unsharded(path, read_meta(path))
+    assert type(verifying.value) is type(exporting.value) is stop
