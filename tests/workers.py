@@ -432,3 +432,25 @@ def killed_on_rank_1_midway() -> dict[str, Any]:
             os.kill(os.getpid(), signal.SIGKILL)
         dist.all_reduce(t)
     return {"ok": 1}
+
+
+def interrupted_on_rank_1(at: int) -> dict[str, Any]:
+    """Rank 1 gets a SIGINT of its own before all-reduce ``at`` of 50 (50: after the
+    last); rank 0's next collective, if any, then fails for want of its peer."""
+    t = torch.ones(1000)
+    for i in range(51):
+        if dist.get_rank() == 1 and i == at:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs at the next bytecode: it never gets here
+        if i < 50:
+            dist.all_reduce(t)
+    return {"ok": 1}
+
+
+def every_rank_interrupted() -> dict[str, Any]:
+    """Every rank gets a SIGINT of its own, then all-reduces: a driver that ignores SIGINT
+    (a background job of a script) has ranks that ignore it too."""
+    os.kill(os.getpid(), signal.SIGINT)
+    t = torch.ones(10)
+    dist.all_reduce(t)
+    return {"sum": float(t.sum())}

@@ -75,13 +75,16 @@ def _entry(
     fn: WorkerFn,
     args: tuple[Any, ...],
     result_dir: str,
-    driver: tuple[int, str | None],
+    driver: tuple[int, str | None, bool],
 ) -> None:
     # A forked rank inherits the server's environment, from when it started: use the caller's.
     os.environ.clear()
     os.environ.update(environ)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # the server ignores Ctrl-C
-    _end_with(*driver)
+    # The server ignores Ctrl-C; a rank takes it as its driver does: a driver that ignores
+    # it (a background job of a script) would have kept running without ranks that stopped
+    pid, started, ignores_sigint = driver
+    signal.signal(signal.SIGINT, signal.SIG_IGN if ignores_sigint else signal.default_int_handler)
+    _end_with(pid, started)
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -107,7 +110,7 @@ def _entry(
     try:
         try:
             out = fn(*args)
-        except Exception as err:
+        except (Exception, KeyboardInterrupt) as err:  # torch's spawn ends 0 on the latter
             _record_error(result_dir, rank, err)
             raise
         # A file, not a queue: a large result in a pipe deadlocks against join().
@@ -133,7 +136,8 @@ def _record_error(result_dir: str, rank: int, err: BaseException, stage: str = "
     """What the driver reports of a failed rank: its error, not its whole traceback, and
     when (:func:`_first_error`); whole or not at all, as the ranks left are stopped as soon
     as one fails."""
-    record = {"ns": time.time_ns(), "stage": stage, "type": type(err).__name__, "message": str(err)}
+    message = str(err) or ("interrupted (SIGINT)" if isinstance(err, KeyboardInterrupt) else "")
+    record = {"ns": time.time_ns(), "stage": stage, "type": type(err).__name__, "message": message}
     write_atomically(Path(result_dir) / f"rank{rank}.error", json.dumps(record))
 
 
@@ -240,7 +244,11 @@ def _run_ranks(
                 fn,
                 args,
                 result_dir,
-                (os.getpid(), _running_since(os.getpid())),
+                (
+                    os.getpid(),
+                    _running_since(os.getpid()),
+                    signal.getsignal(signal.SIGINT) is signal.SIG_IGN,
+                ),
             ),
             nprocs=world_size,
             join=False,
@@ -262,6 +270,10 @@ def _run_ranks(
             raise
         out = []
         for r in range(world_size):
+            if not (Path(result_dir) / f"rank{r}.json").is_file():  # it stopped, exit 0
+                raise _first_error(Path(result_dir), r) or RankError(
+                    f"rank {r} ended without a result"
+                )
             tensors = load_file(str(Path(result_dir) / f"rank{r}.safetensors"))
             out.append(
                 _decode(json.loads((Path(result_dir) / f"rank{r}.json").read_text()), tensors)

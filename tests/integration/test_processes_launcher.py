@@ -4,6 +4,7 @@ hands it over) as they are at that call, the thread count asked, and cores of th
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,9 @@ from dist_train.launchers.affinity import rank_cores
 from dist_train.launchers.processes import RankError, run_processes
 from planners.cores import process_cores
 from tests.workers import (
+    every_rank_interrupted,
     fails_on_rank_1_midway,
+    interrupted_on_rank_1,
     killed_on_rank_1_midway,
     tensors_sharing_memory,
     where_the_rank_runs,
@@ -67,6 +70,28 @@ def test_a_killed_rank_is_named_with_its_signal() -> None:
     printed as it was: no rank, no cause."""
     with pytest.raises(RankError, match=r"^rank 1 was killed by SIGKILL \(out of memory\?"):
         run_processes(killed_on_rank_1_midway, (), 2)
+
+
+@pytest.mark.parametrize("at", [25, 50])
+def test_a_rank_interrupted_alone_is_named(at: int) -> None:
+    """A SIGINT to one rank: torch's spawn ends it with status 0 and no result. Midway its
+    peer's 'Connection reset' was named instead; at the end the driver failed reading the
+    result file it never wrote (FileNotFoundError)."""
+    with pytest.raises(
+        RankError, match=r"^rank 1 failed: KeyboardInterrupt: interrupted \(SIGINT\)"
+    ):
+        run_processes(interrupted_on_rank_1, (at,), 2)
+
+
+def test_ranks_ignore_sigint_where_their_driver_does() -> None:
+    """A background job of a script ignores SIGINT (POSIX), and a Ctrl-C to the script's
+    process group stopped its ranks, not it: the driver failed (FileNotFoundError)."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        results = run_processes(every_rank_interrupted, (), 2)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert [r["sum"] for r in results] == [20.0, 20.0]
 
 
 def test_a_taken_rendezvous_port_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
