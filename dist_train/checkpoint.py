@@ -115,10 +115,12 @@ def _digits(text: str) -> bool:
 
 
 def committed(root: Location) -> list[Location]:
-    """Committed checkpoints under ``root`` (with their ``meta.json``), oldest step first."""
+    """Committed checkpoints under ``root`` (named as a save names them, with their
+    ``meta.json``), oldest step first. A user's ``step-1/`` holding a copy of one is not:
+    retention deleted it."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if step_of(p) >= 0 and (p / META).is_file()]
+    found = [p for p in root.iterdir() if _a_saves_name(p) and (p / META).is_file()]
     return sorted(found, key=step_of)
 
 

@@ -33,6 +33,7 @@ from typing import IO, Any, cast
 
 import torch
 import xxhash
+from fsspec.implementations.local import LocalFileSystem
 from torch.distributed._shard._utils import narrow_tensor_by_index
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
@@ -115,11 +116,21 @@ def refuse_irregular(path: str | os.PathLike[str]) -> None:
         raise CheckpointError(f"{path}: not a regular file")
 
 
+def local_path(loc: Location) -> Path | None:
+    """``loc`` on this machine's filesystem (a path, or a ``file://`` URL), else None."""
+    if isinstance(loc, os.PathLike):
+        return Path(loc)
+    return Path(loc.path) if isinstance(loc.fs, LocalFileSystem) else None
+
+
 @contextmanager
 def open_file(loc: Location) -> Iterator[IO[bytes]]:
-    """A checkpoint file, local (regular files only) or at a URL, for reading bytes."""
+    """A checkpoint file, local (regular files only, a ``file://`` URL's too) or at a URL,
+    for reading bytes."""
+    local = local_path(loc)
+    if local is not None:
+        refuse_irregular(local)
     if isinstance(loc, os.PathLike):
-        refuse_irregular(loc)
         with open(loc, "rb") as f:
             yield f
     else:
@@ -471,8 +482,10 @@ def reader(loc: Location, digests: FileDigests | None) -> StorageReader:
     """DCP's storage reader for ``loc`` that checks ``digests`` (None: a checkpoint saved
     before digests were recorded) and never unpickles code."""
     out: _VerifyingRead
+    local = local_path(loc)
+    if local is not None:  # a file:// URL's too: a pipe there hung the read
+        _check_regular(local, digests)
     if isinstance(loc, os.PathLike):
-        _check_regular(Path(loc), digests)
         out = _VerifiedFileSystemReader(str(loc))
     else:
         out = _VerifiedFsspecReader(loc.url)

@@ -15,7 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dist_train.checkpoint import CheckpointError, checkpoint_root, committed, step_of
+from dist_train.checkpoint import (
+    CheckpointError,
+    checkpoint_root,
+    committed,
+    step_of,
+)
+from dist_train.checkpoint import resolve as resolve_checkpoint
 from dist_train.config import (
     ConfigError,
     JobConfig,
@@ -264,6 +270,8 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
     setup_logging(verbosity())  # the console handler, at the level the command line set
     cfg = resolve_paths(cfg)
     check_output_paths(cfg)
+    if cfg.checkpoint.resume not in (None, "latest"):  # before data are generated, say
+        resolve_checkpoint(cfg, cfg.checkpoint.resume)
     device = job_device(cfg)
     job_plan = plan_on_driver(cfg, device)
     prepared = prepare_inputs(cfg)

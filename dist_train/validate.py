@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dist_train.checkpoint import META, CheckpointError, not_committed, verify
+from dist_train.checkpoint_files import METADATA
 from dist_train.config import (
     ConfigError,
     JobConfig,
@@ -246,6 +247,10 @@ def validate_files(paths: list[str], overrides: list[str] | None = None) -> Repo
     clusters: list[tuple[ClusterLimits, str, JobConfig | None]] = []
     for p in paths:
         path = Path(p)
+        if path.name == META and (path.parent / METADATA).is_file():
+            # a checkpoint's meta.json (its folder is the checkpoint): it read as a job
+            # config of a dozen unknown keys
+            p, path = str(path.parent), path.parent
         if "://" in p or (path / META).is_file():
             try:
                 report.ok.append(f"{p}: {verify(location(p))}")

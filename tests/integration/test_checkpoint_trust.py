@@ -26,6 +26,7 @@ from dist_train.checkpoint_files import file_digest
 from dist_train.config import load_config
 from dist_train.driver import run_job
 from dist_train.export import export
+from dist_train.storage import location
 from dist_train.train.faults import SAVE_FAULT_ENV
 
 TINY = Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny.yaml"
@@ -283,6 +284,23 @@ def test_export_and_resume_refuse_a_metadata_that_is_no_regular_file(
         (ckpt / ".metadata").symlink_to("/dev/zero")
     with pytest.raises(CheckpointError, match=r"\.metadata: not a regular file"):
         export(ckpt, tmp_path / "export")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("file", [".metadata", "__1_0.distcp"])
+def test_a_pipe_in_a_checkpoint_at_a_file_url_is_refused(
+    saved: Path, tmp_path: Path, file: str
+) -> None:
+    """Over a file:// URL, validate and export opened a named pipe and waited on it for
+    ever (the local path's check was the only one)."""
+    ckpt = _copy(saved, tmp_path)
+    (ckpt / file).unlink()
+    os.mkfifo(ckpt / file)
+    url = location(f"file://{ckpt}")
+    with pytest.raises(CheckpointError, match=rf"{re.escape(file)}: not a regular file"):
+        verify(url)
+    with pytest.raises(CheckpointError, match=rf"{re.escape(file)}: not a regular file"):
+        export(url, tmp_path / "export")
 
 
 def test_a_folder_the_reader_never_opens_does_not_stop_an_export(

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -804,3 +805,47 @@ def test_a_stop_while_a_checkpoint_is_read_stays_a_stop(
     with pytest.raises(stop) as exporting:
         load_unsharded(path, read_meta(path))
     assert type(verifying.value) is type(exporting.value) is stop
+
+
+def test_a_resume_from_no_checkpoint_fails_before_data_are_generated(tmp_path: Path) -> None:
+    """A mistyped --resume path failed after the synthetic data were written (250,000 rows
+    for the default job) and the checkpoint folder made."""
+    from dist_train.driver import run_job
+    from tests.conftest import small_config
+
+    cfg = small_config(tmp_path, ["launcher=processes", f"checkpoint.resume={tmp_path / 'nope'}"])
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 'nope'}: no such checkpoint folder"):
+        run_job(cfg)
+    assert not (tmp_path / "default" / "data").exists()
+
+
+def test_a_checkpoints_meta_json_validates_as_its_checkpoint(
+    one_rank: None, tmp_path: Path
+) -> None:
+    """`dist-train validate .../step-N/meta.json` read it as a job config: "invalid job
+    config (12 problem(s))", position and files unknown keys."""
+    from dist_train.validate import validate_files
+
+    root = tmp_path / "checkpoints"
+    _saver(root).save(TrainPosition(step=4))
+    report = validate_files([str(root / "step-00000004" / META)])
+    assert not report.problems
+    (line,) = report.ok
+    assert line.startswith(f"{root / 'step-00000004'}: checkpoint step 4: ")
+
+
+def test_a_users_copy_named_otherwise_is_no_checkpoint_of_the_run(
+    one_rank: None, tmp_path: Path
+) -> None:
+    """docs/checkpoint.md: a user's `step-1/` in the checkpoint folder stays. Holding a copy
+    of a checkpoint (meta.json included) it counted as committed: `latest` could pick it and
+    retention deleted it."""
+    root = tmp_path / "checkpoints"
+    _saver(root).save(TrainPosition(step=4))
+    shutil.copytree(root / "step-00000004", root / "step-1")
+    shutil.copytree(root / "step-00000004", root / "step-0000000009")
+    saver = _saver(root)
+    for step in (8, 12, 16):
+        saver.save(TrainPosition(step=step))
+    assert [p.name for p in committed(root)] == ["step-00000012", "step-00000016"]
+    assert (root / "step-1" / META).is_file() and (root / "step-0000000009" / META).is_file()
