@@ -88,8 +88,7 @@ def run_evaluation(
     )
     progress.log(
         {"event": "eval", **summary},
-        f"{inputs.resume} (step {position.step}): test AUC {metrics.auc:.4f} log loss "
-        f"{metrics.log_loss:.4f} NE {metrics.ne:.4f} on {metrics.num_examples:,} examples",
+        f"{inputs.resume} (step {position.step}): {metrics.describe()}",
     )
     if report is not None:
         report(summary)

@@ -171,11 +171,7 @@ def run_worker(
         embedding_parameters=trainer.layout.num_parameters,
         checkpoint=None if last_checkpoint is None else str(last_checkpoint),
     )
-    progress.log(
-        {"event": "eval", **summary},
-        f"test AUC {metrics.auc:.4f} log loss {metrics.log_loss:.4f} "
-        f"NE {metrics.ne:.4f} on {metrics.num_examples:,} examples",
-    )
+    progress.log({"event": "eval", **summary}, metrics.describe())
     if report is not None:
         report(summary)
     sys.stdout.flush()

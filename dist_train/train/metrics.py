@@ -77,6 +77,13 @@ class EvalMetrics:
             test_examples=self.num_examples,
         )
 
+    def describe(self) -> str:
+        """The progress line's words for these metrics."""
+        return (
+            f"test AUC {self.auc:.4f} log loss {self.log_loss:.4f} NE {self.ne:.4f} on "
+            f"{self.num_examples:,} examples"
+        )
+
     @classmethod
     def of(cls, labels: np.ndarray, logits: np.ndarray) -> EvalMetrics:
         """The metrics of predictions with ``logits`` against 0/1 ``labels``."""
