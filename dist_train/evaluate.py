@@ -15,12 +15,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dist_train.checkpoint import checkpoint_root
 from dist_train.config import ConfigError, JobConfig, resolve_paths
-from dist_train.data.reader import list_row_groups
+from dist_train.data.reader import (
+    READ_ERRORS,
+    DataSourceError,
+    list_row_groups,
+    open_parquet,
+    resolve_files,
+)
+from dist_train.data.synthetic import generated
 from dist_train.data.validation import BadInputPolicy, SchemaCheck
 from dist_train.driver import (
     check_output_paths,
-    data_paths,
     job_device,
     launch,
     plan_on_driver,
@@ -45,16 +52,26 @@ def evaluate_checkpoint(cfg: JobConfig, which: str, out: str | None = None) -> d
     setup_logging(verbosity())
     cfg = resolve_paths(cfg)
     check_output_paths(cfg)
+    if which != "latest" and "://" not in which:  # the workers run in another folder (Ray)
+        which = str(Path(which).expanduser().absolute())
+    chosen = Path(out).expanduser().absolute() if out else None
+    if chosen is not None:
+        _check_out(cfg, chosen)
     device = job_device(cfg)
     plan = plan_on_driver(cfg, device)
     path = evaluation_point(cfg, which)
-    folder = Path(out) if out else cfg.run_dir / "evaluations" / path.name
-    folder = folder.resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    _, test_path = data_paths(cfg)
+    folder = chosen or (cfg.run_dir / "evaluations" / path.name).absolute()
+    if isinstance(path, Path) and folder.is_relative_to(path.absolute()):
+        raise ConfigError(
+            f"--out {folder}: inside the checkpoint it evaluates; name a folder outside it"
+        )
+    train_path, test_path = _data_paths(cfg)
     policy = BadInputPolicy.for_job(cfg)
     builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
-    test = list_row_groups(test_path, policy, SchemaCheck(builder))
+    schema = SchemaCheck(builder)
+    _read_id_types_of_training(train_path, schema)
+    test = list_row_groups(test_path, policy, schema)
+    folder.mkdir(parents=True, exist_ok=True)
     inputs = WorkerInputs(
         [],
         test,
@@ -71,6 +88,54 @@ def evaluate_checkpoint(cfg: JobConfig, which: str, out: str | None = None) -> d
     summary["output_dir"] = str(folder)
     (folder / SUMMARY_FILE).write_text(strict_json(summary, indent=2))
     return summary
+
+
+def _check_out(cfg: JobConfig, out: Path) -> None:
+    """ConfigError for an ``--out`` that would clobber what is not an evaluation's: a file,
+    the run's own folder (its metrics.jsonl), or a folder among its checkpoints (a committed
+    one's file check would fail, and retention would delete it)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: a file, not a folder; name a folder")
+    if out == cfg.run_dir.absolute():
+        raise ConfigError(
+            f"--out {out}: the run's own folder (its metrics.jsonl would be replaced); name "
+            "another, or leave --out out for <run>/evaluations/<checkpoint>"
+        )
+    root = checkpoint_root(cfg)
+    if isinstance(root, Path) and out.is_relative_to(root.absolute()):
+        raise ConfigError(f"--out {out}: inside the job's checkpoint folder {root}; name another")
+
+
+def _data_paths(cfg: JobConfig) -> tuple[str, str]:
+    """The job's data; for synthetic data, those its run generated (an evaluation never
+    writes data: a changed spec would rewrite the training run's files)."""
+    if cfg.data.train_path is not None and cfg.data.test_path is not None:
+        return cfg.data.train_path, cfg.data.test_path
+    folder = cfg.run_dir / "data"
+    data = generated(cfg.data.synthetic, folder)
+    if data is None:
+        raise DataSourceError(
+            f"{folder}: no synthetic data of this job's data.synthetic settings: evaluate "
+            "reads the data its run generated, and never writes any. Train the job first, or "
+            "set data.train_path and data.test_path"
+        )
+    return str(data.train_dir), str(data.test_dir)
+
+
+def _read_id_types_of_training(train_path: str, schema: SchemaCheck) -> None:
+    """Set ``schema``'s id column types from the first training file's footer: test ids of
+    another type (strings for integers) hash to other rows than training's, and would be
+    evaluated silently wrong."""
+    try:
+        first = resolve_files(train_path)[0]
+        found = open_parquet(first).metadata.schema.to_arrow_schema()
+    except DataSourceError as err:
+        raise DataSourceError(
+            f"the training files, whose id types the test files' must match: {err}"
+        ) from None
+    except READ_ERRORS as err:
+        raise DataSourceError(f"{first}: not a readable Parquet file ({err})") from None
+    schema(first, found)
 
 
 def evaluate_and_report(cfg: JobConfig, which: str, out: str | None = None) -> int:

@@ -217,6 +217,16 @@ def _check_memory(cardinalities: list[int]) -> None:
         )
 
 
+def generated(cfg: SyntheticDataConfig, out_dir: str | Path) -> GeneratedData | None:
+    """The dataset :func:`generate` wrote under ``out_dir`` for ``cfg``, whole; None where it
+    is not there, not whole, or of another spec."""
+    out = Path(out_dir)
+    spec = {**cfg.model_dump(mode="json"), "format": _FORMAT}
+    data = GeneratedData(out / "train", out / "test")
+    whole = (out / SPEC_FILE).is_file() and _recorded(out / SPEC_FILE) == spec
+    return data if whole and _whole(data, cfg) else None
+
+
 def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = True) -> GeneratedData:
     """Write ``train/part-*.parquet`` and ``test/part-0.parquet`` under ``out_dir``.
 

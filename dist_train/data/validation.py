@@ -268,7 +268,9 @@ class BadInputPolicy:
         label = _statistics(group, leaves, self.label_column, nested=False)
         if label is not None and label.null_count:
             yield self.label_column, f"{label.null_count} null label(s)"
-        if label is not None and label.has_min_max and not 0 <= label.min <= label.max <= 1:
+        # numbers only: a float16 column's statistics are bytes
+        numeric = label is not None and label.has_min_max and isinstance(label.min, int | float)
+        if label is not None and numeric and not 0 <= label.min <= label.max <= 1:
             yield self.label_column, f"labels from {label.min} to {label.max}, expected 0 or 1"
         for f in self.features:
             if f.cardinality is None:

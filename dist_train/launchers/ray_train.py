@@ -493,6 +493,7 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
                 logging_config=LoggingConfig(log_level="WARNING"),  # type: ignore[call-arg]
             ),
         )
+        work = "evaluation" if inputs.evaluate_only else "training"  # for its errors
         on_sigint = signal.getsignal(signal.SIGINT)
         try:
             result = trainer.fit()
@@ -500,14 +501,14 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
             raise KeyboardInterrupt from err
         except Exception as err:  # Ray wraps worker errors; surface the root cause
             _raise_divergence(err)
-            raise LaunchError(f"training failed: {worker_failures(err)}") from err
+            raise LaunchError(f"{work} failed: {worker_failures(err)}") from err
         finally:  # Ray Train's handler (set on the main thread only) would outlive the run
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGINT, on_sigint)
         if result.error is not None:
-            raise LaunchError(f"training failed: {worker_failures(result.error)}")
+            raise LaunchError(f"{work} failed: {worker_failures(result.error)}")
         if result.checkpoint is None:
-            raise LaunchError("training finished without reporting a summary")
+            raise LaunchError(f"{work} finished without reporting a summary")
         with result.checkpoint.as_directory() as path:
             summary = dict(json.loads((Path(path) / SUMMARY_FILE).read_text()))
         if FAILED in summary:  # a restarted group found the failure recorded
@@ -517,7 +518,7 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
             if kind == TrainingDiverged.__name__:
                 raise TrainingDiverged(message)
             raise LaunchError(
-                f"training failed: {kind}: {message} (the restarted worker group stopped: it "
+                f"{work} failed: {kind}: {message} (the restarted worker group stopped: it "
                 "would meet the same error again)"
             )
         return summary

@@ -91,10 +91,94 @@ def test_what_cannot_be_evaluated_is_named_before_any_worker_starts(
         assert not (tmp_path / "default" / "evaluations").exists()
 
 
-def test_evaluate_under_ray(trained: dict[str, object], tmp_path: Path) -> None:
-    """The same evaluation from Ray Train's workers."""
+def test_evaluate_under_ray(
+    trained: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same evaluation from Ray Train's workers, of a checkpoint named by a relative
+    path (Ray runs its workers in a folder of its own, where the path named nothing)."""
+    monkeypatch.chdir(tmp_path)
+    relative = Path(str(trained["checkpoint"])).relative_to(tmp_path)
     out = tmp_path / "ray-eval"
-    assert _evaluate(tmp_path, "latest", "--set", "launcher=ray", "--out", str(out)) == 0
+    args = ["--set", "launcher=ray", "--out", str(out)]
+    assert _evaluate(tmp_path, str(relative), *args) == 0
     summary = json.loads((out / "evaluation.json").read_text())
     assert summary["test_auc"] == pytest.approx(trained["test_auc"], abs=1e-6)
-    assert summary["world_size"] == 2
+    assert summary["world_size"] == 2 and summary["checkpoint"] == trained["checkpoint"]
+
+
+def test_an_out_folder_that_would_clobber_the_run_is_refused(
+    trained: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--out the run's folder emptied its metrics.jsonl; inside a checkpoint it broke the
+    checkpoint's file check; a file failed after planning."""
+    run_dir = Path(str(trained["run_dir"]))
+    log = (run_dir / "metrics.jsonl").read_bytes()
+    checkpoint = Path(str(trained["checkpoint"]))
+    (tmp_path / "a-file").write_text("")
+    for out, why in [
+        (run_dir, "the run's own folder"),
+        (checkpoint / "eval", "inside the job's checkpoint folder"),
+        (tmp_path / "a-file", "a file, not a folder"),
+    ]:
+        capsys.readouterr()
+        assert _evaluate(tmp_path, "latest", "--out", str(out)) == 2, out
+        assert why in capsys.readouterr().err
+    assert (run_dir / "metrics.jsonl").read_bytes() == log
+    assert not (checkpoint / "eval").exists()
+
+
+def test_test_ids_of_another_type_than_trainings_are_refused(
+    trained: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Test ids cast to strings hash to other rows than training's integers: evaluate gave
+    a lower AUC, silently (validate and training refuse such files)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    raw = yaml.safe_load((tmp_path / CONFIG).read_text())
+    test = tmp_path / "string-ids"
+    test.mkdir()
+    for f in Path(raw["data"]["test_path"]).glob("*.parquet"):
+        table = pq.read_table(f)
+        i = table.schema.get_field_index("C3")
+        column = pa.array([str(v) for v in table["C3"].to_pylist()])
+        pq.write_table(table.set_column(i, "C3", column), test / f.name)
+    capsys.readouterr()
+    assert _evaluate(tmp_path, "latest", "--set", f"data.test_path={test}") == 1
+    err = capsys.readouterr().err
+    assert "schema mismatch: column 'C3' is string here but int64 in " in err, err
+    assert "train" in err.split("int64 in ")[1]
+
+
+def test_evaluate_never_writes_synthetic_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A job on generated data evaluates the data its run generated; with other
+    data.synthetic settings it regenerated them in the run's folder, under the run."""
+    from tests.conftest import small_config
+
+    cfg = small_config(tmp_path, ["launcher=processes"])
+    raw = cfg.model_dump(mode="json")
+    (tmp_path / CONFIG).write_text(yaml.safe_dump(raw))
+    capsys.readouterr()
+    assert _evaluate(tmp_path, "latest") == 1  # nothing trained, nothing generated
+    assert not (tmp_path / "default" / "data").exists()
+    summary = run_job(cfg)
+    data = tmp_path / "default" / "data"
+    files = {p: p.stat().st_mtime_ns for p in data.rglob("*")}
+    assert _evaluate(tmp_path, "latest") == 0
+    assert (
+        json.loads(
+            (
+                Path(str(summary["run_dir"]))
+                / "evaluations"
+                / Path(str(summary["checkpoint"])).name
+                / "evaluation.json"
+            ).read_text()
+        )["test_auc"]
+        == summary["test_auc"]
+    )
+    capsys.readouterr()
+    assert _evaluate(tmp_path, "latest", "--set", "data.synthetic.num_test_rows=2048") == 1
+    assert "no synthetic data of this job's data.synthetic settings" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in data.rglob("*")} == files

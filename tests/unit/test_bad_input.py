@@ -313,6 +313,19 @@ def test_error_stops_before_training_where_the_footer_shows_a_bad_row(
     assert len(list_row_groups(str(path), error)) == 4
 
 
+def test_the_footer_check_reads_only_numbers_of_labels(
+    small_cfg: JobConfig, small_data: GeneratedData, tmp_path: Path
+) -> None:
+    """A float16 label column's statistics are bytes (Parquet's fixed-length binary): the
+    footer check compared them with 0 and crashed a job that trains (TypeError)."""
+    path = tmp_path / "f16.parquet"
+    t = pq.read_table(small_data.train_dir / "part-0.parquet")
+    i = t.schema.get_field_index("label")
+    half = pa.array(np.asarray(t["label"].to_numpy(), dtype=np.float16))
+    _rewrite(path, t.set_column(i, "label", half))
+    assert len(list_row_groups(str(path), BadInputPolicy.for_job(small_cfg))) == 4
+
+
 def test_a_bad_test_id_stops_the_job_before_training(
     small_cfg: JobConfig, small_data: GeneratedData, tmp_path: Path
 ) -> None:

@@ -804,7 +804,9 @@ def test_a_stop_while_a_checkpoint_is_read_stays_a_stop(
         checkpoint.verify(path)
     with pytest.raises(stop) as exporting:
         load_unsharded(path, read_meta(path))
-    assert type(verifying.value) is type(exporting.value) is stop
+    with pytest.raises(stop) as loading:  # a resume's, an evaluation's
+        checkpoint.load(_Trainer(1), path)
+    assert type(verifying.value) is type(exporting.value) is type(loading.value) is stop
 
 
 def test_a_resume_from_no_checkpoint_fails_before_data_are_generated(tmp_path: Path) -> None:
