@@ -205,7 +205,8 @@ def private_ray(**init_kwargs: Any) -> Iterator[None]:
     os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"  # ignored by ray.init(address="local")
     on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
-        _init_keeping_sigterm(address="local", **init_kwargs)
+        with _daemons_in_own_sessions():
+            _init_keeping_sigterm(address="local", **init_kwargs)
         _restore({GCS_PORT_ENV: saved[GCS_PORT_ENV]})
         os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
         try:
@@ -216,6 +217,49 @@ def private_ray(**init_kwargs: Any) -> Iterator[None]:
         if on_sigterm is not None:  # None: not set from Python, nothing to put back
             signal.signal(signal.SIGTERM, on_sigterm)
         _restore(saved)
+
+
+@contextlib.contextmanager
+def _daemons_in_own_sessions() -> Iterator[None]:
+    """Ray's daemons started in the block (GCS, raylet, dashboard, log monitor, ...) each in
+    a session of its own, out of the driver's process group (the raylet starts the workers
+    in process groups of their own already): a SIGTERM to that group (``kill -- -PGID``, a
+    shell's job control) then reaches the driver alone, and stops the run as ``kill PID``
+    does (a stop of a whole cgroup, systemd's default, still reaches them). In the group,
+    the daemons' own handling of it raced: where the raylet unregistered its node before
+    the GCS stopped, it stopped its workers and exited within about 0.1 s, taking the
+    plasma store with it, and Ray's core worker in the driver ended the process with
+    _exit(1) before any Python ran (no line); where the GCS stopped first, the raylet waited
+    on it about 7 s while the workers trained on. Ray blocks SIGINT in its daemons, for
+    Ctrl-C's sake (``start_ray_process``), but not SIGTERM.
+
+    Only where the kernel ends them with the driver (Linux's PR_SET_PDEATHSIG, which Ray
+    then sets for them, and starts no reaper): Ray's reaper process, used otherwise, ends a
+    dead driver's daemons by signalling its own process group, so they must stay in it (as
+    on Windows, where Ray gives them process groups of their own only in the same case)."""
+    try:
+        import ray._private.services as services
+        import ray._private.utils as ray_utils
+    except ImportError:  # Ray reorganised its private modules: as Ray starts them
+        yield
+        return
+    popen = getattr(services, "ConsolePopen", None)
+    fate_shared = getattr(ray_utils, "detect_fate_sharing_support", lambda: False)
+    if sys.platform == "win32" or not isinstance(popen, type) or not fate_shared():
+        yield
+        return
+
+    class OwnSessionPopen(popen):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("start_new_session", True)
+            super().__init__(*args, **kwargs)
+
+    # what start_ray_process starts each daemon with, looked up at each start
+    services.ConsolePopen = OwnSessionPopen  # type: ignore[misc, assignment]
+    try:
+        yield
+    finally:
+        services.ConsolePopen = popen  # type: ignore[misc, assignment]
 
 
 def _init_keeping_sigterm(**init_kwargs: Any) -> None:

@@ -121,21 +121,25 @@ def test_quiet_and_verbose_set_what_the_console_shows(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("launcher", "stop", "code"),
+    ("launcher", "stop", "code", "group"),
     [
-        ("processes", signal.SIGTERM, 143),
-        ("processes", signal.SIGKILL, -9),
-        ("ray", signal.SIGTERM, 143),
+        ("processes", signal.SIGTERM, 143, False),
+        ("processes", signal.SIGKILL, -9, False),
+        ("ray", signal.SIGTERM, 143, False),
+        ("ray", signal.SIGTERM, 143, True),
     ],
 )
-def test_a_driver_stopped_alone_stops_its_ranks(
-    tmp_path: Path, launcher: str, stop: int, code: int
+def test_a_stopped_driver_stops_its_ranks(
+    tmp_path: Path, launcher: str, stop: int, code: int, group: bool
 ) -> None:
     """`kill PID` (or docker stop) of the driver alone: its plain-process ranks, which are
     the forkserver's children, trained on to the end before, unseen, and its temporary
     results directory stayed behind. After a SIGKILL, which it cannot handle, the ranks
     notice it is gone. With embedded Ray, Ray's own SIGTERM handler exited 1, as a failed
-    run does."""
+    run does. A SIGTERM to the driver's process group (`kill -- -PGID`) also reached
+    embedded Ray's daemons: the workers trained on for about 7 s while they shut down, or,
+    where the raylet exited first, the driver exited 1 with no line (its core worker lost
+    the plasma store); they now run in sessions of their own."""
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     metrics = tmp_path / "tiny" / "metrics.jsonl"
@@ -156,6 +160,7 @@ def test_a_driver_stopped_alone_stops_its_ranks(
         stderr=said.open("w"),
         # (not for Ray: its sockets under a test's long TMPDIR exceed Unix's path limit)
         env={**os.environ, **({"TMPDIR": str(tmp)} if launcher == "processes" else {})},
+        start_new_session=group,  # a process group of its own, to signal as a whole
     )
     try:
         deadline = time.monotonic() + 300
@@ -164,9 +169,16 @@ def test_a_driver_stopped_alone_stops_its_ranks(
         ):
             assert driver.poll() is None and time.monotonic() < deadline, "no step 20"
             time.sleep(0.2)
-        driver.send_signal(stop)
+        if group:
+            os.killpg(driver.pid, stop)
+            time.sleep(2)  # the ranks stop within it, not after Ray's daemons' shutdown
+            stopped = metrics.stat().st_size
+        else:
+            driver.send_signal(stop)
         if stop == signal.SIGTERM:
             assert driver.wait(timeout=60) == code
+        if group:
+            assert metrics.stat().st_size == stopped, "the ranks trained on after the stop"
         # a SIGKILLed driver is left unreaped meanwhile (a zombie): gone all the same
         time.sleep(2 * DRIVER_CHECK_SECONDS)  # after a SIGKILL, the ranks' next check
         size = metrics.stat().st_size

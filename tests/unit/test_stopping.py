@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -73,6 +74,35 @@ def test_a_sigterm_that_rays_handler_took_during_ray_init_is_a_stop(
     assert stopped_by_sigterm(lambda: ray_train._init_keeping_sigterm() or 0) == EXIT_CODE
     assert capsys.readouterr().err == "stopped (SIGTERM)\n"
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_embedded_rays_daemons_start_out_of_the_drivers_process_group(tmp_path: Path) -> None:
+    """A SIGTERM to the driver's process group (`kill -- -PGID`) reached embedded Ray's
+    daemons too: the raylet, exiting at once where it beat the GCS's shutdown, took the
+    plasma store with it and the driver's core worker ended the process with exit 1 and no
+    line. Started in sessions of their own, they leave the signal to the driver."""
+    import ray
+    import ray._private.services as services
+
+    from dist_train.launchers import ray_train
+
+    if not ray._private.utils.detect_fate_sharing_support():
+        pytest.skip("no kernel fate-sharing: Ray's reaper needs its daemons in its group")
+    popen = services.ConsolePopen
+    said = tmp_path / "ids"
+    with ray_train._daemons_in_own_sessions(), said.open("w") as out:
+        # as Ray starts each daemon
+        started = services.start_ray_process(
+            [sys.executable, "-c", "import os; print(os.getsid(0), os.getpgrp())"],
+            "dist_train_test",
+            fate_share=True,
+            stdout_file=out,
+        )
+        assert started.process.wait(timeout=60) == 0
+    assert services.ConsolePopen is popen  # Ray's own again after the start
+    pid = str(started.process.pid)
+    assert said.read_text().split() == [pid, pid]  # a session, and so a group, of its own
+    assert os.getsid(0) != started.process.pid
 
 
 def test_a_ctrl_c_during_a_held_block_is_raised_after_it() -> None:
