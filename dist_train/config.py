@@ -1146,8 +1146,15 @@ def parse_with_overrides(raw: Any, source: str, overrides: list[str]) -> JobConf
     return parse_config(raw, source, overrides)
 
 
-def _absolute(path: str, base: Path) -> str:
-    """``path`` against ``base``; URLs stay URLs, ``~`` is expanded."""
+FILE_URL = "file://"
+
+
+def absolute_path(path: str, base: Path | None = None) -> str:
+    """``path`` against ``base`` (default: the working directory); URLs stay URLs, but a
+    relative ``file://`` one's path is made absolute too; ``~`` is expanded."""
+    base = base or Path.cwd()
+    if path.startswith(FILE_URL) and not path[len(FILE_URL) :].startswith("/"):
+        return FILE_URL + absolute_path(path[len(FILE_URL) :], base)
     if "://" in path:
         return path
     expanded = Path(path).expanduser()
@@ -1163,12 +1170,12 @@ def resolve_paths(cfg: JobConfig, base: Path | None = None) -> JobConfig:
     base = base or Path.cwd()
 
     def opt(path: str | None) -> str | None:
-        return None if path is None else _absolute(path, base)
+        return None if path is None else absolute_path(path, base)
 
     resume = cfg.checkpoint.resume
     return cfg.model_copy(
         update={
-            "output_dir": _absolute(cfg.output_dir, base),
+            "output_dir": absolute_path(cfg.output_dir, base),
             "data": cfg.data.model_copy(
                 update={
                     "train_path": opt(cfg.data.train_path),

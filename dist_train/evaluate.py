@@ -10,13 +10,14 @@ evaluates. Outputs go to their own folder, ``<run>/evaluations/<checkpoint>/`` b
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from dist_train.checkpoint import checkpoint_root
-from dist_train.config import ConfigError, JobConfig, resolve_paths
+from dist_train.checkpoint import META, checkpoint_root
+from dist_train.config import ConfigError, JobConfig, absolute_path, resolve_paths
 from dist_train.data.reader import (
     READ_ERRORS,
     DataSourceError,
@@ -25,7 +26,7 @@ from dist_train.data.reader import (
     resolve_files,
 )
 from dist_train.data.synthetic import generated
-from dist_train.data.validation import BadInputPolicy, SchemaCheck
+from dist_train.data.validation import BadInputError, BadInputPolicy, SchemaCheck
 from dist_train.driver import (
     check_output_paths,
     job_device,
@@ -36,6 +37,7 @@ from dist_train.driver import (
 )
 from dist_train.embedding.layout import build_layout
 from dist_train.logs import setup_logging, verbosity
+from dist_train.storage import Location
 from dist_train.train.checkpointing import evaluation_point
 from dist_train.train.progress import strict_json
 from dist_train.train.trainer import make_batch_builder
@@ -52,26 +54,26 @@ def evaluate_checkpoint(cfg: JobConfig, which: str, out: str | None = None) -> d
     setup_logging(verbosity())
     cfg = resolve_paths(cfg)
     check_output_paths(cfg)
-    if which != "latest" and "://" not in which:  # the workers run in another folder (Ray)
-        which = str(Path(which).expanduser().absolute())
-    chosen = Path(out).expanduser().absolute() if out else None
-    if chosen is not None:
-        _check_out(cfg, chosen)
+    if which != "latest":  # the workers run in another folder (Ray's)
+        which = absolute_path(which)
+    if out is not None:
+        _check_out(cfg, Path(out).expanduser().resolve())
     device = job_device(cfg)
     plan = plan_on_driver(cfg, device)
     path = evaluation_point(cfg, which)
-    folder = chosen or (cfg.run_dir / "evaluations" / path.name).absolute()
-    if isinstance(path, Path) and folder.is_relative_to(path.absolute()):
-        raise ConfigError(
-            f"--out {folder}: inside the checkpoint it evaluates; name a folder outside it"
-        )
     train_path, test_path = _data_paths(cfg)
+    folder = Path(out).expanduser().resolve() if out else cfg.run_dir / "evaluations" / path.name
+    _check_out(cfg, folder, path, test_path)
     policy = BadInputPolicy.for_job(cfg)
     builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
     schema = SchemaCheck(builder)
-    _read_id_types_of_training(train_path, schema)
+    _read_id_types_of_training(train_path, schema, policy)
     test = list_row_groups(test_path, policy, schema)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / SUMMARY_FILE).unlink(missing_ok=True)  # an earlier one, now out of date
+    except OSError as err:
+        raise ConfigError(f"--out {folder}: cannot write there ({err})") from None
     inputs = WorkerInputs(
         [],
         test,
@@ -85,25 +87,61 @@ def evaluate_checkpoint(cfg: JobConfig, which: str, out: str | None = None) -> d
     )
     summary = launch(cfg, inputs)
     summary["wall_seconds"] = time.perf_counter() - start
+    summary["test_path"] = test_path
     summary["output_dir"] = str(folder)
     (folder / SUMMARY_FILE).write_text(strict_json(summary, indent=2))
     return summary
 
 
-def _check_out(cfg: JobConfig, out: Path) -> None:
-    """ConfigError for an ``--out`` that would clobber what is not an evaluation's: a file,
-    the run's own folder (its metrics.jsonl), or a folder among its checkpoints (a committed
-    one's file check would fail, and retention would delete it)."""
+def _check_out(
+    cfg: JobConfig, out: Path, path: Location | None = None, test_path: str | None = None
+) -> None:
+    """ConfigError for an output folder (resolved) that would clobber what is not this
+    evaluation's: a file; a run's folder (its metrics.jsonl), a checkpoint or the job's
+    checkpoint folder (a committed one's file check would fail, retention would delete it),
+    a generated dataset's folder; the evaluation of another checkpoint (``path``) or of
+    other test data (``test_path``)."""
+    where = f"--out {out}" if path is None else f"{out}"
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: a file, not a folder; name a folder")
-    if out == cfg.run_dir.absolute():
-        raise ConfigError(
-            f"--out {out}: the run's own folder (its metrics.jsonl would be replaced); name "
-            "another, or leave --out out for <run>/evaluations/<checkpoint>"
-        )
+        raise ConfigError(f"{where}: a file, not a folder; name a folder")
     root = checkpoint_root(cfg)
-    if isinstance(root, Path) and out.is_relative_to(root.absolute()):
-        raise ConfigError(f"--out {out}: inside the job's checkpoint folder {root}; name another")
+    if isinstance(root, Path) and out.is_relative_to(root.resolve()):
+        raise ConfigError(f"{where}: inside the job's checkpoint folder {root}; name another")
+    if any((d / META).is_file() for d in (out, *out.parents)):
+        raise ConfigError(f"{where}: inside a checkpoint; name a folder outside it")
+    found = sorted(m for m in ("summary.json", "config.json", "dataset.json") if (out / m).exists())
+    if _a_runs_log(out / "metrics.jsonl"):
+        found.append("a training run's metrics.jsonl")
+    if found:
+        raise ConfigError(
+            f"{where}: holds {', '.join(found)}: a run's or a dataset's folder, not an "
+            "evaluation's; name another folder"
+        )
+    if path is None or not (out / SUMMARY_FILE).is_file():
+        return
+    try:
+        earlier = json.loads((out / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return  # unreadable: replaced
+    if isinstance(earlier, dict) and (
+        earlier.get("checkpoint") != str(path) or earlier.get("test_path") != test_path
+    ):
+        raise ConfigError(
+            f"{where} holds the evaluation of {earlier.get('checkpoint')} on "
+            f"{earlier.get('test_path')}; this one ({path} on {test_path}) would replace it: "
+            "give it a folder of its own (--out)"
+        )
+
+
+def _a_runs_log(path: Path) -> bool:
+    """Whether ``path`` is a training run's metrics.jsonl (its first record is not an
+    evaluation's, which is all an evaluation's log holds)."""
+    try:
+        with path.open() as f:
+            first = json.loads(f.readline() or "{}")
+    except (OSError, ValueError):
+        return path.exists()  # something else of that name: not ours to replace
+    return isinstance(first, dict) and bool(first) and first.get("event") != "eval"
 
 
 def _data_paths(cfg: JobConfig) -> tuple[str, str]:
@@ -114,7 +152,7 @@ def _data_paths(cfg: JobConfig) -> tuple[str, str]:
     folder = cfg.run_dir / "data"
     data = generated(cfg.data.synthetic, folder)
     if data is None:
-        raise DataSourceError(
+        raise ConfigError(
             f"{folder}: no synthetic data of this job's data.synthetic settings: evaluate "
             "reads the data its run generated, and never writes any. Train the job first, or "
             "set data.train_path and data.test_path"
@@ -122,20 +160,31 @@ def _data_paths(cfg: JobConfig) -> tuple[str, str]:
     return str(data.train_dir), str(data.test_dir)
 
 
-def _read_id_types_of_training(train_path: str, schema: SchemaCheck) -> None:
-    """Set ``schema``'s id column types from the first training file's footer: test ids of
-    another type (strings for integers) hash to other rows than training's, and would be
-    evaluated silently wrong."""
+def _read_id_types_of_training(
+    train_path: str, schema: SchemaCheck, policy: BadInputPolicy
+) -> None:
+    """Set ``schema``'s id column types from the first usable training file's footer (under
+    ``skip``, bad files passed over): test ids of another type (strings for integers) hash
+    to other rows than training's, and would be evaluated silently wrong."""
     try:
-        first = resolve_files(train_path)[0]
-        found = open_parquet(first).metadata.schema.to_arrow_schema()
+        files = resolve_files(train_path)
     except DataSourceError as err:
         raise DataSourceError(
-            f"the training files, whose id types the test files' must match: {err}"
+            f"the training files, whose id types the test files' must match: {err}; to "
+            "evaluate without them, set data.train_path to the test files (their id types "
+            "are then not checked against training's)"
         ) from None
-    except READ_ERRORS as err:
-        raise DataSourceError(f"{first}: not a readable Parquet file ({err})") from None
-    schema(first, found)
+    for file in files:
+        try:
+            schema(file, open_parquet(file).metadata.schema.to_arrow_schema())
+            return
+        except READ_ERRORS as err:
+            problem = f"{file}: not a readable Parquet file ({err})"
+        except BadInputError as err:
+            problem = str(err)
+        if policy.mode == "error":
+            raise BadInputError(problem)
+    raise DataSourceError(f"{train_path}: no training file to read the id types from")
 
 
 def evaluate_and_report(cfg: JobConfig, which: str, out: str | None = None) -> int:

@@ -25,8 +25,11 @@ def sigint_held() -> Iterator[None]:
     For the imports of torch and the libraries over it: a KeyboardInterrupt raised inside
     their C++ module set-up (pybind11) aborts the process ("terminate called after throwing
     an instance of 'pybind11::error_already_set'", killed by SIGABRT, maybe a core file)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may handle signals
+    if (
+        threading.current_thread() is not threading.main_thread()  # only it handles signals
+        or signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # a background job's: ignored
+    ):
+        yield
         return
     held: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))

@@ -227,7 +227,8 @@ def _check_same_hashing(cfg: JobConfig, meta: dict[str, Any], path: Location) ->
     raise checkpoint.CheckpointError(
         f"{path} was trained with other hashing of the features ({', '.join(changed)} "
         f"differ; first differing key: saved {first[0]!r}, now {first[1]!r}): its rows would "
-        "be looked up for other values. Resume with the saved values, or start a new run"
+        "be looked up for other values. Resume or evaluate it with the saved values, or start a "
+        "new run"
     )
 
 

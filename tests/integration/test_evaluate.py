@@ -110,21 +110,49 @@ def test_an_out_folder_that_would_clobber_the_run_is_refused(
     trained: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--out the run's folder emptied its metrics.jsonl; inside a checkpoint it broke the
-    checkpoint's file check; a file failed after planning."""
+    checkpoint's file check; a file failed after planning; links into either got past a
+    check of the paths as written."""
     run_dir = Path(str(trained["run_dir"]))
     log = (run_dir / "metrics.jsonl").read_bytes()
     checkpoint = Path(str(trained["checkpoint"]))
     (tmp_path / "a-file").write_text("")
+    (tmp_path / "to-run").symlink_to(run_dir)
+    (tmp_path / "to-checkpoint").symlink_to(checkpoint)
+    other_run = tmp_path / "elsewhere" / "other"
+    other_run.mkdir(parents=True)
+    (other_run / "metrics.jsonl").write_text('{"event": "start"}\n')
     for out, why in [
-        (run_dir, "the run's own folder"),
+        (run_dir, "holds config.json, summary.json, a training run's metrics.jsonl"),
+        (tmp_path / "to-run", "holds config.json, summary.json"),
+        (other_run, "holds a training run's metrics.jsonl"),
         (checkpoint / "eval", "inside the job's checkpoint folder"),
+        (tmp_path / "to-checkpoint" / "eval", "inside the job's checkpoint folder"),
         (tmp_path / "a-file", "a file, not a folder"),
     ]:
         capsys.readouterr()
         assert _evaluate(tmp_path, "latest", "--out", str(out)) == 2, out
-        assert why in capsys.readouterr().err
+        assert why in capsys.readouterr().err, out
     assert (run_dir / "metrics.jsonl").read_bytes() == log
+    assert (other_run / "metrics.jsonl").read_text() == '{"event": "start"}\n'
     assert not (checkpoint / "eval").exists()
+
+
+def test_an_evaluation_of_other_data_or_another_checkpoint_keeps_the_earlier_one(
+    trained: dict[str, object],
+    tmp_path: Path,
+    small_data: GeneratedData,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The default folder is named by the checkpoint's folder alone: another run's step-N,
+    or the same one on other data, replaced the earlier evaluation silently."""
+    assert _evaluate(tmp_path, "latest") == 0
+    folder = Path(str(trained["run_dir"])) / "evaluations" / Path(str(trained["checkpoint"])).name
+    first = (folder / "evaluation.json").read_text()
+    capsys.readouterr()
+    assert _evaluate(tmp_path, "latest", "--set", f"data.test_path={small_data.train_dir}") == 2
+    assert "would replace it: give it a folder of its own (--out)" in capsys.readouterr().err
+    assert (folder / "evaluation.json").read_text() == first
+    assert _evaluate(tmp_path, "latest") == 0  # the same again: replaced
 
 
 def test_test_ids_of_another_type_than_trainings_are_refused(
@@ -179,6 +207,29 @@ def test_evaluate_never_writes_synthetic_data(
         == summary["test_auc"]
     )
     capsys.readouterr()
-    assert _evaluate(tmp_path, "latest", "--set", "data.synthetic.num_test_rows=2048") == 1
+    assert _evaluate(tmp_path, "latest", "--set", "data.synthetic.num_test_rows=2048") == 2
     assert "no synthetic data of this job's data.synthetic settings" in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in data.rglob("*")} == files
+
+
+def test_the_id_types_come_from_the_first_usable_training_file(
+    trained: dict[str, object],
+    tmp_path: Path,
+    small_data: GeneratedData,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Under skip a job trains past a bad first file, and evaluate read only that file's
+    types; training files rotated away stopped it without a way on."""
+    import shutil
+
+    train = tmp_path / "train-with-junk"
+    shutil.copytree(small_data.train_dir, train)
+    (train / "a-junk.parquet").write_text("junk")
+    with_junk = ["--set", f"data.train_path={train}", "--out", str(tmp_path / "junk")]
+    assert _evaluate(tmp_path, "latest", *with_junk, "--set", "data.on_bad_input=skip") == 0
+    capsys.readouterr()
+    assert _evaluate(tmp_path, "latest", *with_junk) == 1
+    assert "a-junk.parquet: not a readable Parquet file" in capsys.readouterr().err
+    gone = ["--set", f"data.train_path={tmp_path / 'gone'}", "--out", str(tmp_path / "g")]
+    assert _evaluate(tmp_path, "latest", *gone) == 1
+    assert "set data.train_path to the test files" in capsys.readouterr().err

@@ -482,3 +482,13 @@ def test_a_collisionless_table_past_any_machine_is_named() -> None:
         load_config(
             overrides=[*over, "features.C4.cardinality=4503599627370496", "features.C4.chunks=64"]
         )
+
+
+def test_a_relative_file_url_is_made_absolute(tmp_path: Path) -> None:
+    """`file://out/...` named another folder in Ray's workers (they run elsewhere)."""
+    from dist_train.config import absolute_path
+
+    assert absolute_path("file://out/ckpt", tmp_path) == f"file://{tmp_path}/out/ckpt"
+    assert absolute_path("file:///abs/ckpt", tmp_path) == "file:///abs/ckpt"
+    assert absolute_path("s3://bucket/ckpt", tmp_path) == "s3://bucket/ckpt"
+    assert absolute_path("rel", tmp_path) == str(tmp_path / "rel")

@@ -120,3 +120,18 @@ def test_a_ctrl_c_during_a_held_block_is_raised_after_it() -> None:
     assert finished and signal.getsignal(signal.SIGINT) == before
     with sigint_held():  # no Ctrl-C: nothing raised
         pass
+
+
+def test_an_ignored_sigint_stays_ignored_in_a_held_block() -> None:
+    """A background job of a script ignores SIGINT: a Ctrl-C to its group during the
+    imports stopped it (the held block installed a handler), while one later did not."""
+    from dist_train.stopping import sigint_held
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with sigint_held():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
