@@ -11,6 +11,7 @@ evaluates. Outputs go to their own folder, ``<run>/evaluations/<checkpoint>/`` b
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -56,14 +57,15 @@ def evaluate_checkpoint(cfg: JobConfig, which: str, out: str | None = None) -> d
     check_output_paths(cfg)
     if which != "latest":  # the workers run in another folder (Ray's)
         which = absolute_path(which)
-    if out is not None:
-        _check_out(cfg, Path(out).expanduser().resolve())
+    chosen = _out_folder(out) if out is not None else None
+    if chosen is not None:
+        _check_out(cfg, chosen)
     device = job_device(cfg)
     plan = plan_on_driver(cfg, device)
     path = evaluation_point(cfg, which)
     train_path, test_path = _data_paths(cfg)
-    folder = Path(out).expanduser().resolve() if out else cfg.run_dir / "evaluations" / path.name
-    _check_out(cfg, folder, path, test_path)
+    folder = chosen or (cfg.run_dir / "evaluations" / path.name).resolve()
+    _check_earlier(folder, path, test_path, given=chosen is not None)
     policy = BadInputPolicy.for_job(cfg)
     builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
     schema = SchemaCheck(builder)
@@ -73,7 +75,7 @@ def evaluate_checkpoint(cfg: JobConfig, which: str, out: str | None = None) -> d
         folder.mkdir(parents=True, exist_ok=True)
         (folder / SUMMARY_FILE).unlink(missing_ok=True)  # an earlier one, now out of date
     except OSError as err:
-        raise ConfigError(f"--out {folder}: cannot write there ({err})") from None
+        raise ConfigError(f"{folder}: cannot write the evaluation there ({err})") from None
     inputs = WorkerInputs(
         [],
         test,
@@ -93,44 +95,63 @@ def evaluate_checkpoint(cfg: JobConfig, which: str, out: str | None = None) -> d
     return summary
 
 
-def _check_out(
-    cfg: JobConfig, out: Path, path: Location | None = None, test_path: str | None = None
-) -> None:
-    """ConfigError for an output folder (resolved) that would clobber what is not this
-    evaluation's: a file; a run's folder (its metrics.jsonl), a checkpoint or the job's
-    checkpoint folder (a committed one's file check would fail, retention would delete it),
-    a generated dataset's folder; the evaluation of another checkpoint (``path``) or of
-    other test data (``test_path``)."""
-    where = f"--out {out}" if path is None else f"{out}"
+def _out_folder(out: str) -> Path:
+    """``--out`` as a local folder, links resolved."""
+    if "://" in out:
+        raise ConfigError(f"--out {out}: a folder on this machine, not a URL")
+    try:
+        return Path(out).expanduser().resolve()
+    except (OSError, RuntimeError) as err:  # a loop of links
+        raise ConfigError(f"--out {out}: cannot resolve it ({err})") from None
+
+
+def _check_out(cfg: JobConfig, out: Path) -> None:
+    """ConfigError for an ``--out`` (resolved) that would clobber what is not an
+    evaluation's: a file; a run's folder (its metrics.jsonl); a dataset's; a checkpoint or
+    the job's checkpoint folder (a committed one's file check would fail, retention would
+    delete it)."""
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"{where}: a file, not a folder; name a folder")
+        raise ConfigError(f"--out {out}: a file, not a folder; name a folder")
     root = checkpoint_root(cfg)
     if isinstance(root, Path) and out.is_relative_to(root.resolve()):
-        raise ConfigError(f"{where}: inside the job's checkpoint folder {root}; name another")
+        raise ConfigError(f"--out {out}: inside the job's checkpoint folder {root}; name another")
     if any((d / META).is_file() for d in (out, *out.parents)):
-        raise ConfigError(f"{where}: inside a checkpoint; name a folder outside it")
+        raise ConfigError(f"--out {out}: inside a checkpoint; name a folder outside it")
     found = sorted(m for m in ("summary.json", "config.json", "dataset.json") if (out / m).exists())
     if _a_runs_log(out / "metrics.jsonl"):
         found.append("a training run's metrics.jsonl")
     if found:
         raise ConfigError(
-            f"{where}: holds {', '.join(found)}: a run's or a dataset's folder, not an "
+            f"--out {out}: holds {', '.join(found)}: a run's or a dataset's folder, not an "
             "evaluation's; name another folder"
         )
-    if path is None or not (out / SUMMARY_FILE).is_file():
-        return
+
+
+def _check_earlier(folder: Path, path: Location, test_path: str, given: bool) -> None:
+    """ConfigError where ``folder`` holds the evaluation of another checkpoint or of other
+    test data (the same again is replaced)."""
     try:
-        earlier = json.loads((out / SUMMARY_FILE).read_text())
-    except (OSError, ValueError):
-        return  # unreadable: replaced
-    if isinstance(earlier, dict) and (
-        earlier.get("checkpoint") != str(path) or earlier.get("test_path") != test_path
-    ):
-        raise ConfigError(
-            f"{where} holds the evaluation of {earlier.get('checkpoint')} on "
-            f"{earlier.get('test_path')}; this one ({path} on {test_path}) would replace it: "
-            "give it a folder of its own (--out)"
-        )
+        earlier = json.loads((folder / SUMMARY_FILE).read_text())
+    except (OSError, ValueError, RecursionError):
+        return  # none, or unreadable: replaced
+    if not isinstance(earlier, dict):
+        return
+    if _same(earlier.get("checkpoint"), str(path)) and _same(earlier.get("test_path"), test_path):
+        return
+    raise ConfigError(
+        f"{folder} holds the evaluation of {earlier.get('checkpoint')} on "
+        f"{earlier.get('test_path')}; this one ({path} on {test_path}) would replace it: "
+        + ("name another --out" if given else "give it a folder of its own (--out)")
+    )
+
+
+def _same(saved: object, now: str) -> bool:
+    """Whether two paths or URLs name the same place (local ones with links resolved)."""
+    if not isinstance(saved, str):
+        return False
+    if "://" in saved or "://" in now:
+        return saved.rstrip("/") == now.rstrip("/")
+    return os.path.realpath(saved) == os.path.realpath(now)
 
 
 def _a_runs_log(path: Path) -> bool:
@@ -139,7 +160,7 @@ def _a_runs_log(path: Path) -> bool:
     try:
         with path.open() as f:
             first = json.loads(f.readline() or "{}")
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return path.exists()  # something else of that name: not ours to replace
     return isinstance(first, dict) and bool(first) and first.get("event") != "eval"
 
@@ -163,28 +184,39 @@ def _data_paths(cfg: JobConfig) -> tuple[str, str]:
 def _read_id_types_of_training(
     train_path: str, schema: SchemaCheck, policy: BadInputPolicy
 ) -> None:
-    """Set ``schema``'s id column types from the first usable training file's footer (under
-    ``skip``, bad files passed over): test ids of another type (strings for integers) hash
-    to other rows than training's, and would be evaluated silently wrong."""
+    """Set ``schema``'s id column types from the training files' footers, read until every id
+    column has one (a column of only nulls sets none; under ``skip``, bad files passed
+    over): test ids of another type (strings for integers) hash to other rows than
+    training's, and would be evaluated silently wrong."""
+    hint = (
+        "evaluate reads the training files' footers for their id types; to evaluate without "
+        "them, set data.train_path to the test files (their id types are then not checked "
+        "against training's)"
+    )
     try:
         files = resolve_files(train_path)
     except DataSourceError as err:
-        raise DataSourceError(
-            f"the training files, whose id types the test files' must match: {err}; to "
-            "evaluate without them, set data.train_path to the test files (their id types "
-            "are then not checked against training's)"
-        ) from None
+        raise DataSourceError(f"{err} ({hint})") from None
+    read = 0
     for file in files:
         try:
             schema(file, open_parquet(file).metadata.schema.to_arrow_schema())
+            read += 1
+        except (*READ_ERRORS, BadInputError) as err:
+            if policy.mode == "error":
+                problem = (
+                    str(err)
+                    if isinstance(err, BadInputError)
+                    else f"{file}: not a readable Parquet file ({err})"
+                )
+                raise BadInputError(
+                    f"{problem} ({hint}; data.on_bad_input=skip passes over bad files)"
+                ) from None
+            continue
+        if all(c in schema.reference for c in schema.builder.id_columns):
             return
-        except READ_ERRORS as err:
-            problem = f"{file}: not a readable Parquet file ({err})"
-        except BadInputError as err:
-            problem = str(err)
-        if policy.mode == "error":
-            raise BadInputError(problem)
-    raise DataSourceError(f"{train_path}: no training file to read the id types from")
+    if not read:
+        raise DataSourceError(f"{train_path}: no usable training file ({hint})")
 
 
 def evaluate_and_report(cfg: JobConfig, which: str, out: str | None = None) -> int:

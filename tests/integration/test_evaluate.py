@@ -233,3 +233,47 @@ def test_the_id_types_come_from_the_first_usable_training_file(
     gone = ["--set", f"data.train_path={tmp_path / 'gone'}", "--out", str(tmp_path / "g")]
     assert _evaluate(tmp_path, "latest", *gone) == 1
     assert "set data.train_path to the test files" in capsys.readouterr().err
+
+
+def test_the_default_folder_and_the_same_checkpoint_by_another_path(
+    trained: dict[str, object], tmp_path: Path
+) -> None:
+    """With checkpoint.dir at the run's folder, the default folder (under it) was refused
+    as inside the checkpoint folder; the same checkpoint named through `..` was refused as
+    another's evaluation."""
+    run_dir = Path(str(trained["run_dir"]))
+    checkpoint = Path(str(trained["checkpoint"]))
+    at_run = ["--set", f"checkpoint.dir={run_dir}"]
+    assert _evaluate(tmp_path, str(checkpoint), *at_run) == 0
+    roundabout = checkpoint.parent / ".." / "checkpoints" / checkpoint.name
+    assert _evaluate(tmp_path, str(roundabout), *at_run) == 0
+
+
+def test_id_types_are_read_past_training_files_of_only_nulls(
+    trained: dict[str, object],
+    tmp_path: Path,
+    small_data: GeneratedData,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A first training file whose id column holds only nulls (Arrow's null type) sets no
+    type: the test files then set it themselves, and string ids passed."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    train = tmp_path / "train-nulls-first"
+    shutil.copytree(small_data.train_dir, train)
+    first = pq.read_table(sorted(train.glob("*.parquet"))[0])
+    i = first.schema.get_field_index("C3")
+    pq.write_table(first.set_column(i, "C3", pa.nulls(first.num_rows)), train / "a-nulls.parquet")
+    test = tmp_path / "string-ids"
+    test.mkdir()
+    for f in small_data.test_dir.glob("*.parquet"):
+        t = pq.read_table(f)
+        column = pa.array([str(v) for v in t["C3"].to_pylist()])
+        pq.write_table(t.set_column(t.schema.get_field_index("C3"), "C3", column), test / f.name)
+    capsys.readouterr()
+    paths = ["--set", f"data.train_path={train}", "--set", f"data.test_path={test}"]
+    assert _evaluate(tmp_path, "latest", *paths, "--out", str(tmp_path / "n")) == 1
+    assert "schema mismatch: column 'C3' is string here but int64 in " in capsys.readouterr().err
