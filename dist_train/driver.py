@@ -15,12 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dist_train.checkpoint import (
-    CheckpointError,
-    checkpoint_root,
-    committed,
-    step_of,
-)
+from dist_train.checkpoint import CheckpointError, checkpoint_root, committed, step_of
 from dist_train.checkpoint import resolve as resolve_checkpoint
 from dist_train.config import (
     ConfigError,
