@@ -24,7 +24,7 @@ import math
 import os
 import select
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -171,17 +171,24 @@ def _import_torch() -> None:
         import torchrec  # noqa: F401
 
 
+@contextlib.contextmanager
+def _job_ranks_ready(cfg: JobConfig) -> Iterator[None]:
+    """The block with torch and TorchRec imported and, for a job's CPU ranks, their rank
+    server started first: it forks them from a process that imported TorchRec (seconds of
+    CPU), which it does while this process imports the driver, plans and prepares the data."""
+    from dist_train.launchers.rank_server import rank_server_started
+
+    with rank_server_started(TRAIN_WORKER_MODULE) if _cpu_ranks(cfg) else contextlib.nullcontext():
+        _import_torch()
+        yield
+
+
 def _train(args: argparse.Namespace) -> int:
     resume = [f"checkpoint.resume={args.resume}"] if args.resume else []
     cfg = _load(args.config, [*args.set, *resume])
     if cfg is None:
         return 2
-    from dist_train.launchers.rank_server import rank_server_started
-
-    # CPU ranks fork from a server that imports TorchRec, seconds of CPU: started now, it
-    # imports while this process imports the driver, plans and prepares the data.
-    with rank_server_started(TRAIN_WORKER_MODULE) if _cpu_ranks(cfg) else contextlib.nullcontext():
-        _import_torch()
+    with _job_ranks_ready(cfg):
         from dist_train.driver import train_and_report
 
         return train_and_report(cfg)
@@ -191,10 +198,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     cfg = _load(args.config, args.set)
     if cfg is None:
         return 2
-    from dist_train.launchers.rank_server import rank_server_started
-
-    with rank_server_started(TRAIN_WORKER_MODULE) if _cpu_ranks(cfg) else contextlib.nullcontext():
-        _import_torch()
+    with _job_ranks_ready(cfg):
         from dist_train.evaluate import evaluate_and_report
 
         return evaluate_and_report(cfg, args.checkpoint, args.out)

@@ -217,13 +217,17 @@ def _check_memory(cardinalities: list[int]) -> None:
         )
 
 
+def _spec(cfg: SyntheticDataConfig) -> dict[str, Any]:
+    """What a generation records of ``cfg`` in its dataset.json, and reuses data for."""
+    return {**cfg.model_dump(mode="json"), "format": _FORMAT}
+
+
 def generated(cfg: SyntheticDataConfig, out_dir: str | Path) -> GeneratedData | None:
     """The dataset :func:`generate` wrote under ``out_dir`` for ``cfg``, whole; None where it
     is not there, not whole, or of another spec."""
     out = Path(out_dir)
-    spec = {**cfg.model_dump(mode="json"), "format": _FORMAT}
     data = GeneratedData(out / "train", out / "test")
-    whole = (out / SPEC_FILE).is_file() and _recorded(out / SPEC_FILE) == spec
+    whole = (out / SPEC_FILE).is_file() and _recorded(out / SPEC_FILE) == _spec(cfg)
     return data if whole and _whole(data, cfg) else None
 
 
@@ -233,7 +237,7 @@ def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = Tru
     Reuses an existing dataset when its recorded spec equals ``cfg``.
     """
     out = Path(out_dir)
-    spec = {**cfg.model_dump(mode="json"), "format": _FORMAT}
+    spec = _spec(cfg)
     result = GeneratedData(out / "train", out / "test")
     spec_path = out / SPEC_FILE
     if spec_path.is_file() and _recorded(spec_path) == spec:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -26,6 +29,16 @@ def trained(small_cfg: JobConfig, small_data: GeneratedData, tmp_path: Path) -> 
     summary = run_job(JobConfig.model_validate(raw))
     assert summary["checkpoint"]
     return summary
+
+
+def _with_string_ids(source: Path, out: Path) -> Path:
+    """``out``: ``source``'s Parquet files with column C3's integer ids written as strings."""
+    out.mkdir()
+    for f in source.glob("*.parquet"):
+        t = pq.read_table(f)
+        column = pa.array([str(v) for v in t["C3"].to_pylist()])
+        pq.write_table(t.set_column(t.schema.get_field_index("C3"), "C3", column), out / f.name)
+    return out
 
 
 def _evaluate(tmp_path: Path, *args: str) -> int:
@@ -160,17 +173,9 @@ def test_test_ids_of_another_type_than_trainings_are_refused(
 ) -> None:
     """Test ids cast to strings hash to other rows than training's integers: evaluate gave
     a lower AUC, silently (validate and training refuse such files)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     raw = yaml.safe_load((tmp_path / CONFIG).read_text())
-    test = tmp_path / "string-ids"
-    test.mkdir()
-    for f in Path(raw["data"]["test_path"]).glob("*.parquet"):
-        table = pq.read_table(f)
-        i = table.schema.get_field_index("C3")
-        column = pa.array([str(v) for v in table["C3"].to_pylist()])
-        pq.write_table(table.set_column(i, "C3", column), test / f.name)
+    test = _with_string_ids(Path(raw["data"]["test_path"]), tmp_path / "string-ids")
     capsys.readouterr()
     assert _evaluate(tmp_path, "latest", "--set", f"data.test_path={test}") == 1
     err = capsys.readouterr().err
@@ -220,7 +225,6 @@ def test_the_id_types_come_from_the_first_usable_training_file(
 ) -> None:
     """Under skip a job trains past a bad first file, and evaluate read only that file's
     types; training files rotated away stopped it without a way on."""
-    import shutil
 
     train = tmp_path / "train-with-junk"
     shutil.copytree(small_data.train_dir, train)
@@ -257,22 +261,13 @@ def test_id_types_are_read_past_training_files_of_only_nulls(
 ) -> None:
     """A first training file whose id column holds only nulls (Arrow's null type) sets no
     type: the test files then set it themselves, and string ids passed."""
-    import shutil
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     train = tmp_path / "train-nulls-first"
     shutil.copytree(small_data.train_dir, train)
     first = pq.read_table(sorted(train.glob("*.parquet"))[0])
     i = first.schema.get_field_index("C3")
     pq.write_table(first.set_column(i, "C3", pa.nulls(first.num_rows)), train / "a-nulls.parquet")
-    test = tmp_path / "string-ids"
-    test.mkdir()
-    for f in small_data.test_dir.glob("*.parquet"):
-        t = pq.read_table(f)
-        column = pa.array([str(v) for v in t["C3"].to_pylist()])
-        pq.write_table(t.set_column(t.schema.get_field_index("C3"), "C3", column), test / f.name)
+    test = _with_string_ids(small_data.test_dir, tmp_path / "string-ids")
     capsys.readouterr()
     paths = ["--set", f"data.train_path={train}", "--set", f"data.test_path={test}"]
     assert _evaluate(tmp_path, "latest", *paths, "--out", str(tmp_path / "n")) == 1
