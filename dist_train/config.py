@@ -1146,15 +1146,20 @@ def parse_with_overrides(raw: Any, source: str, overrides: list[str]) -> JobConf
     return parse_config(raw, source, overrides)
 
 
-FILE_URL = "file://"
+FILE_SCHEME = "file:"
+FILE_URL = FILE_SCHEME + "//"
 
 
 def absolute_path(path: str, base: Path | None = None) -> str:
     """``path`` against ``base`` (default: the working directory); URLs stay URLs, but a
-    relative ``file://`` one's path is made absolute too; ``~`` is expanded."""
+    ``file:`` one is written ``file://`` + its absolute path (fsspec and pyarrow read
+    ``file:/x`` and ``file://x`` too: the first as ``/x``, the second relative); ``~`` is
+    expanded."""
     base = base or Path.cwd()
-    if path.startswith(FILE_URL) and not path[len(FILE_URL) :].startswith("/"):
-        return FILE_URL + absolute_path(path[len(FILE_URL) :], base)
+    if path.startswith(FILE_SCHEME):
+        local = path[len(FILE_SCHEME) :]
+        local = local[2:] if local.startswith("//") else local
+        return FILE_URL + absolute_path(local, base)
     if "://" in path:
         return path
     expanded = Path(path).expanduser()

@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from dist_train.checkpoint import META, checkpoint_root
-from dist_train.config import ConfigError, JobConfig, absolute_path, resolve_paths
+from dist_train.config import (
+    FILE_SCHEME,
+    ConfigError,
+    JobConfig,
+    absolute_path,
+    resolve_paths,
+)
 from dist_train.data.reader import (
     READ_ERRORS,
     DataSourceError,
@@ -97,7 +103,7 @@ def evaluate_checkpoint(cfg: JobConfig, which: str, out: str | None = None) -> d
 
 def _out_folder(out: str) -> Path:
     """``--out`` as a local folder, links resolved."""
-    if "://" in out:
+    if "://" in out or out.startswith(FILE_SCHEME):
         raise ConfigError(f"--out {out}: a folder on this machine, not a URL")
     try:
         return Path(out).expanduser().resolve()

@@ -28,6 +28,8 @@ def sigint_held() -> Iterator[None]:
     if (
         threading.current_thread() is not threading.main_thread()  # only it handles signals
         or signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # a background job's: ignored
+        # installed from C (an embedding host's): Python could not put it back
+        or signal.getsignal(signal.SIGINT) is None
     ):
         yield
         return

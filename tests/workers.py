@@ -423,6 +423,14 @@ def fails_on_rank_1_midway() -> dict[str, Any]:
     return {"ok": 1}
 
 
+def config_error_on_rank_1() -> dict[str, Any]:
+    """Rank 1 raises one of the project's own errors, worded for the user."""
+    if dist.get_rank() == 1:
+        parse_config({"train": {"batch_size": 0}}, "rank 1's config")
+    dist.barrier()
+    return {"ok": 1}
+
+
 def killed_on_rank_1_midway() -> dict[str, Any]:
     """Rank 1 is SIGKILLed halfway through 50 all-reduces, as the out-of-memory killer
     ends a process: it records no error, and rank 0's next collective fails."""

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from dist_train.devices import backend_for, select_local_gpu
 from dist_train.launchers.affinity import pin_local_rank
 from dist_train.launchers.procfs import proc_stat
 from dist_train.launchers.rank_server import use_rank_server
-from dist_train.logs import LOG, drop_message, quiet_worker_logs
+from dist_train.logs import LOG, drop_message, quiet_worker_logs, worded_for_users
 from dist_train.storage import write_atomically
 
 WorkerFn = Callable[..., Any]
@@ -46,15 +47,16 @@ STOP_GRACE_SECONDS = 10.0
 
 class RankError(RuntimeError):
     """A rank's function raised, or the rank was killed; the message is the rank's and its
-    error (``-v`` logs its traceback). ``kind`` and ``detail``: the error's type name and
-    its own message (empty for a killed rank), for callers that raise it again as itself."""
+    error. ``kind`` and ``detail``: the error's type name and its own message (empty for a
+    killed rank), for callers that raise it again as itself; ``trace``: the rank's traceback
+    where the error is a bug's or a library's (one of ours says what it needs to)."""
 
-    def __init__(self, message: str, kind: str = "", detail: str = "") -> None:
+    def __init__(self, message: str, kind: str = "", detail: str = "", trace: str = "") -> None:
         super().__init__(message)
-        self.kind, self.detail = kind, detail
+        self.kind, self.detail, self.trace = kind, detail, trace
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickled whole (Ray, a sweep's pool)
-        return (type(self), (str(self), self.kind, self.detail))
+        return (type(self), (str(self), self.kind, self.detail, self.trace))
 
 
 def free_port() -> int:
@@ -136,8 +138,17 @@ def _record_error(result_dir: str, rank: int, err: BaseException, stage: str = "
     """What the driver reports of a failed rank: its error, not its whole traceback, and
     when (:func:`_first_error`); whole or not at all, as the ranks left are stopped as soon
     as one fails."""
-    message = str(err) or ("interrupted (SIGINT)" if isinstance(err, KeyboardInterrupt) else "")
-    record = {"ns": time.time_ns(), "stage": stage, "type": type(err).__name__, "message": message}
+    interrupted = isinstance(err, KeyboardInterrupt)
+    message = str(err) or ("interrupted (SIGINT)" if interrupted else "")
+    # a bug's line alone ("IndexError: list index out of range") says not where it was
+    trace = "" if interrupted or worded_for_users(err) else "".join(traceback.format_exception(err))
+    record = {
+        "ns": time.time_ns(),
+        "stage": stage,
+        "type": type(err).__name__,
+        "message": message,
+        "trace": trace,
+    }
     write_atomically(Path(result_dir) / f"rank{rank}.error", json.dumps(record))
 
 
@@ -159,14 +170,15 @@ def _first_error(result_dir: Path, exited: int) -> RankError | None:
             record = json.loads(path.read_text())
             when, stage = int(record["ns"]), str(record["stage"])
             kind, detail = str(record["type"]), str(record["message"])
+            trace = str(record.get("trace", ""))
         except (ValueError, KeyError, TypeError):  # cut short as its rank was stopped
             continue
         rank = int(path.stem.removeprefix("rank"))
-        failed.append((when, rank != exited, rank, stage, kind, detail))
+        failed.append((when, rank != exited, rank, stage, kind, detail, trace))
     if not failed:
         return None
-    _, _, rank, stage, kind, detail = min(failed)
-    return RankError(f"rank {rank} failed: {stage}{kind}: {detail}", kind, detail)
+    _, _, rank, stage, kind, detail, trace = min(failed)
+    return RankError(f"rank {rank} failed: {stage}{kind}: {detail}", kind, detail, trace)
 
 
 def _killed(err: mp.ProcessExitedException) -> RankError:
@@ -261,7 +273,10 @@ def _run_ranks(
             first = _first_error(Path(result_dir), err.error_index)
             if first is None:
                 raise
-            LOG.debug(f"rank {err.error_index}'s traceback:{err}")
+            if first.trace:  # a bug's or a library's error: where it was raised
+                LOG.error(f"{first}; its traceback:\n{first.trace.rstrip()}")
+            else:
+                LOG.debug(f"rank {err.error_index}'s traceback:{err}")
             raise first from None
         except mp.ProcessExitedException as err:  # torch has stopped the other ranks
             raise _killed(err) from None

@@ -141,6 +141,8 @@ def test_an_out_folder_that_would_clobber_the_run_is_refused(
         (checkpoint / "eval", "inside the job's checkpoint folder"),
         (tmp_path / "to-checkpoint" / "eval", "inside the job's checkpoint folder"),
         (tmp_path / "a-file", "a file, not a folder"),
+        ("s3://bucket/eval", "a folder on this machine, not a URL"),
+        (f"file:{tmp_path}/eval", "a folder on this machine, not a URL"),  # not ./file:/...
     ]:
         capsys.readouterr()
         assert _evaluate(tmp_path, "latest", "--out", str(out)) == 2, out

@@ -14,6 +14,7 @@ from dist_train.launchers.affinity import rank_cores
 from dist_train.launchers.processes import RankError, run_processes
 from planners.cores import process_cores
 from tests.workers import (
+    config_error_on_rank_1,
     every_rank_interrupted,
     fails_on_rank_1_midway,
     interrupted_on_rank_1,
@@ -63,6 +64,26 @@ def test_the_rank_that_failed_first_is_the_one_named() -> None:
     for _ in range(3):
         with pytest.raises(RankError, match=r"^rank 1 failed: MemoryError: rank 1 ran out"):
             run_processes(fails_on_rank_1_midway, (), 2)
+
+
+def test_a_bugs_traceback_is_printed_and_our_errors_stay_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug in a rank printed its last line alone ("IndexError: list index out of range"),
+    which does not say where it was raised: its traceback is printed now. An error of ours
+    says what it needs to in its line."""
+    with caplog.at_level("ERROR", logger="dist_train"), pytest.raises(RankError) as bug:
+        run_processes(fails_on_rank_1_midway, (), 2)
+    assert "in fails_on_rank_1_midway" in bug.value.trace
+    printed = caplog.text
+    assert "rank 1 failed: MemoryError" in printed and "in fails_on_rank_1_midway" in printed
+    caplog.clear()
+    with (
+        caplog.at_level("ERROR", logger="dist_train"),
+        pytest.raises(RankError, match=r"^rank 1 failed: ConfigError: rank 1's config") as ours,
+    ):
+        run_processes(config_error_on_rank_1, (), 2)
+    assert ours.value.trace == "" and "Traceback" not in caplog.text
 
 
 def test_a_killed_rank_is_named_with_its_signal() -> None:

@@ -492,3 +492,17 @@ def test_a_relative_file_url_is_made_absolute(tmp_path: Path) -> None:
     assert absolute_path("file:///abs/ckpt", tmp_path) == "file:///abs/ckpt"
     assert absolute_path("s3://bucket/ckpt", tmp_path) == "s3://bucket/ckpt"
     assert absolute_path("rel", tmp_path) == str(tmp_path / "rel")
+
+
+def test_a_file_url_with_one_slash_names_the_path_fsspec_reads(tmp_path: Path) -> None:
+    """fsspec and pyarrow read `file:/abs/x` as `/abs/x`; it was made `<cwd>/file:/abs/x`."""
+    import fsspec
+
+    from dist_train.config import absolute_path
+
+    for url, local in (("file:/abs/ckpt", "/abs/ckpt"), ("file:out/ckpt", "out/ckpt")):
+        ours = absolute_path(url, tmp_path)
+        assert ours == "file://" + str(tmp_path / local)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.chdir(tmp_path)  # fsspec reads a relative one against the working folder
+            assert fsspec.core.url_to_fs(url)[1] == fsspec.core.url_to_fs(ours)[1]

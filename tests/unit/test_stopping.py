@@ -122,6 +122,21 @@ def test_a_ctrl_c_during_a_held_block_is_raised_after_it() -> None:
         pass
 
 
+def test_a_sigint_handler_installed_from_c_is_left_in_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Python reports a handler it did not install (an embedding host's) as None, and
+    cannot install None back: the held block raised TypeError on the way out."""
+    from dist_train.stopping import sigint_held
+
+    monkeypatch.setattr(signal, "getsignal", lambda signum: None)
+    installed: list[object] = []
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: installed.append(handler))
+    with sigint_held():
+        pass
+    assert installed == []
+
+
 def test_an_ignored_sigint_stays_ignored_in_a_held_block() -> None:
     """A background job of a script ignores SIGINT: a Ctrl-C to its group during the
     imports stopped it (the held block installed a handler), while one later did not."""
