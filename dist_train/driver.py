@@ -184,8 +184,9 @@ def job_device(cfg: JobConfig) -> DeviceType:
     return device
 
 
-def plan_on_driver(cfg: JobConfig, device_type: str = "cpu") -> JobPlan:
-    """The job's sharding plan for ``num_workers`` ranks, ``num_workers / num_nodes`` a node."""
+def plan_on_driver(cfg: JobConfig, device_type: str = "cpu", training: bool = True) -> JobPlan:
+    """The job's sharding plan for ``num_workers`` ranks, ``num_workers / num_nodes`` a node,
+    said in the log (its step estimate only where ``training``: an evaluation takes none)."""
     job_plan = plan_for_config(cfg, device_type)
     if job_plan.is_2d:
         LOG.info(
@@ -198,10 +199,11 @@ def plan_on_driver(cfg: JobConfig, device_type: str = "cpu") -> JobPlan:
     types = {str(p["type"]) for p in job_plan.placements().values()}
     for note in optimizer_notes(cfg, types):
         LOG.info(f"plan: note: {note}")
-    LOG.info(
-        f"plan: estimated {job_plan.estimated_step_seconds * 1e3:.1f} ms/step "
-        f"(sharding.type={cfg.sharding.type}; `dist-train plan` explains the choice)"
-    )
+    if training:
+        LOG.info(
+            f"plan: estimated {job_plan.estimated_step_seconds * 1e3:.1f} ms/step "
+            f"(sharding.type={cfg.sharding.type}; `dist-train plan` explains the choice)"
+        )
     return job_plan
 
 

@@ -67,7 +67,7 @@ def evaluate_checkpoint(cfg: JobConfig, which: str, out: str | None = None) -> d
     if chosen is not None:
         _check_out(cfg, chosen)
     device = job_device(cfg)
-    plan = plan_on_driver(cfg, device)
+    plan = plan_on_driver(cfg, device, training=False)
     path = evaluation_point(cfg, which)
     train_path, test_path = _data_paths(cfg)
     folder = chosen or (cfg.run_dir / "evaluations" / path.name).resolve()

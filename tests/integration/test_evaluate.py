@@ -66,6 +66,7 @@ def test_a_checkpoint_evaluates_as_training_did_and_leaves_its_run_alone(
         assert summary[key] == trained[key], key
     assert f"test AUC          {trained['test_auc']:.4f}\n" in out
     assert f"outputs           {folder}  (evaluation.json, metrics.jsonl)" in out
+    assert "plan: unified_0 " in out and "ms/step" not in out  # placements, no step estimate
     (record,) = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert record["event"] == "eval" and record["test_auc"] == trained["test_auc"]
     assert {f: (run_dir / f).read_bytes() for f in before} == before
