@@ -496,59 +496,17 @@ def _raise_divergence(err: BaseException) -> None:
 
 def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
     """Run the job on Ray Train workers; the rank-0 summary."""
-    cuda = inputs.device_type == "cuda"
-    resources = {"CPU": cfg.ray.cpus_per_worker, **({"GPU": 1.0} if cuda else {})}
     with _connected(cfg) as private:
         check_cluster(cfg, inputs.device_type)
-        storage = cfg.ray.storage_path or str((Path(inputs.run_dir) / "ray").resolve())
-        workers: Any = cfg.ray.num_workers
-        if cfg.ray.min_workers is not None:  # Ray Train v2's elastic (min, max); the stubs
-            workers = (cfg.ray.min_workers, cfg.ray.num_workers)  # show v1's int only
         # Ray Train's controller takes one report per worker per health check (2 s by
         # default): checkpoint pointers, reported from the background save thread, would
         # queue behind each other and hold up the next save. Ray passes this variable from
         # the driver to its controller; a value the user set wins.
-        os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_SECONDS)
+        defaults = {HEALTH_CHECK_ENV: HEALTH_CHECK_SECONDS}
         if not sys.stdout.isatty():  # a log file's (ray job logs'): no terminal colours in it
-            os.environ.setdefault(COLOR_PREFIX_ENV, "0")  # read as Ray prints workers' lines
-        trainer = TorchTrainer(
-            train_loop_per_worker=_ray_worker,
-            train_loop_config={
-                "config": cfg.model_dump(mode="json"),
-                "inputs": inputs,
-                "pin_cores": cfg.ray.pins_cores(owns_machine=private) and not cuda,
-                # the drills' settings, from the driver's environment: a joined cluster's
-                # workers have its raylet's, where they were never set
-                "drills": {k: os.environ[k] for k in DRILL_ENVS if k in os.environ},
-            },
-            scaling_config=ScalingConfig(
-                num_workers=workers,
-                use_gpu=cuda,  # Ray Train then sets each worker's current CUDA device
-                resources_per_worker=resources,
-                placement_strategy=cfg.ray.placement_strategy,
-            ),
-            torch_config=TorchConfig(backend=backend_for(inputs.device_type)),
-            run_config=RunConfig(
-                name=cfg.name,
-                storage_path=storage,
-                checkpoint_config=CheckpointConfig(num_to_keep=1),
-                failure_config=failure_config(cfg),
-                # Ray Train v2's RunConfig (the default in Ray 2.60); the stubs show v1's.
-                logging_config=LoggingConfig(log_level="WARNING"),  # type: ignore[call-arg]
-            ),
-        )
-        work = "evaluation" if inputs.evaluate_only else "training"  # for its errors
-        on_sigint = signal.getsignal(signal.SIGINT)
-        try:
-            result = trainer.fit()
-        except SystemExit as err:  # Ray Train's Ctrl-C handler ends fit() with sys.exit
-            raise KeyboardInterrupt from err
-        except Exception as err:  # Ray wraps worker errors; surface the root cause
-            _raise_divergence(err)
-            raise LaunchError(f"{work} failed: {worker_failures(err)}") from err
-        finally:  # Ray Train's handler (set on the main thread only) would outlive the run
-            if threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGINT, on_sigint)
+            defaults[COLOR_PREFIX_ENV] = "0"  # read as Ray prints workers' lines
+        with _environment_defaults(defaults):
+            result, work = _fit(cfg, inputs, private)
         if result.error is not None:
             raise LaunchError(f"{work} failed: {worker_failures(result.error)}")
         if result.checkpoint is None:
@@ -566,3 +524,66 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
                 "would meet the same error again)"
             )
         return summary
+
+
+@contextlib.contextmanager
+def _environment_defaults(values: Mapping[str, str]) -> Iterator[None]:
+    """``values`` set in the environment for the block where the caller set none; the
+    caller's environment as it was after it (a library caller's process goes on)."""
+    saved = {k: os.environ.get(k) for k in values}
+    for key, value in values.items():
+        os.environ.setdefault(key, value)
+    try:
+        yield
+    finally:
+        _restore(saved)
+
+
+def _fit(cfg: JobConfig, inputs: WorkerInputs, private: bool) -> tuple[Any, str]:
+    """Ray Train's run of the job's workers (``private``: on the embedded instance, which
+    owns the machine): its result, and what they did (for errors)."""
+    cuda = inputs.device_type == "cuda"
+    resources = {"CPU": cfg.ray.cpus_per_worker, **({"GPU": 1.0} if cuda else {})}
+    storage = cfg.ray.storage_path or str((Path(inputs.run_dir) / "ray").resolve())
+    workers: Any = cfg.ray.num_workers
+    if cfg.ray.min_workers is not None:  # Ray Train v2's elastic (min, max); the stubs
+        workers = (cfg.ray.min_workers, cfg.ray.num_workers)  # show v1's int only
+    trainer = TorchTrainer(
+        train_loop_per_worker=_ray_worker,
+        train_loop_config={
+            "config": cfg.model_dump(mode="json"),
+            "inputs": inputs,
+            "pin_cores": cfg.ray.pins_cores(owns_machine=private) and not cuda,
+            # the drills' settings, from the driver's environment: a joined cluster's
+            # workers have its raylet's, where they were never set
+            "drills": {k: os.environ[k] for k in DRILL_ENVS if k in os.environ},
+        },
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=cuda,  # Ray Train then sets each worker's current CUDA device
+            resources_per_worker=resources,
+            placement_strategy=cfg.ray.placement_strategy,
+        ),
+        torch_config=TorchConfig(backend=backend_for(inputs.device_type)),
+        run_config=RunConfig(
+            name=cfg.name,
+            storage_path=storage,
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            failure_config=failure_config(cfg),
+            # Ray Train v2's RunConfig (the default in Ray 2.60); the stubs show v1's.
+            logging_config=LoggingConfig(log_level="WARNING"),  # type: ignore[call-arg]
+        ),
+    )
+    work = "evaluation" if inputs.evaluate_only else "training"  # for its errors
+    on_sigint = signal.getsignal(signal.SIGINT)
+    try:
+        result = trainer.fit()
+    except SystemExit as err:  # Ray Train's Ctrl-C handler ends fit() with sys.exit
+        raise KeyboardInterrupt from err
+    except Exception as err:  # Ray wraps worker errors; surface the root cause
+        _raise_divergence(err)
+        raise LaunchError(f"{work} failed: {worker_failures(err)}") from err
+    finally:  # Ray Train's handler (set on the main thread only) would outlive the run
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, on_sigint)
+    return result, work

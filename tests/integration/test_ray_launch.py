@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ import pytest
 
 from dist_train.config import load_config
 from dist_train.driver import run_job
+from dist_train.launchers import ray_train
 from dist_train.launchers.cluster import ClusterTooSmallError
 from dist_train.launchers.processes import free_port
 from dist_train.launchers.submit import submit_command
@@ -147,7 +149,11 @@ def test_two_nodes_spread_workers_and_keep_tables_inside_nodes(
             "sharding.type=table_row_wise",
         ],
     )
+    ours = (ray_train.HEALTH_CHECK_ENV, ray_train.COLOR_PREFIX_ENV)
+    before = {k: os.environ.get(k) for k in ours}
     summary = run_job(cfg)
+    # a library caller's environment as it was: Ray's settings for the run did not outlive it
+    assert {k: os.environ.get(k) for k in ours} == before
     nodes = summary["node_ids"]
     cluster_nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert len(cluster_nodes) == 2 and set(nodes) == cluster_nodes
