@@ -9,15 +9,16 @@ from pathlib import Path
 
 from dist_train.data.reader import DataSourceError
 
-OWN_FILE = re.compile(r"part-\d+\.parquet")
-"""The names a data command gives its files, at the top of each split's folder."""
+OWN_FILE = re.compile(r"\.?part-\d+\.parquet")
+"""The names a data command gives its files, at the top of each split's folder (hidden:
+one being written, which the reader passes over)."""
 
 
-def clear_splits(out: Path, splits: Sequence[Path], owned: bool) -> None:
-    """Create ``splits`` (folders under ``out``) and delete the Parquet files an earlier run
-    of the command wrote there (``owned``: ``out`` holds its record). Before deleting
-    anything, refuse if they hold any other Parquet file: the reader would train on it
-    beside the new files, or it is a user's."""
+def refuse_foreign(out: Path, splits: Sequence[Path], owned: bool) -> list[Path]:
+    """The Parquet files under ``splits`` (folders under ``out``), which an earlier run of
+    the command wrote there (``owned``: ``out`` holds its record); DataSourceError if they
+    hold any other, at any depth: the reader would train on it beside the command's files,
+    or it is a user's."""
     found = [f for s in splits if s.is_dir() for f in sorted(s.rglob("*.parquet"))]
     foreign = [
         f for f in found if not (owned and f.parent in splits and OWN_FILE.fullmatch(f.name))
@@ -26,9 +27,17 @@ def clear_splits(out: Path, splits: Sequence[Path], owned: bool) -> None:
         whose = "other than the ones it wrote" if owned else "that this command did not write"
         raise DataSourceError(
             f"{foreign[0]}: {out} holds {len(foreign)} Parquet file(s) {whose}; writing there "
-            "would delete them or train on them beside the new data. Give an empty or new "
-            "folder; nothing was changed"
+            "would delete them, and reading it would train on them beside its data. Give an "
+            "empty or new folder, or move them out; nothing was changed"
         )
+    return found
+
+
+def clear_splits(out: Path, splits: Sequence[Path], owned: bool) -> None:
+    """Create ``splits`` (folders under ``out``) and delete the Parquet files an earlier run
+    of the command wrote there (``owned``: ``out`` holds its record). Before deleting
+    anything, refuse if they hold any other Parquet file (:func:`refuse_foreign`)."""
+    found = refuse_foreign(out, splits, owned)
     for split in splits:
         split.mkdir(parents=True, exist_ok=True)
     for f in found:

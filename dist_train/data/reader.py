@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import glob
 import itertools
+import json
 import os
 import queue
 import resource
@@ -113,9 +114,31 @@ def resolve_files(path: str) -> list[str]:
     return files
 
 
+GENERATION_RECORD = "dataset.json"
+"""What `dist-train gen-data` records beside its ``train/`` and ``test/`` folders: its spec
+once whole, ``"complete": false`` while it writes."""
+
+
+def _refuse_unfinished(folder: Path) -> None:
+    """DataSourceError where ``folder`` is (or holds) the splits of a generation that stopped
+    before it ended (a Ctrl-C, a kill): its files hold some of the rows, and read as all."""
+    for record in (folder.parent / GENERATION_RECORD, folder / GENERATION_RECORD):
+        try:
+            found = json.loads(record.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue
+        if isinstance(found, dict) and found.get("complete") is False:
+            raise DataSourceError(
+                f"{folder}: data of a `dist-train gen-data` that stopped before it ended "
+                f"({record} records it unfinished): its files hold only some of the rows. "
+                "Run it again"
+            )
+
+
 def _resolve_local(path: str) -> list[str]:
     p = Path(path)
     if p.is_dir():
+        _refuse_unfinished(p)
         return _files_under(path, set(), set())
     if p.exists():
         return [path]

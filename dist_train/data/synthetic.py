@@ -25,13 +25,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dist_train.config import SyntheticDataConfig
-from dist_train.data.output_folder import clear_splits
-from dist_train.data.reader import DataSourceError
+from dist_train.data.output_folder import clear_splits, refuse_foreign
+from dist_train.data.reader import GENERATION_RECORD, DataSourceError
 from dist_train.embedding.hashing import make_salt, salted_hash
 from dist_train.storage import write_atomically
 from planners.cores import usable_memory_bytes
 
-SPEC_FILE = "dataset.json"
+SPEC_FILE = GENERATION_RECORD
 _FORMAT = 3  # bumped when the files' layout changes, so older generated data is rewritten
 _BIAS = -1.0
 _CHUNK_ROWS = 65_536
@@ -137,24 +137,47 @@ def _write_split(
     progress: bool,
     first_id: int,
 ) -> None:
-    schema = _schema(cfg)
+    # written under a hidden name, which the reader passes over, and named when whole: a
+    # writer closed by a Ctrl-C writes its footer, and the rows so far read as the file
+    writing = path.with_name(f".{path.name}")
+    try:
+        # Page checksums let readers detect corrupted pages (see docs/data.md).
+        with pq.ParquetWriter(
+            writing, _schema(cfg), compression="zstd", write_page_checksum=True
+        ) as writer:
+            _write_rows(writer, path, num_rows, cfg, columns, dense_w, rng, progress, first_id)
+    except BaseException:
+        writing.unlink(missing_ok=True)
+        raise
+    writing.replace(path)
+    if progress:
+        print(f"  wrote {path} ({num_rows:,} rows)", file=sys.stderr, flush=True)
+
+
+def _write_rows(
+    writer: pq.ParquetWriter,
+    path: Path,
+    num_rows: int,
+    cfg: SyntheticDataConfig,
+    columns: list[_Column],
+    dense_w: np.ndarray,
+    rng: np.random.Generator,
+    progress: bool,
+    first_id: int,
+) -> None:
     written = 0
     # whole row groups a chunk: a write ends a row group, so chunks of another size cut the
     # groups at their edges (65,536-row groups asked 131,072; 50,000 gave 50,000 + 15,536)
     chunk = cfg.rows_per_group * max(1, _CHUNK_ROWS // cfg.rows_per_group)
-    # Page checksums let readers detect corrupted pages (see docs/data.md).
     said = time.perf_counter()
-    with pq.ParquetWriter(path, schema, compression="zstd", write_page_checksum=True) as writer:
-        while written < num_rows:
-            n = min(chunk, num_rows - written)
-            table = _chunk(cfg, columns, dense_w, n, rng, schema, first_id + written)
-            writer.write_table(table, row_group_size=cfg.rows_per_group)
-            written += n
-            if progress and time.perf_counter() - said > PROGRESS_SECONDS and written < num_rows:
-                print(f"  {path}: {written:,} of {num_rows:,} rows", file=sys.stderr, flush=True)
-                said = time.perf_counter()
-    if progress:
-        print(f"  wrote {path} ({num_rows:,} rows)", file=sys.stderr, flush=True)
+    while written < num_rows:
+        n = min(chunk, num_rows - written)
+        table = _chunk(cfg, columns, dense_w, n, rng, writer.schema, first_id + written)
+        writer.write_table(table, row_group_size=cfg.rows_per_group)
+        written += n
+        if progress and time.perf_counter() - said > PROGRESS_SECONDS and written < num_rows:
+            print(f"  {path}: {written:,} of {num_rows:,} rows", file=sys.stderr, flush=True)
+            said = time.perf_counter()
 
 
 def _whole(data: GeneratedData, cfg: SyntheticDataConfig) -> bool:
@@ -228,7 +251,10 @@ def generated(cfg: SyntheticDataConfig, out_dir: str | Path) -> GeneratedData | 
     out = Path(out_dir)
     data = GeneratedData(out / "train", out / "test")
     whole = (out / SPEC_FILE).is_file() and _recorded(out / SPEC_FILE) == _spec(cfg)
-    return data if whole and _whole(data, cfg) else None
+    if not (whole and _whole(data, cfg)):
+        return None
+    refuse_foreign(out, [data.train_dir, data.test_dir], owned=True)  # read with its own
+    return data
 
 
 def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = True) -> GeneratedData:
@@ -242,6 +268,8 @@ def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = Tru
     spec_path = out / SPEC_FILE
     if spec_path.is_file() and _recorded(spec_path) == spec:
         if _whole(result, cfg):
+            # another Parquet file in its folders, at any depth, would be trained on with it
+            refuse_foreign(out, [result.train_dir, result.test_dir], owned=True)
             if progress:
                 print(f"reusing synthetic data in {out}", file=sys.stderr, flush=True)
             return result

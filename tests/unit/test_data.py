@@ -248,6 +248,70 @@ def test_the_generator_replaces_its_own_files_and_never_a_users(tmp_path: Path) 
         generate(synth, tmp_path / "ours", progress=False)
 
 
+def test_a_generation_stopped_midway_leaves_no_file_that_reads_as_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C closed the file being written, footer and all: 1,245,184 of its 1,500,000
+    rows read as the whole file, and a job given the folder trained on them, unsaid (a
+    helper's audit). The file is written under a hidden name, and the folders of a
+    generation that did not end are refused by name; the next run generates them again."""
+    from dist_train.data import synthetic
+    from dist_train.data.reader import resolve_files
+
+    synth = SyntheticDataConfig(
+        num_train_rows=4000, num_test_rows=1024, num_train_files=2, rows_per_group=500
+    )
+    chunks = {"left": 3}  # the second file's second chunk is interrupted
+    real_chunk = synthetic._chunk
+
+    def interrupted(*args: object, **kwargs: object) -> pa.Table:
+        chunks["left"] -= 1
+        if chunks["left"] < 0:
+            raise KeyboardInterrupt
+        return real_chunk(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(synthetic, "_CHUNK_ROWS", 1000)
+    monkeypatch.setattr(synthetic, "_chunk", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        generate(synth, tmp_path, progress=False)
+    train = tmp_path / "train"
+    assert sorted(f.name for f in train.iterdir()) == ["part-0.parquet"]  # whole, no other
+    for folder in (train, tmp_path):
+        with pytest.raises(DataSourceError, match="gen-data` that stopped before it ended"):
+            resolve_files(str(folder))
+    monkeypatch.setattr(synthetic, "_chunk", real_chunk)
+    data = generate(synth, tmp_path, progress=False)
+    assert (
+        sum(pq.ParquetFile(f).metadata.num_rows for f in resolve_files(str(data.train_dir))) == 4000
+    )
+
+    # a file being written when the process was killed (no clean-up ran) is the generator's
+    pq.write_table(pa.table({"x": [1]}), train / ".part-1.parquet")
+    (tmp_path / "dataset.json").write_text('{"format": 3, "complete": false}')
+    generate(synth, tmp_path, progress=False)
+    assert not (train / ".part-1.parquet").exists()
+
+
+def test_reused_data_with_another_parquet_file_in_its_folders_is_refused(tmp_path: Path) -> None:
+    """A whole dataset was reused while a user's Parquet file sat in a subfolder of train/,
+    which jobs reading the folder then trained on (a helper's audit)."""
+    synth = SyntheticDataConfig(num_train_rows=2000, num_test_rows=1024, rows_per_group=1000)
+    data = generate(synth, tmp_path, progress=False)
+    (data.train_dir / "extra").mkdir()
+    pq.write_table(
+        pq.read_table(next(data.test_dir.glob("*.parquet"))),
+        data.train_dir / "extra" / "mine.parquet",
+    )
+    with pytest.raises(
+        DataSourceError, match=r"extra/mine.parquet: .* other than the ones it wrote"
+    ):
+        generate(synth, tmp_path, progress=False)
+    from dist_train.data.synthetic import generated
+
+    with pytest.raises(DataSourceError, match=r"extra/mine.parquet"):
+        generated(synth, tmp_path)
+
+
 def test_vocabularies_past_this_machines_memory_are_refused_before_anything_is_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
