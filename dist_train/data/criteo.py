@@ -15,6 +15,7 @@ directory must hold no Parquet files yet: nothing in it is touched.
 from __future__ import annotations
 
 import io
+import os
 import re
 import sys
 import time
@@ -351,6 +352,15 @@ def convert_criteo(
         raise BadInputError(
             f"{missing}: " + ("a folder" if Path(missing).is_dir() else "no such file")
         )
+    seen: dict[str, str] = {}
+    for path in inputs:  # a file named twice (a glob and a name, a link) was converted twice
+        real = os.path.realpath(path)
+        if real in seen:
+            raise BadInputError(
+                f"{path}: the same file as {seen[real]}, given before: each input is "
+                "converted once; name it once"
+            )
+        seen[real] = path
     out.mkdir(parents=True, exist_ok=True)
     result = ConvertResult()
     writer: pq.ParquetWriter | None = None

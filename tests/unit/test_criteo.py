@@ -248,6 +248,18 @@ def test_compressed_by_content_empty_files_and_missing_inputs(
     assert not (tmp_path / "o2").exists() or not list((tmp_path / "o2").iterdir())
 
 
+def test_a_file_given_twice_is_refused(good_files: list[Path], tmp_path: Path) -> None:
+    """`convert criteo day_*.tsv day_0.tsv` converted day 0 twice: every row twice (a
+    helper's audit). By name, by another spelling and through a link."""
+    plain = good_files[0]
+    link = tmp_path / "link.tsv"
+    link.symlink_to(plain)
+    for again in (str(plain), f"{plain.parent}/./{plain.name}", str(link)):
+        with pytest.raises(BadInputError, match=rf"{again}: the same file as {plain}, given"):
+            convert_criteo([str(plain), again], tmp_path / "o", progress=False)
+        assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("policy", ["error", "skip"])
 def test_dense_beyond_int64_is_a_bad_line(policy: str, tmp_path: Path) -> None:
     """An integer too large for int64 is that line's bad value, not an Arrow error."""
