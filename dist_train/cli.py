@@ -23,6 +23,7 @@ import json
 import math
 import os
 import select
+import shlex
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -111,6 +112,8 @@ def _folder_to_write(text: str) -> str:
     working directory)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path; name a folder")
+    if os.path.exists(text) and not os.path.isdir(text):  # said of a subfolder, or late
+        raise argparse.ArgumentTypeError(f"{text}: a file, not a folder")
     return text
 
 
@@ -440,10 +443,11 @@ def _calibrate(args: argparse.Namespace) -> int:
     from dist_train.launchers.processes import run_processes
     from dist_train.launchers.rank_server import rank_server_started
     from dist_train.models.dot_interaction import pairwise_dots
+    from dist_train.storage import replace_file
     from dist_train.train.shared_tables import read_shared_tables_as_one_feature
     from dist_train.train.unpooled_row_wise import enable_unpooled_row_wise as unpool_tables
     from planners.calibrate import calibrate
-    from planners.topology import TopologyError, parse_bytes, preset, resize, save_topology
+    from planners.topology import TopologyError, parse_bytes, preset, resize, topology_json
 
     gpus = local_gpus()
     try:
@@ -478,8 +482,9 @@ def _calibrate(args: argparse.Namespace) -> int:
             pairwise_dots=pairwise_dots,
             one_feature=read_shared_tables_as_one_feature,
         )
-    try:
-        save_topology(spec, args.out)
+    try:  # a write that fails (a full disk) leaves the file that was there
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        replace_file(Path(args.out), topology_json(spec))
     except OSError as err:
         return _cannot_write(args.out, err)
     link = spec.intra_node
@@ -494,7 +499,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         + ", ".join(f"{t} {v * 1e9:.0f} ns" for t, v in spec.bag_seconds.items())
         + (" (links and per-bag costs: the preset's, not measured on 1 rank)" if ranks < 2 else "")
     )
-    print(f"wrote {args.out} (use it with --set sharding.topology={args.out})")
+    print(f"wrote {args.out} (use it with --set sharding.topology={shlex.quote(args.out)})")
     return 0
 
 

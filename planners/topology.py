@@ -419,9 +419,14 @@ def load_topology(path: str | Path) -> Topology:
     return topo
 
 
+def topology_json(spec: TopologySpec) -> str:
+    """``spec`` as a topology file holds it (``sharding.topology``)."""
+    return json.dumps(spec.model_dump(mode="json"), indent=2) + "\n"
+
+
 def save_topology(spec: TopologySpec, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
+    Path(path).write_text(topology_json(spec))
 
 
 def preset_spec(device_type: str) -> TopologySpec:

@@ -367,8 +367,10 @@ def test_export_writes_whole_tables_as_safetensors(tmp_path: Path, capsys, monke
     assert main(["export", "nosuch://x/y", "--out", str(tmp_path / "x")]) == 1
     assert "error: checkpoint: nosuch://x/y: cannot open this URL" in capsys.readouterr().err
     (tmp_path / "a-file").write_text("")
-    assert main(["export", str(ckpt), "--out", str(tmp_path / "a-file")]) == 1
-    assert f"{tmp_path / 'a-file'}: not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # a usage error, before the checkpoint is read
+        main(["export", str(ckpt), "--out", str(tmp_path / "a-file")])
+    assert exit_.value.code == 2
+    assert f"{tmp_path / 'a-file'}: a file, not a folder" in capsys.readouterr().err
     # nor over a user's own files of an export's names: they stay as they were
     mine = tmp_path / "mine"
     mine.mkdir()

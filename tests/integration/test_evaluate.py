@@ -42,7 +42,10 @@ def _with_string_ids(source: Path, out: Path) -> Path:
 
 
 def _evaluate(tmp_path: Path, *args: str) -> int:
-    return main(["evaluate", *args, "--config", str(tmp_path / CONFIG)])
+    try:
+        return main(["evaluate", *args, "--config", str(tmp_path / CONFIG)])
+    except SystemExit as exit_:  # a usage error
+        return int(exit_.code or 0)
 
 
 def test_a_checkpoint_evaluates_as_training_did_and_leaves_its_run_alone(
