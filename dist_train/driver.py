@@ -17,6 +17,7 @@ from typing import Any
 
 from dist_train.checkpoint import CheckpointError, checkpoint_root, committed, step_of
 from dist_train.checkpoint import resolve as resolve_checkpoint
+from dist_train.checkpoint_lock import one_run_in
 from dist_train.config import (
     ConfigError,
     JobConfig,
@@ -272,20 +273,23 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
     device = job_device(cfg)
     job_plan = plan_on_driver(cfg, device)
     prepared = prepare_inputs(cfg)
-    inputs = dataclasses.replace(
-        prepared,
-        plan=job_plan,
-        resume=resume_point(cfg, job_plan, prepared.train_groups),
-        verbosity=verbosity(),
-        device_type=device,
-    )
-    rows = sum(g.num_rows for g in inputs.train_groups)
-    LOG.info(
-        f"job {cfg.name!r}: {rows:,} training rows in {len(inputs.train_groups)} "
-        f"row groups, {cfg.ray.num_workers} workers via {cfg.launcher}"
-    )
-    launch_unix = time.time()
-    summary = launch(cfg, inputs)
+    saves = cfg.checkpoint.save_at_end or cfg.checkpoint.every_steps is not None
+    # held from the clean-up of half-written saves to the last save and prune
+    with one_run_in(checkpoint_root(cfg), create=saves):
+        inputs = dataclasses.replace(
+            prepared,
+            plan=job_plan,
+            resume=resume_point(cfg, job_plan, prepared.train_groups),
+            verbosity=verbosity(),
+            device_type=device,
+        )
+        rows = sum(g.num_rows for g in inputs.train_groups)
+        LOG.info(
+            f"job {cfg.name!r}: {rows:,} training rows in {len(inputs.train_groups)} "
+            f"row groups, {cfg.ray.num_workers} workers via {cfg.launcher}"
+        )
+        launch_unix = time.time()
+        summary = launch(cfg, inputs)
     if inputs.resume and not summary.get("steps_this_launch"):
         LOG.warning(
             f"nothing left to train: {inputs.resume} is at step {summary['steps']}, the end "

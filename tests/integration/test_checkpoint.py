@@ -241,6 +241,29 @@ def test_partial_checkpoint_is_ignored_and_removed(tmp_path: Path) -> None:
     assert not partial.exists()
 
 
+def test_a_second_run_in_a_checkpoint_folder_in_use_is_refused(tmp_path: Path) -> None:
+    """A second `train --resume latest` on a run's folder took the first run's save in
+    progress for a crashed one and deleted it; the first run then failed, and the two runs'
+    checkpoints mixed (a helper's audit). The running job holds the folder's lock here."""
+    from dist_train.checkpoint_lock import one_run_in
+
+    over = [*BASE, f"output_dir={tmp_path}", "train.max_steps=4"]
+    run_job(load_config(TINY, over))
+    root = tmp_path / "tiny" / "checkpoints"
+    in_progress = root / ".partial-step-00000006"  # the running job's save
+    shutil.copytree(committed(root)[-1], in_progress)
+    (in_progress / "meta.json").unlink()
+    again = load_config(TINY, [*over, "train.max_steps=6", "checkpoint.resume=latest"])
+    with one_run_in(root, create=True):
+        with pytest.raises(
+            CheckpointError, match=rf"another run uses this .*\(process {os.getpid()}: "
+        ):
+            run_job(again)
+        assert in_progress.is_dir() and [p.name for p in committed(root)] == ["step-00000004"]
+    assert run_job(again)["steps"] == 6  # the first run over: the lock is free
+    assert not in_progress.exists()
+
+
 def test_corrupt_checkpoint_fails_naming_the_file(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     over = [f"output_dir={tmp_path}", "launcher=processes", "train.max_steps=2"]
     run_job(load_config(TINY, over))

@@ -1,0 +1,77 @@
+"""One run at a time in a checkpoint folder.
+
+A run's driver removes the half-written saves it finds when it starts (``.partial-step-N``)
+and its ranks prune old checkpoints as they save: a second run in the same folder took the
+first's save in progress for a crashed one and deleted it, and the two runs' checkpoints
+mixed. The driver holds an exclusive lock on the folder itself for the whole run; a second
+run is refused, naming the holder. The lock is the kernel's (``flock`` of the directory: no
+file is added to the folder), so a run that dies, however it dies, leaves none behind. Local
+and mounted folders only: a URL's storage (``s3://``, ...) has no such lock, and is not
+guarded (docs/checkpoint.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from dist_train.checkpoint import CheckpointError
+from dist_train.checkpoint_files import local_path
+from dist_train.storage import Location
+
+PROC_LOCKS = Path("/proc/locks")  # Linux: every lock held on this machine, with its holder
+
+
+@contextlib.contextmanager
+def one_run_in(root: Location, create: bool) -> Iterator[None]:
+    """Hold ``root``'s lock for the block (the folder made first where ``create``, else held
+    only where it exists); CheckpointError, naming the process that holds it, if another
+    run does."""
+    folder = local_path(root)
+    if folder is None or not (create or folder.is_dir()):
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CheckpointError(
+                f"{root}: another run uses this checkpoint folder ({_holder(fd)}): two runs "
+                "in one folder delete each other's saves. Wait for it to end, or give this "
+                "run a folder of its own (--set name=... or checkpoint.dir); nothing was "
+                "changed"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # the lock goes with the folder's last descriptor of this run
+
+
+def _holder(fd: int) -> str:
+    """The process holding the lock on ``fd``'s folder, where this machine's kernel lists it
+    (``/proc/locks``: a lock of another machine on a shared folder is not listed)."""
+    st = os.fstat(fd)
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        for line in PROC_LOCKS.read_text().splitlines():
+            fields = line.split()
+            # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:2384244 0 EOF"; "->" marks a waiter
+            if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == inode:
+                return f"process {fields[4]}{_command_of(fields[4])}"
+    except OSError:
+        pass
+    return "a process that holds its lock, maybe on another machine"
+
+
+def _command_of(pid: str) -> str:
+    """`` (its command line)`` of process ``pid``, where it can be read."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return ""
+    words = [a.decode(errors="replace") for a in argv if a]
+    return f": {' '.join(words)[:200]}" if words else ""
