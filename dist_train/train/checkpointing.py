@@ -271,6 +271,11 @@ def _check_same_batches(cfg: JobConfig, meta: dict[str, Any], path: Location) ->
         return  # saved before configs were recorded
     now = cfg.model_dump(mode="json")
     keys = list(_BATCH_SETTINGS)
+    if isinstance(meta.get("train_data"), dict) and None not in (
+        _setting(saved, "data.train_path"),
+        now["data"]["train_path"],
+    ):  # the files themselves are compared (_check_same_data): the same moved still match
+        keys.remove("data.train_path")
     if checkpoint.skips_rows(meta, cfg.data.on_bad_input == "skip"):
         keys += _ROW_CHECK_SETTINGS  # a feature's cardinality, say: another row is bad
     if now["data"]["train_path"] is None:  # generated data: what shapes its training rows

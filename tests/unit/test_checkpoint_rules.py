@@ -492,6 +492,29 @@ def test_resuming_mid_epoch_over_other_training_data_is_refused(tmp_path: Path) 
     (mid_epoch / META).write_text(json.dumps(meta))
     assert resume_point(job, None, rewritten) == str(mid_epoch)
 
+    # the folder moved, and data.train_path with it: the files decide, not the path (the
+    # path's check refused the resume, saying the batches would differ; a helper's audit)
+    paths = ["data.train_path=/data/train", "data.test_path=/data/test"]
+    given = _job(tmp_path / "given", *paths).model_dump(mode="json")
+    saved = _checkpoint(tmp_path / "given" / "default" / "checkpoints", 5, given, batches=5)
+    recorded = json.loads((saved / META).read_text())
+    recorded |= {k: meta[k] for k in ("train_data",)}
+    recorded[CONTENTS_KEY] = training_contents(groups("/data/train", 2))
+    (saved / META).write_text(json.dumps(recorded))
+    moved = _job(
+        tmp_path / "given",
+        f"checkpoint.resume={saved}",
+        "data.train_path=/mnt/d2/train",
+        "data.test_path=/mnt/d2/test",
+    )
+    assert resume_point(moved, None, groups("/mnt/d2/train", 2)) == str(saved)
+    with pytest.raises(CheckpointError, match=r"4096 rows \(as many, but other files or order"):
+        resume_point(moved, None, renamed)
+    # a checkpoint that does not record its files compares the path, as before
+    (saved / META).write_text(json.dumps(recorded | {"train_data": None}))
+    with pytest.raises(CheckpointError, match=r"with data.train_path='/data/train'; this job has"):
+        resume_point(moved, None, groups("/mnt/d2/train", 2))
+
 
 def test_row_groups_carry_their_footers_byte_sizes(tmp_path: Path) -> None:
     """Files rewritten with other rows in the same layout list other byte sizes (what the
