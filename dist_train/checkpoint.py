@@ -227,7 +227,7 @@ def resolve(cfg: JobConfig, resume: str) -> Location | None:
         found = committed(checkpoint_root(cfg))
         return found[-1] if found else None
     path = location(resume)
-    if not (path / META).is_file():
+    if not (path / META).exists():  # one that is there but no file: read_meta names it
         raise CheckpointError(not_committed(path))
     return path
 
@@ -281,6 +281,14 @@ def read_meta(path: Location) -> dict[str, Any]:
         if problem:
             raise CheckpointError(f"{meta_path}: files[{name!r}]: {problem}")
     _check_fields(meta, meta_path)
+    saved = meta["position"].get("step")
+    if _a_saves_name(path) and saved is not None and saved != step_of(path):
+        # `latest` and retention go by the names: a renamed one was taken as the newest
+        raise CheckpointError(
+            f"{path}: named as the checkpoint of step {step_of(path)}, but its {META} records "
+            f"step {saved}: it was renamed. Give it its name back "
+            f"({PREFIX}{saved:0{STEP_DIGITS}d}), or move it out of the checkpoint folder"
+        )
     return meta
 
 
@@ -351,6 +359,17 @@ def _check_fields(meta: dict[str, Any], meta_path: Location) -> None:
     plan = meta["position"].get("plan")
     if plan is not None and not (plan["stream_world"] >= 1 and len(plan["segments"]) >= 1):
         raise CheckpointError(f"{meta_path}: position.plan deals no streams: {plan!r:.80}")
+    config = meta.get("config")  # read as maps where present (an older one has none)
+    for key, part in (("config", config), *_config_parts(config)):
+        if part is not None and not isinstance(part, dict):
+            raise CheckpointError(f"{meta_path}: {key} is not a map: {part!r:.80}")
+
+
+def _config_parts(config: Any) -> list[tuple[str, Any]]:
+    """The sections of a recorded config that resuming reads as maps."""
+    if not isinstance(config, dict):
+        return []
+    return [(f"config.{k}", config.get(k)) for k in ("data", "embedding", "train", "checkpoint")]
 
 
 def _is_rng_state(state: Any) -> bool:

@@ -13,6 +13,7 @@ RayJob's own ``--config``, with its ``--set`` overrides, is checked against it t
 from __future__ import annotations
 
 import difflib
+import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,7 +252,7 @@ def validate_files(paths: list[str], overrides: list[str] | None = None) -> Repo
             # a checkpoint's meta.json (its folder is the checkpoint): it read as a job
             # config of a dozen unknown keys
             p, path = str(path.parent), path.parent
-        if "://" in p or (path / META).is_file():
+        if "://" in p or os.path.lexists(path / META):  # a pipe there: named as no file
             try:
                 report.ok.append(f"{p}: {verify(location(p))}")
             except (CheckpointError, StorageError) as err:

@@ -874,3 +874,38 @@ def test_a_users_copy_named_otherwise_is_no_checkpoint_of_the_run(
         saver.save(TrainPosition(step=step))
     assert [p.name for p in committed(root)] == ["step-00000012", "step-00000016"]
     assert (root / "step-1" / META).is_file() and (root / "step-0000000009" / META).is_file()
+
+
+def test_a_renamed_checkpoint_and_a_forged_config_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A helper's audit: step-00000016 renamed step-00000099 was `latest`, and a resume
+    said it was newer than itself; a meta.json whose config.data was no map failed with a
+    bare AttributeError; a pipe for meta.json read as no checkpoint at all."""
+    from dist_train.checkpoint import read_meta
+    from dist_train.cli import main
+
+    root = tmp_path / "default" / "checkpoints"
+    config = _job(tmp_path).model_dump(mode="json")
+    _checkpoint(root, 8, config)
+    (_checkpoint(root, 16, config)).rename(root / "step-00000099")
+    renamed = (
+        r"step-00000099: named as the checkpoint of step 99, but its meta.json records step "
+        r"16: it was renamed\. Give it its name back \(step-00000016\)"
+    )
+    with pytest.raises(CheckpointError, match=renamed):
+        resume_point(_job(tmp_path, "checkpoint.resume=latest"))
+
+    forged = _checkpoint(tmp_path / "forged", 8, {**config, "data": "x"}, batches=5)
+    with pytest.raises(CheckpointError, match=r"08/meta.json: config.data is not a map: 'x'"):
+        read_meta(forged)
+
+    piped = _checkpoint(tmp_path / "piped", 8, config)
+    (piped / META).unlink()
+    os.mkfifo(piped / META)
+    capsys.readouterr()
+    assert main(["validate", str(piped)]) == 1
+    assert f"PROBLEM  {piped / META}: not a regular file" in capsys.readouterr().err
+    no_saves = _job(tmp_path, f"checkpoint.resume={piped}", "checkpoint.save_at_end=false")
+    with pytest.raises(CheckpointError, match=r"08/meta.json: not a regular file"):
+        resume_point(no_saves)
