@@ -672,6 +672,18 @@ class CheckpointSaver:
             job.released.wait()
         self._stage(job, self._commit)
 
+    def _prune(self) -> None:
+        """Delete the committed checkpoints past ``num_to_keep``, each uncommitted first: a
+        stop mid-delete leaves a save's files, which the next start removes, not a committed
+        checkpoint with files missing. One that fails to go is said and left: the save
+        before it is committed."""
+        for old in committed(self.root)[: -self.num_to_keep]:
+            try:
+                storage.rmtree(old / META)
+                storage.rmtree(old)
+            except Exception as err:  # noqa: BLE001 - storage backends raise many types
+                LOG.warning(f"{old}: not deleted ({err}); the newer checkpoints are whole")
+
     def _stage(self, job: _Save, stage: Callable[[_Save], None]) -> None:
         """Run one stage of ``job`` (unless an earlier one failed), its error kept in
         ``job.error`` on every rank, its files removed on failure."""
@@ -767,8 +779,7 @@ class CheckpointSaver:
                     storage.move(aside, final)
                 raise
             storage.rmtree(aside)
-            for old in committed(self.root)[: -self.num_to_keep]:
-                storage.rmtree(old)
+            self._prune()
 
         agree(_attempt(commit) if rank == 0 else None, group)
         job.path = final

@@ -26,6 +26,7 @@ from dist_train.checkpoint import (
     committed,
     read_meta,
     remove_partials,
+    verify,
 )
 from dist_train.config import load_config, parse_config
 from dist_train.data.epoch_plan import EpochPlan
@@ -392,6 +393,33 @@ def test_the_commit_is_on_disk_before_older_checkpoints_go(
     assert [p.name for p in committed(root)] == ["step-00000008"]
     (before_pruning,) = synced_when_pruned
     assert {(final / META).stat().st_ino, final.stat().st_ino, root.stat().st_ino} <= before_pruning
+
+
+def test_a_prune_cut_short_leaves_no_committed_checkpoint_with_files_missing(
+    one_rank: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention deleted an old checkpoint's files in the directory's order, meta.json
+    among them: a stop mid-delete left it committed with shards missing (a helper's reading),
+    and a delete that failed reported the save committed before it as not saved. It is
+    uncommitted first now, the failure said, and the next start removes the rest."""
+    root = tmp_path / "checkpoints"
+    saver = CheckpointSaver(_Trainer(0), root, num_to_keep=1, background=False)
+    saver.save(TrainPosition(step=4))
+    real_rmtree = storage.rmtree
+
+    def failed_midway(loc: Any) -> None:
+        if loc.name == "step-00000004":  # one shard gone, then the delete fails
+            next(loc.glob("*.distcp")).unlink()
+            raise OSError(5, "Input/output error")
+        real_rmtree(loc)
+
+    monkeypatch.setattr(storage, "rmtree", failed_midway)
+    saver.save(TrainPosition(step=8))
+    monkeypatch.setattr(storage, "rmtree", real_rmtree)
+    for path in committed(root):
+        verify(path)  # whole, every one
+    assert [p.name for p in committed(root)] == ["step-00000008"]
+    assert [p.name for p in remove_partials(root)] == ["step-00000004"]
 
 
 def test_start_up_cleanup_removes_only_what_a_save_names(tmp_path: Path) -> None:
