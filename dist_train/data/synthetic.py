@@ -83,6 +83,21 @@ def _schema(cfg: SyntheticDataConfig) -> pa.Schema:
     return pa.schema(fields)
 
 
+@dataclass
+class _Rows:
+    """What the rows are drawn from: the spec, each categorical column's sampler, the dense
+    columns' weights in the label's logit, and the one random stream every file draws on."""
+
+    cfg: SyntheticDataConfig
+    columns: list[_Column]
+    dense_w: np.ndarray
+    rng: np.random.Generator
+
+    def chunk(self, n: int, first_id: int, schema: pa.Schema) -> pa.Table:
+        """The next ``n`` rows, ``row_id`` counted from ``first_id``."""
+        return _chunk(self.cfg, self.columns, self.dense_w, n, self.rng, schema, first_id)
+
+
 def _chunk(
     cfg: SyntheticDataConfig,
     columns: list[_Column],
@@ -127,25 +142,16 @@ def _chunk(
     return pa.table({f.name: arrays[f.name] for f in schema}, schema=schema)
 
 
-def _write_split(
-    path: Path,
-    num_rows: int,
-    cfg: SyntheticDataConfig,
-    columns: list[_Column],
-    dense_w: np.ndarray,
-    rng: np.random.Generator,
-    progress: bool,
-    first_id: int,
-) -> None:
+def _write_split(path: Path, num_rows: int, first_id: int, rows: _Rows, progress: bool) -> None:
     # written under a hidden name, which the reader passes over, and named when whole: a
     # writer closed by a Ctrl-C writes its footer, and the rows so far read as the file
     writing = path.with_name(f".{path.name}")
     try:
         # Page checksums let readers detect corrupted pages (see docs/data.md).
         with pq.ParquetWriter(
-            writing, _schema(cfg), compression="zstd", write_page_checksum=True
+            writing, _schema(rows.cfg), compression="zstd", write_page_checksum=True
         ) as writer:
-            _write_rows(writer, path, num_rows, cfg, columns, dense_w, rng, progress, first_id)
+            _write_rows(writer, path, num_rows, first_id, rows, progress)
     except BaseException:
         writing.unlink(missing_ok=True)
         raise
@@ -155,25 +161,18 @@ def _write_split(
 
 
 def _write_rows(
-    writer: pq.ParquetWriter,
-    path: Path,
-    num_rows: int,
-    cfg: SyntheticDataConfig,
-    columns: list[_Column],
-    dense_w: np.ndarray,
-    rng: np.random.Generator,
-    progress: bool,
-    first_id: int,
+    writer: pq.ParquetWriter, path: Path, num_rows: int, first_id: int, rows: _Rows, progress: bool
 ) -> None:
-    written = 0
+    per_group = rows.cfg.rows_per_group
     # whole row groups a chunk: a write ends a row group, so chunks of another size cut the
     # groups at their edges (65,536-row groups asked 131,072; 50,000 gave 50,000 + 15,536)
-    chunk = cfg.rows_per_group * max(1, _CHUNK_ROWS // cfg.rows_per_group)
-    said = time.perf_counter()
+    chunk = per_group * max(1, _CHUNK_ROWS // per_group)
+    written, said = 0, time.perf_counter()
     while written < num_rows:
         n = min(chunk, num_rows - written)
-        table = _chunk(cfg, columns, dense_w, n, rng, writer.schema, first_id + written)
-        writer.write_table(table, row_group_size=cfg.rows_per_group)
+        writer.write_table(
+            rows.chunk(n, first_id + written, writer.schema), row_group_size=per_group
+        )
         written += n
         if progress and time.perf_counter() - said > PROGRESS_SECONDS and written < num_rows:
             print(f"  {path}: {written:,} of {num_rows:,} rows", file=sys.stderr, flush=True)
@@ -298,17 +297,14 @@ def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = Tru
         _Column(f"C{i + 1}", c, cfg.zipf_exponent, rng)
         for i, c in enumerate(cfg.column_cardinalities())
     ]
-    dense_w = rng.normal(0.0, 0.3, cfg.num_dense)
+    rows = _Rows(cfg, columns, rng.normal(0.0, 0.3, cfg.num_dense), rng)
     per_file = -(-cfg.num_train_rows // cfg.num_train_files)
     for i in range(cfg.num_train_files):
         n = min(per_file, cfg.num_train_rows - i * per_file)
         if n > 0:
-            path = result.train_dir / f"part-{i}.parquet"
-            _write_split(path, n, cfg, columns, dense_w, rng, progress, i * per_file)
+            _write_split(result.train_dir / f"part-{i}.parquet", n, i * per_file, rows, progress)
     test_path = result.test_dir / "part-0.parquet"
-    _write_split(
-        test_path, cfg.num_test_rows, cfg, columns, dense_w, rng, progress, cfg.num_train_rows
-    )
+    _write_split(test_path, cfg.num_test_rows, cfg.num_train_rows, rows, progress)
     write_atomically(spec_path, json.dumps(spec, indent=2))  # whole, or the record before
     if progress:
         print(f"generated in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
