@@ -681,8 +681,11 @@ class CheckpointSaver:
             try:
                 storage.rmtree(old / META)
                 storage.rmtree(old)
+                why = "some of its files would not go" if old.exists() else None
             except Exception as err:  # noqa: BLE001 - storage backends raise many types
-                LOG.warning(f"{old}: not deleted ({err}); the newer checkpoints are whole")
+                why = str(err)
+            if why:  # a local delete skips what it cannot remove: told by what is left
+                LOG.warning(f"{old}: not deleted ({why}); the newer checkpoints are whole")
 
     def _stage(self, job: _Save, stage: Callable[[_Save], None]) -> None:
         """Run one stage of ``job`` (unless an earlier one failed), its error kept in

@@ -3,11 +3,12 @@
 A run's driver removes the half-written saves it finds when it starts (``.partial-step-N``)
 and its ranks prune old checkpoints as they save: a second run in the same folder took the
 first's save in progress for a crashed one and deleted it, and the two runs' checkpoints
-mixed. The driver holds an exclusive lock on the folder itself for the whole run; a second
-run is refused, naming the holder. The lock is the kernel's (``flock`` of the directory: no
-file is added to the folder), so a run that dies, however it dies, leaves none behind. Local
-and mounted folders only: a URL's storage (``s3://``, ...) has no such lock, and is not
-guarded (docs/checkpoint.md).
+mixed. The driver holds an exclusive lock on the folder itself for the whole run, from
+before it writes anything (its generated data included); a second run is refused, naming
+the holder. The lock is the kernel's (``flock`` of the directory: no file is added to the
+folder), so a run that dies, however it dies, leaves none behind. It keeps apart the runs of
+one machine: on a shared folder (NFS) a directory's ``flock`` is each client's own, and a
+URL's storage (``s3://``, ...) has no such lock (docs/checkpoint.md).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from dist_train.checkpoint import CheckpointError
+from dist_train.checkpoint import CheckpointError, check_writable
 from dist_train.checkpoint_files import local_path
+from dist_train.logs import LOG
 from dist_train.storage import Location
 
 PROC_LOCKS = Path("/proc/locks")  # Linux: every lock held on this machine, with its holder
@@ -34,8 +36,14 @@ def one_run_in(root: Location, create: bool) -> Iterator[None]:
     if folder is None or not (create or folder.is_dir()):
         yield
         return
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    if create:
+        check_writable(root)  # made, and said in a line where it cannot be
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as err:
+        raise CheckpointError(
+            f"{root}: cannot open the checkpoint folder ({err.strerror})"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -46,14 +54,16 @@ def one_run_in(root: Location, create: bool) -> Iterator[None]:
                 "run a folder of its own (--set name=... or checkpoint.dir); nothing was "
                 "changed"
             ) from None
+        except OSError as err:  # a filesystem without locks: the run goes on unguarded
+            LOG.warning(f"{root}: cannot lock the checkpoint folder ({err.strerror})")
         yield
     finally:
         os.close(fd)  # the lock goes with the folder's last descriptor of this run
 
 
 def _holder(fd: int) -> str:
-    """The process holding the lock on ``fd``'s folder, where this machine's kernel lists it
-    (``/proc/locks``: a lock of another machine on a shared folder is not listed)."""
+    """The process holding the lock on ``fd``'s folder, as this machine's kernel lists it
+    (``/proc/locks``)."""
     st = os.fstat(fd)
     inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     try:
@@ -64,7 +74,7 @@ def _holder(fd: int) -> str:
                 return f"process {fields[4]}{_command_of(fields[4])}"
     except OSError:
         pass
-    return "a process that holds its lock, maybe on another machine"
+    return "a process that held its lock a moment ago"
 
 
 def _command_of(pid: str) -> str:

@@ -268,14 +268,14 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
     setup_logging(verbosity())  # the console handler, at the level the command line set
     cfg = resolve_paths(cfg)
     check_output_paths(cfg)
-    if cfg.checkpoint.resume not in (None, "latest"):  # before data are generated, say
-        resolve_checkpoint(cfg, cfg.checkpoint.resume)
-    device = job_device(cfg)
-    job_plan = plan_on_driver(cfg, device)
-    prepared = prepare_inputs(cfg)
     saves = cfg.checkpoint.save_at_end or cfg.checkpoint.every_steps is not None
-    # held from the clean-up of half-written saves to the last save and prune
+    # held from before anything is written (the run's generated data too) to the last prune
     with one_run_in(checkpoint_root(cfg), create=saves):
+        if cfg.checkpoint.resume not in (None, "latest"):  # before data are generated, say
+            resolve_checkpoint(cfg, cfg.checkpoint.resume)
+        device = job_device(cfg)
+        job_plan = plan_on_driver(cfg, device)
+        prepared = prepare_inputs(cfg)
         inputs = dataclasses.replace(
             prepared,
             plan=job_plan,

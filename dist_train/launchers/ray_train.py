@@ -496,17 +496,16 @@ def _raise_divergence(err: BaseException) -> None:
 
 def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
     """Run the job on Ray Train workers; the rank-0 summary."""
-    with _connected(cfg) as private:
+    # Ray Train's controller takes one report per worker per health check (2 s by default):
+    # checkpoint pointers, reported from the background save thread, would queue behind
+    # each other and hold up the next save. Ray passes this variable from the driver to its
+    # controller; a value the user set wins.
+    defaults = {HEALTH_CHECK_ENV: HEALTH_CHECK_SECONDS}
+    if not sys.stdout.isatty():  # a log file's (ray job logs'): no terminal colours in it
+        defaults[COLOR_PREFIX_ENV] = "0"  # read as Ray prints workers' lines, to its end
+    with _environment_defaults(defaults), _connected(cfg) as private:
         check_cluster(cfg, inputs.device_type)
-        # Ray Train's controller takes one report per worker per health check (2 s by
-        # default): checkpoint pointers, reported from the background save thread, would
-        # queue behind each other and hold up the next save. Ray passes this variable from
-        # the driver to its controller; a value the user set wins.
-        defaults = {HEALTH_CHECK_ENV: HEALTH_CHECK_SECONDS}
-        if not sys.stdout.isatty():  # a log file's (ray job logs'): no terminal colours in it
-            defaults[COLOR_PREFIX_ENV] = "0"  # read as Ray prints workers' lines
-        with _environment_defaults(defaults):
-            result, work = _fit(cfg, inputs, private)
+        result, work = _fit(cfg, inputs, private)
         if result.error is not None:
             raise LaunchError(f"{work} failed: {worker_failures(result.error)}")
         if result.checkpoint is None:

@@ -254,12 +254,18 @@ def test_a_second_run_in_a_checkpoint_folder_in_use_is_refused(tmp_path: Path) -
     shutil.copytree(committed(root)[-1], in_progress)
     (in_progress / "meta.json").unlink()
     again = load_config(TINY, [*over, "train.max_steps=6", "checkpoint.resume=latest"])
+    data = sorted((tmp_path / "tiny" / "data").rglob("*.parquet"))
+    before = [f.read_bytes() for f in data]
+    # a second run of other generated data regenerated the running job's under it first
+    other_data = load_config(TINY, [*over, "data.synthetic.seed=7", "checkpoint.resume=latest"])
     with one_run_in(root, create=True):
-        with pytest.raises(
-            CheckpointError, match=rf"another run uses this .*\(process {os.getpid()}: "
-        ):
-            run_job(again)
+        for second in (again, other_data):
+            with pytest.raises(
+                CheckpointError, match=rf"another run uses this .*\(process {os.getpid()}: "
+            ):
+                run_job(second)
         assert in_progress.is_dir() and [p.name for p in committed(root)] == ["step-00000004"]
+        assert [f.read_bytes() for f in data] == before
     assert run_job(again)["steps"] == 6  # the first run over: the lock is free
     assert not in_progress.exists()
 

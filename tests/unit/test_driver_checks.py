@@ -348,3 +348,21 @@ def test_a_join_that_fails_says_why_and_hints_at_tokens_only_for_a_refusal(
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     with pytest.raises(ray_train.LaunchError, match="is this client's token the cluster's"):
         ray_train._join(cfg, "10.0.0.1:6379")
+
+
+def test_a_checkpoint_folder_that_cannot_be_made_is_named_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The checkpoint folder's lock made the folder first, and a folder it could not make
+    failed as a bare NotADirectoryError or PermissionError (a review's finding)."""
+    from dist_train.cli import main
+
+    (tmp_path / "a-file").write_text("")
+    tiny = str(Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny.yaml")
+    argv = ["train", "--config", tiny, "--set", f"output_dir={tmp_path / 'out'}"]
+    assert main([*argv, "--set", f"checkpoint.dir={tmp_path / 'a-file' / 'ckpt'}"]) == 1
+    assert (
+        f"error: checkpoint: {tmp_path / 'a-file' / 'ckpt'}: cannot write checkpoints there "
+        "(Not a directory)" in capsys.readouterr().err
+    )
+    assert not (tmp_path / "out").exists()  # no data generated, no run folder
