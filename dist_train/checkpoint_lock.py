@@ -27,6 +27,10 @@ from dist_train.storage import Location
 PROC_LOCKS = Path("/proc/locks")  # Linux: every lock held on this machine, with its holder
 
 
+class CheckpointFolderInUse(CheckpointError):
+    """Another run holds the checkpoint folder: it goes on, and this one changed nothing."""
+
+
 @contextlib.contextmanager
 def one_run_in(root: Location, create: bool) -> Iterator[None]:
     """Hold ``root``'s lock for the block (the folder made first where ``create``, else held
@@ -48,7 +52,7 @@ def one_run_in(root: Location, create: bool) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise CheckpointError(
+            raise CheckpointFolderInUse(
                 f"{root}: another run uses this checkpoint folder ({_holder(fd)}): two runs "
                 "in one folder delete each other's saves. Wait for it to end, or give this "
                 "run a folder of its own (--set name=... or checkpoint.dir); nothing was "

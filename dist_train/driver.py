@@ -17,7 +17,7 @@ from typing import Any
 
 from dist_train.checkpoint import CheckpointError, checkpoint_root, committed, step_of
 from dist_train.checkpoint import resolve as resolve_checkpoint
-from dist_train.checkpoint_lock import one_run_in
+from dist_train.checkpoint_lock import CheckpointFolderInUse, one_run_in
 from dist_train.config import (
     ConfigError,
     JobConfig,
@@ -39,7 +39,7 @@ from dist_train.embedding.layout import build_layout
 from dist_train.launchers.processes import RankError, run_processes
 from dist_train.logs import LOG, setup_logging, verbosity, worded_for_users
 from dist_train.stopping import stopped_by_sigterm
-from dist_train.train.checkpointing import resume_point
+from dist_train.train.checkpointing import refuse_to_overwrite, resume_point
 from dist_train.train.evaluation import run_evaluation
 from dist_train.train.loop import TrainingDiverged, run_worker
 from dist_train.train.progress import strict_json
@@ -271,7 +271,11 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
     saves = cfg.checkpoint.save_at_end or cfg.checkpoint.every_steps is not None
     # held from before anything is written (the run's generated data too) to the last prune
     with one_run_in(checkpoint_root(cfg), create=saves):
-        if cfg.checkpoint.resume not in (None, "latest"):  # before data are generated, say
+        # before data are generated, say: a fresh run over an earlier one's regenerated its
+        # data, then refused
+        if cfg.checkpoint.resume is None:
+            refuse_to_overwrite(cfg)
+        elif cfg.checkpoint.resume != "latest":
             resolve_checkpoint(cfg, cfg.checkpoint.resume)
         device = job_device(cfg)
         job_plan = plan_on_driver(cfg, device)
@@ -326,8 +330,12 @@ def skipped_counts(b: dict[str, Any]) -> str:
 
 
 def _steps(summary: dict[str, Any]) -> str:
-    """The steps the rates are over; after a resume, also the global step reached."""
+    """The steps the rates are over; after a resume, also the global step reached, and
+    after a restart of the worker group, where it restarted."""
     steps, launched = summary["steps"], summary.get("steps_this_launch", summary["steps"])
+    restarted = summary.get("restarted_at_step")
+    if restarted is not None:
+        return f"{launched} steps since the restart at step {restarted}, to step {steps}"
     return f"{steps} steps" if launched == steps else f"{launched} steps, to step {steps}"
 
 
@@ -414,6 +422,8 @@ def where_to_resume(cfg: JobConfig, failure: BaseException | None = None) -> str
     try:
         found = committed(checkpoint_root(resolve_paths(cfg)))
     except Exception:  # noqa: BLE001 - a hint: a storage that fails to list gets none
+        return None
+    if isinstance(failure, CheckpointFolderInUse):  # its run goes on: nothing to resume
         return None
     if not found or (failure is not None and str(found[-1]) in str(failure)):
         return None

@@ -118,7 +118,7 @@ def _ray_worker(payload: dict[str, Any]) -> None:
     restart = restart_point(cfg, inputs.run_id, recorded)
     if restart is not None:  # Ray Train restarted the group after a worker failed
         LOG.info(f"worker group restarted; resuming from {restart}")
-        inputs = dataclasses.replace(inputs, resume=restart)
+        inputs = dataclasses.replace(inputs, resume=restart, restarted=True)
     failure = failed_before(cfg, inputs.run_id)
     if failure is not None:  # it would fail again: end, so that Ray restarts no more
         _report({FAILED: list(failure)})

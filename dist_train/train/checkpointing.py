@@ -88,7 +88,7 @@ def resume_point(
             if _FAILURE_RECORD.fullmatch(p.name) and p.is_file():
                 storage.rmtree(p)
     if cfg.checkpoint.resume is None:
-        _refuse_to_overwrite(cfg, root)
+        refuse_to_overwrite(cfg)
         return None
     path = checkpoint.resolve(cfg, cfg.checkpoint.resume)
     if path is None:
@@ -153,10 +153,11 @@ def _check_same_model(cfg: JobConfig, meta: dict[str, Any], path: Location) -> N
     checkpoint.check_model_shapes(path, meta, model.state_dict())
 
 
-def _refuse_to_overwrite(cfg: JobConfig, root: Location) -> None:
+def refuse_to_overwrite(cfg: JobConfig) -> None:
     """A fresh run saves ``step-N`` from step 1 again and keeps only the newest
     ``num_to_keep``: beside an earlier run's checkpoints it would replace theirs at equal steps
     and retention would delete its own (or theirs). Refuse before anything is written."""
+    root = checkpoint.checkpoint_root(cfg)
     saves = cfg.checkpoint.save_at_end or cfg.checkpoint.every_steps is not None
     existing = checkpoint.committed(root)
     if saves and existing:

@@ -58,6 +58,9 @@ class RunSummary(TrainFigures, EvalFigures):
 
     steps: int  # the global step reached (a resumed run's count from its checkpoint's)
     steps_this_launch: int  # the steps this launch trained: the rates' and examples' steps
+    # where Ray restarted the worker group (a worker failed), else None: the rates and
+    # steps_this_launch are the restarted group's, from this step
+    restarted_at_step: int | None
     eval_seconds: float
     bad_input: dict[str, Any]  # both splits'
     bad_input_test: dict[str, Any]  # the test split's share
@@ -153,6 +156,7 @@ def run_worker(
     summary = RunSummary(
         steps=epochs.step,
         steps_this_launch=epochs.step - start.step,
+        restarted_at_step=start.step if inputs.restarted else None,
         **trained,
         **metrics.as_summary(),
         eval_seconds=time.perf_counter() - eval_start,

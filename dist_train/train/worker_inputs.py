@@ -21,6 +21,7 @@ class WorkerInputs:
     file_counts: BadInputCounts | None = None  # bad files the driver skipped
     test_file_counts: BadInputCounts | None = None  # those of them in the test split
     resume: str | None = None  # a committed checkpoint to continue from
+    restarted: bool = False  # ``resume`` is where Ray restarted the worker group from
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # this launch's checkpoints
     verbosity: str = "normal"  # of the driver's console messages (quiet, normal, verbose)
     device_type: str = "cpu"  # where the ranks train (train.device, resolved by the driver)

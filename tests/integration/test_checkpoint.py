@@ -241,7 +241,9 @@ def test_partial_checkpoint_is_ignored_and_removed(tmp_path: Path) -> None:
     assert not partial.exists()
 
 
-def test_a_second_run_in_a_checkpoint_folder_in_use_is_refused(tmp_path: Path) -> None:
+def test_a_second_run_in_a_checkpoint_folder_in_use_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A second `train --resume latest` on a run's folder took the first run's save in
     progress for a crashed one and deleted it; the first run then failed, and the two runs'
     checkpoints mixed (a helper's audit). The running job holds the folder's lock here."""
@@ -264,8 +266,16 @@ def test_a_second_run_in_a_checkpoint_folder_in_use_is_refused(tmp_path: Path) -
                 CheckpointError, match=rf"another run uses this .*\(process {os.getpid()}: "
             ):
                 run_job(second)
+        # said without the hint to resume: the command refused was that resume
+        cli = ["train", "--config", str(TINY), *(a for o in over for a in ("--set", o))]
+        assert main([*cli, "--resume", "latest"]) == 1
+        assert "continues from it" not in capsys.readouterr().err
         assert in_progress.is_dir() and [p.name for p in committed(root)] == ["step-00000004"]
         assert [f.read_bytes() for f in data] == before
+    # a fresh run over the finished job's folder, of other data: refused, its data as they were
+    with pytest.raises(CheckpointError, match=r"already holds checkpoints of an earlier run"):
+        run_job(load_config(TINY, [*over, "data.synthetic.seed=7"]))
+    assert [f.read_bytes() for f in data] == before
     assert run_job(again)["steps"] == 6  # the first run over: the lock is free
     assert not in_progress.exists()
 

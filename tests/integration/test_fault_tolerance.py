@@ -81,6 +81,9 @@ def test_kill_9_worker_mid_epoch_resumes_exactly_once(
     run_k, run_c = tmp_path / "killed" / "tiny", tmp_path / "clean" / "tiny"
     assert (run_k / "faults" / marker).is_file()
     assert killed["steps"] == clean["steps"] == 32
+    # the rates are the restarted group's, and say so
+    assert killed["restarted_at_step"] == resume_step and clean["restarted_at_step"] is None
+    assert killed["steps_this_launch"] == 32 - resume_step
 
     epochs: dict[int, list[int]] = {0: [], 1: []}
     for rank in (0, 1):

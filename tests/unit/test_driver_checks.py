@@ -89,6 +89,12 @@ def test_the_summary_names_a_resumed_launchs_steps_apart_from_the_step_reached(
     assert "1,000 (2 CPU ranks, 20 steps, to step 40)" in capsys.readouterr().out
     print_summary({**summary, "steps_this_launch": 40}, tmp_path)
     assert "(2 CPU ranks, 40 steps)" in capsys.readouterr().out
+    # after Ray restarted the worker group: the rates are the restarted group's (they read
+    # as the whole launch's, a helper's audit)
+    print_summary({**summary, "steps_this_launch": 34, "restarted_at_step": 6}, tmp_path)
+    assert "(2 CPU ranks, 34 steps since the restart at step 6, to step 40)" in (
+        capsys.readouterr().out
+    )
 
 
 @pytest.mark.parametrize("key", ["output_dir", "checkpoint.dir"])
