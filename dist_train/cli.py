@@ -596,6 +596,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dist-train",
         description="Distributed training of Unified-Embedding recommender models.",
     )
+    # -q/-v before the command too (`dist-train -q train`); the command's own win
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument(
+        "-q", "--quiet", dest="leading_verbosity", action="store_const", const="quiet",
+        help="print warnings and errors only (as the command's -q)",
+    )  # fmt: skip
+    loud.add_argument(
+        "-v", "--verbose", dest="leading_verbosity", action="store_const", const="verbose",
+        help="print debug messages too (as the command's -v)",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
     common = add_config_args
 
@@ -854,10 +864,19 @@ def _know_own_parser(parser: argparse.ArgumentParser) -> None:
                 _know_own_parser(child)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked; ``verbosity`` from ``-q``/``-v`` before or after the
+    command (the command's own wins)."""
     args, unknown = build_parser().parse_known_args(argv)
     if unknown:
         args._parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.leading_verbosity and getattr(args, "verbosity", "normal") == "normal":
+        args.verbosity = args.leading_verbosity
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     setup_logging(getattr(args, "verbosity", "normal"))
     try:
         code = stopped_by_sigterm(lambda: _command(args))

@@ -880,9 +880,11 @@ def known_key(key: str) -> bool:
 
 def _blames(override: str, key: str, message: str) -> bool:
     """Whether an error at ``key`` ("": a check of the whole job) with ``message`` comes
-    from the ``--set`` of ``override``: one that sets the key, a section it lies in, or
-    something inside it; an entry of a mapping only where the message names the entry (as
-    the mapping's checks quote it, ``'C99'``); for the whole job, one the message names."""
+    from the ``--set`` of ``override``: one that sets the key or a section it lies in;
+    something inside the key where the message names it (a section's check: its other
+    keys' overrides are not its cause); an entry of a mapping only where the message names
+    the entry (as the mapping's checks quote it, ``'C99'``); for the whole job, one the
+    message names."""
     parent, _, entry = override.rpartition(".")
     field = _field_at(parent) if parent else None
     is_entry = field is not None and typing.get_origin(field.annotation) is dict
@@ -890,7 +892,10 @@ def _blames(override: str, key: str, message: str) -> bool:
         return False
     if not key:
         return _mentions(message, parent if is_entry else override)
-    return f"{override}.".startswith(f"{key}.") or key.startswith(f"{override}.")
+    if override == key or key.startswith(f"{override}."):
+        return True
+    inside = override.removeprefix(f"{key}.")
+    return inside != override and (is_entry or _mentions(message, inside))
 
 
 def _at_positions(key: str, raw: Any) -> str:

@@ -151,3 +151,18 @@ def test_a_memory_that_leaves_a_rank_none_is_refused_before_calibrating(
     assert main(["calibrate", "--memory-per-rank", "64MiB", "--out", str(out)]) == 2
     assert "no more than a training step's own working memory" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_quiet_and_verbose_go_before_the_command_too() -> None:
+    """`dist-train -q train` failed as `dist-train train: error: unrecognized arguments: -q`
+    (a helper's audit); the command's own flag wins."""
+    from dist_train.cli import parse_args
+
+    for argv, level in (
+        (["-q", "train"], "quiet"),
+        (["-v", "show-config"], "verbose"),
+        (["train", "-q"], "quiet"),
+        (["-q", "train", "-v"], "verbose"),
+        (["train"], "normal"),
+    ):
+        assert parse_args(argv).verbosity == level, argv

@@ -347,6 +347,21 @@ def test_a_check_of_the_whole_job_names_the_override_it_names() -> None:
     assert str(err.value).endswith("(from --set sharding.pooling_factors.C99=3)")
 
 
+def test_a_check_of_a_section_names_the_override_it_names() -> None:
+    """A section's check (train_path without test_path) blamed the last --set inside the
+    section, an unrelated data.on_bad_input=skip (a helper's audit)."""
+    for overrides in (
+        ["data.train_path=/x", "data.on_bad_input=skip"],
+        ["data.on_bad_input=skip", "data.train_path=/x"],
+    ):
+        with pytest.raises(ConfigError) as err:
+            load_config(overrides=overrides)
+        assert str(err.value).endswith("(synthetic data) (from --set data.train_path=/x)")
+    with pytest.raises(ConfigError) as err:  # the section set whole: it is the cause
+        load_config(overrides=["data={train_path: /x}"])
+    assert str(err.value).endswith("(from --set data={train_path: /x})")
+
+
 def test_attention_heads_are_checked_for_autoint_only() -> None:
     """An AutoInt setting refused a DLRM job (the model reads no attention setting)."""
     odd = ["model.attention_dim=15", "model.attention_heads=2"]
