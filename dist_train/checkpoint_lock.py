@@ -82,7 +82,7 @@ def _holder(fd: int) -> str:
 
 
 def _command_of(pid: str) -> str:
-    """`` (its command line)`` of process ``pid``, where it can be read."""
+    """``: <its command line>`` of process ``pid``, where it can be read."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
