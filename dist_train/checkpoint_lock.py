@@ -1,11 +1,12 @@
-"""One run at a time in a checkpoint folder.
+"""One run at a time in a run's folders.
 
-A run's driver removes the half-written saves it finds when it starts (``.partial-step-N``)
-and its ranks prune old checkpoints as they save: a second run in the same folder took the
-first's save in progress for a crashed one and deleted it, and the two runs' checkpoints
-mixed. The driver holds an exclusive lock on the folder itself for the whole run, from
-before it writes anything (its generated data included); a second run is refused, naming
-the holder. The lock is the kernel's (``flock`` of the directory: no file is added to the
+A run's driver removes the half-written saves it finds when it starts (``.partial-step-N``),
+its ranks prune old checkpoints as they save, and a job on generated data writes them into
+its run folder: a second run of the same job took the first's save in progress for a
+crashed one and deleted it, regenerated its data under it, and the two runs' checkpoints
+mixed. The driver holds an exclusive lock on the run folder and on the checkpoint folder
+for the whole run, from before it writes anything; a second run is refused, naming the
+holder. The lock is the kernel's (``flock`` of the directory: no file is added to the
 folder), so a run that dies, however it dies, leaves none behind. It keeps apart the runs of
 one machine: on a shared folder (NFS) a directory's ``flock`` is each client's own, and a
 URL's storage (``s3://``, ...) has no such lock (docs/checkpoint.md).
@@ -19,7 +20,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from dist_train.checkpoint import CheckpointError, check_writable
+from dist_train.checkpoint import CheckpointError
 from dist_train.checkpoint_files import local_path
 from dist_train.logs import LOG
 from dist_train.storage import Location
@@ -28,38 +29,43 @@ PROC_LOCKS = Path("/proc/locks")  # Linux: every lock held on this machine, with
 
 
 class CheckpointFolderInUse(CheckpointError):
-    """Another run holds the checkpoint folder: it goes on, and this one changed nothing."""
+    """Another run holds the run's folder: it goes on, and this one changed nothing."""
+
+
+def same_folder(a: Location, b: Location) -> bool:
+    """Whether ``a`` and ``b`` are one folder on this machine (a run folder given as its own
+    checkpoint.dir: it is locked once)."""
+    here, there = local_path(a), local_path(b)
+    try:
+        return here is not None and there is not None and os.path.samefile(here, there)
+    except OSError:  # one of them is not there
+        return False
 
 
 @contextlib.contextmanager
-def one_run_in(root: Location, create: bool) -> Iterator[None]:
-    """Hold ``root``'s lock for the block (the folder made first where ``create``, else held
-    only where it exists); CheckpointError, naming the process that holds it, if another
-    run does."""
+def one_run_in(root: Location, what: str) -> Iterator[None]:
+    """Hold the lock of ``root``, the run's ``what`` ("run folder", "checkpoint folder"),
+    for the block, where it is a folder on this machine; CheckpointFolderInUse, naming the
+    process that holds it, if another run (or another block of this process) does."""
     folder = local_path(root)
-    if folder is None or not (create or folder.is_dir()):
+    if folder is None or not folder.is_dir():
         yield
         return
-    if create:
-        check_writable(root)  # made, and said in a line where it cannot be
     try:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as err:
-        raise CheckpointError(
-            f"{root}: cannot open the checkpoint folder ({err.strerror})"
-        ) from None
+        raise CheckpointError(f"{root}: cannot open the {what} ({err.strerror})") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise CheckpointFolderInUse(
-                f"{root}: another run uses this checkpoint folder ({_holder(fd)}): two runs "
-                "in one folder delete each other's saves. Wait for it to end, or give this "
-                "run a folder of its own (--set name=... or checkpoint.dir); nothing was "
-                "changed"
+                f"{root}: another run uses this {what} ({_holder(fd)}): two runs of one job "
+                "delete each other's saves and data. Wait for it to end, or give this run a "
+                "folder of its own (--set name=... or checkpoint.dir); nothing was changed"
             ) from None
         except OSError as err:  # a filesystem without locks: the run goes on unguarded
-            LOG.warning(f"{root}: cannot lock the checkpoint folder ({err.strerror})")
+            LOG.warning(f"{root}: cannot lock the {what} ({err.strerror})")
         yield
     finally:
         os.close(fd)  # the lock goes with the folder's last descriptor of this run

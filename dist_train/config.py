@@ -878,24 +878,27 @@ def known_key(key: str) -> bool:
     return _field_at(key) is not None
 
 
-def _blames(override: str, key: str, message: str) -> bool:
-    """Whether an error at ``key`` ("": a check of the whole job) with ``message`` comes
-    from the ``--set`` of ``override``: one that sets the key or a section it lies in;
-    something inside the key where the message names it (a section's check: its other
-    keys' overrides are not its cause); an entry of a mapping only where the message names
-    the entry (as the mapping's checks quote it, ``'C99'``); for the whole job, one the
-    message names."""
+def _blames(override: str, key: str, message: str) -> int:
+    """How surely an error at ``key`` ("": a check of the whole job) with ``message`` comes
+    from the ``--set`` of ``override``: 2 for one that sets the key or a section it lies in,
+    or something inside the key that the message names; 1 for something else inside it (a
+    section's check names what it finds, not always what changed: ``num_categorical`` for
+    unknown ``multi_hot_columns``); 0 for none. An entry of a mapping only where the message
+    names the entry (as the mapping's checks quote it, ``'C99'``); for the whole job, one
+    the message names."""
     parent, _, entry = override.rpartition(".")
     field = _field_at(parent) if parent else None
     is_entry = field is not None and typing.get_origin(field.annotation) is dict
     if is_entry and f"'{entry}'" not in message:
-        return False
+        return 0
     if not key:
-        return _mentions(message, parent if is_entry else override)
+        return 2 * _mentions(message, parent if is_entry else override)
     if override == key or key.startswith(f"{override}."):
-        return True
+        return 2
     inside = override.removeprefix(f"{key}.")
-    return inside != override and (is_entry or _mentions(message, inside))
+    if inside == override:  # not inside the key
+        return 0
+    return 2 if is_entry or _mentions(message, inside) else 1
 
 
 def _at_positions(key: str, raw: Any) -> str:
@@ -958,11 +961,12 @@ def _format_errors(
                 f"unknown key ({hint}every key: `dist-train show-config --reference`, "
                 "docs/config.md)"
             )
-        blamed = [
-            o
+        sureness = [
+            (_blames(_at_positions(override_key(o), raw), key if e["loc"] else "", msg), o)
             for o in overrides
-            if _blames(_at_positions(override_key(o), raw), key if e["loc"] else "", msg)
         ]
+        surest = max((s for s, _ in sureness), default=0)
+        blamed = [o for s, o in sureness if s == surest > 0]  # the surest, the last of them
         if blamed:
             msg += f" (from --set {blamed[-1]})"
         lines.append(f"  {key}: {msg}")

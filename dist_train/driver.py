@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -15,9 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dist_train.checkpoint import CheckpointError, checkpoint_root, committed, step_of
+from dist_train.checkpoint import (
+    CheckpointError,
+    check_writable,
+    checkpoint_root,
+    committed,
+    step_of,
+)
 from dist_train.checkpoint import resolve as resolve_checkpoint
-from dist_train.checkpoint_lock import CheckpointFolderInUse, one_run_in
+from dist_train.checkpoint_lock import CheckpointFolderInUse, one_run_in, same_folder
 from dist_train.config import (
     ConfigError,
     JobConfig,
@@ -268,17 +275,24 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
     setup_logging(verbosity())  # the console handler, at the level the command line set
     cfg = resolve_paths(cfg)
     check_output_paths(cfg)
-    saves = cfg.checkpoint.save_at_end or cfg.checkpoint.every_steps is not None
-    # held from before anything is written (the run's generated data too) to the last prune
-    with one_run_in(checkpoint_root(cfg), create=saves):
-        # before data are generated, say: a fresh run over an earlier one's regenerated its
-        # data, then refused
-        if cfg.checkpoint.resume is None:
-            refuse_to_overwrite(cfg)
-        elif cfg.checkpoint.resume != "latest":
-            resolve_checkpoint(cfg, cfg.checkpoint.resume)
-        device = job_device(cfg)
-        job_plan = plan_on_driver(cfg, device)
+    if cfg.checkpoint.resume not in (None, "latest"):  # before data are generated, say
+        resolve_checkpoint(cfg, cfg.checkpoint.resume)
+    device = job_device(cfg)
+    job_plan = plan_on_driver(cfg, device)
+    # the run's folders, made once the checks that write nothing have passed, and held from
+    # before anything is written in them (the run's generated data too) to the last prune
+    root = checkpoint_root(cfg)
+    if cfg.checkpoint.save_at_end or cfg.checkpoint.every_steps is not None:
+        check_writable(root)  # made, and said in a line where it cannot be
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = (
+        contextlib.nullcontext()
+        if same_folder(root, cfg.run_dir)
+        else one_run_in(root, "checkpoint folder")
+    )
+    with one_run_in(cfg.run_dir, "run folder"), checkpoints:
+        if cfg.checkpoint.resume is None:  # a fresh run over an earlier one's regenerated
+            refuse_to_overwrite(cfg)  # its data, then refused
         prepared = prepare_inputs(cfg)
         inputs = dataclasses.replace(
             prepared,

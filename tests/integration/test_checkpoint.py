@@ -246,7 +246,9 @@ def test_a_second_run_in_a_checkpoint_folder_in_use_is_refused(
 ) -> None:
     """A second `train --resume latest` on a run's folder took the first run's save in
     progress for a crashed one and deleted it; the first run then failed, and the two runs'
-    checkpoints mixed (a helper's audit). The running job holds the folder's lock here."""
+    checkpoints mixed (a helper's audit). The running job holds the folders' locks here:
+    the checkpoint folder's, then the run folder's (a second run with a checkpoint.dir of
+    its own regenerated the running job's data)."""
     from dist_train.checkpoint_lock import one_run_in
 
     over = [*BASE, f"output_dir={tmp_path}", "train.max_steps=4"]
@@ -260,11 +262,18 @@ def test_a_second_run_in_a_checkpoint_folder_in_use_is_refused(
     before = [f.read_bytes() for f in data]
     # a second run of other generated data regenerated the running job's under it first
     other_data = load_config(TINY, [*over, "data.synthetic.seed=7", "checkpoint.resume=latest"])
-    with one_run_in(root, create=True):
+    elsewhere = load_config(TINY, [*over, "data.synthetic.seed=7", f"checkpoint.dir={tmp_path}/c"])
+    with one_run_in(root, "checkpoint folder"):
         for second in (again, other_data):
             with pytest.raises(
-                CheckpointError, match=rf"another run uses this .*\(process {os.getpid()}: "
+                CheckpointError,
+                match=rf"another run uses this checkpoint folder \(process {os.getpid()}: ",
             ):
+                run_job(second)
+        assert [f.read_bytes() for f in data] == before
+    with one_run_in(tmp_path / "tiny", "run folder"):
+        for second in (again, elsewhere):
+            with pytest.raises(CheckpointError, match=r"another run uses this run folder"):
                 run_job(second)
         # said without the hint to resume: the command refused was that resume
         cli = ["train", "--config", str(TINY), *(a for o in over for a in ("--set", o))]
@@ -278,6 +287,13 @@ def test_a_second_run_in_a_checkpoint_folder_in_use_is_refused(
     assert [f.read_bytes() for f in data] == before
     assert run_job(again)["steps"] == 6  # the first run over: the lock is free
     assert not in_progress.exists()
+    # the run folder as its own checkpoint.dir: one folder, locked once (not refused by itself)
+    at_run = [
+        *over,
+        f"output_dir={tmp_path / 'own'}",
+        f"checkpoint.dir={tmp_path / 'own' / 'tiny'}",
+    ]
+    assert run_job(load_config(TINY, at_run))["steps"] == 4
 
 
 def test_corrupt_checkpoint_fails_naming_the_file(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

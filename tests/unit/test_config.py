@@ -347,7 +347,7 @@ def test_a_check_of_the_whole_job_names_the_override_it_names() -> None:
     assert str(err.value).endswith("(from --set sharding.pooling_factors.C99=3)")
 
 
-def test_a_check_of_a_section_names_the_override_it_names() -> None:
+def test_a_check_of_a_section_names_the_override_it_names(tmp_path: Path) -> None:
     """A section's check (train_path without test_path) blamed the last --set inside the
     section, an unrelated data.on_bad_input=skip (a helper's audit)."""
     for overrides in (
@@ -360,6 +360,19 @@ def test_a_check_of_a_section_names_the_override_it_names() -> None:
     with pytest.raises(ConfigError) as err:  # the section set whole: it is the cause
         load_config(overrides=["data={train_path: /x}"])
     assert str(err.value).endswith("(from --set data={train_path: /x})")
+    # a check that names what it finds, not what changed: the --set inside it, still (a
+    # review found the first version of the rule above named none here)
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["model.kind=autoint", "model.attention_heads=3"])
+    assert str(err.value).endswith("(from --set model.attention_heads=3)")  # named
+    config = tmp_path / "heads.yaml"  # 3 heads, fine for DLRM, which has none
+    config.write_text("model:\n  attention_heads: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(config, ["model.kind=autoint", "seed=3"])
+    assert str(err.value).endswith("(from --set model.kind=autoint)")
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["data.synthetic.num_categorical=20"])
+    assert str(err.value).endswith("(from --set data.synthetic.num_categorical=20)")
 
 
 def test_attention_heads_are_checked_for_autoint_only() -> None:
