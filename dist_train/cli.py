@@ -25,6 +25,7 @@ import os
 import select
 import shlex
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -132,6 +133,13 @@ def _output_file(text: str) -> str:
         folder = folder.parent
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"{text!r}: cannot write under {str(folder)!r}")
+    try:  # root passes every access check: a file made there says (/proc, a read-only mount)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: cannot write under {str(folder)!r} ({err.strerror})"
+        ) from None
     if path.exists() and not os.access(path, os.W_OK):
         raise argparse.ArgumentTypeError(f"{text!r}: a file this user cannot write")
     return str(path)

@@ -30,8 +30,9 @@ from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 
 from dist_train import checkpoint
 from dist_train.bench import over, variant, write_json
-from dist_train.config import JobConfig, load_config, parse_config
+from dist_train.config import ConfigError, JobConfig, load_config, parse_config
 from dist_train.driver import prepare_inputs, run_job
+from dist_train.embedding.layout import build_layout
 from dist_train.launchers.processes import run_processes
 from dist_train.train.faults import ENV
 from dist_train.train.ledger import ledger_path, read
@@ -60,8 +61,9 @@ def disk_bandwidth(directory: Path, size: int) -> tuple[float, float]:
     block = os.urandom(_BLOCK)
     start = time.perf_counter()
     with path.open("wb", buffering=0) as f:
-        for _ in range(max(1, size // _BLOCK)):
-            f.write(block)
+        written = 0
+        while written < size:  # the checkpoint's bytes, the last block short (8 MiB rounded
+            written += f.write(block[: size - written])  # a 1 MB checkpoint up to 8)
         os.fsync(f.fileno())
     written = path.stat().st_size
     write_bps = written / (time.perf_counter() - start)
@@ -231,14 +233,26 @@ def run_checkpoint_bench(
     stall_rounds: int = 1,
 ) -> dict[str, Any]:
     """Measure and print the parts; return the figures."""
+    if cfg.embedding.kind == "collisionless":  # --rows sizes nothing: it said it did
+        raise ConfigError(
+            "bench checkpoint sizes the tables by --rows (embedding.num_rows): "
+            "embedding.kind=collisionless sizes them from the features' cardinalities; use "
+            "unified or hashing_trick"
+        )
     job = variant(cfg, [f"embedding.num_rows={rows}"], "bench checkpoint")
     plan = plan_job(job, 2, 2)
+    tables = build_layout(job.embedding, job.features, job.seed).tables
+    shape = (
+        f"{tables[0].num_rows:,} x {tables[0].dim}"
+        if len(tables) == 1
+        else f"{len(tables)} tables, {sum(t.num_rows * t.dim for t in tables):,} parameters"
+    )
     root = job.run_dir / "bench-checkpoint"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     print(
-        f"[bench] saving and loading {job.embedding.num_rows:,} x {job.embedding.dim} "
-        f"({plan.label}) on 2 ranks under {root}, {rounds} interleaved rounds",
+        f"[bench] saving and loading {shape} ({plan.label}) on 2 ranks under {root}, "
+        f"{rounds} interleaved rounds",
         flush=True,
     )
     ranks = run_processes(save_and_load, (job.model_dump(mode="json"), plan, str(root), rounds), 2)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from dist_train.bench import seconds_per_call, spread, write_json
-from dist_train.config import JobConfig
+from dist_train.config import ConfigError, JobConfig
 from dist_train.embedding.init import torch_seed
 from dist_train.embedding.layout import build_layout
 from dist_train.models.dot_interaction import (
@@ -32,6 +32,12 @@ def run_interaction_bench(
     cfg: JobConfig, threads: list[int], json_out: str | None = None, rounds: int = 9
 ) -> dict[str, Any]:
     """Time every (threads, implementation) case; print and return the figures."""
+    if cfg.model.kind != "dlrm" or cfg.model.interaction != "dot":  # its figures: not this job's
+        raise ConfigError(
+            f"bench interaction times DLRM's dot interaction, and this job's model is "
+            f"model.kind={cfg.model.kind}, model.interaction={cfg.model.interaction}; set "
+            "model.kind=dlrm and model.interaction=dot"
+        )
     layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
     batch, d, n = cfg.train.batch_size, layout.dim, layout.num_vectors + 1
     generator = torch.Generator().manual_seed(torch_seed(cfg.seed))

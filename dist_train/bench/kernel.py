@@ -41,6 +41,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dist_train.bench import seconds_per_call, write_json
 from dist_train.bench.roofline import embedding_bytes
+from dist_train.config import ConfigError
 from dist_train.data.memory import reuse_freed_memory
 from planners.calibrate import (
     TBE_BAGS,
@@ -49,6 +50,7 @@ from planners.calibrate import (
     copy_probe,
     zipf_rows,
 )
+from planners.cores import usable_memory_bytes
 
 DIMS = (16, 32, 64, 128)
 BATCHES = (512, 2048, 8192)
@@ -98,6 +100,23 @@ def _c_kernel(dim: int) -> SplitTableBatchedEmbeddingBagsCodegen | None:
     return tbe if applies(tbe) else None
 
 
+TABLES_PER_DIM = 3  # FBGEMM's table, its one-feature copy, and the C kernel's
+
+
+def _check_memory(dims: tuple[int, ...]) -> None:
+    """ConfigError, naming --dims, where the widths' tables (every width's held at once, a
+    float a value) outgrow the memory this process may use: a width the flag takes ended in
+    an allocator's traceback, or the kernel's out-of-memory kill."""
+    need = TABLES_PER_DIM * TBE_ROWS * 4 * sum(dims)
+    have = usable_memory_bytes()
+    if need > have * 0.8:
+        raise ConfigError(
+            f"--dims {','.join(map(str, dims))}: their tables of {TBE_ROWS:,} rows need "
+            f"{need / 2**30:,.1f} GiB, and this machine has {have / 2**30:,.1f}; ask for "
+            "fewer or narrower widths"
+        )
+
+
 def run_kernel_bench(
     json_out: str | None = None,
     rounds: int = ROUNDS,
@@ -105,6 +124,7 @@ def run_kernel_bench(
     batches: tuple[int, ...] = BATCHES,
 ) -> dict[str, Any]:
     """Time every (dim, batch) case forward and forward+backward; print and return them."""
+    _check_memory(dims)
     # as in the trainer's processes: freed outputs stay in the heap for the next call, where
     # glibc's defaults would map and fault in fresh pages every call (as much system time
     # as the kernels' own)

@@ -173,7 +173,7 @@ def _measure(
     out = run_processes(time_plans, args, world_size=plans[0].world_size)
     return [
         {
-            "step_seconds": out[0]["step_seconds"][i],
+            "step_seconds": max(r["step_seconds"][i] for r in out),  # the slowest rank's
             "max_state_bytes": max(r["state_bytes"][i] for r in out),
         }
         for i in range(len(plans))

@@ -78,6 +78,8 @@ def test_files_written_at_the_end_are_checked_before_the_work(
         (["calibrate", "--out", str(tmp_path)], "is a folder; name a file"),
         (["plan", "--json", str(tmp_path)], "is a folder; name a file"),
         (["bench", "train", "--json", f"{tmp_path}/a-file/x.json"], "cannot write under"),
+        # root passes the access check there: it measured, then failed at its last line
+        (["bench", "kernel", "--json", "/proc/x.json"], "cannot write under '/proc'"),
         # output folders that are files: named after the work as a subfolder ("a-file/train:
         # Not a directory") or as "File exists"
         *(

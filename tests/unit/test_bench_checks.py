@@ -1,0 +1,44 @@
+"""The benchmarks' checks of what they are asked, before they measure (a helper's audit)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from dist_train.config import ConfigError, load_config
+
+
+def test_the_disk_probe_writes_the_checkpoints_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It wrote whole 8 MiB blocks, rounded down: a 1 MB checkpoint was set against 8 MiB
+    of disk writes, and its line said 1 MB."""
+    from dist_train.bench.checkpoint import disk_bandwidth
+
+    sizes: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: (sizes.append(os.fstat(fd).st_size), real_fsync(fd))
+    )
+    for size in (1_000_000, 9 * 2**20 + 7):
+        disk_bandwidth(tmp_path, size)
+    assert sizes == [1_000_000, 9 * 2**20 + 7]
+
+
+def test_what_a_benchmark_cannot_measure_is_refused_naming_the_key() -> None:
+    from dist_train.bench.checkpoint import run_checkpoint_bench
+    from dist_train.bench.interaction import run_interaction_bench
+    from dist_train.bench.kernel import run_kernel_bench
+
+    # figures of a dot interaction the job does not have
+    with pytest.raises(ConfigError, match=r"model.kind=dcn_v2"):
+        run_interaction_bench(load_config(overrides=["model.kind=dcn_v2"]), [1])
+    # --rows sizes no table of a collisionless job: the banner named a table never saved
+    with pytest.raises(ConfigError, match=r"embedding.kind=collisionless sizes them"):
+        collisionless = ["embedding.kind=collisionless", "data.synthetic.string_columns=[]"]
+        run_checkpoint_bench(load_config(overrides=collisionless), 1000)
+    # widths the flag takes but this machine cannot hold: an allocator's traceback
+    with pytest.raises(ConfigError, match=r"--dims 4096,4096,4096: their tables of "):
+        run_kernel_bench(dims=(4096, 4096, 4096), batches=(8,), rounds=1)
