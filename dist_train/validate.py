@@ -12,6 +12,7 @@ RayJob's own ``--config``, with its ``--set`` overrides, is checked against it t
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import os
 import shlex
@@ -24,6 +25,7 @@ from dist_train.checkpoint_files import METADATA
 from dist_train.config import (
     ConfigError,
     JobConfig,
+    add_config_args,
     load_config,
     parse_with_overrides,
     read_yaml,
@@ -214,15 +216,16 @@ def _rayjob_config(entrypoint: str, source: str, report: Report) -> JobConfig | 
     except ValueError as err:
         report.problems.append(f"{source}: spec.entrypoint: {err}")
         return None
-    config, overrides = None, []
-    for i, arg in enumerate(args):  # as the driver's argparse reads them: --set X, --set=X
-        flag, eq, value = arg.partition("=")
-        if not eq:
-            value = args[i + 1] if i + 1 < len(args) else ""
-        if flag == "--config":
-            config = value
-        elif flag == "--set":
-            overrides.append(value)
+    # read as the driver reads them (its --config and --set, abbreviations such as --conf
+    # included): matched by hand, `--conf X` was passed over and the default job checked
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    add_config_args(parser)
+    try:
+        known, _ = parser.parse_known_args(args)
+    except argparse.ArgumentError as err:  # `--config` with no value: the driver exits 2
+        report.problems.append(f"{source}: spec.entrypoint: {err}")
+        return None
+    config, overrides = known.config, list(known.set)
     local = (local_copy(config, None) or Path(config)) if config else None
     try:
         return load_config(local, overrides)

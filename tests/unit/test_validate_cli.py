@@ -66,6 +66,16 @@ def test_validate_rayjob_applies_the_entrypoints_overrides(tmp_path: Path) -> No
     assert any("'two_nodes'" in p and "64 workers" in p for p in report.problems), report
     report = validate_files([str(_rayjob(tmp_path, f"{entry} --set=ray.num_workres=4"))])
     assert any("ray.num_workres: unknown key" in p for p in report.problems), report
+    # as the driver's argparse reads them, abbreviated (the default job was checked), and a
+    # --config with no value (the driver exits 2 on it; the default job was checked)
+    short = (
+        "python -m dist_train.driver --conf launch/configs/two_nodes.yaml --se ray.num_workers=64"
+    )
+    report = validate_files([str(_rayjob(tmp_path, short))])
+    assert any("'two_nodes'" in p and "64 workers" in p for p in report.problems), report
+    path = _rayjob(tmp_path, "python -m dist_train.driver --set output_dir=/x --config")
+    report = validate_files([str(path)])
+    assert f"{path}: spec.entrypoint: argument --config: expected one argument" in report.problems
 
 
 def test_validate_rayjob_names_an_entrypoint_config_it_cannot_find(tmp_path: Path) -> None:
