@@ -564,6 +564,7 @@ class RayConfig(_Strict):
         ),
     )
     num_workers: int = Field(2, gt=0, le=MAX_WIDTH, description="Training workers (ranks).")
+
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per worker = torch threads.")
     num_nodes: int | None = Field(
         None,
@@ -614,6 +615,24 @@ class RayConfig(_Strict):
             "checkpoint, resharded, with the epoch's untrained batches re-dealt."
         ),
     )
+
+    @field_validator("address")
+    @classmethod
+    def _a_gcs_address(cls, v: str | None) -> str | None:
+        """Ray's own errors for these came after its start-up, naming RAY_ADDRESS or
+        nothing (``Invalid address format: 127.0.0.1``)."""
+        if v is None or v == "auto" or re.fullmatch(r"ray://\S+", v):
+            return v
+        if re.match(r"https?://", v):
+            raise ValueError(
+                f"{v} is a job server's URL (dist-train submit --address takes it); "
+                "ray.address is the cluster's GCS address, host:6379, or auto"
+            )
+        if not re.fullmatch(r"\S+:\d{1,5}", v):
+            raise ValueError(
+                f"{v!r} is no host:port (the cluster's GCS, host:6379), ray://... or auto"
+            )
+        return v
 
     @field_validator("pin_cores", mode="before")
     @classmethod

@@ -534,3 +534,18 @@ def test_a_file_url_with_one_slash_names_the_path_fsspec_reads(tmp_path: Path) -
         with pytest.MonkeyPatch.context() as patch:
             patch.chdir(tmp_path)  # fsspec reads a relative one against the working folder
             assert fsspec.core.url_to_fs(url)[1] == fsspec.core.url_to_fs(ours)[1]
+
+
+def test_a_ray_address_that_is_no_gcs_address_is_refused_naming_the_key() -> None:
+    """A job server's URL, a host without a port or a port that is no number ran Ray's
+    start-up, then failed with Ray's error, which named RAY_ADDRESS or nothing (a helper's
+    audit)."""
+    for address, why in (
+        ("http://127.0.0.1:8265", "is a job server's URL"),
+        ("127.0.0.1", "is no host:port"),
+        ("localhost:6391x", "is no host:port"),
+    ):
+        with pytest.raises(ConfigError, match=rf"ray.address: Value error, .*{why}"):
+            load_config(overrides=[f"ray.address={address}"])
+    for address in ("auto", "10.0.0.1:6379", "[::1]:6379", "ray://head:10001"):
+        assert load_config(overrides=[f"ray.address={address}"]).ray.address == address
