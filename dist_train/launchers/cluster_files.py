@@ -82,7 +82,11 @@ def _node(name: str, resources: dict[str, float], count: int) -> NodeResources:
     )
 
 
-_QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
+# Kubernetes' grammar: a number, then a binary or decimal suffix, or a decimal exponent
+# (16e9; 1E is an exa, 1E3 a thousand)
+_QUANTITY = re.compile(
+    r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))(?:(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)|[eE]([+-]?\d+))?$"
+)
 _SCALE = {
     None: 1,
     "m": 1e-3,
@@ -94,15 +98,21 @@ _SCALE = {
     "Gi": 2**30,
     "T": 1e12,
     "Ti": 2**40,
+    "P": 1e15,
+    "Pi": 2**50,
+    "E": 1e18,
+    "Ei": 2**60,
 }
 
 
 def k8s_quantity(value: str | int | float, where: str) -> float:
-    """A Kubernetes quantity ('4', '500m', '16Gi') as a number."""
+    """A Kubernetes quantity ('4', '500m', '16Gi', '16e9') as a number."""
     m = _QUANTITY.match(str(value))
     if not m:
         raise ClusterFileError(f"{where}: {value!r} is not a Kubernetes quantity")
-    return float(m.group(1)) * _SCALE[m.group(2)]
+    number, suffix, exponent = m.groups()
+    scale = 10.0 ** int(exponent) if exponent is not None else _SCALE[suffix]
+    return float(number) * scale
 
 
 def _mapping(value: Any, where: str) -> dict[str, Any]:

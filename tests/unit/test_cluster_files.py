@@ -87,3 +87,18 @@ def test_validate_fits_a_gpu_job_to_a_gpu_type_listed_second(tmp_path: Path) -> 
     report = validate_files([str(job_path), str(cluster)])
     assert report.problems == []
     assert any("fits" in line and "cuda ranks" in line for line in report.ok)
+
+
+def test_kubernetes_quantities_in_all_their_forms() -> None:
+    """'16e9' and '1P' (decimal exponents, peta and exa suffixes) are Kubernetes quantities
+    kubectl takes: validate refused a RayJob that gave them (a helper's audit)."""
+    from dist_train.launchers.cluster_files import ClusterFileError, k8s_quantity
+
+    for text, value in (
+        ("4", 4.0), ("500m", 0.5), ("16Gi", 16 * 2**30), ("16e9", 16e9), ("1E3", 1e3),
+        ("1E", 1e18), ("2P", 2e15), ("1Pi", 2.0**50), (".5", 0.5), ("1.5Gi", 1.5 * 2**30),
+    ):  # fmt: skip
+        assert k8s_quantity(text, "memory") == value, text
+    for text in ("16GB", "1e", "Gi", ""):
+        with pytest.raises(ClusterFileError, match=f"memory: '{text}' is not a Kubernetes"):
+            k8s_quantity(text, "memory")
