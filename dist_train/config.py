@@ -620,17 +620,25 @@ class RayConfig(_Strict):
     @classmethod
     def _a_gcs_address(cls, v: str | None) -> str | None:
         """Ray's own errors for these came after its start-up, naming RAY_ADDRESS or
-        nothing (``Invalid address format: 127.0.0.1``)."""
-        if v is None or v == "auto" or re.fullmatch(r"ray://\S+", v):
+        nothing (``Invalid address format: 127.0.0.1``). Empty is null, as ``--set
+        ray.address=`` is."""
+        if not v:
+            return None
+        if v == "auto" or re.fullmatch(r"ray://\S+", v):
             return v
         if re.match(r"https?://", v):
             raise ValueError(
                 f"{v} is a job server's URL (dist-train submit --address takes it); "
                 "ray.address is the cluster's GCS address, host:6379, or auto"
             )
-        if not re.fullmatch(r"\S+:\d{1,5}", v):
+        if v == "local":
+            raise ValueError("'local': leave ray.address null for a private embedded instance")
+        # a host without colons, or an IPv6 address in brackets; a port of 1-65535
+        found = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]/]+):(\d{1,5})", v)
+        if found is None or not 0 < int(found.group(2)) < 2**16:
             raise ValueError(
-                f"{v!r} is no host:port (the cluster's GCS, host:6379), ray://... or auto"
+                f"{v!r} is no host:port (the cluster's GCS, host:6379; an IPv6 host in "
+                "brackets), ray://... or auto"
             )
         return v
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import math
 import re
 import shlex
 from typing import Any
@@ -83,12 +84,15 @@ def _node(name: str, resources: dict[str, float], count: int) -> NodeResources:
 
 
 # Kubernetes' grammar: a number, then a binary or decimal suffix, or a decimal exponent
-# (16e9; 1E is an exa, 1E3 a thousand)
+# (16e9; 1E is an exa, 1E3 a thousand); a resource's is never below 0
 _QUANTITY = re.compile(
-    r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))(?:(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)|[eE]([+-]?\d+))?$"
+    r"^(\+?(?:\d+(?:\.\d*)?|\.\d+))"
+    r"(?:(n|u|m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)|[eE]([+-]?\d+))?$"
 )
 _SCALE = {
     None: 1,
+    "n": 1e-9,
+    "u": 1e-6,
     "m": 1e-3,
     "k": 1e3,
     "Ki": 2**10,
@@ -111,8 +115,12 @@ def k8s_quantity(value: str | int | float, where: str) -> float:
     if not m:
         raise ClusterFileError(f"{where}: {value!r} is not a Kubernetes quantity")
     number, suffix, exponent = m.groups()
-    scale = 10.0 ** int(exponent) if exponent is not None else _SCALE[suffix]
-    return float(number) * scale
+    # the exponent read as text: 10.0 ** 400 raised OverflowError, where this is inf
+    scaled = f"{number}e{exponent}" if exponent is not None else None
+    number_value = float(scaled) if scaled else float(number) * _SCALE[suffix]
+    if not math.isfinite(number_value):
+        raise ClusterFileError(f"{where}: {value!r} is too large for any machine")
+    return number_value
 
 
 def _mapping(value: Any, where: str) -> dict[str, Any]:

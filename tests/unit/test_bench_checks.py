@@ -27,7 +27,9 @@ def test_the_disk_probe_writes_the_checkpoints_bytes(
     assert sizes == [1_000_000, 9 * 2**20 + 7]
 
 
-def test_what_a_benchmark_cannot_measure_is_refused_naming_the_key() -> None:
+def test_what_a_benchmark_cannot_measure_is_refused_naming_the_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from dist_train.bench.checkpoint import run_checkpoint_bench
     from dist_train.bench.interaction import run_interaction_bench
     from dist_train.bench.kernel import run_kernel_bench
@@ -39,6 +41,10 @@ def test_what_a_benchmark_cannot_measure_is_refused_naming_the_key() -> None:
     with pytest.raises(ConfigError, match=r"embedding.kind=collisionless sizes them"):
         collisionless = ["embedding.kind=collisionless", "data.synthetic.string_columns=[]"]
         run_checkpoint_bench(load_config(overrides=collisionless), 1000)
-    # widths the flag takes but this machine cannot hold: an allocator's traceback
-    with pytest.raises(ConfigError, match=r"--dims 4096,4096,4096: their tables of "):
-        run_kernel_bench(dims=(4096, 4096, 4096), batches=(8,), rounds=1)
+    # widths the flag takes but this machine cannot hold: an allocator's traceback (a
+    # machine of 1 GiB, whatever this one has: a larger one would build the tables)
+    from dist_train.bench import kernel
+
+    monkeypatch.setattr(kernel, "usable_memory_bytes", lambda: 2**30)
+    with pytest.raises(ConfigError, match=r"--dims 64,128: their tables of 1,000,000 rows need"):
+        run_kernel_bench(dims=(64, 128), batches=(8,), rounds=1)

@@ -97,8 +97,12 @@ def test_kubernetes_quantities_in_all_their_forms() -> None:
     for text, value in (
         ("4", 4.0), ("500m", 0.5), ("16Gi", 16 * 2**30), ("16e9", 16e9), ("1E3", 1e3),
         ("1E", 1e18), ("2P", 2e15), ("1Pi", 2.0**50), (".5", 0.5), ("1.5Gi", 1.5 * 2**30),
+        ("250u", 250e-6), ("+2", 2.0),
     ):  # fmt: skip
-        assert k8s_quantity(text, "memory") == value, text
-    for text in ("16GB", "1e", "Gi", ""):
+        assert k8s_quantity(text, "memory") == pytest.approx(value), text
+    # and what no resource is: a negative one (a review found -64Gi taken), text
+    for text in ("16GB", "1e", "Gi", "", "-4", "-1Gi"):
         with pytest.raises(ClusterFileError, match=f"memory: '{text}' is not a Kubernetes"):
             k8s_quantity(text, "memory")
+    with pytest.raises(ClusterFileError, match="memory: '1e400' is too large"):  # a traceback
+        k8s_quantity("1e400", "memory")

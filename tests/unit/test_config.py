@@ -9,7 +9,14 @@ import pytest
 import torch
 import yaml
 
-from dist_train.config import DEFAULT_CONFIG, ConfigError, FeatureConfig, JobConfig, load_config
+from dist_train.config import (
+    DEFAULT_CONFIG,
+    ConfigError,
+    FeatureConfig,
+    JobConfig,
+    load_config,
+    parse_config,
+)
 
 
 def test_default_config_is_valid_and_documented_defaults_hold() -> None:
@@ -544,8 +551,15 @@ def test_a_ray_address_that_is_no_gcs_address_is_refused_naming_the_key() -> Non
         ("http://127.0.0.1:8265", "is a job server's URL"),
         ("127.0.0.1", "is no host:port"),
         ("localhost:6391x", "is no host:port"),
+        ("::1:6379", "is no host:port"),  # an IPv6 host needs its brackets
+        ("10.0.0.1:99999", "is no host:port"),
+        ("local", "leave ray.address null"),
     ):
         with pytest.raises(ConfigError, match=rf"ray.address: Value error, .*{why}"):
             load_config(overrides=[f"ray.address={address}"])
-    for address in ("auto", "10.0.0.1:6379", "[::1]:6379", "ray://head:10001"):
+    for address in ("auto", "10.0.0.1:6379", "[::1]:6379", "ray://head:10001", "h-0.svc:6379"):
         assert load_config(overrides=[f"ray.address={address}"]).ray.address == address
+    # empty is null, in a file as on the command line (a review found "" refused)
+    raw = load_config().model_dump(mode="json")
+    raw["ray"]["address"] = ""
+    assert parse_config(raw).ray.address is None
