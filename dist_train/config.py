@@ -696,6 +696,11 @@ class CheckpointConfig(_Strict):
         ),
     )
 
+    @property
+    def saves(self) -> bool:
+        """Whether the job saves any checkpoint: periodically, or at its end."""
+        return self.save_at_end or self.every_steps is not None
+
 
 def number_in_name(value: float) -> str:
     """``value`` as a run name holds it (``0.1``, ``1e06``): no ``+``, which names refuse."""

@@ -282,7 +282,7 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
     # the run's folders, made once the checks that write nothing have passed, and held from
     # before anything is written in them (the run's generated data too) to the last prune
     root = checkpoint_root(cfg)
-    if cfg.checkpoint.save_at_end or cfg.checkpoint.every_steps is not None:
+    if cfg.checkpoint.saves:
         check_writable(root)  # made, and said in a line where it cannot be
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = (

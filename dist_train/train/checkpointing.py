@@ -73,7 +73,7 @@ def resume_point(
     """Clean up half-written checkpoints, then resolve ``checkpoint.resume`` to a path
     (checked against the job's ``train_groups``, where given)."""
     root = checkpoint.checkpoint_root(cfg)
-    if cfg.checkpoint.every_steps is not None or cfg.checkpoint.save_at_end:
+    if cfg.checkpoint.saves:
         checkpoint.check_writable(root)  # before training, not at its first save
     for p in checkpoint.remove_partials(root):
         LOG.info(f"removed partial checkpoint {p} (a save was interrupted)")
@@ -158,9 +158,8 @@ def refuse_to_overwrite(cfg: JobConfig) -> None:
     ``num_to_keep``: beside an earlier run's checkpoints it would replace theirs at equal steps
     and retention would delete its own (or theirs). Refuse before anything is written."""
     root = checkpoint.checkpoint_root(cfg)
-    saves = cfg.checkpoint.save_at_end or cfg.checkpoint.every_steps is not None
     existing = checkpoint.committed(root)
-    if saves and existing:
+    if cfg.checkpoint.saves and existing:
         raise checkpoint.CheckpointError(
             f"{root} already holds checkpoints of an earlier run (newest: {existing[-1].name}) "
             "and this run starts from scratch, which would overwrite or delete them. Continue "
@@ -301,9 +300,8 @@ def _refuse_to_branch(cfg: JobConfig, root: Location, path: Location, step: int)
     """Resuming from ``step`` beside newer checkpoints would mix two runs: ``latest`` would
     pick theirs, and keeping the newest ``num_to_keep`` would delete this run's (the
     checkpoint resumed from first). Refuse before anything is written."""
-    saves = cfg.checkpoint.save_at_end or cfg.checkpoint.every_steps is not None
     newer = [p.name for p in checkpoint.committed(root) if checkpoint.step_of(p) > step]
-    if saves and newer:
+    if cfg.checkpoint.saves and newer:
         raise checkpoint.CheckpointError(
             f"{root} holds checkpoints newer than {path} ({', '.join(newer)}): this run's "
             "saves would mix with them, and keeping the newest would delete the older ones. "
