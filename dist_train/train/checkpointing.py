@@ -115,6 +115,7 @@ def resume_point(
     _check_same_hashing(cfg, meta, path)
     _refuse_to_branch(cfg, root, path, position.step)
     _check_same_model(cfg, meta, path)
+    _warn_of_other_inputs(cfg, meta, path, "resumed")
     LOG.info(f"resuming from {path}")
     plan = job_plan.placements() if job_plan is not None else None
     if meta.get("world_size") != cfg.ray.num_workers or (plan and meta.get("sharding") != plan):
@@ -142,6 +143,7 @@ def evaluation_point(cfg: JobConfig, which: str) -> Location:
     checkpoint.check_compatible(meta, path, cfg.ray.num_workers)
     _check_same_hashing(cfg, meta, path)
     _check_same_model(cfg, meta, path)
+    _warn_of_other_inputs(cfg, meta, path, "evaluated")
     return path
 
 
@@ -256,6 +258,48 @@ _ROW_CHECK_SETTINGS = (
     "data.dense_transform",
     "features",
 )
+
+
+# The settings that change what a model computes from the same weights, every shape the
+# same: its tables' pooling, which columns feed it and how, its attention's heads. A
+# checkpoint's weights were trained for the saved values; another is most often a config
+# mixed up (AUC falls with no error), sometimes meant (fine-tuning on another label).
+_INPUT_SETTINGS = (
+    "embedding.pooling",
+    "data.label_column",
+    "data.dense_columns",
+    "data.dense_transform",
+    "model.attention_heads",
+)
+
+
+def _warn_of_other_inputs(cfg: JobConfig, meta: dict[str, Any], path: Location, how: str) -> None:
+    """Warn where the job feeds ``path``'s weights otherwise than they were trained."""
+    saved = meta.get("config")
+    if not isinstance(saved, dict):
+        return  # saved before configs were recorded
+    now = cfg.model_dump(mode="json")
+    changed = [
+        f"{key}={_setting(saved, key)!r}, now {_setting(now, key)!r}"
+        for key in _INPUT_SETTINGS
+        if _setting(saved, key) != _setting(now, key)
+        and (key != "model.attention_heads" or cfg.model.kind == "autoint")
+    ]
+    columns = {f.name: f.column or f.name for f in cfg.features}
+    for i, f in enumerate(saved.get("features") or []):
+        if isinstance(f, dict) and f.get("name") in columns:
+            then = f.get("column") or f.get("name")
+            if then != columns[f["name"]]:
+                changed.append(
+                    f"features[{i}] ({f['name']}) column {then!r}, now {columns[f['name']]!r}"
+                )
+    if changed:
+        LOG.warning(
+            f"{path} was trained with {'; '.join(changed)}: {how} with these, its weights "
+            "see inputs they were not trained on (every shape is the same, so nothing fails, "
+            "but its results are not the trained model's). Set the saved values unless this "
+            "is meant"
+        )
 
 
 def _setting(config: dict[str, Any], key: str) -> Any:

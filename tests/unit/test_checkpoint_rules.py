@@ -34,7 +34,7 @@ from dist_train.data.reader import RowGroup, assign_row_groups, steps_per_epoch
 from dist_train.data.validation import BadInputPolicy
 from dist_train.stopping import Terminated
 from dist_train.train import epochs
-from dist_train.train.checkpointing import resume_point
+from dist_train.train.checkpointing import evaluation_point, resume_point
 
 
 class _Trainer:
@@ -260,6 +260,49 @@ def test_resuming_at_an_epoch_boundary_under_other_hashing_is_refused(
     with pytest.raises(CheckpointError, match=f"{re.escape(str(boundary))} .*{named}"):
         resume_point(parse_config(raw))
     assert resume_point(_job(tmp_path, f"checkpoint.resume={boundary}")) == str(boundary)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ("embedding.pooling=mean", "embedding.pooling='sum', now 'mean'"),
+        ("data.dense_transform=none", "data.dense_transform='log1p', now 'none'"),
+        ('data.dense_columns=["I2","I1"]', "data.dense_columns=None, now ['I2', 'I1']"),
+    ],
+)
+def test_a_checkpoint_fed_other_inputs_is_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, change: str, named: str
+) -> None:
+    """Same shapes, other inputs: resumed or evaluated with another pooling or transform,
+    the weights compute something they were not trained for, and nothing fails (a review's
+    finding)."""
+    root = tmp_path / "default" / "checkpoints"
+    boundary = _checkpoint(root, 5, _job(tmp_path).model_dump(mode="json"))
+    with caplog.at_level("WARNING", logger="dist_train"):
+        assert resume_point(_job(tmp_path, f"checkpoint.resume={boundary}")) == str(boundary)
+        assert evaluation_point(_job(tmp_path), str(boundary)) == boundary
+    assert "was trained with" not in caplog.text
+    with caplog.at_level("WARNING", logger="dist_train"):
+        resume_point(_job(tmp_path, f"checkpoint.resume={boundary}", change))
+        evaluation_point(_job(tmp_path, change), str(boundary))
+    warned = [r.getMessage() for r in caplog.records if "was trained with" in r.getMessage()]
+    assert len(warned) == 2 and all(named in w for w in warned), warned
+    assert "resumed with these" in warned[0] and "evaluated with these" in warned[1]
+
+
+def test_a_feature_reading_another_column_is_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "default" / "checkpoints"
+    saved = _job(tmp_path).model_dump(mode="json")
+    saved["data"]["label_column"] = "clicked"  # trained on another label
+    boundary = _checkpoint(root, 5, saved)
+    raw = _job(tmp_path, f"checkpoint.resume={boundary}").model_dump(mode="json")
+    raw["features"][2]["column"] = "C4"
+    with caplog.at_level("WARNING", logger="dist_train"):
+        resume_point(parse_config(raw))
+    assert "data.label_column='clicked', now 'label'" in caplog.text
+    assert "features[2] (C3) column 'C3', now 'C4'" in caplog.text
 
 
 @pytest.mark.parametrize(
