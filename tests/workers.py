@@ -193,6 +193,10 @@ def unpooled_refusals(cfg_raw: dict[str, Any], data_path: str) -> dict[str, str]
         uneven.model(batch.dense, past_the_end)
     except ValueError as err:
         errors["past_the_end"] = str(err)
+    # not a refusal: a batch of no rows gives no predictions, as pooled row_wise does (it
+    # failed reshaping 0 elements)
+    empty = builder.build(pq.read_table(data_path, columns=builder.columns).slice(0, 0))
+    errors["empty_batch"] = str(tuple(trainer.predict(empty).shape))
     ebc = trainer.model.module.sparse_arch
     ebc.input_dist(ebc.create_context(), sparse).wait().wait()
     try:

@@ -406,7 +406,7 @@ class UnpooledOutputDist(nn.Module):
             bags = cast(torch.Tensor, _PoolBags.apply(scale_grad(returned, scale), r.bags[g]))
             pooled.append(bags.view(r.batch, width, dim))
         if len(pooled) == 1:  # one dim: the group's features are all features, in order
-            return NoWait(pooled[0].view(r.batch, -1))
+            return NoWait(pooled[0].flatten(1))  # [batch, width * dim], of 0 rows too
         return NoWait(torch.cat([pooled[g][:, j] for _, g, j in self._columns], dim=1))
 
 

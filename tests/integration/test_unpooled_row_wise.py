@@ -140,3 +140,4 @@ def test_bad_ids_variable_batches_and_abandoned_input_dists_are_refused(tmp_path
     assert "ids outside their tables' rows" in errors[0]["past_the_end"]
     assert "one batch size for every feature" in errors[0]["stride"]
     assert "2 batches passed their input dist" in errors[0]["in_flight"]
+    assert errors[0]["empty_batch"] == "(0,)"
