@@ -232,7 +232,9 @@ class DataConfig(_Strict):
         None, description="Parquet file, directory or glob; None = generate synthetic data."
     )
     test_path: str | None = Field(None, description="Held-out Parquet data for final metrics.")
-    label_column: str = Field("label", description="0/1 click label.")
+    label_column: str = Field(
+        "label", description="0/1 click label; never also a dense or feature column."
+    )
     dense_columns: list[str] | None = Field(
         None, description="Dense float columns; None = I1..I<num_dense> of the generator."
     )
@@ -782,6 +784,7 @@ class JobConfig(_Strict):
                     f"collisionless tables of {huge}: cardinality x chunks x embedding.dim past "
                     f"{MAX_TABLE_ELEMENTS:.3g} (2**56) elements, any cluster's memory"
                 )
+        self._check_column_roles()
         if self.data.train_path is None:
             self._check_generated_columns()
         chunks = sum(f.chunks for f in self.features)
@@ -793,6 +796,32 @@ class JobConfig(_Strict):
                 f"{chunks} chunks: every sub-table of the unified table needs one"
             )
         return self
+
+    def _check_column_roles(self) -> None:
+        """The label, or the row ids, read as a model input: the label fed to the model that
+        predicts it trains to a test AUC of 1.0 with no error."""
+        inputs = [(c, "in data.dense_columns") for c in self.data.resolved_dense_columns()]
+        inputs += [
+            (f.source_column, f"the column of feature {f.name} (features.{f.name}.column)")
+            for f in self.features
+        ]
+        for key, column in (
+            ("data.label_column", self.data.label_column),
+            ("data.row_id_column", self.data.row_id_column),
+        ):
+            where = next((w for c, w in inputs if c == column), None)
+            if where is not None:
+                raise ValueError(
+                    f"{key}={column!r} is also {where}: the model would be fed its "
+                    f"{'own label' if key == 'data.label_column' else 'row ids'} as an input"
+                )
+        if (
+            self.data.row_id_column is not None
+            and self.data.row_id_column == self.data.label_column
+        ):
+            raise ValueError(
+                f"data.row_id_column and data.label_column are both {self.data.label_column!r}"
+            )
 
     def _check_generated_columns(self) -> None:
         """Generated data have known columns: a feature or dense column they lack, or string
@@ -985,24 +1014,58 @@ def _format_errors(
     lines = [f"{source}: invalid job config ({err.error_count()} problem(s))"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        shown = _at_names(e["loc"], raw) or key
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            close = closest_key(key)
+            close = closest_key(shown)
             hint = f"did you mean {close}? " if close else ""
             msg = (
                 f"unknown key ({hint}every key: `dist-train show-config --reference`, "
                 "docs/config.md)"
             )
         sureness = [
-            (_blames(_at_positions(override_key(o), raw), key if e["loc"] else "", msg), o)
+            (
+                max(
+                    _blames(_at_positions(override_key(o), raw), key if e["loc"] else "", msg),
+                    # a check of the whole job names a list's items as the user does
+                    0 if e["loc"] else _blames(override_key(o), "", msg),
+                ),
+                o,
+            )
             for o in overrides
         ]
         surest = max((s for s, _ in sureness), default=0)
         blamed = [o for s, o in sureness if s == surest > 0]  # the surest, the last of them
         if blamed:
             msg += f" (from --set {blamed[-1]})"
-        lines.append(f"  {key}: {msg}")
+        lines.append(f"  {shown}: {msg}")
     return "\n".join(lines)
+
+
+def _at_names(loc: tuple[int | str, ...], raw: Any) -> str:
+    """An error's ``loc`` with each list item that has a name named by it, as the user
+    names it (features.2.chunks is features.C3.chunks in the default job); "" if empty."""
+    out: list[str] = []
+    node = raw
+    for part in loc:
+        if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            item = node[part]
+            name = item.get("name") if isinstance(item, dict) else None
+            if (
+                isinstance(name, str)
+                and name
+                and not name.isdigit()
+                and "." not in name
+                and _find_item(node, name) == part  # the first of that name
+            ):
+                out.append(name)
+            else:
+                out.append(str(part))
+            node = item
+        else:
+            out.append(str(part))
+            node = node.get(part) if isinstance(node, dict) else None
+    return ".".join(out)
 
 
 # an empty value is null, as in YAML; YAML's "~" is text here: `--set checkpoint.dir=~`

@@ -33,7 +33,8 @@ the key and the `--set` it came from, and an unknown key gets the closest valid 
 suggestion. An item of a list is named by its `name` (an item of `features`), or else by
 its position from 0: `--set features.C14.chunks=3`, `--set features.0.column=cat_1`,
 `--set model.bottom_mlp.0=32`, or whole: `--set 'features.C14={name: C14, chunks: 3}'`;
-`--set 'features=[...]'` replaces the list.
+`--set 'features=[...]'` replaces the list. Errors name an item the same way
+(`features.C14.chunks: Input should be greater than 0`).
 """
 
 

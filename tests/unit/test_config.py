@@ -461,10 +461,24 @@ def test_an_override_names_a_list_item_by_its_name_or_position() -> None:
     # errors inside an item name the override, and suggest the key at that item
     with pytest.raises(ConfigError) as err:
         load_config(overrides=["features.C14.chunkz=3"])
-    assert "features.13.chunkz: unknown key (did you mean features.13.chunks?" in str(err.value)
+    assert "features.C14.chunkz: unknown key (did you mean features.C14.chunks?" in str(err.value)
     assert str(err.value).endswith("(from --set features.C14.chunkz=3)")
     with pytest.raises(ConfigError, match=r"greater than 0 \(from --set features.C14.chunks=0\)"):
         load_config(overrides=["features.C14.chunks=0"])
+    # an error's key names the item as the user does (it named it by position:
+    # features.13.chunks); by position where its name cannot be a key's part
+    for override, shown in [
+        ("features.C14.chunks=0", "  features.C14.chunks: Input should be greater than 0"),
+        ("features.13.chunks=0", "  features.C14.chunks: Input should be greater than 0"),
+        ("model.bottom_mlp.0=-1", "  model.bottom_mlp.0: Input should be greater than 0"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            load_config(overrides=[override])
+        assert shown in str(err.value)
+    for name in ("2024", "a.b"):
+        with pytest.raises(ConfigError) as err:
+            load_config(overrides=[f"features.0.name={name}", "features.0.chunks=0"])
+        assert "  features.0.chunks: Input should be greater than 0" in str(err.value)
 
 
 def test_overrides_into_list_items_from_a_review() -> None:
@@ -499,7 +513,7 @@ def test_overrides_into_list_items_from_a_review() -> None:
         ("model.bottom_mlp=[100000000000000000000]", "model.bottom_mlp.0: Input should be"),
         ("ray.num_workers=100000000000000000000", "ray.num_workers: Input should be less"),
         ("train.batch_size=99999999999999999999", "train.batch_size: Input should be less"),
-        ("features.C1.cardinality=99999999999999999999", "features.0.cardinality: Value error"),
+        ("features.C1.cardinality=99999999999999999999", "features.C1.cardinality: Value error"),
     ],
 )
 def test_sizes_past_any_machine_are_named_by_their_key(item: str, named: str) -> None:
@@ -563,3 +577,29 @@ def test_a_ray_address_that_is_no_gcs_address_is_refused_naming_the_key() -> Non
     raw = load_config().model_dump(mode="json")
     raw["ray"]["address"] = ""
     assert parse_config(raw).ray.address is None
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        (
+            "data.dense_columns=[I1,label]",
+            "data.label_column='label' is also in data.dense_columns",
+        ),
+        (
+            "features.C3.column=label",
+            "data.label_column='label' is also the column of feature C3 (features.C3.column)",
+        ),
+        ("data.label_column=C5", "data.label_column='C5' is also the column of feature C5"),
+        ("data.row_id_column=I2", "data.row_id_column='I2' is also in data.dense_columns"),
+        ("data.row_id_column=label", "data.row_id_column and data.label_column are both 'label'"),
+    ],
+)
+def test_the_label_or_row_ids_as_a_model_input_are_refused(override: str, named: str) -> None:
+    """A label read as a dense column or a feature's column trained to a test AUC of 1.0 with
+    no error (a review's walk-through, on a user's own Parquet)."""
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[override])
+    assert named in str(err.value) and f"(from --set {override})" in str(err.value)
+    # a dense column that is also a feature's is a choice (a count bucketed as a category)
+    assert load_config(overrides=["data.dense_columns=[I1,I2]", "features.C3.column=C3"])
