@@ -402,7 +402,14 @@ class TrainConfig(_Strict):
         8192, gt=0, le=2**31, description="Examples per rank per eval step."
     )
     epochs: int = Field(1, gt=0, description="Passes over the training data.")
-    max_steps: int | None = Field(None, gt=0, description="Stop after this many steps.")
+    max_steps: int | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Stop after this many steps, or at the end of train.epochs if that comes first "
+            "(the driver warns when it does)."
+        ),
+    )
     dense_optimizer: Literal["adagrad", "adam", "sgd"] = Field(
         "adagrad", description="Optimizer of the MLPs."
     )

@@ -96,8 +96,27 @@ def check_inputs(
     train = list_row_groups(train_path, policy, schema)
     before_test = policy.counts.copy()
     test = list_row_groups(test_path, policy, schema)
+    _warn_of_shared_files(train, test)
     check_steps(cfg, train)
     return train, test, policy.counts.since(before_test)
+
+
+def _warn_of_shared_files(train: list[RowGroup], test: list[RowGroup]) -> None:
+    """Test files that are also training files: their metrics are of rows the model
+    trained on (a data.train_path of the folder above train/ and test/ reads both)."""
+
+    def real(path: str) -> str:
+        return os.path.realpath(path) if "://" not in path else path
+
+    trained = {real(g.path) for g in train}
+    shared = sorted({g.path for g in test if real(g.path) in trained})
+    if shared:
+        files = len({g.path for g in test})
+        LOG.warning(
+            f"{len(shared)} of the {files} test file(s) are also training files (first: "
+            f"{shared[0]}): the test metrics will be of rows the model trained on. Point "
+            "data.train_path and data.test_path at folders or globs that do not overlap"
+        )
 
 
 UNUSED_ROWS_WARNING = 0.10
@@ -129,6 +148,7 @@ def check_steps(cfg: JobConfig, train: list[RowGroup]) -> None:
             f"batches of train.batch_size={batch_size}); more, smaller row groups, or "
             "fewer ranks, train more of them (docs/data.md)"
         )
+    _note_steps_short_of_max(cfg, train)
     empty = _epochs_without_steps(cfg, train, steps)
     if empty:
         LOG.warning(
@@ -137,6 +157,43 @@ def check_steps(cfg: JobConfig, train: list[RowGroup]) -> None:
             f"share holds fewer rows than train.batch_size={batch_size}; more, smaller row "
             "groups, or fewer ranks, train every epoch (docs/data.md)"
         )
+
+
+_EPOCHS_DEALT = 1000
+"""The most epochs whose deals the driver makes to count a job's steps."""
+
+
+def _note_steps_short_of_max(cfg: JobConfig, train: list[RowGroup]) -> None:
+    """Say where train.max_steps lies past the steps of train.epochs: training ends with
+    the epochs (max_steps only stops it earlier), as a user of trainers whose max_steps
+    overrides the epochs would not expect."""
+    most, epochs = cfg.train.max_steps, cfg.train.epochs
+    if most is None:
+        return
+    world, batch_size = cfg.ray.num_workers, cfg.train.batch_size
+    rows, largest = sum(g.num_rows for g in train), max(g.num_rows for g in train)
+    # every deal's smallest share lies between these (shares differ by a row group at most)
+    fewest = max(0, (rows - (world - 1) * largest) // world // batch_size)
+    if epochs * fewest >= most:
+        return
+    if epochs > _EPOCHS_DEALT:  # too many deals to make: the bound alone
+        if epochs * (rows // world // batch_size) < most:
+            LOG.warning(
+                f"train.max_steps={most} is past the at most "
+                f"{epochs * (rows // world // batch_size):,} steps of train.epochs={epochs}: "
+                "training ends with the last epoch (max_steps only stops it earlier)"
+            )
+        return
+    total = 0
+    for epoch in range(epochs):
+        total += steps_per_epoch(assign_row_groups(train, world, cfg.seed, epoch), batch_size)
+        if total >= most:
+            return
+    LOG.warning(
+        f"train.max_steps={most} is past the {total:,} steps of train.epochs={epochs}: "
+        f"training ends at step {total:,}, with the last epoch "
+        "(max_steps only stops it earlier); raise train.epochs to train longer"
+    )
 
 
 def _epochs_without_steps(cfg: JobConfig, train: list[RowGroup], first_steps: int) -> list[int]:

@@ -76,6 +76,38 @@ def test_an_epoch_that_leaves_many_rows_untrained_is_named(
     assert not _warnings(_cfg(small_cfg, small_data, ["train.batch_size=4096"]))  # all used
 
 
+def test_max_steps_past_the_epochs_steps_is_named(
+    small_cfg: JobConfig, small_data: GeneratedData
+) -> None:
+    """train.max_steps=100 with 1 epoch of 31 steps trained 31 and said nothing (a review's
+    walk-through: other trainers' max_steps overrides the epochs). 2 ranks, 8 groups of
+    1,024 rows, batches of 256: 16 steps an epoch."""
+    warned = _warnings(_cfg(small_cfg, small_data, ["train.epochs=2", "train.max_steps=100"]))
+    assert any(
+        "train.max_steps=100 is past the 32 steps of train.epochs=2: training ends at step 32" in w
+        for w in warned
+    ), warned
+    assert not _warnings(_cfg(small_cfg, small_data, ["train.epochs=2", "train.max_steps=32"]))
+    many = ["train.epochs=5000", "train.max_steps=100000"]  # past the deals made: the bound
+    assert any(
+        "train.max_steps=100000 is past the at most 80,000 steps of train.epochs=5000" in w
+        for w in _warnings(_cfg(small_cfg, small_data, many))
+    )
+
+
+def test_test_files_that_are_also_training_files_are_named(
+    small_cfg: JobConfig, small_data: GeneratedData
+) -> None:
+    """data.train_path at the folder above train/ and test/ trained on the test rows too,
+    and the test AUC rose from 0.79 to 0.87 with no word (a review's walk-through)."""
+    both = f"data.train_path={small_data.train_dir.parent}"
+    warned = [w for w in _warnings(_cfg(small_cfg, small_data, [both])) if "also training" in w]
+    assert len(warned) == 1, warned
+    assert warned[0].startswith("1 of the 1 test file(s) are also training files (first: ")
+    assert str(small_data.test_dir) in warned[0]
+    assert not [w for w in _warnings(_cfg(small_cfg, small_data, [])) if "also training" in w]
+
+
 def test_the_summary_names_a_resumed_launchs_steps_apart_from_the_step_reached(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
