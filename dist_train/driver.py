@@ -371,6 +371,7 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
             f"of training (train.max_steps={cfg.train.max_steps}, train.epochs="
             f"{cfg.train.epochs}); it was evaluated only. Raise either to train on"
         )
+    _warn_of_skipped_share(summary, cfg.train.batch_size)
     summary["wall_seconds"] = time.perf_counter() - start
     summary["run_dir"] = inputs.run_dir
     if summary.get("first_step_unix"):
@@ -380,6 +381,38 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
     (out / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
     (out / "summary.json").write_text(strict_json(summary, indent=2))
     return summary
+
+
+SKIPPED_ROWS_WARNING = 0.01
+"""The share of a split's rows skipped as bad (data.on_bad_input=skip) above which the
+driver warns."""
+
+
+def _warn_of_skipped_share(summary: dict[str, Any], batch_size: int) -> None:
+    """A split that lost more than :data:`SKIPPED_ROWS_WARNING` of its rows to the bad-input
+    checks: most often a column's meaning mistaken (labels written 1/2, a skip of every
+    positive), which the summary line's counts alone do not say."""
+    both, test = summary.get("bad_input") or {}, summary.get("bad_input_test") or {}
+    test_rows = int(test.get("rows_skipped_total") or 0)
+    splits = [
+        # rows as read, so a rough share: the trained rows of every step, to the step reached
+        (
+            "training",
+            int(both.get("rows_skipped_total") or 0) - test_rows,
+            int(summary.get("steps") or 0) * batch_size * int(summary.get("world_size") or 1),
+        ),
+        ("test", test_rows, int(summary.get("test_examples") or 0)),
+    ]
+    for split, skipped, kept in splits:
+        if skipped and skipped > SKIPPED_ROWS_WARNING * (skipped + kept):
+            LOG.warning(
+                f"{skipped / (skipped + kept):.0%} of the {split} rows read were skipped as "
+                f"bad input ({skipped:,} rows; by reason, both splits: "
+                f"{dict(sorted((both.get('rows_skipped') or {}).items()))}): so large a share "
+                "is most often a column read as what it is not (labels written 1/2, not 0/1), "
+                "and the model trained or was tested without them. With "
+                "data.on_bad_input=error a run stops at the first, naming its file and column"
+            )
 
 
 def _skipped(summary: dict[str, Any]) -> str:

@@ -95,6 +95,34 @@ def test_max_steps_past_the_epochs_steps_is_named(
     )
 
 
+def test_a_large_share_of_rows_skipped_is_warned_of(caplog: pytest.LogCaptureFixture) -> None:
+    """Labels written 0/2 under on_bad_input=skip dropped every positive, a third of the
+    rows: the job trained on negatives only (test AUC 0.48) and said so only in the summary
+    line's counts (a review's walk-through)."""
+    from dist_train.driver import _warn_of_skipped_share
+
+    def warned(skipped: int, of_test: int, steps: int = 100, test_examples: int = 1000) -> str:
+        summary = {
+            "steps": steps,  # 100 steps of 2 ranks x 50 rows: 10,000 trained
+            "world_size": 2,
+            "test_examples": test_examples,
+            "bad_input": {"rows_skipped_total": skipped, "rows_skipped": {"label": skipped}},
+            "bad_input_test": {"rows_skipped_total": of_test},
+        }
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="dist_train"):
+            _warn_of_skipped_share(summary, batch_size=50)
+        return caplog.text
+
+    text = warned(5_232, 0)
+    assert "34% of the training rows read were skipped as bad input (5,232 rows" in text
+    assert "{'label': 5232}" in text and "data.on_bad_input=error" in text
+    assert "test rows" not in text
+    assert not warned(100, 0)  # 1.0%: not over the line
+    assert "14% of the test rows read were skipped" in warned(160, 160)
+    assert not warned(0, 0)
+
+
 def test_test_files_that_are_also_training_files_are_named(
     small_cfg: JobConfig, small_data: GeneratedData
 ) -> None:
