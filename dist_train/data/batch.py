@@ -205,9 +205,7 @@ class BatchBuilder:
             found = len(schema.get_all_field_indices(name))
             if found != 1:
                 problem = "missing column" if not found else f"{found} columns named"
-                origin = self.dense_origin if name in self.dense_columns else ""
-                said = f" ({origin})" if origin else ""
-                raise BadInputError(f"{source}: {problem} {name!r}{said}")
+                raise BadInputError(f"{source}: {problem} {name!r} ({self._role(name)})")
         label = schema.field(self.label_column).type
         if not (
             pa.types.is_integer(label)
@@ -231,7 +229,8 @@ class BatchBuilder:
         if not (_is_int(value) or is_string_type(value)):
             raise BadInputError(
                 f"{source}: column {f.source_column!r}: categorical values must be "
-                f"integers or strings (or lists of them), got {value}"
+                f"integers or strings (or list or large_list of them), got {value}"
+                + (": cast the column to list" if pa.types.is_fixed_size_list(value) else "")
             )
         if not self._hashed[f.name] and not _is_int(value):
             raise BadInputError(
@@ -239,10 +238,24 @@ class BatchBuilder:
                 "embedding needs integer ids in [0, cardinality)"
             )
 
+    def _role(self, name: str) -> str:
+        """What the job reads column ``name`` as, and the key that says so."""
+        if name == self.label_column:
+            return "the label, data.label_column"
+        if name in self.dense_columns:
+            return self.dense_origin or "a dense column of data.dense_columns"
+        reading = [f for f in self.features if f.source_column == name]
+        if reading:
+            f = reading[0]
+            if f.column:
+                return f"the ids of feature {f.name}, features.{f.name}.column"
+            return f"the ids of feature {f.name}; features.{f.name}.column unset: its name"
+        return "the row ids, data.row_id_column"
+
     def _column(self, batch: pa.RecordBatch | pa.Table, name: str, source: str) -> pa.Array:
         idx = batch.schema.get_field_index(name)
         if idx < 0:
-            raise BadInputError(f"{source}: missing column {name!r}")
+            raise BadInputError(f"{source}: missing column {name!r} ({self._role(name)})")
         return as_array(batch.column(idx))
 
     def labels(self, batch: pa.RecordBatch | pa.Table, source: str = "batch") -> np.ndarray:

@@ -71,7 +71,12 @@ def _schema_mismatch(path: Path) -> str:
 
 def _missing_column(path: Path) -> str:
     _rewrite(path, pq.read_table(path).drop_columns(["C3"]))
-    return "missing column 'C3'"
+    return "missing column 'C3' (the ids of feature C3; features.C3.column unset: its name)"
+
+
+def _missing_label(path: Path) -> str:
+    _rewrite(path, pq.read_table(path).drop_columns(["label"]))
+    return "missing column 'label' (the label, data.label_column)"  # it named no key
 
 
 def _wrong_type(path: Path) -> str:
@@ -90,6 +95,7 @@ FILE_PROBLEMS = [
     _empty,
     _schema_mismatch,
     _missing_column,
+    _missing_label,
     _wrong_type,
     _duplicate_column,
 ]

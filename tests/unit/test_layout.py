@@ -126,8 +126,19 @@ def test_float_categorical_column_is_rejected_with_its_name() -> None:
         _builder().build(table)
 
 
+def test_a_fixed_size_list_column_is_refused_with_the_cast_that_reads_it() -> None:
+    fixed = pa.array([[1, 2], [3, 4], [5, 6]], pa.list_(pa.int64(), 2))
+    table = _table().set_column(2, "user", fixed)
+    with pytest.raises(BadInputError, match=r"'user'.*large_list of them\), got fixed_size_list"):
+        _builder().build(table)
+    with pytest.raises(BadInputError, match=r"cast the column to list"):
+        _builder().build(table)
+    cast = _table().set_column(2, "user", fixed.cast(pa.list_(pa.int64())))
+    assert _builder().build(cast).labels.shape == (3,)
+
+
 def test_missing_column_is_named() -> None:
-    with pytest.raises(BadInputError, match="missing column 'city'"):
+    with pytest.raises(BadInputError, match=r"missing column 'city' \(the ids of feature city;"):
         _builder().build(_table().drop_columns(["city"]), "part-0.parquet (row group 3)")
 
 
