@@ -212,7 +212,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     with _job_ranks_ready(cfg):
         from dist_train.evaluate import evaluate_and_report
 
-        return evaluate_and_report(cfg, args.checkpoint, args.out)
+        return evaluate_and_report(cfg, args.checkpoint, args.out, args.config is not None)
 
 
 def _gen_data(args: argparse.Namespace) -> int:

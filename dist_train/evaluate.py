@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dist_train.checkpoint import META, checkpoint_root
+from dist_train.checkpoint import META, CheckpointError, checkpoint_root
 from dist_train.config import (
     FILE_SCHEME,
     ConfigError,
@@ -225,9 +225,12 @@ def _read_id_types_of_training(
         raise DataSourceError(f"{train_path}: no usable training file ({hint})")
 
 
-def evaluate_and_report(cfg: JobConfig, which: str, out: str | None = None) -> int:
+def evaluate_and_report(
+    cfg: JobConfig, which: str, out: str | None = None, config_given: bool = True
+) -> int:
     """Evaluate and print the summary; 0 on success, 1 on a failure, 2 on a bad config (the
-    error, on stderr)."""
+    error, on stderr). ``config_given``: whether the user named the job's config (else it
+    is the default job's, which a checkpoint of another job does not fit)."""
     try:
         summary = evaluate_checkpoint(cfg, which, out)
     except ConfigError as err:
@@ -235,6 +238,13 @@ def evaluate_and_report(cfg: JobConfig, which: str, out: str | None = None) -> i
         return 2
     except Exception as err:  # noqa: BLE001 - the CLI reports any failure and exits non-zero
         print(f"error: {what_failed(err)}", file=sys.stderr)
+        if isinstance(err, CheckpointError) and not config_given:
+            print(
+                "hint: no --config was given, so this is the default job; evaluate a "
+                "checkpoint with the config it was trained with (--config FILE: the run "
+                "folder's config.json is one)",
+                file=sys.stderr,
+            )
         return 1
     print_evaluation(summary)
     return 0

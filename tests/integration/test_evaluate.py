@@ -105,7 +105,15 @@ def test_what_cannot_be_evaluated_is_named_before_any_worker_starts(
         assert _evaluate(tmp_path, *args) == 1, args
         err = capsys.readouterr().err
         assert err.startswith("error: checkpoint: ") and why in err, err
+        assert "hint: no --config" not in err
         assert not (tmp_path / "default" / "evaluations").exists()
+    # no --config: the default job's, which this checkpoint does not fit; say so (a review's
+    # walk-through read only "other hashing", the checkpoint's config unmentioned)
+    assert main(["evaluate", str(trained["checkpoint"]), "--out", str(tmp_path / "d")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: checkpoint: ")
+    assert "hint: no --config was given, so this is the default job" in err
+    assert not (tmp_path / "d").exists()
 
 
 def test_evaluate_under_ray(
