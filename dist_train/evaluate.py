@@ -126,6 +126,8 @@ def _check_out(cfg: JobConfig, out: Path) -> None:
     found = sorted(m for m in ("summary.json", "config.json", "dataset.json") if (out / m).exists())
     if _a_runs_log(out / "metrics.jsonl"):
         found.append("a training run's metrics.jsonl")
+    if out.is_dir() and any(p.suffix == ".parquet" for p in out.iterdir()):
+        found.append("Parquet files")  # a user's data: no evaluation's files among them
     if found:
         raise ConfigError(
             f"--out {out}: holds {', '.join(found)}: a run's or a dataset's folder, not an "

@@ -132,7 +132,10 @@ def test_evaluate_under_ray(
 
 
 def test_an_out_folder_that_would_clobber_the_run_is_refused(
-    trained: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    trained: dict[str, object],
+    tmp_path: Path,
+    small_data: GeneratedData,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """--out the run's folder emptied its metrics.jsonl; inside a checkpoint it broke the
     checkpoint's file check; a file failed after planning; links into either got past a
@@ -150,6 +153,7 @@ def test_an_out_folder_that_would_clobber_the_run_is_refused(
         (run_dir, "holds config.json, summary.json, a training run's metrics.jsonl"),
         (tmp_path / "to-run", "holds config.json, summary.json"),
         (other_run, "holds a training run's metrics.jsonl"),
+        (small_data.test_dir, "holds Parquet files: a run's or a dataset's folder"),
         (checkpoint / "eval", "inside the job's checkpoint folder"),
         (tmp_path / "to-checkpoint" / "eval", "inside the job's checkpoint folder"),
         (tmp_path / "a-file", "a file, not a folder"),
