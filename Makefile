@@ -51,7 +51,7 @@ test: setup
 test-gpu: setup
 	$(PY) -m pytest -q -m gpu tests $(PYTEST_ARGS)
 
-# Every docs command, the `bash long` ones too (scaled down; about 20 minutes): not in CI.
+# Every docs command, the `bash long` ones too (scaled down; about 15 minutes): not in CI.
 test-docs: setup
 	DIST_TRAIN_DOC_LONG=1 $(PY) -m pytest -q tests/integration/test_doc_commands.py $(PYTEST_ARGS)
 

@@ -66,7 +66,12 @@ META_DIGEST = "meta_xxh3_128"  # of meta.json's other keys, as canonical JSON
 # (64 MiB at 23 TiB of shards; this, about 370 TiB) and 6.7 KB a rank's RNG state
 META_MAX_BYTES = 1 << 30
 
-__all__ = ["CheckpointError"]
+__all__ = ["CheckpointError", "CheckpointOfAnotherJob"]
+
+
+class CheckpointOfAnotherJob(CheckpointError):
+    """A checkpoint that does not fit this job's config: another model, or its values
+    hashed into other rows (most often the wrong --config)."""
 
 
 @dataclass(frozen=True)
@@ -946,7 +951,7 @@ def _check_model_shapes(model: dict[str, Any], saved: dict[str, Any], path: Loca
     if missing:
         instead = sorted(k.removeprefix("model.") for k in saved if k.startswith("model."))
         instead = [k for k in instead if k not in tensors]
-        raise CheckpointError(
+        raise CheckpointOfAnotherJob(
             f"{path}: this job's model holds {_some(missing)}, which the checkpoint does "
             "not" + (f" (it holds {_some(instead)} instead)" if instead else "") + ": the "
             "checkpoint is of another model (another model.kind or layers; or a DLRM "
@@ -960,7 +965,7 @@ def _check_model_shapes(model: dict[str, Any], saved: dict[str, Any], path: Loca
             continue
         now, then = tuple(tensor.size()), tuple(size)
         if now != then:
-            raise CheckpointError(
+            raise CheckpointOfAnotherJob(
                 f"{path}: {key} was saved as {' x '.join(map(str, then))}, but this job's "
                 f"model holds {' x '.join(map(str, now))}: the checkpoint is of another "
                 "model (another config's table rows, dims or layers; or, for hashing_trick "

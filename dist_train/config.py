@@ -229,9 +229,15 @@ class DataConfig(_Strict):
     """Where the data is and which columns mean what."""
 
     train_path: str | None = Field(
-        None, description="Parquet file, directory or glob; None = generate synthetic data."
+        None,
+        description=(
+            "Parquet file, directory or glob; None = generate synthetic data (with "
+            "test_path: both or neither)."
+        ),
     )
-    test_path: str | None = Field(None, description="Held-out Parquet data for final metrics.")
+    test_path: str | None = Field(
+        None, description="Held-out Parquet data for final metrics (with train_path)."
+    )
     label_column: str = Field(
         "label", description="0/1 click label; never also a dense or feature column."
     )
@@ -308,7 +314,14 @@ class EmbeddingOptimizerConfig(_Strict):
     )
     learning_rate: float = Field(0.01, gt=0.0, description="Embedding learning rate.")
     eps: float = Field(1e-8, gt=0.0, description="Adagrad/Adam epsilon.")
-    weight_decay: float = Field(0.0, ge=0.0, description="L2 weight decay.")
+    weight_decay: float = Field(
+        0.0,
+        ge=0.0,
+        description=(
+            "L2 weight decay; above 0 refused for fused optimizers on CPU ranks (FBGEMM's "
+            "CPU kernels ignore it)."
+        ),
+    )
 
 
 class EmbeddingConfig(_Strict):
@@ -322,7 +335,12 @@ class EmbeddingConfig(_Strict):
         ),
     )
     num_rows: int = Field(
-        1_000_000, gt=0, description="Rows M of the shared table (unified, hashing_trick)."
+        1_000_000,
+        gt=0,
+        description=(
+            "Rows M of the shared table (unified, hashing_trick); the default job "
+            "(launch/configs/default.yaml) sets 300,000."
+        ),
     )
     dim: int = Field(16, gt=0, le=MAX_WIDTH, description="Columns d of each chunk vector.")
     num_tables: int = Field(
@@ -807,10 +825,15 @@ class JobConfig(_Strict):
     def _check_column_roles(self) -> None:
         """The label, or the row ids, read as a model input: the label fed to the model that
         predicts it trains to a test AUC of 1.0 with no error."""
-        inputs = [(c, "in data.dense_columns") for c in self.data.resolved_dense_columns()]
+        names = [f.name for f in self.features]
+        n = self.data.synthetic.num_dense
+        unset = "" if self.data.dense_columns is not None else f" (unset: it stands for I1..I{n})"
+        inputs = [(c, f"in data.dense_columns{unset}") for c in self.data.resolved_dense_columns()]
         inputs += [
-            (f.source_column, f"the column of feature {f.name} (features.{f.name}.column)")
-            for f in self.features
+            (f.source_column, f"the column of feature {f.name} (features.{item}.column)")
+            for i, f in enumerate(self.features)
+            # by name where a key can name it so (features.C3), else by position
+            for item in [f.name if f.name.isidentifier() and names.index(f.name) == i else i]
         ]
         for key, column in (
             ("data.label_column", self.data.label_column),
@@ -1034,8 +1057,8 @@ def _format_errors(
             (
                 max(
                     _blames(_at_positions(override_key(o), raw), key if e["loc"] else "", msg),
-                    # a check of the whole job names a list's items as the user does
-                    0 if e["loc"] else _blames(override_key(o), "", msg),
+                    # a check of the whole job names a list's items by name, as errors do
+                    0 if e["loc"] else _blames(_named_key(override_key(o), raw), "", msg),
                 ),
                 o,
             )
@@ -1047,6 +1070,21 @@ def _format_errors(
             msg += f" (from --set {blamed[-1]})"
         lines.append(f"  {shown}: {msg}")
     return "\n".join(lines)
+
+
+def _named_key(key: str, raw: Any) -> str:
+    """An override's ``key`` with each list item it names by position named by its name
+    where it has one (:func:`_at_names`): features.2.column is features.C3.column."""
+    loc: list[int | str] = []
+    node = raw
+    for part in _at_positions(key, raw).split("."):
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            loc.append(int(part))
+            node = node[int(part)]
+        else:
+            loc.append(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return _at_names(tuple(loc), raw)
 
 
 def _at_names(loc: tuple[int | str, ...], raw: Any) -> str:

@@ -106,7 +106,8 @@ def _warn_of_shared_files(train: list[RowGroup], test: list[RowGroup]) -> None:
     trained on (a data.train_path of the folder above train/ and test/ reads both)."""
 
     def real(path: str) -> str:
-        return os.path.realpath(path) if "://" not in path else path
+        local = path.removeprefix("file://")  # the same file, as a URL
+        return os.path.realpath(local) if "://" not in local else path
 
     trained = {real(g.path) for g in train}
     shared = sorted({g.path for g in test if real(g.path) in trained})
@@ -159,8 +160,9 @@ def check_steps(cfg: JobConfig, train: list[RowGroup]) -> None:
         )
 
 
-_EPOCHS_DEALT = 1000
-"""The most epochs whose deals the driver makes to count a job's steps."""
+_GROUPS_DEALT = 200_000
+"""The most row groups the driver deals, over the epochs, to count a job's steps (a deal
+of 20,000 row groups to 8 ranks takes about 46 ms)."""
 
 
 def _note_steps_short_of_max(cfg: JobConfig, train: list[RowGroup]) -> None:
@@ -168,15 +170,15 @@ def _note_steps_short_of_max(cfg: JobConfig, train: list[RowGroup]) -> None:
     the epochs (max_steps only stops it earlier), as a user of trainers whose max_steps
     overrides the epochs would not expect."""
     most, epochs = cfg.train.max_steps, cfg.train.epochs
-    if most is None:
-        return
+    if most is None or cfg.checkpoint.resume is not None:
+        return  # a resume's epochs were dealt to the ranks it was saved by: not counted here
     world, batch_size = cfg.ray.num_workers, cfg.train.batch_size
     rows, largest = sum(g.num_rows for g in train), max(g.num_rows for g in train)
     # every deal's smallest share lies between these (shares differ by a row group at most)
     fewest = max(0, (rows - (world - 1) * largest) // world // batch_size)
     if epochs * fewest >= most:
         return
-    if epochs > _EPOCHS_DEALT:  # too many deals to make: the bound alone
+    if epochs * len(train) > _GROUPS_DEALT:  # too many deals to make: the bound alone
         if epochs * (rows // world // batch_size) < most:
             LOG.warning(
                 f"train.max_steps={most} is past the at most "
@@ -371,7 +373,7 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
             f"of training (train.max_steps={cfg.train.max_steps}, train.epochs="
             f"{cfg.train.epochs}); it was evaluated only. Raise either to train on"
         )
-    _warn_of_skipped_share(summary, cfg.train.batch_size)
+    _warn_of_skipped_share(summary)
     summary["wall_seconds"] = time.perf_counter() - start
     summary["run_dir"] = inputs.run_dir
     if summary.get("first_step_unix"):
@@ -388,23 +390,24 @@ SKIPPED_ROWS_WARNING = 0.01
 driver warns."""
 
 
-def _warn_of_skipped_share(summary: dict[str, Any], batch_size: int) -> None:
-    """A split that lost more than :data:`SKIPPED_ROWS_WARNING` of its rows to the bad-input
-    checks: most often a column's meaning mistaken (labels written 1/2, a skip of every
-    positive), which the summary line's counts alone do not say."""
+def _warn_of_skipped_share(summary: dict[str, Any]) -> None:
+    """A split that lost more than :data:`SKIPPED_ROWS_WARNING` of this launch's rows to the
+    bad-input checks: most often a column's meaning mistaken (labels written 1/2, a skip of
+    every positive), which the summary line's counts alone do not say."""
     both, test = summary.get("bad_input") or {}, summary.get("bad_input_test") or {}
     test_rows = int(test.get("rows_skipped_total") or 0)
+    # this launch's: a resumed run's counts start from its checkpoint's, its examples at 0
+    trained_rows = int(both.get("rows_skipped_total") or 0) - test_rows
     splits = [
-        # rows as read, so a rough share: the trained rows of every step, to the step reached
         (
             "training",
-            int(both.get("rows_skipped_total") or 0) - test_rows,
-            int(summary.get("steps") or 0) * batch_size * int(summary.get("world_size") or 1),
+            trained_rows - int(summary.get("bad_input_rows_at_start") or 0),
+            int(summary.get("train_examples") or 0),
         ),
         ("test", test_rows, int(summary.get("test_examples") or 0)),
     ]
     for split, skipped, kept in splits:
-        if skipped and skipped > SKIPPED_ROWS_WARNING * (skipped + kept):
+        if skipped > 0 and skipped > SKIPPED_ROWS_WARNING * (skipped + kept):
             LOG.warning(
                 f"{skipped / (skipped + kept):.0%} of the {split} rows read were skipped as "
                 f"bad input ({skipped:,} rows; by reason, both splits: "

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dist_train.checkpoint import META, CheckpointError, checkpoint_root
+from dist_train.checkpoint import META, CheckpointOfAnotherJob, checkpoint_root
 from dist_train.config import (
     FILE_SCHEME,
     ConfigError,
@@ -240,7 +240,7 @@ def evaluate_and_report(
         return 2
     except Exception as err:  # noqa: BLE001 - the CLI reports any failure and exits non-zero
         print(f"error: {what_failed(err)}", file=sys.stderr)
-        if isinstance(err, CheckpointError) and not config_given:
+        if isinstance(err, CheckpointOfAnotherJob) and not config_given:
             print(
                 "hint: no --config was given, so this is the default job; evaluate a "
                 "checkpoint with the config it was trained with (--config FILE: the run "

@@ -213,11 +213,15 @@ class BatchBuilder:
             or pa.types.is_boolean(label)
             or pa.types.is_null(label)  # null labels: bad rows, named by the row checks
         ):
-            raise BadInputError(f"{source}: label column {self.label_column!r} has type {label}")
+            cast = ": cast it to an integer" if pa.types.is_decimal(label) else ""
+            raise BadInputError(
+                f"{source}: label column {self.label_column!r} has type {label}{cast}"
+            )
         for name in self.dense_columns:
             t = schema.field(name).type
             if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t)):
-                raise BadInputError(f"{source}: dense column {name!r} has type {t}")
+                cast = ": cast it to float" if pa.types.is_decimal(t) else ""
+                raise BadInputError(f"{source}: dense column {name!r} has type {t}{cast}")
         for f in self.features:
             self._check_categorical_type(f, schema.field(f.source_column).type, source)
 

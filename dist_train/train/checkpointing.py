@@ -226,7 +226,7 @@ def _check_same_hashing(cfg: JobConfig, meta: dict[str, Any], path: Location) ->
     was, has = _hashing_settings(saved), _hashing_settings(cfg.model_dump(mode="json"))
     changed = [key for key in was if was[key] != has[key]]
     first = next((a, b) for a, b in itertools.zip_longest(then, now) if a != b)
-    raise checkpoint.CheckpointError(
+    raise checkpoint.CheckpointOfAnotherJob(
         f"{path} was trained with other hashing of the features ({', '.join(changed)} "
         f"differ; first differing key: saved {first[0]!r}, now {first[1]!r}): its rows would "
         "be looked up for other values. Resume or evaluate it with the saved values, or start a "
@@ -263,36 +263,34 @@ _ROW_CHECK_SETTINGS = (
 # The settings that change what a model computes from the same weights, every shape the
 # same: its tables' pooling, which columns feed it and how, its attention's heads. A
 # checkpoint's weights were trained for the saved values; another is most often a config
-# mixed up (AUC falls with no error), sometimes meant (fine-tuning on another label).
-_INPUT_SETTINGS = (
-    "embedding.pooling",
-    "data.label_column",
-    "data.dense_columns",
-    "data.dense_transform",
-    "model.attention_heads",
-)
+# mixed up (AUC falls with no error), sometimes meant (fine-tuning).
+_INPUT_SETTINGS = ("embedding.pooling", "data.dense_transform", "model.attention_heads")
 
 
 def _warn_of_other_inputs(cfg: JobConfig, meta: dict[str, Any], path: Location, how: str) -> None:
-    """Warn where the job feeds ``path``'s weights otherwise than they were trained."""
+    """Warn where the job feeds ``path``'s weights otherwise than they were trained, or
+    trains or tests them against another label."""
     saved = meta.get("config")
     if not isinstance(saved, dict):
         return  # saved before configs were recorded
     now = cfg.model_dump(mode="json")
+    dense_then, dense_now = _dense_columns(saved), cfg.data.resolved_dense_columns()
     changed = [
         f"{key}={_setting(saved, key)!r}, now {_setting(now, key)!r}"
         for key in _INPUT_SETTINGS
-        if _setting(saved, key) != _setting(now, key)
+        if _has_setting(saved, key)
+        and _setting(saved, key) != _setting(now, key)
         and (key != "model.attention_heads" or cfg.model.kind == "autoint")
+        and (key != "data.dense_transform" or dense_now)
     ]
-    columns = {f.name: f.column or f.name for f in cfg.features}
-    for i, f in enumerate(saved.get("features") or []):
+    if dense_then is not None and dense_then != dense_now:
+        changed.append(f"data.dense_columns={dense_then}, now {dense_now}")
+    columns = {f.name: f.source_column for f in cfg.features}
+    for f in saved.get("features") or []:
         if isinstance(f, dict) and f.get("name") in columns:
             then = f.get("column") or f.get("name")
             if then != columns[f["name"]]:
-                changed.append(
-                    f"features[{i}] ({f['name']}) column {then!r}, now {columns[f['name']]!r}"
-                )
+                changed.append(f"features.{f['name']}.column={then!r}, now {columns[f['name']]!r}")
     if changed:
         LOG.warning(
             f"{path} was trained with {'; '.join(changed)}: {how} with these, its weights "
@@ -300,6 +298,33 @@ def _warn_of_other_inputs(cfg: JobConfig, meta: dict[str, Any], path: Location, 
             "but its results are not the trained model's). Set the saved values unless this "
             "is meant"
         )
+    label = _setting(saved, "data.label_column")
+    if label is not None and label != cfg.data.label_column:
+        LOG.warning(
+            f"{path} was trained to predict data.label_column={label!r}; this job's label "
+            f"is {cfg.data.label_column!r}: {how} against another label. Set the saved "
+            "value unless this is meant"
+        )
+
+
+def _dense_columns(config: dict[str, Any]) -> list[str] | None:
+    """A dumped config's dense columns as its job read them (unset: the generator's I1..In);
+    None where it does not say."""
+    data = config.get("data")
+    if not isinstance(data, dict) or "dense_columns" not in data:
+        return None
+    if data["dense_columns"] is not None:
+        return list(data["dense_columns"])
+    n = _setting(config, "data.synthetic.num_dense")
+    return [f"I{i + 1}" for i in range(n)] if isinstance(n, int) else None
+
+
+def _has_setting(config: dict[str, Any], key: str) -> bool:
+    """Whether a dumped config holds ``key`` (an older one may lack a newer key)."""
+    *sections, last = key.split(".")
+    for part in sections:
+        config = config.get(part) if isinstance(config, dict) else None  # type: ignore[assignment]
+    return isinstance(config, dict) and last in config
 
 
 def _setting(config: dict[str, Any], key: str) -> Any:

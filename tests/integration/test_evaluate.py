@@ -114,6 +114,10 @@ def test_what_cannot_be_evaluated_is_named_before_any_worker_starts(
     assert err.startswith("error: checkpoint: ")
     assert "hint: no --config was given, so this is the default job" in err
     assert not (tmp_path / "d").exists()
+    # not a checkpoint at all: no config would do, no hint
+    assert main(["evaluate", str(tmp_path / "nope"), "--out", str(tmp_path / "d")]) == 1
+    err = capsys.readouterr().err
+    assert "no such checkpoint folder" in err and "hint:" not in err
 
 
 def test_evaluate_under_ray(

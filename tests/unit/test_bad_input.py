@@ -84,6 +84,13 @@ def _wrong_type(path: Path) -> str:
     return "dense column 'I1' has type string"
 
 
+def _decimal_dense(path: Path) -> str:
+    t = pq.read_table(path)
+    decimals = pc.cast(pc.round(t["I2"], 2), pa.decimal128(18, 2))
+    _rewrite(path, t.set_column(t.schema.get_field_index("I2"), "I2", decimals))
+    return "dense column 'I2' has type decimal128(18, 2): cast it to float"
+
+
 def _duplicate_column(path: Path) -> str:
     t = pq.read_table(path)
     _rewrite(path, t.append_column("I1", t["I1"]))
@@ -97,6 +104,7 @@ FILE_PROBLEMS = [
     _missing_column,
     _missing_label,
     _wrong_type,
+    _decimal_dense,
     _duplicate_column,
 ]
 

@@ -267,7 +267,8 @@ def test_resuming_at_an_epoch_boundary_under_other_hashing_is_refused(
     [
         ("embedding.pooling=mean", "embedding.pooling='sum', now 'mean'"),
         ("data.dense_transform=none", "data.dense_transform='log1p', now 'none'"),
-        ('data.dense_columns=["I2","I1"]', "data.dense_columns=None, now ['I2', 'I1']"),
+        ('data.dense_columns=["I2","I1"]', "'I13'], now ['I2', 'I1']"),
+        ("features.C3.column=C4", "features.C3.column='C3', now 'C4'"),
     ],
 )
 def test_a_checkpoint_fed_other_inputs_is_warned_of(
@@ -290,19 +291,42 @@ def test_a_checkpoint_fed_other_inputs_is_warned_of(
     assert "resumed with these" in warned[0] and "evaluated with these" in warned[1]
 
 
-def test_a_feature_reading_another_column_is_warned_of(
+def test_what_feeds_the_same_inputs_is_not_warned_of(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """No false warnings (a review's findings): the dense columns unset against the same
+    written out; a key an older checkpoint's config lacks; the transform of no dense
+    columns; AutoInt's heads in another model. Another label is warned of as a label."""
     root = tmp_path / "default" / "checkpoints"
     saved = _job(tmp_path).model_dump(mode="json")
-    saved["data"]["label_column"] = "clicked"  # trained on another label
+    del saved["data"]["dense_transform"]  # an older config, without the key
     boundary = _checkpoint(root, 5, saved)
-    raw = _job(tmp_path, f"checkpoint.resume={boundary}").model_dump(mode="json")
-    raw["features"][2]["column"] = "C4"
+    written_out = f"data.dense_columns=[{','.join(f'I{i}' for i in range(1, 14))}]"
+    for change in (written_out, "model.attention_heads=4"):
+        with caplog.at_level("WARNING", logger="dist_train"):
+            resume_point(_job(tmp_path, f"checkpoint.resume={boundary}", change))
+        assert "was trained" not in caplog.text, change
+    root2 = tmp_path / "other" / "checkpoints"
+    none = _job(tmp_path, "name=other", "data.dense_columns=[]").model_dump(mode="json")
+    none["data"]["label_column"] = "clicked"
+    boundary = _checkpoint(root2, 5, none)
+    job = ["name=other", f"checkpoint.resume={boundary}", "data.dense_columns=[]"]
+    caplog.clear()
     with caplog.at_level("WARNING", logger="dist_train"):
-        resume_point(parse_config(raw))
-    assert "data.label_column='clicked', now 'label'" in caplog.text
-    assert "features[2] (C3) column 'C3', now 'C4'" in caplog.text
+        resume_point(_job(tmp_path, *job, "data.dense_transform=none"))
+    assert "was trained with" not in caplog.text  # no dense column to transform
+    assert "to predict data.label_column='clicked'; this job's label is 'label'" in caplog.text
+    assert "resumed against another label" in caplog.text
+
+
+def test_autoints_heads_are_warned_of(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "default" / "checkpoints"
+    autoint = ["model.kind=autoint", "model.attention_heads=2", "model.attention_dim=16"]
+    boundary = _checkpoint(root, 5, _job(tmp_path, *autoint).model_dump(mode="json"))
+    job = [f"checkpoint.resume={boundary}", *autoint[:1], "model.attention_heads=4"]
+    with caplog.at_level("WARNING", logger="dist_train"):
+        resume_point(_job(tmp_path, *job, "model.attention_dim=16"))
+    assert "model.attention_heads=2, now 4" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -602,4 +602,6 @@ def test_the_label_or_row_ids_as_a_model_input_are_refused(override: str, named:
         load_config(overrides=[override])
     assert named in str(err.value) and f"(from --set {override})" in str(err.value)
     # a dense column that is also a feature's is a choice (a count bucketed as a category)
-    assert load_config(overrides=["data.dense_columns=[I1,I2]", "features.C3.column=C3"])
+    own = ["data.train_path=/data/train", "data.test_path=/data/test"]
+    both = load_config(overrides=[*own, "data.dense_columns=[I1,I2]", "features.C3.column=I1"])
+    assert both.features[2].source_column == "I1" and "I1" in both.data.resolved_dense_columns()

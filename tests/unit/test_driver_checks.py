@@ -88,11 +88,19 @@ def test_max_steps_past_the_epochs_steps_is_named(
         for w in warned
     ), warned
     assert not _warnings(_cfg(small_cfg, small_data, ["train.epochs=2", "train.max_steps=32"]))
-    many = ["train.epochs=5000", "train.max_steps=100000"]  # past the deals made: the bound
+    many = ["train.epochs=5000", "train.max_steps=100000"]
     assert any(
-        "train.max_steps=100000 is past the at most 80,000 steps of train.epochs=5000" in w
+        "train.max_steps=100000 is past the 80,000 steps of train.epochs=5000" in w
         for w in _warnings(_cfg(small_cfg, small_data, many))
     )
+    many = ["train.epochs=30000", "train.max_steps=1000000"]  # past the deals made: the bound
+    assert any(
+        "train.max_steps=1000000 is past the at most 480,000 steps of train.epochs=30000" in w
+        for w in _warnings(_cfg(small_cfg, small_data, many))
+    )
+    # a resume's epochs were dealt to the ranks that saved it: not counted at this world
+    resumed = ["train.epochs=2", "train.max_steps=100", "checkpoint.resume=latest"]
+    assert not [w for w in _warnings(_cfg(small_cfg, small_data, resumed)) if "max_steps" in w]
 
 
 def test_a_large_share_of_rows_skipped_is_warned_of(caplog: pytest.LogCaptureFixture) -> None:
@@ -101,17 +109,17 @@ def test_a_large_share_of_rows_skipped_is_warned_of(caplog: pytest.LogCaptureFix
     line's counts (a review's walk-through)."""
     from dist_train.driver import _warn_of_skipped_share
 
-    def warned(skipped: int, of_test: int, steps: int = 100, test_examples: int = 1000) -> str:
+    def warned(skipped: int, of_test: int, at_start: int = 0, test_examples: int = 1000) -> str:
         summary = {
-            "steps": steps,  # 100 steps of 2 ranks x 50 rows: 10,000 trained
-            "world_size": 2,
+            "train_examples": 10_000,
             "test_examples": test_examples,
             "bad_input": {"rows_skipped_total": skipped, "rows_skipped": {"label": skipped}},
+            "bad_input_rows_at_start": at_start,
             "bad_input_test": {"rows_skipped_total": of_test},
         }
         caplog.clear()
         with caplog.at_level("WARNING", logger="dist_train"):
-            _warn_of_skipped_share(summary, batch_size=50)
+            _warn_of_skipped_share(summary)
         return caplog.text
 
     text = warned(5_232, 0)
@@ -121,6 +129,10 @@ def test_a_large_share_of_rows_skipped_is_warned_of(caplog: pytest.LogCaptureFix
     assert not warned(100, 0)  # 1.0%: not over the line
     assert "14% of the test rows read were skipped" in warned(160, 160)
     assert not warned(0, 0)
+    # a resumed launch: the rows its checkpoint counted were skipped among rows trained
+    # before it (a review: 6,000 of 1,000 steps on 4 ranks read as 2% of 10 steps on 1)
+    assert not warned(6_000, 0, at_start=6_000)
+    assert "5% of the training rows" in warned(6_500, 0, at_start=6_000)
 
 
 def test_test_files_that_are_also_training_files_are_named(
