@@ -833,7 +833,7 @@ class JobConfig(_Strict):
             (f.source_column, f"the column of feature {f.name} (features.{item}.column)")
             for i, f in enumerate(self.features)
             # by name where a key can name it so (features.C3), else by position
-            for item in [f.name if f.name.isidentifier() and names.index(f.name) == i else i]
+            for item in [f.name if _can_name_item(f.name) and names.index(f.name) == i else i]
         ]
         for key, column in (
             ("data.label_column", self.data.label_column),
@@ -1087,6 +1087,12 @@ def _named_key(key: str, raw: Any) -> str:
     return _at_names(tuple(loc), raw)
 
 
+def _can_name_item(name: object) -> bool:
+    """Whether ``name`` can stand for its item in a dotted key (not read as a position
+    or split in two)."""
+    return isinstance(name, str) and bool(name) and not name.isdigit() and "." not in name
+
+
 def _at_names(loc: tuple[int | str, ...], raw: Any) -> str:
     """An error's ``loc`` with each list item that has a name named by it, as the user
     names it (features.2.chunks is features.C3.chunks in the default job); "" if empty."""
@@ -1096,14 +1102,8 @@ def _at_names(loc: tuple[int | str, ...], raw: Any) -> str:
         if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             item = node[part]
             name = item.get("name") if isinstance(item, dict) else None
-            if (
-                isinstance(name, str)
-                and name
-                and not name.isdigit()
-                and "." not in name
-                and _find_item(node, name) == part  # the first of that name
-            ):
-                out.append(name)
+            if _can_name_item(name) and _find_item(node, str(name)) == part:  # its first
+                out.append(str(name))
             else:
                 out.append(str(part))
             node = item

@@ -21,6 +21,7 @@ from dist_train.checkpoint import (
     check_writable,
     checkpoint_root,
     committed,
+    read_meta,
     step_of,
 )
 from dist_train.checkpoint import resolve as resolve_checkpoint
@@ -46,6 +47,7 @@ from dist_train.embedding.layout import build_layout
 from dist_train.launchers.processes import RankError, run_processes
 from dist_train.logs import LOG, setup_logging, verbosity, worded_for_users
 from dist_train.stopping import stopped_by_sigterm
+from dist_train.storage import location
 from dist_train.train.checkpointing import refuse_to_overwrite, resume_point
 from dist_train.train.evaluation import run_evaluation
 from dist_train.train.loop import TrainingDiverged, run_worker
@@ -149,7 +151,6 @@ def check_steps(cfg: JobConfig, train: list[RowGroup]) -> None:
             f"batches of train.batch_size={batch_size}); more, smaller row groups, or "
             "fewer ranks, train more of them (docs/data.md)"
         )
-    _note_steps_short_of_max(cfg, train)
     empty = _epochs_without_steps(cfg, train, steps)
     if empty:
         LOG.warning(
@@ -160,25 +161,37 @@ def check_steps(cfg: JobConfig, train: list[RowGroup]) -> None:
         )
 
 
-_GROUPS_DEALT = 200_000
-"""The most row groups the driver deals, over the epochs, to count a job's steps (a deal
-of 20,000 row groups to 8 ranks takes about 46 ms)."""
+_DEALS_WORK = 200_000
+"""The most work, epochs x (row groups + 10), that the driver spends dealing epochs to
+count a job's steps (a deal costs about 12 us an epoch and 1.4 us a row group here)."""
 
 
-def _note_steps_short_of_max(cfg: JobConfig, train: list[RowGroup]) -> None:
+def _saved_by(resume: str | None) -> tuple[int, int] | None:
+    """The step and world size of the checkpoint a run resumes from; None for a fresh run."""
+    if resume is None:
+        return None
+    meta = read_meta(location(resume))
+    position = meta.get("position") or {}
+    return int(position.get("step") or 0), int(meta.get("world_size") or 0)
+
+
+def _note_steps_short_of_max(
+    cfg: JobConfig, train: list[RowGroup], saved: tuple[int, int] | None
+) -> None:
     """Say where train.max_steps lies past the steps of train.epochs: training ends with
     the epochs (max_steps only stops it earlier), as a user of trainers whose max_steps
-    overrides the epochs would not expect."""
+    overrides the epochs would not expect. ``saved``: the resumed checkpoint's step and
+    world size (its epochs dealt to its ranks: counted here only at the same world)."""
     most, epochs = cfg.train.max_steps, cfg.train.epochs
-    if most is None or cfg.checkpoint.resume is not None:
-        return  # a resume's epochs were dealt to the ranks it was saved by: not counted here
     world, batch_size = cfg.ray.num_workers, cfg.train.batch_size
+    if most is None or (saved is not None and saved[1] != world):
+        return
     rows, largest = sum(g.num_rows for g in train), max(g.num_rows for g in train)
     # every deal's smallest share lies between these (shares differ by a row group at most)
     fewest = max(0, (rows - (world - 1) * largest) // world // batch_size)
     if epochs * fewest >= most:
         return
-    if epochs * len(train) > _GROUPS_DEALT:  # too many deals to make: the bound alone
+    if epochs * (len(train) + 10) > _DEALS_WORK:  # too many deals to make: the bound alone
         if epochs * (rows // world // batch_size) < most:
             LOG.warning(
                 f"train.max_steps={most} is past the at most "
@@ -360,6 +373,8 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
             verbosity=verbosity(),
             device_type=device,
         )
+        saved = _saved_by(inputs.resume)
+        _note_steps_short_of_max(cfg, inputs.train_groups, saved)
         rows = sum(g.num_rows for g in inputs.train_groups)
         LOG.info(
             f"job {cfg.name!r}: {rows:,} training rows in {len(inputs.train_groups)} "
@@ -373,7 +388,7 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
             f"of training (train.max_steps={cfg.train.max_steps}, train.epochs="
             f"{cfg.train.epochs}); it was evaluated only. Raise either to train on"
         )
-    _warn_of_skipped_share(summary)
+    _warn_of_skipped_share(summary, _examples_trained(summary, cfg.train.batch_size, saved))
     summary["wall_seconds"] = time.perf_counter() - start
     summary["run_dir"] = inputs.run_dir
     if summary.get("first_step_unix"):
@@ -390,20 +405,26 @@ SKIPPED_ROWS_WARNING = 0.01
 driver warns."""
 
 
-def _warn_of_skipped_share(summary: dict[str, Any]) -> None:
-    """A split that lost more than :data:`SKIPPED_ROWS_WARNING` of this launch's rows to the
-    bad-input checks: most often a column's meaning mistaken (labels written 1/2, a skip of
-    every positive), which the summary line's counts alone do not say."""
+def _examples_trained(
+    summary: dict[str, Any], batch_size: int, saved: tuple[int, int] | None
+) -> int:
+    """The examples of every step to the step reached: this launch's world's since the
+    checkpoint it resumed from, that checkpoint's world's before it."""
+    step, world = saved or (0, 0)
+    since = int(summary.get("steps") or 0) - step
+    return (since * int(summary.get("world_size") or 1) + step * world) * batch_size
+
+
+def _warn_of_skipped_share(summary: dict[str, Any], trained: int) -> None:
+    """A split that lost more than :data:`SKIPPED_ROWS_WARNING` of its rows to the
+    bad-input checks (``trained``: the training examples of every step): most often a
+    column's meaning mistaken (labels written 1/2, a skip of every positive), which the
+    summary line's counts alone do not say. The counts are of rows as read, the whole
+    run's (a resume's start from its checkpoint's), so the share is a rough one."""
     both, test = summary.get("bad_input") or {}, summary.get("bad_input_test") or {}
     test_rows = int(test.get("rows_skipped_total") or 0)
-    # this launch's: a resumed run's counts start from its checkpoint's, its examples at 0
-    trained_rows = int(both.get("rows_skipped_total") or 0) - test_rows
     splits = [
-        (
-            "training",
-            trained_rows - int(summary.get("bad_input_rows_at_start") or 0),
-            int(summary.get("train_examples") or 0),
-        ),
+        ("training", int(both.get("rows_skipped_total") or 0) - test_rows, trained),
         ("test", test_rows, int(summary.get("test_examples") or 0)),
     ]
     for split, skipped, kept in splits:

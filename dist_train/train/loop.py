@@ -63,8 +63,6 @@ class RunSummary(TrainFigures, EvalFigures):
     restarted_at_step: int | None
     eval_seconds: float
     bad_input: dict[str, Any]  # both splits'
-    # the training rows skipped before this launch (its checkpoint's counts, in bad_input)
-    bad_input_rows_at_start: int
     bad_input_test: dict[str, Any]  # the test split's share
     device: str
     world_size: int
@@ -163,7 +161,6 @@ def run_worker(
         **metrics.as_summary(),
         eval_seconds=time.perf_counter() - eval_start,
         bad_input=total_counts(policy.counts, inputs.file_counts).as_dict(),
-        bad_input_rows_at_start=sum(start.bad_input_rows.values()),
         bad_input_test=test_counts.as_dict(),
         device=trainer.device.type,
         world_size=topo.world_size,

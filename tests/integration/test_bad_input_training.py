@@ -103,9 +103,6 @@ def test_a_resumed_run_counts_each_bad_row_once(
     assert resumed["steps_this_launch"] == whole["steps"] - 6
     assert resumed["train_examples"] == (whole["steps"] - 6) * 2 * 256
     assert resumed["bad_input"] == whole["bad_input"]
-    # what the checkpoint counted before this launch, for the share this launch skipped
-    assert whole["bad_input_rows_at_start"] == stopped["bad_input_rows_at_start"] == 0
-    assert 0 < resumed["bad_input_rows_at_start"] < 8  # type: ignore[operator]
 
 
 def test_a_diverged_run_stops_and_its_newest_checkpoint_resumes_finite(

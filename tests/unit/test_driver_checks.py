@@ -77,30 +77,35 @@ def test_an_epoch_that_leaves_many_rows_untrained_is_named(
 
 
 def test_max_steps_past_the_epochs_steps_is_named(
-    small_cfg: JobConfig, small_data: GeneratedData
+    small_cfg: JobConfig, small_data: GeneratedData, caplog: pytest.LogCaptureFixture
 ) -> None:
     """train.max_steps=100 with 1 epoch of 31 steps trained 31 and said nothing (a review's
     walk-through: other trainers' max_steps overrides the epochs). 2 ranks, 8 groups of
     1,024 rows, batches of 256: 16 steps an epoch."""
-    warned = _warnings(_cfg(small_cfg, small_data, ["train.epochs=2", "train.max_steps=100"]))
-    assert any(
-        "train.max_steps=100 is past the 32 steps of train.epochs=2: training ends at step 32" in w
-        for w in warned
-    ), warned
-    assert not _warnings(_cfg(small_cfg, small_data, ["train.epochs=2", "train.max_steps=32"]))
-    many = ["train.epochs=5000", "train.max_steps=100000"]
-    assert any(
-        "train.max_steps=100000 is past the 80,000 steps of train.epochs=5000" in w
-        for w in _warnings(_cfg(small_cfg, small_data, many))
+    from dist_train.driver import _note_steps_short_of_max
+
+    groups = prepare_inputs(_cfg(small_cfg, small_data, [])).train_groups
+
+    def noted(*overrides: str, saved: tuple[int, int] | None = None) -> str:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="dist_train"):
+            _note_steps_short_of_max(_cfg(small_cfg, small_data, list(overrides)), groups, saved)
+        return caplog.text
+
+    past = "train.max_steps=100 is past the 32 steps of train.epochs=2: training ends at step 32"
+    assert past in noted("train.epochs=2", "train.max_steps=100")
+    assert not noted("train.epochs=2", "train.max_steps=32")
+    assert "past the 80,000 steps of train.epochs=5000" in noted(
+        "train.epochs=5000", "train.max_steps=100000"
     )
-    many = ["train.epochs=30000", "train.max_steps=1000000"]  # past the deals made: the bound
-    assert any(
-        "train.max_steps=1000000 is past the at most 480,000 steps of train.epochs=30000" in w
-        for w in _warnings(_cfg(small_cfg, small_data, many))
+    # past the deals it makes: the bound
+    assert "train.max_steps=1000000 is past the at most 480,000 steps" in noted(
+        "train.epochs=30000", "train.max_steps=1000000"
     )
-    # a resume's epochs were dealt to the ranks that saved it: not counted at this world
-    resumed = ["train.epochs=2", "train.max_steps=100", "checkpoint.resume=latest"]
-    assert not [w for w in _warnings(_cfg(small_cfg, small_data, resumed)) if "max_steps" in w]
+    # a resume at the same world: the same deals, counted (resumes extend max_steps); on
+    # other ranks the saved epochs were dealt otherwise: not counted
+    assert past in noted("train.epochs=2", "train.max_steps=100", saved=(20, 2))
+    assert not noted("train.epochs=2", "train.max_steps=100", saved=(20, 1))
 
 
 def test_a_large_share_of_rows_skipped_is_warned_of(caplog: pytest.LogCaptureFixture) -> None:
@@ -109,17 +114,15 @@ def test_a_large_share_of_rows_skipped_is_warned_of(caplog: pytest.LogCaptureFix
     line's counts (a review's walk-through)."""
     from dist_train.driver import _warn_of_skipped_share
 
-    def warned(skipped: int, of_test: int, at_start: int = 0, test_examples: int = 1000) -> str:
+    def warned(skipped: int, of_test: int, test_examples: int = 1000) -> str:
         summary = {
-            "train_examples": 10_000,
             "test_examples": test_examples,
             "bad_input": {"rows_skipped_total": skipped, "rows_skipped": {"label": skipped}},
-            "bad_input_rows_at_start": at_start,
             "bad_input_test": {"rows_skipped_total": of_test},
         }
         caplog.clear()
         with caplog.at_level("WARNING", logger="dist_train"):
-            _warn_of_skipped_share(summary)
+            _warn_of_skipped_share(summary, trained=10_000)
         return caplog.text
 
     text = warned(5_232, 0)
@@ -129,10 +132,16 @@ def test_a_large_share_of_rows_skipped_is_warned_of(caplog: pytest.LogCaptureFix
     assert not warned(100, 0)  # 1.0%: not over the line
     assert "14% of the test rows read were skipped" in warned(160, 160)
     assert not warned(0, 0)
-    # a resumed launch: the rows its checkpoint counted were skipped among rows trained
-    # before it (a review: 6,000 of 1,000 steps on 4 ranks read as 2% of 10 steps on 1)
-    assert not warned(6_000, 0, at_start=6_000)
-    assert "5% of the training rows" in warned(6_500, 0, at_start=6_000)
+
+
+def test_the_examples_trained_count_every_launchs_world() -> None:
+    """A resume on other ranks: the steps before it were of the saving run's world (a
+    review: 6,000 rows skipped in 1,000 steps of 4 ranks read as 2% of 1,010 steps of 1)."""
+    from dist_train.driver import _examples_trained
+
+    summary = {"steps": 1_010, "world_size": 1}
+    assert _examples_trained(summary, 256, (1_000, 4)) == (10 * 1 + 1_000 * 4) * 256
+    assert _examples_trained(summary, 256, None) == 1_010 * 256
 
 
 def test_test_files_that_are_also_training_files_are_named(
