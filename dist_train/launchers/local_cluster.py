@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,30 @@ from dist_train.launchers.procfs import proc_stat
 
 GRACE_S = 10.0
 START_TIMEOUT_S = 120.0
+
+
+def _option(args: list[str], name: str) -> str | None:
+    """The value of ``ray start`` option ``name`` in ``args`` (``--x=v`` or ``--x v``)."""
+    for i, arg in enumerate(args):
+        if arg.startswith(f"{name}="):
+            return arg.split("=", 1)[1]
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
+def _taken(host: str, port: str) -> bool:
+    """Whether a process listens on ``host``:``port`` already (a closed connection's
+    TIME_WAIT does not count: Ray's server binds through it)."""
+    if not port.isdigit():
+        return False  # ray start names it
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, int(port)))
+        except OSError:
+            return True
+    return False
 
 
 def state_file(port: int) -> Path:
@@ -60,6 +85,17 @@ def start(port: int, args: list[str]) -> int:
     recorded = state_file(port)
     if _live_group(recorded) is not None:
         print(f"a cluster started here already listens on port {port}: stop it first")
+        return 1
+    dashboard = _option(args, "--dashboard-port")
+    if dashboard is not None and _taken(
+        _option(args, "--dashboard-host") or "127.0.0.1", dashboard
+    ):
+        # ray start logs a failed bind and goes on: jobs submitted to that port would go to
+        # whatever holds it (another cluster, another user's embedded Ray)
+        print(
+            f"port {dashboard}, for this cluster's job server, is taken by another process: "
+            "set DASHBOARD_PORT to a free one (and RAY_ADDRESS to match)"
+        )
         return 1
     group, status, out = start_head([f"--port={port}", *args])
     print(out, end="")

@@ -27,7 +27,6 @@ from dist_train.config import (
     load_or_report,
     override_key,
 )
-from dist_train.logs import LOG
 from dist_train.stopping import EXIT_CODE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -202,10 +201,99 @@ def submit(
     print(shlex.join(cmd), flush=True)
     if dry_run:
         return 0
-    code = subprocess.run(cmd, check=False).returncode
+    address = cmd[cmd.index("--address") + 1]
+    # Ray's CLI and client take RAY_ADDRESS over --address: the address printed is the one used
+    env = {**os.environ, "RAY_ADDRESS": address}
+    problem = _job_server_problem(address, submission_id, env)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
+    try:
+        code = subprocess.run(cmd, check=False, env=env).returncode
+    except KeyboardInterrupt:
+        if wait:  # Ray's CLI only stops following the job's logs
+            print(
+                f"note: job {submission_id} goes on running on the cluster (Ctrl-C stops "
+                f"following it): `ray job stop --address {address} {submission_id}` stops it",
+                file=sys.stderr,
+            )
+        raise
     if code == 0 and wait and submission_id:
-        return _stopped_code(cmd[cmd.index("--address") + 1], submission_id)
+        return _ended_code(address, submission_id, env)
     return code
+
+
+PROBE_TIMEOUT_S = 60.0
+
+_PROBE = """
+import json, sys
+from ray.job_submission import JobSubmissionClient
+try:
+    client = JobSubmissionClient(sys.argv[1])
+except Exception as err:
+    lines = str(err).strip().splitlines() or [""]
+    print(json.dumps({"error": type(err).__name__, "why": lines[-1][:300]}))
+    raise SystemExit
+taken = False
+if sys.argv[2]:
+    try:
+        client.get_job_info(sys.argv[2])
+        taken = True
+    except Exception:
+        pass  # none of that id (404), or a question the submit itself will meet
+print(json.dumps({"taken": taken}))
+"""
+
+
+def _job_server_problem(address: str, submission_id: str | None, env: dict[str, str]) -> str:
+    """Why a submission to ``address`` would fail before it starts, as one line ("" if it
+    would not): no job server there, a token it refuses, a submission id it already holds.
+    (Ray's CLI says so in a traceback of 50 to 120 lines.) Asked by Ray's client in a
+    process of its own, as the CLI asks."""
+    try:
+        asked = subprocess.run(
+            [sys.executable, "-c", _PROBE, address, submission_id or ""],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=env,
+            timeout=PROBE_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        return (
+            f"no answer from {address} in {PROBE_TIMEOUT_S:.0f} s: is that the cluster's job "
+            "server (--address, RAY_ADDRESS; http://<head>:8265)?"
+        )
+    try:
+        answer = json.loads(asked.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return ""  # no answer to read: the submit itself says what it meets
+    error = answer.get("error")
+    if error == "ConnectionError":
+        return (
+            f"no Ray job server answers at {address}: is the cluster up "
+            "(launch/local_cluster.sh start, docs/launch.md) and is that its job server's "
+            "address (--address, RAY_ADDRESS; http://<head>:8265)?"
+        )
+    if error == "AuthenticationError":
+        return (
+            f"the job server at {address} refused this machine's token ({answer.get('why')}): "
+            "set RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN or "
+            "RAY_AUTH_TOKEN_PATH; docs/launch.md)"
+        )
+    if error:
+        gcs = (
+            ""
+            if "://" in address
+            else " (Ray reads host:port as a GCS address; a job server's is http://<head>:8265)"
+        )
+        return f"cannot reach the job server at {address}: {error}: {answer.get('why')}{gcs}"
+    if answer.get("taken"):
+        return (
+            f"the job server at {address} already holds a job {submission_id!r}: give "
+            "another --submission-id (or none: submit names one)"
+        )
+    return ""
 
 
 _ASK_STATUS = (
@@ -214,11 +302,12 @@ _ASK_STATUS = (
 )
 
 
-def _stopped_code(address: str, submission_id: str) -> int:
-    """0, or SIGTERM's exit code (:data:`~dist_train.stopping.EXIT_CODE`, as a stopped
-    ``dist-train train`` exits) for a job stopped before it finished (``ray job stop``):
-    waiting, ``ray job submit`` exits 0 for it as for a job that succeeded, and a script
-    that goes on after it would export a run that never finished."""
+def _ended_code(address: str, submission_id: str, env: dict[str, str]) -> int:
+    """The exit code of a waited-for job that ``ray job submit`` exits 0 for: 0 where it
+    SUCCEEDED; SIGTERM's (:data:`~dist_train.stopping.EXIT_CODE`, as a stopped ``dist-train
+    train`` exits) where ``ray job stop`` ended it; 1 where it did not end (the CLI stops
+    following a job whose cluster went away) or its end cannot be asked. A script that
+    goes on after a 0 would export a run that never finished."""
     # Ray's client, as its CLI asks, in a process of its own: it reads the cluster's token
     # afresh (a process's client keeps the first token it read)
     asked = subprocess.run(
@@ -226,12 +315,26 @@ def _stopped_code(address: str, submission_id: str) -> int:
         capture_output=True,
         text=True,
         check=False,
+        env=env,
     )
+    status = asked.stdout.strip()
     if asked.returncode != 0:
         why = (asked.stderr.strip().splitlines() or ["no answer"])[-1]
-        LOG.warning(f"could not ask how job {submission_id} ended ({why}): taking Ray's 0")
+        print(
+            f"error: could not ask how job {submission_id} ended ({why}): its end is "
+            f"unknown (`ray job status --address {address} {submission_id}`)",
+            file=sys.stderr,
+        )
+        return 1
+    if status == "SUCCEEDED":
         return 0
-    if asked.stdout.strip() == "STOPPED":
+    if status == "STOPPED":
         print(f"error: job {submission_id} was stopped before it finished", file=sys.stderr)
         return EXIT_CODE
-    return 0
+    print(
+        f"error: job {submission_id} is {status or 'of no status'}, not finished: `ray job "
+        "submit` stopped following it (its cluster or job server went away?); "
+        f"`ray job status --address {address} {submission_id}` says how it goes on",
+        file=sys.stderr,
+    )
+    return 1

@@ -75,19 +75,24 @@ def test_ray_job_submit_runs_the_driver(tmp_path: Path) -> None:
 
 
 def test_a_submitted_job_stopped_before_it_finished_is_no_success(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Waiting, `ray job submit` exits 0 for a job `ray job stop` ended, as for one that
     succeeded: a script's `submit && export` went on. `submit` asks for the job's end by
-    the name it gave it and exits 143, as a stopped `dist-train train` does."""
+    the name it gave it and exits 143, as a stopped `dist-train train` does. Also (an
+    operator's walk-through): --address is the address used, RAY_ADDRESS exported or not
+    (Ray's CLI took RAY_ADDRESS over it); no job server, a refused token and a submission id
+    the server holds are one error line each, not Ray's traceback; a job whose end cannot
+    be asked is no success either."""
     import threading
 
-    from dist_train.launchers.submit import submit
+    from dist_train.launchers.submit import _ended_code, submit
     from dist_train.stopping import EXIT_CODE
 
     with ray_head(tmp_path) as head:
         for key, value in head.env.items():
             monkeypatch.setenv(key, value)
+        monkeypatch.setenv("RAY_ADDRESS", f"http://127.0.0.1:{free_port()}")  # not the head
         ended: list[int] = []
         over = [f"output_dir={tmp_path / 'out'}", "train.epochs=300"]
         job = threading.Thread(
@@ -106,7 +111,22 @@ def test_a_submitted_job_stopped_before_it_finished_is_no_success(
             time.sleep(2)
         ray_cli("job", "stop", "--address", head.address, "dist-train-stopped", env=head.env)
         job.join(timeout=120)
-    assert ended == [EXIT_CODE]
+        assert ended == [EXIT_CODE]
+        capsys.readouterr()
+        again = submit(str(TINY), over, head.address, None, True, False, "dist-train-stopped")
+        assert again == 1
+        assert "already holds a job 'dist-train-stopped'" in capsys.readouterr().err
+        bad_token = tmp_path / "bad_token"
+        bad_token.write_text("0" * 64)
+        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(bad_token))
+        assert submit(str(TINY), over, head.address, None, True, False) == 1
+        assert "refused this machine's token" in capsys.readouterr().err
+        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", head.env["RAY_AUTH_TOKEN_PATH"])
+    # the cluster gone: nothing answers, and a job's end cannot be asked
+    assert submit(str(TINY), over, head.address, None, True, False) == 1
+    assert f"no Ray job server answers at {head.address}" in capsys.readouterr().err
+    assert _ended_code(head.address, "dist-train-stopped", dict(os.environ)) == 1
+    assert "its end is unknown" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

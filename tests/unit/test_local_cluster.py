@@ -1,0 +1,33 @@
+"""launch/local_cluster.sh's start (dist_train/launchers/local_cluster.py) before it runs
+``ray start``."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from dist_train.launchers import local_cluster
+
+
+def test_a_taken_job_server_port_is_refused_before_ray_starts(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ray start logs a failed bind of its job server and goes on: start said the cluster was
+    up and printed RAY_ADDRESS for a port another process held (another cluster, another
+    user's embedded Ray), where submits would then go (an operator's walk-through)."""
+    started: list[list[str]] = []
+    monkeypatch.setattr(local_cluster, "start_head", lambda args, env=None: started.append(args))
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        for args in (
+            ["--dashboard-host=127.0.0.1", f"--dashboard-port={port}"],
+            ["--dashboard-port", str(port)],
+        ):
+            assert local_cluster.start(0, args) == 1
+            out = capsys.readouterr().out
+            assert f"port {port}, for this cluster's job server, is taken" in out
+    assert not started
+    assert not local_cluster._taken("127.0.0.1", str(port))  # free again once closed
