@@ -555,9 +555,12 @@ def where_to_resume(cfg: JobConfig, failure: BaseException | None = None) -> str
         return None
     if not found or (failure is not None and str(found[-1]) in str(failure)):
         return None
+    # on a stop, ranks still stopping (Ray's, a second or so on) may commit a save in
+    # flight, and retention then delete this one: latest finds whichever is newest
+    later = " or a newer one a save still in flight commits" if failure is None else ""
     return (
         f"the newest committed checkpoint is {found[-1]} (step {step_of(found[-1])}); "
-        "`--resume latest` continues from it"
+        f"`--resume latest` continues from it{later}"
     )
 
 
