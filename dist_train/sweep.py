@@ -192,10 +192,10 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def markdown(rows: list[dict[str, Any]], dataset: str) -> str:
+def markdown(rows: list[dict[str, Any]], dataset: str, model: str = "dlrm") -> str:
     lines = [
-        f"Dataset: {dataset}. Test AUC and log loss: mean ± standard deviation over seeds "
-        "(min-max).",
+        f"Dataset: {dataset}; model: {model}. Test AUC and log loss: mean ± standard "
+        "deviation over seeds (min-max).",
         "",
         "| method | budget | parameters | seeds | test AUC | log loss |",
         "| --- | ---: | ---: | ---: | --- | --- |",
@@ -305,6 +305,25 @@ def _record_problem(run: object) -> str | None:
     return None
 
 
+def check_budgets(base: JobConfig, budgets: tuple[float, ...]) -> None:
+    """ConfigError for a budget outside (0, 1] of the exact tables, or one whose rows fall
+    under one a feature: :func:`arm_config` raises it to that floor, and the table showed
+    two budgets' rows with one arm's figures."""
+    values, features = vocabulary(base), len(base.features)
+    for budget in budgets:
+        if not 0 < budget <= 1:
+            raise ConfigError(
+                f"--budgets {budget:g}: a budget is a fraction of the exact tables' "
+                "parameters, in (0, 1]"
+            )
+        if round(budget * values) < features:
+            raise ConfigError(
+                f"--budgets {budget:g}: {round(budget * values)} rows of the {values:,} "
+                f"values, fewer than one for each of the {features} features; the smallest "
+                f"budget this job takes is {features / values:.3g}"
+            )
+
+
 def _check_plans(base: JobConfig, todo: list[Arm]) -> None:
     """ConfigError naming the first arm that no plan fits, before any arm trains (a sweep
     stopped at it, after the arms before it had trained). The seeds share a plan."""
@@ -348,7 +367,9 @@ def run_sweep(
             f"{log} holds runs of another dataset ({', '.join(others)}); sweep each dataset "
             "into its own --out"
         )
-    digest = config_digest(dataset_config(dataset, config, overrides or []))
+    job = dataset_config(dataset, config, overrides or [])
+    check_budgets(job, budgets)
+    digest = config_digest(job)
     other = [r["name"] for r in done if r.get("config", digest) != digest]
     if any("config" not in r for r in done):  # written before runs recorded their config
         print(f"[sweep] {log}: runs without a recorded config are taken as this one's")
@@ -412,8 +433,10 @@ def run_sweep(
     # one row a run: an older sweep's file may hold a run twice (a seed given twice)
     runs = {r["name"]: r for r in reversed(done) if r["name"] in wanted}
     rows = summarize(list(runs.values()))
-    (out / "sweep.json").write_text(strict_json({"dataset": dataset, "rows": rows}, indent=2))
-    table = markdown(rows, dataset)
+    model = base.model.kind
+    summary = {"dataset": dataset, "model": model, "rows": rows}
+    (out / "sweep.json").write_text(strict_json(summary, indent=2))
+    table = markdown(rows, dataset, model)
     (out / "sweep.md").write_text(table)
     plot(rows, dataset, out / "sweep.png")
     print("\n" + table + f"\nwrote {out / 'sweep.md'}, {out / 'sweep.json'}, {out / 'sweep.png'}")

@@ -325,7 +325,11 @@ def test_sweep_on_adult_writes_table_plot_and_resumes(tmp_path: Path) -> None:
     args = ["sweep", "--dataset", "adult", "--budgets", "0.1", "--seeds", "0"]
     args += ["--set", "train.epochs=1", "--out", str(out)]
     assert main(args) == 0
-    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    summary = json.loads((out / "sweep.json").read_text())
+    rows = summary["rows"]
+    # which model made the figures (the paper's Table 1 is DCN-v2's): said with the dataset
+    assert summary["model"] == "dlrm"
+    assert (out / "sweep.md").read_text().startswith("Dataset: adult; model: dlrm.")
     assert {r["method"] for r in rows} == {
         "collisionless",
         "hashing_trick",

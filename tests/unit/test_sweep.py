@@ -16,6 +16,7 @@ from dist_train.embedding.layout import build_layout
 from dist_train.sweep import (
     DATASETS,
     Arm,
+    _check_plans,
     arm_config,
     arms,
     config_digest,
@@ -171,6 +172,27 @@ def test_a_rerun_under_another_config_is_refused_before_training(tmp_path: Path)
     assert not (tmp_path / "runs").exists()  # nothing trained
 
 
+@pytest.mark.parametrize(
+    ("budget", "named"),
+    [
+        (2.0, "--budgets 2: a budget is a fraction of the exact tables' parameters, in (0, 1]"),
+        (0.01, "--budgets 0.01: 5 rows of the 494 values, fewer than one for each of the 12"),
+    ],
+)
+def test_a_budget_past_the_exact_tables_or_under_a_row_a_feature_is_refused(
+    tmp_path: Path, budget: float, named: str
+) -> None:
+    """Under one row a feature, arm_config raised the rows to that floor: budgets 0.01 and
+    0.02 of Adult trained the same 96-parameter arms and the table showed them as two rows;
+    a budget of 2 trained tables twice the exact ones (a researcher's walk-through)."""
+    with pytest.raises(ConfigError) as err:
+        run_sweep("adult", tmp_path, budgets=(1.0, budget))
+    assert named in str(err.value)
+    assert not list(tmp_path.iterdir())  # refused before data or runs
+    smallest = 12 / vocabulary(dataset_config("adult", None, []))
+    assert f"the smallest budget this job takes is {smallest:.3g}" in str(err.value) or budget > 1
+
+
 def test_a_diverged_seed_makes_its_groups_figures_nan() -> None:
     runs = [
         {
@@ -278,10 +300,11 @@ def test_adult_replaces_its_own_files_and_never_a_users(tmp_path: Path) -> None:
 
 
 def test_an_arm_no_plan_fits_is_named_before_any_arm_trains(tmp_path: Path) -> None:
-    """--budgets 1e6: the first arm trained, then the sweep stopped at the hashing trick's
-    table that fits nowhere, recording nothing."""
+    """--budgets 1e6 (refused since as past the exact tables, check_budgets): the first arm
+    trained, then the sweep stopped at the hashing trick's table that fits nowhere,
+    recording nothing. Every arm is planned first (run_sweep calls this before training)."""
     small = ["data.synthetic.num_train_rows=2048", "data.synthetic.num_test_rows=1024"]
     named = r"sweep arm hashing_trick-b1e06-s0: .*fits nowhere.*nothing was trained"
+    base = dataset_config("synthetic", None, small)
     with pytest.raises(ConfigError, match=named):
-        run_sweep("synthetic", tmp_path, overrides=small, budgets=(1e6,), seeds=(0,))
-    assert not (tmp_path / "runs").exists() and not (tmp_path / "results.jsonl").exists()
+        _check_plans(base, [Arm("hashing_trick", 1e6, 0)])
