@@ -11,6 +11,7 @@ workers below it, nothing else. ``launch/local_cluster.sh`` is the command line:
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import signal
@@ -28,13 +29,15 @@ START_TIMEOUT_S = 120.0
 
 
 def _option(args: list[str], name: str) -> str | None:
-    """The value of ``ray start`` option ``name`` in ``args`` (``--x=v`` or ``--x v``)."""
+    """The value of ``ray start`` option ``name`` in ``args`` (``--x=v`` or ``--x v``; the
+    last given, as ``ray start`` takes it)."""
+    found = None
     for i, arg in enumerate(args):
         if arg.startswith(f"{name}="):
-            return arg.split("=", 1)[1]
-        if arg == name and i + 1 < len(args):
-            return args[i + 1]
-    return None
+            found = arg.split("=", 1)[1]
+        elif arg == name and i + 1 < len(args):
+            found = args[i + 1]
+    return found
 
 
 def _taken(host: str, port: str) -> bool:
@@ -42,12 +45,16 @@ def _taken(host: str, port: str) -> bool:
     TIME_WAIT does not count: Ray's server binds through it)."""
     if not port.isdigit():
         return False  # ray start names it
-    with socket.socket() as probe:
+    try:
+        family, _, _, _, where = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0]
+    except (OSError, UnicodeError):
+        return False  # a host this machine cannot resolve: ray start names it
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((host, int(port)))
-        except OSError:
-            return True
+            probe.bind(where)
+        except OSError as err:
+            return err.errno == errno.EADDRINUSE  # not an address of this machine: not ours
     return False
 
 

@@ -119,7 +119,9 @@ def submit_command(
 ) -> list[str]:
     """The ``ray job submit`` argv for a job config."""
     cmd = [ray_cli(), "job", "submit"]
-    address = address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
+    # as Ray's job CLI picks it: RAY_API_SERVER_ADDRESS, then RAY_ADDRESS
+    env_address = os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
+    address = address or env_address or "http://127.0.0.1:8265"
     cmd += ["--address", address]
     if submission_id:
         cmd += ["--submission-id", submission_id]
@@ -202,8 +204,9 @@ def submit(
     if dry_run:
         return 0
     address = cmd[cmd.index("--address") + 1]
-    # Ray's CLI and client take RAY_ADDRESS over --address: the address printed is the one used
-    env = {**os.environ, "RAY_ADDRESS": address}
+    # Ray's CLI and client take RAY_API_SERVER_ADDRESS, then RAY_ADDRESS, over --address:
+    # the address printed is the one used
+    env = {**os.environ, "RAY_API_SERVER_ADDRESS": address, "RAY_ADDRESS": address}
     problem = _job_server_problem(address, submission_id, env)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -226,13 +229,14 @@ def submit(
 PROBE_TIMEOUT_S = 60.0
 
 _PROBE = """
-import json, sys
+import json, os, sys
 from ray.job_submission import JobSubmissionClient
-try:
-    client = JobSubmissionClient(sys.argv[1])
+try:  # with the headers the CLI sends (RAY_JOB_HEADERS)
+    headers = json.loads(os.environ.get("RAY_JOB_HEADERS") or "null")
+    client = JobSubmissionClient(sys.argv[1], headers=headers)
 except Exception as err:
     lines = str(err).strip().splitlines() or [""]
-    print(json.dumps({"error": type(err).__name__, "why": lines[-1][:300]}))
+    print(json.dumps({"error": type(err).__name__, "why": lines[-1]}))
     raise SystemExit
 taken = False
 if sys.argv[2]:
@@ -297,8 +301,9 @@ def _job_server_problem(address: str, submission_id: str | None, env: dict[str, 
 
 
 _ASK_STATUS = (
-    "import sys; from ray.job_submission import JobSubmissionClient; "
-    "print(JobSubmissionClient(sys.argv[1]).get_job_status(sys.argv[2]).value)"
+    "import json, os, sys; from ray.job_submission import JobSubmissionClient; "
+    "headers = json.loads(os.environ.get('RAY_JOB_HEADERS') or 'null'); "
+    "print(JobSubmissionClient(sys.argv[1], headers=headers).get_job_status(sys.argv[2]).value)"
 )
 
 

@@ -164,6 +164,7 @@ def _driver(config: str, *args: str) -> list[str]:
 
 def test_submit_command_shape(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
     cmd = submit_command("launch/configs/tiny.yaml", ["train.epochs=2"], None, "/repo", True)
     assert cmd[1:5] == ["job", "submit", "--address", "http://127.0.0.1:8265"]
     assert cmd[cmd.index("--working-dir") + 1] == "/repo"
@@ -172,6 +173,10 @@ def test_submit_command_shape(monkeypatch: pytest.MonkeyPatch) -> None:
     assert tail == _driver("launch/configs/tiny.yaml", "--set", "train.epochs=2")
     monkeypatch.setenv("RAY_ADDRESS", "http://head:8265")
     assert "http://head:8265" in submit_command("c.yaml", [], None, None, False)
+    # as Ray's job CLI picks it: RAY_API_SERVER_ADDRESS first (a review: it beat --address)
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://api:8265")
+    assert "http://api:8265" in submit_command("c.yaml", [], None, None, False)
+    assert "http://given:8265" in submit_command("c.yaml", [], "http://given:8265", None, False)
 
 
 def test_validate_names_a_url_it_cannot_open_instead_of_failing() -> None:

@@ -29,5 +29,16 @@ def test_a_taken_job_server_port_is_refused_before_ray_starts(
             assert local_cluster.start(0, args) == 1
             out = capsys.readouterr().out
             assert f"port {port}, for this cluster's job server, is taken" in out
+        # the last --dashboard-port given, as ray start takes it
+        assert (
+            local_cluster._option(
+                ["--dashboard-port=1", "--dashboard-port", "2"], "--dashboard-port"
+            )
+            == "2"
+        )
     assert not started
     assert not local_cluster._taken("127.0.0.1", str(port))  # free again once closed
+    # not an address of this machine, or IPv6: not taken by another process (it said so)
+    assert not local_cluster._taken("::1", str(port)) and not local_cluster._taken(
+        "192.0.2.1", str(port)
+    )
