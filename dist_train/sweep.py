@@ -310,17 +310,24 @@ def check_budgets(base: JobConfig, budgets: tuple[float, ...]) -> None:
     under one a feature: :func:`arm_config` raises it to that floor, and the table showed
     two budgets' rows with one arm's figures."""
     values, features = vocabulary(base), len(base.features)
+    budget_of: dict[int, float] = {}
     for budget in budgets:
         if not 0 < budget <= 1:
             raise ConfigError(
                 f"--budgets {budget:g}: a budget is a fraction of the exact tables' "
                 "parameters, in (0, 1]"
             )
-        if round(budget * values) < features:
+        rows = round(budget * values)
+        if rows < features:
             raise ConfigError(
-                f"--budgets {budget:g}: {round(budget * values)} rows of the {values:,} "
-                f"values, fewer than one for each of the {features} features; the smallest "
-                f"budget this job takes is {features / values:.3g}"
+                f"--budgets {budget:g}: {rows} rows of the {values:,} values, fewer than one "
+                f"for each of the {features} features; a budget of {features / values:.3g} or "
+                "more gives each a row"
+            )
+        if budget_of.setdefault(rows, budget) != budget:  # one arm: a table row each
+            raise ConfigError(
+                f"--budgets {budget_of[rows]:g} and {budget:g} give the same {rows} rows of "
+                f"the {values:,} values: one arm's figures under two budgets"
             )
 
 
@@ -355,6 +362,8 @@ def run_sweep(
     from dist_train.train.loop import TrainingDiverged
     from dist_train.train.progress import strict_json
 
+    job = dataset_config(dataset, config, overrides or [])
+    check_budgets(job, budgets)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     if verbosity() == "normal":
         setup_logging("quiet")  # dozens of runs: the sweep prints one line each
@@ -367,8 +376,6 @@ def run_sweep(
             f"{log} holds runs of another dataset ({', '.join(others)}); sweep each dataset "
             "into its own --out"
         )
-    job = dataset_config(dataset, config, overrides or [])
-    check_budgets(job, budgets)
     digest = config_digest(job)
     other = [r["name"] for r in done if r.get("config", digest) != digest]
     if any("config" not in r for r in done):  # written before runs recorded their config

@@ -46,15 +46,18 @@ def _taken(host: str, port: str) -> bool:
     if not port.isdigit():
         return False  # ray start names it
     try:
-        family, _, _, _, where = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0]
+        found = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
         return False  # a host this machine cannot resolve: ray start names it
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(where)
-        except OSError as err:
-            return err.errno == errno.EADDRINUSE  # not an address of this machine: not ours
+    # every address the host names (localhost: ::1 and 127.0.0.1), as Ray's server binds
+    for family, _, _, _, where in found:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(where)
+            except OSError as err:
+                if err.errno == errno.EADDRINUSE:  # else not an address here: not ours
+                    return True
     return False
 
 

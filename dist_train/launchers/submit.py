@@ -233,6 +233,11 @@ import json, os, sys
 from ray.job_submission import JobSubmissionClient
 try:  # with the headers the CLI sends (RAY_JOB_HEADERS)
     headers = json.loads(os.environ.get("RAY_JOB_HEADERS") or "null")
+    assert headers is None or isinstance(headers, dict)
+except (ValueError, AssertionError):
+    print(json.dumps({"error": "headers"}))
+    raise SystemExit
+try:
     client = JobSubmissionClient(sys.argv[1], headers=headers)
 except Exception as err:
     lines = str(err).strip().splitlines() or [""]
@@ -273,6 +278,11 @@ def _job_server_problem(address: str, submission_id: str | None, env: dict[str, 
     except (IndexError, ValueError):
         return ""  # no answer to read: the submit itself says what it meets
     error = answer.get("error")
+    if error == "headers":
+        return (
+            f"RAY_JOB_HEADERS={os.environ.get('RAY_JOB_HEADERS')!r} is not a JSON object of "
+            "the headers to send (Ray's CLI refuses it too)"
+        )
     if error == "ConnectionError":
         return (
             f"no Ray job server answers at {address}: is the cluster up "

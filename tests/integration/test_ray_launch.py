@@ -239,3 +239,16 @@ def test_driver_bad_config_fails_fast_with_the_key(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "ray: Value error, num_workers (2) must be a multiple of num_nodes (3)" in proc.stderr
     assert time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize("headers", ["{bad", '["x"]'])
+def test_headers_ray_cannot_send_are_named_before_a_submit(
+    headers: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RAY_JOB_HEADERS, sent by Ray's job CLI, are sent by submit's own questions too; ones
+    that are no JSON object were reported as a job server out of reach (a review)."""
+    from dist_train.launchers.submit import _job_server_problem
+
+    monkeypatch.setenv("RAY_JOB_HEADERS", headers)
+    problem = _job_server_problem(f"http://127.0.0.1:{free_port()}", None, dict(os.environ))
+    assert problem.startswith(f"RAY_JOB_HEADERS={headers!r} is not a JSON object"), problem

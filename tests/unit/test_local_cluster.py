@@ -38,6 +38,22 @@ def test_a_taken_job_server_port_is_refused_before_ray_starts(
         )
     assert not started
     assert not local_cluster._taken("127.0.0.1", str(port))  # free again once closed
+    # localhost resolving to ::1 first (Debian, Fedora, macOS): every address is tried, as
+    # Ray's server binds them all (it tried the first only, and said free)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        held = holder.getsockname()[1]
+        v4 = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", held))
+        v6 = (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", held, 0, 0))
+        real = socket.getaddrinfo
+
+        def v6_first(host: str, port: int, *args: object, **kw: object) -> list[object]:
+            return [v6, v4] if host == "localhost" else real(host, port, *args, **kw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(socket, "getaddrinfo", v6_first)
+        assert local_cluster._taken("localhost", str(held))
+        monkeypatch.undo()
     # not an address of this machine, or IPv6: not taken by another process (it said so)
     assert not local_cluster._taken("::1", str(port)) and not local_cluster._taken(
         "192.0.2.1", str(port)
