@@ -51,7 +51,11 @@ def _taken(host: str, port: str) -> bool:
         return False  # a host this machine cannot resolve: ray start names it
     # every address the host names (localhost: ::1 and 127.0.0.1), as Ray's server binds
     for family, _, _, _, where in found:
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            continue  # a family this machine lacks (IPv6 off)
+        with probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(where)
