@@ -326,7 +326,7 @@ def check_budgets(base: JobConfig, budgets: tuple[float, ...]) -> None:
             )
         if budget_of.setdefault(rows, budget) != budget:  # one arm: a table row each
             raise ConfigError(
-                f"--budgets {budget_of[rows]:g} and {budget:g} give the same {rows} rows of "
+                f"--budgets {budget_of[rows]!r} and {budget!r} give the same {rows} rows of "
                 f"the {values:,} values: one arm's figures under two budgets"
             )
 

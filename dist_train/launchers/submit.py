@@ -232,7 +232,8 @@ _PROBE = """
 import json, os, sys
 from ray.job_submission import JobSubmissionClient
 try:  # with the headers the CLI sends (RAY_JOB_HEADERS)
-    headers = json.loads(os.environ.get("RAY_JOB_HEADERS") or "null")
+    raw = os.environ.get("RAY_JOB_HEADERS")  # set but empty: refused, as Ray's CLI does
+    headers = None if raw is None else json.loads(raw)
     assert headers is None or isinstance(headers, dict)
 except (ValueError, AssertionError):
     print(json.dumps({"error": "headers"}))
@@ -280,7 +281,7 @@ def _job_server_problem(address: str, submission_id: str | None, env: dict[str, 
     error = answer.get("error")
     if error == "headers":
         return (
-            f"RAY_JOB_HEADERS={os.environ.get('RAY_JOB_HEADERS')!r} is not a JSON object of "
+            f"RAY_JOB_HEADERS={env.get('RAY_JOB_HEADERS')!r} is not a JSON object of "
             "the headers to send (Ray's CLI refuses it too)"
         )
     if error == "ConnectionError":

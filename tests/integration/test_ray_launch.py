@@ -241,7 +241,7 @@ def test_driver_bad_config_fails_fast_with_the_key(tmp_path: Path) -> None:
     assert time.monotonic() - start < 30
 
 
-@pytest.mark.parametrize("headers", ["{bad", '["x"]'])
+@pytest.mark.parametrize("headers", ["{bad", '["x"]', ""])
 def test_headers_ray_cannot_send_are_named_before_a_submit(
     headers: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -58,3 +58,26 @@ def test_a_taken_job_server_port_is_refused_before_ray_starts(
     assert not local_cluster._taken("::1", str(port)) and not local_cluster._taken(
         "192.0.2.1", str(port)
     )
+
+
+def test_an_address_family_the_machine_lacks_is_passed_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """localhost as ::1 and 127.0.0.1 on a machine without IPv6: the ::1 socket fails at
+    creation, which escaped the check (a review)."""
+    real_socket = socket.socket
+
+    def no_ipv6(family: int = socket.AF_INET, *args: object) -> socket.socket:
+        if family == socket.AF_INET6:
+            raise OSError(97, "Address family not supported by protocol")
+        return real_socket(family, *args)  # type: ignore[arg-type]
+
+    with real_socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        held = holder.getsockname()[1]
+        v4 = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", held))
+        v6 = (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", held, 0, 0))
+        monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [v6, v4])
+        monkeypatch.setattr(socket, "socket", no_ipv6)
+        assert local_cluster._taken("localhost", str(held))
