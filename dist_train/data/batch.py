@@ -233,7 +233,7 @@ class BatchBuilder:
         if not (_is_int(value) or is_string_type(value)):
             raise BadInputError(
                 f"{source}: column {f.source_column!r}: categorical values must be "
-                f"integers or strings (or list or large_list of them), got {value}"
+                f"integers or strings (or list or large_list of them), got {t}"
                 + (": cast the column to list" if pa.types.is_fixed_size_list(value) else "")
             )
         if not self._hashed[f.name] and not _is_int(value):

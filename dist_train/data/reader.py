@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import queue
+import re
 import resource
 import stat
 import sys
@@ -133,6 +134,20 @@ def _refuse_unfinished(folder: Path) -> None:
                 f"({record} records it unfinished): its files hold only some of the rows. "
                 "Run it again"
             )
+
+
+def _validate(table: pa.Table) -> None:
+    """``table.validate(full=True)``, its error naming the column by name (Arrow's names
+    its position in the columns read: "Column 4")."""
+    try:
+        table.validate(full=True)
+    except pa.ArrowInvalid as err:
+        found = re.match(r"Column (\d+): (.*)", str(err), re.S)
+        if found is None or int(found[1]) >= table.num_columns:
+            raise
+        name, why = table.column_names[int(found[1])], found[2]
+        hint = "; ids that are no UTF-8 text go in a binary column" if "UTF8" in why else ""
+        raise pa.ArrowInvalid(f"column {name!r}: {why}{hint}") from None
 
 
 def _resolve_local(path: str) -> list[str]:
@@ -452,7 +467,7 @@ def row_group_tables(
                 table = typed_nulls(pf.read_row_group(g.index, columns=columns))
                 # Decoding does not check everything a corrupt page can hold (e.g. dictionary
                 # indices past the dictionary's end): full validation turns that into an error.
-                table.validate(full=True)
+                _validate(table)
             except READ_ERRORS as err:
                 message = f"{g.source}: cannot read ({_bad_input(err)})"
                 _problem(policy, message, whole_file=False, io_error=_transient(err))

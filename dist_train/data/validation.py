@@ -10,7 +10,7 @@ Row problems (per row group, before batching):
 File problems (before training, from footers): unreadable or truncated file, empty file,
 schema differing from the first file, missing column, wrong type.
 Under ``error``, the row problems a footer's statistics show (ids beyond a cardinality,
-null or out-of-range labels) are found there too, before training.
+null or out-of-range labels, an infinite dense value) are found there too, before training.
 
 ``on_bad_input: error`` raises :class:`BadInputError` naming file, row group, column and the
 first bad row; ``skip`` drops the rows (or files) and counts them by reason.
@@ -18,6 +18,7 @@ first bad row; ``skip`` drops the rows (or files) and counts them by reason.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -272,6 +273,12 @@ class BadInputPolicy:
         numeric = label is not None and label.has_min_max and isinstance(label.min, int | float)
         if label is not None and numeric and not 0 <= label.min <= label.max <= 1:
             yield self.label_column, f"labels from {label.min} to {label.max}, expected 0 or 1"
+        for name in self.dense_columns:
+            dense = _statistics(group, leaves, name, nested=False)
+            if dense is None or not dense.has_min_max or not isinstance(dense.max, float):
+                continue  # NaN is in no statistics: found as rows are read
+            if math.isinf(dense.min) or math.isinf(dense.max):
+                yield name, f"values from {dense.min} to {dense.max}, not all finite"
         for f in self.features:
             if f.cardinality is None:
                 continue

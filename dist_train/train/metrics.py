@@ -7,6 +7,7 @@ AUC) and capped their log loss at the clipping epsilon's.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -79,9 +80,13 @@ class EvalMetrics:
 
     def describe(self) -> str:
         """The progress line's words for these metrics."""
+        # AUC and NE are undefined over one class (AUC ranks positives over negatives; NE
+        # divides by the labels' own entropy, 0 there): nan, said why
+        one_class = math.isnan(self.auc) and self.num_examples > 0
         return (
             f"test AUC {self.auc:.4f} log loss {self.log_loss:.4f} NE {self.ne:.4f} on "
             f"{self.num_examples:,} examples"
+            + (" (their labels are all one class: AUC and NE undefined)" if one_class else "")
         )
 
     @classmethod

@@ -14,7 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from dist_train.config import JobConfig, apply_overrides, parse_config
-from dist_train.data.reader import DataSourceError, iter_tables, list_row_groups
+from dist_train.data.reader import (
+    DataSourceError,
+    iter_tables,
+    list_row_groups,
+    row_group_tables,
+)
 from dist_train.data.synthetic import GeneratedData
 from dist_train.data.validation import BadInputError, BadInputPolicy
 from dist_train.driver import prepare_inputs
@@ -297,6 +302,8 @@ FOOTER_SHOWS = {
     "negative_id": "ids from -5 to ",
     "id_too_large": "ids from 0 to 100, outside [0, 100)",
     "list_id_out_of_range": "ids from 1 to 5000, outside [0, 5000)",
+    # it trained to the end and failed at a test file's inf (a walk-through of awkward data)
+    "dense_inf": "values from -0.0 to inf, not all finite",
 }
 
 
@@ -304,10 +311,11 @@ FOOTER_SHOWS = {
 def test_error_stops_before_training_where_the_footer_shows_a_bad_row(
     name: str, small_cfg: JobConfig, small_data: GeneratedData, tmp_path: Path
 ) -> None:
-    """Under `error`, ids outside a cardinality and bad labels are found in the footer's
-    statistics as the files are listed, before any training (a test file's, after the whole
-    of training): the error names file, row group and column. NaN and inf, which statistics
-    leave out, and files without statistics, are found as their rows are read."""
+    """Under `error`, ids outside a cardinality, bad labels and infinite dense values are
+    found in the footer's statistics as the files are listed, before any training (a test
+    file's, after the whole of training): the error names file, row group and column. NaN,
+    which statistics leave out, and files without statistics, are found as their rows are
+    read."""
     column = ROW_PROBLEMS[name][0]
     path = _damaged_rows(small_data, tmp_path, name)
     error = BadInputPolicy.for_job(small_cfg)
@@ -427,6 +435,20 @@ def test_a_read_that_fails_for_a_moment_is_no_repeat(
     with pytest.raises(BadInputError, match="cannot read") as err:
         next(reader.row_group_tables(groups, ["label"], policy))
     assert type(err.value) is BadInputError
+
+
+def test_ids_that_are_no_utf8_text_name_their_column(tmp_path: Path) -> None:
+    """A string column holding bytes that are no UTF-8 (Spark and Hive logs hold such ids):
+    Arrow's validation named the column by its position among those read ("Column 1")."""
+    path = tmp_path / "bytes.parquet"
+    ids = pa.array([b"ok", b"\xff\xfe", b"x"], pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"label": pa.array([0, 1, 0], pa.int8()), "user": ids}), path)
+    groups = list_row_groups(str(path))
+    with pytest.raises(DataSourceError) as err:
+        next(row_group_tables(groups, ["label", "user"], None))
+    msg = str(err.value)
+    assert "cannot read (column 'user': In chunk 0: Invalid: Invalid UTF8 sequence" in msg, msg
+    assert "ids that are no UTF-8 text go in a binary column" in msg
 
 
 def test_a_pipe_named_parquet_is_a_bad_file_not_a_wait(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dist_train.data.synthetic import generate
-from dist_train.train.metrics import log_loss, normalized_entropy, roc_auc
+from dist_train.train.metrics import EvalMetrics, log_loss, normalized_entropy, roc_auc
 from dist_train.train.trainer import Trainer
 from tests.conftest import small_config
 
@@ -50,6 +50,15 @@ def test_log_loss_and_ne() -> None:
     # one class: its rate has no entropy, and a clipped one made NE 1e5 or 1e-3 at will
     for labels in (np.zeros(4), np.ones(4), np.zeros(0)):
         assert np.isnan(normalized_entropy(labels, np.full(labels.size, -2.0)))
+
+
+def test_metrics_of_one_class_say_why_auc_is_nan() -> None:
+    """3 test rows all labelled 1 printed a bare `test AUC nan ... NE nan` (a walk-through
+    of awkward data)."""
+    one = EvalMetrics.of(np.ones(3), np.array([0.1, 0.5, -1.0])).describe()
+    assert one.endswith("on 3 examples (their labels are all one class: AUC and NE undefined)")
+    both = EvalMetrics.of(np.array([0, 1, 1]), np.array([0.1, 0.5, -1.0])).describe()
+    assert "one class" not in both
 
 
 def test_log_loss_is_the_training_loss_at_any_logit() -> None:
