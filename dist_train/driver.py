@@ -36,14 +36,19 @@ from dist_train.config import (
 from dist_train.data.reader import (
     DataSourceError,
     RowGroup,
-    assign_row_groups,
     list_row_groups,
-    steps_per_epoch,
 )
 from dist_train.data.synthetic import generate
 from dist_train.data.validation import BadInputCounts, BadInputError, BadInputPolicy, SchemaCheck
 from dist_train.devices import DeviceError, DeviceType, local_gpus, resolve_device
 from dist_train.embedding.layout import build_layout
+from dist_train.input_checks import (
+    check_steps,
+    examples_trained,
+    note_steps_short_of_max,
+    warn_of_shared_files,
+    warn_of_skipped_share,
+)
 from dist_train.launchers.processes import RankError, run_processes
 from dist_train.logs import LOG, setup_logging, verbosity, worded_for_users
 from dist_train.stopping import stopped_by_sigterm
@@ -98,72 +103,9 @@ def check_inputs(
     train = list_row_groups(train_path, policy, schema)
     before_test = policy.counts.copy()
     test = list_row_groups(test_path, policy, schema)
-    _warn_of_shared_files(train, test)
+    warn_of_shared_files(train, test)
     check_steps(cfg, train)
     return train, test, policy.counts.since(before_test)
-
-
-def _warn_of_shared_files(train: list[RowGroup], test: list[RowGroup]) -> None:
-    """Test files that are also training files: their metrics are of rows the model
-    trained on (a data.train_path of the folder above train/ and test/ reads both)."""
-
-    def real(path: str) -> str:
-        local = path.removeprefix("file://")  # the same file, as a URL
-        return os.path.realpath(local) if "://" not in local else path
-
-    trained = {real(g.path) for g in train}
-    shared = sorted({g.path for g in test if real(g.path) in trained})
-    if shared:
-        files = len({g.path for g in test})
-        LOG.warning(
-            f"{len(shared)} of the {files} test file(s) are also training files (first: "
-            f"{shared[0]}): the test metrics will be of rows the model trained on. Point "
-            "data.train_path and data.test_path at folders or globs that do not overlap"
-        )
-
-
-UNUSED_ROWS_WARNING = 0.10
-"""The share of an epoch's training rows left untrained above which the driver warns."""
-
-
-def check_steps(cfg: JobConfig, train: list[RowGroup]) -> None:
-    """Refuse a job whose first epoch, dealt as the workers deal it, trains 0 steps; warn
-    when it leaves more than :data:`UNUSED_ROWS_WARNING` of the rows untrained, or when a
-    later epoch (another deal of the row groups) trains none."""
-    world, batch_size = cfg.ray.num_workers, cfg.train.batch_size
-    assignment = assign_row_groups(train, world, cfg.seed, 0)
-    steps = steps_per_epoch(assignment, batch_size)
-    smallest = min(sum(g.num_rows for g in groups) for groups in assignment)
-    if not steps:
-        raise BadInputError(
-            f"the job would train 0 steps: train.batch_size={batch_size} is more than the "
-            f"{smallest:,} training rows of the smallest rank's share ({len(train)} row "
-            f"groups dealt to ray.num_workers={world} ranks); use fewer ranks, a smaller "
-            "batch, or more, smaller row groups (data.synthetic.rows_per_group for generated "
-            "data)"
-        )
-    rows, trained = sum(g.num_rows for g in train), steps * batch_size * world
-    if trained < (1 - UNUSED_ROWS_WARNING) * rows:
-        LOG.warning(
-            f"the first epoch trains {trained:,} of the {rows:,} training rows "
-            f"({1 - trained / rows:.0%} unused): row groups go to ranks whole, and every "
-            f"rank runs the steps of the smallest share ({smallest:,} rows: {steps} "
-            f"batches of train.batch_size={batch_size}); more, smaller row groups, or "
-            "fewer ranks, train more of them (docs/data.md)"
-        )
-    empty = _epochs_without_steps(cfg, train, steps)
-    if empty:
-        LOG.warning(
-            f"epoch(s) {', '.join(map(str, empty))} of {cfg.train.epochs} train 0 steps: "
-            f"each epoch deals the {len(train)} row groups to ranks anew, and there a rank's "
-            f"share holds fewer rows than train.batch_size={batch_size}; more, smaller row "
-            "groups, or fewer ranks, train every epoch (docs/data.md)"
-        )
-
-
-_DEALS_WORK = 200_000
-"""The most work, epochs x (row groups + 10), that the driver spends dealing epochs to
-count a job's steps (a deal costs about 12 us an epoch and 1.4 us a row group here)."""
 
 
 def _saved_by(resume: str | None) -> tuple[int, int] | None:
@@ -173,61 +115,6 @@ def _saved_by(resume: str | None) -> tuple[int, int] | None:
     meta = read_meta(location(resume))
     position = meta.get("position") or {}
     return int(position.get("step") or 0), int(meta.get("world_size") or 0)
-
-
-def _note_steps_short_of_max(
-    cfg: JobConfig, train: list[RowGroup], saved: tuple[int, int] | None
-) -> None:
-    """Say where train.max_steps lies past the steps of train.epochs: training ends with
-    the epochs (max_steps only stops it earlier), as a user of trainers whose max_steps
-    overrides the epochs would not expect. ``saved``: the resumed checkpoint's step and
-    world size (its epochs dealt to its ranks: counted here only at the same world)."""
-    most, epochs = cfg.train.max_steps, cfg.train.epochs
-    world, batch_size = cfg.ray.num_workers, cfg.train.batch_size
-    if most is None or (saved is not None and saved[1] != world):
-        return
-    rows, largest = sum(g.num_rows for g in train), max(g.num_rows for g in train)
-    # every deal's smallest share lies between these (shares differ by a row group at most)
-    fewest = max(0, (rows - (world - 1) * largest) // world // batch_size)
-    if epochs * fewest >= most:
-        return
-    if epochs * (len(train) + 10) > _DEALS_WORK:  # too many deals to make: the bound alone
-        if epochs * (rows // world // batch_size) < most:
-            LOG.warning(
-                f"train.max_steps={most} is past the at most "
-                f"{epochs * (rows // world // batch_size):,} steps of train.epochs={epochs}: "
-                "training ends with the last epoch (max_steps only stops it earlier)"
-            )
-        return
-    total = 0
-    for epoch in range(epochs):
-        total += steps_per_epoch(assign_row_groups(train, world, cfg.seed, epoch), batch_size)
-        if total >= most:
-            return
-    LOG.warning(
-        f"train.max_steps={most} is past the {total:,} steps of train.epochs={epochs}: "
-        f"training ends at step {total:,}, with the last epoch "
-        "(max_steps only stops it earlier); raise train.epochs to train longer"
-    )
-
-
-def _epochs_without_steps(cfg: JobConfig, train: list[RowGroup], first_steps: int) -> list[int]:
-    """The epochs after the first, up to ``train.max_steps``, whose deal trains 0 steps."""
-    world, batch_size = cfg.ray.num_workers, cfg.train.batch_size
-    # a deal's shares differ by at most the largest row group: none falls under a batch
-    largest = max(g.num_rows for g in train)
-    if (sum(g.num_rows for g in train) - (world - 1) * largest) / world >= batch_size:
-        return []
-    empty, done = [], first_steps
-    limit = cfg.train.max_steps
-    for epoch in range(1, cfg.train.epochs):
-        if limit is not None and done >= limit:
-            break
-        steps = steps_per_epoch(assign_row_groups(train, world, cfg.seed, epoch), batch_size)
-        if not steps:
-            empty.append(epoch)
-        done += steps
-    return empty
 
 
 def check_output_paths(cfg: JobConfig) -> None:
@@ -374,7 +261,7 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
             device_type=device,
         )
         saved = _saved_by(inputs.resume)
-        _note_steps_short_of_max(cfg, inputs.train_groups, saved)
+        note_steps_short_of_max(cfg, inputs.train_groups, saved)
         rows = sum(g.num_rows for g in inputs.train_groups)
         LOG.info(
             f"job {cfg.name!r}: {rows:,} training rows in {len(inputs.train_groups)} "
@@ -388,7 +275,7 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
             f"of training (train.max_steps={cfg.train.max_steps}, train.epochs="
             f"{cfg.train.epochs}); it was evaluated only. Raise either to train on"
         )
-    _warn_of_skipped_share(summary, _examples_trained(summary, cfg.train.batch_size, saved))
+    warn_of_skipped_share(summary, examples_trained(summary, cfg.train.batch_size, saved))
     summary["wall_seconds"] = time.perf_counter() - start
     summary["run_dir"] = inputs.run_dir
     if summary.get("first_step_unix"):
@@ -398,45 +285,6 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
     (out / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
     (out / "summary.json").write_text(strict_json(summary, indent=2))
     return summary
-
-
-SKIPPED_ROWS_WARNING = 0.01
-"""The share of a split's rows skipped as bad (data.on_bad_input=skip) above which the
-driver warns."""
-
-
-def _examples_trained(
-    summary: dict[str, Any], batch_size: int, saved: tuple[int, int] | None
-) -> int:
-    """The examples of every step to the step reached: this launch's world's since the
-    checkpoint it resumed from, that checkpoint's world's before it."""
-    step, world = saved or (0, 0)
-    since = int(summary.get("steps") or 0) - step
-    return (since * int(summary.get("world_size") or 1) + step * world) * batch_size
-
-
-def _warn_of_skipped_share(summary: dict[str, Any], trained: int) -> None:
-    """A split that lost more than :data:`SKIPPED_ROWS_WARNING` of its rows to the
-    bad-input checks (``trained``: the training examples of every step): most often a
-    column's meaning mistaken (labels written 1/2, a skip of every positive), which the
-    summary line's counts alone do not say. The counts are of rows as read, the whole
-    run's (a resume's start from its checkpoint's), so the share is a rough one."""
-    both, test = summary.get("bad_input") or {}, summary.get("bad_input_test") or {}
-    test_rows = int(test.get("rows_skipped_total") or 0)
-    splits = [
-        ("training", int(both.get("rows_skipped_total") or 0) - test_rows, trained),
-        ("test", test_rows, int(summary.get("test_examples") or 0)),
-    ]
-    for split, skipped, kept in splits:
-        if skipped > 0 and skipped > SKIPPED_ROWS_WARNING * (skipped + kept):
-            LOG.warning(
-                f"{skipped / (skipped + kept):.0%} of the {split} rows read were skipped as "
-                f"bad input ({skipped:,} rows; by reason, both splits: "
-                f"{dict(sorted((both.get('rows_skipped') or {}).items()))}): so large a share "
-                "is most often a column read as what it is not (labels written 1/2, not 0/1), "
-                "and the model trained or was tested without them. With "
-                "data.on_bad_input=error a run stops at the first, naming its file and column"
-            )
 
 
 def _skipped(summary: dict[str, Any]) -> str:

@@ -82,14 +82,14 @@ def test_max_steps_past_the_epochs_steps_is_named(
     """train.max_steps=100 with 1 epoch of 31 steps trained 31 and said nothing (a review's
     walk-through: other trainers' max_steps overrides the epochs). 2 ranks, 8 groups of
     1,024 rows, batches of 256: 16 steps an epoch."""
-    from dist_train.driver import _note_steps_short_of_max
+    from dist_train.input_checks import note_steps_short_of_max
 
     groups = prepare_inputs(_cfg(small_cfg, small_data, [])).train_groups
 
     def noted(*overrides: str, saved: tuple[int, int] | None = None) -> str:
         caplog.clear()
         with caplog.at_level("WARNING", logger="dist_train"):
-            _note_steps_short_of_max(_cfg(small_cfg, small_data, list(overrides)), groups, saved)
+            note_steps_short_of_max(_cfg(small_cfg, small_data, list(overrides)), groups, saved)
         return caplog.text
 
     past = "train.max_steps=100 is past the 32 steps of train.epochs=2: training ends at step 32"
@@ -112,7 +112,7 @@ def test_a_large_share_of_rows_skipped_is_warned_of(caplog: pytest.LogCaptureFix
     """Labels written 0/2 under on_bad_input=skip dropped every positive, a third of the
     rows: the job trained on negatives only (test AUC 0.48) and said so only in the summary
     line's counts (a review's walk-through)."""
-    from dist_train.driver import _warn_of_skipped_share
+    from dist_train.input_checks import warn_of_skipped_share
 
     def warned(skipped: int, of_test: int, test_examples: int = 1000) -> str:
         summary = {
@@ -122,7 +122,7 @@ def test_a_large_share_of_rows_skipped_is_warned_of(caplog: pytest.LogCaptureFix
         }
         caplog.clear()
         with caplog.at_level("WARNING", logger="dist_train"):
-            _warn_of_skipped_share(summary, trained=10_000)
+            warn_of_skipped_share(summary, trained=10_000)
         return caplog.text
 
     text = warned(5_232, 0)
@@ -137,11 +137,11 @@ def test_a_large_share_of_rows_skipped_is_warned_of(caplog: pytest.LogCaptureFix
 def test_the_examples_trained_count_every_launchs_world() -> None:
     """A resume on other ranks: the steps before it were of the saving run's world (a
     review: 6,000 rows skipped in 1,000 steps of 4 ranks read as 2% of 1,010 steps of 1)."""
-    from dist_train.driver import _examples_trained
+    from dist_train.input_checks import examples_trained
 
     summary = {"steps": 1_010, "world_size": 1}
-    assert _examples_trained(summary, 256, (1_000, 4)) == (10 * 1 + 1_000 * 4) * 256
-    assert _examples_trained(summary, 256, None) == 1_010 * 256
+    assert examples_trained(summary, 256, (1_000, 4)) == (10 * 1 + 1_000 * 4) * 256
+    assert examples_trained(summary, 256, None) == 1_010 * 256
 
 
 def test_test_files_that_are_also_training_files_are_named(
@@ -337,7 +337,7 @@ def test_later_epochs_that_train_no_step_are_named(small_cfg: JobConfig) -> None
     """Row groups of 4,096, 256 and 256 rows on 2 ranks: each epoch deals them anew, and
     some deals leave a rank under a batch. Those epochs trained nothing, without a word."""
     from dist_train.data.reader import RowGroup, assign_row_groups, steps_per_epoch
-    from dist_train.driver import check_steps
+    from dist_train.input_checks import check_steps
 
     over = ["train.epochs=8", "train.batch_size=512", "ray.num_workers=2"]
     cfg = parse_config(apply_overrides(small_cfg.model_dump(mode="json"), over))
