@@ -81,8 +81,9 @@ class EvalMetrics:
     def describe(self) -> str:
         """The progress line's words for these metrics."""
         # AUC and NE are undefined over one class (AUC ranks positives over negatives; NE
-        # divides by the labels' own entropy, 0 there): nan, said why
-        one_class = math.isnan(self.auc) and self.num_examples > 0
+        # divides by the labels' own entropy, 0 there): nan, said why. A NaN prediction
+        # makes AUC nan too, and the log loss with it
+        one_class = math.isnan(self.auc) and math.isfinite(self.log_loss)
         return (
             f"test AUC {self.auc:.4f} log loss {self.log_loss:.4f} NE {self.ne:.4f} on "
             f"{self.num_examples:,} examples"
