@@ -228,22 +228,31 @@ def submit(
 
 PROBE_TIMEOUT_S = 60.0
 
-_PROBE = """
+# Ray's job client for the address in argv[1], made as the CLI makes it (with the headers of
+# RAY_JOB_HEADERS), in a process of its own: it reads the cluster's token afresh (a
+# process's client keeps the first token it read). Where it cannot be made, a JSON line
+# says why and the process exits 1.
+_CLIENT = """
 import json, os, sys
 from ray.job_submission import JobSubmissionClient
-try:  # with the headers the CLI sends (RAY_JOB_HEADERS)
+try:
     raw = os.environ.get("RAY_JOB_HEADERS")  # set but empty: refused, as Ray's CLI does
     headers = None if raw is None else json.loads(raw)
     assert headers is None or isinstance(headers, dict)
 except (ValueError, AssertionError):
     print(json.dumps({"error": "headers"}))
-    raise SystemExit
+    raise SystemExit(1)
 try:
     client = JobSubmissionClient(sys.argv[1], headers=headers)
 except Exception as err:
     lines = str(err).strip().splitlines() or [""]
     print(json.dumps({"error": type(err).__name__, "why": lines[-1]}))
-    raise SystemExit
+    raise SystemExit(1)
+"""
+
+_PROBE = (
+    _CLIENT
+    + """
 taken = False
 if sys.argv[2]:
     try:
@@ -253,13 +262,14 @@ if sys.argv[2]:
         pass  # none of that id (404), or a question the submit itself will meet
 print(json.dumps({"taken": taken}))
 """
+)
 
 
 def _job_server_problem(address: str, submission_id: str | None, env: dict[str, str]) -> str:
     """Why a submission to ``address`` would fail before it starts, as one line ("" if it
     would not): no job server there, a token it refuses, a submission id it already holds.
     (Ray's CLI says so in a traceback of 50 to 120 lines.) Asked by Ray's client in a
-    process of its own, as the CLI asks."""
+    process of its own (:data:`_CLIENT`)."""
     try:
         asked = subprocess.run(
             [sys.executable, "-c", _PROBE, address, submission_id or ""],
@@ -311,11 +321,7 @@ def _job_server_problem(address: str, submission_id: str | None, env: dict[str, 
     return ""
 
 
-_ASK_STATUS = (
-    "import json, os, sys; from ray.job_submission import JobSubmissionClient; "
-    "headers = json.loads(os.environ.get('RAY_JOB_HEADERS') or 'null'); "
-    "print(JobSubmissionClient(sys.argv[1], headers=headers).get_job_status(sys.argv[2]).value)"
-)
+_ASK_STATUS = _CLIENT + "print(client.get_job_status(sys.argv[2]).value)\n"
 
 
 def _ended_code(address: str, submission_id: str, env: dict[str, str]) -> int:
@@ -324,8 +330,6 @@ def _ended_code(address: str, submission_id: str, env: dict[str, str]) -> int:
     train`` exits) where ``ray job stop`` ended it; 1 where it did not end (the CLI stops
     following a job whose cluster went away) or its end cannot be asked. A script that
     goes on after a 0 would export a run that never finished."""
-    # Ray's client, as its CLI asks, in a process of its own: it reads the cluster's token
-    # afresh (a process's client keeps the first token it read)
     asked = subprocess.run(
         [sys.executable, "-c", _ASK_STATUS, address, submission_id],
         capture_output=True,
@@ -335,7 +339,9 @@ def _ended_code(address: str, submission_id: str, env: dict[str, str]) -> int:
     )
     status = asked.stdout.strip()
     if asked.returncode != 0:
-        why = (asked.stderr.strip().splitlines() or ["no answer"])[-1]
+        # Ray's traceback, or the client's JSON line (_CLIENT)
+        lines = asked.stderr.strip().splitlines() or asked.stdout.strip().splitlines()
+        why = lines[-1] if lines else "no answer"
         print(
             f"error: could not ask how job {submission_id} ended ({why}): its end is "
             f"unknown (`ray job status --address {address} {submission_id}`)",
