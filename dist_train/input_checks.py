@@ -88,9 +88,9 @@ def note_steps_short_of_max(
     world, batch_size = cfg.ray.num_workers, cfg.train.batch_size
     if most is None or (saved is not None and saved[1] != world):
         return
-    rows, largest = sum(g.num_rows for g in train), max(g.num_rows for g in train)
-    # every deal's smallest share lies between these (shares differ by a row group at most)
-    fewest = max(0, (rows - (world - 1) * largest) // world // batch_size)
+    rows = sum(g.num_rows for g in train)
+    # every deal's smallest share lies between these
+    fewest = max(0, int(_fewest_rows_a_rank(train, world)) // batch_size)
     if epochs * fewest >= most:
         return
     if epochs * (len(train) + 10) > _DEALS_WORK:  # too many deals to make: the bound alone
@@ -113,12 +113,17 @@ def note_steps_short_of_max(
     )
 
 
+def _fewest_rows_a_rank(train: list[RowGroup], world: int) -> float:
+    """The fewest rows any deal of ``train`` can give a rank: a deal's shares differ by at
+    most the largest row group."""
+    largest = max(g.num_rows for g in train)
+    return (sum(g.num_rows for g in train) - (world - 1) * largest) / world
+
+
 def _epochs_without_steps(cfg: JobConfig, train: list[RowGroup], first_steps: int) -> list[int]:
     """The epochs after the first, up to ``train.max_steps``, whose deal trains 0 steps."""
     world, batch_size = cfg.ray.num_workers, cfg.train.batch_size
-    # a deal's shares differ by at most the largest row group: none falls under a batch
-    largest = max(g.num_rows for g in train)
-    if (sum(g.num_rows for g in train) - (world - 1) * largest) / world >= batch_size:
+    if _fewest_rows_a_rank(train, world) >= batch_size:  # none falls under a batch
         return []
     empty, done = [], first_steps
     limit = cfg.train.max_steps
