@@ -279,9 +279,12 @@ class DataConfig(_Strict):
         return self
 
     def resolved_dense_columns(self) -> list[str]:
-        if self.dense_columns is not None:
-            return list(self.dense_columns)
-        return [f"I{i + 1}" for i in range(self.synthetic.num_dense)]
+        return dense_column_names(self.dense_columns, self.synthetic.num_dense)
+
+
+def dense_column_names(listed: Sequence[str] | None, num_dense: int) -> list[str]:
+    """The dense columns a job reads: those listed, else the generator's I1..In."""
+    return list(listed) if listed is not None else [f"I{i + 1}" for i in range(num_dense)]
 
 
 class FeatureConfig(_Strict):

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from dist_train import checkpoint, storage
 from dist_train.checkpoint import CheckpointSaver, TrainPosition
 from dist_train.checkpoint_files import digest_of
-from dist_train.config import EmbeddingConfig, FeatureConfig, JobConfig
+from dist_train.config import EmbeddingConfig, FeatureConfig, JobConfig, dense_column_names
 from dist_train.data.reader import RowGroup
 from dist_train.data.validation import BadInputCounts, BadInputPolicy, across_ranks
 from dist_train.embedding.layout import build_layout
@@ -313,10 +313,10 @@ def _dense_columns(config: dict[str, Any]) -> list[str] | None:
     data = config.get("data")
     if not isinstance(data, dict) or "dense_columns" not in data:
         return None
-    if data["dense_columns"] is not None:
-        return list(data["dense_columns"])
     n = _setting(config, "data.synthetic.num_dense")
-    return [f"I{i + 1}" for i in range(n)] if isinstance(n, int) else None
+    if data["dense_columns"] is None and not isinstance(n, int):
+        return None
+    return dense_column_names(data["dense_columns"], n)
 
 
 def _has_setting(config: dict[str, Any], key: str) -> bool:
