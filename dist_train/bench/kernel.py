@@ -74,6 +74,11 @@ def _median_ratio(numerators: list[float], denominators: list[float]) -> float:
     return statistics.median(n / d for n, d in zip(numerators, denominators, strict=True))
 
 
+def _over_copy(moved: float, copy_rates: list[float], seconds: list[float]) -> float:
+    """``moved`` bytes per ``seconds`` over copy's rate, round by round."""
+    return _median_ratio([moved / t for t in seconds], copy_rates)
+
+
 def _table_rows_call(
     tbe: SplitTableBatchedEmbeddingBagsCodegen, ids: torch.Tensor, batch: int, grad: torch.Tensor
 ) -> Callable[[], object]:
@@ -201,6 +206,9 @@ def run_kernel_bench(
             case["forward_backward_seconds"], case["one_feature_forward_backward_seconds"]
         )
         in_c = case["c_forward_backward_seconds"]
+        over_copy = functools.partial(
+            _over_copy, case["forward_backward_bytes"], case["copy_bytes_per_second"]
+        )
         rows.append(
             {
                 "dim": case["dim"],
@@ -214,11 +222,12 @@ def run_kernel_bench(
                     [case["forward_bytes"] / t for t in case["forward_seconds"]],
                     case["copy_bytes_per_second"],
                 ),
-                "forward_backward_over_copy": _median_ratio(
-                    [case["forward_backward_bytes"] / t for t in case["forward_backward_seconds"]],
-                    case["copy_bytes_per_second"],
-                ),
+                "forward_backward_over_copy": over_copy(case["forward_backward_seconds"]),
                 "one_feature_forward_backward_seconds": statistics.median(
+                    case["one_feature_forward_backward_seconds"]
+                ),
+                # the same bytes: the same ids, bags and distinct rows
+                "one_feature_forward_backward_over_copy": over_copy(
                     case["one_feature_forward_backward_seconds"]
                 ),
                 "shared_over_one_feature": shared_over_one,
@@ -226,6 +235,7 @@ def run_kernel_bench(
                 **(
                     {
                         "c_forward_backward_seconds": statistics.median(in_c),
+                        "c_forward_backward_over_copy": over_copy(in_c),
                         "one_feature_over_c": _median_ratio(
                             case["one_feature_forward_backward_seconds"], in_c
                         ),
@@ -237,7 +247,7 @@ def run_kernel_bench(
         )
     print(
         "\n  dim   batch  fwd ms  fwd GB/s  fwd/copy  fwd+bwd ms  fwd+bwd GB/s  /copy  copy GB/s"
-        "  1-feature fwd+bwd ms  shared/1-feature  C fwd+bwd ms  1-feature/C"
+        "  1-feature fwd+bwd ms  /copy  shared/1-feature  C fwd+bwd ms  /copy  1-feature/C"
     )
     for r in rows:
         print(
@@ -247,12 +257,14 @@ def run_kernel_bench(
             f"{r['forward_backward_bytes_per_second'] / 1e9:>13.2f} "
             f"{r['forward_backward_over_copy']:>6.2f} {r['copy_bytes_per_second'] / 1e9:>10.1f}"
             f"  {r['one_feature_forward_backward_seconds'] * 1e3:>20.2f}"
+            f" {r['one_feature_forward_backward_over_copy']:>6.2f}"
             f"  {r['shared_over_one_feature']:>16.2f}"
             + (
                 f"  {r['c_forward_backward_seconds'] * 1e3:>12.2f}"
+                f" {r['c_forward_backward_over_copy']:>6.2f}"
                 f"  {r['one_feature_over_c']:>11.2f}"
                 if "one_feature_over_c" in r
-                else f"  {'-':>12}  {'-':>11}"  # the trainer runs FBGEMM's kernel here
+                else f"  {'-':>12} {'-':>6}  {'-':>11}"  # the trainer runs FBGEMM's kernel here
             )
         )
     result = {"threads": torch.get_num_threads(), "rows": rows}

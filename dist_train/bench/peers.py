@@ -14,8 +14,9 @@
 - :class:`DenseOnly`: not a peer but the floor under every system's step: the same dense
   network, DDP and dense optimizer over fixed vectors in place of the tables.
 - :func:`plain_parquet_batches`: the simplest honest input pipeline with pyarrow: each rank
-  reads every ``world``-th row group in file order with ``iter_batches``, converts it in the
-  training thread and trains; no prefetch, no shuffling.
+  reads every ``world``-th row group in file order with ``read_row_group``, converts it in
+  the training thread with the job's :class:`BatchBuilder` (the same ids as ours) and
+  trains; no prefetch, no shuffling.
 """
 
 from __future__ import annotations

@@ -3,13 +3,15 @@
 Per rank and step, for a job's :class:`~planners.types.Workload`:
 
 - embeddings: every looked-up row read in the forward pass (``dim x 4`` bytes an id), each
-  distinct row read and written again with its row-wise Adagrad accumulator in the fused
-  update (``2 x dim x 4 + 8`` bytes a distinct row: an update sums a row's gradients first),
-  and the pooled outputs written forward and their gradients read backward;
+  distinct row read and written again with its optimizer state in the fused update
+  (``2 x dim x 4`` bytes a distinct row and twice its state: row-wise Adagrad's 8, SGD's
+  none, Adam's ``2 x dim x 8``; an update sums a row's gradients first), and the pooled
+  outputs written forward and their gradients read backward;
 - dense network: ``6 x parameters x batch`` matmul flops plus the interaction's least work
   (DLRM's dot: the n (n - 1) / 2 distinct pairs' products, 2 flops an element forward, 4
-  backward), and the Adagrad update reading the parameter, its gradient and state and
-  writing two (20 bytes a parameter);
+  backward), and the optimizer reading a parameter, its gradient and state and writing the
+  parameter and state (``(3 + 2 x slots) x 4`` bytes a parameter: Adagrad's 20, SGD's 12,
+  Adam's 28);
 - collectives (``world > 1``): per table the fewer of two ways' bytes leaving the rank in
   all-to-alls: its ids, pooled vectors (forward) and their gradients (backward); or one
   request, vector and gradient per distinct row (row_wise_unpooled); and DDP's ring
@@ -51,7 +53,6 @@ from planners.calibrate import (
 from planners.cost_model import distinct_rows
 from planners.types import INDEX_BYTES, WEIGHT_BYTES, TableLoad, Workload
 
-ADAGRAD_BYTES_PER_PARAMETER = 20  # read weight, gradient, state; write weight, state
 MIN_COPY_BYTES = 2**20  # the copy probe's smallest buffer: tinier ones time the call's overhead
 
 
@@ -64,15 +65,30 @@ def working_set_bytes(workload: Workload, world: int) -> int:
     return max(int(held // world), 2 * MIN_COPY_BYTES)
 
 
-def embedding_bytes(ids: float, bags: float, dim: int, distinct: float) -> tuple[float, float]:
+ROWWISE_ADAGRAD_STATE_BYTES = 4  # a row's accumulator
+
+
+def embedding_bytes(
+    ids: float,
+    bags: float,
+    dim: int,
+    distinct: float,
+    state_bytes_per_row: float = ROWWISE_ADAGRAD_STATE_BYTES,
+) -> tuple[float, float]:
     """Bytes a table-batched lookup of ``ids`` into ``bags``, ``distinct`` rows among them,
-    must move (forward, backward with the fused row-wise Adagrad update): forward reads each
-    looked-up row and writes each pooled output; backward reads the pooled gradients, then
-    reads and writes each distinct row and its accumulator once (the update sums a row's
-    gradients before it applies them)."""
+    must move (forward, backward with the fused update): forward reads each looked-up row
+    and writes each pooled output; backward reads the pooled gradients, then reads and writes
+    each distinct row and its ``state_bytes_per_row`` of optimizer state once (the update
+    sums a row's gradients before it applies them)."""
     forward = (ids + bags) * dim * WEIGHT_BYTES
-    backward = bags * dim * WEIGHT_BYTES + distinct * (2 * dim + 2) * WEIGHT_BYTES
+    backward = bags * dim * WEIGHT_BYTES + distinct * 2 * (dim * WEIGHT_BYTES + state_bytes_per_row)
     return forward, backward
+
+
+def dense_update_bytes(workload: Workload) -> float:
+    """Bytes the dense optimizer must move a step: each parameter, its gradient and state
+    read, the parameter and state written."""
+    return workload.dense_parameters * (3 + 2 * workload.dense_optimizer_slots) * WEIGHT_BYTES
 
 
 def all_to_all_bytes(table: TableLoad, workload: Workload, distinct: float) -> float:
@@ -160,10 +176,15 @@ def step_floor(
         for t in workload.tables
     }
     written = {t.name: (updated or rows).get(t.name, rows[t.name]) for t in workload.tables}
+    state = workload.optimizer
     lookups = sum(
         sum(
             embedding_bytes(
-                batch * t.ids_per_sample, batch * t.bags_per_sample, t.dim, written[t.name]
+                batch * t.ids_per_sample,
+                batch * t.bags_per_sample,
+                t.dim,
+                written[t.name],
+                state.bytes_per_row + t.dim * state.bytes_per_element,
             )
         )
         for t in workload.tables
@@ -175,7 +196,7 @@ def step_floor(
     terms = {
         "embedding_bytes": lookups / rates.copy_bytes_per_second,
         "dense_flops": flops / rates.matmul_flops_per_second,
-        "dense_update": params * ADAGRAD_BYTES_PER_PARAMETER / rates.copy_bytes_per_second,
+        "dense_update": dense_update_bytes(workload) / rates.copy_bytes_per_second,
         "all_to_all": 0.0,
         "all_reduce": 0.0,
     }

@@ -179,8 +179,10 @@ def ids_per_feature(cfg: JobConfig, data: str) -> dict[str, float]:
     per_key = dict(zip(sparse.keys(), sparse.length_per_key(), strict=True))
     out: dict[str, float] = {}
     for key in builder.layout.keys:
-        out.setdefault(key.feature, per_key[key.key] / table.num_rows)
-    return {feature: ids for feature, ids in out.items() if ids > 0}
+        # a feature null in every sampled row: under one id in the sample (a pooling factor
+        # must be positive, and left out it would count the default's one id a row)
+        out.setdefault(key.feature, max(per_key[key.key], 1) / table.num_rows)
+    return out
 
 
 def distinct_rows_per_batch(cfg: JobConfig, data: str, world: int = 1) -> dict[str, float]:
@@ -319,8 +321,8 @@ def time_systems(
     rates: list[dict[str, float]] = []
     for r in range(rounds):
         first = first_round + r * STEPS_PER_ROUND
-        # each system opens a round in turn: the round before ends with the rates' 256 MiB
-        # copies, which leave the next step's rows out of cache
+        # each system opens a round in turn: the round before ends with the rates' copies,
+        # which leave the next step's rows out of cache
         for s in SYSTEMS[r % len(SYSTEMS) :] + SYSTEMS[: r % len(SYSTEMS)]:
             steps = iter(prebuilt[s][first : first + STEPS_PER_ROUND])
             # the roofline's step: how busy it keeps the cores

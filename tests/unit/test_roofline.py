@@ -107,12 +107,56 @@ def test_the_floor_reads_every_id_of_multi_hot_features(small_cfg, small_data) -
     assert all(0.9 < ids[f] <= 1.0 for f in ("C1", "C2", "C3"))  # scalars, some null
 
 
+def test_a_feature_null_in_every_row_is_charged_under_one_id(
+    small_cfg, small_data, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """Left out, a feature takes the pooling factors' default of one id a row."""
+    import pyarrow as pa
+
+    from dist_train.bench.train import ids_per_feature
+
+    file = resolve_files(str(small_data.train_dir))[0]
+    table = pq.read_table(file)
+    at = table.schema.get_field_index("C1")
+    nulls = pa.nulls(table.num_rows, table.schema.field("C1").type)
+    (tmp_path / "nulls").mkdir()
+    pq.write_table(table.set_column(at, "C1", nulls), tmp_path / "nulls" / "part.parquet")
+    ids = ids_per_feature(small_cfg, str(tmp_path / "nulls"))
+    assert 0 < ids["C1"] <= 1 / table.num_rows
+    assert 0.9 < ids["C2"] <= 1.0
+
+
 def test_the_update_moves_each_distinct_row_once_and_reads_every_id_forward() -> None:
     """Row-wise Adagrad sums a row's gradients, then reads and writes the row and its
     accumulator once: 1000 ids over 10 distinct rows update 10 rows, not 1000."""
     forward, backward = embedding_bytes(ids=1000, bags=100, dim=16, distinct=10)
     assert forward == (1000 + 100) * 16 * 4  # every id's row read, every bag written
     assert backward == 100 * 16 * 4 + 10 * (2 * 16 + 2) * 4  # bags' gradients, rows once
+
+
+@pytest.mark.parametrize(("dense", "slots", "per_parameter"), [("sgd", 0, 12), ("adam", 2, 28)])
+def test_the_dense_update_moves_its_optimizers_state(
+    dense: str, slots: int, per_parameter: int
+) -> None:
+    """SGD reads a weight and its gradient and writes the weight; Adam reads and writes
+    two moments besides: not Adagrad's 20 bytes a parameter."""
+    table = TableLoad("t", rows=10**6, dim=16, bags_per_sample=1, ids_per_sample=1.0)
+    workload = Workload((table,), 2048, OptimizerState.of("rowwise_adagrad", "cpu"), 100_000, slots)
+    terms = step_floor(workload, 1, MachineRates(20e9, 100e9, 2e9, 2e9))
+    assert terms["dense_update"] == pytest.approx(100_000 * per_parameter / 20e9), dense
+
+
+@pytest.mark.parametrize(("optimizer", "state"), [("sgd", 0), ("adam", 2 * 16 * 4)])
+def test_the_tables_update_moves_its_optimizers_state(optimizer: str, state: int) -> None:
+    """A distinct row's update reads and writes its state: SGD has none, Adam two moments
+    an element, where row-wise Adagrad has one float a row."""
+    table = TableLoad("t", rows=10**6, dim=16, bags_per_sample=1, ids_per_sample=1.0)
+    rates = MachineRates(20e9, 100e9, 2e9, 2e9)
+    workload = Workload((table,), 1000, OptimizerState.of(optimizer, "cuda"), 0, 0)
+    terms = step_floor(workload, 1, rates, {"t": 500.0})
+    forward, backward = embedding_bytes(1000, 1000, 16, 500.0, state)
+    assert backward == 1000 * 16 * 4 + 500 * 2 * (16 * 4 + state)
+    assert terms["embedding_bytes"] == pytest.approx((forward + backward) / 20e9)
 
 
 def test_the_floor_takes_measured_distinct_rows_over_the_planners_estimate() -> None:
