@@ -477,6 +477,12 @@ def run_train_bench(
     gradients averaged by ``peer_exchange``; print and return the figures."""
     cfgs = system_configs(cfg)
     batch = cfg.train.batch_size
+    if cfg.embedding.optimizer.weight_decay:
+        LOG.warning(
+            f"embedding.optimizer.weight_decay={cfg.embedding.optimizer.weight_decay}: the "
+            "pytorch peer's tables train without it (torch's optimizers of sparse gradients "
+            "take none), so it does less work a step than the other systems"
+        )
     # each end-to-end round first spends the prefetched batches untimed
     steps = WARMUP_STEPS + TRIAL_STEPS + rounds * (STEPS_PER_ROUND + built_ahead(cfg))
     rows_needed = int(1.5 * steps * batch * max(ranks))
