@@ -92,6 +92,7 @@ from dist_train.data.validation import BadInputPolicy
 from dist_train.embedding.layout import build_layout
 from dist_train.launchers.affinity import pin_process
 from dist_train.launchers.processes import run_processes
+from dist_train.logs import LOG
 from dist_train.train.epochs import Epochs
 from dist_train.train.sharding import JobPlan, plan_job, planner_for_config
 from dist_train.train.trainer import Trainer, make_batch_builder

@@ -48,3 +48,23 @@ def test_what_a_benchmark_cannot_measure_is_refused_naming_the_key(
     monkeypatch.setattr(kernel, "usable_memory_bytes", lambda: 2**30)
     with pytest.raises(ConfigError, match=r"--dims 64,128: their tables of 1,000,000 rows need"):
         run_kernel_bench(dims=(64, 128), batches=(8,), rounds=1)
+
+
+def test_weight_decay_the_pytorch_peer_cannot_apply_is_warned_of(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """torch's optimizers of sparse gradients take no weight decay: the peer's tables
+    would train without it, and its step do less than ours, with no word."""
+    from dist_train.bench import train
+
+    def stop(*_: object) -> str:
+        raise RuntimeError("measured nothing")
+
+    monkeypatch.setattr(train, "synthetic_train_data", stop)
+    for decay, warned in ((0.0, False), (0.01, True)):
+        caplog.clear()
+        cfg = load_config(overrides=[f"embedding.optimizer.weight_decay={decay}"])
+        with pytest.raises(RuntimeError, match="measured nothing"):
+            train.run_train_bench(cfg, [1])
+        said = "the pytorch peer's tables train without it" in caplog.text
+        assert said == warned, caplog.text
