@@ -930,23 +930,31 @@ def _owner(optimizer: Any, param: torch.Tensor) -> Any:
     return getattr(optimizer, "_optimizer", optimizer)
 
 
-def check_model_shapes(path: Location, meta: dict[str, Any], model: dict[str, Any]) -> None:
+def check_model_shapes(
+    path: Location, meta: dict[str, Any], model: dict[str, Any], settings: str = ""
+) -> None:
     """:func:`_check_model_shapes` on the driver, before any worker starts: ``model`` is a
     state dict of whole tensors (a meta-device model's serves), ``meta`` the checkpoint's
-    ``meta.json``. The ranks check again against their sharded model as they load."""
+    ``meta.json``, ``settings`` what the job's model settings changed since (said in the
+    error). The ranks check again against their sharded model as they load."""
     try:
         saved = checkpoint_files.reader(path, file_digests(meta, path)).read_metadata()
     except FileNotFoundError:
         return  # the load names a missing file
-    _check_model_shapes(model, saved.state_dict_metadata, path)
+    _check_model_shapes(model, saved.state_dict_metadata, path, settings)
 
 
-def _check_model_shapes(model: dict[str, Any], saved: dict[str, Any], path: Location) -> None:
-    """CheckpointError naming the model tensors the checkpoint lacks, or the first whose
-    whole shape (any plan's shards together) differs from the saved one: the checkpoint is
-    of another model, which no resharding turns into this one. (DCP's own error came from
-    one rank, mid-load: "Missing key in checkpoint state_dict".)"""
+def _check_model_shapes(
+    model: dict[str, Any], saved: dict[str, Any], path: Location, settings: str = ""
+) -> None:
+    """CheckpointError naming the model tensors the checkpoint lacks, those it holds that
+    the model does not (a model of fewer layers: loading would drop trained ones), or the
+    first whose whole shape (any plan's shards together) differs from the saved one: the
+    checkpoint is of another model, which no resharding turns into this one. (DCP's own
+    error came from one rank, mid-load: "Missing key in checkpoint state_dict".)"""
     tensors = {k: t for k, t in model.items() if isinstance(t, torch.Tensor)}
+    since = f"it was saved with {settings}" if settings else ""
+    changed = f"; {since}" if since else ""
     missing = [k for k in tensors if f"model.{k}" not in saved]
     if missing:
         instead = sorted(k.removeprefix("model.") for k in saved if k.startswith("model."))
@@ -956,8 +964,8 @@ def _check_model_shapes(model: dict[str, Any], saved: dict[str, Any], path: Loca
             "not" + (f" (it holds {_some(instead)} instead)" if instead else "") + ": the "
             "checkpoint is of another model (another model.kind or layers; or a DLRM "
             "without dense columns saved by a dist_train before 116a848, whose bottom MLP "
-            "never trained). Resume it with the config and dist_train that saved it, or "
-            "start a new run"
+            f"never trained){changed}. Resume it with the config and dist_train that saved "
+            "it, or start a new run"
         )
     for key, tensor in tensors.items():
         size = getattr(saved.get(f"model.{key}"), "size", None)
@@ -969,9 +977,21 @@ def _check_model_shapes(model: dict[str, Any], saved: dict[str, Any], path: Loca
                 f"{path}: {key} was saved as {' x '.join(map(str, then))}, but this job's "
                 f"model holds {' x '.join(map(str, now))}: the checkpoint is of another "
                 "model (another config's table rows, dims or layers; or, for hashing_trick "
-                "tables, a dist_train before fc4d3c4, which rounded their rows down). Resume "
-                "it with the config and dist_train that saved it, or start a new run"
+                f"tables, a dist_train before fc4d3c4, which rounded their rows down){changed}. "
+                "Resume it with the config and dist_train that saved it, or start a new run"
             )
+    extra = sorted(
+        k.removeprefix("model.")
+        for k in saved
+        if k.startswith("model.") and k.removeprefix("model.") not in model
+    )
+    if extra:
+        raise CheckpointOfAnotherJob(
+            f"{path}: the checkpoint holds {_some(extra)}, which this job's model does not: "
+            "it is of a model of more layers, whose trained weights this one would drop"
+            f"{f' ({since})' if since else ''}. Resume it with the config that saved "
+            "it, or start a new run"
+        )
 
 
 def _some(keys: list[str], shown: int = 3) -> str:

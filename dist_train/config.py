@@ -364,6 +364,14 @@ class EmbeddingConfig(_Strict):
         return self
 
 
+MODEL_SETTINGS = {
+    "dlrm": ("bottom_mlp", "top_mlp", "interaction"),
+    "dcn_v2": ("top_mlp", "cross_layers", "cross_rank"),
+    "autoint": ("attention_layers", "attention_heads", "attention_dim", "attention_mlp"),
+}
+"""The ``model.*`` settings each ``model.kind`` reads (docs/models.md)."""
+
+
 class ModelConfig(_Strict):
     """The network over dense features and embedding chunks (``kind``; docs/models.md)."""
 
@@ -397,13 +405,35 @@ class ModelConfig(_Strict):
         16,
         gt=0,
         le=MAX_WIDTH,
-        description="autoint: output width of each layer, split over the heads.",
+        description="autoint: output width of each layer, split over the heads (a multiple "
+        "of attention_heads).",
     )
     attention_mlp: list[Width] = Field(
         default_factory=list,
         description="autoint: hidden sizes between the flattened attention output and the "
         "logit; none (the paper's AutoInt) trains best on the default data.",
     )
+
+    def settings_read(self) -> tuple[str, ...]:
+        """The settings this ``kind`` reads; the others are other kinds'."""
+        return MODEL_SETTINGS[self.kind]
+
+    def describe(self) -> str:
+        """The kind and the settings it reads, e.g. ``dcn_v2 (top_mlp=[128, 64], ...)``."""
+        read = ", ".join(f"{k}={getattr(self, k)}" for k in self.settings_read())
+        return f"{self.kind} ({read})"
+
+    def unread_settings(self) -> list[str]:
+        """``model.KEY=VALUE`` of each setting given away from its default that this
+        ``kind`` does not read."""
+        default = type(self)()
+        return [
+            f"model.{k}={getattr(self, k)}"
+            for k in type(self).model_fields
+            if k != "kind"
+            and k not in self.settings_read()
+            and getattr(self, k) != getattr(default, k)
+        ]
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

@@ -234,6 +234,12 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
     setup_logging(verbosity())  # the console handler, at the level the command line set
     cfg = resolve_paths(cfg)
     check_output_paths(cfg)
+    unread = cfg.model.unread_settings()
+    if unread:
+        LOG.warning(
+            f"model.kind={cfg.model.kind} does not read {', '.join(unread)}: they take no "
+            f"effect (docs/models.md says which kind reads which)"
+        )
     if cfg.checkpoint.resume not in (None, "latest"):  # before data are generated, say
         resolve_checkpoint(cfg, cfg.checkpoint.resume)
     device = job_device(cfg)
@@ -265,7 +271,8 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
         rows = sum(g.num_rows for g in inputs.train_groups)
         LOG.info(
             f"job {cfg.name!r}: {rows:,} training rows in {len(inputs.train_groups)} "
-            f"row groups, {cfg.ray.num_workers} workers via {cfg.launcher}"
+            f"row groups, model {cfg.model.describe()}, {cfg.ray.num_workers} workers via "
+            f"{cfg.launcher}"
         )
         launch_unix = time.time()
         summary = launch(cfg, inputs)

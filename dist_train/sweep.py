@@ -440,10 +440,15 @@ def run_sweep(
     # one row a run: an older sweep's file may hold a run twice (a seed given twice)
     runs = {r["name"]: r for r in reversed(done) if r["name"] in wanted}
     rows = summarize(list(runs.values()))
-    model = base.model.kind
-    summary = {"dataset": dataset, "model": model, "rows": rows}
+    settings = {k: getattr(base.model, k) for k in base.model.settings_read()}
+    summary = {
+        "dataset": dataset,
+        "model": base.model.kind,
+        "model_settings": settings,
+        "rows": rows,
+    }
     (out / "sweep.json").write_text(strict_json(summary, indent=2))
-    table = markdown(rows, dataset, model)
+    table = markdown(rows, dataset, base.model.describe())
     (out / "sweep.md").write_text(table)
     plot(rows, dataset, out / "sweep.png")
     print("\n" + table + f"\nwrote {out / 'sweep.md'}, {out / 'sweep.json'}, {out / 'sweep.png'}")

@@ -274,8 +274,8 @@ def _explain_no_fit(
             f"rank with their gradients and optimizer state) and a step's working memory "
             f"({_gib(dense - weights)}) are more than the {_gib(usable)} a rank has usable: "
             + (
-                "give the model smaller layers (model.bottom_mlp, model.top_mlp, ...) or the "
-                "ranks more memory"
+                "give the model fewer or smaller layers (the model.* settings its model.kind "
+                "reads: docs/models.md) or the ranks more memory"
                 if layers
                 else "give the ranks more memory"
             )

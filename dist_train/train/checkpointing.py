@@ -152,7 +152,25 @@ def _check_same_model(cfg: JobConfig, meta: dict[str, Any], path: Location) -> N
     # Ray had started, once a rank; the planner's model on the meta device holds the shapes
     with torch.device("meta"):
         model = build_model(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
-    checkpoint.check_model_shapes(path, meta, model.state_dict())
+    checkpoint.check_model_shapes(
+        path, meta, model.state_dict(), _model_settings_changed(cfg, meta)
+    )
+
+
+def _model_settings_changed(cfg: JobConfig, meta: dict[str, Any]) -> str:
+    """``model.KEY=SAVED, now NOW`` for each setting of the saved model's kind (or the kind
+    itself) that this job changes; empty where none, or the checkpoint does not say."""
+    saved = _setting(meta.get("config") or {}, "model")
+    if not isinstance(saved, dict):
+        return ""
+    now = cfg.model.model_dump(mode="json")
+    if saved.get("kind", now["kind"]) != now["kind"]:
+        return f"model.kind={saved['kind']!r}, now {now['kind']!r}"
+    return "; ".join(
+        f"model.{k}={saved[k]!r}, now {now[k]!r}"
+        for k in cfg.model.settings_read()
+        if k in saved and saved[k] != now[k]
+    )
 
 
 def refuse_to_overwrite(cfg: JobConfig) -> None:

@@ -329,7 +329,9 @@ def test_sweep_on_adult_writes_table_plot_and_resumes(tmp_path: Path) -> None:
     rows = summary["rows"]
     # which model made the figures (the paper's Table 1 is DCN-v2's): said with the dataset
     assert summary["model"] == "dlrm"
-    assert (out / "sweep.md").read_text().startswith("Dataset: adult; model: dlrm.")
+    assert set(summary["model_settings"]) == {"bottom_mlp", "top_mlp", "interaction"}
+    # and its settings: a sweep of other layers was told apart only by its runs' configs
+    assert (out / "sweep.md").read_text().startswith("Dataset: adult; model: dlrm (bottom_mlp=")
     assert {r["method"] for r in rows} == {
         "collisionless",
         "hashing_trick",

@@ -530,6 +530,35 @@ def test_a_checkpoint_of_another_model_kind_is_refused_naming_the_keys(
     err = capsys.readouterr().err
     assert f"error: checkpoint: {ckpt}: this job's model holds dense_arch.0.weight, " in err
     assert "which the checkpoint does not (it holds cross." in err and "Traceback" not in err
+    assert "it was saved with model.kind='dcn_v2', now 'dlrm'" in err
+
+
+@pytest.mark.parametrize(
+    ("kind", "fewer", "dropped"),
+    [
+        ("dcn_v2", "model.cross_layers=2", "cross.2."),
+        ("autoint", "model.attention_layers=1", "attention.1."),
+    ],
+)
+def test_a_checkpoint_of_more_layers_is_refused_naming_the_setting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, fewer: str, dropped: str
+) -> None:
+    """A model of fewer layers, every shape it holds the same: the load dropped the
+    checkpoint's last trained layers with no word, and the next save had none."""
+    over = [f"output_dir={tmp_path}", "launcher=processes", f"model.kind={kind}"]
+    run_job(load_config(TINY, [*over, "train.max_steps=2"]))
+    ckpt = committed(tmp_path / "tiny" / "checkpoints")[-1]
+    for command in (["train", "--resume", str(ckpt)], ["evaluate", str(ckpt)]):
+        args = [*command, "--config", str(TINY)]
+        for item in [*over, "train.max_steps=4", fewer]:
+            args += ["--set", item]
+        assert main(args) == 1, command
+        err = capsys.readouterr().err
+        assert f"{ckpt}: the checkpoint holds {dropped}" in err, err
+        setting, now = fewer.split("=")
+        assert f"it was saved with {setting}={int(now) + 1}, now {now}" in err, err
+        assert "Traceback" not in err
+    assert committed(tmp_path / "tiny" / "checkpoints")[-1] == ckpt  # nothing saved over it
 
 
 def _momenta(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -11,9 +11,11 @@ import yaml
 
 from dist_train.config import (
     DEFAULT_CONFIG,
+    MODEL_SETTINGS,
     ConfigError,
     FeatureConfig,
     JobConfig,
+    ModelConfig,
     load_config,
     parse_config,
 )
@@ -605,3 +607,19 @@ def test_the_label_or_row_ids_as_a_model_input_are_refused(override: str, named:
     own = ["data.train_path=/data/train", "data.test_path=/data/test"]
     both = load_config(overrides=[*own, "data.dense_columns=[I1,I2]", "features.C3.column=I1"])
     assert both.features[2].source_column == "I1" and "I1" in both.data.resolved_dense_columns()
+
+
+def test_settings_another_model_kind_reads_are_named() -> None:
+    """A DLRM given cross or attention settings (model.kind forgotten) trained a DLRM, and
+    nothing it printed named the kind (a walk-through's finding): the driver warns of them
+    and names the model in its first line."""
+    cfg = load_config(overrides=["model.cross_layers=5", "model.attention_heads=4"])
+    assert cfg.model.unread_settings() == ["model.cross_layers=5", "model.attention_heads=4"]
+    assert cfg.model.describe() == "dlrm (bottom_mlp=[64], top_mlp=[128, 64], interaction=dot)"
+    dcn = load_config(overrides=["model.kind=dcn_v2", "model.bottom_mlp=[32]"]).model
+    assert dcn.unread_settings() == ["model.bottom_mlp=[32]"]
+    assert dcn.describe() == "dcn_v2 (top_mlp=[128, 64], cross_layers=3, cross_rank=None)"
+    assert load_config(overrides=["model.kind=autoint"]).model.unread_settings() == []
+    # each kind reads settings that exist, and every setting but the kind has a reader
+    read = {k for kind in MODEL_SETTINGS.values() for k in kind}
+    assert read == set(ModelConfig.model_fields) - {"kind"}

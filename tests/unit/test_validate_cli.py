@@ -246,4 +246,4 @@ def test_a_dense_network_past_a_ranks_memory_is_named(tmp_path: Path) -> None:
     job = _job(tmp_path, "wide", model={"bottom_mlp": [1_048_576, 1_048_576]})
     (problem,) = validate_files([str(job)]).problems
     assert "sharding plan: the dense network (1,099,526,308,841 parameters" in problem
-    assert "smaller layers (model.bottom_mlp, model.top_mlp, ...) or the ranks more" in problem
+    assert "fewer or smaller layers (the model.* settings its model.kind reads" in problem
