@@ -465,9 +465,27 @@ def dense_costs(workload: Workload, topo: Topology) -> RankCosts:
         link = topo.inter_node if topo.num_nodes > 1 else topo.intra_node
         c.latency += math.ceil(grad / DDP_BUCKET_BYTES) * link.latency_seconds
         c.comm_bytes += 2 * allreduce
-    c.memory += params * WEIGHT_BYTES * (2 + workload.dense_optimizer_slots)
-    c.memory += topo.step_overhead_bytes
+    c.memory += dense_state_bytes(workload)
+    c.memory += step_working_bytes(workload, topo)
     return c
+
+
+ACTIVATION_PEAK = 1.5
+"""A step's peak activation memory over what autograd saves: the backward holds the saved
+tensors and, for the layer it is in, their gradients (fitted on CPU ranks: docs/planner.md)."""
+
+
+def dense_state_bytes(workload: Workload) -> float:
+    """The dense parameters, their gradients and optimizer state."""
+    return workload.dense_parameters * WEIGHT_BYTES * (2 + workload.dense_optimizer_slots)
+
+
+def step_working_bytes(workload: Workload, topo: Topology) -> float:
+    """What a step allocates besides the tables and dense state: the dense network's
+    activations at the rank's batch, and the overhead any step takes (autograd, allocator
+    caches, TorchRec and DDP buffers)."""
+    activations = workload.batch_size_per_rank * workload.activation_bytes_per_sample
+    return ACTIVATION_PEAK * activations + topo.step_overhead_bytes
 
 
 def in_feature_order(placements: Sequence[TablePlacement], workload: Workload) -> bool:

@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 
 from planners import placement as pl
 from planners import uvm_cache as uvm
-from planners.cost_model import dense_costs, latency_costs, reorder_costs, table_costs
+from planners.cost_model import (
+    dense_costs,
+    dense_state_bytes,
+    latency_costs,
+    reorder_costs,
+    table_costs,
+)
 from planners.enumerator import candidates, offers_cache, uneven_row_wise
 from planners.topology import Topology
 from planners.types import (
@@ -266,18 +272,22 @@ def _explain_no_fit(
     base = dense_costs(workload, topo)
     usable, usable_host = topo.usable_bytes_per_rank, topo.usable_host_bytes_per_rank
     dense = float(base.memory.max())
-    weights = dense - topo.step_overhead_bytes  # dense_costs: the state, then the overhead
+    weights = dense_state_bytes(workload)
+    activations = dense - weights - topo.step_overhead_bytes
     if dense > usable:  # no table is at fault: the dense side alone is too large
         layers = weights > usable
         return (
             f"the dense network ({workload.dense_parameters:,} parameters: {_gib(weights)} a "
             f"rank with their gradients and optimizer state) and a step's working memory "
-            f"({_gib(dense - weights)}) are more than the {_gib(usable)} a rank has usable: "
+            f"({_gib(dense - weights)}, of which {_gib(activations)} the network's activations "
+            f"at {workload.batch_size_per_rank:,} examples a rank) are more than the "
+            f"{_gib(usable)} a rank has usable: "
             + (
                 "give the model fewer or smaller layers (the model.* settings its model.kind "
                 "reads: docs/models.md) or the ranks more memory"
                 if layers
-                else "give the ranks more memory"
+                else "give the model fewer or smaller layers, or the ranks a smaller "
+                "train.batch_size or more memory"
             )
         )
     for table in sorted(workload.tables, key=lambda t: -t.weight_bytes):

@@ -176,6 +176,8 @@ class Workload:
     # the fewest interaction elements the interaction needs (the dot's distinct pairs:
     # n (n - 1) / 2 x d), for floors; None: all of them (last: callers pass the rest by place)
     interaction_least_elements_per_sample: int | None = None
+    # bytes the dense network keeps for its backward an example (its activations)
+    activation_bytes_per_sample: float = 0.0
 
     def table(self, name: str) -> TableLoad:
         for t in self.tables:

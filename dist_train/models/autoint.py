@@ -13,7 +13,6 @@ import itertools
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchrec import KeyedJaggedTensor
 
 from dist_train.config import ModelConfig
 from dist_train.embedding.layout import EmbeddingLayout
@@ -67,9 +66,7 @@ class AutoInt(CTRModel):
         # scores q k^T and their use on v: 2 n^2 x width per layer
         return 2 * len(self.attention) * self.num_tokens**2 * self.attention_dim
 
-    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        # first, as in DLRM.forward: DDP's all-reduce then overlaps the embeddings' backward
-        vectors = self.embed(sparse)
+    def network(self, dense: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         dense_tokens = dense.unsqueeze(2) * self.dense_tokens  # [B, num_dense, d]
         tokens = torch.cat([dense_tokens, vectors], dim=1)
         return self.over_arch(self.attention(tokens).flatten(1)).squeeze(1)

@@ -104,6 +104,42 @@ class CTRModel(nn.Module):
         """The fewest of those the interaction needs (for the roofline's floor)."""
         return self.interaction_elements_per_sample
 
+    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        # embeddings before the network: autograd runs the nodes made last first, so the
+        # network's gradients, the last of DDP's bucket, are ready before the embeddings'
+        # backward, and DDP's all-reduce runs while the embeddings exchange gradients and
+        # update their rows (docs/benchmarks.md, "Embeddings first")
+        return self.network(dense, self.embed(sparse))
+
+    def network(self, dense: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B]`` from the dense features ``[B, num_dense]`` and the chunk vectors
+        ``[B, num_vectors, dim]``: what the kind computes above the tables."""
+        raise NotImplementedError
+
+    def activation_bytes_per_sample(self, num_dense: int) -> float:
+        """Bytes :meth:`network` keeps for its backward an example (the tensors autograd
+        saves; weights it saves cancel out), counted on two small batches on the network's
+        device (on the meta device, as the planner's model is, nothing is computed)."""
+        device = next(
+            (p.device for n, p in self.named_parameters() if not n.startswith("sparse_arch.")),
+            torch.device("meta"),
+        )
+
+        def saved(batch: int) -> int:
+            held: dict[int, int] = {}
+
+            def keep(t: torch.Tensor) -> torch.Tensor:
+                held[id(t)] = t.numel() * t.element_size()
+                return t
+
+            vectors = torch.zeros(batch, self.num_vectors, self.dim, device=device)
+            dense = torch.zeros(batch, num_dense, device=device)
+            with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+                self.network(dense, vectors.requires_grad_())
+            return sum(held.values())
+
+        return (saved(16) - saved(8)) / 8
+
     def embed(self, sparse: KeyedJaggedTensor) -> torch.Tensor:
         """The chunk vectors ``[B, num_vectors, dim]`` in feature/chunk order."""
         emb = in_layout_order(self.sparse_arch(sparse), self.layout_keys)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchrec import KeyedJaggedTensor
 
 from dist_train.config import ModelConfig
 from dist_train.embedding.layout import EmbeddingLayout
@@ -53,8 +52,8 @@ class DCNv2(CTRModel):
     def interaction_elements_per_sample(self) -> int:
         return len(self.cross) * self.width  # the elementwise x0 * (.) + x
 
-    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        x0 = torch.cat([dense, self.embed(sparse).flatten(1)], dim=1)
+    def network(self, dense: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        x0 = torch.cat([dense, vectors.flatten(1)], dim=1)
         x = x0
         for layer in self.cross:
             x = layer(x0, x)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchrec import KeyedJaggedTensor
 
 from dist_train.config import ModelConfig
 from dist_train.embedding.layout import EmbeddingLayout
@@ -76,12 +75,7 @@ class DLRM(CTRModel):
         vectors = self.num_vectors + 1
         return vectors * (vectors - 1) // 2 * self.dim if self.interaction is not None else 0
 
-    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        # embeddings before the bottom MLP: autograd runs the nodes made last first, so the
-        # MLP's gradients, the last of DDP's bucket, are ready before the embeddings'
-        # backward, and DDP's all-reduce runs while the embeddings exchange gradients and
-        # update their rows (docs/benchmarks.md, "Embeddings first")
-        vectors = self.embed(sparse)
+    def network(self, dense: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         dense_vec = self.dense_arch(dense)
         if self.interaction is not None:
             features = self.interaction(dense_vec, vectors)

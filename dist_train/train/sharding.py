@@ -181,6 +181,9 @@ def workload_for_config(
         dense_optimizer_slots=_DENSE_OPTIMIZER_SLOTS[cfg.train.dense_optimizer],
         interaction_elements_per_sample=model.interaction_elements_per_sample,
         interaction_least_elements_per_sample=model.interaction_least_elements_per_sample,
+        activation_bytes_per_sample=model.activation_bytes_per_sample(
+            len(cfg.data.resolved_dense_columns())
+        ),
         id_skew=cfg.sharding.id_skew,
         cache_load_factor=cfg.sharding.cache_load_factor,
         tables_in_key_order=_tables_in_key_order(layout),

@@ -149,7 +149,7 @@ def test_a_memory_that_leaves_a_rank_none_is_refused_before_calibrating(
         capsys.readouterr().err
     )
     assert not out.exists()
-    # nor one a step's own working memory fills (the CPU preset's 95 MiB)
+    # nor one a step's own working memory fills (the CPU preset's 75 MiB and the activations)
     assert main(["calibrate", "--memory-per-rank", "64MiB", "--out", str(out)]) == 2
     assert "no more than a training step's own working memory" in capsys.readouterr().err
     assert not out.exists()

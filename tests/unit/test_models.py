@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from torchrec import KeyedJaggedTensor, KeyedTensor
 from torchrec.distributed.train_pipeline.tracing import Tracer
 
-from dist_train.config import ModelConfig
+from dist_train.config import ModelConfig, load_config
 from dist_train.embedding.layout import build_layout
 from dist_train.models import MODELS, CTRModel, create_model
 from dist_train.models import linear as linear_module
@@ -19,6 +19,7 @@ from dist_train.models.dcn import DCNv2
 from dist_train.models.dlrm import DotInteraction
 from dist_train.models.linear import ONEDNN_MIN_WEIGHTS, Linear
 from planners.gemm import MKL_HAS_AVX512, ONEDNN_GEMM, cpu_vendor
+from planners.types import PlanningError
 from tests.conftest import small_config
 
 
@@ -345,3 +346,36 @@ def test_dot_interaction_gradient_is_autograds_of_the_plain_gram_matrix() -> Non
     rows, cols = torch.triu_indices(6, 6, offset=1)
     plain = torch.cat([dense, torch.bmm(stacked, stacked.transpose(1, 2))[:, rows, cols]], 1)
     torch.testing.assert_close(ours, torch.autograd.grad((plain * weights).sum(), (dense, vectors)))
+
+
+def test_the_planner_charges_the_networks_activations() -> None:
+    """An AutoInt of 1,024-wide attention trained at 3.4 GiB a rank where the plan said
+    100 MiB: the cost model charged the dense weights and a fixed overhead, not what the
+    network keeps for its backward at the rank's batch (`bench planner --memory-only`)."""
+    from dist_train.train.sharding import plan_for_config, planner_for_config
+    from planners.cost_model import ACTIVATION_PEAK, dense_costs, dense_state_bytes
+
+    wide = ["model.kind=autoint", "model.attention_dim=1024", "model.attention_layers=1"]
+
+    def workload(overrides: list[str]):  # type: ignore[no-untyped-def]
+        planner = planner_for_config(load_config(overrides=overrides), 2, 2)[0]
+        return planner.workload, planner.topology
+
+    narrow, topo = workload(["model.kind=autoint", "model.attention_layers=1"])
+    big, _ = workload(wide)
+    # a 64 times wider layer: its projections' bytes 64 times (the scores' stay)
+    assert 10 < big.activation_bytes_per_sample / narrow.activation_bytes_per_sample < 64
+    memory = float(dense_costs(big, topo).memory.max())
+    activations = ACTIVATION_PEAK * 2048 * big.activation_bytes_per_sample
+    assert memory == pytest.approx(dense_state_bytes(big) + activations + topo.step_overhead_bytes)
+    assert 3 * 2**30 < memory < 4 * 2**30  # measured: 3.3 GiB a rank
+    # halving the batch halves them
+    half, _ = workload([*wide, "train.batch_size=1024"])
+    assert half.activation_bytes_per_sample == big.activation_bytes_per_sample
+    # too large for the ranks: the error says what to shrink
+    with pytest.raises(
+        PlanningError,
+        match=r"of which 3.\d+ GiB the network's activations "
+        r"at 2,048 examples a rank.*smaller train.batch_size",
+    ):
+        plan_for_config(load_config(overrides=[*wide, "sharding.memory_per_rank=2GiB"]))
