@@ -801,8 +801,9 @@ def _same_location(a: Location, b: Location) -> bool:
     return a == b
 
 
-def load(trainer: Trainer, path: Location) -> TrainPosition:
-    """Restore model and optimizer state from ``path`` into ``trainer``; the saved position.
+def load(trainer: Trainer, path: Location, resuming: bool = True) -> TrainPosition:
+    """Restore model and optimizer state from ``path`` into ``trainer``; the saved position
+    (checked to resume on this world size where ``resuming``; an evaluation only reads it).
 
     Every file read is checked against ``meta.json``'s digests. The checkpoint may come from
     another plan or world size. DCP maps every tensor by its global offsets. Row-wise
@@ -812,8 +813,11 @@ def load(trainer: Trainer, path: Location) -> TrainPosition:
     :func:`_convert_row_states` between replicated and sharded tables.
     """
     meta = read_meta(path)
-    position = check_compatible(meta, path, dist.get_world_size())
-    if redeals_skipping(meta, dist.get_world_size(), False) and dist.get_rank() == 0:
+    if resuming:
+        position = check_compatible(meta, path, dist.get_world_size())
+    else:
+        position = TrainPosition(**meta["position"])
+    if resuming and redeals_skipping(meta, dist.get_world_size(), False) and dist.get_rank() == 0:
         # an elastic group back at another size (the driver refuses it for a resume asked
         # for): training goes on, said
         LOG.warning(
@@ -940,7 +944,11 @@ def check_model_shapes(
     try:
         saved = checkpoint_files.reader(path, file_digests(meta, path)).read_metadata()
     except FileNotFoundError:
-        return  # the load names a missing file
+        # found here, not in the ranks once they have started
+        raise CheckpointError(
+            f"{path}: no .metadata, which every checkpoint holds: not a checkpoint's folder "
+            "(an export's, or one a copy left out?)"
+        ) from None
     _check_model_shapes(model, saved.state_dict_metadata, path, settings)
 
 

@@ -43,6 +43,7 @@ from dist_train.driver import (
     what_failed,
 )
 from dist_train.embedding.layout import build_layout
+from dist_train.input_checks import warn_of_skipped_rows
 from dist_train.logs import setup_logging, verbosity
 from dist_train.storage import Location
 from dist_train.train.checkpointing import evaluation_point
@@ -94,6 +95,11 @@ def evaluate_checkpoint(cfg: JobConfig, which: str, out: str | None = None) -> d
         evaluate_only=True,
     )
     summary = launch(cfg, inputs)
+    bad = summary.get("bad_input") or {}
+    reasons = f"by reason: {dict(sorted((bad.get('rows_skipped') or {}).items()))}"
+    warn_of_skipped_rows(
+        "test", int(bad.get("rows_skipped_total") or 0), int(summary["test_examples"]), reasons
+    )
     summary["wall_seconds"] = time.perf_counter() - start
     summary["test_path"] = test_path
     summary["output_dir"] = str(folder)
@@ -154,9 +160,11 @@ def _check_earlier(folder: Path, path: Location, test_path: str, given: bool) ->
 
 
 def _same(saved: object, now: str) -> bool:
-    """Whether two paths or URLs name the same place (local ones with links resolved)."""
+    """Whether two paths or URLs name the same place (local ones, ``file://`` URLs among
+    them, with links resolved)."""
     if not isinstance(saved, str):
         return False
+    saved, now = (s.removeprefix(FILE_SCHEME) for s in (saved, now))
     if "://" in saved or "://" in now:
         return saved.rstrip("/") == now.rstrip("/")
     return os.path.realpath(saved) == os.path.realpath(now)

@@ -90,7 +90,7 @@ def export(path: Location, out_dir: Path, with_optimizer: bool = False) -> dict[
         k: list(v.shape) for k, v in model.items() if ".embedding_bags." in k and v.dim() == 2
     }
     summary = {
-        "files": [str(f) for f in written],
+        "files": [str(f.absolute()) for f in written],
         "tensors": len(model),
         "tables": tables,
         "keys": _keys(meta),
@@ -162,23 +162,28 @@ def _exported_files(out_dir: Path) -> set[str]:
     return {Path(f).name for f in files if isinstance(f, str)} if isinstance(files, list) else set()
 
 
+def _holds_a_checkpoint(folder: Path) -> bool:
+    return (folder / ".metadata").is_file() and (folder / META).is_file()
+
+
 def _check_out_dir(path: Location, out_dir: Path) -> None:
-    """ExportError for an ``out_dir`` whose files an export would spoil: inside the
-    checkpoint, a folder holding a checkpoint (its ``meta.json`` would be overwritten and
-    its own file check then fail), or one holding files of an export's names that no export
-    wrote (a user's own model, say)."""
+    """ExportError for an ``out_dir`` whose files an export would spoil, or that would pass
+    for a checkpoint: inside the checkpoint, a folder holding a checkpoint (its
+    ``meta.json`` would be overwritten and its own file check then fail), one holding files
+    of an export's names that no export wrote (a user's own model, say), or one beside
+    committed checkpoints (a run's checkpoint folder: the export's ``meta.json`` would pass
+    for another checkpoint's, and ``latest`` take it for the newest)."""
     # inside a committed checkpoint (this one, named by a path or a file:// URL, or another):
     # its file check would then fail on the export's files
-    for folder in out_dir.resolve().parents:
-        if (folder / ".metadata").is_file() and (folder / "meta.json").is_file():
+    here = out_dir.resolve()
+    for folder in here.parents:
+        if _holds_a_checkpoint(folder):
             raise ExportError(
                 f"{out_dir}: inside the checkpoint {folder}; export to another folder"
             )
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir}: not a folder; export to a folder")
-    if not out_dir.is_dir():
-        return
-    names = {p.name for p in out_dir.iterdir()}
+    names = {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else set()
     if ".metadata" in names or any(n.endswith(".distcp") for n in names):
         raise ExportError(f"{out_dir}: holds a checkpoint; export to another folder")
     theirs = sorted(names & set(OUTPUTS))
@@ -186,6 +191,13 @@ def _check_out_dir(path: Location, out_dir: Path) -> None:
         raise ExportError(
             f"{out_dir}: holds {', '.join(theirs)}, which no export wrote; export to another "
             "folder (nothing was changed)"
+        )
+    siblings = sorted(here.parent.iterdir()) if here.parent.is_dir() else []
+    beside = next((p for p in siblings if p != here and _holds_a_checkpoint(p)), None)
+    if beside is not None:
+        raise ExportError(
+            f"{out_dir}: in a folder of checkpoints (beside {beside}), where its meta.json "
+            "would pass for a checkpoint's; export to another folder"
         )
 
 

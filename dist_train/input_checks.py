@@ -160,17 +160,20 @@ def warn_of_skipped_share(summary: dict[str, Any], trained: int) -> None:
     run's (a resume's start from its checkpoint's), so the share is a rough one."""
     both, test = summary.get("bad_input") or {}, summary.get("bad_input_test") or {}
     test_rows = int(test.get("rows_skipped_total") or 0)
-    splits = [
-        ("training", int(both.get("rows_skipped_total") or 0) - test_rows, trained),
-        ("test", test_rows, int(summary.get("test_examples") or 0)),
-    ]
-    for split, skipped, kept in splits:
-        if skipped > 0 and skipped > SKIPPED_ROWS_WARNING * (skipped + kept):
-            LOG.warning(
-                f"{skipped / (skipped + kept):.0%} of the {split} rows read were skipped as "
-                f"bad input ({skipped:,} rows; by reason, both splits: "
-                f"{dict(sorted((both.get('rows_skipped') or {}).items()))}): so large a share "
-                "is most often a column read as what it is not (labels written 1/2, not 0/1), "
-                "and the model trained or was tested without them. With "
-                "data.on_bad_input=error a run stops at the first, naming its file and column"
-            )
+    reasons = f"by reason, both splits: {dict(sorted((both.get('rows_skipped') or {}).items()))}"
+    skipped = int(both.get("rows_skipped_total") or 0) - test_rows
+    warn_of_skipped_rows("training", skipped, trained, reasons)
+    warn_of_skipped_rows("test", test_rows, int(summary.get("test_examples") or 0), reasons)
+
+
+def warn_of_skipped_rows(split: str, skipped: int, kept: int, reasons: str) -> None:
+    """:func:`warn_of_skipped_share`'s warning for one split, ``skipped`` of its rows lost
+    and ``kept`` used (``reasons``: the counts by reason, as the warning says them)."""
+    if skipped > 0 and skipped > SKIPPED_ROWS_WARNING * (skipped + kept):
+        LOG.warning(
+            f"{skipped / (skipped + kept):.0%} of the {split} rows read were skipped as "
+            f"bad input ({skipped:,} rows; {reasons}): so large a share is most often a "
+            "column read as what it is not (labels written 1/2, not 0/1), and the model "
+            "trained or was tested without them. With data.on_bad_input=error a run stops "
+            "at the first, naming its file and column"
+        )

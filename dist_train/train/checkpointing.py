@@ -139,8 +139,7 @@ def evaluation_point(cfg: JobConfig, which: str) -> Location:
             "(`latest` is the job's newest: check --config, --set name=... or "
             "checkpoint.dir, or give a checkpoint's path)"
         )
-    meta = checkpoint.read_meta(path)
-    checkpoint.check_compatible(meta, path, cfg.ray.num_workers)
+    meta = checkpoint.read_meta(path)  # its position is not checked: nothing resumes
     _check_same_hashing(cfg, meta, path)
     _check_same_model(cfg, meta, path)
     _warn_of_other_inputs(cfg, meta, path, "evaluated")

@@ -71,7 +71,7 @@ def run_evaluation(
     progress = Progress(
         inputs.run_dir, enabled=rank == 0, log_every=cfg.train.log_every, examples_per_step=0
     )
-    position = checkpoint.load(trainer, location(inputs.resume))
+    position = checkpoint.load(trainer, location(inputs.resume), resuming=False)
     policy = BadInputPolicy.for_job(cfg)
     start = time.perf_counter()
     metrics = evaluate_test_rows(

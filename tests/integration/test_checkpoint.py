@@ -18,7 +18,9 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from dist_train import export as export_module
 from dist_train.checkpoint import (
+    META_DIGEST,
     CheckpointError,
+    _meta_digest,
     check_compatible,
     committed,
     remove_partials,
@@ -412,6 +414,15 @@ def test_export_writes_whole_tables_as_safetensors(tmp_path: Path, capsys, monke
     assert f"{older / 'exported'}: inside the checkpoint {older}" in capsys.readouterr().err
     assert main(["export", f"file://{ckpt}", "--out", str(ckpt / "exported")]) == 1
     assert "inside the checkpoint" in capsys.readouterr().err
+    # nor beside the run's checkpoints: as step-00000099, its meta.json broke `latest` ("it
+    # was renamed") for evaluate and resume
+    beside = ckpt.parent / "step-00000099"
+    assert main(["export", str(ckpt), "--out", str(beside)]) == 1
+    assert f"{beside}: in a folder of checkpoints (beside " in capsys.readouterr().err
+    assert not beside.exists()
+    # the files it lists are where it wrote them, whatever folder the command ran in
+    listed = json.loads((out / "export.json").read_text())["files"]
+    assert listed == [str(out / "model.safetensors")]
     verify(older)
     verify(ckpt)
     # --out is a local folder: a URL was written to ./file:/... and reported as written
@@ -758,3 +769,31 @@ def test_a_run_resumed_at_its_end_does_not_save_again(tmp_path: Path) -> None:
     )
     (copied,) = committed(tmp_path / "b" / "tiny" / "checkpoints")
     assert other["checkpoint"] == str(copied) and copied.name == ckpt.name
+
+
+def test_an_older_mid_epoch_checkpoint_evaluates_on_any_world_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Saved mid-epoch without an epoch plan (a dist_train before plans were saved), it
+    resumes only at its world size; evaluating it resumes nothing, and was refused the same
+    way, with a hint to resume it."""
+    over = [f"output_dir={tmp_path}", "launcher=processes", "train.max_steps=3"]
+    run_job(load_config(TINY, over))
+    ckpt = committed(tmp_path / "tiny" / "checkpoints")[-1]
+    meta = json.loads((ckpt / "meta.json").read_text())
+    assert meta["position"]["batches"] and meta["world_size"] == 2  # mid-epoch, 2 ranks
+    meta.pop(META_DIGEST)
+    meta["position"]["plan"] = None
+    meta[META_DIGEST] = _meta_digest(meta)
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    args = ["evaluate", str(ckpt), "--config", str(TINY), "--out", str(tmp_path / "ev")]
+    for item in [*over, "ray.num_workers=1"]:
+        args += ["--set", item]
+    assert main(args) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "ev" / "evaluation.json").read_text())["world_size"] == 1
+    # resuming it on 1 rank is still refused: its batches' deal is unknown
+    resume = ["train", "--resume", str(ckpt), "--config", str(TINY)]
+    for item in [*over, "ray.num_workers=1", "train.max_steps=6"]:
+        resume += ["--set", item]
+    assert main(resume) == 1
+    assert "saved mid-epoch by 2 ranks without an epoch plan" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -118,6 +119,13 @@ def test_what_cannot_be_evaluated_is_named_before_any_worker_starts(
     assert main(["evaluate", str(tmp_path / "nope"), "--out", str(tmp_path / "d")]) == 1
     err = capsys.readouterr().err
     assert "no such checkpoint folder" in err and "hint:" not in err
+    # an export's folder (its meta.json a checkpoint's): refused here, where the ranks had
+    # started before one found no .metadata
+    assert main(["export", str(trained["checkpoint"]), "--out", str(tmp_path / "exp")]) == 0
+    assert _evaluate(tmp_path, str(tmp_path / "exp"), "--out", str(tmp_path / "d")) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'exp'}: no .metadata, which every checkpoint holds" in err
+    assert "Traceback" not in err and not (tmp_path / "d").exists()
 
 
 def test_evaluate_under_ray(
@@ -273,6 +281,33 @@ def test_the_default_folder_and_the_same_checkpoint_by_another_path(
     assert _evaluate(tmp_path, str(checkpoint), *at_run) == 0
     roundabout = checkpoint.parent / ".." / "checkpoints" / checkpoint.name
     assert _evaluate(tmp_path, str(roundabout), *at_run) == 0
+    # and by a file:// URL (refused as another checkpoint's evaluation)
+    assert _evaluate(tmp_path, f"file://{checkpoint}", *at_run) == 0
+
+
+def test_a_large_share_of_skipped_test_rows_is_warned_of(
+    trained: dict[str, object],
+    tmp_path: Path,
+    small_data: GeneratedData,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Test labels written 0/2 under on_bad_input=skip: every positive skipped, and the
+    metrics, over the negatives, printed with only the counts to say so (train warned)."""
+    bad = tmp_path / "labels-0-2"
+    bad.mkdir()
+    for f in small_data.test_dir.glob("*.parquet"):
+        t = pq.read_table(f)
+        doubled = pc.multiply(t["label"], pa.scalar(2, t.schema.field("label").type))
+        pq.write_table(
+            t.set_column(t.schema.get_field_index("label"), "label", doubled), bad / f.name
+        )
+    args = ["--set", f"data.test_path={bad}", "--set", "data.on_bad_input=skip"]
+    assert _evaluate(tmp_path, "latest", *args, "--out", str(tmp_path / "ev")) == 0
+    err = capsys.readouterr().err
+    assert "of the test rows read were skipped as bad input" in err, err
+    # the job's own test data: nothing skipped, nothing said
+    assert _evaluate(tmp_path, "latest", "--out", str(tmp_path / "ev2")) == 0
+    assert "skipped as bad input" not in capsys.readouterr().err
 
 
 def test_id_types_are_read_past_training_files_of_only_nulls(
