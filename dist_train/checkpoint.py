@@ -125,7 +125,7 @@ def committed(root: Location) -> list[Location]:
     retention deleted it."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if _a_saves_name(p) and (p / META).is_file()]
+    found = [p for p in root.iterdir() if is_a_saves_name(p) and (p / META).is_file()]
     return sorted(found, key=step_of)
 
 
@@ -140,7 +140,7 @@ def remove_partials(root: Location) -> list[Location]:
         return p.name.startswith(prefix) and _digits(p.name[len(prefix) :])
 
     def a_save(p: Location) -> bool:  # a save's step-%08d, uncommitted, holding a save's files
-        return _a_saves_name(p) and not (p / META).is_file() and _holds_only_a_save(p)
+        return is_a_saves_name(p) and not (p / META).is_file() and _holds_only_a_save(p)
 
     for aside in [p for p in root.iterdir() if ours(p, REPLACED_PREFIX)]:
         final = root / (PREFIX + aside.name[len(REPLACED_PREFIX) :])
@@ -194,7 +194,7 @@ def _a_saves_file(name: str) -> bool:
     )
 
 
-def _a_saves_name(p: Location) -> bool:
+def is_a_saves_name(p: Location) -> bool:
     """Whether ``p`` is named as a save names its folder: ``step-%08d`` exactly."""
     step = step_of(p)
     return step >= 0 and p.name == f"{PREFIX}{step:0{STEP_DIGITS}d}"
@@ -206,7 +206,7 @@ def foreign_steps(root: Location) -> list[Location]:
     :func:`remove_partials` leaves). A save of that step would replace it."""
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if _a_saves_name(p) and _foreign(p))
+    return sorted(p for p in root.iterdir() if is_a_saves_name(p) and _foreign(p))
 
 
 def _foreign(p: Location) -> bool:
@@ -287,7 +287,7 @@ def read_meta(path: Location) -> dict[str, Any]:
             raise CheckpointError(f"{meta_path}: files[{name!r}]: {problem}")
     _check_fields(meta, meta_path)
     saved = meta["position"].get("step")
-    if _a_saves_name(path) and saved is not None and saved != step_of(path):
+    if is_a_saves_name(path) and saved is not None and saved != step_of(path):
         # `latest` and retention go by the names: a renamed one was taken as the newest
         raise CheckpointError(
             f"{path}: named as the checkpoint of step {step_of(path)}, but its {META} records "

@@ -237,8 +237,9 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
     unread = cfg.model.unread_settings()
     if unread:
         LOG.warning(
-            f"model.kind={cfg.model.kind} does not read {', '.join(unread)}: they take no "
-            f"effect (docs/models.md says which kind reads which)"
+            f"model.kind={cfg.model.kind} does not read {', '.join(unread)}: "
+            f"{'they take' if len(unread) > 1 else 'it takes'} no effect (docs/models.md says "
+            "which kind reads which)"
         )
     if cfg.checkpoint.resume not in (None, "latest"):  # before data are generated, say
         resolve_checkpoint(cfg, cfg.checkpoint.resume)

@@ -26,6 +26,7 @@ from dist_train.checkpoint import (
     META,
     CheckpointError,
     file_digests,
+    is_a_saves_name,
     raise_a_wrapped_stop,
     read_meta,
     reason,
@@ -170,9 +171,9 @@ def _check_out_dir(path: Location, out_dir: Path) -> None:
     """ExportError for an ``out_dir`` whose files an export would spoil, or that would pass
     for a checkpoint: inside the checkpoint, a folder holding a checkpoint (its
     ``meta.json`` would be overwritten and its own file check then fail), one holding files
-    of an export's names that no export wrote (a user's own model, say), or one beside
-    committed checkpoints (a run's checkpoint folder: the export's ``meta.json`` would pass
-    for another checkpoint's, and ``latest`` take it for the newest)."""
+    of an export's names that no export wrote (a user's own model, say), or one named as a
+    save names its folder (``step-%08d``: in a run's checkpoint folder the export's
+    ``meta.json`` would pass for a checkpoint's, and ``latest`` take it for the newest)."""
     # inside a committed checkpoint (this one, named by a path or a file:// URL, or another):
     # its file check would then fail on the export's files
     here = out_dir.resolve()
@@ -192,12 +193,11 @@ def _check_out_dir(path: Location, out_dir: Path) -> None:
             f"{out_dir}: holds {', '.join(theirs)}, which no export wrote; export to another "
             "folder (nothing was changed)"
         )
-    siblings = sorted(here.parent.iterdir()) if here.parent.is_dir() else []
-    beside = next((p for p in siblings if p != here and _holds_a_checkpoint(p)), None)
-    if beside is not None:
+    if is_a_saves_name(here):
         raise ExportError(
-            f"{out_dir}: in a folder of checkpoints (beside {beside}), where its meta.json "
-            "would pass for a checkpoint's; export to another folder"
+            f"{out_dir}: named as a checkpoint's save is ({here.name}): in a run's checkpoint "
+            "folder its meta.json would pass for a checkpoint's (`latest` would take it, "
+            "retention delete it); name the folder otherwise"
         )
 
 

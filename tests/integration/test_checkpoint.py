@@ -414,12 +414,15 @@ def test_export_writes_whole_tables_as_safetensors(tmp_path: Path, capsys, monke
     assert f"{older / 'exported'}: inside the checkpoint {older}" in capsys.readouterr().err
     assert main(["export", f"file://{ckpt}", "--out", str(ckpt / "exported")]) == 1
     assert "inside the checkpoint" in capsys.readouterr().err
-    # nor beside the run's checkpoints: as step-00000099, its meta.json broke `latest` ("it
-    # was renamed") for evaluate and resume
+    # nor into a folder named as a save names its own: as step-00000099 in the run's
+    # checkpoint folder its meta.json broke `latest` ("it was renamed") for evaluate and
+    # resume; beside checkpoints under another name it is harmless
     beside = ckpt.parent / "step-00000099"
     assert main(["export", str(ckpt), "--out", str(beside)]) == 1
-    assert f"{beside}: in a folder of checkpoints (beside " in capsys.readouterr().err
+    assert f"{beside}: named as a checkpoint's save is (step-00000099)" in capsys.readouterr().err
     assert not beside.exists()
+    assert main(["export", str(ckpt), "--out", str(ckpt.parent / "exported")]) == 0
+    shutil.rmtree(ckpt.parent / "exported")
     # the files it lists are where it wrote them, whatever folder the command ran in
     listed = json.loads((out / "export.json").read_text())["files"]
     assert listed == [str(out / "model.safetensors")]

@@ -528,3 +528,48 @@ def test_calibrate_plans_its_reference_table_whatever_the_memory_given() -> None
     spec = CPU_PRESET.model_copy(update={"memory_per_rank_bytes": 80, "bag_seconds": {}})
     bags = _bag_seconds(spec, 2, [0.01] * len(FRAMEWORK_TYPES), FRAMEWORK_TYPES)
     assert set(bags) == set(FRAMEWORK_TYPES) and all(s >= 0 for s in bags.values())
+
+
+def _rounded_a_row_at_a_time(sizes: np.ndarray, order: np.ndarray, deficit: int) -> list[int]:
+    """The rounding rows as the split handed them out before: one row a step, cycling."""
+    sizes, i = sizes.copy(), 0
+    while deficit != 0:
+        r = order[i % len(order)] if deficit > 0 else order[::-1][i % len(order)]
+        step = 1 if deficit > 0 else -1
+        if sizes[r] + step >= 1:
+            sizes[r] += step
+            deficit -= step
+        i += 1
+    return [int(s) for s in sizes]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_uneven_splits_rounding_rows_go_where_they_went_a_row_at_a_time(seed: int) -> None:
+    """Handed out in rounds (a 4,096-rank plan spent most of its minutes on a loop of a row
+    at a time): the same split, rows to the least busy first, back from the busiest."""
+    from planners import placement
+
+    rng = np.random.default_rng(seed)
+    world = int(rng.integers(2, 300))
+    per_row = np.full(world, 10 ** rng.uniform(-9, -6))
+    table = TableLoad("t", int(rng.integers(world, 50_000)), 16, 1, 1.0)
+    if seed % 2:  # ranks busy past the table's work: rows taken back from those raised to 1
+        busy = rng.exponential(1e-3, world) * (rng.random(world) < 0.7)
+    else:  # busy alike: every rank holds rows, the floors' rows short of the table's
+        busy = rng.uniform(0, per_row[0], world)
+    cap = np.full(world, 1e12)
+    sizes = placement.uneven_row_sizes(table, busy, per_row, cap)
+    if sizes is None:
+        return
+    assert sum(sizes) == table.rows and min(sizes) >= 1
+    # the split before rounding, as uneven_row_sizes makes it, rounded the old way
+    lo, hi = float(busy.min()), float(busy.max() + per_row.max() * table.rows)
+    for _ in range(60):
+        level = (lo + hi) / 2
+        rows = np.minimum(np.maximum(0.0, (level - busy) / per_row), cap)
+        lo, hi = (lo, level) if rows.sum() >= table.rows else (level, hi)
+    floor = np.maximum(
+        np.floor(np.minimum(np.maximum(0.0, (hi - busy) / per_row), cap)).astype(np.int64), 1
+    )
+    order = np.argsort(busy + floor * per_row)
+    assert sizes == _rounded_a_row_at_a_time(floor, order, table.rows - int(floor.sum()))
