@@ -941,14 +941,17 @@ def check_model_shapes(
     state dict of whole tensors (a meta-device model's serves), ``meta`` the checkpoint's
     ``meta.json``, ``settings`` what the job's model settings changed since (said in the
     error). The ranks check again against their sharded model as they load."""
+    digests = file_digests(meta, path)
     try:
-        saved = checkpoint_files.reader(path, file_digests(meta, path)).read_metadata()
+        saved = checkpoint_files.reader(path, digests).read_metadata()
     except FileNotFoundError:
-        # found here, not in the ranks once they have started
-        raise CheckpointError(
-            f"{path}: no .metadata, which every checkpoint holds: not a checkpoint's folder "
-            "(an export's, or one a copy left out?)"
-        ) from None
+        if digests is not None and ".metadata" in digests:
+            # found here, not in the ranks once they have started
+            raise CheckpointError(
+                f"{path}: no .metadata, which its meta.json lists: not a checkpoint's folder "
+                "(an export's, or one a copy left out?)"
+            ) from None
+        return  # the load names a missing file
     _check_model_shapes(model, saved.state_dict_metadata, path, settings)
 
 

@@ -250,16 +250,26 @@ def check_constraints(workload: Workload, topo: Topology, allowed: frozenset[str
         for t in workload.tables:
             if not pl.column_blocks(t.dim, topo.num_nodes):
                 raise PlanningError(
-                    f"grid_shard cannot split table {t.name}: dim {t.dim} has no split into "
-                    f"2..{topo.num_nodes} equal blocks of >= {pl.MIN_COLUMN_BLOCK} columns"
+                    f"grid_shard cannot split table {t.name}: "
+                    f"{_no_column_split(t.dim, topo.num_nodes)}"
                 )
     if allowed == {"column_wise"}:
         for t in workload.tables:
             if not pl.column_blocks(t.dim, topo.world_size):
                 raise PlanningError(
-                    f"column_wise cannot split table {t.name}: dim {t.dim} has no split into "
-                    f"2..{topo.world_size} equal blocks of >= {pl.MIN_COLUMN_BLOCK} columns"
+                    f"column_wise cannot split table {t.name}: "
+                    f"{_no_column_split(t.dim, topo.world_size)}"
                 )
+
+
+def _no_column_split(dim: int, most: int) -> str:
+    """Why ``dim`` has no column split into at most ``most`` blocks (:func:`column_blocks`)."""
+    return (
+        f"dim {dim} (embedding.dim, or a chunk's share of it) has no split into 2, 4, 8, ... "
+        f"(at most {most}) equal blocks whose width is a multiple of {pl.MIN_COLUMN_BLOCK} "
+        "columns (FBGEMM's kernels' rows); set embedding.dim to such a width or "
+        "sharding.type to another type"
+    )
 
 
 def _gib(n: float) -> str:

@@ -15,7 +15,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from planners.types import SHARDING_TYPES
 
@@ -132,13 +139,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+def _not_text_or_bool(v: object) -> object:
+    # JSON's true and "2.4e10" are no measurements (pydantic reads them as 1.0 and 2.4e10):
+    # a hand-edited true per row planned every lookup at a second
+    if isinstance(v, bool | str):
+        raise ValueError(f"Input should be a number, not {type(v).__name__} {v!r}")
+    return v
+
+
+Number = Annotated[float, BeforeValidator(_not_text_or_bool)]
 # Bounds no machine falls outside: a rate under 1 a second (1e-320 bytes/s planned every
 # step at "inf ms"), or an hour for one row, one bag or one collective's latency.
-Rate = Annotated[float, Field(ge=1)]
+Rate = Annotated[Number, Field(ge=1)]
 MAX_SECONDS = 3600.0
 # 131,072 ranks plan in about 8 s and 650 MB here; 2^31 nodes asked for 32 GiB, and a
 # million took minutes
 MAX_RANKS = 2**18
+MAX_CORES = 2**16  # a node's, or a rank's threads: past any machine's
 
 
 class LinkSpec(_Strict):
@@ -146,7 +163,7 @@ class LinkSpec(_Strict):
     reduce_scatter_bytes_per_second: Rate
     all_gather_bytes_per_second: Rate
     all_reduce_bytes_per_second: Rate
-    latency_seconds: float = Field(ge=0, le=MAX_SECONDS)
+    latency_seconds: Number = Field(ge=0, le=MAX_SECONDS)
 
 
 class TopologySpec(_Strict):
@@ -155,9 +172,9 @@ class TopologySpec(_Strict):
     num_nodes: int = Field(1, gt=0)
     ranks_per_node: int = Field(gt=0)
     device_type: Literal["cpu", "cuda"]
-    memory_per_rank_bytes: int = Field(gt=0)
+    memory_per_rank_bytes: int = Field(gt=0, le=_MAX_BYTES)
     memory_bytes_per_second: Rate
-    lookup_seconds_per_row: dict[int, float] = Field(
+    lookup_seconds_per_row: dict[int, Number] = Field(
         min_length=1, description="Row width (columns) -> TBE seconds per looked-up row."
     )
     dense_flops_per_second: Rate
@@ -165,26 +182,28 @@ class TopologySpec(_Strict):
     dense_update_elements_per_second: Rate
     intra_node: LinkSpec
     inter_node: LinkSpec
-    bag_seconds: dict[str, float] = Field(
+    bag_seconds: dict[str, Number] = Field(
         default_factory=dict,
         description="Sharding type -> TorchRec's seconds per pooled bag a rank handles.",
     )
-    reserve_fraction: float = Field(0.1, ge=0, lt=1)
+    reserve_fraction: Number = Field(0.1, ge=0, lt=1)
     step_overhead_bytes: int = Field(
         0,
         ge=0,
+        le=_MAX_BYTES,
         description="Bytes a training step allocates beyond tables, their optimizer state and "
         "the dense model, whatever the tables' size.",
     )
-    cores_per_node: int | None = Field(None, gt=0)
-    threads_per_rank: int = Field(1, gt=0)
+    cores_per_node: int | None = Field(None, gt=0, le=MAX_CORES)
+    threads_per_rank: int = Field(1, gt=0, le=MAX_CORES)
     host_memory_per_rank_bytes: int | None = Field(
         None,
         gt=0,
+        le=_MAX_BYTES,
         description="CUDA: host (DDR) memory per rank for tables behind the UVM cache; "
         "absent = no host offload.",
     )
-    host_to_device_bytes_per_second: float | None = Field(
+    host_to_device_bytes_per_second: Number | None = Field(
         None,
         ge=1,
         description="CUDA: host-to-device (PCIe/UVM) bandwidth per rank and direction.",

@@ -124,7 +124,7 @@ def test_what_cannot_be_evaluated_is_named_before_any_worker_starts(
     assert main(["export", str(trained["checkpoint"]), "--out", str(tmp_path / "exp")]) == 0
     assert _evaluate(tmp_path, str(tmp_path / "exp"), "--out", str(tmp_path / "d")) == 1
     err = capsys.readouterr().err
-    assert f"{tmp_path / 'exp'}: no .metadata, which every checkpoint holds" in err
+    assert f"{tmp_path / 'exp'}: no .metadata, which its meta.json lists" in err
     assert "Traceback" not in err and not (tmp_path / "d").exists()
 
 

@@ -194,6 +194,36 @@ def test_impossible_constraints_are_named() -> None:
         search(_workload([(1000, 16)]), one_node, ("diagonal",))
 
 
+@pytest.mark.parametrize(
+    ("where", "value", "said"),
+    [
+        (("lookup_seconds_per_row", "16"), True, "lookup_seconds_per_row.16: .*not bool True"),
+        (("memory_bytes_per_second",), True, "memory_bytes_per_second: .*not bool True"),
+        (("memory_bytes_per_second",), "2.4e10", "memory_bytes_per_second: .*not str '2.4e10'"),
+        (("bag_seconds", "row_wise"), True, "bag_seconds.row_wise: .*not bool True"),
+        (("reserve_fraction",), False, "reserve_fraction: .*not bool False"),
+        (("intra_node", "latency_seconds"), "0.001", "intra_node.latency_seconds: .*not str"),
+        (("memory_per_rank_bytes",), 10**30, "memory_per_rank_bytes: .*less than or equal"),
+        (("threads_per_rank",), 10**6, "threads_per_rank: .*less than or equal to 65536"),
+    ],
+)
+def test_a_topology_file_of_no_measurement_is_refused_naming_the_key(
+    tmp_path: Path, where: tuple[str, ...], value: object, said: str
+) -> None:
+    """A hand-edited true was read as 1 second a row (the plan moved to column_wise with no
+    word), a quoted rate as the number, a memory of 10**30 bytes printed in TiB."""
+    raw = CPU_PRESET.model_dump(mode="json")
+    *parents, last = where
+    holder = raw
+    for key in parents:
+        holder = holder[key]
+    holder[last] = value
+    path = tmp_path / "topo.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(TopologyError, match=rf"topo\.json: {said}"):
+        load_topology(path)
+
+
 def test_inconsistent_topology_files_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "topo.json"
     raw = CPU_PRESET.model_dump(mode="json")
