@@ -126,17 +126,23 @@ class CTRModel(nn.Module):
         )
 
         def saved(batch: int) -> int:
-            held: dict[int, int] = {}
+            held: dict[int, torch.Tensor] = {}  # by id, each once: alive until counted
 
-            def keep(t: torch.Tensor) -> torch.Tensor:
-                held[id(t)] = t.numel() * t.element_size()
-                return t
+            def keep(t: torch.Tensor) -> None:
+                # the graph keeps None, not the tensor: a tensor saved by its own grad_fn
+                # would make a cycle only the garbage collector frees (or the interpreter's
+                # exit, in native code)
+                held[id(t)] = t
 
             vectors = torch.zeros(batch, self.num_vectors, self.dim, device=device)
             dense = torch.zeros(batch, num_dense, device=device)
-            with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
-                self.network(dense, vectors.requires_grad_())
-            return sum(held.values())
+
+            def unpacked(_: None) -> torch.Tensor:
+                raise AssertionError("the count runs no backward")
+
+            with torch.autograd.graph.saved_tensors_hooks(keep, unpacked):
+                self.network(dense, vectors.requires_grad_())  # its graph freed at once
+            return sum(t.numel() * t.element_size() for t in held.values())
 
         return (saved(16) - saved(8)) / 8
 
