@@ -945,7 +945,7 @@ def check_model_shapes(
     try:
         saved = checkpoint_files.reader(path, digests).read_metadata()
     except FileNotFoundError:
-        if digests is not None and ".metadata" in digests:
+        if digests is not None and checkpoint_files.METADATA in digests:
             # found here, not in the ranks once they have started
             raise CheckpointError(
                 f"{path}: no .metadata, which its meta.json lists: not a checkpoint's folder "
@@ -967,9 +967,12 @@ def _check_model_shapes(
     since = f"it was saved with {settings}" if settings else ""
     changed = f"; {since}" if since else ""
     missing = [k for k in tensors if f"model.{k}" not in saved]
+    instead = sorted(  # what the checkpoint holds that the model does not
+        k.removeprefix("model.")
+        for k in saved
+        if k.startswith("model.") and k.removeprefix("model.") not in model
+    )
     if missing:
-        instead = sorted(k.removeprefix("model.") for k in saved if k.startswith("model."))
-        instead = [k for k in instead if k not in tensors]
         raise CheckpointOfAnotherJob(
             f"{path}: this job's model holds {_some(missing)}, which the checkpoint does "
             "not" + (f" (it holds {_some(instead)} instead)" if instead else "") + ": the "
@@ -991,14 +994,9 @@ def _check_model_shapes(
                 f"tables, a dist_train before fc4d3c4, which rounded their rows down){changed}. "
                 "Resume it with the config and dist_train that saved it, or start a new run"
             )
-    extra = sorted(
-        k.removeprefix("model.")
-        for k in saved
-        if k.startswith("model.") and k.removeprefix("model.") not in model
-    )
-    if extra:
+    if instead:
         raise CheckpointOfAnotherJob(
-            f"{path}: the checkpoint holds {_some(extra)}, which this job's model does not: "
+            f"{path}: the checkpoint holds {_some(instead)}, which this job's model does not: "
             "it is of a model of more layers, whose trained weights this one would drop"
             f"{f' ({since})' if since else ''}. Resume it with the config that saved "
             "it, or start a new run"

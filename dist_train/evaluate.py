@@ -11,7 +11,6 @@ evaluates. Outputs go to their own folder, ``<run>/evaluations/<checkpoint>/`` b
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -43,9 +42,9 @@ from dist_train.driver import (
     what_failed,
 )
 from dist_train.embedding.layout import build_layout
-from dist_train.input_checks import warn_of_skipped_rows
+from dist_train.input_checks import skipped_by_reason, warn_of_skipped_rows
 from dist_train.logs import setup_logging, verbosity
-from dist_train.storage import Location
+from dist_train.storage import Location, same_place_key
 from dist_train.train.checkpointing import evaluation_point
 from dist_train.train.progress import strict_json
 from dist_train.train.trainer import make_batch_builder
@@ -96,7 +95,7 @@ def evaluate_checkpoint(cfg: JobConfig, which: str, out: str | None = None) -> d
     )
     summary = launch(cfg, inputs)
     bad = summary.get("bad_input") or {}
-    reasons = f"by reason: {dict(sorted((bad.get('rows_skipped') or {}).items()))}"
+    reasons = f"by reason: {skipped_by_reason(bad)}"
     warn_of_skipped_rows(
         "test", int(bad.get("rows_skipped_total") or 0), int(summary["test_examples"]), reasons
     )
@@ -162,12 +161,7 @@ def _check_earlier(folder: Path, path: Location, test_path: str, given: bool) ->
 def _same(saved: object, now: str) -> bool:
     """Whether two paths or URLs name the same place (local ones, ``file://`` URLs among
     them, with links resolved)."""
-    if not isinstance(saved, str):
-        return False
-    saved, now = (s.removeprefix(FILE_SCHEME) for s in (saved, now))
-    if "://" in saved or "://" in now:
-        return saved.rstrip("/") == now.rstrip("/")
-    return os.path.realpath(saved) == os.path.realpath(now)
+    return isinstance(saved, str) and same_place_key(saved) == same_place_key(now)
 
 
 def _a_runs_log(path: Path) -> bool:

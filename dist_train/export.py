@@ -31,7 +31,7 @@ from dist_train.checkpoint import (
     read_meta,
     reason,
 )
-from dist_train.checkpoint_files import SafeExportPlanner
+from dist_train.checkpoint_files import METADATA, SafeExportPlanner
 from dist_train.config import ConfigError, parse_config
 from dist_train.embedding.layout import build_layout
 from dist_train.logs import LOG
@@ -164,7 +164,7 @@ def _exported_files(out_dir: Path) -> set[str]:
 
 
 def _holds_a_checkpoint(folder: Path) -> bool:
-    return (folder / ".metadata").is_file() and (folder / META).is_file()
+    return (folder / METADATA).is_file() and (folder / META).is_file()
 
 
 def _check_out_dir(path: Location, out_dir: Path) -> None:
@@ -185,7 +185,7 @@ def _check_out_dir(path: Location, out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir}: not a folder; export to a folder")
     names = {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else set()
-    if ".metadata" in names or any(n.endswith(".distcp") for n in names):
+    if METADATA in names or any(n.endswith(".distcp") for n in names):
         raise ExportError(f"{out_dir}: holds a checkpoint; export to another folder")
     theirs = sorted(names & set(OUTPUTS))
     if theirs and "export.json" not in names:

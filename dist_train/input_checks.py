@@ -5,25 +5,20 @@ after training, a share of rows skipped as bad input that says a column was misr
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from dist_train.config import JobConfig
 from dist_train.data.reader import RowGroup, assign_row_groups, steps_per_epoch
 from dist_train.data.validation import BadInputError
 from dist_train.logs import LOG
+from dist_train.storage import same_place_key
 
 
 def warn_of_shared_files(train: list[RowGroup], test: list[RowGroup]) -> None:
     """Test files that are also training files: their metrics are of rows the model
     trained on (a data.train_path of the folder above train/ and test/ reads both)."""
-
-    def real(path: str) -> str:
-        local = path.removeprefix("file://")  # the same file, as a URL
-        return os.path.realpath(local) if "://" not in local else path
-
-    trained = {real(g.path) for g in train}
-    shared = sorted({g.path for g in test if real(g.path) in trained})
+    trained = {same_place_key(g.path) for g in train}
+    shared = sorted({g.path for g in test if same_place_key(g.path) in trained})
     if shared:
         files = len({g.path for g in test})
         LOG.warning(
@@ -160,10 +155,15 @@ def warn_of_skipped_share(summary: dict[str, Any], trained: int) -> None:
     run's (a resume's start from its checkpoint's), so the share is a rough one."""
     both, test = summary.get("bad_input") or {}, summary.get("bad_input_test") or {}
     test_rows = int(test.get("rows_skipped_total") or 0)
-    reasons = f"by reason, both splits: {dict(sorted((both.get('rows_skipped') or {}).items()))}"
+    reasons = f"by reason, both splits: {skipped_by_reason(both)}"
     skipped = int(both.get("rows_skipped_total") or 0) - test_rows
     warn_of_skipped_rows("training", skipped, trained, reasons)
     warn_of_skipped_rows("test", test_rows, int(summary.get("test_examples") or 0), reasons)
+
+
+def skipped_by_reason(bad_input: dict[str, Any]) -> dict[str, int]:
+    """A summary's ``bad_input`` counts of skipped rows, by reason, in order."""
+    return dict(sorted((bad_input.get("rows_skipped") or {}).items()))
 
 
 def warn_of_skipped_rows(split: str, skipped: int, kept: int, reasons: str) -> None:

@@ -94,6 +94,13 @@ class UrlPath:
 Location = Path | UrlPath
 
 
+def same_place_key(where: str) -> str:
+    """What two names of one place share: a local path (a ``file://`` URL's too) with its
+    links resolved; another URL as written, less a trailing slash."""
+    local = where.removeprefix("file://")
+    return os.path.realpath(local) if "://" not in local else where.rstrip("/")
+
+
 def location(where: str | Path | UrlPath) -> Location:
     """A ``Path`` for a local path, a :class:`UrlPath` for a URL."""
     if isinstance(where, Path | UrlPath):

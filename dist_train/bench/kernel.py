@@ -218,9 +218,8 @@ def run_kernel_bench(
                 "forward_bytes_per_second": case["forward_bytes"] / fwd,
                 "forward_backward_bytes_per_second": case["forward_backward_bytes"] / both,
                 "copy_bytes_per_second": copy,
-                "forward_over_copy": _median_ratio(
-                    [case["forward_bytes"] / t for t in case["forward_seconds"]],
-                    case["copy_bytes_per_second"],
+                "forward_over_copy": _over_copy(
+                    case["forward_bytes"], case["copy_bytes_per_second"], case["forward_seconds"]
                 ),
                 "forward_backward_over_copy": over_copy(case["forward_backward_seconds"]),
                 "one_feature_forward_backward_seconds": statistics.median(
