@@ -140,14 +140,15 @@ class _Strict(BaseModel):
 
 
 def _not_text_or_bool(v: object) -> object:
-    # JSON's true and "2.4e10" are no measurements (pydantic reads them as 1.0 and 2.4e10):
-    # a hand-edited true per row planned every lookup at a second
+    # JSON's true and "2" are no counts or measurements (pydantic reads them as 1 and 2): a
+    # hand-edited true per row planned every lookup at a second; 8e9 still reads as a count
     if isinstance(v, bool | str):
         raise ValueError(f"Input should be a number, not {type(v).__name__} {v!r}")
     return v
 
 
 Number = Annotated[float, BeforeValidator(_not_text_or_bool)]
+Count = Annotated[int, BeforeValidator(_not_text_or_bool)]
 # Bounds no machine falls outside: a rate under 1 a second (1e-320 bytes/s planned every
 # step at "inf ms"), or an hour for one row, one bag or one collective's latency.
 Rate = Annotated[Number, Field(ge=1)]
@@ -169,10 +170,10 @@ class LinkSpec(_Strict):
 class TopologySpec(_Strict):
     """The on-disk topology file (JSON), as ``dist-train calibrate`` writes it."""
 
-    num_nodes: int = Field(1, gt=0)
-    ranks_per_node: int = Field(gt=0)
+    num_nodes: Count = Field(1, gt=0)
+    ranks_per_node: Count = Field(gt=0)
     device_type: Literal["cpu", "cuda"]
-    memory_per_rank_bytes: int = Field(gt=0, le=_MAX_BYTES)
+    memory_per_rank_bytes: Count = Field(gt=0, le=_MAX_BYTES)
     memory_bytes_per_second: Rate
     lookup_seconds_per_row: dict[int, Number] = Field(
         min_length=1, description="Row width (columns) -> TBE seconds per looked-up row."
@@ -187,16 +188,16 @@ class TopologySpec(_Strict):
         description="Sharding type -> TorchRec's seconds per pooled bag a rank handles.",
     )
     reserve_fraction: Number = Field(0.1, ge=0, lt=1)
-    step_overhead_bytes: int = Field(
+    step_overhead_bytes: Count = Field(
         0,
         ge=0,
         le=_MAX_BYTES,
         description="Bytes a training step allocates beyond tables, their optimizer state and "
         "the dense model, whatever the tables' size.",
     )
-    cores_per_node: int | None = Field(None, gt=0, le=MAX_CORES)
-    threads_per_rank: int = Field(1, gt=0, le=MAX_CORES)
-    host_memory_per_rank_bytes: int | None = Field(
+    cores_per_node: Count | None = Field(None, gt=0, le=MAX_CORES)
+    threads_per_rank: Count = Field(1, gt=0, le=MAX_CORES)
+    host_memory_per_rank_bytes: Count | None = Field(
         None,
         gt=0,
         le=_MAX_BYTES,
@@ -212,23 +213,6 @@ class TopologySpec(_Strict):
     measured: dict[str, object] = Field(
         default_factory=dict, description="Raw calibration measurements, for the record."
     )
-
-    @field_validator(
-        "num_nodes",
-        "ranks_per_node",
-        "memory_per_rank_bytes",
-        "step_overhead_bytes",
-        "cores_per_node",
-        "threads_per_rank",
-        "host_memory_per_rank_bytes",
-        mode="before",
-    )
-    @classmethod
-    def _numbers_only(cls, v: object) -> object:
-        # JSON's true and "2" are no counts (pydantic reads them as 1 and 2); 8e9 still reads
-        if isinstance(v, bool | str):
-            raise ValueError(f"Input should be a valid integer, not {type(v).__name__} {v!r}")
-        return v
 
     @field_validator("lookup_seconds_per_row")
     @classmethod
