@@ -179,14 +179,18 @@ def _check_fit(
     else:  # ranks it was not planned for (GPU memory rules for cuda ranks)
         plan = plan_for_config(cfg, device)
     if device == "cpu":  # (on GPUs the tables live in GPU memory, which the planner checks)
-        need = embedding_bytes_per_rank(cfg, plan, device)
+        # the plan's peak per rank: tables, optimizer state, exchange buffers, the dense
+        # network's state and a step's working memory (the tables' alone passed a node that
+        # could not hold the dense side)
+        need = plan.estimated_memory_bytes or embedding_bytes_per_rank(cfg, plan, device)
         for n in cluster.nodes:
             slots = n.worker_slots(cfg.ray.cpus_per_worker)
             if n.memory_bytes and slots and need * min(slots, cfg.ray.num_workers) > n.memory_bytes:
                 report.problems.append(
                     f"{job_source} on {source}: node type {n.name} has "
                     f"{n.memory_bytes / 2**30:.1f} GiB for {slots} worker(s), but each needs "
-                    f"{need / 2**30:.2f} GiB of embedding memory"
+                    f"{need / 2**30:.2f} GiB by its plan (tables, optimizer state, the dense "
+                    "network and a step's working memory; the process itself comes on top)"
                 )
                 return
     ranks = f"{device} ranks"

@@ -7,6 +7,8 @@ file's maximum size is turned into :class:`NodeResources` for ``check_fits``.
 from __future__ import annotations
 
 import copy
+import difflib
+import functools
 import itertools
 import logging
 import math
@@ -132,10 +134,36 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
+@functools.cache
+def ray_start_options() -> frozenset[str]:
+    """The long options of this Ray's ``ray start`` (its click command's), without dashes."""
+    from ray.scripts.scripts import start
+
+    return frozenset(o[2:] for p in start.params for o in p.opts if o.startswith("--"))
+
+
+def _check_start_params(params: dict[str, Any], where: str) -> None:
+    """ClusterFileError for a key of ``rayStartParams`` that misspells an option of ``ray
+    start`` (KubeRay passes each as ``--key=value``: ``num_cpus`` failed the pod's start,
+    and this check read the container's CPU limit instead). A key near none of them may be
+    a newer Ray's option, and passes."""
+    known = ray_start_options()
+    for key in map(str, params):
+        if key in known:
+            continue
+        near = difflib.get_close_matches(key.replace("_", "-").lower(), known, n=1, cutoff=0.8)
+        if near:
+            raise ClusterFileError(
+                f"{where}.rayStartParams.{key}: not an option of `ray start`; did you mean "
+                f"{near[0]!r}?"
+            )
+
+
 def _group_resources(group: dict[str, Any], where: str) -> dict[str, float]:
     """Ray resources of a KubeRay group: rayStartParams override container limits."""
     group = _mapping(group, where)  # the head's (each worker group's is checked before)
     params = _mapping(group.get("rayStartParams"), f"{where}.rayStartParams")
+    _check_start_params(params, where)
     template = _mapping(group.get("template"), f"{where}.template")
     containers = _mapping(template.get("spec"), f"{where}.template.spec").get("containers")
     if not containers:
@@ -153,7 +181,7 @@ def _group_resources(group: dict[str, Any], where: str) -> dict[str, float]:
     if cpu is None:
         raise ClusterFileError(f"{where}: set resources.limits.cpu or rayStartParams.num-cpus")
     gpu = params.get("num-gpus", limits.get("nvidia.com/gpu", 0))
-    memory = limits.get("memory", 0)
+    memory = params.get("memory", limits.get("memory", 0))  # ray start --memory: its bytes
     return {
         "CPU": k8s_quantity(cpu, f"{where}.cpu"),
         "GPU": k8s_quantity(gpu, f"{where}.gpu"),

@@ -427,3 +427,20 @@ def test_a_rayjob_field_of_the_wrong_shape_is_named(change: dict | None, named: 
     doc["spec"]["rayClusterSpec"]["headGroupSpec"] = "head"
     with pytest.raises(ClusterFileError, match="headGroupSpec: expected a mapping, got str"):
         rayjob_nodes(doc, "rj.yaml")
+
+
+def test_a_misspelt_ray_start_param_is_named_and_ray_starts_memory_counts() -> None:
+    """KubeRay passes each rayStartParams key to `ray start` as `--key=value`: `num_cpus`
+    failed the pods' start while validate read the container's CPU limit and said the job
+    fits; and a `memory` param, the Ray node's memory resource, was not read at all."""
+    from dist_train.launchers.cluster_files import ClusterFileError, rayjob_nodes
+
+    doc = yaml.safe_load((LAUNCH / "kuberay" / "rayjob.yaml").read_text())
+    group = doc["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    for typo, meant in (("num_cpus", "num-cpus"), ("num-cpu", "num-cpus"), ("Memory", "memory")):
+        group["rayStartParams"] = {typo: "2"}
+        with pytest.raises(ClusterFileError, match=rf"rayStartParams\.{typo}: .*'{meant}'"):
+            rayjob_nodes(doc, "rj.yaml")
+    # an option this Ray's `ray start` lacks and nothing near it: maybe a newer Ray's
+    group["rayStartParams"] = {"block": "true", "some-future-option": "x", "memory": "3e9"}
+    assert rayjob_nodes(doc, "rj.yaml")[0][1].memory_bytes == 3e9

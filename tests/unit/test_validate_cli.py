@@ -247,3 +247,30 @@ def test_a_dense_network_past_a_ranks_memory_is_named(tmp_path: Path) -> None:
     (problem,) = validate_files([str(job)]).problems
     assert "sharding plan: the dense network (1,099,526,308,841 parameters" in problem
     assert "fewer or smaller layers (the model.* settings its model.kind reads" in problem
+
+
+def test_a_node_too_small_for_the_dense_side_is_named(tmp_path: Path) -> None:
+    """The node-memory check counted each worker's tables and their optimizer state alone: a
+    job of small tables and a dense network whose step needs about 1 GiB a rank was said to
+    fit pods of 1 GiB for 2 workers. It now counts the plan's peak per rank."""
+    doc = yaml.safe_load(RAYJOB.read_text())
+    for group in [
+        doc["spec"]["rayClusterSpec"]["headGroupSpec"],
+        *doc["spec"]["rayClusterSpec"]["workerGroupSpecs"],
+    ]:
+        group["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] = "1Gi"
+    small = tmp_path / "small-pods.yaml"
+    small.write_text(yaml.safe_dump(doc))
+    wide = _job(tmp_path, "wide", model={"top_mlp": [4096, 2048]}, train={"batch_size": 16384})
+    problems = validate_files([str(wide), str(small)]).problems
+    assert any(
+        f"{wide} on {small}: node type" in p and "by its plan (tables, optimizer state" in p
+        for p in problems
+    ), problems
+    # the same job with the tiny config's dense side fits those pods
+    assert (
+        validate_files(
+            [str(_job(tmp_path, "tiny", train={"batch_size": 512})), str(small)]
+        ).problems
+        == []
+    )
