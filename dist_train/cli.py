@@ -37,7 +37,7 @@ from dist_train.stopping import sigint_held, stopped_by_sigterm
 from planners.cores import usable_cores
 
 if TYPE_CHECKING:
-    from planners.topology import Topology
+    from planners.topology import Topology, TopologySpec
 
 
 def _number_list(kind: type[int] | type[float], zero: bool = False) -> Callable[[str], list[Any]]:
@@ -495,9 +495,16 @@ def _calibrate(args: argparse.Namespace) -> int:
         replace_file(Path(args.out), topology_json(spec))
     except OSError as err:
         return _cannot_write(args.out, err)
+    print(calibration_summary(spec, ranks))
+    print(f"wrote {args.out} (use it with --set sharding.topology={shlex.quote(args.out)})")
+    return 0
+
+
+def calibration_summary(spec: TopologySpec, ranks: int) -> str:
+    """What ``calibrate`` measured, in a line; a second for per-bag costs measured as none."""
     link = spec.intra_node
     rows = ", ".join(f"{w}: {t * 1e9:.0f} ns" for w, t in spec.lookup_seconds_per_row.items())
-    print(
+    line = (
         f"copy {spec.memory_bytes_per_second / 1e9:.2f} GB/s, matmul "
         f"{spec.dense_flops_per_second / 1e9:.1f} GFLOP/s, TBE per row by width {{{rows}}}, "
         f"all-to-all {link.all_to_all_bytes_per_second / 1e9:.2f} GB/s, reduce-scatter "
@@ -507,8 +514,14 @@ def _calibrate(args: argparse.Namespace) -> int:
         + ", ".join(f"{t} {v * 1e9:.0f} ns" for t, v in spec.bag_seconds.items())
         + (" (links and per-bag costs: the preset's, not measured on 1 rank)" if ranks < 2 else "")
     )
-    print(f"wrote {args.out} (use it with --set sharding.topology={shlex.quote(args.out)})")
-    return 0
+    free = [t for t, v in spec.bag_seconds.items() if v == 0]
+    if free and ranks >= 2:
+        line += (
+            f"\nnote: {', '.join(free)}: the measured step took no longer than the model's "
+            "lookups and exchanges alone, so the plan charges their bags nothing more; on a "
+            "busy machine that is noise: calibrate again when it is quiet"
+        )
+    return line
 
 
 def _export(args: argparse.Namespace) -> int:

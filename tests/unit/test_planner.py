@@ -449,6 +449,20 @@ def test_calibrate_on_one_rank_keeps_the_presets_per_bag_costs() -> None:
     assert str(spec.measured["torchrec_step_seconds"]).startswith("not measured (1 rank)")
 
 
+def test_a_per_bag_cost_measured_as_none_is_said() -> None:
+    """calibrate writes 0 for a type whose measured step took no longer than the model's
+    lookups and exchanges: the plan then charges its bags nothing, which a busy machine's
+    noise can cause. It was written without a word."""
+    from dist_train.cli import calibration_summary
+    from planners.topology import preset_spec
+
+    spec = preset_spec("cpu")
+    zero = spec.model_copy(update={"bag_seconds": {**spec.bag_seconds, "row_wise": 0.0}})
+    assert "note: row_wise: the measured step" in calibration_summary(zero, 2)
+    assert "note:" not in calibration_summary(spec, 2)
+    assert "note:" not in calibration_summary(zero, 1)  # the preset's, not measured
+
+
 def test_only_table_wise_runs_out_of_the_tables_order_pay_the_reorder() -> None:
     topo = resize(preset("cpu"), num_nodes=1, ranks_per_node=2)
     workload = _workload([(10_000, 16)] * 4)
