@@ -81,13 +81,19 @@ class EvalMetrics:
     def describe(self) -> str:
         """The progress line's words for these metrics."""
         # AUC and NE are undefined over one class (AUC ranks positives over negatives; NE
-        # divides by the labels' own entropy, 0 there): nan, said why. A NaN prediction
-        # makes AUC nan too, and the log loss with it
-        one_class = math.isnan(self.auc) and math.isfinite(self.log_loss)
+        # divides by the labels' own entropy, 0 there): nan, said why. NE is nan for that
+        # alone where the log loss is finite; a prediction that is not finite makes AUC nan
+        # over both classes (±inf logits on their own class's side keep the log loss finite,
+        # and were said to be one class)
+        one_class = math.isnan(self.ne) and math.isfinite(self.log_loss)
+        why = ""
+        if one_class:
+            why = " (their labels are all one class: AUC and NE undefined)"
+        elif math.isnan(self.auc):
+            why = " (a prediction is not finite: AUC undefined)"
         return (
             f"test AUC {self.auc:.4f} log loss {self.log_loss:.4f} NE {self.ne:.4f} on "
-            f"{self.num_examples:,} examples"
-            + (" (their labels are all one class: AUC and NE undefined)" if one_class else "")
+            f"{self.num_examples:,} examples{why}"
         )
 
     @classmethod

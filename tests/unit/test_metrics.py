@@ -62,6 +62,10 @@ def test_metrics_of_one_class_say_why_auc_is_nan() -> None:
     with np.errstate(invalid="ignore"):  # the NaN is the point
         nan = EvalMetrics.of(np.array([0, 1, 1]), np.array([0.1, np.nan, -1.0])).describe()
     assert "test AUC nan" in nan and "one class" not in nan  # a NaN prediction, not the labels
+    assert nan.endswith("(a prediction is not finite: AUC undefined)")
+    # infinite logits on their own class's side: a finite log loss, two classes all the same
+    inf = EvalMetrics.of(np.array([0, 1, 1]), np.array([-np.inf, np.inf, 2.0])).describe()
+    assert "one class" not in inf and inf.endswith("(a prediction is not finite: AUC undefined)")
 
 
 def test_log_loss_is_the_training_loss_at_any_logit() -> None:
