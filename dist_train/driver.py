@@ -51,6 +51,7 @@ from dist_train.input_checks import (
 )
 from dist_train.launchers.processes import RankError, run_processes
 from dist_train.logs import LOG, setup_logging, verbosity, worded_for_users
+from dist_train.models.dcn import wide_rank_note
 from dist_train.stopping import stopped_by_sigterm
 from dist_train.storage import location
 from dist_train.train.checkpointing import refuse_to_overwrite, resume_point
@@ -241,6 +242,9 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
             f"{'they take' if len(unread) > 1 else 'it takes'} no effect (docs/models.md says "
             "which kind reads which)"
         )
+    wide_rank = wide_rank_note(cfg)
+    if wide_rank:
+        LOG.warning(wide_rank)
     if cfg.checkpoint.resume not in (None, "latest"):  # before data are generated, say
         resolve_checkpoint(cfg, cfg.checkpoint.resume)
     device = job_device(cfg)

@@ -11,10 +11,33 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dist_train.config import ModelConfig
-from dist_train.embedding.layout import EmbeddingLayout
+from dist_train.config import JobConfig, ModelConfig
+from dist_train.embedding.layout import EmbeddingLayout, build_layout
 from dist_train.models.base import CTRModel, mlp
 from dist_train.models.linear import Linear
+
+
+def cross_width(num_dense: int, layout: EmbeddingLayout) -> int:
+    """The cross network's width: the dense features and every chunk vector, flattened."""
+    return num_dense + layout.num_vectors * layout.dim
+
+
+def wide_rank_note(cfg: JobConfig) -> str | None:
+    """Why a ``model.cross_rank`` of at least half the cross network's width defeats
+    itself; None where it does not (or the model is not DCN-v2)."""
+    rank = cfg.model.cross_rank
+    if cfg.model.kind != "dcn_v2" or rank is None:
+        return None
+    layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
+    width = cross_width(len(cfg.data.resolved_dense_columns()), layout)
+    if 2 * rank < width:
+        return None
+    return (
+        f"model.cross_rank={rank} is at least half the cross network's width ({width}): its "
+        f"low-rank layers (2 x {width} x {rank} weights each) are no smaller than full-rank "
+        f"ones ({width} x {width}) and slower; leave cross_rank unset for full rank, or take "
+        f"one below {(width + 1) // 2}"
+    )
 
 
 class CrossLayer(nn.Module):
@@ -42,7 +65,7 @@ class DCNv2(CTRModel):
         embedding_device: torch.device | str = "meta",
     ) -> None:
         super().__init__(layout, embedding_device)
-        self.width = num_dense + layout.num_vectors * layout.dim
+        self.width = cross_width(num_dense, layout)
         self.cross = nn.ModuleList(
             CrossLayer(self.width, config.cross_rank) for _ in range(config.cross_layers)
         )

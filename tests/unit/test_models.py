@@ -319,6 +319,22 @@ def test_low_rank_cross_layers_hold_fewer_weights(tmp_path: Path) -> None:
     assert sum(p.numel() for p in low.cross.parameters()) == 2 * (2 * width * 4 + width)
 
 
+def test_a_cross_rank_of_half_the_width_or_more_is_warned_of() -> None:
+    """A low rank at half the cross network's width or more holds as many weights as a
+    full layer (2 x width x rank) and runs two products: it was taken without a word."""
+    from dist_train.config import load_config
+    from dist_train.models.dcn import wide_rank_note
+
+    def note(*sets: str) -> str | None:
+        return wide_rank_note(load_config(None, ["model.kind=dcn_v2", *sets]))
+
+    # the default job: 13 dense features and 39 vectors of 16, 637 wide
+    assert note() is None and note("model.cross_rank=318") is None
+    said = note("model.cross_rank=319")
+    assert said is not None and "at least half the cross network's width (637)" in said
+    assert note("model.kind=dlrm", "model.cross_rank=319") is None  # DLRM does not read it
+
+
 def test_attention_width_must_split_over_the_heads() -> None:
     with pytest.raises(ValidationError, match=r"attention_dim .* divisible by attention_heads"):
         ModelConfig(kind="autoint", attention_dim=10, attention_heads=3)
