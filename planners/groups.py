@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from planners.cost_model import dense_costs, latency_costs, reorder_costs, table_costs
-from planners.search import PlanEstimate, beam_search, check_constraints
+from planners.search import PlanEstimate, beam_search, check_constraints, explain_no_fit
 from planners.topology import Topology, resize
 from planners.types import (
     HIERARCHICAL,
@@ -204,7 +204,8 @@ def best_group_plans(
         best = min(candidates, key=lambda c: c.score())
         replicated = all(p.sharding_type == "data_parallel" for p in best.estimate.placements)
         if not best.fits:
-            out[g] = f"does not fit on {g} ranks"
+            # the leanest placement's figures (the beam kept the fastest), without the cache
+            out[g] = explain_no_fit(workload, gtopo, frozenset(group_types), True, False)
         elif replicated and sizes is None:  # under auto, 1D's data_parallel already covers it
             out[g] = "data_parallel in groups is 1D data_parallel"
         else:

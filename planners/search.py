@@ -276,9 +276,18 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def _explain_no_fit(
-    workload: Workload, topo: Topology, allowed: frozenset[str], short: bool = False
+def explain_no_fit(
+    workload: Workload,
+    topo: Topology,
+    allowed: frozenset[str],
+    short: bool = False,
+    offer_cache: bool = True,
 ) -> str:
+    """Why no plan of ``allowed`` types fits ``topo``: the dense side, the first table that
+    fits nowhere (its leanest placement's figures), or the tables together; ``short``: the
+    table's placement and figures alone (``offer_cache``: whether the UVM caching kernel may
+    be used, as in :func:`beam_search`)."""
+    offer_cache = offer_cache and offers_cache(workload, topo)
     base = dense_costs(workload, topo)
     usable, usable_host = topo.usable_bytes_per_rank, topo.usable_host_bytes_per_rank
     dense = float(base.memory.max())
@@ -301,7 +310,7 @@ def _explain_no_fit(
             )
         )
     for table in sorted(workload.tables, key=lambda t: -t.weight_bytes):
-        options = candidates(table, workload, topo, base, allowed)
+        options = candidates(table, workload, topo, base, allowed, offer_cache)
         needs = []
         for c in options:
             costs = table_costs(c, table, workload, topo) + base
@@ -321,7 +330,7 @@ def _explain_no_fit(
         state = workload.optimizer.bytes_for(table.rows, table.dim)
         host_usable = (
             f"; host memory for the UVM caching kernel: {_gib(usable_host)} a rank"
-            if offers_cache(workload, topo)
+            if offer_cache
             else ""
         )
         return (
@@ -336,7 +345,7 @@ def _explain_no_fit(
         f" (or, cached, more than the {uvm.LFU_MAX_SLOTS:,} rows FBGEMM's LFU cache holds "
         "in one TBE, a rank's tables of one sharding type: a lower sharding.cache_load_factor "
         "may fit)"
-        if offers_cache(workload, topo)
+        if offer_cache
         else ""
     )
     return (
@@ -361,7 +370,7 @@ def search(
     plans = beam_search(workload, topo, types, beam_width)
     best = plans[0]
     if not best.fits:
-        raise PlanningError(_explain_no_fit(workload, topo, types))
+        raise PlanningError(explain_no_fit(workload, topo, types))
     result = SearchResult(best, allowed=types)
     for t in SHARDING_TYPES:
         if t in ("grid_shard", "table_row_wise") and topo.num_nodes < 2:
@@ -374,7 +383,7 @@ def search(
             continue
         alt = beam_search(workload, topo, frozenset({t}), 1)[0]
         result.alternatives[t] = (
-            alt if alt.fits else _explain_no_fit(workload, topo, frozenset({t}), short=True)
+            alt if alt.fits else explain_no_fit(workload, topo, frozenset({t}), short=True)
         )
     result.seconds = time.perf_counter() - start
     return result

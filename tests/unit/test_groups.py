@@ -214,3 +214,14 @@ def test_a_group_size_no_placement_fits_names_why(tmp_path: Path) -> None:
     planner, _ = planner_for_config(cfg, 4, 4)
     with pytest.raises(PlanningError, match="group_size=2: column_wise cannot split table"):
         planner.choice()
+
+
+def test_a_group_size_too_small_for_the_tables_gives_the_figures(tmp_path: Path) -> None:
+    """A group size whose groups cannot hold the tables said `does not fit on 1 ranks`, with
+    no figure and none of the leanest placement (the beam keeps the fastest)."""
+    cfg = small_config(tmp_path, ["sharding.group_size=1", "embedding.num_rows=400000000"])
+    planner, _ = planner_for_config(cfg, 2, 2)
+    with pytest.raises(PlanningError) as refused:
+        planner.choice()
+    said = str(refused.value)
+    assert "group_size=1: does not fit: row_wise needs" in said and "GiB usable" in said
