@@ -32,11 +32,12 @@ class _Open(BaseModel):
 class NodeType(_Open):
     resources: dict[str, float] = Field(description="Logical resources: CPU, GPU, memory.")
     min_workers: int = Field(0, ge=0)
-    max_workers: int = Field(0, ge=0)
+    # none: Ray fills in the cluster's max_workers (0 here refused min_workers 2 that Ray took)
+    max_workers: int | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> NodeType:
-        if self.min_workers > self.max_workers:
+        if self.max_workers is not None and self.min_workers > self.max_workers:
             raise ValueError(f"min_workers {self.min_workers} > max_workers {self.max_workers}")
         if "CPU" not in self.resources:
             raise ValueError("resources must declare CPU")
@@ -69,7 +70,8 @@ class ClusterLauncherConfig(_Open):
         budget = self.max_workers or 0
         nodes = []
         for name, nt in self.available_node_types.items():
-            count = min(nt.max_workers, budget) + (1 if name == self.head_node_type else 0)
+            most = budget if nt.max_workers is None else min(nt.max_workers, budget)
+            count = most + (1 if name == self.head_node_type else 0)
             if count:
                 nodes.append(_node(name, nt.resources, count))
         return ClusterLimits(nodes, self.head_node_type, budget)
@@ -177,16 +179,41 @@ def _group_resources(group: dict[str, Any], where: str) -> dict[str, float]:
     limits = _mapping(
         resources.get("limits"), f"{where}.template.spec.containers[0].resources.limits"
     )
-    cpu = params.get("num-cpus", limits.get("cpu"))
-    if cpu is None:
-        raise ClusterFileError(f"{where}: set resources.limits.cpu or rayStartParams.num-cpus")
-    gpu = params.get("num-gpus", limits.get("nvidia.com/gpu", 0))
+    requests = _mapping(
+        resources.get("requests"), f"{where}.template.spec.containers[0].resources.requests"
+    )
+    # As KubeRay writes `ray start`'s options (ray-operator's generateRayStartCommand): a
+    # rayStartParams value as given, else the container's limit (newer KubeRay: for CPUs, the
+    # request where there is no limit) rounded up to a whole number, as Kubernetes'
+    # Quantity.Value() rounds it (1500m: 2 CPUs, which validate read as 1.5)
+    if "num-cpus" in params:
+        cpu = k8s_quantity(params["num-cpus"], f"{where}.rayStartParams.num-cpus")
+    else:
+        cpu = _whole(limits, "cpu", where) or _whole(requests, "cpu", where)
+        if not cpu:
+            raise ClusterFileError(
+                f"{where}: set resources.limits.cpu (or requests.cpu) or rayStartParams.num-cpus"
+            )
+    if "num-gpus" in params:
+        gpu = k8s_quantity(params["num-gpus"], f"{where}.rayStartParams.num-gpus")
+    else:  # the first limit whose name ends in gpu (nvidia.com/gpu, amd.com/gpu), as KubeRay
+        gpu = next(
+            (g for k in limits if str(k).endswith("gpu") and (g := _whole(limits, k, where))),
+            0.0,
+        )
     memory = params.get("memory", limits.get("memory", 0))  # ray start --memory: its bytes
     return {
-        "CPU": k8s_quantity(cpu, f"{where}.cpu"),
-        "GPU": k8s_quantity(gpu, f"{where}.gpu"),
+        "CPU": cpu,
+        "GPU": gpu,
         "memory": k8s_quantity(memory, f"{where}.memory"),
     }
+
+
+def _whole(quantities: dict[str, Any], key: str, where: str) -> float:
+    """A container's ``key`` quantity rounded up to a whole number, as KubeRay passes it to
+    ``ray start``; 0 where there is none."""
+    value = quantities.get(key)
+    return 0.0 if value is None else float(math.ceil(k8s_quantity(value, f"{where}.{key}")))
 
 
 def runs_the_driver(entrypoint: str) -> bool:

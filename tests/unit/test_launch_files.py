@@ -129,6 +129,19 @@ def test_validate_names_problems(tmp_path: Path) -> None:
     assert f"{job} on {small}: the cluster is too small" in text
 
 
+def test_a_node_type_without_max_workers_takes_the_clusters_as_ray_does(tmp_path: Path) -> None:
+    """A node type with min_workers 2 and no max_workers of its own: Ray fills in the
+    cluster's (4) and takes the file; validate read the absent value as 0 and refused it,
+    quoting `max_workers 0`, which the file did not say."""
+    aws = yaml.safe_load((LAUNCH / "clusters" / "aws-gpu.yaml").read_text())
+    del aws["available_node_types"]["gpu_worker"]["max_workers"]
+    aws["available_node_types"]["gpu_worker"]["min_workers"] = 2
+    path = tmp_path / "no-max.yaml"
+    path.write_text(yaml.safe_dump(aws))
+    report = validate_files([str(path)])
+    assert report.problems == [] and "at most 5 node(s)" in report.ok[0], report
+
+
 def test_validate_rayjob_entrypoint_and_capacity(tmp_path: Path) -> None:
     rayjob = LAUNCH / "kuberay" / "rayjob.yaml"
     wrong = _edit(rayjob, tmp_path / "wrong.yaml", {"spec.entrypoint": "python train.py"})
@@ -444,3 +457,27 @@ def test_a_misspelt_ray_start_param_is_named_and_ray_starts_memory_counts() -> N
     # an option this Ray's `ray start` lacks and nothing near it: maybe a newer Ray's
     group["rayStartParams"] = {"block": "true", "some-future-option": "x", "memory": "3e9"}
     assert rayjob_nodes(doc, "rj.yaml")[0][1].memory_bytes == 3e9
+
+
+def test_a_pods_cpus_and_gpus_are_counted_as_kuberay_starts_ray() -> None:
+    """KubeRay passes a container's CPU limit to `ray start` rounded up (Kubernetes'
+    Quantity.Value()), or, newer versions, its request where there is no limit, and the
+    first limit named `*gpu`: validate read 1500m as 1.5 CPUs (the cluster too small for
+    workers of 2), refused a pod with requests alone, and knew only nvidia.com/gpu."""
+    from dist_train.launchers.cluster_files import rayjob_nodes
+
+    doc = yaml.safe_load((LAUNCH / "kuberay" / "rayjob.yaml").read_text())
+    container = doc["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"][
+        "containers"
+    ][0]
+
+    def worker(resources: dict) -> tuple[float, float]:  # type: ignore[type-arg]
+        container["resources"] = resources
+        node = rayjob_nodes(doc, "rj.yaml")[0][1]
+        return node.cpus, node.gpus
+
+    assert worker({"limits": {"cpu": "1500m", "memory": "8Gi"}}) == (2, 0)
+    assert worker({"requests": {"cpu": "3"}}) == (3, 0)
+    assert worker({"limits": {"cpu": "2", "amd.com/gpu": 1}}) == (2, 1)
+    doc["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["rayStartParams"] = {"num-cpus": "1.5"}
+    assert worker({"limits": {"cpu": "4"}}) == (1.5, 0)  # as given
