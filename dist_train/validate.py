@@ -43,7 +43,7 @@ from dist_train.launchers.cluster import (
     packing_risk,
 )
 from dist_train.launchers.cluster_files import ClusterFileError, launcher_limits, rayjob_nodes
-from dist_train.launchers.submit import local_copy
+from dist_train.launchers.submit import local_copy, processes_on_a_cluster
 from dist_train.storage import StorageError, location
 from dist_train.train.sharding import JobPlan, plan_for_config
 from planners.topology import TopologyError
@@ -156,6 +156,9 @@ def _check_fit(
     """Whether ``cfg`` fits ``cluster``; ``planned``: the plan :func:`_check_job` already
     made (None: not planned). Raises :class:`PlanningError` (or :class:`TopologyError`)
     where the job's plan for this cluster's ranks fails."""
+    if cfg.launcher != "ray":
+        report.problems.append(f"{job_source} on {source}: {processes_on_a_cluster(cfg)}")
+        return
     gpus = sum(n.gpus * n.count for n in cluster.largest(lambda n: n.gpus))
     try:
         device = resolve_device(cfg.train.device, cfg.ray.num_workers, gpus, source)

@@ -136,6 +136,15 @@ def submit_command(
     return cmd + _VERBOSITY_FLAGS[verbosity]
 
 
+def processes_on_a_cluster(cfg: JobConfig) -> str:
+    """What a job of another launcher than Ray's does on a Ray cluster."""
+    return (
+        f"launcher={cfg.launcher} runs all {cfg.ray.num_workers} ranks as processes on the "
+        "node its driver runs on (a job's: the head), and the cluster's other nodes go "
+        "unused; --set launcher=ray spreads them over the cluster"
+    )
+
+
 def _note_relative_outputs(cfg: JobConfig) -> None:
     """Say where a relative output path of an uploaded job lands: in Ray's copy of the
     checkout, which identical uploads share (a second submit finds the first's checkpoints)
@@ -189,6 +198,8 @@ def submit(
             return 2
         if working_dir:
             _note_relative_outputs(cfg)
+        if cfg.launcher != "ray":
+            print(f"warning: {processes_on_a_cluster(cfg)}", file=sys.stderr)
     try:
         remote = cluster_config_path(config, working_dir)
     except ConfigError as err:

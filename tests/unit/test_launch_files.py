@@ -481,3 +481,19 @@ def test_a_pods_cpus_and_gpus_are_counted_as_kuberay_starts_ray() -> None:
     assert worker({"limits": {"cpu": "2", "amd.com/gpu": 1}}) == (2, 1)
     doc["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["rayStartParams"] = {"num-cpus": "1.5"}
     assert worker({"limits": {"cpu": "4"}}) == (1.5, 0)  # as given
+
+
+def test_a_processes_job_on_a_cluster_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """launcher=processes runs every rank on the driver's node: validate said such a job
+    fits a 3-node RayJob, and submit sent it without a word (a review's finding)."""
+    rayjob = LAUNCH / "kuberay" / "rayjob.yaml"
+    job = _edit(LAUNCH / "configs" / "tiny.yaml", tmp_path / "job.yaml", {"launcher": "processes"})
+    problems = validate_files([str(job), str(rayjob)]).problems
+    assert any(
+        p.startswith(f"{job} on {rayjob}: launcher=processes runs all 2 ranks") for p in problems
+    ), problems
+    tiny = str(LAUNCH / "configs" / "tiny.yaml")
+    assert main(["submit", "--dry-run", "--config", tiny, "--set", "launcher=processes"]) == 0
+    assert "warning: launcher=processes runs all 2 ranks" in capsys.readouterr().err
