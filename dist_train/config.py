@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -154,6 +155,17 @@ def _past_int64(value: Any) -> bool:
 # fails naming no key: a layer of 2**20 x 2**20 weights is 4 TiB
 MAX_WIDTH = 2**20
 Width = Annotated[int, Field(gt=0, le=MAX_WIDTH)]
+
+
+def _not_empty(path: str) -> str:
+    # made absolute, '' was the working directory: checkpoints landed wherever the command ran
+    if not path.strip():
+        raise ValueError("an empty path; leave the key out (or null) for its default")
+    return path
+
+
+PathText = Annotated[str, AfterValidator(_not_empty)]
+"""A path or URL: never empty."""
 MAX_COLUMNS = 2**16  # a generated dataset's columns of each kind (Criteo's: 13 and 26)
 # ids of one generated column: its sampler holds 16 bytes an id (4 GiB at this bound)
 MAX_VOCABULARY = 2**28
@@ -228,14 +240,14 @@ class SyntheticDataConfig(_Strict):
 class DataConfig(_Strict):
     """Where the data is and which columns mean what."""
 
-    train_path: str | None = Field(
+    train_path: PathText | None = Field(
         None,
         description=(
             "Parquet file, directory or glob; None = generate synthetic data (with "
             "test_path: both or neither)."
         ),
     )
-    test_path: str | None = Field(
+    test_path: PathText | None = Field(
         None, description="Held-out Parquet data for final metrics (with train_path)."
     )
     label_column: str = Field(
@@ -514,7 +526,7 @@ class ShardingConfig(_Strict):
             "whose lookups come back one vector per id (docs/planner.md)."
         ),
     )
-    topology: str | None = Field(
+    topology: PathText | None = Field(
         None,
         description=(
             "Topology file from `dist-train calibrate` (speeds of this machine and backend); "
@@ -654,7 +666,7 @@ class RayConfig(_Strict):
     max_failures: int = Field(
         0, ge=-1, description="Worker-group restarts Ray Train attempts (-1 = unlimited)."
     )
-    storage_path: str | None = Field(
+    storage_path: PathText | None = Field(
         None,
         description=(
             "Ray Train storage (shared path or URL on multi-node clusters); "
@@ -743,8 +755,8 @@ class CheckpointConfig(_Strict):
         None, gt=0, description="Save every this many steps (and at the end: save_at_end)."
     )
     num_to_keep: int = Field(2, gt=0, description="Committed checkpoints kept (oldest go).")
-    dir: str | None = Field(None, description="Where; None = <output_dir>/<name>/checkpoints.")
-    resume: str | None = Field(
+    dir: PathText | None = Field(None, description="Where; None = <output_dir>/<name>/checkpoints.")
+    resume: PathText | None = Field(
         None, description="'latest' (if any exists) or a checkpoint path to continue from."
     )
     save_at_end: bool = Field(True, description="Save when training ends.")
@@ -781,7 +793,7 @@ class JobConfig(_Strict):
             "the weights of some seed below 2^32 (its salts and data order stay its own)."
         ),
     )
-    output_dir: str = Field(
+    output_dir: PathText = Field(
         "outputs",
         description=(
             "Parent directory of run outputs (a local or mounted path: metrics and summaries "
@@ -795,12 +807,15 @@ class JobConfig(_Strict):
     @field_validator("output_dir")
     @classmethod
     def _local_output_dir(cls, v: str) -> str:
+        if v.startswith(FILE_SCHEME):  # a local path all the same (made one folder 'file:')
+            v = v[len(FILE_SCHEME) :]
+            v = v[2:] if v.startswith("//") else v
         if "://" in v:
             raise ValueError(
                 f"must be a local or mounted directory, not the URL {v!r} (metrics and "
                 "summaries are plain files); put checkpoints at a URL with checkpoint.dir"
             )
-        return v
+        return _not_empty(v)
 
     @field_validator("name")
     @classmethod
@@ -1176,9 +1191,12 @@ def _takes_text(parts: list[str]) -> bool:
 
 
 def _is_text(kind: Any) -> bool:
-    """str, or an optional str: not a list or mapping of them."""
-    union = typing.get_origin(kind) in (typing.Union, types.UnionType)
-    return kind is str or (union and str in typing.get_args(kind))
+    """str, or an optional str (either annotated): not a list or mapping of them."""
+    if typing.get_origin(kind) is typing.Annotated:
+        kind = typing.get_args(kind)[0]
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return any(_is_text(k) for k in typing.get_args(kind))
+    return kind is str
 
 
 def _override_value(item: str, parts: list[str], text: str) -> Any:
@@ -1189,7 +1207,7 @@ def _override_value(item: str, parts: list[str], text: str) -> Any:
     if _takes_text(parts) and bare not in _NULLS and bare[:1] not in ("'", '"'):
         return text
     try:
-        return yaml.safe_load(text)
+        return yaml_value(text)
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or " ".join(str(err).split())
         raise ConfigError(f"--set {item}: not valid YAML ({problem})") from None
@@ -1198,7 +1216,7 @@ def _override_value(item: str, parts: list[str], text: str) -> Any:
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of ``raw`` with ``a.b.c=value`` overrides applied (values parsed as YAML,
     but for string keys: :func:`_override_value`)."""
-    out: dict[str, Any] = yaml.safe_load(yaml.safe_dump(raw)) or {}
+    out: dict[str, Any] = yaml_value(yaml.safe_dump(raw)) or {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected KEY.PATH=VALUE")
@@ -1258,7 +1276,51 @@ def parse_config(raw: Any, source: str = "<config>", overrides: Sequence[str] = 
         raise ConfigError(_format_errors(source, err, overrides, raw)) from None
 
 
-class _UniqueKeys(yaml.SafeLoader):
+class _Yaml12Numbers(yaml.SafeLoader):
+    """PyYAML's safe loader without YAML 1.1's misreadings of numbers, which YAML 1.2 drops:
+    ``0123`` read as octal (a seed of 83) and ``1:30`` in base 60 (90 epochs). Integers are
+    decimal (leading zeros and ``_`` between digits allowed), ``0o`` octal or ``0x`` hex;
+    floats as PyYAML reads them but in base 60. (Exponent forms such as ``1e6``, text to
+    PyYAML, are read per key: :func:`_exponent_numbers`.)"""
+
+
+_INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_Yaml12Numbers.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT_TAG, _FLOAT_TAG)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Numbers.add_implicit_resolver(
+    _INT_TAG,
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*|0o[0-7_]+|0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+_Yaml12Numbers.add_implicit_resolver(
+    _FLOAT_TAG,
+    re.compile(
+        r"^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+][0-9]+)?"
+        r"|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+.0123456789"),
+)
+
+
+def _yaml12_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = str(loader.construct_scalar(node)).replace("_", "")
+    sign, digits = (-1, text[1:]) if text[:1] == "-" else (1, text.lstrip("+"))
+    base = {"0o": 8, "0x": 16}.get(digits[:2])
+    return sign * (int(digits[2:], base) if base else int(digits, 10))
+
+
+_Yaml12Numbers.add_constructor(_INT_TAG, _yaml12_int)
+
+
+def yaml_value(text: str) -> Any:
+    """A YAML document's value, numbers read as YAML 1.2 reads them (:class:`_Yaml12Numbers`)."""
+    return yaml.load(text, Loader=_Yaml12Numbers)
+
+
+class _UniqueKeys(_Yaml12Numbers):
     """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the
     last: a second ``train:`` section would replace the first whole, unseen)."""
 

@@ -156,9 +156,6 @@ def _check_fit(
     """Whether ``cfg`` fits ``cluster``; ``planned``: the plan :func:`_check_job` already
     made (None: not planned). Raises :class:`PlanningError` (or :class:`TopologyError`)
     where the job's plan for this cluster's ranks fails."""
-    if cfg.launcher != "ray":
-        report.problems.append(f"{job_source} on {source}: {processes_on_a_cluster(cfg)}")
-        return
     gpus = sum(n.gpus * n.count for n in cluster.largest(lambda n: n.gpus))
     try:
         device = resolve_device(cfg.train.device, cfg.ray.num_workers, gpus, source)
@@ -306,6 +303,18 @@ def validate_files(paths: list[str], overrides: list[str] | None = None) -> Repo
         if own_cfg is not None and all(own_cfg != j for j, _ in jobs):
             targets.append((own_cfg, f"its entrypoint's config {own_cfg.name!r}", None))
         for cfg, job_source, planned in targets:
+            if cfg.launcher != "ray":
+                if cfg == own_cfg:  # the RayJob runs it: its ranks all on the head
+                    report.problems.append(
+                        f"{job_source} on {source}: {processes_on_a_cluster(cfg)}"
+                    )
+                else:
+                    report.ok.append(
+                        f"{job_source} is not checked against {source}: launcher={cfg.launcher} "
+                        "runs no Ray workers (submitted to a cluster, every rank would run on "
+                        "the node of its driver)"
+                    )
+                continue
             try:
                 _check_fit(cfg, job_source, cluster, source, report, planned)
             except (PlanningError, TopologyError) as err:  # its plan for this cluster's ranks

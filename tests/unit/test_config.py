@@ -623,3 +623,42 @@ def test_settings_another_model_kind_reads_are_named() -> None:
     # each kind reads settings that exist, and every setting but the kind has a reader
     read = {k for kind in MODEL_SETTINGS.values() for k in kind}
     assert read == set(ModelConfig.model_fields) - {"kind"}
+
+
+def test_an_empty_path_is_refused_naming_the_key() -> None:
+    """`checkpoint.dir: ""` (or any path key's) was made absolute as the working directory:
+    the run's checkpoints, and the pruning of old ones, went wherever the command ran (a
+    review's finding)."""
+    keys = (
+        "output_dir",
+        "checkpoint.dir",
+        "checkpoint.resume",
+        "ray.storage_path",
+        "sharding.topology",
+        "data.train_path",
+        "data.test_path",
+    )
+    for key in keys:
+        with pytest.raises(ConfigError, match=rf"{re.escape(key)}: .*an empty path"):
+            load_config(overrides=[f'{key}=" "'])
+    # a file: URL of a local folder is that folder (it made one named 'file:' here)
+    assert load_config(overrides=["output_dir=file:/tmp/x"]).output_dir == "/tmp/x"
+    assert load_config(overrides=["output_dir=file:///tmp/x"]).output_dir == "/tmp/x"
+    with pytest.raises(ConfigError, match=r"output_dir: .*an empty path"):
+        load_config(overrides=["output_dir=file:"])
+
+
+def test_numbers_are_not_read_in_octal_or_base_60(tmp_path: Path) -> None:
+    """PyYAML's YAML 1.1 read `seed: 0123` as octal (83) and `epochs: 1:30` in base 60
+    (90), in a file and on the command line alike, without a word (a review's finding)."""
+    job = tmp_path / "job.yaml"
+    text = DEFAULT_CONFIG.read_text().replace("seed: 0\n", "seed: 0123\n")
+    job.write_text(text.replace("batch_size: 2048 ", "batch_size: 0512 "))
+    cfg = load_config(job)
+    assert (cfg.seed, cfg.train.batch_size) == (123, 512)
+    assert load_config(overrides=["train.batch_size=0100"]).train.batch_size == 100
+    assert load_config(overrides=["seed=0o17"]).seed == 15  # YAML 1.2's octal
+    assert load_config(overrides=["seed=0x10", "train.epochs=1_000"]).seed == 16
+    for base_60 in ("train.epochs=1:30", "train.dense_learning_rate=1:5.0"):
+        with pytest.raises(ConfigError, match="Input should be a valid"):
+            load_config(overrides=[base_60])

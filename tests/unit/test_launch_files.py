@@ -489,11 +489,20 @@ def test_a_processes_job_on_a_cluster_is_named(
     """launcher=processes runs every rank on the driver's node: validate said such a job
     fits a 3-node RayJob, and submit sent it without a word (a review's finding)."""
     rayjob = LAUNCH / "kuberay" / "rayjob.yaml"
-    job = _edit(LAUNCH / "configs" / "tiny.yaml", tmp_path / "job.yaml", {"launcher": "processes"})
-    problems = validate_files([str(job), str(rayjob)]).problems
+    entrypoint = yaml.safe_load(rayjob.read_text())["spec"]["entrypoint"]
+    on_head = _edit(
+        rayjob, tmp_path / "rj.yaml", {"spec.entrypoint": f"{entrypoint} --set launcher=processes"}
+    )
+    problems = validate_files([str(on_head)]).problems
     assert any(
-        p.startswith(f"{job} on {rayjob}: launcher=processes runs all 2 ranks") for p in problems
+        p.startswith(f"its entrypoint's config 'two_nodes' on {on_head}: launcher=processes runs")
+        for p in problems
     ), problems
+    # a job file beside a cluster's: not necessarily the cluster's job; not checked against it
+    job = _edit(LAUNCH / "configs" / "tiny.yaml", tmp_path / "job.yaml", {"launcher": "processes"})
+    report = validate_files([str(job), str(rayjob)])
+    assert not any(str(job) in p for p in report.problems), report.problems
+    assert f"{job} is not checked against {rayjob}: launcher=processes" in "\n".join(report.ok)
     tiny = str(LAUNCH / "configs" / "tiny.yaml")
     assert main(["submit", "--dry-run", "--config", tiny, "--set", "launcher=processes"]) == 0
     assert "warning: launcher=processes runs all 2 ranks" in capsys.readouterr().err
