@@ -316,6 +316,19 @@ class FeatureConfig(_Strict):
         ),
     )
 
+    @field_validator("name")
+    @classmethod
+    def _no_dots(cls, v: str) -> str:
+        # a name names the feature's table, whose module name and checkpoint keys are
+        # dot-separated paths: 'a.b' trained into a KeyError after the data were prepared
+        if not v or "." in v:
+            raise ValueError(
+                f"{v!r}: a feature's name must be non-empty and hold no '.' (it names the "
+                "feature's table and its checkpoint keys); keep a dotted column's name in "
+                "column:"
+            )
+        return v
+
     @property
     def source_column(self) -> str:
         return self.column or self.name

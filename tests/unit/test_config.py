@@ -662,3 +662,15 @@ def test_numbers_are_not_read_in_octal_or_base_60(tmp_path: Path) -> None:
     for base_60 in ("train.epochs=1:30", "train.dense_learning_rate=1:5.0"):
         with pytest.raises(ConfigError, match="Input should be a valid"):
             load_config(overrides=[base_60])
+
+
+def test_a_feature_name_with_a_dot_is_refused_before_training() -> None:
+    """A feature named `a.b` passed validation, then training failed after the data were
+    prepared (TorchRec: module name can't contain '.'), naming neither file nor key."""
+    for name in ("a.b", '""'):
+        with pytest.raises(ConfigError, match=r"features\.0\.name: .*hold no '\.'"):
+            load_config(overrides=[f"features.C1.name={name}"])
+    dotted = load_config(
+        overrides=["data.train_path=x", "data.test_path=y", "features.0.column=a.b"]
+    )
+    assert dotted.features[0].column == "a.b"  # a column may hold one
