@@ -408,6 +408,9 @@ def convert_criteo(
                         flush=True,
                     )
         write(carry, last=True)
+        if not result.rows:  # an empty dataset folder, said to be written, trained on nothing
+            why = f"every line bad ({result.bad_lines})" if result.bad_lines else "empty"
+            raise BadInputError(f"{', '.join(inputs)}: no rows to convert: {why}")
     except BaseException:
         # Never leave half a dataset behind that could be mistaken for a whole one; files that
         # were in out_dir before are not touched.

@@ -246,6 +246,15 @@ def test_compressed_by_content_empty_files_and_missing_inputs(
     with pytest.raises(BadInputError, match=r"nosuch\.tsv: no such file"):
         convert_criteo([str(plain), str(tmp_path / "nosuch.tsv")], tmp_path / "o2", progress=False)
     assert not (tmp_path / "o2").exists() or not list((tmp_path / "o2").iterdir())
+    # nothing to convert: said, not "wrote 0 rows to 0 file(s)" and an empty folder
+    with pytest.raises(
+        BadInputError, match=r"empty\.tsv, .*empty\.tsv\.gz: no rows to convert: empty"
+    ):
+        convert_criteo([str(empty), str(empty_gz)], tmp_path / "o4", progress=False)
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("1\t2\n")
+    with pytest.raises(BadInputError, match=r"no rows to convert: every line bad \(\{'wrong"):
+        convert_criteo([str(bad)], tmp_path / "o5", on_bad_input="skip", progress=False)
 
 
 def test_a_file_given_twice_is_refused(good_files: list[Path], tmp_path: Path) -> None:
