@@ -30,7 +30,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from dist_train.config import DEFAULT_CONFIG, JobConfig, add_config_args
+from dist_train.config import (
+    DEFAULT_CONFIG,
+    ConfigError,
+    JobConfig,
+    add_config_args,
+    add_train_args,
+    train_overrides,
+)
 from dist_train.config import load_or_report as _load
 from dist_train.logs import setup_logging
 from dist_train.stopping import sigint_held, stopped_by_sigterm
@@ -195,8 +202,12 @@ def _job_ranks_ready(cfg: JobConfig) -> Iterator[None]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    resume = [f"checkpoint.resume={args.resume}"] if args.resume else []
-    cfg = _load(args.config, [*args.set, *resume])
+    try:
+        overrides = train_overrides(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    cfg = _load(args.config, overrides)
     if cfg is None:
         return 2
     with _job_ranks_ready(cfg):
@@ -631,12 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = add_config_args
 
     p = sub.add_parser("train", help="train and evaluate a model (default config if no flags)")
-    common(p)
-    p.add_argument(
-        "--resume",
-        metavar="PATH|latest",
-        help="continue from a checkpoint (latest = newest under the run's dir)",
-    )
+    add_train_args(p)
     p = sub.add_parser(
         "evaluate",
         help="a checkpoint's test AUC, log loss and NE on the job's (or other) test data",

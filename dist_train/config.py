@@ -1501,3 +1501,25 @@ def add_config_args(
         const="verbose",
         help="print debug messages too",
     )
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    """``dist-train train``'s options: :func:`add_config_args`' and ``--resume``."""
+    add_config_args(p)
+    p.add_argument(
+        "--resume",
+        metavar="PATH|latest",
+        help="continue from a checkpoint (latest = newest under the run's dir)",
+    )
+
+
+def train_overrides(args: argparse.Namespace) -> list[str]:
+    """The ``--set`` items of parsed :func:`add_train_args` options, ``--resume`` as one
+    more: its text as typed (``--resume null`` is the path 'null', not a null)."""
+    resume = getattr(args, "resume", None)
+    if resume is None:
+        return list(args.set)
+    if not resume.strip():  # read as null, it trained from scratch without a word
+        raise ConfigError("--resume: an empty path; name a checkpoint, or latest")
+    quoted = "'" + resume.replace("'", "''") + "'"
+    return [*args.set, f"checkpoint.resume={quoted}"]

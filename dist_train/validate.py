@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,12 @@ from dist_train.config import (
     ConfigError,
     JobConfig,
     add_config_args,
+    add_train_args,
     load_config,
     parse_with_overrides,
     read_yaml,
     resolve_paths,
+    train_overrides,
 )
 from dist_train.data.reader import DataSourceError, resolve_files
 from dist_train.data.validation import BadInputError, BadInputPolicy, FooterRowsError
@@ -42,7 +43,12 @@ from dist_train.launchers.cluster import (
     check_fits,
     packing_risk,
 )
-from dist_train.launchers.cluster_files import ClusterFileError, launcher_limits, rayjob_nodes
+from dist_train.launchers.cluster_files import (
+    ClusterFileError,
+    entrypoint_command,
+    launcher_limits,
+    rayjob_nodes,
+)
 from dist_train.launchers.submit import local_copy, processes_on_a_cluster
 from dist_train.storage import StorageError, location
 from dist_train.train.sharding import JobPlan, plan_for_config
@@ -215,21 +221,28 @@ def _rayjob_config(entrypoint: str, source: str, report: Report) -> JobConfig | 
     relative path is the pods' working dir's, and a path under the image's checkout its
     copy: both read in this checkout, :func:`~dist_train.launchers.submit.local_copy`) with
     its ``--set`` overrides; None, the problem reported, if it cannot be read."""
-    try:
-        args = shlex.split(entrypoint)
-    except ValueError as err:
-        report.problems.append(f"{source}: spec.entrypoint: {err}")
+    command = entrypoint_command(entrypoint)
+    if command is None:  # (rayjob_nodes refused it before)
+        report.problems.append(f"{source}: spec.entrypoint: not a dist_train job command")
         return None
-    # read as the driver reads them (its --config and --set, abbreviations such as --conf
-    # included): matched by hand, `--conf X` was passed over and the default job checked
+    # read by the parser of the command it runs (its abbreviations, such as --conf, and
+    # train's --resume included): an argument it refuses fails the job at its start
+    kind, args = command
     parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
-    add_config_args(parser)
+    (add_train_args if kind == "train" else add_config_args)(parser)
     try:
-        known, _ = parser.parse_known_args(args)
-    except argparse.ArgumentError as err:  # `--config` with no value: the driver exits 2
+        known, unknown = parser.parse_known_args(args)
+        overrides = train_overrides(known)
+    except (argparse.ArgumentError, ConfigError) as err:  # `--config` with no value: exit 2
         report.problems.append(f"{source}: spec.entrypoint: {err}")
         return None
-    config, overrides = known.config, list(known.set)
+    if unknown:
+        report.problems.append(
+            f"{source}: spec.entrypoint: {'dist-train train' if kind == 'train' else 'the driver'} "
+            f"refuses {' '.join(unknown)} (unrecognized arguments: the job would exit 2)"
+        )
+        return None
+    config = known.config
     local = (local_copy(config, None) or Path(config)) if config else None
     try:
         return load_config(local, overrides)

@@ -216,22 +216,31 @@ def _whole(quantities: dict[str, Any], key: str, where: str) -> float:
     return 0.0 if value is None else float(math.ceil(k8s_quantity(value, f"{where}.{key}")))
 
 
-def runs_the_driver(entrypoint: str) -> bool:
-    """Whether a job's ``entrypoint`` command is the driver, ``python -m dist_train.driver``,
-    or the command that runs it, ``dist-train train`` (``python -m dist_train.cli train``),
-    which inside a job joins the job's cluster; leading ``VAR=value`` settings allowed. A
-    shell around it (``bash -c '...'``) is not read: its config could not be checked."""
+def entrypoint_command(entrypoint: str) -> tuple[str, list[str]] | None:
+    """Which of dist_train's job commands a job's ``entrypoint`` runs, and the arguments
+    after it: ``driver`` for ``python -m dist_train.driver``, ``train`` for ``dist-train
+    train`` (or ``python -m dist_train.cli train``), which inside a job joins the job's
+    cluster; leading ``VAR=value`` settings allowed. None for anything else: a shell around
+    it (``bash -c '...'``) is not read, its config could not be checked."""
     try:
         args = shlex.split(entrypoint)
     except ValueError:
-        return False
+        return None
     args = list(itertools.dropwhile(lambda a: re.fullmatch(r"[A-Za-z_]\w*=.*", a), args))
     if args[:2] == ["dist-train", "train"]:
-        return True
-    python = bool(args) and re.fullmatch(r"(.*/)?python[0-9.]*", args[0]) is not None
-    return python and (
-        args[1:3] == ["-m", "dist_train.driver"] or args[1:4] == ["-m", "dist_train.cli", "train"]
-    )
+        return "train", args[2:]
+    if not args or re.fullmatch(r"(.*/)?python[0-9.]*", args[0]) is None:
+        return None
+    if args[1:3] == ["-m", "dist_train.driver"]:
+        return "driver", args[3:]
+    if args[1:4] == ["-m", "dist_train.cli", "train"]:
+        return "train", args[4:]
+    return None
+
+
+def runs_the_driver(entrypoint: str) -> bool:
+    """Whether a job's ``entrypoint`` runs the driver (:func:`entrypoint_command`)."""
+    return entrypoint_command(entrypoint) is not None
 
 
 def rayjob_nodes(doc: dict[str, Any], source: str) -> tuple[list[NodeResources], str]:

@@ -674,3 +674,20 @@ def test_a_feature_name_with_a_dot_is_refused_before_training() -> None:
         overrides=["data.train_path=x", "data.test_path=y", "features.0.column=a.b"]
     )
     assert dotted.features[0].column == "a.b"  # a column may hold one
+
+
+def test_resume_is_taken_as_typed(capsys: pytest.CaptureFixture[str]) -> None:
+    """`train --resume ''` was dropped (a fresh run) and `--resume null` read as YAML's null
+    (a fresh run too), each without a word (a review's finding)."""
+    from dist_train.cli import main
+
+    assert main(["train", "--resume", " "]) == 2
+    assert "error: --resume: an empty path; name a checkpoint, or latest" in capsys.readouterr().err
+    import argparse
+
+    from dist_train.config import train_overrides
+
+    args = argparse.Namespace(set=["seed=1"], resume="null")
+    assert load_config(overrides=train_overrides(args)).checkpoint.resume == "null"
+    args.resume = "it's"
+    assert load_config(overrides=train_overrides(args)).checkpoint.resume == "it's"

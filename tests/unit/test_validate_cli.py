@@ -78,6 +78,24 @@ def test_validate_rayjob_applies_the_entrypoints_overrides(tmp_path: Path) -> No
     assert f"{path}: spec.entrypoint: argument --config: expected one argument" in report.problems
 
 
+def test_an_entrypoints_argument_its_command_refuses_is_named(tmp_path: Path) -> None:
+    """Arguments after the entrypoint's command were read with --config and --set alone and
+    the rest passed over: `--resume latest` to the driver (which has no such option) or a
+    misspelt `--sett` were said to fit, and the job exited 2 at its start (a review's
+    finding). `dist-train train` takes --resume; the driver does not."""
+    config = "--config launch/configs/two_nodes.yaml"
+    for entry, refused in (
+        (f"python -m dist_train.driver {config} --resume latest", "the driver refuses --resume"),
+        (f"dist-train train {config} --sett seed=1", "dist-train train refuses --sett"),
+    ):
+        path = _rayjob(tmp_path, entry)
+        problems = validate_files([str(path)]).problems
+        assert any(p.startswith(f"{path}: spec.entrypoint: {refused}") for p in problems), problems
+    resumed = _rayjob(tmp_path, f"dist-train train {config} --resume latest")
+    report = validate_files([str(resumed)])
+    assert report.problems == [] and any("'two_nodes' fits" in ok for ok in report.ok), report
+
+
 def test_validate_rayjob_names_an_entrypoint_config_it_cannot_find(tmp_path: Path) -> None:
     path = _rayjob(tmp_path, "python -m dist_train.driver --config launch/configs/nope.yaml")
     report = validate_files([str(path)])
