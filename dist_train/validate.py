@@ -167,14 +167,29 @@ def _check_fit(
         device = resolve_device(cfg.train.device, cfg.ray.num_workers, gpus, source)
         per_worker = 1.0 if device == "cuda" else 0.0
         nodes = cluster.largest(lambda n: n.worker_slots(cfg.ray.cpus_per_worker, per_worker))
-        check_fits(
-            nodes,
-            cfg.ray.num_workers,
-            cfg.ray.cpus_per_worker,
-            per_worker,
-            cfg.ray.num_nodes,
-            cfg.ray.placement_strategy,
-        )
+
+        def fits(workers: int) -> None:
+            check_fits(
+                nodes,
+                workers,
+                cfg.ray.cpus_per_worker,
+                per_worker,
+                cfg.ray.num_nodes,
+                cfg.ray.placement_strategy,
+            )
+
+        fewer = ""
+        try:
+            fits(cfg.ray.num_workers)
+        except ClusterTooSmallError:
+            if not cfg.ray.min_workers:
+                raise
+            fits(cfg.ray.min_workers)  # an elastic job starts with what fits, as training checks
+            fewer = (
+                f"; fewer than its {cfg.ray.num_workers} workers (ray.min_workers="
+                f"{cfg.ray.min_workers}: Ray Train starts with those that fit once its start "
+                "timeout passes)"
+            )
     except (ClusterTooSmallError, DeviceError) as err:
         report.problems.append(f"{job_source} on {source}: {err}")
         return
@@ -213,7 +228,7 @@ def _check_fit(
     if risk:  # the cluster checked at its largest is empty: PACK would do just that
         report.problems.append(f"{job_source} on {source}: {risk}")
         return
-    report.ok.append(f"{job_source} fits {source} ({cluster.describe()}; {ranks})")
+    report.ok.append(f"{job_source} fits {source} ({cluster.describe()}; {ranks}{fewer})")
 
 
 def _rayjob_config(entrypoint: str, source: str, report: Report) -> JobConfig | None:

@@ -292,3 +292,16 @@ def test_a_node_too_small_for_the_dense_side_is_named(tmp_path: Path) -> None:
         ).problems
         == []
     )
+
+
+def test_an_elastic_job_fits_a_cluster_holding_its_minimum(tmp_path: Path) -> None:
+    """ray.min_workers=2 of num_workers=6 on the RayJob's room for 4: training runs it (its
+    own check needs the minimum), but validate asked for all 6 and said too small (a
+    review's finding)."""
+    job = _job(tmp_path, "elastic", ray={"num_workers": 6, "min_workers": 2})
+    report = validate_files([str(job), str(RAYJOB)])
+    assert not any(str(job) in p for p in report.problems), report.problems
+    assert any("fewer than its 6 workers (ray.min_workers=2" in ok for ok in report.ok)
+    job = _job(tmp_path, "elastic5", ray={"num_workers": 6, "min_workers": 5})
+    problems = validate_files([str(job), str(RAYJOB)]).problems
+    assert any("5 workers x 1 CPU do not fit" in p for p in problems), problems
