@@ -20,6 +20,11 @@ case "${1:-}" in
     for arg in "$@"; do
       case "$arg" in
         --port|--port=*) echo "$0: set RAY_PORT for the GCS port (stop finds the cluster by it)" >&2; exit 2 ;;
+        # the job server's address is printed below from DASHBOARD_PORT: another one after it
+        # would be the one ray start takes, and the printed address another's
+        --dashboard-port|--dashboard-port=*) echo "$0: set DASHBOARD_PORT for the job server's port" >&2; exit 2 ;;
+        --dashboard-host|--dashboard-host=*|--node-ip-address|--node-ip-address=*)
+          echo "$0: ${arg%%=*}: this cluster listens on 127.0.0.1 only; for several machines see docs/operations.md" >&2; exit 2 ;;
         -h|--help) echo "usage: $0 start [ray start options]|stop; see the comments atop $0" >&2; exit 2 ;;
       esac
     done

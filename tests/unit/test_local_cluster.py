@@ -81,3 +81,28 @@ def test_an_address_family_the_machine_lacks_is_passed_over(
         monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [v6, v4])
         monkeypatch.setattr(socket, "socket", no_ipv6)
         assert local_cluster._taken("localhost", str(held))
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        ("--dashboard-port=8300", "set DASHBOARD_PORT for the job server's port"),
+        ("--dashboard-port", "set DASHBOARD_PORT for the job server's port"),
+        ("--node-ip-address=10.0.0.1", "--node-ip-address: this cluster listens on 127.0.0.1"),
+        ("--dashboard-host=0.0.0.0", "--dashboard-host: this cluster listens on 127.0.0.1"),
+    ],
+)
+def test_start_refuses_the_options_its_printed_address_would_not_match(
+    extra: str, said: str
+) -> None:
+    """A --dashboard-port after start's own was the one ray start took, while the script
+    printed RAY_ADDRESS for DASHBOARD_PORT's (8265): submits went to whatever listened
+    there (a review's finding). Refused before anything starts."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "launch" / "local_cluster.sh"
+    run = subprocess.run(
+        ["bash", str(script), "start", extra], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 2 and said in run.stderr, run.stderr
