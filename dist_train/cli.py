@@ -36,6 +36,7 @@ from dist_train.config import (
     JobConfig,
     add_config_args,
     add_train_args,
+    as_typed,
     train_overrides,
 )
 from dist_train.config import load_or_report as _load
@@ -47,9 +48,11 @@ if TYPE_CHECKING:
     from planners.topology import Topology, TopologySpec
 
 
-def _number_list(kind: type[int] | type[float], zero: bool = False) -> Callable[[str], list[Any]]:
+def _number_list(
+    kind: type[int] | type[float], zero: bool = False, most: float | None = None
+) -> Callable[[str], list[Any]]:
     """An argparse type: comma-separated positive ``kind`` values (or >= 0 with ``zero``),
-    e.g. ``2,4``; anything else is a usage error naming the value."""
+    e.g. ``2,4``, none above ``most``; anything else is a usage error naming the value."""
     sign = "non-negative" if zero else "positive"
 
     def parse(text: str) -> list[Any]:
@@ -62,6 +65,8 @@ def _number_list(kind: type[int] | type[float], zero: bool = False) -> Callable[
             raise argparse.ArgumentTypeError(
                 f"expected comma-separated {sign} {kind.__name__}s, e.g. 2,4; got {text!r}"
             )
+        if most is not None and max(values) > most:
+            raise argparse.ArgumentTypeError(f"at most {most:,}; got {max(values):,}")
         return values
 
     return parse
@@ -94,11 +99,17 @@ MAX_KERNEL_BATCH = 2**20
 
 
 MAX_COUNT = 2**31  # past any node count, row count a file or benchmark round count
+# processes and threads a command starts on this machine: 100,000 calibration ranks were
+# taken, and would have been forked
+MAX_LOCAL_RANKS = 1024
+MAX_THREADS = 4096
+MAX_SEED = 2**63 - 1  # a job's seed (config.py)
 
 
-def _count(zero: bool = False) -> Callable[[str], int]:
-    """An argparse type: one positive int (or >= 0 with ``zero``); anything else is a usage
-    error naming the value (a 0 the command would take as "not given", or loop on)."""
+def _count(zero: bool = False, most: int = MAX_COUNT) -> Callable[[str], int]:
+    """An argparse type: one positive int (or >= 0 with ``zero``) up to ``most``; anything
+    else is a usage error naming the value (a 0 the command would take as "not given", or
+    loop on)."""
     sign = "non-negative" if zero else "positive"
 
     def parse(text: str) -> int:
@@ -106,9 +117,9 @@ def _count(zero: bool = False) -> Callable[[str], int]:
             value = int(text)
         except ValueError:
             value = -1
-        if value < 0 or (value == 0 and not zero) or value > MAX_COUNT:
+        if value < 0 or (value == 0 and not zero) or value > most:
             raise argparse.ArgumentTypeError(
-                f"expected one {sign} whole number up to {MAX_COUNT:,}; got {text!r}"
+                f"expected one {sign} whole number up to {most:,}; got {text!r}"
             )
         return value
 
@@ -246,6 +257,9 @@ def _gen_data(args: argparse.Namespace) -> int:
 
 def _show_config(args: argparse.Namespace) -> int:
     if args.reference:
+        if args.config or args.set:  # the reference is every job's: they were passed over
+            print("error: show-config --reference takes no --config or --set", file=sys.stderr)
+            return 2
         from dist_train.config_reference import config_reference
 
         print(config_reference(), end="")
@@ -397,15 +411,18 @@ def _plan(args: argparse.Namespace) -> int:
     from planners.types import PlanningError
 
     overrides = list(args.set)
-    if args.memory_per_rank:
+    if args.memory_per_rank is not None:
         try:  # named as the option given, not as the --set it becomes
             parse_bytes(args.memory_per_rank)
         except TopologyError as err:
             print(f"error: --memory-per-rank: {err}", file=sys.stderr)
             return 2
         overrides.append(f"sharding.memory_per_rank={args.memory_per_rank}")
-    if args.topology:
-        overrides.append(f"sharding.topology={args.topology}")
+    if args.topology is not None:
+        if not args.topology.strip():  # passed over, it planned with the preset
+            print("error: --topology: an empty path; name a topology file", file=sys.stderr)
+            return 2
+        overrides.append(f"sharding.topology={as_typed(args.topology)}")
     if args.batch_size is not None:
         overrides.append(f"train.batch_size={args.batch_size}")
     cfg = _load(args.config, overrides)
@@ -478,7 +495,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
-        memory = parse_bytes(args.memory_per_rank) if args.memory_per_rank else None
+        memory = parse_bytes(args.memory_per_rank) if args.memory_per_rank is not None else None
         if memory is not None:  # before the measuring, which took minutes to write a file
             _check_rank_memory(resize(preset(device), memory_per_rank_bytes=memory))
     except TopologyError as err:
@@ -692,7 +709,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="measure this machine and backend for the planner")
     p.add_argument("--out", type=_output_file, required=True, help="topology file to write (JSON)")
     p.add_argument(
-        "--ranks", type=_count(), help="ranks for the collectives (default: 2 on CPU, every GPU)"
+        "--ranks",
+        type=_count(most=MAX_LOCAL_RANKS),
+        help="ranks for the collectives (default: 2 on CPU, every GPU)",
     )
     p.add_argument(
         "--device",
@@ -700,7 +719,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="measure CPU ranks (gloo) or one GPU per rank (nccl); auto: GPUs if any",
     )
-    p.add_argument("--threads", type=_count(), default=1, help="torch threads per rank")
+    p.add_argument(
+        "--threads", type=_count(most=MAX_THREADS), default=1, help="torch threads per rank"
+    )
     p.add_argument("--memory-per-rank", help="memory per rank (default: RAM / ranks)")
     p = sub.add_parser("export", help="a checkpoint as one unsharded safetensors file")
     p.add_argument("checkpoint", help="a committed checkpoint directory (step-NNNNNNNN)")
@@ -743,7 +764,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="fractions of the collisionless parameters",
     )
     p.add_argument(
-        "--seeds", default="0,1,2", type=_number_list(int, zero=True), help="seeds, comma-separated"
+        "--seeds",
+        default="0,1,2",
+        type=_number_list(int, zero=True, most=MAX_SEED),
+        help="seeds, comma-separated",
     )
     p.add_argument(
         "--out", type=_folder_to_write, help="output directory (default: outputs/sweep-<dataset>)"
@@ -795,7 +819,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--ranks",
             default=ranks,
-            type=_number_list(int),
+            type=_number_list(int, most=MAX_LOCAL_RANKS),
             help="rank counts to measure, comma-separated",
         )
         p.add_argument("--rounds", type=_count(), default=rounds, help="interleaved timing rounds")
@@ -843,7 +867,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads",
         default=f"1,{usable_cores()}",
-        type=_number_list(int),
+        type=_number_list(int, most=MAX_THREADS),
         help="intra-op thread counts, comma-separated",
     )
     p.add_argument("--rounds", type=_count(), default=9, help="interleaved timing rounds")

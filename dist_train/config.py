@@ -1521,5 +1521,10 @@ def train_overrides(args: argparse.Namespace) -> list[str]:
         return list(args.set)
     if not resume.strip():  # read as null, it trained from scratch without a word
         raise ConfigError("--resume: an empty path; name a checkpoint, or latest")
-    quoted = "'" + resume.replace("'", "''") + "'"
-    return [*args.set, f"checkpoint.resume={quoted}"]
+    return [*args.set, f"checkpoint.resume={as_typed(resume)}"]
+
+
+def as_typed(text: str) -> str:
+    """``text`` as an override's value that reads back as that text: YAML single-quoted (a
+    bare empty value, or ``null``, reads as null)."""
+    return "'" + text.replace("'", "''") + "'"

@@ -305,3 +305,42 @@ def test_an_elastic_job_fits_a_cluster_holding_its_minimum(tmp_path: Path) -> No
     job = _job(tmp_path, "elastic5", ray={"num_workers": 6, "min_workers": 5})
     problems = validate_files([str(job), str(RAYJOB)]).problems
     assert any("5 workers x 1 CPU do not fit" in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["calibrate", "--out", "t.json", "--ranks", "100000"], "--ranks: expected one positive"),
+        (["calibrate", "--out", "t.json", "--threads", "2147483648"], "--threads: expected"),
+        (["bench", "train", "--ranks", "1000000"], "--ranks: at most 1,024"),
+        (["bench", "interaction", "--threads", "99999999999"], "--threads: at most 4,096"),
+        (["sweep", "--seeds", "99999999999999999999999"], "--seeds: at most 9,223,372,036"),
+    ],
+)
+def test_counts_a_command_would_start_or_a_job_refuse_are_bounded(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Taken before: calibrate would fork 100,000 ranks, bench train size its data for a
+    million; a seed past a job's range was refused only after the sweep generated its data,
+    naming an arm, not --seeds (a review's findings)."""
+    with pytest.raises(SystemExit) as usage:
+        main([*argv[:3], *[a.replace("t.json", str(tmp_path / "t.json")) for a in argv[3:]]])
+    assert usage.value.code == 2 and said in capsys.readouterr().err
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_empty_options_and_ignored_ones_are_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`plan --topology ''` planned with the preset and `--memory-per-rank ''` with the
+    topology's memory; `show-config --reference --config X --set Y` printed the reference,
+    the two passed over (a review's findings)."""
+    assert main(["plan", "--no-torchrec", "--topology", ""]) == 2
+    assert "error: --topology: an empty path" in capsys.readouterr().err
+    assert main(["plan", "--no-torchrec", "--memory-per-rank", ""]) == 2
+    assert "error: --memory-per-rank: cannot read '' as a size" in capsys.readouterr().err
+    out = str(tmp_path / "t.json")
+    assert main(["calibrate", "--out", out, "--memory-per-rank", ""]) == 2
+    assert "--memory-per-rank: cannot read ''" in capsys.readouterr().err
+    assert main(["show-config", "--reference", "--set", "seed=1"]) == 2
+    assert "takes no --config or --set" in capsys.readouterr().err
