@@ -1099,11 +1099,40 @@ def closest_key(key: str) -> str | None:
     return suggestion if suggestion != key else None
 
 
+# a union's member as pydantic names it at the end of an error's loc (int | 'auto')
+_UNION_MEMBER = re.compile(r"int|bool|float|str|literal\[(.*)\]")
+_MEMBER_WORDS = {"int": "an integer", "bool": "true or false", "float": "a number", "str": "text"}
+
+
+def _one_error_a_union(errors: list[Any]) -> list[Any]:
+    """pydantic's errors with those of one union's members (``group_size: int | 'auto'``
+    gave ``group_size.int`` and ``group_size.literal['auto']``, two problems at keys that
+    do not exist) merged into one at the union's key, saying what it takes."""
+    out: list[Any] = []
+    for e in errors:
+        loc = tuple(e["loc"])
+        member = _UNION_MEMBER.fullmatch(str(loc[-1])) if loc else None
+        if member is None:
+            out.append(e)
+            continue
+        words = member.group(1) or _MEMBER_WORDS[member.group(0)]
+        last = out[-1] if out else None
+        if last is not None and last.get("union") and tuple(last["loc"]) == loc[:-1]:
+            last["msg"] = f"{last['msg']} or {words}"
+            continue
+        out.append({**e, "loc": loc[:-1], "msg": f"expected {words}", "union": True})
+    for e in out:
+        if e.get("union"):
+            e["msg"] += f"; got {e['input']!r}"
+    return out
+
+
 def _format_errors(
     source: str, err: ValidationError, overrides: Sequence[str] = (), raw: Any = None
 ) -> str:
-    lines = [f"{source}: invalid job config ({err.error_count()} problem(s))"]
-    for e in err.errors():
+    errors = _one_error_a_union(err.errors())
+    lines = [f"{source}: invalid job config ({len(errors)} problem(s))"]
+    for e in errors:
         key = ".".join(str(p) for p in e["loc"]) or "<top level>"
         shown = _at_names(e["loc"], raw) or key
         msg = e["msg"]
@@ -1374,7 +1403,15 @@ def read_yaml(path: Path) -> Any:
     try:
         return yaml.load(text, Loader=_UniqueKeys)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        # one line, at the file's line and column: PyYAML's own text spans several and
+        # names the text it read as "<unicode string>"
+        mark = getattr(err, "problem_mark", None)
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or " ".join(str(err).split())
+        context = getattr(err, "context", None)
+        raise ConfigError(
+            f"{path}{at}: not valid YAML: {problem}" + (f" ({context})" if context else "")
+        ) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:

@@ -83,7 +83,9 @@ def test_a_key_given_twice_and_text_not_utf8_are_named(tmp_path: Path) -> None:
 
     twice = tmp_path / "twice.yaml"
     twice.write_text(DEFAULT_CONFIG.read_text() + "train:\n  epochs: 3\n")
-    with pytest.raises(ConfigError, match=r"twice.yaml: .*key 'train' given twice \(lines \d+ and"):
+    with pytest.raises(
+        ConfigError, match=r"twice.yaml:82:1: .*key 'train' given twice \(lines \d+ and"
+    ):
         load_config(twice)
     binary = tmp_path / "binary.yaml"
     binary.write_bytes(b"name: \xff\n")
@@ -691,3 +693,25 @@ def test_resume_is_taken_as_typed(capsys: pytest.CaptureFixture[str]) -> None:
     assert load_config(overrides=train_overrides(args)).checkpoint.resume == "null"
     args.resume = "it's"
     assert load_config(overrides=train_overrides(args)).checkpoint.resume == "it's"
+
+
+def test_a_unions_error_is_one_problem_at_its_key(tmp_path: Path) -> None:
+    """`sharding.group_size=AUTO` was 2 problems, at `sharding.group_size.int` and
+    `sharding.group_size.literal['auto']`, keys that do not exist (a review's finding)."""
+    with pytest.raises(ConfigError) as bad:
+        load_config(overrides=["sharding.group_size=AUTO", "train.pipeline=maybe"])
+    said = str(bad.value)
+    assert "(2 problem(s))" in said and ".int" not in said and "literal[" not in said
+    assert "  sharding.group_size: expected an integer or 'auto'; got 'AUTO'" in said
+    assert "  train.pipeline: expected 'auto' or true or false; got 'maybe'" in said
+
+
+def test_malformed_yaml_is_one_line_at_its_place(tmp_path: Path) -> None:
+    """PyYAML's message spans lines and names the text `"<unicode string>"`, not the file."""
+    bad = tmp_path / "tab.yaml"
+    bad.write_text("train:\n\tepochs: 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    said = str(err.value)
+    assert said.startswith(f"{bad}:2:1: not valid YAML: found character") and "\n" not in said
+    assert "<unicode string>" not in said
