@@ -650,7 +650,14 @@ class RayConfig(_Strict):
     )
     num_workers: int = Field(2, gt=0, le=MAX_WIDTH, description="Training workers (ranks).")
 
-    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per worker = torch threads.")
+    cpus_per_worker: float = Field(
+        1.0,
+        gt=0,
+        description=(
+            "CPUs Ray reserves per worker; a CPU worker runs its whole CPUs as torch threads "
+            "(at least 1: 0.5 and 1.5 run 1)."
+        ),
+    )
     num_nodes: int | None = Field(
         None,
         gt=0,
