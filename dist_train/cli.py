@@ -446,6 +446,7 @@ def _plan(args: argparse.Namespace) -> int:
             device,
             with_torchrec=not args.no_torchrec,
             cores_per_node=args.cores_per_node,
+            weak_scaling=not args.no_weak_scaling,
         )
     except (PlanningError, TopologyError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -706,6 +707,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_count(), help="examples per rank per step")
     p.add_argument("--json", type=_output_file, help="also write the report as JSON to this file")
     p.add_argument("--no-torchrec", action="store_true", help="skip TorchRec's planner")
+    p.add_argument(
+        "--no-weak-scaling",
+        action="store_true",
+        help="leave out the weak-scaling table (4 more plans, up to 512 nodes: minutes for "
+        "thousands of tables)",
+    )
     p = sub.add_parser("calibrate", help="measure this machine and backend for the planner")
     p.add_argument("--out", type=_output_file, required=True, help="topology file to write (JSON)")
     p.add_argument(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +79,24 @@ def dry_run(
 WEAK_SCALING_NODES = (1, 8, 64, 512)
 
 
+SLOW_PLAN_S = 5.0  # a size planned slower than this: the next ones are said as they start
+
+
 def weak_scaling_table(
     cfg: JobConfig, ranks_per_node: int, device_type: str, cores_per_node: int | None
 ) -> list[dict[str, Any]]:
     """The chosen plan's estimated step at 1, 8, 64 and 512 nodes, same per-rank batch."""
     rows = []
+    slow = False
     for nodes in WEAK_SCALING_NODES:
+        if slow:  # thousands of tables' shards take minutes at 512 nodes: said, on stderr
+            print(
+                f"plan: weak scaling at {nodes} node(s) x {ranks_per_node} (--no-weak-scaling "
+                "leaves the table out) ...",
+                file=sys.stderr,
+                flush=True,
+            )
+        started = time.perf_counter()
         try:  # a job may not plan at every size (a group_size below the world size, say)
             refuse_group_above(cfg, nodes * ranks_per_node)
             planner, _ = planner_for_config(
@@ -92,6 +106,7 @@ def weak_scaling_table(
         except PlanningError as err:
             rows.append({"num_nodes": nodes, "ranks_per_node": ranks_per_node, "error": str(err)})
             continue
+        slow = slow or time.perf_counter() - started > SLOW_PLAN_S
         rows.append(
             {
                 "num_nodes": nodes,

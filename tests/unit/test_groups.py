@@ -117,6 +117,25 @@ def test_plan_json_carries_the_group_size_and_the_weak_scaling_table(tmp_path: P
     assert {g["group_size"] for g in report["groups"]} >= {1, 2, 4}
 
 
+def test_the_weak_scaling_rows_are_said_when_slow_and_can_be_left_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`plan` computes four more plans for its weak-scaling table, up to 512 nodes: for 200
+    features about 4 minutes with nothing printed, and no way to leave them out."""
+    from dist_train import dry_run as dry_run_module
+
+    out = tmp_path / "plan.json"
+    args = ["plan", "--config", str(DEFAULT), "--no-torchrec", "--json", str(out)]
+    assert main([*args, "--no-weak-scaling"]) == 0
+    assert "weak_scaling" not in json.loads(out.read_text())
+    assert "weak scaling" not in capsys.readouterr().out
+    monkeypatch.setattr(dry_run_module, "SLOW_PLAN_S", 0.0)  # every size taken as slow
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "plan: weak scaling at 8 node(s) x 2" in err and "at 512 node(s)" in err
+    assert "at 1 node(s)" not in err  # said once a size was slow, before the next
+
+
 def test_at_512_nodes_our_plan_is_no_slower_than_torchrecs_by_our_model() -> None:
     cfg = load_config(DEFAULT, ["sharding.memory_per_rank=80GiB"])
     report = dry_run(cfg, 512, 8, "cuda", with_torchrec=True, weak_scaling=False)
