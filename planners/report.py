@@ -11,7 +11,14 @@ from planners.groups import GroupPlan
 from planners.planner import UVM_CACHING_KERNEL, UVM_KERNEL, CostModelPlanner
 from planners.search import PlanEstimate, SearchResult, beam_search
 from planners.topology import Topology
-from planners.types import SHARDING_TYPES, PlanningError, TablePlacement, Workload, torchrec_type
+from planners.types import (
+    HIERARCHICAL,
+    SHARDING_TYPES,
+    PlanningError,
+    TablePlacement,
+    Workload,
+    torchrec_type,
+)
 
 _PARTS = ("lookup", "framework", "dense", "comm", "latency", "cache")
 
@@ -191,6 +198,8 @@ def build_report(
         )
     else:
         why = _why(result.best, result.alternatives, result.allowed)
+        if topo.num_nodes < 2 and result.allowed <= HIERARCHICAL:  # asked for on one node
+            why += " (on one node it places the rows as row_wise does)"
     allowed = frozenset(planner.allowed or SHARDING_TYPES) if result is None else result.allowed
     caching = uvm_caching_json(best, workload, chosen.topology, allowed)
     for c in caching:

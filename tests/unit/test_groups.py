@@ -244,3 +244,16 @@ def test_a_group_size_too_small_for_the_tables_gives_the_figures(tmp_path: Path)
         planner.choice()
     said = str(refused.value)
     assert "group_size=1: does not fit: row_wise needs" in said and "GiB usable" in said
+
+
+def test_a_hierarchical_type_asked_for_on_one_node_is_said_to_be_row_wise(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On one node the options list says table_row_wise needs 2 nodes, yet a job that asks
+    for it alone got it chosen, with no word of what it is there."""
+    args = ["plan", "--config", str(DEFAULT), "--no-torchrec", "--no-weak-scaling"]
+    assert main([*args, "--set", "sharding.type=table_row_wise"]) == 0
+    out = capsys.readouterr().out
+    assert "allows only this type (on one node it places the rows as row_wise does)" in out
+    assert main([*args, "--set", "sharding.type=row_wise"]) == 0
+    assert "on one node it places" not in capsys.readouterr().out
