@@ -341,13 +341,17 @@ def _ended_code(address: str, submission_id: str, env: dict[str, str]) -> int:
     train`` exits) where ``ray job stop`` ended it; 1 where it did not end (the CLI stops
     following a job whose cluster went away) or its end cannot be asked. A script that
     goes on after a 0 would export a run that never finished."""
-    asked = subprocess.run(
-        [sys.executable, "-c", _ASK_STATUS, address, submission_id],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-    )
+    try:  # a job server that hangs would hang the command: waited for as the probe is
+        asked = subprocess.run(
+            [sys.executable, "-c", _ASK_STATUS, address, submission_id],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=env,
+            timeout=PROBE_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        asked = subprocess.CompletedProcess([], 1, "", f"no answer in {PROBE_TIMEOUT_S:.0f} s")
     status = asked.stdout.strip()
     if asked.returncode != 0:
         # Ray's traceback, or the client's JSON line (_CLIENT)

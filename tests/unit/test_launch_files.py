@@ -506,3 +506,23 @@ def test_a_processes_job_on_a_cluster_is_named(
     tiny = str(LAUNCH / "configs" / "tiny.yaml")
     assert main(["submit", "--dry-run", "--config", tiny, "--set", "launcher=processes"]) == 0
     assert "warning: launcher=processes runs all 2 ranks" in capsys.readouterr().err
+
+
+def test_a_job_server_that_never_answers_how_a_job_ended_does_not_hang_submit(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Asking how a waited-for job ended had no time limit, where the probe before the
+    submission had one: a job server that accepts and never answers hung `dist-train
+    submit` (a review's finding). A listening socket that never accepts stands in."""
+    import os
+    import socket
+
+    from dist_train.launchers import submit
+
+    monkeypatch.setattr(submit, "PROBE_TIMEOUT_S", 3.0)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        assert submit._ended_code(address, "job-1", dict(os.environ)) == 1
+    assert "could not ask how job job-1 ended (no answer in 3 s)" in capsys.readouterr().err
