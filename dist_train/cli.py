@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from dist_train.config import (
     DEFAULT_CONFIG,
+    REPO_ROOT,
     ConfigError,
     JobConfig,
     add_config_args,
@@ -624,7 +625,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from dist_train.launchers.submit import REPO_ROOT, submit
+    from dist_train.launchers.submit import submit
 
     working_dir = None if args.no_working_dir else str(REPO_ROOT)
     # without an upload, the default config of the image's copy of the checkout

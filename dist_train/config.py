@@ -33,7 +33,8 @@ from pydantic import (
 from planners.topology import TopologyError, parse_bytes
 from planners.types import ShardingType
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "launch" / "configs" / "default.yaml"
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout (an install: site-packages)
+DEFAULT_CONFIG = REPO_ROOT / "launch" / "configs" / "default.yaml"
 
 
 class ConfigError(ValueError):

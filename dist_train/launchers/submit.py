@@ -20,6 +20,7 @@ import sys
 from pathlib import Path, PurePosixPath
 
 from dist_train.config import (
+    REPO_ROOT,
     ConfigError,
     JobConfig,
     closest_key,
@@ -29,7 +30,6 @@ from dist_train.config import (
 )
 from dist_train.stopping import EXIT_CODE
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 # Never upload these with the working dir (Ray's upload limit is 100 MiB).
 EXCLUDES = [".venv", ".git", "outputs", "**/__pycache__", ".pytest_cache", ".ruff_cache"]
 _VERBOSITY_FLAGS = {"quiet": ["-q"], "verbose": ["-v"], "normal": []}
