@@ -54,7 +54,7 @@ from dist_train.logs import LOG, setup_logging, verbosity, worded_for_users
 from dist_train.models.dcn import wide_rank_note
 from dist_train.stopping import stopped_by_sigterm
 from dist_train.storage import location
-from dist_train.train.checkpointing import refuse_to_overwrite, resume_point
+from dist_train.train.checkpointing import check_resumed_data, resume_point
 from dist_train.train.evaluation import run_evaluation
 from dist_train.train.loop import TrainingDiverged, run_worker
 from dist_train.train.progress import strict_json
@@ -261,15 +261,13 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
         else one_run_in(root, "checkpoint folder")
     )
     with one_run_in(cfg.run_dir, "run folder"), checkpoints:
-        if cfg.checkpoint.resume is None:  # a fresh run over an earlier one's regenerated
-            refuse_to_overwrite(cfg)  # its data, then refused
+        # before the data are prepared: a fresh run over an earlier one's, or a resume
+        # refused, regenerated the run's synthetic data first
+        resume = resume_point(cfg, job_plan)
         prepared = prepare_inputs(cfg)
+        check_resumed_data(resume, prepared.train_groups)
         inputs = dataclasses.replace(
-            prepared,
-            plan=job_plan,
-            resume=resume_point(cfg, job_plan, prepared.train_groups),
-            verbosity=verbosity(),
-            device_type=device,
+            prepared, plan=job_plan, resume=resume, verbosity=verbosity(), device_type=device
         )
         saved = _saved_by(inputs.resume)
         note_steps_short_of_max(cfg, inputs.train_groups, saved)

@@ -67,11 +67,11 @@ def training_contents(groups: list[RowGroup]) -> str:
     return digest_of(json.dumps([g.byte_size for g in groups]).encode())
 
 
-def resume_point(
-    cfg: JobConfig, job_plan: JobPlan | None = None, train_groups: list[RowGroup] | None = None
-) -> str | None:
-    """Clean up half-written checkpoints, then resolve ``checkpoint.resume`` to a path
-    (checked against the job's ``train_groups``, where given)."""
+def resume_point(cfg: JobConfig, job_plan: JobPlan | None = None) -> str | None:
+    """Clean up half-written checkpoints, then resolve ``checkpoint.resume`` to a path,
+    checked against everything of the job but its data's files (before they are prepared:
+    a refused resume regenerated the run's synthetic data first;
+    :func:`check_resumed_data` then)."""
     root = checkpoint.checkpoint_root(cfg)
     if cfg.checkpoint.saves:
         checkpoint.check_writable(root)  # before training, not at its first save
@@ -110,8 +110,6 @@ def resume_point(
         )
     if position.batches:
         _check_same_batches(cfg, meta, path)
-        if train_groups is not None:
-            _check_same_data(train_groups, meta, path)
     _check_same_hashing(cfg, meta, path)
     _refuse_to_branch(cfg, root, path, position.step)
     _check_same_model(cfg, meta, path)
@@ -190,6 +188,17 @@ def refuse_to_overwrite(cfg: JobConfig) -> None:
 def _hashing(embedding: EmbeddingConfig, features: list[FeatureConfig], seed: int) -> list[Any]:
     """Each KJT key's table and salt: which row a value looks up."""
     return [(k.key, k.table, k.salt) for k in build_layout(embedding, features, seed).keys]
+
+
+def check_resumed_data(resume: str | None, train_groups: list[RowGroup]) -> None:
+    """CheckpointError where the checkpoint :func:`resume_point` resolved was saved
+    mid-epoch over other training files than ``train_groups``."""
+    if resume is None:
+        return
+    path = storage.location(resume)
+    meta = checkpoint.read_meta(path)
+    if TrainPosition(**meta["position"]).batches:  # (resume_point checked the meta)
+        _check_same_data(train_groups, meta, path)
 
 
 def _check_same_data(groups: list[RowGroup], meta: dict[str, Any], path: Location) -> None:

@@ -34,7 +34,7 @@ from dist_train.data.reader import RowGroup, assign_row_groups, steps_per_epoch
 from dist_train.data.validation import BadInputPolicy
 from dist_train.stopping import Terminated
 from dist_train.train import epochs
-from dist_train.train.checkpointing import evaluation_point, resume_point
+from dist_train.train.checkpointing import check_resumed_data, evaluation_point, resume_point
 
 
 class _Trainer:
@@ -116,6 +116,13 @@ def _checkpoint(root: Path, step: int, config: dict[str, Any], batches: int = 0)
     position = dataclasses.asdict(TrainPosition(step=step, batches=batches, plan=plan))
     meta = {"position": position, "world_size": 1, "config": config}
     (path / META).write_text(json.dumps(meta))
+    return path
+
+
+def _resumed(job: Any, train_groups: list[RowGroup]) -> str | None:
+    """The resume the driver takes: checked, then checked against its training files."""
+    path = resume_point(job)
+    check_resumed_data(path, train_groups)
     return path
 
 
@@ -577,24 +584,24 @@ def test_resuming_mid_epoch_over_other_training_data_is_refused(tmp_path: Path) 
         match=r"saved mid-epoch over training data of 2 file\(s\), 4 row group\(s\), 4096 rows; "
         r"the job's data.train_path now holds 3 file\(s\), 6 row group\(s\), 6144 rows\.",
     ):
-        resume_point(job, None, groups("/data/train", 3))
+        _resumed(job, groups("/data/train", 3))
     renamed = [
         RowGroup(g.path.replace("part-0", "other"), g.index, g.num_rows)
         for g in groups("/data/train", 2)
     ]
     with pytest.raises(CheckpointError, match=r"4096 rows \(as many, but other files or order\)"):
-        resume_point(job, None, renamed)
+        _resumed(job, renamed)
     # the same files, moved to another folder, resume; so does the same listing
-    assert resume_point(job, None, groups("s3://bucket/copy", 2)) == str(mid_epoch)
-    assert resume_point(job, None, groups("/data/train", 2)) == str(mid_epoch)
+    assert _resumed(job, groups("s3://bucket/copy", 2)) == str(mid_epoch)
+    assert _resumed(job, groups("/data/train", 2)) == str(mid_epoch)
     # the same files rewritten with other rows: their footers' byte sizes differ
     rewritten = [dataclasses.replace(g, byte_size=7) for g in groups("/data/train", 2)]
     with pytest.raises(CheckpointError, match=r"4096 rows \(the same files .* other rows, or"):
-        resume_point(job, None, rewritten)
+        _resumed(job, rewritten)
     # a checkpoint saved before the contents were recorded compares what it holds
     del meta[CONTENTS_KEY]
     (mid_epoch / META).write_text(json.dumps(meta))
-    assert resume_point(job, None, rewritten) == str(mid_epoch)
+    assert _resumed(job, rewritten) == str(mid_epoch)
 
     # the folder moved, and data.train_path with it: the files decide, not the path (the
     # path's check refused the resume, saying the batches would differ; a helper's audit)
@@ -611,13 +618,13 @@ def test_resuming_mid_epoch_over_other_training_data_is_refused(tmp_path: Path) 
         "data.train_path=/mnt/d2/train",
         "data.test_path=/mnt/d2/test",
     )
-    assert resume_point(moved, None, groups("/mnt/d2/train", 2)) == str(saved)
+    assert _resumed(moved, groups("/mnt/d2/train", 2)) == str(saved)
     with pytest.raises(CheckpointError, match=r"4096 rows \(as many, but other files or order"):
-        resume_point(moved, None, renamed)
+        _resumed(moved, renamed)
     # a checkpoint that does not record its files compares the path, as before
     (saved / META).write_text(json.dumps(recorded | {"train_data": None}))
     with pytest.raises(CheckpointError, match=r"with data.train_path='/data/train'; this job has"):
-        resume_point(moved, None, groups("/mnt/d2/train", 2))
+        _resumed(moved, groups("/mnt/d2/train", 2))
 
 
 def test_row_groups_carry_their_footers_byte_sizes(tmp_path: Path) -> None:
@@ -1013,3 +1020,22 @@ def test_a_renamed_checkpoint_and_a_forged_config_are_named(
     no_saves = _job(tmp_path, f"checkpoint.resume={piped}", "checkpoint.save_at_end=false")
     with pytest.raises(CheckpointError, match=r"08/meta.json: not a regular file"):
         resume_point(no_saves)
+
+
+def test_a_refused_resume_leaves_the_runs_generated_data_as_they_were(tmp_path: Path) -> None:
+    """The driver prepared the job's inputs before it checked the resume: a resume refused
+    (here mid-epoch under another batch size) had first regenerated the run's synthetic
+    data for its own settings (another test split), and `evaluate` of the run's real
+    settings then found no data of them (a review's finding)."""
+    from dist_train.data.synthetic import generate, generated
+    from dist_train.driver import run_job
+
+    small = ["data.synthetic.num_train_rows=20000", "data.synthetic.num_test_rows=100"]
+    saved = _job(tmp_path, "train.batch_size=256", "launcher=processes", *small)
+    generate(saved.data.synthetic, saved.run_dir / "data", progress=False)
+    mid_epoch = _checkpoint(saved.run_dir / "checkpoints", 5, saved.model_dump(mode="json"), 5)
+    other = [*small[:1], "data.synthetic.num_test_rows=4096", "train.batch_size=512"]
+    resumed = _job(tmp_path, f"checkpoint.resume={mid_epoch}", "launcher=processes", *other)
+    with pytest.raises(CheckpointError, match=r"mid-epoch with train\.batch_size=256"):
+        run_job(resumed)
+    assert generated(saved.data.synthetic, saved.run_dir / "data") is not None
