@@ -533,7 +533,12 @@ class Checkpoints:
         position = checkpoint.load(self.trainer, location(self.resume_from))
         self.saver.resumed(location(self.resume_from), position.step)
         self.trainer.resumed_at(position.step)
-        self.progress.resumed_at(position.step)
+        newer = [
+            p
+            for p in checkpoint.committed(self.saver.root)
+            if checkpoint.step_of(p) > position.step
+        ]
+        self.progress.resumed_at(position.step, branch=bool(newer))
         if dist.get_rank() == 0:  # the saved counts are every rank's (save), held once
             policy.counts.rows = dict(position.bad_input_rows)
             policy.counts.row_groups = position.bad_input_row_groups

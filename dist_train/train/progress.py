@@ -80,12 +80,16 @@ class Progress:
         self.last_loss = float("nan")
         self._epoch_start = 0.0
 
-    def resumed_at(self, step: int) -> None:
-        """Drop the records of steps after ``step``: the resumed run trains them again, and
-        its own records of them follow (a line that is no JSON object stays as it is)."""
+    def resumed_at(self, step: int, branch: bool = False) -> None:
+        """Take the records of steps after ``step`` out of the log: the resumed run trains
+        them again, and its own records of them follow (a line that is no JSON object stays
+        as it is). On a ``branch`` (a resume beside newer checkpoints, which a run that
+        saves nothing may take) they are the records of those checkpoints' run: kept, in a
+        file of their own beside the log, not deleted."""
         if not self.enabled or not self.path.exists():
             return
-        kept = []
+        kept: list[str] = []
+        later: list[str] = []
         for line in self.path.read_text().splitlines():
             try:
                 record = json.loads(line)
@@ -93,8 +97,19 @@ class Progress:
                 record = None
             # a train or checkpoint record's step, an evaluation's steps (the run's last)
             logged = record.get("step", record.get("steps")) if isinstance(record, dict) else None
-            if not (isinstance(logged, int) and logged > step):
-                kept.append(line + "\n")
+            after = isinstance(logged, int) and logged > step
+            (later if after else kept).append(line + "\n")
+        if branch and later:
+            aside = self.path.with_name(f"metrics.after-step-{step}.jsonl")
+            n = 1
+            while aside.exists():  # a second branch from the same step keeps the first's
+                n += 1
+                aside = self.path.with_name(f"metrics.after-step-{step}.{n}.jsonl")
+            write_atomically(aside, "".join(later))
+            LOG.warning(
+                f"resumed beside newer checkpoints: the log's {len(later)} record(s) of steps "
+                f"after {step}, theirs, moved to {aside}"
+            )
         write_atomically(self.path, "".join(kept))  # killed meanwhile: the old log stays
 
     def log(self, record: dict[str, Any], line: str) -> None:

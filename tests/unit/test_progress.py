@@ -101,3 +101,20 @@ def test_a_resume_drops_the_records_of_later_steps_evaluations_too(tmp_path: Pat
     kept = log.read_text().splitlines()
     assert [json.loads(line) for line in kept[:-1]] == [records[0], records[1], records[4]]
     assert kept[-1] == "not json"
+
+
+def test_a_branch_keeps_the_records_of_the_newer_checkpoints_run(tmp_path: Path) -> None:
+    """A run that saves nothing may resume an older checkpoint beside newer ones: its resume
+    deleted the newer checkpoints' records (their training and test figures) from the log,
+    while the checkpoints stayed (a review's finding). They move to a file of their own."""
+    log = tmp_path / "metrics.jsonl"
+    records = [{"event": "train", "step": 4}, {"event": "eval", "steps": 8, "test_auc": 0.7}]
+    for n in (1, 2):  # branched twice from step 4: each branch's set-aside records are kept
+        log.write_text("".join(json.dumps(r) + "\n" for r in records))
+        progress = Progress(
+            str(tmp_path), enabled=True, log_every=1, examples_per_step=1, append=True
+        )
+        progress.resumed_at(4, branch=True)
+        assert [json.loads(line) for line in log.read_text().splitlines()] == records[:1]
+        name = "metrics.after-step-4.jsonl" if n == 1 else "metrics.after-step-4.2.jsonl"
+        assert json.loads((tmp_path / name).read_text()) == records[1]
