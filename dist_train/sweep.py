@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dist_train.config import (
     DEFAULT_CONFIG,
@@ -41,6 +41,9 @@ from dist_train.config import (
 from dist_train.data.synthetic import generate
 from dist_train.embedding.layout import build_layout
 from dist_train.logs import setup_logging, verbosity
+
+if TYPE_CHECKING:  # (torch: imported where the arms train)
+    from dist_train.devices import DeviceType
 
 METHODS = ("collisionless", "hashing_trick", "multiplexing", "unified")
 DATASETS = {"synthetic": DEFAULT_CONFIG, "adult": DEFAULT_CONFIG.parent / "adult.yaml"}
@@ -167,6 +170,14 @@ def prepare(dataset: str, config: str | None, overrides: list[str], out: Path) -
     return parse_config(apply_overrides(cfg.model_dump(mode="json"), fixed), "sweep base job")
 
 
+def dense_parameters(job: JobConfig) -> int:
+    """The parameters of an arm's network above its tables: an arm of more chunks (unified)
+    feeds its model more vectors, and DLRM's pairs grow with their square."""
+    from dist_train.train.sharding import build_model
+
+    return build_model(job, build_layout(job.embedding, job.features, job.seed)).dense_parameters
+
+
 def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean, standard deviation, min and max of test AUC and log loss per (method, budget)."""
     groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
@@ -195,14 +206,18 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown(rows: list[dict[str, Any]], dataset: str, model: str = "dlrm") -> str:
     lines = [
         f"Dataset: {dataset}; model: {model}. Test AUC and log loss: mean ± standard "
-        "deviation over seeds (min-max).",
+        "deviation over seeds (min-max). The budget is the embedding tables'; the network "
+        "above them grows with the vectors an arm feeds it (unified's chunks).",
         "",
-        "| method | budget | parameters | seeds | test AUC | log loss |",
-        "| --- | ---: | ---: | ---: | --- | --- |",
+        "| method | budget | embedding parameters | dense parameters | seeds | test AUC | "
+        "log loss |",
+        "| --- | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for r in rows:
+        dense = r.get("dense_parameters")
         lines.append(
-            f"| {r['method']} | {r['budget']:g} | {r['parameters']:,} | {r['seeds']} | "
+            f"| {r['method']} | {r['budget']:g} | {r['parameters']:,} | "
+            f"{'-' if dense is None else f'{dense:,}'} | {r['seeds']} | "
             f"{r['test_auc_mean']:.4f} ± {r['test_auc_std']:.4f} "
             f"({r['test_auc_min']:.4f}-{r['test_auc_max']:.4f}) | "
             f"{r['test_log_loss_mean']:.4f} ± {r['test_log_loss_std']:.4f} |"
@@ -331,15 +346,25 @@ def check_budgets(base: JobConfig, budgets: tuple[float, ...]) -> None:
             )
 
 
-def _check_plans(base: JobConfig, todo: list[Arm]) -> None:
+def _device(job: JobConfig) -> DeviceType:
+    """Where the sweep's arms train; ConfigError where ``train.device`` cannot be had (it
+    was a traceback, after the data were generated)."""
+    from dist_train.devices import DeviceError
+    from dist_train.driver import job_device
+
+    try:
+        return job_device(job)
+    except DeviceError as err:
+        raise ConfigError(f"device: {err}; nothing was trained") from None
+
+
+def _check_plans(base: JobConfig, todo: list[Arm], device: DeviceType) -> None:
     """ConfigError naming the first arm that no plan fits, before any arm trains (a sweep
     stopped at it, after the arms before it had trained). The seeds share a plan."""
-    from dist_train.driver import job_device
     from dist_train.train.sharding import plan_for_config
     from planners.topology import TopologyError
     from planners.types import PlanningError
 
-    device = job_device(base) if todo else "cpu"
     for arm in {(a.method, a.budget): a for a in todo}.values():
         try:
             plan_for_config(arm_config(base, arm), device)
@@ -386,6 +411,7 @@ def run_sweep(
             "another job config (--config, --set): their figures cannot be mixed with this "
             "one's. Sweep into another --out, or remove the file to start over"
         )
+    device = _device(job)
     base = prepare(dataset, config, overrides or [], out)  # after the checks: it writes data
     planned = arms(budgets, seeds)
     stale = stale_runs(done, base, planned)
@@ -402,7 +428,7 @@ def run_sweep(
         f"[sweep] {dataset}: {len(todo)} run(s) to train, {len(wanted & have)} already in {log}",
         flush=True,
     )
-    _check_plans(base, todo)
+    _check_plans(base, todo, device)
     for i, arm in enumerate(todo, 1):
         start = time.perf_counter()
         job = arm_config(base, arm)
@@ -440,6 +466,9 @@ def run_sweep(
     # one row a run: an older sweep's file may hold a run twice (a seed given twice)
     runs = {r["name"]: r for r in reversed(done) if r["name"] in wanted}
     rows = summarize(list(runs.values()))
+    for row in rows:  # (the same for every seed and budget of a method: counted per row)
+        arm = Arm(row["method"], row["budget"], 0)
+        row["dense_parameters"] = dense_parameters(arm_config(base, arm))
     settings = {k: getattr(base.model, k) for k in base.model.settings_read()}
     summary = {
         "dataset": dataset,

@@ -116,6 +116,13 @@ class CTRModel(nn.Module):
         ``[B, num_vectors, dim]``: what the kind computes above the tables."""
         raise NotImplementedError
 
+    @property
+    def dense_parameters(self) -> int:
+        """The parameters of the network above the tables (every one but the tables')."""
+        return sum(
+            p.numel() for name, p in self.named_parameters() if not name.startswith("sparse_arch.")
+        )
+
     def activation_bytes_per_sample(self, num_dense: int) -> float:
         """Bytes :meth:`network` keeps for its backward an example (the tensors autograd
         saves; weights it saves cancel out), counted on two small batches on the network's

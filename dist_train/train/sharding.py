@@ -170,14 +170,11 @@ def workload_for_config(
         )
         for t in layout.tables
     )
-    dense = sum(
-        p.numel() for name, p in model.named_parameters() if not name.startswith("sparse_arch.")
-    )
     return Workload(
         tables=tables,
         batch_size_per_rank=cfg.train.batch_size,
         optimizer=OptimizerState.of(cfg.embedding.optimizer.type, device_type),
-        dense_parameters=dense,
+        dense_parameters=model.dense_parameters,
         dense_optimizer_slots=_DENSE_OPTIMIZER_SLOTS[cfg.train.dense_optimizer],
         interaction_elements_per_sample=model.interaction_elements_per_sample,
         interaction_least_elements_per_sample=model.interaction_least_elements_per_sample,

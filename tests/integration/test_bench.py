@@ -341,6 +341,11 @@ def test_sweep_on_adult_writes_table_plot_and_resumes(tmp_path: Path) -> None:
     assert all(0.5 < r["test_auc_mean"] <= 1.0 and r["seeds"] == 1 for r in rows)
     assert (out / "sweep.png").stat().st_size > 10_000
     assert "| unified | 0.1 |" in (out / "sweep.md").read_text()
+    # the budget is the tables': unified's second chunks feed DLRM more vectors, a larger
+    # network the table said nothing of (a review's finding)
+    dense = {r["method"]: r["dense_parameters"] for r in rows}
+    assert dense["unified"] == 14_121 and dense["hashing_trick"] == dense["collisionless"] == 8_169
+    assert "| embedding parameters | dense parameters |" in (out / "sweep.md").read_text()
     runs = (out / "results.jsonl").read_text()
     assert main(args) == 0  # every arm is on record: nothing trains again
     assert (out / "results.jsonl").read_text() == runs

@@ -309,4 +309,23 @@ def test_an_arm_no_plan_fits_is_named_before_any_arm_trains(tmp_path: Path) -> N
     named = r"sweep arm hashing_trick-b1e06-s0: .*fits nowhere.*nothing was trained"
     base = dataset_config("synthetic", None, small)
     with pytest.raises(ConfigError, match=named):
-        _check_plans(base, [Arm("hashing_trick", 1e6, 0)])
+        _check_plans(base, [Arm("hashing_trick", 1e6, 0)], "cpu")
+
+
+def test_a_device_the_machine_lacks_is_one_line_before_any_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`sweep --set train.device=cuda` without GPUs generated the data, then ended in a
+    DeviceError's traceback (a review's finding)."""
+    import torch
+
+    from dist_train.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has the GPUs")
+    out = tmp_path / "sweep"
+    args = ["sweep", "--budgets", "1", "--seeds", "0", "--out", str(out)]
+    assert main([*args, "--set", "train.device=cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "error: device: train.device=cuda needs one GPU per rank" in err, err
+    assert "Traceback" not in err and not (out / "data").exists()
