@@ -388,7 +388,7 @@ def _sweep(args: argparse.Namespace) -> int:
     try:
         # its arms run on the processes launcher: CPU ranks fork from the server, stopped
         # with the command (a Ctrl-C while it still imported left it and a rank running)
-        base = dataset_config(args.dataset, args.config, list(args.set))
+        base = dataset_config(args.dataset, args.config, list(args.set))[0]
         cpu = _cpu_ranks(base.model_copy(update={"launcher": "processes"}))
         with rank_server_started(TRAIN_WORKER_MODULE) if cpu else contextlib.nullcontext():
             run_sweep(

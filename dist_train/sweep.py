@@ -126,16 +126,42 @@ def stale_runs(
     return [r for r in done if params.get(r["name"], r["parameters"]) != r["parameters"]]
 
 
-def dataset_config(dataset: str, config: str | None, overrides: list[str]) -> JobConfig:
+def _given_config(dataset: str, config: str | None, overrides: list[str]) -> JobConfig:
     """``config`` with ``overrides``, or the dataset's own config with its sweep settings."""
     if config is not None:
         return load_config(config, overrides)
     return load_config(DATASETS[dataset], [*DATASET_OVERRIDES[dataset], *overrides])
 
 
+def dataset_config(
+    dataset: str, config: str | None, overrides: list[str]
+) -> tuple[JobConfig, list[str]]:
+    """The sweep's job as given (:func:`_given_config`), on generated data with the
+    features' cardinalities the generated columns' (:func:`_generated_vocabulary`), and
+    the features whose cardinality that changed."""
+    cfg = _given_config(dataset, config, overrides)
+    return _generated_vocabulary(cfg) if dataset == "synthetic" else (cfg, [])
+
+
+def _generated_vocabulary(cfg: JobConfig) -> tuple[JobConfig, list[str]]:
+    """``cfg`` with each feature's cardinality the generated column's, and the features
+    changed: the budgets and the collisionless tables are sized by it, and one left over
+    from other ``data.synthetic`` settings made a "3% budget" hold 165% of the values."""
+    made = cfg.data.synthetic.column_cardinalities()
+    raw = cfg.model_dump(mode="json")
+    changed = []
+    for feature in raw["features"]:
+        column = feature["column"] or feature["name"]
+        values = made[int(column[1:]) - 1]  # (validated: the generator's C1..Cn)
+        if feature["cardinality"] != values:
+            changed.append(f"{feature['name']} {feature['cardinality']} -> {values:,}")
+            feature["cardinality"] = values
+    return parse_config(raw, "sweep base job"), changed
+
+
 def prepare(dataset: str, config: str | None, overrides: list[str], out: Path) -> JobConfig:
     """The sweep's base job: its data written once under ``out/data``, runs under ``out``."""
-    cfg = dataset_config(dataset, config, overrides)
+    cfg = dataset_config(dataset, config, overrides)[0]
     own = load_config(DATASETS[dataset], DATASET_OVERRIDES[dataset]).data
     for key in ("train_path", "test_path"):  # a path of the user's: refused, not replaced
         value = getattr(cfg.data, key)
@@ -387,7 +413,13 @@ def run_sweep(
     from dist_train.train.loop import TrainingDiverged
     from dist_train.train.progress import strict_json
 
-    job = dataset_config(dataset, config, overrides or [])
+    job, changed = dataset_config(dataset, config, overrides or [])
+    if changed:
+        print(
+            "[sweep] the features' cardinalities, as the data are generated: "
+            + ", ".join(changed[:4])
+            + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+        )
     check_budgets(job, budgets)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     if verbosity() == "normal":

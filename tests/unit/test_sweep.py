@@ -104,7 +104,7 @@ def test_a_results_line_that_is_no_run_is_named_before_training(
     tmp_path: Path, text: str, match: str
 ) -> None:
     small = ["data.synthetic.num_train_rows=2048", "data.synthetic.num_test_rows=1024"]
-    other = config_digest(dataset_config("synthetic", None, [*small, "train.epochs=5"]))
+    other = config_digest(dataset_config("synthetic", None, [*small, "train.epochs=5"])[0])
     row = json.dumps({**_RUN, "dataset": "synthetic", "config": other})
     (tmp_path / "results.jsonl").write_text(f"{row}\n{text}{row}\n")
     with pytest.raises(ConfigError, match=match):
@@ -155,16 +155,16 @@ def test_adult_converts_to_exact_integer_codes(tmp_path: Path) -> None:
 
 
 def test_the_synthetic_sweep_trains_in_smaller_batches_unless_told_otherwise() -> None:
-    assert dataset_config("synthetic", None, []).train.batch_size == 512
-    assert dataset_config("synthetic", None, ["train.batch_size=1024"]).train.batch_size == 1024
+    assert dataset_config("synthetic", None, [])[0].train.batch_size == 512
+    assert dataset_config("synthetic", None, ["train.batch_size=1024"])[0].train.batch_size == 1024
     default = str(DATASETS["synthetic"])  # a config given by the user is taken as it is
-    assert dataset_config("synthetic", default, []).train.batch_size == 2048
-    assert dataset_config("adult", None, []).train.batch_size == 256
+    assert dataset_config("synthetic", default, [])[0].train.batch_size == 2048
+    assert dataset_config("adult", None, [])[0].train.batch_size == 256
 
 
 def test_a_rerun_under_another_config_is_refused_before_training(tmp_path: Path) -> None:
     small = ["data.synthetic.num_train_rows=2048", "data.synthetic.num_test_rows=1024"]
-    base = dataset_config("synthetic", None, small)
+    base = dataset_config("synthetic", None, small)[0]
     row = {**_RUN, "dataset": "synthetic", "name": "unified-1-s0", "config": config_digest(base)}
     (tmp_path / "results.jsonl").write_text(json.dumps(row) + "\n")
     with pytest.raises(ConfigError, match=r"results.jsonl: 1 synthetic run\(s\) there"):
@@ -307,7 +307,7 @@ def test_an_arm_no_plan_fits_is_named_before_any_arm_trains(tmp_path: Path) -> N
     recording nothing. Every arm is planned first (run_sweep calls this before training)."""
     small = ["data.synthetic.num_train_rows=2048", "data.synthetic.num_test_rows=1024"]
     named = r"sweep arm hashing_trick-b1e06-s0: .*fits nowhere.*nothing was trained"
-    base = dataset_config("synthetic", None, small)
+    base = dataset_config("synthetic", None, small)[0]
     with pytest.raises(ConfigError, match=named):
         _check_plans(base, [Arm("hashing_trick", 1e6, 0)], "cpu")
 
@@ -329,3 +329,17 @@ def test_a_device_the_machine_lacks_is_one_line_before_any_data(
     err = capsys.readouterr().err
     assert "error: device: train.device=cuda needs one GPU per rank" in err, err
     assert "Traceback" not in err and not (out / "data").exists()
+
+
+def test_the_budgets_count_the_values_the_generated_data_hold() -> None:
+    """The budgets came from the features' declared cardinalities, not the generated data's:
+    with data.synthetic.max_cardinality=1000 the columns held 5,893 values against the
+    324,475 declared, so a "3% budget" held 165% of them and collisionless 55x its tables
+    (a review's finding). On generated data the columns' own counts are taken, and said."""
+    from dist_train.sweep import vocabulary
+
+    job, changed = dataset_config("synthetic", None, ["data.synthetic.max_cardinality=1000"])
+    made = job.data.synthetic.column_cardinalities()
+    assert [f.cardinality for f in job.features] == made and vocabulary(job) == sum(made)
+    assert changed[0] == "C2 14 -> 12" and len(changed) == 25  # C1 keeps its 10
+    assert dataset_config("synthetic", None, [])[1] == []  # the default job's agree
