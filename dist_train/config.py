@@ -215,6 +215,11 @@ class SyntheticDataConfig(_Strict):
     def _check(self) -> SyntheticDataConfig:
         if self.min_cardinality > self.max_cardinality:
             raise ValueError("min_cardinality must be <= max_cardinality")
+        if self.num_train_files > self.num_train_rows:  # a file of no rows is no file
+            raise ValueError(
+                f"num_train_files ({self.num_train_files}) exceeds num_train_rows "
+                f"({self.num_train_rows}): every file needs a row"
+            )
         if self.cardinalities is not None and len(self.cardinalities) != self.num_categorical:
             raise ValueError(
                 f"cardinalities has {len(self.cardinalities)} entries, "

@@ -298,11 +298,13 @@ def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = Tru
         for i, c in enumerate(cfg.column_cardinalities())
     ]
     rows = _Rows(cfg, columns, rng.normal(0.0, 0.3, cfg.num_dense), rng)
-    per_file = -(-cfg.num_train_rows // cfg.num_train_files)
+    # as even as rows allow: a ceiling's share a file wrote 3 files of 3 rows for 9 rows in 4
+    base, extra = divmod(cfg.num_train_rows, cfg.num_train_files)
+    first = 0
     for i in range(cfg.num_train_files):
-        n = min(per_file, cfg.num_train_rows - i * per_file)
-        if n > 0:
-            _write_split(result.train_dir / f"part-{i}.parquet", n, i * per_file, rows, progress)
+        n = base + (i < extra)
+        _write_split(result.train_dir / f"part-{i}.parquet", n, first, rows, progress)
+        first += n
     test_path = result.test_dir / "part-0.parquet"
     _write_split(test_path, cfg.num_test_rows, cfg.num_train_rows, rows, progress)
     write_atomically(spec_path, json.dumps(spec, indent=2))  # whole, or the record before
