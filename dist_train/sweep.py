@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow.parquet as pq
+
 from dist_train.config import (
     DEFAULT_CONFIG,
     ConfigError,
@@ -229,11 +231,44 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def markdown(rows: list[dict[str, Any]], dataset: str, model: str = "dlrm") -> str:
+def training_settings(base: JobConfig) -> dict[str, Any]:
+    """What the figures were trained on and how, for the summary: two sweeps of other rows
+    or epochs printed the same header."""
+    from dist_train.data.reader import resolve_files
+
+    def rows(path: str | None) -> int:
+        return sum(pq.read_metadata(f).num_rows for f in resolve_files(path or ""))
+
+    return {
+        "train_rows": rows(base.data.train_path),
+        "test_rows": rows(base.data.test_path),
+        "embedding_dim": base.embedding.dim,
+        "batch_size_per_rank": base.train.batch_size,
+        "ranks": base.ray.num_workers,
+        "epochs": base.train.epochs,
+        "max_steps": base.train.max_steps,
+    }
+
+
+def markdown(
+    rows: list[dict[str, Any]],
+    dataset: str,
+    model: str = "dlrm",
+    settings: dict[str, Any] | None = None,
+) -> str:
+    trained = ""
+    if settings:
+        steps = "" if settings["max_steps"] is None else f", at most {settings['max_steps']} steps"
+        trained = (
+            f" Trained on {settings['train_rows']:,} rows ({settings['epochs']} epoch(s) of "
+            f"{settings['batch_size_per_rank']:,} examples per rank, {settings['ranks']} "
+            f"ranks{steps}), tested on {settings['test_rows']:,}; dim "
+            f"{settings['embedding_dim']}."
+        )
     lines = [
-        f"Dataset: {dataset}; model: {model}. Test AUC and log loss: mean ± standard "
-        "deviation over seeds (min-max). The budget is the embedding tables'; the network "
-        "above them grows with the vectors an arm feeds it (unified's chunks).",
+        f"Dataset: {dataset}; model: {model}.{trained} Test AUC and log loss: mean ± "
+        "standard deviation over seeds (min-max). The budget is the embedding tables'; the "
+        "network above them grows with the vectors an arm feeds it (unified's chunks).",
         "",
         "| method | budget | embedding parameters | dense parameters | seeds | test AUC | "
         "log loss |",
@@ -502,14 +537,17 @@ def run_sweep(
         arm = Arm(row["method"], row["budget"], 0)
         row["dense_parameters"] = dense_parameters(arm_config(base, arm))
     settings = {k: getattr(base.model, k) for k in base.model.settings_read()}
+    trained = training_settings(base)
     summary = {
         "dataset": dataset,
         "model": base.model.kind,
         "model_settings": settings,
+        "config": digest,
+        "training": trained,
         "rows": rows,
     }
     (out / "sweep.json").write_text(strict_json(summary, indent=2))
-    table = markdown(rows, dataset, base.model.describe())
+    table = markdown(rows, dataset, base.model.describe(), trained)
     (out / "sweep.md").write_text(table)
     plot(rows, dataset, out / "sweep.png")
     print("\n" + table + f"\nwrote {out / 'sweep.md'}, {out / 'sweep.json'}, {out / 'sweep.png'}")

@@ -346,6 +346,12 @@ def test_sweep_on_adult_writes_table_plot_and_resumes(tmp_path: Path) -> None:
     dense = {r["method"]: r["dense_parameters"] for r in rows}
     assert dense["unified"] == 14_121 and dense["hashing_trick"] == dense["collisionless"] == 8_169
     assert "| embedding parameters | dense parameters |" in (out / "sweep.md").read_text()
+    # what the figures were trained on: a 1-epoch sweep's header was the published one's
+    assert summary["training"]["train_rows"] == 39_074 and summary["training"]["epochs"] == 1
+    assert (
+        "Trained on 39,074 rows (1 epoch(s) of 256 examples per rank, 2 ranks)"
+        in (out / "sweep.md").read_text()
+    )
     runs = (out / "results.jsonl").read_text()
     assert main(args) == 0  # every arm is on record: nothing trains again
     assert (out / "results.jsonl").read_text() == runs
