@@ -310,8 +310,11 @@ def plot(rows: list[dict[str, Any]], dataset: str, path: Path) -> None:
             label=method,
         )
     ax.set_xscale("log")
-    # labels on decades only: a span under one decade otherwise labels crowded minor ticks
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    # a tick at each budget's parameters, labelled: on decades alone, a sweep spanning less
+    # than one (1.56M to 5.19M) had no number on its axis, and minor ticks' labels crowd
+    params = sorted({r["parameters"] for r in rows})
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xticks(params, [_short(p) for p in params])
     ax.set_xlabel("embedding parameters")
     ax.set_ylabel("test AUC")
     ax.set_title(f"Quality per parameter ({dataset})")
@@ -320,6 +323,14 @@ def plot(rows: list[dict[str, Any]], dataset: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _short(n: int) -> str:
+    """``n`` in three significant digits: 3,952 is 3.95k, 5,191,600 is 5.19M."""
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(n)
 
 
 def config_digest(job: JobConfig) -> str:
