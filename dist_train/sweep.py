@@ -168,9 +168,11 @@ def prepare(dataset: str, config: str | None, overrides: list[str], out: Path) -
     for key in ("train_path", "test_path"):  # a path of the user's: refused, not replaced
         value = getattr(cfg.data, key)
         if value is not None and value != getattr(own, key):
+            own_value = getattr(own, key)
+            keep = "null" if own_value is None else f"{own_value} (its config's)"
             raise ConfigError(
                 f"data.{key}={value}: the sweep trains on the dataset --dataset names "
-                f"({dataset}), written under {out / 'data'}; set data.{key}=null"
+                f"({dataset}), written under {out / 'data'}; leave data.{key} as {keep}"
             )
     data = out / "data"
     if dataset == "adult":

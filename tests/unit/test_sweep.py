@@ -222,6 +222,12 @@ def test_another_datasets_runs_or_the_users_data_paths_are_refused(tmp_path: Pat
     with pytest.raises(ConfigError, match=r"data.train_path=/my/train: the sweep trains on"):
         run_sweep("synthetic", tmp_path / "fresh", overrides=mine, budgets=(1.0,))
     assert not (tmp_path / "runs").exists() and not (tmp_path / "fresh" / "data").exists()
+    # the value to leave: Adult's config names its data (null, suggested, then failed as
+    # generated data its features cannot read; a review's finding)
+    with pytest.raises(ConfigError, match=r"leave data.train_path as data/adult/train \(its"):
+        run_sweep("adult", tmp_path / "a", overrides=mine, budgets=(1.0,))
+    with pytest.raises(ConfigError, match=r"leave data.train_path as null"):
+        run_sweep("synthetic", tmp_path / "fresh", overrides=mine, budgets=(1.0,))
     # a config that names no data (generated data's null) is no path of the user's: the
     # adult sweep with default.yaml said "data.train_path=None: ...; drop the path"
     from dist_train.sweep import prepare
