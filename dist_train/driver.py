@@ -43,6 +43,7 @@ from dist_train.data.validation import BadInputCounts, BadInputError, BadInputPo
 from dist_train.devices import DeviceError, DeviceType, local_gpus, resolve_device
 from dist_train.embedding.layout import build_layout
 from dist_train.input_checks import (
+    SavedAt,
     check_steps,
     examples_trained,
     note_steps_short_of_max,
@@ -109,13 +110,20 @@ def check_inputs(
     return train, test, policy.counts.since(before_test)
 
 
-def _saved_by(resume: str | None) -> tuple[int, int] | None:
-    """The step and world size of the checkpoint a run resumes from; None for a fresh run."""
+def _saved_by(resume: str | None) -> SavedAt | None:
+    """Where the checkpoint a run resumes from stood; None for a fresh run."""
     if resume is None:
         return None
     meta = read_meta(location(resume))
     position = meta.get("position") or {}
-    return int(position.get("step") or 0), int(meta.get("world_size") or 0)
+    train = (meta.get("config") or {}).get("train") or {}
+    return SavedAt(
+        int(position.get("step") or 0),
+        int(meta.get("world_size") or 0),
+        int(position.get("epoch") or 0),
+        int(position.get("batches") or 0),
+        int(train.get("batch_size") or 0),
+    )
 
 
 def check_output_paths(cfg: JobConfig) -> None:

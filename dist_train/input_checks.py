@@ -5,6 +5,7 @@ after training, a share of rows skipped as bad input that says a column was misr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from dist_train.config import JobConfig
@@ -72,32 +73,51 @@ _DEALS_WORK = 200_000
 count a job's steps (a deal costs about 12 us an epoch and 1.4 us a row group here)."""
 
 
-def note_steps_short_of_max(
-    cfg: JobConfig, train: list[RowGroup], saved: tuple[int, int] | None
-) -> None:
+@dataclass(frozen=True)
+class SavedAt:
+    """Where the checkpoint a run resumes stood: its step, world size, epoch, batches into
+    that epoch and batch size."""
+
+    step: int
+    world: int
+    epoch: int = 0
+    batches: int = 0
+    batch_size: int = 0
+
+    @property
+    def epoch_start_step(self) -> int:
+        """The step its epoch began at (its batches into it were that epoch's first)."""
+        return self.step - self.batches
+
+
+def note_steps_short_of_max(cfg: JobConfig, train: list[RowGroup], saved: SavedAt | None) -> None:
     """Say where train.max_steps lies past the steps of train.epochs: training ends with
     the epochs (max_steps only stops it earlier), as a user of trainers whose max_steps
-    overrides the epochs would not expect. ``saved``: the resumed checkpoint's step and
-    world size (its epochs dealt to its ranks: counted here only at the same world)."""
+    overrides the epochs would not expect. ``saved``: the resumed checkpoint's position
+    (its epochs dealt to its ranks: counted here only at the same world); the epochs
+    before its own trained the steps they trained, whatever this job's batch size."""
     most, epochs = cfg.train.max_steps, cfg.train.epochs
     world, batch_size = cfg.ray.num_workers, cfg.train.batch_size
-    if most is None or (saved is not None and saved[1] != world):
+    if most is None or (saved is not None and saved.world != world):
         return
+    first, done = (saved.epoch, saved.epoch_start_step) if saved else (0, 0)
+    left = max(0, epochs - first)
     rows = sum(g.num_rows for g in train)
     # every deal's smallest share lies between these
     fewest = max(0, int(_fewest_rows_a_rank(train, world)) // batch_size)
-    if epochs * fewest >= most:
+    if done + left * fewest >= most:
         return
-    if epochs * (len(train) + 10) > _DEALS_WORK:  # too many deals to make: the bound alone
-        if epochs * (rows // world // batch_size) < most:
+    if left * (len(train) + 10) > _DEALS_WORK:  # too many deals to make: the bound alone
+        bound = done + left * (rows // world // batch_size)
+        if bound < most:
             LOG.warning(
-                f"train.max_steps={most} is past the at most "
-                f"{epochs * (rows // world // batch_size):,} steps of train.epochs={epochs}: "
-                "training ends with the last epoch (max_steps only stops it earlier)"
+                f"train.max_steps={most} is past the at most {bound:,} steps of "
+                f"train.epochs={epochs}: training ends with the last epoch (max_steps only "
+                "stops it earlier)"
             )
         return
-    total = 0
-    for epoch in range(epochs):
+    total = done
+    for epoch in range(first, epochs):
         total += steps_per_epoch(assign_row_groups(train, world, cfg.seed, epoch), batch_size)
         if total >= most:
             return
@@ -137,14 +157,13 @@ SKIPPED_ROWS_WARNING = 0.01
 driver warns."""
 
 
-def examples_trained(
-    summary: dict[str, Any], batch_size: int, saved: tuple[int, int] | None
-) -> int:
-    """The examples of every step to the step reached: this launch's world's since the
-    checkpoint it resumed from, that checkpoint's world's before it."""
-    step, world = saved or (0, 0)
-    since = int(summary.get("steps") or 0) - step
-    return (since * int(summary.get("world_size") or 1) + step * world) * batch_size
+def examples_trained(summary: dict[str, Any], batch_size: int, saved: SavedAt | None) -> int:
+    """The examples of every step to the step reached: this launch's world's and batch's
+    since the checkpoint it resumed from, that checkpoint's before it."""
+    saved = saved or SavedAt(0, 0)
+    since = int(summary.get("steps") or 0) - saved.step
+    before = saved.step * saved.world * (saved.batch_size or batch_size)
+    return since * int(summary.get("world_size") or 1) * batch_size + before
 
 
 def warn_of_skipped_share(summary: dict[str, Any], trained: int) -> None:

@@ -82,11 +82,11 @@ def test_max_steps_past_the_epochs_steps_is_named(
     """train.max_steps=100 with 1 epoch of 31 steps trained 31 and said nothing (a review's
     walk-through: other trainers' max_steps overrides the epochs). 2 ranks, 8 groups of
     1,024 rows, batches of 256: 16 steps an epoch."""
-    from dist_train.input_checks import note_steps_short_of_max
+    from dist_train.input_checks import SavedAt, note_steps_short_of_max
 
     groups = prepare_inputs(_cfg(small_cfg, small_data, [])).train_groups
 
-    def noted(*overrides: str, saved: tuple[int, int] | None = None) -> str:
+    def noted(*overrides: str, saved: SavedAt | None = None) -> str:
         caplog.clear()
         with caplog.at_level("WARNING", logger="dist_train"):
             note_steps_short_of_max(_cfg(small_cfg, small_data, list(overrides)), groups, saved)
@@ -104,8 +104,13 @@ def test_max_steps_past_the_epochs_steps_is_named(
     )
     # a resume at the same world: the same deals, counted (resumes extend max_steps); on
     # other ranks the saved epochs were dealt otherwise: not counted
-    assert past in noted("train.epochs=2", "train.max_steps=100", saved=(20, 2))
-    assert not noted("train.epochs=2", "train.max_steps=100", saved=(20, 1))
+    assert past in noted("train.epochs=2", "train.max_steps=100", saved=SavedAt(20, 2, 1, 4, 256))
+    assert not noted("train.epochs=2", "train.max_steps=100", saved=SavedAt(20, 1, 1, 4, 256))
+    # 2 epochs of 8 steps at batch 512, resumed at their end at 256: 16 + 2 x 16 steps, not
+    # 4 x 16 as if every epoch had run at 256 (a review's finding)
+    other_batch = SavedAt(16, 2, 2, 0, 512)
+    ends = "train.max_steps=100 is past the 48 steps of train.epochs=4: training ends at step 48"
+    assert ends in noted("train.epochs=4", "train.max_steps=100", saved=other_batch)
 
 
 def test_a_large_share_of_rows_skipped_is_warned_of(caplog: pytest.LogCaptureFixture) -> None:
@@ -137,11 +142,14 @@ def test_a_large_share_of_rows_skipped_is_warned_of(caplog: pytest.LogCaptureFix
 def test_the_examples_trained_count_every_launchs_world() -> None:
     """A resume on other ranks: the steps before it were of the saving run's world (a
     review: 6,000 rows skipped in 1,000 steps of 4 ranks read as 2% of 1,010 steps of 1)."""
-    from dist_train.input_checks import examples_trained
+    from dist_train.input_checks import SavedAt, examples_trained
 
     summary = {"steps": 1_010, "world_size": 1}
-    assert examples_trained(summary, 256, (1_000, 4)) == (10 * 1 + 1_000 * 4) * 256
+    assert examples_trained(summary, 256, SavedAt(1_000, 4)) == (10 * 1 + 1_000 * 4) * 256
     assert examples_trained(summary, 256, None) == 1_010 * 256
+    # and its batch size: the steps before the resume were of the saving run's batches
+    saved = SavedAt(1_000, 4, batch_size=512)
+    assert examples_trained(summary, 256, saved) == 10 * 256 + 1_000 * 4 * 512
 
 
 def test_test_files_that_are_also_training_files_are_named(
