@@ -288,10 +288,16 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
         launch_unix = time.time()
         summary = launch(cfg, inputs)
     if inputs.resume and not summary.get("steps_this_launch"):
+        most = cfg.train.max_steps
+        raise_which = (  # (raising the epochs would not help: max_steps stops it first)
+            "Raise train.max_steps to train on"
+            if most is not None and most <= summary["steps"]
+            else "Raise either to train on"
+        )
         LOG.warning(
             f"nothing left to train: {inputs.resume} is at step {summary['steps']}, the end "
-            f"of training (train.max_steps={cfg.train.max_steps}, train.epochs="
-            f"{cfg.train.epochs}); it was evaluated only. Raise either to train on"
+            f"of training (train.max_steps={most}, train.epochs={cfg.train.epochs}); it was "
+            f"evaluated only. {raise_which}"
         )
     warn_of_skipped_share(summary, examples_trained(summary, cfg.train.batch_size, saved))
     summary["wall_seconds"] = time.perf_counter() - start

@@ -228,6 +228,8 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path: Path) 
         LOG.removeHandler(handler)
     assert summary["steps"] == 4 and summary["steps_this_launch"] == 0
     assert len(said) == 1 and "step-00000004 is at step 4" in said[0], said
+    # max_steps is what stops it: raising the epochs (as "either" said) would not help
+    assert said[0].endswith("Raise train.max_steps to train on"), said
 
 
 def test_partial_checkpoint_is_ignored_and_removed(tmp_path: Path) -> None:
