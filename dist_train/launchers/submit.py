@@ -281,16 +281,8 @@ def _job_server_problem(address: str, submission_id: str | None, env: dict[str, 
     would not): no job server there, a token it refuses, a submission id it already holds.
     (Ray's CLI says so in a traceback of 50 to 120 lines.) Asked by Ray's client in a
     process of its own (:data:`_CLIENT`)."""
-    try:
-        asked = subprocess.run(
-            [sys.executable, "-c", _PROBE, address, submission_id or ""],
-            capture_output=True,
-            text=True,
-            check=False,
-            env=env,
-            timeout=PROBE_TIMEOUT_S,
-        )
-    except subprocess.TimeoutExpired:
+    asked = _ask_job_server(_PROBE, address, submission_id or "", env)
+    if asked is None:
         return (
             f"no answer from {address} in {PROBE_TIMEOUT_S:.0f} s: is that the cluster's job "
             "server (--address, RAY_ADDRESS; http://<head>:8265)?"
@@ -335,15 +327,15 @@ def _job_server_problem(address: str, submission_id: str | None, env: dict[str, 
 _ASK_STATUS = _CLIENT + "print(client.get_job_status(sys.argv[2]).value)\n"
 
 
-def _ended_code(address: str, submission_id: str, env: dict[str, str]) -> int:
-    """The exit code of a waited-for job that ``ray job submit`` exits 0 for: 0 where it
-    SUCCEEDED; SIGTERM's (:data:`~dist_train.stopping.EXIT_CODE`, as a stopped ``dist-train
-    train`` exits) where ``ray job stop`` ended it; 1 where it did not end (the CLI stops
-    following a job whose cluster went away) or its end cannot be asked. A script that
-    goes on after a 0 would export a run that never finished."""
-    try:  # a job server that hangs would hang the command: waited for as the probe is
-        asked = subprocess.run(
-            [sys.executable, "-c", _ASK_STATUS, address, submission_id],
+def _ask_job_server(
+    script: str, address: str, submission_id: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[str] | None:
+    """``script`` (Ray's job client, :data:`_CLIENT`) run on ``address`` and
+    ``submission_id`` in a process of its own; None where it gave no answer within
+    :data:`PROBE_TIMEOUT_S` (a job server that hangs would hang the command)."""
+    try:
+        return subprocess.run(
+            [sys.executable, "-c", script, address, submission_id],
             capture_output=True,
             text=True,
             check=False,
@@ -351,7 +343,18 @@ def _ended_code(address: str, submission_id: str, env: dict[str, str]) -> int:
             timeout=PROBE_TIMEOUT_S,
         )
     except subprocess.TimeoutExpired:
-        asked = subprocess.CompletedProcess([], 1, "", f"no answer in {PROBE_TIMEOUT_S:.0f} s")
+        return None
+
+
+def _ended_code(address: str, submission_id: str, env: dict[str, str]) -> int:
+    """The exit code of a waited-for job that ``ray job submit`` exits 0 for: 0 where it
+    SUCCEEDED; SIGTERM's (:data:`~dist_train.stopping.EXIT_CODE`, as a stopped ``dist-train
+    train`` exits) where ``ray job stop`` ended it; 1 where it did not end (the CLI stops
+    following a job whose cluster went away) or its end cannot be asked. A script that
+    goes on after a 0 would export a run that never finished."""
+    asked = _ask_job_server(_ASK_STATUS, address, submission_id, env) or (
+        subprocess.CompletedProcess([], 1, "", f"no answer in {PROBE_TIMEOUT_S:.0f} s")
+    )
     status = asked.stdout.strip()
     if asked.returncode != 0:
         # Ray's traceback, or the client's JSON line (_CLIENT)
