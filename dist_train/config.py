@@ -8,6 +8,7 @@ A job config is a YAML file (see ``launch/configs/``). ``load_config`` reads it,
 from __future__ import annotations
 
 import argparse
+import copy
 import decimal
 import difflib
 import re
@@ -159,9 +160,11 @@ Width = Annotated[int, Field(gt=0, le=MAX_WIDTH)]
 
 
 def _not_empty(path: str) -> str:
-    # made absolute, '' was the working directory: checkpoints landed wherever the command ran
-    if not path.strip():
-        raise ValueError("an empty path; leave the key out (or null) for its default")
+    # made absolute, '' (or file:, file://) was the working directory: checkpoints landed
+    # wherever the command ran
+    local = path[len("file:") :] if path.startswith("file:") else path
+    if not (local[2:] if local.startswith("//") else local).strip():
+        raise ValueError("an empty path; leave the key out for its default")
     return path
 
 
@@ -1113,30 +1116,41 @@ def closest_key(key: str) -> str | None:
 
 
 # a union's member as pydantic names it at the end of an error's loc (int | 'auto')
-_UNION_MEMBER = re.compile(r"int|bool|float|str|literal\[(.*)\]")
+_UNION_MEMBER = re.compile(r"int|bool|float|str|literal\[.*\]|str-enum\[\w+\]|[\w-]+\[.*\]")
 _MEMBER_WORDS = {"int": "an integer", "bool": "true or false", "float": "a number", "str": "text"}
 
 
 def _one_error_a_union(errors: list[Any]) -> list[Any]:
     """pydantic's errors with those of one union's members (``group_size: int | 'auto'``
     gave ``group_size.int`` and ``group_size.literal['auto']``, two problems at keys that
-    do not exist) merged into one at the union's key, saying what it takes."""
+    do not exist) merged into one at the union's key, saying what it takes. A union fails
+    in every member: two or more errors at one key's members, one after the other."""
     out: list[Any] = []
-    for e in errors:
-        loc = tuple(e["loc"])
-        member = _UNION_MEMBER.fullmatch(str(loc[-1])) if loc else None
-        if member is None:
-            out.append(e)
+    i = 0
+    while i < len(errors):
+        loc = tuple(errors[i]["loc"])
+        j = i
+        while (
+            j < len(errors)
+            and loc
+            and tuple(errors[j]["loc"])[:-1] == loc[:-1]
+            and len(errors[j]["loc"]) == len(loc)
+            and _UNION_MEMBER.fullmatch(str(errors[j]["loc"][-1]))
+        ):
+            j += 1
+        if j - i < 2:  # no union: one error (a mapping's key named int, say) as it is
+            out.append(errors[i])
+            i += 1
             continue
-        words = member.group(1) or _MEMBER_WORDS[member.group(0)]
-        last = out[-1] if out else None
-        if last is not None and last.get("union") and tuple(last["loc"]) == loc[:-1]:
-            last["msg"] = f"{last['msg']} or {words}"
-            continue
-        out.append({**e, "loc": loc[:-1], "msg": f"expected {words}", "union": True})
-    for e in out:
-        if e.get("union"):
-            e["msg"] += f"; got {e['input']!r}"
+        words = [
+            str((e.get("ctx") or {}).get("expected") or _MEMBER_WORDS.get(str(e["loc"][-1])))
+            for e in errors[i:j]
+        ]
+        taken = " or ".join(w for w in words if w != "None") or "another value"
+        out.append(
+            {**errors[i], "loc": loc[:-1], "msg": f"expected {taken}; got {errors[i]['input']!r}"}
+        )
+        i = j
     return out
 
 
@@ -1271,7 +1285,7 @@ def _override_value(item: str, parts: list[str], text: str) -> Any:
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of ``raw`` with ``a.b.c=value`` overrides applied (values parsed as YAML,
     but for string keys: :func:`_override_value`)."""
-    out: dict[str, Any] = yaml_value(yaml.safe_dump(raw)) or {}
+    out: dict[str, Any] = copy.deepcopy(raw) or {}  # (a YAML round trip re-read "09" as 9)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected KEY.PATH=VALUE")
@@ -1346,7 +1360,9 @@ _Yaml12Numbers.yaml_implicit_resolvers = {
 }
 _Yaml12Numbers.add_implicit_resolver(
     _INT_TAG,
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*|0o[0-7_]+|0x[0-9a-fA-F_]+)$"),
+    # a leading 0 before more digits: text (YAML 1.1 read octal), which a number's key
+    # reads as the decimal it is and a text key keeps ("09", a name, stays "09")
+    re.compile(r"^[-+]?(?:0|[1-9][0-9_]*|0o[0-7_]+|0x[0-9a-fA-F_]+)$"),
     list("-+0123456789"),
 )
 _Yaml12Numbers.add_implicit_resolver(
@@ -1360,11 +1376,15 @@ _Yaml12Numbers.add_implicit_resolver(
 )
 
 
-def _yaml12_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
-    text = str(loader.construct_scalar(node)).replace("_", "")
-    sign, digits = (-1, text[1:]) if text[:1] == "-" else (1, text.lstrip("+"))
+def _yaml12_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int | str:
+    text = str(loader.construct_scalar(node))
+    digits = text.replace("_", "")
+    sign, digits = (-1, digits[1:]) if digits[:1] == "-" else (1, digits.lstrip("+"))
     base = {"0o": 8, "0x": 16}.get(digits[:2])
-    return sign * (int(digits[2:], base) if base else int(digits, 10))
+    try:
+        return sign * (int(digits[2:], base) if base else int(digits, 10))
+    except ValueError:  # 0o_, 0x_: no digits; the text, for the key's own error
+        return text
 
 
 _Yaml12Numbers.add_constructor(_INT_TAG, _yaml12_int)

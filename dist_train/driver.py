@@ -289,11 +289,15 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
         summary = launch(cfg, inputs)
     if inputs.resume and not summary.get("steps_this_launch"):
         most = cfg.train.max_steps
-        raise_which = (  # (raising the epochs would not help: max_steps stops it first)
-            "Raise train.max_steps to train on"
-            if most is not None and most <= summary["steps"]
-            else "Raise either to train on"
-        )
+        reached = [  # the limits training stopped at: raising another would not help
+            key
+            for key, at_it in (
+                ("train.epochs", saved is not None and saved.epoch >= cfg.train.epochs),
+                ("train.max_steps", most is not None and most <= summary["steps"]),
+            )
+            if at_it
+        ]
+        raise_which = f"Raise {' and '.join(reached) or 'either'} to train on"
         LOG.warning(
             f"nothing left to train: {inputs.resume} is at step {summary['steps']}, the end "
             f"of training (train.max_steps={most}, train.epochs={cfg.train.epochs}); it was "

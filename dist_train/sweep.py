@@ -142,7 +142,9 @@ def dataset_config(
     features' cardinalities the generated columns' (:func:`_generated_vocabulary`), and
     the features whose cardinality that changed."""
     cfg = _given_config(dataset, config, overrides)
-    return _generated_vocabulary(cfg) if dataset == "synthetic" else (cfg, [])
+    # (a config naming data of its own is refused by prepare, naming its path)
+    generated = dataset == "synthetic" and cfg.data.train_path is None
+    return _generated_vocabulary(cfg) if generated else (cfg, [])
 
 
 def _generated_vocabulary(cfg: JobConfig) -> tuple[JobConfig, list[str]]:
@@ -328,10 +330,11 @@ def plot(rows: list[dict[str, Any]], dataset: str, path: Path) -> None:
 
 
 def _short(n: int) -> str:
-    """``n`` in three significant digits: 3,952 is 3.95k, 5,191,600 is 5.19M."""
-    for unit, scale in (("M", 1e6), ("k", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.3g}{unit}"
+    """``n`` in three significant digits: 3,952 is 3.95k, 5,191,600 is 5.19M, 999,600 1M."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        text = f"{n / scale:.3g}"
+        if "e" not in text and float(text) >= 1:  # rounded up to this unit's 1 counts
+            return text + unit
     return str(n)
 
 
@@ -491,9 +494,12 @@ def run_sweep(
             "another job config (--config, --set): their figures cannot be mixed with this "
             "one's. Sweep into another --out, or remove the file to start over"
         )
-    device = _device(job)
-    base = prepare(dataset, config, overrides or [], out)  # after the checks: it writes data
     planned = arms(budgets, seeds)
+    recorded = {r["name"] for r in done}
+    # before the data are written; a sweep whose arms are all on record trains nothing
+    # (its summary is written on any machine)
+    device = _device(job) if any(a.name not in recorded for a in planned) else None
+    base = prepare(dataset, config, overrides or [], out)  # after the checks: it writes data
     stale = stale_runs(done, base, planned)
     if stale:
         print(
@@ -508,7 +514,8 @@ def run_sweep(
         f"[sweep] {dataset}: {len(todo)} run(s) to train, {len(wanted & have)} already in {log}",
         flush=True,
     )
-    _check_plans(base, todo, device)
+    if todo:  # (records of an older dist_train's parameters, found stale: trained again)
+        _check_plans(base, todo, device or _device(job))
     for i, arm in enumerate(todo, 1):
         start = time.perf_counter()
         job = arm_config(base, arm)

@@ -184,7 +184,13 @@ def _check_fit(
         except ClusterTooSmallError:
             if not cfg.ray.min_workers:
                 raise
-            fits(cfg.ray.min_workers)  # an elastic job starts with what fits, as training checks
+            try:  # an elastic job starts with what fits, as training checks
+                fits(cfg.ray.min_workers)
+            except ClusterTooSmallError as err:
+                raise ClusterTooSmallError(
+                    f"{err} (ray.min_workers={cfg.ray.min_workers}: the fewest an elastic "
+                    "job starts with)"
+                ) from None
             fewer = (
                 f"; fewer than its {cfg.ray.num_workers} workers (ray.min_workers="
                 f"{cfg.ray.min_workers}: Ray Train starts with those that fit once its start "

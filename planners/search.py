@@ -273,7 +273,9 @@ def _no_column_split(dim: int, most: int) -> str:
 
 
 def _gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB"
+    """Bytes in GiB to 2 decimals, below 1 GiB in MiB (0.08 GiB needed of 0.08 usable hid
+    the difference)."""
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def explain_no_fit(
@@ -373,7 +375,7 @@ def search(
         raise PlanningError(explain_no_fit(workload, topo, types))
     result = SearchResult(best, allowed=types)
     for t in SHARDING_TYPES:
-        if t in ("grid_shard", "table_row_wise") and topo.num_nodes < 2:
+        if t in ("grid_shard", "table_row_wise") and topo.num_nodes < 2 and t not in types:
             result.alternatives[t] = "needs at least 2 nodes (on one node, row_wise is it)"
             continue
         try:

@@ -230,6 +230,17 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path: Path) 
     assert len(said) == 1 and "step-00000004 is at step 4" in said[0], said
     # max_steps is what stops it: raising the epochs (as "either" said) would not help
     assert said[0].endswith("Raise train.max_steps to train on"), said
+    said.clear()  # the epochs ended it (and max_steps at that step too): both are said
+    LOG.addHandler(handler)
+    try:
+        ended = [*BASE, f"output_dir={tmp_path / 'e'}", "train.epochs=1"]
+        run_job(load_config(TINY, ended))
+        run_job(load_config(TINY, [*ended, "checkpoint.resume=latest"]))
+        run_job(load_config(TINY, [*ended, "checkpoint.resume=latest", "train.max_steps=16"]))
+    finally:
+        LOG.removeHandler(handler)
+    assert said[0].endswith("Raise train.epochs to train on"), said
+    assert said[1].endswith("Raise train.epochs and train.max_steps to train on"), said
 
 
 def test_partial_checkpoint_is_ignored_and_removed(tmp_path: Path) -> None:

@@ -661,6 +661,14 @@ def test_numbers_are_not_read_in_octal_or_base_60(tmp_path: Path) -> None:
     assert load_config(overrides=["train.batch_size=0100"]).train.batch_size == 100
     assert load_config(overrides=["seed=0o17"]).seed == 15  # YAML 1.2's octal
     assert load_config(overrides=["seed=0x10", "train.epochs=1_000"]).seed == 16
+    # a text key keeps a leading zero: "09" in a file, given to --set or round the overrides
+    named = tmp_path / "named.yaml"
+    named.write_text(DEFAULT_CONFIG.read_text().replace("name: default", "name: 09"))
+    assert load_config(named, ["seed=1"]).name == "09"
+    named.write_text(DEFAULT_CONFIG.read_text().replace("name: default", 'name: "0o17"'))
+    assert load_config(named, ["seed=1"]).name == "0o17"
+    with pytest.raises(ConfigError, match="seed: Input should be a valid integer"):
+        load_config(overrides=["seed=0o_"])  # no digits: the key's error, not a traceback
     for base_60 in ("train.epochs=1:30", "train.dense_learning_rate=1:5.0"):
         with pytest.raises(ConfigError, match="Input should be a valid"):
             load_config(overrides=[base_60])
@@ -702,6 +710,11 @@ def test_a_unions_error_is_one_problem_at_its_key(tmp_path: Path) -> None:
         load_config(overrides=["sharding.group_size=AUTO", "train.pipeline=maybe"])
     said = str(bad.value)
     assert "(2 problem(s))" in said and ".int" not in said and "literal[" not in said
+    # an enum among the members: every value it takes (it said "expected 'auto'" alone)
+    with pytest.raises(ConfigError) as enum:
+        load_config(overrides=["sharding.type=foo"])
+    assert "(1 problem(s))" in str(enum.value) and "str-enum" not in str(enum.value)
+    assert "sharding.type: expected 'auto' or 'row_wise', " in str(enum.value)
     assert "  sharding.group_size: expected an integer or 'auto'; got 'AUTO'" in said
     assert "  train.pipeline: expected 'auto' or true or false; got 'maybe'" in said
 

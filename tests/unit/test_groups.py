@@ -255,5 +255,6 @@ def test_a_hierarchical_type_asked_for_on_one_node_is_said_to_be_row_wise(
     assert main([*args, "--set", "sharding.type=table_row_wise"]) == 0
     out = capsys.readouterr().out
     assert "allows only this type (on one node it places the rows as row_wise does)" in out
+    assert "table_row_wise    needs at least 2 nodes" not in out  # (it was chosen)
     assert main([*args, "--set", "sharding.type=row_wise"]) == 0
     assert "on one node it places" not in capsys.readouterr().out

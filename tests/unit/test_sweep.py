@@ -379,3 +379,15 @@ def test_the_plots_axis_names_each_budgets_parameters(tmp_path: Path) -> None:
     finally:
         patch.undo()
     assert shown == [["1.56M", "5.19M"]]
+
+
+def test_a_ticks_label_rounds_into_the_next_unit() -> None:
+    from dist_train.sweep import _short
+
+    assert [_short(n) for n in (120, 3_952, 999_600, 155_744, 1_234_567_890)] == [
+        "120",
+        "3.95k",
+        "1M",  # 1e+03k before
+        "156k",
+        "1.23G",  # 1.23e+03M before
+    ]

@@ -304,7 +304,7 @@ def test_an_elastic_job_fits_a_cluster_holding_its_minimum(tmp_path: Path) -> No
     assert any("fewer than its 6 workers (ray.min_workers=2" in ok for ok in report.ok)
     job = _job(tmp_path, "elastic5", ray={"num_workers": 6, "min_workers": 5})
     problems = validate_files([str(job), str(RAYJOB)]).problems
-    assert any("5 workers x 1 CPU do not fit" in p for p in problems), problems
+    assert any("5 workers x 1 CPU do not fit" in p and "(ray.min_workers=5" in p for p in problems)
 
 
 @pytest.mark.parametrize(
