@@ -1295,6 +1295,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise ConfigError(f"override {item!r}: expected KEY.PATH=VALUE (an empty key)")
         node: Any = out
         for i, p in enumerate(parts[:-1]):
+            if isinstance(node, dict) and p not in node and parts[i + 1].isdigit():
+                # an item of a list the config leaves unset: made a mapping {'0': ...}, it
+                # was refused as "Input should be a valid list"
+                whole = ".".join(parts[: i + 1])
+                raise ConfigError(
+                    f"--set {item}: {whole} is not set, so it has no item {parts[i + 1]}; set "
+                    f"it whole, e.g. --set {whole}=[...]"
+                )
             child = (
                 node[_item_index(node, p, parts[i - 1], item)]
                 if isinstance(node, list)
@@ -1326,6 +1334,11 @@ def _item_index(items: list[Any], part: str, name: str, item: str) -> int:
     found = _find_item(items, part)
     if found is not None:
         return found
+    if not items:  # (its positions "from 0 to -1")
+        raise ConfigError(
+            f"--set {item}: {name} is empty, so it has no item {part!r}; set it whole, e.g. "
+            f"--set {item.split('=', 1)[0].rsplit('.', 1)[0]}=[...]"
+        )
     names = [str(e.get("name")) for e in items if isinstance(e, dict) and "name" in e]
     listed = f"; its items: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"
     raise ConfigError(

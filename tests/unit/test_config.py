@@ -728,3 +728,19 @@ def test_malformed_yaml_is_one_line_at_its_place(tmp_path: Path) -> None:
     said = str(err.value)
     assert said.startswith(f"{bad}:2:1: not valid YAML: found character") and "\n" not in said
     assert "<unicode string>" not in said
+
+
+def test_an_item_of_a_list_not_set_or_empty_says_so(tmp_path: Path) -> None:
+    """`--set model.attention_mlp.0=32` where the config leaves the list unset made a mapping
+    {'0': 32}, refused as "Input should be a valid list"; on an empty list it named
+    positions "from 0 to -1" (a review's findings)."""
+    with pytest.raises(ConfigError, match=r"model\.attention_mlp is not set, so it has no item 0"):
+        load_config(overrides=["model.attention_mlp.0=32"])
+    empty = tmp_path / "empty.yaml"
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    raw.setdefault("model", {})["attention_mlp"] = []
+    empty.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"attention_mlp is empty, so it has no item '0'"):
+        load_config(empty, ["model.attention_mlp.0=32"])
+    assert load_config(overrides=["model.attention_mlp=[32]"]).model.attention_mlp == [32]
+    assert load_config(overrides=["features.0.chunks=2"]).features[0].chunks == 2
