@@ -391,11 +391,16 @@ def _check_same_batches(cfg: JobConfig, meta: dict[str, Any], path: Location) ->
             )
 
 
+def _newer_than(root: Location, step: int) -> list[Location]:
+    """The committed checkpoints under ``root`` of steps after ``step``."""
+    return [p for p in checkpoint.committed(root) if checkpoint.step_of(p) > step]
+
+
 def _refuse_to_branch(cfg: JobConfig, root: Location, path: Location, step: int) -> None:
     """Resuming from ``step`` beside newer checkpoints would mix two runs: ``latest`` would
     pick theirs, and keeping the newest ``num_to_keep`` would delete this run's (the
     checkpoint resumed from first). Refuse before anything is written."""
-    newer = [p.name for p in checkpoint.committed(root) if checkpoint.step_of(p) > step]
+    newer = [p.name for p in _newer_than(root, step)]
     if cfg.checkpoint.saves and newer:
         raise checkpoint.CheckpointError(
             f"{root} holds checkpoints newer than {path} ({', '.join(newer)}): this run's "
@@ -533,12 +538,9 @@ class Checkpoints:
         position = checkpoint.load(self.trainer, location(self.resume_from))
         self.saver.resumed(location(self.resume_from), position.step)
         self.trainer.resumed_at(position.step)
-        newer = [
-            p
-            for p in checkpoint.committed(self.saver.root)
-            if checkpoint.step_of(p) > position.step
-        ]
-        self.progress.resumed_at(position.step, branch=bool(newer))
+        # a branch (beside newer checkpoints, which a run that saves nothing may take)
+        branch = bool(_newer_than(self.saver.root, position.step))
+        self.progress.resumed_at(position.step, branch=branch)
         if dist.get_rank() == 0:  # the saved counts are every rank's (save), held once
             policy.counts.rows = dict(position.bad_input_rows)
             policy.counts.row_groups = position.bad_input_row_groups
