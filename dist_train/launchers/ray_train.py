@@ -4,7 +4,6 @@ per worker and nccl for CUDA tensors on GPU ranks)."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -13,24 +12,23 @@ import re
 import signal
 import socket
 import sys
-import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ray
 import ray.train
-import torch.distributed as dist
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from dist_train.config import JobConfig, parse_config
+from dist_train.config import JobConfig
 from dist_train.devices import backend_for, local_gpus
-from dist_train.launchers.affinity import pin_local_rank
 from dist_train.launchers.cluster import check_fits, describe, live_nodes, packing_risk
 from dist_train.launchers.processes import free_port
-from dist_train.logs import LOG, drop_message, quiet_worker_logs, setup_logging, worded_for_users
+from dist_train.launchers.ray_entry import ray_worker, train_loop_config
+from dist_train.launchers.ray_worker import FAILED, SUMMARY_FILE
+from dist_train.logs import LOG, drop_message
 from dist_train.stopping import Terminated
 from dist_train.train.faults import DRILL_ENVS
 from planners.cores import usable_cores
@@ -43,117 +41,7 @@ class LaunchError(RuntimeError):
     """The Ray job could not start or did not finish."""
 
 
-SUMMARY_FILE = "summary.json"
 HEALTH_CHECK_ENV, HEALTH_CHECK_SECONDS = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
-POINTER_FILE = "dist_train_checkpoint.json"
-# where Ray Train's worker logs the traceback of an error its training function raised
-RAY_TRAIN_ERROR_LOGGER = "ray.train.v2._internal.util"
-# a summary's key: [type, message] of the error a restarted group found recorded
-FAILED = "failed_before_restart"
-
-
-def _report(record: Mapping[str, object], attach: str = SUMMARY_FILE) -> None:
-    """Report ``record`` from every rank (Ray Train requires all to report); rank 0 attaches
-    it as a tiny checkpoint file named ``attach``, which ``Result`` and
-    ``get_checkpoint()`` then carry."""
-    metrics = dict(record)
-    if ray.train.get_context().get_world_rank() != 0:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / attach).write_text(json.dumps(metrics))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
-def _checkpoint_reporter(run_id: str) -> Callable[[str, int], None]:
-    """Tell Ray Train about each committed checkpoint with a pointer to it (the DCP shards
-    stay where every rank wrote them), so a restarted worker group finds it."""
-
-    def report(path: str, step: int) -> None:
-        _report({"step": step, "checkpoint": path, "run_id": run_id}, attach=POINTER_FILE)
-
-    return report
-
-
-def _ray_record(run_id: str) -> tuple[int, str] | None:
-    """(step, path) of the newest checkpoint Ray Train recorded for this launch, if any.
-
-    Only this launch's pointers count (its ``run_id``): Ray Train also restores its records
-    from an earlier launch that used the same storage path."""
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
-        return None
-    with ckpt.as_directory() as path:
-        pointer = Path(path) / POINTER_FILE
-        record = json.loads(pointer.read_text()) if pointer.is_file() else {}
-    if record.get("run_id") != run_id:
-        return None
-    return int(record["step"]), str(record["checkpoint"])
-
-
-def _ray_worker(payload: dict[str, Any]) -> None:
-    os.environ.update(payload["drills"])
-    quiet_worker_logs()
-    cfg = parse_config(payload["config"], "<driver>")
-    if payload["pin_cores"]:
-        context = ray.train.get_context()
-        pin_local_rank(
-            context.get_local_rank(), context.get_local_world_size(), cfg.ray.threads_per_worker
-        )
-    # Imported here, after quieting, so FBGEMM's import-time INFO lines stay out of the output.
-    from dist_train.data.reader import DataSourceError
-    from dist_train.data.validation import BadInputError, InputReadError
-    from dist_train.train.checkpointing import failed_before, record_failure, restart_point
-    from dist_train.train.evaluation import run_evaluation
-    from dist_train.train.loop import TrainingDiverged, run_worker
-
-    # errors of the run itself, not of a worker or its machine: a restarted group resuming
-    # the same checkpoint meets them again (the same loss, the same bad row); not a read's
-    # I/O error (InputReadError), which may be the storage's for a moment
-    repeats = (TrainingDiverged, BadInputError, DataSourceError)
-
-    inputs = payload["inputs"]  # a WorkerInputs, plan included (Ray pickles the config)
-    setup_logging(inputs.verbosity)
-    recorded = _ray_record(inputs.run_id) if dist.get_rank() == 0 else None
-    restart = restart_point(cfg, inputs.run_id, recorded)
-    if restart is not None:  # Ray Train restarted the group after a worker failed
-        LOG.info(f"worker group restarted; resuming from {restart}")
-        inputs = dataclasses.replace(inputs, resume=restart, restarted=True)
-    failure = failed_before(cfg, inputs.run_id)
-    if failure is not None:  # it would fail again: end, so that Ray restarts no more
-        _report({FAILED: list(failure)})
-        return
-    world = ray.train.get_context().get_world_size()
-    if inputs.plan is not None and inputs.plan.world_size != world:
-        # An elastic group of another size: the workers plan for themselves (rank 0 plans
-        # and broadcasts), and the resume reshards into that plan.
-        LOG.info(f"{world} workers instead of {inputs.plan.world_size}: re-planning")
-        inputs = dataclasses.replace(inputs, plan=None)
-        if cfg.sharding.group_size != "auto":
-            # a 2D group size chosen for the full world may not tile this one
-            LOG.info(f"sharding.group_size={cfg.sharding.group_size}: auto for {world} workers")
-            sharding = cfg.sharding.model_copy(update={"group_size": "auto"})
-            cfg = cfg.model_copy(update={"sharding": sharding})
-    node_id = ray.get_runtime_context().get_node_id()
-    try:
-        if inputs.evaluate_only:
-            run_evaluation(cfg, inputs, node_id, report=_report)
-        else:
-            run_worker(
-                cfg,
-                inputs,
-                node_id,
-                report=_report,
-                checkpointed=_checkpoint_reporter(inputs.run_id),
-            )
-    except Exception as error:
-        if isinstance(error, repeats) and not isinstance(error, InputReadError):
-            record_failure(cfg, inputs.run_id, dist.get_rank(), error)
-        if worded_for_users(error) and inputs.verbosity != "verbose":
-            # the driver says it in a line; Ray Train's worker would add its traceback from
-            # every rank (Ray's error, which -v logs, holds it too)
-            drop_message(RAY_TRAIN_ERROR_LOGGER, "Error in training function")
-        raise
 
 
 # Set by Ray's job supervisor in the environment of a `ray job submit` entrypoint (with
@@ -538,6 +426,20 @@ def _environment_defaults(values: Mapping[str, str]) -> Iterator[None]:
         _restore(saved)
 
 
+def _worker_payload(cfg: JobConfig, inputs: WorkerInputs, private: bool) -> dict[str, Any]:
+    """What every worker needs from the driver (read by
+    :func:`~dist_train.launchers.ray_worker.run_rank`)."""
+    cuda = inputs.device_type == "cuda"
+    return {
+        "config": cfg.model_dump(mode="json"),
+        "inputs": inputs,
+        "pin_cores": cfg.ray.pins_cores(owns_machine=private) and not cuda,
+        # the drills' settings, from the driver's environment: a joined cluster's workers
+        # have its raylet's, where they were never set
+        "drills": {k: os.environ[k] for k in DRILL_ENVS if k in os.environ},
+    }
+
+
 def _fit(cfg: JobConfig, inputs: WorkerInputs, private: bool) -> tuple[Any, str]:
     """Ray Train's run of the job's workers (``private``: on the embedded instance, which
     owns the machine): its result, and what they did (for errors)."""
@@ -548,15 +450,8 @@ def _fit(cfg: JobConfig, inputs: WorkerInputs, private: bool) -> tuple[Any, str]
     if cfg.ray.min_workers is not None:  # Ray Train v2's elastic (min, max); the stubs
         workers = (cfg.ray.min_workers, cfg.ray.num_workers)  # show v1's int only
     trainer = TorchTrainer(
-        train_loop_per_worker=_ray_worker,
-        train_loop_config={
-            "config": cfg.model_dump(mode="json"),
-            "inputs": inputs,
-            "pin_cores": cfg.ray.pins_cores(owns_machine=private) and not cuda,
-            # the drills' settings, from the driver's environment: a joined cluster's
-            # workers have its raylet's, where they were never set
-            "drills": {k: os.environ[k] for k in DRILL_ENVS if k in os.environ},
-        },
+        train_loop_per_worker=ray_worker,
+        train_loop_config=train_loop_config(_worker_payload(cfg, inputs, private)),
         scaling_config=ScalingConfig(
             num_workers=workers,
             use_gpu=cuda,  # Ray Train then sets each worker's current CUDA device
