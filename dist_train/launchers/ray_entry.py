@@ -21,6 +21,9 @@ def train_loop_config(payload: dict[str, Any]) -> dict[str, bytes]:
 
 def ray_worker(config: dict[str, bytes]) -> None:
     """Run one rank on the payload of :func:`train_loop_config`."""
+    from dist_train.logs import quiet_worker_logs
+
+    quiet_worker_logs()  # first: FBGEMM logs a line per library it loads, at INFO
     from dist_train.launchers.ray_worker import run_rank
 
     # the launcher's own pickle of its own objects, written by this job's driver

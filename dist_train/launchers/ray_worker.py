@@ -16,8 +16,13 @@ import ray.train
 import torch.distributed as dist
 
 from dist_train.config import parse_config
+from dist_train.data.reader import DataSourceError
+from dist_train.data.validation import BadInputError, InputReadError
 from dist_train.launchers.affinity import pin_local_rank
-from dist_train.logs import LOG, drop_message, quiet_worker_logs, setup_logging, worded_for_users
+from dist_train.logs import LOG, drop_message, setup_logging, worded_for_users
+from dist_train.train.checkpointing import failed_before, record_failure, restart_point
+from dist_train.train.evaluation import run_evaluation
+from dist_train.train.loop import TrainingDiverged, run_worker
 
 SUMMARY_FILE = "summary.json"
 POINTER_FILE = "dist_train_checkpoint.json"
@@ -70,20 +75,12 @@ def run_rank(payload: dict[str, Any]) -> None:
     """One rank of the job: ``payload`` is what the launcher's ``_fit`` sent (see
     :mod:`dist_train.launchers.ray_entry`)."""
     os.environ.update(payload["drills"])
-    quiet_worker_logs()
     cfg = parse_config(payload["config"], "<driver>")
     if payload["pin_cores"]:
         context = ray.train.get_context()
         pin_local_rank(
             context.get_local_rank(), context.get_local_world_size(), cfg.ray.threads_per_worker
         )
-    # Imported here, after quieting, so FBGEMM's import-time INFO lines stay out of the output.
-    from dist_train.data.reader import DataSourceError
-    from dist_train.data.validation import BadInputError, InputReadError
-    from dist_train.train.checkpointing import failed_before, record_failure, restart_point
-    from dist_train.train.evaluation import run_evaluation
-    from dist_train.train.loop import TrainingDiverged, run_worker
-
     # errors of the run itself, not of a worker or its machine: a restarted group resuming
     # the same checkpoint meets them again (the same loss, the same bad row); not a read's
     # I/O error (InputReadError), which may be the storage's for a moment

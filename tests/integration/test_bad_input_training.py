@@ -172,6 +172,7 @@ def test_a_split_whose_every_row_is_skipped_is_named(
         run_job(cfg)
 
 
+@pytest.mark.ray
 def test_bad_input_is_not_replayed_by_ray_restarts(
     small_cfg: JobConfig, small_data: GeneratedData, tmp_path: Path
 ) -> None:

@@ -125,8 +125,8 @@ def test_quiet_and_verbose_set_what_the_console_shows(tmp_path: Path) -> None:
     [
         ("processes", signal.SIGTERM, 143, False),
         ("processes", signal.SIGKILL, -9, False),
-        ("ray", signal.SIGTERM, 143, False),
-        ("ray", signal.SIGTERM, 143, True),
+        pytest.param("ray", signal.SIGTERM, 143, False, marks=pytest.mark.ray),
+        pytest.param("ray", signal.SIGTERM, 143, True, marks=pytest.mark.ray),
     ],
 )
 def test_a_stopped_driver_stops_its_ranks(
@@ -195,6 +195,7 @@ def test_a_stopped_driver_stops_its_ranks(
         assert list(tmp.glob("dist-train-results-*")) == []
 
 
+@pytest.mark.ray
 def test_a_ray_run_says_its_own_error_in_one_line(tmp_path: Path) -> None:
     """An error of ours in a Ray worker (a divergence here; bad input, a checkpoint's) is
     worded for the user, and the driver prints it in a line: Ray Train's workers also
@@ -212,6 +213,8 @@ def test_a_ray_run_says_its_own_error_in_one_line(tmp_path: Path) -> None:
     assert "Token authentication is enabled" not in run.stderr
     # the workers' lines, into a pipe, without Ray's colour codes
     assert "(RayTrainWorker pid=" in run.stdout and "\x1b[" not in run.stdout + run.stderr
+    # nor FBGEMM's line for each library it loads, at INFO, as a worker imports it
+    assert "Successfully loaded" not in run.stdout + run.stderr
 
 
 @pytest.mark.parametrize("delay", [0.3, 0.6, 1.0, 1.5, 2.0])

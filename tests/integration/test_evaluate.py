@@ -128,6 +128,7 @@ def test_what_cannot_be_evaluated_is_named_before_any_worker_starts(
     assert "Traceback" not in err and not (tmp_path / "d").exists()
 
 
+@pytest.mark.ray
 def test_evaluate_under_ray(
     trained: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
