@@ -26,8 +26,8 @@ from dist_train.config import JobConfig
 from dist_train.devices import backend_for, local_gpus
 from dist_train.launchers.cluster import check_fits, describe, live_nodes, packing_risk
 from dist_train.launchers.processes import free_port
-from dist_train.launchers.ray_entry import ray_worker, train_loop_config
-from dist_train.launchers.ray_worker import FAILED, SUMMARY_FILE
+from dist_train.launchers.ray_entry import train_loop_config, train_loop_per_worker
+from dist_train.launchers.ray_reports import FAILED, SUMMARY_FILE
 from dist_train.logs import LOG, drop_message
 from dist_train.stopping import Terminated
 from dist_train.train.faults import DRILL_ENVS
@@ -450,7 +450,7 @@ def _fit(cfg: JobConfig, inputs: WorkerInputs, private: bool) -> tuple[Any, str]
     if cfg.ray.min_workers is not None:  # Ray Train v2's elastic (min, max); the stubs
         workers = (cfg.ray.min_workers, cfg.ray.num_workers)  # show v1's int only
     trainer = TorchTrainer(
-        train_loop_per_worker=ray_worker,
+        train_loop_per_worker=train_loop_per_worker,
         train_loop_config=train_loop_config(_worker_payload(cfg, inputs, private)),
         scaling_config=ScalingConfig(
             num_workers=workers,

@@ -4,11 +4,7 @@ driver (its summary) and a restarted worker group (the newest checkpoint) what i
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import tempfile
-from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -19,61 +15,19 @@ from dist_train.config import parse_config
 from dist_train.data.reader import DataSourceError
 from dist_train.data.validation import BadInputError, InputReadError
 from dist_train.launchers.affinity import pin_local_rank
+from dist_train.launchers.ray_reports import FAILED, checkpoint_reporter, ray_record, report
 from dist_train.logs import LOG, drop_message, setup_logging, worded_for_users
 from dist_train.train.checkpointing import failed_before, record_failure, restart_point
 from dist_train.train.evaluation import run_evaluation
 from dist_train.train.loop import TrainingDiverged, run_worker
 
-SUMMARY_FILE = "summary.json"
-POINTER_FILE = "dist_train_checkpoint.json"
 # where Ray Train's worker logs the traceback of an error its training function raised
 RAY_TRAIN_ERROR_LOGGER = "ray.train.v2._internal.util"
-# a summary's key: [type, message] of the error a restarted group found recorded
-FAILED = "failed_before_restart"
-
-
-def _report(record: Mapping[str, object], attach: str = SUMMARY_FILE) -> None:
-    """Report ``record`` from every rank (Ray Train requires all to report); rank 0 attaches
-    it as a tiny checkpoint file named ``attach``, which ``Result`` and
-    ``get_checkpoint()`` then carry."""
-    metrics = dict(record)
-    if ray.train.get_context().get_world_rank() != 0:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / attach).write_text(json.dumps(metrics))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
-def _checkpoint_reporter(run_id: str) -> Callable[[str, int], None]:
-    """Tell Ray Train about each committed checkpoint with a pointer to it (the DCP shards
-    stay where every rank wrote them), so a restarted worker group finds it."""
-
-    def report(path: str, step: int) -> None:
-        _report({"step": step, "checkpoint": path, "run_id": run_id}, attach=POINTER_FILE)
-
-    return report
-
-
-def _ray_record(run_id: str) -> tuple[int, str] | None:
-    """(step, path) of the newest checkpoint Ray Train recorded for this launch, if any.
-
-    Only this launch's pointers count (its ``run_id``): Ray Train also restores its records
-    from an earlier launch that used the same storage path."""
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
-        return None
-    with ckpt.as_directory() as path:
-        pointer = Path(path) / POINTER_FILE
-        record = json.loads(pointer.read_text()) if pointer.is_file() else {}
-    if record.get("run_id") != run_id:
-        return None
-    return int(record["step"]), str(record["checkpoint"])
 
 
 def run_rank(payload: dict[str, Any]) -> None:
-    """One rank of the job: ``payload`` is what the launcher's ``_fit`` sent (see
-    :mod:`dist_train.launchers.ray_entry`)."""
+    """One rank of the job: ``payload`` is what the launcher's ``_fit`` sent, through
+    :func:`~dist_train.launchers.ray_entry.train_loop_per_worker`."""
     os.environ.update(payload["drills"])
     cfg = parse_config(payload["config"], "<driver>")
     if payload["pin_cores"]:
@@ -86,16 +40,16 @@ def run_rank(payload: dict[str, Any]) -> None:
     # I/O error (InputReadError), which may be the storage's for a moment
     repeats = (TrainingDiverged, BadInputError, DataSourceError)
 
-    inputs = payload["inputs"]  # a WorkerInputs, plan included (Ray pickles the config)
+    inputs = payload["inputs"]  # a WorkerInputs, plan included (the driver pickled it)
     setup_logging(inputs.verbosity)
-    recorded = _ray_record(inputs.run_id) if dist.get_rank() == 0 else None
+    recorded = ray_record(inputs.run_id) if dist.get_rank() == 0 else None
     restart = restart_point(cfg, inputs.run_id, recorded)
     if restart is not None:  # Ray Train restarted the group after a worker failed
         LOG.info(f"worker group restarted; resuming from {restart}")
         inputs = dataclasses.replace(inputs, resume=restart, restarted=True)
     failure = failed_before(cfg, inputs.run_id)
     if failure is not None:  # it would fail again: end, so that Ray restarts no more
-        _report({FAILED: list(failure)})
+        report({FAILED: list(failure)})
         return
     world = ray.train.get_context().get_world_size()
     if inputs.plan is not None and inputs.plan.world_size != world:
@@ -111,14 +65,14 @@ def run_rank(payload: dict[str, Any]) -> None:
     node_id = ray.get_runtime_context().get_node_id()
     try:
         if inputs.evaluate_only:
-            run_evaluation(cfg, inputs, node_id, report=_report)
+            run_evaluation(cfg, inputs, node_id, report=report)
         else:
             run_worker(
                 cfg,
                 inputs,
                 node_id,
-                report=_report,
-                checkpointed=_checkpoint_reporter(inputs.run_id),
+                report=report,
+                checkpointed=checkpoint_reporter(inputs.run_id),
             )
     except Exception as error:
         if isinstance(error, repeats) and not isinstance(error, InputReadError):

@@ -424,7 +424,7 @@ _FAILURE_RECORD = re.compile(
 def record_failure(cfg: JobConfig, run_id: str, rank: int, error: BaseException) -> None:
     """Record that this launch failed on ``rank`` with ``error``, one that a restart would
     meet again (a divergence, bad input: ``repeats`` in ``run_rank``,
-    :mod:`dist_train.launchers.ray_train`), where Ray Train restarts the
+    :mod:`dist_train.launchers.ray_worker`), where Ray Train restarts the
     group after a failure: the restarted group would resume the newest checkpoint and fail
     again at the same step, until the restarts are spent (without end at
     ``ray.max_failures=-1``). Beside the checkpoints, which every rank reaches; one file a
