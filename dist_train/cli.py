@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import glob
 import json
 import math
@@ -43,7 +42,7 @@ from dist_train.config import (
 )
 from dist_train.config import load_or_report as _load
 from dist_train.logs import setup_logging
-from dist_train.stopping import sigint_held, stopped_by_sigterm
+from dist_train.stopping import exit_quickly, sigint_held, stopped_by_sigterm
 from planners.cores import usable_cores
 
 if TYPE_CHECKING:
@@ -950,10 +949,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the command, not a caller's main(): its process ends here
         if args.command == "convert":
             _exit_before_teardown(code)
-        # The teardown's last garbage collection walks every object that torch, TorchRec
-        # and Ray made: 1 to 2 s of one core after a run, for memory the exit frees anyway.
-        # Frozen objects are outside its reach; atexit handlers and flushes still run.
-        gc.freeze()
+        return exit_quickly(code)
     return code
 
 

@@ -53,7 +53,7 @@ from dist_train.input_checks import (
 from dist_train.launchers.processes import RankError, run_processes
 from dist_train.logs import LOG, setup_logging, verbosity, worded_for_users
 from dist_train.models.dcn import wide_rank_note
-from dist_train.stopping import stopped_by_sigterm
+from dist_train.stopping import exit_quickly, stopped_by_sigterm
 from dist_train.storage import location
 from dist_train.train.checkpointing import check_resumed_data, resume_point
 from dist_train.train.evaluation import run_evaluation
@@ -454,4 +454,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_quickly(main()))

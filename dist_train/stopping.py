@@ -1,8 +1,10 @@
-"""SIGTERM as a clean stop for the command-line entry points (light: no torch import)."""
+"""SIGTERM as a clean stop for the command-line entry points, and their exit (light: no torch
+import)."""
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -82,3 +84,12 @@ def stopped_by_sigterm(main: Callable[[], int]) -> int:
         return INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def exit_quickly(code: int) -> int:
+    """``code``, for an entry point's ``sys.exit``, with every object frozen first: the
+    interpreter's teardown ends with a garbage collection that walks every object torch,
+    TorchRec and Ray made, 1 to 2 s of one core after a run, for memory the exit frees
+    anyway. Frozen objects are outside its reach; atexit handlers and flushes still run."""
+    gc.freeze()
+    return code
