@@ -148,8 +148,9 @@ def test_a_stopped_driver_stops_its_ranks(
     sets = [
         f"launcher={launcher}",
         f"output_dir={tmp_path}",
-        "data.synthetic.num_train_rows=400000",
-        "train.epochs=3",
+        # about 1,200 steps, far past the stop, over tiny's 16,384 rows (400,000 rows for 3
+        # epochs took seconds to generate)
+        "train.epochs=75",
         "train.log_every=10",
         "checkpoint.every_steps=10",
     ]
