@@ -1,5 +1,6 @@
-"""What each Ray Train worker runs: one rank of the job, and the reports that tell the
-driver (its summary) and a restarted worker group (the newest checkpoint) what it did."""
+"""What each Ray Train worker runs: one rank of the job, reporting through
+:mod:`dist_train.launchers.ray_reports` (its summary to the driver, its checkpoints to a
+worker group Ray Train restarts)."""
 
 from __future__ import annotations
 
