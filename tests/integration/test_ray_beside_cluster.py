@@ -6,7 +6,7 @@ names it, as /tmp/ray/ray_current_cluster does for a plain ``ray start``), and R
 exported as its job server URL, as docs/launch.md has it for ``dist-train submit``. The tiny
 job (with relative paths, saved then resumed) and the ingest bench still start their own
 instance and never touch that cluster. That a ``ray job submit`` entrypoint joins its cluster
-is tests/integration/test_ray_launch.py's submit test.
+is tests/integration/test_ray_submit.py.
 """
 
 from __future__ import annotations
