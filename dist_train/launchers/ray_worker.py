@@ -26,6 +26,16 @@ from dist_train.train.loop import TrainingDiverged, run_worker
 RAY_TRAIN_ERROR_LOGGER = "ray.train.v2._internal.util"
 
 
+def repeats_on_restart(error: BaseException) -> bool:
+    """Whether ``error`` is one of the run itself, not of a worker or its machine: a group
+    Ray Train restarts resumes the same checkpoint and meets it again (the same loss, the
+    same bad row), so the rank records it (``record_failure``) and the restarted group
+    ends. Not a read's I/O error (``InputReadError``), which may be the storage's for a
+    moment."""
+    repeats = (TrainingDiverged, BadInputError, DataSourceError)
+    return isinstance(error, repeats) and not isinstance(error, InputReadError)
+
+
 def run_rank(payload: dict[str, Any]) -> None:
     """One rank of the job: ``payload`` is what the launcher's ``_fit`` sent, through
     :func:`~dist_train.launchers.ray_entry.train_loop_per_worker`."""
@@ -36,11 +46,6 @@ def run_rank(payload: dict[str, Any]) -> None:
         pin_local_rank(
             context.get_local_rank(), context.get_local_world_size(), cfg.ray.threads_per_worker
         )
-    # errors of the run itself, not of a worker or its machine: a restarted group resuming
-    # the same checkpoint meets them again (the same loss, the same bad row); not a read's
-    # I/O error (InputReadError), which may be the storage's for a moment
-    repeats = (TrainingDiverged, BadInputError, DataSourceError)
-
     inputs = payload["inputs"]  # a WorkerInputs, plan included (the driver pickled it)
     setup_logging(inputs.verbosity)
     recorded = ray_record(inputs.run_id) if dist.get_rank() == 0 else None
@@ -76,7 +81,7 @@ def run_rank(payload: dict[str, Any]) -> None:
                 checkpointed=checkpoint_reporter(inputs.run_id),
             )
     except Exception as error:
-        if isinstance(error, repeats) and not isinstance(error, InputReadError):
+        if repeats_on_restart(error):
             record_failure(cfg, inputs.run_id, dist.get_rank(), error)
         if worded_for_users(error) and inputs.verbosity != "verbose":
             # the driver says it in a line; Ray Train's worker would add its traceback from

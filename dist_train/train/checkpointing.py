@@ -423,7 +423,7 @@ _FAILURE_RECORD = re.compile(
 
 def record_failure(cfg: JobConfig, run_id: str, rank: int, error: BaseException) -> None:
     """Record that this launch failed on ``rank`` with ``error``, one that a restart would
-    meet again (a divergence, bad input: ``repeats`` in ``run_rank``,
+    meet again (a divergence, bad input: ``repeats_on_restart``,
     :mod:`dist_train.launchers.ray_worker`), where Ray Train restarts the
     group after a failure: the restarted group would resume the newest checkpoint and fail
     again at the same step, until the restarts are spent (without end at

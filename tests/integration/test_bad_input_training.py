@@ -170,29 +170,3 @@ def test_a_split_whose_every_row_is_skipped_is_named(
     }
     with pytest.raises(RankError, match=named[split]):
         run_job(cfg)
-
-
-@pytest.mark.ray
-def test_bad_input_is_not_replayed_by_ray_restarts(
-    small_cfg: JobConfig, small_data: GeneratedData, tmp_path: Path
-) -> None:
-    """A bad row under `error` with Ray's restarts on: each restarted group resumed the same
-    checkpoint and met the same row, without end at `ray.max_failures=-1`. The failing rank
-    records the error; the restarted group finds it and ends, naming the row's file. (The
-    file has no statistics, from which the driver would name the row group before training.)"""
-    from dist_train.launchers.ray_train import LaunchError
-
-    train = _copy_train(small_data, tmp_path)
-    t = pq.read_table(train / "part-1.parquet")
-    pq.write_table(
-        _set(t, "label", [t.num_rows - 5], 7),
-        train / "part-1.parquet",
-        row_group_size=1024,
-        write_statistics=False,
-    )
-    raw = apply_overrides(
-        _with(small_cfg, train, small_data.test_dir, "error").model_dump(mode="json"),
-        ["ray.max_failures=-1", "checkpoint.every_steps=2", f"output_dir={tmp_path / 'out'}"],
-    )
-    with pytest.raises(LaunchError, match=r"BadInputError: .*part-1.parquet.*label 7.*stopped"):
-        run_job(parse_config(raw))

@@ -812,6 +812,33 @@ def test_a_failure_is_recorded_for_restarts_only_and_never_hides_it(
     record_failure(blocked, "launch", 0, TrainingDiverged("step 4"))  # logged, not raised
 
 
+def test_a_restart_meets_the_runs_own_errors_again_not_its_workers() -> None:
+    """The errors a Ray rank records so that a restarted group ends (`repeats_on_restart`):
+    a divergence and the data's (a bad row, a footer's, a path left with nothing to read),
+    not a read the storage failed for a moment nor a worker's own error, which a restart may
+    not meet again. (The mechanism runs under Ray in tests/integration/test_cli.py's error
+    test, with a divergence: a Ray run of each kind costs the suite about 40 s.)"""
+    from dist_train.data.reader import DataSourceError
+    from dist_train.data.validation import BadInputError, FooterRowsError, InputReadError
+    from dist_train.launchers.ray_worker import repeats_on_restart
+    from dist_train.train.loop import TrainingDiverged
+
+    again = [
+        TrainingDiverged("step 4: the training loss is nan"),
+        BadInputError("part-1.parquet: column 'label': label 7"),
+        FooterRowsError("part-1.parquet: row group 0: column 'label': 7"),
+        DataSourceError("data.train_path: no Parquet files under /data"),
+    ]
+    not_again = [
+        InputReadError("part-1.parquet: row group 3: connection reset"),
+        RuntimeError("CUDA error: an illegal memory access"),
+        OSError(28, "No space left on device"),
+        ValueError("a worker's own bug"),
+    ]
+    assert [repeats_on_restart(e) for e in again] == [True] * len(again)
+    assert [repeats_on_restart(e) for e in not_again] == [False] * len(not_again)
+
+
 @pytest.mark.parametrize(("max_steps", "last"), [(None, 20), (7, 7), (10, 10)])
 def test_training_ends_at_one_step_which_the_loop_knows(
     one_rank: None, tmp_path: Path, max_steps: int | None, last: int
