@@ -862,19 +862,27 @@ class JobConfig(_Strict):
     ray: RayConfig = Field(default_factory=RayConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 
-    @model_validator(mode="after")
-    def _check(self) -> JobConfig:
-        names = [f.name for f in self.features]
+    @field_validator("features")
+    @classmethod
+    def _distinct_names(cls, features: list[FeatureConfig]) -> list[FeatureConfig]:
+        # a check of the list, not of the whole job: its error names the list's key, and a
+        # `--set features.<item>.name` that made the duplicate is named with it
+        names = [f.name for f in features]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"duplicate feature names {dupes}")
+        return features
+
+    @model_validator(mode="after")
+    def _check(self) -> JobConfig:
+        names = [f.name for f in self.features]
         unknown = sorted(set(self.sharding.pooling_factors) - set(names))
         if unknown:
             raise ValueError(f"sharding.pooling_factors names unknown features {unknown}")
         if self.embedding.kind == "collisionless":
             missing = [f.name for f in self.features if f.cardinality is None]
             if missing:
-                raise ValueError(f"collisionless embedding needs a cardinality for {missing}")
+                raise ValueError(f"embedding.kind=collisionless needs a cardinality for {missing}")
             dim = self.embedding.dim
             huge = [
                 f.name
@@ -902,15 +910,15 @@ class JobConfig(_Strict):
     def _check_column_roles(self) -> None:
         """The label, or the row ids, read as a model input: the label fed to the model that
         predicts it trains to a test AUC of 1.0 with no error."""
-        names = [f.name for f in self.features]
         n = self.data.synthetic.num_dense
         unset = "" if self.data.dense_columns is not None else f" (unset: it stands for I1..I{n})"
         inputs = [(c, f"in data.dense_columns{unset}") for c in self.data.resolved_dense_columns()]
         inputs += [
-            (f.source_column, f"the column of feature {f.name} (features.{item}.column)")
+            (
+                f.source_column,
+                f"the column of feature {f.name} ({_feature_key(self.features, i)}.column)",
+            )
             for i, f in enumerate(self.features)
-            # by name where a key can name it so (features.C3), else by position
-            for item in [f.name if _can_name_item(f.name) and names.index(f.name) == i else i]
         ]
         for key, column in (
             ("data.label_column", self.data.label_column),
@@ -935,10 +943,15 @@ class JobConfig(_Strict):
         ids for the collisionless tables, would fail only after the data were generated."""
         synth = self.data.synthetic
         read = {f.column or f.name for f in self.features}
-        missing = sorted(read - {f"C{i + 1}" for i in range(synth.num_categorical)})
-        if missing:
+        made = {f"C{i + 1}" for i in range(synth.num_categorical)}
+        lacking = [
+            f"{f.source_column!r} ({_feature_key(self.features, i)}{'.column' * bool(f.column)})"
+            for i, f in enumerate(self.features)
+            if f.source_column not in made
+        ]
+        if lacking:
             raise ValueError(
-                f"features read columns the generated data lack: {missing} "
+                f"features read columns the generated data lack: {', '.join(lacking)} "
                 f"(data.synthetic.num_categorical={synth.num_categorical} makes C1..C"
                 f"{synth.num_categorical})"
             )
@@ -961,7 +974,7 @@ class JobConfig(_Strict):
         strings = sorted(read & set(synth.string_columns))
         if self.embedding.kind == "collisionless" and strings:
             raise ValueError(
-                f"the collisionless embedding needs integer ids, but data.synthetic."
+                f"embedding.kind=collisionless needs integer ids, but data.synthetic."
                 f"string_columns makes {strings} strings; set data.synthetic.string_columns=[]"
             )
 
@@ -1208,6 +1221,14 @@ def _can_name_item(name: object) -> bool:
     """Whether ``name`` can stand for its item in a dotted key (not read as a position
     or split in two)."""
     return isinstance(name, str) and bool(name) and not name.isdigit() and "." not in name
+
+
+def _feature_key(features: Sequence[FeatureConfig], i: int) -> str:
+    """The key of ``features[i]`` as a user names it: by name where a key can name it so
+    (features.C3; the first of its name), else by position (features.2)."""
+    name = features[i].name
+    names = [f.name for f in features]
+    return f"features.{name if _can_name_item(name) and names.index(name) == i else i}"
 
 
 def _at_names(loc: tuple[int | str, ...], raw: Any) -> str:

@@ -59,7 +59,7 @@ def test_bad_value_is_named_with_reason(tmp_path: Path) -> None:
 
 
 def test_cross_field_checks() -> None:
-    with pytest.raises(ConfigError, match="collisionless embedding needs a cardinality"):
+    with pytest.raises(ConfigError, match=r"embedding\.kind=collisionless needs a cardinality"):
         load_config(overrides=["embedding.kind=collisionless", "features=[{name: C1}]"])
     with pytest.raises(ConfigError, match="duplicate feature names"):
         load_config(overrides=["features=[{name: C1}, {name: C1}]"])
@@ -119,17 +119,22 @@ def test_a_run_name_of_dots_is_refused(name: str) -> None:
 @pytest.mark.parametrize(
     ("overrides", "named"),
     [
-        (["features=[{name: C99}]"], r"features read columns the generated data lack: \['C99'\]"),
+        (["features=[{name: C99}]"], r"the generated data lack: 'C99' \(features.C99\)"),
+        (["features.1.column=I1"], r"the generated data lack: 'I1' \(features.C2.column\)"),
+        (["features.C3.column=I1"], r"the generated data lack: 'I1' \(features.C3.column\)"),
         (["data.dense_columns=[I1, I99]"], r"data.dense_columns names .* \['I99'\]"),
-        (["embedding.kind=collisionless"], r"collisionless embedding needs integer ids, but"),
+        (["embedding.kind=collisionless"], r"embedding.kind=collisionless needs integer ids, but"),
     ],
 )
 def test_generated_data_that_lack_a_column_are_refused_before_they_are_made(
     overrides: list[str], named: str
 ) -> None:
-    """The generated columns are known: these failed only after the data were written."""
-    with pytest.raises(ConfigError, match=named):
+    """The generated columns are known: these failed only after the data were written. The
+    error names the key at fault, and with it the override that set it (a check of the
+    whole job is blamed on an override its message names)."""
+    with pytest.raises(ConfigError, match=named) as err:
         load_config(overrides=overrides)
+    assert str(err.value).endswith(f"(from --set {overrides[0]})")
     ints = ["embedding.kind=collisionless", "data.synthetic.string_columns=[]"]
     assert load_config(overrides=ints).embedding.kind == "collisionless"
 
@@ -266,7 +271,7 @@ def test_a_bench_variant_over_generated_data_is_checked_as_generated() -> None:
     generated files by path), so unified and hashing_trick trained before it failed."""
     from dist_train.bench import variant
 
-    with pytest.raises(ConfigError, match="collisionless embedding needs integer ids"):
+    with pytest.raises(ConfigError, match=r"embedding\.kind=collisionless needs integer ids"):
         variant(load_config(), ["embedding.kind=collisionless"], "bench variant")
     ints = load_config(overrides=["data.synthetic.string_columns=[]"])
     assert variant(ints, ["embedding.kind=collisionless"], "v").data.train_path is not None
@@ -483,6 +488,13 @@ def test_an_override_names_a_list_item_by_its_name_or_position() -> None:
         with pytest.raises(ConfigError) as err:
             load_config(overrides=[f"features.0.name={name}", "features.0.chunks=0"])
         assert "  features.0.chunks: Input should be greater than 0" in str(err.value)
+    # a name that repeats another's: the list's check, named with the override that made it
+    # (a check of the whole job said "<top level>" and named no override)
+    for override in ("features.0.name=C2", "features.C1.name=C2"):
+        with pytest.raises(ConfigError) as err:
+            load_config(overrides=["features.C14.chunks=3", override])
+        line = "  features: Value error, duplicate feature names ['C2']"
+        assert f"{line} (from --set {override})" in str(err.value)
 
 
 def test_overrides_into_list_items_from_a_review() -> None:
