@@ -557,7 +557,7 @@ def calibration_summary(spec: TopologySpec, ranks: int) -> str:
 def _export(args: argparse.Namespace) -> int:
 
     from dist_train.checkpoint import CheckpointError
-    from dist_train.export import ExportError, export
+    from dist_train.export import ExportError, OutFolderRefused, export
     from dist_train.storage import StorageError, location
 
     if "://" in args.out:  # a Path of it wrote into ./s3:/bucket/... and said it wrote the URL
@@ -570,7 +570,7 @@ def _export(args: argparse.Namespace) -> int:
         return 1
     except ExportError as err:
         print(f"error: export: {err}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(err, OutFolderRefused) else 1  # a refused --out: a bad argument
     for table, shape in summary["tables"].items():
         print(f"{table}: {shape[0]:,} x {shape[1]}")
     print(f"wrote {', '.join(summary['files'])} ({summary['tensors']} model tensors)")

@@ -42,6 +42,11 @@ class ExportError(ValueError):
     """An export that cannot be written where it was asked to; the message names the path."""
 
 
+class OutFolderRefused(ExportError):
+    """An ``--out`` folder refused before anything is written (a bad argument: ``dist-train
+    export`` exits 2 for it, as ``evaluate`` does for its ``--out``)."""
+
+
 def _flatten(prefix: str, node: Any, out: dict[str, torch.Tensor]) -> None:
     if isinstance(node, dict):
         for k, v in node.items():
@@ -168,7 +173,7 @@ def _holds_a_checkpoint(folder: Path) -> bool:
 
 
 def _check_out_dir(path: Location, out_dir: Path) -> None:
-    """ExportError for an ``out_dir`` whose files an export would spoil, or that would pass
+    """OutFolderRefused for an ``out_dir`` whose files an export would spoil, or that would pass
     for a checkpoint: inside the checkpoint, a folder holding a checkpoint (its
     ``meta.json`` would be overwritten and its own file check then fail), one holding files
     of an export's names that no export wrote (a user's own model, say), or one named as a
@@ -179,22 +184,22 @@ def _check_out_dir(path: Location, out_dir: Path) -> None:
     here = out_dir.resolve()
     for folder in here.parents:
         if _holds_a_checkpoint(folder):
-            raise ExportError(
+            raise OutFolderRefused(
                 f"{out_dir}: inside the checkpoint {folder}; export to another folder"
             )
     if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"{out_dir}: not a folder; export to a folder")
+        raise OutFolderRefused(f"{out_dir}: not a folder; export to a folder")
     names = {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else set()
     if METADATA in names or any(n.endswith(".distcp") for n in names):
-        raise ExportError(f"{out_dir}: holds a checkpoint; export to another folder")
+        raise OutFolderRefused(f"{out_dir}: holds a checkpoint; export to another folder")
     theirs = sorted(names & set(OUTPUTS))
     if theirs and "export.json" not in names:
-        raise ExportError(
+        raise OutFolderRefused(
             f"{out_dir}: holds {', '.join(theirs)}, which no export wrote; export to another "
             "folder (nothing was changed)"
         )
     if is_a_saves_name(here):
-        raise ExportError(
+        raise OutFolderRefused(
             f"{out_dir}: named as a checkpoint's save is ({here.name}): in a run's checkpoint "
             "folder its meta.json would pass for a checkpoint's (`latest` would take it, "
             "retention delete it); name the folder otherwise"

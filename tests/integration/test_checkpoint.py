@@ -414,24 +414,25 @@ def test_export_writes_whole_tables_as_safetensors(tmp_path: Path, capsys, monke
     # file may not be, is not left beside it
     assert main(["export", str(ckpt), "--out", str(out)]) == 0
     assert not (out / "optimizer.safetensors").exists()
-    # Not into the checkpoint (its own file check would then fail), nor over a file
-    assert main(["export", str(ckpt), "--out", str(ckpt / "export")]) == 1
+    # Not into the checkpoint (its own file check would then fail), nor over a file: a
+    # refused --out exits 2, as evaluate's does (a bad argument; 1 is a failure)
+    assert main(["export", str(ckpt), "--out", str(ckpt / "export")]) == 2
     assert f"{ckpt / 'export'}: inside the checkpoint {ckpt}" in capsys.readouterr().err
     assert not (ckpt / "export").exists()
     (older,) = committed(tmp_path / "tiny" / "checkpoints")[:-1]  # nor into another one
-    assert main(["export", str(ckpt), "--out", str(older)]) == 1
+    assert main(["export", str(ckpt), "--out", str(older)]) == 2
     assert f"{older}: holds a checkpoint" in capsys.readouterr().err
     # nor into a folder inside another checkpoint, nor inside this one named by a URL: the
     # checkpoint's file check then failed on the export's files
-    assert main(["export", str(ckpt), "--out", str(older / "exported")]) == 1
+    assert main(["export", str(ckpt), "--out", str(older / "exported")]) == 2
     assert f"{older / 'exported'}: inside the checkpoint {older}" in capsys.readouterr().err
-    assert main(["export", f"file://{ckpt}", "--out", str(ckpt / "exported")]) == 1
+    assert main(["export", f"file://{ckpt}", "--out", str(ckpt / "exported")]) == 2
     assert "inside the checkpoint" in capsys.readouterr().err
     # nor into a folder named as a save names its own: as step-00000099 in the run's
     # checkpoint folder its meta.json broke `latest` ("it was renamed") for evaluate and
     # resume; beside checkpoints under another name it is harmless
     beside = ckpt.parent / "step-00000099"
-    assert main(["export", str(ckpt), "--out", str(beside)]) == 1
+    assert main(["export", str(ckpt), "--out", str(beside)]) == 2
     assert f"{beside}: named as a checkpoint's save is (step-00000099)" in capsys.readouterr().err
     assert not beside.exists()
     assert main(["export", str(ckpt), "--out", str(ckpt.parent / "exported")]) == 0
@@ -458,7 +459,7 @@ def test_export_writes_whole_tables_as_safetensors(tmp_path: Path, capsys, monke
     mine.mkdir()
     for name in ("model.safetensors", "optimizer.safetensors"):
         (mine / name).write_text("the user's")
-    assert main(["export", str(ckpt), "--out", str(mine)]) == 1
+    assert main(["export", str(ckpt), "--out", str(mine)]) == 2
     assert "optimizer.safetensors, which no export wrote" in capsys.readouterr().err
     assert {p.read_text() for p in mine.iterdir()} == {"the user's"}
     # an export that fails while writing leaves the earlier export whole, of its step
