@@ -870,7 +870,9 @@ class JobConfig(_Strict):
         names = [f.name for f in features]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"duplicate feature names {dupes}")
+            # each by its position: a name two items share names neither
+            keys = [f"features.{i}.name" for i, n in enumerate(names) if n in dupes]
+            raise ValueError(f"duplicate feature names {dupes} ({', '.join(keys)})")
         return features
 
     @model_validator(mode="after")
@@ -891,7 +893,8 @@ class JobConfig(_Strict):
             ]
             if huge:
                 raise ValueError(
-                    f"collisionless tables of {huge}: cardinality x chunks x embedding.dim past "
+                    f"embedding.kind=collisionless: the tables of {huge}: cardinality x chunks x "
+                    "embedding.dim past "
                     f"{MAX_TABLE_ELEMENTS:.3g} (2**56) elements, any cluster's memory"
                 )
         self._check_column_roles()
@@ -916,7 +919,8 @@ class JobConfig(_Strict):
         inputs += [
             (
                 f.source_column,
-                f"the column of feature {f.name} ({_feature_key(self.features, i)}.column)",
+                f"the column of feature {f.name} "
+                f"({_feature_key(self.features, i)}{'.column' * bool(f.column)})",
             )
             for i, f in enumerate(self.features)
         ]
@@ -1062,7 +1066,8 @@ def known_key(key: str) -> bool:
 def _blames(override: str, key: str, message: str) -> int:
     """How surely an error at ``key`` ("": a check of the whole job) with ``message`` comes
     from the ``--set`` of ``override``: 2 for one that sets the key or a section it lies in,
-    or something inside the key that the message names; 1 for something else inside it (a
+    or something inside the key that the message names (by its part inside the key, or whole:
+    ``features.0.name``); 1 for something else inside it (a
     section's check names what it finds, not always what changed: ``num_categorical`` for
     unknown ``multi_hot_columns``); 0 for none. An entry of a mapping only where the message
     names the entry (as the mapping's checks quote it, ``'C99'``); for the whole job, one
@@ -1079,7 +1084,7 @@ def _blames(override: str, key: str, message: str) -> int:
     inside = override.removeprefix(f"{key}.")
     if inside == override:  # not inside the key
         return 0
-    return 2 if is_entry or _mentions(message, inside) else 1
+    return 2 if is_entry or _mentions(message, inside) or _mentions(message, override) else 1
 
 
 def _at_positions(key: str, raw: Any) -> str:
@@ -1196,7 +1201,9 @@ def _format_errors(
         ]
         surest = max((s for s, _ in sureness), default=0)
         blamed = [o for s, o in sureness if s == surest > 0]  # the surest, the last of them
-        if blamed:
+        # a guess (inside the key, not named) only where one override could be it: of two,
+        # the last was named where the first made the error
+        if blamed and (surest > 1 or len(blamed) == 1):
             msg += f" (from --set {blamed[-1]})"
         lines.append(f"  {shown}: {msg}")
     return "\n".join(lines)

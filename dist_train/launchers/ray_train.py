@@ -400,16 +400,9 @@ def launch_ray(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
             raise LaunchError(f"{work} finished without reporting a summary")
         with result.checkpoint.as_directory() as path:
             summary = dict(json.loads((Path(path) / SUMMARY_FILE).read_text()))
-        if FAILED in summary:  # a restarted group found the failure recorded
-            from dist_train.train.loop import TrainingDiverged
-
-            kind, message = summary[FAILED]
-            if kind == TrainingDiverged.__name__:
-                raise TrainingDiverged(message)
-            raise LaunchError(
-                f"{work} failed: {kind}: {message} (the restarted worker group stopped: it "
-                "would meet the same error again)"
-            )
+        failure = recorded_failure(summary, work)
+        if failure is not None:
+            raise failure
         return summary
 
 
@@ -438,6 +431,24 @@ def _worker_payload(cfg: JobConfig, inputs: WorkerInputs, private: bool) -> dict
         # have its raylet's, where they were never set
         "drills": {k: os.environ[k] for k in DRILL_ENVS if k in os.environ},
     }
+
+
+def recorded_failure(summary: Mapping[str, Any], work: str) -> Exception | None:
+    """The error to raise for ``work`` where its summary is a restarted group's that found a
+    failure recorded (``FAILED``: a rank's error a restart would meet again): a divergence
+    as itself, any other as a :class:`LaunchError` naming it; None for a finished run's."""
+    if FAILED not in summary:
+        return None
+    # (imported here: the driver's launcher does not import the training modules)
+    from dist_train.train.loop import TrainingDiverged
+
+    kind, message = summary[FAILED]
+    if kind == TrainingDiverged.__name__:
+        return TrainingDiverged(message)
+    return LaunchError(
+        f"{work} failed: {kind}: {message} (the restarted worker group stopped: it would "
+        "meet the same error again)"
+    )
 
 
 def _fit(cfg: JobConfig, inputs: WorkerInputs, private: bool) -> tuple[Any, str]:

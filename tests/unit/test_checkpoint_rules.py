@@ -839,6 +839,26 @@ def test_a_restart_meets_the_runs_own_errors_again_not_its_workers() -> None:
     assert [repeats_on_restart(e) for e in not_again] == [False] * len(not_again)
 
 
+def test_a_failure_a_restarted_group_found_is_what_the_job_raises() -> None:
+    """The driver's side of a recorded failure (the summary of a restarted group that ended):
+    a divergence as itself; any other error (bad input, say) as a LaunchError naming its
+    kind and message and why the group stopped; none in a finished run's summary."""
+    from dist_train.launchers.ray_reports import FAILED
+    from dist_train.launchers.ray_train import LaunchError, recorded_failure
+    from dist_train.train.loop import TrainingDiverged
+
+    bad = ["BadInputError", "part-1.parquet: column 'label': label 7"]
+    error = recorded_failure({FAILED: bad}, "training")
+    assert isinstance(error, LaunchError)
+    assert str(error) == (
+        "training failed: BadInputError: part-1.parquet: column 'label': label 7 (the "
+        "restarted worker group stopped: it would meet the same error again)"
+    )
+    diverged = recorded_failure({FAILED: ["TrainingDiverged", "step 4: nan"]}, "training")
+    assert isinstance(diverged, TrainingDiverged) and str(diverged) == "step 4: nan"
+    assert recorded_failure({"steps": 16}, "training") is None
+
+
 @pytest.mark.parametrize(("max_steps", "last"), [(None, 20), (7, 7), (10, 10)])
 def test_training_ends_at_one_step_which_the_loop_knows(
     one_rank: None, tmp_path: Path, max_steps: int | None, last: int

@@ -488,13 +488,27 @@ def test_an_override_names_a_list_item_by_its_name_or_position() -> None:
         with pytest.raises(ConfigError) as err:
             load_config(overrides=[f"features.0.name={name}", "features.0.chunks=0"])
         assert "  features.0.chunks: Input should be greater than 0" in str(err.value)
-    # a name that repeats another's: the list's check, named with the override that made it
-    # (a check of the whole job said "<top level>" and named no override)
-    for override in ("features.0.name=C2", "features.C1.name=C2"):
+    # a name that repeats another's: the list's check, naming both items' keys and the
+    # override that made it, wherever it stands (a check of the whole job said "<top level>"
+    # and named no override)
+    line = (
+        "  features: Value error, duplicate feature names ['C2'] (features.0.name, features.1.name)"
+    )
+    for overrides in (
+        ["features.0.name=C2", "features.C14.chunks=3"],
+        ["features.C14.chunks=3", "features.0.name=C2"],
+    ):
         with pytest.raises(ConfigError) as err:
-            load_config(overrides=["features.C14.chunks=3", override])
-        line = "  features: Value error, duplicate feature names ['C2']"
-        assert f"{line} (from --set {override})" in str(err.value)
+            load_config(overrides=overrides)
+        assert f"{line} (from --set features.0.name=C2)" in str(err.value)
+    # by the old name, which the config no longer holds: alone it is the one; beside another
+    # override into the list it is a guess, and none is named rather than the wrong one
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["features.C1.name=C2"])
+    assert f"{line} (from --set features.C1.name=C2)" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["features.C1.name=C2", "features.C14.chunks=3"])
+    assert str(err.value).endswith("features.1.name)")
 
 
 def test_overrides_into_list_items_from_a_review() -> None:
@@ -541,9 +555,13 @@ def test_sizes_past_any_machine_are_named_by_their_key(item: str, named: str) ->
 
 def test_a_collisionless_table_past_any_machine_is_named() -> None:
     over = ["embedding.kind=collisionless", "data.synthetic.string_columns=[]"]
-    with pytest.raises(ConfigError, match=r"collisionless tables of \['C26'\]"):
+    with pytest.raises(
+        ConfigError, match=r"embedding\.kind=collisionless: the tables of \['C26'\]"
+    ):
         load_config(overrides=[*over, "features.C26.cardinality=4611686018427387904"])
-    with pytest.raises(ConfigError, match=r"collisionless tables of \['C4'\]"):  # 64 chunks
+    with pytest.raises(
+        ConfigError, match=r"embedding\.kind=collisionless: the tables of \['C4'\]"
+    ):  # 64 chunks
         load_config(
             overrides=[*over, "features.C4.cardinality=4503599627370496", "features.C4.chunks=64"]
         )
@@ -617,6 +635,11 @@ def test_the_label_or_row_ids_as_a_model_input_are_refused(override: str, named:
     with pytest.raises(ConfigError) as err:
         load_config(overrides=[override])
     assert named in str(err.value) and f"(from --set {override})" in str(err.value)
+    # a feature without a column reads the column of its name: the key is its name's (the
+    # override names the feature by its old name, which no item holds now: not blamed)
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["features.C2.name=label"])
+    assert "is also the column of feature label (features.label): the model" in str(err.value)
     # a dense column that is also a feature's is a choice (a count bucketed as a category)
     own = ["data.train_path=/data/train", "data.test_path=/data/test"]
     both = load_config(overrides=[*own, "data.dense_columns=[I1,I2]", "features.C3.column=I1"])
