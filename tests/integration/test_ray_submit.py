@@ -56,8 +56,13 @@ def test_ray_job_submit_runs_the_driver(token_head: RayHead, tmp_path: Path) -> 
     # Waiting, `ray job submit` tails the job's logs until it ends (exit 1 if it failed):
     # no status polls, each a Python start-up of the ray CLI taking a core from the job.
     # The logs are read once more from the job server: the tail may miss the last lines.
-    sub = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
     job = ("--address", address, "dist-train-test-job")
+    try:
+        sub = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
+    except subprocess.TimeoutExpired:
+        # not left running in the module's cluster, beside the next test's job
+        ray_cli("job", "stop", *job, env=env)
+        raise
     status = ray_cli("job", "status", *job, env=env).stdout
     logs = ray_cli("job", "logs", *job, env=env).stdout
     # Without the token the job server answers nobody.
