@@ -919,8 +919,7 @@ class JobConfig(_Strict):
         inputs += [
             (
                 f.source_column,
-                f"the column of feature {f.name} "
-                f"({_feature_key(self.features, i)}{'.column' * bool(f.column)})",
+                f"the column of feature {f.name} ({_column_key(self.features, i)})",
             )
             for i, f in enumerate(self.features)
         ]
@@ -946,10 +945,10 @@ class JobConfig(_Strict):
         """Generated data have known columns: a feature or dense column they lack, or string
         ids for the collisionless tables, would fail only after the data were generated."""
         synth = self.data.synthetic
-        read = {f.column or f.name for f in self.features}
+        read = {f.source_column for f in self.features}
         made = {f"C{i + 1}" for i in range(synth.num_categorical)}
         lacking = [
-            f"{f.source_column!r} ({_feature_key(self.features, i)}{'.column' * bool(f.column)})"
+            f"{f.source_column!r} ({_column_key(self.features, i)})"
             for i, f in enumerate(self.features)
             if f.source_column not in made
         ]
@@ -1236,6 +1235,13 @@ def _feature_key(features: Sequence[FeatureConfig], i: int) -> str:
     name = features[i].name
     names = [f.name for f in features]
     return f"features.{name if _can_name_item(name) and names.index(name) == i else i}"
+
+
+def _column_key(features: Sequence[FeatureConfig], i: int) -> str:
+    """Where the column ``features[i]`` reads is set: its ``column`` key, or where it has
+    none the feature's own key (:func:`_feature_key`): its name is then the column."""
+    key = _feature_key(features, i)
+    return f"{key}.column" if features[i].column else key
 
 
 def _at_names(loc: tuple[int | str, ...], raw: Any) -> str:
