@@ -419,14 +419,14 @@ def _environment_defaults(values: Mapping[str, str]) -> Iterator[None]:
         _restore(saved)
 
 
-def _worker_payload(cfg: JobConfig, inputs: WorkerInputs, private: bool) -> dict[str, Any]:
+def _worker_payload(cfg: JobConfig, inputs: WorkerInputs, pin_cores: bool) -> dict[str, Any]:
     """What every worker needs from the driver (read by
-    :func:`~dist_train.launchers.ray_worker.run_rank`)."""
-    cuda = inputs.device_type == "cuda"
+    :func:`~dist_train.launchers.ray_worker.run_rank`); ``pin_cores``: each pins itself to
+    its share of its node's cores."""
     return {
         "config": cfg.model_dump(mode="json"),
         "inputs": inputs,
-        "pin_cores": cfg.ray.pins_cores(owns_machine=private) and not cuda,
+        "pin_cores": pin_cores,
         # the drills' settings, from the driver's environment: a joined cluster's workers
         # have its raylet's, where they were never set
         "drills": {k: os.environ[k] for k in DRILL_ENVS if k in os.environ},
@@ -455,6 +455,7 @@ def _fit(cfg: JobConfig, inputs: WorkerInputs, private: bool) -> tuple[Any, str]
     """Ray Train's run of the job's workers (``private``: on the embedded instance, which
     owns the machine): its result, and what they did (for errors)."""
     cuda = inputs.device_type == "cuda"
+    pin_cores = cfg.ray.pins_cores(owns_machine=private) and not cuda
     resources = {"CPU": cfg.ray.cpus_per_worker, **({"GPU": 1.0} if cuda else {})}
     storage = cfg.ray.storage_path or str((Path(inputs.run_dir) / "ray").resolve())
     workers: Any = cfg.ray.num_workers
@@ -462,7 +463,7 @@ def _fit(cfg: JobConfig, inputs: WorkerInputs, private: bool) -> tuple[Any, str]
         workers = (cfg.ray.min_workers, cfg.ray.num_workers)  # show v1's int only
     trainer = TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
-        train_loop_config=train_loop_config(_worker_payload(cfg, inputs, private)),
+        train_loop_config=train_loop_config(_worker_payload(cfg, inputs, pin_cores)),
         scaling_config=ScalingConfig(
             num_workers=workers,
             use_gpu=cuda,  # Ray Train then sets each worker's current CUDA device
