@@ -7,6 +7,7 @@ the same for every model kind); :meth:`CTRModel.embed` returns one d-vector per
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Collection
 from typing import Any, cast
 
@@ -126,11 +127,13 @@ class CTRModel(nn.Module):
     def activation_bytes_per_sample(self, num_dense: int) -> float:
         """Bytes :meth:`network` keeps for its backward an example (the tensors autograd
         saves; weights it saves cancel out), counted on two small batches on the network's
-        device (on the meta device, as the planner's model is, nothing is computed)."""
-        device = next(
-            (p.device for n, p in self.named_parameters() if not n.startswith("sparse_arch.")),
-            torch.device("meta"),
-        )
+        device. A network on the meta device (the planner's model) is counted on a copy of
+        it on the CPU, through the kernels a rank runs: on meta, attention keeps its scores
+        as the plain computation does, where the fused kernels of the CPU and CUDA keep the
+        output and a softmax statistic a row (docs/planner.md, "The dense network's
+        activations")."""
+        model = self._network_on_cpu() if self._network_device().type == "meta" else self
+        device = model._network_device()
 
         def saved(batch: int) -> int:
             held: dict[int, torch.Tensor] = {}  # by id, each once: alive until counted
@@ -147,11 +150,31 @@ class CTRModel(nn.Module):
             def unpacked(_: None) -> torch.Tensor:
                 raise AssertionError("the count runs no backward")
 
-            with torch.autograd.graph.saved_tensors_hooks(keep, unpacked):
-                self.network(dense, vectors.requires_grad_())  # its graph freed at once
+            with torch.autograd.graph.saved_tensors_hooks(keep, unpacked), torch.device(device):
+                model.network(dense, vectors.requires_grad_())  # its graph freed at once
             return sum(t.numel() * t.element_size() for t in held.values())
 
         return (saved(16) - saved(8)) / 8
+
+    def _network_device(self) -> torch.device:
+        return next(
+            (p.device for n, p in self.named_parameters() if not n.startswith("sparse_arch.")),
+            torch.device("meta"),
+        )
+
+    def _network_on_cpu(self) -> CTRModel:
+        """A copy of the model without its tables (``to_empty`` would allocate them), the
+        network's parameters zeros on the CPU."""
+        tables = self._modules.pop("sparse_arch")
+        try:
+            network = copy.deepcopy(self)
+        finally:
+            self._modules["sparse_arch"] = tables
+        network.to_empty(device="cpu")
+        with torch.no_grad():
+            for p in network.parameters():
+                p.zero_()
+        return network
 
     def embed(self, sparse: KeyedJaggedTensor) -> torch.Tensor:
         """The chunk vectors ``[B, num_vectors, dim]`` in feature/chunk order."""
