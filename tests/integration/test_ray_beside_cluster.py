@@ -4,7 +4,7 @@ A real ``ray start --head`` cluster runs on this machine, as ``launch/local_clus
 one: Ray's files under the same RAY_TMPDIR as the test's (so its ``ray_current_cluster`` file
 names it, as /tmp/ray/ray_current_cluster does for a plain ``ray start``), and RAY_ADDRESS
 exported as its job server URL, as docs/launch.md has it for ``dist-train submit``. The tiny
-job (with relative paths, saved then resumed) and the ingest bench still start their own
+job (with relative paths, resumed from a checkpoint there) and the ingest bench start their own
 instance and never touch that cluster. That a ``ray job submit`` entrypoint joins its cluster
 is tests/integration/test_ray_submit.py.
 """
@@ -70,38 +70,40 @@ def test_tiny_job_with_relative_paths_runs_on_its_own_instance_beside_a_cluster(
     monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    """Beside the outside cluster, a tiny job with a relative ``output_dir`` saves, then a
-    second run resumes it with ``resume=latest``. Ray Train runs workers in its session
-    directory, so the driver resolves every path against the directory the user ran from
-    before any worker starts: the checkpoint lands where the summary says, and the resumed
-    run finds it there. (One test for both properties: each Ray run costs the suite about
+    """Beside the outside cluster, a tiny job with a relative ``output_dir`` resumes with
+    ``resume=latest`` from a checkpoint in that directory and saves its own there. Ray Train
+    runs workers in its session directory, so the driver resolves every path against the
+    directory the user ran from before any worker starts: the resumed run finds the
+    checkpoint, and its own lands where the summary says. (The first 8 steps run on plain
+    processes, whose ranks run where the user did: each Ray run costs the suite about
     half a minute.)"""
     from dist_train.driver import run_job
 
     outside_nodes = {str(n["node_id"]) for n in _listed(beside, "nodes")}
     monkeypatch.chdir(tmp_path)
-    over = ["launcher=ray", "output_dir=rel-out", "checkpoint.every_steps=8"]
-    cfg = load_config(TINY, [*over, "train.max_steps=8"])
-    assert cfg.ray.address is None
-    first = run_job(cfg)
+    over = ["output_dir=rel-out", "checkpoint.every_steps=8"]
+    first = run_job(load_config(TINY, [*over, "launcher=processes", "train.max_steps=8"]))
     saved = tmp_path / "rel-out" / "tiny" / "checkpoints" / "step-00000008"
-    assert first["checkpoint"] == str(saved)
-    assert (saved / "meta.json").is_file()
-    assert first["run_dir"] == str(tmp_path / "rel-out" / "tiny")
+    assert first["checkpoint"] == str(saved) and (saved / "meta.json").is_file()
 
-    rest = run_job(load_config(TINY, [*over, "checkpoint.resume=latest"]))
+    cfg = load_config(TINY, [*over, "launcher=ray", "checkpoint.resume=latest"])
+    assert cfg.ray.address is None
+    rest = run_job(cfg)
     assert rest["steps"] == 16 and rest["test_examples"] == 4096
+    assert rest["run_dir"] == str(tmp_path / "rel-out" / "tiny")
+    final = tmp_path / "rel-out" / "tiny" / "checkpoints" / "step-00000016"
+    assert rest["checkpoint"] == str(final) and (final / "meta.json").is_file()
     log = [json.loads(line) for line in (tmp_path / "rel-out" / "tiny" / "metrics.jsonl").open()]
     assert [e["checkpoint"] for e in log if e["event"] == "resume"] == [str(saved)]
 
     # the job owns its private instance: each worker runs on cores of its own
     cores = process_cores()
-    assert first["rank_cores"] == [cpu_list(rank_cores(cores, r, 2)) for r in range(2)]
+    assert rest["rank_cores"] == [cpu_list(rank_cores(cores, r, 2)) for r in range(2)]
     assert len(outside_nodes) == 1
-    assert not outside_nodes & {*first["node_ids"], *rest["node_ids"]}
+    assert not outside_nodes & set(rest["node_ids"])
     assert _listed(beside, "jobs") == []  # no driver ever connected to the outside cluster
     out = capfd.readouterr()
-    assert out.out.count("starting an embedded Ray instance") == 2
+    assert out.out.count("starting an embedded Ray instance") == 1
     # Ray Train's placement-group cleaner looks its cluster up with no address: it must
     # find the embedded instance, not the outside cluster.
     assert "Found multiple active Ray instances" not in out.out + out.err
