@@ -7,16 +7,41 @@ the same for every model kind); :meth:`CTRModel.embed` returns one d-vector per
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torchrec import EmbeddingBagCollection, KeyedJaggedTensor, KeyedTensor
 
 from dist_train.embedding.layout import EmbeddingLayout
 from dist_train.models.linear import Linear
+
+
+class _FusedAttentionOnMeta(TorchFunctionMode):
+    """Attention on the meta device as the CPU's fused kernel runs it. torch's meta path is
+    the plain computation, which keeps the scores for the backward (``[B, heads, n, n]``,
+    twice), where the fused kernels of the CPU and CUDA keep the output and one softmax
+    statistic a row: counted on meta, the default AutoInt's activations came out 2.6 times
+    a CPU rank's (docs/planner.md, "The dense network's activations")."""
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Collection[type],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        if (
+            func is F.scaled_dot_product_attention
+            and len(args) == 3
+            and not kwargs
+            and args[0].device.type == "meta"
+        ):
+            return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(*args)[0]
+        return func(*args, **(kwargs or {}))
 
 
 def mlp(sizes: list[int], final_activation: bool) -> nn.Sequential:
@@ -127,13 +152,12 @@ class CTRModel(nn.Module):
     def activation_bytes_per_sample(self, num_dense: int) -> float:
         """Bytes :meth:`network` keeps for its backward an example (the tensors autograd
         saves; weights it saves cancel out), counted on two small batches on the network's
-        device. A network on the meta device (the planner's model) is counted on a copy of
-        it on the CPU, through the kernels a rank runs: on meta, attention keeps its scores
-        as the plain computation does, where the fused kernels of the CPU and CUDA keep the
-        output and a softmax statistic a row (docs/planner.md, "The dense network's
-        activations")."""
-        model = self._network_on_cpu() if self._network_device().type == "meta" else self
-        device = model._network_device()
+        device (on the meta device, as the planner's model is, nothing is computed, and
+        attention keeps what the fused kernels keep: :class:`_FusedAttentionOnMeta`)."""
+        device = next(
+            (p.device for n, p in self.named_parameters() if not n.startswith("sparse_arch.")),
+            torch.device("meta"),
+        )
 
         def saved(batch: int) -> int:
             held: dict[int, torch.Tensor] = {}  # by id, each once: alive until counted
@@ -150,31 +174,11 @@ class CTRModel(nn.Module):
             def unpacked(_: None) -> torch.Tensor:
                 raise AssertionError("the count runs no backward")
 
-            with torch.autograd.graph.saved_tensors_hooks(keep, unpacked), torch.device(device):
-                model.network(dense, vectors.requires_grad_())  # its graph freed at once
+            with torch.autograd.graph.saved_tensors_hooks(keep, unpacked), _FusedAttentionOnMeta():
+                self.network(dense, vectors.requires_grad_())  # its graph freed at once
             return sum(t.numel() * t.element_size() for t in held.values())
 
         return (saved(16) - saved(8)) / 8
-
-    def _network_device(self) -> torch.device:
-        return next(
-            (p.device for n, p in self.named_parameters() if not n.startswith("sparse_arch.")),
-            torch.device("meta"),
-        )
-
-    def _network_on_cpu(self) -> CTRModel:
-        """A copy of the model without its tables (``to_empty`` would allocate them), the
-        network's parameters zeros on the CPU."""
-        tables = self._modules.pop("sparse_arch")
-        try:
-            network = copy.deepcopy(self)
-        finally:
-            self._modules["sparse_arch"] = tables
-        network.to_empty(device="cpu")
-        with torch.no_grad():
-            for p in network.parameters():
-                p.zero_()
-        return network
 
     def embed(self, sparse: KeyedJaggedTensor) -> torch.Tensor:
         """The chunk vectors ``[B, num_vectors, dim]`` in feature/chunk order."""
