@@ -38,6 +38,7 @@ from dist_train.config import (
     add_config_args,
     add_train_args,
     as_typed,
+    resolve_paths,
     train_overrides,
 )
 from dist_train.config import load_or_report as _load
@@ -431,6 +432,7 @@ def _plan(args: argparse.Namespace) -> int:
         return 2
     from dist_train.dry_run import dry_run, write_report
 
+    cfg = resolve_paths(cfg)  # as the driver reads them: ~ expanded, against this folder
     try:
         # the job's device: its train.device, else its topology file's, else cpu
         device = args.device or (
@@ -449,7 +451,10 @@ def _plan(args: argparse.Namespace) -> int:
             cores_per_node=args.cores_per_node,
             weak_scaling=not args.no_weak_scaling,
         )
-    except (PlanningError, TopologyError) as err:
+    except TopologyError as err:  # a file or shape given: a usage error, as a bad config's
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except PlanningError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     try:

@@ -95,6 +95,7 @@ def _check_job(
     rules), ``cpu`` and ``auto`` for CPU ranks; with ``clusters`` to check against, an
     ``auto`` job that does not fit CPU ranks is left to them (:func:`_check_fit`), since a
     cluster with a GPU per worker runs it on GPUs."""
+    cfg = resolve_paths(cfg)  # as the driver reads them: ~ expanded, against this folder
     _check_data(cfg, source, report)
     device: DeviceType = "cuda" if cfg.train.device == "cuda" else "cpu"
     try:
@@ -116,8 +117,8 @@ def _check_job(
 def _check_data(cfg: JobConfig, source: str, report: Report) -> None:
     """The job's local data as training would check it before its first step: both splits'
     files, footers, columns and types, and the first epoch's steps (URLs are left to the
-    run: this machine may not reach them; generated data is made by the run)."""
-    cfg = resolve_paths(cfg)  # as the driver reads them: ~ expanded, against this folder
+    run: this machine may not reach them; generated data is made by the run). ``cfg``'s
+    paths are resolved (:func:`_check_job`)."""
     paths = {"train_path": cfg.data.train_path, "test_path": cfg.data.test_path}
     local = {k: v for k, v in paths.items() if v is not None and "://" not in v}
     found = 0

@@ -155,6 +155,27 @@ def test_a_memory_that_leaves_a_rank_none_is_refused_before_calibrating(
     assert not out.exists()
 
 
+def test_plan_reads_a_topology_file_as_training_does_and_a_bad_one_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`plan` read `sharding.topology=~/t.json` as given ('no such topology file') where
+    training expands `~`; a bad topology file exited 1, as a plan that does not fit does,
+    where a bad config exits 2 (a helper's audit)."""
+    from planners.topology import CPU_PRESET, topology_json
+
+    tiny = str(Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny.yaml")
+    plan = ["plan", "--config", tiny, "--no-torchrec", "--no-weak-scaling"]
+    (tmp_path / "t.json").write_text(topology_json(CPU_PRESET))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main([*plan, "--set", "sharding.topology=~/t.json"]) == 0
+    capsys.readouterr()
+    (tmp_path / "bad.json").write_text('{"num_nodes": 1, "num_nodes": 2}')
+    assert main([*plan, "--topology", str(tmp_path / "bad.json")]) == 2
+    assert "bad.json: key 'num_nodes' given twice" in capsys.readouterr().err
+    assert main([*plan, "--set", "sharding.memory_per_rank=1MiB"]) == 1  # no plan fits
+    assert "error: " in capsys.readouterr().err
+
+
 def test_quiet_and_verbose_go_before_the_command_too() -> None:
     """`dist-train -q train` failed as `dist-train train: error: unrecognized arguments: -q`
     (a helper's audit); the command's own flag wins."""

@@ -248,6 +248,13 @@ def test_inconsistent_topology_files_are_refused(tmp_path: Path) -> None:
     path.write_text("[]")
     with pytest.raises(TopologyError, match=r"topo\.json: the file: Input should be a valid dict"):
         load_topology(path)
+    # json keeps the last of a key given twice, unseen
+    path.write_text(json.dumps(whole)[:-1] + ', "memory_per_rank_bytes": 1}')
+    with pytest.raises(TopologyError, match="key 'memory_per_rank_bytes' given twice"):
+        load_topology(path)
+    path.write_text('{"num_nodes": 1' + "0" * 5000 + "}")  # past Python's digits: a traceback
+    with pytest.raises(TopologyError, match=r"topo\.json: not a topology file \(Exceeds"):
+        load_topology(path)
     with pytest.raises(TopologyError, match="1 bytes leaves none usable"):
         resize(preset("cpu"), memory_per_rank_bytes=1)
     with pytest.raises(TopologyError, match="0 nodes x 4"):

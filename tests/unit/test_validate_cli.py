@@ -51,6 +51,19 @@ def test_validate_reports_planning_errors_as_problems_naming_the_file(
     assert "sharding.memory_per_rank: Value error, cannot read 'lots'" in err
 
 
+def test_validate_reads_a_topology_under_home_as_training_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sharding.topology: ~/t.json` was 'no such topology file' here, where the driver
+    expands `~` before it plans (a helper's audit)."""
+    from planners.topology import CPU_PRESET, topology_json
+
+    (tmp_path / "t.json").write_text(topology_json(CPU_PRESET))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    report = validate_files([str(_job(tmp_path, "home", sharding={"topology": "~/t.json"}))])
+    assert report.problems == [] and report.ok, report
+
+
 def _rayjob(tmp_path: Path, entrypoint: str) -> Path:
     doc = yaml.safe_load(RAYJOB.read_text())
     doc["spec"]["entrypoint"] = entrypoint
