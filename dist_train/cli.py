@@ -167,7 +167,11 @@ def _output_file(text: str) -> str:
 
 def _os_error(err: OSError, where: object = None, doing: str = "") -> int:
     """Report ``err`` in a line naming the path at fault (the error's own, else ``where``;
-    none for a connection's), and what failed (``doing``: "cannot write"); exit status 1."""
+    none for a connection's), and what failed (``doing``: "cannot write"); exit status 1.
+    A broken pipe is raised again: the reader of stdout left (`| head`), which :func:`main`
+    handles, and no path is at fault."""
+    if isinstance(err, BrokenPipeError):
+        raise err
     path = err.filename if err.filename is not None else where
     why = f"{doing} ({err.strerror or err})" if doing else str(err.strerror or err)
     print(f"error: {path}: {why}" if path is not None else f"error: {why}", file=sys.stderr)

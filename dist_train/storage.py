@@ -147,7 +147,11 @@ def write_atomically(loc: Location, text: str, mode: int | None = None) -> None:
         except BaseException:
             tmp.unlink(missing_ok=True)  # a full disk's cut copy: no litter beside the file
             raise
-        os.replace(tmp, loc)
+        try:
+            os.replace(tmp, loc)
+        except OSError as err:  # a folder where the file goes, say: named, not the copy
+            tmp.unlink(missing_ok=True)
+            raise type(err)(err.errno, err.strerror, str(loc)) from None
         _sync_directory(loc.parent)
     else:
         staged = loc.parent / (loc.name + ".tmp")

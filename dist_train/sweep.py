@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -36,6 +37,7 @@ from dist_train.config import (
     ConfigError,
     JobConfig,
     apply_overrides,
+    as_typed,
     load_config,
     number_in_name,
     parse_config,
@@ -163,8 +165,24 @@ def _generated_vocabulary(cfg: JobConfig) -> tuple[JobConfig, list[str]]:
     return parse_config(raw, "sweep base job"), changed
 
 
-def prepare(dataset: str, config: str | None, overrides: list[str], out: Path) -> JobConfig:
-    """The sweep's base job: its data written once under ``out/data``, runs under ``out``."""
+def append_line(path: Path, line: str) -> None:
+    """``line`` on a line of its own at the end of ``path``: a file edited by hand (a run's
+    line removed to train it again) may have lost its last newline, and the record would
+    have joined that line, two runs on one."""
+    with path.open("ab+") as f:  # appends, wherever it reads
+        f.seek(0, os.SEEK_END)
+        if f.tell():
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write(line.encode() + b"\n")
+
+
+def prepare(
+    dataset: str, config: str | None, overrides: list[str], out: Path, progress: bool = False
+) -> JobConfig:
+    """The sweep's base job: its data written once under ``out/data`` (``progress``: the
+    generator's lines, as ``gen-data`` prints them), runs under ``out``."""
     cfg = dataset_config(dataset, config, overrides)[0]
     own = load_config(DATASETS[dataset], DATASET_OVERRIDES[dataset]).data
     for key in ("train_path", "test_path"):  # a path of the user's: refused, not replaced
@@ -185,13 +203,13 @@ def prepare(dataset: str, config: str | None, overrides: list[str], out: Path) -
     else:
         # integer ids: the collisionless baseline indexes them
         synth = cfg.data.synthetic.model_copy(update={"string_columns": []})
-        generated = generate(synth, data, progress=False)
+        generated = generate(synth, data, progress=progress)
         train, test = generated.train_dir, generated.test_dir
-    fixed = [
-        f"output_dir={out / 'runs'}",
+    fixed = [  # the paths as typed (a leading quote would read as YAML's)
+        f"output_dir={as_typed(str(out / 'runs'))}",
         "launcher=processes",
-        f"data.train_path={train}",
-        f"data.test_path={test}",
+        f"data.train_path={as_typed(str(train))}",
+        f"data.test_path={as_typed(str(test))}",
         # dozens of runs: keep the figures, not the tables (an arm trained again after an
         # interruption would find its checkpoints and be refused as a fresh run beside them)
         "checkpoint.save_at_end=false",
@@ -473,6 +491,7 @@ def run_sweep(
         )
     check_budgets(job, budgets)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
+    progress = verbosity() != "quiet"  # the data's generation, before the runs' quiet
     if verbosity() == "normal":
         setup_logging("quiet")  # dozens of runs: the sweep prints one line each
     log = out / "results.jsonl"
@@ -499,7 +518,7 @@ def run_sweep(
     # before the data are written; a sweep whose arms are all on record trains nothing
     # (its summary is written on any machine)
     device = _device(job) if any(a.name not in recorded for a in planned) else None
-    base = prepare(dataset, config, overrides or [], out)  # after the checks: it writes data
+    base = prepare(dataset, config, overrides or [], out, progress)  # after the checks: writes data
     stale = stale_runs(done, base, planned)
     if stale:
         print(
@@ -537,8 +556,7 @@ def run_sweep(
             "seconds": time.perf_counter() - start,
             **({"error": error} if error else {}),
         }
-        with log.open("a") as f:
-            f.write(strict_json(result) + "\n")
+        append_line(log, strict_json(result))
         done.append(result)
         figures = (
             f"failed: {error}"

@@ -349,18 +349,24 @@ def convert_criteo(
         )
     missing = next((path for path in inputs if not Path(path).is_file()), None)
     if missing is not None:  # before anything is written: a day's conversion lost to a typo
-        raise BadInputError(
-            f"{missing}: " + ("a folder" if Path(missing).is_dir() else "no such file")
+        kind = (
+            "a folder"
+            if Path(missing).is_dir()
+            else "a pipe or a device, not a file"
+            if Path(missing).exists()
+            else "no such file"
         )
-    seen: dict[str, str] = {}
+        raise BadInputError(f"{missing}: {kind}")
+    seen: dict[tuple[int, int], str] = {}
     for path in inputs:  # a file named twice (a glob and a name, a link) was converted twice
-        real = os.path.realpath(path)
-        if real in seen:
+        st = os.stat(path)
+        file = (st.st_dev, st.st_ino)  # a hard link has a path of its own
+        if file in seen:
             raise BadInputError(
-                f"{path}: the same file as {seen[real]}, given before: each input is "
+                f"{path}: the same file as {seen[file]}, given before: each input is "
                 "converted once; name it once"
             )
-        seen[real] = path
+        seen[file] = path
     out.mkdir(parents=True, exist_ok=True)
     result = ConvertResult()
     writer: pq.ParquetWriter | None = None

@@ -176,6 +176,16 @@ def test_plan_reads_a_topology_file_as_training_does_and_a_bad_one_is_a_usage_er
     assert "error: " in capsys.readouterr().err
 
 
+def test_a_broken_pipe_is_no_fault_of_an_output_folder() -> None:
+    """`sweep ... | head` said `error: sw1: Broken pipe`, naming its --out, and exited 1 at
+    once: each command's OSError handler took it before main's handling of the reader's
+    leaving (a helper's audit)."""
+    from dist_train.cli import _os_error
+
+    with pytest.raises(BrokenPipeError):
+        _os_error(BrokenPipeError(32, "Broken pipe"), "sw1")
+
+
 def test_quiet_and_verbose_go_before_the_command_too() -> None:
     """`dist-train -q train` failed as `dist-train train: error: unrecognized arguments: -q`
     (a helper's audit); the command's own flag wins."""

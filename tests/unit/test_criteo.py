@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
@@ -261,12 +262,18 @@ def test_a_file_given_twice_is_refused(good_files: list[Path], tmp_path: Path) -
     """`convert criteo day_*.tsv day_0.tsv` converted day 0 twice: every row twice (a
     helper's audit). By name, by another spelling and through a link."""
     plain = good_files[0]
-    link = tmp_path / "link.tsv"
+    link, hard = tmp_path / "link.tsv", tmp_path / "hard.tsv"
     link.symlink_to(plain)
-    for again in (str(plain), f"{plain.parent}/./{plain.name}", str(link)):
+    os.link(plain, hard)  # a path of its own: compared by path, it was converted twice
+    for again in (str(plain), f"{plain.parent}/./{plain.name}", str(link), str(hard)):
         with pytest.raises(BadInputError, match=rf"{again}: the same file as {plain}, given"):
             convert_criteo([str(plain), again], tmp_path / "o", progress=False)
         assert not (tmp_path / "o").exists()
+    # a pipe (`<(zcat day_0.gz)`) was 'no such file'
+    fifo = tmp_path / "fifo.tsv"
+    os.mkfifo(fifo)
+    with pytest.raises(BadInputError, match=rf"{fifo}: a pipe or a device, not a file"):
+        convert_criteo([str(fifo)], tmp_path / "o", progress=False)
 
 
 @pytest.mark.parametrize("policy", ["error", "skip"])

@@ -76,3 +76,14 @@ def test_this_processes_own_output_is_written_where_it_goes() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout == '{"figures": 1}\nafter\n', done
+
+
+def test_a_write_over_a_folder_names_the_file_and_leaves_no_copy(tmp_path: Path) -> None:
+    """`gen-data` over a folder with a folder named dataset.json said
+    'dataset.json.tmp: cannot write (Is a directory)' and left the copy beside it."""
+    target = tmp_path / "dataset.json"
+    target.mkdir()
+    with pytest.raises(IsADirectoryError) as raised:
+        storage.write_atomically(target, "{}")
+    assert raised.value.filename == str(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset.json"]

@@ -255,6 +255,38 @@ def test_a_run_recorded_without_figures_reads_back_as_nan(tmp_path: Path) -> Non
     assert math.isnan(got["test_auc"]) and math.isnan(got["test_log_loss"])
 
 
+def test_a_record_goes_on_a_line_of_its_own_after_a_hand_edit(tmp_path: Path) -> None:
+    """A results file whose last line lost its newline (a run's line removed by hand, as
+    the docs say to train it again) took the next record on that line: two runs on one,
+    and the line's removal then lost both (a helper's audit)."""
+    from dist_train.sweep import _results, append_line
+
+    log = tmp_path / "results.jsonl"
+    first = {**_RUN, "name": "unified-b1-s0"}
+    log.write_text(json.dumps(first))  # no newline after it
+    append_line(log, json.dumps({**_RUN, "name": "unified-b1-s1"}))
+    append_line(log, json.dumps({**_RUN, "name": "unified-b1-s2"}))
+    assert [r["name"] for r in _results(log)] == ["unified-b1-s0", "unified-b1-s1", "unified-b1-s2"]
+    new = tmp_path / "new.jsonl"
+    append_line(new, "{}")
+    assert new.read_text() == "{}\n"
+
+
+def test_the_sweeps_folder_is_a_path_as_typed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`sweep --out "'sq"` failed: `--set output_dir='sq/runs: not valid YAML` (the path went
+    through an override unquoted); the data's generation printed nothing for seconds."""
+    from dist_train.sweep import prepare
+
+    small = ["data.synthetic.num_train_rows=2048", "data.synthetic.num_test_rows=1024"]
+    out = tmp_path / "'sq: #x"
+    base = prepare("synthetic", None, small, out, progress=True)
+    assert base.output_dir == str(out / "runs")
+    assert base.data.train_path == str(out / "data" / "train")
+    assert "generating 3,072 synthetic rows" in capsys.readouterr().err
+
+
 def test_a_record_without_its_dataset_is_not_taken_for_another_dataset(tmp_path: Path) -> None:
     from dist_train.sweep import _results
 
