@@ -55,6 +55,7 @@ from dist_train.config import JobConfig
 from dist_train.logs import LOG
 from dist_train.sharded_moments import Wrapped, placeable, shard_like_weights, unwrap
 from dist_train.storage import Location, location
+from planners.json_keys import loads_unique_keys
 
 PREFIX = "step-"
 STEP_DIGITS = 8  # a save's folder: step-00000048
@@ -259,7 +260,7 @@ def read_meta(path: Location) -> dict[str, Any]:
             text = f.read(META_MAX_BYTES + 1)
         if len(text) > META_MAX_BYTES:
             raise ValueError(f"larger than {META_MAX_BYTES:,} bytes")
-        meta = json.loads(text.decode("utf-8"))
+        meta = loads_unique_keys(text.decode("utf-8"))  # an edited key's first value: refused
     except (OSError, ValueError, RecursionError) as err:  # JSON's and UTF-8's errors too
         raise CheckpointError(f"{meta_path}: unreadable checkpoint metadata ({err})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("position"), dict):

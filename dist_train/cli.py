@@ -263,7 +263,8 @@ def _gen_data(args: argparse.Namespace) -> int:
 
 def _show_config(args: argparse.Namespace) -> int:
     if args.reference:
-        if args.config or args.set:  # the reference is every job's: they were passed over
+        # the reference is every job's: they were passed over (an empty --config too)
+        if args.config is not None or args.set:
             print("error: show-config --reference takes no --config or --set", file=sys.stderr)
             return 2
         from dist_train.config_reference import config_reference

@@ -11,6 +11,8 @@ evaluates. Outputs go to their own folder, ``<run>/evaluations/<checkpoint>/`` b
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -77,33 +79,52 @@ def evaluate_checkpoint(cfg: JobConfig, which: str, out: str | None = None) -> d
     schema = SchemaCheck(builder)
     _read_id_types_of_training(train_path, schema, policy)
     test = list_row_groups(test_path, policy, schema)
+    # The workers write into a folder beside ``folder``, moved in once all went well: a
+    # failed or interrupted evaluation leaves an earlier one's files as they were.
+    staged = folder.parent / f".{folder.name}.evaluating-{os.getpid()}"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / SUMMARY_FILE).unlink(missing_ok=True)  # an earlier one, now out of date
+        shutil.rmtree(staged, ignore_errors=True)
+        staged.mkdir(parents=True)
     except OSError as err:
         raise ConfigError(f"{folder}: cannot write the evaluation there ({err})") from None
-    inputs = WorkerInputs(
-        [],
-        test,
-        str(folder),
-        plan=plan,
-        file_counts=policy.counts,
-        resume=str(path),
-        verbosity=verbosity(),
-        device_type=device,
-        evaluate_only=True,
-    )
-    summary = launch(cfg, inputs)
-    bad = summary.get("bad_input") or {}
-    reasons = f"by reason: {skipped_by_reason(bad)}"
-    warn_of_skipped_rows(
-        "test", int(bad.get("rows_skipped_total") or 0), int(summary["test_examples"]), reasons
-    )
-    summary["wall_seconds"] = time.perf_counter() - start
-    summary["test_path"] = test_path
-    summary["output_dir"] = str(folder)
-    (folder / SUMMARY_FILE).write_text(strict_json(summary, indent=2))
+    try:
+        inputs = WorkerInputs(
+            [],
+            test,
+            str(staged),
+            plan=plan,
+            file_counts=policy.counts,
+            resume=str(path),
+            verbosity=verbosity(),
+            device_type=device,
+            evaluate_only=True,
+        )
+        summary = launch(cfg, inputs)
+        bad = summary.get("bad_input") or {}
+        reasons = f"by reason: {skipped_by_reason(bad)}"
+        warn_of_skipped_rows(
+            "test", int(bad.get("rows_skipped_total") or 0), int(summary["test_examples"]), reasons
+        )
+        summary["wall_seconds"] = time.perf_counter() - start
+        summary["test_path"] = test_path
+        summary["output_dir"] = str(folder)
+        (staged / SUMMARY_FILE).write_text(strict_json(summary, indent=2))
+        _move_in(staged, folder)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
     return summary
+
+
+def _move_in(staged: Path, folder: Path) -> None:
+    """The staged evaluation's files into ``folder`` (renames, each whole; a folder of the
+    earlier evaluation's, Ray Train's ``ray/``, replaced), its summary last: a folder with
+    ``evaluation.json`` holds a whole evaluation."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = sorted(p.name for p in staged.iterdir() if p.name != SUMMARY_FILE)
+    for name in [*names, SUMMARY_FILE]:
+        if (staged / name).is_dir() and (folder / name).is_dir():
+            shutil.rmtree(folder / name)
+        os.replace(staged / name, folder / name)
 
 
 def _out_folder(out: str) -> Path:

@@ -101,6 +101,7 @@ def export(path: Location, out_dir: Path, with_optimizer: bool = False) -> dict[
         "tables": tables,
         "keys": _keys(meta),
     }
+    earlier = _earlier_export(out_dir)
     try:
         # on out_dir's filesystem, so that renames move the files in: inside an existing
         # out_dir (which may be a mount, or a link to another filesystem, in a folder this
@@ -118,14 +119,32 @@ def export(path: Location, out_dir: Path, with_optimizer: bool = False) -> dict[
                 save_file(optim, str(staged / "optimizer.safetensors"), metadata=step)
             for f in staged.glob("*.safetensors"):  # safetensors makes them 0600
                 f.chmod(0o666 & ~_umask())
-            (staged / META).write_text((path / META).read_text())
+            meta_text = (path / META).read_text()
+            (staged / META).write_text(meta_text)
             (staged / "export.json").write_text(json.dumps(summary, indent=2) + "\n")
             _move_in(staged, out_dir)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
     except OSError as err:
         raise ExportError(f"{out_dir}: cannot write the export ({err.strerror or err})") from None
+    if earlier is not None and earlier[0] != meta_text:  # a folder kept for the newest, say
+        LOG.warning(
+            f"{out_dir}: replaced the export of another checkpoint (step {earlier[1]}) with "
+            f"step {meta['position']['step']}'s"
+        )
     return summary
+
+
+def _earlier_export(out_dir: Path) -> tuple[str, object] | None:
+    """An earlier export's ``meta.json`` in ``out_dir`` and its step, None if there is none."""
+    if not (out_dir / "export.json").is_file():
+        return None
+    try:
+        text = (out_dir / META).read_text()
+        position = json.loads(text).get("position", {})
+        return text, position.get("step") if isinstance(position, dict) else None
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None
 
 
 def _umask() -> int:
@@ -181,7 +200,10 @@ def _check_out_dir(path: Location, out_dir: Path) -> None:
     ``meta.json`` would pass for a checkpoint's, and ``latest`` take it for the newest)."""
     # inside a committed checkpoint (this one, named by a path or a file:// URL, or another):
     # its file check would then fail on the export's files
-    here = out_dir.resolve()
+    try:
+        here = out_dir.resolve()
+    except (OSError, RuntimeError) as err:  # a loop of links
+        raise OutFolderRefused(f"{out_dir}: cannot resolve it ({err})") from None
     for folder in here.parents:
         if _holds_a_checkpoint(folder):
             raise OutFolderRefused(

@@ -13,7 +13,7 @@ import re
 from dataclasses import asdict, dataclass, replace
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -24,6 +24,7 @@ from pydantic import (
     field_validator,
 )
 
+from planners.json_keys import KeyGivenTwice, loads_unique_keys
 from planners.types import SHARDING_TYPES
 
 
@@ -393,29 +394,12 @@ def topology_of(spec: TopologySpec) -> Topology:
     return Topology(**values)
 
 
-class _KeyTwice(ValueError):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object's members, refusing a key given twice (``json`` keeps the last, unseen,
-    as PyYAML does for the job's config: ``_UniqueKeys`` in dist_train/config.py)."""
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _KeyTwice(key)
-        out[key] = value
-    return out
-
-
 def load_topology(path: str | Path) -> Topology:
     """A topology file (JSON from ``dist-train calibrate``); errors name the file and key."""
     try:
-        raw = json.loads(Path(path).read_text(), object_pairs_hook=_unique_keys)
-    except _KeyTwice as e:
-        raise TopologyError(f"{path}: key {e.key!r} given twice in one object") from None
+        raw = loads_unique_keys(Path(path).read_text())
+    except KeyGivenTwice as e:
+        raise TopologyError(f"{path}: {e}") from None
     except FileNotFoundError:
         raise TopologyError(f"{path}: no such topology file") from None
     except UnicodeDecodeError:

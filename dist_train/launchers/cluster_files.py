@@ -216,25 +216,56 @@ def _whole(quantities: dict[str, Any], key: str, where: str) -> float:
     return 0.0 if value is None else float(math.ceil(k8s_quantity(value, f"{where}.{key}")))
 
 
+def _shell_words(command: str) -> list[str]:
+    """``command``'s words as ``/bin/sh`` reads them up to the end of its first command (Ray
+    runs an entrypoint with it): before a ``;``, ``&&``, ``||``, ``|``, ``&`` or a
+    redirection (``> log``, ``2>&1``: its file descriptor's number too). ValueError for
+    an unbalanced quote."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    words: list[str] = []
+    for word in lexer:
+        if word and set(word) <= set(lexer.punctuation_chars):
+            if words and words[-1].isdigit() and word[0] in "<>":  # 2> err.log
+                words.pop()
+            break
+        words.append(word)
+    return words
+
+
+_PYTHON_FLAG = re.compile(r"-[bBdEhiIOqsSuvR]+")  # flags of no value: -u, -OO, -B ...
+
+
 def entrypoint_command(entrypoint: str) -> tuple[str, list[str]] | None:
     """Which of dist_train's job commands a job's ``entrypoint`` runs, and the arguments
     after it: ``driver`` for ``python -m dist_train.driver``, ``train`` for ``dist-train
     train`` (or ``python -m dist_train.cli train``), which inside a job joins the job's
-    cluster; leading ``VAR=value`` settings allowed. None for anything else: a shell around
-    it (``bash -c '...'``) is not read, its config could not be checked."""
+    cluster. Allowed around it: leading ``VAR=value`` settings and ``exec``, a path to the
+    program, python's own flags (``-u``, ``-X dev``), dist-train's ``-q``/``-v`` before
+    ``train``, and what a shell runs after it (``> log``, ``; echo done``: the arguments
+    end there). None for anything else: a shell around it (``bash -c '...'``) is not read,
+    its config could not be checked."""
     try:
-        args = shlex.split(entrypoint)
+        args = _shell_words(entrypoint)
     except ValueError:
         return None
     args = list(itertools.dropwhile(lambda a: re.fullmatch(r"[A-Za-z_]\w*=.*", a), args))
-    if args[:2] == ["dist-train", "train"]:
-        return "train", args[2:]
-    if not args or re.fullmatch(r"(.*/)?python[0-9.]*", args[0]) is None:
+    if args[:1] == ["exec"]:
+        args = args[1:]
+    if not args:
         return None
-    if args[1:3] == ["-m", "dist_train.driver"]:
-        return "driver", args[3:]
-    if args[1:4] == ["-m", "dist_train.cli", "train"]:
-        return "train", args[4:]
+    program, rest = args[0], args[1:]
+    if re.fullmatch(r"(.*/)?dist-train", program):
+        rest = list(itertools.dropwhile(lambda a: a in ("-q", "--quiet", "-v", "--verbose"), rest))
+        return ("train", rest[1:]) if rest[:1] == ["train"] else None
+    if re.fullmatch(r"(.*/)?python[0-9.]*", program) is None:
+        return None
+    while rest and (_PYTHON_FLAG.fullmatch(rest[0]) or rest[0] in ("-X", "-W")):
+        rest = rest[2:] if rest[0] in ("-X", "-W") else rest[1:]
+    if rest[:2] == ["-m", "dist_train.driver"]:
+        return "driver", rest[2:]
+    if rest[:3] == ["-m", "dist_train.cli", "train"]:
+        return "train", rest[3:]
     return None
 
 

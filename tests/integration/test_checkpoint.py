@@ -462,6 +462,20 @@ def test_export_writes_whole_tables_as_safetensors(tmp_path: Path, capsys, monke
     assert main(["export", str(ckpt), "--out", str(mine)]) == 2
     assert "optimizer.safetensors, which no export wrote" in capsys.readouterr().err
     assert {p.read_text() for p in mine.iterdir()} == {"the user's"}
+    # a loop of links: a traceback (RuntimeError), where evaluate's --out names it
+    (tmp_path / "loop-a").symlink_to(tmp_path / "loop-b")
+    (tmp_path / "loop-b").symlink_to(tmp_path / "loop-a")
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "loop-a")]) == 2
+    assert "loop-a: cannot resolve it (Symlink loop" in capsys.readouterr().err
+    # another checkpoint's export replaced: said (a folder kept for the newest is a use)
+    again = tmp_path / "again"
+    assert main(["export", str(ckpt), "--out", str(again)]) == 0
+    assert main(["export", str(ckpt), "--out", str(again)]) == 0
+    assert "replaced the export" not in capsys.readouterr().err
+    assert main(["export", str(older), "--out", str(again)]) == 0
+    assert "replaced the export of another checkpoint (step 2) with step 1's" in (
+        capsys.readouterr().err
+    )
     # an export that fails while writing leaves the earlier export whole, of its step
     real_save = export_module.save_file
 

@@ -251,6 +251,13 @@ def test_metadata_that_json_or_its_digest_cannot_vouch_for_is_named(
         (ckpt / META).write_text(bad)
         with pytest.raises(CheckpointError, match=f"{META}: unreadable checkpoint metadata"):
             verify(ckpt)
+    # a key given twice: json kept the last, so the digest (of the parsed dict) matched and
+    # the first value, which another reader may take, passed unseen (a helper's audit)
+    twice = text.replace('"position": {', '"position": {"step": 999999, ', 1)
+    assert twice != text
+    (ckpt / META).write_text(twice)
+    with pytest.raises(CheckpointError, match=f"{META}: .*key 'step' given twice in one object"):
+        verify(ckpt)
     # one flip in the digest's key turned verification off: file digests need their own
     (ckpt / META).write_text(text.replace(f'"{META_DIGEST}"', '"meta_xxh3_12X"'))
     with pytest.raises(CheckpointError, match=f"{META}: records file digests but not its own"):

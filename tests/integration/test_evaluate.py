@@ -199,6 +199,29 @@ def test_an_evaluation_of_other_data_or_another_checkpoint_keeps_the_earlier_one
     assert _evaluate(tmp_path, "latest") == 0  # the same again: replaced
 
 
+def test_a_failed_evaluation_leaves_the_earlier_one_whole(
+    trained: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same checkpoint evaluated again, its shard damaged since: the failure had deleted
+    the earlier evaluation.json and emptied its metrics.jsonl before any worker started (a
+    helper's audit)."""
+    ckpt = tmp_path / "copy"
+    shutil.copytree(str(trained["checkpoint"]), ckpt)
+    out = tmp_path / "evaluation"
+    assert _evaluate(tmp_path, str(ckpt), "--out", str(out)) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(before) == {"evaluation.json", "metrics.jsonl"}
+    shard = next(ckpt.glob("*.distcp"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert _evaluate(tmp_path, str(ckpt), "--out", str(out)) == 1
+    assert "differ from the digest" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if "evaluating" in p.name) == []
+
+
 def test_test_ids_of_another_type_than_trainings_are_refused(
     trained: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -404,12 +404,36 @@ def test_a_rayjobs_config_named_by_its_path_in_the_image_is_checked(tmp_path: Pa
         ("bash -c 'dist-train train --config c.yaml'", False),  # a shell it cannot read
         ("dist-train trainer", False),
         ("python train.py", False),
+        # forms that run the driver, refused before (a helper's audit)
+        ("python -u -m dist_train.driver --config c.yaml", True),
+        ("python -X dev -OO -m dist_train.driver", True),
+        ("dist-train -q train --config c.yaml", True),
+        ("/opt/venv/bin/dist-train train --config c.yaml", True),
+        ("exec python -m dist_train.driver --config c.yaml", True),
+        ("python -u my_script.py", False),
+        ("dist-train -q evaluate latest", False),
     ],
 )
 def test_a_rayjob_entrypoint_is_read_as_a_command(entrypoint: str, runs: bool) -> None:
     from dist_train.launchers.cluster_files import runs_the_driver
 
     assert runs_the_driver(entrypoint) is runs
+
+
+@pytest.mark.parametrize(
+    "after",
+    ["> /tmp/log 2>&1", "2>err.log", "; echo done", "&& echo done", "| tee log", "&"],
+)
+def test_a_rayjob_entrypoints_arguments_end_where_its_shell_ends_the_command(after: str) -> None:
+    """Ray runs the entrypoint with /bin/sh: `... > log 2>&1` was checked as arguments the
+    driver refuses ('the driver refuses > /tmp/log 2>&1'); quoted operators stay values."""
+    from dist_train.launchers.cluster_files import entrypoint_command
+
+    entrypoint = "python -m dist_train.driver --config c.yaml --set 'x=1;2' " + after
+    assert entrypoint_command(entrypoint) == (
+        "driver",
+        ["--config", "c.yaml", "--set", "x=1;2"],
+    )
 
 
 @pytest.mark.parametrize(
