@@ -187,7 +187,7 @@ def _group_resources(group: dict[str, Any], where: str) -> dict[str, float]:
     # request where there is no limit) rounded up to a whole number, as Kubernetes'
     # Quantity.Value() rounds it (1500m: 2 CPUs, which validate read as 1.5)
     if "num-cpus" in params:
-        cpu = k8s_quantity(params["num-cpus"], f"{where}.rayStartParams.num-cpus")
+        cpu = _start_count(params, "num-cpus", where)
     else:
         cpu = _whole(limits, "cpu", where) or _whole(requests, "cpu", where)
         if not cpu:
@@ -195,18 +195,31 @@ def _group_resources(group: dict[str, Any], where: str) -> dict[str, float]:
                 f"{where}: set resources.limits.cpu (or requests.cpu) or rayStartParams.num-cpus"
             )
     if "num-gpus" in params:
-        gpu = k8s_quantity(params["num-gpus"], f"{where}.rayStartParams.num-gpus")
+        gpu = _start_count(params, "num-gpus", where)
     else:  # the first limit whose name ends in gpu (nvidia.com/gpu, amd.com/gpu), as KubeRay
         gpu = next(
             (g for k in limits if str(k).endswith("gpu") and (g := _whole(limits, k, where))),
             0.0,
         )
-    memory = params.get("memory", limits.get("memory", 0))  # ray start --memory: its bytes
-    return {
-        "CPU": cpu,
-        "GPU": gpu,
-        "memory": k8s_quantity(memory, f"{where}.memory"),
-    }
+    if "memory" in params:  # ray start --memory: its bytes
+        memory = _start_count(params, "memory", where)
+    else:
+        memory = k8s_quantity(limits.get("memory", 0), f"{where}.memory")
+    return {"CPU": cpu, "GPU": gpu, "memory": memory}
+
+
+def _start_count(params: dict[str, Any], key: str, where: str) -> float:
+    """A ``rayStartParams`` value of ``ray start``'s whole-number options: KubeRay passes it
+    as ``--key=value`` unchanged, and ``ray start`` takes no Kubernetes quantity (``8Gi``,
+    ``500m`` and ``1.5`` fail the pod's start, where they were read as quantities)."""
+    value = str(params[key]).strip()
+    if not re.fullmatch(r"[0-9]+", value):
+        unit = "bytes" if key == "memory" else "a whole count"
+        raise ClusterFileError(
+            f"{where}.rayStartParams.{key}: {params[key]!r} is not a whole number "
+            f"(`ray start --{key}` takes {unit}; KubeRay passes the value as it is)"
+        )
+    return float(int(value))
 
 
 def _whole(quantities: dict[str, Any], key: str, where: str) -> float:

@@ -479,8 +479,21 @@ def test_a_misspelt_ray_start_param_is_named_and_ray_starts_memory_counts() -> N
         with pytest.raises(ClusterFileError, match=rf"rayStartParams\.{typo}: .*'{meant}'"):
             rayjob_nodes(doc, "rj.yaml")
     # an option this Ray's `ray start` lacks and nothing near it: maybe a newer Ray's
-    group["rayStartParams"] = {"block": "true", "some-future-option": "x", "memory": "3e9"}
+    group["rayStartParams"] = {"block": "true", "some-future-option": "x", "memory": "3000000000"}
     assert rayjob_nodes(doc, "rj.yaml")[0][1].memory_bytes == 3e9
+    # `ray start` takes whole numbers for these (click's int): a Kubernetes quantity, an
+    # exponent or a fraction failed the pods' start, where validate read it as a quantity
+    for key, value in (
+        ("memory", "8Gi"),
+        ("memory", "3e9"),
+        ("num-cpus", "1.5"),
+        ("num-gpus", "500m"),
+    ):
+        group["rayStartParams"] = {key: value}
+        with pytest.raises(
+            ClusterFileError, match=rf"rayStartParams\.{key}: '{value}' is not a whole number"
+        ):
+            rayjob_nodes(doc, "rj.yaml")
 
 
 def test_a_pods_cpus_and_gpus_are_counted_as_kuberay_starts_ray() -> None:
@@ -503,8 +516,8 @@ def test_a_pods_cpus_and_gpus_are_counted_as_kuberay_starts_ray() -> None:
     assert worker({"limits": {"cpu": "1500m", "memory": "8Gi"}}) == (2, 0)
     assert worker({"requests": {"cpu": "3"}}) == (3, 0)
     assert worker({"limits": {"cpu": "2", "amd.com/gpu": 1}}) == (2, 1)
-    doc["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["rayStartParams"] = {"num-cpus": "1.5"}
-    assert worker({"limits": {"cpu": "4"}}) == (1.5, 0)  # as given
+    doc["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["rayStartParams"] = {"num-cpus": "3"}
+    assert worker({"limits": {"cpu": "4"}}) == (3, 0)  # as given
 
 
 def test_a_processes_job_on_a_cluster_is_named(
