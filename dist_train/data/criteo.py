@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ SCHEMA = pa.schema(
 )
 _INT = r"^-?[0-9]+$"
 BLOCK_BYTES = 16 << 20  # of text a block of rows is parsed from
+STAGING_PREFIX = ".converting-"  # the hidden folder a conversion writes its parts in
 _INT64 = range(-(2**63), 2**63)
 
 
@@ -339,6 +341,9 @@ def convert_criteo(
             f"rows per group and file must be positive: {rows_per_group}, {rows_per_file}"
         )
     out = Path(out_dir)
+    # a conversion killed before its end left its parts in a hidden folder (below): ours
+    for stale in out.glob(f"{STAGING_PREFIX}*") if out.is_dir() else []:
+        shutil.rmtree(stale, ignore_errors=True)
     # Outputs are named from part-00000: they would overwrite (or, on an error, remove) an
     # earlier conversion's files, or leave its later parts to be read with the new ones.
     existing = sorted(out.rglob("*.parquet")) if out.is_dir() else []
@@ -368,14 +373,20 @@ def convert_criteo(
             )
         seen[file] = path
     out.mkdir(parents=True, exist_ok=True)
+    # The parts are written in a hidden folder (readers pass over hidden paths) and moved in
+    # at the end: a conversion killed midway (SIGKILL, a lost machine) leaves no whole-looking
+    # files of part of the rows.
+    staging = out / f"{STAGING_PREFIX}{os.getpid()}"
+    staging.mkdir()
     result = ConvertResult()
     writer: pq.ParquetWriter | None = None
     in_file = 0
     start = time.perf_counter()
 
     def next_writer() -> pq.ParquetWriter:
-        path = out / f"part-{len(result.files):05d}.parquet"
-        result.files.append(str(path))
+        name = f"part-{len(result.files):05d}.parquet"
+        result.files.append(str(out / name))
+        path = staging / name
         # Page checksums let readers detect corrupted pages (see docs/data.md).
         return pq.ParquetWriter(path, SCHEMA, compression="zstd", write_page_checksum=True)
 
@@ -417,6 +428,11 @@ def convert_criteo(
         if not result.rows:  # an empty dataset folder, said to be written, trained on nothing
             why = f"every line bad ({result.bad_lines})" if result.bad_lines else "empty"
             raise BadInputError(f"{', '.join(inputs)}: no rows to convert: {why}")
+        if writer is not None:
+            writer.close()
+            writer = None
+        for f in result.files:
+            os.replace(staging / Path(f).name, f)
     except BaseException:
         # Never leave half a dataset behind that could be mistaken for a whole one; files that
         # were in out_dir before are not touched.
@@ -429,4 +445,5 @@ def convert_criteo(
     finally:
         if writer is not None:
             writer.close()
+        shutil.rmtree(staging, ignore_errors=True)
     return result

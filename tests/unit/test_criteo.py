@@ -6,6 +6,7 @@ import bz2
 import gzip
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -256,6 +257,34 @@ def test_compressed_by_content_empty_files_and_missing_inputs(
     bad.write_text("1\t2\n")
     with pytest.raises(BadInputError, match=r"no rows to convert: every line bad \(\{'wrong"):
         convert_criteo([str(bad)], tmp_path / "o5", on_bad_input="skip", progress=False)
+
+
+def test_parts_are_written_hidden_and_moved_in_at_the_end(
+    good_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parts went straight to out/part-N.parquet: a conversion killed midway (SIGKILL, where
+    no clean-up runs) left whole-looking files of part of the rows (a helper's audit). Now
+    each is written in a hidden folder, which readers pass over, and a later conversion
+    into the folder removes what a killed one left."""
+    from dist_train.data import criteo
+
+    out = tmp_path / "parquet"
+    killed = out / f"{criteo.STAGING_PREFIX}1"
+    killed.mkdir(parents=True)
+    (killed / "part-00000.parquet").write_bytes(b"cut")
+    opened: list[Path] = []
+    real = criteo.pq.ParquetWriter
+
+    def writer(path: str | Path, *args: Any, **kwargs: Any) -> Any:
+        opened.append(Path(path))
+        assert not (out / "part-00000.parquet").exists()  # nothing moved in before the end
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(criteo.pq, "ParquetWriter", writer)
+    result = convert_criteo([str(f) for f in good_files], out, rows_per_file=400, progress=False)
+    assert len(opened) == 3 and all(p.parent.name.startswith(".converting-") for p in opened)
+    assert sorted(p.name for p in out.iterdir()) == [Path(f).name for f in result.files]
+    assert pq.read_table(out).num_rows == 1000
 
 
 def test_a_file_given_twice_is_refused(good_files: list[Path], tmp_path: Path) -> None:
