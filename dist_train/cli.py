@@ -388,7 +388,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from dist_train.config import ConfigError
     from dist_train.data.reader import DataSourceError
     from dist_train.launchers.rank_server import rank_server_started
-    from dist_train.sweep import dataset_config, run_sweep
+    from dist_train.sweep import SweepFailed, dataset_config, run_sweep
 
     out = Path(args.out or f"outputs/sweep-{args.dataset}")
     try:
@@ -408,6 +408,9 @@ def _sweep(args: argparse.Namespace) -> int:
     except (ConfigError, DataSourceError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except SweepFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except OSError as err:  # its files (a folder given as one, a read-only folder)
         return _os_error(err, out)
     return 0

@@ -590,4 +590,15 @@ def run_sweep(
     plot(rows, dataset, out / "sweep.png")
     print("\n" + table + f"\nwrote {out / 'sweep.md'}, {out / 'sweep.json'}, {out / 'sweep.png'}")
     sys.stdout.flush()
+    failed = [r for r in runs.values() if "error" in r]
+    if failed and len(failed) == len(runs):  # nothing to compare: a script must see it
+        first = failed[0]
+        raise SweepFailed(
+            f"every run of the sweep failed ({len(failed)}, their errors in {log}); the first, "
+            f"{first['name']}: {first['error']}"
+        )
     return rows
+
+
+class SweepFailed(RuntimeError):
+    """Every run of a sweep failed: its table holds no figure."""

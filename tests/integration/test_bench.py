@@ -371,15 +371,19 @@ def test_a_sweep_arm_that_fails_is_recorded_and_the_rest_train(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A diverging arm ended the sweep with a traceback, the arms after it untrained, and a
-    rerun tried it first again: it could never finish."""
+    rerun tried it first again: it could never finish. Every arm failing (here) exits 1,
+    its table written: it exited 0, and a script could not tell (a helper's audit)."""
     out = tmp_path / "sweep"
     small = ["data.synthetic.num_train_rows=2048", "data.synthetic.num_test_rows=1024"]
     diverge = ["train.dense_optimizer=sgd", "train.dense_learning_rate=1e30"]
     args = ["sweep", "--dataset", "synthetic", "--budgets", "1", "--seeds", "0", "--out", str(out)]
     for item in [*small, *diverge]:
         args += ["--set", item]
-    assert main(args) == 0
-    assert "Traceback" not in capsys.readouterr().err
+    assert main(args) == 1
+    said = capsys.readouterr().err
+    assert "Traceback" not in said
+    assert "error: every run of the sweep failed (4, their errors in" in said
+    assert "unified-b1-s0: TrainingDiverged" in said or "-b1-s0: TrainingDiverged" in said
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(records) == 4  # every arm ran, each recorded
     assert all("TrainingDiverged" in r["error"] and r["test_auc"] is None for r in records)
