@@ -135,6 +135,11 @@ def _folder_to_write(text: str) -> str:
         raise argparse.ArgumentTypeError("an empty path; name a folder")
     if os.path.exists(text) and not os.path.isdir(text):  # said of a subfolder, or late
         raise argparse.ArgumentTypeError(f"{text}: a file, not a folder")
+    above = Path(text).expanduser().absolute().parent
+    while not os.path.lexists(above):  # the nearest that exists: the command makes the rest
+        above = above.parent
+    if not above.is_dir():  # `afile/sub`: 'File exists' (exit 1) from export, late
+        raise argparse.ArgumentTypeError(f"{text}: under {above}, a file, not a folder")
     return text
 
 
@@ -689,7 +694,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=_folder_to_write,
         help="folder for evaluation.json and metrics.jsonl (default: "
-        "<run>/evaluations/<checkpoint>); --set data.test_path=... evaluates other data",
+        "<run>/evaluations/<checkpoint>); --set data.train_path=... --set data.test_path=... "
+        "evaluates other data (the training files' id types are checked against the test "
+        "files')",
     )
     p = sub.add_parser("gen-data", help="write the synthetic Criteo-shaped dataset as Parquet")
     common(p)

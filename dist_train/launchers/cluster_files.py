@@ -6,9 +6,11 @@ file's maximum size is turned into :class:`NodeResources` for ``check_fits``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import functools
+import io
 import itertools
 import logging
 import math
@@ -354,9 +356,11 @@ def _as_ray_reads_it(doc: dict[str, Any], source: str) -> dict[str, Any]:
 
     quiet = logging.getLogger("ray.autoscaler._private.util")
     level, quiet.level = quiet.level, logging.WARNING  # its notes on the defaults it fills
+    said = io.StringIO()  # Ray's CLI logger prints its refusals too (a coloured PANIC line)
     try:
-        prepared: dict[str, Any] = prepare_config(copy.deepcopy(doc))
-        validate_config(prepared)
+        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+            prepared: dict[str, Any] = prepare_config(copy.deepcopy(doc))
+            validate_config(prepared)
     except Exception as err:  # noqa: BLE001 - jsonschema's, Ray's ValueError, KeyError, ...
         where = ".".join(str(p) for p in getattr(err, "absolute_path", ()))
         message = getattr(err, "message", None) or str(err).splitlines()[0]

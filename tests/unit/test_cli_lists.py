@@ -86,6 +86,12 @@ def test_files_written_at_the_end_are_checked_before_the_work(
             ([*command, "--out", f"{tmp_path}/a-file"], "a-file: a file, not a folder")
             for command in (["gen-data"], ["convert", "adult"], ["sweep"], ["export", "x"])
         ),
+        # and folders under one: export said 'File exists' and exited 1 after reading the
+        # checkpoint, evaluate 'Not a directory' (a helper's audit)
+        *(
+            ([*command, "--out", f"{tmp_path}/a-file/x/y"], "a-file, a file, not a folder")
+            for command in (["gen-data"], ["sweep"], ["export", "x"], ["evaluate", "latest"])
+        ),
     ]:
         with pytest.raises(SystemExit) as exit_:
             build_parser().parse_args(argv)

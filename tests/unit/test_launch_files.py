@@ -563,3 +563,18 @@ def test_a_job_server_that_never_answers_how_a_job_ended_does_not_hang_submit(
         address = f"http://127.0.0.1:{silent.getsockname()[1]}"
         assert submit._ended_code(address, "job-1", dict(os.environ)) == 1
     assert "could not ask how job job-1 ended (no answer in 3 s)" in capsys.readouterr().err
+
+
+def test_what_ray_refuses_is_said_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An on-premise provider with node types: Ray's CLI logger also printed its refusal,
+    a coloured `PANIC config.py:28 -- ...` line, before validate's own (a helper's audit)."""
+    doc = yaml.safe_load((LAUNCH / "clusters" / "aws-gpu.yaml").read_text())
+    doc["provider"] = {"type": "local", "head_ip": "10.0.0.1", "worker_ips": ["10.0.0.2"]}
+    path = tmp_path / "onprem.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    (problem,) = validate_files([str(path)]).problems
+    assert "Ray would refuse it: The field available_node_types is not supported" in problem
+    said = capsys.readouterr()
+    assert "PANIC" not in said.out + said.err and "\x1b[" not in said.out + said.err
