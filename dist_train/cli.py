@@ -133,14 +133,16 @@ def _folder_to_write(text: str) -> str:
     working directory)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path; name a folder")
-    if os.path.exists(text) and not os.path.isdir(text):  # said of a subfolder, or late
+    path = Path(text).expanduser()  # as checked, so written (a quoted '~/x' wrote ./~/x)
+    if path.exists() and not path.is_dir():  # said of a subfolder, or late
         raise argparse.ArgumentTypeError(f"{text}: a file, not a folder")
-    above = Path(text).expanduser().absolute().parent
+    above = path.absolute().parent
     while not os.path.lexists(above):  # the nearest that exists: the command makes the rest
         above = above.parent
     if not above.is_dir():  # `afile/sub`: 'File exists' (exit 1) from export, late
-        raise argparse.ArgumentTypeError(f"{text}: under {above}, a file, not a folder")
-    return text
+        kind = "a file" if above.is_file() else "a link to no folder"
+        raise argparse.ArgumentTypeError(f"{text}: under {above}, {kind}, not a folder")
+    return str(path)
 
 
 def _output_file(text: str) -> str:
@@ -173,9 +175,9 @@ def _output_file(text: str) -> str:
 def _os_error(err: OSError, where: object = None, doing: str = "") -> int:
     """Report ``err`` in a line naming the path at fault (the error's own, else ``where``;
     none for a connection's), and what failed (``doing``: "cannot write"); exit status 1.
-    A broken pipe is raised again: the reader of stdout left (`| head`), which :func:`main`
-    handles, and no path is at fault."""
-    if isinstance(err, BrokenPipeError):
+    A broken pipe of stdout is raised again: its reader left (`| head`), which :func:`main`
+    handles, and no path is at fault (another pipe's, a `--json` one's, is that path's)."""
+    if isinstance(err, BrokenPipeError) and _stdout_reader_gone():
         raise err
     path = err.filename if err.filename is not None else where
     why = f"{doing} ({err.strerror or err})" if doing else str(err.strerror or err)

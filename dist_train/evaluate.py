@@ -46,7 +46,7 @@ from dist_train.driver import (
 from dist_train.embedding.layout import build_layout
 from dist_train.input_checks import skipped_by_reason, warn_of_skipped_rows
 from dist_train.logs import setup_logging, verbosity
-from dist_train.storage import Location, same_place_key
+from dist_train.storage import Location, clear_stale_staging, new_staging, same_place_key
 from dist_train.train.checkpointing import evaluation_point
 from dist_train.train.progress import strict_json
 from dist_train.train.trainer import make_batch_builder
@@ -79,12 +79,16 @@ def evaluate_checkpoint(cfg: JobConfig, which: str, out: str | None = None) -> d
     schema = SchemaCheck(builder)
     _read_id_types_of_training(train_path, schema, policy)
     test = list_row_groups(test_path, policy, schema)
-    # The workers write into a folder beside ``folder``, moved in once all went well: a
-    # failed or interrupted evaluation leaves an earlier one's files as they were.
-    staged = folder.parent / f".{folder.name}.evaluating-{os.getpid()}"
+    # The workers write into a hidden folder, moved in once all went well: a failed or
+    # interrupted evaluation leaves an earlier one's files as they were. Inside ``folder``
+    # where it exists (a mount, or a folder whose parent this user cannot write: renames stay
+    # on its filesystem), else beside it.
+    where = folder if folder.is_dir() else folder.parent
+    prefix = f".{folder.name}.evaluating-"
     try:
-        shutil.rmtree(staged, ignore_errors=True)
-        staged.mkdir(parents=True)
+        where.mkdir(parents=True, exist_ok=True)
+        clear_stale_staging(where, prefix)
+        staged = new_staging(where, prefix)
     except OSError as err:
         raise ConfigError(f"{folder}: cannot write the evaluation there ({err})") from None
     try:
@@ -116,10 +120,13 @@ def evaluate_checkpoint(cfg: JobConfig, which: str, out: str | None = None) -> d
 
 
 def _move_in(staged: Path, folder: Path) -> None:
-    """The staged evaluation's files into ``folder`` (renames, each whole; a folder of the
-    earlier evaluation's, Ray Train's ``ray/``, replaced), its summary last: a folder with
-    ``evaluation.json`` holds a whole evaluation."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """The staged evaluation's files into ``folder``: the staged folder itself where there
+    is none; else file by file (renames, each whole; a folder of the earlier evaluation's,
+    Ray Train's ``ray/``, replaced), its summary last: a folder with ``evaluation.json``
+    holds a whole evaluation."""
+    if not folder.exists():
+        staged.rename(folder)
+        return
     names = sorted(p.name for p in staged.iterdir() if p.name != SUMMARY_FILE)
     for name in [*names, SUMMARY_FILE]:
         if (staged / name).is_dir() and (folder / name).is_dir():

@@ -204,6 +204,8 @@ def _check_out_dir(path: Location, out_dir: Path) -> None:
         here = out_dir.resolve()
     except (OSError, RuntimeError) as err:  # a loop of links
         raise OutFolderRefused(f"{out_dir}: cannot resolve it ({err})") from None
+    if out_dir.is_symlink() and not out_dir.exists():  # Python 3.13 resolves a loop quietly
+        raise OutFolderRefused(f"{out_dir}: a link to no folder (a loop of links, or nothing)")
     for folder in here.parents:
         if _holds_a_checkpoint(folder):
             raise OutFolderRefused(

@@ -10,6 +10,7 @@ take either.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import stat
@@ -198,3 +199,33 @@ def _sync_directory(path: Path) -> None:
         pass  # some filesystems do not sync directories; nothing more to do there
     finally:
         os.close(fd)
+
+
+def clear_stale_staging(where: Path, prefix: str) -> None:
+    """Remove the folders ``where/<prefix><pid>`` that a process no longer running left (a
+    killed conversion's or evaluation's parts, staged to be moved in once whole); a running
+    process's are kept."""
+    if not where.is_dir():
+        return
+    for stale in where.glob(f"{glob.escape(prefix)}*"):
+        pid = stale.name[len(prefix) :]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def new_staging(where: Path, prefix: str) -> Path:
+    """A new, empty folder ``where/<prefix><this pid>`` (see :func:`clear_stale_staging`)."""
+    staged = where / f"{prefix}{os.getpid()}"
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    return staged
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it runs
+        return True
+    return True

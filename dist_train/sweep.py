@@ -590,8 +590,8 @@ def run_sweep(
     plot(rows, dataset, out / "sweep.png")
     print("\n" + table + f"\nwrote {out / 'sweep.md'}, {out / 'sweep.json'}, {out / 'sweep.png'}")
     sys.stdout.flush()
-    failed = [r for r in runs.values() if "error" in r]
-    if failed and len(failed) == len(runs):  # nothing to compare: a script must see it
+    failed = [r for r in done if r["name"] in wanted and "error" in r]  # in the file's order
+    if failed and all("error" in r for r in runs.values()):  # nothing to compare: a script
         first = failed[0]
         raise SweepFailed(
             f"every run of the sweep failed ({len(failed)}, their errors in {log}); the first, "

@@ -395,9 +395,10 @@ def topology_of(spec: TopologySpec) -> Topology:
 
 
 def load_topology(path: str | Path) -> Topology:
-    """A topology file (JSON from ``dist-train calibrate``); errors name the file and key."""
+    """A topology file (JSON from ``dist-train calibrate``; ``~`` expanded, as the driver
+    expands a job's paths); errors name the file and key."""
     try:
-        raw = loads_unique_keys(Path(path).read_text())
+        raw = loads_unique_keys(Path(path).expanduser().read_text())
     except KeyGivenTwice as e:
         raise TopologyError(f"{path}: {e}") from None
     except FileNotFoundError:

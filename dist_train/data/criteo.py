@@ -32,6 +32,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from dist_train.data.validation import BadInputError
+from dist_train.storage import clear_stale_staging, new_staging
 
 NUM_DENSE, NUM_CATEGORICAL = 13, 26
 DENSE = [f"I{i + 1}" for i in range(NUM_DENSE)]
@@ -341,9 +342,9 @@ def convert_criteo(
             f"rows per group and file must be positive: {rows_per_group}, {rows_per_file}"
         )
     out = Path(out_dir)
-    # a conversion killed before its end left its parts in a hidden folder (below): ours
-    for stale in out.glob(f"{STAGING_PREFIX}*") if out.is_dir() else []:
-        shutil.rmtree(stale, ignore_errors=True)
+    # a conversion killed before its end left its parts in a hidden folder (below); a
+    # running one's stay, and its parts refuse the folder (below)
+    clear_stale_staging(out, STAGING_PREFIX)
     # Outputs are named from part-00000: they would overwrite (or, on an error, remove) an
     # earlier conversion's files, or leave its later parts to be read with the new ones.
     existing = sorted(out.rglob("*.parquet")) if out.is_dir() else []
@@ -376,8 +377,7 @@ def convert_criteo(
     # The parts are written in a hidden folder (readers pass over hidden paths) and moved in
     # at the end: a conversion killed midway (SIGKILL, a lost machine) leaves no whole-looking
     # files of part of the rows.
-    staging = out / f"{STAGING_PREFIX}{os.getpid()}"
-    staging.mkdir()
+    staging = new_staging(out, STAGING_PREFIX)
     result = ConvertResult()
     writer: pq.ParquetWriter | None = None
     in_file = 0

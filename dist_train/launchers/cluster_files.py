@@ -233,13 +233,18 @@ def _whole(quantities: dict[str, Any], key: str, where: str) -> float:
 
 def _shell_words(command: str) -> list[str]:
     """``command``'s words as ``/bin/sh`` reads them up to the end of its first command (Ray
-    runs an entrypoint with it): before a ``;``, ``&&``, ``||``, ``|``, ``&`` or a
-    redirection (``> log``, ``2>&1``: its file descriptor's number too). ValueError for
-    an unbalanced quote."""
-    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    runs an entrypoint with it): before a newline (a backslash before one continues the
+    line), a ``;``, ``&&``, ``||``, ``|``, ``&``, a redirection (``> log``, ``2>&1``: its
+    file descriptor's number too) or a ``#`` that starts a word. ValueError for an
+    unbalanced quote."""
+    lexer = shlex.shlex(command.replace("\\\n", ""), posix=True, punctuation_chars="();<>|&\n")
     lexer.whitespace_split = True
+    lexer.whitespace = " \t\r"  # a newline ends the command, as a ; does
+    lexer.commenters = ""  # shlex ends a word at a # inside it, sh only at a word's start
     words: list[str] = []
     for word in lexer:
+        if word.startswith("#"):
+            break
         if word and set(word) <= set(lexer.punctuation_chars):
             if words and words[-1].isdigit() and word[0] in "<>":  # 2> err.log
                 words.pop()
@@ -248,7 +253,8 @@ def _shell_words(command: str) -> list[str]:
     return words
 
 
-_PYTHON_FLAG = re.compile(r"-[bBdEhiIOqsSuvR]+")  # flags of no value: -u, -OO, -B ...
+_CLI_VERBOSITY = ("-q", "--quiet", "-v", "--verbose")  # dist-train's, before its command
+_PYTHON_FLAG = re.compile(r"-[bBdEhiIOqsSuvR]+|-[XW].+")  # -u, -OO, -B; -Xdev, -Wignore
 
 
 def entrypoint_command(entrypoint: str) -> tuple[str, list[str]] | None:
@@ -271,7 +277,7 @@ def entrypoint_command(entrypoint: str) -> tuple[str, list[str]] | None:
         return None
     program, rest = args[0], args[1:]
     if re.fullmatch(r"(.*/)?dist-train", program):
-        rest = list(itertools.dropwhile(lambda a: a in ("-q", "--quiet", "-v", "--verbose"), rest))
+        rest = list(itertools.dropwhile(lambda a: a in _CLI_VERBOSITY, rest))
         return ("train", rest[1:]) if rest[:1] == ["train"] else None
     if re.fullmatch(r"(.*/)?python[0-9.]*", program) is None:
         return None
@@ -279,8 +285,9 @@ def entrypoint_command(entrypoint: str) -> tuple[str, list[str]] | None:
         rest = rest[2:] if rest[0] in ("-X", "-W") else rest[1:]
     if rest[:2] == ["-m", "dist_train.driver"]:
         return "driver", rest[2:]
-    if rest[:3] == ["-m", "dist_train.cli", "train"]:
-        return "train", rest[3:]
+    if rest[:2] == ["-m", "dist_train.cli"]:
+        rest = list(itertools.dropwhile(lambda a: a in _CLI_VERBOSITY, rest[2:]))
+        return ("train", rest[1:]) if rest[:1] == ["train"] else None
     return None
 
 

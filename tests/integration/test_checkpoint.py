@@ -466,7 +466,10 @@ def test_export_writes_whole_tables_as_safetensors(tmp_path: Path, capsys, monke
     (tmp_path / "loop-a").symlink_to(tmp_path / "loop-b")
     (tmp_path / "loop-b").symlink_to(tmp_path / "loop-a")
     assert main(["export", str(ckpt), "--out", str(tmp_path / "loop-a")]) == 2
-    assert "loop-a: cannot resolve it (Symlink loop" in capsys.readouterr().err
+    said = capsys.readouterr().err  # Python 3.13's resolve() passes over a loop quietly
+    assert (
+        "loop-a: cannot resolve it (Symlink loop" in said or "loop-a: a link to no folder" in said
+    )
     # another checkpoint's export replaced: said (a folder kept for the newest is a use)
     again = tmp_path / "again"
     assert main(["export", str(ckpt), "--out", str(again)]) == 0

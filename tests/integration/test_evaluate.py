@@ -215,6 +215,11 @@ def test_a_failed_evaluation_leaves_the_earlier_one_whole(
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
+    # what a killed evaluation left (its process gone) is cleared; the run stages inside
+    # the existing folder (its filesystem, where its parent may not be writable)
+    killed = out / f".evaluation.evaluating-{2**22 + 1}"
+    killed.mkdir()
+    (killed / "metrics.jsonl").write_text("cut")
     capsys.readouterr()
     assert _evaluate(tmp_path, str(ckpt), "--out", str(out)) == 1
     assert "differ from the digest" in capsys.readouterr().err

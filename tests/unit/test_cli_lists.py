@@ -182,14 +182,21 @@ def test_plan_reads_a_topology_file_as_training_does_and_a_bad_one_is_a_usage_er
     assert "error: " in capsys.readouterr().err
 
 
-def test_a_broken_pipe_is_no_fault_of_an_output_folder() -> None:
+def test_a_broken_pipe_is_no_fault_of_an_output_folder(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`sweep ... | head` said `error: sw1: Broken pipe`, naming its --out, and exited 1 at
     once: each command's OSError handler took it before main's handling of the reader's
-    leaving (a helper's audit)."""
-    from dist_train.cli import _os_error
+    leaving (a helper's audit). Another pipe's (`--json >(head -c1)`) is that path's."""
+    from dist_train import cli
 
+    broken = BrokenPipeError(32, "Broken pipe")
+    monkeypatch.setattr(cli, "_stdout_reader_gone", lambda: True)
     with pytest.raises(BrokenPipeError):
-        _os_error(BrokenPipeError(32, "Broken pipe"), "sw1")
+        cli._os_error(broken, "sw1")
+    monkeypatch.setattr(cli, "_stdout_reader_gone", lambda: False)
+    assert cli._os_error(broken, "/dev/fd/63", "cannot write") == 1
+    assert "error: /dev/fd/63: cannot write (Broken pipe)" in capsys.readouterr().err
 
 
 def test_quiet_and_verbose_go_before_the_command_too() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -269,7 +270,15 @@ def test_parts_are_written_hidden_and_moved_in_at_the_end(
     from dist_train.data import criteo
 
     out = tmp_path / "parquet"
-    killed = out / f"{criteo.STAGING_PREFIX}1"
+    # a running conversion's parts (its process alive) refuse the folder, as its own would
+    running = out / f"{criteo.STAGING_PREFIX}{os.getppid()}"
+    running.mkdir(parents=True)
+    (running / "part-00000.parquet").write_bytes(b"being written")
+    with pytest.raises(BadInputError, match="output directory already holds Parquet files"):
+        convert_criteo([str(good_files[0])], out, progress=False)
+    assert (running / "part-00000.parquet").is_file()
+    shutil.rmtree(running)
+    killed = out / f"{criteo.STAGING_PREFIX}{2**22 + 1}"  # past Linux's largest pid: none
     killed.mkdir(parents=True)
     (killed / "part-00000.parquet").write_bytes(b"cut")
     opened: list[Path] = []

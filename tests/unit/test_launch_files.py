@@ -412,6 +412,9 @@ def test_a_rayjobs_config_named_by_its_path_in_the_image_is_checked(tmp_path: Pa
         ("exec python -m dist_train.driver --config c.yaml", True),
         ("python -u my_script.py", False),
         ("dist-train -q evaluate latest", False),
+        ("python -Xdev -m dist_train.driver", True),
+        ("python -m dist_train.cli -q train --config c.yaml", True),
+        ("python -m dist_train.cli -q evaluate latest", False),
     ],
 )
 def test_a_rayjob_entrypoint_is_read_as_a_command(entrypoint: str, runs: bool) -> None:
@@ -422,7 +425,16 @@ def test_a_rayjob_entrypoint_is_read_as_a_command(entrypoint: str, runs: bool) -
 
 @pytest.mark.parametrize(
     "after",
-    ["> /tmp/log 2>&1", "2>err.log", "; echo done", "&& echo done", "| tee log", "&"],
+    [
+        "> /tmp/log 2>&1",
+        "2>err.log",
+        "; echo done",
+        "&& echo done",
+        "| tee log",
+        "&",
+        "\necho done",  # a YAML block's second line: a command of its own
+        "# a comment",
+    ],
 )
 def test_a_rayjob_entrypoints_arguments_end_where_its_shell_ends_the_command(after: str) -> None:
     """Ray runs the entrypoint with /bin/sh: `... > log 2>&1` was checked as arguments the
@@ -433,6 +445,13 @@ def test_a_rayjob_entrypoints_arguments_end_where_its_shell_ends_the_command(aft
     assert entrypoint_command(entrypoint) == (
         "driver",
         ["--config", "c.yaml", "--set", "x=1;2"],
+    )
+    # a # inside a word is no comment (shlex's default ended the word there); a backslash
+    # before a newline continues the line
+    entrypoint = "python -m dist_train.driver \\\n --config c#1.yaml --set name=run#2"
+    assert entrypoint_command(entrypoint) == (
+        "driver",
+        ["--config", "c#1.yaml", "--set", "name=run#2"],
     )
 
 

@@ -248,6 +248,13 @@ def test_inconsistent_topology_files_are_refused(tmp_path: Path) -> None:
     path.write_text("[]")
     with pytest.raises(TopologyError, match=r"topo\.json: the file: Input should be a valid dict"):
         load_topology(path)
+    # a path under ~ (a job's sharding.topology), as the driver reads it
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "t.json").write_text(json.dumps(whole))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("HOME", str(home))
+        assert load_topology("~/t.json").memory_per_rank_bytes == 8 * 10**9
     # json keeps the last of a key given twice, unseen
     path.write_text(json.dumps(whole)[:-1] + ', "memory_per_rank_bytes": 1}')
     with pytest.raises(TopologyError, match="key 'memory_per_rank_bytes' given twice"):
