@@ -133,7 +133,12 @@ def _folder_to_write(text: str) -> str:
     working directory)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path; name a folder")
-    path = Path(text).expanduser()  # as checked, so written (a quoted '~/x' wrote ./~/x)
+    # as checked, so written (a quoted '~/x' wrote ./~/x); a URL as given (a Path of
+    # s3://b/x is s3:/b/x, a local folder), refused or read by the command
+    expanded = os.path.expanduser(text)
+    if "://" in expanded:
+        return expanded
+    path = Path(expanded)
     if path.exists() and not path.is_dir():  # said of a subfolder, or late
         raise argparse.ArgumentTypeError(f"{text}: a file, not a folder")
     above = path.absolute().parent
@@ -142,7 +147,7 @@ def _folder_to_write(text: str) -> str:
     if not above.is_dir():  # `afile/sub`: 'File exists' (exit 1) from export, late
         kind = "a file" if above.is_file() else "a link to no folder"
         raise argparse.ArgumentTypeError(f"{text}: under {above}, {kind}, not a folder")
-    return str(path)
+    return expanded
 
 
 def _output_file(text: str) -> str:

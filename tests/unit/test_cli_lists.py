@@ -96,6 +96,9 @@ def test_files_written_at_the_end_are_checked_before_the_work(
         with pytest.raises(SystemExit) as exit_:
             build_parser().parse_args(argv)
         assert exit_.value.code == 2 and message in capsys.readouterr().err
+    # a URL passes as given, for the command to refuse or read (a Path made it s3:/b/e, a
+    # local folder evaluate then wrote)
+    assert build_parser().parse_args(["evaluate", "latest", "--out", "s3://b/e"]).out == "s3://b/e"
     # a folder still to make is the writer's to make (plan made it; parsing makes nothing)
     new = build_parser().parse_args(["plan", "--json", f"{tmp_path}/new/plan.json"]).json
     assert new == f"{tmp_path}/new/plan.json" and not (tmp_path / "new").exists()
