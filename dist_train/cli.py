@@ -38,7 +38,6 @@ from dist_train.config import (
     add_config_args,
     add_train_args,
     as_typed,
-    resolve_paths,
     train_overrides,
 )
 from dist_train.config import load_or_report as _load
@@ -452,7 +451,6 @@ def _plan(args: argparse.Namespace) -> int:
         return 2
     from dist_train.dry_run import dry_run, write_report
 
-    cfg = resolve_paths(cfg)  # as the driver reads them: ~ expanded, against this folder
     try:
         # the job's device: its train.device, else its topology file's, else cpu
         device = args.device or (

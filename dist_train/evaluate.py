@@ -11,7 +11,6 @@ evaluates. Outputs go to their own folder, ``<run>/evaluations/<checkpoint>/`` b
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -46,7 +45,13 @@ from dist_train.driver import (
 from dist_train.embedding.layout import build_layout
 from dist_train.input_checks import skipped_by_reason, warn_of_skipped_rows
 from dist_train.logs import setup_logging, verbosity
-from dist_train.storage import Location, clear_stale_staging, new_staging, same_place_key
+from dist_train.storage import (
+    Location,
+    clear_stale_staging,
+    move_in,
+    new_staging,
+    same_place_key,
+)
 from dist_train.train.checkpointing import evaluation_point
 from dist_train.train.progress import strict_json
 from dist_train.train.trainer import make_batch_builder
@@ -113,25 +118,10 @@ def evaluate_checkpoint(cfg: JobConfig, which: str, out: str | None = None) -> d
         summary["test_path"] = test_path
         summary["output_dir"] = str(folder)
         (staged / SUMMARY_FILE).write_text(strict_json(summary, indent=2))
-        _move_in(staged, folder)
+        move_in(staged, folder, last=SUMMARY_FILE)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     return summary
-
-
-def _move_in(staged: Path, folder: Path) -> None:
-    """The staged evaluation's files into ``folder``: the staged folder itself where there
-    is none; else file by file (renames, each whole; a folder of the earlier evaluation's,
-    Ray Train's ``ray/``, replaced), its summary last: a folder with ``evaluation.json``
-    holds a whole evaluation."""
-    if not folder.exists():
-        staged.rename(folder)
-        return
-    names = sorted(p.name for p in staged.iterdir() if p.name != SUMMARY_FILE)
-    for name in [*names, SUMMARY_FILE]:
-        if (staged / name).is_dir() and (folder / name).is_dir():
-            shutil.rmtree(folder / name)
-        os.replace(staged / name, folder / name)
 
 
 def _out_folder(out: str) -> Path:

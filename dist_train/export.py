@@ -35,7 +35,7 @@ from dist_train.checkpoint_files import METADATA, SafeExportPlanner
 from dist_train.config import ConfigError, parse_config
 from dist_train.embedding.layout import build_layout
 from dist_train.logs import LOG
-from dist_train.storage import Location
+from dist_train.storage import Location, move_in, new_staging
 
 
 class ExportError(ValueError):
@@ -108,9 +108,7 @@ def export(path: Location, out_dir: Path, with_optimizer: bool = False) -> dict[
         # user cannot write), else beside it, made as mkdir makes out_dir
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         where = out_dir if out_dir.is_dir() else out_dir.parent
-        staged = where / f".{out_dir.name}.exporting-{os.getpid()}"
-        shutil.rmtree(staged, ignore_errors=True)
-        staged.mkdir()
+        staged = new_staging(where, f".{out_dir.name}.exporting-")
         try:
             save_file(model, str(staged / "model.safetensors"), metadata=step)
             if with_optimizer:
@@ -162,19 +160,15 @@ def _umask() -> int:
 
 
 def _move_in(staged: Path, out_dir: Path) -> None:
-    """Move a staged export into ``out_dir``: the whole folder where there is none; else
-    file by file (renames), after removing an earlier export's file this one does not
-    write (an optimizer of another step would pass for this one's), ``export.json`` last."""
-    if not out_dir.exists():
-        staged.rename(out_dir)
-        return
-    listed = _exported_files(out_dir)
-    for name in OUTPUTS:
-        if not (staged / name).exists() and name in listed:
-            (out_dir / name).unlink(missing_ok=True)
-    for name in OUTPUTS:
-        if (staged / name).exists():
-            os.replace(staged / name, out_dir / name)
+    """Move a staged export into ``out_dir`` (:func:`~dist_train.storage.move_in`,
+    ``export.json`` last), after removing an earlier export's file this one does not write
+    (an optimizer of another step would pass for this one's)."""
+    if out_dir.exists():
+        listed = _exported_files(out_dir)
+        for name in OUTPUTS:
+            if not (staged / name).exists() and name in listed:
+                (out_dir / name).unlink(missing_ok=True)
+    move_in(staged, out_dir, last="export.json")
 
 
 def _exported_files(out_dir: Path) -> set[str]:

@@ -221,6 +221,22 @@ def new_staging(where: Path, prefix: str) -> Path:
     return staged
 
 
+def move_in(staged: Path, folder: Path, last: str) -> None:
+    """Move a staged folder's files into ``folder``: the whole staged folder where there is
+    none; else entry by entry (renames, each whole; a folder of the same name replaced),
+    ``last`` last, so that its presence says the rest are in."""
+    if not folder.exists():
+        staged.rename(folder)
+        return
+    names = sorted(p.name for p in staged.iterdir() if p.name != last)
+    for name in [*names, last]:
+        if not (staged / name).exists():
+            continue
+        if (staged / name).is_dir() and (folder / name).is_dir():
+            shutil.rmtree(folder / name)
+        os.replace(staged / name, folder / name)
+
+
 def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
