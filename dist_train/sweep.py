@@ -483,7 +483,8 @@ def run_sweep(
     from dist_train.train.progress import strict_json
 
     job, changed = dataset_config(dataset, config, overrides or [])
-    if changed:
+    progress = verbosity() != "quiet"  # -q: the table at the end, warnings and errors only
+    if changed and progress:
         print(
             "[sweep] the features' cardinalities, as the data are generated: "
             + ", ".join(changed[:4])
@@ -491,7 +492,6 @@ def run_sweep(
         )
     check_budgets(job, budgets)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    progress = verbosity() != "quiet"  # the data's generation, before the runs' quiet
     if verbosity() == "normal":
         setup_logging("quiet")  # dozens of runs: the sweep prints one line each
     log = out / "results.jsonl"
@@ -529,10 +529,12 @@ def run_sweep(
     have = {r["name"] for r in done}
     todo = [a for a in planned if a.name not in have]
     wanted = {a.name for a in planned}
-    print(
-        f"[sweep] {dataset}: {len(todo)} run(s) to train, {len(wanted & have)} already in {log}",
-        flush=True,
-    )
+    if progress:
+        print(
+            f"[sweep] {dataset}: {len(todo)} run(s) to train, "
+            f"{len(wanted & have)} already in {log}",
+            flush=True,
+        )
     if todo:  # (records of an older dist_train's parameters, found stale: trained again)
         _check_plans(base, todo, device or _device(job))
     for i, arm in enumerate(todo, 1):
@@ -563,11 +565,12 @@ def run_sweep(
             if error
             else f"test AUC {result['test_auc']:.4f}, log loss {result['test_log_loss']:.4f}"
         )
-        print(
-            f"[sweep] {i}/{len(todo)} {arm.name}: {params:,} parameters, {figures} "
-            f"({result['seconds']:.0f} s)",
-            flush=True,
-        )
+        if progress:
+            print(
+                f"[sweep] {i}/{len(todo)} {arm.name}: {params:,} parameters, {figures} "
+                f"({result['seconds']:.0f} s)",
+                flush=True,
+            )
     # one row a run: an older sweep's file may hold a run twice (a seed given twice)
     runs = {r["name"]: r for r in reversed(done) if r["name"] in wanted}
     rows = summarize(list(runs.values()))

@@ -372,15 +372,19 @@ def test_a_sweep_arm_that_fails_is_recorded_and_the_rest_train(
 ) -> None:
     """A diverging arm ended the sweep with a traceback, the arms after it untrained, and a
     rerun tried it first again: it could never finish. Every arm failing (here) exits 1,
-    its table written: it exited 0, and a script could not tell (a helper's audit)."""
+    its table written: it exited 0, and a script could not tell (a helper's audit). With
+    -q the table is all it prints: each run's line came too."""
     out = tmp_path / "sweep"
     small = ["data.synthetic.num_train_rows=2048", "data.synthetic.num_test_rows=1024"]
     diverge = ["train.dense_optimizer=sgd", "train.dense_learning_rate=1e30"]
-    args = ["sweep", "--dataset", "synthetic", "--budgets", "1", "--seeds", "0", "--out", str(out)]
+    args = ["sweep", "-q", "--dataset", "synthetic", "--budgets", "1", "--seeds", "0"]
+    args += ["--out", str(out)]
     for item in [*small, *diverge]:
         args += ["--set", item]
     assert main(args) == 1
-    said = capsys.readouterr().err
+    printed = capsys.readouterr()
+    said = printed.err
+    assert "[sweep]" not in printed.out and "| unified | 1 |" in printed.out, printed.out
     assert "Traceback" not in said
     assert "error: every run of the sweep failed (4, their errors in" in said
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
