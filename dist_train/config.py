@@ -12,6 +12,7 @@ import copy
 import decimal
 import difflib
 import re
+import reprlib
 import sys
 import types
 import typing
@@ -1165,10 +1166,25 @@ def _one_error_a_union(errors: list[Any]) -> list[Any]:
         ]
         taken = " or ".join(w for w in words if w != "None") or "another value"
         out.append(
-            {**errors[i], "loc": loc[:-1], "msg": f"expected {taken}; got {errors[i]['input']!r}"}
+            {
+                **errors[i],
+                "loc": loc[:-1],
+                "msg": f"expected {taken}; got {_shown(errors[i]['input'])}",
+            }
         )
         i = j
     return out
+
+
+# a value quoted in an error, cut short: YAML's aliases can expand a few bytes to gigabytes
+_SHORT = reprlib.Repr()  # (its keyword arguments came in Python 3.12)
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict = 2, 4, 4, 4
+_SHORT.maxstring = _SHORT.maxother = 80
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, its nesting, lists and strings cut short (``[[1, 2, ...], ...]``)."""
+    return _SHORT.repr(value)
 
 
 def _format_errors(
@@ -1314,6 +1330,10 @@ def _override_value(item: str, parts: list[str], text: str) -> Any:
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or " ".join(str(err).split())
         raise ConfigError(f"--set {item}: not valid YAML ({problem})") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(
+            f"--set {item.partition('=')[0]}=...: nested too deeply to read"
+        ) from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -1471,9 +1491,12 @@ class _UniqueKeys(_Yaml12Numbers):
 
 def read_yaml(path: Path) -> Any:
     """A YAML file's contents (safe types only; a key given twice in a mapping, text that is
-    not UTF-8 and malformed YAML are a :class:`ConfigError` naming the file)."""
-    if not path.is_file():
+    not UTF-8 and malformed YAML are a :class:`ConfigError` naming the file). A pipe
+    (``<(...)``, ``/dev/stdin``) is read as a file is."""
+    if not path.exists():
         raise ConfigError(f"{path}: no such file")
+    if path.is_dir():
+        raise ConfigError(f"{path}: a folder, not a file")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
@@ -1492,12 +1515,14 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(
             f"{path}{at}: not valid YAML: {problem}" + (f" ({context})" if context else "")
         ) from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(f"{path}: nested too deeply to read") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:
     """Read, override and validate a YAML job config (the default one if ``path`` is None)."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
-    if not path.is_file():
+    if not path.exists() or path.is_dir():
         if path == DEFAULT_CONFIG:  # a wheel holds the package, not the checkout's launch/
             raise ConfigError(
                 f"{path}: no such config file. dist_train runs from its checkout, installed "

@@ -779,3 +779,49 @@ def test_an_item_of_a_list_not_set_or_empty_says_so(tmp_path: Path) -> None:
         load_config(empty, ["model.attention_mlp.0=32"])
     assert load_config(overrides=["model.attention_mlp=[32]"]).model.attention_mlp == [32]
     assert load_config(overrides=["features.0.chunks=2"]).features[0].chunks == 2
+
+
+def test_an_alias_bomb_at_a_unions_key_is_quoted_short() -> None:
+    """A union's error quoted its whole input: 248 characters of YAML aliases at
+    `sharding.group_size` printed a 254 MB message, and 9 levels in a file ran past 40 s and
+    3.4 GB (a helper's audit)."""
+    level = "&a [x,x,x,x,x,x,x,x,x]"
+    for name, last in zip("bcdefgh", "abcdefg", strict=True):
+        level += f",&{name} [" + ",".join([f"*{last}"] * 9) + "]"
+    with pytest.raises(ConfigError) as bad:
+        load_config(overrides=[f"sharding.group_size=[{level}]"])
+    said = str(bad.value)
+    assert "sharding.group_size: expected an integer or 'auto'; got [[" in said
+    assert len(said) < 2_000, len(said)
+
+
+def test_yaml_nested_too_deeply_is_named_not_a_traceback(tmp_path: Path) -> None:
+    """PyYAML composes nested collections recursively: a config or `--set` value nested a
+    few thousand deep ended in a RecursionError's traceback (a helper's audit)."""
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("name: " + "[" * 3000 + "]" * 3000 + "\n")
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(deep))}: nested too deeply to read$"):
+        load_config(deep)
+    with pytest.raises(ConfigError, match=r"^--set seed=\.\.\.: nested too deeply to read$"):
+        load_config(overrides=["seed=" + "[" * 3000 + "]" * 3000])
+
+
+def test_a_config_read_from_a_pipe_is_read(tmp_path: Path) -> None:
+    """`--config <(cat job.yaml)` and `--config /dev/stdin` were "no such config file": a
+    pipe is no regular file (a helper's audit)."""
+    import os
+    import threading
+
+    fifo = tmp_path / "job.fifo"
+    os.mkfifo(fifo)
+    text = (DEFAULT_CONFIG.parent / "tiny.yaml").read_text()
+    writer = threading.Thread(target=fifo.write_text, args=(text,))
+    writer.start()
+    try:
+        assert load_config(fifo).name == "tiny"
+    finally:
+        writer.join(timeout=10)
+    with pytest.raises(ConfigError, match="a folder, not a config file"):
+        load_config(tmp_path)
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "none.yaml")
