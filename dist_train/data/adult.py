@@ -82,7 +82,10 @@ def _codes(column: pa.ChunkedArray, name: str, cardinality: int, source: Path) -
 
 
 def _ours(record: Path) -> bool:
-    """Whether ``record`` is the record a conversion wrote."""
+    """Whether ``record`` is the record a conversion wrote (a pipe of that name is not, and
+    is not read: it would wait for a writer)."""
+    if not record.is_file():
+        return False
     try:
         found = json.loads(record.read_text())
     except (OSError, UnicodeDecodeError, ValueError):
@@ -117,7 +120,7 @@ def convert_adult(
     record = out / RECORD_FILE
     # the folder is this command's where it holds this command's record: a file of that
     # name alone, or the layout it writes (`convert criteo`'s too), is anyone's
-    clear_splits(out, [out / split for split in splits], owned=_ours(record))
+    clear_splits(out, [out / split for split in splits], record, owned=_ours(record))
     record.write_text(json.dumps({"source": PACKAGE, "seed": seed, "test_fraction": test_fraction}))
     for split, rows in splits.items():
         directory = out / split

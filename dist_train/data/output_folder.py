@@ -33,10 +33,17 @@ def refuse_foreign(out: Path, splits: Sequence[Path], owned: bool) -> list[Path]
     return found
 
 
-def clear_splits(out: Path, splits: Sequence[Path], owned: bool) -> None:
+def clear_splits(out: Path, splits: Sequence[Path], record: Path, owned: bool) -> None:
     """Create ``splits`` (folders under ``out``) and delete the Parquet files an earlier run
-    of the command wrote there (``owned``: ``out`` holds its record). Before deleting
-    anything, refuse if they hold any other Parquet file (:func:`refuse_foreign`)."""
+    of the command wrote there (``owned``: ``record``, which the command writes next, is
+    its own). Before deleting anything, refuse if they hold any other Parquet file
+    (:func:`refuse_foreign`), or if ``record`` is there and not the command's: it would be
+    replaced."""
+    if not owned and (record.exists() or record.is_symlink()):
+        raise DataSourceError(
+            f"{record}: not a record this command wrote, and it writes its own there; move "
+            "it, or give an empty or new folder; nothing was changed"
+        )
     found = refuse_foreign(out, splits, owned)
     for split in splits:
         split.mkdir(parents=True, exist_ok=True)

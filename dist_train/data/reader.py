@@ -124,6 +124,8 @@ def _refuse_unfinished(folder: Path) -> None:
     """DataSourceError where ``folder`` is (or holds) the splits of a generation that stopped
     before it ended (a Ctrl-C, a kill): its files hold some of the rows, and read as all."""
     for record in (folder.parent / GENERATION_RECORD, folder / GENERATION_RECORD):
+        if not record.is_file():  # (a pipe of that name would wait for a writer)
+            continue
         try:
             found = json.loads(record.read_text())
         except (OSError, UnicodeDecodeError, ValueError):
@@ -201,7 +203,7 @@ def _files_under(root: str, folders: set[str], files: set[str]) -> list[str]:
     real paths seen so far): a link back up, or a second link to one folder or file, would
     list its files again."""
     found: list[str] = []
-    for folder, dirs, names in os.walk(root, followlinks=True):
+    for folder, dirs, names in os.walk(root, onerror=_unlisted, followlinks=True):
         real = os.path.realpath(folder)
         if real in folders:
             dirs.clear()
@@ -215,6 +217,14 @@ def _files_under(root: str, folders: set[str], files: set[str]) -> list[str]:
                     files.add(os.path.realpath(f))
                     found.append(f)
     return sorted(found)
+
+
+def _unlisted(err: OSError) -> None:
+    """A folder of the data that cannot be listed fails the job, naming it: ``os.walk``
+    passed over it, and its files were left out without a word."""
+    raise DataSourceError(
+        f"{err.filename}: cannot list this folder of the data ({err.strerror or err})"
+    )
 
 
 def _hidden(relative: str) -> bool:

@@ -204,6 +204,8 @@ def _whole(data: GeneratedData, cfg: SyntheticDataConfig) -> bool:
 def _recorded(spec_path: Path) -> Any:
     """The spec a generation recorded; None where the record is unreadable (a run cut short
     as it wrote it): the data are then generated again."""
+    if not spec_path.is_file():  # (a pipe of that name would wait for a writer)
+        return None
     try:
         return json.loads(spec_path.read_text())
     except (OSError, UnicodeDecodeError, ValueError):
@@ -216,12 +218,15 @@ _RECORD_START = b'{"format": '  # how the record written first begins
 
 def _cut(spec_path: Path) -> bool:
     """Whether ``spec_path`` holds the start of the generator's first record, cut short (a
-    crash as an older dist_train wrote it in place; it is written whole now)."""
+    crash as an older dist_train wrote it in place; it is written whole now). An empty file
+    is anyone's: taken as the generator's, a user's files beside it were deleted."""
+    if not spec_path.is_file():
+        return False
     try:
         raw = spec_path.read_bytes()
     except OSError:
         return False
-    return raw.startswith(_RECORD_START) or _RECORD_START.startswith(raw)
+    return bool(raw) and (raw.startswith(_RECORD_START) or _RECORD_START.startswith(raw))
 
 
 def _check_memory(cardinalities: list[int]) -> None:
@@ -284,7 +289,7 @@ def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = Tru
     owned = (isinstance(found, dict) and isinstance(found.get("format"), int)) or (
         found is None and _cut(spec_path)
     )
-    clear_splits(out, [result.train_dir, result.test_dir], owned=owned)
+    clear_splits(out, [result.train_dir, result.test_dir], spec_path, owned=owned)
     # the record that the folder is the generator's, written first: a run cut short leaves
     # it, so the next run may replace the files; complete, it lists the spec (below)
     write_atomically(spec_path, json.dumps({"format": _FORMAT, "complete": False}))

@@ -364,7 +364,7 @@ class SchemaSource(Protocol):
 
 class SchemaCheck:
     """A file's columns and types are usable, and its id columns read alike
-    (:func:`read_alike`) to those of the first file that gives each column values. One
+    (:func:`read_alike`) to those of the first file taken that gives each column values. One
     check for both splits: a test id column of another type would hash to other rows than
     training's. A column of no values (``all_missing``: Arrow's ``null`` type, or lists of
     it) reads alike to any. Labels and dense values are numbers whatever their type: a
@@ -376,13 +376,17 @@ class SchemaCheck:
 
     def __call__(self, path: str, schema: pa.Schema) -> None:
         self.builder.check_schema(schema, path)
+        new: dict[str, tuple[pa.DataType, str]] = {}
         for name in self.builder.id_columns:
             have = schema.field(name).type
             if all_missing(have):
                 continue
-            want, first = self.reference.setdefault(name, (have, path))
+            want, first = self.reference.get(name) or new.setdefault(name, (have, path))
             if read_alike(have) != read_alike(want):
                 raise BadInputError(
                     f"{path}: schema mismatch: column {name!r} is {have} here but {want} in "
                     f"{first}, the first file with values in it"
                 )
+        # only a file taken whole sets a column's type: one skipped for another column
+        # would make every later file of the right type a mismatch
+        self.reference.update(new)

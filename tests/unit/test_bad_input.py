@@ -483,3 +483,29 @@ def test_a_pipe_named_parquet_is_a_bad_file_not_a_wait(tmp_path: Path) -> None:
             list_row_groups(f"file://{fifo}")
     finally:
         timer.cancel()
+
+
+def test_a_skipped_file_sets_no_columns_type(
+    small_cfg: JobConfig, small_data: GeneratedData, tmp_path: Path
+) -> None:
+    """Under `skip`, a file refused for one column had already set the type of a column
+    the files before it left null: every good file after it was then a schema mismatch
+    against the file just dropped (a helper's audit)."""
+    train = _copy_train(small_data, tmp_path)
+    shutil.copy(train / "part-1.parquet", train / "part-2.parquet")  # a good file after
+    files = sorted(train.glob("*.parquet"))
+    t = pq.read_table(files[0])  # C2 not logged in the first file
+    nulls = pa.nulls(t.num_rows, pa.null())
+    _rewrite(files[0], t.set_column(t.schema.get_field_index("C2"), "C2", nulls))
+    _cast_to_string(files[1], "C2")  # the second: C2 as text, and C3 too, a mismatch
+    _cast_to_string(files[1], "C3")
+    policy = BadInputPolicy.for_job(_with(small_cfg, train, small_data.test_dir, "skip"))
+    from dist_train.data.validation import SchemaCheck
+    from dist_train.embedding.layout import build_layout
+    from dist_train.train.trainer import make_batch_builder
+
+    cfg = small_cfg
+    builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
+    groups = list_row_groups(str(train), policy, SchemaCheck(builder))
+    assert {g.path for g in groups} == {str(f) for f in files if f != files[1]}
+    assert policy.counts.files == 1

@@ -189,11 +189,12 @@ def test_a_dataset_missing_a_file_is_generated_again(tmp_path: Path) -> None:
     assert [f.read_bytes() for f in sorted(data.train_dir.glob("*.parquet"))] == before
 
 
-@pytest.mark.parametrize("record", [b"", b'{"form', b'{"format": 2, "compl'])
+@pytest.mark.parametrize("record", [b'{"form', b'{"format": 2, "compl'])
 def test_a_dataset_whose_record_was_cut_is_generated_again(tmp_path: Path, record: bytes) -> None:
-    """A run cut short as it wrote dataset.json left it empty or cut: the next gen-data or
-    training run on generated data failed with a JSONDecodeError traceback. (A dataset.json
-    of anything else is a user's: test_the_generator_replaces_its_own_files_and_never_a_users)"""
+    """A run cut short as it wrote dataset.json left it cut: the next gen-data or training
+    run on generated data failed with a JSONDecodeError traceback. (A dataset.json of
+    anything else, an empty one too, is a user's:
+    test_the_generator_replaces_its_own_files_and_never_a_users)"""
     synth = SyntheticDataConfig(num_train_rows=2000, num_test_rows=1024, rows_per_group=1000)
     data = generate(synth, tmp_path, progress=False)
     before = [f.read_bytes() for f in sorted(data.train_dir.glob("*.parquet"))]
@@ -239,17 +240,26 @@ def test_the_generator_replaces_its_own_files_and_never_a_users(tmp_path: Path) 
     assert sorted(p.name for p in users.iterdir()) == ["train"]  # nothing written
 
     # a user's own dataset.json does not make their files the generator's: a file of the
-    # generator's name beside it was deleted
+    # generator's name beside it was deleted (an empty one too), and the record replaced
     other = tmp_path / "another_users"
     (other / "train").mkdir(parents=True)
     theirs = other / "train" / "part-0.parquet"
     pq.write_table(pa.table({"x": [1]}), theirs)
-    users_records = (b'{"name": "my data"}', b"name: my data\n", b"\xff\xfe")
+    users_records = (b'{"name": "my data"}', b"name: my data\n", b"\xff\xfe", b"")
     for record in (*users_records, b'{"format": "parquet", "source": "my export"}'):
         (other / "dataset.json").write_bytes(record)
-        with pytest.raises(DataSourceError, match=r"part-0.parquet: .* did not write"):
+        with pytest.raises(DataSourceError, match=r"dataset.json: not a record this command"):
             generate(synth, other, progress=False)
-        assert theirs.is_file()
+        assert theirs.is_file() and (other / "dataset.json").read_bytes() == record
+    (other / "dataset.json").unlink()
+    with pytest.raises(DataSourceError, match=r"part-0.parquet: .* did not write"):
+        generate(synth, other, progress=False)
+    # nor is a user's record alone: it was replaced
+    (tmp_path / "empty" / "dataset.json").parent.mkdir()
+    (tmp_path / "empty" / "dataset.json").write_text('{"my": "precious"}')
+    with pytest.raises(DataSourceError, match=r"dataset.json: not a record this command"):
+        generate(synth, tmp_path / "empty", progress=False)
+    assert (tmp_path / "empty" / "dataset.json").read_text() == '{"my": "precious"}'
 
     ours = generate(synth, tmp_path / "ours", progress=False)
     bigger = synth.model_copy(update={"num_train_rows": 3000})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -336,3 +337,54 @@ def test_a_glob_lists_each_real_file_once_and_the_hidden_names_it_asks_for(
     assert resolve_files(str(tmp_path)) == [str(tmp_path / d / "part-0.parquet") for d in days]
     daily = resolve_files(str(tmp_path / "_daily_*" / "*.parquet"))
     assert daily == [str(tmp_path / "_daily_1" / "part-0.parquet")]
+
+
+def _as_a_user(command: list[str]) -> list[str]:
+    """``command`` without root's right to read any folder (``setpriv`` drops it); skips
+    the test where root cannot drop it."""
+    if os.geteuid() != 0:
+        return command
+    drop = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+    if shutil.which("setpriv") is None or subprocess.run([*drop, "true"]).returncode != 0:
+        pytest.skip("root here cannot drop its right to read any folder")
+    return [*drop, *command]
+
+
+def test_a_data_folder_that_cannot_be_listed_is_named(tmp_path: Path) -> None:
+    """A subfolder of the data that could not be listed was passed over: its files were
+    left out of training without a word (a helper's audit)."""
+    data = tmp_path / "data"
+    for name in ("a", "b"):
+        (data / name).mkdir(parents=True)
+        pq.write_table(pa.table({"x": [1]}), data / name / "part.parquet")
+    locked = data / "b"
+    locked.chmod(0)
+    code = (
+        "import sys; from dist_train.data.reader import resolve_files; resolve_files(sys.argv[1])"
+    )
+    try:
+        ran = subprocess.run(
+            _as_a_user([sys.executable, "-c", code, str(data)]), capture_output=True, text=True
+        )
+    finally:
+        locked.chmod(0o755)
+    assert ran.returncode == 1
+    assert (
+        f"DataSourceError: {locked}: cannot list this folder of the data (Permission denied)"
+        in ran.stderr
+    )
+
+
+def test_a_pipe_named_as_the_generators_record_is_not_read(tmp_path: Path) -> None:
+    """A pipe named dataset.json beside the data (or in it) was read for the generator's
+    record: the job waited for a writer without end (a helper's audit)."""
+    train = tmp_path / "data" / "train"
+    train.mkdir(parents=True)
+    pq.write_table(pa.table({"x": [1]}), train / "part-0.parquet")
+    os.mkfifo(tmp_path / "data" / "dataset.json")
+    os.mkfifo(train / "dataset.json")
+    code = (
+        "import sys; from dist_train.data.reader import resolve_files; resolve_files(sys.argv[1])"
+    )
+    ran = subprocess.run([sys.executable, "-c", code, str(train)], timeout=60)
+    assert ran.returncode == 0

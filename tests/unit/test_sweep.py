@@ -334,9 +334,10 @@ def test_adult_replaces_its_own_files_and_never_a_users(tmp_path: Path) -> None:
     with pytest.raises(DataSourceError, match=r"part-00000.parquet: .* did not write"):
         convert_adult(tmp_path, seed=2)
     (tmp_path / "adult.json").write_text('{"mine": true}')
-    with pytest.raises(DataSourceError, match=r"part-00000.parquet: .* did not write"):
+    with pytest.raises(DataSourceError, match=r"adult.json: not a record this command wrote"):
         convert_adult(tmp_path, seed=2)
     assert len(list(tmp_path.rglob("*.parquet"))) == 2
+    assert (tmp_path / "adult.json").read_text() == '{"mine": true}'  # it was replaced
 
 
 def test_an_arm_no_plan_fits_is_named_before_any_arm_trains(tmp_path: Path) -> None:
