@@ -53,7 +53,8 @@ def _number_list(
     kind: type[int] | type[float], zero: bool = False, most: float | None = None
 ) -> Callable[[str], list[Any]]:
     """An argparse type: comma-separated positive ``kind`` values (or >= 0 with ``zero``),
-    e.g. ``2,4``, none above ``most``; anything else is a usage error naming the value."""
+    e.g. ``2,4``, none above ``most`` nor given twice; anything else is a usage error naming
+    the value."""
     sign = "non-negative" if zero else "positive"
 
     def parse(text: str) -> list[Any]:
@@ -68,6 +69,9 @@ def _number_list(
             )
         if most is not None and max(values) > most:
             raise argparse.ArgumentTypeError(f"at most {most:,}; got {max(values):,}")
+        twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+        if twice is not None:  # bench train timed 1 rank twice, its rows and ratios doubled
+            raise argparse.ArgumentTypeError(f"{twice:g} given twice in {text!r}")
         return values
 
     return parse
@@ -147,6 +151,17 @@ def _folder_to_write(text: str) -> str:
         kind = "a file" if above.is_file() else "a link to no folder"
         raise argparse.ArgumentTypeError(f"{text}: under {above}, {kind}, not a folder")
     return expanded
+
+
+def _not_empty(what: str) -> Callable[[str], str]:
+    """An argparse type: ``what``, not empty (an empty one was read as no flag at all)."""
+
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"empty; give {what}")
+        return text
+
+    return parse
 
 
 def _output_file(text: str) -> str:
@@ -807,7 +822,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = sub.add_parser("submit", help="submit a job to a Ray cluster with `ray job submit`")
     add_config_args(p)
-    p.add_argument("--address", help="job server (default: $RAY_ADDRESS, else 127.0.0.1:8265)")
+    p.add_argument(
+        "--address",
+        type=_not_empty("a job server's address"),
+        help="job server (default: $RAY_ADDRESS, else 127.0.0.1:8265)",
+    )
     p.add_argument(
         "--no-working-dir",
         action="store_true",
@@ -816,6 +835,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true", help="return after submitting")
     p.add_argument(
         "--submission-id",
+        type=_not_empty("a job id"),
         help="job id to use (default: dist-train-<hex>, which it asks the job server about "
         "once the job ends; with --no-wait, Ray picks one)",
     )

@@ -1607,6 +1607,14 @@ def load_or_report(config: str | Path | None, overrides: list[str]) -> JobConfig
         return None
 
 
+def _config_arg(text: str) -> str:
+    """An argparse type: ``--config``'s path, not empty (read as ``.``, the folder, or by
+    ``submit`` as no flag: the default config was submitted)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; name a config file")
+    return text
+
+
 def add_config_args(
     p: argparse.ArgumentParser,
     default: str = "default: launch/configs/default.yaml",
@@ -1616,7 +1624,7 @@ def add_config_args(
     which config it reads without ``--config``), and ``-q``/``-v``; only these two without
     ``job_config``."""
     if job_config:
-        p.add_argument("--config", help=f"job config YAML ({default})")
+        p.add_argument("--config", type=_config_arg, help=f"job config YAML ({default})")
         p.add_argument(
             "--set",
             action="append",

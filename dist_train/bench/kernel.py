@@ -108,17 +108,29 @@ def _c_kernel(dim: int) -> SplitTableBatchedEmbeddingBagsCodegen | None:
 TABLES_PER_DIM = 3  # FBGEMM's table, its one-feature copy, and the C kernel's
 
 
-def _check_memory(dims: tuple[int, ...]) -> None:
-    """ConfigError, naming --dims, where the widths' tables (every width's held at once, a
-    float a value) outgrow the memory this process may use: a width the flag takes ended in
-    an allocator's traceback, or the kernel's out-of-memory kill."""
-    need = TABLES_PER_DIM * TBE_ROWS * 4 * sum(dims)
-    have = usable_memory_bytes()
+# a case's tensors, a bag each (measured ad hoc, 2026-12-07: 582 bytes a bag at dim 64):
+# held from its set-up to the end, its ids, offsets and lengths (int64) and the output's
+# gradient; and while it runs, two more outputs of its width
+CASE_BAG_BYTES = 3 * 8
+RUNNING_OUTPUTS = 2
+
+
+def _check_memory(dims: tuple[int, ...], batches: tuple[int, ...]) -> None:
+    """ConfigError, naming --dims and --batches, where the widths' tables (every width's
+    held at once, a float a value) and the cases' tensors (every case's held at once)
+    outgrow the memory this process may use: a width or batch the flags take ended in an
+    allocator's traceback, or the kernel's out-of-memory kill."""
+    tables = TABLES_PER_DIM * TBE_ROWS * 4 * sum(dims)
+    bags = [(b * TBE_BAGS, d) for d in dims for b in batches]
+    cases = sum(n * (CASE_BAG_BYTES + 4 * d) for n, d in bags)
+    running = max(n * 4 * d * RUNNING_OUTPUTS for n, d in bags)
+    need, have = tables + cases + running, usable_memory_bytes()
     if need > have * 0.8:
         raise ConfigError(
-            f"--dims {','.join(map(str, dims))}: their tables of {TBE_ROWS:,} rows need "
-            f"{need / 2**30:,.1f} GiB, and this machine has {have / 2**30:,.1f}; ask for "
-            "fewer or narrower widths"
+            f"--dims {','.join(map(str, dims))} --batches {','.join(map(str, batches))}: "
+            f"their tables of {TBE_ROWS:,} rows and batches of {TBE_BAGS} bags an example "
+            f"need {need / 2**30:,.1f} GiB, and this machine has {have / 2**30:,.1f}; ask "
+            "for fewer or narrower widths, or fewer or smaller batches"
         )
 
 
@@ -129,7 +141,7 @@ def run_kernel_bench(
     batches: tuple[int, ...] = BATCHES,
 ) -> dict[str, Any]:
     """Time every (dim, batch) case forward and forward+backward; print and return them."""
-    _check_memory(dims)
+    _check_memory(dims, batches)
     # as in the trainer's processes: freed outputs stay in the heap for the next call, where
     # glibc's defaults would map and fault in fresh pages every call (as much system time
     # as the kernels' own)

@@ -46,8 +46,14 @@ def test_what_a_benchmark_cannot_measure_is_refused_naming_the_key(
     from dist_train.bench import kernel
 
     monkeypatch.setattr(kernel, "usable_memory_bytes", lambda: 2**30)
-    with pytest.raises(ConfigError, match=r"--dims 64,128: their tables of 1,000,000 rows need"):
+    with pytest.raises(ConfigError, match=r"--dims 64,128 --batches 8: their tables of 1,00"):
         run_kernel_bench(dims=(64, 128), batches=(8,), rounds=1)
+    # and batches: the cases' tensors were not counted, and a 64-wide batch of 2**20
+    # examples (8 GiB of gradient) ended in the allocator's traceback (a helper's audit)
+    monkeypatch.setattr(kernel, "usable_memory_bytes", lambda: 6 * 2**30)
+    kernel._check_memory((64,), (8,))  # the tables alone fit
+    with pytest.raises(ConfigError, match=r"--dims 64 --batches 1048576: .* need 2[0-9.]+ GiB"):
+        run_kernel_bench(dims=(64,), batches=(2**20,), rounds=1)
 
 
 def test_weight_decay_the_pytorch_peer_cannot_apply_is_warned_of(

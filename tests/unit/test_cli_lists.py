@@ -27,6 +27,10 @@ def test_lists_parse_into_numbers_defaults_included() -> None:
         (["bench", "kernel", "--batches", ""], "positive ints"),
         (["bench", "embeddings", "--lrs", "0.1,-1"], "positive floats"),
         (["sweep", "--seeds", "-1"], "non-negative ints"),
+        # each value once: bench train measured 1 rank twice (a helper's audit)
+        (["bench", "train", "--ranks", "1,2,1"], "1 given twice in '1,2,1'"),
+        (["bench", "kernel", "--dims", "16,16"], "16 given twice"),
+        (["sweep", "--budgets", "0.5,.5"], "0.5 given twice"),
         # not finite: they failed only after the collisionless runs had trained
         (["sweep", "--budgets", "1,inf"], "positive floats"),
         (["sweep", "--budgets", "nan"], "positive floats"),
@@ -57,6 +61,12 @@ def test_lists_parse_into_numbers_defaults_included() -> None:
         # an empty --out wrote into the working directory
         (["export", "ckpt", "--out", ""], "--out: an empty path; name a folder"),
         (["gen-data", "--out", " "], "--out: an empty path; name a folder"),
+        # submit read these as not given: the default config was submitted, to the
+        # environment's job server, under an id Ray picked (a helper's audit)
+        (["submit", "--config", ""], "--config: an empty path; name a config file"),
+        (["train", "--config", " "], "--config: an empty path; name a config file"),
+        (["submit", "--address", ""], "--address: empty; give a job server's address"),
+        (["submit", "--submission-id", ""], "--submission-id: empty; give a job id"),
     ],
 )
 def test_bad_lists_are_usage_errors_naming_the_value(

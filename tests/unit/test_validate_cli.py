@@ -357,5 +357,7 @@ def test_empty_options_and_ignored_ones_are_refused(
     assert "--memory-per-rank: cannot read ''" in capsys.readouterr().err
     assert main(["show-config", "--reference", "--set", "seed=1"]) == 2
     assert "takes no --config or --set" in capsys.readouterr().err
-    assert main(["show-config", "--reference", "--config", ""]) == 2  # an empty one too
-    assert "takes no --config or --set" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:  # an empty one too: a usage error
+        main(["show-config", "--reference", "--config", ""])
+    assert usage.value.code == 2
+    assert "--config: an empty path; name a config file" in capsys.readouterr().err
