@@ -173,13 +173,22 @@ def _model_settings_changed(cfg: JobConfig, meta: dict[str, Any]) -> str:
 def refuse_to_overwrite(cfg: JobConfig) -> None:
     """A fresh run saves ``step-N`` from step 1 again and keeps only the newest
     ``num_to_keep``: beside an earlier run's checkpoints it would replace theirs at equal steps
-    and retention would delete its own (or theirs). Refuse before anything is written."""
+    and retention would delete its own (or theirs). One that saves nothing may start beside
+    them (a checkpoint.dir shared by runs), but not in that run's folder, where it would
+    replace the run's records (its summary, metrics and config). Refuse before anything is
+    written."""
     root = checkpoint.checkpoint_root(cfg)
     existing = checkpoint.committed(root)
-    if cfg.checkpoint.saves and existing:
+    records = [cfg.run_dir / name for name in ("summary.json", "metrics.jsonl")]
+    if existing and (cfg.checkpoint.saves or any(p.exists() for p in records)):
+        harm = (
+            "overwrite or delete them"
+            if cfg.checkpoint.saves
+            else "replace that run's summary, metrics and config"
+        )
         raise checkpoint.CheckpointError(
             f"{root} already holds checkpoints of an earlier run (newest: {existing[-1].name}) "
-            "and this run starts from scratch, which would overwrite or delete them. Continue "
+            f"and this run starts from scratch, which would {harm}. Continue "
             "that run with --resume latest, or start a new one under another name "
             "(--set name=...) or checkpoint.dir; nothing was changed"
         )

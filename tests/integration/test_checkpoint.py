@@ -300,6 +300,14 @@ def test_a_second_run_in_a_checkpoint_folder_in_use_is_refused(
     with pytest.raises(CheckpointError, match=r"already holds checkpoints of an earlier run"):
         run_job(load_config(TINY, [*over, "data.synthetic.seed=7"]))
     assert [f.read_bytes() for f in data] == before
+    # and one that saves nothing: it replaced the finished run's summary, metrics and config
+    # (a helper's audit)
+    records = {p: p.read_bytes() for p in (tmp_path / "tiny").glob("*.json*")}
+    assert {p.name for p in records} >= {"summary.json", "metrics.jsonl", "config.json"}
+    unsaved = load_config(TINY, [*over, "checkpoint.save_at_end=false"])
+    with pytest.raises(CheckpointError, match=r"would replace that run's summary, metrics"):
+        run_job(unsaved)
+    assert {p: p.read_bytes() for p in records} == records
     assert run_job(again)["steps"] == 6  # the first run over: the lock is free
     assert not in_progress.exists()
     # the run folder as its own checkpoint.dir: one folder, locked once (not refused by itself)

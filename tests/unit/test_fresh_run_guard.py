@@ -34,5 +34,10 @@ def test_fresh_run_may_start_where_it_saves_nothing_or_nothing_was_saved(tmp_pat
     _earlier_run(root, [48])
     no_saves = ["checkpoint.save_at_end=false", f"output_dir={tmp_path}"]
     assert resume_point(load_config(overrides=no_saves)) is None
+    # not over that run's records: it replaced its summary, metrics and config (a helper's
+    # audit)
+    (tmp_path / "default" / "metrics.jsonl").write_text("")
+    with pytest.raises(CheckpointError, match=r"would replace that run's summary, metrics"):
+        resume_point(load_config(overrides=no_saves))
     other_name = [f"output_dir={tmp_path}", "name=second"]
     assert resume_point(load_config(overrides=other_name)) is None
