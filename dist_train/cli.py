@@ -846,6 +846,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "files",
         nargs="+",
+        type=_not_empty("a file or folder"),  # '' was checked as the working directory
         help="job config YAMLs, Ray cluster YAMLs, RayJob YAMLs, checkpoint dirs",
     )
     p.add_argument(

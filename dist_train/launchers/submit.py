@@ -182,6 +182,10 @@ def submit(
     cluster (its overrides' keys checked here)."""
     local = local_copy(config, working_dir)
     if local is None:
+        shapeless = [o for o in overrides if "=" not in o or not override_key(o)]
+        if shapeless:  # as load_config says it
+            print(f"error: override {shapeless[0]!r}: expected KEY.PATH=VALUE", file=sys.stderr)
+            return 2
         unknown = [o for o in overrides if not known_key(override_key(o))]
         if unknown:
             close = closest_key(override_key(unknown[0]))

@@ -67,6 +67,7 @@ def test_lists_parse_into_numbers_defaults_included() -> None:
         (["train", "--config", " "], "--config: an empty path; name a config file"),
         (["submit", "--address", ""], "--address: empty; give a job server's address"),
         (["submit", "--submission-id", ""], "--submission-id: empty; give a job id"),
+        (["validate", "job.yaml", ""], "files: empty; give a file or folder"),
     ],
 )
 def test_bad_lists_are_usage_errors_naming_the_value(

@@ -263,6 +263,9 @@ def test_without_an_upload_a_config_is_checked_where_this_checkout_holds_it(
     assert f"--set {entry}" in capsys.readouterr().out
     assert main([*base, "--config", elsewhere, "--set", "sharding.pooling.C24=3"]) == 2
     assert "no such config key" in capsys.readouterr().err
+    # an item that is no KEY=VALUE, said as for a config here (it was "no such config key")
+    assert main([*base, "--config", elsewhere, "--set", "train.epochs"]) == 2
+    assert "override 'train.epochs': expected KEY.PATH=VALUE" in capsys.readouterr().err
     assert main(base) == 0
     cmd = shlex.split(capsys.readouterr().out)
     assert cmd[cmd.index("--config") + 1] == "launch/configs/default.yaml"
