@@ -530,7 +530,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         ranks = (
             args.ranks if args.ranks is not None else (gpus if args.device != "cpu" and gpus else 2)
         )
-        device = resolve_device(args.device, ranks, gpus, "this machine", "--device")
+        device = resolve_device(args.device, ranks, gpus, "this machine", "--device", "--ranks")
     except DeviceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

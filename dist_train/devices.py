@@ -25,18 +25,25 @@ class DeviceError(RuntimeError):
 
 
 def resolve_device(
-    setting: str, num_workers: int, gpus: float, where: str, key: str = "train.device"
+    setting: str,
+    num_workers: int,
+    gpus: float,
+    where: str,
+    key: str = "train.device",
+    ranks_key: str = "ray.num_workers",
 ) -> DeviceType:
-    """``setting`` (auto, cpu or cuda; the value of ``key``) for ``num_workers`` ranks, one GPU
-    each, when ``gpus`` GPUs are available ``where`` (both named in errors)."""
+    """``setting`` (auto, cpu or cuda; the value of ``key``) for ``num_workers`` ranks (set
+    by ``ranks_key``), one GPU each, when ``gpus`` GPUs are available ``where`` (all named
+    in errors)."""
     if setting == "cpu":
         return "cpu"
     enough = gpus >= num_workers
     if setting == "cuda":
         if not enough:
+            fewer = f"fewer ranks ({ranks_key}) or " if gpus >= 1 else ""
             raise DeviceError(
-                f"{key}=cuda needs one GPU per rank: {num_workers} workers, but "
-                f"{where} has {gpus:g} GPU(s); use fewer workers or {key}=cpu"
+                f"{key}=cuda needs one GPU per rank: {num_workers} ranks, but "
+                f"{where} has {gpus:g} GPU(s); use {fewer}{key}=cpu"
             )
         return "cuda"
     if setting != "auto":

@@ -35,8 +35,12 @@ def test_device_follows_setting_and_gpus(
 
 
 def test_cuda_without_a_gpu_per_rank_names_the_shortfall() -> None:
-    with pytest.raises(DeviceError, match=r"4 workers, but the cluster has 2 GPU\(s\)"):
+    fewer = r"4 ranks, but the cluster has 2 GPU\(s\); use fewer ranks \(ray.num_workers\) or"
+    with pytest.raises(DeviceError, match=fewer):
         resolve_device("cuda", 4, 2, "the cluster")
+    # none at all: fewer ranks would not do (calibrate named workers, which it has not)
+    with pytest.raises(DeviceError, match=r"0 GPU\(s\); use --device=cpu$"):
+        resolve_device("cuda", 2, 0, "this machine", "--device", "--ranks")
 
 
 def test_gpu_ranks_use_nccl_for_cuda_tensors_and_gloo_for_the_rest() -> None:
