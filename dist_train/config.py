@@ -1072,6 +1072,8 @@ def _blames(override: str, key: str, message: str) -> int:
     unknown ``multi_hot_columns``); 0 for none. An entry of a mapping only where the message
     names the entry (as the mapping's checks quote it, ``'C99'``); for the whole job, one
     the message names."""
+    if key and (override == key or key.startswith(f"{override}.")):
+        return 2  # (an entry of a mapping too: the error is at the entry itself)
     parent, _, entry = override.rpartition(".")
     field = _field_at(parent) if parent else None
     is_entry = field is not None and typing.get_origin(field.annotation) is dict
@@ -1367,7 +1369,13 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = child
         last = parts[-1]
         if isinstance(node, list):  # a whole item: features.C14={name: C14, chunks: 3}
-            node[_item_index(node, last, parts[-2], item)] = _override_value(item, parts, value)
+            new = _override_value(item, parts, value)
+            if new is None:  # its error named the item by position, and no --set
+                raise ConfigError(
+                    f"--set {item}: an item of {parts[-2]} cannot be null; to drop items, set "
+                    f"{'.'.join(parts[:-1])} whole, e.g. --set {'.'.join(parts[:-1])}=[...]"
+                )
+            node[_item_index(node, last, parts[-2], item)] = new
         else:
             node[last] = _override_value(item, parts, value)
     return out

@@ -825,3 +825,13 @@ def test_a_config_read_from_a_pipe_is_read(tmp_path: Path) -> None:
         load_config(tmp_path)
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "none.yaml")
+
+
+def test_an_item_set_to_null_and_a_mappings_bad_entry_name_their_override() -> None:
+    """`--set features.C1=` said "features.0: Input should be a valid dictionary", and
+    `--set sharding.pooling_factors.C1=nan` named no --set (a helper's audit)."""
+    with pytest.raises(ConfigError, match=r"^--set features.C1=: an item of features cannot"):
+        load_config(overrides=["features.C1="])
+    with pytest.raises(ConfigError) as bad:
+        load_config(overrides=["sharding.pooling_factors.C1=nan"])
+    assert "(from --set sharding.pooling_factors.C1=nan)" in str(bad.value)
