@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torchrec.distributed import DistributedModelParallel
-from torchrec.distributed.model_parallel import DataParallelWrapper
+from torchrec.distributed.model_parallel import DataParallelWrapper, DefaultDataParallelWrapper
 from torchrec.distributed.types import ShardingEnv, ShardingEnv2D
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
@@ -116,6 +116,20 @@ class OneRankDense(DataParallelWrapper):
         dmp._dmp_wrapped_module.to(device)
 
 
+def dense_data_parallel(world_size: int) -> DataParallelWrapper:
+    """How the dense network is averaged across ``world_size`` ranks: bare on one
+    (:class:`OneRankDense`), else DDP with its gradients in fixed buckets. TorchRec's
+    default DDP sums the first step's gradients in one bucket in the parameters' order,
+    then rebuilds its buckets in the order the backward made them: a resumed run's first
+    step was a first step, and at 3 ranks or more gloo's ring summed its gradients in
+    another order, 1-2 ulp off the uninterrupted run's (2 ranks add two numbers, in any
+    order alike). Finding unused parameters turns the rebuild off (its graph walk cost no
+    step time the A/B could resolve: docs/checkpoint.md, "Exact resume")."""
+    if world_size == 1:
+        return OneRankDense()
+    return DefaultDataParallelWrapper(static_graph=False, find_unused_parameters=True)
+
+
 @dataclass
 class Trainer:
     """A DistributedModelParallel CTR model with fused embedding + dense optimizers."""
@@ -172,7 +186,7 @@ class Trainer:
             device=device,
             plan=plan,
             sharders=[sharder],  # type: ignore[list-item]
-            data_parallel_wrapper=OneRankDense() if world_size == 1 else None,
+            data_parallel_wrapper=dense_data_parallel(world_size),
         )
         enable_uneven_row_wise(dmp)
         enable_unpooled_row_wise(dmp, job_plan.unpooled_tables)  # replaces uneven's input dist
