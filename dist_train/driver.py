@@ -66,8 +66,9 @@ from planners.topology import TopologyError
 from planners.types import PlanningError
 
 
-def prepare_inputs(cfg: JobConfig) -> WorkerInputs:
-    """Generate synthetic data if no paths are given, then list and check both splits' files.
+def prepare_inputs(cfg: JobConfig, first_epoch: int = 0) -> WorkerInputs:
+    """Generate synthetic data if no paths are given, then list and check both splits' files
+    (``first_epoch``: the first epoch dealt afresh, whose steps :func:`check_steps` counts).
 
     Files that are unreadable, empty, missing a column, of a wrong type, or whose schema
     differs from the first training file's (test files too) are errors, or skipped and
@@ -78,7 +79,7 @@ def prepare_inputs(cfg: JobConfig) -> WorkerInputs:
     run_dir.mkdir(parents=True, exist_ok=True)
     train_path, test_path = data_paths(cfg)
     policy = BadInputPolicy.for_job(cfg)
-    train, test, test_files = check_inputs(cfg, train_path, test_path, policy)
+    train, test, test_files = check_inputs(cfg, train_path, test_path, policy, first_epoch)
     return WorkerInputs(
         train, test, str(run_dir), file_counts=policy.counts, test_file_counts=test_files
     )
@@ -95,18 +96,22 @@ def data_paths(cfg: JobConfig) -> tuple[str, str]:
 
 
 def check_inputs(
-    cfg: JobConfig, train_path: str, test_path: str, policy: BadInputPolicy
+    cfg: JobConfig,
+    train_path: str,
+    test_path: str,
+    policy: BadInputPolicy,
+    first_epoch: int = 0,
 ) -> tuple[list[RowGroup], list[RowGroup], BadInputCounts]:
     """Both splits' row groups, their files' footers and schemas checked under ``policy``
-    (the job's ``data.on_bad_input``), and the first epoch's steps (:func:`check_steps`);
-    then what ``policy`` counted in the test split's files."""
+    (the job's ``data.on_bad_input``), and the steps of ``first_epoch`` on
+    (:func:`check_steps`); then what ``policy`` counted in the test split's files."""
     builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
     schema = SchemaCheck(builder)  # one for both splits: their column types must agree
     train = list_row_groups(train_path, policy, schema)
     before_test = policy.counts.copy()
     test = list_row_groups(test_path, policy, schema)
     warn_of_shared_files(train, test)
-    check_steps(cfg, train)
+    check_steps(cfg, train, first_epoch)
     return train, test, policy.counts.since(before_test)
 
 
@@ -272,12 +277,14 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
         # before the data are prepared: a fresh run over an earlier one's, or a resume
         # refused, regenerated the run's synthetic data first
         resume = resume_point(cfg, job_plan)
-        prepared = prepare_inputs(cfg)
+        saved = _saved_by(resume)
+        # the epoch a resume goes on in follows its saved plan: the next is the first dealt
+        first_epoch = 0 if saved is None else saved.epoch + (1 if saved.batches else 0)
+        prepared = prepare_inputs(cfg, first_epoch)
         check_resumed_data(resume, prepared.train_groups)
         inputs = dataclasses.replace(
             prepared, plan=job_plan, resume=resume, verbosity=verbosity(), device_type=device
         )
-        saved = _saved_by(inputs.resume)
         note_steps_short_of_max(cfg, inputs.train_groups, saved)
         rows = sum(g.num_rows for g in inputs.train_groups)
         LOG.info(

@@ -231,7 +231,14 @@ class Epochs:
             if num_steps <= 0:
                 # nothing left of it for these ranks (a resumed epoch whose last batches
                 # re-dealt to more ranks than batches): the next epoch still runs
-                if plan.steps == 0 and rank == 0:  # the driver warned of it too
+                resumed = index == self.start.epoch and self.start.batches > 0
+                if plan.steps == 0 and rank == 0 and resumed:  # (not the batch size's fault)
+                    LOG.warning(
+                        f"epoch {index}: the batches left of it at the checkpoint of step "
+                        f"{self.start.step}, dealt anew to {world} ranks, make no step of "
+                        "every rank; training goes on with the next epoch"
+                    )
+                elif plan.steps == 0 and rank == 0:  # the driver warned of it too
                     LOG.warning(
                         f"epoch {index} trains 0 steps: a rank's share of its deal "
                         f"holds fewer rows than train.batch_size={tc.batch_size}"

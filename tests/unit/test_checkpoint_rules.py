@@ -397,9 +397,12 @@ def test_every_position_field_is_checked() -> None:
     assert fields == set(checkpoint._POSITION_FIELDS)
 
 
-def test_an_epoch_left_empty_by_a_resume_does_not_end_training() -> None:
+def test_an_epoch_left_empty_by_a_resume_does_not_end_training(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Saved by 2 ranks one batch before epoch 0 ends, resumed on 4: the batch left is
-    dropped (fewer than the ranks) and epochs 1 and 2 still run."""
+    dropped (fewer than the ranks) and epochs 1 and 2 still run. Said so: the warning put
+    it down to the batch size (a helper's audit)."""
     cfg = load_config(overrides=["train.epochs=3", "train.batch_size=10"])
     groups = [RowGroup("x.parquet", i, 100) for i in range(8)]
     steps = steps_per_epoch(assign_row_groups(groups, 2, cfg.seed, 0), 10)
@@ -407,8 +410,12 @@ def test_an_epoch_left_empty_by_a_resume_does_not_end_training() -> None:
     start = TrainPosition(step=steps - 1, epoch=0, batches=steps - 1, plan=plan)
     policy = BadInputPolicy("error", "label", [], [])
     resumed = epochs.Epochs(cfg, groups, None, policy, start, ranks=(0, 4))  # type: ignore[arg-type]
-    ran = [e.index for e in resumed]
+    with caplog.at_level("WARNING", logger="dist_train"):
+        ran = [e.index for e in resumed]
     assert ran == [1, 2]
+    said = caplog.text
+    assert f"epoch 0: the batches left of it at the checkpoint of step {steps - 1}, dealt" in said
+    assert "train.batch_size" not in said
 
 
 def test_a_run_that_trains_nothing_keeps_the_epoch_plan_it_started_from() -> None:
