@@ -971,9 +971,14 @@ class JobConfig(_Strict):
             ("data.row_id_column", self.data.row_id_column),
         ):
             if column is not None and column not in ("label", "row_id"):
+                what = (
+                    "is the true click probability, a float"
+                    if column == "oracle_p"
+                    else "is no column of theirs"
+                )
                 raise ValueError(
-                    f"{key}={column!r}: the generated data have no such column (their "
-                    "label is 'label', their row ids 'row_id')"
+                    f"{key}={column!r}: in the generated data it {what} (their label is "
+                    "'label', their row ids 'row_id')"
                 )
         strings = sorted(read & set(synth.string_columns))
         if self.embedding.kind == "collisionless" and strings:

@@ -835,3 +835,12 @@ def test_an_item_set_to_null_and_a_mappings_bad_entry_name_their_override() -> N
     with pytest.raises(ConfigError) as bad:
         load_config(overrides=["sharding.pooling_factors.C1=nan"])
     assert "(from --set sharding.pooling_factors.C1=nan)" in str(bad.value)
+
+
+def test_the_generated_datas_probability_column_is_named_as_such() -> None:
+    """`data.row_id_column=oracle_p` said the generated data have no such column; they do,
+    a float (a helper's audit)."""
+    with pytest.raises(ConfigError, match=r"'oracle_p': in the generated data it is the true"):
+        load_config(overrides=["data.row_id_column=oracle_p"])
+    with pytest.raises(ConfigError, match=r"'ids': in the generated data it is no column"):
+        load_config(overrides=["data.row_id_column=ids"])
