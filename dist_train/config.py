@@ -1502,6 +1502,10 @@ class _UniqueKeys(_Yaml12Numbers):
         return super().construct_mapping(node, deep=deep)
 
 
+MAX_YAML_BYTES = 64 * 2**20
+"""The most :func:`read_yaml` reads: a job config or cluster file is some KB."""
+
+
 def read_yaml(path: Path) -> Any:
     """A YAML file's contents (safe types only; a key given twice in a mapping, text that is
     not UTF-8 and malformed YAML are a :class:`ConfigError` naming the file). A pipe
@@ -1511,7 +1515,11 @@ def read_yaml(path: Path) -> Any:
     if path.is_dir():
         raise ConfigError(f"{path}: a folder, not a file")
     try:
-        text = path.read_bytes().decode("utf-8")
+        with path.open("rb") as f:  # a pipe or device has no size to check first
+            raw = f.read(MAX_YAML_BYTES + 1)
+        if len(raw) > MAX_YAML_BYTES:  # /dev/zero read until memory ran out
+            raise ConfigError(f"{path}: over {MAX_YAML_BYTES // 2**20} MiB, no YAML file of ours")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
     except OSError as err:

@@ -821,6 +821,9 @@ def test_a_config_read_from_a_pipe_is_read(tmp_path: Path) -> None:
         assert load_config(fifo).name == "tiny"
     finally:
         writer.join(timeout=10)
+    # a device is read no further than a config could be (it was, until memory ran out)
+    with pytest.raises(ConfigError, match=r"^/dev/zero: over 64 MiB, no YAML file of ours$"):
+        load_config("/dev/zero")
     with pytest.raises(ConfigError, match="a folder, not a config file"):
         load_config(tmp_path)
     with pytest.raises(ConfigError, match="no such config file"):
