@@ -234,7 +234,7 @@ class DenseOnly:
     """The job's dense network alone: the model over fixed vectors in place of the tables,
     in DDP on more than one rank (torch's defaults, as the ``pytorch`` peer; TorchRec's
     wrapper views gradients as buckets, a few hundred KB less copying here) and bare on one
-    (as :class:`~dist_train.train.trainer.OneRankDense`), the job's dense optimizer. What a
+    (as :class:`~dist_train.train.dense_parallel.OneRankDense`), the job's dense optimizer. What a
     step costs without embeddings: no system's step can be shorter."""
 
     def __init__(self, cfg: JobConfig, layout: EmbeddingLayout) -> None:

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torchrec.distributed import DistributedModelParallel
-from torchrec.distributed.model_parallel import DataParallelWrapper, DefaultDataParallelWrapper
 from torchrec.distributed.types import ShardingEnv, ShardingEnv2D
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
@@ -23,6 +22,7 @@ from dist_train.config import JobConfig
 from dist_train.data.batch import Batch, BatchBuilder
 from dist_train.embedding.init import init_bound, init_embedding_tables, torch_seed
 from dist_train.embedding.layout import EmbeddingLayout, build_layout
+from dist_train.train.dense_parallel import dense_data_parallel
 from dist_train.train.metrics import EvalMetrics
 from dist_train.train.pipelining import pipelined_steps
 from dist_train.train.replicas import (
@@ -105,29 +105,6 @@ def _torch_optimizers(
             kwargs["eps"] = o.eps
         out.append(KeyedOptimizerWrapper(emb, lambda ps: emb_cls(ps, **kwargs)))
     return out
-
-
-class OneRankDense(DataParallelWrapper):
-    """The dense network of a one-rank job, on its device and not in DDP: with nothing to
-    average, DDP's hooks, bucket copies and all-reduce cost about 3% of a step
-    (docs/benchmarks.md, "One rank without DDP")."""
-
-    def wrap(self, dmp: DistributedModelParallel, env: ShardingEnv, device: torch.device) -> None:
-        dmp._dmp_wrapped_module.to(device)
-
-
-def dense_data_parallel(world_size: int) -> DataParallelWrapper:
-    """How the dense network is averaged across ``world_size`` ranks: bare on one
-    (:class:`OneRankDense`), else DDP with its gradients in fixed buckets. TorchRec's
-    default DDP sums the first step's gradients in one bucket in the parameters' order,
-    then rebuilds its buckets in the order the backward made them: a resumed run's first
-    step was a first step, and at 3 ranks or more gloo's ring summed its gradients in
-    another order, 1-2 ulp off the uninterrupted run's (2 ranks add two numbers, in any
-    order alike). Finding unused parameters turns the rebuild off (its graph walk cost no
-    step time the A/B could resolve: docs/checkpoint.md, "Exact resume")."""
-    if world_size == 1:
-        return OneRankDense()
-    return DefaultDataParallelWrapper(static_graph=False, find_unused_parameters=True)
 
 
 @dataclass

@@ -52,7 +52,7 @@ def test_two_rank_row_wise_matches_one_rank(
     one = run_processes(train_fixed_batches, args, world_size=1)
     two = run_processes(train_fixed_batches, args, world_size=2)
 
-    # one rank trains its dense network outside DDP (trainer.OneRankDense), two in DDP
+    # one rank trains its dense network outside DDP (dense_parallel.OneRankDense), two in DDP
     assert one[0]["dense_wrapper"] == "DLRM"
     assert {r["dense_wrapper"] for r in two} == {"DistributedDataParallel"}
     losses_1, losses_2 = np.array(one[0]["losses"]), np.array(two[0]["losses"])
