@@ -66,9 +66,9 @@ from planners.topology import TopologyError
 from planners.types import PlanningError
 
 
-def prepare_inputs(cfg: JobConfig, first_epoch: int = 0) -> WorkerInputs:
+def prepare_inputs(cfg: JobConfig, saved: SavedAt | None = None) -> WorkerInputs:
     """Generate synthetic data if no paths are given, then list and check both splits' files
-    (``first_epoch``: the first epoch dealt afresh, whose steps :func:`check_steps` counts).
+    (and the steps of the epochs to train: ``saved``, where a resumed run goes on from).
 
     Files that are unreadable, empty, missing a column, of a wrong type, or whose schema
     differs from the first training file's (test files too) are errors, or skipped and
@@ -79,7 +79,7 @@ def prepare_inputs(cfg: JobConfig, first_epoch: int = 0) -> WorkerInputs:
     run_dir.mkdir(parents=True, exist_ok=True)
     train_path, test_path = data_paths(cfg)
     policy = BadInputPolicy.for_job(cfg)
-    train, test, test_files = check_inputs(cfg, train_path, test_path, policy, first_epoch)
+    train, test, test_files = check_inputs(cfg, train_path, test_path, policy, saved)
     return WorkerInputs(
         train, test, str(run_dir), file_counts=policy.counts, test_file_counts=test_files
     )
@@ -100,18 +100,19 @@ def check_inputs(
     train_path: str,
     test_path: str,
     policy: BadInputPolicy,
-    first_epoch: int = 0,
+    saved: SavedAt | None = None,
 ) -> tuple[list[RowGroup], list[RowGroup], BadInputCounts]:
     """Both splits' row groups, their files' footers and schemas checked under ``policy``
-    (the job's ``data.on_bad_input``), and the steps of ``first_epoch`` on
-    (:func:`check_steps`); then what ``policy`` counted in the test split's files."""
+    (the job's ``data.on_bad_input``), and the epochs' steps (:func:`check_steps`; from
+    ``saved`` on for a resumed run); then what ``policy`` counted in the test split's
+    files."""
     builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
     schema = SchemaCheck(builder)  # one for both splits: their column types must agree
     train = list_row_groups(train_path, policy, schema)
     before_test = policy.counts.copy()
     test = list_row_groups(test_path, policy, schema)
     warn_of_shared_files(train, test)
-    check_steps(cfg, train, first_epoch)
+    check_steps(cfg, train, saved)
     return train, test, policy.counts.since(before_test)
 
 
@@ -278,9 +279,7 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
         # refused, regenerated the run's synthetic data first
         resume = resume_point(cfg, job_plan)
         saved = _saved_by(resume)
-        # the epoch a resume goes on in follows its saved plan: the next is the first dealt
-        first_epoch = 0 if saved is None else saved.epoch + (1 if saved.batches else 0)
-        prepared = prepare_inputs(cfg, first_epoch)
+        prepared = prepare_inputs(cfg, saved)
         check_resumed_data(resume, prepared.train_groups)
         inputs = dataclasses.replace(
             prepared, plan=job_plan, resume=resume, verbosity=verbosity(), device_type=device

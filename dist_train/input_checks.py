@@ -33,22 +33,24 @@ UNUSED_ROWS_WARNING = 0.10
 """The share of an epoch's training rows left untrained above which the driver warns."""
 
 
-def check_steps(cfg: JobConfig, train: list[RowGroup], first_epoch: int = 0) -> None:
-    """Refuse a job whose first epoch (``first_epoch``: where a resumed run goes on), dealt as
-    the workers deal it, trains 0 steps; warn when it leaves more than
-    :data:`UNUSED_ROWS_WARNING` of the rows untrained, or when a later epoch (another deal of
-    the row groups) trains none. (A resume was held to epoch 0's deal on its world size.)"""
+def check_steps(cfg: JobConfig, train: list[RowGroup], saved: SavedAt | None = None) -> None:
+    """Refuse a job whose first epoch, dealt as the workers deal it, trains 0 steps; warn
+    when it leaves more than :data:`UNUSED_ROWS_WARNING` of the rows untrained, or when a
+    later epoch (another deal of the row groups) trains none. A run resumed from ``saved``
+    is held to none of epoch 0's deal (on its world size, a resume at epoch 2 was refused
+    for it): it is warned of the epochs dealt anew from there that train none."""
     world, batch_size = cfg.ray.num_workers, cfg.train.batch_size
-    if first_epoch >= cfg.train.epochs:  # a finished run resumed: the driver says so
+    if saved is not None:  # the saved epoch's rest follows its saved plan
+        first = saved.epoch + (1 if saved.batches else 0)
+        _warn_of_epochs_without_steps(cfg, train, range(first, cfg.train.epochs), saved.step)
         return
-    assignment = assign_row_groups(train, world, cfg.seed, first_epoch)
+    assignment = assign_row_groups(train, world, cfg.seed, 0)
     steps = steps_per_epoch(assignment, batch_size)
     smallest = min(sum(g.num_rows for g in groups) for groups in assignment)
-    first = "the first epoch" if first_epoch == 0 else f"epoch {first_epoch}, where it goes on,"
     if not steps:
         raise BadInputError(
-            f"the job would train 0 steps in {first}: train.batch_size={batch_size} is more "
-            f"than the {smallest:,} training rows of the smallest rank's share ({len(train)} row "
+            f"the job would train 0 steps: train.batch_size={batch_size} is more than the "
+            f"{smallest:,} training rows of the smallest rank's share ({len(train)} row "
             f"groups dealt to ray.num_workers={world} ranks); use fewer ranks, a smaller "
             "batch, or more, smaller row groups (data.synthetic.rows_per_group for generated "
             "data)"
@@ -56,19 +58,27 @@ def check_steps(cfg: JobConfig, train: list[RowGroup], first_epoch: int = 0) -> 
     rows, trained = sum(g.num_rows for g in train), steps * batch_size * world
     if trained < (1 - UNUSED_ROWS_WARNING) * rows:
         LOG.warning(
-            f"{first} trains {trained:,} of the {rows:,} training rows "
+            f"the first epoch trains {trained:,} of the {rows:,} training rows "
             f"({1 - trained / rows:.0%} unused): row groups go to ranks whole, and every "
             f"rank runs the steps of the smallest share ({smallest:,} rows: {steps} "
             f"batches of train.batch_size={batch_size}); more, smaller row groups, or "
             "fewer ranks, train more of them (docs/data.md)"
         )
-    empty = _epochs_without_steps(cfg, train, steps, first_epoch)
+    _warn_of_epochs_without_steps(cfg, train, range(1, cfg.train.epochs), steps)
+
+
+def _warn_of_epochs_without_steps(
+    cfg: JobConfig, train: list[RowGroup], epochs: range, done: int
+) -> None:
+    """Warn of the ``epochs`` whose deal trains 0 steps, up to ``train.max_steps`` (``done``
+    steps trained before the first)."""
+    empty = _epochs_without_steps(cfg, train, epochs, done)
     if empty:
         LOG.warning(
             f"epoch(s) {', '.join(map(str, empty))} of {cfg.train.epochs} train 0 steps: "
             f"each epoch deals the {len(train)} row groups to ranks anew, and there a rank's "
-            f"share holds fewer rows than train.batch_size={batch_size}; more, smaller row "
-            "groups, or fewer ranks, train every epoch (docs/data.md)"
+            f"share holds fewer rows than train.batch_size={cfg.train.batch_size}; more, "
+            "smaller row groups, or fewer ranks, train every epoch (docs/data.md)"
         )
 
 
@@ -140,16 +150,16 @@ def _fewest_rows_a_rank(train: list[RowGroup], world: int) -> float:
 
 
 def _epochs_without_steps(
-    cfg: JobConfig, train: list[RowGroup], first_steps: int, first_epoch: int = 0
+    cfg: JobConfig, train: list[RowGroup], epochs: range, done: int
 ) -> list[int]:
-    """The epochs after ``first_epoch``, up to ``train.max_steps``, whose deal trains 0
-    steps."""
+    """The ``epochs``, up to ``train.max_steps`` (``done`` steps trained before the first),
+    whose deal trains 0 steps."""
     world, batch_size = cfg.ray.num_workers, cfg.train.batch_size
     if _fewest_rows_a_rank(train, world) >= batch_size:  # none falls under a batch
         return []
-    empty, done = [], first_steps
+    empty = []
     limit = cfg.train.max_steps
-    for epoch in range(first_epoch + 1, cfg.train.epochs):
+    for epoch in epochs:
         if limit is not None and done >= limit:
             break
         steps = steps_per_epoch(assign_row_groups(train, world, cfg.seed, epoch), batch_size)

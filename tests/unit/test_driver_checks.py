@@ -463,11 +463,16 @@ def test_a_checkpoint_folder_that_cannot_be_made_is_named_before_anything_is_wri
     assert not (tmp_path / "out").exists()  # no data generated, no run folder
 
 
-def test_a_resume_is_held_to_the_deal_of_the_epoch_it_goes_on_in(small_cfg: JobConfig) -> None:
+def test_a_resume_is_held_to_the_deal_of_the_epoch_it_goes_on_in(
+    small_cfg: JobConfig, caplog: pytest.LogCaptureFixture
+) -> None:
     """A resume onto 3 ranks at epoch 2 was refused ("the job would train 0 steps") for
-    epoch 0's deal on 3 ranks, where epoch 2's trains a step (a helper's audit)."""
+    epoch 0's deal on 3 ranks, where epoch 2's trains a step (a helper's audit). A resume
+    is refused for no deal: the saved epoch goes on by its saved plan, and the epochs dealt
+    anew after it that train nothing are warned of (a review: a mid-epoch resume was
+    refused for the next epoch's deal)."""
     from dist_train.data.reader import RowGroup, assign_row_groups, steps_per_epoch
-    from dist_train.input_checks import check_steps
+    from dist_train.input_checks import SavedAt, check_steps
 
     over = ["train.epochs=3", "train.batch_size=3500", "ray.num_workers=3"]
     cfg = parse_config(apply_overrides(small_cfg.model_dump(mode="json"), over))
@@ -475,7 +480,11 @@ def test_a_resume_is_held_to_the_deal_of_the_epoch_it_goes_on_in(small_cfg: JobC
     groups = [RowGroup("a.parquet", i, n) for i, n in enumerate(sizes)]
     steps = [steps_per_epoch(assign_row_groups(groups, 3, cfg.seed, e), 3500) for e in range(3)]
     assert steps[0] == 0 and steps[2] > 0  # this seed's deals
-    with pytest.raises(BadInputError, match=r"0 steps in the first epoch: train.batch_size"):
+    with pytest.raises(BadInputError, match=r"the job would train 0 steps: train.batch_size"):
         check_steps(cfg, groups)
-    check_steps(cfg, groups, first_epoch=2)  # refused before
-    check_steps(cfg, groups, first_epoch=3)  # a finished run resumed: nothing to deal
+    with caplog.at_level("WARNING", logger="dist_train"):
+        check_steps(cfg, groups, SavedAt(step=3, world=2, epoch=2))  # refused before
+        assert "train 0 steps" not in caplog.text
+        check_steps(cfg, groups, SavedAt(step=3, world=3, epoch=3))  # a finished run
+        check_steps(cfg, groups, SavedAt(step=1, world=3, epoch=0, batches=1))  # mid-epoch
+    assert "epoch(s) 1 of 3 train 0 steps" in caplog.text and steps[1] == 0
