@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from dist_train import checkpoint, storage
 from dist_train.checkpoint import CheckpointSaver, TrainPosition
-from dist_train.checkpoint_files import digest_of
+from dist_train.checkpoint_files import digest_of, local_path
 from dist_train.config import EmbeddingConfig, FeatureConfig, JobConfig, dense_column_names
 from dist_train.data.reader import RowGroup
 from dist_train.data.validation import BadInputCounts, BadInputPolicy, across_ranks
@@ -179,8 +179,7 @@ def refuse_to_overwrite(cfg: JobConfig) -> None:
     written."""
     root = checkpoint.checkpoint_root(cfg)
     existing = checkpoint.committed(root)
-    records = [cfg.run_dir / name for name in ("summary.json", "metrics.jsonl")]
-    if existing and (cfg.checkpoint.saves or any(p.exists() for p in records)):
+    if existing and (cfg.checkpoint.saves or _records_of_run_saved_in(root, cfg)):
         harm = (
             "overwrite or delete them"
             if cfg.checkpoint.saves
@@ -192,6 +191,16 @@ def refuse_to_overwrite(cfg: JobConfig) -> None:
             "that run with --resume latest, or start a new one under another name "
             "(--set name=...) or checkpoint.dir; nothing was changed"
         )
+
+
+def _records_of_run_saved_in(root: storage.Location, cfg: JobConfig) -> bool:
+    """Whether the run folder holds the records (summary, metrics) of the run whose
+    checkpoints are in ``root``: the checkpoints are the folder's own (under it, or it)."""
+    here = local_path(root)
+    run = cfg.run_dir.resolve()
+    if here is None or not (here.resolve() == run or run in here.resolve().parents):
+        return False  # a checkpoint.dir of its own: its runs' records are elsewhere
+    return any((run / name).exists() for name in ("summary.json", "metrics.jsonl"))
 
 
 def _hashing(embedding: EmbeddingConfig, features: list[FeatureConfig], seed: int) -> list[Any]:

@@ -39,5 +39,10 @@ def test_fresh_run_may_start_where_it_saves_nothing_or_nothing_was_saved(tmp_pat
     (tmp_path / "default" / "metrics.jsonl").write_text("")
     with pytest.raises(CheckpointError, match=r"would replace that run's summary, metrics"):
         resume_point(load_config(overrides=no_saves))
+    # but beside a shared checkpoint.dir, the records in its run folder are its own (a
+    # review: its second run was refused)
+    _earlier_run(tmp_path / "shared", [48])
+    shared = [*no_saves, f"checkpoint.dir={tmp_path / 'shared'}"]
+    assert resume_point(load_config(overrides=shared)) is None
     other_name = [f"output_dir={tmp_path}", "name=second"]
     assert resume_point(load_config(overrides=other_name)) is None
