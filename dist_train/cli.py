@@ -38,6 +38,7 @@ from dist_train.config import (
     add_config_args,
     add_train_args,
     as_typed,
+    not_empty,
     train_overrides,
 )
 from dist_train.config import load_or_report as _load
@@ -151,17 +152,6 @@ def _folder_to_write(text: str) -> str:
         kind = "a file" if above.is_file() else "a link to no folder"
         raise argparse.ArgumentTypeError(f"{text}: under {above}, {kind}, not a folder")
     return expanded
-
-
-def _not_empty(what: str) -> Callable[[str], str]:
-    """An argparse type: ``what``, not empty (an empty one was read as no flag at all)."""
-
-    def parse(text: str) -> str:
-        if not text.strip():
-            raise argparse.ArgumentTypeError(f"empty; give {what}")
-        return text
-
-    return parse
 
 
 def _output_file(text: str) -> str:
@@ -824,7 +814,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.add_argument(
         "--address",
-        type=_not_empty("a job server's address"),
+        type=not_empty("empty; give a job server's address"),
         help="job server (default: $RAY_ADDRESS, else 127.0.0.1:8265)",
     )
     p.add_argument(
@@ -835,7 +825,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true", help="return after submitting")
     p.add_argument(
         "--submission-id",
-        type=_not_empty("a job id"),
+        type=not_empty("empty; give a job id"),
         help="job id to use (default: dist-train-<hex>, which it asks the job server about "
         "once the job ends; with --no-wait, Ray picks one)",
     )
@@ -846,7 +836,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "files",
         nargs="+",
-        type=_not_empty("a file or folder"),  # '' was checked as the working directory
+        # '' was checked as the working directory
+        type=not_empty("empty; give a file or folder"),
         help="job config YAMLs, Ray cluster YAMLs, RayJob YAMLs, checkpoint dirs",
     )
     p.add_argument(

@@ -11,8 +11,10 @@ import argparse
 import copy
 import decimal
 import difflib
+import os
 import re
 import reprlib
+import stat
 import sys
 import types
 import typing
@@ -1086,8 +1088,6 @@ def _blames(override: str, key: str, message: str) -> int:
         return 0
     if not key:
         return 2 * _mentions(message, parent if is_entry else override)
-    if override == key or key.startswith(f"{override}."):
-        return 2
     inside = override.removeprefix(f"{key}.")
     if inside == override:  # not inside the key
         return 0
@@ -1343,17 +1343,26 @@ def _override_value(item: str, parts: list[str], text: str) -> Any:
         ) from None
 
 
+def override_shape_error(item: str) -> str | None:
+    """What is wrong with the shape of a ``--set`` item (no ``=``, an empty key part);
+    None for a ``KEY.PATH=VALUE``."""
+    if "=" not in item:
+        return f"override {item!r}: expected KEY.PATH=VALUE"
+    if not all(item.split("=", 1)[0].strip().split(".")):
+        return f"override {item!r}: expected KEY.PATH=VALUE (an empty key)"
+    return None
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of ``raw`` with ``a.b.c=value`` overrides applied (values parsed as YAML,
     but for string keys: :func:`_override_value`)."""
     out: dict[str, Any] = copy.deepcopy(raw) or {}  # (a YAML round trip re-read "09" as 9)
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected KEY.PATH=VALUE")
+        shapeless = override_shape_error(item)
+        if shapeless:
+            raise ConfigError(shapeless)
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
-        if not all(parts):
-            raise ConfigError(f"override {item!r}: expected KEY.PATH=VALUE (an empty key)")
         node: Any = out
         for i, p in enumerate(parts[:-1]):
             if isinstance(node, dict) and p not in node and parts[i + 1].isdigit():
@@ -1374,13 +1383,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = child
         last = parts[-1]
         if isinstance(node, list):  # a whole item: features.C14={name: C14, chunks: 3}
+            at = _item_index(node, last, parts[-2], item)
             new = _override_value(item, parts, value)
             if new is None:  # its error named the item by position, and no --set
                 raise ConfigError(
                     f"--set {item}: an item of {parts[-2]} cannot be null; to drop items, set "
                     f"{'.'.join(parts[:-1])} whole, e.g. --set {'.'.join(parts[:-1])}=[...]"
                 )
-            node[_item_index(node, last, parts[-2], item)] = new
+            node[at] = new
         else:
             node[last] = _override_value(item, parts, value)
     return out
@@ -1506,6 +1516,16 @@ MAX_YAML_BYTES = 64 * 2**20
 """The most :func:`read_yaml` reads: a job config or cluster file is some KB."""
 
 
+def _open_for_reading(path: Path) -> typing.BinaryIO:
+    """``path`` open for reading; a named pipe without a writer reads as empty (opening it
+    waited for one without end)."""
+    if not stat.S_ISFIFO(path.stat().st_mode):
+        return path.open("rb")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # returns at once, writer or not
+    os.set_blocking(fd, True)  # then wait for what a writer sends, to its end
+    return os.fdopen(fd, "rb")
+
+
 def read_yaml(path: Path) -> Any:
     """A YAML file's contents (safe types only; a key given twice in a mapping, text that is
     not UTF-8 and malformed YAML are a :class:`ConfigError` naming the file). A pipe
@@ -1515,7 +1535,7 @@ def read_yaml(path: Path) -> Any:
     if path.is_dir():
         raise ConfigError(f"{path}: a folder, not a file")
     try:
-        with path.open("rb") as f:  # a pipe or device has no size to check first
+        with _open_for_reading(path) as f:  # a pipe or device has no size to check first
             raw = f.read(MAX_YAML_BYTES + 1)
         if len(raw) > MAX_YAML_BYTES:  # /dev/zero read until memory ran out
             raise ConfigError(f"{path}: over {MAX_YAML_BYTES // 2**20} MiB, no YAML file of ours")
@@ -1628,12 +1648,16 @@ def load_or_report(config: str | Path | None, overrides: list[str]) -> JobConfig
         return None
 
 
-def _config_arg(text: str) -> str:
-    """An argparse type: ``--config``'s path, not empty (read as ``.``, the folder, or by
-    ``submit`` as no flag: the default config was submitted)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("an empty path; name a config file")
-    return text
+def not_empty(say: str) -> typing.Callable[[str], str]:
+    """An argparse type: text that is not empty or blank, else the usage error ``say`` (an
+    empty value was read as no flag at all, or as the working directory)."""
+
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(say)
+        return text
+
+    return parse
 
 
 def add_config_args(
@@ -1645,7 +1669,11 @@ def add_config_args(
     which config it reads without ``--config``), and ``-q``/``-v``; only these two without
     ``job_config``."""
     if job_config:
-        p.add_argument("--config", type=_config_arg, help=f"job config YAML ({default})")
+        p.add_argument(
+            "--config",
+            type=not_empty("an empty path; name a config file"),
+            help=f"job config YAML ({default})",
+        )
         p.add_argument(
             "--set",
             action="append",

@@ -27,6 +27,7 @@ from dist_train.config import (
     known_key,
     load_or_report,
     override_key,
+    override_shape_error,
 )
 from dist_train.stopping import EXIT_CODE
 
@@ -182,9 +183,9 @@ def submit(
     cluster (its overrides' keys checked here)."""
     local = local_copy(config, working_dir)
     if local is None:
-        shapeless = [o for o in overrides if "=" not in o or not override_key(o)]
+        shapeless = next(filter(None, map(override_shape_error, overrides)), None)
         if shapeless:  # as load_config says it
-            print(f"error: override {shapeless[0]!r}: expected KEY.PATH=VALUE", file=sys.stderr)
+            print(f"error: {shapeless}", file=sys.stderr)
             return 2
         unknown = [o for o in overrides if not known_key(override_key(o))]
         if unknown:
