@@ -6,6 +6,7 @@ does (docs/checkpoint.md, "Exact resume")."""
 import itertools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -54,11 +55,22 @@ def _all_reduce_in_fixed_order(
     def back(done: torch.futures.Future[list[torch.Tensor]]) -> torch.Tensor:
         out, start = done.value()[0], 0
         for i in order:
-            views[i].copy_(out[start : start + views[i].numel()])
+            _copy_on_this_thread(views[i], out[start : start + views[i].numel()])
             start += views[i].numel()
         return buffer
 
     return summed.get_future().then(back)
+
+
+def _copy_on_this_thread(into: torch.Tensor, values: torch.Tensor) -> None:
+    """``into.copy_(values)``; on CPU by numpy, on the calling thread: the hook's callback
+    runs on gloo's thread, and an ATen copy that large opens an OpenMP team there, which
+    makes libgomp put every worker to sleep between parallel regions (docs/benchmarks.md,
+    "OpenMP's workers asleep")."""
+    if into.device.type == "cpu":
+        np.copyto(into.numpy(), values.numpy())
+    else:
+        into.copy_(values)
 
 
 class DenseInFixedOrder(DefaultDataParallelWrapper):
