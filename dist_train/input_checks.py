@@ -41,8 +41,12 @@ def check_steps(cfg: JobConfig, train: list[RowGroup], saved: SavedAt | None = N
     for it): it is warned of the epochs dealt anew from there that train none."""
     world, batch_size = cfg.ray.num_workers, cfg.train.batch_size
     if saved is not None:  # the saved epoch's rest follows its saved plan
+        done = saved.step
+        if saved.batches:  # and its steps come first (as this world's deal gives them)
+            deal = assign_row_groups(train, world, cfg.seed, saved.epoch)
+            done += max(0, steps_per_epoch(deal, batch_size) - saved.batches)
         first = saved.epoch + (1 if saved.batches else 0)
-        _warn_of_epochs_without_steps(cfg, train, range(first, cfg.train.epochs), saved.step)
+        _warn_of_epochs_without_steps(cfg, train, range(first, cfg.train.epochs), done)
         return
     assignment = assign_row_groups(train, world, cfg.seed, 0)
     steps = steps_per_epoch(assignment, batch_size)

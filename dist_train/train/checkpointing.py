@@ -19,6 +19,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -179,7 +180,7 @@ def refuse_to_overwrite(cfg: JobConfig) -> None:
     written."""
     root = checkpoint.checkpoint_root(cfg)
     existing = checkpoint.committed(root)
-    if existing and (cfg.checkpoint.saves or _records_of_run_saved_in(root, cfg)):
+    if existing and (cfg.checkpoint.saves or _records_of_run_saved_in(existing[-1], cfg)):
         harm = (
             "overwrite or delete them"
             if cfg.checkpoint.saves
@@ -193,14 +194,23 @@ def refuse_to_overwrite(cfg: JobConfig) -> None:
         )
 
 
-def _records_of_run_saved_in(root: storage.Location, cfg: JobConfig) -> bool:
-    """Whether the run folder holds the records (summary, metrics) of the run whose
-    checkpoints are in ``root``: the checkpoints are the folder's own (under it, or it)."""
-    here = local_path(root)
+def _records_of_run_saved_in(newest: storage.Location, cfg: JobConfig) -> bool:
+    """Whether this run's folder holds the records (summary, metrics) of the run that saved
+    the checkpoint ``newest``: the folder's own checkpoints (under it, or it), or a shared
+    checkpoint.dir's whose saving run had this run folder (its meta.json's config; one that
+    cannot be read counts as the run's, the cautious way)."""
     run = cfg.run_dir.resolve()
-    if here is None or not (here.resolve() == run or run in here.resolve().parents):
-        return False  # a checkpoint.dir of its own: its runs' records are elsewhere
-    return any((run / name).exists() for name in ("summary.json", "metrics.jsonl"))
+    if not any((run / name).exists() for name in ("summary.json", "metrics.jsonl")):
+        return False
+    here = local_path(newest)
+    if here is not None and (here.resolve() == run or run in here.resolve().parents):
+        return True
+    try:
+        saved = checkpoint.read_meta(newest).get("config") or {}
+    except checkpoint.CheckpointError:
+        return True
+    folder = Path(str(saved.get("output_dir", ""))) / str(saved.get("name", ""))
+    return folder.resolve() == run
 
 
 def _hashing(embedding: EmbeddingConfig, features: list[FeatureConfig], seed: int) -> list[Any]:

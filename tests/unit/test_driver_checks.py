@@ -488,3 +488,27 @@ def test_a_resume_is_held_to_the_deal_of_the_epoch_it_goes_on_in(
         check_steps(cfg, groups, SavedAt(step=3, world=3, epoch=3))  # a finished run
         check_steps(cfg, groups, SavedAt(step=1, world=3, epoch=0, batches=1))  # mid-epoch
     assert "epoch(s) 1 of 3 train 0 steps" in caplog.text and steps[1] == 0
+
+
+def test_a_resume_counts_its_epochs_rest_against_max_steps(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A resume 1 step into epoch 1, whose max_steps ends inside that epoch, warned of epoch
+    2 training 0 steps: the steps left of the saved epoch were not counted (a review)."""
+    from dist_train.config import load_config
+    from dist_train.data.reader import RowGroup, assign_row_groups, steps_per_epoch
+    from dist_train.input_checks import SavedAt, check_steps
+
+    sizes = [10, 80, 20, 150, 10, 20, 80, 20]
+    groups = [RowGroup("x.parquet", i, n) for i, n in enumerate(sizes)]
+    seed = load_config().seed
+    per = [steps_per_epoch(assign_row_groups(groups, 4, seed, e), 40) for e in range(3)]
+    assert per == [1, 2, 0]  # this seed's deals
+    over = ["ray.num_workers=4", "train.batch_size=40", "train.epochs=3", "train.max_steps=3"]
+    cfg = load_config(overrides=over)
+    with caplog.at_level("WARNING", logger="dist_train"):
+        check_steps(cfg, groups, SavedAt(step=2, world=4, epoch=1, batches=1))
+    assert "train 0 steps" not in caplog.text
+    with caplog.at_level("WARNING", logger="dist_train"):  # without the limit: said
+        check_steps(load_config(overrides=over[:3]), groups, SavedAt(2, 4, epoch=1, batches=1))
+    assert "epoch(s) 2 of 3 train 0 steps" in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -40,9 +41,22 @@ def test_fresh_run_may_start_where_it_saves_nothing_or_nothing_was_saved(tmp_pat
     with pytest.raises(CheckpointError, match=r"would replace that run's summary, metrics"):
         resume_point(load_config(overrides=no_saves))
     # but beside a shared checkpoint.dir, the records in its run folder are its own (a
-    # review: its second run was refused)
-    _earlier_run(tmp_path / "shared", [48])
+    # review: its second run was refused), unless the run that saved there had this folder
+    # (a second review)
     shared = [*no_saves, f"checkpoint.dir={tmp_path / 'shared'}"]
+    other = load_config(overrides=[*shared, "name=other"]).model_dump(mode="json")
+    _saved_by_run(tmp_path / "shared" / "step-00000048", other)
     assert resume_point(load_config(overrides=shared)) is None
+    this = load_config(overrides=shared).model_dump(mode="json")
+    _saved_by_run(tmp_path / "shared" / "step-00000064", this)
+    with pytest.raises(CheckpointError, match=r"would replace that run's summary, metrics"):
+        resume_point(load_config(overrides=shared))
     other_name = [f"output_dir={tmp_path}", "name=second"]
     assert resume_point(load_config(overrides=other_name)) is None
+
+
+def _saved_by_run(step: Path, config: dict[str, object]) -> None:
+    """A committed checkpoint whose meta.json records the job ``config`` that saved it."""
+    step.mkdir(parents=True)
+    position = {"step": int(step.name[5:]), "epoch": 0, "batches": 0}
+    (step / META).write_text(json.dumps({"position": position, "world_size": 1, "config": config}))
