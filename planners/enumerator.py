@@ -125,6 +125,8 @@ def candidates(
     """
     out: list[TablePlacement] = []
     world, seconds = topo.world_size, busy.step_seconds
+    if table.dim % pl.MIN_COLUMN_BLOCK:  # FBGEMM's sharded kernels assert on such rows
+        return [pl.data_parallel(table, topo)] if "data_parallel" in allowed else []
     cache = offer_cache and offers_cache(workload, topo)
     row_types = [t for t in pl.ROW_WISE_TYPES if t in allowed]
     for kind in row_types:  # row_wise and row_wise_unpooled: the same shards

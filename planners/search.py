@@ -238,11 +238,19 @@ def beam_search(
 def check_constraints(workload: Workload, topo: Topology, allowed: frozenset[str]) -> None:
     """Refuse (PlanningError, saying why) a set of sharding types that cannot place
     ``workload`` on ``topo`` whatever the memory: unknown types, grid_shard on one node, a
-    table a column split cannot cut."""
+    table a column split cannot cut, a table whose rows no sharded kernel takes."""
     unknown = allowed - set(SHARDING_TYPES)
     if unknown:
         raise PlanningError(
             f"unknown sharding type(s) {sorted(unknown)}; use {list(SHARDING_TYPES)}"
+        )
+    odd = [t for t in workload.tables if t.dim % pl.MIN_COLUMN_BLOCK]
+    if odd and "data_parallel" not in allowed:  # a worker failed on FBGEMM's assertion
+        raise PlanningError(
+            f"table {odd[0].name} has rows {odd[0].dim} wide (embedding.dim, or a feature's "
+            f"chunks x dim): FBGEMM's sharded kernels take rows a multiple of "
+            f"{pl.MIN_COLUMN_BLOCK} wide; set embedding.dim to one, or sharding.type to "
+            "data_parallel or auto (which replicates such a table)"
         )
     if allowed == {"grid_shard"}:
         if topo.num_nodes < 2:

@@ -58,17 +58,18 @@ MAX_DIM = 64
 
 def applies(tbe: SplitTableBatchedEmbeddingBagsCodegen) -> bool:
     """Whether :class:`TableRows` computes what ``tbe`` would, and is measured to be the
-    faster: float32 tables on CPU of at most :data:`MAX_ROWS` rows of at most
-    :data:`MAX_DIM` floats each, each read by a run of consecutive features, sum pooling,
-    exact row-wise Adagrad with none of its options (weight decay, clipping, max norm,
-    counters, regularization), the C extension built."""
+    faster: float32 tables on CPU of 1 to :data:`MAX_ROWS` rows (a row-wise shard of a table
+    of fewer rows than ranks holds none) of at most :data:`MAX_DIM` floats each, each read
+    by a run of consecutive features, sum pooling, exact row-wise Adagrad with none of its
+    options (weight decay, clipping, max norm, counters, regularization), the C extension
+    built."""
     args = tbe.optimizer_args
     specs = tbe.embedding_specs
     return (
         _native is not None
         and tbe.use_cpu
         and len(specs) >= 1
-        and all(rows <= MAX_ROWS and dim <= MAX_DIM for rows, dim, *_ in specs)
+        and all(1 <= rows <= MAX_ROWS and 1 <= dim <= MAX_DIM for rows, dim, *_ in specs)
         and list(tbe.feature_table_map) == sorted(tbe.feature_table_map)
         and set(tbe.feature_table_map) == set(range(len(specs)))
         and tbe.optimizer == EmbOptimType.EXACT_ROWWISE_ADAGRAD

@@ -41,3 +41,23 @@ def test_per_feature_tables_in_c_train_as_fbgemms(tmp_path: Path, world: int) ->
     assert ta.keys() == tb.keys() and len(ta) == len(cfg.features)
     for key in ta:
         np.testing.assert_allclose(tb[key], ta[key], rtol=0, atol=TABLE_ATOL)
+
+
+def test_a_row_wise_shard_of_no_rows_trains_on_fbgemms_kernel(tmp_path: Path) -> None:
+    """A collisionless feature of one value, row_wise on 2 ranks, left rank 1 a shard of no
+    rows, and the C kernel, taken for it, refused it inside the worker (a helper's audit)."""
+    from dist_train.config import load_config
+    from dist_train.driver import run_job
+
+    tiny = Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny.yaml"
+    one_value = [
+        "launcher=processes",
+        "train.max_steps=2",
+        f"output_dir={tmp_path}",
+        "embedding.kind=collisionless",
+        "data.synthetic.string_columns=[]",
+        "data.synthetic.cardinalities=[1,100,1000,5000]",
+        "features.C1.cardinality=1",
+    ]
+    summary = run_job(load_config(tiny, one_value))
+    assert summary["steps"] == 2 and summary["sharding"]["collisionless_C1"]["type"] == "row_wise"

@@ -192,6 +192,13 @@ def test_impossible_constraints_are_named() -> None:
         search(_workload([(1000, 4)]), one_node, ("column_wise",))
     with pytest.raises(PlanningError, match="unknown sharding type"):
         search(_workload([(1000, 16)]), one_node, ("diagonal",))
+    # rows no sharded FBGEMM kernel takes: planned sharded, every worker failed on its
+    # assertion (a helper's audit); a search that may replicate the table does
+    with pytest.raises(PlanningError, match=r"table t0 has rows 6 wide .* a multiple of 4"):
+        search(_workload([(1000, 6)]), one_node, ("row_wise", "table_wise"))
+    best = search(_workload([(1000, 16), (1000, 6)]), one_node).best
+    kinds = {p.table: p.sharding_type for p in best.placements}
+    assert kinds["t1"] == "data_parallel"
 
 
 @pytest.mark.parametrize(
