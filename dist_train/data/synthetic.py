@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from dist_train.config import SyntheticDataConfig
 from dist_train.data.output_folder import clear_splits, refuse_foreign
-from dist_train.data.reader import GENERATION_RECORD, DataSourceError
+from dist_train.data.reader import GENERATION_RECORD, DataSourceError, read_record
 from dist_train.embedding.hashing import make_salt, salted_hash
 from dist_train.storage import write_atomically
 from planners.cores import usable_memory_bytes
@@ -201,17 +201,6 @@ def _whole(data: GeneratedData, cfg: SyntheticDataConfig) -> bool:
     return True
 
 
-def _recorded(spec_path: Path) -> Any:
-    """The spec a generation recorded; None where the record is unreadable (a run cut short
-    as it wrote it): the data are then generated again."""
-    if not spec_path.is_file():  # (a pipe of that name would wait for a writer)
-        return None
-    try:
-        return json.loads(spec_path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-
-
 PROGRESS_SECONDS = 10.0  # a line at least this often while one file is written
 _RECORD_START = b'{"format": '  # how the record written first begins
 
@@ -254,7 +243,7 @@ def generated(cfg: SyntheticDataConfig, out_dir: str | Path) -> GeneratedData | 
     is not there, not whole, or of another spec."""
     out = Path(out_dir)
     data = GeneratedData(out / "train", out / "test")
-    whole = (out / SPEC_FILE).is_file() and _recorded(out / SPEC_FILE) == _spec(cfg)
+    whole = read_record(out / SPEC_FILE) == _spec(cfg)
     if not (whole and _whole(data, cfg)):
         return None
     refuse_foreign(out, [data.train_dir, data.test_dir], owned=True)  # read with its own
@@ -270,7 +259,8 @@ def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = Tru
     spec = _spec(cfg)
     result = GeneratedData(out / "train", out / "test")
     spec_path = out / SPEC_FILE
-    if spec_path.is_file() and _recorded(spec_path) == spec:
+    found = read_record(spec_path)  # unreadable (a run cut short): generated again
+    if found == spec:
         if _whole(result, cfg):
             # another Parquet file in its folders, at any depth, would be trained on with it
             refuse_foreign(out, [result.train_dir, result.test_dir], owned=True)
@@ -285,7 +275,6 @@ def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = Tru
     _check_memory(cfg.column_cardinalities())  # before any file is replaced
     # the generator's folder where it holds the generator's record (or one a crash cut as
     # an older dist_train wrote it), not a user's dataset.json of other contents
-    found = _recorded(spec_path)
     owned = (isinstance(found, dict) and isinstance(found.get("format"), int)) or (
         found is None and _cut(spec_path)
     )
