@@ -76,13 +76,24 @@ def _warn_of_epochs_without_steps(
 ) -> None:
     """Warn of the ``epochs`` whose deal trains 0 steps, up to ``train.max_steps`` (``done``
     steps trained before the first)."""
-    empty = _epochs_without_steps(cfg, train, epochs, done)
+    world, batch_size = cfg.ray.num_workers, cfg.train.batch_size
+    if _fewest_rows_a_rank(train, world) >= batch_size:  # none falls under a batch
+        return
+    empty = []
+    limit = cfg.train.max_steps
+    for epoch in epochs:
+        if limit is not None and done >= limit:
+            break
+        steps = steps_per_epoch(assign_row_groups(train, world, cfg.seed, epoch), batch_size)
+        if not steps:
+            empty.append(epoch)
+        done += steps
     if empty:
         LOG.warning(
             f"epoch(s) {', '.join(map(str, empty))} of {cfg.train.epochs} train 0 steps: "
             f"each epoch deals the {len(train)} row groups to ranks anew, and there a rank's "
-            f"share holds fewer rows than train.batch_size={cfg.train.batch_size}; more, "
-            "smaller row groups, or fewer ranks, train every epoch (docs/data.md)"
+            f"share holds fewer rows than train.batch_size={batch_size}; more, smaller row "
+            "groups, or fewer ranks, train every epoch (docs/data.md)"
         )
 
 
@@ -151,26 +162,6 @@ def _fewest_rows_a_rank(train: list[RowGroup], world: int) -> float:
     most the largest row group."""
     largest = max(g.num_rows for g in train)
     return (sum(g.num_rows for g in train) - (world - 1) * largest) / world
-
-
-def _epochs_without_steps(
-    cfg: JobConfig, train: list[RowGroup], epochs: range, done: int
-) -> list[int]:
-    """The ``epochs``, up to ``train.max_steps`` (``done`` steps trained before the first),
-    whose deal trains 0 steps."""
-    world, batch_size = cfg.ray.num_workers, cfg.train.batch_size
-    if _fewest_rows_a_rank(train, world) >= batch_size:  # none falls under a batch
-        return []
-    empty = []
-    limit = cfg.train.max_steps
-    for epoch in epochs:
-        if limit is not None and done >= limit:
-            break
-        steps = steps_per_epoch(assign_row_groups(train, world, cfg.seed, epoch), batch_size)
-        if not steps:
-            empty.append(epoch)
-        done += steps
-    return empty
 
 
 SKIPPED_ROWS_WARNING = 0.01

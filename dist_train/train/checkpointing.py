@@ -203,7 +203,7 @@ def _records_of_run_saved_in(newest: storage.Location, cfg: JobConfig) -> bool:
     if not any((run / name).exists() for name in ("summary.json", "metrics.jsonl")):
         return False
     here = local_path(newest)
-    if here is not None and (here.resolve() == run or run in here.resolve().parents):
+    if here is not None and here.resolve().is_relative_to(run):
         return True
     try:
         saved = checkpoint.read_meta(newest).get("config") or {}
