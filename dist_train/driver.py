@@ -101,22 +101,24 @@ def check_inputs(
     test_path: str,
     policy: BadInputPolicy,
     saved: SavedAt | None = None,
+    steps: bool = True,
 ) -> tuple[list[RowGroup], list[RowGroup], BadInputCounts]:
     """Both splits' row groups, their files' footers and schemas checked under ``policy``
     (the job's ``data.on_bad_input``), and the epochs' steps (:func:`check_steps`; from
-    ``saved`` on for a resumed run); then what ``policy`` counted in the test split's
-    files."""
+    ``saved`` on for a resumed run; not with ``steps`` False, for a run resumed from a
+    checkpoint not read here); then what ``policy`` counted in the test split's files."""
     builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
     schema = SchemaCheck(builder)  # one for both splits: their column types must agree
     train = list_row_groups(train_path, policy, schema)
     before_test = policy.counts.copy()
     test = list_row_groups(test_path, policy, schema)
     warn_of_shared_files(train, test)
-    check_steps(cfg, train, saved)
+    if steps:
+        check_steps(cfg, train, saved)
     return train, test, policy.counts.since(before_test)
 
 
-def _saved_by(resume: str | None) -> SavedAt | None:
+def saved_position(resume: str | None) -> SavedAt | None:
     """Where the checkpoint a run resumes from stood; None for a fresh run."""
     if resume is None:
         return None
@@ -278,7 +280,7 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
         # before the data are prepared: a fresh run over an earlier one's, or a resume
         # refused, regenerated the run's synthetic data first
         resume = resume_point(cfg, job_plan)
-        saved = _saved_by(resume)
+        saved = saved_position(resume)
         prepared = prepare_inputs(cfg, saved)
         check_resumed_data(resume, prepared.train_groups)
         inputs = dataclasses.replace(

@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dist_train.checkpoint import META, CheckpointError, not_committed, verify
+from dist_train.checkpoint import (
+    META,
+    CheckpointError,
+    check_compatible,
+    not_committed,
+    read_meta,
+    verify,
+)
+from dist_train.checkpoint import resolve as resolve_checkpoint
 from dist_train.checkpoint_files import METADATA
 from dist_train.config import (
     ConfigError,
@@ -35,8 +43,9 @@ from dist_train.config import (
 from dist_train.data.reader import DataSourceError, resolve_files
 from dist_train.data.validation import BadInputError, BadInputPolicy, FooterRowsError
 from dist_train.devices import DeviceError, DeviceType, resolve_device
-from dist_train.driver import check_inputs
+from dist_train.driver import check_inputs, saved_position
 from dist_train.embedding.layout import build_layout
+from dist_train.input_checks import SavedAt
 from dist_train.launchers.cluster import (
     ClusterLimits,
     ClusterTooSmallError,
@@ -128,11 +137,21 @@ def _check_data(cfg: JobConfig, source: str, report: Report) -> None:
             found += 1
         except DataSourceError as err:
             report.problems.append(f"{source}: data.{key}: {err}")
+    # a checkpoint at a URL is left to the run, as data at one are, and with it the steps
+    resume = cfg.checkpoint.resume
+    remote = resume is not None and "://" in resume
+    try:
+        saved = None if remote else _resumed_from(cfg)
+    except (CheckpointError, StorageError) as err:
+        report.problems.append(f"{source}: checkpoint.resume: {err}")
+        return
     if found < 2:
         return
     policy = BadInputPolicy.for_job(cfg)
     try:
-        train, test, _ = check_inputs(cfg, local["train_path"], local["test_path"], policy)
+        train, test, _ = check_inputs(
+            cfg, local["train_path"], local["test_path"], policy, saved, steps=not remote
+        )
     except (DataSourceError, BadInputError) as err:
         # one file's problem, where a job stops at the first: skip's check names them all
         more = (
@@ -150,6 +169,20 @@ def _check_data(cfg: JobConfig, source: str, report: Report) -> None:
         f"and types usable"
         + (f"; {skipped} bad file(s) to skip (data.on_bad_input: skip)" if skipped else "")
     )
+
+
+def _resumed_from(cfg: JobConfig) -> SavedAt | None:
+    """Where the checkpoint the job resumes from (``checkpoint.resume``) stood, as the run
+    finds it here, so that the epochs' steps are checked from there, not from a fresh run's
+    first epoch; None for a fresh run (``latest`` with no checkpoint is one). Raises
+    CheckpointError where the checkpoint cannot be read or resumed on the job's ranks."""
+    if cfg.checkpoint.resume is None:
+        return None
+    path = resolve_checkpoint(cfg, cfg.checkpoint.resume)
+    if path is None:
+        return None
+    check_compatible(read_meta(path), path, cfg.ray.num_workers)
+    return saved_position(str(path))
 
 
 def _check_fit(

@@ -243,6 +243,43 @@ def test_validate_checks_the_jobs_data_as_training_would(
     assert "--set train.epochs=2: --set applies to job configs" in capsys.readouterr().err
 
 
+def test_validate_holds_a_resumed_job_to_its_checkpoint_not_a_fresh_deal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """validate held a job that resumes (a RayJob's `train --resume`, checkpoint.resume) to
+    a fresh run's first epoch, and refused one that the run goes on with; it names a
+    checkpoint the run cannot resume."""
+    import json
+
+    from dist_train.checkpoint import META
+    from dist_train.data.synthetic import generate
+    from tests.conftest import small_config
+
+    cfg = small_config(tmp_path)
+    data = generate(cfg.data.synthetic, tmp_path / "data", progress=False)
+    raw = cfg.model_dump(mode="json")
+    raw["data"].update(train_path=str(data.train_dir), test_path=str(data.test_dir))
+    raw["train"].update(batch_size=8192)  # a fresh run's first epoch trains 0 steps
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(raw))
+    assert main(["validate", str(job)]) == 1
+    assert "the job would train 0 steps" in capsys.readouterr().err
+    # a checkpoint of the run's end, on 2 ranks: the resume trains nothing more, refused by
+    # no deal of a fresh run's
+    done = tmp_path / "saved" / "step-00000040"
+    done.mkdir(parents=True)
+    position = {"step": 40, "epoch": raw["train"]["epochs"], "batches": 0}
+    (done / META).write_text(json.dumps({"position": position, "world_size": 2, "config": raw}))
+    assert main(["validate", str(job), "--set", f"checkpoint.resume={done}"]) == 0, (
+        capsys.readouterr().err
+    )
+    assert "job.yaml: data: 8 training and 4 test row groups" in capsys.readouterr().out
+    gone = tmp_path / "saved" / "step-00000099"
+    assert main(["validate", str(job), "--set", f"checkpoint.resume={gone}"]) == 1
+    err = capsys.readouterr().err
+    assert f"PROBLEM  {job}: checkpoint.resume: {gone}: no such checkpoint folder" in err, err
+
+
 def test_plan_prints_no_torchrec_warning_for_a_table_it_replicates(
     caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:
