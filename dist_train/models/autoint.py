@@ -30,9 +30,11 @@ class SelfAttentionLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        width = self.residual.out_features  # sized, not -1: which sizes no batch of 0 examples
+        per_head = self.qkv(x).view(b, n, 3, self.heads, width // self.heads)
+        q, k, v = per_head.permute(2, 0, 3, 1, 4)
         attended = F.scaled_dot_product_attention(q, k, v)  # [B, heads, n, width/heads]
-        return F.relu(attended.transpose(1, 2).reshape(b, n, -1) + self.residual(x))
+        return F.relu(attended.transpose(1, 2).reshape(b, n, width) + self.residual(x))
 
 
 class AutoInt(CTRModel):

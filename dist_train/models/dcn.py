@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dist_train.config import JobConfig, ModelConfig
+from dist_train.config import ConfigError, JobConfig, ModelConfig
 from dist_train.embedding.layout import EmbeddingLayout, build_layout
 from dist_train.models.base import CTRModel, mlp
 from dist_train.models.linear import Linear
@@ -24,19 +24,31 @@ def cross_width(num_dense: int, layout: EmbeddingLayout) -> int:
 
 def wide_rank_note(cfg: JobConfig) -> str | None:
     """Why a ``model.cross_rank`` of at least half the cross network's width defeats
-    itself; None where it does not (or the model is not DCN-v2)."""
+    itself; None where it does not (or the model is not DCN-v2). ConfigError where it is the
+    width or more: ``U V^T`` holds no more than a full-rank layer, and its first Adagrad
+    steps grow with the rank (each of U's and V's entries moves by about the learning rate,
+    the product by ``rank`` such terms): far above the width the loss jumps in the first
+    steps at the default learning rate."""
     rank = cfg.model.cross_rank
     if cfg.model.kind != "dcn_v2" or rank is None:
         return None
     layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
     width = cross_width(len(cfg.data.resolved_dense_columns()), layout)
+    if rank >= width:
+        raise ConfigError(
+            f"model.cross_rank={rank} is not below the cross network's width ({width}: the "
+            f"dense features and {layout.num_vectors} vectors of {layout.dim}): a low-rank "
+            f"layer of that rank is no smaller than a full-rank one and its steps are larger "
+            f"(training diverges at the default learning rate); leave cross_rank unset for "
+            f"full rank, or take one below {(width + 1) // 2}"
+        )
     if 2 * rank < width:
         return None
     return (
         f"model.cross_rank={rank} is at least half the cross network's width ({width}): its "
         f"low-rank layers (2 x {width} x {rank} weights each) are no smaller than full-rank "
-        f"ones ({width} x {width}) and slower; leave cross_rank unset for full rank, or take "
-        f"one below {(width + 1) // 2}"
+        f"ones ({width} x {width}) and slower, and their steps grow with the rank; leave "
+        f"cross_rank unset for full rank, or take one below {(width + 1) // 2}"
     )
 
 
