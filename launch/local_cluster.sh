@@ -12,7 +12,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Jobs run `python` from the head's PATH: make it this checkout's virtualenv.
 export PATH="$PWD/.venv/bin:$PATH"
-RAY=".venv/bin/ray"
 PORT="${RAY_PORT:-6379}"
 case "${1:-}" in
   start)
@@ -28,8 +27,8 @@ case "${1:-}" in
         -h|--help) echo "usage: $0 start [ray start options]|stop; see the comments atop $0" >&2; exit 2 ;;
       esac
     done
-    # Token authentication: `ray start` turns it on only when a token exists; make one.
-    "$RAY" get-auth-token --generate > /dev/null
+    # Token authentication: `ray start` turns it on only when a token exists; `start` below
+    # makes one (~/.ray/auth_token, readable by its owner alone), and the mode says so
     export RAY_AUTH_MODE=token
     # a session of its own, recorded by port, so that `stop` ends this cluster and no other
     python -m dist_train.launchers.local_cluster start --port="$PORT" \

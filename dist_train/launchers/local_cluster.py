@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from dist_train.launchers.procfs import proc_stat
+from dist_train.launchers.ray_token import keep_token_private
 
 GRACE_S = 10.0
 START_TIMEOUT_S = 120.0
@@ -111,6 +112,7 @@ def start(port: int, args: list[str]) -> int:
             "set DASHBOARD_PORT to a free one (and RAY_ADDRESS to match)"
         )
         return 1
+    keep_token_private()  # ray start turns token authentication on where it finds one
     group, status, out = start_head([f"--port={port}", *args])
     print(out, end="")
     try:

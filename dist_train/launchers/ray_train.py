@@ -28,6 +28,7 @@ from dist_train.launchers.cluster import check_fits, describe, live_nodes, packi
 from dist_train.launchers.processes import free_port
 from dist_train.launchers.ray_entry import train_loop_config, train_loop_per_worker
 from dist_train.launchers.ray_reports import FAILED, SUMMARY_FILE
+from dist_train.launchers.ray_token import keep_token_private
 from dist_train.logs import LOG, drop_message
 from dist_train.stopping import Terminated
 from dist_train.train.faults import DRILL_ENVS
@@ -88,6 +89,8 @@ def private_ray(**init_kwargs: Any) -> Iterator[None]:
     # Ray turns token authentication on for a new local instance where RAY_AUTH_MODE is
     # unset, and warns at every start that it did (docs/launch.md, "Security", says it once)
     drop_message(RAY_AUTH_LOGGER, "Token authentication is enabled for this Ray cluster")
+    with contextlib.suppress(OSError):  # unwritable: Ray's own write says so
+        keep_token_private()  # where Ray would write it readable by every user
     port = free_port()
     os.environ[GCS_PORT_ENV] = str(port)  # read by the head node Ray starts
     os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"  # ignored by ray.init(address="local")
