@@ -213,41 +213,69 @@ def submit(
     if wait and not submission_id:  # named here, so that its end can be asked for by name
         submission_id = f"dist-train-{secrets.token_hex(6)}"
     cmd = submit_command(remote, overrides, address, working_dir, wait, submission_id, verbosity)
+    address = cmd[cmd.index("--address") + 1]
     # Ray's CLI shlex.joins the argv after "--" (list2cmdline only when submitting from
     # Windows) and the job supervisor runs it with /bin/sh: the text after "--" here is exactly
     # what the cluster's shell reads, so quotes and "$" in --set values arrive as typed.
-    print(shlex.join(cmd), flush=True)
+    print(shown(ray_cli_text(cmd[1:], address, cmd[0]), address), flush=True)
     if dry_run:
         return 0
-    address = cmd[cmd.index("--address") + 1]
     # Ray's CLI and client take RAY_API_SERVER_ADDRESS, then RAY_ADDRESS, over --address:
-    # the address printed is the one used
+    # the address printed is the one used; one with a password goes in them alone, where
+    # ps shows no other user of the machine it
     env = {**os.environ, "RAY_API_SERVER_ADDRESS": address, "RAY_ADDRESS": address}
+    if shown(address, address) != address:
+        at = cmd.index("--address")
+        cmd = cmd[:at] + cmd[at + 2 :]
     problem = _job_server_problem(address, submission_id, env)
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
+        print(f"error: {shown(problem, address)}", file=sys.stderr)
         return 1
     try:
         code = subprocess.run(cmd, check=False, env=env).returncode
     except KeyboardInterrupt:
         if wait:  # Ray's CLI only stops following the job's logs
+            stop = ray_cli_text(["job", "stop", "--address", address, str(submission_id)], address)
             print(
                 f"note: job {submission_id} goes on running on the cluster (Ctrl-C stops "
-                f"following it): `ray job stop --address {address} {submission_id}` stops it",
+                f"following it): `{shown(stop, address)}` stops it",
                 file=sys.stderr,
             )
         raise
+    if code < 0:  # killed by a signal: the shell's status for it, as the project's commands'
+        return 128 - code
     if code == 0 and wait and submission_id:
         return _ended_code(address, submission_id, env)
     return code
 
 
+def ray_cli_text(args: list[str], address: str, ray: str = "ray") -> str:
+    """``ray`` with ``args`` as a shell line that reaches ``address`` wherever it is run:
+    Ray's CLI takes RAY_API_SERVER_ADDRESS, then RAY_ADDRESS, over ``--address``, so where
+    this shell exports another, the line sets the address there too."""
+    line = shlex.join([ray, *args])
+    exported = os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
+    if exported and exported != address:
+        return f"RAY_API_SERVER_ADDRESS={shlex.quote(address)} {line}"
+    return line
+
+
+def shown(text: str, address: str) -> str:
+    """``text`` with the password in ``address`` (``http://user:password@host``) starred:
+    printed, it would be in a terminal's scrollback and a CI log."""
+    userinfo, at, _ = address.partition("://")[2].partition("@")
+    if not at or ":" not in userinfo:
+        return text
+    user = userinfo.partition(":")[0]
+    return text.replace(f"{userinfo}@", f"{user}:***@")
+
+
 PROBE_TIMEOUT_S = 60.0
 
-# Ray's job client for the address in argv[1], made as the CLI makes it (with the headers of
-# RAY_JOB_HEADERS), in a process of its own: it reads the cluster's token afresh (a
-# process's client keeps the first token it read). Where it cannot be made, a JSON line
-# says why and the process exits 1.
+# Ray's job client for the address in RAY_API_SERVER_ADDRESS (not argv, which ps shows
+# every user), made as the CLI makes it (with the headers of RAY_JOB_HEADERS), in a process
+# of its own: it reads the cluster's token afresh (a process's client keeps the first token
+# it read). Where it cannot be made, a JSON line says why and the process exits 1.
 _CLIENT = """
 import json, os, sys
 from ray.job_submission import JobSubmissionClient
@@ -259,7 +287,7 @@ except (ValueError, AssertionError):
     print(json.dumps({"error": "headers"}))
     raise SystemExit(1)
 try:
-    client = JobSubmissionClient(sys.argv[1], headers=headers)
+    client = JobSubmissionClient(os.environ["RAY_API_SERVER_ADDRESS"], headers=headers)
 except Exception as err:
     lines = str(err).strip().splitlines() or [""]
     print(json.dumps({"error": type(err).__name__, "why": lines[-1]}))
@@ -270,9 +298,9 @@ _PROBE = (
     _CLIENT
     + """
 taken = False
-if sys.argv[2]:
+if sys.argv[1]:
     try:
-        client.get_job_info(sys.argv[2])
+        client.get_job_info(sys.argv[1])
         taken = True
     except Exception:
         pass  # none of that id (404), or a question the submit itself will meet
@@ -298,9 +326,8 @@ def _job_server_problem(address: str, submission_id: str | None, env: dict[str, 
         return ""  # no answer to read: the submit itself says what it meets
     error = answer.get("error")
     if error == "headers":
-        return (
-            f"RAY_JOB_HEADERS={env.get('RAY_JOB_HEADERS')!r} is not a JSON object of "
-            "the headers to send (Ray's CLI refuses it too)"
+        return (  # its value unsaid: headers carry credentials
+            "RAY_JOB_HEADERS is not a JSON object of the headers to send (Ray's CLI refuses it too)"
         )
     if error == "ConnectionError":
         return (
@@ -329,22 +356,22 @@ def _job_server_problem(address: str, submission_id: str | None, env: dict[str, 
     return ""
 
 
-_ASK_STATUS = _CLIENT + "print(client.get_job_status(sys.argv[2]).value)\n"
+_ASK_STATUS = _CLIENT + "print(client.get_job_status(sys.argv[1]).value)\n"
 
 
 def _ask_job_server(
     script: str, address: str, submission_id: str, env: dict[str, str]
 ) -> subprocess.CompletedProcess[str] | None:
-    """``script`` (Ray's job client, :data:`_CLIENT`) run on ``address`` and
-    ``submission_id`` in a process of its own; None where it gave no answer within
-    :data:`PROBE_TIMEOUT_S` (a job server that hangs would hang the command)."""
+    """``script`` (Ray's job client, :data:`_CLIENT`) run on ``address`` (passed in its
+    environment) and ``submission_id`` in a process of its own; None where it gave no answer
+    within :data:`PROBE_TIMEOUT_S` (a job server that hangs would hang the command)."""
     try:
         return subprocess.run(
-            [sys.executable, "-c", script, address, submission_id],
+            [sys.executable, "-c", script, submission_id],
             capture_output=True,
             text=True,
             check=False,
-            env=env,
+            env={**env, "RAY_API_SERVER_ADDRESS": address},
             timeout=PROBE_TIMEOUT_S,
         )
     except subprocess.TimeoutExpired:
@@ -361,13 +388,16 @@ def _ended_code(address: str, submission_id: str, env: dict[str, str]) -> int:
         subprocess.CompletedProcess([], 1, "", f"no answer in {PROBE_TIMEOUT_S:.0f} s")
     )
     status = asked.stdout.strip()
+    ask = shown(
+        ray_cli_text(["job", "status", "--address", address, submission_id], address), address
+    )
     if asked.returncode != 0:
         # Ray's traceback, or the client's JSON line (_CLIENT)
         lines = asked.stderr.strip().splitlines() or asked.stdout.strip().splitlines()
-        why = lines[-1] if lines else "no answer"
+        why = shown(lines[-1], address) if lines else "no answer"
         print(
             f"error: could not ask how job {submission_id} ended ({why}): its end is "
-            f"unknown (`ray job status --address {address} {submission_id}`)",
+            f"unknown (`{ask}`)",
             file=sys.stderr,
         )
         return 1
@@ -379,7 +409,7 @@ def _ended_code(address: str, submission_id: str, env: dict[str, str]) -> int:
     print(
         f"error: job {submission_id} is {status or 'of no status'}, not finished: `ray job "
         "submit` stopped following it (its cluster or job server went away?); "
-        f"`ray job status --address {address} {submission_id}` says how it goes on",
+        f"`{ask}` says how it goes on",
         file=sys.stderr,
     )
     return 1

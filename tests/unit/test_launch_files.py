@@ -283,6 +283,43 @@ def test_submit_dry_run_prints_a_command_a_shell_reads_back(
     assert json.loads(cmd[cmd.index("--runtime-env-json") + 1])["excludes"]
 
 
+def test_submit_prints_the_address_it_uses_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ray's CLI takes RAY_API_SERVER_ADDRESS and RAY_ADDRESS over --address: the printed
+    command, run in this shell, went to the exported cluster; a password in the address was
+    printed, and one from the environment put on the argv that ps shows every user (a
+    helper's audit)."""
+    import subprocess
+
+    from dist_train.launchers import submit
+
+    tiny = str(LAUNCH / "configs" / "tiny.yaml")
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:9")
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+    argv = ["submit", "--dry-run", "--no-working-dir", "--config", tiny]
+    assert main([*argv, "--address", "http://127.0.0.1:8265"]) == 0
+    printed = shlex.split(capsys.readouterr().out)
+    assert printed[0] == "RAY_API_SERVER_ADDRESS=http://127.0.0.1:8265"
+    assert printed[printed.index("--address") + 1] == "http://127.0.0.1:8265"
+    # the address exported: as typed, with no assignment before it
+    monkeypatch.setenv("RAY_ADDRESS", "http://alice:hunter2@127.0.0.1:9")
+    ran: list[tuple[list[str], dict[str, str]]] = []
+
+    def run(cmd: list[str], check: bool, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        ran.append((cmd, env))
+        return subprocess.CompletedProcess(cmd, -15)  # ray job submit killed by SIGTERM
+
+    monkeypatch.setattr(submit, "_job_server_problem", lambda *args: "")
+    monkeypatch.setattr(submit.subprocess, "run", run)
+    assert main([*argv[:1], *argv[2:], "--no-wait"]) == 128 + 15  # the shell's, not -15
+    out = capsys.readouterr().out
+    assert "--address http://alice:***@127.0.0.1:9" in out and "hunter2" not in out
+    ((cmd, env),) = ran
+    assert "--address" not in cmd and not any("hunter2" in a for a in cmd)
+    assert env["RAY_API_SERVER_ADDRESS"] == "http://alice:hunter2@127.0.0.1:9"
+
+
 def test_without_an_upload_the_config_path_goes_as_typed() -> None:
     from dist_train.launchers.submit import cluster_config_path
 
