@@ -24,6 +24,7 @@ from pathlib import Path
 
 from dist_train.launchers.procfs import proc_stat
 from dist_train.launchers.ray_token import keep_token_private
+from dist_train.stopping import stopped_by_sigterm
 
 GRACE_S = 10.0
 START_TIMEOUT_S = 120.0
@@ -268,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         if ray_args:
             parser.error(f"stop takes no ray start arguments: {' '.join(ray_args)}")
         return stop(known.port)
-    return start(known.port, ray_args)
+    # SIGTERM too (a CI's cancel, kill) ends it through start's clean-up: its default
+    # action left the daemons of ray start's session running, and no record to stop them by
+    return stopped_by_sigterm(lambda: start(known.port, ray_args))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,41 @@ def test_start_refuses_the_options_its_printed_address_would_not_match(
         ["bash", str(script), "start", extra], capture_output=True, text=True, timeout=60
     )
     assert run.returncode == 2 and said in run.stderr, run.stderr
+
+
+def test_sigterm_while_ray_starts_ends_what_it_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM (a CI's cancel, kill) ended start on the spot: ray start's daemons, in a
+    session of their own, went on running with no record for stop to find them by (a
+    helper's audit). A stand-in `ray` leaves a daemon in its session and waits."""
+    import os
+    import signal
+    import sys
+    import threading
+    import time
+
+    daemon = tmp_path / "daemon.pid"
+    ray = tmp_path / "ray"
+    ray.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {daemon}\nwait\n")
+    ray.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))  # `ray` beside it
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+
+    def terminate_once_started() -> None:
+        deadline = time.monotonic() + 30
+        while not daemon.exists() or not daemon.read_text().strip():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    killer = threading.Thread(target=terminate_once_started)
+    killer.start()
+    assert local_cluster.main(["start", "--port=0"]) == 143
+    killer.join()
+    pid = int(daemon.read_text())
+    deadline = time.monotonic() + 10
+    while local_cluster.proc_stat(pid) is not None and not local_cluster._gone(pid):
+        assert time.monotonic() < deadline, "ray start's daemon outlived the command"
+        time.sleep(0.05)
