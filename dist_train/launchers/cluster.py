@@ -64,7 +64,8 @@ class ClusterLimits:
     def describe(self) -> str:
         """What the cluster may grow to, in words."""
         if self.max_workers is None:
-            return f"at most {describe(self.nodes)}"
+            unbounded = any(n.count >= UNBOUNDED for n in self.nodes)
+            return describe(self.nodes) if unbounded else f"at most {describe(self.nodes)}"
         cpus = sum(n.cpus * n.count for n in self.largest(lambda n: n.cpus))
         gpus = sum(n.gpus * n.count for n in self.largest(lambda n: n.gpus))
         counts = [(n.name, n.count - (n.name == self.head)) for n in self.nodes]
@@ -78,7 +79,15 @@ class ClusterLimits:
         )
 
 
+UNBOUNDED = 2**31 - 1
+"""A node count with no bound: a KubeRay worker group autoscaled with no ``maxReplicas``
+(its CRD's default)."""
+
+
 def describe(nodes: list[NodeResources]) -> str:
+    unbounded = [n.name for n in nodes if n.count >= UNBOUNDED]
+    if unbounded:
+        return f"as many nodes as it asks for ({', '.join(unbounded)}: autoscaled, no maxReplicas)"
     cpus = sum(n.cpus * n.count for n in nodes)
     gpus = sum(n.gpus * n.count for n in nodes)
     count = sum(n.count for n in nodes)

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dist_train.launchers.cluster import ClusterLimits, NodeResources
+from dist_train.launchers.cluster import UNBOUNDED, ClusterLimits, NodeResources
 
 
 class ClusterFileError(ValueError):
@@ -350,7 +350,8 @@ def _group_pods(group: dict[str, Any], scales: bool, where: str) -> int:
     if group.get("suspend") is True:
         return 0
     low = count("minReplicas", 0)
-    high = count("maxReplicas", max(low, count("replicas", low)))
+    # KubeRay's default maxReplicas: its autoscaler grows such a group without a bound
+    high = count("maxReplicas", UNBOUNDED if scales else max(low, count("replicas", low)))
     replicas = high if scales else min(max(count("replicas", low), low), high)
     return replicas * count("numOfHosts", 1)
 

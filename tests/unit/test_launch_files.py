@@ -417,6 +417,14 @@ def test_a_rayjob_without_autoscaling_has_its_replicas_not_its_maximum() -> None
         assert sum(n.count for n in nodes[1:]) == pods, edit
     doc["spec"]["rayClusterSpec"]["enableInTreeAutoscaling"] = True  # type: ignore[index]
     assert [n.count for n in rayjob_nodes(doc, "job.yaml")[0]] == [1, 2]
+    # with no maxReplicas, KubeRay's default of 2**31 - 1: it was taken as replicas, and a
+    # job the autoscaler would hold said to be too large (a helper's audit)
+    del group["maxReplicas"]
+    assert [n.count for n in rayjob_nodes(doc, "job.yaml")[0]] == [1, 2**31 - 1]
+    from dist_train.launchers.cluster import describe
+
+    said = describe(rayjob_nodes(doc, "job.yaml")[0])
+    assert said == "as many nodes as it asks for (w: autoscaled, no maxReplicas)", said
     doc["spec"]["rayClusterSpec"]["enableInTreeAutoscaling"] = "false"  # type: ignore[index]
     with pytest.raises(ClusterFileError, match="enableInTreeAutoscaling must be true or false"):
         rayjob_nodes(doc, "job.yaml")
