@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from dist_train.config import (
     DEFAULT_CONFIG,
+    FILE_SCHEME,
     REPO_ROOT,
     ConfigError,
     JobConfig,
@@ -133,15 +134,14 @@ def _count(zero: bool = False, most: int = MAX_COUNT) -> Callable[[str], int]:
 
 
 def _folder_to_write(text: str) -> str:
-    """An argparse type: an output folder's path, not empty (``--out ''`` wrote into the
-    working directory)."""
+    """An argparse type: an output folder's path on this machine, not empty (``--out ''``
+    wrote into the working directory), not a URL (no command writes to one: a Path of
+    s3://b/x is ./s3:/b/x, where sweep, gen-data and convert wrote)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path; name a folder")
-    # as checked, so written (a quoted '~/x' wrote ./~/x); a URL as given (a Path of
-    # s3://b/x is s3:/b/x, a local folder), refused or read by the command
-    expanded = os.path.expanduser(text)
-    if "://" in expanded:
-        return expanded
+    if "://" in text or text.startswith(FILE_SCHEME):
+        raise argparse.ArgumentTypeError(f"{text}: a folder on this machine, not a URL")
+    expanded = os.path.expanduser(text)  # as checked, so written (a quoted '~/x' wrote ./~/x)
     path = Path(expanded)
     if path.exists() and not path.is_dir():  # said of a subfolder, or late
         raise argparse.ArgumentTypeError(f"{text}: a file, not a folder")
@@ -588,9 +588,6 @@ def _export(args: argparse.Namespace) -> int:
     from dist_train.export import ExportError, OutFolderRefused, export
     from dist_train.storage import StorageError, location
 
-    if "://" in args.out:  # a Path of it wrote into ./s3:/bucket/... and said it wrote the URL
-        print(f"error: export: --out {args.out}: export writes to a local folder", file=sys.stderr)
-        return 2
     try:
         summary = export(location(args.checkpoint), Path(args.out), args.optimizer)
     except (CheckpointError, StorageError) as err:

@@ -470,8 +470,10 @@ def test_export_writes_whole_tables_as_safetensors(tmp_path: Path, capsys, monke
     verify(older)
     verify(ckpt)
     # --out is a local folder: a URL was written to ./file:/... and reported as written
-    assert main(["export", str(ckpt), "--out", f"file://{tmp_path / 'url'}"]) == 2
-    assert "export writes to a local folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        main(["export", str(ckpt), "--out", f"file://{tmp_path / 'url'}"])
+    assert usage.value.code == 2
+    assert "a folder on this machine, not a URL" in capsys.readouterr().err
     assert not Path("file:").exists()
     # a checkpoint URL of no known scheme: an error line, not a traceback
     assert main(["export", "nosuch://x/y", "--out", str(tmp_path / "x")]) == 1
