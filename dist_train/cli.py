@@ -263,6 +263,7 @@ def _gen_data(args: argparse.Namespace) -> int:
     cfg = _load(args.config, args.set)
     if cfg is None:
         return 2
+    from dist_train.data.output_folder import FolderRefused
     from dist_train.data.reader import DataSourceError
     from dist_train.data.synthetic import generate
 
@@ -272,7 +273,7 @@ def _gen_data(args: argparse.Namespace) -> int:
         return _cannot_write(args.out, err)
     except DataSourceError as err:  # --out holds a user's Parquet files
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(err, FolderRefused) else 1
     print(f"train: {out.train_dir}\ntest:  {out.test_dir}")
     return 0
 
@@ -604,6 +605,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     from dist_train.data.criteo import convert_criteo
+    from dist_train.data.output_folder import FolderRefused
     from dist_train.data.reader import DataSourceError
     from dist_train.data.validation import BadInputError
 
@@ -612,9 +614,9 @@ def _convert(args: argparse.Namespace) -> int:
 
         try:
             adult = convert_adult(Path(args.out), seed=args.seed)
-        except DataSourceError as err:
+        except DataSourceError as err:  # --out refused (2), or the wheel's data unreadable
             print(f"error: {err}", file=sys.stderr)
-            return 1
+            return 2 if isinstance(err, FolderRefused) else 1
         except OSError as err:
             return _cannot_write(args.out, err)
         print(

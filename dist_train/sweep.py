@@ -447,8 +447,9 @@ def _device(job: JobConfig) -> DeviceType:
     from dist_train.devices import DeviceError
     from dist_train.driver import job_device
 
-    try:
-        return job_device(job)
+    try:  # on the launcher the arms train on (prepare's): a job's launcher=ray asked a
+        # Ray cluster (ray.address) for its GPUs, and failed where none was
+        return job_device(job.model_copy(update={"launcher": "processes"}))
     except DeviceError as err:
         raise ConfigError(f"device: {err}; nothing was trained") from None
 
@@ -465,6 +466,10 @@ def _check_plans(base: JobConfig, todo: list[Arm], device: DeviceType) -> None:
             plan_for_config(arm_config(base, arm), device)
         except (PlanningError, TopologyError) as err:
             raise ConfigError(f"sweep arm {arm.name}: {err}; nothing was trained") from None
+
+
+SUMMARY_FILES = ("sweep.json", "sweep.md", "sweep.png")
+"""What a sweep writes into its folder after its runs, beside results.jsonl."""
 
 
 def run_sweep(
@@ -496,6 +501,15 @@ def run_sweep(
         setup_logging("quiet")  # dozens of runs: the sweep prints one line each
     log = out / "results.jsonl"
     done = _results(log)
+    for name in SUMMARY_FILES:  # written after every run: a sweep of hours failed at its end
+        summary_file = out / name
+        if summary_file.is_dir() or (
+            summary_file.exists() and not os.access(summary_file, os.W_OK)
+        ):
+            raise ConfigError(
+                f"{summary_file}: {'a folder' if summary_file.is_dir() else 'not writable'}, "
+                "where the sweep writes its summary after its runs; move it"
+            )
     # a record without its dataset (an edited line) is left to the runs' own checks
     others = sorted({str(r["dataset"]) for r in done if "dataset" in r} - {dataset})
     if others:  # the runs, data and summary files of one would replace the other's
@@ -587,11 +601,12 @@ def run_sweep(
         "training": trained,
         "rows": rows,
     }
-    (out / "sweep.json").write_text(strict_json(summary, indent=2))
+    summary_json, table_md, plot_png = (out / name for name in SUMMARY_FILES)
+    summary_json.write_text(strict_json(summary, indent=2))
     table = markdown(rows, dataset, base.model.describe(), trained)
-    (out / "sweep.md").write_text(table)
-    plot(rows, dataset, out / "sweep.png")
-    print("\n" + table + f"\nwrote {out / 'sweep.md'}, {out / 'sweep.json'}, {out / 'sweep.png'}")
+    table_md.write_text(table)
+    plot(rows, dataset, plot_png)
+    print("\n" + table + f"\nwrote {table_md}, {summary_json}, {plot_png}")
     sys.stdout.flush()
     failed = [r for r in done if r["name"] in wanted and "error" in r]  # in the file's order
     if failed and all("error" in r for r in runs.values()):  # nothing to compare: a script

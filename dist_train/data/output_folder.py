@@ -9,6 +9,11 @@ from pathlib import Path
 
 from dist_train.data.reader import DataSourceError
 
+
+class FolderRefused(DataSourceError):
+    """An output folder the command will not write into: a bad ``--out`` (exit status 2)."""
+
+
 OWN_FILE = re.compile(r"\.?part-\d+\.parquet")
 """The names a data command gives its files, at the top of each split's folder (hidden:
 one being written, which the reader passes over)."""
@@ -25,7 +30,7 @@ def refuse_foreign(out: Path, splits: Sequence[Path], owned: bool) -> list[Path]
     ]
     if foreign:
         whose = "other than the ones it wrote" if owned else "that this command did not write"
-        raise DataSourceError(
+        raise FolderRefused(
             f"{foreign[0]}: {out} holds {len(foreign)} Parquet file(s) {whose}; writing there "
             "would delete them, and reading it would train on them beside its data. Give an "
             "empty or new folder, or move them out; nothing was changed"
@@ -40,7 +45,7 @@ def clear_splits(out: Path, splits: Sequence[Path], record: Path, owned: bool) -
     (:func:`refuse_foreign`), or if ``record`` is there and not the command's: it would be
     replaced."""
     if not owned and (record.exists() or record.is_symlink()):
-        raise DataSourceError(
+        raise FolderRefused(
             f"{record}: not a record this command wrote, and it writes its own there; move "
             "it, or give an empty or new folder; nothing was changed"
         )

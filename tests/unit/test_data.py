@@ -254,6 +254,12 @@ def test_the_generator_replaces_its_own_files_and_never_a_users(tmp_path: Path) 
     (other / "dataset.json").unlink()
     with pytest.raises(DataSourceError, match=r"part-0.parquet: .* did not write"):
         generate(synth, other, progress=False)
+    # a refused --out is a bad argument, as export's and sweep's are: gen-data exited 1
+    from dist_train.cli import main
+
+    assert main(["gen-data", "--out", str(other)]) == 2
+    assert main(["convert", "adult", "--out", str(other)]) == 2
+    assert theirs.is_file()
     # nor is a user's record alone: it was replaced
     (tmp_path / "empty" / "dataset.json").parent.mkdir()
     (tmp_path / "empty" / "dataset.json").write_text('{"my": "precious"}')

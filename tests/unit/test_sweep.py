@@ -424,3 +424,22 @@ def test_a_ticks_label_rounds_into_the_next_unit() -> None:
         "156k",
         "1.23G",  # 1.23e+03M before
     ]
+
+
+def test_the_arms_device_is_the_processes_launchers_not_a_ray_clusters() -> None:
+    """The device was asked of the job's launcher before prepare set the arms' (processes):
+    a job config's launcher=ray with ray.address joined that cluster, and with none there
+    failed in a traceback (a helper's audit)."""
+    from dist_train.sweep import _device
+
+    job = load_config(overrides=["launcher=ray", "ray.address=127.0.0.1:1"])
+    assert _device(job) == "cpu"
+
+
+def test_a_summary_file_it_cannot_write_is_named_before_training(tmp_path: Path) -> None:
+    """A folder named sweep.png was found after every arm had trained (a helper's audit)."""
+    small = ["data.synthetic.num_train_rows=2048", "data.synthetic.num_test_rows=1024"]
+    (tmp_path / "sweep.png").mkdir()
+    with pytest.raises(ConfigError, match=r"sweep.png: a folder, where the sweep writes its"):
+        run_sweep("synthetic", tmp_path, overrides=small, budgets=(1.0,))
+    assert not (tmp_path / "runs").exists()  # nothing trained
