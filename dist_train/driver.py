@@ -39,7 +39,13 @@ from dist_train.data.reader import (
     list_row_groups,
 )
 from dist_train.data.synthetic import generate
-from dist_train.data.validation import BadInputCounts, BadInputError, BadInputPolicy, SchemaCheck
+from dist_train.data.validation import (
+    BadInputCounts,
+    BadInputError,
+    BadInputPolicy,
+    SchemaCheck,
+    skipped_counts,
+)
 from dist_train.devices import DeviceError, DeviceType, local_gpus, resolve_device
 from dist_train.embedding.layout import build_layout
 from dist_train.input_checks import (
@@ -329,16 +335,6 @@ def _skipped(summary: dict[str, Any]) -> str:
     if any(test.get(k) for k in ("rows_skipped_total", "files_skipped", "row_groups_skipped")):
         line += f"; of them in the test files: {skipped_counts(test)}"
     return line
-
-
-def skipped_counts(b: dict[str, Any]) -> str:
-    """A summary's ``bad_input`` counts as the summary line prints them."""
-    return (
-        # rows as read: an epoch that reads a bad row again counts it again (docs/data.md)
-        f"{b.get('rows_skipped_total', 0):,} rows, {b.get('files_skipped', 0)} files, "
-        f"{b.get('row_groups_skipped', 0)} row groups"
-        + (f" ({b['rows_skipped']})" if b.get("rows_skipped") else "")
-    )
 
 
 def _steps(summary: dict[str, Any]) -> str:

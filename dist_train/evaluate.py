@@ -33,13 +33,12 @@ from dist_train.data.reader import (
     resolve_files,
 )
 from dist_train.data.synthetic import generated
-from dist_train.data.validation import BadInputError, BadInputPolicy, SchemaCheck
+from dist_train.data.validation import BadInputError, BadInputPolicy, SchemaCheck, skipped_counts
 from dist_train.driver import (
     check_output_paths,
     job_device,
     launch,
     plan_on_driver,
-    skipped_counts,
     what_failed,
 )
 from dist_train.embedding.layout import build_layout

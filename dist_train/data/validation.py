@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -92,6 +92,16 @@ class BadInputCounts:
             "rows_skipped": dict(sorted(self.rows.items())),
             "rows_skipped_total": sum(self.rows.values()),
         }
+
+
+def skipped_counts(b: dict[str, Any]) -> str:
+    """A summary's ``bad_input`` counts as the summary line prints them."""
+    return (
+        # rows as read: an epoch that reads a bad row again counts it again (docs/data.md)
+        f"{b.get('rows_skipped_total', 0):,} rows, {b.get('files_skipped', 0)} files, "
+        f"{b.get('row_groups_skipped', 0)} row groups"
+        + (f" ({b['rows_skipped']})" if b.get("rows_skipped") else "")
+    )
 
 
 def across_ranks(counts: BadInputCounts) -> BadInputCounts:

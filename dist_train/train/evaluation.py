@@ -27,10 +27,10 @@ from dist_train.data.reader import (
     prefetch,
 )
 from dist_train.data.rows import Rows
-from dist_train.data.validation import BadInputCounts, BadInputPolicy, across_ranks
+from dist_train.data.validation import BadInputCounts, BadInputPolicy, across_ranks, skipped_counts
 from dist_train.devices import rank_device
 from dist_train.logs import setup_logging
-from dist_train.storage import location
+from dist_train.storage import Location, location
 from dist_train.train.metrics import EvalFigures, EvalMetrics
 from dist_train.train.progress import Progress
 from dist_train.train.rank_layout import check_landing, discover_rank_layout
@@ -109,10 +109,12 @@ def evaluate_test_rows(
     rank: int,
     world: int,
     trained: bool = True,
+    saved: Location | None = None,
 ) -> EvalMetrics:
     """Metrics over every test row: ranks read their row groups in order, padded to equal
     step counts (collectives need them) with rows that do not count. ``trained``: after
-    training (its checkpoints are saved), not a checkpoint's evaluation alone."""
+    training, whose newest checkpoint is ``saved`` (None: none), not a checkpoint's
+    evaluation alone."""
     builder = trainer.batch_builder()
     batch_size = cfg.train.eval_batch_size
     assignment = assign_row_groups(groups, world, cfg.seed, 0, shuffle=False)
@@ -125,12 +127,19 @@ def evaluate_test_rows(
     scan = BadInputPolicy.for_job(cfg)
     filler = next((block for block, _ in rows(groups, scan)), None)
     if filler is None:  # every rank finds none: the same scan of every test file
+        files = sorted({g.path for g in groups})
+        more = ", ..." if len(files) > 1 else ""
+        after = ""
+        if trained:
+            after = (
+                f"Training finished, saved as {saved}; "
+                if saved
+                else ("Training finished, and saved no checkpoint; ")
+            )
         raise DataSourceError(
             f"no test row to evaluate: all of the {sum(g.num_rows for g in groups):,} rows of "
-            f"the {len({g.path for g in groups})} test file(s) ({groups[0].path}, ...) were "
-            f"skipped as bad input ({scan.counts.as_dict()['rows_skipped']}). "
-            + ("Training finished and its checkpoints are saved; " if trained else "")
-            + "check data.test_path"
+            f"the {len(files)} test file(s) ({files[0]}{more}) were skipped as bad input "
+            f"({skipped_counts(scan.counts.as_dict())}). {after}check data.test_path"
         )
     steps = eval_steps(assignment, batch_size)
     eval_batches = prefetch(

@@ -151,7 +151,9 @@ def run_worker(
 
     eval_start = time.perf_counter()
     before_test = policy.counts.copy()
-    metrics = evaluate_test_rows(cfg, inputs.test_groups, trainer, policy, rank, world)
+    metrics = evaluate_test_rows(
+        cfg, inputs.test_groups, trainer, policy, rank, world, saved=last_checkpoint
+    )
     test_counts = total_counts(policy.counts.since(before_test), inputs.test_file_counts)
     summary = RunSummary(
         steps=epochs.step,

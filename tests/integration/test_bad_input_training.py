@@ -149,13 +149,16 @@ def test_a_diverged_run_stops_and_its_newest_checkpoint_resumes_finite(
     assert run_job(parse_config(apply_overrides(raw, resumed)))["steps"] == newest + 1
 
 
-@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("split", ["train", "test", "test, saving nothing"])
 def test_a_split_whose_every_row_is_skipped_is_named(
     small_cfg: JobConfig, small_data: GeneratedData, tmp_path: Path, split: str
 ) -> None:
     """Every row bad (labels 2) under `skip`: training data that leaves no batch ran 0 steps
     and exited 0 with an untrained model's metrics; test data failed after training with
-    "no valid rows to pad evaluation batches with", naming no file or cause."""
+    "no valid rows to pad evaluation batches with", naming no file or cause, then said the
+    run's checkpoints were saved where it saved none (a helper's audit)."""
+    saves = split == "test"
+    split = split.split(",")[0]
     bad = tmp_path / split
     bad.mkdir()
     for f in (small_data.train_dir if split == "train" else small_data.test_dir).glob("*"):
@@ -163,10 +166,13 @@ def test_a_split_whose_every_row_is_skipped_is_named(
         _rewrite(bad / f.name, _set(t, "label", list(range(t.num_rows)), 2))
     train, test = (bad, small_data.test_dir) if split == "train" else (small_data.train_dir, bad)
     cfg = _with(small_cfg, train, test, "skip")
-    cfg = parse_config(apply_overrides(cfg.model_dump(mode="json"), ["launcher=processes"]))
+    over = ["launcher=processes", f"checkpoint.save_at_end={str(saves).lower()}"]
+    cfg = parse_config(apply_overrides(cfg.model_dump(mode="json"), over))
+    after = r"saved as \S*step-\d+" if saves else "and saved no checkpoint"
     named = {
         "train": r"epoch 0 trained no batch of its \d+: .*label_out_of_range.*data.train_path",
-        "test": rf"no test row to evaluate: all of the 4,096 rows .*{bad}.*label_out_of_range",
+        "test": rf"no test row to evaluate: all of the 4,096 rows .*{bad}.*label_out_of_range.*"
+        rf"Training finished, {after}; check data.test_path",
     }
     with pytest.raises(RankError, match=named[split]):
         run_job(cfg)
