@@ -159,14 +159,26 @@ def _check_out(cfg: JobConfig, out: Path) -> None:
 
 def _check_earlier(folder: Path, path: Location, test_path: str, given: bool) -> None:
     """ConfigError where ``folder`` holds the evaluation of another checkpoint or of other
-    test data (the same again is replaced)."""
-    try:
-        earlier = json.loads((folder / SUMMARY_FILE).read_text())
-    except (OSError, ValueError, RecursionError):
-        return  # none, or unreadable: replaced
-    if not isinstance(earlier, dict):
+    test data (the same again is replaced), or an evaluation.json that is no evaluation's
+    (an evaluation writes it whole, last: any other is a user's file, not ours to replace;
+    one of ``{"auc": 0.8}`` was called "the evaluation of None on None")."""
+    written = folder / SUMMARY_FILE
+    if not written.exists() and not written.is_symlink():
         return
-    if _same(earlier.get("checkpoint"), str(path)) and _same(earlier.get("test_path"), test_path):
+    try:
+        earlier = json.loads(written.read_text())
+    except (OSError, ValueError, RecursionError):
+        earlier = None
+    if not (
+        isinstance(earlier, dict)
+        and isinstance(earlier.get("checkpoint"), str)
+        and isinstance(earlier.get("test_path"), str)
+    ):
+        raise ConfigError(
+            f"{written}: not an evaluation's record, and this one writes its own there: "
+            + ("name another --out" if given else "move it, or give the evaluation --out")
+        )
+    if _same(earlier["checkpoint"], str(path)) and _same(earlier["test_path"], test_path):
         return
     raise ConfigError(
         f"{folder} holds the evaluation of {earlier.get('checkpoint')} on "

@@ -404,10 +404,19 @@ def _refuse_irregular(path: str) -> None:
 
 
 def _filesystem(url: str) -> tuple[pafs.FileSystem, str]:
+    """``url``'s filesystem, through pyarrow, else fsspec; DataSourceError naming it where
+    neither opens it (an unknown scheme, or its package missing: a bare "Protocol not
+    known: foo" named neither the URL nor the setting)."""
     try:
         return pafs.FileSystem.from_uri(url)
     except (pa.ArrowInvalid, ValueError):
-        fs, inner = fsspec.core.url_to_fs(url)
+        try:
+            fs, inner = fsspec.core.url_to_fs(url)
+        except (ImportError, ValueError) as err:
+            raise DataSourceError(
+                f"{url}: cannot open this URL ({err}); install the fsspec package for its "
+                "scheme (s3fs, gcsfs, adlfs) into the job's environment on every node"
+            ) from None
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), inner
 
 

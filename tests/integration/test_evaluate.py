@@ -162,6 +162,12 @@ def test_an_out_folder_that_would_clobber_the_run_is_refused(
     other_run = tmp_path / "elsewhere" / "other"
     other_run.mkdir(parents=True)
     (other_run / "metrics.jsonl").write_text('{"event": "start"}\n')
+    # a user's evaluation.json: called "the evaluation of None on None", or replaced (a
+    # helper's audit)
+    users = [tmp_path / "users" / str(i) for i in range(3)]
+    for folder, text in zip(users, ('{"auc": 0.8}', "[]", "not json"), strict=True):
+        folder.mkdir(parents=True)
+        (folder / "evaluation.json").write_text(text)
     for out, why in [
         (run_dir, "holds config.json, summary.json, a training run's metrics.jsonl"),
         (tmp_path / "to-run", "holds config.json, summary.json"),
@@ -172,12 +178,14 @@ def test_an_out_folder_that_would_clobber_the_run_is_refused(
         (tmp_path / "a-file", "a file, not a folder"),
         ("s3://bucket/eval", "a folder on this machine, not a URL"),
         (f"file:{tmp_path}/eval", "a folder on this machine, not a URL"),  # not ./file:/...
+        *((folder, "evaluation.json: not an evaluation's record") for folder in users),
     ]:
         capsys.readouterr()
         assert _evaluate(tmp_path, "latest", "--out", str(out)) == 2, out
         assert why in capsys.readouterr().err, out
     assert (run_dir / "metrics.jsonl").read_bytes() == log
     assert (other_run / "metrics.jsonl").read_text() == '{"event": "start"}\n'
+    assert (users[0] / "evaluation.json").read_text() == '{"auc": 0.8}'
     assert not (checkpoint / "eval").exists()
 
 

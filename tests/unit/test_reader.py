@@ -390,3 +390,12 @@ def test_a_pipe_named_as_the_generators_record_is_not_read(tmp_path: Path) -> No
     )
     ran = subprocess.run([sys.executable, "-c", code, str(train)], timeout=60)
     assert ran.returncode == 0
+
+
+def test_a_url_no_filesystem_opens_is_named_with_what_to_install() -> None:
+    """`data.test_path=foo://x` failed as `ValueError: Protocol not known: foo`, naming
+    neither the URL nor the setting (a helper's audit)."""
+    from dist_train.data.reader import DataSourceError, resolve_files
+
+    with pytest.raises(DataSourceError, match=r"foo://x/train: cannot open this URL .*foo"):
+        resolve_files("foo://x/train")
