@@ -175,15 +175,10 @@ def _group_resources(group: dict[str, Any], where: str) -> dict[str, float]:
     if not isinstance(containers, list):
         raise ClusterFileError(f"{where}.template.spec.containers: expected a list")
     container = _mapping(containers[0], f"{where}.template.spec.containers[0]")
-    resources = _mapping(
-        container.get("resources"), f"{where}.template.spec.containers[0].resources"
-    )
-    limits = _mapping(
-        resources.get("limits"), f"{where}.template.spec.containers[0].resources.limits"
-    )
-    requests = _mapping(
-        resources.get("requests"), f"{where}.template.spec.containers[0].resources.requests"
-    )
+    at = f"{where}.template.spec.containers[0].resources"
+    resources = _mapping(container.get("resources"), at)
+    limits = _mapping(resources.get("limits"), f"{at}.limits")
+    requests = _mapping(resources.get("requests"), f"{at}.requests")
     # As KubeRay writes `ray start`'s options (ray-operator's generateRayStartCommand): a
     # rayStartParams value as given, else the container's limit (newer KubeRay: for CPUs, the
     # request where there is no limit) rounded up to a whole number, as Kubernetes'
@@ -191,7 +186,7 @@ def _group_resources(group: dict[str, Any], where: str) -> dict[str, float]:
     if "num-cpus" in params:
         cpu = _start_count(params, "num-cpus", where)
     else:
-        cpu = _whole(limits, "cpu", where) or _whole(requests, "cpu", where)
+        cpu = _whole(limits, "cpu", f"{at}.limits") or _whole(requests, "cpu", f"{at}.requests")
         if not cpu:
             raise ClusterFileError(
                 f"{where}: set resources.limits.cpu (or requests.cpu) or rayStartParams.num-cpus"
@@ -200,13 +195,17 @@ def _group_resources(group: dict[str, Any], where: str) -> dict[str, float]:
         gpu = _start_count(params, "num-gpus", where)
     else:  # the first limit whose name ends in gpu (nvidia.com/gpu, amd.com/gpu), as KubeRay
         gpu = next(
-            (g for k in limits if str(k).endswith("gpu") and (g := _whole(limits, k, where))),
+            (
+                g
+                for k in limits
+                if str(k).endswith("gpu") and (g := _whole(limits, k, f"{at}.limits"))
+            ),
             0.0,
         )
     if "memory" in params:  # ray start --memory: its bytes
         memory = _start_count(params, "memory", where)
     else:
-        memory = k8s_quantity(limits.get("memory", 0), f"{where}.memory")
+        memory = k8s_quantity(limits.get("memory", 0), f"{at}.limits.memory")
     return {"CPU": cpu, "GPU": gpu, "memory": memory}
 
 

@@ -561,6 +561,18 @@ def test_a_misspelt_ray_start_param_is_named_and_ray_starts_memory_counts() -> N
             ClusterFileError, match=rf"rayStartParams\.{key}: '{value}' is not a whole number"
         ):
             rayjob_nodes(doc, "rj.yaml")
+    # a container's quantity named by its key's whole path: a request's and a limit's read
+    # alike (`workerGroupSpecs[0].cpu`; a helper's audit)
+    del group["rayStartParams"]
+    resources = group["template"]["spec"]["containers"][0]["resources"]
+    at = r"workerGroupSpecs\[0\]\.template\.spec\.containers\[0\]\.resources"
+    resources["limits"] = {"memory": "8Gi"}
+    resources["requests"] = {"cpu": "two"}
+    with pytest.raises(ClusterFileError, match=rf"{at}\.requests\.cpu: 'two' is not a Kub"):
+        rayjob_nodes(doc, "rj.yaml")
+    resources["limits"] = {"cpu": "2", "memory": "lots"}
+    with pytest.raises(ClusterFileError, match=rf"{at}\.limits\.memory: 'lots' is not a Kub"):
+        rayjob_nodes(doc, "rj.yaml")
 
 
 def test_a_pods_cpus_and_gpus_are_counted_as_kuberay_starts_ray() -> None:
