@@ -11,11 +11,13 @@ workers below it, nothing else. ``launch/local_cluster.sh`` is the command line:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -68,7 +70,26 @@ def _taken(host: str, port: str) -> bool:
 
 
 def state_file(port: int) -> Path:
-    """Where :func:`start` records the cluster whose GCS listens on ``port``."""
+    """Where :func:`start` records the cluster whose GCS listens on ``port``: in a folder of
+    this user's alone under the temporary folder. Its records lay in the temporary folder
+    itself, where another user could put one first (a record whose process group ``stop``
+    then signals) or a link in place of the file ``start`` writes."""
+    folder = Path(tempfile.gettempdir()) / f"dist-train-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    made = os.lstat(folder)
+    if not stat.S_ISDIR(made.st_mode) or made.st_uid != os.getuid() or made.st_mode & 0o077:
+        raise SystemExit(
+            f"{folder}: not a folder of this user's alone (a link, another user's, or open to "
+            "others), where the cluster's records go; remove it, or set TMPDIR to another "
+            "temporary folder"
+        )
+    return folder / f"local-cluster-{port}.json"
+
+
+def _earlier_state_file(port: int) -> Path:
+    """Where dist_train recorded clusters before :func:`state_file`'s folder, for a ``stop``
+    of one that an earlier version started."""
     return Path(tempfile.gettempdir()) / f"dist-train-local-cluster-{os.getuid()}-{port}.json"
 
 
@@ -135,6 +156,9 @@ def start(port: int, args: list[str]) -> int:
 def stop(port: int) -> int:
     """Stop the cluster :func:`start` recorded for ``port``; 1 if none was recorded."""
     recorded = state_file(port)
+    earlier = _earlier_state_file(port)
+    if not recorded.exists() and earlier.is_file() and not earlier.is_symlink():
+        recorded = earlier  # (_live_group refuses another user's)
     if not recorded.exists():
         print(
             f"no cluster started by launch/local_cluster.sh listens on port {port} "

@@ -145,3 +145,43 @@ def test_sigterm_while_ray_starts_ends_what_it_started(
     while local_cluster.proc_stat(pid) is not None and not local_cluster._gone(pid):
         assert time.monotonic() < deadline, "ray start's daemon outlived the command"
         time.sleep(0.05)
+
+
+def test_records_go_in_a_folder_of_this_users_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records lay in the temporary folder itself, everyone's, where another user could put
+    one first, naming a process group for `stop` to signal, or a link where `start` writes
+    (a helper's audit)."""
+    import os
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    record = local_cluster.state_file(6379)
+    folder = tmp_path / f"dist-train-{os.getuid()}"
+    assert record == folder / "local-cluster-6379.json"
+    assert folder.is_dir() and folder.stat().st_mode & 0o777 == 0o700
+    folder.chmod(0o755)  # open to others: another's records could be put there
+    with pytest.raises(SystemExit, match=r"not a folder of this user's alone"):
+        local_cluster.state_file(6379)
+    folder.rmdir()
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    folder.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(SystemExit, match=r"not a folder of this user's alone"):
+        local_cluster.state_file(6379)
+
+
+def test_stop_finds_a_record_an_earlier_version_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    import os
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    earlier = tmp_path / f"dist-train-local-cluster-{os.getuid()}-6379.json"
+    dead = {"port": 6379, "process_group": 2**22 + 7, "boot_id": "x", "daemons": {"1": 1}}
+    earlier.write_text(json.dumps(dead))
+    assert local_cluster.stop(6379) == 0
+    assert "has ended already (record removed)" in capsys.readouterr().out
+    assert not earlier.exists()
