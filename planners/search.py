@@ -223,7 +223,15 @@ def beam_search(
         placements = tuple(sorted(state.placements, key=lambda p: order[p.table]))
         plan = _finish(_Partial(placements, state.costs, state.types), base, workload, topo)
         plans.append(_rebalance(plan, workload, topo, allowed))
-    if "table_wise" in allowed and topo.world_size > 1 and len(workload.tables) > 1:
+    # every table table_wise: not where a table's rows FBGEMM's sharded kernels refuse
+    # (candidates() offers such a table data_parallel alone: this plan bypassed it)
+    sharded_kernels_take_all = all(t.dim % pl.MIN_COLUMN_BLOCK == 0 for t in workload.tables)
+    if (
+        "table_wise" in allowed
+        and topo.world_size > 1
+        and len(workload.tables) > 1
+        and sharded_kernels_take_all
+    ):
         runs = contiguous_table_wise(workload, topo)
         costs = RankCosts.zeros(topo.world_size)
         for p, t in zip(runs, workload.tables, strict=True):

@@ -199,6 +199,16 @@ def test_impossible_constraints_are_named() -> None:
     best = search(_workload([(1000, 16), (1000, 6)]), one_node).best
     kinds = {p.table: p.sharding_type for p in best.placements}
     assert kinds["t1"] == "data_parallel"
+    # nor in the plan of every table table_wise, which the beam adds outside candidates():
+    # it won here, and FBGEMM failed on every worker (a helper's audit)
+    from planners.search import SHARDING_TYPES, beam_search
+
+    odd = _workload([(100_000, 6), (100_000, 8), (1000, 8)])
+    for ranks in (2, 4):
+        topo = resize(preset("cpu"), num_nodes=1, ranks_per_node=ranks)
+        for plan in beam_search(odd, topo, frozenset(SHARDING_TYPES)):
+            kinds = {p.table: p.sharding_type for p in plan.placements}
+            assert kinds["t0"] == "data_parallel", (ranks, kinds)
 
 
 @pytest.mark.parametrize(
