@@ -684,6 +684,10 @@ class CheckpointSaver:
         checkpoint with files missing. One that fails to go is said and left: the save
         before it is committed."""
         for old in committed(self.root)[: -self.num_to_keep]:
+            if isinstance(old, Path) and old.is_symlink():
+                # a user's link to a checkpoint elsewhere (to resume from it): not this
+                # run's to delete; the uncommit below went through it, to the target's meta
+                continue
             try:
                 storage.rmtree(old / META)
                 storage.rmtree(old)

@@ -476,6 +476,25 @@ def test_the_commit_is_on_disk_before_older_checkpoints_go(
     assert {(final / META).stat().st_ino, final.stat().st_ino, root.stat().st_ino} <= before_pruning
 
 
+def test_retention_leaves_a_linked_checkpoint_whole(one_rank: None, tmp_path: Path) -> None:
+    """A user's step-N linking to a checkpoint elsewhere (to resume from it) was pruned by
+    uncommitting it first: its target's meta.json was deleted through the link (a helper's
+    audit)."""
+    archived = tmp_path / "archive"
+    CheckpointSaver(_Trainer(0), archived, num_to_keep=1, background=False).save(
+        TrainPosition(step=2)
+    )
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    (root / "step-00000002").symlink_to(archived / "step-00000002")
+    saver = CheckpointSaver(_Trainer(0), root, num_to_keep=1, background=False)
+    saver.save(TrainPosition(step=4))
+    saver.save(TrainPosition(step=8))
+    verify(archived / "step-00000002")  # whole, its meta.json there
+    assert (root / "step-00000002").is_symlink()
+    assert [p.name for p in committed(root)] == ["step-00000002", "step-00000008"]
+
+
 @pytest.mark.parametrize("fails", ["raising", "silently"])
 def test_a_prune_cut_short_leaves_no_committed_checkpoint_with_files_missing(
     one_rank: None,
