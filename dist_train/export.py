@@ -164,21 +164,28 @@ def _move_in(staged: Path, out_dir: Path) -> None:
     ``export.json`` last), after removing an earlier export's file this one does not write
     (an optimizer of another step would pass for this one's)."""
     if out_dir.exists():
-        listed = _exported_files(out_dir)
+        listed = _exported_files(out_dir) or set()
         for name in OUTPUTS:
             if not (staged / name).exists() and name in listed:
                 (out_dir / name).unlink(missing_ok=True)
     move_in(staged, out_dir, last="export.json")
 
 
-def _exported_files(out_dir: Path) -> set[str]:
-    """The names of the files an earlier export into ``out_dir`` listed (none if its
-    ``export.json`` is unreadable)."""
+def _exported_files(out_dir: Path) -> set[str] | None:
+    """The names of the files an earlier export into ``out_dir`` wrote: those its
+    ``export.json`` lists, ``meta.json`` and itself; None where no export's ``export.json``
+    is there (none, unreadable, or not an export's record)."""
+    record = out_dir / "export.json"
+    if not record.is_file():  # a pipe of that name: not read
+        return None
     try:
-        files = json.loads((out_dir / "export.json").read_text()).get("files", [])
-    except (OSError, ValueError, AttributeError):
-        return set()
-    return {Path(f).name for f in files if isinstance(f, str)} if isinstance(files, list) else set()
+        written = json.loads(record.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    files = written.get("files") if isinstance(written, dict) else None
+    if not isinstance(files, list) or not isinstance(written.get("tables"), dict):
+        return None
+    return {Path(f).name for f in files if isinstance(f, str)} | {META, "export.json"}
 
 
 def _holds_a_checkpoint(folder: Path) -> bool:
@@ -210,8 +217,11 @@ def _check_out_dir(path: Location, out_dir: Path) -> None:
     names = {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else set()
     if METADATA in names or any(n.endswith(".distcp") for n in names):
         raise OutFolderRefused(f"{out_dir}: holds a checkpoint; export to another folder")
-    theirs = sorted(names & set(OUTPUTS))
-    if theirs and "export.json" not in names:
+    # files of an export's names are an earlier export's where its export.json lists them
+    # (any export.json passed for proof: a user's model beside one, or an optimizer added
+    # to an export made without it, was replaced)
+    theirs = sorted(names & set(OUTPUTS) - (_exported_files(out_dir) or set()))
+    if theirs:
         raise OutFolderRefused(
             f"{out_dir}: holds {', '.join(theirs)}, which no export wrote; export to another "
             "folder (nothing was changed)"

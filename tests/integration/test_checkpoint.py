@@ -491,6 +491,22 @@ def test_export_writes_whole_tables_as_safetensors(tmp_path: Path, capsys, monke
     assert main(["export", str(ckpt), "--out", str(mine)]) == 2
     assert "optimizer.safetensors, which no export wrote" in capsys.readouterr().err
     assert {p.read_text() for p in mine.iterdir()} == {"the user's"}
+    # any export.json passed for proof that the rest were an export's (a helper's audit): a
+    # user's own beside their model, or an optimizer added to an export made without one
+    (mine / "optimizer.safetensors").unlink()
+    (mine / "export.json").write_text("the user's")
+    assert main(["export", str(ckpt), "--out", str(mine)]) == 2
+    assert "holds export.json, model.safetensors, which no" in capsys.readouterr().err
+    assert {p.read_text() for p in mine.iterdir()} == {"the user's"}
+    ours = tmp_path / "ours"
+    assert main(["export", str(ckpt), "--out", str(ours)]) == 0
+    (ours / "optimizer.safetensors").write_text("the user's")
+    assert main(["export", str(ckpt), "--out", str(ours), "--optimizer"]) == 2
+    assert "holds optimizer.safetensors, which no export" in capsys.readouterr().err
+    assert (ours / "optimizer.safetensors").read_text() == "the user's"
+    (ours / "optimizer.safetensors").unlink()
+    assert main(["export", str(ckpt), "--out", str(ours), "--optimizer"]) == 0  # its own again
+    capsys.readouterr()
     # a loop of links: a traceback (RuntimeError), where evaluate's --out names it
     (tmp_path / "loop-a").symlink_to(tmp_path / "loop-b")
     (tmp_path / "loop-b").symlink_to(tmp_path / "loop-a")
