@@ -283,6 +283,8 @@ def read_meta(path: Location) -> dict[str, Any]:
     ):
         raise CheckpointError(f"{meta_path}: 'files' is not a map of file digests")
     for name, want in (files or {}).items():
+        if not checkpoint_files.is_plain_file_name(name):  # read from outside the folder
+            raise CheckpointError(f"{meta_path}: files[{name!r}]: not a file of its folder")
         problem = _digest_problem(want)
         if problem:
             raise CheckpointError(f"{meta_path}: files[{name!r}]: {problem}")
@@ -321,14 +323,20 @@ def _is_count(value: Any) -> bool:
 
 def _is_plan(plan: Any) -> bool:
     """An :class:`~dist_train.data.epoch_plan.EpochPlan` as JSON: ``stream_world`` and, per
-    rank, segments of three counts."""
+    rank, segments ``(stream, first, end)`` of a stream of those ranks (a forged stream 7 of
+    2 failed in an IndexError), ``first`` up to ``end``."""
     if not isinstance(plan, dict) or not _is_count(plan.get("stream_world")):
         return False
-    segments = plan.get("segments")
+    segments, streams = plan.get("segments"), plan["stream_world"]
     return isinstance(segments, list) and all(
         isinstance(rank, list)
         and all(
-            isinstance(seg, list) and len(seg) == 3 and all(map(_is_count, seg)) for seg in rank
+            isinstance(seg, list)
+            and len(seg) == 3
+            and all(map(_is_count, seg))
+            and seg[0] < streams
+            and seg[1] <= seg[2]
+            for seg in rank
         )
         for rank in segments
     )
@@ -369,6 +377,10 @@ def _check_fields(meta: dict[str, Any], meta_path: Location) -> None:
     for key, part in (("config", config), *_config_parts(config)):
         if part is not None and not isinstance(part, dict):
             raise CheckpointError(f"{meta_path}: {key} is not a map: {part!r:.80}")
+    # read as a count before the config is parsed (where the resume's steps are counted)
+    batch = ((config or {}).get("train") or {}).get("batch_size")
+    if batch is not None and not (_is_count(batch) and batch > 0):
+        raise CheckpointError(f"{meta_path}: config.train.batch_size is not valid: {batch!r:.80}")
 
 
 def _config_parts(config: Any) -> list[tuple[str, Any]]:

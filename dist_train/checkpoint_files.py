@@ -27,7 +27,7 @@ import os
 import pickle
 import stat
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -42,7 +42,12 @@ from torch.distributed.checkpoint.default_planner import (
     DefaultLoadPlanner,
     _EmptyStateDictLoadPlanner,
 )
-from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
+from torch.distributed.checkpoint.metadata import (
+    BytesStorageMetadata,
+    Metadata,
+    StorageMeta,
+    TensorStorageMetadata,
+)
 from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter
 from torch.futures import Future
@@ -50,6 +55,8 @@ from torch.futures import Future
 from dist_train.storage import Location
 
 METADATA = ".metadata"
+METADATA_MAX_BYTES = 1 << 30
+"""The most ``.metadata`` of a checkpoint without digests may hold (it is read whole)."""
 _BLOCK = 8 << 20
 CHUNK_BYTES = 16 << 20  # verified as a unit when a rank reads part of a file
 
@@ -184,14 +191,101 @@ class MetadataUnpickler(pickle.Unpickler):
 
 
 def read_metadata_bytes(data: bytes, where: str) -> Metadata:
-    """DCP ``Metadata`` from the bytes of a ``.metadata`` file, or CheckpointError."""
+    """DCP ``Metadata`` from the bytes of a ``.metadata`` file, its contents checked
+    (:func:`_check_metadata`), or CheckpointError."""
     try:
         metadata = MetadataUnpickler(io.BytesIO(data)).load()
     except Exception as err:  # noqa: BLE001 - a crafted or corrupt file raises anything
         raise CheckpointError(f"{where}: not DCP checkpoint metadata ({err})") from None
     if not isinstance(metadata, Metadata) or not isinstance(metadata.state_dict_metadata, dict):
         raise CheckpointError(f"{where}: not DCP checkpoint metadata (a {type(metadata)})")
+    problem = _metadata_problem(metadata)
+    if problem:
+        raise CheckpointError(f"{where}: not DCP checkpoint metadata ({problem})")
     return metadata
+
+
+def is_plain_file_name(name: object) -> bool:
+    """Whether ``name`` names a file in the checkpoint's own folder: no folder part, no
+    ``..`` (a shard named ``../x.distcp`` or ``/x`` was read from outside it)."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+    )
+
+
+def _metadata_problem(metadata: Metadata) -> str | None:
+    """What in unpickled ``metadata`` a save does not write, or None. Its classes are DCP's
+    (:class:`MetadataUnpickler`); their fields are checked here, since a forged file (its
+    digests rewritten) reached torch with them: a declared size no chunk covers exported
+    the process's uninitialized memory, a list index in ``planner_data`` of 10**12 grew a
+    list without end, a shard path out of the folder was read, and odd types failed in
+    tracebacks."""
+    entries = metadata.state_dict_metadata
+    for key, entry in entries.items():
+        if not isinstance(key, str):
+            return f"a key {key!r} that is no name"
+        if isinstance(entry, BytesStorageMetadata):
+            continue
+        if not isinstance(entry, TensorStorageMetadata):
+            return f"{key}: a {type(entry).__name__}, not a tensor's or an item's"
+        problem = _tensor_problem(entry)
+        if problem:
+            return f"{key}: {problem}"
+    if metadata.planner_data is not None:
+        if not isinstance(metadata.planner_data, dict):
+            return "planner_data is not a mapping"
+        for key, where in metadata.planner_data.items():
+            # a path into the state: names, and list indices no longer than the entries
+            if not isinstance(where, tuple | list) or not all(
+                isinstance(p, str) or (type(p) is int and 0 <= p < len(entries)) for p in where
+            ):
+                return f"planner_data[{key!r}]: {str(where)[:80]} is no path into the state"
+    if metadata.storage_meta is not None and not isinstance(metadata.storage_meta, StorageMeta):
+        return f"storage_meta is a {type(metadata.storage_meta).__name__}"
+    storage = metadata.storage_data
+    if storage is not None:
+        if not isinstance(storage, dict):
+            return "storage_data is not a mapping"
+        for info in storage.values():
+            name = getattr(info, "relative_path", None)
+            if not is_plain_file_name(name):
+                return f"a shard at {str(name)[:80]!r}, outside the checkpoint's folder"
+            offset, length = getattr(info, "offset", None), getattr(info, "length", None)
+            if not (type(offset) is int and type(length) is int and offset >= 0 <= length):
+                return f"{name}: an item at offset {offset!r} of length {length!r}"
+    return None
+
+
+def _tensor_problem(entry: TensorStorageMetadata) -> str | None:
+    """What in one tensor's metadata no save writes: its size, dtype, or chunks that do
+    not tile it (each inside it, their elements adding up to its own)."""
+    size = entry.size
+    if not isinstance(size, torch.Size) or any(type(n) is not int or n < 0 for n in size):
+        return f"size {str(size)[:80]}"
+    if not isinstance(getattr(entry.properties, "dtype", None), torch.dtype):
+        return "no dtype"
+    if not isinstance(entry.chunks, list):
+        return "its chunks are no list"
+    covered = 0
+    for chunk in entry.chunks:
+        offsets, sizes = getattr(chunk, "offsets", None), getattr(chunk, "sizes", None)
+        if not (isinstance(offsets, torch.Size) and isinstance(sizes, torch.Size)) or not (
+            len(offsets) == len(sizes) == len(size)
+        ):
+            return f"a chunk {str(chunk)[:80]} of another shape than its size {tuple(size)}"
+        if any(
+            type(o) is not int or type(n) is not int or o < 0 or n < 0 or o + n > d
+            for o, n, d in zip(offsets, sizes, size, strict=True)
+        ):
+            return f"a chunk at {tuple(offsets)} of {tuple(sizes)}, outside its size {tuple(size)}"
+        covered += sizes.numel()
+    if covered != size.numel():
+        return f"chunks of {covered:,} elements for a size of {size.numel():,} ({tuple(size)})"
+    return None
 
 
 # -- non-tensor items without code -------------------------------------------------------------
@@ -263,6 +357,7 @@ class _VerifyingRead:
     load_id: str
     digests: FileDigests | None
     where: str
+    local: Path | None  # the folder, where it is on this machine
 
     def _check(self, name: str, size: int, digest: str) -> None:
         want = self._listed(name)
@@ -273,9 +368,16 @@ class _VerifyingRead:
         want = self._listed(METADATA)
         with self.fs.create_stream(self.fs.concat_path(self.path, METADATA), "rb") as f:
             # no more than recorded, and one byte (a link to /dev/zero ends at its size check)
-            data = f.read(-1 if want is None else int(want.get("bytes", 0)) + 1)
+            most = METADATA_MAX_BYTES if want is None else int(want.get("bytes", 0))
+            data = f.read(most + 1)
+        if want is None and len(data) > most:  # (recorded: the digest check names it)
+            raise CheckpointError(f"{self.where}/{METADATA}: larger than {most:,} bytes")
         self._check(METADATA, len(data), digest_of(data))
         metadata = read_metadata_bytes(data, f"{self.where}/{METADATA}")
+        if self.local is not None:  # a shard that is a pipe never ends its read
+            for info in (metadata.storage_data or {}).values():
+                with suppress(FileNotFoundError):  # the read names a missing one
+                    refuse_irregular(self.local / info.relative_path)
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id  # type: ignore[union-attr]
@@ -489,7 +591,7 @@ def reader(loc: Location, digests: FileDigests | None) -> StorageReader:
         out = _VerifiedFileSystemReader(str(loc))
     else:
         out = _VerifiedFsspecReader(loc.url)
-    out.digests, out.where = digests, str(loc)
+    out.digests, out.where, out.local = digests, str(loc), local
     return out  # type: ignore[return-value]
 
 

@@ -228,6 +228,21 @@ def _forged(ckpt: Path, edit: Callable[[dict[str, Any]], None]) -> None:
             lambda m: m["position"].update(batches=2, plan={"stream_world": 0, "segments": [[]]}),
             "position.plan deals no streams",
         ),
+        # an IndexError and a TypeError in a rank, naming neither file nor key (a helper's
+        # audit)
+        (
+            lambda m: m["position"].update(
+                batches=2, plan={"stream_world": 2, "segments": [[[7, 0, 16]], [[1, 0, 16]]]}
+            ),
+            "position.plan is not valid",
+        ),
+        (
+            lambda m: m["position"].update(
+                batches=2, plan={"stream_world": 2, "segments": [[[0, 9, 1]], [[1, 0, 16]]]}
+            ),
+            "position.plan is not valid",
+        ),
+        (lambda m: m["config"]["train"].update(batch_size=[1]), "config.train.batch_size is not"),
     ],
 )
 def test_forged_metadata_values_are_named_before_anything_loads(
@@ -238,6 +253,59 @@ def test_forged_metadata_values_are_named_before_anything_loads(
     ckpt = _copy(saved, tmp_path)
     _forged(ckpt, edit)
     with pytest.raises(CheckpointError, match=f"{META}: {re.escape(named)}"):
+        verify(ckpt)
+
+
+def _bigger(metadata: Any) -> None:
+    entry = metadata.state_dict_metadata["model.dense_arch.0.bias"]
+    entry.size = torch.Size([entry.size[0] * 4])  # no chunk added: torch.empty's memory
+
+
+def _endless_index(metadata: Any) -> None:
+    metadata.planner_data = {**(metadata.planner_data or {}), "x": ("model", 10**12)}
+
+
+def _shard_outside(metadata: Any) -> None:
+    (index, info), *_ = metadata.storage_data.items()
+    metadata.storage_data[index] = _StorageInfo(
+        "../" + info.relative_path, info.offset, info.length
+    )
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (_bigger, "model.dense_arch.0.bias: chunks of "),
+        (_endless_index, "planner_data['x']: "),
+        (lambda m: setattr(m, "storage_meta", torch.Size([1])), "storage_meta is a Size"),
+        (_shard_outside, "a shard at '../__"),
+    ],
+    ids=["size no chunk covers", "a list index of 10**12", "odd storage_meta", "shard outside"],
+)
+def test_forged_dcp_metadata_is_refused_before_torch_reads_it(
+    saved: Path, tmp_path: Path, edit: Callable[[Any], None], named: str
+) -> None:
+    """.metadata rewritten, its digests with it (a helper's audit): a size no chunk covered
+    exported uninitialized memory (the process's strings among it) and validate said ok; a
+    planner_data index of 10**12 grew a list without end; a storage_meta of another type
+    failed in a traceback; a shard at ../ was read from outside the checkpoint."""
+    ckpt = _copy(saved, tmp_path)
+    metadata = pickle.loads((ckpt / ".metadata").read_bytes())  # our own file: trusted here
+    edit(metadata)
+    (ckpt / ".metadata").write_bytes(pickle.dumps(metadata))
+    _redigest(ckpt)
+    said = rf"\.metadata: not DCP checkpoint metadata \({re.escape(named)}"
+    with pytest.raises(CheckpointError, match=said):
+        verify(ckpt)
+    with pytest.raises(CheckpointError, match=said):
+        export(ckpt, tmp_path / "export")
+    assert not (tmp_path / "export").exists()
+
+
+def test_a_file_meta_json_lists_outside_its_folder_is_refused(saved: Path, tmp_path: Path) -> None:
+    ckpt = _copy(saved, tmp_path)
+    _forged(ckpt, lambda m: m["files"].update({"../elsewhere.distcp": m["files"][".metadata"]}))
+    with pytest.raises(CheckpointError, match=r"files\['../elsewhere.distcp'\]: not a file of"):
         verify(ckpt)
 
 
