@@ -11,9 +11,11 @@ import argparse
 import copy
 import decimal
 import difflib
+import errno
 import os
 import re
 import reprlib
+import select
 import stat
 import sys
 import types
@@ -1516,13 +1518,23 @@ MAX_YAML_BYTES = 64 * 2**20
 """The most :func:`read_yaml` reads: a job config or cluster file is some KB."""
 
 
+PIPE_WAIT_S = 10.0
+"""How long a named pipe is waited on for a writer to send something (or to come and go)."""
+
+
 def _open_for_reading(path: Path) -> typing.BinaryIO:
-    """``path`` open for reading; a named pipe without a writer reads as empty (opening it
-    waited for one without end)."""
+    """``path`` open for reading; OSError for a named pipe no writer sends anything to in
+    :data:`PIPE_WAIT_S` (opening it waited for one without end; a read at once found the
+    end of a pipe whose writer had not opened it yet, and read as empty)."""
     if not stat.S_ISFIFO(path.stat().st_mode):
         return path.open("rb")
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # returns at once, writer or not
-    os.set_blocking(fd, True)  # then wait for what a writer sends, to its end
+    waiting = select.poll()  # until a writer sends (POLLIN), or came and went (POLLHUP)
+    waiting.register(fd, select.POLLIN | select.POLLHUP)
+    if not waiting.poll(PIPE_WAIT_S * 1000):
+        os.close(fd)
+        raise OSError(errno.ETIMEDOUT, f"a pipe that nothing wrote to in {PIPE_WAIT_S:g} s")
+    os.set_blocking(fd, True)  # then read what the writer sends, to its end
     return os.fdopen(fd, "rb")
 
 

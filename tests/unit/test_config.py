@@ -812,23 +812,33 @@ def test_yaml_nested_too_deeply_is_named_not_a_traceback(tmp_path: Path) -> None
         load_config(overrides=["seed=" + "[" * 3000 + "]" * 3000])
 
 
-def test_a_config_read_from_a_pipe_is_read(tmp_path: Path) -> None:
+def test_a_config_read_from_a_pipe_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`--config <(cat job.yaml)` and `--config /dev/stdin` were "no such config file": a
     pipe is no regular file (a helper's audit)."""
     import os
     import threading
+    import time
+
+    from dist_train import config as config_module
 
     fifo = tmp_path / "job.fifo"
     os.mkfifo(fifo)
     text = (DEFAULT_CONFIG.parent / "tiny.yaml").read_text()
-    writer = threading.Thread(target=fifo.write_text, args=(text,))
+
+    def write_later() -> None:  # a writer that opens the pipe after the reader did
+        time.sleep(0.5)
+        fifo.write_text(text)
+
+    writer = threading.Thread(target=write_later, daemon=True)
     writer.start()
     try:
+        # it read as empty where the writer had not opened the pipe yet (a flaky test)
         assert load_config(fifo).name == "tiny"
     finally:
         writer.join(timeout=10)
-    # a pipe nothing writes to reads as empty: opening it waited without end (a review)
-    with pytest.raises(ConfigError, match="must be a mapping"):
+    # a pipe nothing writes to: opening it waited without end (a review)
+    monkeypatch.setattr(config_module, "PIPE_WAIT_S", 0.2)
+    with pytest.raises(ConfigError, match=r"job.fifo: cannot read it \(a pipe that nothing wrote"):
         load_config(fifo)
     # a device is read no further than a config could be (it was, until memory ran out)
     with pytest.raises(ConfigError, match=r"^/dev/zero: over 64 MiB, no YAML file of ours$"):
