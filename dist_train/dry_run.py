@@ -72,7 +72,11 @@ def dry_run(
     chosen = planner.choice()
     report["notes"] = optimizer_notes(cfg, {p.sharding_type for p in chosen.placements})
     if weak_scaling:
-        report["weak_scaling"] = weak_scaling_table(cfg, per_node, device_type, cores_per_node)
+        # the row of the shape planned above with its cores (simulated nodes' too): it said
+        # another step than the plan's (a helper's audit)
+        report["weak_scaling"] = weak_scaling_table(
+            cfg, per_node, device_type, cores_per_node, {nodes: cores}
+        )
     return report
 
 
@@ -83,9 +87,14 @@ SLOW_PLAN_S = 5.0  # a size planned slower than this: the next ones are said as 
 
 
 def weak_scaling_table(
-    cfg: JobConfig, ranks_per_node: int, device_type: str, cores_per_node: int | None
+    cfg: JobConfig,
+    ranks_per_node: int,
+    device_type: str,
+    cores_per_node: int | None,
+    cores_at: dict[int, int | None] | None = None,
 ) -> list[dict[str, Any]]:
-    """The chosen plan's estimated step at 1, 8, 64 and 512 nodes, same per-rank batch."""
+    """The chosen plan's estimated step at 1, 8, 64 and 512 nodes, same per-rank batch;
+    ``cores_at``: a node count's own cores per node, where not ``cores_per_node``."""
     rows = []
     slow = False
     for nodes in WEAK_SCALING_NODES:
@@ -99,8 +108,9 @@ def weak_scaling_table(
         started = time.perf_counter()
         try:  # a job may not plan at every size (a group_size below the world size, say)
             refuse_group_above(cfg, nodes * ranks_per_node)
+            cores = (cores_at or {}).get(nodes, cores_per_node)
             planner, _ = planner_for_config(
-                cfg, nodes * ranks_per_node, ranks_per_node, device_type, cores_per_node
+                cfg, nodes * ranks_per_node, ranks_per_node, device_type, cores
             )
             chosen = planner.choice()
         except PlanningError as err:

@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from planners.json_keys import KeyGivenTwice, loads_unique_keys
@@ -222,6 +223,16 @@ class TopologySpec(_Strict):
         if bad:
             raise ValueError(f"row widths must be > 0, seconds in (0, {MAX_SECONDS:g}]: {bad}")
         return v
+
+    @model_validator(mode="after")
+    def _step_within_memory(self) -> TopologySpec:
+        # 2**62 bytes passed, and every plan then blamed the model for the memory
+        if self.step_overhead_bytes >= self.memory_per_rank_bytes:
+            raise ValueError(
+                f"step_overhead_bytes ({self.step_overhead_bytes:,}), a step's own working "
+                f"memory, is no less than memory_per_rank_bytes ({self.memory_per_rank_bytes:,})"
+            )
+        return self
 
     @field_validator("bag_seconds")
     @classmethod

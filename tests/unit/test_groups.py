@@ -258,3 +258,14 @@ def test_a_hierarchical_type_asked_for_on_one_node_is_said_to_be_row_wise(
     assert "table_row_wise    needs at least 2 nodes" not in out  # (it was chosen)
     assert main([*args, "--set", "sharding.type=row_wise"]) == 0
     assert "on one node it places" not in capsys.readouterr().out
+
+
+def test_the_weak_scaling_row_of_the_jobs_own_shape_is_its_plan() -> None:
+    """Under the processes launcher the job's simulated nodes share this machine's cores,
+    as the plan above the table took them; its own row used the topology's cores and said
+    another step (2.54 against 4.00 ms; a helper's audit)."""
+    adult = DEFAULT.parent / "adult.yaml"
+    over = ["launcher=processes", "ray.num_nodes=8", "ray.num_workers=16"]
+    report = dry_run(load_config(adult, over), with_torchrec=False)
+    (own,) = [r for r in report["weak_scaling"] if r["num_nodes"] == 8]
+    assert own["estimated_step_seconds"] == report["estimated_step_seconds"]

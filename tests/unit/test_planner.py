@@ -255,6 +255,11 @@ def test_inconsistent_topology_files_are_refused(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(TopologyError, match="not valid JSON"):
         load_topology(path)
+    # a step's working memory past the rank's: every plan blamed the model (a helper's audit)
+    huge = {**CPU_PRESET.model_dump(mode="json"), "step_overhead_bytes": 2**62}
+    path.write_text(json.dumps(huge))
+    with pytest.raises(TopologyError, match=r"topo.json: .*step_overhead_bytes \(4,611,"):
+        load_topology(path)
     whole = CPU_PRESET.model_dump(mode="json")
     whole["memory_per_rank_bytes"] = 8e9  # a whole number written as a float still reads
     path.write_text(json.dumps(whole))
