@@ -33,7 +33,7 @@ from dist_train.checkpoint import (
 )
 from dist_train.checkpoint_files import METADATA, SafeExportPlanner
 from dist_train.config import ConfigError, parse_config
-from dist_train.embedding.layout import build_layout
+from dist_train.embedding.layout import EmbeddingLayout, build_layout
 from dist_train.logs import LOG
 from dist_train.storage import Location, move_in, new_staging
 
@@ -95,11 +95,21 @@ def export(path: Location, out_dir: Path, with_optimizer: bool = False) -> dict[
     tables = {
         k: list(v.shape) for k, v in model.items() if ".embedding_bags." in k and v.dim() == 2
     }
+    layout = _saved_layout(meta)
+    if layout is not None:  # its keys would name tables the file lacks, or of other shapes
+        saved = {t.name: [t.num_rows, t.dim] for t in layout.tables}
+        held = {k.split(".embedding_bags.")[1].split(".")[0]: v for k, v in tables.items()}
+        if held != saved:
+            raise CheckpointError(
+                f"{path / META}: its config's tables ({_shapes(saved)}) are not the ones "
+                f"the checkpoint holds ({_shapes(held)}): meta.json was edited, or is another "
+                "checkpoint's"
+            )
     summary = {
         "files": [str(f.absolute()) for f in written],
         "tensors": len(model),
         "tables": tables,
-        "keys": _keys(meta),
+        "keys": _keys(layout),
     }
     earlier = _earlier_export(out_dir)
     try:
@@ -234,19 +244,30 @@ def _check_out_dir(path: Location, out_dir: Path) -> None:
         )
 
 
-def _keys(meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """Which table each (feature, chunk) reads and with which salt: a unified table's
-    sub-tables are separate tables, each key hashing into its own sub-table's rows
-    (``dist_train.embedding.hashing.salted_rows``; salt None: ids are rows). Empty for a
-    checkpoint without its config, or with one this dist_train no longer reads."""
+def _saved_layout(meta: dict[str, Any]) -> EmbeddingLayout | None:
+    """The tables and keys of the checkpoint's config; None for a checkpoint without its
+    config, or with one this dist_train no longer reads (said)."""
     if not isinstance(meta.get("config"), dict):
-        return []
+        return None
     try:
         cfg = parse_config(meta["config"], "the checkpoint's config")
     except ConfigError as err:  # an older dist_train's config: the tables still export
         LOG.warning(f"export.json lists no keys: {err}")
+        return None
+    return build_layout(cfg.embedding, cfg.features, cfg.seed)
+
+
+def _shapes(tables: dict[str, list[int]]) -> str:
+    return ", ".join(f"{name} {rows:,} x {dim}" for name, (rows, dim) in sorted(tables.items()))
+
+
+def _keys(layout: EmbeddingLayout | None) -> list[dict[str, Any]]:
+    """Which table each (feature, chunk) reads and with which salt: a unified table's
+    sub-tables are separate tables, each key hashing into its own sub-table's rows
+    (``dist_train.embedding.hashing.salted_rows``; salt None: ids are rows). Empty without
+    the checkpoint's config (:func:`_saved_layout`)."""
+    if layout is None:
         return []
-    layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
     return [
         {"key": k.key, "feature": k.feature, "chunk": k.chunk, "table": k.table, "salt": k.salt}
         for k in layout.keys
