@@ -145,8 +145,8 @@ def export(path: Location, out_dir: Path, with_optimizer: bool = False) -> dict[
 
 def _earlier_export(out_dir: Path) -> tuple[str, object] | None:
     """An earlier export's ``meta.json`` in ``out_dir`` and its step, None if there is none."""
-    if not (out_dir / "export.json").is_file():
-        return None
+    if not (out_dir / "export.json").is_file() or not (out_dir / META).is_file():
+        return None  # (a pipe of that name would hang the read)
     try:
         text = (out_dir / META).read_text()
         position = json.loads(text).get("position", {})
