@@ -455,16 +455,20 @@ def _device(job: JobConfig) -> DeviceType:
 
 
 def _check_plans(base: JobConfig, todo: list[Arm], device: DeviceType) -> None:
-    """ConfigError naming the first arm that no plan fits, before any arm trains (a sweep
-    stopped at it, after the arms before it had trained). The seeds share a plan."""
+    """ConfigError naming the first arm that no plan fits, or whose model the run refuses
+    (a dcn_v2 cross_rank past its width), before any arm trains (a sweep stopped at it,
+    after the arms before it had trained). The seeds share a plan."""
+    from dist_train.models.dcn import wide_rank_note
     from dist_train.train.sharding import plan_for_config
     from planners.topology import TopologyError
     from planners.types import PlanningError
 
     for arm in {(a.method, a.budget): a for a in todo}.values():
+        job = arm_config(base, arm)
         try:
-            plan_for_config(arm_config(base, arm), device)
-        except (PlanningError, TopologyError) as err:
+            wide_rank_note(job)
+            plan_for_config(job, device)
+        except (PlanningError, TopologyError, ConfigError) as err:
             raise ConfigError(f"sweep arm {arm.name}: {err}; nothing was trained") from None
 
 

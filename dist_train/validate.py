@@ -59,6 +59,7 @@ from dist_train.launchers.cluster_files import (
     rayjob_nodes,
 )
 from dist_train.launchers.submit import local_copy, processes_on_a_cluster
+from dist_train.models.dcn import wide_rank_note
 from dist_train.storage import StorageError, location
 from dist_train.train.sharding import JobPlan, plan_for_config
 from planners.topology import TopologyError
@@ -105,6 +106,10 @@ def _check_job(
     ``auto`` job that does not fit CPU ranks is left to them (:func:`_check_fit`), since a
     cluster with a GPU per worker runs it on GPUs."""
     cfg = resolve_paths(cfg)  # as the driver reads them: ~ expanded, against this folder
+    try:  # the model's settings the run refuses before it starts
+        wide_rank_note(cfg)
+    except ConfigError as err:
+        report.problems.append(f"{source}: {err}")
     _check_data(cfg, source, report)
     device: DeviceType = "cuda" if cfg.train.device == "cuda" else "cpu"
     try:
@@ -137,20 +142,22 @@ def _check_data(cfg: JobConfig, source: str, report: Report) -> None:
             found += 1
         except DataSourceError as err:
             report.problems.append(f"{source}: data.{key}: {err}")
-    # a checkpoint at a URL is left to the run, as data at one are, and with it the steps
+    # a checkpoint at a URL (named, or `latest` of a checkpoint.dir at one) is left to the
+    # run, as data at one are, and with it the steps
     resume = cfg.checkpoint.resume
-    remote = resume is not None and "://" in resume
+    where = (cfg.checkpoint.dir or "") if resume == "latest" else resume  # (else the run's)
+    steps = where is None or "://" not in where
     try:
-        saved = None if remote else _resumed_from(cfg)
+        saved = _resumed_from(cfg) if steps else None
     except (CheckpointError, StorageError) as err:
         report.problems.append(f"{source}: checkpoint.resume: {err}")
-        return
+        saved, steps = None, False  # its data are checked all the same
     if found < 2:
         return
     policy = BadInputPolicy.for_job(cfg)
     try:
         train, test, _ = check_inputs(
-            cfg, local["train_path"], local["test_path"], policy, saved, steps=not remote
+            cfg, local["train_path"], local["test_path"], policy, saved, steps=steps
         )
     except (DataSourceError, BadInputError) as err:
         # one file's problem, where a job stops at the first: skip's check names them all

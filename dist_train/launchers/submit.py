@@ -201,6 +201,14 @@ def submit(
         cfg = load_or_report(local, overrides)
         if cfg is None:
             return 2
+        if cfg.model.kind == "dcn_v2" and cfg.model.cross_rank is not None:
+            from dist_train.models.dcn import wide_rank_note  # (torch: for this job alone)
+
+            try:  # the run refuses it before it starts: not uploaded for that
+                wide_rank_note(cfg)
+            except ConfigError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
         if working_dir:
             _note_relative_outputs(cfg)
         if cfg.launcher != "ray":

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from torchrec import KeyedJaggedTensor, KeyedTensor
 from torchrec.distributed.train_pipeline.tracing import Tracer
 
-from dist_train.config import ConfigError, ModelConfig, load_config
+from dist_train.config import DEFAULT_CONFIG, ConfigError, ModelConfig, load_config
 from dist_train.embedding.layout import build_layout
 from dist_train.models import MODELS, CTRModel, create_model
 from dist_train.models import linear as linear_module
@@ -348,6 +348,15 @@ def test_a_cross_rank_of_half_the_width_or_more_is_warned_of() -> None:
     assert note("model.cross_rank=636") is not None
     with pytest.raises(ConfigError, match=r"cross_rank=637 is not below the cross network's"):
         note("model.cross_rank=637")
+    # and before the run: validate said ok, submit uploaded it (a review)
+    from dist_train.cli import main
+    from dist_train.validate import validate_files
+
+    wide = ["model.kind=dcn_v2", "model.cross_rank=637", "ray.num_workers=1"]
+    (problem,) = validate_files([str(DEFAULT_CONFIG)], wide).problems
+    assert "model.cross_rank=637 is not below" in problem
+    sets = [a for w in wide for a in ("--set", w)]
+    assert main(["submit", "--dry-run", "--no-working-dir", *sets]) == 2
 
 
 def test_attention_width_must_split_over_the_heads() -> None:
