@@ -232,7 +232,7 @@ def submit(
     # the address printed is the one used; one with a password goes in them alone, where
     # ps shows no other user of the machine it
     env = {**os.environ, "RAY_API_SERVER_ADDRESS": address, "RAY_ADDRESS": address}
-    if shown(address, address) != address:
+    if _password(address) is not None:
         at = cmd.index("--address")
         cmd = cmd[:at] + cmd[at + 2 :]
     problem = _job_server_problem(address, submission_id, env)
@@ -268,14 +268,25 @@ def ray_cli_text(args: list[str], address: str, ray: str = "ray") -> str:
     return line
 
 
+def _password(address: str) -> str | None:
+    """The password in ``address`` (``[http://]user:password@host:port``), if it has one."""
+    netloc = address.partition("://")[2] if "://" in address else address
+    userinfo, at, _ = netloc.partition("/")[0].rpartition("@")
+    return userinfo.partition(":")[2] or None if at and ":" in userinfo else None
+
+
 def shown(text: str, address: str) -> str:
-    """``text`` with the password in ``address`` (``http://user:password@host``) starred:
-    printed, it would be in a terminal's scrollback and a CI log."""
-    userinfo, at, _ = address.partition("://")[2].partition("@")
-    if not at or ":" not in userinfo:
+    """``text`` with the password in ``address`` starred, as typed and as a shell quotes it
+    (a quote in it): printed, it would be in a terminal's scrollback and a CI log."""
+    password = _password(address)
+    if password is None:
         return text
-    user = userinfo.partition(":")[0]
-    return text.replace(f"{userinfo}@", f"{user}:***@")
+    for form in {password, shlex.quote(password), shlex.quote(address)}:
+        if form == shlex.quote(address):
+            text = text.replace(form, shlex.quote(address.replace(password, "***")))
+        else:
+            text = text.replace(f":{form}@", ":***@")
+    return text
 
 
 PROBE_TIMEOUT_S = 60.0

@@ -314,10 +314,18 @@ def test_submit_prints_the_address_it_uses_without_its_password(
     monkeypatch.setattr(submit.subprocess, "run", run)
     assert main([*argv[:1], *argv[2:], "--no-wait"]) == 128 + 15  # the shell's, not -15
     out = capsys.readouterr().out
-    assert "--address http://alice:***@127.0.0.1:9" in out and "hunter2" not in out
+    assert "--address 'http://alice:***@127.0.0.1:9'" in out and "hunter2" not in out
     ((cmd, env),) = ran
     assert "--address" not in cmd and not any("hunter2" in a for a in cmd)
     assert env["RAY_API_SERVER_ADDRESS"] == "http://alice:hunter2@127.0.0.1:9"
+    # with no scheme (Ray reads it as http), or a quote a shell quotes (a review: printed)
+    for address in ("alice:hunter2@127.0.0.1:8265", "http://alice:hunt'er2@127.0.0.1:9"):
+        ran.clear()
+        assert main([*argv[:1], *argv[2:], "--no-wait", "--address", address]) == 128 + 15
+        out = capsys.readouterr().out
+        assert "alice:***@127.0.0.1" in out and "hunt" not in out, out
+        ((cmd, _),) = ran
+        assert "--address" not in cmd, cmd
 
 
 def test_without_an_upload_the_config_path_goes_as_typed() -> None:
