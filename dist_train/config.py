@@ -1519,19 +1519,25 @@ MAX_YAML_BYTES = 64 * 2**20
 
 
 PIPE_WAIT_S = 10.0
-"""How long a named pipe is waited on for a writer to send something (or to come and go)."""
+"""How long a named pipe (``mkfifo``) is waited on for a writer to send something."""
 
 
 def _open_for_reading(path: Path) -> typing.BinaryIO:
-    """``path`` open for reading; OSError for a named pipe no writer sends anything to in
-    :data:`PIPE_WAIT_S` (opening it waited for one without end; a read at once found the
+    """``path`` open for reading. A shell's pipe (``<(cmd)``, ``/dev/stdin``) is read to its
+    end however long its writer takes; OSError for a named pipe no writer sends anything to
+    in :data:`PIPE_WAIT_S` (opening it waited for one without end; a read at once found the
     end of a pipe whose writer had not opened it yet, and read as empty)."""
     if not stat.S_ISFIFO(path.stat().st_mode):
         return path.open("rb")
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # returns at once, writer or not
+    # a shell's pipe has its writer from the start (its file reads `pipe:[inode]`)
+    try:
+        named = not os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")
+    except OSError:  # no /proc (macOS): waited on as a named pipe
+        named = True
     waiting = select.poll()  # until a writer sends (POLLIN), or came and went (POLLHUP)
     waiting.register(fd, select.POLLIN | select.POLLHUP)
-    if not waiting.poll(PIPE_WAIT_S * 1000):
+    if named and not waiting.poll(PIPE_WAIT_S * 1000):
         os.close(fd)
         raise OSError(errno.ETIMEDOUT, f"a pipe that nothing wrote to in {PIPE_WAIT_S:g} s")
     os.set_blocking(fd, True)  # then read what the writer sends, to its end

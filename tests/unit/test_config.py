@@ -840,6 +840,22 @@ def test_a_config_read_from_a_pipe_is_read(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(config_module, "PIPE_WAIT_S", 0.2)
     with pytest.raises(ConfigError, match=r"job.fifo: cannot read it \(a pipe that nothing wrote"):
         load_config(fifo)
+    # a shell's pipe (`<(slow command)`, /dev/stdin) is read however long its writer takes
+    # (a second review: cut off after the wait)
+    read_end, write_end = os.pipe()
+
+    def send_later() -> None:
+        time.sleep(0.5)
+        with os.fdopen(write_end, "w") as f:
+            f.write(text)
+
+    sender = threading.Thread(target=send_later, daemon=True)
+    sender.start()
+    try:
+        assert load_config(Path(f"/dev/fd/{read_end}")).name == "tiny"
+    finally:
+        sender.join(timeout=10)
+        os.close(read_end)
     # a device is read no further than a config could be (it was, until memory ran out)
     with pytest.raises(ConfigError, match=r"^/dev/zero: over 64 MiB, no YAML file of ours$"):
         load_config("/dev/zero")
