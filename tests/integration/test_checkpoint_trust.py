@@ -309,15 +309,18 @@ def test_a_file_meta_json_lists_outside_its_folder_is_refused(saved: Path, tmp_p
         verify(ckpt)
 
 
-def test_an_export_whose_config_names_other_tables_is_refused(saved: Path, tmp_path: Path) -> None:
+def test_an_export_whose_config_names_other_tables_lists_no_keys(
+    saved: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """meta.json's config said 3 tables of a checkpoint holding 2: export.json's keys named
-    a table model.safetensors lacks (a helper's audit)."""
+    a table model.safetensors lacks (a helper's audit). An older dist_train's split of a
+    table's rows would differ the same way: the tables export, without keys (a review)."""
     ckpt = _copy(saved, tmp_path)
     _forged(ckpt, lambda m: m["config"]["embedding"].update(num_tables=3))
-    with pytest.raises(CheckpointError, match=r"meta.json: its config's tables \(unified_0 "):
-        export(ckpt, tmp_path / "export")
-    assert not (tmp_path / "export").exists()
-    assert export(_copy(saved, tmp_path / "whole"), tmp_path / "export")["keys"]
+    with caplog.at_level("WARNING", logger="dist_train"):
+        assert export(ckpt, tmp_path / "export")["keys"] == []
+    assert re.search(r"lists no keys: the config in .*meta.json gives other tables \(", caplog.text)
+    assert export(_copy(saved, tmp_path / "whole"), tmp_path / "whole-export")["keys"]
 
 
 def test_metadata_that_json_or_its_digest_cannot_vouch_for_is_named(
