@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -127,7 +128,7 @@ def test_sigterm_while_ray_starts_ends_what_it_started(
     ray.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))  # `ray` beside it
     monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # (cached: TMPDIR is read once)
 
     def terminate_once_started() -> None:
         deadline = time.monotonic() + 30
@@ -154,7 +155,6 @@ def test_records_go_in_a_folder_of_this_users_alone(
     one first, naming a process group for `stop` to signal, or a link where `start` writes
     (a helper's audit)."""
     import os
-    import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     record = local_cluster.state_file(6379)
@@ -176,7 +176,6 @@ def test_stop_finds_a_record_an_earlier_version_kept(
 ) -> None:
     import json
     import os
-    import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     earlier = tmp_path / f"dist-train-local-cluster-{os.getuid()}-6379.json"

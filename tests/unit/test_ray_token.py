@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,6 @@ def test_local_cluster_start_writes_the_token_before_ray_start(
         return 0, 1, "ray start failed\n"  # no cluster to stop: group 0
 
     monkeypatch.setattr(local_cluster, "start_head", start_head)
-    monkeypatch.setenv("TMPDIR", str(home))  # its record's folder
+    monkeypatch.setattr(tempfile, "tempdir", str(home))  # its record's folder (cached)
     assert local_cluster.start(0, []) == 1
     assert seen == [0o600]
