@@ -10,13 +10,13 @@ from dist_train.config import load_config
 from dist_train.data.synthetic import _schema
 from dist_train.embedding.hashing import fingerprint_ints, fingerprint_strings, salted_rows
 from dist_train.embedding.layout import build_layout
-from dist_train.export import _keys
+from dist_train.export import _keys, _saved_layout
 from dist_train.train.trainer import make_batch_builder
 
 
 def test_every_key_names_its_table_and_salt() -> None:
     cfg = load_config(overrides=["embedding.num_tables=2"])
-    keys = _keys({"config": cfg.model_dump(mode="json")})
+    keys = _keys(_saved_layout({"config": cfg.model_dump(mode="json")}))
     assert len(keys) == sum(f.chunks for f in cfg.features)
     assert {k["table"] for k in keys} == {"unified_0", "unified_1"}
     assert len({k["salt"] for k in keys}) == len(keys)  # every chunk its own salt
@@ -27,7 +27,7 @@ def test_every_key_names_the_table_and_salt_training_hashes_it_with() -> None:
     of each key, ``salted_rows`` and the table's rows give the row training read. (The
     salts were only checked to differ: another seed's passed.)"""
     cfg = load_config(overrides=["embedding.num_tables=2", "seed=7"])
-    keys = _keys({"config": cfg.model_dump(mode="json")})
+    keys = _keys(_saved_layout({"config": cfg.model_dump(mode="json")}))
     layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
     rows = {t.name: t.num_rows for t in layout.tables}
     schema = _schema(cfg.data.synthetic)
@@ -56,5 +56,5 @@ def test_every_key_names_the_table_and_salt_training_hashes_it_with() -> None:
 def test_an_older_config_exports_without_the_map() -> None:
     raw = load_config().model_dump(mode="json")
     raw["seed"] = -1  # valid once, refused today
-    assert _keys({"config": raw}) == []
-    assert _keys({}) == []
+    assert _keys(_saved_layout({"config": raw})) == []
+    assert _keys(_saved_layout({})) == []
