@@ -9,10 +9,12 @@ cluster's ports. The embedded instance and ``launch/local_cluster.sh`` write it 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import secrets
 import stat
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -64,6 +66,21 @@ def _owners_alone(path: Path) -> None:
     )
 
 
-if __name__ == "__main__":  # launch/local_cluster.sh, before `ray start`
+def build_parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog="python -m dist_train.launchers.ray_token",
+        description="Write Ray's token file (~/.ray/auth_token) readable by its owner alone, "
+        "or make one there so; before a `ray start` of your own (docs/operations.md).",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    build_parser().parse_args(argv)
     logging.basicConfig(format="%(message)s")
-    keep_token_private()
+    path = keep_token_private()
+    print(f"{path}: readable by its owner alone" if path else "the token is not in Ray's file")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -290,6 +290,10 @@ def check_static(argv: list[str], what: str) -> str:
         check_job_args(parse(build_parser(), args, what), what)
     elif prog == "python -m dist_train.driver":
         check_job_args(parse(driver_parser(), args, what), what)
+    elif prog == "python -m dist_train.launchers.ray_token":
+        from dist_train.launchers.ray_token import build_parser as token_parser
+
+        parse(token_parser(), args, what)
     elif prog.startswith("python -m dist_train"):
         pytest.fail(f"{what}: no parser known for {prog}; add it to test_doc_commands.py")
     elif prog == "make" and "train" in args:

@@ -78,3 +78,14 @@ def test_local_cluster_start_writes_the_token_before_ray_start(
     monkeypatch.setattr(tempfile, "tempdir", str(home))  # its record's folder (cached)
     assert local_cluster.start(0, []) == 1
     assert seen == [0o600]
+
+
+def test_the_command_writes_the_token_and_says_where(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dist_train.launchers.ray_token import main
+
+    assert main([]) == 0
+    path = home / ".ray" / "auth_token"
+    assert capsys.readouterr().out == f"{path}: readable by its owner alone\n"
+    assert _mode(path) == 0o600
