@@ -126,18 +126,7 @@ def check_inputs(
 
 def saved_position(resume: str | None) -> SavedAt | None:
     """Where the checkpoint a run resumes from stood; None for a fresh run."""
-    if resume is None:
-        return None
-    meta = read_meta(location(resume))
-    position = meta.get("position") or {}
-    train = (meta.get("config") or {}).get("train") or {}
-    return SavedAt(
-        int(position.get("step") or 0),
-        int(meta.get("world_size") or 0),
-        int(position.get("epoch") or 0),
-        int(position.get("batches") or 0),
-        int(train.get("batch_size") or 0),
-    )
+    return None if resume is None else SavedAt.of(read_meta(location(resume)))
 
 
 def check_output_paths(cfg: JobConfig) -> None:

@@ -113,6 +113,19 @@ class SavedAt:
     batches: int = 0
     batch_size: int = 0
 
+    @classmethod
+    def of(cls, meta: dict[str, Any]) -> SavedAt:
+        """Where the checkpoint whose ``meta.json`` is ``meta`` (read and checked) stood."""
+        position = meta.get("position") or {}
+        train = (meta.get("config") or {}).get("train") or {}
+        return cls(
+            int(position.get("step") or 0),
+            int(meta.get("world_size") or 0),
+            int(position.get("epoch") or 0),
+            int(position.get("batches") or 0),
+            int(train.get("batch_size") or 0),
+        )
+
     @property
     def epoch_start_step(self) -> int:
         """The step its epoch began at (its batches into it were that epoch's first)."""

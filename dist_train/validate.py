@@ -43,7 +43,7 @@ from dist_train.config import (
 from dist_train.data.reader import DataSourceError, resolve_files
 from dist_train.data.validation import BadInputError, BadInputPolicy, FooterRowsError
 from dist_train.devices import DeviceError, DeviceType, resolve_device
-from dist_train.driver import check_inputs, saved_position
+from dist_train.driver import check_inputs
 from dist_train.embedding.layout import build_layout
 from dist_train.input_checks import SavedAt
 from dist_train.launchers.cluster import (
@@ -188,8 +188,9 @@ def _resumed_from(cfg: JobConfig) -> SavedAt | None:
     path = resolve_checkpoint(cfg, cfg.checkpoint.resume)
     if path is None:
         return None
-    check_compatible(read_meta(path), path, cfg.ray.num_workers)
-    return saved_position(str(path))
+    meta = read_meta(path)  # once: its digest check reads the file whole
+    check_compatible(meta, path, cfg.ray.num_workers)
+    return SavedAt.of(meta)
 
 
 def _check_fit(
