@@ -192,7 +192,7 @@ class MetadataUnpickler(pickle.Unpickler):
 
 def read_metadata_bytes(data: bytes, where: str) -> Metadata:
     """DCP ``Metadata`` from the bytes of a ``.metadata`` file, its contents checked
-    (:func:`_check_metadata`), or CheckpointError."""
+    (:func:`_metadata_problem`), or CheckpointError."""
     try:
         metadata = MetadataUnpickler(io.BytesIO(data)).load()
     except Exception as err:  # noqa: BLE001 - a crafted or corrupt file raises anything

@@ -25,18 +25,25 @@ class StorageError(ValueError):
     """A URL whose filesystem this environment cannot open (its fsspec package is missing)."""
 
 
+def url_filesystem(url: str) -> tuple[Any, str]:
+    """fsspec's filesystem for ``url`` and its path there; StorageError naming the URL and
+    what to install where none opens it (an unknown protocol, or its package missing)."""
+    try:
+        fs, path = fsspec.url_to_fs(url)
+    except (ImportError, ValueError) as err:
+        raise StorageError(
+            f"{url}: cannot open this URL ({err}); install the fsspec package for its scheme "
+            "(s3fs, gcsfs, adlfs) into the job's environment on every node"
+        ) from None
+    return fs, path
+
+
 class UrlPath:
     """A file or directory at an fsspec URL."""
 
     def __init__(self, url: str, fs: Any = None, path: str | None = None) -> None:
         if fs is None:
-            try:
-                fs, path = fsspec.url_to_fs(url)
-            except (ImportError, ValueError) as err:  # unknown protocol, or its package
-                raise StorageError(
-                    f"{url}: cannot open this URL ({err}); install the fsspec package for "
-                    "its scheme (s3fs, gcsfs, adlfs) into the job's environment on every node"
-                ) from None
+            fs, path = url_filesystem(url)
         self.url = url.rstrip("/")
         self.fs = fs
         self.path = str(path).rstrip("/")  # the filesystem's own name for it

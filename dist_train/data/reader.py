@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from dist_train.data.arrow_numpy import is_string_type, typed_nulls
 from dist_train.data.validation import BadInputError, BadInputPolicy
+from dist_train.storage import StorageError, url_filesystem
 
 T = TypeVar("T")
 
@@ -411,12 +412,9 @@ def _filesystem(url: str) -> tuple[pafs.FileSystem, str]:
         return pafs.FileSystem.from_uri(url)
     except (pa.ArrowInvalid, ValueError):
         try:
-            fs, inner = fsspec.core.url_to_fs(url)
-        except (ImportError, ValueError) as err:
-            raise DataSourceError(
-                f"{url}: cannot open this URL ({err}); install the fsspec package for its "
-                "scheme (s3fs, gcsfs, adlfs) into the job's environment on every node"
-            ) from None
+            fs, inner = url_filesystem(url)
+        except StorageError as err:  # a data source's, as the job's data errors are
+            raise DataSourceError(str(err)) from None
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), inner
 
 
