@@ -56,8 +56,9 @@ def keep_token_private(environ: Mapping[str, str] = os.environ) -> Path | None:
 
 def _owners_alone(path: Path) -> None:
     """Take the group's and others' permissions off ``path``, a file of this user's."""
-    mode = path.stat().st_mode
-    if not stat.S_ISREG(mode) or not mode & 0o077 or path.stat().st_uid != os.getuid():
+    found = path.stat()
+    mode = found.st_mode
+    if not stat.S_ISREG(mode) or not mode & 0o077 or found.st_uid != os.getuid():
         return
     os.chmod(path, stat.S_IMODE(mode) & 0o700)
     LOG.warning(
