@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, TypeVar
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -411,11 +410,17 @@ def _filesystem(url: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(url)
     except (pa.ArrowInvalid, ValueError):
-        try:
-            fs, inner = url_filesystem(url)
-        except StorageError as err:  # a data source's, as the job's data errors are
-            raise DataSourceError(str(err)) from None
+        fs, inner = _fsspec_filesystem(url)
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), inner
+
+
+def _fsspec_filesystem(url: str) -> tuple[Any, str]:
+    """:func:`~dist_train.storage.url_filesystem`, its error a data source's, as the job's
+    data errors are."""
+    try:
+        return url_filesystem(url)
+    except StorageError as err:
+        raise DataSourceError(str(err)) from None
 
 
 def _resolve_url(url: str) -> list[str]:
@@ -428,7 +433,9 @@ def _resolve_url(url: str) -> list[str]:
     elif info.type == pafs.FileType.File:
         inner_files = [inner]
     else:
-        ffs, inner = fsspec.core.url_to_fs(url)
+        # a glob: pyarrow's filesystems do not expand one, fsspec's do (a scheme pyarrow
+        # opens may still be one fsspec does not)
+        ffs, inner = _fsspec_filesystem(url)
         inner_files = []
         for match in sorted(ffs.glob(inner)):
             if _hidden_in_glob(match, inner):

@@ -399,3 +399,12 @@ def test_a_url_no_filesystem_opens_is_named_with_what_to_install() -> None:
 
     with pytest.raises(DataSourceError, match=r"foo://x/train: cannot open this URL .*foo"):
         resolve_files("foo://x/train")
+
+
+def test_a_glob_at_a_scheme_only_pyarrow_opens_is_named_with_what_to_install() -> None:
+    """A glob at a URL pyarrow opens (its test filesystem here, as s3:// without s3fs) went
+    to fsspec to expand, which raised a bare `ValueError: Protocol not known` (a review)."""
+    from dist_train.data.reader import DataSourceError, resolve_files
+
+    with pytest.raises(DataSourceError, match=r"mock:///x/part-\*: cannot open this URL"):
+        resolve_files("mock:///x/part-*")
