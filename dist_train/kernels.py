@@ -193,9 +193,11 @@ def example_major_into(lengths, values, cursor, out_offsets, out_values, bag_of_
     # example would follow ``features`` streams of lengths and values at once.
     for b in range(batch):
         cursor[b] = 0
-    for f in range(features):  # each example's number of values
+    # each example's number of values, none past the ids' count: lengths whose sum wraps
+    # (at 32 bits in the asks' scratch) would pass the count's check below
+    for f in range(features):
         for b in range(batch):
-            if lengths[f, b] < 0:
+            if lengths[f, b] < 0 or lengths[f, b] > values.shape[0] - cursor[b]:
                 return False
             cursor[b] += lengths[f, b]
     total = 0

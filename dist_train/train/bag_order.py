@@ -39,6 +39,27 @@ def lengths_not_counting(lengths: torch.Tensor, values: int) -> ValueError:
     )
 
 
+def refuse_lengths_not_counting(lengths: torch.Tensor, values: int) -> None:
+    """Raise :func:`lengths_not_counting`'s error unless every bag length is 0 or more and
+    they sum to ``values``: FBGEMM's ops read and write past the ids for ones that do not."""
+    if lengths.numel() == 0:
+        counted = values == 0
+    else:
+        low, high = (int(v) for v in torch.aminmax(lengths))
+        # no length over the count first: a sum of huge ones could wrap around to it
+        counted = low >= 0 and high <= values and int(lengths.sum()) == values
+    if not counted:
+        raise lengths_not_counting(lengths, values)
+
+
+def refuse_offsets_not_counting(offsets: torch.Tensor, values: int) -> None:
+    """:func:`refuse_lengths_not_counting` for bag ``offsets`` (one more than the bags),
+    which must also start at 0."""
+    if offsets.numel() == 0 or int(offsets[0]) != 0:
+        raise ValueError(f"bag offsets do not start at 0 for their {values} id(s)")
+    refuse_lengths_not_counting(offsets.diff(), values)
+
+
 def example_major_bags(
     lengths: torch.Tensor,
     values: torch.Tensor,
@@ -70,6 +91,7 @@ def example_major_bags(
         ):
             raise lengths_not_counting(lengths, values.numel())
         return ExampleMajorBags(offsets, in_order, None, bag_of_value)
+    refuse_lengths_not_counting(lengths, values.numel())
     device = lengths.device
     feature_major = torch.arange(bags, dtype=torch.int32, device=device)
     order = feature_major.view(features, batch).t().reshape(-1)  # new bag -> old bag

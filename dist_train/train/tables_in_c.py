@@ -22,6 +22,7 @@ from torch import nn
 from torchrec.distributed.batched_embedding_kernel import BatchedFusedEmbeddingBag
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from dist_train.train.bag_order import refuse_offsets_not_counting
 from dist_train.train.lookups import lookup_modules, plain_fused_cpu_kernel
 from dist_train.train.table_rows import TableRows, applies
 
@@ -45,6 +46,7 @@ class TablesInCFusedEmbeddingBag(BatchedFusedEmbeddingBag):
             # per-id weights, which TorchRec hands its kernel even where the tables are not
             # declared weighted: FBGEMM's kernel takes them (its bounds check is off: ours runs)
             values, offsets = features.values(), features.offsets()
+            refuse_offsets_not_counting(offsets, values.numel())
             self.table_rows.refuse_ids_outside(values, offsets, features.stride())
             return cast(torch.Tensor, super().forward(features))
         return self.table_rows(features)

@@ -161,6 +161,25 @@ def test_example_major_bags_refuse_lengths_that_do_not_count_the_ids(lengths: li
         example_major_bags(torch.tensor(lengths), ids, BATCH)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_example_major_bags_refuse_lengths_whose_sum_wraps_to_the_ids(weighted: bool) -> None:
+    """Two lengths of 2^63 - 1 and a 3 sum to 1 at 64 bits: the count's check passed, and the
+    pass wrote past its arrays; with weights FBGEMM's permute read past them (a helper's
+    audit)."""
+    lengths = torch.tensor([2**63 - 1, 2**63 - 1, 3])
+    weights = torch.ones(1) if weighted else None
+    with pytest.raises(ValueError, match=r"bag lengths do not count their 1 id\(s\)"):
+        example_major_bags(lengths, torch.arange(1), 3, weights)
+
+
+def test_weighted_bags_whose_lengths_do_not_count_the_ids_are_refused() -> None:
+    lengths = torch.ones(FEATURES * BATCH, dtype=torch.int64)
+    lengths[-1] = 100_000
+    ids = torch.arange(FEATURES * BATCH)
+    with pytest.raises(ValueError, match=r"bag lengths do not count their \d+ id\(s\)"):
+        example_major_bags(lengths, ids, BATCH, torch.ones(ids.numel()))
+
+
 def _torchrec_kernel(features: list[str]) -> BatchedFusedEmbeddingBag:
     """TorchRec's fused CPU kernel of one ``ROWS x DIM`` table the ``features`` share."""
     return fused_cpu_kernel([("unified_0", ROWS, DIM, features)])

@@ -227,3 +227,27 @@ def test_bags_whose_offsets_do_not_span_the_ids_are_refused_before_any_read(
             rows.tbe.weights_host.data_ptr(), rows.tbe.momentum1_host.data_ptr(), 0.1, 1e-8,
             rows.slot.data_ptr(), rows.slot.numel(), rows.scratch.data_ptr(), 0, 1,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "offsets",
+    [
+        [1, 1, 2, 2, 2, 2, 2, 2, 2],  # not from 0
+        [0, 2, 1, 2, 2, 2, 2, 2, 2],  # falling
+        [0, 1, 1, 1, 1, 1, 1, 1, 100_000],  # past the ids
+    ],
+)
+@pytest.mark.usefixtures("one_rank_group")
+def test_weighted_bags_whose_offsets_do_not_span_the_ids_are_refused(offsets: list[int]) -> None:
+    """Per-id weights go to FBGEMM's kernel, whose bounds check is off in a converted
+    kernel: it read the memory past the ids as ids (a helper's audit)."""
+    kernel = _torchrec_kernel()
+    run_tables_in_c(ModuleList([kernel]))
+    features = KeyedJaggedTensor(
+        keys=[f"f{f}" for f in range(len(FEATURE_TABLE))],
+        values=torch.tensor([1, 2]),
+        offsets=torch.tensor(offsets),
+        weights=torch.ones(2),
+    )
+    with pytest.raises(ValueError, match=r"bag (offsets|lengths) do not"):
+        kernel(features)

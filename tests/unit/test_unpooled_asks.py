@@ -128,3 +128,11 @@ def test_lengths_that_do_not_count_the_ids_are_refused() -> None:
     lengths[0, 0] += 3
     with pytest.raises(ValueError, match="bag lengths do not count their"):
         asker._one_table(ids, lengths, [f"f{i}" for i in range(FEATURES)])
+
+
+def test_lengths_whose_sum_wraps_at_32_bits_are_refused() -> None:
+    """The pass sums each example's lengths in 32-bit scratch: 2^32 + 1 is 1 there, which
+    passed the count's check and wrote past the arrays (a helper's audit)."""
+    asker = Asker(2, [[0, 500, 1000]], Tables((1,), (16,)), torch.device("cpu"))
+    with pytest.raises(ValueError, match="bag lengths do not count their 1 id"):
+        asker._one_table(torch.tensor([7]), torch.tensor([[2**32 + 1]]), ["f0"])
