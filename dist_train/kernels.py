@@ -23,14 +23,43 @@ import numpy as np
 from numba.core import types
 from numba.extending import intrinsic
 
+from dist_train.private_folder import private_temp_folder
+
 _M1 = np.uint64(0xFF51AFD7ED558CCD)
 _M2 = np.uint64(0xC4CEB93FE53E4A53)
 _LO32 = np.uint64(0xFFFFFFFF)
 _S32 = np.uint64(32)
 _S33 = np.uint64(33)
 
-_jit = numba.njit(cache=True, nogil=True)
-_inline = numba.njit(cache=True, nogil=True, inline="always")
+
+def _probe() -> None:
+    """Nothing: decorated to ask numba whether it can cache this file's kernels."""
+
+
+def _can_cache() -> bool:
+    """Whether numba can cache this file's kernels on disk: beside it (``__pycache__``), in
+    the user's cache folder or ``NUMBA_CACHE_DIR``, else in this user's private temporary
+    folder, which this points numba at. numba refused to decorate (and so this module to
+    import) where it could write none, as a read-only install run by a user with no home
+    is (a pod's ``runAsUser``). False where that folder is refused too: the kernels then
+    compile in each process."""
+    try:
+        numba.njit(cache=True)(_probe)
+        return True
+    except RuntimeError:  # "no locator available"
+        pass
+    try:
+        numba.config.CACHE_DIR = str(private_temp_folder() / "numba")  # type: ignore[attr-defined]
+        numba.njit(cache=True)(_probe)
+    except (OSError, RuntimeError):
+        numba.config.CACHE_DIR = ""  # type: ignore[attr-defined]
+        return False
+    return True
+
+
+_CACHE = _can_cache()
+_jit = numba.njit(cache=_CACHE, nogil=True)
+_inline = numba.njit(cache=_CACHE, nogil=True, inline="always")
 
 
 @_inline

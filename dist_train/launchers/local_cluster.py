@@ -11,13 +11,11 @@ workers below it, nothing else. ``launch/local_cluster.sh`` is the command line:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import json
 import os
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import tempfile
@@ -26,6 +24,7 @@ from pathlib import Path
 
 from dist_train.launchers.procfs import proc_stat
 from dist_train.launchers.ray_token import keep_token_private
+from dist_train.private_folder import NotPrivateError, private_temp_folder
 from dist_train.stopping import stopped_by_sigterm
 
 GRACE_S = 10.0
@@ -74,16 +73,10 @@ def state_file(port: int) -> Path:
     this user's alone under the temporary folder. Its records lay in the temporary folder
     itself, where another user could put one first (a record whose process group ``stop``
     then signals) or a link in place of the file ``start`` writes."""
-    folder = Path(tempfile.gettempdir()) / f"dist-train-{os.getuid()}"
-    with contextlib.suppress(FileExistsError):
-        folder.mkdir(mode=0o700)
-    made = os.lstat(folder)
-    if not stat.S_ISDIR(made.st_mode) or made.st_uid != os.getuid() or made.st_mode & 0o077:
-        raise SystemExit(
-            f"{folder}: not a folder of this user's alone (a link, another user's, or open to "
-            "others), where the cluster's records go; remove it, or set TMPDIR to another "
-            "temporary folder"
-        )
+    try:
+        folder = private_temp_folder()
+    except NotPrivateError as err:
+        raise SystemExit(f"{err} (the cluster's records go there)") from None
     return folder / f"local-cluster-{port}.json"
 
 
