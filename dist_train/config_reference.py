@@ -29,8 +29,8 @@ folder). A number's key, or a list or mapping of numbers, refuses YAML's yes/no 
 reads exponent form as YAML 1.2 does (`num_rows: 3e5` is 300000: PyYAML's YAML 1.1 reads it
 as text), in a file and on the command line alike; a text key keeps the text. Nor are
 numbers read in YAML 1.1's octal or base 60: `seed: 0123` is 123 (`0o17` is octal, `0x1f`
-hex), `epochs: 1:30` is refused. A path may not be empty (leave its key out, or null, for
-its default); an `output_dir` of `file:/x` is the folder `/x`. `dist-train
+hex), `epochs: 1:30` is refused. A path may not be empty (leave its key out for its default, or
+set null where its type allows null); an `output_dir` of `file:/x` is the folder `/x`. `dist-train
 show-config` prints the validated config of a job, every default filled in; an error names
 the key and the `--set` it came from, and an unknown key gets the closest valid one as a
 suggestion. An item of a list is named by its `name` (an item of `features`), or else by

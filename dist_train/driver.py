@@ -429,7 +429,8 @@ def where_to_resume(cfg: JobConfig, failure: BaseException | None = None) -> str
     later = " or a newer one a save still in flight commits" if failure is None else ""
     return (
         f"the newest committed checkpoint is {found[-1]} (step {step_of(found[-1])}); "
-        f"`--resume latest` continues from it{later}"
+        f"`--resume latest` continues from it{later} (`--set checkpoint.resume=latest` in "
+        "a submitted job's or a RayJob's command)"
     )
 
 

@@ -189,7 +189,8 @@ def refuse_to_overwrite(cfg: JobConfig) -> None:
         raise checkpoint.CheckpointError(
             f"{root} already holds checkpoints of an earlier run (newest: {existing[-1].name}) "
             f"and this run starts from scratch, which would {harm}. Continue "
-            "that run with --resume latest, or start a new one under another name "
+            "that run with --resume latest (--set checkpoint.resume=latest in a submitted "
+            "job's command), or start a new one under another name "
             "(--set name=...) or checkpoint.dir; nothing was changed"
         )
 
