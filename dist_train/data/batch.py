@@ -217,6 +217,11 @@ class BatchBuilder:
             raise BadInputError(
                 f"{source}: label column {self.label_column!r} has type {label}{cast}"
             )
+        if self.row_id_column and not _is_int(row_ids := schema.field(self.row_id_column).type):
+            raise BadInputError(
+                f"{source}: row id column {self.row_id_column!r} has type {row_ids}: row ids "
+                "are integers"
+            )
         for name in self.dense_columns:
             t = schema.field(name).type
             if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t)):
@@ -321,7 +326,13 @@ class BatchBuilder:
                 f"{source}: row id column {self.row_id_column!r} must hold integers without "
                 f"nulls (it has type {col.type}, {col.null_count} nulls)"
             )
-        return col.to_numpy().astype(np.int64, copy=False)
+        ids = col.to_numpy()
+        if ids.dtype == np.uint64 and len(ids) and int(ids.max()) > np.iinfo(np.int64).max:
+            raise BadInputError(
+                f"{source}: row id column {self.row_id_column!r} holds ids from 2**63 on "
+                f"(up to {int(ids.max())}), which row ids (int64) cannot hold"
+            )
+        return ids.astype(np.int64, copy=False)
 
     def to_batch(self, rows: Rows) -> Batch:
         """The training batch of ``rows``: categorical fingerprints hashed into table rows."""

@@ -245,13 +245,14 @@ def _hidden(relative: str) -> bool:
 def list_row_groups(
     path: str,
     policy: BadInputPolicy | None = None,
-    check_schema: Callable[[str, pa.Schema], None] | None = None,
+    check_schema: Callable[[str, pa.Schema, pq.FileMetaData], None] | None = None,
 ) -> list[RowGroup]:
     """All non-empty row groups under ``path``, in file order.
 
     An unreadable (e.g. truncated) or empty file, one whose footer's row counts disagree, or
-    one whose schema ``check_schema`` rejects (with :class:`BadInputError`), is bad input: an
-    error, or with a ``skip`` policy a counted, skipped file. Each footer is read once.
+    one whose schema or footer ``check_schema`` rejects (with :class:`BadInputError`), is bad
+    input: an error, or with a ``skip`` policy a counted, skipped file. Each footer is read
+    once.
     """
     groups: list[RowGroup] = []
     for f in resolve_files(path):
@@ -277,7 +278,7 @@ def list_row_groups(
             continue
         if check_schema is not None:
             try:
-                check_schema(f, schema)
+                check_schema(f, schema, meta)
             except BadInputError as err:
                 if policy is None:
                     raise

@@ -8,7 +8,8 @@ Row problems (per row group, before batching):
   its cardinality (negative ids included), scalar or inside a list.
 
 File problems (before training, from footers): unreadable or truncated file, empty file,
-schema differing from the first file, missing column, wrong type.
+schema differing from the first file, missing column, wrong type, a codec pyarrow lacks, a
+row group whose label column holds other than its rows.
 Under ``error``, the row problems a footer's statistics show (ids beyond a cardinality,
 null or out-of-range labels, an infinite dense value) are found there too, before training.
 
@@ -263,9 +264,13 @@ class BadInputPolicy:
         are checked as they are read."""
         if self.mode != "error":
             return
-        leaves: dict[str, list[int]] = {}
-        for i in range(meta.num_columns):
-            leaves.setdefault(meta.schema.column(i).path, []).append(i)
+        label = meta.schema.to_arrow_schema().field(self.label_column)
+        if pa.types.is_null(label.type):  # no statistics: found only as its rows were read
+            raise FooterRowsError(
+                f"{path}: column {self.label_column!r}: every label is null (the column's type "
+                "is null), by the file's footer (set data.on_bad_input: skip to drop such rows)"
+            )
+        leaves = _leaves(meta)
         for group in range(meta.num_row_groups):
             for column, detail in self._footer_problems(meta.row_group(group), leaves):
                 raise FooterRowsError(
@@ -325,6 +330,54 @@ class BadInputPolicy:
         return table.filter(pa.array(~bad))
 
 
+def _leaves(meta: pq.FileMetaData) -> dict[str, list[int]]:
+    """The footer's leaf columns by path (``C3.list.element`` for a list's values)."""
+    leaves: dict[str, list[int]] = {}
+    for i in range(meta.num_columns):
+        leaves.setdefault(meta.schema.column(i).path, []).append(i)
+    return leaves
+
+
+def _codec_readable(name: str) -> bool:
+    if name == "UNCOMPRESSED":
+        return True
+    try:
+        return bool(pa.Codec.is_available(name.lower()))
+    except (ValueError, pa.ArrowException):  # a codec pyarrow does not know at all: LZO
+        return False
+
+
+def check_footer_reads(path: str, meta: pq.FileMetaData, columns: list[str], label: str) -> None:
+    """BadInputError for a file whose footer parses but whose rows would fail to read, or read
+    short, hours into a job: a column it reads compressed by a codec this pyarrow lacks (LZO,
+    as older Hive and Hadoop data hold; looked for in the first row group, as writers
+    compress a column alike throughout: a later one's read names the file too), or a row
+    group whose label column holds other than its recorded rows (a damaged footer lowering
+    a row group's count and the file's total alike, which readers trust)."""
+    leaves = _leaves(meta)
+    first = meta.row_group(0)
+    for name in columns:
+        found = leaves.get(name) or [
+            i for leaf, ids in leaves.items() if leaf.startswith(name + ".") for i in ids
+        ]
+        for i in found:
+            codec = first.column(i).compression
+            if not _codec_readable(codec):
+                raise BadInputError(
+                    f"{path}: column {name!r} is compressed with {codec}, which this pyarrow "
+                    f"cannot read: rewrite the file with another codec (zstd, snappy)"
+                )
+    for i in leaves.get(label, [])[:1]:
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            if group.column(i).num_values != group.num_rows:
+                raise BadInputError(
+                    f"{path} (row group {g}): corrupt footer: column {label!r} holds "
+                    f"{group.column(i).num_values} values but the row group records "
+                    f"{group.num_rows} rows"
+                )
+
+
 def _statistics(
     group: pq.RowGroupMetaData, leaves: dict[str, list[int]], column: str, nested: bool
 ) -> pq.Statistics | None:
@@ -369,6 +422,9 @@ class SchemaSource(Protocol):
     @property
     def id_columns(self) -> list[str]: ...
 
+    @property
+    def label_column(self) -> str: ...
+
     def check_schema(self, schema: pa.Schema, source: str) -> None: ...
 
 
@@ -384,8 +440,13 @@ class SchemaCheck:
         self.builder = builder
         self.reference: dict[str, tuple[pa.DataType, str]] = {}  # column -> (type, file)
 
-    def __call__(self, path: str, schema: pa.Schema) -> None:
+    def __call__(self, path: str, schema: pa.Schema, meta: pq.FileMetaData | None = None) -> None:
+        """Check the file at ``path``: its ``schema``, and where its footer ``meta`` is given
+        (a file to be read, not one read for its types alone), what
+        :func:`check_footer_reads` checks."""
         self.builder.check_schema(schema, path)
+        if meta is not None:
+            check_footer_reads(path, meta, self.builder.columns, self.builder.label_column)
         new: dict[str, tuple[pa.DataType, str]] = {}
         for name in self.builder.id_columns:
             have = schema.field(name).type

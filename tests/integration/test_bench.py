@@ -212,8 +212,8 @@ def test_no_bench_system_stops_the_openmp_workers_spinning(tmp_path: Path, world
     )
     sleeping = SLEEPING_WAITS_PER_REGION * PROBE_REGIONS
     for waits in ranks:
-        assert waits["control"] > 2.5 * sleeping, waits  # the probe sees another thread's team
-        assert all(waits[s] <= sleeping for s in ("before", *bench_train.SYSTEMS)), waits
+        assert waits["control"] > 2.5 * sleeping, str(waits)  # the probe sees another thread's team
+        assert all(waits[s] <= sleeping for s in ("before", *bench_train.SYSTEMS)), str(waits)
 
 
 def test_the_peers_batched_exchange_averages_as_gloo_does() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import shutil
+import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from dist_train.data.reader import (
     row_group_tables,
 )
 from dist_train.data.synthetic import GeneratedData
-from dist_train.data.validation import BadInputError, BadInputPolicy
+from dist_train.data.validation import BadInputError, BadInputPolicy, FooterRowsError
 from dist_train.driver import prepare_inputs
 
 ROWS_PER_FILE = 4096  # small_config: 2 train files of 4 row groups x 1024 rows
@@ -102,6 +104,61 @@ def _duplicate_column(path: Path) -> str:
     return "2 columns named 'I1'"  # was "missing column 'I1'"
 
 
+def _patched_footer(path: Path, patch: Callable[[bytearray], None]) -> None:
+    """``path`` rewritten with its Thrift footer bytes patched in place (same length)."""
+    raw = path.read_bytes()
+    start = len(raw) - 8 - struct.unpack("<I", raw[-8:-4])[0]
+    footer = bytearray(raw[start:-8])
+    patch(footer)
+    path.write_bytes(raw[:start] + bytes(footer) + raw[-8:])
+
+
+def _lzo_codec(path: Path) -> str:
+    """Every column chunk marked LZO (older Hive and Hadoop data), which pyarrow cannot read:
+    the file passed every check and failed at its first read, hours in (a helper's audit)."""
+    _rewrite(path, pq.read_table(path))  # snappy
+    meta = pq.ParquetFile(path).metadata
+
+    def patch(footer: bytearray) -> None:
+        for c in range(meta.num_columns):
+            parts = meta.schema.column(c).path.split(".")
+            # ColumnMetaData: path_in_schema (a list of strings), then codec (SNAPPY = 1)
+            names = b"".join(bytes([len(p)]) + p.encode() for p in parts)
+            marked = bytes([0x19, (len(parts) << 4) | 8]) + names + b"\x15\x02"
+            at = footer.find(marked)
+            while at >= 0:
+                footer[at + len(marked) - 1] = 0x06  # LZO = 3, zigzag
+                at = footer.find(marked, at + len(marked))
+
+    _patched_footer(path, patch)
+    first = pq.ParquetFile(path).metadata.row_group(0)
+    assert {first.column(c).compression for c in range(meta.num_columns)} == {"LZO"}
+    return "column 'label' is compressed with LZO, which this pyarrow cannot read"
+
+
+def _lowered_row_count(path: Path) -> str:
+    """A damaged footer lowering a row group's rows and the file's alike: readers trust
+    both and read a row less, and the file total agreed (a helper's audit)."""
+    _rewrite(path, pq.read_table(path))
+    raw = path.read_bytes()
+    start = len(raw) - 8 - struct.unpack("<I", raw[-8:-4])[0]
+    footer = raw[start:-8]
+    total = footer.find(b"\x16\x80\x40")  # the file's 4,096 rows (i64, zigzag varint)
+    # an i64 field of 1,024 made 1,023: the one that is the first row group's num_rows (the
+    # others are columns' value counts)
+    for at in (i for i in range(len(footer)) if footer.startswith(b"\x16\x80\x10", i)):
+        patched = bytearray(footer)
+        patched[at + 1 : at + 3] = b"\xfe\x0f"
+        patched[total + 1 : total + 3] = b"\xfe\x3f"
+        path.write_bytes(raw[:start] + bytes(patched) + raw[-8:])
+        first = pq.ParquetFile(path).metadata.row_group(0)
+        if first.num_rows == 1023 and first.column(0).num_values == 1024:
+            break
+    meta = pq.ParquetFile(path).metadata
+    assert meta.num_rows == ROWS_PER_FILE - 1 and meta.row_group(0).num_rows == 1023
+    return "(row group 0): corrupt footer: column 'label' holds 1024 values but the row group"
+
+
 FILE_PROBLEMS = [
     _truncated,
     _empty,
@@ -111,6 +168,8 @@ FILE_PROBLEMS = [
     _wrong_type,
     _decimal_dense,
     _duplicate_column,
+    _lzo_codec,
+    _lowered_row_count,
 ]
 
 
@@ -509,3 +568,57 @@ def test_a_skipped_file_sets_no_columns_type(
     groups = list_row_groups(str(train), policy, SchemaCheck(builder))
     assert {g.path for g in groups} == {str(f) for f in files if f != files[1]}
     assert policy.counts.files == 1
+
+
+def test_a_label_column_of_nulls_alone_is_refused_before_training(
+    small_cfg: JobConfig, small_data: GeneratedData, tmp_path: Path
+) -> None:
+    """A label column of Arrow's null type (pandas writes one for a column of None) has no
+    footer statistics: `validate` passed it, and a test file failed only after all of
+    training (a helper's audit)."""
+    test = tmp_path / "test_copy"
+    shutil.copytree(small_data.test_dir, test)
+    bad = sorted(test.glob("*.parquet"))[0]
+    t = pq.read_table(bad)
+    nulls = pa.nulls(t.num_rows)
+    _rewrite(bad, t.set_column(t.schema.get_field_index("label"), "label", nulls))
+    with pytest.raises(FooterRowsError, match=rf"{bad}: column 'label': every label is null"):
+        prepare_inputs(_with(small_cfg, small_data.train_dir, test, "error"))
+
+
+def _with_row_ids(cfg: JobConfig, column: str) -> JobConfig:
+    return parse_config(
+        apply_overrides(cfg.model_dump(mode="json"), [f"data.row_id_column={column}"])
+    )
+
+
+def test_a_row_id_column_of_other_than_integers_is_refused_before_training(
+    small_cfg: JobConfig, small_data: GeneratedData
+) -> None:
+    """It passed `validate` and failed the workers' first read, under `skip` too."""
+    cfg = _with(small_cfg, small_data.train_dir, small_data.test_dir, "error")
+    with pytest.raises(BadInputError, match=r"row id column 'oracle_p' has type float: row ids"):
+        prepare_inputs(_with_row_ids(cfg, "oracle_p"))
+
+
+def test_row_ids_from_2_63_on_are_refused_not_wrapped(
+    small_cfg: JobConfig, small_data: GeneratedData, tmp_path: Path
+) -> None:
+    """uint64 row ids of 2**63 and more reached the batches and the ledger as negative
+    numbers (a helper's audit)."""
+    train, test = _copy_train(small_data, tmp_path), tmp_path / "test_copy"
+    shutil.copytree(small_data.test_dir, test)
+    files = [*sorted(train.glob("*.parquet")), *test.glob("*.parquet")]
+    for path in files:
+        t = pq.read_table(path)
+        first = 2**63 if path.name == "part-1.parquet" and path.parent == train else 0
+        ids = np.arange(t.num_rows, dtype=np.uint64) + np.uint64(first)
+        _rewrite(path, t.append_column("rid", pa.array(ids)))
+    cfg = _with_row_ids(_with(small_cfg, train, test, "error"), "rid")
+    inputs = prepare_inputs(cfg)
+    from dist_train.embedding.layout import build_layout
+    from dist_train.train.trainer import make_batch_builder
+
+    builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
+    with pytest.raises(BadInputError, match=r"part-1.parquet .*'rid' holds ids from 2\*\*63 on"):
+        list(builder.stream(inputs.train_groups, 1024))
