@@ -29,6 +29,10 @@ def warn_of_shared_files(train: list[RowGroup], test: list[RowGroup]) -> None:
         )
 
 
+class NoStepsError(BadInputError):
+    """The job's data would train it 0 steps: the whole job's problem, no file's."""
+
+
 UNUSED_ROWS_WARNING = 0.10
 """The share of an epoch's training rows left untrained above which the driver warns."""
 
@@ -52,7 +56,7 @@ def check_steps(cfg: JobConfig, train: list[RowGroup], saved: SavedAt | None = N
     steps = steps_per_epoch(assignment, batch_size)
     smallest = min(sum(g.num_rows for g in groups) for groups in assignment)
     if not steps:
-        raise BadInputError(
+        raise NoStepsError(
             f"the job would train 0 steps: train.batch_size={batch_size} is more than the "
             f"{smallest:,} training rows of the smallest rank's share ({len(train)} row "
             f"groups dealt to ray.num_workers={world} ranks); use fewer ranks, a smaller "

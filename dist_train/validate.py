@@ -45,7 +45,7 @@ from dist_train.data.validation import BadInputError, BadInputPolicy, FooterRows
 from dist_train.devices import DeviceError, DeviceType, resolve_device
 from dist_train.driver import check_inputs
 from dist_train.embedding.layout import build_layout
-from dist_train.input_checks import SavedAt
+from dist_train.input_checks import NoStepsError, SavedAt
 from dist_train.launchers.cluster import (
     ClusterLimits,
     ClusterTooSmallError,
@@ -165,7 +165,7 @@ def _check_data(cfg: JobConfig, source: str, report: Report) -> None:
             " (the first found: `--set data.on_bad_input=skip` lists every bad file)"
             if policy.mode == "error"
             and isinstance(err, BadInputError)
-            and not isinstance(err, FooterRowsError)
+            and not isinstance(err, FooterRowsError | NoStepsError)
             else ""
         )
         report.problems.append(f"{source}: data: {err}{more}")
