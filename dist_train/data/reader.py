@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import xxhash
 
 from dist_train.data.arrow_numpy import is_string_type, typed_nulls
 from dist_train.data.validation import BadInputError, BadInputPolicy
@@ -99,6 +100,9 @@ class RowGroup:
     # with the contents of dictionary-encoded and variable-length columns (not of plain
     # fixed-width ones), known at no read of the data
     byte_size: int = 0
+    # a digest of its file's columns and types when listed (:func:`schema_digest`; "":
+    # unknown): a file rewritten since, read by it, is refused (not hashed as other types)
+    schema: str = ""
 
     @property
     def source(self) -> str:
@@ -286,8 +290,9 @@ def list_row_groups(
                 continue
         if policy is not None:
             policy.check_footer(f, meta)
+        digest = schema_digest(schema)
         groups += [
-            RowGroup(f, i, g.num_rows, g.total_byte_size)
+            RowGroup(f, i, g.num_rows, g.total_byte_size, digest)
             for i, g in enumerate(listed)
             if g.num_rows > 0
         ]
@@ -476,6 +481,28 @@ def file_urls(url: str, inner: str, files: list[str]) -> list[str]:
     return [f"{scheme}://{f.lstrip('/')}{mark}{query}" for f in files]
 
 
+def schema_digest(schema: pa.Schema) -> str:
+    """A digest of ``schema``'s column names and types (its metadata left out)."""
+    text = schema.to_string(show_field_metadata=False, show_schema_metadata=False)
+    return xxhash.xxh3_64_hexdigest(text.encode())
+
+
+def _changed_since_listed(g: RowGroup, meta: pq.FileMetaData, schema_checked: bool) -> str:
+    """What of ``g``'s file (its footer ``meta``, as opened now) differs from its listing:
+    a file rewritten while the job ran (an upstream job's output, overwritten) read as
+    listed failed with a bare error, or hashed its ids as another type silently; "" if
+    nothing (its schema compared unless ``schema_checked``)."""
+    if g.index >= meta.num_row_groups or meta.row_group(g.index).num_rows != g.num_rows:
+        now = meta.row_group(g.index).num_rows if g.index < meta.num_row_groups else "no"
+        return f"the file changed since the job listed it: {now} rows here, not {g.num_rows}"
+    if schema_checked or not g.schema or schema_digest(meta.schema.to_arrow_schema()) == g.schema:
+        return ""
+    return (
+        "the file changed since the job listed it: its columns or their types differ from "
+        "those checked before training"
+    )
+
+
 def row_group_tables(
     groups: list[RowGroup],
     columns: list[str],
@@ -485,6 +512,7 @@ def row_group_tables(
     """Each row group, projected to ``columns`` (and checked/cleaned by ``policy``)."""
     files: dict[str, pq.ParquetFile] = {}  # the newest used last
     footers: dict[str, pq.FileMetaData] = {}  # of files closed: reopened without a read
+    schemas_compared: set[str] = set()  # files whose schema was compared to their listing's
     budget = open_files_budget()
     try:
         for g in groups:
@@ -497,6 +525,11 @@ def row_group_tables(
                     path, oldest = next(iter(files.items()))
                     footers[path] = files.pop(path).metadata
                     oldest.close(force=True)
+                changed = _changed_since_listed(g, pf.metadata, g.path in schemas_compared)
+                if changed:
+                    _problem(policy, f"{g.source}: {changed}", whole_file=False)
+                    continue
+                schemas_compared.add(g.path)
                 table = typed_nulls(pf.read_row_group(g.index, columns=columns))
                 # Decoding does not check everything a corrupt page can hold (e.g. dictionary
                 # indices past the dictionary's end): full validation turns that into an error.

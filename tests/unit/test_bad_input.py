@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import errno
+import re
 import shutil
 import struct
 from collections.abc import Callable
@@ -622,3 +623,41 @@ def test_row_ids_from_2_63_on_are_refused_not_wrapped(
     builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
     with pytest.raises(BadInputError, match=r"part-1.parquet .*'rid' holds ids from 2\*\*63 on"):
         list(builder.stream(inputs.train_groups, 1024))
+
+
+def _c2_as_text(t: pa.Table) -> pa.Table:
+    return t.set_column(t.schema.get_field_index("C2"), "C2", pc.cast(t["C2"], pa.string()))
+
+
+@pytest.mark.parametrize(
+    ("rewrite", "expected", "changed"),
+    [
+        (_c2_as_text, "its columns or their types differ from those checked before training", 4),
+        (lambda t: t.slice(0, t.num_rows - 1), "1023 rows here, not 1024", 1),
+    ],
+    ids=["types", "rows"],
+)
+def test_a_file_rewritten_after_it_was_listed_is_refused_at_its_read(
+    small_cfg: JobConfig,
+    small_data: GeneratedData,
+    tmp_path: Path,
+    rewrite: Callable[[pa.Table], pa.Table],
+    expected: str,
+    changed: int,
+) -> None:
+    """A file overwritten while a job ran (an upstream job's output) was read by its old
+    listing: C2 rewritten as text trained on, its ids hashed as strings where every other
+    file's hash as integers; a label rewritten as text failed with a bare Arrow error (a
+    helper's audit)."""
+    train = _copy_train(small_data, tmp_path)
+    groups = list_row_groups(str(train))
+    bad = train / "part-1.parquet"
+    _rewrite(bad, rewrite(pq.read_table(bad)))
+    columns = pq.read_schema(bad).names
+    error = BadInputPolicy.for_job(_with(small_cfg, train, small_data.test_dir, "error"))
+    changed_since = rf"{bad} \(row group \d\): the file changed since the job listed it: "
+    with pytest.raises(BadInputError, match=changed_since + re.escape(expected)):
+        list(row_group_tables(groups, columns, error))
+    skip = BadInputPolicy.for_job(_with(small_cfg, train, small_data.test_dir, "skip"))
+    read = [source for _, source in row_group_tables(groups, columns, skip)]
+    assert len(read) == 8 - changed and skip.counts.row_groups == changed
