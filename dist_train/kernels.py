@@ -37,12 +37,12 @@ def _probe() -> None:
 
 
 def _can_cache() -> bool:
-    """Whether numba can cache this file's kernels on disk: beside it (``__pycache__``), in
-    the user's cache folder or ``NUMBA_CACHE_DIR``, else in this user's private temporary
-    folder, which this points numba at. numba refused to decorate (and so this module to
-    import) where it could write none, as a read-only install run by a user with no home
-    is (a pod's ``runAsUser``). False where that folder is refused too: the kernels then
-    compile in each process."""
+    """Whether numba can cache this file's kernels on disk: in ``NUMBA_CACHE_DIR``, beside
+    this file (``__pycache__``) or in the user's cache folder, else in this user's private
+    temporary folder, which this points numba at while it decorates them. numba refused to
+    decorate (and so this module to import) where it could write none, as a read-only
+    install run by a user with no home is (a pod's ``runAsUser``). False where that folder
+    is refused too: the kernels then compile in each process."""
     try:
         numba.njit(cache=True)(_probe)
         return True
@@ -57,6 +57,7 @@ def _can_cache() -> bool:
     return True
 
 
+_NUMBA_CACHE_DIR = numba.config.CACHE_DIR  # type: ignore[attr-defined]
 _CACHE = _can_cache()
 _jit = numba.njit(cache=_CACHE, nogil=True)
 _inline = numba.njit(cache=_CACHE, nogil=True, inline="always")
@@ -443,3 +444,8 @@ def load() -> None:
     (:mod:`dist_train.launchers.rank_preload`) pay it once.
     """
     fill_offsets(np.zeros((1, 1), dtype=np.int64), np.empty((1, 2), dtype=np.int64))
+
+
+# numba fixed each kernel's cache folder as it decorated it: the process's other numba
+# functions keep the folder they would have had
+numba.config.CACHE_DIR = _NUMBA_CACHE_DIR  # type: ignore[attr-defined]

@@ -290,7 +290,7 @@ def list_row_groups(
                 continue
         if policy is not None:
             policy.check_footer(f, meta)
-        digest = schema_digest(schema)
+        digest = schema_digest(meta)
         groups += [
             RowGroup(f, i, g.num_rows, g.total_byte_size, digest)
             for i, g in enumerate(listed)
@@ -438,6 +438,8 @@ def _resolve_url(url: str) -> list[str]:
         inner_files = _url_files_under(fs, inner)
     elif info.type == pafs.FileType.File:
         inner_files = [inner]
+    elif not glob.has_magic(inner):
+        inner_files = []  # nothing there: "no Parquet files found"
     else:
         # a glob: pyarrow's filesystems do not expand one, fsspec's do (a scheme pyarrow
         # opens may still be one fsspec does not)
@@ -481,10 +483,23 @@ def file_urls(url: str, inner: str, files: list[str]) -> list[str]:
     return [f"{scheme}://{f.lstrip('/')}{mark}{query}" for f in files]
 
 
-def schema_digest(schema: pa.Schema) -> str:
-    """A digest of ``schema``'s column names and types (its metadata left out)."""
-    text = schema.to_string(show_field_metadata=False, show_schema_metadata=False)
-    return xxhash.xxh3_64_hexdigest(text.encode())
+def schema_digest(meta: pq.FileMetaData) -> str:
+    """A digest of a file's columns and their types as its footer (``meta``) records them:
+    Parquet's own descriptors, not Arrow's text of them, which a driver and workers of other
+    pyarrow versions could write otherwise."""
+    columns = (meta.schema.column(i) for i in range(meta.num_columns))
+    described = [
+        (
+            c.path,
+            c.physical_type,
+            c.logical_type.type,
+            c.converted_type,
+            c.max_definition_level,
+            c.max_repetition_level,
+        )
+        for c in columns
+    ]
+    return xxhash.xxh3_64_hexdigest(json.dumps(described).encode())
 
 
 def _changed_since_listed(g: RowGroup, meta: pq.FileMetaData, schema_checked: bool) -> str:
@@ -495,7 +510,7 @@ def _changed_since_listed(g: RowGroup, meta: pq.FileMetaData, schema_checked: bo
     if g.index >= meta.num_row_groups or meta.row_group(g.index).num_rows != g.num_rows:
         now = meta.row_group(g.index).num_rows if g.index < meta.num_row_groups else "no"
         return f"the file changed since the job listed it: {now} rows here, not {g.num_rows}"
-    if schema_checked or not g.schema or schema_digest(meta.schema.to_arrow_schema()) == g.schema:
+    if schema_checked or not g.schema or schema_digest(meta) == g.schema:
         return ""
     return (
         "the file changed since the job listed it: its columns or their types differ from "

@@ -33,9 +33,10 @@ class ExampleMajorBags:
 def lengths_not_counting(lengths: torch.Tensor, values: int) -> ValueError:
     """The error for bag ``lengths`` that do not count their ``values`` (a caller-built
     KJT's: the batch builder's always do)."""
+    each = [int(n) for n in lengths.flatten().tolist()]  # summed unbounded: no wrap
     return ValueError(
-        f"bag lengths do not count their {values} id(s): they sum to {int(lengths.sum())}, "
-        f"the least is {int(lengths.min()) if lengths.numel() else 0}"
+        f"bag lengths do not count their {values} id(s): they sum to {sum(each)}, the least "
+        f"is {min(each, default=0)}, the largest {max(each, default=0)}"
     )
 
 

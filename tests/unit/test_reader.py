@@ -408,3 +408,11 @@ def test_a_glob_at_a_scheme_only_pyarrow_opens_is_named_with_what_to_install() -
 
     with pytest.raises(DataSourceError, match=r"mock:///x/part-\*: cannot open this URL"):
         resolve_files("mock:///x/part-*")
+
+
+def test_a_missing_path_at_such_a_scheme_is_not_blamed_on_a_package() -> None:
+    """Not a glob: nothing there, as for a local path (a review: it went to fsspec too)."""
+    from dist_train.data.reader import DataSourceError, resolve_files
+
+    with pytest.raises(DataSourceError, match=r"^mock:///x/train/part-0.parquet: no Parquet"):
+        resolve_files("mock:///x/train/part-0.parquet")
