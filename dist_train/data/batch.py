@@ -101,15 +101,25 @@ def _fingerprints(values: pa.Array, column: str) -> np.ndarray:
 _NO_NULLS = np.zeros(0, dtype=np.uint8)
 
 
+def _nulls_in_indices(column: pa.Array) -> pa.Array:
+    """A dictionary column whose dictionary holds a null (in-memory Arrow only: Parquet keeps
+    nulls in the indices) decoded, so that its nulls count as the column's: hashing the
+    dictionary's null failed with a TypeError."""
+    if pa.types.is_dictionary(column.type) and column.dictionary.null_count:
+        return column.dictionary_decode()
+    return column
+
+
 def categorical_ids(column: pa.Array, name: str) -> FeatureIds:
     """A column's ids: per-example bag lengths and flat fingerprints. Scalar int64 ids
     (Parquet's INT64, the common case) stay Arrow's buffers until :meth:`Rows.of` decodes
     them in place."""
-    column = as_array(column)
+    column = _nulls_in_indices(as_array(column))
     n = len(column)
     t = column.type
     if is_list_type(t):
         lengths, flat = list_parts(column)
+        flat = _nulls_in_indices(flat)
         if flat.null_count:  # drop null elements from their bags
             keep = valid_mask(flat)
             parents = np.repeat(np.arange(n), lengths)[keep]

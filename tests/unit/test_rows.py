@@ -244,3 +244,17 @@ def test_rows_slice_take_concat() -> None:
         b.to_batch(rows.take(order)),
     )
     assert rows.slice(n).num_rows == 0 and b.to_batch(rows.slice(n)).sparse.values().numel() == 0
+
+
+@pytest.mark.parametrize("in_lists", [False, True])
+def test_a_null_in_a_dictionarys_values_is_a_missing_id(in_lists: bool) -> None:
+    """In-memory Arrow may hold a null in a dictionary itself (Parquet keeps nulls in the
+    indices): hashing it failed with a TypeError (a helper's audit). It reads as a null."""
+    values = pa.DictionaryArray.from_arrays(pa.array([0, 1, 0], pa.int32()), ["a", None])
+    plain = pa.array(["a", None, "a"])
+    if in_lists:
+        values = pa.ListArray.from_arrays(pa.array([0, 2, 3]), values)
+        plain = pa.ListArray.from_arrays(pa.array([0, 2, 3]), plain)
+    got, expected = categorical_ids(values, "c"), categorical_ids(plain, "c")
+    assert got.lengths.tolist() == expected.lengths.tolist() == ([1, 1] if in_lists else [1, 0, 1])
+    assert got.fingerprints.tolist() == expected.fingerprints.tolist()
