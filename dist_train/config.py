@@ -302,6 +302,10 @@ class DataConfig(_Strict):
     def _check(self) -> DataConfig:
         if (self.train_path is None) != (self.test_path is None):
             raise ValueError("give both train_path and test_path, or neither (synthetic data)")
+        listed = self.dense_columns or []
+        twice = sorted({c for c in listed if listed.count(c) > 1})
+        if twice:  # (the same column fed to the model twice)
+            raise ValueError(f"dense_columns names {', '.join(twice)} more than once")
         return self
 
     def resolved_dense_columns(self) -> list[str]:
@@ -667,7 +671,7 @@ class RayConfig(_Strict):
 
     cpus_per_worker: float = Field(
         1.0,
-        gt=0,
+        ge=1e-4,  # Ray's resource precision: less failed inside Ray, naming its num_cpus
         description=(
             "CPUs Ray reserves per worker; a CPU worker runs its whole CPUs as torch threads "
             "(at least 1: 0.5 and 1.5 run 1)."

@@ -196,7 +196,14 @@ def _process_worker(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
     return dict(run_worker(cfg, inputs, node))
 
 
-RAY_ONLY = ("address", "min_workers", "max_failures", "autoscaling", "storage_path")
+RAY_ONLY = (
+    "address",
+    "min_workers",
+    "max_failures",
+    "autoscaling",
+    "storage_path",
+    "placement_strategy",
+)
 
 
 def _warn_ray_only(cfg: JobConfig) -> None:

@@ -282,6 +282,13 @@ def test_a_bench_variant_over_generated_data_is_checked_as_generated() -> None:
     [
         # each passed validation, then failed in the planner, the launch or the generator
         ("ray.cpus_per_worker=.inf", r"ray\.cpus_per_worker: Input should be a finite number"),
+        # Ray refused it at the launch, naming its own num_cpus (a helper's audit)
+        (
+            "ray.cpus_per_worker=0.00001",
+            r"ray\.cpus_per_worker: .*greater than or equal to 0\.0001",
+        ),
+        # the same column fed to the model twice
+        ("data.dense_columns=[I1, I2, I1]", r"data: .*dense_columns names I1 more than once"),
         ("sharding.pooling_factors.C24=.nan", r"pooling_factors\.C24: Input should be a finite"),
         ("embedding.optimizer.learning_rate=.inf", r"learning_rate: Input should be a finite"),
         ("data.synthetic.cardinalities=[10, 0]", r"cardinalities\.1: Input should be greater"),

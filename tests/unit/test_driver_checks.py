@@ -304,6 +304,11 @@ def test_ray_settings_the_processes_launcher_ignores_are_named(
         _warn_ray_only(cfg)
     assert "ray.max_failures=3 take no effect" in caplog.text
     caplog.clear()
+    spread = load_config(overrides=["launcher=processes", "ray.placement_strategy=SPREAD"])
+    with caplog.at_level("WARNING", logger="dist_train"):
+        _warn_ray_only(spread)
+    assert "ray.placement_strategy=SPREAD take no effect" in caplog.text  # (it was unsaid)
+    caplog.clear()
     with caplog.at_level("WARNING", logger="dist_train"):
         _warn_ray_only(load_config(overrides=["launcher=processes"]))
     assert not caplog.text
