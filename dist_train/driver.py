@@ -130,12 +130,17 @@ def saved_position(resume: str | None) -> SavedAt | None:
 
 
 def check_output_paths(cfg: JobConfig) -> None:
-    """ConfigError for ``output_dir`` or a local ``checkpoint.dir`` that is a file: the run
-    would fail at its first write there, a checkpoint.dir only at the first save, after
-    training."""
+    """ConfigError for ``output_dir`` or a local ``checkpoint.dir`` that is a file, or lies
+    under one: the run would fail at its first write there (with a bare NotADirectoryError
+    naming no key), a checkpoint.dir only at the first save, after training."""
     for key, value in (("output_dir", cfg.output_dir), ("checkpoint.dir", cfg.checkpoint.dir)):
-        if value and "://" not in value and Path(value).exists() and not Path(value).is_dir():
-            raise ConfigError(f"{key}={value}: a file, not a folder; name a folder")
+        if not value or "://" in value:
+            continue
+        path = Path(value)
+        found = next((p for p in (path, *path.parents) if p.exists()), None)
+        if found is not None and not found.is_dir():
+            where = "a file" if found == path else f"under the file {found}"
+            raise ConfigError(f"{key}={value}: {where}, not a folder; name a folder")
 
 
 def job_device(cfg: JobConfig) -> DeviceType:
@@ -272,7 +277,13 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
     root = checkpoint_root(cfg)
     if cfg.checkpoint.saves:
         check_writable(root)  # made, and said in a line where it cannot be
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # (a read-only or virtual file system: /proc/...)
+        raise ConfigError(
+            f"output_dir={cfg.output_dir}: cannot make the run's folder {cfg.run_dir} "
+            f"({err.strerror or err})"
+        ) from None
     checkpoints = (
         contextlib.nullcontext()
         if same_folder(root, cfg.run_dir)

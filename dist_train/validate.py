@@ -43,7 +43,7 @@ from dist_train.config import (
 from dist_train.data.reader import DataSourceError, resolve_files
 from dist_train.data.validation import BadInputError, BadInputPolicy, FooterRowsError
 from dist_train.devices import DeviceError, DeviceType, resolve_device
-from dist_train.driver import check_inputs
+from dist_train.driver import check_inputs, check_output_paths
 from dist_train.embedding.layout import build_layout
 from dist_train.input_checks import NoStepsError, SavedAt
 from dist_train.launchers.cluster import (
@@ -106,10 +106,11 @@ def _check_job(
     ``auto`` job that does not fit CPU ranks is left to them (:func:`_check_fit`), since a
     cluster with a GPU per worker runs it on GPUs."""
     cfg = resolve_paths(cfg)  # as the driver reads them: ~ expanded, against this folder
-    try:  # the model's settings the run refuses before it starts
-        wide_rank_note(cfg)
-    except ConfigError as err:
-        report.problems.append(f"{source}: {err}")
+    for check in (wide_rank_note, check_output_paths):  # what the run refuses before it starts
+        try:
+            check(cfg)
+        except ConfigError as err:
+            report.problems.append(f"{source}: {err}")
     _check_data(cfg, source, report)
     device: DeviceType = "cuda" if cfg.train.device == "cuda" else "cpu"
     try:

@@ -199,6 +199,26 @@ def test_an_output_path_that_is_a_file_stops_the_job_before_it_starts(
     out = ["--set", f"output_dir={tmp_path / 'out'}"] if key != "output_dir" else []
     assert main(["train", "--set", f"{key}={a_file}", *out]) == 2
     assert f"error: {key}={a_file}: a file, not a folder" in capsys.readouterr().err
+    # under the file: a bare NotADirectoryError naming no key (a helper's audit)
+    below = a_file / "sub"
+    assert main(["train", "--set", f"{key}={below}", *out]) == 2
+    assert f"error: {key}={below}: under the file {a_file}, not a folder" in capsys.readouterr().err
+    # validate says so too (it passed either)
+    job = str(Path(__file__).resolve().parents[2] / "launch" / "configs" / "default.yaml")
+    assert main(["validate", job, "--set", f"{key}={below}", *out]) == 1
+    assert f"PROBLEM  {job}: {key}={below}: under the file" in capsys.readouterr().err
+
+
+def test_an_output_dir_that_cannot_be_made_names_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dist_train.cli import main
+
+    no_saves = ["--set", "checkpoint.save_at_end=false"]  # (else the checkpoints' check)
+    assert main(["train", "--set", "output_dir=/proc/dist-train-audit", *no_saves]) == 2
+    assert "error: output_dir=/proc/dist-train-audit: cannot make the run's folder" in (
+        capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize(
