@@ -7,7 +7,7 @@ checking that their real node layout matches it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,7 @@ from planners.types import (
     PlanningError,
     ShardingType,
     TableLoad,
+    TablePlacement,
     Workload,
 )
 
@@ -288,6 +289,8 @@ def plan_job(
     )
     plan = planner.plan(model, [make_sharder(cfg, device_type)])  # type: ignore[list-item]
     chosen = planner.choice()
+    if device_type == "cpu":
+        refuse_ranks_without_rows(chosen.placements)
     group = chosen.group_size if chosen.group_size < world_size else 0
     unpooled = tuple(p.table for p in chosen.placements if p.sharding_type == _UNPOOLED)
     return JobPlan(
@@ -300,6 +303,29 @@ def plan_job(
         chosen.estimate.max_memory_bytes,
         unpooled,
     )
+
+
+def refuse_ranks_without_rows(placements: Sequence[TablePlacement]) -> None:
+    """PlanningError where a rank would hold shards of one sharding type but none of their
+    rows: TorchRec's ``ceil(rows / ranks)`` rows a rank leave the last ranks none of a table of
+    few rows, and FBGEMM's CPU kernel of only such shards fails on that rank at its first
+    step ("weights[0] must be a GPU or MTIA tensor"). A rank with rows of another table of
+    the type runs."""
+    rows: dict[tuple[str, int], int] = {}
+    for p in placements:
+        for s in p.shards:
+            key = (p.sharding_type, s.rank)
+            rows[key] = rows.get(key, 0) + s.rows
+    for (sharding_type, rank), held in sorted(rows.items()):
+        if held == 0:
+            tables = [p.table for p in placements if p.sharding_type == sharding_type]
+            raise PlanningError(
+                f"sharding.type={sharding_type}: rank {rank} would hold none of the rows of "
+                f"{', '.join(tables[:4])}{' ...' if len(tables) > 4 else ''} (ceil(rows / ranks) "
+                "rows a rank leave the last ranks none), and FBGEMM's CPU kernel fails on a "
+                "rank holding no rows; use fewer ranks (ray.num_workers), more rows "
+                "(embedding.num_rows), or sharding.type=auto"
+            )
 
 
 COLUMN_SPLITTING = frozenset({"column_wise", "grid_shard"})

@@ -480,10 +480,10 @@ def test_a_checkpoint_folder_that_cannot_be_made_is_named_before_anything_is_wri
     (tmp_path / "a-file").write_text("")
     tiny = str(Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny.yaml")
     argv = ["train", "--config", tiny, "--set", f"output_dir={tmp_path / 'out'}"]
-    assert main([*argv, "--set", f"checkpoint.dir={tmp_path / 'a-file' / 'ckpt'}"]) == 1
+    assert main([*argv, "--set", f"checkpoint.dir={tmp_path / 'a-file' / 'ckpt'}"]) == 2
     assert (
-        f"error: checkpoint: {tmp_path / 'a-file' / 'ckpt'}: cannot write checkpoints there "
-        "(Not a directory)" in capsys.readouterr().err
+        f"error: checkpoint.dir={tmp_path / 'a-file' / 'ckpt'}: under the file "
+        f"{tmp_path / 'a-file'}, not a folder" in capsys.readouterr().err
     )
     assert not (tmp_path / "out").exists()  # no data generated, no run folder
 

@@ -653,3 +653,28 @@ def test_the_uneven_splits_rounding_rows_go_where_they_went_a_row_at_a_time(seed
     )
     order = np.argsort(busy + floor * per_row)
     assert sizes == _rounded_a_row_at_a_time(floor, order, table.rows - int(floor.sum()))
+
+
+_NINE_ROWS = ["embedding.num_rows=9", "embedding.num_tables=1"]
+
+
+@pytest.mark.parametrize(
+    ("sharding", "overrides"),
+    [
+        ("row_wise", [*_NINE_ROWS, "ray.num_workers=4", "sharding.group_size=4"]),
+        ("row_wise_unpooled", ["embedding.num_rows=1", "embedding.num_tables=1"]),
+        ("row_wise", ["embedding.kind=hashing_trick", "embedding.num_rows=4"]),
+    ],
+)
+def test_a_plan_leaving_a_cpu_rank_none_of_its_rows_is_refused(
+    sharding: str, overrides: list[str]
+) -> None:
+    """9 rows on 4 ranks are 3, 3, 3 and 0 by TorchRec's split: validate passed the plan, and
+    rank 3's FBGEMM kernel failed at the first step (a helper's audit)."""
+    one_group = ["sharding.group_size=2"] if "ray.num_workers=4" not in overrides else []
+    cfg = load_config(overrides=[f"sharding.type={sharding}", *one_group, *overrides])
+    with pytest.raises(PlanningError, match=rf"sharding.type={sharding}: rank \d would hold none"):
+        plan_for_config(cfg)
+    assert plan_for_config(cfg, "cuda") is not None  # (the CPU kernel's failure)
+    more = [f"sharding.type={sharding}", *one_group, *overrides, "embedding.num_rows=64"]
+    assert plan_for_config(load_config(overrides=more)).sharding_plan is not None
