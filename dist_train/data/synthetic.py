@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from dist_train.config import SyntheticDataConfig
 from dist_train.data.output_folder import clear_splits, refuse_foreign
-from dist_train.data.reader import GENERATION_RECORD, DataSourceError, read_record
+from dist_train.data.reader import GENERATION_RECORD, DataSourceError, RowGroup, read_record
 from dist_train.embedding.hashing import make_salt, salted_hash
 from dist_train.storage import write_atomically
 from planners.cores import usable_memory_bytes
@@ -250,6 +250,24 @@ def generated(cfg: SyntheticDataConfig, out_dir: str | Path) -> GeneratedData | 
     return data
 
 
+def train_file_rows(cfg: SyntheticDataConfig) -> list[int]:
+    """The rows of each training file the generator writes: as even as rows allow (a
+    ceiling's share a file wrote 3 files of 3 rows for 9 rows in 4)."""
+    base, extra = divmod(cfg.num_train_rows, cfg.num_train_files)
+    return [base + (i < extra) for i in range(cfg.num_train_files)]
+
+
+def train_row_groups(cfg: SyntheticDataConfig, folder: str = "<generated>") -> list[RowGroup]:
+    """The training split's row groups as the generator will write them (``rows_per_group``
+    rows each, but for each file's last), for checks before the data exist."""
+    groups = []
+    for i, n in enumerate(train_file_rows(cfg)):
+        sizes = [cfg.rows_per_group] * (n // cfg.rows_per_group)
+        sizes += [n % cfg.rows_per_group] if n % cfg.rows_per_group else []
+        groups += [RowGroup(f"{folder}/part-{i}.parquet", j, s) for j, s in enumerate(sizes)]
+    return groups
+
+
 def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = True) -> GeneratedData:
     """Write ``train/part-*.parquet`` and ``test/part-0.parquet`` under ``out_dir``.
 
@@ -292,11 +310,8 @@ def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = Tru
         for i, c in enumerate(cfg.column_cardinalities())
     ]
     rows = _Rows(cfg, columns, rng.normal(0.0, 0.3, cfg.num_dense), rng)
-    # as even as rows allow: a ceiling's share a file wrote 3 files of 3 rows for 9 rows in 4
-    base, extra = divmod(cfg.num_train_rows, cfg.num_train_files)
     first = 0
-    for i in range(cfg.num_train_files):
-        n = base + (i < extra)
+    for i, n in enumerate(train_file_rows(cfg)):
         _write_split(result.train_dir / f"part-{i}.parquet", n, first, rows, progress)
         first += n
     test_path = result.test_dir / "part-0.parquet"
