@@ -257,12 +257,16 @@ def check_constraints(workload: Workload, topo: Topology, allowed: frozenset[str
         raise PlanningError(
             f"table {odd[0].name} has rows {odd[0].dim} wide (embedding.dim, or a feature's "
             f"chunks x dim): FBGEMM's sharded kernels take rows a multiple of "
-            f"{pl.MIN_COLUMN_BLOCK} wide; set embedding.dim to one, or sharding.type to "
-            "data_parallel or auto (which replicates such a table)"
+            f"{pl.MIN_COLUMN_BLOCK} wide; set embedding.dim to a multiple of "
+            f"{pl.MIN_COLUMN_BLOCK}, or sharding.type to data_parallel or auto (which "
+            "replicates such a table)"
         )
     if allowed == {"grid_shard"}:
         if topo.num_nodes < 2:
-            raise PlanningError("grid_shard needs at least 2 nodes; the topology has 1")
+            raise PlanningError(
+                "grid_shard needs at least 2 nodes; the topology has 1 (ray.num_nodes, or "
+                "`dist-train plan --nodes`)"
+            )
         for t in workload.tables:
             if not pl.column_blocks(t.dim, topo.num_nodes):
                 raise PlanningError(
@@ -270,6 +274,11 @@ def check_constraints(workload: Workload, topo: Topology, allowed: frozenset[str
                     f"{_no_column_split(t.dim, topo.num_nodes)}"
                 )
     if allowed == {"column_wise"}:
+        if topo.world_size < 2:
+            raise PlanningError(
+                "column_wise needs at least 2 ranks to split a table's columns over; the "
+                "topology has 1 (ray.num_workers)"
+            )
         for t in workload.tables:
             if not pl.column_blocks(t.dim, topo.world_size):
                 raise PlanningError(

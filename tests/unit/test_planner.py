@@ -186,8 +186,12 @@ def test_a_table_that_fits_nowhere_says_its_sizes() -> None:
 
 def test_impossible_constraints_are_named() -> None:
     one_node = resize(preset("cpu"), num_nodes=1, ranks_per_node=4)
-    with pytest.raises(PlanningError, match="grid_shard needs at least 2 nodes"):
+    with pytest.raises(PlanningError, match=r"grid_shard needs at least 2 nodes.*ray\.num_nodes"):
         search(_workload([(1000, 16)]), one_node, ("grid_shard",))
+    # it said to set embedding.dim to a width, which no width is on one rank (a helper's audit)
+    one_rank = resize(preset("cpu"), num_nodes=1, ranks_per_node=1)
+    with pytest.raises(PlanningError, match=r"column_wise needs at least 2 ranks.*num_workers"):
+        search(_workload([(1000, 16)]), one_rank, ("column_wise",))
     with pytest.raises(PlanningError, match="column_wise cannot split table t0: dim 4"):
         search(_workload([(1000, 4)]), one_node, ("column_wise",))
     with pytest.raises(PlanningError, match="unknown sharding type"):
