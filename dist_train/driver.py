@@ -137,7 +137,12 @@ def check_output_paths(cfg: JobConfig) -> None:
         if not value or "://" in value:
             continue
         path = Path(value)
-        found = next((p for p in (path, *path.parents) if p.exists()), None)
+        try:
+            found = next((p for p in (path, *path.parents) if p.exists()), None)
+        except OSError as err:  # (a name too long, a folder it may not search)
+            raise ConfigError(
+                f"{key}={value}: cannot check this path ({err.strerror or err})"
+            ) from None
         if found is not None and not found.is_dir():
             where = "a file" if found == path else f"under the file {found}"
             raise ConfigError(f"{key}={value}: {where}, not a folder; name a folder")

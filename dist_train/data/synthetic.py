@@ -259,13 +259,14 @@ def train_file_rows(cfg: SyntheticDataConfig) -> list[int]:
 
 def train_row_groups(cfg: SyntheticDataConfig, folder: str = "<generated>") -> list[RowGroup]:
     """The training split's row groups as the generator will write them (``rows_per_group``
-    rows each, but for each file's last), for checks before the data exist."""
+    rows each, but for each file's last) and the reader will list them (files by name:
+    part-10 before part-2), for checks before the data exist."""
     groups = []
     for i, n in enumerate(train_file_rows(cfg)):
         sizes = [cfg.rows_per_group] * (n // cfg.rows_per_group)
         sizes += [n % cfg.rows_per_group] if n % cfg.rows_per_group else []
         groups += [RowGroup(f"{folder}/part-{i}.parquet", j, s) for j, s in enumerate(sizes)]
-    return groups
+    return sorted(groups, key=lambda g: (g.path, g.index))
 
 
 def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = True) -> GeneratedData:

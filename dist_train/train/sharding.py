@@ -144,10 +144,18 @@ def make_sharder(cfg: JobConfig, device_type: str) -> AnyDeviceEmbeddingBagColle
     feature (TorchRec otherwise batches a rank's tables into one kernel, which keeps FBGEMM's
     serial shared-table backward)."""
     params = job_fused_params(cfg, device_type)
-    layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
-    if params is not None and device_type == "cpu" and any(len(t.keys) > 1 for t in layout.tables):
+    if params is not None and one_kernel_per_table(cfg, device_type):
         params = {**params, USE_ONE_TBE_PER_TABLE: True}
     return AnyDeviceEmbeddingBagCollectionSharder(fused_params=params)
+
+
+def one_kernel_per_table(cfg: JobConfig, device_type: str) -> bool:
+    """Whether a rank runs each of its fused tables in a kernel of its own
+    (:func:`make_sharder`): on CPU, where several keys share a table."""
+    if device_type != "cpu" or job_fused_params(cfg, device_type) is None:
+        return False
+    layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
+    return any(len(t.keys) > 1 for t in layout.tables)
 
 
 def build_model(cfg: JobConfig, layout: EmbeddingLayout) -> CTRModel:
@@ -290,7 +298,7 @@ def plan_job(
     plan = planner.plan(model, [make_sharder(cfg, device_type)])  # type: ignore[list-item]
     chosen = planner.choice()
     if device_type == "cpu":
-        refuse_ranks_without_rows(chosen.placements)
+        refuse_ranks_without_rows(chosen.placements, one_kernel_per_table(cfg, device_type))
     group = chosen.group_size if chosen.group_size < world_size else 0
     unpooled = tuple(p.table for p in chosen.placements if p.sharding_type == _UNPOOLED)
     return JobPlan(
@@ -305,26 +313,35 @@ def plan_job(
     )
 
 
-def refuse_ranks_without_rows(placements: Sequence[TablePlacement]) -> None:
-    """PlanningError where a rank would hold shards of one sharding type but none of their
-    rows: TorchRec's ``ceil(rows / ranks)`` rows a rank leave the last ranks none of a table of
+def refuse_ranks_without_rows(
+    placements: Sequence[TablePlacement], kernel_per_table: bool = False
+) -> None:
+    """PlanningError where a rank's CPU kernel would hold shards but none of their rows:
+    TorchRec's ``ceil(rows / ranks)`` rows a rank leave the last ranks none of a table of
     few rows, and FBGEMM's CPU kernel of only such shards fails on that rank at its first
-    step ("weights[0] must be a GPU or MTIA tensor"). A rank with rows of another table of
-    the type runs."""
-    rows: dict[tuple[str, int], int] = {}
+    step ("weights[0] must be a GPU or MTIA tensor"). A rank's tables of one sharding type
+    share a kernel, which runs with rows of any of them, unless ``kernel_per_table``
+    (:func:`one_kernel_per_table`)."""
+    rows: dict[tuple[str, int, str], int] = {}
     for p in placements:
         for s in p.shards:
-            key = (p.sharding_type, s.rank)
+            key = (p.sharding_type, s.rank, p.table if kernel_per_table else "")
             rows[key] = rows.get(key, 0) + s.rows
-    for (sharding_type, rank), held in sorted(rows.items()):
+    for (sharding_type, rank, _), held in sorted(rows.items()):
         if held == 0:
-            tables = [p.table for p in placements if p.sharding_type == sharding_type]
+            tables = [
+                p.table
+                for p in placements
+                if p.sharding_type == sharding_type
+                and any(s.rank == rank and s.rows == 0 for s in p.shards)
+            ]
             raise PlanningError(
                 f"sharding.type={sharding_type}: rank {rank} would hold none of the rows of "
                 f"{', '.join(tables[:4])}{' ...' if len(tables) > 4 else ''} (ceil(rows / ranks) "
                 "rows a rank leave the last ranks none), and FBGEMM's CPU kernel fails on a "
-                "rank holding no rows; use fewer ranks (ray.num_workers), more rows "
-                "(embedding.num_rows), or sharding.type=auto"
+                "rank holding no rows; split the rows over fewer ranks (ray.num_workers, or a "
+                "smaller sharding.group_size), give the table more (embedding.num_rows), or "
+                "choose another sharding.type (data_parallel replicates it)"
             )
 
 

@@ -209,6 +209,21 @@ def test_an_output_path_that_is_a_file_stops_the_job_before_it_starts(
     assert f"PROBLEM  {job}: {key}={below}: under the file" in capsys.readouterr().err
 
 
+def test_an_output_path_that_cannot_be_checked_names_the_key(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A name too long raised a bare OSError from validate, which had not checked output_dir
+    before (a review)."""
+    from dist_train.cli import main
+
+    job = str(Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny.yaml")
+    long = f"/tmp/{'a' * 300}/out"
+    assert main(["validate", job, "--set", f"output_dir={long}"]) == 1
+    assert f"output_dir={long}: cannot check this path (File name too long)" in (
+        capsys.readouterr().err
+    )
+
+
 def test_an_output_dir_that_cannot_be_made_names_the_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
