@@ -144,18 +144,10 @@ def make_sharder(cfg: JobConfig, device_type: str) -> AnyDeviceEmbeddingBagColle
     feature (TorchRec otherwise batches a rank's tables into one kernel, which keeps FBGEMM's
     serial shared-table backward)."""
     params = job_fused_params(cfg, device_type)
-    if params is not None and one_kernel_per_table(cfg, device_type):
+    layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
+    if params is not None and device_type == "cpu" and any(len(t.keys) > 1 for t in layout.tables):
         params = {**params, USE_ONE_TBE_PER_TABLE: True}
     return AnyDeviceEmbeddingBagCollectionSharder(fused_params=params)
-
-
-def one_kernel_per_table(cfg: JobConfig, device_type: str) -> bool:
-    """Whether a rank runs each of its fused tables in a kernel of its own
-    (:func:`make_sharder`): on CPU, where several keys share a table."""
-    if device_type != "cpu" or job_fused_params(cfg, device_type) is None:
-        return False
-    layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
-    return any(len(t.keys) > 1 for t in layout.tables)
 
 
 def build_model(cfg: JobConfig, layout: EmbeddingLayout) -> CTRModel:
@@ -295,10 +287,12 @@ def plan_job(
     planner, model = planner_for_config(
         cfg, world_size, local_world_size, device_type, cores_per_node
     )
-    plan = planner.plan(model, [make_sharder(cfg, device_type)])  # type: ignore[list-item]
+    sharder = make_sharder(cfg, device_type)
+    plan = planner.plan(model, [sharder])  # type: ignore[list-item]
     chosen = planner.choice()
     if device_type == "cpu":
-        refuse_ranks_without_rows(chosen.placements, one_kernel_per_table(cfg, device_type))
+        kernel_per_table = bool((sharder.fused_params or {}).get(USE_ONE_TBE_PER_TABLE))
+        refuse_ranks_without_rows(chosen.placements, kernel_per_table)
     group = chosen.group_size if chosen.group_size < world_size else 0
     unpooled = tuple(p.table for p in chosen.placements if p.sharding_type == _UNPOOLED)
     return JobPlan(
@@ -320,8 +314,8 @@ def refuse_ranks_without_rows(
     TorchRec's ``ceil(rows / ranks)`` rows a rank leave the last ranks none of a table of
     few rows, and FBGEMM's CPU kernel of only such shards fails on that rank at its first
     step ("weights[0] must be a GPU or MTIA tensor"). A rank's tables of one sharding type
-    share a kernel, which runs with rows of any of them, unless ``kernel_per_table``
-    (:func:`one_kernel_per_table`)."""
+    share a kernel, which runs with rows of any of them, unless ``kernel_per_table`` (the
+    sharder's one kernel a table: :func:`make_sharder`)."""
     rows: dict[tuple[str, int, str], int] = {}
     for p in placements:
         for s in p.shards:
