@@ -289,7 +289,7 @@ def list_row_groups(
                 policy.file_problem(str(err))
                 continue
         if policy is not None:
-            policy.check_footer(f, meta)
+            policy.check_footer(f, meta, schema)
         digest = schema_digest(meta)
         groups += [
             RowGroup(f, i, g.num_rows, g.total_byte_size, digest)

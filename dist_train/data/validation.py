@@ -256,16 +256,16 @@ class BadInputPolicy:
             self.counts.row_groups += 1
             LOG.warning(f"skipping bad input: {message}")
 
-    def check_footer(self, path: str, meta: pq.FileMetaData) -> None:
+    def check_footer(self, path: str, meta: pq.FileMetaData, schema: pa.Schema) -> None:
         """Under ``error``, raise for a row group whose footer statistics already show a bad
         row (an id outside its feature's cardinality, a null label, a label outside [0, 1]),
         so that the job stops before it trains rather than at that row, hours in, or at
         evaluation; ``skip`` drops such rows as they are read. Files without statistics
-        are checked as they are read."""
+        are checked as they are read. ``schema``: the file's, as Arrow reads it."""
         if self.mode != "error":
             return
-        label = meta.schema.to_arrow_schema().field(self.label_column)
-        if pa.types.is_null(label.type):  # no statistics: found only as its rows were read
+        # a label of Arrow's null type has no statistics: found only as its rows were read
+        if pa.types.is_null(schema.field(self.label_column).type):
             raise FooterRowsError(
                 f"{path}: column {self.label_column!r}: every label is null (the column's type "
                 "is null), by the file's footer (set data.on_bad_input: skip to drop such rows)"
