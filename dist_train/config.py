@@ -138,6 +138,15 @@ class _Strict(BaseModel):
             )
         return value if field is None else _exponent_numbers(field.annotation, value)
 
+    def changed_settings(self, prefix: str, keys: Sequence[str]) -> list[str]:
+        """``PREFIX.KEY=VALUE`` of each of ``keys`` given away from its default."""
+        default = type(self)()
+        return [
+            f"{prefix}.{k}={getattr(self, k)}"
+            for k in keys
+            if getattr(self, k) != getattr(default, k)
+        ]
+
     @field_validator("*", mode="after")
     @classmethod
     def _ints_within_64_bits(cls, value: Any) -> Any:
@@ -370,6 +379,14 @@ class EmbeddingOptimizerConfig(_Strict):
     )
 
 
+EMBEDDING_SETTINGS = {
+    "unified": ("num_rows", "num_tables"),
+    "hashing_trick": ("num_rows",),
+    "collisionless": (),
+}
+"""The ``embedding.*`` sizes each ``embedding.kind`` reads (the rest every kind reads)."""
+
+
 class EmbeddingConfig(_Strict):
     """The shared table (Unified Embedding) or one of the baselines."""
 
@@ -394,6 +411,19 @@ class EmbeddingConfig(_Strict):
     )
     pooling: Literal["sum", "mean"] = Field("sum", description="Pooling of multi-hot values.")
     optimizer: EmbeddingOptimizerConfig = Field(default_factory=EmbeddingOptimizerConfig)
+
+    def settings_read(self) -> tuple[str, ...]:
+        """The settings this ``kind`` reads: every kind reads ``dim``, ``pooling`` and
+        ``optimizer``; ``num_rows`` and ``num_tables`` are the hashed tables' sizes."""
+        return (*EMBEDDING_SETTINGS[self.kind], "dim", "pooling", "optimizer")
+
+    def unread_settings(self) -> list[str]:
+        """``embedding.KEY=VALUE`` of each setting given away from its default that this
+        ``kind`` does not read (a collisionless table has a row per value of its feature)."""
+        return self.changed_settings(
+            "embedding",
+            [k for k in type(self).model_fields if k not in ("kind", *self.settings_read())],
+        )
 
     @model_validator(mode="after")
     def _check(self) -> EmbeddingConfig:
@@ -469,14 +499,10 @@ class ModelConfig(_Strict):
     def unread_settings(self) -> list[str]:
         """``model.KEY=VALUE`` of each setting given away from its default that this
         ``kind`` does not read."""
-        default = type(self)()
-        return [
-            f"model.{k}={getattr(self, k)}"
-            for k in type(self).model_fields
-            if k != "kind"
-            and k not in self.settings_read()
-            and getattr(self, k) != getattr(default, k)
-        ]
+        return self.changed_settings(
+            "model",
+            [k for k in type(self).model_fields if k not in ("kind", *self.settings_read())],
+        )
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

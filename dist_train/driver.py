@@ -218,12 +218,7 @@ RAY_ONLY = (
 
 def _warn_ray_only(cfg: JobConfig) -> None:
     """Name the ``ray.*`` settings that the processes launcher does not use."""
-    default = type(cfg.ray)()
-    unused = [
-        f"ray.{k}={getattr(cfg.ray, k)}"
-        for k in RAY_ONLY
-        if getattr(cfg.ray, k) != getattr(default, k)
-    ]
+    unused = cfg.ray.changed_settings("ray", RAY_ONLY)
     if unused:
         LOG.warning(
             f"launcher=processes runs every rank on this machine without Ray: "
@@ -254,6 +249,20 @@ def launch(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
         raise
 
 
+def _warn_unread(cfg: JobConfig) -> None:
+    """Name the ``model.*`` and ``embedding.*`` settings the job's kinds do not read."""
+    for section, kind, unread, doc in (
+        ("model", cfg.model.kind, cfg.model.unread_settings(), "docs/models.md"),
+        ("embedding", cfg.embedding.kind, cfg.embedding.unread_settings(), "docs/config.md"),
+    ):
+        if unread:
+            LOG.warning(
+                f"{section}.kind={kind} does not read {', '.join(unread)}: "
+                f"{'they take' if len(unread) > 1 else 'it takes'} no effect ({doc} says "
+                "which kind reads which)"
+            )
+
+
 def run_job(cfg: JobConfig) -> dict[str, Any]:
     """Run a whole job with its configured launcher; returns the summary (also on disk).
 
@@ -263,13 +272,7 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
     setup_logging(verbosity())  # the console handler, at the level the command line set
     cfg = resolve_paths(cfg)
     check_output_paths(cfg)
-    unread = cfg.model.unread_settings()
-    if unread:
-        LOG.warning(
-            f"model.kind={cfg.model.kind} does not read {', '.join(unread)}: "
-            f"{'they take' if len(unread) > 1 else 'it takes'} no effect (docs/models.md says "
-            "which kind reads which)"
-        )
+    _warn_unread(cfg)
     wide_rank = wide_rank_note(cfg)
     if wide_rank:
         LOG.warning(wide_rank)

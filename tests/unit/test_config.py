@@ -11,6 +11,7 @@ import yaml
 
 from dist_train.config import (
     DEFAULT_CONFIG,
+    EMBEDDING_SETTINGS,
     MODEL_SETTINGS,
     ConfigError,
     FeatureConfig,
@@ -657,6 +658,44 @@ def test_the_label_or_row_ids_as_a_model_input_are_refused(override: str, named:
     own = ["data.train_path=/data/train", "data.test_path=/data/test"]
     both = load_config(overrides=[*own, "data.dense_columns=[I1,I2]", "features.C3.column=I1"])
     assert both.features[2].source_column == "I1" and "I1" in both.data.resolved_dense_columns()
+
+
+def test_sizes_an_embedding_kind_does_not_read_are_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A collisionless job given embedding.num_rows (the default job sets 300,000) trained
+    tables of its features' cardinalities, and num_tables was read by unified alone:
+    neither was said. The driver warns of both, as of another model kind's settings."""
+    from dist_train.driver import _warn_unread
+
+    exact = ["embedding.kind=collisionless", "data.synthetic.string_columns=[]"]
+    sized = load_config(overrides=[*exact, "embedding.num_rows=5000", "embedding.num_tables=2"])
+    assert sized.embedding.unread_settings() == [
+        "embedding.num_rows=5000",
+        "embedding.num_tables=2",
+    ]
+    hashed = load_config(overrides=["embedding.kind=hashing_trick", "embedding.num_tables=2"])
+    assert hashed.embedding.unread_settings() == ["embedding.num_tables=2"]
+    unified = ["embedding.num_rows=5000", "embedding.num_tables=2", "embedding.dim=8"]
+    assert load_config(overrides=unified).embedding.unread_settings() == []
+    with caplog.at_level("WARNING", logger="dist_train"):
+        _warn_unread(sized)
+    assert (
+        "embedding.kind=collisionless does not read embedding.num_rows=5000, "
+        "embedding.num_tables=2: they take no effect" in caplog.text
+    )
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="dist_train"):
+        _warn_unread(load_config(overrides=["model.cross_layers=5"]))
+    assert "model.kind=dlrm does not read model.cross_layers=5: it takes" in caplog.text
+    assert "embedding.kind" not in caplog.text
+    # each kind's sizes are settings, and only num_rows and num_tables differ between kinds
+    sizes = {k for kind in EMBEDDING_SETTINGS.values() for k in kind}
+    assert sizes == {"num_rows", "num_tables"} and set(EMBEDDING_SETTINGS) == {
+        "unified",
+        "hashing_trick",
+        "collisionless",
+    }
 
 
 def test_settings_another_model_kind_reads_are_named() -> None:

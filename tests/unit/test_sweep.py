@@ -36,6 +36,8 @@ def test_every_method_at_a_budget_holds_that_many_parameters(dataset: str) -> No
     full = vocabulary(base) * base.embedding.dim
     exact = arm_config(base, Arm("collisionless", 1.0, 0))
     assert build_layout(exact.embedding, exact.features, 0).num_parameters == full
+    # no arm sets a size its kind does not read: the run would warn of it
+    assert exact.embedding.unread_settings() == []
     for budget in (1.0, 0.3, 0.1, 0.03):
         # the same rows, so the same parameters, for each shared method: the hashing
         # trick's tables rounded down to a multiple of the features held 96 of Adult's 120
@@ -45,6 +47,7 @@ def test_every_method_at_a_budget_holds_that_many_parameters(dataset: str) -> No
             params = build_layout(cfg.embedding, cfg.features, cfg.seed).num_parameters
             assert params == rows * base.embedding.dim, (method, budget)
             assert cfg.seed == 2 and cfg.name == f"{method}-b{budget:g}-s2"
+            assert cfg.embedding.unread_settings() == [], method
     chunks = {
         m: [f.chunks for f in arm_config(base, Arm(m, 0.1, 0)).features]
         for m in ("multiplexing", "unified")
