@@ -382,7 +382,7 @@ class EmbeddingOptimizerConfig(_Strict):
 EMBEDDING_SETTINGS = {
     "unified": ("num_rows", "num_tables"),
     "hashing_trick": ("num_rows",),
-    "collisionless": (),
+    "collisionless": ("num_rows",),  # not its tables' rows: their initialization's bound
 }
 """The ``embedding.*`` sizes each ``embedding.kind`` reads (the rest every kind reads)."""
 
@@ -401,8 +401,8 @@ class EmbeddingConfig(_Strict):
         1_000_000,
         gt=0,
         description=(
-            "Rows M of the shared table (unified, hashing_trick); the default job "
-            "(launch/configs/default.yaml) sets 300,000."
+            "Rows M of the shared table (unified, hashing_trick); every kind's tables start "
+            "from U(+-1/sqrt(M)). The default job (launch/configs/default.yaml) sets 300,000."
         ),
     )
     dim: int = Field(16, gt=0, le=MAX_WIDTH, description="Columns d of each chunk vector.")
@@ -413,13 +413,14 @@ class EmbeddingConfig(_Strict):
     optimizer: EmbeddingOptimizerConfig = Field(default_factory=EmbeddingOptimizerConfig)
 
     def settings_read(self) -> tuple[str, ...]:
-        """The settings this ``kind`` reads: every kind reads ``dim``, ``pooling`` and
-        ``optimizer``; ``num_rows`` and ``num_tables`` are the hashed tables' sizes."""
+        """The settings this ``kind`` reads: every kind reads ``dim``, ``pooling``,
+        ``optimizer`` and ``num_rows`` (the initialization's bound); ``num_tables`` is
+        the unified table's split."""
         return (*EMBEDDING_SETTINGS[self.kind], "dim", "pooling", "optimizer")
 
     def unread_settings(self) -> list[str]:
         """``embedding.KEY=VALUE`` of each setting given away from its default that this
-        ``kind`` does not read (a collisionless table has a row per value of its feature)."""
+        ``kind`` does not read."""
         return self.changed_settings(
             "embedding",
             [k for k in type(self).model_fields if k not in ("kind", *self.settings_read())],
@@ -937,6 +938,13 @@ class JobConfig(_Strict):
         if self.data.train_path is None:
             self._check_generated_columns()
         chunks = sum(f.chunks for f in self.features)
+        if self.embedding.kind == "hashing_trick" and self.embedding.num_rows < chunks:
+            # each feature's table takes num_rows / chunks rows a chunk, and at least one
+            raise ValueError(
+                f"embedding.kind=hashing_trick: embedding.num_rows ({self.embedding.num_rows}) "
+                f"is fewer than the features' chunks ({chunks}): each feature's table needs a "
+                "row, more parameters than the budget it stands for"
+            )
         if self.embedding.kind == "unified" and self.embedding.num_tables > chunks:
             # sub-tables are dealt chunks round-robin: one without a chunk would be dropped,
             # and the table would hold fewer rows than embedding.num_rows

@@ -250,16 +250,38 @@ def launch(cfg: JobConfig, inputs: WorkerInputs) -> dict[str, Any]:
 
 
 def _warn_unread(cfg: JobConfig) -> None:
-    """Name the ``model.*`` and ``embedding.*`` settings the job's kinds do not read."""
-    for section, kind, unread, doc in (
-        ("model", cfg.model.kind, cfg.model.unread_settings(), "docs/models.md"),
-        ("embedding", cfg.embedding.kind, cfg.embedding.unread_settings(), "docs/config.md"),
+    """Name the settings given that the job's model, tables and optimizer do not read."""
+    optimizer = cfg.embedding.optimizer
+    for reader, unread, why in (
+        (
+            f"model.kind={cfg.model.kind}",
+            cfg.model.unread_settings(),
+            "docs/models.md says which kind reads which",
+        ),
+        (
+            f"embedding.kind={cfg.embedding.kind}",
+            cfg.embedding.unread_settings(),
+            "docs/config.md says which kind reads which",
+        ),
+        (
+            "a DLRM without dense columns",
+            cfg.model.changed_settings("model", ["bottom_mlp"])
+            if cfg.model.kind == "dlrm" and not cfg.data.resolved_dense_columns()
+            else [],
+            "it learns one vector in the dense network's place",
+        ),
+        (
+            "embedding.optimizer.type=sgd",
+            optimizer.changed_settings("embedding.optimizer", ["eps"])
+            if optimizer.type == "sgd"
+            else [],
+            "Adagrad and Adam read it",
+        ),
     ):
         if unread:
             LOG.warning(
-                f"{section}.kind={kind} does not read {', '.join(unread)}: "
-                f"{'they take' if len(unread) > 1 else 'it takes'} no effect ({doc} says "
-                "which kind reads which)"
+                f"{reader} does not read {', '.join(unread)}: "
+                f"{'they take' if len(unread) > 1 else 'it takes'} no effect ({why})"
             )
 
 

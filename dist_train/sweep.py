@@ -104,12 +104,13 @@ def arm_config(base: JobConfig, arm: Arm) -> JobConfig:
     raw = base.model_dump(mode="json")
     rows = max(len(base.features), round(arm.budget * vocabulary(base)))
     kind = {"multiplexing": "unified"}.get(arm.method, arm.method)
-    overrides = [f"name={arm.name}", f"seed={arm.seed}", f"embedding.kind={kind}"]
-    if kind == "collisionless":  # its tables are the features' vocabularies: no sizes to set
-        for size in ("num_rows", "num_tables"):
-            raw["embedding"].pop(size, None)  # (the defaults: the run warns of others)
-    else:
-        overrides += [f"embedding.num_rows={rows}", "embedding.num_tables=1"]
+    overrides = [
+        f"name={arm.name}",
+        f"seed={arm.seed}",
+        f"embedding.kind={kind}",
+        f"embedding.num_rows={rows}",
+        "embedding.num_tables=1",
+    ]
     if arm.method != "unified":
         for feature in raw["features"]:
             feature["chunks"] = 1

@@ -663,17 +663,14 @@ def test_the_label_or_row_ids_as_a_model_input_are_refused(override: str, named:
 def test_sizes_an_embedding_kind_does_not_read_are_named(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A collisionless job given embedding.num_rows (the default job sets 300,000) trained
-    tables of its features' cardinalities, and num_tables was read by unified alone:
-    neither was said. The driver warns of both, as of another model kind's settings."""
+    """embedding.num_tables, read by unified alone, took no effect under the other kinds,
+    unsaid. The driver warns of it, as of another model kind's settings. num_rows is read by
+    every kind: the bound of the tables' initialization (collisionless's too)."""
     from dist_train.driver import _warn_unread
 
     exact = ["embedding.kind=collisionless", "data.synthetic.string_columns=[]"]
     sized = load_config(overrides=[*exact, "embedding.num_rows=5000", "embedding.num_tables=2"])
-    assert sized.embedding.unread_settings() == [
-        "embedding.num_rows=5000",
-        "embedding.num_tables=2",
-    ]
+    assert sized.embedding.unread_settings() == ["embedding.num_tables=2"]
     hashed = load_config(overrides=["embedding.kind=hashing_trick", "embedding.num_tables=2"])
     assert hashed.embedding.unread_settings() == ["embedding.num_tables=2"]
     unified = ["embedding.num_rows=5000", "embedding.num_tables=2", "embedding.dim=8"]
@@ -681,14 +678,44 @@ def test_sizes_an_embedding_kind_does_not_read_are_named(
     with caplog.at_level("WARNING", logger="dist_train"):
         _warn_unread(sized)
     assert (
-        "embedding.kind=collisionless does not read embedding.num_rows=5000, "
-        "embedding.num_tables=2: they take no effect" in caplog.text
+        "embedding.kind=collisionless does not read embedding.num_tables=2: it takes no "
+        "effect" in caplog.text
     )
     caplog.clear()
     with caplog.at_level("WARNING", logger="dist_train"):
         _warn_unread(load_config(overrides=["model.cross_layers=5"]))
     assert "model.kind=dlrm does not read model.cross_layers=5: it takes" in caplog.text
     assert "embedding.kind" not in caplog.text
+    # a DLRM with no dense columns learns one vector (no bottom MLP); SGD reads no eps
+    caplog.clear()
+    no_dense = [
+        "data.synthetic.num_dense=0",
+        "model.bottom_mlp=[32]",
+        "embedding.optimizer.eps=0.1",
+    ]
+    with caplog.at_level("WARNING", logger="dist_train"):
+        _warn_unread(load_config(overrides=no_dense))
+    assert "a DLRM without dense columns does not read model.bottom_mlp=[32]" in caplog.text
+    assert "eps" not in caplog.text  # Adagrad reads it
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="dist_train"):
+        _warn_unread(
+            load_config(
+                overrides=[
+                    "model.bottom_mlp=[32]",
+                    "embedding.optimizer.type=sgd",
+                    "embedding.optimizer.eps=0.1",
+                ]
+            )
+        )
+    assert "bottom_mlp" not in caplog.text  # 13 dense columns: read
+    assert "embedding.optimizer.type=sgd does not read embedding.optimizer.eps=0.1" in caplog.text
+    # the hashing trick's tables need a row a chunk: fewer would exceed their budget
+    with pytest.raises(
+        ConfigError, match=r"num_rows \(25\) is fewer than the features' chunks \(39\)"
+    ):
+        load_config(overrides=["embedding.kind=hashing_trick", "embedding.num_rows=25"])
+    load_config(overrides=["embedding.kind=hashing_trick", "embedding.num_rows=39"])
     # each kind's sizes are settings, and only num_rows and num_tables differ between kinds
     sizes = {k for kind in EMBEDDING_SETTINGS.values() for k in kind}
     assert sizes == {"num_rows", "num_tables"} and set(EMBEDDING_SETTINGS) == {

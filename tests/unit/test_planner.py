@@ -670,7 +670,7 @@ _NINE_ROWS = ["embedding.num_rows=9", "embedding.num_tables=1"]
         # two shared tables of 2 and 1 rows, a kernel each: rank 1 holds a row of one and
         # none of the other, and the empty kernel failed (a review)
         ("row_wise", ["embedding.num_rows=3", "embedding.num_tables=2"]),
-        ("row_wise", ["embedding.kind=hashing_trick", "embedding.num_rows=4"]),
+        ("row_wise", ["embedding.kind=hashing_trick", "embedding.num_rows=39"]),
     ],
 )
 def test_a_plan_leaving_a_cpu_rank_none_of_its_rows_is_refused(

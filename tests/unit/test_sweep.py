@@ -36,8 +36,10 @@ def test_every_method_at_a_budget_holds_that_many_parameters(dataset: str) -> No
     full = vocabulary(base) * base.embedding.dim
     exact = arm_config(base, Arm("collisionless", 1.0, 0))
     assert build_layout(exact.embedding, exact.features, 0).num_parameters == full
-    # no arm sets a size its kind does not read: the run would warn of it
+    # no arm sets a size its kind does not read (the run would warn of it); the exact
+    # tables' initialization bound is 1/sqrt(vocabulary), as the documented runs had it
     assert exact.embedding.unread_settings() == []
+    assert exact.embedding.num_rows == vocabulary(base)
     for budget in (1.0, 0.3, 0.1, 0.03):
         # the same rows, so the same parameters, for each shared method: the hashing
         # trick's tables rounded down to a multiple of the features held 96 of Adult's 120
