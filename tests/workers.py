@@ -469,3 +469,37 @@ def every_rank_interrupted() -> dict[str, Any]:
     t = torch.ones(10)
     dist.all_reduce(t)
     return {"sum": float(t.sum())}
+
+
+def prefetch_threads_after_a_failed_step(cfg_raw: dict[str, Any], data_path: str) -> list[str]:
+    """The prefetch threads alive after an epoch's third step raised (none, if the epoch
+    closed its stream)."""
+    from dist_train.checkpoint import TrainPosition
+    from dist_train.data.reader import list_row_groups
+    from dist_train.data.validation import BadInputPolicy
+    from dist_train.train import epochs
+
+    cfg = parse_config(cfg_raw, "test")
+    builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
+    run = epochs.Epochs(
+        cfg,
+        list_row_groups(data_path),
+        builder,
+        BadInputPolicy.for_job(cfg),
+        TrainPosition(),
+        ranks=(dist.get_rank(), dist.get_world_size()),
+    )
+
+    def failing(batches: Any) -> Any:
+        for i, batch in enumerate(batches):
+            if i == 2:
+                raise RuntimeError("a step failed")
+            yield batch, 0.0
+
+    epoch = next(iter(run))
+    try:
+        for _ in epoch.trained(failing):
+            pass
+    except RuntimeError:
+        pass
+    return [t.name for t in threading.enumerate() if t.name == "prefetch"]

@@ -139,15 +139,17 @@ class Epoch:
         """Train its batches with ``train`` (e.g. :meth:`Trainer.train_steps`); yields each
         batch and its loss once trained, counted as a global step. ``train`` may read ahead
         of the batch it trains: only trained batches count (checkpoint positions)."""
-        for batch, loss in train(self.batches()):
-            self.done += 1
-            self.epochs.step += 1
-            self.epochs.bad_input = self._counted.per_batch.popleft()
-            yield batch, loss
-        self._exhausted = True
-        close = getattr(self._stream, "close", None)
-        if close is not None:
-            close()  # its prefetch thread stops reading (and counting) before the next epoch
+        try:
+            for batch, loss in train(self.batches()):
+                self.done += 1
+                self.epochs.step += 1
+                self.epochs.bad_input = self._counted.per_batch.popleft()
+                yield batch, loss
+            self._exhausted = True
+        finally:  # an error, or a consumer that stops, too: not when it is collected
+            close = getattr(self._stream, "close", None)
+            if close is not None:
+                close()  # its prefetch thread stops reading (and counting) before the next epoch
         if self._counted.at_end is not None and not self._counted.per_batch:
             # every batch its rows gave was trained: the rows read after the last count too
             # (a resumed run reads them again after its checkpoint's batches, counted)
