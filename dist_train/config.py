@@ -596,7 +596,8 @@ class ShardingConfig(_Strict):
     )
     pooling_factors: dict[str, float] = Field(
         default_factory=dict,
-        description="Mean ids per example of multi-hot features (default 1.0 each).",
+        description="Mean ids per example of multi-hot features (default: generated data's "
+        "own means, from data.synthetic; 1.0 each for data at data.train_path).",
     )
     group_size: int | Literal["auto"] = Field(
         "auto",

@@ -94,7 +94,6 @@ from planners.zipf import expected_distinct
 # row_wise_unpooled also makes 4 (counts, ids, vectors forward, their gradients backward).
 CALLS_PER_TYPE = {"data_parallel": 1}
 CALLS_DEFAULT = 4
-DDP_BUCKET_BYTES = 25 * 2**20
 
 
 def _link_seconds(
@@ -362,11 +361,12 @@ def data_parallel_costs(table: TableLoad, workload: Workload, topo: Topology) ->
     inter = (world - topo.ranks_per_node) / max(world - 1, 1)
     c.comm += _link_seconds(allreduce, np.full(world, inter), topo, "all_reduce")
     c.comm_bytes += 2 * allreduce
-    # Weights, a dense gradient, optimizer state (dense kernel), output buffers.
+    # Weights, a dense gradient, optimizer state (dense kernel), output buffers, and on more
+    # than one rank the copy of the gradient DDP's hook averages (dense_parallel.py)
     state = workload.optimizer.bytes_for(table.rows, table.dim)
     dense_grad = 0 if not workload.optimizer.fused else grad  # bytes_for counts it otherwise
     out = 2 * batch * table.bags_per_sample * table.dim * WEIGHT_BYTES
-    c.memory += grad + dense_grad + state + out
+    c.memory += grad + dense_grad + state + out + (grad if world > 1 else 0)
     return c
 
 
@@ -463,8 +463,11 @@ def dense_costs(workload: Workload, topo: Topology) -> RankCosts:
             np.full(world, allreduce), np.full(world, inter), topo, "all_reduce"
         )
         link = topo.inter_node if topo.num_nodes > 1 else topo.intra_node
-        c.latency += math.ceil(grad / DDP_BUCKET_BYTES) * link.latency_seconds
+        # one all-reduce: the trainer's DDP keeps every gradient in one bucket
+        # (dist_train/train/dense_parallel.py), where DDP's default is one a 25 MiB
+        c.latency += link.latency_seconds
         c.comm_bytes += 2 * allreduce
+        c.memory += grad  # the copy DDP's hook averages (as a data_parallel table's)
     c.memory += dense_state_bytes(workload)
     c.memory += step_working_bytes(workload, topo)
     return c

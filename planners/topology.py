@@ -13,7 +13,7 @@ import re
 from dataclasses import asdict, dataclass, replace
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -215,6 +215,19 @@ class TopologySpec(_Strict):
     measured: dict[str, object] = Field(
         default_factory=dict, description="Raw calibration measurements, for the record."
     )
+
+    @field_validator("lookup_seconds_per_row", mode="before")
+    @classmethod
+    def _widths_written_once(cls, v: Any) -> Any:
+        """A width written twice (``"4"`` and ``"04"``, or ``" 4"``) passed JSON's duplicate-key
+        check and was read as one, the last value kept: each width must be its plain digits."""
+        if isinstance(v, dict):
+            odd = [k for k in v if isinstance(k, str) and not re.fullmatch(r"[1-9][0-9]*", k)]
+            if odd:
+                raise ValueError(
+                    f"row widths are written as plain positive integers: {odd[0]!r} is not"
+                )
+        return v
 
     @field_validator("lookup_seconds_per_row")
     @classmethod

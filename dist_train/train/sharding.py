@@ -155,11 +155,27 @@ def build_model(cfg: JobConfig, layout: EmbeddingLayout) -> CTRModel:
     return create_model(layout, len(cfg.data.resolved_dense_columns()), cfg.model, "meta")
 
 
+def generated_ids_per_sample(cfg: JobConfig) -> dict[str, float]:
+    """Each feature's mean ids a sample in the job's generated data (none for data at
+    ``data.train_path``, where a feature not in ``sharding.pooling_factors`` counts one): a
+    cell is null at ``null_fraction``, a list column's cell holds ``mean_multi_hot_length``
+    ids (the default job's C24-C26: 3)."""
+    if cfg.data.train_path is not None:
+        return {}
+    synth = cfg.data.synthetic
+    present = 1.0 - synth.null_fraction
+    lists = set(synth.multi_hot_columns)
+    return {
+        f.name: present * (synth.mean_multi_hot_length if f.source_column in lists else 1.0)
+        for f in cfg.features
+    }
+
+
 def workload_for_config(
     cfg: JobConfig, layout: EmbeddingLayout, model: CTRModel, device_type: str
 ) -> Workload:
     """The planner's view of a job: tables, lookups per sample, batch and dense model size."""
-    pooling = cfg.sharding.pooling_factors
+    pooling = {**generated_ids_per_sample(cfg), **cfg.sharding.pooling_factors}
     keys = {k.key: k for k in layout.keys}
     tables = tuple(
         TableLoad(
@@ -291,8 +307,7 @@ def plan_job(
     plan = planner.plan(model, [sharder])  # type: ignore[list-item]
     chosen = planner.choice()
     if device_type == "cpu":
-        kernel_per_table = bool((sharder.fused_params or {}).get(USE_ONE_TBE_PER_TABLE))
-        refuse_ranks_without_rows(chosen.placements, kernel_per_table)
+        refuse_ranks_without_rows(chosen.placements, kernel_per_table(sharder))
     group = chosen.group_size if chosen.group_size < world_size else 0
     unpooled = tuple(p.table for p in chosen.placements if p.sharding_type == _UNPOOLED)
     return JobPlan(
@@ -305,6 +320,12 @@ def plan_job(
         chosen.estimate.max_memory_bytes,
         unpooled,
     )
+
+
+def kernel_per_table(sharder: Any) -> bool:
+    """Whether ``sharder`` (:func:`make_sharder`) gives each table a kernel of its own; else
+    a rank's tables of one sharding type share one."""
+    return bool((sharder.fused_params or {}).get(USE_ONE_TBE_PER_TABLE))
 
 
 def refuse_ranks_without_rows(
