@@ -471,11 +471,11 @@ def every_rank_interrupted() -> dict[str, Any]:
     return {"sum": float(t.sum())}
 
 
-def prefetch_threads_after_a_failed_step(cfg_raw: dict[str, Any], data_path: str) -> list[str]:
-    """The prefetch threads alive after an epoch's third step raised (none, if the epoch
-    closed its stream)."""
+def prefetch_threads_after_a_failed_step(cfg_raw: dict[str, Any], data_path: str) -> list[int]:
+    """The prefetch threads alive as an epoch's third step raised, and after (none, if the
+    epoch closed its stream)."""
     from dist_train.checkpoint import TrainPosition
-    from dist_train.data.reader import list_row_groups
+    from dist_train.data.reader import PREFETCH_THREAD, list_row_groups
     from dist_train.data.validation import BadInputPolicy
     from dist_train.train import epochs
 
@@ -490,9 +490,15 @@ def prefetch_threads_after_a_failed_step(cfg_raw: dict[str, Any], data_path: str
         ranks=(dist.get_rank(), dist.get_world_size()),
     )
 
+    def prefetching() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name == PREFETCH_THREAD]
+
+    during: list[str] = []
+
     def failing(batches: Any) -> Any:
         for i, batch in enumerate(batches):
             if i == 2:
+                during.extend(prefetching())
                 raise RuntimeError("a step failed")
             yield batch, 0.0
 
@@ -502,4 +508,4 @@ def prefetch_threads_after_a_failed_step(cfg_raw: dict[str, Any], data_path: str
             pass
     except RuntimeError:
         pass
-    return [t.name for t in threading.enumerate() if t.name == "prefetch"]
+    return [len(during), len(prefetching())]

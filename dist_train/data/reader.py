@@ -698,6 +698,9 @@ def _lower_this_threads_priority(niceness: int) -> None:
         pass  # a sandbox that forbids it: the thread runs at the process's priority
 
 
+PREFETCH_THREAD = "prefetch"  # the background thread's name (tests and /proc read it)
+
+
 def prefetch(items: Iterator[T], depth: int, *, niceness: int) -> Iterator[T]:
     """Run ``items`` in a background thread at ``niceness`` or lower priority (Linux;
     ``train.prefetch_niceness``, docs/benchmarks.md, "The prefetch thread at the lowest
@@ -721,7 +724,7 @@ def prefetch(items: Iterator[T], depth: int, *, niceness: int) -> Iterator[T]:
         except BaseException as err:  # noqa: BLE001 - handed to the consumer
             q.put((False, err))
 
-    thread = threading.Thread(target=work, daemon=True, name="prefetch")
+    thread = threading.Thread(target=work, daemon=True, name=PREFETCH_THREAD)
     thread.start()
     try:
         while True:

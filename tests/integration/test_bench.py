@@ -51,7 +51,8 @@ def test_bench_embeddings_reports_every_kind(tmp_path: Path) -> None:
     assert main(args) == 0
     rows = json.loads(out.read_text())
     assert [r["kind"] for r in rows] == ["unified", "hashing_trick", "collisionless"]
-    assert all(0.0 < r["test_auc"] <= 1.0 and r["examples_per_second"] > 0 for r in rows)
+    # each kind learned (0.75-0.76 measured on the tiny job; chance is 0.5)
+    assert all(0.65 < r["test_auc"] <= 1.0 and r["examples_per_second"] > 0 for r in rows)
 
 
 def test_bench_planner_reports_ratios_and_fidelity(tmp_path: Path) -> None:

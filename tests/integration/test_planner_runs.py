@@ -42,6 +42,7 @@ def _assert_same(reference: list[dict[str, Any]], run: list[dict[str, Any]]) -> 
     np.testing.assert_allclose(losses, ref_losses, rtol=0, atol=1e-5)
     assert ref_losses[-3:].mean() < ref_losses[:3].mean()  # it learned
     ref_tables, tables = assemble_tables(reference), assemble_tables(run)
+    assert ref_tables and ref_tables.keys() == tables.keys()
     for key in ref_tables:
         np.testing.assert_allclose(tables[key], ref_tables[key], rtol=0, atol=1e-5)
 

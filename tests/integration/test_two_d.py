@@ -59,6 +59,7 @@ def test_two_groups_of_two_equal_the_four_rank_1d_run(
         assert offsets == offsets2
         np.testing.assert_array_equal(x, y, err_msg=key)
     tables_a, tables_b = assemble_tables(a), assemble_tables(b)
+    assert tables_a and tables_a.keys() == tables_b.keys()
     for key in tables_a:
         np.testing.assert_allclose(tables_b[key], tables_a[key], rtol=0, atol=table_atol)
 
@@ -81,6 +82,7 @@ def test_replicated_table_trains_with_row_wise_adagrad_like_fused_tbe(
     # one element of 16,000 after 16 steps.
     np.testing.assert_allclose(b[0]["losses"], a[0]["losses"], rtol=0, atol=1e-6)
     tables_a, tables_b = assemble_tables(a), assemble_tables(b)
+    assert tables_a and tables_a.keys() == tables_b.keys()
     for key in tables_a:
         np.testing.assert_allclose(tables_b[key], tables_a[key], rtol=0, atol=1e-5)
 
@@ -105,6 +107,7 @@ def test_replicated_tables_in_2d_step_as_in_1d(tmp_path: Path) -> None:
     # measured equal to the bit; with the gradients scaled by 1 / replicas: 1.5e-3 apart
     np.testing.assert_allclose(b[0]["losses"], a[0]["losses"], rtol=0, atol=1e-6)
     tables_a, tables_b = assemble_tables(a[:1]), assemble_tables(b[:1])
+    assert tables_a and tables_a.keys() == tables_b.keys()
     for key in tables_a:
         np.testing.assert_allclose(tables_b[key], tables_a[key], rtol=0, atol=1e-6)
 

@@ -35,7 +35,7 @@ def test_what_a_benchmark_cannot_measure_is_refused_naming_the_key(
     from dist_train.bench.kernel import run_kernel_bench
 
     # figures of a dot interaction the job does not have
-    with pytest.raises(ConfigError, match=r"model.kind=dcn_v2"):
+    with pytest.raises(ConfigError, match=r"times DLRM.s dot interaction, .*model.kind=dcn_v2"):
         run_interaction_bench(load_config(overrides=["model.kind=dcn_v2"]), [1])
     # --rows sizes no table of a collisionless job: the banner named a table never saved
     with pytest.raises(ConfigError, match=r"embedding.kind=collisionless sizes them"):

@@ -67,9 +67,12 @@ def test_ingest_counts_the_cpu_of_the_processes_it_starts_not_the_machines() -> 
         before = cpu.seconds()
         subprocess.run([sys.executable, "-c", burn.format(0.5)], check=True)  # a child
         assert 0.45 <= cpu.seconds() - before < 1.0
-        # a grandchild under a shell that ignores SIGCHLD: its CPU never reaches a cutime
-        code = shlex.quote(burn.format(0.5))
-        shell = f"trap '' CHLD; {sys.executable} -c {code} & sleep 1"
+        # a grandchild under a shell that ignores SIGCHLD: its CPU never reaches a cutime.
+        # The shell waits for it (a `sleep 1` left it orphaned, uncounted, where a loaded
+        # machine gave it under 0.5 s of CPU in that second), and it idles a while after
+        # its work, so that a sample sees all of it before it exits
+        code = shlex.quote(burn.format(0.5) + "\ntime.sleep(0.3)")
+        shell = f"trap '' CHLD; {sys.executable} -c {code} & wait"
         before = cpu.seconds()
         subprocess.run(["sh", "-c", shell], check=True)
         assert 0.45 <= cpu.seconds() - before < 1.0

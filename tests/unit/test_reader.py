@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dist_train.data.reader import (
+    PREFETCH_THREAD,
     assign_row_groups,
     batches,
     file_urls,
@@ -229,14 +230,16 @@ def test_prefetch_builds_at_its_niceness_and_leaves_the_caller_alone() -> None:
 
 def test_a_consumer_that_stops_early_ends_the_prefetch_thread() -> None:
     def prefetch_threads() -> list[threading.Thread]:
-        return [t for t in threading.enumerate() if t.name == "prefetch"]
+        return [t for t in threading.enumerate() if t.name == PREFETCH_THREAD]
 
     before = set(prefetch_threads())
     stream = prefetch(iter(range(100)), depth=2, niceness=0)
     assert next(stream) == 0
+    started = set(prefetch_threads()) - before
+    assert len(started) == 1  # (the check below holds only while it names the thread)
     time.sleep(0.05)  # the thread fills the queue and blocks on it
     stream.close()
-    for thread in set(prefetch_threads()) - before:
+    for thread in started:
         thread.join(timeout=5)
         assert not thread.is_alive()
 
