@@ -43,7 +43,7 @@ from dist_train.config import (
     train_overrides,
 )
 from dist_train.config import load_or_report as _load
-from dist_train.logs import setup_logging
+from dist_train.logs import setup_logging, verbosity
 from dist_train.stopping import exit_quickly, sigint_held, stopped_by_sigterm
 from planners.cores import usable_cores
 
@@ -627,7 +627,12 @@ def _convert(args: argparse.Namespace) -> int:
 
     try:
         result = convert_criteo(
-            args.inputs, args.out, args.rows_per_group, args.rows_per_file, args.on_bad_input
+            args.inputs,
+            args.out,
+            args.rows_per_group,
+            args.rows_per_file,
+            args.on_bad_input,
+            progress=verbosity() != "quiet",
         )
     except BadInputError as err:
         print(f"error: bad input: {err}", file=sys.stderr)

@@ -10,9 +10,11 @@ take either.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import shutil
+import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -208,24 +210,51 @@ def _sync_directory(path: Path) -> None:
         os.close(fd)
 
 
-def clear_stale_staging(where: Path, prefix: str) -> None:
-    """Remove the folders ``where/<prefix><pid>`` that a process no longer running left (a
-    killed conversion's or evaluation's parts, staged to be moved in once whole); a running
-    process's are kept."""
+def clear_stale_staging(where: Path, prefix: str) -> list[Path]:
+    """Remove the folders ``where/<prefix><pid>@<host>`` that a process of this host no
+    longer running left (a killed conversion's or evaluation's parts, staged to be moved in
+    once whole); returns the others: a running process's, or another host's (a shared
+    folder: whether its process runs cannot be told here). A folder of this process's pid
+    is stale: this process has not made its own yet (a container's first process, pid 1,
+    found its killed predecessor's "running"). Before 2026-12-07 the host was not named:
+    such a folder is taken for this host's."""
     if not where.is_dir():
-        return
-    for stale in where.glob(f"{glob.escape(prefix)}*"):
-        pid = stale.name[len(prefix) :]
-        if pid.isdigit() and not _running(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+        return []
+    live = []
+    here = socket.gethostname()
+    for staged in sorted(where.glob(f"{glob.escape(prefix)}*")):
+        pid, _, host = staged.name[len(prefix) :].partition("@")
+        if not pid.isdigit():
+            continue
+        if (host or here) == here and (int(pid) == os.getpid() or not _running(int(pid))):
+            shutil.rmtree(staged, ignore_errors=True)
+        else:
+            live.append(staged)
+    return live
 
 
 def new_staging(where: Path, prefix: str) -> Path:
-    """A new, empty folder ``where/<prefix><this pid>`` (see :func:`clear_stale_staging`)."""
-    staged = where / f"{prefix}{os.getpid()}"
+    """A new, empty folder ``where/<prefix><this pid>@<this host>`` (see
+    :func:`clear_stale_staging`)."""
+    staged = where / f"{prefix}{os.getpid()}@{socket.gethostname()}"
     shutil.rmtree(staged, ignore_errors=True)
     staged.mkdir(parents=True)
     return staged
+
+
+def move_new(source: Path, target: Path) -> None:
+    """Move ``source`` to ``target`` on its filesystem; FileExistsError where ``target``
+    exists (another writer's file: never replaced)."""
+    try:
+        os.link(source, target)  # refuses an existing target, atomically
+    except FileExistsError:
+        raise
+    except OSError:  # a filesystem without hard links: checked, then renamed
+        if target.exists():
+            raise FileExistsError(errno.EEXIST, "exists", str(target)) from None
+        os.replace(source, target)
+        return
+    source.unlink()
 
 
 def move_in(staged: Path, folder: Path, last: str) -> None:

@@ -31,8 +31,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from dist_train.data.reader import parquet_files_under
 from dist_train.data.validation import BadInputError
-from dist_train.storage import clear_stale_staging, new_staging
+from dist_train.storage import clear_stale_staging, move_new, new_staging
 
 NUM_DENSE, NUM_CATEGORICAL = 13, 26
 DENSE = [f"I{i + 1}" for i in range(NUM_DENSE)]
@@ -343,11 +344,17 @@ def convert_criteo(
         )
     out = Path(out_dir)
     # a conversion killed before its end left its parts in a hidden folder (below); a
-    # running one's stay, and its parts refuse the folder (below)
-    clear_stale_staging(out, STAGING_PREFIX)
+    # running one's stay, and refuse the folder: both would write part-00000 on
+    running = clear_stale_staging(out, STAGING_PREFIX)
+    if running:
+        raise BadInputError(
+            f"{out}: another conversion is writing into this directory ({running[0].name}: "
+            "pid@host); convert into another directory, or, where that process is gone (a "
+            "lost machine), remove its folder"
+        )
     # Outputs are named from part-00000: they would overwrite (or, on an error, remove) an
     # earlier conversion's files, or leave its later parts to be read with the new ones.
-    existing = sorted(out.rglob("*.parquet")) if out.is_dir() else []
+    existing = parquet_files_under(out)  # (a linked folder's too: the reader reads them)
     if existing:
         raise BadInputError(
             f"{out}: output directory already holds Parquet files ({existing[0]}); convert "
@@ -412,6 +419,7 @@ def convert_criteo(
 
     # a block's rows end where its text does: carried over, not written as a short group
     carry = SCHEMA.empty_table()
+    moved: list[Path] = []
     try:
         for path in inputs:
             for batch, first_line in _blocks(path, on_bad_input, result):
@@ -432,15 +440,22 @@ def convert_criteo(
             writer.close()
             writer = None
         for f in result.files:
-            os.replace(staging / Path(f).name, f)
+            try:
+                move_new(staging / Path(f).name, Path(f))
+            except FileExistsError:
+                raise BadInputError(
+                    f"{f}: another process wrote it during this conversion; convert into "
+                    "another (new or empty) directory"
+                ) from None
+            moved.append(Path(f))
     except BaseException:
-        # Never leave half a dataset behind that could be mistaken for a whole one; files that
-        # were in out_dir before are not touched.
+        # Never leave half a dataset behind that could be mistaken for a whole one; files
+        # this conversion did not move in (an earlier one's, another process's) are not touched
         if writer is not None:
             writer.close()
             writer = None
-        for f in result.files:
-            Path(f).unlink(missing_ok=True)
+        for done in moved:
+            done.unlink(missing_ok=True)
         raise
     finally:
         if writer is not None:

@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from dist_train.data.reader import DataSourceError
+from dist_train.data.reader import DataSourceError, parquet_files_under
 
 
 class FolderRefused(DataSourceError):
@@ -24,7 +24,10 @@ def refuse_foreign(out: Path, splits: Sequence[Path], owned: bool) -> list[Path]
     the command wrote there (``owned``: ``out`` holds its record); DataSourceError if they
     hold any other, at any depth: the reader would train on it beside the command's files,
     or it is a user's."""
-    found = [f for s in splits if s.is_dir() for f in sorted(s.rglob("*.parquet"))]
+    # a linked folder's too (the reader follows links), and hidden ones (a run's cut short)
+    found = sorted(
+        {f for s in splits if s.is_dir() for f in [*s.rglob("*.parquet"), *parquet_files_under(s)]}
+    )
     foreign = [
         f for f in found if not (owned and f.parent in splits and OWN_FILE.fullmatch(f.name))
     ]

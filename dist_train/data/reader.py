@@ -207,6 +207,12 @@ def _hidden_name(name: str) -> bool:
     return name.startswith((".", "_"))
 
 
+def parquet_files_under(folder: Path) -> list[Path]:
+    """The Parquet files the reader reads under ``folder``, at any depth: linked folders
+    followed, hidden names passed over."""
+    return [Path(f) for f in _files_under(str(folder), set(), set())] if folder.is_dir() else []
+
+
 def _files_under(root: str, folders: set[str], files: set[str]) -> list[str]:
     """The ``*.parquet`` files below ``root`` that are not folders (a Spark ``x.parquet/``
     folder is read as a directory), passing over hidden names (``_hidden``). Linked folders

@@ -128,6 +128,8 @@ def _chunk(
             logit += cat_scale * contrib
             offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
             values = pa.array(np.char.mod("%08x", ids) if as_str else ids)
+            if isinstance(values, pa.ChunkedArray):  # over 2^21 strings: pyarrow's chunks
+                values = values.combine_chunks()
             arrays[col.name] = pa.ListArray.from_arrays(
                 pa.array(offsets), values, mask=pa.array(null)
             )

@@ -6,6 +6,7 @@ import bz2
 import gzip
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -270,14 +271,26 @@ def test_parts_are_written_hidden_and_moved_in_at_the_end(
     from dist_train.data import criteo
 
     out = tmp_path / "parquet"
-    # a running conversion's parts (its process alive) refuse the folder, as its own would
-    running = out / f"{criteo.STAGING_PREFIX}{os.getppid()}"
-    running.mkdir(parents=True)
-    (running / "part-00000.parquet").write_bytes(b"being written")
-    with pytest.raises(BadInputError, match="output directory already holds Parquet files"):
-        convert_criteo([str(good_files[0])], out, progress=False)
-    assert (running / "part-00000.parquet").is_file()
-    shutil.rmtree(running)
+    # a running conversion's folder (its process alive), its parts written or not yet, and
+    # another host's (a shared folder): both would write part-00000 on, so refused
+    here = socket.gethostname()
+    for name in (f"{os.getppid()}@{here}", f"{os.getppid()}", f"{2**22 + 1}@another-host"):
+        running = out / f"{criteo.STAGING_PREFIX}{name}"
+        running.mkdir(parents=True)
+        with pytest.raises(BadInputError, match=r"another conversion is writing into this"):
+            convert_criteo([str(good_files[0])], out, progress=False)
+        assert running.is_dir()
+        shutil.rmtree(running)
+    # this process's pid (a container's pid 1 finds its killed predecessor's): stale
+    own = out / f"{criteo.STAGING_PREFIX}{os.getpid()}@{here}"
+    own.mkdir(parents=True)
+    (own / "part-00000.parquet").write_bytes(b"cut")
+    convert_criteo([str(good_files[0])], tmp_path / "x", progress=False)  # (another folder)
+    assert own.is_dir()
+    result = convert_criteo([str(good_files[0])], out, progress=False)
+    assert not own.exists() and pq.read_table(out).num_rows == result.rows
+    for f in result.files:
+        Path(f).unlink()
     killed = out / f"{criteo.STAGING_PREFIX}{2**22 + 1}"  # past Linux's largest pid: none
     killed.mkdir(parents=True)
     (killed / "part-00000.parquet").write_bytes(b"cut")
@@ -294,6 +307,29 @@ def test_parts_are_written_hidden_and_moved_in_at_the_end(
     assert len(opened) == 3 and all(p.parent.name.startswith(".converting-") for p in opened)
     assert sorted(p.name for p in out.iterdir()) == [Path(f).name for f in result.files]
     assert pq.read_table(out).num_rows == 1000
+
+
+def test_a_file_another_process_wrote_meanwhile_is_neither_replaced_nor_removed(
+    good_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A conversion moved its parts in over whatever was there, and one that failed removed
+    every part-N.parquet of its list, another conversion's too (a helper's audit)."""
+    from dist_train.data import criteo
+
+    out = tmp_path / "parquet"
+    real = criteo.pq.ParquetWriter
+    theirs = out / "part-00001.parquet"
+
+    def writer(path: str | Path, *args: Any, **kwargs: Any) -> Any:
+        if Path(path).name == "part-00002.parquet":  # another process's file lands meanwhile
+            theirs.write_bytes(b"another conversion's")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(criteo.pq, "ParquetWriter", writer)
+    with pytest.raises(BadInputError, match=r"part-00001.parquet: another process wrote it"):
+        convert_criteo([str(f) for f in good_files], out, rows_per_file=400, progress=False)
+    assert theirs.read_bytes() == b"another conversion's"
+    assert sorted(p.name for p in out.iterdir()) == ["part-00001.parquet"]  # ours: gone
 
 
 def test_a_file_given_twice_is_refused(good_files: list[Path], tmp_path: Path) -> None:
@@ -348,7 +384,11 @@ def test_output_dir_with_parquet_files_is_refused(good_files: list[Path], tmp_pa
 
 def test_cli_convert(good_files: list[Path], tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["convert", "criteo", *map(str, good_files), "--out", str(tmp_path / "o")]) == 0
-    assert "wrote 1,000 rows to 1 file(s)" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "wrote 1,000 rows to 1 file(s)" in said.out and "[convert] " in said.err
+    # -q: its progress too was printed (a helper's audit)
+    assert main(["-q", "convert", "criteo", str(good_files[0]), "--out", str(tmp_path / "q")]) == 0
+    assert "[convert]" not in capsys.readouterr().err
     assert (
         main(["convert", "criteo", str(tmp_path / "nope.tsv"), "--out", str(tmp_path / "n")]) == 1
     )
@@ -431,3 +471,26 @@ def test_row_groups_are_whole_across_the_parsers_blocks(
     order = pq.read_table(tmp_path / "out")["C1"].to_pylist()
     lines = [ln.split("\t")[14] or None for f in good_files for ln in _text(f).splitlines()]
     assert order == lines  # every row once, in the input's order
+
+
+def test_parquet_files_in_a_linked_folder_refuse_the_output(
+    good_files: list[Path], tmp_path: Path
+) -> None:
+    """The "no Parquet files at any depth" check passed over linked folders, which the
+    reader follows: it would then read their files beside the conversion's (a helper's
+    audit). gen-data's and convert adult's check likewise."""
+    from dist_train.data.output_folder import FolderRefused, refuse_foreign
+
+    old = tmp_path / "old" / "sub"
+    old.mkdir(parents=True)
+    pq.write_table(pa.table({"x": [1]}), old / "x.parquet")
+    out = tmp_path / "parquet"
+    out.mkdir()
+    (out / "old").symlink_to(tmp_path / "old")
+    with pytest.raises(BadInputError, match=r"old/sub/x.parquet"):
+        convert_criteo([str(good_files[0])], out, progress=False)
+    split = tmp_path / "gen" / "train"
+    split.mkdir(parents=True)
+    (split / "old").symlink_to(tmp_path / "old")
+    with pytest.raises(FolderRefused, match=r"old/sub/x.parquet"):
+        refuse_foreign(tmp_path / "gen", [split], owned=True)

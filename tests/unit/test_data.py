@@ -166,6 +166,21 @@ def test_generated_row_groups_hold_the_rows_asked(
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == want
 
 
+def test_string_lists_of_over_two_million_ids_in_a_chunk_are_generated(tmp_path: Path) -> None:
+    """pyarrow makes a chunked array of more than 2^21 strings, which a list column's
+    values refused: gen-data (and train) failed with a TypeError (a helper's audit)."""
+    synth = SyntheticDataConfig(
+        num_train_rows=30_000,
+        num_test_rows=100,
+        num_train_files=1,
+        string_columns=["C24"],
+        mean_multi_hot_length=80,
+    )
+    train = generate(synth, tmp_path, progress=False).train_dir
+    column = pq.read_table(next(train.glob("*.parquet")), columns=["C24"]).column("C24")
+    assert pa.compute.sum(pa.compute.list_value_length(column)).as_py() > 2**21
+
+
 def test_the_training_rows_are_dealt_evenly_over_the_files_asked(tmp_path: Path) -> None:
     """9 rows in 4 files were written as 3 files of 3 rows (each a ceiling's share), one
     file fewer than asked, unsaid (a review's finding); more files than rows is refused."""
