@@ -637,6 +637,9 @@ def _convert(args: argparse.Namespace) -> int:
     except BadInputError as err:
         print(f"error: bad input: {err}", file=sys.stderr)
         return 1
+    except DataSourceError as err:  # --out refused (2), or a folder under it unlistable
+        print(f"error: {err}", file=sys.stderr)
+        return 2 if isinstance(err, FolderRefused) else 1
     except OSError as err:
         return _cannot_write(args.out, err)
     print(f"wrote {result.rows:,} rows to {len(result.files)} file(s) in {args.out}")

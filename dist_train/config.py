@@ -1620,7 +1620,8 @@ def read_yaml(path: Path) -> Any:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:
     """Read, override and validate a YAML job config (the default one if ``path`` is None)."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG
+    # ~ too: a shell leaves `--config=~/x.yaml` (or a quoted one) as typed
+    path = Path(path).expanduser() if path is not None else DEFAULT_CONFIG
     if not path.exists() or path.is_dir():
         if path == DEFAULT_CONFIG:  # a wheel holds the package, not the checkout's launch/
             raise ConfigError(

@@ -305,15 +305,15 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
     # the run's folders, made once the checks that write nothing have passed, and held from
     # before anything is written in them (the run's generated data too) to the last prune
     root = checkpoint_root(cfg)
-    if cfg.checkpoint.saves:
-        check_writable(root)  # made, and said in a line where it cannot be
-    try:
+    try:  # first: an output_dir that cannot be written is a config error whatever it saves
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:  # (a read-only or virtual file system: /proc/...)
         raise ConfigError(
             f"output_dir={cfg.output_dir}: cannot make the run's folder {cfg.run_dir} "
             f"({err.strerror or err})"
         ) from None
+    if cfg.checkpoint.saves:
+        check_writable(root)  # made, and said in a line where it cannot be
     checkpoints = (
         contextlib.nullcontext()
         if same_folder(root, cfg.run_dir)

@@ -59,8 +59,11 @@ def stopped_by_sigterm(main: Callable[[], int]) -> int:
     meanwhile ending it as Ctrl-C does, through its ``finally`` blocks: the ranks it started
     stopped, its temporary files removed (the default action ended it on the spot, its
     ranks left training); then 143. Ctrl-C ends it the same way and ends the process by
-    SIGINT (130 to a shell). Either prints a line saying which, then the interrupt's notes.
-    The caller's handler is back afterwards."""
+    SIGINT (130 to a shell). SIGHUP (a closed terminal, a dropped SSH session) stops it as
+    SIGTERM does, 129, unless it is ignored (``nohup``): its default action left the
+    ranks' temporary files behind, and Ray's workers training on past the driver's lock.
+    Each prints a line saying which, then the interrupt's notes. The caller's handlers are
+    back afterwards."""
     if threading.current_thread() is not threading.main_thread():
         return main()  # only the main thread may handle signals
     received: list[int] = []
@@ -69,21 +72,26 @@ def stopped_by_sigterm(main: Callable[[], int]) -> int:
         received.append(signum)
         raise Terminated
 
-    previous = signal.signal(signal.SIGTERM, terminated)
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, terminated)}
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:  # (nohup's ignore is kept)
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, terminated)
     try:
         return main()
     except KeyboardInterrupt as err:
         # a Terminated raised for a SIGTERM that another handler took (Ray's, in ray.init)
-        by_sigterm = bool(received) or isinstance(err, Terminated)
-        print("stopped (SIGTERM)" if by_sigterm else "interrupted (Ctrl-C)", file=sys.stderr)
+        stopped_by = received[0] if received else signal.SIGTERM
+        by_signal = bool(received) or isinstance(err, Terminated)
+        name = signal.Signals(stopped_by).name
+        print(f"stopped ({name})" if by_signal else "interrupted (Ctrl-C)", file=sys.stderr)
         for note in getattr(err, "__notes__", ()):  # where to resume, say
             print(note, file=sys.stderr)
-        if by_sigterm:
-            return EXIT_CODE
+        if by_signal:
+            return 128 + stopped_by
         _end_by_sigint()
         return INTERRUPTED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def exit_quickly(code: int) -> int:

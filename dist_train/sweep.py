@@ -560,6 +560,9 @@ def run_sweep(
         job = arm_config(base, arm)
         params = build_layout(job.embedding, job.features, job.seed).num_parameters
         error = None
+        # an arm trained before and not on record (stopped before its line was written, or
+        # stale): its own folder's summary, which a fresh run beside it is refused over
+        (job.run_dir / "summary.json").unlink(missing_ok=True)
         try:
             summary = run_job(job)
         except (RankError, TrainingDiverged) as err:  # its figures are none; the rest train

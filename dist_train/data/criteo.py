@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from dist_train.data.output_folder import FolderRefused
 from dist_train.data.reader import parquet_files_under
 from dist_train.data.validation import BadInputError
 from dist_train.storage import clear_stale_staging, move_new, new_staging
@@ -347,7 +348,7 @@ def convert_criteo(
     # running one's stay, and refuse the folder: both would write part-00000 on
     running = clear_stale_staging(out, STAGING_PREFIX)
     if running:
-        raise BadInputError(
+        raise FolderRefused(
             f"{out}: another conversion is writing into this directory ({running[0].name}: "
             "pid@host); convert into another directory, or, where that process is gone (a "
             "lost machine), remove its folder"
@@ -356,7 +357,7 @@ def convert_criteo(
     # earlier conversion's files, or leave its later parts to be read with the new ones.
     existing = parquet_files_under(out)  # (a linked folder's too: the reader reads them)
     if existing:
-        raise BadInputError(
+        raise FolderRefused(
             f"{out}: output directory already holds Parquet files ({existing[0]}); convert "
             "into another (new or empty) directory"
         )

@@ -339,6 +339,14 @@ def test_a_second_run_in_a_checkpoint_folder_in_use_is_refused(
         run_job(unsaved)
     assert {p: p.read_bytes() for p in records} == records
     assert run_job(again)["steps"] == 6  # the first run over: the lock is free
+    # a finished run that saved no checkpoint: its records were replaced by the next one's
+    nothing_saved = [*over, f"output_dir={tmp_path / 'nock'}", "checkpoint.save_at_end=false"]
+    run_job(load_config(TINY, nothing_saved))
+    kept = {p: p.read_bytes() for p in (tmp_path / "nock" / "tiny").glob("*.json*")}
+    assert "summary.json" in {p.name for p in kept}
+    with pytest.raises(CheckpointError, match=r"holds the records of an earlier run"):
+        run_job(load_config(TINY, nothing_saved))
+    assert {p: p.read_bytes() for p in kept} == kept
     assert not in_progress.exists()
     # the run folder as its own checkpoint.dir: one folder, locked once (not refused by itself)
     at_run = [

@@ -321,7 +321,9 @@ def test_yes_no_keys_and_yaml_numbers_still_read() -> None:
     assert load_config(overrides=["data.label_column=label"]).data.label_column == "label"
 
 
-def test_a_config_file_of_bytes_and_home_folders(tmp_path: Path) -> None:
+def test_a_config_file_of_bytes_and_home_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A YAML number of bytes was refused ("a valid string"), though docs/planner.md takes
     bytes; `--set checkpoint.dir=~` became null (the default folder), YAML's other null."""
     job = tmp_path / "job.yaml"
@@ -330,6 +332,9 @@ def test_a_config_file_of_bytes_and_home_folders(tmp_path: Path) -> None:
     job.write_text(yaml.safe_dump(raw))
     assert load_config(job).sharding.memory_per_rank == "8000000000"
     assert load_config(overrides=["checkpoint.dir=~"]).checkpoint.dir == "~"
+    # a config under ~, as `--config=~/job.yaml` leaves it (a helper's audit: not found)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load_config("~/job.yaml").sharding.memory_per_rank == "8000000000"
     # an empty value is null still, as YAML reads it (a review found it taken as text: a
     # data.train_path= read this folder's Parquet files)
     empty = load_config(overrides=["data.train_path=", "data.test_path=", "checkpoint.dir="])

@@ -20,6 +20,7 @@ from dist_train.config import EmbeddingConfig, FeatureConfig
 from dist_train.data import criteo
 from dist_train.data.batch import BatchBuilder
 from dist_train.data.criteo import CATEGORICAL, DENSE, convert_criteo
+from dist_train.data.output_folder import FolderRefused
 from dist_train.data.reader import DataSourceError, list_row_groups, row_group_tables
 from dist_train.data.validation import BadInputError
 from dist_train.embedding.layout import build_layout
@@ -277,7 +278,7 @@ def test_parts_are_written_hidden_and_moved_in_at_the_end(
     for name in (f"{os.getppid()}@{here}", f"{os.getppid()}", f"{2**22 + 1}@another-host"):
         running = out / f"{criteo.STAGING_PREFIX}{name}"
         running.mkdir(parents=True)
-        with pytest.raises(BadInputError, match=r"another conversion is writing into this"):
+        with pytest.raises(FolderRefused, match=r"another conversion is writing into this"):
             convert_criteo([str(good_files[0])], out, progress=False)
         assert running.is_dir()
         shutil.rmtree(running)
@@ -377,7 +378,7 @@ def test_output_dir_with_parquet_files_is_refused(good_files: list[Path], tmp_pa
     convert_criteo([str(f) for f in good_files], out, rows_per_file=300, progress=False)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert len(before) == 4
-    with pytest.raises(BadInputError, match=rf"{out}: .*Parquet files \({out}/part-00000"):
+    with pytest.raises(FolderRefused, match=rf"{out}: .*Parquet files \({out}/part-00000"):
         convert_criteo([str(good_files[0])], out, progress=False)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
@@ -394,7 +395,7 @@ def test_cli_convert(good_files: list[Path], tmp_path: Path, capsys) -> None:  #
     )
     assert "nope.tsv: no such file" in capsys.readouterr().err
     again = ["convert", "criteo", str(good_files[0]), "--out", str(tmp_path / "o")]
-    assert main(again) == 1
+    assert main(again) == 2  # a refused --out, as gen-data's and convert adult's (it was 1)
     assert "already holds Parquet files" in capsys.readouterr().err
 
 
@@ -479,7 +480,7 @@ def test_parquet_files_in_a_linked_folder_refuse_the_output(
     """The "no Parquet files at any depth" check passed over linked folders, which the
     reader follows: it would then read their files beside the conversion's (a helper's
     audit). gen-data's and convert adult's check likewise."""
-    from dist_train.data.output_folder import FolderRefused, refuse_foreign
+    from dist_train.data.output_folder import refuse_foreign
 
     old = tmp_path / "old" / "sub"
     old.mkdir(parents=True)
@@ -487,7 +488,7 @@ def test_parquet_files_in_a_linked_folder_refuse_the_output(
     out = tmp_path / "parquet"
     out.mkdir()
     (out / "old").symlink_to(tmp_path / "old")
-    with pytest.raises(BadInputError, match=r"old/sub/x.parquet"):
+    with pytest.raises(FolderRefused, match=r"old/sub/x.parquet"):
         convert_criteo([str(good_files[0])], out, progress=False)
     split = tmp_path / "gen" / "train"
     split.mkdir(parents=True)

@@ -28,6 +28,30 @@ def test_sigterm_is_exit_143_and_the_callers_handler_is_back() -> None:
     assert stopped_by_sigterm(lambda: 0) == 0
 
 
+def test_sighup_stops_as_sigterm_does_unless_it_is_ignored() -> None:
+    """A closed terminal's SIGHUP ended the driver on the spot (its ranks' temporary files
+    left, Ray's workers training on; a helper's audit): now a stop, 129. Under nohup,
+    which ignores it, it stays ignored."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, sys\n"
+        "from dist_train.stopping import stopped_by_sigterm\n"
+        "if sys.argv[1] == 'nohup':\n"
+        "    signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+        "def hung_up():\n"
+        "    os.kill(os.getpid(), signal.SIGHUP)\n"
+        "    return 0\n"
+        "print(stopped_by_sigterm(hung_up))\n"
+        "print(signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, signal.SIG_IGN))\n"
+    )
+    hung = subprocess.run([sys.executable, "-c", script, "plain"], capture_output=True, text=True)
+    assert (hung.stdout, hung.stderr) == ("129\nTrue\n", "stopped (SIGHUP)\n"), hung
+    kept = subprocess.run([sys.executable, "-c", script, "nohup"], capture_output=True, text=True)
+    assert (kept.stdout, kept.stderr) == ("0\nTrue\n", ""), kept
+
+
 def test_ctrl_c_ends_the_process_by_sigint_with_one_line() -> None:
     """A Ctrl-C after a SIGTERM is a Ctrl-C (once, any KeyboardInterrupt after a SIGTERM
     read 143). It printed a traceback of every frame it passed (and under Ray, whose Ctrl-C
