@@ -704,6 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "checkpoint",
         metavar="PATH|latest",
+        type=not_empty("empty; give a checkpoint (step-NNNNNNNN) or latest"),
         help="a committed checkpoint (step-NNNNNNNN), or latest: the job's newest",
     )
     common(p)
@@ -769,7 +770,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--memory-per-rank", help="memory per rank (default: RAM / ranks)")
     p = sub.add_parser("export", help="a checkpoint as one unsharded safetensors file")
-    p.add_argument("checkpoint", help="a committed checkpoint directory (step-NNNNNNNN)")
+    p.add_argument(
+        "checkpoint",
+        type=not_empty("empty; give a checkpoint (step-NNNNNNNN)"),
+        help="a committed checkpoint directory (step-NNNNNNNN)",
+    )
     p.add_argument(
         "--out",
         type=_folder_to_write,

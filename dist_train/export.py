@@ -25,6 +25,7 @@ from dist_train import checkpoint_files
 from dist_train.checkpoint import (
     META,
     CheckpointError,
+    committed,
     file_digests,
     is_a_saves_name,
     raise_a_wrapped_stop,
@@ -235,6 +236,12 @@ def _check_out_dir(path: Location, out_dir: Path) -> None:
         raise OutFolderRefused(
             f"{out_dir}: holds {', '.join(theirs)}, which no export wrote; export to another "
             "folder (nothing was changed)"
+        )
+    if out_dir.is_dir() and committed(out_dir):
+        # a run's checkpoint folder: `--resume` of it then failed far from the cause
+        raise OutFolderRefused(
+            f"{out_dir}: a run's checkpoint folder (it holds {committed(out_dir)[-1].name}); "
+            "export to another folder"
         )
     if is_a_saves_name(here):
         raise OutFolderRefused(

@@ -483,6 +483,13 @@ def test_export_writes_whole_tables_as_safetensors(tmp_path: Path, capsys, monke
     assert not beside.exists()
     assert main(["export", str(ckpt), "--out", str(ckpt.parent / "exported")]) == 0
     shutil.rmtree(ckpt.parent / "exported")
+    # nor into the run's checkpoint folder itself: a --resume of it failed far from the
+    # cause (a helper's audit)
+    assert main(["export", str(ckpt), "--out", str(ckpt.parent)]) == 2
+    assert f"{ckpt.parent}: a run's checkpoint folder (it holds {ckpt.name})" in (
+        capsys.readouterr().err
+    )
+    assert not (ckpt.parent / "model.safetensors").exists()
     # the files it lists are where it wrote them, whatever folder the command ran in
     listed = json.loads((out / "export.json").read_text())["files"]
     assert listed == [str(out / "model.safetensors")]

@@ -75,6 +75,9 @@ def test_lists_parse_into_numbers_defaults_included() -> None:
         (["submit", "--address", ""], "--address: empty; give a job server's address"),
         (["submit", "--submission-id", ""], "--submission-id: empty; give a job id"),
         (["validate", "job.yaml", ""], "files: empty; give a file or folder"),
+        # read as the working directory (a helper's audit)
+        (["export", "", "--out", "o"], "checkpoint: empty; give a checkpoint"),
+        (["evaluate", " "], "PATH|latest: empty; give a checkpoint"),
     ],
 )
 def test_bad_lists_are_usage_errors_naming_the_value(
