@@ -533,7 +533,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         print(f"error: --memory-per-rank: {err}", file=sys.stderr)
         return 2
     backend = "nccl" if device == "cuda" else "gloo"
-    print(f"calibrating: {ranks} {backend} rank(s) x {args.threads} thread(s) ...", flush=True)
+    if verbosity() != "quiet":  # progress, which -q leaves out
+        print(f"calibrating: {ranks} {backend} rank(s) x {args.threads} thread(s) ...", flush=True)
     # CPU ranks' server, stopped with the command (a Ctrl-C while it imported left it)
     server = (
         rank_server_started("planners.calibrate") if device == "cpu" else contextlib.nullcontext()

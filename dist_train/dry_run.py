@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dist_train.config import JobConfig
+from dist_train.logs import verbosity
 from dist_train.storage import replace_file
 from dist_train.train.sharding import (
     job_fused_params,
@@ -114,7 +115,8 @@ def weak_scaling_table(
     rows = []
     slow = False
     for nodes in WEAK_SCALING_NODES:
-        if slow:  # thousands of tables' shards take minutes at 512 nodes: said, on stderr
+        if slow and verbosity() != "quiet":  # thousands of tables' shards take minutes at
+            # 512 nodes: said, on stderr (progress: -q leaves it out)
             print(
                 f"plan: weak scaling at {nodes} node(s) x {ranks_per_node} (--no-weak-scaling "
                 "leaves the table out) ...",

@@ -147,23 +147,36 @@ def processes_on_a_cluster(cfg: JobConfig) -> str:
 
 
 def _note_relative_outputs(cfg: JobConfig) -> None:
-    """Say where a relative output path of an uploaded job lands: in Ray's copy of the
-    checkout, which identical uploads share (a second submit finds the first's checkpoints)
-    and which goes with the Ray session."""
+    """Say where a relative path of an uploaded job points: an output lands in Ray's copy
+    of the checkout, which identical uploads share (a second submit finds the first's
+    checkpoints) and which goes with the Ray session; an input is read there, against the
+    checkout's root, whatever folder the job was submitted from."""
+    resume = cfg.checkpoint.resume
     paths = {
-        "output_dir": cfg.output_dir,
-        "checkpoint.dir": cfg.checkpoint.dir,
-        "ray.storage_path": cfg.ray.storage_path,
+        "output_dir": (cfg.output_dir, True),
+        "checkpoint.dir": (cfg.checkpoint.dir, True),
+        "ray.storage_path": (cfg.ray.storage_path, True),
+        "data.train_path": (cfg.data.train_path, False),
+        "data.test_path": (cfg.data.test_path, False),
+        "sharding.topology": (cfg.sharding.topology, False),
+        "checkpoint.resume": (None if resume == "latest" else resume, False),
     }
-    for key, value in paths.items():
+    for key, (value, written) in paths.items():
         # ~ and ~user are the cluster's to expand (that user may be there only)
-        if value and "://" not in value and not value.startswith(("/", "~")):
-            print(
-                f"note: {key}={value} is relative: the job writes it inside Ray's copy of the "
-                "uploaded checkout, which identical uploads share and the Ray session removes; "
-                f"give a path the cluster's nodes share (--set {key}=/shared/...)",
-                file=sys.stderr,
-            )
+        if not value or "://" in value or value.startswith(("/", "~")):
+            continue
+        where = (
+            "the job writes it inside Ray's copy of the uploaded checkout, which identical "
+            "uploads share and the Ray session removes"
+            if written
+            else "the job reads it inside Ray's copy of the uploaded checkout, from the "
+            "checkout's root (not this folder), where the upload holds it"
+        )
+        print(
+            f"note: {key}={value} is relative: {where}; give a path the cluster's nodes "
+            f"share (--set {key}=/shared/...)",
+            file=sys.stderr,
+        )
 
 
 def submit(

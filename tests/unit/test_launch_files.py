@@ -229,6 +229,12 @@ def test_submit_notes_a_relative_output_path_of_an_uploaded_job(
         assert "is relative" not in capsys.readouterr().err
     assert main(["submit", "--dry-run", "--no-working-dir", "--config", tiny]) == 0
     assert "is relative" not in capsys.readouterr().err  # the image's own folder
+    # an input is read there too, from the checkout's root (unsaid; a helper's audit)
+    inputs = ["--set", "data.train_path=data/train", "--set", "data.test_path=/shared/test"]
+    assert main(["submit", "--dry-run", "--config", tiny, *inputs]) == 0
+    err = capsys.readouterr().err
+    assert "note: data.train_path=data/train is relative: the job reads it inside" in err
+    assert "data.test_path" not in err
 
 
 def test_without_an_upload_a_config_is_checked_where_this_checkout_holds_it(
