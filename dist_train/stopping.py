@@ -70,6 +70,8 @@ def stopped_by_sigterm(main: Callable[[], int]) -> int:
 
     def terminated(signum: int, frame: object) -> None:
         received.append(signum)
+        if signum == signal.SIGHUP:
+            _quiet_a_hung_up_terminal()
         raise Terminated
 
     previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, terminated)}
@@ -92,6 +94,22 @@ def stopped_by_sigterm(main: Callable[[], int]) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _quiet_a_hung_up_terminal() -> None:
+    """Point standard output and error at /dev/null where a write to them fails: after a
+    hang-up a terminal's does (EIO; it no longer even says it is a terminal), and a print
+    in the clean-up would end it there. An empty write tells, and writes nothing."""
+    for fd in (1, 2):
+        try:
+            os.write(fd, b"")
+        except OSError:
+            try:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
+            except OSError:
+                pass  # (nothing more to do: the clean-up's prints may fail)
 
 
 def exit_quickly(code: int) -> int:

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import glob
 import os
+import re
 import shutil
 import socket
 import stat
@@ -221,22 +222,27 @@ def clear_stale_staging(where: Path, prefix: str) -> list[Path]:
     if not where.is_dir():
         return []
     live = []
-    here = socket.gethostname()
+    here = _host()
     for staged in sorted(where.glob(f"{glob.escape(prefix)}*")):
-        pid, _, host = staged.name[len(prefix) :].partition("@")
+        pid, at, host = staged.name[len(prefix) :].partition("@")
         if not pid.isdigit():
             continue
         if (host or here) == here and (int(pid) == os.getpid() or not _running(int(pid))):
             shutil.rmtree(staged, ignore_errors=True)
-        else:
+        elif at:  # (an older dist_train's folder of a running pid is kept, as it was)
             live.append(staged)
     return live
+
+
+def _host() -> str:
+    """This machine's name as a folder name holds it (a hostname may hold a ``/``)."""
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "host"
 
 
 def new_staging(where: Path, prefix: str) -> Path:
     """A new, empty folder ``where/<prefix><this pid>@<this host>`` (see
     :func:`clear_stale_staging`)."""
-    staged = where / f"{prefix}{os.getpid()}@{socket.gethostname()}"
+    staged = where / f"{prefix}{os.getpid()}@{_host()}"
     shutil.rmtree(staged, ignore_errors=True)
     staged.mkdir(parents=True)
     return staged

@@ -441,14 +441,15 @@ def convert_criteo(
             writer.close()
             writer = None
         for f in result.files:
+            moved.append(Path(f))  # before the move: a stop inside it leaves it ours to remove
             try:
                 move_new(staging / Path(f).name, Path(f))
             except FileExistsError:
-                raise BadInputError(
+                moved.pop()
+                raise FolderRefused(
                     f"{f}: another process wrote it during this conversion; convert into "
                     "another (new or empty) directory"
                 ) from None
-            moved.append(Path(f))
     except BaseException:
         # Never leave half a dataset behind that could be mistaken for a whole one; files
         # this conversion did not move in (an earlier one's, another process's) are not touched
@@ -456,6 +457,9 @@ def convert_criteo(
             writer.close()
             writer = None
         for done in moved:
+            staged = staging / done.name
+            if staged.exists() and not (done.exists() and os.path.samefile(done, staged)):
+                continue  # stopped before its link: the name is free, or another's
             done.unlink(missing_ok=True)
         raise
     finally:

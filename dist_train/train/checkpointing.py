@@ -194,12 +194,14 @@ def refuse_to_overwrite(cfg: JobConfig) -> None:
             "(--set name=...) or checkpoint.dir; nothing was changed"
         )
     summary = cfg.run_dir / "summary.json"
-    if not existing and summary.is_file():
-        # a finished run that saved no checkpoint (checkpoint.save_at_end=false): its
-        # records were all it left, and this run's replaced them unsaid (a helper's audit)
+    if summary.is_file():
+        # a finished run this one does not continue, which saved no checkpoint
+        # (checkpoint.save_at_end=false), or whose are not the newest of a checkpoint.dir
+        # that runs share: its records were all it left, and this run's replaced them
+        # unsaid (a helper's audit)
         raise checkpoint.CheckpointError(
             f"{cfg.run_dir} holds the records of an earlier run ({summary.name}, metrics.jsonl, "
-            "config.json) and no checkpoint to continue it from: this run would replace them. "
+            "config.json) that this run does not continue: it would replace them. "
             "Start it under another name (--set name=...), or move them out; nothing was "
             "changed"
         )

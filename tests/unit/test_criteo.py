@@ -275,13 +275,22 @@ def test_parts_are_written_hidden_and_moved_in_at_the_end(
     # a running conversion's folder (its process alive), its parts written or not yet, and
     # another host's (a shared folder): both would write part-00000 on, so refused
     here = socket.gethostname()
-    for name in (f"{os.getppid()}@{here}", f"{os.getppid()}", f"{2**22 + 1}@another-host"):
+    for name in (f"{os.getppid()}@{here}", f"{2**22 + 1}@another-host"):
         running = out / f"{criteo.STAGING_PREFIX}{name}"
         running.mkdir(parents=True)
         with pytest.raises(FolderRefused, match=r"another conversion is writing into this"):
             convert_criteo([str(good_files[0])], out, progress=False)
         assert running.is_dir()
         shutil.rmtree(running)
+    # an older dist_train's folder of a running pid: kept, and not refused (as before)
+    older = out / f"{criteo.STAGING_PREFIX}{os.getppid()}"
+    older.mkdir(parents=True)
+    convert_criteo([str(good_files[0])], tmp_path / "y", progress=False)  # (another folder)
+    result = convert_criteo([str(good_files[0])], out, progress=False)
+    assert older.is_dir()
+    for f in result.files:
+        Path(f).unlink()
+    shutil.rmtree(older)
     # this process's pid (a container's pid 1 finds its killed predecessor's): stale
     own = out / f"{criteo.STAGING_PREFIX}{os.getpid()}@{here}"
     own.mkdir(parents=True)
@@ -327,7 +336,7 @@ def test_a_file_another_process_wrote_meanwhile_is_neither_replaced_nor_removed(
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(criteo.pq, "ParquetWriter", writer)
-    with pytest.raises(BadInputError, match=r"part-00001.parquet: another process wrote it"):
+    with pytest.raises(FolderRefused, match=r"part-00001.parquet: another process wrote it"):
         convert_criteo([str(f) for f in good_files], out, rows_per_file=400, progress=False)
     assert theirs.read_bytes() == b"another conversion's"
     assert sorted(p.name for p in out.iterdir()) == ["part-00001.parquet"]  # ours: gone

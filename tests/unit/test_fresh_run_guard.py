@@ -47,6 +47,14 @@ def test_fresh_run_may_start_where_it_saves_nothing_or_nothing_was_saved(tmp_pat
     other = load_config(overrides=[*shared, "name=other"]).model_dump(mode="json")
     _saved_by_run(tmp_path / "shared" / "step-00000048", other)
     assert resume_point(load_config(overrides=shared)) is None
+    # a finished run's summary there, though, is of a run this one does not continue: the
+    # other run's newer checkpoints let its records be replaced (a review)
+    finished = tmp_path / "default" / "summary.json"
+    finished.write_text("{}")
+    with pytest.raises(CheckpointError, match=r"holds the records of an earlier run"):
+        resume_point(load_config(overrides=shared))
+    assert finished.read_text() == "{}"
+    finished.unlink()
     this = load_config(overrides=shared).model_dump(mode="json")
     _saved_by_run(tmp_path / "shared" / "step-00000064", this)
     with pytest.raises(CheckpointError, match=r"would replace that run's summary, metrics"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,41 @@ def test_sighup_stops_as_sigterm_does_unless_it_is_ignored() -> None:
     assert (hung.stdout, hung.stderr) == ("129\nTrue\n", "stopped (SIGHUP)\n"), hung
     kept = subprocess.run([sys.executable, "-c", script, "nohup"], capture_output=True, text=True)
     assert (kept.stdout, kept.stderr) == ("0\nTrue\n", ""), kept
+
+
+def test_a_hung_up_terminal_does_not_cut_the_stop_short() -> None:
+    """After a hang-up, a write to the terminal fails (EIO): the stop's line raised out of
+    its handler, a traceback and exit 1, and a print in a clean-up cut it short (a
+    review). Output to a terminal goes to /dev/null once SIGHUP arrives."""
+    import pty
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, sys, time\n"
+        "from dist_train.stopping import stopped_by_sigterm\n"
+        "def hung_up():\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGHUP)\n"
+        "        time.sleep(5)\n"
+        "    finally:\n"
+        "        print('cleaned up', flush=True)\n"
+        "        open(sys.argv[1], 'w').write('done')\n"
+        "    return 0\n"
+        "sys.exit(stopped_by_sigterm(hung_up))\n"
+    )
+    leader, follower = pty.openpty()
+    os.close(leader)  # the terminal hung up: writes to it fail
+    marker = Path(tempfile.mkdtemp()) / "cleaned"
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(marker)],
+        stdout=follower,
+        stderr=follower,
+        timeout=60,
+    )
+    os.close(follower)
+    assert done.returncode == 129
+    assert marker.read_text() == "done"  # the clean-up ran past its print
 
 
 def test_ctrl_c_ends_the_process_by_sigint_with_one_line() -> None:
