@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,28 +13,17 @@ from dist_train.logs import verbosity
 from dist_train.storage import replace_file
 from dist_train.train.sharding import (
     job_fused_params,
-    kernel_per_table,
     make_sharder,
     optimizer_notes,
     planner_for_config,
     refuse_group_above,
-    refuse_ranks_without_rows,
+    refuse_what_cpu_kernels_refuse,
     simulated_node_cores,
 )
-from planners.placement import TablePlacement
 from planners.report import build_report, estimate_json, format_report
 from planners.topology import TopologyError
 from planners.torchrec_baseline import estimate, placements_of, torchrec_plan
 from planners.types import PlanningError
-
-
-def _refuse_what_training_refuses(
-    cfg: JobConfig, placements: Sequence[TablePlacement], device_type: str
-) -> None:
-    """PlanningError for a plan training would refuse after the search (plan_job): on CPU
-    ranks, a rank's kernel holding none of its tables' rows."""
-    if device_type == "cpu":
-        refuse_ranks_without_rows(placements, kernel_per_table(make_sharder(cfg, device_type)))
 
 
 def _torchrec_side(cfg: JobConfig, model: Any, planner: Any, device_type: str) -> dict[str, Any]:
@@ -85,8 +73,8 @@ def dry_run(
     planner, model = planner_for_config(cfg, nodes * per_node, per_node, device_type, cores)
     side = _torchrec_side(cfg, model, planner, device_type) if with_torchrec else None
     report = build_report(planner, side)
-    chosen = planner.choice()
-    _refuse_what_training_refuses(cfg, chosen.placements, device_type)
+    chosen = planner.choice()  # refused where training refuses it (plan_job)
+    refuse_what_cpu_kernels_refuse(chosen.placements, make_sharder(cfg, device_type), device_type)
     report["notes"] = optimizer_notes(cfg, {p.sharding_type for p in chosen.placements})
     if weak_scaling:
         # the row of the shape planned above with its cores (simulated nodes' too): it said
@@ -131,7 +119,8 @@ def weak_scaling_table(
                 cfg, nodes * ranks_per_node, ranks_per_node, device_type, cores
             )
             chosen = planner.choice()
-            _refuse_what_training_refuses(cfg, chosen.placements, device_type)
+            sharder = make_sharder(cfg, device_type)
+            refuse_what_cpu_kernels_refuse(chosen.placements, sharder, device_type)
         except (PlanningError, TopologyError) as err:  # past the planner's ranks, say
             rows.append({"num_nodes": nodes, "ranks_per_node": ranks_per_node, "error": str(err)})
             continue

@@ -306,8 +306,7 @@ def plan_job(
     sharder = make_sharder(cfg, device_type)
     plan = planner.plan(model, [sharder])  # type: ignore[list-item]
     chosen = planner.choice()
-    if device_type == "cpu":
-        refuse_ranks_without_rows(chosen.placements, kernel_per_table(sharder))
+    refuse_what_cpu_kernels_refuse(chosen.placements, sharder, device_type)
     group = chosen.group_size if chosen.group_size < world_size else 0
     unpooled = tuple(p.table for p in chosen.placements if p.sharding_type == _UNPOOLED)
     return JobPlan(
@@ -322,10 +321,15 @@ def plan_job(
     )
 
 
-def kernel_per_table(sharder: Any) -> bool:
-    """Whether ``sharder`` (:func:`make_sharder`) gives each table a kernel of its own; else
-    a rank's tables of one sharding type share one."""
-    return bool((sharder.fused_params or {}).get(USE_ONE_TBE_PER_TABLE))
+def refuse_what_cpu_kernels_refuse(
+    placements: Sequence[TablePlacement], sharder: Any, device_type: str
+) -> None:
+    """PlanningError for a chosen plan that CPU ranks' kernels would fail on
+    (:func:`refuse_ranks_without_rows`, with ``sharder``'s kernels: one a table, or one a
+    rank's tables of a sharding type); nothing for GPU ranks."""
+    if device_type == "cpu":
+        one_a_table = bool((sharder.fused_params or {}).get(USE_ONE_TBE_PER_TABLE))
+        refuse_ranks_without_rows(placements, one_a_table)
 
 
 def refuse_ranks_without_rows(
