@@ -61,6 +61,32 @@ def _restore_log_level() -> Iterator[None]:
     LOG.setLevel(level)
 
 
+ONE_FEATURE_JOB = [
+    "data.dense_columns=[I1]",
+    "features=[{name: C1, cardinality: 10}]",
+    "embedding.num_tables=1",
+    "data.synthetic.string_columns=[]",
+    "train.batch_size=4",
+]
+"""Overrides of the tiny job for :func:`write_one_feature_parquet`'s file."""
+
+
+def write_one_feature_parquet(path: Path, rows: int, row_group_size: int) -> None:
+    """A Parquet file of ``rows`` rows of a label, one dense column (I1) and one categorical
+    feature of 10 values (C1), for :data:`ONE_FEATURE_JOB`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "label": pa.array([i % 2 for i in range(rows)], pa.int64()),
+            "I1": pa.array([float(i) for i in range(rows)]),
+            "C1": pa.array([i % 10 for i in range(rows)], pa.int64()),
+        }
+    )
+    pq.write_table(table, path, row_group_size=row_group_size)
+
+
 @pytest.fixture
 def small_cfg(tmp_path: Path) -> JobConfig:
     return small_config(tmp_path)

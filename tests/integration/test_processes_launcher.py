@@ -168,27 +168,13 @@ def test_an_error_in_a_step_ends_the_epochs_prefetch_thread(tmp_path: Path, worl
     """The epoch closed its batch stream only when its steps ran out: on 2 ranks a step's
     error left the prefetch thread reading until the stream was collected (a helper's
     audit; 1 rank's stream was closed by its generator's teardown)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from dist_train.config import load_config
+    from tests.conftest import ONE_FEATURE_JOB, write_one_feature_parquet
     from tests.workers import prefetch_threads_after_a_failed_step
 
-    rows = 800
-    table = pa.table(
-        {
-            "label": pa.array([i % 2 for i in range(rows)], pa.int64()),
-            "I1": pa.array([float(i) for i in range(rows)]),
-            "C1": pa.array([i % 10 for i in range(rows)], pa.int64()),
-        }
-    )
-    pq.write_table(table, tmp_path / "a.parquet", row_group_size=4)
+    write_one_feature_parquet(tmp_path / "a.parquet", 800, 4)
     over = [
-        "data.dense_columns=[I1]",
-        "features=[{name: C1, cardinality: 10}]",
-        "embedding.num_tables=1",
-        "data.synthetic.string_columns=[]",
-        "train.batch_size=4",
+        *ONE_FEATURE_JOB,
         "train.prefetch_batches=2",
         f"ray.num_workers={world}",
     ]

@@ -892,26 +892,13 @@ def test_training_ends_at_one_step_which_the_loop_knows(
     """The step a periodic save lands on as training's last is left to the final save, off
     the training clock: such a save counted in examples/s (a review measured 99k against
     31k), where the docs say the final checkpoint does not."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from dist_train.embedding.layout import build_layout
     from dist_train.train.trainer import make_batch_builder
+    from tests.conftest import ONE_FEATURE_JOB, write_one_feature_parquet
 
-    table = pa.table(
-        {
-            "label": pa.array([i % 2 for i in range(40)], pa.int64()),
-            "I1": pa.array([float(i) for i in range(40)]),
-            "C1": pa.array([i % 10 for i in range(40)], pa.int64()),
-        }
-    )
-    pq.write_table(table, tmp_path / "a.parquet", row_group_size=5)
+    write_one_feature_parquet(tmp_path / "a.parquet", 40, 5)
     over = [
-        "data.dense_columns=[I1]",
-        "features=[{name: C1, cardinality: 10}]",
-        "embedding.num_tables=1",
-        "data.synthetic.string_columns=[]",
-        "train.batch_size=4",
+        *ONE_FEATURE_JOB,
         "train.epochs=2",
         "train.prefetch_batches=0",
         f"train.max_steps={'null' if max_steps is None else max_steps}",
