@@ -263,26 +263,37 @@ def test_a_stream_of_many_files_keeps_few_open(tmp_path: Path) -> None:
     assert read == list(range(60))
 
 
-def test_running_out_of_open_files_is_not_bad_input(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The machine's limit is raised as it is, under `skip` too: not a row group skipped."""
+def test_running_out_of_open_files_is_not_bad_input(tmp_path: Path) -> None:
+    """The machine's limit is raised as it is, under `skip` too: not a file or row group
+    skipped. The process really runs out (a low limit, every descriptor under it taken):
+    pyarrow's error is an OSError that carries EMFILE."""
     import errno
+    import resource
 
     from dist_train.data import reader
     from dist_train.data.validation import BadInputPolicy
 
-    pq.write_table(pa.table({"row_id": [1]}), tmp_path / "part-0.parquet")
+    pq.write_table(pa.table({"row_id": [1], "label": [0]}), tmp_path / "part-0.parquet")
     groups = list_row_groups(str(tmp_path))
-
-    def out_of_files(*_: object) -> None:
-        raise OSError(errno.EMFILE, "Too many open files")
-
-    monkeypatch.setattr(reader, "open_parquet", out_of_files)
     policy = BadInputPolicy("skip", "label", [], [])
-    with pytest.raises(OSError, match="Too many open files"):
-        list(reader.row_group_tables(groups, ["row_id"], policy))
-    assert policy.counts.row_groups == 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held: list[object] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+    try:
+        with pytest.raises(OSError) as full:
+            while True:
+                held.append(open(os.devnull))  # closed below
+        assert full.value.errno == errno.EMFILE
+        with pytest.raises(OSError, match="Too many open files") as listing:
+            list_row_groups(str(tmp_path / "part-0.parquet"), policy=policy)
+        with pytest.raises(OSError, match="Too many open files") as reading:
+            list(reader.row_group_tables(groups, ["row_id", "label"], policy))
+    finally:
+        for f in held:
+            f.close()  # type: ignore[attr-defined]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert listing.value.errno == reading.value.errno == errno.EMFILE
+    assert policy.counts.files == policy.counts.row_groups == 0
 
 
 def test_linked_folders_are_read_once_by_path_and_by_url(tmp_path: Path) -> None:
