@@ -644,7 +644,7 @@ class ShardingConfig(_Strict):
             "update wherever they compute what FBGEMM's kernel would (row-wise Adagrad without "
             "options, sum pooling, float32, tables of at most 16M rows a rank of at most 64 "
             "floats; "
-            "docs/benchmarks.md), FBGEMM's elsewhere; fbgemm: FBGEMM's kernels for every "
+            "docs/performance_log.md), FBGEMM's elsewhere; fbgemm: FBGEMM's kernels for every "
             "table, as stock TorchRec runs them (a table several features share is still "
             "handed to FBGEMM as one feature's, docs/architecture.md)."
         ),

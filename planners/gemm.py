@@ -4,10 +4,10 @@ torch's ``x @ w`` on the CPU is MKL's sgemm, which on AMD CPUs takes its AVX2 pa
 the CPU has AVX-512. oneDNN (``torch.ops.mkldnn``, shipped inside torch) picks its kernels by
 the CPU's instruction set alone, and on this project's AMD EPYCs it ran the default job's
 largest layer and the roofline's probe faster: 1.2-1.7x on Zen 4, about 2.3x on Zen 5, whose
-AVX-512 units are full width (docs/benchmarks.md, "The dense layers through oneDNN"). On Intel
+AVX-512 units are full width (docs/performance_log.md, "The dense layers through oneDNN"). On Intel
 CPUs MKL has AVX-512 kernels of its own: on a Xeon (family 6, model 207) the products alone
 ran as fast either way, and the default job's step about 10% faster through MKL
-(docs/benchmarks.md, "On Intel, MKL"). So oneDNN runs them on AVX-512 CPUs that are not
+(docs/performance_log.md, "On Intel, MKL"). So oneDNN runs them on AVX-512 CPUs that are not
 Intel's; elsewhere MKL does.
 """
 

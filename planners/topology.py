@@ -276,8 +276,9 @@ CPU_PRESET = TopologySpec(
     # interleaved rounds, 1 thread) that path took 1.35-2.45x as long a row (widths 4-128).
     lookup_seconds_per_row={4: 4.4e-8, 8: 4.8e-8, 16: 4.7e-8, 32: 6.7e-8, 64: 1.16e-7, 128: 4.2e-7},
     # MKL's rate on Zen 4; `dist-train calibrate` probes through oneDNN on AMD's AVX-512
-    # CPUs (planners/gemm.py), 1.23x this at 2 threads and 1.40x at 1 there (docs/benchmarks.md,
-    # "The dense layers through oneDNN"): the preset overstates the dense term there
+    # CPUs (planners/gemm.py), 1.23x this at 2 threads and 1.40x at 1 there
+    # (docs/performance_log.md, "The dense layers through oneDNN"): the preset overstates the
+    # dense term there
     dense_flops_per_second=9.6e10,
     # 2.5e9 measured with autograd's backward of the Gram matrix; the model's interaction in
     # C (dist_train/models/dot_interaction.py, AVX-512), as calibrate times it, runs 2.48x

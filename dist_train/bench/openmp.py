@@ -5,7 +5,7 @@ other than the main one that runs an ATen parallel op keeps its own team (gloo's
 did, under the plain-PyTorch peer's sparse all-reduce). With more threads than cores,
 libgomp lets its workers spin only briefly before they sleep on a futex, and every parallel
 region then waits for a wake-up: every system timed in the process runs slower
-(docs/benchmarks.md, "OpenMP's workers asleep"). ``OMP_WAIT_POLICY=passive`` or a thread
+(docs/performance_log.md, "OpenMP's workers asleep"). ``OMP_WAIT_POLICY=passive`` or a thread
 count over the cores does the same.
 """
 

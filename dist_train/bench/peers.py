@@ -198,7 +198,7 @@ def _gloo_threads_without_openmp_teams() -> Iterator[None]:
     Gloo's sparse all-reduce sums on gloo's threads with ATen's parallel ops, and a thread
     takes the process's thread count at its first op: at 2 or more each gloo thread kept an
     OpenMP team, and libgomp, counting more threads than cores, put every worker to sleep
-    between parallel regions (docs/benchmarks.md, "OpenMP's workers asleep"). Taken at 1,
+    between parallel regions (docs/performance_log.md, "OpenMP's workers asleep"). Taken at 1,
     gloo's threads run their ops inline for good (as does any thread whose first op falls
     in the block)."""
     threads = torch.get_num_threads()

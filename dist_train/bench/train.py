@@ -44,7 +44,7 @@ faster: pinned the same way, or free on all the bench's cores as ``torchrun`` le
 chosen after the warm-up by timing it both ways on batches of its own (:func:`faster_cores`;
 ours are timed both ways too, for the record). Pinning is no peer's constant gain: on this
 machine ``pytorch`` took 1.4-1.9x the time pinned at 2 ranks and 0.71-0.76x at 4
-(docs/benchmarks.md, "Each rank on cores of its own").
+(docs/performance_log.md, "Each rank on cores of its own").
 
 For each rank count, all systems are built in the same gloo processes and timed in
 interleaved rounds (every mode and system once per round, each system opening a round in
@@ -254,7 +254,7 @@ def wait_until_idle(window: float = IDLE_WINDOW_S, timeout: float = IDLE_TIMEOUT
     """Wait, untimed, until this process's threads are idle (under ``IDLE_BUSY`` of a core
     over ``window`` seconds); False if they were not within ``timeout``. After our end-to-end
     round the prefetch thread refills its queue, and pyarrow's pool decodes for it: left to
-    run on, that work fell in the next system's timed round (docs/benchmarks.md, "Rounds
+    run on, that work fell in the next system's timed round (docs/performance_log.md, "Rounds
     that start quiet"). The timeout leaves room for OpenMP's workers, which spin for a few
     ms after the last parallel region (libgomp's ``GOMP_SPINCOUNT``) before they sleep."""
     deadline = time.perf_counter() + timeout
@@ -682,12 +682,12 @@ def _print(summary: dict[str, Any]) -> None:
                 f"{PROBE_REGIONS} parallel regions after the rounds: OpenMP's workers sleep "
                 "between regions, which slows every system's step (more OpenMP threads than "
                 "the process's cores: another thread's team, a thread count over the cores, "
-                'or OMP_WAIT_POLICY; docs/benchmarks.md, "OpenMP\'s workers asleep")'
+                'or OMP_WAIT_POLICY; docs/performance_log.md, "OpenMP\'s workers asleep")'
             )
         if r["busy_waits"]:
             print(
                 f"  warning: {r['busy_waits']} time(s) a rank's threads were still busy "
                 f"{IDLE_TIMEOUT_S:g} s after a round: their work may have run in the next "
                 "round's timing (OMP_WAIT_POLICY=active, or another busy thread; "
-                'docs/benchmarks.md, "Rounds that start quiet")'
+                'docs/performance_log.md, "Rounds that start quiet")'
             )

@@ -709,7 +709,7 @@ PREFETCH_THREAD = "prefetch"  # the background thread's name (tests and /proc re
 
 def prefetch(items: Iterator[T], depth: int, *, niceness: int) -> Iterator[T]:
     """Run ``items`` in a background thread at ``niceness`` or lower priority (Linux;
-    ``train.prefetch_niceness``, docs/benchmarks.md, "The prefetch thread at the lowest
+    ``train.prefetch_niceness``, docs/performance_log.md, "The prefetch thread at the lowest
     priority"), ``depth`` items ahead; re-raises its errors."""
     if depth <= 0:
         yield from items

@@ -3,7 +3,7 @@
 Unpinned, the OS moves a rank's threads between cores and lets ranks sharing a machine run
 on each other's: on this project's 2-core machine the default job's step took 0.90-0.93x
 the time at 4 ranks with two ranks held to each core, and at 2 ranks, a core each, 0.87x
-and 1.04x in two runs (``dist-train bench train``'s trials; docs/benchmarks.md, "Each rank
+and 1.04x in two runs (``dist-train bench train``'s trials; docs/performance_log.md, "Each rank
 on cores of its own"). Only a launcher that owns the machine should pin: on a shared Ray
 node other jobs' workers may be pinned to the same cores, and the OS could no longer move
 ours off them.

@@ -134,7 +134,7 @@ class CTRModel(nn.Module):
         # embeddings before the network: autograd runs the nodes made last first, so the
         # network's gradients, the last of DDP's bucket, are ready before the embeddings'
         # backward, and DDP's all-reduce runs while the embeddings exchange gradients and
-        # update their rows (docs/benchmarks.md, "Embeddings first")
+        # update their rows (docs/performance_log.md, "Embeddings first")
         return self.network(dense, self.embed(sparse))
 
     def network(self, dense: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ Two implementations of one function, held to each other by the tests:
 - **torch**: a batched matmul and a gather of its upper triangle, with a backward of its
   own; any device and dtype, and the fallback where the extension is not built.
 
-``dist-train bench interaction`` times them side by side (docs/benchmarks.md, "The dot
+``dist-train bench interaction`` times them side by side (docs/performance_log.md, "The dot
 interaction in C").
 """
 

@@ -2,7 +2,7 @@
 
 Layers of at least ``ONEDNN_MIN_WEIGHTS`` weights run their forward and both gradients
 through oneDNN where this CPU has AVX-512 and is not Intel's (:mod:`planners.gemm`: MKL
-runs AVX-512 on Intel's; docs/benchmarks.md, "The dense layers through oneDNN"). Its sums run
+runs AVX-512 on Intel's; docs/performance_log.md, "The dense layers through oneDNN"). Its sums run
 in another order than MKL's: outputs differ from ``nn.Linear``'s in the last bits, within a
 few times ``nn.Linear``'s own error against a float64 reference (the tests check it).
 
@@ -11,16 +11,16 @@ applies it itself. Through oneDNN it is the inner product's post-op, and the bac
 the gradient and writes it transposed in one compiled pass
 (:func:`~dist_train.kernels.relu_gradient_into`): the weight gradient's product reads the
 transpose, which oneDNN otherwise copied from a transposed view. The results are the bits of
-the layer and ``nn.ReLU`` apart (docs/benchmarks.md, "The ReLU inside the largest layer").
+the layer and ``nn.ReLU`` apart (docs/performance_log.md, "The ReLU inside the largest layer").
 
 Elsewhere (smaller layers, where oneDNN gained little or nothing; Intel's CPUs; CPUs without
 AVX-512) the layers are MKL's, with two changes where the input needs a gradient and its rows are
 not whole cache lines. MKL's sgemm writes rows of whole cache lines faster: at the default job's 40
-vectors DLRM's top MLP reads 796 values an example, and MKL computed its input gradient (``grad W``,
-2,048 x 796) much faster 800 wide (docs/benchmarks.md, "The top MLP's input gradient at a cache-line
-stride"). The weight gradient is ``(x^T grad)^T``: on two threads MKL ran that product (796 x 2,048
-x 128) about 6% faster than ``grad^T x``, and on one thread as fast (docs/benchmarks.md, "The top
-MLP's weight gradient as a transpose").
+vectors DLRM's top MLP reads 796 values an example, and MKL computed its input gradient
+(``grad W``, 2,048 x 796) much faster 800 wide (docs/performance_log.md, "The top MLP's input
+gradient at a cache-line stride"). The weight gradient is ``(x^T grad)^T``: on two threads MKL
+ran that product (796 x 2,048 x 128) about 6% faster than ``grad^T x``, and on one thread as
+fast (docs/performance_log.md, "The top MLP's weight gradient as a transpose").
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ GEMM_ROW_FLOATS = 16  # float32: 64 bytes, a cache line
 # the three products summed, through oneDNN against MKL. Zen 4: 128 x 64 as fast, 256 x 128
 # 2-8% faster, 512 x 256 and 796 x 128 clearly faster. Zen 5 (AVX-512 at full width, MKL
 # still on AVX2): 1.2-2.2x faster from 6,144 weights up, 0.94-1.33x at 4,096
-# (docs/benchmarks.md, "The dense layers through oneDNN")
+# (docs/performance_log.md, "The dense layers through oneDNN")
 ONEDNN_MIN_WEIGHTS = 8_192
 
 

@@ -18,7 +18,7 @@ from torchrec.distributed.types import ShardingEnv
 class OneRankDense(DataParallelWrapper):
     """The dense network of a one-rank job, on its device and not in DDP: with nothing to
     average, DDP's hooks, bucket copies and all-reduce cost about 3% of a step
-    (docs/benchmarks.md, "One rank without DDP")."""
+    (docs/performance_log.md, "One rank without DDP")."""
 
     def wrap(self, dmp: DistributedModelParallel, env: ShardingEnv, device: torch.device) -> None:
         dmp._dmp_wrapped_module.to(device)
@@ -65,7 +65,7 @@ def _all_reduce_in_fixed_order(
 def _copy_on_this_thread(into: torch.Tensor, values: torch.Tensor) -> None:
     """``into.copy_(values)``; on CPU by numpy, on the calling thread: the hook's callback
     runs on gloo's thread, and an ATen copy that large opens an OpenMP team there, which
-    makes libgomp put every worker to sleep between parallel regions (docs/benchmarks.md,
+    makes libgomp put every worker to sleep between parallel regions (docs/performance_log.md,
     "OpenMP's workers asleep")."""
     if into.device.type == "cpu":
         np.copyto(into.numpy(), values.numpy())

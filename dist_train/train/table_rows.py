@@ -15,7 +15,7 @@ see no difference):
 
 Where :func:`applies` holds, :class:`TableRows` runs instead of FBGEMM's kernels. The rows
 come out as FBGEMM's up to the order and fusion of float operations (tests compare them);
-what it buys is in docs/benchmarks.md, "The shared table's lookup and update in C" and "A
+what it buys is in docs/performance_log.md, "The shared table's lookup and update in C" and "A
 rank's per-feature tables in C".
 """
 
@@ -43,7 +43,7 @@ except ImportError:  # built without a C compiler (setup.py): FBGEMM's kernels r
 # Tables of more rows a rank keep FBGEMM's kernels: the update's slot per row grows with
 # the table (4 bytes a row), and it reads and writes rows in the order the batch first reads
 # them, where FBGEMM's follow the sorted ids. Step A/Bs on one rank (ad hoc,
-# docs/benchmarks.md), FBGEMM's step over this one's: 1.067 at 4,000,000 x 64 rows, 1.036
+# docs/performance_log.md), FBGEMM's step over this one's: 1.067 at 4,000,000 x 64 rows, 1.036
 # at 8,000,000 x 64, 1.09 at 16,000,000 x 16, the largest measured. (Measured with the update
 # that gathered each row's gradients, before 3529fdd; not measured again since. The update's
 # scratch now also holds a gradient sum per distinct row a thread may meet: (dim + 1) x 4
@@ -52,7 +52,7 @@ MAX_ROWS = 16_000_000
 # Wider rows keep FBGEMM's kernels too: at 128 floats `dist-train bench kernel` measured
 # FBGEMM's one-feature kernel over this one 0.74-1.17 (this one the slower in 4 of 6 cases:
 # FBGEMM's update walks the rows in sorted order); at 64, 0.93-1.44, and the trainer's step
-# measured this one the faster at 64 (docs/benchmarks.md).
+# measured this one the faster at 64 (docs/performance_log.md).
 MAX_DIM = 64
 
 

@@ -5,7 +5,7 @@ all the tables placed there, table_wise at the default job's 2 and 4 ranks. FBGE
 kernel checks the batch's ids (``bounds_check_indices``), pools the bags, and in the backward
 sorts the ids before its row-wise Adagrad update. :class:`~dist_train.train.table_rows.TableRows`
 computes the same in C on the same weights and state, the bags read in place
-(docs/benchmarks.md, "A rank's per-feature tables in C").
+(docs/performance_log.md, "A rank's per-feature tables in C").
 
 :func:`run_tables_in_c` turns each such kernel into a :class:`TablesInCFusedEmbeddingBag` in
 place, where :func:`~dist_train.train.table_rows.applies` holds; ``sharding.kernels: fbgemm``

@@ -50,7 +50,7 @@ def dense_optimizer(cfg: JobConfig, params: Iterable[torch.nn.Parameter]) -> tor
     """The job's dense optimizer (``train.dense_optimizer``, ``train.dense_learning_rate``)
     over ``params``: on CPU torch's fused kernel, one pass over each parameter where the
     default runs an op per term (the default job's Adagrad step at 1 to 4 ranks: 0.67-0.93
-    against 0.38-0.59 ms, docs/benchmarks.md, "The dense optimizer fused"). Fused kernels
+    against 0.38-0.59 ms, docs/performance_log.md, "The dense optimizer fused"). Fused kernels
     refuse sparse gradients: ``params`` must have dense ones. Param groups are not
     checkpointed (TorchRec's KeyedOptimizer), so a run on other devices chooses afresh."""
     params = list(params)
