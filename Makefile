@@ -26,10 +26,37 @@ PYTEST_ARGS    ?=
 
 .PHONY: setup train test test-gpu test-docs lint format clean
 
+# The venv holds one FBGEMM build: pip keeps an installed torch that meets the pin (a CPU
+# 2.13.0+cpu meets torch==2.13.0), and fbgemm-gpu beside fbgemm-gpu-cpu shadows one with the
+# other, so a set-up with another FBGEMM_PACKAGE is refused, not half-done in place.
+define SAME_FBGEMM
+import sys
+from importlib import metadata
+want, before = sys.argv[1], sys.argv[2] == "before"
+name, _, version = want.partition("==")
+have = {}
+for dist in ("fbgemm-gpu", "fbgemm-gpu-cpu"):
+    try:
+        have[dist] = metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        pass
+if (before and not have) or have == {name: version or have.get(name)}:
+    sys.exit(0)
+held = ", ".join(f"{d} {v}" for d, v in have.items()) or "no FBGEMM"
+sys.exit(
+    f"make setup: {sys.argv[3]} holds {held}, not {want} (FBGEMM_PACKAGE): it was set up "
+    f"for another build. Remove it (rm -rf {sys.argv[3]}), then run make setup again with "
+    "the settings you want."
+)
+endef
+export SAME_FBGEMM
+
 setup: $(STAMP)
+	@$(PY) -c "$$SAME_FBGEMM" "$(FBGEMM_PACKAGE)" after $(VENV)
 
 $(STAMP): pyproject.toml setup.py Makefile dist_train/models/_dot_interaction.c dist_train/models/_dot_interaction_kernels.h dist_train/train/_table_rows.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "$$SAME_FBGEMM" "$(FBGEMM_PACKAGE)" before $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) "torch==$(TORCH_VERSION)" "$(FBGEMM_PACKAGE)"
 	PYTHONWARNINGS="ignore:Editable installation" $(PIP) install -q -e ".[dev]"
