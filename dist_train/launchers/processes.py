@@ -283,6 +283,12 @@ def _run_ranks(
         except BaseException:  # Ctrl-C, SIGTERM (dist_train.stopping): the ranks end too
             _stop(ranks.processes)
             raise
+        finally:
+            # torch's file for each rank's traceback (in $TMPDIR, readable by every user),
+            # written where a rank raised: read by join, never removed
+            for error_file in ranks.error_files:
+                if error_file:
+                    Path(error_file).unlink(missing_ok=True)
         out = []
         for r in range(world_size):
             if not (Path(result_dir) / f"rank{r}.json").is_file():  # it stopped, exit 0

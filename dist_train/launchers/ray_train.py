@@ -105,9 +105,13 @@ def private_ray(**init_kwargs: Any) -> Iterator[None]:
         finally:
             ray.shutdown()
     finally:
-        if on_sigterm is not None:  # None: not set from Python, nothing to put back
-            signal.signal(signal.SIGTERM, on_sigterm)
-        _restore(saved)
+        try:
+            # None: not set from Python, nothing to put back; off the main thread ray.init
+            # set none, and signal.signal would raise
+            if on_sigterm is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, on_sigterm)
+        finally:
+            _restore(saved)
 
 
 @contextlib.contextmanager
@@ -254,15 +258,20 @@ REACH_SECONDS = 10.0
 
 def _check_reachable(address: str) -> None:
     """Fail at once if ``address`` (host:port, or ray://host:port) takes no connection:
-    ``ray.init`` retries an address nothing answers without end."""
+    ``ray.init`` retries an address nothing answers without end. ``auto`` is checked as
+    the RAY_ADDRESS that ``ray.init`` takes for it, where one is set."""
+    named = address
+    if address == "auto" and os.environ.get("RAY_ADDRESS"):
+        address = os.environ["RAY_ADDRESS"]
+        named = f"{address} (RAY_ADDRESS, for ray.address=auto)"
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not port.isdigit() or "://" in host:
-        return  # "auto", or a form Ray resolves itself
+        return  # "auto" without RAY_ADDRESS, or a form Ray resolves itself
     try:
         conn = socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_SECONDS)
     except OSError as err:
         raise LaunchError(
-            f"cannot reach the Ray cluster at {address} ({err.strerror or err}): is it up, "
+            f"cannot reach the Ray cluster at {named} ({err.strerror or err}): is it up, "
             "and is ray.address (or RAY_ADDRESS) its head's GCS address, host:port?"
         ) from None
     with conn:

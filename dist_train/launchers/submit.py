@@ -69,8 +69,13 @@ def cluster_config_path(config: str, working_dir: str | None) -> str:
     """
     if not working_dir:
         return config  # nothing uploaded: a path the cluster's nodes see, as typed
-    root = Path(working_dir).resolve()
-    path = Path(config).expanduser().resolve()
+    # Ray uploads what lies under the working dir by name, a link as the file it points to
+    # (wherever that is), so the config's own path decides, not its target's; its folders
+    # resolved too, for a config named through a link to the working dir or a folder in it
+    root = Path(os.path.abspath(Path(working_dir).expanduser()))
+    path = Path(os.path.abspath(Path(config).expanduser()))
+    if not path.is_relative_to(root):
+        root, path = root.resolve(), path.parent.resolve() / path.name
     if not path.is_relative_to(root):
         raise ConfigError(
             f"{config}: outside the working dir {root} that is uploaded to the cluster, so "

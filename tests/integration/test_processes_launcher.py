@@ -58,12 +58,20 @@ def test_a_result_may_hold_tensors_that_share_memory() -> None:
         assert result["view"].tolist() == t[2:].tolist() and result["own"].tolist() == [1.0, 1.0]
 
 
-def test_the_rank_that_failed_first_is_the_one_named() -> None:
+def test_the_rank_that_failed_first_is_the_one_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """torch reports the first rank to exit, often a peer whose collective failed after the
-    culprit left (2 of 3 runs named rank 0's 'Connection closed by peer')."""
+    culprit left (2 of 3 runs named rank 0's 'Connection closed by peer'). torch's file of
+    the failed rank's traceback, in the temporary folder and readable by every user, stayed
+    there after each failure."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     for _ in range(3):
         with pytest.raises(RankError, match=r"^rank 1 failed: MemoryError: rank 1 ran out"):
             run_processes(fails_on_rank_1_midway, (), 2)
+    assert list(tmp_path.glob("pytorch-errorfile-*")) == []
 
 
 def test_a_bugs_traceback_is_printed_and_our_errors_stay_one_line(

@@ -291,6 +291,23 @@ def test_an_unreachable_ray_address_fails_at_once() -> None:
     _check_reachable("auto")  # Ray's own lookup: not checked here
 
 
+def test_auto_is_checked_as_the_ray_address_ray_init_takes_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`ray.address: auto` with RAY_ADDRESS naming a head that is down (the documented way
+    to point a job at a cluster) skipped the check: ray.init takes RAY_ADDRESS for auto and
+    retried it without end."""
+    from dist_train.launchers.processes import free_port
+    from dist_train.launchers.ray_train import LaunchError, _check_reachable
+
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    with pytest.raises(LaunchError, match=rf"at {address} \(RAY_ADDRESS, for ray.address=auto\)"):
+        _check_reachable("auto")
+    monkeypatch.setenv("RAY_ADDRESS", "")  # unset or empty: Ray's own lookup, not checked
+    _check_reachable("auto")
+
+
 @pytest.mark.parametrize(
     ("reply", "heard"),
     [(b"HTTP/1.1 400 Bad Request\r\n\r\n", "answered b'HTTP/1.1"), (None, "did not answer")],
@@ -553,3 +570,32 @@ def test_a_resume_counts_its_epochs_rest_against_max_steps(
     with caplog.at_level("WARNING", logger="dist_train"):  # without the limit: said
         check_steps(load_config(overrides=over[:3]), groups, SavedAt(2, 4, epoch=1, batches=1))
     assert "epoch(s) 2 of 3 train 0 steps" in caplog.text
+
+
+def test_a_private_ray_off_the_main_thread_ends_with_its_own_error_and_restores_the_env(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A library caller's thread: the SIGTERM handler's restore (signal.signal, main thread
+    only) raised ValueError over ray.init's own error, and RAY_ADDRESS kept naming the
+    instance's GCS. ray.init refuses the unknown option before it starts anything."""
+    import os
+    import threading
+
+    from dist_train.launchers.ray_train import private_ray
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # no token file written
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    raised: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            with private_ray(no_such_option=1):
+                pass
+        except BaseException as err:  # noqa: BLE001 - checked below
+            raised.append(err)
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    thread.join()
+    assert len(raised) == 1 and "Unknown keyword argument(s): no_such_option" in str(raised[0])
+    assert "RAY_ADDRESS" not in os.environ

@@ -343,6 +343,30 @@ def test_without_an_upload_the_config_path_goes_as_typed() -> None:
     assert cluster_config_path(inside, str(REPO)) == "launch/configs/tiny.yaml"
 
 
+def test_a_linked_config_goes_by_its_own_path_as_rays_upload_sends_it(tmp_path: Path) -> None:
+    """A config linked into the checkout from elsewhere was refused as outside the working
+    dir: its target was compared, where Ray's upload sends the link's path with the
+    target's contents. A checkout named through a link to its folder still resolves."""
+    from ray._private.runtime_env.packaging import _zip_files
+
+    from dist_train.launchers.submit import cluster_config_path
+
+    root, elsewhere = tmp_path / "checkout", tmp_path / "elsewhere"
+    (root / "launch").mkdir(parents=True)
+    elsewhere.mkdir()
+    (elsewhere / "job.yaml").write_text("name: x\n")
+    (root / "launch" / "job.yaml").symlink_to(elsewhere / "job.yaml")
+    assert cluster_config_path(str(root / "launch" / "job.yaml"), str(root)) == "launch/job.yaml"
+    (tmp_path / "via").symlink_to(root)
+    via = tmp_path / "via" / "launch" / "job.yaml"
+    assert cluster_config_path(str(via), str(root)) == "launch/job.yaml"
+    _zip_files(str(root), EXCLUDES, str(tmp_path / "upload.zip"), include_gitignore=True)
+    with zipfile.ZipFile(tmp_path / "upload.zip") as upload:
+        assert upload.read("launch/job.yaml") == b"name: x\n"
+    with pytest.raises(ConfigError, match="outside the working dir"):
+        cluster_config_path(str(elsewhere / "job.yaml"), str(root))
+
+
 @pytest.mark.parametrize(
     ("ignore_file", "lines", "config", "why"),
     [
