@@ -40,7 +40,8 @@ for dist in ("fbgemm-gpu", "fbgemm-gpu-cpu"):
         have[dist] = metadata.version(dist)
     except metadata.PackageNotFoundError:
         pass
-if (before and not have) or have == {name: version or have.get(name)}:
+# before pip runs, another version of the same build is fine: pip moves it to the pin
+if (before and set(have) <= {name}) or have == {name: version or have.get(name)}:
     sys.exit(0)
 held = ", ".join(f"{d} {v}" for d, v in have.items()) or "no FBGEMM"
 sys.exit(
