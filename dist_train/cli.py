@@ -178,7 +178,27 @@ def _output_file(text: str) -> str:
         ) from None
     if path.exists() and not os.access(path, os.W_OK):
         raise argparse.ArgumentTypeError(f"{text!r}: a file this user cannot write")
+    if path.is_file() and not _holds_json(path):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} holds something other than JSON, which this command would replace (a "
+            "file of yours, a config?): name a new file, or remove it first"
+        )
     return str(path)
+
+
+def _holds_json(path: Path) -> bool:
+    """Whether ``path`` is empty or holds a JSON document (an earlier run's report: a
+    command may replace it); a file over 64 MiB by its first character."""
+    try:
+        if path.stat().st_size > 64 << 20:
+            with path.open("rb") as f:
+                return f.read(4096).lstrip()[:1] in (b"{", b"[")
+        text = path.read_bytes()
+        if text.strip():
+            json.loads(text)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _os_error(err: OSError, where: object = None, doing: str = "") -> int:
@@ -999,7 +1019,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args._parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.leading_verbosity and getattr(args, "verbosity", "normal") == "normal":
         args.verbosity = args.leading_verbosity
+    config, report = getattr(args, "config", None), getattr(args, "json", None)
+    if isinstance(config, str) and report and _same_file(config, report):
+        args._parser.error(f"--json {report}: the config this command reads; name another file")
     return args
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(Path(a).expanduser(), b)
+    except OSError:  # one is missing: not the same
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:

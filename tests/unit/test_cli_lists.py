@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dist_train.cli import build_parser, main
 
@@ -121,6 +123,39 @@ def test_files_written_at_the_end_are_checked_before_the_work(
     new = build_parser().parse_args(["plan", "--json", f"{tmp_path}/new/plan.json"]).json
     assert new == f"{tmp_path}/new/plan.json" and not (tmp_path / "new").exists()
     assert not build_parser().parse_args(["plan", "--json", "~/x.json"]).json.startswith("~")
+
+
+def test_a_report_is_written_over_an_earlier_report_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`plan --config mine.yaml --json mine.yaml` replaced the config it read with the plan's
+    JSON, and `--json notes.txt` a user's notes (a helper's audit)."""
+    from dist_train.cli import parse_args
+
+    repo = Path(__file__).resolve().parents[2]
+    config = tmp_path / "job.yaml"
+    config.write_text((repo / "launch" / "configs" / "tiny.yaml").read_text())
+    notes, old, empty = tmp_path / "notes.txt", tmp_path / "old.json", tmp_path / "empty.json"
+    notes.write_text("not a report\n")
+    old.write_text('{"plan": "an earlier run\'s"}\n')
+    empty.write_text("")
+    for path, said in [
+        (notes, "holds something other than JSON, which this command would replace"),
+        (config, "holds something other than JSON"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            parse_args(["plan", "--config", str(config), "--json", str(path)])
+        assert exit_.value.code == 2 and said in capsys.readouterr().err
+    as_json = tmp_path / "job.json"  # a config in JSON (YAML reads it) is JSON too
+    as_json.write_text(json.dumps(yaml.safe_load(config.read_text())))
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["plan", "--config", str(as_json), "--json", str(as_json)])
+    assert exit_.value.code == 2 and "the config this command reads" in capsys.readouterr().err
+    assert notes.read_text() == "not a report\n" and json.loads(as_json.read_text())["name"]
+    for path in (old, empty):  # an earlier report, or nothing, is replaced
+        argv = ["plan", "--config", str(config), "--no-torchrec", "--no-weak-scaling"]
+        assert main([*argv, "--json", str(path)]) == 0
+        assert "placements" in json.loads(path.read_text())
 
 
 def test_a_read_only_file_to_write_at_the_end_is_refused_before_the_work(
