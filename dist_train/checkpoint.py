@@ -100,7 +100,11 @@ def raise_a_wrapped_stop(err: BaseException) -> None:
 
 
 def reason(err: BaseException) -> str:
-    """The last line of a DCP error: a CheckpointException carries every rank's traceback."""
+    """The last line of a DCP error (a CheckpointException carries every rank's traceback),
+    or what the safe unpickler refused in it."""
+    refused = checkpoint_files.safe_load_refusal(err)
+    if refused:
+        return refused
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return lines[-1] if lines else type(err).__name__
 

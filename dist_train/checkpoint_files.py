@@ -536,6 +536,25 @@ class _View(io.RawIOBase):
         return n
 
 
+_REFUSED = "Weights only load failed"  # torch's weights_only unpickler's refusal opens so
+_ADVICE = (_REFUSED, "Please file an issue", "Check the documentation")
+
+
+def safe_load_refusal(err: BaseException) -> str | None:
+    """What torch's ``weights_only`` unpickler refused in ``err``'s text (a global, an
+    opcode), None where it is no such refusal. Its message opens with advice to load the
+    file with ``weights_only=False``, which runs the code a crafted file holds: left out."""
+    text = str(err)
+    start = text.find(_REFUSED)
+    if start < 0:
+        return None
+    lines = (line.strip() for line in text[start:].splitlines())
+    what = [line for line in lines if line and not line.startswith(_ADVICE)]
+    return "refused by the safe (weights-only) unpickler: " + (
+        "; ".join(what) if what else "a pickle it does not load"
+    )
+
+
 def _deliver(reqs: list[ReadItem], data: memoryview, planner: LoadPlanner) -> str | None:
     """Hand one stored item to its read requests; a description of what failed, or None."""
     try:
@@ -554,7 +573,8 @@ def _deliver(reqs: list[ReadItem], data: memoryview, planner: LoadPlanner) -> st
             target.copy_(tensor)
             planner.commit_tensor(req, target)
     except Exception as err:  # noqa: BLE001 - unpicklers and corrupt zips raise anything
-        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        first = str(err).splitlines()[0] if str(err) else ""
+        return safe_load_refusal(err) or f"{type(err).__name__}: {first}"
     return None
 
 

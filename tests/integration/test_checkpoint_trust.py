@@ -69,18 +69,25 @@ def _redigest(ckpt: Path) -> None:
     (ckpt / META).write_text(json.dumps(meta))
 
 
-def _refused_everywhere(ckpt: Path, tmp_path: Path, file: str, marker: Path) -> None:
-    """export, validate and resume all stop naming ``file``; the planted code never ran."""
-    with pytest.raises(CheckpointError, match=file):
+def _refused_everywhere(
+    ckpt: Path, tmp_path: Path, file: str, marker: Path, said: str = ""
+) -> None:
+    """export, validate and resume all stop naming ``file`` (and saying ``said``); the
+    planted code never ran."""
+    with pytest.raises(CheckpointError, match=file) as exported:
         export(ckpt, tmp_path / "export")
-    with pytest.raises(CheckpointError, match=file):
+    with pytest.raises(CheckpointError, match=file) as verified:
         verify(ckpt)
     over = [*BASE, f"output_dir={tmp_path / 'resume'}", f"checkpoint.resume={ckpt}"]
     # refused on the driver before any worker starts, or by a worker (its RankError)
-    with pytest.raises((CheckpointError, RankError), match=file):
+    with pytest.raises((CheckpointError, RankError), match=file) as resumed:
         run_job(load_config(TINY, over))
     assert not marker.exists(), "code from the checkpoint ran"
     assert not (tmp_path / "export" / "model.safetensors").exists()
+    for refused in (exported, verified, resumed):
+        assert said in str(refused.value), str(refused.value)
+        # torch's advice opens its refusal: to load the file in the way that runs its code
+        assert "weights_only` set to `False`" not in str(refused.value), str(refused.value)
 
 
 def test_code_running_metadata_is_refused(saved: Path, tmp_path: Path) -> None:
@@ -118,7 +125,8 @@ def test_code_running_item_is_refused(saved: Path, tmp_path: Path, as_bytes: boo
         metadata.storage_data[index] = planted
     (ckpt / ".metadata").write_bytes(pickle.dumps(metadata))
     _redigest(ckpt)
-    _refused_everywhere(ckpt, tmp_path, "__0_0.distcp", marker)
+    refused = "refused by the safe (weights-only) unpickler: Trying to load unsupported GLOBAL"
+    _refused_everywhere(ckpt, tmp_path, "__0_0.distcp", marker, refused)
 
 
 def test_a_flipped_byte_is_named(saved: Path, tmp_path: Path) -> None:
