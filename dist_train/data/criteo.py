@@ -7,7 +7,8 @@ files of ``rows_per_file`` rows in row groups of ``rows_per_group`` rows, with `
 int8, ``I*`` int64, ``C*`` string.
 
 Bad lines (wrong field count, a field that is not UTF-8, a count that is not an integer in
-int64's range, a label other than 0/1) are an error naming file, line and column, or with
+int64's range, a label other than 0/1, a line over a parsing block of 16 MiB) are an error
+naming file, line and column, or with
 ``on_bad_input="skip"`` dropped and counted; blank lines are passed over. The output
 directory must hold no Parquet files yet: nothing in it is touched.
 """
@@ -131,7 +132,8 @@ def _read(
     source: Any, path: str, policy: str, result: ConvertResult, undecodable: list[BaseException]
 ) -> Iterator[tuple[pa.RecordBatch, int]]:
     """:func:`_blocks`' reading of ``source``: the line handler's exceptions that are no
-    UTF-8 collected in ``undecodable`` (pyarrow reports them as unraisable)."""
+    UTF-8 (pyarrow reports them as unraisable), and a line over a block, collected in
+    ``undecodable``: the file is read again through :class:`_DropUndecodable`."""
     first_error: list[str] = []
 
     def on_invalid_row(row: pcsv.InvalidRow) -> str:
@@ -182,6 +184,8 @@ def _read(
     except pa.ArrowInvalid as err:
         if reader is None and "Empty CSV file" in str(err):
             return  # an empty file (or one of only blank lines) holds no example
+        if "straddles" in str(err):  # a line over a block: read again, the line dropped
+            undecodable.append(err)
         raise BadInputError(first_error[0] if first_error else f"{path}: {err}") from None
     except OSError as err:
         raise BadInputError(f"{path}: {err}") from None
@@ -194,8 +198,10 @@ def _read(
 
 
 class _DropUndecodable(io.RawIOBase):
-    """The lines of ``source`` less those of the wrong field count that are not UTF-8, each
-    counted as ``wrong_field_count`` (or, under ``policy="error"``, an error naming it)."""
+    """The lines of ``source`` less those pyarrow's reader cannot take: of the wrong field
+    count and not UTF-8 (counted as ``wrong_field_count``), or longer than a block of
+    :data:`BLOCK_BYTES` (``line_too_long``: a damaged stretch of the file, say, zeros
+    without a line end); under ``policy="error"``, an error naming the first."""
 
     def __init__(self, source: Any, path: str, policy: str, result: ConvertResult) -> None:
         super().__init__()
@@ -204,6 +210,7 @@ class _DropUndecodable(io.RawIOBase):
         self.out = bytearray()
         self.line = 0
         self.done = False
+        self.in_long_line = False  # dropping the rest of a line too long to keep
         self.error: BadInputError | None = None  # the line that ended the text
 
     def readable(self) -> bool:
@@ -213,6 +220,11 @@ class _DropUndecodable(io.RawIOBase):
         while not self.out and not self.done:
             chunk = self.source.read(1 << 20)
             self.done = not chunk
+            if self.in_long_line:
+                end = _LINE_END.search(chunk)
+                if end is None and not self.done:
+                    continue  # still in it
+                self.in_long_line, chunk = False, chunk[end.end() :] if end else b""
             text = self.rest + chunk
             # lines end as pyarrow ends them: at \n, \r\n or a lone \r (a \r at the end
             # waits for the next chunk, which may begin with its \n)
@@ -221,23 +233,33 @@ class _DropUndecodable(io.RawIOBase):
             lines, self.rest = _LINE_END.split(text[:cut]), text[cut:]
             if lines and not lines[-1]:
                 lines.pop()  # after the last line's end
+            if len(self.rest) > BLOCK_BYTES:  # a line that has not ended yet, already too long
+                lines.append(self.rest)
+                self.rest, self.in_long_line = b"", True
             for text in lines:
                 self.line += 1
                 fields = text.count(b"\t") + 1
-                if text.strip() and fields != len(COLUMNS) and not _utf8(text):
-                    if self.policy == "error":
-                        # the text ends here, and the error is raised once pyarrow has read
-                        # it: raised through pyarrow, it was at times an abort at exit, and
-                        # it came before the bad values of the lines above it
-                        self.done, self.rest = True, b""
-                        self.error = BadInputError(
-                            f"{self.path}: line {self.line}: {fields} fields, "
-                            f"expected {len(COLUMNS)}, and not UTF-8 text: {text[:100]!r}"
-                        )
-                        break
-                    self.result.count("wrong_field_count")
+                if len(text) > BLOCK_BYTES:
+                    problem, reason = (
+                        f"over {BLOCK_BYTES:,} bytes (no Criteo line is)",
+                        "line_too_long",
+                    )
+                elif text.strip() and fields != len(COLUMNS) and not _utf8(text):
+                    problem = f"{fields} fields, expected {len(COLUMNS)}, and not UTF-8 text"
+                    reason = "wrong_field_count"
+                else:
+                    self.out += text + b"\n"
                     continue
-                self.out += text + b"\n"
+                if self.policy == "error":
+                    # the text ends here, and the error is raised once pyarrow has read it:
+                    # raised through pyarrow, it was at times an abort at exit, and it came
+                    # before the bad values of the lines above it
+                    self.done, self.rest = True, b""
+                    self.error = BadInputError(
+                        f"{self.path}: line {self.line}: {problem}: {text[:100]!r}"
+                    )
+                    break
+                self.result.count(reason)
         n = min(len(buffer), len(self.out))
         buffer[:n] = self.out[:n]
         del self.out[:n]
