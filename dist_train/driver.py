@@ -115,13 +115,24 @@ def check_inputs(
     checkpoint not read here); then what ``policy`` counted in the test split's files."""
     builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
     schema = SchemaCheck(builder)  # one for both splits: their column types must agree
-    train = list_row_groups(train_path, policy, schema)
+    train = _row_groups("data.train_path", train_path, policy, schema)
     before_test = policy.counts.copy()
-    test = list_row_groups(test_path, policy, schema)
+    test = _row_groups("data.test_path", test_path, policy, schema)
     warn_of_shared_files(train, test)
     if steps:
         check_steps(cfg, train, saved)
     return train, test, policy.counts.since(before_test)
+
+
+def _row_groups(key: str, path: str, policy: BadInputPolicy, schema: SchemaCheck) -> list[RowGroup]:
+    """:func:`list_row_groups` of ``path``; an error about ``path`` itself (nothing there,
+    no Parquet file in it) names ``key``, the setting that gave it."""
+    try:
+        return list_row_groups(path, policy, schema)
+    except DataSourceError as err:
+        if str(err).startswith(f"{path}: "):
+            raise DataSourceError(f"{key}: {err}") from None
+        raise
 
 
 def saved_position(resume: str | None) -> SavedAt | None:

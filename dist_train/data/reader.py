@@ -115,6 +115,9 @@ def resolve_files(path: str) -> list[str]:
     ``file://``, fsspec protocols)."""
     files = _resolve_url(path) if "://" in path else _resolve_local(path)
     if not files:
+        pattern = any(c in path for c in "*?[")
+        if "://" not in path and not pattern and not os.path.lexists(path):
+            raise DataSourceError(f"{path}: no such file or folder")
         raise DataSourceError(f"{path}: no Parquet files found")
     return files
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -112,8 +113,13 @@ def test_padded_eval_covers_each_row_once(small_data: GeneratedData) -> None:
 
 
 def test_bad_paths_name_the_file(tmp_path: Path) -> None:
-    with pytest.raises(DataSourceError, match="no Parquet files found"):
+    # a mistyped path was "no Parquet files found", as an empty folder is (a helper's audit)
+    with pytest.raises(DataSourceError, match=r"missing: no such file or folder"):
         list_row_groups(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    for nothing in ("empty", "missing-*"):  # a folder without Parquet, a glob matching none
+        with pytest.raises(DataSourceError, match=rf"{re.escape(nothing)}: no Parquet files found"):
+            list_row_groups(str(tmp_path / nothing))
     bad = tmp_path / "broken.parquet"
     bad.write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(DataSourceError, match=r"broken\.parquet: not a readable Parquet file"):

@@ -125,7 +125,7 @@ def test_validate_names_problems(tmp_path: Path) -> None:
     text = "\n".join(report.problems)
     assert "bad_head.yaml: invalid Ray cluster config" in text
     assert "head_node_type 'nope' is not one of available_node_types" in text
-    assert "job.yaml: data.train_path:" in text and "no Parquet files found" in text
+    assert "job.yaml: data.train_path:" in text and "no such file or folder" in text
     assert f"{job} on {small}: the cluster is too small" in text
 
 
