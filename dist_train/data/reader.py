@@ -113,7 +113,12 @@ def resolve_files(path: str) -> list[str]:
     """Parquet files of a file, a directory (``*.parquet`` inside, recursively), a glob (a
     folder it matches read as a directory), or a URL of any of those (``s3://``, ``gs://``,
     ``file://``, fsspec protocols)."""
-    files = _resolve_url(path) if "://" in path else _resolve_local(path)
+    try:
+        files = _resolve_url(path) if "://" in path else _resolve_local(path)
+    except OSError as err:  # a store that cannot be listed (its region, its keys, a folder's
+        if _transient(err):  # permissions); a dropped connection is raised as it is
+            raise
+        raise DataSourceError(f"{path}: cannot list ({_bad_input(err)})") from None
     if not files:
         pattern = any(c in path for c in "*?[")
         if "://" not in path and not pattern and not os.path.lexists(path):

@@ -406,6 +406,20 @@ def test_a_pipe_named_as_the_generators_record_is_not_read(tmp_path: Path) -> No
     assert ran.returncode == 0
 
 
+def test_a_store_that_cannot_be_listed_is_named_not_a_bare_oserror(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`s3://` in a region this machine cannot resolve ended the run with "error: OSError:
+    When resolving region for bucket ...", naming neither the path nor the setting (a
+    helper's audit). HDFS whose JVM does not load fails the same way, at once (an S3
+    endpoint that refuses takes the SDK's retries, seconds)."""
+    from dist_train.data.reader import DataSourceError
+
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path))  # no libjvm there
+    with pytest.raises(DataSourceError, match=r"^hdfs://127.0.0.1:1/x: cannot list \(.*libjvm"):
+        resolve_files("hdfs://127.0.0.1:1/x")
+
+
 def test_a_url_no_filesystem_opens_is_named_with_what_to_install() -> None:
     """`data.test_path=foo://x` failed as `ValueError: Protocol not known: foo`, naming
     neither the URL nor the setting (a helper's audit)."""
