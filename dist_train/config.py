@@ -1469,8 +1469,12 @@ def _item_index(items: list[Any], part: str, name: str, item: str) -> int:
 def parse_config(raw: Any, source: str = "<config>", overrides: Sequence[str] = ()) -> JobConfig:
     """Validate an already-parsed config mapping (``overrides``: the ``--set`` items applied to
     it, which the errors they cause name)."""
+    if raw is None:
+        raise ConfigError(f"{source}: empty; a job config is a mapping of settings")
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: a job config must be a mapping, got {type(raw).__name__}")
+        kinds: dict[type, str] = {list: "a list", str: "a string"}
+        kind = kinds.get(type(raw), f"a {type(raw).__name__}")
+        raise ConfigError(f"{source}: a job config must be a mapping of settings, not {kind}")
     try:
         return JobConfig.model_validate(raw)
     except ValidationError as err:

@@ -346,8 +346,15 @@ def test_a_config_file_not_a_mapping_is_refused_with_overrides_too(tmp_path: Pat
     job = tmp_path / "list.yaml"
     job.write_text("- name: x\n")
     for overrides in ([], ["name=foo"]):
-        with pytest.raises(ConfigError, match=r"list\.yaml: a job config must be a mapping"):
+        with pytest.raises(ConfigError, match=r"list\.yaml: .* must be a mapping .*, not a list$"):
             load_config(job, overrides)
+    # an empty file was "a mapping, got NoneType"; with --set it is the settings they give
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match=r"empty\.yaml: empty; a job config is a mapping"):
+        load_config(empty, [])
+    with pytest.raises(ConfigError, match=r"empty\.yaml: invalid .*\n  features: Field required"):
+        load_config(empty, ["name=foo"])
 
 
 def test_a_check_of_the_whole_job_names_the_override_it_names() -> None:
