@@ -7,7 +7,7 @@ files of ``rows_per_file`` rows in row groups of ``rows_per_group`` rows, with `
 int8, ``I*`` int64, ``C*`` string.
 
 Bad lines (wrong field count, a field that is not UTF-8, a count that is not an integer in
-int64's range, a label other than 0/1, a line over a parsing block of 16 MiB) are an error
+int64's range, a label other than 0/1, a line of two 16 MiB parsing blocks or more) are an error
 naming file, line and column, or with
 ``on_bad_input="skip"`` dropped and counted; blank lines are passed over. The output
 directory must hold no Parquet files yet: nothing in it is touched.
@@ -118,7 +118,10 @@ def _blocks(path: str, policy: str, result: ConvertResult) -> Iterator[tuple[pa.
     if not counted:
         del result.bad_lines["wrong_field_count"]
     stream = _DropUndecodable(pa.input_stream(path, compression=codec), path, policy, result)
-    for batch, line in _read(stream, path, policy, result, undecodable):
+    # lines of up to two blocks are kept, and read in blocks twice that size, so that every
+    # line the first read took (under a block, or up to two where it fell well) is taken
+    # again: the rows it gave are this read's first rows
+    for batch, line in _read(stream, path, policy, result, undecodable, 2 * stream.limit):
         if given >= batch.num_rows:
             given -= batch.num_rows
             continue
@@ -129,7 +132,12 @@ def _blocks(path: str, policy: str, result: ConvertResult) -> Iterator[tuple[pa.
 
 
 def _read(
-    source: Any, path: str, policy: str, result: ConvertResult, undecodable: list[BaseException]
+    source: Any,
+    path: str,
+    policy: str,
+    result: ConvertResult,
+    undecodable: list[BaseException],
+    block_bytes: int | None = None,
 ) -> Iterator[tuple[pa.RecordBatch, int]]:
     """:func:`_blocks`' reading of ``source``: the line handler's exceptions that are no
     UTF-8 (pyarrow reports them as unraisable), and a line over a block, collected in
@@ -162,7 +170,7 @@ def _read(
             # one thread: the invalid-row handler is then told the line's number (None
             # with threads), and the reader streams serially anyway
             read_options=pcsv.ReadOptions(
-                column_names=COLUMNS, block_size=BLOCK_BYTES, use_threads=False
+                column_names=COLUMNS, block_size=block_bytes or BLOCK_BYTES, use_threads=False
             ),
             # blank lines are passed over (they hold no example): like skipped lines, they
             # shift the "~" line numbers of value errors after them
@@ -199,18 +207,22 @@ def _read(
 
 class _DropUndecodable(io.RawIOBase):
     """The lines of ``source`` less those pyarrow's reader cannot take: of the wrong field
-    count and not UTF-8 (counted as ``wrong_field_count``), or longer than a block of
-    :data:`BLOCK_BYTES` (``line_too_long``: a damaged stretch of the file, say, zeros
-    without a line end); under ``policy="error"``, an error naming the first."""
+    count and not UTF-8 (counted as ``wrong_field_count``), or of two blocks of
+    :data:`BLOCK_BYTES` or more (``line_too_long``: a damaged stretch of the file, say,
+    zeros without a line end); under ``policy="error"``, an error naming the first."""
+
+    CHUNK_BYTES = 1 << 20  # read at a time
 
     def __init__(self, source: Any, path: str, policy: str, result: ConvertResult) -> None:
         super().__init__()
         self.source, self.path, self.policy, self.result = source, path, policy, result
+        self.limit = 2 * BLOCK_BYTES  # a line this long or longer is dropped
         self.rest = b""  # a line not yet ended
         self.out = bytearray()
         self.line = 0
         self.done = False
         self.in_long_line = False  # dropping the rest of a line too long to keep
+        self.after_cr = False  # a line ended at a chunk's last byte, \r: a \n may follow
         self.error: BadInputError | None = None  # the line that ended the text
 
     def readable(self) -> bool:
@@ -218,13 +230,18 @@ class _DropUndecodable(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         while not self.out and not self.done:
-            chunk = self.source.read(1 << 20)
+            chunk = self.source.read(self.CHUNK_BYTES)
             self.done = not chunk
+            if self.after_cr:
+                self.after_cr, chunk = False, chunk.removeprefix(b"\n")
             if self.in_long_line:
                 end = _LINE_END.search(chunk)
                 if end is None and not self.done:
                     continue  # still in it
-                self.in_long_line, chunk = False, chunk[end.end() :] if end else b""
+                self.in_long_line = False
+                if end is not None:
+                    self.after_cr = end.group() == b"\r" and end.end() == len(chunk)
+                chunk = chunk[end.end() :] if end else b""
             text = self.rest + chunk
             # lines end as pyarrow ends them: at \n, \r\n or a lone \r (a \r at the end
             # waits for the next chunk, which may begin with its \n)
@@ -233,17 +250,20 @@ class _DropUndecodable(io.RawIOBase):
             lines, self.rest = _LINE_END.split(text[:cut]), text[cut:]
             if lines and not lines[-1]:
                 lines.pop()  # after the last line's end
-            if len(self.rest) > BLOCK_BYTES:  # a line that has not ended yet, already too long
-                lines.append(self.rest)
-                self.rest, self.in_long_line = b"", True
+            if len(self.rest) >= self.limit:  # a line not ended yet (or at a \r), too long
+                if self.rest.endswith(b"\r"):
+                    lines.append(self.rest[:-1])
+                    self.after_cr = True
+                else:
+                    lines.append(self.rest)
+                    self.in_long_line = True
+                self.rest = b""
             for text in lines:
                 self.line += 1
                 fields = text.count(b"\t") + 1
-                if len(text) > BLOCK_BYTES:
-                    problem, reason = (
-                        f"over {BLOCK_BYTES:,} bytes (no Criteo line is)",
-                        "line_too_long",
-                    )
+                if len(text) >= self.limit:
+                    problem = f"{self.limit:,} bytes or more (no Criteo line is)"
+                    reason = "line_too_long"
                 elif text.strip() and fields != len(COLUMNS) and not _utf8(text):
                     problem = f"{fields} fields, expected {len(COLUMNS)}, and not UTF-8 text"
                     reason = "wrong_field_count"
