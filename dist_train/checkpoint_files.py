@@ -25,6 +25,7 @@ import io
 import mmap
 import os
 import pickle
+import re
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -537,22 +538,36 @@ class _View(io.RawIOBase):
 
 
 _REFUSED = "Weights only load failed"  # torch's weights_only unpickler's refusal opens so
-_ADVICE = (_REFUSED, "Please file an issue", "Check the documentation")
+# what it refused, by the shapes of torch.serialization's messages (its _get_wo_message)
+_WHAT_WAS_REFUSED = (
+    re.compile(r"GLOBAL (\S+) was not an allowed global by default"),
+    re.compile(r"GLOBAL \S+ whose module \S+ is blocked"),
+    re.compile(r"\S+ must be \S+ to load"),
+    re.compile(r"WeightsUnpickler error:\s*(\S[^\n]*)"),
+    re.compile(r"Weights only load failed\.\s*\n\s*\n(\S[^\n]*)"),
+)
 
 
 def safe_load_refusal(err: BaseException) -> str | None:
     """What torch's ``weights_only`` unpickler refused in ``err``'s text (a global, an
-    opcode), None where it is no such refusal. Its message opens with advice to load the
-    file with ``weights_only=False``, which runs the code a crafted file holds: left out."""
+    opcode), None where it is no such refusal. Its message is mostly advice: to load the file
+    with ``weights_only=False``, which runs the code a crafted file holds, or to allow its
+    globals. Only what was refused is kept."""
     text = str(err)
     start = text.find(_REFUSED)
     if start < 0:
         return None
-    lines = (line.strip() for line in text[start:].splitlines())
-    what = [line for line in lines if line and not line.startswith(_ADVICE)]
-    return "refused by the safe (weights-only) unpickler: " + (
-        "; ".join(what) if what else "a pickle it does not load"
-    )
+    text = text[start:]
+    for pattern in _WHAT_WAS_REFUSED:
+        found = pattern.search(text)
+        if found:
+            what = found.group(1) if pattern.groups else found.group(0)
+            if pattern is _WHAT_WAS_REFUSED[0]:
+                what = f"GLOBAL {what}, not among the types a checkpoint holds"
+            break
+    else:
+        what = "a pickle it does not load"
+    return f"refused by the safe (weights-only) unpickler: {what.strip().rstrip('.')}"
 
 
 def _deliver(reqs: list[ReadItem], data: memoryview, planner: LoadPlanner) -> str | None:

@@ -1099,3 +1099,52 @@ def test_a_refused_resume_leaves_the_runs_generated_data_as_they_were(tmp_path: 
     with pytest.raises(CheckpointError, match=r"mid-epoch with train\.batch_size=256"):
         run_job(resumed)
     assert generated(saved.data.synthetic, saved.run_dir / "data") is not None
+
+
+class _RunsCode:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, ("true",))
+
+
+def _refusal(obj: object = None, raw: bytes | None = None) -> str | None:
+    """What the safe unpickler refused, loading ``obj`` as torch saved it (or ``raw``)."""
+    import io
+    import warnings
+
+    from dist_train.checkpoint_files import safe_load_refusal
+
+    data = io.BytesIO()
+    if raw is None:
+        torch.save(obj, data)
+    else:
+        data.write(raw)
+    data.seek(0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a protocol-4 pickle's note
+            torch.load(data, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - what it raised is the subject
+        return safe_load_refusal(err)
+    return None
+
+
+def test_what_the_safe_unpickler_refused_is_named_without_torchs_advice() -> None:
+    """torch's refusal opens with advice to reload the file with weights_only=False, which
+    runs the code a crafted file holds; a first version kept it for globals torch does not
+    block (a review)."""
+    import fractions
+    import pickle
+
+    said = {
+        "a blocked module's": _refusal({"a": _RunsCode()}),
+        "an unlisted global": _refusal({"a": fractions.Fraction(1, 3)}),
+        "an opcode": _refusal(raw=pickle.dumps(_RunsCode())),
+    }
+    assert said == {
+        "a blocked module's": "refused by the safe (weights-only) unpickler: GLOBAL "
+        "posix.system whose module posix is blocked",
+        "an unlisted global": "refused by the safe (weights-only) unpickler: GLOBAL "
+        "fractions.Fraction, not among the types a checkpoint holds",
+        "an opcode": "refused by the safe (weights-only) unpickler: Unsupported operand 149",
+    }
+    assert _refusal({"a": torch.ones(2)}) is None  # loaded
