@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import posixpath
 import re
 import shlex
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -425,8 +427,15 @@ def load_cluster_files() -> dict[str, Any]:
 
 
 def makefile_defaults() -> dict[str, str]:
+    """The Makefile's ``?=`` defaults, as make expands them where no venv is yet (an image's
+    build: the FBGEMM build defaults to the one a venv holds)."""
     text = (REPO / "Makefile").read_text()
-    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^(\w+)\s*\?=(.*)$", text, re.M)}
+    names = re.findall(r"^(\w+)\s*\?=", text, re.M)
+    show = "show: ; @" + " ".join(f"echo '{n}=$({n})';" for n in names)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
+    argv = ["make", "-s", "-C", str(REPO), "VENV=/nonexistent-venv", "--eval", show, "show"]
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, check=True).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
 def setup_call(instructions: list[Instruction]) -> tuple[dict[str, str], dict[str, str]]:
