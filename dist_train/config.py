@@ -1472,8 +1472,8 @@ def parse_config(raw: Any, source: str = "<config>", overrides: Sequence[str] = 
     if raw is None:
         raise ConfigError(f"{source}: empty; a job config is a mapping of settings")
     if not isinstance(raw, dict):
-        kinds: dict[type, str] = {list: "a list", str: "a string"}
-        kind = kinds.get(type(raw), f"a {type(raw).__name__}")
+        kinds: dict[type, str] = {list: "a list", str: "a string", bool: "true or false"}
+        kind = kinds.get(type(raw), "a number" if isinstance(raw, int | float) else "a value")
         raise ConfigError(f"{source}: a job config must be a mapping of settings, not {kind}")
     try:
         return JobConfig.model_validate(raw)

@@ -201,7 +201,7 @@ static inline void update_rows(const Scratch *s, int64_t distinct, float *w, flo
  * thread). The bags in order, each read's gradient added to its row's sum (the gradients
  * read as they lie, each row's summed in bag order), then row-wise Adagrad on each row.
  * Unlike the lookup's, this pass ran slower with dim a compile-time constant
- * (docs/benchmarks.md, "A rank's per-feature tables in C"). */
+ * (docs/performance_log.md, "A rank's per-feature tables in C"). */
 VECTORIZED static void update_owned(const int64_t *ids, const int64_t *offsets, Table tb,
                                     int64_t batch, const float *grad, int64_t stride,
                                     float *w, float *state, float lr, float eps, int32_t *slot,
@@ -233,7 +233,7 @@ VECTORIZED static void update_owned(const int64_t *ids, const int64_t *offsets, 
  * to it, the runs in order, so each row's gradients still add up in bag order: the rows
  * come out as update_owned's, to the bit. Each read is scanned once, where update_owned's
  * threads each scan them all: at two threads that was slower than one thread alone on the
- * default job's unified table (docs/benchmarks.md, "The update's reads dealt to their rows'
+ * default job's unified table (docs/performance_log.md, "The update's reads dealt to their rows'
  * owners"). */
 typedef struct {
     int64_t threads;
