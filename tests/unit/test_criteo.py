@@ -47,6 +47,12 @@ def _text(path: Path) -> str:
     return (gzip.decompress(data) if path.suffix == ".gz" else data).decode()
 
 
+def _each_line_once(out: Path, lines: list[bytes]) -> None:
+    """The conversion in ``out`` holds every line of ``lines``, in order, once (by C1)."""
+    ids = pq.read_table(out)["C1"].to_pylist()
+    assert ids == [line.split(b"\t")[14].decode() for line in lines]
+
+
 @pytest.fixture
 def good_files(tmp_path: Path) -> list[Path]:
     rng = np.random.default_rng(0)
@@ -177,8 +183,7 @@ def test_a_line_of_the_wrong_field_count_that_is_no_utf8(
         return
     result = convert_criteo([str(path)], tmp_path / "out", on_bad_input="skip", progress=False)
     assert result.rows == 300 and result.bad_lines == {"wrong_field_count": 2}
-    ids = pq.read_table(tmp_path / "out")["C1"].to_pylist()
-    assert ids == [line.split(b"\t")[14].decode() for line in good]  # in order, once each
+    _each_line_once(tmp_path / "out", good)
     assert "Traceback" not in capfd.readouterr().err
 
 
@@ -201,8 +206,7 @@ def test_a_line_longer_than_a_block_is_a_bad_line(
         return
     result = convert_criteo([str(path)], tmp_path / "out", on_bad_input="skip", progress=False)
     assert result.rows == 200 and result.bad_lines == {"line_too_long": 1}
-    ids = pq.read_table(tmp_path / "out")["C1"].to_pylist()
-    assert ids == [line.split(b"\t")[14].decode() for line in good]  # in order, once each
+    _each_line_once(tmp_path / "out", good)
 
 
 def test_a_long_good_line_the_first_read_took_is_not_lost_by_the_second(
@@ -225,8 +229,7 @@ def test_a_long_good_line_the_first_read_took_is_not_lost_by_the_second(
         result = convert_criteo([str(path)], out, on_bad_input="skip", progress=False)
         wrong = {"wrong_field_count": 1} if shift else {}  # the first line, x's
         assert result.bad_lines == {"line_too_long": 1, **wrong}, shift
-        ids = pq.read_table(out)["C1"].to_pylist()
-        assert ids == [line.split(b"\t")[14].decode() for line in good], shift
+        _each_line_once(out, good)
 
 
 @pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r"])
