@@ -446,6 +446,8 @@ def _fsspec_filesystem(url: str) -> tuple[Any, str]:
 def _resolve_url(url: str) -> list[str]:
     fs, inner = _filesystem(url)
     if isinstance(fs, pafs.LocalFileSystem):  # file://: read as its path is (linked folders)
+        if not glob.has_magic(inner) and not os.path.lexists(inner):
+            raise DataSourceError(f"{url}: no such file or folder")
         return file_urls(url, inner, _resolve_local(inner))
     info = fs.get_file_info(inner)
     if info.type == pafs.FileType.Directory:
@@ -453,7 +455,7 @@ def _resolve_url(url: str) -> list[str]:
     elif info.type == pafs.FileType.File:
         inner_files = [inner]
     elif not glob.has_magic(inner):
-        inner_files = []  # nothing there: "no Parquet files found"
+        raise DataSourceError(f"{url}: no such file or folder")
     else:
         # a glob: pyarrow's filesystems do not expand one, fsspec's do (a scheme pyarrow
         # opens may still be one fsspec does not)

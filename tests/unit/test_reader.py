@@ -4,6 +4,7 @@ resume from a saved position, and URLs (file://, fsspec memory://)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -442,5 +443,21 @@ def test_a_missing_path_at_such_a_scheme_is_not_blamed_on_a_package() -> None:
     """Not a glob: nothing there, as for a local path (a review: it went to fsspec too)."""
     from dist_train.data.reader import DataSourceError, resolve_files
 
-    with pytest.raises(DataSourceError, match=r"^mock:///x/train/part-0.parquet: no Parquet"):
+    with pytest.raises(DataSourceError, match=r"^mock:///x/train/part-0.parquet: no such file"):
         resolve_files("mock:///x/train/part-0.parquet")
+
+
+def test_a_missing_path_at_a_url_is_named_as_a_local_one_is(tmp_path: Path) -> None:
+    """By path "no such file or folder", by file:// URL "no Parquet files found" (a review);
+    a folder without Parquet files, or a glob that matches none, is the latter by either."""
+    from dist_train.data.reader import DataSourceError
+
+    (tmp_path / "empty").mkdir()
+    for name, said in [
+        ("missing", "no such file or folder"),
+        ("empty", "no Parquet files"),
+        ("missing-*", "no Parquet files"),
+    ]:
+        for path in (str(tmp_path / name), f"file://{tmp_path / name}"):
+            with pytest.raises(DataSourceError, match=rf"^{re.escape(path)}: {said}"):
+                resolve_files(path)

@@ -232,7 +232,7 @@ def test_validate_checks_the_jobs_data_as_training_would(
         err,
     ), err
     pq.write_table(table, first, row_group_size=1024)
-    # ~ is the home folder, as the driver reads it ("no Parquet files found")
+    # ~ is the home folder, as the driver reads it (unexpanded: "no such file or folder")
     monkeypatch.setenv("HOME", str(tmp_path))
     home = ["--set", "data.train_path=~/data/train", "--set", "data.test_path=~/data/test"]
     assert main(["validate", str(job), *home]) == 0
