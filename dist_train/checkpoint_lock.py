@@ -23,7 +23,7 @@ from pathlib import Path
 from dist_train.checkpoint import CheckpointError
 from dist_train.checkpoint_files import local_path
 from dist_train.logs import LOG
-from dist_train.storage import Location
+from dist_train.storage import Location, same_file
 
 PROC_LOCKS = Path("/proc/locks")  # Linux: every lock held on this machine, with its holder
 
@@ -36,10 +36,7 @@ def same_folder(a: Location, b: Location) -> bool:
     """Whether ``a`` and ``b`` are one folder on this machine (a run folder given as its own
     checkpoint.dir: it is locked once)."""
     here, there = local_path(a), local_path(b)
-    try:
-        return here is not None and there is not None and os.path.samefile(here, there)
-    except OSError:  # one of them is not there
-        return False
+    return here is not None and there is not None and same_file(here, there)
 
 
 @contextlib.contextmanager

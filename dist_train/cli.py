@@ -1020,16 +1020,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.leading_verbosity and getattr(args, "verbosity", "normal") == "normal":
         args.verbosity = args.leading_verbosity
     config, report = getattr(args, "config", None), getattr(args, "json", None)
-    if isinstance(config, str) and report and _same_file(config, report):
-        args._parser.error(f"--json {report}: the config this command reads; name another file")
+    if isinstance(config, str) and report:
+        from dist_train.storage import same_file  # (fsspec: only where there is a report)
+
+        if same_file(Path(config).expanduser(), report):
+            args._parser.error(f"--json {report}: the config this command reads; name another file")
     return args
-
-
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(Path(a).expanduser(), b)
-    except OSError:  # one is missing: not the same
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:

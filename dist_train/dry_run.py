@@ -102,6 +102,7 @@ def weak_scaling_table(
     ``cores_at``: a node count's own cores per node, where not ``cores_per_node``."""
     rows = []
     slow = False
+    sharder = make_sharder(cfg, device_type)  # the job's and device's: one for every size
     for nodes in WEAK_SCALING_NODES:
         if slow and verbosity() != "quiet":  # thousands of tables' shards take minutes at
             # 512 nodes: said, on stderr (progress: -q leaves it out)
@@ -119,7 +120,6 @@ def weak_scaling_table(
                 cfg, nodes * ranks_per_node, ranks_per_node, device_type, cores
             )
             chosen = planner.choice()
-            sharder = make_sharder(cfg, device_type)
             refuse_what_cpu_kernels_refuse(chosen.placements, sharder, device_type)
         except (PlanningError, TopologyError) as err:  # past the planner's ranks, say
             rows.append({"num_nodes": nodes, "ranks_per_node": ranks_per_node, "error": str(err)})

@@ -112,6 +112,15 @@ def same_place_key(where: str) -> str:
     return os.path.realpath(local) if "://" not in local else where.rstrip("/")
 
 
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether local paths ``a`` and ``b`` name one file or folder (links, hard links, other
+    spellings); False where either is not there."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def location(where: str | Path | UrlPath) -> Location:
     """A ``Path`` for a local path, a :class:`UrlPath` for a URL."""
     if isinstance(where, Path | UrlPath):

@@ -120,8 +120,7 @@ def resolve_files(path: str) -> list[str]:
             raise
         raise DataSourceError(f"{path}: cannot list ({_bad_input(err)})") from None
     if not files:
-        pattern = any(c in path for c in "*?[")
-        if "://" not in path and not pattern and not os.path.lexists(path):
+        if "://" not in path and _nothing_at(path):
             raise DataSourceError(f"{path}: no such file or folder")
         raise DataSourceError(f"{path}: no Parquet files found")
     return files
@@ -443,10 +442,15 @@ def _fsspec_filesystem(url: str) -> tuple[Any, str]:
         raise DataSourceError(str(err)) from None
 
 
+def _nothing_at(local: str) -> bool:
+    """Whether a local path that is no glob names nothing (not even a dangling link)."""
+    return not glob.has_magic(local) and not os.path.lexists(local)
+
+
 def _resolve_url(url: str) -> list[str]:
     fs, inner = _filesystem(url)
     if isinstance(fs, pafs.LocalFileSystem):  # file://: read as its path is (linked folders)
-        if not glob.has_magic(inner) and not os.path.lexists(inner):
+        if _nothing_at(inner):
             raise DataSourceError(f"{url}: no such file or folder")
         return file_urls(url, inner, _resolve_local(inner))
     info = fs.get_file_info(inner)
