@@ -816,7 +816,7 @@ class RayConfig(_Strict):
 
 
 class CheckpointConfig(_Strict):
-    """Sharded checkpoints (see dist_train/checkpoint.py)."""
+    """Sharded checkpoints (see dist_train/checkpoint/)."""
 
     every_steps: int | None = Field(
         None, gt=0, description="Save every this many steps (and at the end: save_at_end)."

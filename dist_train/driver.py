@@ -16,16 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dist_train.checkpoint import (
-    CheckpointError,
-    check_writable,
-    checkpoint_root,
-    committed,
-    read_meta,
-    step_of,
-)
-from dist_train.checkpoint import resolve as resolve_checkpoint
-from dist_train.checkpoint_lock import CheckpointFolderInUse, one_run_in, same_folder
+from dist_train.checkpoint.files import CheckpointError
+from dist_train.checkpoint.folders import check_writable, checkpoint_root, committed, step_of
+from dist_train.checkpoint.folders import resolve as resolve_checkpoint
+from dist_train.checkpoint.lock import CheckpointFolderInUse, one_run_in, same_folder
+from dist_train.checkpoint.meta import read_meta
 from dist_train.config import (
     ConfigError,
     JobConfig,

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dist_train.checkpoint import META, CheckpointOfAnotherJob, checkpoint_root
+from dist_train.checkpoint.folders import META, checkpoint_root
+from dist_train.checkpoint.load import CheckpointOfAnotherJob
 from dist_train.config import (
     FILE_SCHEME,
     ConfigError,

@@ -21,18 +21,16 @@ from safetensors.torch import save_file
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-from dist_train import checkpoint_files
-from dist_train.checkpoint import (
-    META,
+from dist_train.checkpoint.files import (
+    METADATA,
     CheckpointError,
-    committed,
-    file_digests,
-    is_a_saves_name,
+    SafeExportPlanner,
     raise_a_wrapped_stop,
-    read_meta,
     reason,
 )
-from dist_train.checkpoint_files import METADATA, SafeExportPlanner
+from dist_train.checkpoint.files import reader as checkpoint_reader
+from dist_train.checkpoint.folders import META, committed, is_a_saves_name
+from dist_train.checkpoint.meta import file_digests, read_meta
 from dist_train.config import ConfigError, parse_config
 from dist_train.embedding.layout import EmbeddingLayout, build_layout
 from dist_train.logs import LOG
@@ -61,7 +59,7 @@ def load_unsharded(path: Location, meta: dict[str, Any]) -> dict[str, Any]:
     every file checked against the digests in ``meta`` (its ``meta.json``)."""
     state: dict[str, Any] = {}
     try:
-        reader = checkpoint_files.reader(path, file_digests(meta, path))
+        reader = checkpoint_reader(path, file_digests(meta, path))
         # first on its own: DCP logs a traceback for each failed read of it before it raises
         reader.read_metadata()
         _load_state_dict(state, storage_reader=reader, planner=SafeExportPlanner(), no_dist=True)

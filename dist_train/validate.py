@@ -2,7 +2,7 @@
 anything starts.
 
 A checkpoint directory (or URL) is verified file by file against its ``meta.json``
-(:func:`dist_train.checkpoint.verify`).
+(:func:`dist_train.checkpoint.load.verify`).
 
 Job configs are validated (schema, cross-field rules), their data paths resolved and their
 embedding memory per rank estimated. Cluster-launcher YAMLs and KubeRay RayJob manifests are
@@ -19,16 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dist_train.checkpoint import (
-    META,
-    CheckpointError,
-    check_compatible,
-    not_committed,
-    read_meta,
-    verify,
-)
-from dist_train.checkpoint import resolve as resolve_checkpoint
-from dist_train.checkpoint_files import METADATA
+from dist_train.checkpoint.files import METADATA, CheckpointError
+from dist_train.checkpoint.folders import META, not_committed
+from dist_train.checkpoint.folders import resolve as resolve_checkpoint
+from dist_train.checkpoint.load import verify
+from dist_train.checkpoint.meta import check_compatible, read_meta
 from dist_train.config import (
     ConfigError,
     JobConfig,

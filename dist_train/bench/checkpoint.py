@@ -28,8 +28,11 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 
-from dist_train import checkpoint
 from dist_train.bench import over, variant, write_json
+from dist_train.checkpoint.folders import committed
+from dist_train.checkpoint.load import load
+from dist_train.checkpoint.meta import TrainPosition
+from dist_train.checkpoint.save import CheckpointSaver
 from dist_train.config import ConfigError, JobConfig, load_config, parse_config
 from dist_train.driver import prepare_inputs, run_job
 from dist_train.embedding.layout import build_layout
@@ -88,22 +91,20 @@ def save_and_load(cfg_raw: dict[str, Any], plan: JobPlan, root: str, rounds: int
     size = 0.0
     for r in range(rounds):
         ours, plain = Path(root) / f"ours-{r}", Path(root) / f"plain-{r}"
-        saver = checkpoint.CheckpointSaver(
-            trainer, ours, 1, {"sharding": plan.placements()}, background=False
-        )
+        saver = CheckpointSaver(trainer, ours, 1, {"sharding": plan.placements()}, background=False)
         state = {"model": trainer.model.state_dict(), "optim": trainer.optimizer.state_dict()}
         saves = {
-            "save": partial(saver.save, checkpoint.TrainPosition(step=1)),
+            "save": partial(saver.save, TrainPosition(step=1)),
             "plain_save": partial(dcp.save, state, storage_writer=FileSystemWriter(str(plain))),
         }
         for key in sorted(saves, reverse=r % 2 == 1):  # alternate which goes first
             out[key].append(_timed(saves[key]))
-        path = Path(str(checkpoint.committed(ours)[-1]))
+        path = Path(str(committed(ours)[-1]))
         if dist.get_rank() == 0:
             _drop_cache(path)
             _drop_cache(plain)
         loads = {
-            "load": partial(checkpoint.load, trainer, path),
+            "load": partial(load, trainer, path),
             "plain_load": partial(_plain_load, trainer, state, plain),
         }
         for key in sorted(loads, reverse=r % 2 == 1):
@@ -118,7 +119,7 @@ def save_and_load(cfg_raw: dict[str, Any], plan: JobPlan, root: str, rounds: int
 
 
 def _plain_load(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
-    """What :func:`checkpoint.load` does, with DCP's stock reader and planner: no digests,
+    """What :func:`load` does, with DCP's stock reader and planner: no digests,
     ``weights_only=False`` for non-tensor items (the baseline of verification's cost)."""
     dcp.load(state, storage_reader=FileSystemReader(str(path)))
     trainer.model.load_state_dict(state["model"])

@@ -83,7 +83,7 @@ from dist_train.bench.roofline import (
     step_floor,
     working_set_bytes,
 )
-from dist_train.checkpoint import TrainPosition
+from dist_train.checkpoint.meta import TrainPosition
 from dist_train.config import JobConfig, parse_config
 from dist_train.data.batch import Batch, BatchBuilder
 from dist_train.data.memory import release_freed_memory

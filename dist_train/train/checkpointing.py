@@ -26,9 +26,26 @@ import torch
 import torch.distributed as dist
 from pydantic import ValidationError
 
-from dist_train import checkpoint, storage
-from dist_train.checkpoint import CheckpointSaver, TrainPosition
-from dist_train.checkpoint_files import digest_of, local_path
+from dist_train import storage
+from dist_train.checkpoint.files import CheckpointError, digest_of, local_path
+from dist_train.checkpoint.folders import (
+    check_writable,
+    checkpoint_root,
+    committed,
+    foreign_steps,
+    remove_partials,
+    step_of,
+)
+from dist_train.checkpoint.folders import resolve as resolve_checkpoint
+from dist_train.checkpoint.load import CheckpointOfAnotherJob, check_model_shapes, load
+from dist_train.checkpoint.meta import (
+    TrainPosition,
+    check_compatible,
+    read_meta,
+    redeals_skipping,
+    skips_rows,
+)
+from dist_train.checkpoint.save import CheckpointSaver
 from dist_train.config import EmbeddingConfig, FeatureConfig, JobConfig, dense_column_names
 from dist_train.data.reader import RowGroup
 from dist_train.data.validation import BadInputCounts, BadInputPolicy, across_ranks
@@ -73,14 +90,14 @@ def resume_point(cfg: JobConfig, job_plan: JobPlan | None = None) -> str | None:
     checked against everything of the job but its data's files (before they are prepared:
     a refused resume regenerated the run's synthetic data first;
     :func:`check_resumed_data` then)."""
-    root = checkpoint.checkpoint_root(cfg)
+    root = checkpoint_root(cfg)
     if cfg.checkpoint.saves:
-        checkpoint.check_writable(root)  # before training, not at its first save
-    for p in checkpoint.remove_partials(root):
+        check_writable(root)  # before training, not at its first save
+    for p in remove_partials(root):
         LOG.info(f"removed partial checkpoint {p} (a save was interrupted)")
-    for p in checkpoint.foreign_steps(root):  # a save of its step fails: say so now
+    for p in foreign_steps(root):  # a save of its step fails: say so now
         LOG.warning(
-            f"{p} is named as the checkpoint of step {checkpoint.step_of(p)}, but no save "
+            f"{p} is named as the checkpoint of step {step_of(p)}, but no save "
             "wrote it: it is left as it is, and a save of that step would fail; move it out "
             "of the checkpoint folder"
         )
@@ -91,7 +108,7 @@ def resume_point(cfg: JobConfig, job_plan: JobPlan | None = None) -> str | None:
     if cfg.checkpoint.resume is None:
         refuse_to_overwrite(cfg)
         return None
-    path = checkpoint.resolve(cfg, cfg.checkpoint.resume)
+    path = resolve_checkpoint(cfg, cfg.checkpoint.resume)
     if path is None:
         LOG.warning(
             f"resume=latest found no committed checkpoint under {root}: training starts "
@@ -99,10 +116,10 @@ def resume_point(cfg: JobConfig, job_plan: JobPlan | None = None) -> str | None:
         )
         return None
     # Fail here, before workers start, if it is unreadable or cannot resume on this many ranks.
-    meta = checkpoint.read_meta(path)
-    position = checkpoint.check_compatible(meta, path, cfg.ray.num_workers)
-    if checkpoint.redeals_skipping(meta, cfg.ray.num_workers, cfg.data.on_bad_input == "skip"):
-        raise checkpoint.CheckpointError(
+    meta = read_meta(path)
+    position = check_compatible(meta, path, cfg.ray.num_workers)
+    if redeals_skipping(meta, cfg.ray.num_workers, cfg.data.on_bad_input == "skip"):
+        raise CheckpointError(
             f"{path}: saved mid-epoch by {meta.get('world_size')} ranks, and bad rows are "
             "skipped (data.on_bad_input=skip): a rank's stream may hold fewer batches than "
             f"its plan, so re-dealt to {cfg.ray.num_workers} ranks rows would be lost or a "
@@ -131,14 +148,14 @@ def resume_point(cfg: JobConfig, job_plan: JobPlan | None = None) -> str | None:
 def evaluation_point(cfg: JobConfig, which: str) -> Location:
     """``which`` (a committed checkpoint, or ``latest``: the job's newest) checked to load
     into this job's model on its ranks, as a resume is; nothing in its folder is touched."""
-    path = checkpoint.resolve(cfg, which)
+    path = resolve_checkpoint(cfg, which)
     if path is None:
-        raise checkpoint.CheckpointError(
-            f"no committed checkpoint under {checkpoint.checkpoint_root(cfg)} to evaluate "
+        raise CheckpointError(
+            f"no committed checkpoint under {checkpoint_root(cfg)} to evaluate "
             "(`latest` is the job's newest: check --config, --set name=... or "
             "checkpoint.dir, or give a checkpoint's path)"
         )
-    meta = checkpoint.read_meta(path)  # its position is not checked: nothing resumes
+    meta = read_meta(path)  # its position is not checked: nothing resumes
     _check_same_hashing(cfg, meta, path)
     _check_same_model(cfg, meta, path)
     _warn_of_other_inputs(cfg, meta, path, "evaluated")
@@ -150,9 +167,7 @@ def _check_same_model(cfg: JobConfig, meta: dict[str, Any], path: Location) -> N
     # Ray had started, once a rank; the planner's model on the meta device holds the shapes
     with torch.device("meta"):
         model = build_model(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
-    checkpoint.check_model_shapes(
-        path, meta, model.state_dict(), _model_settings_changed(cfg, meta)
-    )
+    check_model_shapes(path, meta, model.state_dict(), _model_settings_changed(cfg, meta))
 
 
 def _model_settings_changed(cfg: JobConfig, meta: dict[str, Any]) -> str:
@@ -178,15 +193,15 @@ def refuse_to_overwrite(cfg: JobConfig) -> None:
     them (a checkpoint.dir shared by runs), but not in that run's folder, where it would
     replace the run's records (its summary, metrics and config). Refuse before anything is
     written."""
-    root = checkpoint.checkpoint_root(cfg)
-    existing = checkpoint.committed(root)
+    root = checkpoint_root(cfg)
+    existing = committed(root)
     if existing and (cfg.checkpoint.saves or _records_of_run_saved_in(existing[-1], cfg)):
         harm = (
             "overwrite or delete them"
             if cfg.checkpoint.saves
             else "replace that run's summary, metrics and config"
         )
-        raise checkpoint.CheckpointError(
+        raise CheckpointError(
             f"{root} already holds checkpoints of an earlier run (newest: {existing[-1].name}) "
             f"and this run starts from scratch, which would {harm}. Continue "
             "that run with --resume latest (--set checkpoint.resume=latest in a submitted "
@@ -199,7 +214,7 @@ def refuse_to_overwrite(cfg: JobConfig) -> None:
         # (checkpoint.save_at_end=false), or whose are not the newest of a checkpoint.dir
         # that runs share: its records were all it left, and this run's replaced them
         # unsaid (a helper's audit)
-        raise checkpoint.CheckpointError(
+        raise CheckpointError(
             f"{cfg.run_dir} holds the records of an earlier run ({summary.name}, metrics.jsonl, "
             "config.json) that this run does not continue: it would replace them. "
             "Start it under another name (--set name=...), or move them out; nothing was "
@@ -219,8 +234,8 @@ def _records_of_run_saved_in(newest: storage.Location, cfg: JobConfig) -> bool:
     if here is not None and here.resolve().is_relative_to(run):
         return True
     try:
-        saved = checkpoint.read_meta(newest).get("config") or {}
-    except checkpoint.CheckpointError:
+        saved = read_meta(newest).get("config") or {}
+    except CheckpointError:
         return True
     folder = Path(str(saved.get("output_dir", ""))) / str(saved.get("name", ""))
     return folder.resolve() == run
@@ -237,7 +252,7 @@ def check_resumed_data(resume: str | None, train_groups: list[RowGroup]) -> None
     if resume is None:
         return
     path = storage.location(resume)
-    meta = checkpoint.read_meta(path)
+    meta = read_meta(path)
     if TrainPosition(**meta["position"]).batches:  # (resume_point checked the meta)
         _check_same_data(train_groups, meta, path)
 
@@ -263,7 +278,7 @@ def _check_same_data(groups: list[RowGroup], meta: dict[str, Any], path: Locatio
         )
     else:
         same = " (as many, but other files or order)" if counts(saved) == counts(now) else ""
-    raise checkpoint.CheckpointError(
+    raise CheckpointError(
         f"{path} was saved mid-epoch over training data of {counts(saved)}; the job's "
         f"data.train_path now holds {counts(now)}{same}. The epoch's remaining batches would "
         "differ, so rows would be trained twice or skipped: resume with the data as they "
@@ -293,7 +308,7 @@ def _check_same_hashing(cfg: JobConfig, meta: dict[str, Any], path: Location) ->
     was, has = _hashing_settings(saved), _hashing_settings(cfg.model_dump(mode="json"))
     changed = [key for key in was if was[key] != has[key]]
     first = next((a, b) for a, b in itertools.zip_longest(then, now) if a != b)
-    raise checkpoint.CheckpointOfAnotherJob(
+    raise CheckpointOfAnotherJob(
         f"{path} was trained with other hashing of the features ({', '.join(changed)} "
         f"differ; first differing key: saved {first[0]!r}, now {first[1]!r}): its rows would "
         "be looked up for other values. Resume or evaluate it with the saved values, or start a "
@@ -412,7 +427,7 @@ def _check_same_batches(cfg: JobConfig, meta: dict[str, Any], path: Location) ->
         now["data"]["train_path"],
     ):  # the files themselves are compared (_check_same_data): the same moved still match
         keys.remove("data.train_path")
-    if checkpoint.skips_rows(meta, cfg.data.on_bad_input == "skip"):
+    if skips_rows(meta, cfg.data.on_bad_input == "skip"):
         keys += _ROW_CHECK_SETTINGS  # a feature's cardinality, say: another row is bad
     if now["data"]["train_path"] is None:  # generated data: what shapes its training rows
         # (they are generated first: the test split's size does not)
@@ -424,7 +439,7 @@ def _check_same_batches(cfg: JobConfig, meta: dict[str, Any], path: Location) ->
                 # a list (the features): its first item that differs, not the whole list
                 i = next(i for i, (a, b) in enumerate(zip(then, this, strict=True)) if a != b)
                 key, then, this = f"{key}[{i}]", then[i], this[i]
-            raise checkpoint.CheckpointError(
+            raise CheckpointError(
                 f"{path} was saved mid-epoch with {key}={then!r}; this job "
                 f"has {this!r}. The epoch's batches would differ, so rows "
                 "would be trained twice or skipped: resume with the saved value, or from a "
@@ -434,7 +449,7 @@ def _check_same_batches(cfg: JobConfig, meta: dict[str, Any], path: Location) ->
 
 def _newer_than(root: Location, step: int) -> list[Location]:
     """The committed checkpoints under ``root`` of steps after ``step``."""
-    return [p for p in checkpoint.committed(root) if checkpoint.step_of(p) > step]
+    return [p for p in committed(root) if step_of(p) > step]
 
 
 def _refuse_to_branch(cfg: JobConfig, root: Location, path: Location, step: int) -> None:
@@ -443,7 +458,7 @@ def _refuse_to_branch(cfg: JobConfig, root: Location, path: Location, step: int)
     checkpoint resumed from first). Refuse before anything is written."""
     newer = [p.name for p in _newer_than(root, step)]
     if cfg.checkpoint.saves and newer:
-        raise checkpoint.CheckpointError(
+        raise CheckpointError(
             f"{root} holds checkpoints newer than {path} ({', '.join(newer)}): this run's "
             "saves would mix with them, and keeping the newest would delete the older ones. "
             "Move the newer ones out of the directory, or save this run elsewhere "
@@ -473,7 +488,7 @@ def record_failure(cfg: JobConfig, run_id: str, rank: int, error: BaseException)
     error is still what the rank raises."""
     if cfg.ray.max_failures == 0:
         return  # no restart to stop
-    root = checkpoint.checkpoint_root(cfg)
+    root = checkpoint_root(cfg)
     try:
         root.mkdir(parents=True, exist_ok=True)
         record = root / f"{FAILED_PREFIX}{run_id}-rank{rank}.json"
@@ -489,7 +504,7 @@ def failed_before(cfg: JobConfig, run_id: str) -> tuple[str, str] | None:
     before this one recorded one (rank 0 reads, every rank returns it)."""
     found: list[tuple[str, str] | None] = [None]
     if dist.get_rank() == 0:
-        root = checkpoint.checkpoint_root(cfg)
+        root = checkpoint_root(cfg)
         mine = f"{FAILED_PREFIX}{run_id}-"
         records = (
             sorted(
@@ -520,10 +535,10 @@ def restart_point(cfg: JobConfig, run_id: str, recorded: tuple[int, str] | None)
     choice: list[str | None] = [None]
     if dist.get_rank() == 0:
         candidates = [recorded] if recorded is not None else []
-        for path in reversed(checkpoint.committed(checkpoint.checkpoint_root(cfg))):
+        for path in reversed(committed(checkpoint_root(cfg))):
             try:
-                meta = checkpoint.read_meta(path)
-            except checkpoint.CheckpointError:
+                meta = read_meta(path)
+            except CheckpointError:
                 continue
             if meta.get("run_id") == run_id:
                 candidates.append((int(meta["position"]["step"]), str(path)))
@@ -563,7 +578,7 @@ class Checkpoints:
             extra[CONTENTS_KEY] = training_contents(train_groups)
         self.saver = CheckpointSaver(
             trainer,
-            checkpoint.checkpoint_root(cfg),
+            checkpoint_root(cfg),
             cfg.checkpoint.num_to_keep,
             extra,
             on_commit=self._committed,
@@ -576,7 +591,7 @@ class Checkpoints:
         """Load the checkpoint to resume from, if any; the position to train on from."""
         if not self.resume_from:
             return TrainPosition()
-        position = checkpoint.load(self.trainer, location(self.resume_from))
+        position = load(self.trainer, location(self.resume_from))
         self.saver.resumed(location(self.resume_from), position.step)
         self.trainer.resumed_at(position.step)
         # a branch (beside newer checkpoints, which a run that saves nothing may take)
@@ -615,7 +630,7 @@ class Checkpoints:
             return
         try:
             self.saver.release(f"the next step's loss was {loss}")
-        except checkpoint.CheckpointError:
+        except CheckpointError:
             pass  # an inline save fails here: the caller reports the divergence itself
 
     def wait(self) -> None:

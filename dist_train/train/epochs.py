@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from dist_train.checkpoint import TrainPosition
+from dist_train.checkpoint.meta import TrainPosition
 from dist_train.config import JobConfig
 from dist_train.data.batch import Batch, BatchBuilder
 from dist_train.data.epoch_plan import EpochPlan

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from dist_train import checkpoint
+from dist_train.checkpoint.load import load
 from dist_train.config import JobConfig
 from dist_train.data.memory import reuse_freed_memory
 from dist_train.data.reader import (
@@ -71,7 +71,7 @@ def run_evaluation(
     progress = Progress(
         inputs.run_dir, enabled=rank == 0, log_every=cfg.train.log_every, examples_per_step=0
     )
-    position = checkpoint.load(trainer, location(inputs.resume), resuming=False)
+    position = load(trainer, location(inputs.resume), resuming=False)
     policy = BadInputPolicy.for_job(cfg)
     start = time.perf_counter()
     metrics = evaluate_test_rows(

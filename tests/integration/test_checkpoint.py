@@ -19,15 +19,10 @@ from safetensors.torch import load_file
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from dist_train import export as export_module
-from dist_train.checkpoint import (
-    META_DIGEST,
-    CheckpointError,
-    _meta_digest,
-    check_compatible,
-    committed,
-    remove_partials,
-    verify,
-)
+from dist_train.checkpoint.files import CheckpointError
+from dist_train.checkpoint.folders import committed, remove_partials
+from dist_train.checkpoint.load import verify
+from dist_train.checkpoint.meta import META_DIGEST, check_compatible, meta_digest
 from dist_train.cli import main
 from dist_train.config import load_config
 from dist_train.driver import run_job
@@ -294,7 +289,7 @@ def test_a_second_run_in_a_checkpoint_folder_in_use_is_refused(
     checkpoints mixed (a helper's audit). The running job holds the folders' locks here:
     the checkpoint folder's, then the run folder's (a second run with a checkpoint.dir of
     its own regenerated the running job's data)."""
-    from dist_train.checkpoint_lock import one_run_in
+    from dist_train.checkpoint.lock import one_run_in
 
     over = [*BASE, f"output_dir={tmp_path}", "train.max_steps=4"]
     run_job(load_config(TINY, over))
@@ -889,7 +884,7 @@ def test_an_older_mid_epoch_checkpoint_evaluates_on_any_world_size(
     assert meta["position"]["batches"] and meta["world_size"] == 2  # mid-epoch, 2 ranks
     meta.pop(META_DIGEST)
     meta["position"]["plan"] = None
-    meta[META_DIGEST] = _meta_digest(meta)
+    meta[META_DIGEST] = meta_digest(meta)
     (ckpt / "meta.json").write_text(json.dumps(meta))
     args = ["evaluate", str(ckpt), "--config", str(TINY), "--out", str(tmp_path / "ev")]
     for item in [*over, "ray.num_workers=1"]:

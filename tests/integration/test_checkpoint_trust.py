@@ -21,8 +21,10 @@ import torch
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, MetadataIndex
 
-from dist_train.checkpoint import META, META_DIGEST, CheckpointError, committed, verify
-from dist_train.checkpoint_files import file_digest
+from dist_train.checkpoint.files import CheckpointError, file_digest
+from dist_train.checkpoint.folders import META, committed
+from dist_train.checkpoint.load import verify
+from dist_train.checkpoint.meta import META_DIGEST, meta_digest
 from dist_train.config import load_config
 from dist_train.driver import run_job
 from dist_train.export import export
@@ -63,9 +65,7 @@ def _redigest(ckpt: Path) -> None:
     meta = json.loads((ckpt / META).read_text())
     meta.pop(META_DIGEST)
     meta["files"] = {p.name: file_digest(p) for p in sorted(ckpt.iterdir()) if p.name != META}
-    from dist_train.checkpoint import _meta_digest
-
-    meta[META_DIGEST] = _meta_digest(meta)
+    meta[META_DIGEST] = meta_digest(meta)
     (ckpt / META).write_text(json.dumps(meta))
 
 
@@ -215,12 +215,10 @@ def test_fuzzed_checkpoint_files_never_load_as_other_weights(saved: Path, tmp_pa
 
 def _forged(ckpt: Path, edit: Callable[[dict[str, Any]], None]) -> None:
     """meta.json edited by ``edit``, its own digest recomputed, as a forger would."""
-    from dist_train.checkpoint import _meta_digest
-
     meta = json.loads((ckpt / META).read_text())
     meta.pop(META_DIGEST)
     edit(meta)
-    meta[META_DIGEST] = _meta_digest(meta)
+    meta[META_DIGEST] = meta_digest(meta)
     (ckpt / META).write_text(json.dumps(meta))
 
 

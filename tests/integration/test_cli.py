@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from dist_train.checkpoint import committed
+from dist_train.checkpoint.folders import committed
 from dist_train.cli import main
 from dist_train.launchers.processes import DRIVER_CHECK_SECONDS
 from tests.conftest import small_config

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dist_train.checkpoint import committed
+from dist_train.checkpoint.folders import committed
 from dist_train.config import load_config
 from dist_train.data.synthetic import generate
 from dist_train.driver import run_job

@@ -17,17 +17,19 @@ from typing import Any
 import pytest
 import torch
 
-from dist_train import checkpoint, storage
-from dist_train.checkpoint import (
-    META,
-    CheckpointError,
-    CheckpointSaver,
+from dist_train import storage
+from dist_train.checkpoint.files import CheckpointError
+from dist_train.checkpoint.folders import META, committed, remove_partials, step_of
+from dist_train.checkpoint.load import load, verify
+from dist_train.checkpoint.meta import (
+    _POSITION_FIELDS,
+    META_DIGEST,
     TrainPosition,
-    committed,
+    meta_digest,
     read_meta,
-    remove_partials,
-    verify,
 )
+from dist_train.checkpoint.save import CheckpointSaver
+from dist_train.checkpoint.state import rng_state_bytes
 from dist_train.config import load_config, parse_config
 from dist_train.data.epoch_plan import EpochPlan
 from dist_train.data.reader import RowGroup, assign_row_groups, steps_per_epoch
@@ -75,7 +77,7 @@ def test_a_step_saved_again_keeps_its_checkpoint_until_the_new_one_commits(
     assert [p.name for p in committed(root)] == ["step-00000004"]
     assert (root / "step-00000004" / META).read_text() == before
     assert sorted(p.name for p in root.iterdir()) == ["step-00000004"]
-    checkpoint.verify(root / "step-00000004")
+    verify(root / "step-00000004")
 
 
 def test_a_step_saved_again_is_replaced_once_committed(one_rank: None, tmp_path: Path) -> None:
@@ -99,14 +101,14 @@ def test_a_crash_while_a_step_is_saved_again_puts_the_old_checkpoint_back(
     remove_partials(root)
     assert sorted(p.name for p in root.iterdir()) == ["step-00000004"]
     assert (root / "step-00000004" / META).read_text() == before
-    checkpoint.verify(root / "step-00000004")
+    verify(root / "step-00000004")
 
 
 def test_committed_checkpoints_are_ordered_by_step(tmp_path: Path) -> None:
     for step in (99_999_999, 100_000_000, 7):
         (tmp_path / f"step-{step:08d}").mkdir()
         (tmp_path / f"step-{step:08d}" / META).write_text("{}")
-    assert [checkpoint.step_of(p) for p in committed(tmp_path)] == [7, 99_999_999, 100_000_000]
+    assert [step_of(p) for p in committed(tmp_path)] == [7, 99_999_999, 100_000_000]
 
 
 def _checkpoint(root: Path, step: int, config: dict[str, Any], batches: int = 0) -> Path:
@@ -371,7 +373,7 @@ def test_an_edited_file_digest_is_named(tmp_path: Path, edit: dict[str, Any], na
     meta = json.loads((path / META).read_text())
     digest = {"bytes": 3, "xxh3_128": "ab", "chunk_bytes": 16, "chunks": ["ab"]}
     meta["files"] = {"__0_0.distcp": {**digest, **edit}}
-    meta[checkpoint.META_DIGEST] = checkpoint._meta_digest(meta)
+    meta[META_DIGEST] = meta_digest(meta)
     (path / META).write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=re.escape(f"files['__0_0.distcp']: {named}")):
         read_meta(path)
@@ -382,19 +384,19 @@ def test_an_rng_state_a_generator_refuses_is_named(tmp_path: Path) -> None:
     with 'Invalid mt19937 state', naming no file."""
     path = _checkpoint(tmp_path, 8, {})
     meta = json.loads((path / META).read_text())
-    size = len(checkpoint._rng_state_bytes())
+    size = len(rng_state_bytes())
     meta["torch_rng_states"] = [base64.b64encode(b"\xff" * size).decode()]
     (path / META).write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="torch_rng_states is not a list of CPU RNG"):
         read_meta(path)
-    meta["torch_rng_states"] = [base64.b64encode(checkpoint._rng_state_bytes()).decode()]
+    meta["torch_rng_states"] = [base64.b64encode(rng_state_bytes()).decode()]
     (path / META).write_text(json.dumps(meta))
     assert read_meta(path)["world_size"] == 1
 
 
 def test_every_position_field_is_checked() -> None:
     fields = {f.name for f in dataclasses.fields(TrainPosition)}
-    assert fields == set(checkpoint._POSITION_FIELDS)
+    assert fields == set(_POSITION_FIELDS)
 
 
 def test_an_epoch_left_empty_by_a_resume_does_not_end_training(
@@ -551,7 +553,7 @@ def test_start_up_cleanup_removes_only_what_a_save_names(tmp_path: Path) -> None
     (root / "step-00000006").mkdir()  # a save killed before its commit
     for name in (".metadata", "__0_0.distcp", "meta.json.tmp"):
         (root / "step-00000006" / name).write_text("")
-    removed = checkpoint.remove_partials(root)
+    removed = remove_partials(root)
     assert sorted(p.name for p in removed) == [".partial-step-00000004", "step-00000006"]
     # a launch's failure records go at the next launch, and nothing else named failed-
     launch = "3f2a" * 8  # a run_id: a uuid4's hex
@@ -983,7 +985,7 @@ def test_a_stop_while_a_checkpoint_is_read_stays_a_stop(
     """A Ctrl-C or SIGTERM while validate or export read the shards: DCP catches any
     BaseException and wraps it, and it was reported as an unreadable checkpoint (exit 1,
     where a stop exits 130 or 143)."""
-    from dist_train.checkpoint_files import _VerifiedFileSystemReader
+    from dist_train.checkpoint.files import _VerifiedFileSystemReader
     from dist_train.export import load_unsharded
 
     root = tmp_path / "checkpoints"
@@ -995,11 +997,11 @@ def test_a_stop_while_a_checkpoint_is_read_stays_a_stop(
 
     monkeypatch.setattr(_VerifiedFileSystemReader, "read_data", interrupted)
     with pytest.raises(stop) as verifying:
-        checkpoint.verify(path)
+        verify(path)
     with pytest.raises(stop) as exporting:
         load_unsharded(path, read_meta(path))
     with pytest.raises(stop) as loading:  # a resume's, an evaluation's
-        checkpoint.load(_Trainer(1), path)
+        load(_Trainer(1), path)
     assert type(verifying.value) is type(exporting.value) is type(loading.value) is stop
 
 
@@ -1053,7 +1055,7 @@ def test_a_renamed_checkpoint_and_a_forged_config_are_named(
     """A helper's audit: step-00000016 renamed step-00000099 was `latest`, and a resume
     said it was newer than itself; a meta.json whose config.data was no map failed with a
     bare AttributeError; a pipe for meta.json read as no checkpoint at all."""
-    from dist_train.checkpoint import read_meta
+    from dist_train.checkpoint.meta import read_meta
     from dist_train.cli import main
 
     root = tmp_path / "default" / "checkpoints"
@@ -1111,7 +1113,7 @@ def _refusal(obj: object = None, raw: bytes | None = None) -> str | None:
     import io
     import warnings
 
-    from dist_train.checkpoint_files import safe_load_refusal
+    from dist_train.checkpoint.files import safe_load_refusal
 
     data = io.BytesIO()
     if raw is None:

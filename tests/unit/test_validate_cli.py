@@ -251,7 +251,7 @@ def test_validate_holds_a_resumed_job_to_its_checkpoint_not_a_fresh_deal(
     checkpoint the run cannot resume."""
     import json
 
-    from dist_train.checkpoint import META
+    from dist_train.checkpoint.folders import META
     from dist_train.data.synthetic import generate
     from tests.conftest import small_config
 

@@ -20,8 +20,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from dist_train.checkpoint import CheckpointError
-from dist_train.checkpoint_files import local_path
+from dist_train.checkpoint.files import CheckpointError, local_path
 from dist_train.logs import LOG
 from dist_train.storage import Location, same_file
 

@@ -39,6 +39,7 @@ from torch.distributed._shard._utils import narrow_tensor_by_index
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
 from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import (
     DefaultLoadPlanner,
     _EmptyStateDictLoadPlanner,
@@ -568,6 +569,26 @@ def safe_load_refusal(err: BaseException) -> str | None:
     else:
         what = "a pickle it does not load"
     return f"refused by the safe (weights-only) unpickler: {what.strip().rstrip('.')}"
+
+
+def raise_a_wrapped_stop(err: BaseException) -> None:
+    """Raise the Ctrl-C or SIGTERM (a KeyboardInterrupt; :class:`~dist_train.stopping.Terminated`
+    stays one) that DCP caught inside a read and wrapped in a CheckpointException: a stop,
+    which was reported as an unreadable checkpoint (exit 1, where a stop exits 130 or 143)."""
+    if isinstance(err, CheckpointException):
+        for failure, _ in err.failures.values():
+            if isinstance(failure, KeyboardInterrupt):
+                raise failure from None
+
+
+def reason(err: BaseException) -> str:
+    """The last line of a DCP error (a CheckpointException carries every rank's traceback),
+    or what the safe unpickler refused in it."""
+    refused = safe_load_refusal(err)
+    if refused:
+        return refused
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
 
 
 def _deliver(reqs: list[ReadItem], data: memoryview, planner: LoadPlanner) -> str | None:

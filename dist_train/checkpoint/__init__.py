@@ -1,0 +1,31 @@
+"""Sharded checkpoints with torch.distributed.checkpoint (DCP), committed atomically.
+
+Layout under ``<checkpoint dir>`` (a local or shared path, or an fsspec URL):
+
+    step-00000040/           a committed checkpoint: DCP shards + .metadata + meta.json
+    .partial-step-00000060/  being written (or left by a crash or a failed save): never
+                             loaded, removed
+    .replaced-step-00000040/ a committed step-00000040 while that step is saved again: it
+                             stays whole until the new one is committed (put back if not)
+
+Every rank writes its shards of the model (sharded tables, dense layers) and of the optimizer
+state (fused TBE state included) into the partial directory, hashing each file as it writes
+it. Then rank 0 renames the directory to ``step-N`` and writes ``meta.json`` into it (step,
+epoch, reader position, bad-input counts, config, plan, and the size and xxh3-128 digest of
+every file): a checkpoint counts as committed only once its ``meta.json`` exists, so a crash
+or a failed write at any point leaves the previous checkpoint as the latest (on object
+stores, where a rename is a copy, too).
+
+The modules, lowest first:
+
+- :mod:`.files`: a checkpoint's files, written with digests, read verified and without
+  running code from them; :class:`~.files.CheckpointError`.
+- :mod:`.sharded_moments`: a sharded table's torch optimizer state placed as its weight.
+- :mod:`.folders`: which entries of a checkpoint folder are committed, half-written or a
+  user's.
+- :mod:`.state`: what a checkpoint holds of a trainer; the ranks' agreement on an outcome.
+- :mod:`.meta`: ``meta.json``, read checked field by field; :class:`~.meta.TrainPosition`.
+- :mod:`.save`: :class:`~.save.CheckpointSaver`, which writes in the background and commits.
+- :mod:`.load`: a checkpoint into a trainer, resharded to its plan; or verified alone.
+- :mod:`.lock`: one run at a time in a run's folders.
+"""
