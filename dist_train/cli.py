@@ -30,19 +30,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from dist_train.config import (
-    DEFAULT_CONFIG,
-    FILE_SCHEME,
-    REPO_ROOT,
-    ConfigError,
-    JobConfig,
+from dist_train.config.args import (
     add_config_args,
     add_train_args,
     as_typed,
     not_empty,
     train_overrides,
 )
-from dist_train.config import load_or_report as _load
+from dist_train.config.load import DEFAULT_CONFIG, REPO_ROOT
+from dist_train.config.load import load_or_report as _load
+from dist_train.config.schema import FILE_SCHEME, ConfigError, JobConfig
 from dist_train.logs import setup_logging, verbosity
 from dist_train.stopping import exit_quickly, sigint_held, stopped_by_sigterm
 from planners.cores import usable_cores
@@ -110,7 +107,7 @@ MAX_COUNT = 2**31  # past any node count, row count a file or benchmark round co
 # taken, and would have been forked
 MAX_LOCAL_RANKS = 1024
 MAX_THREADS = 4096
-MAX_SEED = 2**63 - 1  # a job's seed (config.py)
+MAX_SEED = 2**63 - 1  # a job's seed (config/schema.py)
 
 
 def _count(zero: bool = False, most: int = MAX_COUNT) -> Callable[[str], int]:
@@ -304,7 +301,7 @@ def _show_config(args: argparse.Namespace) -> int:
         if args.config is not None or args.set:
             print("error: show-config --reference takes no --config or --set", file=sys.stderr)
             return 2
-        from dist_train.config_reference import config_reference
+        from dist_train.config.reference import config_reference
 
         print(config_reference(), end="")
         return 0
@@ -422,7 +419,7 @@ def _run_bench(args: argparse.Namespace, cfg: JobConfig) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     _import_torch()
-    from dist_train.config import ConfigError
+    from dist_train.config.schema import ConfigError
     from dist_train.data.reader import DataSourceError
     from dist_train.launchers.rank_server import rank_server_started
     from dist_train.sweep import SweepFailed, dataset_config, run_sweep

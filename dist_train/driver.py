@@ -17,17 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from dist_train.checkpoint.files import CheckpointError
-from dist_train.checkpoint.folders import check_writable, checkpoint_root, committed, step_of
-from dist_train.checkpoint.folders import resolve as resolve_checkpoint
+from dist_train.checkpoint.folders import (
+    check_writable,
+    checkpoint_root,
+    committed,
+    resolve_checkpoint,
+    step_of,
+)
 from dist_train.checkpoint.lock import CheckpointFolderInUse, one_run_in, same_folder
 from dist_train.checkpoint.meta import read_meta
-from dist_train.config import (
-    ConfigError,
-    JobConfig,
-    add_config_args,
-    load_or_report,
-    resolve_paths,
-)
+from dist_train.config.args import add_config_args
+from dist_train.config.load import load_or_report
+from dist_train.config.paths import resolve_paths
+from dist_train.config.schema import ConfigError, JobConfig
 from dist_train.data.reader import (
     DataSourceError,
     RowGroup,
@@ -295,7 +297,7 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
     """Run a whole job with its configured launcher; returns the summary (also on disk).
 
     Relative paths in ``cfg`` mean the directory this process runs in (see
-    :func:`~dist_train.config.resolve_paths`)."""
+    :func:`~dist_train.config.paths.resolve_paths`)."""
     start = time.perf_counter()
     setup_logging(verbosity())  # the console handler, at the level the command line set
     cfg = resolve_paths(cfg)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dist_train.config import JobConfig
+from dist_train.config.schema import JobConfig
 from dist_train.logs import verbosity
 from dist_train.storage import replace_file
 from dist_train.train.sharding import (

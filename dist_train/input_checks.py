@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dist_train.config import JobConfig
+from dist_train.config.schema import JobConfig
 from dist_train.data.reader import RowGroup, assign_row_groups, steps_per_epoch
 from dist_train.data.validation import BadInputError
 from dist_train.logs import LOG

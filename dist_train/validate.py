@@ -20,21 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from dist_train.checkpoint.files import METADATA, CheckpointError
-from dist_train.checkpoint.folders import META, not_committed
-from dist_train.checkpoint.folders import resolve as resolve_checkpoint
+from dist_train.checkpoint.folders import META, not_committed, resolve_checkpoint
 from dist_train.checkpoint.load import verify
 from dist_train.checkpoint.meta import check_compatible, read_meta
-from dist_train.config import (
-    ConfigError,
-    JobConfig,
-    add_config_args,
-    add_train_args,
-    load_config,
-    parse_with_overrides,
-    read_yaml,
-    resolve_paths,
-    train_overrides,
-)
+from dist_train.config.args import add_config_args, add_train_args, train_overrides
+from dist_train.config.load import load_config, parse_with_overrides
+from dist_train.config.paths import resolve_paths
+from dist_train.config.schema import ConfigError, JobConfig
+from dist_train.config.yaml_file import read_yaml
 from dist_train.data.reader import DataSourceError, resolve_files
 from dist_train.data.synthetic import train_row_groups
 from dist_train.data.validation import BadInputError, BadInputPolicy, FooterRowsError

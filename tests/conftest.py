@@ -12,7 +12,9 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from dist_train.config import DEFAULT_CONFIG, JobConfig, apply_overrides, parse_config
+from dist_train.config.load import DEFAULT_CONFIG, parse_config
+from dist_train.config.overrides import apply_overrides
+from dist_train.config.schema import JobConfig
 from dist_train.data.synthetic import GeneratedData, generate
 from dist_train.logs import LOG
 

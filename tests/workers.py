@@ -15,7 +15,8 @@ import torch
 import torch.distributed as dist
 
 from dist_train.bench import rank_batches
-from dist_train.config import JobConfig, parse_config
+from dist_train.config.load import parse_config
+from dist_train.config.schema import JobConfig
 from dist_train.devices import rank_device
 from dist_train.embedding.layout import build_layout
 from dist_train.train import trainer as trainer_module

@@ -12,7 +12,9 @@ from typing import Any
 import pyarrow as pa
 import torch.distributed as dist
 
-from dist_train.config import JobConfig, apply_overrides, parse_config
+from dist_train.config.load import parse_config
+from dist_train.config.overrides import apply_overrides
+from dist_train.config.schema import JobConfig
 from dist_train.data.batch import Batch, BatchBuilder
 from dist_train.data.synthetic import generate
 from dist_train.storage import replace_file

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from dist_train.bench import variant, write_json
-from dist_train.config import JobConfig, number_in_name
+from dist_train.config.schema import JobConfig, number_in_name
 from dist_train.data.synthetic import generate
 from dist_train.driver import run_job
 from dist_train.embedding.layout import build_layout

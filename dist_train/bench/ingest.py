@@ -32,7 +32,7 @@ import ray.data
 from ray.data.collate_fn import ArrowBatchCollateFn
 
 from dist_train.bench import over, spread, variant, write_json
-from dist_train.config import JobConfig
+from dist_train.config.schema import JobConfig
 from dist_train.data.memory import reuse_freed_memory
 from dist_train.data.validation import BadInputPolicy
 from dist_train.driver import prepare_inputs, run_job

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from dist_train.bench import over, variant, write_json
-from dist_train.config import JobConfig
+from dist_train.config.schema import JobConfig
 from dist_train.driver import prepare_inputs, run_job
 
 

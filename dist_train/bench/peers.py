@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torchrec import KeyedJaggedTensor, KeyedTensor
 
-from dist_train.config import JobConfig
+from dist_train.config.schema import JobConfig
 from dist_train.data.batch import Batch, BatchBuilder
 from dist_train.data.reader import rebatch, resolve_files
 from dist_train.data.rows import Rows

@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import torch.distributed as dist
 
 from dist_train.bench import rank_batches, spread, synthetic_train_data, variant, write_json
-from dist_train.config import JobConfig, parse_config
+from dist_train.config.load import parse_config
+from dist_train.config.schema import JobConfig
 from dist_train.launchers.processes import run_processes
 from dist_train.train.sharding import JobPlan, plan_job
 from dist_train.train.trainer import Trainer

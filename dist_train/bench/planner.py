@@ -32,7 +32,9 @@ import torch
 import torch.distributed as dist
 
 from dist_train.bench import rank_batches, synthetic_train_data, write_json
-from dist_train.config import JobConfig, apply_overrides, parse_config
+from dist_train.config.load import parse_config
+from dist_train.config.overrides import apply_overrides
+from dist_train.config.schema import JobConfig
 from dist_train.embedding.layout import build_layout
 from dist_train.launchers.processes import run_processes
 from dist_train.models.dot_interaction import pairwise_dots

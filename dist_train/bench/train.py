@@ -84,7 +84,8 @@ from dist_train.bench.roofline import (
     working_set_bytes,
 )
 from dist_train.checkpoint.meta import TrainPosition
-from dist_train.config import JobConfig, parse_config
+from dist_train.config.load import parse_config
+from dist_train.config.schema import JobConfig
 from dist_train.data.batch import Batch, BatchBuilder
 from dist_train.data.memory import release_freed_memory
 from dist_train.data.reader import list_row_groups, resolve_files

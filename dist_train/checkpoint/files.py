@@ -17,6 +17,9 @@ DCP trusts its files: its reader unpickles ``.metadata``, its load planners
 
 Digests guard against corruption, not against a forger: whoever can rewrite the shards can
 rewrite ``meta.json`` too. What such a forger cannot do is run code in the loading process.
+
+Here too: :class:`CheckpointError`, and DCP's errors made one line (:func:`reason`) or the
+stop they wrap (:func:`raise_a_wrapped_stop`).
 """
 
 from __future__ import annotations

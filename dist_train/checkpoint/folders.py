@@ -8,7 +8,7 @@ import uuid
 
 from dist_train import storage
 from dist_train.checkpoint.files import CheckpointError, reason
-from dist_train.config import JobConfig
+from dist_train.config.schema import JobConfig
 from dist_train.storage import Location, location
 
 PREFIX = "step-"
@@ -140,7 +140,7 @@ def refuse_foreign(final: Location) -> None:
         )
 
 
-def resolve(cfg: JobConfig, resume: str) -> Location | None:
+def resolve_checkpoint(cfg: JobConfig, resume: str) -> Location | None:
     """``latest`` -> the newest committed checkpoint (None if there is none); a path -> it."""
     if resume == "latest":
         found = committed(checkpoint_root(cfg))

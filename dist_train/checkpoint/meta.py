@@ -1,5 +1,6 @@
 """A committed checkpoint's ``meta.json``: where training was (:class:`TrainPosition`), the
 config and plan, every file's digest; read checked against its own digest, field by field.
+Whether a job can resume from it (:func:`check_compatible`) is decided here too.
 """
 
 from __future__ import annotations
@@ -202,6 +203,7 @@ def _is_rng_state(state: Any) -> bool:
 
 
 def meta_digest(meta: dict[str, Any]) -> str:
+    """The digest ``meta.json`` records of its other keys (as canonical JSON)."""
     return digest_of(json.dumps(meta, sort_keys=True).encode())
 
 
@@ -220,9 +222,10 @@ def file_digests(meta: dict[str, Any], path: Location) -> FileDigests | None:
 def check_compatible(meta: dict[str, Any], path: Location, world: int) -> TrainPosition:
     """The saved position, if a job of ``world`` ranks can resume it; else CheckpointError.
 
-    Any plan and world size can load a checkpoint (:func:`load` reshards it). Mid-epoch, the
-    saved epoch plan re-deals the batches not yet trained to the new ranks; a checkpoint
-    from before plans were saved needs the world size it was saved with.
+    Any plan and world size can load a checkpoint
+    (:func:`~dist_train.checkpoint.load.load` reshards it). Mid-epoch, the saved epoch plan
+    re-deals the batches not yet trained to the new ranks; a checkpoint from before plans
+    were saved needs the world size it was saved with.
     """
     position = TrainPosition(**meta["position"])
     saved_world = meta.get("world_size")

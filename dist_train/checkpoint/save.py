@@ -27,6 +27,7 @@ from dist_train.checkpoint.folders import (
     PARTIAL_PREFIX,
     PREFIX,
     REPLACED_PREFIX,
+    STEP_DIGITS,
     committed,
     refuse_foreign,
 )
@@ -163,7 +164,7 @@ class CheckpointSaver:
         """The run resumed from ``path`` at ``step``. Where that is the checkpoint a save of
         ``step`` would write, it is this run's newest save: a run resumed at its end trains
         no step, and its final save would write the same state again."""
-        if _same_location(path, self.root / f"{PREFIX}{step:08d}"):
+        if _same_location(path, self.root / f"{PREFIX}{step:0{STEP_DIGITS}d}"):
             self.last_step, self.last_path = step, path
 
     def release(self, problem: str | None = None) -> None:
@@ -238,7 +239,7 @@ class CheckpointSaver:
                 f"already committed under {self.root} are intact"
             )
         if job.error is not None and dist.get_rank(self.group) == 0:
-            storage.rmtree(self.root / f"{PARTIAL_PREFIX}{step:08d}")  # best effort
+            storage.rmtree(self.root / f"{PARTIAL_PREFIX}{step:0{STEP_DIGITS}d}")  # best effort
         if job.error is None and job.path is not None:
             self.last_path = job.path
             if self.on_commit is not None:
@@ -248,7 +249,7 @@ class CheckpointSaver:
         """Every rank's shards into the step's partial directory; their digests gathered."""
         group, step = self.group, job.position.step
         rank = dist.get_rank(group)
-        partial = self.root / f"{PARTIAL_PREFIX}{step:08d}"
+        partial = self.root / f"{PARTIAL_PREFIX}{step:0{STEP_DIGITS}d}"
         # A diverged state saved would be resumed into the same divergence.
         bad = non_finite(job.state)
         agree(
@@ -283,8 +284,8 @@ class CheckpointSaver:
         agree(f"rank {rank}: {job.verdict}" if job.verdict else None, group)
         written = job.written
         assert written is not None
-        final = self.root / f"{PREFIX}{step:08d}"
-        partial = self.root / f"{PARTIAL_PREFIX}{step:08d}"
+        final = self.root / f"{PREFIX}{step:0{STEP_DIGITS}d}"
+        partial = self.root / f"{PARTIAL_PREFIX}{step:0{STEP_DIGITS}d}"
 
         def commit() -> None:
             files: FileDigests = {}
@@ -300,7 +301,7 @@ class CheckpointSaver:
             meta[META_DIGEST] = meta_digest(meta)
             # A step saved again (a rerun reaching it): its committed checkpoint stays whole
             # until the new one is committed.
-            aside = self.root / f"{REPLACED_PREFIX}{step:08d}"
+            aside = self.root / f"{REPLACED_PREFIX}{step:0{STEP_DIGITS}d}"
             refuse_foreign(final)  # checked at start-up too; a user may add one meanwhile
             storage.rmtree(aside)
             if final.exists():

@@ -33,10 +33,12 @@ def trainer_state(trainer: Trainer) -> tuple[dict[str, Any], Wrapped]:
 
 
 def rng_state_bytes() -> bytes:
+    """This process's CPU generator state, as torch holds it."""
     return torch.get_rng_state().numpy().tobytes()
 
 
 def rng_state() -> str:
+    """:func:`rng_state_bytes` as base64: each rank's entry in ``meta.json``."""
     return base64.b64encode(rng_state_bytes()).decode()
 
 

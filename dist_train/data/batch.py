@@ -21,7 +21,7 @@ import torch
 from torchrec import KeyedJaggedTensor
 from torchrec.streamable import Pipelineable
 
-from dist_train.config import FeatureConfig
+from dist_train.config.schema import FeatureConfig
 from dist_train.data.arrow_numpy import (
     as_array,
     is_list_type,

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dist_train.config import SyntheticDataConfig
+from dist_train.config.schema import SyntheticDataConfig
 from dist_train.data.output_folder import clear_splits, refuse_foreign
 from dist_train.data.reader import GENERATION_RECORD, DataSourceError, RowGroup, read_record
 from dist_train.embedding.hashing import make_salt, salted_hash

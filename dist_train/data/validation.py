@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch.distributed as dist
 
-from dist_train.config import FeatureConfig, JobConfig
+from dist_train.config.schema import FeatureConfig, JobConfig
 from dist_train.data.arrow_numpy import (
     all_missing,
     as_array,

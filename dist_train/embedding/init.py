@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from dist_train.config import EmbeddingConfig
+from dist_train.config.schema import EmbeddingConfig
 from dist_train.embedding.hashing import fmix64, name_fingerprint
 
 _BLOCK_ROWS = 8192

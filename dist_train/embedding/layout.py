@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from torchrec import EmbeddingBagConfig, PoolingType
 
-from dist_train.config import EmbeddingConfig, FeatureConfig
+from dist_train.config.schema import EmbeddingConfig, FeatureConfig
 from dist_train.embedding.hashing import make_salt
 
 

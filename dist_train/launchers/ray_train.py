@@ -22,7 +22,7 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from dist_train.config import JobConfig
+from dist_train.config.schema import JobConfig
 from dist_train.devices import backend_for, local_gpus
 from dist_train.launchers.cluster import check_fits, describe, live_nodes, packing_risk
 from dist_train.launchers.processes import free_port

@@ -12,7 +12,7 @@ import ray
 import ray.train
 import torch.distributed as dist
 
-from dist_train.config import parse_config
+from dist_train.config.load import parse_config
 from dist_train.data.reader import DataSourceError
 from dist_train.data.validation import BadInputError, InputReadError
 from dist_train.launchers.affinity import pin_local_rank

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dist_train.config import ModelConfig
+from dist_train.config.schema import ModelConfig
 from dist_train.embedding.layout import EmbeddingLayout
 from dist_train.models.autoint import AutoInt
 from dist_train.models.base import CTRModel

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dist_train.config import ModelConfig
+from dist_train.config.schema import ModelConfig
 from dist_train.embedding.layout import EmbeddingLayout
 from dist_train.models.base import CTRModel, mlp
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dist_train.config import ConfigError, JobConfig, ModelConfig
+from dist_train.config.schema import ConfigError, JobConfig, ModelConfig
 from dist_train.embedding.layout import EmbeddingLayout, build_layout
 from dist_train.models.base import CTRModel, mlp
 from dist_train.models.linear import Linear

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dist_train.config import ModelConfig
+from dist_train.config.schema import ModelConfig
 from dist_train.embedding.layout import EmbeddingLayout
 from dist_train.models.base import CTRModel, mlp
 from dist_train.models.dot_interaction import dot_interaction

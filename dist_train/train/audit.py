@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from dist_train.config import JobConfig
+from dist_train.config.schema import JobConfig
 from dist_train.data.batch import Batch
 from dist_train.train.faults import maybe_kill
 from dist_train.train.ledger import Ledger

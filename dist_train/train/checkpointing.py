@@ -34,9 +34,9 @@ from dist_train.checkpoint.folders import (
     committed,
     foreign_steps,
     remove_partials,
+    resolve_checkpoint,
     step_of,
 )
-from dist_train.checkpoint.folders import resolve as resolve_checkpoint
 from dist_train.checkpoint.load import CheckpointOfAnotherJob, check_model_shapes, load
 from dist_train.checkpoint.meta import (
     TrainPosition,
@@ -46,7 +46,7 @@ from dist_train.checkpoint.meta import (
     skips_rows,
 )
 from dist_train.checkpoint.save import CheckpointSaver
-from dist_train.config import EmbeddingConfig, FeatureConfig, JobConfig, dense_column_names
+from dist_train.config.schema import EmbeddingConfig, FeatureConfig, JobConfig, dense_column_names
 from dist_train.data.reader import RowGroup
 from dist_train.data.validation import BadInputCounts, BadInputPolicy, across_ranks
 from dist_train.embedding.layout import build_layout

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from dist_train.checkpoint.meta import TrainPosition
-from dist_train.config import JobConfig
+from dist_train.config.schema import JobConfig
 from dist_train.data.batch import Batch, BatchBuilder
 from dist_train.data.epoch_plan import EpochPlan
 from dist_train.data.reader import (

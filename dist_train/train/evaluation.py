@@ -16,7 +16,7 @@ from typing import Any
 import torch.distributed as dist
 
 from dist_train.checkpoint.load import load
-from dist_train.config import JobConfig
+from dist_train.config.schema import JobConfig
 from dist_train.data.memory import reuse_freed_memory
 from dist_train.data.reader import (
     DataSourceError,

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from dist_train.config import JobConfig
+from dist_train.config.schema import JobConfig
 from dist_train.data.memory import reuse_freed_memory
 from dist_train.data.validation import BadInputPolicy
 from dist_train.devices import rank_device

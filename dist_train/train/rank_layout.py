@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch.distributed as dist
 
 if TYPE_CHECKING:
-    from dist_train.config import JobConfig
+    from dist_train.config.schema import JobConfig
     from dist_train.train.sharding import JobPlan
 
 

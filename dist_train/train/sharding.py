@@ -15,7 +15,7 @@ import torch
 from torchrec.distributed.embedding_sharding import USE_ONE_TBE_PER_TABLE
 from torchrec.distributed.types import ParameterSharding, ShardingPlan
 
-from dist_train.config import JobConfig
+from dist_train.config.schema import JobConfig
 from dist_train.embedding.layout import EmbeddingLayout, build_layout
 from dist_train.models import CTRModel, create_model
 from dist_train.train.replicas import MERGED_OPTIMIZERS

@@ -18,7 +18,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
-from dist_train.config import JobConfig
+from dist_train.config.schema import JobConfig
 from dist_train.data.batch import Batch, BatchBuilder
 from dist_train.embedding.init import init_bound, init_embedding_tables, torch_seed
 from dist_train.embedding.layout import EmbeddingLayout, build_layout

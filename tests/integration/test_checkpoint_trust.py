@@ -25,7 +25,7 @@ from dist_train.checkpoint.files import CheckpointError, file_digest
 from dist_train.checkpoint.folders import META, committed
 from dist_train.checkpoint.load import verify
 from dist_train.checkpoint.meta import META_DIGEST, meta_digest
-from dist_train.config import load_config
+from dist_train.config.load import load_config
 from dist_train.driver import run_job
 from dist_train.export import export
 from dist_train.launchers.processes import RankError

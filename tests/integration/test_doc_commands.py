@@ -43,7 +43,9 @@ from pathlib import Path
 import pytest
 
 from dist_train.cli import build_parser
-from dist_train.config import DEFAULT_CONFIG, ConfigError, add_config_args, load_config
+from dist_train.config.args import add_config_args
+from dist_train.config.load import DEFAULT_CONFIG, load_config
+from dist_train.config.schema import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"

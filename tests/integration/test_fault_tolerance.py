@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from dist_train.config import load_config
+from dist_train.config.load import load_config
 from dist_train.driver import run_job
 from dist_train.launchers.affinity import rank_cores
 from dist_train.train.faults import ENV

@@ -17,7 +17,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from dist_train.config import JobConfig, load_config
+from dist_train.config.load import load_config
+from dist_train.config.schema import JobConfig
 from dist_train.driver import run_job
 from dist_train.embedding.layout import build_layout
 from dist_train.train.metrics import roc_auc

@@ -176,7 +176,7 @@ def test_an_error_in_a_step_ends_the_epochs_prefetch_thread(tmp_path: Path, worl
     """The epoch closed its batch stream only when its steps ran out: on 2 ranks a step's
     error left the prefetch thread reading until the stream was collected (a helper's
     audit; 1 rank's stream was closed by its generator's teardown)."""
-    from dist_train.config import load_config
+    from dist_train.config.load import load_config
     from tests.conftest import ONE_FEATURE_JOB, write_one_feature_parquet
     from tests.workers import prefetch_threads_after_a_failed_step
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from dist_train.config import load_config
+from dist_train.config.load import load_config
 from dist_train.launchers.affinity import rank_cores
 from dist_train.launchers.ray_train import ray_address
 from planners.cores import cpu_list, process_cores

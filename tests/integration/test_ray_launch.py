@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from dist_train.config import load_config
+from dist_train.config.load import load_config
 from dist_train.driver import run_job
 from dist_train.launchers import ray_train
 from dist_train.launchers.cluster import ClusterTooSmallError

@@ -46,7 +46,7 @@ def test_per_feature_tables_in_c_train_as_fbgemms(tmp_path: Path, world: int) ->
 def test_a_row_wise_shard_of_no_rows_trains_on_fbgemms_kernel(tmp_path: Path) -> None:
     """A collisionless feature of one value, row_wise on 2 ranks, left rank 1 a shard of no
     rows, and the C kernel, taken for it, refused it inside the worker (a helper's audit)."""
-    from dist_train.config import load_config
+    from dist_train.config.load import load_config
     from dist_train.driver import run_job
 
     tiny = Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny.yaml"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dist_train.checkpoint.folders import committed
-from dist_train.config import load_config
+from dist_train.config.load import load_config
 from dist_train.data.synthetic import generate
 from dist_train.driver import run_job
 from dist_train.launchers.processes import run_processes

@@ -16,7 +16,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from dist_train.config import JobConfig, apply_overrides, parse_config
+from dist_train.config.load import parse_config
+from dist_train.config.overrides import apply_overrides
+from dist_train.config.schema import JobConfig
 from dist_train.data.reader import (
     DataSourceError,
     iter_tables,

@@ -30,7 +30,7 @@ from dist_train.checkpoint.meta import (
 )
 from dist_train.checkpoint.save import CheckpointSaver
 from dist_train.checkpoint.state import rng_state_bytes
-from dist_train.config import load_config, parse_config
+from dist_train.config.load import load_config, parse_config
 from dist_train.data.epoch_plan import EpochPlan
 from dist_train.data.reader import RowGroup, assign_row_groups, steps_per_epoch
 from dist_train.data.validation import BadInputPolicy

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dist_train import cli
-from dist_train.config import load_config
+from dist_train.config.load import load_config
 from dist_train.driver import _process_worker
 
 

@@ -9,16 +9,14 @@ import pytest
 import torch
 import yaml
 
-from dist_train.config import (
-    DEFAULT_CONFIG,
+from dist_train.config.load import DEFAULT_CONFIG, load_config, parse_config
+from dist_train.config.schema import (
     EMBEDDING_SETTINGS,
     MODEL_SETTINGS,
     ConfigError,
     FeatureConfig,
     JobConfig,
     ModelConfig,
-    load_config,
-    parse_config,
 )
 
 
@@ -431,13 +429,13 @@ def test_an_install_without_the_checkout_says_so(
     """A wheel (`pip install .`, not editable) holds the package and not launch/: every
     command without --config failed with "no such config file", naming a path in
     site-packages."""
-    from dist_train import config
+    from dist_train.config import load
 
-    monkeypatch.setattr(config, "DEFAULT_CONFIG", tmp_path / "launch" / "configs" / "default.yaml")
+    monkeypatch.setattr(load, "DEFAULT_CONFIG", tmp_path / "launch" / "configs" / "default.yaml")
     with pytest.raises(ConfigError, match=r"runs from its checkout, installed editable"):
-        config.load_config()
+        load.load_config()
     with pytest.raises(ConfigError, match=r"nosuch\.yaml: no such config file$"):
-        config.load_config(tmp_path / "nosuch.yaml")
+        load.load_config(tmp_path / "nosuch.yaml")
 
 
 def test_numbers_in_exponent_form_read_as_yaml_1_2_reads_them(tmp_path: Path) -> None:
@@ -538,7 +536,7 @@ def test_an_override_names_a_list_item_by_its_name_or_position() -> None:
 
 
 def test_overrides_into_list_items_from_a_review() -> None:
-    from dist_train.config import closest_key, known_key
+    from dist_train.config.keys import closest_key, known_key
 
     # a plain list's item has no keys (a TypeError's traceback)
     for item in ("data.dense_columns.0.x=1", "model.bottom_mlp.0.x.y=1"):
@@ -595,7 +593,7 @@ def test_a_collisionless_table_past_any_machine_is_named() -> None:
 
 def test_a_relative_file_url_is_made_absolute(tmp_path: Path) -> None:
     """`file://out/...` named another folder in Ray's workers (they run elsewhere)."""
-    from dist_train.config import absolute_path
+    from dist_train.config.paths import absolute_path
 
     assert absolute_path("file://out/ckpt", tmp_path) == f"file://{tmp_path}/out/ckpt"
     assert absolute_path("file:///abs/ckpt", tmp_path) == "file:///abs/ckpt"
@@ -607,7 +605,7 @@ def test_a_file_url_with_one_slash_names_the_path_fsspec_reads(tmp_path: Path) -
     """fsspec and pyarrow read `file:/abs/x` as `/abs/x`; it was made `<cwd>/file:/abs/x`."""
     import fsspec
 
-    from dist_train.config import absolute_path
+    from dist_train.config.paths import absolute_path
 
     for url, local in (("file:/abs/ckpt", "/abs/ckpt"), ("file:out/ckpt", "out/ckpt")):
         ours = absolute_path(url, tmp_path)
@@ -821,7 +819,7 @@ def test_resume_is_taken_as_typed(capsys: pytest.CaptureFixture[str]) -> None:
     assert "error: --resume: an empty path; name a checkpoint, or latest" in capsys.readouterr().err
     import argparse
 
-    from dist_train.config import train_overrides
+    from dist_train.config.args import train_overrides
 
     args = argparse.Namespace(set=["seed=1"], resume="null")
     assert load_config(overrides=train_overrides(args)).checkpoint.resume == "null"
@@ -904,7 +902,7 @@ def test_a_config_read_from_a_pipe_is_read(tmp_path: Path, monkeypatch: pytest.M
     import threading
     import time
 
-    from dist_train import config as config_module
+    from dist_train.config import yaml_file
 
     fifo = tmp_path / "job.fifo"
     os.mkfifo(fifo)
@@ -922,7 +920,7 @@ def test_a_config_read_from_a_pipe_is_read(tmp_path: Path, monkeypatch: pytest.M
     finally:
         writer.join(timeout=10)
     # a pipe nothing writes to: opening it waited without end (a review)
-    monkeypatch.setattr(config_module, "PIPE_WAIT_S", 0.2)
+    monkeypatch.setattr(yaml_file, "PIPE_WAIT_S", 0.2)
     with pytest.raises(ConfigError, match=r"job.fifo: cannot read it \(a pipe that nothing wrote"):
         load_config(fifo)
     # a shell's pipe (`<(slow command)`, /dev/stdin) is read however long its writer takes

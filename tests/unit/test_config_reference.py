@@ -6,8 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from dist_train.config import JobConfig
-from dist_train.config_reference import config_reference
+from dist_train.config.reference import config_reference
+from dist_train.config.schema import JobConfig
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "config.md"
 

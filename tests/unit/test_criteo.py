@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dist_train.cli import main
-from dist_train.config import EmbeddingConfig, FeatureConfig
+from dist_train.config.schema import EmbeddingConfig, FeatureConfig
 from dist_train.data import criteo
 from dist_train.data.batch import BatchBuilder
 from dist_train.data.criteo import CATEGORICAL, DENSE, convert_criteo

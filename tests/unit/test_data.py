@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dist_train.config import EmbeddingConfig, FeatureConfig, JobConfig, SyntheticDataConfig
+from dist_train.config.schema import EmbeddingConfig, FeatureConfig, JobConfig, SyntheticDataConfig
 from dist_train.data.batch import BatchBuilder
 from dist_train.data.reader import (
     DataSourceError,

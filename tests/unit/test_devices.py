@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dist_train.config import load_config
+from dist_train.config.load import load_config
 from dist_train.devices import (
     CPU_BACKEND,
     CUDA_BACKEND,
@@ -80,7 +80,7 @@ def test_the_processes_launcher_needs_a_gpu_for_every_worker_it_starts(
     """It starts ray.num_workers ranks whatever ray.min_workers says (only Ray is elastic):
     2 GPUs for 4 ranks would put two ranks on each."""
     from dist_train import driver
-    from dist_train.config import load_config
+    from dist_train.config.load import load_config
 
     monkeypatch.setattr(driver, "local_gpus", lambda: 2)
     over = ["launcher=processes", "ray.num_workers=4", "ray.min_workers=2", "train.device=auto"]

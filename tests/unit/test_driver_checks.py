@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dist_train.config import JobConfig, apply_overrides, parse_config
+from dist_train.config.load import parse_config
+from dist_train.config.overrides import apply_overrides
+from dist_train.config.schema import JobConfig
 from dist_train.data.synthetic import GeneratedData
 from dist_train.data.validation import BadInputError
 from dist_train.driver import prepare_inputs, print_summary
@@ -349,7 +351,7 @@ def test_ray_settings_the_processes_launcher_ignores_are_named(
 ) -> None:
     """`launcher=processes` with ray.max_failures, min_workers or address took no effect,
     unsaid."""
-    from dist_train.config import load_config
+    from dist_train.config.load import load_config
     from dist_train.driver import _warn_ray_only
 
     cfg = load_config(overrides=["launcher=processes", "ray.max_failures=3"])
@@ -468,7 +470,7 @@ def test_a_join_that_fails_says_why_and_hints_at_tokens_only_for_a_refusal(
     The token hint follows an authentication refusal only (tested against a real token
     cluster in tests/integration/test_ray_beside_cluster.py); another failure keeps its
     reason, unhinted."""
-    from dist_train.config import load_config
+    from dist_train.config.load import load_config
     from dist_train.launchers import ray_train
 
     def refuse(reason: str) -> Callable[..., None]:
@@ -553,7 +555,7 @@ def test_a_resume_counts_its_epochs_rest_against_max_steps(
 ) -> None:
     """A resume 1 step into epoch 1, whose max_steps ends inside that epoch, warned of epoch
     2 training 0 steps: the steps left of the saved epoch were not counted (a review)."""
-    from dist_train.config import load_config
+    from dist_train.config.load import load_config
     from dist_train.data.reader import RowGroup, assign_row_groups, steps_per_epoch
     from dist_train.input_checks import SavedAt, check_steps
 

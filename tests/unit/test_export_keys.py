@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from dist_train.config import load_config
+from dist_train.config.load import load_config
 from dist_train.data.synthetic import _schema
 from dist_train.embedding.hashing import fingerprint_ints, fingerprint_strings, salted_rows
 from dist_train.embedding.layout import build_layout

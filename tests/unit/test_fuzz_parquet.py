@@ -32,7 +32,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from dist_train.config import JobConfig, apply_overrides, parse_config
+from dist_train.config.load import parse_config
+from dist_train.config.overrides import apply_overrides
+from dist_train.config.schema import JobConfig
 from dist_train.data.batch import BatchBuilder
 from dist_train.data.reader import DataSourceError, list_row_groups
 from dist_train.data.rows import Rows

@@ -10,7 +10,7 @@ from torch.distributed import _remote_device
 from torchrec.distributed.types import EnumerableShardingSpec
 
 from dist_train.cli import main
-from dist_train.config import load_config
+from dist_train.config.load import load_config
 from dist_train.dry_run import dry_run
 from dist_train.train.replicas import GroupLayout, place_in_group
 from dist_train.train.sharding import planner_for_config

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from dist_train.cli import main
-from dist_train.config import ConfigError
+from dist_train.config.schema import ConfigError
 from dist_train.data.adult import convert_adult
 from dist_train.launchers.cluster import ClusterTooSmallError, NodeResources, check_fits
 from dist_train.launchers.submit import EXCLUDES, submit_command
@@ -51,7 +51,7 @@ def test_check_fits_reads_the_placement_strategy() -> None:
 
 
 def test_a_worker_group_that_cannot_start_is_retried_as_max_failures_says() -> None:
-    from dist_train.config import load_config
+    from dist_train.config.load import load_config
     from dist_train.launchers.ray_train import failure_config
 
     # Ray's default retried a group it could not place without end, whatever max_failures

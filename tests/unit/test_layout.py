@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchrec import EmbeddingBagCollection
 
-from dist_train.config import EmbeddingConfig, FeatureConfig, ModelConfig
+from dist_train.config.schema import EmbeddingConfig, FeatureConfig, ModelConfig
 from dist_train.data.batch import BadInputError, BatchBuilder
 from dist_train.embedding.hashing import fingerprint_ints, fingerprint_strings, salted_rows
 from dist_train.embedding.layout import build_layout

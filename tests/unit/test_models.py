@@ -10,7 +10,8 @@ from pydantic import ValidationError
 from torchrec import KeyedJaggedTensor, KeyedTensor
 from torchrec.distributed.train_pipeline.tracing import Tracer
 
-from dist_train.config import DEFAULT_CONFIG, ConfigError, ModelConfig, load_config
+from dist_train.config.load import DEFAULT_CONFIG, load_config
+from dist_train.config.schema import ConfigError, ModelConfig
 from dist_train.embedding.layout import build_layout
 from dist_train.models import MODELS, CTRModel, create_model
 from dist_train.models import linear as linear_module
@@ -332,7 +333,7 @@ def test_low_rank_cross_layers_hold_fewer_weights(tmp_path: Path) -> None:
 def test_a_cross_rank_of_half_the_width_or_more_is_warned_of() -> None:
     """A low rank at half the cross network's width or more holds as many weights as a
     full layer (2 x width x rank) and runs two products: it was taken without a word."""
-    from dist_train.config import load_config
+    from dist_train.config.load import load_config
     from dist_train.models.dcn import wide_rank_note
 
     def note(*sets: str) -> str | None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dist_train.cli import main
-from dist_train.config import load_config
+from dist_train.config.load import load_config
 from dist_train.dry_run import dry_run
 from dist_train.launchers.processes import run_processes
 from dist_train.train.sharding import plan_for_config, plan_job

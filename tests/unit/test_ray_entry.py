@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import ray.cloudpickle
 
-from dist_train.config import load_config
+from dist_train.config.load import load_config
 from dist_train.launchers import ray_train
 from dist_train.launchers.ray_entry import PAYLOAD
 from dist_train.train.worker_inputs import WorkerInputs

@@ -77,7 +77,7 @@ def test_the_dense_floor_is_the_terms_a_step_without_embeddings_pays() -> None:
 def test_the_floor_charges_the_dot_interaction_its_distinct_pairs_only() -> None:
     """DLRM's dot outputs n (n - 1) / 2 products of n vectors: the floor charges those, the
     planner's estimate the n^2 its batched product computes."""
-    from dist_train.config import load_config
+    from dist_train.config.load import load_config
     from dist_train.embedding.layout import build_layout
     from dist_train.models import create_model
 

@@ -18,7 +18,7 @@ import pytest
 import xxhash
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from dist_train.config import EmbeddingConfig, FeatureConfig
+from dist_train.config.schema import EmbeddingConfig, FeatureConfig
 from dist_train.data.batch import Batch, BatchBuilder, categorical_ids
 from dist_train.data.reader import iter_tables, list_row_groups
 from dist_train.data.rows import Rows

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
 
-from dist_train.config import load_config
+from dist_train.config.load import load_config
 from dist_train.dry_run import dry_run
 from dist_train.train.sharding import planner_for_config
 from planners import placement as pl

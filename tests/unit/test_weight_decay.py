@@ -13,7 +13,7 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
 )
 from fbgemm_gpu.tbe.config.optimizer_config import WeightDecayMode
 
-from dist_train.config import load_config
+from dist_train.config.load import load_config
 from dist_train.train.sharding import plan_job, planner_for_config
 from planners.sharders import fused_params
 from planners.types import PlanningError

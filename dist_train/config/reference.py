@@ -14,11 +14,12 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from dist_train.config import JobConfig, nested_model
+from dist_train.config.keys import nested_model
+from dist_train.config.schema import JobConfig
 
 HEADER = """# Job config reference
 
-Generated from the pydantic models in `dist_train/config.py` by
+Generated from the pydantic models in `dist_train/config/schema.py` by
 `dist-train show-config --reference > docs/config.md`; a test fails when this file is stale.
 A job config is YAML (`launch/configs/default.yaml` is the default job); any key can be set
 from the command line with `--set key.path=value`, the value read as YAML, except that a key
@@ -98,7 +99,7 @@ def _section(model: type[BaseModel], prefix: str, out: list[str]) -> None:
 
 
 def config_reference() -> str:
-    """The Markdown reference of every key of :class:`~dist_train.config.JobConfig`."""
+    """The Markdown reference of every key of :class:`~dist_train.config.schema.JobConfig`."""
     out = [HEADER.rstrip()]
     _section(JobConfig, "", out)
     return "\n".join(out) + "\n"
