@@ -47,7 +47,7 @@ def over(numerator: float, denominator: float, what: str) -> float:
 
 def write_json(path: str, value: Any) -> None:
     """``value`` as JSON at ``path``, its folder made if missing (a benchmark's ``--json``,
-    checked as the command line was read: ``dist_train.cli._output_file``), strict as the
+    checked as the command line was read: ``dist_train.cli.values.output_file``), strict as the
     summaries and the sweep's files: a figure that is NaN or infinite is ``null``."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dist_train.cli import main
+from dist_train.cli.main import main
 from planners.topology import TopologySpec
 
 pytestmark = pytest.mark.gpu

@@ -12,7 +12,7 @@ import pytest
 from dist_train.bench import synthetic_train_data, variant
 from dist_train.bench import train as bench_train
 from dist_train.bench.openmp import PROBE_REGIONS, SLEEPING_WAITS_PER_REGION
-from dist_train.cli import main
+from dist_train.cli.main import main
 from dist_train.config.load import load_config
 from dist_train.launchers.processes import run_processes
 from dist_train.train import table_rows

@@ -23,7 +23,7 @@ from dist_train.checkpoint.files import CheckpointError
 from dist_train.checkpoint.folders import committed, remove_partials
 from dist_train.checkpoint.load import verify
 from dist_train.checkpoint.meta import META_DIGEST, check_compatible, meta_digest
-from dist_train.cli import main
+from dist_train.cli.main import main
 from dist_train.config.load import load_config
 from dist_train.driver import run_job
 from dist_train.train.ledger import read_run

@@ -416,7 +416,7 @@ def test_after_a_failed_save_train_names_the_checkpoint_to_go_on_from(
 ) -> None:
     """The committed checkpoints before a failed save are whole: the hint names the newest
     (and none after a checkpoint that failed to load: test_checkpoint.py)."""
-    from dist_train.cli import main
+    from dist_train.cli.main import main
 
     monkeypatch.setenv(SAVE_FAULT_ENV, "1:8:enospc")
     args = ["train", "--config", str(TINY), "-q"]

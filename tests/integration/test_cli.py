@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from dist_train.checkpoint.folders import committed
-from dist_train.cli import main
+from dist_train.cli.main import main
 from dist_train.launchers.processes import DRIVER_CHECK_SECONDS
 from tests.conftest import small_config
 

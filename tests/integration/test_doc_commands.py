@@ -42,7 +42,7 @@ from pathlib import Path
 
 import pytest
 
-from dist_train.cli import build_parser
+from dist_train.cli.parser import build_parser
 from dist_train.config.args import add_config_args
 from dist_train.config.load import DEFAULT_CONFIG, load_config
 from dist_train.config.schema import ConfigError

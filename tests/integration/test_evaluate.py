@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from dist_train.cli import main
+from dist_train.cli.main import main
 from dist_train.config.schema import JobConfig
 from dist_train.data.synthetic import GeneratedData
 from dist_train.driver import run_job

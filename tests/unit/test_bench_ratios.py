@@ -79,7 +79,7 @@ def test_bench_options_it_would_ignore_or_fail_on_are_refused_first(
     """Each was taken: a job's data paths never read (a job on its own data then failed
     mid-bench), --set ignored by bench kernel, FBGEMM's assertion on a width, a planning
     error after the calibration."""
-    from dist_train.cli import main
+    from dist_train.cli.main import main
 
     try:
         code = main(["bench", *args])
@@ -93,7 +93,7 @@ def test_a_jobs_own_error_in_a_bench_is_a_line_naming_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """It was a traceback: every bench ran unguarded."""
-    from dist_train.cli import main
+    from dist_train.cli.main import main
 
     missing = tmp_path / "topology.json"
     assert main(["bench", "planner", "--set", f"sharding.topology={missing}"]) == 1

@@ -1056,7 +1056,7 @@ def test_a_renamed_checkpoint_and_a_forged_config_are_named(
     said it was newer than itself; a meta.json whose config.data was no map failed with a
     bare AttributeError; a pipe for meta.json read as no checkpoint at all."""
     from dist_train.checkpoint.meta import read_meta
-    from dist_train.cli import main
+    from dist_train.cli.main import main
 
     root = tmp_path / "default" / "checkpoints"
     config = _job(tmp_path).model_dump(mode="json")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dist_train.cli import build_parser, main
+from dist_train.cli.main import main
+from dist_train.cli.parser import build_parser
 
 
 def test_lists_parse_into_numbers_defaults_included() -> None:
@@ -130,7 +131,7 @@ def test_a_report_is_written_over_an_earlier_report_only(
 ) -> None:
     """`plan --config mine.yaml --json mine.yaml` replaced the config it read with the plan's
     JSON, and `--json notes.txt` a user's notes (a helper's audit)."""
-    from dist_train.cli import parse_args
+    from dist_train.cli.parser import parse_args
 
     repo = Path(__file__).resolve().parents[2]
     config = tmp_path / "job.yaml"
@@ -244,21 +245,21 @@ def test_a_broken_pipe_is_no_fault_of_an_output_folder(
     """`sweep ... | head` said `error: sw1: Broken pipe`, naming its --out, and exited 1 at
     once: each command's OSError handler took it before main's handling of the reader's
     leaving (a helper's audit). Another pipe's (`--json >(head -c1)`) is that path's."""
-    from dist_train import cli
+    from dist_train.cli import commands
 
     broken = BrokenPipeError(32, "Broken pipe")
-    monkeypatch.setattr(cli, "_stdout_reader_gone", lambda: True)
+    monkeypatch.setattr(commands, "stdout_reader_gone", lambda: True)
     with pytest.raises(BrokenPipeError):
-        cli._os_error(broken, "sw1")
-    monkeypatch.setattr(cli, "_stdout_reader_gone", lambda: False)
-    assert cli._os_error(broken, "/dev/fd/63", "cannot write") == 1
+        commands._os_error(broken, "sw1")
+    monkeypatch.setattr(commands, "stdout_reader_gone", lambda: False)
+    assert commands._os_error(broken, "/dev/fd/63", "cannot write") == 1
     assert "error: /dev/fd/63: cannot write (Broken pipe)" in capsys.readouterr().err
 
 
 def test_quiet_and_verbose_go_before_the_command_too() -> None:
     """`dist-train -q train` failed as `dist-train train: error: unrecognized arguments: -q`
     (a helper's audit); the command's own flag wins."""
-    from dist_train.cli import parse_args
+    from dist_train.cli.parser import parse_args
 
     for argv, level in (
         (["-q", "train"], "quiet"),

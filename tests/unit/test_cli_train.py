@@ -9,19 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from dist_train import cli
+from dist_train.cli import commands
+from dist_train.cli.main import main
 from dist_train.config.load import load_config
 from dist_train.driver import _process_worker
 
 
 def test_the_server_preloads_the_module_of_the_driver_rank_function() -> None:
-    assert _process_worker.__module__ == cli.TRAIN_WORKER_MODULE
+    assert _process_worker.__module__ == commands.TRAIN_WORKER_MODULE
 
 
 def test_cli_and_the_rank_server_module_import_no_torch() -> None:
     """What runs before the server starts must stay light, or nothing overlaps."""
     code = (
-        "import sys, dist_train.cli, dist_train.launchers.rank_server; "
+        "import sys, dist_train.cli.main, dist_train.launchers.rank_server; "
         "print(sorted(m for m in ('torch', 'torchrec', 'ray') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -65,7 +66,7 @@ def test_the_rank_server_is_stopped_by_the_block_that_started_it_only() -> None:
 
 def test_a_bad_config_fails_before_torch_is_imported(tmp_path: Path) -> None:
     code = (
-        "import sys; from dist_train.cli import main; "
+        "import sys; from dist_train.cli.main import main; "
         f"rc = main(['train', '--set', 'ray.num_workers=-1', '--set', 'output_dir={tmp_path}']); "
         "print(rc, 'torch' in sys.modules)"
     )
@@ -76,7 +77,7 @@ def test_a_bad_config_fails_before_torch_is_imported(tmp_path: Path) -> None:
 
 def test_the_server_starts_early_only_for_cpu_ranks_of_the_processes_launcher() -> None:
     def cpu_ranks(*overrides: str) -> bool:
-        return cli._cpu_ranks(load_config(None, list(overrides)))
+        return commands._cpu_ranks(load_config(None, list(overrides)))
 
     gpus = bool(glob.glob("/dev/nvidia[0-9]*"))
     assert cpu_ranks("launcher=processes", "train.device=cpu")
@@ -87,9 +88,9 @@ def test_the_server_starts_early_only_for_cpu_ranks_of_the_processes_launcher() 
 
 def test_resume_takes_the_path_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[list[str]] = []
-    monkeypatch.setattr(cli, "_load", lambda config, overrides: seen.append(overrides))
+    monkeypatch.setattr(commands, "_load", lambda config, overrides: seen.append(overrides))
     path = "/ckpts/run #2/step-00000048"  # YAML would read ` #2...` as a comment
-    assert cli.main(["train", "--resume", path]) == 2  # (the stub loads nothing)
+    assert main(["train", "--resume", path]) == 2  # (the stub loads nothing)
     assert load_config(None, seen[0]).checkpoint.resume == path
 
 
@@ -100,7 +101,7 @@ def test_an_unknown_flag_shows_its_commands_usage(capsys: pytest.CaptureFixture[
         (["bench", "train", "--epochs", "2"], "usage: dist-train bench train [-h]"),
     ]:
         with pytest.raises(SystemExit) as exit_:
-            cli.main(argv)
+            main(argv)
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and err.startswith(usage), err
         assert f"unrecognized arguments: {' '.join(argv[-2:])}" in err
@@ -109,7 +110,7 @@ def test_an_unknown_flag_shows_its_commands_usage(capsys: pytest.CaptureFixture[
 def test_an_override_with_an_empty_key_is_named(capsys: pytest.CaptureFixture[str]) -> None:
     # it was applied to the top level as the key '' ("<top level>: unknown key")
     for item in ("=3", "train..batch_size=3"):
-        assert cli.main(["show-config", "--set", item]) == 2
+        assert main(["show-config", "--set", item]) == 2
         assert f"override {item!r}: expected KEY.PATH=VALUE (an empty key)" in (
             capsys.readouterr().err
         )

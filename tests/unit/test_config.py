@@ -78,7 +78,7 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
 def test_a_key_given_twice_and_text_not_utf8_are_named(tmp_path: Path) -> None:
     """A second ``train:`` section replaced the first whole, unseen; bytes that are not
     UTF-8 gave a traceback (exit 1, not a config error's 2). ``validate`` reads alike."""
-    from dist_train.cli import main
+    from dist_train.cli.main import main
 
     twice = tmp_path / "twice.yaml"
     twice.write_text(DEFAULT_CONFIG.read_text() + "train:\n  epochs: 3\n")
@@ -813,7 +813,7 @@ def test_a_feature_name_with_a_dot_is_refused_before_training() -> None:
 def test_resume_is_taken_as_typed(capsys: pytest.CaptureFixture[str]) -> None:
     """`train --resume ''` was dropped (a fresh run) and `--resume null` read as YAML's null
     (a fresh run too), each without a word (a review's finding)."""
-    from dist_train.cli import main
+    from dist_train.cli.main import main
 
     assert main(["train", "--resume", " "]) == 2
     assert "error: --resume: an empty path; name a checkpoint, or latest" in capsys.readouterr().err

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dist_train.cli import main
+from dist_train.cli.main import main
 from dist_train.config.schema import EmbeddingConfig, FeatureConfig
 from dist_train.data import criteo
 from dist_train.data.batch import BatchBuilder
@@ -490,7 +490,7 @@ def test_cli_convert(good_files: list[Path], tmp_path: Path, capsys) -> None:  #
 SLOW_INPUT = """
 import io, sys, time
 import pyarrow as pa
-from dist_train import cli
+from dist_train.cli.main import main
 
 real = pa.input_stream
 
@@ -513,7 +513,7 @@ class Slow(io.RawIOBase):  # each read after the first slow: one is still in fli
 
 pa.input_stream = lambda *args, **kwargs: Slow(real(*args, **kwargs))
 sys.argv = ["dist-train", *sys.argv[1:]]
-sys.exit(cli.main())
+sys.exit(main())
 """
 
 

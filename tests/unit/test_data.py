@@ -276,7 +276,7 @@ def test_the_generator_replaces_its_own_files_and_never_a_users(tmp_path: Path) 
     with pytest.raises(DataSourceError, match=r"part-0.parquet: .* did not write"):
         generate(synth, other, progress=False)
     # a refused --out is a bad argument, as export's and sweep's are: gen-data exited 1
-    from dist_train.cli import main
+    from dist_train.cli.main import main
 
     assert main(["gen-data", "--out", str(other)]) == 2
     assert main(["convert", "adult", "--out", str(other)]) == 2

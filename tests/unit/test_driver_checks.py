@@ -194,7 +194,7 @@ def test_an_output_path_that_is_a_file_stops_the_job_before_it_starts(
 ) -> None:
     """A checkpoint.dir that is a file failed only at the first save, after training, with a
     message that called the file's checkpoints intact."""
-    from dist_train.cli import main
+    from dist_train.cli.main import main
 
     a_file = tmp_path / "a-file"
     a_file.write_text("")
@@ -216,7 +216,7 @@ def test_an_output_path_that_cannot_be_checked_names_the_key(
 ) -> None:
     """A name too long raised a bare OSError from validate, which had not checked output_dir
     before (a review)."""
-    from dist_train.cli import main
+    from dist_train.cli.main import main
 
     job = str(Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny.yaml")
     long = f"/tmp/{'a' * 300}/out"
@@ -229,7 +229,7 @@ def test_an_output_path_that_cannot_be_checked_names_the_key(
 def test_an_output_dir_that_cannot_be_made_names_the_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from dist_train.cli import main
+    from dist_train.cli.main import main
 
     # saving or not: the checkpoints' check came first, and said exit 1 (a helper's audit)
     for saves in (["--set", "checkpoint.save_at_end=false"], []):
@@ -249,7 +249,7 @@ def test_an_output_dir_that_cannot_be_made_names_the_key(
 def test_writing_data_into_a_file_is_an_error_not_a_traceback(
     tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from dist_train.cli import main
+    from dist_train.cli.main import main
 
     a_file, tsv = tmp_path / "a-file", tmp_path / "in.tsv"
     a_file.write_text("")
@@ -510,7 +510,7 @@ def test_a_checkpoint_folder_that_cannot_be_made_is_named_before_anything_is_wri
 ) -> None:
     """The checkpoint folder's lock made the folder first, and a folder it could not make
     failed as a bare NotADirectoryError or PermissionError (a review's finding)."""
-    from dist_train.cli import main
+    from dist_train.cli.main import main
 
     (tmp_path / "a-file").write_text("")
     tiny = str(Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny.yaml")

@@ -9,7 +9,7 @@ import pytest
 from torch.distributed import _remote_device
 from torchrec.distributed.types import EnumerableShardingSpec
 
-from dist_train.cli import main
+from dist_train.cli.main import main
 from dist_train.config.load import load_config
 from dist_train.dry_run import dry_run
 from dist_train.train.replicas import GroupLayout, place_in_group

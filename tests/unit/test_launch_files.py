@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dist_train.cli import main
+from dist_train.cli.main import main
 from dist_train.config.schema import ConfigError
 from dist_train.data.adult import convert_adult
 from dist_train.launchers.cluster import ClusterTooSmallError, NodeResources, check_fits

@@ -350,7 +350,7 @@ def test_a_cross_rank_of_half_the_width_or_more_is_warned_of() -> None:
     with pytest.raises(ConfigError, match=r"cross_rank=637 is not below the cross network's"):
         note("model.cross_rank=637")
     # and before the run: validate said ok, submit uploaded it (a review)
-    from dist_train.cli import main
+    from dist_train.cli.main import main
     from dist_train.validate import validate_files
 
     wide = ["model.kind=dcn_v2", "model.cross_rank=637", "ray.num_workers=1"]

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dist_train.cli import main
+from dist_train.cli.main import main
 from dist_train.config.load import load_config
 from dist_train.dry_run import dry_run
 from dist_train.launchers.processes import run_processes
@@ -502,7 +502,7 @@ def test_a_per_bag_cost_measured_as_none_is_said() -> None:
     """calibrate writes 0 for a type whose measured step took no longer than the model's
     lookups and exchanges: the plan then charges its bags nothing, which a busy machine's
     noise can cause. It was written without a word."""
-    from dist_train.cli import calibration_summary
+    from dist_train.cli.commands import calibration_summary
     from planners.topology import preset_spec
 
     spec = preset_spec("cpu")

@@ -364,7 +364,7 @@ def test_a_device_the_machine_lacks_is_one_line_before_any_data(
     DeviceError's traceback (a review's finding)."""
     import torch
 
-    from dist_train.cli import main
+    from dist_train.cli.main import main
 
     if torch.cuda.is_available():
         pytest.skip("this machine has the GPUs")

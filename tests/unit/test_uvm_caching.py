@@ -15,7 +15,7 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_common import CacheAlgorithm
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
 from torchrec.distributed.utils import add_params_from_parameter_sharding
 
-from dist_train.cli import main
+from dist_train.cli.main import main
 from dist_train.embedding.layout import build_layout
 from dist_train.train.sharding import build_model, plan_job, workload_for_config
 from planners import groups, zipf

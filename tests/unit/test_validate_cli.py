@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from dist_train.cli import main
+from dist_train.cli.main import main
 from dist_train.validate import validate_files
 
 REPO = Path(__file__).resolve().parents[2]
