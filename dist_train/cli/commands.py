@@ -12,7 +12,7 @@ import json
 import select
 import shlex
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -525,31 +525,25 @@ def _submit(args: argparse.Namespace) -> int:
     )
 
 
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "train": _train,
+    "evaluate": _evaluate,
+    "gen-data": _gen_data,
+    "show-config": _show_config,
+    "plan": _plan,
+    "calibrate": _calibrate,
+    "export": _export,
+    "convert": _convert,
+    "sweep": _sweep,
+    "submit": _submit,
+    "validate": _validate,
+    "bench": _bench,
+}
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Run the command ``args`` names; its exit status."""
-    if args.command == "train":
-        return _train(args)
-    if args.command == "evaluate":
-        return _evaluate(args)
-    if args.command == "gen-data":
-        return _gen_data(args)
-    if args.command == "bench":
-        return _bench(args)
-    if args.command == "validate":
-        return _validate(args)
-    if args.command == "submit":
-        return _submit(args)
-    if args.command == "sweep":
-        return _sweep(args)
-    if args.command == "convert":
-        return _convert(args)
-    if args.command == "plan":
-        return _plan(args)
-    if args.command == "export":
-        return _export(args)
-    if args.command == "calibrate":
-        return _calibrate(args)
-    return _show_config(args)
+    return _COMMANDS[args.command](args)
 
 
 def stdout_reader_gone() -> bool:

@@ -157,3 +157,14 @@ def test_a_commands_own_batches_print_no_torch_fx_warning() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "is_fx_tracing" not in out.stderr, out.stderr[-2000:]
+
+
+def test_every_command_the_parser_knows_has_one_to_run() -> None:
+    """The grammar and the commands live in two modules: a command added to one alone
+    would parse and then fail with a KeyError, or never be reachable."""
+    import argparse
+
+    from dist_train.cli.parser import build_parser
+
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(sub.choices) == set(commands._COMMANDS)
