@@ -30,11 +30,7 @@ from dist_train.config.args import add_config_args
 from dist_train.config.load import load_or_report
 from dist_train.config.paths import resolve_paths
 from dist_train.config.schema import ConfigError, JobConfig
-from dist_train.data.reader import (
-    DataSourceError,
-    RowGroup,
-    list_row_groups,
-)
+from dist_train.data.listing import DataSourceError, RowGroup, list_row_groups
 from dist_train.data.synthetic import generate
 from dist_train.data.validation import (
     BadInputCounts,

@@ -21,7 +21,7 @@ from dist_train.checkpoint.folders import META, checkpoint_root
 from dist_train.checkpoint.load import CheckpointOfAnotherJob
 from dist_train.config.paths import absolute_path, resolve_paths
 from dist_train.config.schema import FILE_SCHEME, ConfigError, JobConfig
-from dist_train.data.reader import (
+from dist_train.data.listing import (
     READ_ERRORS,
     DataSourceError,
     list_row_groups,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dist_train.config.schema import JobConfig
-from dist_train.data.reader import RowGroup, assign_row_groups, steps_per_epoch
+from dist_train.data.listing import RowGroup, assign_row_groups, steps_per_epoch
 from dist_train.data.validation import BadInputError
 from dist_train.logs import LOG
 from dist_train.storage import same_place_key

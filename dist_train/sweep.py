@@ -250,7 +250,7 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def training_settings(base: JobConfig) -> dict[str, Any]:
     """What the figures were trained on and how, for the summary: two sweeps of other rows
     or epochs printed the same header."""
-    from dist_train.data.reader import resolve_files
+    from dist_train.data.listing import resolve_files
 
     def rows(path: str | None) -> int:
         return sum(pq.read_metadata(f).num_rows for f in resolve_files(path or ""))

@@ -28,7 +28,7 @@ from dist_train.config.load import load_config, parse_with_overrides
 from dist_train.config.paths import resolve_paths
 from dist_train.config.schema import ConfigError, JobConfig
 from dist_train.config.yaml_file import read_yaml
-from dist_train.data.reader import DataSourceError, resolve_files
+from dist_train.data.listing import DataSourceError, resolve_files
 from dist_train.data.synthetic import train_row_groups
 from dist_train.data.validation import BadInputError, BadInputPolicy, FooterRowsError
 from dist_train.devices import DeviceError, DeviceType, resolve_device

@@ -476,7 +476,8 @@ def prefetch_threads_after_a_failed_step(cfg_raw: dict[str, Any], data_path: str
     """The prefetch threads alive as an epoch's third step raised, and after (none, if the
     epoch closed its stream)."""
     from dist_train.checkpoint.meta import TrainPosition
-    from dist_train.data.reader import PREFETCH_THREAD, list_row_groups
+    from dist_train.data.listing import list_row_groups
+    from dist_train.data.stream import PREFETCH_THREAD
     from dist_train.data.validation import BadInputPolicy
     from dist_train.train import epochs
 

@@ -35,8 +35,9 @@ from torchrec import KeyedJaggedTensor, KeyedTensor
 
 from dist_train.config.schema import JobConfig
 from dist_train.data.batch import Batch, BatchBuilder
-from dist_train.data.reader import rebatch, resolve_files
+from dist_train.data.listing import resolve_files
 from dist_train.data.rows import Rows
+from dist_train.data.stream import rebatch
 from dist_train.embedding.init import torch_seed
 from dist_train.embedding.layout import EmbeddingLayout
 from dist_train.models import CTRModel, create_model

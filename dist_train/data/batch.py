@@ -31,8 +31,9 @@ from dist_train.data.arrow_numpy import (
     typed_nulls,
     valid_mask,
 )
-from dist_train.data.reader import RowGroup, row_group_tables, stream_batches
+from dist_train.data.listing import RowGroup
 from dist_train.data.rows import DecodedIds, FeatureIds, Rows, ScalarIntIds, kjt_parts
+from dist_train.data.stream import row_group_tables, stream_batches
 from dist_train.data.validation import BadInputError, BadInputPolicy
 from dist_train.embedding.hashing import fingerprint_ints, fingerprint_strings, key_params
 from dist_train.embedding.layout import EmbeddingLayout
@@ -378,7 +379,7 @@ class BatchBuilder:
         drop_last: bool = True,
     ) -> Iterator[tuple[Rows, str]]:
         """A rank's batches of ``groups``: the rows and order of
-        :func:`~dist_train.data.reader.iter_tables`, each row group checked by ``policy``
+        :func:`~dist_train.data.stream.iter_tables`, each row group checked by ``policy``
         (None: the builder's own checks, see the class docstring) and decoded once."""
         strings = [f.source_column for f in self.features if self._hashed[f.name]]
         checks = policy or self._errors

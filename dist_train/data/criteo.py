@@ -32,8 +32,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from dist_train.data.listing import parquet_files_under
 from dist_train.data.output_folder import FolderRefused
-from dist_train.data.reader import parquet_files_under
 from dist_train.data.validation import BadInputError
 from dist_train.storage import clear_stale_staging, move_new, new_staging
 

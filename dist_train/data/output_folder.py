@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from dist_train.data.reader import DataSourceError, parquet_files_under
+from dist_train.data.listing import DataSourceError, parquet_files_under
 
 
 class FolderRefused(DataSourceError):

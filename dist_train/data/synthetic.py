@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dist_train.config.schema import SyntheticDataConfig
+from dist_train.data.listing import GENERATION_RECORD, DataSourceError, RowGroup, read_record
 from dist_train.data.output_folder import clear_splits, refuse_foreign
-from dist_train.data.reader import GENERATION_RECORD, DataSourceError, RowGroup, read_record
 from dist_train.embedding.hashing import make_salt, salted_hash
 from dist_train.storage import write_atomically
 from planners.cores import usable_memory_bytes

@@ -13,7 +13,7 @@ import ray.train
 import torch.distributed as dist
 
 from dist_train.config.load import parse_config
-from dist_train.data.reader import DataSourceError
+from dist_train.data.listing import DataSourceError
 from dist_train.data.validation import BadInputError, InputReadError
 from dist_train.launchers.affinity import pin_local_rank
 from dist_train.launchers.ray_reports import FAILED, checkpoint_reporter, ray_record, report

@@ -47,7 +47,7 @@ from dist_train.checkpoint.meta import (
 )
 from dist_train.checkpoint.save import CheckpointSaver
 from dist_train.config.schema import EmbeddingConfig, FeatureConfig, JobConfig, dense_column_names
-from dist_train.data.reader import RowGroup
+from dist_train.data.listing import RowGroup
 from dist_train.data.validation import BadInputCounts, BadInputPolicy, across_ranks
 from dist_train.embedding.layout import build_layout
 from dist_train.logs import LOG

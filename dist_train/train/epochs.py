@@ -20,14 +20,9 @@ from dist_train.checkpoint.meta import TrainPosition
 from dist_train.config.schema import JobConfig
 from dist_train.data.batch import Batch, BatchBuilder
 from dist_train.data.epoch_plan import EpochPlan
-from dist_train.data.reader import (
-    DataSourceError,
-    RowGroup,
-    assign_row_groups,
-    batches,
-    steps_per_epoch,
-)
+from dist_train.data.listing import DataSourceError, RowGroup, assign_row_groups, steps_per_epoch
 from dist_train.data.rows import Rows
+from dist_train.data.stream import batches
 from dist_train.data.validation import BadInputCounts, BadInputPolicy, across_ranks
 from dist_train.logs import LOG
 

@@ -17,16 +17,10 @@ import torch.distributed as dist
 
 from dist_train.checkpoint.load import load
 from dist_train.config.schema import JobConfig
+from dist_train.data.listing import DataSourceError, RowGroup, assign_row_groups, eval_steps
 from dist_train.data.memory import reuse_freed_memory
-from dist_train.data.reader import (
-    DataSourceError,
-    RowGroup,
-    assign_row_groups,
-    eval_steps,
-    padded,
-    prefetch,
-)
 from dist_train.data.rows import Rows
+from dist_train.data.stream import padded, prefetch
 from dist_train.data.validation import BadInputCounts, BadInputPolicy, across_ranks, skipped_counts
 from dist_train.devices import rank_device
 from dist_train.logs import setup_logging

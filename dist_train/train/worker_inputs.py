@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from dist_train.data.reader import RowGroup
+from dist_train.data.listing import RowGroup
 from dist_train.data.validation import BadInputCounts
 from dist_train.train.sharding import JobPlan
 

@@ -19,12 +19,8 @@ import pytest
 from dist_train.config.load import parse_config
 from dist_train.config.overrides import apply_overrides
 from dist_train.config.schema import JobConfig
-from dist_train.data.reader import (
-    DataSourceError,
-    iter_tables,
-    list_row_groups,
-    row_group_tables,
-)
+from dist_train.data.listing import DataSourceError, list_row_groups
+from dist_train.data.stream import iter_tables, row_group_tables
 from dist_train.data.synthetic import GeneratedData
 from dist_train.data.validation import BadInputError, BadInputPolicy, FooterRowsError
 from dist_train.driver import prepare_inputs
@@ -475,7 +471,7 @@ def test_a_read_that_fails_for_a_moment_is_no_repeat(
     moment (a connection reset): that is InputReadError, left out of the errors a restart
     would meet again. A corrupt page (pyarrow's OSError of a failed checksum, no errno) and
     a file gone stay BadInputError, recorded: a restart would meet them again."""
-    from dist_train.data import reader
+    from dist_train.data import stream
     from dist_train.data.validation import InputReadError
 
     path = tmp_path / "c.parquet"
@@ -491,17 +487,17 @@ def test_a_read_that_fails_for_a_moment_is_no_repeat(
     with monkeypatch.context() as patch:
         patch.setattr(pq.ParquetFile, "read_row_group", read)
         with pytest.raises(InputReadError, match="cannot read"):
-            next(reader.row_group_tables(groups, ["label"], policy))
+            next(stream.row_group_tables(groups, ["label"], policy))
     data = bytearray(path.read_bytes())
     page = pq.ParquetFile(path).metadata.row_group(0).column(0).data_page_offset
     data[page + 200] ^= 0xFF  # inside the first data page's values
     path.write_bytes(bytes(data))
     with pytest.raises(BadInputError, match="CRC") as err:
-        next(reader.row_group_tables(groups, ["label"], policy))
+        next(stream.row_group_tables(groups, ["label"], policy))
     assert type(err.value) is BadInputError
     path.unlink()
     with pytest.raises(BadInputError, match="cannot read") as err:
-        next(reader.row_group_tables(groups, ["label"], policy))
+        next(stream.row_group_tables(groups, ["label"], policy))
     assert type(err.value) is BadInputError
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dist_train.bench.train import built_ahead, wait_until_idle
-from dist_train.data.reader import prefetch
+from dist_train.data.stream import prefetch
 from tests.conftest import small_config
 
 # wider than the bench's 10 ms: on a loaded machine a busy thread may get under a tenth of

@@ -32,7 +32,7 @@ from dist_train.checkpoint.save import CheckpointSaver
 from dist_train.checkpoint.state import rng_state_bytes
 from dist_train.config.load import load_config, parse_config
 from dist_train.data.epoch_plan import EpochPlan
-from dist_train.data.reader import RowGroup, assign_row_groups, steps_per_epoch
+from dist_train.data.listing import RowGroup, assign_row_groups, steps_per_epoch
 from dist_train.data.validation import BadInputPolicy
 from dist_train.stopping import Terminated
 from dist_train.train import epochs
@@ -662,7 +662,7 @@ def test_row_groups_carry_their_footers_byte_sizes(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from dist_train.data.reader import list_row_groups
+    from dist_train.data.listing import list_row_groups
 
     for name, seed in (("a", 0), ("b", 1)):
         ids = np.random.default_rng(seed).integers(0, 1000, 4096)
@@ -846,7 +846,7 @@ def test_a_restart_meets_the_runs_own_errors_again_not_its_workers() -> None:
     not a read the storage failed for a moment nor a worker's own error, which a restart may
     not meet again. (The mechanism runs under Ray in tests/integration/test_cli.py's error
     test, with a divergence: a Ray run of each kind costs the suite about 40 s.)"""
-    from dist_train.data.reader import DataSourceError
+    from dist_train.data.listing import DataSourceError
     from dist_train.data.validation import BadInputError, FooterRowsError, InputReadError
     from dist_train.launchers.ray_worker import repeats_on_restart
     from dist_train.train.loop import TrainingDiverged

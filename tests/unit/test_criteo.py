@@ -20,8 +20,9 @@ from dist_train.config.schema import EmbeddingConfig, FeatureConfig
 from dist_train.data import criteo
 from dist_train.data.batch import BatchBuilder
 from dist_train.data.criteo import CATEGORICAL, DENSE, convert_criteo
+from dist_train.data.listing import DataSourceError, list_row_groups
 from dist_train.data.output_folder import FolderRefused
-from dist_train.data.reader import DataSourceError, list_row_groups, row_group_tables
+from dist_train.data.stream import row_group_tables
 from dist_train.data.validation import BadInputError
 from dist_train.embedding.layout import build_layout
 

@@ -13,15 +13,14 @@ import pytest
 
 from dist_train.config.schema import EmbeddingConfig, FeatureConfig, JobConfig, SyntheticDataConfig
 from dist_train.data.batch import BatchBuilder
-from dist_train.data.reader import (
+from dist_train.data.listing import (
     DataSourceError,
     assign_row_groups,
     eval_steps,
-    iter_tables,
     list_row_groups,
-    padded,
     steps_per_epoch,
 )
+from dist_train.data.stream import iter_tables, padded
 from dist_train.data.synthetic import GeneratedData, generate
 from dist_train.embedding.layout import build_layout
 from dist_train.train.metrics import roc_auc
@@ -246,7 +245,7 @@ def test_a_dataset_of_other_row_groups_is_generated_again(tmp_path: Path) -> Non
 def test_the_generator_replaces_its_own_files_and_never_a_users(tmp_path: Path) -> None:
     """`gen-data --out D` deleted every Parquet file at the top of D/train and D/test, a
     user's included, and wrote beside nested ones, which the reader then trained on too."""
-    from dist_train.data.reader import DataSourceError
+    from dist_train.data.listing import DataSourceError
 
     synth = SyntheticDataConfig(num_train_rows=2000, num_test_rows=1024, rows_per_group=1000)
     users = tmp_path / "users"
@@ -305,7 +304,7 @@ def test_a_generation_stopped_midway_leaves_no_file_that_reads_as_whole(
     helper's audit). The file is written under a hidden name, and the folders of a
     generation that did not end are refused by name; the next run generates them again."""
     from dist_train.data import synthetic
-    from dist_train.data.reader import resolve_files
+    from dist_train.data.listing import resolve_files
 
     synth = SyntheticDataConfig(
         num_train_rows=4000, num_test_rows=1024, num_train_files=2, rows_per_group=500

@@ -404,7 +404,7 @@ def test_a_failed_ray_worker_group_is_told_rank_by_rank_the_dead_first() -> None
 def test_later_epochs_that_train_no_step_are_named(small_cfg: JobConfig) -> None:
     """Row groups of 4,096, 256 and 256 rows on 2 ranks: each epoch deals them anew, and
     some deals leave a rank under a batch. Those epochs trained nothing, without a word."""
-    from dist_train.data.reader import RowGroup, assign_row_groups, steps_per_epoch
+    from dist_train.data.listing import RowGroup, assign_row_groups, steps_per_epoch
     from dist_train.input_checks import check_steps
 
     over = ["train.epochs=8", "train.batch_size=512", "ray.num_workers=2"]
@@ -531,7 +531,7 @@ def test_a_resume_is_held_to_the_deal_of_the_epoch_it_goes_on_in(
     is refused for no deal: the saved epoch goes on by its saved plan, and the epochs dealt
     anew after it that train nothing are warned of (a review: a mid-epoch resume was
     refused for the next epoch's deal)."""
-    from dist_train.data.reader import RowGroup, assign_row_groups, steps_per_epoch
+    from dist_train.data.listing import RowGroup, assign_row_groups, steps_per_epoch
     from dist_train.input_checks import SavedAt, check_steps
 
     over = ["train.epochs=3", "train.batch_size=3500", "ray.num_workers=3"]
@@ -556,7 +556,7 @@ def test_a_resume_counts_its_epochs_rest_against_max_steps(
     """A resume 1 step into epoch 1, whose max_steps ends inside that epoch, warned of epoch
     2 training 0 steps: the steps left of the saved epoch were not counted (a review)."""
     from dist_train.config.load import load_config
-    from dist_train.data.reader import RowGroup, assign_row_groups, steps_per_epoch
+    from dist_train.data.listing import RowGroup, assign_row_groups, steps_per_epoch
     from dist_train.input_checks import SavedAt, check_steps
 
     sizes = [10, 80, 20, 150, 10, 20, 80, 20]

@@ -36,7 +36,7 @@ from dist_train.config.load import parse_config
 from dist_train.config.overrides import apply_overrides
 from dist_train.config.schema import JobConfig
 from dist_train.data.batch import BatchBuilder
-from dist_train.data.reader import DataSourceError, list_row_groups
+from dist_train.data.listing import DataSourceError, list_row_groups
 from dist_train.data.rows import Rows
 from dist_train.data.synthetic import GeneratedData
 from dist_train.data.validation import BadInputError, BadInputPolicy, SchemaCheck

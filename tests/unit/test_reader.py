@@ -18,16 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dist_train.data.reader import (
-    PREFETCH_THREAD,
-    assign_row_groups,
-    batches,
-    file_urls,
-    iter_tables,
-    list_row_groups,
-    prefetch,
-    resolve_files,
-)
+from dist_train.data.listing import assign_row_groups, file_urls, list_row_groups, resolve_files
+from dist_train.data.stream import PREFETCH_THREAD, batches, iter_tables, prefetch
 
 NUM_ROWS = 10_000
 
@@ -271,7 +263,7 @@ def test_running_out_of_open_files_is_not_bad_input(tmp_path: Path) -> None:
     import errno
     import resource
 
-    from dist_train.data import reader
+    from dist_train.data import stream
     from dist_train.data.validation import BadInputPolicy
 
     pq.write_table(pa.table({"row_id": [1], "label": [0]}), tmp_path / "part-0.parquet")
@@ -288,7 +280,7 @@ def test_running_out_of_open_files_is_not_bad_input(tmp_path: Path) -> None:
         with pytest.raises(OSError, match="Too many open files") as listing:
             list_row_groups(str(tmp_path / "part-0.parquet"), policy=policy)
         with pytest.raises(OSError, match="Too many open files") as reading:
-            list(reader.row_group_tables(groups, ["row_id", "label"], policy))
+            list(stream.row_group_tables(groups, ["row_id", "label"], policy))
     finally:
         for f in held:
             f.close()  # type: ignore[attr-defined]
@@ -376,7 +368,7 @@ def test_a_data_folder_that_cannot_be_listed_is_named(tmp_path: Path) -> None:
     (data / "lost+found").mkdir(mode=0)  # a volume's, root's alone: passed over, as before
     locked.chmod(0)
     code = (
-        "import sys; from dist_train.data.reader import resolve_files; resolve_files(sys.argv[1])"
+        "import sys; from dist_train.data.listing import resolve_files; resolve_files(sys.argv[1])"
     )
     try:
         ran = subprocess.run(
@@ -401,7 +393,7 @@ def test_a_pipe_named_as_the_generators_record_is_not_read(tmp_path: Path) -> No
     os.mkfifo(tmp_path / "data" / "dataset.json")
     os.mkfifo(train / "dataset.json")
     code = (
-        "import sys; from dist_train.data.reader import resolve_files; resolve_files(sys.argv[1])"
+        "import sys; from dist_train.data.listing import resolve_files; resolve_files(sys.argv[1])"
     )
     ran = subprocess.run([sys.executable, "-c", code, str(train)], timeout=60)
     assert ran.returncode == 0
@@ -414,7 +406,7 @@ def test_a_store_that_cannot_be_listed_is_named_not_a_bare_oserror(
     When resolving region for bucket ...", naming neither the path nor the setting (a
     helper's audit). HDFS whose JVM does not load fails the same way, at once (an S3
     endpoint that refuses takes the SDK's retries, seconds)."""
-    from dist_train.data.reader import DataSourceError
+    from dist_train.data.listing import DataSourceError
 
     monkeypatch.setenv("JAVA_HOME", str(tmp_path))  # no libjvm there
     with pytest.raises(DataSourceError, match=r"^hdfs://127.0.0.1:1/x: cannot list \(.*libjvm"):
@@ -424,7 +416,7 @@ def test_a_store_that_cannot_be_listed_is_named_not_a_bare_oserror(
 def test_a_url_no_filesystem_opens_is_named_with_what_to_install() -> None:
     """`data.test_path=foo://x` failed as `ValueError: Protocol not known: foo`, naming
     neither the URL nor the setting (a helper's audit)."""
-    from dist_train.data.reader import DataSourceError, resolve_files
+    from dist_train.data.listing import DataSourceError, resolve_files
 
     with pytest.raises(DataSourceError, match=r"foo://x/train: cannot open this URL .*foo"):
         resolve_files("foo://x/train")
@@ -433,7 +425,7 @@ def test_a_url_no_filesystem_opens_is_named_with_what_to_install() -> None:
 def test_a_glob_at_a_scheme_only_pyarrow_opens_is_named_with_what_to_install() -> None:
     """A glob at a URL pyarrow opens (its test filesystem here, as s3:// without s3fs) went
     to fsspec to expand, which raised a bare `ValueError: Protocol not known` (a review)."""
-    from dist_train.data.reader import DataSourceError, resolve_files
+    from dist_train.data.listing import DataSourceError, resolve_files
 
     with pytest.raises(DataSourceError, match=r"mock:///x/part-\*: cannot open this URL"):
         resolve_files("mock:///x/part-*")
@@ -441,7 +433,7 @@ def test_a_glob_at_a_scheme_only_pyarrow_opens_is_named_with_what_to_install() -
 
 def test_a_missing_path_at_such_a_scheme_is_not_blamed_on_a_package() -> None:
     """Not a glob: nothing there, as for a local path (a review: it went to fsspec too)."""
-    from dist_train.data.reader import DataSourceError, resolve_files
+    from dist_train.data.listing import DataSourceError, resolve_files
 
     with pytest.raises(DataSourceError, match=r"^mock:///x/train/part-0.parquet: no such file"):
         resolve_files("mock:///x/train/part-0.parquet")
@@ -450,7 +442,7 @@ def test_a_missing_path_at_such_a_scheme_is_not_blamed_on_a_package() -> None:
 def test_a_missing_path_at_a_url_is_named_as_a_local_one_is(tmp_path: Path) -> None:
     """By path "no such file or folder", by file:// URL "no Parquet files found" (a review);
     a folder without Parquet files, or a glob that matches none, is the latter by either."""
-    from dist_train.data.reader import DataSourceError
+    from dist_train.data.listing import DataSourceError
 
     (tmp_path / "empty").mkdir()
     for name, said in [

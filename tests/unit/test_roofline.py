@@ -16,7 +16,7 @@ from dist_train.bench.roofline import (
     step_floor,
     working_set_bytes,
 )
-from dist_train.data.reader import resolve_files
+from dist_train.data.listing import resolve_files
 from planners.cost_model import distinct_rows
 from planners.types import OptimizerState, TableLoad, Workload
 

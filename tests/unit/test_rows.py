@@ -20,8 +20,9 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dist_train.config.schema import EmbeddingConfig, FeatureConfig
 from dist_train.data.batch import Batch, BatchBuilder, categorical_ids
-from dist_train.data.reader import iter_tables, list_row_groups
+from dist_train.data.listing import list_row_groups
 from dist_train.data.rows import Rows
+from dist_train.data.stream import iter_tables
 from dist_train.embedding.hashing import make_salt, salted_hash, salted_rows
 from dist_train.embedding.layout import build_layout
 

@@ -322,7 +322,7 @@ def test_the_arms_save_no_checkpoints_whatever_the_job_config_asks(tmp_path: Pat
 
 def test_adult_replaces_its_own_files_and_never_a_users(tmp_path: Path) -> None:
     """`convert adult --out D` deleted a user's Parquet files in D/train and D/test."""
-    from dist_train.data.reader import DataSourceError
+    from dist_train.data.listing import DataSourceError
 
     (tmp_path / "test").mkdir()
     mine = tmp_path / "test" / "my_holdout.parquet"

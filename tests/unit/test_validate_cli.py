@@ -424,7 +424,7 @@ def test_validate_deals_generated_data_as_the_run_will_write_it(
 
 def test_the_generated_row_groups_are_known_before_the_data_are_written(tmp_path: Path) -> None:
     from dist_train.config.load import load_config
-    from dist_train.data.reader import list_row_groups
+    from dist_train.data.listing import list_row_groups
     from dist_train.data.synthetic import generate, train_row_groups
 
     # 11 files: the reader lists part-10 before part-2 (a review: they were dealt in number
