@@ -14,8 +14,6 @@ import errno
 import glob
 import json
 import os
-import re
-import resource
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,14 +42,6 @@ class DataSourceError(ValueError):
 READ_ERRORS = (pa.ArrowException, OSError, KeyError, UnicodeDecodeError)
 # The machine's limits, not the file's fault: raised as they are, never counted as bad input.
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOMEM}
-
-
-def open_files_budget() -> int:
-    """How many Parquet files a stream keeps open: an eighth of this process's open-file
-    limit, 8 to 256 (a rank may read thousands of files an epoch; each reopen costs a
-    footer read)."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return 256 if soft == resource.RLIM_INFINITY else min(256, max(8, soft // 8))
 
 
 def bad_input(err: Exception) -> Exception:
@@ -127,20 +117,6 @@ def _refuse_unfinished(folder: Path) -> None:
                 f"({record} records it unfinished): its files hold only some of the rows. "
                 "Run it again"
             )
-
-
-def validate_table(table: pa.Table) -> None:
-    """``table.validate(full=True)``, its error naming the column by name (Arrow's names
-    its position in the columns read: "Column 4")."""
-    try:
-        table.validate(full=True)
-    except pa.ArrowInvalid as err:
-        found = re.match(r"Column (\d+): (.*)", str(err), re.S)
-        if found is None or int(found[1]) >= table.num_columns:
-            raise
-        name, why = table.column_names[int(found[1])], found[2]
-        hint = "; ids that are no UTF-8 text go in a binary column" if "UTF8" in why else ""
-        raise pa.ArrowInvalid(f"column {name!r}: {why}{hint}") from None
 
 
 def _resolve_local(path: str) -> list[str]:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import itertools
 import os
 import queue
+import re
+import resource
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -23,11 +25,9 @@ from dist_train.data.listing import (
     RowGroup,
     bad_input,
     is_transient,
-    open_files_budget,
     open_parquet,
     report_bad_input,
     schema_digest,
-    validate_table,
 )
 from dist_train.data.validation import BadInputPolicy
 
@@ -73,6 +73,28 @@ def _changed_since_listed(g: RowGroup, meta: pq.FileMetaData, schema_checked: bo
     )
 
 
+def open_files_budget() -> int:
+    """How many Parquet files a stream keeps open: an eighth of this process's open-file
+    limit, 8 to 256 (a rank may read thousands of files an epoch; each reopen costs a
+    footer read)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 256 if soft == resource.RLIM_INFINITY else min(256, max(8, soft // 8))
+
+
+def _validate_table(table: pa.Table) -> None:
+    """``table.validate(full=True)``, its error naming the column by name (Arrow's names
+    its position in the columns read: "Column 4")."""
+    try:
+        table.validate(full=True)
+    except pa.ArrowInvalid as err:
+        found = re.match(r"Column (\d+): (.*)", str(err), re.S)
+        if found is None or int(found[1]) >= table.num_columns:
+            raise
+        name, why = table.column_names[int(found[1])], found[2]
+        hint = "; ids that are no UTF-8 text go in a binary column" if "UTF8" in why else ""
+        raise pa.ArrowInvalid(f"column {name!r}: {why}{hint}") from None
+
+
 def row_group_tables(
     groups: list[RowGroup],
     columns: list[str],
@@ -103,7 +125,7 @@ def row_group_tables(
                 table = typed_nulls(pf.read_row_group(g.index, columns=columns))
                 # Decoding does not check everything a corrupt page can hold (e.g. dictionary
                 # indices past the dictionary's end): full validation turns that into an error.
-                validate_table(table)
+                _validate_table(table)
             except READ_ERRORS as err:
                 message = f"{g.source}: cannot read ({bad_input(err)})"
                 report_bad_input(policy, message, whole_file=False, io_error=is_transient(err))
