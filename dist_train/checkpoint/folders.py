@@ -108,10 +108,16 @@ def _a_saves_file(name: str) -> bool:
     )
 
 
+def save_folder_name(step: int, prefix: str = PREFIX) -> str:
+    """The name a save of ``step`` gives its folder: ``step-%08d`` once committed; with
+    ``prefix`` the partial or set-aside one's."""
+    return f"{prefix}{step:0{STEP_DIGITS}d}"
+
+
 def is_a_saves_name(p: Location) -> bool:
     """Whether ``p`` is named as a save names its folder: ``step-%08d`` exactly."""
     step = step_of(p)
-    return step >= 0 and p.name == f"{PREFIX}{step:0{STEP_DIGITS}d}"
+    return step >= 0 and p.name == save_folder_name(step)
 
 
 def foreign_steps(root: Location) -> list[Location]:

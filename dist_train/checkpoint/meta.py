@@ -17,10 +17,9 @@ from dist_train.checkpoint import files as checkpoint_files
 from dist_train.checkpoint.files import CheckpointError, FileDigests, digest_of
 from dist_train.checkpoint.folders import (
     META,
-    PREFIX,
-    STEP_DIGITS,
     is_a_saves_name,
     not_committed,
+    save_folder_name,
     step_of,
 )
 from dist_train.checkpoint.state import rng_state_bytes
@@ -93,7 +92,7 @@ def read_meta(path: Location) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: named as the checkpoint of step {step_of(path)}, but its {META} records "
             f"step {saved}: it was renamed. Give it its name back "
-            f"({PREFIX}{saved:0{STEP_DIGITS}d}), or move it out of the checkpoint folder"
+            f"({save_folder_name(saved)}), or move it out of the checkpoint folder"
         )
     return meta
 

@@ -25,11 +25,10 @@ from dist_train.checkpoint.files import CheckpointError, FileDigests, reason
 from dist_train.checkpoint.folders import (
     META,
     PARTIAL_PREFIX,
-    PREFIX,
     REPLACED_PREFIX,
-    STEP_DIGITS,
     committed,
     refuse_foreign,
+    save_folder_name,
 )
 from dist_train.checkpoint.meta import META_DIGEST, TrainPosition, meta_digest
 from dist_train.checkpoint.state import Trainer, agree, rng_state, trainer_state
@@ -164,7 +163,7 @@ class CheckpointSaver:
         """The run resumed from ``path`` at ``step``. Where that is the checkpoint a save of
         ``step`` would write, it is this run's newest save: a run resumed at its end trains
         no step, and its final save would write the same state again."""
-        if _same_location(path, self.root / f"{PREFIX}{step:0{STEP_DIGITS}d}"):
+        if _same_location(path, self.root / save_folder_name(step)):
             self.last_step, self.last_path = step, path
 
     def release(self, problem: str | None = None) -> None:
@@ -239,7 +238,7 @@ class CheckpointSaver:
                 f"already committed under {self.root} are intact"
             )
         if job.error is not None and dist.get_rank(self.group) == 0:
-            storage.rmtree(self.root / f"{PARTIAL_PREFIX}{step:0{STEP_DIGITS}d}")  # best effort
+            storage.rmtree(self.root / save_folder_name(step, PARTIAL_PREFIX))  # best effort
         if job.error is None and job.path is not None:
             self.last_path = job.path
             if self.on_commit is not None:
@@ -249,7 +248,7 @@ class CheckpointSaver:
         """Every rank's shards into the step's partial directory; their digests gathered."""
         group, step = self.group, job.position.step
         rank = dist.get_rank(group)
-        partial = self.root / f"{PARTIAL_PREFIX}{step:0{STEP_DIGITS}d}"
+        partial = self.root / save_folder_name(step, PARTIAL_PREFIX)
         # A diverged state saved would be resumed into the same divergence.
         bad = non_finite(job.state)
         agree(
@@ -284,8 +283,8 @@ class CheckpointSaver:
         agree(f"rank {rank}: {job.verdict}" if job.verdict else None, group)
         written = job.written
         assert written is not None
-        final = self.root / f"{PREFIX}{step:0{STEP_DIGITS}d}"
-        partial = self.root / f"{PARTIAL_PREFIX}{step:0{STEP_DIGITS}d}"
+        final = self.root / save_folder_name(step)
+        partial = self.root / save_folder_name(step, PARTIAL_PREFIX)
 
         def commit() -> None:
             files: FileDigests = {}
@@ -301,7 +300,7 @@ class CheckpointSaver:
             meta[META_DIGEST] = meta_digest(meta)
             # A step saved again (a rerun reaching it): its committed checkpoint stays whole
             # until the new one is committed.
-            aside = self.root / f"{REPLACED_PREFIX}{step:0{STEP_DIGITS}d}"
+            aside = self.root / save_folder_name(step, REPLACED_PREFIX)
             refuse_foreign(final)  # checked at start-up too; a user may add one meanwhile
             storage.rmtree(aside)
             if final.exists():
