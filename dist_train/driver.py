@@ -27,9 +27,10 @@ from dist_train.checkpoint.folders import (
 from dist_train.checkpoint.lock import CheckpointFolderInUse, one_run_in, same_folder
 from dist_train.checkpoint.meta import read_meta
 from dist_train.config.args import add_config_args
+from dist_train.config.errors import ConfigError
 from dist_train.config.load import load_or_report
 from dist_train.config.paths import resolve_paths
-from dist_train.config.schema import ConfigError, JobConfig
+from dist_train.config.schema import JobConfig
 from dist_train.data.listing import DataSourceError, RowGroup, list_row_groups
 from dist_train.data.synthetic import generate
 from dist_train.data.validation import (

@@ -19,8 +19,9 @@ from typing import Any
 
 from dist_train.checkpoint.folders import META, checkpoint_root
 from dist_train.checkpoint.load import CheckpointOfAnotherJob
+from dist_train.config.errors import ConfigError
 from dist_train.config.paths import absolute_path, resolve_paths
-from dist_train.config.schema import FILE_SCHEME, ConfigError, JobConfig
+from dist_train.config.schema import FILE_SCHEME, JobConfig
 from dist_train.data.listing import (
     READ_ERRORS,
     DataSourceError,

@@ -31,8 +31,8 @@ from dist_train.checkpoint.files import (
 from dist_train.checkpoint.files import reader as checkpoint_reader
 from dist_train.checkpoint.folders import META, committed, is_a_saves_name
 from dist_train.checkpoint.meta import file_digests, read_meta
+from dist_train.config.errors import ConfigError
 from dist_train.config.load import parse_config
-from dist_train.config.schema import ConfigError
 from dist_train.embedding.layout import EmbeddingLayout, build_layout
 from dist_train.logs import LOG
 from dist_train.storage import Location, move_in, new_staging

@@ -33,9 +33,10 @@ from typing import TYPE_CHECKING, Any
 import pyarrow.parquet as pq
 
 from dist_train.config.args import as_typed
+from dist_train.config.errors import ConfigError
 from dist_train.config.load import DEFAULT_CONFIG, load_config, parse_config
 from dist_train.config.overrides import apply_overrides
-from dist_train.config.schema import ConfigError, JobConfig, number_in_name
+from dist_train.config.schema import JobConfig, number_in_name
 from dist_train.data.synthetic import generate
 from dist_train.embedding.layout import build_layout
 from dist_train.logs import setup_logging, verbosity

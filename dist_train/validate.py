@@ -24,9 +24,10 @@ from dist_train.checkpoint.folders import META, not_committed, resolve_checkpoin
 from dist_train.checkpoint.load import verify
 from dist_train.checkpoint.meta import check_compatible, read_meta
 from dist_train.config.args import add_config_args, add_train_args, train_overrides
+from dist_train.config.errors import ConfigError
 from dist_train.config.load import load_config, parse_with_overrides
 from dist_train.config.paths import resolve_paths
-from dist_train.config.schema import ConfigError, JobConfig
+from dist_train.config.schema import JobConfig
 from dist_train.config.yaml_file import read_yaml
 from dist_train.data.listing import DataSourceError, resolve_files
 from dist_train.data.synthetic import train_row_groups

@@ -33,8 +33,9 @@ from dist_train.checkpoint.folders import committed
 from dist_train.checkpoint.load import load
 from dist_train.checkpoint.meta import TrainPosition
 from dist_train.checkpoint.save import CheckpointSaver
+from dist_train.config.errors import ConfigError
 from dist_train.config.load import load_config, parse_config
-from dist_train.config.schema import ConfigError, JobConfig
+from dist_train.config.schema import JobConfig
 from dist_train.driver import prepare_inputs, run_job
 from dist_train.embedding.layout import build_layout
 from dist_train.launchers.processes import run_processes

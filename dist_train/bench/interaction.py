@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from dist_train.bench import seconds_per_call, spread, write_json
-from dist_train.config.schema import ConfigError, JobConfig
+from dist_train.config.errors import ConfigError
+from dist_train.config.schema import JobConfig
 from dist_train.embedding.init import torch_seed
 from dist_train.embedding.layout import build_layout
 from dist_train.models.dot_interaction import (

@@ -41,7 +41,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dist_train.bench import seconds_per_call, write_json
 from dist_train.bench.roofline import embedding_bytes
-from dist_train.config.schema import ConfigError
+from dist_train.config.errors import ConfigError
 from dist_train.data.memory import reuse_freed_memory
 from planners.calibrate import (
     TBE_BAGS,

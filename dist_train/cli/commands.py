@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dist_train.config.args import as_typed, train_overrides
+from dist_train.config.errors import ConfigError
 from dist_train.config.load import DEFAULT_CONFIG, REPO_ROOT
 from dist_train.config.load import load_or_report as _load
-from dist_train.config.schema import ConfigError, JobConfig
+from dist_train.config.schema import JobConfig
 from dist_train.logs import verbosity
 from dist_train.stopping import sigint_held
 
@@ -249,7 +250,7 @@ def _run_bench(args: argparse.Namespace, cfg: JobConfig) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     _import_torch()
-    from dist_train.config.schema import ConfigError
+    from dist_train.config.errors import ConfigError
     from dist_train.data.listing import DataSourceError
     from dist_train.launchers.rank_server import rank_server_started
     from dist_train.sweep import SweepFailed, dataset_config, run_sweep

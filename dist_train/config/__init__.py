@@ -2,11 +2,12 @@
 
 A job config is a YAML file (see ``launch/configs/``). :func:`~.load.load_config` reads it,
 applies ``--set key.path=value`` overrides, and returns a validated
-:class:`~.schema.JobConfig` or raises :class:`~.schema.ConfigError` naming the file, the
+:class:`~.schema.JobConfig` or raises :class:`~.errors.ConfigError` naming the file, the
 dotted key at fault, and why. Plain typed objects flow inward from there.
 
 The modules, lowest first:
 
+- :mod:`.errors`: :class:`~.errors.ConfigError`, which every step raises.
 - :mod:`.schema`: the sections' models and :class:`~.schema.JobConfig`; what every other
   module of dist_train reads.
 - :mod:`.keys`: the config's dotted keys, and the nearest to a misspelt one.

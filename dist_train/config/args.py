@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import typing
 
-from dist_train.config.schema import ConfigError
+from dist_train.config.errors import ConfigError
 
 
 def not_empty(say: str) -> typing.Callable[[str], str]:

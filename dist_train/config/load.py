@@ -9,9 +9,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from dist_train.config.errors import ConfigError
 from dist_train.config.messages import format_errors
 from dist_train.config.overrides import apply_overrides
-from dist_train.config.schema import ConfigError, JobConfig
+from dist_train.config.schema import JobConfig
 from dist_train.config.yaml_file import read_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout (an install: site-packages)

@@ -12,8 +12,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from dist_train.config.errors import ConfigError
 from dist_train.config.keys import find_item, item_parts, list_type, nested_model
-from dist_train.config.schema import ConfigError, JobConfig
+from dist_train.config.schema import JobConfig
 from dist_train.config.yaml_file import yaml_value
 
 # an empty value is null, as in YAML; YAML's "~" is text here: `--set checkpoint.dir=~`

@@ -28,10 +28,6 @@ from planners.topology import TopologyError, parse_bytes
 from planners.types import ShardingType
 
 
-class ConfigError(ValueError):
-    """A job config that cannot be used; the message names the file and key."""
-
-
 def _kinds(annotation: Any) -> list[Any]:
     """The types a field of ``annotation`` takes: its unions' members, constraints dropped."""
     kinds: list[Any] = []

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from dist_train.config.schema import ConfigError
+from dist_train.config.errors import ConfigError
 
 
 class _Yaml12Numbers(yaml.SafeLoader):

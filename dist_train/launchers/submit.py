@@ -19,10 +19,11 @@ import subprocess
 import sys
 from pathlib import Path, PurePosixPath
 
+from dist_train.config.errors import ConfigError
 from dist_train.config.keys import closest_key, known_key
 from dist_train.config.load import REPO_ROOT, load_or_report
 from dist_train.config.overrides import override_key, override_shape_error
-from dist_train.config.schema import ConfigError, JobConfig
+from dist_train.config.schema import JobConfig
 from dist_train.stopping import EXIT_CODE
 
 # Never upload these with the working dir (Ray's upload limit is 100 MiB).

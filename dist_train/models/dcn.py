@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dist_train.config.schema import ConfigError, JobConfig, ModelConfig
+from dist_train.config.errors import ConfigError
+from dist_train.config.schema import JobConfig, ModelConfig
 from dist_train.embedding.layout import EmbeddingLayout, build_layout
 from dist_train.models.base import CTRModel, mlp
 from dist_train.models.linear import Linear

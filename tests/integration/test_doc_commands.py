@@ -44,8 +44,8 @@ import pytest
 
 from dist_train.cli.parser import build_parser
 from dist_train.config.args import add_config_args
+from dist_train.config.errors import ConfigError
 from dist_train.config.load import DEFAULT_CONFIG, load_config
-from dist_train.config.schema import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"

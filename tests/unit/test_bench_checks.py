@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from dist_train.config.errors import ConfigError
 from dist_train.config.load import load_config
-from dist_train.config.schema import ConfigError
 
 
 def test_the_disk_probe_writes_the_checkpoints_bytes(

@@ -9,11 +9,11 @@ import pytest
 import torch
 import yaml
 
+from dist_train.config.errors import ConfigError
 from dist_train.config.load import DEFAULT_CONFIG, load_config, parse_config
 from dist_train.config.schema import (
     EMBEDDING_SETTINGS,
     MODEL_SETTINGS,
-    ConfigError,
     FeatureConfig,
     JobConfig,
     ModelConfig,

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from dist_train.cli.main import main
-from dist_train.config.schema import ConfigError
+from dist_train.config.errors import ConfigError
 from dist_train.data.adult import convert_adult
 from dist_train.launchers.cluster import ClusterTooSmallError, NodeResources, check_fits
 from dist_train.launchers.submit import EXCLUDES, submit_command

@@ -10,8 +10,9 @@ from pydantic import ValidationError
 from torchrec import KeyedJaggedTensor, KeyedTensor
 from torchrec.distributed.train_pipeline.tracing import Tracer
 
+from dist_train.config.errors import ConfigError
 from dist_train.config.load import DEFAULT_CONFIG, load_config
-from dist_train.config.schema import ConfigError, ModelConfig
+from dist_train.config.schema import ModelConfig
 from dist_train.embedding.layout import build_layout
 from dist_train.models import MODELS, CTRModel, create_model
 from dist_train.models import linear as linear_module

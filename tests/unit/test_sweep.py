@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from dist_train.config.errors import ConfigError
 from dist_train.config.load import load_config
-from dist_train.config.schema import ConfigError
 from dist_train.data.adult import CATEGORICAL, DENSE_COLUMNS, convert_adult
 from dist_train.embedding.layout import build_layout
 from dist_train.sweep import (
