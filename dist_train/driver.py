@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dist_train.checkpoint.files import CheckpointError
+from dist_train.checkpoint.errors import CheckpointError
 from dist_train.checkpoint.folders import (
     check_writable,
     checkpoint_root,

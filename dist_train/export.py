@@ -21,16 +21,12 @@ from safetensors.torch import save_file
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-from dist_train.checkpoint.files import (
-    METADATA,
-    CheckpointError,
-    SafeExportPlanner,
-    raise_a_wrapped_stop,
-    reason,
-)
-from dist_train.checkpoint.files import reader as checkpoint_reader
+from dist_train.checkpoint.errors import CheckpointError, raise_a_wrapped_stop, reason
+from dist_train.checkpoint.file_access import METADATA
 from dist_train.checkpoint.folders import META, committed, is_a_saves_name
 from dist_train.checkpoint.meta import file_digests, read_meta
+from dist_train.checkpoint.reader import reader as checkpoint_reader
+from dist_train.checkpoint.safe_decode import SafeExportPlanner
 from dist_train.config.errors import ConfigError
 from dist_train.config.load import parse_config
 from dist_train.embedding.layout import EmbeddingLayout, build_layout

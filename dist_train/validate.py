@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dist_train.checkpoint.files import METADATA, CheckpointError
+from dist_train.checkpoint.errors import CheckpointError
+from dist_train.checkpoint.file_access import METADATA
 from dist_train.checkpoint.folders import META, not_committed, resolve_checkpoint
 from dist_train.checkpoint.load import verify
 from dist_train.checkpoint.meta import check_compatible, read_meta

@@ -18,8 +18,12 @@ stores, where a rename is a copy, too).
 
 The modules, lowest first:
 
-- :mod:`.files`: a checkpoint's files, written with digests, read verified and without
-  running code from them; :class:`~.files.CheckpointError`.
+- :mod:`.errors`: :class:`~.errors.CheckpointError`; DCP's errors made one line.
+- :mod:`.file_access`: a checkpoint's files opened (regular files only) and named.
+- :mod:`.digests`: a file's size and xxh3-128 digests, whole and by chunk, and their check.
+- :mod:`.safe_decode`: ``.metadata`` and non-tensor items decoded without running code.
+- :mod:`.reader`: DCP's reader, each item's chunks verified before it is decoded.
+- :mod:`.writer`: DCP's writer, each file hashed as it is written.
 - :mod:`.sharded_moments`: a sharded table's torch optimizer state placed as its weight.
 - :mod:`.folders`: which entries of a checkpoint folder are committed, half-written or a
   user's.

@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 
 from dist_train import storage
-from dist_train.checkpoint.files import CheckpointError, reason
+from dist_train.checkpoint.errors import CheckpointError, reason
 from dist_train.config.schema import JobConfig
 from dist_train.storage import Location, location
 

@@ -14,15 +14,9 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-from dist_train.checkpoint import files as checkpoint_files
-from dist_train.checkpoint.files import (
-    CheckpointError,
-    FileDigests,
-    SafeDecodePlanner,
-    SafeLoadPlanner,
-    raise_a_wrapped_stop,
-    reason,
-)
+from dist_train.checkpoint.digests import FileDigests, check_file, file_digest
+from dist_train.checkpoint.errors import CheckpointError, raise_a_wrapped_stop, reason
+from dist_train.checkpoint.file_access import METADATA
 from dist_train.checkpoint.folders import META
 from dist_train.checkpoint.meta import (
     TrainPosition,
@@ -31,6 +25,8 @@ from dist_train.checkpoint.meta import (
     read_meta,
     redeals_skipping,
 )
+from dist_train.checkpoint.reader import reader as checkpoint_reader
+from dist_train.checkpoint.safe_decode import SafeDecodePlanner, SafeLoadPlanner
 from dist_train.checkpoint.sharded_moments import Wrapped, placeable, shard_like_weights, unwrap
 from dist_train.checkpoint.state import Trainer, agree, trainer_state
 from dist_train.logs import LOG
@@ -69,7 +65,7 @@ def load(trainer: Trainer, path: Location, resuming: bool = True) -> TrainPositi
     digests = file_digests(meta, path) if dist.get_rank() == 0 else meta.get("files")
     state, wrapped = trainer_state(trainer)
     try:
-        reader = checkpoint_files.reader(path, digests)
+        reader = checkpoint_reader(path, digests)
         saved = reader.read_metadata().state_dict_metadata
         # Ranks convert different tables (each holds its own optimizer state), so the
         # conversion runs without collectives; they agree on its outcome before DCP's load.
@@ -125,9 +121,9 @@ def verify(path: Location) -> str:
             raise CheckpointError(f"{path / name}: not among the files meta.json lists")
         if name not in present:
             raise CheckpointError(f"{path / name}: missing (meta.json lists it)")
-        got = checkpoint_files.file_digest(path / name, int(digests[name].get("bytes", 0)))
-        checkpoint_files.check_file(str(path / name), digests[name], got["bytes"], got["xxh3_128"])
-    reader = checkpoint_files.reader(path, digests)
+        got = file_digest(path / name, int(digests[name].get("bytes", 0)))
+        check_file(str(path / name), digests[name], got["bytes"], got["xxh3_128"])
+    reader = checkpoint_reader(path, digests)
     entries = reader.read_metadata().state_dict_metadata
     try:  # every item decoded as a load decodes it (weights_only), none kept
         _load_state_dict({}, storage_reader=reader, planner=SafeDecodePlanner(), no_dist=True)
@@ -219,9 +215,9 @@ def check_model_shapes(
     error). The ranks check again against their sharded model as they load."""
     digests = file_digests(meta, path)
     try:
-        saved = checkpoint_files.reader(path, digests).read_metadata()
+        saved = checkpoint_reader(path, digests).read_metadata()
     except FileNotFoundError:
-        if digests is not None and checkpoint_files.METADATA in digests:
+        if digests is not None and METADATA in digests:
             # found here, not in the ranks once they have started
             raise CheckpointError(
                 f"{path}: no .metadata, which its meta.json lists: not a checkpoint's folder "
@@ -292,7 +288,7 @@ def _load_whole(
     whole = torch.empty(tuple(md.size), dtype=dtype)
     dcp.load(
         {fqn: whole},
-        storage_reader=checkpoint_files.reader(path, digests),
+        storage_reader=checkpoint_reader(path, digests),
         planner=SafeLoadPlanner(),
         no_dist=True,
     )

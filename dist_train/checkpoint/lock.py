@@ -20,7 +20,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from dist_train.checkpoint.files import CheckpointError, local_path
+from dist_train.checkpoint.errors import CheckpointError
+from dist_train.checkpoint.file_access import local_path
 from dist_train.logs import LOG
 from dist_train.storage import Location, same_file
 

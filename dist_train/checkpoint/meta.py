@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
-from dist_train.checkpoint import files as checkpoint_files
-from dist_train.checkpoint.files import CheckpointError, FileDigests, digest_of
+from dist_train.checkpoint.digests import FileDigests, digest_of
+from dist_train.checkpoint.errors import CheckpointError
+from dist_train.checkpoint.file_access import is_plain_file_name, open_file
 from dist_train.checkpoint.folders import (
     META,
     is_a_saves_name,
@@ -53,7 +54,7 @@ def read_meta(path: Location) -> dict[str, Any]:
     if not meta_path.exists():
         raise CheckpointError(not_committed(path))
     try:
-        with checkpoint_files.open_file(meta_path) as f:  # a link to /dev/zero: refused
+        with open_file(meta_path) as f:  # a link to /dev/zero: refused
             text = f.read(META_MAX_BYTES + 1)
         if len(text) > META_MAX_BYTES:
             raise ValueError(f"larger than {META_MAX_BYTES:,} bytes")
@@ -80,7 +81,7 @@ def read_meta(path: Location) -> dict[str, Any]:
     ):
         raise CheckpointError(f"{meta_path}: 'files' is not a map of file digests")
     for name, want in (files or {}).items():
-        if not checkpoint_files.is_plain_file_name(name):  # read from outside the folder
+        if not is_plain_file_name(name):  # read from outside the folder
             raise CheckpointError(f"{meta_path}: files[{name!r}]: not a file of its folder")
         problem = _digest_problem(want)
         if problem:

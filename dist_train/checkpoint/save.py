@@ -20,8 +20,8 @@ from torch.distributed._state_dict_utils import _copy_state_dict, _create_cpu_st
 from torch.distributed.checkpoint.api import CheckpointException
 
 from dist_train import storage
-from dist_train.checkpoint import files as checkpoint_files
-from dist_train.checkpoint.files import CheckpointError, FileDigests, reason
+from dist_train.checkpoint.digests import FileDigests
+from dist_train.checkpoint.errors import CheckpointError, reason
 from dist_train.checkpoint.folders import (
     META,
     PARTIAL_PREFIX,
@@ -32,6 +32,7 @@ from dist_train.checkpoint.folders import (
 )
 from dist_train.checkpoint.meta import META_DIGEST, TrainPosition, meta_digest
 from dist_train.checkpoint.state import Trainer, agree, rng_state, trainer_state
+from dist_train.checkpoint.writer import writer as checkpoint_writer
 from dist_train.logs import LOG
 from dist_train.storage import Location
 
@@ -261,7 +262,7 @@ class CheckpointSaver:
 
         agree(_attempt(prepare) if rank == 0 else None, group)
         wrap = self.drill(dist.get_rank(), step, partial) if self.drill else None
-        writer, log = checkpoint_files.writer(partial, wrap)
+        writer, log = checkpoint_writer(partial, wrap)
         problem: str | None = None
         try:
             dcp.save(job.state, storage_writer=writer, process_group=group)

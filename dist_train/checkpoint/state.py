@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as dist
 
-from dist_train.checkpoint.files import CheckpointError
+from dist_train.checkpoint.errors import CheckpointError
 from dist_train.checkpoint.sharded_moments import Wrapped, shard_like_weights
 
 

@@ -434,7 +434,7 @@ def calibration_summary(spec: TopologySpec, ranks: int) -> str:
 
 def _export(args: argparse.Namespace) -> int:
 
-    from dist_train.checkpoint.files import CheckpointError
+    from dist_train.checkpoint.errors import CheckpointError
     from dist_train.export import ExportError, OutFolderRefused, export
     from dist_train.storage import StorageError, location
 

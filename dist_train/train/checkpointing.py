@@ -27,7 +27,9 @@ import torch.distributed as dist
 from pydantic import ValidationError
 
 from dist_train import storage
-from dist_train.checkpoint.files import CheckpointError, digest_of, local_path
+from dist_train.checkpoint.digests import digest_of
+from dist_train.checkpoint.errors import CheckpointError
+from dist_train.checkpoint.file_access import local_path
 from dist_train.checkpoint.folders import (
     check_writable,
     checkpoint_root,

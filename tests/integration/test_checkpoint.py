@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from dist_train import export as export_module
-from dist_train.checkpoint.files import CheckpointError
+from dist_train.checkpoint.errors import CheckpointError
 from dist_train.checkpoint.folders import committed, remove_partials
 from dist_train.checkpoint.load import verify
 from dist_train.checkpoint.meta import META_DIGEST, check_compatible, meta_digest

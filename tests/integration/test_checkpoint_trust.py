@@ -21,7 +21,8 @@ import torch
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, MetadataIndex
 
-from dist_train.checkpoint.files import CheckpointError, file_digest
+from dist_train.checkpoint.digests import file_digest
+from dist_train.checkpoint.errors import CheckpointError
 from dist_train.checkpoint.folders import META, committed
 from dist_train.checkpoint.load import verify
 from dist_train.checkpoint.meta import META_DIGEST, meta_digest

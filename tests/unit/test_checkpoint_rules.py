@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from dist_train import storage
-from dist_train.checkpoint.files import CheckpointError
+from dist_train.checkpoint.errors import CheckpointError
 from dist_train.checkpoint.folders import META, committed, remove_partials, step_of
 from dist_train.checkpoint.load import load, verify
 from dist_train.checkpoint.meta import (
@@ -985,7 +985,7 @@ def test_a_stop_while_a_checkpoint_is_read_stays_a_stop(
     """A Ctrl-C or SIGTERM while validate or export read the shards: DCP catches any
     BaseException and wraps it, and it was reported as an unreadable checkpoint (exit 1,
     where a stop exits 130 or 143)."""
-    from dist_train.checkpoint.files import _VerifiedFileSystemReader
+    from dist_train.checkpoint.reader import _VerifiedFileSystemReader
     from dist_train.export import load_unsharded
 
     root = tmp_path / "checkpoints"
@@ -1113,7 +1113,7 @@ def _refusal(obj: object = None, raw: bytes | None = None) -> str | None:
     import io
     import warnings
 
-    from dist_train.checkpoint.files import safe_load_refusal
+    from dist_train.checkpoint.errors import safe_load_refusal
 
     data = io.BytesIO()
     if raw is None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dist_train.checkpoint.files import CheckpointError
+from dist_train.checkpoint.errors import CheckpointError
 from dist_train.checkpoint.folders import META
 from dist_train.config.load import load_config
 from dist_train.train.checkpointing import resume_point
