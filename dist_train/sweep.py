@@ -37,7 +37,7 @@ from dist_train.config.errors import ConfigError
 from dist_train.config.load import DEFAULT_CONFIG, load_config, parse_config
 from dist_train.config.overrides import apply_overrides
 from dist_train.config.schema import JobConfig, number_in_name
-from dist_train.data.synthetic import generate
+from dist_train.data.synthetic import generate, generated_cardinalities, said_of_cardinalities
 from dist_train.embedding.layout import build_layout
 from dist_train.logs import setup_logging, verbosity
 
@@ -136,28 +136,13 @@ def dataset_config(
     dataset: str, config: str | None, overrides: list[str]
 ) -> tuple[JobConfig, list[str]]:
     """The sweep's job as given (:func:`_given_config`), on generated data with the
-    features' cardinalities the generated columns' (:func:`_generated_vocabulary`), and
-    the features whose cardinality that changed."""
+    features' cardinalities the generated columns'
+    (:func:`~dist_train.data.synthetic.generated_cardinalities`), and the features whose
+    cardinality that changed."""
     cfg = _given_config(dataset, config, overrides)
     # (a config naming data of its own is refused by prepare, naming its path)
     generated = dataset == "synthetic" and cfg.data.train_path is None
-    return _generated_vocabulary(cfg) if generated else (cfg, [])
-
-
-def _generated_vocabulary(cfg: JobConfig) -> tuple[JobConfig, list[str]]:
-    """``cfg`` with each feature's cardinality the generated column's, and the features
-    changed: the budgets and the collisionless tables are sized by it, and one left over
-    from other ``data.synthetic`` settings made a "3% budget" hold 165% of the values."""
-    made = cfg.data.synthetic.column_cardinalities()
-    raw = cfg.model_dump(mode="json")
-    changed = []
-    for feature in raw["features"]:
-        column = feature["column"] or feature["name"]
-        values = made[int(column[1:]) - 1]  # (validated: the generator's C1..Cn)
-        if feature["cardinality"] != values:
-            changed.append(f"{feature['name']} {feature['cardinality']} -> {values:,}")
-            feature["cardinality"] = values
-    return parse_config(raw, "sweep base job"), changed
+    return generated_cardinalities(cfg) if generated else (cfg, [])
 
 
 def append_line(path: Path, line: str) -> None:
@@ -293,12 +278,13 @@ def markdown(
     ]
     for r in rows:
         dense = r.get("dense_parameters")
+        auc, loss = f"{r['test_auc_mean']:.4f}", f"{r['test_log_loss_mean']:.4f}"
+        if r["seeds"] > 1:  # one seed has no spread: "± 0.0000" would claim one
+            auc += f" ± {r['test_auc_std']:.4f} ({r['test_auc_min']:.4f}-{r['test_auc_max']:.4f})"
+            loss += f" ± {r['test_log_loss_std']:.4f}"
         lines.append(
             f"| {r['method']} | {r['budget']:g} | {r['parameters']:,} | "
-            f"{'-' if dense is None else f'{dense:,}'} | {r['seeds']} | "
-            f"{r['test_auc_mean']:.4f} ± {r['test_auc_std']:.4f} "
-            f"({r['test_auc_min']:.4f}-{r['test_auc_max']:.4f}) | "
-            f"{r['test_log_loss_mean']:.4f} ± {r['test_log_loss_std']:.4f} |"
+            f"{'-' if dense is None else f'{dense:,}'} | {r['seeds']} | {auc} | {loss} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -356,6 +342,18 @@ def config_digest(job: JobConfig) -> str:
     a rerun reuses only runs trained under the same one."""
     text = json.dumps(job.model_dump(mode="json"), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+DIVERGED = "TrainingDiverged"
+"""How a diverged run's recorded error opens."""
+
+
+def failed_to_run(run: dict[str, Any]) -> bool:
+    """Whether ``run`` is recorded with an error other than its divergence: a rank killed
+    (out of memory, a lost machine) or failed. A rerun trains it again, as it may not fail
+    twice; a diverged run is kept, since its seed diverges every time."""
+    error = run.get("error")
+    return isinstance(error, str) and not error.startswith(DIVERGED)
 
 
 def _results(log: Path) -> list[dict[str, Any]]:
@@ -489,11 +487,7 @@ def run_sweep(
     job, changed = dataset_config(dataset, config, overrides or [])
     progress = verbosity() != "quiet"  # -q: the table at the end, warnings and errors only
     if changed and progress:
-        print(
-            "[sweep] the features' cardinalities, as the data are generated: "
-            + ", ".join(changed[:4])
-            + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
-        )
+        print(f"[sweep] {said_of_cardinalities(changed)}")
     check_budgets(job, budgets)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     if verbosity() == "normal":
@@ -527,11 +521,20 @@ def run_sweep(
             "one's. Sweep into another --out, or remove the file to start over"
         )
     planned = arms(budgets, seeds)
+    wanted = {a.name for a in planned}
+    retried = [r for r in done if r["name"] in wanted and failed_to_run(r)]
+    done = [r for r in done if not failed_to_run(r)]
     recorded = {r["name"] for r in done}
     # before the data are written; a sweep whose arms are all on record trains nothing
     # (its summary is written on any machine)
     device = _device(job) if any(a.name not in recorded for a in planned) else None
     base = prepare(dataset, config, overrides or [], out, progress)  # after the checks: writes data
+    if retried and progress:
+        why = str(retried[0]["error"]).splitlines()[0][:120]
+        print(
+            f"[sweep] {log}: {len(retried)} run(s) there failed without diverging "
+            f"({retried[0]['name']}: {why}, ...): trained again"
+        )
     stale = stale_runs(done, base, planned)
     if stale:
         print(
@@ -541,7 +544,6 @@ def run_sweep(
         done = [r for r in done if all(r is not old for old in stale)]
     have = {r["name"] for r in done}
     todo = [a for a in planned if a.name not in have]
-    wanted = {a.name for a in planned}
     if progress:
         print(
             f"[sweep] {dataset}: {len(todo)} run(s) to train, "
@@ -561,7 +563,7 @@ def run_sweep(
         try:
             summary = run_job(job)
         except (RankError, TrainingDiverged) as err:  # its figures are none; the rest train
-            error = str(err) if isinstance(err, RankError) else f"{type(err).__name__}: {err}"
+            error = str(err) if isinstance(err, RankError) else f"{DIVERGED}: {err}"
             summary = {"test_auc": math.nan, "test_log_loss": math.nan}
         result = {
             **asdict(arm),
@@ -587,8 +589,8 @@ def run_sweep(
                 f"({result['seconds']:.0f} s)",
                 flush=True,
             )
-    # one row a run: an older sweep's file may hold a run twice (a seed given twice)
-    runs = {r["name"]: r for r in reversed(done) if r["name"] in wanted}
+    # one row a run, its newest: an older sweep's file may hold a run twice (a seed given twice)
+    runs = {r["name"]: r for r in done if r["name"] in wanted}
     rows = summarize(list(runs.values()))
     for row in rows:  # (the same for every seed and budget of a method: counted per row)
         arm = Arm(row["method"], row["budget"], 0)

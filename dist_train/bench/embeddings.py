@@ -13,7 +13,7 @@ from typing import Any
 
 from dist_train.bench import variant, write_json
 from dist_train.config.schema import JobConfig, number_in_name
-from dist_train.data.synthetic import generate
+from dist_train.data.synthetic import generate, generated_cardinalities, said_of_cardinalities
 from dist_train.driver import run_job
 from dist_train.embedding.layout import build_layout
 
@@ -35,6 +35,12 @@ def run_embedding_bench(
 ) -> list[dict[str, Any]]:
     """Run every (kind, learning rate) variant; print and return one row each."""
     if cfg.data.train_path is None:
+        # the collisionless table's rows, and params/collisionless, are the values the data
+        # hold: the declared cardinalities left over from other data.synthetic settings
+        # counted rows that no id reaches
+        cfg, changed = generated_cardinalities(cfg)
+        if changed:
+            print(f"[bench] {said_of_cardinalities(changed)}", flush=True)
         # the collisionless table indexes integer ids: the bench's own data, beside the
         # job's (which a training run of this config generates, with its string columns)
         synthetic = cfg.data.synthetic.model_copy(update={"string_columns": []})

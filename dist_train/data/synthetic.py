@@ -24,7 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dist_train.config.schema import SyntheticDataConfig
+from dist_train.config.load import parse_config
+from dist_train.config.schema import JobConfig, SyntheticDataConfig
 from dist_train.data.listing import GENERATION_RECORD, DataSourceError, RowGroup, read_record
 from dist_train.data.output_folder import clear_splits, refuse_foreign
 from dist_train.embedding.hashing import make_salt, salted_hash
@@ -323,3 +324,25 @@ def generate(cfg: SyntheticDataConfig, out_dir: str | Path, progress: bool = Tru
     if progress:
         print(f"generated in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
     return result
+
+
+def generated_cardinalities(cfg: JobConfig) -> tuple[JobConfig, list[str]]:
+    """``cfg`` with each feature's cardinality the generated column's, and the features
+    changed: a sweep's budgets and a collisionless table are sized by it, and one left over
+    from other ``data.synthetic`` settings made a "3% budget" hold 165% of the values."""
+    made = cfg.data.synthetic.column_cardinalities()
+    raw = cfg.model_dump(mode="json")
+    changed = []
+    for feature in raw["features"]:
+        column = feature["column"] or feature["name"]
+        values = made[int(column[1:]) - 1]  # (validated: the generator's C1..Cn)
+        if feature["cardinality"] != values:
+            changed.append(f"{feature['name']} {feature['cardinality']} -> {values:,}")
+            feature["cardinality"] = values
+    return parse_config(raw, "the job on its generated data"), changed
+
+
+def said_of_cardinalities(changed: list[str]) -> str:
+    """A line naming the features :func:`generated_cardinalities` changed (the first four)."""
+    more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+    return f"the features' cardinalities, as the data are generated: {', '.join(changed[:4])}{more}"

@@ -43,6 +43,10 @@ def test_bench_embeddings_reports_every_kind(tmp_path: Path) -> None:
         f"output_dir={tmp_path}",
         "--set",
         "data.synthetic.string_columns=[]",
+        # other values than the features declare (10, 100, 1,000, 5,000): the
+        # collisionless table sized by the declared ones made params/collisionless off
+        "--set",
+        "data.synthetic.cardinalities=[10,100,500,2000]",
         "--lrs",
         "0.01",
         "--json",
@@ -51,6 +55,8 @@ def test_bench_embeddings_reports_every_kind(tmp_path: Path) -> None:
     assert main(args) == 0
     rows = json.loads(out.read_text())
     assert [r["kind"] for r in rows] == ["unified", "hashing_trick", "collisionless"]
+    # a row a value and chunk (C3 and C4 in 2 chunks), dim 8
+    assert rows[2]["embedding_parameters"] == (10 + 100 + 2 * 500 + 2 * 2000) * 8
     # each kind learned (0.75-0.76 measured on the tiny job; chance is 0.5)
     assert all(0.65 < r["test_auc"] <= 1.0 and r["examples_per_second"] > 0 for r in rows)
 
@@ -322,7 +328,7 @@ def test_bench_interaction_times_torch_and_every_native_variant(tmp_path: Path) 
 
 
 def test_sweep_on_adult_writes_table_plot_and_resumes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "sweep"
     args = ["sweep", "--dataset", "adult", "--budgets", "0.1", "--seeds", "0"]
@@ -366,6 +372,22 @@ def test_sweep_on_adult_writes_table_plot_and_resumes(
     monkeypatch.setattr(sweep, "_device", no_device)
     assert main(args) == 0
     assert (out / "results.jsonl").read_text() == runs
+    monkeypatch.undo()
+    # a run whose rank was killed (out of memory, a lost machine) trains again on a rerun:
+    # recorded as failed, its group read nan for good (a review's finding)
+    records = [json.loads(line) for line in runs.splitlines()]
+    killed = {**records[0], "test_auc": None, "test_log_loss": None}
+    killed["error"] = "rank 1 was killed by SIGKILL"
+    (out / "results.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in [killed, *records[1:]])
+    )
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "failed without diverging (" in capsys.readouterr().out
+    again = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(again) == 5 and again[-1]["name"] == killed["name"] and "error" not in again[-1]
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert all(0.5 < r["test_auc_mean"] <= 1.0 for r in rows)
 
 
 def test_a_sweep_arm_that_fails_is_recorded_and_the_rest_train(

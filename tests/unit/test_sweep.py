@@ -22,6 +22,8 @@ from dist_train.sweep import (
     arms,
     config_digest,
     dataset_config,
+    failed_to_run,
+    markdown,
     run_sweep,
     stale_runs,
     summarize,
@@ -199,6 +201,22 @@ def test_a_budget_past_the_exact_tables_or_under_a_row_a_feature_is_refused(
     assert not out.exists()  # refused before its folder, data or runs
     if budget < 0.03:
         assert "a budget of 0.0243 or more gives each a row" in str(err.value)
+
+
+def test_one_seed_is_given_without_a_spread() -> None:
+    """One seed's standard deviation is no 0: its cell said "± 0.0000 (x-x)"."""
+    run = {"method": "unified", "budget": 0.1, "parameters": 10, "test_log_loss": 0.5}
+    one = markdown(summarize([{**run, "test_auc": 0.7}]), "synthetic", "dlrm", "")
+    assert "| 1 | 0.7000 | 0.5000 |" in one and "±" not in one.splitlines()[-1]
+    two = markdown(summarize([{**run, "test_auc": a} for a in (0.7, 0.8)]), "synthetic", "", "")
+    assert "| 2 | 0.7500 ± 0.0707 (0.7000-0.8000) | 0.5000 ± 0.0000 |" in two
+
+
+def test_a_failed_run_trains_again_and_a_diverged_one_does_not() -> None:
+    assert failed_to_run({"error": "rank 1 was killed by SIGKILL"})
+    assert failed_to_run({"error": "rank 0 failed: DataSourceError: part-0.parquet: ..."})
+    assert not failed_to_run({"error": "TrainingDiverged: rank 0: loss nan at step 3"})
+    assert not failed_to_run({"test_auc": 0.8})
 
 
 def test_a_diverged_seed_makes_its_groups_figures_nan() -> None:
