@@ -44,8 +44,9 @@ def log_loss(labels: np.ndarray, logits: np.ndarray) -> float:
 
 
 def normalized_entropy(labels: np.ndarray, logits: np.ndarray) -> float:
-    """Log loss divided by the entropy of the base click rate (below 1 = better than the rate);
-    NaN where a class is missing, whose rate has no entropy to divide by."""
+    """Log loss divided by the entropy of the base click rate (below 1 = better than the rate):
+    the mean of ``labels``, the rows evaluated (TorchRec's NE; He et al. 2014 take the
+    training set's rate). NaN where a class is missing, whose rate has no entropy."""
     y = np.asarray(labels, dtype=np.float64).ravel()
     rate = float(y.mean()) if y.size else 0.0
     if not 0.0 < rate < 1.0:

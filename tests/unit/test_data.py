@@ -102,13 +102,18 @@ def test_padded_eval_covers_each_row_once(small_data: GeneratedData) -> None:
     split = assign_row_groups(groups, 3, seed=0, epoch=0, shuffle=False)
     n = eval_steps(split, 300)
     filler = pq.read_table(small_data.test_dir).slice(0, 10)
-    total = 0
+    counted: list[int] = []
     for rank_groups in split:
-        tables = iter_tables(rank_groups, ["label", "oracle_p"], 300, drop_last=False)
+        tables = iter_tables(rank_groups, ["row_id", "label"], 300, drop_last=False)
         out = list(padded(tables, 300, n, filler))
         assert len(out) == n and all(t.num_rows == 300 for t, _ in out)
-        total += sum(v for _, v in out)
-    assert total == 4096
+        for table, valid in out:
+            ids = table.column("row_id").to_numpy()
+            counted += ids[:valid].tolist()  # what evaluation counts: the first `valid`
+            assert set(ids[valid:]) <= set(ids[:valid]) or valid == 0  # padding repeats them
+    # every test row counted once: padding that put its repeats first kept the total
+    everything = pq.read_table(small_data.test_dir, columns=["row_id"]).column(0).to_pylist()
+    assert sorted(counted) == sorted(everything) and len(counted) == 4096
 
 
 def test_bad_paths_name_the_file(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -94,3 +95,26 @@ def test_evaluation_ranks_a_confident_models_predictions_by_their_logits(tmp_pat
     confident = trainer.evaluate([(batch, 512)])
     assert confident.auc == pytest.approx(roc_auc(labels, logits), abs=1e-12)
     assert confident.log_loss == pytest.approx(log_loss(labels, logits * 1000), rel=1e-6)
+
+
+@pytest.mark.usefixtures("one_rank")
+def test_evaluation_counts_a_padded_batchs_real_rows_alone(tmp_path: Path) -> None:
+    """The last batch of a rank's test rows is padded by repeating them, and a rank out of
+    rows steps on a filler batch of 0 valid rows: neither padding counts."""
+    cfg = small_config(tmp_path)
+    trainer = Trainer.build(cfg)
+    test_dir = generate(cfg.data.synthetic, tmp_path / "data", progress=False).test_dir
+    builder = trainer.batch_builder()
+    table = pq.read_table(test_dir, columns=builder.columns)
+    real = table.slice(0, 300)
+    # the rows after the first 300 are not to count, whatever they hold (`padded` repeats
+    # the real ones; other rows here, so that counting any but the first 300 shows)
+    padded_batch = builder.build(pa.concat_tables([real, table.slice(2000, 212)]))
+    filler = builder.build(table.slice(1000, 512))
+    got = trainer.evaluate([(padded_batch, 300), (filler, 0)])
+    alone = builder.build(real)
+    want = EvalMetrics.of(alone.labels.numpy(), trainer.logits(alone).astype(np.float64))
+    assert (got.auc, got.log_loss, got.ne) == pytest.approx((want.auc, want.log_loss, want.ne))
+    # the same rows counted once each: AUC and log loss of 512 rows would differ
+    everything = trainer.evaluate([(padded_batch, 512)])
+    assert everything.log_loss != pytest.approx(want.log_loss, rel=1e-9)
