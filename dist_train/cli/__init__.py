@@ -10,7 +10,8 @@ dist-train calibrate --out topology.json              measure this machine for t
 dist-train export CHECKPOINT --out DIR                unsharded safetensors of a checkpoint
 (and convert, submit, validate, bench: see --help)
 
-The modules, lowest first: :mod:`.values` (the flags' values, checked as they are read),
-:mod:`.parser` (every command and flag), :mod:`.commands` (what each command does) and
-:mod:`.main` (the entry point, also ``python -m dist_train.cli``).
+The modules, lowest first: :mod:`.stdout` (whether its reader left), :mod:`.values` (the
+flags' values, checked as they are read), :mod:`.parser` (every command and flag),
+:mod:`.commands` (what each command does) and :mod:`.main` (the entry point, also
+``python -m dist_train.cli``).
 """

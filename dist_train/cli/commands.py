@@ -9,13 +9,13 @@ import argparse
 import contextlib
 import glob
 import json
-import select
 import shlex
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dist_train.cli import stdout
 from dist_train.config.args import as_typed, train_overrides
 from dist_train.config.errors import ConfigError
 from dist_train.config.load import DEFAULT_CONFIG, REPO_ROOT
@@ -34,7 +34,7 @@ def _os_error(err: OSError, where: object = None, doing: str = "") -> int:
     A broken pipe of stdout is raised again: its reader left (`| head`), which
     :func:`~dist_train.cli.main.main` handles, and no path is at fault (another pipe's, a
     `--json` one's, is that path's)."""
-    if isinstance(err, BrokenPipeError) and stdout_reader_gone():
+    if isinstance(err, BrokenPipeError) and stdout.reader_gone():
         raise err
     path = err.filename if err.filename is not None else where
     why = f"{doing} ({err.strerror or err})" if doing else str(err.strerror or err)
@@ -545,15 +545,3 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def run_command(args: argparse.Namespace) -> int:
     """Run the command ``args`` names; its exit status."""
     return _COMMANDS[args.command](args)
-
-
-def stdout_reader_gone() -> bool:
-    """Whether stdout's reader has closed it (poll: an error on a pipe, a hang-up on a
-    socket)."""
-    try:
-        poll = select.poll()
-        poll.register(sys.stdout.fileno(), select.POLLOUT)
-        gone = select.POLLERR | select.POLLHUP
-        return any(events & gone for _, events in poll.poll(0))
-    except (OSError, ValueError, AttributeError):  # no fd (a test's capture), or no poll
-        return False

@@ -8,7 +8,8 @@ import os
 import sys
 from typing import NoReturn
 
-from dist_train.cli.commands import run_command, stdout_reader_gone
+from dist_train.cli import stdout
+from dist_train.cli.commands import run_command
 from dist_train.cli.parser import parse_args
 from dist_train.logs import setup_logging
 from dist_train.stopping import exit_quickly, stopped_by_sigterm
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = stopped_by_sigterm(lambda: run_command(args))
     except BrokenPipeError:
-        if not stdout_reader_gone():
+        if not stdout.reader_gone():
             raise  # another pipe than stdout's: not the reader's doing
         # `dist-train show-config | head`: the reader has its lines. Python's flush of stdout
         # at exit would fail again, with a traceback of its own.

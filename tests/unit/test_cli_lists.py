@@ -245,13 +245,13 @@ def test_a_broken_pipe_is_no_fault_of_an_output_folder(
     """`sweep ... | head` said `error: sw1: Broken pipe`, naming its --out, and exited 1 at
     once: each command's OSError handler took it before main's handling of the reader's
     leaving (a helper's audit). Another pipe's (`--json >(head -c1)`) is that path's."""
-    from dist_train.cli import commands
+    from dist_train.cli import commands, stdout
 
     broken = BrokenPipeError(32, "Broken pipe")
-    monkeypatch.setattr(commands, "stdout_reader_gone", lambda: True)
+    monkeypatch.setattr(stdout, "reader_gone", lambda: True)
     with pytest.raises(BrokenPipeError):
         commands._os_error(broken, "sw1")
-    monkeypatch.setattr(commands, "stdout_reader_gone", lambda: False)
+    monkeypatch.setattr(stdout, "reader_gone", lambda: False)
     assert commands._os_error(broken, "/dev/fd/63", "cannot write") == 1
     assert "error: /dev/fd/63: cannot write (Broken pipe)" in capsys.readouterr().err
 
