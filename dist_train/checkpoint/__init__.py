@@ -27,6 +27,7 @@ The modules, lowest first:
 - :mod:`.sharded_moments`: a sharded table's torch optimizer state placed as its weight.
 - :mod:`.folders`: which entries of a checkpoint folder are committed, half-written or a
   user's.
+- :mod:`.rng`: each rank's random generator, encoded, checked and restored.
 - :mod:`.state`: what a checkpoint holds of a trainer; the ranks' agreement on an outcome.
 - :mod:`.meta`: ``meta.json``, read checked field by field; :class:`~.meta.TrainPosition`.
 - :mod:`.save`: :class:`~.save.CheckpointSaver`, which writes in the background and commits.

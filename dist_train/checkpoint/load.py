@@ -4,7 +4,6 @@ to verify it; every file read checked against ``meta.json``, no code run from an
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 import torch
@@ -26,6 +25,7 @@ from dist_train.checkpoint.meta import (
     redeals_skipping,
 )
 from dist_train.checkpoint.reader import reader as checkpoint_reader
+from dist_train.checkpoint.rng import restore_rng_state
 from dist_train.checkpoint.safe_decode import SafeDecodePlanner, SafeLoadPlanner
 from dist_train.checkpoint.sharded_moments import Wrapped, placeable, shard_like_weights, unwrap
 from dist_train.checkpoint.state import Trainer, agree, trainer_state
@@ -97,10 +97,7 @@ def load(trainer: Trainer, path: Location, resuming: bool = True) -> TrainPositi
     unwrap(state, wrapped)
     trainer.model.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optim"])
-    rng = meta.get("torch_rng_states")
-    if rng and len(rng) == dist.get_world_size():  # another world size: ranks start afresh
-        state_bytes = bytearray(base64.b64decode(rng[dist.get_rank()]))
-        torch.set_rng_state(torch.frombuffer(state_bytes, dtype=torch.uint8))
+    restore_rng_state(meta.get("torch_rng_states"))
     return position
 
 

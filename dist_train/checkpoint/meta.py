@@ -5,13 +5,10 @@ Whether a job can resume from it (:func:`check_compatible`) is decided here too.
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-import torch
 
 from dist_train.checkpoint.digests import FileDigests, digest_of
 from dist_train.checkpoint.errors import CheckpointError
@@ -23,7 +20,7 @@ from dist_train.checkpoint.folders import (
     save_folder_name,
     step_of,
 )
-from dist_train.checkpoint.state import rng_state_bytes
+from dist_train.checkpoint.rng import is_rng_state
 from dist_train.logs import LOG
 from dist_train.storage import Location
 from planners.json_keys import loads_unique_keys
@@ -160,7 +157,7 @@ def _check_fields(meta: dict[str, Any], meta_path: Location) -> None:
     if "world_size" in meta and not (_is_count(meta["world_size"]) and meta["world_size"] > 0):
         raise CheckpointError(f"{meta_path}: world_size is not a rank count")
     rng = meta.get("torch_rng_states")
-    if rng is not None and not (isinstance(rng, list) and all(map(_is_rng_state, rng))):
+    if rng is not None and not (isinstance(rng, list) and all(map(is_rng_state, rng))):
         raise CheckpointError(f"{meta_path}: torch_rng_states is not a list of CPU RNG states")
     sharding = meta.get("sharding")
     if sharding is not None and not (
@@ -186,20 +183,6 @@ def _config_parts(config: Any) -> list[tuple[str, Any]]:
     if not isinstance(config, dict):
         return []
     return [(f"config.{k}", config.get(k)) for k in ("data", "embedding", "train", "checkpoint")]
-
-
-def _is_rng_state(state: Any) -> bool:
-    """Base64 of a CPU generator's state, as :func:`~dist_train.checkpoint.state.rng_state`
-    writes it: of its length, and one a generator takes (its Mersenne Twister's state checked
-    by torch)."""
-    try:
-        raw = base64.b64decode(state, validate=True) if isinstance(state, str) else b""
-        if len(raw) != len(rng_state_bytes()):
-            return False
-        torch.Generator().set_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
-        return True
-    except (ValueError, RuntimeError):
-        return False
 
 
 def meta_digest(meta: dict[str, Any]) -> str:

@@ -31,7 +31,8 @@ from dist_train.checkpoint.folders import (
     save_folder_name,
 )
 from dist_train.checkpoint.meta import META_DIGEST, TrainPosition, meta_digest
-from dist_train.checkpoint.state import Trainer, agree, rng_state, trainer_state
+from dist_train.checkpoint.rng import rng_state
+from dist_train.checkpoint.state import Trainer, agree, trainer_state
 from dist_train.checkpoint.writer import writer as checkpoint_writer
 from dist_train.logs import LOG
 from dist_train.storage import Location

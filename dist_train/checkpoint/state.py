@@ -1,10 +1,9 @@
-"""What a checkpoint holds of a trainer (its model's and optimizer's state dicts, each rank's
-RNG state), and the ranks' agreement on a save's or a load's outcome.
+"""What a checkpoint holds of a trainer (its model's and optimizer's state dicts; each rank's
+RNG state is :mod:`.rng`'s), and the ranks' agreement on a save's or a load's outcome.
 """
 
 from __future__ import annotations
 
-import base64
 from typing import Any, Protocol
 
 import torch
@@ -30,16 +29,6 @@ def trainer_state(trainer: Trainer) -> tuple[dict[str, Any], Wrapped]:
     placed as its weight (:mod:`dist_train.checkpoint.sharded_moments`); what was so placed."""
     state = {"model": trainer.model.state_dict(), "optim": trainer.optimizer.state_dict()}
     return state, shard_like_weights(state)
-
-
-def rng_state_bytes() -> bytes:
-    """This process's CPU generator state, as torch holds it."""
-    return torch.get_rng_state().numpy().tobytes()
-
-
-def rng_state() -> str:
-    """:func:`rng_state_bytes` as base64: each rank's entry in ``meta.json``."""
-    return base64.b64encode(rng_state_bytes()).decode()
 
 
 def agree(problem: str | None, group: dist.ProcessGroup | None = None, cause: bool = False) -> None:

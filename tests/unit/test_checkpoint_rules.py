@@ -28,8 +28,8 @@ from dist_train.checkpoint.meta import (
     meta_digest,
     read_meta,
 )
+from dist_train.checkpoint.rng import rng_state_bytes
 from dist_train.checkpoint.save import CheckpointSaver
-from dist_train.checkpoint.state import rng_state_bytes
 from dist_train.config.load import load_config, parse_config
 from dist_train.data.epoch_plan import EpochPlan
 from dist_train.data.listing import RowGroup, assign_row_groups, steps_per_epoch
