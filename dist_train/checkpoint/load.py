@@ -60,7 +60,8 @@ def load(trainer: Trainer, path: Location, resuming: bool = True) -> TrainPositi
         LOG.warning(
             f"{path}: resumed mid-epoch on {dist.get_world_size()} ranks, saved by "
             f"{meta.get('world_size')}, where bad rows are skipped: this epoch's re-dealt "
-            "batches may miss some rows (each is still trained at most once)"
+            "batches may miss some rows, a rank's share all of its batches (each row is "
+            "still trained at most once)"
         )
     digests = file_digests(meta, path) if dist.get_rank() == 0 else meta.get("files")
     state, wrapped = trainer_state(trainer)

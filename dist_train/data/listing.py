@@ -296,9 +296,9 @@ def report_bad_input(
     policy: BadInputPolicy | None, message: str, whole_file: bool = True, io_error: bool = False
 ) -> None:
     """Bad input that ``message`` names: raise :class:`DataSourceError` without a policy, else
-    the policy raises :class:`BadInputError` (``error``; a row group whose read failed for a
-    moment, ``io_error``, :class:`InputReadError`) or counts a skipped file or row group
-    (``skip``)."""
+    the policy raises :class:`BadInputError` (``error``) or counts a skipped file or row
+    group (``skip``); a row group whose read failed for a moment (``io_error``) raises
+    :class:`InputReadError` under either."""
     if policy is None:
         raise DataSourceError(message)
     if whole_file:

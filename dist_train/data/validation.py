@@ -248,10 +248,14 @@ class BadInputPolicy:
         LOG.warning(f"skipping bad input: {message}")
 
     def row_group_problem(self, message: str, io_error: bool = False) -> None:
-        """A row group cannot be read (``io_error``: its read failed with an I/O error):
-        raise, or count it and warn."""
+        """A row group cannot be read: raise, or count it and warn. A read that failed as
+        storage fails for a moment (``io_error``) raises :class:`InputReadError` under
+        ``skip`` too: a resumed stream replays its row groups, and the group read then
+        would shift every batch after it (rows trained twice, others never)."""
+        if io_error:
+            raise InputReadError(message)
         if self.mode == "error":
-            raise (InputReadError if io_error else BadInputError)(message)
+            raise BadInputError(message)
         if self.counting:
             self.counts.row_groups += 1
             LOG.warning(f"skipping bad input: {message}")

@@ -119,9 +119,10 @@ class Epoch:
         done: int,
         stream: Iterator[Batch],
         counted: CountedRows,
+        redealt: bool = False,
     ):
         self.epochs, self.index, self.plan, self.done = epochs, index, plan, done
-        self._stream, self._counted = stream, counted
+        self._stream, self._counted, self._redealt = stream, counted, redealt
         self._exhausted = False
 
     def batches(self) -> Iterator[Batch]:
@@ -149,7 +150,16 @@ class Epoch:
             # every batch its rows gave was trained: the rows read after the last count too
             # (a resumed run reads them again after its checkpoint's batches, counted)
             self.epochs.bad_input = self._counted.at_end
-        if self.done == 0:  # every rank agrees: no rank had a batch (a resumed epoch's
+        if self.done == 0 and self._redealt:
+            # its batches left, dealt anew to this world size, past what a rank's stream
+            # holds once bad rows are skipped (load warned of it): the next epoch runs
+            if dist.get_rank() == 0:
+                LOG.warning(
+                    f"epoch {self.index}: a rank held none of the batches left of it, dealt "
+                    "anew to this world size, once bad rows were skipped; training goes on "
+                    "with the next epoch"
+                )
+        elif self.done == 0:  # every rank agrees: no rank had a batch (a resumed epoch's
             # last batches may all have been trained before its checkpoint: no error)
             skipped = across_ranks(self.epochs.policy.counts).as_dict()
             raise DataSourceError(
@@ -253,7 +263,9 @@ class Epochs:
                 tc.prefetch_batches,
                 niceness=tc.prefetch_niceness,
             )
-            self.current = Epoch(self, index, plan, skip, stream, counted)
+            # resumed mid-epoch on another world size: its batches left were dealt anew
+            redealt = index == self.start.epoch and self.start.batches > 0 and skip == 0
+            self.current = Epoch(self, index, plan, skip, stream, counted, redealt)
             yield self.current
             if self.current.stopped_early:
                 break

@@ -468,9 +468,10 @@ def test_a_read_that_fails_for_a_moment_is_no_repeat(
     small_cfg: JobConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ray's restarts are not ended by a row group whose read failed as storage fails for a
-    moment (a connection reset): that is InputReadError, left out of the errors a restart
-    would meet again. A corrupt page (pyarrow's OSError of a failed checksum, no errno) and
-    a file gone stay BadInputError, recorded: a restart would meet them again."""
+    moment (a connection reset): that is InputReadError, under either policy, left out of
+    the errors a restart would meet again. A corrupt page (pyarrow's OSError of a failed
+    checksum, no errno) and a file gone stay BadInputError, recorded: a restart would meet
+    them again."""
     from dist_train.data import stream
     from dist_train.data.validation import InputReadError
 
@@ -484,10 +485,15 @@ def test_a_read_that_fails_for_a_moment_is_no_repeat(
     def read(*_: object, **__: object) -> object:
         raise ConnectionResetError(errno.ECONNRESET, "reset")
 
+    # under skip too: dropped, a resumed run's replay would read the group and shift every
+    # batch after it, rows trained twice and others never (a review's finding)
+    skipping = BadInputPolicy.for_job(_with(small_cfg, tmp_path, tmp_path, "skip"))
     with monkeypatch.context() as patch:
         patch.setattr(pq.ParquetFile, "read_row_group", read)
-        with pytest.raises(InputReadError, match="cannot read"):
-            next(stream.row_group_tables(groups, ["label"], policy))
+        for checks in (policy, skipping):
+            with pytest.raises(InputReadError, match="cannot read"):
+                next(stream.row_group_tables(groups, ["label"], checks))
+    assert skipping.counts.row_groups == 0
     data = bytearray(path.read_bytes())
     page = pq.ParquetFile(path).metadata.row_group(0).column(0).data_page_offset
     data[page + 200] ^= 0xFF  # inside the first data page's values

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -737,23 +738,10 @@ def test_a_held_save_commits_only_once_released(
     saver.release()  # nothing held: nothing to do
 
 
-@pytest.mark.parametrize(
-    "bad",
-    [range(0, 40, 5), range(32, 40)],
-    ids=["one_bad_row_a_group", "a_short_epoch"],
-)
-def test_a_checkpoint_counts_the_bad_rows_of_its_trained_batches(
-    one_rank: None, tmp_path: Path, bad: range
-) -> None:
-    """A checkpoint counts the bad rows read for its trained batches, not those the input
-    read ahead of training: a review's resumed run reported 20 skipped rows against 16
-    uninterrupted (the rows read ahead were counted in the checkpoint and again on resume),
-    and the rows a resumed stream read for its first batch were not counted at all. In a
-    short epoch (its last 8 rows bad: 8 of 10 planned batches) the rows read past its last
-    batch were left out of its counts but carried into the next epoch's (16 against 11
-    resumed), and a checkpoint at its last step resumed into "epoch 0 trained no batch"."""
-    import itertools
-
+def _skipping_job(tmp_path: Path, bad: range) -> tuple[Any, Any, list[RowGroup]]:
+    """A tiny job that skips bad rows, over 40 rows in 8 row groups of 5, the rows in
+    ``bad`` holding an id outside C1's 10; its batch builder and row groups (4 rows a
+    batch: 10 planned an epoch)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -788,6 +776,27 @@ def test_a_checkpoint_counts_the_bad_rows_of_its_trained_batches(
     )
     builder = make_batch_builder(cfg, build_layout(cfg.embedding, cfg.features, cfg.seed))
     groups = [RowGroup(str(tmp_path / "a.parquet"), g, per_group) for g in range(8)]
+    return cfg, builder, groups
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [range(0, 40, 5), range(32, 40)],
+    ids=["one_bad_row_a_group", "a_short_epoch"],
+)
+def test_a_checkpoint_counts_the_bad_rows_of_its_trained_batches(
+    one_rank: None, tmp_path: Path, bad: range
+) -> None:
+    """A checkpoint counts the bad rows read for its trained batches, not those the input
+    read ahead of training: a review's resumed run reported 20 skipped rows against 16
+    uninterrupted (the rows read ahead were counted in the checkpoint and again on resume),
+    and the rows a resumed stream read for its first batch were not counted at all. In a
+    short epoch (its last 8 rows bad: 8 of 10 planned batches) the rows read past its last
+    batch were left out of its counts but carried into the next epoch's (16 against 11
+    resumed), and a checkpoint at its last step resumed into "epoch 0 trained no batch"."""
+    import itertools
+
+    cfg, builder, groups = _skipping_job(tmp_path, bad)
 
     def read_ahead(batches: Any) -> Any:  # as a train pipeline does: 3 batches ahead
         it = iter(batches)
@@ -812,6 +821,33 @@ def test_a_checkpoint_counts_the_bad_rows_of_its_trained_batches(
         saved = train(TrainPosition(), stop_at=stop)
         resumed = train(saved)
         assert (resumed.step, resumed.bad_input_rows) == (whole.step, whole.bad_input_rows), stop
+
+
+def test_a_redealt_epoch_that_leaves_a_rank_no_batch_goes_on_to_the_next(
+    one_rank: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An elastic group back at another size resumes mid-epoch where bad rows are skipped
+    (load warns): the epoch's batches left, dealt anew, may lie past what a rank's stream
+    holds. Every rank then had none, and the run ended with "epoch 0 trained no batch", a
+    data error that a restart meets again (a review's finding): it goes on to the next
+    epoch."""
+    cfg, builder, groups = _skipping_job(tmp_path, range(32, 40))  # 8 of 10 batches
+    policy = BadInputPolicy.for_job(cfg)
+    first = epochs.Epochs(cfg, groups, builder, policy, TrainPosition(), ranks=(0, 1))
+    epoch = next(iter(first))
+    for _ in itertools.islice(epoch.trained(lambda b: ((x, 0.0) for x in b)), 6):
+        pass
+    saved = epoch.position()
+    assert (saved.epoch, saved.batches) == (0, 6)
+    # on 3 ranks the 4 batches left are 1 a rank: the third's, batch 8, is past its 8
+    third = epochs.Epochs(cfg, groups, builder, policy, saved, ranks=(2, 3))
+    trained = []
+    for epoch in third:
+        trained.append([b for b, _ in epoch.trained(lambda b: ((x, 0.0) for x in b))])
+        if epoch.index == 0:
+            assert epoch.done == 0 and epoch.position().epoch == 1
+    assert trained[0] == [] and len(trained) == cfg.train.epochs
+    assert "epoch 0: a rank held none of the batches left of it" in caplog.text
 
 
 def test_a_failure_is_recorded_for_restarts_only_and_never_hides_it(
