@@ -130,7 +130,12 @@ def candidates(
     cache = offer_cache and offers_cache(workload, topo)
     row_types = [t for t in pl.ROW_WISE_TYPES if t in allowed]
     for kind in row_types:  # row_wise and row_wise_unpooled: the same shards
-        out.append(pl.row_wise(table, topo, sharding_type=kind))
+        even = pl.row_wise(table, topo, sharding_type=kind)
+        out.append(even)
+        if topo.device_type == "cpu" and table.rows >= world and pl.kernel_without_rows([even]):
+            # TorchRec's ceil(rows / ranks) a rank leaves the last none, a kernel FBGEMM's CPU
+            # kernel fails on where no other table gives it rows: a row for every rank too
+            out.append(pl.row_wise(table, topo, pl.balanced_row_sizes(table.rows, world), kind))
         uneven = uneven_row_wise(table, workload, topo, busy, sharding_type=kind)
         if uneven is not None:
             out.append(uneven)

@@ -59,7 +59,7 @@ class GroupPlan:
     def fits(self) -> bool:
         return self.estimate.fits
 
-    def score(self) -> tuple[bool, float, int]:
+    def score(self) -> tuple[bool, bool, float, int]:
         return self.estimate.score()
 
 
@@ -151,7 +151,7 @@ def estimate_group_plan(
     costs = costs + latency_costs({p.sharding_type for p in placements}, gtopo)
     costs = costs + reorder_costs(placements, workload, gtopo)
     costs = costs + replica_sync_costs(placements, workload, topo, group_size, sync_every)
-    estimate = PlanEstimate.of(placements, costs, gtopo)
+    estimate = PlanEstimate.of(placements, costs, gtopo, workload)
     estimate.core_share = _core_share(topo, group_size)
     return GroupPlan(group_size, gtopo, estimate)
 

@@ -53,14 +53,24 @@ class PlanEstimate:
     # threads per rank / cores per node where ranks share a node's CPU cores, else 0
     core_share: float = 0.0
     usable_host_bytes: int = 0  # host memory per rank for UVM-cached shards
+    # a CPU rank's kernel would hold no rows (placement.kernel_without_rows): the search
+    # prefers any plan without one, and the trainer refuses such a plan
+    empty_kernel: bool = False
 
     @classmethod
     def of(
-        cls, placements: tuple[TablePlacement, ...], costs: RankCosts, topo: Topology
+        cls,
+        placements: tuple[TablePlacement, ...],
+        costs: RankCosts,
+        topo: Topology,
+        workload: Workload,
     ) -> PlanEstimate:
         share = 0.0
         if topo.device_type == "cpu" and topo.cores_per_node:
             share = topo.threads_per_rank / topo.cores_per_node
+        empty = topo.device_type == "cpu" and (
+            pl.kernel_without_rows(placements, workload.kernel_per_table) is not None
+        )
         return cls(
             placements,
             costs,
@@ -68,6 +78,7 @@ class PlanEstimate:
             topo.ranks_per_node,
             share,
             topo.usable_host_bytes_per_rank,
+            empty,
         )
 
     @property
@@ -107,8 +118,8 @@ class PlanEstimate:
             return labels.pop()
         return ", ".join(f"{p.table}: {p.label}" for p in self.placements)
 
-    def score(self) -> tuple[bool, float, int]:
-        return (not self.fits, self.step_seconds, self.max_memory_bytes)
+    def score(self) -> tuple[bool, bool, float, int]:
+        return (not self.fits, self.empty_kernel, self.step_seconds, self.max_memory_bytes)
 
 
 @dataclass
@@ -151,6 +162,7 @@ def _rebalance(
             (*plan.placements[:i], uneven, *plan.placements[i + 1 :]),
             others + table_costs(uneven, table, workload, topo),
             topo,
+            workload,
         )
         if trial.score() < plan.score():
             plan = trial
@@ -160,7 +172,7 @@ def _rebalance(
 def _finish(p: _Partial, base: RankCosts, workload: Workload, topo: Topology) -> PlanEstimate:
     costs = p.costs + base + latency_costs(set(p.types), topo)
     costs = costs + reorder_costs(p.placements, workload, topo)
-    return PlanEstimate.of(p.placements, costs, topo)
+    return PlanEstimate.of(p.placements, costs, topo, workload)
 
 
 def contiguous_table_wise(workload: Workload, topo: Topology) -> tuple[TablePlacement, ...]:

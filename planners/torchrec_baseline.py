@@ -84,7 +84,7 @@ def estimate(placements: list[TablePlacement], workload: Workload, topo: Topolog
         costs = costs + table_costs(p, table, workload, topo)
     costs = costs + latency_costs({p.sharding_type for p in full}, topo)
     costs = costs + reorder_costs(full, workload, topo)
-    return PlanEstimate.of(tuple(full), costs, topo)
+    return PlanEstimate.of(tuple(full), costs, topo, workload)
 
 
 class _DropSpecNotFound(logging.Filter):

@@ -178,6 +178,9 @@ class Workload:
     interaction_least_elements_per_sample: int | None = None
     # bytes the dense network keeps for its backward an example (its activations)
     activation_bytes_per_sample: float = 0.0
+    # CPU ranks: a kernel a table (else a rank's tables of one sharding type share one); a
+    # kernel of no rows fails (placement.kernel_without_rows)
+    kernel_per_table: bool = False
 
     def table(self, name: str) -> TableLoad:
         for t in self.tables:

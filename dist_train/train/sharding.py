@@ -20,6 +20,7 @@ from dist_train.embedding.layout import EmbeddingLayout, build_layout
 from dist_train.models import CTRModel, create_model
 from dist_train.train.replicas import MERGED_OPTIMIZERS
 from planners.cores import usable_cores
+from planners.placement import kernel_without_rows
 from planners.planner import CostModelPlanner
 from planners.sharders import (
     AnyDeviceEmbeddingBagCollectionSharder,
@@ -144,10 +145,17 @@ def make_sharder(cfg: JobConfig, device_type: str) -> AnyDeviceEmbeddingBagColle
     feature (TorchRec otherwise batches a rank's tables into one kernel, which keeps FBGEMM's
     serial shared-table backward)."""
     params = job_fused_params(cfg, device_type)
-    layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
-    if params is not None and device_type == "cpu" and any(len(t.keys) > 1 for t in layout.tables):
+    if params is not None and _kernel_per_table(cfg, device_type):
         params = {**params, USE_ONE_TBE_PER_TABLE: True}
     return AnyDeviceEmbeddingBagCollectionSharder(fused_params=params)
+
+
+def _kernel_per_table(cfg: JobConfig, device_type: str) -> bool:
+    """Whether :func:`make_sharder` puts each table in a kernel of its own: on CPU, for a
+    fused optimizer, where several keys share a table."""
+    if device_type != "cpu" or job_fused_params(cfg, device_type) is None:
+        return False
+    return any(len(t.keys) > 1 for t in build_layout(cfg.embedding, cfg.features, cfg.seed).tables)
 
 
 def build_model(cfg: JobConfig, layout: EmbeddingLayout) -> CTRModel:
@@ -201,6 +209,7 @@ def workload_for_config(
         id_skew=cfg.sharding.id_skew,
         cache_load_factor=cfg.sharding.cache_load_factor,
         tables_in_key_order=_tables_in_key_order(layout),
+        kernel_per_table=_kernel_per_table(cfg, device_type),
     )
 
 
@@ -335,33 +344,22 @@ def refuse_what_cpu_kernels_refuse(
 def refuse_ranks_without_rows(
     placements: Sequence[TablePlacement], kernel_per_table: bool = False
 ) -> None:
-    """PlanningError where a rank's CPU kernel would hold shards but none of their rows:
-    TorchRec's ``ceil(rows / ranks)`` rows a rank leave the last ranks none of a table of
-    few rows, and FBGEMM's CPU kernel of only such shards fails on that rank at its first
-    step ("weights[0] must be a GPU or MTIA tensor"). A rank's tables of one sharding type
-    share a kernel, which runs with rows of any of them, unless ``kernel_per_table`` (the
-    sharder's one kernel a table: :func:`make_sharder`)."""
-    rows: dict[tuple[str, int, str], int] = {}
-    for p in placements:
-        for s in p.shards:
-            key = (p.sharding_type, s.rank, p.table if kernel_per_table else "")
-            rows[key] = rows.get(key, 0) + s.rows
-    for (sharding_type, rank, _), held in sorted(rows.items()):
-        if held == 0:
-            tables = [
-                p.table
-                for p in placements
-                if p.sharding_type == sharding_type
-                and any(s.rank == rank and s.rows == 0 for s in p.shards)
-            ]
-            raise PlanningError(
-                f"sharding.type={sharding_type}: rank {rank} would hold none of the rows of "
-                f"{', '.join(tables[:4])}{' ...' if len(tables) > 4 else ''} (ceil(rows / ranks) "
-                "rows a rank leave the last ranks none), and FBGEMM's CPU kernel fails on a "
-                "rank holding no rows; split the rows over fewer ranks (ray.num_workers, or a "
-                "smaller sharding.group_size), give the table more (embedding.num_rows), or "
-                "choose another sharding.type (data_parallel replicates it)"
-            )
+    """PlanningError where a rank's CPU kernel would hold shards but none of their rows
+    (:func:`planners.placement.kernel_without_rows`): TorchRec's ``ceil(rows / ranks)`` rows
+    a rank leave the last ranks none of a table of few rows, and FBGEMM's CPU kernel of only
+    such shards fails on that rank at its first step. The search prefers a plan without
+    one; only a job whose every plan has one meets this."""
+    empty = kernel_without_rows(placements, kernel_per_table)
+    if empty is not None:
+        sharding_type, rank, tables = empty
+        raise PlanningError(
+            f"sharding.type={sharding_type}: rank {rank} would hold none of the rows of "
+            f"{', '.join(tables[:4])}{' ...' if len(tables) > 4 else ''} (ceil(rows / ranks) "
+            "rows a rank leave the last ranks none), and FBGEMM's CPU kernel fails on a "
+            "rank holding no rows; split the rows over fewer ranks (ray.num_workers, or a "
+            "smaller sharding.group_size), give the table more (embedding.num_rows), or "
+            "choose another sharding.type (data_parallel replicates it)"
+        )
 
 
 COLUMN_SPLITTING = frozenset({"column_wise", "grid_shard"})

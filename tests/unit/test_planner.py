@@ -674,7 +674,6 @@ _NINE_ROWS = ["embedding.num_rows=9", "embedding.num_tables=1"]
 @pytest.mark.parametrize(
     ("sharding", "overrides"),
     [
-        ("row_wise", [*_NINE_ROWS, "ray.num_workers=4", "sharding.group_size=4"]),
         ("row_wise_unpooled", ["embedding.num_rows=1", "embedding.num_tables=1"]),
         # two shared tables of 2 and 1 rows, a kernel each: rank 1 holds a row of one and
         # none of the other, and the empty kernel failed (a review)
@@ -685,8 +684,8 @@ _NINE_ROWS = ["embedding.num_rows=9", "embedding.num_tables=1"]
 def test_a_plan_leaving_a_cpu_rank_none_of_its_rows_is_refused(
     sharding: str, overrides: list[str]
 ) -> None:
-    """9 rows on 4 ranks are 3, 3, 3 and 0 by TorchRec's split: validate passed the plan, and
-    rank 3's FBGEMM kernel failed at the first step (a helper's audit)."""
+    """A table of fewer rows than ranks leaves a rank none: validate passed such a plan, and
+    the rank's FBGEMM kernel failed at the first step (a helper's audit)."""
     one_group = ["sharding.group_size=2"] if "ray.num_workers=4" not in overrides else []
     cfg = load_config(overrides=[f"sharding.type={sharding}", *one_group, *overrides])
     with pytest.raises(PlanningError, match=rf"sharding.type={sharding}: rank \d would hold none"):
@@ -694,6 +693,32 @@ def test_a_plan_leaving_a_cpu_rank_none_of_its_rows_is_refused(
     assert plan_for_config(cfg, "cuda") is not None  # (the CPU kernel's failure)
     more = [f"sharding.type={sharding}", *one_group, *overrides, "embedding.num_rows=64"]
     assert plan_for_config(load_config(overrides=more)).sharding_plan is not None
+
+
+@pytest.mark.parametrize(
+    ("sharding", "overrides", "ranks"),
+    [
+        ("row_wise", [*_NINE_ROWS], 4),
+        ("auto", ["embedding.num_rows=12", "embedding.num_tables=1"], 8),
+        ("auto", [], 4_096),  # the default job's largest weak-scaling row
+    ],
+)
+def test_a_cpu_row_split_gives_every_rank_a_row(
+    sharding: str, overrides: list[str], ranks: int
+) -> None:
+    """9 rows on 4 ranks are 3, 3, 3 and 0 by TorchRec's split, which the CPU kernel fails
+    on: row_wise was refused, and auto chose such a split (300,000 rows on 4,096 ranks leave
+    41 none) and then refused its own choice (a planner audit). A split that gives every
+    rank a row is offered too (routed as an uneven one), and chosen over it."""
+    assert pl.balanced_row_sizes(9, 4) == [3, 2, 2, 2]
+    cfg = load_config(
+        overrides=[f"sharding.type={sharding}", f"sharding.group_size={ranks}", *overrides]
+    )
+    plan = plan_job(cfg, ranks, min(ranks, 8))
+    for module in plan.sharding_plan.plan.values():
+        for spec in module.values():  # type: ignore[attr-defined]
+            shards = spec.sharding_spec.shards if spec.sharding_spec is not None else []
+            assert all(s.shard_sizes[0] > 0 for s in shards), spec.sharding_type
 
 
 def test_the_search_chooses_no_worse_than_any_one_types_own_plan() -> None:

@@ -148,7 +148,7 @@ def test_a_plan_never_mixes_the_two_row_wise_types() -> None:
     result = search(work, topo, tuple(allowed))
     assert len({p.sharding_type for p in result.best.placements}) == 1
     # the rule binds: mixed, the plan would be faster
-    assert PlanEstimate.of(tuple(mixed), cost, topo).step_seconds < result.best.step_seconds
+    assert PlanEstimate.of(tuple(mixed), cost, topo, work).step_seconds < result.best.step_seconds
     # every type allowed: the beam, the per-type alternatives and the 2D group plans
     result = search(work, topo)
     plans = [result.best, *(a for a in result.alternatives.values() if not isinstance(a, str))]
