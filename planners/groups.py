@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from planners.cost_model import dense_costs, latency_costs, reorder_costs, table_costs
-from planners.search import PlanEstimate, beam_search, check_constraints, explain_no_fit
+from planners.search import PlanEstimate, beam_search, check_constraints, gib
 from planners.topology import Topology, resize
 from planners.types import (
     HIERARCHICAL,
@@ -61,6 +61,28 @@ class GroupPlan:
 
     def score(self) -> tuple[bool, bool, float, int]:
         return self.estimate.score()
+
+
+def _no_fit_in_groups(
+    plans: list[GroupPlan], workload: Workload, topo: Topology, group_size: int, sync_every: int
+) -> str:
+    """Why no plan fits groups of ``group_size``: the leanest of ``plans`` (the beam keeps the
+    fastest), its fullest rank's memory with the replica merge's copy of what the rank holds,
+    and the tables it holds. (The group's own topology leaves that copy out: a table of 750
+    MiB was said to need less than 921.6 MiB usable where it needed 1,463.)"""
+    leanest = min(plans, key=lambda c: c.estimate.max_memory_bytes).estimate
+    rank = int(np.argmax(leanest.costs.memory))
+    held = [p for p in leanest.placements if p.sharding_type != "data_parallel"]
+    copy = replica_sync_costs(tuple(held), workload, topo, group_size, sync_every).memory[rank]
+    tables = [p.table for p in held if any(s.rank == rank and s.rows for s in p.shards)]
+    named = (
+        f", holding {', '.join(tables[:4])}{' ...' if len(tables) > 4 else ''}" if tables else ""
+    )
+    return (
+        f"does not fit: {leanest.label} needs {gib(leanest.max_memory_bytes)} on its fullest "
+        f"rank{named} ({gib(copy)} of it the replica merge's copy of the rows and optimizer "
+        f"state it holds), {gib(leanest.usable_bytes)} usable"
+    )
 
 
 def group_sizes(num_nodes: int, ranks_per_node: int) -> list[int]:
@@ -204,8 +226,7 @@ def best_group_plans(
         best = min(candidates, key=lambda c: c.score())
         replicated = all(p.sharding_type == "data_parallel" for p in best.estimate.placements)
         if not best.fits:
-            # the leanest placement's figures (the beam kept the fastest), without the cache
-            out[g] = explain_no_fit(workload, gtopo, frozenset(group_types), True, False)
+            out[g] = _no_fit_in_groups(candidates, workload, topo, g, sync_every)
         elif replicated and sizes is None:  # under auto, 1D's data_parallel already covers it
             out[g] = "data_parallel in groups is 1D data_parallel"
         else:

@@ -314,7 +314,7 @@ def _no_column_split(dim: int, most: int) -> str:
     )
 
 
-def _gib(n: float) -> str:
+def gib(n: float) -> str:
     """Bytes in GiB to 2 decimals, below 1 GiB in MiB (0.08 GiB needed of 0.08 usable hid
     the difference)."""
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
@@ -340,11 +340,11 @@ def explain_no_fit(
     if dense > usable:  # no table is at fault: the dense side alone is too large
         layers = weights > usable
         return (
-            f"the dense network ({workload.dense_parameters:,} parameters: {_gib(weights)} a "
+            f"the dense network ({workload.dense_parameters:,} parameters: {gib(weights)} a "
             f"rank with their gradients and optimizer state) and a step's working memory "
-            f"({_gib(dense - weights)}, of which {_gib(activations)} the network's activations "
+            f"({gib(dense - weights)}, of which {gib(activations)} the network's activations "
             f"at {workload.batch_size_per_rank:,} examples a rank) are more than the "
-            f"{_gib(usable)} a rank has usable: "
+            f"{gib(usable)} a rank has usable: "
             + (
                 "give the model fewer or smaller layers (the model.* settings its model.kind "
                 "reads: docs/models.md) or the ranks more memory"
@@ -364,25 +364,25 @@ def explain_no_fit(
         over, need, host, label = min(needs)
         if over <= 1:
             continue
-        host_note = f" and {_gib(host)} of host memory" if host > 0 else ""
+        host_note = f" and {gib(host)} of host memory" if host > 0 else ""
         if short:
             return (
-                f"does not fit: {label} needs {_gib(need)}{host_note} on a rank, "
-                f"{_gib(usable)} usable"
-                + (f" ({_gib(usable_host)} of host memory)" if host > 0 else "")
+                f"does not fit: {label} needs {gib(need)}{host_note} on a rank, "
+                f"{gib(usable)} usable"
+                + (f" ({gib(usable_host)} of host memory)" if host > 0 else "")
             )
         state = workload.optimizer.bytes_for(table.rows, table.dim)
         host_usable = (
-            f"; host memory for the UVM caching kernel: {_gib(usable_host)} a rank"
+            f"; host memory for the UVM caching kernel: {gib(usable_host)} a rank"
             if offer_cache
             else ""
         )
         return (
             f"table {table.name} ({table.rows:,} rows x {table.dim} columns: "
-            f"{_gib(table.weight_bytes)} of weights + {_gib(state)} of optimizer state) "
-            f"fits nowhere: its leanest placement ({label}) needs {_gib(need)}{host_note} on "
-            f"its fullest rank, but each of the {topo.world_size} ranks has {_gib(usable)} usable "
-            f"({_gib(topo.memory_per_rank_bytes)} less a {topo.reserve_fraction:.0%} reserve)"
+            f"{gib(table.weight_bytes)} of weights + {gib(state)} of optimizer state) "
+            f"fits nowhere: its leanest placement ({label}) needs {gib(need)}{host_note} on "
+            f"its fullest rank, but each of the {topo.world_size} ranks has {gib(usable)} usable "
+            f"({gib(topo.memory_per_rank_bytes)} less a {topo.reserve_fraction:.0%} reserve)"
             f"{host_usable}"
         )
     cache_limit = (
@@ -394,7 +394,7 @@ def explain_no_fit(
     )
     return (
         f"the tables together need more than the {topo.world_size} ranks' "
-        f"{_gib(usable)} usable each{cache_limit}; add ranks or memory"
+        f"{gib(usable)} usable each{cache_limit}; add ranks or memory"
     )
 
 

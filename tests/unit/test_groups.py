@@ -243,7 +243,11 @@ def test_a_group_size_too_small_for_the_tables_gives_the_figures(tmp_path: Path)
     with pytest.raises(PlanningError) as refused:
         planner.choice()
     said = str(refused.value)
-    assert "group_size=1: does not fit: row_wise needs" in said and "GiB usable" in said
+    assert "group_size=1: does not fit: " in said and "GiB usable" in said
+    # the replica merge's copy counted and named, and the table: "the tables together need
+    # more than the 1 ranks' 921.6 MiB" of a table of 750 MiB needing 1,463 (a planner audit)
+    assert "on its fullest rank, holding unified_0 (" in said
+    assert "of it the replica merge's copy of the rows and optimizer state it holds" in said
 
 
 def test_a_hierarchical_type_asked_for_on_one_node_is_said_to_be_row_wise(
