@@ -140,17 +140,24 @@ def uneven_row_sizes(
         else:
             lo = level
     rows = np.minimum(np.maximum(0.0, (hi - busy_seconds) / seconds_per_row), cap_rows)
-    sizes = np.floor(rows).astype(np.int64)
-    sizes = np.maximum(sizes, 1)  # every row-wise rank keeps a shard (the runtime routes to all)
+    if (cap_rows < 1).any():  # every row-wise rank keeps a shard (the runtime routes to all)
+        return None
+    sizes = np.maximum(np.floor(rows).astype(np.int64), 1)
     deficit = table.rows - int(sizes.sum())
     order = np.argsort(busy_seconds + sizes * seconds_per_row)
-    # the rounding rows: handed out a row a rank, least busy first, in rounds; or taken back
-    # a row a rank, busiest first, from ranks above one row (a loop of a row at a time took
-    # most of a 4,096-rank plan's minutes)
-    if deficit > 0:
-        rounds, rest = divmod(deficit, len(order))
-        sizes[order] += rounds
-        sizes[order[:rest]] += 1
+    # the rounding rows: handed out a row a rank, least busy first, to ranks with room for it
+    # (handed out past the caps, a split of 10 rows under caps of 3 and 100 came out [4, 6]
+    # and was lost as not fitting); or taken back a row a rank, busiest first, from ranks
+    # above one row (a loop of a row at a time took most of a 4,096-rank plan's minutes)
+    room = np.floor(cap_rows).astype(np.int64) - sizes
+    while deficit > 0:
+        open_ranks = order[room[order] > 0]
+        if not len(open_ranks):
+            return None
+        given = open_ranks[: min(deficit, len(open_ranks))]
+        sizes[given] += 1
+        room[given] -= 1
+        deficit -= len(given)
     while deficit < 0:
         above = order[::-1][sizes[order[::-1]] > 1]
         if not len(above):  # fewer rows than ranks: excluded above
