@@ -331,6 +331,68 @@ def test_low_rank_cross_layers_hold_fewer_weights(tmp_path: Path) -> None:
     assert sum(p.numel() for p in low.cross.parameters()) == 2 * (2 * width * 4 + width)
 
 
+def _top(model: CTRModel, z: torch.Tensor) -> torch.Tensor:
+    """``model``'s over_arch by hand: its linear layers, a ReLU between each."""
+    layers = [m for m in model.over_arch if isinstance(m, torch.nn.Linear)]
+    for i, layer in enumerate(layers):
+        z = z @ layer.weight.T + layer.bias
+        z = torch.relu(z) if i < len(layers) - 1 else z
+    return z[:, 0]
+
+
+@pytest.mark.parametrize("rank", [None, 4])
+def test_dcn_v2_is_the_papers_cross_network_then_the_deep_one(
+    tmp_path: Path, rank: int | None
+) -> None:
+    """x_{l+1} = x0 * (W x_l + b) + x_l over x0 = [dense, embeddings], W = U V^T low-rank,
+    then the deep network (Wang et al. 2021): shapes, counts and gradients alone would pass
+    `x0 * project(x) + x0` (a review's finding)."""
+    layout = build_layout(small_config(tmp_path).embedding, small_config(tmp_path).features, 0)
+    config = ModelConfig(kind="dcn_v2", cross_rank=rank, cross_layers=3)
+    model = create_model(layout, 3, config, "cpu").double()
+    torch.manual_seed(0)
+    dense = torch.rand(5, 3, dtype=torch.float64)
+    vectors = torch.randn(5, layout.num_vectors, layout.dim, dtype=torch.float64)
+    x0 = torch.cat([dense, vectors.flatten(1)], 1)
+    x = x0
+    for layer in model.cross:  # type: ignore[attr-defined]
+        if rank is None:
+            w, b = layer.project.weight, layer.project.bias
+        else:
+            v, u = layer.project
+            w, b = u.weight @ v.weight, u.bias
+        x = x0 * (x @ w.T + b) + x
+    want = _top(model, x)
+    assert torch.allclose(model.network(dense, vectors), want, rtol=1e-10, atol=1e-12)
+
+
+def test_autoint_is_multi_head_self_attention_with_a_residual_and_relu(tmp_path: Path) -> None:
+    """Each head softmax(q k^T / sqrt(width)) v over the feature tokens (dense features as
+    their value times a learned vector), the heads concatenated, plus the residual
+    projection, then ReLU; the flattened tokens into the output network (Song et al. 2019)."""
+    layout = build_layout(small_config(tmp_path).embedding, small_config(tmp_path).features, 0)
+    heads, width = 2, 16
+    config = ModelConfig(
+        kind="autoint", attention_heads=heads, attention_dim=width, attention_layers=2
+    )
+    model = create_model(layout, 3, config, "cpu").double()
+    torch.manual_seed(0)
+    dense = torch.rand(5, 3, dtype=torch.float64)
+    vectors = torch.randn(5, layout.num_vectors, layout.dim, dtype=torch.float64)
+    e = torch.cat([dense[:, :, None] * model.dense_tokens, vectors], 1)  # type: ignore[operator]
+    per_head = width // heads
+    for layer in model.attention:  # type: ignore[attr-defined]
+        wq, wk, wv = layer.qkv.weight.chunk(3, 0)
+        outs = []
+        for h in range(heads):
+            rows = slice(h * per_head, (h + 1) * per_head)
+            q, k, v = e @ wq[rows].T, e @ wk[rows].T, e @ wv[rows].T
+            outs.append(torch.softmax(q @ k.transpose(1, 2) / per_head**0.5, -1) @ v)
+        e = torch.relu(torch.cat(outs, -1) + e @ layer.residual.weight.T)
+    want = _top(model, e.flatten(1))
+    assert torch.allclose(model.network(dense, vectors), want, rtol=1e-10, atol=1e-12)
+
+
 def test_a_cross_rank_of_half_the_width_or_more_is_warned_of() -> None:
     """A low rank at half the cross network's width or more holds as many weights as a
     full layer (2 x width x rank) and runs two products: it was taken without a word."""
