@@ -16,13 +16,15 @@ from dist_train.train.sharding import (
     make_sharder,
     optimizer_notes,
     planner_for_config,
+    refuse_an_evaluation_past_memory,
     refuse_group_above,
     refuse_what_cpu_kernels_refuse,
     simulated_node_cores,
 )
 from planners.report import build_report, estimate_json, format_report
+from planners.search import estimate_plan
 from planners.topology import TopologyError
-from planners.torchrec_baseline import estimate, placements_of, torchrec_plan
+from planners.torchrec_baseline import placements_of, torchrec_plan
 from planners.types import PlanningError
 
 
@@ -32,7 +34,7 @@ def _torchrec_side(cfg: JobConfig, model: Any, planner: Any, device_type: str) -
         plan, figures = torchrec_plan(model, planner.workload, planner.topology, params)
     except Exception as err:  # noqa: BLE001 - any failure of TorchRec's planner is reported
         return {"error": f"{type(err).__name__}: {err}".strip()[:2000]}
-    ours = estimate(placements_of(plan, planner.topology), planner.workload, planner.topology)
+    ours = estimate_plan(placements_of(plan, planner.topology), planner.workload, planner.topology)
     side = estimate_json(ours, planner.workload)
     return {
         "placements": side["placements"],
@@ -75,6 +77,7 @@ def dry_run(
     report = build_report(planner, side)
     chosen = planner.choice()  # refused where training refuses it (plan_job)
     refuse_what_cpu_kernels_refuse(chosen.placements, make_sharder(cfg, device_type), device_type)
+    refuse_an_evaluation_past_memory(cfg, planner, chosen)
     report["notes"] = optimizer_notes(cfg, {p.sharding_type for p in chosen.placements})
     if weak_scaling:
         # the row of the shape planned above with its cores (simulated nodes' too): it said
@@ -121,6 +124,7 @@ def weak_scaling_table(
             )
             chosen = planner.choice()
             refuse_what_cpu_kernels_refuse(chosen.placements, sharder, device_type)
+            refuse_an_evaluation_past_memory(cfg, planner, chosen)
         except (PlanningError, TopologyError) as err:  # past the planner's ranks, say
             rows.append({"num_nodes": nodes, "ranks_per_node": ranks_per_node, "error": str(err)})
             continue

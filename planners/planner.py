@@ -13,7 +13,7 @@ and replaces their dists (``dist_train/train/unpooled_row_wise.py``).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch.distributed as dist
 from fbgemm_gpu.split_table_batched_embeddings_ops_common import CacheAlgorithm
@@ -31,8 +31,8 @@ from torchrec.distributed.types import (
 )
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-from planners.groups import GroupPlan, best_group_plans
-from planners.search import PlanEstimate, SearchResult, search
+from planners.groups import GroupPlan, best_group_plans, estimate_group_plan
+from planners.search import PlanEstimate, SearchResult, estimate_plan, search
 from planners.topology import Topology
 from planners.types import (
     SHARDING_TYPES,
@@ -216,6 +216,20 @@ class CostModelPlanner(ShardingPlanner):
                 self.workload, self.topology, allowed, self.sync_every, sizes
             )
         return self.groups
+
+    def peak_memory_at(self, choice: Choice, batch_size: int) -> int:
+        """The fullest rank's memory under ``choice`` at ``batch_size`` examples a rank with
+        no activations kept for a backward: evaluation's, whose batch may be larger than
+        training's, and whose holders' buffers grow with it (the search plans training's)."""
+        work = replace(
+            self.workload, batch_size_per_rank=batch_size, activation_bytes_per_sample=0.0
+        )
+        if choice.is_2d:
+            group = estimate_group_plan(
+                choice.placements, work, self.topology, choice.group_size, self.sync_every
+            )
+            return group.estimate.max_memory_bytes
+        return estimate_plan(choice.placements, work, self.topology).max_memory_bytes
 
     def choice(self) -> Choice:
         """1D or the best group size: the smallest estimated step that fits (1D on ties)."""

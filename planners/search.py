@@ -17,6 +17,7 @@ which the cost model charges the others (``cost_model.reorder_costs``).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from planners import placement as pl
@@ -34,6 +35,7 @@ from planners.types import (
     SHARDING_TYPES,
     PlanningError,
     RankCosts,
+    Shard,
     TablePlacement,
     Workload,
     compatible,
@@ -173,6 +175,29 @@ def _finish(p: _Partial, base: RankCosts, workload: Workload, topo: Topology) ->
     costs = p.costs + base + latency_costs(set(p.types), topo)
     costs = costs + reorder_costs(p.placements, workload, topo)
     return PlanEstimate.of(p.placements, costs, topo, workload)
+
+
+def estimate_plan(
+    placements: Sequence[TablePlacement], workload: Workload, topo: Topology
+) -> PlanEstimate:
+    """Our cost model's estimate of any plan (TorchRec's included)."""
+    costs = dense_costs(workload, topo)
+    full = []
+    for p in placements:
+        table = workload.table(p.table)
+        if p.sharding_type == "data_parallel" and not p.shards:
+            p = TablePlacement(
+                p.table,
+                p.sharding_type,
+                tuple(Shard(r, 0, 0, table.rows, table.dim) for r in range(topo.world_size)),
+                p.label,
+                p.cache_load_factor,
+            )
+        full.append(p)
+        costs = costs + table_costs(p, table, workload, topo)
+    costs = costs + latency_costs({p.sharding_type for p in full}, topo)
+    costs = costs + reorder_costs(full, workload, topo)
+    return PlanEstimate.of(tuple(full), costs, topo, workload)
 
 
 def contiguous_table_wise(workload: Workload, topo: Topology) -> tuple[TablePlacement, ...]:

@@ -22,9 +22,7 @@ from torchrec.distributed.planner import Topology as TorchRecTopology
 from torchrec.distributed.planner.constants import UVM_CACHING_RATIO
 from torchrec.distributed.types import ShardingPlan
 
-from planners.cost_model import dense_costs, latency_costs, reorder_costs, table_costs
 from planners.planner import UVM_CACHING_KERNEL, UVM_KERNEL
-from planners.search import PlanEstimate
 from planners.topology import Topology
 from planners.types import Shard, TablePlacement, Workload
 
@@ -64,27 +62,6 @@ def placements_of(
             label = ps.sharding_type if clf is None else f"{ps.sharding_type} + {ps.compute_kernel}"
             out.append(TablePlacement(table, ps.sharding_type, tuple(shards), label, clf))
     return out
-
-
-def estimate(placements: list[TablePlacement], workload: Workload, topo: Topology) -> PlanEstimate:
-    """Our cost model's estimate of any plan (TorchRec's included)."""
-    costs = dense_costs(workload, topo)
-    full = []
-    for p in placements:
-        table = workload.table(p.table)
-        if p.sharding_type == "data_parallel" and not p.shards:
-            p = TablePlacement(
-                p.table,
-                p.sharding_type,
-                tuple(Shard(r, 0, 0, table.rows, table.dim) for r in range(topo.world_size)),
-                p.label,
-                p.cache_load_factor,
-            )
-        full.append(p)
-        costs = costs + table_costs(p, table, workload, topo)
-    costs = costs + latency_costs({p.sharding_type for p in full}, topo)
-    costs = costs + reorder_costs(full, workload, topo)
-    return PlanEstimate.of(tuple(full), costs, topo, workload)
 
 
 class _DropSpecNotFound(logging.Filter):

@@ -52,8 +52,9 @@ from dist_train.train.trainer import Trainer, make_batch_builder
 from dist_train.train.unpooled_row_wise import enable_unpooled_row_wise
 from planners.calibrate import calibrate
 from planners.groups import group_sizes
+from planners.search import estimate_plan
 from planners.topology import save_topology
-from planners.torchrec_baseline import estimate, placements_of, torchrec_plan
+from planners.torchrec_baseline import placements_of, torchrec_plan
 
 WARMUP_STEPS = 2
 ROUNDS = 10
@@ -188,7 +189,7 @@ def torchrec_job_plan(
     planner, model = planner_for_config(cfg, world, per_node, cores_per_node=cores)
     params = job_fused_params(cfg, "cpu")
     plan, _ = torchrec_plan(model, planner.workload, planner.topology, params)
-    ours = estimate(placements_of(plan, planner.topology), planner.workload, planner.topology)
+    ours = estimate_plan(placements_of(plan, planner.topology), planner.workload, planner.topology)
     return JobPlan(plan, world, per_node, "cpu", ours.step_seconds), ours.step_seconds
 
 

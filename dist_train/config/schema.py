@@ -502,7 +502,11 @@ class TrainConfig(_Strict):
 
     batch_size: int = Field(2048, gt=0, le=2**31, description="Examples per rank per step.")
     eval_batch_size: int = Field(
-        8192, gt=0, le=2**31, description="Examples per rank per eval step."
+        8192,
+        gt=0,
+        le=2**31,
+        description="Examples per rank per eval step (the planner refuses one whose buffers "
+        "would not fit a rank under the plan chosen for training, naming one that fits).",
     )
     epochs: int = Field(1, gt=0, description="Passes over the training data.")
     max_steps: int | None = Field(

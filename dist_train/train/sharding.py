@@ -21,7 +21,8 @@ from dist_train.models import CTRModel, create_model
 from dist_train.train.replicas import MERGED_OPTIMIZERS
 from planners.cores import usable_cores
 from planners.placement import kernel_without_rows
-from planners.planner import CostModelPlanner
+from planners.planner import Choice, CostModelPlanner
+from planners.search import gib
 from planners.sharders import (
     AnyDeviceEmbeddingBagCollectionSharder,
     embedding_kernel,
@@ -316,6 +317,7 @@ def plan_job(
     plan = planner.plan(model, [sharder])  # type: ignore[list-item]
     chosen = planner.choice()
     refuse_what_cpu_kernels_refuse(chosen.placements, sharder, device_type)
+    refuse_an_evaluation_past_memory(cfg, planner, chosen)
     group = chosen.group_size if chosen.group_size < world_size else 0
     unpooled = tuple(p.table for p in chosen.placements if p.sharding_type == _UNPOOLED)
     return JobPlan(
@@ -327,6 +329,34 @@ def plan_job(
         group,
         chosen.estimate.max_memory_bytes,
         unpooled,
+    )
+
+
+def refuse_an_evaluation_past_memory(
+    cfg: JobConfig, planner: CostModelPlanner, chosen: Choice
+) -> None:
+    """PlanningError where evaluation, at ``train.eval_batch_size`` examples a rank, would
+    need more memory on a rank than it has under the plan the search chose for training's
+    batch: the holders' buffers grow with the batch (row_wise's pooled sums of the world's
+    batch: four times training's at the default 8,192), and the job would run out of
+    memory at its end, after all of training. Names the largest batch that fits."""
+    batch = cfg.train.eval_batch_size
+    usable = chosen.estimate.usable_bytes
+    need = planner.peak_memory_at(chosen, batch)
+    if need <= usable:
+        return
+    one = planner.peak_memory_at(chosen, 1)
+    per_example = (need - one) / max(batch - 1, 1)
+    fits = int((usable - one) // per_example) + 1 if per_example > 0 and usable >= one else 0
+    hint = (
+        f"set train.eval_batch_size={fits:,} or less"
+        if fits >= 1
+        else "no evaluation batch fits: give the ranks more memory"
+    )
+    raise PlanningError(
+        f"train.eval_batch_size={batch:,}: evaluation would need {gib(need)} on a rank with "
+        f"the plan chosen ({chosen.label}), of {gib(usable)} usable (training: "
+        f"{gib(chosen.estimate.max_memory_bytes)}), since its buffers grow with the batch; " + hint
     )
 
 

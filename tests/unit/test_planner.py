@@ -737,6 +737,32 @@ def test_a_cpu_row_split_gives_every_rank_a_row(
             assert all(s.shard_sizes[0] > 0 for s in shards), spec.sharding_type
 
 
+def test_an_evaluation_batch_past_a_ranks_memory_is_refused_naming_one_that_fits() -> None:
+    """Evaluation runs the plan made for training's batch at train.eval_batch_size (8,192
+    by default, four times training's), and row_wise's holders keep pooled sums of the
+    world's batch: a plan using 410 MiB of 460.8 needed 1.3 GiB at its end, after all of
+    training (a planner audit)."""
+    from dist_train.dry_run import dry_run
+
+    tight = [
+        "sharding.type=row_wise",
+        "sharding.group_size=64",
+        "sharding.memory_per_rank=512MiB",
+        "ray.num_workers=64",
+    ]
+    with pytest.raises(
+        PlanningError, match=r"eval_batch_size=8,192: .* set train.eval_batch_size="
+    ) as err:
+        plan_job(load_config(overrides=tight), 64, 8)
+    fits = int(re.search(r"eval_batch_size=([\d,]+) or less", str(err.value))[1].replace(",", ""))
+    assert 2_048 < fits < 8_192  # training's batch fits: its plan was chosen for it
+    assert plan_job(load_config(overrides=[*tight, f"train.eval_batch_size={fits}"]), 64, 8)
+    with pytest.raises(PlanningError, match="eval_batch_size"):
+        plan_job(load_config(overrides=[*tight, f"train.eval_batch_size={fits + 1}"]), 64, 8)
+    with pytest.raises(PlanningError, match="eval_batch_size"):  # `dist-train plan` too
+        dry_run(load_config(overrides=tight), 8, 8, with_torchrec=False, weak_scaling=False)
+
+
 def test_the_search_chooses_no_worse_than_any_one_types_own_plan() -> None:
     """The beam over all types keeps 8 partial plans a table, and one type's own search could
     end below them all: the report chose 0.399 ms where its options listed table_row_wise at
