@@ -48,21 +48,25 @@ def kernel_without_rows(
     such shards fails on its rank at the first step ("weights[0] must be a GPU or MTIA
     tensor"). A rank's tables of one sharding type share a kernel, which runs with rows of
     any of them, unless ``kernel_per_table`` (the sharder's one kernel a table)."""
-    rows: dict[tuple[str, int, str], int] = {}
-    for p in placements:
-        for s in p.shards:
-            key = (p.sharding_type, s.rank, p.table if kernel_per_table else "")
-            rows[key] = rows.get(key, 0) + s.rows
-    for (sharding_type, rank, _), held in sorted(rows.items()):
-        if held == 0:
-            tables = [
-                p.table
-                for p in placements
-                if p.sharding_type == sharding_type
-                and any(s.rank == rank and s.rows == 0 for s in p.shards)
-            ]
-            return sharding_type, rank, tables
-    return None
+    if not any(p.ranks_without_rows for p in placements):  # most plans: asked of each the
+        return None  # search weighs, a placement's shards read once
+    empty: list[tuple[str, int]] = []  # (sharding type, rank)
+    if kernel_per_table:
+        for p in placements:
+            empty += [(p.sharding_type, r) for r in p.ranks_without_rows - p.ranks_with_rows]
+    else:
+        for kind in {p.sharding_type for p in placements}:
+            mine = [p for p in placements if p.sharding_type == kind]
+            rows = frozenset().union(*(p.ranks_with_rows for p in mine))
+            none = frozenset().union(*(p.ranks_without_rows for p in mine))
+            empty += [(kind, r) for r in none - rows]
+    if not empty:
+        return None
+    kind, rank = min(empty)
+    tables = [
+        p.table for p in placements if p.sharding_type == kind and rank in p.ranks_without_rows
+    ]
+    return kind, rank, tables
 
 
 def _row_shards(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from enum import StrEnum
+from functools import cached_property
 from typing import TypeVar
 
 import numpy as np
@@ -99,6 +100,17 @@ class TablePlacement:
     @property
     def cached(self) -> bool:
         return self.cache_load_factor is not None
+
+    @cached_property
+    def ranks_without_rows(self) -> frozenset[int]:
+        """Ranks holding a shard of none of the table's rows (once: the search asks of a
+        placement in every plan it weighs)."""
+        return frozenset(s.rank for s in self.shards if s.rows == 0)
+
+    @cached_property
+    def ranks_with_rows(self) -> frozenset[int]:
+        """Ranks holding some of the table's rows."""
+        return frozenset(s.rank for s in self.shards if s.rows > 0)
 
     def blocks(self) -> dict[int, list[Shard]]:
         """Shards by column block (first column -> its row shards, in shard order)."""
