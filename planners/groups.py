@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from planners.cost_model import dense_costs, latency_costs, reorder_costs, table_costs
-from planners.search import PlanEstimate, beam_search, check_constraints, gib
+from planners.search import PlanEstimate, beam_search, check_constraints, dense_does_not_fit, gib
 from planners.topology import Topology, resize
 from planners.types import (
     HIERARCHICAL,
@@ -66,10 +66,14 @@ class GroupPlan:
 def _no_fit_in_groups(
     plans: list[GroupPlan], workload: Workload, topo: Topology, group_size: int, sync_every: int
 ) -> str:
-    """Why no plan fits groups of ``group_size``: the leanest of ``plans`` (the beam keeps the
-    fastest), its fullest rank's memory with the replica merge's copy of what the rank holds,
-    and the tables it holds. (The group's own topology leaves that copy out: a table of 750
-    MiB was said to need less than 921.6 MiB usable where it needed 1,463.)"""
+    """Why no plan fits groups of ``group_size``: the dense side alone, or the leanest of
+    ``plans`` (those the search kept, for speed): its fullest rank's memory with the replica
+    merge's copy of what the rank holds, and the tables it holds. (The group's own topology
+    leaves that copy out: a table of 750 MiB was said to need less than 921.6 MiB usable
+    where it needed 1,463.)"""
+    dense_alone = dense_does_not_fit(workload, group_topology(topo, group_size))
+    if dense_alone is not None:  # no table is at fault
+        return dense_alone
     leanest = min(plans, key=lambda c: c.estimate.max_memory_bytes).estimate
     rank = int(np.argmax(leanest.costs.memory))
     held = [p for p in leanest.placements if p.sharding_type != "data_parallel"]

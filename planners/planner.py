@@ -182,6 +182,7 @@ class CostModelPlanner(ShardingPlanner):
         compute_kernel: str = "fused",
         group_size: int | None = None,
         sync_every: int = 1,
+        eval_batch_size: int | None = None,
     ) -> None:
         self.topology = topology
         self.workload = workload
@@ -189,6 +190,7 @@ class CostModelPlanner(ShardingPlanner):
         self.compute_kernel = compute_kernel
         self.group_size = group_size
         self.sync_every = sync_every
+        self.eval_batch_size = eval_batch_size
         self.result: SearchResult | None = None
         self._no_fit: PlanningError | None = None  # the 1D search's refusal, once found
         self.groups: dict[int, GroupPlan | str] = {}
@@ -253,7 +255,29 @@ class CostModelPlanner(ShardingPlanner):
             if self.compute_kernel != "fused":
                 reason = "2D needs the fused embedding kernel (rowwise_adagrad or sgd on CPU)"
             raise PlanningError(f"sharding.group_size={self.group_size}: {reason}")
-        return min(options, key=lambda c: c.estimate.score())
+        best = min(options, key=lambda c: c.estimate.score())
+        if self.eval_batch_size is None or self.evaluation_fits(best):
+            return best
+        # the fastest plan with room for evaluation's batch too, a single type's among them
+        # (its buffers grow with the batch); none: the best, which plan_job refuses, saying why
+        if self.group_size in (None, world) and no_1d is None:
+            result = self.search()  # (its alternatives list the types the job left out too)
+            options += [
+                Choice(self.topology, world, a, world)
+                for t, a in result.alternatives.items()
+                if isinstance(a, PlanEstimate) and t in result.allowed
+            ]
+        fitting = [c for c in options if c.estimate.fits]
+        return min(
+            (c for c in fitting if self.evaluation_fits(c)),
+            key=lambda c: c.estimate.score(),
+            default=best,
+        )
+
+    def evaluation_fits(self, choice: Choice) -> bool:
+        """Whether ``choice`` holds ``eval_batch_size`` examples a rank on every rank."""
+        batch = self.eval_batch_size
+        return batch is None or self.peak_memory_at(choice, batch) <= choice.estimate.usable_bytes
 
     def plan(self, module: nn.Module, sharders: list[ModuleSharder[nn.Module]]) -> ShardingPlan:
         chosen = self.choice()

@@ -345,6 +345,32 @@ def gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
+def dense_does_not_fit(workload: Workload, topo: Topology) -> str | None:
+    """Why the dense network and a step's working memory alone fill a rank of ``topo``
+    (no table is then at fault), or None where they leave room."""
+    base = dense_costs(workload, topo)
+    usable = topo.usable_bytes_per_rank
+    dense = float(base.memory.max())
+    if dense <= usable:
+        return None
+    weights = dense_state_bytes(workload)
+    activations = dense - weights - topo.step_overhead_bytes
+    return (
+        f"the dense network ({workload.dense_parameters:,} parameters: {gib(weights)} a "
+        f"rank with their gradients and optimizer state) and a step's working memory "
+        f"({gib(dense - weights)}, of which {gib(activations)} the network's activations "
+        f"at {workload.batch_size_per_rank:,} examples a rank) are more than the "
+        f"{gib(usable)} a rank has usable: "
+        + (
+            "give the model fewer or smaller layers (the model.* settings its model.kind "
+            "reads: docs/models.md) or the ranks more memory"
+            if weights > usable
+            else "give the model fewer or smaller layers, or the ranks a smaller "
+            "train.batch_size or more memory"
+        )
+    )
+
+
 def explain_no_fit(
     workload: Workload,
     topo: Topology,
@@ -359,25 +385,9 @@ def explain_no_fit(
     offer_cache = offer_cache and offers_cache(workload, topo)
     base = dense_costs(workload, topo)
     usable, usable_host = topo.usable_bytes_per_rank, topo.usable_host_bytes_per_rank
-    dense = float(base.memory.max())
-    weights = dense_state_bytes(workload)
-    activations = dense - weights - topo.step_overhead_bytes
-    if dense > usable:  # no table is at fault: the dense side alone is too large
-        layers = weights > usable
-        return (
-            f"the dense network ({workload.dense_parameters:,} parameters: {gib(weights)} a "
-            f"rank with their gradients and optimizer state) and a step's working memory "
-            f"({gib(dense - weights)}, of which {gib(activations)} the network's activations "
-            f"at {workload.batch_size_per_rank:,} examples a rank) are more than the "
-            f"{gib(usable)} a rank has usable: "
-            + (
-                "give the model fewer or smaller layers (the model.* settings its model.kind "
-                "reads: docs/models.md) or the ranks more memory"
-                if layers
-                else "give the model fewer or smaller layers, or the ranks a smaller "
-                "train.batch_size or more memory"
-            )
-        )
+    dense_alone = dense_does_not_fit(workload, topo)
+    if dense_alone is not None:
+        return dense_alone
     for table in sorted(workload.tables, key=lambda t: -t.weight_bytes):
         options = candidates(table, workload, topo, base, allowed, offer_cache)
         needs = []

@@ -297,6 +297,7 @@ def planner_for_config(
         compute_kernel=embedding_kernel(cfg.embedding.optimizer.type, device_type),
         group_size=None if group == "auto" else min(group, world_size),
         sync_every=cfg.sharding.sync_every,
+        eval_batch_size=cfg.train.eval_batch_size,
     )
     return planner, model
 
@@ -336,18 +337,25 @@ def refuse_an_evaluation_past_memory(
     cfg: JobConfig, planner: CostModelPlanner, chosen: Choice
 ) -> None:
     """PlanningError where evaluation, at ``train.eval_batch_size`` examples a rank, would
-    need more memory on a rank than it has under the plan the search chose for training's
-    batch: the holders' buffers grow with the batch (row_wise's pooled sums of the world's
-    batch: four times training's at the default 8,192), and the job would run out of
-    memory at its end, after all of training. Names the largest batch that fits."""
+    need more memory on a rank than it has under the chosen plan (the planner prefers one
+    with room for it: :meth:`~planners.planner.CostModelPlanner.choice`): the holders'
+    buffers grow with the batch (row_wise's pooled sums of the world's batch: four times
+    training's at the default 8,192), and the job would run out of memory at its end, after
+    all of training. Names the largest batch that fits."""
     batch = cfg.train.eval_batch_size
     usable = chosen.estimate.usable_bytes
     need = planner.peak_memory_at(chosen, batch)
     if need <= usable:
         return
-    one = planner.peak_memory_at(chosen, 1)
-    per_example = (need - one) / max(batch - 1, 1)
-    fits = int((usable - one) // per_example) + 1 if per_example > 0 and usable >= one else 0
+    # the largest batch that fits, by bisection: memory grows with the batch, not in
+    # proportion (row_wise_unpooled's distinct rows level off)
+    fits, over = 0, batch
+    while over - fits > 1:
+        middle = (fits + over) // 2
+        if planner.peak_memory_at(chosen, middle) <= usable:
+            fits = middle
+        else:
+            over = middle
     hint = (
         f"set train.eval_batch_size={fits:,} or less"
         if fits >= 1

@@ -248,6 +248,11 @@ def test_a_group_size_too_small_for_the_tables_gives_the_figures(tmp_path: Path)
     # more than the 1 ranks' 921.6 MiB" of a table of 750 MiB needing 1,463 (a planner audit)
     assert "on its fullest rank, holding unified_0 (" in said
     assert "of it the replica merge's copy of the rows and optimizer state it holds" in said
+    # where the dense side alone fills a rank, no table is blamed (a review)
+    tight = load_config(overrides=["sharding.group_size=2", "sharding.memory_per_rank=90MiB"])
+    planner, _ = planner_for_config(tight, 8, 8)
+    with pytest.raises(PlanningError, match=r"group_size=2: the dense network \("):
+        planner.choice()
 
 
 def test_a_hierarchical_type_asked_for_on_one_node_is_said_to_be_row_wise(

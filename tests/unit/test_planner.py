@@ -16,7 +16,7 @@ from dist_train.cli.main import main
 from dist_train.config.load import load_config
 from dist_train.dry_run import dry_run
 from dist_train.launchers.processes import run_processes
-from dist_train.train.sharding import plan_for_config, plan_job
+from dist_train.train.sharding import plan_for_config, plan_job, planner_for_config
 from dist_train.train.shared_tables import read_shared_tables_as_one_feature
 from dist_train.train.unpooled_row_wise import enable_unpooled_row_wise
 from planners import calibrate as calibration
@@ -761,6 +761,28 @@ def test_an_evaluation_batch_past_a_ranks_memory_is_refused_naming_one_that_fits
         plan_job(load_config(overrides=[*tight, f"train.eval_batch_size={fits + 1}"]), 64, 8)
     with pytest.raises(PlanningError, match="eval_batch_size"):  # `dist-train plan` too
         dry_run(load_config(overrides=tight), 8, 8, with_torchrec=False, weak_scaling=False)
+
+
+def test_auto_chooses_a_plan_with_room_for_evaluation_where_the_fastest_has_none() -> None:
+    """The fastest plan for training (table_wise, mixed) needed 242.4 MiB in evaluation of
+    230.4 usable, and the job was refused, where row_wise_unpooled fits both (a review)."""
+    from planners.planner import Choice
+
+    cfg = load_config(
+        overrides=[
+            "embedding.num_rows=10000000",
+            "embedding.num_tables=8",
+            "sharding.memory_per_rank=256MiB",
+            "sharding.group_size=16",
+            "ray.num_workers=16",
+        ]
+    )
+    planner, _ = planner_for_config(cfg, 16, 8)
+    fastest = Choice(planner.topology, 16, planner.search().best, 16)
+    assert not planner.evaluation_fits(fastest)
+    chosen = planner.choice()
+    assert chosen.estimate.fits and planner.evaluation_fits(chosen)
+    assert plan_job(cfg, 16, 8).sharding_plan is not None
 
 
 def test_the_search_chooses_no_worse_than_any_one_types_own_plan() -> None:
