@@ -11,6 +11,7 @@ import re
 import resource
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol, TypeVar
 
@@ -30,6 +31,7 @@ from dist_train.data.listing import (
     schema_digest,
 )
 from dist_train.data.validation import BadInputPolicy
+from dist_train.logs import LOG
 
 T = TypeVar("T")
 
@@ -95,6 +97,29 @@ def _validate_table(table: pa.Table) -> None:
         raise pa.ArrowInvalid(f"column {name!r}: {why}{hint}") from None
 
 
+READ_RETRY_SECONDS = (1.0, 4.0)
+"""The pauses before a row group's read is tried again, where it failed as storage fails
+for a moment (a reset connection, a time-out, ``EIO``: :func:`is_transient`)."""
+
+
+def _read_row_group(pf: pq.ParquetFile, g: RowGroup, columns: list[str]) -> pa.Table:
+    """``g``'s ``columns``, read again after each of :data:`READ_RETRY_SECONDS` where the
+    read failed for a moment: a training stream cannot skip such a row group (a resume
+    would replay it, and shift every batch after it), so it is read again before the job
+    is stopped for it."""
+    for pause in (*READ_RETRY_SECONDS, None):
+        try:
+            return pf.read_row_group(g.index, columns=columns)
+        except READ_ERRORS as err:
+            if pause is None or not is_transient(err):
+                raise
+            LOG.warning(
+                f"{g.source}: cannot read ({bad_input(err)}); reading it again in {pause:g} s"
+            )
+            time.sleep(pause)
+    raise AssertionError("unreachable")  # (the last try returns or raises)
+
+
 def row_group_tables(
     groups: list[RowGroup],
     columns: list[str],
@@ -122,7 +147,7 @@ def row_group_tables(
                     report_bad_input(policy, f"{g.source}: {changed}", whole_file=False)
                     continue
                 schemas_compared.add(g.path)
-                table = typed_nulls(pf.read_row_group(g.index, columns=columns))
+                table = typed_nulls(_read_row_group(pf, g, columns))
                 # Decoding does not check everything a corrupt page can hold (e.g. dictionary
                 # indices past the dictionary's end): full validation turns that into an error.
                 _validate_table(table)

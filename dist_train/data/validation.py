@@ -216,6 +216,7 @@ class BadInputPolicy:
         dense_columns: list[str],
         features: list[FeatureConfig],
         dense_transform: str = "log1p",
+        replayed: bool = False,
     ) -> None:
         if mode not in ("error", "skip"):
             raise ValueError(f"on_bad_input must be 'error' or 'skip', got {mode!r}")
@@ -224,20 +225,24 @@ class BadInputPolicy:
         self.dense_columns = list(dense_columns)
         self.features = list(features)
         self.dense_transform = dense_transform
+        # a training stream, which a resume replays from its start: what it skips must be
+        # skipped again (a read that failed for a moment is not skipped: row_group_problem)
+        self.replayed = replayed
         self.counts = BadInputCounts()
         # False while a resumed stream re-reads the batches its checkpoint counted (on that
         # stream's own copy of the policy: BatchBuilder.stream)
         self.counting = True
 
     @classmethod
-    def for_job(cls, cfg: JobConfig) -> BadInputPolicy:
-        """The policy and checked columns of a job config."""
+    def for_job(cls, cfg: JobConfig, replayed: bool = False) -> BadInputPolicy:
+        """The policy and checked columns of a job config (``replayed``: training's)."""
         return cls(
             cfg.data.on_bad_input,
             cfg.data.label_column,
             cfg.data.resolved_dense_columns(),
             cfg.features,
             cfg.data.dense_transform,
+            replayed,
         )
 
     def file_problem(self, message: str) -> None:
@@ -249,10 +254,11 @@ class BadInputPolicy:
 
     def row_group_problem(self, message: str, io_error: bool = False) -> None:
         """A row group cannot be read: raise, or count it and warn. A read that failed as
-        storage fails for a moment (``io_error``) raises :class:`InputReadError` under
-        ``skip`` too: a resumed stream replays its row groups, and the group read then
-        would shift every batch after it (rows trained twice, others never)."""
-        if io_error:
+        storage fails for a moment (``io_error``, after its retries) raises
+        :class:`InputReadError`; under ``skip`` too where the stream is ``replayed``: a
+        resumed training stream replays its row groups, and the group read then would shift
+        every batch after it (rows trained twice, others never)."""
+        if io_error and (self.mode == "error" or self.replayed):
             raise InputReadError(message)
         if self.mode == "error":
             raise BadInputError(message)

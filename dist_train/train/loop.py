@@ -101,7 +101,7 @@ def run_worker(
     check_landing(cfg, inputs.plan, topo, world)
     device = rank_device(inputs.device_type)
     trainer = Trainer.build(cfg, inputs.plan, device, topo.local_world_size)
-    policy = BadInputPolicy.for_job(cfg)
+    policy = BadInputPolicy.for_job(cfg, replayed=True)
     progress = Progress(
         inputs.run_dir,
         enabled=rank == 0,
@@ -151,6 +151,7 @@ def run_worker(
 
     eval_start = time.perf_counter()
     before_test = policy.counts.copy()
+    policy.replayed = False  # the test rows are read once, whole: nothing replays them
     metrics = evaluate_test_rows(
         cfg, inputs.test_groups, trainer, policy, rank, world, saved=last_checkpoint
     )

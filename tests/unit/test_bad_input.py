@@ -467,11 +467,11 @@ def test_test_split_schema_must_match_training(
 def test_a_read_that_fails_for_a_moment_is_no_repeat(
     small_cfg: JobConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Ray's restarts are not ended by a row group whose read failed as storage fails for a
-    moment (a connection reset): that is InputReadError, under either policy, left out of
-    the errors a restart would meet again. A corrupt page (pyarrow's OSError of a failed
-    checksum, no errno) and a file gone stay BadInputError, recorded: a restart would meet
-    them again."""
+    """A row group whose read failed as storage fails for a moment (a connection reset) is
+    read again (data.stream.READ_RETRY_SECONDS), then InputReadError, under skip too in
+    training's streams, left out of the errors a Ray restart would meet again. A corrupt
+    page (pyarrow's OSError of a failed checksum, no errno) and a file gone stay
+    BadInputError, recorded: a restart would meet them again."""
     from dist_train.data import stream
     from dist_train.data.validation import InputReadError
 
@@ -482,18 +482,38 @@ def test_a_read_that_fails_for_a_moment_is_no_repeat(
     cfg = _with(small_cfg, tmp_path, tmp_path, "error")
     policy = BadInputPolicy.for_job(cfg)
 
-    def read(*_: object, **__: object) -> object:
-        raise ConnectionResetError(errno.ECONNRESET, "reset")
+    calls = []
+    real_read = pq.ParquetFile.read_row_group
 
-    # under skip too: dropped, a resumed run's replay would read the group and shift every
-    # batch after it, rows trained twice and others never (a review's finding)
-    skipping = BadInputPolicy.for_job(_with(small_cfg, tmp_path, tmp_path, "skip"))
+    def read(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) % 4:  # three tries of a row group fail; a fourth read succeeds
+            raise ConnectionResetError(errno.ECONNRESET, "reset")
+        return real_read(*args, **kwargs)  # type: ignore[arg-type]
+
+    skip = _with(small_cfg, tmp_path, tmp_path, "skip")
+    training = BadInputPolicy.for_job(skip, replayed=True)
+    testing = BadInputPolicy.for_job(skip)
     with monkeypatch.context() as patch:
         patch.setattr(pq.ParquetFile, "read_row_group", read)
-        for checks in (policy, skipping):
-            with pytest.raises(InputReadError, match="cannot read"):
-                next(stream.row_group_tables(groups, ["label"], checks))
-    assert skipping.counts.row_groups == 0
+        patch.setattr(stream, "READ_RETRY_SECONDS", (0.0, 0.0))
+        # read again twice before the job is stopped for it
+        with pytest.raises(InputReadError, match="cannot read"):
+            next(stream.row_group_tables(groups, ["label"], policy))
+        assert len(calls) == 3
+        # under skip too where the stream is training's: dropped, a resumed run's replay
+        # would read the group and shift every batch after it, rows trained twice and
+        # others never (a review's finding)
+        calls.clear()
+        with pytest.raises(InputReadError, match="cannot read"):
+            next(stream.row_group_tables(groups, ["label"], training))
+        assert training.counts.row_groups == 0
+        calls[:] = [1, 1]  # a read that fails once: read again, nothing skipped
+        (table, _), *_ = stream.row_group_tables(groups[:1], ["label"], None)
+        assert table.num_rows == 50_000
+    # the test rows are read once, whole: such a group is skipped and counted there
+    testing.row_group_problem("part-0.parquet (row group 1): cannot read", io_error=True)
+    assert testing.counts.row_groups == 1
     data = bytearray(path.read_bytes())
     page = pq.ParquetFile(path).metadata.row_group(0).column(0).data_page_offset
     data[page + 200] ^= 0xFF  # inside the first data page's values
