@@ -345,15 +345,46 @@ def config_digest(job: JobConfig) -> str:
 
 
 DIVERGED = "TrainingDiverged"
-"""How a diverged run's recorded error opens."""
+"""How a diverged run's recorded error opens (an older dist_train's wrote it within a rank's
+failure, or only TrainingDiverged's message: :func:`diverged`)."""
+
+RETRIES = 2
+"""Reruns that train a failed run again (:func:`failed_to_run`); a run failed this often
+more is kept as failed: its failure repeats (out of memory, say)."""
+
+
+def diverged(error: str) -> bool:
+    """Whether a recorded ``error`` is a divergence, as this and older dist_trains wrote it
+    ("rank 0 failed: TrainingDiverged: ...", or the message alone: "step 3: the training
+    loss is nan ...")."""
+    return (
+        error.startswith(DIVERGED) or f": {DIVERGED}:" in error or "the training loss is" in error
+    )
 
 
 def failed_to_run(run: dict[str, Any]) -> bool:
     """Whether ``run`` is recorded with an error other than its divergence: a rank killed
     (out of memory, a lost machine) or failed. A rerun trains it again, as it may not fail
-    twice; a diverged run is kept, since its seed diverges every time."""
+    twice (:func:`to_train_again`); a diverged run is kept, since its seed diverges every
+    time."""
     error = run.get("error")
-    return isinstance(error, str) and not error.startswith(DIVERGED)
+    return isinstance(error, str) and not diverged(error)
+
+
+def to_train_again(
+    done: list[dict[str, Any]], wanted: set[str]
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The runs of ``wanted`` that a rerun trains again, by name, each its newest record:
+    every record of it failed to run (:func:`failed_to_run`), at most :data:`RETRIES` times
+    after the first; and the runs that failed more often, kept as failed. A run with a
+    record that trained, or diverged, is neither."""
+    records: dict[str, list[dict[str, Any]]] = {}
+    for run in done:
+        if run["name"] in wanted:
+            records.setdefault(run["name"], []).append(run)
+    failed = {name: runs for name, runs in records.items() if all(map(failed_to_run, runs))}
+    again = {name: runs[-1] for name, runs in failed.items() if len(runs) <= RETRIES}
+    return again, sorted(set(failed) - set(again))
 
 
 def _results(log: Path) -> list[dict[str, Any]]:
@@ -522,18 +553,24 @@ def run_sweep(
         )
     planned = arms(budgets, seeds)
     wanted = {a.name for a in planned}
-    retried = [r for r in done if r["name"] in wanted and failed_to_run(r)]
-    done = [r for r in done if not failed_to_run(r)]
+    retried, given_up = to_train_again(done, wanted)
+    done = [r for r in done if r["name"] not in retried]
     recorded = {r["name"] for r in done}
     # before the data are written; a sweep whose arms are all on record trains nothing
     # (its summary is written on any machine)
     device = _device(job) if any(a.name not in recorded for a in planned) else None
     base = prepare(dataset, config, overrides or [], out, progress)  # after the checks: writes data
     if retried and progress:
-        why = str(retried[0]["error"]).splitlines()[0][:120]
+        name, run = next(iter(retried.items()))
+        why = str(run["error"]).splitlines()[0][:120]
         print(
             f"[sweep] {log}: {len(retried)} run(s) there failed without diverging "
-            f"({retried[0]['name']}: {why}, ...): trained again"
+            f"({name}: {why}, ...): trained again"
+        )
+    if given_up and progress:
+        print(
+            f"[sweep] {log}: {len(given_up)} run(s) there failed {RETRIES + 1} times "
+            f"({given_up[0]}, ...): kept as failed (remove their lines to train them again)"
         )
     stale = stale_runs(done, base, planned)
     if stale:

@@ -27,6 +27,7 @@ from dist_train.sweep import (
     run_sweep,
     stale_runs,
     summarize,
+    to_train_again,
     vocabulary,
 )
 
@@ -217,6 +218,32 @@ def test_a_failed_run_trains_again_and_a_diverged_one_does_not() -> None:
     assert failed_to_run({"error": "rank 0 failed: DataSourceError: part-0.parquet: ..."})
     assert not failed_to_run({"error": "TrainingDiverged: rank 0: loss nan at step 3"})
     assert not failed_to_run({"test_auc": 0.8})
+    # as older dist_trains recorded a divergence (a review): within a rank's failure, or
+    # TrainingDiverged's message alone
+    assert not failed_to_run({"error": "rank 0 failed: TrainingDiverged: step 3: ..."})
+    assert not failed_to_run({"error": "step 3: the training loss is nan on rank 0; ..."})
+
+
+def test_a_failed_run_is_trained_again_twice_then_kept_as_failed() -> None:
+    """Only runs whose every record failed, each once with its newest record, and not once
+    it trained: every rerun after a retry that trained said it "trained again" (a review);
+    and a failure that repeats (out of memory) is not trained again without end."""
+    killed = {"error": "rank 1 was killed by SIGKILL"}
+    done = [
+        {"name": "a", **killed},
+        {"name": "b", **killed},
+        {"name": "b", "test_auc": 0.8},  # retried, and trained
+        {"name": "c", **killed},
+        {"name": "c", **killed, "seconds": 2},
+        {"name": "d", **killed},
+        {"name": "d", **killed},
+        {"name": "d", **killed},
+        {"name": "e", "error": "TrainingDiverged: step 3"},
+        {"name": "other", **killed},  # not an arm of this sweep
+    ]
+    again, given_up = to_train_again(done, {"a", "b", "c", "d", "e"})
+    assert sorted(again) == ["a", "c"] and again["c"]["seconds"] == 2
+    assert given_up == ["d"]
 
 
 def test_a_diverged_seed_makes_its_groups_figures_nan() -> None:
