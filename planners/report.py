@@ -244,6 +244,7 @@ def build_report(
                 "estimated_step_seconds": v.step_seconds,
                 "max_memory_bytes": v.max_memory_bytes,
                 "allowed": k in allowed,
+                "empty_cpu_kernel": v.empty_kernel,
             }
             for k, v in ({} if result is None else result.alternatives).items()
         ],
@@ -360,6 +361,11 @@ def format_report(report: dict[str, Any]) -> str:
                 f"  {alt['sharding_type']:<{width}} {alt['estimated_step_seconds'] * 1e3:9.2f} ms  "
                 f"max {_size(alt['max_memory_bytes']):>10}  {alt['label']}"
                 + ("" if alt.get("allowed", True) else "  (left out for this job)")
+                + (
+                    "  (refused on CPU ranks: a rank would hold none of a table's rows)"
+                    if alt.get("empty_cpu_kernel")
+                    else ""
+                )
             )
     if report.get("groups"):
         lines.append("group sizes (2D: shard inside groups, replicate them):")

@@ -737,6 +737,25 @@ def test_a_cpu_row_split_gives_every_rank_a_row(
             assert all(s.shard_sizes[0] > 0 for s in shards), spec.sharding_type
 
 
+def test_the_options_say_which_a_cpu_rank_would_refuse() -> None:
+    """12 rows on 32 ranks: auto chose row_wise_unpooled, leaving ranks none, and refused
+    it; the options listed it as usable (a planner audit). Now another type is chosen, and
+    the options mark the row splits."""
+    from dist_train.dry_run import dry_run
+    from planners.report import format_report
+
+    cfg = load_config(
+        overrides=["embedding.num_rows=12", "embedding.num_tables=1", "sharding.group_size=32"]
+    )
+    report = dry_run(cfg, 1, 32, with_torchrec=False, weak_scaling=False)
+    marked = {a["sharding_type"] for a in report["alternatives"] if a.get("empty_cpu_kernel")}
+    assert {"row_wise", "row_wise_unpooled"} <= marked
+    assert report["label"] == "data_parallel"
+    assert "(refused on CPU ranks: a rank would hold none of a table's rows)" in (
+        format_report(report)
+    )
+
+
 def test_an_evaluation_batch_past_a_ranks_memory_is_refused_naming_one_that_fits() -> None:
     """Evaluation runs the plan made for training's batch at train.eval_batch_size (8,192
     by default, four times training's), and row_wise's holders keep pooled sums of the
