@@ -553,13 +553,20 @@ def run_sweep(
         )
     planned = arms(budgets, seeds)
     wanted = {a.name for a in planned}
-    retried, given_up = to_train_again(done, wanted)
-    done = [r for r in done if r["name"] not in retried]
-    recorded = {r["name"] for r in done}
+    recorded = {r["name"] for r in done if not failed_to_run(r)}  # (failed: trained again)
     # before the data are written; a sweep whose arms are all on record trains nothing
     # (its summary is written on any machine)
     device = _device(job) if any(a.name not in recorded for a in planned) else None
     base = prepare(dataset, config, overrides or [], out, progress)  # after the checks: writes data
+    stale = stale_runs(done, base, planned)
+    if stale:
+        print(
+            f"[sweep] {log}: {len(stale)} run(s) there ({stale[0]['name']}, ...) hold other "
+            "parameters than their arm now has (an older dist_train's): not taken"
+        )
+        done = [r for r in done if all(r is not old for old in stale)]
+    retried, given_up = to_train_again(done, wanted)  # (of this dist_train's records)
+    done = [r for r in done if r["name"] not in retried]
     if retried and progress:
         name, run = next(iter(retried.items()))
         why = str(run["error"]).splitlines()[0][:120]
@@ -569,16 +576,9 @@ def run_sweep(
         )
     if given_up and progress:
         print(
-            f"[sweep] {log}: {len(given_up)} run(s) there failed {RETRIES + 1} times "
+            f"[sweep] {log}: {len(given_up)} run(s) there failed {RETRIES + 1} times or more "
             f"({given_up[0]}, ...): kept as failed (remove their lines to train them again)"
         )
-    stale = stale_runs(done, base, planned)
-    if stale:
-        print(
-            f"[sweep] {log}: {len(stale)} run(s) there ({stale[0]['name']}, ...) hold other "
-            "parameters than their arm now has (an older dist_train's): not taken"
-        )
-        done = [r for r in done if all(r is not old for old in stale)]
     have = {r["name"] for r in done}
     todo = [a for a in planned if a.name not in have]
     if progress:

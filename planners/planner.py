@@ -191,6 +191,8 @@ class CostModelPlanner(ShardingPlanner):
         self.group_size = group_size
         self.sync_every = sync_every
         self.eval_batch_size = eval_batch_size
+        # the fastest plan, where choice() passed it over for evaluation's memory
+        self.passed_over: Choice | None = None
         self.result: SearchResult | None = None
         self._no_fit: PlanningError | None = None  # the 1D search's refusal, once found
         self.groups: dict[int, GroupPlan | str] = {}
@@ -256,6 +258,7 @@ class CostModelPlanner(ShardingPlanner):
                 reason = "2D needs the fused embedding kernel (rowwise_adagrad or sgd on CPU)"
             raise PlanningError(f"sharding.group_size={self.group_size}: {reason}")
         best = min(options, key=lambda c: c.estimate.score())
+        self.passed_over = None
         if self.eval_batch_size is None or self.evaluation_fits(best):
             return best
         # the fastest plan with room for evaluation's batch too, a single type's among them
@@ -267,12 +270,18 @@ class CostModelPlanner(ShardingPlanner):
                 for t, a in result.alternatives.items()
                 if isinstance(a, PlanEstimate) and t in result.allowed
             ]
-        fitting = [c for c in options if c.estimate.fits]
-        return min(
+        fitting = [
+            c
+            for c in options
+            if c.estimate.fits and (best.estimate.empty_kernel or not c.estimate.empty_kernel)
+        ]
+        chosen = min(
             (c for c in fitting if self.evaluation_fits(c)),
             key=lambda c: c.estimate.score(),
             default=best,
         )
+        self.passed_over = best if chosen is not best else None
+        return chosen
 
     def evaluation_fits(self, choice: Choice) -> bool:
         """Whether ``choice`` holds ``eval_batch_size`` examples a rank on every rank."""

@@ -9,7 +9,7 @@ import numpy as np
 from planners.cost_model import placement_hit_rates, rows_asked, table_costs
 from planners.groups import GroupPlan
 from planners.planner import UVM_CACHING_KERNEL, UVM_KERNEL, CostModelPlanner
-from planners.search import PlanEstimate, SearchResult, beam_search
+from planners.search import PlanEstimate, SearchResult, beam_search, gib
 from planners.topology import Topology
 from planners.types import (
     HIERARCHICAL,
@@ -185,7 +185,16 @@ def build_report(
     workload, topo = planner.workload, planner.topology
     best = chosen.estimate
     g = chosen.group_size
-    if result is None:
+    passed = planner.passed_over
+    if passed is not None and planner.eval_batch_size is not None:
+        need = planner.peak_memory_at(passed, planner.eval_batch_size)
+        why = (
+            f"the fastest plan, {passed.label} (estimated {passed.step_seconds * 1e3:.2f} ms), "
+            f"has no room for evaluation's batch (train.eval_batch_size="
+            f"{planner.eval_batch_size:,}: {gib(need)} on a rank, "
+            f"{gib(passed.estimate.usable_bytes)} usable); this is the fastest that has"
+        )
+    elif result is None:
         why = (
             f"no 1D plan fits ({no_1d}); groups of {g} do, each holding the tables on its "
             f"{g} rank(s)"

@@ -4,6 +4,7 @@ listing, shuffled and cut into batches, built ahead on a prefetch thread.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import queue
@@ -98,25 +99,42 @@ def _validate_table(table: pa.Table) -> None:
 
 
 READ_RETRY_SECONDS = (1.0, 4.0)
-"""The pauses before a row group's read is tried again, where it failed as storage fails
-for a moment (a reset connection, a time-out, ``EIO``: :func:`is_transient`)."""
+"""The pauses before a row group is opened and read again, where that failed as storage
+fails for a moment (a reset connection, a time-out, ``EIO``, ``ESTALE``:
+:func:`is_transient`)."""
+
+_prefetching = threading.local()  # .stop: the prefetch thread's stop event, in that thread
 
 
-def _read_row_group(pf: pq.ParquetFile, g: RowGroup, columns: list[str]) -> pa.Table:
-    """``g``'s ``columns``, read again after each of :data:`READ_RETRY_SECONDS` where the
-    read failed for a moment: a training stream cannot skip such a row group (a resume
-    would replay it, and shift every batch after it), so it is read again before the job
-    is stopped for it."""
+class ReadingStopped(Exception):
+    """The prefetch thread's consumer left while a read waited to be tried again."""
+
+
+def _pause(seconds: float) -> None:
+    """Wait ``seconds``; in a prefetch thread, end the wait (:class:`ReadingStopped`) as soon
+    as its consumer leaves: a Ctrl-C or SIGTERM waited on the thread's join."""
+    stop: threading.Event | None = getattr(_prefetching, "stop", None)
+    if stop is None:
+        time.sleep(seconds)
+    elif stop.wait(seconds):
+        raise ReadingStopped
+
+
+def _retried(g: RowGroup, read: Callable[[], T]) -> T:
+    """``read()`` of ``g``, tried again after each of :data:`READ_RETRY_SECONDS` where it
+    failed for a moment: a training stream cannot skip such a row group (a resume would
+    replay it, and shift every batch after it), so it is read again before the job is
+    stopped for it."""
     for pause in (*READ_RETRY_SECONDS, None):
         try:
-            return pf.read_row_group(g.index, columns=columns)
+            return read()
         except READ_ERRORS as err:
             if pause is None or not is_transient(err):
                 raise
             LOG.warning(
                 f"{g.source}: cannot read ({bad_input(err)}); reading it again in {pause:g} s"
             )
-            time.sleep(pause)
+            _pause(pause)
     raise AssertionError("unreachable")  # (the last try returns or raises)
 
 
@@ -130,24 +148,38 @@ def row_group_tables(
     files: dict[str, pq.ParquetFile] = {}  # the newest used last
     footers: dict[str, pq.FileMetaData] = {}  # of files closed: reopened without a read
     schemas_compared: set[str] = set()  # files whose schema was compared to their listing's
+
+    def read(g: RowGroup) -> pa.Table | None:
+        """``g``'s table, or None where its file changed since it was listed (reported)."""
+        pf = files.pop(g.path, None) or open_parquet(g.path, read_dictionary, footers.get(g.path))
+        files[g.path] = pf
+        if len(files) > budget:
+            path, oldest = next(iter(files.items()))
+            footers[path] = files.pop(path).metadata
+            oldest.close(force=True)
+        changed = _changed_since_listed(g, pf.metadata, g.path in schemas_compared)
+        if changed:
+            report_bad_input(policy, f"{g.source}: {changed}", whole_file=False)
+            return None
+        schemas_compared.add(g.path)
+        try:
+            return pf.read_row_group(g.index, columns=columns)
+        except READ_ERRORS:
+            # opened anew for the next try: a stale NFS handle or a dropped connection stays
+            # broken (its footer kept: nothing read twice)
+            files.pop(g.path, None)
+            footers[g.path] = pf.metadata
+            pf.close(force=True)
+            raise
+
     budget = open_files_budget()
     try:
         for g in groups:
             try:
-                pf = files.pop(g.path, None) or open_parquet(
-                    g.path, read_dictionary, footers.get(g.path)
-                )
-                files[g.path] = pf
-                if len(files) > budget:
-                    path, oldest = next(iter(files.items()))
-                    footers[path] = files.pop(path).metadata
-                    oldest.close(force=True)
-                changed = _changed_since_listed(g, pf.metadata, g.path in schemas_compared)
-                if changed:
-                    report_bad_input(policy, f"{g.source}: {changed}", whole_file=False)
+                table = _retried(g, functools.partial(read, g))
+                if table is None:
                     continue
-                schemas_compared.add(g.path)
-                table = typed_nulls(_read_row_group(pf, g, columns))
+                table = typed_nulls(table)
                 # Decoding does not check everything a corrupt page can hold (e.g. dictionary
                 # indices past the dictionary's end): full validation turns that into an error.
                 _validate_table(table)
@@ -310,6 +342,7 @@ def prefetch(items: Iterator[T], depth: int, *, niceness: int) -> Iterator[T]:
 
     def work() -> None:
         _lower_this_threads_priority(niceness)
+        _prefetching.stop = stop  # a read's pause before it is tried again ends with it
         try:
             for item in items:
                 if stop.is_set():

@@ -786,6 +786,7 @@ def test_auto_chooses_a_plan_with_room_for_evaluation_where_the_fastest_has_none
     """The fastest plan for training (table_wise, mixed) needed 242.4 MiB in evaluation of
     230.4 usable, and the job was refused, where row_wise_unpooled fits both (a review)."""
     from planners.planner import Choice
+    from planners.report import build_report
 
     cfg = load_config(
         overrides=[
@@ -802,6 +803,9 @@ def test_auto_chooses_a_plan_with_room_for_evaluation_where_the_fastest_has_none
     chosen = planner.choice()
     assert chosen.estimate.fits and planner.evaluation_fits(chosen)
     assert plan_job(cfg, 16, 8).sharding_plan is not None
+    # the report says so: it explained the fastest plan's win over its runner-up (a review)
+    why = build_report(planner)["why"]
+    assert why.startswith("the fastest plan, ") and "has no room for evaluation's batch" in why
 
 
 def test_the_search_chooses_no_worse_than_any_one_types_own_plan() -> None:

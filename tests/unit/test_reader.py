@@ -237,6 +237,51 @@ def test_a_consumer_that_stops_early_ends_the_prefetch_thread() -> None:
         assert not thread.is_alive()
 
 
+def test_a_read_tried_again_opens_its_file_anew_and_stops_with_its_consumer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed read is tried again on a file opened anew (a stale NFS handle or a dropped
+    connection stays broken), an open that fails for a moment too; and a prefetch thread
+    pausing before a retry ends as soon as its consumer leaves: a Ctrl-C waited out the
+    pauses on the thread's join (a review)."""
+    import errno
+
+    from dist_train.data import stream
+
+    for i in range(2):
+        pq.write_table(pa.table({"row_id": [i]}), tmp_path / f"part-{i}.parquet")
+    groups = list_row_groups(str(tmp_path))
+    opened: list[str] = []
+    real_open = stream.open_parquet
+
+    def flaky_open(path: str, *args: object) -> pq.ParquetFile:
+        opened.append(path)
+        if len(opened) == 1:
+            raise OSError(errno.ESTALE, "Stale file handle")
+        return real_open(path, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(stream, "open_parquet", flaky_open)
+    monkeypatch.setattr(stream, "READ_RETRY_SECONDS", (0.0, 0.0))
+    read = [t["row_id"][0].as_py() for t, _ in stream.row_group_tables(groups, ["row_id"])]
+    assert read == [0, 1] and len(opened) == 3  # the first file opened twice
+    # the second group's reads fail for a moment, with a pause of 10 minutes before each
+    real_read = pq.ParquetFile.read_row_group
+
+    def second_fails(self: pq.ParquetFile, index: int, **kwargs: object) -> pa.Table:
+        if opened[-1].endswith("part-1.parquet"):  # (opened last: the group read now)
+            raise ConnectionResetError(errno.ECONNRESET, "reset")
+        return real_read(self, index, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", second_fails)
+    monkeypatch.setattr(stream, "READ_RETRY_SECONDS", (600.0,))
+    tables = prefetch(stream.row_group_tables(groups, ["row_id"]), depth=1, niceness=0)
+    assert next(tables)[0]["row_id"][0].as_py() == 0
+    time.sleep(0.2)  # the thread is in its pause before the second group's retry
+    started = time.monotonic()
+    tables.close()
+    assert time.monotonic() - started < 60  # not the pause's 600 s
+
+
 def test_a_stream_of_many_files_keeps_few_open(tmp_path: Path) -> None:
     """Every file a stream read stayed open: under an open-file limit of 64, a review's rank
     of 200 one-group files skipped 140 good row groups as unreadable (and under `error`
