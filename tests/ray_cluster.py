@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dist_train.launchers.local_cluster import start_head, stop_cluster
-from dist_train.launchers.processes import free_port
+from dist_train.launchers.processes import free_ports
 
 BIN = Path(sys.executable).parent
 
@@ -60,15 +60,15 @@ def ray_head(tmp_path: Path, num_cpus: int = 2) -> Iterator[RayHead]:
         "RAY_TMPDIR": str(tmpdir),
     }
     env.pop("RAY_ADDRESS", None)
-    dash = free_port()
+    dash, gcs, client, agent = free_ports(4)  # four different ones
     args = [
         "--node-ip-address=127.0.0.1",
-        f"--port={free_port()}",
+        f"--port={gcs}",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dash}",
         # Free ports for those with fixed defaults, so that clusters can run side by side.
-        f"--ray-client-server-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent}",
         f"--num-cpus={num_cpus}",
         "--disable-usage-stats",
     ]

@@ -11,6 +11,7 @@ tensors in a safetensors file: reading it runs no code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -61,9 +62,18 @@ class RankError(RuntimeError):
 
 def free_port() -> int:
     """A currently free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different free TCP ports on 127.0.0.1, bound together while chosen: ports
+    chosen one at a time may repeat (a test's Ray head was given one port for two of its
+    components, and refused to start)."""
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
 
 
 def _entry(

@@ -172,16 +172,16 @@ def test_local_cluster_script_stops_its_own_cluster_and_no_other(
     import subprocess
 
     from dist_train.launchers.local_cluster import processes_of, state_file
-    from dist_train.launchers.processes import free_port
+    from dist_train.launchers.processes import free_ports
 
     script = Path(__file__).resolve().parents[2] / "launch" / "local_cluster.sh"
-    port = free_port()
+    port, dashboard, client, agent = free_ports(4)  # four different ones
     tmpdir = Path(tempfile.mkdtemp(prefix="rl-", dir="/tmp"))  # Ray's socket paths: short
     env = {
         **outside.env,
         "RAY_TMPDIR": str(tmpdir),
         "RAY_PORT": str(port),
-        "DASHBOARD_PORT": str(free_port()),
+        "DASHBOARD_PORT": str(dashboard),
         "NUM_CPUS": "1",
     }
 
@@ -194,8 +194,8 @@ def test_local_cluster_script_stops_its_own_cluster_and_no_other(
         return ray_cli("status", "--address", address, env=env, timeout=60).returncode == 0
 
     spare = (
-        f"--ray-client-server-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent}",
     )
     try:
         started = run("start", *spare)
