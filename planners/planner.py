@@ -142,6 +142,8 @@ class Choice:
     group_size: int
     estimate: PlanEstimate  # per rank of the world (1D) or of one group (2D)
     world_size: int
+    # the fastest plan, where this one was chosen over it for evaluation's memory
+    passed_over: Choice | None = None
 
     @property
     def placements(self) -> tuple[TablePlacement, ...]:
@@ -191,8 +193,6 @@ class CostModelPlanner(ShardingPlanner):
         self.group_size = group_size
         self.sync_every = sync_every
         self.eval_batch_size = eval_batch_size
-        # the fastest plan, where choice() passed it over for evaluation's memory
-        self.passed_over: Choice | None = None
         self.result: SearchResult | None = None
         self._no_fit: PlanningError | None = None  # the 1D search's refusal, once found
         self.groups: dict[int, GroupPlan | str] = {}
@@ -258,7 +258,6 @@ class CostModelPlanner(ShardingPlanner):
                 reason = "2D needs the fused embedding kernel (rowwise_adagrad or sgd on CPU)"
             raise PlanningError(f"sharding.group_size={self.group_size}: {reason}")
         best = min(options, key=lambda c: c.estimate.score())
-        self.passed_over = None
         if self.eval_batch_size is None or self.evaluation_fits(best):
             return best
         # the fastest plan with room for evaluation's batch too, a single type's among them
@@ -280,8 +279,7 @@ class CostModelPlanner(ShardingPlanner):
             key=lambda c: c.estimate.score(),
             default=best,
         )
-        self.passed_over = best if chosen is not best else None
-        return chosen
+        return best if chosen is best else replace(chosen, passed_over=best)
 
     def evaluation_fits(self, choice: Choice) -> bool:
         """Whether ``choice`` holds ``eval_batch_size`` examples a rank on every rank."""

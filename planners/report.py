@@ -185,7 +185,7 @@ def build_report(
     workload, topo = planner.workload, planner.topology
     best = chosen.estimate
     g = chosen.group_size
-    passed = planner.passed_over
+    passed = chosen.passed_over
     if passed is not None and planner.eval_batch_size is not None:
         need = planner.peak_memory_at(passed, planner.eval_batch_size)
         why = (
