@@ -146,17 +146,16 @@ def make_sharder(cfg: JobConfig, device_type: str) -> AnyDeviceEmbeddingBagColle
     feature (TorchRec otherwise batches a rank's tables into one kernel, which keeps FBGEMM's
     serial shared-table backward)."""
     params = job_fused_params(cfg, device_type)
-    if params is not None and _kernel_per_table(cfg, device_type):
+    layout = build_layout(cfg.embedding, cfg.features, cfg.seed)
+    if params is not None and _kernel_per_table(layout, device_type):
         params = {**params, USE_ONE_TBE_PER_TABLE: True}
     return AnyDeviceEmbeddingBagCollectionSharder(fused_params=params)
 
 
-def _kernel_per_table(cfg: JobConfig, device_type: str) -> bool:
-    """Whether :func:`make_sharder` puts each table in a kernel of its own: on CPU, for a
-    fused optimizer, where several keys share a table."""
-    if device_type != "cpu" or job_fused_params(cfg, device_type) is None:
-        return False
-    return any(len(t.keys) > 1 for t in build_layout(cfg.embedding, cfg.features, cfg.seed).tables)
+def _kernel_per_table(layout: EmbeddingLayout, device_type: str) -> bool:
+    """Whether :func:`make_sharder`, given a fused optimizer, puts each table in a kernel
+    of its own: on CPU, where several keys share a table."""
+    return device_type == "cpu" and any(len(t.keys) > 1 for t in layout.tables)
 
 
 def build_model(cfg: JobConfig, layout: EmbeddingLayout) -> CTRModel:
@@ -210,7 +209,8 @@ def workload_for_config(
         id_skew=cfg.sharding.id_skew,
         cache_load_factor=cfg.sharding.cache_load_factor,
         tables_in_key_order=_tables_in_key_order(layout),
-        kernel_per_table=_kernel_per_table(cfg, device_type),
+        kernel_per_table=job_fused_params(cfg, device_type) is not None
+        and _kernel_per_table(layout, device_type),
     )
 
 
@@ -342,11 +342,10 @@ def refuse_an_evaluation_past_memory(
     buffers grow with the batch (row_wise's pooled sums of the world's batch: four times
     training's at the default 8,192), and the job would run out of memory at its end, after
     all of training. Names the largest batch that fits."""
-    batch = cfg.train.eval_batch_size
-    usable = chosen.estimate.usable_bytes
-    need = planner.peak_memory_at(chosen, batch)
-    if need <= usable:
+    if planner.evaluation_fits(chosen):
         return
+    batch, usable = cfg.train.eval_batch_size, chosen.estimate.usable_bytes
+    need = planner.peak_memory_at(chosen, batch)
     # the largest batch that fits, by bisection: memory grows with the batch, not in
     # proportion (row_wise_unpooled's distinct rows level off)
     fits, over = 0, batch
