@@ -250,7 +250,6 @@ def _run_bench(args: argparse.Namespace, cfg: JobConfig) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     _import_torch()
-    from dist_train.config.errors import ConfigError
     from dist_train.data.listing import DataSourceError
     from dist_train.launchers.rank_server import rank_server_started
     from dist_train.sweep import SweepFailed, dataset_config, run_sweep
